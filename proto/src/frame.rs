@@ -1,0 +1,184 @@
+//! The frame header: 32 bytes, little-endian, fixed layout.
+//!
+//! ```text
+//! offset size field
+//!      0    4 magic          "ENGR" read as a little-endian u32
+//!      4    1 version        PROTOCOL_VERSION
+//!      5    1 kind           FrameKind
+//!      6    2 flags          reserved, must be zero
+//!      8    8 request_id     chosen by the client, echoed in the response
+//!     16    8 map_epoch      slot-map epoch the sender routed with (0: unknown)
+//!     24    4 payload_bytes  length of the rkyv payload that follows
+//!     28    4 payload_crc32  crc32 (IEEE, crc32fast) of the payload
+//! ```
+
+use crate::error::ProtocolError;
+use crate::limits::{FRAME_PAYLOAD_BYTES_MAX, PROTOCOL_VERSION};
+
+pub const FRAME_HEADER_BYTES: usize = 32;
+pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"ENGR");
+
+/// What a frame's payload holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Client to server, first frame of a connection: [`crate::Hello`].
+    Hello = 1,
+    /// Server to client, answer to `Hello`: [`crate::HelloReply`].
+    HelloReply = 2,
+    /// Client to server: [`crate::Request`].
+    Request = 3,
+    /// Server to client: [`crate::Response`].
+    Response = 4,
+}
+
+impl FrameKind {
+    pub fn from_u8(kind: u8) -> Option<FrameKind> {
+        match kind {
+            1 => Some(FrameKind::Hello),
+            2 => Some(FrameKind::HelloReply),
+            3 => Some(FrameKind::Request),
+            4 => Some(FrameKind::Response),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub kind: FrameKind,
+    pub request_id: u64,
+    pub map_epoch: u64,
+    pub payload_bytes: u32,
+    pub payload_crc32: u32,
+}
+
+impl FrameHeader {
+    pub fn encode(&self) -> [u8; FRAME_HEADER_BYTES] {
+        let mut out = [0u8; FRAME_HEADER_BYTES];
+        out[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        out[4] = PROTOCOL_VERSION as u8;
+        out[5] = self.kind as u8;
+        out[6..8].copy_from_slice(&0u16.to_le_bytes());
+        out[8..16].copy_from_slice(&self.request_id.to_le_bytes());
+        out[16..24].copy_from_slice(&self.map_epoch.to_le_bytes());
+        out[24..28].copy_from_slice(&self.payload_bytes.to_le_bytes());
+        out[28..32].copy_from_slice(&self.payload_crc32.to_le_bytes());
+        out
+    }
+
+    /// Parses and validates a header. The payload length is checked against
+    /// `FRAME_PAYLOAD_BYTES_MAX` here, before any buffer is sized for it.
+    pub fn decode(bytes: &[u8; FRAME_HEADER_BYTES]) -> Result<FrameHeader, ProtocolError> {
+        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let u64_at = |at: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(word)
+        };
+        let magic = u32_at(0);
+        if magic != FRAME_MAGIC {
+            return Err(ProtocolError::BadMagic { found: magic });
+        }
+        if u16::from(bytes[4]) != PROTOCOL_VERSION {
+            return Err(ProtocolError::UnsupportedVersion { found: bytes[4] });
+        }
+        let kind = FrameKind::from_u8(bytes[5]).ok_or(ProtocolError::UnknownKind { found: bytes[5] })?;
+        let flags = u16::from_le_bytes([bytes[6], bytes[7]]);
+        if flags != 0 {
+            return Err(ProtocolError::ReservedFlags { found: flags });
+        }
+        let payload_bytes = u32_at(24);
+        if payload_bytes as usize > FRAME_PAYLOAD_BYTES_MAX {
+            return Err(ProtocolError::FrameTooLarge {
+                length: u64::from(payload_bytes),
+            });
+        }
+        Ok(FrameHeader {
+            kind,
+            request_id: u64_at(8),
+            map_epoch: u64_at(16),
+            payload_bytes,
+            payload_crc32: u32_at(28),
+        })
+    }
+
+    pub fn verify_payload(&self, payload: &[u8]) -> Result<(), ProtocolError> {
+        let actual = crc32fast::hash(payload);
+        if actual != self.payload_crc32 {
+            return Err(ProtocolError::ChecksumMismatch {
+                expected: self.payload_crc32,
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(payload_bytes: u32) -> FrameHeader {
+        FrameHeader {
+            kind: FrameKind::Request,
+            request_id: 7,
+            map_epoch: 3,
+            payload_bytes,
+            payload_crc32: 0xdead_beef,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = header(100);
+        assert_eq!(FrameHeader::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
+    fn claimed_four_gib_is_refused_before_allocation() {
+        let mut bytes = header(0).encode();
+        bytes[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            FrameHeader::decode(&bytes),
+            Err(ProtocolError::FrameTooLarge {
+                length: u64::from(u32::MAX)
+            })
+        );
+    }
+
+    #[test]
+    fn bad_magic_version_kind_flags() {
+        let good = header(1).encode();
+        let mut b = good;
+        b[0] = b'X';
+        assert!(matches!(FrameHeader::decode(&b), Err(ProtocolError::BadMagic { .. })));
+        let mut b = good;
+        b[4] = 99;
+        assert_eq!(
+            FrameHeader::decode(&b),
+            Err(ProtocolError::UnsupportedVersion { found: 99 })
+        );
+        let mut b = good;
+        b[5] = 0;
+        assert_eq!(FrameHeader::decode(&b), Err(ProtocolError::UnknownKind { found: 0 }));
+        let mut b = good;
+        b[7] = 1;
+        assert!(matches!(
+            FrameHeader::decode(&b),
+            Err(ProtocolError::ReservedFlags { .. })
+        ));
+    }
+
+    #[test]
+    fn checksum_is_checked() {
+        let payload = b"hello";
+        let mut h = header(payload.len() as u32);
+        h.payload_crc32 = crc32fast::hash(payload);
+        assert!(h.verify_payload(payload).is_ok());
+        assert!(matches!(
+            h.verify_payload(b"hellp"),
+            Err(ProtocolError::ChecksumMismatch { .. })
+        ));
+    }
+}

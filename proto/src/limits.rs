@@ -1,0 +1,43 @@
+//! Protocol limits. Every length that arrives from the network is checked against one of
+//! these before anything is allocated for it, so a peer cannot make a server reserve memory
+//! by claiming a large size.
+
+/// Version spoken by this build; a handshake with another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Number of hash slots. A power of two (so the modulo is cheap) and the same as Redis
+/// Cluster, which keeps hashtag intuition portable.
+pub const SLOT_COUNT: u32 = 16_384;
+
+/// Largest key. Keys are identifiers, not payloads; a bound keeps the per-key overhead
+/// predictable and lets the decoder reject absurd requests early.
+pub const KEY_BYTES_MAX: usize = 16 * 1024;
+
+/// Largest value of a bytes object (after append, too).
+pub const VALUE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Largest namespace (tenant) name.
+pub const NAMESPACE_BYTES_MAX: usize = 256;
+
+/// Largest credential blob accepted in a handshake.
+pub const CREDENTIALS_BYTES_MAX: usize = 1024;
+
+/// Room for everything in a request payload that is neither key nor value (rkyv framing,
+/// enum tags, integers).
+pub const PAYLOAD_OVERHEAD_BYTES_MAX: usize = 4 * 1024;
+
+/// Largest payload of one frame. Big enough for the largest key plus the largest value,
+/// so an oversize key or value gets a precise error rather than a closed connection.
+pub const FRAME_PAYLOAD_BYTES_MAX: usize = KEY_BYTES_MAX + VALUE_BYTES_MAX + PAYLOAD_OVERHEAD_BYTES_MAX;
+
+/// Requests a server will hold unanswered for one connection before it stops reading
+/// from it (backpressure), and the client's cap on requests in flight per connection.
+pub const IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+
+/// Longest wait or timeout a request may ask for, and the longest a client retries one
+/// operation. Operation-id records are retained longer than this (see the server), which
+/// is what makes a retry exactly-once.
+pub const CALL_TIMEOUT_MS_MAX: u64 = 60_000;
+
+/// Longest time-to-live a key may be given (about 10 years), so deadlines never overflow.
+pub const TTL_MS_MAX: u64 = 10 * 365 * 24 * 3600 * 1000;

@@ -1,0 +1,278 @@
+//! Payload types. Each is an rkyv archive, validated with bytecheck before it is read.
+//!
+//! Compatibility rule: enum variants and struct fields are only ever appended, and a
+//! variant's meaning never changes, because rkyv encodes variants by position.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// First frame of every connection.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub protocol_version: u16,
+    /// Chosen at random by each client instance; with an operation id it names one
+    /// mutation uniquely, which is how retries are recognised.
+    pub client_id: u64,
+    /// The tenant every key of this connection belongs to.
+    pub namespace: Vec<u8>,
+    /// Empty when the server runs without authentication.
+    pub credentials: Vec<u8>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HelloReply {
+    pub node_id: u64,
+    /// The shard behind this port, or [`FRONT_SHARD_ID`] for the front port.
+    pub shard_id: u16,
+    pub shard_count: u16,
+    pub map_epoch: u64,
+    pub server_version: String,
+}
+
+/// `HelloReply::shard_id` of a front-port connection, which forwards to every shard.
+pub const FRONT_SHARD_ID: u16 = u16::MAX;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Client-chosen id of a mutation, unique per client id; 0 for reads and for clients
+    /// that do not need exactly-once retries.
+    pub op_id: u64,
+    pub command: Command,
+}
+
+/// Condition of a bytes `Set`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetCondition {
+    Always,
+    /// Only if the key does not exist (Redis `SET NX`).
+    IfAbsent,
+    /// Only if the key exists with exactly this version (compare-and-set).
+    IfVersion(u64),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ping,
+    /// Node and per-shard statistics.
+    Info,
+    /// The slot map this node serves under.
+    GetSlotMap,
+    // Bytes objects.
+    Get {
+        key: Vec<u8>,
+    },
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        /// 0: no expiry.
+        ttl_ms: u64,
+        condition: SetCondition,
+    },
+    Del {
+        key: Vec<u8>,
+    },
+    Append {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    // Counters (i64; a missing counter reads as 0).
+    CounterGet {
+        key: Vec<u8>,
+    },
+    CounterAdd {
+        key: Vec<u8>,
+        delta: i64,
+    },
+    CounterSet {
+        key: Vec<u8>,
+        value: i64,
+    },
+    CounterCas {
+        key: Vec<u8>,
+        expected: i64,
+        new: i64,
+    },
+}
+
+impl Command {
+    /// The key the command addresses, which selects its slot; `None` for node commands.
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Command::Ping | Command::Info | Command::GetSlotMap => None,
+            Command::Get { key }
+            | Command::Set { key, .. }
+            | Command::Del { key }
+            | Command::Append { key, .. }
+            | Command::CounterGet { key }
+            | Command::CounterAdd { key, .. }
+            | Command::CounterSet { key, .. }
+            | Command::CounterCas { key, .. } => Some(key),
+        }
+    }
+
+    /// Whether the command changes state (and so is deduplicated by operation id).
+    pub fn is_mutation(&self) -> bool {
+        matches!(
+            self,
+            Command::Set { .. }
+                | Command::Del { .. }
+                | Command::Append { .. }
+                | Command::CounterAdd { .. }
+                | Command::CounterSet { .. }
+                | Command::CounterCas { .. }
+        )
+    }
+
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ping => "ping",
+            Command::Info => "info",
+            Command::GetSlotMap => "get_slot_map",
+            Command::Get { .. } => "get",
+            Command::Set { .. } => "set",
+            Command::Del { .. } => "del",
+            Command::Append { .. } => "append",
+            Command::CounterGet { .. } => "counter_get",
+            Command::CounterAdd { .. } => "counter_add",
+            Command::CounterSet { .. } => "counter_set",
+            Command::CounterCas { .. } => "counter_cas",
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Pong,
+    /// A bytes value and the version of the write that produced it.
+    Value {
+        value: Vec<u8>,
+        version: u64,
+    },
+    /// The key does not exist (or has expired).
+    Missing,
+    /// A write was applied; `version` is the key's new version.
+    Written {
+        version: u64,
+    },
+    /// An append was applied.
+    Appended {
+        version: u64,
+        length: u64,
+    },
+    /// A conditional write was not applied; 0 means the key is absent.
+    Conflict {
+        current_version: u64,
+    },
+    Deleted {
+        existed: bool,
+    },
+    Counter {
+        value: i64,
+    },
+    CounterCas {
+        swapped: bool,
+        current: i64,
+    },
+    Info(NodeInfo),
+    SlotMap(SlotMap),
+    Error(ErrorReply),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    /// An [`crate::ErrorCode`] number.
+    pub code: u16,
+    pub message: String,
+    /// The epoch of the map the server routed with, so a client knows whether its
+    /// own map is older.
+    pub map_epoch: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: u64,
+    pub server_version: String,
+    pub uptime_ms: u64,
+    pub map_epoch: u64,
+    pub connections: u64,
+    pub shards: Vec<ShardInfo>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub shard_id: u16,
+    pub address: String,
+    pub keys: u64,
+    pub memory_used_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub connections: u64,
+    pub operations_total: u64,
+}
+
+/// Which shard owns each slot, at one epoch.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SlotMap {
+    /// Strictly increases with every change of ownership.
+    pub epoch: u64,
+    pub shards: Vec<ShardAddress>,
+    /// Sorted, non-overlapping ranges covering every slot exactly once.
+    pub ranges: Vec<SlotRange>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ShardAddress {
+    pub node_id: u64,
+    pub shard_id: u16,
+    /// `host:port` of the shard's own port.
+    pub address: String,
+}
+
+/// Slots `start..=end` are owned by `shards[shard_index]`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRange {
+    pub start: u32,
+    pub end: u32,
+    pub shard_index: u32,
+}
+
+impl SlotMap {
+    /// Checks the invariants a map must hold before anyone routes with it: ranges sorted,
+    /// contiguous from 0 to `SLOT_COUNT - 1`, each naming an existing shard.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut next = 0u32;
+        for range in &self.ranges {
+            if range.start != next || range.end < range.start {
+                return Err(format!(
+                    "slot range {}..={} does not continue at {next}",
+                    range.start, range.end
+                ));
+            }
+            if range.shard_index as usize >= self.shards.len() {
+                return Err(format!(
+                    "slot range names shard index {} of {}",
+                    range.shard_index,
+                    self.shards.len()
+                ));
+            }
+            next = range.end.checked_add(1).ok_or("slot range end overflows")?;
+        }
+        if next != crate::limits::SLOT_COUNT {
+            return Err(format!(
+                "slot ranges cover {next} of {} slots",
+                crate::limits::SLOT_COUNT
+            ));
+        }
+        Ok(())
+    }
+
+    /// Expands the ranges into a slot-indexed owner table (one lookup per request).
+    pub fn owner_table(&self) -> Vec<u32> {
+        let mut table = vec![0u32; crate::limits::SLOT_COUNT as usize];
+        for range in &self.ranges {
+            for slot in range.start..=range.end.min(crate::limits::SLOT_COUNT - 1) {
+                table[slot as usize] = range.shard_index;
+            }
+        }
+        table
+    }
+}
