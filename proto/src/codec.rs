@@ -120,6 +120,7 @@ mod tests {
     fn request_round_trip_through_frame() {
         let request = Request {
             op_id: 42,
+            completed_below_op_id: 40,
             command: Command::Set {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
@@ -287,7 +288,7 @@ mod tests {
 
         #[test]
         fn mutated_valid_frames_never_panic(command in command_strategy(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
-            let mut bytes = encode(3, &Request { op_id: 1, command });
+            let mut bytes = encode(3, &Request { op_id: 1, completed_below_op_id: 1, command });
             for (at, value) in flips {
                 let at = at % bytes.len();
                 bytes[at] = value;
@@ -300,8 +301,8 @@ mod tests {
         }
 
         #[test]
-        fn every_request_round_trips(op_id in any::<u64>(), request_id in any::<u64>(), command in command_strategy()) {
-            let request = Request { op_id, command };
+        fn every_request_round_trips(op_id in any::<u64>(), completed_below_op_id in any::<u64>(), request_id in any::<u64>(), command in command_strategy()) {
+            let request = Request { op_id, completed_below_op_id, command };
             let bytes = encode(request_id, &request);
             let Ok(Split::Frame { header, payload }) = split_frame(&bytes) else { panic!("not a frame") };
             prop_assert_eq!(header.request_id, request_id);

@@ -36,6 +36,12 @@ pub struct Request {
     /// Client-chosen id of a mutation, unique per client id; 0 for reads and for clients
     /// that do not need exactly-once retries.
     pub op_id: u64,
+    /// Every operation id of this client below this one has been answered to the
+    /// client (it is the client's lowest id still in flight, or its next id when none
+    /// is), so the server may forget those results. This bounds the server's
+    /// exactly-once records by what the client has in flight rather than by time.
+    /// 0 when the client does not track it.
+    pub completed_below_op_id: u64,
     pub command: Command,
 }
 
