@@ -1,0 +1,12 @@
+//! Engram control plane. It owns the slot map and is never on the data path: servers
+//! and clients fetch the map, then talk to shards directly.
+//!
+//! Layout:
+//! - [`slot_map`]: building and querying slot maps (the embedded single-node map, owner lookup).
+//!
+//! Membership, the rebalancing planner, migration orchestration and the
+//! `engram-control` process come with the elastic-cluster work.
+
+pub mod slot_map;
+
+pub use slot_map::{embedded_map, EMBEDDED_MAP_EPOCH};

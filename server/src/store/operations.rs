@@ -1,0 +1,119 @@
+//! Exactly-once records: the first answer to each (client id, operation id), kept until
+//! the client reports that it has received it.
+//!
+//! Every request carries the client's `completed_below_op_id`: all of its operations
+//! below that id have been answered, so their records can go. What is kept per client is
+//! therefore bounded by what that client has in flight, not by time or traffic. A client
+//! that stops talking has its records dropped after `SESSION_IDLE_MS_MAX`, which is
+//! longer than any client may keep retrying one call (`CALL_TIMEOUT_MS_MAX`), so a
+//! retry always finds its record.
+
+use std::collections::{BTreeMap, HashMap};
+
+use engram_proto::limits::CALL_TIMEOUT_MS_MAX;
+use engram_proto::{ErrorCode, Response};
+
+use super::error;
+
+/// How long a silent client's records are kept.
+pub const SESSION_IDLE_MS_MAX: u64 = 2 * CALL_TIMEOUT_MS_MAX;
+
+/// Records a shard holds at most, across clients. Past it, new recorded mutations are
+/// refused with `Busy` (retryable) until clients acknowledge theirs: memory stays
+/// bounded and no retry ever finds its record silently dropped.
+pub const OPERATION_RECORDS_MAX: usize = 1 << 20;
+
+/// Memory charged per record on top of the response's own heap bytes.
+const RECORD_OVERHEAD_BYTES: u64 = 64;
+
+#[derive(Default)]
+struct Session {
+    records: BTreeMap<u64, Response>,
+    completed_below_op_id: u64,
+    last_seen_ms: u64,
+}
+
+#[derive(Default)]
+pub struct OperationLog {
+    sessions: HashMap<u64, Session>,
+    records: usize,
+    bytes: u64,
+}
+
+fn record_bytes(response: &Response) -> u64 {
+    let heap = match response {
+        Response::Error(reply) => reply.message.len() as u64,
+        _ => 0,
+    };
+    RECORD_OVERHEAD_BYTES + heap
+}
+
+impl OperationLog {
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The recorded answer of a retried operation, `None` for a new one, or a refusal.
+    pub fn lookup(
+        &mut self,
+        client_id: u64,
+        op_id: u64,
+        completed_below_op_id: u64,
+        now_ms: u64,
+    ) -> Result<Option<Response>, Response> {
+        let session = self.sessions.entry(client_id).or_default();
+        session.last_seen_ms = session.last_seen_ms.max(now_ms);
+        if completed_below_op_id > session.completed_below_op_id {
+            session.completed_below_op_id = completed_below_op_id;
+            let kept = session.records.split_off(&completed_below_op_id);
+            let dropped = std::mem::replace(&mut session.records, kept);
+            self.records -= dropped.len();
+            self.bytes -= dropped.values().map(record_bytes).sum::<u64>();
+        }
+        if let Some(first_answer) = session.records.get(&op_id) {
+            return Ok(Some(first_answer.clone()));
+        }
+        if op_id < session.completed_below_op_id {
+            // The client said it already has this answer; applying it again would be
+            // the double apply this log exists to prevent.
+            return Err(error(
+                ErrorCode::InvalidArgument,
+                format!("operation {op_id} was already completed (client completed below {completed_below_op_id})"),
+            ));
+        }
+        if self.records >= OPERATION_RECORDS_MAX {
+            return Err(error(
+                ErrorCode::Busy,
+                format!("shard holds operation_records_max ({OPERATION_RECORDS_MAX}) unacknowledged operations"),
+            ));
+        }
+        Ok(None)
+    }
+
+    pub fn record(&mut self, client_id: u64, op_id: u64, response: Response) {
+        let session = self.sessions.entry(client_id).or_default();
+        self.bytes += record_bytes(&response);
+        if let Some(replaced) = session.records.insert(op_id, response) {
+            self.bytes -= record_bytes(&replaced);
+        } else {
+            self.records += 1;
+        }
+    }
+
+    /// Drops the sessions of clients silent for longer than `SESSION_IDLE_MS_MAX`.
+    pub fn forget_idle(&mut self, now_ms: u64) {
+        let (records, bytes) = (&mut self.records, &mut self.bytes);
+        self.sessions.retain(|_, session| {
+            let keep = session.last_seen_ms.saturating_add(SESSION_IDLE_MS_MAX) >= now_ms;
+            if !keep {
+                *records -= session.records.len();
+                *bytes -= session.records.values().map(record_bytes).sum::<u64>();
+            }
+            keep
+        });
+    }
+}

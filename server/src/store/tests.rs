@@ -1,0 +1,656 @@
+use std::collections::HashMap;
+
+use engram_proto::{Command, ErrorCode, Request, Response, SetCondition};
+use proptest::prelude::*;
+
+use super::*;
+
+const UNLIMITED: u64 = u64::MAX / 2;
+
+fn request(op_id: u64, command: Command) -> Request {
+    Request {
+        op_id,
+        completed_below_op_id: 0,
+        command,
+    }
+}
+
+fn set(key: &str, value: &str, ttl_ms: u64, condition: SetCondition) -> Command {
+    Command::Set {
+        key: key.into(),
+        value: value.into(),
+        ttl_ms,
+        condition,
+    }
+}
+
+fn code(response: &Response) -> Option<ErrorCode> {
+    match response {
+        Response::Error(reply) => ErrorCode::from_u16(reply.code),
+        _ => None,
+    }
+}
+
+#[test]
+fn set_get_del() {
+    let mut store = Store::new(UNLIMITED, 1);
+    let Response::Written { version } = store.apply(1, &request(1, set("k", "v", 0, SetCondition::Always)), 0) else {
+        panic!("not written")
+    };
+    assert_eq!(
+        store.apply(1, &request(0, Command::Get { key: "k".into() }), 0),
+        Response::Value {
+            value: b"v".to_vec(),
+            version
+        }
+    );
+    assert_eq!(
+        store.apply(1, &request(2, Command::Del { key: "k".into() }), 0),
+        Response::Deleted { existed: true }
+    );
+    assert_eq!(
+        store.apply(1, &request(3, Command::Del { key: "k".into() }), 0),
+        Response::Deleted { existed: false }
+    );
+    assert_eq!(
+        store.apply(1, &request(0, Command::Get { key: "k".into() }), 0),
+        Response::Missing
+    );
+    assert_eq!(store.stats().memory_used_bytes, store.operations.bytes());
+}
+
+#[test]
+fn ttl_expires_lazily_and_actively() {
+    let mut store = Store::new(UNLIMITED, 1);
+    store.apply(1, &request(1, set("a", "1", 100, SetCondition::Always)), 1_000);
+    store.apply(1, &request(2, set("b", "2", 200, SetCondition::Always)), 1_000);
+    assert!(matches!(
+        store.apply(1, &request(0, Command::Get { key: "a".into() }), 1_099),
+        Response::Value { .. }
+    ));
+    assert_eq!(
+        store.apply(1, &request(0, Command::Get { key: "a".into() }), 1_100),
+        Response::Missing
+    );
+    assert_eq!(store.stats().keys, 1);
+    assert_eq!(store.expire_due(1_199, 10), 0);
+    assert_eq!(store.expire_due(1_200, 10), 1);
+    assert_eq!(store.stats().keys, 0);
+    assert_eq!(store.stats().memory_used_bytes, store.operations.bytes());
+}
+
+#[test]
+fn set_without_ttl_clears_the_deadline() {
+    let mut store = Store::new(UNLIMITED, 1);
+    store.apply(1, &request(1, set("a", "1", 100, SetCondition::Always)), 0);
+    store.apply(1, &request(2, set("a", "2", 0, SetCondition::Always)), 50);
+    assert!(matches!(
+        store.apply(1, &request(0, Command::Get { key: "a".into() }), 500),
+        Response::Value { .. }
+    ));
+    assert_eq!(store.expire_due(1_000, 10), 0);
+}
+
+#[test]
+fn conditional_writes() {
+    let mut store = Store::new(UNLIMITED, 1);
+    let Response::Written { version } = store.apply(1, &request(1, set("k", "a", 0, SetCondition::IfAbsent)), 0) else {
+        panic!()
+    };
+    assert_eq!(
+        store.apply(1, &request(2, set("k", "b", 0, SetCondition::IfAbsent)), 0),
+        Response::Conflict {
+            current_version: version
+        }
+    );
+    assert_eq!(
+        store.apply(
+            1,
+            &request(3, set("k", "b", 0, SetCondition::IfVersion(version + 7))),
+            0
+        ),
+        Response::Conflict {
+            current_version: version
+        }
+    );
+    let Response::Written { version: second } =
+        store.apply(1, &request(4, set("k", "b", 0, SetCondition::IfVersion(version))), 0)
+    else {
+        panic!()
+    };
+    assert!(second > version);
+    assert_eq!(
+        store.apply(1, &request(5, set("gone", "x", 0, SetCondition::IfVersion(1))), 0),
+        Response::Conflict { current_version: 0 }
+    );
+}
+
+#[test]
+fn counters_never_wrap_and_type_is_enforced() {
+    let mut store = Store::new(UNLIMITED, 1);
+    assert_eq!(
+        store.apply(1, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        Response::Counter { value: 0 }
+    );
+    assert_eq!(
+        store.apply(
+            1,
+            &request(
+                1,
+                Command::CounterSet {
+                    key: "c".into(),
+                    value: i64::MAX - 1
+                }
+            ),
+            0
+        ),
+        Response::Counter { value: i64::MAX - 1 }
+    );
+    let overflow = store.apply(
+        1,
+        &request(
+            2,
+            Command::CounterAdd {
+                key: "c".into(),
+                delta: 2,
+            },
+        ),
+        0,
+    );
+    assert_eq!(code(&overflow), Some(ErrorCode::Overflow));
+    assert_eq!(
+        store.apply(1, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        Response::Counter { value: i64::MAX - 1 }
+    );
+    assert_eq!(
+        code(&store.apply(1, &request(0, Command::Get { key: "c".into() }), 0)),
+        Some(ErrorCode::WrongType)
+    );
+    assert_eq!(
+        code(&store.apply(1, &request(3, set("c", "x", 0, SetCondition::Always)), 0)),
+        Some(ErrorCode::WrongType)
+    );
+    store.apply(1, &request(4, set("b", "x", 0, SetCondition::Always)), 0);
+    let wrong = store.apply(
+        1,
+        &request(
+            5,
+            Command::CounterAdd {
+                key: "b".into(),
+                delta: 1,
+            },
+        ),
+        0,
+    );
+    assert_eq!(code(&wrong), Some(ErrorCode::WrongType));
+    assert_eq!(
+        store.apply(
+            1,
+            &request(
+                6,
+                Command::CounterCas {
+                    key: "n".into(),
+                    expected: 1,
+                    new: 5
+                }
+            ),
+            0
+        ),
+        Response::CounterCas {
+            swapped: false,
+            current: 0
+        }
+    );
+    assert_eq!(
+        store.apply(
+            1,
+            &request(
+                7,
+                Command::CounterCas {
+                    key: "n".into(),
+                    expected: 0,
+                    new: 5
+                }
+            ),
+            0
+        ),
+        Response::CounterCas {
+            swapped: true,
+            current: 5
+        }
+    );
+}
+
+#[test]
+fn retried_mutation_is_applied_once() {
+    let mut store = Store::new(UNLIMITED, 1);
+    let add = request(
+        77,
+        Command::CounterAdd {
+            key: "c".into(),
+            delta: 5,
+        },
+    );
+    assert_eq!(store.apply(9, &add, 0), Response::Counter { value: 5 });
+    assert_eq!(
+        store.apply(9, &add, 10),
+        Response::Counter { value: 5 },
+        "retry must get the first answer"
+    );
+    assert_eq!(
+        store.apply(0, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        Response::Counter { value: 5 }
+    );
+    // The same op id from another client is another operation.
+    assert_eq!(store.apply(10, &add, 10), Response::Counter { value: 10 });
+}
+
+#[test]
+fn acknowledged_records_are_dropped_and_stale_retries_refused() {
+    let mut store = Store::new(UNLIMITED, 1);
+    for op_id in 1..=10 {
+        store.apply(
+            3,
+            &request(
+                op_id,
+                Command::CounterAdd {
+                    key: "c".into(),
+                    delta: 1,
+                },
+            ),
+            0,
+        );
+    }
+    assert_eq!(store.stats().operation_records, 10);
+    let acknowledging = Request {
+        op_id: 11,
+        completed_below_op_id: 8,
+        command: Command::CounterAdd {
+            key: "c".into(),
+            delta: 1,
+        },
+    };
+    store.apply(3, &acknowledging, 0);
+    assert_eq!(store.stats().operation_records, 4, "ops 8..=11 remain");
+    let stale = store.apply(
+        3,
+        &request(
+            2,
+            Command::CounterAdd {
+                key: "c".into(),
+                delta: 1,
+            },
+        ),
+        0,
+    );
+    assert_eq!(code(&stale), Some(ErrorCode::InvalidArgument));
+    assert_eq!(
+        store.apply(3, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        Response::Counter { value: 11 }
+    );
+}
+
+#[test]
+fn idle_sessions_are_forgotten_after_the_retry_horizon() {
+    let mut store = Store::new(UNLIMITED, 1);
+    store.apply(
+        3,
+        &request(
+            1,
+            Command::CounterAdd {
+                key: "c".into(),
+                delta: 1,
+            },
+        ),
+        0,
+    );
+    store.expire_due(SESSION_IDLE_MS_MAX, 10);
+    assert_eq!(
+        store.stats().operation_records,
+        1,
+        "kept through the whole retry horizon"
+    );
+    store.expire_due(SESSION_IDLE_MS_MAX + 1, 10);
+    assert_eq!(store.stats().operation_records, 0);
+    assert_eq!(store.stats().memory_used_bytes, entry_bytes(b"c", 0));
+}
+
+#[test]
+fn memory_limit_refuses_growth_but_not_reads_deletes_or_shrinking() {
+    let limit = 4 * (ENTRY_OVERHEAD_BYTES + 110);
+    let mut store = Store::new(limit, 1);
+    let value = "x".repeat(100);
+    let mut written = 0;
+    let mut refused = None;
+    for i in 0..10 {
+        match store.apply(
+            1,
+            &request(0, set(&format!("k{i}"), &value, 0, SetCondition::Always)),
+            0,
+        ) {
+            Response::Written { .. } => written += 1,
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    assert!(written >= 1 && written < 10);
+    let refused = refused.expect("the limit was never hit");
+    assert_eq!(code(&refused), Some(ErrorCode::OutOfMemory));
+    assert!(store.stats().memory_used_bytes <= limit);
+    assert!(matches!(
+        store.apply(1, &request(0, Command::Get { key: "k0".into() }), 0),
+        Response::Value { .. }
+    ));
+    assert!(matches!(
+        store.apply(1, &request(0, set("k0", "small", 0, SetCondition::Always)), 0),
+        Response::Written { .. }
+    ));
+    assert_eq!(
+        store.apply(1, &request(0, Command::Del { key: "k1".into() }), 0),
+        Response::Deleted { existed: true }
+    );
+    assert!(matches!(
+        store.apply(1, &request(0, set("new", &value, 0, SetCondition::Always)), 0),
+        Response::Written { .. }
+    ));
+}
+
+#[test]
+fn oversize_key_and_value_are_refused() {
+    let mut store = Store::new(UNLIMITED, 1);
+    let key = vec![b'k'; KEY_BYTES_MAX + 1];
+    let response = store.apply(1, &request(0, Command::Get { key }), 0);
+    assert_eq!(code(&response), Some(ErrorCode::KeyTooLarge));
+    let value = vec![b'v'; VALUE_BYTES_MAX + 1];
+    let response = store.apply(
+        1,
+        &request(
+            0,
+            Command::Set {
+                key: "k".into(),
+                value,
+                ttl_ms: 0,
+                condition: SetCondition::Always,
+            },
+        ),
+        0,
+    );
+    assert_eq!(code(&response), Some(ErrorCode::ValueTooLarge));
+    store.apply(1, &request(0, set("k", "abc", 0, SetCondition::Always)), 0);
+    let response = store.apply(
+        1,
+        &request(
+            0,
+            Command::Append {
+                key: "k".into(),
+                value: vec![0; VALUE_BYTES_MAX],
+            },
+        ),
+        0,
+    );
+    assert_eq!(code(&response), Some(ErrorCode::ValueTooLarge));
+}
+
+#[test]
+fn append_creates_and_extends() {
+    let mut store = Store::new(UNLIMITED, 1);
+    assert!(matches!(
+        store.apply(
+            1,
+            &request(
+                1,
+                Command::Append {
+                    key: "k".into(),
+                    value: b"ab".to_vec()
+                }
+            ),
+            0
+        ),
+        Response::Written { .. }
+    ));
+    let Response::Appended { length, version } = store.apply(
+        1,
+        &request(
+            2,
+            Command::Append {
+                key: "k".into(),
+                value: b"cd".to_vec(),
+            },
+        ),
+        0,
+    ) else {
+        panic!()
+    };
+    assert_eq!(length, 4);
+    assert_eq!(
+        store.apply(1, &request(0, Command::Get { key: "k".into() }), 0),
+        Response::Value {
+            value: b"abcd".to_vec(),
+            version
+        }
+    );
+}
+
+// Model-based test: the store against a plain reference model under a virtual clock.
+
+#[derive(Debug, Clone, PartialEq)]
+enum ModelObject {
+    Bytes(Vec<u8>),
+    Counter(i64),
+}
+
+#[derive(Default)]
+struct Model {
+    entries: HashMap<Vec<u8>, (ModelObject, u64, Option<u64>)>,
+}
+
+impl Model {
+    fn live(&mut self, key: &[u8], now: u64) -> Option<&mut (ModelObject, u64, Option<u64>)> {
+        if let Some((_, _, Some(deadline))) = self.entries.get(key) {
+            if *deadline <= now {
+                self.entries.remove(key);
+            }
+        }
+        self.entries.get_mut(key)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Advance(u64),
+    Run(Command),
+    Expire,
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    let key = prop::sample::select(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    let value = prop::collection::vec(any::<u8>(), 0..8);
+    let condition = prop_oneof![
+        Just(SetCondition::Always),
+        Just(SetCondition::IfAbsent),
+        (0u64..12).prop_map(SetCondition::IfVersion)
+    ];
+    prop_oneof![
+        (1u64..50).prop_map(Step::Advance),
+        Just(Step::Expire),
+        key.clone().prop_map(|key| Step::Run(Command::Get { key })),
+        (key.clone(), value.clone(), prop_oneof![Just(0u64), 1u64..60], condition).prop_map(
+            |(key, value, ttl_ms, condition)| Step::Run(Command::Set {
+                key,
+                value,
+                ttl_ms,
+                condition
+            })
+        ),
+        key.clone().prop_map(|key| Step::Run(Command::Del { key })),
+        (key.clone(), value).prop_map(|(key, value)| Step::Run(Command::Append { key, value })),
+        key.clone().prop_map(|key| Step::Run(Command::CounterGet { key })),
+        (key.clone(), prop_oneof![-3i64..3, Just(i64::MAX), Just(i64::MIN)])
+            .prop_map(|(key, delta)| Step::Run(Command::CounterAdd { key, delta })),
+        (key.clone(), -3i64..3).prop_map(|(key, value)| Step::Run(Command::CounterSet { key, value })),
+        (key, -2i64..2, -2i64..2).prop_map(|(key, expected, new)| Step::Run(Command::CounterCas {
+            key,
+            expected,
+            new
+        })),
+    ]
+}
+
+/// The model's answer, with versions checked separately (the model tracks the version
+/// the store reported at the last write).
+fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &Response) -> Response {
+    let new_version = match store_response {
+        Response::Written { version } | Response::Appended { version, .. } => *version,
+        _ => 0,
+    };
+    match command {
+        Command::Get { key } => match model.live(key, now) {
+            None => Response::Missing,
+            Some((ModelObject::Bytes(value), version, _)) => Response::Value {
+                value: value.clone(),
+                version: *version,
+            },
+            Some(_) => store_response.clone(),
+        },
+        Command::Set {
+            key,
+            value,
+            ttl_ms,
+            condition,
+        } => {
+            let current = model
+                .live(key, now)
+                .map(|(object, version, _)| (object.clone(), *version));
+            if let Some((ModelObject::Counter(_), _)) = current {
+                return store_response.clone();
+            }
+            let current_version = current.map(|(_, version)| version);
+            let holds = match condition {
+                SetCondition::Always => true,
+                SetCondition::IfAbsent => current_version.is_none(),
+                SetCondition::IfVersion(expected) => current_version == Some(*expected),
+            };
+            if !holds {
+                return Response::Conflict {
+                    current_version: current_version.unwrap_or(0),
+                };
+            }
+            let deadline = (*ttl_ms != 0).then(|| now + ttl_ms);
+            model
+                .entries
+                .insert(key.clone(), (ModelObject::Bytes(value.clone()), new_version, deadline));
+            Response::Written { version: new_version }
+        }
+        Command::Del { key } => Response::Deleted {
+            existed: model.live(key, now).is_some() && model.entries.remove(key).is_some(),
+        },
+        Command::Append { key, value } => match model.live(key, now) {
+            None => {
+                model
+                    .entries
+                    .insert(key.clone(), (ModelObject::Bytes(value.clone()), new_version, None));
+                Response::Written { version: new_version }
+            }
+            Some((ModelObject::Bytes(existing), version, _)) => {
+                existing.extend_from_slice(value);
+                *version = new_version;
+                Response::Appended {
+                    version: new_version,
+                    length: existing.len() as u64,
+                }
+            }
+            Some(_) => store_response.clone(),
+        },
+        Command::CounterGet { key } => match model.live(key, now) {
+            None => Response::Counter { value: 0 },
+            Some((ModelObject::Counter(value), _, _)) => Response::Counter { value: *value },
+            Some(_) => store_response.clone(),
+        },
+        Command::CounterAdd { key, delta } => {
+            let current = match model.live(key, now) {
+                None => 0,
+                Some((ModelObject::Counter(value), _, _)) => *value,
+                Some(_) => return store_response.clone(),
+            };
+            match current.checked_add(*delta) {
+                None => store_response.clone(),
+                Some(value) => {
+                    model
+                        .entries
+                        .insert(key.clone(), (ModelObject::Counter(value), 0, None));
+                    Response::Counter { value }
+                }
+            }
+        }
+        Command::CounterSet { key, value } => {
+            if let Some((ModelObject::Bytes(_), _, _)) = model.live(key, now) {
+                return store_response.clone();
+            }
+            model
+                .entries
+                .insert(key.clone(), (ModelObject::Counter(*value), 0, None));
+            Response::Counter { value: *value }
+        }
+        Command::CounterCas { key, expected, new } => {
+            let current = match model.live(key, now) {
+                None => 0,
+                Some((ModelObject::Counter(value), _, _)) => *value,
+                Some(_) => return store_response.clone(),
+            };
+            if current != *expected {
+                return Response::CounterCas {
+                    swapped: false,
+                    current,
+                };
+            }
+            model.entries.insert(key.clone(), (ModelObject::Counter(*new), 0, None));
+            Response::CounterCas {
+                swapped: true,
+                current: *new,
+            }
+        }
+        Command::Ping | Command::Info | Command::GetSlotMap => unreachable!("not generated"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn store_matches_reference_model(steps in prop::collection::vec(step_strategy(), 1..80)) {
+        let mut store = Store::new(UNLIMITED, 7);
+        let mut model = Model::default();
+        let mut now = 0u64;
+        let mut last_version = 0u64;
+        for (index, step) in steps.into_iter().enumerate() {
+            match step {
+                Step::Advance(ms) => now += ms,
+                Step::Expire => { store.expire_due(now, usize::MAX); }
+                Step::Run(command) => {
+                    let actual = store.apply(1, &request(index as u64 + 1, command.clone()), now);
+                    // Errors the model does not compute (wrong type, overflow) must be
+                    // the expected codes.
+                    if let Some(code) = code(&actual) {
+                        prop_assert!(matches!(code, ErrorCode::WrongType | ErrorCode::Overflow), "unexpected {code}");
+                    }
+                    if let Response::Written { version } | Response::Appended { version, .. } = actual {
+                        prop_assert!(version > last_version, "versions must strictly increase");
+                        last_version = version;
+                    }
+                    let expected = model_apply(&mut model, &command, now, &actual);
+                    prop_assert_eq!(&actual, &expected, "step {} {:?} at {}", index, command, now);
+                }
+            }
+            let live = model.entries.iter().filter(|(_, (_, _, deadline))| deadline.is_none_or(|d| d > now)).count() as u64;
+            prop_assert!(store.stats().keys >= live);
+        }
+        // Accounting is exact: deleting everything returns to records-only memory.
+        store.expire_due(u64::MAX / 4, usize::MAX);
+        for key in [b"a", b"b", b"c"] {
+            store.apply(1, &request(0, Command::Del { key: key.to_vec() }), u64::MAX / 4);
+        }
+        prop_assert_eq!(store.stats().keys, 0);
+        prop_assert_eq!(store.stats().memory_used_bytes, store.operations.bytes());
+    }
+}
