@@ -1,0 +1,143 @@
+//! Client configuration and the builder that validates it and connects.
+
+use std::time::Duration;
+
+use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, CREDENTIALS_BYTES_MAX, NAMESPACE_BYTES_MAX};
+use tokio::runtime::Handle;
+
+use crate::client::Client;
+use crate::connection::Handshake;
+use crate::error::Error;
+use crate::limits::CALL_TIMEOUT_MS_DEFAULT;
+use crate::route::host_of;
+
+/// Builds a [`Client`]; obtained from [`Client::builder`].
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    address: String,
+    namespace: Vec<u8>,
+    credentials: Vec<u8>,
+    timeout: Duration,
+    direct: bool,
+}
+
+/// The validated settings a client runs with.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub seed_address: String,
+    pub namespace: Vec<u8>,
+    pub timeout: Duration,
+    pub direct: bool,
+}
+
+impl ClientBuilder {
+    pub(crate) fn new(address: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            address: address.into(),
+            namespace: b"default".to_vec(),
+            credentials: Vec::new(),
+            timeout: Duration::from_millis(CALL_TIMEOUT_MS_DEFAULT),
+            direct: true,
+        }
+    }
+
+    /// The tenant every key of this client belongs to (default `"default"`).
+    pub fn namespace(mut self, namespace: impl Into<Vec<u8>>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Sent in every handshake; empty (the default) when the server has no authentication.
+    pub fn credentials(mut self, credentials: impl Into<Vec<u8>>) -> Self {
+        self.credentials = credentials.into();
+        self
+    }
+
+    /// Default timeout of every call, retries included (default 5 s, capped at
+    /// `CALL_TIMEOUT_MS_MAX`).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `true` (default): route each key straight to its shard's port using the slot map.
+    /// `false`: send everything to the given address (a front port forwards).
+    pub fn direct(mut self, direct: bool) -> Self {
+        self.direct = direct;
+        self
+    }
+
+    /// Validates the settings, connects to the address and, when direct, fetches the slot
+    /// map. A map that cannot be fetched is not fatal: calls then go to the given address
+    /// until a later refresh succeeds. Must run inside a tokio runtime; the client's
+    /// connection tasks are spawned on that runtime.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let runtime = Handle::try_current()
+            .map_err(|_| Error::Config("Client::connect must be called inside a tokio runtime".into()))?;
+        let (config, handshake) = self.validate()?;
+        Client::start(config, handshake, runtime).await
+    }
+
+    fn validate(self) -> Result<(Config, Handshake), Error> {
+        if host_of(&self.address).is_none_or(str::is_empty) {
+            return Err(Error::Config(format!("address {:?} is not host:port", self.address)));
+        }
+        if self.namespace.len() > NAMESPACE_BYTES_MAX {
+            return Err(Error::Config(format!(
+                "namespace of {} bytes exceeds namespace_bytes_max ({NAMESPACE_BYTES_MAX})",
+                self.namespace.len()
+            )));
+        }
+        if self.credentials.len() > CREDENTIALS_BYTES_MAX {
+            return Err(Error::Config(format!(
+                "credentials of {} bytes exceed credentials_bytes_max ({CREDENTIALS_BYTES_MAX})",
+                self.credentials.len()
+            )));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::Config("timeout must be positive".into()));
+        }
+        let handshake = Handshake {
+            // Zero is avoided so a server can use it to mean "no client id".
+            client_id: rand::random::<u64>().max(1),
+            namespace: self.namespace.clone(),
+            credentials: self.credentials,
+        };
+        let config = Config {
+            seed_address: self.address,
+            namespace: self.namespace,
+            timeout: cap_timeout(self.timeout),
+            direct: self.direct,
+        };
+        Ok((config, handshake))
+    }
+}
+
+/// Clamps a timeout to `CALL_TIMEOUT_MS_MAX`: the server keeps exactly-once records
+/// about that long, so retrying for longer could apply a mutation twice.
+pub(crate) fn cap_timeout(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_millis(CALL_TIMEOUT_MS_MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_against_the_limits() {
+        let config = |builder: ClientBuilder| builder.validate().map(|(config, _)| config);
+        assert!(matches!(config(ClientBuilder::new("nohost")), Err(Error::Config(_))));
+        assert!(matches!(config(ClientBuilder::new(":7400")), Err(Error::Config(_))));
+        let long = ClientBuilder::new("h:1").namespace(vec![b'n'; NAMESPACE_BYTES_MAX + 1]);
+        assert!(matches!(config(long), Err(Error::Config(message)) if message.contains("namespace_bytes_max")));
+        let long = ClientBuilder::new("h:1").credentials(vec![0; CREDENTIALS_BYTES_MAX + 1]);
+        assert!(matches!(config(long), Err(Error::Config(message)) if message.contains("credentials_bytes_max")));
+        assert!(config(ClientBuilder::new("h:1").timeout(Duration::ZERO)).is_err());
+        let capped = config(ClientBuilder::new("h:1").timeout(Duration::from_secs(3_600))).unwrap();
+        assert_eq!(capped.timeout, Duration::from_millis(CALL_TIMEOUT_MS_MAX));
+        let defaults = config(ClientBuilder::new("h:1")).unwrap();
+        assert_eq!(defaults.namespace, b"default");
+        assert!(defaults.direct);
+        assert_eq!(defaults.timeout, Duration::from_millis(CALL_TIMEOUT_MS_DEFAULT));
+    }
+}

@@ -1,0 +1,330 @@
+//! The client: routing by slot, the retrying call path, and node-level commands.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use engram_proto::limits::KEY_BYTES_MAX;
+use engram_proto::{Command, NodeInfo, Request, Response, SlotHasher, SlotMap};
+use tokio::runtime::Handle;
+use tokio::time::{sleep_until, timeout_at, Instant};
+
+use crate::backoff::retry_delay;
+use crate::builder::{cap_timeout, ClientBuilder, Config};
+use crate::bytes::Bytes;
+use crate::connection::Handshake;
+use crate::counter::Counter;
+use crate::error::Error;
+use crate::operations::OperationIds;
+use crate::pool::Pool;
+use crate::route::Route;
+
+/// A handle on an Engram cluster. Build it once and clone it freely: clones share the
+/// slot map, the connections and the operation-id sequence.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    hasher: SlotHasher,
+    operations: OperationIds,
+    pool: Pool,
+    /// `None` until a map was fetched (or always, when not direct): calls then go to the
+    /// seed address.
+    route: RwLock<Option<Arc<Route>>>,
+    /// Serializes map refreshes so a burst of `WrongShard` answers fetches the map once.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Client")
+            .field("address", &self.inner.config.seed_address)
+            .field("namespace", &String::from_utf8_lossy(&self.inner.config.namespace))
+            .field("client_id", &self.client_id())
+            .field("map_epoch", &self.map_epoch())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Starts configuring a client that first contacts `address` (`host:port`).
+    pub fn builder(address: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(address)
+    }
+
+    pub(crate) async fn start(config: Config, handshake: Handshake, runtime: Handle) -> Result<Client, Error> {
+        let client = Client {
+            inner: Arc::new(Inner {
+                hasher: SlotHasher::new(&config.namespace),
+                operations: OperationIds::default(),
+                pool: Pool::new(handshake, runtime),
+                route: RwLock::new(None),
+                refreshing: tokio::sync::Mutex::new(()),
+                config,
+            }),
+        };
+        let deadline = Instant::now() + client.inner.config.timeout;
+        let seed = client.inner.config.seed_address.clone();
+        // Connecting is tried once, so a wrong address or a stopped server is reported
+        // at once rather than after a full timeout of retries.
+        match timeout_at(deadline, client.inner.pool.get(&seed)).await {
+            Ok(connection) => drop(connection?),
+            Err(_) => return Err(client.timed_out(client.inner.config.timeout, None)),
+        }
+        if client.inner.config.direct {
+            // Without a map every call goes to the seed, which still works through a
+            // front port; the map is fetched again on the first WrongShard.
+            let _ = timeout_at(deadline, client.refresh_map(0)).await;
+        }
+        Ok(client)
+    }
+
+    /// The random id this client announces; with an operation id it names a mutation.
+    pub fn client_id(&self) -> u64 {
+        self.inner.pool.handshake().client_id
+    }
+
+    /// The client's default call timeout.
+    pub fn default_timeout(&self) -> Duration {
+        self.inner.config.timeout
+    }
+
+    /// Epoch of the slot map the client routes with; 0 when it has none.
+    pub fn map_epoch(&self) -> u64 {
+        self.route().map_or(0, |route| route.epoch())
+    }
+
+    /// A bytes object handle.
+    pub fn bytes(&self, key: impl Into<Vec<u8>>) -> Bytes {
+        Bytes::new(self.clone(), key.into())
+    }
+
+    /// A counter (i64) handle.
+    pub fn counter(&self, key: impl Into<Vec<u8>>) -> Counter {
+        Counter::new(self.clone(), key.into())
+    }
+
+    /// Round trip to the seed node.
+    pub async fn ping(&self) -> Result<(), Error> {
+        match self.call(None, Command::Ping, false).await? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected("ping", &other)),
+        }
+    }
+
+    /// Node and per-shard statistics of the seed node.
+    pub async fn info(&self) -> Result<NodeInfo, Error> {
+        match self.call(None, Command::Info, false).await? {
+            Response::Info(info) => Ok(info),
+            other => Err(unexpected("info", &other)),
+        }
+    }
+
+    /// Fetches the seed node's slot map; when it is newer than the client's, the client
+    /// routes with it from now on.
+    pub async fn slot_map(&self) -> Result<SlotMap, Error> {
+        match self.call(None, Command::GetSlotMap, false).await? {
+            Response::SlotMap(map) => {
+                if self.inner.config.direct {
+                    self.install(Route::new(map.clone(), &self.inner.config.seed_address)?);
+                }
+                Ok(map)
+            }
+            other => Err(unexpected("get_slot_map", &other)),
+        }
+    }
+
+    /// Sends `command` with the client's default timeout; see [`Client::call_with`].
+    pub async fn call(&self, key: Option<&[u8]>, command: Command, mutation: bool) -> Result<Response, Error> {
+        self.call_with(key, command, mutation, None).await
+    }
+
+    /// Sends `command` to the owner of `key` (the seed node when `None`) and returns its
+    /// response; a `Response::Error` comes back as [`Error::Server`]. Retryable failures
+    /// are retried with backoff until `timeout` (the client default when `None`), and a
+    /// `mutation` keeps one operation id across its retries so the server applies it once.
+    pub async fn call_with(
+        &self,
+        key: Option<&[u8]>,
+        command: Command,
+        mutation: bool,
+        timeout: Option<Duration>,
+    ) -> Result<Response, Error> {
+        if let Some(key) = key {
+            if key.len() > KEY_BYTES_MAX {
+                return Err(Error::KeyTooLarge { length: key.len() });
+            }
+        }
+        let timeout = timeout.map_or(self.inner.config.timeout, cap_timeout);
+        let deadline = Instant::now() + timeout;
+        let operation = mutation.then(|| self.inner.operations.begin());
+        let mut request = Request {
+            op_id: operation.as_ref().map_or(0, |operation| operation.id()),
+            completed_below_op_id: 0,
+            command,
+        };
+        let mut last_error: Option<Error> = None;
+        let mut attempt = 0u32;
+        loop {
+            if attempt > 0 && Instant::now() >= deadline {
+                break;
+            }
+            let routed_epoch = self.map_epoch();
+            let refresh_first = last_error.as_ref().is_some_and(|error| self.should_refresh(error));
+            request.completed_below_op_id = self.inner.operations.completed_below();
+            let error = match timeout_at(deadline, self.attempt(key, &request, refresh_first, routed_epoch)).await {
+                Err(_) => break,
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(error)) if error.is_retryable() => error,
+                Ok(Err(error)) => return Err(error),
+            };
+            // A stale map is the common case during a migration and the refresh already
+            // costs a round trip, so the first retry after one goes out at once.
+            let immediate = attempt == 0 && self.should_refresh(&error);
+            if !immediate {
+                sleep_until(deadline.min(Instant::now() + retry_delay(attempt))).await;
+            }
+            last_error = Some(error);
+            attempt = attempt.saturating_add(1);
+        }
+        Err(self.timed_out(timeout, last_error))
+    }
+
+    fn timed_out(&self, after: Duration, last_error: Option<Error>) -> Error {
+        Error::Timeout {
+            after,
+            last_error: last_error.map(Box::new),
+        }
+    }
+
+    /// Whether a failure suggests the map is stale: the server said so, or (routing
+    /// directly) a shard stopped answering, which is how a failover looks from here.
+    fn should_refresh(&self, error: &Error) -> bool {
+        self.inner.config.direct && (error.needs_map_refresh() || matches!(error, Error::Connection { .. }))
+    }
+
+    async fn attempt(
+        &self,
+        key: Option<&[u8]>,
+        request: &Request,
+        refresh_first: bool,
+        routed_epoch: u64,
+    ) -> Result<Response, Error> {
+        if refresh_first {
+            // A failed refresh leaves the old map in place; the send below then reports
+            // the error that matters for this call.
+            let _ = self.refresh_map(routed_epoch).await;
+        }
+        let route = self.route();
+        let address = match (key, &route) {
+            (Some(key), Some(route)) => route
+                .address_of_slot(self.inner.hasher.slot(key))
+                .unwrap_or(&self.inner.config.seed_address),
+            _ => &self.inner.config.seed_address,
+        };
+        let map_epoch = route.as_ref().map_or(0, |route| route.epoch());
+        let connection = self.inner.pool.get(address).await?;
+        match connection.call(request, map_epoch).await? {
+            Response::Error(reply) => Err(Error::from_reply(reply)),
+            response => Ok(response),
+        }
+    }
+
+    fn route(&self) -> Option<Arc<Route>> {
+        // The lock is only held to clone an Arc, so poisoning cannot leave a torn value.
+        self.inner
+            .route
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Fetches the map unless someone already replaced the one at `stale_epoch`. Asks the
+    /// seed first, then every shard of the current map, so one dead node does not leave
+    /// the client without a map.
+    async fn refresh_map(&self, stale_epoch: u64) -> Result<(), Error> {
+        if !self.inner.config.direct {
+            return Ok(());
+        }
+        let _refreshing = self.inner.refreshing.lock().await;
+        if self.map_epoch() > stale_epoch {
+            return Ok(());
+        }
+        let seed = &self.inner.config.seed_address;
+        let mut candidates = vec![seed.clone()];
+        if let Some(route) = self.route() {
+            candidates.extend(route.addresses().iter().filter(|address| *address != seed).cloned());
+        }
+        let mut last_error = None;
+        for address in candidates {
+            match self.fetch_map(&address).await {
+                Ok(route) => {
+                    self.install(route);
+                    return Ok(());
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Config("no address to fetch the slot map from".into())))
+    }
+
+    async fn fetch_map(&self, address: &str) -> Result<Route, Error> {
+        let request = Request {
+            op_id: 0,
+            completed_below_op_id: self.inner.operations.completed_below(),
+            command: Command::GetSlotMap,
+        };
+        let connection = self.inner.pool.get(address).await?;
+        match connection.call(&request, self.map_epoch()).await? {
+            Response::SlotMap(map) => Route::new(map, address),
+            Response::Error(reply) => Err(Error::from_reply(reply)),
+            other => Err(unexpected("get_slot_map", &other)),
+        }
+    }
+
+    /// Routes with `route` from now on, unless the client already has a newer map (an
+    /// answer from a lagging node must not move the client backwards).
+    fn install(&self, route: Route) {
+        let mut current = self
+            .inner
+            .route
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.as_ref().is_some_and(|current| current.epoch() >= route.epoch()) {
+            return;
+        }
+        let seed = &self.inner.config.seed_address;
+        self.inner
+            .pool
+            .retain(|address| address == seed || route.addresses().iter().any(|known| known == address));
+        *current = Some(Arc::new(route));
+    }
+}
+
+/// The error for a response of the wrong kind for its command.
+pub(crate) fn unexpected(command: &'static str, response: &Response) -> Error {
+    Error::UnexpectedResponse {
+        command,
+        response: response_name(response),
+    }
+}
+
+fn response_name(response: &Response) -> &'static str {
+    match response {
+        Response::Pong => "pong",
+        Response::Value { .. } => "value",
+        Response::Missing => "missing",
+        Response::Written { .. } => "written",
+        Response::Appended { .. } => "appended",
+        Response::Conflict { .. } => "conflict",
+        Response::Deleted { .. } => "deleted",
+        Response::Counter { .. } => "counter",
+        Response::CounterCas { .. } => "counter_cas",
+        Response::Info(_) => "info",
+        Response::SlotMap(_) => "slot_map",
+        Response::Error(_) => "error",
+    }
+}

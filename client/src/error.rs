@@ -1,0 +1,210 @@
+//! The client's error enum and its retry classification.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engram_proto::limits::{KEY_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
+use engram_proto::{ErrorCode, ErrorReply, ProtocolError};
+
+/// A server error code: one this build knows, or the raw number from a newer server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerCode {
+    Known(ErrorCode),
+    /// Not known to this build; treated as final because its meaning is unknown.
+    Unknown(u16),
+}
+
+impl ServerCode {
+    pub fn from_u16(code: u16) -> ServerCode {
+        ErrorCode::from_u16(code).map_or(ServerCode::Unknown(code), ServerCode::Known)
+    }
+
+    pub fn known(self) -> Option<ErrorCode> {
+        match self {
+            ServerCode::Known(code) => Some(code),
+            ServerCode::Unknown(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerCode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerCode::Known(code) => write!(formatter, "{code}"),
+            ServerCode::Unknown(number) => write!(formatter, "unknown error code {number}"),
+        }
+    }
+}
+
+/// Why a connection could not be used. Cloneable because one failure is reported to
+/// every call that was waiting on the connection.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("{0}")]
+    Io(Arc<std::io::Error>),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("peer closed the connection in the middle of a frame")]
+    Truncated,
+    #[error("peer broke the protocol: {0}")]
+    Protocol(ProtocolError),
+    #[error("address {0:?} is not host:port")]
+    BadAddress(String),
+}
+
+impl From<std::io::Error> for ConnectionError {
+    fn from(error: std::io::Error) -> Self {
+        ConnectionError::Io(Arc::new(error))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error code.
+    #[error("server error {code}: {message}")]
+    Server {
+        code: ServerCode,
+        message: String,
+        /// Epoch of the map the server routed with.
+        map_epoch: u64,
+    },
+    /// The call's timeout ran out (retries included).
+    #[error("call timed out after {after:?} (call timeout){}", last_error_suffix(last_error))]
+    Timeout {
+        after: Duration,
+        /// The retryable failure that was being retried when time ran out, if any.
+        last_error: Option<Box<Error>>,
+    },
+    /// A connection could not be opened, or died with the call in flight.
+    #[error("connection to {address}: {source}")]
+    Connection {
+        address: String,
+        #[source]
+        source: ConnectionError,
+    },
+    /// A request could not be encoded (for example it exceeds frame_payload_bytes_max).
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The server answered with a response that does not fit the command.
+    #[error("unexpected {response} response to {command}")]
+    UnexpectedResponse {
+        command: &'static str,
+        response: &'static str,
+    },
+    #[error("key of {length} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})")]
+    KeyTooLarge { length: usize },
+    #[error("value of {length} bytes exceeds value_bytes_max ({VALUE_BYTES_MAX})")]
+    ValueTooLarge { length: usize },
+    #[error("time to live of {ttl:?} exceeds ttl_ms_max ({TTL_MS_MAX} ms)")]
+    TtlTooLong { ttl: Duration },
+    /// A node served a slot map that breaks the map's invariants.
+    #[error("invalid slot map: {reason}")]
+    InvalidSlotMap { reason: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+fn last_error_suffix(last_error: &Option<Box<Error>>) -> String {
+    match last_error {
+        Some(error) => format!("; last error: {error}"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    pub(crate) fn from_reply(reply: ErrorReply) -> Error {
+        Error::Server {
+            code: ServerCode::from_u16(reply.code),
+            message: reply.message,
+            map_epoch: reply.map_epoch,
+        }
+    }
+
+    /// Whether resending the same operation (same operation id) may succeed. The call
+    /// path already retries these until the call's timeout; a caller that sees one has
+    /// run out of time, not of options.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Server { code, .. } => code.known().is_some_and(ErrorCode::is_retryable),
+            Error::Connection { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the slot map must be refreshed before a retry can succeed.
+    pub fn needs_map_refresh(&self) -> bool {
+        match self {
+            Error::Server { code, .. } => code.known().is_some_and(ErrorCode::needs_map_refresh),
+            _ => false,
+        }
+    }
+
+    /// The server's error code, when the server answered with one.
+    pub fn code(&self) -> Option<ServerCode> {
+        match self {
+            Error::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: u16) -> Error {
+        Error::from_reply(ErrorReply {
+            code,
+            message: "m".into(),
+            map_epoch: 3,
+        })
+    }
+
+    #[test]
+    fn server_codes_follow_the_protocol_split() {
+        for code in ErrorCode::ALL {
+            let error = server(code.as_u16());
+            assert_eq!(error.is_retryable(), code.is_retryable(), "{code}");
+            assert_eq!(error.needs_map_refresh(), code.needs_map_refresh(), "{code}");
+            assert_eq!(error.code(), Some(ServerCode::Known(code)));
+        }
+    }
+
+    #[test]
+    fn unknown_codes_are_final() {
+        let error = server(9_999);
+        assert_eq!(error.code(), Some(ServerCode::Unknown(9_999)));
+        assert!(!error.is_retryable());
+        assert!(!error.needs_map_refresh());
+    }
+
+    #[test]
+    fn connection_failures_retry_and_local_errors_do_not() {
+        let connection = Error::Connection {
+            address: "127.0.0.1:1".into(),
+            source: ConnectionError::Closed,
+        };
+        assert!(connection.is_retryable());
+        let timeout = Error::Timeout {
+            after: Duration::from_secs(1),
+            last_error: Some(Box::new(connection)),
+        };
+        assert!(!timeout.is_retryable());
+        assert!(timeout.to_string().contains("last error: connection to 127.0.0.1:1"));
+        assert!(!Error::KeyTooLarge { length: 1 }.is_retryable());
+        assert!(!Error::Config("x".into()).is_retryable());
+    }
+
+    #[test]
+    fn limit_errors_name_the_limit() {
+        assert!(Error::KeyTooLarge { length: 99_999 }
+            .to_string()
+            .contains("key_bytes_max"));
+        assert!(Error::ValueTooLarge { length: 1 }
+            .to_string()
+            .contains("value_bytes_max"));
+        assert!(Error::TtlTooLong { ttl: Duration::MAX }
+            .to_string()
+            .contains("ttl_ms_max"));
+    }
+}

@@ -1,0 +1,292 @@
+//! An in-process fake Engram node for tests: it speaks the real frames over loopback TCP
+//! and has a few scripted behaviours selected by key, so the client's connection handling,
+//! routing and retries can be tested without the real server.
+//!
+//! Keys with special meaning:
+//! - `hold*`: the response is withheld until [`FakeServer::release`], which sends every
+//!   held response in reverse order of arrival (out-of-order delivery).
+//! - `silent*`: never answered.
+//! - `close-once*`: the first request closes the connection unanswered; later ones succeed.
+//! - `wrongtype*`: answered with a `WrongType` error.
+//! - `busy-once*`: the first request gets `Busy`, later ones succeed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use engram_proto::limits::SLOT_COUNT;
+use engram_proto::{
+    decode_payload, encode_message, Command, ErrorCode, ErrorReply, FrameKind, Hello, HelloReply, NodeInfo, Request,
+    Response, ShardAddress, SlotHasher, SlotMap, SlotRange, FRONT_SHARD_ID,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::framing::FrameReader;
+
+/// What the fake saw of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub key: Vec<u8>,
+    pub op_id: u64,
+    pub completed_below_op_id: u64,
+    pub map_epoch: u64,
+    /// The shard index of the fake that received it (`None`: the front fake).
+    pub shard: Option<u32>,
+}
+
+#[derive(Default)]
+pub struct Shared {
+    /// The cluster's map; shared by the fakes of one test so they agree on ownership.
+    pub map: Option<SlotMap>,
+    pub refuse_hello: bool,
+    pub seen: Vec<Seen>,
+    pub hellos: usize,
+    pub values: HashMap<Vec<u8>, (Vec<u8>, u64)>,
+    counters: HashMap<Vec<u8>, i64>,
+    once_fired: Vec<Vec<u8>>,
+    held: Vec<(mpsc::Sender<Vec<u8>>, Vec<u8>)>,
+}
+
+pub struct FakeServer {
+    pub address: String,
+    pub shared: Arc<Mutex<Shared>>,
+}
+
+impl FakeServer {
+    /// Serves on a fresh loopback port. `shard_index` is this fake's index in the shared
+    /// map's shards (it refuses keys it does not own); `None` makes it a front port.
+    pub async fn start(shared: Arc<Mutex<Shared>>, shard_index: Option<u32>) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = FakeServer {
+            address,
+            shared: Arc::clone(&shared),
+        };
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, Arc::clone(&shared), shard_index));
+            }
+        });
+        server
+    }
+
+    pub async fn front() -> FakeServer {
+        FakeServer::start(Arc::default(), None).await
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap()
+    }
+
+    /// Sends every held response, newest first.
+    pub async fn release(&self) {
+        let held = std::mem::take(&mut self.lock().held);
+        for (sender, frame) in held.into_iter().rev() {
+            let _ = sender.send(frame).await;
+        }
+    }
+
+    pub fn held(&self) -> usize {
+        self.lock().held.len()
+    }
+}
+
+/// A map giving the first half of the slots to `first` and the rest to `second`.
+pub fn two_shard_map(epoch: u64, first: &str, second: &str) -> SlotMap {
+    let half = SLOT_COUNT / 2;
+    SlotMap {
+        epoch,
+        shards: vec![
+            ShardAddress {
+                node_id: 1,
+                shard_id: 0,
+                address: first.into(),
+            },
+            ShardAddress {
+                node_id: 1,
+                shard_id: 1,
+                address: second.into(),
+            },
+        ],
+        ranges: vec![
+            SlotRange {
+                start: 0,
+                end: half - 1,
+                shard_index: 0,
+            },
+            SlotRange {
+                start: half,
+                end: SLOT_COUNT - 1,
+                shard_index: 1,
+            },
+        ],
+    }
+}
+
+/// A map giving every slot to the shard at `address`.
+pub fn single_shard_map(epoch: u64, address: &str) -> SlotMap {
+    SlotMap {
+        epoch,
+        shards: vec![ShardAddress {
+            node_id: 1,
+            shard_id: 0,
+            address: address.into(),
+        }],
+        ranges: vec![SlotRange {
+            start: 0,
+            end: SLOT_COUNT - 1,
+            shard_index: 0,
+        }],
+    }
+}
+
+fn frame(kind: FrameKind, request_id: u64, message: &Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_message(kind, request_id, 0, message, &mut out).unwrap();
+    out
+}
+
+fn error(code: ErrorCode) -> Response {
+    Response::Error(ErrorReply {
+        code: code.as_u16(),
+        message: format!("fake {code}"),
+        map_epoch: 0,
+    })
+}
+
+async fn serve(stream: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>, shard_index: Option<u32>) {
+    let (mut read_half, mut write_half) = stream.into_split();
+    let (outbound, mut queue) = mpsc::channel::<Vec<u8>>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = queue.recv().await {
+            if write_half.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut reader = FrameReader::default();
+    let Ok(Some((header, payload))) = reader.next_frame(&mut read_half).await else {
+        return;
+    };
+    assert_eq!(header.kind, FrameKind::Hello);
+    let hello: Hello = decode_payload(payload).unwrap();
+    let refuse = {
+        let mut shared = shared.lock().unwrap();
+        shared.hellos += 1;
+        shared.refuse_hello
+    };
+    if refuse {
+        let _ = outbound
+            .send(frame(FrameKind::Response, 0, &error(ErrorCode::Unauthorized)))
+            .await;
+        drop(outbound);
+        let _ = writer.await;
+        return;
+    }
+    let reply = HelloReply {
+        node_id: 1,
+        shard_id: shard_index.map_or(FRONT_SHARD_ID, |index| index as u16),
+        shard_count: 2,
+        map_epoch: 0,
+        server_version: "fake".into(),
+    };
+    let mut hello_frame = Vec::new();
+    encode_message(FrameKind::HelloReply, 0, 0, &reply, &mut hello_frame).unwrap();
+    outbound.send(hello_frame).await.unwrap();
+    let hasher = SlotHasher::new(&hello.namespace);
+    while let Ok(Some((header, payload))) = reader.next_frame(&mut read_half).await {
+        let request: Request = decode_payload(payload).unwrap();
+        let key = request.command.key().map(<[u8]>::to_vec).unwrap_or_default();
+        let answer = {
+            let mut state = shared.lock().unwrap();
+            state.seen.push(Seen {
+                key: key.clone(),
+                op_id: request.op_id,
+                completed_below_op_id: request.completed_below_op_id,
+                map_epoch: header.map_epoch,
+                shard: shard_index,
+            });
+            let owned = match (shard_index, request.command.key(), &state.map) {
+                (Some(index), Some(key), Some(map)) => map.owner_table()[hasher.slot(key) as usize] == index,
+                _ => true,
+            };
+            let mut first_time = || {
+                let fresh = !state.once_fired.contains(&key);
+                if fresh {
+                    state.once_fired.push(key.clone());
+                }
+                fresh
+            };
+            let response = if !owned {
+                Some(error(ErrorCode::WrongShard))
+            } else if key.starts_with(b"silent") {
+                None
+            } else if key.starts_with(b"close-once") && first_time() {
+                return;
+            } else if key.starts_with(b"busy-once") && first_time() {
+                Some(error(ErrorCode::Busy))
+            } else if key.starts_with(b"wrongtype") {
+                Some(error(ErrorCode::WrongType))
+            } else {
+                Some(apply(&mut state, request.command))
+            };
+            match response {
+                Some(response) if key.starts_with(b"hold") => {
+                    let answer = frame(FrameKind::Response, header.request_id, &response);
+                    state.held.push((outbound.clone(), answer));
+                    None
+                }
+                Some(response) => Some(frame(FrameKind::Response, header.request_id, &response)),
+                None => None,
+            }
+        };
+        if let Some(answer) = answer {
+            if outbound.send(answer).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn apply(state: &mut Shared, command: Command) -> Response {
+    match command {
+        Command::Ping => Response::Pong,
+        Command::Info => Response::Info(NodeInfo {
+            node_id: 1,
+            server_version: "fake".into(),
+            uptime_ms: 1,
+            map_epoch: state.map.as_ref().map_or(0, |map| map.epoch),
+            connections: 1,
+            shards: Vec::new(),
+        }),
+        Command::GetSlotMap => match &state.map {
+            Some(map) => Response::SlotMap(map.clone()),
+            None => error(ErrorCode::Internal),
+        },
+        Command::Get { key } => match state.values.get(&key) {
+            Some((value, version)) => Response::Value {
+                value: value.clone(),
+                version: *version,
+            },
+            None => Response::Missing,
+        },
+        Command::Set { key, value, .. } => {
+            let version = state.values.get(&key).map_or(0, |(_, version)| *version) + 1;
+            state.values.insert(key, (value, version));
+            Response::Written { version }
+        }
+        Command::Del { key } => Response::Deleted {
+            existed: state.values.remove(&key).is_some(),
+        },
+        Command::CounterAdd { key, delta } => {
+            let value = state.counters.entry(key).or_default();
+            *value += delta;
+            Response::Counter { value: *value }
+        }
+        Command::CounterGet { key } => Response::Counter {
+            value: state.counters.get(&key).copied().unwrap_or(0),
+        },
+        _ => error(ErrorCode::Internal),
+    }
+}

@@ -1,0 +1,30 @@
+//! Client-side limits and tunables, as named constants with their unit last.
+
+/// Call timeout when the builder is not given one. Long enough to ride out a slot
+/// migration's cut-over, short enough that a dead cluster is reported promptly.
+pub const CALL_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// First retry delay. Small because the first retry usually follows a map refresh or a
+/// reconnect, which already took a round trip.
+pub const RETRY_BACKOFF_MS_MIN: u64 = 1;
+
+/// Retry delays double up to this, so a flapping node is probed a few times a second
+/// rather than hammered.
+pub const RETRY_BACKOFF_MS_MAX: u64 = 250;
+
+/// Frames a caller may queue for a connection's writer before it waits. Bounded so a slow
+/// socket pushes back on callers instead of buffering without limit; the in-flight
+/// semaphore (`IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`) bounds it already, this only keeps
+/// the channel's own memory small.
+pub const WRITE_QUEUE_FRAMES_MAX: usize = 256;
+
+/// The writer coalesces queued frames into one write until the batch reaches this size:
+/// one syscall for many small requests, without holding a huge buffer.
+pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
+
+/// First size of a connection's read buffer; it grows to fit the largest frame seen.
+pub const READ_BUFFER_BYTES_INITIAL: usize = 16 * 1024;
+
+/// A read buffer grown past this for one large frame is shrunk back once drained, so an
+/// idle connection does not keep megabytes.
+pub const READ_BUFFER_BYTES_RETAINED_MAX: usize = 256 * 1024;
