@@ -1,0 +1,124 @@
+//! Runs one parsed `engram` command and writes its result.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use engram_client::{Client, SetCondition, SetOptions, SetOutcome};
+
+use crate::cli::{Cli, Command, CounterCommand};
+use crate::failure::Failure;
+use crate::info_view::NodeView;
+
+/// Connects as `cli` says and runs its command, writing results to `out`.
+pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
+    if cli.timeout_ms == 0 {
+        return Err(Failure::Usage("--timeout-ms must be positive".into()));
+    }
+    // Direct routing degrades by itself to sending everything to --addr when the node
+    // cannot serve a slot map, so the CLI needs no fallback of its own.
+    let client = Client::builder(cli.addr)
+        .namespace(cli.namespace)
+        .credentials(cli.credentials)
+        .timeout(Duration::from_millis(cli.timeout_ms))
+        .direct(!cli.front_only)
+        .connect()
+        .await?;
+    match cli.command {
+        Command::Ping => {
+            let started = Instant::now();
+            client.ping().await?;
+            let round_trip = started.elapsed();
+            writeln!(out, "PONG {:.3} ms", round_trip.as_secs_f64() * 1_000.0)?;
+        }
+        Command::Set {
+            key,
+            value,
+            ttl_ms,
+            if_absent,
+            if_version,
+        } => {
+            let condition = match (if_absent, if_version) {
+                (true, _) => SetCondition::IfAbsent,
+                (false, Some(version)) => SetCondition::IfVersion(version),
+                (false, None) => SetCondition::Always,
+            };
+            let options = SetOptions {
+                ttl: ttl_ms.map(Duration::from_millis),
+                condition,
+            };
+            match client.bytes(key).set_with(value, options).await? {
+                SetOutcome::Written { version } => writeln!(out, "{version}")?,
+                SetOutcome::Conflict { current_version } => {
+                    return Err(Failure::ConditionFailed(conflict_text(condition, current_version)))
+                }
+            }
+        }
+        Command::Get { key } => {
+            let value = client.bytes(key).get().await?.ok_or(Failure::Missing)?;
+            out.write_all(&value.value)?;
+            out.write_all(b"\n")?;
+        }
+        Command::Del { key } => {
+            let existed = client.bytes(key).del().await?;
+            writeln!(out, "{}", u8::from(existed))?;
+        }
+        Command::Incr { key, delta } => writeln!(out, "{}", client.counter(key).add(delta).await?)?,
+        Command::Counter(CounterCommand::Get { key }) => writeln!(out, "{}", client.counter(key).get().await?)?,
+        Command::Counter(CounterCommand::Set { key, value }) => {
+            client.counter(key).set(value).await?;
+            writeln!(out, "{value}")?;
+        }
+        Command::Counter(CounterCommand::Cas { key, expected, new }) => {
+            let outcome = client.counter(key).compare_and_set(expected, new).await?;
+            writeln!(out, "{}", outcome.current)?;
+            if !outcome.swapped {
+                return Err(Failure::ConditionFailed(format!(
+                    "not swapped: counter holds {}, not {expected}",
+                    outcome.current
+                )));
+            }
+        }
+        Command::Info { json } => {
+            let view = NodeView::from(&client.info().await?);
+            if json {
+                writeln!(out, "{}", view.to_json()?)?;
+            } else {
+                out.write_all(view.to_table().as_bytes())?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn conflict_text(condition: SetCondition, current_version: u64) -> String {
+    match (condition, current_version) {
+        (SetCondition::IfAbsent, _) => format!("not written: key exists (version {current_version})"),
+        (SetCondition::IfVersion(expected), 0) => format!("not written: key is absent, not at version {expected}"),
+        (SetCondition::IfVersion(expected), _) => {
+            format!("not written: key is at version {current_version}, not {expected}")
+        }
+        (SetCondition::Always, _) => format!("not written (version {current_version})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_explain_themselves() {
+        assert_eq!(
+            conflict_text(SetCondition::IfAbsent, 3),
+            "not written: key exists (version 3)"
+        );
+        assert_eq!(
+            conflict_text(SetCondition::IfVersion(2), 0),
+            "not written: key is absent, not at version 2"
+        );
+        assert_eq!(
+            conflict_text(SetCondition::IfVersion(2), 5),
+            "not written: key is at version 5, not 2"
+        );
+    }
+}

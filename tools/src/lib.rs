@@ -1,0 +1,14 @@
+//! Engram command-line tools. The binaries are thin: argument parsing and output here,
+//! everything about talking to the cluster in `engram-client`.
+//!
+//! Layout:
+//! - [`cli`]: the `engram` command line (clap derive; every flag also an `ENGRAM_*` variable).
+//! - [`commands`]: runs one parsed command against a client and writes its output.
+//! - [`info_view`]: node info as a human table or JSON (a serde mirror of the wire type).
+//! - [`failure`]: the CLI error enum and its exit codes.
+//! - `bin/engram`: the `engram` binary: parse, run on a current-thread runtime, exit.
+
+pub mod cli;
+pub mod commands;
+pub mod failure;
+pub mod info_view;
