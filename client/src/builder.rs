@@ -113,8 +113,9 @@ impl ClientBuilder {
     }
 }
 
-/// Clamps a timeout to `CALL_TIMEOUT_MS_MAX`: the server keeps exactly-once records
-/// about that long, so retrying for longer could apply a mutation twice.
+/// Clamps a timeout to `CALL_TIMEOUT_MS_MAX`, the longest a client may retry one
+/// operation: the server's exactly-once guarantee for a retried operation id is only
+/// promised within that window.
 pub(crate) fn cap_timeout(timeout: Duration) -> Duration {
     timeout.min(Duration::from_millis(CALL_TIMEOUT_MS_MAX))
 }
