@@ -144,6 +144,7 @@ mod tests {
             1,
             &Request {
                 op_id: 0,
+                completed_below_op_id: 0,
                 command: Command::Ping,
             },
         );
@@ -151,6 +152,7 @@ mod tests {
             2,
             &Request {
                 op_id: 0,
+                completed_below_op_id: 0,
                 command: Command::Get { key: b"x".to_vec() },
             },
         );
@@ -180,6 +182,7 @@ mod tests {
             1,
             &Request {
                 op_id: 0,
+                completed_below_op_id: 0,
                 command: Command::Get { key: b"abc".to_vec() },
             },
         );

@@ -115,6 +115,20 @@ impl Command {
         }
     }
 
+    pub fn key_mut(&mut self) -> Option<&mut Vec<u8>> {
+        match self {
+            Command::Ping | Command::Info | Command::GetSlotMap => None,
+            Command::Get { key }
+            | Command::Set { key, .. }
+            | Command::Del { key }
+            | Command::Append { key, .. }
+            | Command::CounterGet { key }
+            | Command::CounterAdd { key, .. }
+            | Command::CounterSet { key, .. }
+            | Command::CounterCas { key, .. } => Some(key),
+        }
+    }
+
     /// Whether the command changes state (and so is deduplicated by operation id).
     pub fn is_mutation(&self) -> bool {
         matches!(

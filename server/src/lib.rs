@@ -2,5 +2,15 @@
 //! its slots' objects outright, so every object is linearizable without locks.
 //!
 //! Layout:
+//! - [`config`]: flags and `ENGRAM_*` environment variables.
+//! - [`node`]: start-up checks, port binding, one pinned executor per shard, signals, ready line.
+//! - [`shard`]: a shard's runtime: store, accept loops, peer mesh, maintenance (expiry, figures).
+//! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
 //! - [`store`]: the sans-I/O keyspace state machine (bytes, counters, TTL, memory, exactly-once records).
+//! - [`stats`]: per-shard figures published for INFO.
+pub mod config;
+pub mod connection;
+pub mod node;
+pub mod shard;
+pub mod stats;
 pub mod store;

@@ -1,1 +1,23 @@
-fn main() {}
+use clap::Parser;
+use engram_server::config::{Config, LogFormat};
+
+fn main() {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    if let Err(error) = engram_server::node::run(config) {
+        eprintln!("engramd: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

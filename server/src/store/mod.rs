@@ -17,7 +17,7 @@ mod operations;
 
 use std::collections::{BTreeSet, HashMap};
 
-use engram_proto::limits::{KEY_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
+use engram_proto::limits::{KEY_BYTES_MAX, NAMESPACE_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use engram_proto::{Command, ErrorCode, ErrorReply, Request, Response};
 use xxhash_rust::xxh3::Xxh3Builder;
 
@@ -28,6 +28,9 @@ pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
 pub const ENTRY_OVERHEAD_BYTES: u64 = 96;
 /// Charged per key in the expiry index on top of a copy of the key.
 pub const EXPIRY_OVERHEAD_BYTES: u64 = 48;
+/// Longest stored key: a client key with its namespace prefix (one length byte and the
+/// namespace), which the connection prepends after checking the client key itself.
+pub const STORED_KEY_BYTES_MAX: usize = KEY_BYTES_MAX + 1 + NAMESPACE_BYTES_MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Object {
@@ -134,10 +137,13 @@ impl Store {
 
     fn execute(&mut self, command: &Command, now_ms: u64) -> Response {
         if let Some(key) = command.key() {
-            if key.len() > KEY_BYTES_MAX {
+            if key.len() > STORED_KEY_BYTES_MAX {
                 return error(
                     ErrorCode::KeyTooLarge,
-                    format!("key of {} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})", key.len()),
+                    format!(
+                        "stored key of {} bytes exceeds stored_key_bytes_max ({STORED_KEY_BYTES_MAX})",
+                        key.len()
+                    ),
                 );
             }
         }

@@ -335,7 +335,7 @@ fn memory_limit_refuses_growth_but_not_reads_deletes_or_shrinking() {
             }
         }
     }
-    assert!(written >= 1 && written < 10);
+    assert!((1..10).contains(&written));
     let refused = refused.expect("the limit was never hit");
     assert_eq!(code(&refused), Some(ErrorCode::OutOfMemory));
     assert!(store.stats().memory_used_bytes <= limit);
@@ -360,7 +360,7 @@ fn memory_limit_refuses_growth_but_not_reads_deletes_or_shrinking() {
 #[test]
 fn oversize_key_and_value_are_refused() {
     let mut store = Store::new(UNLIMITED, 1);
-    let key = vec![b'k'; KEY_BYTES_MAX + 1];
+    let key = vec![b'k'; STORED_KEY_BYTES_MAX + 1];
     let response = store.apply(1, &request(0, Command::Get { key }), 0);
     assert_eq!(code(&response), Some(ErrorCode::KeyTooLarge));
     let value = vec![b'v'; VALUE_BYTES_MAX + 1];

@@ -1,0 +1,281 @@
+//! One client connection: handshake, then a loop of read, answer every whole frame,
+//! write all answers at once.
+//!
+//! Backpressure comes from the loop's shape: nothing more is read until the previous
+//! answers are written, so a client that does not read its answers stops being read, and
+//! the server holds at most one read buffer and one batch of answers per connection.
+//! A frame that cannot be decoded gets a `Malformed` answer and the connection closes.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use engram_proto::limits::{
+    CREDENTIALS_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX, IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX,
+    NAMESPACE_BYTES_MAX, PROTOCOL_VERSION,
+};
+use engram_proto::{
+    decode_payload, encode_message, split_frame, Command, ErrorCode, FrameKind, Hello, HelloReply, ProtocolError,
+    Request, Response, SlotHasher, Split, FRONT_SHARD_ID,
+};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::shard::Shard;
+
+/// Bytes asked of the socket per read. Reads never grow the buffer by more than this,
+/// so memory follows the bytes that actually arrived, not the length a header claims.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+const FRAME_BYTES_MAX: usize = engram_proto::FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX;
+
+/// The identity a handshake establishes.
+struct Session {
+    client_id: u64,
+    /// Prepended to every key so namespaces never share objects.
+    key_prefix: Vec<u8>,
+    hasher: SlotHasher,
+}
+
+/// Why a connection ends early.
+enum Close {
+    /// The peer went away or the socket failed.
+    Gone,
+    /// The peer broke the protocol; `answer` explains why and is sent before closing.
+    Refused { answer: Response },
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
+    let connections = &shard.node.shards[shard.shard_id].connections;
+    connections.fetch_add(1, Relaxed);
+    let mut connection = Connection {
+        shard: shard.clone(),
+        stream,
+        front,
+        session: None,
+        output: Vec::new(),
+    };
+    if let Err(Close::Refused { answer }) = connection.run().await {
+        connection.output.clear();
+        if encode_message(
+            FrameKind::Response,
+            0,
+            shard.map_epoch(),
+            &answer,
+            &mut connection.output,
+        )
+        .is_ok()
+        {
+            let _ = connection.stream.write_all(&connection.output).await;
+        }
+    }
+    let _ = connection.stream.close().await;
+    connections.fetch_sub(1, Relaxed);
+}
+
+struct Connection {
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    front: bool,
+    session: Option<Session>,
+    output: Vec<u8>,
+}
+
+impl Connection {
+    async fn run(&mut self) -> Result<(), Close> {
+        let _ = self.stream.set_nodelay(true);
+        let mut input = vec![0u8; READ_CHUNK_BYTES];
+        let mut filled = 0;
+        loop {
+            if filled == input.len() {
+                // A validated header announced a frame larger than the buffer: grow one
+                // chunk at a time, so memory follows the bytes that actually arrive.
+                let room = FRAME_BYTES_MAX.saturating_sub(input.len()).min(READ_CHUNK_BYTES);
+                input.resize(input.len() + room.max(1), 0);
+            }
+            let read = self.stream.read(&mut input[filled..]).await.map_err(|_| Close::Gone)?;
+            if read == 0 {
+                return Err(Close::Gone);
+            }
+            filled += read;
+            let mut consumed = 0;
+            let mut answered = 0;
+            loop {
+                match split_frame(&input[consumed..filled]) {
+                    Ok(Split::Incomplete { .. }) => break,
+                    Ok(Split::Frame { header, payload }) => {
+                        let payload_bytes = &input[consumed + payload.start..consumed + payload.end];
+                        self.handle(header.kind, header.request_id, payload_bytes).await?;
+                        consumed += payload.end;
+                        answered += 1;
+                        if answered == IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
+                            // Bound the batch of answers: write them before decoding more.
+                            self.flush().await?;
+                            self.shard.count_operations(answered as u64);
+                            answered = 0;
+                        }
+                    }
+                    Err(error) => return Err(refuse(&self.shard, error)),
+                }
+            }
+            input.copy_within(consumed..filled, 0);
+            filled -= consumed;
+            if filled == 0 && input.len() > READ_CHUNK_BYTES {
+                input.truncate(READ_CHUNK_BYTES);
+                input.shrink_to_fit();
+            }
+            self.shard.count_operations(answered as u64);
+            self.flush().await?;
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Close> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        self.stream.write_all(&self.output).await.map_err(|_| Close::Gone)?;
+        self.output.clear();
+        // Keep a burst's buffer from pinning memory for the life of an idle connection.
+        if self.output.capacity() > 4 * READ_CHUNK_BYTES {
+            self.output.shrink_to(READ_CHUNK_BYTES);
+        }
+        self.shard.publish_stats();
+        Ok(())
+    }
+
+    async fn handle(&mut self, kind: FrameKind, request_id: u64, payload: &[u8]) -> Result<(), Close> {
+        let Some(session) = &self.session else {
+            if kind != FrameKind::Hello {
+                return Err(Close::Refused {
+                    answer: self
+                        .shard
+                        .error(ErrorCode::HandshakeRequired, "the first frame must be a Hello"),
+                });
+            }
+            let hello = decode_payload::<Hello>(payload).map_err(|error| refuse(&self.shard, error))?;
+            self.session = Some(self.accept_hello(hello)?);
+            let reply = HelloReply {
+                node_id: self.shard.node.node_id,
+                shard_id: if self.front {
+                    FRONT_SHARD_ID
+                } else {
+                    self.shard.shard_id as u16
+                },
+                shard_count: self.shard.node.shards.len() as u16,
+                map_epoch: self.shard.map_epoch(),
+                server_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            return self.answer(FrameKind::HelloReply, request_id, &reply);
+        };
+        if kind != FrameKind::Request {
+            let error = ProtocolError::UnexpectedKind {
+                found: kind,
+                expected: FrameKind::Request,
+            };
+            return Err(refuse(&self.shard, error));
+        }
+        let mut request = decode_payload::<Request>(payload).map_err(|error| refuse(&self.shard, error))?;
+        let client_id = session.client_id;
+        let response = match &request.command {
+            Command::Ping => Response::Pong,
+            Command::Info => Response::Info(self.shard.node.info(self.shard.map_epoch())),
+            Command::GetSlotMap => Response::SlotMap((*self.shard.map).clone()),
+            command => {
+                let key = command.key().unwrap_or_default();
+                let slot = session.hasher.slot(key);
+                if key.len() > KEY_BYTES_MAX {
+                    let message = format!("key of {} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})", key.len());
+                    self.shard.error(ErrorCode::KeyTooLarge, message)
+                } else {
+                    let owner = self.shard.owner_table[slot as usize] as usize;
+                    prefix_key(&mut request.command, &session.key_prefix);
+                    if owner == self.shard.shard_id {
+                        self.shard.apply(client_id, &request)
+                    } else if self.front {
+                        self.shard.forward(owner, client_id, request).await
+                    } else {
+                        let epoch = self.shard.map_epoch();
+                        let message = format!("slot {slot} belongs to shard {owner} under map epoch {epoch}");
+                        self.shard.error(ErrorCode::WrongShard, message)
+                    }
+                }
+            }
+        };
+        self.answer(FrameKind::Response, request_id, &response)
+    }
+
+    fn accept_hello(&self, hello: Hello) -> Result<Session, Close> {
+        let refuse_with = |code: ErrorCode, message: String| Close::Refused {
+            answer: self.shard.error(code, message),
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(refuse_with(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {} is not {PROTOCOL_VERSION}", hello.protocol_version),
+            ));
+        }
+        if hello.namespace.len() > NAMESPACE_BYTES_MAX {
+            return Err(refuse_with(
+                ErrorCode::NamespaceTooLarge,
+                format!(
+                    "namespace of {} bytes exceeds namespace_bytes_max ({NAMESPACE_BYTES_MAX})",
+                    hello.namespace.len()
+                ),
+            ));
+        }
+        if hello.credentials.len() > CREDENTIALS_BYTES_MAX {
+            return Err(refuse_with(
+                ErrorCode::Unauthorized,
+                format!("credentials exceed credentials_bytes_max ({CREDENTIALS_BYTES_MAX})"),
+            ));
+        }
+        if let Some(token) = &self.shard.auth_token {
+            if !constant_time_equal(token, &hello.credentials) {
+                return Err(refuse_with(ErrorCode::Unauthorized, "credentials refused".into()));
+            }
+        }
+        let mut key_prefix = Vec::with_capacity(1 + hello.namespace.len());
+        key_prefix.push(hello.namespace.len() as u8);
+        key_prefix.extend_from_slice(&hello.namespace);
+        Ok(Session {
+            client_id: hello.client_id,
+            hasher: SlotHasher::new(&hello.namespace),
+            key_prefix,
+        })
+    }
+
+    fn answer<T>(&mut self, kind: FrameKind, request_id: u64, message: &T) -> Result<(), Close>
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
+        >,
+    {
+        let epoch = self.shard.map_epoch();
+        if let Err(error) = encode_message(kind, request_id, epoch, message, &mut self.output) {
+            // Only an answer larger than a frame can fail here (a value near the limit
+            // plus framing); tell the client instead of sending a broken frame.
+            let fallback = self
+                .shard
+                .error(ErrorCode::Internal, format!("answer could not be encoded: {error}"));
+            encode_message(FrameKind::Response, request_id, epoch, &fallback, &mut self.output)
+                .map_err(|_| Close::Gone)?;
+        }
+        Ok(())
+    }
+}
+
+fn refuse(shard: &Shard, error: ProtocolError) -> Close {
+    Close::Refused {
+        answer: shard.error(error.code(), error.to_string()),
+    }
+}
+
+/// Namespaces become part of the stored key: `[namespace length][namespace][key]`.
+fn prefix_key(command: &mut Command, prefix: &[u8]) {
+    if let Some(key) = command.key_mut() {
+        key.splice(0..0, prefix.iter().copied());
+    }
+}
+
+fn constant_time_equal(expected: &[u8], offered: &[u8]) -> bool {
+    expected.len() == offered.len() && expected.iter().zip(offered).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+}

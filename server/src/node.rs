@@ -1,0 +1,262 @@
+//! Starting and stopping a node: checks the kernel can run it, binds every port before
+//! any shard starts (so a taken port fails fast and clearly), starts one pinned glommio
+//! executor per shard, announces readiness, and stops all shards on SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use engram_control::embedded_map;
+use engram_proto::ShardAddress;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::shard::{self, ShardLaunch, FORWARD_QUEUE_DEPTH};
+use crate::stats::{NodeStats, ShardStats};
+
+/// Memory glommio registers with io_uring per shard for its DMA buffers. Engram does
+/// no file I/O, so this stays small, which keeps the locked-memory need within the
+/// common 8 MiB default even for several shards.
+pub const SHARD_IO_MEMORY_BYTES: usize = 512 * 1024;
+/// Most shards one node runs (ports and shard ids are 16-bit).
+pub const SHARDS_MAX: usize = 1024;
+/// Connections the kernel queues per listener before the shards accept them.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "io_uring is unavailable ({0}); engramd needs Linux 5.8+ with io_uring enabled. In a container, use a seccomp \
+         profile that allows io_uring_setup, io_uring_enter and io_uring_register (see docker/seccomp-io-uring.json)"
+    )]
+    IoUringUnavailable(std::io::Error),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--cores {0} is out of range (1..={SHARDS_MAX})")]
+    Cores(usize),
+    #[error("ports {first}..={last} do not fit below 65536; choose a lower --port")]
+    Ports { first: u32, last: u32 },
+    #[error(
+        "shard {shard} could not start: {reason}. io_uring needs locked memory: raise the memlock limit \
+         (ulimit -l, or --ulimit memlock=-1 in Docker)"
+    )]
+    ShardStart { shard: usize, reason: String },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+pub fn check_io_uring() -> Result<(), ServerError> {
+    io_uring::IoUring::new(4)
+        .map(drop)
+        .map_err(ServerError::IoUringUnavailable)
+}
+
+fn listen(address: SocketAddr) -> Result<StdListener, ServerError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind_error = |source| ServerError::Bind { address, source };
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP)).map_err(bind_error)?;
+    // Reuse of TIME_WAIT addresses only, deliberately not SO_REUSEPORT: a second engramd
+    // on the same port must fail, not silently share the traffic.
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.bind(&address.into()).map_err(bind_error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
+    Ok(socket.into())
+}
+
+/// CPUs this process may run on (respects taskset and container cpusets).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+pub fn run(config: Config) -> Result<(), ServerError> {
+    check_io_uring()?;
+    let cpus = allowed_cpus();
+    let shard_count = config.cores.unwrap_or(cpus.len());
+    if shard_count == 0 || shard_count > SHARDS_MAX {
+        return Err(ServerError::Cores(shard_count));
+    }
+    if shard_count > cpus.len() {
+        tracing::warn!(
+            shards = shard_count,
+            cpus = cpus.len(),
+            "more shards than CPUs: shards will share cores"
+        );
+    }
+    let last_port = u32::from(config.port) + shard_count as u32;
+    if config.port != 0 && last_port > u32::from(u16::MAX) {
+        return Err(ServerError::Ports {
+            first: u32::from(config.port),
+            last: last_port,
+        });
+    }
+
+    let front = listen(SocketAddr::new(config.bind, config.port))?;
+    let front_address = front.local_addr().map_err(|source| ServerError::Bind {
+        address: SocketAddr::new(config.bind, config.port),
+        source,
+    })?;
+    let mut shard_listeners = Vec::with_capacity(shard_count);
+    for shard_id in 0..shard_count {
+        let port = if config.port == 0 {
+            0
+        } else {
+            config.port + 1 + shard_id as u16
+        };
+        shard_listeners.push(listen(SocketAddr::new(config.bind, port))?);
+    }
+    let shard_addresses: Vec<String> = shard_listeners
+        .iter()
+        .map(|listener| {
+            listener
+                .local_addr()
+                .map(|address| address.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+
+    let node_id = config.node_id.unwrap_or_else(random_u64);
+    let map = embedded_map(
+        shard_addresses
+            .iter()
+            .enumerate()
+            .map(|(shard_id, address)| ShardAddress {
+                node_id,
+                shard_id: shard_id as u16,
+                address: address.clone(),
+            })
+            .collect(),
+    );
+    let node = Arc::new(NodeStats {
+        node_id,
+        started: Instant::now(),
+        shards: (0..shard_count).map(|_| ShardStats::default()).collect(),
+        shard_addresses: shard_addresses.clone(),
+    });
+    let memory_limit_bytes = config.memory_limit.map_or(u64::MAX, |limit| limit / shard_count as u64);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    watch_signals(shutdown.clone())?;
+
+    let mesh = MeshBuilder::full(shard_count, FORWARD_QUEUE_DEPTH);
+    let hash_seed = random_u64();
+    let (events, event_receiver) = mpsc::sync_channel::<Result<usize, ServerError>>(shard_count * 2);
+    for (shard_id, shard_listener) in shard_listeners.into_iter().enumerate() {
+        let front_listener = front.try_clone().map_err(|source| ServerError::Bind {
+            address: front_address,
+            source,
+        })?;
+        let launch = ShardLaunch {
+            shard_id,
+            shard_listener,
+            front_listener,
+            map: map.clone(),
+            node: node.clone(),
+            memory_limit_bytes,
+            auth_token: config.auth_token.clone().map(String::into_bytes),
+            hash_seed,
+            mesh: mesh.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let ready = events.clone();
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
+            .name(&format!("shard-{shard_id}"))
+            .io_memory(SHARD_IO_MEMORY_BYTES)
+            .spin_before_park(Duration::from_micros(config.spin_us));
+        let handle = builder
+            .spawn(move || shard::run(launch, ready))
+            .map_err(|error| ServerError::ShardStart {
+                shard: shard_id,
+                reason: error.to_string(),
+            })?;
+        let finished = events.clone();
+        std::thread::spawn(move || {
+            let outcome = match handle.join() {
+                Ok(()) => Ok(usize::MAX),
+                Err(error) => Err(ServerError::ShardStart {
+                    shard: shard_id,
+                    reason: error.to_string(),
+                }),
+            };
+            let _ = finished.send(outcome);
+        });
+    }
+    drop(front);
+    drop(events);
+
+    let mut started = 0;
+    while started < shard_count {
+        match event_receiver.recv() {
+            Ok(Ok(usize::MAX)) => {}
+            Ok(Ok(_)) => started += 1,
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(ServerError::ShardStart {
+                    shard: 0,
+                    reason: "shards exited during start".into(),
+                })
+            }
+        }
+    }
+    tracing::info!(%front_address, shards = shard_count, node_id, "engramd serving");
+    // The ready line is the contract with scripts and tests: one line, key=value.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
+        "engramd ready front={front_address} shards={} node={node_id}",
+        shard_addresses.join(",")
+    );
+    let _ = stdout.flush();
+    drop(stdout);
+
+    let mut stopped = 0;
+    while stopped < shard_count {
+        match event_receiver.recv() {
+            Ok(Err(error)) => return Err(error),
+            Ok(Ok(_)) => stopped += 1,
+            Err(_) => break,
+        }
+    }
+    tracing::info!("engramd stopped");
+    Ok(())
+}
+
+fn watch_signals(shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Signals)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if shutdown.swap(true, Relaxed) {
+                    tracing::warn!(signal, "second signal: exiting at once");
+                    std::process::exit(130);
+                }
+                tracing::info!(signal, "shutting down");
+            }
+        })
+        .map_err(ServerError::Signals)?;
+    Ok(())
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness; hashing the time through it
+    // yields an unpredictable value without another dependency.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
+    hasher.finish()
+}

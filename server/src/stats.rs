@@ -1,0 +1,51 @@
+//! Figures each shard publishes for the others to read (INFO, metrics). A shard writes
+//! only its own slot with relaxed stores; readers accept figures a batch old.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use engram_proto::{NodeInfo, ShardInfo};
+
+#[derive(Default)]
+pub struct ShardStats {
+    pub keys: AtomicU64,
+    pub memory_used_bytes: AtomicU64,
+    pub memory_limit_bytes: AtomicU64,
+    pub connections: AtomicU64,
+    pub operations_total: AtomicU64,
+}
+
+pub struct NodeStats {
+    pub node_id: u64,
+    pub started: Instant,
+    pub shards: Vec<ShardStats>,
+    pub shard_addresses: Vec<String>,
+}
+
+impl NodeStats {
+    pub fn info(&self, map_epoch: u64) -> NodeInfo {
+        let shards: Vec<ShardInfo> = self
+            .shards
+            .iter()
+            .zip(&self.shard_addresses)
+            .enumerate()
+            .map(|(shard_id, (stats, address))| ShardInfo {
+                shard_id: shard_id as u16,
+                address: address.clone(),
+                keys: stats.keys.load(Relaxed),
+                memory_used_bytes: stats.memory_used_bytes.load(Relaxed),
+                memory_limit_bytes: stats.memory_limit_bytes.load(Relaxed),
+                connections: stats.connections.load(Relaxed),
+                operations_total: stats.operations_total.load(Relaxed),
+            })
+            .collect();
+        NodeInfo {
+            node_id: self.node_id,
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            map_epoch,
+            connections: shards.iter().map(|shard| shard.connections).sum(),
+            shards,
+        }
+    }
+}
