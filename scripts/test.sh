@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs Engram's whole test suite from a fresh clone, installing what it needs.
+# Usage: scripts/test.sh            (CI runs exactly this through .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+install_prerequisites() {
+    if ! command -v cargo >/dev/null; then
+        echo "cargo is required (https://rustup.rs)" >&2
+        exit 1
+    fi
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        say "installing cargo-nextest"
+        cargo install --locked cargo-nextest
+    fi
+    if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
+        rustup component add clippy rustfmt
+    fi
+    local uring_ok=0
+    if [ -r /proc/sys/kernel/io_uring_disabled ] && [ "$(cat /proc/sys/kernel/io_uring_disabled)" != "0" ]; then
+        uring_ok=1
+    fi
+    if [ "$uring_ok" != 0 ]; then
+        echo "io_uring is disabled on this kernel (kernel.io_uring_disabled); engramd cannot run" >&2
+        exit 1
+    fi
+}
+
+install_prerequisites
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "build binaries (integration tests start the real engramd and engram)"
+cargo build --workspace --bins --locked
+
+say "tests"
+cargo nextest run --workspace --locked --no-fail-fast
+# Doc tests are not run by nextest.
+cargo test --workspace --doc --locked
