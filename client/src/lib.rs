@@ -53,3 +53,8 @@ pub use client::Client;
 pub use counter::{CasOutcome, Counter};
 pub use engram_proto::{Command, ErrorCode, NodeInfo, Response, SetCondition, ShardInfo, SlotMap};
 pub use error::{ConnectionError, Error, ServerCode};
+
+/// The README's client example, compiled by `cargo test --doc` so it cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
