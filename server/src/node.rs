@@ -28,11 +28,8 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error(
-        "io_uring is unavailable ({0}); engramd needs Linux 5.8+ with io_uring enabled. In a container, use a seccomp \
-         profile that allows io_uring_setup, io_uring_enter and io_uring_register (see docker/seccomp-io-uring.json)"
-    )]
-    IoUringUnavailable(std::io::Error),
+    #[error("io_uring is unavailable ({source}): {hint}")]
+    IoUringUnavailable { source: std::io::Error, hint: String },
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -51,10 +48,40 @@ pub enum ServerError {
     Signals(std::io::Error),
 }
 
+/// Fails fast, with the likely cause, when this process cannot use io_uring at all.
 pub fn check_io_uring() -> Result<(), ServerError> {
-    io_uring::IoUring::new(4)
-        .map(drop)
-        .map_err(ServerError::IoUringUnavailable)
+    io_uring::IoUring::new(4).map(drop).map_err(|source| {
+        let hint = match source.raw_os_error() {
+            Some(libc::ENOSYS) => "the kernel has no io_uring; engramd needs Linux 5.8 or newer".to_string(),
+            Some(libc::EPERM) | Some(libc::EACCES) => "io_uring is forbidden here: in a container, run with a seccomp \
+                 profile that allows io_uring_setup, io_uring_enter and io_uring_register; on the host, check \
+                 sysctl kernel.io_uring_disabled"
+                .to_string(),
+            Some(libc::ENOMEM) => format!(
+                "the rings could not be allocated; the locked-memory limit is {} (raise it: ulimit -l, or \
+                 --ulimit memlock=-1 in Docker)",
+                memlock_limit_text()
+            ),
+            _ => "engramd needs Linux 5.8 or newer with io_uring enabled".to_string(),
+        };
+        ServerError::IoUringUnavailable { source, hint }
+    })
+}
+
+fn memlock_limit_text() -> String {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return "unknown".into();
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{} KiB", limit.rlim_cur / 1024)
+    }
 }
 
 fn listen(address: SocketAddr) -> Result<StdListener, ServerError> {
