@@ -313,18 +313,5 @@ pub(crate) fn unexpected(command: &'static str, response: &Response) -> Error {
 }
 
 fn response_name(response: &Response) -> &'static str {
-    match response {
-        Response::Pong => "pong",
-        Response::Value { .. } => "value",
-        Response::Missing => "missing",
-        Response::Written { .. } => "written",
-        Response::Appended { .. } => "appended",
-        Response::Conflict { .. } => "conflict",
-        Response::Deleted { .. } => "deleted",
-        Response::Counter { .. } => "counter",
-        Response::CounterCas { .. } => "counter_cas",
-        Response::Info(_) => "info",
-        Response::SlotMap(_) => "slot_map",
-        Response::Error(_) => "error",
-    }
+    response.name()
 }

@@ -43,6 +43,16 @@ pub enum ErrorCode {
     InvalidArgument = 26,
     /// The namespace is longer than `NAMESPACE_BYTES_MAX`.
     NamespaceTooLarge = 27,
+    /// The owner and fence (or permit id) do not name the current holder: the lease
+    /// ended, or the caller never held it.
+    NotHolder = 40,
+    /// The barrier generation the caller waited in was broken by another party's
+    /// timeout; the next wait starts a new generation.
+    BarrierBroken = 41,
+    /// The future was already completed; it is write-once.
+    AlreadyCompleted = 42,
+    /// The object was deleted while the caller waited on it.
+    ObjectDeleted = 43,
     /// The server is shutting down; retryable against another owner after a map refresh.
     ShuttingDown = 30,
     /// A server bug; the message says more.
@@ -51,7 +61,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::Unauthorized,
@@ -68,6 +78,10 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::InvalidArgument,
         ErrorCode::NamespaceTooLarge,
+        ErrorCode::NotHolder,
+        ErrorCode::BarrierBroken,
+        ErrorCode::AlreadyCompleted,
+        ErrorCode::ObjectDeleted,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
     ];
@@ -113,6 +127,10 @@ impl ErrorCode {
             ErrorCode::Timeout => "Timeout",
             ErrorCode::InvalidArgument => "InvalidArgument",
             ErrorCode::NamespaceTooLarge => "NamespaceTooLarge",
+            ErrorCode::NotHolder => "NotHolder",
+            ErrorCode::BarrierBroken => "BarrierBroken",
+            ErrorCode::AlreadyCompleted => "AlreadyCompleted",
+            ErrorCode::ObjectDeleted => "ObjectDeleted",
             ErrorCode::ShuttingDown => "ShuttingDown",
             ErrorCode::Internal => "Internal",
         }

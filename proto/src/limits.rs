@@ -41,3 +41,15 @@ pub const CALL_TIMEOUT_MS_MAX: u64 = 60_000;
 
 /// Longest time-to-live a key may be given (about 10 years), so deadlines never overflow.
 pub const TTL_MS_MAX: u64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// Longest owner id of a lock or semaphore permit.
+pub const OWNER_BYTES_MAX: usize = 256;
+
+/// Longest lease a lock or permit may be given; a holder that needs longer renews.
+pub const LEASE_MS_MAX: u64 = 3_600_000;
+
+/// Most parties of one barrier, and most permits of one semaphore.
+pub const PARTIES_MAX: u32 = 1 << 20;
+
+/// Most fields one map returns at once (`MapGetAll`), so an answer always fits a frame.
+pub const MAP_FIELDS_MAX: usize = 65_536;

@@ -97,36 +97,178 @@ pub enum Command {
         expected: i64,
         new: i64,
     },
+    // Locks: fenced, leased, FIFO. `owner` names the holder (e.g. one per function
+    // invocation); a lease that is not renewed releases the lock.
+    LockAcquire {
+        key: Vec<u8>,
+        owner: Vec<u8>,
+        lease_ms: u64,
+        /// 0: answer at once (try-acquire).
+        wait_ms: u64,
+    },
+    LockRelease {
+        key: Vec<u8>,
+        owner: Vec<u8>,
+        fence: u64,
+    },
+    LockRenew {
+        key: Vec<u8>,
+        owner: Vec<u8>,
+        fence: u64,
+        lease_ms: u64,
+    },
+    LockHolder {
+        key: Vec<u8>,
+    },
+    // Semaphores: `capacity` permits, fixed by the first use.
+    SemaphoreAcquire {
+        key: Vec<u8>,
+        owner: Vec<u8>,
+        capacity: u32,
+        permits: u32,
+        lease_ms: u64,
+        wait_ms: u64,
+    },
+    SemaphoreRelease {
+        key: Vec<u8>,
+        permit_id: u64,
+    },
+    SemaphoreRenew {
+        key: Vec<u8>,
+        permit_id: u64,
+        lease_ms: u64,
+    },
+    SemaphoreAvailable {
+        key: Vec<u8>,
+        capacity: u32,
+    },
+    // Cyclic barriers.
+    BarrierWait {
+        key: Vec<u8>,
+        parties: u32,
+        timeout_ms: u64,
+    },
+    // Count-down latches.
+    LatchTrySetCount {
+        key: Vec<u8>,
+        count: u64,
+    },
+    LatchCountDown {
+        key: Vec<u8>,
+    },
+    LatchCount {
+        key: Vec<u8>,
+    },
+    LatchWait {
+        key: Vec<u8>,
+        timeout_ms: u64,
+    },
+    // Write-once futures.
+    FutureComplete {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    FutureGet {
+        key: Vec<u8>,
+        /// 0: answer at once.
+        timeout_ms: u64,
+    },
+    // Maps of fields to bytes.
+    MapGet {
+        key: Vec<u8>,
+        field: Vec<u8>,
+    },
+    MapSet {
+        key: Vec<u8>,
+        field: Vec<u8>,
+        value: Vec<u8>,
+    },
+    MapDel {
+        key: Vec<u8>,
+        field: Vec<u8>,
+    },
+    MapGetAll {
+        key: Vec<u8>,
+    },
+    /// Adds to a field holding a decimal i64 (a missing field counts as 0), as Redis HINCRBY.
+    MapIncr {
+        key: Vec<u8>,
+        field: Vec<u8>,
+        delta: i64,
+    },
+    // Double-ended queues.
+    QueuePush {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        end: QueueEnd,
+    },
+    QueuePop {
+        key: Vec<u8>,
+        end: QueueEnd,
+        /// 0: answer at once (Missing when empty).
+        timeout_ms: u64,
+    },
+    QueueLen {
+        key: Vec<u8>,
+    },
+}
+
+/// Which end of a queue an operation works on.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueEnd {
+    Front,
+    Back,
+}
+
+/// Applies `$action` to the key of every keyed command variant (one list, so adding a
+/// variant cannot leave one of the accessors behind).
+macro_rules! keyed_commands {
+    ($command:expr, $key:ident => $action:expr, $otherwise:expr) => {
+        match $command {
+            Command::Ping | Command::Info | Command::GetSlotMap => $otherwise,
+            Command::Get { key: $key }
+            | Command::Set { key: $key, .. }
+            | Command::Del { key: $key }
+            | Command::Append { key: $key, .. }
+            | Command::CounterGet { key: $key }
+            | Command::CounterAdd { key: $key, .. }
+            | Command::CounterSet { key: $key, .. }
+            | Command::CounterCas { key: $key, .. }
+            | Command::LockAcquire { key: $key, .. }
+            | Command::LockRelease { key: $key, .. }
+            | Command::LockRenew { key: $key, .. }
+            | Command::LockHolder { key: $key }
+            | Command::SemaphoreAcquire { key: $key, .. }
+            | Command::SemaphoreRelease { key: $key, .. }
+            | Command::SemaphoreRenew { key: $key, .. }
+            | Command::SemaphoreAvailable { key: $key, .. }
+            | Command::BarrierWait { key: $key, .. }
+            | Command::LatchTrySetCount { key: $key, .. }
+            | Command::LatchCountDown { key: $key }
+            | Command::LatchCount { key: $key }
+            | Command::LatchWait { key: $key, .. }
+            | Command::FutureComplete { key: $key, .. }
+            | Command::FutureGet { key: $key, .. }
+            | Command::MapGet { key: $key, .. }
+            | Command::MapSet { key: $key, .. }
+            | Command::MapDel { key: $key, .. }
+            | Command::MapGetAll { key: $key }
+            | Command::MapIncr { key: $key, .. }
+            | Command::QueuePush { key: $key, .. }
+            | Command::QueuePop { key: $key, .. }
+            | Command::QueueLen { key: $key } => $action,
+        }
+    };
 }
 
 impl Command {
     /// The key the command addresses, which selects its slot; `None` for node commands.
     pub fn key(&self) -> Option<&[u8]> {
-        match self {
-            Command::Ping | Command::Info | Command::GetSlotMap => None,
-            Command::Get { key }
-            | Command::Set { key, .. }
-            | Command::Del { key }
-            | Command::Append { key, .. }
-            | Command::CounterGet { key }
-            | Command::CounterAdd { key, .. }
-            | Command::CounterSet { key, .. }
-            | Command::CounterCas { key, .. } => Some(key),
-        }
+        keyed_commands!(self, key => Some(key.as_slice()), None)
     }
 
     pub fn key_mut(&mut self) -> Option<&mut Vec<u8>> {
-        match self {
-            Command::Ping | Command::Info | Command::GetSlotMap => None,
-            Command::Get { key }
-            | Command::Set { key, .. }
-            | Command::Del { key }
-            | Command::Append { key, .. }
-            | Command::CounterGet { key }
-            | Command::CounterAdd { key, .. }
-            | Command::CounterSet { key, .. }
-            | Command::CounterCas { key, .. } => Some(key),
-        }
+        keyed_commands!(self, key => Some(key), None)
     }
 
     /// Whether the command changes state (and so is deduplicated by operation id).
@@ -139,7 +281,35 @@ impl Command {
                 | Command::CounterAdd { .. }
                 | Command::CounterSet { .. }
                 | Command::CounterCas { .. }
+                | Command::LockAcquire { .. }
+                | Command::LockRelease { .. }
+                | Command::LockRenew { .. }
+                | Command::SemaphoreAcquire { .. }
+                | Command::SemaphoreRelease { .. }
+                | Command::SemaphoreRenew { .. }
+                | Command::BarrierWait { .. }
+                | Command::LatchTrySetCount { .. }
+                | Command::LatchCountDown { .. }
+                | Command::FutureComplete { .. }
+                | Command::MapSet { .. }
+                | Command::MapDel { .. }
+                | Command::MapIncr { .. }
+                | Command::QueuePush { .. }
+                | Command::QueuePop { .. }
         )
+    }
+
+    /// How long the command may be parked at the shard before it is answered; a client
+    /// adds this to its call timeout.
+    pub fn wait_ms(&self) -> u64 {
+        match self {
+            Command::LockAcquire { wait_ms, .. } | Command::SemaphoreAcquire { wait_ms, .. } => *wait_ms,
+            Command::BarrierWait { timeout_ms, .. }
+            | Command::LatchWait { timeout_ms, .. }
+            | Command::FutureGet { timeout_ms, .. }
+            | Command::QueuePop { timeout_ms, .. } => *timeout_ms,
+            _ => 0,
+        }
     }
 
     /// Short name for logs and metrics.
@@ -156,6 +326,29 @@ impl Command {
             Command::CounterAdd { .. } => "counter_add",
             Command::CounterSet { .. } => "counter_set",
             Command::CounterCas { .. } => "counter_cas",
+            Command::LockAcquire { .. } => "lock_acquire",
+            Command::LockRelease { .. } => "lock_release",
+            Command::LockRenew { .. } => "lock_renew",
+            Command::LockHolder { .. } => "lock_holder",
+            Command::SemaphoreAcquire { .. } => "semaphore_acquire",
+            Command::SemaphoreRelease { .. } => "semaphore_release",
+            Command::SemaphoreRenew { .. } => "semaphore_renew",
+            Command::SemaphoreAvailable { .. } => "semaphore_available",
+            Command::BarrierWait { .. } => "barrier_wait",
+            Command::LatchTrySetCount { .. } => "latch_try_set_count",
+            Command::LatchCountDown { .. } => "latch_count_down",
+            Command::LatchCount { .. } => "latch_count",
+            Command::LatchWait { .. } => "latch_wait",
+            Command::FutureComplete { .. } => "future_complete",
+            Command::FutureGet { .. } => "future_get",
+            Command::MapGet { .. } => "map_get",
+            Command::MapSet { .. } => "map_set",
+            Command::MapDel { .. } => "map_del",
+            Command::MapGetAll { .. } => "map_get_all",
+            Command::MapIncr { .. } => "map_incr",
+            Command::QueuePush { .. } => "queue_push",
+            Command::QueuePop { .. } => "queue_pop",
+            Command::QueueLen { .. } => "queue_len",
         }
     }
 }
@@ -196,6 +389,89 @@ pub enum Response {
     Info(NodeInfo),
     SlotMap(SlotMap),
     Error(ErrorReply),
+    /// A lock was acquired (or renewed); the fence strictly increases per lock.
+    LockGranted {
+        fence: u64,
+        lease_ms: u64,
+    },
+    /// The lock was released, or a semaphore permit returned.
+    Released,
+    LockHolder {
+        holder: Option<LockHolder>,
+    },
+    SemaphoreGranted {
+        permit_id: u64,
+        permits: u32,
+        lease_ms: u64,
+    },
+    SemaphoreAvailable {
+        available: u32,
+        capacity: u32,
+    },
+    BarrierPassed {
+        generation: u64,
+        arrival_index: u32,
+    },
+    /// `set` is false when the latch was still counting (its count is unchanged).
+    LatchSet {
+        set: bool,
+        count: u64,
+    },
+    LatchCount {
+        count: u64,
+    },
+    /// The latch reached zero.
+    LatchOpen,
+    FutureCompleted,
+    MapEntries(Vec<MapEntry>),
+    QueueLength {
+        length: u64,
+    },
+}
+
+impl Response {
+    /// Short name for logs and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Response::Pong => "pong",
+            Response::Value { .. } => "value",
+            Response::Missing => "missing",
+            Response::Written { .. } => "written",
+            Response::Appended { .. } => "appended",
+            Response::Conflict { .. } => "conflict",
+            Response::Deleted { .. } => "deleted",
+            Response::Counter { .. } => "counter",
+            Response::CounterCas { .. } => "counter_cas",
+            Response::Info(_) => "info",
+            Response::SlotMap(_) => "slot_map",
+            Response::Error(_) => "error",
+            Response::LockGranted { .. } => "lock_granted",
+            Response::Released => "released",
+            Response::LockHolder { .. } => "lock_holder",
+            Response::SemaphoreGranted { .. } => "semaphore_granted",
+            Response::SemaphoreAvailable { .. } => "semaphore_available",
+            Response::BarrierPassed { .. } => "barrier_passed",
+            Response::LatchSet { .. } => "latch_set",
+            Response::LatchCount { .. } => "latch_count",
+            Response::LatchOpen => "latch_open",
+            Response::FutureCompleted => "future_completed",
+            Response::MapEntries(_) => "map_entries",
+            Response::QueueLength { .. } => "queue_length",
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub owner: Vec<u8>,
+    pub fence: u64,
+    pub lease_remaining_ms: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub field: Vec<u8>,
+    pub value: Vec<u8>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

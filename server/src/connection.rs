@@ -1,13 +1,20 @@
 //! One client connection: handshake, then a loop of read, answer every whole frame,
-//! write all answers at once.
+//! write all answers at once. Answers of requests that waited at a shard (a lock
+//! acquire, a barrier wait) or were forwarded to another shard arrive in the
+//! connection's [`Outbox`] later and are written as soon as they do.
 //!
 //! Backpressure comes from the loop's shape: nothing more is read until the previous
-//! answers are written, so a client that does not read its answers stops being read, and
-//! the server holds at most one read buffer and one batch of answers per connection.
-//! A frame that cannot be decoded gets a `Malformed` answer and the connection closes.
+//! answers are written, and nothing at all while `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`
+//! of the connection's requests are waiting or forwarded. So a client that does not
+//! read its answers stops being read, and the server holds at most one read buffer and a
+//! bounded number of answers per connection. A frame that cannot be decoded gets a
+//! `Malformed` answer and the connection closes.
 
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Poll, Waker};
 
 use engram_proto::limits::{
     CREDENTIALS_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX, IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX,
@@ -20,7 +27,65 @@ use engram_proto::{
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::shard::Shard;
+use futures::channel::oneshot;
+use futures::future::Either;
+
+use crate::shard::{Destination, Forwarded, Shard};
+
+/// Answers waiting to be written to one connection.
+#[derive(Default)]
+pub struct Outbox {
+    frames: RefCell<Vec<u8>>,
+    /// Requests of this connection that were submitted and not answered yet.
+    pending: Cell<usize>,
+    writer: RefCell<Option<Waker>>,
+    map_epoch: u64,
+}
+
+impl Outbox {
+    /// Queues the answer of a submitted request; `wake` when the connection's task is
+    /// not the caller (an answer arriving while it waits on the socket).
+    pub fn deliver(&self, request_id: u64, response: &Response, wake: bool) {
+        self.pending.set(self.pending.get().saturating_sub(1));
+        self.push(FrameKind::Response, request_id, response);
+        if wake {
+            if let Some(waker) = self.writer.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+
+    fn push<T>(&self, kind: FrameKind, request_id: u64, message: &T)
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
+        >,
+    {
+        let mut frames = self.frames.borrow_mut();
+        if let Err(error) = encode_message(kind, request_id, self.map_epoch, message, &mut frames) {
+            // Only an answer larger than a frame can fail here (a value near the limit
+            // plus framing); tell the client instead of sending a broken frame.
+            let fallback = Response::Error(engram_proto::ErrorReply {
+                code: ErrorCode::Internal.as_u16(),
+                message: format!("answer could not be encoded: {error}"),
+                map_epoch: self.map_epoch,
+            });
+            let _ = encode_message(FrameKind::Response, request_id, self.map_epoch, &fallback, &mut frames);
+        }
+    }
+
+    /// Completes when there is something to write.
+    async fn ready(&self) {
+        poll_fn(|context| {
+            if !self.frames.borrow().is_empty() {
+                return Poll::Ready(());
+            }
+            *self.writer.borrow_mut() = Some(context.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
 
 /// Bytes asked of the socket per read. Reads never grow the buffer by more than this,
 /// so memory follows the bytes that actually arrived, not the length a header claims.
@@ -47,26 +112,21 @@ enum Close {
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
     let connections = &shard.node.shards[shard.shard_id].connections;
     connections.fetch_add(1, Relaxed);
+    let outbox = Rc::new(Outbox {
+        map_epoch: shard.map_epoch(),
+        ..Outbox::default()
+    });
     let mut connection = Connection {
         shard: shard.clone(),
         stream,
         front,
         session: None,
-        output: Vec::new(),
+        outbox,
+        spare: Vec::new(),
     };
     if let Err(Close::Refused { answer }) = connection.run().await {
-        connection.output.clear();
-        if encode_message(
-            FrameKind::Response,
-            0,
-            shard.map_epoch(),
-            &answer,
-            &mut connection.output,
-        )
-        .is_ok()
-        {
-            let _ = connection.stream.write_all(&connection.output).await;
-        }
+        connection.outbox.push(FrameKind::Response, 0, &answer);
+        let _ = connection.flush().await;
     }
     let _ = connection.stream.close().await;
     connections.fetch_sub(1, Relaxed);
@@ -77,7 +137,9 @@ struct Connection {
     stream: TcpStream,
     front: bool,
     session: Option<Session>,
-    output: Vec<u8>,
+    outbox: Rc<Outbox>,
+    /// The outbox's previous buffer, swapped in while the current one is written.
+    spare: Vec<u8>,
 }
 
 impl Connection {
@@ -92,51 +154,75 @@ impl Connection {
                 let room = FRAME_BYTES_MAX.saturating_sub(input.len()).min(READ_CHUNK_BYTES);
                 input.resize(input.len() + room.max(1), 0);
             }
-            let read = self.stream.read(&mut input[filled..]).await.map_err(|_| Close::Gone)?;
-            if read == 0 {
-                return Err(Close::Gone);
-            }
-            filled += read;
-            let mut consumed = 0;
-            let mut answered = 0;
-            loop {
-                match split_frame(&input[consumed..filled]) {
-                    Ok(Split::Incomplete { .. }) => break,
-                    Ok(Split::Frame { header, payload }) => {
-                        let payload_bytes = &input[consumed + payload.start..consumed + payload.end];
-                        self.handle(header.kind, header.request_id, payload_bytes).await?;
-                        consumed += payload.end;
-                        answered += 1;
-                        if answered == IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
-                            // Bound the batch of answers: write them before decoding more.
-                            self.flush().await?;
-                            self.shard.count_operations(answered as u64);
-                            answered = 0;
-                        }
-                    }
-                    Err(error) => return Err(refuse(&self.shard, error)),
+            let read = if self.outbox.pending.get() >= IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
+                // Too many of this connection's requests are waiting: read nothing more
+                // until some are answered.
+                self.outbox.ready().await;
+                None
+            } else {
+                let outbox = self.outbox.clone();
+                let answers = std::pin::pin!(outbox.ready());
+                // Glommio reads are readiness-based, so dropping the losing read future
+                // loses no bytes.
+                let receive = std::pin::pin!(self.stream.read(&mut input[filled..]));
+                let event = match futures::future::select(receive, answers).await {
+                    Either::Left((received, _)) => Some(received.map_err(|_| Close::Gone)?),
+                    Either::Right(((), _)) => None,
+                };
+                event
+            };
+            if let Some(read) = read {
+                if read == 0 {
+                    return Err(Close::Gone);
+                }
+                filled += read;
+                let consumed = self.answer_frames(&input[..filled]).await?;
+                input.copy_within(consumed..filled, 0);
+                filled -= consumed;
+                if filled == 0 && input.len() > READ_CHUNK_BYTES {
+                    input.truncate(READ_CHUNK_BYTES);
+                    input.shrink_to_fit();
                 }
             }
-            input.copy_within(consumed..filled, 0);
-            filled -= consumed;
-            if filled == 0 && input.len() > READ_CHUNK_BYTES {
-                input.truncate(READ_CHUNK_BYTES);
-                input.shrink_to_fit();
-            }
-            self.shard.count_operations(answered as u64);
             self.flush().await?;
         }
     }
 
-    async fn flush(&mut self) -> Result<(), Close> {
-        if self.output.is_empty() {
-            return Ok(());
+    /// Handles every whole frame at the start of `input`; returns the bytes consumed.
+    async fn answer_frames(&mut self, input: &[u8]) -> Result<usize, Close> {
+        let mut consumed = 0;
+        let mut answered = 0;
+        loop {
+            match split_frame(&input[consumed..]) {
+                Ok(Split::Incomplete { .. }) => break,
+                Ok(Split::Frame { header, payload }) => {
+                    let payload_bytes = &input[consumed + payload.start..consumed + payload.end];
+                    self.handle(header.kind, header.request_id, payload_bytes).await?;
+                    consumed += payload.end;
+                    answered += 1;
+                    if answered % IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX == 0 {
+                        // Bound the batch of answers: write them before decoding more.
+                        self.flush().await?;
+                    }
+                }
+                Err(error) => return Err(refuse(&self.shard, error)),
+            }
         }
-        self.stream.write_all(&self.output).await.map_err(|_| Close::Gone)?;
-        self.output.clear();
+        self.shard.count_operations(answered as u64);
+        Ok(consumed)
+    }
+
+    async fn flush(&mut self) -> Result<(), Close> {
+        while !self.outbox.frames.borrow().is_empty() {
+            // Swap buffers so answers arriving during the write queue up behind it.
+            std::mem::swap(&mut *self.outbox.frames.borrow_mut(), &mut self.spare);
+            let written = self.stream.write_all(&self.spare).await;
+            self.spare.clear();
+            written.map_err(|_| Close::Gone)?;
+        }
         // Keep a burst's buffer from pinning memory for the life of an idle connection.
-        if self.output.capacity() > 4 * READ_CHUNK_BYTES {
-            self.output.shrink_to(READ_CHUNK_BYTES);
+        if self.spare.capacity() > 4 * READ_CHUNK_BYTES {
+            self.spare = Vec::new();
         }
         self.shard.publish_stats();
         Ok(())
@@ -164,7 +250,8 @@ impl Connection {
                 map_epoch: self.shard.map_epoch(),
                 server_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            return self.answer(FrameKind::HelloReply, request_id, &reply);
+            self.outbox.push(FrameKind::HelloReply, request_id, &reply);
+            return Ok(());
         };
         if kind != FrameKind::Request {
             let error = ProtocolError::UnexpectedKind {
@@ -175,7 +262,7 @@ impl Connection {
         }
         let mut request = decode_payload::<Request>(payload).map_err(|error| refuse(&self.shard, error))?;
         let client_id = session.client_id;
-        let response = match &request.command {
+        let immediate = match &request.command {
             Command::Ping => Response::Pong,
             Command::Info => Response::Info(self.shard.node.info(self.shard.map_epoch())),
             Command::GetSlotMap => Response::SlotMap((*self.shard.map).clone()),
@@ -187,20 +274,57 @@ impl Connection {
                     self.shard.error(ErrorCode::KeyTooLarge, message)
                 } else {
                     let owner = self.shard.owner_table[slot as usize] as usize;
-                    prefix_key(&mut request.command, &session.key_prefix);
-                    if owner == self.shard.shard_id {
-                        self.shard.apply(client_id, &request)
-                    } else if self.front {
-                        self.shard.forward(owner, client_id, request).await
-                    } else {
+                    if owner != self.shard.shard_id && !self.front {
                         let epoch = self.shard.map_epoch();
                         let message = format!("slot {slot} belongs to shard {owner} under map epoch {epoch}");
                         self.shard.error(ErrorCode::WrongShard, message)
+                    } else {
+                        prefix_key(&mut request.command, &session.key_prefix);
+                        self.outbox.pending.set(self.outbox.pending.get() + 1);
+                        if owner == self.shard.shard_id {
+                            let outbox = Rc::downgrade(&self.outbox);
+                            self.shard
+                                .submit(client_id, &request, Destination::Connection { outbox, request_id });
+                        } else {
+                            self.forward(owner, client_id, request_id, request).await;
+                        }
+                        return Ok(());
                     }
                 }
             }
         };
-        self.answer(FrameKind::Response, request_id, &response)
+        self.outbox.push(FrameKind::Response, request_id, &immediate);
+        Ok(())
+    }
+
+    /// Hands a request to the shard that owns its slot. Sending happens here, in
+    /// arrival order (waiting here if that shard's queue is full, which pushes back on
+    /// this connection); the answer is awaited by a task of its own, so the connection
+    /// keeps serving meanwhile.
+    async fn forward(&self, owner: usize, client_id: u64, request_id: u64, request: Request) {
+        let (reply, answer) = oneshot::channel();
+        let forwarded = Forwarded {
+            client_id,
+            request,
+            reply,
+        };
+        let sent = match self.shard.peers.try_send_to(owner, forwarded) {
+            Ok(()) => true,
+            Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(forwarded))) => {
+                self.shard.peers.send_to(owner, forwarded).await.is_ok()
+            }
+            Err(_) => false,
+        };
+        let outbox = self.outbox.clone();
+        let shard = self.shard.clone();
+        glommio::spawn_local(async move {
+            let response = match answer.await {
+                Ok(response) if sent => response,
+                _ => shard.error(ErrorCode::ShuttingDown, format!("shard {owner} is not answering")),
+            };
+            outbox.deliver(request_id, &response, true);
+        })
+        .detach();
     }
 
     fn accept_hello(&self, hello: Hello) -> Result<Session, Close> {
@@ -241,25 +365,6 @@ impl Connection {
             hasher: SlotHasher::new(&hello.namespace),
             key_prefix,
         })
-    }
-
-    fn answer<T>(&mut self, kind: FrameKind, request_id: u64, message: &T) -> Result<(), Close>
-    where
-        T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
-        >,
-    {
-        let epoch = self.shard.map_epoch();
-        if let Err(error) = encode_message(kind, request_id, epoch, message, &mut self.output) {
-            // Only an answer larger than a frame can fail here (a value near the limit
-            // plus framing); tell the client instead of sending a broken frame.
-            let fallback = self
-                .shard
-                .error(ErrorCode::Internal, format!("answer could not be encoded: {error}"));
-            encode_message(FrameKind::Response, request_id, epoch, &fallback, &mut self.output)
-                .map_err(|_| Close::Gone)?;
-        }
-        Ok(())
     }
 }
 

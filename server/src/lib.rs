@@ -11,6 +11,7 @@
 pub mod config;
 pub mod connection;
 pub mod node;
+pub mod notify;
 pub mod shard;
 pub mod stats;
 pub mod store;

@@ -12,18 +12,23 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::rc::Weak;
+
 use engram_proto::{ErrorCode, ErrorReply, Request, Response, SlotMap};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::net::TcpListener;
 
-use crate::connection;
+use crate::connection::{self, Outbox};
+use crate::notify::LocalNotify;
 use crate::stats::NodeStats;
-use crate::store::Store;
+use crate::store::{Outcome, Store, WaiterId};
 
 /// Depth of each shard-to-shard request queue.
 pub const FORWARD_QUEUE_DEPTH: usize = 1024;
-/// How often a shard expires keys and publishes its figures.
+/// Longest a shard's timekeeper sleeps: how often it expires keys, forgets idle client
+/// sessions and publishes figures when no wait or lease is due sooner.
 pub const MAINTENANCE_INTERVAL_MS: u64 = 100;
 /// Keys one maintenance step may expire before it yields to requests.
 pub const EXPIRE_KEYS_PER_STEP_MAX: usize = 2_000;
@@ -33,6 +38,28 @@ pub struct Forwarded {
     pub client_id: u64,
     pub request: Request,
     pub reply: oneshot::Sender<Response>,
+}
+
+/// Where the answer of a request goes once the store has it.
+pub enum Destination {
+    /// A connection of this shard; gone connections simply drop the answer.
+    Connection { outbox: Weak<Outbox>, request_id: u64 },
+    /// A request another shard forwarded; the answer goes back over its oneshot.
+    Forwarded(oneshot::Sender<Response>),
+}
+
+impl Destination {
+    fn deliver(self, response: Response, wake: bool) {
+        match self {
+            Destination::Connection { outbox, request_id } => {
+                if let Some(outbox) = outbox.upgrade() {
+                    outbox.deliver(request_id, &response, wake);
+                }
+            }
+            // The asker may have gone (connection closed); its answer is moot then.
+            Destination::Forwarded(reply) => drop(reply.send(response)),
+        }
+    }
 }
 
 /// What every shard shares with its connections.
@@ -46,6 +73,11 @@ pub struct Shard {
     pub auth_token: Option<Vec<u8>>,
     pub peers: Senders<Forwarded>,
     operations: Cell<u64>,
+    /// Where each parked request's answer goes.
+    destinations: RefCell<HashMap<WaiterId, Destination>>,
+    /// The deadline the timekeeper sleeps until, and how to wake it for an earlier one.
+    timekeeper_deadline_ms: Cell<u64>,
+    timekeeper: LocalNotify,
 }
 
 impl Shard {
@@ -71,44 +103,49 @@ impl Shard {
         own.operations_total.store(self.operations.get(), Relaxed);
     }
 
-    /// Applies a request whose slot this shard owns.
-    pub fn apply(&self, client_id: u64, request: &Request) -> Response {
+    /// Applies a request whose slot this shard owns; its answer goes to `destination`
+    /// now, or when the request stops waiting. Answers of other requests that this one
+    /// unblocked (a release granting a waiting acquire) are delivered too.
+    pub fn submit(&self, client_id: u64, request: &Request, destination: Destination) {
         let now_ms = self.now_ms();
-        let mut response = self.store.borrow_mut().apply(client_id, request, now_ms);
+        let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
+        match outcome {
+            Outcome::Ready(response) => destination.deliver(self.stamp(response), false),
+            Outcome::Parked(waiter) => {
+                // A retry re-attaches to its parked request; the earlier asker is told.
+                if let Some(earlier) = self.destinations.borrow_mut().insert(waiter, destination) {
+                    let superseded = "superseded by a retry of the same operation";
+                    earlier.deliver(self.error(ErrorCode::TryAgain, superseded), true);
+                }
+            }
+        }
+        self.deliver_completions();
+        self.rearm_timekeeper();
+    }
+
+    fn deliver_completions(&self) {
+        let completions = self.store.borrow_mut().take_completions();
+        for (waiter, response) in completions {
+            let destination = self.destinations.borrow_mut().remove(&waiter);
+            if let Some(destination) = destination {
+                destination.deliver(self.stamp(response), true);
+            }
+        }
+    }
+
+    /// Wakes the timekeeper when something became due sooner than it planned to wake.
+    fn rearm_timekeeper(&self) {
+        let next = self.store.borrow().next_deadline_ms();
+        if next.is_some_and(|next| next < self.timekeeper_deadline_ms.get()) {
+            self.timekeeper.notify();
+        }
+    }
+
+    fn stamp(&self, mut response: Response) -> Response {
         if let Response::Error(reply) = &mut response {
             reply.map_epoch = self.map.epoch;
         }
         response
-    }
-
-    /// Hands a request to the shard that owns it and waits for the answer.
-    pub async fn forward(&self, owner: usize, client_id: u64, request: Request) -> Response {
-        let (reply, answer) = oneshot::channel();
-        if self
-            .peers
-            .send_to(
-                owner,
-                Forwarded {
-                    client_id,
-                    request,
-                    reply,
-                },
-            )
-            .await
-            .is_err()
-        {
-            return self.error(
-                ErrorCode::ShuttingDown,
-                format!("shard {owner} is not accepting requests"),
-            );
-        }
-        match answer.await {
-            Ok(response) => response,
-            Err(_) => self.error(
-                ErrorCode::ShuttingDown,
-                format!("shard {owner} stopped before answering"),
-            ),
-        }
     }
 
     pub fn error(&self, code: ErrorCode, message: impl Into<String>) -> Response {
@@ -154,6 +191,9 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
         auth_token: launch.auth_token,
         peers,
         operations: Cell::new(0),
+        destinations: RefCell::new(HashMap::new()),
+        timekeeper_deadline_ms: Cell::new(0),
+        timekeeper: LocalNotify::default(),
     });
     shard.publish_stats();
     serve_peers(&shard, receivers);
@@ -164,7 +204,7 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
     glommio::spawn_local(accept_loop(shard.clone(), shard_listener, false)).detach();
     glommio::spawn_local(accept_loop(shard.clone(), front_listener, true)).detach();
     let _ = ready.send(Ok(shard.shard_id));
-    maintain(&shard, &launch.shutdown).await;
+    keep_time(&shard, &launch.shutdown).await;
     tracing::debug!(shard = shard.shard_id, "shard stopped");
 }
 
@@ -173,10 +213,12 @@ fn serve_peers(shard: &Rc<Shard>, mut receivers: Receivers<Forwarded>) {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(forwarded) = receiver.recv().await {
-                let response = shard.apply(forwarded.client_id, &forwarded.request);
+                shard.submit(
+                    forwarded.client_id,
+                    &forwarded.request,
+                    Destination::Forwarded(forwarded.reply),
+                );
                 shard.count_operations(1);
-                // The asker may have gone (connection closed); its answer is moot then.
-                let _ = forwarded.reply.send(response);
             }
         })
         .detach();
@@ -199,12 +241,28 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, front: bool) {
     }
 }
 
-async fn maintain(shard: &Rc<Shard>, shutdown: &AtomicBool) {
+/// Sleeps until the store's next deadline (a wait's timeout, a lease's end, a key's
+/// expiry) or the maintenance interval, whichever is sooner, and is woken early when a
+/// sooner deadline appears. Nothing polls: an idle shard with no deadlines wakes ten
+/// times a second to expire keys and publish figures.
+async fn keep_time(shard: &Rc<Shard>, shutdown: &AtomicBool) {
     while !shutdown.load(Relaxed) {
-        glommio::timer::sleep(Duration::from_millis(MAINTENANCE_INTERVAL_MS)).await;
+        let now_ms = shard.now_ms();
+        let planned = now_ms + MAINTENANCE_INTERVAL_MS;
+        let wake_ms = shard
+            .store
+            .borrow()
+            .next_deadline_ms()
+            .map_or(planned, |due| due.clamp(now_ms, planned));
+        shard.timekeeper_deadline_ms.set(wake_ms);
+        if wake_ms > now_ms {
+            let sleep = glommio::timer::sleep(Duration::from_millis(wake_ms - now_ms));
+            futures::future::select(std::pin::pin!(sleep), std::pin::pin!(shard.timekeeper.notified())).await;
+        }
         loop {
             let now_ms = shard.now_ms();
             let removed = shard.store.borrow_mut().expire_due(now_ms, EXPIRE_KEYS_PER_STEP_MAX);
+            shard.deliver_completions();
             if removed < EXPIRE_KEYS_PER_STEP_MAX {
                 break;
             }

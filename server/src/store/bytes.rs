@@ -14,7 +14,7 @@ impl Store {
                     value: value.clone(),
                     version: entry.version,
                 },
-                Object::Counter(_) => wrong_type(key, "bytes value"),
+                _ => wrong_type(key, "bytes value"),
             },
         }
     }
@@ -57,7 +57,7 @@ impl Store {
             None => None,
             Some(entry) => match &entry.object {
                 Object::Bytes(value) => Some(value.len()),
-                Object::Counter(_) => return wrong_type(key, "bytes value"),
+                _ => return wrong_type(key, "bytes value"),
             },
         };
         let Some(current_length) = current_length else {
@@ -82,7 +82,7 @@ impl Store {
         value.extend_from_slice(suffix);
         let new_capacity = value.capacity() as u64;
         entry.version = version;
-        self.memory_used_bytes = self.memory_used_bytes - old_capacity + new_capacity;
+        self.data_bytes = self.data_bytes - old_capacity + new_capacity;
         Response::Appended {
             version,
             length: new_length as u64,

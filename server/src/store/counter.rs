@@ -11,7 +11,7 @@ impl Store {
             None => Ok(None),
             Some(entry) => match entry.object {
                 Object::Counter(value) => Ok(Some(value)),
-                Object::Bytes(_) => Err(wrong_type(key, "counter")),
+                _ => Err(wrong_type(key, "counter")),
             },
         }
     }

@@ -11,9 +11,17 @@
 //! - Versions come from one per-shard counter, so a key's version never repeats, even
 //!   across delete and re-create (a stale `IfVersion` can never match by accident).
 
+mod barrier;
 mod bytes;
 mod counter;
+mod future;
+mod latch;
+mod lock;
+mod map;
 mod operations;
+mod queue;
+mod semaphore;
+mod waiting;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -21,7 +29,9 @@ use engram_proto::limits::{KEY_BYTES_MAX, NAMESPACE_BYTES_MAX, TTL_MS_MAX, VALUE
 use engram_proto::{Command, ErrorCode, ErrorReply, Request, Response};
 use xxhash_rust::xxh3::Xxh3Builder;
 
+use operations::{Lookup, Record};
 pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
+pub(crate) use waiting::{Effects, Waiting};
 
 /// Bookkeeping charged per entry on top of key and value bytes: the hash table slot,
 /// the entry header and the allocator's rounding. An estimate, deliberately not low.
@@ -32,10 +42,31 @@ pub const EXPIRY_OVERHEAD_BYTES: u64 = 48;
 /// namespace), which the connection prepends after checking the client key itself.
 pub const STORED_KEY_BYTES_MAX: usize = KEY_BYTES_MAX + 1 + NAMESPACE_BYTES_MAX;
 
+/// Identifies one parked request (a blocking wait) within a store.
+pub type WaiterId = u64;
+
+/// What applying a request produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The answer, now.
+    Ready(Response),
+    /// The request waits at the shard; its answer will come out of
+    /// [`Store::take_completions`] under this id, when the condition holds or its
+    /// deadline passes.
+    Parked(WaiterId),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Object {
     Bytes(Vec<u8>),
     Counter(i64),
+    Lock(lock::LockState),
+    Semaphore(semaphore::SemaphoreState),
+    Barrier(barrier::BarrierState),
+    Latch(latch::LatchState),
+    Future(future::FutureState),
+    Map(map::MapState),
+    Queue(queue::QueueState),
 }
 
 impl Object {
@@ -43,6 +74,56 @@ impl Object {
         match self {
             Object::Bytes(value) => value.capacity() as u64,
             Object::Counter(_) => 0,
+            Object::Lock(lock) => lock.payload_bytes(),
+            Object::Semaphore(semaphore) => semaphore.payload_bytes(),
+            Object::Barrier(_) | Object::Latch(_) => 0,
+            Object::Future(future) => future.payload_bytes(),
+            Object::Map(map) => map.payload_bytes(),
+            Object::Queue(queue) => queue.payload_bytes(),
+        }
+    }
+
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Object::Bytes(_) => "bytes value",
+            Object::Counter(_) => "counter",
+            Object::Lock(_) => "lock",
+            Object::Semaphore(_) => "semaphore",
+            Object::Barrier(_) => "barrier",
+            Object::Latch(_) => "latch",
+            Object::Future(_) => "future",
+            Object::Map(_) => "map",
+            Object::Queue(_) => "queue",
+        }
+    }
+
+    /// Whether the object holds nothing worth keeping, so its key can go: what a later
+    /// use would re-create is indistinguishable from it. Barriers (their generation
+    /// numbers) and futures (write-once) always matter.
+    fn is_idle(&self) -> bool {
+        match self {
+            Object::Lock(lock) => lock.is_idle(),
+            Object::Semaphore(semaphore) => semaphore.is_idle(),
+            Object::Latch(latch) => latch.is_idle(),
+            Object::Map(map) => map.is_idle(),
+            Object::Queue(queue) => queue.is_idle(),
+            Object::Bytes(_) | Object::Counter(_) | Object::Barrier(_) | Object::Future(_) => false,
+        }
+    }
+
+    /// Answers every request parked on the object with `error`, as when it is deleted.
+    fn fail_waiters(&mut self, effects: &mut Effects<'_>, error: &Response) {
+        let waiters = match self {
+            Object::Lock(lock) => lock.take_waiters(),
+            Object::Semaphore(semaphore) => semaphore.take_waiters(),
+            Object::Barrier(barrier) => barrier.take_waiters(),
+            Object::Latch(latch) => latch.take_waiters(),
+            Object::Future(future) => future.take_waiters(),
+            Object::Queue(queue) => queue.take_waiters(),
+            Object::Bytes(_) | Object::Counter(_) | Object::Map(_) => Vec::new(),
+        };
+        for waiter in waiters {
+            effects.complete(waiter, error.clone());
         }
     }
 }
@@ -78,14 +159,21 @@ pub struct StoreStats {
     pub memory_used_bytes: u64,
     pub memory_limit_bytes: u64,
     pub operation_records: u64,
+    pub parked_requests: u64,
 }
+
+/// Makes a fresh coordination object of the type a command works on.
+type Constructor = fn() -> Object;
 
 pub struct Store {
     entries: HashMap<Box<[u8]>, Entry, Xxh3Builder>,
     /// (deadline, key) for every key with a TTL, soonest first.
     expiries: BTreeSet<(u64, Box<[u8]>)>,
     operations: OperationLog,
-    memory_used_bytes: u64,
+    waiting: Waiting,
+    /// Memory charged for entries and the expiry index (operation records are added
+    /// by [`Store::memory_used_bytes`]).
+    data_bytes: u64,
     memory_limit_bytes: u64,
     last_version: u64,
 }
@@ -97,98 +185,81 @@ impl Store {
             entries: HashMap::with_hasher(Xxh3Builder::new().with_seed(hash_seed)),
             expiries: BTreeSet::new(),
             operations: OperationLog::default(),
-            memory_used_bytes: 0,
+            waiting: Waiting::default(),
+            data_bytes: 0,
             memory_limit_bytes,
             last_version: 0,
         }
     }
 
+    pub fn memory_used_bytes(&self) -> u64 {
+        self.data_bytes + self.operations.bytes()
+    }
+
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             keys: self.entries.len() as u64,
-            memory_used_bytes: self.memory_used_bytes,
+            memory_used_bytes: self.memory_used_bytes(),
             memory_limit_bytes: self.memory_limit_bytes,
             operation_records: self.operations.records() as u64,
+            parked_requests: self.waiting.parked() as u64,
         }
     }
 
     /// Applies one keyed request from `client_id` at time `now_ms`. A mutation with an
-    /// operation id is applied at most once: a retry gets the recorded first answer.
-    pub fn apply(&mut self, client_id: u64, request: &Request, now_ms: u64) -> Response {
-        let mutation = request.command.is_mutation() && request.op_id != 0;
-        if mutation {
+    /// operation id is applied at most once: a retry gets the recorded first answer, or
+    /// re-attaches to the same parked wait.
+    pub fn apply(&mut self, client_id: u64, request: &Request, now_ms: u64) -> Outcome {
+        let recorded = request.command.is_mutation() && request.op_id != 0;
+        if recorded {
             match self
                 .operations
                 .lookup(client_id, request.op_id, request.completed_below_op_id, now_ms)
             {
-                Ok(Some(first_answer)) => return first_answer,
-                Ok(None) => {}
-                Err(refusal) => return refusal,
+                Lookup::Seen(Record::Done(first_answer)) => return Outcome::Ready(first_answer),
+                Lookup::Seen(Record::Parked(waiter)) => return Outcome::Parked(waiter),
+                Lookup::Refused(refusal) => return Outcome::Ready(refusal),
+                Lookup::New => {}
             }
         }
-        let before = self.operations.bytes();
-        let response = self.execute(&request.command, now_ms);
-        if mutation && !is_retryable_error(&response) {
-            self.operations.record(client_id, request.op_id, response.clone());
+        let origin = recorded.then_some((client_id, request.op_id));
+        let outcome = self.execute(&request.command, now_ms, origin);
+        if let Some((client_id, op_id)) = origin {
+            match &outcome {
+                Outcome::Ready(response) if !is_retryable_error(response) => {
+                    self.operations.record(client_id, op_id, Record::Done(response.clone()))
+                }
+                Outcome::Ready(_) => {}
+                Outcome::Parked(waiter) => self.operations.record(client_id, op_id, Record::Parked(*waiter)),
+            }
         }
-        self.memory_used_bytes = self.memory_used_bytes - before + self.operations.bytes();
-        response
+        outcome
     }
 
-    fn execute(&mut self, command: &Command, now_ms: u64) -> Response {
-        if let Some(key) = command.key() {
-            if key.len() > STORED_KEY_BYTES_MAX {
-                return error(
-                    ErrorCode::KeyTooLarge,
-                    format!(
-                        "stored key of {} bytes exceeds stored_key_bytes_max ({STORED_KEY_BYTES_MAX})",
-                        key.len()
-                    ),
-                );
-            }
-        }
-        match command {
-            Command::Get { key } => self.bytes_get(key, now_ms),
-            Command::Set {
-                key,
-                value,
-                ttl_ms,
-                condition,
-            } => {
-                if value.len() > VALUE_BYTES_MAX {
-                    return value_too_large(value.len());
-                }
-                if *ttl_ms > TTL_MS_MAX {
-                    return error(
-                        ErrorCode::InvalidArgument,
-                        format!("ttl of {ttl_ms} ms exceeds ttl_ms_max ({TTL_MS_MAX})"),
-                    );
-                }
-                self.bytes_set(key, value, *ttl_ms, *condition, now_ms)
-            }
-            Command::Del { key } => {
-                let existed = self.live_entry(key, now_ms).is_some();
-                if existed {
-                    self.remove(key);
-                }
-                Response::Deleted { existed }
-            }
-            Command::Append { key, value } => self.bytes_append(key, value, now_ms),
-            Command::CounterGet { key } => self.counter_get(key, now_ms),
-            Command::CounterAdd { key, delta } => self.counter_add(key, *delta, now_ms),
-            Command::CounterSet { key, value } => self.counter_set(key, *value, now_ms),
-            Command::CounterCas { key, expected, new } => self.counter_cas(key, *expected, *new, now_ms),
-            Command::Ping | Command::Info | Command::GetSlotMap => error(
-                ErrorCode::Internal,
-                format!("{} is a node command, not a keyed one", command.name()),
-            ),
+    /// Answers of parked requests that completed since the last call, in completion order.
+    pub fn take_completions(&mut self) -> Vec<(WaiterId, Response)> {
+        self.waiting.take_completions()
+    }
+
+    /// The earliest moment something is due (a wait's deadline, a lease's end, a key's
+    /// expiry), so the shell can sleep exactly until then instead of polling.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        let timer = self.waiting.next_deadline_ms();
+        let expiry = self.expiries.first().map(|(deadline, _)| *deadline);
+        match (timer, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
-    /// Removes up to `budget` keys whose deadline has passed and forgets client sessions
-    /// idle for longer than `SESSION_IDLE_MS_MAX`. Returns the number of keys removed;
-    /// the budget keeps one call short so the shard's other work is not starved.
+    /// Fires due wait deadlines and lease ends, then removes up to `budget` keys whose
+    /// deadline has passed and forgets client sessions idle for longer than
+    /// `SESSION_IDLE_MS_MAX`. Returns the number of keys removed; the budget keeps one
+    /// call short so the shard's other work is not starved.
     pub fn expire_due(&mut self, now_ms: u64, budget: usize) -> usize {
+        while let Some(timer) = self.waiting.pop_due_timer(now_ms) {
+            self.fire(timer, now_ms);
+        }
         let mut removed = 0;
         while removed < budget {
             let Some((deadline, key)) = self.expiries.first() else {
@@ -198,13 +269,447 @@ impl Store {
                 break;
             }
             let key = key.clone();
-            self.remove(&key);
+            self.remove(&key, now_ms);
             removed += 1;
         }
-        let before = self.operations.bytes();
         self.operations.forget_idle(now_ms);
-        self.memory_used_bytes = self.memory_used_bytes - before + self.operations.bytes();
         removed
+    }
+
+    fn fire(&mut self, timer: waiting::Timer, now_ms: u64) {
+        let (key, action) = match timer {
+            waiting::Timer::Waiter(waiter) => match self.waiting.key_of(waiter) {
+                Some(key) => (key.clone(), waiting::Timer::Waiter(waiter)),
+                None => return,
+            },
+            waiting::Timer::Lease { key, lease_id } => (key.clone(), waiting::Timer::Lease { key, lease_id }),
+        };
+        self.with_existing(&key, now_ms, |object, effects| match (&action, object) {
+            (waiting::Timer::Waiter(waiter), Object::Lock(lock)) => lock.time_out(&key, *waiter, effects),
+            (waiting::Timer::Waiter(waiter), Object::Semaphore(semaphore)) => {
+                semaphore.time_out(&key, *waiter, effects)
+            }
+            (waiting::Timer::Waiter(waiter), Object::Barrier(barrier)) => barrier.time_out(&key, *waiter, effects),
+            (waiting::Timer::Waiter(waiter), Object::Latch(latch)) => latch.time_out(&key, *waiter, effects),
+            (waiting::Timer::Waiter(waiter), Object::Future(future)) => future.time_out(&key, *waiter, effects),
+            (waiting::Timer::Waiter(waiter), Object::Queue(queue)) => queue.time_out(&key, *waiter, effects),
+            (waiting::Timer::Lease { key, lease_id }, Object::Lock(lock)) => lock.lease_ended(key, *lease_id, effects),
+            (waiting::Timer::Lease { key, lease_id }, Object::Semaphore(semaphore)) => {
+                semaphore.lease_ended(key, *lease_id, effects)
+            }
+            _ => {}
+        });
+        // A waiter whose object vanished still gets an answer.
+        if let waiting::Timer::Waiter(waiter) = action {
+            let mut effects = Effects::new(
+                now_ms,
+                None,
+                &mut self.waiting,
+                &mut self.operations,
+                &mut self.last_version,
+            );
+            effects.complete(
+                waiter,
+                error(ErrorCode::ObjectDeleted, "the object was deleted while waiting"),
+            );
+        }
+    }
+
+    fn execute(&mut self, command: &Command, now_ms: u64, origin: Option<(u64, u64)>) -> Outcome {
+        if let Some(key) = command.key() {
+            if key.len() > STORED_KEY_BYTES_MAX {
+                return Outcome::Ready(error(
+                    ErrorCode::KeyTooLarge,
+                    format!(
+                        "stored key of {} bytes exceeds stored_key_bytes_max ({STORED_KEY_BYTES_MAX})",
+                        key.len()
+                    ),
+                ));
+            }
+        }
+        if let Err(refusal) = validate(command) {
+            return Outcome::Ready(refusal);
+        }
+        let ready = Outcome::Ready;
+        match command {
+            Command::Get { key } => ready(self.bytes_get(key, now_ms)),
+            Command::Set {
+                key,
+                value,
+                ttl_ms,
+                condition,
+            } => ready(self.bytes_set(key, value, *ttl_ms, *condition, now_ms)),
+            Command::Del { key } => ready(self.delete(key, now_ms)),
+            Command::Append { key, value } => ready(self.bytes_append(key, value, now_ms)),
+            Command::CounterGet { key } => ready(self.counter_get(key, now_ms)),
+            Command::CounterAdd { key, delta } => ready(self.counter_add(key, *delta, now_ms)),
+            Command::CounterSet { key, value } => ready(self.counter_set(key, *value, now_ms)),
+            Command::CounterCas { key, expected, new } => ready(self.counter_cas(key, *expected, *new, now_ms)),
+            Command::LockAcquire {
+                key,
+                owner,
+                lease_ms,
+                wait_ms,
+            } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                lock::LockState::create,
+                true,
+                |object, effects, key| {
+                    let Object::Lock(lock) = object else { unreachable!() };
+                    lock.acquire(key, owner, *lease_ms, *wait_ms, effects)
+                },
+            ),
+            Command::LockRelease { key, owner, fence } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                lock::LockState::create,
+                false,
+                |object, effects, key| {
+                    let Object::Lock(lock) = object else { unreachable!() };
+                    ready(lock.release(key, owner, *fence, effects))
+                },
+            ),
+            Command::LockRenew {
+                key,
+                owner,
+                fence,
+                lease_ms,
+            } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                lock::LockState::create,
+                false,
+                |object, effects, key| {
+                    let Object::Lock(lock) = object else { unreachable!() };
+                    ready(lock.renew(key, owner, *fence, *lease_ms, effects))
+                },
+            ),
+            Command::LockHolder { key } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                lock::LockState::create,
+                false,
+                |object, effects, _| {
+                    let Object::Lock(lock) = object else { unreachable!() };
+                    ready(lock.holder(effects.now_ms))
+                },
+            ),
+            Command::SemaphoreAcquire {
+                key,
+                owner,
+                capacity,
+                permits,
+                lease_ms,
+                wait_ms,
+            } => {
+                let create = semaphore::SemaphoreState::create;
+                self.coordinate(key, now_ms, origin, create, true, |object, effects, key| {
+                    let Object::Semaphore(semaphore) = object else {
+                        unreachable!()
+                    };
+                    semaphore.acquire(key, owner, *capacity, *permits, *lease_ms, *wait_ms, effects)
+                })
+            }
+            Command::SemaphoreRelease { key, permit_id } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                semaphore::SemaphoreState::create,
+                false,
+                |object, effects, key| {
+                    let Object::Semaphore(semaphore) = object else {
+                        unreachable!()
+                    };
+                    ready(semaphore.release(key, *permit_id, effects))
+                },
+            ),
+            Command::SemaphoreRenew {
+                key,
+                permit_id,
+                lease_ms,
+            } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                semaphore::SemaphoreState::create,
+                false,
+                |object, effects, key| {
+                    let Object::Semaphore(semaphore) = object else {
+                        unreachable!()
+                    };
+                    ready(semaphore.renew(key, *permit_id, *lease_ms, effects))
+                },
+            ),
+            Command::SemaphoreAvailable { key, capacity } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                semaphore::SemaphoreState::create,
+                false,
+                |object, _, _| {
+                    let Object::Semaphore(semaphore) = object else {
+                        unreachable!()
+                    };
+                    ready(semaphore.available(*capacity))
+                },
+            ),
+            Command::BarrierWait {
+                key,
+                parties,
+                timeout_ms,
+            } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                barrier::BarrierState::create,
+                true,
+                |object, effects, key| {
+                    let Object::Barrier(barrier) = object else {
+                        unreachable!()
+                    };
+                    barrier.wait(key, *parties, *timeout_ms, effects)
+                },
+            ),
+            Command::LatchTrySetCount { key, count } => {
+                self.coordinate(key, now_ms, origin, latch::LatchState::create, true, |object, _, _| {
+                    let Object::Latch(latch) = object else { unreachable!() };
+                    ready(latch.try_set_count(*count))
+                })
+            }
+            Command::LatchCountDown { key } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                latch::LatchState::create,
+                false,
+                |object, effects, _| {
+                    let Object::Latch(latch) = object else { unreachable!() };
+                    ready(latch.count_down(effects))
+                },
+            ),
+            Command::LatchCount { key } => {
+                self.coordinate(key, now_ms, origin, latch::LatchState::create, false, |object, _, _| {
+                    let Object::Latch(latch) = object else { unreachable!() };
+                    ready(Response::LatchCount { count: latch.count() })
+                })
+            }
+            Command::LatchWait { key, timeout_ms } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                latch::LatchState::create,
+                false,
+                |object, effects, key| {
+                    let Object::Latch(latch) = object else { unreachable!() };
+                    latch.wait(key, *timeout_ms, effects)
+                },
+            ),
+            Command::FutureComplete { key, value } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                future::FutureState::create,
+                true,
+                |object, effects, _| {
+                    let Object::Future(future) = object else { unreachable!() };
+                    ready(future.complete(value, effects))
+                },
+            ),
+            Command::FutureGet { key, timeout_ms } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                future::FutureState::create,
+                *timeout_ms > 0,
+                |object, effects, key| {
+                    let Object::Future(future) = object else { unreachable!() };
+                    future.get(key, *timeout_ms, effects)
+                },
+            ),
+            Command::MapGet { key, field } => {
+                self.coordinate(key, now_ms, origin, map::MapState::create, false, |object, _, _| {
+                    let Object::Map(map) = object else { unreachable!() };
+                    ready(map.get(field))
+                })
+            }
+            Command::MapSet { key, field, value } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                map::MapState::create,
+                true,
+                |object, effects, _| {
+                    let Object::Map(map) = object else { unreachable!() };
+                    ready(map.set(field, value, effects))
+                },
+            ),
+            Command::MapDel { key, field } => {
+                self.coordinate(key, now_ms, origin, map::MapState::create, false, |object, _, _| {
+                    let Object::Map(map) = object else { unreachable!() };
+                    ready(map.delete(field))
+                })
+            }
+            Command::MapGetAll { key } => {
+                self.coordinate(key, now_ms, origin, map::MapState::create, false, |object, _, _| {
+                    let Object::Map(map) = object else { unreachable!() };
+                    ready(map.get_all())
+                })
+            }
+            Command::MapIncr { key, field, delta } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                map::MapState::create,
+                true,
+                |object, effects, _| {
+                    let Object::Map(map) = object else { unreachable!() };
+                    ready(map.increment(field, *delta, effects))
+                },
+            ),
+            Command::QueuePush { key, value, end } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                queue::QueueState::create,
+                true,
+                |object, effects, _| {
+                    let Object::Queue(queue) = object else { unreachable!() };
+                    ready(queue.push(value, *end, effects))
+                },
+            ),
+            Command::QueuePop { key, end, timeout_ms } => self.coordinate(
+                key,
+                now_ms,
+                origin,
+                queue::QueueState::create,
+                *timeout_ms > 0,
+                |object, effects, key| {
+                    let Object::Queue(queue) = object else { unreachable!() };
+                    queue.pop(key, *end, *timeout_ms, effects)
+                },
+            ),
+            Command::QueueLen { key } => {
+                self.coordinate(key, now_ms, origin, queue::QueueState::create, false, |object, _, _| {
+                    let Object::Queue(queue) = object else { unreachable!() };
+                    ready(Response::QueueLength {
+                        length: queue.len() as u64,
+                    })
+                })
+            }
+            Command::Ping | Command::Info | Command::GetSlotMap => ready(error(
+                ErrorCode::Internal,
+                format!("{} is a node command, not a keyed one", command.name()),
+            )),
+        }
+    }
+
+    /// Runs `operation` on the coordination object at `key`, creating it with `create`
+    /// when absent. Keeps memory accounting exact (the object's payload before and
+    /// after), refuses a wrong type, and drops the key when the object went idle.
+    fn coordinate(
+        &mut self,
+        key: &[u8],
+        now_ms: u64,
+        origin: Option<(u64, u64)>,
+        create: Constructor,
+        creates: bool,
+        operation: impl FnOnce(&mut Object, &mut Effects<'_>, &[u8]) -> Outcome,
+    ) -> Outcome {
+        match self.live_entry(key, now_ms) {
+            Some(entry) => {
+                let expected = create();
+                if std::mem::discriminant(&expected) != std::mem::discriminant(&entry.object) {
+                    return Outcome::Ready(wrong_type(key, expected.type_name()));
+                }
+            }
+            None if !creates => {
+                // Reads and releases of an absent object answer as a fresh one would,
+                // without storing it: they must work on a full shard, and leave nothing.
+                let mut fresh = create();
+                let mut effects = Effects::new(
+                    now_ms,
+                    origin,
+                    &mut self.waiting,
+                    &mut self.operations,
+                    &mut self.last_version,
+                );
+                let outcome = operation(&mut fresh, &mut effects, key);
+                debug_assert!(
+                    matches!(outcome, Outcome::Ready(_)),
+                    "only creating operations may park"
+                );
+                return outcome;
+            }
+            None => {
+                let new_bytes = entry_bytes(key, 0);
+                if let Err(refusal) = self.admit_growth(0, new_bytes) {
+                    return Outcome::Ready(refusal);
+                }
+                self.entries.insert(
+                    key.into(),
+                    Entry {
+                        object: create(),
+                        version: 0,
+                        expires_at_ms: 0,
+                    },
+                );
+                self.data_bytes += new_bytes;
+            }
+        }
+        let memory_used_bytes = self.memory_used_bytes();
+        let mut effects = Effects::new(
+            now_ms,
+            origin,
+            &mut self.waiting,
+            &mut self.operations,
+            &mut self.last_version,
+        )
+        .with_memory(memory_used_bytes, self.memory_limit_bytes);
+        let Some(entry) = self.entries.get_mut(key) else {
+            unreachable!("present or just created")
+        };
+        let before = entry.object.payload_bytes();
+        let outcome = operation(&mut entry.object, &mut effects, key);
+        let after = entry.object.payload_bytes();
+        let idle = entry.object.is_idle();
+        self.data_bytes = self.data_bytes - before + after;
+        if idle {
+            self.remove(key, now_ms);
+        }
+        outcome
+    }
+
+    /// Like [`Store::coordinate`] for an object that must already exist; used by timers.
+    fn with_existing(&mut self, key: &[u8], now_ms: u64, operation: impl FnOnce(&mut Object, &mut Effects<'_>)) {
+        let mut effects = Effects::new(
+            now_ms,
+            None,
+            &mut self.waiting,
+            &mut self.operations,
+            &mut self.last_version,
+        );
+        let Some(entry) = self.entries.get_mut(key) else { return };
+        let before = entry.object.payload_bytes();
+        operation(&mut entry.object, &mut effects);
+        let after = entry.object.payload_bytes();
+        let idle = entry.object.is_idle();
+        self.data_bytes = self.data_bytes - before + after;
+        if idle {
+            self.remove(key, now_ms);
+        }
+    }
+
+    fn delete(&mut self, key: &[u8], now_ms: u64) -> Response {
+        let existed = self.live_entry(key, now_ms).is_some();
+        if existed {
+            self.remove(key, now_ms);
+        }
+        Response::Deleted { existed }
     }
 
     /// The entry for `key` unless it is absent or expired (an expired one is removed).
@@ -214,7 +719,7 @@ impl Store {
             Some(entry) => entry.expires_at_ms != 0 && entry.expires_at_ms <= now_ms,
         };
         if expired {
-            self.remove(key);
+            self.remove(key, now_ms);
             return None;
         }
         self.entries.get_mut(key)
@@ -231,17 +736,9 @@ impl Store {
         if new_bytes <= old_bytes {
             return Ok(());
         }
-        let after = self.memory_used_bytes - old_bytes + new_bytes;
-        if after > self.memory_limit_bytes {
-            return Err(error(
-                ErrorCode::OutOfMemory,
-                format!(
-                    "write needs {} bytes; shard holds {} of memory_limit_bytes ({})",
-                    new_bytes - old_bytes,
-                    self.memory_used_bytes,
-                    self.memory_limit_bytes
-                ),
-            ));
+        let used = self.memory_used_bytes();
+        if used - old_bytes.min(used) + new_bytes > self.memory_limit_bytes {
+            return Err(out_of_memory(new_bytes - old_bytes, used, self.memory_limit_bytes));
         }
         Ok(())
     }
@@ -261,12 +758,12 @@ impl Store {
                 let old_payload = existing.object.payload_bytes();
                 let old_deadline = existing.expires_at_ms;
                 *existing = entry;
-                self.memory_used_bytes = self.memory_used_bytes - old_payload + new_payload;
+                self.data_bytes = self.data_bytes - old_payload + new_payload;
                 self.move_deadline(key, old_deadline, expires_at_ms);
             }
             None => {
                 self.entries.insert(key.into(), entry);
-                self.memory_used_bytes += entry_bytes(key, new_payload);
+                self.data_bytes += entry_bytes(key, new_payload);
                 self.move_deadline(key, 0, expires_at_ms);
             }
         }
@@ -279,17 +776,28 @@ impl Store {
         }
         if old != 0 {
             self.expiries.remove(&(old, Box::<[u8]>::from(key)));
-            self.memory_used_bytes -= expiry_bytes(key);
+            self.data_bytes -= expiry_bytes(key);
         }
         if new != 0 {
             self.expiries.insert((new, key.into()));
-            self.memory_used_bytes += expiry_bytes(key);
+            self.data_bytes += expiry_bytes(key);
         }
     }
 
-    fn remove(&mut self, key: &[u8]) {
-        if let Some(entry) = self.entries.remove(key) {
-            self.memory_used_bytes -= entry_bytes(key, entry.object.payload_bytes());
+    /// Removes a key; requests parked on its object are answered `ObjectDeleted`.
+    fn remove(&mut self, key: &[u8], now_ms: u64) {
+        if let Some(mut entry) = self.entries.remove(key) {
+            let mut effects = Effects::new(
+                now_ms,
+                None,
+                &mut self.waiting,
+                &mut self.operations,
+                &mut self.last_version,
+            );
+            entry
+                .object
+                .fail_waiters(&mut effects, &error(ErrorCode::ObjectDeleted, "the object was deleted"));
+            self.data_bytes -= entry_bytes(key, entry.object.payload_bytes());
             self.move_deadline(key, entry.expires_at_ms, 0);
         }
     }
@@ -306,6 +814,97 @@ impl Store {
     }
 }
 
+/// Argument checks shared by every object, before anything is touched.
+fn validate(command: &Command) -> Result<(), Response> {
+    use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX, PARTIES_MAX};
+    let invalid = |message: String| Err(error(ErrorCode::InvalidArgument, message));
+    let wait_ms = command.wait_ms();
+    if wait_ms > CALL_TIMEOUT_MS_MAX {
+        return invalid(format!(
+            "wait of {wait_ms} ms exceeds call_timeout_ms_max ({CALL_TIMEOUT_MS_MAX})"
+        ));
+    }
+    match command {
+        Command::LockAcquire { owner, lease_ms, .. }
+        | Command::LockRenew { owner, lease_ms, .. }
+        | Command::SemaphoreAcquire { owner, lease_ms, .. } => {
+            if owner.is_empty() || owner.len() > OWNER_BYTES_MAX {
+                return invalid(format!(
+                    "owner id must be 1..={OWNER_BYTES_MAX} bytes (owner_bytes_max)"
+                ));
+            }
+            if *lease_ms == 0 || *lease_ms > LEASE_MS_MAX {
+                return invalid(format!(
+                    "lease of {lease_ms} ms is outside 1..={LEASE_MS_MAX} (lease_ms_max)"
+                ));
+            }
+        }
+        Command::SemaphoreRenew { lease_ms, .. } => {
+            if *lease_ms == 0 || *lease_ms > LEASE_MS_MAX {
+                return invalid(format!(
+                    "lease of {lease_ms} ms is outside 1..={LEASE_MS_MAX} (lease_ms_max)"
+                ));
+            }
+        }
+        _ => {}
+    }
+    match command {
+        Command::Set { value, ttl_ms, .. } => {
+            if value.len() > VALUE_BYTES_MAX {
+                return Err(value_too_large(value.len()));
+            }
+            if *ttl_ms > TTL_MS_MAX {
+                return invalid(format!("ttl of {ttl_ms} ms exceeds ttl_ms_max ({TTL_MS_MAX})"));
+            }
+        }
+        Command::SemaphoreAcquire { capacity, permits, .. } => {
+            if *capacity == 0 || *capacity > PARTIES_MAX || *permits == 0 || permits > capacity {
+                return invalid(format!(
+                    "semaphore needs 1 <= permits ({permits}) <= capacity ({capacity}) <= parties_max ({PARTIES_MAX})"
+                ));
+            }
+        }
+        Command::SemaphoreAvailable { capacity, .. } if *capacity == 0 || *capacity > PARTIES_MAX => {
+            return invalid(format!(
+                "semaphore capacity {capacity} is outside 1..={PARTIES_MAX} (parties_max)"
+            ));
+        }
+        Command::BarrierWait { parties, .. } if *parties == 0 || *parties > PARTIES_MAX => {
+            return invalid(format!(
+                "barrier parties {parties} is outside 1..={PARTIES_MAX} (parties_max)"
+            ));
+        }
+        Command::FutureComplete { value, .. } | Command::QueuePush { value, .. } | Command::MapSet { value, .. }
+            if value.len() > VALUE_BYTES_MAX =>
+        {
+            return Err(value_too_large(value.len()));
+        }
+        Command::MapGet { field, .. }
+        | Command::MapSet { field, .. }
+        | Command::MapDel { field, .. }
+        | Command::MapIncr { field, .. }
+            if field.len() > KEY_BYTES_MAX =>
+        {
+            return Err(error(
+                ErrorCode::KeyTooLarge,
+                format!(
+                    "map field of {} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})",
+                    field.len()
+                ),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+pub(crate) fn out_of_memory(needed_bytes: u64, used_bytes: u64, limit_bytes: u64) -> Response {
+    error(
+        ErrorCode::OutOfMemory,
+        format!("write needs {needed_bytes} bytes; shard holds {used_bytes} of memory_limit_bytes ({limit_bytes})"),
+    )
+}
+
 fn value_too_large(bytes: usize) -> Response {
     error(
         ErrorCode::ValueTooLarge,
@@ -313,7 +912,7 @@ fn value_too_large(bytes: usize) -> Response {
     )
 }
 
-fn wrong_type(key: &[u8], expected: &str) -> Response {
+pub(crate) fn wrong_type(key: &[u8], expected: &str) -> Response {
     error(
         ErrorCode::WrongType,
         format!("key {:?} does not hold a {expected}", String::from_utf8_lossy(key)),

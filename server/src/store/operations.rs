@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use engram_proto::limits::CALL_TIMEOUT_MS_MAX;
 use engram_proto::{ErrorCode, Response};
 
-use super::error;
+use super::{error, WaiterId};
 
 /// How long a silent client's records are kept.
 pub const SESSION_IDLE_MS_MAX: u64 = 2 * CALL_TIMEOUT_MS_MAX;
@@ -26,9 +26,28 @@ pub const OPERATION_RECORDS_MAX: usize = 1 << 20;
 /// Memory charged per record on top of the response's own heap bytes.
 const RECORD_OVERHEAD_BYTES: u64 = 64;
 
+/// What is known of one operation.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// Answered; a retry gets this answer.
+    Done(Response),
+    /// Parked at the shard (a blocking wait); a retry re-attaches to the same waiter.
+    Parked(WaiterId),
+}
+
+/// The result of looking an operation up.
+pub enum Lookup {
+    /// Not seen before: apply it.
+    New,
+    /// Seen: answer (or keep waiting) as the record says.
+    Seen(Record),
+    /// Refused before applying (stale id, or too many records).
+    Refused(Response),
+}
+
 #[derive(Default)]
 struct Session {
-    records: BTreeMap<u64, Response>,
+    records: BTreeMap<u64, Record>,
     completed_below_op_id: u64,
     last_seen_ms: u64,
 }
@@ -40,9 +59,9 @@ pub struct OperationLog {
     bytes: u64,
 }
 
-fn record_bytes(response: &Response) -> u64 {
-    let heap = match response {
-        Response::Error(reply) => reply.message.len() as u64,
+fn record_bytes(record: &Record) -> u64 {
+    let heap = match record {
+        Record::Done(Response::Error(reply)) => reply.message.len() as u64,
         _ => 0,
     };
     RECORD_OVERHEAD_BYTES + heap
@@ -57,14 +76,9 @@ impl OperationLog {
         self.bytes
     }
 
-    /// The recorded answer of a retried operation, `None` for a new one, or a refusal.
-    pub fn lookup(
-        &mut self,
-        client_id: u64,
-        op_id: u64,
-        completed_below_op_id: u64,
-        now_ms: u64,
-    ) -> Result<Option<Response>, Response> {
+    /// What is recorded of an operation, after dropping the records the client
+    /// acknowledged with `completed_below_op_id`.
+    pub fn lookup(&mut self, client_id: u64, op_id: u64, completed_below_op_id: u64, now_ms: u64) -> Lookup {
         let session = self.sessions.entry(client_id).or_default();
         session.last_seen_ms = session.last_seen_ms.max(now_ms);
         if completed_below_op_id > session.completed_below_op_id {
@@ -74,30 +88,30 @@ impl OperationLog {
             self.records -= dropped.len();
             self.bytes -= dropped.values().map(record_bytes).sum::<u64>();
         }
-        if let Some(first_answer) = session.records.get(&op_id) {
-            return Ok(Some(first_answer.clone()));
+        if let Some(record) = session.records.get(&op_id) {
+            return Lookup::Seen(record.clone());
         }
         if op_id < session.completed_below_op_id {
             // The client said it already has this answer; applying it again would be
             // the double apply this log exists to prevent.
-            return Err(error(
+            return Lookup::Refused(error(
                 ErrorCode::InvalidArgument,
                 format!("operation {op_id} was already completed (client completed below {completed_below_op_id})"),
             ));
         }
         if self.records >= OPERATION_RECORDS_MAX {
-            return Err(error(
+            return Lookup::Refused(error(
                 ErrorCode::Busy,
                 format!("shard holds operation_records_max ({OPERATION_RECORDS_MAX}) unacknowledged operations"),
             ));
         }
-        Ok(None)
+        Lookup::New
     }
 
-    pub fn record(&mut self, client_id: u64, op_id: u64, response: Response) {
+    pub fn record(&mut self, client_id: u64, op_id: u64, record: Record) {
         let session = self.sessions.entry(client_id).or_default();
-        self.bytes += record_bytes(&response);
-        if let Some(replaced) = session.records.insert(op_id, response) {
+        self.bytes += record_bytes(&record);
+        if let Some(replaced) = session.records.insert(op_id, record) {
             self.bytes -= record_bytes(&replaced);
         } else {
             self.records += 1;

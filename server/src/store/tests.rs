@@ -7,6 +7,16 @@ use super::*;
 
 const UNLIMITED: u64 = u64::MAX / 2;
 
+impl Store {
+    /// Applies a request that must be answered at once.
+    fn run(&mut self, client_id: u64, request: &Request, now_ms: u64) -> Response {
+        match self.apply(client_id, request, now_ms) {
+            Outcome::Ready(response) => response,
+            Outcome::Parked(waiter) => panic!("{:?} parked as waiter {waiter}", request.command),
+        }
+    }
+}
+
 fn request(op_id: u64, command: Command) -> Request {
     Request {
         op_id,
@@ -34,26 +44,26 @@ fn code(response: &Response) -> Option<ErrorCode> {
 #[test]
 fn set_get_del() {
     let mut store = Store::new(UNLIMITED, 1);
-    let Response::Written { version } = store.apply(1, &request(1, set("k", "v", 0, SetCondition::Always)), 0) else {
+    let Response::Written { version } = store.run(1, &request(1, set("k", "v", 0, SetCondition::Always)), 0) else {
         panic!("not written")
     };
     assert_eq!(
-        store.apply(1, &request(0, Command::Get { key: "k".into() }), 0),
+        store.run(1, &request(0, Command::Get { key: "k".into() }), 0),
         Response::Value {
             value: b"v".to_vec(),
             version
         }
     );
     assert_eq!(
-        store.apply(1, &request(2, Command::Del { key: "k".into() }), 0),
+        store.run(1, &request(2, Command::Del { key: "k".into() }), 0),
         Response::Deleted { existed: true }
     );
     assert_eq!(
-        store.apply(1, &request(3, Command::Del { key: "k".into() }), 0),
+        store.run(1, &request(3, Command::Del { key: "k".into() }), 0),
         Response::Deleted { existed: false }
     );
     assert_eq!(
-        store.apply(1, &request(0, Command::Get { key: "k".into() }), 0),
+        store.run(1, &request(0, Command::Get { key: "k".into() }), 0),
         Response::Missing
     );
     assert_eq!(store.stats().memory_used_bytes, store.operations.bytes());
@@ -62,14 +72,14 @@ fn set_get_del() {
 #[test]
 fn ttl_expires_lazily_and_actively() {
     let mut store = Store::new(UNLIMITED, 1);
-    store.apply(1, &request(1, set("a", "1", 100, SetCondition::Always)), 1_000);
-    store.apply(1, &request(2, set("b", "2", 200, SetCondition::Always)), 1_000);
+    store.run(1, &request(1, set("a", "1", 100, SetCondition::Always)), 1_000);
+    store.run(1, &request(2, set("b", "2", 200, SetCondition::Always)), 1_000);
     assert!(matches!(
-        store.apply(1, &request(0, Command::Get { key: "a".into() }), 1_099),
+        store.run(1, &request(0, Command::Get { key: "a".into() }), 1_099),
         Response::Value { .. }
     ));
     assert_eq!(
-        store.apply(1, &request(0, Command::Get { key: "a".into() }), 1_100),
+        store.run(1, &request(0, Command::Get { key: "a".into() }), 1_100),
         Response::Missing
     );
     assert_eq!(store.stats().keys, 1);
@@ -82,10 +92,10 @@ fn ttl_expires_lazily_and_actively() {
 #[test]
 fn set_without_ttl_clears_the_deadline() {
     let mut store = Store::new(UNLIMITED, 1);
-    store.apply(1, &request(1, set("a", "1", 100, SetCondition::Always)), 0);
-    store.apply(1, &request(2, set("a", "2", 0, SetCondition::Always)), 50);
+    store.run(1, &request(1, set("a", "1", 100, SetCondition::Always)), 0);
+    store.run(1, &request(2, set("a", "2", 0, SetCondition::Always)), 50);
     assert!(matches!(
-        store.apply(1, &request(0, Command::Get { key: "a".into() }), 500),
+        store.run(1, &request(0, Command::Get { key: "a".into() }), 500),
         Response::Value { .. }
     ));
     assert_eq!(store.expire_due(1_000, 10), 0);
@@ -94,17 +104,17 @@ fn set_without_ttl_clears_the_deadline() {
 #[test]
 fn conditional_writes() {
     let mut store = Store::new(UNLIMITED, 1);
-    let Response::Written { version } = store.apply(1, &request(1, set("k", "a", 0, SetCondition::IfAbsent)), 0) else {
+    let Response::Written { version } = store.run(1, &request(1, set("k", "a", 0, SetCondition::IfAbsent)), 0) else {
         panic!()
     };
     assert_eq!(
-        store.apply(1, &request(2, set("k", "b", 0, SetCondition::IfAbsent)), 0),
+        store.run(1, &request(2, set("k", "b", 0, SetCondition::IfAbsent)), 0),
         Response::Conflict {
             current_version: version
         }
     );
     assert_eq!(
-        store.apply(
+        store.run(
             1,
             &request(3, set("k", "b", 0, SetCondition::IfVersion(version + 7))),
             0
@@ -114,13 +124,13 @@ fn conditional_writes() {
         }
     );
     let Response::Written { version: second } =
-        store.apply(1, &request(4, set("k", "b", 0, SetCondition::IfVersion(version))), 0)
+        store.run(1, &request(4, set("k", "b", 0, SetCondition::IfVersion(version))), 0)
     else {
         panic!()
     };
     assert!(second > version);
     assert_eq!(
-        store.apply(1, &request(5, set("gone", "x", 0, SetCondition::IfVersion(1))), 0),
+        store.run(1, &request(5, set("gone", "x", 0, SetCondition::IfVersion(1))), 0),
         Response::Conflict { current_version: 0 }
     );
 }
@@ -129,11 +139,11 @@ fn conditional_writes() {
 fn counters_never_wrap_and_type_is_enforced() {
     let mut store = Store::new(UNLIMITED, 1);
     assert_eq!(
-        store.apply(1, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        store.run(1, &request(0, Command::CounterGet { key: "c".into() }), 0),
         Response::Counter { value: 0 }
     );
     assert_eq!(
-        store.apply(
+        store.run(
             1,
             &request(
                 1,
@@ -146,7 +156,7 @@ fn counters_never_wrap_and_type_is_enforced() {
         ),
         Response::Counter { value: i64::MAX - 1 }
     );
-    let overflow = store.apply(
+    let overflow = store.run(
         1,
         &request(
             2,
@@ -159,19 +169,19 @@ fn counters_never_wrap_and_type_is_enforced() {
     );
     assert_eq!(code(&overflow), Some(ErrorCode::Overflow));
     assert_eq!(
-        store.apply(1, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        store.run(1, &request(0, Command::CounterGet { key: "c".into() }), 0),
         Response::Counter { value: i64::MAX - 1 }
     );
     assert_eq!(
-        code(&store.apply(1, &request(0, Command::Get { key: "c".into() }), 0)),
+        code(&store.run(1, &request(0, Command::Get { key: "c".into() }), 0)),
         Some(ErrorCode::WrongType)
     );
     assert_eq!(
-        code(&store.apply(1, &request(3, set("c", "x", 0, SetCondition::Always)), 0)),
+        code(&store.run(1, &request(3, set("c", "x", 0, SetCondition::Always)), 0)),
         Some(ErrorCode::WrongType)
     );
-    store.apply(1, &request(4, set("b", "x", 0, SetCondition::Always)), 0);
-    let wrong = store.apply(
+    store.run(1, &request(4, set("b", "x", 0, SetCondition::Always)), 0);
+    let wrong = store.run(
         1,
         &request(
             5,
@@ -184,7 +194,7 @@ fn counters_never_wrap_and_type_is_enforced() {
     );
     assert_eq!(code(&wrong), Some(ErrorCode::WrongType));
     assert_eq!(
-        store.apply(
+        store.run(
             1,
             &request(
                 6,
@@ -202,7 +212,7 @@ fn counters_never_wrap_and_type_is_enforced() {
         }
     );
     assert_eq!(
-        store.apply(
+        store.run(
             1,
             &request(
                 7,
@@ -231,25 +241,25 @@ fn retried_mutation_is_applied_once() {
             delta: 5,
         },
     );
-    assert_eq!(store.apply(9, &add, 0), Response::Counter { value: 5 });
+    assert_eq!(store.run(9, &add, 0), Response::Counter { value: 5 });
     assert_eq!(
-        store.apply(9, &add, 10),
+        store.run(9, &add, 10),
         Response::Counter { value: 5 },
         "retry must get the first answer"
     );
     assert_eq!(
-        store.apply(0, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        store.run(0, &request(0, Command::CounterGet { key: "c".into() }), 0),
         Response::Counter { value: 5 }
     );
     // The same op id from another client is another operation.
-    assert_eq!(store.apply(10, &add, 10), Response::Counter { value: 10 });
+    assert_eq!(store.run(10, &add, 10), Response::Counter { value: 10 });
 }
 
 #[test]
 fn acknowledged_records_are_dropped_and_stale_retries_refused() {
     let mut store = Store::new(UNLIMITED, 1);
     for op_id in 1..=10 {
-        store.apply(
+        store.run(
             3,
             &request(
                 op_id,
@@ -270,9 +280,9 @@ fn acknowledged_records_are_dropped_and_stale_retries_refused() {
             delta: 1,
         },
     };
-    store.apply(3, &acknowledging, 0);
+    store.run(3, &acknowledging, 0);
     assert_eq!(store.stats().operation_records, 4, "ops 8..=11 remain");
-    let stale = store.apply(
+    let stale = store.run(
         3,
         &request(
             2,
@@ -285,7 +295,7 @@ fn acknowledged_records_are_dropped_and_stale_retries_refused() {
     );
     assert_eq!(code(&stale), Some(ErrorCode::InvalidArgument));
     assert_eq!(
-        store.apply(3, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        store.run(3, &request(0, Command::CounterGet { key: "c".into() }), 0),
         Response::Counter { value: 11 }
     );
 }
@@ -293,7 +303,7 @@ fn acknowledged_records_are_dropped_and_stale_retries_refused() {
 #[test]
 fn idle_sessions_are_forgotten_after_the_retry_horizon() {
     let mut store = Store::new(UNLIMITED, 1);
-    store.apply(
+    store.run(
         3,
         &request(
             1,
@@ -323,7 +333,7 @@ fn memory_limit_refuses_growth_but_not_reads_deletes_or_shrinking() {
     let mut written = 0;
     let mut refused = None;
     for i in 0..10 {
-        match store.apply(
+        match store.run(
             1,
             &request(0, set(&format!("k{i}"), &value, 0, SetCondition::Always)),
             0,
@@ -340,19 +350,19 @@ fn memory_limit_refuses_growth_but_not_reads_deletes_or_shrinking() {
     assert_eq!(code(&refused), Some(ErrorCode::OutOfMemory));
     assert!(store.stats().memory_used_bytes <= limit);
     assert!(matches!(
-        store.apply(1, &request(0, Command::Get { key: "k0".into() }), 0),
+        store.run(1, &request(0, Command::Get { key: "k0".into() }), 0),
         Response::Value { .. }
     ));
     assert!(matches!(
-        store.apply(1, &request(0, set("k0", "small", 0, SetCondition::Always)), 0),
+        store.run(1, &request(0, set("k0", "small", 0, SetCondition::Always)), 0),
         Response::Written { .. }
     ));
     assert_eq!(
-        store.apply(1, &request(0, Command::Del { key: "k1".into() }), 0),
+        store.run(1, &request(0, Command::Del { key: "k1".into() }), 0),
         Response::Deleted { existed: true }
     );
     assert!(matches!(
-        store.apply(1, &request(0, set("new", &value, 0, SetCondition::Always)), 0),
+        store.run(1, &request(0, set("new", &value, 0, SetCondition::Always)), 0),
         Response::Written { .. }
     ));
 }
@@ -361,10 +371,10 @@ fn memory_limit_refuses_growth_but_not_reads_deletes_or_shrinking() {
 fn oversize_key_and_value_are_refused() {
     let mut store = Store::new(UNLIMITED, 1);
     let key = vec![b'k'; STORED_KEY_BYTES_MAX + 1];
-    let response = store.apply(1, &request(0, Command::Get { key }), 0);
+    let response = store.run(1, &request(0, Command::Get { key }), 0);
     assert_eq!(code(&response), Some(ErrorCode::KeyTooLarge));
     let value = vec![b'v'; VALUE_BYTES_MAX + 1];
-    let response = store.apply(
+    let response = store.run(
         1,
         &request(
             0,
@@ -378,8 +388,8 @@ fn oversize_key_and_value_are_refused() {
         0,
     );
     assert_eq!(code(&response), Some(ErrorCode::ValueTooLarge));
-    store.apply(1, &request(0, set("k", "abc", 0, SetCondition::Always)), 0);
-    let response = store.apply(
+    store.run(1, &request(0, set("k", "abc", 0, SetCondition::Always)), 0);
+    let response = store.run(
         1,
         &request(
             0,
@@ -397,7 +407,7 @@ fn oversize_key_and_value_are_refused() {
 fn append_creates_and_extends() {
     let mut store = Store::new(UNLIMITED, 1);
     assert!(matches!(
-        store.apply(
+        store.run(
             1,
             &request(
                 1,
@@ -410,7 +420,7 @@ fn append_creates_and_extends() {
         ),
         Response::Written { .. }
     ));
-    let Response::Appended { length, version } = store.apply(
+    let Response::Appended { length, version } = store.run(
         1,
         &request(
             2,
@@ -425,7 +435,7 @@ fn append_creates_and_extends() {
     };
     assert_eq!(length, 4);
     assert_eq!(
-        store.apply(1, &request(0, Command::Get { key: "k".into() }), 0),
+        store.run(1, &request(0, Command::Get { key: "k".into() }), 0),
         Response::Value {
             value: b"abcd".to_vec(),
             version
@@ -611,7 +621,7 @@ fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &
                 current: *new,
             }
         }
-        Command::Ping | Command::Info | Command::GetSlotMap => unreachable!("not generated"),
+        _ => unreachable!("not generated"),
     }
 }
 
@@ -628,7 +638,7 @@ proptest! {
                 Step::Advance(ms) => now += ms,
                 Step::Expire => { store.expire_due(now, usize::MAX); }
                 Step::Run(command) => {
-                    let actual = store.apply(1, &request(index as u64 + 1, command.clone()), now);
+                    let actual = store.run(1, &request(index as u64 + 1, command.clone()), now);
                     // Errors the model does not compute (wrong type, overflow) must be
                     // the expected codes.
                     if let Some(code) = code(&actual) {
@@ -648,7 +658,7 @@ proptest! {
         // Accounting is exact: deleting everything returns to records-only memory.
         store.expire_due(u64::MAX / 4, usize::MAX);
         for key in [b"a", b"b", b"c"] {
-            store.apply(1, &request(0, Command::Del { key: key.to_vec() }), u64::MAX / 4);
+            store.run(1, &request(0, Command::Del { key: key.to_vec() }), u64::MAX / 4);
         }
         prop_assert_eq!(store.stats().keys, 0);
         prop_assert_eq!(store.stats().memory_used_bytes, store.operations.bytes());

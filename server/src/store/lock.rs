@@ -1,0 +1,175 @@
+//! Locks: one holder at a time, named by an owner id, with a lease that releases the
+//! lock if not renewed, a fencing token that strictly increases with every grant, and
+//! FIFO waiters.
+//!
+//! Acquiring a lock the same owner already holds returns the current fence and
+//! renews the lease (no hold count), so a retried or repeated acquire is harmless.
+
+use std::collections::VecDeque;
+
+use engram_proto::{ErrorCode, LockHolder, Response};
+
+use super::{error, Effects, Object, Outcome, WaiterId};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Holder {
+    owner: Vec<u8>,
+    fence: u64,
+    lease_ms: u64,
+    lease_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Waiter {
+    waiter: WaiterId,
+    owner: Vec<u8>,
+    lease_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LockState {
+    holder: Option<Holder>,
+    waiters: VecDeque<Waiter>,
+}
+
+impl LockState {
+    pub fn create() -> Object {
+        Object::Lock(LockState::default())
+    }
+
+    pub fn payload_bytes(&self) -> u64 {
+        let holder = self.holder.as_ref().map_or(0, |holder| holder.owner.len() as u64);
+        holder
+            + self
+                .waiters
+                .iter()
+                .map(|waiter| waiter.owner.len() as u64 + 32)
+                .sum::<u64>()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.holder.is_none() && self.waiters.is_empty()
+    }
+
+    pub fn take_waiters(&mut self) -> Vec<WaiterId> {
+        self.waiters.drain(..).map(|waiter| waiter.waiter).collect()
+    }
+
+    fn grant(&mut self, key: &[u8], owner: Vec<u8>, lease_ms: u64, effects: &mut Effects<'_>) -> Response {
+        let fence = effects.next_version();
+        let lease_deadline_ms = effects.now_ms.saturating_add(lease_ms);
+        effects.set_lease(key, fence, lease_deadline_ms);
+        self.holder = Some(Holder {
+            owner,
+            fence,
+            lease_ms,
+            lease_deadline_ms,
+        });
+        Response::LockGranted { fence, lease_ms }
+    }
+
+    pub fn acquire(
+        &mut self,
+        key: &[u8],
+        owner: &[u8],
+        lease_ms: u64,
+        wait_ms: u64,
+        effects: &mut Effects<'_>,
+    ) -> Outcome {
+        match &self.holder {
+            None => Outcome::Ready(self.grant(key, owner.to_vec(), lease_ms, effects)),
+            Some(holder) if holder.owner == owner => {
+                let fence = holder.fence;
+                Outcome::Ready(self.renew(key, owner, fence, lease_ms, effects))
+            }
+            Some(holder) if wait_ms == 0 => Outcome::Ready(error(
+                ErrorCode::Timeout,
+                format!("lock is held (fence {}); try-acquire does not wait", holder.fence),
+            )),
+            Some(_) => {
+                let waiter = effects.park(key, wait_ms);
+                self.waiters.push_back(Waiter {
+                    waiter,
+                    owner: owner.to_vec(),
+                    lease_ms,
+                });
+                Outcome::Parked(waiter)
+            }
+        }
+    }
+
+    pub fn release(&mut self, key: &[u8], owner: &[u8], fence: u64, effects: &mut Effects<'_>) -> Response {
+        match &self.holder {
+            Some(holder) if holder.owner == owner && holder.fence == fence => {
+                effects.clear_lease(key, fence, holder.lease_deadline_ms);
+                self.holder = None;
+                self.grant_next(key, effects);
+                Response::Released
+            }
+            _ => not_holder(fence),
+        }
+    }
+
+    pub fn renew(
+        &mut self,
+        key: &[u8],
+        owner: &[u8],
+        fence: u64,
+        lease_ms: u64,
+        effects: &mut Effects<'_>,
+    ) -> Response {
+        match &mut self.holder {
+            Some(holder) if holder.owner == owner && holder.fence == fence => {
+                effects.clear_lease(key, fence, holder.lease_deadline_ms);
+                holder.lease_ms = lease_ms;
+                holder.lease_deadline_ms = effects.now_ms.saturating_add(lease_ms);
+                effects.set_lease(key, fence, holder.lease_deadline_ms);
+                Response::LockGranted { fence, lease_ms }
+            }
+            _ => not_holder(fence),
+        }
+    }
+
+    pub fn holder(&self, now_ms: u64) -> Response {
+        Response::LockHolder {
+            holder: self.holder.as_ref().map(|holder| LockHolder {
+                owner: holder.owner.clone(),
+                fence: holder.fence,
+                lease_remaining_ms: holder.lease_deadline_ms.saturating_sub(now_ms),
+            }),
+        }
+    }
+
+    /// The lease with this fence ran out: the lock goes to the next waiter.
+    pub fn lease_ended(&mut self, key: &[u8], fence: u64, effects: &mut Effects<'_>) {
+        let ended = self
+            .holder
+            .as_ref()
+            .is_some_and(|holder| holder.fence == fence && holder.lease_deadline_ms <= effects.now_ms);
+        if ended {
+            self.holder = None;
+            self.grant_next(key, effects);
+        }
+    }
+
+    pub fn time_out(&mut self, _key: &[u8], waiter: WaiterId, effects: &mut Effects<'_>) {
+        if let Some(position) = self.waiters.iter().position(|candidate| candidate.waiter == waiter) {
+            self.waiters.remove(position);
+            effects.complete(waiter, error(ErrorCode::Timeout, "lock wait timed out"));
+        }
+    }
+
+    fn grant_next(&mut self, key: &[u8], effects: &mut Effects<'_>) {
+        if let Some(next) = self.waiters.pop_front() {
+            let granted = self.grant(key, next.owner, next.lease_ms, effects);
+            effects.complete(next.waiter, granted);
+        }
+    }
+}
+
+fn not_holder(fence: u64) -> Response {
+    error(
+        ErrorCode::NotHolder,
+        format!("fence {fence} does not hold the lock (lease ended or never held)"),
+    )
+}

@@ -1,0 +1,97 @@
+//! Double-ended queues with blocking pops. A push hands its value straight to the
+//! longest-waiting pop, so a value is never both queued and awaited.
+
+use std::collections::VecDeque;
+
+use engram_proto::{ErrorCode, QueueEnd, Response};
+
+use super::{error, Effects, Object, Outcome, WaiterId};
+
+/// Charged per item on top of its bytes.
+const ITEM_OVERHEAD_BYTES: u64 = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueState {
+    items: VecDeque<Vec<u8>>,
+    content_bytes: u64,
+    waiters: VecDeque<(WaiterId, QueueEnd)>,
+}
+
+impl QueueState {
+    pub fn create() -> Object {
+        Object::Queue(QueueState::default())
+    }
+
+    pub fn payload_bytes(&self) -> u64 {
+        self.content_bytes + self.items.len() as u64 * ITEM_OVERHEAD_BYTES + self.waiters.len() as u64 * 16
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.items.is_empty() && self.waiters.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn take_waiters(&mut self) -> Vec<WaiterId> {
+        self.waiters.drain(..).map(|(waiter, _)| waiter).collect()
+    }
+
+    pub fn push(&mut self, value: &[u8], end: QueueEnd, effects: &mut Effects<'_>) -> Response {
+        if let Some((waiter, _)) = self.waiters.pop_front() {
+            let version = effects.next_version();
+            effects.complete(
+                waiter,
+                Response::Value {
+                    value: value.to_vec(),
+                    version,
+                },
+            );
+            return Response::QueueLength {
+                length: self.items.len() as u64,
+            };
+        }
+        if let Err(refusal) = effects.admit(value.len() as u64 + ITEM_OVERHEAD_BYTES) {
+            return refusal;
+        }
+        self.content_bytes += value.len() as u64;
+        match end {
+            QueueEnd::Front => self.items.push_front(value.to_vec()),
+            QueueEnd::Back => self.items.push_back(value.to_vec()),
+        }
+        Response::QueueLength {
+            length: self.items.len() as u64,
+        }
+    }
+
+    pub fn pop(&mut self, key: &[u8], end: QueueEnd, timeout_ms: u64, effects: &mut Effects<'_>) -> Outcome {
+        let item = match end {
+            QueueEnd::Front => self.items.pop_front(),
+            QueueEnd::Back => self.items.pop_back(),
+        };
+        if let Some(value) = item {
+            self.content_bytes -= value.len() as u64;
+            return Outcome::Ready(Response::Value {
+                value,
+                version: effects.next_version(),
+            });
+        }
+        if timeout_ms == 0 {
+            return Outcome::Ready(Response::Missing);
+        }
+        let waiter = effects.park(key, timeout_ms);
+        self.waiters.push_back((waiter, end));
+        Outcome::Parked(waiter)
+    }
+
+    pub fn time_out(&mut self, _key: &[u8], waiter: WaiterId, effects: &mut Effects<'_>) {
+        if let Some(position) = self.waiters.iter().position(|(candidate, _)| *candidate == waiter) {
+            self.waiters.remove(position);
+            effects.complete(
+                waiter,
+                error(ErrorCode::Timeout, "queue stayed empty until the timeout"),
+            );
+        }
+    }
+}

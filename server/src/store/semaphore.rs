@@ -1,0 +1,199 @@
+//! Semaphores: `capacity` permits, fixed by the first use. An acquire takes one or more
+//! permits under a permit id with a lease; permits of a holder that stops renewing come
+//! back when the lease ends. Waiters are served strictly in arrival order, so a large
+//! request is not starved by a stream of small ones.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use engram_proto::{ErrorCode, Response};
+
+use super::{error, Effects, Object, Outcome, WaiterId};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Permit {
+    owner: Vec<u8>,
+    permits: u32,
+    lease_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Waiter {
+    waiter: WaiterId,
+    owner: Vec<u8>,
+    permits: u32,
+    lease_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SemaphoreState {
+    /// 0 until the first acquire fixes it.
+    capacity: u32,
+    in_use: u32,
+    held: BTreeMap<u64, Permit>,
+    waiters: VecDeque<Waiter>,
+}
+
+impl SemaphoreState {
+    pub fn create() -> Object {
+        Object::Semaphore(SemaphoreState::default())
+    }
+
+    pub fn payload_bytes(&self) -> u64 {
+        let held: u64 = self.held.values().map(|permit| permit.owner.len() as u64 + 48).sum();
+        held + self
+            .waiters
+            .iter()
+            .map(|waiter| waiter.owner.len() as u64 + 40)
+            .sum::<u64>()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.held.is_empty() && self.waiters.is_empty()
+    }
+
+    pub fn take_waiters(&mut self) -> Vec<WaiterId> {
+        self.waiters.drain(..).map(|waiter| waiter.waiter).collect()
+    }
+
+    fn check_capacity(&mut self, capacity: u32) -> Result<(), Response> {
+        if self.capacity == 0 {
+            self.capacity = capacity;
+        }
+        if self.capacity != capacity {
+            return Err(error(
+                ErrorCode::InvalidArgument,
+                format!("semaphore has capacity {}, not {capacity}", self.capacity),
+            ));
+        }
+        Ok(())
+    }
+
+    fn grant(
+        &mut self,
+        key: &[u8],
+        owner: Vec<u8>,
+        permits: u32,
+        lease_ms: u64,
+        effects: &mut Effects<'_>,
+    ) -> Response {
+        let permit_id = effects.next_version();
+        let lease_deadline_ms = effects.now_ms.saturating_add(lease_ms);
+        effects.set_lease(key, permit_id, lease_deadline_ms);
+        self.in_use += permits;
+        self.held.insert(
+            permit_id,
+            Permit {
+                owner,
+                permits,
+                lease_deadline_ms,
+            },
+        );
+        Response::SemaphoreGranted {
+            permit_id,
+            permits,
+            lease_ms,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn acquire(
+        &mut self,
+        key: &[u8],
+        owner: &[u8],
+        capacity: u32,
+        permits: u32,
+        lease_ms: u64,
+        wait_ms: u64,
+        effects: &mut Effects<'_>,
+    ) -> Outcome {
+        if let Err(refusal) = self.check_capacity(capacity) {
+            return Outcome::Ready(refusal);
+        }
+        let available = self.capacity - self.in_use;
+        if self.waiters.is_empty() && permits <= available {
+            return Outcome::Ready(self.grant(key, owner.to_vec(), permits, lease_ms, effects));
+        }
+        if wait_ms == 0 {
+            return Outcome::Ready(error(
+                ErrorCode::Timeout,
+                format!("{permits} permits requested, {available} available; try-acquire does not wait"),
+            ));
+        }
+        let waiter = effects.park(key, wait_ms);
+        self.waiters.push_back(Waiter {
+            waiter,
+            owner: owner.to_vec(),
+            permits,
+            lease_ms,
+        });
+        Outcome::Parked(waiter)
+    }
+
+    pub fn release(&mut self, key: &[u8], permit_id: u64, effects: &mut Effects<'_>) -> Response {
+        let Some(permit) = self.held.remove(&permit_id) else {
+            return error(
+                ErrorCode::NotHolder,
+                format!("permit {permit_id} is not held (lease ended, released, or never granted)"),
+            );
+        };
+        effects.clear_lease(key, permit_id, permit.lease_deadline_ms);
+        self.in_use -= permit.permits;
+        self.grant_waiting(key, effects);
+        Response::Released
+    }
+
+    pub fn renew(&mut self, key: &[u8], permit_id: u64, lease_ms: u64, effects: &mut Effects<'_>) -> Response {
+        let Some(permit) = self.held.get_mut(&permit_id) else {
+            return error(ErrorCode::NotHolder, format!("permit {permit_id} is not held"));
+        };
+        effects.clear_lease(key, permit_id, permit.lease_deadline_ms);
+        permit.lease_deadline_ms = effects.now_ms.saturating_add(lease_ms);
+        effects.set_lease(key, permit_id, permit.lease_deadline_ms);
+        Response::SemaphoreGranted {
+            permit_id,
+            permits: permit.permits,
+            lease_ms,
+        }
+    }
+
+    pub fn available(&self, capacity: u32) -> Response {
+        let capacity = if self.capacity == 0 { capacity } else { self.capacity };
+        Response::SemaphoreAvailable {
+            available: capacity - self.in_use,
+            capacity,
+        }
+    }
+
+    pub fn lease_ended(&mut self, key: &[u8], permit_id: u64, effects: &mut Effects<'_>) {
+        let ended = self
+            .held
+            .get(&permit_id)
+            .is_some_and(|permit| permit.lease_deadline_ms <= effects.now_ms);
+        if ended {
+            if let Some(permit) = self.held.remove(&permit_id) {
+                self.in_use -= permit.permits;
+            }
+            self.grant_waiting(key, effects);
+        }
+    }
+
+    pub fn time_out(&mut self, key: &[u8], waiter: WaiterId, effects: &mut Effects<'_>) {
+        if let Some(position) = self.waiters.iter().position(|candidate| candidate.waiter == waiter) {
+            self.waiters.remove(position);
+            effects.complete(waiter, error(ErrorCode::Timeout, "semaphore wait timed out"));
+            // A large request at the head may have been what held smaller ones back.
+            self.grant_waiting(key, effects);
+        }
+    }
+
+    fn grant_waiting(&mut self, key: &[u8], effects: &mut Effects<'_>) {
+        while let Some(next) = self.waiters.front() {
+            if next.permits > self.capacity - self.in_use {
+                break;
+            }
+            let Some(next) = self.waiters.pop_front() else { break };
+            let granted = self.grant(key, next.owner, next.permits, next.lease_ms, effects);
+            effects.complete(next.waiter, granted);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Parked requests and timers: the part of the store that makes blocking operations
+//! wait without polling. A parked request has a deadline in one ordered timer index
+//! (with lease ends), and its answer is queued as a completion when the object's
+//! condition holds or the deadline passes, whichever comes first.
+
+use std::collections::{BTreeSet, HashMap};
+
+use engram_proto::Response;
+
+use super::operations::{OperationLog, Record};
+use super::{out_of_memory, WaiterId};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timer {
+    /// A parked request's deadline.
+    Waiter(WaiterId),
+    /// The end of a lock's lease (`lease_id` = fence) or a semaphore permit's
+    /// (`lease_id` = permit id).
+    Lease { key: Box<[u8]>, lease_id: u64 },
+}
+
+struct Parked {
+    key: Box<[u8]>,
+    deadline_ms: u64,
+    /// (client id, op id) of a recorded mutation, whose record turns from parked to
+    /// done with the answer, so a retry after a lost answer still gets it.
+    origin: Option<(u64, u64)>,
+}
+
+#[derive(Default)]
+pub struct Waiting {
+    last_waiter: WaiterId,
+    parked: HashMap<WaiterId, Parked>,
+    timers: BTreeSet<(u64, Timer)>,
+    completions: Vec<(WaiterId, Response)>,
+}
+
+impl Waiting {
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    pub fn key_of(&self, waiter: WaiterId) -> Option<&Box<[u8]>> {
+        self.parked.get(&waiter).map(|parked| &parked.key)
+    }
+
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.timers.first().map(|(deadline, _)| *deadline)
+    }
+
+    pub fn pop_due_timer(&mut self, now_ms: u64) -> Option<Timer> {
+        let (deadline, _) = self.timers.first()?;
+        if *deadline > now_ms {
+            return None;
+        }
+        self.timers.pop_first().map(|(_, timer)| timer)
+    }
+
+    pub fn take_completions(&mut self) -> Vec<(WaiterId, Response)> {
+        std::mem::take(&mut self.completions)
+    }
+}
+
+/// What an object operation may do beyond its own state: read the clock, draw a
+/// version (fences), park the current request, answer parked ones, set lease timers.
+pub struct Effects<'a> {
+    pub now_ms: u64,
+    origin: Option<(u64, u64)>,
+    waiting: &'a mut Waiting,
+    operations: &'a mut OperationLog,
+    last_version: &'a mut u64,
+    memory_used_bytes: u64,
+    memory_limit_bytes: u64,
+}
+
+impl<'a> Effects<'a> {
+    pub fn new(
+        now_ms: u64,
+        origin: Option<(u64, u64)>,
+        waiting: &'a mut Waiting,
+        operations: &'a mut OperationLog,
+        last_version: &'a mut u64,
+    ) -> Effects<'a> {
+        Effects {
+            now_ms,
+            origin,
+            waiting,
+            operations,
+            last_version,
+            memory_used_bytes: 0,
+            memory_limit_bytes: u64::MAX,
+        }
+    }
+
+    pub fn with_memory(mut self, memory_used_bytes: u64, memory_limit_bytes: u64) -> Effects<'a> {
+        self.memory_used_bytes = memory_used_bytes;
+        self.memory_limit_bytes = memory_limit_bytes;
+        self
+    }
+
+    /// The next value of the shard-wide version counter. Fences are drawn from it, so
+    /// they strictly increase per lock even when the lock's key is deleted and reused.
+    pub fn next_version(&mut self) -> u64 {
+        *self.last_version += 1;
+        *self.last_version
+    }
+
+    /// Refuses an object's growth by `bytes` past the shard's memory limit.
+    pub fn admit(&mut self, bytes: u64) -> Result<(), Response> {
+        let after = self.memory_used_bytes.saturating_add(bytes);
+        if after > self.memory_limit_bytes {
+            return Err(out_of_memory(bytes, self.memory_used_bytes, self.memory_limit_bytes));
+        }
+        self.memory_used_bytes = after;
+        Ok(())
+    }
+
+    /// Parks the current request until `timeout_ms` from now.
+    pub fn park(&mut self, key: &[u8], timeout_ms: u64) -> WaiterId {
+        self.waiting.last_waiter += 1;
+        let waiter = self.waiting.last_waiter;
+        let deadline_ms = self.now_ms.saturating_add(timeout_ms);
+        self.waiting.parked.insert(
+            waiter,
+            Parked {
+                key: key.into(),
+                deadline_ms,
+                origin: self.origin,
+            },
+        );
+        self.waiting.timers.insert((deadline_ms, Timer::Waiter(waiter)));
+        waiter
+    }
+
+    /// Answers a parked request (once: a second answer for the same waiter is dropped).
+    pub fn complete(&mut self, waiter: WaiterId, response: Response) {
+        let Some(parked) = self.waiting.parked.remove(&waiter) else {
+            return;
+        };
+        self.waiting.timers.remove(&(parked.deadline_ms, Timer::Waiter(waiter)));
+        if let Some((client_id, op_id)) = parked.origin {
+            self.operations.record(client_id, op_id, Record::Done(response.clone()));
+        }
+        self.waiting.completions.push((waiter, response));
+    }
+
+    pub fn set_lease(&mut self, key: &[u8], lease_id: u64, deadline_ms: u64) {
+        self.waiting.timers.insert((
+            deadline_ms,
+            Timer::Lease {
+                key: key.into(),
+                lease_id,
+            },
+        ));
+    }
+
+    pub fn clear_lease(&mut self, key: &[u8], lease_id: u64, deadline_ms: u64) {
+        self.waiting.timers.remove(&(
+            deadline_ms,
+            Timer::Lease {
+                key: key.into(),
+                lease_id,
+            },
+        ));
+    }
+}
