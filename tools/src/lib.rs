@@ -6,8 +6,11 @@
 //! - [`commands`]: runs one parsed command against a client and writes its output.
 //! - [`info_view`]: node info as a human table or JSON (a serde mirror of the wire type).
 //! - [`failure`]: the CLI error enum and its exit codes.
+//! - [`bench`]: the `engram-bench` load generator (Engram, Redis and TCP-echo drivers).
 //! - `bin/engram`: the `engram` binary: parse, run on a current-thread runtime, exit.
+//! - `bin/engram-bench`: the `engram-bench` binary: parse, run the load or the echo server.
 
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod failure;

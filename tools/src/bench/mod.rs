@@ -1,0 +1,29 @@
+//! `engram-bench`: one load shape driven against Engram, Redis or a raw TCP echo, with
+//! latency from HDR histograms (open loop without coordinated omission on `--rate`).
+//!
+//! Layout:
+//! - [`cli`]: flags (each also `ENGRAM_BENCH_*`), targets, limits.
+//! - [`runner`]: validation, connections, prefill, the measured phase, merging results.
+//! - [`lane`]: a load task's plan: stop condition, warmup cut, open-loop pacer, progress slot.
+//! - [`workload`]: workloads, the SET:GET ratio and the request sequence of a task.
+//! - [`keys`]: key patterns and allocation-free key formatting.
+//! - [`stats`]: per-task histograms and counts, the run summary, JSON and human output.
+//! - [`engram_driver`]: Engram through `engram-client`, one client per connection.
+//! - [`redis_driver`]: a RESP2 connection with pipelined batches and a buffered reply reader.
+//! - [`resp`]: RESP2 command encoding and the incremental reply parser.
+//! - [`echo`]: the TCP ping-pong floor: client driver and echo server.
+//! - [`progress`]: the terminal progress bar.
+//! - [`error`]: the error enum.
+
+pub mod cli;
+pub mod echo;
+pub mod engram_driver;
+pub mod error;
+pub mod keys;
+pub mod lane;
+pub mod progress;
+pub mod redis_driver;
+pub mod resp;
+pub mod runner;
+pub mod stats;
+pub mod workload;

@@ -1,0 +1,346 @@
+//! Runs a benchmark: validates the flags, opens the connections, prefills, runs the
+//! measured phase with one task per request in flight, and merges what the tasks saw.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use engram_client::Client;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::bench::cli::{
+    LoadArgs, Target, CONNECTIONS_MAX, DURATION_SECONDS_DEFAULT, PIPELINE_DEPTH_MAX, THREADS_MAX, VALUE_BYTES_MAX,
+};
+use crate::bench::echo::EchoConnection;
+use crate::bench::engram_driver;
+use crate::bench::error::BenchError;
+use crate::bench::lane::{LanePlan, Pacer, ProgressCounters, ProgressSlot, Stop};
+use crate::bench::progress::Progress;
+use crate::bench::redis_driver::RedisConnection;
+use crate::bench::stats::{LaneStats, Percentiles, Summary};
+use crate::bench::workload::{RequestSource, Workload};
+
+/// Most load tasks of one run. An Engram connection runs one task per request in
+/// flight, so this bounds connections x pipeline.
+pub const LANES_MAX: usize = 65_536;
+
+/// Flags checked and resolved into what the run needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub load: LoadArgs,
+    pub target: Target,
+    pub seed: u64,
+    pub warmup: Duration,
+    /// `None`: stop after `load.requests`.
+    pub duration: Option<Duration>,
+}
+
+impl Settings {
+    pub fn new(load: LoadArgs) -> Result<Settings, BenchError> {
+        let usage = |message: String| Err(BenchError::Usage(message));
+        let Some(target) = load.target.clone() else {
+            return usage("--target is required".into());
+        };
+        if !(1..=CONNECTIONS_MAX).contains(&load.connections) {
+            return usage(format!("--connections must be 1..={CONNECTIONS_MAX} (connections_max)"));
+        }
+        if !(1..=PIPELINE_DEPTH_MAX).contains(&load.pipeline) {
+            return usage(format!(
+                "--pipeline must be 1..={PIPELINE_DEPTH_MAX} (pipeline_depth_max)"
+            ));
+        }
+        if !(1..=THREADS_MAX).contains(&load.threads) {
+            return usage(format!("--threads must be 1..={THREADS_MAX} (threads_max)"));
+        }
+        if load.value_bytes > VALUE_BYTES_MAX {
+            return usage(format!(
+                "--value-bytes must be at most {VALUE_BYTES_MAX} (value_bytes_max)"
+            ));
+        }
+        if matches!(target, Target::Engram { .. }) && load.connections * load.pipeline > LANES_MAX {
+            return usage(format!(
+                "--connections x --pipeline must be at most {LANES_MAX} (lanes_max) against Engram"
+            ));
+        }
+        if let Target::TcpEcho { .. } = target {
+            if load.pipeline != 1 {
+                return usage("tcp-echo:// is ping-pong: --pipeline must be 1".into());
+            }
+            if load.value_bytes == 0 {
+                return usage("tcp-echo:// needs --value-bytes of at least 1".into());
+            }
+        }
+        if load.requests == Some(0) {
+            return usage("--requests must be positive".into());
+        }
+        let seconds = |flag: &str, value: f64, zero_allowed: bool| {
+            if value.is_finite() && (value > 0.0 || (zero_allowed && value == 0.0)) {
+                Duration::try_from_secs_f64(value).map_err(|error| BenchError::Usage(format!("{flag}: {error}")))
+            } else {
+                Err(BenchError::Usage(format!(
+                    "{flag} must be a positive number of seconds"
+                )))
+            }
+        };
+        let warmup = seconds("--warmup", load.warmup, true)?;
+        let duration = match (load.duration, load.requests) {
+            (_, Some(_)) => None,
+            (duration, None) => Some(seconds(
+                "--duration",
+                duration.unwrap_or(DURATION_SECONDS_DEFAULT),
+                false,
+            )?),
+        };
+        if let Some(rate) = load.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return usage("--rate must be a positive number of requests per second".into());
+            }
+        }
+        Ok(Settings {
+            seed: load.seed.unwrap_or_else(rand::random),
+            target,
+            warmup,
+            duration,
+            load,
+        })
+    }
+
+    /// Connections x the tasks each runs.
+    fn lanes(&self) -> usize {
+        self.load.connections * self.tasks_per_connection()
+    }
+
+    /// Engram pipelines by running concurrent calls on one client; Redis and echo
+    /// pipeline inside one task.
+    fn tasks_per_connection(&self) -> usize {
+        match self.target {
+            Target::Engram { .. } => self.load.pipeline,
+            Target::Redis { .. } | Target::TcpEcho { .. } => 1,
+        }
+    }
+
+    fn pipeline_per_task(&self) -> usize {
+        self.load.pipeline / self.tasks_per_connection()
+    }
+
+    fn workload_name(&self) -> &'static str {
+        match self.target {
+            Target::TcpEcho { .. } => "echo",
+            _ => self.load.workload.name(),
+        }
+    }
+}
+
+enum Connection {
+    Engram(Client),
+    Redis(Box<RedisConnection>),
+    Echo(EchoConnection),
+}
+
+impl Connection {
+    async fn open(settings: &Settings) -> Result<Connection, BenchError> {
+        let value_bytes = settings.load.value_bytes;
+        Ok(match &settings.target {
+            Target::Engram { address } => Connection::Engram(engram_driver::connect(address).await?),
+            Target::Redis { address } => Connection::Redis(Box::new(
+                RedisConnection::connect(address, value_bytes, settings.load.pipeline).await?,
+            )),
+            Target::TcpEcho { address } => Connection::Echo(EchoConnection::connect(address, value_bytes).await?),
+        })
+    }
+}
+
+/// What one phase produced.
+struct PhaseOutcome {
+    stats: LaneStats,
+    /// When the last task finished.
+    finished: Instant,
+}
+
+/// Runs the benchmark `settings` describes, printing prefill notes to stderr.
+pub async fn run(settings: &Settings) -> Result<Summary, BenchError> {
+    let mut connections = Vec::with_capacity(settings.load.connections);
+    for _ in 0..settings.load.connections {
+        connections.push(Some(Connection::open(settings).await?));
+    }
+    let lanes = settings.lanes();
+    let keys = settings.load.keys;
+    let is_echo = matches!(settings.target, Target::TcpEcho { .. });
+    if settings.load.prefill && settings.load.workload.reads_values() && !is_echo {
+        let started = Instant::now();
+        let counters = ProgressCounters::new(lanes);
+        let plans = (0..lanes).map(|lane| {
+            let range_start = |lane: usize| (u128::from(keys) * lane as u128 / lanes as u128) as u64;
+            LanePlan {
+                source: RequestSource::prefill(range_start(lane), range_start(lane + 1)),
+                // Prefill goes as fast as the target takes it, in batches even when the
+                // measured run does not pipeline.
+                pipeline: settings.pipeline_per_task().max(PREFILL_PIPELINE_DEPTH_MIN),
+                measure_from: started,
+                stop: Stop::SourceExhausted,
+                pacer: None,
+                progress: ProgressSlot::new(counters.clone(), lane),
+            }
+        });
+        let outcome = run_phase(settings, &mut connections, plans.collect()).await?;
+        if outcome.stats.errors > 0 {
+            return Err(BenchError::Task(format!(
+                "prefill: {} of {} writes failed; first: {}",
+                outcome.stats.errors,
+                outcome.stats.requests,
+                outcome.stats.first_error.unwrap_or_default()
+            )));
+        }
+        eprintln!(
+            "prefilled {keys} keys in {:.2} s",
+            outcome.finished.duration_since(started).as_secs_f64()
+        );
+    }
+
+    let started = Instant::now();
+    let measure_from = started + settings.warmup;
+    let counters = ProgressCounters::new(lanes);
+    let plans: Vec<LanePlan> = (0..lanes)
+        .map(|lane| {
+            let stop = match (settings.duration, settings.load.requests) {
+                (Some(duration), _) => Stop::Deadline(measure_from + duration),
+                (None, Some(requests)) => {
+                    let lanes = lanes as u64;
+                    Stop::Requests(requests / lanes + u64::from((lane as u64) < requests % lanes))
+                }
+                (None, None) => unreachable!("settings always have a duration or a request count"),
+            };
+            let pacer = settings.load.rate.map(|rate| {
+                let interval_seconds = settings.pipeline_per_task() as f64 * lanes as f64 / rate;
+                Pacer::new(started, interval_seconds, lane, lanes)
+            });
+            LanePlan {
+                source: RequestSource::load(
+                    settings.load.workload,
+                    settings.load.ratio,
+                    settings.load.key_pattern,
+                    keys,
+                    lane as u64,
+                    lanes as u64,
+                    settings.seed,
+                ),
+                pipeline: settings.pipeline_per_task(),
+                measure_from,
+                stop,
+                pacer,
+                progress: ProgressSlot::new(counters.clone(), lane),
+            }
+        })
+        .collect();
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(|| Progress::start(counters.clone(), settings, measure_from));
+    let outcome = run_phase(settings, &mut connections, plans).await;
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    let outcome = outcome?;
+    let duration_secs = outcome.finished.saturating_duration_since(measure_from).as_secs_f64();
+    let stats = outcome.stats;
+    Ok(Summary {
+        target: settings.target.to_string(),
+        workload: settings.workload_name().to_owned(),
+        ratio: (settings.load.workload == Workload::Mixed && !is_echo).then(|| settings.load.ratio.to_string()),
+        connections: settings.load.connections,
+        pipeline: settings.load.pipeline,
+        threads: settings.load.threads,
+        keys,
+        key_pattern: format!("{:?}", settings.load.key_pattern).to_lowercase(),
+        value_bytes: settings.load.value_bytes,
+        rate: settings.load.rate,
+        ops_per_sec: if duration_secs > 0.0 {
+            stats.requests as f64 / duration_secs
+        } else {
+            0.0
+        },
+        latency_us: Percentiles::of(&stats.histogram),
+        requests: stats.requests,
+        errors: stats.errors,
+        misses: stats.misses,
+        duration_secs,
+        warmup_secs: settings.warmup.as_secs_f64(),
+        seed: settings.seed,
+        first_error: stats.first_error,
+    })
+}
+
+/// Smallest batch of prefill writes per task.
+const PREFILL_PIPELINE_DEPTH_MIN: usize = 16;
+
+/// Runs one task per plan (tasks `i * tasks_per_connection ..` on connection `i`) and
+/// merges their statistics. Redis and echo connections move into their task and back.
+async fn run_phase(
+    settings: &Settings,
+    connections: &mut [Option<Connection>],
+    plans: Vec<LanePlan>,
+) -> Result<PhaseOutcome, BenchError> {
+    let tasks_per_connection = settings.tasks_per_connection();
+    let value_bytes = settings.load.value_bytes;
+    let mut tasks = JoinSet::new();
+    for (lane, mut plan) in plans.into_iter().enumerate() {
+        let connection_index = lane / tasks_per_connection;
+        match connections[connection_index].take() {
+            Some(Connection::Engram(client)) => {
+                // Every task of this connection shares its client: put it back at once.
+                connections[connection_index] = Some(Connection::Engram(client.clone()));
+                // Engram tasks pipeline by concurrency, each with one request in flight;
+                // a prefill batch size means nothing to them.
+                plan.pipeline = 1;
+                tasks.spawn(async move {
+                    let stats = engram_driver::run_lane(client, plan, value_bytes).await?;
+                    Ok::<_, BenchError>((connection_index, None, stats, Instant::now()))
+                });
+            }
+            Some(Connection::Redis(mut redis)) => {
+                tasks.spawn(async move {
+                    let stats = redis.run_lane(plan).await?;
+                    Ok((connection_index, Some(Connection::Redis(redis)), stats, Instant::now()))
+                });
+            }
+            Some(Connection::Echo(mut echo)) => {
+                tasks.spawn(async move {
+                    let stats = echo.run_lane(plan).await?;
+                    Ok((connection_index, Some(Connection::Echo(echo)), stats, Instant::now()))
+                });
+            }
+            None => unreachable!("a Redis or echo connection runs one task at a time"),
+        }
+    }
+    let mut merged = LaneStats::default();
+    let mut finished = Instant::now();
+    let mut first_failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok((index, connection, stats, done))) => {
+                if connection.is_some() {
+                    connections[index] = connection;
+                }
+                merged.merge(&stats);
+                finished = finished.max(done);
+            }
+            Ok(Err(error)) => {
+                // One broken connection ends the run: stop the others rather than
+                // report figures from fewer connections than asked.
+                tasks.abort_all();
+                first_failure.get_or_insert(error);
+            }
+            Err(join_error) if join_error.is_cancelled() => {}
+            Err(join_error) => {
+                tasks.abort_all();
+                first_failure.get_or_insert(BenchError::Task(join_error.to_string()));
+            }
+        }
+    }
+    if let Some(error) = first_failure {
+        return Err(error);
+    }
+    Ok(PhaseOutcome {
+        stats: merged,
+        finished,
+    })
+}
