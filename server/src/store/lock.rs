@@ -68,6 +68,18 @@ impl LockState {
         Response::LockGranted { fence, lease_ms }
     }
 
+    /// Ends a lease that has run out but whose timer has not fired yet, so no operation
+    /// ever sees a holder past its lease.
+    fn end_lapsed_lease(&mut self, key: &[u8], effects: &mut Effects<'_>) {
+        if let Some(holder) = &self.holder {
+            if holder.lease_deadline_ms <= effects.now_ms {
+                let fence = holder.fence;
+                effects.clear_lease(key, fence, holder.lease_deadline_ms);
+                self.lease_ended(key, fence, effects);
+            }
+        }
+    }
+
     pub fn acquire(
         &mut self,
         key: &[u8],
@@ -76,6 +88,7 @@ impl LockState {
         wait_ms: u64,
         effects: &mut Effects<'_>,
     ) -> Outcome {
+        self.end_lapsed_lease(key, effects);
         match &self.holder {
             None => Outcome::Ready(self.grant(key, owner.to_vec(), lease_ms, effects)),
             Some(holder) if holder.owner == owner => {
@@ -99,6 +112,7 @@ impl LockState {
     }
 
     pub fn release(&mut self, key: &[u8], owner: &[u8], fence: u64, effects: &mut Effects<'_>) -> Response {
+        self.end_lapsed_lease(key, effects);
         match &self.holder {
             Some(holder) if holder.owner == owner && holder.fence == fence => {
                 effects.clear_lease(key, fence, holder.lease_deadline_ms);
@@ -130,7 +144,9 @@ impl LockState {
         }
     }
 
-    pub fn holder(&self, now_ms: u64) -> Response {
+    pub fn holder(&mut self, key: &[u8], effects: &mut Effects<'_>) -> Response {
+        self.end_lapsed_lease(key, effects);
+        let now_ms = effects.now_ms;
         Response::LockHolder {
             holder: self.holder.as_ref().map(|holder| LockHolder {
                 owner: holder.owner.clone(),

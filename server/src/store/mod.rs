@@ -279,7 +279,7 @@ impl Store {
     fn fire(&mut self, timer: waiting::Timer, now_ms: u64) {
         let (key, action) = match timer {
             waiting::Timer::Waiter(waiter) => match self.waiting.key_of(waiter) {
-                Some(key) => (key.clone(), waiting::Timer::Waiter(waiter)),
+                Some(key) => (Box::<[u8]>::from(key), waiting::Timer::Waiter(waiter)),
                 None => return,
             },
             waiting::Timer::Lease { key, lease_id } => (key.clone(), waiting::Timer::Lease { key, lease_id }),
@@ -394,9 +394,9 @@ impl Store {
                 origin,
                 lock::LockState::create,
                 false,
-                |object, effects, _| {
+                |object, effects, key| {
                     let Object::Lock(lock) = object else { unreachable!() };
-                    ready(lock.holder(effects.now_ms))
+                    ready(lock.holder(key, effects))
                 },
             ),
             Command::SemaphoreAcquire {
@@ -451,11 +451,11 @@ impl Store {
                 origin,
                 semaphore::SemaphoreState::create,
                 false,
-                |object, _, _| {
+                |object, effects, key| {
                     let Object::Semaphore(semaphore) = object else {
                         unreachable!()
                     };
-                    ready(semaphore.available(*capacity))
+                    ready(semaphore.available(key, *capacity, effects))
                 },
             ),
             Command::BarrierWait {
@@ -839,12 +839,10 @@ fn validate(command: &Command) -> Result<(), Response> {
                 ));
             }
         }
-        Command::SemaphoreRenew { lease_ms, .. } => {
-            if *lease_ms == 0 || *lease_ms > LEASE_MS_MAX {
-                return invalid(format!(
-                    "lease of {lease_ms} ms is outside 1..={LEASE_MS_MAX} (lease_ms_max)"
-                ));
-            }
+        Command::SemaphoreRenew { lease_ms, .. } if *lease_ms == 0 || *lease_ms > LEASE_MS_MAX => {
+            return invalid(format!(
+                "lease of {lease_ms} ms is outside 1..={LEASE_MS_MAX} (lease_ms_max)"
+            ));
         }
         _ => {}
     }
@@ -857,12 +855,12 @@ fn validate(command: &Command) -> Result<(), Response> {
                 return invalid(format!("ttl of {ttl_ms} ms exceeds ttl_ms_max ({TTL_MS_MAX})"));
             }
         }
-        Command::SemaphoreAcquire { capacity, permits, .. } => {
-            if *capacity == 0 || *capacity > PARTIES_MAX || *permits == 0 || permits > capacity {
-                return invalid(format!(
-                    "semaphore needs 1 <= permits ({permits}) <= capacity ({capacity}) <= parties_max ({PARTIES_MAX})"
-                ));
-            }
+        Command::SemaphoreAcquire { capacity, permits, .. }
+            if *capacity == 0 || *capacity > PARTIES_MAX || *permits == 0 || permits > capacity =>
+        {
+            return invalid(format!(
+                "semaphore needs 1 <= permits ({permits}) <= capacity ({capacity}) <= parties_max ({PARTIES_MAX})"
+            ));
         }
         Command::SemaphoreAvailable { capacity, .. } if *capacity == 0 || *capacity > PARTIES_MAX => {
             return invalid(format!(
@@ -926,5 +924,7 @@ fn is_retryable_error(response: &Response) -> bool {
     }
 }
 
+#[cfg(test)]
+mod coordination_tests;
 #[cfg(test)]
 mod tests;

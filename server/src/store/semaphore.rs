@@ -55,6 +55,24 @@ impl SemaphoreState {
         self.waiters.drain(..).map(|waiter| waiter.waiter).collect()
     }
 
+    /// Returns permits whose lease has run out but whose timer has not fired yet, so no
+    /// operation ever counts a permit past its lease.
+    fn end_lapsed_leases(&mut self, key: &[u8], effects: &mut Effects<'_>) {
+        let lapsed: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, permit)| permit.lease_deadline_ms <= effects.now_ms)
+            .map(|(permit_id, _)| *permit_id)
+            .collect();
+        for permit_id in lapsed {
+            if let Some(permit) = self.held.remove(&permit_id) {
+                effects.clear_lease(key, permit_id, permit.lease_deadline_ms);
+                self.in_use -= permit.permits;
+            }
+        }
+        self.grant_waiting(key, effects);
+    }
+
     fn check_capacity(&mut self, capacity: u32) -> Result<(), Response> {
         if self.capacity == 0 {
             self.capacity = capacity;
@@ -106,6 +124,7 @@ impl SemaphoreState {
         wait_ms: u64,
         effects: &mut Effects<'_>,
     ) -> Outcome {
+        self.end_lapsed_leases(key, effects);
         if let Err(refusal) = self.check_capacity(capacity) {
             return Outcome::Ready(refusal);
         }
@@ -130,6 +149,7 @@ impl SemaphoreState {
     }
 
     pub fn release(&mut self, key: &[u8], permit_id: u64, effects: &mut Effects<'_>) -> Response {
+        self.end_lapsed_leases(key, effects);
         let Some(permit) = self.held.remove(&permit_id) else {
             return error(
                 ErrorCode::NotHolder,
@@ -143,6 +163,7 @@ impl SemaphoreState {
     }
 
     pub fn renew(&mut self, key: &[u8], permit_id: u64, lease_ms: u64, effects: &mut Effects<'_>) -> Response {
+        self.end_lapsed_leases(key, effects);
         let Some(permit) = self.held.get_mut(&permit_id) else {
             return error(ErrorCode::NotHolder, format!("permit {permit_id} is not held"));
         };
@@ -156,7 +177,8 @@ impl SemaphoreState {
         }
     }
 
-    pub fn available(&self, capacity: u32) -> Response {
+    pub fn available(&mut self, key: &[u8], capacity: u32, effects: &mut Effects<'_>) -> Response {
+        self.end_lapsed_leases(key, effects);
         let capacity = if self.capacity == 0 { capacity } else { self.capacity };
         Response::SemaphoreAvailable {
             available: capacity - self.in_use,

@@ -40,8 +40,8 @@ impl Waiting {
         self.parked.len()
     }
 
-    pub fn key_of(&self, waiter: WaiterId) -> Option<&Box<[u8]>> {
-        self.parked.get(&waiter).map(|parked| &parked.key)
+    pub fn key_of(&self, waiter: WaiterId) -> Option<&[u8]> {
+        self.parked.get(&waiter).map(|parked| &*parked.key)
     }
 
     pub fn next_deadline_ms(&self) -> Option<u64> {
