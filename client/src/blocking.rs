@@ -1,6 +1,25 @@
 //! Synchronous facade: the same client and handles, driven by a small runtime the facade
 //! owns. For code without an async runtime; calling it from inside one panics (tokio
 //! refuses to block a runtime thread), so async code uses [`crate::Client`] directly.
+//!
+//! Each coordination object's blocking handle lives in a submodule named like its async
+//! one (`blocking/lock.rs` wraps `lock.rs`, and so on); all are re-exported here.
+
+mod barrier;
+mod future;
+mod latch;
+mod lock;
+mod map;
+mod queue;
+mod semaphore;
+
+pub use barrier::Barrier;
+pub use future::RemoteFuture;
+pub use latch::Latch;
+pub use lock::{Lock, LockGuard};
+pub use map::Map;
+pub use queue::Queue;
+pub use semaphore::{Permit, Semaphore};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +73,55 @@ impl Client {
     pub fn counter(&self, key: impl Into<Vec<u8>>) -> Counter {
         Counter {
             inner: self.inner.counter(key),
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+
+    pub fn lock(&self, key: impl Into<Vec<u8>>) -> Lock {
+        Lock {
+            inner: self.inner.lock(key),
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+
+    pub fn semaphore(&self, key: impl Into<Vec<u8>>, capacity: u32) -> Semaphore {
+        Semaphore {
+            inner: self.inner.semaphore(key, capacity),
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+
+    pub fn barrier(&self, key: impl Into<Vec<u8>>, parties: u32) -> Barrier {
+        Barrier {
+            inner: self.inner.barrier(key, parties),
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+
+    pub fn latch(&self, key: impl Into<Vec<u8>>) -> Latch {
+        Latch {
+            inner: self.inner.latch(key),
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+
+    pub fn future(&self, key: impl Into<Vec<u8>>) -> RemoteFuture {
+        RemoteFuture {
+            inner: self.inner.future(key),
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+
+    pub fn map(&self, key: impl Into<Vec<u8>>) -> Map {
+        Map {
+            inner: self.inner.map(key),
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+
+    pub fn queue(&self, key: impl Into<Vec<u8>>) -> Queue {
+        Queue {
+            inner: self.inner.queue(key),
             runtime: Arc::clone(&self.runtime),
         }
     }

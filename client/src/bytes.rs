@@ -146,7 +146,7 @@ impl Bytes {
     }
 }
 
-fn checked_value(value: Vec<u8>) -> Result<Vec<u8>, Error> {
+pub(crate) fn checked_value(value: Vec<u8>) -> Result<Vec<u8>, Error> {
     if value.len() > VALUE_BYTES_MAX {
         return Err(Error::ValueTooLarge { length: value.len() });
     }

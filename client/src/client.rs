@@ -3,20 +3,27 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use engram_proto::limits::KEY_BYTES_MAX;
+use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, KEY_BYTES_MAX};
 use engram_proto::{Command, NodeInfo, Request, Response, SlotHasher, SlotMap};
 use tokio::runtime::Handle;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::backoff::retry_delay;
+use crate::barrier::Barrier;
 use crate::builder::{cap_timeout, ClientBuilder, Config};
 use crate::bytes::Bytes;
 use crate::connection::Handshake;
 use crate::counter::Counter;
 use crate::error::Error;
+use crate::future::RemoteFuture;
+use crate::latch::Latch;
+use crate::lock::Lock;
+use crate::map::Map;
 use crate::operations::OperationIds;
 use crate::pool::Pool;
+use crate::queue::Queue;
 use crate::route::Route;
+use crate::semaphore::Semaphore;
 
 /// A handle on an Engram cluster. Build it once and clone it freely: clones share the
 /// slot map, the connections and the operation-id sequence.
@@ -107,6 +114,41 @@ impl Client {
         Counter::new(self.clone(), key.into())
     }
 
+    /// A lock handle: fenced, leased, FIFO.
+    pub fn lock(&self, key: impl Into<Vec<u8>>) -> Lock {
+        Lock::new(self.clone(), key.into())
+    }
+
+    /// A semaphore handle of `capacity` permits (fixed by the semaphore's first use).
+    pub fn semaphore(&self, key: impl Into<Vec<u8>>, capacity: u32) -> Semaphore {
+        Semaphore::new(self.clone(), key.into(), capacity)
+    }
+
+    /// A cyclic barrier handle for `parties` callers.
+    pub fn barrier(&self, key: impl Into<Vec<u8>>, parties: u32) -> Barrier {
+        Barrier::new(self.clone(), key.into(), parties)
+    }
+
+    /// A count-down latch handle.
+    pub fn latch(&self, key: impl Into<Vec<u8>>) -> Latch {
+        Latch::new(self.clone(), key.into())
+    }
+
+    /// A write-once value handle.
+    pub fn future(&self, key: impl Into<Vec<u8>>) -> RemoteFuture {
+        RemoteFuture::new(self.clone(), key.into())
+    }
+
+    /// A map (field to bytes) handle.
+    pub fn map(&self, key: impl Into<Vec<u8>>) -> Map {
+        Map::new(self.clone(), key.into())
+    }
+
+    /// A double-ended queue handle.
+    pub fn queue(&self, key: impl Into<Vec<u8>>) -> Queue {
+        Queue::new(self.clone(), key.into())
+    }
+
     /// Round trip to the seed node.
     pub async fn ping(&self) -> Result<(), Error> {
         match self.call(None, Command::Ping, false).await? {
@@ -145,7 +187,12 @@ impl Client {
     /// Sends `command` to the owner of `key` (the seed node when `None`) and returns its
     /// response; a `Response::Error` comes back as [`Error::Server`]. Retryable failures
     /// are retried with backoff until `timeout` (the client default when `None`), and a
-    /// `mutation` keeps one operation id across its retries so the server applies it once.
+    /// `mutation` keeps one operation id across its retries so the server applies it once
+    /// (a retried blocking operation re-attaches to the same parked wait).
+    ///
+    /// A blocking command may be parked at the server for [`Command::wait_ms`], so its
+    /// call gets that long on top of `timeout`: the server answers `Timeout` for the wait
+    /// before the client gives up on the call.
     pub async fn call_with(
         &self,
         key: Option<&[u8]>,
@@ -158,7 +205,7 @@ impl Client {
                 return Err(Error::KeyTooLarge { length: key.len() });
             }
         }
-        let timeout = timeout.map_or(self.inner.config.timeout, cap_timeout);
+        let timeout = call_timeout(timeout.map_or(self.inner.config.timeout, cap_timeout), &command)?;
         let deadline = Instant::now() + timeout;
         let operation = mutation.then(|| self.inner.operations.begin());
         let mut request = Request {
@@ -302,6 +349,17 @@ impl Client {
             .retain(|address| address == seed || route.addresses().iter().any(|known| known == address));
         *current = Some(Arc::new(route));
     }
+}
+
+/// How long a call of `command` may take: the call timeout plus the time the command may
+/// be parked at the server. The wait is checked here because the server would refuse a
+/// longer one, and it must not stretch the call past what the exactly-once records cover.
+fn call_timeout(timeout: Duration, command: &Command) -> Result<Duration, Error> {
+    let wait = Duration::from_millis(command.wait_ms());
+    if command.wait_ms() > CALL_TIMEOUT_MS_MAX {
+        return Err(Error::WaitTooLong { wait });
+    }
+    Ok(timeout + wait)
 }
 
 /// The error for a response of the wrong kind for its command.

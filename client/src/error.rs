@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use engram_proto::limits::{KEY_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
+use engram_proto::limits::{
+    CALL_TIMEOUT_MS_MAX, KEY_BYTES_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX,
+};
 use engram_proto::{ErrorCode, ErrorReply, ProtocolError};
 
 /// A server error code: one this build knows, or the raw number from a newer server.
@@ -60,7 +62,8 @@ impl From<std::io::Error> for ConnectionError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The server answered with an error code.
+    /// The server answered with an error code. A blocking operation whose wait ran out
+    /// at the server comes back as this with code `Timeout` (see [`Error::is_wait_timeout`]).
     #[error("server error {code}: {message}")]
     Server {
         code: ServerCode,
@@ -68,7 +71,9 @@ pub enum Error {
         /// Epoch of the map the server routed with.
         map_epoch: u64,
     },
-    /// The call's timeout ran out (retries included).
+    /// The call's timeout ran out (retries included) before the server answered. For a
+    /// blocking operation the call's timeout is its wait plus the call timeout, so this
+    /// means the server could not be reached, not that the wait ran out.
     #[error("call timed out after {after:?} (call timeout){}", last_error_suffix(last_error))]
     Timeout {
         after: Duration,
@@ -97,6 +102,12 @@ pub enum Error {
     ValueTooLarge { length: usize },
     #[error("time to live of {ttl:?} exceeds ttl_ms_max ({TTL_MS_MAX} ms)")]
     TtlTooLong { ttl: Duration },
+    #[error("wait of {wait:?} exceeds call_timeout_ms_max ({CALL_TIMEOUT_MS_MAX} ms)")]
+    WaitTooLong { wait: Duration },
+    #[error("lease of {lease:?} exceeds lease_ms_max ({LEASE_MS_MAX} ms); renew a shorter lease instead")]
+    LeaseTooLong { lease: Duration },
+    #[error("owner id of {length} bytes is outside 1..={OWNER_BYTES_MAX} (owner_bytes_max)")]
+    InvalidOwner { length: usize },
     /// A node served a slot map that breaks the map's invariants.
     #[error("invalid slot map: {reason}")]
     InvalidSlotMap { reason: String },
@@ -137,6 +148,19 @@ impl Error {
             Error::Server { code, .. } => code.known().is_some_and(ErrorCode::needs_map_refresh),
             _ => false,
         }
+    }
+
+    /// Whether the server answered that a blocking operation's wait ran out (code
+    /// `Timeout`): the lock or permits stayed taken, the barrier did not fill, the latch
+    /// did not open, the future was not completed. Final, never retried: waiting longer
+    /// is the caller's decision. Distinct from [`Error::Timeout`], the client giving up.
+    pub fn is_wait_timeout(&self) -> bool {
+        self.is_server(ErrorCode::Timeout)
+    }
+
+    /// Whether the server answered with `code`.
+    pub fn is_server(&self, code: ErrorCode) -> bool {
+        self.code() == Some(ServerCode::Known(code))
     }
 
     /// The server's error code, when the server answered with one.
@@ -196,6 +220,20 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_timeout_is_final_and_told_apart_from_a_call_timeout() {
+        let wait = server(ErrorCode::Timeout.as_u16());
+        assert!(wait.is_wait_timeout());
+        assert!(!wait.is_retryable());
+        let call = Error::Timeout {
+            after: Duration::from_secs(1),
+            last_error: None,
+        };
+        assert!(!call.is_wait_timeout());
+        assert!(!server(ErrorCode::BarrierBroken.as_u16()).is_wait_timeout());
+        assert!(server(ErrorCode::NotHolder.as_u16()).is_server(ErrorCode::NotHolder));
+    }
+
+    #[test]
     fn limit_errors_name_the_limit() {
         assert!(Error::KeyTooLarge { length: 99_999 }
             .to_string()
@@ -206,5 +244,14 @@ mod tests {
         assert!(Error::TtlTooLong { ttl: Duration::MAX }
             .to_string()
             .contains("ttl_ms_max"));
+        assert!(Error::WaitTooLong { wait: Duration::MAX }
+            .to_string()
+            .contains("call_timeout_ms_max"));
+        assert!(Error::LeaseTooLong { lease: Duration::MAX }
+            .to_string()
+            .contains("lease_ms_max"));
+        assert!(Error::InvalidOwner { length: 0 }
+            .to_string()
+            .contains("owner_bytes_max"));
     }
 }

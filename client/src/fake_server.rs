@@ -9,6 +9,10 @@
 //! - `close-once*`: the first request closes the connection unanswered; later ones succeed.
 //! - `wrongtype*`: answered with a `WrongType` error.
 //! - `busy-once*`: the first request gets `Busy`, later ones succeed.
+//!
+//! Commands the fake does not model (the coordination objects) are answered from
+//! [`Shared::answers`], a scripted response per key, so tests check how the client
+//! shapes requests and maps responses rather than re-testing the server's semantics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +37,7 @@ pub struct Seen {
     pub map_epoch: u64,
     /// The shard index of the fake that received it (`None`: the front fake).
     pub shard: Option<u32>,
+    pub command: Command,
 }
 
 #[derive(Default)]
@@ -43,6 +48,8 @@ pub struct Shared {
     pub seen: Vec<Seen>,
     pub hellos: usize,
     pub values: HashMap<Vec<u8>, (Vec<u8>, u64)>,
+    /// The answer to any command on the key (checked before the modelled commands).
+    pub answers: HashMap<Vec<u8>, Response>,
     counters: HashMap<Vec<u8>, i64>,
     once_fired: Vec<Vec<u8>>,
     held: Vec<(mpsc::Sender<Vec<u8>>, Vec<u8>)>,
@@ -147,7 +154,7 @@ fn frame(kind: FrameKind, request_id: u64, message: &Response) -> Vec<u8> {
     out
 }
 
-fn error(code: ErrorCode) -> Response {
+pub fn error(code: ErrorCode) -> Response {
     Response::Error(ErrorReply {
         code: code.as_u16(),
         message: format!("fake {code}"),
@@ -206,6 +213,7 @@ async fn serve(stream: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>, shard_
                 completed_below_op_id: request.completed_below_op_id,
                 map_epoch: header.map_epoch,
                 shard: shard_index,
+                command: request.command.clone(),
             });
             let owned = match (shard_index, request.command.key(), &state.map) {
                 (Some(index), Some(key), Some(map)) => map.owner_table()[hasher.slot(key) as usize] == index,
@@ -228,6 +236,8 @@ async fn serve(stream: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>, shard_
                 Some(error(ErrorCode::Busy))
             } else if key.starts_with(b"wrongtype") {
                 Some(error(ErrorCode::WrongType))
+            } else if let Some(answer) = state.answers.get(&key) {
+                Some(answer.clone())
             } else {
                 Some(apply(&mut state, request.command))
             };

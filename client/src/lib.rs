@@ -5,7 +5,16 @@
 //! - [`builder`]: `ClientBuilder`: address, namespace, credentials, timeout, direct routing; validation.
 //! - [`bytes`]: the bytes object handle (get, set with ttl/conditions, del, append).
 //! - [`counter`]: the counter handle (get, add, incr, set, compare-and-set).
-//! - [`blocking`]: synchronous facade over the same client, on a runtime it owns.
+//! - [`lock`]: the lock handle (acquire with lease and wait, try, holder) and its guard
+//!   (fence, renew, release).
+//! - [`semaphore`]: the semaphore handle (acquire permits, try, available) and its permit.
+//! - [`barrier`]: the cyclic barrier handle (wait: generation and arrival index).
+//! - [`latch`]: the count-down latch handle (try-set count, count down, count, wait).
+//! - [`future`]: the write-once value handle (complete, get with wait, try-get).
+//! - [`map`]: the map handle (get, set, del, get-all, incr of fields).
+//! - [`queue`]: the double-ended queue handle (push, blocking pop at either end, len).
+//! - [`blocking`]: synchronous facade over the same client and handles, on a runtime it owns
+//!   (one submodule per coordination object, mirroring the async ones).
 //! - [`error`]: the client error enum and its retryable/final classification.
 //! - [`limits`]: client-side limits and tunables (timeouts, backoff, queue sizes).
 //! - `connection`: one multiplexed connection: handshake, coalescing writer, dispatching reader.
@@ -13,30 +22,47 @@
 //! - `framing`: reads whole validated frames from a stream into one reusable buffer.
 //! - `pool`: one lazily opened, reopened-on-failure connection per server address.
 //! - `route`: slot map to routing table (owner per slot, resolved shard addresses).
+//! - `object`: what every coordination handle holds, and how it sends a command.
+//! - `arguments`: waits, leases and owner ids in wire form, checked against the limits.
 //! - `operations`: operation-id allocation and the completed-below mark.
 //! - `backoff`: exponential retry delays with jitter.
 //!
 //! ```no_run
+//! # use std::time::Duration;
 //! # async fn example() -> Result<(), engram_client::Error> {
 //! let client = engram_client::Client::builder("127.0.0.1:7400").connect().await?;
 //! let jobs = client.counter("jobs").add(1).await?;
 //! client.bytes("greeting").set("hello").await?;
-//! # let _ = jobs;
+//! let lock = client.lock("db");
+//! let guard = lock.acquire("worker-7", Duration::from_secs(10), Duration::from_secs(2)).await?;
+//! // ... pass guard.fence() to whatever the lock protects ...
+//! guard.release().await?;
+//! let passage = client.barrier("phase", 4).wait(Duration::from_secs(5)).await?;
+//! # let _ = (jobs, passage);
 //! # Ok(())
 //! # }
 //! ```
 
+pub mod barrier;
 pub mod blocking;
 pub mod builder;
 pub mod bytes;
 pub mod client;
 pub mod counter;
 pub mod error;
+pub mod future;
+pub mod latch;
 pub mod limits;
+pub mod lock;
+pub mod map;
+pub mod queue;
+pub mod semaphore;
 
+mod arguments;
 mod backoff;
 mod connection;
 mod framing;
+mod object;
 mod operations;
 mod pending;
 mod pool;
@@ -45,14 +71,23 @@ mod route;
 #[cfg(test)]
 mod client_tests;
 #[cfg(test)]
+mod coordination_tests;
+#[cfg(test)]
 mod fake_server;
 
+pub use barrier::{Barrier, BarrierPassage};
 pub use builder::ClientBuilder;
 pub use bytes::{Bytes, SetOptions, SetOutcome, Versioned};
 pub use client::Client;
 pub use counter::{CasOutcome, Counter};
 pub use engram_proto::{Command, ErrorCode, NodeInfo, Response, SetCondition, ShardInfo, SlotMap};
 pub use error::{ConnectionError, Error, ServerCode};
+pub use future::RemoteFuture;
+pub use latch::Latch;
+pub use lock::{Lock, LockGuard, LockHolder};
+pub use map::Map;
+pub use queue::Queue;
+pub use semaphore::{Permit, Semaphore};
 
 /// The README's client example, compiled by `cargo test --doc` so it cannot rot.
 #[doc = include_str!("../../README.md")]
