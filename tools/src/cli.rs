@@ -1,8 +1,18 @@
-//! The `engram` command line.
+//! The `engram` command line. The coordination objects' subcommands are in
+//! [`coordination`].
+
+mod coordination;
 
 use clap::{Parser, Subcommand};
 
+pub use coordination::{
+    BarrierCommand, FutureCommand, LatchCommand, LockCommand, MapCommand, QueueCommand, SemaphoreCommand,
+};
+
 use crate::failure::EXIT_CODES_HELP;
+
+/// Call timeout when --timeout-ms is not given.
+pub const TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
 /// Engram command-line client.
 #[derive(Debug, Parser)]
@@ -22,15 +32,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "ENGRAM_NAMESPACE", default_value = "default")]
     pub namespace: String,
 
-    /// Timeout of each call, retries included, in milliseconds.
-    #[arg(
-        long,
-        global = true,
-        env = "ENGRAM_TIMEOUT_MS",
-        default_value_t = 5_000,
-        value_name = "MS"
-    )]
-    pub timeout_ms: u64,
+    /// Timeout of each call, retries included, in milliseconds [default: 5000]. For
+    /// barrier wait, latch wait, future get and queue pop it is also how long to wait at
+    /// the server (at most 60000); the call gets that long on top.
+    #[arg(long, global = true, env = "ENGRAM_TIMEOUT_MS", value_name = "MS")]
+    pub timeout_ms: Option<u64>,
 
     /// Credentials sent in the handshake (empty: none).
     #[arg(
@@ -82,6 +88,27 @@ pub enum Command {
     /// Counter operations.
     #[command(subcommand)]
     Counter(CounterCommand),
+    /// Fenced, leased locks: acquire, release, renew, holder.
+    #[command(subcommand)]
+    Lock(LockCommand),
+    /// Semaphores of leased permits: acquire, release, renew, available.
+    #[command(subcommand, name = "sem", alias = "semaphore")]
+    Semaphore(SemaphoreCommand),
+    /// Cyclic barriers: wait.
+    #[command(subcommand)]
+    Barrier(BarrierCommand),
+    /// Count-down latches: set, count-down, count, wait.
+    #[command(subcommand)]
+    Latch(LatchCommand),
+    /// Write-once values: set, get.
+    #[command(subcommand)]
+    Future(FutureCommand),
+    /// Double-ended queues: push, pop (blocking with --timeout-ms), len.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Maps of fields to values: set, get, del, all, incr.
+    #[command(subcommand)]
+    Map(MapCommand),
     /// Node and per-shard statistics.
     Info {
         /// Print JSON instead of a table.
@@ -137,7 +164,7 @@ mod tests {
     #[test]
     fn global_flags_go_anywhere_and_conditions_conflict() {
         let cli = parse(&["get", "k", "--addr", "10.0.0.1:7400", "--timeout-ms", "10"]).unwrap();
-        assert_eq!((cli.addr.as_str(), cli.timeout_ms), ("10.0.0.1:7400", 10));
+        assert_eq!((cli.addr.as_str(), cli.timeout_ms), ("10.0.0.1:7400", Some(10)));
         assert!(parse(&["set", "k", "v", "--if-absent", "--if-version", "3"]).is_err());
         let cli = parse(&["set", "k", "v", "--ttl-ms", "100", "--if-version", "3"]).unwrap();
         assert!(matches!(
@@ -149,5 +176,136 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn lock_commands_take_owner_lease_wait_and_token() {
+        let cli = parse(&[
+            "lock",
+            "acquire",
+            "db",
+            "--owner",
+            "w1",
+            "--lease-ms",
+            "5000",
+            "--wait-ms",
+            "200",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Lock(LockCommand::Acquire { ref name, ref owner, lease_ms: 5_000, wait_ms: 200 })
+                if name == "db" && owner == "w1"
+        ));
+        let cli = parse(&["lock", "acquire", "db", "--owner", "w1", "--lease-ms", "5000"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Lock(LockCommand::Acquire { wait_ms: 0, .. })
+        ));
+        assert!(
+            parse(&["lock", "acquire", "db", "--lease-ms", "5000"]).is_err(),
+            "owner is required"
+        );
+        let cli = parse(&["lock", "release", "db", "--owner", "w1", "--token", "42"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Lock(LockCommand::Release { token: 42, .. })
+        ));
+        let cli = parse(&[
+            "lock",
+            "renew",
+            "db",
+            "--owner",
+            "w1",
+            "--token",
+            "42",
+            "--lease-ms",
+            "9",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Lock(LockCommand::Renew {
+                token: 42,
+                lease_ms: 9,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["lock", "holder", "db"]).unwrap().command,
+            Command::Lock(LockCommand::Holder { .. })
+        ));
+    }
+
+    #[test]
+    fn semaphore_commands_are_sem_and_default_to_one_permit() {
+        let arguments = [
+            "sem",
+            "acquire",
+            "pool",
+            "--capacity",
+            "4",
+            "--owner",
+            "w",
+            "--lease-ms",
+            "100",
+        ];
+        let cli = parse(&arguments).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Semaphore(SemaphoreCommand::Acquire {
+                capacity: 4,
+                permits: 1,
+                lease_ms: 100,
+                wait_ms: 0,
+                ..
+            })
+        ));
+        let cli = parse(&["semaphore", "release", "pool", "--capacity", "4", "--permit", "17"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Semaphore(SemaphoreCommand::Release {
+                capacity: 4,
+                permit: 17,
+                ..
+            })
+        ));
+        assert!(parse(&["sem", "available", "pool"]).is_err(), "capacity is required");
+    }
+
+    #[test]
+    fn waits_take_the_global_timeout_and_values_parse() {
+        let cli = parse(&["barrier", "wait", "phase", "--parties", "3", "--timeout-ms", "800"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Barrier(BarrierCommand::Wait { parties: 3, .. })
+        ));
+        assert_eq!(cli.timeout_ms, Some(800));
+        let cli = parse(&["queue", "pop", "q", "--back"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Queue(QueueCommand::Pop { back: true, .. })
+        ));
+        assert_eq!(cli.timeout_ms, None);
+        let cli = parse(&["queue", "push", "q", "v", "--front"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Queue(QueueCommand::Push { front: true, .. })
+        ));
+        let cli = parse(&["latch", "count-down", "ready"]).unwrap();
+        assert!(matches!(cli.command, Command::Latch(LatchCommand::CountDown { .. })));
+        let cli = parse(&["latch", "set", "ready", "3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Latch(LatchCommand::Set { count: 3, .. })
+        ));
+        let cli = parse(&["future", "set", "result", "42"]).unwrap();
+        assert!(matches!(cli.command, Command::Future(FutureCommand::Set { ref value, .. }) if value == "42"));
+        let cli = parse(&["map", "incr", "h", "f", "-3"]).unwrap();
+        assert!(matches!(cli.command, Command::Map(MapCommand::Incr { delta: -3, .. })));
+        let cli = parse(&["map", "incr", "h", "f"]).unwrap();
+        assert!(matches!(cli.command, Command::Map(MapCommand::Incr { delta: 1, .. })));
+        let cli = parse(&["map", "all", "h"]).unwrap();
+        assert!(matches!(cli.command, Command::Map(MapCommand::All { .. })));
     }
 }

@@ -1,25 +1,35 @@
-//! Runs one parsed `engram` command and writes its result.
+//! Runs one parsed `engram` command and writes its result; the coordination objects'
+//! commands are run by [`coordination`].
+
+mod coordination;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use engram_client::{Client, SetCondition, SetOptions, SetOutcome};
 
-use crate::cli::{Cli, Command, CounterCommand};
+use crate::cli::{Cli, Command, CounterCommand, TIMEOUT_MS_DEFAULT};
 use crate::failure::Failure;
 use crate::info_view::NodeView;
+use coordination::{write_value, Wait};
 
 /// Connects as `cli` says and runs its command, writing results to `out`.
 pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
-    if cli.timeout_ms == 0 {
+    let timeout_ms = cli.timeout_ms.unwrap_or(TIMEOUT_MS_DEFAULT);
+    if timeout_ms == 0 {
         return Err(Failure::Usage("--timeout-ms must be positive".into()));
     }
+    let timeout = Duration::from_millis(timeout_ms);
+    let wait = Wait {
+        given: cli.timeout_ms.map(Duration::from_millis),
+        default: timeout,
+    };
     // Direct routing degrades by itself to sending everything to --addr when the node
     // cannot serve a slot map, so the CLI needs no fallback of its own.
     let client = Client::builder(cli.addr)
         .namespace(cli.namespace)
         .credentials(cli.credentials)
-        .timeout(Duration::from_millis(cli.timeout_ms))
+        .timeout(timeout)
         .direct(!cli.front_only)
         .connect()
         .await?;
@@ -54,9 +64,12 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
             }
         }
         Command::Get { key } => {
-            let value = client.bytes(key).get().await?.ok_or(Failure::Missing)?;
-            out.write_all(&value.value)?;
-            out.write_all(b"\n")?;
+            let value = client
+                .bytes(key)
+                .get()
+                .await?
+                .ok_or_else(|| Failure::Missing("key not found".into()))?;
+            write_value(out, &value.value)?;
         }
         Command::Del { key } => {
             let existed = client.bytes(key).del().await?;
@@ -78,6 +91,13 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
                 )));
             }
         }
+        Command::Lock(command) => coordination::lock(&client, command, out).await?,
+        Command::Semaphore(command) => coordination::semaphore(&client, command, out).await?,
+        Command::Barrier(command) => coordination::barrier(&client, command, wait, out).await?,
+        Command::Latch(command) => coordination::latch(&client, command, wait, out).await?,
+        Command::Future(command) => coordination::future(&client, command, wait, out).await?,
+        Command::Queue(command) => coordination::queue(&client, command, wait, out).await?,
+        Command::Map(command) => coordination::map(&client, command, out).await?,
         Command::Info { json } => {
             let view = NodeView::from(&client.info().await?);
             if json {
