@@ -28,6 +28,8 @@ pub enum BenchError {
     Json(#[from] serde_json::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
+    #[error("cannot create the open-loop timer: {0}")]
+    Timer(io::Error),
     #[error("echo server: {0}")]
     EchoServer(io::Error),
     #[error("a load task failed: {0}")]

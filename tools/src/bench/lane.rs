@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::bench::error::BenchError;
 use crate::bench::stats::LaneStats;
+use crate::bench::timer::PreciseTimer;
 use crate::bench::workload::RequestSource;
-
-/// Below this, tokio's timer (millisecond resolution) would send late, so the pacer
-/// yields to the runtime until the intended time instead of sleeping.
-const TIMER_RESOLUTION: Duration = Duration::from_millis(2);
 
 /// When a load task stops.
 #[derive(Debug, Clone, Copy)]
@@ -78,19 +76,22 @@ pub struct Pacer {
     start: Instant,
     interval_seconds: f64,
     sent: u64,
+    timer: PreciseTimer,
 }
 
 impl Pacer {
     /// Lane `lane` of `lanes` starts `lane / lanes` of an interval late, so the lanes
     /// together send evenly rather than in bursts.
-    pub fn new(start: Instant, interval_seconds: f64, lane: usize, lanes: usize) -> Pacer {
+    /// Must run inside a tokio runtime (the timer registers with its reactor).
+    pub fn new(start: Instant, interval_seconds: f64, lane: usize, lanes: usize) -> Result<Pacer, BenchError> {
         assert!(interval_seconds > 0.0 && interval_seconds.is_finite() && lane < lanes);
         let offset = Duration::from_secs_f64(interval_seconds * lane as f64 / lanes as f64);
-        Pacer {
+        Ok(Pacer {
             start: start + offset,
             interval_seconds,
             sent: 0,
-        }
+            timer: PreciseTimer::new()?,
+        })
     }
 
     /// The next intended send time, after waiting for it. A late lane gets a time in
@@ -99,11 +100,8 @@ impl Pacer {
         let intended = self.start + Duration::from_secs_f64(self.sent as f64 * self.interval_seconds);
         self.sent += 1;
         let now = Instant::now();
-        if intended > now + TIMER_RESOLUTION {
-            tokio::time::sleep_until(intended - TIMER_RESOLUTION).await;
-        }
-        while Instant::now() < intended {
-            tokio::task::yield_now().await;
+        if intended > now {
+            self.timer.sleep(intended - now).await;
         }
         intended
     }
@@ -202,11 +200,19 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn pacer_keeps_a_fixed_timeline_even_when_late() {
         let start = Instant::now() - Duration::from_secs(1);
-        let mut pacer = Pacer::new(start, 0.001, 1, 2);
+        let mut pacer = Pacer::new(start, 0.001, 1, 2).unwrap();
         let first = pacer.next_send().await;
         let second = pacer.next_send().await;
         assert_eq!(first, start + Duration::from_micros(500));
         assert_eq!(second - first, Duration::from_millis(1));
+        let mut on_time = Pacer::new(Instant::now(), 0.000_2, 0, 1).unwrap();
+        let mut previous = on_time.next_send().await;
+        for _ in 0..5 {
+            let intended = on_time.next_send().await;
+            assert_eq!(intended - previous, Duration::from_micros(200));
+            assert!(Instant::now() >= intended, "the pacer never sends early");
+            previous = intended;
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`cli`]: flags (each also `ENGRAM_BENCH_*`), targets, limits.
 //! - [`runner`]: validation, connections, prefill, the measured phase, merging results.
 //! - [`lane`]: a load task's plan: stop condition, warmup cut, open-loop pacer, progress slot.
+//! - [`timer`]: a timerfd sleep with microsecond resolution for the open-loop pacer.
 //! - [`workload`]: workloads, the SET:GET ratio and the request sequence of a task.
 //! - [`keys`]: key patterns and allocation-free key formatting.
 //! - [`stats`]: per-task histograms and counts, the run summary, JSON and human output.
@@ -26,4 +27,5 @@ pub mod redis_driver;
 pub mod resp;
 pub mod runner;
 pub mod stats;
+pub mod timer;
 pub mod workload;

@@ -200,7 +200,7 @@ pub async fn run(settings: &Settings) -> Result<Summary, BenchError> {
     let started = Instant::now();
     let measure_from = started + settings.warmup;
     let counters = ProgressCounters::new(lanes);
-    let plans: Vec<LanePlan> = (0..lanes)
+    let plans = (0..lanes)
         .map(|lane| {
             let stop = match (settings.duration, settings.load.requests) {
                 (Some(duration), _) => Stop::Deadline(measure_from + duration),
@@ -210,11 +210,14 @@ pub async fn run(settings: &Settings) -> Result<Summary, BenchError> {
                 }
                 (None, None) => unreachable!("settings always have a duration or a request count"),
             };
-            let pacer = settings.load.rate.map(|rate| {
-                let interval_seconds = settings.pipeline_per_task() as f64 * lanes as f64 / rate;
-                Pacer::new(started, interval_seconds, lane, lanes)
-            });
-            LanePlan {
+            let pacer = match settings.load.rate {
+                Some(rate) => {
+                    let interval_seconds = settings.pipeline_per_task() as f64 * lanes as f64 / rate;
+                    Some(Pacer::new(started, interval_seconds, lane, lanes)?)
+                }
+                None => None,
+            };
+            Ok(LanePlan {
                 source: RequestSource::load(
                     settings.load.workload,
                     settings.load.ratio,
@@ -229,9 +232,9 @@ pub async fn run(settings: &Settings) -> Result<Summary, BenchError> {
                 stop,
                 pacer,
                 progress: ProgressSlot::new(counters.clone(), lane),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<LanePlan>, BenchError>>()?;
     let progress = std::io::stderr()
         .is_terminal()
         .then(|| Progress::start(counters.clone(), settings, measure_from));

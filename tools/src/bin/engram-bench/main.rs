@@ -9,6 +9,7 @@ use engram_tools::bench::cli::{BenchCli, BenchCommand};
 use engram_tools::bench::echo;
 use engram_tools::bench::error::BenchError;
 use engram_tools::bench::runner::{self, Settings};
+use engram_tools::bench::timer::minimize_timer_slack;
 
 /// Exit code of a failed run (bad flags included).
 const EXIT_CODE_ERROR: u8 = 1;
@@ -79,5 +80,11 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, BenchError> {
         builder.worker_threads(threads);
         builder
     };
-    builder.enable_all().build().map_err(BenchError::Runtime)
+    // The open-loop pacer's microsecond timers need it on every thread that runs tasks.
+    minimize_timer_slack();
+    builder
+        .on_thread_start(minimize_timer_slack)
+        .enable_all()
+        .build()
+        .map_err(BenchError::Runtime)
 }
