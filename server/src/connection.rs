@@ -33,13 +33,28 @@ use futures::future::Either;
 use crate::shard::{Destination, Forwarded, Shard};
 
 /// Answers waiting to be written to one connection.
-#[derive(Default)]
 pub struct Outbox {
     frames: RefCell<Vec<u8>>,
     /// Requests of this connection that were submitted and not answered yet.
     pending: Cell<usize>,
     writer: RefCell<Option<Waker>>,
     map_epoch: u64,
+    /// Closed (never acquired) when the connection ends, which wakes every task
+    /// awaiting a forwarded answer for it, so they let go and the owner shard takes
+    /// back what it would have handed to nobody.
+    closed: glommio::sync::Semaphore,
+}
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        Outbox {
+            frames: RefCell::default(),
+            pending: Cell::default(),
+            writer: RefCell::default(),
+            map_epoch: 0,
+            closed: glommio::sync::Semaphore::new(0),
+        }
+    }
 }
 
 impl Outbox {
@@ -129,6 +144,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
         let _ = connection.flush().await;
     }
     let _ = connection.stream.close().await;
+    connection.outbox.closed.close();
+    shard.forget_connection(&connection.outbox);
     connections.fetch_sub(1, Relaxed);
 }
 
@@ -318,9 +335,12 @@ impl Connection {
         let outbox = self.outbox.clone();
         let shard = self.shard.clone();
         glommio::spawn_local(async move {
-            let response = match answer.await {
-                Ok(response) if sent => response,
-                _ => shard.error(ErrorCode::ShuttingDown, format!("shard {owner} is not answering")),
+            let closed = std::pin::pin!(outbox.closed.acquire(1));
+            let response = match futures::future::select(answer, closed).await {
+                Either::Left((Ok(response), _)) if sent => response,
+                Either::Left(_) => shard.error(ErrorCode::ShuttingDown, format!("shard {owner} is not answering")),
+                // The connection is gone: dropping `answer` tells the owner shard.
+                Either::Right(_) => return,
             };
             outbox.deliver(request_id, &response, true);
         })

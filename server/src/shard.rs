@@ -49,15 +49,17 @@ pub enum Destination {
 }
 
 impl Destination {
-    fn deliver(self, response: Response, wake: bool) {
+    /// Hands the answer over; gives it back when the asker is gone.
+    fn deliver(self, response: Response, wake: bool) -> Result<(), Response> {
         match self {
-            Destination::Connection { outbox, request_id } => {
-                if let Some(outbox) = outbox.upgrade() {
+            Destination::Connection { outbox, request_id } => match outbox.upgrade() {
+                Some(outbox) => {
                     outbox.deliver(request_id, &response, wake);
+                    Ok(())
                 }
-            }
-            // The asker may have gone (connection closed); its answer is moot then.
-            Destination::Forwarded(reply) => drop(reply.send(response)),
+                None => Err(response),
+            },
+            Destination::Forwarded(reply) => reply.send(response),
         }
     }
 }
@@ -110,12 +112,14 @@ impl Shard {
         let now_ms = self.now_ms();
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
         match outcome {
-            Outcome::Ready(response) => destination.deliver(self.stamp(response), false),
+            // An immediate answer has nothing to give back: if its asker is gone, the
+            // client's retry finds the operation record.
+            Outcome::Ready(response) => drop(destination.deliver(self.stamp(response), false)),
             Outcome::Parked(waiter) => {
                 // A retry re-attaches to its parked request; the earlier asker is told.
                 if let Some(earlier) = self.destinations.borrow_mut().insert(waiter, destination) {
                     let superseded = "superseded by a retry of the same operation";
-                    earlier.deliver(self.error(ErrorCode::TryAgain, superseded), true);
+                    let _ = earlier.deliver(self.error(ErrorCode::TryAgain, superseded), true);
                 }
             }
         }
@@ -123,14 +127,54 @@ impl Shard {
         self.rearm_timekeeper();
     }
 
+    /// Delivers the answers of parked requests. One whose asker is gone is taken back
+    /// by the store (a popped value returns to its queue, a grant is released), which
+    /// can complete further requests, hence the loop.
     fn deliver_completions(&self) {
-        let completions = self.store.borrow_mut().take_completions();
-        for (waiter, response) in completions {
-            let destination = self.destinations.borrow_mut().remove(&waiter);
-            if let Some(destination) = destination {
-                destination.deliver(self.stamp(response), true);
+        loop {
+            let completions = self.store.borrow_mut().take_completions();
+            if completions.is_empty() {
+                return;
+            }
+            for mut completion in completions {
+                let destination = self.destinations.borrow_mut().remove(&completion.waiter);
+                let response = self.stamp(std::mem::replace(&mut completion.response, Response::Pong));
+                let undelivered = match destination {
+                    Some(destination) => destination.deliver(response, true).err(),
+                    None => Some(response),
+                };
+                if let Some(response) = undelivered {
+                    completion.response = response;
+                    let now_ms = self.now_ms();
+                    self.store.borrow_mut().undeliverable(completion, now_ms);
+                }
             }
         }
+    }
+
+    /// A connection closed: its parked requests are withdrawn, so they are granted
+    /// nothing (no lock held by a dead asker, no queue item swallowed).
+    pub fn forget_connection(&self, outbox: &Rc<Outbox>) {
+        let waiters: Vec<WaiterId> = self
+            .destinations
+            .borrow()
+            .iter()
+            .filter(|(_, destination)| {
+                matches!(destination, Destination::Connection { outbox: parked, .. }
+                    if std::ptr::eq(parked.as_ptr(), Rc::as_ptr(outbox)))
+            })
+            .map(|(waiter, _)| *waiter)
+            .collect();
+        if waiters.is_empty() {
+            return;
+        }
+        let now_ms = self.now_ms();
+        for waiter in waiters {
+            self.destinations.borrow_mut().remove(&waiter);
+            self.store.borrow_mut().cancel(waiter, now_ms);
+        }
+        self.deliver_completions();
+        self.rearm_timekeeper();
     }
 
     /// Wakes the timekeeper when something became due sooner than it planned to wake.

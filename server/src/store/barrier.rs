@@ -66,6 +66,11 @@ impl BarrierState {
         Outcome::Parked(waiter)
     }
 
+    /// A party that left (its connection closed) no longer counts toward the generation.
+    pub fn cancel(&mut self, waiter: WaiterId) {
+        self.arrived.retain(|candidate| *candidate != waiter);
+    }
+
     pub fn time_out(&mut self, _key: &[u8], waiter: WaiterId, effects: &mut Effects<'_>) {
         if let Some(position) = self.arrived.iter().position(|candidate| *candidate == waiter) {
             self.arrived.remove(position);

@@ -13,6 +13,15 @@ use super::*;
 
 const KEY: &[u8] = b"object";
 
+impl Store {
+    fn drain_completions(&mut self) -> Vec<(WaiterId, Response)> {
+        self.take_completions()
+            .into_iter()
+            .map(|completion| (completion.waiter, completion.response))
+            .collect()
+    }
+}
+
 fn request(op_id: u64, command: Command) -> Request {
     Request {
         op_id,
@@ -130,7 +139,7 @@ impl LockModel {
 /// Compares what the store delivered with what the model expects, granting in the
 /// model as the store reports fences.
 fn check_lock_completions(store: &mut Store, model: &mut LockModel, now: u64) -> Result<(), TestCaseError> {
-    let delivered = store.take_completions();
+    let delivered = store.drain_completions();
     let expected = std::mem::take(&mut model.expected);
     prop_assert_eq!(
         delivered.len(),
@@ -340,7 +349,7 @@ proptest! {
             }
             held.retain(|_, (_, deadline)| *deadline > now);
             serve(now, held, waiters, &mut expected_grants);
-            for (waiter, response) in store.take_completions() {
+            for (waiter, response) in store.drain_completions() {
                 match response {
                     Response::SemaphoreGranted { permit_id, permits, lease_ms } => {
                         let position = expected_grants.iter().position(|grant| grant.0 == waiter);
@@ -450,7 +459,7 @@ proptest! {
         };
         for (index, (gap_ms, timeout_ms)) in arrivals.iter().enumerate() {
             advance(&mut store, &mut now, *gap_ms, |_, _| {});
-            for (_, response) in store.take_completions() {
+            for (_, response) in store.drain_completions() {
                 record(response, &mut passed, &mut failed);
                 answered += 1;
             }
@@ -459,13 +468,13 @@ proptest! {
                 record(response, &mut passed, &mut failed);
                 answered += 1;
             }
-            for (_, response) in store.take_completions() {
+            for (_, response) in store.drain_completions() {
                 record(response, &mut passed, &mut failed);
                 answered += 1;
             }
         }
         advance(&mut store, &mut now, 100, |_, _| {});
-        for (_, response) in store.take_completions() {
+        for (_, response) in store.drain_completions() {
             record(response, &mut passed, &mut failed);
             answered += 1;
         }
@@ -494,7 +503,7 @@ fn barrier_timeout_breaks_the_generation_for_everyone() {
         panic!()
     };
     store.expire_due(10, usize::MAX);
-    let completions = store.take_completions();
+    let completions = store.drain_completions();
     assert_eq!(completions.len(), 2);
     assert_eq!(completions[0].0, first);
     assert_eq!(code(&completions[0].1), Some(ErrorCode::Timeout));
@@ -511,7 +520,7 @@ fn barrier_timeout_breaks_the_generation_for_everyone() {
         })
     );
     let passed: Vec<_> = store
-        .take_completions()
+        .drain_completions()
         .into_iter()
         .map(|(_, response)| response)
         .collect();
@@ -572,12 +581,12 @@ fn latch_opens_its_waiters_at_zero() {
         run(&mut store, 4, Command::LatchCountDown { key: KEY.into() }),
         Outcome::Ready(Response::LatchCount { count: 1 })
     );
-    assert!(store.take_completions().is_empty());
+    assert!(store.drain_completions().is_empty());
     assert_eq!(
         run(&mut store, 5, Command::LatchCountDown { key: KEY.into() }),
         Outcome::Ready(Response::LatchCount { count: 0 })
     );
-    assert_eq!(store.take_completions(), vec![(waiter, Response::LatchOpen)]);
+    assert_eq!(store.drain_completions(), vec![(waiter, Response::LatchOpen)]);
     assert_eq!(
         run(
             &mut store,
@@ -621,7 +630,7 @@ fn future_is_write_once_and_wakes_every_waiter() {
         store.apply(1, &request(1, complete("42")), 5),
         Outcome::Ready(Response::FutureCompleted)
     );
-    let completions = store.take_completions();
+    let completions = store.drain_completions();
     assert_eq!(
         completions.iter().map(|(waiter, _)| *waiter).collect::<Vec<_>>(),
         vec![first, second]
@@ -663,11 +672,11 @@ fn queue_hands_a_push_to_the_longest_waiting_pop() {
         store.apply(1, &request(4, push("x", QueueEnd::Back)), 1),
         Outcome::Ready(Response::QueueLength { length: 0 })
     );
-    let completions = store.take_completions();
+    let completions = store.drain_completions();
     assert_eq!(completions.len(), 1);
     assert_eq!(completions[0].0, first);
     store.expire_due(100, usize::MAX);
-    assert_eq!(code(&store.take_completions()[0].1), Some(ErrorCode::Timeout));
+    assert_eq!(code(&store.drain_completions()[0].1), Some(ErrorCode::Timeout));
     store.apply(1, &request(5, push("a", QueueEnd::Back)), 101);
     store.apply(1, &request(6, push("b", QueueEnd::Back)), 101);
     store.apply(1, &request(7, push("z", QueueEnd::Front)), 101);
@@ -867,7 +876,7 @@ fn deleting_an_object_answers_its_waiters() {
         panic!()
     };
     store.apply(1, &request(3, Command::Del { key: KEY.into() }), 1);
-    let completions = store.take_completions();
+    let completions = store.drain_completions();
     assert_eq!(completions.len(), 1);
     assert_eq!(completions[0].0, waiter);
     assert_eq!(code(&completions[0].1), Some(ErrorCode::ObjectDeleted));
@@ -938,9 +947,138 @@ fn retried_parked_acquire_reattaches_and_a_lost_grant_is_replayed() {
         ),
         2,
     );
-    let granted = store.take_completions();
+    let granted = store.drain_completions();
     assert_eq!(granted.len(), 1);
     // The grant's answer was lost too: the retry gets it, and no second grant happens.
     assert_eq!(store.apply(2, &waiting, 3), Outcome::Ready(granted[0].1.clone()));
+    assert!(store.drain_completions().is_empty());
+}
+
+#[test]
+fn a_cancelled_pop_takes_nothing_and_an_undelivered_one_gives_its_value_back() {
+    let mut store = Store::new(u64::MAX / 2, 3);
+    let pop = Command::QueuePop {
+        key: KEY.into(),
+        end: QueueEnd::Front,
+        timeout_ms: 1_000,
+    };
+    let push = |value: &str| Command::QueuePush {
+        key: KEY.into(),
+        value: value.into(),
+        end: QueueEnd::Back,
+    };
+    let length = |store: &mut Store| store.apply(1, &request(0, Command::QueueLen { key: KEY.into() }), 0);
+
+    // Cancelled (its connection closed) before anything arrived: the push stays queued.
+    let Outcome::Parked(waiter) = store.apply(1, &request(1, pop.clone()), 0) else {
+        panic!()
+    };
+    store.cancel(waiter, 1);
+    assert_eq!(
+        store.apply(1, &request(2, push("kept")), 2),
+        Outcome::Ready(Response::QueueLength { length: 1 })
+    );
     assert!(store.take_completions().is_empty());
+    assert_eq!(length(&mut store), Outcome::Ready(Response::QueueLength { length: 1 }));
+
+    // Handed a value, but its answer could not be delivered: the value goes back.
+    store.apply(
+        1,
+        &request(
+            3,
+            Command::QueuePop {
+                key: KEY.into(),
+                end: QueueEnd::Front,
+                timeout_ms: 0,
+            },
+        ),
+        3,
+    );
+    let Outcome::Parked(_) = store.apply(1, &request(4, pop.clone()), 3) else {
+        panic!()
+    };
+    store.apply(1, &request(5, push("precious")), 4);
+    let mut completions = store.take_completions();
+    assert_eq!(completions.len(), 1);
+    store.undeliverable(completions.remove(0), 5);
+    assert_eq!(length(&mut store), Outcome::Ready(Response::QueueLength { length: 1 }));
+    // The retry of the undelivered pop applies afresh and gets the value.
+    let Outcome::Ready(Response::Value { value, .. }) = store.apply(1, &request(4, pop), 6) else {
+        panic!()
+    };
+    assert_eq!(value, b"precious");
+}
+
+#[test]
+fn an_undelivered_grant_passes_the_lock_on_and_a_cancelled_waiter_gets_nothing() {
+    let mut store = Store::new(u64::MAX / 2, 3);
+    let acquire = |owner: &str| Command::LockAcquire {
+        key: KEY.into(),
+        owner: owner.into(),
+        lease_ms: 10_000,
+        wait_ms: 5_000,
+    };
+    let Outcome::Ready(Response::LockGranted { fence, .. }) = store.apply(1, &request(1, acquire("a")), 0) else {
+        panic!()
+    };
+    let Outcome::Parked(dead) = store.apply(2, &request(1, acquire("dead")), 0) else {
+        panic!()
+    };
+    let Outcome::Parked(gone) = store.apply(3, &request(1, acquire("gone")), 0) else {
+        panic!()
+    };
+    let Outcome::Parked(alive) = store.apply(4, &request(1, acquire("alive")), 0) else {
+        panic!()
+    };
+    store.cancel(gone, 1);
+    store.apply(
+        1,
+        &request(
+            2,
+            Command::LockRelease {
+                key: KEY.into(),
+                owner: b"a".to_vec(),
+                fence,
+            },
+        ),
+        2,
+    );
+    let mut completions = store.take_completions();
+    assert_eq!(completions.len(), 1);
+    assert_eq!(completions[0].waiter, dead);
+    store.undeliverable(completions.remove(0), 3);
+    let granted = store.drain_completions();
+    assert_eq!(granted.len(), 1, "the cancelled waiter is skipped");
+    assert_eq!(granted[0].0, alive);
+    let Response::LockGranted { fence: alive_fence, .. } = granted[0].1 else {
+        panic!()
+    };
+    let holder = store.apply(0, &request(0, Command::LockHolder { key: KEY.into() }), 3);
+    let Outcome::Ready(Response::LockHolder { holder: Some(holder) }) = holder else {
+        panic!()
+    };
+    assert_eq!((holder.owner, holder.fence), (b"alive".to_vec(), alive_fence));
+    assert_eq!(store.stats().parked_requests, 0);
+}
+
+#[test]
+fn wrong_type_names_the_client_key_not_the_stored_one() {
+    let mut store = Store::new(u64::MAX / 2, 3);
+    let stored_key = b"\x07defaultplain".to_vec();
+    store.apply(
+        1,
+        &request(
+            1,
+            Command::CounterAdd {
+                key: stored_key.clone(),
+                delta: 1,
+            },
+        ),
+        0,
+    );
+    let Outcome::Ready(Response::Error(reply)) = store.apply(1, &request(0, Command::MapGetAll { key: stored_key }), 0)
+    else {
+        panic!()
+    };
+    assert!(reply.message.contains("\"plain\""), "{}", reply.message);
 }

@@ -63,6 +63,10 @@ impl LatchState {
         Outcome::Parked(waiter)
     }
 
+    pub fn cancel(&mut self, waiter: WaiterId) {
+        self.waiters.retain(|candidate| *candidate != waiter);
+    }
+
     pub fn time_out(&mut self, _key: &[u8], waiter: WaiterId, effects: &mut Effects<'_>) {
         if let Some(position) = self.waiters.iter().position(|candidate| *candidate == waiter) {
             self.waiters.remove(position);

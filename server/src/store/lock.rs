@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 
 use engram_proto::{ErrorCode, LockHolder, Response};
 
+use super::waiting::Revert;
 use super::{error, Effects, Object, Outcome, WaiterId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +169,10 @@ impl LockState {
         }
     }
 
+    pub fn cancel(&mut self, waiter: WaiterId) {
+        self.waiters.retain(|candidate| candidate.waiter != waiter);
+    }
+
     pub fn time_out(&mut self, _key: &[u8], waiter: WaiterId, effects: &mut Effects<'_>) {
         if let Some(position) = self.waiters.iter().position(|candidate| candidate.waiter == waiter) {
             self.waiters.remove(position);
@@ -177,8 +182,13 @@ impl LockState {
 
     fn grant_next(&mut self, key: &[u8], effects: &mut Effects<'_>) {
         if let Some(next) = self.waiters.pop_front() {
+            let owner = next.owner.clone();
             let granted = self.grant(key, next.owner, next.lease_ms, effects);
-            effects.complete(next.waiter, granted);
+            let revert = match &granted {
+                Response::LockGranted { fence, .. } => Some(Revert::LockGrant { owner, fence: *fence }),
+                _ => None,
+            };
+            effects.complete_revertible(next.waiter, granted, revert);
         }
     }
 }

@@ -31,7 +31,8 @@ use xxhash_rust::xxh3::Xxh3Builder;
 
 use operations::{Lookup, Record};
 pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
-pub(crate) use waiting::{Effects, Waiting};
+pub use waiting::Completion;
+pub(crate) use waiting::{Effects, Revert, Waiting};
 
 /// Bookkeeping charged per entry on top of key and value bytes: the hash table slot,
 /// the entry header and the allocator's rounding. An estimate, deliberately not low.
@@ -237,8 +238,80 @@ impl Store {
     }
 
     /// Answers of parked requests that completed since the last call, in completion order.
-    pub fn take_completions(&mut self) -> Vec<(WaiterId, Response)> {
+    pub fn take_completions(&mut self) -> Vec<Completion> {
         self.waiting.take_completions()
+    }
+
+    /// A parked request's asker is gone (its connection closed): take it out of its
+    /// object's queue without an answer, so it is granted nothing, and forget its
+    /// operation record so a retry on a new connection starts afresh.
+    pub fn cancel(&mut self, waiter: WaiterId, now_ms: u64) {
+        let Some(key) = self.waiting.key_of(waiter).map(Box::<[u8]>::from) else {
+            return;
+        };
+        if let Some(Some((client_id, op_id))) = self.waiting.cancel(waiter) {
+            self.operations.forget(client_id, op_id, Some(waiter));
+        }
+        self.with_existing(&key, now_ms, |object, effects| match object {
+            Object::Lock(lock) => lock.cancel(waiter),
+            Object::Semaphore(semaphore) => semaphore.cancel(&key, waiter, effects),
+            Object::Barrier(barrier) => barrier.cancel(waiter),
+            Object::Latch(latch) => latch.cancel(waiter),
+            Object::Future(future) => future.cancel(waiter),
+            Object::Queue(queue) => queue.cancel(waiter),
+            Object::Bytes(_) | Object::Counter(_) | Object::Map(_) => {}
+        });
+    }
+
+    /// A completion could not be delivered: give back what it took (a popped value, a
+    /// granted lock or permit) and forget its record, so nothing is lost to a dead
+    /// waiter and a retry applies afresh.
+    pub fn undeliverable(&mut self, completion: Completion, now_ms: u64) {
+        let Some(revert) = completion.revert else { return };
+        if let Some((client_id, op_id)) = completion.origin {
+            self.operations.forget(client_id, op_id, None);
+        }
+        let key = completion.key;
+        match (revert, completion.response) {
+            (Revert::QueueValue { end }, Response::Value { value, .. }) => {
+                // Given back even on a full shard: the value was admitted once already.
+                let _ = self.coordinate(
+                    &key,
+                    now_ms,
+                    None,
+                    queue::QueueState::create,
+                    true,
+                    |object, effects, _| {
+                        let Object::Queue(queue) = object else { unreachable!() };
+                        queue.give_back(&value, end, &mut effects.without_memory_limit());
+                        Outcome::Ready(Response::Released)
+                    },
+                );
+            }
+            (Revert::LockGrant { owner, fence }, _) => {
+                let _ = self.coordinate(
+                    &key,
+                    now_ms,
+                    None,
+                    lock::LockState::create,
+                    false,
+                    |object, effects, key| {
+                        let Object::Lock(lock) = object else { unreachable!() };
+                        Outcome::Ready(lock.release(key, &owner, fence, effects))
+                    },
+                );
+            }
+            (Revert::Permit { permit_id }, _) => {
+                let create = semaphore::SemaphoreState::create;
+                let _ = self.coordinate(&key, now_ms, None, create, false, |object, effects, key| {
+                    let Object::Semaphore(semaphore) = object else {
+                        unreachable!()
+                    };
+                    Outcome::Ready(semaphore.release(key, permit_id, effects))
+                });
+            }
+            (Revert::QueueValue { .. }, _) => {}
+        }
     }
 
     /// The earliest moment something is due (a wait's deadline, a lease's end, a key's
@@ -911,10 +984,22 @@ fn value_too_large(bytes: usize) -> Response {
 }
 
 pub(crate) fn wrong_type(key: &[u8], expected: &str) -> Response {
+    let shown = String::from_utf8_lossy(client_key(key));
     error(
         ErrorCode::WrongType,
-        format!("key {:?} does not hold a {expected}", String::from_utf8_lossy(key)),
+        format!("key {shown:?} does not hold a {expected}"),
     )
+}
+
+/// The key as the client wrote it: stored keys start with the namespace prefix
+/// `[length][namespace]` the connection adds (tests may store bare keys).
+fn client_key(stored: &[u8]) -> &[u8] {
+    match stored.split_first() {
+        Some((&length, rest)) if length > 0 && !length.is_ascii_graphic() && rest.len() >= usize::from(length) => {
+            &rest[usize::from(length)..]
+        }
+        _ => stored,
+    }
 }
 
 fn is_retryable_error(response: &Response) -> bool {

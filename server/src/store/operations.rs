@@ -118,6 +118,27 @@ impl OperationLog {
         }
     }
 
+    /// Forgets one operation's record, so a retry applies it afresh: used when what it
+    /// did was taken back (its answer could not be delivered, or its wait was
+    /// cancelled). `parked` restricts this to a record still parked on that waiter.
+    pub fn forget(&mut self, client_id: u64, op_id: u64, parked: Option<WaiterId>) {
+        let Some(session) = self.sessions.get_mut(&client_id) else {
+            return;
+        };
+        let matches = match (session.records.get(&op_id), parked) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(Record::Parked(waiter)), Some(expected)) => *waiter == expected,
+            (Some(Record::Done(_)), Some(_)) => false,
+        };
+        if matches {
+            if let Some(record) = session.records.remove(&op_id) {
+                self.records -= 1;
+                self.bytes -= record_bytes(&record);
+            }
+        }
+    }
+
     /// Drops the sessions of clients silent for longer than `SESSION_IDLE_MS_MAX`.
     pub fn forget_idle(&mut self, now_ms: u64) {
         let (records, bytes) = (&mut self.records, &mut self.bytes);

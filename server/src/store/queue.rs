@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use engram_proto::{ErrorCode, QueueEnd, Response};
 
+use super::waiting::Revert;
 use super::{error, Effects, Object, Outcome, WaiterId};
 
 /// Charged per item on top of its bytes.
@@ -39,14 +40,17 @@ impl QueueState {
     }
 
     pub fn push(&mut self, value: &[u8], end: QueueEnd, effects: &mut Effects<'_>) -> Response {
-        if let Some((waiter, _)) = self.waiters.pop_front() {
+        if let Some((waiter, waiter_end)) = self.waiters.pop_front() {
             let version = effects.next_version();
-            effects.complete(
+            // Undelivered, the value goes back where that pop would have found it.
+            let revert = Some(Revert::QueueValue { end: waiter_end });
+            effects.complete_revertible(
                 waiter,
                 Response::Value {
                     value: value.to_vec(),
                     version,
                 },
+                revert,
             );
             return Response::QueueLength {
                 length: self.items.len() as u64,
@@ -83,6 +87,16 @@ impl QueueState {
         let waiter = effects.park(key, timeout_ms);
         self.waiters.push_back((waiter, end));
         Outcome::Parked(waiter)
+    }
+
+    /// Puts back a value whose pop could not be delivered, where that pop took it from
+    /// (or hands it to the next waiting pop).
+    pub fn give_back(&mut self, value: &[u8], end: QueueEnd, effects: &mut Effects<'_>) {
+        let _ = self.push(value, end, effects);
+    }
+
+    pub fn cancel(&mut self, waiter: WaiterId) {
+        self.waiters.retain(|(candidate, _)| *candidate != waiter);
     }
 
     pub fn time_out(&mut self, _key: &[u8], waiter: WaiterId, effects: &mut Effects<'_>) {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use engram_proto::{ErrorCode, Response};
 
+use super::waiting::Revert;
 use super::{error, Effects, Object, Outcome, WaiterId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +180,12 @@ impl SemaphoreState {
 
     pub fn available(&mut self, key: &[u8], capacity: u32, effects: &mut Effects<'_>) -> Response {
         self.end_lapsed_leases(key, effects);
+        if self.capacity != 0 && self.capacity != capacity {
+            return error(
+                ErrorCode::InvalidArgument,
+                format!("semaphore has capacity {}, not {capacity}", self.capacity),
+            );
+        }
         let capacity = if self.capacity == 0 { capacity } else { self.capacity };
         Response::SemaphoreAvailable {
             available: capacity - self.in_use,
@@ -199,6 +206,11 @@ impl SemaphoreState {
         }
     }
 
+    pub fn cancel(&mut self, key: &[u8], waiter: WaiterId, effects: &mut Effects<'_>) {
+        self.waiters.retain(|candidate| candidate.waiter != waiter);
+        self.grant_waiting(key, effects);
+    }
+
     pub fn time_out(&mut self, key: &[u8], waiter: WaiterId, effects: &mut Effects<'_>) {
         if let Some(position) = self.waiters.iter().position(|candidate| candidate.waiter == waiter) {
             self.waiters.remove(position);
@@ -215,7 +227,11 @@ impl SemaphoreState {
             }
             let Some(next) = self.waiters.pop_front() else { break };
             let granted = self.grant(key, next.owner, next.permits, next.lease_ms, effects);
-            effects.complete(next.waiter, granted);
+            let revert = match &granted {
+                Response::SemaphoreGranted { permit_id, .. } => Some(Revert::Permit { permit_id: *permit_id }),
+                _ => None,
+            };
+            effects.complete_revertible(next.waiter, granted, revert);
         }
     }
 }

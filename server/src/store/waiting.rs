@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use engram_proto::Response;
+use engram_proto::{QueueEnd, Response};
 
 use super::operations::{OperationLog, Record};
 use super::{out_of_memory, WaiterId};
@@ -17,6 +17,27 @@ pub enum Timer {
     /// The end of a lock's lease (`lease_id` = fence) or a semaphore permit's
     /// (`lease_id` = permit id).
     Lease { key: Box<[u8]>, lease_id: u64 },
+}
+
+/// How to take back what a completed request was given, when its answer cannot be
+/// delivered (its connection closed): the popped value goes back, the granted lock or
+/// permit is released. Without this a dead waiter would swallow a queue item or sit on
+/// a lock for a whole lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revert {
+    QueueValue { end: QueueEnd },
+    LockGrant { owner: Vec<u8>, fence: u64 },
+    Permit { permit_id: u64 },
+}
+
+/// The answer of a parked request, ready to deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub waiter: WaiterId,
+    pub response: Response,
+    pub(super) key: Box<[u8]>,
+    pub(super) origin: Option<(u64, u64)>,
+    pub(super) revert: Option<Revert>,
 }
 
 struct Parked {
@@ -32,7 +53,7 @@ pub struct Waiting {
     last_waiter: WaiterId,
     parked: HashMap<WaiterId, Parked>,
     timers: BTreeSet<(u64, Timer)>,
-    completions: Vec<(WaiterId, Response)>,
+    completions: Vec<Completion>,
 }
 
 impl Waiting {
@@ -56,8 +77,15 @@ impl Waiting {
         self.timers.pop_first().map(|(_, timer)| timer)
     }
 
-    pub fn take_completions(&mut self) -> Vec<(WaiterId, Response)> {
+    pub fn take_completions(&mut self) -> Vec<Completion> {
         std::mem::take(&mut self.completions)
+    }
+
+    /// Forgets a parked request without answering it; returns its operation origin.
+    pub fn cancel(&mut self, waiter: WaiterId) -> Option<Option<(u64, u64)>> {
+        let parked = self.parked.remove(&waiter)?;
+        self.timers.remove(&(parked.deadline_ms, Timer::Waiter(waiter)));
+        Some(parked.origin)
     }
 }
 
@@ -98,6 +126,19 @@ impl<'a> Effects<'a> {
         self
     }
 
+    /// The same effects without a memory limit, for giving back what was admitted once.
+    pub fn without_memory_limit(&mut self) -> Effects<'_> {
+        Effects {
+            now_ms: self.now_ms,
+            origin: self.origin,
+            waiting: self.waiting,
+            operations: self.operations,
+            last_version: self.last_version,
+            memory_used_bytes: self.memory_used_bytes,
+            memory_limit_bytes: u64::MAX,
+        }
+    }
+
     /// The next value of the shard-wide version counter. Fences are drawn from it, so
     /// they strictly increase per lock even when the lock's key is deleted and reused.
     pub fn next_version(&mut self) -> u64 {
@@ -134,6 +175,12 @@ impl<'a> Effects<'a> {
 
     /// Answers a parked request (once: a second answer for the same waiter is dropped).
     pub fn complete(&mut self, waiter: WaiterId, response: Response) {
+        self.complete_revertible(waiter, response, None);
+    }
+
+    /// Answers a parked request with something that must be given back if the answer
+    /// cannot be delivered.
+    pub fn complete_revertible(&mut self, waiter: WaiterId, response: Response, revert: Option<Revert>) {
         let Some(parked) = self.waiting.parked.remove(&waiter) else {
             return;
         };
@@ -141,7 +188,13 @@ impl<'a> Effects<'a> {
         if let Some((client_id, op_id)) = parked.origin {
             self.operations.record(client_id, op_id, Record::Done(response.clone()));
         }
-        self.waiting.completions.push((waiter, response));
+        self.waiting.completions.push(Completion {
+            waiter,
+            response,
+            key: parked.key,
+            origin: parked.origin,
+            revert,
+        });
     }
 
     pub fn set_lease(&mut self, key: &[u8], lease_id: u64, deadline_ms: u64) {
