@@ -7,11 +7,14 @@
 //! - [`info_view`]: node info as a human table or JSON (a serde mirror of the wire type).
 //! - [`failure`]: the CLI error enum and its exit codes.
 //! - [`bench`]: the `engram-bench` load generator (Engram, Redis and TCP-echo drivers).
+//! - [`demo`]: demos, e.g. Monte Carlo π across worker processes with a shared counter and barrier.
 //! - `bin/engram`: the `engram` binary: parse, run on a current-thread runtime, exit.
 //! - `bin/engram-bench`: the `engram-bench` binary: parse, run the load or the echo server.
+//! - `bin/engram-demo`: the `engram-demo` binary (`engram-demo pi`).
 
 pub mod bench;
 pub mod cli;
 pub mod commands;
+pub mod demo;
 pub mod failure;
 pub mod info_view;
