@@ -1,0 +1,67 @@
+//! Integration tests of Engram against real `engramd` and `engram` processes on loopback.
+//!
+//! The tests live in `tests/tests/*.rs`; this library is their harness. The binaries must be
+//! built first (`cargo build --workspace --bins`): the harness looks for them next to the
+//! test executable (`target/<profile>/`), or in `ENGRAM_BIN_DIR` when that is set.
+//!
+//! Layout:
+//! - [`server`]: [`EngramServer`]: starts `engramd` on its own loopback address with free
+//!   ports, waits for the ready line, runs the CLI against it, stops it on drop.
+//! - [`raw`]: [`RawConnection`]: the wire protocol spoken by hand over a blocking
+//!   `TcpStream`, for tests that must bypass the client (duplicates, malformed frames).
+//! - [`routing`]: picking keys owned by a given shard, from a node's slot map.
+//! - [`binaries`]: where `engramd` and `engram` are.
+//!
+//! Every wait in the harness is bounded, so a hung server fails a test instead of hanging it.
+
+pub mod binaries;
+pub mod raw;
+pub mod routing;
+pub mod server;
+
+pub use raw::{RawConnection, RawReply};
+pub use routing::{fetch_slot_map, key_on_shard, owner_address};
+pub use server::{EngramServer, ServerOptions};
+
+use std::time::Duration;
+
+/// Longest any single test step may wait for the server before the test fails. Generous:
+/// it only exists so a broken server makes a test fail instead of hang.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A key unique to this process and call, so tests sharing a server never collide.
+pub fn unique_key(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Relaxed))
+}
+
+/// Polls `probe` every `interval` until it returns `Some`, or gives up after `limit`.
+pub fn poll_until<T>(limit: Duration, interval: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// Runs an async test body on a two-worker runtime with an overall bound of `limit`.
+/// Panics (failing the test) when the body does not finish in time.
+pub fn run_async<F: std::future::Future>(limit: Duration, body: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        match tokio::time::timeout(limit, body).await {
+            Ok(output) => output,
+            Err(_) => panic!("test body did not finish within {limit:?}"),
+        }
+    })
+}

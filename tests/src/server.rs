@@ -1,0 +1,513 @@
+//! A real `engramd` process for one test: its own loopback address, free ports, bounded
+//! start and stop, and helpers to reach it (client builder, CLI, raw connections).
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::binaries;
+use crate::STEP_TIMEOUT;
+
+/// Longest wait for the ready line before a start is declared failed.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// After SIGTERM, how long the server gets before SIGKILL when a test drops it.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How to start `engramd`.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Shards; tests stay at 2 or below so one test process uses at most 2 cores.
+    pub cores: usize,
+    /// `--memory-limit`, e.g. `"1MiB"`.
+    pub memory_limit: Option<String>,
+    pub auth_token: Option<String>,
+    /// Explicit `--port` (0: free ports picked by the server).
+    pub port: u16,
+    /// Explicit `--bind`; by default a loopback address of its own (see [`next_loopback`]).
+    pub bind: Option<Ipv4Addr>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            cores: 2,
+            memory_limit: None,
+            auth_token: None,
+            port: 0,
+            bind: None,
+        }
+    }
+}
+
+impl ServerOptions {
+    pub fn cores(mut self, cores: usize) -> Self {
+        assert!((1..=2).contains(&cores), "tests keep to at most 2 cores");
+        self.cores = cores;
+        self
+    }
+
+    pub fn memory_limit(mut self, limit: &str) -> Self {
+        self.memory_limit = Some(limit.to_string());
+        self
+    }
+
+    pub fn auth_token(mut self, token: &str) -> Self {
+        self.auth_token = Some(token.to_string());
+        self
+    }
+
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    pub fn bind(mut self, bind: Ipv4Addr) -> Self {
+        self.bind = Some(bind);
+        self
+    }
+
+    fn arguments(&self, bind: Ipv4Addr) -> Vec<String> {
+        let mut arguments = vec![
+            "--bind".to_string(),
+            bind.to_string(),
+            "--port".to_string(),
+            self.port.to_string(),
+            "--cores".to_string(),
+            self.cores.to_string(),
+        ];
+        if let Some(limit) = &self.memory_limit {
+            arguments.extend(["--memory-limit".to_string(), limit.clone()]);
+        }
+        if let Some(token) = &self.auth_token {
+            arguments.extend(["--auth-token".to_string(), token.clone()]);
+        }
+        arguments
+    }
+}
+
+/// A loopback address no other server of this process (and, with high probability, of
+/// any concurrently running test process) uses: 127.A.B.C from the pid and a counter.
+/// The whole 127.0.0.0/8 block is routed to `lo` on Linux, so no setup is needed.
+pub fn next_loopback() -> Ipv4Addr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const SPAN: u32 = 254;
+    let per_process = 1024;
+    let slot = (std::process::id() % 16_000) * per_process + NEXT.fetch_add(1, Relaxed) % per_process;
+    let a = 1 + (slot / (SPAN * SPAN)) % SPAN;
+    let b = 1 + (slot / SPAN) % SPAN;
+    let c = 1 + slot % SPAN;
+    Ipv4Addr::new(127, a as u8, b as u8, c as u8)
+}
+
+/// Why a server did not start.
+#[derive(Debug)]
+pub struct StartError {
+    pub reason: String,
+    /// Exit status when the process ended during the start.
+    pub status: Option<ExitStatus>,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "engramd did not start: {} (status {:?})\n--- engramd stderr ---\n{}",
+            self.reason, self.status, self.stderr
+        )
+    }
+}
+
+/// A running `engramd`; SIGTERM (then SIGKILL after [`STOP_GRACE`]) on drop.
+pub struct EngramServer {
+    child: Option<Child>,
+    bind: Ipv4Addr,
+    front: SocketAddr,
+    shards: Vec<SocketAddr>,
+    node_id: u64,
+    options: ServerOptions,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Removes every `ENGRAM_*` variable, so the caller's environment cannot change a flag
+/// the test did not set (every engramd and engram flag has one).
+fn scrub_environment(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ENGRAM_") {
+            command.env_remove(name);
+        }
+    }
+}
+
+fn capture(mut stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let sink = buffer.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => sink
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&chunk[..read]),
+            }
+        }
+    });
+    buffer
+}
+
+fn text_of(buffer: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+}
+
+/// `engramd ready front=IP:PORT shards=IP:PORT,IP:PORT node=ID`
+fn parse_ready_line(line: &str) -> Option<(SocketAddr, Vec<SocketAddr>, u64)> {
+    let rest = line.trim().strip_prefix("engramd ready ")?;
+    let (mut front, mut shards, mut node) = (None, None, None);
+    for field in rest.split_whitespace() {
+        let (name, value) = field.split_once('=')?;
+        match name {
+            "front" => front = Some(value.parse().ok()?),
+            "shards" => {
+                shards = Some(
+                    value
+                        .split(',')
+                        .map(|address| address.parse().ok())
+                        .collect::<Option<Vec<SocketAddr>>>()?,
+                )
+            }
+            "node" => node = Some(value.parse().ok()?),
+            _ => {}
+        }
+    }
+    Some((front?, shards?, node?))
+}
+
+impl EngramServer {
+    /// Starts a server and waits for its ready line; panics (with its stderr) if it
+    /// does not become ready within [`READY_TIMEOUT`].
+    pub fn start(options: ServerOptions) -> EngramServer {
+        match Self::try_start(options) {
+            Ok(server) => server,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    /// Starts a server; an error when it exits or stays silent instead of getting ready.
+    pub fn try_start(options: ServerOptions) -> Result<EngramServer, StartError> {
+        let bind = options.bind.unwrap_or_else(next_loopback);
+        let mut command = Command::new(binaries::engramd());
+        scrub_environment(&mut command);
+        command
+            .args(options.arguments(bind))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|error| StartError {
+            reason: format!("cannot spawn engramd: {error}"),
+            status: None,
+            stderr: String::new(),
+        })?;
+        let stderr = capture(child.stderr.take().expect("piped stderr"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready_sender, ready) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut sender = Some(ready_sender);
+            // Keep draining after the ready line so the server never blocks on stdout.
+            while let Some(Ok(line)) = lines.next() {
+                if line.starts_with("engramd ready") {
+                    if let Some(sender) = sender.take() {
+                        let _ = sender.send(line);
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let failure = |child: &mut Child, reason: String| {
+            let status = child.try_wait().ok().flatten();
+            let reason = match status {
+                Some(_) => reason,
+                None => format!("{reason}\n--- engramd threads ---\n{}", thread_report(child.id())),
+            };
+            if status.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // Give the capture thread a moment to collect the last words.
+            std::thread::sleep(Duration::from_millis(100));
+            StartError {
+                reason,
+                status,
+                stderr: text_of(&stderr),
+            }
+        };
+        loop {
+            match ready.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    let Some((front, shards, node_id)) = parse_ready_line(&line) else {
+                        return Err(failure(&mut child, format!("unparsable ready line {line:?}")));
+                    };
+                    return Ok(EngramServer {
+                        child: Some(child),
+                        bind,
+                        front,
+                        shards,
+                        node_id,
+                        options,
+                        stderr,
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed without a ready line: the process is exiting.
+                    let _ = poll_exit(&mut child, Duration::from_secs(5));
+                    return Err(failure(&mut child, "stdout closed before the ready line".into()));
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(failure(
+                    &mut child,
+                    format!("exited with {status} before the ready line"),
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(failure(&mut child, format!("no ready line within {READY_TIMEOUT:?}")));
+            }
+        }
+    }
+
+    pub fn bind(&self) -> Ipv4Addr {
+        self.bind
+    }
+
+    pub fn front(&self) -> SocketAddr {
+        self.front
+    }
+
+    pub fn shards(&self) -> &[SocketAddr] {
+        &self.shards
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
+    }
+
+    /// Everything the server wrote to stderr so far (its log).
+    pub fn stderr_text(&self) -> String {
+        text_of(&self.stderr)
+    }
+
+    /// Resident set size of the server process, from /proc/PID/status (VmRSS).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc/PID/status");
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .expect("VmRSS line in /proc/PID/status");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|number| number.parse().ok())
+            .expect("VmRSS value in kB");
+        kib * 1024
+    }
+
+    /// A client builder aimed at the front port (credentials are up to the test).
+    pub fn client_builder(&self) -> engram_client::ClientBuilder {
+        engram_client::Client::builder(self.front.to_string()).timeout(Duration::from_secs(10))
+    }
+
+    /// A connected client with default settings (direct routing, namespace "default").
+    pub async fn client(&self) -> engram_client::Client {
+        let mut builder = self.client_builder();
+        if let Some(token) = &self.options.auth_token {
+            builder = builder.credentials(token.as_bytes().to_vec());
+        }
+        builder.connect().await.expect("client connects")
+    }
+
+    /// Runs `engram --addr <front> ARGS...` with a bounded wait.
+    pub fn cli(&self, arguments: &[&str]) -> Output {
+        let front = self.front.to_string();
+        let mut all = vec!["--addr", front.as_str()];
+        all.extend_from_slice(arguments);
+        run_cli(&all)
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for the exit; `None` if it did not exit
+    /// (the process is then still running and is killed on drop).
+    pub fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        signal(child, libc::SIGTERM);
+        let status = poll_exit(child, grace);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for EngramServer {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        signal(&child, libc::SIGTERM);
+        if poll_exit(&mut child, STOP_GRACE).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Name, state and kernel wait channel of every thread of a process (and, when gdb is
+/// installed, their stacks): what a hung start was waiting for.
+fn thread_report(pid: u32) -> String {
+    let mut report = String::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let read = |name: &str| {
+                std::fs::read_to_string(task.path().join(name))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            let state = read("stat").split(' ').nth(2).unwrap_or("?").to_string();
+            report.push_str(&format!(
+                "{} {} state={} wchan={}\n",
+                task.file_name().to_string_lossy(),
+                read("comm"),
+                state,
+                read("wchan")
+            ));
+        }
+    }
+    let mut gdb = Command::new("gdb");
+    gdb.args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Ok(child) = gdb.spawn() {
+        let gdb_pid = child.id();
+        let (done, outcome) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(child.wait_with_output());
+        });
+        match outcome.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(output)) => report.push_str(&String::from_utf8_lossy(&output.stdout)),
+            _ => {
+                // SAFETY: gdb is our unreaped child.
+                unsafe {
+                    libc::kill(gdb_pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+        }
+    }
+    report
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) on the pid of a child we have not reaped yet (so it cannot have
+    // been reused by another process).
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, signal);
+    }
+}
+
+/// Waits up to `limit` for `child` to exit.
+pub fn poll_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `engram ARGS...` (no implicit `--addr`), waiting at most [`STEP_TIMEOUT`].
+pub fn run_cli(arguments: &[&str]) -> Output {
+    let mut command = Command::new(binaries::engram_cli());
+    scrub_environment(&mut command);
+    command
+        .args(arguments)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    run_bounded(command, STEP_TIMEOUT)
+}
+
+/// Runs a command to completion, killing it and panicking if it takes longer than `limit`.
+pub fn run_bounded(mut command: Command, limit: Duration) -> Output {
+    let child = command
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot spawn {command:?}: {error}"));
+    let pid = child.id();
+    let (done, outcome) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match outcome.recv_timeout(limit) {
+        Ok(output) => output.expect("wait for the command"),
+        Err(_) => {
+            // SAFETY: the child is not reaped until wait_with_output returns, which it
+            // has not, so the pid still names it.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+            panic!("{command:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_parses() {
+        let (front, shards, node) =
+            parse_ready_line("engramd ready front=127.0.0.5:33095 shards=127.0.0.5:37255,127.0.0.5:34689 node=42")
+                .unwrap();
+        assert_eq!(front, "127.0.0.5:33095".parse::<SocketAddr>().unwrap());
+        assert_eq!(shards.len(), 2);
+        assert_eq!(node, 42);
+        assert!(parse_ready_line("engramd ready front=nonsense shards= node=1").is_none());
+    }
+
+    #[test]
+    fn loopback_addresses_are_distinct_and_usable() {
+        let first = next_loopback();
+        let second = next_loopback();
+        assert_ne!(first, second);
+        for address in [first, second] {
+            assert_eq!(address.octets()[0], 127);
+            assert!(address.octets()[1..].iter().all(|&octet| octet != 0 && octet != 255));
+        }
+    }
+}
