@@ -93,6 +93,10 @@ fn listen(address: SocketAddr) -> Result<StdListener, ServerError> {
     socket.set_reuse_address(true).map_err(bind_error)?;
     socket.bind(&address.into()).map_err(bind_error)?;
     socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
+    // Every shard accepts on a dup of the front listener (one open file description);
+    // glommio's accept sets O_NONBLOCK around a direct accept(2) and restores the old
+    // flags, so a blocking listener lets two shards race into a blocking accept(2).
+    socket.set_nonblocking(true).map_err(bind_error)?;
     Ok(socket.into())
 }
 
