@@ -418,6 +418,12 @@ fn many_connections_claiming_huge_frames_do_not_make_the_server_reserve_them() {
     std::thread::sleep(Duration::from_millis(300));
     let during = server.rss_bytes();
     let growth = during.saturating_sub(before);
+    eprintln!(
+        "RSS {} KiB before, {} KiB with {CONNECTIONS} half-sent frames open (growth {} KiB)",
+        before >> 10,
+        during >> 10,
+        growth >> 10
+    );
     assert!(
         growth < GROWTH_MAX_BYTES,
         "RSS grew by {} MiB with {CONNECTIONS} connections each claiming a {} MiB frame (before {} MiB, after {} MiB)",
