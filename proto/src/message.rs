@@ -500,6 +500,7 @@ pub struct ShardInfo {
     pub address: String,
     pub keys: u64,
     pub memory_used_bytes: u64,
+    /// 0: no limit.
     pub memory_limit_bytes: u64,
     pub connections: u64,
     pub operations_total: u64,

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::HashMap;
 use std::rc::Weak;
 
 use engram_proto::{ErrorCode, ErrorReply, Request, Response, SlotMap};
@@ -76,7 +75,7 @@ pub struct Shard {
     pub peers: Senders<Forwarded>,
     operations: Cell<u64>,
     /// Where each parked request's answer goes.
-    destinations: RefCell<HashMap<WaiterId, Destination>>,
+    destinations: RefCell<foldhash::HashMap<WaiterId, Destination>>,
     /// The deadline the timekeeper sleeps until, and how to wake it for an earlier one.
     timekeeper_deadline_ms: Cell<u64>,
     timekeeper: LocalNotify,
@@ -235,7 +234,7 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
         auth_token: launch.auth_token,
         peers,
         operations: Cell::new(0),
-        destinations: RefCell::new(HashMap::new()),
+        destinations: RefCell::default(),
         timekeeper_deadline_ms: Cell::new(0),
         timekeeper: LocalNotify::default(),
     });

@@ -34,7 +34,12 @@ impl NodeStats {
                 address: address.clone(),
                 keys: stats.keys.load(Relaxed),
                 memory_used_bytes: stats.memory_used_bytes.load(Relaxed),
-                memory_limit_bytes: stats.memory_limit_bytes.load(Relaxed),
+                // 0 reads as unlimited: u64::MAX does not survive JSON readers that use
+                // floating-point numbers.
+                memory_limit_bytes: match stats.memory_limit_bytes.load(Relaxed) {
+                    u64::MAX => 0,
+                    limit => limit,
+                },
                 connections: stats.connections.load(Relaxed),
                 operations_total: stats.operations_total.load(Relaxed),
             })

@@ -85,7 +85,10 @@ impl NodeView {
                     format!(
                         "{} / {}",
                         bytes_text(shard.memory_used_bytes),
-                        bytes_text(shard.memory_limit_bytes)
+                        match shard.memory_limit_bytes {
+                            0 => "unlimited".to_string(),
+                            limit => bytes_text(limit),
+                        }
                     ),
                     shard.connections.to_string(),
                     shard.operations_total.to_string(),

@@ -53,14 +53,14 @@ impl Store {
     }
 
     pub(crate) fn bytes_append(&mut self, key: &[u8], suffix: &[u8], now_ms: u64) -> Response {
-        let current_length = match self.live_entry(key, now_ms) {
+        let current = match self.live_entry(key, now_ms) {
             None => None,
             Some(entry) => match &entry.object {
-                Object::Bytes(value) => Some(value.len()),
+                Object::Bytes(value) => Some((value.len(), value.capacity())),
                 _ => return wrong_type(key, "bytes value"),
             },
         };
-        let Some(current_length) = current_length else {
+        let Some((current_length, current_capacity)) = current else {
             // Appending to nothing creates the value, as in Redis.
             return self.bytes_set(key, suffix, 0, SetCondition::IfAbsent, now_ms);
         };
@@ -68,9 +68,22 @@ impl Store {
         if new_length > VALUE_BYTES_MAX {
             return value_too_large(new_length);
         }
-        if let Err(refusal) = self.admit_growth(0, suffix.len() as u64) {
-            return refusal;
-        }
+        // The buffer's growth is what memory is charged for, so it is chosen here and
+        // admitted before it happens: doubling (amortized O(1) appends, as Redis's sds)
+        // when that fits under the limit, else exactly what is needed.
+        let new_capacity = if new_length <= current_capacity {
+            current_capacity
+        } else {
+            let doubled = new_length.max(current_capacity.saturating_mul(2)).min(VALUE_BYTES_MAX);
+            let growth = (doubled - current_capacity) as u64;
+            if self.admit_growth(0, growth).is_ok() {
+                doubled
+            } else if let Err(refusal) = self.admit_growth(0, (new_length - current_capacity) as u64) {
+                return refusal;
+            } else {
+                new_length
+            }
+        };
         let version = self.next_version();
         let Some(entry) = self.entries.get_mut(key) else {
             unreachable!("live_entry just found the key");
@@ -78,11 +91,12 @@ impl Store {
         let Object::Bytes(value) = &mut entry.object else {
             unreachable!("type checked above")
         };
-        let old_capacity = value.capacity() as u64;
+        value.reserve_exact(new_capacity - value.len());
         value.extend_from_slice(suffix);
-        let new_capacity = value.capacity() as u64;
+        let old_capacity = current_capacity as u64;
+        let charged_capacity = value.capacity() as u64;
         entry.version = version;
-        self.data_bytes = self.data_bytes - old_capacity + new_capacity;
+        self.data_bytes = self.data_bytes - old_capacity + charged_capacity;
         Response::Appended {
             version,
             length: new_length as u64,

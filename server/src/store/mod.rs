@@ -27,7 +27,6 @@ use std::collections::{BTreeSet, HashMap};
 
 use engram_proto::limits::{KEY_BYTES_MAX, NAMESPACE_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use engram_proto::{Command, ErrorCode, ErrorReply, Request, Response};
-use xxhash_rust::xxh3::Xxh3Builder;
 
 use operations::{Lookup, Record};
 pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
@@ -167,7 +166,9 @@ pub struct StoreStats {
 type Constructor = fn() -> Object;
 
 pub struct Store {
-    entries: HashMap<Box<[u8]>, Entry, Xxh3Builder>,
+    /// foldhash: fast for short keys and seeded per process, so clients cannot pick
+    /// colliding keys.
+    entries: HashMap<Box<[u8]>, Entry, foldhash::fast::FixedState>,
     /// (deadline, key) for every key with a TTL, soonest first.
     expiries: BTreeSet<(u64, Box<[u8]>)>,
     operations: OperationLog,
@@ -183,7 +184,7 @@ impl Store {
     /// `hash_seed` should be random per process, so clients cannot pick keys that collide.
     pub fn new(memory_limit_bytes: u64, hash_seed: u64) -> Store {
         Store {
-            entries: HashMap::with_hasher(Xxh3Builder::new().with_seed(hash_seed)),
+            entries: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(hash_seed)),
             expiries: BTreeSet::new(),
             operations: OperationLog::default(),
             waiting: Waiting::default(),

@@ -8,7 +8,7 @@
 //! longer than any client may keep retrying one call (`CALL_TIMEOUT_MS_MAX`), so a
 //! retry always finds its record.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use engram_proto::limits::CALL_TIMEOUT_MS_MAX;
 use engram_proto::{ErrorCode, Response};
@@ -54,7 +54,7 @@ struct Session {
 
 #[derive(Default)]
 pub struct OperationLog {
-    sessions: HashMap<u64, Session>,
+    sessions: foldhash::HashMap<u64, Session>,
     records: usize,
     bytes: u64,
 }

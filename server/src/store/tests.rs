@@ -664,3 +664,40 @@ proptest! {
         prop_assert_eq!(store.stats().memory_used_bytes, store.operations.bytes());
     }
 }
+
+#[test]
+fn appends_are_charged_for_their_real_growth_and_never_pass_the_limit() {
+    let limit = 8 * 1024;
+    let mut store = Store::new(limit, 1);
+    store.run(1, &request(0, set("k", &"x".repeat(1_000), 0, SetCondition::Always)), 0);
+    let mut accepted = 0;
+    for _ in 0..10_000 {
+        match store.run(
+            1,
+            &request(
+                0,
+                Command::Append {
+                    key: "k".into(),
+                    value: b"+".to_vec(),
+                },
+            ),
+            0,
+        ) {
+            Response::Appended { .. } => accepted += 1,
+            refused => {
+                assert_eq!(code(&refused), Some(ErrorCode::OutOfMemory));
+                break;
+            }
+        }
+        assert!(
+            store.stats().memory_used_bytes <= limit,
+            "{} over {limit}",
+            store.stats().memory_used_bytes
+        );
+    }
+    assert!(
+        accepted > 1_000,
+        "exact growth near the limit still admits appends ({accepted})"
+    );
+    assert!(store.stats().memory_used_bytes <= limit);
+}

@@ -3,7 +3,7 @@
 //! (with lease ends), and its answer is queued as a completion when the object's
 //! condition holds or the deadline passes, whichever comes first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use engram_proto::{QueueEnd, Response};
 
@@ -51,7 +51,7 @@ struct Parked {
 #[derive(Default)]
 pub struct Waiting {
     last_waiter: WaiterId,
-    parked: HashMap<WaiterId, Parked>,
+    parked: foldhash::HashMap<WaiterId, Parked>,
     timers: BTreeSet<(u64, Timer)>,
     completions: Vec<Completion>,
 }
