@@ -1082,3 +1082,295 @@ fn wrong_type_names_the_client_key_not_the_stored_one() {
     };
     assert!(reply.message.contains("\"plain\""), "{}", reply.message);
 }
+
+// ---------------------------------------------------------------- queues, maps, latches, futures
+
+#[derive(Debug, Clone)]
+enum QueueStep {
+    Push { value: u8, front: bool },
+    Pop { front: bool, timeout_ms: u64 },
+    Len,
+    Advance(u64),
+}
+
+fn queue_step() -> impl Strategy<Value = QueueStep> {
+    prop_oneof![
+        3 => (any::<u8>(), any::<bool>()).prop_map(|(value, front)| QueueStep::Push { value, front }),
+        3 => (any::<bool>(), prop_oneof![Just(0u64), 1u64..30]).prop_map(|(front, timeout_ms)| QueueStep::Pop { front, timeout_ms }),
+        1 => Just(QueueStep::Len),
+        1 => (1u64..20).prop_map(QueueStep::Advance),
+    ]
+}
+
+fn end(front: bool) -> QueueEnd {
+    if front {
+        QueueEnd::Front
+    } else {
+        QueueEnd::Back
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+    /// A queue against a `VecDeque` plus a FIFO of parked pops: every value pushed is
+    /// popped exactly once, by the longest-waiting pop first, from the right end.
+    #[test]
+    fn queue_matches_model(steps in prop::collection::vec(queue_step(), 1..80)) {
+        let mut store = Store::new(u64::MAX / 2, 3);
+        let mut items: VecDeque<u8> = VecDeque::new();
+        let mut waiting: VecDeque<(WaiterId, u64)> = VecDeque::new();
+        let mut now = 0u64;
+        for (index, step) in steps.into_iter().enumerate() {
+            let op_id = index as u64 + 1;
+            match step {
+                QueueStep::Push { value, front } => {
+                    let command = Command::QueuePush { key: KEY.into(), value: vec![value], end: end(front) };
+                    let outcome = store.apply(1, &request(op_id, command), now);
+                    if let Some((waiter, _)) = waiting.pop_front() {
+                        prop_assert_eq!(outcome, Outcome::Ready(Response::QueueLength { length: items.len() as u64 }));
+                        let delivered = store.drain_completions();
+                        prop_assert_eq!(delivered.len(), 1);
+                        prop_assert_eq!(delivered[0].0, waiter);
+                        let handed_over = matches!(&delivered[0].1, Response::Value { value: got, .. } if got == &vec![value]);
+                        prop_assert!(handed_over, "{:?}", delivered);
+                    } else {
+                        if front { items.push_front(value) } else { items.push_back(value) }
+                        prop_assert_eq!(outcome, Outcome::Ready(Response::QueueLength { length: items.len() as u64 }));
+                    }
+                }
+                QueueStep::Pop { front, timeout_ms } => {
+                    let command = Command::QueuePop { key: KEY.into(), end: end(front), timeout_ms };
+                    let outcome = store.apply(1, &request(op_id, command), now);
+                    let expected = if front { items.pop_front() } else { items.pop_back() };
+                    match (expected, outcome) {
+                        (Some(value), Outcome::Ready(Response::Value { value: got, .. })) => prop_assert_eq!(got, vec![value]),
+                        (None, Outcome::Ready(Response::Missing)) => prop_assert_eq!(timeout_ms, 0),
+                        (None, Outcome::Parked(waiter)) => {
+                            prop_assert!(timeout_ms > 0);
+                            waiting.push_back((waiter, now + timeout_ms));
+                        }
+                        (expected, outcome) => {
+                            return Err(TestCaseError::fail(format!("pop: expected {expected:?}, got {outcome:?}")));
+                        }
+                    }
+                }
+                QueueStep::Len => {
+                    let outcome = store.apply(1, &request(0, Command::QueueLen { key: KEY.into() }), now);
+                    prop_assert_eq!(outcome, Outcome::Ready(Response::QueueLength { length: items.len() as u64 }));
+                }
+                QueueStep::Advance(ms) => {
+                    now += ms;
+                    store.expire_due(now, usize::MAX);
+                    // The store fires timers in deadline order (then waiter order).
+                    let mut expired: Vec<(u64, WaiterId)> = waiting.iter().filter(|(_, deadline)| *deadline <= now).map(|(waiter, deadline)| (*deadline, *waiter)).collect();
+                    expired.sort_unstable();
+                    let expired: Vec<WaiterId> = expired.into_iter().map(|(_, waiter)| waiter).collect();
+                    waiting.retain(|(_, deadline)| *deadline > now);
+                    let delivered = store.drain_completions();
+                    prop_assert_eq!(delivered.iter().map(|(waiter, _)| *waiter).collect::<Vec<_>>(), expired);
+                    prop_assert!(delivered.iter().all(|(_, response)| code(response) == Some(ErrorCode::Timeout)));
+                }
+            }
+            prop_assert!(store.drain_completions().is_empty());
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum MapStep {
+    Set { field: u8, value: u8 },
+    Del { field: u8 },
+    Get { field: u8 },
+    Incr { field: u8, delta: i64 },
+    All,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+    /// A map against a `BTreeMap` of decimal-or-bytes values.
+    #[test]
+    fn map_matches_model(steps in prop::collection::vec(prop_oneof![
+        (0u8..4, any::<u8>()).prop_map(|(field, value)| MapStep::Set { field, value }),
+        (0u8..4).prop_map(|field| MapStep::Del { field }),
+        (0u8..4).prop_map(|field| MapStep::Get { field }),
+        (0u8..4, -5i64..5).prop_map(|(field, delta)| MapStep::Incr { field, delta }),
+        Just(MapStep::All),
+    ], 1..60)) {
+        let mut store = Store::new(u64::MAX / 2, 3);
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for (index, step) in steps.into_iter().enumerate() {
+            let op_id = index as u64 + 1;
+            let ready = |outcome: Outcome| match outcome {
+                Outcome::Ready(response) => response,
+                Outcome::Parked(_) => panic!("a map operation parked"),
+            };
+            match step {
+                MapStep::Set { field, value } => {
+                    let response = ready(store.apply(1, &request(op_id, Command::MapSet { key: KEY.into(), field: vec![field], value: vec![value] }), 0));
+                    let written = matches!(response, Response::Written { .. });
+                    prop_assert!(written, "{:?}", response);
+                    model.insert(vec![field], vec![value]);
+                }
+                MapStep::Del { field } => {
+                    let response = ready(store.apply(1, &request(op_id, Command::MapDel { key: KEY.into(), field: vec![field] }), 0));
+                    prop_assert_eq!(response, Response::Deleted { existed: model.remove(&vec![field]).is_some() });
+                }
+                MapStep::Get { field } => {
+                    let response = ready(store.apply(1, &request(0, Command::MapGet { key: KEY.into(), field: vec![field] }), 0));
+                    match model.get(&vec![field]) {
+                        Some(value) => {
+                            let same = matches!(&response, Response::Value { value: got, .. } if got == value);
+                            prop_assert!(same, "{:?}", response);
+                        }
+                        None => prop_assert_eq!(response, Response::Missing),
+                    }
+                }
+                MapStep::Incr { field, delta } => {
+                    let response = ready(store.apply(1, &request(op_id, Command::MapIncr { key: KEY.into(), field: vec![field], delta }), 0));
+                    let current = match model.get(&vec![field]) {
+                        None => Some(0),
+                        Some(text) => std::str::from_utf8(text).ok().and_then(|text| text.parse::<i64>().ok()),
+                    };
+                    match current {
+                        Some(current) => {
+                            prop_assert_eq!(response, Response::Counter { value: current + delta });
+                            model.insert(vec![field], (current + delta).to_string().into_bytes());
+                        }
+                        None => prop_assert_eq!(code(&response), Some(ErrorCode::WrongType)),
+                    }
+                }
+                MapStep::All => {
+                    let response = ready(store.apply(1, &request(0, Command::MapGetAll { key: KEY.into() }), 0));
+                    let expected: Vec<engram_proto::MapEntry> = model
+                        .iter()
+                        .map(|(field, value)| engram_proto::MapEntry { field: field.clone(), value: value.clone() })
+                        .collect();
+                    prop_assert_eq!(response, Response::MapEntries(expected));
+                }
+            }
+        }
+        // Memory accounting returns to nothing once the map is empty.
+        for field in 0u8..4 {
+            store.apply(1, &request(0, Command::MapDel { key: KEY.into(), field: vec![field] }), 0);
+        }
+        prop_assert_eq!(store.stats().keys, 0);
+        prop_assert_eq!(store.stats().memory_used_bytes, store.operations.bytes());
+    }
+
+    /// A latch against a counter and a set of waiters: waiters open exactly when the
+    /// count reaches zero, and time out otherwise.
+    #[test]
+    fn latch_matches_model(steps in prop::collection::vec(prop_oneof![
+        (0u64..4).prop_map(|count| (0u8, count)),
+        Just((1u8, 0)),
+        (1u64..30).prop_map(|timeout| (2u8, timeout)),
+        (1u64..20).prop_map(|ms| (3u8, ms)),
+    ], 1..60)) {
+        let mut store = Store::new(u64::MAX / 2, 3);
+        let mut count = 0u64;
+        let mut waiting: Vec<(WaiterId, u64)> = Vec::new();
+        let mut now = 0u64;
+        for (index, (kind, argument)) in steps.into_iter().enumerate() {
+            let op_id = index as u64 + 1;
+            match kind {
+                0 => {
+                    let outcome = store.apply(1, &request(op_id, Command::LatchTrySetCount { key: KEY.into(), count: argument }), now);
+                    let set = count == 0;
+                    if set {
+                        count = argument;
+                    }
+                    prop_assert_eq!(outcome, Outcome::Ready(Response::LatchSet { set, count }));
+                }
+                1 => {
+                    let outcome = store.apply(1, &request(op_id, Command::LatchCountDown { key: KEY.into() }), now);
+                    let opens = count == 1;
+                    count = count.saturating_sub(1);
+                    prop_assert_eq!(outcome, Outcome::Ready(Response::LatchCount { count }));
+                    let delivered = store.drain_completions();
+                    if opens {
+                        prop_assert_eq!(delivered.iter().map(|(waiter, _)| *waiter).collect::<Vec<_>>(), waiting.iter().map(|(waiter, _)| *waiter).collect::<Vec<_>>());
+                        prop_assert!(delivered.iter().all(|(_, response)| *response == Response::LatchOpen));
+                        waiting.clear();
+                    } else {
+                        prop_assert!(delivered.is_empty());
+                    }
+                }
+                2 => match store.apply(1, &request(op_id, Command::LatchWait { key: KEY.into(), timeout_ms: argument }), now) {
+                    Outcome::Ready(response) => {
+                        prop_assert_eq!(count, 0);
+                        prop_assert_eq!(response, Response::LatchOpen);
+                    }
+                    Outcome::Parked(waiter) => {
+                        prop_assert!(count > 0);
+                        waiting.push((waiter, now + argument));
+                    }
+                },
+                _ => {
+                    now += argument;
+                    store.expire_due(now, usize::MAX);
+                    // The store fires timers in deadline order (then waiter order).
+                    let mut expired: Vec<(u64, WaiterId)> = waiting.iter().filter(|(_, deadline)| *deadline <= now).map(|(waiter, deadline)| (*deadline, *waiter)).collect();
+                    expired.sort_unstable();
+                    let expired: Vec<WaiterId> = expired.into_iter().map(|(_, waiter)| waiter).collect();
+                    waiting.retain(|(_, deadline)| *deadline > now);
+                    let delivered = store.drain_completions();
+                    prop_assert_eq!(delivered.iter().map(|(waiter, _)| *waiter).collect::<Vec<_>>(), expired);
+                    prop_assert!(delivered.iter().all(|(_, response)| code(response) == Some(ErrorCode::Timeout)));
+                }
+            }
+            let counted = store.apply(0, &request(0, Command::LatchCount { key: KEY.into() }), now);
+            prop_assert_eq!(counted, Outcome::Ready(Response::LatchCount { count }));
+        }
+    }
+
+    /// A future: the first complete wins, every waiter and every later get sees its
+    /// value, later completes fail.
+    #[test]
+    fn future_matches_model(steps in prop::collection::vec(prop_oneof![
+        any::<u8>().prop_map(|value| (0u8, u64::from(value))),
+        prop_oneof![Just(0u64), 1u64..30].prop_map(|timeout| (1u8, timeout)),
+        (1u64..20).prop_map(|ms| (2u8, ms)),
+    ], 1..40)) {
+        let mut store = Store::new(u64::MAX / 2, 3);
+        let mut value: Option<u8> = None;
+        let mut waiting: Vec<(WaiterId, u64)> = Vec::new();
+        let mut now = 0u64;
+        for (index, (kind, argument)) in steps.into_iter().enumerate() {
+            let op_id = index as u64 + 1;
+            match kind {
+                0 => {
+                    let outcome = store.apply(1, &request(op_id, Command::FutureComplete { key: KEY.into(), value: vec![argument as u8] }), now);
+                    let Outcome::Ready(response) = outcome else { panic!("complete parked") };
+                    if value.is_some() {
+                        prop_assert_eq!(code(&response), Some(ErrorCode::AlreadyCompleted));
+                    } else {
+                        prop_assert_eq!(response, Response::FutureCompleted);
+                        value = Some(argument as u8);
+                        let delivered = store.drain_completions();
+                        prop_assert_eq!(delivered.iter().map(|(waiter, _)| *waiter).collect::<Vec<_>>(), waiting.iter().map(|(waiter, _)| *waiter).collect::<Vec<_>>());
+                        let all_see_it = delivered.iter().all(|(_, response)| matches!(response, Response::Value { value: got, .. } if got == &vec![argument as u8]));
+                        prop_assert!(all_see_it, "{:?}", delivered);
+                        waiting.clear();
+                    }
+                }
+                1 => match (value, store.apply(1, &request(0, Command::FutureGet { key: KEY.into(), timeout_ms: argument }), now)) {
+                    (Some(expected), Outcome::Ready(Response::Value { value: got, .. })) => prop_assert_eq!(got, vec![expected]),
+                    (None, Outcome::Ready(Response::Missing)) => prop_assert_eq!(argument, 0),
+                    (None, Outcome::Parked(waiter)) => waiting.push((waiter, now + argument)),
+                    (expected, outcome) => return Err(TestCaseError::fail(format!("get: {expected:?} vs {outcome:?}"))),
+                },
+                _ => {
+                    now += argument;
+                    store.expire_due(now, usize::MAX);
+                    // The store fires timers in deadline order (then waiter order).
+                    let mut expired: Vec<(u64, WaiterId)> = waiting.iter().filter(|(_, deadline)| *deadline <= now).map(|(waiter, deadline)| (*deadline, *waiter)).collect();
+                    expired.sort_unstable();
+                    let expired: Vec<WaiterId> = expired.into_iter().map(|(_, waiter)| waiter).collect();
+                    waiting.retain(|(_, deadline)| *deadline > now);
+                    let delivered = store.drain_completions();
+                    prop_assert_eq!(delivered.iter().map(|(waiter, _)| *waiter).collect::<Vec<_>>(), expired);
+                }
+            }
+        }
+    }
+}
