@@ -405,6 +405,21 @@ impl Store {
             return Outcome::Ready(refusal);
         }
         let ready = Outcome::Ready;
+        // Runs a coordination operation on the object of `$variant` at `$key` (created
+        // when absent if `$creates`), with the object already unwrapped to its state.
+        macro_rules! on {
+            ($key:expr, $variant:ident, $create:expr, $creates:expr, |$state:ident, $effects:ident| $body:expr) => {
+                self.coordinate($key, now_ms, origin, $create, $creates, |object, $effects, _| {
+                    let Object::$variant($state) = object else {
+                        unreachable!("coordinate checked the type")
+                    };
+                    // Call sites write long bodies as blocks.
+                    #[allow(unused_braces)]
+                    let outcome = $body;
+                    outcome
+                })
+            };
+        }
         match command {
             Command::Get { key } => ready(self.bytes_get(key, now_ms)),
             Command::Set {
@@ -424,55 +439,31 @@ impl Store {
                 owner,
                 lease_ms,
                 wait_ms,
-            } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                lock::LockState::create,
-                true,
-                |object, effects, key| {
-                    let Object::Lock(lock) = object else { unreachable!() };
+            } => {
+                on!(key, Lock, lock::LockState::create, true, |lock, effects| {
                     lock.acquire(key, owner, *lease_ms, *wait_ms, effects)
-                },
-            ),
-            Command::LockRelease { key, owner, fence } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                lock::LockState::create,
-                false,
-                |object, effects, key| {
-                    let Object::Lock(lock) = object else { unreachable!() };
+                })
+            }
+            Command::LockRelease { key, owner, fence } => {
+                on!(key, Lock, lock::LockState::create, false, |lock, effects| {
                     ready(lock.release(key, owner, *fence, effects))
-                },
-            ),
+                })
+            }
             Command::LockRenew {
                 key,
                 owner,
                 fence,
                 lease_ms,
-            } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                lock::LockState::create,
-                false,
-                |object, effects, key| {
-                    let Object::Lock(lock) = object else { unreachable!() };
+            } => {
+                on!(key, Lock, lock::LockState::create, false, |lock, effects| {
                     ready(lock.renew(key, owner, *fence, *lease_ms, effects))
-                },
-            ),
-            Command::LockHolder { key } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                lock::LockState::create,
-                false,
-                |object, effects, key| {
-                    let Object::Lock(lock) = object else { unreachable!() };
-                    ready(lock.holder(key, effects))
-                },
-            ),
+                })
+            }
+            Command::LockHolder { key } => {
+                on!(key, Lock, lock::LockState::create, false, |lock, effects| ready(
+                    lock.holder(key, effects)
+                ))
+            }
             Command::SemaphoreAcquire {
                 key,
                 owner,
@@ -481,200 +472,133 @@ impl Store {
                 lease_ms,
                 wait_ms,
             } => {
-                let create = semaphore::SemaphoreState::create;
-                self.coordinate(key, now_ms, origin, create, true, |object, effects, key| {
-                    let Object::Semaphore(semaphore) = object else {
-                        unreachable!()
-                    };
-                    semaphore.acquire(key, owner, *capacity, *permits, *lease_ms, *wait_ms, effects)
-                })
+                on!(
+                    key,
+                    Semaphore,
+                    semaphore::SemaphoreState::create,
+                    true,
+                    |semaphore, effects| {
+                        semaphore.acquire(key, owner, *capacity, *permits, *lease_ms, *wait_ms, effects)
+                    }
+                )
             }
-            Command::SemaphoreRelease { key, permit_id } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                semaphore::SemaphoreState::create,
-                false,
-                |object, effects, key| {
-                    let Object::Semaphore(semaphore) = object else {
-                        unreachable!()
-                    };
-                    ready(semaphore.release(key, *permit_id, effects))
-                },
-            ),
+            Command::SemaphoreRelease { key, permit_id } => {
+                on!(
+                    key,
+                    Semaphore,
+                    semaphore::SemaphoreState::create,
+                    false,
+                    |semaphore, effects| ready(semaphore.release(key, *permit_id, effects))
+                )
+            }
             Command::SemaphoreRenew {
                 key,
                 permit_id,
                 lease_ms,
-            } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                semaphore::SemaphoreState::create,
-                false,
-                |object, effects, key| {
-                    let Object::Semaphore(semaphore) = object else {
-                        unreachable!()
-                    };
-                    ready(semaphore.renew(key, *permit_id, *lease_ms, effects))
-                },
-            ),
-            Command::SemaphoreAvailable { key, capacity } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                semaphore::SemaphoreState::create,
-                false,
-                |object, effects, key| {
-                    let Object::Semaphore(semaphore) = object else {
-                        unreachable!()
-                    };
-                    ready(semaphore.available(key, *capacity, effects))
-                },
-            ),
+            } => {
+                on!(
+                    key,
+                    Semaphore,
+                    semaphore::SemaphoreState::create,
+                    false,
+                    |semaphore, effects| ready(semaphore.renew(key, *permit_id, *lease_ms, effects))
+                )
+            }
+            Command::SemaphoreAvailable { key, capacity } => {
+                on!(
+                    key,
+                    Semaphore,
+                    semaphore::SemaphoreState::create,
+                    false,
+                    |semaphore, effects| ready(semaphore.available(key, *capacity, effects))
+                )
+            }
             Command::BarrierWait {
                 key,
                 parties,
                 timeout_ms,
-            } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                barrier::BarrierState::create,
-                true,
-                |object, effects, key| {
-                    let Object::Barrier(barrier) = object else {
-                        unreachable!()
-                    };
+            } => {
+                on!(key, Barrier, barrier::BarrierState::create, true, |barrier, effects| {
                     barrier.wait(key, *parties, *timeout_ms, effects)
-                },
-            ),
+                })
+            }
             Command::LatchTrySetCount { key, count } => {
-                self.coordinate(key, now_ms, origin, latch::LatchState::create, true, |object, _, _| {
-                    let Object::Latch(latch) = object else { unreachable!() };
-                    ready(latch.try_set_count(*count))
-                })
+                on!(key, Latch, latch::LatchState::create, true, |latch, _effects| ready(
+                    latch.try_set_count(*count)
+                ))
             }
-            Command::LatchCountDown { key } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                latch::LatchState::create,
-                false,
-                |object, effects, _| {
-                    let Object::Latch(latch) = object else { unreachable!() };
-                    ready(latch.count_down(effects))
-                },
-            ),
-            Command::LatchCount { key } => {
-                self.coordinate(key, now_ms, origin, latch::LatchState::create, false, |object, _, _| {
-                    let Object::Latch(latch) = object else { unreachable!() };
-                    ready(Response::LatchCount { count: latch.count() })
-                })
+            Command::LatchCountDown { key } => {
+                on!(key, Latch, latch::LatchState::create, false, |latch, effects| ready(
+                    latch.count_down(effects)
+                ))
             }
-            Command::LatchWait { key, timeout_ms } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                latch::LatchState::create,
-                false,
-                |object, effects, key| {
-                    let Object::Latch(latch) = object else { unreachable!() };
-                    latch.wait(key, *timeout_ms, effects)
-                },
-            ),
-            Command::FutureComplete { key, value } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                future::FutureState::create,
-                true,
-                |object, effects, _| {
-                    let Object::Future(future) = object else { unreachable!() };
+            Command::LatchCount { key } => on!(key, Latch, latch::LatchState::create, false, |latch, _effects| {
+                ready(Response::LatchCount { count: latch.count() })
+            }),
+            Command::LatchWait { key, timeout_ms } => {
+                on!(key, Latch, latch::LatchState::create, false, |latch, effects| latch
+                    .wait(key, *timeout_ms, effects))
+            }
+            Command::FutureComplete { key, value } => {
+                on!(key, Future, future::FutureState::create, true, |future, effects| {
                     ready(future.complete(value, effects))
-                },
-            ),
-            Command::FutureGet { key, timeout_ms } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                future::FutureState::create,
-                *timeout_ms > 0,
-                |object, effects, key| {
-                    let Object::Future(future) = object else { unreachable!() };
-                    future.get(key, *timeout_ms, effects)
-                },
-            ),
-            Command::MapGet { key, field } => {
-                self.coordinate(key, now_ms, origin, map::MapState::create, false, |object, _, _| {
-                    let Object::Map(map) = object else { unreachable!() };
-                    ready(map.get(field))
                 })
             }
-            Command::MapSet { key, field, value } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                map::MapState::create,
-                true,
-                |object, effects, _| {
-                    let Object::Map(map) = object else { unreachable!() };
-                    ready(map.set(field, value, effects))
-                },
-            ),
+            Command::FutureGet { key, timeout_ms } => {
+                // Only a get that may wait needs the future to exist.
+                on!(
+                    key,
+                    Future,
+                    future::FutureState::create,
+                    *timeout_ms > 0,
+                    |future, effects| future.get(key, *timeout_ms, effects)
+                )
+            }
+            Command::MapGet { key, field } => {
+                on!(key, Map, map::MapState::create, false, |map, _effects| ready(
+                    map.get(field)
+                ))
+            }
+            Command::MapSet { key, field, value } => {
+                on!(key, Map, map::MapState::create, true, |map, effects| ready(
+                    map.set(field, value, effects)
+                ))
+            }
             Command::MapDel { key, field } => {
-                self.coordinate(key, now_ms, origin, map::MapState::create, false, |object, _, _| {
-                    let Object::Map(map) = object else { unreachable!() };
-                    ready(map.delete(field))
-                })
+                on!(key, Map, map::MapState::create, false, |map, _effects| ready(
+                    map.delete(field)
+                ))
             }
             Command::MapGetAll { key } => {
-                self.coordinate(key, now_ms, origin, map::MapState::create, false, |object, _, _| {
-                    let Object::Map(map) = object else { unreachable!() };
-                    ready(map.get_all())
-                })
+                on!(key, Map, map::MapState::create, false, |map, _effects| ready(
+                    map.get_all()
+                ))
             }
-            Command::MapIncr { key, field, delta } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                map::MapState::create,
-                true,
-                |object, effects, _| {
-                    let Object::Map(map) = object else { unreachable!() };
-                    ready(map.increment(field, *delta, effects))
-                },
-            ),
-            Command::QueuePush { key, value, end } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                queue::QueueState::create,
-                true,
-                |object, effects, _| {
-                    let Object::Queue(queue) = object else { unreachable!() };
-                    ready(queue.push(value, *end, effects))
-                },
-            ),
-            Command::QueuePop { key, end, timeout_ms } => self.coordinate(
-                key,
-                now_ms,
-                origin,
-                queue::QueueState::create,
-                *timeout_ms > 0,
-                |object, effects, key| {
-                    let Object::Queue(queue) = object else { unreachable!() };
-                    queue.pop(key, *end, *timeout_ms, effects)
-                },
-            ),
-            Command::QueueLen { key } => {
-                self.coordinate(key, now_ms, origin, queue::QueueState::create, false, |object, _, _| {
-                    let Object::Queue(queue) = object else { unreachable!() };
-                    ready(Response::QueueLength {
-                        length: queue.len() as u64,
-                    })
-                })
+            Command::MapIncr { key, field, delta } => {
+                on!(key, Map, map::MapState::create, true, |map, effects| ready(
+                    map.increment(field, *delta, effects)
+                ))
             }
+            Command::QueuePush { key, value, end } => {
+                on!(key, Queue, queue::QueueState::create, true, |queue, effects| ready(
+                    queue.push(value, *end, effects)
+                ))
+            }
+            Command::QueuePop { key, end, timeout_ms } => {
+                // Only a pop that may wait needs the queue to exist.
+                on!(
+                    key,
+                    Queue,
+                    queue::QueueState::create,
+                    *timeout_ms > 0,
+                    |queue, effects| queue.pop(key, *end, *timeout_ms, effects)
+                )
+            }
+            Command::QueueLen { key } => on!(key, Queue, queue::QueueState::create, false, |queue, _effects| {
+                ready(Response::QueueLength {
+                    length: queue.len() as u64,
+                })
+            }),
             Command::Ping | Command::Info | Command::GetSlotMap => ready(error(
                 ErrorCode::Internal,
                 format!("{} is a node command, not a keyed one", command.name()),
