@@ -2,7 +2,8 @@
 //!
 //! The tests live in `tests/tests/*.rs`; this library is their harness. The binaries must be
 //! built first (`cargo build --workspace --bins`): the harness looks for them next to the
-//! test executable (`target/<profile>/`), or in `ENGRAM_BIN_DIR` when that is set.
+//! test executable (`target/<profile>/`), or in `ENGRAM_BIN_DIR` when that is set (except
+//! this crate's own `engram-test-worker`, always taken from `target/<profile>/`).
 //!
 //! Layout:
 //! - [`server`]: [`EngramServer`]: starts `engramd` on its own loopback address with free
@@ -10,11 +11,16 @@
 //! - [`raw`]: [`RawConnection`]: the wire protocol spoken by hand over a blocking
 //!   `TcpStream`, for tests that must bypass the client (duplicates, malformed frames).
 //! - [`routing`]: picking keys owned by a given shard, from a node's slot map.
-//! - [`binaries`]: where `engramd` and `engram` are.
+//! - [`processes`]: scratch directories, child processes in their own process groups
+//!   (killed on drop) with a bounded wait for all, and the `engram-test-worker` binary
+//!   (`src/bin/engram-test-worker.rs`): blocking-client worker processes whose role is
+//!   given by their arguments (lock rounds, barrier generations, a lease holder).
+//! - [`binaries`]: where `engramd`, `engram` and `engram-test-worker` are.
 //!
 //! Every wait in the harness is bounded, so a hung server fails a test instead of hanging it.
 
 pub mod binaries;
+pub mod processes;
 pub mod raw;
 pub mod routing;
 pub mod server;

@@ -12,17 +12,14 @@
 //!
 //! Two variants: shell loops around the `engram` CLI (a new connection per call), and
 //! processes using the blocking Rust client (one connection held throughout). The
-//! latter are this test executable started again with `--ignored --exact worker_process`
-//! and the role in the environment (see [`worker_process`]).
+//! latter are `engram-test-worker lock` processes (`tests/src/bin/engram-test-worker.rs`).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use engram_tests::binaries;
+use engram_tests::processes::{exit, scrubbed, stderr_file, stderr_text, worker_command, Processes, Scratch};
 use engram_tests::{unique_key, EngramServer, ServerOptions};
 
 const PROCESSES: usize = 8;
@@ -39,22 +36,8 @@ const WAIT_MS: u64 = 60_000;
 /// Bound on a whole run of the processes.
 const RUN_LIMIT: Duration = Duration::from_secs(240);
 
-/// Exit codes of the contending processes.
-const EXIT_ACQUIRE_FAILED: i32 = 10;
-const EXIT_RELEASE_FAILED: i32 = 11;
-const EXIT_OVERLAP: i32 = 20;
-const EXIT_WITNESS_IO: i32 = 21;
-const EXIT_FENCE_NOT_INCREASING: i32 = 30;
-
-/// Environment of a client worker process.
-const ROLE_ENV: &str = "ENGRAMTESTS_LOCK_WORKER";
-const ADDR_ENV: &str = "ENGRAMTESTS_ADDR";
-const NAME_ENV: &str = "ENGRAMTESTS_LOCK";
-const OWNER_ENV: &str = "ENGRAMTESTS_OWNER";
-const DIR_ENV: &str = "ENGRAMTESTS_DIR";
-const ROUNDS_ENV: &str = "ENGRAMTESTS_ROUNDS";
-
-/// One CLI contender: ROUNDS times acquire, witness, release.
+/// One CLI contender: ROUNDS times acquire, witness, release. Exit codes as in
+/// [`exit`].
 const CLI_LOOP: &str = r#"
 set -u
 engram="$1"; addr="$2"; name="$3"; owner="$4"; dir="$5"; rounds="$6"
@@ -75,124 +58,6 @@ while [ "$round" -lt "$rounds" ]; do
 done
 "#;
 
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(prefix: &str) -> Scratch {
-        let path = std::env::temp_dir().join(unique_key(prefix));
-        std::fs::create_dir_all(&path).expect("create scratch directory");
-        Scratch(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Child processes, each the leader of its own process group; every group still
-/// running is killed (SIGKILL) on drop, so a failing test leaves nothing behind.
-struct Processes {
-    children: Vec<(String, Child)>,
-}
-
-impl Processes {
-    fn new() -> Processes {
-        Processes { children: Vec::new() }
-    }
-
-    fn spawn(&mut self, label: String, mut command: Command) {
-        command.process_group(0);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot spawn {label}: {error}"));
-        self.children.push((label, child));
-    }
-
-    /// Waits for every process, up to `limit` in all; panics naming those still running.
-    fn wait_all(&mut self, limit: Duration) -> Vec<(String, ExitStatus)> {
-        let deadline = Instant::now() + limit;
-        let mut statuses: Vec<Option<ExitStatus>> = vec![None; self.children.len()];
-        loop {
-            for ((_, child), status) in self.children.iter_mut().zip(statuses.iter_mut()) {
-                if status.is_none() {
-                    *status = child.try_wait().expect("try_wait");
-                }
-            }
-            if statuses.iter().all(Option::is_some) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let running: Vec<&str> = self
-                    .children
-                    .iter()
-                    .zip(&statuses)
-                    .filter(|(_, status)| status.is_none())
-                    .map(|((label, _), _)| label.as_str())
-                    .collect();
-                panic!("still running after {limit:?}: {running:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let labels = self.children.drain(..).map(|(label, _)| label);
-        labels.zip(statuses.into_iter().flatten()).collect()
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            if let Ok(None) = child.try_wait() {
-                // SAFETY: kill(2) of the process group led by our unreaped child.
-                unsafe {
-                    libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
-                }
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-/// A command whose environment has no `ENGRAM_*` variable (every engram flag has one).
-fn scrubbed(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut command = Command::new(program);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("ENGRAM_") {
-            command.env_remove(name);
-        }
-    }
-    command.stdin(Stdio::null());
-    command
-}
-
-/// Where process `label`'s stderr goes.
-fn stderr_file(dir: &Path, label: &str) -> File {
-    File::create(dir.join(format!("{label}.stderr"))).expect("create stderr file")
-}
-
-fn stderr_text(dir: &Path, label: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{label}.stderr"))).unwrap_or_default()
-}
-
-/// This test executable, run again as one client worker.
-fn worker_command(role: &str) -> Command {
-    let mut command = scrubbed(std::env::current_exe().expect("path of the test executable"));
-    command
-        .args([
-            "--ignored",
-            "--exact",
-            "worker_process",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(ROLE_ENV, role)
-        .stdout(Stdio::null());
-    command
-}
-
 /// Requires every process to have exited 0, reporting each failure with its stderr.
 fn require_success(dir: &Path, statuses: &[(String, ExitStatus)]) {
     let failures: Vec<String> = statuses
@@ -200,11 +65,11 @@ fn require_success(dir: &Path, statuses: &[(String, ExitStatus)]) {
         .filter(|(_, status)| !status.success())
         .map(|(label, status)| {
             let meaning = match status.code() {
-                Some(EXIT_ACQUIRE_FAILED) => "acquire failed",
-                Some(EXIT_RELEASE_FAILED) => "release failed",
-                Some(EXIT_OVERLAP) => "TWO HOLDERS AT ONCE (witness already present)",
-                Some(EXIT_WITNESS_IO) => "witness I/O failed",
-                Some(EXIT_FENCE_NOT_INCREASING) => "its fences did not strictly increase",
+                Some(exit::ACQUIRE_FAILED) => "acquire failed",
+                Some(exit::RELEASE_FAILED) => "release failed",
+                Some(exit::OVERLAP) => "TWO HOLDERS AT ONCE (witness already present)",
+                Some(exit::WITNESS_IO) => "witness I/O failed",
+                Some(exit::FENCE_NOT_INCREASING) => "its fences did not strictly increase",
                 _ => "unexpected",
             };
             format!(
@@ -310,15 +175,15 @@ fn eight_cli_processes_take_turns_on_one_lock() {
             .arg(&front)
             .arg(&name)
             .arg(owner)
-            .arg(&scratch.0)
+            .arg(scratch.path())
             .arg(CLI_ROUNDS.to_string())
             .stdout(Stdio::null())
-            .stderr(stderr_file(&scratch.0, owner));
+            .stderr(stderr_file(scratch.path(), owner));
         processes.spawn(owner.clone(), command);
     }
     let statuses = processes.wait_all(RUN_LIMIT);
-    require_success(&scratch.0, &statuses);
-    let fences = check_log(&scratch.0, PROCESSES * CLI_ROUNDS, &owners, CLI_ROUNDS);
+    require_success(scratch.path(), &statuses);
+    let fences = check_log(scratch.path(), PROCESSES * CLI_ROUNDS, &owners, CLI_ROUNDS);
     assert!(fences[0] >= 1, "fences start at 1 or above");
     assert_lock_free(&server, &name);
 }
@@ -331,85 +196,21 @@ fn eight_client_processes_take_turns_on_one_lock() {
     let owners: Vec<String> = (0..PROCESSES).map(|index| format!("client{index}")).collect();
     let mut processes = Processes::new();
     for owner in &owners {
-        let mut command = worker_command("contend");
+        let mut command = worker_command("lock");
         command
-            .env(ADDR_ENV, server.front().to_string())
-            .env(NAME_ENV, &name)
-            .env(OWNER_ENV, owner)
-            .env(DIR_ENV, &scratch.0)
-            .env(ROUNDS_ENV, CLIENT_ROUNDS.to_string())
-            .stderr(stderr_file(&scratch.0, owner));
+            .arg("--addr")
+            .arg(server.front().to_string())
+            .args(["--name", &name, "--owner", owner])
+            .arg("--dir")
+            .arg(scratch.path())
+            .args(["--rounds", &CLIENT_ROUNDS.to_string()])
+            .args(["--lease-ms", &LEASE_MS.to_string(), "--wait-ms", &WAIT_MS.to_string()])
+            .stderr(stderr_file(scratch.path(), owner));
         processes.spawn(owner.clone(), command);
     }
     let statuses = processes.wait_all(RUN_LIMIT);
-    require_success(&scratch.0, &statuses);
-    let fences = check_log(&scratch.0, PROCESSES * CLIENT_ROUNDS, &owners, CLIENT_ROUNDS);
+    require_success(scratch.path(), &statuses);
+    let fences = check_log(scratch.path(), PROCESSES * CLIENT_ROUNDS, &owners, CLIENT_ROUNDS);
     assert!(fences[0] >= 1, "fences start at 1 or above");
     assert_lock_free(&server, &name);
-}
-
-/// Entry point of a client worker process: does nothing unless started by the tests
-/// above with its role in the environment (`cargo nextest` does not run it: ignored).
-#[test]
-#[ignore = "a child-process entry point, started by the other tests of this file"]
-fn worker_process() {
-    let Ok(role) = std::env::var(ROLE_ENV) else { return };
-    assert_eq!(role, "contend", "unknown worker role");
-    let variable = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set"));
-    let address = variable(ADDR_ENV);
-    let name = variable(NAME_ENV);
-    let owner = variable(OWNER_ENV);
-    let dir = PathBuf::from(variable(DIR_ENV));
-    let rounds: usize = variable(ROUNDS_ENV).parse().expect("rounds is a number");
-
-    let fail = |code: i32, message: String| -> ! {
-        eprintln!("{owner}: {message}");
-        std::process::exit(code)
-    };
-    let client = engram_client::blocking::Client::connect(
-        engram_client::Client::builder(address).timeout(Duration::from_secs(20)),
-    )
-    .unwrap_or_else(|error| fail(EXIT_ACQUIRE_FAILED, format!("connect: {error}")));
-    let lock = client.lock(name.as_bytes());
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("log"))
-        .unwrap_or_else(|error| fail(EXIT_WITNESS_IO, format!("open log: {error}")));
-    let marker = dir.join("held");
-    let mut last = 0u64;
-    for round in 0..rounds {
-        let guard = lock
-            .acquire(
-                owner.as_bytes(),
-                Duration::from_millis(LEASE_MS),
-                Duration::from_millis(WAIT_MS),
-            )
-            .unwrap_or_else(|error| fail(EXIT_ACQUIRE_FAILED, format!("acquire in round {round}: {error}")));
-        let fence = guard.fence();
-        if let Err(error) = OpenOptions::new().write(true).create_new(true).open(&marker) {
-            fail(
-                EXIT_OVERLAP,
-                format!(
-                    "cannot create {} exclusively after acquiring fence {fence}: {error}",
-                    marker.display()
-                ),
-            );
-        }
-        // One write(2) per line: O_APPEND makes each land whole at the end.
-        log.write_all(format!("enter {fence} {owner}\n").as_bytes())
-            .unwrap_or_else(|error| fail(EXIT_WITNESS_IO, format!("log: {error}")));
-        if fence <= last {
-            fail(EXIT_FENCE_NOT_INCREASING, format!("fence {fence} after {last}"));
-        }
-        last = fence;
-        std::thread::yield_now();
-        log.write_all(format!("exit {fence} {owner}\n").as_bytes())
-            .unwrap_or_else(|error| fail(EXIT_WITNESS_IO, format!("log: {error}")));
-        std::fs::remove_file(&marker)
-            .unwrap_or_else(|error| fail(EXIT_WITNESS_IO, format!("remove {}: {error}", marker.display())));
-        guard
-            .release()
-            .unwrap_or_else(|error| fail(EXIT_RELEASE_FAILED, format!("release of fence {fence}: {error}")));
-    }
 }
