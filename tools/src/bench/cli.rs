@@ -60,7 +60,8 @@ pub struct LoadArgs {
     #[arg(long, env = "ENGRAM_BENCH_TARGET", required = true, value_name = "URL")]
     pub target: Option<Target>,
 
-    /// Operation mix.
+    /// Operation mix. lock and barrier (engram:// only) also report each operation
+    /// (lock_acquire and lock_release, barrier_wait) with its own latency percentiles.
     #[arg(long, env = "ENGRAM_BENCH_WORKLOAD", value_enum, default_value_t = Workload::Get)]
     pub workload: Workload,
 
@@ -68,7 +69,8 @@ pub struct LoadArgs {
     #[arg(long, env = "ENGRAM_BENCH_RATIO", default_value = "1:10", value_name = "SET:GET")]
     pub ratio: Ratio,
 
-    /// Size of the key space: keys are `key:0` .. `key:N-1` (`counter:I` for incr).
+    /// Size of the key space: keys are `key:0` .. `key:N-1` (`counter:I` for incr,
+    /// locks `lock:I` for lock: 1 makes every task contend for one lock).
     #[arg(long, env = "ENGRAM_BENCH_KEYS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
 
@@ -102,7 +104,8 @@ pub struct LoadArgs {
     )]
     pub duration: Option<f64>,
 
-    /// Measured requests in total, spread evenly over the connections.
+    /// Measured requests in total, spread evenly over the connections (for barrier,
+    /// rounded up to whole generations).
     #[arg(long, env = "ENGRAM_BENCH_REQUESTS", value_name = "N")]
     pub requests: Option<u64>,
 
@@ -112,11 +115,13 @@ pub struct LoadArgs {
 
     /// Open loop at this many requests per second in total: requests go out on a fixed
     /// timeline and latency counts from the intended send time, so a stall is charged
-    /// to every request it delayed (no coordinated omission).
+    /// to every request it delayed (no coordinated omission). For lock it paces the
+    /// acquires (each release follows its acquire at once); barrier refuses it.
     #[arg(long, env = "ENGRAM_BENCH_RATE", value_name = "OPS")]
     pub rate: Option<f64>,
 
-    /// Write every key once before measuring, so GETs hit.
+    /// Write every key once before measuring, so GETs hit (get and mixed only; the
+    /// other workloads ignore it).
     #[arg(long, env = "ENGRAM_BENCH_PREFILL")]
     pub prefill: bool,
 
@@ -278,6 +283,14 @@ mod tests {
         assert!(parse(&["--target", "redis://h:1", "--ratio", "1-10"]).is_err());
         assert!(parse(&["--target", "redis://h:1", "--workload", "scan"]).is_err());
         assert!(parse(&["--target", "redis://h:1", "--duration", "1", "--requests", "5"]).is_err());
+    }
+
+    #[test]
+    fn coordination_workloads_parse() {
+        let lock = parse(&["--target", "engram://h:1", "--workload", "lock", "--keys", "1"]).unwrap();
+        assert_eq!((lock.load.workload, lock.load.keys), (Workload::Lock, 1));
+        let barrier = parse(&["--target", "engram://h:1", "--workload", "barrier"]).unwrap();
+        assert_eq!(barrier.load.workload, Workload::Barrier);
     }
 
     #[test]

@@ -8,6 +8,9 @@ pub enum BenchError {
     /// Flags that parse but do not make a run (e.g. `--pipeline` with `tcp-echo://`).
     #[error("{0}")]
     Usage(String),
+    /// A workload of Engram's coordination objects against a target that has none.
+    #[error("--workload {workload} needs an engram:// target: {target} has no locks or barriers")]
+    EngramOnly { workload: &'static str, target: String },
     #[error("cannot connect to {address}: {source}")]
     Connect { address: String, source: io::Error },
     /// The connection broke mid-run; a benchmark with a dead connection has no meaning,

@@ -10,6 +10,10 @@ pub const KEY_PREFIX: &[u8] = b"key:";
 /// Prefix of incr keys (`counter:{index}`): kept apart from the bytes keys so an incr
 /// run after a set run does not hit values of the wrong type.
 pub const COUNTER_KEY_PREFIX: &[u8] = b"counter:";
+/// Prefix of the locks of the lock workload (`lock:{index}`).
+pub const LOCK_KEY_PREFIX: &[u8] = b"lock:";
+/// Prefix of the barrier of the barrier workload (`barrier:{run id}`).
+pub const BARRIER_KEY_PREFIX: &[u8] = b"barrier:";
 /// Standard deviations that fit in the key space on each side of its middle, as
 /// memtier's default `--key-stddev` (range / 6).
 const GAUSSIAN_DEVIATIONS_PER_HALF_RANGE: f64 = 3.0;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::bench::error::BenchError;
 use crate::bench::stats::LaneStats;
 use crate::bench::timer::PreciseTimer;
-use crate::bench::workload::RequestSource;
+use crate::bench::workload::{Coordination, RequestSource};
 
 /// When a load task stops.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +35,8 @@ pub struct LanePlan {
     /// `Some` for an open loop.
     pub pacer: Option<Pacer>,
     pub progress: ProgressSlot,
+    /// The lock owner or the barrier of the lock and barrier workloads.
+    pub coordination: Coordination,
 }
 
 impl LanePlan {
@@ -157,7 +159,7 @@ impl ProgressSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::workload::RequestSource;
+    use crate::bench::workload::{Coordination, RequestSource};
 
     fn plan(stop: Stop, measure_from: Instant, source: RequestSource) -> LanePlan {
         LanePlan {
@@ -167,6 +169,7 @@ mod tests {
             stop,
             pacer: None,
             progress: ProgressSlot::new(ProgressCounters::new(1), 0),
+            coordination: Coordination::None,
         }
     }
 

@@ -1,14 +1,17 @@
 //! `engram-bench`: one load shape driven against Engram, Redis or a raw TCP echo, with
-//! latency from HDR histograms (open loop without coordinated omission on `--rate`).
+//! latency from HDR histograms (open loop without coordinated omission on `--rate`), plus
+//! Engram's locks and barriers.
 //!
 //! Layout:
 //! - [`cli`]: flags (each also `ENGRAM_BENCH_*`), targets, limits.
 //! - [`runner`]: validation, connections, prefill, the measured phase, merging results.
 //! - [`lane`]: a load task's plan: stop condition, warmup cut, open-loop pacer, progress slot.
 //! - [`timer`]: a timerfd sleep with microsecond resolution for the open-loop pacer.
-//! - [`workload`]: workloads, the SET:GET ratio and the request sequence of a task.
+//! - [`workload`]: workloads, the SET:GET ratio and the request sequence of a task; the
+//!   lock owner and shared barrier of the lock and barrier workloads (Engram only).
 //! - [`keys`]: key patterns and allocation-free key formatting.
-//! - [`stats`]: per-task histograms and counts, the run summary, JSON and human output.
+//! - [`stats`]: per-task histograms and counts (also per operation for lock and barrier),
+//!   the run summary, JSON and human output.
 //! - [`engram_driver`]: Engram through `engram-client`, one client per connection.
 //! - [`redis_driver`]: a RESP2 connection with pipelined batches and a buffered reply reader.
 //! - [`resp`]: RESP2 command encoding and the incremental reply parser.

@@ -10,7 +10,7 @@ use crate::bench::keys::{write_key, COUNTER_KEY_PREFIX, KEY_PREFIX};
 use crate::bench::lane::LanePlan;
 use crate::bench::resp::{encode_command, parse_reply, Reply, RespError, BULK_BYTES_MAX, REPLY_LINE_BYTES_MAX};
 use crate::bench::stats::LaneStats;
-use crate::bench::workload::Operation;
+use crate::bench::workload::{Operation, Workload};
 
 /// Starting size of a connection's read buffer: a pipeline of small replies fits.
 const READ_BUFFER_BYTES_INITIAL: usize = 64 * 1024;
@@ -192,6 +192,17 @@ impl RedisConnection {
                     Operation::Incr => {
                         write_key(&mut self.key, COUNTER_KEY_PREFIX, index);
                         encode_command(&mut self.out, &[b"INCR", &self.key]);
+                    }
+                    // Settings refuse these workloads for redis:// already.
+                    Operation::LockAcquire | Operation::LockRelease | Operation::BarrierWait => {
+                        return Err(BenchError::EngramOnly {
+                            workload: if operation == Operation::BarrierWait {
+                                Workload::Barrier.name()
+                            } else {
+                                Workload::Lock.name()
+                            },
+                            target: format!("redis://{}", self.address),
+                        })
                     }
                 }
                 self.batch.push(operation);

@@ -18,7 +18,7 @@ use crate::bench::lane::{LanePlan, Pacer, ProgressCounters, ProgressSlot, Stop};
 use crate::bench::progress::Progress;
 use crate::bench::redis_driver::RedisConnection;
 use crate::bench::stats::{LaneStats, Percentiles, Summary};
-use crate::bench::workload::{RequestSource, Workload};
+use crate::bench::workload::{BarrierStop, Coordination, RequestSource, Workload};
 
 /// Most load tasks of one run. An Engram connection runs one task per request in
 /// flight, so this bounds connections x pipeline.
@@ -30,6 +30,8 @@ pub struct Settings {
     pub load: LoadArgs,
     pub target: Target,
     pub seed: u64,
+    /// Names this run's barrier (`barrier:{run_id}`), so runs never share a generation.
+    pub run_id: u64,
     pub warmup: Duration,
     /// `None`: stop after `load.requests`.
     pub duration: Option<Duration>,
@@ -56,6 +58,15 @@ impl Settings {
             return usage(format!(
                 "--value-bytes must be at most {VALUE_BYTES_MAX} (value_bytes_max)"
             ));
+        }
+        if load.workload.is_engram_only() && !matches!(target, Target::Engram { .. }) {
+            return Err(BenchError::EngramOnly {
+                workload: load.workload.name(),
+                target: target.to_string(),
+            });
+        }
+        if load.workload == Workload::Barrier && load.rate.is_some() {
+            return usage("--rate does not apply to --workload barrier: its slowest party paces every wait".into());
         }
         if matches!(target, Target::Engram { .. }) && load.connections * load.pipeline > LANES_MAX {
             return usage(format!(
@@ -98,6 +109,7 @@ impl Settings {
         }
         Ok(Settings {
             seed: load.seed.unwrap_or_else(rand::random),
+            run_id: rand::random(),
             target,
             warmup,
             duration,
@@ -180,6 +192,7 @@ pub async fn run(settings: &Settings) -> Result<Summary, BenchError> {
                 stop: Stop::SourceExhausted,
                 pacer: None,
                 progress: ProgressSlot::new(counters.clone(), lane),
+                coordination: Coordination::None,
             }
         });
         let outcome = run_phase(settings, &mut connections, plans.collect()).await?;
@@ -200,10 +213,15 @@ pub async fn run(settings: &Settings) -> Result<Summary, BenchError> {
     let started = Instant::now();
     let measure_from = started + settings.warmup;
     let counters = ProgressCounters::new(lanes);
+    let barrier_stop = BarrierStop::new();
     let plans = (0..lanes)
         .map(|lane| {
             let stop = match (settings.duration, settings.load.requests) {
                 (Some(duration), _) => Stop::Deadline(measure_from + duration),
+                // Every barrier task passes every generation: whole generations only.
+                (None, Some(requests)) if settings.load.workload == Workload::Barrier => {
+                    Stop::Requests(requests.div_ceil(lanes as u64))
+                }
                 (None, Some(requests)) => {
                     let lanes = lanes as u64;
                     Stop::Requests(requests / lanes + u64::from((lane as u64) < requests % lanes))
@@ -232,6 +250,13 @@ pub async fn run(settings: &Settings) -> Result<Summary, BenchError> {
                 stop,
                 pacer,
                 progress: ProgressSlot::new(counters.clone(), lane),
+                coordination: Coordination::for_lane(
+                    settings.load.workload,
+                    lane,
+                    lanes,
+                    settings.run_id,
+                    &barrier_stop,
+                ),
             })
         })
         .collect::<Result<Vec<LanePlan>, BenchError>>()?;
@@ -262,6 +287,7 @@ pub async fn run(settings: &Settings) -> Result<Summary, BenchError> {
             0.0
         },
         latency_us: Percentiles::of(&stats.histogram),
+        operations: stats.operation_summaries(),
         requests: stats.requests,
         errors: stats.errors,
         misses: stats.misses,
@@ -346,4 +372,43 @@ async fn run_phase(
         stats: merged,
         finished,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::cli::BenchCli;
+    use clap::Parser;
+
+    fn settings(arguments: &[&str]) -> Result<Settings, BenchError> {
+        let cli = BenchCli::try_parse_from(std::iter::once("engram-bench").chain(arguments.iter().copied())).unwrap();
+        Settings::new(cli.load)
+    }
+
+    #[test]
+    fn coordination_workloads_need_an_engram_target() {
+        for workload in ["lock", "barrier"] {
+            assert!(settings(&["--target", "engram://h:1", "--workload", workload]).is_ok());
+            for target in ["redis://h:1", "tcp-echo://h:1"] {
+                let error = settings(&["--target", target, "--workload", workload]).unwrap_err();
+                assert!(matches!(error, BenchError::EngramOnly { .. }), "{error}");
+                let message = error.to_string();
+                assert!(message.contains(workload) && message.contains(target), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn barrier_refuses_a_rate_and_lock_takes_one() {
+        let barrier = settings(&["--target", "engram://h:1", "--workload", "barrier", "--rate", "100"]);
+        assert!(matches!(barrier, Err(BenchError::Usage(message)) if message.contains("--rate")));
+        assert!(settings(&["--target", "engram://h:1", "--workload", "lock", "--rate", "100"]).is_ok());
+    }
+
+    #[test]
+    fn runs_get_their_own_barrier() {
+        let first = settings(&["--target", "engram://h:1", "--workload", "barrier", "--seed", "1"]).unwrap();
+        let second = settings(&["--target", "engram://h:1", "--workload", "barrier", "--seed", "1"]).unwrap();
+        assert_ne!(first.run_id, second.run_id, "the same seed must not share a barrier");
+    }
 }
