@@ -23,7 +23,7 @@ done
 addr=$(sed -n 's/^engramd ready front=\([^ ]*\).*/\1/p' /tmp/engramd-ready.$$)
 [ -n "$addr" ] || { echo "engramd did not report ready" >&2; exit 1; }
 
-run() { printf '$ %s\n' "$*"; "$@"; }
+run() { printf '$'; printf ' %q' "$@"; echo; "$@"; }
 echo
 run "$bin/engram" --addr "$addr" ping
 run "$bin/engram" --addr "$addr" set greeting "hello from engram"
