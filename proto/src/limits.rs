@@ -16,8 +16,10 @@ pub const KEY_BYTES_MAX: usize = 16 * 1024;
 /// Largest value of a bytes object (after append, too).
 pub const VALUE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// Largest namespace (tenant) name.
-pub const NAMESPACE_BYTES_MAX: usize = 256;
+/// Largest namespace (tenant) name. The server prefixes stored keys with the
+/// namespace's length in one byte, so this must stay at most 255: a longer name would
+/// wrap and collide with another tenant's keys.
+pub const NAMESPACE_BYTES_MAX: usize = 255;
 
 /// Largest credential blob accepted in a handshake.
 pub const CREDENTIALS_BYTES_MAX: usize = 1024;

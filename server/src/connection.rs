@@ -108,6 +108,14 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 const FRAME_BYTES_MAX: usize = engram_proto::FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX;
 
+/// Answers held for one connection before they are written out mid-batch: bounds a
+/// connection's answer memory (1,024 pipelined reads of 4 MiB values would otherwise be
+/// 4 GiB before the first write).
+pub const ANSWER_BATCH_BYTES_MAX: usize = 1024 * 1024;
+
+// The one-byte length prefix of stored keys must hold every namespace length.
+const _: () = assert!(NAMESPACE_BYTES_MAX <= u8::MAX as usize);
+
 /// The identity a handshake establishes.
 struct Session {
     client_id: u64,
@@ -165,51 +173,66 @@ impl Connection {
         let mut input = vec![0u8; READ_CHUNK_BYTES];
         let mut filled = 0;
         loop {
-            if filled == input.len() {
-                // A validated header announced a frame larger than the buffer: grow one
-                // chunk at a time, so memory follows the bytes that actually arrive.
-                let room = FRAME_BYTES_MAX.saturating_sub(input.len()).min(READ_CHUNK_BYTES);
-                input.resize(input.len() + room.max(1), 0);
-            }
-            let read = if self.outbox.pending.get() >= IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
-                // Too many of this connection's requests are waiting: read nothing more
-                // until some are answered.
-                self.outbox.ready().await;
-                None
-            } else {
-                let outbox = self.outbox.clone();
-                let answers = std::pin::pin!(outbox.ready());
-                // Glommio reads are readiness-based, so dropping the losing read future
-                // loses no bytes.
-                let receive = std::pin::pin!(self.stream.read(&mut input[filled..]));
-                let event = match futures::future::select(receive, answers).await {
-                    Either::Left((received, _)) => Some(received.map_err(|_| Close::Gone)?),
-                    Either::Right(((), _)) => None,
-                };
-                event
-            };
-            if let Some(read) = read {
-                if read == 0 {
-                    return Err(Close::Gone);
-                }
-                filled += read;
+            let can_take_more = self.outbox.pending.get() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+            // Frames left in the buffer when the pending bound stopped decoding come
+            // first, before anything more is read.
+            let mut made_progress = false;
+            if can_take_more && filled > 0 {
                 let consumed = self.answer_frames(&input[..filled]).await?;
+                made_progress = consumed > 0;
                 input.copy_within(consumed..filled, 0);
                 filled -= consumed;
-                if filled == 0 && input.len() > READ_CHUNK_BYTES {
-                    input.truncate(READ_CHUNK_BYTES);
-                    input.shrink_to_fit();
+            }
+            if !made_progress {
+                if filled == input.len() {
+                    // A validated header announced a frame larger than the buffer: grow
+                    // one chunk at a time, so memory follows the bytes that actually arrive.
+                    let room = FRAME_BYTES_MAX.saturating_sub(input.len()).min(READ_CHUNK_BYTES);
+                    input.resize(input.len() + room.max(1), 0);
                 }
+                let read = if !can_take_more {
+                    // Too many of this connection's requests are waiting: read nothing
+                    // more until some are answered.
+                    self.outbox.ready().await;
+                    None
+                } else {
+                    let outbox = self.outbox.clone();
+                    let answers = std::pin::pin!(outbox.ready());
+                    // Glommio reads are readiness-based, so dropping the losing read
+                    // future loses no bytes.
+                    let receive = std::pin::pin!(self.stream.read(&mut input[filled..]));
+                    let event = match futures::future::select(receive, answers).await {
+                        Either::Left((received, _)) => Some(received.map_err(|_| Close::Gone)?),
+                        Either::Right(((), _)) => None,
+                    };
+                    event
+                };
+                if let Some(read) = read {
+                    if read == 0 {
+                        return Err(Close::Gone);
+                    }
+                    filled += read;
+                    let consumed = self.answer_frames(&input[..filled]).await?;
+                    input.copy_within(consumed..filled, 0);
+                    filled -= consumed;
+                }
+            }
+            if filled == 0 && input.len() > READ_CHUNK_BYTES {
+                input.truncate(READ_CHUNK_BYTES);
+                input.shrink_to_fit();
             }
             self.flush().await?;
         }
     }
 
-    /// Handles every whole frame at the start of `input`; returns the bytes consumed.
+    /// Handles whole frames at the start of `input` while the connection may have more
+    /// requests pending; returns the bytes consumed. Answers are written out whenever
+    /// they reach `ANSWER_BATCH_BYTES_MAX`, so a burst of reads of large values cannot
+    /// pile up in memory before the first write.
     async fn answer_frames(&mut self, input: &[u8]) -> Result<usize, Close> {
         let mut consumed = 0;
         let mut answered = 0;
-        loop {
+        while self.outbox.pending.get() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
             match split_frame(&input[consumed..]) {
                 Ok(Split::Incomplete { .. }) => break,
                 Ok(Split::Frame { header, payload }) => {
@@ -217,8 +240,7 @@ impl Connection {
                     self.handle(header.kind, header.request_id, payload_bytes).await?;
                     consumed += payload.end;
                     answered += 1;
-                    if answered % IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX == 0 {
-                        // Bound the batch of answers: write them before decoding more.
+                    if self.outbox.frames.borrow().len() >= ANSWER_BATCH_BYTES_MAX {
                         self.flush().await?;
                     }
                 }
@@ -378,7 +400,8 @@ impl Connection {
             }
         }
         let mut key_prefix = Vec::with_capacity(1 + hello.namespace.len());
-        key_prefix.push(hello.namespace.len() as u8);
+        // Fits: NAMESPACE_BYTES_MAX <= u8::MAX, checked above.
+        key_prefix.push(u8::try_from(hello.namespace.len()).unwrap_or(u8::MAX));
         key_prefix.extend_from_slice(&hello.namespace);
         Ok(Session {
             client_id: hello.client_id,

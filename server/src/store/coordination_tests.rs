@@ -1374,3 +1374,96 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn deleting_objects_with_waiters_and_leases_leaves_no_memory_or_timers_behind() {
+    let mut store = Store::new(u64::MAX / 2, 3);
+    let acquire = |owner: &str, wait_ms| Command::LockAcquire {
+        key: KEY.into(),
+        owner: owner.into(),
+        lease_ms: 3_600_000,
+        wait_ms,
+    };
+    store.apply(1, &request(1, acquire("holder", 0)), 0);
+    let Outcome::Parked(_) = store.apply(1, &request(2, acquire("a-rather-long-waiting-owner-name", 5_000)), 0) else {
+        panic!()
+    };
+    store.apply(1, &request(3, Command::Del { key: KEY.into() }), 1);
+    store.take_completions();
+    assert_eq!(store.stats().keys, 0);
+    assert_eq!(
+        store.stats().memory_used_bytes,
+        store.operations.bytes(),
+        "a waiter's bytes stayed counted"
+    );
+    assert_eq!(
+        store.next_deadline_ms(),
+        None,
+        "the deleted holder's lease timer is gone"
+    );
+}
+
+#[test]
+fn an_undelivered_pop_gives_its_value_back_even_on_a_full_shard() {
+    let pop = Command::QueuePop {
+        key: KEY.into(),
+        end: QueueEnd::Front,
+        timeout_ms: 1_000,
+    };
+    let push = Command::QueuePush {
+        key: KEY.into(),
+        value: vec![7; 100],
+        end: QueueEnd::Back,
+    };
+    // A limit the push fits under exactly, with nothing to spare for re-creating the key.
+    let mut probe = Store::new(u64::MAX / 2, 3);
+    probe.apply(1, &request(1, pop.clone()), 0);
+    probe.apply(1, &request(2, push.clone()), 0);
+    let mut store = Store::new(probe.memory_used_bytes(), 3);
+    let Outcome::Parked(_) = store.apply(1, &request(1, pop), 0) else {
+        panic!()
+    };
+    assert_eq!(
+        store.apply(1, &request(2, push), 0),
+        Outcome::Ready(Response::QueueLength { length: 0 })
+    );
+    let mut completions = store.take_completions();
+    store.undeliverable(completions.remove(0), 1);
+    let length = store.apply(1, &request(0, Command::QueueLen { key: KEY.into() }), 1);
+    assert_eq!(
+        length,
+        Outcome::Ready(Response::QueueLength { length: 1 }),
+        "the acknowledged push was lost"
+    );
+}
+
+#[test]
+fn renewing_after_the_lease_ran_out_does_not_revive_it() {
+    let mut store = Store::new(u64::MAX / 2, 3);
+    let acquire = |owner: &str| Command::LockAcquire {
+        key: KEY.into(),
+        owner: owner.into(),
+        lease_ms: 10,
+        wait_ms: 1_000,
+    };
+    let Outcome::Ready(Response::LockGranted { fence, .. }) = store.apply(1, &request(1, acquire("a")), 0) else {
+        panic!()
+    };
+    let Outcome::Parked(waiter) = store.apply(1, &request(2, acquire("b")), 0) else {
+        panic!()
+    };
+    // The renew arrives after the deadline but before any timer fired.
+    let renew = Command::LockRenew {
+        key: KEY.into(),
+        owner: b"a".to_vec(),
+        fence,
+        lease_ms: 10,
+    };
+    let Outcome::Ready(refused) = store.apply(1, &request(3, renew), 10) else {
+        panic!()
+    };
+    assert_eq!(code(&refused), Some(ErrorCode::NotHolder));
+    let granted = store.drain_completions();
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0].0, waiter);
+}

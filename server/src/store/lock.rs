@@ -52,6 +52,13 @@ impl LockState {
         self.holder.is_none() && self.waiters.is_empty()
     }
 
+    /// Drops the holder's lease timer, for an object being deleted.
+    pub fn clear_leases(&self, key: &[u8], effects: &mut Effects<'_>) {
+        if let Some(holder) = &self.holder {
+            effects.clear_lease(key, holder.fence, holder.lease_deadline_ms);
+        }
+    }
+
     pub fn take_waiters(&mut self) -> Vec<WaiterId> {
         self.waiters.drain(..).map(|waiter| waiter.waiter).collect()
     }
@@ -133,6 +140,8 @@ impl LockState {
         lease_ms: u64,
         effects: &mut Effects<'_>,
     ) -> Response {
+        // A lease that ran out is over even if its timer has not fired: no revival.
+        self.end_lapsed_lease(key, effects);
         match &mut self.holder {
             Some(holder) if holder.owner == owner && holder.fence == fence => {
                 effects.clear_lease(key, fence, holder.lease_deadline_ms);

@@ -275,19 +275,33 @@ impl Store {
         let key = completion.key;
         match (revert, completion.response) {
             (Revert::QueueValue { end }, Response::Value { value, .. }) => {
-                // Given back even on a full shard: the value was admitted once already.
-                let _ = self.coordinate(
-                    &key,
-                    now_ms,
-                    None,
-                    queue::QueueState::create,
-                    true,
-                    |object, effects, _| {
-                        let Object::Queue(queue) = object else { unreachable!() };
+                // Given back even on a full shard: the value was admitted once already,
+                // and the push that brought it was acknowledged.
+                if !matches!(
+                    self.live_entry(&key, now_ms),
+                    Some(Entry {
+                        object: Object::Queue(_),
+                        ..
+                    })
+                ) {
+                    if self.entries.contains_key(&key) {
+                        return; // Another type took the key meanwhile; nothing to put back into.
+                    }
+                    self.entries.insert(
+                        key.clone(),
+                        Entry {
+                            object: queue::QueueState::create(),
+                            version: 0,
+                            expires_at_ms: 0,
+                        },
+                    );
+                    self.data_bytes += entry_bytes(&key, 0);
+                }
+                self.with_existing(&key, now_ms, |object, effects| {
+                    if let Object::Queue(queue) = object {
                         queue.give_back(&value, end, &mut effects.without_memory_limit());
-                        Outcome::Ready(Response::Released)
-                    },
-                );
+                    }
+                });
             }
             (Revert::LockGrant { owner, fence }, _) => {
                 let _ = self.coordinate(
@@ -792,10 +806,18 @@ impl Store {
                 &mut self.operations,
                 &mut self.last_version,
             );
+            // Uncharge what the entry was charged with before its waiters leave (which
+            // shrinks its payload), or the difference would stay counted forever.
+            let charged = entry_bytes(key, entry.object.payload_bytes());
+            match &entry.object {
+                Object::Lock(lock) => lock.clear_leases(key, &mut effects),
+                Object::Semaphore(semaphore) => semaphore.clear_leases(key, &mut effects),
+                _ => {}
+            }
             entry
                 .object
                 .fail_waiters(&mut effects, &error(ErrorCode::ObjectDeleted, "the object was deleted"));
-            self.data_bytes -= entry_bytes(key, entry.object.payload_bytes());
+            self.data_bytes -= charged;
             self.move_deadline(key, entry.expires_at_ms, 0);
         }
     }

@@ -52,6 +52,13 @@ impl SemaphoreState {
         self.held.is_empty() && self.waiters.is_empty()
     }
 
+    /// Drops the permits' lease timers, for an object being deleted.
+    pub fn clear_leases(&self, key: &[u8], effects: &mut Effects<'_>) {
+        for (permit_id, permit) in &self.held {
+            effects.clear_lease(key, *permit_id, permit.lease_deadline_ms);
+        }
+    }
+
     pub fn take_waiters(&mut self) -> Vec<WaiterId> {
         self.waiters.drain(..).map(|waiter| waiter.waiter).collect()
     }
