@@ -6,7 +6,6 @@ use std::ops::Range;
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
-use rkyv::util::AlignedVec;
 
 use crate::error::ProtocolError;
 use crate::frame::{FrameHeader, FrameKind, FRAME_HEADER_BYTES};
@@ -94,14 +93,6 @@ where
     rkyv::from_bytes::<T, rancor::Error>(payload).map_err(|error| ProtocolError::InvalidPayload {
         reason: error.to_string(),
     })
-}
-
-/// Encodes a message into a fresh payload (no header), for tests and tools.
-pub fn payload_of<T>(message: &T) -> AlignedVec
-where
-    T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
-{
-    rkyv::to_bytes::<rancor::Error>(message).expect("serializing into memory cannot fail")
 }
 
 #[cfg(test)]

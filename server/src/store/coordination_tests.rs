@@ -1085,6 +1085,29 @@ fn wrong_type_names_the_client_key_not_the_stored_one() {
 
 // ---------------------------------------------------------------- queues, maps, latches, futures
 
+/// Fires the store's timers at `now` and checks that exactly the model's waits due by
+/// then were answered, with `Timeout`, in the store's timer order (deadline, then
+/// waiter); drops them from the model's `(waiter, deadline)` list.
+fn expire_waits(store: &mut Store, now: u64, waiting: &mut Vec<(WaiterId, u64)>) -> Result<(), TestCaseError> {
+    store.expire_due(now, usize::MAX);
+    let mut due: Vec<(u64, WaiterId)> = waiting
+        .iter()
+        .filter(|(_, deadline)| *deadline <= now)
+        .map(|(waiter, deadline)| (*deadline, *waiter))
+        .collect();
+    due.sort_unstable();
+    waiting.retain(|(_, deadline)| *deadline > now);
+    let delivered = store.drain_completions();
+    let delivered_waiters: Vec<WaiterId> = delivered.iter().map(|(waiter, _)| *waiter).collect();
+    let due_waiters: Vec<WaiterId> = due.into_iter().map(|(_, waiter)| waiter).collect();
+    prop_assert_eq!(delivered_waiters, due_waiters);
+    let all_timed_out = delivered
+        .iter()
+        .all(|(_, response)| code(response) == Some(ErrorCode::Timeout));
+    prop_assert!(all_timed_out, "{:?}", delivered);
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 enum QueueStep {
     Push { value: u8, front: bool },
@@ -1118,7 +1141,7 @@ proptest! {
     fn queue_matches_model(steps in prop::collection::vec(queue_step(), 1..80)) {
         let mut store = Store::new(u64::MAX / 2, 3);
         let mut items: VecDeque<u8> = VecDeque::new();
-        let mut waiting: VecDeque<(WaiterId, u64)> = VecDeque::new();
+        let mut waiting: Vec<(WaiterId, u64)> = Vec::new();
         let mut now = 0u64;
         for (index, step) in steps.into_iter().enumerate() {
             let op_id = index as u64 + 1;
@@ -1126,7 +1149,7 @@ proptest! {
                 QueueStep::Push { value, front } => {
                     let command = Command::QueuePush { key: KEY.into(), value: vec![value], end: end(front) };
                     let outcome = store.apply(1, &request(op_id, command), now);
-                    if let Some((waiter, _)) = waiting.pop_front() {
+                    if let Some((waiter, _)) = (!waiting.is_empty()).then(|| waiting.remove(0)) {
                         prop_assert_eq!(outcome, Outcome::Ready(Response::QueueLength { length: items.len() as u64 }));
                         let delivered = store.drain_completions();
                         prop_assert_eq!(delivered.len(), 1);
@@ -1147,7 +1170,7 @@ proptest! {
                         (None, Outcome::Ready(Response::Missing)) => prop_assert_eq!(timeout_ms, 0),
                         (None, Outcome::Parked(waiter)) => {
                             prop_assert!(timeout_ms > 0);
-                            waiting.push_back((waiter, now + timeout_ms));
+                            waiting.push((waiter, now + timeout_ms));
                         }
                         (expected, outcome) => {
                             return Err(TestCaseError::fail(format!("pop: expected {expected:?}, got {outcome:?}")));
@@ -1160,15 +1183,7 @@ proptest! {
                 }
                 QueueStep::Advance(ms) => {
                     now += ms;
-                    store.expire_due(now, usize::MAX);
-                    // The store fires timers in deadline order (then waiter order).
-                    let mut expired: Vec<(u64, WaiterId)> = waiting.iter().filter(|(_, deadline)| *deadline <= now).map(|(waiter, deadline)| (*deadline, *waiter)).collect();
-                    expired.sort_unstable();
-                    let expired: Vec<WaiterId> = expired.into_iter().map(|(_, waiter)| waiter).collect();
-                    waiting.retain(|(_, deadline)| *deadline > now);
-                    let delivered = store.drain_completions();
-                    prop_assert_eq!(delivered.iter().map(|(waiter, _)| *waiter).collect::<Vec<_>>(), expired);
-                    prop_assert!(delivered.iter().all(|(_, response)| code(response) == Some(ErrorCode::Timeout)));
+                    expire_waits(&mut store, now, &mut waiting)?;
                 }
             }
             prop_assert!(store.drain_completions().is_empty());
@@ -1307,15 +1322,7 @@ proptest! {
                 },
                 _ => {
                     now += argument;
-                    store.expire_due(now, usize::MAX);
-                    // The store fires timers in deadline order (then waiter order).
-                    let mut expired: Vec<(u64, WaiterId)> = waiting.iter().filter(|(_, deadline)| *deadline <= now).map(|(waiter, deadline)| (*deadline, *waiter)).collect();
-                    expired.sort_unstable();
-                    let expired: Vec<WaiterId> = expired.into_iter().map(|(_, waiter)| waiter).collect();
-                    waiting.retain(|(_, deadline)| *deadline > now);
-                    let delivered = store.drain_completions();
-                    prop_assert_eq!(delivered.iter().map(|(waiter, _)| *waiter).collect::<Vec<_>>(), expired);
-                    prop_assert!(delivered.iter().all(|(_, response)| code(response) == Some(ErrorCode::Timeout)));
+                    expire_waits(&mut store, now, &mut waiting)?;
                 }
             }
             let counted = store.apply(0, &request(0, Command::LatchCount { key: KEY.into() }), now);
@@ -1361,14 +1368,7 @@ proptest! {
                 },
                 _ => {
                     now += argument;
-                    store.expire_due(now, usize::MAX);
-                    // The store fires timers in deadline order (then waiter order).
-                    let mut expired: Vec<(u64, WaiterId)> = waiting.iter().filter(|(_, deadline)| *deadline <= now).map(|(waiter, deadline)| (*deadline, *waiter)).collect();
-                    expired.sort_unstable();
-                    let expired: Vec<WaiterId> = expired.into_iter().map(|(_, waiter)| waiter).collect();
-                    waiting.retain(|(_, deadline)| *deadline > now);
-                    let delivered = store.drain_completions();
-                    prop_assert_eq!(delivered.iter().map(|(waiter, _)| *waiter).collect::<Vec<_>>(), expired);
+                    expire_waits(&mut store, now, &mut waiting)?;
                 }
             }
         }
