@@ -5,6 +5,8 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::cluster::{ClusterStatus, Heartbeat, JoinRequest, MigrateIn, MigrateOut};
+
 /// First frame of every connection.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -211,6 +213,29 @@ pub enum Command {
     QueueLen {
         key: Vec<u8>,
     },
+    // Cluster administration: nodes and operators to the control plane.
+    /// A node joins (or rejoins) the cluster; answered with [`Response::Joined`].
+    ClusterJoin(JoinRequest),
+    /// A node's periodic liveness and load report; answered with [`Response::HeartbeatAck`].
+    ClusterHeartbeat(Heartbeat),
+    /// Answered with [`Response::ClusterStatus`].
+    ClusterStatus,
+    /// Plans and starts the moves that even out slots per shard; answered with
+    /// [`Response::RebalanceStarted`].
+    ClusterRebalance,
+    /// Moves every slot off `node_id` so it can be removed.
+    ClusterDrain {
+        node_id: u64,
+    },
+    // Cluster administration: the control plane to nodes, and shard to shard.
+    /// Serve under this map from now on; ignored unless newer than the node's.
+    InstallMap(SlotMap),
+    MigrateOut(MigrateOut),
+    MigrateIn(MigrateIn),
+    /// Forget the migration (0: any migration not committed by the node's map).
+    MigrateAbort {
+        migration_id: u64,
+    },
 }
 
 /// Which end of a queue an operation works on.
@@ -225,7 +250,18 @@ pub enum QueueEnd {
 macro_rules! keyed_commands {
     ($command:expr, $key:ident => $action:expr, $otherwise:expr) => {
         match $command {
-            Command::Ping | Command::Info | Command::GetSlotMap => $otherwise,
+            Command::Ping
+            | Command::Info
+            | Command::GetSlotMap
+            | Command::ClusterJoin(_)
+            | Command::ClusterHeartbeat(_)
+            | Command::ClusterStatus
+            | Command::ClusterRebalance
+            | Command::ClusterDrain { .. }
+            | Command::InstallMap(_)
+            | Command::MigrateOut(_)
+            | Command::MigrateIn(_)
+            | Command::MigrateAbort { .. } => $otherwise,
             Command::Get { key: $key }
             | Command::Set { key: $key, .. }
             | Command::Del { key: $key }
@@ -349,6 +385,15 @@ impl Command {
             Command::QueuePush { .. } => "queue_push",
             Command::QueuePop { .. } => "queue_pop",
             Command::QueueLen { .. } => "queue_len",
+            Command::ClusterJoin(_) => "cluster_join",
+            Command::ClusterHeartbeat(_) => "cluster_heartbeat",
+            Command::ClusterStatus => "cluster_status",
+            Command::ClusterRebalance => "cluster_rebalance",
+            Command::ClusterDrain { .. } => "cluster_drain",
+            Command::InstallMap(_) => "install_map",
+            Command::MigrateOut(_) => "migrate_out",
+            Command::MigrateIn(_) => "migrate_in",
+            Command::MigrateAbort { .. } => "migrate_abort",
         }
     }
 }
@@ -427,6 +472,24 @@ pub enum Response {
     QueueLength {
         length: u64,
     },
+    Joined {
+        node_id: u64,
+        map: SlotMap,
+    },
+    HeartbeatAck {
+        map_epoch: u64,
+    },
+    ClusterStatus(ClusterStatus),
+    RebalanceStarted {
+        slots_to_move: u64,
+    },
+    /// The source copied the slots to the target and holds them frozen.
+    MigrationPrepared {
+        entries: u64,
+        bytes: u64,
+    },
+    /// Done, with nothing to report.
+    Accepted,
 }
 
 impl Response {
@@ -457,6 +520,12 @@ impl Response {
             Response::FutureCompleted => "future_completed",
             Response::MapEntries(_) => "map_entries",
             Response::QueueLength { .. } => "queue_length",
+            Response::Joined { .. } => "joined",
+            Response::HeartbeatAck { .. } => "heartbeat_ack",
+            Response::ClusterStatus(_) => "cluster_status",
+            Response::RebalanceStarted { .. } => "rebalance_started",
+            Response::MigrationPrepared { .. } => "migration_prepared",
+            Response::Accepted => "accepted",
         }
     }
 }

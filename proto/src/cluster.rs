@@ -1,0 +1,97 @@
+//! Cluster administration payloads: what nodes tell the control plane, what the control
+//! plane tells nodes, and what operators see. Same compatibility rule as [`crate::message`]:
+//! fields and variants are only ever appended.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::message::SlotMap;
+
+/// A node asking to join, or to rejoin after a restart (recognised by its advertised
+/// front address).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// The address clients and the control plane reach the node's front port at.
+    pub front_address: String,
+    /// One per shard, in shard order: the address of the shard's own port.
+    pub shard_addresses: Vec<String>,
+    /// Per shard; 0: unlimited.
+    pub memory_limit_bytes: u64,
+}
+
+/// What a node reports on every heartbeat.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub node_id: u64,
+    pub map_epoch: u64,
+    pub shards: Vec<ShardLoad>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLoad {
+    pub keys: u64,
+    pub memory_used_bytes: u64,
+    pub operations_total: u64,
+}
+
+/// Control plane to the source shard: hand `slots` over to `target_address`. The source
+/// freezes them, redirects their parked requests, copies their state to the target and
+/// answers [`crate::Response::MigrationPrepared`]; it keeps them frozen until a map that
+/// gives them away (commit) or a [`crate::Command::MigrateAbort`] arrives.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MigrateOut {
+    pub migration_id: u64,
+    pub slots: Vec<u32>,
+    /// The target shard's own port.
+    pub target_address: String,
+}
+
+/// Source shard to target shard: one batch of a migration's state (an encoded
+/// `SlotBatch`), kept but not served until a map gives the target those slots.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MigrateIn {
+    pub migration_id: u64,
+    pub slots: Vec<u32>,
+    pub batch: Vec<u8>,
+}
+
+/// The cluster as the control plane sees it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub map: SlotMap,
+    pub nodes: Vec<NodeStatus>,
+    pub migrations: Vec<MigrationStatus>,
+    pub migrations_completed: u64,
+    pub slots_moved_total: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub front_address: String,
+    /// Heartbeats arrive; false when the last one is older than the control plane's
+    /// liveness timeout.
+    pub alive: bool,
+    pub draining: bool,
+    pub map_epoch: u64,
+    pub shards: Vec<ShardStatus>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ShardStatus {
+    pub shard_id: u16,
+    pub address: String,
+    pub slots: u32,
+    pub keys: u64,
+    pub memory_used_bytes: u64,
+    pub operations_total: u64,
+    /// Over the last heartbeat interval.
+    pub operations_per_second: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    pub migration_id: u64,
+    pub source: String,
+    pub target: String,
+    pub slots: u32,
+}
