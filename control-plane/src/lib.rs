@@ -3,10 +3,12 @@
 //!
 //! Layout:
 //! - [`slot_map`]: building and querying slot maps (the embedded single-node map, owner lookup).
+//! - [`planner`]: the rebalancing planner, pure functions from shards, load and owners to slot moves.
 //!
 //! Membership, the rebalancing planner, migration orchestration and the
 //! `engram-control` process come with the elastic-cluster work.
 
+pub mod planner;
 pub mod slot_map;
 
 pub use slot_map::{embedded_map, EMBEDDED_MAP_EPOCH};
