@@ -2,12 +2,14 @@
 //! and clients fetch the map, then talk to shards directly.
 //!
 //! Layout:
+//! - [`metrics_http`]: the `GET /metrics` responder that engramd and engram-control serve Prometheus from.
 //! - [`slot_map`]: building and querying slot maps (the embedded single-node map, owner lookup).
 //! - [`planner`]: the rebalancing planner, pure functions from shards, load and owners to slot moves.
 //!
 //! Membership, the rebalancing planner, migration orchestration and the
 //! `engram-control` process come with the elastic-cluster work.
 
+pub mod metrics_http;
 pub mod planner;
 pub mod slot_map;
 

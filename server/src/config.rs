@@ -49,6 +49,10 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_SPIN_US", default_value_t = 0)]
     pub spin_us: u64,
 
+    /// Port serving Prometheus metrics at GET /metrics, on the --bind address (0: off).
+    #[arg(long, env = "ENGRAM_METRICS_PORT", default_value_t = 0)]
+    pub metrics_port: u16,
+
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

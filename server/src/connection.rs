@@ -332,6 +332,7 @@ impl Connection {
                 }
             }
         };
+        self.shard.metrics.answered_untimed(&request.command, &immediate);
         self.outbox.push(FrameKind::Response, request_id, &immediate);
         Ok(())
     }

@@ -7,9 +7,11 @@
 //! - [`shard`]: a shard's runtime: store, accept loops, peer mesh, maintenance (expiry, figures).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
 //! - [`store`]: the sans-I/O keyspace state machine (bytes, counters, TTL, memory, exactly-once records).
-//! - [`stats`]: per-shard figures published for INFO.
+//! - [`stats`]: per-shard figures published for INFO and metrics.
+//! - [`metrics`]: Prometheus families, per-shard counting handles, the `/metrics` endpoint.
 pub mod config;
 pub mod connection;
+pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod shard;

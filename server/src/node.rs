@@ -14,6 +14,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
+use crate::metrics::NodeMetrics;
 use crate::shard::{self, ShardLaunch, FORWARD_QUEUE_DEPTH};
 use crate::stats::{NodeStats, ShardStats};
 
@@ -177,7 +178,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         started: Instant::now(),
         shards: (0..shard_count).map(|_| ShardStats::default()).collect(),
         shard_addresses: shard_addresses.clone(),
+        metrics: NodeMetrics::new(),
     });
+    let metrics_address = crate::metrics::start_http(config.bind, config.metrics_port, node.clone())?;
     let memory_limit_bytes = config.memory_limit.map_or(u64::MAX, |limit| limit / shard_count as u64);
     let shutdown = Arc::new(AtomicBool::new(false));
     watch_signals(shutdown.clone())?;
@@ -242,7 +245,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             }
         }
     }
-    tracing::info!(%front_address, shards = shard_count, node_id, "engramd serving");
+    tracing::info!(%front_address, shards = shard_count, node_id, ?metrics_address, "engramd serving");
     // The ready line is the contract with scripts and tests: one line, key=value.
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(

@@ -20,6 +20,7 @@ use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::net::TcpListener;
 
 use crate::connection::{self, Outbox};
+use crate::metrics::ShardMetrics;
 use crate::notify::LocalNotify;
 use crate::stats::NodeStats;
 use crate::store::{Outcome, Store, WaiterId};
@@ -73,6 +74,7 @@ pub struct Shard {
     pub node: Arc<NodeStats>,
     pub auth_token: Option<Vec<u8>>,
     pub peers: Senders<Forwarded>,
+    pub metrics: ShardMetrics,
     operations: Cell<u64>,
     /// Where each parked request's answer goes.
     destinations: RefCell<foldhash::HashMap<WaiterId, Destination>>,
@@ -102,19 +104,25 @@ impl Shard {
         own.memory_used_bytes.store(stats.memory_used_bytes, Relaxed);
         own.memory_limit_bytes.store(stats.memory_limit_bytes, Relaxed);
         own.operations_total.store(self.operations.get(), Relaxed);
+        own.parked_requests.store(stats.parked_requests, Relaxed);
     }
 
     /// Applies a request whose slot this shard owns; its answer goes to `destination`
     /// now, or when the request stops waiting. Answers of other requests that this one
     /// unblocked (a release granting a waiting acquire) are delivered too.
     pub fn submit(&self, client_id: u64, request: &Request, destination: Destination) {
+        let started = std::time::Instant::now();
         let now_ms = self.now_ms();
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
         match outcome {
             // An immediate answer has nothing to give back: if its asker is gone, the
             // client's retry finds the operation record.
-            Outcome::Ready(response) => drop(destination.deliver(self.stamp(response), false)),
+            Outcome::Ready(response) => {
+                self.metrics.answered(&request.command, &response, started);
+                drop(destination.deliver(self.stamp(response), false))
+            }
             Outcome::Parked(waiter) => {
+                self.metrics.parked(waiter, &request.command);
                 // A retry re-attaches to its parked request; the earlier asker is told.
                 if let Some(earlier) = self.destinations.borrow_mut().insert(waiter, destination) {
                     let superseded = "superseded by a retry of the same operation";
@@ -137,6 +145,7 @@ impl Shard {
             }
             for mut completion in completions {
                 let destination = self.destinations.borrow_mut().remove(&completion.waiter);
+                self.metrics.completed(completion.waiter, &completion.response);
                 let response = self.stamp(std::mem::replace(&mut completion.response, Response::Pong));
                 let undelivered = match destination {
                     Some(destination) => destination.deliver(response, true).err(),
@@ -170,6 +179,7 @@ impl Shard {
         let now_ms = self.now_ms();
         for waiter in waiters {
             self.destinations.borrow_mut().remove(&waiter);
+            self.metrics.withdrawn(waiter);
             self.store.borrow_mut().cancel(waiter, now_ms);
         }
         self.deliver_completions();
@@ -225,6 +235,7 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
         }
     };
     let owner_table = Rc::new(launch.map.owner_table());
+    let metrics = launch.node.metrics.shard(launch.shard_id);
     let shard = Rc::new(Shard {
         shard_id: launch.shard_id,
         store: RefCell::new(Store::new(launch.memory_limit_bytes, launch.hash_seed)),
@@ -233,6 +244,7 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
         node: launch.node,
         auth_token: launch.auth_token,
         peers,
+        metrics,
         operations: Cell::new(0),
         destinations: RefCell::default(),
         timekeeper_deadline_ms: Cell::new(0),

@@ -1,10 +1,13 @@
-//! Figures each shard publishes for the others to read (INFO, metrics). A shard writes
-//! only its own slot with relaxed stores; readers accept figures a batch old.
+//! Figures each shard publishes for the others to read (INFO, metrics), and the node's
+//! metric families. A shard writes only its own slot with relaxed stores; readers
+//! accept figures a batch old.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use engram_proto::{NodeInfo, ShardInfo};
+
+use crate::metrics::NodeMetrics;
 
 #[derive(Default)]
 pub struct ShardStats {
@@ -13,6 +16,17 @@ pub struct ShardStats {
     pub memory_limit_bytes: AtomicU64,
     pub connections: AtomicU64,
     pub operations_total: AtomicU64,
+    pub parked_requests: AtomicU64,
+    /// Set when the shard takes on a slot map, not per publish (counting owners is a
+    /// pass over every slot); see [`ShardStats::publish_slots_owned`].
+    pub slots_owned: AtomicU64,
+}
+
+impl ShardStats {
+    /// For the shard, whenever it takes on a slot map: the slots it now serves.
+    pub fn publish_slots_owned(&self, slots: usize) {
+        self.slots_owned.store(slots as u64, Relaxed);
+    }
 }
 
 pub struct NodeStats {
@@ -20,6 +34,7 @@ pub struct NodeStats {
     pub started: Instant,
     pub shards: Vec<ShardStats>,
     pub shard_addresses: Vec<String>,
+    pub metrics: NodeMetrics,
 }
 
 impl NodeStats {

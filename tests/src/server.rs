@@ -28,6 +28,8 @@ pub struct ServerOptions {
     pub port: u16,
     /// Explicit `--bind`; by default a loopback address of its own (see [`next_loopback`]).
     pub bind: Option<Ipv4Addr>,
+    /// `--metrics-port` (default: metrics off).
+    pub metrics_port: Option<u16>,
 }
 
 impl Default for ServerOptions {
@@ -38,6 +40,7 @@ impl Default for ServerOptions {
             auth_token: None,
             port: 0,
             bind: None,
+            metrics_port: None,
         }
     }
 }
@@ -69,6 +72,11 @@ impl ServerOptions {
         self
     }
 
+    pub fn metrics_port(mut self, port: u16) -> Self {
+        self.metrics_port = Some(port);
+        self
+    }
+
     fn arguments(&self, bind: Ipv4Addr) -> Vec<String> {
         let mut arguments = vec![
             "--bind".to_string(),
@@ -83,6 +91,9 @@ impl ServerOptions {
         }
         if let Some(token) = &self.auth_token {
             arguments.extend(["--auth-token".to_string(), token.clone()]);
+        }
+        if let Some(port) = self.metrics_port {
+            arguments.extend(["--metrics-port".to_string(), port.to_string()]);
         }
         arguments
     }

@@ -1,0 +1,243 @@
+//! The smallest HTTP/1.1 responder Prometheus needs: `GET /metrics` answers 200 with
+//! the text exposition format, anything else 404, one request per connection.
+//!
+//! It runs on a plain std thread, never on a shard's executor: a scrape must not take
+//! a core away from requests, and a slow or hostile scraper only ever stalls this one
+//! thread. Every read is bounded in bytes and in time, so no input can make it hold
+//! memory or hang; malformed input gets a 400 and the connection closes.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus::{Encoder, Registry, TextEncoder};
+
+/// Path of the one resource served.
+pub const METRICS_PATH: &str = "/metrics";
+/// Content type of the Prometheus text exposition format.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+/// Longest request head (request line and headers) read before the request is refused;
+/// a scrape's head is a few hundred bytes.
+pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// Longest a client may take to send its whole request head. Connections are served one
+/// at a time, so this also bounds how long one silent client delays the next scrape.
+pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// Longest one write of the answer may block on a client that does not read.
+pub const WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Pause after a failed accept (out of file descriptors and the like), so the thread
+/// does not spin while the condition lasts.
+pub const ACCEPT_RETRY_MS: u64 = 50;
+
+/// Binds the metrics listener; done before anything else starts, so a taken port fails
+/// fast with the address in the error.
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(address)
+}
+
+/// Serves `GET /metrics` on `listener` from a thread of its own for the life of the
+/// process. `render` produces the body of each scrape.
+pub fn spawn<Render>(listener: TcpListener, render: Render) -> io::Result<JoinHandle<()>>
+where
+    Render: Fn() -> Vec<u8> + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || serve(&listener, &render))
+}
+
+/// Accepts and answers connections one after another, forever.
+pub fn serve(listener: &TcpListener, render: &dyn Fn() -> Vec<u8>) {
+    loop {
+        match listener.accept() {
+            // A failed exchange concerns only that client.
+            Ok((stream, _)) => drop(answer(stream, render)),
+            Err(_) => std::thread::sleep(Duration::from_millis(ACCEPT_RETRY_MS)),
+        }
+    }
+}
+
+/// The text exposition of everything registered in `registry`.
+pub fn render_registry(registry: &Registry) -> Vec<u8> {
+    let mut body = Vec::new();
+    // Encoding only fails on metrics that could not have been registered, or on a
+    // failing writer, which a Vec is not; a partial body is still worth serving.
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut body);
+    body
+}
+
+/// What a request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Asked {
+    Metrics,
+    SomethingElse,
+    Malformed,
+}
+
+fn answer(mut stream: TcpStream, render: &dyn Fn() -> Vec<u8>) -> io::Result<()> {
+    stream.set_write_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)))?;
+    let asked = match read_head(&mut stream)? {
+        Some(head) => parse_head(&head),
+        None => {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"request head too large\n",
+            )
+        }
+    };
+    match asked {
+        Asked::Metrics => respond(&mut stream, "200 OK", CONTENT_TYPE, &render()),
+        Asked::SomethingElse => respond(
+            &mut stream,
+            "404 Not Found",
+            "text/plain",
+            b"only GET /metrics is served\n",
+        ),
+        Asked::Malformed => respond(&mut stream, "400 Bad Request", "text/plain", b"malformed request\n"),
+    }
+}
+
+/// Reads up to the blank line ending the head; `None` when the head exceeds
+/// [`REQUEST_HEAD_BYTES_MAX`]. The deadline covers the whole head, not each read, so a
+/// client trickling a byte at a time cannot hold the thread.
+fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            // The client stopped sending: answer what arrived, which without its blank
+            // line parses as whatever its request line says.
+            return Ok(Some(head));
+        }
+        head.extend_from_slice(&chunk[..read]);
+        if head_ends(&head) {
+            return Ok(Some(head));
+        }
+        if head.len() > REQUEST_HEAD_BYTES_MAX {
+            return Ok(None);
+        }
+    }
+}
+
+fn head_ends(head: &[u8]) -> bool {
+    head.windows(4).any(|window| window == b"\r\n\r\n") || head.windows(2).any(|window| window == b"\n\n")
+}
+
+fn parse_head(head: &[u8]) -> Asked {
+    let line_end = head.iter().position(|&byte| byte == b'\n').unwrap_or(head.len());
+    let Ok(request_line) = std::str::from_utf8(&head[..line_end]) else {
+        return Asked::Malformed;
+    };
+    let mut parts = request_line.split_ascii_whitespace();
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Asked::Malformed;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Asked::Malformed;
+    }
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if method == "GET" && path == METRICS_PATH {
+        Asked::Metrics
+    } else {
+        Asked::SomethingElse
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start() -> SocketAddr {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        spawn(listener, || b"engram_up 1\n".to_vec()).unwrap();
+        address
+    }
+
+    fn exchange(address: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.write_all(request).unwrap();
+        // Half-closing tells the server the request is complete even without its blank line.
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[test]
+    fn metrics_are_served_and_nothing_else() {
+        let address = start();
+        let answer = exchange(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.contains("Content-Type: text/plain; version=0.0.4\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("Content-Length: 12\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nengram_up 1\n"), "{answer}");
+        assert!(exchange(address, b"GET /metrics?name[]=x HTTP/1.0\n\n").starts_with("HTTP/1.1 200 "));
+        for request in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"POST /metrics HTTP/1.1\r\n\r\n",
+            b"GET /metricsx HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(exchange(address, request).starts_with("HTTP/1.1 404 "));
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused_and_the_server_keeps_serving() {
+        let address = start();
+        for request in [
+            &b"\xff\xfe\x00garbage\r\n\r\n"[..],
+            b"GET\r\n\r\n",
+            b"GET /metrics SPDY/3\r\n\r\n",
+            b"",
+        ] {
+            assert!(exchange(address, request).starts_with("HTTP/1.1 400 "));
+        }
+        // One byte over, so the server has read all of it when it answers (closing with
+        // unread bytes would reset the connection before the answer is read).
+        let oversized = vec![b'a'; REQUEST_HEAD_BYTES_MAX + 1];
+        assert!(exchange(address, &oversized).starts_with("HTTP/1.1 431 "));
+        // A client that sends part of a head and then nothing is dropped at the deadline.
+        let silent = TcpStream::connect(address).unwrap();
+        (&silent).write_all(b"GET /metr").unwrap();
+        let answer = exchange(address, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        drop(silent);
+    }
+
+    #[test]
+    fn registries_render_in_text_format() {
+        let registry = Registry::new();
+        let counter = prometheus::IntCounter::new("engram_test_total", "A test counter.").unwrap();
+        registry.register(Box::new(counter.clone())).unwrap();
+        counter.inc_by(3);
+        let text = String::from_utf8(render_registry(&registry)).unwrap();
+        assert!(text.contains("# HELP engram_test_total A test counter.\n"), "{text}");
+        assert!(text.contains("# TYPE engram_test_total counter\n"), "{text}");
+        assert!(text.contains("engram_test_total 3\n"), "{text}");
+    }
+}

@@ -1,0 +1,483 @@
+//! Prometheus metrics of engramd, served on `--metrics-port` by
+//! [`engram_control::metrics_http`].
+//!
+//! Counting sits on the request path of a microsecond server, so each shard resolves its
+//! label children once ([`ShardMetrics`]) and counts through a table indexed by object
+//! kind and result: no label string is formatted or hashed per request, and each child is
+//! written by one shard only, so its atomics are never contended. Gauges (memory, keys,
+//! connections, slots, parked requests) are copied from [`NodeStats`] when scraped, so
+//! they cost nothing between scrapes.
+
+use std::cell::{OnceCell, RefCell};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+use engram_control::metrics_http;
+use engram_proto::{Command, ErrorCode, Response};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::node::ServerError;
+use crate::stats::NodeStats;
+use crate::store::WaiterId;
+
+/// Upper bounds of the request duration buckets: an answer from memory takes a few
+/// microseconds, so the resolution is there, with a tail to catch stalls.
+pub const REQUEST_DURATION_BUCKETS_SECONDS: [f64; 14] = [
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.005,
+    0.025,
+    0.1,
+    1.0,
+];
+
+/// The kind of object a command works on: the `object` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    Bytes,
+    Counter,
+    Lock,
+    Semaphore,
+    Barrier,
+    Latch,
+    Future,
+    Map,
+    Queue,
+    /// Commands on no object (ping, info, slot map) and any this table does not know yet.
+    Other,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 10] = [
+        ObjectKind::Bytes,
+        ObjectKind::Counter,
+        ObjectKind::Lock,
+        ObjectKind::Semaphore,
+        ObjectKind::Barrier,
+        ObjectKind::Latch,
+        ObjectKind::Future,
+        ObjectKind::Map,
+        ObjectKind::Queue,
+        ObjectKind::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ObjectKind::Bytes => "bytes",
+            ObjectKind::Counter => "counter",
+            ObjectKind::Lock => "lock",
+            ObjectKind::Semaphore => "semaphore",
+            ObjectKind::Barrier => "barrier",
+            ObjectKind::Latch => "latch",
+            ObjectKind::Future => "future",
+            ObjectKind::Map => "map",
+            ObjectKind::Queue => "queue",
+            ObjectKind::Other => "other",
+        }
+    }
+
+    pub fn of(command: &Command) -> ObjectKind {
+        match command {
+            Command::Get { .. } | Command::Set { .. } | Command::Del { .. } | Command::Append { .. } => {
+                ObjectKind::Bytes
+            }
+            Command::CounterGet { .. }
+            | Command::CounterAdd { .. }
+            | Command::CounterSet { .. }
+            | Command::CounterCas { .. } => ObjectKind::Counter,
+            Command::LockAcquire { .. }
+            | Command::LockRelease { .. }
+            | Command::LockRenew { .. }
+            | Command::LockHolder { .. } => ObjectKind::Lock,
+            Command::SemaphoreAcquire { .. }
+            | Command::SemaphoreRelease { .. }
+            | Command::SemaphoreRenew { .. }
+            | Command::SemaphoreAvailable { .. } => ObjectKind::Semaphore,
+            Command::BarrierWait { .. } => ObjectKind::Barrier,
+            Command::LatchTrySetCount { .. }
+            | Command::LatchCountDown { .. }
+            | Command::LatchCount { .. }
+            | Command::LatchWait { .. } => ObjectKind::Latch,
+            Command::FutureComplete { .. } | Command::FutureGet { .. } => ObjectKind::Future,
+            Command::MapGet { .. }
+            | Command::MapSet { .. }
+            | Command::MapDel { .. }
+            | Command::MapGetAll { .. }
+            | Command::MapIncr { .. } => ObjectKind::Map,
+            Command::QueuePush { .. } | Command::QueuePop { .. } | Command::QueueLen { .. } => ObjectKind::Queue,
+            // Commands added later (cluster administration) count as other until listed.
+            #[allow(unreachable_patterns)]
+            _ => ObjectKind::Other,
+        }
+    }
+}
+
+/// Results: `ok`, then one per error code in [`ErrorCode::ALL`] order, then `unknown`
+/// for a code this build does not list.
+const RESULT_COUNT: usize = 1 + ErrorCode::ALL.len() + 1;
+const RESULT_OK: usize = 0;
+const RESULT_UNKNOWN: usize = RESULT_COUNT - 1;
+/// Error codes below this are looked up in a table; the protocol's codes are far below.
+const ERROR_CODE_TABLE_SIZE: usize = 256;
+
+/// Result index of each error code number, built at compile time so a request's result
+/// costs one array read.
+const RESULT_OF_ERROR_CODE: [u8; ERROR_CODE_TABLE_SIZE] = {
+    let mut table = [RESULT_UNKNOWN as u8; ERROR_CODE_TABLE_SIZE];
+    let mut index = 0;
+    while index < ErrorCode::ALL.len() {
+        let code = ErrorCode::ALL[index] as u16 as usize;
+        if code < ERROR_CODE_TABLE_SIZE {
+            table[code] = (index + 1) as u8;
+        }
+        index += 1;
+    }
+    table
+};
+const _: () = assert!(RESULT_COUNT <= u8::MAX as usize);
+
+fn result_label(result: usize) -> &'static str {
+    match result {
+        RESULT_OK => "ok",
+        RESULT_UNKNOWN => "unknown",
+        error => ErrorCode::ALL[error - 1].name(),
+    }
+}
+
+fn result_of(response: &Response) -> usize {
+    match response {
+        Response::Error(reply) => RESULT_OF_ERROR_CODE
+            .get(usize::from(reply.code))
+            .map_or(RESULT_UNKNOWN, |&result| usize::from(result)),
+        _ => RESULT_OK,
+    }
+}
+
+/// Directions and results of slot migrations, seen from this node: every combination is
+/// a series from the start, so `rate()` sees the first migration.
+pub const MIGRATION_DIRECTIONS: [&str; 2] = ["in", "out"];
+pub const MIGRATION_RESULTS: [&str; 3] = ["committed", "failed", "aborted"];
+
+/// Process-wide, so the migration code counts without a handle to the node; every
+/// registry of the process (one per node) exposes it.
+static MIGRATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let family = IntCounterVec::new(
+        Opts::new(
+            "engram_migrations_total",
+            "Slot migrations this node took part in, by direction (in, out) and result.",
+        ),
+        &["direction", "result"],
+    )
+    .expect("valid counter");
+    for direction in MIGRATION_DIRECTIONS {
+        for result in MIGRATION_RESULTS {
+            family.with_label_values(&[direction, result]);
+        }
+    }
+    family
+});
+
+/// Counts a finished slot migration: `direction` one of [`MIGRATION_DIRECTIONS`],
+/// `result` one of [`MIGRATION_RESULTS`]. Migrations are rare, so resolving the labels
+/// here costs nothing that matters.
+pub fn record_migration(direction: &str, result: &str) {
+    debug_assert!(
+        MIGRATION_DIRECTIONS.contains(&direction),
+        "unknown direction {direction}"
+    );
+    debug_assert!(MIGRATION_RESULTS.contains(&result), "unknown result {result}");
+    MIGRATIONS.with_label_values(&[direction, result]).inc();
+}
+
+/// The node's registry and metric families; shared by all shards and the scrape thread.
+pub struct NodeMetrics {
+    registry: Registry,
+    operations: IntCounterVec,
+    request_duration: HistogramVec,
+    memory_used: IntGaugeVec,
+    memory_limit: IntGaugeVec,
+    keys: IntGaugeVec,
+    connections: IntGaugeVec,
+    slots_owned: IntGaugeVec,
+    parked_requests: IntGaugeVec,
+}
+
+impl NodeMetrics {
+    pub fn new() -> NodeMetrics {
+        let registry = Registry::new();
+        let shard_gauge = |name: &str, help: &str| {
+            let family = IntGaugeVec::new(Opts::new(name, help), &["shard"]).expect("valid gauge");
+            registry.register(Box::new(family.clone())).expect("unique metric name");
+            family
+        };
+        let memory_used = shard_gauge("engram_memory_used_bytes", "Memory a shard's data uses.");
+        let memory_limit = shard_gauge(
+            "engram_memory_limit_bytes",
+            "Memory a shard's data may use (0: unlimited); over it, writes get OutOfMemory.",
+        );
+        let keys = shard_gauge("engram_keys", "Keys a shard holds, coordination objects included.");
+        let connections = shard_gauge("engram_connections", "Client connections a shard serves.");
+        let slots_owned = shard_gauge("engram_slots_owned", "Slots of the slot map a shard owns.");
+        let parked_requests = shard_gauge(
+            "engram_parked_requests",
+            "Requests waiting at a shard (lock and semaphore acquires, barrier and latch waits, pops).",
+        );
+        let operations = IntCounterVec::new(
+            Opts::new(
+                "engram_operations_total",
+                "Requests answered, by shard, object kind and result (ok or the error code's name).",
+            ),
+            &["shard", "object", "result"],
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(operations.clone()))
+            .expect("unique metric name");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "engram_request_duration_seconds",
+                "Time from a keyed request reaching its shard to its answer, for requests that did not wait.",
+            )
+            .buckets(REQUEST_DURATION_BUCKETS_SECONDS.to_vec()),
+            &["shard"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(request_duration.clone()))
+            .expect("unique metric name");
+        registry
+            .register(Box::new(MIGRATIONS.clone()))
+            .expect("unique metric name");
+        let build_info = IntGaugeVec::new(
+            Opts::new("engram_build_info", "Always 1; the labels tell the engramd build."),
+            &["version"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique metric name");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        NodeMetrics {
+            registry,
+            operations,
+            request_duration,
+            memory_used,
+            memory_limit,
+            keys,
+            connections,
+            slots_owned,
+            parked_requests,
+        }
+    }
+
+    /// The counting handles of one shard; called once, on the shard's thread.
+    pub fn shard(&self, shard_id: usize) -> ShardMetrics {
+        let shard = shard_id.to_string();
+        let operations: Box<[OnceCell<IntCounter>]> = (0..ObjectKind::ALL.len() * RESULT_COUNT)
+            .map(|_| OnceCell::new())
+            .collect();
+        // Successes exist from the start for every object, so dashboards see zero rather
+        // than nothing; error series appear with their first occurrence.
+        for object in ObjectKind::ALL {
+            let counter = self
+                .operations
+                .with_label_values(&[shard.as_str(), object.label(), result_label(RESULT_OK)]);
+            let _ = operations[operation_index(object, RESULT_OK)].set(counter);
+        }
+        ShardMetrics {
+            shard,
+            operations_family: self.operations.clone(),
+            operations,
+            request_duration: self.request_duration.with_label_values(&[shard_id.to_string()]),
+            parked: RefCell::default(),
+        }
+    }
+
+    /// The text exposition of every family, gauges refreshed from `node`'s figures.
+    pub fn render(&self, node: &NodeStats) -> Vec<u8> {
+        for (shard_id, stats) in node.shards.iter().enumerate() {
+            let shard = [shard_id.to_string()];
+            let gauge = |family: &IntGaugeVec, value: u64| {
+                family
+                    .with_label_values(&shard)
+                    .set(i64::try_from(value).unwrap_or(i64::MAX))
+            };
+            gauge(&self.memory_used, stats.memory_used_bytes.load(Relaxed));
+            // u64::MAX is the store's "unlimited"; 0 says so, as INFO does.
+            let limit = stats.memory_limit_bytes.load(Relaxed);
+            gauge(&self.memory_limit, if limit == u64::MAX { 0 } else { limit });
+            gauge(&self.keys, stats.keys.load(Relaxed));
+            gauge(&self.connections, stats.connections.load(Relaxed));
+            gauge(&self.slots_owned, stats.slots_owned.load(Relaxed));
+            gauge(&self.parked_requests, stats.parked_requests.load(Relaxed));
+        }
+        metrics_http::render_registry(&self.registry)
+    }
+}
+
+impl Default for NodeMetrics {
+    fn default() -> NodeMetrics {
+        NodeMetrics::new()
+    }
+}
+
+fn operation_index(object: ObjectKind, result: usize) -> usize {
+    object as usize * RESULT_COUNT + result
+}
+
+/// One shard's counting handles. Not `Sync`: only its shard's thread counts through it.
+pub struct ShardMetrics {
+    shard: String,
+    operations_family: IntCounterVec,
+    /// `[object][result]`, flattened; a child is resolved on its first use.
+    operations: Box<[OnceCell<IntCounter>]>,
+    request_duration: Histogram,
+    /// The object kind of each parked request, for counting its answer when it comes.
+    parked: RefCell<foldhash::HashMap<WaiterId, ObjectKind>>,
+}
+
+impl ShardMetrics {
+    fn count(&self, object: ObjectKind, response: &Response) {
+        let result = result_of(response);
+        self.operations[operation_index(object, result)]
+            .get_or_init(|| {
+                self.operations_family
+                    .with_label_values(&[self.shard.as_str(), object.label(), result_label(result)])
+            })
+            .inc();
+    }
+
+    /// A request answered without waiting at the shard, `started` when it reached it.
+    #[inline]
+    pub fn answered(&self, command: &Command, response: &Response, started: Instant) {
+        self.count(ObjectKind::of(command), response);
+        self.request_duration.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// A request answered by the connection itself (ping, info, a refusal); untimed,
+    /// as there is no work between decoding it and answering.
+    #[inline]
+    pub fn answered_untimed(&self, command: &Command, response: &Response) {
+        self.count(ObjectKind::of(command), response);
+    }
+
+    /// A request parked; its answer is counted by [`ShardMetrics::completed`]. Its wait
+    /// is the client's choice, so it stays out of the duration histogram.
+    pub fn parked(&self, waiter: WaiterId, command: &Command) {
+        self.parked.borrow_mut().insert(waiter, ObjectKind::of(command));
+    }
+
+    /// The answer of a parked request.
+    pub fn completed(&self, waiter: WaiterId, response: &Response) {
+        let object = self.parked.borrow_mut().remove(&waiter).unwrap_or(ObjectKind::Other);
+        self.count(object, response);
+    }
+
+    /// A parked request withdrawn unanswered (its connection closed).
+    pub fn withdrawn(&self, waiter: WaiterId) {
+        self.parked.borrow_mut().remove(&waiter);
+    }
+}
+
+/// Starts serving `/metrics` on `bind:port` when `port` is not 0; binds before
+/// returning, so a taken port fails the start.
+pub fn start_http(bind: IpAddr, port: u16, node: Arc<NodeStats>) -> Result<Option<SocketAddr>, ServerError> {
+    if port == 0 {
+        return Ok(None);
+    }
+    let address = SocketAddr::new(bind, port);
+    let bind_error = |source| ServerError::Bind { address, source };
+    let listener = metrics_http::bind(address).map_err(bind_error)?;
+    let address = listener.local_addr().map_err(bind_error)?;
+    metrics_http::spawn(listener, move || node.metrics.render(&node)).map_err(bind_error)?;
+    Ok(Some(address))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engram_proto::ErrorReply;
+
+    #[test]
+    fn every_error_code_has_its_own_result() {
+        for (index, code) in ErrorCode::ALL.into_iter().enumerate() {
+            let response = Response::Error(ErrorReply {
+                code: code.as_u16(),
+                message: String::new(),
+                map_epoch: 0,
+            });
+            assert_eq!(result_of(&response), index + 1);
+            assert_eq!(result_label(result_of(&response)), code.name());
+        }
+        let unknown = Response::Error(ErrorReply {
+            code: 9_999,
+            message: String::new(),
+            map_epoch: 0,
+        });
+        assert_eq!(result_label(result_of(&unknown)), "unknown");
+        assert_eq!(result_label(result_of(&Response::Pong)), "ok");
+    }
+
+    #[test]
+    fn counts_reach_the_exposition() {
+        let metrics = NodeMetrics::new();
+        let shard = metrics.shard(3);
+        let add = Command::CounterAdd {
+            key: b"jobs".to_vec(),
+            delta: 1,
+        };
+        shard.answered(&add, &Response::Counter { value: 1 }, Instant::now());
+        shard.answered_untimed(
+            &add,
+            &Response::Error(ErrorReply {
+                code: ErrorCode::Overflow.as_u16(),
+                message: String::new(),
+                map_epoch: 0,
+            }),
+        );
+        shard.parked(
+            7,
+            &Command::BarrierWait {
+                key: b"phase".to_vec(),
+                parties: 2,
+                timeout_ms: 10,
+            },
+        );
+        shard.completed(
+            7,
+            &Response::BarrierPassed {
+                generation: 0,
+                arrival_index: 0,
+            },
+        );
+        record_migration("out", "committed");
+        let text = String::from_utf8(metrics.registry_text()).unwrap();
+        for expected in [
+            "engram_operations_total{object=\"counter\",result=\"ok\",shard=\"3\"} 1\n",
+            "engram_operations_total{object=\"counter\",result=\"Overflow\",shard=\"3\"} 1\n",
+            "engram_operations_total{object=\"barrier\",result=\"ok\",shard=\"3\"} 1\n",
+            "engram_operations_total{object=\"lock\",result=\"ok\",shard=\"3\"} 0\n",
+            "engram_request_duration_seconds_count{shard=\"3\"} 1\n",
+            "engram_migrations_total{direction=\"in\",result=\"aborted\"} 0\n",
+            "engram_build_info{version=\"",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    impl NodeMetrics {
+        fn registry_text(&self) -> Vec<u8> {
+            metrics_http::render_registry(&self.registry)
+        }
+    }
+}
