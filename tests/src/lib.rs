@@ -15,11 +15,14 @@
 //!   (killed on drop) with a bounded wait for all, and the `engram-test-worker` binary
 //!   (`src/bin/engram-test-worker.rs`): blocking-client worker processes whose role is
 //!   given by their arguments (lock rounds, barrier generations, a lease holder).
+//! - [`linearizability`]: a Wing–Gong/Lowe linearizability checker for recorded per-key
+//!   histories (counter and register models) and a thread-safe history recorder.
 //! - [`binaries`]: where `engramd`, `engram` and `engram-test-worker` are.
 //!
 //! Every wait in the harness is bounded, so a hung server fails a test instead of hanging it.
 
 pub mod binaries;
+pub mod linearizability;
 pub mod processes;
 pub mod raw;
 pub mod routing;
