@@ -173,8 +173,9 @@ impl MigratedRecord {
             Response::MapEntries(entries) => map_entries_bytes(entries),
             Response::LockHolder { holder } => holder.as_ref().map_or(0, |holder| holder.owner.len()),
             // Node answers are never recorded by a store; measured rather than guessed.
-            Response::Info(_) | Response::SlotMap(_) => rkyv::to_bytes::<rancor::Error>(&self.response)
-                .map_or(usize::MAX / 2, |bytes| bytes.len()),
+            Response::Info(_) | Response::SlotMap(_) => {
+                rkyv::to_bytes::<rancor::Error>(&self.response).map_or(usize::MAX / 2, |bytes| bytes.len())
+            }
             _ => 0,
         };
         size_of::<ArchivedMigratedRecord>() + response
@@ -221,12 +222,18 @@ mod tests {
             proptest::option::of(holder).prop_map(|holder| MigratedObject::Lock { holder }),
             (any::<u32>(), proptest::collection::vec(permit, 0..4))
                 .prop_map(|(capacity, held)| MigratedObject::Semaphore { capacity, held }),
-            (any::<u64>(), any::<u32>()).prop_map(|(generation, parties)| MigratedObject::Barrier { generation, parties }),
+            (any::<u64>(), any::<u32>())
+                .prop_map(|(generation, parties)| MigratedObject::Barrier { generation, parties }),
             any::<u64>().prop_map(|count| MigratedObject::Latch { count }),
-            proptest::option::of((bytes(30), any::<u64>()).prop_map(|(value, version)| MigratedCompletion { value, version }))
-                .prop_map(|completion| MigratedObject::Future { completion }),
-            proptest::collection::vec((bytes(9), bytes(30)).prop_map(|(field, value)| MapEntry { field, value }), 0..5)
-                .prop_map(|fields| MigratedObject::Map { fields }),
+            proptest::option::of(
+                (bytes(30), any::<u64>()).prop_map(|(value, version)| MigratedCompletion { value, version })
+            )
+            .prop_map(|completion| MigratedObject::Future { completion }),
+            proptest::collection::vec(
+                (bytes(9), bytes(30)).prop_map(|(field, value)| MapEntry { field, value }),
+                0..5
+            )
+            .prop_map(|fields| MigratedObject::Map { fields }),
             proptest::collection::vec(bytes(30), 0..6).prop_map(|items| MigratedObject::Queue { items }),
         ]
     }

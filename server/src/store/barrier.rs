@@ -3,7 +3,8 @@
 //! fires first, the generation is broken: that waiter gets `Timeout`, every other
 //! waiter of the generation `BarrierBroken`, and the next arrival starts a new one.
 
-use engram_proto::{ErrorCode, Response};
+use engram_proto::limits::PARTIES_MAX;
+use engram_proto::{ErrorCode, MigratedObject, Response};
 
 use super::{error, Effects, Object, Outcome, WaiterId};
 
@@ -22,6 +23,27 @@ impl BarrierState {
 
     pub fn take_waiters(&mut self) -> Vec<WaiterId> {
         std::mem::take(&mut self.arrived)
+    }
+
+    /// The barrier as it travels to another shard. Arrivals are parked requests,
+    /// answered `Moved` before the copy; they arrive again at the new owner, into the
+    /// same generation, which no arrival completed or broke.
+    pub fn export(&self) -> MigratedObject {
+        MigratedObject::Barrier {
+            generation: self.generation,
+            parties: self.parties,
+        }
+    }
+
+    pub fn import(generation: u64, parties: u32) -> Result<BarrierState, String> {
+        if parties > PARTIES_MAX {
+            return Err(format!("parties {parties} exceeds parties_max ({PARTIES_MAX})"));
+        }
+        Ok(BarrierState {
+            generation,
+            parties,
+            arrived: Vec::new(),
+        })
     }
 
     pub fn wait(&mut self, key: &[u8], parties: u32, timeout_ms: u64, effects: &mut Effects<'_>) -> Outcome {

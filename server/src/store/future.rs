@@ -1,7 +1,10 @@
 //! Write-once futures: the first complete sets the value and wakes every waiter; later
 //! completes get `AlreadyCompleted`.
 
-use engram_proto::{ErrorCode, Response};
+use engram_proto::limits::VALUE_BYTES_MAX;
+use engram_proto::{ErrorCode, MigratedCompletion, MigratedObject, Response};
+
+use super::migration::check_minted;
 
 use super::{error, Effects, Object, Outcome, WaiterId};
 
@@ -23,6 +26,36 @@ impl FutureState {
 
     pub fn take_waiters(&mut self) -> Vec<WaiterId> {
         std::mem::take(&mut self.waiters)
+    }
+
+    /// The future as it travels to another shard; waiters stay behind (answered `Moved`).
+    pub fn export(&self) -> MigratedObject {
+        MigratedObject::Future {
+            completion: self.value.as_ref().map(|(value, version)| MigratedCompletion {
+                value: value.clone(),
+                version: *version,
+            }),
+        }
+    }
+
+    pub fn import(completion: Option<MigratedCompletion>, last_version: u64) -> Result<FutureState, String> {
+        let value = match completion {
+            None => None,
+            Some(completion) => {
+                if completion.value.len() > VALUE_BYTES_MAX {
+                    return Err(format!(
+                        "value of {} bytes exceeds value_bytes_max ({VALUE_BYTES_MAX})",
+                        completion.value.len()
+                    ));
+                }
+                check_minted("completion version", completion.version, last_version)?;
+                Some((completion.value, completion.version))
+            }
+        };
+        Ok(FutureState {
+            value,
+            waiters: Vec::new(),
+        })
     }
 
     pub fn complete(&mut self, value: &[u8], effects: &mut Effects<'_>) -> Response {

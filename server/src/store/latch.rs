@@ -1,7 +1,7 @@
 //! Count-down latches: set a count once (only while it is zero), count down, and wait
 //! until it reaches zero.
 
-use engram_proto::{ErrorCode, Response};
+use engram_proto::{ErrorCode, MigratedObject, Response};
 
 use super::{error, Effects, Object, Outcome, WaiterId};
 
@@ -22,6 +22,18 @@ impl LatchState {
 
     pub fn take_waiters(&mut self) -> Vec<WaiterId> {
         std::mem::take(&mut self.waiters)
+    }
+
+    /// The latch as it travels to another shard; waiters stay behind (answered `Moved`).
+    pub fn export(&self) -> MigratedObject {
+        MigratedObject::Latch { count: self.count }
+    }
+
+    pub fn import(count: u64) -> LatchState {
+        LatchState {
+            count,
+            waiters: Vec::new(),
+        }
     }
 
     pub fn count(&self) -> u64 {

@@ -7,8 +7,9 @@
 
 use std::collections::VecDeque;
 
-use engram_proto::{ErrorCode, LockHolder, Response};
+use engram_proto::{ErrorCode, LockHolder, MigratedLockHolder, MigratedObject, Response};
 
+use super::migration::{check_lease_ms, check_minted, check_owner};
 use super::waiting::Revert;
 use super::{error, Effects, Object, Outcome, WaiterId};
 
@@ -61,6 +62,50 @@ impl LockState {
 
     pub fn take_waiters(&mut self) -> Vec<WaiterId> {
         self.waiters.drain(..).map(|waiter| waiter.waiter).collect()
+    }
+
+    /// The lock as it travels to another shard. Waiters stay behind: they were
+    /// answered `Moved` before the copy and re-queue at the new owner.
+    pub fn export(&self, now_ms: u64) -> MigratedObject {
+        MigratedObject::Lock {
+            holder: self.holder.as_ref().map(|holder| MigratedLockHolder {
+                owner: holder.owner.clone(),
+                fence: holder.fence,
+                lease_ms: holder.lease_ms,
+                lease_remaining_ms: holder.lease_deadline_ms.saturating_sub(now_ms),
+            }),
+        }
+    }
+
+    /// Rebuilds a lock another shard shipped (network input: every field is checked).
+    /// Its lease timer is set by [`LockState::set_leases`] once the import is admitted.
+    pub fn import(holder: Option<MigratedLockHolder>, now_ms: u64, last_version: u64) -> Result<LockState, String> {
+        let holder = match holder {
+            None => None,
+            Some(holder) => {
+                check_owner(&holder.owner)?;
+                check_lease_ms("lease", holder.lease_ms)?;
+                check_lease_ms("lease remaining", holder.lease_remaining_ms)?;
+                check_minted("fence", holder.fence, last_version)?;
+                Some(Holder {
+                    owner: holder.owner,
+                    fence: holder.fence,
+                    lease_ms: holder.lease_ms,
+                    lease_deadline_ms: now_ms.saturating_add(holder.lease_remaining_ms),
+                })
+            }
+        };
+        Ok(LockState {
+            holder,
+            waiters: VecDeque::new(),
+        })
+    }
+
+    /// Sets the holder's lease timer, for an object just imported.
+    pub fn set_leases(&self, key: &[u8], effects: &mut Effects<'_>) {
+        if let Some(holder) = &self.holder {
+            effects.set_lease(key, holder.fence, holder.lease_deadline_ms);
+        }
     }
 
     fn grant(&mut self, key: &[u8], owner: Vec<u8>, lease_ms: u64, effects: &mut Effects<'_>) -> Response {

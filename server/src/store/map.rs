@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use engram_proto::limits::{MAP_FIELDS_MAX, VALUE_BYTES_MAX};
-use engram_proto::{ErrorCode, MapEntry, Response};
+use engram_proto::limits::{KEY_BYTES_MAX, MAP_FIELDS_MAX, VALUE_BYTES_MAX};
+use engram_proto::{ErrorCode, MapEntry, MigratedObject, Response};
 
 use super::{error, Effects, Object};
 
@@ -30,6 +30,40 @@ impl MapState {
 
     pub fn is_idle(&self) -> bool {
         self.fields.is_empty()
+    }
+
+    pub fn export(&self) -> MigratedObject {
+        let Response::MapEntries(fields) = self.get_all() else {
+            unreachable!("get_all answers entries")
+        };
+        MigratedObject::Map { fields }
+    }
+
+    /// Rebuilds a map another shard shipped, within the limits a map built here keeps.
+    pub fn import(fields: Vec<MapEntry>) -> Result<MapState, String> {
+        if fields.len() > MAP_FIELDS_MAX {
+            return Err(format!(
+                "{} fields exceed map_fields_max ({MAP_FIELDS_MAX})",
+                fields.len()
+            ));
+        }
+        let mut map = MapState::default();
+        for MapEntry { field, value } in fields {
+            if field.len() > KEY_BYTES_MAX {
+                return Err(format!(
+                    "field of {} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})",
+                    field.len()
+                ));
+            }
+            map.content_bytes += (field.len() + value.len()) as u64;
+            if map.content_bytes > VALUE_BYTES_MAX as u64 {
+                return Err(format!("map holds over value_bytes_max ({VALUE_BYTES_MAX}) bytes"));
+            }
+            if map.fields.insert(field, value).is_some() {
+                return Err("a field appears twice".to_string());
+            }
+        }
+        Ok(map)
     }
 
     pub fn get(&self, field: &[u8]) -> Response {

@@ -18,6 +18,7 @@ mod future;
 mod latch;
 mod lock;
 mod map;
+mod migration;
 mod operations;
 mod queue;
 mod semaphore;
@@ -28,6 +29,7 @@ use std::collections::{BTreeSet, HashMap};
 use engram_proto::limits::{KEY_BYTES_MAX, NAMESPACE_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use engram_proto::{Command, ErrorCode, ErrorReply, Request, Response};
 
+pub use migration::{slot_of_stored_key, ImportError};
 use operations::{Lookup, Record};
 pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
 pub use waiting::Completion;
@@ -111,9 +113,11 @@ impl Object {
         }
     }
 
-    /// Answers every request parked on the object with `error`, as when it is deleted.
-    fn fail_waiters(&mut self, effects: &mut Effects<'_>, error: &Response) {
-        let waiters = match self {
+    /// Takes every request parked on the object out of it, granting none of them
+    /// anything (a semaphore does not serve the next waiter, a barrier forgets the
+    /// arrivals), oldest first.
+    fn take_waiters(&mut self) -> Vec<WaiterId> {
+        match self {
             Object::Lock(lock) => lock.take_waiters(),
             Object::Semaphore(semaphore) => semaphore.take_waiters(),
             Object::Barrier(barrier) => barrier.take_waiters(),
@@ -121,8 +125,12 @@ impl Object {
             Object::Future(future) => future.take_waiters(),
             Object::Queue(queue) => queue.take_waiters(),
             Object::Bytes(_) | Object::Counter(_) | Object::Map(_) => Vec::new(),
-        };
-        for waiter in waiters {
+        }
+    }
+
+    /// Answers every request parked on the object with `error`, as when it is deleted.
+    fn fail_waiters(&mut self, effects: &mut Effects<'_>, error: &Response) {
+        for waiter in self.take_waiters() {
             effects.complete(waiter, error.clone());
         }
     }
@@ -227,12 +235,16 @@ impl Store {
         let origin = recorded.then_some((client_id, request.op_id));
         let outcome = self.execute(&request.command, now_ms, origin);
         if let Some((client_id, op_id)) = origin {
+            // The record goes wherever its key's slot goes, so a retry after a
+            // migration still finds it.
+            let slot = request.command.key().and_then(slot_of_stored_key);
             match &outcome {
                 Outcome::Ready(response) if !is_retryable_error(response) => {
-                    self.operations.record(client_id, op_id, Record::Done(response.clone()))
+                    self.operations
+                        .record(client_id, op_id, slot, Record::Done(response.clone()))
                 }
                 Outcome::Ready(_) => {}
-                Outcome::Parked(waiter) => self.operations.record(client_id, op_id, Record::Parked(*waiter)),
+                Outcome::Parked(waiter) => self.operations.record(client_id, op_id, slot, Record::Parked(*waiter)),
             }
         }
         outcome
@@ -613,7 +625,8 @@ impl Store {
                     length: queue.len() as u64,
                 })
             }),
-            Command::Ping | Command::Info | Command::GetSlotMap => ready(error(
+            // Node, cluster and migration commands never reach the store.
+            _ => ready(error(
                 ErrorCode::Internal,
                 format!("{} is a node command, not a keyed one", command.name()),
             )),

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use engram_proto::limits::CALL_TIMEOUT_MS_MAX;
-use engram_proto::{ErrorCode, Response};
+use engram_proto::{ErrorCode, MigratedRecord, Response};
 
 use super::{error, WaiterId};
 
@@ -23,8 +23,9 @@ pub const SESSION_IDLE_MS_MAX: u64 = 2 * CALL_TIMEOUT_MS_MAX;
 /// bounded and no retry ever finds its record silently dropped.
 pub const OPERATION_RECORDS_MAX: usize = 1 << 20;
 
-/// Memory charged per record on top of the response's own heap bytes.
-const RECORD_OVERHEAD_BYTES: u64 = 64;
+/// Memory charged per record on top of the response's own heap bytes (tree node,
+/// response and slot).
+const RECORD_OVERHEAD_BYTES: u64 = 72;
 
 /// What is known of one operation.
 #[derive(Debug, Clone)]
@@ -45,9 +46,18 @@ pub enum Lookup {
     Refused(Response),
 }
 
+/// A record with the slot of the key its operation was applied to, so the records of
+/// migrating slots can go with them. `None` for a key without a well-formed namespace
+/// prefix, which belongs to no slot.
+#[derive(Debug, Clone)]
+struct Kept {
+    record: Record,
+    slot: Option<u32>,
+}
+
 #[derive(Default)]
 struct Session {
-    records: BTreeMap<u64, Record>,
+    records: BTreeMap<u64, Kept>,
     completed_below_op_id: u64,
     last_seen_ms: u64,
 }
@@ -60,8 +70,18 @@ pub struct OperationLog {
 }
 
 fn record_bytes(record: &Record) -> u64 {
-    let heap = match record {
-        Record::Done(Response::Error(reply)) => reply.message.len() as u64,
+    match record {
+        Record::Done(response) => done_record_bytes(response),
+        Record::Parked(_) => RECORD_OVERHEAD_BYTES,
+    }
+}
+
+/// Memory charged for the record of an answered operation. A popped value is held
+/// here until the client acknowledges it, so it counts like any stored value.
+pub fn done_record_bytes(response: &Response) -> u64 {
+    let heap = match response {
+        Response::Error(reply) => reply.message.len() as u64,
+        Response::Value { value, .. } => value.len() as u64,
         _ => 0,
     };
     RECORD_OVERHEAD_BYTES + heap
@@ -86,10 +106,10 @@ impl OperationLog {
             let kept = session.records.split_off(&completed_below_op_id);
             let dropped = std::mem::replace(&mut session.records, kept);
             self.records -= dropped.len();
-            self.bytes -= dropped.values().map(record_bytes).sum::<u64>();
+            self.bytes -= dropped.values().map(|kept| record_bytes(&kept.record)).sum::<u64>();
         }
-        if let Some(record) = session.records.get(&op_id) {
-            return Lookup::Seen(record.clone());
+        if let Some(kept) = session.records.get(&op_id) {
+            return Lookup::Seen(kept.record.clone());
         }
         if op_id < session.completed_below_op_id {
             // The client said it already has this answer; applying it again would be
@@ -108,11 +128,12 @@ impl OperationLog {
         Lookup::New
     }
 
-    pub fn record(&mut self, client_id: u64, op_id: u64, record: Record) {
+    /// Records what is known of an operation on a key of `slot`.
+    pub fn record(&mut self, client_id: u64, op_id: u64, slot: Option<u32>, record: Record) {
         let session = self.sessions.entry(client_id).or_default();
         self.bytes += record_bytes(&record);
-        if let Some(replaced) = session.records.insert(op_id, record) {
-            self.bytes -= record_bytes(&replaced);
+        if let Some(replaced) = session.records.insert(op_id, Kept { record, slot }) {
+            self.bytes -= record_bytes(&replaced.record);
         } else {
             self.records += 1;
         }
@@ -125,16 +146,16 @@ impl OperationLog {
         let Some(session) = self.sessions.get_mut(&client_id) else {
             return;
         };
-        let matches = match (session.records.get(&op_id), parked) {
+        let matches = match (session.records.get(&op_id).map(|kept| &kept.record), parked) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(Record::Parked(waiter)), Some(expected)) => *waiter == expected,
             (Some(Record::Done(_)), Some(_)) => false,
         };
         if matches {
-            if let Some(record) = session.records.remove(&op_id) {
+            if let Some(kept) = session.records.remove(&op_id) {
                 self.records -= 1;
-                self.bytes -= record_bytes(&record);
+                self.bytes -= record_bytes(&kept.record);
             }
         }
     }
@@ -146,9 +167,68 @@ impl OperationLog {
             let keep = session.last_seen_ms.saturating_add(SESSION_IDLE_MS_MAX) >= now_ms;
             if !keep {
                 *records -= session.records.len();
-                *bytes -= session.records.values().map(record_bytes).sum::<u64>();
+                *bytes -= session
+                    .records
+                    .values()
+                    .map(|kept| record_bytes(&kept.record))
+                    .sum::<u64>();
             }
             keep
         });
+    }
+
+    /// Copies of the answered operations on keys of the slots `in_slot` accepts.
+    pub fn export_slots(&self, in_slot: &impl Fn(u32) -> bool) -> Vec<MigratedRecord> {
+        let mut exported = Vec::new();
+        for (client_id, session) in &self.sessions {
+            for (op_id, kept) in &session.records {
+                if let (Record::Done(response), Some(slot)) = (&kept.record, kept.slot) {
+                    if in_slot(slot) {
+                        exported.push(MigratedRecord {
+                            client_id: *client_id,
+                            op_id: *op_id,
+                            slot,
+                            response: response.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        exported
+    }
+
+    /// Drops every record (answered or parked) of an operation on a key of those slots.
+    pub fn remove_slots(&mut self, in_slot: &impl Fn(u32) -> bool) {
+        let (records, bytes) = (&mut self.records, &mut self.bytes);
+        for session in self.sessions.values_mut() {
+            session.records.retain(|_, kept| {
+                let keep = !kept.slot.is_some_and(in_slot);
+                if !keep {
+                    *records -= 1;
+                    *bytes -= record_bytes(&kept.record);
+                }
+                keep
+            });
+        }
+    }
+
+    /// Whether [`OperationLog::import`] would keep a migrated record: not when this shard
+    /// already has one for the operation (its own answer stands), nor when the client
+    /// already acknowledged the operation here (nobody will ask for it again).
+    pub fn would_import(&self, client_id: u64, op_id: u64) -> bool {
+        self.sessions
+            .get(&client_id)
+            .is_none_or(|session| op_id >= session.completed_below_op_id && !session.records.contains_key(&op_id))
+    }
+
+    /// Takes over the answer another shard recorded. The session counts as seen now, so
+    /// the record is kept as long as a record made here would be.
+    pub fn import(&mut self, client_id: u64, op_id: u64, slot: Option<u32>, response: Response, now_ms: u64) {
+        if !self.would_import(client_id, op_id) {
+            return;
+        }
+        let session = self.sessions.entry(client_id).or_default();
+        session.last_seen_ms = session.last_seen_ms.max(now_ms);
+        self.record(client_id, op_id, slot, Record::Done(response));
     }
 }

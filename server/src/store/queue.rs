@@ -3,7 +3,8 @@
 
 use std::collections::VecDeque;
 
-use engram_proto::{ErrorCode, QueueEnd, Response};
+use engram_proto::limits::VALUE_BYTES_MAX;
+use engram_proto::{ErrorCode, MigratedObject, QueueEnd, Response};
 
 use super::waiting::Revert;
 use super::{error, Effects, Object, Outcome, WaiterId};
@@ -37,6 +38,28 @@ impl QueueState {
 
     pub fn take_waiters(&mut self) -> Vec<WaiterId> {
         self.waiters.drain(..).map(|(waiter, _)| waiter).collect()
+    }
+
+    /// The queue as it travels to another shard; blocked pops stay behind (answered
+    /// `Moved`), which is safe because a queue never holds items while pops wait.
+    pub fn export(&self) -> MigratedObject {
+        MigratedObject::Queue {
+            items: self.items.iter().cloned().collect(),
+        }
+    }
+
+    pub fn import(items: Vec<Vec<u8>>) -> Result<QueueState, String> {
+        if let Some(item) = items.iter().find(|item| item.len() > VALUE_BYTES_MAX) {
+            return Err(format!(
+                "item of {} bytes exceeds value_bytes_max ({VALUE_BYTES_MAX})",
+                item.len()
+            ));
+        }
+        Ok(QueueState {
+            content_bytes: items.iter().map(|item| item.len() as u64).sum(),
+            items: items.into(),
+            waiters: VecDeque::new(),
+        })
     }
 
     pub fn push(&mut self, value: &[u8], end: QueueEnd, effects: &mut Effects<'_>) -> Response {

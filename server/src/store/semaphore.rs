@@ -5,8 +5,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use engram_proto::{ErrorCode, Response};
+use engram_proto::limits::PARTIES_MAX;
+use engram_proto::{ErrorCode, MigratedObject, MigratedPermit, Response};
 
+use super::migration::{check_lease_ms, check_minted, check_owner};
 use super::waiting::Revert;
 use super::{error, Effects, Object, Outcome, WaiterId};
 
@@ -61,6 +63,76 @@ impl SemaphoreState {
 
     pub fn take_waiters(&mut self) -> Vec<WaiterId> {
         self.waiters.drain(..).map(|waiter| waiter.waiter).collect()
+    }
+
+    /// The semaphore as it travels to another shard; waiters stay behind (answered
+    /// `Moved`). Permit ids need no counter of their own: they come from the shard's
+    /// version counter, which travels with the batch.
+    pub fn export(&self, now_ms: u64) -> MigratedObject {
+        MigratedObject::Semaphore {
+            capacity: self.capacity,
+            held: self
+                .held
+                .iter()
+                .map(|(permit_id, permit)| MigratedPermit {
+                    permit_id: *permit_id,
+                    owner: permit.owner.clone(),
+                    permits: permit.permits,
+                    lease_remaining_ms: permit.lease_deadline_ms.saturating_sub(now_ms),
+                })
+                .collect(),
+        }
+    }
+
+    /// Rebuilds a semaphore another shard shipped (network input: every field is
+    /// checked, and the permits held must fit the capacity). Lease timers are set by
+    /// [`SemaphoreState::set_leases`] once the import is admitted.
+    pub fn import(
+        capacity: u32,
+        permits: Vec<MigratedPermit>,
+        now_ms: u64,
+        last_version: u64,
+    ) -> Result<SemaphoreState, String> {
+        if capacity == 0 || capacity > PARTIES_MAX {
+            return Err(format!(
+                "capacity {capacity} is outside 1..={PARTIES_MAX} (parties_max)"
+            ));
+        }
+        let mut held = BTreeMap::new();
+        let mut in_use: u64 = 0;
+        for permit in permits {
+            check_owner(&permit.owner)?;
+            check_lease_ms("lease remaining", permit.lease_remaining_ms)?;
+            check_minted("permit id", permit.permit_id, last_version)?;
+            if permit.permits == 0 {
+                return Err(format!("permit {} holds no permits", permit.permit_id));
+            }
+            in_use += u64::from(permit.permits);
+            let restored = Permit {
+                owner: permit.owner,
+                permits: permit.permits,
+                lease_deadline_ms: now_ms.saturating_add(permit.lease_remaining_ms),
+            };
+            if held.insert(permit.permit_id, restored).is_some() {
+                return Err(format!("permit {} appears twice", permit.permit_id));
+            }
+        }
+        if in_use > u64::from(capacity) {
+            return Err(format!("{in_use} permits held over a capacity of {capacity}"));
+        }
+        Ok(SemaphoreState {
+            capacity,
+            in_use: in_use as u32,
+            held,
+            waiters: VecDeque::new(),
+        })
+    }
+
+    /// Sets the permits' lease timers, for an object just imported.
+    pub fn set_leases(&self, key: &[u8], effects: &mut Effects<'_>) {
+        for (permit_id, permit) in &self.held {
+            effects.set_lease(key, *permit_id, permit.lease_deadline_ms);
+        }
     }
 
     /// Returns permits whose lease has run out but whose timer has not fired yet, so no

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use engram_proto::{QueueEnd, Response};
 
 use super::operations::{OperationLog, Record};
-use super::{out_of_memory, WaiterId};
+use super::{out_of_memory, slot_of_stored_key, WaiterId};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Timer {
@@ -63,6 +63,18 @@ impl Waiting {
 
     pub fn key_of(&self, waiter: WaiterId) -> Option<&[u8]> {
         self.parked.get(&waiter).map(|parked| &*parked.key)
+    }
+
+    /// Every parked request whose key `in_key` accepts, oldest first.
+    pub fn parked_on(&self, in_key: impl Fn(&[u8]) -> bool) -> Vec<(WaiterId, Box<[u8]>)> {
+        let mut found: Vec<(WaiterId, Box<[u8]>)> = self
+            .parked
+            .iter()
+            .filter(|(_, parked)| in_key(&parked.key))
+            .map(|(waiter, parked)| (*waiter, parked.key.clone()))
+            .collect();
+        found.sort_unstable_by_key(|(waiter, _)| *waiter);
+        found
     }
 
     pub fn next_deadline_ms(&self) -> Option<u64> {
@@ -186,7 +198,9 @@ impl<'a> Effects<'a> {
         };
         self.waiting.timers.remove(&(parked.deadline_ms, Timer::Waiter(waiter)));
         if let Some((client_id, op_id)) = parked.origin {
-            self.operations.record(client_id, op_id, Record::Done(response.clone()));
+            let slot = slot_of_stored_key(&parked.key);
+            self.operations
+                .record(client_id, op_id, slot, Record::Done(response.clone()));
         }
         self.waiting.completions.push(Completion {
             waiter,
@@ -194,6 +208,27 @@ impl<'a> Effects<'a> {
             key: parked.key,
             origin: parked.origin,
             revert,
+        });
+    }
+
+    /// Answers a parked request with a retryable refusal (its slot is moving) and
+    /// forgets its operation record, as a cancel does: the client re-sends the same
+    /// operation id to the new owner, where it must apply afresh, not replay this.
+    /// The caller has taken the waiter out of its object, so it was granted nothing.
+    pub fn bounce(&mut self, waiter: WaiterId, response: Response) {
+        let Some(parked) = self.waiting.parked.remove(&waiter) else {
+            return;
+        };
+        self.waiting.timers.remove(&(parked.deadline_ms, Timer::Waiter(waiter)));
+        if let Some((client_id, op_id)) = parked.origin {
+            self.operations.forget(client_id, op_id, Some(waiter));
+        }
+        self.waiting.completions.push(Completion {
+            waiter,
+            response,
+            key: parked.key,
+            origin: parked.origin,
+            revert: None,
         });
     }
 

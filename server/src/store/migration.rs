@@ -1,0 +1,442 @@
+//! Handing slots over to another shard (DESIGN §7), as the store's part of it.
+//!
+//! The shell drives the protocol: it freezes the slots (applies nothing to them), calls
+//! [`Store::bounce_waiters`] so every request parked there is answered `Moved` and
+//! re-sent by its client to the new owner, ships [`Store::export_slots`] to the target,
+//! which applies each batch with [`Store::import_batch`], and once the control plane
+//! commits, calls [`Store::remove_slots`] on the source. An abort needs nothing from the
+//! store: export copies, so the source just unfreezes. The target must not serve the
+//! slots before the commit, and drops what it imported (`remove_slots`) on an abort.
+//!
+//! Why parked requests are bounced rather than shipped: a waiter is a promise to answer
+//! on one connection or forwarding channel of this node, which the target cannot keep.
+//! Bouncing forgets the request's operation record, so the retry applies afresh at
+//! the target, and since it was granted nothing here, it is applied exactly once.
+
+use std::collections::HashSet;
+
+use engram_proto::limits::{LEASE_MS_MAX, OWNER_BYTES_MAX, SLOT_COUNT, TTL_MS_MAX, VALUE_BYTES_MAX};
+use engram_proto::migration::BATCH_FIXED_BYTES;
+use engram_proto::{
+    decode_batch, ErrorCode, MigratedEntry, MigratedObject, MigratedRecord, ProtocolError, SlotBatch, SlotHasher,
+};
+
+use super::operations::{done_record_bytes, OPERATION_RECORDS_MAX};
+use super::{
+    barrier, client_key, entry_bytes, error, expiry_bytes, future, latch, lock, map, queue, semaphore, Effects, Entry,
+    Object, Store, STORED_KEY_BYTES_MAX,
+};
+
+/// The slot of a stored key (`[namespace length][namespace][client key]`), as the
+/// client computed it; `None` when the key is too short for its own prefix.
+pub fn slot_of_stored_key(key: &[u8]) -> Option<u32> {
+    let (&namespace_length, rest) = key.split_first()?;
+    let namespace = rest.get(..usize::from(namespace_length))?;
+    let client_key = &rest[usize::from(namespace_length)..];
+    Some(SlotHasher::new(namespace).slot(client_key))
+}
+
+/// Why a batch was refused. A refused batch changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImportError {
+    #[error("batch is malformed: {0}")]
+    Malformed(#[from] ProtocolError),
+    #[error("migrated key of {length} bytes exceeds stored_key_bytes_max ({STORED_KEY_BYTES_MAX})")]
+    KeyTooLarge { length: usize },
+    #[error("key {key:?} already exists on this shard or twice in the batch")]
+    DuplicateKey { key: String },
+    #[error("migrated entry at key {key:?} is invalid: {reason}")]
+    InvalidEntry { key: String, reason: String },
+    #[error("operation {op_id} of client {client_id} appears twice in the batch")]
+    DuplicateRecord { client_id: u64, op_id: u64 },
+    #[error("record of operation {op_id} of client {client_id} names slot {slot}, outside slot_count ({SLOT_COUNT})")]
+    InvalidRecordSlot { client_id: u64, op_id: u64, slot: u32 },
+    #[error("batch needs {needed_bytes} bytes; shard holds {used_bytes} of memory_limit_bytes ({limit_bytes})")]
+    OutOfMemory {
+        needed_bytes: u64,
+        used_bytes: u64,
+        limit_bytes: u64,
+    },
+    #[error("batch brings {incoming} records; shard holds {held} of operation_records_max ({OPERATION_RECORDS_MAX})")]
+    TooManyRecords { incoming: usize, held: usize },
+}
+
+impl Store {
+    /// Answers every request parked on an object in the slots `in_slot` accepts with
+    /// `Moved` (retryable), taking it out of its object as [`Store::cancel`] does: it is
+    /// granted nothing, a barrier arrival no longer counts, and its operation record is
+    /// forgotten, so the client's retry applies afresh at the new owner. The answers come
+    /// out of [`Store::take_completions`].
+    pub fn bounce_waiters(&mut self, in_slot: impl Fn(u32) -> bool, now_ms: u64) {
+        let parked = self
+            .waiting
+            .parked_on(|key| slot_of_stored_key(key).is_some_and(&in_slot));
+        if parked.is_empty() {
+            return;
+        }
+        let moved = error(
+            ErrorCode::Moved,
+            "the key's slot is moving to another shard; retry at its new owner",
+        );
+        let mut keys: Vec<&[u8]> = parked.iter().map(|(_, key)| &**key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            // All of an object's waiters at once, so none is granted what an earlier
+            // one's departure freed (a semaphore would otherwise serve the next).
+            self.with_existing(key, now_ms, |object, effects| {
+                for waiter in object.take_waiters() {
+                    effects.bounce(waiter, moved.clone());
+                }
+            });
+        }
+        // A request parked on an object that is gone still gets its answer.
+        let mut effects = Effects::new(
+            now_ms,
+            None,
+            &mut self.waiting,
+            &mut self.operations,
+            &mut self.last_version,
+        );
+        for (waiter, _) in parked {
+            effects.bounce(waiter, moved.clone());
+        }
+    }
+
+    /// A copy of the slots `in_slot` accepts: every live entry and every answered
+    /// operation record, in batches whose encoding stays within `batch_bytes_max` (an
+    /// entry larger than that travels alone). Always at least one batch, so the version
+    /// counter reaches the target even for empty slots: a lock re-created there must
+    /// still get fences above every fence handed out here.
+    ///
+    /// Call after [`Store::bounce_waiters`]: parked requests are not part of the copy.
+    pub fn export_slots(&self, in_slot: impl Fn(u32) -> bool, now_ms: u64, batch_bytes_max: usize) -> Vec<SlotBatch> {
+        let mut live: Vec<(&[u8], &Entry)> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.expires_at_ms == 0 || entry.expires_at_ms > now_ms)
+            .filter(|(key, _)| slot_of_stored_key(key).is_some_and(&in_slot))
+            .map(|(key, entry)| (&**key, entry))
+            .collect();
+        // Sorted so an export is reproducible whatever the hash seed.
+        live.sort_unstable_by(|left, right| left.0.cmp(right.0));
+        let mut batches = Batches::new(batch_bytes_max, self.last_version);
+        for (key, entry) in live {
+            batches.add_entry(MigratedEntry {
+                key: key.to_vec(),
+                version: entry.version,
+                ttl_remaining_ms: if entry.expires_at_ms == 0 {
+                    0
+                } else {
+                    entry.expires_at_ms - now_ms
+                },
+                object: export_object(&entry.object, now_ms),
+            });
+        }
+        for record in self.operations.export_slots(&in_slot) {
+            batches.add_record(record);
+        }
+        batches.finish()
+    }
+
+    /// Drops everything of the slots `in_slot` accepts: entries, their expiries and
+    /// lease timers, and operation records, uncharging their memory. A request still
+    /// parked there is answered `Moved` rather than left without an answer.
+    pub fn remove_slots(&mut self, in_slot: impl Fn(u32) -> bool, now_ms: u64) {
+        self.bounce_waiters(&in_slot, now_ms);
+        let keys: Vec<Box<[u8]>> = self
+            .entries
+            .keys()
+            .filter(|key| slot_of_stored_key(key).is_some_and(&in_slot))
+            .cloned()
+            .collect();
+        for key in keys {
+            self.remove(&key, now_ms);
+        }
+        self.operations.remove_slots(&in_slot);
+    }
+
+    /// Decodes (validating) and imports an encoded batch.
+    pub fn import_encoded(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), ImportError> {
+        let batch = decode_batch(bytes)?;
+        self.import_batch(batch, now_ms)
+    }
+
+    /// Takes over a batch another shard exported. Everything is checked before anything
+    /// is applied, so a refused batch leaves the store as it was. Deadlines restart from
+    /// `now_ms` with the time that was left; the version counter rises to at least the
+    /// batch's, so no version, fence or permit id handed out here repeats one of the
+    /// source's. A record for an operation this shard already answered is not taken:
+    /// its own answer stands.
+    pub fn import_batch(&mut self, batch: SlotBatch, now_ms: u64) -> Result<(), ImportError> {
+        let SlotBatch {
+            entries,
+            records,
+            last_version,
+        } = batch;
+        let mut built: Vec<(Box<[u8]>, Entry)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (key, entry) = self.build_entry(entry, now_ms, last_version)?;
+            // Idle objects are never stored (a later use re-creates them identically).
+            if !entry.object.is_idle() {
+                built.push((key, entry));
+            }
+        }
+        built.sort_unstable_by(|left, right| left.0.cmp(&right.0));
+        if let Some(pair) = built.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(ImportError::DuplicateKey { key: shown(&pair[0].0) });
+        }
+        let mut seen_operations = HashSet::with_capacity(records.len());
+        let mut taken = Vec::with_capacity(records.len());
+        for record in records {
+            if !seen_operations.insert((record.client_id, record.op_id)) {
+                return Err(ImportError::DuplicateRecord {
+                    client_id: record.client_id,
+                    op_id: record.op_id,
+                });
+            }
+            if record.slot >= SLOT_COUNT {
+                return Err(ImportError::InvalidRecordSlot {
+                    client_id: record.client_id,
+                    op_id: record.op_id,
+                    slot: record.slot,
+                });
+            }
+            if self.operations.would_import(record.client_id, record.op_id) {
+                taken.push(record);
+            }
+        }
+        let held = self.operations.records();
+        if held.saturating_add(taken.len()) > OPERATION_RECORDS_MAX {
+            return Err(ImportError::TooManyRecords {
+                incoming: taken.len(),
+                held,
+            });
+        }
+        let entries_bytes = built.iter().map(|(key, entry)| charged_bytes(key, entry));
+        let records_bytes = taken.iter().map(|record| done_record_bytes(&record.response));
+        let needed_bytes = entries_bytes.chain(records_bytes).fold(0u64, u64::saturating_add);
+        let used_bytes = self.memory_used_bytes();
+        if used_bytes.saturating_add(needed_bytes) > self.memory_limit_bytes {
+            return Err(ImportError::OutOfMemory {
+                needed_bytes,
+                used_bytes,
+                limit_bytes: self.memory_limit_bytes,
+            });
+        }
+
+        for (key, entry) in built {
+            self.data_bytes += entry_bytes(&key, entry.object.payload_bytes());
+            self.move_deadline(&key, 0, entry.expires_at_ms);
+            let mut effects = Effects::new(
+                now_ms,
+                None,
+                &mut self.waiting,
+                &mut self.operations,
+                &mut self.last_version,
+            );
+            match &entry.object {
+                Object::Lock(lock) => lock.set_leases(&key, &mut effects),
+                Object::Semaphore(semaphore) => semaphore.set_leases(&key, &mut effects),
+                _ => {}
+            }
+            self.entries.insert(key, entry);
+        }
+        for record in taken {
+            self.operations.import(
+                record.client_id,
+                record.op_id,
+                Some(record.slot),
+                record.response,
+                now_ms,
+            );
+        }
+        self.last_version = self.last_version.max(last_version);
+        Ok(())
+    }
+
+    /// Checks one migrated entry and rebuilds it, without touching the store.
+    fn build_entry(
+        &self,
+        migrated: MigratedEntry,
+        now_ms: u64,
+        last_version: u64,
+    ) -> Result<(Box<[u8]>, Entry), ImportError> {
+        let MigratedEntry {
+            key,
+            version,
+            ttl_remaining_ms,
+            object,
+        } = migrated;
+        if key.len() > STORED_KEY_BYTES_MAX {
+            return Err(ImportError::KeyTooLarge { length: key.len() });
+        }
+        if self.entries.contains_key(key.as_slice()) {
+            // The target owned nothing in these slots: an existing key means the slot
+            // was imported twice or is owned twice, and either would lose a write.
+            return Err(ImportError::DuplicateKey { key: shown(&key) });
+        }
+        let invalid = |reason: String| ImportError::InvalidEntry {
+            key: shown(&key),
+            reason,
+        };
+        if ttl_remaining_ms > TTL_MS_MAX {
+            return Err(invalid(format!(
+                "ttl of {ttl_remaining_ms} ms exceeds ttl_ms_max ({TTL_MS_MAX})"
+            )));
+        }
+        check_minted("version", version, last_version).map_err(invalid)?;
+        let object = import_object(object, now_ms, last_version).map_err(invalid)?;
+        let expires_at_ms = if ttl_remaining_ms == 0 {
+            0
+        } else {
+            now_ms.saturating_add(ttl_remaining_ms)
+        };
+        let entry = Entry {
+            object,
+            version,
+            expires_at_ms,
+        };
+        Ok((key.into_boxed_slice(), entry))
+    }
+}
+
+/// Memory an imported entry is charged, with its place in the expiry index.
+fn charged_bytes(key: &[u8], entry: &Entry) -> u64 {
+    let expiry = if entry.expires_at_ms == 0 { 0 } else { expiry_bytes(key) };
+    entry_bytes(key, entry.object.payload_bytes()) + expiry
+}
+
+fn shown(key: &[u8]) -> String {
+    String::from_utf8_lossy(client_key(key)).into_owned()
+}
+
+fn export_object(object: &Object, now_ms: u64) -> MigratedObject {
+    match object {
+        Object::Bytes(value) => MigratedObject::Bytes { value: value.clone() },
+        Object::Counter(value) => MigratedObject::Counter { value: *value },
+        Object::Lock(lock) => lock.export(now_ms),
+        Object::Semaphore(semaphore) => semaphore.export(now_ms),
+        Object::Barrier(barrier) => barrier.export(),
+        Object::Latch(latch) => latch.export(),
+        Object::Future(future) => future.export(),
+        Object::Map(map) => map.export(),
+        Object::Queue(queue) => queue.export(),
+    }
+}
+
+fn import_object(object: MigratedObject, now_ms: u64, last_version: u64) -> Result<Object, String> {
+    Ok(match object {
+        MigratedObject::Bytes { value } => {
+            if value.len() > VALUE_BYTES_MAX {
+                return Err(format!(
+                    "value of {} bytes exceeds value_bytes_max ({VALUE_BYTES_MAX})",
+                    value.len()
+                ));
+            }
+            Object::Bytes(value)
+        }
+        MigratedObject::Counter { value } => Object::Counter(value),
+        MigratedObject::Lock { holder } => Object::Lock(lock::LockState::import(holder, now_ms, last_version)?),
+        MigratedObject::Semaphore { capacity, held } => {
+            Object::Semaphore(semaphore::SemaphoreState::import(capacity, held, now_ms, last_version)?)
+        }
+        MigratedObject::Barrier { generation, parties } => {
+            Object::Barrier(barrier::BarrierState::import(generation, parties)?)
+        }
+        MigratedObject::Latch { count } => Object::Latch(latch::LatchState::import(count)),
+        MigratedObject::Future { completion } => Object::Future(future::FutureState::import(completion, last_version)?),
+        MigratedObject::Map { fields } => Object::Map(map::MapState::import(fields)?),
+        MigratedObject::Queue { items } => Object::Queue(queue::QueueState::import(items)?),
+    })
+}
+
+pub(super) fn check_owner(owner: &[u8]) -> Result<(), String> {
+    if owner.is_empty() || owner.len() > OWNER_BYTES_MAX {
+        return Err(format!(
+            "owner id of {} bytes is outside 1..={OWNER_BYTES_MAX} (owner_bytes_max)",
+            owner.len()
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn check_lease_ms(what: &str, lease_ms: u64) -> Result<(), String> {
+    if lease_ms > LEASE_MS_MAX {
+        return Err(format!("{what} of {lease_ms} ms exceeds lease_ms_max ({LEASE_MS_MAX})"));
+    }
+    Ok(())
+}
+
+/// Versions, fences and permit ids come from the source's version counter, so none may
+/// exceed the counter the batch carries; one that did could be handed out again here.
+pub(super) fn check_minted(what: &str, value: u64, last_version: u64) -> Result<(), String> {
+    if value > last_version {
+        return Err(format!(
+            "{what} {value} exceeds the batch's last_version {last_version}"
+        ));
+    }
+    Ok(())
+}
+
+/// Splits an export into batches by their encoded size.
+struct Batches {
+    batch_bytes_max: usize,
+    last_version: u64,
+    done: Vec<SlotBatch>,
+    current: SlotBatch,
+    current_bytes: usize,
+}
+
+impl Batches {
+    fn new(batch_bytes_max: usize, last_version: u64) -> Batches {
+        Batches {
+            batch_bytes_max,
+            last_version,
+            done: Vec::new(),
+            current: Batches::empty(last_version),
+            current_bytes: BATCH_FIXED_BYTES,
+        }
+    }
+
+    fn empty(last_version: u64) -> SlotBatch {
+        SlotBatch {
+            entries: Vec::new(),
+            records: Vec::new(),
+            last_version,
+        }
+    }
+
+    /// Starts a new batch when `bytes` more would not fit the current, non-empty one.
+    fn make_room(&mut self, bytes: usize) {
+        let empty = self.current.entries.is_empty() && self.current.records.is_empty();
+        if !empty && self.current_bytes.saturating_add(bytes) > self.batch_bytes_max {
+            let full = std::mem::replace(&mut self.current, Batches::empty(self.last_version));
+            self.done.push(full);
+            self.current_bytes = BATCH_FIXED_BYTES;
+        }
+        self.current_bytes = self.current_bytes.saturating_add(bytes);
+    }
+
+    fn add_entry(&mut self, entry: MigratedEntry) {
+        self.make_room(entry.encoded_bytes_max());
+        self.current.entries.push(entry);
+    }
+
+    fn add_record(&mut self, record: MigratedRecord) {
+        self.make_room(record.encoded_bytes_max());
+        self.current.records.push(record);
+    }
+
+    fn finish(mut self) -> Vec<SlotBatch> {
+        let empty = self.current.entries.is_empty() && self.current.records.is_empty();
+        if !empty || self.done.is_empty() {
+            self.done.push(self.current);
+        }
+        self.done
+    }
+}
+
+#[cfg(test)]
+#[path = "migration_tests.rs"]
+mod tests;
