@@ -53,6 +53,14 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_METRICS_PORT", default_value_t = 0)]
     pub metrics_port: u16,
 
+    /// Join the cluster run by the engram-control at this address (default: run alone,
+    /// serving every slot, with the embedded control plane).
+    #[arg(long, env = "ENGRAM_CONTROL")]
+    pub control: Option<String>,
+    /// Host clients and other nodes reach this node at, when it differs from --bind
+    /// (required in a cluster when --bind is 0.0.0.0 or ::).
+    #[arg(long, env = "ENGRAM_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -304,7 +304,26 @@ impl Connection {
         let immediate = match &request.command {
             Command::Ping => Response::Pong,
             Command::Info => Response::Info(self.shard.node.info(self.shard.map_epoch())),
-            Command::GetSlotMap => Response::SlotMap((*self.shard.map).clone()),
+            Command::GetSlotMap => Response::SlotMap((*self.shard.routing().map).clone()),
+            Command::InstallMap(map) => self.shard.install_map(map.clone()),
+            Command::MigrateOut(_) | Command::MigrateIn(_) if self.front => self.shard.error(
+                ErrorCode::InvalidArgument,
+                "migrations go to the shard's own port, not the front port",
+            ),
+            Command::MigrateOut(order) => self.shard.clone().migrate_out(order.clone()).await,
+            Command::MigrateIn(order) => self.shard.migrate_in(order),
+            Command::MigrateAbort { migration_id } => self.shard.migrate_abort(*migration_id),
+            Command::ClusterJoin(_)
+            | Command::ClusterHeartbeat(_)
+            | Command::ClusterStatus
+            | Command::ClusterRebalance
+            | Command::ClusterDrain { .. } => self.shard.error(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{} is a control-plane command: send it to engram-control",
+                    request.command.name()
+                ),
+            ),
             command => {
                 let key = command.key().unwrap_or_default();
                 let slot = session.hasher.slot(key);
@@ -312,22 +331,25 @@ impl Connection {
                     let message = format!("key of {} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})", key.len());
                     self.shard.error(ErrorCode::KeyTooLarge, message)
                 } else {
-                    let owner = self.shard.owner_table[slot as usize] as usize;
-                    if owner != self.shard.shard_id && !self.front {
-                        let epoch = self.shard.map_epoch();
-                        let message = format!("slot {slot} belongs to shard {owner} under map epoch {epoch}");
-                        self.shard.error(ErrorCode::WrongShard, message)
-                    } else {
-                        prefix_key(&mut request.command, &session.key_prefix);
-                        self.outbox.pending.set(self.outbox.pending.get() + 1);
-                        if owner == self.shard.shard_id {
-                            let outbox = Rc::downgrade(&self.outbox);
-                            self.shard
-                                .submit(client_id, &request, Destination::Connection { outbox, request_id });
-                        } else {
-                            self.forward(owner, client_id, request_id, request).await;
+                    match self.shard.admit(slot) {
+                        Err(refusal) => refusal,
+                        Ok(owner) if owner != self.shard.shard_id && !self.front => {
+                            let epoch = self.shard.map_epoch();
+                            let message = format!("slot {slot} belongs to shard {owner} under map epoch {epoch}");
+                            self.shard.error(ErrorCode::WrongShard, message)
                         }
-                        return Ok(());
+                        Ok(owner) => {
+                            prefix_key(&mut request.command, &session.key_prefix);
+                            self.outbox.pending.set(self.outbox.pending.get() + 1);
+                            if owner == self.shard.shard_id {
+                                let outbox = Rc::downgrade(&self.outbox);
+                                self.shard
+                                    .submit(client_id, &request, Destination::Connection { outbox, request_id });
+                            } else {
+                                self.forward(owner, slot, client_id, request_id, request).await;
+                            }
+                            return Ok(());
+                        }
                     }
                 }
             }
@@ -341,10 +363,11 @@ impl Connection {
     /// arrival order (waiting here if that shard's queue is full, which pushes back on
     /// this connection); the answer is awaited by a task of its own, so the connection
     /// keeps serving meanwhile.
-    async fn forward(&self, owner: usize, client_id: u64, request_id: u64, request: Request) {
+    async fn forward(&self, owner: usize, slot: u32, client_id: u64, request_id: u64, request: Request) {
         let (reply, answer) = oneshot::channel();
         let forwarded = Forwarded {
             client_id,
+            slot,
             request,
             reply,
         };

@@ -7,11 +7,15 @@
 //! - [`shard`]: a shard's runtime: store, accept loops, peer mesh, maintenance (expiry, figures).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
 //! - [`store`]: the sans-I/O keyspace state machine (bytes, counters, TTL, memory, exactly-once records).
+//! - [`cluster`]: the node's slot map and routing, the control-plane and peer links.
+//! - [`migration`]: the shard's side of live slot migration (freeze, copy, commit or abort).
 //! - [`stats`]: per-shard figures published for INFO and metrics.
 //! - [`metrics`]: Prometheus families, per-shard counting handles, the `/metrics` endpoint.
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod metrics;
+pub mod migration;
 pub mod node;
 pub mod notify;
 pub mod shard;

@@ -9,10 +9,11 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use engram_control::embedded_map;
-use engram_proto::ShardAddress;
+use engram_proto::{Command, Heartbeat, JoinRequest, Response, ShardAddress, ShardLoad, SlotMap};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::cluster::{BlockingLink, NodeMap};
 use crate::config::Config;
 use crate::metrics::NodeMetrics;
 use crate::shard::{self, ShardLaunch, FORWARD_QUEUE_DEPTH};
@@ -47,7 +48,19 @@ pub enum ServerError {
     ShardStart { shard: usize, reason: String },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("--bind {0} is unspecified: a cluster node needs --advertise with the host others reach it at")]
+    AdvertiseRequired(std::net::IpAddr),
+    #[error("could not join the cluster at {control} within {JOIN_TIMEOUT_MS} ms (join_timeout_ms): {reason}")]
+    Join { control: String, reason: String },
 }
+
+/// How long a starting node keeps trying to reach the control plane.
+pub const JOIN_TIMEOUT_MS: u64 = 30_000;
+/// How often a cluster node reports to the control plane.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
+/// Bound on each control-plane exchange, so a stalled control plane cannot stall the
+/// heartbeat thread for long.
+pub const CONTROL_CALL_TIMEOUT_MS: u64 = 2_000;
 
 /// Fails fast, with the likely cause, when this process cannot use io_uring at all.
 pub fn check_io_uring() -> Result<(), ServerError> {
@@ -161,18 +174,44 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         })
         .collect();
 
-    let node_id = config.node_id.unwrap_or_else(random_u64);
-    let map = embedded_map(
-        shard_addresses
-            .iter()
-            .enumerate()
-            .map(|(shard_id, address)| ShardAddress {
-                node_id,
-                shard_id: shard_id as u16,
-                address: address.clone(),
-            })
-            .collect(),
-    );
+    let credentials = config.auth_token.clone().unwrap_or_default().into_bytes();
+    let (node_id, map, shard_addresses) = match &config.control {
+        None => {
+            let node_id = config.node_id.unwrap_or_else(random_u64);
+            let map = embedded_map(
+                shard_addresses
+                    .iter()
+                    .enumerate()
+                    .map(|(shard_id, address)| ShardAddress {
+                        node_id,
+                        shard_id: shard_id as u16,
+                        address: address.clone(),
+                    })
+                    .collect(),
+            );
+            (node_id, map, shard_addresses)
+        }
+        Some(control) => {
+            let host = match &config.advertise {
+                Some(host) => host.clone(),
+                None if config.bind.is_unspecified() => return Err(ServerError::AdvertiseRequired(config.bind)),
+                None => config.bind.to_string(),
+            };
+            let advertised = |address: &str| {
+                let port = address.rsplit_once(':').map_or("0", |(_, port)| port);
+                format!("{host}:{port}")
+            };
+            let request = JoinRequest {
+                front_address: advertised(&front_address.to_string()),
+                shard_addresses: shard_addresses.iter().map(|address| advertised(address)).collect(),
+                memory_limit_bytes: config.memory_limit.map_or(0, |limit| limit / shard_count as u64),
+            };
+            let (node_id, map) = join_cluster(control, &credentials, &request)?;
+            tracing::info!(%control, node_id, epoch = map.epoch, "joined the cluster");
+            (node_id, map, request.shard_addresses)
+        }
+    };
+    let node_map = Arc::new(NodeMap::new(map));
     let node = Arc::new(NodeStats {
         node_id,
         started: Instant::now(),
@@ -197,7 +236,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             shard_id,
             shard_listener,
             front_listener,
-            map: map.clone(),
+            node_map: node_map.clone(),
             node: node.clone(),
             memory_limit_bytes,
             auth_token: config.auth_token.clone().map(String::into_bytes),
@@ -245,6 +284,19 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             }
         }
     }
+    if let Some(control) = &config.control {
+        let heartbeat = Heartbeater {
+            control: control.clone(),
+            credentials: credentials.clone(),
+            node: node.clone(),
+            node_map: node_map.clone(),
+            shutdown: shutdown.clone(),
+        };
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || heartbeat.run())
+            .map_err(ServerError::Signals)?;
+    }
     tracing::info!(%front_address, shards = shard_count, node_id, ?metrics_address, "engramd serving");
     // The ready line is the contract with scripts and tests: one line, key=value.
     let mut stdout = std::io::stdout().lock();
@@ -284,6 +336,113 @@ fn watch_signals(shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
         })
         .map_err(ServerError::Signals)?;
     Ok(())
+}
+
+/// Registers with the control plane, retrying until `JOIN_TIMEOUT_MS`: a node may start
+/// before its control plane (as containers do).
+fn join_cluster(control: &str, credentials: &[u8], request: &JoinRequest) -> Result<(u64, SlotMap), ServerError> {
+    let deadline = Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
+    let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
+    loop {
+        let attempt = BlockingLink::connect(control, credentials, timeout)
+            .and_then(|mut link| link.call(Command::ClusterJoin(request.clone())));
+        let reason = match attempt {
+            Ok(Response::Joined { node_id, map }) => match map.validate() {
+                Ok(()) => return Ok((node_id, map)),
+                Err(reason) => format!("the control plane sent an invalid map: {reason}"),
+            },
+            Ok(Response::Error(reply)) => format!("refused: {}", reply.message),
+            Ok(other) => format!("unexpected answer {}", other.name()),
+            Err(error) => error.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(ServerError::Join {
+                control: control.to_string(),
+                reason,
+            });
+        }
+        tracing::debug!(%control, %reason, "join attempt failed; retrying");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Reports liveness and load to the control plane and fetches the map when the control
+/// plane's is newer. The node keeps serving with the map it has while the control plane
+/// is unreachable.
+struct Heartbeater {
+    control: String,
+    credentials: Vec<u8>,
+    node: Arc<NodeStats>,
+    node_map: Arc<NodeMap>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Heartbeater {
+    fn run(self) {
+        let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
+        let mut link: Option<BlockingLink> = None;
+        let mut reachable = true;
+        while !self.shutdown.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+            let outcome = match link.take() {
+                Some(existing) => Ok(existing),
+                None => BlockingLink::connect(&self.control, &self.credentials, timeout),
+            }
+            .and_then(|mut existing| self.beat(&mut existing).map(|()| existing));
+            match outcome {
+                Ok(existing) => {
+                    if !reachable {
+                        tracing::info!(control = %self.control, "control plane reachable again");
+                    }
+                    reachable = true;
+                    link = Some(existing);
+                }
+                Err(error) => {
+                    if reachable {
+                        tracing::warn!(control = %self.control, %error, "control plane unreachable; serving with the current map");
+                    }
+                    reachable = false;
+                }
+            }
+        }
+    }
+
+    fn beat(&self, link: &mut BlockingLink) -> Result<(), crate::cluster::LinkError> {
+        let shards = self
+            .node
+            .shards
+            .iter()
+            .map(|shard| ShardLoad {
+                keys: shard.keys.load(Relaxed),
+                memory_used_bytes: shard.memory_used_bytes.load(Relaxed),
+                operations_total: shard.operations_total.load(Relaxed),
+            })
+            .collect();
+        let heartbeat = Heartbeat {
+            node_id: self.node.node_id,
+            map_epoch: self.node_map.epoch(),
+            shards,
+        };
+        let control_epoch = match link.call(Command::ClusterHeartbeat(heartbeat))? {
+            Response::HeartbeatAck { map_epoch } => map_epoch,
+            Response::Error(reply) => {
+                tracing::warn!(control = %self.control, message = %reply.message, "heartbeat refused");
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        if control_epoch > self.node_map.epoch() {
+            if let Response::SlotMap(map) = link.call(Command::GetSlotMap)? {
+                let epoch = map.epoch;
+                match self.node_map.install(map) {
+                    Ok(true) => tracing::info!(epoch, "installed the control plane's map"),
+                    Ok(false) => {}
+                    Err(reason) => tracing::warn!(epoch, %reason, "the control plane sent an invalid map"),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn random_u64() -> u64 {

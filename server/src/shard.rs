@@ -14,13 +14,15 @@ use std::time::Duration;
 
 use std::rc::Weak;
 
-use engram_proto::{ErrorCode, ErrorReply, Request, Response, SlotMap};
+use engram_proto::{ErrorCode, ErrorReply, Request, Response};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::net::TcpListener;
 
+use crate::cluster::{NodeMap, Owner, Routing};
 use crate::connection::{self, Outbox};
 use crate::metrics::ShardMetrics;
+use crate::migration::{Incoming, Outgoing};
 use crate::notify::LocalNotify;
 use crate::stats::NodeStats;
 use crate::store::{Outcome, Store, WaiterId};
@@ -36,6 +38,9 @@ pub const EXPIRE_KEYS_PER_STEP_MAX: usize = 2_000;
 /// A request handed to the shard that owns its slot.
 pub struct Forwarded {
     pub client_id: u64,
+    /// Checked again by the owner: the map or a migration may have moved the slot
+    /// since the forwarding shard looked.
+    pub slot: u32,
     pub request: Request,
     pub reply: oneshot::Sender<Response>,
 }
@@ -68,9 +73,14 @@ impl Destination {
 pub struct Shard {
     pub shard_id: usize,
     pub store: RefCell<Store>,
-    pub map: Rc<SlotMap>,
-    /// Slot to index of the owning shard in `map.shards`.
-    pub owner_table: Rc<Vec<u32>>,
+    pub node_map: Arc<NodeMap>,
+    /// Built from `node_map`; rebuilt when the node's epoch moves.
+    routing: RefCell<Rc<Routing>>,
+    /// The migration taking slots off this shard, whose slots are frozen meanwhile.
+    pub(crate) outgoing: RefCell<Option<Outgoing>>,
+    /// Migrations bringing slots to this shard, held but not served until a map gives
+    /// them their slots.
+    pub(crate) incoming: RefCell<Incoming>,
     pub node: Arc<NodeStats>,
     pub auth_token: Option<Vec<u8>>,
     pub peers: Senders<Forwarded>,
@@ -89,7 +99,40 @@ impl Shard {
     }
 
     pub fn map_epoch(&self) -> u64 {
-        self.map.epoch
+        self.routing().epoch()
+    }
+
+    /// The routing for the node's current map, rebuilt first if the map changed.
+    pub fn routing(&self) -> Rc<Routing> {
+        let current = self.routing.borrow().clone();
+        if current.epoch() == self.node_map.epoch() {
+            return current;
+        }
+        let routing = Rc::new(Routing::new(self.node_map.current(), self.node.node_id));
+        *self.routing.borrow_mut() = routing.clone();
+        self.on_new_map(&routing);
+        routing
+    }
+
+    /// Whether this shard may apply a request for `slot` now: `Ok` with the local shard
+    /// that owns it, or the error that sends the client elsewhere (another node's
+    /// shard, or wait: the slot is frozen while it migrates).
+    pub fn admit(&self, slot: u32) -> Result<usize, Response> {
+        let routing = self.routing();
+        match routing.owner(slot) {
+            Owner::Remote(index) => Err(self.error(
+                ErrorCode::Moved,
+                format!(
+                    "slot {slot} is served by {} under map epoch {}",
+                    routing.address(index),
+                    routing.epoch()
+                ),
+            )),
+            Owner::Local(owner) if owner as usize == self.shard_id && self.is_frozen(slot) => {
+                Err(self.error(ErrorCode::TryAgain, format!("slot {slot} is migrating; retry shortly")))
+            }
+            Owner::Local(owner) => Ok(owner as usize),
+        }
     }
 
     pub fn count_operations(&self, count: u64) {
@@ -137,7 +180,7 @@ impl Shard {
     /// Delivers the answers of parked requests. One whose asker is gone is taken back
     /// by the store (a popped value returns to its queue, a grant is released), which
     /// can complete further requests, hence the loop.
-    fn deliver_completions(&self) {
+    pub(crate) fn deliver_completions(&self) {
         loop {
             let completions = self.store.borrow_mut().take_completions();
             if completions.is_empty() {
@@ -196,7 +239,7 @@ impl Shard {
 
     fn stamp(&self, mut response: Response) -> Response {
         if let Response::Error(reply) = &mut response {
-            reply.map_epoch = self.map.epoch;
+            reply.map_epoch = self.map_epoch();
         }
         response
     }
@@ -205,7 +248,7 @@ impl Shard {
         Response::Error(ErrorReply {
             code: code.as_u16(),
             message: message.into(),
-            map_epoch: self.map.epoch,
+            map_epoch: self.map_epoch(),
         })
     }
 }
@@ -215,7 +258,7 @@ pub struct ShardLaunch {
     pub shard_id: usize,
     pub shard_listener: StdListener,
     pub front_listener: StdListener,
-    pub map: SlotMap,
+    pub node_map: Arc<NodeMap>,
     pub node: Arc<NodeStats>,
     pub memory_limit_bytes: u64,
     pub auth_token: Option<Vec<u8>>,
@@ -234,13 +277,15 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
             return;
         }
     };
-    let owner_table = Rc::new(launch.map.owner_table());
+    let routing = Routing::new(launch.node_map.current(), launch.node.node_id);
     let metrics = launch.node.metrics.shard(launch.shard_id);
     let shard = Rc::new(Shard {
         shard_id: launch.shard_id,
         store: RefCell::new(Store::new(launch.memory_limit_bytes, launch.hash_seed)),
-        map: Rc::new(launch.map),
-        owner_table,
+        node_map: launch.node_map,
+        routing: RefCell::new(Rc::new(routing)),
+        outgoing: RefCell::new(None),
+        incoming: RefCell::default(),
         node: launch.node,
         auth_token: launch.auth_token,
         peers,
@@ -268,11 +313,20 @@ fn serve_peers(shard: &Rc<Shard>, mut receivers: Receivers<Forwarded>) {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(forwarded) = receiver.recv().await {
-                shard.submit(
-                    forwarded.client_id,
-                    &forwarded.request,
-                    Destination::Forwarded(forwarded.reply),
-                );
+                match shard.admit(forwarded.slot) {
+                    Ok(owner) if owner == shard.shard_id => shard.submit(
+                        forwarded.client_id,
+                        &forwarded.request,
+                        Destination::Forwarded(forwarded.reply),
+                    ),
+                    Ok(owner) => {
+                        let message = format!("slot {} moved to shard {owner} of this node", forwarded.slot);
+                        let _ = forwarded.reply.send(shard.error(ErrorCode::WrongShard, message));
+                    }
+                    Err(refusal) => {
+                        let _ = forwarded.reply.send(refusal);
+                    }
+                }
                 shard.count_operations(1);
             }
         })
@@ -302,6 +356,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, front: bool) {
 /// times a second to expire keys and publish figures.
 async fn keep_time(shard: &Rc<Shard>, shutdown: &AtomicBool) {
     while !shutdown.load(Relaxed) {
+        // Picks up a map installed elsewhere even when no request comes, so a committed
+        // migration releases its frozen copy promptly.
+        shard.routing();
         let now_ms = shard.now_ms();
         let planned = now_ms + MAINTENANCE_INTERVAL_MS;
         let wake_ms = shard

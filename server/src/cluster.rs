@@ -1,0 +1,391 @@
+//! The node's part in a cluster: the slot map every shard routes with, and the two links
+//! a node opens itself (to the control plane, blocking, from a plain thread; and to a
+//! migration target, async, from a shard).
+//!
+//! The map lives once per node ([`NodeMap`]); each shard keeps a [`Routing`] built from
+//! it and rebuilds it when the node's epoch moves, which costs one relaxed load per
+//! request while nothing changes.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream as StdStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, PROTOCOL_VERSION};
+use engram_proto::{
+    decode_payload, encode_message, split_frame, Command, FrameKind, Hello, HelloReply, ProtocolError, Request,
+    Response, SlotMap, Split, FRAME_HEADER_BYTES,
+};
+
+/// The node's current map. Written by whoever installs a newer one (the heartbeat
+/// thread, or a shard handling `InstallMap`); read by every shard.
+pub struct NodeMap {
+    epoch: AtomicU64,
+    map: RwLock<Arc<SlotMap>>,
+}
+
+impl NodeMap {
+    pub fn new(map: SlotMap) -> NodeMap {
+        NodeMap {
+            epoch: AtomicU64::new(map.epoch),
+            map: RwLock::new(Arc::new(map)),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Relaxed)
+    }
+
+    pub fn current(&self) -> Arc<SlotMap> {
+        // Only ever replaced whole, so a poisoned lock still holds a valid map.
+        self.map.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Installs `map` if it is valid and newer than the current one; returns whether it did.
+    pub fn install(&self, map: SlotMap) -> Result<bool, String> {
+        map.validate()?;
+        let mut current = self.map.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if map.epoch <= current.epoch {
+            return Ok(false);
+        }
+        self.epoch.store(map.epoch, Relaxed);
+        *current = Arc::new(map);
+        Ok(true)
+    }
+}
+
+/// Who owns a slot, from one shard's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// A shard of this node.
+    Local(u16),
+    /// Another node's shard: its index in `map.shards`.
+    Remote(u32),
+}
+
+/// A map turned into a slot-indexed ownership table for this node.
+pub struct Routing {
+    pub map: Arc<SlotMap>,
+    owner_index: Vec<u32>,
+    /// Per shard of the map: its local shard id when it is one of ours.
+    local_ids: Vec<Option<u16>>,
+}
+
+impl Routing {
+    pub fn new(map: Arc<SlotMap>, node_id: u64) -> Routing {
+        let owner_index = map.owner_table();
+        let local_ids = map
+            .shards
+            .iter()
+            .map(|shard| (shard.node_id == node_id).then_some(shard.shard_id))
+            .collect();
+        Routing {
+            map,
+            owner_index,
+            local_ids,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.map.epoch
+    }
+
+    pub fn owner(&self, slot: u32) -> Owner {
+        let index = self.owner_index.get(slot as usize).copied().unwrap_or(0);
+        match self.local_ids.get(index as usize).copied().flatten() {
+            Some(local) => Owner::Local(local),
+            None => Owner::Remote(index),
+        }
+    }
+
+    /// The address of the shard at `index` in the map, for error messages.
+    pub fn address(&self, index: u32) -> &str {
+        self.map
+            .shards
+            .get(index as usize)
+            .map_or("unknown", |shard| shard.address.as_str())
+    }
+}
+
+/// Failures of a link to another process.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot reach {address}: {source}")]
+    Connect { address: String, source: std::io::Error },
+    #[error("link to {address} failed: {source}")]
+    Io { address: String, source: std::io::Error },
+    #[error("{address} broke the protocol: {source}")]
+    Protocol { address: String, source: ProtocolError },
+    #[error("{address} answered the handshake with {answer}")]
+    Refused { address: String, answer: String },
+    #[error("{address} timed out after {after:?}")]
+    TimedOut { address: String, after: Duration },
+}
+
+fn hello(credentials: &[u8], client_id: u64) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_id,
+        namespace: Vec::new(),
+        credentials: credentials.to_vec(),
+    }
+}
+
+/// Pulls one whole frame off the front of `buffer`, if there is one: (kind, payload).
+fn take_frame(buffer: &mut Vec<u8>, address: &str) -> Result<Option<(FrameKind, Vec<u8>)>, LinkError> {
+    let protocol = |source| LinkError::Protocol {
+        address: address.to_string(),
+        source,
+    };
+    match split_frame(buffer).map_err(protocol)? {
+        Split::Incomplete { .. } => Ok(None),
+        Split::Frame { header, payload } => {
+            let bytes = buffer[payload.clone()].to_vec();
+            buffer.drain(..payload.end);
+            Ok(Some((header.kind, bytes)))
+        }
+    }
+}
+
+fn decode_answer(kind: FrameKind, payload: &[u8], address: &str) -> Result<Response, LinkError> {
+    let protocol = |source| LinkError::Protocol {
+        address: address.to_string(),
+        source,
+    };
+    match kind {
+        FrameKind::Response => decode_payload::<Response>(payload).map_err(protocol),
+        found => Err(protocol(ProtocolError::UnexpectedKind {
+            found,
+            expected: FrameKind::Response,
+        })),
+    }
+}
+
+fn encode_request(request_id: u64, command: Command, out: &mut Vec<u8>, address: &str) -> Result<(), LinkError> {
+    let request = Request {
+        op_id: 0,
+        completed_below_op_id: 0,
+        command,
+    };
+    encode_message(FrameKind::Request, request_id, 0, &request, out).map_err(|source| LinkError::Protocol {
+        address: address.to_string(),
+        source,
+    })
+}
+
+const READ_BYTES: usize = 64 * 1024;
+const FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX;
+
+/// A blocking request/answer link, for threads outside the shards (the heartbeat).
+pub struct BlockingLink {
+    address: String,
+    stream: StdStream,
+    buffer: Vec<u8>,
+    next_request_id: u64,
+}
+
+impl BlockingLink {
+    pub fn connect(address: &str, credentials: &[u8], timeout: Duration) -> Result<BlockingLink, LinkError> {
+        let connect_error = |source| LinkError::Connect {
+            address: address.to_string(),
+            source,
+        };
+        let socket_address = address
+            .to_socket_addrs()
+            .map_err(connect_error)?
+            .next()
+            .ok_or_else(|| connect_error(std::io::Error::other("no address")))?;
+        let stream = StdStream::connect_timeout(&socket_address, timeout).map_err(connect_error)?;
+        let _ = stream.set_nodelay(true);
+        stream.set_read_timeout(Some(timeout)).map_err(connect_error)?;
+        stream.set_write_timeout(Some(timeout)).map_err(connect_error)?;
+        let mut link = BlockingLink {
+            address: address.to_string(),
+            stream,
+            buffer: Vec::new(),
+            next_request_id: 1,
+        };
+        let mut out = Vec::new();
+        let hello = hello(credentials, 0);
+        encode_message(FrameKind::Hello, 0, 0, &hello, &mut out).map_err(|source| LinkError::Protocol {
+            address: address.to_string(),
+            source,
+        })?;
+        link.write(&out)?;
+        let (kind, payload) = link.read_frame()?;
+        if kind != FrameKind::HelloReply {
+            let answer = decode_answer(kind, &payload, address)
+                .map_or_else(|error| error.to_string(), |answer| format!("{answer:?}"));
+            return Err(LinkError::Refused {
+                address: address.to_string(),
+                answer,
+            });
+        }
+        decode_payload::<HelloReply>(&payload).map_err(|source| LinkError::Protocol {
+            address: address.to_string(),
+            source,
+        })?;
+        Ok(link)
+    }
+
+    pub fn call(&mut self, command: Command) -> Result<Response, LinkError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let mut out = Vec::new();
+        encode_request(request_id, command, &mut out, &self.address)?;
+        self.write(&out)?;
+        let (kind, payload) = self.read_frame()?;
+        decode_answer(kind, &payload, &self.address)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        self.stream.write_all(bytes).map_err(|source| self.io_error(source))
+    }
+
+    fn read_frame(&mut self) -> Result<(FrameKind, Vec<u8>), LinkError> {
+        loop {
+            if let Some(frame) = take_frame(&mut self.buffer, &self.address)? {
+                return Ok(frame);
+            }
+            let filled = self.buffer.len();
+            if filled >= FRAME_BYTES_MAX {
+                return Err(self.io_error(std::io::Error::other("frame larger than frame_bytes_max")));
+            }
+            self.buffer.resize(filled + READ_BYTES, 0);
+            let read = self.stream.read(&mut self.buffer[filled..]);
+            let read = match read {
+                Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                other => other,
+            };
+            match read {
+                Ok(read) => self.buffer.truncate(filled + read),
+                Err(source) => {
+                    self.buffer.truncate(filled);
+                    return Err(self.io_error(source));
+                }
+            }
+        }
+    }
+
+    fn io_error(&self, source: std::io::Error) -> LinkError {
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            return LinkError::TimedOut {
+                address: self.address.clone(),
+                after: self.stream.read_timeout().ok().flatten().unwrap_or_default(),
+            };
+        }
+        LinkError::Io {
+            address: self.address.clone(),
+            source,
+        }
+    }
+}
+
+/// An async request/answer link from a shard to another node's shard (migration).
+/// Every step is bounded by `timeout`, so a stopped or dead peer cannot hold a frozen
+/// slot forever.
+pub struct PeerLink {
+    address: String,
+    stream: glommio::net::TcpStream,
+    buffer: Vec<u8>,
+    next_request_id: u64,
+    timeout: Duration,
+}
+
+impl PeerLink {
+    pub async fn connect(address: &str, credentials: &[u8], timeout: Duration) -> Result<PeerLink, LinkError> {
+        let connect_error = |source| LinkError::Connect {
+            address: address.to_string(),
+            source,
+        };
+        let socket_address = address
+            .to_socket_addrs()
+            .map_err(connect_error)?
+            .next()
+            .ok_or_else(|| connect_error(std::io::Error::other("no address")))?;
+        let stream = glommio::net::TcpStream::connect_timeout(socket_address, timeout)
+            .await
+            .map_err(|error| connect_error(std::io::Error::other(error.to_string())))?;
+        let _ = stream.set_nodelay(true);
+        let mut link = PeerLink {
+            address: address.to_string(),
+            stream,
+            buffer: Vec::new(),
+            next_request_id: 1,
+            timeout,
+        };
+        let mut out = Vec::new();
+        encode_message(FrameKind::Hello, 0, 0, &hello(credentials, 0), &mut out).map_err(|source| {
+            LinkError::Protocol {
+                address: address.to_string(),
+                source,
+            }
+        })?;
+        let (kind, payload) = link.exchange(&out).await?;
+        if kind != FrameKind::HelloReply {
+            let answer = decode_answer(kind, &payload, address)
+                .map_or_else(|error| error.to_string(), |answer| format!("{answer:?}"));
+            return Err(LinkError::Refused {
+                address: address.to_string(),
+                answer,
+            });
+        }
+        Ok(link)
+    }
+
+    pub async fn call(&mut self, command: Command) -> Result<Response, LinkError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let mut out = Vec::new();
+        encode_request(request_id, command, &mut out, &self.address)?;
+        let (kind, payload) = self.exchange(&out).await?;
+        decode_answer(kind, &payload, &self.address)
+    }
+
+    async fn exchange(&mut self, request: &[u8]) -> Result<(FrameKind, Vec<u8>), LinkError> {
+        let timeout = self.timeout;
+        let address = self.address.clone();
+        let exchange = async {
+            use futures_lite::{AsyncReadExt, AsyncWriteExt};
+            let io_error = |source| LinkError::Io {
+                address: self.address.clone(),
+                source,
+            };
+            self.stream.write_all(request).await.map_err(io_error)?;
+            loop {
+                if let Some(frame) = take_frame(&mut self.buffer, &self.address)? {
+                    return Ok(frame);
+                }
+                let filled = self.buffer.len();
+                if filled >= FRAME_BYTES_MAX {
+                    return Err(io_error(std::io::Error::other("frame larger than frame_bytes_max")));
+                }
+                self.buffer.resize(filled + READ_BYTES, 0);
+                let read = self.stream.read(&mut self.buffer[filled..]).await;
+                match read {
+                    Ok(0) => {
+                        self.buffer.truncate(filled);
+                        return Err(io_error(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)));
+                    }
+                    Ok(read) => self.buffer.truncate(filled + read),
+                    Err(source) => {
+                        self.buffer.truncate(filled);
+                        return Err(io_error(source));
+                    }
+                }
+            }
+        };
+        let sleep = glommio::timer::sleep(timeout);
+        match futures::future::select(std::pin::pin!(exchange), std::pin::pin!(sleep)).await {
+            futures::future::Either::Left((result, _)) => result,
+            futures::future::Either::Right(_) => Err(LinkError::TimedOut {
+                address,
+                after: timeout,
+            }),
+        }
+    }
+}

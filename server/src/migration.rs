@@ -1,0 +1,321 @@
+//! The shard's side of live slot migration, driven by the control plane (DESIGN §7).
+//!
+//! A migration is a two-phase hand-over with the control plane as coordinator:
+//! 1. `MigrateOut` to the source shard: it freezes the slots (requests for them get
+//!    `TryAgain`), redirects the requests parked on them (`Moved`, so clients re-send
+//!    them with the same operation id to the new owner), copies the slots' objects and
+//!    exactly-once records to the target with `MigrateIn`, and answers `MigrationPrepared`.
+//!    The target keeps what it received without serving it.
+//! 2. The control plane commits by persisting a map that gives the slots to the target
+//!    and installing it. A shard that sees that map serves (target) or drops its frozen
+//!    copy (source). On failure the control plane sends `MigrateAbort` instead: the
+//!    source unfreezes with its state untouched, the target drops its copy.
+//!
+//! Nothing in flight is lost: a frozen slot's requests are refused before they are
+//! applied, and the source's copy is only dropped once a committed map names the target.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use engram_proto::limits::SLOT_COUNT;
+use engram_proto::migration::{decode_batch, encode_batch};
+use engram_proto::{Command, ErrorCode, MigrateIn, MigrateOut, Response, SlotMap};
+
+use crate::cluster::{Owner, PeerLink, Routing};
+use crate::shard::Shard;
+use crate::store::slot_of_stored_key;
+
+/// Encoded size of one `MigrateIn` batch: well below the frame payload limit, and small
+/// enough that the target applies one without stalling its other work.
+pub const MIGRATION_BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// How long the source waits for the target at each step before it gives up and
+/// unfreezes; bounds how long a dead or stopped target keeps slots frozen.
+pub const MIGRATION_PEER_TIMEOUT_MS: u64 = 5_000;
+/// Uncommitted incoming migrations one shard holds at most.
+pub const INCOMING_MIGRATIONS_MAX: usize = 64;
+
+/// The migration taking slots off this shard.
+pub struct Outgoing {
+    pub migration_id: u64,
+    /// Slot-indexed: whether the slot is frozen.
+    frozen: Vec<bool>,
+    slots: Vec<u32>,
+}
+
+/// Uncommitted migrations into this shard: migration id and its slots.
+pub type Incoming = foldhash::HashMap<u64, Vec<u32>>;
+
+fn slot_set(slots: &[u32]) -> Vec<bool> {
+    let mut set = vec![false; SLOT_COUNT as usize];
+    for &slot in slots {
+        if let Some(member) = set.get_mut(slot as usize) {
+            *member = true;
+        }
+    }
+    set
+}
+
+impl Shard {
+    pub fn is_frozen(&self, slot: u32) -> bool {
+        self.outgoing
+            .borrow()
+            .as_ref()
+            .is_some_and(|outgoing| outgoing.frozen.get(slot as usize).copied().unwrap_or(false))
+    }
+
+    /// Installs a map sent by the control plane (newer ones only) and applies it here at
+    /// once; the node's other shards pick it up at their next request or tick.
+    pub fn install_map(&self, map: SlotMap) -> Response {
+        let epoch = map.epoch;
+        match self.node_map.install(map) {
+            Ok(_) => {
+                self.routing();
+                Response::Accepted
+            }
+            Err(reason) => self.error(
+                ErrorCode::InvalidArgument,
+                format!("map of epoch {epoch} is invalid: {reason}"),
+            ),
+        }
+    }
+
+    /// Called when this shard starts routing with a new map: commits what it decides.
+    pub(crate) fn on_new_map(&self, routing: &Routing) {
+        let mine = |slot: u32| routing.owner(slot) == Owner::Local(self.shard_id as u16);
+        let committed = self
+            .outgoing
+            .borrow()
+            .as_ref()
+            .filter(|outgoing| outgoing.slots.iter().all(|&slot| !mine(slot)))
+            .map(|outgoing| (outgoing.migration_id, outgoing.frozen.clone()));
+        if let Some((migration_id, frozen)) = committed {
+            let now_ms = self.now_ms();
+            self.store
+                .borrow_mut()
+                .remove_slots(|slot| frozen.get(slot as usize).copied().unwrap_or(false), now_ms);
+            *self.outgoing.borrow_mut() = None;
+            crate::metrics::record_migration("out", "committed");
+            tracing::info!(shard = self.shard_id, migration_id, "migration out committed");
+        }
+        self.incoming.borrow_mut().retain(|migration_id, slots| {
+            let served = slots.iter().all(|&slot| mine(slot));
+            if served {
+                crate::metrics::record_migration("in", "committed");
+                tracing::info!(shard = self.shard_id, migration_id, "migration in committed");
+            }
+            !served
+        });
+        self.publish_stats();
+    }
+
+    /// Phase one at the source: freeze, redirect waiters, copy to the target.
+    pub async fn migrate_out(self: Rc<Self>, order: MigrateOut) -> Response {
+        let routing = self.routing();
+        if order.slots.is_empty() {
+            return self.error(ErrorCode::InvalidArgument, "a migration moves at least one slot");
+        }
+        if let Some(&slot) = order
+            .slots
+            .iter()
+            .find(|&&slot| slot >= SLOT_COUNT || routing.owner(slot) != Owner::Local(self.shard_id as u16))
+        {
+            return self.error(
+                ErrorCode::WrongShard,
+                format!(
+                    "slot {slot} is not served by this shard under map epoch {}",
+                    routing.epoch()
+                ),
+            );
+        }
+        if let Some(outgoing) = self.outgoing.borrow().as_ref() {
+            return self.error(
+                ErrorCode::Busy,
+                format!("migration {} is still in progress on this shard", outgoing.migration_id),
+            );
+        }
+        let frozen = slot_set(&order.slots);
+        *self.outgoing.borrow_mut() = Some(Outgoing {
+            migration_id: order.migration_id,
+            frozen: frozen.clone(),
+            slots: order.slots.clone(),
+        });
+        let in_slot = |slot: u32| frozen.get(slot as usize).copied().unwrap_or(false);
+        let now_ms = self.now_ms();
+        self.store.borrow_mut().bounce_waiters(in_slot, now_ms);
+        self.deliver_completions();
+        let batches = self
+            .store
+            .borrow()
+            .export_slots(in_slot, now_ms, MIGRATION_BATCH_BYTES_MAX);
+        match self.ship(&order, batches).await {
+            Ok((entries, bytes)) => {
+                tracing::info!(
+                    shard = self.shard_id,
+                    migration_id = order.migration_id,
+                    slots = order.slots.len(),
+                    entries,
+                    bytes,
+                    target = %order.target_address,
+                    "migration out prepared"
+                );
+                Response::MigrationPrepared { entries, bytes }
+            }
+            Err(reason) => {
+                self.unfreeze(order.migration_id);
+                crate::metrics::record_migration("out", "failed");
+                tracing::warn!(shard = self.shard_id, migration_id = order.migration_id, %reason, "migration out failed");
+                self.error(
+                    ErrorCode::TryAgain,
+                    format!("migration {} failed: {reason}", order.migration_id),
+                )
+            }
+        }
+    }
+
+    async fn ship(
+        &self,
+        order: &MigrateOut,
+        batches: Vec<engram_proto::migration::SlotBatch>,
+    ) -> Result<(u64, u64), String> {
+        let credentials = self.auth_token.clone().unwrap_or_default();
+        let timeout = Duration::from_millis(MIGRATION_PEER_TIMEOUT_MS);
+        let mut link = PeerLink::connect(&order.target_address, &credentials, timeout)
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut entries = 0u64;
+        let mut bytes = 0u64;
+        // At least one batch, even an empty one: the target must confirm it is there and
+        // holds the migration before the control plane may commit it.
+        let batches = if batches.is_empty() {
+            vec![engram_proto::migration::SlotBatch {
+                entries: Vec::new(),
+                records: Vec::new(),
+                last_version: 0,
+            }]
+        } else {
+            batches
+        };
+        for batch in batches {
+            entries += batch.entries.len() as u64;
+            let encoded = encode_batch(&batch).map_err(|error| error.to_string())?;
+            bytes += encoded.len() as u64;
+            let command = Command::MigrateIn(MigrateIn {
+                migration_id: order.migration_id,
+                slots: order.slots.clone(),
+                batch: encoded,
+            });
+            match link.call(command).await.map_err(|error| error.to_string())? {
+                Response::Accepted => {}
+                Response::Error(reply) => return Err(format!("target refused a batch: {}", reply.message)),
+                other => return Err(format!("target answered {} to a batch", other.name())),
+            }
+        }
+        Ok((entries, bytes))
+    }
+
+    fn unfreeze(&self, migration_id: u64) {
+        let mut outgoing = self.outgoing.borrow_mut();
+        if outgoing
+            .as_ref()
+            .is_some_and(|outgoing| outgoing.migration_id == migration_id)
+        {
+            *outgoing = None;
+        }
+    }
+
+    /// At the target: keeps one batch of an incoming migration, unserved until committed.
+    pub fn migrate_in(&self, order: &MigrateIn) -> Response {
+        let routing = self.routing();
+        let mine = Owner::Local(self.shard_id as u16);
+        if let Some(&slot) = order
+            .slots
+            .iter()
+            .find(|&&slot| slot >= SLOT_COUNT || routing.owner(slot) == mine)
+        {
+            return self.error(
+                ErrorCode::InvalidArgument,
+                format!("slot {slot} cannot migrate into a shard that already serves it"),
+            );
+        }
+        let known = self.incoming.borrow().contains_key(&order.migration_id);
+        if !known && self.incoming.borrow().len() >= INCOMING_MIGRATIONS_MAX {
+            return self.error(
+                ErrorCode::Busy,
+                format!("shard holds incoming_migrations_max ({INCOMING_MIGRATIONS_MAX}) uncommitted migrations"),
+            );
+        }
+        let batch = match decode_batch(&order.batch) {
+            Ok(batch) => batch,
+            Err(error) => return self.error(ErrorCode::Malformed, format!("migration batch: {error}")),
+        };
+        let slots = slot_set(&order.slots);
+        if let Some(entry) = batch.entries.iter().find(|entry| {
+            slot_of_stored_key(&entry.key).is_none_or(|slot| !slots.get(slot as usize).copied().unwrap_or(false))
+        }) {
+            return self.error(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "migration batch holds a key of {} bytes outside its slots",
+                    entry.key.len()
+                ),
+            );
+        }
+        let now_ms = self.now_ms();
+        if let Err(error) = self.store.borrow_mut().import_batch(batch, now_ms) {
+            let code = match error {
+                crate::store::ImportError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
+                _ => ErrorCode::InvalidArgument,
+            };
+            return self.error(code, error.to_string());
+        }
+        self.incoming
+            .borrow_mut()
+            .entry(order.migration_id)
+            .or_insert_with(|| order.slots.clone());
+        self.publish_stats();
+        Response::Accepted
+    }
+
+    /// Forgets a migration that will not commit (0: every migration the current map did
+    /// not commit). The source unfreezes; the target drops what it holds of slots it does
+    /// not serve.
+    pub fn migrate_abort(&self, migration_id: u64) -> Response {
+        self.routing();
+        let aborted_out = {
+            let mut outgoing = self.outgoing.borrow_mut();
+            let matches = outgoing
+                .as_ref()
+                .is_some_and(|outgoing| migration_id == 0 || outgoing.migration_id == migration_id);
+            if matches {
+                *outgoing = None;
+            }
+            matches
+        };
+        if aborted_out {
+            crate::metrics::record_migration("out", "aborted");
+        }
+        let aborted_in: Vec<Vec<u32>> = {
+            let mut incoming = self.incoming.borrow_mut();
+            let ids: Vec<u64> = incoming
+                .keys()
+                .copied()
+                .filter(|id| migration_id == 0 || *id == migration_id)
+                .collect();
+            ids.iter().filter_map(|id| incoming.remove(id)).collect()
+        };
+        if !aborted_in.is_empty() {
+            let routing = self.routing();
+            let mine = Owner::Local(self.shard_id as u16);
+            let slots = slot_set(&aborted_in.concat());
+            let now_ms = self.now_ms();
+            self.store.borrow_mut().remove_slots(
+                |slot| slots.get(slot as usize).copied().unwrap_or(false) && routing.owner(slot) != mine,
+                now_ms,
+            );
+            crate::metrics::record_migration("in", "aborted");
+            self.publish_stats();
+        }
+        tracing::info!(shard = self.shard_id, migration_id, aborted_out, "migration aborted");
+        Response::Accepted
+    }
+}
