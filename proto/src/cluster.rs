@@ -62,6 +62,12 @@ pub struct ClusterStatus {
     pub migrations: Vec<MigrationStatus>,
     pub migrations_completed: u64,
     pub slots_moved_total: u64,
+    /// Encoded state shipped by migrations since the control plane started.
+    pub bytes_moved_total: u64,
+    /// Time migrations spent from freeze to commit since the control plane started.
+    pub migration_milliseconds_total: u64,
+    /// Why the last plan stopped early, if it did.
+    pub last_error: String,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -479,7 +479,8 @@ pub enum Response {
     HeartbeatAck {
         map_epoch: u64,
     },
-    ClusterStatus(ClusterStatus),
+    /// Boxed: the largest answer by far, and rare.
+    ClusterStatus(Box<ClusterStatus>),
     RebalanceStarted {
         slots_to_move: u64,
     },

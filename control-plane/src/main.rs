@@ -1,0 +1,122 @@
+//! `engram-control`: the cluster's control plane process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use engram_control::service::{self, Controller, Settings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "engram-control",
+    version,
+    about = "Engram control plane: membership, slot map, rebalancing"
+)]
+struct Arguments {
+    /// Address nodes, clients and the CLI reach the control plane at.
+    #[arg(long, env = "ENGRAM_LISTEN", default_value = "127.0.0.1:7300")]
+    listen: String,
+    /// Directory of the state file (members and the slot map), kept across restarts.
+    #[arg(long, env = "ENGRAM_DATA", default_value = "engram-control-data")]
+    data: PathBuf,
+    /// Token for the handshake, both from nodes and the CLI and towards nodes.
+    #[arg(long, env = "ENGRAM_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// Serve Prometheus metrics on this port of the --listen host (0: off).
+    #[arg(long, env = "ENGRAM_METRICS_PORT", default_value_t = 0)]
+    metrics_port: u16,
+    /// Do not move slots off shards that are far busier than the rest.
+    #[arg(long, env = "ENGRAM_NO_LOAD_REBALANCE")]
+    no_load_rebalance: bool,
+    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let arguments = Arguments::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match arguments.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("engram-control: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(arguments)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("engram-control: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
+    let settings = Settings {
+        data_dir: arguments.data.clone(),
+        credentials: arguments.auth_token.unwrap_or_default().into_bytes(),
+        load_rebalance: !arguments.no_load_rebalance,
+    };
+    let (controller, plans) = Controller::open(settings)?;
+    let listener = tokio::net::TcpListener::bind(&arguments.listen)
+        .await
+        .map_err(|source| service::ControlError::Listen {
+            address: arguments.listen.clone(),
+            source,
+        })?;
+    let address = listener.local_addr()?;
+    let metrics_address = if arguments.metrics_port != 0 {
+        let metrics_address = SocketAddr::new(address.ip(), arguments.metrics_port);
+        let metrics_listener = engram_control::metrics_http::bind(metrics_address)?;
+        let bound = metrics_listener.local_addr()?;
+        let reader = controller.clone();
+        engram_control::metrics_http::spawn(metrics_listener, move || {
+            engram_control::metrics::render(reader.members(), reader.epoch())
+        })?;
+        Some(bound)
+    } else {
+        None
+    };
+    tokio::spawn(controller.clone().orchestrate(plans));
+    tokio::spawn(controller.clone().reconcile());
+    tokio::spawn(controller.clone().housekeeping());
+    tracing::info!(%address, data = %arguments.data.display(), epoch = controller.epoch(), ?metrics_address, "engram-control serving");
+    println!("engram-control ready listen={address} epoch={}", controller.epoch());
+    let serving = tokio::spawn(service::serve(controller, listener));
+    tokio::select! {
+        _ = serving => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate() => {}
+    }
+    tracing::info!("engram-control stopped");
+    Ok(())
+}
+
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}

@@ -1,0 +1,86 @@
+//! The control plane's Prometheus families. Counters live in a process-wide registry;
+//! gauges (members, epoch) are read from the controller at scrape time.
+
+use std::sync::OnceLock;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+struct Families {
+    registry: Registry,
+    migrations: IntCounterVec,
+    slots_moved: IntCounter,
+    bytes_moved: IntCounter,
+    members: IntGauge,
+    map_epoch: IntGauge,
+}
+
+fn families() -> &'static Families {
+    static FAMILIES: OnceLock<Families> = OnceLock::new();
+    FAMILIES.get_or_init(|| {
+        let registry = Registry::new();
+        // Registration only fails on a duplicate or malformed name, fixed here.
+        let migrations = IntCounterVec::new(
+            Opts::new(
+                "engram_migrations_total",
+                "Migration steps the control plane ran, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let slots_moved = IntCounter::new(
+            "engram_slots_moved_total",
+            "Slots whose ownership moved between shards.",
+        )
+        .expect("valid metric");
+        let bytes_moved = IntCounter::new(
+            "engram_migrated_bytes_total",
+            "Encoded state shipped by committed migrations.",
+        )
+        .expect("valid metric");
+        let members =
+            IntGauge::new("engram_cluster_members", "Nodes that are members of the cluster.").expect("valid metric");
+        let map_epoch =
+            IntGauge::new("engram_map_epoch", "Epoch of the control plane's slot map.").expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("engram_build_info", "Build of this process; the value is always 1."),
+            &["version", "process"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "engram-control"])
+            .set(1);
+        for collector in [
+            Box::new(migrations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(slots_moved.clone()),
+            Box::new(bytes_moved.clone()),
+            Box::new(members.clone()),
+            Box::new(map_epoch.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        Families {
+            registry,
+            migrations,
+            slots_moved,
+            bytes_moved,
+            members,
+            map_epoch,
+        }
+    })
+}
+
+pub fn record_migration(result: &str, slots: u64, bytes: u64) {
+    let families = families();
+    families.migrations.with_label_values(&[result]).inc();
+    families.slots_moved.inc_by(slots);
+    families.bytes_moved.inc_by(bytes);
+}
+
+/// The exposition text, with the gauges set to `members` and `map_epoch` first.
+pub fn render(members: usize, map_epoch: u64) -> Vec<u8> {
+    let families = families();
+    families.members.set(members as i64);
+    families.map_epoch.set(map_epoch as i64);
+    crate::metrics_http::render_registry(&families.registry)
+}

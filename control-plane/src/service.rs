@@ -1,0 +1,600 @@
+//! The `engram-control` process: serves the control protocol (join, heartbeat, map,
+//! status, rebalance, drain) and runs migrations one at a time as the coordinator of
+//! their two-phase hand-over (see the server's `migration` module).
+//!
+//! The commit point of a migration is the write of the new map to the state file: a
+//! control plane that restarts finds either the old map (and aborts every migration the
+//! nodes still hold) or the new one (and installs it, which commits).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use engram_proto::limits::PROTOCOL_VERSION;
+use engram_proto::{
+    decode_payload, encode_message, Command, ErrorCode, ErrorReply, FrameKind, Hello, HelloReply, MigrateOut,
+    MigrationStatus, Request, Response, FRONT_SHARD_ID,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::link::{call_once, read_frame};
+use crate::membership::Membership;
+use crate::planner::{group_moves, plan_balance, plan_load, LoadPolicy, Move, ShardRef};
+
+/// Slots one migration step moves: a step freezes its slots for the time it takes to
+/// copy them, so steps stay small enough that the freeze is short.
+pub const MIGRATION_SLOTS_PER_STEP: usize = 256;
+/// How long the source may take to copy one step to the target.
+pub const MIGRATE_OUT_TIMEOUT_MS: u64 = 120_000;
+/// Bound on every other call to a node.
+pub const NODE_CALL_TIMEOUT_MS: u64 = 5_000;
+/// Plans waiting to run at most.
+pub const PLANS_QUEUED_MAX: usize = 4;
+/// How often the control plane looks for departed members and hot shards.
+pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
+/// How often load-driven rebalancing is considered.
+pub const LOAD_CHECK_INTERVAL_MS: u64 = 10_000;
+/// Below this many operations per second on its busiest shard a cluster is not worth
+/// rebalancing for load.
+pub const LOAD_REBALANCE_OPERATIONS_PER_SECOND_MIN: f64 = 20_000.0;
+
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub credentials: Vec<u8>,
+    pub load_rebalance: bool,
+}
+
+/// Everything the control plane knows, behind one lock held only for in-memory work
+/// and the state-file write, never across a network call.
+pub struct Controller {
+    started: Instant,
+    settings: Settings,
+    inner: Mutex<Inner>,
+    plans: mpsc::Sender<Vec<Move>>,
+}
+
+struct Inner {
+    membership: Membership,
+    migrations: Vec<MigrationStatus>,
+    plan_running: bool,
+    bytes_moved_total: u64,
+    migration_milliseconds_total: u64,
+    last_error: String,
+}
+
+const STATE_FILE: &str = "state.bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("state file {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: crate::membership::MembershipError,
+    },
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: String, source: std::io::Error },
+}
+
+impl Controller {
+    /// Loads the persisted state (or starts empty) and returns the controller and the
+    /// receiver its orchestrator runs plans from.
+    pub fn open(settings: Settings) -> Result<(Arc<Controller>, mpsc::Receiver<Vec<Move>>), ControlError> {
+        std::fs::create_dir_all(&settings.data_dir).map_err(|source| ControlError::DataDir {
+            path: settings.data_dir.clone(),
+            source,
+        })?;
+        let path = settings.data_dir.join(STATE_FILE);
+        let membership = match std::fs::read(&path) {
+            Ok(bytes) => Membership::decode(&bytes).map_err(|source| ControlError::State {
+                path: path.clone(),
+                source,
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Membership::new(),
+            Err(source) => return Err(ControlError::DataDir { path, source }),
+        };
+        let (plans, receiver) = mpsc::channel(PLANS_QUEUED_MAX);
+        let controller = Arc::new(Controller {
+            started: Instant::now(),
+            settings,
+            inner: Mutex::new(Inner {
+                membership,
+                migrations: Vec::new(),
+                plan_running: false,
+                bytes_moved_total: 0,
+                migration_milliseconds_total: 0,
+                last_error: String::new(),
+            }),
+            plans,
+        });
+        Ok((controller, receiver))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every change is made whole before the guard drops, so a poisoned lock still
+        // guards consistent state.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.lock().membership.epoch()
+    }
+
+    pub fn members(&self) -> usize {
+        self.lock().membership.members().len()
+    }
+
+    pub fn status(&self) -> engram_proto::ClusterStatus {
+        let inner = self.lock();
+        let mut status = inner.membership.status(self.now_ms());
+        status.migrations = inner.migrations.clone();
+        status.bytes_moved_total = inner.bytes_moved_total;
+        status.migration_milliseconds_total = inner.migration_milliseconds_total;
+        status.last_error = inner.last_error.clone();
+        status
+    }
+
+    /// Writes the state file atomically (temporary file, fsync, rename, fsync of the
+    /// directory), so a crash leaves the old state or the new one, never a torn one.
+    fn persist(&self, membership: &Membership) -> std::io::Result<()> {
+        persist_to(&self.settings.data_dir, &membership.encode())
+    }
+
+    async fn handle(self: &Arc<Self>, command: Command) -> Response {
+        let now_ms = self.now_ms();
+        match command {
+            Command::Ping => Response::Pong,
+            Command::GetSlotMap => Response::SlotMap(self.lock().membership.map().clone()),
+            Command::ClusterJoin(request) => {
+                let mut inner = self.lock();
+                match inner.membership.join(&request, now_ms) {
+                    Ok(node_id) => {
+                        if let Err(error) = self.persist(&inner.membership) {
+                            return error_response(ErrorCode::Internal, format!("cannot persist the join: {error}"));
+                        }
+                        tracing::info!(node_id, front = %request.front_address, epoch = inner.membership.epoch(), "node joined");
+                        Response::Joined {
+                            node_id,
+                            map: inner.membership.map().clone(),
+                        }
+                    }
+                    Err(error) => error_response(ErrorCode::InvalidArgument, error.to_string()),
+                }
+            }
+            Command::ClusterHeartbeat(heartbeat) => match self.lock().membership.heartbeat(&heartbeat, now_ms) {
+                Ok(map_epoch) => Response::HeartbeatAck { map_epoch },
+                Err(error) => error_response(ErrorCode::InvalidArgument, error.to_string()),
+            },
+            Command::ClusterStatus => Response::ClusterStatus(Box::new(self.status())),
+            Command::ClusterRebalance => self.start_plan(None),
+            Command::ClusterDrain { node_id } => self.start_plan(Some(node_id)),
+            other => error_response(
+                ErrorCode::InvalidArgument,
+                format!("{} is not a control-plane command", other.name()),
+            ),
+        }
+    }
+
+    /// Plans an even spread of slots (after marking `drain` as draining) and queues it.
+    fn start_plan(self: &Arc<Self>, drain: Option<u64>) -> Response {
+        let now_ms = self.now_ms();
+        let moves = {
+            let mut inner = self.lock();
+            if inner.plan_running {
+                return error_response(ErrorCode::Busy, "a rebalance is already running; wait for it to finish");
+            }
+            if let Some(node_id) = drain {
+                if let Err(error) = inner.membership.drain(node_id) {
+                    return error_response(ErrorCode::InvalidArgument, error.to_string());
+                }
+                if let Err(error) = self.persist(&inner.membership) {
+                    return error_response(ErrorCode::Internal, format!("cannot persist the drain: {error}"));
+                }
+            }
+            let shards = inner.membership.plan_shards(now_ms);
+            match plan_balance(&shards, inner.membership.owners()) {
+                Ok(moves) => {
+                    if !moves.is_empty() {
+                        inner.plan_running = true;
+                    }
+                    moves
+                }
+                Err(error) => return error_response(ErrorCode::InvalidArgument, error.to_string()),
+            }
+        };
+        let slots_to_move = moves.len() as u64;
+        if !moves.is_empty() && self.plans.try_send(moves).is_err() {
+            self.lock().plan_running = false;
+            return error_response(ErrorCode::Busy, "plans_queued_max plans are already queued");
+        }
+        Response::RebalanceStarted { slots_to_move }
+    }
+
+    /// Runs plans as they come, one migration step at a time.
+    pub async fn orchestrate(self: Arc<Self>, mut plans: mpsc::Receiver<Vec<Move>>) {
+        while let Some(moves) = plans.recv().await {
+            let started = Instant::now();
+            let total = moves.len();
+            let mut moved = 0usize;
+            let mut failure = None;
+            'plan: for (from, to, slots) in group_moves(&moves) {
+                for step in slots.chunks(MIGRATION_SLOTS_PER_STEP) {
+                    match self.migrate(from, to, step).await {
+                        Ok(()) => moved += step.len(),
+                        Err(reason) => {
+                            failure = Some(reason);
+                            break 'plan;
+                        }
+                    }
+                }
+            }
+            let mut inner = self.lock();
+            inner.plan_running = false;
+            match failure {
+                Some(reason) => {
+                    tracing::warn!(moved, total, %reason, "plan stopped early");
+                    inner.last_error = reason;
+                }
+                None => {
+                    tracing::info!(
+                        moved,
+                        total,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "plan finished"
+                    );
+                    inner.last_error.clear();
+                }
+            }
+        }
+    }
+
+    /// One two-phase migration step of `slots` from `from` to `to`.
+    async fn migrate(self: &Arc<Self>, from: ShardRef, to: ShardRef, slots: &[u32]) -> Result<(), String> {
+        let now_ms = self.now_ms();
+        let (migration_id, source, target) = {
+            let mut inner = self.lock();
+            if !inner.membership.is_alive(from.node_id, now_ms) {
+                return Err(format!(
+                    "node {} is not alive: its slots cannot be copied off it",
+                    from.node_id
+                ));
+            }
+            if !inner.membership.is_alive(to.node_id, now_ms) {
+                return Err(format!("node {} is not alive", to.node_id));
+            }
+            let (Some(source), Some(target)) = (
+                inner.membership.shard_address(from).map(str::to_string),
+                inner.membership.shard_address(to).map(str::to_string),
+            ) else {
+                return Err("a shard of the plan left the cluster".into());
+            };
+            let migration_id = inner.membership.next_migration_id();
+            inner.migrations.push(MigrationStatus {
+                migration_id,
+                source: source.clone(),
+                target: target.clone(),
+                slots: slots.len() as u32,
+            });
+            (migration_id, source, target)
+        };
+        let started = Instant::now();
+        let outcome = self.prepare_and_commit(migration_id, &source, &target, to, slots).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        {
+            let mut inner = self.lock();
+            inner
+                .migrations
+                .retain(|migration| migration.migration_id != migration_id);
+            if let Ok(bytes) = outcome {
+                inner.bytes_moved_total += bytes;
+                inner.migration_milliseconds_total += elapsed_ms;
+            }
+        }
+        match outcome {
+            Ok(bytes) => {
+                crate::metrics::record_migration("committed", slots.len() as u64, bytes);
+                Ok(())
+            }
+            Err(reason) => {
+                crate::metrics::record_migration("aborted", 0, 0);
+                // Best effort: a node that misses the abort still learns it on the next
+                // control-plane start, which aborts every uncommitted migration.
+                let credentials = &self.settings.credentials;
+                let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
+                for address in [&source, &target] {
+                    let abort = Command::MigrateAbort { migration_id };
+                    if let Err(error) = call_once(address, credentials, abort, timeout).await {
+                        tracing::warn!(migration_id, %address, %error, "abort not delivered");
+                    }
+                }
+                Err(format!(
+                    "migration {migration_id} of {} slots from {source} to {target} aborted: {reason}",
+                    slots.len()
+                ))
+            }
+        }
+    }
+
+    async fn prepare_and_commit(
+        self: &Arc<Self>,
+        migration_id: u64,
+        source: &str,
+        target: &str,
+        to: ShardRef,
+        slots: &[u32],
+    ) -> Result<u64, String> {
+        let credentials = &self.settings.credentials;
+        let order = Command::MigrateOut(MigrateOut {
+            migration_id,
+            slots: slots.to_vec(),
+            target_address: target.to_string(),
+        });
+        let started = Instant::now();
+        let prepared = call_once(
+            source,
+            credentials,
+            order,
+            Duration::from_millis(MIGRATE_OUT_TIMEOUT_MS),
+        )
+        .await
+        .map_err(|error| error.to_string())?;
+        let (entries, bytes) = match prepared {
+            Response::MigrationPrepared { entries, bytes } => (entries, bytes),
+            Response::Error(reply) => return Err(reply.message),
+            other => return Err(format!("the source answered {}", other.name())),
+        };
+        // The commit point: once the new map is on disk, the target owns the slots.
+        let map = {
+            let mut inner = self.lock();
+            let mut next = Membership::decode(&inner.membership.encode()).map_err(|error| error.to_string())?;
+            next.commit_move(slots, to);
+            self.persist(&next)
+                .map_err(|error| format!("cannot persist the commit: {error}"))?;
+            inner.membership.commit_move(slots, to);
+            inner.membership.map().clone()
+        };
+        let elapsed = started.elapsed();
+        tracing::info!(
+            migration_id,
+            slots = slots.len(),
+            entries,
+            bytes,
+            elapsed_ms = elapsed.as_millis() as u64,
+            epoch = map.epoch,
+            %source,
+            %target,
+            "migration committed"
+        );
+        let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
+        for address in [source, target] {
+            if let Err(error) = call_once(address, credentials, Command::InstallMap(map.clone()), timeout).await {
+                // The node fetches the map with its next heartbeat instead.
+                tracing::warn!(%address, %error, "map not installed; the node will fetch it");
+            }
+        }
+        self.broadcast_map();
+        Ok(bytes)
+    }
+
+    /// Sends the current map to every member's front port in the background; members
+    /// that miss it catch up through their heartbeats.
+    fn broadcast_map(self: &Arc<Self>) {
+        let (map, addresses) = {
+            let inner = self.lock();
+            let addresses: Vec<String> = inner
+                .membership
+                .members()
+                .iter()
+                .map(|member| member.front_address.clone())
+                .collect();
+            (inner.membership.map().clone(), addresses)
+        };
+        let credentials = self.settings.credentials.clone();
+        tokio::spawn(async move {
+            let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
+            for address in addresses {
+                let _ = call_once(&address, &credentials, Command::InstallMap(map.clone()), timeout).await;
+            }
+        });
+    }
+
+    /// After a start: installs the persisted map on every member, then aborts every
+    /// migration it did not commit (a previous control plane may have died mid-way).
+    pub async fn reconcile(self: Arc<Self>) {
+        let (map, members) = {
+            let inner = self.lock();
+            (inner.membership.map().clone(), inner.membership.members().to_vec())
+        };
+        let credentials = &self.settings.credentials;
+        let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
+        for member in members {
+            for address in &member.shard_addresses {
+                let installed = call_once(address, credentials, Command::InstallMap(map.clone()), timeout).await;
+                let aborted = call_once(address, credentials, Command::MigrateAbort { migration_id: 0 }, timeout).await;
+                if let Err(error) = installed.and(aborted) {
+                    tracing::info!(%address, %error, "could not reconcile a shard (down?)");
+                }
+            }
+        }
+    }
+
+    /// Forgets drained members that left, and moves slots off shards far busier than
+    /// the rest.
+    pub async fn housekeeping(self: Arc<Self>) {
+        let mut last_load_check = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(HOUSEKEEPING_INTERVAL_MS)).await;
+            let now_ms = self.now_ms();
+            {
+                let mut inner = self.lock();
+                if !inner.plan_running && inner.membership.forget_departed(now_ms) {
+                    if let Err(error) = self.persist(&inner.membership) {
+                        tracing::warn!(%error, "cannot persist the departure");
+                    }
+                    tracing::info!(epoch = inner.membership.epoch(), "forgot drained nodes that left");
+                }
+            }
+            if self.settings.load_rebalance
+                && last_load_check.elapsed() >= Duration::from_millis(LOAD_CHECK_INTERVAL_MS)
+            {
+                last_load_check = Instant::now();
+                self.consider_load(now_ms);
+            }
+        }
+    }
+
+    fn consider_load(self: &Arc<Self>, now_ms: u64) {
+        let moves = {
+            let mut inner = self.lock();
+            if inner.plan_running {
+                return;
+            }
+            let shards = inner.membership.plan_shards(now_ms);
+            let busiest = shards
+                .iter()
+                .map(|shard| shard.operations_per_second)
+                .fold(0.0, f64::max);
+            if busiest < LOAD_REBALANCE_OPERATIONS_PER_SECOND_MIN {
+                return;
+            }
+            let policy = LoadPolicy {
+                hot_ratio: 2.0,
+                moves_max: MIGRATION_SLOTS_PER_STEP,
+            };
+            let moves = plan_load(&shards, inner.membership.owners(), &|_| 1.0, &policy);
+            if moves.is_empty() {
+                return;
+            }
+            inner.plan_running = true;
+            moves
+        };
+        tracing::info!(slots = moves.len(), "moving slots off a hot shard");
+        if self.plans.try_send(moves).is_err() {
+            self.lock().plan_running = false;
+        }
+    }
+}
+
+fn persist_to(data_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = data_dir.join(STATE_FILE);
+    let temporary = data_dir.join(format!("{STATE_FILE}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error(ErrorReply {
+        code: code.as_u16(),
+        message: message.into(),
+        map_epoch: 0,
+    })
+}
+
+/// Accepts connections forever, one task each.
+pub async fn serve(controller: Arc<Controller>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(controller.clone(), stream));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(controller: Arc<Controller>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buffer = Vec::new();
+    let mut out = Vec::new();
+    let mut greeted = false;
+    loop {
+        let (header, payload) = match read_frame(&mut stream, &mut buffer).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(error) => {
+                let answer = error_response(error.code(), error.to_string());
+                let _ = encode_message(FrameKind::Response, 0, 0, &answer, &mut out);
+                let _ = stream.write_all(&out).await;
+                return;
+            }
+        };
+        out.clear();
+        let answer = if !greeted {
+            match accept_hello(&controller, header.kind, &payload) {
+                Ok(reply) => {
+                    greeted = true;
+                    let _ = encode_message(FrameKind::HelloReply, header.request_id, 0, &reply, &mut out);
+                    None
+                }
+                Err(refusal) => {
+                    let _ = encode_message(FrameKind::Response, header.request_id, 0, &refusal, &mut out);
+                    let _ = stream.write_all(&out).await;
+                    return;
+                }
+            }
+        } else if header.kind != FrameKind::Request {
+            Some(error_response(ErrorCode::Malformed, "expected a request frame"))
+        } else {
+            match decode_payload::<Request>(&payload) {
+                Ok(request) => Some(controller.handle(request.command).await),
+                Err(error) => Some(error_response(error.code(), error.to_string())),
+            }
+        };
+        if let Some(answer) = answer {
+            let epoch = controller.epoch();
+            if encode_message(FrameKind::Response, header.request_id, epoch, &answer, &mut out).is_err() {
+                return;
+            }
+        }
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn accept_hello(controller: &Controller, kind: FrameKind, payload: &[u8]) -> Result<HelloReply, Response> {
+    if kind != FrameKind::Hello {
+        return Err(error_response(
+            ErrorCode::HandshakeRequired,
+            "the first frame must be a Hello",
+        ));
+    }
+    let hello = decode_payload::<Hello>(payload).map_err(|error| error_response(error.code(), error.to_string()))?;
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(error_response(
+            ErrorCode::UnsupportedVersion,
+            format!("protocol version {} is not {PROTOCOL_VERSION}", hello.protocol_version),
+        ));
+    }
+    let expected = &controller.settings.credentials;
+    let matches = expected.len() == hello.credentials.len()
+        && expected
+            .iter()
+            .zip(&hello.credentials)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0;
+    if !expected.is_empty() && !matches {
+        return Err(error_response(ErrorCode::Unauthorized, "credentials refused"));
+    }
+    Ok(HelloReply {
+        node_id: 0,
+        shard_id: FRONT_SHARD_ID,
+        shard_count: 0,
+        map_epoch: controller.epoch(),
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
