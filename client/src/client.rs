@@ -308,6 +308,14 @@ impl Client {
         let mut last_error = None;
         for address in candidates {
             match self.fetch_map(&address).await {
+                // A node that has not yet heard of the change that sent the client here
+                // (a migration just committed) knows no better map: ask the next one.
+                Ok(route) if route.epoch() <= stale_epoch => {
+                    last_error = Some(Error::Config(format!(
+                        "{address} serves map epoch {}, no newer than {stale_epoch}",
+                        route.epoch()
+                    )));
+                }
                 Ok(route) => {
                     self.install(route);
                     return Ok(());

@@ -115,6 +115,38 @@ pub enum Command {
         #[arg(long, env = "ENGRAM_JSON")]
         json: bool,
     },
+    /// The cluster, through its control plane: status, rebalance, drain.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Nodes, shards, slots per shard, map epoch, load and migrations in progress.
+    Status {
+        /// Address of engram-control.
+        #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
+        control: String,
+        /// Print JSON instead of a table.
+        #[arg(long, env = "ENGRAM_JSON")]
+        json: bool,
+    },
+    /// Spread slots evenly over the live shards, moving as few as possible.
+    Rebalance {
+        #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
+        control: String,
+        /// Return at once instead of waiting for the moves to finish.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Move every slot off NODE (a node id from `cluster status`) so it can be removed.
+    Drain {
+        node: u64,
+        #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
+        control: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use engram_client::{Client, SetCondition, SetOptions, SetOutcome};
 
 use crate::cli::{Cli, Command, CounterCommand, TIMEOUT_MS_DEFAULT};
+use crate::cluster_view;
 use crate::failure::Failure;
 use crate::info_view::NodeView;
 use coordination::{write_value, Wait};
@@ -24,6 +25,10 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
         given: cli.timeout_ms.map(Duration::from_millis),
         default: timeout,
     };
+    if let Command::Cluster(command) = cli.command {
+        let credentials = cli.credentials.into_bytes();
+        return cluster_view::run(command, &credentials, timeout, out).await;
+    }
     // Direct routing degrades by itself to sending everything to --addr when the node
     // cannot serve a slot map, so the CLI needs no fallback of its own.
     let client = Client::builder(cli.addr)
@@ -98,6 +103,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
         Command::Future(command) => coordination::future(&client, command, wait, out).await?,
         Command::Queue(command) => coordination::queue(&client, command, wait, out).await?,
         Command::Map(command) => coordination::map(&client, command, out).await?,
+        Command::Cluster(_) => unreachable!("cluster commands return above"),
         Command::Info { json } => {
             let view = NodeView::from(&client.info().await?);
             if json {
