@@ -50,6 +50,10 @@ pub fn engramd() -> PathBuf {
     binary("engramd")
 }
 
+pub fn engram_control() -> PathBuf {
+    binary("engram-control")
+}
+
 pub fn engram_cli() -> PathBuf {
     binary("engram")
 }

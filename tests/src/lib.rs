@@ -8,6 +8,8 @@
 //! Layout:
 //! - [`server`]: [`EngramServer`]: starts `engramd` on its own loopback address with free
 //!   ports, waits for the ready line, runs the CLI against it, stops it on drop.
+//! - [`control`]: [`control::ControlPlane`]: an `engram-control` process with a scratch data
+//!   directory, restartable on the same address, and `engram cluster` against it.
 //! - [`raw`]: [`RawConnection`]: the wire protocol spoken by hand over a blocking
 //!   `TcpStream`, for tests that must bypass the client (duplicates, malformed frames).
 //! - [`routing`]: picking keys owned by a given shard, from a node's slot map.
@@ -22,6 +24,7 @@
 //! Every wait in the harness is bounded, so a hung server fails a test instead of hanging it.
 
 pub mod binaries;
+pub mod control;
 pub mod linearizability;
 pub mod processes;
 pub mod raw;

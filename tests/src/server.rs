@@ -30,6 +30,8 @@ pub struct ServerOptions {
     pub bind: Option<Ipv4Addr>,
     /// `--metrics-port` (default: metrics off).
     pub metrics_port: Option<u16>,
+    /// `--control`: join the cluster of this engram-control.
+    pub control: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -41,6 +43,7 @@ impl Default for ServerOptions {
             port: 0,
             bind: None,
             metrics_port: None,
+            control: None,
         }
     }
 }
@@ -77,6 +80,11 @@ impl ServerOptions {
         self
     }
 
+    pub fn control(mut self, address: &str) -> Self {
+        self.control = Some(address.to_string());
+        self
+    }
+
     fn arguments(&self, bind: Ipv4Addr) -> Vec<String> {
         let mut arguments = vec![
             "--bind".to_string(),
@@ -94,6 +102,9 @@ impl ServerOptions {
         }
         if let Some(port) = self.metrics_port {
             arguments.extend(["--metrics-port".to_string(), port.to_string()]);
+        }
+        if let Some(control) = &self.control {
+            arguments.extend(["--control".to_string(), control.clone()]);
         }
         arguments
     }
@@ -145,7 +156,7 @@ pub struct EngramServer {
 
 /// Removes every `ENGRAM_*` variable, so the caller's environment cannot change a flag
 /// the test did not set (every engramd and engram flag has one).
-fn scrub_environment(command: &mut Command) {
+pub(crate) fn scrub_environment(command: &mut Command) {
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("ENGRAM_") {
             command.env_remove(name);
@@ -153,7 +164,7 @@ fn scrub_environment(command: &mut Command) {
     }
 }
 
-fn capture(mut stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+pub(crate) fn capture(mut stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
     let buffer = Arc::new(Mutex::new(Vec::new()));
     let sink = buffer.clone();
     std::thread::spawn(move || {
@@ -171,7 +182,7 @@ fn capture(mut stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
     buffer
 }
 
-fn text_of(buffer: &Mutex<Vec<u8>>) -> String {
+pub(crate) fn text_of(buffer: &Mutex<Vec<u8>>) -> String {
     String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
 }
 
@@ -371,6 +382,13 @@ impl EngramServer {
     }
 
     /// Whether the process is still running.
+    /// SIGKILL, as a crash; returns once the process is gone.
+    pub fn kill_now(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(child) => matches!(child.try_wait(), Ok(None)),
@@ -439,11 +457,19 @@ fn thread_report(pid: u32) -> String {
     report
 }
 
-fn signal(child: &Child, signal: libc::c_int) {
+pub(crate) fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill(2) on the pid of a child we have not reaped yet (so it cannot have
     // been reused by another process).
     unsafe {
         libc::kill(child.id() as libc::pid_t, signal);
+    }
+}
+
+/// SIGSTOP: the process stays, its sockets still accept, but nothing it runs answers.
+pub fn stop_process(pid: u32) {
+    // SAFETY: kill(2) on a child of this process that has not been reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGSTOP);
     }
 }
 

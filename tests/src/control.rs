@@ -1,0 +1,140 @@
+//! [`ControlPlane`]: an `engram-control` process on loopback with a scratch data
+//! directory, restartable on the same address, plus the `engram cluster` CLI against it.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use engram_proto::{ClusterStatus, Response};
+
+use crate::binaries;
+use crate::server::{capture, poll_exit, run_bounded, scrub_environment, signal, text_of, READY_TIMEOUT, STOP_GRACE};
+
+pub struct ControlPlane {
+    child: Option<Child>,
+    /// `host:port` it listens on; kept across restarts.
+    address: String,
+    data_dir: PathBuf,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl ControlPlane {
+    /// Starts engram-control on `host` (a free port) with its state in `data_dir`.
+    pub fn start(host: std::net::Ipv4Addr, data_dir: PathBuf) -> ControlPlane {
+        let mut control = ControlPlane {
+            child: None,
+            address: format!("{host}:0"),
+            data_dir,
+            stderr: Arc::default(),
+        };
+        control.launch();
+        control
+    }
+
+    fn launch(&mut self) {
+        let mut command = Command::new(binaries::engram_control());
+        scrub_environment(&mut command);
+        command
+            .args(["--listen", &self.address, "--data"])
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn engram-control");
+        self.stderr = capture(child.stderr.take().expect("piped stderr"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready_sender, ready) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut sender = Some(ready_sender);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("engram-control ready") {
+                    if let Some(sender) = sender.take() {
+                        let _ = sender.send(line);
+                    }
+                }
+            }
+        });
+        let line = match ready.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("engram-control not ready: {}", text_of(&self.stderr));
+            }
+        };
+        let listen = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("listen="))
+            .expect("ready line names its address");
+        self.address = listen.to_string();
+        self.child = Some(child);
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// SIGKILL, as a crash: no chance to write anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same address with the same data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn stderr_text(&self) -> String {
+        text_of(&self.stderr)
+    }
+
+    /// Runs `engram cluster <arguments> --control <address>`.
+    pub fn cli(&self, arguments: &[&str]) -> Output {
+        let mut command = Command::new(binaries::engram_cli());
+        scrub_environment(&mut command);
+        command
+            .arg("cluster")
+            .args(arguments)
+            .args(["--control", &self.address])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        run_bounded(command, Duration::from_secs(300))
+    }
+
+    /// The cluster as the control plane reports it.
+    pub async fn status(&self) -> ClusterStatus {
+        let deadline = Instant::now() + crate::STEP_TIMEOUT;
+        loop {
+            let answer = engram_control::link::call_once(
+                &self.address,
+                b"",
+                engram_proto::Command::ClusterStatus,
+                Duration::from_secs(5),
+            )
+            .await;
+            match answer {
+                Ok(Response::ClusterStatus(status)) => return *status,
+                other if Instant::now() >= deadline => panic!("cluster status failed: {other:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGTERM);
+            if poll_exit(&mut child, STOP_GRACE).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
