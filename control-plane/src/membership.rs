@@ -319,16 +319,8 @@ impl Membership {
         let mut shards = Vec::new();
         for member in &self.state.members {
             let alive = self.is_alive(member.node_id, now_ms);
-            let observed = self.observed.get(&member.node_id);
             for shard_id in 0..member.shard_addresses.len() {
-                let load = observed
-                    .and_then(|observed| observed.shards.get(shard_id))
-                    .copied()
-                    .unwrap_or_default();
-                let shard = ShardRef {
-                    node_id: member.node_id,
-                    shard_id: shard_id as u16,
-                };
+                let (shard, load) = self.shard_load(member.node_id, shard_id);
                 shards.push(PlanShard {
                     shard,
                     draining: member.draining || !alive,
@@ -383,14 +375,7 @@ impl Membership {
                         .iter()
                         .enumerate()
                         .map(|(shard_id, address)| {
-                            let load = observed
-                                .and_then(|observed| observed.shards.get(shard_id))
-                                .copied()
-                                .unwrap_or_default();
-                            let shard = ShardRef {
-                                node_id: member.node_id,
-                                shard_id: shard_id as u16,
-                            };
+                            let (shard, load) = self.shard_load(member.node_id, shard_id);
                             ShardStatus {
                                 shard_id: shard_id as u16,
                                 address: address.clone(),
@@ -415,6 +400,21 @@ impl Membership {
             migration_milliseconds_total: 0,
             last_error: String::new(),
         }
+    }
+
+    /// A member's shard and its last reported load (zero before its first heartbeat).
+    fn shard_load(&self, node_id: u64, shard_id: usize) -> (ShardRef, ShardObserved) {
+        let load = self
+            .observed
+            .get(&node_id)
+            .and_then(|observed| observed.shards.get(shard_id))
+            .copied()
+            .unwrap_or_default();
+        let shard = ShardRef {
+            node_id,
+            shard_id: shard_id as u16,
+        };
+        (shard, load)
     }
 
     fn owners_from_map(&self) -> Vec<ShardRef> {

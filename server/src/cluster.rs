@@ -91,6 +91,14 @@ impl Routing {
         self.map.epoch
     }
 
+    /// Slots the map gives to local shard `shard_id`.
+    pub fn slots_of(&self, shard_id: u16) -> usize {
+        self.owner_index
+            .iter()
+            .filter(|&&index| self.local_ids.get(index as usize).copied().flatten() == Some(shard_id))
+            .count()
+    }
+
     pub fn owner(&self, slot: u32) -> Owner {
         let index = self.owner_index.get(slot as usize).copied().unwrap_or(0);
         match self.local_ids.get(index as usize).copied().flatten() {
@@ -162,6 +170,24 @@ fn decode_answer(kind: FrameKind, payload: &[u8], address: &str) -> Result<Respo
     }
 }
 
+/// A handshake answer other than a valid `HelloReply` is a refusal (bad credentials, an
+/// unsupported version), reported with what the peer said.
+fn check_hello_reply(kind: FrameKind, payload: &[u8], address: &str) -> Result<(), LinkError> {
+    if kind != FrameKind::HelloReply {
+        let answer = decode_answer(kind, payload, address)
+            .map_or_else(|error| error.to_string(), |answer| format!("{answer:?}"));
+        return Err(LinkError::Refused {
+            address: address.to_string(),
+            answer,
+        });
+    }
+    decode_payload::<HelloReply>(payload).map_err(|source| LinkError::Protocol {
+        address: address.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
 fn encode_request(request_id: u64, command: Command, out: &mut Vec<u8>, address: &str) -> Result<(), LinkError> {
     let request = Request {
         op_id: 0,
@@ -172,6 +198,18 @@ fn encode_request(request_id: u64, command: Command, out: &mut Vec<u8>, address:
         address: address.to_string(),
         source,
     })
+}
+
+fn resolve(address: &str) -> Result<std::net::SocketAddr, LinkError> {
+    let connect_error = |source| LinkError::Connect {
+        address: address.to_string(),
+        source,
+    };
+    address
+        .to_socket_addrs()
+        .map_err(connect_error)?
+        .next()
+        .ok_or_else(|| connect_error(std::io::Error::other("no address")))
 }
 
 const READ_BYTES: usize = 64 * 1024;
@@ -191,11 +229,7 @@ impl BlockingLink {
             address: address.to_string(),
             source,
         };
-        let socket_address = address
-            .to_socket_addrs()
-            .map_err(connect_error)?
-            .next()
-            .ok_or_else(|| connect_error(std::io::Error::other("no address")))?;
+        let socket_address = resolve(address)?;
         let stream = StdStream::connect_timeout(&socket_address, timeout).map_err(connect_error)?;
         let _ = stream.set_nodelay(true);
         stream.set_read_timeout(Some(timeout)).map_err(connect_error)?;
@@ -214,18 +248,7 @@ impl BlockingLink {
         })?;
         link.write(&out)?;
         let (kind, payload) = link.read_frame()?;
-        if kind != FrameKind::HelloReply {
-            let answer = decode_answer(kind, &payload, address)
-                .map_or_else(|error| error.to_string(), |answer| format!("{answer:?}"));
-            return Err(LinkError::Refused {
-                address: address.to_string(),
-                answer,
-            });
-        }
-        decode_payload::<HelloReply>(&payload).map_err(|source| LinkError::Protocol {
-            address: address.to_string(),
-            source,
-        })?;
+        check_hello_reply(kind, &payload, address)?;
         Ok(link)
     }
 
@@ -302,11 +325,7 @@ impl PeerLink {
             address: address.to_string(),
             source,
         };
-        let socket_address = address
-            .to_socket_addrs()
-            .map_err(connect_error)?
-            .next()
-            .ok_or_else(|| connect_error(std::io::Error::other("no address")))?;
+        let socket_address = resolve(address)?;
         let stream = glommio::net::TcpStream::connect_timeout(socket_address, timeout)
             .await
             .map_err(|error| connect_error(std::io::Error::other(error.to_string())))?;
@@ -326,14 +345,7 @@ impl PeerLink {
             }
         })?;
         let (kind, payload) = link.exchange(&out).await?;
-        if kind != FrameKind::HelloReply {
-            let answer = decode_answer(kind, &payload, address)
-                .map_or_else(|error| error.to_string(), |answer| format!("{answer:?}"));
-            return Err(LinkError::Refused {
-                address: address.to_string(),
-                answer,
-            });
-        }
+        check_hello_reply(kind, &payload, address)?;
         Ok(link)
     }
 
@@ -387,5 +399,68 @@ impl PeerLink {
                 after: timeout,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engram_proto::{ShardAddress, SlotRange};
+
+    /// Node 1 has shards 0 and 1, node 2 has shard 0; slots split in thirds.
+    fn map(epoch: u64) -> SlotMap {
+        let shard = |node_id, shard_id| ShardAddress {
+            node_id,
+            shard_id,
+            address: format!("10.0.0.{node_id}:{}", 7401 + shard_id),
+        };
+        SlotMap {
+            epoch,
+            shards: vec![shard(1, 0), shard(1, 1), shard(2, 0)],
+            ranges: vec![
+                SlotRange {
+                    start: 0,
+                    end: 5_000,
+                    shard_index: 0,
+                },
+                SlotRange {
+                    start: 5_001,
+                    end: 10_000,
+                    shard_index: 1,
+                },
+                SlotRange {
+                    start: 10_001,
+                    end: engram_proto::limits::SLOT_COUNT - 1,
+                    shard_index: 2,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn routing_tells_local_shards_from_remote_ones() {
+        let routing = Routing::new(Arc::new(map(3)), 1);
+        assert_eq!(routing.owner(0), Owner::Local(0));
+        assert_eq!(routing.owner(5_001), Owner::Local(1));
+        assert_eq!(routing.owner(10_001), Owner::Remote(2));
+        assert_eq!(routing.address(2), "10.0.0.2:7401");
+        assert_eq!(routing.slots_of(0), 5_001);
+        assert_eq!(routing.slots_of(1), 5_000);
+        let other_node = Routing::new(Arc::new(map(3)), 2);
+        assert_eq!(other_node.owner(0), Owner::Remote(0));
+        assert_eq!(other_node.owner(16_000), Owner::Local(0));
+    }
+
+    #[test]
+    fn a_node_map_only_moves_forward_and_refuses_invalid_maps() {
+        let node_map = NodeMap::new(map(3));
+        assert_eq!(node_map.install(map(2)), Ok(false));
+        assert_eq!(node_map.install(map(3)), Ok(false));
+        assert_eq!(node_map.epoch(), 3);
+        let mut broken = map(9);
+        broken.ranges.pop();
+        assert!(node_map.install(broken).is_err());
+        assert_eq!(node_map.install(map(4)), Ok(true));
+        assert_eq!((node_map.epoch(), node_map.current().epoch), (4, 4));
     }
 }

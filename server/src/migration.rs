@@ -94,6 +94,8 @@ impl Shard {
                 .borrow_mut()
                 .remove_slots(|slot| frozen.get(slot as usize).copied().unwrap_or(false), now_ms);
             *self.outgoing.borrow_mut() = None;
+            // Anything still parked there was answered Moved by the removal.
+            self.deliver_completions();
             crate::metrics::record_migration("out", "committed");
             tracing::info!(shard = self.shard_id, migration_id, "migration out committed");
         }
@@ -105,6 +107,7 @@ impl Shard {
             }
             !served
         });
+        self.node.shards[self.shard_id].publish_slots_owned(routing.slots_of(self.shard_id as u16));
         self.publish_stats();
     }
 
@@ -312,6 +315,7 @@ impl Shard {
                 |slot| slots.get(slot as usize).copied().unwrap_or(false) && routing.owner(slot) != mine,
                 now_ms,
             );
+            self.deliver_completions();
             crate::metrics::record_migration("in", "aborted");
             self.publish_stats();
         }

@@ -48,6 +48,8 @@ pub enum ServerError {
     ShardStart { shard: usize, reason: String },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
     #[error("--bind {0} is unspecified: a cluster node needs --advertise with the host others reach it at")]
     AdvertiseRequired(std::net::IpAddr),
     #[error("could not join the cluster at {control} within {JOIN_TIMEOUT_MS} ms (join_timeout_ms): {reason}")]
@@ -295,7 +297,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         std::thread::Builder::new()
             .name("heartbeat".into())
             .spawn(move || heartbeat.run())
-            .map_err(ServerError::Signals)?;
+            .map_err(ServerError::Thread)?;
     }
     tracing::info!(%front_address, shards = shard_count, node_id, ?metrics_address, "engramd serving");
     // The ready line is the contract with scripts and tests: one line, key=value.

@@ -295,6 +295,10 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
         timekeeper_deadline_ms: Cell::new(0),
         timekeeper: LocalNotify::default(),
     });
+    {
+        let routing = shard.routing();
+        shard.node.shards[shard.shard_id].publish_slots_owned(routing.slots_of(shard.shard_id as u16));
+    }
     shard.publish_stats();
     serve_peers(&shard, receivers);
     // SAFETY: each fd comes from a listening socket this thread now owns alone
