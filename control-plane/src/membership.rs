@@ -19,7 +19,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::planner::{PlanShard, ShardRef};
 
 /// A member silent for longer than this is reported dead and never chosen as a target.
-pub const LIVENESS_TIMEOUT_MS: u64 = 5_000;
+pub const LIVENESS_TIMEOUT_MS: u64 = 10_000;
 /// Members one cluster holds at most (the map lists every shard of every member).
 pub const MEMBERS_MAX: usize = 1024;
 /// Shards one member may have (shard ids are 16-bit).
@@ -80,6 +80,9 @@ pub enum MembershipError {
     Corrupt(String),
 }
 
+/// Cloned to prepare a change: the clone is changed and persisted, and only then
+/// replaces the original, so memory never runs ahead of the state file.
+#[derive(Clone)]
 pub struct Membership {
     state: PersistedState,
     /// Slot-indexed owner, kept in step with `state.map`.
@@ -231,6 +234,16 @@ impl Membership {
         self.observed.entry(node_id).or_default().last_heartbeat_ms = Some(now_ms);
         self.rebuild_map();
         Ok(node_id)
+    }
+
+    /// Moves the epoch past `epoch`: a node serves a map this control plane no longer
+    /// has (its state file was restored from an older copy), and the next map must
+    /// supersede that one everywhere.
+    pub fn raise_epoch_past(&mut self, epoch: u64) {
+        if epoch > self.state.map.epoch {
+            self.state.map.epoch = epoch;
+            self.rebuild_map();
+        }
     }
 
     /// Records a heartbeat; returns the epoch the node should catch up to.
@@ -580,10 +593,23 @@ mod tests {
             node_id: second,
             map_epoch: membership.epoch(),
             shards: Vec::new(),
+            migrations: Vec::new(),
         };
         membership.heartbeat(&heartbeat, 3 * LIVENESS_TIMEOUT_MS).unwrap();
         assert!(membership.forget_departed(3 * LIVENESS_TIMEOUT_MS));
         assert_eq!(membership.members().len(), 1);
+        assert_eq!(membership.map().validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_epoch_moves_past_a_newer_one_a_node_reports_and_only_then() {
+        let mut membership = Membership::new();
+        membership.join(&join_request(2, 1), 0).unwrap();
+        let epoch = membership.epoch();
+        membership.raise_epoch_past(epoch);
+        assert_eq!(membership.epoch(), epoch, "an equal epoch is not newer");
+        membership.raise_epoch_past(epoch + 10);
+        assert_eq!(membership.epoch(), epoch + 11);
         assert_eq!(membership.map().validate(), Ok(()));
     }
 
@@ -599,6 +625,7 @@ mod tests {
                 memory_used_bytes: 100,
                 operations_total,
             }],
+            migrations: Vec::new(),
         };
         membership.heartbeat(&beat(1_000), 1_000).unwrap();
         membership.heartbeat(&beat(3_000), 1_500).unwrap();
@@ -611,7 +638,8 @@ mod tests {
                 &Heartbeat {
                     node_id: 77,
                     map_epoch: 0,
-                    shards: vec![]
+                    shards: vec![],
+                    migrations: vec![],
                 },
                 0
             ),

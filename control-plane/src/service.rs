@@ -103,7 +103,9 @@ impl Controller {
             inner: Mutex::new(Inner {
                 membership,
                 migrations: Vec::new(),
-                plan_running: false,
+                // Until `reconcile` has settled what an earlier run left open, no plan
+                // may start: it would race the abort of everything uncommitted.
+                plan_running: true,
                 bytes_moved_total: 0,
                 migration_milliseconds_total: 0,
                 last_error: String::new(),
@@ -147,6 +149,21 @@ impl Controller {
         persist_to(&self.settings.data_dir, &membership.encode())
     }
 
+    /// Applies `change` to a copy of the membership, persists the copy, and only then
+    /// makes it current: a failed write leaves memory as it was on disk.
+    fn change<T>(
+        &self,
+        inner: &mut Inner,
+        change: impl FnOnce(&mut Membership) -> Result<T, crate::membership::MembershipError>,
+    ) -> Result<T, String> {
+        let mut next = inner.membership.clone();
+        let value = change(&mut next).map_err(|error| error.to_string())?;
+        self.persist(&next)
+            .map_err(|error| format!("cannot persist the state: {error}"))?;
+        inner.membership = next;
+        Ok(value)
+    }
+
     async fn handle(self: &Arc<Self>, command: Command) -> Response {
         let now_ms = self.now_ms();
         match command {
@@ -154,24 +171,18 @@ impl Controller {
             Command::GetSlotMap => Response::SlotMap(self.lock().membership.map().clone()),
             Command::ClusterJoin(request) => {
                 let mut inner = self.lock();
-                match inner.membership.join(&request, now_ms) {
+                match self.change(&mut inner, |membership| membership.join(&request, now_ms)) {
                     Ok(node_id) => {
-                        if let Err(error) = self.persist(&inner.membership) {
-                            return error_response(ErrorCode::Internal, format!("cannot persist the join: {error}"));
-                        }
                         tracing::info!(node_id, front = %request.front_address, epoch = inner.membership.epoch(), "node joined");
                         Response::Joined {
                             node_id,
                             map: inner.membership.map().clone(),
                         }
                     }
-                    Err(error) => error_response(ErrorCode::InvalidArgument, error.to_string()),
+                    Err(error) => error_response(ErrorCode::InvalidArgument, error),
                 }
             }
-            Command::ClusterHeartbeat(heartbeat) => match self.lock().membership.heartbeat(&heartbeat, now_ms) {
-                Ok(map_epoch) => Response::HeartbeatAck { map_epoch },
-                Err(error) => error_response(ErrorCode::InvalidArgument, error.to_string()),
-            },
+            Command::ClusterHeartbeat(heartbeat) => self.heartbeat(&heartbeat, now_ms),
             Command::ClusterStatus => Response::ClusterStatus(Box::new(self.status())),
             Command::ClusterRebalance => self.start_plan(None),
             Command::ClusterDrain { node_id } => self.start_plan(Some(node_id)),
@@ -179,6 +190,46 @@ impl Controller {
                 ErrorCode::InvalidArgument,
                 format!("{} is not a control-plane command", other.name()),
             ),
+        }
+    }
+
+    fn heartbeat(&self, heartbeat: &engram_proto::Heartbeat, now_ms: u64) -> Response {
+        let mut inner = self.lock();
+        if let Err(error) = inner.membership.heartbeat(heartbeat, now_ms) {
+            return error_response(ErrorCode::InvalidArgument, error.to_string());
+        }
+        if heartbeat.map_epoch > inner.membership.epoch() {
+            let reported = heartbeat.map_epoch;
+            if let Err(error) = self.change(&mut inner, |membership| {
+                membership.raise_epoch_past(reported);
+                Ok(())
+            }) {
+                return error_response(ErrorCode::Internal, error);
+            }
+            tracing::warn!(
+                node_id = heartbeat.node_id,
+                reported,
+                epoch = inner.membership.epoch(),
+                "a node knew a newer map than the state file; moved the epoch past it"
+            );
+        }
+        // A migration the node holds open that no step here is running was decided
+        // already (its map says how) or belongs to an earlier run of the control plane:
+        // either way the node may let go of it.
+        let running: Vec<u64> = inner
+            .migrations
+            .iter()
+            .map(|migration| migration.migration_id)
+            .collect();
+        let abort_migrations = heartbeat
+            .migrations
+            .iter()
+            .copied()
+            .filter(|id| !running.contains(id))
+            .collect();
+        Response::HeartbeatAck {
+            map_epoch: inner.membership.epoch(),
+            abort_migrations,
         }
     }
 
@@ -191,11 +242,8 @@ impl Controller {
                 return error_response(ErrorCode::Busy, "a rebalance is already running; wait for it to finish");
             }
             if let Some(node_id) = drain {
-                if let Err(error) = inner.membership.drain(node_id) {
-                    return error_response(ErrorCode::InvalidArgument, error.to_string());
-                }
-                if let Err(error) = self.persist(&inner.membership) {
-                    return error_response(ErrorCode::Internal, format!("cannot persist the drain: {error}"));
+                if let Err(error) = self.change(&mut inner, |membership| membership.drain(node_id)) {
+                    return error_response(ErrorCode::InvalidArgument, error);
                 }
             }
             let shards = inner.membership.plan_shards(now_ms);
@@ -203,6 +251,7 @@ impl Controller {
                 Ok(moves) => {
                     if !moves.is_empty() {
                         inner.plan_running = true;
+                        inner.last_error.clear();
                     }
                     moves
                 }
@@ -228,7 +277,14 @@ impl Controller {
                 for step in slots.chunks(MIGRATION_SLOTS_PER_STEP) {
                     match self.migrate(from, to, step).await {
                         Ok(()) => moved += step.len(),
-                        Err(reason) => {
+                        // Nothing can be copied off a dead node; the rest of the plan
+                        // does not depend on it.
+                        Err(StepError::SourceDead(reason)) => {
+                            tracing::warn!(%reason, "skipping moves off a dead node");
+                            failure = Some(reason);
+                            continue 'plan;
+                        }
+                        Err(StepError::Failed(reason)) => {
                             failure = Some(reason);
                             break 'plan;
                         }
@@ -256,26 +312,30 @@ impl Controller {
     }
 
     /// One two-phase migration step of `slots` from `from` to `to`.
-    async fn migrate(self: &Arc<Self>, from: ShardRef, to: ShardRef, slots: &[u32]) -> Result<(), String> {
+    async fn migrate(self: &Arc<Self>, from: ShardRef, to: ShardRef, slots: &[u32]) -> Result<(), StepError> {
         let now_ms = self.now_ms();
         let (migration_id, source, target) = {
             let mut inner = self.lock();
             if !inner.membership.is_alive(from.node_id, now_ms) {
-                return Err(format!(
+                return Err(StepError::SourceDead(format!(
                     "node {} is not alive: its slots cannot be copied off it",
                     from.node_id
-                ));
+                )));
             }
             if !inner.membership.is_alive(to.node_id, now_ms) {
-                return Err(format!("node {} is not alive", to.node_id));
+                return Err(StepError::Failed(format!("node {} is not alive", to.node_id)));
             }
             let (Some(source), Some(target)) = (
                 inner.membership.shard_address(from).map(str::to_string),
                 inner.membership.shard_address(to).map(str::to_string),
             ) else {
-                return Err("a shard of the plan left the cluster".into());
+                return Err(StepError::Failed("a shard of the plan left the cluster".into()));
             };
-            let migration_id = inner.membership.next_migration_id();
+            // Persisted before use, so ids never repeat across restarts and a late batch
+            // of an old migration can never pass for one of a new migration.
+            let migration_id = self
+                .change(&mut inner, |membership| Ok(membership.next_migration_id()))
+                .map_err(StepError::Failed)?;
             inner.migrations.push(MigrationStatus {
                 migration_id,
                 source: source.clone(),
@@ -308,16 +368,20 @@ impl Controller {
                 // control-plane start, which aborts every uncommitted migration.
                 let credentials = &self.settings.credentials;
                 let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
+                let map_epoch = self.epoch();
                 for address in [&source, &target] {
-                    let abort = Command::MigrateAbort { migration_id };
+                    let abort = Command::MigrateAbort {
+                        migration_id,
+                        map_epoch,
+                    };
                     if let Err(error) = call_once(address, credentials, abort, timeout).await {
                         tracing::warn!(migration_id, %address, %error, "abort not delivered");
                     }
                 }
-                Err(format!(
+                Err(StepError::Failed(format!(
                     "migration {migration_id} of {} slots from {source} to {target} aborted: {reason}",
                     slots.len()
-                ))
+                )))
             }
         }
     }
@@ -353,12 +417,7 @@ impl Controller {
         // The commit point: once the new map is on disk, the target owns the slots.
         let map = {
             let mut inner = self.lock();
-            let mut next = Membership::decode(&inner.membership.encode()).map_err(|error| error.to_string())?;
-            next.commit_move(slots, to);
-            self.persist(&next)
-                .map_err(|error| format!("cannot persist the commit: {error}"))?;
-            inner.membership.commit_move(slots, to);
-            inner.membership.map().clone()
+            self.change(&mut inner, |membership| Ok(membership.commit_move(slots, to).clone()))?
         };
         let elapsed = started.elapsed();
         tracing::info!(
@@ -416,13 +475,26 @@ impl Controller {
         let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
         for member in members {
             for address in &member.shard_addresses {
-                let installed = call_once(address, credentials, Command::InstallMap(map.clone()), timeout).await;
-                let aborted = call_once(address, credentials, Command::MigrateAbort { migration_id: 0 }, timeout).await;
-                if let Err(error) = installed.and(aborted) {
+                // The abort only after the shard holds the persisted map: a shard behind
+                // it might otherwise unfreeze slots whose migration committed. (It would
+                // refuse anyway: the abort names the epoch it was decided under.)
+                let settled = match call_once(address, credentials, Command::InstallMap(map.clone()), timeout).await {
+                    Ok(_) => {
+                        let abort = Command::MigrateAbort {
+                            migration_id: 0,
+                            map_epoch: map.epoch,
+                        };
+                        call_once(address, credentials, abort, timeout).await.map(drop)
+                    }
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = settled {
+                    // Its heartbeats settle it once it is back.
                     tracing::info!(%address, %error, "could not reconcile a shard (down?)");
                 }
             }
         }
+        self.lock().plan_running = false;
     }
 
     /// Forgets drained members that left, and moves slots off shards far busier than
@@ -434,11 +506,11 @@ impl Controller {
             let now_ms = self.now_ms();
             {
                 let mut inner = self.lock();
-                if !inner.plan_running && inner.membership.forget_departed(now_ms) {
-                    if let Err(error) = self.persist(&inner.membership) {
-                        tracing::warn!(%error, "cannot persist the departure");
+                if !inner.plan_running && inner.membership.clone().forget_departed(now_ms) {
+                    match self.change(&mut inner, |membership| Ok(membership.forget_departed(now_ms))) {
+                        Ok(_) => tracing::info!(epoch = inner.membership.epoch(), "forgot drained nodes that left"),
+                        Err(error) => tracing::warn!(%error, "cannot forget departed nodes"),
                     }
-                    tracing::info!(epoch = inner.membership.epoch(), "forgot drained nodes that left");
                 }
             }
             if self.settings.load_rebalance
@@ -482,6 +554,10 @@ impl Controller {
     }
 }
 
+/// A failure before the rename leaves the old state in force, and is an ordinary error.
+/// Once the rename happened, the new state may or may not survive a crash: the process
+/// cannot tell which state will be read at the next start, so it stops, and that start
+/// (`reconcile`) settles whichever it finds.
 fn persist_to(data_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let path = data_dir.join(STATE_FILE);
@@ -490,7 +566,20 @@ fn persist_to(data_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()
+    let synced = std::fs::File::open(data_dir).and_then(|directory| directory.sync_all());
+    if let Err(error) = synced {
+        tracing::error!(%error, path = %path.display(), "state file renamed but not synced; stopping so the next start settles it");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Why a migration step did not happen.
+enum StepError {
+    /// The source is dead: its slots stay where they are; the plan goes on without them.
+    SourceDead(String),
+    /// The step was aborted; the plan stops here.
+    Failed(String),
 }
 
 fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {

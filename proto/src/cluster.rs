@@ -24,6 +24,9 @@ pub struct Heartbeat {
     pub node_id: u64,
     pub map_epoch: u64,
     pub shards: Vec<ShardLoad>,
+    /// Migrations the node's shards hold open (frozen outgoing, uncommitted incoming), so
+    /// the control plane can settle those it is no longer running.
+    pub migrations: Vec<u64>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +55,12 @@ pub struct MigrateIn {
     pub migration_id: u64,
     pub slots: Vec<u32>,
     pub batch: Vec<u8>,
+    /// 0, 1, 2, … in sending order: the target refuses a gap, and batch 0 starts the
+    /// migration afresh (dropping leftovers of an earlier attempt at those slots).
+    pub batch_index: u32,
+    /// How long ago the batch was exported: the remaining lease and TTL times in it were
+    /// taken then, so the target counts them from that moment, not from its import.
+    pub age_ms: u64,
 }
 
 /// The cluster as the control plane sees it.

@@ -232,9 +232,12 @@ pub enum Command {
     InstallMap(SlotMap),
     MigrateOut(MigrateOut),
     MigrateIn(MigrateIn),
-    /// Forget the migration (0: any migration not committed by the node's map).
+    /// Forget the migration (0: any migration not committed by the node's map). Refused
+    /// by a shard whose map is older than `map_epoch`: the abort was decided under that
+    /// map, and a shard behind it may not know the migration committed.
     MigrateAbort {
         migration_id: u64,
+        map_epoch: u64,
     },
 }
 
@@ -478,6 +481,9 @@ pub enum Response {
     },
     HeartbeatAck {
         map_epoch: u64,
+        /// Migrations the node reported that the control plane is not running: abort
+        /// them (after catching up to `map_epoch`).
+        abort_migrations: Vec<u64>,
     },
     /// Boxed: the largest answer by far, and rare.
     ClusterStatus(Box<ClusterStatus>),

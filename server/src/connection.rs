@@ -312,7 +312,10 @@ impl Connection {
             ),
             Command::MigrateOut(order) => self.shard.clone().migrate_out(order.clone()).await,
             Command::MigrateIn(order) => self.shard.migrate_in(order),
-            Command::MigrateAbort { migration_id } => self.shard.migrate_abort(*migration_id),
+            Command::MigrateAbort {
+                migration_id,
+                map_epoch,
+            } => self.shard.migrate_abort(*migration_id, *map_epoch),
             Command::ClusterJoin(_)
             | Command::ClusterHeartbeat(_)
             | Command::ClusterStatus

@@ -14,8 +14,9 @@
 //! Nothing in flight is lost: a frozen slot's requests are refused before they are
 //! applied, and the source's copy is only dropped once a committed map names the target.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use engram_proto::limits::SLOT_COUNT;
 use engram_proto::migration::{decode_batch, encode_batch};
@@ -28,11 +29,15 @@ use crate::store::slot_of_stored_key;
 /// Encoded size of one `MigrateIn` batch: well below the frame payload limit, and small
 /// enough that the target applies one without stalling its other work.
 pub const MIGRATION_BATCH_BYTES_MAX: usize = 1024 * 1024;
-/// How long the source waits for the target at each step before it gives up and
-/// unfreezes; bounds how long a dead or stopped target keeps slots frozen.
+/// How long the source waits for the target at each exchange (connect, each batch)
+/// before it gives up and unfreezes. After `MigrationPrepared` the freeze lasts until
+/// the control plane decides; heartbeats settle a decision that did not arrive.
 pub const MIGRATION_PEER_TIMEOUT_MS: u64 = 5_000;
 /// Uncommitted incoming migrations one shard holds at most.
 pub const INCOMING_MIGRATIONS_MAX: usize = 64;
+/// Aborted migration ids a shard remembers, so a late batch of one is refused rather
+/// than imported into a migration that no longer exists.
+pub const ABORTED_MIGRATIONS_REMEMBERED_MAX: usize = 1024;
 
 /// The migration taking slots off this shard.
 pub struct Outgoing {
@@ -42,8 +47,18 @@ pub struct Outgoing {
     slots: Vec<u32>,
 }
 
-/// Uncommitted migrations into this shard: migration id and its slots.
-pub type Incoming = foldhash::HashMap<u64, Vec<u32>>;
+/// Migrations into this shard that no map has committed yet.
+#[derive(Default)]
+pub struct Incoming {
+    open: foldhash::HashMap<u64, IncomingMigration>,
+    /// Recently aborted ids, oldest first.
+    aborted: VecDeque<u64>,
+}
+
+struct IncomingMigration {
+    slots: Vec<u32>,
+    next_batch_index: u32,
+}
 
 fn slot_set(slots: &[u32]) -> Vec<bool> {
     let mut set = vec![false; SLOT_COUNT as usize];
@@ -99,8 +114,8 @@ impl Shard {
             crate::metrics::record_migration("out", "committed");
             tracing::info!(shard = self.shard_id, migration_id, "migration out committed");
         }
-        self.incoming.borrow_mut().retain(|migration_id, slots| {
-            let served = slots.iter().all(|&slot| mine(slot));
+        self.incoming.borrow_mut().open.retain(|migration_id, incoming| {
+            let served = incoming.slots.iter().all(|&slot| mine(slot));
             if served {
                 crate::metrics::record_migration("in", "committed");
                 tracing::info!(shard = self.shard_id, migration_id, "migration in committed");
@@ -108,7 +123,19 @@ impl Shard {
             !served
         });
         self.node.shards[self.shard_id].publish_slots_owned(routing.slots_of(self.shard_id as u16));
+        self.publish_migrations();
         self.publish_stats();
+    }
+
+    /// Makes the open migrations visible to the heartbeat.
+    fn publish_migrations(&self) {
+        let mut open: Vec<u64> = self.incoming.borrow().open.keys().copied().collect();
+        open.extend(self.outgoing.borrow().as_ref().map(|outgoing| outgoing.migration_id));
+        let mut published = self.node.shards[self.shard_id]
+            .migrations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *published = open;
     }
 
     /// Phase one at the source: freeze, redirect waiters, copy to the target.
@@ -142,15 +169,29 @@ impl Shard {
             frozen: frozen.clone(),
             slots: order.slots.clone(),
         });
+        self.publish_migrations();
         let in_slot = |slot: u32| frozen.get(slot as usize).copied().unwrap_or(false);
         let now_ms = self.now_ms();
         self.store.borrow_mut().bounce_waiters(in_slot, now_ms);
         self.deliver_completions();
+        let exported = Instant::now();
         let batches = self
             .store
             .borrow()
             .export_slots(in_slot, now_ms, MIGRATION_BATCH_BYTES_MAX);
-        match self.ship(&order, batches).await {
+        let shipped = self.ship(&order, batches, exported).await;
+        // An abort may have arrived while the batches travelled: the slots are unfrozen
+        // and may have taken writes since, so this copy must not be committed.
+        let still_ours = self
+            .outgoing
+            .borrow()
+            .as_ref()
+            .is_some_and(|outgoing| outgoing.migration_id == order.migration_id);
+        let shipped = match shipped {
+            Ok(_) if !still_ours => Err("the migration was aborted while its batches travelled".to_string()),
+            other => other,
+        };
+        match shipped {
             Ok((entries, bytes)) => {
                 tracing::info!(
                     shard = self.shard_id,
@@ -179,7 +220,14 @@ impl Shard {
         &self,
         order: &MigrateOut,
         batches: Vec<engram_proto::migration::SlotBatch>,
+        exported: Instant,
     ) -> Result<(u64, u64), String> {
+        // The export always yields a batch (it carries the version counter even for
+        // empty slots), and the target must confirm it holds the migration before the
+        // control plane may commit it.
+        if batches.is_empty() {
+            return Err("the export produced no batch".into());
+        }
         let credentials = self.auth_token.clone().unwrap_or_default();
         let timeout = Duration::from_millis(MIGRATION_PEER_TIMEOUT_MS);
         let mut link = PeerLink::connect(&order.target_address, &credentials, timeout)
@@ -187,18 +235,7 @@ impl Shard {
             .map_err(|error| error.to_string())?;
         let mut entries = 0u64;
         let mut bytes = 0u64;
-        // At least one batch, even an empty one: the target must confirm it is there and
-        // holds the migration before the control plane may commit it.
-        let batches = if batches.is_empty() {
-            vec![engram_proto::migration::SlotBatch {
-                entries: Vec::new(),
-                records: Vec::new(),
-                last_version: 0,
-            }]
-        } else {
-            batches
-        };
-        for batch in batches {
+        for (batch_index, batch) in batches.into_iter().enumerate() {
             entries += batch.entries.len() as u64;
             let encoded = encode_batch(&batch).map_err(|error| error.to_string())?;
             bytes += encoded.len() as u64;
@@ -206,6 +243,8 @@ impl Shard {
                 migration_id: order.migration_id,
                 slots: order.slots.clone(),
                 batch: encoded,
+                batch_index: u32::try_from(batch_index).unwrap_or(u32::MAX),
+                age_ms: exported.elapsed().as_millis() as u64,
             });
             match link.call(command).await.map_err(|error| error.to_string())? {
                 Response::Accepted => {}
@@ -217,13 +256,16 @@ impl Shard {
     }
 
     fn unfreeze(&self, migration_id: u64) {
-        let mut outgoing = self.outgoing.borrow_mut();
-        if outgoing
-            .as_ref()
-            .is_some_and(|outgoing| outgoing.migration_id == migration_id)
         {
-            *outgoing = None;
+            let mut outgoing = self.outgoing.borrow_mut();
+            if outgoing
+                .as_ref()
+                .is_some_and(|outgoing| outgoing.migration_id == migration_id)
+            {
+                *outgoing = None;
+            }
         }
+        self.publish_migrations();
     }
 
     /// At the target: keeps one batch of an incoming migration, unserved until committed.
@@ -240,21 +282,15 @@ impl Shard {
                 format!("slot {slot} cannot migrate into a shard that already serves it"),
             );
         }
-        let known = self.incoming.borrow().contains_key(&order.migration_id);
-        if !known && self.incoming.borrow().len() >= INCOMING_MIGRATIONS_MAX {
-            return self.error(
-                ErrorCode::Busy,
-                format!("shard holds incoming_migrations_max ({INCOMING_MIGRATIONS_MAX}) uncommitted migrations"),
-            );
-        }
         let batch = match decode_batch(&order.batch) {
             Ok(batch) => batch,
             Err(error) => return self.error(ErrorCode::Malformed, format!("migration batch: {error}")),
         };
         let slots = slot_set(&order.slots);
-        if let Some(entry) = batch.entries.iter().find(|entry| {
+        let stray = batch.entries.iter().find(|entry| {
             slot_of_stored_key(&entry.key).is_none_or(|slot| !slots.get(slot as usize).copied().unwrap_or(false))
-        }) {
+        });
+        if let Some(entry) = stray {
             return self.error(
                 ErrorCode::InvalidArgument,
                 format!(
@@ -263,27 +299,104 @@ impl Shard {
                 ),
             );
         }
-        let now_ms = self.now_ms();
-        if let Err(error) = self.store.borrow_mut().import_batch(batch, now_ms) {
+        if let Err(refusal) = self.admit_batch(order, &routing) {
+            return self.error(ErrorCode::InvalidArgument, refusal);
+        }
+        // Leases and TTLs in the batch were measured when it was exported.
+        let exported_at_ms = self.now_ms().saturating_sub(order.age_ms);
+        let imported = self.store.borrow_mut().import_batch(batch, exported_at_ms);
+        if let Err(error) = imported {
             let code = match error {
                 crate::store::ImportError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
                 _ => ErrorCode::InvalidArgument,
             };
             return self.error(code, error.to_string());
         }
-        self.incoming
-            .borrow_mut()
-            .entry(order.migration_id)
-            .or_insert_with(|| order.slots.clone());
+        if let Some(incoming) = self.incoming.borrow_mut().open.get_mut(&order.migration_id) {
+            incoming.next_batch_index += 1;
+        }
         self.publish_stats();
         Response::Accepted
     }
 
+    /// Checks a batch's place in its migration. Batch 0 opens the migration and drops
+    /// whatever earlier, unfinished attempts left in its slots (this shard does not serve
+    /// them, so nothing there is live); later batches must follow in order.
+    fn admit_batch(&self, order: &MigrateIn, routing: &Routing) -> Result<(), String> {
+        let id = order.migration_id;
+        let mut incoming = self.incoming.borrow_mut();
+        if incoming.aborted.contains(&id) {
+            return Err(format!("migration {id} was aborted"));
+        }
+        if let Some(open) = incoming.open.get(&id) {
+            if open.slots != order.slots {
+                return Err(format!(
+                    "batch of migration {id} names other slots than its first batch"
+                ));
+            }
+            if open.next_batch_index != order.batch_index {
+                return Err(format!(
+                    "batch {} of migration {id} arrived, expected batch {}",
+                    order.batch_index, open.next_batch_index
+                ));
+            }
+            return Ok(());
+        }
+        if order.batch_index != 0 {
+            return Err(format!(
+                "batch {} of migration {id}, which is not open here",
+                order.batch_index
+            ));
+        }
+        if incoming.open.len() >= INCOMING_MIGRATIONS_MAX {
+            return Err(format!(
+                "shard holds incoming_migrations_max ({INCOMING_MIGRATIONS_MAX}) uncommitted migrations"
+            ));
+        }
+        let mut stale = slot_set(&order.slots);
+        incoming.open.retain(|_, open| {
+            let overlaps = open.slots.iter().any(|&slot| stale[slot as usize]);
+            if overlaps {
+                for &slot in &open.slots {
+                    stale[slot as usize] = true;
+                }
+            }
+            !overlaps
+        });
+        incoming.open.insert(
+            id,
+            IncomingMigration {
+                slots: order.slots.clone(),
+                next_batch_index: 0,
+            },
+        );
+        drop(incoming);
+        let mine = Owner::Local(self.shard_id as u16);
+        let now_ms = self.now_ms();
+        self.store.borrow_mut().remove_slots(
+            |slot| stale.get(slot as usize).copied().unwrap_or(false) && routing.owner(slot) != mine,
+            now_ms,
+        );
+        self.deliver_completions();
+        self.publish_migrations();
+        Ok(())
+    }
+
     /// Forgets a migration that will not commit (0: every migration the current map did
     /// not commit). The source unfreezes; the target drops what it holds of slots it does
-    /// not serve.
-    pub fn migrate_abort(&self, migration_id: u64) -> Response {
-        self.routing();
+    /// not serve. Refused while this shard's map is older than the one the abort was
+    /// decided under, since the migration may have committed in between.
+    pub fn migrate_abort(&self, migration_id: u64, map_epoch: u64) -> Response {
+        let routing = self.routing();
+        if routing.epoch() < map_epoch {
+            return self.error(
+                ErrorCode::TryAgain,
+                format!(
+                    "abort decided under map epoch {map_epoch}, this shard routes with epoch {}; retry once it catches up",
+                    routing.epoch()
+                ),
+            );
+        }
         let aborted_out = {
             let mut outgoing = self.outgoing.borrow_mut();
             let matches = outgoing
@@ -300,14 +413,23 @@ impl Shard {
         let aborted_in: Vec<Vec<u32>> = {
             let mut incoming = self.incoming.borrow_mut();
             let ids: Vec<u64> = incoming
+                .open
                 .keys()
                 .copied()
                 .filter(|id| migration_id == 0 || *id == migration_id)
                 .collect();
-            ids.iter().filter_map(|id| incoming.remove(id)).collect()
+            if migration_id != 0 {
+                if incoming.aborted.len() >= ABORTED_MIGRATIONS_REMEMBERED_MAX {
+                    incoming.aborted.pop_front();
+                }
+                incoming.aborted.push_back(migration_id);
+            }
+            ids.iter()
+                .filter_map(|id| incoming.open.remove(id))
+                .map(|open| open.slots)
+                .collect()
         };
         if !aborted_in.is_empty() {
-            let routing = self.routing();
             let mine = Owner::Local(self.shard_id as u16);
             let slots = slot_set(&aborted_in.concat());
             let now_ms = self.now_ms();
@@ -319,6 +441,7 @@ impl Shard {
             crate::metrics::record_migration("in", "aborted");
             self.publish_stats();
         }
+        self.publish_migrations();
         tracing::info!(shard = self.shard_id, migration_id, aborted_out, "migration aborted");
         Response::Accepted
     }

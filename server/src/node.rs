@@ -420,13 +420,27 @@ impl Heartbeater {
                 operations_total: shard.operations_total.load(Relaxed),
             })
             .collect();
+        let mut migrations: Vec<u64> = Vec::new();
+        for shard in &self.node.shards {
+            migrations.extend(
+                shard
+                    .migrations
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .iter(),
+            );
+        }
         let heartbeat = Heartbeat {
             node_id: self.node.node_id,
             map_epoch: self.node_map.epoch(),
             shards,
+            migrations,
         };
-        let control_epoch = match link.call(Command::ClusterHeartbeat(heartbeat))? {
-            Response::HeartbeatAck { map_epoch } => map_epoch,
+        let (control_epoch, abort_migrations) = match link.call(Command::ClusterHeartbeat(heartbeat))? {
+            Response::HeartbeatAck {
+                map_epoch,
+                abort_migrations,
+            } => (map_epoch, abort_migrations),
             Response::Error(reply) => {
                 tracing::warn!(control = %self.control, message = %reply.message, "heartbeat refused");
                 return Ok(());
@@ -443,7 +457,32 @@ impl Heartbeater {
                 }
             }
         }
+        if !abort_migrations.is_empty() {
+            self.settle(&abort_migrations, control_epoch);
+        }
         Ok(())
+    }
+
+    /// Aborts migrations the control plane no longer runs, on every shard (an id unknown
+    /// to a shard is a no-op there). The map was installed first, and each shard refuses
+    /// the abort until it routes with `map_epoch`, so a migration the map committed is
+    /// committed by the map, not undone by the abort.
+    fn settle(&self, migration_ids: &[u64], map_epoch: u64) {
+        let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
+        for address in &self.node.shard_addresses {
+            let link = BlockingLink::connect(address, &self.credentials, timeout);
+            let Ok(mut link) = link else { continue };
+            for &migration_id in migration_ids {
+                let abort = Command::MigrateAbort {
+                    migration_id,
+                    map_epoch,
+                };
+                if let Err(error) = link.call(abort) {
+                    tracing::debug!(%address, migration_id, %error, "could not settle a migration; the next heartbeat retries");
+                }
+            }
+        }
+        tracing::info!(?migration_ids, "settled migrations the control plane no longer runs");
     }
 }
 

@@ -98,8 +98,10 @@ impl Shard {
         self.node.started.elapsed().as_millis() as u64
     }
 
+    /// The epoch this shard routes with. Free of side effects (unlike [`Shard::routing`]),
+    /// so it is safe anywhere, even while the store is borrowed.
     pub fn map_epoch(&self) -> u64 {
-        self.routing().epoch()
+        self.routing.borrow().epoch()
     }
 
     /// The routing for the node's current map, rebuilt first if the map changed.

@@ -20,6 +20,9 @@ pub struct ShardStats {
     /// Set when the shard takes on a slot map, not per publish (counting owners is a
     /// pass over every slot); see [`ShardStats::publish_slots_owned`].
     pub slots_owned: AtomicU64,
+    /// Migrations the shard holds open, for the heartbeat (which lets the control plane
+    /// settle those it no longer runs). Written only when a migration opens or closes.
+    pub migrations: std::sync::Mutex<Vec<u64>>,
 }
 
 impl ShardStats {

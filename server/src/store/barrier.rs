@@ -26,7 +26,7 @@ impl BarrierState {
     }
 
     /// The barrier as it travels to another shard. Arrivals are parked requests,
-    /// answered `Moved` before the copy; they arrive again at the new owner, into the
+    /// answered `TryAgain` before the copy; they arrive again at the new owner, into the
     /// same generation, which no arrival completed or broke.
     pub fn export(&self) -> MigratedObject {
         MigratedObject::Barrier {

@@ -28,7 +28,7 @@ impl FutureState {
         std::mem::take(&mut self.waiters)
     }
 
-    /// The future as it travels to another shard; waiters stay behind (answered `Moved`).
+    /// The future as it travels to another shard; waiters stay behind (answered `TryAgain`).
     pub fn export(&self) -> MigratedObject {
         MigratedObject::Future {
             completion: self.value.as_ref().map(|(value, version)| MigratedCompletion {

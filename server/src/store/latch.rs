@@ -24,7 +24,7 @@ impl LatchState {
         std::mem::take(&mut self.waiters)
     }
 
-    /// The latch as it travels to another shard; waiters stay behind (answered `Moved`).
+    /// The latch as it travels to another shard; waiters stay behind (answered `TryAgain`).
     pub fn export(&self) -> MigratedObject {
         MigratedObject::Latch { count: self.count }
     }

@@ -65,7 +65,7 @@ impl LockState {
     }
 
     /// The lock as it travels to another shard. Waiters stay behind: they were
-    /// answered `Moved` before the copy and re-queue at the new owner.
+    /// answered `TryAgain` before the copy and re-queue at the new owner.
     pub fn export(&self, now_ms: u64) -> MigratedObject {
         MigratedObject::Lock {
             holder: self.holder.as_ref().map(|holder| MigratedLockHolder {

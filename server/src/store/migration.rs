@@ -1,7 +1,7 @@
 //! Handing slots over to another shard (DESIGN §7), as the store's part of it.
 //!
 //! The shell drives the protocol: it freezes the slots (applies nothing to them), calls
-//! [`Store::bounce_waiters`] so every request parked there is answered `Moved` and
+//! [`Store::bounce_waiters`] so every request parked there is answered `TryAgain` and
 //! re-sent by its client to the new owner, ships [`Store::export_slots`] to the target,
 //! which applies each batch with [`Store::import_batch`], and once the control plane
 //! commits, calls [`Store::remove_slots`] on the source. An abort needs nothing from the
@@ -63,7 +63,8 @@ pub enum ImportError {
 
 impl Store {
     /// Answers every request parked on an object in the slots `in_slot` accepts with
-    /// `Moved` (retryable), taking it out of its object as [`Store::cancel`] does: it is
+    /// `TryAgain` (retryable; the slot is frozen, so the retry waits at the client until
+    /// the hand-over ends and then follows the map), taking it out of its object as [`Store::cancel`] does: it is
     /// granted nothing, a barrier arrival no longer counts, and its operation record is
     /// forgotten, so the client's retry applies afresh at the new owner. The answers come
     /// out of [`Store::take_completions`].
@@ -75,8 +76,8 @@ impl Store {
             return;
         }
         let moved = error(
-            ErrorCode::Moved,
-            "the key's slot is moving to another shard; retry at its new owner",
+            ErrorCode::TryAgain,
+            "the key's slot is moving to another shard; retry shortly",
         );
         let mut keys: Vec<&[u8]> = parked.iter().map(|(_, key)| &**key).collect();
         keys.sort_unstable();
@@ -141,7 +142,7 @@ impl Store {
 
     /// Drops everything of the slots `in_slot` accepts: entries, their expiries and
     /// lease timers, and operation records, uncharging their memory. A request still
-    /// parked there is answered `Moved` rather than left without an answer.
+    /// parked there is answered `TryAgain` rather than left without an answer.
     pub fn remove_slots(&mut self, in_slot: impl Fn(u32) -> bool, now_ms: u64) {
         self.bounce_waiters(&in_slot, now_ms);
         let keys: Vec<Box<[u8]>> = self

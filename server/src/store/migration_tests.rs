@@ -151,7 +151,7 @@ struct History {
     /// (client id, op id) → (request, first answer) of every operation that got a
     /// final answer (now or as a completion).
     answered: HashMap<(u64, u64), (Request, Response)>,
-    /// Parked operations answered `Moved` by the bounce.
+    /// Parked operations answered `TryAgain` by the bounce.
     bounced: Vec<(u64, Request)>,
     /// Every answer in order, to check the two stores ran identically.
     transcript: Vec<Response>,
@@ -168,7 +168,7 @@ fn run_history(store: &mut Store, steps: &[Step], in_slot: &impl Fn(u32) -> bool
                 continue;
             };
             history.transcript.push(completion.response.clone());
-            if code(&completion.response) == Some(ErrorCode::Moved) {
+            if code(&completion.response) == Some(ErrorCode::TryAgain) {
                 history.bounced.push((client_id, request));
             } else if request.command.is_mutation() {
                 history
@@ -339,7 +339,7 @@ proptest! {
             };
             let expected = without_waiter_id(reference.apply(*client_id, request, at));
             let actual = without_waiter_id(target.apply(*client_id, request, at));
-            prop_assert_ne!(actual.as_ref().and_then(code), Some(ErrorCode::Moved));
+            prop_assert_ne!(actual.as_ref().and_then(code), Some(ErrorCode::TryAgain));
             prop_assert_eq!(actual, expected, "bounced {:?} applies afresh", request.command);
         }
 
@@ -387,7 +387,7 @@ fn bounced_lock_waiter_is_granted_nothing_and_retries_afresh() {
     let completions = store.take_completions();
     assert_eq!(completions.len(), 1);
     assert_eq!(completions[0].waiter, waiter);
-    assert_eq!(code(&completions[0].response), Some(ErrorCode::Moved));
+    assert_eq!(code(&completions[0].response), Some(ErrorCode::TryAgain));
     assert_eq!(store.stats().parked_requests, 1, "the other slot's waiter stays");
     assert_eq!(store.waiting.key_of(elsewhere), Some(stored("other").as_slice()));
 
@@ -426,7 +426,7 @@ fn bounced_barrier_arrivals_no_longer_count() {
     assert_eq!(bounced.len(), 2);
     assert!(bounced
         .iter()
-        .all(|completion| code(&completion.response) == Some(ErrorCode::Moved)));
+        .all(|completion| code(&completion.response) == Some(ErrorCode::TryAgain)));
 
     // Moved to a target, the generation needs three fresh arrivals.
     let batches = store.export_slots(moves("barrier"), 5, usize::MAX);
@@ -467,7 +467,7 @@ fn bounced_pop_takes_no_item() {
     store.bounce_waiters(moves("queue"), 1);
     let bounced = store.take_completions();
     assert_eq!(bounced.len(), 1);
-    assert_eq!(code(&bounced[0].response), Some(ErrorCode::Moved));
+    assert_eq!(code(&bounced[0].response), Some(ErrorCode::TryAgain));
     assert!(
         store.memory_used_bytes() < bytes_while_waiting,
         "the waiter and its record are uncharged"
@@ -484,7 +484,7 @@ fn bounced_pop_takes_no_item() {
         Response::QueueLength { length: 1 }
     );
     assert!(store.take_completions().is_empty());
-    // The retry pops afresh instead of replaying a Moved answer.
+    // The retry pops afresh instead of replaying a TryAgain answer.
     assert!(matches!(
         ready(store.apply(1, &pop, 3)),
         Response::Value { value, .. } if value == b"item"
