@@ -32,9 +32,12 @@ struct Arguments {
     /// Serve Prometheus metrics on this port of the --listen host (0: off).
     #[arg(long, env = "ENGRAM_METRICS_PORT", default_value_t = 0)]
     metrics_port: u16,
-    /// Do not move slots off shards that are far busier than the rest.
+    /// Do not move slots off shards that are far busier or fuller than the rest.
     #[arg(long, env = "ENGRAM_NO_LOAD_REBALANCE")]
     no_load_rebalance: bool,
+    /// How often to look for shards far busier or fuller than the rest, in milliseconds.
+    #[arg(long, env = "ENGRAM_LOAD_CHECK_INTERVAL_MS", default_value_t = service::LOAD_CHECK_INTERVAL_MS_DEFAULT)]
+    load_check_interval_ms: u64,
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -76,6 +79,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
         data_dir: arguments.data.clone(),
         credentials: arguments.auth_token.unwrap_or_default().into_bytes(),
         load_rebalance: !arguments.no_load_rebalance,
+        load_check_interval: std::time::Duration::from_millis(arguments.load_check_interval_ms.max(1)),
     };
     let (controller, plans) = Controller::open(settings)?;
     let listener = tokio::net::TcpListener::bind(&arguments.listen)

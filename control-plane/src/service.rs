@@ -34,16 +34,24 @@ pub const NODE_CALL_TIMEOUT_MS: u64 = 5_000;
 pub const PLANS_QUEUED_MAX: usize = 4;
 /// How often the control plane looks for departed members and hot shards.
 pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
-/// How often load-driven rebalancing is considered.
-pub const LOAD_CHECK_INTERVAL_MS: u64 = 10_000;
+/// How often load-driven rebalancing is considered, by default.
+pub const LOAD_CHECK_INTERVAL_MS_DEFAULT: u64 = 10_000;
+/// Quiet time after a load-driven plan. Slot weights are not known (load is spread
+/// evenly over a shard's slots), so a hot key may stay put however many slots move;
+/// the pause bounds the churn that would cause to one step per cool-down.
+pub const LOAD_REBALANCE_COOLDOWN_MS: u64 = 60_000;
 /// Below this many operations per second on its busiest shard a cluster is not worth
 /// rebalancing for load.
 pub const LOAD_REBALANCE_OPERATIONS_PER_SECOND_MIN: f64 = 20_000.0;
+/// Below this much memory on its fullest shard a cluster is not worth rebalancing for
+/// memory.
+pub const LOAD_REBALANCE_MEMORY_BYTES_MIN: u64 = 64 << 20;
 
 pub struct Settings {
     pub data_dir: PathBuf,
     pub credentials: Vec<u8>,
     pub load_rebalance: bool,
+    pub load_check_interval: Duration,
 }
 
 /// Everything the control plane knows, behind one lock held only for in-memory work
@@ -501,6 +509,7 @@ impl Controller {
     /// the rest.
     pub async fn housekeeping(self: Arc<Self>) {
         let mut last_load_check = Instant::now();
+        let mut last_load_plan: Option<Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(HOUSEKEEPING_INTERVAL_MS)).await;
             let now_ms = self.now_ms();
@@ -513,36 +522,41 @@ impl Controller {
                     }
                 }
             }
-            if self.settings.load_rebalance
-                && last_load_check.elapsed() >= Duration::from_millis(LOAD_CHECK_INTERVAL_MS)
-            {
+            if self.settings.load_rebalance && last_load_check.elapsed() >= self.settings.load_check_interval {
                 last_load_check = Instant::now();
-                self.consider_load(now_ms);
+                let cooling = last_load_plan
+                    .is_some_and(|planned| planned.elapsed() < Duration::from_millis(LOAD_REBALANCE_COOLDOWN_MS));
+                if !cooling && self.consider_load(now_ms) {
+                    last_load_plan = Some(Instant::now());
+                }
             }
         }
     }
 
-    fn consider_load(self: &Arc<Self>, now_ms: u64) {
+    /// Queues a plan moving slots off a shard far busier than the rest; returns whether
+    /// it did.
+    fn consider_load(self: &Arc<Self>, now_ms: u64) -> bool {
         let moves = {
             let mut inner = self.lock();
             if inner.plan_running {
-                return;
+                return false;
             }
             let shards = inner.membership.plan_shards(now_ms);
             let busiest = shards
                 .iter()
                 .map(|shard| shard.operations_per_second)
                 .fold(0.0, f64::max);
-            if busiest < LOAD_REBALANCE_OPERATIONS_PER_SECOND_MIN {
-                return;
+            let fullest = shards.iter().map(|shard| shard.memory_bytes).max().unwrap_or(0);
+            if busiest < LOAD_REBALANCE_OPERATIONS_PER_SECOND_MIN && fullest < LOAD_REBALANCE_MEMORY_BYTES_MIN {
+                return false;
             }
             let policy = LoadPolicy {
-                hot_ratio: 2.0,
+                hot_ratio: 1.5,
                 moves_max: MIGRATION_SLOTS_PER_STEP,
             };
             let moves = plan_load(&shards, inner.membership.owners(), &|_| 1.0, &policy);
             if moves.is_empty() {
-                return;
+                return false;
             }
             inner.plan_running = true;
             moves
@@ -550,7 +564,9 @@ impl Controller {
         tracing::info!(slots = moves.len(), "moving slots off a hot shard");
         if self.plans.try_send(moves).is_err() {
             self.lock().plan_running = false;
+            return false;
         }
+        true
     }
 }
 

@@ -14,6 +14,8 @@ use crate::server::{capture, poll_exit, run_bounded, scrub_environment, signal, 
 
 pub struct ControlPlane {
     child: Option<Child>,
+    /// Flags beyond --listen and --data, kept for restarts.
+    extra_arguments: Vec<String>,
     /// `host:port` it listens on; kept across restarts.
     address: String,
     data_dir: PathBuf,
@@ -23,8 +25,14 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts engram-control on `host` (a free port) with its state in `data_dir`.
     pub fn start(host: std::net::Ipv4Addr, data_dir: PathBuf) -> ControlPlane {
+        Self::start_with(host, data_dir, &[])
+    }
+
+    /// Starts engram-control with extra flags (kept across restarts).
+    pub fn start_with(host: std::net::Ipv4Addr, data_dir: PathBuf, extra_arguments: &[&str]) -> ControlPlane {
         let mut control = ControlPlane {
             child: None,
+            extra_arguments: extra_arguments.iter().map(|argument| argument.to_string()).collect(),
             address: format!("{host}:0"),
             data_dir,
             stderr: Arc::default(),
@@ -39,6 +47,7 @@ impl ControlPlane {
         command
             .args(["--listen", &self.address, "--data"])
             .arg(&self.data_dir)
+            .args(&self.extra_arguments)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

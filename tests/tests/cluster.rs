@@ -586,3 +586,58 @@ fn the_control_plane_restarts_with_its_map_and_nodes_serve_while_it_is_down() {
     });
     drop(nodes);
 }
+
+#[test]
+fn a_shard_far_fuller_than_the_rest_gives_slots_away_by_itself() {
+    let scratch = Scratch::new("cluster-load");
+    let control = ControlPlane::start_with(
+        next_loopback(),
+        scratch.path().join("control"),
+        &["--load-check-interval-ms", "500"],
+    );
+    let nodes = [start_node(&control), start_node(&control)];
+    run_async(Duration::from_secs(120), async {
+        wait_for_members(&control, 2).await;
+        cluster_cli(&control, &["rebalance"]).await;
+        let map = control.status().await.map;
+        let heavy = nodes[0].node_id();
+        let heavy_shard = map.shards.iter().position(|shard| shard.node_id == heavy).unwrap();
+        let client = connect(&nodes[0]).await;
+        // Past engram-control's memory threshold, all of it on one node.
+        let value_bytes = 256 * 1024;
+        let count = (engram_control::service::LOAD_REBALANCE_MEMORY_BYTES_MIN as usize / value_bytes) * 5 / 4;
+        let keys: Vec<String> = (0..count)
+            .map(|index| engram_tests::routing::key_on_shard(&map, b"default", heavy_shard, &format!("heavy-{index}")))
+            .collect();
+        for key in &keys {
+            client
+                .bytes(key.clone())
+                .set(vec![b'h'; value_bytes])
+                .await
+                .expect("seed");
+        }
+        let slots_of = |status: &engram_proto::ClusterStatus| -> u32 {
+            let node = status.nodes.iter().find(|node| node.node_id == heavy).expect("member");
+            node.shards.iter().map(|shard| shard.slots).sum()
+        };
+        let mut shed = false;
+        for _ in 0..300 {
+            let status = control.status().await;
+            if slots_of(&status) < SLOT_COUNT / 2 && status.migrations.is_empty() {
+                shed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            shed,
+            "the full node kept all its slots: {:?}",
+            control.status().await.nodes
+        );
+        for key in &keys {
+            let stored = client.bytes(key.clone()).get().await.expect("read").expect("present");
+            assert_eq!(stored.value.len(), value_bytes, "{key}");
+        }
+    });
+    drop(nodes);
+}
