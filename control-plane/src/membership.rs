@@ -168,10 +168,12 @@ impl Membership {
         &self.owners
     }
 
-    pub fn next_migration_id(&mut self) -> u64 {
-        let id = self.state.next_migration_id;
-        self.state.next_migration_id += 1;
-        id
+    /// Reserves `count` migration ids: the state (once persisted) records them as used,
+    /// so ids never repeat across restarts, while one write serves many migrations.
+    pub fn reserve_migration_ids(&mut self, count: u64) -> std::ops::Range<u64> {
+        let start = self.state.next_migration_id;
+        self.state.next_migration_id += count;
+        start..self.state.next_migration_id
     }
 
     /// Adds a node, or recognises a restarted one by its front address. The first node

@@ -25,9 +25,11 @@ use crate::planner::{group_moves, plan_balance, plan_load, LoadPolicy, Move, Sha
 
 /// Slots one migration step moves: a step freezes its slots for the time it takes to
 /// copy them, so steps stay small enough that the freeze is short.
-pub const MIGRATION_SLOTS_PER_STEP: usize = 256;
+pub const MIGRATION_SLOTS_PER_STEP: usize = 128;
 /// How long the source may take to copy one step to the target.
 pub const MIGRATE_OUT_TIMEOUT_MS: u64 = 120_000;
+/// Migration ids reserved with one write of the state file.
+pub const MIGRATION_IDS_RESERVED_PER_WRITE: u64 = 1024;
 /// Bound on every other call to a node.
 pub const NODE_CALL_TIMEOUT_MS: u64 = 5_000;
 /// Plans waiting to run at most.
@@ -65,6 +67,8 @@ pub struct Controller {
 
 struct Inner {
     membership: Membership,
+    /// Reserved migration ids not handed out yet.
+    migration_ids: std::ops::Range<u64>,
     migrations: Vec<MigrationStatus>,
     plan_running: bool,
     bytes_moved_total: u64,
@@ -110,6 +114,7 @@ impl Controller {
             settings,
             inner: Mutex::new(Inner {
                 membership,
+                migration_ids: 0..0,
                 migrations: Vec::new(),
                 // Until `reconcile` has settled what an earlier run left open, no plan
                 // may start: it would race the abort of everything uncommitted.
@@ -339,11 +344,19 @@ impl Controller {
             ) else {
                 return Err(StepError::Failed("a shard of the plan left the cluster".into()));
             };
-            // Persisted before use, so ids never repeat across restarts and a late batch
-            // of an old migration can never pass for one of a new migration.
-            let migration_id = self
-                .change(&mut inner, |membership| Ok(membership.next_migration_id()))
-                .map_err(StepError::Failed)?;
+            // Reserved (persisted) before use, so ids never repeat across restarts and a
+            // late batch of an old migration can never pass for one of a new migration.
+            if inner.migration_ids.is_empty() {
+                inner.migration_ids = self
+                    .change(&mut inner, |membership| {
+                        Ok(membership.reserve_migration_ids(MIGRATION_IDS_RESERVED_PER_WRITE))
+                    })
+                    .map_err(StepError::Failed)?;
+            }
+            let migration_id = inner
+                .migration_ids
+                .next()
+                .ok_or_else(|| StepError::Failed("no migration id".into()))?;
             inner.migrations.push(MigrationStatus {
                 migration_id,
                 source: source.clone(),

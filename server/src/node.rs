@@ -293,6 +293,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             node: node.clone(),
             node_map: node_map.clone(),
             shutdown: shutdown.clone(),
+            refusal_logged: std::cell::Cell::new(None),
         };
         std::thread::Builder::new()
             .name("heartbeat".into())
@@ -377,7 +378,11 @@ struct Heartbeater {
     node: Arc<NodeStats>,
     node_map: Arc<NodeMap>,
     shutdown: Arc<AtomicBool>,
+    refusal_logged: std::cell::Cell<Option<Instant>>,
 }
+
+/// How often a heartbeat refusal is logged while it lasts.
+const REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
 
 impl Heartbeater {
     fn run(self) {
@@ -442,7 +447,16 @@ impl Heartbeater {
                 abort_migrations,
             } => (map_epoch, abort_migrations),
             Response::Error(reply) => {
-                tracing::warn!(control = %self.control, message = %reply.message, "heartbeat refused");
+                // A control plane that lost its state refuses every beat; say so now and
+                // then, not twice a second.
+                let due = self
+                    .refusal_logged
+                    .get()
+                    .is_none_or(|logged| logged.elapsed() >= Duration::from_millis(REFUSAL_LOG_INTERVAL_MS));
+                if due {
+                    self.refusal_logged.set(Some(Instant::now()));
+                    tracing::warn!(control = %self.control, message = %reply.message, "heartbeat refused");
+                }
                 return Ok(());
             }
             _ => return Ok(()),
