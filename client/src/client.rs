@@ -4,7 +4,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, KEY_BYTES_MAX};
-use engram_proto::{Command, NodeInfo, Request, Response, SlotHasher, SlotMap};
+use engram_proto::{Command, ErrorCode, NodeInfo, Request, Response, SlotHasher, SlotMap};
 use tokio::runtime::Handle;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
@@ -17,6 +17,7 @@ use crate::counter::Counter;
 use crate::error::Error;
 use crate::future::RemoteFuture;
 use crate::latch::Latch;
+use crate::limits::RETRY_TRY_AGAIN_MS_MAX;
 use crate::lock::Lock;
 use crate::map::Map;
 use crate::operations::OperationIds;
@@ -232,7 +233,11 @@ impl Client {
             // costs a round trip, so the first retry after one goes out at once.
             let immediate = attempt == 0 && self.should_refresh(&error);
             if !immediate {
-                sleep_until(deadline.min(Instant::now() + retry_delay(attempt))).await;
+                let mut delay = retry_delay(attempt);
+                if error.is_server(ErrorCode::TryAgain) {
+                    delay = delay.min(Duration::from_millis(RETRY_TRY_AGAIN_MS_MAX));
+                }
+                sleep_until(deadline.min(Instant::now() + delay)).await;
             }
             last_error = Some(error);
             attempt = attempt.saturating_add(1);

@@ -12,6 +12,11 @@ pub const RETRY_BACKOFF_MS_MIN: u64 = 1;
 /// rather than hammered.
 pub const RETRY_BACKOFF_MS_MAX: u64 = 250;
 
+/// Retry delays after `TryAgain` stop growing here: that answer means the key's slot is
+/// frozen for a hand-over that lasts milliseconds, not that the server is overloaded, so
+/// waiting longer only adds to the call's latency.
+pub const RETRY_TRY_AGAIN_MS_MAX: u64 = 4;
+
 /// Frames a caller may queue for a connection's writer before it waits. Bounded so a slow
 /// socket pushes back on callers instead of buffering without limit; the in-flight
 /// semaphore (`IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`) bounds it already, this only keeps
