@@ -1,77 +1,188 @@
 #!/usr/bin/env bash
-# End-to-end check of the container setup: builds the image, starts the compose
-# cluster, waits for every data node to be healthy, drives ~3 s of load at one node,
-# asks for the cluster's status, and always tears everything down. Every step is
-# bounded, so a hung container fails the run instead of stalling it.
+# End-to-end check of the container setup: builds the image, starts the compose cluster
+# (engram-control and three data nodes), and checks, each step bounded in time:
+#   1. every container is healthy (the control plane's health check is the CLI's
+#      `engram cluster status`, the nodes' is `engram ping`);
+#   2. `engram cluster status` lists 3 live nodes;
+#   3. `engram cluster rebalance` spreads the 16384 slots over the three shards (the
+#      first node to join owns every slot until then);
+#   4. engram-bench, routing by the slot map to the nodes' advertised 172.28.0.x
+#      addresses, runs a mixed load for a few seconds with zero errors;
+#   5. each metrics port serves Prometheus text: engram_build_info everywhere,
+#      engram_operations_total on the nodes (and it moved during the bench on every
+#      node), engram_migrations_total on the control plane.
+# The CLI and the bench run inside the control plane's container, on the cluster's
+# network, so the check does not depend on the host reaching container addresses; the
+# metrics are read from the host through the ports compose publishes on 127.0.0.1.
+# Everything is torn down on exit, pass or fail; on failure the containers' logs are
+# printed first.
 #
-# Usage: docker/test.sh            (ENGRAM_SKIP_BUILD=1 reuses an engram:latest image)
+# Usage: docker/test.sh
+#   ENGRAM_SKIP_BUILD=1     reuse the image as it is
+#   ENGRAM_IMAGE=TAG        image to build and test (default engram:latest)
+#   ENGRAM_PROFILE=debug    passed to build.sh: package target/debug (the test suite does)
+#   ENGRAM_MEMLOCK_BYTES=N  passed to compose.yaml (default 8 MiB)
 set -euo pipefail
 
 docker_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 project=engram-test-$$
 image=${ENGRAM_IMAGE:-engram:latest}
-health_timeout_seconds=90
-bench_seconds=3
+health_timeout_seconds=120
+members_timeout_seconds=30
+rebalance_timeout_seconds=120
 step_timeout_seconds=60
+bench_seconds=3
+control_address=172.28.0.10:7300
+services=(control node1 node2 node3)
+# Metrics ports compose publishes on the host's loopback, per service.
+declare -A metrics_port=([control]=9300 [node1]=9400 [node2]=9410 [node3]=9420)
 data_nodes=(node1 node2 node3)
+slots_total=16384
 
-# Compose v1 reads the seccomp profile relative to the working directory, not to the
-# compose file.
-cd "$docker_dir"
-if docker compose version >/dev/null 2>&1; then
-    compose=(docker compose)
-else
-    compose=(docker-compose)
-fi
-compose+=(--project-name "$project" --file "$docker_dir/compose.yaml")
-export ENGRAM_IMAGE=$image
-
+say() { printf '\n==> docker/test.sh: %s\n' "$*"; }
 fail() {
     echo "docker/test.sh: FAILED: $*" >&2
     exit 1
 }
 
+for tool in docker curl timeout; do
+    command -v "$tool" >/dev/null || fail "$tool is not installed"
+done
+# Compose v1 reads the seccomp profile relative to the working directory, not to the
+# compose file.
+cd "$docker_dir"
+if docker compose version >/dev/null 2>&1; then
+    compose=(docker compose)
+elif command -v docker-compose >/dev/null; then
+    compose=(docker-compose)
+else
+    fail "neither 'docker compose' (Compose v2) nor 'docker-compose' (v1) is installed"
+fi
+compose+=(--project-name "$project" --file "$docker_dir/compose.yaml")
+export ENGRAM_IMAGE=$image
+
+if [[ -z "${ENGRAM_SKIP_BUILD:-}" ]]; then
+    say "building $image"
+    "$docker_dir/build.sh" "$image" || fail "docker/build.sh $image"
+fi
+docker image inspect "$image" >/dev/null 2>&1 || fail "image $image does not exist (run docker/build.sh)"
+
 tear_down() {
     local status=$?
+    trap - EXIT
     if [[ $status -ne 0 ]]; then
         echo "--- container logs (last 40 lines each) ---" >&2
         timeout "$step_timeout_seconds" "${compose[@]}" logs --no-color --tail 40 >&2 || true
     fi
-    timeout "$step_timeout_seconds" "${compose[@]}" down --volumes --timeout 5 >/dev/null 2>&1 || true
+    echo "docker/test.sh: tearing down $project"
+    timeout "$step_timeout_seconds" "${compose[@]}" down --volumes --timeout 5 >/dev/null 2>&1 ||
+        echo "docker/test.sh: warning: '${compose[*]} down' failed; remove the $project containers by hand" >&2
     exit "$status"
 }
-
-if [[ -z "${ENGRAM_SKIP_BUILD:-}" ]]; then
-    "$docker_dir/build.sh" "$image"
-fi
-
 trap tear_down EXIT
-timeout "$step_timeout_seconds" "${compose[@]}" up --detach || fail "compose up"
+# A signal (Ctrl-C, the suite's timeout) ends the run through the same tear-down.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-echo "waiting up to ${health_timeout_seconds}s for ${data_nodes[*]} to be healthy"
+# Runs the image's CLI (or bench) inside the control plane's container, bounded.
+in_cluster() {
+    local seconds=$1
+    shift
+    timeout "$seconds" "${compose[@]}" exec -T control "$@"
+}
+cluster_status() {
+    in_cluster "$step_timeout_seconds" /usr/local/bin/engram --timeout-ms 5000 cluster status --control "$control_address" "$@"
+}
+metrics_of() {
+    curl --silent --show-error --fail --max-time 5 "http://127.0.0.1:${metrics_port[$1]}/metrics"
+}
+operations_of() {
+    metrics_of "$1" | awk '/^engram_operations_total[{ ]/ { total += $NF } END { printf "%.0f\n", total }'
+}
+
+say "starting the cluster ($project, image $image)"
+timeout "$step_timeout_seconds" "${compose[@]}" up --detach ||
+    fail "'${compose[*]} up' (its error is above; \"error setting rlimit type 8\": ENGRAM_MEMLOCK_BYTES is above what the daemon may grant; \"Pool overlaps\" or \"port is already allocated\": another cluster holds 172.28.0.0/24 or the ports, see docker ps)"
+
+say "waiting up to ${health_timeout_seconds}s for ${services[*]} to be healthy"
 deadline=$((SECONDS + health_timeout_seconds))
-for node in "${data_nodes[@]}"; do
-    container=$("${compose[@]}" ps --quiet "$node")
-    [[ -n "$container" ]] || fail "$node has no container"
+for service in "${services[@]}"; do
+    container=$("${compose[@]}" ps --quiet "$service")
+    [[ -n "$container" ]] || fail "$service has no container"
     while true; do
         state=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$container")
         [[ "$state" == "running healthy" ]] && break
-        [[ "$state" == exited* || "$state" == dead* ]] && fail "$node stopped ($state)"
-        ((SECONDS < deadline)) || fail "$node not healthy within ${health_timeout_seconds}s ($state)"
+        [[ "$state" == exited* || "$state" == dead* ]] && fail "$service stopped ($state)"
+        ((SECONDS < deadline)) || fail "$service not healthy within ${health_timeout_seconds}s ($state)"
         sleep 1
     done
-    echo "$node healthy"
+    echo "$service healthy"
 done
 
-echo "engram-bench: ${bench_seconds}s of gets and sets against node1"
-timeout $((bench_seconds + step_timeout_seconds)) "${compose[@]}" exec -T node1 \
-    /usr/local/bin/engram-bench --target engram://127.0.0.1:7400 --duration "$bench_seconds" \
-    --connections 8 --keys 10000 --prefill ||
-    fail "engram-bench against node1"
+say "waiting up to ${members_timeout_seconds}s for 3 live nodes in engram cluster status"
+deadline=$((SECONDS + members_timeout_seconds))
+while true; do
+    status_json=$(cluster_status --json) || fail "engram cluster status --control $control_address"
+    live=$(grep -c '"alive": true' <<<"$status_json" || true)
+    [[ "$live" == 3 ]] && break
+    ((SECONDS < deadline)) || fail "cluster status shows $live live nodes, not 3, after ${members_timeout_seconds}s: $status_json"
+    sleep 1
+done
+cluster_status
 
-echo "engram cluster status"
-timeout "$step_timeout_seconds" "${compose[@]}" exec -T node1 \
-    /usr/local/bin/engram cluster status --control 172.28.0.10:7300 ||
-    fail "engram cluster status (the cluster commands must exist in this build)"
+say "engram cluster rebalance (up to ${rebalance_timeout_seconds}s)"
+in_cluster "$rebalance_timeout_seconds" /usr/local/bin/engram --timeout-ms $((rebalance_timeout_seconds * 1000)) \
+    cluster rebalance --control "$control_address" ||
+    fail "engram cluster rebalance"
+status_json=$(cluster_status --json) || fail "engram cluster status after the rebalance"
+cluster_status
+# With no migration in flight, the only "slots" fields are the shards'.
+grep -q '"migrations": \[\]' <<<"$status_json" || fail "migrations still in flight after the rebalance: $status_json"
+mapfile -t shard_slots < <(grep -o '"slots": [0-9]*' <<<"$status_json" | awk '{ print $2 }')
+[[ ${#shard_slots[@]} == 3 ]] || fail "expected 3 shards in the status, found ${#shard_slots[@]}: $status_json"
+sum=0
+for slots in "${shard_slots[@]}"; do
+    ((slots > 0)) || fail "a shard owns no slot after the rebalance (slots per shard: ${shard_slots[*]})"
+    sum=$((sum + slots))
+done
+((sum == slots_total)) || fail "the shards own $sum slots, not $slots_total (slots per shard: ${shard_slots[*]})"
+echo "slots per shard: ${shard_slots[*]}"
 
-echo "docker/test.sh: passed"
+declare -A operations_before
+for node in "${data_nodes[@]}"; do
+    operations_before[$node]=$(operations_of "$node") || fail "metrics of $node (127.0.0.1:${metrics_port[$node]})"
+done
+
+say "engram-bench: ${bench_seconds}s of mixed sets and gets, routed by the slot map"
+bench_output=$(in_cluster $((bench_seconds + step_timeout_seconds)) /usr/local/bin/engram-bench \
+    --target "engram://172.28.0.11:7400" --workload mixed --duration "$bench_seconds" \
+    --connections 8 --keys 10000 --prefill 2>&1) ||
+    fail "engram-bench against the cluster: $bench_output"
+echo "$bench_output"
+summary=$(grep -E '^[0-9]+ requests in .* errors' <<<"$bench_output") || fail "engram-bench printed no summary line"
+[[ "$summary" =~ ^([0-9]+)\ requests.*\ ([0-9]+)\ errors ]] || fail "cannot read engram-bench's summary: $summary"
+((BASH_REMATCH[1] > 0)) || fail "engram-bench completed no request: $summary"
+((BASH_REMATCH[2] == 0)) || fail "engram-bench saw ${BASH_REMATCH[2]} errors: $summary"
+
+say "metrics"
+for service in "${services[@]}"; do
+    text=$(metrics_of "$service") || fail "GET http://127.0.0.1:${metrics_port[$service]}/metrics ($service)"
+    required=(engram_build_info)
+    if [[ "$service" == control ]]; then
+        required+=(engram_migrations_total)
+    else
+        required+=(engram_operations_total)
+    fi
+    for metric in "${required[@]}"; do
+        grep -qE "^${metric}[{ ]" <<<"$text" || fail "$service's metrics (port ${metrics_port[$service]}) have no $metric"
+    done
+    echo "$service (127.0.0.1:${metrics_port[$service]}): ${required[*]} present"
+done
+for node in "${data_nodes[@]}"; do
+    after=$(operations_of "$node") || fail "metrics of $node after the bench"
+    ((after > operations_before[$node])) ||
+        fail "engram_operations_total of $node did not move during the bench (${operations_before[$node]} -> $after)"
+    echo "$node engram_operations_total: ${operations_before[$node]} -> $after"
+done
+
+say "passed"

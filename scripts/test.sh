@@ -43,3 +43,13 @@ say "tests"
 cargo nextest run --workspace --locked --no-fail-fast
 # Doc tests are not run by nextest.
 cargo test --workspace --doc --locked
+
+# The container cluster end to end (docker/README.md). It packages the debug binaries
+# built above, so the suite pays for no release build; the published image is built
+# from release binaries (docker/build.sh without ENGRAM_PROFILE).
+if timeout 30 docker info >/dev/null 2>&1; then
+    say "containers: docker/test.sh (image engram:test of the debug binaries)"
+    ENGRAM_PROFILE=debug ENGRAM_SKIP_CARGO=1 ENGRAM_IMAGE=engram:test timeout 600 docker/test.sh
+else
+    say "containers: SKIPPED docker/test.sh: no Docker engine is reachable ('docker info' failed or docker is not installed)"
+fi
