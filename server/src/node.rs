@@ -43,7 +43,7 @@ pub enum ServerError {
     Ports { first: u32, last: u32 },
     #[error(
         "shard {shard} could not start: {reason}. io_uring needs locked memory: raise the memlock limit \
-         (ulimit -l, or --ulimit memlock=-1 in Docker)"
+         (ulimit -l; in Docker --ulimit memlock=8388608, or -1 where the daemon's own limit allows it)"
     )]
     ShardStart { shard: usize, reason: String },
     #[error("cannot install signal handlers: {0}")]
@@ -74,8 +74,8 @@ pub fn check_io_uring() -> Result<(), ServerError> {
                  sysctl kernel.io_uring_disabled"
                 .to_string(),
             Some(libc::ENOMEM) => format!(
-                "the rings could not be allocated; the locked-memory limit is {} (raise it: ulimit -l, or \
-                 --ulimit memlock=-1 in Docker)",
+                "the rings could not be allocated; the locked-memory limit is {} (raise it: ulimit -l; in \
+                 Docker --ulimit memlock=8388608, or -1 where the daemon's own limit allows it)",
                 memlock_limit_text()
             ),
             _ => "engramd needs Linux 5.8 or newer with io_uring enabled".to_string(),
