@@ -136,7 +136,7 @@ pub enum ClusterCommand {
         #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
         control: String,
         /// Return at once instead of waiting for the moves to finish.
-        #[arg(long)]
+        #[arg(long, env = "ENGRAM_NO_WAIT")]
         no_wait: bool,
     },
     /// Move every slot off NODE (a node id from `cluster status`) so it can be removed.
@@ -144,7 +144,8 @@ pub enum ClusterCommand {
         node: u64,
         #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
         control: String,
-        #[arg(long)]
+        /// Return at once instead of waiting for the moves to finish.
+        #[arg(long, env = "ENGRAM_NO_WAIT")]
         no_wait: bool,
     },
 }
