@@ -60,6 +60,8 @@ pub struct Settings {
 /// and the state-file write, never across a network call.
 pub struct Controller {
     started: Instant,
+    /// Held (locked) for the life of the process.
+    _data_lock: std::fs::File,
     settings: Settings,
     inner: Mutex<Inner>,
     plans: mpsc::Sender<Vec<Move>>,
@@ -77,6 +79,7 @@ struct Inner {
 }
 
 const STATE_FILE: &str = "state.bin";
+const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -89,6 +92,8 @@ pub enum ControlError {
     },
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
+    #[error("another engram-control is using {path} (its lock file is held)")]
+    DataDirInUse { path: PathBuf },
 }
 
 impl Controller {
@@ -99,6 +104,18 @@ impl Controller {
             path: settings.data_dir.clone(),
             source,
         })?;
+        // Two control planes on one state file would each commit migrations the other
+        // does not know of; the lock makes the second one refuse to start.
+        let lock_path = settings.data_dir.join(LOCK_FILE);
+        let data_lock = std::fs::File::create(&lock_path).map_err(|source| ControlError::DataDir {
+            path: lock_path.clone(),
+            source,
+        })?;
+        if data_lock.try_lock().is_err() {
+            return Err(ControlError::DataDirInUse {
+                path: settings.data_dir.clone(),
+            });
+        }
         let path = settings.data_dir.join(STATE_FILE);
         let membership = match std::fs::read(&path) {
             Ok(bytes) => Membership::decode(&bytes).map_err(|source| ControlError::State {
@@ -111,6 +128,7 @@ impl Controller {
         let (plans, receiver) = mpsc::channel(PLANS_QUEUED_MAX);
         let controller = Arc::new(Controller {
             started: Instant::now(),
+            _data_lock: data_lock,
             settings,
             inner: Mutex::new(Inner {
                 membership,
@@ -715,4 +733,32 @@ fn accept_hello(controller: &Controller, kind: FrameKind, payload: &[u8]) -> Res
         map_epoch: controller.epoch(),
         server_version: env!("CARGO_PKG_VERSION").to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(data_dir: PathBuf) -> Settings {
+        Settings {
+            data_dir,
+            credentials: Vec::new(),
+            load_rebalance: false,
+            load_check_interval: Duration::from_millis(LOAD_CHECK_INTERVAL_MS_DEFAULT),
+        }
+    }
+
+    #[test]
+    fn a_second_control_plane_on_the_same_data_dir_refuses_to_start() {
+        let data_dir = std::env::temp_dir().join(format!("engram-control-lock-{}", std::process::id()));
+        let (first, _plans) = Controller::open(settings(data_dir.clone())).expect("first opens");
+        assert!(matches!(
+            Controller::open(settings(data_dir.clone())),
+            Err(ControlError::DataDirInUse { .. })
+        ));
+        drop(first);
+        drop(_plans);
+        Controller::open(settings(data_dir.clone())).expect("opens once the first is gone");
+        let _ = std::fs::remove_dir_all(data_dir);
+    }
 }
