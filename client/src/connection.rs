@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, PROTOCOL_VERSION};
 use engram_proto::{decode_payload, encode_message, FrameKind, Hello, HelloReply, ProtocolError, Request, Response};
@@ -18,12 +19,18 @@ use crate::framing::FrameReader;
 use crate::limits::{WRITE_BATCH_BYTES_MAX, WRITE_QUEUE_FRAMES_MAX};
 use crate::pending::PendingTable;
 
+/// First capacity of a request's frame, on top of its key: header, request fields and a
+/// small value fit, so most frames are encoded with a single allocation.
+const FRAME_BYTES_INITIAL: usize = 256;
+
 /// What every connection of a client announces in its handshake.
 #[derive(Clone, Debug)]
 pub struct Handshake {
     pub client_id: u64,
     pub namespace: Vec<u8>,
     pub credentials: Vec<u8>,
+    /// How long a call polls for its answer before parking (see `ClientBuilder::spin`).
+    pub spin: Duration,
 }
 
 pub struct Connection {
@@ -33,6 +40,8 @@ pub struct Connection {
     in_flight: Semaphore,
     /// 0 is the handshake's id, so calls start at 1.
     next_request_id: AtomicU64,
+    /// How long a call polls for its answer before parking.
+    spin: Duration,
     tasks: [AbortHandle; 2],
 }
 
@@ -77,13 +86,14 @@ impl Connection {
             pending,
             in_flight: Semaphore::new(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX),
             next_request_id: AtomicU64::new(1),
+            spin: handshake.spin,
             tasks: [writer.abort_handle(), reader.abort_handle()],
         }))
     }
 
     /// False once the connection has failed; the pool then opens a new one.
     pub fn is_usable(&self) -> bool {
-        self.pending.failure().is_none()
+        !self.pending.has_failed()
     }
 
     /// Sends one request and waits for its response. Cancel-safe: a dropped call leaves
@@ -96,7 +106,8 @@ impl Connection {
             .await
             .map_err(|_| self.failed(ConnectionError::Closed))?;
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let mut frame = Vec::new();
+        // Sized for the whole frame of a small request, so encoding allocates once.
+        let mut frame = Vec::with_capacity(FRAME_BYTES_INITIAL + request.command.key().map_or(0, <[u8]>::len));
         encode_message(FrameKind::Request, request_id, map_epoch, request, &mut frame)?;
         let mut registration = self
             .pending
@@ -106,7 +117,10 @@ impl Connection {
             let source = self.pending.failure().unwrap_or(ConnectionError::Closed);
             return Err(self.failed(source));
         }
-        registration.reply().await.map_err(|source| self.failed(source))
+        registration
+            .reply(self.spin)
+            .await
+            .map_err(|source| self.failed(source))
     }
 
     fn failed(&self, source: ConnectionError) -> Error {
@@ -170,16 +184,32 @@ async fn exchange_hello(
     }
 }
 
-/// Writes queued frames, coalescing whatever is already queued into one write.
+/// Writes queued frames: a lone frame as it is, several queued together coalesced into
+/// one reused buffer, so a burst of pipelined requests costs one write.
 async fn write_requests(mut stream: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>, pending: Arc<PendingTable>) {
-    while let Some(mut batch) = queue.recv().await {
-        while batch.len() < WRITE_BATCH_BYTES_MAX {
-            match queue.try_recv() {
-                Ok(frame) => batch.extend_from_slice(&frame),
-                Err(_) => break,
+    let mut batch: Vec<u8> = Vec::new();
+    while let Some(frame) = queue.recv().await {
+        let written = match queue.try_recv() {
+            Err(_) => stream.write_all(&frame).await,
+            Ok(next) => {
+                batch.clear();
+                batch.extend_from_slice(&frame);
+                batch.extend_from_slice(&next);
+                while batch.len() < WRITE_BATCH_BYTES_MAX {
+                    match queue.try_recv() {
+                        Ok(frame) => batch.extend_from_slice(&frame),
+                        Err(_) => break,
+                    }
+                }
+                let written = stream.write_all(&batch).await;
+                // Keep one batch's worth, not the largest burst ever seen.
+                if batch.capacity() > 2 * WRITE_BATCH_BYTES_MAX {
+                    batch = Vec::new();
+                }
+                written
             }
-        }
-        if let Err(error) = stream.write_all(&batch).await {
+        };
+        if let Err(error) = written {
             pending.fail_all(error.into());
             return;
         }

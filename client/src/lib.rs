@@ -76,7 +76,7 @@ mod coordination_tests;
 mod fake_server;
 
 pub use barrier::{Barrier, BarrierPassage};
-pub use builder::ClientBuilder;
+pub use builder::{ClientBuilder, SPIN_MAX};
 pub use bytes::{Bytes, SetOptions, SetOutcome, Versioned};
 pub use client::Client;
 pub use counter::{CasOutcome, Counter};

@@ -14,7 +14,7 @@ pub struct Pool {
     runtime: Handle,
     /// Bounded by the addresses of the current slot map plus the seed: entries for
     /// addresses that left the map are dropped by [`Pool::retain`].
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<HashMap<String, Arc<Slot>, foldhash::fast::RandomState>>,
 }
 
 #[derive(Default)]
@@ -44,7 +44,7 @@ impl Pool {
         Pool {
             handshake,
             runtime,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::default()),
         }
     }
 
@@ -54,7 +54,12 @@ impl Pool {
 
     /// A usable connection to `address`, opening one if needed.
     pub async fn get(&self, address: &str) -> Result<Arc<Connection>, Error> {
-        let slot = Arc::clone(lock(&self.slots).entry(address.to_string()).or_default());
+        // The common case, a known address, looks up without allocating a key.
+        let known = lock(&self.slots).get(address).cloned();
+        let slot = match known {
+            Some(slot) => slot,
+            None => Arc::clone(lock(&self.slots).entry(address.to_string()).or_default()),
+        };
         if let Some(connection) = slot.usable() {
             return Ok(connection);
         }

@@ -125,6 +125,12 @@ pub struct LoadArgs {
     #[arg(long, env = "ENGRAM_BENCH_PREFILL")]
     pub prefill: bool,
 
+    /// engram:// only: each call polls for its answer this many microseconds before
+    /// parking (the client's `ClientBuilder::spin`), for the lowest latency at the
+    /// price of a busy load core. Pair with `engramd --spin-us`.
+    #[arg(long, env = "ENGRAM_BENCH_CLIENT_SPIN_US", default_value_t = 0, value_name = "US")]
+    pub client_spin_us: u64,
+
     /// Also write the results as JSON to this file.
     #[arg(long, env = "ENGRAM_BENCH_JSON", value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -255,6 +261,8 @@ mod tests {
             "out.json",
             "--seed",
             "7",
+            "--client-spin-us",
+            "20",
         ])
         .unwrap();
         let load = cli.load;
@@ -267,7 +275,7 @@ mod tests {
             (10, 100, 4, 16)
         );
         assert_eq!((load.threads, load.requests, load.warmup), (2, Some(1000), 0.5));
-        assert_eq!((load.rate, load.seed), (Some(5000.0), Some(7)));
+        assert_eq!((load.rate, load.seed, load.client_spin_us), (Some(5000.0), Some(7), 20));
         assert!(load.prefill);
         assert_eq!(load.json.unwrap(), PathBuf::from("out.json"));
     }

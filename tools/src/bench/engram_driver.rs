@@ -13,9 +13,10 @@ use crate::bench::lane::LanePlan;
 use crate::bench::stats::LaneStats;
 use crate::bench::workload::{BarrierStop, Coordination, Operation, Workload, BARRIER_TIMEOUT, LOCK_LEASE, LOCK_WAIT};
 
-/// Opens one benchmark connection: a client of its own, so connections share nothing.
-pub async fn connect(address: &str) -> Result<Client, BenchError> {
-    Ok(Client::builder(address).direct(true).connect().await?)
+/// Opens one benchmark connection: a client of its own, so connections share nothing;
+/// each call polls `spin` for its answer before parking.
+pub async fn connect(address: &str, spin: Duration) -> Result<Client, BenchError> {
+    Ok(Client::builder(address).direct(true).spin(spin).connect().await?)
 }
 
 /// Runs one load task: a closed (or paced) loop of single requests. A connection's

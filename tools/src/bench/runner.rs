@@ -81,6 +81,15 @@ impl Settings {
                 return usage("tcp-echo:// needs --value-bytes of at least 1".into());
             }
         }
+        if load.client_spin_us > 0 && !matches!(target, Target::Engram { .. }) {
+            return usage("--client-spin-us applies to engram:// only".into());
+        }
+        if Duration::from_micros(load.client_spin_us) > engram_client::SPIN_MAX {
+            return usage(format!(
+                "--client-spin-us must be at most {} (the client's spin_max)",
+                engram_client::SPIN_MAX.as_micros()
+            ));
+        }
         if load.requests == Some(0) {
             return usage("--requests must be positive".into());
         }
@@ -153,7 +162,9 @@ impl Connection {
     async fn open(settings: &Settings) -> Result<Connection, BenchError> {
         let value_bytes = settings.load.value_bytes;
         Ok(match &settings.target {
-            Target::Engram { address } => Connection::Engram(engram_driver::connect(address).await?),
+            Target::Engram { address } => Connection::Engram(
+                engram_driver::connect(address, Duration::from_micros(settings.load.client_spin_us)).await?,
+            ),
             Target::Redis { address } => Connection::Redis(Box::new(
                 RedisConnection::connect(address, value_bytes, settings.load.pipeline).await?,
             )),
