@@ -447,7 +447,12 @@ fn refuse(shard: &Shard, error: ProtocolError) -> Close {
 /// Namespaces become part of the stored key: `[namespace length][namespace][key]`.
 fn prefix_key(command: &mut Command, prefix: &[u8]) {
     if let Some(key) = command.key_mut() {
-        key.splice(0..0, prefix.iter().copied());
+        // One exact allocation and two copies; a splice would grow the decoded key in
+        // place (a reallocation) and shift it byte by byte.
+        let mut prefixed = Vec::with_capacity(prefix.len() + key.len());
+        prefixed.extend_from_slice(prefix);
+        prefixed.extend_from_slice(key);
+        *key = prefixed;
     }
 }
 

@@ -156,8 +156,9 @@ impl Shard {
     /// now, or when the request stops waiting. Answers of other requests that this one
     /// unblocked (a release granting a waiting acquire) are delivered too.
     pub fn submit(&self, client_id: u64, request: &Request, destination: Destination) {
+        // One clock read serves both the store's time and the duration metric.
         let started = std::time::Instant::now();
-        let now_ms = self.now_ms();
+        let now_ms = started.saturating_duration_since(self.node.started).as_millis() as u64;
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
         match outcome {
             // An immediate answer has nothing to give back: if its asker is gone, the

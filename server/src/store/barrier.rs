@@ -18,7 +18,7 @@ pub struct BarrierState {
 
 impl BarrierState {
     pub fn create() -> Object {
-        Object::Barrier(BarrierState::default())
+        Object::Barrier(Box::default())
     }
 
     pub fn take_waiters(&mut self) -> Vec<WaiterId> {

@@ -17,7 +17,7 @@ pub struct FutureState {
 
 impl FutureState {
     pub fn create() -> Object {
-        Object::Future(FutureState::default())
+        Object::Future(Box::default())
     }
 
     pub fn payload_bytes(&self) -> u64 {

@@ -13,7 +13,7 @@ pub struct LatchState {
 
 impl LatchState {
     pub fn create() -> Object {
-        Object::Latch(LatchState::default())
+        Object::Latch(Box::default())
     }
 
     pub fn is_idle(&self) -> bool {

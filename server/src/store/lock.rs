@@ -36,7 +36,7 @@ pub struct LockState {
 
 impl LockState {
     pub fn create() -> Object {
-        Object::Lock(LockState::default())
+        Object::Lock(Box::default())
     }
 
     pub fn payload_bytes(&self) -> u64 {

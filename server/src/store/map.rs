@@ -21,7 +21,7 @@ pub struct MapState {
 
 impl MapState {
     pub fn create() -> Object {
-        Object::Map(MapState::default())
+        Object::Map(Box::default())
     }
 
     pub fn payload_bytes(&self) -> u64 {

@@ -338,17 +338,24 @@ fn import_object(object: MigratedObject, now_ms: u64, last_version: u64) -> Resu
             Object::Bytes(value)
         }
         MigratedObject::Counter { value } => Object::Counter(value),
-        MigratedObject::Lock { holder } => Object::Lock(lock::LockState::import(holder, now_ms, last_version)?),
-        MigratedObject::Semaphore { capacity, held } => {
-            Object::Semaphore(semaphore::SemaphoreState::import(capacity, held, now_ms, last_version)?)
+        MigratedObject::Lock { holder } => {
+            Object::Lock(Box::new(lock::LockState::import(holder, now_ms, last_version)?))
         }
+        MigratedObject::Semaphore { capacity, held } => Object::Semaphore(Box::new(semaphore::SemaphoreState::import(
+            capacity,
+            held,
+            now_ms,
+            last_version,
+        )?)),
         MigratedObject::Barrier { generation, parties } => {
-            Object::Barrier(barrier::BarrierState::import(generation, parties)?)
+            Object::Barrier(Box::new(barrier::BarrierState::import(generation, parties)?))
         }
-        MigratedObject::Latch { count } => Object::Latch(latch::LatchState::import(count)),
-        MigratedObject::Future { completion } => Object::Future(future::FutureState::import(completion, last_version)?),
-        MigratedObject::Map { fields } => Object::Map(map::MapState::import(fields)?),
-        MigratedObject::Queue { items } => Object::Queue(queue::QueueState::import(items)?),
+        MigratedObject::Latch { count } => Object::Latch(Box::new(latch::LatchState::import(count))),
+        MigratedObject::Future { completion } => {
+            Object::Future(Box::new(future::FutureState::import(completion, last_version)?))
+        }
+        MigratedObject::Map { fields } => Object::Map(Box::new(map::MapState::import(fields)?)),
+        MigratedObject::Queue { items } => Object::Queue(Box::new(queue::QueueState::import(items)?)),
     })
 }
 

@@ -58,18 +58,24 @@ pub enum Outcome {
     Parked(WaiterId),
 }
 
+/// The coordination objects are boxed so that an entry, and with it every slot of the
+/// key table, is as small as a bytes value needs (32 bytes rather than the largest
+/// state's size): most keys hold bytes or counters, and the table's slots are paid for
+/// every key, empty slots included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Object {
     Bytes(Vec<u8>),
     Counter(i64),
-    Lock(lock::LockState),
-    Semaphore(semaphore::SemaphoreState),
-    Barrier(barrier::BarrierState),
-    Latch(latch::LatchState),
-    Future(future::FutureState),
-    Map(map::MapState),
-    Queue(queue::QueueState),
+    Lock(Box<lock::LockState>),
+    Semaphore(Box<semaphore::SemaphoreState>),
+    Barrier(Box<barrier::BarrierState>),
+    Latch(Box<latch::LatchState>),
+    Future(Box<future::FutureState>),
+    Map(Box<map::MapState>),
+    Queue(Box<queue::QueueState>),
 }
+
+const _: () = assert!(std::mem::size_of::<Object>() <= 32);
 
 impl Object {
     fn payload_bytes(&self) -> u64 {

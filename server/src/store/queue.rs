@@ -21,7 +21,7 @@ pub struct QueueState {
 
 impl QueueState {
     pub fn create() -> Object {
-        Object::Queue(QueueState::default())
+        Object::Queue(Box::default())
     }
 
     pub fn payload_bytes(&self) -> u64 {

@@ -38,7 +38,7 @@ pub struct SemaphoreState {
 
 impl SemaphoreState {
     pub fn create() -> Object {
-        Object::Semaphore(SemaphoreState::default())
+        Object::Semaphore(Box::default())
     }
 
     pub fn payload_bytes(&self) -> u64 {
