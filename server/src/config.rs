@@ -44,8 +44,9 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_NODE_ID")]
     pub node_id: Option<u64>,
 
-    /// Keep an idle core polling this many microseconds before it parks: lower latency
-    /// for a busy core's worth of CPU while idle. 0 (default) parks at once.
+    /// Keep an idle core polling this many microseconds before it parks, and each
+    /// connection polling its socket as long after each answer: lower latency for a
+    /// busy core's worth of CPU while idle. 0 (default) parks at once.
     #[arg(long, env = "ENGRAM_SPIN_US", default_value_t = 0)]
     pub spin_us: u64,
 

@@ -32,6 +32,8 @@ pub struct ServerOptions {
     pub metrics_port: Option<u16>,
     /// `--control`: join the cluster of this engram-control.
     pub control: Option<String>,
+    /// `--spin-us` (0: off).
+    pub spin_us: u64,
 }
 
 impl Default for ServerOptions {
@@ -44,6 +46,7 @@ impl Default for ServerOptions {
             bind: None,
             metrics_port: None,
             control: None,
+            spin_us: 0,
         }
     }
 }
@@ -80,6 +83,11 @@ impl ServerOptions {
         self
     }
 
+    pub fn spin_us(mut self, spin_us: u64) -> Self {
+        self.spin_us = spin_us;
+        self
+    }
+
     pub fn control(mut self, address: &str) -> Self {
         self.control = Some(address.to_string());
         self
@@ -105,6 +113,9 @@ impl ServerOptions {
         }
         if let Some(control) = &self.control {
             arguments.extend(["--control".to_string(), control.clone()]);
+        }
+        if self.spin_us > 0 {
+            arguments.extend(["--spin-us".to_string(), self.spin_us.to_string()]);
         }
         arguments
     }
