@@ -151,7 +151,7 @@ shape_flags() { # shape
 # Latency and throughput: one server instance per target, every shape against it. The
 # engram and redis rows are prefilled (GETs hit); the echo floor has no keys.
 # Server CPU (utime+stime ticks) is recorded per shape too.
-declare -A cpu
+declare -A cpu wall
 run_shapes() { # kind shapes... ; server already started
     local kind=$1
     shift
@@ -163,14 +163,20 @@ run_shapes() { # kind shapes... ; server already started
         note "$kind $shape"
         local before_server
         before_server=$(cpu_ticks "$server_pid")
+        local started
+        started=$(date +%s.%N)
         # shellcheck disable=SC2046
         bench "$work/$kind-$shape.json" "$kind" $(shape_flags "$shape") "${prefill[@]}"
         cpu[$kind-$shape]=$(($(cpu_ticks "$server_pid") - before_server))
+        wall[$kind-$shape]=$(echo "$(date +%s.%N) - $started" | bc -l)
     done
 }
 
 start_server echo
 run_shapes echo c1 c50p1
+note "echo c1 with client spin $spin_us us (the floor of the spin pair)"
+# shellcheck disable=SC2046
+bench "$work/echo-spin-c1.json" echo $(shape_flags c1) --client-spin-us "$spin_us"
 stop_server
 start_server redis
 run_shapes redis c1 c50p1 c50p16
@@ -259,12 +265,14 @@ spin_load_cores=$(cpu_share $((spin_load_after - spin_load_before)) "$spin_wall"
     echo
     echo "server CPU per request, 50 conn pipeline 16: redis $(awk -v t="${cpu[redis-c50p16]}" -v hz="$ticks_per_second" -v n="$(field redis-c50p16 .requests)" -v w="$(field redis-c50p16 .warmup_secs)" -v o="$(ops redis-c50p16)" 'BEGIN { printf "%.2f", t / hz * 1e6 / (n + w * o) }') us, engram $(awk -v t="${cpu[engram-c50p16]}" -v hz="$ticks_per_second" -v n="$(field engram-c50p16 .requests)" -v w="$(field engram-c50p16 .warmup_secs)" -v o="$(ops engram-c50p16)" 'BEGIN { printf "%.2f", t / hz * 1e6 / (n + w * o) }') us (approx.: warm-up requests estimated at the measured rate)"
     echo "spin (server --spin-us $spin_us, client --client-spin-us $spin_us), 1 connection: p50 $(us "$(p50 engram-spin-c1)") us, p99 $(us "$(p99 engram-spin-c1)") us, $(kops "$(ops engram-spin-c1)"); CPU: engramd $spin_server_cores cores, engram-bench $spin_load_cores cores (whole run incl. prefill)"
+    echo "without spin, 1 connection: engramd $(cpu_share "${cpu[engram-c1]}" "${wall[engram-c1]}") cores (same accounting)"
+    echo "floor with the same client spin (tcp-echo, --client-spin-us $spin_us): p50 $(us "$(p50 echo-spin-c1)") us, p99 $(us "$(p99 echo-spin-c1)") us"
     echo "memory: redis $redis_keys keys, RSS $redis_before -> $redis_after KiB; engram $engram_keys keys, RSS $engram_before -> $engram_after KiB"
 } | tee "$work/report.txt"
 
 if [[ -n "$json_out" ]]; then
     runs=()
-    for run in echo-c1 echo-c50p1 redis-c1 redis-c50p1 redis-c50p16 engram-c1 engram-c50p1 engram-c50p16 engram-spin-c1 redis-load engram-load; do
+    for run in echo-c1 echo-c50p1 echo-spin-c1 redis-c1 redis-c50p1 redis-c50p16 engram-c1 engram-c50p1 engram-c50p16 engram-spin-c1 redis-load engram-load; do
         runs+=(--slurpfile "$run" "$work/$run.json")
     done
     jq -n "${runs[@]}" \
@@ -278,6 +286,7 @@ if [[ -n "$json_out" ]]; then
         {
           machine: $machine, load_average: $loadavg, measured_at: (now | todate),
           runs: { "echo-c1": $ARGS.named["echo-c1"][0], "echo-c50p1": $ARGS.named["echo-c50p1"][0],
+                  "echo-spin-c1": $ARGS.named["echo-spin-c1"][0],
                   "redis-c1": $ARGS.named["redis-c1"][0], "redis-c50p1": $ARGS.named["redis-c50p1"][0],
                   "redis-c50p16": $ARGS.named["redis-c50p16"][0], "engram-c1": $ARGS.named["engram-c1"][0],
                   "engram-c50p1": $ARGS.named["engram-c50p1"][0], "engram-c50p16": $ARGS.named["engram-c50p16"][0],
@@ -289,6 +298,7 @@ if [[ -n "$json_out" ]]; then
         } as $d
         | $d + { ratios: {
             c1_p50_engram_over_floor: r($d.runs["engram-c1"].latency_us.p50; $d.runs["echo-c1"].latency_us.p50),
+            spin_c1_p50_engram_over_floor: r($d.runs["engram-spin-c1"].latency_us.p50; $d.runs["echo-spin-c1"].latency_us.p50),
             c1_p50_engram_over_redis: r($d.runs["engram-c1"].latency_us.p50; $d.runs["redis-c1"].latency_us.p50),
             c1_p99_engram_over_redis: r($d.runs["engram-c1"].latency_us.p99; $d.runs["redis-c1"].latency_us.p99),
             c50p1_ops_engram_over_redis: r($d.runs["engram-c50p1"].ops_per_sec; $d.runs["redis-c50p1"].ops_per_sec),

@@ -50,6 +50,10 @@ pub enum BenchCommand {
             value_name = "HOST:PORT"
         )]
         listen: String,
+        /// After each echo, poll the connection this many microseconds (non-blocking
+        /// reads) before waiting for readiness: the floor of a spinning server.
+        #[arg(long, env = "ENGRAM_BENCH_SPIN_US", default_value_t = 0, value_name = "US")]
+        spin_us: u64,
     },
 }
 
@@ -125,9 +129,9 @@ pub struct LoadArgs {
     #[arg(long, env = "ENGRAM_BENCH_PREFILL")]
     pub prefill: bool,
 
-    /// engram:// only: each call polls for its answer this many microseconds before
-    /// parking (the client's `ClientBuilder::spin`), for the lowest latency at the
-    /// price of a busy load core. Pair with `engramd --spin-us`.
+    /// engram:// and tcp-echo://: each request polls for its answer this many
+    /// microseconds before parking (for Engram the client's `ClientBuilder::spin`), for
+    /// the lowest latency at the price of a busy load core. Pair with `engramd --spin-us`.
     #[arg(long, env = "ENGRAM_BENCH_CLIENT_SPIN_US", default_value_t = 0, value_name = "US")]
     pub client_spin_us: u64,
 
@@ -304,6 +308,8 @@ mod tests {
     #[test]
     fn echo_server_needs_no_target() {
         let cli = parse(&["echo-server", "--listen", "127.0.0.1:9000"]).unwrap();
-        assert!(matches!(cli.command, Some(BenchCommand::EchoServer { listen }) if listen == "127.0.0.1:9000"));
+        assert!(
+            matches!(cli.command, Some(BenchCommand::EchoServer { listen, spin_us: 0 }) if listen == "127.0.0.1:9000")
+        );
     }
 }

@@ -81,8 +81,8 @@ impl Settings {
                 return usage("tcp-echo:// needs --value-bytes of at least 1".into());
             }
         }
-        if load.client_spin_us > 0 && !matches!(target, Target::Engram { .. }) {
-            return usage("--client-spin-us applies to engram:// only".into());
+        if load.client_spin_us > 0 && matches!(target, Target::Redis { .. }) {
+            return usage("--client-spin-us applies to engram:// and tcp-echo:// only".into());
         }
         if Duration::from_micros(load.client_spin_us) > engram_client::SPIN_MAX {
             return usage(format!(
@@ -168,7 +168,14 @@ impl Connection {
             Target::Redis { address } => Connection::Redis(Box::new(
                 RedisConnection::connect(address, value_bytes, settings.load.pipeline).await?,
             )),
-            Target::TcpEcho { address } => Connection::Echo(EchoConnection::connect(address, value_bytes).await?),
+            Target::TcpEcho { address } => Connection::Echo(
+                EchoConnection::connect(
+                    address,
+                    value_bytes,
+                    Duration::from_micros(settings.load.client_spin_us),
+                )
+                .await?,
+            ),
         })
     }
 }

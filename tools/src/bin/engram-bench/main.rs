@@ -37,7 +37,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: BenchCli) -> Result<(), BenchError> {
-    if let Some(BenchCommand::EchoServer { listen }) = cli.command {
+    if let Some(BenchCommand::EchoServer { listen, spin_us }) = cli.command {
         let runtime = runtime(1)?;
         return runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind(&listen)
@@ -47,7 +47,7 @@ fn run(cli: BenchCli) -> Result<(), BenchError> {
             // Scripts that bind port 0 read the address from this line.
             println!("echo-server listening on {address}");
             let _ = std::io::stdout().flush();
-            echo::serve(listener).await
+            echo::serve_spinning(listener, std::time::Duration::from_micros(spin_us)).await
         });
     }
     let settings = Settings::new(cli.load)?;
