@@ -9,8 +9,9 @@
 # Shapes: GET of VALUE_BYTES-byte values over KEYS prefilled keys, 1 connection (p50/p99),
 # 50 connections pipeline 1 and 50 connections pipeline 16 (throughput, p99); then the
 # spin pair (engramd --spin-us with engram-bench --client-spin-us, 1 connection) with the
-# CPU both processes burn; then resident memory per key: RSS growth (VmRSS) of a fresh
-# server after 1,000,000 SETs of 32-byte values to distinct keys.
+# CPU both processes burn, against the echo floor spinning the same way; then resident
+# memory per key: RSS growth (VmRSS) of a fresh server after 1,000,000 SETs of 32-byte
+# values to distinct keys.
 #
 # Usage: tools/compare.sh [--json FILE | FILE]   (release binaries from target/release;
 #        built with cargo if missing). Tunables as environment variables:
@@ -92,7 +93,7 @@ start_server() { # kind [extra engramd flags...]
     local log="$work/$kind.$RANDOM"
     case "$kind" in
         echo)
-            taskset -c "$server_core" "$bin/engram-bench" echo-server --listen 127.0.0.1:0 >"$log.out" 2>"$log.err" &
+            taskset -c "$server_core" "$bin/engram-bench" echo-server --listen 127.0.0.1:0 "$@" >"$log.out" 2>"$log.err" &
             server_pid=$!
             pids+=("$server_pid")
             wait_for_line "$log.out" "listening on" 10
@@ -174,7 +175,9 @@ run_shapes() { # kind shapes... ; server already started
 
 start_server echo
 run_shapes echo c1 c50p1
-note "echo c1 with client spin $spin_us us (the floor of the spin pair)"
+stop_server
+note "echo c1, both sides spinning $spin_us us (the floor of the spin pair)"
+start_server echo --spin-us "$spin_us"
 # shellcheck disable=SC2046
 bench "$work/echo-spin-c1.json" echo $(shape_flags c1) --client-spin-us "$spin_us"
 stop_server
@@ -266,7 +269,7 @@ spin_load_cores=$(cpu_share $((spin_load_after - spin_load_before)) "$spin_wall"
     echo "server CPU per request, 50 conn pipeline 16: redis $(awk -v t="${cpu[redis-c50p16]}" -v hz="$ticks_per_second" -v n="$(field redis-c50p16 .requests)" -v w="$(field redis-c50p16 .warmup_secs)" -v o="$(ops redis-c50p16)" 'BEGIN { printf "%.2f", t / hz * 1e6 / (n + w * o) }') us, engram $(awk -v t="${cpu[engram-c50p16]}" -v hz="$ticks_per_second" -v n="$(field engram-c50p16 .requests)" -v w="$(field engram-c50p16 .warmup_secs)" -v o="$(ops engram-c50p16)" 'BEGIN { printf "%.2f", t / hz * 1e6 / (n + w * o) }') us (approx.: warm-up requests estimated at the measured rate)"
     echo "spin (server --spin-us $spin_us, client --client-spin-us $spin_us), 1 connection: p50 $(us "$(p50 engram-spin-c1)") us, p99 $(us "$(p99 engram-spin-c1)") us, $(kops "$(ops engram-spin-c1)"); CPU: engramd $spin_server_cores cores, engram-bench $spin_load_cores cores (whole run incl. prefill)"
     echo "without spin, 1 connection: engramd $(cpu_share "${cpu[engram-c1]}" "${wall[engram-c1]}") cores (same accounting)"
-    echo "floor with the same client spin (tcp-echo, --client-spin-us $spin_us): p50 $(us "$(p50 echo-spin-c1)") us, p99 $(us "$(p99 echo-spin-c1)") us"
+    echo "floor spinning the same way (echo-server --spin-us $spin_us, --client-spin-us $spin_us): p50 $(us "$(p50 echo-spin-c1)") us, p99 $(us "$(p99 echo-spin-c1)") us"
     echo "memory: redis $redis_keys keys, RSS $redis_before -> $redis_after KiB; engram $engram_keys keys, RSS $engram_before -> $engram_after KiB"
 } | tee "$work/report.txt"
 
