@@ -14,9 +14,8 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Poll, Waker};
-use std::time::Duration;
 
 use engram_proto::limits::{
     CREDENTIALS_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX, IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX,
@@ -102,19 +101,6 @@ impl Outbox {
         })
         .await
     }
-}
-
-/// How long a connection polls its socket before waiting for readiness (`--spin-us`);
-/// process-wide, set once at start.
-static READ_SPIN_NANOS: AtomicU64 = AtomicU64::new(0);
-
-/// Sets the read spin of every connection (engramd's `--spin-us`); zero turns it off.
-pub fn set_read_spin(spin: Duration) {
-    READ_SPIN_NANOS.store(u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX), Relaxed);
-}
-
-fn read_spin() -> Duration {
-    Duration::from_nanos(READ_SPIN_NANOS.load(Relaxed))
 }
 
 /// Bytes asked of the socket per read. Reads never grow the buffer by more than this,
@@ -248,7 +234,7 @@ impl Connection {
     /// ring's completion round trip. Stops early when answers are waiting to be written.
     /// `None`: nothing arrived (or no spin); the caller waits as usual.
     async fn spin_read(&mut self, buffer: &mut [u8]) -> Result<Option<usize>, Close> {
-        let spin = read_spin();
+        let spin = self.shard.read_spin;
         if spin.is_zero() || buffer.is_empty() {
             return Ok(None);
         }

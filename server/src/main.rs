@@ -4,7 +4,6 @@ use engram_server::config::{Config, LogFormat};
 fn main() {
     let config = Config::parse();
     init_logging(config.log_format);
-    engram_server::connection::set_read_spin(std::time::Duration::from_micros(config.spin_us));
     if let Err(error) = engram_server::node::run(config) {
         eprintln!("engramd: {error}");
         std::process::exit(1);

@@ -242,6 +242,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             node: node.clone(),
             memory_limit_bytes,
             auth_token: config.auth_token.clone().map(String::into_bytes),
+            read_spin: Duration::from_micros(config.spin_us),
             hash_seed,
             mesh: mesh.clone(),
             shutdown: shutdown.clone(),

@@ -83,6 +83,9 @@ pub struct Shard {
     pub(crate) incoming: RefCell<Incoming>,
     pub node: Arc<NodeStats>,
     pub auth_token: Option<Vec<u8>>,
+    /// How long a connection polls its socket before waiting for readiness
+    /// (`--spin-us`); zero: it waits at once.
+    pub read_spin: Duration,
     pub peers: Senders<Forwarded>,
     pub metrics: ShardMetrics,
     operations: Cell<u64>,
@@ -265,6 +268,7 @@ pub struct ShardLaunch {
     pub node: Arc<NodeStats>,
     pub memory_limit_bytes: u64,
     pub auth_token: Option<Vec<u8>>,
+    pub read_spin: Duration,
     pub hash_seed: u64,
     pub mesh: MeshBuilder<Forwarded, glommio::channels::channel_mesh::Full>,
     pub shutdown: Arc<AtomicBool>,
@@ -291,6 +295,7 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
         incoming: RefCell::default(),
         node: launch.node,
         auth_token: launch.auth_token,
+        read_spin: launch.read_spin,
         peers,
         metrics,
         operations: Cell::new(0),
