@@ -92,13 +92,7 @@ impl Store {
             });
         }
         // A request parked on an object that is gone still gets its answer.
-        let mut effects = Effects::new(
-            now_ms,
-            None,
-            &mut self.waiting,
-            &mut self.operations,
-            &mut self.last_version,
-        );
+        let mut effects = store_effects!(self, now_ms, None);
         for (waiter, _) in parked {
             effects.bounce(waiter, moved.clone());
         }
@@ -229,13 +223,7 @@ impl Store {
         for (key, entry) in built {
             self.data_bytes += entry_bytes(&key, entry.object.payload_bytes());
             self.move_deadline(&key, 0, entry.expires_at_ms);
-            let mut effects = Effects::new(
-                now_ms,
-                None,
-                &mut self.waiting,
-                &mut self.operations,
-                &mut self.last_version,
-            );
+            let mut effects = store_effects!(self, now_ms, None);
             match &entry.object {
                 Object::Lock(lock) => lock.set_leases(&key, &mut effects),
                 Object::Semaphore(semaphore) => semaphore.set_leases(&key, &mut effects),

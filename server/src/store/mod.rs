@@ -11,6 +11,21 @@
 //! - Versions come from one per-shard counter, so a key's version never repeats, even
 //!   across delete and re-create (a stale `IfVersion` can never match by accident).
 
+/// The effects of one operation at `$now_ms` on behalf of `$origin`, borrowing only the
+/// store's waiting, records and version fields (a macro, not a method, so the caller
+/// keeps using the store's other fields alongside).
+macro_rules! store_effects {
+    ($store:ident, $now_ms:expr, $origin:expr) => {
+        Effects::new(
+            $now_ms,
+            $origin,
+            &mut $store.waiting,
+            &mut $store.operations,
+            &mut $store.last_version,
+        )
+    };
+}
+
 mod barrier;
 mod bytes;
 mod counter;
@@ -407,13 +422,7 @@ impl Store {
         });
         // A waiter whose object vanished still gets an answer.
         if let waiting::Timer::Waiter(waiter) = action {
-            let mut effects = Effects::new(
-                now_ms,
-                None,
-                &mut self.waiting,
-                &mut self.operations,
-                &mut self.last_version,
-            );
+            let mut effects = store_effects!(self, now_ms, None);
             effects.complete(
                 waiter,
                 error(ErrorCode::ObjectDeleted, "the object was deleted while waiting"),
@@ -662,13 +671,7 @@ impl Store {
                 // Reads and releases of an absent object answer as a fresh one would,
                 // without storing it: they must work on a full shard, and leave nothing.
                 let mut fresh = create();
-                let mut effects = Effects::new(
-                    now_ms,
-                    origin,
-                    &mut self.waiting,
-                    &mut self.operations,
-                    &mut self.last_version,
-                );
+                let mut effects = store_effects!(self, now_ms, origin);
                 let outcome = operation(&mut fresh, &mut effects, key);
                 debug_assert!(
                     matches!(outcome, Outcome::Ready(_)),
@@ -693,14 +696,7 @@ impl Store {
             }
         }
         let memory_used_bytes = self.memory_used_bytes();
-        let mut effects = Effects::new(
-            now_ms,
-            origin,
-            &mut self.waiting,
-            &mut self.operations,
-            &mut self.last_version,
-        )
-        .with_memory(memory_used_bytes, self.memory_limit_bytes);
+        let mut effects = store_effects!(self, now_ms, origin).with_memory(memory_used_bytes, self.memory_limit_bytes);
         let Some(entry) = self.entries.get_mut(key) else {
             unreachable!("present or just created")
         };
@@ -717,13 +713,7 @@ impl Store {
 
     /// Like [`Store::coordinate`] for an object that must already exist; used by timers.
     fn with_existing(&mut self, key: &[u8], now_ms: u64, operation: impl FnOnce(&mut Object, &mut Effects<'_>)) {
-        let mut effects = Effects::new(
-            now_ms,
-            None,
-            &mut self.waiting,
-            &mut self.operations,
-            &mut self.last_version,
-        );
+        let mut effects = store_effects!(self, now_ms, None);
         let Some(entry) = self.entries.get_mut(key) else { return };
         let before = entry.object.payload_bytes();
         operation(&mut entry.object, &mut effects);
@@ -818,13 +808,7 @@ impl Store {
     /// Removes a key; requests parked on its object are answered `ObjectDeleted`.
     fn remove(&mut self, key: &[u8], now_ms: u64) {
         if let Some(mut entry) = self.entries.remove(key) {
-            let mut effects = Effects::new(
-                now_ms,
-                None,
-                &mut self.waiting,
-                &mut self.operations,
-                &mut self.last_version,
-            );
+            let mut effects = store_effects!(self, now_ms, None);
             // Uncharge what the entry was charged with before its waiters leave (which
             // shrinks its payload), or the difference would stay counted forever.
             let charged = entry_bytes(key, entry.object.payload_bytes());
