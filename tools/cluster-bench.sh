@@ -66,6 +66,7 @@ bench() { # label seconds
         --connections "$connections" --rate "$rate" --duration "$2" --json "$out/$1.json" >"$out/$1.txt" 2>&1
 }
 
+"$bin/engram" cluster status --control "$control" --json >"$out/status-before.json"
 echo "GET at $rate/s, $connections connections: ${duration} s before the rebalance"
 bench before "$duration"
 
@@ -83,6 +84,9 @@ python3 - "$out" "$rebalance_started" "$rebalance_finished" <<'PYTHON'
 import json, sys
 out, started, finished = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 status = json.load(open(f"{out}/status.json"))
+status_before = json.load(open(f"{out}/status-before.json"))
+def total_keys(status):
+    return sum(shard["keys"] for node in status["nodes"] for shard in node["shards"])
 before = json.load(open(f"{out}/before.json"))
 during = json.load(open(f"{out}/during.json"))
 wall = finished - started
@@ -97,10 +101,14 @@ print(f"rebalance: {slots} slots, {keys} keys to the new node in {wall:.2f} s wa
       f"({slots / wall:.0f} slots/s)")
 print(f"migration copy: {moved_bytes / 1e6:.1f} MB in {moving_ms} ms of migration steps "
       f"({moved_bytes / 1e3 / max(moving_ms, 1):.1f} MB/s over all steps since start)")
+# The loader's lanes walk the key space from their own offsets, so a few keys may never
+# be written; GET misses of those show up before and during alike. What must hold is
+# that the rebalance kept every key that was there.
+print(f"keys in the cluster: {total_keys(status_before)} before the rebalance, {total_keys(status)} after")
 for label, result in (("before", before), ("during", during)):
     latency = result["latency_us"]
     print(f"GET {label:6}: {result['ops_per_sec']:.0f} ops/s, p50 {latency['p50']:.0f} us, "
           f"p99 {latency['p99']:.0f} us, p99.9 {latency['p999']:.0f} us, max {latency['max']:.0f} us, "
-          f"errors {result['errors']}")
+          f"errors {result['errors']}, misses {result['misses']}")
 PYTHON
 echo "raw results in $out"
