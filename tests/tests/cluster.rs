@@ -641,3 +641,70 @@ fn a_shard_far_fuller_than_the_rest_gives_slots_away_by_itself() {
     });
     drop(nodes);
 }
+
+#[test]
+fn a_control_plane_killed_mid_migration_restarts_into_a_consistent_cluster() {
+    let scratch = Scratch::new("cluster-control-dies");
+    let mut control = ControlPlane::start(next_loopback(), scratch.path().join("control"));
+    let source = start_node(&control);
+    run_async(Duration::from_secs(150), async {
+        wait_for_members(&control, 1).await;
+        let client = connect(&source).await;
+        let keys = keys_in_first_step(BULKY_KEYS);
+        for key in &keys {
+            client.bytes(key.clone()).set(bulky_value(key)).await.expect("seed");
+        }
+        let target = start_node(&control);
+        wait_for_members(&control, 2).await;
+        let address = control.address().to_string();
+        let rebalance = tokio::task::spawn_blocking(move || {
+            let mut command = std::process::Command::new(engram_tests::binaries::engram_cli());
+            command
+                .args(["cluster", "rebalance", "--control", &address])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            engram_tests::server::run_bounded(command, Duration::from_secs(120))
+        });
+        // The coordinator dies while the first step's batches travel: the source holds
+        // the slots frozen, the target holds part of a copy, and no decision was sent.
+        let mut polls = 0;
+        while keys_held(&target).await == 0 {
+            polls += 1;
+            assert!(polls < 20_000, "the target never received a batch");
+        }
+        control.kill();
+        let _ = rebalance.await;
+        control.restart();
+        wait_for_members(&control, 2).await;
+        // Whatever the state file says decides: the persisted map is installed, then
+        // everything it did not commit is aborted, so the cluster serves every key.
+        for key in &keys {
+            let stored = client.bytes(key.clone()).get().await.expect("read after the restart");
+            assert!(
+                stored.is_some_and(|stored| stored.value == bulky_value(key)),
+                "{key} lost or changed"
+            );
+        }
+        for key in keys.iter().take(BULKY_KEYS / 2) {
+            assert!(client.bytes(key.clone()).del().await.expect("write after the restart"));
+        }
+        cluster_cli(&control, &["rebalance"]).await;
+        let status = control.status().await;
+        assert!(status.migrations.is_empty());
+        let map = status.map;
+        let hasher = engram_proto::SlotHasher::new(b"default");
+        let owners = map.owner_table();
+        let on_target = keys
+            .iter()
+            .skip(BULKY_KEYS / 2)
+            .filter(|key| map.shards[owners[hasher.slot(key.as_bytes()) as usize] as usize].node_id == target.node_id())
+            .count() as u64;
+        // Exactly the live keys of the slots each node owns: no copy left behind.
+        assert_eq!(keys_held(&target).await, on_target);
+        assert_eq!(keys_held(&source).await, (BULKY_KEYS / 2) as u64 - on_target);
+        for (index, key) in keys.iter().enumerate() {
+            let stored = client.bytes(key.clone()).get().await.expect("read");
+            assert_eq!(stored.is_some(), index >= BULKY_KEYS / 2, "{key}");
+        }
+    });
+}
