@@ -113,7 +113,18 @@ impl NodeLink {
         let mut out = Vec::new();
         encode_message(FrameKind::Request, request_id, 0, &request, &mut out)
             .map_err(|source| self.protocol(source))?;
-        let (_, payload) = self.exchange(&out, timeout).await?;
+        let (header, payload) = self.exchange(&out, timeout).await?;
+        // One question at a time: an answer to another request means the stream is out
+        // of step, and nothing read from it can be trusted to belong to this call.
+        if header.request_id != request_id {
+            return Err(LinkError::Unexpected {
+                address: self.address.clone(),
+                answer: format!(
+                    "an answer to request {} when request {request_id} was asked",
+                    header.request_id
+                ),
+            });
+        }
         decode_payload::<Response>(&payload).map_err(|source| self.protocol(source))
     }
 

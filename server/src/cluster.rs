@@ -129,6 +129,12 @@ pub enum LinkError {
     Refused { address: String, answer: String },
     #[error("{address} timed out after {after:?}")]
     TimedOut { address: String, after: Duration },
+    #[error("{address} answered request {answered} when request {expected} was asked")]
+    OutOfStep {
+        address: String,
+        expected: u64,
+        answered: u64,
+    },
 }
 
 fn hello(credentials: &[u8], client_id: u64) -> Hello {
@@ -140,8 +146,11 @@ fn hello(credentials: &[u8], client_id: u64) -> Hello {
     }
 }
 
-/// Pulls one whole frame off the front of `buffer`, if there is one: (kind, payload).
-fn take_frame(buffer: &mut Vec<u8>, address: &str) -> Result<Option<(FrameKind, Vec<u8>)>, LinkError> {
+/// One frame off the wire: its kind, the request id it answers, and its payload.
+type Frame = (FrameKind, u64, Vec<u8>);
+
+/// Pulls one whole frame off the front of `buffer`, if there is one.
+fn take_frame(buffer: &mut Vec<u8>, address: &str) -> Result<Option<Frame>, LinkError> {
     let protocol = |source| LinkError::Protocol {
         address: address.to_string(),
         source,
@@ -151,7 +160,7 @@ fn take_frame(buffer: &mut Vec<u8>, address: &str) -> Result<Option<(FrameKind, 
         Split::Frame { header, payload } => {
             let bytes = buffer[payload.clone()].to_vec();
             buffer.drain(..payload.end);
-            Ok(Some((header.kind, bytes)))
+            Ok(Some((header.kind, header.request_id, bytes)))
         }
     }
 }
@@ -168,6 +177,19 @@ fn decode_answer(kind: FrameKind, payload: &[u8], address: &str) -> Result<Respo
             expected: FrameKind::Response,
         })),
     }
+}
+
+/// A link asks one question at a time, so an answer to any other request means the
+/// stream is out of step (a late answer to a request that timed out, or a broken peer).
+fn check_answers(request_id: u64, answered: u64, address: &str) -> Result<(), LinkError> {
+    if answered == request_id {
+        return Ok(());
+    }
+    Err(LinkError::OutOfStep {
+        address: address.to_string(),
+        expected: request_id,
+        answered,
+    })
 }
 
 /// A handshake answer other than a valid `HelloReply` is a refusal (bad credentials, an
@@ -247,7 +269,7 @@ impl BlockingLink {
             source,
         })?;
         link.write(&out)?;
-        let (kind, payload) = link.read_frame()?;
+        let (kind, _, payload) = link.read_frame()?;
         check_hello_reply(kind, &payload, address)?;
         Ok(link)
     }
@@ -258,7 +280,8 @@ impl BlockingLink {
         let mut out = Vec::new();
         encode_request(request_id, command, &mut out, &self.address)?;
         self.write(&out)?;
-        let (kind, payload) = self.read_frame()?;
+        let (kind, answered, payload) = self.read_frame()?;
+        check_answers(request_id, answered, &self.address)?;
         decode_answer(kind, &payload, &self.address)
     }
 
@@ -266,7 +289,7 @@ impl BlockingLink {
         self.stream.write_all(bytes).map_err(|source| self.io_error(source))
     }
 
-    fn read_frame(&mut self) -> Result<(FrameKind, Vec<u8>), LinkError> {
+    fn read_frame(&mut self) -> Result<Frame, LinkError> {
         loop {
             if let Some(frame) = take_frame(&mut self.buffer, &self.address)? {
                 return Ok(frame);
@@ -344,7 +367,7 @@ impl PeerLink {
                 source,
             }
         })?;
-        let (kind, payload) = link.exchange(&out).await?;
+        let (kind, _, payload) = link.exchange(&out).await?;
         check_hello_reply(kind, &payload, address)?;
         Ok(link)
     }
@@ -354,11 +377,12 @@ impl PeerLink {
         self.next_request_id += 1;
         let mut out = Vec::new();
         encode_request(request_id, command, &mut out, &self.address)?;
-        let (kind, payload) = self.exchange(&out).await?;
+        let (kind, answered, payload) = self.exchange(&out).await?;
+        check_answers(request_id, answered, &self.address)?;
         decode_answer(kind, &payload, &self.address)
     }
 
-    async fn exchange(&mut self, request: &[u8]) -> Result<(FrameKind, Vec<u8>), LinkError> {
+    async fn exchange(&mut self, request: &[u8]) -> Result<Frame, LinkError> {
         let timeout = self.timeout;
         let address = self.address.clone();
         let exchange = async {
