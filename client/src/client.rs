@@ -3,7 +3,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, KEY_BYTES_MAX};
+use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX};
 use engram_proto::{Command, ErrorCode, NodeInfo, Request, Response, SlotHasher, SlotMap};
 use tokio::runtime::Handle;
 use tokio::time::{sleep_until, timeout_at, Instant};
@@ -12,15 +12,16 @@ use crate::backoff::retry_delay;
 use crate::barrier::Barrier;
 use crate::builder::{cap_timeout, ClientBuilder, Config};
 use crate::bytes::Bytes;
-use crate::connection::Handshake;
+use crate::connection::{Connection, Handshake, SentBatch};
 use crate::counter::Counter;
-use crate::error::Error;
+use crate::error::{ConnectionError, Error};
 use crate::future::RemoteFuture;
 use crate::latch::Latch;
 use crate::limits::RETRY_TRY_AGAIN_MS_MAX;
 use crate::lock::Lock;
 use crate::map::Map;
-use crate::operations::OperationIds;
+use crate::operations::{Operation, OperationIds};
+use crate::pending::Reply;
 use crate::pool::Pool;
 use crate::queue::Queue;
 use crate::route::Route;
@@ -214,8 +215,27 @@ impl Client {
             completed_below_op_id: 0,
             command,
         };
+        self.retry(key, &mut request, deadline, timeout, None).await
+    }
+
+    /// Sends `request` until it succeeds, fails for good or `deadline` passes. `failed`
+    /// is the retryable error of an attempt already made (a batch's), whose backoff this
+    /// then takes first. The caller keeps the request's operation in flight throughout.
+    async fn retry(
+        &self,
+        key: Option<&[u8]>,
+        request: &mut Request,
+        deadline: Instant,
+        timeout: Duration,
+        failed: Option<Error>,
+    ) -> Result<Response, Error> {
         let mut last_error: Option<Error> = None;
         let mut attempt = 0u32;
+        if let Some(error) = failed {
+            self.back_off(&error, attempt, deadline).await;
+            last_error = Some(error);
+            attempt = 1;
+        }
         loop {
             if attempt > 0 && Instant::now() >= deadline {
                 break;
@@ -223,26 +243,225 @@ impl Client {
             let routed_epoch = self.map_epoch();
             let refresh_first = last_error.as_ref().is_some_and(|error| self.should_refresh(error));
             request.completed_below_op_id = self.inner.operations.completed_below();
-            let error = match timeout_at(deadline, self.attempt(key, &request, refresh_first, routed_epoch)).await {
+            let error = match timeout_at(deadline, self.attempt(key, request, refresh_first, routed_epoch)).await {
                 Err(_) => break,
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(error)) if error.is_retryable() => error,
                 Ok(Err(error)) => return Err(error),
             };
-            // A stale map is the common case during a migration and the refresh already
-            // costs a round trip, so the first retry after one goes out at once.
-            let immediate = attempt == 0 && self.should_refresh(&error);
-            if !immediate {
-                let mut delay = retry_delay(attempt);
-                if error.is_server(ErrorCode::TryAgain) {
-                    delay = delay.min(Duration::from_millis(RETRY_TRY_AGAIN_MS_MAX));
-                }
-                sleep_until(deadline.min(Instant::now() + delay)).await;
-            }
+            self.back_off(&error, attempt, deadline).await;
             last_error = Some(error);
             attempt = attempt.saturating_add(1);
         }
         Err(self.timed_out(timeout, last_error))
+    }
+
+    /// Waits before the retry that follows attempt `attempt`'s retryable `error`.
+    async fn back_off(&self, error: &Error, attempt: u32, deadline: Instant) {
+        // A stale map is the common case during a migration and the refresh already
+        // costs a round trip, so the first retry after one goes out at once.
+        let immediate = attempt == 0 && self.should_refresh(error);
+        if !immediate {
+            let mut delay = retry_delay(attempt);
+            if error.is_server(ErrorCode::TryAgain) {
+                delay = delay.min(Duration::from_millis(RETRY_TRY_AGAIN_MS_MAX));
+            }
+            sleep_until(deadline.min(Instant::now() + delay)).await;
+        }
+    }
+
+    /// Sends `commands` (each with whether it is a mutation) as a batch with the client's
+    /// default timeout; see [`Client::batch_with`].
+    pub async fn batch(&self, commands: Vec<(Command, bool)>) -> Vec<Result<Response, Error>> {
+        self.batch_with(commands, None).await
+    }
+
+    /// Sends several commands at once and returns their results in the same order, each
+    /// as [`Client::call_with`] would. Each command goes to the owner of its key (the seed
+    /// node when it has none); the commands for one connection are encoded into one
+    /// buffer, written together and awaited together in the calling task, under one
+    /// deadline for the whole batch. Mutations get operation ids as single calls do, so a
+    /// retried one is still applied once. An entry that fails with a retryable error
+    /// (a stale map, `TryAgain`, a lost connection...) is retried on its own through the
+    /// single-call path, within the same deadline.
+    ///
+    /// A connection takes at most `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX` of the batch at
+    /// a time; larger batches go out in rounds.
+    pub async fn batch_with(
+        &self,
+        commands: Vec<(Command, bool)>,
+        timeout: Option<Duration>,
+    ) -> Vec<Result<Response, Error>> {
+        let base = timeout.map_or(self.inner.config.timeout, cap_timeout);
+        let mut results: Vec<Option<Result<Response, Error>>> = Vec::with_capacity(commands.len());
+        let mut timeout = base;
+        for (command, _) in &commands {
+            let checked = match command.key() {
+                Some(key) if key.len() > KEY_BYTES_MAX => Err(Error::KeyTooLarge { length: key.len() }),
+                _ => call_timeout(base, command),
+            };
+            match checked {
+                Ok(needed) => {
+                    timeout = timeout.max(needed);
+                    results.push(None);
+                }
+                Err(error) => results.push(Some(Err(error))),
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        let mut operations: Vec<Option<Operation>> = Vec::with_capacity(commands.len());
+        let mut requests: Vec<Request> = Vec::with_capacity(commands.len());
+        for (command, mutation) in commands {
+            let operation = mutation.then(|| self.inner.operations.begin());
+            requests.push(Request {
+                op_id: operation.as_ref().map_or(0, |operation| operation.id()),
+                completed_below_op_id: 0,
+                command,
+            });
+            operations.push(operation);
+        }
+        let completed_below = self.inner.operations.completed_below();
+        for request in &mut requests {
+            request.completed_below_op_id = completed_below;
+        }
+        // Entries that still need the single-call path, with the error that sent them there
+        // (`None`: the batch could not be sent, so they start afresh).
+        let mut retries: Vec<(usize, Option<Error>)> = Vec::new();
+        let pending: Vec<usize> = (0..requests.len()).filter(|&index| results[index].is_none()).collect();
+        let mut in_flight = Vec::new();
+        let sent = timeout_at(
+            deadline,
+            self.send_batch(&requests, &pending, &mut in_flight, &mut results, &mut retries),
+        )
+        .await;
+        if sent.is_err() {
+            // The deadline passed with answers missing: the answers already in count,
+            // the other entries time out.
+            for (chunk, connection, mut sent) in in_flight.drain(..) {
+                for (index, reply) in chunk.into_iter().zip(sent.answered()) {
+                    if let Some(reply) = reply {
+                        sort_reply(index, reply, &connection, &mut results, &mut retries);
+                    }
+                }
+            }
+            let mut retrying = vec![false; requests.len()];
+            for (index, _) in &retries {
+                retrying[*index] = true;
+            }
+            for index in pending {
+                if results[index].is_none() && !retrying[index] {
+                    results[index] = Some(Err(self.timed_out(timeout, None)));
+                }
+            }
+        }
+        if !retries.is_empty() {
+            // Each retried entry takes the single-call path on its own, concurrently
+            // with the others; the operations stay in flight until they are done.
+            let mut retried: Vec<(usize, Request, Option<Error>)> = Vec::with_capacity(retries.len());
+            for (index, failed) in retries {
+                let request = Request {
+                    op_id: requests[index].op_id,
+                    completed_below_op_id: 0,
+                    command: std::mem::replace(&mut requests[index].command, Command::Ping),
+                };
+                retried.push((index, request, failed));
+            }
+            let outcomes =
+                futures::future::join_all(retried.into_iter().map(|(index, mut request, failed)| async move {
+                    let key = request.command.key().map(<[u8]>::to_vec);
+                    let result = self
+                        .retry(key.as_deref(), &mut request, deadline, timeout, failed)
+                        .await;
+                    (index, result)
+                }))
+                .await;
+            for (index, result) in outcomes {
+                results[index] = Some(result);
+            }
+        }
+        drop(operations);
+        results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| Err(self.timed_out(timeout, None))))
+            .collect()
+    }
+
+    /// The batched pass: groups the `pending` entries by the connection their key routes
+    /// to and sends them in rounds, each round at most the in-flight limit per connection:
+    /// every group's share of a round is written before any answer is awaited, so the
+    /// shards work in parallel. Answers land in `results`; entries to retry in `retries`.
+    async fn send_batch(
+        &self,
+        requests: &[Request],
+        pending: &[usize],
+        in_flight: &mut Vec<InFlight>,
+        results: &mut [Option<Result<Response, Error>>],
+        retries: &mut Vec<(usize, Option<Error>)>,
+    ) {
+        let route = self.route();
+        let map_epoch = route.as_ref().map_or(0, |route| route.epoch());
+        let seed = self.inner.config.seed_address.as_str();
+        // Few addresses (one per shard), so a list beats a map.
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for &index in pending {
+            let address = match (requests[index].command.key(), &route) {
+                (Some(key), Some(route)) => route.address_of_slot(self.inner.hasher.slot(key)).unwrap_or(seed),
+                _ => seed,
+            };
+            match groups.iter_mut().find(|(known, _)| *known == address) {
+                Some((_, members)) => members.push(index),
+                None => groups.push((address, vec![index])),
+            }
+        }
+        let mut connections = Vec::with_capacity(groups.len());
+        for (address, members) in &groups {
+            match self.inner.pool.get(address).await {
+                Ok(connection) => connections.push(Some(connection)),
+                Err(_) => {
+                    // The single-call path reports (or retries) each entry on its own.
+                    retries.extend(members.iter().map(|&index| (index, None)));
+                    connections.push(None);
+                }
+            }
+        }
+        let mut batch: Vec<&Request> = Vec::new();
+        let rounds = groups
+            .iter()
+            .map(|(_, members)| members.len().div_ceil(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX))
+            .max()
+            .unwrap_or(0);
+        for round in 0..rounds {
+            for ((_, members), connection) in groups.iter().zip(&connections) {
+                let Some(connection) = connection else { continue };
+                let Some(chunk) = members.chunks(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX).nth(round) else {
+                    continue;
+                };
+                // Waiting for places while holding some on another connection could
+                // deadlock with a batch doing the opposite, so collect first.
+                let reservation = match connection.try_reserve(chunk.len()) {
+                    Some(reservation) => reservation,
+                    None => {
+                        collect(in_flight, results, retries).await;
+                        match connection.reserve(chunk.len()).await {
+                            Ok(reservation) => reservation,
+                            Err(_) => {
+                                retries.extend(chunk.iter().map(|&index| (index, None)));
+                                continue;
+                            }
+                        }
+                    }
+                };
+                batch.clear();
+                batch.extend(chunk.iter().map(|&index| &requests[index]));
+                match connection.send_batch(reservation, &batch, map_epoch).await {
+                    Ok(sent) => in_flight.push((chunk.to_vec(), Arc::clone(connection), sent)),
+                    // Nothing of this chunk was sent (the connection failed, or a frame
+                    // could not be encoded): each entry takes the single-call path.
+                    Err(_) => retries.extend(chunk.iter().map(|&index| (index, None))),
+                }
+            }
+            collect(in_flight, results, retries).await;
+        }
     }
 
     fn timed_out(&self, after: Duration, last_error: Option<Error>) -> Error {
@@ -361,6 +580,46 @@ impl Client {
             .pool
             .retain(|address| address == seed || route.addresses().iter().any(|known| known == address));
         *current = Some(Arc::new(route));
+    }
+}
+
+/// A batch sent on one connection: the indices of its entries, in order.
+type InFlight = (Vec<usize>, Arc<Connection>, SentBatch);
+
+/// Awaits the answers of every batch in `in_flight` (they were all sent already, so this
+/// waits for the slowest) and sorts them into `results` and `retries`.
+async fn collect(
+    in_flight: &mut Vec<InFlight>,
+    results: &mut [Option<Result<Response, Error>>],
+    retries: &mut Vec<(usize, Option<Error>)>,
+) {
+    while !in_flight.is_empty() {
+        // Complete before it leaves the list, so a timeout meanwhile still finds it.
+        in_flight[0].2.complete().await;
+        let (chunk, connection, mut sent) = in_flight.remove(0);
+        for (index, reply) in chunk.into_iter().zip(sent.answered()) {
+            let reply = reply.unwrap_or(Err(ConnectionError::Closed));
+            sort_reply(index, reply, &connection, results, retries);
+        }
+    }
+}
+
+/// Files one batch entry's reply: a result, or a retry for a retryable error.
+fn sort_reply(
+    index: usize,
+    reply: Reply,
+    connection: &Connection,
+    results: &mut [Option<Result<Response, Error>>],
+    retries: &mut Vec<(usize, Option<Error>)>,
+) {
+    let result = match reply {
+        Ok(Response::Error(reply)) => Err(Error::from_reply(reply)),
+        Ok(response) => Ok(response),
+        Err(source) => Err(connection.failed(source)),
+    };
+    match result {
+        Err(error) if error.is_retryable() => retries.push((index, Some(error))),
+        result => results[index] = Some(result),
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 use crate::error::{ConnectionError, Error};
 use crate::framing::FrameReader;
 use crate::limits::{WRITE_BATCH_BYTES_MAX, WRITE_QUEUE_FRAMES_MAX};
-use crate::pending::PendingTable;
+use crate::pending::{BatchRegistration, PendingTable, Reply};
 
 /// First capacity of a request's frame, on top of its key: header, request fields and a
 /// small value fit, so most frames are encoded with a single allocation.
@@ -123,11 +123,134 @@ impl Connection {
             .map_err(|source| self.failed(source))
     }
 
-    fn failed(&self, source: ConnectionError) -> Error {
+    /// Reserves `count` (at most `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`) in-flight
+    /// places for a batch if they are free now.
+    pub fn try_reserve(self: &Arc<Self>, count: usize) -> Option<Reservation> {
+        let permits = self.in_flight.try_acquire_many(batch_permits(count)).ok()?;
+        permits.forget();
+        Some(Reservation {
+            connection: Arc::clone(self),
+            count,
+        })
+    }
+
+    /// Reserves `count` (at most `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`) in-flight
+    /// places for a batch, waiting for them. A caller must not wait here while it holds
+    /// another reservation, or two batches could each hold what the other waits for.
+    pub async fn reserve(self: &Arc<Self>, count: usize) -> Result<Reservation, Error> {
+        let permits = self
+            .in_flight
+            .acquire_many(batch_permits(count))
+            .await
+            .map_err(|_| self.failed(ConnectionError::Closed))?;
+        permits.forget();
+        Ok(Reservation {
+            connection: Arc::clone(self),
+            count,
+        })
+    }
+
+    /// Sends `requests` (as many as `reservation` holds places for) as one batch: their
+    /// frames encoded into one buffer (cut at `WRITE_BATCH_BYTES_MAX`) handed to the
+    /// writer at once, and one registration for all their answers, which
+    /// [`SentBatch::replies`] then awaits in the calling task. Cancel-safe like
+    /// [`Connection::call`].
+    pub async fn send_batch(
+        &self,
+        reservation: Reservation,
+        requests: &[&Request],
+        map_epoch: u64,
+    ) -> Result<SentBatch, Error> {
+        let count = requests.len();
+        assert!(
+            count == reservation.count && std::ptr::eq(self, &*reservation.connection),
+            "a batch is sent with its own connection's reservation"
+        );
+        let first_request_id = self.next_request_id.fetch_add(count as u64, Ordering::Relaxed);
+        let mut buffers = Vec::with_capacity(1);
+        let mut buffer = Vec::with_capacity((count * FRAME_BYTES_INITIAL).min(WRITE_BATCH_BYTES_MAX));
+        // Each frame is encoded on its own (its payload's alignment is relative to its
+        // own start) and then appended.
+        let mut frame = Vec::with_capacity(FRAME_BYTES_INITIAL);
+        for (index, request) in requests.iter().enumerate() {
+            if buffer.len() >= WRITE_BATCH_BYTES_MAX {
+                buffers.push(std::mem::take(&mut buffer));
+            }
+            frame.clear();
+            encode_message(
+                FrameKind::Request,
+                first_request_id + index as u64,
+                map_epoch,
+                *request,
+                &mut frame,
+            )?;
+            buffer.extend_from_slice(&frame);
+        }
+        buffers.push(buffer);
+        let registration = self
+            .pending
+            .register_batch(first_request_id, count)
+            .map_err(|source| self.failed(source))?;
+        for buffer in buffers {
+            if self.outbound.send(buffer).await.is_err() {
+                let source = self.pending.failure().unwrap_or(ConnectionError::Closed);
+                return Err(self.failed(source));
+            }
+        }
+        Ok(SentBatch {
+            registration,
+            spin: self.spin,
+            _reservation: reservation,
+        })
+    }
+
+    pub(crate) fn failed(&self, source: ConnectionError) -> Error {
         Error::Connection {
             address: self.address.clone(),
             source,
         }
+    }
+}
+
+fn batch_permits(count: usize) -> u32 {
+    assert!(
+        count <= IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX,
+        "a batch is cut to the in-flight limit by its caller"
+    );
+    count as u32
+}
+
+/// In-flight places a batch holds on one connection, from before it is sent until its
+/// answers are in (or it is dropped).
+pub struct Reservation {
+    connection: Arc<Connection>,
+    count: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.connection.in_flight.add_permits(self.count);
+    }
+}
+
+/// A batch whose frames are queued for writing; its answers are awaited with
+/// [`SentBatch::replies`].
+pub struct SentBatch {
+    registration: BatchRegistration,
+    spin: Duration,
+    _reservation: Reservation,
+}
+
+impl SentBatch {
+    /// Waits until every request of the batch is answered or failed.
+    pub async fn complete(&mut self) {
+        self.registration.complete(self.spin).await;
+    }
+
+    /// The replies in so far, in the order of the batch's requests (all of them after
+    /// [`SentBatch::complete`]); `None` for a request still unanswered.
+    pub fn answered(&mut self) -> Vec<Option<Reply>> {
+        self.registration.answered()
     }
 }
 

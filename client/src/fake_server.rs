@@ -9,6 +9,11 @@
 //! - `close-once*`: the first request closes the connection unanswered; later ones succeed.
 //! - `wrongtype*`: answered with a `WrongType` error.
 //! - `busy-once*`: the first request gets `Busy`, later ones succeed.
+//! - `lost-reply-once*`: the first request is applied, then the connection closes
+//!   before its answer goes out; later ones succeed.
+//!
+//! Like the real server, the fake applies a mutation (non-zero operation id) once per
+//! client: a resent one gets the answer recorded the first time.
 //!
 //! Commands the fake does not model (the coordination objects) are answered from
 //! [`Shared::answers`], a scripted response per key, so tests check how the client
@@ -51,6 +56,8 @@ pub struct Shared {
     /// The answer to any command on the key (checked before the modelled commands).
     pub answers: HashMap<Vec<u8>, Response>,
     counters: HashMap<Vec<u8>, i64>,
+    /// Answers of applied mutations by (client id, operation id), for resends.
+    applied: HashMap<(u64, u64), Response>,
     once_fired: Vec<Vec<u8>>,
     held: Vec<(mpsc::Sender<Vec<u8>>, Vec<u8>)>,
 }
@@ -219,27 +226,30 @@ async fn serve(stream: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>, shard_
                 (Some(index), Some(key), Some(map)) => map.owner_table()[hasher.slot(key) as usize] == index,
                 _ => true,
             };
-            let mut first_time = || {
-                let fresh = !state.once_fired.contains(&key);
-                if fresh {
-                    state.once_fired.push(key.clone());
-                }
-                fresh
-            };
             let response = if !owned {
                 Some(error(ErrorCode::WrongShard))
             } else if key.starts_with(b"silent") {
                 None
-            } else if key.starts_with(b"close-once") && first_time() {
+            } else if key.starts_with(b"close-once") && first_time(&mut state, &key) {
                 return;
-            } else if key.starts_with(b"busy-once") && first_time() {
+            } else if key.starts_with(b"busy-once") && first_time(&mut state, &key) {
                 Some(error(ErrorCode::Busy))
             } else if key.starts_with(b"wrongtype") {
                 Some(error(ErrorCode::WrongType))
             } else if let Some(answer) = state.answers.get(&key) {
                 Some(answer.clone())
+            } else if let Some(recorded) = state.applied.get(&(hello.client_id, request.op_id)) {
+                Some(recorded.clone())
             } else {
-                Some(apply(&mut state, request.command))
+                let op_id = request.op_id;
+                let response = apply(&mut state, request.command);
+                if op_id != 0 {
+                    state.applied.insert((hello.client_id, op_id), response.clone());
+                }
+                if key.starts_with(b"lost-reply-once") && first_time(&mut state, &key) {
+                    return;
+                }
+                Some(response)
             };
             match response {
                 Some(response) if key.starts_with(b"hold") => {
@@ -257,6 +267,15 @@ async fn serve(stream: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>, shard_
             }
         }
     }
+}
+
+/// True the first time a `*-once` key is seen.
+fn first_time(state: &mut Shared, key: &[u8]) -> bool {
+    let fresh = !state.once_fired.iter().any(|fired| fired == key);
+    if fresh {
+        state.once_fired.push(key.to_vec());
+    }
+    fresh
 }
 
 fn apply(state: &mut Shared, command: Command) -> Response {

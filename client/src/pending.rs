@@ -1,13 +1,13 @@
 //! The table of calls waiting for a response on one connection, keyed by request id.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use engram_proto::Response;
-use tokio::sync::oneshot;
 use tokio::sync::oneshot::error::TryRecvError;
+use tokio::sync::{oneshot, Notify};
 
 use crate::error::ConnectionError;
 
@@ -26,9 +26,103 @@ pub struct PendingTable {
 #[derive(Default)]
 struct State {
     /// Keyed by request ids the client itself picks, so a fast hash is safe here.
-    waiting: HashMap<u64, oneshot::Sender<Reply>, foldhash::fast::RandomState>,
+    waiting: HashMap<u64, Waiter, foldhash::fast::RandomState>,
     /// Set once the connection failed; later registrations fail with it at once.
     failure: Option<ConnectionError>,
+}
+
+/// Who waits for one request id: a single call, or one entry of a batch.
+enum Waiter {
+    Single(oneshot::Sender<Reply>),
+    Batch { batch: Arc<BatchSlots>, index: usize },
+}
+
+impl Waiter {
+    fn deliver(self, reply: Reply) -> bool {
+        match self {
+            Waiter::Single(sender) => sender.send(reply).is_ok(),
+            Waiter::Batch { batch, index } => {
+                batch.deliver(index, reply);
+                true
+            }
+        }
+    }
+}
+
+/// The answers of one batch: filled by the reader (or `fail_all`), one wake-up for the
+/// batch's caller once the last one lands, instead of a oneshot per request.
+struct BatchSlots {
+    replies: Mutex<Vec<Option<Reply>>>,
+    remaining: AtomicUsize,
+    done: Notify,
+}
+
+impl BatchSlots {
+    fn deliver(&self, index: usize, reply: Reply) {
+        // Each index is delivered at most once: its table entry is removed first.
+        self.replies.lock().unwrap_or_else(|poisoned| poisoned.into_inner())[index] = Some(reply);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Stores a permit if the caller is not parked yet, so the wake-up is not lost.
+            self.done.notify_one();
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) == 0
+    }
+}
+
+/// A caller's claim on a run of consecutive request ids sent as one batch; dropping it
+/// forgets the entries still unanswered, like [`Registration`].
+pub struct BatchRegistration {
+    table: Arc<PendingTable>,
+    first_request_id: u64,
+    slots: Arc<BatchSlots>,
+}
+
+impl BatchRegistration {
+    /// Waits until every request of the batch is answered (or failed), first polling
+    /// for up to `spin` before parking. Cancel-safe.
+    pub async fn complete(&mut self, spin: Duration) {
+        if !spin.is_zero() {
+            let started = Instant::now();
+            while !self.slots.is_complete() && started.elapsed() < spin {
+                tokio::task::yield_now().await;
+            }
+        }
+        while !self.slots.is_complete() {
+            self.slots.done.notified().await;
+        }
+    }
+
+    /// Takes the replies delivered so far, in the order of the request ids; `None` for
+    /// one not answered yet (dropping the registration then forgets it).
+    pub fn answered(&mut self) -> Vec<Option<Reply>> {
+        let mut replies = self
+            .slots
+            .replies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = replies.len();
+        std::mem::replace(&mut *replies, (0..count).map(|_| None).collect())
+    }
+}
+
+impl Drop for BatchRegistration {
+    fn drop(&mut self) {
+        if !self.slots.is_complete() {
+            let count = self
+                .slots
+                .replies
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .len() as u64;
+            let mut state = self.table.lock();
+            for request_id in self.first_request_id..self.first_request_id + count {
+                state.waiting.remove(&request_id);
+            }
+        }
+    }
 }
 
 /// A caller's claim on one request id; dropping it forgets the entry, so an answer that
@@ -96,7 +190,7 @@ impl PendingTable {
         if let Some(failure) = &state.failure {
             return Err(failure.clone());
         }
-        state.waiting.insert(request_id, sender);
+        state.waiting.insert(request_id, Waiter::Single(sender));
         Ok(Registration {
             table: Arc::clone(self),
             request_id,
@@ -105,11 +199,42 @@ impl PendingTable {
         })
     }
 
+    /// Registers `count` consecutive request ids from `first_request_id` under one lock,
+    /// answered together through one [`BatchRegistration`].
+    pub fn register_batch(
+        self: &Arc<Self>,
+        first_request_id: u64,
+        count: usize,
+    ) -> Result<BatchRegistration, ConnectionError> {
+        let slots = Arc::new(BatchSlots {
+            replies: Mutex::new((0..count).map(|_| None).collect()),
+            remaining: AtomicUsize::new(count),
+            done: Notify::new(),
+        });
+        let mut state = self.lock();
+        if let Some(failure) = &state.failure {
+            return Err(failure.clone());
+        }
+        state.waiting.reserve(count);
+        for index in 0..count {
+            let batch = Arc::clone(&slots);
+            state
+                .waiting
+                .insert(first_request_id + index as u64, Waiter::Batch { batch, index });
+        }
+        drop(state);
+        Ok(BatchRegistration {
+            table: Arc::clone(self),
+            first_request_id,
+            slots,
+        })
+    }
+
     /// Delivers a response; returns whether a caller was still waiting for it.
     pub fn answer(&self, request_id: u64, response: Response) -> bool {
-        let sender = self.lock().waiting.remove(&request_id);
-        match sender {
-            Some(sender) => sender.send(Ok(response)).is_ok(),
+        let waiter = self.lock().waiting.remove(&request_id);
+        match waiter {
+            Some(waiter) => waiter.deliver(Ok(response)),
             None => false,
         }
     }
@@ -122,8 +247,8 @@ impl PendingTable {
             self.failed.store(true, Ordering::Release);
             std::mem::take(&mut state.waiting)
         };
-        for sender in waiting.into_values() {
-            let _ = sender.send(Err(failure.clone()));
+        for waiter in waiting.into_values() {
+            let _ = waiter.deliver(Err(failure.clone()));
         }
     }
 
@@ -201,5 +326,43 @@ mod tests {
             Ok(Response::Missing)
         ));
         assert!(answerer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_batch_gets_its_answers_in_order_and_a_dropped_batch_leaves_nothing() {
+        let table = Arc::new(PendingTable::default());
+        let mut batch = table.register_batch(10, 3).unwrap();
+        assert_eq!(table.waiting(), 3);
+        assert!(table.answer(12, Response::Missing));
+        assert!(table.answer(10, Response::Pong));
+        assert!(table.answer(11, Response::Deleted { existed: true }));
+        batch.complete(Duration::ZERO).await;
+        assert!(matches!(
+            batch.answered().as_slice(),
+            [
+                Some(Ok(Response::Pong)),
+                Some(Ok(Response::Deleted { existed: true })),
+                Some(Ok(Response::Missing))
+            ]
+        ));
+        assert_eq!(table.waiting(), 0);
+        let mut dropped = table.register_batch(20, 2).unwrap();
+        assert!(table.answer(21, Response::Pong));
+        assert!(matches!(
+            dropped.answered().as_slice(),
+            [None, Some(Ok(Response::Pong))]
+        ));
+        drop(dropped);
+        assert_eq!(table.waiting(), 0);
+        assert!(!table.answer(20, Response::Pong), "a batch that left gets nothing");
+        let mut failing = table.register_batch(30, 2).unwrap();
+        assert!(table.answer(30, Response::Pong));
+        table.fail_all(ConnectionError::Closed);
+        failing.complete(Duration::from_micros(10)).await;
+        assert!(matches!(
+            failing.answered().as_slice(),
+            [Some(Ok(Response::Pong)), Some(Err(ConnectionError::Closed))]
+        ));
+        assert!(matches!(table.register_batch(40, 1), Err(ConnectionError::Closed)));
     }
 }

@@ -1,5 +1,6 @@
 //! The Engram driver: one `engram-client` `Client` per connection (direct routing, so one
-//! multiplexed connection per shard), and one load task per request in flight.
+//! multiplexed connection per shard). A key-value task keeps a pipeline of requests in
+//! flight as batches; the lock and barrier workloads run one task per request in flight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +20,67 @@ pub async fn connect(address: &str, spin: Duration) -> Result<Client, BenchError
     Ok(Client::builder(address).direct(true).spin(spin).connect().await?)
 }
 
-/// Runs one load task: a closed (or paced) loop of single requests. A connection's
-/// pipeline depth is the number of these tasks sharing its client.
+/// Runs one load task: a closed (or paced) loop of single requests, or with a pipeline
+/// of N (`plan.pipeline`), of batches of N requests sent with [`Client::batch`] and
+/// awaited together, as the RESP driver does. The lock and barrier workloads pipeline by
+/// running several tasks on one client instead, each with one request in flight.
 pub async fn run_lane(client: Client, mut plan: LanePlan, value_bytes: usize) -> Result<LaneStats, BenchError> {
-    debug_assert_eq!(plan.pipeline, 1, "an Engram task keeps one request in flight");
     match std::mem::replace(&mut plan.coordination, Coordination::None) {
+        Coordination::None if plan.pipeline > 1 => run_batched_lane(client, plan, value_bytes).await,
         Coordination::None => run_key_value_lane(client, plan, value_bytes).await,
         Coordination::Lock { owner } => Ok(run_lock_lane(client, plan, owner).await),
         Coordination::Barrier { key, parties, stop } => Ok(run_barrier_lane(client, plan, key, parties, &stop).await),
+    }
+}
+
+/// The command for one key-value request and whether it is a mutation. The client's
+/// commands own their key and value, so each request copies them once; `key` is reused.
+fn key_value_command(operation: Operation, index: u64, key: &mut Vec<u8>, value: &[u8]) -> (Command, bool) {
+    match operation {
+        Operation::Get => {
+            write_key(key, KEY_PREFIX, index);
+            (Command::Get { key: key.clone() }, false)
+        }
+        Operation::Set => {
+            write_key(key, KEY_PREFIX, index);
+            let command = Command::Set {
+                key: key.clone(),
+                value: value.to_vec(),
+                ttl_ms: 0,
+                condition: SetCondition::Always,
+            };
+            (command, true)
+        }
+        Operation::Incr => {
+            write_key(key, COUNTER_KEY_PREFIX, index);
+            (
+                Command::CounterAdd {
+                    key: key.clone(),
+                    delta: 1,
+                },
+                true,
+            )
+        }
+        Operation::LockAcquire | Operation::LockRelease | Operation::BarrierWait => {
+            unreachable!("lock and barrier tasks run their own loops")
+        }
+    }
+}
+
+/// Records one key-value request's outcome, its latency counted from `intended`.
+fn record_key_value(
+    stats: &mut LaneStats,
+    operation: Operation,
+    result: Result<Response, engram_client::Error>,
+    intended: Instant,
+) {
+    match (operation, result) {
+        (Operation::Get, Ok(Response::Value { .. }))
+        | (Operation::Set, Ok(Response::Written { .. }))
+        | (Operation::Incr, Ok(Response::Counter { .. })) => stats.record_success(intended.elapsed(), false),
+        (Operation::Get, Ok(Response::Missing)) => stats.record_success(intended.elapsed(), true),
+        (operation, Ok(response)) => stats.record_error(|| format!("{operation:?}: unexpected {response:?}")),
+        (operation, Err(error)) => stats.record_error(|| format!("{operation:?}: {error}")),
     }
 }
 
@@ -43,50 +97,52 @@ async fn run_key_value_lane(client: Client, mut plan: LanePlan, value_bytes: usi
         let Some((operation, index)) = plan.source.next_request() else {
             break;
         };
-        // The client's commands own their key and value, so each request copies them
-        // once; everything else is reused.
-        let (command, mutation) = match operation {
-            Operation::Get => {
-                write_key(&mut key, KEY_PREFIX, index);
-                (Command::Get { key: key.clone() }, false)
-            }
-            Operation::Set => {
-                write_key(&mut key, KEY_PREFIX, index);
-                let command = Command::Set {
-                    key: key.clone(),
-                    value: value.clone(),
-                    ttl_ms: 0,
-                    condition: SetCondition::Always,
-                };
-                (command, true)
-            }
-            Operation::Incr => {
-                write_key(&mut key, COUNTER_KEY_PREFIX, index);
-                (
-                    Command::CounterAdd {
-                        key: key.clone(),
-                        delta: 1,
-                    },
-                    true,
-                )
-            }
-            Operation::LockAcquire | Operation::LockRelease | Operation::BarrierWait => {
-                unreachable!("lock and barrier tasks run their own loops")
-            }
-        };
+        let (command, mutation) = key_value_command(operation, index, &mut key, &value);
         let result = client.call(Some(&key), command, mutation).await;
         if !plan.measures(intended) {
             continue;
         }
-        match (operation, result) {
-            (Operation::Get, Ok(Response::Value { .. }))
-            | (Operation::Set, Ok(Response::Written { .. }))
-            | (Operation::Incr, Ok(Response::Counter { .. })) => stats.record_success(intended.elapsed(), false),
-            (Operation::Get, Ok(Response::Missing)) => stats.record_success(intended.elapsed(), true),
-            (operation, Ok(response)) => stats.record_error(|| format!("{operation:?}: unexpected {response:?}")),
-            (operation, Err(error)) => stats.record_error(|| format!("{operation:?}: {error}")),
-        }
+        record_key_value(&mut stats, operation, result, intended);
         plan.progress.add(1);
+    }
+    Ok(stats)
+}
+
+/// A pipeline of N in one task: each batch of up to N requests is due at one intended
+/// time (the open loop paces batches), sent as one [`Client::batch`] and awaited whole;
+/// every request's latency runs from the batch's intended send time to its completion.
+async fn run_batched_lane(client: Client, mut plan: LanePlan, value_bytes: usize) -> Result<LaneStats, BenchError> {
+    let mut stats = LaneStats::default();
+    let value = vec![b'v'; value_bytes];
+    let mut key = Vec::with_capacity(32);
+    let mut operations = Vec::with_capacity(plan.pipeline);
+    loop {
+        let now = Instant::now();
+        let size = plan.next_batch_size(now, &stats);
+        if size == 0 {
+            break;
+        }
+        let intended = plan.send_time(now).await;
+        operations.clear();
+        let mut commands = Vec::with_capacity(size);
+        while operations.len() < size {
+            let Some((operation, index)) = plan.source.next_request() else {
+                break;
+            };
+            commands.push(key_value_command(operation, index, &mut key, &value));
+            operations.push(operation);
+        }
+        if operations.is_empty() {
+            break;
+        }
+        let results = client.batch(commands).await;
+        if !plan.measures(intended) {
+            continue;
+        }
+        for (&operation, result) in operations.iter().zip(results) {
+            record_key_value(&mut stats, operation, result, intended);
+        }
+        plan.progress.add(operations.len() as u64);
     }
     Ok(stats)
 }

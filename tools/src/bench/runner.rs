@@ -1,5 +1,6 @@
 //! Runs a benchmark: validates the flags, opens the connections, prefills, runs the
-//! measured phase with one task per request in flight, and merges what the tasks saw.
+//! measured phase with one task per connection (or per request in flight, for Engram's
+//! lock and barrier workloads), and merges what the tasks saw.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -20,8 +21,8 @@ use crate::bench::redis_driver::RedisConnection;
 use crate::bench::stats::{LaneStats, Percentiles, Summary};
 use crate::bench::workload::{BarrierStop, Coordination, RequestSource, Workload};
 
-/// Most load tasks of one run. An Engram connection runs one task per request in
-/// flight, so this bounds connections x pipeline.
+/// Most load tasks of one run. An Engram connection running the lock or barrier workload
+/// runs one task per request in flight, so this bounds connections x pipeline.
 pub const LANES_MAX: usize = 65_536;
 
 /// Flags checked and resolved into what the run needs.
@@ -131,12 +132,13 @@ impl Settings {
         self.load.connections * self.tasks_per_connection()
     }
 
-    /// Engram pipelines by running concurrent calls on one client; Redis and echo
-    /// pipeline inside one task.
+    /// Every driver pipelines key-value requests inside one task (Engram with its
+    /// client's batches); the lock and barrier workloads pipeline by running concurrent
+    /// calls on one client, one task per request in flight.
     fn tasks_per_connection(&self) -> usize {
         match self.target {
-            Target::Engram { .. } => self.load.pipeline,
-            Target::Redis { .. } | Target::TcpEcho { .. } => 1,
+            Target::Engram { .. } if self.load.workload.is_engram_only() => self.load.pipeline,
+            Target::Engram { .. } | Target::Redis { .. } | Target::TcpEcho { .. } => 1,
         }
     }
 
@@ -335,9 +337,11 @@ async fn run_phase(
             Some(Connection::Engram(client)) => {
                 // Every task of this connection shares its client: put it back at once.
                 connections[connection_index] = Some(Connection::Engram(client.clone()));
-                // Engram tasks pipeline by concurrency, each with one request in flight;
-                // a prefill batch size means nothing to them.
-                plan.pipeline = 1;
+                // Lock and barrier tasks pipeline by concurrency, each with one request
+                // in flight; key-value tasks send batches of `plan.pipeline`.
+                if !matches!(plan.coordination, Coordination::None) {
+                    plan.pipeline = 1;
+                }
                 tasks.spawn(async move {
                     let stats = engram_driver::run_lane(client, plan, value_bytes).await?;
                     Ok::<_, BenchError>((connection_index, None, stats, Instant::now()))
