@@ -78,6 +78,8 @@ pub enum MembershipError {
     LastNode(u64),
     #[error("the persisted state is unreadable: {0}")]
     Corrupt(String),
+    #[error("the state cannot be encoded: {0}")]
+    Encode(String),
 }
 
 /// Cloned to prepare a change: the clone is changed and persisted, and only then
@@ -138,14 +140,15 @@ impl Membership {
         Ok(membership)
     }
 
-    /// The bytes to persist: a crc32 of the body, then the rkyv body.
-    pub fn encode(&self) -> Vec<u8> {
+    /// The bytes to persist: a crc32 of the body, then the rkyv body. An encoding
+    /// failure is an error, never an empty body: that would persist a state that no
+    /// longer decodes.
+    pub fn encode(&self) -> Result<Vec<u8>, MembershipError> {
         let body = rkyv::to_bytes::<rkyv::rancor::Error>(&self.state)
-            .map(|bytes| bytes.to_vec())
-            .unwrap_or_default();
+            .map_err(|error| MembershipError::Encode(error.to_string()))?;
         let mut bytes = crc32fast::hash(&body).to_le_bytes().to_vec();
         bytes.extend_from_slice(&body);
-        bytes
+        Ok(bytes)
     }
 
     pub fn map(&self) -> &SlotMap {
@@ -555,7 +558,7 @@ mod tests {
                 shard_id: 0,
             },
         );
-        let bytes = membership.encode();
+        let bytes = membership.encode().unwrap();
         let restored = Membership::decode(&bytes).unwrap();
         assert_eq!(restored.map(), membership.map());
         assert_eq!(restored.owners(), membership.owners());

@@ -177,7 +177,8 @@ impl Controller {
     /// Writes the state file atomically (temporary file, fsync, rename, fsync of the
     /// directory), so a crash leaves the old state or the new one, never a torn one.
     fn persist(&self, membership: &Membership) -> std::io::Result<()> {
-        persist_to(&self.settings.data_dir, &membership.encode())
+        let bytes = membership.encode().map_err(std::io::Error::other)?;
+        persist_to(&self.settings.data_dir, &bytes)
     }
 
     /// Applies `change` to a copy of the membership, persists the copy, and only then
@@ -270,7 +271,10 @@ impl Controller {
         let moves = {
             let mut inner = self.lock();
             if inner.plan_running {
-                return error_response(ErrorCode::Busy, "a rebalance is already running; wait for it to finish");
+                return error_response(
+                    ErrorCode::Busy,
+                    "a rebalance (or the start-up reconcile) is running; retry when it has finished",
+                );
             }
             if let Some(node_id) = drain {
                 if let Err(error) = self.change(&mut inner, |membership| membership.drain(node_id)) {
