@@ -5,7 +5,21 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::limits::{RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS_MIN};
+use engram_proto::ErrorCode;
+
+use crate::error::Error;
+use crate::limits::{RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS_MIN, RETRY_TRY_AGAIN_MS_MAX};
+
+/// The delay before retrying after `error` on retry number `attempt`: [`retry_delay`],
+/// except that after `TryAgain` (a slot frozen for a hand-over of milliseconds, not an
+/// overloaded server) it never exceeds `RETRY_TRY_AGAIN_MS_MAX`.
+pub fn retry_delay_after(error: &Error, attempt: u32) -> Duration {
+    let delay = retry_delay(attempt);
+    if error.is_server(ErrorCode::TryAgain) {
+        return delay.min(Duration::from_millis(RETRY_TRY_AGAIN_MS_MAX));
+    }
+    delay
+}
 
 /// The delay before retry number `attempt` (0 for the first retry): a ceiling that doubles
 /// from `RETRY_BACKOFF_MS_MIN` up to `RETRY_BACKOFF_MS_MAX`, and a uniform pick in its upper
@@ -25,6 +39,30 @@ fn ceiling(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server_error(code: ErrorCode) -> Error {
+        Error::from_reply(engram_proto::ErrorReply {
+            code: code.as_u16(),
+            message: String::new(),
+            map_epoch: 0,
+        })
+    }
+
+    #[test]
+    fn retries_after_try_again_stay_short_and_others_grow() {
+        let try_again = server_error(ErrorCode::TryAgain);
+        let busy = server_error(ErrorCode::Busy);
+        for attempt in [0, 3, 8, 20, u32::MAX] {
+            let delay = retry_delay_after(&try_again, attempt);
+            assert!(
+                delay <= Duration::from_millis(RETRY_TRY_AGAIN_MS_MAX),
+                "{attempt}: {delay:?}"
+            );
+        }
+        // Past the cap, an overloaded server is backed off from much longer.
+        let delay = retry_delay_after(&busy, 20);
+        assert!(delay >= Duration::from_millis(RETRY_BACKOFF_MS_MAX) / 2, "{delay:?}");
+    }
 
     #[test]
     fn delays_stay_within_bounds_for_any_attempt() {

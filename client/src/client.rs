@@ -4,11 +4,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX};
-use engram_proto::{Command, ErrorCode, NodeInfo, Request, Response, SlotHasher, SlotMap};
+use engram_proto::{Command, NodeInfo, Request, Response, SlotHasher, SlotMap};
 use tokio::runtime::Handle;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
-use crate::backoff::retry_delay;
+use crate::backoff::retry_delay_after;
 use crate::barrier::Barrier;
 use crate::builder::{cap_timeout, ClientBuilder, Config};
 use crate::bytes::Bytes;
@@ -17,7 +17,6 @@ use crate::counter::Counter;
 use crate::error::{ConnectionError, Error};
 use crate::future::RemoteFuture;
 use crate::latch::Latch;
-use crate::limits::RETRY_TRY_AGAIN_MS_MAX;
 use crate::lock::Lock;
 use crate::map::Map;
 use crate::operations::{Operation, OperationIds};
@@ -262,11 +261,7 @@ impl Client {
         // costs a round trip, so the first retry after one goes out at once.
         let immediate = attempt == 0 && self.should_refresh(error);
         if !immediate {
-            let mut delay = retry_delay(attempt);
-            if error.is_server(ErrorCode::TryAgain) {
-                delay = delay.min(Duration::from_millis(RETRY_TRY_AGAIN_MS_MAX));
-            }
-            sleep_until(deadline.min(Instant::now() + delay)).await;
+            sleep_until(deadline.min(Instant::now() + retry_delay_after(error, attempt))).await;
         }
     }
 

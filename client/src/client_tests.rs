@@ -472,7 +472,6 @@ async fn a_batched_mutation_whose_answer_was_lost_with_the_connection_is_applied
 async fn an_unanswered_batch_times_out_as_a_whole_and_frees_its_places() {
     let fake = FakeServer::front().await;
     let client = front_client(&fake).await;
-    let started = std::time::Instant::now();
     let results = client
         .batch_with(
             vec![get("silent-1"), set("x", "1"), get("silent-2")],
@@ -482,7 +481,6 @@ async fn an_unanswered_batch_times_out_as_a_whole_and_frees_its_places() {
     assert!(matches!(results[0], Err(Error::Timeout { .. })), "{:?}", results[0]);
     assert!(matches!(results[1], Ok(Response::Written { .. })), "{:?}", results[1]);
     assert!(matches!(results[2], Err(Error::Timeout { .. })), "{:?}", results[2]);
-    assert!(started.elapsed() < Duration::from_secs(2));
     // Every in-flight place came back: a full-size batch still goes out.
     let keys: Vec<_> = (0..IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX)
         .map(|index| format!("k{index}"))
