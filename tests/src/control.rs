@@ -12,6 +12,9 @@ use engram_proto::{ClusterStatus, Response};
 use crate::binaries;
 use crate::server::{capture, poll_exit, run_bounded, scrub_environment, signal, text_of, READY_TIMEOUT, STOP_GRACE};
 
+/// Longest a `engram cluster` command may run (a rebalance waits for its moves).
+const CLI_TIMEOUT: Duration = Duration::from_secs(300);
+
 pub struct ControlPlane {
     child: Option<Child>,
     /// Flags beyond --listen and --data, kept for restarts.
@@ -103,17 +106,26 @@ impl ControlPlane {
         text_of(&self.stderr)
     }
 
-    /// Runs `engram cluster <arguments> --control <address>`.
-    pub fn cli(&self, arguments: &[&str]) -> Output {
-        let mut command = Command::new(binaries::engram_cli());
-        scrub_environment(&mut command);
-        command
-            .arg("cluster")
-            .args(arguments)
-            .args(["--control", &self.address])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        run_bounded(command, Duration::from_secs(300))
+    /// Runs `engram cluster <arguments> --control <address>` off the async threads (it
+    /// blocks while a rebalance runs), output captured. The future owns what it needs, so
+    /// it can be spawned and awaited while the test does something else.
+    pub fn cli(&self, arguments: &[&str]) -> impl std::future::Future<Output = Output> + Send + 'static {
+        let address = self.address.clone();
+        let arguments: Vec<String> = arguments.iter().map(|argument| argument.to_string()).collect();
+        async move {
+            let run = tokio::task::spawn_blocking(move || {
+                let mut command = Command::new(binaries::engram_cli());
+                scrub_environment(&mut command);
+                command
+                    .arg("cluster")
+                    .args(&arguments)
+                    .args(["--control", &address])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                run_bounded(command, CLI_TIMEOUT)
+            });
+            run.await.expect("the CLI task does not panic")
+        }
     }
 
     /// The cluster as the control plane reports it.

@@ -61,20 +61,7 @@ async fn wait_for_members(control: &ControlPlane, alive: usize) {
 
 /// Runs `engram cluster <arguments>` off the async threads and insists it succeeds.
 async fn cluster_cli(control: &ControlPlane, arguments: &[&str]) -> String {
-    let arguments: Vec<String> = arguments.iter().map(|argument| argument.to_string()).collect();
-    let address = control.address().to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        let mut command = std::process::Command::new(engram_tests::binaries::engram_cli());
-        command
-            .arg("cluster")
-            .args(&arguments)
-            .args(["--control", &address])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        engram_tests::server::run_bounded(command, Duration::from_secs(300))
-    })
-    .await
-    .expect("cli task");
+    let output = control.cli(arguments).await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -82,6 +69,23 @@ async fn cluster_cli(control: &ControlPlane, arguments: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
+}
+
+/// Waits until `node` holds at least one key (a migration's first batch has landed).
+async fn wait_for_first_batch(node: &EngramServer) {
+    let mut polls = 0;
+    while keys_held(node).await == 0 {
+        polls += 1;
+        assert!(polls < 20_000, "the target never received a batch");
+    }
+}
+
+/// How many of `keys` the map gives to `node_id`.
+fn keys_owned_by<'k>(map: &engram_proto::SlotMap, keys: impl Iterator<Item = &'k String>, node_id: u64) -> u64 {
+    let hasher = engram_proto::SlotHasher::new(b"default");
+    let owners = map.owner_table();
+    keys.filter(|key| map.shards[owners[hasher.slot(key.as_bytes()) as usize] as usize].node_id == node_id)
+        .count() as u64
 }
 
 /// Names of the single-key objects the load shares: chosen on one node, so that
@@ -458,23 +462,11 @@ fn a_migration_whose_target_dies_midway_is_aborted_and_loses_nothing() {
         wait_for_members(&control, 2).await;
         let epoch_before = control.status().await.map.epoch;
 
-        let address = control.address().to_string();
-        let rebalance = tokio::task::spawn_blocking(move || {
-            let mut command = std::process::Command::new(engram_tests::binaries::engram_cli());
-            command
-                .args(["cluster", "rebalance", "--control", &address])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            engram_tests::server::run_bounded(command, Duration::from_secs(120))
-        });
+        let rebalance = tokio::spawn(control.cli(&["rebalance"]));
         // Stop the target once it holds part of the first step: a stopped process still
         // completes TCP handshakes (the kernel does) but answers nothing, so the source
         // waits for its next batch to be accepted, gives up, and the step is aborted.
-        let mut polls = 0;
-        while keys_held(&target).await == 0 {
-            polls += 1;
-            assert!(polls < 20_000, "the target never received a batch");
-        }
+        wait_for_first_batch(&target).await;
         engram_tests::server::stop_process(target.pid());
         let output = rebalance.await.expect("cli task");
         assert!(
@@ -533,14 +525,8 @@ fn a_migration_whose_target_dies_midway_is_aborted_and_loses_nothing() {
         // Each node holds exactly the keys of the slots it owns: the source dropped what
         // it gave away, and nothing is left over anywhere.
         let map = control.status().await.map;
-        let hasher = engram_proto::SlotHasher::new(b"default");
-        let owners = map.owner_table();
         let live_keys = keys.iter().skip(BULKY_KEYS / 2).chain(counters.keys());
-        let on_replacement = live_keys
-            .filter(|key| {
-                map.shards[owners[hasher.slot(key.as_bytes()) as usize] as usize].node_id == replacement.node_id()
-            })
-            .count() as u64;
+        let on_replacement = keys_owned_by(&map, live_keys, replacement.node_id());
         assert!(on_replacement > 0, "the rebalance moved none of the test's keys");
         assert_eq!(keys_held(&replacement).await, on_replacement);
         assert_eq!(
@@ -656,22 +642,10 @@ fn a_control_plane_killed_mid_migration_restarts_into_a_consistent_cluster() {
         }
         let target = start_node(&control);
         wait_for_members(&control, 2).await;
-        let address = control.address().to_string();
-        let rebalance = tokio::task::spawn_blocking(move || {
-            let mut command = std::process::Command::new(engram_tests::binaries::engram_cli());
-            command
-                .args(["cluster", "rebalance", "--control", &address])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            engram_tests::server::run_bounded(command, Duration::from_secs(120))
-        });
+        let rebalance = tokio::spawn(control.cli(&["rebalance"]));
         // The coordinator dies while the first step's batches travel: the source holds
         // the slots frozen, the target holds part of a copy, and no decision was sent.
-        let mut polls = 0;
-        while keys_held(&target).await == 0 {
-            polls += 1;
-            assert!(polls < 20_000, "the target never received a batch");
-        }
+        wait_for_first_batch(&target).await;
         control.kill();
         let _ = rebalance.await;
         control.restart();
@@ -691,14 +665,7 @@ fn a_control_plane_killed_mid_migration_restarts_into_a_consistent_cluster() {
         cluster_cli(&control, &["rebalance"]).await;
         let status = control.status().await;
         assert!(status.migrations.is_empty());
-        let map = status.map;
-        let hasher = engram_proto::SlotHasher::new(b"default");
-        let owners = map.owner_table();
-        let on_target = keys
-            .iter()
-            .skip(BULKY_KEYS / 2)
-            .filter(|key| map.shards[owners[hasher.slot(key.as_bytes()) as usize] as usize].node_id == target.node_id())
-            .count() as u64;
+        let on_target = keys_owned_by(&status.map, keys.iter().skip(BULKY_KEYS / 2), target.node_id());
         // Exactly the live keys of the slots each node owns: no copy left behind.
         assert_eq!(keys_held(&target).await, on_target);
         assert_eq!(keys_held(&source).await, (BULKY_KEYS / 2) as u64 - on_target);
