@@ -3,19 +3,20 @@
 use engram_proto::limits::VALUE_BYTES_MAX;
 use engram_proto::{Response, SetCondition};
 
-use super::{value_too_large, wrong_type, Object, Store};
+use super::{entry_bytes, expiry_bytes, value_too_large, wrong_type, CompactEntry, Contents, KeyEntry, Store};
 
 impl Store {
     pub(crate) fn bytes_get(&mut self, key: &[u8], now_ms: u64) -> Response {
         match self.live_entry(key, now_ms) {
             None => Response::Missing,
-            Some(entry) => match &entry.object {
-                Object::Bytes(value) => Response::Value {
-                    value: value.clone(),
-                    version: entry.version,
+            Some(KeyEntry::Compact(compact)) => match compact.contents() {
+                Contents::Bytes(value) => Response::Value {
+                    value: value.to_vec(),
+                    version: compact.version(),
                 },
-                _ => wrong_type(key, "bytes value"),
+                Contents::Counter(_) => wrong_type(key, "bytes value"),
             },
+            Some(KeyEntry::Object(_)) => wrong_type(key, "bytes value"),
         }
     }
 
@@ -27,12 +28,17 @@ impl Store {
         condition: SetCondition,
         now_ms: u64,
     ) -> Response {
-        let current_version = match self.live_entry(key, now_ms) {
+        let position = self.live_position(key, now_ms);
+        // (version, memory charged) of the current value.
+        let current = match position.and_then(|position| self.entries.at(position)) {
             None => None,
-            Some(entry) if matches!(entry.object, Object::Bytes(_)) => Some(entry.version),
+            Some(entry @ KeyEntry::Compact(compact)) if matches!(compact.contents(), Contents::Bytes(_)) => {
+                Some((compact.version(), entry.charged_bytes()))
+            }
             // Coordination objects are never clobbered by a plain write.
             Some(_) => return wrong_type(key, "bytes value"),
         };
+        let current_version = current.map(|(version, _)| version);
         let condition_holds = match condition {
             SetCondition::Always => true,
             SetCondition::IfAbsent => current_version.is_none(),
@@ -43,24 +49,46 @@ impl Store {
                 current_version: current_version.unwrap_or(0),
             };
         }
-        let (old_bytes, new_bytes) = self.charge(key, value.len() as u64, ttl_ms != 0);
+        let old_bytes = current.map_or(0, |(_, charged)| charged);
+        let new_bytes = entry_bytes(key, value.len() as u64) + if ttl_ms != 0 { expiry_bytes(key) } else { 0 };
         if let Err(refusal) = self.admit_growth(old_bytes, new_bytes) {
             return refusal;
         }
         let expires_at_ms = if ttl_ms == 0 { 0 } else { now_ms.saturating_add(ttl_ms) };
-        let version = self.put(key, Object::Bytes(value.to_vec()), expires_at_ms);
+        let version = self.next_version();
+        let old_deadline = match position {
+            Some(position) => {
+                let Some(KeyEntry::Compact(compact)) = self.entries.at_mut(position) else {
+                    unreachable!("live_position just found a bytes value there");
+                };
+                let old_deadline = compact.expires_at_ms();
+                self.data_bytes -= compact.payload_bytes();
+                compact.replace_value(value, version, expires_at_ms);
+                self.data_bytes += value.len() as u64;
+                old_deadline
+            }
+            None => {
+                let entry = CompactEntry::bytes(key, value, version, expires_at_ms);
+                self.entries.insert_new(KeyEntry::Compact(entry));
+                self.data_bytes += entry_bytes(key, value.len() as u64);
+                0
+            }
+        };
+        self.move_deadline(key, old_deadline, expires_at_ms);
         Response::Written { version }
     }
 
     pub(crate) fn bytes_append(&mut self, key: &[u8], suffix: &[u8], now_ms: u64) -> Response {
-        let current = match self.live_entry(key, now_ms) {
+        let position = self.live_position(key, now_ms);
+        let current = match position.and_then(|position| self.entries.at(position)) {
             None => None,
-            Some(entry) => match &entry.object {
-                Object::Bytes(value) => Some((value.len(), value.capacity())),
-                _ => return wrong_type(key, "bytes value"),
+            Some(KeyEntry::Compact(compact)) => match compact.contents() {
+                Contents::Bytes(value) => Some((value.len(), compact.capacity())),
+                Contents::Counter(_) => return wrong_type(key, "bytes value"),
             },
+            Some(KeyEntry::Object(_)) => return wrong_type(key, "bytes value"),
         };
-        let Some((current_length, current_capacity)) = current else {
+        let (Some(position), Some((current_length, current_capacity))) = (position, current) else {
             // Appending to nothing creates the value, as in Redis.
             return self.bytes_set(key, suffix, 0, SetCondition::IfAbsent, now_ms);
         };
@@ -85,18 +113,12 @@ impl Store {
             }
         };
         let version = self.next_version();
-        let Some(entry) = self.entries.get_mut(key) else {
-            unreachable!("live_entry just found the key");
+        let Some(KeyEntry::Compact(compact)) = self.entries.at_mut(position) else {
+            unreachable!("live_position just found a bytes value there");
         };
-        let Object::Bytes(value) = &mut entry.object else {
-            unreachable!("type checked above")
-        };
-        value.reserve_exact(new_capacity - value.len());
-        value.extend_from_slice(suffix);
-        let old_capacity = current_capacity as u64;
-        let charged_capacity = value.capacity() as u64;
-        entry.version = version;
-        self.data_bytes = self.data_bytes - old_capacity + charged_capacity;
+        compact.append(suffix, new_capacity, version);
+        let charged_capacity = compact.capacity() as u64;
+        self.data_bytes = self.data_bytes - current_capacity as u64 + charged_capacity;
         Response::Appended {
             version,
             length: new_length as u64,

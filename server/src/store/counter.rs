@@ -2,85 +2,97 @@
 
 use engram_proto::{ErrorCode, Response};
 
-use super::{error, wrong_type, Object, Store};
+use super::{entry_bytes, error, wrong_type, CompactEntry, Contents, KeyEntry, Position, Store};
 
 impl Store {
-    /// The counter's value, 0 for a missing key, or the WrongType refusal.
-    fn counter_value(&mut self, key: &[u8], now_ms: u64) -> Result<Option<i64>, Response> {
-        match self.live_entry(key, now_ms) {
-            None => Ok(None),
-            Some(entry) => match entry.object {
-                Object::Counter(value) => Ok(Some(value)),
-                _ => Err(wrong_type(key, "counter")),
+    /// The live counter at `key` (where it sits and its value), `None` for a missing key,
+    /// or the WrongType refusal.
+    fn counter_value(&mut self, key: &[u8], now_ms: u64) -> Result<Option<(Position, i64)>, Response> {
+        let Some(position) = self.live_position(key, now_ms) else {
+            return Ok(None);
+        };
+        match self.entries.at(position) {
+            Some(KeyEntry::Compact(compact)) => match compact.contents() {
+                Contents::Counter(value) => Ok(Some((position, value))),
+                Contents::Bytes(_) => Err(wrong_type(key, "counter")),
             },
+            _ => Err(wrong_type(key, "counter")),
         }
     }
 
-    /// Stores `value` into an existing counter in place, or creates it.
-    fn counter_store(&mut self, key: &[u8], exists: bool, value: i64) -> Result<(), Response> {
-        if exists {
+    /// Stores `value` into the existing counter at `position` in place, or creates it.
+    fn counter_store(&mut self, key: &[u8], position: Option<Position>, value: i64) -> Result<(), Response> {
+        if let Some(position) = position {
             let version = self.next_version();
-            if let Some(entry) = self.entries.get_mut(key) {
-                entry.object = Object::Counter(value);
-                entry.version = version;
+            if let Some(KeyEntry::Compact(compact)) = self.entries.at_mut(position) {
+                compact.set_counter_value(value, version);
             }
             return Ok(());
         }
-        let (old_bytes, new_bytes) = self.charge(key, 0, false);
-        self.admit_growth(old_bytes, new_bytes)?;
-        self.put(key, Object::Counter(value), 0);
+        let new_bytes = entry_bytes(key, 0);
+        self.admit_growth(0, new_bytes)?;
+        let version = self.next_version();
+        self.entries
+            .insert_new(KeyEntry::Compact(CompactEntry::counter(key, value, version, 0)));
+        self.data_bytes += new_bytes;
         Ok(())
     }
 
     pub(crate) fn counter_get(&mut self, key: &[u8], now_ms: u64) -> Response {
         match self.counter_value(key, now_ms) {
-            Ok(value) => Response::Counter {
-                value: value.unwrap_or(0),
+            Ok(current) => Response::Counter {
+                value: current.map_or(0, |(_, value)| value),
             },
             Err(refusal) => refusal,
         }
     }
 
     pub(crate) fn counter_add(&mut self, key: &[u8], delta: i64, now_ms: u64) -> Response {
-        let current = match self.counter_value(key, now_ms) {
-            Ok(current) => current,
+        let (position, current) = match self.counter_value(key, now_ms) {
+            Ok(current) => (
+                current.map(|(position, _)| position),
+                current.map_or(0, |(_, value)| value),
+            ),
             Err(refusal) => return refusal,
         };
-        let Some(value) = current.unwrap_or(0).checked_add(delta) else {
+        let Some(value) = current.checked_add(delta) else {
             return error(
                 ErrorCode::Overflow,
-                format!("counter {} + {delta} does not fit in i64", current.unwrap_or(0)),
+                format!("counter {current} + {delta} does not fit in i64"),
             );
         };
-        match self.counter_store(key, current.is_some(), value) {
+        match self.counter_store(key, position, value) {
             Ok(()) => Response::Counter { value },
             Err(refusal) => refusal,
         }
     }
 
     pub(crate) fn counter_set(&mut self, key: &[u8], value: i64, now_ms: u64) -> Response {
-        let current = match self.counter_value(key, now_ms) {
-            Ok(current) => current,
+        let position = match self.counter_value(key, now_ms) {
+            Ok(current) => current.map(|(position, _)| position),
             Err(refusal) => return refusal,
         };
-        match self.counter_store(key, current.is_some(), value) {
+        match self.counter_store(key, position, value) {
             Ok(()) => Response::Counter { value },
             Err(refusal) => refusal,
         }
     }
 
     pub(crate) fn counter_cas(&mut self, key: &[u8], expected: i64, new: i64, now_ms: u64) -> Response {
-        let current = match self.counter_value(key, now_ms) {
-            Ok(current) => current,
+        let (position, current) = match self.counter_value(key, now_ms) {
+            Ok(current) => (
+                current.map(|(position, _)| position),
+                current.map_or(0, |(_, value)| value),
+            ),
             Err(refusal) => return refusal,
         };
-        if current.unwrap_or(0) != expected {
+        if current != expected {
             return Response::CounterCas {
                 swapped: false,
-                current: current.unwrap_or(0),
+                current,
             };
         }
-        match self.counter_store(key, current.is_some(), new) {
+        match self.counter_store(key, position, new) {
             Ok(()) => Response::CounterCas {
                 swapped: true,
                 current: new,

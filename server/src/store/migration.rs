@@ -23,8 +23,8 @@ use engram_proto::{
 
 use super::operations::{done_record_bytes, OPERATION_RECORDS_MAX};
 use super::{
-    barrier, client_key, entry_bytes, error, expiry_bytes, future, latch, lock, map, queue, semaphore, Effects, Entry,
-    Object, Store, STORED_KEY_BYTES_MAX,
+    barrier, client_key, error, future, latch, lock, map, queue, semaphore, CompactEntry, Contents, Effects, Entry,
+    KeyEntry, Object, Store, STORED_KEY_BYTES_MAX,
 };
 
 /// The slot of a stored key (`[namespace length][namespace][client key]`), as the
@@ -106,26 +106,22 @@ impl Store {
     ///
     /// Call after [`Store::bounce_waiters`]: parked requests are not part of the copy.
     pub fn export_slots(&self, in_slot: impl Fn(u32) -> bool, now_ms: u64, batch_bytes_max: usize) -> Vec<SlotBatch> {
-        let mut live: Vec<(&[u8], &Entry)> = self
+        let mut live: Vec<&KeyEntry> = self
             .entries
             .iter()
-            .filter(|(_, entry)| entry.expires_at_ms == 0 || entry.expires_at_ms > now_ms)
-            .filter(|(key, _)| slot_of_stored_key(key).is_some_and(&in_slot))
-            .map(|(key, entry)| (&**key, entry))
+            .filter(|entry| !entry.is_expired(now_ms))
+            .filter(|entry| slot_of_stored_key(entry.key()).is_some_and(&in_slot))
             .collect();
         // Sorted so an export is reproducible whatever the hash seed.
-        live.sort_unstable_by(|left, right| left.0.cmp(right.0));
+        live.sort_unstable_by(|left, right| left.key().cmp(right.key()));
         let mut batches = Batches::new(batch_bytes_max, self.last_version);
-        for (key, entry) in live {
+        for entry in live {
+            let expires_at_ms = entry.expires_at_ms();
             batches.add_entry(MigratedEntry {
-                key: key.to_vec(),
-                version: entry.version,
-                ttl_remaining_ms: if entry.expires_at_ms == 0 {
-                    0
-                } else {
-                    entry.expires_at_ms - now_ms
-                },
-                object: export_object(&entry.object, now_ms),
+                key: entry.key().to_vec(),
+                version: entry.version(),
+                ttl_remaining_ms: if expires_at_ms == 0 { 0 } else { expires_at_ms - now_ms },
+                object: export_object(entry, now_ms),
             });
         }
         for record in self.operations.export_slots(&in_slot) {
@@ -141,9 +137,10 @@ impl Store {
         self.bounce_waiters(&in_slot, now_ms);
         let keys: Vec<Box<[u8]>> = self
             .entries
-            .keys()
+            .iter()
+            .map(KeyEntry::key)
             .filter(|key| slot_of_stored_key(key).is_some_and(&in_slot))
-            .cloned()
+            .map(Box::from)
             .collect();
         for key in keys {
             self.remove(&key, now_ms);
@@ -169,17 +166,19 @@ impl Store {
             records,
             last_version,
         } = batch;
-        let mut built: Vec<(Box<[u8]>, Entry)> = Vec::with_capacity(entries.len());
+        let mut built: Vec<KeyEntry> = Vec::with_capacity(entries.len());
         for entry in entries {
-            let (key, entry) = self.build_entry(entry, now_ms, last_version)?;
+            let entry = self.build_entry(entry, now_ms, last_version)?;
             // Idle objects are never stored (a later use re-creates them identically).
-            if !entry.object.is_idle() {
-                built.push((key, entry));
+            if !entry.is_idle() {
+                built.push(entry);
             }
         }
-        built.sort_unstable_by(|left, right| left.0.cmp(&right.0));
-        if let Some(pair) = built.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-            return Err(ImportError::DuplicateKey { key: shown(&pair[0].0) });
+        built.sort_unstable_by(|left, right| left.key().cmp(right.key()));
+        if let Some(pair) = built.windows(2).find(|pair| pair[0].key() == pair[1].key()) {
+            return Err(ImportError::DuplicateKey {
+                key: shown(pair[0].key()),
+            });
         }
         let mut seen_operations = HashSet::with_capacity(records.len());
         let mut taken = Vec::with_capacity(records.len());
@@ -208,7 +207,7 @@ impl Store {
                 held,
             });
         }
-        let entries_bytes = built.iter().map(|(key, entry)| charged_bytes(key, entry));
+        let entries_bytes = built.iter().map(KeyEntry::charged_bytes);
         let records_bytes = taken.iter().map(|record| done_record_bytes(&record.response));
         let needed_bytes = entries_bytes.chain(records_bytes).fold(0u64, u64::saturating_add);
         let used_bytes = self.memory_used_bytes();
@@ -220,16 +219,19 @@ impl Store {
             });
         }
 
-        for (key, entry) in built {
-            self.data_bytes += entry_bytes(&key, entry.object.payload_bytes());
-            self.move_deadline(&key, 0, entry.expires_at_ms);
-            let mut effects = store_effects!(self, now_ms, None);
-            match &entry.object {
-                Object::Lock(lock) => lock.set_leases(&key, &mut effects),
-                Object::Semaphore(semaphore) => semaphore.set_leases(&key, &mut effects),
-                _ => {}
+        for entry in built {
+            let key = entry.key();
+            self.data_bytes += entry.entry_bytes();
+            self.move_deadline(key, 0, entry.expires_at_ms());
+            if let KeyEntry::Object(object_entry) = &entry {
+                let mut effects = store_effects!(self, now_ms, None);
+                match &object_entry.entry.object {
+                    Object::Lock(lock) => lock.set_leases(key, &mut effects),
+                    Object::Semaphore(semaphore) => semaphore.set_leases(key, &mut effects),
+                    _ => {}
+                }
             }
-            self.entries.insert(key, entry);
+            self.entries.insert_new(entry);
         }
         for record in taken {
             self.operations.import(
@@ -245,12 +247,7 @@ impl Store {
     }
 
     /// Checks one migrated entry and rebuilds it, without touching the store.
-    fn build_entry(
-        &self,
-        migrated: MigratedEntry,
-        now_ms: u64,
-        last_version: u64,
-    ) -> Result<(Box<[u8]>, Entry), ImportError> {
+    fn build_entry(&self, migrated: MigratedEntry, now_ms: u64, last_version: u64) -> Result<KeyEntry, ImportError> {
         let MigratedEntry {
             key,
             version,
@@ -260,7 +257,7 @@ impl Store {
         if key.len() > STORED_KEY_BYTES_MAX {
             return Err(ImportError::KeyTooLarge { length: key.len() });
         }
-        if self.entries.contains_key(key.as_slice()) {
+        if self.entries.get(&key).is_some() {
             // The target owned nothing in these slots: an existing key means the slot
             // was imported twice or is owned twice, and either would lose a write.
             return Err(ImportError::DuplicateKey { key: shown(&key) });
@@ -275,35 +272,52 @@ impl Store {
             )));
         }
         check_minted("version", version, last_version).map_err(invalid)?;
-        let object = import_object(object, now_ms, last_version).map_err(invalid)?;
         let expires_at_ms = if ttl_remaining_ms == 0 {
             0
         } else {
             now_ms.saturating_add(ttl_remaining_ms)
         };
-        let entry = Entry {
-            object,
-            version,
-            expires_at_ms,
-        };
-        Ok((key.into_boxed_slice(), entry))
+        Ok(match object {
+            MigratedObject::Bytes { value } => {
+                if value.len() > VALUE_BYTES_MAX {
+                    return Err(invalid(format!(
+                        "value of {} bytes exceeds value_bytes_max ({VALUE_BYTES_MAX})",
+                        value.len()
+                    )));
+                }
+                KeyEntry::Compact(CompactEntry::bytes(&key, &value, version, expires_at_ms))
+            }
+            MigratedObject::Counter { value } => {
+                KeyEntry::Compact(CompactEntry::counter(&key, value, version, expires_at_ms))
+            }
+            object => {
+                let object = import_object(object, now_ms, last_version).map_err(invalid)?;
+                let entry = Entry {
+                    object,
+                    version,
+                    expires_at_ms,
+                };
+                KeyEntry::object(&key, entry)
+            }
+        })
     }
-}
-
-/// Memory an imported entry is charged, with its place in the expiry index.
-fn charged_bytes(key: &[u8], entry: &Entry) -> u64 {
-    let expiry = if entry.expires_at_ms == 0 { 0 } else { expiry_bytes(key) };
-    entry_bytes(key, entry.object.payload_bytes()) + expiry
 }
 
 fn shown(key: &[u8]) -> String {
     String::from_utf8_lossy(client_key(key)).into_owned()
 }
 
-fn export_object(object: &Object, now_ms: u64) -> MigratedObject {
+fn export_object(entry: &KeyEntry, now_ms: u64) -> MigratedObject {
+    let object = match entry {
+        KeyEntry::Compact(compact) => {
+            return match compact.contents() {
+                Contents::Bytes(value) => MigratedObject::Bytes { value: value.to_vec() },
+                Contents::Counter(value) => MigratedObject::Counter { value },
+            };
+        }
+        KeyEntry::Object(object_entry) => &object_entry.entry.object,
+    };
     match object {
-        Object::Bytes(value) => MigratedObject::Bytes { value: value.clone() },
-        Object::Counter(value) => MigratedObject::Counter { value: *value },
         Object::Lock(lock) => lock.export(now_ms),
         Object::Semaphore(semaphore) => semaphore.export(now_ms),
         Object::Barrier(barrier) => barrier.export(),
@@ -314,18 +328,13 @@ fn export_object(object: &Object, now_ms: u64) -> MigratedObject {
     }
 }
 
+/// A coordination object (bytes values and counters become compact entries).
 fn import_object(object: MigratedObject, now_ms: u64, last_version: u64) -> Result<Object, String> {
     Ok(match object {
-        MigratedObject::Bytes { value } => {
-            if value.len() > VALUE_BYTES_MAX {
-                return Err(format!(
-                    "value of {} bytes exceeds value_bytes_max ({VALUE_BYTES_MAX})",
-                    value.len()
-                ));
-            }
-            Object::Bytes(value)
+        // build_entry makes these compact entries; they never reach here.
+        MigratedObject::Bytes { .. } | MigratedObject::Counter { .. } => {
+            return Err("a bytes value or counter is not a coordination object".into());
         }
-        MigratedObject::Counter { value } => Object::Counter(value),
         MigratedObject::Lock { holder } => {
             Object::Lock(Box::new(lock::LockState::import(holder, now_ms, last_version)?))
         }

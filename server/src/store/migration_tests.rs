@@ -254,10 +254,13 @@ fn spare_capacity_bytes(store: &Store, in_slot: &impl Fn(u32) -> bool) -> u64 {
     store
         .entries
         .iter()
-        .filter(|(key, _)| slot_of_stored_key(key).is_some_and(in_slot))
-        .map(|(_, entry)| match &entry.object {
-            Object::Bytes(value) => (value.capacity() - value.len()) as u64,
-            _ => 0,
+        .filter(|entry| slot_of_stored_key(entry.key()).is_some_and(in_slot))
+        .map(|entry| match entry {
+            KeyEntry::Compact(compact) => match compact.contents() {
+                Contents::Bytes(value) => (compact.capacity() - value.len()) as u64,
+                Contents::Counter(_) => 0,
+            },
+            KeyEntry::Object(_) => 0,
         })
         .sum()
 }
@@ -295,8 +298,8 @@ proptest! {
         }
         source.remove_slots(in_slot, now);
         prop_assert!(source.take_completions().is_empty(), "nothing was left parked to bounce");
-        prop_assert!(source.entries.keys().all(|key| !slot_of_stored_key(key).is_some_and(in_slot)));
-        prop_assert!(target.entries.keys().all(|key| slot_of_stored_key(key).is_some_and(in_slot)));
+        prop_assert!(source.entries.iter().all(|entry| !slot_of_stored_key(entry.key()).is_some_and(in_slot)));
+        prop_assert!(target.entries.iter().all(|entry| slot_of_stored_key(entry.key()).is_some_and(in_slot)));
         prop_assert_eq!(
             source.memory_used_bytes() + target.memory_used_bytes() + spare_bytes,
             memory_before,

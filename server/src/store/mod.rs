@@ -3,9 +3,10 @@
 //! a virtual clock and get the same answers as the server.
 //!
 //! Invariants:
-//! - `memory_used_bytes` equals the sum of [`entry_bytes`] over live entries plus the
-//!   expiry index and the operation records; writes that would push it past the limit
-//!   are refused, shrinking writes and deletes never are.
+//! - `memory_used_bytes` equals the sum of what each live entry is charged
+//!   ([`entry_bytes`] for bytes values and counters, [`object_entry_bytes`] for
+//!   coordination objects) plus the expiry index and the operation records; writes that
+//!   would push it past the limit are refused, shrinking writes and deletes never are.
 //! - A key with a deadline `<= now_ms` is never returned: reads expire it lazily, and
 //!   [`Store::expire_due`] removes the rest in bounded steps.
 //! - Versions come from one per-shard counter, so a key's version never repeats, even
@@ -37,9 +38,10 @@ mod migration;
 mod operations;
 mod queue;
 mod semaphore;
+mod table;
 mod waiting;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use engram_proto::limits::{KEY_BYTES_MAX, NAMESPACE_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use engram_proto::{Command, ErrorCode, ErrorReply, Request, Response};
@@ -47,12 +49,34 @@ use engram_proto::{Command, ErrorCode, ErrorReply, Request, Response};
 pub use migration::{slot_of_stored_key, ImportError};
 use operations::{Lookup, Record};
 pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
+use table::{CompactEntry, Contents, KeyEntry, KeyTable, Position};
 pub use waiting::Completion;
 pub(crate) use waiting::{Effects, Revert, Waiting};
 
-/// Bookkeeping charged per entry on top of key and value bytes: the hash table slot,
-/// the entry header and the allocator's rounding. An estimate, deliberately not low.
+/// Bookkeeping charged per bytes value or counter on top of its key and value bytes. An
+/// estimate, deliberately not low: its 16-byte table element and control byte at the
+/// table's sparsest (7/16 full, just after it doubled: 17 x 16/7 = 39 bytes), the
+/// compact entry's header (19 bytes; 23 once an append made room; 27 for a counter,
+/// whose value is not charged otherwise) and glibc's 8-byte chunk header with up to 15
+/// bytes of rounding: 89 at most, rounded up to the allocator's 16-byte granularity.
 pub const ENTRY_OVERHEAD_BYTES: u64 = 96;
+/// Bookkeeping charged per coordination object on top of its key and payload bytes, an
+/// estimate in the same spirit: the table as above (39), the 48-byte object entry (a
+/// 64-byte chunk), the key's own allocation (up to 23 bytes of chunk header and
+/// rounding) and the boxed state (at most 80 bytes, a 96-byte chunk): 222, rounded up
+/// likewise.
+pub const OBJECT_ENTRY_OVERHEAD_BYTES: u64 = 224;
+// The sizes OBJECT_ENTRY_OVERHEAD_BYTES counts on.
+const _: () = assert!(std::mem::size_of::<table::ObjectEntry>() <= 48);
+const _: () = assert!(
+    std::mem::size_of::<lock::LockState>() <= 80
+        && std::mem::size_of::<semaphore::SemaphoreState>() <= 80
+        && std::mem::size_of::<barrier::BarrierState>() <= 80
+        && std::mem::size_of::<latch::LatchState>() <= 80
+        && std::mem::size_of::<future::FutureState>() <= 80
+        && std::mem::size_of::<map::MapState>() <= 80
+        && std::mem::size_of::<queue::QueueState>() <= 80
+);
 /// Charged per key in the expiry index on top of a copy of the key.
 pub const EXPIRY_OVERHEAD_BYTES: u64 = 48;
 /// Longest stored key: a client key with its namespace prefix (one length byte and the
@@ -73,14 +97,11 @@ pub enum Outcome {
     Parked(WaiterId),
 }
 
-/// The coordination objects are boxed so that an entry, and with it every slot of the
-/// key table, is as small as a bytes value needs (32 bytes rather than the largest
-/// state's size): most keys hold bytes or counters, and the table's slots are paid for
-/// every key, empty slots included.
+/// A coordination object (bytes values and counters are [`CompactEntry`]s). Each state is
+/// boxed so that an object entry is sized for a pointer rather than the largest state:
+/// a latch or a barrier does not pay for a semaphore's or a queue's fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Object {
-    Bytes(Vec<u8>),
-    Counter(i64),
     Lock(Box<lock::LockState>),
     Semaphore(Box<semaphore::SemaphoreState>),
     Barrier(Box<barrier::BarrierState>),
@@ -90,13 +111,11 @@ pub(crate) enum Object {
     Queue(Box<queue::QueueState>),
 }
 
-const _: () = assert!(std::mem::size_of::<Object>() <= 32);
+const _: () = assert!(std::mem::size_of::<Object>() <= 16);
 
 impl Object {
     fn payload_bytes(&self) -> u64 {
         match self {
-            Object::Bytes(value) => value.capacity() as u64,
-            Object::Counter(_) => 0,
             Object::Lock(lock) => lock.payload_bytes(),
             Object::Semaphore(semaphore) => semaphore.payload_bytes(),
             Object::Barrier(_) | Object::Latch(_) => 0,
@@ -108,8 +127,6 @@ impl Object {
 
     pub(crate) fn type_name(&self) -> &'static str {
         match self {
-            Object::Bytes(_) => "bytes value",
-            Object::Counter(_) => "counter",
             Object::Lock(_) => "lock",
             Object::Semaphore(_) => "semaphore",
             Object::Barrier(_) => "barrier",
@@ -122,7 +139,7 @@ impl Object {
 
     /// Whether the object holds nothing worth keeping, so its key can go: what a later
     /// use would re-create is indistinguishable from it. Barriers (their generation
-    /// numbers) and futures (write-once) always matter.
+    /// numbers) and futures (write-once) always matter, as do bytes values and counters.
     fn is_idle(&self) -> bool {
         match self {
             Object::Lock(lock) => lock.is_idle(),
@@ -130,7 +147,7 @@ impl Object {
             Object::Latch(latch) => latch.is_idle(),
             Object::Map(map) => map.is_idle(),
             Object::Queue(queue) => queue.is_idle(),
-            Object::Bytes(_) | Object::Counter(_) | Object::Barrier(_) | Object::Future(_) => false,
+            Object::Barrier(_) | Object::Future(_) => false,
         }
     }
 
@@ -145,7 +162,7 @@ impl Object {
             Object::Latch(latch) => latch.take_waiters(),
             Object::Future(future) => future.take_waiters(),
             Object::Queue(queue) => queue.take_waiters(),
-            Object::Bytes(_) | Object::Counter(_) | Object::Map(_) => Vec::new(),
+            Object::Map(_) => Vec::new(),
         }
     }
 
@@ -157,6 +174,8 @@ impl Object {
     }
 }
 
+/// A coordination object's entry (bytes values and counters keep these fields in their
+/// [`CompactEntry`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) object: Object,
@@ -165,9 +184,26 @@ pub(crate) struct Entry {
     pub(crate) expires_at_ms: u64,
 }
 
-/// Memory charged for one entry (expiry index excluded).
-pub fn entry_bytes(key: &[u8], object_payload_bytes: u64) -> u64 {
-    key.len() as u64 + object_payload_bytes + ENTRY_OVERHEAD_BYTES
+impl Entry {
+    /// A coordination object as created: no version of its own (its fences and permit ids
+    /// come from the version counter) and no expiry.
+    fn new(object: Object) -> Entry {
+        Entry {
+            object,
+            version: 0,
+            expires_at_ms: 0,
+        }
+    }
+}
+
+/// Memory charged for a bytes value's or counter's entry (expiry index excluded).
+pub fn entry_bytes(key: &[u8], payload_bytes: u64) -> u64 {
+    key.len() as u64 + payload_bytes + ENTRY_OVERHEAD_BYTES
+}
+
+/// Memory charged for a coordination object's entry (expiry index excluded).
+pub fn object_entry_bytes(key: &[u8], payload_bytes: u64) -> u64 {
+    key.len() as u64 + payload_bytes + OBJECT_ENTRY_OVERHEAD_BYTES
 }
 
 fn expiry_bytes(key: &[u8]) -> u64 {
@@ -195,9 +231,7 @@ pub struct StoreStats {
 type Constructor = fn() -> Object;
 
 pub struct Store {
-    /// foldhash: fast for short keys and seeded per process, so clients cannot pick
-    /// colliding keys.
-    entries: HashMap<Box<[u8]>, Entry, foldhash::fast::FixedState>,
+    entries: KeyTable,
     /// (deadline, key) for every key with a TTL, soonest first.
     expiries: BTreeSet<(u64, Box<[u8]>)>,
     operations: OperationLog,
@@ -213,7 +247,7 @@ impl Store {
     /// `hash_seed` should be random per process, so clients cannot pick keys that collide.
     pub fn new(memory_limit_bytes: u64, hash_seed: u64) -> Store {
         Store {
-            entries: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(hash_seed)),
+            entries: KeyTable::new(hash_seed),
             expiries: BTreeSet::new(),
             operations: OperationLog::default(),
             waiting: Waiting::default(),
@@ -293,7 +327,7 @@ impl Store {
             Object::Latch(latch) => latch.cancel(waiter),
             Object::Future(future) => future.cancel(waiter),
             Object::Queue(queue) => queue.cancel(waiter),
-            Object::Bytes(_) | Object::Counter(_) | Object::Map(_) => {}
+            Object::Map(_) => {}
         });
     }
 
@@ -311,24 +345,15 @@ impl Store {
                 // Given back even on a full shard: the value was admitted once already,
                 // and the push that brought it was acknowledged.
                 if !matches!(
-                    self.live_entry(&key, now_ms),
-                    Some(Entry {
-                        object: Object::Queue(_),
-                        ..
-                    })
+                    self.live_entry(&key, now_ms).and_then(KeyEntry::object_mut),
+                    Some(Object::Queue(_))
                 ) {
-                    if self.entries.contains_key(&key) {
+                    if self.entries.get(&key).is_some() {
                         return; // Another type took the key meanwhile; nothing to put back into.
                     }
-                    self.entries.insert(
-                        key.clone(),
-                        Entry {
-                            object: queue::QueueState::create(),
-                            version: 0,
-                            expires_at_ms: 0,
-                        },
-                    );
-                    self.data_bytes += entry_bytes(&key, 0);
+                    self.entries
+                        .insert_new(KeyEntry::object(&key, Entry::new(queue::QueueState::create())));
+                    self.data_bytes += object_entry_bytes(&key, 0);
                 }
                 self.with_existing(&key, now_ms, |object, effects| {
                     if let Object::Queue(queue) = object {
@@ -660,12 +685,15 @@ impl Store {
         creates: bool,
         operation: impl FnOnce(&mut Object, &mut Effects<'_>, &[u8]) -> Outcome,
     ) -> Outcome {
-        match self.live_entry(key, now_ms) {
-            Some(entry) => {
+        let position = match self.live_position(key, now_ms) {
+            Some(position) => {
                 let expected = create();
-                if std::mem::discriminant(&expected) != std::mem::discriminant(&entry.object) {
+                let existing = self.entries.at_mut(position).and_then(KeyEntry::object_mut);
+                if existing.is_none_or(|existing| std::mem::discriminant(existing) != std::mem::discriminant(&expected))
+                {
                     return Outcome::Ready(wrong_type(key, expected.type_name()));
                 }
+                position
             }
             None if !creates => {
                 // Reads and releases of an absent object answer as a fresh one would,
@@ -680,30 +708,23 @@ impl Store {
                 return outcome;
             }
             None => {
-                let new_bytes = entry_bytes(key, 0);
+                let new_bytes = object_entry_bytes(key, 0);
                 if let Err(refusal) = self.admit_growth(0, new_bytes) {
                     return Outcome::Ready(refusal);
                 }
-                self.entries.insert(
-                    key.into(),
-                    Entry {
-                        object: create(),
-                        version: 0,
-                        expires_at_ms: 0,
-                    },
-                );
                 self.data_bytes += new_bytes;
+                self.entries.insert_new(KeyEntry::object(key, Entry::new(create())))
             }
-        }
+        };
         let memory_used_bytes = self.memory_used_bytes();
         let mut effects = store_effects!(self, now_ms, origin).with_memory(memory_used_bytes, self.memory_limit_bytes);
-        let Some(entry) = self.entries.get_mut(key) else {
+        let Some(object) = self.entries.at_mut(position).and_then(KeyEntry::object_mut) else {
             unreachable!("present or just created")
         };
-        let before = entry.object.payload_bytes();
-        let outcome = operation(&mut entry.object, &mut effects, key);
-        let after = entry.object.payload_bytes();
-        let idle = entry.object.is_idle();
+        let before = object.payload_bytes();
+        let outcome = operation(object, &mut effects, key);
+        let after = object.payload_bytes();
+        let idle = object.is_idle();
         self.data_bytes = self.data_bytes - before + after;
         if idle {
             self.remove(key, now_ms);
@@ -714,11 +735,13 @@ impl Store {
     /// Like [`Store::coordinate`] for an object that must already exist; used by timers.
     fn with_existing(&mut self, key: &[u8], now_ms: u64, operation: impl FnOnce(&mut Object, &mut Effects<'_>)) {
         let mut effects = store_effects!(self, now_ms, None);
-        let Some(entry) = self.entries.get_mut(key) else { return };
-        let before = entry.object.payload_bytes();
-        operation(&mut entry.object, &mut effects);
-        let after = entry.object.payload_bytes();
-        let idle = entry.object.is_idle();
+        let Some(object) = self.entries.get_mut(key).and_then(KeyEntry::object_mut) else {
+            return;
+        };
+        let before = object.payload_bytes();
+        operation(object, &mut effects);
+        let after = object.payload_bytes();
+        let idle = object.is_idle();
         self.data_bytes = self.data_bytes - before + after;
         if idle {
             self.remove(key, now_ms);
@@ -726,24 +749,30 @@ impl Store {
     }
 
     fn delete(&mut self, key: &[u8], now_ms: u64) -> Response {
-        let existed = self.live_entry(key, now_ms).is_some();
-        if existed {
-            self.remove(key, now_ms);
+        let position = self.live_position(key, now_ms);
+        if let Some(position) = position {
+            self.remove_at(key, position, now_ms);
         }
-        Response::Deleted { existed }
+        Response::Deleted {
+            existed: position.is_some(),
+        }
+    }
+
+    /// Where `key`'s entry sits, unless it is absent or expired (an expired one is
+    /// removed). One hash lookup; the position stays valid until a key is added or removed.
+    pub(crate) fn live_position(&mut self, key: &[u8], now_ms: u64) -> Option<Position> {
+        let position = self.entries.find(key)?;
+        if self.entries.at(position)?.is_expired(now_ms) {
+            self.remove_at(key, position, now_ms);
+            return None;
+        }
+        Some(position)
     }
 
     /// The entry for `key` unless it is absent or expired (an expired one is removed).
-    pub(crate) fn live_entry(&mut self, key: &[u8], now_ms: u64) -> Option<&mut Entry> {
-        let expired = match self.entries.get(key) {
-            None => return None,
-            Some(entry) => entry.expires_at_ms != 0 && entry.expires_at_ms <= now_ms,
-        };
-        if expired {
-            self.remove(key, now_ms);
-            return None;
-        }
-        self.entries.get_mut(key)
+    pub(crate) fn live_entry(&mut self, key: &[u8], now_ms: u64) -> Option<&mut KeyEntry> {
+        let position = self.live_position(key, now_ms)?;
+        self.entries.at_mut(position)
     }
 
     fn next_version(&mut self) -> u64 {
@@ -764,33 +793,6 @@ impl Store {
         Ok(())
     }
 
-    /// Inserts or replaces `key` (a live or absent one: callers have expired it), with
-    /// `expires_at_ms` 0 for no expiry. Memory must have been admitted by the caller.
-    fn put(&mut self, key: &[u8], object: Object, expires_at_ms: u64) -> u64 {
-        let version = self.next_version();
-        let new_payload = object.payload_bytes();
-        let entry = Entry {
-            object,
-            version,
-            expires_at_ms,
-        };
-        match self.entries.get_mut(key) {
-            Some(existing) => {
-                let old_payload = existing.object.payload_bytes();
-                let old_deadline = existing.expires_at_ms;
-                *existing = entry;
-                self.data_bytes = self.data_bytes - old_payload + new_payload;
-                self.move_deadline(key, old_deadline, expires_at_ms);
-            }
-            None => {
-                self.entries.insert(key.into(), entry);
-                self.data_bytes += entry_bytes(key, new_payload);
-                self.move_deadline(key, 0, expires_at_ms);
-            }
-        }
-        version
-    }
-
     fn move_deadline(&mut self, key: &[u8], old: u64, new: u64) {
         if old == new {
             return;
@@ -807,33 +809,32 @@ impl Store {
 
     /// Removes a key; requests parked on its object are answered `ObjectDeleted`.
     fn remove(&mut self, key: &[u8], now_ms: u64) {
-        if let Some(mut entry) = self.entries.remove(key) {
+        if let Some(position) = self.entries.find(key) {
+            self.remove_at(key, position, now_ms);
+        }
+    }
+
+    /// [`Store::remove`] of the entry at `position`, which holds `key`.
+    fn remove_at(&mut self, key: &[u8], position: Position, now_ms: u64) {
+        let Some(entry) = self.entries.remove_at(position) else {
+            return;
+        };
+        // Uncharge what the entry was charged with before its waiters leave (which
+        // shrinks its payload), or the difference would stay counted forever.
+        let charged = entry.entry_bytes();
+        let expires_at_ms = entry.expires_at_ms();
+        if let KeyEntry::Object(mut object_entry) = entry {
+            let object = &mut object_entry.entry.object;
             let mut effects = store_effects!(self, now_ms, None);
-            // Uncharge what the entry was charged with before its waiters leave (which
-            // shrinks its payload), or the difference would stay counted forever.
-            let charged = entry_bytes(key, entry.object.payload_bytes());
-            match &entry.object {
+            match object {
                 Object::Lock(lock) => lock.clear_leases(key, &mut effects),
                 Object::Semaphore(semaphore) => semaphore.clear_leases(key, &mut effects),
                 _ => {}
             }
-            entry
-                .object
-                .fail_waiters(&mut effects, &error(ErrorCode::ObjectDeleted, "the object was deleted"));
-            self.data_bytes -= charged;
-            self.move_deadline(key, entry.expires_at_ms, 0);
+            object.fail_waiters(&mut effects, &error(ErrorCode::ObjectDeleted, "the object was deleted"));
         }
-    }
-
-    /// Memory an entry would be charged with a payload of `payload_bytes`, and what the
-    /// current live entry (if any) is charged, for admission checks.
-    fn charge(&self, key: &[u8], payload_bytes: u64, expires: bool) -> (u64, u64) {
-        let old = self.entries.get(key).map_or(0, |entry| {
-            entry_bytes(key, entry.object.payload_bytes())
-                + if entry.expires_at_ms != 0 { expiry_bytes(key) } else { 0 }
-        });
-        let new = entry_bytes(key, payload_bytes) + if expires { expiry_bytes(key) } else { 0 };
-        (old, new)
+        self.data_bytes -= charged;
+        self.move_deadline(key, expires_at_ms, 0);
     }
 }
 

@@ -1,0 +1,483 @@
+//! The key table: one 16-byte [`KeyEntry`] per key in a `hashbrown::HashTable`.
+//!
+//! Why 16 bytes: the table is paid for at every bucket, empty ones included, and
+//! hashbrown keeps between 8/7 and 16/7 buckets per key (it doubles when 7/8 full), so
+//! each byte of an element costs up to 2.3 bytes per key.
+//!
+//! Why one allocation per entry: nearly every key holds a bytes value or a counter, and
+//! a [`CompactEntry`] keeps its version, deadline, key and value in a single box, where
+//! a key box, an entry and a value buffer would pay the allocator's header and rounding
+//! three times. Coordination objects are rare and have many fields; an [`ObjectEntry`]
+//! keeps each as an [`Entry`] in its own box, so their code works on a plain `&mut Object`.
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+use super::{entry_bytes, expiry_bytes, object_entry_bytes, Entry, Object};
+
+/// What the table holds for one key.
+#[derive(Debug)]
+pub(crate) enum KeyEntry {
+    /// A bytes value or a counter.
+    Compact(CompactEntry),
+    /// A lock, semaphore, barrier, latch, future, map or queue.
+    Object(Box<ObjectEntry>),
+}
+
+// The box pointer's null niche tags the variants, so no separate tag word is needed.
+const _: () = assert!(std::mem::size_of::<KeyEntry>() == 16);
+
+#[derive(Debug)]
+pub(crate) struct ObjectEntry {
+    pub(crate) key: Box<[u8]>,
+    pub(crate) entry: Entry,
+}
+
+impl KeyEntry {
+    pub(crate) fn object(key: &[u8], entry: Entry) -> KeyEntry {
+        KeyEntry::Object(Box::new(ObjectEntry { key: key.into(), entry }))
+    }
+
+    pub(crate) fn key(&self) -> &[u8] {
+        match self {
+            KeyEntry::Compact(compact) => compact.key(),
+            KeyEntry::Object(object) => &object.key,
+        }
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        match self {
+            KeyEntry::Compact(compact) => compact.version(),
+            KeyEntry::Object(object) => object.entry.version,
+        }
+    }
+
+    /// 0: no expiry.
+    pub(crate) fn expires_at_ms(&self) -> u64 {
+        match self {
+            KeyEntry::Compact(compact) => compact.expires_at_ms(),
+            KeyEntry::Object(object) => object.entry.expires_at_ms,
+        }
+    }
+
+    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
+        let expires_at_ms = self.expires_at_ms();
+        expires_at_ms != 0 && expires_at_ms <= now_ms
+    }
+
+    pub(crate) fn object_mut(&mut self) -> Option<&mut Object> {
+        match self {
+            KeyEntry::Compact(_) => None,
+            KeyEntry::Object(object) => Some(&mut object.entry.object),
+        }
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        match self {
+            KeyEntry::Compact(_) => false,
+            KeyEntry::Object(object) => object.entry.object.is_idle(),
+        }
+    }
+
+    /// Memory charged for the entry, expiry index excluded.
+    pub(crate) fn entry_bytes(&self) -> u64 {
+        match self {
+            KeyEntry::Compact(compact) => entry_bytes(compact.key(), compact.payload_bytes()),
+            KeyEntry::Object(object) => object_entry_bytes(&object.key, object.entry.object.payload_bytes()),
+        }
+    }
+
+    /// Memory charged for the entry and its place in the expiry index.
+    pub(crate) fn charged_bytes(&self) -> u64 {
+        let expiry = if self.expires_at_ms() == 0 {
+            0
+        } else {
+            expiry_bytes(self.key())
+        };
+        self.entry_bytes() + expiry
+    }
+}
+
+/// A bytes value or a counter with its key, version and deadline in one allocation:
+///
+/// `[version u64][expires_at_ms u64][key_length u16][kind u8][key][payload]`
+///
+/// little-endian, where the payload is, by kind:
+/// - counter: the i64.
+/// - bytes: the value, exactly; its length is what the box leaves after the key.
+/// - bytes with room: `[value_length u32][value][spare room]`, made by an append that
+///   grew the value, so repeated appends stay amortized O(1) as with a `Vec`.
+///
+/// Only values that appends grew pay for a length field: a plain write's value (nearly
+/// every one) does not need it, and 4 bytes more would take a typical entry (18-byte
+/// key, 32-byte value) from glibc's 80-byte size class to the 96-byte one.
+///
+/// Only the constructors build the box, so it always holds the whole header, the key
+/// and the payload its kind describes.
+#[derive(Debug)]
+pub(crate) struct CompactEntry(Box<[u8]>);
+
+const VERSION_AT: usize = 0;
+const EXPIRES_AT_MS_AT: usize = 8;
+const KEY_LENGTH_AT: usize = 16;
+const KIND_AT: usize = 18;
+const HEADER_BYTES: usize = 19;
+
+const KIND_COUNTER: u8 = 0;
+const KIND_BYTES: u8 = 1;
+const KIND_BYTES_WITH_ROOM: u8 = 2;
+const COUNTER_BYTES: usize = 8;
+const VALUE_LENGTH_BYTES: usize = 4;
+
+// The length fields must hold the longest key and value the store accepts.
+const _: () = assert!(super::STORED_KEY_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(engram_proto::limits::VALUE_BYTES_MAX <= u32::MAX as usize);
+
+/// What a compact entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Contents<'a> {
+    Bytes(&'a [u8]),
+    Counter(i64),
+}
+
+impl CompactEntry {
+    pub(crate) fn bytes(key: &[u8], value: &[u8], version: u64, expires_at_ms: u64) -> CompactEntry {
+        CompactEntry::bytes_with_room(key, value, &[], value.len(), version, expires_at_ms)
+    }
+
+    pub(crate) fn counter(key: &[u8], value: i64, version: u64, expires_at_ms: u64) -> CompactEntry {
+        let payload = value.to_le_bytes();
+        CompactEntry::build(key, KIND_COUNTER, &[&payload], 0, version, expires_at_ms)
+    }
+
+    /// The bytes value `head` then `tail`, with room for `capacity` bytes in all.
+    fn bytes_with_room(
+        key: &[u8],
+        head: &[u8],
+        tail: &[u8],
+        capacity: usize,
+        version: u64,
+        expires_at_ms: u64,
+    ) -> CompactEntry {
+        let length = head.len() + tail.len();
+        if capacity <= length {
+            return CompactEntry::build(key, KIND_BYTES, &[head, tail], 0, version, expires_at_ms);
+        }
+        debug_assert!(length <= u32::MAX as usize);
+        let length_field = (length as u32).to_le_bytes();
+        let parts = [&length_field[..], head, tail];
+        CompactEntry::build(
+            key,
+            KIND_BYTES_WITH_ROOM,
+            &parts,
+            capacity - length,
+            version,
+            expires_at_ms,
+        )
+    }
+
+    /// The header, the key, `parts` as the payload, and `spare` zero bytes of room.
+    fn build(key: &[u8], kind: u8, parts: &[&[u8]], spare: usize, version: u64, expires_at_ms: u64) -> CompactEntry {
+        debug_assert!(key.len() <= usize::from(u16::MAX));
+        let payload_bytes: usize = parts.iter().map(|part| part.len()).sum();
+        let total = HEADER_BYTES + key.len() + payload_bytes + spare;
+        let mut bytes = Vec::with_capacity(total);
+        bytes.extend_from_slice(&version.to_le_bytes());
+        bytes.extend_from_slice(&expires_at_ms.to_le_bytes());
+        bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        bytes.push(kind);
+        bytes.extend_from_slice(key);
+        for part in parts {
+            bytes.extend_from_slice(part);
+        }
+        bytes.resize(total, 0);
+        CompactEntry(bytes.into_boxed_slice())
+    }
+
+    fn read_u64(&self, at: usize) -> u64 {
+        let mut field = [0; 8];
+        field.copy_from_slice(&self.0[at..at + 8]);
+        u64::from_le_bytes(field)
+    }
+
+    fn write_u64(&mut self, at: usize, value: u64) {
+        self.0[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn kind(&self) -> u8 {
+        self.0[KIND_AT]
+    }
+
+    fn payload_at(&self) -> usize {
+        let key_length = u16::from_le_bytes([self.0[KEY_LENGTH_AT], self.0[KEY_LENGTH_AT + 1]]);
+        HEADER_BYTES + usize::from(key_length)
+    }
+
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.0[HEADER_BYTES..self.payload_at()]
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.read_u64(VERSION_AT)
+    }
+
+    pub(crate) fn set_version(&mut self, version: u64) {
+        self.write_u64(VERSION_AT, version);
+    }
+
+    pub(crate) fn expires_at_ms(&self) -> u64 {
+        self.read_u64(EXPIRES_AT_MS_AT)
+    }
+
+    pub(crate) fn contents(&self) -> Contents<'_> {
+        let at = self.payload_at();
+        match self.kind() {
+            KIND_COUNTER => {
+                let mut field = [0; COUNTER_BYTES];
+                field.copy_from_slice(&self.0[at..at + COUNTER_BYTES]);
+                Contents::Counter(i64::from_le_bytes(field))
+            }
+            KIND_BYTES => Contents::Bytes(&self.0[at..]),
+            _ => {
+                let mut field = [0; VALUE_LENGTH_BYTES];
+                field.copy_from_slice(&self.0[at..at + VALUE_LENGTH_BYTES]);
+                let value_at = at + VALUE_LENGTH_BYTES;
+                Contents::Bytes(&self.0[value_at..value_at + u32::from_le_bytes(field) as usize])
+            }
+        }
+    }
+
+    /// Stores a counter's new value in place; a bytes value is left as it is.
+    pub(crate) fn set_counter_value(&mut self, value: i64, version: u64) {
+        if self.kind() != KIND_COUNTER {
+            return;
+        }
+        let at = self.payload_at();
+        self.0[at..at + COUNTER_BYTES].copy_from_slice(&value.to_le_bytes());
+        self.set_version(version);
+    }
+
+    /// The bytes a value can reach before it needs a larger box.
+    pub(crate) fn capacity(&self) -> usize {
+        let payload = self.0.len() - self.payload_at();
+        match self.kind() {
+            KIND_BYTES_WITH_ROOM => payload - VALUE_LENGTH_BYTES,
+            _ => payload,
+        }
+    }
+
+    /// What memory accounting charges beyond the key: a bytes value's capacity (a
+    /// counter's eight bytes are part of the fixed overhead).
+    pub(crate) fn payload_bytes(&self) -> u64 {
+        match self.kind() {
+            KIND_COUNTER => 0,
+            _ => self.capacity() as u64,
+        }
+    }
+
+    /// Replaces a bytes value, its version and deadline, leaving no spare room: in place
+    /// when the new value is as long as the exact old one, else in a new box.
+    pub(crate) fn replace_value(&mut self, value: &[u8], version: u64, expires_at_ms: u64) {
+        if self.kind() != KIND_BYTES || value.len() != self.capacity() {
+            *self = CompactEntry::bytes(self.key(), value, version, expires_at_ms);
+            return;
+        }
+        let at = self.payload_at();
+        self.0[at..].copy_from_slice(value);
+        self.set_version(version);
+        self.write_u64(EXPIRES_AT_MS_AT, expires_at_ms);
+    }
+
+    /// Appends to a bytes value, in place when its room holds `suffix`, else moving it
+    /// to a new box with room for `capacity` bytes (at least the new length). A counter
+    /// is left as it is.
+    pub(crate) fn append(&mut self, suffix: &[u8], capacity: usize, version: u64) {
+        let Contents::Bytes(value) = self.contents() else {
+            return;
+        };
+        let length = value.len() + suffix.len();
+        if suffix.is_empty() {
+            // Nothing to write.
+        } else if self.kind() == KIND_BYTES_WITH_ROOM && length <= self.capacity() {
+            let at = self.payload_at();
+            let suffix_at = at + VALUE_LENGTH_BYTES + value.len();
+            self.0[suffix_at..suffix_at + suffix.len()].copy_from_slice(suffix);
+            self.0[at..at + VALUE_LENGTH_BYTES].copy_from_slice(&(length as u32).to_le_bytes());
+        } else {
+            let expires_at_ms = self.expires_at_ms();
+            *self = CompactEntry::bytes_with_room(self.key(), value, suffix, capacity, version, expires_at_ms);
+        }
+        self.set_version(version);
+    }
+}
+
+/// The keys, hashed with foldhash: fast for short keys, and seeded per process so
+/// clients cannot pick keys that collide.
+pub(crate) struct KeyTable {
+    entries: HashTable<KeyEntry>,
+    hasher: foldhash::fast::FixedState,
+}
+
+/// Where a key's entry sits in the table: valid until the next insert or removal, so
+/// a caller can look a key up once and come back to it after other bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Position(usize);
+
+impl KeyTable {
+    pub(crate) fn new(hash_seed: u64) -> KeyTable {
+        KeyTable {
+            entries: HashTable::new(),
+            hasher: foldhash::fast::FixedState::with_seed(hash_seed),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &KeyEntry> {
+        self.entries.iter()
+    }
+
+    pub(crate) fn find(&self, key: &[u8]) -> Option<Position> {
+        let hash = self.hasher.hash_one(key);
+        self.entries
+            .find_bucket_index(hash, |entry| entry.key() == key)
+            .map(Position)
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&KeyEntry> {
+        self.find(key).and_then(|position| self.at(position))
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut KeyEntry> {
+        self.find(key).and_then(|position| self.at_mut(position))
+    }
+
+    pub(crate) fn at(&self, position: Position) -> Option<&KeyEntry> {
+        self.entries.get_bucket(position.0)
+    }
+
+    pub(crate) fn at_mut(&mut self, position: Position) -> Option<&mut KeyEntry> {
+        self.entries.get_bucket_mut(position.0)
+    }
+
+    /// Adds an entry whose key is absent (callers have looked it up).
+    pub(crate) fn insert_new(&mut self, entry: KeyEntry) -> Position {
+        debug_assert!(self.find(entry.key()).is_none(), "the key is already present");
+        let hash = self.hasher.hash_one(entry.key());
+        let hasher = &self.hasher;
+        let inserted = self
+            .entries
+            .insert_unique(hash, entry, |entry| hasher.hash_one(entry.key()));
+        Position(inserted.bucket_index())
+    }
+
+    pub(crate) fn remove_at(&mut self, position: Position) -> Option<KeyEntry> {
+        let occupied = self.entries.get_bucket_entry(position.0).ok()?;
+        Some(occupied.remove().0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_bytes_round_trip_their_fields() {
+        let mut entry = CompactEntry::bytes(b"\x02nskey", b"value", 7, 1_000);
+        assert_eq!(entry.key(), b"\x02nskey");
+        assert_eq!(entry.contents(), Contents::Bytes(b"value"));
+        assert_eq!((entry.version(), entry.expires_at_ms()), (7, 1_000));
+        assert_eq!((entry.capacity(), entry.payload_bytes()), (5, 5));
+        entry.set_version(u64::MAX);
+        assert_eq!(entry.version(), u64::MAX);
+        assert_eq!(entry.key(), b"\x02nskey", "fields do not overlap the key");
+    }
+
+    #[test]
+    fn compact_counters_update_in_place() {
+        let mut entry = CompactEntry::counter(b"c", -5, 1, 0);
+        assert_eq!(entry.contents(), Contents::Counter(-5));
+        assert_eq!(
+            entry.payload_bytes(),
+            0,
+            "a counter's 8 bytes are in the fixed overhead"
+        );
+        entry.set_counter_value(i64::MIN, 2);
+        assert_eq!(entry.contents(), Contents::Counter(i64::MIN));
+        assert_eq!((entry.version(), entry.key()), (2, &b"c"[..]));
+    }
+
+    #[test]
+    fn replace_writes_in_place_only_at_the_same_length() {
+        let mut entry = CompactEntry::bytes(b"k", b"abc", 1, 0);
+        entry.replace_value(b"xyz", 2, 50);
+        assert_eq!(entry.contents(), Contents::Bytes(b"xyz"));
+        assert_eq!((entry.version(), entry.expires_at_ms(), entry.capacity()), (2, 50, 3));
+        entry.replace_value(b"longer value", 3, 0);
+        assert_eq!(entry.contents(), Contents::Bytes(b"longer value"));
+        assert_eq!((entry.version(), entry.expires_at_ms(), entry.capacity()), (3, 0, 12));
+        entry.replace_value(b"", 4, 0);
+        assert_eq!(entry.contents(), Contents::Bytes(b""));
+        assert_eq!(
+            (entry.capacity(), entry.key()),
+            (0, &b"k"[..]),
+            "no spare capacity is left"
+        );
+    }
+
+    #[test]
+    fn appends_fill_their_room_before_growing() {
+        let mut entry = CompactEntry::bytes(b"k", b"ab", 1, 9);
+        entry.append(b"", 2, 2);
+        assert_eq!(entry.contents(), Contents::Bytes(b"ab"));
+        assert_eq!(
+            (entry.capacity(), entry.version()),
+            (2, 2),
+            "an empty append only takes a version"
+        );
+        entry.append(b"cd", 8, 3);
+        assert_eq!(entry.contents(), Contents::Bytes(b"abcd"));
+        assert_eq!((entry.capacity(), entry.version(), entry.expires_at_ms()), (8, 3, 9));
+        entry.append(b"efgh", 16, 4);
+        assert_eq!(entry.contents(), Contents::Bytes(b"abcdefgh"));
+        assert_eq!((entry.capacity(), entry.version()), (8, 4), "filled in place");
+        entry.append(b"i", 9, 5);
+        assert_eq!(entry.contents(), Contents::Bytes(b"abcdefghi"));
+        assert_eq!((entry.capacity(), entry.version(), entry.key()), (9, 5, &b"k"[..]));
+        entry.append(b"j", 20, 6);
+        assert_eq!(entry.contents(), Contents::Bytes(b"abcdefghij"));
+        assert_eq!(
+            (entry.capacity(), entry.payload_bytes(), entry.expires_at_ms()),
+            (20, 20, 9)
+        );
+        entry.replace_value(b"plain", 7, 0);
+        assert_eq!(entry.contents(), Contents::Bytes(b"plain"));
+        assert_eq!((entry.capacity(), entry.version()), (5, 7), "a write leaves no room");
+    }
+
+    #[test]
+    fn table_finds_inserts_and_removes_by_key() {
+        let mut table = KeyTable::new(42);
+        for n in 0..1_000u32 {
+            let key = n.to_le_bytes();
+            table.insert_new(KeyEntry::Compact(CompactEntry::counter(&key, i64::from(n), 1, 0)));
+        }
+        assert_eq!(table.len(), 1_000);
+        for n in 0..1_000u32 {
+            let Some(KeyEntry::Compact(entry)) = table.get(&n.to_le_bytes()) else {
+                panic!("key {n} missing")
+            };
+            assert_eq!(entry.contents(), Contents::Counter(i64::from(n)));
+        }
+        let position = table.find(&7u32.to_le_bytes()).expect("present");
+        assert!(table.remove_at(position).is_some());
+        assert!(table.get(&7u32.to_le_bytes()).is_none());
+        assert_eq!(table.len(), 999);
+        let object = KeyEntry::object(b"lock", Entry::new(super::super::lock::LockState::create()));
+        let position = table.insert_new(object);
+        assert_eq!(table.at(position).map(KeyEntry::key), Some(&b"lock"[..]));
+    }
+}
