@@ -173,6 +173,12 @@ pub(crate) struct Reactor {
     /// refcell) every time. Acquire during initialization
     preempt_ptr_head: *const u32,
     preempt_ptr_tail: *const AtomicU32,
+    /// Engram patch: the main ring's completion queue, for the throughput check in
+    /// `need_preempt`.
+    main_completions_head: *const AtomicU32,
+    main_completions_tail: *const AtomicU32,
+    /// Completions waiting in the main ring that make running tasks yield.
+    throughput_completions_max: u32,
 }
 
 impl Reactor {
@@ -185,6 +191,7 @@ impl Reactor {
     ) -> io::Result<Reactor> {
         let sys = sys::Reactor::new(notifier, io_memory, ring_depth, blocking_thread)?;
         let (preempt_ptr_head, preempt_ptr_tail) = sys.preempt_pointers();
+        let (main_completions_head, main_completions_tail) = sys.throughput_pointers();
         Ok(Reactor {
             sys,
             timers: RefCell::new(Timers::new()),
@@ -193,6 +200,9 @@ impl Reactor {
             record_io_latencies,
             preempt_ptr_head,
             preempt_ptr_tail: preempt_ptr_tail as _,
+            main_completions_head: main_completions_head as _,
+            main_completions_tail: main_completions_tail as _,
+            throughput_completions_max: ring_depth as u32,
         })
     }
 
@@ -206,7 +216,15 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) }
+        // SAFETY: the pointers are into the rings' shared memory, mapped for as long as
+        // the reactor (which owns the rings) lives.
+        unsafe {
+            *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire)
+                || (*self.main_completions_tail)
+                    .load(Ordering::Acquire)
+                    .wrapping_sub((*self.main_completions_head).load(Ordering::Relaxed))
+                    >= self.throughput_completions_max
+        }
     }
 
     pub(crate) fn id(&self) -> usize {

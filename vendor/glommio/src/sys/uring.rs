@@ -959,45 +959,6 @@ impl SleepableRing {
     /// CQEs are available on the main ring. This timer is linked with a write
     /// to the latency ring's event fd such that this timer triggers a
     /// preemption via the latency ring.
-    fn prepare_throughput_preemption_timer(&mut self, min_events: u32, event_fd: RawFd) -> Source {
-        assert!(min_events >= 1, "min_events should be at least 1");
-        let timer_source = Source::new(
-            IoRequirements::default(),
-            -1,
-            SourceType::Timeout(TimeSpec64::MAX, min_events),
-            None,
-            None,
-        );
-
-        const EVENTFD_WAKEUP: &[u64; 1] = &[1u64; 1];
-        let write_op = UringDescriptor {
-            fd: event_fd,
-            flags: SubmissionFlags::empty(),
-            user_data: 0,
-            args: UringOpDescriptor::Write(EVENTFD_WAKEUP as *const u64 as _, 8, 0),
-        };
-
-        let op = match &*timer_source.source_type() {
-            SourceType::Timeout(ts, events) => {
-                UringOpDescriptor::Timeout(&ts.raw as *const _, *events)
-            }
-            _ => unreachable!(),
-        };
-        let queue = self.submission_queue();
-        queue.borrow_mut().submissions.push_front(write_op);
-        queue.borrow_mut().submissions.push_front(UringDescriptor {
-            args: op,
-            fd: -1,
-            flags: SubmissionFlags::IO_LINK,
-            user_data: to_user_data(
-                self.source_map
-                    .borrow_mut()
-                    .add_source(&timer_source, queue.clone()),
-            ),
-        });
-        timer_source
-    }
-
     fn install_eventfd(&mut self, eventfd_src: &Source) -> bool {
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             // Now must wait on the `eventfd` in case someone wants to wake us up.
@@ -1072,13 +1033,18 @@ impl SleepableRing {
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
 
-            if self
-                .submit_sqes()
+            // Engram patch: submit the link and wait in one io_uring_enter (upstream
+            // makes two). The kernel only waits once everything was submitted, so a
+            // link that did not go in never leaves us asleep.
+            let submitted = self
+                .ring
+                .submit_sqes_and_wait(1)
+                .map(|submitted| submitted as usize)
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)?
-                != 1
-            {
+                .or_else(Reactor::intr_ok)?;
+            self.in_kernel += submitted;
+            if submitted != 1 {
                 // We failed to submit the `SQE` that links the rings. Just can't sleep.
                 // Waiting here is unsafe because we could end up waiting much longer than
                 // needed.
@@ -1086,14 +1052,8 @@ impl SleepableRing {
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                // The rings were linked, and we slept until a completion.
+                Ok(1)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1222,7 +1182,6 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    throughput_preemption_timeout_src: Cell<Option<Source>>,
     /// Engram patch: when the armed latency timer fires.
     latency_timer_deadline: Cell<Option<Instant>>,
 
@@ -1355,7 +1314,6 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            throughput_preemption_timeout_src: Cell::new(None),
             latency_timer_deadline: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1819,21 +1777,11 @@ impl Reactor {
 
         // Engram patch: upstream cancels the latency timer here and arms a new one
         // below, on every wait; `ensure_latency_timer` keeps a pending one that is due
-        // soon enough instead. Likewise the throughput timer (it fires after ring_depth
-        // completions) is armed only once the previous one has fired rather than
-        // replaced on every wait: at worst one extra preemption per ring_depth
-        // completions, against a cancellation and two new entries per wake-up.
-        let throughput_timer = self
-            .throughput_preemption_timeout_src
-            .take()
-            .filter(|source| source.result().is_none())
-            .unwrap_or_else(|| {
-                main_ring.prepare_throughput_preemption_timer(
-                    self.ring_depth() as u32,
-                    self.eventfd_src.raw(),
-                )
-            });
-        self.throughput_preemption_timeout_src.replace(Some(throughput_timer));
+        // soon enough instead. Upstream also replaces, on every wait, a throughput
+        // timer: a timeout that fires after ring_depth completions, linked to an
+        // eventfd write that flares the latency ring. That is now a check in
+        // `Reactor::need_preempt` of the completions waiting in the main ring (see
+        // `throughput_pointers`), which costs no submission at all.
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1931,6 +1879,15 @@ impl Reactor {
     pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32) {
         let mut lat_ring = self.latency_ring.borrow_mut();
         let cq = unsafe { &lat_ring.ring.raw_mut().cq };
+        (cq.khead, cq.ktail)
+    }
+
+    /// Engram patch: the main ring's completion queue head and tail, so that
+    /// `need_preempt` sees when ring_depth completions wait to be reaped (what upstream's
+    /// re-armed throughput timer signalled through the latency ring).
+    pub(crate) fn throughput_pointers(&self) -> (*const u32, *const u32) {
+        let mut main_ring = self.main_ring.borrow_mut();
+        let cq = unsafe { &main_ring.ring.raw_mut().cq };
         (cq.khead, cq.ktail)
     }
 
