@@ -3,7 +3,9 @@
 use engram_proto::limits::VALUE_BYTES_MAX;
 use engram_proto::{Response, SetCondition};
 
-use super::{entry_bytes, expiry_bytes, value_too_large, wrong_type, CompactEntry, Contents, KeyEntry, Store};
+use super::{
+    compact_refusal, entry_bytes, expiry_bytes, value_too_large, wrong_type, CompactEntry, Contents, KeyEntry, Store,
+};
 
 impl Store {
     pub(crate) fn bytes_get(&mut self, key: &[u8], now_ms: u64) -> Response {
@@ -28,6 +30,11 @@ impl Store {
         condition: SetCondition,
         now_ms: u64,
     ) -> Response {
+        // Also the only check for an append that creates its value (`validate` checks
+        // requests; this keeps the store from ever holding more, whoever calls).
+        if value.len() > VALUE_BYTES_MAX {
+            return value_too_large(value.len());
+        }
         let position = self.live_position(key, now_ms);
         // (version, memory charged) of the current value.
         let current = match position.and_then(|position| self.entries.at(position)) {
@@ -68,7 +75,10 @@ impl Store {
                 old_deadline
             }
             None => {
-                let entry = CompactEntry::bytes(key, value, version, expires_at_ms);
+                let entry = match CompactEntry::bytes(key, value, version, expires_at_ms) {
+                    Ok(entry) => entry,
+                    Err(refusal) => return compact_refusal(refusal),
+                };
                 self.entries.insert_new(KeyEntry::Compact(entry));
                 self.data_bytes += entry_bytes(key, value.len() as u64);
                 0
@@ -116,7 +126,9 @@ impl Store {
         let Some(KeyEntry::Compact(compact)) = self.entries.at_mut(position) else {
             unreachable!("live_position just found a bytes value there");
         };
-        compact.append(suffix, new_capacity, version);
+        if let Err(refusal) = compact.append(suffix, new_capacity, version) {
+            return compact_refusal(refusal);
+        }
         let charged_capacity = compact.capacity() as u64;
         self.data_bytes = self.data_bytes - current_capacity as u64 + charged_capacity;
         Response::Appended {

@@ -2,7 +2,7 @@
 
 use engram_proto::{ErrorCode, Response};
 
-use super::{entry_bytes, error, wrong_type, CompactEntry, Contents, KeyEntry, Position, Store};
+use super::{compact_refusal, entry_bytes, error, wrong_type, CompactEntry, Contents, KeyEntry, Position, Store};
 
 impl Store {
     /// The live counter at `key` (where it sits and its value), `None` for a missing key,
@@ -21,19 +21,24 @@ impl Store {
     }
 
     /// Stores `value` into the existing counter at `position` in place, or creates it.
+    /// `position` must come from [`Store::counter_value`]; anything but a counter there
+    /// is a bug, answered `Internal` rather than reported as stored.
     fn counter_store(&mut self, key: &[u8], position: Option<Position>, value: i64) -> Result<(), Response> {
         if let Some(position) = position {
             let version = self.next_version();
-            if let Some(KeyEntry::Compact(compact)) = self.entries.at_mut(position) {
-                compact.set_counter_value(value, version);
-            }
-            return Ok(());
+            return match self.entries.at_mut(position) {
+                Some(KeyEntry::Compact(compact)) => compact.set_counter_value(value, version).map_err(compact_refusal),
+                _ => Err(error(
+                    ErrorCode::Internal,
+                    "the counter to store into is no longer where it was found",
+                )),
+            };
         }
         let new_bytes = entry_bytes(key, 0);
         self.admit_growth(0, new_bytes)?;
         let version = self.next_version();
-        self.entries
-            .insert_new(KeyEntry::Compact(CompactEntry::counter(key, value, version, 0)));
+        let entry = CompactEntry::counter(key, value, version, 0).map_err(compact_refusal)?;
+        self.entries.insert_new(KeyEntry::Compact(entry));
         self.data_bytes += new_bytes;
         Ok(())
     }
@@ -99,5 +104,30 @@ impl Store {
             },
             Err(refusal) => refusal,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use engram_proto::{ErrorCode, Response};
+
+    use super::super::{CompactEntry, KeyEntry, Store};
+
+    #[test]
+    fn storing_a_counter_into_a_bytes_value_is_an_internal_error() {
+        let mut store = Store::new(u64::MAX / 2, 1);
+        let entry = CompactEntry::bytes(b"k", b"abc", 1, 0).unwrap();
+        let position = store.entries.insert_new(KeyEntry::Compact(entry));
+        let Err(Response::Error(reply)) = store.counter_store(b"k", Some(position), 5) else {
+            panic!("a counter was reported stored into a bytes value")
+        };
+        assert_eq!(reply.code, ErrorCode::Internal.as_u16());
+        assert_eq!(
+            store.bytes_get(b"k", 0),
+            Response::Value {
+                value: b"abc".to_vec(),
+                version: 1
+            }
+        );
     }
 }

@@ -23,8 +23,8 @@ use engram_proto::{
 
 use super::operations::{done_record_bytes, OPERATION_RECORDS_MAX};
 use super::{
-    barrier, client_key, error, future, latch, lock, map, queue, semaphore, CompactEntry, Contents, Effects, Entry,
-    KeyEntry, Object, Store, STORED_KEY_BYTES_MAX,
+    barrier, client_key, error, future, latch, lock, map, queue, semaphore, CompactEntry, CompactError, Contents,
+    Effects, Entry, KeyEntry, Object, Store, STORED_KEY_BYTES_MAX,
 };
 
 /// The slot of a stored key (`[namespace length][namespace][client key]`), as the
@@ -272,6 +272,15 @@ impl Store {
             )));
         }
         check_minted("version", version, last_version).map_err(invalid)?;
+        // The checks above keep keys and values within what a compact entry's length
+        // fields hold; a refusal from the table answers the same way should they not.
+        let unencodable = |refusal: CompactError| match refusal {
+            CompactError::KeyTooLong { length } => ImportError::KeyTooLarge { length },
+            CompactError::ValueTooLong { length } => invalid(format!(
+                "value of {length} bytes exceeds value_bytes_max ({VALUE_BYTES_MAX})"
+            )),
+            CompactError::WrongKind => invalid("the entry's kind does not match its contents".into()),
+        };
         let expires_at_ms = if ttl_remaining_ms == 0 {
             0
         } else {
@@ -285,10 +294,10 @@ impl Store {
                         value.len()
                     )));
                 }
-                KeyEntry::Compact(CompactEntry::bytes(&key, &value, version, expires_at_ms))
+                KeyEntry::Compact(CompactEntry::bytes(&key, &value, version, expires_at_ms).map_err(unencodable)?)
             }
             MigratedObject::Counter { value } => {
-                KeyEntry::Compact(CompactEntry::counter(&key, value, version, expires_at_ms))
+                KeyEntry::Compact(CompactEntry::counter(&key, value, version, expires_at_ms).map_err(unencodable)?)
             }
             object => {
                 let object = import_object(object, now_ms, last_version).map_err(invalid)?;

@@ -296,7 +296,11 @@ proptest! {
             prop_assert_eq!(batch.last_version, last_version_before);
             target.import_encoded(&encoded, now).unwrap();
         }
+        prop_assert_eq!(target.data_bytes, target.recomputed_data_bytes(), "imported entries are charged exactly");
+        prop_assert_eq!(&target.expiries, &target.expected_expiries());
         source.remove_slots(in_slot, now);
+        prop_assert_eq!(source.data_bytes, source.recomputed_data_bytes(), "removed entries are uncharged exactly");
+        prop_assert_eq!(&source.expiries, &source.expected_expiries());
         prop_assert!(source.take_completions().is_empty(), "nothing was left parked to bounce");
         prop_assert!(source.entries.iter().all(|entry| !slot_of_stored_key(entry.key()).is_some_and(in_slot)));
         prop_assert!(target.entries.iter().all(|entry| slot_of_stored_key(entry.key()).is_some_and(in_slot)));

@@ -49,7 +49,7 @@ use engram_proto::{Command, ErrorCode, ErrorReply, Request, Response};
 pub use migration::{slot_of_stored_key, ImportError};
 use operations::{Lookup, Record};
 pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
-use table::{CompactEntry, Contents, KeyEntry, KeyTable, Position};
+use table::{CompactEntry, CompactError, Contents, KeyEntry, KeyTable, Position};
 pub use waiting::Completion;
 pub(crate) use waiting::{Effects, Revert, Waiting};
 
@@ -458,13 +458,7 @@ impl Store {
     fn execute(&mut self, command: &Command, now_ms: u64, origin: Option<(u64, u64)>) -> Outcome {
         if let Some(key) = command.key() {
             if key.len() > STORED_KEY_BYTES_MAX {
-                return Outcome::Ready(error(
-                    ErrorCode::KeyTooLarge,
-                    format!(
-                        "stored key of {} bytes exceeds stored_key_bytes_max ({STORED_KEY_BYTES_MAX})",
-                        key.len()
-                    ),
-                ));
+                return Outcome::Ready(key_too_large(key.len()));
             }
         }
         if let Err(refusal) = validate(command) {
@@ -814,17 +808,21 @@ impl Store {
         }
     }
 
-    /// [`Store::remove`] of the entry at `position`, which holds `key`.
+    /// [`Store::remove`] of the entry at `position`, which holds `key`. The bookkeeping
+    /// (leases, waiters, expiry index) follows the removed entry's own key, so it stays
+    /// consistent with the table even if a caller's position were stale.
     fn remove_at(&mut self, key: &[u8], position: Position, now_ms: u64) {
-        let Some(entry) = self.entries.remove_at(position) else {
+        let Some(mut entry) = self.entries.remove_at(position) else {
             return;
         };
+        debug_assert_eq!(entry.key(), key, "remove_at was given another key's position");
         // Uncharge what the entry was charged with before its waiters leave (which
         // shrinks its payload), or the difference would stay counted forever.
         let charged = entry.entry_bytes();
         let expires_at_ms = entry.expires_at_ms();
-        if let KeyEntry::Object(mut object_entry) = entry {
-            let object = &mut object_entry.entry.object;
+        if let KeyEntry::Object(object_entry) = &mut entry {
+            let table::ObjectEntry { key, entry } = &mut **object_entry;
+            let object = &mut entry.object;
             let mut effects = store_effects!(self, now_ms, None);
             match object {
                 Object::Lock(lock) => lock.clear_leases(key, &mut effects),
@@ -834,7 +832,26 @@ impl Store {
             object.fail_waiters(&mut effects, &error(ErrorCode::ObjectDeleted, "the object was deleted"));
         }
         self.data_bytes -= charged;
-        self.move_deadline(key, expires_at_ms, 0);
+        self.move_deadline(entry.key(), expires_at_ms, 0);
+    }
+
+    /// What `data_bytes` should be, recomputed from scratch: every entry's charge plus
+    /// the expiry index's (from the index itself, not the entries' deadlines).
+    #[cfg(test)]
+    pub(crate) fn recomputed_data_bytes(&self) -> u64 {
+        let entries: u64 = self.entries.iter().map(KeyEntry::entry_bytes).sum();
+        let expiries: u64 = self.expiries.iter().map(|(_, key)| expiry_bytes(key)).sum();
+        entries + expiries
+    }
+
+    /// The expiry index as the entries' deadlines say it should be.
+    #[cfg(test)]
+    pub(crate) fn expected_expiries(&self) -> BTreeSet<(u64, Box<[u8]>)> {
+        self.entries
+            .iter()
+            .filter(|entry| entry.expires_at_ms() != 0)
+            .map(|entry| (entry.expires_at_ms(), Box::from(entry.key())))
+            .collect()
     }
 }
 
@@ -896,7 +913,12 @@ fn validate(command: &Command) -> Result<(), Response> {
                 "barrier parties {parties} is outside 1..={PARTIES_MAX} (parties_max)"
             ));
         }
-        Command::FutureComplete { value, .. } | Command::QueuePush { value, .. } | Command::MapSet { value, .. }
+        // An append's suffix alone past the limit is refused here; one that would grow an
+        // existing value past it is refused by `bytes_append`.
+        Command::Append { value, .. }
+        | Command::FutureComplete { value, .. }
+        | Command::QueuePush { value, .. }
+        | Command::MapSet { value, .. }
             if value.len() > VALUE_BYTES_MAX =>
         {
             return Err(value_too_large(value.len()));
@@ -925,6 +947,27 @@ pub(crate) fn out_of_memory(needed_bytes: u64, used_bytes: u64, limit_bytes: u64
         ErrorCode::OutOfMemory,
         format!("write needs {needed_bytes} bytes; shard holds {used_bytes} of memory_limit_bytes ({limit_bytes})"),
     )
+}
+
+fn key_too_large(bytes: usize) -> Response {
+    error(
+        ErrorCode::KeyTooLarge,
+        format!("stored key of {bytes} bytes exceeds stored_key_bytes_max ({STORED_KEY_BYTES_MAX})"),
+    )
+}
+
+/// The answer for a compact entry the table would not build or change. Lengths past its
+/// fields are past the validated limits too (asserted where the fields are defined), so
+/// they get the limits' refusals; a wrong kind means a caller skipped its type check.
+fn compact_refusal(refusal: CompactError) -> Response {
+    match refusal {
+        CompactError::KeyTooLong { length } => key_too_large(length),
+        CompactError::ValueTooLong { length } => value_too_large(length),
+        CompactError::WrongKind => error(
+            ErrorCode::Internal,
+            "a counter operation reached a bytes value, or a bytes operation a counter",
+        ),
+    }
 }
 
 fn value_too_large(bytes: usize) -> Response {

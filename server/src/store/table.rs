@@ -114,7 +114,11 @@ impl KeyEntry {
 /// key, 32-byte value) from glibc's 80-byte size class to the 96-byte one.
 ///
 /// Only the constructors build the box, so it always holds the whole header, the key
-/// and the payload its kind describes.
+/// and the payload its kind describes. They check that the lengths fit their fields
+/// (a wrapped key length would make [`CompactEntry::key`] return another slice than the
+/// one hashed), and the operations that only apply to one kind refuse the other, so a
+/// broken assumption in a caller comes back as a [`CompactError`] instead of a silent
+/// no-op or a corrupt entry.
 #[derive(Debug)]
 pub(crate) struct CompactEntry(Box<[u8]>);
 
@@ -130,9 +134,60 @@ const KIND_BYTES_WITH_ROOM: u8 = 2;
 const COUNTER_BYTES: usize = 8;
 const VALUE_LENGTH_BYTES: usize = 4;
 
-// The length fields must hold the longest key and value the store accepts.
+// The length fields must hold the longest key and value the store accepts, so the
+// store's own limit checks make the refusals below unreachable from requests.
 const _: () = assert!(super::STORED_KEY_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(engram_proto::limits::VALUE_BYTES_MAX <= u32::MAX as usize);
+
+/// What a compact entry's payload is (its kind byte, decoded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Bytes,
+    BytesWithRoom,
+}
+
+impl Kind {
+    fn byte(self) -> u8 {
+        match self {
+            Kind::Counter => KIND_COUNTER,
+            Kind::Bytes => KIND_BYTES,
+            Kind::BytesWithRoom => KIND_BYTES_WITH_ROOM,
+        }
+    }
+}
+
+/// Why a compact entry could not be built or changed; the entry is left as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CompactError {
+    /// The key is longer than the header's u16 length field holds.
+    KeyTooLong { length: usize },
+    /// A value with room is longer than its u32 length field holds.
+    ValueTooLong { length: usize },
+    /// A counter operation on a bytes value, or a bytes operation on a counter.
+    WrongKind,
+}
+
+/// A key with the length the header stores for it, made only by checking that the
+/// length fits or by reading an entry's own header, so the two always agree.
+#[derive(Clone, Copy)]
+struct HeaderKey<'a> {
+    key: &'a [u8],
+    length: u16,
+}
+
+impl HeaderKey<'_> {
+    fn new(key: &[u8]) -> Result<HeaderKey<'_>, CompactError> {
+        let length = u16::try_from(key.len()).map_err(|_| CompactError::KeyTooLong { length: key.len() })?;
+        Ok(HeaderKey { key, length })
+    }
+}
+
+/// A value length as a with-room value's length field stores it.
+fn value_length_field(length: usize) -> Result<[u8; VALUE_LENGTH_BYTES], CompactError> {
+    let length = u32::try_from(length).map_err(|_| CompactError::ValueTooLong { length })?;
+    Ok(length.to_le_bytes())
+}
 
 /// What a compact entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,52 +197,92 @@ pub(crate) enum Contents<'a> {
 }
 
 impl CompactEntry {
-    pub(crate) fn bytes(key: &[u8], value: &[u8], version: u64, expires_at_ms: u64) -> CompactEntry {
-        CompactEntry::bytes_with_room(key, value, &[], value.len(), version, expires_at_ms)
+    /// Refused only for a key longer than the header's length field holds.
+    pub(crate) fn bytes(
+        key: &[u8],
+        value: &[u8],
+        version: u64,
+        expires_at_ms: u64,
+    ) -> Result<CompactEntry, CompactError> {
+        let key = HeaderKey::new(key)?;
+        Ok(CompactEntry::build(
+            key,
+            Kind::Bytes,
+            &[value],
+            0,
+            version,
+            expires_at_ms,
+        ))
     }
 
-    pub(crate) fn counter(key: &[u8], value: i64, version: u64, expires_at_ms: u64) -> CompactEntry {
+    /// Refused only for a key longer than the header's length field holds.
+    pub(crate) fn counter(
+        key: &[u8],
+        value: i64,
+        version: u64,
+        expires_at_ms: u64,
+    ) -> Result<CompactEntry, CompactError> {
+        let key = HeaderKey::new(key)?;
         let payload = value.to_le_bytes();
-        CompactEntry::build(key, KIND_COUNTER, &[&payload], 0, version, expires_at_ms)
+        Ok(CompactEntry::build(
+            key,
+            Kind::Counter,
+            &[&payload],
+            0,
+            version,
+            expires_at_ms,
+        ))
     }
 
     /// The bytes value `head` then `tail`, with room for `capacity` bytes in all.
     fn bytes_with_room(
-        key: &[u8],
+        key: HeaderKey<'_>,
         head: &[u8],
         tail: &[u8],
         capacity: usize,
         version: u64,
         expires_at_ms: u64,
-    ) -> CompactEntry {
+    ) -> Result<CompactEntry, CompactError> {
         let length = head.len() + tail.len();
         if capacity <= length {
-            return CompactEntry::build(key, KIND_BYTES, &[head, tail], 0, version, expires_at_ms);
+            return Ok(CompactEntry::build(
+                key,
+                Kind::Bytes,
+                &[head, tail],
+                0,
+                version,
+                expires_at_ms,
+            ));
         }
-        debug_assert!(length <= u32::MAX as usize);
-        let length_field = (length as u32).to_le_bytes();
+        let length_field = value_length_field(length)?;
         let parts = [&length_field[..], head, tail];
-        CompactEntry::build(
+        Ok(CompactEntry::build(
             key,
-            KIND_BYTES_WITH_ROOM,
+            Kind::BytesWithRoom,
             &parts,
             capacity - length,
             version,
             expires_at_ms,
-        )
+        ))
     }
 
     /// The header, the key, `parts` as the payload, and `spare` zero bytes of room.
-    fn build(key: &[u8], kind: u8, parts: &[&[u8]], spare: usize, version: u64, expires_at_ms: u64) -> CompactEntry {
-        debug_assert!(key.len() <= usize::from(u16::MAX));
+    fn build(
+        key: HeaderKey<'_>,
+        kind: Kind,
+        parts: &[&[u8]],
+        spare: usize,
+        version: u64,
+        expires_at_ms: u64,
+    ) -> CompactEntry {
         let payload_bytes: usize = parts.iter().map(|part| part.len()).sum();
-        let total = HEADER_BYTES + key.len() + payload_bytes + spare;
+        let total = HEADER_BYTES + key.key.len() + payload_bytes + spare;
         let mut bytes = Vec::with_capacity(total);
         bytes.extend_from_slice(&version.to_le_bytes());
         bytes.extend_from_slice(&expires_at_ms.to_le_bytes());
-        bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
-        bytes.push(kind);
-        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(&key.length.to_le_bytes());
+        bytes.push(kind.byte());
+        bytes.extend_from_slice(key.key);
         for part in parts {
             bytes.extend_from_slice(part);
         }
@@ -205,17 +300,34 @@ impl CompactEntry {
         self.0[at..at + 8].copy_from_slice(&value.to_le_bytes());
     }
 
-    fn kind(&self) -> u8 {
-        self.0[KIND_AT]
+    fn kind(&self) -> Kind {
+        match self.0[KIND_AT] {
+            KIND_COUNTER => Kind::Counter,
+            KIND_BYTES => Kind::Bytes,
+            KIND_BYTES_WITH_ROOM => Kind::BytesWithRoom,
+            // Not reachable from requests: only `build` writes the byte, from a `Kind`.
+            other => unreachable!("compact entry with unknown kind byte {other}"),
+        }
+    }
+
+    fn key_length(&self) -> u16 {
+        u16::from_le_bytes([self.0[KEY_LENGTH_AT], self.0[KEY_LENGTH_AT + 1]])
     }
 
     fn payload_at(&self) -> usize {
-        let key_length = u16::from_le_bytes([self.0[KEY_LENGTH_AT], self.0[KEY_LENGTH_AT + 1]]);
-        HEADER_BYTES + usize::from(key_length)
+        HEADER_BYTES + usize::from(self.key_length())
     }
 
     pub(crate) fn key(&self) -> &[u8] {
         &self.0[HEADER_BYTES..self.payload_at()]
+    }
+
+    /// The key with the length its header already holds, to rebuild the entry with.
+    fn header_key(&self) -> HeaderKey<'_> {
+        HeaderKey {
+            key: self.key(),
+            length: self.key_length(),
+        }
     }
 
     pub(crate) fn version(&self) -> u64 {
@@ -233,13 +345,13 @@ impl CompactEntry {
     pub(crate) fn contents(&self) -> Contents<'_> {
         let at = self.payload_at();
         match self.kind() {
-            KIND_COUNTER => {
+            Kind::Counter => {
                 let mut field = [0; COUNTER_BYTES];
                 field.copy_from_slice(&self.0[at..at + COUNTER_BYTES]);
                 Contents::Counter(i64::from_le_bytes(field))
             }
-            KIND_BYTES => Contents::Bytes(&self.0[at..]),
-            _ => {
+            Kind::Bytes => Contents::Bytes(&self.0[at..]),
+            Kind::BytesWithRoom => {
                 let mut field = [0; VALUE_LENGTH_BYTES];
                 field.copy_from_slice(&self.0[at..at + VALUE_LENGTH_BYTES]);
                 let value_at = at + VALUE_LENGTH_BYTES;
@@ -248,22 +360,24 @@ impl CompactEntry {
         }
     }
 
-    /// Stores a counter's new value in place; a bytes value is left as it is.
-    pub(crate) fn set_counter_value(&mut self, value: i64, version: u64) {
-        if self.kind() != KIND_COUNTER {
-            return;
+    /// Stores a counter's new value in place; a bytes value is refused (`WrongKind`)
+    /// and left as it is.
+    pub(crate) fn set_counter_value(&mut self, value: i64, version: u64) -> Result<(), CompactError> {
+        if self.kind() != Kind::Counter {
+            return Err(CompactError::WrongKind);
         }
         let at = self.payload_at();
         self.0[at..at + COUNTER_BYTES].copy_from_slice(&value.to_le_bytes());
         self.set_version(version);
+        Ok(())
     }
 
     /// The bytes a value can reach before it needs a larger box.
     pub(crate) fn capacity(&self) -> usize {
         let payload = self.0.len() - self.payload_at();
         match self.kind() {
-            KIND_BYTES_WITH_ROOM => payload - VALUE_LENGTH_BYTES,
-            _ => payload,
+            Kind::BytesWithRoom => payload - VALUE_LENGTH_BYTES,
+            Kind::Bytes | Kind::Counter => payload,
         }
     }
 
@@ -271,16 +385,16 @@ impl CompactEntry {
     /// counter's eight bytes are part of the fixed overhead).
     pub(crate) fn payload_bytes(&self) -> u64 {
         match self.kind() {
-            KIND_COUNTER => 0,
-            _ => self.capacity() as u64,
+            Kind::Counter => 0,
+            Kind::Bytes | Kind::BytesWithRoom => self.capacity() as u64,
         }
     }
 
     /// Replaces a bytes value, its version and deadline, leaving no spare room: in place
     /// when the new value is as long as the exact old one, else in a new box.
     pub(crate) fn replace_value(&mut self, value: &[u8], version: u64, expires_at_ms: u64) {
-        if self.kind() != KIND_BYTES || value.len() != self.capacity() {
-            *self = CompactEntry::bytes(self.key(), value, version, expires_at_ms);
+        if self.kind() != Kind::Bytes || value.len() != self.capacity() {
+            *self = CompactEntry::build(self.header_key(), Kind::Bytes, &[value], 0, version, expires_at_ms);
             return;
         }
         let at = self.payload_at();
@@ -291,24 +405,28 @@ impl CompactEntry {
 
     /// Appends to a bytes value, in place when its room holds `suffix`, else moving it
     /// to a new box with room for `capacity` bytes (at least the new length). A counter
-    /// is left as it is.
-    pub(crate) fn append(&mut self, suffix: &[u8], capacity: usize, version: u64) {
+    /// is refused (`WrongKind`), as is a length past the length field; either leaves the
+    /// entry as it was.
+    pub(crate) fn append(&mut self, suffix: &[u8], capacity: usize, version: u64) -> Result<(), CompactError> {
         let Contents::Bytes(value) = self.contents() else {
-            return;
+            return Err(CompactError::WrongKind);
         };
-        let length = value.len() + suffix.len();
+        let value_length = value.len();
+        let length = value_length + suffix.len();
         if suffix.is_empty() {
             // Nothing to write.
-        } else if self.kind() == KIND_BYTES_WITH_ROOM && length <= self.capacity() {
+        } else if self.kind() == Kind::BytesWithRoom && length <= self.capacity() {
+            let length_field = value_length_field(length)?;
             let at = self.payload_at();
-            let suffix_at = at + VALUE_LENGTH_BYTES + value.len();
+            let suffix_at = at + VALUE_LENGTH_BYTES + value_length;
             self.0[suffix_at..suffix_at + suffix.len()].copy_from_slice(suffix);
-            self.0[at..at + VALUE_LENGTH_BYTES].copy_from_slice(&(length as u32).to_le_bytes());
+            self.0[at..at + VALUE_LENGTH_BYTES].copy_from_slice(&length_field);
         } else {
             let expires_at_ms = self.expires_at_ms();
-            *self = CompactEntry::bytes_with_room(self.key(), value, suffix, capacity, version, expires_at_ms);
+            *self = CompactEntry::bytes_with_room(self.header_key(), value, suffix, capacity, version, expires_at_ms)?;
         }
         self.set_version(version);
+        Ok(())
     }
 }
 
@@ -386,7 +504,7 @@ mod tests {
 
     #[test]
     fn compact_bytes_round_trip_their_fields() {
-        let mut entry = CompactEntry::bytes(b"\x02nskey", b"value", 7, 1_000);
+        let mut entry = CompactEntry::bytes(b"\x02nskey", b"value", 7, 1_000).unwrap();
         assert_eq!(entry.key(), b"\x02nskey");
         assert_eq!(entry.contents(), Contents::Bytes(b"value"));
         assert_eq!((entry.version(), entry.expires_at_ms()), (7, 1_000));
@@ -398,21 +516,21 @@ mod tests {
 
     #[test]
     fn compact_counters_update_in_place() {
-        let mut entry = CompactEntry::counter(b"c", -5, 1, 0);
+        let mut entry = CompactEntry::counter(b"c", -5, 1, 0).unwrap();
         assert_eq!(entry.contents(), Contents::Counter(-5));
         assert_eq!(
             entry.payload_bytes(),
             0,
             "a counter's 8 bytes are in the fixed overhead"
         );
-        entry.set_counter_value(i64::MIN, 2);
+        entry.set_counter_value(i64::MIN, 2).unwrap();
         assert_eq!(entry.contents(), Contents::Counter(i64::MIN));
         assert_eq!((entry.version(), entry.key()), (2, &b"c"[..]));
     }
 
     #[test]
     fn replace_writes_in_place_only_at_the_same_length() {
-        let mut entry = CompactEntry::bytes(b"k", b"abc", 1, 0);
+        let mut entry = CompactEntry::bytes(b"k", b"abc", 1, 0).unwrap();
         entry.replace_value(b"xyz", 2, 50);
         assert_eq!(entry.contents(), Contents::Bytes(b"xyz"));
         assert_eq!((entry.version(), entry.expires_at_ms(), entry.capacity()), (2, 50, 3));
@@ -430,24 +548,24 @@ mod tests {
 
     #[test]
     fn appends_fill_their_room_before_growing() {
-        let mut entry = CompactEntry::bytes(b"k", b"ab", 1, 9);
-        entry.append(b"", 2, 2);
+        let mut entry = CompactEntry::bytes(b"k", b"ab", 1, 9).unwrap();
+        entry.append(b"", 2, 2).unwrap();
         assert_eq!(entry.contents(), Contents::Bytes(b"ab"));
         assert_eq!(
             (entry.capacity(), entry.version()),
             (2, 2),
             "an empty append only takes a version"
         );
-        entry.append(b"cd", 8, 3);
+        entry.append(b"cd", 8, 3).unwrap();
         assert_eq!(entry.contents(), Contents::Bytes(b"abcd"));
         assert_eq!((entry.capacity(), entry.version(), entry.expires_at_ms()), (8, 3, 9));
-        entry.append(b"efgh", 16, 4);
+        entry.append(b"efgh", 16, 4).unwrap();
         assert_eq!(entry.contents(), Contents::Bytes(b"abcdefgh"));
         assert_eq!((entry.capacity(), entry.version()), (8, 4), "filled in place");
-        entry.append(b"i", 9, 5);
+        entry.append(b"i", 9, 5).unwrap();
         assert_eq!(entry.contents(), Contents::Bytes(b"abcdefghi"));
         assert_eq!((entry.capacity(), entry.version(), entry.key()), (9, 5, &b"k"[..]));
-        entry.append(b"j", 20, 6);
+        entry.append(b"j", 20, 6).unwrap();
         assert_eq!(entry.contents(), Contents::Bytes(b"abcdefghij"));
         assert_eq!(
             (entry.capacity(), entry.payload_bytes(), entry.expires_at_ms()),
@@ -463,7 +581,9 @@ mod tests {
         let mut table = KeyTable::new(42);
         for n in 0..1_000u32 {
             let key = n.to_le_bytes();
-            table.insert_new(KeyEntry::Compact(CompactEntry::counter(&key, i64::from(n), 1, 0)));
+            table.insert_new(KeyEntry::Compact(
+                CompactEntry::counter(&key, i64::from(n), 1, 0).unwrap(),
+            ));
         }
         assert_eq!(table.len(), 1_000);
         for n in 0..1_000u32 {
@@ -479,5 +599,43 @@ mod tests {
         let object = KeyEntry::object(b"lock", Entry::new(super::super::lock::LockState::create()));
         let position = table.insert_new(object);
         assert_eq!(table.at(position).map(KeyEntry::key), Some(&b"lock"[..]));
+    }
+
+    #[test]
+    fn lengths_past_their_fields_are_refused() {
+        let longest = vec![b'k'; usize::from(u16::MAX)];
+        let entry = CompactEntry::bytes(&longest, b"v", 1, 0).unwrap();
+        assert_eq!(
+            entry.key(),
+            &longest[..],
+            "the longest key the field holds reads back whole"
+        );
+        let too_long = vec![b'k'; usize::from(u16::MAX) + 1];
+        let refused = Err(CompactError::KeyTooLong { length: too_long.len() });
+        assert_eq!(CompactEntry::bytes(&too_long, b"v", 1, 0).map(|_| ()), refused);
+        assert_eq!(CompactEntry::counter(&too_long, 1, 1, 0).map(|_| ()), refused);
+        assert_eq!(
+            value_length_field(u32::MAX as usize + 1),
+            Err(CompactError::ValueTooLong {
+                length: u32::MAX as usize + 1
+            })
+        );
+        assert_eq!(value_length_field(7), Ok(7u32.to_le_bytes()));
+    }
+
+    #[test]
+    fn operations_on_the_wrong_kind_are_refused_and_change_nothing() {
+        let mut bytes = CompactEntry::bytes(b"k", b"abc", 1, 9).unwrap();
+        assert_eq!(bytes.set_counter_value(5, 2), Err(CompactError::WrongKind));
+        assert_eq!(bytes.contents(), Contents::Bytes(b"abc"));
+        assert_eq!((bytes.version(), bytes.expires_at_ms(), bytes.key()), (1, 9, &b"k"[..]));
+        let mut counter = CompactEntry::counter(b"c", 5, 1, 9).unwrap();
+        assert_eq!(counter.append(b"x", 8, 2), Err(CompactError::WrongKind));
+        assert_eq!(counter.append(b"", 8, 2), Err(CompactError::WrongKind));
+        assert_eq!(counter.contents(), Contents::Counter(5));
+        assert_eq!(
+            (counter.version(), counter.expires_at_ms(), counter.payload_bytes()),
+            (1, 9, 0)
+        );
     }
 }

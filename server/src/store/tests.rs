@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use engram_proto::{Command, ErrorCode, Request, Response, SetCondition};
+use engram_proto::{Command, ErrorCode, MigratedEntry, MigratedObject, Request, Response, SetCondition, SlotBatch};
 use proptest::prelude::*;
 
 use super::*;
@@ -403,6 +403,81 @@ fn oversize_key_and_value_are_refused() {
     assert_eq!(code(&response), Some(ErrorCode::ValueTooLarge));
 }
 
+/// A `ValueTooLarge` refusal naming the length and the limit, as a SET's.
+fn assert_value_too_large(response: &Response, length: usize) {
+    let Response::Error(reply) = response else {
+        panic!("not refused: {response:?}")
+    };
+    assert_eq!(ErrorCode::from_u16(reply.code), Some(ErrorCode::ValueTooLarge));
+    assert_eq!(
+        reply.message,
+        format!("value of {length} bytes exceeds value_bytes_max ({VALUE_BYTES_MAX})")
+    );
+}
+
+#[test]
+fn appends_past_value_bytes_max_are_refused() {
+    let mut store = Store::new(UNLIMITED, 1);
+    // Stored-form keys (empty namespace), so the slots can be exported below.
+    let append = |key: &[u8], length: usize| Command::Append {
+        key: key.to_vec(),
+        value: vec![b'x'; length],
+    };
+    let get = |key: &[u8]| Command::Get { key: key.to_vec() };
+
+    // A suffix over the limit to a missing key would create the value: refused as a SET.
+    let response = store.run(1, &request(1, append(b"\0new", VALUE_BYTES_MAX + 1)), 0);
+    assert_value_too_large(&response, VALUE_BYTES_MAX + 1);
+    assert_eq!(store.run(1, &request(0, get(b"\0new")), 0), Response::Missing);
+    let response = store.run(1, &request(2, append(b"\0full", VALUE_BYTES_MAX)), 0);
+    assert!(matches!(response, Response::Written { .. }), "{response:?}");
+
+    // Growing an existing value past the limit is refused and changes nothing.
+    let set = Command::Set {
+        key: b"\0k".to_vec(),
+        value: vec![b'v'; VALUE_BYTES_MAX - 2],
+        ttl_ms: 0,
+        condition: SetCondition::Always,
+    };
+    let Response::Written { version } = store.run(1, &request(3, set), 0) else {
+        panic!("not written")
+    };
+    assert_value_too_large(&store.run(1, &request(4, append(b"\0k", 3)), 0), VALUE_BYTES_MAX + 1);
+    let Response::Value {
+        value,
+        version: unchanged,
+    } = store.run(1, &request(0, get(b"\0k")), 0)
+    else {
+        panic!("value gone")
+    };
+    assert_eq!((value.len(), unchanged), (VALUE_BYTES_MAX - 2, version));
+    let response = store.run(1, &request(5, append(b"\0k", 2)), 0);
+    assert!(
+        matches!(response, Response::Appended { length, .. } if length == VALUE_BYTES_MAX as u64),
+        "{response:?}"
+    );
+    assert_value_too_large(&store.run(1, &request(6, append(b"\0k", 1)), 0), VALUE_BYTES_MAX + 1);
+    assert_value_too_large(&store.run(1, &request(7, append(b"\0full", 1)), 0), VALUE_BYTES_MAX + 1);
+
+    // Nothing over the limit is held, not even as an append's spare room, so the
+    // slots migrate whole.
+    for entry in store.entries.iter() {
+        let KeyEntry::Compact(compact) = entry else {
+            panic!("only bytes values were written")
+        };
+        let Contents::Bytes(value) = compact.contents() else {
+            panic!("only bytes values were written")
+        };
+        assert!(value.len() <= VALUE_BYTES_MAX && compact.capacity() <= VALUE_BYTES_MAX);
+    }
+    assert_eq!(store.data_bytes, store.recomputed_data_bytes());
+    let mut target = Store::new(UNLIMITED, 2);
+    for batch in store.export_slots(|_| true, 0, 64 * 1024) {
+        target.import_batch(batch, 0).unwrap();
+    }
+    assert_eq!(target.stats().keys, 2);
+}
+
 #[test]
 fn append_creates_and_extends() {
     let mut store = Store::new(UNLIMITED, 1);
@@ -472,6 +547,21 @@ enum Step {
     Advance(u64),
     Run(Command),
     Expire,
+    /// A bytes value or counter migrated in from another shard, with its remaining TTL
+    /// (the only way a counter gets a deadline).
+    Import {
+        key: Vec<u8>,
+        object: ModelObject,
+        ttl_ms: u64,
+    },
+}
+
+/// The deadline a counter write keeps: the live counter's, if any.
+fn counter_deadline(model: &mut Model, key: &[u8], now: u64) -> Option<u64> {
+    match model.live(key, now) {
+        Some((ModelObject::Counter(_), _, deadline)) => *deadline,
+        _ => None,
+    }
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -500,11 +590,20 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         (key.clone(), prop_oneof![-3i64..3, Just(i64::MAX), Just(i64::MIN)])
             .prop_map(|(key, delta)| Step::Run(Command::CounterAdd { key, delta })),
         (key.clone(), -3i64..3).prop_map(|(key, value)| Step::Run(Command::CounterSet { key, value })),
-        (key, -2i64..2, -2i64..2).prop_map(|(key, expected, new)| Step::Run(Command::CounterCas {
+        (key.clone(), -2i64..2, -2i64..2).prop_map(|(key, expected, new)| Step::Run(Command::CounterCas {
             key,
             expected,
             new
         })),
+        (
+            key,
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..8).prop_map(ModelObject::Bytes),
+                (-3i64..3).prop_map(ModelObject::Counter)
+            ],
+            prop_oneof![Just(0u64), 1u64..60]
+        )
+            .prop_map(|(key, object, ttl_ms)| Step::Import { key, object, ttl_ms }),
     ]
 }
 
@@ -587,9 +686,10 @@ fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &
             match current.checked_add(*delta) {
                 None => store_response.clone(),
                 Some(value) => {
+                    let deadline = counter_deadline(model, key, now);
                     model
                         .entries
-                        .insert(key.clone(), (ModelObject::Counter(value), 0, None));
+                        .insert(key.clone(), (ModelObject::Counter(value), 0, deadline));
                     Response::Counter { value }
                 }
             }
@@ -598,9 +698,10 @@ fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &
             if let Some((ModelObject::Bytes(_), _, _)) = model.live(key, now) {
                 return store_response.clone();
             }
+            let deadline = counter_deadline(model, key, now);
             model
                 .entries
-                .insert(key.clone(), (ModelObject::Counter(*value), 0, None));
+                .insert(key.clone(), (ModelObject::Counter(*value), 0, deadline));
             Response::Counter { value: *value }
         }
         Command::CounterCas { key, expected, new } => {
@@ -615,7 +716,10 @@ fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &
                     current,
                 };
             }
-            model.entries.insert(key.clone(), (ModelObject::Counter(*new), 0, None));
+            let deadline = counter_deadline(model, key, now);
+            model
+                .entries
+                .insert(key.clone(), (ModelObject::Counter(*new), 0, deadline));
             Response::CounterCas {
                 swapped: true,
                 current: *new,
@@ -637,6 +741,31 @@ proptest! {
             match step {
                 Step::Advance(ms) => now += ms,
                 Step::Expire => { store.expire_due(now, usize::MAX); }
+                Step::Import { key, object, ttl_ms } => {
+                    let version = store.last_version + 1;
+                    let migrated = match &object {
+                        ModelObject::Bytes(value) => MigratedObject::Bytes { value: value.clone() },
+                        ModelObject::Counter(value) => MigratedObject::Counter { value: *value },
+                    };
+                    let batch = SlotBatch {
+                        entries: vec![MigratedEntry { key: key.clone(), version, ttl_remaining_ms: ttl_ms, object: migrated }],
+                        records: Vec::new(),
+                        last_version: version,
+                    };
+                    // Refused for a key the table still holds, even an expired one.
+                    let held = store.entries.get(&key).is_some();
+                    let imported = store.import_batch(batch, now);
+                    if held {
+                        prop_assert!(matches!(imported, Err(ImportError::DuplicateKey { .. })), "{:?}", imported);
+                    } else {
+                        prop_assert_eq!(imported, Ok(()));
+                        prop_assert!(model.live(&key, now).is_none(), "the store lost live key {:?}", key);
+                        let model_version = if matches!(object, ModelObject::Bytes(_)) { version } else { 0 };
+                        let deadline = (ttl_ms != 0).then(|| now + ttl_ms);
+                        model.entries.insert(key, (object, model_version, deadline));
+                        last_version = version;
+                    }
+                }
                 Step::Run(command) => {
                     let actual = store.run(1, &request(index as u64 + 1, command.clone()), now);
                     // Errors the model does not compute (wrong type, overflow) must be
@@ -654,6 +783,9 @@ proptest! {
             }
             let live = model.entries.iter().filter(|(_, (_, _, deadline))| deadline.is_none_or(|d| d > now)).count() as u64;
             prop_assert!(store.stats().keys >= live);
+            // Memory accounting is exact after every step, not only once emptied.
+            prop_assert_eq!(store.data_bytes, store.recomputed_data_bytes(), "charged bytes after step {}", index);
+            prop_assert_eq!(&store.expiries, &store.expected_expiries(), "expiry index after step {}", index);
         }
         // Accounting is exact: deleting everything returns to records-only memory.
         store.expire_due(u64::MAX / 4, usize::MAX);
