@@ -1,5 +1,7 @@
-//! One multiplexed connection to one server port: handshake, a writer task that coalesces
-//! queued frames, and a reader task that hands each response to the call waiting for it.
+//! One multiplexed connection to one server port: handshake, outgoing frames written by
+//! their callers or, when the socket is busy, by a writer task that coalesces them
+//! ([`crate::outbound`]), and a reader task that hands each response to the call waiting
+//! for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,15 +10,16 @@ use std::time::Duration;
 use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, PROTOCOL_VERSION};
 use engram_proto::{decode_payload, encode_message, FrameKind, Hello, HelloReply, ProtocolError, Request, Response};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use crate::error::{ConnectionError, Error};
 use crate::framing::FrameReader;
-use crate::limits::{WRITE_BATCH_BYTES_MAX, WRITE_QUEUE_FRAMES_MAX};
+use crate::limits::WRITE_BATCH_BYTES_MAX;
+use crate::outbound::{write_queued, Outbound};
 use crate::pending::{BatchRegistration, PendingTable, Reply};
 
 /// First capacity of a request's frame, on top of its key: header, request fields and a
@@ -35,7 +38,7 @@ pub struct Handshake {
 
 pub struct Connection {
     address: String,
-    outbound: mpsc::Sender<Vec<u8>>,
+    outbound: Arc<Outbound>,
     pending: Arc<PendingTable>,
     in_flight: Semaphore,
     /// 0 is the handshake's id, so calls start at 1.
@@ -77,8 +80,8 @@ impl Connection {
             })?;
         let (read_half, write_half) = stream.into_split();
         let pending = Arc::new(PendingTable::default());
-        let (outbound, queue) = mpsc::channel(WRITE_QUEUE_FRAMES_MAX);
-        let writer = runtime.spawn(write_requests(write_half, queue, Arc::clone(&pending)));
+        let outbound = Arc::new(Outbound::new(write_half));
+        let writer = runtime.spawn(write_queued(Arc::clone(&outbound), Arc::clone(&pending)));
         let reader = runtime.spawn(read_responses(read_half, reader, Arc::clone(&pending)));
         Ok(Arc::new(Connection {
             address: address.to_string(),
@@ -113,10 +116,9 @@ impl Connection {
             .pending
             .register(request_id)
             .map_err(|source| self.failed(source))?;
-        if self.outbound.send(frame).await.is_err() {
-            let source = self.pending.failure().unwrap_or(ConnectionError::Closed);
-            return Err(self.failed(source));
-        }
+        self.outbound
+            .send(frame, &self.pending)
+            .map_err(|source| self.failed(source))?;
         registration
             .reply(self.spin)
             .await
@@ -192,10 +194,9 @@ impl Connection {
             .register_batch(first_request_id, count)
             .map_err(|source| self.failed(source))?;
         for buffer in buffers {
-            if self.outbound.send(buffer).await.is_err() {
-                let source = self.pending.failure().unwrap_or(ConnectionError::Closed);
-                return Err(self.failed(source));
-            }
+            self.outbound
+                .send(buffer, &self.pending)
+                .map_err(|source| self.failed(source))?;
         }
         Ok(SentBatch {
             registration,
@@ -304,38 +305,6 @@ async fn exchange_hello(
             found,
             expected: FrameKind::HelloReply,
         })),
-    }
-}
-
-/// Writes queued frames: a lone frame as it is, several queued together coalesced into
-/// one reused buffer, so a burst of pipelined requests costs one write.
-async fn write_requests(mut stream: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>, pending: Arc<PendingTable>) {
-    let mut batch: Vec<u8> = Vec::new();
-    while let Some(frame) = queue.recv().await {
-        let written = match queue.try_recv() {
-            Err(_) => stream.write_all(&frame).await,
-            Ok(next) => {
-                batch.clear();
-                batch.extend_from_slice(&frame);
-                batch.extend_from_slice(&next);
-                while batch.len() < WRITE_BATCH_BYTES_MAX {
-                    match queue.try_recv() {
-                        Ok(frame) => batch.extend_from_slice(&frame),
-                        Err(_) => break,
-                    }
-                }
-                let written = stream.write_all(&batch).await;
-                // Keep one batch's worth, not the largest burst ever seen.
-                if batch.capacity() > 2 * WRITE_BATCH_BYTES_MAX {
-                    batch = Vec::new();
-                }
-                written
-            }
-        };
-        if let Err(error) = written {
-            pending.fail_all(error.into());
-            return;
-        }
     }
 }
 

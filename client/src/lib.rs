@@ -17,7 +17,9 @@
 //!   (one submodule per coordination object, mirroring the async ones).
 //! - [`error`]: the client error enum and its retryable/final classification.
 //! - [`limits`]: client-side limits and tunables (timeouts, backoff, queue sizes).
-//! - `connection`: one multiplexed connection: handshake, coalescing writer, dispatching reader.
+//! - `connection`: one multiplexed connection: handshake, in-flight places, dispatching reader.
+//! - `outbound`: a connection's outgoing frames: written inline by callers when the socket
+//!   is free, else queued for the coalescing writer task.
 //! - `pending`: request id to waiting call table of one connection.
 //! - `framing`: reads whole validated frames from a stream into one reusable buffer.
 //! - `pool`: one lazily opened, reopened-on-failure connection per server address.
@@ -64,6 +66,7 @@ mod connection;
 mod framing;
 mod object;
 mod operations;
+mod outbound;
 mod pending;
 mod pool;
 mod route;

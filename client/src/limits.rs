@@ -17,12 +17,6 @@ pub const RETRY_BACKOFF_MS_MAX: u64 = 250;
 /// waiting longer only adds to the call's latency.
 pub const RETRY_TRY_AGAIN_MS_MAX: u64 = 4;
 
-/// Frames a caller may queue for a connection's writer before it waits. Bounded so a slow
-/// socket pushes back on callers instead of buffering without limit; the in-flight
-/// semaphore (`IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`) bounds it already, this only keeps
-/// the channel's own memory small.
-pub const WRITE_QUEUE_FRAMES_MAX: usize = 256;
-
 /// The writer coalesces queued frames into one write until the batch reaches this size:
 /// one syscall for many small requests, without holding a huge buffer.
 pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
