@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // Engram patch: pairs with the fence a sleeping reactor issues between setting
+        // `should_notify` and its last look at the channels (upstream used a membarrier
+        // there instead, which made this side's fence unnecessary).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -1813,9 +1813,14 @@ impl Reactor {
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
             // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // details. Upstream issues `sys_membarrier()` /
+            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED` here, so that remote wakers need no
+            // fence. Engram patch: a shard sleeps after nearly every request at low load,
+            // and that system call (with an IPI to every CPU running one of our threads)
+            // cost more than the wake-up it protects; a SeqCst fence here pairs with the
+            // one in `SleepNotifier::notify` (Dekker: each side stores, fences, then
+            // loads the other's flag), which keeps the same guarantee.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
