@@ -77,3 +77,15 @@ pub fn run_async<F: std::future::Future>(limit: Duration, body: F) -> F::Output 
         }
     })
 }
+
+/// The bytes value stored at `key`, read through `client`; fails the test when the read
+/// fails or finds no value.
+pub async fn stored_value(client: &engram_client::Client, key: impl Into<Vec<u8>>) -> Vec<u8> {
+    client
+        .bytes(key)
+        .get()
+        .await
+        .expect("get")
+        .expect("a value is stored")
+        .value
+}

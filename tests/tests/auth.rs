@@ -49,16 +49,7 @@ fn client_needs_the_token() {
             client.ping().await.expect("ping");
             let key = format!("authorized-{direct}");
             client.bytes(key.as_str()).set("in").await.expect("set");
-            assert_eq!(
-                client
-                    .bytes(key.as_str())
-                    .get()
-                    .await
-                    .expect("get")
-                    .expect("value")
-                    .value,
-                b"in"
-            );
+            assert_eq!(engram_tests::stored_value(&client, key.as_str()).await, b"in");
         }
     });
 }

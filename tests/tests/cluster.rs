@@ -417,6 +417,16 @@ fn keys_in_first_step(count: usize) -> Vec<String> {
         .collect()
 }
 
+/// Writes `BULKY_KEYS` bulky values whose slots move in a rebalance's first step, so
+/// that step takes long enough to be interrupted; returns their keys.
+async fn seed_first_step(client: &Client) -> Vec<String> {
+    let keys = keys_in_first_step(BULKY_KEYS);
+    for key in &keys {
+        client.bytes(key.clone()).set(bulky_value(key)).await.expect("seed");
+    }
+    keys
+}
+
 fn bulky_value(key: &str) -> Vec<u8> {
     let mut value = key.as_bytes().repeat(BULKY_VALUE_BYTES / key.len() + 1);
     value.truncate(BULKY_VALUE_BYTES);
@@ -448,10 +458,7 @@ fn a_migration_whose_target_dies_midway_is_aborted_and_loses_nothing() {
     run_async(Duration::from_secs(150), async {
         wait_for_members(&control, 1).await;
         let client = connect(&source).await;
-        let keys = keys_in_first_step(BULKY_KEYS);
-        for key in &keys {
-            client.bytes(key.clone()).set(bulky_value(key)).await.expect("seed");
-        }
+        let keys = seed_first_step(&client).await;
         let mut counters = BTreeMap::new();
         for index in 0..300 {
             let key = format!("kept-{index}");
@@ -636,10 +643,7 @@ fn a_control_plane_killed_mid_migration_restarts_into_a_consistent_cluster() {
     run_async(Duration::from_secs(150), async {
         wait_for_members(&control, 1).await;
         let client = connect(&source).await;
-        let keys = keys_in_first_step(BULKY_KEYS);
-        for key in &keys {
-            client.bytes(key.clone()).set(bulky_value(key)).await.expect("seed");
-        }
+        let keys = seed_first_step(&client).await;
         let target = start_node(&control);
         wait_for_members(&control, 2).await;
         let rebalance = tokio::spawn(control.cli(&["rebalance"]));

@@ -141,7 +141,7 @@ fn appends_never_take_memory_past_the_limit() {
         );
         // Whatever was accepted reads back whole.
         for n in 0..written.min(50) {
-            let read = client.bytes(key(n)).get().await.expect("get").expect("value").value;
+            let read = engram_tests::stored_value(&client, key(n)).await;
             assert!(
                 read == value_for(n) || read == [value_for(n), b"+".to_vec()].concat(),
                 "key {n}"

@@ -31,20 +31,8 @@ fn same_key_in_two_namespaces_is_two_objects() {
                 "beta sees alpha's key"
             );
             beta.bytes(key.as_str()).set("from beta").await.expect("beta set");
-            assert_eq!(
-                alpha
-                    .bytes(key.as_str())
-                    .get()
-                    .await
-                    .expect("get")
-                    .expect("value")
-                    .value,
-                b"from alpha"
-            );
-            assert_eq!(
-                beta.bytes(key.as_str()).get().await.expect("get").expect("value").value,
-                b"from beta"
-            );
+            assert_eq!(engram_tests::stored_value(&alpha, key.as_str()).await, b"from alpha");
+            assert_eq!(engram_tests::stored_value(&beta, key.as_str()).await, b"from beta");
 
             // Counters, and deletes, are per namespace too.
             let counter = unique_key("shared-counter");
@@ -52,13 +40,7 @@ fn same_key_in_two_namespaces_is_two_objects() {
             assert_eq!(beta.counter(counter.as_str()).add(1).await.expect("add"), 1);
             assert!(beta.bytes(key.as_str()).del().await.expect("del"));
             assert_eq!(
-                alpha
-                    .bytes(key.as_str())
-                    .get()
-                    .await
-                    .expect("get")
-                    .expect("value")
-                    .value,
+                engram_tests::stored_value(&alpha, key.as_str()).await,
                 b"from alpha",
                 "beta's delete removed alpha's key (direct: {direct})"
             );
@@ -82,35 +64,9 @@ fn namespace_and_key_boundaries_do_not_blur() {
         short.bytes(short_key.as_str()).set("short").await.expect("set");
         long.bytes(long_key.as_str()).set("long").await.expect("set");
         empty.bytes(empty_key.as_str()).set("empty").await.expect("set");
-        assert_eq!(
-            short
-                .bytes(short_key.as_str())
-                .get()
-                .await
-                .expect("get")
-                .expect("value")
-                .value,
-            b"short"
-        );
-        assert_eq!(
-            long.bytes(long_key.as_str())
-                .get()
-                .await
-                .expect("get")
-                .expect("value")
-                .value,
-            b"long"
-        );
-        assert_eq!(
-            empty
-                .bytes(empty_key.as_str())
-                .get()
-                .await
-                .expect("get")
-                .expect("value")
-                .value,
-            b"empty"
-        );
+        assert_eq!(engram_tests::stored_value(&short, short_key.as_str()).await, b"short");
+        assert_eq!(engram_tests::stored_value(&long, long_key.as_str()).await, b"long");
+        assert_eq!(engram_tests::stored_value(&empty, empty_key.as_str()).await, b"empty");
     });
 }
 

@@ -36,16 +36,7 @@ fn spinning_server_and_client_answer_everything_right() {
         let large = vec![7u8; 300 * 1024];
         let key = unique_key("spin-large");
         client.bytes(key.as_str()).set(large.clone()).await.expect("large set");
-        assert_eq!(
-            client
-                .bytes(key.as_str())
-                .get()
-                .await
-                .expect("get")
-                .expect("value")
-                .value,
-            large
-        );
+        assert_eq!(engram_tests::stored_value(&client, key.as_str()).await, large);
         // A parked call is answered while the connection spins and then parks.
         let latch = unique_key("spin-latch");
         client.latch(latch.as_str()).try_set_count(1).await.expect("set count");
