@@ -29,15 +29,8 @@ for binary in engramd engram-control engram engram-bench; do
     [[ -x "$bin/$binary" ]] || { echo "cluster-bench: build first: cargo build --release --bins" >&2; exit 1; }
 done
 
-wait_for_line() { # file pattern seconds
-    for _ in $(seq 1 $(($3 * 10))); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "cluster-bench: no '$2' in $1 after $3 s" >&2
-    cat "$1" >&2
-    exit 1
-}
+# shellcheck source=tools/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 start_node() { # ip label
     "$bin/engramd" --control "$control" --bind "$1" --port 7400 --cores 1 >"$out/$2.out" 2>"$out/$2.err" &

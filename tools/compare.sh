@@ -62,14 +62,8 @@ if ! command -v redis-server >/dev/null; then
 fi
 [[ $(nproc) -ge 2 ]] || note "only $(nproc) CPU: servers and load share a core"
 
-wait_for_line() { # file pattern seconds
-    for _ in $(seq 1 $(($3 * 10))); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    cat "$1" >&2
-    die "no '$2' in $1 after $3 s"
-}
+# shellcheck source=tools/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 free_port() {
     local port

@@ -1,0 +1,13 @@
+# Helpers shared by the scripts in tools/; sourced, defines functions only.
+
+# wait_for_line FILE PATTERN SECONDS: returns once PATTERN appears in FILE; otherwise
+# prints FILE and what was missing to stderr and fails (callers run under `set -e`).
+wait_for_line() {
+    for _ in $(seq 1 $(($3 * 10))); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    cat "$1" >&2
+    echo "$(basename "$0"): no '$2' in $1 after $3 s" >&2
+    return 1
+}
