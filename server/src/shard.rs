@@ -98,7 +98,12 @@ pub struct Shard {
 
 impl Shard {
     pub fn now_ms(&self) -> u64 {
-        self.node.started.elapsed().as_millis() as u64
+        self.ms_at(std::time::Instant::now())
+    }
+
+    /// The store's time (milliseconds since the node started) at `instant`.
+    fn ms_at(&self, instant: std::time::Instant) -> u64 {
+        instant.saturating_duration_since(self.node.started).as_millis() as u64
     }
 
     /// The epoch this shard routes with. Free of side effects (unlike [`Shard::routing`]),
@@ -161,7 +166,7 @@ impl Shard {
     pub fn submit(&self, client_id: u64, request: &Request, destination: Destination) {
         // One clock read serves both the store's time and the duration metric.
         let started = std::time::Instant::now();
-        let now_ms = started.saturating_duration_since(self.node.started).as_millis() as u64;
+        let now_ms = self.ms_at(started);
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
         match outcome {
             // An immediate answer has nothing to give back: if its asker is gone, the
