@@ -201,12 +201,7 @@ impl Client {
         mutation: bool,
         timeout: Option<Duration>,
     ) -> Result<Response, Error> {
-        if let Some(key) = key {
-            if key.len() > KEY_BYTES_MAX {
-                return Err(Error::KeyTooLarge { length: key.len() });
-            }
-        }
-        let timeout = call_timeout(timeout.map_or(self.inner.config.timeout, cap_timeout), &command)?;
+        let timeout = checked_call_timeout(key, timeout.map_or(self.inner.config.timeout, cap_timeout), &command)?;
         let deadline = Instant::now() + timeout;
         let operation = mutation.then(|| self.inner.operations.begin());
         let mut request = Request {
@@ -291,11 +286,7 @@ impl Client {
         let mut results: Vec<Option<Result<Response, Error>>> = Vec::with_capacity(commands.len());
         let mut timeout = base;
         for (command, _) in &commands {
-            let checked = match command.key() {
-                Some(key) if key.len() > KEY_BYTES_MAX => Err(Error::KeyTooLarge { length: key.len() }),
-                _ => call_timeout(base, command),
-            };
-            match checked {
+            match checked_call_timeout(command.key(), base, command) {
                 Ok(needed) => {
                     timeout = timeout.max(needed);
                     results.push(None);
@@ -616,6 +607,17 @@ fn sort_reply(
         Err(error) if error.is_retryable() => retries.push((index, Some(error))),
         result => results[index] = Some(result),
     }
+}
+
+/// The timeout a call of `command` on `key` gets from `base`, or why it cannot be sent:
+/// a key past `KEY_BYTES_MAX`, or a wait the timeout cannot cover (see [`call_timeout`]).
+fn checked_call_timeout(key: Option<&[u8]>, base: Duration, command: &Command) -> Result<Duration, Error> {
+    if let Some(key) = key {
+        if key.len() > KEY_BYTES_MAX {
+            return Err(Error::KeyTooLarge { length: key.len() });
+        }
+    }
+    call_timeout(base, command)
 }
 
 /// How long a call of `command` may take: the call timeout plus the time the command may
