@@ -125,10 +125,7 @@ async fn run_batched_lane(client: Client, mut plan: LanePlan, value_bytes: usize
         let intended = plan.send_time(now).await;
         operations.clear();
         let mut commands = Vec::with_capacity(size);
-        while operations.len() < size {
-            let Some((operation, index)) = plan.source.next_request() else {
-                break;
-            };
+        for (operation, index) in plan.source.batch(size) {
             commands.push(key_value_command(operation, index, &mut key, &value));
             operations.push(operation);
         }

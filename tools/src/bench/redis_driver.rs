@@ -176,10 +176,7 @@ impl RedisConnection {
             let intended = plan.send_time(now).await;
             self.out.clear();
             self.batch.clear();
-            while self.batch.len() < size {
-                let Some((operation, index)) = plan.source.next_request() else {
-                    break;
-                };
+            for (operation, index) in plan.source.batch(size) {
                 match operation {
                     Operation::Get => {
                         write_key(&mut self.key, KEY_PREFIX, index);

@@ -302,6 +302,11 @@ impl RequestSource {
         }
     }
 
+    /// Up to `size` next requests: fewer only when a prefill range runs out.
+    pub fn batch(&mut self, size: usize) -> impl Iterator<Item = (Operation, u64)> + '_ {
+        std::iter::from_fn(move || self.next_request()).take(size)
+    }
+
     /// The next request, or `None` when a prefill range is done (a load never ends by
     /// itself: the run's deadline or request budget stops it).
     pub fn next_request(&mut self) -> Option<(Operation, u64)> {
@@ -504,5 +509,12 @@ mod tests {
         let sent: Vec<_> = std::iter::from_fn(|| source.next_request()).collect();
         assert_eq!(sent, [(Operation::Set, 3), (Operation::Set, 4), (Operation::Set, 5)]);
         assert_eq!(source.remaining(), Some(0));
+    }
+
+    #[test]
+    fn batches_take_up_to_their_size_and_stop_where_a_prefill_ends() {
+        let mut source = RequestSource::prefill(0, 5);
+        let sizes: Vec<usize> = (0..3).map(|_| source.batch(3).count()).collect();
+        assert_eq!(sizes, [3, 2, 0]);
     }
 }
