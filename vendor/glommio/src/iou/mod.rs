@@ -92,6 +92,9 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// Completions do not interrupt the task with an IPI while it runs in user
+        /// space; they are processed on its next entry into the kernel (5.19+).
+        const COOP_TASKRUN = 1 << 8;
     }
 }
 
