@@ -16,6 +16,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use engram_proto::limits::{
     CREDENTIALS_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX, IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX,
@@ -239,7 +240,7 @@ impl Connection {
             return Ok(None);
         }
         let fd = self.stream.as_raw_fd();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         loop {
             // SAFETY: `buffer` is valid for writes of its length, and `fd` is this
             // connection's open socket for as long as `self.stream` lives.
@@ -263,14 +264,23 @@ impl Connection {
     /// they reach `ANSWER_BATCH_BYTES_MAX`, so a burst of reads of large values cannot
     /// pile up in memory before the first write.
     async fn answer_frames(&mut self, input: &[u8]) -> Result<usize, Close> {
+        // One clock read for the whole read: the store's time for its requests, and
+        // the start of their duration.
+        let received = Instant::now();
         let mut consumed = 0;
         let mut answered = 0;
+        let mut timed = 0;
         while self.outbox.pending.get() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
             match split_frame(&input[consumed..]) {
                 Ok(Split::Incomplete { .. }) => break,
                 Ok(Split::Frame { header, payload }) => {
                     let payload_bytes = &input[consumed + payload.start..consumed + payload.end];
-                    self.handle(header.kind, header.request_id, payload_bytes).await?;
+                    if self
+                        .handle(header.kind, header.request_id, payload_bytes, received)
+                        .await?
+                    {
+                        timed += 1;
+                    }
                     consumed += payload.end;
                     answered += 1;
                     if self.outbox.frames.borrow().len() >= ANSWER_BATCH_BYTES_MAX {
@@ -279,6 +289,9 @@ impl Connection {
                 }
                 Err(error) => return Err(refuse(&self.shard, error)),
             }
+        }
+        if timed > 0 {
+            self.shard.metrics.answered_within(timed, received.elapsed());
         }
         self.shard.count_operations(answered as u64);
         Ok(consumed)
@@ -300,7 +313,15 @@ impl Connection {
         Ok(())
     }
 
-    async fn handle(&mut self, kind: FrameKind, request_id: u64, payload: &[u8]) -> Result<(), Close> {
+    /// Answers one frame, or submits it to its shard; `Ok(true)` when the shard
+    /// answered it at once (so the caller times it with the rest of the read).
+    async fn handle(
+        &mut self,
+        kind: FrameKind,
+        request_id: u64,
+        payload: &[u8],
+        received: Instant,
+    ) -> Result<bool, Close> {
         let Some(session) = &self.session else {
             if kind != FrameKind::Hello {
                 return Err(Close::Refused {
@@ -323,7 +344,7 @@ impl Connection {
                 server_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             self.outbox.push(FrameKind::HelloReply, request_id, &reply);
-            return Ok(());
+            return Ok(false);
         };
         if kind != FrameKind::Request {
             let error = ProtocolError::UnexpectedKind {
@@ -379,20 +400,19 @@ impl Connection {
                             self.outbox.pending.set(self.outbox.pending.get() + 1);
                             if owner == self.shard.shard_id {
                                 let outbox = Rc::downgrade(&self.outbox);
-                                self.shard
-                                    .submit(client_id, &request, Destination::Connection { outbox, request_id });
-                            } else {
-                                self.forward(owner, slot, client_id, request_id, request).await;
+                                let destination = Destination::Connection { outbox, request_id };
+                                return Ok(self.shard.submit(client_id, &request, destination, received));
                             }
-                            return Ok(());
+                            self.forward(owner, slot, client_id, request_id, request).await;
+                            return Ok(false);
                         }
                     }
                 }
             }
         };
-        self.shard.metrics.answered_untimed(&request.command, &immediate);
+        self.shard.metrics.answered(&request.command, &immediate);
         self.outbox.push(FrameKind::Response, request_id, &immediate);
-        Ok(())
+        Ok(false)
     }
 
     /// Hands a request to the shard that owns its slot. Sending happens here, in

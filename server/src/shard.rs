@@ -10,7 +10,7 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::rc::Weak;
 
@@ -94,16 +94,24 @@ pub struct Shard {
     /// The deadline the timekeeper sleeps until, and how to wake it for an earlier one.
     timekeeper_deadline_ms: Cell<u64>,
     timekeeper: LocalNotify,
+    /// The latest time given to the store; see [`Shard::ms_at`].
+    store_time_ms: Cell<u64>,
 }
 
 impl Shard {
     pub fn now_ms(&self) -> u64 {
-        self.ms_at(std::time::Instant::now())
+        self.ms_at(Instant::now())
     }
 
-    /// The store's time (milliseconds since the node started) at `instant`.
-    fn ms_at(&self, instant: std::time::Instant) -> u64 {
-        instant.saturating_duration_since(self.node.started).as_millis() as u64
+    /// The store's time (milliseconds since the node started) at `instant`. Never
+    /// earlier than a time the store was already given: a read's requests all run at
+    /// the time of that read, and a connection that paused mid-read (a full forward
+    /// queue, a large answer being written) must not take the store back in time.
+    fn ms_at(&self, instant: Instant) -> u64 {
+        let ms = instant.saturating_duration_since(self.node.started).as_millis() as u64;
+        let ms = ms.max(self.store_time_ms.get());
+        self.store_time_ms.set(ms);
+        ms
     }
 
     /// The epoch this shard routes with. Free of side effects (unlike [`Shard::routing`]),
@@ -162,17 +170,18 @@ impl Shard {
 
     /// Applies a request whose slot this shard owns; its answer goes to `destination`
     /// now, or when the request stops waiting. Answers of other requests that this one
-    /// unblocked (a release granting a waiting acquire) are delivered too.
-    pub fn submit(&self, client_id: u64, request: &Request, destination: Destination) {
-        // One clock read serves both the store's time and the duration metric.
-        let started = std::time::Instant::now();
-        let now_ms = self.ms_at(started);
+    /// unblocked (a release granting a waiting acquire) are delivered too. `received`:
+    /// when the request reached the shard, which is the store's time for it. Returns
+    /// whether it was answered at once (a parked request is not timed).
+    pub fn submit(&self, client_id: u64, request: &Request, destination: Destination, received: Instant) -> bool {
+        let now_ms = self.ms_at(received);
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
+        let answered = matches!(outcome, Outcome::Ready(_));
         match outcome {
             // An immediate answer has nothing to give back: if its asker is gone, the
             // client's retry finds the operation record.
             Outcome::Ready(response) => {
-                self.metrics.answered(&request.command, &response, started);
+                self.metrics.answered(&request.command, &response);
                 drop(destination.deliver(self.stamp(response), false))
             }
             Outcome::Parked(waiter) => {
@@ -186,6 +195,7 @@ impl Shard {
         }
         self.deliver_completions();
         self.rearm_timekeeper();
+        answered
     }
 
     /// Delivers the answers of parked requests. One whose asker is gone is taken back
@@ -307,6 +317,7 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
         destinations: RefCell::default(),
         timekeeper_deadline_ms: Cell::new(0),
         timekeeper: LocalNotify::default(),
+        store_time_ms: Cell::new(0),
     });
     {
         let routing = shard.routing();
@@ -331,11 +342,13 @@ fn serve_peers(shard: &Rc<Shard>, mut receivers: Receivers<Forwarded>) {
         glommio::spawn_local(async move {
             while let Some(forwarded) = receiver.recv().await {
                 match shard.admit(forwarded.slot) {
-                    Ok(owner) if owner == shard.shard_id => shard.submit(
-                        forwarded.client_id,
-                        &forwarded.request,
-                        Destination::Forwarded(forwarded.reply),
-                    ),
+                    Ok(owner) if owner == shard.shard_id => {
+                        let received = Instant::now();
+                        let destination = Destination::Forwarded(forwarded.reply);
+                        if shard.submit(forwarded.client_id, &forwarded.request, destination, received) {
+                            shard.metrics.answered_within(1, received.elapsed());
+                        }
+                    }
                     Ok(owner) => {
                         let message = format!("slot {} moved to shard {owner} of this node", forwarded.slot);
                         let _ = forwarded.reply.send(shard.error(ErrorCode::WrongShard, message));
