@@ -1415,11 +1415,14 @@ fn an_undelivered_pop_gives_its_value_back_even_on_a_full_shard() {
         value: vec![7; 100],
         end: QueueEnd::Back,
     };
-    // A limit the push fits under exactly, with nothing to spare for re-creating the key.
+    // A limit the pop and the push fit under exactly, with nothing to spare for
+    // re-creating the key once the popped value comes back.
     let mut probe = Store::new(u64::MAX / 2, 3);
     probe.apply(1, &request(1, pop.clone()), 0);
+    let after_pop = probe.memory_used_bytes();
     probe.apply(1, &request(2, push.clone()), 0);
-    let mut store = Store::new(probe.memory_used_bytes(), 3);
+    let limit = after_pop.max(probe.memory_used_bytes());
+    let mut store = Store::new(limit, 3);
     let Outcome::Parked(_) = store.apply(1, &request(1, pop), 0) else {
         panic!()
     };

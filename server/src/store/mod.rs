@@ -47,7 +47,7 @@ use engram_proto::limits::{KEY_BYTES_MAX, NAMESPACE_BYTES_MAX, TTL_MS_MAX, VALUE
 use engram_proto::{Command, ErrorCode, ErrorReply, Request, Response};
 
 pub use migration::{slot_of_stored_key, ImportError};
-use operations::{Lookup, Record};
+use operations::{Lookup, Record, RECORD_OVERHEAD_BYTES};
 pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
 use table::{CompactEntry, CompactError, Contents, KeyEntry, KeyTable, Position};
 pub use waiting::Completion;
@@ -241,6 +241,10 @@ pub struct Store {
     data_bytes: u64,
     memory_limit_bytes: u64,
     last_version: u64,
+    /// While a recorded mutation runs: the bytes its operation record will take, so
+    /// the memory limit is checked with the record included (it is added after the
+    /// write, which could otherwise leave the shard a record past its limit).
+    record_reserve_bytes: u64,
 }
 
 impl Store {
@@ -254,6 +258,7 @@ impl Store {
             data_bytes: 0,
             memory_limit_bytes,
             last_version: 0,
+            record_reserve_bytes: 0,
         }
     }
 
@@ -288,13 +293,15 @@ impl Store {
             }
         }
         let origin = recorded.then_some((client_id, request.op_id));
+        self.record_reserve_bytes = if recorded { RECORD_OVERHEAD_BYTES } else { 0 };
         let outcome = self.execute(&request.command, now_ms, origin);
+        self.record_reserve_bytes = 0;
         if let Some((client_id, op_id)) = origin {
             // The record goes wherever its key's slot goes, so a retry after a
             // migration still finds it.
             let slot = request.command.key().and_then(slot_of_stored_key);
             match &outcome {
-                Outcome::Ready(response) if !is_retryable_error(response) => {
+                Outcome::Ready(response) if is_recorded_answer(response) => {
                     self.operations
                         .record(client_id, op_id, slot, Record::Done(response.clone()))
                 }
@@ -710,7 +717,7 @@ impl Store {
                 self.entries.insert_new(KeyEntry::object(key, Entry::new(create())))
             }
         };
-        let memory_used_bytes = self.memory_used_bytes();
+        let memory_used_bytes = self.memory_used_bytes() + self.record_reserve_bytes;
         let mut effects = store_effects!(self, now_ms, origin).with_memory(memory_used_bytes, self.memory_limit_bytes);
         let Some(object) = self.entries.at_mut(position).and_then(KeyEntry::object_mut) else {
             unreachable!("present or just created")
@@ -781,8 +788,9 @@ impl Store {
             return Ok(());
         }
         let used = self.memory_used_bytes();
-        if used - old_bytes.min(used) + new_bytes > self.memory_limit_bytes {
-            return Err(out_of_memory(new_bytes - old_bytes, used, self.memory_limit_bytes));
+        if used - old_bytes.min(used) + new_bytes + self.record_reserve_bytes > self.memory_limit_bytes {
+            let needed = new_bytes - old_bytes + self.record_reserve_bytes;
+            return Err(out_of_memory(needed, used, self.memory_limit_bytes));
         }
         Ok(())
     }
@@ -1000,6 +1008,16 @@ fn is_retryable_error(response: &Response) -> bool {
         Response::Error(reply) => ErrorCode::from_u16(reply.code).is_some_and(ErrorCode::is_retryable),
         _ => false,
     }
+}
+
+/// Whether a recorded mutation's answer is kept for its retries. A retryable error
+/// asks for the retry to run afresh. A refusal for memory changed nothing either, so
+/// a retry may as well run afresh (and succeed once memory was freed); recording it
+/// would take memory the shard was just found not to have.
+fn is_recorded_answer(response: &Response) -> bool {
+    let refused_for_memory =
+        matches!(response, Response::Error(reply) if reply.code == ErrorCode::OutOfMemory.as_u16());
+    !is_retryable_error(response) && !refused_for_memory
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub const OPERATION_RECORDS_MAX: usize = 1 << 20;
 
 /// Memory charged per record on top of the response's own heap bytes (tree node,
 /// response and slot).
-const RECORD_OVERHEAD_BYTES: u64 = 72;
+pub(super) const RECORD_OVERHEAD_BYTES: u64 = 72;
 
 /// What is known of one operation.
 #[derive(Debug, Clone)]

@@ -325,6 +325,52 @@ fn idle_sessions_are_forgotten_after_the_retry_horizon() {
     assert_eq!(store.stats().memory_used_bytes, entry_bytes(b"c", 0));
 }
 
+/// A recorded write's operation record is added after the write; the limit check
+/// counts it in, so a shard never ends a write past its limit.
+#[test]
+fn memory_limit_counts_the_record_of_a_recorded_write() {
+    let value = "x".repeat(100);
+    let write = |op_id: u64, index: usize| request(op_id, set(&format!("k{index}"), &value, 0, SetCondition::Always));
+    let mut probe = Store::new(UNLIMITED, 1);
+    probe.run(1, &write(0, 0), 0);
+    let entry = probe.stats().memory_used_bytes;
+    probe.run(1, &write(1, 1), 0);
+    let entry_and_record = probe.stats().memory_used_bytes - entry;
+    assert!(entry_and_record > entry, "a recorded write must cost a record");
+    // Room for three recorded writes and a fourth entry without its record.
+    let limit = 3 * entry_and_record + entry;
+    let mut store = Store::new(limit, 1);
+    for index in 0..3 {
+        let answer = store.run(1, &write(index as u64 + 1, index), 0);
+        assert!(matches!(answer, Response::Written { .. }), "{answer:?}");
+    }
+    let refused = store.run(1, &write(4, 3), 0);
+    assert_eq!(code(&refused), Some(ErrorCode::OutOfMemory), "{refused:?}");
+    // The refusal is not recorded either: it changed nothing and would need memory.
+    assert_eq!(store.stats().memory_used_bytes, 3 * entry_and_record);
+    // The same write without an operation id takes no record, and fits.
+    let answer = store.run(1, &write(0, 3), 0);
+    assert!(matches!(answer, Response::Written { .. }), "{answer:?}");
+    assert!(store.stats().memory_used_bytes <= limit);
+    // A counter's creation is checked the same way.
+    let mut store = Store::new(3 * entry_and_record + entry, 1);
+    for index in 0..3 {
+        store.run(1, &write(index as u64 + 1, index), 0);
+    }
+    let counter = store.run(
+        1,
+        &request(
+            5,
+            Command::CounterAdd {
+                key: "c".into(),
+                delta: 1,
+            },
+        ),
+        0,
+    );
+    assert!(store.stats().memory_used_bytes <= limit, "{counter:?}");
+}
+
 #[test]
 fn memory_limit_refuses_growth_but_not_reads_deletes_or_shrinking() {
     let limit = 4 * (ENTRY_OVERHEAD_BYTES + 110);
