@@ -237,11 +237,12 @@ impl Client {
             let routed_epoch = self.map_epoch();
             let refresh_first = last_error.as_ref().is_some_and(|error| self.should_refresh(error));
             request.completed_below_op_id = self.inner.operations.completed_below();
-            let error = match timeout_at(deadline, self.attempt(key, request, refresh_first, routed_epoch)).await {
-                Err(_) => break,
-                Ok(Ok(response)) => return Ok(response),
-                Ok(Err(error)) if error.is_retryable() => error,
-                Ok(Err(error)) => return Err(error),
+            let error = match self.attempt(key, request, refresh_first, routed_epoch, deadline).await {
+                Ok(response) => return Ok(response),
+                // The deadline passed during the attempt.
+                Err(Error::Timeout { .. }) => break,
+                Err(error) if error.is_retryable() => error,
+                Err(error) => return Err(error),
             };
             self.back_off(&error, attempt, deadline).await;
             last_error = Some(error);
@@ -463,17 +464,28 @@ impl Client {
         self.inner.config.direct && (error.needs_map_refresh() || matches!(error, Error::Connection { .. }))
     }
 
+    /// One try of `request`, bounded by `deadline`: [`Error::Timeout`] when it passes.
+    /// The common path (a connection is open, a place in flight is free) sets no timer:
+    /// the connection's reaper bounds the wait for the answer.
     async fn attempt(
         &self,
         key: Option<&[u8]>,
         request: &Request,
         refresh_first: bool,
         routed_epoch: u64,
+        deadline: Instant,
     ) -> Result<Response, Error> {
         if refresh_first {
             // A failed refresh leaves the old map in place; the send below then reports
             // the error that matters for this call.
-            let _ = self.refresh_map(routed_epoch).await;
+            // Boxed, like the connect below: rare paths, whose futures would otherwise
+            // make every call's future larger (and costlier to move).
+            if Box::pin(timeout_at(deadline, self.refresh_map(routed_epoch)))
+                .await
+                .is_err()
+            {
+                return Err(Error::deadline_passed());
+            }
         }
         let route = self.route();
         let address = match (key, &route) {
@@ -483,8 +495,13 @@ impl Client {
             _ => &self.inner.config.seed_address,
         };
         let map_epoch = route.as_ref().map_or(0, |route| route.epoch());
-        let connection = self.inner.pool.get(address).await?;
-        match connection.call(request, map_epoch).await? {
+        let connection = match self.inner.pool.open_connection(address) {
+            Some(connection) => connection,
+            None => Box::pin(timeout_at(deadline, self.inner.pool.get(address)))
+                .await
+                .map_err(|_| Error::deadline_passed())??,
+        };
+        match connection.call(request, map_epoch, deadline).await? {
             Response::Error(reply) => Err(Error::from_reply(reply)),
             response => Ok(response),
         }
@@ -543,7 +560,10 @@ impl Client {
             command: Command::GetSlotMap,
         };
         let connection = self.inner.pool.get(address).await?;
-        match connection.call(&request, self.map_epoch()).await? {
+        // Callers bound the whole refresh; this only keeps a single call from
+        // outliving the client's own timeout.
+        let deadline = Instant::now() + self.inner.config.timeout;
+        match connection.call(&request, self.map_epoch(), deadline).await? {
             Response::SlotMap(map) => Route::new(map, address),
             Response::Error(reply) => Err(Error::from_reply(reply)),
             other => Err(unexpected("get_slot_map", &other)),

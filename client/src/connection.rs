@@ -13,14 +13,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::task::AbortHandle;
+use tokio::time::{timeout_at, Instant};
 
 use crate::error::{ConnectionError, Error};
 use crate::framing::FrameReader;
 use crate::limits::WRITE_BATCH_BYTES_MAX;
 use crate::outbound::{write_queued, Outbound};
-use crate::pending::{BatchRegistration, PendingTable, Reply};
+use crate::pending::{BatchRegistration, PendingTable, Reply, Settled};
 
 /// First capacity of a request's frame, on top of its key: header, request fields and a
 /// small value fit, so most frames are encoded with a single allocation.
@@ -45,7 +46,7 @@ pub struct Connection {
     next_request_id: AtomicU64,
     /// How long a call polls for its answer before parking.
     spin: Duration,
-    tasks: [AbortHandle; 2],
+    tasks: [AbortHandle; 3],
 }
 
 impl Drop for Connection {
@@ -83,6 +84,7 @@ impl Connection {
         let outbound = Arc::new(Outbound::new(write_half));
         let writer = runtime.spawn(write_queued(Arc::clone(&outbound), Arc::clone(&pending)));
         let reader = runtime.spawn(read_responses(read_half, reader, Arc::clone(&pending)));
+        let reaper = runtime.spawn(Arc::clone(&pending).reap_overdue());
         Ok(Arc::new(Connection {
             address: address.to_string(),
             outbound,
@@ -90,7 +92,7 @@ impl Connection {
             in_flight: Semaphore::new(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX),
             next_request_id: AtomicU64::new(1),
             spin: handshake.spin,
-            tasks: [writer.abort_handle(), reader.abort_handle()],
+            tasks: [writer.abort_handle(), reader.abort_handle(), reaper.abort_handle()],
         }))
     }
 
@@ -99,30 +101,37 @@ impl Connection {
         !self.pending.has_failed()
     }
 
-    /// Sends one request and waits for its response. Cancel-safe: a dropped call leaves
-    /// either nothing or one whole frame in the write queue, and its late response is
-    /// discarded by the reader.
-    pub async fn call(&self, request: &Request, map_epoch: u64) -> Result<Response, Error> {
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| self.failed(ConnectionError::Closed))?;
+    /// Sends one request and waits for its response until `deadline`, which ends the
+    /// call with [`Error::Timeout`] (its `after` is left for the caller to fill in).
+    /// Cancel-safe: a dropped call leaves either nothing or one whole frame in the write
+    /// queue, and its late response is discarded by the reader.
+    pub async fn call(&self, request: &Request, map_epoch: u64, deadline: Instant) -> Result<Response, Error> {
+        let _permit = match self.in_flight.try_acquire() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(self.failed(ConnectionError::Closed)),
+            // Every place is taken: wait for one, with a timer, which only this rare
+            // path pays for.
+            Err(TryAcquireError::NoPermits) => match Box::pin(timeout_at(deadline, self.in_flight.acquire())).await {
+                Err(_) => return Err(Error::deadline_passed()),
+                Ok(Err(_)) => return Err(self.failed(ConnectionError::Closed)),
+                Ok(Ok(permit)) => permit,
+            },
+        };
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         // Sized for the whole frame of a small request, so encoding allocates once.
         let mut frame = Vec::with_capacity(FRAME_BYTES_INITIAL + request.command.key().map_or(0, <[u8]>::len));
         encode_message(FrameKind::Request, request_id, map_epoch, request, &mut frame)?;
         let mut registration = self
             .pending
-            .register(request_id)
+            .register(request_id, deadline)
             .map_err(|source| self.failed(source))?;
         self.outbound
             .send(frame, &self.pending)
             .map_err(|source| self.failed(source))?;
-        registration
-            .reply(self.spin)
-            .await
-            .map_err(|source| self.failed(source))
+        match registration.reply(self.spin).await {
+            Settled::Reply(reply) => reply.map_err(|source| self.failed(source)),
+            Settled::Overdue => Err(Error::deadline_passed()),
+        }
     }
 
     /// Reserves `count` (at most `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`) in-flight

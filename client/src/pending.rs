@@ -1,17 +1,32 @@
-//! The table of calls waiting for a response on one connection, keyed by request id.
+//! The table of calls waiting for a response on one connection, keyed by request id,
+//! and the connection's reaper, which ends the single calls whose deadline passed.
+//!
+//! A call's deadline is kept in its table entry rather than in a timer of its own: the
+//! reaper sleeps until the earliest deadline it knows of, and a registration only
+//! wakes it when it brings an earlier one. Calls of one client mostly share a timeout,
+//! so deadlines arrive in order and the reaper wakes about once per timeout period,
+//! where a timer per call would be registered and cancelled on every call.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use engram_proto::Response;
 use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
 
 use crate::error::ConnectionError;
 
 pub type Reply = Result<Response, ConnectionError>;
+
+/// How a single call ends: its reply, or its deadline passing first.
+#[derive(Debug)]
+pub enum Settled {
+    Reply(Reply),
+    Overdue,
+}
 
 /// Shared between the callers (who register) and the connection's reader (who answers).
 /// Entries are removed by whichever comes first: the answer, the caller giving up (its
@@ -21,6 +36,8 @@ pub struct PendingTable {
     state: Mutex<State>,
     /// Mirrors `State::failure.is_some()`, so the per-call usability check takes no lock.
     failed: AtomicBool,
+    /// Wakes the reaper for a deadline earlier than the one it sleeps until.
+    reaper: Notify,
 }
 
 #[derive(Default)]
@@ -29,18 +46,29 @@ struct State {
     waiting: HashMap<u64, Waiter, foldhash::fast::RandomState>,
     /// Set once the connection failed; later registrations fail with it at once.
     failure: Option<ConnectionError>,
+    /// When the reaper looks next: no later than the earliest deadline in `waiting`
+    /// (earlier once that call is answered, which only costs an early look). `None`:
+    /// it sleeps until a registration wakes it.
+    reaper_wake: Option<Instant>,
 }
 
-/// Who waits for one request id: a single call, or one entry of a batch.
+/// Who waits for one request id: a single call, or one entry of a batch (whose caller
+/// bounds the whole batch's wait itself).
 enum Waiter {
-    Single(oneshot::Sender<Reply>),
-    Batch { batch: Arc<BatchSlots>, index: usize },
+    Single {
+        sender: oneshot::Sender<Settled>,
+        deadline: Instant,
+    },
+    Batch {
+        batch: Arc<BatchSlots>,
+        index: usize,
+    },
 }
 
 impl Waiter {
     fn deliver(self, reply: Reply) -> bool {
         match self {
-            Waiter::Single(sender) => sender.send(reply).is_ok(),
+            Waiter::Single { sender, .. } => sender.send(Settled::Reply(reply)).is_ok(),
             Waiter::Batch { batch, index } => {
                 batch.deliver(index, reply);
                 true
@@ -130,7 +158,7 @@ impl Drop for BatchRegistration {
 pub struct Registration {
     table: Arc<PendingTable>,
     request_id: u64,
-    receiver: oneshot::Receiver<Reply>,
+    receiver: oneshot::Receiver<Settled>,
     /// Set once the receiver yielded: whoever sent (the reader, or `fail_all`) removed
     /// the entry already, so dropping need not lock the table again.
     settled: bool,
@@ -141,31 +169,31 @@ impl Registration {
     /// runtime between polls, so the connection's reader keeps running) before parking.
     /// Cancel-safe: dropping this future (or the registration) leaves the table
     /// consistent.
-    pub async fn reply(&mut self, spin: Duration) -> Reply {
+    pub async fn reply(&mut self, spin: Duration) -> Settled {
         if !spin.is_zero() {
-            let started = Instant::now();
+            let started = std::time::Instant::now();
             loop {
                 match self.receiver.try_recv() {
-                    Ok(reply) => {
+                    Ok(settled) => {
                         self.settled = true;
-                        return reply;
+                        return settled;
                     }
                     Err(TryRecvError::Closed) => {
                         self.settled = true;
-                        return Err(ConnectionError::Closed);
+                        return Settled::Reply(Err(ConnectionError::Closed));
                     }
                     Err(TryRecvError::Empty) if started.elapsed() >= spin => break,
                     Err(TryRecvError::Empty) => tokio::task::yield_now().await,
                 }
             }
         }
-        let reply = match (&mut self.receiver).await {
-            Ok(reply) => reply,
+        let settled = match (&mut self.receiver).await {
+            Ok(settled) => settled,
             // The sender only vanishes unanswered if the connection's reader is gone.
-            Err(_) => Err(ConnectionError::Closed),
+            Err(_) => Settled::Reply(Err(ConnectionError::Closed)),
         };
         self.settled = true;
-        reply
+        settled
     }
 }
 
@@ -184,13 +212,25 @@ impl PendingTable {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn register(self: &Arc<Self>, request_id: u64) -> Result<Registration, ConnectionError> {
+    /// Registers a single call, which the reaper ends with [`Settled::Overdue`] once
+    /// `deadline` passes unanswered.
+    pub fn register(self: &Arc<Self>, request_id: u64, deadline: Instant) -> Result<Registration, ConnectionError> {
         let (sender, receiver) = oneshot::channel();
         let mut state = self.lock();
         if let Some(failure) = &state.failure {
             return Err(failure.clone());
         }
-        state.waiting.insert(request_id, Waiter::Single(sender));
+        state.waiting.insert(request_id, Waiter::Single { sender, deadline });
+        let sooner = state.reaper_wake.is_none_or(|wake| deadline < wake);
+        if sooner {
+            state.reaper_wake = Some(deadline);
+        }
+        drop(state);
+        if sooner {
+            // Leaves a permit if the reaper is between looking and sleeping, so the
+            // earlier deadline is not missed.
+            self.reaper.notify_one();
+        }
         Ok(Registration {
             table: Arc::clone(self),
             request_id,
@@ -252,6 +292,51 @@ impl PendingTable {
         }
     }
 
+    /// Ends the single calls whose deadline passed, for as long as the table lives
+    /// (the connection aborts this task when it closes).
+    pub async fn reap_overdue(self: Arc<Self>) {
+        loop {
+            let wake = self.lock().reaper_wake;
+            match wake {
+                None => self.reaper.notified().await,
+                Some(wake) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(wake) => {}
+                        () = self.reaper.notified() => {}
+                    }
+                }
+            }
+            self.end_overdue(Instant::now());
+        }
+    }
+
+    /// Ends the single calls whose deadline is `now` or earlier, and plans the reaper's
+    /// next look for the earliest deadline left.
+    fn end_overdue(&self, now: Instant) {
+        let overdue: Vec<Waiter> = {
+            let mut state = self.lock();
+            let overdue = state
+                .waiting
+                .extract_if(|_, waiter| matches!(waiter, Waiter::Single { deadline, .. } if *deadline <= now))
+                .map(|(_, waiter)| waiter)
+                .collect();
+            state.reaper_wake = state
+                .waiting
+                .values()
+                .filter_map(|waiter| match waiter {
+                    Waiter::Single { deadline, .. } => Some(*deadline),
+                    Waiter::Batch { .. } => None,
+                })
+                .min();
+            overdue
+        };
+        for waiter in overdue {
+            if let Waiter::Single { sender, .. } = waiter {
+                let _ = sender.send(Settled::Overdue);
+            }
+        }
+    }
+
     /// Whether the connection failed; lock-free.
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
@@ -272,14 +357,22 @@ impl PendingTable {
 mod tests {
     use super::*;
 
+    /// A deadline no test reaches.
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
     #[tokio::test]
     async fn answers_reach_their_caller_and_late_answers_are_dropped() {
         let table = Arc::new(PendingTable::default());
-        let first = table.register(1).unwrap();
-        let mut second = table.register(2).unwrap();
+        let first = table.register(1, far()).unwrap();
+        let mut second = table.register(2, far()).unwrap();
         assert_eq!(table.waiting(), 2);
         assert!(table.answer(2, Response::Pong));
-        assert!(matches!(second.reply(Duration::ZERO).await, Ok(Response::Pong)));
+        assert!(matches!(
+            second.reply(Duration::ZERO).await,
+            Settled::Reply(Ok(Response::Pong))
+        ));
         drop(first);
         assert_eq!(table.waiting(), 0);
         assert!(!table.answer(1, Response::Missing), "a caller that left gets nothing");
@@ -289,31 +382,31 @@ mod tests {
     #[tokio::test]
     async fn failure_reaches_every_waiter_and_later_registrations() {
         let table = Arc::new(PendingTable::default());
-        let mut waiting = table.register(1).unwrap();
+        let mut waiting = table.register(1, far()).unwrap();
         table.fail_all(ConnectionError::Closed);
         assert!(matches!(
             waiting.reply(Duration::ZERO).await,
-            Err(ConnectionError::Closed)
+            Settled::Reply(Err(ConnectionError::Closed))
         ));
         assert!(table.failure().is_some() && table.has_failed());
-        assert!(matches!(table.register(2), Err(ConnectionError::Closed)));
+        assert!(matches!(table.register(2, far()), Err(ConnectionError::Closed)));
     }
 
     #[tokio::test]
     async fn a_spinning_caller_gets_its_answer_and_leaves_the_table_empty() {
         let table = Arc::new(PendingTable::default());
-        let mut spinning = table.register(1).unwrap();
+        let mut spinning = table.register(1, far()).unwrap();
         let answerer = {
             let table = Arc::clone(&table);
             tokio::spawn(async move { assert!(table.answer(1, Response::Pong)) })
         };
         let reply = spinning.reply(Duration::from_secs(5)).await;
-        assert!(matches!(reply, Ok(Response::Pong)));
+        assert!(matches!(reply, Settled::Reply(Ok(Response::Pong))));
         answerer.await.unwrap();
         drop(spinning);
         assert_eq!(table.waiting(), 0);
         // A spin that runs out parks, and the answer still arrives.
-        let mut parked = table.register(2).unwrap();
+        let mut parked = table.register(2, far()).unwrap();
         let answerer = {
             let table = Arc::clone(&table);
             tokio::spawn(async move {
@@ -323,7 +416,7 @@ mod tests {
         };
         assert!(matches!(
             parked.reply(Duration::from_micros(50)).await,
-            Ok(Response::Missing)
+            Settled::Reply(Ok(Response::Missing))
         ));
         assert!(answerer.await.unwrap());
     }
@@ -364,5 +457,50 @@ mod tests {
             [Some(Ok(Response::Pong)), Some(Err(ConnectionError::Closed))]
         ));
         assert!(matches!(table.register_batch(40, 1), Err(ConnectionError::Closed)));
+    }
+
+    /// Paused time: the reaper's sleep ends exactly when the clock is advanced past it.
+    #[tokio::test(start_paused = true)]
+    async fn the_reaper_ends_overdue_calls_and_only_those() {
+        let table = Arc::new(PendingTable::default());
+        let reaper = tokio::spawn(Arc::clone(&table).reap_overdue());
+        let start = Instant::now();
+        let mut late = table.register(1, start + Duration::from_secs(10)).unwrap();
+        let mut answered = table.register(2, start + Duration::from_secs(10)).unwrap();
+        let mut later = table.register(3, start + Duration::from_secs(30)).unwrap();
+        let mut batch = table.register_batch(4, 1).unwrap();
+        // A registration with an earlier deadline than the reaper sleeps until wakes it.
+        let mut soon = table.register(5, start + Duration::from_secs(1)).unwrap();
+        assert!(table.answer(2, Response::Pong));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(matches!(soon.reply(Duration::ZERO).await, Settled::Overdue));
+        assert_eq!(table.waiting(), 3, "only the call due at 1 s ended");
+        tokio::time::sleep_until(start + Duration::from_secs(11)).await;
+        assert!(matches!(late.reply(Duration::ZERO).await, Settled::Overdue));
+        assert!(matches!(
+            answered.reply(Duration::ZERO).await,
+            Settled::Reply(Ok(Response::Pong))
+        ));
+        assert_eq!(table.waiting(), 2, "the call due at 30 s and the batch wait on");
+        assert!(
+            !table.answer(1, Response::Pong),
+            "an overdue call's late answer is dropped"
+        );
+        assert!(table.answer(3, Response::Missing));
+        assert!(matches!(
+            later.reply(Duration::ZERO).await,
+            Settled::Reply(Ok(Response::Missing))
+        ));
+        // Batches bound their own wait: the reaper leaves them alone.
+        tokio::time::sleep_until(start + Duration::from_secs(60)).await;
+        assert_eq!(table.waiting(), 1);
+        assert!(table.answer(4, Response::Pong));
+        batch.complete(Duration::ZERO).await;
+        // An empty table parks the reaper until the next registration.
+        let mut next = table.register(6, Instant::now() + Duration::from_secs(2)).unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(matches!(next.reply(Duration::ZERO).await, Settled::Overdue));
+        assert_eq!(table.waiting(), 0);
+        reaper.abort();
     }
 }

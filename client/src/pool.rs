@@ -52,6 +52,13 @@ impl Pool {
         &self.handshake
     }
 
+    /// The usable connection to `address`, if one is open: [`Pool::get`]'s common case,
+    /// without a future to wrap in a timeout.
+    pub fn open_connection(&self, address: &str) -> Option<Arc<Connection>> {
+        let slot = lock(&self.slots).get(address).cloned()?;
+        slot.usable()
+    }
+
     /// A usable connection to `address`, opening one if needed.
     pub async fn get(&self, address: &str) -> Result<Arc<Connection>, Error> {
         // The common case, a known address, looks up without allocating a key.
