@@ -43,6 +43,13 @@ fn main() {
         .include(src.join("include"))
         .include(&configured_include)
         .compile("rusturing");
+
+    // Engram: `cc` prints rerun-if-env-changed lines, after which cargo no longer
+    // reruns this script when a source changes; name the C sources (Engram patches
+    // liburing's queue.c).
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={}", project.join("rusturing.c").display());
+    println!("cargo:rerun-if-changed={}", src.display());
 }
 
 fn configure(liburing: &Path) -> PathBuf {

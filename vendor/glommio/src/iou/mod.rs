@@ -95,6 +95,9 @@ bitflags::bitflags! {
         /// Completions do not interrupt the task with an IPI while it runs in user
         /// space; they are processed on its next entry into the kernel (5.19+).
         const COOP_TASKRUN = 1 << 8;
+        /// With `COOP_TASKRUN`: the kernel sets `IORING_SQ_TASKRUN` in the submission
+        /// ring's flags while completions wait for the task to enter the kernel (5.19+).
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

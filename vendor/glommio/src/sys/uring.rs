@@ -904,15 +904,21 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
-        // Engram: no IPI per completion while the shard runs; the shard enters the
-        // kernel for every socket read and write and before sleeping, which is when
-        // the completions are processed. Kernels before 5.19 refuse the flag.
+        // Engram: no IPI per completion while the shard runs in user space; the
+        // completions are processed when it next enters the kernel: for a socket read
+        // or write, before sleeping, or when a peek at the completion queue finds
+        // IORING_SQ_TASKRUN set (liburing's `cq_ring_needs_flush`), which keeps a
+        // shard that spins before parking seeing its completions at once. Kernels
+        // before 5.19 refuse the flags and get upstream's setup.
         let ring = iou::IoUring::new_with_flags(
             size as _,
-            iou::SetupFlags::COOP_TASKRUN,
+            iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
             iou::SetupFeatures::empty(),
         )
-        .or_else(|_| iou::IoUring::new(size as _))?;
+        .or_else(|error| {
+            log::warn!("io_uring without COOP_TASKRUN ({error}): completions interrupt the shard");
+            iou::IoUring::new(size as _)
+        })?;
         Ok(SleepableRing {
             ring,
             size,
