@@ -94,6 +94,37 @@ async fn more_calls_than_the_in_flight_limit_all_complete() {
     assert_eq!(client.counter("many").get().await.unwrap(), calls as i64);
 }
 
+/// A call that cannot get a place in flight (every place held by an unanswered call)
+/// still ends at its deadline, and the connection serves again once places free up.
+#[tokio::test]
+async fn a_call_waiting_for_a_place_in_flight_times_out() {
+    let fake = FakeServer::front().await;
+    let client = front_client(&fake).await;
+    let holders: Vec<_> = (0..IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX)
+        .map(|index| {
+            let silent = client
+                .bytes(format!("silent-{index}"))
+                .timeout(Duration::from_secs(600));
+            tokio::spawn(async move { silent.get().await })
+        })
+        .collect();
+    until(|| fake.lock().seen.len() >= IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX).await;
+    let error = client
+        .bytes("greeting")
+        .timeout(Duration::from_millis(20))
+        .get()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Timeout { .. }), "{error}");
+    for holder in &holders {
+        holder.abort();
+    }
+    for holder in holders {
+        assert!(holder.await.unwrap_err().is_cancelled());
+    }
+    client.ping().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_dead_connection_is_replaced_and_the_retry_keeps_its_operation_id() {
     let fake = FakeServer::front().await;

@@ -131,9 +131,6 @@ impl Error {
         }
     }
 
-    /// Whether resending the same operation (same operation id) may succeed. The call
-    /// path already retries these until the call's timeout; a caller that sees one has
-    /// run out of time, not of options.
     /// What a step of a call returns once the call's deadline passed: the retry loop
     /// stops on it and reports the call's own [`Error::Timeout`] (with its `after`).
     pub(crate) fn deadline_passed() -> Error {
@@ -143,6 +140,9 @@ impl Error {
         }
     }
 
+    /// Whether resending the same operation (same operation id) may succeed. The call
+    /// path already retries these until the call's timeout; a caller that sees one has
+    /// run out of time, not of options.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Server { code, .. } => code.known().is_some_and(ErrorCode::is_retryable),

@@ -246,7 +246,7 @@ impl NodeMetrics {
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "engram_request_duration_seconds",
-                "Time from a keyed request reaching its shard to its answer, for requests that did not wait.",
+                "Time from the socket read that brought a keyed request to the end of handling that read (the request's answer is ready by then), for requests that did not wait.",
             )
             .buckets(REQUEST_DURATION_BUCKETS_SECONDS.to_vec()),
             &["shard"],
@@ -364,10 +364,12 @@ impl ShardMetrics {
         self.count(ObjectKind::of(command), response);
     }
 
-    /// `count` keyed requests that arrived together were answered `elapsed` after
-    /// they reached the shard. Every answer of a read is written once the whole read
-    /// is handled, so this is each one's time at the shard; and timing a read instead
-    /// of each request keeps two clock reads per request off a pipelined batch.
+    /// `count` keyed requests that arrived in one socket read were answered within
+    /// `elapsed` of that read. Their answers are written when the read is handled (or
+    /// earlier, when they fill `ANSWER_BATCH_BYTES_MAX`), so this bounds each one's time
+    /// at the shard, queueing behind the read's earlier requests included; and timing a
+    /// read instead of each request keeps two clock reads per request off a pipelined
+    /// batch.
     pub fn answered_within(&self, count: usize, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         for _ in 0..count {

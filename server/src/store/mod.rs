@@ -241,9 +241,11 @@ pub struct Store {
     data_bytes: u64,
     memory_limit_bytes: u64,
     last_version: u64,
-    /// While a recorded mutation runs: the bytes its operation record will take, so
-    /// the memory limit is checked with the record included (it is added after the
-    /// write, which could otherwise leave the shard a record past its limit).
+    /// While a recorded mutation runs: the fixed bytes of its operation record, so a
+    /// write that grows the data is checked with its record included (the record is
+    /// added after the write). Writes that do not grow the data are not checked at
+    /// all, so a full shard still takes deletes; their records can pass the limit by
+    /// what clients hold unacknowledged.
     record_reserve_bytes: u64,
 }
 

@@ -326,7 +326,7 @@ fn idle_sessions_are_forgotten_after_the_retry_horizon() {
 }
 
 /// A recorded write's operation record is added after the write; the limit check
-/// counts it in, so a shard never ends a write past its limit.
+/// counts it in, so a write that grows the data never leaves the shard past its limit.
 #[test]
 fn memory_limit_counts_the_record_of_a_recorded_write() {
     let value = "x".repeat(100);
@@ -352,23 +352,28 @@ fn memory_limit_counts_the_record_of_a_recorded_write() {
     let answer = store.run(1, &write(0, 3), 0);
     assert!(matches!(answer, Response::Written { .. }), "{answer:?}");
     assert!(store.stats().memory_used_bytes <= limit);
-    // A counter's creation is checked the same way.
-    let mut store = Store::new(3 * entry_and_record + entry, 1);
-    for index in 0..3 {
-        store.run(1, &write(index as u64 + 1, index), 0);
-    }
-    let counter = store.run(
-        1,
-        &request(
-            5,
+    // A counter's creation is checked the same way: room for its entry, not its record.
+    let add = |op_id: u64| {
+        request(
+            op_id,
             Command::CounterAdd {
                 key: "c".into(),
                 delta: 1,
             },
-        ),
-        0,
-    );
-    assert!(store.stats().memory_used_bytes <= limit, "{counter:?}");
+        )
+    };
+    let mut probe = Store::new(UNLIMITED, 1);
+    probe.run(1, &add(0), 0);
+    let counter_entry = probe.stats().memory_used_bytes;
+    let limit = 3 * entry_and_record + counter_entry;
+    let mut store = Store::new(limit, 1);
+    for index in 0..3 {
+        store.run(1, &write(index as u64 + 1, index), 0);
+    }
+    let refused = store.run(1, &add(5), 0);
+    assert_eq!(code(&refused), Some(ErrorCode::OutOfMemory), "{refused:?}");
+    assert!(matches!(store.run(1, &add(0), 0), Response::Counter { value: 1 }));
+    assert!(store.stats().memory_used_bytes <= limit);
 }
 
 #[test]
