@@ -268,6 +268,12 @@ impl Store {
         self.data_bytes + self.operations.bytes()
     }
 
+    /// What the limit checks growth against: the memory used plus the record the
+    /// running mutation will add.
+    fn memory_committed_bytes(&self) -> u64 {
+        self.memory_used_bytes() + self.record_reserve_bytes
+    }
+
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             keys: self.entries.len() as u64,
@@ -719,8 +725,9 @@ impl Store {
                 self.entries.insert_new(KeyEntry::object(key, Entry::new(create())))
             }
         };
-        let memory_used_bytes = self.memory_used_bytes() + self.record_reserve_bytes;
-        let mut effects = store_effects!(self, now_ms, origin).with_memory(memory_used_bytes, self.memory_limit_bytes);
+        let memory_committed_bytes = self.memory_committed_bytes();
+        let mut effects =
+            store_effects!(self, now_ms, origin).with_memory(memory_committed_bytes, self.memory_limit_bytes);
         let Some(object) = self.entries.at_mut(position).and_then(KeyEntry::object_mut) else {
             unreachable!("present or just created")
         };
@@ -789,10 +796,10 @@ impl Store {
         if new_bytes <= old_bytes {
             return Ok(());
         }
-        let used = self.memory_used_bytes();
-        if used - old_bytes.min(used) + new_bytes + self.record_reserve_bytes > self.memory_limit_bytes {
+        let committed = self.memory_committed_bytes();
+        if committed - old_bytes.min(committed) + new_bytes > self.memory_limit_bytes {
             let needed = new_bytes - old_bytes + self.record_reserve_bytes;
-            return Err(out_of_memory(needed, used, self.memory_limit_bytes));
+            return Err(out_of_memory(needed, self.memory_used_bytes(), self.memory_limit_bytes));
         }
         Ok(())
     }
@@ -1005,21 +1012,17 @@ fn client_key(stored: &[u8]) -> &[u8] {
     }
 }
 
-fn is_retryable_error(response: &Response) -> bool {
-    match response {
-        Response::Error(reply) => ErrorCode::from_u16(reply.code).is_some_and(ErrorCode::is_retryable),
-        _ => false,
-    }
-}
-
 /// Whether a recorded mutation's answer is kept for its retries. A retryable error
 /// asks for the retry to run afresh. A refusal for memory changed nothing either, so
 /// a retry may as well run afresh (and succeed once memory was freed); recording it
 /// would take memory the shard was just found not to have.
 fn is_recorded_answer(response: &Response) -> bool {
-    let refused_for_memory =
-        matches!(response, Response::Error(reply) if reply.code == ErrorCode::OutOfMemory.as_u16());
-    !is_retryable_error(response) && !refused_for_memory
+    match response {
+        Response::Error(reply) => {
+            ErrorCode::from_u16(reply.code).is_none_or(|code| !code.is_retryable() && code != ErrorCode::OutOfMemory)
+        }
+        _ => true,
+    }
 }
 
 #[cfg(test)]
