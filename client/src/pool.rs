@@ -53,7 +53,7 @@ impl Pool {
     }
 
     /// The usable connection to `address`, if one is open: [`Pool::get`]'s common case,
-    /// without a future to wrap in a timeout.
+    /// without a future to wrap in a timeout, and without allocating a key.
     pub fn open_connection(&self, address: &str) -> Option<Arc<Connection>> {
         let slot = lock(&self.slots).get(address).cloned()?;
         slot.usable()
@@ -61,15 +61,10 @@ impl Pool {
 
     /// A usable connection to `address`, opening one if needed.
     pub async fn get(&self, address: &str) -> Result<Arc<Connection>, Error> {
-        // The common case, a known address, looks up without allocating a key.
-        let known = lock(&self.slots).get(address).cloned();
-        let slot = match known {
-            Some(slot) => slot,
-            None => Arc::clone(lock(&self.slots).entry(address.to_string()).or_default()),
-        };
-        if let Some(connection) = slot.usable() {
+        if let Some(connection) = self.open_connection(address) {
             return Ok(connection);
         }
+        let slot = Arc::clone(lock(&self.slots).entry(address.to_string()).or_default());
         let _opening = slot.opening.lock().await;
         if let Some(connection) = slot.usable() {
             return Ok(connection);
