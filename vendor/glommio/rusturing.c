@@ -305,6 +305,14 @@ extern inline int rust_io_uring_wait_cqe_nr(struct io_uring *ring,
 
 extern inline int rust_io_uring_peek_cqe(struct io_uring *ring, struct io_uring_cqe **cqe_ptr)
 {
+    /* Engram: an empty completion queue that needs no flush into it answers at once.
+     * liburing's io_uring_peek_cqe goes through its general wait path for that case,
+     * and the reactor peeks at empty rings many times per pass. */
+    if (io_uring_cq_ready(ring) == 0 &&
+        !(IO_URING_READ_ONCE(*ring->sq.kflags) & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN))) {
+        *cqe_ptr = NULL;
+        return -EAGAIN;
+    }
     return io_uring_peek_cqe(ring, cqe_ptr);
 }
 

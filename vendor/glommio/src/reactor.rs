@@ -887,6 +887,12 @@ impl Reactor {
         (next_timer, woke)
     }
 
+    /// Engram patch: makes sure the preemption timer fires within `within`, as a
+    /// non-sleeping `react` does, without the rest of a reactor pass.
+    pub(crate) fn arm_preempt_timer(&self, within: Duration) -> io::Result<()> {
+        self.sys.arm_preempt_timer(within)
+    }
+
     /// Processes new events, blocking until the first event or the timeout.
     pub(crate) fn react(&self, timeout: impl Fn() -> Option<Duration>) -> io::Result<bool> {
         // Process ready timers.

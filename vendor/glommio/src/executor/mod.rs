@@ -1325,7 +1325,13 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // Engram patch: upstream returns `ran` here, so a preemption signalled
+                // before any queue ran (a latency timer that fired and was not reaped
+                // yet) reads as "nothing to run" and the loop parks with queues still
+                // runnable; the park then reaps the timer, finds nothing woken and
+                // sleeps. Runnable queues make the loop go round (a polling pass,
+                // which reaps the timer) instead.
+                return ran || !self.queues.borrow().active_executors.is_empty();
             }
             if !self.run_one_task_queue() {
                 return false;
@@ -1333,7 +1339,6 @@ impl LocalExecutor {
                 ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
@@ -1461,6 +1466,8 @@ impl LocalExecutor {
             pin!(future);
 
             let mut pre_time = Instant::now();
+            // Engram patch: whether the reactor's last pass was a park.
+            let mut parked = false;
             loop {
                 if let Poll::Ready(t) = future.as_mut().poll(cx) {
                     // can't be canceled, and join handle is None only upon
@@ -1475,9 +1482,20 @@ impl LocalExecutor {
                 // requests that are latency sensitive we want them out of the
                 // ring ASAP (before we run the task queues). We will also use
                 // the opportunity to install the timer.
-                this.parker
-                    .poll_io(|| Some(this.preempt_timer_duration()))
-                    .expect("Failed to poll io! This is actually pretty bad!");
+                //
+                // Engram patch: right after a park, that pass has just flushed and
+                // reaped every ring and run the timers and remote channels; all another
+                // pass would add is the preemption timer, so only that is armed. On a
+                // request/response loop this saves a reactor pass per request.
+                if std::mem::take(&mut parked) {
+                    this.reactor
+                        .arm_preempt_timer(this.preempt_timer_duration())
+                        .expect("Failed to arm the preemption timer! This is actually pretty bad!");
+                } else {
+                    this.parker
+                        .poll_io(|| Some(this.preempt_timer_duration()))
+                        .expect("Failed to poll io! This is actually pretty bad!");
+                }
 
                 // run user code
                 let run = this.run_task_queues();
@@ -1493,6 +1511,16 @@ impl LocalExecutor {
                         // test again here. We can't test *just* here because the main
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
+                    } else if spin_before_park.is_zero() {
+                        // Engram patch: without spinning, park at once. Upstream polls
+                        // first, but parking does everything that poll does (rings,
+                        // timers, remote channels) before it decides to sleep, and a
+                        // poll here would submit what the park can submit with its sleep.
+                        this.parker
+                            .park()
+                            .expect("Failed to park! This is actually pretty bad!");
+                        parked = true;
+                        pre_time = Instant::now();
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
                             if pre_time.elapsed() > spin_before_park {

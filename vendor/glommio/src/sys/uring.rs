@@ -856,10 +856,13 @@ impl UringCommon for PollRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
+                // Engram patch: the clock is read only when there is something to
+                // submit; upstream read it on every call, a dozen times per reactor pass
+                // over empty queues.
+                let now = Instant::now();
                 let ops = extract_one_chain(source_map, queue, chain, now);
                 if ops.is_empty() {
                     // all the sources in the ring were cancelled
@@ -1021,12 +1024,24 @@ impl SleepableRing {
         }
     }
 
+    /// Engram patch: moves the queued requests into the submission ring without
+    /// entering the kernel, so that `sleep` submits them together with the link (one
+    /// `io_uring_enter` where upstream made two). Enters only if the ring is full.
+    fn stage_submission_queue(&mut self) -> io::Result<usize> {
+        let q = self.submission_queue();
+        let mut queue = q.borrow_mut();
+        self.consume_sqe_queue(&mut queue.submissions, false)
+    }
+
+    /// `can_sleep`, except that entries staged in the submission ring are allowed:
+    /// `sleep` submits them before it waits.
+    fn can_sleep_with_staged(&self) -> bool {
+        self.submission_queue.borrow().is_empty() && self.waiting_kernel_collection() == 0
+    }
+
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
-        assert_eq!(
-            self.waiting_kernel_submission(),
-            0,
-            "sleeping with pending SQEs"
-        );
+        // Engram patch: entries staged by `stage_submission_queue` go in with the link.
+        let staged = self.waiting_kernel_submission();
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
             let op = UringDescriptor {
@@ -1049,9 +1064,11 @@ impl SleepableRing {
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
 
-            // Engram patch: submit the link and wait in one io_uring_enter (upstream
-            // makes two). The kernel only waits once everything was submitted, so a
-            // link that did not go in never leaves us asleep.
+            // Engram patch: submit the staged entries and the link, and wait, in one
+            // io_uring_enter (upstream makes three: one per flush, one for the link and
+            // one to wait). The kernel only waits once everything was submitted, so a
+            // link that did not go in never leaves us asleep; an entry that completes
+            // as it is submitted (a poll on a ready socket) ends the wait at once.
             let submitted = self
                 .ring
                 .submit_sqes_and_wait(1)
@@ -1060,8 +1077,9 @@ impl SleepableRing {
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)?;
             self.in_kernel += submitted;
-            if submitted != 1 {
-                // We failed to submit the `SQE` that links the rings. Just can't sleep.
+            if submitted != staged + 1 {
+                // We failed to submit the `SQE` that links the rings (the kernel takes
+                // entries in order, and the link is the last). Just can't sleep.
                 // Waiting here is unsafe because we could end up waiting much longer than
                 // needed.
                 // We make the SQE a no-op and return
@@ -1163,10 +1181,13 @@ impl UringCommon for SleepableRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
+                // Engram patch: the clock is read only when there is something to
+                // submit; upstream read it on every call, a dozen times per reactor pass
+                // over empty queues.
+                let now = Instant::now();
                 let ops = extract_one_chain(source_map, queue, chain, now);
                 if ops.is_empty() {
                     // all the sources in the ring were cancelled
@@ -1804,7 +1825,15 @@ impl Reactor {
         flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
         // ... which happens right here. If you ever reorder this code just
         // be careful about this dependency.
-        flush_rings!(lat_ring, poll_ring, main_ring)?;
+        flush_rings!(lat_ring, poll_ring)?;
+        // Engram patch: the main ring's entries are only staged here. If we sleep,
+        // `sleep` submits them with its link in one system call; if not, the flush at
+        // the end of this function does.
+        main_ring
+            .stage_submission_queue()
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)?;
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
@@ -1812,7 +1841,7 @@ impl Reactor {
         let should_sleep = preempt_timer().is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
-            && main_ring.can_sleep()
+            && main_ring.can_sleep_with_staged()
             && lat_ring.can_sleep();
 
         if should_sleep {
@@ -1854,9 +1883,12 @@ impl Reactor {
 
         if let Some(preempt) = preempt_timer() {
             if self.ensure_latency_timer(&mut lat_ring, preempt) {
-                flush_rings!(lat_ring, main_ring)?;
+                flush_rings!(lat_ring)?;
             }
         }
+        // Engram patch: what was staged and not submitted by a sleep goes in now, so
+        // nothing stays staged past the pass that staged it.
+        flush_rings!(main_ring)?;
 
         // A Note about `need_preempt`:
         //
@@ -1891,6 +1923,16 @@ impl Reactor {
         self.latency_preemption_timeout_src
             .set(Some(lat_ring.prepare_latency_preemption_timer(within)));
         true
+    }
+
+    /// Engram patch: the preemption-timer step of `wait`, on its own (see
+    /// `LocalExecutor::run`).
+    pub(crate) fn arm_preempt_timer(&self, within: Duration) -> io::Result<()> {
+        let mut lat_ring = self.latency_ring.borrow_mut();
+        if self.ensure_latency_timer(&mut lat_ring, within) {
+            flush_rings!(lat_ring)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
