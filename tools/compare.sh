@@ -2,20 +2,27 @@
 # Engram side by side with Redis and the loopback floor, in one run on this machine.
 #
 # Every server runs on core 0 (taskset), every load on core 1, and engram-bench drives
-# all three with the same load shape:
+# all of them with the same load shape:
 #   - a raw TCP ping-pong (`engram-bench echo-server`, target tcp-echo://): the floor;
 #   - redis-server (its own instance on a free port, persistence off);
 #   - engramd --cores 1.
 # Shapes: GET of VALUE_BYTES-byte values over KEYS prefilled keys, 1 connection (p50/p99),
-# 50 connections pipeline 1 and 50 connections pipeline 16 (throughput, p99); then the
-# spin pair (engramd --spin-us with engram-bench --client-spin-us, 1 connection) with the
-# CPU both processes burn, against the echo floor spinning the same way; then resident
+# 50 connections pipeline 1 and 50 connections pipeline 16 (throughput, p99); the spin
+# pair (engramd --spin-us with engram-bench --client-spin-us, 1 connection) with the CPU
+# both processes burn, against the echo floor spinning the same way; then resident
 # memory per key: RSS growth (VmRSS) of a fresh server after 1,000,000 SETs of 32-byte
 # values to distinct keys.
 #
+# All servers run side by side (idle ones sleep) and the measurements are interleaved:
+# ROUNDS rounds, each measuring every target in every shape for DURATION seconds, in an
+# order that alternates between rounds. A shared machine's speed drifts over minutes,
+# so a ratio is taken within each round, where its two sides ran seconds apart, and
+# the table shows the median over the rounds with the range; the absolute figures are
+# medians too.
+#
 # Usage: tools/compare.sh [--json FILE | FILE]   (release binaries from target/release;
 #        built with cargo if missing). Tunables as environment variables:
-#   DURATION=5 WARMUP=1 KEYS=10000 VALUE_BYTES=32 MEMORY_KEYS=1000000 SPIN_US=50
+#   ROUNDS=5 DURATION=3 WARMUP=1 KEYS=10000 VALUE_BYTES=32 MEMORY_KEYS=1000000 SPIN_US=50
 #   SERVER_CORE=0 LOAD_CORE=1 RUN_TIMEOUT=120 (seconds, per bench run)
 set -euo pipefail
 
@@ -25,12 +32,13 @@ json_out=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --json) json_out=${2:?--json needs a file}; shift 2 ;;
-        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "compare: unknown flag $1" >&2; exit 2 ;;
         *) json_out=$1; shift ;;
     esac
 done
-duration=${DURATION:-5}
+rounds=${ROUNDS:-5}
+duration=${DURATION:-3}
 warmup=${WARMUP:-1}
 keys=${KEYS:-10000}
 value_bytes=${VALUE_BYTES:-32}
@@ -79,58 +87,59 @@ rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 ticks_per_second=$(getconf CLK_TCK)
 
-server_pid=""
-server_address=""
-start_server() { # kind [extra engramd flags...]
-    local kind=$1
-    shift
-    local log="$work/$kind.$RANDOM"
+# Servers by name: echo, echo-spin, redis, engram, engram-spin (the -spin ones poll
+# SPIN_US before parking), and fresh ones for the memory measurement.
+declare -A server_pids server_addresses
+start_server() { # name kind [extra flags...]
+    local name=$1 kind=$2
+    shift 2
+    local log="$work/server-$name"
     case "$kind" in
         echo)
             taskset -c "$server_core" "$bin/engram-bench" echo-server --listen 127.0.0.1:0 "$@" >"$log.out" 2>"$log.err" &
-            server_pid=$!
-            pids+=("$server_pid")
+            server_pids[$name]=$!
+            pids+=("$!")
             wait_for_line "$log.out" "listening on" 10
-            server_address=$(awk '{ print $NF }' "$log.out")
+            server_addresses[$name]=$(awk '{ print $NF }' "$log.out")
             ;;
         redis)
             local port
             port=$(free_port)
             taskset -c "$server_core" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
                 --daemonize no --protected-mode no --logfile "$log.err" >"$log.out" 2>&1 &
-            server_pid=$!
-            pids+=("$server_pid")
+            server_pids[$name]=$!
+            pids+=("$!")
             for _ in $(seq 1 100); do
                 redis-cli -p "$port" ping >/dev/null 2>&1 && break
                 sleep 0.1
             done
             redis-cli -p "$port" ping >/dev/null 2>&1 || die "redis-server did not start (see $log.err)"
-            server_address=127.0.0.1:$port
+            server_addresses[$name]=127.0.0.1:$port
             ;;
         engram)
             taskset -c "$server_core" "$bin/engramd" --cores 1 --port 0 "$@" >"$log.out" 2>"$log.err" &
-            server_pid=$!
-            pids+=("$server_pid")
+            server_pids[$name]=$!
+            pids+=("$!")
             wait_for_line "$log.out" "engramd ready" 20
-            server_address=$(sed -n 's/.*front=\([^ ]*\).*/\1/p' "$log.out")
+            server_addresses[$name]=$(sed -n 's/.*front=\([^ ]*\).*/\1/p' "$log.out")
             ;;
     esac
 }
 
-stop_server() {
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
+stop_server() { # name
+    kill "${server_pids[$1]}" 2>/dev/null || true
+    wait "${server_pids[$1]}" 2>/dev/null || true
 }
 
-scheme() { case "$1" in echo) echo tcp-echo ;; redis) echo redis ;; engram) echo engram ;; esac; }
+scheme() { case "$1" in echo*) echo tcp-echo ;; redis*) echo redis ;; engram*) echo engram ;; esac; }
 
-bench() { # out-json kind [flags...]
-    local out=$1 kind=$2
+bench() { # out-json name [flags...]
+    local out=$1 name=$2
     shift 2
-    timeout "$run_timeout" taskset -c "$load_core" "$bin/engram-bench" --target "$(scheme "$kind")://$server_address" \
-        --json "$out" "$@" >"$out.txt" 2>"$out.err" || {
+    timeout "$run_timeout" taskset -c "$load_core" "$bin/engram-bench" \
+        --target "$(scheme "$name")://${server_addresses[$name]}" --json "$out" "$@" >"$out.txt" 2>"$out.err" || {
         cat "$out.txt" "$out.err" >&2
-        die "engram-bench failed: $kind $*"
+        die "engram-bench failed: $name $*"
     }
 }
 
@@ -140,170 +149,190 @@ shape_flags() { # shape
         c1) echo "${common[@]}" --connections 1 --pipeline 1 ;;
         c50p1) echo "${common[@]}" --connections 50 --pipeline 1 ;;
         c50p16) echo "${common[@]}" --connections 50 --pipeline 16 ;;
+        spin-c1) echo "${common[@]}" --connections 1 --pipeline 1 --client-spin-us "$spin_us" ;;
     esac
 }
 
-# Latency and throughput: one server instance per target, every shape against it. The
-# engram and redis rows are prefilled (GETs hit); the echo floor has no keys.
-# Server CPU (utime+stime ticks) is recorded per shape too.
-declare -A cpu wall
-run_shapes() { # kind shapes... ; server already started
-    local kind=$1
-    shift
-    local first=1
-    for shape in "$@"; do
-        local prefill=()
-        [[ $kind != echo && $first == 1 ]] && prefill=(--prefill)
-        first=0
-        note "$kind $shape"
-        local before_server
-        before_server=$(cpu_ticks "$server_pid")
-        local started
-        started=$(date +%s.%N)
-        # shellcheck disable=SC2046
-        bench "$work/$kind-$shape.json" "$kind" $(shape_flags "$shape") "${prefill[@]}"
-        cpu[$kind-$shape]=$(($(cpu_ticks "$server_pid") - before_server))
-        wall[$kind-$shape]=$(echo "$(date +%s.%N) - $started" | bc -l)
+# The targets of each shape, in the order of odd rounds (even rounds reverse it).
+declare -A shape_targets=(
+    [c1]="echo redis engram"
+    [c50p1]="echo redis engram"
+    [c50p16]="redis engram"
+    [spin-c1]="echo-spin engram-spin"
+)
+shapes=(c1 c50p1 c50p16 spin-c1)
+
+start_server echo echo
+start_server echo-spin echo --spin-us "$spin_us"
+start_server redis redis
+start_server engram engram
+start_server engram-spin engram --spin-us "$spin_us"
+for name in redis engram engram-spin; do
+    note "prefilling $name"
+    bench "$work/prefill-$name.json" "$name" --workload get --keys "$keys" --value-bytes "$value_bytes" \
+        --requests 1 --connections 1 --warmup 0 --prefill
+done
+
+# Server CPU (utime+stime ticks) and wall time per target and shape, summed over the
+# rounds; for the spin pair also the load's CPU (this script's children).
+declare -A cpu wall load_cpu
+children_ticks() { awk '{ print $16 + $17 }' /proc/$$/stat; }
+for round in $(seq 1 "$rounds"); do
+    for shape in "${shapes[@]}"; do
+        read -r -a targets <<<"${shape_targets[$shape]}"
+        if ((round % 2 == 0)); then
+            for ((i = 0, j = ${#targets[@]} - 1; i < j; i++, j--)); do
+                swap=${targets[i]} targets[i]=${targets[j]} targets[j]=$swap
+            done
+        fi
+        for name in "${targets[@]}"; do
+            note "round $round/$rounds: $name $shape"
+            pid=${server_pids[$name]}
+            before_server=$(cpu_ticks "$pid")
+            before_load=$(children_ticks)
+            started=$(date +%s.%N)
+            # shellcheck disable=SC2046
+            bench "$work/$name-$shape-$round.json" "$name" $(shape_flags "$shape")
+            cpu[$name-$shape]=$((${cpu[$name-$shape]:-0} + $(cpu_ticks "$pid") - before_server))
+            load_cpu[$name-$shape]=$((${load_cpu[$name-$shape]:-0} + $(children_ticks) - before_load))
+            wall[$name-$shape]=$(echo "${wall[$name-$shape]:-0} + $(date +%s.%N) - $started" | bc -l)
+        done
     done
-}
-
-start_server echo
-run_shapes echo c1 c50p1
-stop_server
-note "echo c1, both sides spinning $spin_us us (the floor of the spin pair)"
-start_server echo --spin-us "$spin_us"
-# shellcheck disable=SC2046
-bench "$work/echo-spin-c1.json" echo $(shape_flags c1) --client-spin-us "$spin_us"
-stop_server
-start_server redis
-run_shapes redis c1 c50p1 c50p16
-stop_server
-start_server engram
-run_shapes engram c1 c50p1 c50p16
-stop_server
-
-# Spin on both sides, one connection: the latency it buys and the CPU it costs. The
-# CPU of the whole run (warmup and prefill included) over its wall time.
-note "engram spin (server --spin-us $spin_us, client --client-spin-us $spin_us)"
-start_server engram --spin-us "$spin_us"
-spin_server_before=$(cpu_ticks "$server_pid")
-spin_started=$(date +%s.%N)
-spin_load_before=$(awk '{ print $14 + $15 + $16 + $17 }' /proc/$$/stat)
-# shellcheck disable=SC2046
-bench "$work/engram-spin-c1.json" engram $(shape_flags c1) --prefill --client-spin-us "$spin_us"
-spin_load_after=$(awk '{ print $14 + $15 + $16 + $17 }' /proc/$$/stat)
-spin_wall=$(echo "$(date +%s.%N) - $spin_started" | bc -l)
-spin_server_ticks=$(($(cpu_ticks "$server_pid") - spin_server_before))
-stop_server
+done
+for name in echo echo-spin redis engram engram-spin; do stop_server "$name"; done
 
 # Memory: a fresh server, RSS before and after SETting MEMORY_KEYS distinct keys
 # (sequential walkers that partition the key space exactly).
 declare -A memory
 load_keys() { # kind
     local kind=$1
-    start_server "$kind"
+    start_server "$kind-memory" "$kind"
     sleep 0.5
-    local before after stored
-    before=$(rss_kib "$server_pid")
+    local pid=${server_pids[$kind-memory]} before after stored
+    before=$(rss_kib "$pid")
     note "$kind: loading $memory_keys keys"
-    bench "$work/$kind-load.json" "$kind" --workload set --keys "$memory_keys" --key-pattern sequential \
+    bench "$work/$kind-load.json" "$kind-memory" --workload set --keys "$memory_keys" --key-pattern sequential \
         --value-bytes 32 --requests "$memory_keys" --connections 50 --pipeline 16
     sleep 0.5
-    after=$(rss_kib "$server_pid")
+    after=$(rss_kib "$pid")
     case "$kind" in
-        redis) stored=$(redis-cli -p "${server_address##*:}" dbsize) ;;
-        engram) stored=$("$bin/engram" --addr "$server_address" info --json | jq '[.shards[].keys] | add') ;;
+        redis) stored=$(redis-cli -p "${server_addresses[$kind-memory]##*:}" dbsize) ;;
+        engram) stored=$("$bin/engram" --addr "${server_addresses[$kind-memory]}" info --json | jq '[.shards[].keys] | add') ;;
     esac
     memory[$kind]="$before $after $stored"
-    stop_server
+    stop_server "$kind-memory"
 }
 load_keys redis
 load_keys engram
 
-# ---- report ----
-field() { jq -r "$2" "$work/$1.json"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0 || a == "" || b == "") print "null"; else printf "%.2f", a / b }'; }
-kops() { awk -v x="$1" 'BEGIN { printf "%.1fk/s", x / 1000 }'; }
-us() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
-
-p50() { field "$1" .latency_us.p50; }
-p99() { field "$1" .latency_us.p99; }
-ops() { field "$1" .ops_per_sec; }
-
+# ---- summary: every round's runs into one JSON document, medians and ratios by jq ----
 read -r redis_before redis_after redis_keys <<<"${memory[redis]}"
 read -r engram_before engram_after engram_keys <<<"${memory[engram]}"
 per_key() { awk -v b="$1" -v a="$2" -v k="$3" 'BEGIN { printf "%.1f", (a - b) * 1024 / k }'; }
-redis_per_key=$(per_key "$redis_before" "$redis_after" "$redis_keys")
-engram_per_key=$(per_key "$engram_before" "$engram_after" "$engram_keys")
-cpu_share() { awk -v t="$1" -v hz="$ticks_per_second" -v w="$2" 'BEGIN { printf "%.2f", t / hz / w }'; }
-spin_server_cores=$(cpu_share "$spin_server_ticks" "$spin_wall")
-spin_load_cores=$(cpu_share $((spin_load_after - spin_load_before)) "$spin_wall")
+cores() { awk -v t="$1" -v hz="$ticks_per_second" -v w="$2" 'BEGIN { printf "%.2f", t / hz / w }'; }
 
+runs_args=()
+for shape in "${shapes[@]}"; do
+    for name in ${shape_targets[$shape]}; do
+        files=()
+        for round in $(seq 1 "$rounds"); do files+=("$work/$name-$shape-$round.json"); done
+        jq -s . "${files[@]}" >"$work/$name-$shape.rounds.json"
+        runs_args+=(--slurpfile "$name-$shape" "$work/$name-$shape.rounds.json")
+    done
+done
+summary=$work/summary.json
+jq -n "${runs_args[@]}" \
+    --arg machine "$(uname -srm), $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
+    --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    --argjson rounds "$rounds" --argjson duration "$duration" --argjson warmup "$warmup" \
+    --argjson redis_rss "[$redis_before, $redis_after, $redis_keys]" \
+    --argjson engram_rss "[$engram_before, $engram_after, $engram_keys]" \
+    --argjson redis_per_key "$(per_key "$redis_before" "$redis_after" "$redis_keys")" \
+    --argjson engram_per_key "$(per_key "$engram_before" "$engram_after" "$engram_keys")" \
+    --argjson spin_us "$spin_us" \
+    --argjson spin_server_cores "$(cores "${cpu[engram-spin-spin-c1]}" "${wall[engram-spin-spin-c1]}")" \
+    --argjson spin_load_cores "$(cores "${load_cpu[engram-spin-spin-c1]}" "${wall[engram-spin-spin-c1]}")" \
+    --argjson plain_server_cores "$(cores "${cpu[engram-c1]}" "${wall[engram-c1]}")" \
+    --argjson redis_c50p16_cpu_ticks "${cpu[redis-c50p16]}" --argjson engram_c50p16_cpu_ticks "${cpu[engram-c50p16]}" \
+    --argjson ticks_per_second "$ticks_per_second" '
+    def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    def round2: . * 100 | round / 100;
+    def run($name): $ARGS.named[$name][0];
+    def run_names: $ARGS.named | keys | map(select(test("-(c1|c50p1|c50p16)$")));
+    def summary($name): run($name) | { p50_us: (map(.latency_us.p50) | median), p99_us: (map(.latency_us.p99) | median),
+        ops_per_sec: (map(.ops_per_sec) | median) };
+    # Per-round ratios of one metric, then their median and range.
+    def ratio($a; $b; metric): [range(0; $rounds) as $i
+            | (run($a)[$i] | metric) as $x | (run($b)[$i] | metric) as $y | if $y == 0 then empty else $x / $y end]
+        | { median: (median | round2), min: (min | round2), max: (max | round2) };
+    # Server CPU per request over all rounds (warm-up requests estimated at the measured rate).
+    def cpu_us($name; $ticks): ($ticks / $ticks_per_second * 1e6)
+        / (run($name) | map(.requests + .warmup_secs * .ops_per_sec) | add);
+    {
+      machine: $machine, load_average: $loadavg, measured_at: (now | todate),
+      rounds: $rounds, duration_secs: $duration, warmup_secs: $warmup,
+      medians: (reduce run_names[] as $name ({}; .[$name] = summary($name))),
+      runs: (reduce run_names[] as $name ({}; .[$name] = run($name))),
+      memory: { redis: { rss_before_kib: $redis_rss[0], rss_after_kib: $redis_rss[1], keys: $redis_rss[2], bytes_per_key: $redis_per_key },
+                engram: { rss_before_kib: $engram_rss[0], rss_after_kib: $engram_rss[1], keys: $engram_rss[2], bytes_per_key: $engram_per_key } },
+      spin: { spin_us: $spin_us, server_cores: $spin_server_cores, load_cores: $spin_load_cores,
+              server_cores_without_spin: $plain_server_cores },
+      server_cpu_us_per_request_c50p16: { redis: (cpu_us("redis-c50p16"; $redis_c50p16_cpu_ticks) | round2),
+                                          engram: (cpu_us("engram-c50p16"; $engram_c50p16_cpu_ticks) | round2) },
+      ratios: {
+        c1_p50_engram_over_floor: ratio("engram-c1"; "echo-c1"; .latency_us.p50),
+        c1_p50_engram_over_redis: ratio("engram-c1"; "redis-c1"; .latency_us.p50),
+        c1_p99_engram_over_redis: ratio("engram-c1"; "redis-c1"; .latency_us.p99),
+        spin_c1_p50_engram_over_floor: ratio("engram-spin-spin-c1"; "echo-spin-spin-c1"; .latency_us.p50),
+        c50p1_ops_engram_over_redis: ratio("engram-c50p1"; "redis-c50p1"; .ops_per_sec),
+        c50p1_p99_engram_over_redis: ratio("engram-c50p1"; "redis-c50p1"; .latency_us.p99),
+        c50p16_ops_engram_over_redis: ratio("engram-c50p16"; "redis-c50p16"; .ops_per_sec),
+        c50p16_p99_engram_over_redis: ratio("engram-c50p16"; "redis-c50p16"; .latency_us.p99),
+        memory_per_key_engram_over_redis: { median: ($engram_per_key / $redis_per_key | round2) } }
+    }' >"$summary"
+
+# ---- report ----
+get() { jq -r "$1" "$summary"; }
+us() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
+kops() { awk -v x="$1" 'BEGIN { printf "%.1fk/s", x / 1000 }'; }
+ratio_cell() { get ".ratios.$1 | \"\(.median) (\(.min)-\(.max))\""; }
+row() { printf '%-34s %12s %12s %12s %18s %18s\n' "$@"; }
+m() { get ".medians[\"$1\"].$2"; }
 {
     echo
     echo "$(date -u +%Y-%m-%dT%H:%MZ) $(uname -srm), $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "servers on core $server_core, load on core $load_core; GET of $value_bytes-byte values over $keys keys, ${duration}s after ${warmup}s warm-up"
+    echo "servers on core $server_core, load on core $load_core; GET of $value_bytes-byte values over $keys keys;"
+    echo "$rounds interleaved rounds of ${duration}s per target and shape after ${warmup}s warm-up: medians, and ratios"
+    echo "as the median (min-max) of the per-round ratios"
     echo
-    printf '%-34s %14s %14s %14s %12s %12s\n' shape "tcp-echo" "redis" "engram" "engram/floor" "engram/redis"
-    row_latency() { # label shape
-        local e r n
-        e=$(p50 "echo-$2") r=$(p50 "redis-$2") n=$(p50 "engram-$2")
-        printf '%-34s %14s %14s %14s %12s %12s\n' "$1 p50 (us)" "$(us "$e")" "$(us "$r")" "$(us "$n")" "$(ratio "$n" "$e")" "$(ratio "$n" "$r")"
-        e=$(p99 "echo-$2") r=$(p99 "redis-$2") n=$(p99 "engram-$2")
-        printf '%-34s %14s %14s %14s %12s %12s\n' "$1 p99 (us)" "$(us "$e")" "$(us "$r")" "$(us "$n")" "$(ratio "$n" "$e")" "$(ratio "$n" "$r")"
-    }
-    row_latency "1 connection" c1
-    printf '%-34s %14s %14s %14s %12s %12s\n' "1 connection throughput" "$(kops "$(ops echo-c1)")" "$(kops "$(ops redis-c1)")" "$(kops "$(ops engram-c1)")" "$(ratio "$(ops engram-c1)" "$(ops echo-c1)")" "$(ratio "$(ops engram-c1)" "$(ops redis-c1)")"
-    printf '%-34s %14s %14s %14s %12s %12s\n' "50 conn, pipeline 1 throughput" "$(kops "$(ops echo-c50p1)")" "$(kops "$(ops redis-c50p1)")" "$(kops "$(ops engram-c50p1)")" "$(ratio "$(ops engram-c50p1)" "$(ops echo-c50p1)")" "$(ratio "$(ops engram-c50p1)" "$(ops redis-c50p1)")"
-    printf '%-34s %14s %14s %14s %12s %12s\n' "50 conn, pipeline 1 p99 (us)" "$(us "$(p99 echo-c50p1)")" "$(us "$(p99 redis-c50p1)")" "$(us "$(p99 engram-c50p1)")" "$(ratio "$(p99 engram-c50p1)" "$(p99 echo-c50p1)")" "$(ratio "$(p99 engram-c50p1)" "$(p99 redis-c50p1)")"
-    printf '%-34s %14s %14s %14s %12s %12s\n' "50 conn, pipeline 16 throughput" "-" "$(kops "$(ops redis-c50p16)")" "$(kops "$(ops engram-c50p16)")" "-" "$(ratio "$(ops engram-c50p16)" "$(ops redis-c50p16)")"
-    printf '%-34s %14s %14s %14s %12s %12s\n' "50 conn, pipeline 16 p99 (us)" "-" "$(us "$(p99 redis-c50p16)")" "$(us "$(p99 engram-c50p16)")" "-" "$(ratio "$(p99 engram-c50p16)" "$(p99 redis-c50p16)")"
-    printf '%-34s %14s %14s %14s %12s %12s\n' "RSS per key ($memory_keys keys, bytes)" "-" "$redis_per_key" "$engram_per_key" "-" "$(ratio "$engram_per_key" "$redis_per_key")"
+    row shape "tcp-echo" "redis" "engram" "engram/floor" "engram/redis"
+    row "1 connection p50 (us)" "$(us "$(m echo-c1 p50_us)")" "$(us "$(m redis-c1 p50_us)")" "$(us "$(m engram-c1 p50_us)")" \
+        "$(ratio_cell c1_p50_engram_over_floor)" "$(ratio_cell c1_p50_engram_over_redis)"
+    row "1 connection p99 (us)" "$(us "$(m echo-c1 p99_us)")" "$(us "$(m redis-c1 p99_us)")" "$(us "$(m engram-c1 p99_us)")" \
+        "-" "$(ratio_cell c1_p99_engram_over_redis)"
+    row "50 conn, pipeline 1 throughput" "$(kops "$(m echo-c50p1 ops_per_sec)")" "$(kops "$(m redis-c50p1 ops_per_sec)")" \
+        "$(kops "$(m engram-c50p1 ops_per_sec)")" "-" "$(ratio_cell c50p1_ops_engram_over_redis)"
+    row "50 conn, pipeline 1 p99 (us)" "$(us "$(m echo-c50p1 p99_us)")" "$(us "$(m redis-c50p1 p99_us)")" \
+        "$(us "$(m engram-c50p1 p99_us)")" "-" "$(ratio_cell c50p1_p99_engram_over_redis)"
+    row "50 conn, pipeline 16 throughput" "-" "$(kops "$(m redis-c50p16 ops_per_sec)")" \
+        "$(kops "$(m engram-c50p16 ops_per_sec)")" "-" "$(ratio_cell c50p16_ops_engram_over_redis)"
+    row "50 conn, pipeline 16 p99 (us)" "-" "$(us "$(m redis-c50p16 p99_us)")" "$(us "$(m engram-c50p16 p99_us)")" \
+        "-" "$(ratio_cell c50p16_p99_engram_over_redis)"
+    row "spin $spin_us us, 1 connection p50 (us)" "$(us "$(m echo-spin-spin-c1 p50_us)")" "-" \
+        "$(us "$(m engram-spin-spin-c1 p50_us)")" "$(ratio_cell spin_c1_p50_engram_over_floor)" "-"
+    row "spin $spin_us us, 1 connection p99 (us)" "$(us "$(m echo-spin-spin-c1 p99_us)")" "-" \
+        "$(us "$(m engram-spin-spin-c1 p99_us)")" "-" "-"
+    row "RSS per key ($memory_keys keys, bytes)" "-" "$(get .memory.redis.bytes_per_key)" \
+        "$(get .memory.engram.bytes_per_key)" "-" "$(get .ratios.memory_per_key_engram_over_redis.median)"
     echo
-    echo "server CPU per request, 50 conn pipeline 16: redis $(awk -v t="${cpu[redis-c50p16]}" -v hz="$ticks_per_second" -v n="$(field redis-c50p16 .requests)" -v w="$(field redis-c50p16 .warmup_secs)" -v o="$(ops redis-c50p16)" 'BEGIN { printf "%.2f", t / hz * 1e6 / (n + w * o) }') us, engram $(awk -v t="${cpu[engram-c50p16]}" -v hz="$ticks_per_second" -v n="$(field engram-c50p16 .requests)" -v w="$(field engram-c50p16 .warmup_secs)" -v o="$(ops engram-c50p16)" 'BEGIN { printf "%.2f", t / hz * 1e6 / (n + w * o) }') us (approx.: warm-up requests estimated at the measured rate)"
-    echo "spin (server --spin-us $spin_us, client --client-spin-us $spin_us), 1 connection: p50 $(us "$(p50 engram-spin-c1)") us, p99 $(us "$(p99 engram-spin-c1)") us, $(kops "$(ops engram-spin-c1)"); CPU: engramd $spin_server_cores cores, engram-bench $spin_load_cores cores (whole run incl. prefill)"
-    echo "without spin, 1 connection: engramd $(cpu_share "${cpu[engram-c1]}" "${wall[engram-c1]}") cores (same accounting)"
-    echo "floor spinning the same way (echo-server --spin-us $spin_us, --client-spin-us $spin_us): p50 $(us "$(p50 echo-spin-c1)") us, p99 $(us "$(p99 echo-spin-c1)") us"
+    echo "server CPU per request, 50 conn pipeline 16: redis $(get .server_cpu_us_per_request_c50p16.redis) us, engram $(get .server_cpu_us_per_request_c50p16.engram) us (warm-up requests estimated at the measured rate)"
+    echo "spin CPU while measuring (server --spin-us $spin_us, client --client-spin-us $spin_us): engramd $(get .spin.server_cores) cores, engram-bench $(get .spin.load_cores) cores; without spin, 1 connection: engramd $(get .spin.server_cores_without_spin) cores"
     echo "memory: redis $redis_keys keys, RSS $redis_before -> $redis_after KiB; engram $engram_keys keys, RSS $engram_before -> $engram_after KiB"
 } | tee "$work/report.txt"
 
 if [[ -n "$json_out" ]]; then
-    runs=()
-    for run in echo-c1 echo-c50p1 echo-spin-c1 redis-c1 redis-c50p1 redis-c50p16 engram-c1 engram-c50p1 engram-c50p16 engram-spin-c1 redis-load engram-load; do
-        runs+=(--slurpfile "$run" "$work/$run.json")
-    done
-    jq -n "${runs[@]}" \
-        --arg machine "$(uname -srm), $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
-        --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" \
-        --argjson redis_rss "[$redis_before, $redis_after, $redis_keys]" \
-        --argjson engram_rss "[$engram_before, $engram_after, $engram_keys]" \
-        --argjson spin_us "$spin_us" --argjson spin_server_cores "$spin_server_cores" --argjson spin_load_cores "$spin_load_cores" \
-        --argjson redis_per_key "$redis_per_key" --argjson engram_per_key "$engram_per_key" '
-        def r(a; b): if b == 0 then null else (a / b * 100 | round) / 100 end;
-        {
-          machine: $machine, load_average: $loadavg, measured_at: (now | todate),
-          runs: { "echo-c1": $ARGS.named["echo-c1"][0], "echo-c50p1": $ARGS.named["echo-c50p1"][0],
-                  "echo-spin-c1": $ARGS.named["echo-spin-c1"][0],
-                  "redis-c1": $ARGS.named["redis-c1"][0], "redis-c50p1": $ARGS.named["redis-c50p1"][0],
-                  "redis-c50p16": $ARGS.named["redis-c50p16"][0], "engram-c1": $ARGS.named["engram-c1"][0],
-                  "engram-c50p1": $ARGS.named["engram-c50p1"][0], "engram-c50p16": $ARGS.named["engram-c50p16"][0],
-                  "engram-spin-c1": $ARGS.named["engram-spin-c1"][0],
-                  "redis-load": $ARGS.named["redis-load"][0], "engram-load": $ARGS.named["engram-load"][0] },
-          memory: { redis: { rss_before_kib: $redis_rss[0], rss_after_kib: $redis_rss[1], keys: $redis_rss[2], bytes_per_key: $redis_per_key },
-                    engram: { rss_before_kib: $engram_rss[0], rss_after_kib: $engram_rss[1], keys: $engram_rss[2], bytes_per_key: $engram_per_key } },
-          spin: { spin_us: $spin_us, server_cores: $spin_server_cores, load_cores: $spin_load_cores },
-        } as $d
-        | $d + { ratios: {
-            c1_p50_engram_over_floor: r($d.runs["engram-c1"].latency_us.p50; $d.runs["echo-c1"].latency_us.p50),
-            spin_c1_p50_engram_over_floor: r($d.runs["engram-spin-c1"].latency_us.p50; $d.runs["echo-spin-c1"].latency_us.p50),
-            c1_p50_engram_over_redis: r($d.runs["engram-c1"].latency_us.p50; $d.runs["redis-c1"].latency_us.p50),
-            c1_p99_engram_over_redis: r($d.runs["engram-c1"].latency_us.p99; $d.runs["redis-c1"].latency_us.p99),
-            c50p1_ops_engram_over_redis: r($d.runs["engram-c50p1"].ops_per_sec; $d.runs["redis-c50p1"].ops_per_sec),
-            c50p1_p99_engram_over_redis: r($d.runs["engram-c50p1"].latency_us.p99; $d.runs["redis-c50p1"].latency_us.p99),
-            c50p16_ops_engram_over_redis: r($d.runs["engram-c50p16"].ops_per_sec; $d.runs["redis-c50p16"].ops_per_sec),
-            c50p16_p99_engram_over_redis: r($d.runs["engram-c50p16"].latency_us.p99; $d.runs["redis-c50p16"].latency_us.p99),
-            memory_per_key_engram_over_redis: r($d.memory.engram.bytes_per_key; $d.memory.redis.bytes_per_key) } }' \
-        >"$json_out"
+    cp "$summary" "$json_out"
     note "JSON written to $json_out"
 fi
 note "raw results in $work"
