@@ -227,11 +227,7 @@ async fn wrong_shard_refreshes_the_map_and_resends_to_the_new_owner() {
     let second_port = second.address.rsplit_once(':').unwrap().1;
     let moved = two_shard_map(2, &first.address, &format!("0.0.0.0:{second_port}"));
     shared.lock().unwrap().map = Some(moved);
-    let hasher = SlotHasher::new(b"default");
-    let key = (0..)
-        .map(|index| format!("key{index}"))
-        .find(|key| hasher.slot(key.as_bytes()) >= SLOT_COUNT / 2)
-        .unwrap();
+    let key = key_in_second_half();
     client.bytes(key.as_str()).set("v").await.unwrap();
     assert_eq!(client.map_epoch(), 2);
 
@@ -241,6 +237,65 @@ async fn wrong_shard_refreshes_the_map_and_resends_to_the_new_owner() {
     assert_eq!((attempts[0].shard, attempts[0].map_epoch), (Some(0), 1));
     assert_eq!((attempts[1].shard, attempts[1].map_epoch), (Some(1), 2));
     assert_eq!(attempts[0].op_id, attempts[1].op_id);
+}
+
+/// A key of the default namespace in the second half of the slots, the half that
+/// [`two_shard_map`] gives its second shard.
+fn key_in_second_half() -> String {
+    let hasher = SlotHasher::new(b"default");
+    (0..)
+        .map(|index| format!("key{index}"))
+        .find(|key| hasher.slot(key.as_bytes()) >= SLOT_COUNT / 2)
+        .unwrap()
+}
+
+/// A map refresh that is never answered ends with the call's deadline, not with the
+/// client's own (much longer) timeout, and the client keeps its old map. The clock is
+/// tokio's paused one, so the elapsed time checked is virtual and exact: the runtime
+/// only jumps ahead when every task waits.
+#[tokio::test(start_paused = true)]
+async fn a_map_refresh_that_is_never_answered_ends_at_the_call_deadline() {
+    let client_timeout = Duration::from_millis(engram_proto::limits::CALL_TIMEOUT_MS_MAX);
+    let call_timeout = Duration::from_secs(2);
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let front = FakeServer::start(Arc::clone(&shared), None).await;
+    let first = FakeServer::start(Arc::clone(&shared), Some(0)).await;
+    let second = FakeServer::start(Arc::clone(&shared), Some(1)).await;
+    shared.lock().unwrap().map = Some(single_shard_map(1, &first.address));
+    let client = Client::builder(&front.address)
+        .timeout(client_timeout)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(client.map_epoch(), 1);
+    let map_requests = || {
+        let shared = shared.lock().unwrap();
+        let seen = shared.seen.iter();
+        seen.filter(|seen| matches!(seen.command, Command::GetSlotMap)).count()
+    };
+    let before = map_requests();
+    {
+        let mut shared = shared.lock().unwrap();
+        shared.map = Some(two_shard_map(2, &first.address, &second.address));
+        shared.silent_map = true;
+    }
+    // The first shard now answers WrongShard for the key, and the refresh that follows
+    // waits for a map that never comes.
+    let started = tokio::time::Instant::now();
+    let error = client
+        .bytes(key_in_second_half().as_str())
+        .timeout(call_timeout)
+        .set("v")
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(error, Error::Timeout { .. }), "{error}");
+    assert!(map_requests() > before, "the call ended before it asked for a new map");
+    assert!(
+        elapsed >= call_timeout && elapsed < client_timeout,
+        "the call ended after {elapsed:?}, not at its {call_timeout:?} deadline"
+    );
+    assert_eq!(client.map_epoch(), 1);
 }
 
 #[test]

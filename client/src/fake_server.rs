@@ -12,6 +12,8 @@
 //! - `lost-reply-once*`: the first request is applied, then the connection closes
 //!   before its answer goes out; later ones succeed.
 //!
+//! With [`Shared::silent_map`] set, slot-map requests are never answered.
+//!
 //! Like the real server, the fake applies a mutation (non-zero operation id) once per
 //! client: a resent one gets the answer recorded the first time.
 //!
@@ -50,6 +52,8 @@ pub struct Shared {
     /// The cluster's map; shared by the fakes of one test so they agree on ownership.
     pub map: Option<SlotMap>,
     pub refuse_hello: bool,
+    /// Leaves every slot-map request unanswered.
+    pub silent_map: bool,
     pub seen: Vec<Seen>,
     pub hellos: usize,
     pub values: HashMap<Vec<u8>, (Vec<u8>, u64)>,
@@ -228,7 +232,8 @@ async fn serve(stream: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>, shard_
             };
             let response = if !owned {
                 Some(error(ErrorCode::WrongShard))
-            } else if key.starts_with(b"silent") {
+            } else if key.starts_with(b"silent") || (state.silent_map && matches!(request.command, Command::GetSlotMap))
+            {
                 None
             } else if key.starts_with(b"close-once") && first_time(&mut state, &key) {
                 return;
