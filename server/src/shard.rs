@@ -94,8 +94,32 @@ pub struct Shard {
     /// The deadline the timekeeper sleeps until, and how to wake it for an earlier one.
     timekeeper_deadline_ms: Cell<u64>,
     timekeeper: LocalNotify,
-    /// The latest time given to the store; see [`Shard::ms_at`].
-    store_time_ms: Cell<u64>,
+    store_clock: StoreClock,
+}
+
+/// The store's time: milliseconds since the node started, never earlier than a time
+/// it already gave. A read's requests all run at the time of that read, and a
+/// connection that paused mid-read (a full forward queue, a large answer being
+/// written) must not take the store back in time.
+struct StoreClock {
+    started: Instant,
+    latest_ms: Cell<u64>,
+}
+
+impl StoreClock {
+    fn new(started: Instant) -> StoreClock {
+        StoreClock {
+            started,
+            latest_ms: Cell::new(0),
+        }
+    }
+
+    fn ms_at(&self, instant: Instant) -> u64 {
+        let ms = instant.saturating_duration_since(self.started).as_millis() as u64;
+        let ms = ms.max(self.latest_ms.get());
+        self.latest_ms.set(ms);
+        ms
+    }
 }
 
 impl Shard {
@@ -103,15 +127,9 @@ impl Shard {
         self.ms_at(Instant::now())
     }
 
-    /// The store's time (milliseconds since the node started) at `instant`. Never
-    /// earlier than a time the store was already given: a read's requests all run at
-    /// the time of that read, and a connection that paused mid-read (a full forward
-    /// queue, a large answer being written) must not take the store back in time.
+    /// The store's time at `instant`; see [`StoreClock`].
     fn ms_at(&self, instant: Instant) -> u64 {
-        let ms = instant.saturating_duration_since(self.node.started).as_millis() as u64;
-        let ms = ms.max(self.store_time_ms.get());
-        self.store_time_ms.set(ms);
-        ms
+        self.store_clock.ms_at(instant)
     }
 
     /// The epoch this shard routes with. Free of side effects (unlike [`Shard::routing`]),
@@ -301,6 +319,7 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
     };
     let routing = Routing::new(launch.node_map.current(), launch.node.node_id);
     let metrics = launch.node.metrics.shard(launch.shard_id);
+    let store_clock = StoreClock::new(launch.node.started);
     let shard = Rc::new(Shard {
         shard_id: launch.shard_id,
         store: RefCell::new(Store::new(launch.memory_limit_bytes, launch.hash_seed)),
@@ -317,7 +336,7 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
         destinations: RefCell::default(),
         timekeeper_deadline_ms: Cell::new(0),
         timekeeper: LocalNotify::default(),
-        store_time_ms: Cell::new(0),
+        store_clock,
     });
     {
         let routing = shard.routing();
@@ -411,5 +430,28 @@ async fn keep_time(shard: &Rc<Shard>, shutdown: &AtomicBool) {
             glommio::yield_if_needed().await;
         }
         shard.publish_stats();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_clock_never_goes_back() {
+        let started = Instant::now();
+        let clock = StoreClock::new(started);
+        assert_eq!(clock.ms_at(started + Duration::from_millis(5)), 5);
+        // A read taken earlier but handled later (its connection paused) gets the
+        // store's latest time, not its own.
+        assert_eq!(clock.ms_at(started + Duration::from_millis(3)), 5);
+        assert_eq!(clock.ms_at(started + Duration::from_millis(9)), 9);
+        assert_eq!(clock.ms_at(started), 9);
+        let fresh = StoreClock::new(started + Duration::from_millis(1));
+        assert_eq!(
+            fresh.ms_at(started),
+            0,
+            "an instant before the start reads as the start"
+        );
     }
 }
