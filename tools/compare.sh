@@ -14,17 +14,19 @@
 # values to distinct keys.
 #
 # All servers run side by side (idle ones sleep) and the measurements are interleaved:
-# ROUNDS rounds, each measuring every target in every shape for DURATION seconds, in an
-# order that alternates between rounds. A shared machine's speed drifts over minutes,
+# ROUNDS rounds (even, so that each order runs as often), each measuring every target
+# in every shape for DURATION seconds, in an order that alternates between rounds. A shared machine's speed drifts over minutes,
 # so a ratio is taken within each round, where its two sides ran seconds apart, and
 # the table shows the median over the rounds with the range; the absolute figures are
 # medians too.
 #
 # Usage: tools/compare.sh [--json FILE | FILE]   (release binaries from target/release;
 #        built with cargo if missing). Tunables as environment variables:
-#   ROUNDS=5 DURATION=3 WARMUP=1 KEYS=10000 VALUE_BYTES=32 MEMORY_KEYS=1000000 SPIN_US=50
+#   ROUNDS=6 DURATION=3 WARMUP=1 KEYS=10000 VALUE_BYTES=32 MEMORY_KEYS=1000000 SPIN_US=50
 #   SERVER_CORE=0 LOAD_CORE=1 RUN_TIMEOUT=120 (seconds, per bench run)
 set -euo pipefail
+# awk's printf feeds jq's --argjson: a decimal comma would not be JSON.
+export LC_ALL=C
 
 repository_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin="$repository_root/target/release"
@@ -37,7 +39,7 @@ while [[ $# -gt 0 ]]; do
         *) json_out=$1; shift ;;
     esac
 done
-rounds=${ROUNDS:-5}
+rounds=${ROUNDS:-6}
 duration=${DURATION:-3}
 warmup=${WARMUP:-1}
 keys=${KEYS:-10000}
@@ -48,6 +50,7 @@ server_core=${SERVER_CORE:-0}
 load_core=${LOAD_CORE:-1}
 run_timeout=${RUN_TIMEOUT:-120}
 work=$(mktemp -d /tmp/engram-compare.XXXXXX)
+started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 pids=()
 cleanup() {
@@ -59,6 +62,8 @@ trap 'exit 130' INT TERM
 
 note() { echo "compare: $*" >&2; }
 die() { note "$*"; exit 1; }
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not '$rounds'"
+((rounds % 2 == 0)) || note "ROUNDS=$rounds is odd: one target order runs once more than the other"
 
 if [[ ! -x "$bin/engramd" || ! -x "$bin/engram-bench" || ! -x "$bin/engram" ]]; then
     note "building release binaries"
@@ -174,7 +179,8 @@ for name in redis engram engram-spin; do
 done
 
 # Server CPU (utime+stime ticks) and wall time per target and shape, summed over the
-# rounds; for the spin pair also the load's CPU (this script's children).
+# rounds; for the spin pair also the load's CPU (the children this script waited for:
+# engram-bench, and the few helpers it runs in between, which take no measurable CPU).
 declare -A cpu wall load_cpu
 children_ticks() { awk '{ print $16 + $17 }' /proc/$$/stat; }
 for round in $(seq 1 "$rounds"); do
@@ -232,8 +238,10 @@ per_key() { awk -v b="$1" -v a="$2" -v k="$3" 'BEGIN { printf "%.1f", (a - b) * 
 cores() { awk -v t="$1" -v hz="$ticks_per_second" -v w="$2" 'BEGIN { printf "%.2f", t / hz / w }'; }
 
 runs_args=()
+run_names=()
 for shape in "${shapes[@]}"; do
     for name in ${shape_targets[$shape]}; do
+        run_names+=("$name-$shape")
         files=()
         for round in $(seq 1 "$rounds"); do files+=("$work/$name-$shape-$round.json"); done
         jq -s . "${files[@]}" >"$work/$name-$shape.rounds.json"
@@ -243,7 +251,8 @@ done
 summary=$work/summary.json
 jq -n "${runs_args[@]}" \
     --arg machine "$(uname -srm), $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
-    --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" --arg started_at "$started_at" \
+    --argjson run_names "$(printf '%s\n' "${run_names[@]}" | jq -R . | jq -s .)" \
     --argjson rounds "$rounds" --argjson duration "$duration" --argjson warmup "$warmup" \
     --argjson redis_rss "[$redis_before, $redis_after, $redis_keys]" \
     --argjson engram_rss "[$engram_before, $engram_after, $engram_keys]" \
@@ -257,23 +266,26 @@ jq -n "${runs_args[@]}" \
     --argjson ticks_per_second "$ticks_per_second" '
     def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
         else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-    def round2: . * 100 | round / 100;
+    def round2: if . == null then null else . * 100 | round / 100 end;
     def run($name): $ARGS.named[$name][0];
-    def run_names: $ARGS.named | keys | map(select(test("-(c1|c50p1|c50p16)$")));
     def summary($name): run($name) | { p50_us: (map(.latency_us.p50) | median), p99_us: (map(.latency_us.p99) | median),
         ops_per_sec: (map(.ops_per_sec) | median) };
-    # Per-round ratios of one metric, then their median and range.
+    # Per-round ratios of one metric (null for a round where either side has none),
+    # then the median and range of those there are.
     def ratio($a; $b; metric): [range(0; $rounds) as $i
-            | (run($a)[$i] | metric) as $x | (run($b)[$i] | metric) as $y | if $y == 0 then empty else $x / $y end]
-        | { median: (median | round2), min: (min | round2), max: (max | round2) };
+            | (run($a)[$i] | metric) as $x | (run($b)[$i] | metric) as $y
+            | if $x == null or $y == null or $y == 0 then null else $x / $y end]
+        | map(round2) as $rounds_ratios | map(select(. != null)) as $present
+        | { median: ($present | median | round2), min: ($present | min | round2),
+            max: ($present | max | round2), rounds: $rounds_ratios };
     # Server CPU per request over all rounds (warm-up requests estimated at the measured rate).
     def cpu_us($name; $ticks): ($ticks / $ticks_per_second * 1e6)
         / (run($name) | map(.requests + .warmup_secs * .ops_per_sec) | add);
     {
-      machine: $machine, load_average: $loadavg, measured_at: (now | todate),
+      machine: $machine, load_average_at_end: $loadavg, started_at: $started_at, ended_at: (now | todate),
       rounds: $rounds, duration_secs: $duration, warmup_secs: $warmup,
-      medians: (reduce run_names[] as $name ({}; .[$name] = summary($name))),
-      runs: (reduce run_names[] as $name ({}; .[$name] = run($name))),
+      medians: (reduce $run_names[] as $name ({}; .[$name] = summary($name))),
+      runs: (reduce $run_names[] as $name ({}; .[$name] = run($name))),
       memory: { redis: { rss_before_kib: $redis_rss[0], rss_after_kib: $redis_rss[1], keys: $redis_rss[2], bytes_per_key: $redis_per_key },
                 engram: { rss_before_kib: $engram_rss[0], rss_after_kib: $engram_rss[1], keys: $engram_rss[2], bytes_per_key: $engram_per_key } },
       spin: { spin_us: $spin_us, server_cores: $spin_server_cores, load_cores: $spin_load_cores,
@@ -289,7 +301,8 @@ jq -n "${runs_args[@]}" \
         c50p1_p99_engram_over_redis: ratio("engram-c50p1"; "redis-c50p1"; .latency_us.p99),
         c50p16_ops_engram_over_redis: ratio("engram-c50p16"; "redis-c50p16"; .ops_per_sec),
         c50p16_p99_engram_over_redis: ratio("engram-c50p16"; "redis-c50p16"; .latency_us.p99),
-        memory_per_key_engram_over_redis: { median: ($engram_per_key / $redis_per_key | round2) } }
+        memory_per_key_engram_over_redis: ($engram_per_key / $redis_per_key | round2
+            | { median: ., min: ., max: ., rounds: [.] }) }
     }' >"$summary"
 
 # ---- report ----
@@ -301,10 +314,10 @@ row() { printf '%-34s %12s %12s %12s %18s %18s\n' "$@"; }
 m() { get ".medians[\"$1\"].$2"; }
 {
     echo
-    echo "$(date -u +%Y-%m-%dT%H:%MZ) $(uname -srm), $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "$started_at to $(date -u +%H:%M:%SZ) $(uname -srm), $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
     echo "servers on core $server_core, load on core $load_core; GET of $value_bytes-byte values over $keys keys;"
     echo "$rounds interleaved rounds of ${duration}s per target and shape after ${warmup}s warm-up: medians, and ratios"
-    echo "as the median (min-max) of the per-round ratios"
+    echo "as the median (min-max) of the per-round ratios (not the ratio of the medians)"
     echo
     row shape "tcp-echo" "redis" "engram" "engram/floor" "engram/redis"
     row "1 connection p50 (us)" "$(us "$(m echo-c1 p50_us)")" "$(us "$(m redis-c1 p50_us)")" "$(us "$(m engram-c1 p50_us)")" \
