@@ -90,7 +90,28 @@ where
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::Error>>
         + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
 {
-    rkyv::from_bytes::<T, rancor::Error>(payload).map_err(|error| ProtocolError::InvalidPayload {
+    deserialize_payload(access_payload::<T>(payload)?)
+}
+
+/// Validates `payload` as an archived `T` and gives it in place, without deserializing:
+/// for a reader that needs a few fields, or builds the value with buffers of its own.
+pub fn access_payload<T>(payload: &[u8]) -> Result<&T::Archived, ProtocolError>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    rkyv::access::<T::Archived, rancor::Error>(payload).map_err(|error| ProtocolError::InvalidPayload {
+        reason: error.to_string(),
+    })
+}
+
+/// Deserializes what [`access_payload`] validated.
+pub fn deserialize_payload<T>(archived: &T::Archived) -> Result<T, ProtocolError>
+where
+    T: rkyv::Archive,
+    T::Archived: rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+{
+    rkyv::deserialize::<T, rancor::Error>(archived).map_err(|error| ProtocolError::InvalidPayload {
         reason: error.to_string(),
     })
 }

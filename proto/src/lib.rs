@@ -20,7 +20,7 @@ pub mod migration;
 pub mod slot;
 
 pub use cluster::*;
-pub use codec::{decode_payload, encode_message, split_frame, Split};
+pub use codec::{access_payload, decode_payload, deserialize_payload, encode_message, split_frame, Split};
 pub use error::{ErrorCode, ProtocolError};
 pub use frame::{FrameHeader, FrameKind, FRAME_HEADER_BYTES};
 pub use message::*;

@@ -23,8 +23,8 @@ use engram_proto::limits::{
     NAMESPACE_BYTES_MAX, PROTOCOL_VERSION,
 };
 use engram_proto::{
-    decode_payload, encode_message, split_frame, Command, ErrorCode, FrameKind, Hello, HelloReply, ProtocolError,
-    Request, Response, SlotHasher, Split, FRONT_SHARD_ID,
+    access_payload, decode_payload, deserialize_payload, encode_message, split_frame, ArchivedCommand, Command,
+    ErrorCode, FrameKind, Hello, HelloReply, ProtocolError, Request, Response, SlotHasher, Split, FRONT_SHARD_ID,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -148,6 +148,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
         session: None,
         outbox,
         spare: Vec::new(),
+        key_buffer: Vec::new(),
     };
     if let Err(Close::Refused { answer }) = connection.run().await {
         connection.outbox.push(FrameKind::Response, 0, &answer);
@@ -167,6 +168,9 @@ struct Connection {
     outbox: Rc<Outbox>,
     /// The outbox's previous buffer, swapped in while the current one is written.
     spare: Vec<u8>,
+    /// The previous request's key, whose buffer takes the next read's key (see
+    /// [`decode_request`]).
+    key_buffer: Vec<u8>,
 }
 
 impl Connection {
@@ -353,7 +357,7 @@ impl Connection {
             };
             return Err(refuse(&self.shard, error));
         }
-        let mut request = decode_payload::<Request>(payload).map_err(|error| refuse(&self.shard, error))?;
+        let mut request = decode_request(payload, &mut self.key_buffer).map_err(|error| refuse(&self.shard, error))?;
         let client_id = session.client_id;
         let immediate = match &request.command {
             Command::Ping => Response::Pong,
@@ -401,7 +405,9 @@ impl Connection {
                             if owner == self.shard.shard_id {
                                 let outbox = Rc::downgrade(&self.outbox);
                                 let destination = Destination::Connection { outbox, request_id };
-                                return Ok(self.shard.submit(client_id, &request, destination, received));
+                                let answered = self.shard.submit(client_id, &request, destination, received);
+                                self.recycle_key(request.command);
+                                return Ok(answered);
                             }
                             self.forward(owner, slot, client_id, request_id, request).await;
                             return Ok(false);
@@ -412,7 +418,17 @@ impl Connection {
         };
         self.shard.metrics.answered(&request.command, &immediate);
         self.outbox.push(FrameKind::Response, request_id, &immediate);
+        self.recycle_key(request.command);
         Ok(false)
+    }
+
+    /// Keeps a handled request's key buffer for the next read's key.
+    fn recycle_key(&mut self, mut command: Command) {
+        if let Some(key) = command.key_mut() {
+            if key.capacity() <= KEY_BUFFER_BYTES_MAX {
+                self.key_buffer = std::mem::take(key);
+            }
+        }
     }
 
     /// Hands a request to the shard that owns its slot. Sending happens here, in
@@ -498,17 +514,119 @@ fn refuse(shard: &Shard, error: ProtocolError) -> Close {
 }
 
 /// Namespaces become part of the stored key: `[namespace length][namespace][key]`.
+/// Decodes a request. The key of a single-key read (`Get`, `CounterGet`: the hot path)
+/// is built in `key_buffer`'s allocation, which the connection recycles from the
+/// previous request, so such a read allocates nothing; other commands are deserialized
+/// as they are.
+fn decode_request(payload: &[u8], key_buffer: &mut Vec<u8>) -> Result<Request, ProtocolError> {
+    let archived = access_payload::<Request>(payload)?;
+    let mut reuse = |key: &[u8]| {
+        let mut buffer = std::mem::take(key_buffer);
+        buffer.clear();
+        buffer.extend_from_slice(key);
+        buffer
+    };
+    let command = match &archived.command {
+        ArchivedCommand::Get { key } => Command::Get { key: reuse(key) },
+        ArchivedCommand::CounterGet { key } => Command::CounterGet { key: reuse(key) },
+        _ => return deserialize_payload::<Request>(archived),
+    };
+    Ok(Request {
+        op_id: archived.op_id.to_native(),
+        completed_below_op_id: archived.completed_below_op_id.to_native(),
+        command,
+    })
+}
+
+/// The largest key buffer a connection keeps for its next request: a key with its
+/// namespace prefix, both at their limits.
+const KEY_BUFFER_BYTES_MAX: usize = KEY_BYTES_MAX + 1 + NAMESPACE_BYTES_MAX;
+
+/// Puts the session's namespace prefix before the command's key, in place: a key
+/// built in a recycled buffer usually has the room already.
 fn prefix_key(command: &mut Command, prefix: &[u8]) {
+    if prefix.is_empty() {
+        return;
+    }
     if let Some(key) = command.key_mut() {
-        // One exact allocation and two copies; a splice would grow the decoded key in
-        // place (a reallocation) and shift it byte by byte.
-        let mut prefixed = Vec::with_capacity(prefix.len() + key.len());
-        prefixed.extend_from_slice(prefix);
-        prefixed.extend_from_slice(key);
-        *key = prefixed;
+        let key_bytes = key.len();
+        key.reserve_exact(prefix.len());
+        key.resize(key_bytes + prefix.len(), 0);
+        key.copy_within(..key_bytes, prefix.len());
+        key[..prefix.len()].copy_from_slice(prefix);
     }
 }
 
 fn constant_time_equal(expected: &[u8], offered: &[u8]) -> bool {
     expected.len() == offered.len() && expected.iter().zip(offered).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use engram_proto::{FrameKind, SetCondition, FRAME_HEADER_BYTES};
+
+    use super::*;
+
+    fn payload(command: Command) -> Vec<u8> {
+        let request = Request {
+            op_id: 7,
+            completed_below_op_id: 5,
+            command,
+        };
+        let mut frame = Vec::new();
+        encode_message(FrameKind::Request, 1, 1, &request, &mut frame).unwrap();
+        frame.split_off(FRAME_HEADER_BYTES)
+    }
+
+    #[test]
+    fn decoding_with_a_key_buffer_gives_what_plain_decoding_gives() {
+        let commands = [
+            Command::Get { key: b"k1".to_vec() },
+            Command::CounterGet {
+                key: b"counter".to_vec(),
+            },
+            Command::Set {
+                key: b"k2".to_vec(),
+                value: b"v".to_vec(),
+                ttl_ms: 3,
+                condition: SetCondition::IfAbsent,
+            },
+            Command::Ping,
+        ];
+        let mut key_buffer = Vec::new();
+        for command in commands {
+            let bytes = payload(command);
+            assert_eq!(
+                decode_request(&bytes, &mut key_buffer).unwrap(),
+                decode_payload::<Request>(&bytes).unwrap()
+            );
+        }
+        assert!(decode_request(&[1, 2, 3], &mut key_buffer).is_err());
+    }
+
+    #[test]
+    fn a_read_key_is_built_and_prefixed_in_the_recycled_buffer() {
+        let prefix = b"\x02ns";
+        let mut key_buffer = Vec::with_capacity(64);
+        let buffer = key_buffer.as_ptr();
+        let mut request = decode_request(&payload(Command::Get { key: b"key".to_vec() }), &mut key_buffer).unwrap();
+        prefix_key(&mut request.command, prefix);
+        let Command::Get { key } = request.command else {
+            panic!("decoded as {:?}", request.command);
+        };
+        assert_eq!(key, b"\x02nskey");
+        assert_eq!(key.as_ptr(), buffer, "neither decoding nor prefixing allocated");
+    }
+
+    #[test]
+    fn prefixing_puts_the_namespace_before_any_key() {
+        let mut command = Command::Del {
+            key: b"some key".to_vec(),
+        };
+        prefix_key(&mut command, b"\x01n");
+        assert_eq!(command.key(), Some(&b"\x01nsome key"[..]));
+        let mut ping = Command::Ping;
+        prefix_key(&mut ping, b"\x01n");
+        assert_eq!(ping, Command::Ping);
+    }
 }

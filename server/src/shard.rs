@@ -67,6 +67,21 @@ impl Destination {
             Destination::Forwarded(reply) => reply.send(response),
         }
     }
+
+    /// Hands over an answer given at once. Gives it back when it was only copied (into
+    /// a connection's outbox) or its asker is gone, so its buffers can serve the next
+    /// read.
+    fn deliver_immediate(self, response: Response) -> Option<Response> {
+        match self {
+            Destination::Connection { outbox, request_id } => {
+                if let Some(outbox) = outbox.upgrade() {
+                    outbox.deliver(request_id, &response, false);
+                }
+                Some(response)
+            }
+            Destination::Forwarded(reply) => reply.send(response).err(),
+        }
+    }
 }
 
 /// What every shard shares with its connections.
@@ -200,7 +215,9 @@ impl Shard {
             // client's retry finds the operation record.
             Outcome::Ready(response) => {
                 self.metrics.answered(&request.command, &response);
-                drop(destination.deliver(self.stamp(response), false))
+                if let Some(spent) = destination.deliver_immediate(self.stamp(response)) {
+                    self.store.borrow_mut().recycle(spent);
+                }
             }
             Outcome::Parked(waiter) => {
                 self.metrics.parked(waiter, &request.command);

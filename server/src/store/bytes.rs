@@ -9,17 +9,25 @@ use super::{
 
 impl Store {
     pub(crate) fn bytes_get(&mut self, key: &[u8], now_ms: u64) -> Response {
-        match self.live_entry(key, now_ms) {
+        // The value goes out in the last read's buffer (see `Store::recycle`).
+        let mut buffer = std::mem::take(&mut self.spare_value);
+        let refusal = match self.live_entry(key, now_ms) {
             None => Response::Missing,
             Some(KeyEntry::Compact(compact)) => match compact.contents() {
-                Contents::Bytes(value) => Response::Value {
-                    value: value.to_vec(),
-                    version: compact.version(),
-                },
+                Contents::Bytes(value) => {
+                    buffer.clear();
+                    buffer.extend_from_slice(value);
+                    return Response::Value {
+                        value: buffer,
+                        version: compact.version(),
+                    };
+                }
                 Contents::Counter(_) => wrong_type(key, "bytes value"),
             },
             Some(KeyEntry::Object(_)) => wrong_type(key, "bytes value"),
-        }
+        };
+        self.spare_value = buffer;
+        refusal
     }
 
     pub(crate) fn bytes_set(

@@ -247,7 +247,14 @@ pub struct Store {
     /// all, so a full shard still takes deletes; their records can pass the limit by
     /// what clients hold unacknowledged.
     record_reserve_bytes: u64,
+    /// The value buffer of the last answered read, handed back by [`Store::recycle`]:
+    /// the next read copies its value into it, so serving a GET allocates nothing.
+    spare_value: Vec<u8>,
 }
+
+/// The largest value buffer [`Store::recycle`] keeps for the next read; a larger one is
+/// freed, so one big read does not pin its memory for the life of the shard.
+pub const RECYCLED_VALUE_BYTES_MAX: usize = 64 * 1024;
 
 impl Store {
     /// `hash_seed` should be random per process, so clients cannot pick keys that collide.
@@ -261,6 +268,17 @@ impl Store {
             memory_limit_bytes,
             last_version: 0,
             record_reserve_bytes: 0,
+            spare_value: Vec::new(),
+        }
+    }
+
+    /// Takes back an answer once it has been copied out (into a connection's outbox),
+    /// keeping its value buffer for the next read.
+    pub fn recycle(&mut self, response: Response) {
+        if let Response::Value { value, .. } = response {
+            if value.capacity() <= RECYCLED_VALUE_BYTES_MAX {
+                self.spare_value = value;
+            }
         }
     }
 

@@ -884,3 +884,38 @@ fn appends_are_charged_for_their_real_growth_and_never_pass_the_limit() {
     );
     assert!(store.stats().memory_used_bytes <= limit);
 }
+
+#[test]
+fn a_read_answers_in_the_buffer_of_the_previous_read() {
+    let mut store = Store::new(UNLIMITED, 1);
+    store.run(1, &request(1, set("a", "first value", 0, SetCondition::Always)), 0);
+    store.run(1, &request(2, set("b", "second", 0, SetCondition::Always)), 0);
+    let get = |key: &str| request(0, Command::Get { key: key.into() });
+
+    let Response::Value { value, .. } = store.run(1, &get("a"), 0) else {
+        panic!("a must be readable");
+    };
+    assert_eq!(value, b"first value");
+    let first_buffer = value.as_ptr();
+    store.recycle(Response::Value { value, version: 0 });
+    // A miss in between leaves the spare buffer where it is.
+    assert_eq!(store.run(1, &get("absent"), 0), Response::Missing);
+    let Response::Value { value, .. } = store.run(1, &get("b"), 0) else {
+        panic!("b must be readable");
+    };
+    assert_eq!(value, b"second", "the buffer holds only the new value");
+    assert_eq!(
+        value.as_ptr(),
+        first_buffer,
+        "the second read reuses the first one's buffer"
+    );
+
+    // A buffer above the limit is freed rather than kept in place of the spare one.
+    store.recycle(Response::Value { value, version: 0 });
+    store.recycle(Response::Value {
+        value: Vec::with_capacity(RECYCLED_VALUE_BYTES_MAX + 1),
+        version: 0,
+    });
+    assert_eq!(store.spare_value.as_ptr(), first_buffer);
+    assert!(store.spare_value.capacity() <= RECYCLED_VALUE_BYTES_MAX);
+}
