@@ -91,6 +91,11 @@ impl Outbox {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.frames.borrow().len()
+    }
+
     /// Completes when there is something to write.
     async fn ready(&self) {
         poll_fn(|context| {
@@ -513,7 +518,6 @@ fn refuse(shard: &Shard, error: ProtocolError) -> Close {
     }
 }
 
-/// Namespaces become part of the stored key: `[namespace length][namespace][key]`.
 /// Decodes a request. The key of a single-key read (`Get`, `CounterGet`: the hot path)
 /// is built in `key_buffer`'s allocation, which the connection recycles from the
 /// previous request, so such a read allocates nothing; other commands are deserialized
@@ -542,12 +546,10 @@ fn decode_request(payload: &[u8], key_buffer: &mut Vec<u8>) -> Result<Request, P
 /// namespace prefix, both at their limits.
 const KEY_BUFFER_BYTES_MAX: usize = KEY_BYTES_MAX + 1 + NAMESPACE_BYTES_MAX;
 
-/// Puts the session's namespace prefix before the command's key, in place: a key
-/// built in a recycled buffer usually has the room already.
+/// Namespaces become part of the stored key: `[namespace length][namespace][key]`.
+/// The prefix goes in front in place: a key built in a recycled buffer usually has the
+/// room already.
 fn prefix_key(command: &mut Command, prefix: &[u8]) {
-    if prefix.is_empty() {
-        return;
-    }
     if let Some(key) = command.key_mut() {
         let key_bytes = key.len();
         key.reserve_exact(prefix.len());
@@ -581,10 +583,14 @@ mod tests {
     #[test]
     fn decoding_with_a_key_buffer_gives_what_plain_decoding_gives() {
         let commands = [
+            Command::Get {
+                key: b"a long key that the next, shorter ones must not show through".to_vec(),
+            },
             Command::Get { key: b"k1".to_vec() },
             Command::CounterGet {
                 key: b"counter".to_vec(),
             },
+            Command::Get { key: Vec::new() },
             Command::Set {
                 key: b"k2".to_vec(),
                 value: b"v".to_vec(),
@@ -592,14 +598,18 @@ mod tests {
                 condition: SetCondition::IfAbsent,
             },
             Command::Ping,
+            Command::CounterGet { key: b"c".to_vec() },
         ];
-        let mut key_buffer = Vec::new();
+        // The buffer starts with a stale key and gets every decoded key back, as the
+        // connection hands it back.
+        let mut key_buffer = b"stale key from an earlier request".to_vec();
         for command in commands {
             let bytes = payload(command);
-            assert_eq!(
-                decode_request(&bytes, &mut key_buffer).unwrap(),
-                decode_payload::<Request>(&bytes).unwrap()
-            );
+            let mut decoded = decode_request(&bytes, &mut key_buffer).unwrap();
+            assert_eq!(decoded, decode_payload::<Request>(&bytes).unwrap());
+            if let Some(key) = decoded.command.key_mut() {
+                key_buffer = std::mem::take(key);
+            }
         }
         assert!(decode_request(&[1, 2, 3], &mut key_buffer).is_err());
     }
@@ -620,11 +630,11 @@ mod tests {
 
     #[test]
     fn prefixing_puts_the_namespace_before_any_key() {
-        let mut command = Command::Del {
-            key: b"some key".to_vec(),
-        };
-        prefix_key(&mut command, b"\x01n");
-        assert_eq!(command.key(), Some(&b"\x01nsome key"[..]));
+        for key in [&b""[..], b"k", b"some key longer than the prefix"] {
+            let mut command = Command::Del { key: key.to_vec() };
+            prefix_key(&mut command, b"\x02ns");
+            assert_eq!(command.key(), Some(&[&b"\x02ns"[..], key].concat()[..]));
+        }
         let mut ping = Command::Ping;
         prefix_key(&mut ping, b"\x01n");
         assert_eq!(ping, Command::Ping);

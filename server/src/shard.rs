@@ -211,8 +211,9 @@ impl Shard {
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
         let answered = matches!(outcome, Outcome::Ready(_));
         match outcome {
-            // An immediate answer has nothing to give back: if its asker is gone, the
-            // client's retry finds the operation record.
+            // An immediate answer needs no revert if its asker is gone (the client's
+            // retry finds the operation record); its buffers go back to the store for
+            // the next read.
             Outcome::Ready(response) => {
                 self.metrics.answered(&request.command, &response);
                 if let Some(spent) = destination.deliver_immediate(self.stamp(response)) {
@@ -453,6 +454,39 @@ async fn keep_time(shard: &Rc<Shard>, shutdown: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn value() -> Response {
+        Response::Value {
+            value: b"v".to_vec(),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn an_immediate_answer_comes_back_unless_it_was_handed_over() {
+        // Copied into a live connection's outbox: queued there, and given back.
+        let outbox = Rc::new(Outbox::default());
+        let live = Destination::Connection {
+            outbox: Rc::downgrade(&outbox),
+            request_id: 1,
+        };
+        assert_eq!(live.deliver_immediate(value()), Some(value()));
+        assert!(outbox.queued_bytes() > 0, "the answer is queued for the connection");
+        // The connection is gone: given back.
+        let gone = Destination::Connection {
+            outbox: Rc::downgrade(&Rc::new(Outbox::default())),
+            request_id: 2,
+        };
+        assert_eq!(gone.deliver_immediate(value()), Some(value()));
+        // Moved to the forwarding shard: not given back, and received there.
+        let (reply, mut answer) = oneshot::channel();
+        assert_eq!(Destination::Forwarded(reply).deliver_immediate(value()), None);
+        assert_eq!(answer.try_recv().unwrap(), Some(value()));
+        // Its forwarding shard stopped waiting: given back.
+        let (reply, answer) = oneshot::channel();
+        drop(answer);
+        assert_eq!(Destination::Forwarded(reply).deliver_immediate(value()), Some(value()));
+    }
 
     #[test]
     fn the_store_clock_never_goes_back() {

@@ -247,14 +247,15 @@ pub struct Store {
     /// all, so a full shard still takes deletes; their records can pass the limit by
     /// what clients hold unacknowledged.
     record_reserve_bytes: u64,
-    /// The value buffer of the last answered read, handed back by [`Store::recycle`]:
-    /// the next read copies its value into it, so serving a GET allocates nothing.
+    /// The value buffer of the last value answered at once (a GET's, mostly), handed
+    /// back by [`Store::recycle`]: the next GET copies its value into it rather than
+    /// into a fresh allocation.
     spare_value: Vec<u8>,
 }
 
 /// The largest value buffer [`Store::recycle`] keeps for the next read; a larger one is
 /// freed, so one big read does not pin its memory for the life of the shard.
-pub const RECYCLED_VALUE_BYTES_MAX: usize = 64 * 1024;
+pub(crate) const RECYCLED_VALUE_BYTES_MAX: usize = 64 * 1024;
 
 impl Store {
     /// `hash_seed` should be random per process, so clients cannot pick keys that collide.
