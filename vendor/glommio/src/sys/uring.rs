@@ -1044,14 +1044,14 @@ impl SleepableRing {
         let staged = self.waiting_kernel_submission();
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
+            let link_id = self
+                .source_map
+                .borrow_mut()
+                .add_source(link, self.submission_queue.clone());
             let op = UringDescriptor {
                 fd: link.raw(),
                 flags: SubmissionFlags::empty(),
-                user_data: to_user_data(
-                    self.source_map
-                        .borrow_mut()
-                        .add_source(link, self.submission_queue.clone()),
-                ),
+                user_data: to_user_data(link_id),
                 args: UringOpDescriptor::PollAdd(common_flags() | read_flags()),
             };
             fill_sqe(
@@ -1084,6 +1084,10 @@ impl SleepableRing {
                 // needed.
                 // We make the SQE a no-op and return
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
+                // Engram patch: the no-op carries no user data, so no completion will
+                // ever take the link's source out of the map: do it now. Upstream left
+                // it there, leaking a slot and a source per failed sleep.
+                self.source_map.borrow_mut().consume_source(link_id);
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
                 // The rings were linked, and we slept until a completion.
