@@ -11,3 +11,14 @@ wait_for_line() {
     echo "$(basename "$0"): no '$2' in $1 after $3 s" >&2
     return 1
 }
+
+# free_port: prints a loopback TCP port nothing listens on; fails after 100 tries.
+free_port() {
+    local port
+    for _ in $(seq 1 100); do
+        port=$((20000 + RANDOM % 20000))
+        ss -Htln "sport = :$port" 2>/dev/null | grep -q . || { echo "$port"; return 0; }
+    done
+    echo "$(basename "$0"): no free port found" >&2
+    return 1
+}
