@@ -36,15 +36,9 @@ export LC_ALL=C
 
 repository_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin="$repository_root/target/release"
-json_out=""
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --json) json_out=${2:?--json needs a file}; shift 2 ;;
-        -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        -*) echo "calibrate: unknown flag $1" >&2; exit 2 ;;
-        *) json_out=$1; shift ;;
-    esac
-done
+# shellcheck source=tools/common.sh
+source "$repository_root/tools/common.sh"
+parse_report_arguments calibrate 2,33 "$@"
 rounds=${ROUNDS:-4}
 requests_unpipelined=${REQUESTS_UNPIPELINED:-300000}
 requests_pipelined=${REQUESTS_PIPELINED:-2000000}
@@ -77,8 +71,6 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
     apt-get install -y redis-server redis-tools >/dev/null 2>&1 || die "redis-server or redis-benchmark missing and apt-get install failed"
 fi
 
-# shellcheck source=tools/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 port=$(free_port)
 taskset -c "$server_core" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \

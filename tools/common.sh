@@ -22,3 +22,20 @@ free_port() {
     echo "$(basename "$0"): no free port found" >&2
     return 1
 }
+
+# parse_report_arguments NAME HELP_LINES ARGUMENTS...: the command line the report
+# scripts share, `[--json FILE | FILE]` and `-h` (which prints the script's header
+# comment, lines HELP_LINES); sets json_out.
+parse_report_arguments() {
+    local name=$1 help_lines=$2
+    shift 2
+    json_out=""
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --json) json_out=${2:?--json needs a file}; shift 2 ;;
+            -h | --help) sed -n "${help_lines}p" "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+            -*) echo "$name: unknown flag $1" >&2; exit 2 ;;
+            *) json_out=$1; shift ;;
+        esac
+    done
+}

@@ -30,15 +30,9 @@ export LC_ALL=C
 
 repository_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin="$repository_root/target/release"
-json_out=""
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --json) json_out=${2:?--json needs a file}; shift 2 ;;
-        -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        -*) echo "compare: unknown flag $1" >&2; exit 2 ;;
-        *) json_out=$1; shift ;;
-    esac
-done
+# shellcheck source=tools/common.sh
+source "$repository_root/tools/common.sh"
+parse_report_arguments compare 2,26 "$@"
 rounds=${ROUNDS:-6}
 duration=${DURATION:-3}
 warmup=${WARMUP:-1}
@@ -75,8 +69,6 @@ if ! command -v redis-server >/dev/null; then
 fi
 [[ $(nproc) -ge 2 ]] || note "only $(nproc) CPU: servers and load share a core"
 
-# shellcheck source=tools/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 # utime + stime of a process, in clock ticks.
