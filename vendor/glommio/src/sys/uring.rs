@@ -1886,9 +1886,7 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            if self.ensure_latency_timer(&mut lat_ring, preempt) {
-                flush_rings!(lat_ring)?;
-            }
+            self.arm_latency_timer(&mut lat_ring, preempt)?;
         }
         // Engram patch: what was staged and not submitted by a sleep goes in now, so
         // nothing stays staged past the pass that staged it.
@@ -1932,8 +1930,13 @@ impl Reactor {
     /// Engram patch: the preemption-timer step of `wait`, on its own (see
     /// `LocalExecutor::run`).
     pub(crate) fn arm_preempt_timer(&self, within: Duration) -> io::Result<()> {
-        let mut lat_ring = self.latency_ring.borrow_mut();
-        if self.ensure_latency_timer(&mut lat_ring, within) {
+        self.arm_latency_timer(&mut self.latency_ring.borrow_mut(), within)
+    }
+
+    /// Engram patch: `ensure_latency_timer`, and the submission of the new timer if it
+    /// made one; shared by `wait` and `arm_preempt_timer`.
+    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, within: Duration) -> io::Result<()> {
+        if self.ensure_latency_timer(lat_ring, within) {
             flush_rings!(lat_ring)?;
         }
         Ok(())
