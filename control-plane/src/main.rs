@@ -38,6 +38,10 @@ struct Arguments {
     /// How often to look for shards far busier or fuller than the rest, in milliseconds.
     #[arg(long, env = "ENGRAM_LOAD_CHECK_INTERVAL_MS", default_value_t = service::LOAD_CHECK_INTERVAL_MS_DEFAULT)]
     load_check_interval_ms: u64,
+    /// Silence after which a node is declared dead and the slots it owned are lost
+    /// (until it comes back as the same process, or `engram cluster reclaim`), in ms.
+    #[arg(long, env = "ENGRAM_LIVENESS_TIMEOUT_MS", default_value_t = engram_control::membership::LIVENESS_TIMEOUT_MS)]
+    liveness_timeout_ms: u64,
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -80,6 +84,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
         credentials: arguments.auth_token.unwrap_or_default().into_bytes(),
         load_rebalance: !arguments.no_load_rebalance,
         load_check_interval: std::time::Duration::from_millis(arguments.load_check_interval_ms.max(1)),
+        liveness_timeout: std::time::Duration::from_millis(arguments.liveness_timeout_ms.max(1)),
     };
     let (controller, plans) = Controller::open(settings)?;
     let listener = tokio::net::TcpListener::bind(&arguments.listen)
@@ -95,7 +100,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
         let bound = metrics_listener.local_addr()?;
         let reader = controller.clone();
         engram_control::metrics_http::spawn(metrics_listener, move || {
-            engram_control::metrics::render(reader.members(), reader.epoch())
+            engram_control::metrics::render(reader.gauges())
         })?;
         Some(bound)
     } else {

@@ -5,21 +5,37 @@
 //!
 //! Invariants:
 //! - `map()` always lists every member's shards, and every slot is owned by a shard of
-//!   a member (the first member to join takes every slot).
+//!   a member (the first member to join takes every slot) or is lost.
+//! - A slot is *lost* when the process that owned it is gone: its node was declared
+//!   dead, or joined again as a new process (with empty memory). A lost slot is served
+//!   by nobody until the same process comes back (a pause, not a death: it gets the
+//!   slot back) or an operator reclaims it, empty, for a live shard.
+//! - Every join and every reclaim draws a new incarnation, strictly above every one
+//!   before it; a node's shards draw versions, fences and permit ids from their
+//!   incarnation's floor up, and a reclaim raises every shard to a floor above every
+//!   earlier incarnation, so nothing handed out for an object is ever handed out again.
 //! - The map's epoch strictly increases with every change of ownership or membership,
 //!   and is never lower than [`crate::EMBEDDED_MAP_EPOCH`] + 1, so a cluster map always
 //!   supersedes the map a node served with alone.
 
 use std::collections::BTreeMap;
 
-use engram_proto::limits::SLOT_COUNT;
-use engram_proto::{ClusterStatus, Heartbeat, JoinRequest, NodeStatus, ShardAddress, ShardStatus, SlotMap, SlotRange};
+use engram_proto::limits::{incarnation_version_floor, INCARNATIONS_MAX, SLOT_COUNT};
+use engram_proto::{
+    ClusterStatus, Heartbeat, JoinRequest, NodeStatus, ReclaimRequest, ShardAddress, ShardStatus, SlotMap, SlotRange,
+    LOST_SHARD_INDEX,
+};
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::planner::{PlanShard, ShardRef};
+use crate::planner::{Move, PlanShard, ShardRef};
 
-/// A member silent for longer than this is reported dead and never chosen as a target.
+/// A member silent for longer than this is declared dead (by default; `engram-control
+/// --liveness-timeout-ms`), and the slots it owned are lost.
 pub const LIVENESS_TIMEOUT_MS: u64 = 10_000;
+/// A member silent for longer than this (a few heartbeat intervals: nodes beat every
+/// 500 ms) receives no slots, and a migration towards it is aborted: a paused node
+/// must not be handed data long before it is declared dead.
+pub const TARGET_SILENCE_MS_MAX: u64 = 2_000;
 /// Members one cluster holds at most (the map lists every shard of every member).
 pub const MEMBERS_MAX: usize = 1024;
 /// Shards one member may have (shard ids are 16-bit).
@@ -32,6 +48,20 @@ pub struct Member {
     pub shard_addresses: Vec<String>,
     pub memory_limit_bytes: u64,
     pub draining: bool,
+    /// The process of this node the cluster knows now (see the module's invariants).
+    pub incarnation: u64,
+    /// The boot id that process joined with: a join with another one is a restart.
+    pub boot_id: u64,
+}
+
+/// Slots `start..=end`, last owned by `owner` in incarnation `incarnation`, are lost.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostRange {
+    pub start: u32,
+    pub end: u32,
+    pub node_id: u64,
+    pub shard_id: u16,
+    pub incarnation: u64,
 }
 
 /// What survives a control-plane restart.
@@ -43,6 +73,9 @@ pub struct PersistedState {
     pub next_migration_id: u64,
     pub migrations_completed: u64,
     pub slots_moved_total: u64,
+    pub next_incarnation: u64,
+    /// The lost slots, with their last owner (the map only says they are lost).
+    pub lost: Vec<LostRange>,
 }
 
 /// Liveness and load of one member, from its heartbeats (not persisted: a restarted
@@ -76,6 +109,18 @@ pub enum MembershipError {
     UnknownNode(u64),
     #[error("draining node {0} would leave no node to own its slots")]
     LastNode(u64),
+    #[error("the cluster has handed out incarnations_max ({INCARNATIONS_MAX}) incarnations")]
+    IncarnationsExhausted,
+    #[error("slot {0} is not lost")]
+    NotLost(u32),
+    #[error("slot {slot} is out of range (slot_count {SLOT_COUNT})")]
+    SlotOutOfRange { slot: u32 },
+    #[error("no lost slot to reclaim")]
+    NothingToReclaim,
+    #[error("no live node to own reclaimed slots")]
+    NoLiveNode,
+    #[error("node {node_id} runs incarnation {current}; incarnation {reported} was replaced by a restart")]
+    Replaced { node_id: u64, current: u64, reported: u64 },
     #[error("the persisted state is unreadable: {0}")]
     Corrupt(String),
     #[error("the state cannot be encoded: {0}")]
@@ -87,9 +132,22 @@ pub enum MembershipError {
 #[derive(Clone)]
 pub struct Membership {
     state: PersistedState,
-    /// Slot-indexed owner, kept in step with `state.map`.
+    /// Slot-indexed owner, kept in step with `state.map`; a lost slot's last owner.
     owners: Vec<ShardRef>,
+    /// Lost slots and the incarnation that lost them, kept in step with `state.lost`.
+    lost: BTreeMap<u32, u64>,
     observed: BTreeMap<u64, Observed>,
+    /// Silence after which a member is declared dead.
+    liveness_timeout_ms: u64,
+}
+
+/// What a join decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub node_id: u64,
+    pub incarnation: u64,
+    /// Slots the node's previous process owned, lost with it.
+    pub lost: Vec<u32>,
 }
 
 impl Default for Membership {
@@ -107,15 +165,25 @@ impl Membership {
                     epoch: crate::EMBEDDED_MAP_EPOCH,
                     shards: Vec::new(),
                     ranges: Vec::new(),
+                    version_floor: 0,
                 },
                 next_node_id: 1,
                 next_migration_id: 1,
                 migrations_completed: 0,
                 slots_moved_total: 0,
+                next_incarnation: 1,
+                lost: Vec::new(),
             },
             owners: Vec::new(),
+            lost: BTreeMap::new(),
             observed: BTreeMap::new(),
+            liveness_timeout_ms: LIVENESS_TIMEOUT_MS,
         }
+    }
+
+    /// Sets the silence after which a member is declared dead.
+    pub fn set_liveness_timeout_ms(&mut self, timeout_ms: u64) {
+        self.liveness_timeout_ms = timeout_ms;
     }
 
     /// Restores a state from [`Membership::encode`]'s bytes.
@@ -134,9 +202,22 @@ impl Membership {
         let mut membership = Membership {
             state,
             owners: Vec::new(),
+            lost: BTreeMap::new(),
             observed: BTreeMap::new(),
+            liveness_timeout_ms: LIVENESS_TIMEOUT_MS,
         };
         membership.owners = membership.owners_from_map();
+        for range in &membership.state.lost {
+            for slot in range.start..=range.end.min(SLOT_COUNT - 1) {
+                membership.lost.insert(slot, range.incarnation);
+                if let Some(owner) = membership.owners.get_mut(slot as usize) {
+                    *owner = ShardRef {
+                        node_id: range.node_id,
+                        shard_id: range.shard_id,
+                    };
+                }
+            }
+        }
         Ok(membership)
     }
 
@@ -180,8 +261,11 @@ impl Membership {
     }
 
     /// Adds a node, or recognises a restarted one by its front address. The first node
-    /// takes every slot; later ones start empty until a rebalance gives them slots.
-    pub fn join(&mut self, request: &JoinRequest, now_ms: u64) -> Result<u64, MembershipError> {
+    /// takes every slot; later ones start empty until a rebalance gives them slots. A
+    /// known node joining with a new boot id is a new process with empty memory: the
+    /// slots its previous process owned are lost. The same boot id again is a retried
+    /// join of the same process, answered as before.
+    pub fn join(&mut self, request: &JoinRequest, now_ms: u64) -> Result<Joined, MembershipError> {
         let shard_count = request.shard_addresses.len();
         if shard_count == 0 || shard_count > MEMBER_SHARDS_MAX {
             return Err(MembershipError::ShardCount(shard_count));
@@ -191,54 +275,235 @@ impl Membership {
             .members
             .iter()
             .position(|member| member.front_address == request.front_address);
-        let node_id = match existing {
-            Some(index) => {
-                let member = &self.state.members[index];
-                let node_id = member.node_id;
-                let known = member.shard_addresses.len();
-                let owns_beyond = self
-                    .owners
-                    .iter()
-                    .any(|owner| owner.node_id == node_id && owner.shard_id as usize >= shard_count);
-                if known != shard_count && owns_beyond {
-                    return Err(MembershipError::ShardCountChanged {
-                        node_id,
-                        known,
-                        offered: shard_count,
-                    });
-                }
-                let member = &mut self.state.members[index];
-                member.shard_addresses = request.shard_addresses.clone();
-                member.memory_limit_bytes = request.memory_limit_bytes;
-                node_id
-            }
-            None => {
-                if self.state.members.len() >= MEMBERS_MAX {
-                    return Err(MembershipError::TooManyMembers);
-                }
-                let node_id = self.state.next_node_id;
-                self.state.next_node_id += 1;
-                self.state.members.push(Member {
-                    node_id,
-                    front_address: request.front_address.clone(),
-                    shard_addresses: request.shard_addresses.clone(),
-                    memory_limit_bytes: request.memory_limit_bytes,
-                    draining: false,
-                });
-                if self.owners.is_empty() {
-                    self.owners = (0..SLOT_COUNT)
-                        .map(|slot| ShardRef {
-                            node_id,
-                            shard_id: (u64::from(slot) * shard_count as u64 / u64::from(SLOT_COUNT)) as u16,
-                        })
-                        .collect();
-                }
-                node_id
-            }
+        let joined = match existing {
+            Some(index) => self.rejoin(index, request)?,
+            None => self.add_member(request)?,
         };
-        self.observed.entry(node_id).or_default().last_heartbeat_ms = Some(now_ms);
+        self.observed.entry(joined.node_id).or_default().last_heartbeat_ms = Some(now_ms);
         self.rebuild_map();
-        Ok(node_id)
+        Ok(joined)
+    }
+
+    fn rejoin(&mut self, index: usize, request: &JoinRequest) -> Result<Joined, MembershipError> {
+        let shard_count = request.shard_addresses.len();
+        let member = &self.state.members[index];
+        let node_id = member.node_id;
+        let known = member.shard_addresses.len();
+        let owns_beyond = self
+            .owners
+            .iter()
+            .any(|owner| owner.node_id == node_id && owner.shard_id as usize >= shard_count);
+        if known != shard_count && owns_beyond {
+            return Err(MembershipError::ShardCountChanged {
+                node_id,
+                known,
+                offered: shard_count,
+            });
+        }
+        let restarted = member.boot_id != request.boot_id;
+        let previous = member.incarnation;
+        let incarnation = if restarted { self.draw_incarnation()? } else { previous };
+        let lost = if restarted {
+            self.lose_slots_of(node_id, previous)
+        } else {
+            Vec::new()
+        };
+        let member = &mut self.state.members[index];
+        member.shard_addresses = request.shard_addresses.clone();
+        member.memory_limit_bytes = request.memory_limit_bytes;
+        member.incarnation = incarnation;
+        member.boot_id = request.boot_id;
+        Ok(Joined {
+            node_id,
+            incarnation,
+            lost,
+        })
+    }
+
+    fn add_member(&mut self, request: &JoinRequest) -> Result<Joined, MembershipError> {
+        if self.state.members.len() >= MEMBERS_MAX {
+            return Err(MembershipError::TooManyMembers);
+        }
+        let incarnation = self.draw_incarnation()?;
+        let node_id = self.state.next_node_id;
+        self.state.next_node_id += 1;
+        self.state.members.push(Member {
+            node_id,
+            front_address: request.front_address.clone(),
+            shard_addresses: request.shard_addresses.clone(),
+            memory_limit_bytes: request.memory_limit_bytes,
+            draining: false,
+            incarnation,
+            boot_id: request.boot_id,
+        });
+        if self.owners.is_empty() {
+            let shard_count = request.shard_addresses.len() as u64;
+            self.owners = (0..SLOT_COUNT)
+                .map(|slot| ShardRef {
+                    node_id,
+                    shard_id: (u64::from(slot) * shard_count / u64::from(SLOT_COUNT)) as u16,
+                })
+                .collect();
+        }
+        Ok(Joined {
+            node_id,
+            incarnation,
+            lost: Vec::new(),
+        })
+    }
+
+    /// The next incarnation; persisting the state records it as used.
+    fn draw_incarnation(&mut self) -> Result<u64, MembershipError> {
+        let incarnation = self.state.next_incarnation;
+        if incarnation > INCARNATIONS_MAX {
+            return Err(MembershipError::IncarnationsExhausted);
+        }
+        self.state.next_incarnation += 1;
+        Ok(incarnation)
+    }
+
+    /// Marks every slot `node_id` serves as lost by `incarnation`; returns them.
+    fn lose_slots_of(&mut self, node_id: u64, incarnation: u64) -> Vec<u32> {
+        let lost: Vec<u32> = (0..SLOT_COUNT)
+            .filter(|&slot| self.owners[slot as usize].node_id == node_id && !self.lost.contains_key(&slot))
+            .collect();
+        for &slot in &lost {
+            self.lost.insert(slot, incarnation);
+        }
+        lost
+    }
+
+    /// Declares dead every member silent for longer than the liveness timeout (a
+    /// member never heard from since this control plane started counts from its
+    /// start), and loses the slots it serves. Returns each newly dead member with
+    /// the slots it lost; the caller persists the change when any.
+    pub fn declare_dead(&mut self, now_ms: u64) -> Vec<(u64, Vec<u32>)> {
+        let silent: Vec<(u64, u64)> = self
+            .state
+            .members
+            .iter()
+            .filter(|member| self.silence_ms(member.node_id, now_ms) > self.liveness_timeout_ms)
+            .map(|member| (member.node_id, member.incarnation))
+            .collect();
+        let mut dead = Vec::new();
+        for (node_id, incarnation) in silent {
+            let lost = self.lose_slots_of(node_id, incarnation);
+            if !lost.is_empty() {
+                dead.push((node_id, lost));
+            }
+        }
+        if !dead.is_empty() {
+            self.rebuild_map();
+        }
+        dead
+    }
+
+    /// Returns an operator's lost slots to service, empty: each goes back to its last
+    /// owner's shard when that node is live, or else to the live shard owning the
+    /// fewest slots. Every shard then draws above a new incarnation's floor (the map's
+    /// `version_floor`), so what the lost owner handed out is never handed out again.
+    pub fn reclaim(&mut self, request: &ReclaimRequest, now_ms: u64) -> Result<Vec<u32>, MembershipError> {
+        let mut slots: Vec<u32> = Vec::new();
+        for &slot in &request.slots {
+            if slot >= SLOT_COUNT {
+                return Err(MembershipError::SlotOutOfRange { slot });
+            }
+            if !self.lost.contains_key(&slot) {
+                return Err(MembershipError::NotLost(slot));
+            }
+            slots.push(slot);
+        }
+        if request.node_id != 0 {
+            self.member(request.node_id)
+                .ok_or(MembershipError::UnknownNode(request.node_id))?;
+            slots.extend(
+                self.lost
+                    .keys()
+                    .copied()
+                    .filter(|&slot| self.owners[slot as usize].node_id == request.node_id),
+            );
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        if slots.is_empty() {
+            return Err(MembershipError::NothingToReclaim);
+        }
+        let floor = incarnation_version_floor(self.draw_incarnation()?);
+        for &slot in &slots {
+            let owner = self.owners[slot as usize];
+            let new_owner = if self.can_receive(owner, now_ms) {
+                owner
+            } else {
+                self.least_loaded_receiver(now_ms).ok_or(MembershipError::NoLiveNode)?
+            };
+            self.owners[slot as usize] = new_owner;
+            self.lost.remove(&slot);
+        }
+        self.state.map.version_floor = floor;
+        self.rebuild_map();
+        Ok(slots)
+    }
+
+    /// Whether `shard` may be given slots now: a shard of a member that heartbeats,
+    /// is not draining, and has that shard.
+    fn can_receive(&self, shard: ShardRef, now_ms: u64) -> bool {
+        self.member(shard.node_id).is_some_and(|member| {
+            !member.draining
+                && (shard.shard_id as usize) < member.shard_addresses.len()
+                && self.is_responsive(member.node_id, now_ms)
+        })
+    }
+
+    fn least_loaded_receiver(&self, now_ms: u64) -> Option<ShardRef> {
+        let mut slots_per_shard: BTreeMap<ShardRef, u32> = BTreeMap::new();
+        for (slot, owner) in self.owners.iter().enumerate() {
+            if !self.lost.contains_key(&(slot as u32)) {
+                *slots_per_shard.entry(*owner).or_default() += 1;
+            }
+        }
+        self.state
+            .members
+            .iter()
+            .flat_map(|member| {
+                (0..member.shard_addresses.len()).map(|shard_id| ShardRef {
+                    node_id: member.node_id,
+                    shard_id: shard_id as u16,
+                })
+            })
+            .filter(|shard| self.can_receive(*shard, now_ms))
+            .min_by_key(|shard| slots_per_shard.get(shard).copied().unwrap_or(0))
+    }
+
+    /// Gives a paused member back the slots it lost while it was silent: the same
+    /// process (incarnation) still holds their data, and nobody served them since.
+    /// Returns them.
+    fn restore_slots_of(&mut self, node_id: u64, incarnation: u64) -> Vec<u32> {
+        let restored: Vec<u32> = self
+            .lost
+            .iter()
+            .filter(|(slot, lost_by)| **lost_by == incarnation && self.owners[**slot as usize].node_id == node_id)
+            .map(|(slot, _)| *slot)
+            .collect();
+        for slot in &restored {
+            self.lost.remove(slot);
+        }
+        if !restored.is_empty() {
+            self.rebuild_map();
+        }
+        restored
+    }
+
+    /// How many slots are lost.
+    pub fn lost_count(&self) -> usize {
+        self.lost.len()
+    }
+
+    /// Drops moves of lost slots: there is nothing to copy, and nobody to copy from.
+    pub fn movable(&self, moves: Vec<Move>) -> Vec<Move> {
+        moves
+            .into_iter()
+            .filter(|planned| !self.lost.contains_key(&planned.slot))
+            .collect()
     }
 
     /// Moves the epoch past `epoch`: a node serves a map this control plane no longer
@@ -251,10 +516,18 @@ impl Membership {
         }
     }
 
-    /// Records a heartbeat; returns the epoch the node should catch up to.
+    /// Records a heartbeat; returns the epoch the node should catch up to. A beat of a
+    /// process that a restart replaced is refused: that process must not serve.
     pub fn heartbeat(&mut self, heartbeat: &Heartbeat, now_ms: u64) -> Result<u64, MembershipError> {
-        if self.member(heartbeat.node_id).is_none() {
-            return Err(MembershipError::UnknownNode(heartbeat.node_id));
+        let member = self
+            .member(heartbeat.node_id)
+            .ok_or(MembershipError::UnknownNode(heartbeat.node_id))?;
+        if heartbeat.incarnation != member.incarnation {
+            return Err(MembershipError::Replaced {
+                node_id: heartbeat.node_id,
+                current: member.incarnation,
+                reported: heartbeat.incarnation,
+            });
         }
         let observed = self.observed.entry(heartbeat.node_id).or_default();
         let elapsed_ms = observed.last_heartbeat_ms.map_or(0, |last| now_ms.saturating_sub(last));
@@ -282,11 +555,41 @@ impl Membership {
         Ok(self.state.map.epoch)
     }
 
+    /// Heard from within the liveness timeout.
     pub fn is_alive(&self, node_id: u64, now_ms: u64) -> bool {
+        self.last_heard_ms(node_id)
+            .is_some_and(|last| now_ms.saturating_sub(last) <= self.liveness_timeout_ms)
+    }
+
+    /// Heard from within [`TARGET_SILENCE_MS_MAX`]: may be given slots.
+    pub fn is_responsive(&self, node_id: u64, now_ms: u64) -> bool {
+        self.last_heard_ms(node_id)
+            .is_some_and(|last| now_ms.saturating_sub(last) <= TARGET_SILENCE_MS_MAX)
+    }
+
+    fn last_heard_ms(&self, node_id: u64) -> Option<u64> {
         self.observed
             .get(&node_id)
             .and_then(|observed| observed.last_heartbeat_ms)
-            .is_some_and(|last| now_ms.saturating_sub(last) <= LIVENESS_TIMEOUT_MS)
+    }
+
+    /// How long `node_id` has been silent; a member not heard from since this control
+    /// plane started counts from the start (time 0), so a restarted control plane
+    /// waits a full liveness timeout before it declares anyone dead.
+    fn silence_ms(&self, node_id: u64, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.last_heard_ms(node_id).unwrap_or(0))
+    }
+
+    /// Whether a heartbeat of `node_id` in `incarnation` would get lost slots back.
+    pub fn restorable(&self, node_id: u64, incarnation: u64) -> bool {
+        self.lost
+            .iter()
+            .any(|(slot, lost_by)| *lost_by == incarnation && self.owners[*slot as usize].node_id == node_id)
+    }
+
+    /// See [`Membership::restore_slots_of`].
+    pub fn restore(&mut self, node_id: u64, incarnation: u64) -> Vec<u32> {
+        self.restore_slots_of(node_id, incarnation)
     }
 
     /// Marks a node to be emptied; the next plan moves its slots away.
@@ -312,17 +615,18 @@ impl Membership {
     /// Forgets members that were drained, own nothing and stopped heartbeating: they
     /// were removed from service. Returns whether any was.
     pub fn forget_departed(&mut self, now_ms: u64) -> bool {
-        let owners = &self.owners;
-        let observed = &self.observed;
+        let departed: Vec<u64> = self
+            .state
+            .members
+            .iter()
+            .filter(|member| {
+                let owns = self.owners.iter().any(|owner| owner.node_id == member.node_id);
+                member.draining && !owns && !self.is_alive(member.node_id, now_ms)
+            })
+            .map(|member| member.node_id)
+            .collect();
         let before = self.state.members.len();
-        self.state.members.retain(|member| {
-            let alive = observed
-                .get(&member.node_id)
-                .and_then(|observed| observed.last_heartbeat_ms)
-                .is_some_and(|last| now_ms.saturating_sub(last) <= LIVENESS_TIMEOUT_MS);
-            let owns = owners.iter().any(|owner| owner.node_id == member.node_id);
-            !(member.draining && !owns && !alive)
-        });
+        self.state.members.retain(|member| !departed.contains(&member.node_id));
         let removed = self.state.members.len() != before;
         if removed {
             self.rebuild_map();
@@ -330,13 +634,14 @@ impl Membership {
         removed
     }
 
-    /// The shards a plan considers, with their load. A dead member's shards count as
-    /// draining, so nothing is planned onto them; the orchestrator drops the moves off
-    /// them, since a dead node's data cannot be copied.
+    /// The shards a plan considers, with their load. The shards of a member silent for
+    /// more than [`TARGET_SILENCE_MS_MAX`] count as draining, so nothing is planned onto
+    /// them; the orchestrator drops the moves off them, since a silent node's data
+    /// cannot be copied.
     pub fn plan_shards(&self, now_ms: u64) -> Vec<PlanShard> {
         let mut shards = Vec::new();
         for member in &self.state.members {
-            let alive = self.is_alive(member.node_id, now_ms);
+            let alive = self.is_responsive(member.node_id, now_ms);
             for shard_id in 0..member.shard_addresses.len() {
                 let (shard, load) = self.shard_load(member.node_id, shard_id);
                 shards.push(PlanShard {
@@ -373,8 +678,13 @@ impl Membership {
 
     pub fn status(&self, now_ms: u64) -> ClusterStatus {
         let mut slots_per_shard: BTreeMap<ShardRef, u32> = BTreeMap::new();
-        for owner in &self.owners {
-            *slots_per_shard.entry(*owner).or_default() += 1;
+        let mut lost_per_node: BTreeMap<u64, u32> = BTreeMap::new();
+        for (slot, owner) in self.owners.iter().enumerate() {
+            if self.lost.contains_key(&(slot as u32)) {
+                *lost_per_node.entry(owner.node_id).or_default() += 1;
+            } else {
+                *slots_per_shard.entry(*owner).or_default() += 1;
+            }
         }
         let nodes = self
             .state
@@ -405,6 +715,8 @@ impl Membership {
                             }
                         })
                         .collect(),
+                    incarnation: member.incarnation,
+                    slots_lost: lost_per_node.get(&member.node_id).copied().unwrap_or(0),
                 }
             })
             .collect();
@@ -444,12 +756,16 @@ impl Membership {
             .map
             .owner_table()
             .into_iter()
-            .map(|index| {
-                let shard = &shards[index as usize];
-                ShardRef {
+            .map(|index| match shards.get(index as usize) {
+                Some(shard) => ShardRef {
                     node_id: shard.node_id,
                     shard_id: shard.shard_id,
-                }
+                },
+                // A lost slot: `decode` fills in its last owner from the lost ranges.
+                None => ShardRef {
+                    node_id: 0,
+                    shard_id: 0,
+                },
             })
             .collect()
     }
@@ -478,7 +794,11 @@ impl Membership {
         for (slot, owner) in self.owners.iter().enumerate() {
             // Every owner is a member's shard: members are only forgotten once they own
             // nothing, and a rejoin cannot shrink a member below the shards it owns.
-            let shard_index = index_of.get(owner).copied().unwrap_or(0);
+            let shard_index = if self.lost.contains_key(&(slot as u32)) {
+                LOST_SHARD_INDEX
+            } else {
+                index_of.get(owner).copied().unwrap_or(0)
+            };
             match ranges.last_mut() {
                 Some(range) if range.shard_index == shard_index => range.end = slot as u32,
                 _ => ranges.push(SlotRange {
@@ -492,7 +812,35 @@ impl Membership {
             epoch: self.state.map.epoch.max(crate::EMBEDDED_MAP_EPOCH) + 1,
             shards,
             ranges,
+            version_floor: self.state.map.version_floor,
         };
+        self.state.lost = self.lost_ranges();
+    }
+
+    /// `lost` as ranges of equal last owner and incarnation, for the state file.
+    fn lost_ranges(&self) -> Vec<LostRange> {
+        let mut ranges: Vec<LostRange> = Vec::new();
+        for (&slot, &incarnation) in &self.lost {
+            let owner = self.owners[slot as usize];
+            match ranges.last_mut() {
+                Some(range)
+                    if range.end + 1 == slot
+                        && range.incarnation == incarnation
+                        && range.node_id == owner.node_id
+                        && range.shard_id == owner.shard_id =>
+                {
+                    range.end = slot
+                }
+                _ => ranges.push(LostRange {
+                    start: slot,
+                    end: slot,
+                    node_id: owner.node_id,
+                    shard_id: owner.shard_id,
+                    incarnation,
+                }),
+            }
+        }
+        ranges
     }
 }
 
@@ -508,14 +856,15 @@ mod tests {
                 .map(|shard| format!("127.0.0.{host}:{}", 7401 + shard))
                 .collect(),
             memory_limit_bytes: 0,
+            boot_id: u64::from(host),
         }
     }
 
     #[test]
     fn first_member_owns_every_slot_and_later_ones_start_empty() {
         let mut membership = Membership::new();
-        let first = membership.join(&join_request(2, 2), 0).unwrap();
-        let second = membership.join(&join_request(3, 1), 0).unwrap();
+        let first = membership.join(&join_request(2, 2), 0).unwrap().node_id;
+        let second = membership.join(&join_request(3, 1), 0).unwrap().node_id;
         assert_ne!(first, second);
         let map = membership.map();
         assert_eq!(map.validate(), Ok(()));
@@ -533,9 +882,9 @@ mod tests {
     #[test]
     fn a_restarted_node_keeps_its_id_and_epochs_only_grow() {
         let mut membership = Membership::new();
-        let id = membership.join(&join_request(2, 1), 0).unwrap();
+        let id = membership.join(&join_request(2, 1), 0).unwrap().node_id;
         let epoch = membership.epoch();
-        assert_eq!(membership.join(&join_request(2, 1), 10).unwrap(), id);
+        assert_eq!(membership.join(&join_request(2, 1), 10).unwrap().node_id, id);
         assert!(membership.epoch() > epoch);
         assert_eq!(membership.members().len(), 1);
         assert!(matches!(
@@ -547,8 +896,8 @@ mod tests {
     #[test]
     fn state_survives_encode_and_decode_and_corruption_is_refused() {
         let mut membership = Membership::new();
-        let first = membership.join(&join_request(2, 1), 0).unwrap();
-        let second = membership.join(&join_request(3, 1), 0).unwrap();
+        let first = membership.join(&join_request(2, 1), 0).unwrap().node_id;
+        let second = membership.join(&join_request(3, 1), 0).unwrap().node_id;
         let moves = plan_balance(&membership.plan_shards(0), membership.owners()).unwrap();
         let slots: Vec<u32> = moves.iter().map(|planned| planned.slot).collect();
         membership.commit_move(
@@ -574,8 +923,8 @@ mod tests {
     #[test]
     fn drained_dead_members_are_forgotten_and_live_ones_are_kept() {
         let mut membership = Membership::new();
-        let first = membership.join(&join_request(2, 1), 0).unwrap();
-        let second = membership.join(&join_request(3, 1), 0).unwrap();
+        let first = membership.join(&join_request(2, 1), 0).unwrap().node_id;
+        let second = membership.join(&join_request(3, 1), 0).unwrap().node_id;
         assert_eq!(membership.drain(99), Err(MembershipError::UnknownNode(99)));
         membership.drain(first).unwrap();
         assert_eq!(membership.drain(second), Err(MembershipError::LastNode(second)));
@@ -599,6 +948,7 @@ mod tests {
             map_epoch: membership.epoch(),
             shards: Vec::new(),
             migrations: Vec::new(),
+            incarnation: membership.member(second).unwrap().incarnation,
         };
         membership.heartbeat(&heartbeat, 3 * LIVENESS_TIMEOUT_MS).unwrap();
         assert!(membership.forget_departed(3 * LIVENESS_TIMEOUT_MS));
@@ -609,7 +959,7 @@ mod tests {
     #[test]
     fn the_epoch_moves_past_a_newer_one_a_node_reports_and_only_then() {
         let mut membership = Membership::new();
-        membership.join(&join_request(2, 1), 0).unwrap();
+        membership.join(&join_request(2, 1), 0).unwrap().node_id;
         let epoch = membership.epoch();
         membership.raise_epoch_past(epoch);
         assert_eq!(membership.epoch(), epoch, "an equal epoch is not newer");
@@ -621,7 +971,7 @@ mod tests {
     #[test]
     fn heartbeats_give_operations_per_second() {
         let mut membership = Membership::new();
-        let node_id = membership.join(&join_request(2, 1), 0).unwrap();
+        let node_id = membership.join(&join_request(2, 1), 0).unwrap().node_id;
         let beat = |operations_total| Heartbeat {
             node_id,
             map_epoch: 0,
@@ -631,6 +981,7 @@ mod tests {
                 operations_total,
             }],
             migrations: Vec::new(),
+            incarnation: 1,
         };
         membership.heartbeat(&beat(1_000), 1_000).unwrap();
         membership.heartbeat(&beat(3_000), 1_500).unwrap();
@@ -645,10 +996,211 @@ mod tests {
                     map_epoch: 0,
                     shards: vec![],
                     migrations: vec![],
+                    incarnation: 1,
                 },
                 0
             ),
             Err(MembershipError::UnknownNode(77))
         ));
+    }
+
+    fn heartbeat_of(membership: &Membership, node_id: u64) -> Heartbeat {
+        Heartbeat {
+            node_id,
+            map_epoch: membership.epoch(),
+            shards: Vec::new(),
+            migrations: Vec::new(),
+            incarnation: membership.member(node_id).unwrap().incarnation,
+        }
+    }
+
+    fn restarted(mut request: JoinRequest) -> JoinRequest {
+        request.boot_id += 1000;
+        request
+    }
+
+    #[test]
+    fn a_restart_loses_the_slots_of_the_previous_process_and_a_retried_join_does_not() {
+        let mut membership = Membership::new();
+        let first = membership.join(&join_request(2, 2), 0).unwrap();
+        assert!(first.lost.is_empty());
+        let retried = membership.join(&join_request(2, 2), 5).unwrap();
+        assert_eq!(retried, first, "the same boot id is the same process");
+        assert!(membership.map().lost_slots().is_empty());
+
+        let second = membership.join(&restarted(join_request(2, 2)), 10).unwrap();
+        assert_eq!(second.node_id, first.node_id);
+        assert!(second.incarnation > first.incarnation);
+        assert_eq!(second.lost.len(), SLOT_COUNT as usize);
+        assert_eq!(membership.map().lost_slots(), second.lost);
+        assert_eq!(membership.map().validate(), Ok(()));
+        assert_eq!(membership.status(10).nodes[0].slots_lost, SLOT_COUNT);
+        assert_eq!(membership.status(10).nodes[0].incarnation, second.incarnation);
+
+        let restored = Membership::decode(&membership.encode().unwrap()).unwrap();
+        assert_eq!(restored.map(), membership.map());
+        assert_eq!(restored.owners(), membership.owners());
+        assert_eq!(restored.lost, membership.lost);
+        assert_eq!(restored.state.next_incarnation, membership.state.next_incarnation);
+    }
+
+    #[test]
+    fn a_silent_member_is_declared_dead_and_the_same_process_gets_its_slots_back() {
+        let mut membership = Membership::new();
+        membership.set_liveness_timeout_ms(3_000);
+        let first = membership.join(&join_request(2, 1), 0).unwrap().node_id;
+        let second = membership.join(&join_request(3, 1), 0).unwrap().node_id;
+        let moves = plan_balance(&membership.plan_shards(0), membership.owners()).unwrap();
+        let slots: Vec<u32> = moves.iter().map(|planned| planned.slot).collect();
+        membership.commit_move(
+            &slots,
+            ShardRef {
+                node_id: second,
+                shard_id: 0,
+            },
+        );
+
+        membership.heartbeat(&heartbeat_of(&membership, second), 2_500).unwrap();
+        assert!(
+            membership.declare_dead(3_000).is_empty(),
+            "silent for exactly the timeout: not yet"
+        );
+        let dead = membership.declare_dead(3_001);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].0, first);
+        assert_eq!(dead[0].1.len(), SLOT_COUNT as usize - slots.len());
+        assert!(membership.declare_dead(3_002).is_empty(), "slots are lost once");
+        let lost_map = membership.map().clone();
+        assert_eq!(lost_map.lost_slots(), dead[0].1);
+
+        // The same process beats again: nobody served its slots, it still holds them.
+        let beat = heartbeat_of(&membership, first);
+        membership.heartbeat(&beat, 4_000).unwrap();
+        assert!(membership.restorable(first, beat.incarnation));
+        assert_eq!(membership.restore(first, beat.incarnation), dead[0].1);
+        assert!(membership.map().lost_slots().is_empty());
+        assert!(membership.epoch() > lost_map.epoch);
+        assert!(!membership.restorable(first, beat.incarnation));
+    }
+
+    #[test]
+    fn a_replaced_process_cannot_beat_or_get_slots_back() {
+        let mut membership = Membership::new();
+        let old = membership.join(&join_request(2, 1), 0).unwrap();
+        let stale_beat = heartbeat_of(&membership, old.node_id);
+        let new = membership.join(&restarted(join_request(2, 1)), 10).unwrap();
+        assert!(matches!(
+            membership.heartbeat(&stale_beat, 20),
+            Err(MembershipError::Replaced { .. })
+        ));
+        assert!(!membership.restorable(old.node_id, new.incarnation));
+        assert!(membership.restorable(old.node_id, old.incarnation));
+        assert_eq!(membership.map().lost_slots().len(), SLOT_COUNT as usize);
+    }
+
+    #[test]
+    fn reclaim_hands_lost_slots_to_live_shards_above_every_earlier_incarnation() {
+        let mut membership = Membership::new();
+        let first = membership.join(&join_request(2, 1), 0).unwrap();
+        let second = membership.join(&join_request(3, 1), 0).unwrap();
+        let moves = plan_balance(&membership.plan_shards(0), membership.owners()).unwrap();
+        let moved: Vec<u32> = moves.iter().map(|planned| planned.slot).collect();
+        membership.commit_move(
+            &moved,
+            ShardRef {
+                node_id: second.node_id,
+                shard_id: 0,
+            },
+        );
+        let again = membership.join(&restarted(join_request(3, 1)), 100).unwrap();
+        assert_eq!(again.lost, moved);
+
+        let not_lost = *membership
+            .owners()
+            .iter()
+            .position(|owner| owner.node_id == first.node_id)
+            .iter()
+            .next()
+            .unwrap() as u32;
+        let reclaim = |node_id, slots: Vec<u32>| ReclaimRequest { node_id, slots };
+        assert_eq!(
+            membership.reclaim(&reclaim(0, vec![not_lost]), 100),
+            Err(MembershipError::NotLost(not_lost))
+        );
+        assert_eq!(
+            membership.reclaim(&reclaim(0, vec![SLOT_COUNT]), 100),
+            Err(MembershipError::SlotOutOfRange { slot: SLOT_COUNT })
+        );
+        assert_eq!(
+            membership.reclaim(&reclaim(0, vec![]), 100),
+            Err(MembershipError::NothingToReclaim)
+        );
+        assert_eq!(
+            membership.reclaim(&reclaim(77, vec![]), 100),
+            Err(MembershipError::UnknownNode(77))
+        );
+
+        let epoch = membership.epoch();
+        let reclaimed = membership
+            .reclaim(&reclaim(second.node_id, vec![moved[0]]), 100)
+            .unwrap();
+        assert_eq!(reclaimed, moved);
+        assert!(membership.map().lost_slots().is_empty());
+        assert!(membership.epoch() > epoch);
+        // The restarted node is live, so it serves its slots again, empty.
+        assert!(moved
+            .iter()
+            .all(|&slot| membership.owners()[slot as usize].node_id == second.node_id));
+        let highest = [first.incarnation, second.incarnation, again.incarnation]
+            .into_iter()
+            .max()
+            .unwrap();
+        assert!(membership.map().version_floor > incarnation_version_floor(highest));
+        // Every later join draws above the floor too.
+        let third = membership.join(&join_request(4, 1), 100).unwrap();
+        assert!(incarnation_version_floor(third.incarnation) > membership.map().version_floor);
+    }
+
+    #[test]
+    fn reclaimed_slots_of_a_dead_node_go_to_the_least_loaded_live_shard() {
+        let mut membership = Membership::new();
+        membership.set_liveness_timeout_ms(1_000);
+        let first = membership.join(&join_request(2, 1), 0).unwrap().node_id;
+        let second = membership.join(&join_request(3, 2), 0).unwrap().node_id;
+        let now = 5_000;
+        membership.heartbeat(&heartbeat_of(&membership, second), now).unwrap();
+        let dead = membership.declare_dead(now);
+        assert_eq!(dead[0].0, first);
+        assert!(!membership
+            .movable(plan_balance(&membership.plan_shards(now), membership.owners()).unwrap())
+            .iter()
+            .any(|planned| planned.from.node_id == first));
+        let reclaimed = membership
+            .reclaim(
+                &ReclaimRequest {
+                    node_id: first,
+                    slots: vec![],
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(reclaimed.len(), SLOT_COUNT as usize);
+        assert!(membership.owners().iter().all(|owner| owner.node_id == second));
+    }
+
+    #[test]
+    fn a_member_silent_for_a_few_heartbeats_receives_nothing() {
+        let mut membership = Membership::new();
+        let first = membership.join(&join_request(2, 1), 0).unwrap().node_id;
+        let second = membership.join(&join_request(3, 1), 0).unwrap().node_id;
+        let now = TARGET_SILENCE_MS_MAX + 1;
+        membership.heartbeat(&heartbeat_of(&membership, first), now).unwrap();
+        assert!(membership.is_alive(second, now), "not declared dead yet");
+        assert!(!membership.is_responsive(second, now));
+        let moves = plan_balance(&membership.plan_shards(now), membership.owners()).unwrap();
+        assert!(moves.is_empty(), "the only other member is silent: {moves:?}");
+        membership.heartbeat(&heartbeat_of(&membership, second), now).unwrap();
+        let moves = plan_balance(&membership.plan_shards(now), membership.owners()).unwrap();
+        assert!(moves.iter().all(|planned| planned.to.node_id == second) && !moves.is_empty());
     }
 }

@@ -12,6 +12,7 @@ struct Families {
     bytes_moved: IntCounter,
     members: IntGauge,
     map_epoch: IntGauge,
+    slots_lost: IntGauge,
 }
 
 fn families() -> &'static Families {
@@ -41,6 +42,11 @@ fn families() -> &'static Families {
             IntGauge::new("engram_cluster_members", "Nodes that are members of the cluster.").expect("valid metric");
         let map_epoch =
             IntGauge::new("engram_map_epoch", "Epoch of the control plane's slot map.").expect("valid metric");
+        let slots_lost = IntGauge::new(
+            "engram_slots_lost",
+            "Slots whose every copy is gone: they answer SlotLost until reclaimed.",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("engram_build_info", "Build of this process; the value is always 1."),
             &["version", "process"],
@@ -55,6 +61,7 @@ fn families() -> &'static Families {
             Box::new(bytes_moved.clone()),
             Box::new(members.clone()),
             Box::new(map_epoch.clone()),
+            Box::new(slots_lost.clone()),
             Box::new(build_info),
         ] {
             registry.register(collector).expect("unique metric names");
@@ -66,6 +73,7 @@ fn families() -> &'static Families {
             bytes_moved,
             members,
             map_epoch,
+            slots_lost,
         }
     })
 }
@@ -77,10 +85,18 @@ pub fn record_migration(result: &str, slots: u64, bytes: u64) {
     families.bytes_moved.inc_by(bytes);
 }
 
-/// The exposition text, with the gauges set to `members` and `map_epoch` first.
-pub fn render(members: usize, map_epoch: u64) -> Vec<u8> {
+/// The gauges read from the controller at scrape time.
+pub struct Gauges {
+    pub members: usize,
+    pub map_epoch: u64,
+    pub slots_lost: usize,
+}
+
+/// The exposition text, with the gauges set first.
+pub fn render(gauges: Gauges) -> Vec<u8> {
     let families = families();
-    families.members.set(members as i64);
-    families.map_epoch.set(map_epoch as i64);
+    families.members.set(gauges.members as i64);
+    families.map_epoch.set(gauges.map_epoch as i64);
+    families.slots_lost.set(gauges.slots_lost as i64);
     crate::metrics_http::render_registry(&families.registry)
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use engram_proto::limits::PROTOCOL_VERSION;
 use engram_proto::{
-    decode_payload, encode_message, Command, ErrorCode, ErrorReply, FrameKind, Hello, HelloReply, MigrateOut,
-    MigrationStatus, Request, Response, FRONT_SHARD_ID,
+    decode_payload, encode_message, format_slot_ranges, Command, ErrorCode, ErrorReply, FrameKind, Hello, HelloReply,
+    MigrateOut, MigrationStatus, Request, Response, FRONT_SHARD_ID,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -54,7 +54,12 @@ pub struct Settings {
     pub credentials: Vec<u8>,
     pub load_rebalance: bool,
     pub load_check_interval: Duration,
+    /// Silence after which a node is declared dead and its slots lost.
+    pub liveness_timeout: Duration,
 }
+
+/// How often a running migration checks that its target still heartbeats.
+const TARGET_WATCH_INTERVAL_MS: u64 = 250;
 
 /// Everything the control plane knows, behind one lock held only for in-memory work
 /// and the state-file write, never across a network call.
@@ -117,7 +122,7 @@ impl Controller {
             });
         }
         let path = settings.data_dir.join(STATE_FILE);
-        let membership = match std::fs::read(&path) {
+        let mut membership = match std::fs::read(&path) {
             Ok(bytes) => Membership::decode(&bytes).map_err(|source| ControlError::State {
                 path: path.clone(),
                 source,
@@ -125,6 +130,7 @@ impl Controller {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Membership::new(),
             Err(source) => return Err(ControlError::DataDir { path, source }),
         };
+        membership.set_liveness_timeout_ms(settings.liveness_timeout.as_millis() as u64);
         let (plans, receiver) = mpsc::channel(PLANS_QUEUED_MAX);
         let controller = Arc::new(Controller {
             started: Instant::now(),
@@ -164,6 +170,15 @@ impl Controller {
         self.lock().membership.members().len()
     }
 
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        let inner = self.lock();
+        crate::metrics::Gauges {
+            members: inner.membership.members().len(),
+            map_epoch: inner.membership.epoch(),
+            slots_lost: inner.membership.lost_count(),
+        }
+    }
+
     pub fn status(&self) -> engram_proto::ClusterStatus {
         let inner = self.lock();
         let mut status = inner.membership.status(self.now_ms());
@@ -201,23 +216,12 @@ impl Controller {
         match command {
             Command::Ping => Response::Pong,
             Command::GetSlotMap => Response::SlotMap(self.lock().membership.map().clone()),
-            Command::ClusterJoin(request) => {
-                let mut inner = self.lock();
-                match self.change(&mut inner, |membership| membership.join(&request, now_ms)) {
-                    Ok(node_id) => {
-                        tracing::info!(node_id, front = %request.front_address, epoch = inner.membership.epoch(), "node joined");
-                        Response::Joined {
-                            node_id,
-                            map: inner.membership.map().clone(),
-                        }
-                    }
-                    Err(error) => error_response(ErrorCode::InvalidArgument, error),
-                }
-            }
+            Command::ClusterJoin(request) => self.join(&request, now_ms),
             Command::ClusterHeartbeat(heartbeat) => self.heartbeat(&heartbeat, now_ms),
             Command::ClusterStatus => Response::ClusterStatus(Box::new(self.status())),
             Command::ClusterRebalance => self.start_plan(None),
             Command::ClusterDrain { node_id } => self.start_plan(Some(node_id)),
+            Command::ClusterReclaim(request) => self.reclaim(&request, now_ms),
             other => error_response(
                 ErrorCode::InvalidArgument,
                 format!("{} is not a control-plane command", other.name()),
@@ -225,10 +229,78 @@ impl Controller {
         }
     }
 
-    fn heartbeat(&self, heartbeat: &engram_proto::Heartbeat, now_ms: u64) -> Response {
+    fn join(self: &Arc<Self>, request: &engram_proto::JoinRequest, now_ms: u64) -> Response {
+        let (joined, map) = {
+            let mut inner = self.lock();
+            match self.change(&mut inner, |membership| membership.join(request, now_ms)) {
+                Ok(joined) => (joined, inner.membership.map().clone()),
+                Err(error) => return error_response(ErrorCode::InvalidArgument, error),
+            }
+        };
+        tracing::info!(
+            node_id = joined.node_id,
+            incarnation = joined.incarnation,
+            front = %request.front_address,
+            epoch = map.epoch,
+            "node joined"
+        );
+        if !joined.lost.is_empty() {
+            tracing::warn!(
+                node_id = joined.node_id,
+                slots = %format_slot_ranges(&joined.lost),
+                count = joined.lost.len(),
+                "node restarted with empty memory: the slots it owned are lost until `engram cluster reclaim`"
+            );
+            self.broadcast_map();
+        }
+        Response::Joined {
+            node_id: joined.node_id,
+            map,
+            incarnation: joined.incarnation,
+        }
+    }
+
+    fn reclaim(self: &Arc<Self>, request: &engram_proto::ReclaimRequest, now_ms: u64) -> Response {
+        let (slots, epoch) = {
+            let mut inner = self.lock();
+            if inner.plan_running {
+                return error_response(
+                    ErrorCode::Busy,
+                    "a rebalance (or the start-up reconcile) is running; retry when it has finished",
+                );
+            }
+            match self.change(&mut inner, |membership| membership.reclaim(request, now_ms)) {
+                Ok(slots) => (slots, inner.membership.epoch()),
+                Err(error) => return error_response(ErrorCode::InvalidArgument, error),
+            }
+        };
+        tracing::warn!(slots = %format_slot_ranges(&slots), count = slots.len(), epoch, "lost slots reclaimed, empty");
+        self.broadcast_map();
+        Response::Reclaimed {
+            slots: slots.len() as u64,
+            epoch,
+        }
+    }
+
+    fn heartbeat(self: &Arc<Self>, heartbeat: &engram_proto::Heartbeat, now_ms: u64) -> Response {
         let mut inner = self.lock();
         if let Err(error) = inner.membership.heartbeat(heartbeat, now_ms) {
             return error_response(ErrorCode::InvalidArgument, error.to_string());
+        }
+        if inner.membership.restorable(heartbeat.node_id, heartbeat.incarnation) {
+            let (node_id, incarnation) = (heartbeat.node_id, heartbeat.incarnation);
+            match self.change(&mut inner, |membership| Ok(membership.restore(node_id, incarnation))) {
+                Ok(restored) => {
+                    tracing::warn!(
+                        node_id,
+                        slots = %format_slot_ranges(&restored),
+                        count = restored.len(),
+                        "a node declared dead is back with the same process: its slots are served again"
+                    );
+                    self.broadcast_map();
+                }
+                Err(error) => tracing::warn!(node_id, %error, "cannot restore the slots of a node that is back"),
+            }
         }
         if heartbeat.map_epoch > inner.membership.epoch() {
             let reported = heartbeat.map_epoch;
@@ -284,6 +356,7 @@ impl Controller {
             let shards = inner.membership.plan_shards(now_ms);
             match plan_balance(&shards, inner.membership.owners()) {
                 Ok(moves) => {
+                    let moves = inner.membership.movable(moves);
                     if !moves.is_empty() {
                         inner.plan_running = true;
                         inner.last_error.clear();
@@ -351,14 +424,14 @@ impl Controller {
         let now_ms = self.now_ms();
         let (migration_id, source, target) = {
             let mut inner = self.lock();
-            if !inner.membership.is_alive(from.node_id, now_ms) {
+            if !inner.membership.is_responsive(from.node_id, now_ms) {
                 return Err(StepError::SourceDead(format!(
-                    "node {} is not alive: its slots cannot be copied off it",
+                    "node {} is silent: its slots cannot be copied off it",
                     from.node_id
                 )));
             }
-            if !inner.membership.is_alive(to.node_id, now_ms) {
-                return Err(StepError::Failed(format!("node {} is not alive", to.node_id)));
+            if !inner.membership.is_responsive(to.node_id, now_ms) {
+                return Err(StepError::Failed(format!("node {} is silent", to.node_id)));
             }
             let (Some(source), Some(target)) = (
                 inner.membership.shard_address(from).map(str::to_string),
@@ -444,14 +517,16 @@ impl Controller {
             target_address: target.to_string(),
         });
         let started = Instant::now();
-        let prepared = call_once(
+        let prepare = call_once(
             source,
             credentials,
             order,
             Duration::from_millis(MIGRATE_OUT_TIMEOUT_MS),
-        )
-        .await
-        .map_err(|error| error.to_string())?;
+        );
+        let prepared = tokio::select! {
+            prepared = prepare => prepared.map_err(|error| error.to_string())?,
+            silent = self.until_silent(to.node_id) => return Err(silent),
+        };
         let (entries, bytes) = match prepared {
             Response::MigrationPrepared { entries, bytes } => (entries, bytes),
             Response::Error(reply) => return Err(reply.message),
@@ -460,6 +535,9 @@ impl Controller {
         // The commit point: once the new map is on disk, the target owns the slots.
         let map = {
             let mut inner = self.lock();
+            if !inner.membership.is_responsive(to.node_id, self.now_ms()) {
+                return Err(format!("target node {} went silent before the commit", to.node_id));
+            }
             self.change(&mut inner, |membership| Ok(membership.commit_move(slots, to).clone()))?
         };
         let elapsed = started.elapsed();
@@ -483,6 +561,18 @@ impl Controller {
         }
         self.broadcast_map();
         Ok(bytes)
+    }
+
+    /// Returns (with the reason) once `node_id` has been silent for longer than a
+    /// target may be: a migration towards a paused node is aborted rather than left
+    /// freezing its slots at the source until the copy times out.
+    async fn until_silent(&self, node_id: u64) -> String {
+        loop {
+            tokio::time::sleep(Duration::from_millis(TARGET_WATCH_INTERVAL_MS)).await;
+            if !self.lock().membership.is_responsive(node_id, self.now_ms()) {
+                return format!("target node {node_id} went silent during the copy");
+            }
+        }
     }
 
     /// Sends the current map to every member's front port in the background; members
@@ -548,6 +638,7 @@ impl Controller {
         loop {
             tokio::time::sleep(Duration::from_millis(HOUSEKEEPING_INTERVAL_MS)).await;
             let now_ms = self.now_ms();
+            self.declare_dead(now_ms);
             {
                 let mut inner = self.lock();
                 if !inner.plan_running && inner.membership.clone().forget_departed(now_ms) {
@@ -566,6 +657,32 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Declares silent members dead and loses their slots, saying so.
+    fn declare_dead(self: &Arc<Self>, now_ms: u64) {
+        let dead = {
+            let mut inner = self.lock();
+            if inner.membership.clone().declare_dead(now_ms).is_empty() {
+                return;
+            }
+            match self.change(&mut inner, |membership| Ok(membership.declare_dead(now_ms))) {
+                Ok(dead) => dead,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot record dead nodes");
+                    return;
+                }
+            }
+        };
+        for (node_id, lost) in &dead {
+            tracing::warn!(
+                node_id,
+                slots = %format_slot_ranges(lost),
+                count = lost.len(),
+                "node declared dead: the slots it owned are lost until it comes back or `engram cluster reclaim`"
+            );
+        }
+        self.broadcast_map();
     }
 
     /// Queues a plan moving slots off a shard far busier than the rest; returns whether
@@ -589,7 +706,9 @@ impl Controller {
                 hot_ratio: 1.5,
                 moves_max: MIGRATION_SLOTS_PER_STEP,
             };
-            let moves = plan_load(&shards, inner.membership.owners(), &|_| 1.0, &policy);
+            let moves = inner
+                .membership
+                .movable(plan_load(&shards, inner.membership.owners(), &|_| 1.0, &policy));
             if moves.is_empty() {
                 return false;
             }
@@ -749,6 +868,7 @@ mod tests {
             credentials: Vec::new(),
             load_rebalance: false,
             load_check_interval: Duration::from_millis(LOAD_CHECK_INTERVAL_MS_DEFAULT),
+            liveness_timeout: Duration::from_millis(crate::membership::LIVENESS_TIMEOUT_MS),
         }
     }
 

@@ -30,6 +30,7 @@ pub fn embedded_map(shards: Vec<ShardAddress>) -> SlotMap {
         epoch: EMBEDDED_MAP_EPOCH,
         shards,
         ranges,
+        version_floor: 0,
     }
 }
 

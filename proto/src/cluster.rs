@@ -16,6 +16,18 @@ pub struct JoinRequest {
     pub shard_addresses: Vec<String>,
     /// Per shard; 0: unlimited.
     pub memory_limit_bytes: u64,
+    /// Random per process start. A join repeated with the same boot id is a retry of the
+    /// same process (its answer was lost) and gets the same incarnation; a new boot id at
+    /// a known address is a restart with empty memory.
+    pub boot_id: u64,
+}
+
+/// An operator returning lost slots to service, empty: the listed slots, and every lost
+/// slot that `node_id` owned (0: none).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ReclaimRequest {
+    pub node_id: u64,
+    pub slots: Vec<u32>,
 }
 
 /// What a node reports on every heartbeat.
@@ -27,6 +39,8 @@ pub struct Heartbeat {
     /// Migrations the node's shards hold open (frozen outgoing, uncommitted incoming), so
     /// the control plane can settle those it is no longer running.
     pub migrations: Vec<u64>,
+    /// The incarnation the node's join was given: a beat of a replaced process is refused.
+    pub incarnation: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +103,10 @@ pub struct NodeStatus {
     pub draining: bool,
     pub map_epoch: u64,
     pub shards: Vec<ShardStatus>,
+    /// Which process of this node the control plane knows: a new one at every join.
+    pub incarnation: u64,
+    /// Slots this node owned that are lost (it died or restarted with empty memory).
+    pub slots_lost: u32,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -282,6 +282,7 @@ mod tests {
                     end: crate::limits::SLOT_COUNT - 1,
                     shard_index: 0
                 }],
+                version_floor: 0,
             })),
         ]
     }

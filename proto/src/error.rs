@@ -57,11 +57,15 @@ pub enum ErrorCode {
     ShuttingDown = 30,
     /// A server bug; the message says more.
     Internal = 31,
+    /// Every copy of the key's slot is gone (its node died or restarted with empty
+    /// memory): the slot answers this to every operation, rather than serving it empty,
+    /// until an operator reclaims it (`engram cluster reclaim`).
+    SlotLost = 32,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::Unauthorized,
@@ -84,6 +88,7 @@ impl ErrorCode {
         ErrorCode::ObjectDeleted,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
+        ErrorCode::SlotLost,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -133,6 +138,7 @@ impl ErrorCode {
             ErrorCode::ObjectDeleted => "ObjectDeleted",
             ErrorCode::ShuttingDown => "ShuttingDown",
             ErrorCode::Internal => "Internal",
+            ErrorCode::SlotLost => "SlotLost",
         }
     }
 }
@@ -202,6 +208,7 @@ mod tests {
         assert_eq!(ErrorCode::OutOfMemory.as_u16(), 21);
         assert_eq!(ErrorCode::Timeout.as_u16(), 25);
         assert_eq!(ErrorCode::Internal.as_u16(), 31);
+        assert_eq!(ErrorCode::SlotLost.as_u16(), 32);
     }
 
     #[test]
@@ -211,5 +218,6 @@ mod tests {
         assert!(!ErrorCode::WrongType.is_retryable());
         assert!(!ErrorCode::OutOfMemory.is_retryable());
         assert!(!ErrorCode::Malformed.is_retryable());
+        assert!(!ErrorCode::SlotLost.is_retryable());
     }
 }

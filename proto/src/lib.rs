@@ -28,4 +28,4 @@ pub use migration::{
     decode_batch, encode_batch, MigratedCompletion, MigratedEntry, MigratedLockHolder, MigratedObject, MigratedPermit,
     MigratedRecord, SlotBatch,
 };
-pub use slot::{hashtag, SlotHasher};
+pub use slot::{format_slot_ranges, hashtag, SlotHasher};

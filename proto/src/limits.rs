@@ -3,7 +3,7 @@
 //! by claiming a large size.
 
 /// Version spoken by this build; a handshake with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Number of hash slots. A power of two (so the modulo is cheap) and the same as Redis
 /// Cluster, which keeps hashtag intuition portable.
@@ -55,3 +55,19 @@ pub const PARTIES_MAX: u32 = 1 << 20;
 
 /// Most fields one map returns at once (`MapGetAll`), so an answer always fits a frame.
 pub const MAP_FIELDS_MAX: usize = 65_536;
+
+/// Low bits of a version, fence or permit id that count within one incarnation; the
+/// bits above them hold the incarnation. A shard draws every version of an incarnation
+/// from `incarnation << VERSION_COUNTER_BITS` up, so anything a later incarnation draws
+/// is above anything an earlier one drew: 2^44 (1.7e13) draws per shard per incarnation,
+/// 200 days of a million writes a second.
+pub const VERSION_COUNTER_BITS: u32 = 44;
+
+/// Most incarnations a cluster hands out (joins and reclaims), so that an incarnation
+/// shifted by [`VERSION_COUNTER_BITS`] fits a u64.
+pub const INCARNATIONS_MAX: u64 = (1 << (64 - VERSION_COUNTER_BITS)) - 1;
+
+/// The lowest version, fence or permit id incarnation `incarnation` may hand out.
+pub const fn incarnation_version_floor(incarnation: u64) -> u64 {
+    incarnation << VERSION_COUNTER_BITS
+}

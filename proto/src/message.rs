@@ -5,7 +5,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::cluster::{ClusterStatus, Heartbeat, JoinRequest, MigrateIn, MigrateOut};
+use crate::cluster::{ClusterStatus, Heartbeat, JoinRequest, MigrateIn, MigrateOut, ReclaimRequest};
 
 /// First frame of every connection.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -239,6 +239,8 @@ pub enum Command {
         migration_id: u64,
         map_epoch: u64,
     },
+    /// Returns lost slots to service, empty; answered with [`Response::Reclaimed`].
+    ClusterReclaim(ReclaimRequest),
 }
 
 /// Which end of a queue an operation works on.
@@ -264,7 +266,8 @@ macro_rules! keyed_commands {
             | Command::InstallMap(_)
             | Command::MigrateOut(_)
             | Command::MigrateIn(_)
-            | Command::MigrateAbort { .. } => $otherwise,
+            | Command::MigrateAbort { .. }
+            | Command::ClusterReclaim(_) => $otherwise,
             Command::Get { key: $key }
             | Command::Set { key: $key, .. }
             | Command::Del { key: $key }
@@ -397,6 +400,7 @@ impl Command {
             Command::MigrateOut(_) => "migrate_out",
             Command::MigrateIn(_) => "migrate_in",
             Command::MigrateAbort { .. } => "migrate_abort",
+            Command::ClusterReclaim(_) => "cluster_reclaim",
         }
     }
 }
@@ -478,6 +482,9 @@ pub enum Response {
     Joined {
         node_id: u64,
         map: SlotMap,
+        /// This process's incarnation: its shards draw versions, fences and permit ids
+        /// from [`crate::limits::incarnation_version_floor`] of it.
+        incarnation: u64,
     },
     HeartbeatAck {
         map_epoch: u64,
@@ -497,6 +504,11 @@ pub enum Response {
     },
     /// Done, with nothing to report.
     Accepted,
+    /// Lost slots returned to service, empty, under map `epoch`.
+    Reclaimed {
+        slots: u64,
+        epoch: u64,
+    },
 }
 
 impl Response {
@@ -533,6 +545,7 @@ impl Response {
             Response::RebalanceStarted { .. } => "rebalance_started",
             Response::MigrationPrepared { .. } => "migration_prepared",
             Response::Accepted => "accepted",
+            Response::Reclaimed { .. } => "reclaimed",
         }
     }
 }
@@ -590,7 +603,15 @@ pub struct SlotMap {
     pub shards: Vec<ShardAddress>,
     /// Sorted, non-overlapping ranges covering every slot exactly once.
     pub ranges: Vec<SlotRange>,
+    /// Every shard serving under this map draws versions, fences and permit ids above
+    /// this (a reclaimed slot's new objects must outnumber what its lost owner handed
+    /// out). 0: no floor beyond the shard's own.
+    pub version_floor: u64,
 }
+
+/// `SlotRange::shard_index` of slots that are lost: no shard serves them, and they
+/// answer [`crate::ErrorCode::SlotLost`].
+pub const LOST_SHARD_INDEX: u32 = u32::MAX;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ShardAddress {
@@ -600,7 +621,8 @@ pub struct ShardAddress {
     pub address: String,
 }
 
-/// Slots `start..=end` are owned by `shards[shard_index]`.
+/// Slots `start..=end` are owned by `shards[shard_index]`, or lost when `shard_index` is
+/// [`LOST_SHARD_INDEX`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotRange {
     pub start: u32,
@@ -610,7 +632,7 @@ pub struct SlotRange {
 
 impl SlotMap {
     /// Checks the invariants a map must hold before anyone routes with it: ranges sorted,
-    /// contiguous from 0 to `SLOT_COUNT - 1`, each naming an existing shard.
+    /// contiguous from 0 to `SLOT_COUNT - 1`, each naming an existing shard or lost.
     pub fn validate(&self) -> Result<(), String> {
         let mut next = 0u32;
         for range in &self.ranges {
@@ -620,7 +642,7 @@ impl SlotMap {
                     range.start, range.end
                 ));
             }
-            if range.shard_index as usize >= self.shards.len() {
+            if range.shard_index != LOST_SHARD_INDEX && range.shard_index as usize >= self.shards.len() {
                 return Err(format!(
                     "slot range names shard index {} of {}",
                     range.shard_index,
@@ -638,7 +660,17 @@ impl SlotMap {
         Ok(())
     }
 
-    /// Expands the ranges into a slot-indexed owner table (one lookup per request).
+    /// Slots no shard serves, in order.
+    pub fn lost_slots(&self) -> Vec<u32> {
+        self.ranges
+            .iter()
+            .filter(|range| range.shard_index == LOST_SHARD_INDEX)
+            .flat_map(|range| range.start..=range.end)
+            .collect()
+    }
+
+    /// Expands the ranges into a slot-indexed owner table (one lookup per request);
+    /// lost slots hold [`LOST_SHARD_INDEX`].
     pub fn owner_table(&self) -> Vec<u32> {
         let mut table = vec![0u32; crate::limits::SLOT_COUNT as usize];
         for range in &self.ranges {

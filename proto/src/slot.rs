@@ -76,3 +76,39 @@ mod tests {
         }
     }
 }
+
+/// Slots as ranges for people: `0-5460,9000`. `slots` must be sorted.
+pub fn format_slot_ranges(slots: &[u32]) -> String {
+    let mut text = String::new();
+    let mut index = 0;
+    while index < slots.len() {
+        let start = slots[index];
+        let mut end = start;
+        while index + 1 < slots.len() && slots[index + 1] == end + 1 {
+            index += 1;
+            end = slots[index];
+        }
+        if !text.is_empty() {
+            text.push(',');
+        }
+        if start == end {
+            text.push_str(&start.to_string());
+        } else {
+            text.push_str(&format!("{start}-{end}"));
+        }
+        index += 1;
+    }
+    text
+}
+
+#[cfg(test)]
+mod slot_ranges_tests {
+    use super::format_slot_ranges;
+
+    #[test]
+    fn slot_ranges_join_runs_and_keep_singletons() {
+        assert_eq!(format_slot_ranges(&[]), "");
+        assert_eq!(format_slot_ranges(&[7]), "7");
+        assert_eq!(format_slot_ranges(&[0, 1, 2, 5, 9, 10]), "0-2,5,9-10");
+    }
+}
