@@ -58,7 +58,7 @@ pub struct Settings {
     pub liveness_timeout: Duration,
 }
 
-/// How often a running migration checks that its target still heartbeats.
+/// How often a running migration checks that its source and target still heartbeat.
 const TARGET_WATCH_INTERVAL_MS: u64 = 250;
 
 /// Everything the control plane knows, behind one lock held only for in-memory work
@@ -461,7 +461,9 @@ impl Controller {
             (migration_id, source, target)
         };
         let started = Instant::now();
-        let outcome = self.prepare_and_commit(migration_id, &source, &target, to, slots).await;
+        let outcome = self
+            .prepare_and_commit(migration_id, &source, &target, [from, to], slots)
+            .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         {
             let mut inner = self.lock();
@@ -507,7 +509,7 @@ impl Controller {
         migration_id: u64,
         source: &str,
         target: &str,
-        to: ShardRef,
+        [from, to]: [ShardRef; 2],
         slots: &[u32],
     ) -> Result<u64, String> {
         let credentials = &self.settings.credentials;
@@ -525,7 +527,7 @@ impl Controller {
         );
         let prepared = tokio::select! {
             prepared = prepare => prepared.map_err(|error| error.to_string())?,
-            silent = self.until_silent(to.node_id) => return Err(silent),
+            silent = self.until_silent([from.node_id, to.node_id]) => return Err(silent),
         };
         let (entries, bytes) = match prepared {
             Response::MigrationPrepared { entries, bytes } => (entries, bytes),
@@ -563,14 +565,20 @@ impl Controller {
         Ok(bytes)
     }
 
-    /// Returns (with the reason) once `node_id` has been silent for longer than a
-    /// target may be: a migration towards a paused node is aborted rather than left
-    /// freezing its slots at the source until the copy times out.
-    async fn until_silent(&self, node_id: u64) -> String {
+    /// Returns (with the reason) once one of `nodes` has been silent for longer than
+    /// a migration's source or target may be: a migration towards a paused node is
+    /// aborted rather than left freezing its slots at the source until the copy times
+    /// out, and one from a paused node rather than waited for.
+    async fn until_silent(&self, nodes: [u64; 2]) -> String {
         loop {
             tokio::time::sleep(Duration::from_millis(TARGET_WATCH_INTERVAL_MS)).await;
-            if !self.lock().membership.is_responsive(node_id, self.now_ms()) {
-                return format!("target node {node_id} went silent during the copy");
+            let now_ms = self.now_ms();
+            let inner = self.lock();
+            if let Some(node_id) = nodes
+                .iter()
+                .find(|&&node_id| !inner.membership.is_responsive(node_id, now_ms))
+            {
+                return format!("node {node_id} went silent during the copy");
             }
         }
     }

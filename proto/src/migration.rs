@@ -1,5 +1,5 @@
 //! State of migrating slots, as it travels from the shard giving them up to the shard
-//! taking them over (DESIGN §7).
+//! taking them over.
 //!
 //! Times travel as remaining milliseconds, never as deadlines: each node counts its
 //! own monotonic clock from its own start, so an absolute deadline means nothing on

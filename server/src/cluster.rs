@@ -15,7 +15,7 @@ use std::time::Duration;
 use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, PROTOCOL_VERSION};
 use engram_proto::{
     decode_payload, encode_message, split_frame, Command, FrameKind, Hello, HelloReply, ProtocolError, Request,
-    Response, SlotMap, Split, FRAME_HEADER_BYTES,
+    Response, SlotMap, Split, FRAME_HEADER_BYTES, LOST_SHARD_INDEX,
 };
 
 /// The node's current map. Written by whoever installs a newer one (the heartbeat
@@ -62,6 +62,8 @@ pub enum Owner {
     Local(u16),
     /// Another node's shard: its index in `map.shards`.
     Remote(u32),
+    /// Nobody: every copy of the slot is gone, until an operator reclaims it.
+    Lost,
 }
 
 /// A map turned into a slot-indexed ownership table for this node.
@@ -101,6 +103,9 @@ impl Routing {
 
     pub fn owner(&self, slot: u32) -> Owner {
         let index = self.owner_index.get(slot as usize).copied().unwrap_or(0);
+        if index == LOST_SHARD_INDEX {
+            return Owner::Lost;
+        }
         match self.local_ids.get(index as usize).copied().flatten() {
             Some(local) => Owner::Local(local),
             None => Owner::Remote(index),
@@ -458,6 +463,7 @@ mod tests {
                     shard_index: 2,
                 },
             ],
+            version_floor: 0,
         }
     }
 

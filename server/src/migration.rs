@@ -1,4 +1,4 @@
-//! The shard's side of live slot migration, driven by the control plane (DESIGN §7).
+//! The shard's side of live slot migration, driven by the control plane.
 //!
 //! A migration is a two-phase hand-over with the control plane as coordinator:
 //! 1. `MigrateOut` to the source shard: it freezes the slots (requests for them get
@@ -95,13 +95,17 @@ impl Shard {
     }
 
     /// Called when this shard starts routing with a new map: commits what it decides.
-    pub(crate) fn on_new_map(&self, routing: &Routing) {
+    pub(crate) fn on_new_map(&self, previous: &Routing, routing: &Routing) {
+        self.store.borrow_mut().raise_version_floor(routing.map.version_floor);
+        self.settle_stranded(previous, routing);
         let mine = |slot: u32| routing.owner(slot) == Owner::Local(self.shard_id as u16);
+        // A slot lost meanwhile did not go to the target: that is no commit.
+        let elsewhere = |slot: u32| !mine(slot) && routing.owner(slot) != Owner::Lost;
         let committed = self
             .outgoing
             .borrow()
             .as_ref()
-            .filter(|outgoing| outgoing.slots.iter().all(|&slot| !mine(slot)))
+            .filter(|outgoing| outgoing.slots.iter().all(|&slot| elsewhere(slot)))
             .map(|outgoing| (outgoing.migration_id, outgoing.frozen.clone()));
         if let Some((migration_id, frozen)) = committed {
             let now_ms = self.now_ms();
@@ -125,6 +129,44 @@ impl Shard {
         self.node.shards[self.shard_id].publish_slots_owned(routing.slots_of(self.shard_id as u16));
         self.publish_migrations();
         self.publish_stats();
+    }
+
+    /// Keeps the data of this shard's slots that a map marks lost (this shard was
+    /// silent so long that it was declared dead): if this same process gets them back,
+    /// nobody served them meanwhile and the data is current. Once a map gives them to
+    /// another shard instead (a reclaim starts them there, empty), the copy here is
+    /// stale and is dropped, so it can never be served again.
+    fn settle_stranded(&self, previous: &Routing, routing: &Routing) {
+        let me = Owner::Local(self.shard_id as u16);
+        let mut stranded = self.stranded.borrow_mut();
+        stranded
+            .extend((0..SLOT_COUNT).filter(|&slot| previous.owner(slot) == me && routing.owner(slot) == Owner::Lost));
+        let settled: Vec<u32> = stranded
+            .iter()
+            .copied()
+            .filter(|&slot| routing.owner(slot) != Owner::Lost)
+            .collect();
+        let stale: std::collections::BTreeSet<u32> = settled
+            .iter()
+            .copied()
+            .filter(|&slot| routing.owner(slot) != me)
+            .collect();
+        for slot in &settled {
+            stranded.remove(slot);
+        }
+        drop(stranded);
+        if !stale.is_empty() {
+            let now_ms = self.now_ms();
+            self.store
+                .borrow_mut()
+                .remove_slots(|slot| stale.contains(&slot), now_ms);
+            self.deliver_completions();
+            tracing::info!(
+                shard = self.shard_id,
+                slots = stale.len(),
+                "dropped the stale copy of slots reclaimed elsewhere"
+            );
+        }
     }
 
     /// Makes the open migrations visible to the heartbeat.

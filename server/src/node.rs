@@ -9,6 +9,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use engram_control::embedded_map;
+use engram_proto::limits::incarnation_version_floor;
 use engram_proto::{Command, Heartbeat, JoinRequest, Response, ShardAddress, ShardLoad, SlotMap};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -177,7 +178,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .collect();
 
     let credentials = config.auth_token.clone().unwrap_or_default().into_bytes();
-    let (node_id, map, shard_addresses) = match &config.control {
+    let (node_id, map, shard_addresses, version_floor, incarnation) = match &config.control {
         None => {
             let node_id = config.node_id.unwrap_or_else(random_u64);
             let map = embedded_map(
@@ -191,7 +192,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                     })
                     .collect(),
             );
-            (node_id, map, shard_addresses)
+            (node_id, map, shard_addresses, standalone_version_floor(), 0)
         }
         Some(control) => {
             let host = match &config.advertise {
@@ -207,10 +208,18 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 front_address: advertised(&front_address.to_string()),
                 shard_addresses: shard_addresses.iter().map(|address| advertised(address)).collect(),
                 memory_limit_bytes: config.memory_limit.map_or(0, |limit| limit / shard_count as u64),
+                boot_id: random_u64(),
             };
-            let (node_id, map) = join_cluster(control, &credentials, &request)?;
-            tracing::info!(%control, node_id, epoch = map.epoch, "joined the cluster");
-            (node_id, map, request.shard_addresses)
+            let joined = join_cluster(control, &credentials, &request)?;
+            tracing::info!(%control, node_id = joined.node_id, incarnation = joined.incarnation, epoch = joined.map.epoch, "joined the cluster");
+            let floor = incarnation_version_floor(joined.incarnation);
+            (
+                joined.node_id,
+                joined.map,
+                request.shard_addresses,
+                floor,
+                joined.incarnation,
+            )
         }
     };
     let node_map = Arc::new(NodeMap::new(map));
@@ -244,6 +253,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             auth_token: config.auth_token.clone().map(String::into_bytes),
             read_spin: Duration::from_micros(config.spin_us),
             hash_seed,
+            version_floor,
             mesh: mesh.clone(),
             shutdown: shutdown.clone(),
         };
@@ -295,6 +305,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             node_map: node_map.clone(),
             shutdown: shutdown.clone(),
             refusal_logged: std::cell::Cell::new(None),
+            incarnation,
         };
         std::thread::Builder::new()
             .name("heartbeat".into())
@@ -342,17 +353,48 @@ fn watch_signals(shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// The floor of a node that runs alone: nanoseconds since the Unix epoch at start. A
+/// shard draws far fewer than one version per nanosecond (each costs a request, which
+/// takes well over a hundred), so its counter stays below the wall clock, and a later
+/// start begins above everything an earlier one drew, as long as the wall clock is not
+/// set back across a restart by more than the earlier process ran ahead of it
+/// (ARCHITECTURE.md argues it).
+fn standalone_version_floor() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX >> 1)
+}
+
+/// What the control plane answered a join.
+struct Joined {
+    node_id: u64,
+    map: SlotMap,
+    incarnation: u64,
+}
+
 /// Registers with the control plane, retrying until `JOIN_TIMEOUT_MS`: a node may start
-/// before its control plane (as containers do).
-fn join_cluster(control: &str, credentials: &[u8], request: &JoinRequest) -> Result<(u64, SlotMap), ServerError> {
+/// before its control plane (as containers do). Retries carry the same boot id, so a
+/// join whose answer was lost is not taken for a restart.
+fn join_cluster(control: &str, credentials: &[u8], request: &JoinRequest) -> Result<Joined, ServerError> {
     let deadline = Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
     let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
     loop {
         let attempt = BlockingLink::connect(control, credentials, timeout)
             .and_then(|mut link| link.call(Command::ClusterJoin(request.clone())));
         let reason = match attempt {
-            Ok(Response::Joined { node_id, map }) => match map.validate() {
-                Ok(()) => return Ok((node_id, map)),
+            Ok(Response::Joined {
+                node_id,
+                map,
+                incarnation,
+            }) => match map.validate() {
+                Ok(()) => {
+                    return Ok(Joined {
+                        node_id,
+                        map,
+                        incarnation,
+                    })
+                }
                 Err(reason) => format!("the control plane sent an invalid map: {reason}"),
             },
             Ok(Response::Error(reply)) => format!("refused: {}", reply.message),
@@ -380,6 +422,7 @@ struct Heartbeater {
     node_map: Arc<NodeMap>,
     shutdown: Arc<AtomicBool>,
     refusal_logged: std::cell::Cell<Option<Instant>>,
+    incarnation: u64,
 }
 
 /// How often a heartbeat refusal is logged while it lasts.
@@ -441,6 +484,7 @@ impl Heartbeater {
             map_epoch: self.node_map.epoch(),
             shards,
             migrations,
+            incarnation: self.incarnation,
         };
         let (control_epoch, abort_migrations) = match link.call(Command::ClusterHeartbeat(heartbeat))? {
             Response::HeartbeatAck {

@@ -96,6 +96,8 @@ pub struct Shard {
     /// Migrations bringing slots to this shard, held but not served until a map gives
     /// them their slots.
     pub(crate) incoming: RefCell<Incoming>,
+    /// Slots this shard served that a map marked lost, whose data it still holds.
+    pub(crate) stranded: RefCell<std::collections::BTreeSet<u32>>,
     pub node: Arc<NodeStats>,
     pub auth_token: Option<Vec<u8>>,
     /// How long a connection polls its socket before waiting for readiness
@@ -161,7 +163,7 @@ impl Shard {
         }
         let routing = Rc::new(Routing::new(self.node_map.current(), self.node.node_id));
         *self.routing.borrow_mut() = routing.clone();
-        self.on_new_map(&routing);
+        self.on_new_map(&current, &routing);
         routing
     }
 
@@ -176,6 +178,14 @@ impl Shard {
                 format!(
                     "slot {slot} is served by {} under map epoch {}",
                     routing.address(index),
+                    routing.epoch()
+                ),
+            )),
+            Owner::Lost => Err(self.error(
+                ErrorCode::SlotLost,
+                format!(
+                    "slot {slot} is lost: the node that owned it died or restarted with empty memory \
+                     (map epoch {}); `engram cluster reclaim` returns it to service, empty",
                     routing.epoch()
                 ),
             )),
@@ -321,6 +331,8 @@ pub struct ShardLaunch {
     pub auth_token: Option<Vec<u8>>,
     pub read_spin: Duration,
     pub hash_seed: u64,
+    /// Every version, fence and permit id this shard draws is above this.
+    pub version_floor: u64,
     pub mesh: MeshBuilder<Forwarded, glommio::channels::channel_mesh::Full>,
     pub shutdown: Arc<AtomicBool>,
 }
@@ -336,15 +348,18 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
         }
     };
     let routing = Routing::new(launch.node_map.current(), launch.node.node_id);
+    let mut store = Store::new(launch.memory_limit_bytes, launch.hash_seed);
+    store.raise_version_floor(launch.version_floor.max(routing.map.version_floor));
     let metrics = launch.node.metrics.shard(launch.shard_id);
     let store_clock = StoreClock::new(launch.node.started);
     let shard = Rc::new(Shard {
         shard_id: launch.shard_id,
-        store: RefCell::new(Store::new(launch.memory_limit_bytes, launch.hash_seed)),
+        store: RefCell::new(store),
         node_map: launch.node_map,
         routing: RefCell::new(Rc::new(routing)),
         outgoing: RefCell::new(None),
         incoming: RefCell::default(),
+        stranded: RefCell::default(),
         node: launch.node,
         auth_token: launch.auth_token,
         read_spin: launch.read_spin,

@@ -1,4 +1,4 @@
-//! Handing slots over to another shard (DESIGN §7), as the store's part of it.
+//! Handing slots over to another shard, as the store's part of it.
 //!
 //! The shell drives the protocol: it freezes the slots (applies nothing to them), calls
 //! [`Store::bounce_waiters`] so every request parked there is answered `TryAgain` and

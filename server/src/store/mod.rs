@@ -273,6 +273,13 @@ impl Store {
         }
     }
 
+    /// Makes every later version, fence and permit id greater than `floor`: the floor
+    /// of this process's incarnation at start, and a map's after a reclaim, so nothing
+    /// an earlier process handed out is handed out again (see `ARCHITECTURE.md`).
+    pub fn raise_version_floor(&mut self, floor: u64) {
+        self.last_version = self.last_version.max(floor);
+    }
+
     /// Takes back an answer once it has been copied out (into a connection's outbox),
     /// keeping its value buffer for the next read.
     pub fn recycle(&mut self, response: Response) {
