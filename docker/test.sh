@@ -35,7 +35,12 @@ bench_seconds=3
 control_address=172.28.0.10:7300
 services=(control node1 node2 node3)
 # Metrics ports compose publishes on the host's loopback, per service.
-declare -A metrics_port=([control]=9300 [node1]=9400 [node2]=9410 [node3]=9420)
+declare -A metrics_port=(
+    [control]=${ENGRAM_CONTROL_METRICS_HOST_PORT:-9300}
+    [node1]=${ENGRAM_NODE1_METRICS_HOST_PORT:-9500}
+    [node2]=${ENGRAM_NODE2_METRICS_HOST_PORT:-9510}
+    [node3]=${ENGRAM_NODE3_METRICS_HOST_PORT:-9520}
+)
 data_nodes=(node1 node2 node3)
 slots_total=16384
 

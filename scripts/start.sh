@@ -4,9 +4,11 @@
 # the foreground until Ctrl-C. Extra arguments go to engramd, e.g. --cores 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 cargo build --release --locked --bins
-bin=target/release
+bin=$(cargo_target_dir)/release
+[ -x "$bin/engramd" ] || { echo "scripts/start.sh: $bin/engramd is missing after the build" >&2; exit 1; }
 
 "$bin/engramd" "$@" > >(tee /tmp/engramd-ready.$$ >&2) &
 server=$!
