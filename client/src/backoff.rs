@@ -8,12 +8,21 @@ use rand::Rng;
 use engram_proto::ErrorCode;
 
 use crate::error::Error;
-use crate::limits::{RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS_MIN, RETRY_TRY_AGAIN_MS_MAX};
+use crate::limits::{
+    RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS_MIN, RETRY_TRY_AGAIN_MS_MAX, UNREACHABLE_BACKOFF_MS_MAX,
+    UNREACHABLE_BACKOFF_MS_MIN,
+};
 
 /// The delay before retrying after `error` on retry number `attempt`: [`retry_delay`],
 /// except that after `TryAgain` (a slot frozen for a hand-over of milliseconds, not an
-/// overloaded server) it never exceeds `RETRY_TRY_AGAIN_MS_MAX`.
+/// overloaded server) it never exceeds `RETRY_TRY_AGAIN_MS_MAX`, and after a refused
+/// connection it follows its own short ramp (`UNREACHABLE_BACKOFF_MS_MIN` to `_MAX`): the
+/// call gives up after a few of those, so they must be spread over tens of milliseconds,
+/// not over the call's timeout.
 pub fn retry_delay_after(error: &Error, attempt: u32) -> Duration {
+    if error.is_unreachable() {
+        return jittered(ceiling(UNREACHABLE_BACKOFF_MS_MIN, UNREACHABLE_BACKOFF_MS_MAX, attempt));
+    }
     let delay = retry_delay(attempt);
     if error.is_server(ErrorCode::TryAgain) {
         return delay.min(Duration::from_millis(RETRY_TRY_AGAIN_MS_MAX));
@@ -25,15 +34,19 @@ pub fn retry_delay_after(error: &Error, attempt: u32) -> Duration {
 /// from `RETRY_BACKOFF_MS_MIN` up to `RETRY_BACKOFF_MS_MAX`, and a uniform pick in its upper
 /// half ("equal jitter": spread out, yet never much shorter than the ceiling).
 pub fn retry_delay(attempt: u32) -> Duration {
-    let ceiling = ceiling(attempt);
+    jittered(ceiling(RETRY_BACKOFF_MS_MIN, RETRY_BACKOFF_MS_MAX, attempt))
+}
+
+/// A uniform pick in the upper half of `ceiling`.
+fn jittered(ceiling: Duration) -> Duration {
     let floor = ceiling / 2;
     rand::rng().random_range(floor..=ceiling)
 }
 
-fn ceiling(attempt: u32) -> Duration {
+/// `min_ms` doubled `attempt` times, at most `max_ms`.
+fn ceiling(min_ms: u64, max_ms: u64, attempt: u32) -> Duration {
     let factor = 1u64.checked_shl(attempt.min(63)).unwrap_or(u64::MAX);
-    let ceiling_ms = RETRY_BACKOFF_MS_MIN.saturating_mul(factor).min(RETRY_BACKOFF_MS_MAX);
-    Duration::from_millis(ceiling_ms)
+    Duration::from_millis(min_ms.saturating_mul(factor).min(max_ms))
 }
 
 #[cfg(test)]
@@ -83,11 +96,29 @@ mod tests {
 
     #[test]
     fn ceiling_doubles_then_saturates() {
+        let ceiling = |attempt| ceiling(RETRY_BACKOFF_MS_MIN, RETRY_BACKOFF_MS_MAX, attempt);
         assert_eq!(ceiling(0), Duration::from_millis(RETRY_BACKOFF_MS_MIN));
         assert_eq!(ceiling(1), Duration::from_millis(RETRY_BACKOFF_MS_MIN * 2));
         assert_eq!(ceiling(100), Duration::from_millis(RETRY_BACKOFF_MS_MAX));
         for attempt in 0..70 {
             assert!(ceiling(attempt) <= ceiling(attempt + 1));
+        }
+    }
+
+    #[test]
+    fn retries_after_a_refused_connection_stay_within_their_short_ramp() {
+        let unreachable = Error::Unreachable {
+            address: "127.0.0.1:1".into(),
+            attempts: 1,
+            source: crate::error::ConnectionError::Closed,
+        };
+        for attempt in [0, 1, 2, 3, 30, u32::MAX] {
+            let delay = retry_delay_after(&unreachable, attempt);
+            assert!(
+                delay >= Duration::from_millis(UNREACHABLE_BACKOFF_MS_MIN) / 2,
+                "{delay:?}"
+            );
+            assert!(delay <= Duration::from_millis(UNREACHABLE_BACKOFF_MS_MAX), "{delay:?}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The client: routing by slot, the retrying call path, and node-level commands.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use crate::counter::Counter;
 use crate::error::{ConnectionError, Error};
 use crate::future::RemoteFuture;
 use crate::latch::Latch;
+use crate::limits::UNREACHABLE_ATTEMPTS_MAX;
 use crate::lock::Lock;
 use crate::map::Map;
 use crate::operations::{Operation, OperationIds};
@@ -43,6 +45,9 @@ struct Inner {
     route: RwLock<Option<Arc<Route>>>,
     /// Serializes map refreshes so a burst of `WrongShard` answers fetches the map once.
     refreshing: tokio::sync::Mutex<()>,
+    /// Map refreshes finished (whatever they found), counted under `refreshing`, so a
+    /// caller that waited for the lock can tell that a whole refresh ran after it asked.
+    refreshes: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -71,6 +76,7 @@ impl Client {
                 pool: Pool::new(handshake, runtime),
                 route: RwLock::new(None),
                 refreshing: tokio::sync::Mutex::new(()),
+                refreshes: AtomicU64::new(0),
                 config,
             }),
         };
@@ -85,7 +91,7 @@ impl Client {
         if client.inner.config.direct {
             // Without a map every call goes to the seed, which still works through a
             // front port; the map is fetched again on the first WrongShard.
-            let _ = timeout_at(deadline, client.refresh_map(0)).await;
+            let _ = timeout_at(deadline, client.refresh_map(0, Refresh::Stale)).await;
         }
         Ok(client)
     }
@@ -186,10 +192,17 @@ impl Client {
     }
 
     /// Sends `command` to the owner of `key` (the seed node when `None`) and returns its
-    /// response; a `Response::Error` comes back as [`Error::Server`]. Retryable failures
-    /// are retried with backoff until `timeout` (the client default when `None`), and a
-    /// `mutation` keeps one operation id across its retries so the server applies it once
-    /// (a retried blocking operation re-attaches to the same parked wait).
+    /// response; a `Response::Error` comes back as [`Error::Server`] (or
+    /// [`Error::SlotLost`], naming the key's slot). Retryable failures are retried with
+    /// backoff until `timeout` (the client default when `None`), and a `mutation` keeps
+    /// one operation id across its retries so the server applies it once (a retried
+    /// blocking operation re-attaches to the same parked wait).
+    ///
+    /// Two failures end a call early, as nothing would come of waiting: a key whose
+    /// slot is lost (the server says so, or the client's map does even after a refresh)
+    /// fails at once with [`Error::SlotLost`], and an address that refuses
+    /// `UNREACHABLE_ATTEMPTS_MAX` connections in a row (with a map refresh between them)
+    /// fails with [`Error::Unreachable`].
     ///
     /// A blocking command may be parked at the server for [`Command::wait_ms`], so its
     /// call gets that long on top of `timeout`: the server answers `Timeout` for the wait
@@ -225,6 +238,8 @@ impl Client {
     ) -> Result<Response, Error> {
         let mut last_error: Option<Error> = None;
         let mut attempt = 0u32;
+        // Failed connection attempts in a row.
+        let mut unreachable = 0u32;
         if let Some(error) = failed {
             self.back_off(&error, attempt, deadline).await;
             last_error = Some(error);
@@ -235,15 +250,21 @@ impl Client {
                 break;
             }
             let routed_epoch = self.map_epoch();
-            let refresh_first = last_error.as_ref().is_some_and(|error| self.should_refresh(error));
+            let refresh = last_error.as_ref().map_or(Refresh::No, |error| self.refresh_for(error));
             request.completed_below_op_id = self.inner.operations.completed_below();
-            let error = match self.attempt(key, request, refresh_first, routed_epoch, deadline).await {
+            let mut error = match self.attempt(key, request, refresh, routed_epoch, deadline).await {
                 Ok(response) => return Ok(response),
                 // The deadline passed during the attempt.
                 Err(Error::Timeout { .. }) => break,
                 Err(error) if error.is_retryable() => error,
                 Err(error) => return Err(error),
             };
+            unreachable = error.extend_unreachable_run(unreachable);
+            if unreachable >= UNREACHABLE_ATTEMPTS_MAX {
+                // Final, like a timeout: a mutation sent before the address went away
+                // may or may not have been applied.
+                return Err(error);
+            }
             self.back_off(&error, attempt, deadline).await;
             last_error = Some(error);
             attempt = attempt.saturating_add(1);
@@ -255,7 +276,7 @@ impl Client {
     async fn back_off(&self, error: &Error, attempt: u32, deadline: Instant) {
         // A stale map is the common case during a migration and the refresh already
         // costs a round trip, so the first retry after one goes out at once.
-        let immediate = attempt == 0 && self.should_refresh(error);
+        let immediate = attempt == 0 && self.refresh_for(error) != Refresh::No;
         if !immediate {
             sleep_until(deadline.min(Instant::now() + retry_delay_after(error, attempt))).await;
         }
@@ -369,7 +390,13 @@ impl Client {
         drop(operations);
         results
             .into_iter()
-            .map(|result| result.unwrap_or_else(|| Err(self.timed_out(timeout, None))))
+            .zip(&requests)
+            .map(|(result, request)| match result {
+                // Retried entries (their command taken) got their slot on that path.
+                Some(Err(error)) => Err(self.with_slot_of(error, request.command.key())),
+                Some(result) => result,
+                None => Err(self.timed_out(timeout, None)),
+            })
             .collect()
     }
 
@@ -391,9 +418,10 @@ impl Client {
         // Few addresses (one per shard), so a list beats a map.
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for &index in pending {
-            let address = match (requests[index].command.key(), &route) {
-                (Some(key), Some(route)) => route.address_of_slot(self.inner.hasher.slot(key)).unwrap_or(seed),
-                _ => seed,
+            let Some(address) = self.batch_address(requests[index].command.key(), route.as_deref(), seed) else {
+                // A lost slot: the single-call path refreshes the map and reports it.
+                retries.push((index, None));
+                continue;
             };
             match groups.iter_mut().find(|(known, _)| *known == address) {
                 Some((_, members)) => members.push(index),
@@ -451,6 +479,27 @@ impl Client {
         }
     }
 
+    /// Where a batch sends `key`'s command: its owner, or `seed` without a key or a
+    /// map; `None` when the map marks the key's slot lost.
+    fn batch_address<'a>(&self, key: Option<&[u8]>, route: Option<&'a Route>, seed: &'a str) -> Option<&'a str> {
+        let (Some(key), Some(route)) = (key, route) else {
+            return Some(seed);
+        };
+        let slot = self.inner.hasher.slot(key);
+        match route.address_of_slot(slot) {
+            None if route.is_lost(slot) => None,
+            address => Some(address.unwrap_or(seed)),
+        }
+    }
+
+    /// `error`, naming `key`'s slot when it is a server's `SlotLost` answer.
+    fn with_slot_of(&self, error: Error, key: Option<&[u8]>) -> Error {
+        match key {
+            Some(key) if error.is_slot_lost() => error.at_slot(self.inner.hasher.slot(key)),
+            _ => error,
+        }
+    }
+
     fn timed_out(&self, after: Duration, last_error: Option<Error>) -> Error {
         Error::Timeout {
             after,
@@ -458,10 +507,20 @@ impl Client {
         }
     }
 
-    /// Whether a failure suggests the map is stale: the server said so, or (routing
-    /// directly) a shard stopped answering, which is how a failover looks from here.
-    fn should_refresh(&self, error: &Error) -> bool {
-        self.inner.config.direct && (error.needs_map_refresh() || matches!(error, Error::Connection { .. }))
+    /// Whether a failure calls for a map refresh before the retry (routing directly): the
+    /// server said the map is stale, or a shard stopped answering or refused a
+    /// connection, which is how a dead node looks from here (a newer map may have moved
+    /// its slots or marked them lost).
+    fn refresh_for(&self, error: &Error) -> Refresh {
+        if !self.inner.config.direct {
+            Refresh::No
+        } else if error.needs_map_refresh() {
+            Refresh::Stale
+        } else if matches!(error, Error::Connection { .. } | Error::Unreachable { .. }) {
+            Refresh::Check
+        } else {
+            Refresh::No
+        }
     }
 
     /// One try of `request`, bounded by `deadline`: [`Error::Timeout`] when it passes.
@@ -471,27 +530,27 @@ impl Client {
         &self,
         key: Option<&[u8]>,
         request: &Request,
-        refresh_first: bool,
+        refresh: Refresh,
         routed_epoch: u64,
         deadline: Instant,
     ) -> Result<Response, Error> {
-        if refresh_first {
+        if refresh != Refresh::No {
             // A failed refresh leaves the old map in place; the send below then reports
             // the error that matters for this call.
-            // Boxed, like the connect below: rare paths, whose futures would otherwise
-            // make every call's future larger (and costlier to move).
-            if Box::pin(timeout_at(deadline, self.refresh_map(routed_epoch)))
-                .await
-                .is_err()
-            {
-                return Err(Error::deadline_passed());
+            self.refresh_until(routed_epoch, refresh, deadline).await?;
+        }
+        let mut route = self.route();
+        let slot = key.filter(|_| route.is_some()).map(|key| self.inner.hasher.slot(key));
+        if let (Some(slot), Some(current)) = (slot, &route) {
+            if current.is_lost(slot) {
+                let epoch = current.epoch();
+                // Boxed, like the connect below: rare paths, whose futures would
+                // otherwise make every call's future larger (and costlier to move).
+                route = Some(Box::pin(self.route_past_lost(slot, epoch, refresh != Refresh::No, deadline)).await?);
             }
         }
-        let route = self.route();
-        let address = match (key, &route) {
-            (Some(key), Some(route)) => route
-                .address_of_slot(self.inner.hasher.slot(key))
-                .unwrap_or(&self.inner.config.seed_address),
+        let address = match (slot, &route) {
+            (Some(slot), Some(route)) => route.address_of_slot(slot).unwrap_or(&self.inner.config.seed_address),
             _ => &self.inner.config.seed_address,
         };
         let map_epoch = route.as_ref().map_or(0, |route| route.epoch());
@@ -499,11 +558,47 @@ impl Client {
             Some(connection) => connection,
             None => Box::pin(timeout_at(deadline, self.inner.pool.get(address)))
                 .await
-                .map_err(|_| Error::deadline_passed())??,
+                .map_err(|_| Error::deadline_passed())?
+                .map_err(Error::unreachable)?,
         };
         match connection.call(request, map_epoch, deadline).await? {
-            Response::Error(reply) => Err(Error::from_reply(reply)),
+            Response::Error(reply) => Err(self.with_slot_of(Error::from_reply(reply), key)),
             response => Ok(response),
+        }
+    }
+
+    /// Refreshes the map unless it moved past `stale_epoch` (see [`Client::refresh_map`]),
+    /// giving up at `deadline` ([`Error::Timeout`]); a failed refresh is not an error.
+    async fn refresh_until(&self, stale_epoch: u64, refresh: Refresh, deadline: Instant) -> Result<(), Error> {
+        // Boxed: a rare path, whose future would otherwise make every call's larger.
+        match Box::pin(timeout_at(deadline, self.refresh_map(stale_epoch, refresh))).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::deadline_passed()),
+        }
+    }
+
+    /// The route to send `slot`'s request with, when the map at `epoch` marks the slot
+    /// lost. An operator may have reclaimed it since, so the map is fetched once more,
+    /// unless this attempt just did (`refreshed`); a slot still lost fails the call at
+    /// once with [`Error::SlotLost`], nothing sent, since no retry can bring its data
+    /// back.
+    async fn route_past_lost(
+        &self,
+        slot: u32,
+        epoch: u64,
+        refreshed: bool,
+        deadline: Instant,
+    ) -> Result<Arc<Route>, Error> {
+        if !refreshed {
+            // Out of time or not, the map at hand is the best account of the slot.
+            let _ = self.refresh_until(epoch, Refresh::Check, deadline).await;
+        }
+        match self.route() {
+            Some(route) if !route.is_lost(slot) => Ok(route),
+            route => Err(Error::slot_lost_in_map(
+                slot,
+                route.map_or(epoch, |route| route.epoch()),
+            )),
         }
     }
 
@@ -516,17 +611,31 @@ impl Client {
             .clone()
     }
 
-    /// Fetches the map unless someone already replaced the one at `stale_epoch`. Asks the
-    /// seed first, then every shard of the current map, so one dead node does not leave
-    /// the client without a map.
-    async fn refresh_map(&self, stale_epoch: u64) -> Result<(), Error> {
+    /// Fetches the map unless someone already replaced the one at `stale_epoch`. A
+    /// [`Refresh::Check`] is also skipped when a whole refresh ran after this caller
+    /// asked: callers that pile up behind one (as calls on a lost slot or a dead node
+    /// do) share the next one instead of queueing a fetch each.
+    async fn refresh_map(&self, stale_epoch: u64, refresh: Refresh) -> Result<(), Error> {
         if !self.inner.config.direct {
             return Ok(());
         }
+        let asked = self.inner.refreshes.load(Ordering::Acquire);
         let _refreshing = self.inner.refreshing.lock().await;
-        if self.map_epoch() > stale_epoch {
+        // Refreshes run one at a time: the one running when this caller asked ends as
+        // `asked + 1`; any later one started after it asked.
+        let shared = refresh == Refresh::Check && self.inner.refreshes.load(Ordering::Acquire) >= asked + 2;
+        if shared || self.map_epoch() > stale_epoch {
             return Ok(());
         }
+        let fetched = self.fetch_newer_map(stale_epoch, refresh).await;
+        self.inner.refreshes.fetch_add(1, Ordering::Release);
+        fetched
+    }
+
+    /// Installs a map newer than `stale_epoch`. Asks the seed first, then every shard of
+    /// the current map, so one dead node does not leave the client without a map; a
+    /// [`Refresh::Check`] stops at the first node that serves a map.
+    async fn fetch_newer_map(&self, stale_epoch: u64, refresh: Refresh) -> Result<(), Error> {
         let seed = &self.inner.config.seed_address;
         let mut candidates = vec![seed.clone()];
         if let Some(route) = self.route() {
@@ -542,6 +651,9 @@ impl Client {
                         "{address} serves map epoch {}, no newer than {stale_epoch}",
                         route.epoch()
                     )));
+                    if refresh == Refresh::Check {
+                        break;
+                    }
                 }
                 Ok(route) => {
                     self.install(route);
@@ -587,6 +699,19 @@ impl Client {
             .retain(|address| address == seed || route.addresses().iter().any(|known| known == address));
         *current = Some(Arc::new(route));
     }
+}
+
+/// Whether an attempt refreshes the map first, and how hard it looks for a newer one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refresh {
+    No,
+    /// A server said the map is stale: ask node after node until one serves a newer map
+    /// (a node may not have heard of the change that sent the client here yet).
+    Stale,
+    /// The map may well be current (it marks the slot lost, or the slot's node refuses
+    /// connections): the first node that serves a map settles it, so a call on a lost
+    /// slot costs one fetch, not one per node of the cluster.
+    Check,
 }
 
 /// A batch sent on one connection: the indices of its entries, in order.

@@ -87,6 +87,39 @@ pub enum Error {
         #[source]
         source: ConnectionError,
     },
+    /// Connecting to `address` failed `attempts` times in a row (refused, or closed
+    /// during the handshake), with a map refresh before each new try when routing
+    /// directly. The call stops after `UNREACHABLE_ATTEMPTS_MAX` of these instead of
+    /// waiting out its timeout: a node that refuses connections is down or restarting,
+    /// and a restarted node comes back without its data. Nothing was sent on these
+    /// attempts; as after [`Error::Timeout`], a mutation whose earlier attempt went out
+    /// on a connection that then died may or may not have been applied.
+    #[error("{address} is unreachable ({attempts} connection attempts): {source}")]
+    Unreachable {
+        address: String,
+        attempts: u32,
+        #[source]
+        source: ConnectionError,
+    },
+    /// Every copy of the key's slot is gone: its node died or restarted with empty
+    /// memory. Final: the slot fails every operation, rather than serving it empty,
+    /// until an operator reclaims it (`engram cluster reclaim`), after which it serves
+    /// again, empty. Either the server answered `SlotLost`, or the client's own map
+    /// (still, after a refresh) marks the slot lost and nothing was sent.
+    ///
+    /// The text leaves `message` out: the code says it all, and servers tend to repeat
+    /// what it says.
+    #[error(
+        "slot {slot} is lost (map epoch {map_epoch}): every copy of its data is gone, and it fails every \
+         operation until an operator reclaims it"
+    )]
+    SlotLost {
+        slot: u32,
+        /// The server's account, or the client's when its map said so.
+        message: String,
+        /// Epoch of the map that says so (the server's, or the client's).
+        map_epoch: u64,
+    },
     /// A request could not be encoded (for example it exceeds frame_payload_bytes_max).
     #[error("protocol: {0}")]
     Protocol(#[from] ProtocolError),
@@ -131,6 +164,57 @@ impl Error {
         }
     }
 
+    /// The error for `slot`, which the client's map at `map_epoch` marks lost.
+    pub(crate) fn slot_lost_in_map(slot: u32, map_epoch: u64) -> Error {
+        Error::SlotLost {
+            slot,
+            message: format!("the client's slot map at epoch {map_epoch} marks it lost"),
+            map_epoch,
+        }
+    }
+
+    /// A server's `SlotLost` answer as [`Error::SlotLost`] naming `slot` (the reply does
+    /// not carry it: the caller knows the key); other errors unchanged.
+    pub(crate) fn at_slot(self, slot: u32) -> Error {
+        match self {
+            Error::Server {
+                code: ServerCode::Known(ErrorCode::SlotLost),
+                message,
+                map_epoch,
+            } => Error::SlotLost {
+                slot,
+                message,
+                map_epoch,
+            },
+            error => error,
+        }
+    }
+
+    /// A failure to open a connection as one of a series of [`Error::Unreachable`];
+    /// other errors unchanged.
+    pub(crate) fn unreachable(self) -> Error {
+        match self {
+            Error::Connection { address, source } => Error::Unreachable {
+                address,
+                attempts: 1,
+                source,
+            },
+            error => error,
+        }
+    }
+
+    /// Counts this error into a run of `before` connection failures in a row: the new
+    /// length of the run (recorded in an [`Error::Unreachable`]), or 0 for any other error.
+    pub(crate) fn extend_unreachable_run(&mut self, before: u32) -> u32 {
+        match self {
+            Error::Unreachable { attempts, .. } => {
+                *attempts = before.saturating_add(1);
+                *attempts
+            }
+            _ => 0,
+        }
+    }
+
     /// What a step of a call returns once the call's deadline passed: the retry loop
     /// stops on it and reports the call's own [`Error::Timeout`] (with its `after`).
     pub(crate) fn deadline_passed() -> Error {
@@ -141,14 +225,28 @@ impl Error {
     }
 
     /// Whether resending the same operation (same operation id) may succeed. The call
-    /// path already retries these until the call's timeout; a caller that sees one has
-    /// run out of time, not of options.
+    /// path already retries these until the call's timeout, except connection attempts,
+    /// which it stops after `UNREACHABLE_ATTEMPTS_MAX` failures in a row
+    /// ([`Error::Unreachable`]); a caller that sees one has run out of time or of
+    /// reachable nodes, not of options.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Server { code, .. } => code.known().is_some_and(ErrorCode::is_retryable),
-            Error::Connection { .. } => true,
+            Error::Connection { .. } | Error::Unreachable { .. } => true,
             _ => false,
         }
+    }
+
+    /// Whether the key's slot is lost ([`Error::SlotLost`], or a `SlotLost` answer to a
+    /// command without a key): final until an operator reclaims the slot.
+    pub fn is_slot_lost(&self) -> bool {
+        self.is_server(ErrorCode::SlotLost)
+    }
+
+    /// Whether the call gave up on an address that refused its connections
+    /// ([`Error::Unreachable`]).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Unreachable { .. })
     }
 
     /// Whether the slot map must be refreshed before a retry can succeed.
@@ -172,10 +270,12 @@ impl Error {
         self.code() == Some(ServerCode::Known(code))
     }
 
-    /// The server's error code, when the server answered with one.
+    /// The server's error code, when the server answered with one; `SlotLost` for
+    /// [`Error::SlotLost`], whether the server or the client's map said so.
     pub fn code(&self) -> Option<ServerCode> {
         match self {
             Error::Server { code, .. } => Some(*code),
+            Error::SlotLost { .. } => Some(ServerCode::Known(ErrorCode::SlotLost)),
             _ => None,
         }
     }
@@ -240,6 +340,52 @@ mod tests {
         assert!(!call.is_wait_timeout());
         assert!(!server(ErrorCode::BarrierBroken.as_u16()).is_wait_timeout());
         assert!(server(ErrorCode::NotHolder.as_u16()).is_server(ErrorCode::NotHolder));
+    }
+
+    #[test]
+    fn a_lost_slot_is_final_matchable_and_named() {
+        let answered = server(ErrorCode::SlotLost.as_u16());
+        assert!(answered.is_slot_lost() && !answered.is_retryable());
+        let located = answered.at_slot(77);
+        assert!(
+            matches!(&located, Error::SlotLost { slot: 77, map_epoch: 3, message } if message == "m"),
+            "{located:?}"
+        );
+        assert!(located.is_slot_lost() && !located.is_retryable() && !located.needs_map_refresh());
+        assert_eq!(located.code(), Some(ServerCode::Known(ErrorCode::SlotLost)));
+        assert!(located.to_string().starts_with("slot 77 is lost"), "{located}");
+        let mapped = Error::slot_lost_in_map(5, 9);
+        assert!(
+            mapped.is_slot_lost() && mapped.to_string().contains("epoch 9"),
+            "{mapped}"
+        );
+        // Other answers keep their shape.
+        assert!(matches!(
+            server(ErrorCode::Busy.as_u16()).at_slot(1),
+            Error::Server { .. }
+        ));
+    }
+
+    #[test]
+    fn failed_connects_count_into_a_run_that_other_errors_end() {
+        let refused = || {
+            Error::Connection {
+                address: "127.0.0.1:1".into(),
+                source: ConnectionError::Closed,
+            }
+            .unreachable()
+        };
+        let mut error = refused();
+        assert!(error.is_unreachable() && error.is_retryable());
+        assert_eq!(error.extend_unreachable_run(2), 3);
+        assert!(
+            error
+                .to_string()
+                .contains("127.0.0.1:1 is unreachable (3 connection attempts)"),
+            "{error}"
+        );
+        assert_eq!(server(ErrorCode::TryAgain.as_u16()).extend_unreachable_run(2), 0);
+        assert!(!Error::Config("x".into()).unreachable().is_unreachable());
     }
 
     #[test]

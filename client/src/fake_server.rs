@@ -14,6 +14,9 @@
 //!
 //! With [`Shared::silent_map`] set, slot-map requests are never answered.
 //!
+//! A keyed request whose slot the shared map marks lost is answered `SlotLost`, as the
+//! real server does.
+//!
 //! Like the real server, the fake applies a mutation (non-zero operation id) once per
 //! client: a resent one gets the answer recorded the first time.
 //!
@@ -27,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use engram_proto::limits::SLOT_COUNT;
 use engram_proto::{
     decode_payload, encode_message, Command, ErrorCode, ErrorReply, FrameKind, Hello, HelloReply, NodeInfo, Request,
-    Response, ShardAddress, SlotHasher, SlotMap, SlotRange, FRONT_SHARD_ID,
+    Response, ShardAddress, SlotHasher, SlotMap, SlotRange, FRONT_SHARD_ID, LOST_SHARD_INDEX,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -69,6 +72,8 @@ pub struct Shared {
 pub struct FakeServer {
     pub address: String,
     pub shared: Arc<Mutex<Shared>>,
+    /// The accept loop, which owns the listener.
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl FakeServer {
@@ -77,16 +82,30 @@ impl FakeServer {
     pub async fn start(shared: Arc<Mutex<Shared>>, shard_index: Option<u32>) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let server = FakeServer {
-            address,
-            shared: Arc::clone(&shared),
-        };
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, Arc::clone(&shared), shard_index));
+        let accept = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream, Arc::clone(&shared), shard_index));
+                }
             }
         });
-        server
+        FakeServer {
+            address,
+            shared,
+            accept: Mutex::new(Some(accept)),
+        }
+    }
+
+    /// Closes the listener, so new connections are refused (as by a dead node); the
+    /// connections already open keep being served.
+    pub async fn stop_listening(&self) {
+        let accept = self.accept.lock().unwrap().take();
+        if let Some(accept) = accept {
+            accept.abort();
+            // Once the aborted task is gone, so is its listener.
+            let _ = accept.await;
+        }
     }
 
     pub async fn front() -> FakeServer {
@@ -139,7 +158,26 @@ pub fn two_shard_map(epoch: u64, first: &str, second: &str) -> SlotMap {
                 shard_index: 1,
             },
         ],
+        version_floor: 0,
     }
+}
+
+/// A map giving the first half of the slots to `first` and marking the rest lost.
+pub fn half_lost_map(epoch: u64, first: &str) -> SlotMap {
+    let mut map = single_shard_map(epoch, first);
+    map.ranges = vec![
+        SlotRange {
+            start: 0,
+            end: SLOT_COUNT / 2 - 1,
+            shard_index: 0,
+        },
+        SlotRange {
+            start: SLOT_COUNT / 2,
+            end: SLOT_COUNT - 1,
+            shard_index: LOST_SHARD_INDEX,
+        },
+    ];
+    map
 }
 
 /// A map giving every slot to the shard at `address`.
@@ -156,6 +194,7 @@ pub fn single_shard_map(epoch: u64, address: &str) -> SlotMap {
             end: SLOT_COUNT - 1,
             shard_index: 0,
         }],
+        version_floor: 0,
     }
 }
 
@@ -226,11 +265,17 @@ async fn serve(stream: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>, shard_
                 shard: shard_index,
                 command: request.command.clone(),
             });
-            let owned = match (shard_index, request.command.key(), &state.map) {
-                (Some(index), Some(key), Some(map)) => map.owner_table()[hasher.slot(key) as usize] == index,
+            let owner = match (request.command.key(), &state.map) {
+                (Some(key), Some(map)) => Some(map.owner_table()[hasher.slot(key) as usize]),
+                _ => None,
+            };
+            let owned = match (shard_index, owner) {
+                (Some(index), Some(owner)) => owner == index,
                 _ => true,
             };
-            let response = if !owned {
+            let response = if owner == Some(LOST_SHARD_INDEX) {
+                Some(error(ErrorCode::SlotLost))
+            } else if !owned {
                 Some(error(ErrorCode::WrongShard))
             } else if key.starts_with(b"silent") || (state.silent_map && matches!(request.command, Command::GetSlotMap))
             {

@@ -15,8 +15,10 @@
 //! - [`queue`]: the double-ended queue handle (push, blocking pop at either end, len).
 //! - [`blocking`]: synchronous facade over the same client and handles, on a runtime it owns
 //!   (one submodule per coordination object, mirroring the async ones).
-//! - [`error`]: the client error enum and its retryable/final classification.
-//! - [`limits`]: client-side limits and tunables (timeouts, backoff, queue sizes).
+//! - [`error`]: the client error enum and its retryable/final classification (a lost slot
+//!   and an unreachable node end a call early).
+//! - [`limits`]: client-side limits and tunables (timeouts, backoff, connection attempts to
+//!   an unreachable node, queue sizes).
 //! - `connection`: one multiplexed connection: handshake, in-flight places, dispatching reader.
 //! - `outbound`: a connection's outgoing frames: written inline by callers when the socket
 //!   is free, else queued for the coalescing writer task.

@@ -27,3 +27,19 @@ pub const READ_BUFFER_BYTES_INITIAL: usize = 16 * 1024;
 /// A read buffer grown past this for one large frame is shrunk back once drained, so an
 /// idle connection does not keep megabytes.
 pub const READ_BUFFER_BYTES_RETAINED_MAX: usize = 256 * 1024;
+
+/// Connection attempts in a row that may fail (refused, reset during the handshake)
+/// before a call gives up on the address with `Error::Unreachable`, well before its
+/// timeout. A node that refuses connections is down or restarting, and a restarted node
+/// has lost its slots: waiting out the call timeout for it helps nobody. Between the
+/// attempts the client refreshes its map (routing directly), so a slot that moved or was
+/// marked lost meanwhile is found.
+pub const UNREACHABLE_ATTEMPTS_MAX: u32 = 4;
+
+/// First delay between connection attempts to an unreachable address; it doubles up to
+/// [`UNREACHABLE_BACKOFF_MS_MAX`], so the attempts span a few tens of milliseconds: long
+/// enough to ride out a connection reset, short enough to fail fast.
+pub const UNREACHABLE_BACKOFF_MS_MIN: u64 = 5;
+
+/// Longest delay between connection attempts to an unreachable address.
+pub const UNREACHABLE_BACKOFF_MS_MAX: u64 = 20;

@@ -1,7 +1,7 @@
 //! A slot map turned into a routing table: slot to shard address, in one lookup.
 
 use engram_proto::limits::SLOT_COUNT;
-use engram_proto::SlotMap;
+use engram_proto::{SlotMap, LOST_SHARD_INDEX};
 
 use crate::error::Error;
 
@@ -35,9 +35,17 @@ impl Route {
         self.map.epoch
     }
 
+    /// The address of `slot`'s owner; `None` for a slot out of range or lost (see
+    /// [`Route::is_lost`]).
     pub fn address_of_slot(&self, slot: u32) -> Option<&str> {
         let owner = *self.owners.get(slot as usize)?;
         self.addresses.get(owner as usize).map(String::as_str)
+    }
+
+    /// Whether the map marks `slot` lost: no shard serves it, since every copy of its
+    /// data is gone, so a request for it cannot succeed anywhere.
+    pub fn is_lost(&self, slot: u32) -> bool {
+        self.owners.get(slot as usize) == Some(&LOST_SHARD_INDEX)
     }
 
     pub fn addresses(&self) -> &[String] {
@@ -65,7 +73,7 @@ fn resolve_unspecified(address: &str, source_host: &str) -> Result<String, Error
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_server::two_shard_map;
+    use crate::fake_server::{half_lost_map, two_shard_map};
     use engram_proto::SlotHasher;
 
     #[test]
@@ -84,6 +92,16 @@ mod tests {
             assert_eq!(route.address_of_slot(slot), Some(expected), "{key}");
         }
         assert_eq!(route.address_of_slot(SLOT_COUNT), None);
+    }
+
+    #[test]
+    fn lost_slots_have_no_address() {
+        let route = Route::new(half_lost_map(2, "10.0.0.1:7401"), "10.0.0.1:7400").unwrap();
+        assert_eq!(route.address_of_slot(0), Some("10.0.0.1:7401"));
+        assert!(!route.is_lost(0));
+        assert_eq!(route.address_of_slot(SLOT_COUNT - 1), None);
+        assert!(route.is_lost(SLOT_COUNT / 2) && route.is_lost(SLOT_COUNT - 1));
+        assert!(!route.is_lost(SLOT_COUNT), "out of range is not lost");
     }
 
     #[test]

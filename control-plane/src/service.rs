@@ -287,21 +287,7 @@ impl Controller {
         if let Err(error) = inner.membership.heartbeat(heartbeat, now_ms) {
             return error_response(ErrorCode::InvalidArgument, error.to_string());
         }
-        if inner.membership.restorable(heartbeat.node_id, heartbeat.incarnation) {
-            let (node_id, incarnation) = (heartbeat.node_id, heartbeat.incarnation);
-            match self.change(&mut inner, |membership| Ok(membership.restore(node_id, incarnation))) {
-                Ok(restored) => {
-                    tracing::warn!(
-                        node_id,
-                        slots = %format_slot_ranges(&restored),
-                        count = restored.len(),
-                        "a node declared dead is back with the same process: its slots are served again"
-                    );
-                    self.broadcast_map();
-                }
-                Err(error) => tracing::warn!(node_id, %error, "cannot restore the slots of a node that is back"),
-            }
-        }
+        let restored = self.restore_if_back(&mut inner, heartbeat);
         if heartbeat.map_epoch > inner.membership.epoch() {
             let reported = heartbeat.map_epoch;
             if let Err(error) = self.change(&mut inner, |membership| {
@@ -331,9 +317,39 @@ impl Controller {
             .copied()
             .filter(|id| !running.contains(id))
             .collect();
-        Response::HeartbeatAck {
+        let answer = Response::HeartbeatAck {
             map_epoch: inner.membership.epoch(),
             abort_migrations,
+        };
+        // The broadcast takes the lock itself.
+        drop(inner);
+        if restored {
+            self.broadcast_map();
+        }
+        answer
+    }
+
+    /// Gives a node declared dead its lost slots back when it beats again as the same
+    /// process; returns whether it did.
+    fn restore_if_back(&self, inner: &mut Inner, heartbeat: &engram_proto::Heartbeat) -> bool {
+        let (node_id, incarnation) = (heartbeat.node_id, heartbeat.incarnation);
+        if !inner.membership.restorable(node_id, incarnation) {
+            return false;
+        }
+        match self.change(inner, |membership| Ok(membership.restore(node_id, incarnation))) {
+            Ok(restored) => {
+                tracing::warn!(
+                    node_id,
+                    slots = %format_slot_ranges(&restored),
+                    count = restored.len(),
+                    "a node declared dead is back with the same process: its slots are served again"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(node_id, %error, "cannot restore the slots of a node that is back");
+                false
+            }
         }
     }
 

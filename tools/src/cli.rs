@@ -2,12 +2,14 @@
 //! [`coordination`].
 
 mod coordination;
+mod slots;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 
 pub use coordination::{
     BarrierCommand, FutureCommand, LatchCommand, LockCommand, MapCommand, QueueCommand, SemaphoreCommand,
 };
+pub use slots::{format_slots, merge_ranges, parse_slots, SlotList};
 
 use crate::failure::EXIT_CODES_HELP;
 
@@ -115,14 +117,15 @@ pub enum Command {
         #[arg(long, env = "ENGRAM_JSON")]
         json: bool,
     },
-    /// The cluster, through its control plane: status, rebalance, drain.
+    /// The cluster, through its control plane: status, rebalance, drain, reclaim.
     #[command(subcommand)]
     Cluster(ClusterCommand),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Nodes, shards, slots per shard, map epoch, load and migrations in progress.
+    /// Nodes (with their incarnation and lost slots), shards, slots per shard, map epoch,
+    /// load, migrations in progress and the slots that are lost.
     Status {
         /// Address of engram-control.
         #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
@@ -147,6 +150,25 @@ pub enum ClusterCommand {
         /// Return at once instead of waiting for the moves to finish.
         #[arg(long, env = "ENGRAM_NO_WAIT")]
         no_wait: bool,
+    },
+    /// Return lost slots to service, empty.
+    ///
+    /// A slot is lost when its node died or restarted with empty memory: its data is
+    /// gone, and every operation on its keys fails (SlotLost, exit code 3) rather than
+    /// finding them missing, until it is reclaimed. Names SLOTS (e.g. `0-5460,9000`),
+    /// every lost slot of --node, or both; the control plane refuses slots that are not
+    /// lost. Prints how many slots came back.
+    #[command(group(ArgGroup::new("lost").required(true).multiple(true).args(["slots", "node"])))]
+    Reclaim {
+        /// Slots and inclusive ranges of slots, comma-separated (0-16383).
+        #[arg(value_name = "SLOTS", value_parser = parse_slots)]
+        slots: Option<SlotList>,
+        /// Every lost slot this node (an id from `cluster status`) owned.
+        #[arg(long, value_name = "NODE", value_parser = clap::value_parser!(u64).range(1..))]
+        node: Option<u64>,
+        /// Address of engram-control.
+        #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
+        control: String,
     },
 }
 
@@ -175,6 +197,38 @@ mod tests {
     #[test]
     fn definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn reclaim_takes_slots_a_node_or_both_but_not_nothing() {
+        let cli = parse(&["cluster", "reclaim", "0-2,9000"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Reclaim { slots: Some(ref slots), node: None, .. })
+                if slots.0 == [0, 1, 2, 9000]
+        ));
+        let cli = parse(&["cluster", "reclaim", "--node", "3", "--control", "10.0.0.1:7300"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Reclaim { slots: None, node: Some(3), ref control })
+                if control == "10.0.0.1:7300"
+        ));
+        let cli = parse(&["cluster", "reclaim", "7", "--node", "3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Reclaim {
+                slots: Some(_),
+                node: Some(3),
+                ..
+            })
+        ));
+        assert!(parse(&["cluster", "reclaim"]).is_err(), "nothing named");
+        assert!(
+            parse(&["cluster", "reclaim", "--node", "0"]).is_err(),
+            "node ids start at 1"
+        );
+        let error = parse(&["cluster", "reclaim", "16384"]).unwrap_err();
+        assert!(error.to_string().contains("out of range"), "{error}");
     }
 
     #[test]

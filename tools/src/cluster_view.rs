@@ -1,13 +1,14 @@
-//! `engram cluster …`: talks to engram-control, and shows the cluster as a table or JSON.
+//! `engram cluster …`: talks to engram-control, and shows the cluster as a table or JSON;
+//! returns lost slots to service (`reclaim`).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use engram_control::link::call_once;
-use engram_proto::{ClusterStatus, Command, Response};
+use engram_proto::{ClusterStatus, Command, ReclaimRequest, Response, LOST_SHARD_INDEX};
 use serde::Serialize;
 
-use crate::cli::ClusterCommand;
+use crate::cli::{format_slots, merge_ranges, ClusterCommand, SlotList};
 use crate::failure::Failure;
 
 /// How often `rebalance`/`drain` look at the control plane while they wait.
@@ -41,9 +42,28 @@ pub async fn run(
             let started = call(&control, credentials, Command::ClusterDrain { node_id: node }, timeout).await?;
             report_started(&control, credentials, timeout, (before, started), no_wait, out).await?;
         }
+        ClusterCommand::Reclaim { slots, node, control } => {
+            let request = ReclaimRequest {
+                node_id: node.unwrap_or(0),
+                slots: slots.map_or_else(Vec::new, |SlotList(slots)| slots),
+            };
+            match call(&control, credentials, Command::ClusterReclaim(request), timeout).await? {
+                Response::Reclaimed { slots, epoch } => writeln!(out, "{}", reclaimed_text(slots, epoch))?,
+                other => return Err(Failure::Usage(format!("engram-control answered {}", other.name()))),
+            }
+        }
     }
     out.flush()?;
     Ok(())
+}
+
+/// What `cluster reclaim` reports: how many slots serve again, and that they hold nothing.
+fn reclaimed_text(slots: u64, epoch: u64) -> String {
+    if slots == 0 {
+        format!("nothing reclaimed: no lost slot matched (map epoch {epoch})")
+    } else {
+        format!("reclaimed {slots} slots (map epoch {epoch}); they are empty")
+    }
 }
 
 async fn call(control: &str, credentials: &[u8], command: Command, timeout: Duration) -> Result<Response, Failure> {
@@ -106,6 +126,17 @@ pub struct ClusterView {
     pub bytes_moved_total: u64,
     pub migration_milliseconds_total: u64,
     pub last_error: String,
+    /// Slots no shard serves because their data is gone, as merged ranges.
+    pub lost_ranges: Vec<SlotRangeView>,
+    /// How many slots `lost_ranges` covers.
+    pub slots_lost: u64,
+}
+
+/// Slots `start..=end`.
+#[derive(Serialize)]
+pub struct SlotRangeView {
+    pub start: u32,
+    pub end: u32,
 }
 
 #[derive(Serialize)]
@@ -115,6 +146,11 @@ pub struct NodeView {
     pub alive: bool,
     pub draining: bool,
     pub map_epoch: u64,
+    /// Which process of the node the control plane knows: a new one at every join, so
+    /// a change means the node restarted (with empty memory).
+    pub incarnation: u64,
+    /// Slots this node owned that are lost.
+    pub slots_lost: u32,
     pub shards: Vec<ShardView>,
 }
 
@@ -139,6 +175,7 @@ pub struct MigrationView {
 
 impl From<&ClusterStatus> for ClusterView {
     fn from(status: &ClusterStatus) -> Self {
+        let lost = lost_ranges(status);
         ClusterView {
             epoch: status.map.epoch,
             nodes: status
@@ -150,6 +187,8 @@ impl From<&ClusterStatus> for ClusterView {
                     alive: node.alive,
                     draining: node.draining,
                     map_epoch: node.map_epoch,
+                    incarnation: node.incarnation,
+                    slots_lost: node.slots_lost,
                     shards: node
                         .shards
                         .iter()
@@ -180,8 +219,23 @@ impl From<&ClusterStatus> for ClusterView {
             bytes_moved_total: status.bytes_moved_total,
             migration_milliseconds_total: status.migration_milliseconds_total,
             last_error: status.last_error.clone(),
+            slots_lost: lost.iter().map(|range| u64::from(range.end - range.start) + 1).sum(),
+            lost_ranges: lost,
         }
     }
+}
+
+/// The map's lost ranges, adjacent ones merged.
+fn lost_ranges(status: &ClusterStatus) -> Vec<SlotRangeView> {
+    let lost = status
+        .map
+        .ranges
+        .iter()
+        .filter(|range| range.shard_index == LOST_SHARD_INDEX);
+    merge_ranges(lost.map(|range| (range.start, range.end)))
+        .into_iter()
+        .map(|(start, end)| SlotRangeView { start, end })
+        .collect()
 }
 
 impl ClusterView {
@@ -191,8 +245,8 @@ impl ClusterView {
             self.epoch, self.migrations_completed, self.slots_moved_total
         );
         text.push_str(&format!(
-            "{:>6} {:<22} {:<6} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
-            "node", "address", "state", "shard", "shard address", "slots", "keys", "memory", "ops/s"
+            "{:>6} {:<22} {:<6} {:>5} {:>6} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
+            "node", "address", "state", "inc", "lost", "shard", "shard address", "slots", "keys", "memory", "ops/s"
         ));
         for node in &self.nodes {
             let state = match (node.alive, node.draining) {
@@ -202,10 +256,12 @@ impl ClusterView {
             };
             for shard in &node.shards {
                 text.push_str(&format!(
-                    "{:>6} {:<22} {:<6} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
+                    "{:>6} {:<22} {:<6} {:>5} {:>6} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
                     node.node_id,
                     node.address,
                     state,
+                    node.incarnation,
+                    node.slots_lost,
                     shard.shard_id,
                     shard.address,
                     shard.slots,
@@ -221,9 +277,122 @@ impl ClusterView {
                 migration.migration_id, migration.slots, migration.source, migration.target
             ));
         }
+        if !self.lost_ranges.is_empty() {
+            text.push_str(&self.lost_line());
+        }
         if !self.last_error.is_empty() {
             text.push_str(&format!("last error: {}\n", self.last_error));
         }
         text
+    }
+
+    /// The lost slots, in the syntax `engram cluster reclaim` takes, and what they mean.
+    fn lost_line(&self) -> String {
+        let ranges = format_slots(self.lost_ranges.iter().map(|range| (range.start, range.end)));
+        format!(
+            "lost slots: {ranges} ({} slots): their data is gone; they fail with SlotLost until \
+             `engram cluster reclaim` returns them, empty\n",
+            self.slots_lost
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use engram_proto::{NodeStatus, ShardAddress, ShardStatus, SlotMap, SlotRange};
+
+    use super::*;
+
+    /// Node 1 alive at incarnation 4; node 2 dead, its slots 8192-16383 lost (in two
+    /// adjacent ranges, as a map may hold them) and slot 100 too.
+    fn sample() -> ClusterStatus {
+        let range = |start, end, shard_index| SlotRange {
+            start,
+            end,
+            shard_index,
+        };
+        let node = |node_id, alive, incarnation, slots_lost| NodeStatus {
+            node_id,
+            front_address: format!("10.0.0.{node_id}:7400"),
+            alive,
+            draining: false,
+            map_epoch: 12,
+            shards: vec![ShardStatus {
+                shard_id: 0,
+                address: format!("10.0.0.{node_id}:7401"),
+                slots: 0,
+                keys: 0,
+                memory_used_bytes: 0,
+                operations_total: 0,
+                operations_per_second: 0,
+            }],
+            incarnation,
+            slots_lost,
+        };
+        ClusterStatus {
+            map: SlotMap {
+                epoch: 12,
+                shards: vec![ShardAddress {
+                    node_id: 1,
+                    shard_id: 0,
+                    address: "10.0.0.1:7401".into(),
+                }],
+                ranges: vec![
+                    range(0, 99, 0),
+                    range(100, 100, LOST_SHARD_INDEX),
+                    range(101, 8191, 0),
+                    range(8192, 9999, LOST_SHARD_INDEX),
+                    range(10000, 16383, LOST_SHARD_INDEX),
+                ],
+                version_floor: 0,
+            },
+            nodes: vec![node(1, true, 4, 0), node(2, false, 2, 8193)],
+            migrations: Vec::new(),
+            migrations_completed: 0,
+            slots_moved_total: 0,
+            bytes_moved_total: 0,
+            migration_milliseconds_total: 0,
+            last_error: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_table_shows_incarnations_lost_counts_and_the_lost_ranges() {
+        let table = ClusterView::from(&sample()).to_table();
+        let header = table.lines().nth(1).unwrap();
+        assert!(header.contains("inc") && header.contains("lost"), "{table}");
+        let dead = table.lines().find(|line| line.contains("10.0.0.2:7400")).unwrap();
+        let columns: Vec<&str> = dead.split_whitespace().collect();
+        assert_eq!(&columns[..5], ["2", "10.0.0.2:7400", "dead", "2", "8193"], "{table}");
+        assert!(table.contains("lost slots: 100,8192-16383 (8193 slots)"), "{table}");
+        assert!(table.contains("engram cluster reclaim"), "{table}");
+        let mut healthy = sample();
+        healthy.map.ranges = vec![SlotRange {
+            start: 0,
+            end: 16383,
+            shard_index: 0,
+        }];
+        assert!(!ClusterView::from(&healthy).to_table().contains("lost slots"));
+    }
+
+    #[test]
+    fn the_json_view_has_the_same_fields() {
+        let json = serde_json::to_value(ClusterView::from(&sample())).unwrap();
+        assert_eq!(json["slots_lost"], 8193);
+        assert_eq!(
+            json["lost_ranges"],
+            serde_json::json!([{"start": 100, "end": 100}, {"start": 8192, "end": 16383}])
+        );
+        assert_eq!(json["nodes"][0]["incarnation"], 4);
+        assert_eq!(json["nodes"][1]["slots_lost"], 8193);
+    }
+
+    #[test]
+    fn reclaim_reports_how_many_slots_came_back_empty() {
+        assert_eq!(
+            reclaimed_text(5461, 12),
+            "reclaimed 5461 slots (map epoch 12); they are empty"
+        );
+        assert!(reclaimed_text(0, 12).starts_with("nothing reclaimed"));
     }
 }

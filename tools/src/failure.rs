@@ -7,8 +7,9 @@ use engram_client::{ErrorCode, ServerCode};
 pub const EXIT_CODE_MISSING: u8 = 1;
 /// Exit code when a conditional write or compare-and-set did not apply.
 pub const EXIT_CODE_CONDITION_FAILED: u8 = 2;
-/// Exit code for every other failure (connection, server error, bad arguments, call
-/// timeout).
+/// Exit code for every other failure (connection, server error, a lost slot, bad
+/// arguments, call timeout). A lost slot shares it: a script cannot fix one by retrying
+/// or waiting, only an operator can, and the message says how.
 pub const EXIT_CODE_ERROR: u8 = 3;
 /// Exit code when a wait ran out at the server: a lock or permits stayed taken, a barrier
 /// did not fill, a latch did not open, a future was not completed, a queue stayed empty.
@@ -22,7 +23,8 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:
   2  the condition failed: set --if-absent/--if-version, counter cas, latch set of a
      latch still counting down
   3  any other error (unreachable server, server error such as NotHolder or
-     BarrierBroken, call timeout, bad arguments)
+     BarrierBroken, call timeout, bad arguments), and a lost slot (SlotLost: the
+     key's data is gone; `engram cluster reclaim` returns the slot, empty)
   4  a wait ran out: lock/sem acquire (held), barrier wait, latch wait, future get or
      queue pop with --timeout-ms";
 
@@ -36,6 +38,9 @@ pub enum Failure {
     /// The server's account of the wait that ran out.
     #[error("{0}")]
     WaitTimedOut(String),
+    /// A key's slot is lost: what that means and how to fix it.
+    #[error("{0}")]
+    SlotLost(String),
     #[error(transparent)]
     Client(engram_client::Error),
     #[error("cannot write output: {0}")]
@@ -50,8 +55,8 @@ pub enum Failure {
 
 impl From<engram_client::Error> for Failure {
     /// A server `Timeout` is a wait that ran out (what `Error::is_wait_timeout` tests),
-    /// which scripts branch on, so it gets its own exit code; every other client error is
-    /// a plain failure.
+    /// which scripts branch on, so it gets its own exit code; a lost slot gets a message
+    /// that tells the operator what to do; every other client error is a plain failure.
     fn from(error: engram_client::Error) -> Self {
         match error {
             engram_client::Error::Server {
@@ -59,9 +64,29 @@ impl From<engram_client::Error> for Failure {
                 message,
                 ..
             } => Failure::WaitTimedOut(message),
+            engram_client::Error::SlotLost { slot, map_epoch, .. } => {
+                Failure::SlotLost(slot_lost_text(slot, map_epoch))
+            }
+            // Not expected (only keys have slots); the server's words then.
+            engram_client::Error::Server {
+                code: ServerCode::Known(ErrorCode::SlotLost),
+                message,
+                ..
+            } => Failure::SlotLost(format!(
+                "{message}; `engram cluster reclaim SLOTS` returns lost slots to service, empty"
+            )),
             error => Failure::Client(error),
         }
     }
+}
+
+/// What a lost slot means, and the command that fixes it.
+fn slot_lost_text(slot: u32, map_epoch: u64) -> String {
+    format!(
+        "slot {slot} is lost (map epoch {map_epoch}): its data is gone (its node died or \
+         restarted with empty memory), and it fails every operation until an operator returns \
+         it to service, empty, with `engram cluster reclaim {slot}`"
+    )
 }
 
 impl Failure {
@@ -70,6 +95,8 @@ impl Failure {
             Failure::Missing(_) => EXIT_CODE_MISSING,
             Failure::ConditionFailed(_) => EXIT_CODE_CONDITION_FAILED,
             Failure::WaitTimedOut(_) => EXIT_CODE_WAIT_TIMED_OUT,
+            // Documented with the other errors under exit code 3.
+            Failure::SlotLost(_) => EXIT_CODE_ERROR,
             _ => EXIT_CODE_ERROR,
         }
     }
@@ -123,5 +150,26 @@ mod tests {
             last_error: None,
         };
         assert_eq!(Failure::from(call_timeout).exit_code(), EXIT_CODE_ERROR);
+    }
+
+    #[test]
+    fn a_lost_slot_exits_3_naming_the_slot_and_the_command_that_reclaims_it() {
+        let error = Error::SlotLost {
+            slot: 4242,
+            message: "the slot map at epoch 7 marks it lost".into(),
+            map_epoch: 7,
+        };
+        let failure = Failure::from(error);
+        assert_eq!(failure.exit_code(), 3);
+        let text = failure.to_string();
+        assert!(text.starts_with("slot 4242 is lost (map epoch 7)"), "{text}");
+        assert!(text.contains("`engram cluster reclaim 4242`"), "{text}");
+        let failure = Failure::from(server(ErrorCode::SlotLost, "lost"));
+        assert_eq!(failure.exit_code(), 3);
+        assert!(
+            failure.to_string().contains("engram cluster reclaim SLOTS"),
+            "{failure}"
+        );
+        assert!(EXIT_CODES_HELP.contains("lost slot"));
     }
 }

@@ -4,7 +4,7 @@
 //! Layout:
 //! - [`cli`]: the `engram` command line (clap derive; every flag also an `ENGRAM_*` variable).
 //! - [`commands`]: runs one parsed command against a client and writes its output.
-//! - [`cluster_view`]: `engram cluster` status, rebalance and drain against engram-control.
+//! - [`cluster_view`]: `engram cluster` status, rebalance, drain and reclaim against engram-control.
 //! - [`info_view`]: node info as a human table or JSON (a serde mirror of the wire type).
 //! - [`failure`]: the CLI error enum and its exit codes.
 //! - [`bench`]: the `engram-bench` load generator (Engram, Redis and TCP-echo drivers).
