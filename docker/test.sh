@@ -8,7 +8,9 @@
 #      first node to join owns every slot until then);
 #   4. engram-bench, routing by the slot map to the nodes' advertised 172.28.0.x
 #      addresses, runs a mixed load for a few seconds with zero errors;
-#   5. each metrics port serves Prometheus text: engram_build_info everywhere,
+#   5. the host's CLI, given only node1's published front port (--front-only), writes
+#      and reads keys of all three nodes: the front port forwards to each key's owner;
+#   6. each metrics port serves Prometheus text: engram_build_info everywhere,
 #      engram_operations_total on the nodes (and it moved during the bench on every
 #      node), engram_migrations_total on the control plane.
 # The CLI and the bench run inside the control plane's container, on the cluster's
@@ -25,6 +27,10 @@
 set -euo pipefail
 
 docker_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+source "$docker_dir/../scripts/lib.sh"
+host_cli="$(cd "$docker_dir/.." && cargo_target_dir)/${ENGRAM_PROFILE:-release}/engram"
+node1_front_port=${ENGRAM_NODE1_HOST_PORT:-7500}
+front_keys=60
 project=engram-test-$$
 image=${ENGRAM_IMAGE:-engram:latest}
 health_timeout_seconds=120
@@ -168,6 +174,26 @@ summary=$(grep -E '^[0-9]+ requests in .* errors' <<<"$bench_output") || fail "e
 [[ "$summary" =~ ^([0-9]+)\ requests.*\ ([0-9]+)\ errors ]] || fail "cannot read engram-bench's summary: $summary"
 ((BASH_REMATCH[1] > 0)) || fail "engram-bench completed no request: $summary"
 ((BASH_REMATCH[2] == 0)) || fail "engram-bench saw ${BASH_REMATCH[2]} errors: $summary"
+
+say "the host's CLI through node1's published front port only (127.0.0.1:$node1_front_port)"
+[[ -x "$host_cli" ]] || fail "$host_cli is missing (build the binaries first)"
+front_cli() {
+    timeout "$step_timeout_seconds" "$host_cli" --front-only --addr "127.0.0.1:$node1_front_port" --timeout-ms 5000 "$@"
+}
+# 60 keys land on all three nodes (the chance that one node gets none is about 1e-10).
+for index in $(seq 1 "$front_keys"); do
+    front_cli set "front-key-$index" "value-$index" >/dev/null || fail "set front-key-$index through node1's front port"
+done
+for index in $(seq 1 "$front_keys"); do
+    value=$(front_cli get "front-key-$index") || fail "get front-key-$index through node1's front port"
+    [[ "$value" == "value-$index" ]] || fail "front-key-$index reads '$value' through node1's front port"
+    # Every fifth key also routed by the map from inside the network (an exec costs ~0.5 s).
+    ((index % 5 == 0)) || continue
+    routed=$(in_cluster "$step_timeout_seconds" /usr/local/bin/engram --addr 172.28.0.12:7400 get "front-key-$index") ||
+        fail "get front-key-$index routed by the slot map"
+    [[ "$routed" == "value-$index" ]] || fail "front-key-$index reads '$routed' routed by the slot map"
+done
+echo "$front_keys keys written and read through 127.0.0.1:$node1_front_port; every fifth read back routed by the map"
 
 say "metrics"
 for service in "${services[@]}"; do

@@ -81,12 +81,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
+    if arguments.liveness_timeout_ms < engram_control::membership::LIVENESS_TIMEOUT_MS_MIN {
+        return Err(format!(
+            "--liveness-timeout-ms {} is below liveness_timeout_ms_min ({})",
+            arguments.liveness_timeout_ms,
+            engram_control::membership::LIVENESS_TIMEOUT_MS_MIN
+        )
+        .into());
+    }
     let settings = Settings {
         data_dir: arguments.data.clone(),
         credentials: arguments.auth_token.unwrap_or_default().into_bytes(),
         load_rebalance: !arguments.no_load_rebalance,
         load_check_interval: std::time::Duration::from_millis(arguments.load_check_interval_ms.max(1)),
-        liveness_timeout: std::time::Duration::from_millis(arguments.liveness_timeout_ms.max(1)),
+        liveness_timeout: std::time::Duration::from_millis(arguments.liveness_timeout_ms),
     };
     let (controller, plans) = Controller::open(settings)?;
     let listener = tokio::net::TcpListener::bind(&arguments.listen)

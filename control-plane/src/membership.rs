@@ -32,6 +32,11 @@ use crate::planner::{Move, PlanShard, ShardRef};
 /// A member silent for longer than this is declared dead (by default; `engram-control
 /// --liveness-timeout-ms`), and the slots it owned are lost.
 pub const LIVENESS_TIMEOUT_MS: u64 = 10_000;
+/// The shortest liveness timeout a control plane takes: a node serves on its map only
+/// while it checked it within about half the timeout, less a call to the control plane
+/// (`engramd`'s `CONTROL_CALL_TIMEOUT_MS`), and below this that leaves too little
+/// room for heartbeats every 500 ms.
+pub const LIVENESS_TIMEOUT_MS_MIN: u64 = 3_000;
 /// A member silent for longer than this (a few heartbeat intervals: nodes beat every
 /// 500 ms) receives no slots, and a migration towards it is aborted: a paused node
 /// must not be handed data long before it is declared dead.
@@ -429,13 +434,22 @@ impl Membership {
             return Err(MembershipError::NothingToReclaim);
         }
         let floor = incarnation_version_floor(self.draw_incarnation()?);
+        let mut slots_per_shard = self.slots_per_receiver(now_ms);
         for &slot in &slots {
             let owner = self.owners[slot as usize];
             let new_owner = if self.can_receive(owner, now_ms) {
                 owner
             } else {
-                self.least_loaded_receiver(now_ms).ok_or(MembershipError::NoLiveNode)?
+                // Ties go to the lowest shard, so equal inputs give equal maps.
+                let (&shard, _) = slots_per_shard
+                    .iter()
+                    .min_by_key(|(shard, count)| (**count, **shard))
+                    .ok_or(MembershipError::NoLiveNode)?;
+                shard
             };
+            if let Some(count) = slots_per_shard.get_mut(&new_owner) {
+                *count += 1;
+            }
             self.owners[slot as usize] = new_owner;
             self.lost.remove(&slot);
         }
@@ -454,14 +468,10 @@ impl Membership {
         })
     }
 
-    fn least_loaded_receiver(&self, now_ms: u64) -> Option<ShardRef> {
-        let mut slots_per_shard: BTreeMap<ShardRef, u32> = BTreeMap::new();
-        for (slot, owner) in self.owners.iter().enumerate() {
-            if !self.lost.contains_key(&(slot as u32)) {
-                *slots_per_shard.entry(*owner).or_default() += 1;
-            }
-        }
-        self.state
+    /// Every shard that may receive slots now, with the slots it serves.
+    fn slots_per_receiver(&self, now_ms: u64) -> BTreeMap<ShardRef, u32> {
+        let mut slots_per_shard: BTreeMap<ShardRef, u32> = self
+            .state
             .members
             .iter()
             .flat_map(|member| {
@@ -471,7 +481,16 @@ impl Membership {
                 })
             })
             .filter(|shard| self.can_receive(*shard, now_ms))
-            .min_by_key(|shard| slots_per_shard.get(shard).copied().unwrap_or(0))
+            .map(|shard| (shard, 0))
+            .collect();
+        for (slot, owner) in self.owners.iter().enumerate() {
+            if !self.lost.contains_key(&(slot as u32)) {
+                if let Some(count) = slots_per_shard.get_mut(owner) {
+                    *count += 1;
+                }
+            }
+        }
+        slots_per_shard
     }
 
     /// Gives a paused member back the slots it lost while it was silent: the same
@@ -578,6 +597,14 @@ impl Membership {
     /// waits a full liveness timeout before it declares anyone dead.
     fn silence_ms(&self, node_id: u64, now_ms: u64) -> u64 {
         now_ms.saturating_sub(self.last_heard_ms(node_id).unwrap_or(0))
+    }
+
+    /// Counts every member as heard from at `now_ms`: after a stall of the control
+    /// plane, whose own silence must not pass for its members'.
+    pub fn hear_from_everyone(&mut self, now_ms: u64) {
+        for member in &self.state.members {
+            self.observed.entry(member.node_id).or_default().last_heartbeat_ms = Some(now_ms);
+        }
     }
 
     /// Whether a heartbeat of `node_id` in `incarnation` would get lost slots back.
@@ -959,7 +986,7 @@ mod tests {
     #[test]
     fn the_epoch_moves_past_a_newer_one_a_node_reports_and_only_then() {
         let mut membership = Membership::new();
-        membership.join(&join_request(2, 1), 0).unwrap().node_id;
+        membership.join(&join_request(2, 1), 0).unwrap();
         let epoch = membership.epoch();
         membership.raise_epoch_past(epoch);
         assert_eq!(membership.epoch(), epoch, "an equal epoch is not newer");

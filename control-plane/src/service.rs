@@ -58,6 +58,10 @@ pub struct Settings {
     pub liveness_timeout: Duration,
 }
 
+/// A look for dead nodes later than this after the previous one means the control
+/// plane itself stalled (housekeeping runs every `HOUSEKEEPING_INTERVAL_MS`).
+const CONTROL_STALL_MS_MAX: u64 = 3 * HOUSEKEEPING_INTERVAL_MS;
+
 /// How often a running migration checks that its source and target still heartbeat.
 const TARGET_WATCH_INTERVAL_MS: u64 = 250;
 
@@ -81,6 +85,9 @@ struct Inner {
     bytes_moved_total: u64,
     migration_milliseconds_total: u64,
     last_error: String,
+    /// When the last look for dead nodes ran, to tell the control plane's own stalls
+    /// from its nodes' silence.
+    last_liveness_check_ms: u64,
 }
 
 const STATE_FILE: &str = "state.bin";
@@ -144,12 +151,17 @@ impl Controller {
                 // may start: it would race the abort of everything uncommitted.
                 plan_running: true,
                 bytes_moved_total: 0,
+                last_liveness_check_ms: 0,
                 migration_milliseconds_total: 0,
                 last_error: String::new(),
             }),
             plans,
         });
         Ok((controller, receiver))
+    }
+
+    fn liveness_timeout_ms(&self) -> u64 {
+        self.settings.liveness_timeout.as_millis() as u64
     }
 
     fn now_ms(&self) -> u64 {
@@ -257,6 +269,7 @@ impl Controller {
             node_id: joined.node_id,
             map,
             incarnation: joined.incarnation,
+            liveness_timeout_ms: self.liveness_timeout_ms(),
         }
     }
 
@@ -320,6 +333,7 @@ impl Controller {
         let answer = Response::HeartbeatAck {
             map_epoch: inner.membership.epoch(),
             abort_migrations,
+            liveness_timeout_ms: self.liveness_timeout_ms(),
         };
         // The broadcast takes the lock itself.
         drop(inner);
@@ -662,7 +676,7 @@ impl Controller {
         loop {
             tokio::time::sleep(Duration::from_millis(HOUSEKEEPING_INTERVAL_MS)).await;
             let now_ms = self.now_ms();
-            self.declare_dead(now_ms);
+            self.declare_dead();
             {
                 let mut inner = self.lock();
                 if !inner.plan_running && inner.membership.clone().forget_departed(now_ms) {
@@ -684,9 +698,23 @@ impl Controller {
     }
 
     /// Declares silent members dead and loses their slots, saying so.
-    fn declare_dead(self: &Arc<Self>, now_ms: u64) {
+    fn declare_dead(self: &Arc<Self>) {
         let dead = {
             let mut inner = self.lock();
+            // Read after the lock: heartbeats may have queued behind whoever held it.
+            let now_ms = self.now_ms();
+            let since_last_check_ms = now_ms.saturating_sub(inner.last_liveness_check_ms);
+            inner.last_liveness_check_ms = now_ms;
+            if since_last_check_ms > CONTROL_STALL_MS_MAX {
+                // This process did not run (a pause, a starved machine, a long hold of
+                // the lock): the silence it sees is its own, not its nodes'.
+                tracing::warn!(
+                    stalled_ms = since_last_check_ms,
+                    "the control plane stalled; every node gets a full liveness timeout again"
+                );
+                inner.membership.hear_from_everyone(now_ms);
+                return;
+            }
             if inner.membership.clone().declare_dead(now_ms).is_empty() {
                 return;
             }

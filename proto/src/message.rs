@@ -485,12 +485,17 @@ pub enum Response {
         /// This process's incarnation: its shards draw versions, fences and permit ids
         /// from [`crate::limits::incarnation_version_floor`] of it.
         incarnation: u64,
+        /// The control plane's liveness timeout: a node silent for longer is declared
+        /// dead, so the node must not serve on an unchecked map for nearly that long.
+        liveness_timeout_ms: u64,
     },
     HeartbeatAck {
         map_epoch: u64,
         /// Migrations the node reported that the control plane is not running: abort
         /// them (after catching up to `map_epoch`).
         abort_migrations: Vec<u64>,
+        /// As in [`Response::Joined`].
+        liveness_timeout_ms: u64,
     },
     /// Boxed: the largest answer by far, and rare.
     ClusterStatus(Box<ClusterStatus>),

@@ -1,6 +1,7 @@
 //! The node's part in a cluster: the slot map every shard routes with, and the two links
-//! a node opens itself (to the control plane, blocking, from a plain thread; and to a
-//! migration target, async, from a shard).
+//! a node opens itself (to the control plane, blocking, from a plain thread; and to
+//! another node's shard, async, from a shard: a migration target, or the owner of a
+//! front-port request, see `proxy.rs`).
 //!
 //! The map lives once per node ([`NodeMap`]); each shard keeps a [`Routing`] built from
 //! it and rebuilds it when the node's epoch moves, which costs one relaxed load per
@@ -8,7 +9,10 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream as StdStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,6 +27,9 @@ use engram_proto::{
 pub struct NodeMap {
     epoch: AtomicU64,
     map: RwLock<Arc<SlotMap>>,
+    /// Until when (ms since the node started) shards may serve without the map being
+    /// checked with the control plane again; `u64::MAX` for a node that runs alone.
+    checked_until_ms: AtomicU64,
 }
 
 impl NodeMap {
@@ -30,7 +37,20 @@ impl NodeMap {
         NodeMap {
             epoch: AtomicU64::new(map.epoch),
             map: RwLock::new(Arc::new(map)),
+            checked_until_ms: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Lets shards serve until `until_ms` on the map they hold. Called after every
+    /// exchange with the control plane has ended, so that a map it had made newer is
+    /// installed before the shards hear of the check (Release, paired with
+    /// [`NodeMap::checked_until_ms`]'s Acquire).
+    pub fn mark_checked(&self, until_ms: u64) {
+        self.checked_until_ms.store(until_ms, Release);
+    }
+
+    pub fn checked_until_ms(&self) -> u64 {
+        self.checked_until_ms.load(Acquire)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -336,7 +356,8 @@ impl BlockingLink {
     }
 }
 
-/// An async request/answer link from a shard to another node's shard (migration).
+/// An async request/answer link from a shard to another node's shard (migration; the
+/// handshake of a front-port proxy link).
 /// Every step is bounded by `timeout`, so a stopped or dead peer cannot hold a frozen
 /// slot forever.
 pub struct PeerLink {
@@ -349,6 +370,12 @@ pub struct PeerLink {
 
 impl PeerLink {
     pub async fn connect(address: &str, credentials: &[u8], timeout: Duration) -> Result<PeerLink, LinkError> {
+        PeerLink::connect_as(address, &hello(credentials, 0), timeout).await
+    }
+
+    /// Connects and shakes hands with `hello`: a front connection's proxy link speaks for
+    /// its client (the client's id and namespace), not for the node.
+    pub async fn connect_as(address: &str, hello: &Hello, timeout: Duration) -> Result<PeerLink, LinkError> {
         let connect_error = |source| LinkError::Connect {
             address: address.to_string(),
             source,
@@ -366,15 +393,19 @@ impl PeerLink {
             timeout,
         };
         let mut out = Vec::new();
-        encode_message(FrameKind::Hello, 0, 0, &hello(credentials, 0), &mut out).map_err(|source| {
-            LinkError::Protocol {
-                address: address.to_string(),
-                source,
-            }
+        encode_message(FrameKind::Hello, 0, 0, hello, &mut out).map_err(|source| LinkError::Protocol {
+            address: address.to_string(),
+            source,
         })?;
         let (kind, _, payload) = link.exchange(&out).await?;
         check_hello_reply(kind, &payload, address)?;
         Ok(link)
+    }
+
+    /// The socket and whatever arrived after the handshake, for a caller that keeps many
+    /// requests in flight instead of asking one question at a time.
+    pub fn into_parts(self) -> (glommio::net::TcpStream, Vec<u8>) {
+        (self.stream, self.buffer)
     }
 
     pub async fn call(&mut self, command: Command) -> Result<Response, LinkError> {

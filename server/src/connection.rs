@@ -1,6 +1,7 @@
 //! One client connection: handshake, then a loop of read, answer every whole frame,
 //! write all answers at once. Answers of requests that waited at a shard (a lock
-//! acquire, a barrier wait) or were forwarded to another shard arrive in the
+//! acquire, a barrier wait) or were forwarded to another shard (of this node, or of
+//! another node through the connection's proxy links, `proxy.rs`) arrive in the
 //! connection's [`Outbox`] later and are written as soon as they do.
 //!
 //! Backpressure comes from the loop's shape: nothing more is read until the previous
@@ -32,7 +33,8 @@ use glommio::net::TcpStream;
 use futures::channel::oneshot;
 use futures::future::Either;
 
-use crate::shard::{Destination, Forwarded, Shard};
+use crate::proxy::Proxies;
+use crate::shard::{Destination, Forwarded, Shard, Target};
 
 /// Answers waiting to be written to one connection.
 pub struct Outbox {
@@ -96,6 +98,11 @@ impl Outbox {
         self.frames.borrow().len()
     }
 
+    #[cfg(test)]
+    pub(crate) fn take_frames(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.frames.borrow_mut())
+    }
+
     /// Completes when there is something to write.
     async fn ready(&self) {
         poll_fn(|context| {
@@ -131,6 +138,12 @@ struct Session {
     hasher: SlotHasher,
 }
 
+impl Session {
+    fn namespace(&self) -> &[u8] {
+        self.key_prefix.get(1..).unwrap_or_default()
+    }
+}
+
 /// Why a connection ends early.
 enum Close {
     /// The peer went away or the socket failed.
@@ -154,6 +167,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
         outbox,
         spare: Vec::new(),
         key_buffer: Vec::new(),
+        proxies: std::cell::OnceCell::new(),
     };
     if let Err(Close::Refused { answer }) = connection.run().await {
         connection.outbox.push(FrameKind::Response, 0, &answer);
@@ -161,6 +175,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
     }
     let _ = connection.stream.close().await;
     connection.outbox.closed.close();
+    // Closing the proxy links makes their owners withdraw what they parked for us.
+    drop(connection.proxies.take());
     shard.forget_connection(&connection.outbox);
     connections.fetch_sub(1, Relaxed);
 }
@@ -176,6 +192,9 @@ struct Connection {
     /// The previous request's key, whose buffer takes the next read's key (see
     /// [`decode_request`]).
     key_buffer: Vec<u8>,
+    /// Links to other nodes' shards, opened by the first request a front connection
+    /// sends their way.
+    proxies: std::cell::OnceCell<Proxies>,
 }
 
 impl Connection {
@@ -276,6 +295,10 @@ impl Connection {
         // One clock read for the whole read: the store's time for its requests, and
         // the start of their duration.
         let received = Instant::now();
+        // The shard's clock moves to this read before any of its requests is admitted,
+        // which checks the map is fresh at that time (a read after a pause must not be
+        // judged by the time of the last read before it).
+        self.shard.ms_at(received);
         let mut consumed = 0;
         let mut answered = 0;
         let mut timed = 0;
@@ -362,7 +385,7 @@ impl Connection {
             };
             return Err(refuse(&self.shard, error));
         }
-        let mut request = decode_request(payload, &mut self.key_buffer).map_err(|error| refuse(&self.shard, error))?;
+        let request = decode_request(payload, &mut self.key_buffer).map_err(|error| refuse(&self.shard, error))?;
         let client_id = session.client_id;
         let immediate = match &request.command {
             Command::Ping => Response::Pong,
@@ -390,41 +413,94 @@ impl Connection {
                     request.command.name()
                 ),
             ),
-            command => {
-                let key = command.key().unwrap_or_default();
-                let slot = session.hasher.slot(key);
-                if key.len() > KEY_BYTES_MAX {
-                    let message = format!("key of {} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})", key.len());
-                    self.shard.error(ErrorCode::KeyTooLarge, message)
-                } else {
-                    match self.shard.admit(slot) {
-                        Err(refusal) => refusal,
-                        Ok(owner) if owner != self.shard.shard_id && !self.front => {
-                            let epoch = self.shard.map_epoch();
-                            let message = format!("slot {slot} belongs to shard {owner} under map epoch {epoch}");
-                            self.shard.error(ErrorCode::WrongShard, message)
-                        }
-                        Ok(owner) => {
-                            prefix_key(&mut request.command, &session.key_prefix);
-                            self.outbox.pending.set(self.outbox.pending.get() + 1);
-                            if owner == self.shard.shard_id {
-                                let outbox = Rc::downgrade(&self.outbox);
-                                let destination = Destination::Connection { outbox, request_id };
-                                let answered = self.shard.submit(client_id, &request, destination, received);
-                                self.recycle_key(request.command);
-                                return Ok(answered);
-                            }
-                            self.forward(owner, slot, client_id, request_id, request).await;
-                            return Ok(false);
-                        }
-                    }
+            command => match self.place(session, command) {
+                Err(refusal) => refusal,
+                Ok((slot, target)) => {
+                    self.outbox.pending.set(self.outbox.pending.get() + 1);
+                    return Ok(self
+                        .dispatch(slot, target, client_id, request_id, request, received)
+                        .await);
                 }
-            }
+            },
         };
         self.shard.metrics.answered(&request.command, &immediate);
         self.outbox.push(FrameKind::Response, request_id, &immediate);
         self.recycle_key(request.command);
         Ok(false)
+    }
+
+    /// Where a keyed command goes: its slot and the shard that serves it, or the answer
+    /// that refuses it here. The front port forwards to any shard, of this node or
+    /// another; a shard's own port sends the client to the owner instead.
+    fn place(&self, session: &Session, command: &Command) -> Result<(u32, Target), Response> {
+        let key = command.key().unwrap_or_default();
+        if key.len() > KEY_BYTES_MAX {
+            let message = format!("key of {} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})", key.len());
+            return Err(self.shard.error(ErrorCode::KeyTooLarge, message));
+        }
+        let slot = session.hasher.slot(key);
+        if self.front {
+            return self.shard.admit_front(slot).map(|target| (slot, target));
+        }
+        match self.shard.admit(slot)? {
+            owner if owner == self.shard.shard_id => Ok((slot, Target::Local(owner))),
+            owner => {
+                let epoch = self.shard.map_epoch();
+                let message = format!("slot {slot} belongs to shard {owner} under map epoch {epoch}");
+                Err(self.shard.error(ErrorCode::WrongShard, message))
+            }
+        }
+    }
+
+    /// Applies a placed request here, or hands it to its shard; `true` when it was
+    /// answered at once (so the caller times it with the rest of the read).
+    async fn dispatch(
+        &mut self,
+        slot: u32,
+        target: Target,
+        client_id: u64,
+        request_id: u64,
+        mut request: Request,
+        received: Instant,
+    ) -> bool {
+        let owner = match target {
+            Target::Local(owner) => owner,
+            Target::Remote { routing, index } => {
+                // The owner prefixes the key with the namespace the link's Hello names.
+                let epoch = routing.epoch();
+                let proxies = self.proxies();
+                proxies
+                    .forward(routing.address(index), request_id, epoch, &request)
+                    .await;
+                self.recycle_key(request.command);
+                return false;
+            }
+        };
+        if let Some(session) = &self.session {
+            prefix_key(&mut request.command, &session.key_prefix);
+        }
+        if owner == self.shard.shard_id {
+            let outbox = Rc::downgrade(&self.outbox);
+            let destination = Destination::Connection { outbox, request_id };
+            let answered = self.shard.submit(client_id, &request, destination, received);
+            self.recycle_key(request.command);
+            return answered;
+        }
+        self.forward(owner, slot, client_id, request_id, request).await;
+        false
+    }
+
+    /// This connection's proxy links, speaking for its client: same client id and
+    /// namespace, this node's credentials.
+    fn proxies(&self) -> &Proxies {
+        self.proxies.get_or_init(|| {
+            let (client_id, namespace) = self
+                .session
+                .as_ref()
+                .map_or((0, &[][..]), |session| (session.client_id, session.namespace()));
+            let credentials = self.shard.auth_token.as_deref().unwrap_or_default();
+            Proxies::new(client_id, namespace, credentials, Rc::downgrade(&self.outbox))
+        })
     }
 
     /// Keeps a handled request's key buffer for the next read's key.

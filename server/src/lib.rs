@@ -9,6 +9,7 @@
 //! - [`store`]: the sans-I/O keyspace state machine (bytes, counters, TTL, memory, exactly-once records).
 //! - [`cluster`]: the node's slot map and routing, the control-plane and peer links.
 //! - [`migration`]: the shard's side of live slot migration (freeze, copy, commit or abort).
+//! - [`proxy`]: front-port forwarding to other nodes' shards, over links that speak for the client.
 //! - [`stats`]: per-shard figures published for INFO and metrics.
 //! - [`metrics`]: Prometheus families, per-shard counting handles, the `/metrics` endpoint.
 pub mod cluster;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod migration;
 pub mod node;
 pub mod notify;
+pub mod proxy;
 pub mod shard;
 pub mod stats;
 pub mod store;

@@ -97,7 +97,7 @@ impl Shard {
     /// Called when this shard starts routing with a new map: commits what it decides.
     pub(crate) fn on_new_map(&self, previous: &Routing, routing: &Routing) {
         self.store.borrow_mut().raise_version_floor(routing.map.version_floor);
-        self.settle_stranded(previous, routing);
+        self.drop_slots_given_away(previous, routing);
         let mine = |slot: u32| routing.owner(slot) == Owner::Local(self.shard_id as u16);
         // A slot lost meanwhile did not go to the target: that is no commit.
         let elsewhere = |slot: u32| !mine(slot) && routing.owner(slot) != Owner::Lost;
@@ -131,42 +131,49 @@ impl Shard {
         self.publish_stats();
     }
 
-    /// Keeps the data of this shard's slots that a map marks lost (this shard was
-    /// silent so long that it was declared dead): if this same process gets them back,
-    /// nobody served them meanwhile and the data is current. Once a map gives them to
-    /// another shard instead (a reclaim starts them there, empty), the copy here is
-    /// stale and is dropped, so it can never be served again.
-    fn settle_stranded(&self, previous: &Routing, routing: &Routing) {
+    /// Drops this shard's copy of every slot a map gives to another shard, and keeps
+    /// the copy of slots a map marks lost. A lost slot's data is kept because this
+    /// same process may get the slot back (it was only paused): nobody served it
+    /// meanwhile, so the copy is current. A slot given to another shard (a committed
+    /// migration, or a reclaim that restarted it there, empty, possibly while this
+    /// node was paused and missed the maps in between) must never be served from here
+    /// again. The outgoing migration's frozen slots are left to its commit.
+    fn drop_slots_given_away(&self, previous: &Routing, routing: &Routing) {
         let me = Owner::Local(self.shard_id as u16);
+        let frozen = self.outgoing.borrow().as_ref().map(|outgoing| outgoing.frozen.clone());
+        let is_frozen = |slot: u32| {
+            frozen
+                .as_ref()
+                .is_some_and(|frozen| frozen.get(slot as usize).copied().unwrap_or(false))
+        };
         let mut stranded = self.stranded.borrow_mut();
-        stranded
-            .extend((0..SLOT_COUNT).filter(|&slot| previous.owner(slot) == me && routing.owner(slot) == Owner::Lost));
-        let settled: Vec<u32> = stranded
-            .iter()
-            .copied()
-            .filter(|&slot| routing.owner(slot) != Owner::Lost)
-            .collect();
-        let stale: std::collections::BTreeSet<u32> = settled
-            .iter()
-            .copied()
-            .filter(|&slot| routing.owner(slot) != me)
-            .collect();
-        for slot in &settled {
-            stranded.remove(slot);
+        let mut given_away = std::collections::BTreeSet::new();
+        for slot in 0..SLOT_COUNT {
+            let (before, now) = (previous.owner(slot), routing.owner(slot));
+            if now == Owner::Lost {
+                if before == me {
+                    stranded.insert(slot);
+                }
+            } else if now == me {
+                stranded.remove(&slot);
+            } else if (stranded.remove(&slot) || before == me) && !is_frozen(slot) {
+                given_away.insert(slot);
+            }
         }
         drop(stranded);
-        if !stale.is_empty() {
-            let now_ms = self.now_ms();
-            self.store
-                .borrow_mut()
-                .remove_slots(|slot| stale.contains(&slot), now_ms);
-            self.deliver_completions();
-            tracing::info!(
-                shard = self.shard_id,
-                slots = stale.len(),
-                "dropped the stale copy of slots reclaimed elsewhere"
-            );
+        if given_away.is_empty() {
+            return;
         }
+        let now_ms = self.now_ms();
+        self.store
+            .borrow_mut()
+            .remove_slots(|slot| given_away.contains(&slot), now_ms);
+        self.deliver_completions();
+        tracing::info!(
+            shard = self.shard_id,
+            slots = given_away.len(),
+            "dropped this shard's copy of slots the map gives to another shard"
+        );
     }
 
     /// Makes the open migrations visible to the heartbeat.

@@ -63,7 +63,7 @@ pub const JOIN_TIMEOUT_MS: u64 = 30_000;
 pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
 /// Bound on each control-plane exchange, so a stalled control plane cannot stall the
 /// heartbeat thread for long.
-pub const CONTROL_CALL_TIMEOUT_MS: u64 = 2_000;
+pub const CONTROL_CALL_TIMEOUT_MS: u64 = 1_000;
 
 /// Fails fast, with the likely cause, when this process cannot use io_uring at all.
 pub fn check_io_uring() -> Result<(), ServerError> {
@@ -178,51 +178,17 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .collect();
 
     let credentials = config.auth_token.clone().unwrap_or_default().into_bytes();
-    let (node_id, map, shard_addresses, version_floor, incarnation) = match &config.control {
-        None => {
-            let node_id = config.node_id.unwrap_or_else(random_u64);
-            let map = embedded_map(
-                shard_addresses
-                    .iter()
-                    .enumerate()
-                    .map(|(shard_id, address)| ShardAddress {
-                        node_id,
-                        shard_id: shard_id as u16,
-                        address: address.clone(),
-                    })
-                    .collect(),
-            );
-            (node_id, map, shard_addresses, standalone_version_floor(), 0)
-        }
-        Some(control) => {
-            let host = match &config.advertise {
-                Some(host) => host.clone(),
-                None if config.bind.is_unspecified() => return Err(ServerError::AdvertiseRequired(config.bind)),
-                None => config.bind.to_string(),
-            };
-            let advertised = |address: &str| {
-                let port = address.rsplit_once(':').map_or("0", |(_, port)| port);
-                format!("{host}:{port}")
-            };
-            let request = JoinRequest {
-                front_address: advertised(&front_address.to_string()),
-                shard_addresses: shard_addresses.iter().map(|address| advertised(address)).collect(),
-                memory_limit_bytes: config.memory_limit.map_or(0, |limit| limit / shard_count as u64),
-                boot_id: random_u64(),
-            };
-            let joined = join_cluster(control, &credentials, &request)?;
-            tracing::info!(%control, node_id = joined.node_id, incarnation = joined.incarnation, epoch = joined.map.epoch, "joined the cluster");
-            let floor = incarnation_version_floor(joined.incarnation);
-            (
-                joined.node_id,
-                joined.map,
-                request.shard_addresses,
-                floor,
-                joined.incarnation,
-            )
-        }
-    };
+    let NodePlace {
+        node_id,
+        map,
+        shard_addresses,
+        version_floor,
+        session,
+    } = place_node(&config, front_address, shard_addresses, &credentials)?;
     let node_map = Arc::new(NodeMap::new(map));
+    if let Some(session) = &session {
+        node_map.mark_checked(map_check_grace_ms(session.liveness_timeout_ms));
+    }
     let node = Arc::new(NodeStats {
         node_id,
         started: Instant::now(),
@@ -297,15 +263,16 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             }
         }
     }
-    if let Some(control) = &config.control {
+    if let Some(session) = session {
         let heartbeat = Heartbeater {
-            control: control.clone(),
+            control: session.control,
             credentials: credentials.clone(),
             node: node.clone(),
             node_map: node_map.clone(),
             shutdown: shutdown.clone(),
             refusal_logged: std::cell::Cell::new(None),
-            incarnation,
+            incarnation: session.incarnation,
+            liveness_timeout_ms: std::cell::Cell::new(session.liveness_timeout_ms),
         };
         std::thread::Builder::new()
             .name("heartbeat".into())
@@ -333,6 +300,81 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
     tracing::info!("engramd stopped");
     Ok(())
+}
+
+/// Where a node stands: alone with its embedded map, or a member of a cluster.
+struct NodePlace {
+    node_id: u64,
+    map: SlotMap,
+    /// As clients and other nodes reach them.
+    shard_addresses: Vec<String>,
+    version_floor: u64,
+    /// `None` for a node that runs alone.
+    session: Option<Session>,
+}
+
+/// What a cluster node's join gave it.
+struct Session {
+    control: String,
+    incarnation: u64,
+    liveness_timeout_ms: u64,
+}
+
+/// Builds the embedded map of a node that runs alone, or joins the control plane.
+fn place_node(
+    config: &Config,
+    front_address: SocketAddr,
+    shard_addresses: Vec<String>,
+    credentials: &[u8],
+) -> Result<NodePlace, ServerError> {
+    let Some(control) = &config.control else {
+        let node_id = config.node_id.unwrap_or_else(random_u64);
+        let shards = shard_addresses
+            .iter()
+            .enumerate()
+            .map(|(shard_id, address)| ShardAddress {
+                node_id,
+                shard_id: shard_id as u16,
+                address: address.clone(),
+            })
+            .collect();
+        return Ok(NodePlace {
+            node_id,
+            map: embedded_map(shards),
+            shard_addresses,
+            version_floor: standalone_version_floor(),
+            session: None,
+        });
+    };
+    let host = match &config.advertise {
+        Some(host) => host.clone(),
+        None if config.bind.is_unspecified() => return Err(ServerError::AdvertiseRequired(config.bind)),
+        None => config.bind.to_string(),
+    };
+    let advertised = |address: &str| {
+        let port = address.rsplit_once(':').map_or("0", |(_, port)| port);
+        format!("{host}:{port}")
+    };
+    let shard_count = shard_addresses.len() as u64;
+    let request = JoinRequest {
+        front_address: advertised(&front_address.to_string()),
+        shard_addresses: shard_addresses.iter().map(|address| advertised(address)).collect(),
+        memory_limit_bytes: config.memory_limit.map_or(0, |limit| limit / shard_count),
+        boot_id: random_u64(),
+    };
+    let joined = join_cluster(control, credentials, &request)?;
+    tracing::info!(%control, node_id = joined.node_id, incarnation = joined.incarnation, epoch = joined.map.epoch, "joined the cluster");
+    Ok(NodePlace {
+        node_id: joined.node_id,
+        map: joined.map,
+        shard_addresses: request.shard_addresses,
+        version_floor: incarnation_version_floor(joined.incarnation),
+        session: Some(Session {
+            control: control.clone(),
+            incarnation: joined.incarnation,
+            liveness_timeout_ms: joined.liveness_timeout_ms,
+        }),
+    })
 }
 
 fn watch_signals(shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
@@ -371,6 +413,17 @@ struct Joined {
     node_id: u64,
     map: SlotMap,
     incarnation: u64,
+    liveness_timeout_ms: u64,
+}
+
+/// How long shards may serve on a map after it was last checked with the control
+/// plane, given its liveness timeout. The control plane declares a node dead once it
+/// has heard nothing for the timeout, counted from the last heartbeat it received,
+/// which the node sent at most `CONTROL_CALL_TIMEOUT_MS` before the exchange ended;
+/// half of what is left keeps the node's own deadline well ahead of that, on clocks
+/// that only run at about the same rate.
+fn map_check_grace_ms(liveness_timeout_ms: u64) -> u64 {
+    liveness_timeout_ms.saturating_sub(CONTROL_CALL_TIMEOUT_MS) / 2
 }
 
 /// Registers with the control plane, retrying until `JOIN_TIMEOUT_MS`: a node may start
@@ -387,12 +440,14 @@ fn join_cluster(control: &str, credentials: &[u8], request: &JoinRequest) -> Res
                 node_id,
                 map,
                 incarnation,
+                liveness_timeout_ms,
             }) => match map.validate() {
                 Ok(()) => {
                     return Ok(Joined {
                         node_id,
                         map,
                         incarnation,
+                        liveness_timeout_ms,
                     })
                 }
                 Err(reason) => format!("the control plane sent an invalid map: {reason}"),
@@ -423,6 +478,8 @@ struct Heartbeater {
     shutdown: Arc<AtomicBool>,
     refusal_logged: std::cell::Cell<Option<Instant>>,
     incarnation: u64,
+    /// The control plane's, from its last answer.
+    liveness_timeout_ms: std::cell::Cell<u64>,
 }
 
 /// How often a heartbeat refusal is logged while it lasts.
@@ -430,16 +487,19 @@ const REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
 
 impl Heartbeater {
     fn run(self) {
-        let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
         let mut link: Option<BlockingLink> = None;
         let mut reachable = true;
         while !self.shutdown.load(Relaxed) {
             std::thread::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
             let outcome = match link.take() {
-                Some(existing) => Ok(existing),
-                None => BlockingLink::connect(&self.control, &self.credentials, timeout),
-            }
-            .and_then(|mut existing| self.beat(&mut existing).map(|()| existing));
+                // A link kept across a pause may have been closed at the other end: its
+                // failure says nothing about the control plane, so a new link tries.
+                Some(mut existing) => self
+                    .beat(&mut existing)
+                    .map(|()| existing)
+                    .or_else(|_| self.connect_and_beat()),
+                None => self.connect_and_beat(),
+            };
             match outcome {
                 Ok(existing) => {
                     if !reachable {
@@ -453,11 +513,33 @@ impl Heartbeater {
                         tracing::warn!(control = %self.control, %error, "control plane unreachable; serving with the current map");
                     }
                     reachable = false;
+                    // A control plane that is down moves nothing meanwhile: the map stays
+                    // good to serve on. (One that is up but cut off from this node may
+                    // declare it dead: ARCHITECTURE.md's departures say what that costs.)
+                    self.mark_checked();
                 }
             }
         }
     }
 
+    fn connect_and_beat(&self) -> Result<BlockingLink, crate::cluster::LinkError> {
+        let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
+        let mut link = BlockingLink::connect(&self.control, &self.credentials, timeout)?;
+        self.beat(&mut link)?;
+        Ok(link)
+    }
+
+    /// Tells the shards the map was checked just now (see [`map_check_grace_ms`]).
+    fn mark_checked(&self) {
+        let now_ms = self.node.started.elapsed().as_millis() as u64;
+        self.node_map
+            .mark_checked(now_ms + map_check_grace_ms(self.liveness_timeout_ms.get()));
+    }
+
+    /// One exchange: report, and install the control plane's map if it is newer. The
+    /// map counts as checked only once it is installed; a refused beat (this process
+    /// was replaced by a restart, or the control plane lost its state) does not count,
+    /// so the shards stop serving on it.
     fn beat(&self, link: &mut BlockingLink) -> Result<(), crate::cluster::LinkError> {
         let shards = self
             .node
@@ -490,7 +572,11 @@ impl Heartbeater {
             Response::HeartbeatAck {
                 map_epoch,
                 abort_migrations,
-            } => (map_epoch, abort_migrations),
+                liveness_timeout_ms,
+            } => {
+                self.liveness_timeout_ms.set(liveness_timeout_ms);
+                (map_epoch, abort_migrations)
+            }
             Response::Error(reply) => {
                 // A control plane that lost its state refuses every beat; say so now and
                 // then, not twice a second.
@@ -515,6 +601,9 @@ impl Heartbeater {
                     Err(reason) => tracing::warn!(epoch, %reason, "the control plane sent an invalid map"),
                 }
             }
+        }
+        if control_epoch <= self.node_map.epoch() {
+            self.mark_checked();
         }
         if !abort_migrations.is_empty() {
             self.settle(&abort_migrations, control_epoch);

@@ -84,6 +84,15 @@ impl Destination {
     }
 }
 
+/// The shard a front-port request goes to.
+pub enum Target {
+    /// A shard of this node (possibly this one).
+    Local(usize),
+    /// Another node's shard, at `routing.address(index)`, reached through the front
+    /// connection's proxy link.
+    Remote { routing: Rc<Routing>, index: u32 },
+}
+
 /// What every shard shares with its connections.
 pub struct Shard {
     pub shard_id: usize,
@@ -131,6 +140,11 @@ impl StoreClock {
         }
     }
 
+    /// The latest time given out.
+    fn latest(&self) -> u64 {
+        self.latest_ms.get()
+    }
+
     fn ms_at(&self, instant: Instant) -> u64 {
         let ms = instant.saturating_duration_since(self.started).as_millis() as u64;
         let ms = ms.max(self.latest_ms.get());
@@ -145,7 +159,7 @@ impl Shard {
     }
 
     /// The store's time at `instant`; see [`StoreClock`].
-    fn ms_at(&self, instant: Instant) -> u64 {
+    pub(crate) fn ms_at(&self, instant: Instant) -> u64 {
         self.store_clock.ms_at(instant)
     }
 
@@ -167,10 +181,31 @@ impl Shard {
         routing
     }
 
+    /// Refuses (`TryAgain`) to serve on a map that was not checked with the control
+    /// plane lately: this node was paused (SIGSTOP, a frozen VM) long enough to be
+    /// declared dead, and its slots may have been reclaimed elsewhere while it slept.
+    /// The time compared is that of the read being served, taken after the pause; the
+    /// heartbeat thread installs any newer map before it marks the map checked.
+    fn check_map_fresh(&self) -> Result<(), Response> {
+        let checked_until_ms = self.node_map.checked_until_ms();
+        if self.store_clock.latest() <= checked_until_ms {
+            return Ok(());
+        }
+        Err(self.error(
+            ErrorCode::TryAgain,
+            format!(
+                "node {} has not checked its map with the control plane since {checked_until_ms} ms \
+                 after its start (it was paused?); retry shortly",
+                self.node.node_id
+            ),
+        ))
+    }
+
     /// Whether this shard may apply a request for `slot` now: `Ok` with the local shard
     /// that owns it, or the error that sends the client elsewhere (another node's
     /// shard, or wait: the slot is frozen while it migrates).
     pub fn admit(&self, slot: u32) -> Result<usize, Response> {
+        self.check_map_fresh()?;
         let routing = self.routing();
         match routing.owner(slot) {
             Owner::Remote(index) => Err(self.error(
@@ -193,6 +228,20 @@ impl Shard {
                 Err(self.error(ErrorCode::TryAgain, format!("slot {slot} is migrating; retry shortly")))
             }
             Owner::Local(owner) => Ok(owner as usize),
+        }
+    }
+
+    /// [`Shard::admit`] for the front port, which forwards a slot of another node's shard
+    /// to it instead of sending the client there. Lost and frozen slots are refused as
+    /// everywhere.
+    pub fn admit_front(&self, slot: u32) -> Result<Target, Response> {
+        let routing = self.routing();
+        match routing.owner(slot) {
+            Owner::Remote(index) => {
+                self.check_map_fresh()?;
+                Ok(Target::Remote { routing, index })
+            }
+            _ => self.admit(slot).map(Target::Local),
         }
     }
 
@@ -393,9 +442,12 @@ fn serve_peers(shard: &Rc<Shard>, mut receivers: Receivers<Forwarded>) {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(forwarded) = receiver.recv().await {
+                // Advances the store's clock, which admit reads: this shard may have
+                // served no read of its own since a pause.
+                let received = Instant::now();
+                shard.ms_at(received);
                 match shard.admit(forwarded.slot) {
                     Ok(owner) if owner == shard.shard_id => {
-                        let received = Instant::now();
                         let destination = Destination::Forwarded(forwarded.reply);
                         if shard.submit(forwarded.client_id, &forwarded.request, destination, received) {
                             shard.metrics.answered_within(1, received.elapsed());

@@ -484,6 +484,14 @@ pub fn stop_process(pid: u32) {
     }
 }
 
+/// SIGCONT: a process stopped with [`stop_process`] runs on (as the same process).
+pub fn resume_process(pid: u32) {
+    // SAFETY: kill(2) on a child of this process that has not been reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGCONT);
+    }
+}
+
 /// Waits up to `limit` for `child` to exit.
 pub fn poll_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
@@ -529,6 +537,48 @@ pub fn run_bounded(mut command: Command, limit: Duration) -> Output {
                 libc::kill(pid as libc::pid_t, libc::SIGKILL);
             }
             panic!("{command:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// A port P on `address` with P+1 .. P+`count`-1 free as well, probed now: for
+/// `engramd --port P --cores N`, which needs P and its shards' P+1..=P+N (`count` = N + 1),
+/// so that a restart can come back on exactly the same addresses. Another process may
+/// still take them before engramd binds; callers that care retry with a new port.
+pub fn free_port_run(address: Ipv4Addr, count: u16) -> u16 {
+    assert!(count >= 1);
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind((address, 0)).expect("bind an ephemeral port");
+        let port = first.local_addr().expect("local address").port();
+        let Some(last) = port.checked_add(count - 1) else {
+            continue;
+        };
+        if (port + 1..=last).all(|next| std::net::TcpListener::bind((address, next)).is_ok()) {
+            return port;
+        }
+    }
+    panic!("no {count} free consecutive ports on {address}");
+}
+
+impl EngramServer {
+    /// Starts a server on a fixed address (`options` with `bind` and a non-zero `port`),
+    /// as a restart after [`EngramServer::kill_now`] does: while the start fails because
+    /// an address is still taken (sockets of the killed process may linger for a moment),
+    /// it tries again, for up to `limit`. Any other failure panics at once.
+    pub fn start_on_same_address(options: ServerOptions, limit: Duration) -> EngramServer {
+        assert!(
+            options.bind.is_some() && options.port != 0,
+            "a restart on the same address needs an explicit bind and port: {options:?}"
+        );
+        let deadline = Instant::now() + limit;
+        loop {
+            match Self::try_start(options.clone()) {
+                Ok(server) => return server,
+                Err(error) if error.stderr.to_lowercase().contains("in use") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(error) => panic!("{error}"),
+            }
         }
     }
 }

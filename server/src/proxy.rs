@@ -1,0 +1,744 @@
+//! Front-port forwarding to other nodes' shards: what lets one address reach every key.
+//!
+//! A front connection whose request belongs to another node's shard opens, on first
+//! need, a link of its own to that shard's port and sends the request there as the
+//! client sent it: the same operation id and completed-below mark, and the key without
+//! the namespace prefix. The link's handshake carries the client's id and namespace
+//! (with this node's credentials), so the owner records the operation under the
+//! client's id and prefixes the key itself, exactly as if the client had come straight
+//! to it: a retry through any door gets the recorded first answer. A link per (front
+//! connection, remote shard) costs a socket per pair; a link shared by a node's front
+//! connections would have to carry client ids and namespaces per request, which the
+//! protocol has no field for.
+//!
+//! Requests on a link are multiplexed under the link's own request ids; their answers go
+//! straight into the connection's outbox under the client's request id. Nothing here
+//! grows without bound: the requests in flight are the connection's own, counted in its
+//! pending bound (`IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`, which is also what the owner
+//! takes per connection), the bytes queued for a link are capped
+//! ([`PROXY_QUEUED_BYTES_MAX`], past which the connection waits), and so are the links
+//! per connection ([`PROXY_LINKS_PER_CONNECTION_MAX`]).
+//!
+//! A link that cannot connect or shake hands, breaks, or leaves a request unanswered
+//! past its bound (the request's own wait plus [`PROXY_ANSWER_GRACE_MS`]) fails: each of
+//! its requests is answered at once (`TryAgain` naming the address), its socket closes,
+//! so the owner withdraws whatever it parked for it, and the next request opens a fresh
+//! link. The client's retry keeps its operation id, so a request that did reach the
+//! owner is not applied twice. When the client's connection closes, its links close too.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::fmt::Display;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, PROTOCOL_VERSION, WAIT_MS_MAX};
+use engram_proto::{
+    decode_payload, encode_message, split_frame, Command, ErrorCode, ErrorReply, FrameKind, Hello, Request, Response,
+    Split, FRAME_HEADER_BYTES,
+};
+use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures_lite::FutureExt;
+use glommio::net::TcpStream;
+
+use crate::cluster::{LinkError, PeerLink};
+use crate::connection::Outbox;
+use crate::notify::LocalNotify;
+
+/// Longest a link may take to connect, and then to shake hands. A node that is down
+/// refuses at once; this bounds the case where nothing answers at all (a stopped
+/// process, a lost route), so the requests waiting for the link get their error while
+/// the client still has time to retry.
+pub const PROXY_CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// How long past a request's own wait (0, or the `wait_ms`/`timeout_ms` of a blocking
+/// command, which the owner parks that long) a link waits for its answer before it
+/// declares the owner unresponsive. The owner answers a parked request by its deadline
+/// itself, so this only covers the network and a busy shard.
+pub const PROXY_ANSWER_GRACE_MS: u64 = 5_000;
+/// Request bytes queued for one link before the front connection waits for the link's
+/// writer: an owner that reads slowly pushes back on the client rather than piling up
+/// requests here.
+pub const PROXY_QUEUED_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes a link asks of its socket per read, and keeps as its read buffer while idle. A
+/// front connection may hold a link per remote shard, so this is smaller than a client
+/// connection's buffer; a larger answer grows the buffer a chunk at a time.
+pub const PROXY_READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Links one front connection holds at most (one per remote shard it used), each a
+/// socket. Past it, idle links are closed to make room.
+pub const PROXY_LINKS_PER_CONNECTION_MAX: usize = 256;
+
+const FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX;
+
+/// Why a forwarded request got no answer from its owner.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot reach {address}: {reason}")]
+    Unreachable { address: String, reason: String },
+    #[error("{address} refused this node's handshake: {answer}")]
+    Refused { address: String, answer: String },
+    #[error("{address} did not answer within {after_ms} ms")]
+    Silent { address: String, after_ms: u64 },
+    #[error("the link to {address} broke: {reason}")]
+    Broken { address: String, reason: String },
+    #[error(
+        "this connection uses proxy_links_per_connection_max ({PROXY_LINKS_PER_CONNECTION_MAX}) links to other nodes, all busy"
+    )]
+    TooManyLinks,
+}
+
+impl ProxyError {
+    /// The code the client gets. A refused handshake is a misconfigured cluster (tokens
+    /// or versions differ between nodes), which no retry mends; everything else may
+    /// pass with the next try, which keeps its operation id.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProxyError::Refused { .. } => ErrorCode::Internal,
+            ProxyError::TooManyLinks => ErrorCode::Busy,
+            _ => ErrorCode::TryAgain,
+        }
+    }
+
+    fn answer(&self, map_epoch: u64) -> Response {
+        Response::Error(ErrorReply {
+            code: self.code().as_u16(),
+            message: self.to_string(),
+            map_epoch,
+        })
+    }
+}
+
+impl From<LinkError> for ProxyError {
+    fn from(error: LinkError) -> ProxyError {
+        match error {
+            LinkError::Connect { address, source } => ProxyError::Unreachable {
+                address,
+                reason: source.to_string(),
+            },
+            LinkError::Refused { address, answer } => ProxyError::Refused { address, answer },
+            LinkError::TimedOut { address, after } => ProxyError::Silent {
+                address,
+                after_ms: after.as_millis() as u64,
+            },
+            LinkError::Io { address, source } => ProxyError::Broken {
+                address,
+                reason: source.to_string(),
+            },
+            LinkError::Protocol { address, source } => ProxyError::Broken {
+                address,
+                reason: source.to_string(),
+            },
+            LinkError::OutOfStep { address, .. } => ProxyError::Broken {
+                address,
+                reason: "the handshake was answered out of step".into(),
+            },
+        }
+    }
+}
+
+/// How long a forwarded request may go unanswered: the owner may park it for its own
+/// wait (bounded like the owner bounds it), then the grace.
+fn answer_bound_ms(command: &Command) -> u64 {
+    command.wait_ms().min(WAIT_MS_MAX) + PROXY_ANSWER_GRACE_MS
+}
+
+/// A forwarded request waiting for its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Waiting {
+    /// The client's request id, which the answer goes back under.
+    request_id: u64,
+    /// The map epoch the request was routed under, stamped on an error answered here.
+    map_epoch: u64,
+    deadline: Instant,
+    bound_ms: u64,
+}
+
+/// The requests in flight on one link, by the link's own request ids (the client's
+/// may repeat across its connections' links), with their deadlines in order.
+#[derive(Default)]
+struct InFlight {
+    last_id: u64,
+    waiting: foldhash::HashMap<u64, Waiting>,
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
+impl InFlight {
+    /// Registers a request sent at `now`; returns its id on the link and its deadline.
+    fn register(&mut self, request_id: u64, map_epoch: u64, command: &Command, now: Instant) -> (u64, Instant) {
+        // Ids start at 1: 0 is the handshake's.
+        self.last_id += 1;
+        let id = self.last_id;
+        let bound_ms = answer_bound_ms(command);
+        let deadline = now + Duration::from_millis(bound_ms);
+        let waiting = Waiting {
+            request_id,
+            map_epoch,
+            deadline,
+            bound_ms,
+        };
+        self.waiting.insert(id, waiting);
+        self.deadlines.insert((deadline, id));
+        (id, deadline)
+    }
+
+    fn answered(&mut self, id: u64) -> Option<Waiting> {
+        let waiting = self.waiting.remove(&id)?;
+        self.deadlines.remove(&(waiting.deadline, id));
+        Some(waiting)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(deadline, _)| deadline)
+    }
+
+    /// The request whose deadline passed first, if any did by `now`.
+    fn overdue(&self, now: Instant) -> Option<Waiting> {
+        let &(deadline, id) = self.deadlines.first()?;
+        (deadline <= now).then(|| self.waiting.get(&id).copied()).flatten()
+    }
+
+    fn drain(&mut self) -> Vec<Waiting> {
+        self.deadlines.clear();
+        self.waiting.drain().map(|(_, waiting)| waiting).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+/// One front connection's links to other nodes' shards, by shard address.
+pub struct Proxies {
+    /// The client's identity, with this node's credentials.
+    hello: Hello,
+    outbox: Weak<Outbox>,
+    links: RefCell<foldhash::HashMap<String, Rc<Link>>>,
+}
+
+impl Proxies {
+    pub fn new(client_id: u64, namespace: &[u8], credentials: &[u8], outbox: Weak<Outbox>) -> Proxies {
+        Proxies {
+            hello: Hello {
+                protocol_version: PROTOCOL_VERSION,
+                client_id,
+                namespace: namespace.to_vec(),
+                credentials: credentials.to_vec(),
+            },
+            outbox,
+            links: RefCell::default(),
+        }
+    }
+
+    /// Sends `request` (its key unprefixed) to the shard at `address`. The connection
+    /// counted it as pending; its answer, or why there is none, arrives in the outbox.
+    /// Waits while the link has `PROXY_QUEUED_BYTES_MAX` queued, which pushes back on the
+    /// client.
+    pub async fn forward(&self, address: &str, request_id: u64, map_epoch: u64, request: &Request) {
+        let link = match self.link(address) {
+            Ok(link) => link,
+            Err(error) => return self.answer_now(request_id, &error.answer(map_epoch)),
+        };
+        link.room().await;
+        if link.closed.get() {
+            let error = link.failure.borrow().clone().unwrap_or_else(|| link.broken("closed"));
+            return self.answer_now(request_id, &error.answer(map_epoch));
+        }
+        link.send(request_id, map_epoch, request);
+    }
+
+    fn answer_now(&self, request_id: u64, answer: &Response) {
+        if let Some(outbox) = self.outbox.upgrade() {
+            outbox.deliver(request_id, answer, false);
+        }
+    }
+
+    /// The open link to `address`, opened now if there is none (a failed one is
+    /// replaced, so every request after a failure tries afresh).
+    fn link(&self, address: &str) -> Result<Rc<Link>, ProxyError> {
+        let mut links = self.links.borrow_mut();
+        if let Some(link) = links.get(address).filter(|link| !link.closed.get()) {
+            return Ok(link.clone());
+        }
+        links.retain(|_, link| !link.closed.get());
+        if links.len() >= PROXY_LINKS_PER_CONNECTION_MAX {
+            let idle = links
+                .iter()
+                .find(|(_, link)| link.in_flight.borrow().is_empty())
+                .map(|(address, _)| address.clone())
+                .ok_or(ProxyError::TooManyLinks)?;
+            if let Some(link) = links.remove(&idle) {
+                link.close();
+            }
+        }
+        let link = Rc::new(Link::new(address, self.outbox.clone()));
+        glommio::spawn_local(link.clone().run(self.hello.clone())).detach();
+        links.insert(address.to_string(), link.clone());
+        Ok(link)
+    }
+}
+
+impl Drop for Proxies {
+    fn drop(&mut self) {
+        for link in self.links.get_mut().values() {
+            link.close();
+        }
+    }
+}
+
+/// A link from one front connection to one remote shard. Its task connects, then reads
+/// answers, writes queued requests and watches deadlines until the link fails or the
+/// connection closes it.
+struct Link {
+    address: String,
+    outbox: Weak<Outbox>,
+    in_flight: RefCell<InFlight>,
+    /// Encoded requests not written yet; they wait here while the link connects.
+    queued: RefCell<Vec<u8>>,
+    /// Set once the link takes no more requests (it failed, or its connection closed).
+    closed: Cell<bool>,
+    failure: RefCell<Option<ProxyError>>,
+    writer: LocalNotify,
+    room: LocalNotify,
+    reaper: LocalNotify,
+    /// When the reaper plans to wake; only a request due before that wakes it early.
+    reaper_wake: Cell<Instant>,
+    stop: LocalNotify,
+}
+
+impl Link {
+    fn new(address: &str, outbox: Weak<Outbox>) -> Link {
+        Link {
+            address: address.to_string(),
+            outbox,
+            in_flight: RefCell::default(),
+            queued: RefCell::default(),
+            closed: Cell::new(false),
+            failure: RefCell::default(),
+            writer: LocalNotify::default(),
+            room: LocalNotify::default(),
+            reaper: LocalNotify::default(),
+            reaper_wake: Cell::new(Instant::now()),
+            stop: LocalNotify::default(),
+        }
+    }
+
+    async fn run(self: Rc<Link>, hello: Hello) {
+        if self.closed.get() {
+            return;
+        }
+        let stopped = async {
+            self.stop.notified().await;
+            None
+        };
+        if let Some(error) = self.serve(hello).or(stopped).await {
+            self.fail(error);
+        }
+        // Dropping the socket here tells the owner to withdraw what it parked for us.
+    }
+
+    async fn serve(&self, hello: Hello) -> Option<ProxyError> {
+        let timeout = Duration::from_millis(PROXY_CONNECT_TIMEOUT_MS);
+        let peer = match PeerLink::connect_as(&self.address, &hello, timeout).await {
+            Ok(peer) => peer,
+            Err(error) => return Some(error.into()),
+        };
+        let (stream, received) = peer.into_parts();
+        let (reader, writer) = stream.split();
+        let failure = self
+            .read_answers(reader, received)
+            .or(self.write_requests(writer))
+            .or(self.reap())
+            .await;
+        Some(failure)
+    }
+
+    /// Waits while the link's queue is full.
+    async fn room(&self) {
+        while !self.closed.get() && self.queued.borrow().len() >= PROXY_QUEUED_BYTES_MAX {
+            self.room.notified().await;
+        }
+    }
+
+    fn send(&self, request_id: u64, map_epoch: u64, request: &Request) {
+        let registered = self
+            .in_flight
+            .borrow_mut()
+            .register(request_id, map_epoch, &request.command, Instant::now());
+        let (id, deadline) = registered;
+        let encoded = encode_message(
+            FrameKind::Request,
+            id,
+            map_epoch,
+            request,
+            &mut self.queued.borrow_mut(),
+        );
+        if let Err(error) = encoded {
+            // The queue may have lost frames with it: nothing on this link is reliable.
+            return self.fail(self.broken(error));
+        }
+        if deadline < self.reaper_wake.get() {
+            self.reaper.notify();
+        }
+        self.writer.notify();
+    }
+
+    /// Answers every request in flight with `error` and stops the link.
+    fn fail(&self, error: ProxyError) {
+        if self.closed.replace(true) {
+            return;
+        }
+        tracing::debug!(address = %self.address, %error, "front-port link failed");
+        let waiting = self.in_flight.borrow_mut().drain();
+        *self.queued.borrow_mut() = Vec::new();
+        if let Some(outbox) = self.outbox.upgrade() {
+            for waiting in waiting {
+                outbox.deliver(waiting.request_id, &error.answer(waiting.map_epoch), true);
+            }
+        }
+        *self.failure.borrow_mut() = Some(error);
+        self.room.notify();
+        self.stop.notify();
+    }
+
+    /// Stops the link without answering anything: its connection is gone.
+    fn close(&self) {
+        if !self.closed.replace(true) {
+            self.in_flight.borrow_mut().drain();
+            *self.queued.borrow_mut() = Vec::new();
+        }
+        self.room.notify();
+        self.stop.notify();
+    }
+
+    fn broken(&self, reason: impl Display) -> ProxyError {
+        ProxyError::Broken {
+            address: self.address.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Reads answers until the link breaks; returns why it did.
+    async fn read_answers(&self, mut reader: ReadHalf<TcpStream>, mut buffer: Vec<u8>) -> ProxyError {
+        let mut filled = buffer.len();
+        buffer.resize(filled.max(PROXY_READ_CHUNK_BYTES), 0);
+        loop {
+            let consumed = match self.deliver_answers(&buffer[..filled]) {
+                Ok(consumed) => consumed,
+                Err(error) => return error,
+            };
+            buffer.copy_within(consumed..filled, 0);
+            filled -= consumed;
+            if filled == 0 && buffer.len() > PROXY_READ_CHUNK_BYTES {
+                buffer.truncate(PROXY_READ_CHUNK_BYTES);
+                buffer.shrink_to_fit();
+            }
+            if filled == buffer.len() {
+                // A validated header announced a larger frame: grow a chunk at a time.
+                let room = FRAME_BYTES_MAX.saturating_sub(buffer.len()).min(PROXY_READ_CHUNK_BYTES);
+                buffer.resize(buffer.len() + room.max(1), 0);
+            }
+            match reader.read(&mut buffer[filled..]).await {
+                Ok(0) => return self.broken("the owner closed the connection"),
+                Ok(read) => filled += read,
+                Err(error) => return self.broken(error),
+            }
+        }
+    }
+
+    /// Hands every whole answer at the start of `input` to the connection; returns the
+    /// bytes consumed.
+    fn deliver_answers(&self, input: &[u8]) -> Result<usize, ProxyError> {
+        let mut consumed = 0;
+        loop {
+            let (header, payload) = match split_frame(&input[consumed..]) {
+                Ok(Split::Incomplete { .. }) => return Ok(consumed),
+                Ok(Split::Frame { header, payload }) => (header, payload),
+                Err(error) => return Err(self.broken(error)),
+            };
+            if header.kind != FrameKind::Response {
+                return Err(self.broken(format!("the owner sent a {:?} frame", header.kind)));
+            }
+            let bytes = &input[consumed + payload.start..consumed + payload.end];
+            let response = decode_payload::<Response>(bytes).map_err(|error| self.broken(error))?;
+            let answered = self.in_flight.borrow_mut().answered(header.request_id);
+            if let (Some(waiting), Some(outbox)) = (answered, self.outbox.upgrade()) {
+                outbox.deliver(waiting.request_id, &response, true);
+            }
+            consumed += payload.end;
+        }
+    }
+
+    /// Writes queued requests until the link breaks; returns why it did.
+    async fn write_requests(&self, mut writer: WriteHalf<TcpStream>) -> ProxyError {
+        let mut spare = Vec::new();
+        loop {
+            while self.queued.borrow().is_empty() {
+                self.writer.notified().await;
+            }
+            // Requests arriving during the write queue up behind it.
+            std::mem::swap(&mut *self.queued.borrow_mut(), &mut spare);
+            let written = writer.write_all(&spare).await;
+            spare.clear();
+            if spare.capacity() > PROXY_QUEUED_BYTES_MAX {
+                spare = Vec::new();
+            }
+            if let Err(error) = written {
+                return self.broken(error);
+            }
+            self.room.notify();
+        }
+    }
+
+    /// Sleeps until the earliest deadline in flight; returns when one passed unanswered.
+    async fn reap(&self) -> ProxyError {
+        loop {
+            let now = Instant::now();
+            let (overdue, next) = {
+                let in_flight = self.in_flight.borrow();
+                (in_flight.overdue(now), in_flight.next_deadline())
+            };
+            if let Some(waiting) = overdue {
+                return ProxyError::Silent {
+                    address: self.address.clone(),
+                    after_ms: waiting.bound_ms,
+                };
+            }
+            let wake = next.unwrap_or(now + Duration::from_millis(PROXY_ANSWER_GRACE_MS));
+            self.reaper_wake.set(wake);
+            glommio::timer::sleep(wake.saturating_duration_since(now))
+                .or(self.reaper.notified())
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get() -> Command {
+        Command::Get { key: b"k".to_vec() }
+    }
+
+    use std::io::{Read, Write};
+
+    /// Reads one whole frame off a blocking socket: its kind, request id and payload.
+    fn read_frame(stream: &mut std::net::TcpStream, buffer: &mut Vec<u8>) -> (FrameKind, u64, Vec<u8>) {
+        loop {
+            if let Split::Frame { header, payload } = split_frame(buffer).expect("a valid frame") {
+                let bytes = buffer[payload.clone()].to_vec();
+                buffer.drain(..payload.end);
+                return (header.kind, header.request_id, bytes);
+            }
+            let mut chunk = [0u8; 4096];
+            let read = stream.read(&mut chunk).expect("read");
+            assert!(read > 0, "the link closed mid-frame");
+            buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    fn write_frame<T>(stream: &mut std::net::TcpStream, kind: FrameKind, request_id: u64, message: &T)
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
+        >,
+    {
+        let mut out = Vec::new();
+        encode_message(kind, request_id, 1, message, &mut out).expect("encode");
+        stream.write_all(&out).expect("write");
+    }
+
+    /// An owner that takes the handshake and two requests, then answers them in reverse
+    /// order; gives back what it received.
+    fn fake_owner(listener: std::net::TcpListener) -> std::thread::JoinHandle<(Hello, Vec<Request>)> {
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let mut buffer = Vec::new();
+            let (_, _, payload) = read_frame(&mut stream, &mut buffer);
+            let hello = decode_payload::<Hello>(&payload).expect("a Hello");
+            let reply = engram_proto::HelloReply {
+                node_id: 2,
+                shard_id: 0,
+                shard_count: 1,
+                map_epoch: 1,
+                server_version: "test".into(),
+            };
+            write_frame(&mut stream, FrameKind::HelloReply, 0, &reply);
+            let mut requests = Vec::new();
+            let mut ids = Vec::new();
+            for _ in 0..2 {
+                let (_, id, payload) = read_frame(&mut stream, &mut buffer);
+                requests.push(decode_payload::<Request>(&payload).expect("a Request"));
+                ids.push(id);
+            }
+            for (value, id) in [(2, ids[1]), (1, ids[0])] {
+                write_frame(&mut stream, FrameKind::Response, id, &Response::Counter { value });
+            }
+            (hello, requests)
+        })
+    }
+
+    /// The answers in `outbox`, by the client's request id, once there are `count`.
+    async fn answers(outbox: &Outbox, count: usize) -> Vec<(u64, Response)> {
+        let mut answers = Vec::new();
+        let mut frames = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while answers.len() < count {
+            assert!(Instant::now() < deadline, "only {answers:?} arrived");
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+            frames.extend(outbox.take_frames());
+            while let Ok(Split::Frame { header, payload }) = split_frame(&frames) {
+                answers.push((
+                    header.request_id,
+                    decode_payload::<Response>(&frames[payload.clone()]).unwrap(),
+                ));
+                frames.drain(..payload.end);
+            }
+        }
+        answers
+    }
+
+    fn on_executor(work: impl std::future::Future<Output = ()>) {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(crate::node::SHARD_IO_MEMORY_BYTES)
+            .make()
+            .expect("executor")
+            .run(work);
+    }
+
+    #[test]
+    fn a_link_speaks_for_its_client_and_answers_each_request_under_its_own_id() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let owner = fake_owner(listener);
+        let add = Request {
+            op_id: 9,
+            completed_below_op_id: 8,
+            command: Command::CounterAdd {
+                key: b"unprefixed".to_vec(),
+                delta: 1,
+            },
+        };
+        let sent = [add.clone(), counter_get()];
+        on_executor(async move {
+            let outbox = Rc::new(Outbox::default());
+            let proxies = Proxies::new(42, b"tenant", b"token", Rc::downgrade(&outbox));
+            proxies.forward(&address, 100, 3, &sent[0]).await;
+            proxies.forward(&address, 101, 3, &sent[1]).await;
+            let mut got = answers(&outbox, 2).await;
+            got.sort_by_key(|(request_id, _)| *request_id);
+            let expected = [
+                (100, Response::Counter { value: 1 }),
+                (101, Response::Counter { value: 2 }),
+            ];
+            assert_eq!(got, expected);
+        });
+        let (hello, requests) = owner.join().expect("owner");
+        assert_eq!(
+            (hello.client_id, &hello.namespace[..], &hello.credentials[..]),
+            (42, &b"tenant"[..], &b"token"[..])
+        );
+        assert_eq!(requests, [add, counter_get()], "sent as the client sent them");
+    }
+
+    fn counter_get() -> Request {
+        Request {
+            op_id: 0,
+            completed_below_op_id: 0,
+            command: Command::CounterGet { key: b"c".to_vec() },
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_is_answered_at_once_naming_the_address() {
+        let address = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address").to_string()
+        };
+        on_executor(async move {
+            let outbox = Rc::new(Outbox::default());
+            let proxies = Proxies::new(42, b"", b"", Rc::downgrade(&outbox));
+            proxies.forward(&address, 5, 3, &counter_get()).await;
+            let got = answers(&outbox, 1).await;
+            let [(5, Response::Error(reply))] = &got[..] else {
+                panic!("an error answer to request 5, not {got:?}");
+            };
+            assert_eq!(ErrorCode::from_u16(reply.code), Some(ErrorCode::TryAgain));
+            assert!(reply.message.contains(&address), "{}", reply.message);
+            assert_eq!(reply.map_epoch, 3);
+            // The failed link is replaced, so the next request tries afresh.
+            proxies.forward(&address, 6, 3, &counter_get()).await;
+            assert_eq!(answers(&outbox, 1).await[0].0, 6);
+        });
+    }
+
+    #[test]
+    fn a_blocking_command_may_wait_its_own_wait_plus_the_grace() {
+        assert_eq!(answer_bound_ms(&get()), PROXY_ANSWER_GRACE_MS);
+        let acquire = Command::LockAcquire {
+            key: b"k".to_vec(),
+            owner: b"o".to_vec(),
+            lease_ms: 1_000,
+            wait_ms: 20_000,
+        };
+        assert_eq!(answer_bound_ms(&acquire), 20_000 + PROXY_ANSWER_GRACE_MS);
+        let absurd = Command::QueuePop {
+            key: b"q".to_vec(),
+            end: engram_proto::QueueEnd::Front,
+            timeout_ms: u64::MAX,
+        };
+        assert_eq!(answer_bound_ms(&absurd), WAIT_MS_MAX + PROXY_ANSWER_GRACE_MS);
+    }
+
+    #[test]
+    fn requests_in_flight_are_found_by_link_id_and_expire_in_deadline_order() {
+        let start = Instant::now();
+        let mut in_flight = InFlight::default();
+        let pop = Command::QueuePop {
+            key: b"q".to_vec(),
+            end: engram_proto::QueueEnd::Front,
+            timeout_ms: 10_000,
+        };
+        let (blocking, _) = in_flight.register(7, 3, &pop, start);
+        let (read, read_deadline) = in_flight.register(7, 3, &get(), start);
+        assert_ne!(blocking, read, "the client's request ids may repeat; the link's do not");
+        assert_ne!(read, 0, "0 is the handshake's id");
+        assert_eq!(in_flight.next_deadline(), Some(read_deadline));
+        assert_eq!(in_flight.overdue(start), None);
+        let overdue = in_flight.overdue(read_deadline).expect("the read is overdue");
+        assert_eq!((overdue.request_id, overdue.bound_ms), (7, PROXY_ANSWER_GRACE_MS));
+        assert_eq!(in_flight.answered(read).map(|waiting| waiting.request_id), Some(7));
+        assert_eq!(in_flight.answered(read), None, "an answer is taken once");
+        assert_eq!(in_flight.overdue(read_deadline), None, "the blocking pop waits longer");
+        assert_eq!(in_flight.drain().len(), 1);
+        assert!(in_flight.is_empty());
+        assert_eq!(in_flight.next_deadline(), None);
+    }
+
+    #[test]
+    fn only_a_refused_handshake_and_a_full_link_table_are_not_try_again() {
+        let address = "10.0.0.2:7401".to_string();
+        let refused = ProxyError::from(LinkError::Connect {
+            address: address.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        });
+        assert_eq!(refused.code(), ErrorCode::TryAgain);
+        let Response::Error(reply) = refused.answer(9) else {
+            panic!("an error answer");
+        };
+        assert!(reply.message.contains(&address), "{}", reply.message);
+        assert_eq!(reply.map_epoch, 9);
+        let silent = ProxyError::from(LinkError::TimedOut {
+            address: address.clone(),
+            after: Duration::from_millis(PROXY_CONNECT_TIMEOUT_MS),
+        });
+        assert_eq!(silent.code(), ErrorCode::TryAgain);
+        assert!(silent.to_string().contains(&address));
+        let handshake = ProxyError::from(LinkError::Refused {
+            address,
+            answer: "Unauthorized".into(),
+        });
+        assert_eq!(handshake.code(), ErrorCode::Internal);
+        assert_eq!(ProxyError::TooManyLinks.code(), ErrorCode::Busy);
+    }
+}
