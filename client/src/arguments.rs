@@ -5,15 +5,15 @@
 
 use std::time::Duration;
 
-use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX};
+use engram_proto::limits::{LEASE_MS_MAX, OWNER_BYTES_MAX, WAIT_MS_MAX};
 
 use crate::error::Error;
 
-/// A wait in whole milliseconds; zero stays zero, which the server reads as "answer at
-/// once".
+/// A wait in whole milliseconds, at most `WAIT_MS_MAX` (15 minutes); zero stays zero,
+/// which the server reads as "answer at once".
 pub(crate) fn wait_ms(wait: Duration) -> Result<u64, Error> {
     match u64::try_from(whole_milliseconds(wait)) {
-        Ok(milliseconds) if milliseconds <= CALL_TIMEOUT_MS_MAX => Ok(milliseconds),
+        Ok(milliseconds) if milliseconds <= WAIT_MS_MAX => Ok(milliseconds),
         _ => Err(Error::WaitTooLong { wait }),
     }
 }
@@ -55,12 +55,10 @@ mod tests {
         assert_eq!(real_wait_ms(Duration::ZERO).unwrap(), 1);
         assert_eq!(wait_ms(Duration::from_micros(1)).unwrap(), 1);
         assert_eq!(wait_ms(Duration::from_micros(2_001)).unwrap(), 3);
-        assert_eq!(
-            wait_ms(Duration::from_millis(CALL_TIMEOUT_MS_MAX)).unwrap(),
-            CALL_TIMEOUT_MS_MAX
-        );
+        // As long as a Lambda function lives, past the plain call timeout.
+        assert_eq!(wait_ms(Duration::from_secs(15 * 60)).unwrap(), WAIT_MS_MAX);
         assert!(matches!(
-            wait_ms(Duration::from_millis(CALL_TIMEOUT_MS_MAX + 1)),
+            wait_ms(Duration::from_millis(WAIT_MS_MAX + 1)),
             Err(Error::WaitTooLong { .. })
         ));
         assert!(matches!(wait_ms(Duration::MAX), Err(Error::WaitTooLong { .. })));

@@ -60,7 +60,8 @@ impl ClientBuilder {
     }
 
     /// Default timeout of every call, retries included (default 5 s, capped at
-    /// `CALL_TIMEOUT_MS_MAX`).
+    /// `CALL_TIMEOUT_MS_MAX`, one minute). A call that waits at the server (an acquire,
+    /// a barrier, a blocking pop) gets its wait, up to `WAIT_MS_MAX`, on top.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -133,8 +134,8 @@ impl ClientBuilder {
 }
 
 /// Clamps a timeout to `CALL_TIMEOUT_MS_MAX`, the longest a client may retry one
-/// operation: the server's exactly-once guarantee for a retried operation id is only
-/// promised within that window.
+/// operation (plus its wait, if it waits): the server's exactly-once guarantee for a
+/// retried operation id is only promised within that window.
 pub(crate) fn cap_timeout(timeout: Duration) -> Duration {
     timeout.min(Duration::from_millis(CALL_TIMEOUT_MS_MAX))
 }

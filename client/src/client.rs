@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX};
+use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX, WAIT_MS_MAX};
 use engram_proto::{Command, NodeInfo, Request, Response, SlotHasher, SlotMap};
 use tokio::runtime::Handle;
 use tokio::time::{sleep_until, timeout_at, Instant};
@@ -765,12 +765,13 @@ fn checked_call_timeout(key: Option<&[u8]>, base: Duration, command: &Command) -
     call_timeout(base, command)
 }
 
-/// How long a call of `command` may take: the call timeout plus the time the command may
-/// be parked at the server. The wait is checked here because the server would refuse a
-/// longer one, and it must not stretch the call past what the exactly-once records cover.
+/// How long a call of `command` may take: the call timeout (at most
+/// `CALL_TIMEOUT_MS_MAX`) plus the time the command may be parked at the server (at most
+/// `WAIT_MS_MAX`). The wait is checked here because the server would refuse a longer
+/// one, and it must not stretch the call past what the exactly-once records cover.
 fn call_timeout(timeout: Duration, command: &Command) -> Result<Duration, Error> {
     let wait = Duration::from_millis(command.wait_ms());
-    if command.wait_ms() > CALL_TIMEOUT_MS_MAX {
+    if command.wait_ms() > WAIT_MS_MAX {
         return Err(Error::WaitTooLong { wait });
     }
     Ok(timeout + wait)

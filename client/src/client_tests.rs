@@ -333,6 +333,21 @@ fn the_blocking_facade_drives_the_same_handles() {
     assert_eq!(client.counter("c").get().unwrap(), 3);
 }
 
+/// Inside a runtime (async code, a Lambda handler) tokio refuses a nested `block_on`;
+/// the facade hands its calls to its own worker instead, and dropping it there does not
+/// wait for that worker. The fake serves from another worker of the test's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blocking_facade_works_inside_a_runtime() {
+    let fake = FakeServer::front().await;
+    let client = crate::blocking::Client::connect(Client::builder(&fake.address).direct(false)).unwrap();
+    client.ping().unwrap();
+    assert_eq!(client.counter("c").add(2).unwrap(), 2);
+    let bytes = client.bytes("b");
+    assert_eq!(bytes.set("one").unwrap(), 1);
+    assert_eq!(bytes.get().unwrap().unwrap().value, b"one");
+    drop(client);
+}
+
 fn set(key: &str, value: &str) -> (Command, bool) {
     let command = Command::Set {
         key: key.as_bytes().to_vec(),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use engram_proto::limits::CALL_TIMEOUT_MS_MAX;
+use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, WAIT_MS_MAX};
 use engram_proto::{Command, ErrorCode, MapEntry, QueueEnd, Response};
 
 use crate::fake_server::{error, FakeServer, Seen};
@@ -103,6 +103,36 @@ async fn a_blocking_call_gets_its_wait_on_top_of_the_call_timeout() {
     tokio::time::sleep(call_timeout * 3).await;
     fake.release().await;
     assert_eq!(waiting.await.unwrap().unwrap().fence(), 1);
+}
+
+/// Waits last as long as a function may live: the longest wait is sent as asked, past
+/// the longest call timeout, and its call ends only after the wait on top of the call
+/// timeout. Tokio's paused clock makes the fifteen minutes virtual (and exact).
+#[tokio::test(start_paused = true)]
+async fn the_longest_wait_is_sent_and_its_call_lasts_the_wait_plus_the_call_timeout() {
+    let fake = FakeServer::front().await;
+    let client = front_client(&fake).await;
+    let call_timeout = Duration::from_millis(30);
+    let longest = Duration::from_millis(WAIT_MS_MAX);
+    assert!(longest > Duration::from_millis(CALL_TIMEOUT_MS_MAX));
+    // The fake never answers "silent" keys, as a server holding a wait that never ends.
+    let queue = client.queue("silent-jobs").timeout(call_timeout);
+    let started = tokio::time::Instant::now();
+    let popped = queue.pop_front(Some(longest)).await;
+    assert!(matches!(popped, Err(Error::Timeout { .. })), "{popped:?}");
+    assert!(
+        started.elapsed() >= longest + call_timeout,
+        "the call gave up after {:?}, before its wait and call timeout",
+        started.elapsed()
+    );
+    assert_eq!(
+        last_command(&fake, "silent-jobs"),
+        Command::QueuePop {
+            key: b"silent-jobs".to_vec(),
+            end: QueueEnd::Front,
+            timeout_ms: WAIT_MS_MAX,
+        }
+    );
 }
 
 #[tokio::test]
@@ -315,7 +345,7 @@ async fn bad_owners_waits_and_leases_are_refused_before_sending() {
         lock.acquire("", LEASE, WAIT).await,
         Err(Error::InvalidOwner { length: 0 })
     ));
-    let too_long = Duration::from_millis(CALL_TIMEOUT_MS_MAX + 1);
+    let too_long = Duration::from_millis(WAIT_MS_MAX + 1);
     assert!(matches!(
         lock.acquire("w", LEASE, too_long).await,
         Err(Error::WaitTooLong { .. })
@@ -330,7 +360,7 @@ async fn bad_owners_waits_and_leases_are_refused_before_sending() {
     ));
     let raw = Command::LatchWait {
         key: b"local".to_vec(),
-        timeout_ms: CALL_TIMEOUT_MS_MAX + 1,
+        timeout_ms: WAIT_MS_MAX + 1,
     };
     assert!(matches!(
         client.call(Some(b"local"), raw, false).await,

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use engram_proto::limits::{
-    CALL_TIMEOUT_MS_MAX, KEY_BYTES_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX,
-};
+use engram_proto::limits::{KEY_BYTES_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX, WAIT_MS_MAX};
 use engram_proto::{ErrorCode, ErrorReply, ProtocolError};
 
 /// A server error code: one this build knows, or the raw number from a newer server.
@@ -135,7 +133,7 @@ pub enum Error {
     ValueTooLarge { length: usize },
     #[error("time to live of {ttl:?} exceeds ttl_ms_max ({TTL_MS_MAX} ms)")]
     TtlTooLong { ttl: Duration },
-    #[error("wait of {wait:?} exceeds call_timeout_ms_max ({CALL_TIMEOUT_MS_MAX} ms)")]
+    #[error("wait of {wait:?} exceeds wait_ms_max ({WAIT_MS_MAX} ms, 15 minutes); wait again to wait longer")]
     WaitTooLong { wait: Duration },
     #[error("lease of {lease:?} exceeds lease_ms_max ({LEASE_MS_MAX} ms); renew a shorter lease instead")]
     LeaseTooLong { lease: Duration },
@@ -401,7 +399,7 @@ mod tests {
             .contains("ttl_ms_max"));
         assert!(Error::WaitTooLong { wait: Duration::MAX }
             .to_string()
-            .contains("call_timeout_ms_max"));
+            .contains("wait_ms_max"));
         assert!(Error::LeaseTooLong { lease: Duration::MAX }
             .to_string()
             .contains("lease_ms_max"));

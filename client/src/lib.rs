@@ -13,8 +13,9 @@
 //! - [`future`]: the write-once value handle (complete, get with wait, try-get).
 //! - [`map`]: the map handle (get, set, del, get-all, incr of fields).
 //! - [`queue`]: the double-ended queue handle (push, blocking pop at either end, len).
-//! - [`blocking`]: synchronous facade over the same client and handles, on a runtime it owns
-//!   (one submodule per coordination object, mirroring the async ones).
+//! - [`blocking`]: synchronous facade over the same client and handles, on a runtime it owns,
+//!   usable from plain threads and from inside a tokio runtime (one submodule per
+//!   coordination object, mirroring the async ones).
 //! - [`error`]: the client error enum and its retryable/final classification (a lost slot
 //!   and an unreachable node end a call early).
 //! - [`limits`]: client-side limits and tunables (timeouts, backoff, connection attempts to

@@ -63,8 +63,9 @@ impl Lock {
 
     /// Takes the lock for `owner` with a `lease`, waiting up to `wait` behind earlier
     /// waiters (FIFO). A wait that runs out fails with a server `Timeout`
-    /// ([`Error::is_wait_timeout`]); `wait` is at most `CALL_TIMEOUT_MS_MAX`. An owner
-    /// that already holds the lock gets its current fence back with the lease renewed.
+    /// ([`Error::is_wait_timeout`]); `wait` is at most `WAIT_MS_MAX` (15 minutes), and the
+    /// call's timeout is stretched by it. An owner that already holds the lock gets its
+    /// current fence back with the lease renewed.
     pub async fn acquire(
         &self,
         owner: impl Into<Vec<u8>>,
@@ -164,8 +165,14 @@ impl LockGuard {
     /// Extends the lease to `lease` from now. Fails with `NotHolder` when the lease had
     /// already ended (someone else may hold the lock now).
     pub async fn renew(&mut self, lease: Duration) -> Result<(), Error> {
-        self.lease = self.lock.renew_with(&self.owner, self.fence, lease).await?;
+        let lease = self.lock.renew_with(&self.owner, self.fence, lease).await?;
+        self.renewed(lease);
         Ok(())
+    }
+
+    /// Records a renewal made without borrowing the guard (the blocking facade's).
+    pub(crate) fn renewed(&mut self, lease: Duration) {
+        self.lease = lease;
     }
 
     /// Releases the lock, handing it to the next waiter. Fails with `NotHolder` when the

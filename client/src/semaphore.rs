@@ -158,8 +158,14 @@ impl Permit {
     /// Extends the lease to `lease` from now. Fails with `NotHolder` when the lease had
     /// already ended.
     pub async fn renew(&mut self, lease: Duration) -> Result<(), Error> {
-        self.lease = self.semaphore.renew_with(self.id, lease).await?;
+        let lease = self.semaphore.renew_with(self.id, lease).await?;
+        self.renewed(lease);
         Ok(())
+    }
+
+    /// Records a renewal made without borrowing the permit (the blocking facade's).
+    pub(crate) fn renewed(&mut self, lease: Duration) {
+        self.lease = lease;
     }
 
     /// Returns the permits. Fails with `NotHolder` when the lease had already ended.

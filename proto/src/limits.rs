@@ -36,10 +36,19 @@ pub const FRAME_PAYLOAD_BYTES_MAX: usize = KEY_BYTES_MAX + VALUE_BYTES_MAX + PAY
 /// from it (backpressure), and the client's cap on requests in flight per connection.
 pub const IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 
-/// Longest wait or timeout a request may ask for, and the longest a client retries one
-/// operation. Operation-id records are retained longer than this (see the server), which
-/// is what makes a retry exactly-once.
+/// Longest call timeout: how long a client keeps retrying one call, on top of any wait
+/// the call asks the server for ([`WAIT_MS_MAX`]). Operation-id records are retained
+/// longer than a call can last (see the server), which is what makes a retry
+/// exactly-once.
 pub const CALL_TIMEOUT_MS_MAX: u64 = 60_000;
+
+/// Longest a request may be parked at the server: a lock or semaphore acquire's wait, a
+/// barrier, latch or future wait, a blocking pop. Fifteen minutes, because that is how
+/// long an AWS Lambda function may run: a function can wait for as long as it lives, as
+/// Redis's `BLPOP` lets it. Unlike `BLPOP 0` a wait always ends (a longer one is a loop
+/// of waits), so every parked request has a deadline. A client's call gets its wait on
+/// top of its call timeout.
+pub const WAIT_MS_MAX: u64 = 15 * 60_000;
 
 /// Longest time-to-live a key may be given (about 10 years), so deadlines never overflow.
 pub const TTL_MS_MAX: u64 = 10 * 365 * 24 * 3600 * 1000;
@@ -71,3 +80,13 @@ pub const INCARNATIONS_MAX: u64 = (1 << (64 - VERSION_COUNTER_BITS)) - 1;
 pub const fn incarnation_version_floor(incarnation: u64) -> u64 {
     incarnation << VERSION_COUNTER_BITS
 }
+
+// The waits' limit, checked when this crate compiles.
+const _: () = {
+    // An AWS Lambda function runs at most 15 minutes; a wait may last as long.
+    assert!(WAIT_MS_MAX >= 15 * 60 * 1000);
+    // Waits are not bounded by the call timeout: a call gets its wait on top.
+    assert!(WAIT_MS_MAX > CALL_TIMEOUT_MS_MAX);
+    // A holder can keep a lock (renewing) through the longest wait of the next in line.
+    assert!(LEASE_MS_MAX >= WAIT_MS_MAX);
+};

@@ -1,5 +1,5 @@
 //! Where the `engramd` and `engram` binaries are, and this crate's own
-//! `engram-test-worker`.
+//! `engram-test-worker` and `engram-example-invocation-lock`.
 
 use std::path::PathBuf;
 
@@ -63,4 +63,10 @@ pub fn engram_cli() -> PathBuf {
 /// [`profile_dir`], even when `ENGRAM_BIN_DIR` points elsewhere.
 pub fn test_worker() -> PathBuf {
     existing(profile_dir().join("engram-test-worker"), "")
+}
+
+/// The README's lock example (`client/examples/invocation_lock.rs`), which this crate also
+/// builds as a binary; like the worker, always taken from [`profile_dir`].
+pub fn example_invocation_lock() -> PathBuf {
+    existing(profile_dir().join("engram-example-invocation-lock"), "")
 }

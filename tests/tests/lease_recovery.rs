@@ -65,6 +65,16 @@ fn waiter(server: &EngramServer, dir: &Path, label: &str, arguments: &[&str]) ->
     command
 }
 
+/// Owner and fence from `engram lock holder --json`.
+fn holder_from_json(stdout: &[u8]) -> (String, u64) {
+    let holder: serde_json::Value = serde_json::from_slice(stdout)
+        .unwrap_or_else(|error| panic!("lock holder --json printed {:?}: {error}", text(stdout)));
+    let owner = holder["owner"].as_str().expect("owner is a string").to_string();
+    let fence = holder["fence"].as_u64().expect("fence is a number");
+    assert!(holder["lease_remaining_ms"].is_u64(), "lease_remaining_ms: {holder}");
+    (owner, fence)
+}
+
 fn stdout_text(dir: &Path, label: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{label}.stdout"))).unwrap_or_default()
 }
@@ -168,7 +178,7 @@ fn a_killed_holder_keeps_its_lock_and_permits_until_the_lease_ends() {
     // Until the lease ends, the dead owner still holds the lock and its permits. The
     // lease is long enough that these queries always come before its end; how long after
     // `spawned_at` they were answered is in the messages, for a machine slow beyond that.
-    let holder_line = server.cli(&["lock", "holder", &lock]);
+    let holder_line = server.cli(&["lock", "holder", &lock, "--json"]);
     let available = server.cli(&["sem", "available", &semaphore, "--capacity", &capacity]);
     let queried = spawned_at.elapsed();
     assert_eq!(
@@ -177,12 +187,10 @@ fn a_killed_holder_keeps_its_lock_and_permits_until_the_lease_ends() {
         "lock holder while the dead owner's {LEASE:?} lease runs ({queried:?} after spawning it): {}",
         describe(&holder_line)
     );
-    let fields: Vec<String> = text(&holder_line.stdout).split_whitespace().map(String::from).collect();
     assert_eq!(
-        fields.get(..2),
-        Some(&[doomed.to_string(), dead_fence.to_string()][..]),
-        "lock holder names the killed owner and its fence (`OWNER TOKEN LEASE_REMAINING_MS`), \
-         {queried:?} after spawning it: {fields:?}"
+        holder_from_json(&holder_line.stdout),
+        (doomed.to_string(), dead_fence),
+        "lock holder names the killed owner and its fence, {queried:?} after spawning it"
     );
     assert_eq!(
         available.status.code(),
@@ -229,14 +237,18 @@ fn a_killed_holder_keeps_its_lock_and_permits_until_the_lease_ends() {
         .unwrap_or_else(|_| panic!("sem acquire printed {heir_permit:?}, not a permit id"));
 
     // The lock names the heir now, and the dead owner's grants are gone for good.
-    let holder_fields: Vec<String> = cli_expect(&server, &["lock", "holder", &lock], 0)
-        .split_whitespace()
-        .map(String::from)
-        .collect();
+    let holder_lines = cli_expect(&server, &["lock", "holder", &lock], 0);
+    let labeled: Vec<&str> = holder_lines.lines().collect();
     assert_eq!(
-        holder_fields.get(..2),
-        Some(&["heir".to_string(), heir_fence.to_string()][..]),
-        "lock holder after the handover: {holder_fields:?}"
+        labeled.iter().take(2).copied().collect::<Vec<_>>(),
+        vec!["owner: heir".to_string(), format!("fence: {heir_fence}")],
+        "lock holder after the handover: {holder_lines:?}"
+    );
+    assert!(
+        labeled
+            .get(2)
+            .is_some_and(|line| line.starts_with("lease remaining: ") && line.ends_with(" ms")),
+        "lock holder after the handover: {holder_lines:?}"
     );
     cli_expect(
         &server,

@@ -34,9 +34,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "ENGRAM_NAMESPACE", default_value = "default")]
     pub namespace: String,
 
-    /// Timeout of each call, retries included, in milliseconds [default: 5000]. For
-    /// barrier wait, latch wait, future get and queue pop it is also how long to wait at
-    /// the server (at most 60000); the call gets that long on top.
+    /// Timeout of each call, retries included, in milliseconds [default: 5000; capped at
+    /// 60000]. For barrier wait, latch wait, future get and queue pop it is also how long
+    /// to wait at the server (at most 900000, 15 minutes: wait_ms_max); the call gets that
+    /// long on top.
     #[arg(long, global = true, env = "ENGRAM_TIMEOUT_MS", value_name = "MS")]
     pub timeout_ms: Option<u64>,
 

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::Runtime;
-
+use super::Driver;
 use crate::barrier::BarrierPassage;
 use crate::error::Error;
 
@@ -12,7 +11,7 @@ use crate::error::Error;
 #[derive(Clone, Debug)]
 pub struct Barrier {
     pub(super) inner: crate::Barrier,
-    pub(super) runtime: Arc<Runtime>,
+    pub(super) driver: Arc<Driver>,
 }
 
 impl Barrier {
@@ -27,11 +26,12 @@ impl Barrier {
     pub fn timeout(&self, timeout: Duration) -> Barrier {
         Barrier {
             inner: self.inner.timeout(timeout),
-            runtime: Arc::clone(&self.runtime),
+            driver: Arc::clone(&self.driver),
         }
     }
 
     pub fn wait(&self, timeout: Duration) -> Result<BarrierPassage, Error> {
-        self.runtime.block_on(self.inner.wait(timeout))
+        self.driver
+            .call(&self.inner, |barrier| async move { barrier.wait(timeout).await })
     }
 }

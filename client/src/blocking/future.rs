@@ -3,15 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::Runtime;
-
+use super::Driver;
 use crate::error::Error;
 
 /// Blocking [`crate::RemoteFuture`].
 #[derive(Clone, Debug)]
 pub struct RemoteFuture {
     pub(super) inner: crate::RemoteFuture,
-    pub(super) runtime: Arc<Runtime>,
+    pub(super) driver: Arc<Driver>,
 }
 
 impl RemoteFuture {
@@ -22,19 +21,23 @@ impl RemoteFuture {
     pub fn timeout(&self, timeout: Duration) -> RemoteFuture {
         RemoteFuture {
             inner: self.inner.timeout(timeout),
-            runtime: Arc::clone(&self.runtime),
+            driver: Arc::clone(&self.driver),
         }
     }
 
     pub fn complete(&self, value: impl Into<Vec<u8>>) -> Result<(), Error> {
-        self.runtime.block_on(self.inner.complete(value))
+        let value = value.into();
+        self.driver
+            .call(&self.inner, |future| async move { future.complete(value).await })
     }
 
     pub fn get(&self, timeout: Duration) -> Result<Vec<u8>, Error> {
-        self.runtime.block_on(self.inner.get(timeout))
+        self.driver
+            .call(&self.inner, |future| async move { future.get(timeout).await })
     }
 
     pub fn try_get(&self) -> Result<Option<Vec<u8>>, Error> {
-        self.runtime.block_on(self.inner.try_get())
+        self.driver
+            .call(&self.inner, |future| async move { future.try_get().await })
     }
 }

@@ -3,15 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::Runtime;
-
+use super::Driver;
 use crate::error::Error;
 
 /// Blocking [`crate::Latch`].
 #[derive(Clone, Debug)]
 pub struct Latch {
     pub(super) inner: crate::Latch,
-    pub(super) runtime: Arc<Runtime>,
+    pub(super) driver: Arc<Driver>,
 }
 
 impl Latch {
@@ -22,23 +21,27 @@ impl Latch {
     pub fn timeout(&self, timeout: Duration) -> Latch {
         Latch {
             inner: self.inner.timeout(timeout),
-            runtime: Arc::clone(&self.runtime),
+            driver: Arc::clone(&self.driver),
         }
     }
 
     pub fn try_set_count(&self, count: u64) -> Result<bool, Error> {
-        self.runtime.block_on(self.inner.try_set_count(count))
+        self.driver
+            .call(&self.inner, |latch| async move { latch.try_set_count(count).await })
     }
 
     pub fn count_down(&self) -> Result<u64, Error> {
-        self.runtime.block_on(self.inner.count_down())
+        self.driver
+            .call(&self.inner, |latch| async move { latch.count_down().await })
     }
 
     pub fn count(&self) -> Result<u64, Error> {
-        self.runtime.block_on(self.inner.count())
+        self.driver
+            .call(&self.inner, |latch| async move { latch.count().await })
     }
 
     pub fn wait(&self, timeout: Duration) -> Result<(), Error> {
-        self.runtime.block_on(self.inner.wait(timeout))
+        self.driver
+            .call(&self.inner, |latch| async move { latch.wait(timeout).await })
     }
 }

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::Runtime;
-
+use super::Driver;
 use crate::error::Error;
 use crate::lock::LockHolder;
 
@@ -12,7 +11,7 @@ use crate::lock::LockHolder;
 #[derive(Clone, Debug)]
 pub struct Lock {
     pub(super) inner: crate::Lock,
-    pub(super) runtime: Arc<Runtime>,
+    pub(super) driver: Arc<Driver>,
 }
 
 /// Blocking [`crate::LockGuard`]: as there, **dropping it does not release the lock**;
@@ -21,7 +20,7 @@ pub struct Lock {
 #[must_use = "dropping a guard does not release the lock; call release() (or let the lease end)"]
 pub struct LockGuard {
     inner: crate::LockGuard,
-    runtime: Arc<Runtime>,
+    driver: Arc<Driver>,
 }
 
 impl Lock {
@@ -32,36 +31,49 @@ impl Lock {
     pub fn timeout(&self, timeout: Duration) -> Lock {
         Lock {
             inner: self.inner.timeout(timeout),
-            runtime: Arc::clone(&self.runtime),
+            driver: Arc::clone(&self.driver),
         }
     }
 
     pub fn acquire(&self, owner: impl Into<Vec<u8>>, lease: Duration, wait: Duration) -> Result<LockGuard, Error> {
-        let inner = self.runtime.block_on(self.inner.acquire(owner, lease, wait))?;
+        let owner = owner.into();
+        let inner = self.driver.call(
+            &self.inner,
+            |lock| async move { lock.acquire(owner, lease, wait).await },
+        )?;
         Ok(self.guard(inner))
     }
 
     pub fn try_acquire(&self, owner: impl Into<Vec<u8>>, lease: Duration) -> Result<Option<LockGuard>, Error> {
-        let inner = self.runtime.block_on(self.inner.try_acquire(owner, lease))?;
+        let owner = owner.into();
+        let inner = self
+            .driver
+            .call(&self.inner, |lock| async move { lock.try_acquire(owner, lease).await })?;
         Ok(inner.map(|inner| self.guard(inner)))
     }
 
     pub fn holder(&self) -> Result<Option<LockHolder>, Error> {
-        self.runtime.block_on(self.inner.holder())
+        self.driver.call(&self.inner, |lock| async move { lock.holder().await })
     }
 
     pub fn release_with(&self, owner: impl AsRef<[u8]>, fence: u64) -> Result<(), Error> {
-        self.runtime.block_on(self.inner.release_with(owner, fence))
+        let owner = owner.as_ref().to_vec();
+        self.driver
+            .call(&self.inner, |lock| async move { lock.release_with(owner, fence).await })
     }
 
     pub fn renew_with(&self, owner: impl AsRef<[u8]>, fence: u64, lease: Duration) -> Result<Duration, Error> {
-        self.runtime.block_on(self.inner.renew_with(owner, fence, lease))
+        let owner = owner.as_ref().to_vec();
+        self.driver.call(
+            &self.inner,
+            |lock| async move { lock.renew_with(owner, fence, lease).await },
+        )
     }
 
     fn guard(&self, inner: crate::LockGuard) -> LockGuard {
         LockGuard {
             inner,
-            runtime: Arc::clone(&self.runtime),
+            driver: Arc::clone(&self.driver),
         }
     }
 }
@@ -80,10 +92,16 @@ impl LockGuard {
     }
 
     pub fn renew(&mut self, lease: Duration) -> Result<(), Error> {
-        self.runtime.block_on(self.inner.renew(lease))
+        let (owner, fence) = (self.inner.owner().to_vec(), self.inner.fence());
+        let granted = self.driver.call(self.inner.lock(), |lock| async move {
+            lock.renew_with(owner, fence, lease).await
+        })?;
+        self.inner.renewed(granted);
+        Ok(())
     }
 
     pub fn release(self) -> Result<(), Error> {
-        self.runtime.block_on(self.inner.release())
+        let LockGuard { inner, driver } = self;
+        driver.run(inner.release())
     }
 }

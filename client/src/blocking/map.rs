@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::Runtime;
-
+use super::Driver;
 use crate::error::Error;
 use crate::map::Fields;
 
@@ -12,7 +11,7 @@ use crate::map::Fields;
 #[derive(Clone, Debug)]
 pub struct Map {
     pub(super) inner: crate::Map,
-    pub(super) runtime: Arc<Runtime>,
+    pub(super) driver: Arc<Driver>,
 }
 
 impl Map {
@@ -23,27 +22,33 @@ impl Map {
     pub fn timeout(&self, timeout: Duration) -> Map {
         Map {
             inner: self.inner.timeout(timeout),
-            runtime: Arc::clone(&self.runtime),
+            driver: Arc::clone(&self.driver),
         }
     }
 
     pub fn get(&self, field: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>, Error> {
-        self.runtime.block_on(self.inner.get(field))
+        let field = field.into();
+        self.driver.call(&self.inner, |map| async move { map.get(field).await })
     }
 
     pub fn set(&self, field: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64, Error> {
-        self.runtime.block_on(self.inner.set(field, value))
+        let (field, value) = (field.into(), value.into());
+        self.driver
+            .call(&self.inner, |map| async move { map.set(field, value).await })
     }
 
     pub fn del(&self, field: impl Into<Vec<u8>>) -> Result<bool, Error> {
-        self.runtime.block_on(self.inner.del(field))
+        let field = field.into();
+        self.driver.call(&self.inner, |map| async move { map.del(field).await })
     }
 
     pub fn get_all(&self) -> Result<Fields, Error> {
-        self.runtime.block_on(self.inner.get_all())
+        self.driver.call(&self.inner, |map| async move { map.get_all().await })
     }
 
     pub fn incr(&self, field: impl Into<Vec<u8>>, delta: i64) -> Result<i64, Error> {
-        self.runtime.block_on(self.inner.incr(field, delta))
+        let field = field.into();
+        self.driver
+            .call(&self.inner, |map| async move { map.incr(field, delta).await })
     }
 }

@@ -3,15 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::Runtime;
-
+use super::Driver;
 use crate::error::Error;
 
 /// Blocking [`crate::Queue`].
 #[derive(Clone, Debug)]
 pub struct Queue {
     pub(super) inner: crate::Queue,
-    pub(super) runtime: Arc<Runtime>,
+    pub(super) driver: Arc<Driver>,
 }
 
 impl Queue {
@@ -22,31 +21,38 @@ impl Queue {
     pub fn timeout(&self, timeout: Duration) -> Queue {
         Queue {
             inner: self.inner.timeout(timeout),
-            runtime: Arc::clone(&self.runtime),
+            driver: Arc::clone(&self.driver),
         }
     }
 
     pub fn push_back(&self, value: impl Into<Vec<u8>>) -> Result<u64, Error> {
-        self.runtime.block_on(self.inner.push_back(value))
+        let value = value.into();
+        self.driver
+            .call(&self.inner, |queue| async move { queue.push_back(value).await })
     }
 
     pub fn push_front(&self, value: impl Into<Vec<u8>>) -> Result<u64, Error> {
-        self.runtime.block_on(self.inner.push_front(value))
+        let value = value.into();
+        self.driver
+            .call(&self.inner, |queue| async move { queue.push_front(value).await })
     }
 
     pub fn pop_front(&self, timeout: Option<Duration>) -> Result<Option<Vec<u8>>, Error> {
-        self.runtime.block_on(self.inner.pop_front(timeout))
+        self.driver
+            .call(&self.inner, |queue| async move { queue.pop_front(timeout).await })
     }
 
     pub fn pop_back(&self, timeout: Option<Duration>) -> Result<Option<Vec<u8>>, Error> {
-        self.runtime.block_on(self.inner.pop_back(timeout))
+        self.driver
+            .call(&self.inner, |queue| async move { queue.pop_back(timeout).await })
     }
 
     pub fn len(&self) -> Result<u64, Error> {
-        self.runtime.block_on(self.inner.len())
+        self.driver.call(&self.inner, |queue| async move { queue.len().await })
     }
 
     pub fn is_empty(&self) -> Result<bool, Error> {
-        self.runtime.block_on(self.inner.is_empty())
+        self.driver
+            .call(&self.inner, |queue| async move { queue.is_empty().await })
     }
 }

@@ -3,15 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::Runtime;
-
+use super::Driver;
 use crate::error::Error;
 
 /// Blocking [`crate::Semaphore`].
 #[derive(Clone, Debug)]
 pub struct Semaphore {
     pub(super) inner: crate::Semaphore,
-    pub(super) runtime: Arc<Runtime>,
+    pub(super) driver: Arc<Driver>,
 }
 
 /// Blocking [`crate::Permit`]: as there, **dropping it does not return the permits**;
@@ -20,7 +19,7 @@ pub struct Semaphore {
 #[must_use = "dropping a permit does not release it; call release() (or let the lease end)"]
 pub struct Permit {
     inner: crate::Permit,
-    runtime: Arc<Runtime>,
+    driver: Arc<Driver>,
 }
 
 impl Semaphore {
@@ -35,7 +34,7 @@ impl Semaphore {
     pub fn timeout(&self, timeout: Duration) -> Semaphore {
         Semaphore {
             inner: self.inner.timeout(timeout),
-            runtime: Arc::clone(&self.runtime),
+            driver: Arc::clone(&self.driver),
         }
     }
 
@@ -46,7 +45,10 @@ impl Semaphore {
         lease: Duration,
         wait: Duration,
     ) -> Result<Permit, Error> {
-        let inner = self.runtime.block_on(self.inner.acquire(owner, permits, lease, wait))?;
+        let owner = owner.into();
+        let inner = self.driver.call(&self.inner, |semaphore| async move {
+            semaphore.acquire(owner, permits, lease, wait).await
+        })?;
         Ok(self.permit(inner))
     }
 
@@ -56,26 +58,34 @@ impl Semaphore {
         permits: u32,
         lease: Duration,
     ) -> Result<Option<Permit>, Error> {
-        let inner = self.runtime.block_on(self.inner.try_acquire(owner, permits, lease))?;
+        let owner = owner.into();
+        let inner = self.driver.call(&self.inner, |semaphore| async move {
+            semaphore.try_acquire(owner, permits, lease).await
+        })?;
         Ok(inner.map(|inner| self.permit(inner)))
     }
 
     pub fn available(&self) -> Result<u32, Error> {
-        self.runtime.block_on(self.inner.available())
+        self.driver
+            .call(&self.inner, |semaphore| async move { semaphore.available().await })
     }
 
     pub fn release_with(&self, permit_id: u64) -> Result<(), Error> {
-        self.runtime.block_on(self.inner.release_with(permit_id))
+        self.driver.call(&self.inner, |semaphore| async move {
+            semaphore.release_with(permit_id).await
+        })
     }
 
     pub fn renew_with(&self, permit_id: u64, lease: Duration) -> Result<Duration, Error> {
-        self.runtime.block_on(self.inner.renew_with(permit_id, lease))
+        self.driver.call(&self.inner, |semaphore| async move {
+            semaphore.renew_with(permit_id, lease).await
+        })
     }
 
     fn permit(&self, inner: crate::Permit) -> Permit {
         Permit {
             inner,
-            runtime: Arc::clone(&self.runtime),
+            driver: Arc::clone(&self.driver),
         }
     }
 }
@@ -94,10 +104,16 @@ impl Permit {
     }
 
     pub fn renew(&mut self, lease: Duration) -> Result<(), Error> {
-        self.runtime.block_on(self.inner.renew(lease))
+        let permit_id = self.inner.id();
+        let granted = self.driver.call(self.inner.semaphore(), |semaphore| async move {
+            semaphore.renew_with(permit_id, lease).await
+        })?;
+        self.inner.renewed(granted);
+        Ok(())
     }
 
     pub fn release(self) -> Result<(), Error> {
-        self.runtime.block_on(self.inner.release())
+        let Permit { inner, driver } = self;
+        driver.run(inner.release())
     }
 }

@@ -1470,3 +1470,115 @@ fn renewing_after_the_lease_ran_out_does_not_revive_it() {
     assert_eq!(granted.len(), 1);
     assert_eq!(granted[0].0, waiter);
 }
+
+/// The message of an error answer, with its code checked.
+fn refusal(outcome: Outcome, expected: ErrorCode) -> String {
+    match outcome {
+        Outcome::Ready(Response::Error(reply)) => {
+            assert_eq!(ErrorCode::from_u16(reply.code), Some(expected), "{}", reply.message);
+            reply.message
+        }
+        other => panic!("expected {expected:?}, got {other:?}"),
+    }
+}
+
+/// `NotHolder` keeps its code but says which part of the grant did not match: the owner,
+/// the fence, both, or that the lease ended or the lock is free.
+#[test]
+fn not_holder_says_what_did_not_match() {
+    let mut store = Store::new(u64::MAX / 2, 3);
+    let mut op_id = 0;
+    let mut apply = |store: &mut Store, command: Command, now: u64| {
+        op_id += 1;
+        store.apply(1, &request(op_id, command), now)
+    };
+    let acquire = |owner: &str, wait_ms| Command::LockAcquire {
+        key: KEY.into(),
+        owner: owner.into(),
+        lease_ms: 10,
+        wait_ms,
+    };
+    let release = |owner: &str, fence| Command::LockRelease {
+        key: KEY.into(),
+        owner: owner.into(),
+        fence,
+    };
+    let renew = |owner: &str, fence| Command::LockRenew {
+        key: KEY.into(),
+        owner: owner.into(),
+        fence,
+        lease_ms: 10,
+    };
+    let Outcome::Ready(Response::LockGranted { fence, .. }) = apply(&mut store, acquire("a", 0), 0) else {
+        panic!("a free lock is granted")
+    };
+    let wrong_owner = refusal(apply(&mut store, release("b", fence), 1), ErrorCode::NotHolder);
+    assert_eq!(
+        wrong_owner,
+        format!("owner \"b\" does not hold the lock: fence {fence} is held by owner \"a\"")
+    );
+    let wrong_fence = refusal(apply(&mut store, renew("a", fence + 7), 1), ErrorCode::NotHolder);
+    assert_eq!(
+        wrong_fence,
+        format!(
+            "fence {} does not hold the lock: owner \"a\" holds it under fence {fence}",
+            fence + 7
+        )
+    );
+    let both = refusal(apply(&mut store, release("b", fence + 7), 1), ErrorCode::NotHolder);
+    assert!(both.starts_with("neither owner \"b\" nor fence"), "{both}");
+    // Past the lease, before any timer fired: the answer says the lease ended.
+    let ended = refusal(apply(&mut store, renew("a", fence), 10), ErrorCode::NotHolder);
+    assert_eq!(
+        ended,
+        format!("fence {fence} no longer holds the lock: its lease ended; it is free")
+    );
+    let free = refusal(apply(&mut store, release("a", fence), 11), ErrorCode::NotHolder);
+    assert!(
+        free.starts_with(&format!("the lock is free: fence {fence} does not hold it")),
+        "{free}"
+    );
+
+    // A lease that ends with a waiter in line names the new holder.
+    let Outcome::Ready(Response::LockGranted { fence: second, .. }) = apply(&mut store, acquire("a", 0), 20) else {
+        panic!("a free lock is granted")
+    };
+    let Outcome::Parked(_) = apply(&mut store, acquire("b", 1_000), 20) else {
+        panic!("a held lock parks a waiting acquire")
+    };
+    let passed_on = refusal(apply(&mut store, release("a", second), 30), ErrorCode::NotHolder);
+    assert!(
+        passed_on.starts_with(&format!(
+            "fence {second} no longer holds the lock: its lease ended; owner \"b\" holds it now, under fence"
+        )),
+        "{passed_on}"
+    );
+
+    // Semaphore permits: the lease that ended, then a permit that is simply not held.
+    let pool = b"pool".to_vec();
+    let Outcome::Ready(Response::SemaphoreGranted { permit_id, .. }) = apply(
+        &mut store,
+        Command::SemaphoreAcquire {
+            key: pool.clone(),
+            owner: b"a".to_vec(),
+            capacity: 2,
+            permits: 1,
+            lease_ms: 10,
+            wait_ms: 0,
+        },
+        100,
+    ) else {
+        panic!("a free permit is granted")
+    };
+    let permit_release = || Command::SemaphoreRelease {
+        key: pool.clone(),
+        permit_id,
+    };
+    let lapsed = refusal(apply(&mut store, permit_release(), 110), ErrorCode::NotHolder);
+    assert_eq!(lapsed, format!("permit {permit_id} is not held: its lease ended"));
+    let gone = refusal(apply(&mut store, permit_release(), 111), ErrorCode::NotHolder);
+    assert_eq!(
+        gone,
+        format!("permit {permit_id} is not held (released, lease ended, or never granted)")
+    );
+}

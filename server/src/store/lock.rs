@@ -122,15 +122,52 @@ impl LockState {
     }
 
     /// Ends a lease that has run out but whose timer has not fired yet, so no operation
-    /// ever sees a holder past its lease.
-    fn end_lapsed_lease(&mut self, key: &[u8], effects: &mut Effects<'_>) {
-        if let Some(holder) = &self.holder {
-            if holder.lease_deadline_ms <= effects.now_ms {
-                let fence = holder.fence;
-                effects.clear_lease(key, fence, holder.lease_deadline_ms);
-                self.lease_ended(key, fence, effects);
-            }
+    /// ever sees a holder past its lease. Returns the fence of the grant it ended.
+    fn end_lapsed_lease(&mut self, key: &[u8], effects: &mut Effects<'_>) -> Option<u64> {
+        let holder = self.holder.as_ref()?;
+        if holder.lease_deadline_ms > effects.now_ms {
+            return None;
         }
+        let fence = holder.fence;
+        effects.clear_lease(key, fence, holder.lease_deadline_ms);
+        self.lease_ended(key, fence, effects);
+        Some(fence)
+    }
+
+    /// Why `owner` with `fence` is not the holder, naming what did not match; `lapsed`
+    /// is the fence whose lease this operation found run out, if any.
+    fn not_holder(&self, owner: &[u8], fence: u64, lapsed: Option<u64>) -> Response {
+        let given = String::from_utf8_lossy(owner);
+        let message = match &self.holder {
+            _ if lapsed == Some(fence) => {
+                let now = match &self.holder {
+                    Some(holder) => format!(
+                        "; owner {:?} holds it now, under fence {}",
+                        String::from_utf8_lossy(&holder.owner),
+                        holder.fence
+                    ),
+                    None => "; it is free".to_string(),
+                };
+                format!("fence {fence} no longer holds the lock: its lease ended{now}")
+            }
+            None => {
+                format!("the lock is free: fence {fence} does not hold it (released, lease ended, or never granted)")
+            }
+            Some(holder) if holder.fence == fence => format!(
+                "owner {given:?} does not hold the lock: fence {fence} is held by owner {:?}",
+                String::from_utf8_lossy(&holder.owner)
+            ),
+            Some(holder) if holder.owner == owner => format!(
+                "fence {fence} does not hold the lock: owner {given:?} holds it under fence {}",
+                holder.fence
+            ),
+            Some(holder) => format!(
+                "neither owner {given:?} nor fence {fence} holds the lock: owner {:?} holds it under fence {}",
+                String::from_utf8_lossy(&holder.owner),
+                holder.fence
+            ),
+        };
+        error(ErrorCode::NotHolder, message)
     }
 
     pub fn acquire(
@@ -165,7 +202,7 @@ impl LockState {
     }
 
     pub fn release(&mut self, key: &[u8], owner: &[u8], fence: u64, effects: &mut Effects<'_>) -> Response {
-        self.end_lapsed_lease(key, effects);
+        let lapsed = self.end_lapsed_lease(key, effects);
         match &self.holder {
             Some(holder) if holder.owner == owner && holder.fence == fence => {
                 effects.clear_lease(key, fence, holder.lease_deadline_ms);
@@ -173,7 +210,7 @@ impl LockState {
                 self.grant_next(key, effects);
                 Response::Released
             }
-            _ => not_holder(fence),
+            _ => self.not_holder(owner, fence, lapsed),
         }
     }
 
@@ -186,7 +223,7 @@ impl LockState {
         effects: &mut Effects<'_>,
     ) -> Response {
         // A lease that ran out is over even if its timer has not fired: no revival.
-        self.end_lapsed_lease(key, effects);
+        let lapsed = self.end_lapsed_lease(key, effects);
         match &mut self.holder {
             Some(holder) if holder.owner == owner && holder.fence == fence => {
                 effects.clear_lease(key, fence, holder.lease_deadline_ms);
@@ -195,7 +232,7 @@ impl LockState {
                 effects.set_lease(key, fence, holder.lease_deadline_ms);
                 Response::LockGranted { fence, lease_ms }
             }
-            _ => not_holder(fence),
+            _ => self.not_holder(owner, fence, lapsed),
         }
     }
 
@@ -245,11 +282,4 @@ impl LockState {
             effects.complete_revertible(next.waiter, granted, revert);
         }
     }
-}
-
-fn not_holder(fence: u64) -> Response {
-    error(
-        ErrorCode::NotHolder,
-        format!("fence {fence} does not hold the lock (lease ended or never held)"),
-    )
 }

@@ -316,10 +316,13 @@ impl Store {
     pub fn apply(&mut self, client_id: u64, request: &Request, now_ms: u64) -> Outcome {
         let recorded = request.command.is_mutation() && request.op_id != 0;
         if recorded {
-            match self
-                .operations
-                .lookup(client_id, request.op_id, request.completed_below_op_id, now_ms)
-            {
+            match self.operations.lookup(
+                client_id,
+                request.op_id,
+                request.completed_below_op_id,
+                now_ms,
+                request.command.wait_ms(),
+            ) {
                 Lookup::Seen(Record::Done(first_answer)) => return Outcome::Ready(first_answer),
                 Lookup::Seen(Record::Parked(waiter)) => return Outcome::Parked(waiter),
                 Lookup::Refused(refusal) => return Outcome::Ready(refusal),
@@ -900,13 +903,11 @@ impl Store {
 
 /// Argument checks shared by every object, before anything is touched.
 fn validate(command: &Command) -> Result<(), Response> {
-    use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX, PARTIES_MAX};
+    use engram_proto::limits::{LEASE_MS_MAX, OWNER_BYTES_MAX, PARTIES_MAX, WAIT_MS_MAX};
     let invalid = |message: String| Err(error(ErrorCode::InvalidArgument, message));
     let wait_ms = command.wait_ms();
-    if wait_ms > CALL_TIMEOUT_MS_MAX {
-        return invalid(format!(
-            "wait of {wait_ms} ms exceeds call_timeout_ms_max ({CALL_TIMEOUT_MS_MAX})"
-        ));
+    if wait_ms > WAIT_MS_MAX {
+        return invalid(format!("wait of {wait_ms} ms exceeds wait_ms_max ({WAIT_MS_MAX})"));
     }
     match command {
         Command::LockAcquire { owner, lease_ms, .. }

@@ -4,18 +4,25 @@
 //! Every request carries the client's `completed_below_op_id`: all of its operations
 //! below that id have been answered, so their records can go. What is kept per client is
 //! therefore bounded by what that client has in flight, not by time or traffic. A client
-//! that stops talking has its records dropped after `SESSION_IDLE_MS_MAX`, which is
-//! longer than any client may keep retrying one call (`CALL_TIMEOUT_MS_MAX`), so a
-//! retry always finds its record.
+//! that stops talking has its records dropped `SESSION_IDLE_MS_MAX` after it went quiet:
+//! after its last request, or after the end of the longest wait it asked for, whichever
+//! is later. A call lasts at most its call timeout (`CALL_TIMEOUT_MS_MAX`) plus its wait
+//! (`WAIT_MS_MAX`), so a retry always finds its record, and only the clients that asked
+//! for long waits have their records kept longer.
 
 use std::collections::BTreeMap;
 
-use engram_proto::limits::CALL_TIMEOUT_MS_MAX;
+use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, WAIT_MS_MAX};
 use engram_proto::{ErrorCode, MigratedRecord, Response};
 
 use super::{error, WaiterId};
 
-/// How long a silent client's records are kept.
+/// How long a silent client's records are kept after it went quiet (its last request,
+/// or the end of the wait it asked for): twice the longest call timeout, so a retry sent
+/// at the very end of a call, late on the network, still finds its record. Counting
+/// from the end of the wait rather than adding the longest wait to every session keeps
+/// the records of clients that never wait (most of them) for two minutes, not
+/// seventeen; the records of a client that went away are what this bounds.
 pub const SESSION_IDLE_MS_MAX: u64 = 2 * CALL_TIMEOUT_MS_MAX;
 
 /// Records a shard holds at most, across clients. Past it, new recorded mutations are
@@ -59,7 +66,9 @@ struct Kept {
 struct Session {
     records: BTreeMap<u64, Kept>,
     completed_below_op_id: u64,
-    last_seen_ms: u64,
+    /// When the client went quiet: its last request, or the end of the longest wait one
+    /// of its requests asked for, whichever is later.
+    quiet_from_ms: u64,
 }
 
 #[derive(Default)]
@@ -96,11 +105,18 @@ impl OperationLog {
         self.bytes
     }
 
-    /// What is recorded of an operation, after dropping the records the client
-    /// acknowledged with `completed_below_op_id`.
-    pub fn lookup(&mut self, client_id: u64, op_id: u64, completed_below_op_id: u64, now_ms: u64) -> Lookup {
+    /// What is recorded of an operation that may be parked for up to `wait_ms`, after
+    /// dropping the records the client acknowledged with `completed_below_op_id`.
+    pub fn lookup(
+        &mut self,
+        client_id: u64,
+        op_id: u64,
+        completed_below_op_id: u64,
+        now_ms: u64,
+        wait_ms: u64,
+    ) -> Lookup {
         let session = self.sessions.entry(client_id).or_default();
-        session.last_seen_ms = session.last_seen_ms.max(now_ms);
+        session.quiet_from_ms = session.quiet_from_ms.max(now_ms.saturating_add(wait_ms));
         if completed_below_op_id > session.completed_below_op_id {
             session.completed_below_op_id = completed_below_op_id;
             let kept = session.records.split_off(&completed_below_op_id);
@@ -160,11 +176,11 @@ impl OperationLog {
         }
     }
 
-    /// Drops the sessions of clients silent for longer than `SESSION_IDLE_MS_MAX`.
+    /// Drops the sessions of clients quiet for longer than `SESSION_IDLE_MS_MAX`.
     pub fn forget_idle(&mut self, now_ms: u64) {
         let (records, bytes) = (&mut self.records, &mut self.bytes);
         self.sessions.retain(|_, session| {
-            let keep = session.last_seen_ms.saturating_add(SESSION_IDLE_MS_MAX) >= now_ms;
+            let keep = session.quiet_from_ms.saturating_add(SESSION_IDLE_MS_MAX) >= now_ms;
             if !keep {
                 *records -= session.records.len();
                 *bytes -= session
@@ -221,14 +237,15 @@ impl OperationLog {
             .is_none_or(|session| op_id >= session.completed_below_op_id && !session.records.contains_key(&op_id))
     }
 
-    /// Takes over the answer another shard recorded. The session counts as seen now, so
-    /// the record is kept as long as a record made here would be.
+    /// Takes over the answer another shard recorded. The wait its operation asked for is
+    /// not known here, so the session counts as quiet only after the longest wait from
+    /// now: the record is kept at least as long as a record made here would be.
     pub fn import(&mut self, client_id: u64, op_id: u64, slot: Option<u32>, response: Response, now_ms: u64) {
         if !self.would_import(client_id, op_id) {
             return;
         }
         let session = self.sessions.entry(client_id).or_default();
-        session.last_seen_ms = session.last_seen_ms.max(now_ms);
+        session.quiet_from_ms = session.quiet_from_ms.max(now_ms.saturating_add(WAIT_MS_MAX));
         self.record(client_id, op_id, slot, Record::Done(response));
     }
 }

@@ -137,20 +137,23 @@ impl SemaphoreState {
 
     /// Returns permits whose lease has run out but whose timer has not fired yet, so no
     /// operation ever counts a permit past its lease.
-    fn end_lapsed_leases(&mut self, key: &[u8], effects: &mut Effects<'_>) {
+    /// Ends the leases that have run out but whose timers have not fired yet; returns
+    /// the permit ids whose leases it ended.
+    fn end_lapsed_leases(&mut self, key: &[u8], effects: &mut Effects<'_>) -> Vec<u64> {
         let lapsed: Vec<u64> = self
             .held
             .iter()
             .filter(|(_, permit)| permit.lease_deadline_ms <= effects.now_ms)
             .map(|(permit_id, _)| *permit_id)
             .collect();
-        for permit_id in lapsed {
-            if let Some(permit) = self.held.remove(&permit_id) {
-                effects.clear_lease(key, permit_id, permit.lease_deadline_ms);
+        for permit_id in &lapsed {
+            if let Some(permit) = self.held.remove(permit_id) {
+                effects.clear_lease(key, *permit_id, permit.lease_deadline_ms);
                 self.in_use -= permit.permits;
             }
         }
         self.grant_waiting(key, effects);
+        lapsed
     }
 
     fn check_capacity(&mut self, capacity: u32) -> Result<(), Response> {
@@ -229,12 +232,9 @@ impl SemaphoreState {
     }
 
     pub fn release(&mut self, key: &[u8], permit_id: u64, effects: &mut Effects<'_>) -> Response {
-        self.end_lapsed_leases(key, effects);
+        let lapsed = self.end_lapsed_leases(key, effects);
         let Some(permit) = self.held.remove(&permit_id) else {
-            return error(
-                ErrorCode::NotHolder,
-                format!("permit {permit_id} is not held (lease ended, released, or never granted)"),
-            );
+            return not_held(permit_id, &lapsed);
         };
         effects.clear_lease(key, permit_id, permit.lease_deadline_ms);
         self.in_use -= permit.permits;
@@ -243,9 +243,9 @@ impl SemaphoreState {
     }
 
     pub fn renew(&mut self, key: &[u8], permit_id: u64, lease_ms: u64, effects: &mut Effects<'_>) -> Response {
-        self.end_lapsed_leases(key, effects);
+        let lapsed = self.end_lapsed_leases(key, effects);
         let Some(permit) = self.held.get_mut(&permit_id) else {
-            return error(ErrorCode::NotHolder, format!("permit {permit_id} is not held"));
+            return not_held(permit_id, &lapsed);
         };
         effects.clear_lease(key, permit_id, permit.lease_deadline_ms);
         permit.lease_deadline_ms = effects.now_ms.saturating_add(lease_ms);
@@ -313,4 +313,15 @@ impl SemaphoreState {
             effects.complete_revertible(next.waiter, granted, revert);
         }
     }
+}
+
+/// Why `permit_id` names no permits held; `lapsed` are the permits whose leases the
+/// operation found run out.
+fn not_held(permit_id: u64, lapsed: &[u64]) -> Response {
+    let message = if lapsed.contains(&permit_id) {
+        format!("permit {permit_id} is not held: its lease ended")
+    } else {
+        format!("permit {permit_id} is not held (released, lease ended, or never granted)")
+    };
+    error(ErrorCode::NotHolder, message)
 }

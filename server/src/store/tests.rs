@@ -325,6 +325,86 @@ fn idle_sessions_are_forgotten_after_the_retry_horizon() {
     assert_eq!(store.stats().memory_used_bytes, entry_bytes(b"c", 0));
 }
 
+/// A call may last its timeout plus its wait, up to `WAIT_MS_MAX`: the record of a long
+/// wait is kept until `SESSION_IDLE_MS_MAX` after the wait's end, so a retry at the very
+/// end of the longest call gets the first answer instead of popping a second value.
+#[test]
+fn the_record_of_a_long_wait_outlives_the_wait() {
+    use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, WAIT_MS_MAX};
+    use engram_proto::QueueEnd;
+    let mut store = Store::new(UNLIMITED, 1);
+    let pop = request(
+        1,
+        Command::QueuePop {
+            key: "q".into(),
+            end: QueueEnd::Front,
+            timeout_ms: WAIT_MS_MAX,
+        },
+    );
+    let push = |value: &str| {
+        request(
+            0,
+            Command::QueuePush {
+                key: "q".into(),
+                value: value.into(),
+                end: QueueEnd::Back,
+            },
+        )
+    };
+    let Outcome::Parked(waiter) = store.apply(3, &pop, 0) else {
+        panic!("a pop of an empty queue parks")
+    };
+    // Past the horizon of a call that does not wait, the parked pop keeps its record.
+    let later = SESSION_IDLE_MS_MAX + 1;
+    store.expire_due(later, 10);
+    assert_eq!(store.stats().operation_records, 1, "the parked wait's record stays");
+    store.run(4, &push("first"), later);
+    let answered = store.take_completions();
+    assert_eq!(answered.len(), 1);
+    assert_eq!(answered[0].waiter, waiter);
+    assert!(matches!(&answered[0].response, Response::Value { value, .. } if value == b"first"));
+    store.run(4, &push("second"), later);
+
+    // The client's last retry comes at most its call timeout plus its wait after it sent.
+    let last_retry = CALL_TIMEOUT_MS_MAX + WAIT_MS_MAX;
+    store.expire_due(last_retry, 10);
+    assert!(
+        matches!(store.run(3, &pop, last_retry), Response::Value { value, .. } if value == b"first"),
+        "the retry gets the recorded first answer"
+    );
+    assert_eq!(
+        store.run(4, &request(0, Command::QueueLen { key: "q".into() }), last_retry),
+        Response::QueueLength { length: 1 },
+        "nothing was popped twice"
+    );
+    // The retry counts as a new request asking for the same wait; after that, it goes.
+    store.expire_due(last_retry + WAIT_MS_MAX + SESSION_IDLE_MS_MAX + 1, 10);
+    assert_eq!(store.stats().operation_records, 0);
+}
+
+#[test]
+fn waits_are_bounded_by_wait_ms_max() {
+    use engram_proto::limits::WAIT_MS_MAX;
+    let mut store = Store::new(UNLIMITED, 1);
+    let wait = |timeout_ms| {
+        request(
+            0,
+            Command::LatchWait {
+                key: "latch".into(),
+                timeout_ms,
+            },
+        )
+    };
+    // A latch at zero answers at once, whatever the wait.
+    assert_eq!(store.run(1, &wait(WAIT_MS_MAX), 0), Response::LatchOpen);
+    let refused = store.run(1, &wait(WAIT_MS_MAX + 1), 0);
+    assert_eq!(code(&refused), Some(ErrorCode::InvalidArgument));
+    let Response::Error(reply) = refused else {
+        unreachable!()
+    };
+    assert!(reply.message.contains("wait_ms_max"), "{}", reply.message);
+}
+
 /// A recorded write's operation record is added after the write; the limit check
 /// counts it in, so a write that grows the data never leaves the shard past its limit.
 #[test]

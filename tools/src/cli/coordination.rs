@@ -25,7 +25,8 @@ pub enum LockCommand {
         /// The lock frees itself this long after the grant unless renewed.
         #[arg(long, env = "ENGRAM_LEASE_MS", value_name = "MS", value_parser = positive())]
         lease_ms: u64,
-        /// Wait up to this long behind earlier waiters (at most 60000).
+        /// Wait up to this long behind earlier waiters (at most 900000, 15 minutes:
+        /// wait_ms_max).
         #[arg(long, env = "ENGRAM_WAIT_MS", value_name = "MS", default_value_t = 0)]
         wait_ms: u64,
     },
@@ -49,8 +50,14 @@ pub enum LockCommand {
         #[arg(long, env = "ENGRAM_LEASE_MS", value_name = "MS", value_parser = positive())]
         lease_ms: u64,
     },
-    /// Prints `OWNER TOKEN LEASE_REMAINING_MS`; exit code 1 when nobody holds the lock.
-    Holder { name: String },
+    /// Prints who holds the lock, one labeled field per line (`owner: …`, `fence: …`,
+    /// `lease remaining: … ms`); exit code 1 when nobody holds it.
+    Holder {
+        name: String,
+        /// Print JSON (`owner`, `fence`, `lease_remaining_ms`) instead.
+        #[arg(long, env = "ENGRAM_JSON")]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,7 +76,8 @@ pub enum SemaphoreCommand {
         /// The permits return this long after the grant unless renewed.
         #[arg(long, env = "ENGRAM_LEASE_MS", value_name = "MS", value_parser = positive())]
         lease_ms: u64,
-        /// Wait up to this long behind earlier waiters (at most 60000).
+        /// Wait up to this long behind earlier waiters (at most 900000, 15 minutes:
+        /// wait_ms_max).
         #[arg(long, env = "ENGRAM_WAIT_MS", value_name = "MS", default_value_t = 0)]
         wait_ms: u64,
     },

@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use engram_client::Client;
+use engram_client::{Client, LockHolder};
+use serde::Serialize;
 
 use crate::cli::{
     BarrierCommand, FutureCommand, LatchCommand, LockCommand, MapCommand, QueueCommand, SemaphoreCommand,
@@ -53,22 +54,50 @@ pub async fn lock(client: &Client, command: LockCommand, out: &mut impl Write) -
                 .await?;
             writeln!(out, "{token}")?;
         }
-        LockCommand::Holder { name } => {
+        LockCommand::Holder { name, json } => {
             let holder = client
                 .lock(name)
                 .holder()
                 .await?
                 .ok_or_else(|| Failure::Missing("lock is not held".into()))?;
-            writeln!(
-                out,
-                "{} {} {}",
-                String::from_utf8_lossy(&holder.owner),
-                holder.fence,
-                holder.lease_remaining.as_millis()
-            )?;
+            let view = HolderView::from(&holder);
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+            } else {
+                out.write_all(view.to_text().as_bytes())?;
+            }
         }
     }
     Ok(())
+}
+
+/// A lock's holder as `engram lock holder` prints it. An owner id that is not UTF-8 is
+/// shown with replacement characters.
+#[derive(Debug, Serialize)]
+pub struct HolderView {
+    pub owner: String,
+    pub fence: u64,
+    pub lease_remaining_ms: u64,
+}
+
+impl From<&LockHolder> for HolderView {
+    fn from(holder: &LockHolder) -> Self {
+        HolderView {
+            owner: String::from_utf8_lossy(&holder.owner).into_owned(),
+            fence: holder.fence,
+            lease_remaining_ms: u64::try_from(holder.lease_remaining.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl HolderView {
+    /// One labeled field per line.
+    pub fn to_text(&self) -> String {
+        format!(
+            "owner: {}\nfence: {}\nlease remaining: {} ms\n",
+            self.owner, self.fence, self.lease_remaining_ms
+        )
+    }
 }
 
 pub async fn semaphore(client: &Client, command: SemaphoreCommand, out: &mut impl Write) -> Result<(), Failure> {
@@ -226,4 +255,34 @@ pub async fn map(client: &Client, command: MapCommand, out: &mut impl Write) -> 
 pub fn write_value(out: &mut impl Write, value: &[u8]) -> std::io::Result<()> {
     out.write_all(value)?;
     out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder() -> HolderView {
+        HolderView::from(&LockHolder {
+            owner: b"invocation 7".to_vec(),
+            fence: 42,
+            lease_remaining: Duration::from_millis(9_500),
+        })
+    }
+
+    #[test]
+    fn the_holder_is_printed_with_labels() {
+        assert_eq!(
+            holder().to_text(),
+            "owner: invocation 7\nfence: 42\nlease remaining: 9500 ms\n"
+        );
+    }
+
+    #[test]
+    fn the_holder_as_json_names_its_fields() {
+        let json = serde_json::to_value(holder()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"owner": "invocation 7", "fence": 42, "lease_remaining_ms": 9500})
+        );
+    }
 }
