@@ -42,7 +42,7 @@ control_address=172.28.0.10:7300
 services=(control node1 node2 node3)
 # Metrics ports compose publishes on the host's loopback, per service.
 declare -A metrics_port=(
-    [control]=${ENGRAM_CONTROL_METRICS_HOST_PORT:-9300}
+    [control]=${ENGRAM_CONTROL_METRICS_HOST_PORT:-9310}
     [node1]=${ENGRAM_NODE1_METRICS_HOST_PORT:-9500}
     [node2]=${ENGRAM_NODE2_METRICS_HOST_PORT:-9510}
     [node3]=${ENGRAM_NODE3_METRICS_HOST_PORT:-9520}
