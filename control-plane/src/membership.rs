@@ -923,17 +923,7 @@ mod tests {
     #[test]
     fn state_survives_encode_and_decode_and_corruption_is_refused() {
         let mut membership = Membership::new();
-        let first = membership.join(&join_request(2, 1), 0).unwrap().node_id;
-        let second = membership.join(&join_request(3, 1), 0).unwrap().node_id;
-        let moves = plan_balance(&membership.plan_shards(0), membership.owners()).unwrap();
-        let slots: Vec<u32> = moves.iter().map(|planned| planned.slot).collect();
-        membership.commit_move(
-            &slots,
-            ShardRef {
-                node_id: second,
-                shard_id: 0,
-            },
-        );
+        let (first, _, _) = two_members_sharing_the_slots(&mut membership);
         let bytes = membership.encode().unwrap();
         let restored = Membership::decode(&bytes).unwrap();
         assert_eq!(restored.map(), membership.map());
@@ -1031,6 +1021,27 @@ mod tests {
         ));
     }
 
+    /// Two one-shard members, the second given its fair share of the slots: their node
+    /// ids and the slots it got.
+    fn two_members_sharing_the_slots(membership: &mut Membership) -> (u64, u64, Vec<u32>) {
+        let (first, second, moved) = two_joins_sharing_the_slots(membership);
+        (first.node_id, second.node_id, moved)
+    }
+
+    /// [`two_members_sharing_the_slots`], with the joins as answered.
+    fn two_joins_sharing_the_slots(membership: &mut Membership) -> (Joined, Joined, Vec<u32>) {
+        let first = membership.join(&join_request(2, 1), 0).unwrap();
+        let second = membership.join(&join_request(3, 1), 0).unwrap();
+        let moves = plan_balance(&membership.plan_shards(0), membership.owners()).unwrap();
+        let moved: Vec<u32> = moves.iter().map(|planned| planned.slot).collect();
+        let to = ShardRef {
+            node_id: second.node_id,
+            shard_id: 0,
+        };
+        membership.commit_move(&moved, to);
+        (first, second, moved)
+    }
+
     fn heartbeat_of(membership: &Membership, node_id: u64) -> Heartbeat {
         Heartbeat {
             node_id,
@@ -1075,17 +1086,7 @@ mod tests {
     fn a_silent_member_is_declared_dead_and_the_same_process_gets_its_slots_back() {
         let mut membership = Membership::new();
         membership.set_liveness_timeout_ms(3_000);
-        let first = membership.join(&join_request(2, 1), 0).unwrap().node_id;
-        let second = membership.join(&join_request(3, 1), 0).unwrap().node_id;
-        let moves = plan_balance(&membership.plan_shards(0), membership.owners()).unwrap();
-        let slots: Vec<u32> = moves.iter().map(|planned| planned.slot).collect();
-        membership.commit_move(
-            &slots,
-            ShardRef {
-                node_id: second,
-                shard_id: 0,
-            },
-        );
+        let (first, second, slots) = two_members_sharing_the_slots(&mut membership);
 
         membership.heartbeat(&heartbeat_of(&membership, second), 2_500).unwrap();
         assert!(
@@ -1128,26 +1129,14 @@ mod tests {
     #[test]
     fn reclaim_hands_lost_slots_to_live_shards_above_every_earlier_incarnation() {
         let mut membership = Membership::new();
-        let first = membership.join(&join_request(2, 1), 0).unwrap();
-        let second = membership.join(&join_request(3, 1), 0).unwrap();
-        let moves = plan_balance(&membership.plan_shards(0), membership.owners()).unwrap();
-        let moved: Vec<u32> = moves.iter().map(|planned| planned.slot).collect();
-        membership.commit_move(
-            &moved,
-            ShardRef {
-                node_id: second.node_id,
-                shard_id: 0,
-            },
-        );
+        let (first, second, moved) = two_joins_sharing_the_slots(&mut membership);
         let again = membership.join(&restarted(join_request(3, 1)), 100).unwrap();
         assert_eq!(again.lost, moved);
 
-        let not_lost = *membership
+        let not_lost = membership
             .owners()
             .iter()
             .position(|owner| owner.node_id == first.node_id)
-            .iter()
-            .next()
             .unwrap() as u32;
         let reclaim = |node_id, slots: Vec<u32>| ReclaimRequest { node_id, slots };
         assert_eq!(
