@@ -135,6 +135,11 @@ pub struct LoadArgs {
     #[arg(long, env = "ENGRAM_BENCH_CLIENT_SPIN_US", default_value_t = 0, value_name = "US")]
     pub client_spin_us: u64,
 
+    /// Engram only: send every request to the target address (a node's front port,
+    /// which forwards each to its owner) instead of routing it to its shard's port.
+    #[arg(long, env = "ENGRAM_BENCH_FRONT_ONLY")]
+    pub front_only: bool,
+
     /// Also write the results as JSON to this file.
     #[arg(long, env = "ENGRAM_BENCH_JSON", value_name = "FILE")]
     pub json: Option<PathBuf>,

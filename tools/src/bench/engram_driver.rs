@@ -15,9 +15,14 @@ use crate::bench::stats::LaneStats;
 use crate::bench::workload::{BarrierStop, Coordination, Operation, Workload, BARRIER_TIMEOUT, LOCK_LEASE, LOCK_WAIT};
 
 /// Opens one benchmark connection: a client of its own, so connections share nothing;
-/// each call polls `spin` for its answer before parking.
-pub async fn connect(address: &str, spin: Duration) -> Result<Client, BenchError> {
-    Ok(Client::builder(address).direct(true).spin(spin).connect().await?)
+/// each call polls `spin` for its answer before parking. `front_only` sends every
+/// request to `address` (a node's front port forwards it) instead of to its shard.
+pub async fn connect(address: &str, spin: Duration, front_only: bool) -> Result<Client, BenchError> {
+    Ok(Client::builder(address)
+        .direct(!front_only)
+        .spin(spin)
+        .connect()
+        .await?)
 }
 
 /// Runs one load task: a closed (or paced) loop of single requests, or with a pipeline

@@ -85,6 +85,9 @@ impl Settings {
         if load.client_spin_us > 0 && matches!(target, Target::Redis { .. }) {
             return usage("--client-spin-us applies to engram:// and tcp-echo:// only".into());
         }
+        if load.front_only && !matches!(target, Target::Engram { .. }) {
+            return usage("--front-only applies to engram:// only".into());
+        }
         if Duration::from_micros(load.client_spin_us) > engram_client::SPIN_MAX {
             return usage(format!(
                 "--client-spin-us must be at most {} (the client's spin_max)",
@@ -165,7 +168,12 @@ impl Connection {
         let value_bytes = settings.load.value_bytes;
         Ok(match &settings.target {
             Target::Engram { address } => Connection::Engram(
-                engram_driver::connect(address, Duration::from_micros(settings.load.client_spin_us)).await?,
+                engram_driver::connect(
+                    address,
+                    Duration::from_micros(settings.load.client_spin_us),
+                    settings.load.front_only,
+                )
+                .await?,
             ),
             Target::Redis { address } => Connection::Redis(Box::new(
                 RedisConnection::connect(address, value_bytes, settings.load.pipeline).await?,
