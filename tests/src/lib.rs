@@ -13,6 +13,8 @@
 //! - [`raw`]: [`RawConnection`]: the wire protocol spoken by hand over a blocking
 //!   `TcpStream`, for tests that must bypass the client (duplicates, malformed frames).
 //! - [`routing`]: picking keys owned by a given shard, from a node's slot map.
+//! - [`cluster`]: one-core nodes joined to a control plane, waits for its membership,
+//!   `engram cluster` that must succeed, and where a node's slots are in a status.
 //! - [`processes`]: scratch directories, child processes in their own process groups
 //!   (killed on drop) with a bounded wait for all, and the `engram-test-worker` binary
 //!   (`src/bin/engram-test-worker.rs`): blocking-client worker processes whose role is
@@ -24,6 +26,7 @@
 //! Every wait in the harness is bounded, so a hung server fails a test instead of hanging it.
 
 pub mod binaries;
+pub mod cluster;
 pub mod control;
 pub mod linearizability;
 pub mod processes;
@@ -81,11 +84,40 @@ pub fn run_async<F: std::future::Future>(limit: Duration, body: F) -> F::Output 
 /// The bytes value stored at `key`, read through `client`; fails the test when the read
 /// fails or finds no value.
 pub async fn stored_value(client: &engram_client::Client, key: impl Into<Vec<u8>>) -> Vec<u8> {
+    read_stored(client, key, "get").await.value
+}
+
+/// The value and version stored at `key`, read through `client`; fails the test, with
+/// `what` (the read, as the test names it), when the read fails or finds no value.
+pub async fn read_stored(
+    client: &engram_client::Client,
+    key: impl Into<Vec<u8>>,
+    what: &str,
+) -> engram_client::Versioned {
     client
         .bytes(key)
         .get()
         .await
-        .expect("get")
-        .expect("a value is stored")
-        .value
+        .unwrap_or_else(|error| panic!("{what}: {error}"))
+        .unwrap_or_else(|| panic!("{what}: no value is stored"))
+}
+
+/// Set options for a compare-and-set: write only while the key is at `version`.
+pub fn if_version(version: u64) -> engram_client::SetOptions {
+    engram_client::SetOptions {
+        ttl: None,
+        condition: engram_client::SetCondition::IfVersion(version),
+    }
+}
+
+/// Keys held by all shards `client` reaches, by the server's own accounting (`info`).
+pub async fn total_keys(client: &engram_client::Client) -> u64 {
+    client
+        .info()
+        .await
+        .expect("info")
+        .shards
+        .iter()
+        .map(|shard| shard.keys)
+        .sum()
 }

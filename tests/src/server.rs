@@ -372,6 +372,26 @@ impl EngramServer {
         builder.connect().await.expect("client connects")
     }
 
+    /// A connected smart client whose calls give up after `timeout` (no credentials).
+    pub async fn client_with_timeout(&self, timeout: Duration) -> engram_client::Client {
+        self.client_builder()
+            .timeout(timeout)
+            .connect()
+            .await
+            .expect("client connects")
+    }
+
+    /// A connected client that sends everything to the front port (no direct routing to
+    /// shards), whose calls give up after `timeout`.
+    pub async fn front_only_client(&self, timeout: Duration) -> engram_client::Client {
+        self.client_builder()
+            .timeout(timeout)
+            .direct(false)
+            .connect()
+            .await
+            .expect("connect to the node's front port")
+    }
+
     /// Runs `engram --addr <front> ARGS...` with a bounded wait.
     pub fn cli(&self, arguments: &[&str]) -> Output {
         let front = self.front.to_string();
@@ -492,6 +512,17 @@ pub fn resume_process(pid: u32) {
     }
 }
 
+/// Sends SIGCONT to a process paused with [`stop_process`] when dropped, so a failing
+/// test never leaves a stopped process behind (its `EngramServer`, dropped later, then
+/// stops it).
+pub struct Resume(pub u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        resume_process(self.0);
+    }
+}
+
 /// Waits up to `limit` for `child` to exit.
 pub fn poll_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
@@ -516,6 +547,16 @@ pub fn run_cli(arguments: &[&str]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     run_bounded(command, STEP_TIMEOUT)
+}
+
+/// Exit code, stdout and stderr of a finished command, for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}, stdout {:?}, stderr {:?}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// Runs a command to completion, killing it and panicking if it takes longer than `limit`.

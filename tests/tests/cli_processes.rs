@@ -4,19 +4,11 @@
 use std::process::Output;
 use std::time::Duration;
 
+use engram_tests::server::describe;
 use engram_tests::{poll_until, unique_key, EngramServer, ServerOptions};
 
 fn stdout_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}, stdout {:?}, stderr {:?}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Runs the CLI and requires exit code 0; returns stdout.

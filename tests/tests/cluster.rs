@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use engram_client::Client;
 use engram_proto::limits::SLOT_COUNT;
+use engram_tests::cluster::{self, cluster_cli, node_slot_count, shard_of_node, start_node, MEMBERSHIP_LIMIT};
 use engram_tests::control::ControlPlane;
 use engram_tests::linearizability::{check_per_key, first_failure, CounterInput, CounterModel, HistoryRecorder};
 use engram_tests::processes::Scratch;
 use engram_tests::server::next_loopback;
-use engram_tests::{run_async, EngramServer, ServerOptions};
+use engram_tests::{run_async, total_keys, EngramServer};
 
 const COUNTERS: usize = 1_000;
 const INCREMENTERS: usize = 8;
@@ -32,43 +33,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 type CounterHistory = HistoryRecorder<usize, CounterInput, i64>;
 
-fn start_node(control: &ControlPlane) -> EngramServer {
-    EngramServer::start(ServerOptions::default().cores(1).control(control.address()))
-}
-
 async fn connect(node: &EngramServer) -> Client {
-    node.client_builder()
-        .timeout(CALL_TIMEOUT)
-        .connect()
-        .await
-        .expect("connect to the cluster")
+    node.client_with_timeout(CALL_TIMEOUT).await
 }
 
-/// Waits until the control plane counts `alive` live members.
 async fn wait_for_members(control: &ControlPlane, alive: usize) {
-    for _ in 0..200 {
-        let status = control.status().await;
-        if status.nodes.iter().filter(|node| node.alive).count() == alive {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "the cluster never showed {alive} live nodes: {:?}",
-        control.status().await.nodes
-    );
-}
-
-/// Runs `engram cluster <arguments>` off the async threads and insists it succeeds.
-async fn cluster_cli(control: &ControlPlane, arguments: &[&str]) -> String {
-    let output = control.cli(arguments).await;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "engram cluster failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    cluster::wait_for_members(control, alive, MEMBERSHIP_LIMIT).await
 }
 
 /// Waits until `node` holds at least one key (a migration's first batch has landed).
@@ -348,11 +318,7 @@ fn a_cluster_grows_rebalances_and_drains_under_load_without_losing_or_doubling_a
         // the lock is held and waited for and barrier parties are parked.
         let spread = control.status().await.map;
         let leaving = nodes[1].as_ref().unwrap().node_id();
-        let leaving_shard = spread
-            .shards
-            .iter()
-            .position(|shard| shard.node_id == leaving)
-            .expect("the node to drain is in the map");
+        let leaving_shard = shard_of_node(&spread, leaving);
         let keys = SharedKeys::on_shard(&spread, leaving_shard);
         let load = Load::start(&client, &keys);
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -364,26 +330,22 @@ fn a_cluster_grows_rebalances_and_drains_under_load_without_losing_or_doubling_a
         assert!(output.contains("done"), "{output}");
         let after = control.status().await;
         assert!(after.map.epoch > before.map.epoch);
-        let slots_of = |status: &engram_proto::ClusterStatus, node_id: u64| -> u32 {
-            let node = status
-                .nodes
-                .iter()
-                .find(|node| node.node_id == node_id)
-                .expect("member");
-            node.shards.iter().map(|shard| shard.slots).sum()
-        };
         let share = engram_proto::limits::SLOT_COUNT / 4;
         assert!(
-            slots_of(&after, fourth.node_id()).abs_diff(share) <= 1,
+            node_slot_count(&after, fourth.node_id()).abs_diff(share) <= 1,
             "the new node owns {} slots, not its share {share}",
-            slots_of(&after, fourth.node_id())
+            node_slot_count(&after, fourth.node_id())
         );
         nodes.push(Some(fourth));
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         cluster_cli(&control, &["drain", &leaving.to_string()]).await;
         let drained = control.status().await;
-        assert_eq!(slots_of(&drained, leaving), 0, "the drained node still owns slots");
+        assert_eq!(
+            node_slot_count(&drained, leaving),
+            0,
+            "the drained node still owns slots"
+        );
         // Clients may still hold connections to it; stopping it must not matter.
         drop(nodes[1].take());
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -439,15 +401,7 @@ const BULKY_VALUE_BYTES: usize = 256 * 1024;
 const BULKY_KEYS: usize = 160;
 
 async fn keys_held(node: &EngramServer) -> u64 {
-    let client = node.client_builder().direct(false).connect().await.expect("connect");
-    client
-        .info()
-        .await
-        .expect("info")
-        .shards
-        .iter()
-        .map(|shard| shard.keys)
-        .sum()
+    total_keys(&node.front_only_client(Duration::from_secs(10)).await).await
 }
 
 #[test]
@@ -609,14 +563,10 @@ fn a_shard_far_fuller_than_the_rest_gives_slots_away_by_itself() {
                 .await
                 .expect("seed");
         }
-        let slots_of = |status: &engram_proto::ClusterStatus| -> u32 {
-            let node = status.nodes.iter().find(|node| node.node_id == heavy).expect("member");
-            node.shards.iter().map(|shard| shard.slots).sum()
-        };
         let mut shed = false;
         for _ in 0..300 {
             let status = control.status().await;
-            if slots_of(&status) < SLOT_COUNT / 2 && status.migrations.is_empty() {
+            if node_slot_count(&status, heavy) < SLOT_COUNT / 2 && status.migrations.is_empty() {
                 shed = true;
                 break;
             }

@@ -3,15 +3,8 @@
 
 use std::time::Duration;
 
-use engram_client::{CasOutcome, Error, ErrorCode, ServerCode, SetCondition, SetOptions, SetOutcome};
-use engram_tests::{run_async, unique_key, EngramServer, ServerOptions};
-
-fn if_version(version: u64) -> SetOptions {
-    SetOptions {
-        ttl: None,
-        condition: SetCondition::IfVersion(version),
-    }
-}
+use engram_client::{CasOutcome, Error, ErrorCode, ServerCode, SetOutcome};
+use engram_tests::{if_version, run_async, unique_key, EngramServer, ServerOptions};
 
 fn server_code<T: std::fmt::Debug>(result: Result<T, Error>) -> ErrorCode {
     match result {

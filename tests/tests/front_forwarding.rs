@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use engram_client::Client;
 use engram_proto::{Command, ErrorCode, Request, Response, SlotMap};
+use engram_tests::cluster::{cluster_cli, start_node, wait_for_members, MEMBERSHIP_LIMIT};
 use engram_tests::control::ControlPlane;
 use engram_tests::processes::Scratch;
 use engram_tests::raw::{hello, RawConnection};
 use engram_tests::routing::{fetch_slot_map, key_on_shard, owner_address, owner_of};
 use engram_tests::server::{next_loopback, stop_process};
-use engram_tests::{run_async, EngramServer, ServerOptions};
+use engram_tests::{run_async, EngramServer};
 
 const NODES: usize = 3;
 const KEYS: usize = 300;
@@ -45,16 +46,9 @@ async fn spread_cluster(name: &str) -> Cluster {
         scratch.path().join("control"),
         &["--liveness-timeout-ms", LIVENESS_TIMEOUT_MS],
     );
-    let nodes: Vec<EngramServer> = (0..NODES)
-        .map(|_| EngramServer::start(ServerOptions::default().cores(1).control(control.address())))
-        .collect();
-    wait_for_members(&control, NODES).await;
-    let output = control.cli(&["rebalance"]).await;
-    assert!(
-        output.status.success(),
-        "rebalance failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let nodes: Vec<EngramServer> = (0..NODES).map(|_| start_node(&control)).collect();
+    wait_for_members(&control, NODES, MEMBERSHIP_LIMIT).await;
+    cluster_cli(&control, &["rebalance"]).await;
     let map = control.status().await.map;
     wait_for_epoch(nodes[0].front(), map.epoch).await;
     Cluster {
@@ -63,16 +57,6 @@ async fn spread_cluster(name: &str) -> Cluster {
         map,
         _scratch: scratch,
     }
-}
-
-async fn wait_for_members(control: &ControlPlane, alive: usize) {
-    for _ in 0..200 {
-        if control.status().await.nodes.iter().filter(|node| node.alive).count() == alive {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the cluster never showed {alive} live nodes");
 }
 
 /// Waits until the node behind `front` routes with map `epoch` (the control plane
@@ -92,13 +76,7 @@ async fn wait_for_epoch(front: SocketAddr, epoch: u64) {
 
 /// A client that sends everything to the first node's front port.
 async fn front_only(cluster: &Cluster) -> Client {
-    cluster.nodes[0]
-        .client_builder()
-        .direct(false)
-        .timeout(Duration::from_secs(15))
-        .connect()
-        .await
-        .expect("connect to the front port")
+    cluster.nodes[0].front_only_client(Duration::from_secs(15)).await
 }
 
 fn node_of(map: &SlotMap, key: &str) -> u64 {

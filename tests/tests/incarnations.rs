@@ -14,9 +14,9 @@
 
 use std::time::Duration;
 
-use engram_client::{Client, ErrorCode, SetCondition, SetOptions, SetOutcome};
+use engram_client::{Client, ErrorCode, SetOutcome};
 use engram_tests::server::{free_port_run, next_loopback};
-use engram_tests::{fetch_slot_map, key_on_shard, run_async, EngramServer, ServerOptions};
+use engram_tests::{fetch_slot_map, if_version, key_on_shard, run_async, EngramServer, ServerOptions};
 
 const CORES: usize = 2;
 /// The first run, then one per restart.
@@ -39,13 +39,6 @@ struct Objects {
     fences: Vec<Vec<u64>>,
     versions: Vec<Vec<u64>>,
     permits: Vec<Vec<u64>>,
-}
-
-fn if_version(version: u64) -> SetOptions {
-    SetOptions {
-        ttl: None,
-        condition: SetCondition::IfVersion(version),
-    }
 }
 
 /// The largest value of `runs`, and the run it came from.
@@ -71,13 +64,12 @@ fn start(options: &ServerOptions) -> EngramServer {
     EngramServer::start_on_same_address(options.clone(), RESTART_LIMIT)
 }
 
-async fn connect(server: &EngramServer) -> Client {
-    server
-        .client_builder()
-        .timeout(Duration::from_secs(20))
-        .connect()
+/// A set of `bytes` if still at `old`, a version an earlier run handed out.
+async fn stale_set(bytes: &engram_client::Bytes, old: u64) -> SetOutcome {
+    bytes
+        .set_with(format!("stale-{old}"), if_version(old))
         .await
-        .expect("client connects")
+        .expect("stale set")
 }
 
 /// One run's work on one shard's objects: stale writes first (after a restart), then
@@ -96,10 +88,7 @@ async fn exercise(client: &Client, objects: &mut Objects, run: usize) {
             objects.bytes
         );
         for &old in &earlier_versions {
-            let outcome = bytes
-                .set_with(format!("stale-{old}"), if_version(old))
-                .await
-                .expect("stale set");
+            let outcome = stale_set(&bytes, old).await;
             assert_eq!(
                 outcome,
                 SetOutcome::Conflict { current_version: 0 },
@@ -155,10 +144,7 @@ async fn exercise(client: &Client, objects: &mut Objects, run: usize) {
         // A writer that read the key before the crash must not overwrite this run's
         // value, however many writes this run has made so far.
         for &old in &earlier_versions {
-            let outcome = bytes
-                .set_with(format!("stale-{old}"), if_version(old))
-                .await
-                .expect("stale set");
+            let outcome = stale_set(&bytes, old).await;
             assert_eq!(
                 outcome,
                 SetOutcome::Conflict {
@@ -235,7 +221,7 @@ fn a_restarted_node_hands_out_versions_fences_and_permit_ids_above_all_of_its_ea
             );
         }
         run_async(Duration::from_secs(60), async {
-            let client = connect(&server).await;
+            let client = server.client_with_timeout(Duration::from_secs(20)).await;
             for objects in &mut all {
                 exercise(&client, objects, run).await;
             }

@@ -10,11 +10,12 @@
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use engram_tests::binaries;
 use engram_tests::processes::{scrubbed, stderr_file, stderr_text, worker_command, Processes, Scratch};
+use engram_tests::server::describe;
 use engram_tests::{poll_until, unique_key, EngramServer, ServerOptions, STEP_TIMEOUT};
 
 /// Lease of the doomed holder's lock and permits. Long enough that the queries right
@@ -31,15 +32,6 @@ const RUN_LIMIT: Duration = Duration::from_secs(90);
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}, stdout {:?}, stderr {:?}",
-        output.status.code(),
-        text(&output.stdout),
-        text(&output.stderr)
-    )
 }
 
 /// `engram ARGS` against `server`, requiring exit code `code`; returns stdout trimmed.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use engram_client::Error;
 use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, WAIT_MS_MAX};
-use engram_tests::server::next_loopback;
+use engram_tests::server::{describe, next_loopback};
 use engram_tests::{poll_until, run_async, unique_key, EngramServer, ServerOptions, STEP_TIMEOUT};
 
 /// The waits asked for: ten minutes.
@@ -82,15 +82,6 @@ async fn until_parked(node: &'static Node, count: u64) {
     tokio::task::spawn_blocking(move || node.until_parked(count))
         .await
         .expect("polling the metrics did not panic");
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}, stdout {:?}, stderr {:?}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Requires exit code 0; returns stdout.

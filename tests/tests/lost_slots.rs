@@ -29,12 +29,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use engram_client::{Client, Error, SetCondition, SetOptions, SetOutcome};
+use engram_client::{Client, Error, SetOutcome};
 use engram_proto::{ClusterStatus, Command, NodeStatus, ReclaimRequest, Response, SlotHasher};
+use engram_tests::cluster::{cluster_cli, shard_of_node, start_node, wait_for_members};
 use engram_tests::control::ControlPlane;
 use engram_tests::processes::Scratch;
-use engram_tests::server::{free_port_run, next_loopback, resume_process, run_cli, stop_process};
-use engram_tests::{run_async, EngramServer, ServerOptions};
+use engram_tests::server::{free_port_run, next_loopback, resume_process, run_cli, stop_process, Resume};
+use engram_tests::{if_version, read_stored, run_async, total_keys, EngramServer, ServerOptions};
 
 /// Long enough that a client that waits for a dead node instead of failing fast would
 /// visibly run into it (as `Error::Timeout`).
@@ -75,9 +76,7 @@ impl Cluster {
             ],
         );
         // The first node owns every slot until the rebalance; the victim joins last.
-        let others: Vec<EngramServer> = (0..2)
-            .map(|_| EngramServer::start(ServerOptions::default().cores(1).control(control.address())))
-            .collect();
+        let others: Vec<EngramServer> = (0..2).map(|_| start_node(&control)).collect();
         let (victim, victim_options) = start_at_fixed_address(&control);
         Cluster {
             others,
@@ -90,12 +89,7 @@ impl Cluster {
     }
 
     async fn client(&self) -> Client {
-        self.others[0]
-            .client_builder()
-            .timeout(CALL_TIMEOUT)
-            .connect()
-            .await
-            .expect("connect to the cluster")
+        self.others[0].client_with_timeout(CALL_TIMEOUT).await
     }
 
     fn kill_victim(&mut self) {
@@ -179,35 +173,6 @@ fn start_at_fixed_address(control: &ControlPlane) -> (EngramServer, ServerOption
     }
 }
 
-/// Waits until the control plane counts `alive` live members.
-async fn wait_for_members(control: &ControlPlane, alive: usize) {
-    let deadline = Instant::now() + SETTLE_LIMIT;
-    loop {
-        let status = control.status().await;
-        if status.nodes.iter().filter(|node| node.alive).count() == alive {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster never showed {alive} live nodes: {:?}",
-            status.nodes
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn cluster_cli(control: &ControlPlane, arguments: &[&str]) -> String {
-    let output = control.cli(arguments).await;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "engram cluster {arguments:?} exited {:?}: {stdout}{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 fn slot_of(key: &str) -> u32 {
     SlotHasher::new(b"default").slot(key.as_bytes())
 }
@@ -247,7 +212,7 @@ impl Seeded {
 /// Spreads the slots over all three nodes, then writes the keys, takes the lock and
 /// the permits; checks the victim owns slots and some of the keys.
 async fn seed(cluster: &Cluster, client: &Client) -> (Seeded, BTreeSet<u32>) {
-    wait_for_members(&cluster.control, 3).await;
+    wait_for_members(&cluster.control, 3, SETTLE_LIMIT).await;
     cluster_cli(&cluster.control, &["rebalance"]).await;
     let map = cluster.control.status().await.map;
     let victim_slots = slots_of(&map, cluster.victim_id);
@@ -255,11 +220,7 @@ async fn seed(cluster: &Cluster, client: &Client) -> (Seeded, BTreeSet<u32>) {
         !victim_slots.is_empty(),
         "the rebalance gave the victim no slot: {map:?}"
     );
-    let victim_shard = map
-        .shards
-        .iter()
-        .position(|shard| shard.node_id == cluster.victim_id)
-        .expect("the victim is in the map");
+    let victim_shard = shard_of_node(&map, cluster.victim_id);
     assert!(map.lost_slots().is_empty(), "slots lost before anything died");
 
     let mut values = BTreeMap::new();
@@ -372,12 +333,7 @@ async fn until_served<T>(what: &str, mut call: impl AsyncFnMut() -> Result<T, Er
 
 async fn check_elsewhere(client: &Client, seeded: &Seeded, when: &str) {
     for key in &seeded.elsewhere {
-        let stored = client
-            .bytes(key.clone())
-            .get()
-            .await
-            .unwrap_or_else(|error| panic!("{when}: get {key} (on a live node): {error}"))
-            .unwrap_or_else(|| panic!("{when}: {key} (on a live node) is missing"));
+        let stored = read_stored(client, key.clone(), &format!("{when}: get {key} (on a live node)")).await;
         assert_eq!(
             (&stored.value, stored.version),
             (&seeded.values[key].0, seeded.values[key].1),
@@ -414,7 +370,7 @@ async fn check_lost(client: &Client, seeded: &Seeded, when: &str) -> u32 {
 /// The restarted node answers SlotLost itself for its old slots: a client that sends
 /// everything to its front port, and the CLI (exit code 3, not 1 for "missing").
 async fn check_lost_at(node: &EngramServer, seeded: &Seeded, when: &str) {
-    let front_only = front_only_client(node).await;
+    let front_only = node.front_only_client(CALL_TIMEOUT).await;
     for key in &seeded.on_victim {
         let bytes = front_only.bytes(key.clone());
         until_slot_lost(&format!("{when}: get {key} at the restarted node"), async || {
@@ -496,6 +452,31 @@ fn slot_ranges(slots: &[u32]) -> String {
         .join(",")
 }
 
+/// The lock on the victim's slots, acquired `when`, gets a fence above every fence it
+/// handed out before the node was lost.
+async fn check_fence_above(client: &Client, seeded: &Seeded, when: &str) {
+    let guard = client
+        .lock(seeded.lock.clone())
+        .acquire(OWNER, LEASE, Duration::ZERO)
+        .await
+        .unwrap_or_else(|error| panic!("acquire the lock {when}: {error}"));
+    assert!(
+        guard.fence() > *seeded.fences.iter().max().unwrap(),
+        "fence {} {when} is not above the fences handed out before the node was lost {:?}",
+        guard.fence(),
+        seeded.fences
+    );
+    guard.release().await.expect("release");
+}
+
+/// A set of `bytes` if still at `old`, a version from before the kill.
+async fn stale_set(bytes: &engram_client::Bytes, old: u64) -> SetOutcome {
+    bytes
+        .set_with("stale", if_version(old))
+        .await
+        .expect("stale set after the reclaim")
+}
+
 /// Reclaims the victim's lost slots (`how`); then they serve, empty, and what is handed
 /// out there is above everything handed out before the kill.
 async fn reclaim_and_check(cluster: &Cluster, client: &Client, seeded: &Seeded, how: Reclaim) {
@@ -560,16 +541,7 @@ async fn reclaim_and_check(cluster: &Cluster, client: &Client, seeded: &Seeded, 
         let (_, old) = seeded.values[key];
         let bytes = client.bytes(key.clone());
         // A writer that read the key before the kill must not overwrite it now.
-        let stale = bytes
-            .set_with(
-                "stale",
-                SetOptions {
-                    ttl: None,
-                    condition: SetCondition::IfVersion(old),
-                },
-            )
-            .await
-            .expect("stale set after the reclaim");
+        let stale = stale_set(&bytes, old).await;
         assert_eq!(
             stale,
             SetOutcome::Conflict { current_version: 0 },
@@ -581,16 +553,7 @@ async fn reclaim_and_check(cluster: &Cluster, client: &Client, seeded: &Seeded, 
             "{key}: version {version} after the reclaim is not above {old_top}, the highest the lost node \
              handed out for these keys (this key had {old})"
         );
-        let stale = bytes
-            .set_with(
-                "stale",
-                SetOptions {
-                    ttl: None,
-                    condition: SetCondition::IfVersion(old),
-                },
-            )
-            .await
-            .expect("stale set after the reclaim");
+        let stale = stale_set(&bytes, old).await;
         assert_eq!(
             stale,
             SetOutcome::Conflict {
@@ -599,19 +562,7 @@ async fn reclaim_and_check(cluster: &Cluster, client: &Client, seeded: &Seeded, 
             "{key}: a set if at version {old} from before the kill overwrote the new value"
         );
     }
-    let guard = client
-        .lock(seeded.lock.clone())
-        .acquire(OWNER, LEASE, Duration::ZERO)
-        .await
-        .expect("acquire the lock after the reclaim");
-    let top_fence = *seeded.fences.iter().max().unwrap();
-    assert!(
-        guard.fence() > top_fence,
-        "fence {} after the reclaim is not above the fences from before the kill {:?}",
-        guard.fence(),
-        seeded.fences
-    );
-    guard.release().await.expect("release");
+    check_fence_above(client, seeded, "after the reclaim").await;
     let permit = client
         .semaphore(seeded.semaphore.clone(), SEMAPHORE_CAPACITY)
         .acquire(OWNER, 1, LEASE, Duration::ZERO)
@@ -658,12 +609,8 @@ fn a_dead_nodes_slots_fail_fast_then_answer_lost_until_reclaimed_and_never_serve
                 Ok(found) => panic!("get {key} of the killed node answered {found:?}"),
             }
             let live = &seeded.elsewhere[calls % seeded.elsewhere.len()];
-            let stored = client
-                .bytes(live.clone())
-                .get()
-                .await
-                .unwrap_or_else(|error| panic!("get {live} (on a live node) while the victim is dead: {error}"))
-                .unwrap_or_else(|| panic!("{live} (on a live node) is missing while the victim is dead"));
+            let what = format!("get {live} (on a live node) while the victim is dead");
+            let stored = read_stored(&client, live.clone(), &what).await;
             assert_eq!(stored.value, seeded.values[live].0, "{live} changed");
             calls += 1;
             assert!(
@@ -683,7 +630,7 @@ fn a_dead_nodes_slots_fail_fast_then_answer_lost_until_reclaimed_and_never_serve
         // (c) The node comes back on the same address, empty: its slots stay lost.
         let restarted_id = cluster.restart_victim().node_id();
         assert_eq!(restarted_id, cluster.victim_id, "the node rejoined under another id");
-        wait_for_members(&cluster.control, 3).await;
+        wait_for_members(&cluster.control, 3, SETTLE_LIMIT).await;
         tokio::time::sleep(HEARTBEATS_SETTLE).await;
         check_status_lost(&cluster, &victim_slots, old_incarnation, "after the restart").await;
         check_lost(&client, &seeded, "after the restart").await;
@@ -735,16 +682,6 @@ fn a_node_restarted_before_it_is_declared_dead_does_not_serve_its_old_slots_empt
 /// the timeout holds up the live nodes' heartbeats and gets them declared dead too).
 const PAUSED_LIVENESS_TIMEOUT_MS: u64 = 5_000;
 
-/// Sends SIGCONT to a paused process when dropped, so a failing test never leaves a
-/// stopped process behind (its `EngramServer`, dropped later, then stops it).
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        resume_process(self.0);
-    }
-}
-
 /// Polls `cluster status` until `done` holds for it and the victim's entry.
 async fn wait_for_victim(
     cluster: &Cluster,
@@ -784,29 +721,6 @@ async fn wait_for_node_epoch(node: &EngramServer, epoch: u64) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A client that sends everything to `node`'s front port.
-async fn front_only_client(node: &EngramServer) -> Client {
-    node.client_builder()
-        .timeout(CALL_TIMEOUT)
-        .direct(false)
-        .connect()
-        .await
-        .expect("connect to the node's front port")
-}
-
-/// Keys the node's shards hold (its own accounting).
-async fn keys_held(node: &EngramServer) -> u64 {
-    front_only_client(node)
-        .await
-        .info()
-        .await
-        .expect("info")
-        .shards
-        .iter()
-        .map(|shard| shard.keys)
-        .sum()
 }
 
 #[test]
@@ -868,18 +782,7 @@ fn a_paused_node_declared_dead_gets_its_slots_back_with_its_data_when_it_resumes
             }
             check_elsewhere(client, &seeded, "after the resume").await;
         }
-        let guard = client
-            .lock(seeded.lock.clone())
-            .acquire(OWNER, LEASE, Duration::ZERO)
-            .await
-            .expect("acquire the lock after the resume");
-        assert!(
-            guard.fence() > *seeded.fences.iter().max().unwrap(),
-            "fence {} after the resume, before it {:?}",
-            guard.fence(),
-            seeded.fences
-        );
-        guard.release().await.expect("release");
+        check_fence_above(&client, &seeded, "after the resume").await;
     });
     drop(resume);
 }
@@ -1031,7 +934,7 @@ fn a_paused_node_whose_slots_were_reclaimed_meanwhile_never_serves_its_stranded_
             "the resumed node got back slots that were reclaimed elsewhere"
         );
         // Through every way in: the same answers, never the stranded copy.
-        let at_victim = front_only_client(victim).await;
+        let at_victim = victim.front_only_client(CALL_TIMEOUT).await;
         for (name, client) in [
             ("the old client", &client),
             ("a client started after the reclaim", &fresh),
@@ -1053,7 +956,7 @@ fn a_paused_node_whose_slots_were_reclaimed_meanwhile_never_serves_its_stranded_
         // (its front port already answered for them above with the new owners' data).
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let held = keys_held(victim).await;
+            let held = total_keys(&victim.front_only_client(CALL_TIMEOUT).await).await;
             if held == 0 {
                 break;
             }

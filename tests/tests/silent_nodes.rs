@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use engram_client::Client;
 use engram_proto::ClusterStatus;
+use engram_tests::cluster::{self, cluster_cli, node_slot_count, shard_of_node, start_node, MEMBERSHIP_LIMIT};
 use engram_tests::control::ControlPlane;
 use engram_tests::processes::Scratch;
-use engram_tests::server::{next_loopback, resume_process, stop_process};
-use engram_tests::{key_on_shard, run_async, EngramServer, ServerOptions};
+use engram_tests::server::{next_loopback, resume_process, stop_process, Resume};
+use engram_tests::{key_on_shard, read_stored, run_async};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the node stays paused at least.
@@ -37,66 +38,13 @@ const VALUE_BYTES: usize = 256 * 1024;
 /// What the live third node holds: below the threshold, but more than the paused one.
 const LIVE_VALUES: usize = 32;
 
-/// Sends SIGCONT to a paused process when dropped, so a failing test never leaves a
-/// stopped process behind (its `EngramServer` is dropped after this and stops it).
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        resume_process(self.0);
-    }
-}
-
-fn start_node(control: &ControlPlane) -> EngramServer {
-    EngramServer::start(ServerOptions::default().cores(1).control(control.address()))
-}
-
-async fn connect(node: &EngramServer) -> Client {
-    node.client_builder()
-        .timeout(CALL_TIMEOUT)
-        .connect()
-        .await
-        .expect("connect to the cluster")
-}
-
 async fn wait_for_members(control: &ControlPlane, alive: usize) {
-    for _ in 0..200 {
-        let status = control.status().await;
-        if status.nodes.iter().filter(|node| node.alive).count() == alive {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "the cluster never showed {alive} live nodes: {:?}",
-        control.status().await.nodes
-    );
-}
-
-fn slots_of(status: &ClusterStatus, node_id: u64) -> u32 {
-    status
-        .nodes
-        .iter()
-        .find(|node| node.node_id == node_id)
-        .unwrap_or_else(|| panic!("node {node_id} is not a member: {:?}", status.nodes))
-        .shards
-        .iter()
-        .map(|shard| shard.slots)
-        .sum()
-}
-
-fn shard_index_of(status: &ClusterStatus, node_id: u64) -> usize {
-    status
-        .map
-        .shards
-        .iter()
-        .position(|shard| shard.node_id == node_id)
-        .expect("the node is in the map")
+    cluster::wait_for_members(control, alive, MEMBERSHIP_LIMIT).await
 }
 
 /// `count` values of [`VALUE_BYTES`] on the shard of `node_id`; returns their keys.
 async fn fill(client: &Client, status: &ClusterStatus, node_id: u64, prefix: &str, count: usize) -> Vec<String> {
-    let shard = shard_index_of(status, node_id);
+    let shard = shard_of_node(&status.map, node_id);
     let mut keys = Vec::with_capacity(count);
     for index in 0..count {
         let key = key_on_shard(&status.map, b"default", shard, &format!("{prefix}-{index}"));
@@ -126,24 +74,19 @@ fn a_paused_node_receives_no_slots_from_the_load_planner() {
     let resume = Resume(paused.pid());
     run_async(Duration::from_secs(110), async {
         wait_for_members(&control, 3).await;
-        let output = control.cli(&["rebalance"]).await;
-        assert!(
-            output.status.success(),
-            "rebalance: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        cluster_cli(&control, &["rebalance"]).await;
         let status = control.status().await;
         let (full_id, paused_id, live_id) = (full.node_id(), paused.node_id(), live.node_id());
         assert!(paused_id < live_id);
-        let client = connect(&full).await;
+        let client = full.client_with_timeout(CALL_TIMEOUT).await;
         // The live node holds a little (below the threshold, so nothing moves yet).
         fill(&client, &status, live_id, "silent-live", LIVE_VALUES).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = control.status().await;
         assert!(before.migrations.is_empty(), "{:?}", before.migrations);
-        let paused_slots = slots_of(&before, paused_id);
-        let live_slots = slots_of(&before, live_id);
-        let full_slots = slots_of(&before, full_id);
+        let paused_slots = node_slot_count(&before, paused_id);
+        let live_slots = node_slot_count(&before, live_id);
+        let full_slots = node_slot_count(&before, full_id);
         assert!(
             paused_slots > 0 && live_slots > 0 && full_slots > 0,
             "{:?}",
@@ -179,7 +122,7 @@ fn a_paused_node_receives_no_slots_from_the_load_planner() {
             }
             let status = control.status().await;
             polls += 1;
-            let now_paused = slots_of(&status, paused_id);
+            let now_paused = node_slot_count(&status, paused_id);
             most_paused = most_paused.max(now_paused);
             assert!(
                 now_paused <= paused_slots,
@@ -200,7 +143,7 @@ fn a_paused_node_receives_no_slots_from_the_load_planner() {
                 "a plan tried to use the paused node: {:?}",
                 status.last_error
             );
-            live_gained |= slots_of(&status, live_id) > live_slots;
+            live_gained |= node_slot_count(&status, live_id) > live_slots;
             tokio::time::sleep(POLL_INTERVAL).await;
         }
         let after = control.status().await;
@@ -208,11 +151,11 @@ fn a_paused_node_receives_no_slots_from_the_load_planner() {
             "after {polls} polls over {:?}: full {full_slots} -> {}, paused {paused_slots} (at most {most_paused}), \
              live {live_slots} -> {}",
             paused_at.elapsed(),
-            slots_of(&after, full_id),
-            slots_of(&after, live_id)
+            node_slot_count(&after, full_id),
+            node_slot_count(&after, live_id)
         );
         assert!(
-            slots_of(&after, full_id) < full_slots,
+            node_slot_count(&after, full_id) < full_slots,
             "the full node gave no slot away"
         );
         let full_keys = filling.expect("the full node was filled").await.expect("fill task");
@@ -221,17 +164,12 @@ fn a_paused_node_receives_no_slots_from_the_load_planner() {
         wait_for_members(&control, 3).await;
         // Nothing was lost on the way: a sample of the moved and kept values reads back.
         for key in full_keys.iter().step_by(16) {
-            let stored = client
-                .bytes(key.clone())
-                .get()
-                .await
-                .unwrap_or_else(|error| panic!("read {key}: {error}"))
-                .unwrap_or_else(|| panic!("{key} is missing"));
+            let stored = read_stored(&client, key.clone(), &format!("read {key}")).await;
             assert_eq!(stored.value.len(), VALUE_BYTES, "{key}");
         }
         let resumed = control.status().await;
         assert_eq!(
-            slots_of(&resumed, paused_id),
+            node_slot_count(&resumed, paused_id),
             paused_slots,
             "the paused node's slots changed: {:?}",
             resumed.nodes

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use engram_client::{SetCondition, SetOptions};
-use engram_tests::{run_async, unique_key, EngramServer, ServerOptions};
+use engram_tests::{run_async, total_keys, unique_key, EngramServer, ServerOptions};
 
 const TTL: Duration = Duration::from_millis(200);
 /// Longest a poll for the expiry may take; far above the TTL plus the 100 ms maintenance tick.
@@ -15,17 +15,6 @@ fn with_ttl(ttl: Duration) -> SetOptions {
         ttl: Some(ttl),
         condition: SetCondition::Always,
     }
-}
-
-async fn total_keys(client: &engram_client::Client) -> u64 {
-    client
-        .info()
-        .await
-        .expect("info")
-        .shards
-        .iter()
-        .map(|shard| shard.keys)
-        .sum()
 }
 
 #[test]

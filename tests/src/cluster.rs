@@ -1,0 +1,73 @@
+//! Helpers for tests of a cluster: one-core `engramd` nodes joined to a [`ControlPlane`],
+//! a bounded wait for its membership, `engram cluster` that must succeed, and where a
+//! node's slots are in what the control plane reports.
+
+use std::time::{Duration, Instant};
+
+use engram_proto::{ClusterStatus, SlotMap};
+
+use crate::control::ControlPlane;
+use crate::server::{EngramServer, ServerOptions};
+
+/// How long a cluster may take to show the members a test started: 200 polls 100 ms
+/// apart, the bound the cluster tests always had.
+pub const MEMBERSHIP_LIMIT: Duration = Duration::from_secs(20);
+
+/// A one-core node joined to `control` (one core each keeps a few nodes within the
+/// test machine's cores).
+pub fn start_node(control: &ControlPlane) -> EngramServer {
+    EngramServer::start(ServerOptions::default().cores(1).control(control.address()))
+}
+
+/// Waits until the control plane counts `alive` live members; fails the test, with the
+/// members it last saw, when that takes longer than `limit`.
+pub async fn wait_for_members(control: &ControlPlane, alive: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = control.status().await;
+        if status.nodes.iter().filter(|node| node.alive).count() == alive {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never showed {alive} live nodes: {:?}",
+            status.nodes
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `engram cluster <arguments>` off the async threads and insists it succeeds;
+/// returns its stdout.
+pub async fn cluster_cli(control: &ControlPlane, arguments: &[&str]) -> String {
+    let output = control.cli(arguments).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "engram cluster {arguments:?} exited {:?}: {stdout}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// How many slots member `node_id` owns, by its entry in `status`.
+pub fn node_slot_count(status: &ClusterStatus, node_id: u64) -> u32 {
+    status
+        .nodes
+        .iter()
+        .find(|node| node.node_id == node_id)
+        .unwrap_or_else(|| panic!("node {node_id} is not a member: {:?}", status.nodes))
+        .shards
+        .iter()
+        .map(|shard| shard.slots)
+        .sum()
+}
+
+/// Index in `map` of the first shard of node `node_id`.
+pub fn shard_of_node(map: &SlotMap, node_id: u64) -> usize {
+    map.shards
+        .iter()
+        .position(|shard| shard.node_id == node_id)
+        .unwrap_or_else(|| panic!("node {node_id} is not in the map"))
+}
