@@ -496,12 +496,35 @@ pub(crate) fn signal(child: &Child, signal: libc::c_int) {
     }
 }
 
+/// How long a SIGSTOP may take to stop every thread of a process on a loaded machine.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// SIGSTOP: the process stays, its sockets still accept, but nothing it runs answers.
+/// Returns once every thread of it is stopped: kill(2) only queues the signal, and on a
+/// busy machine a thread that is not running takes the stop only when it is next
+/// scheduled, so without the wait a test would ask a process that still answers.
 pub fn stop_process(pid: u32) {
     // SAFETY: kill(2) on a child of this process that has not been reaped.
     unsafe {
         libc::kill(pid as libc::pid_t, libc::SIGSTOP);
     }
+    let stopped = crate::poll_until(STOP_TIMEOUT, Duration::from_millis(5), || {
+        every_thread_stopped(pid).then_some(())
+    });
+    assert!(stopped.is_some(), "process {pid} did not stop within {STOP_TIMEOUT:?} of SIGSTOP");
+}
+
+/// Whether every thread of `pid` is in the stopped state ('T' in /proc/PID/task/*/stat).
+fn every_thread_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
 }
 
 /// SIGCONT: a process stopped with [`stop_process`] runs on (as the same process).
