@@ -511,7 +511,10 @@ pub fn stop_process(pid: u32) {
     let stopped = crate::poll_until(STOP_TIMEOUT, Duration::from_millis(5), || {
         every_thread_stopped(pid).then_some(())
     });
-    assert!(stopped.is_some(), "process {pid} did not stop within {STOP_TIMEOUT:?} of SIGSTOP");
+    assert!(
+        stopped.is_some(),
+        "process {pid} did not stop within {STOP_TIMEOUT:?} of SIGSTOP"
+    );
 }
 
 /// Whether every thread of `pid` is in the stopped state ('T' in /proc/PID/task/*/stat).
@@ -522,8 +525,7 @@ fn every_thread_stopped(pid: u32) -> bool {
     tasks.flatten().all(|task| {
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
         // The state follows the command name, which is in parentheses.
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('T'))
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
     })
 }
 
