@@ -11,6 +11,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Output;
+use std::sync::Arc;
 use std::time::Duration;
 
 use engram_client::Error;
@@ -78,7 +79,8 @@ impl Node {
 }
 
 /// `until_parked` from async code, off the runtime's threads.
-async fn until_parked(node: &'static Node, count: u64) {
+async fn until_parked(node: &Arc<Node>, count: u64) {
+    let node = Arc::clone(node);
     tokio::task::spawn_blocking(move || node.until_parked(count))
         .await
         .expect("polling the metrics did not panic");
@@ -93,19 +95,20 @@ fn ok(output: &Output, what: &str) -> String {
 #[test]
 fn the_async_client_waits_ten_minutes_and_is_released_early() {
     assert!(WAIT > Duration::from_millis(CALL_TIMEOUT_MS_MAX) && WAIT <= Duration::from_millis(WAIT_MS_MAX));
-    // 'static, so blocking tasks can poll its metrics while the test body awaits.
-    let node: &'static Node = Box::leak(Box::new(Node::start()));
+    // Shared, so blocking tasks can poll its metrics while the test body awaits; the
+    // last clone dropped stops the server.
+    let node = Arc::new(Node::start());
     run_async(TEST_LIMIT, async move {
         let client = node.server.client().await;
 
         // A pop parked for up to ten minutes gets the next push.
-        until_parked(node, 0).await;
+        until_parked(&node, 0).await;
         let queue = client.queue(unique_key("jobs"));
         let popping = tokio::spawn({
             let queue = queue.clone();
             async move { queue.pop_front(Some(WAIT)).await }
         });
-        until_parked(node, 1).await;
+        until_parked(&node, 1).await;
         assert_eq!(
             queue.push_back("job").await.expect("push"),
             0,
@@ -114,25 +117,25 @@ fn the_async_client_waits_ten_minutes_and_is_released_early() {
         assert_eq!(popping.await.unwrap().expect("pop"), Some(b"job".to_vec()));
 
         // A barrier party waiting up to ten minutes passes when the last one arrives.
-        until_parked(node, 0).await;
+        until_parked(&node, 0).await;
         let name = unique_key("phase");
         let first = client.barrier(name.clone(), 2);
         let waiting = tokio::spawn(async move { first.wait(WAIT).await });
-        until_parked(node, 1).await;
+        until_parked(&node, 1).await;
         let last = client.barrier(name, 2).wait(WAIT).await.expect("last party");
         let first = waiting.await.unwrap().expect("first party");
         assert_eq!((first.generation, first.arrival_index), (0, 0));
         assert_eq!((last.generation, last.arrival_index), (0, 1));
 
         // An acquire waiting up to ten minutes gets the lock when its holder releases it.
-        until_parked(node, 0).await;
+        until_parked(&node, 0).await;
         let lock = client.lock(unique_key("db"));
         let held = lock.acquire("holder", WAIT, Duration::ZERO).await.expect("free lock");
         let acquiring = tokio::spawn({
             let lock = lock.clone();
             async move { lock.acquire("next", WAIT, WAIT).await }
         });
-        until_parked(node, 1).await;
+        until_parked(&node, 1).await;
         let held_fence = held.fence();
         held.release().await.expect("release");
         let next = acquiring.await.unwrap().expect("the waiting acquire");
