@@ -121,3 +121,21 @@ pub async fn total_keys(client: &engram_client::Client) -> u64 {
         .map(|shard| shard.keys)
         .sum()
 }
+
+/// `GET path` over plain TCP (the metrics ports speak HTTP/1.1), each step bounded by
+/// `timeout`: (status line, head, body).
+pub fn http_get(address: std::net::SocketAddr, path: &str, timeout: Duration) -> (String, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout).expect("connect to the metrics port");
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: engram\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the whole answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a blank line ends the head");
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, head.to_string(), body.to_string())
+}

@@ -8,8 +8,7 @@
 //! provably found the pop waiting (it answers length 0, the value handed over), the last
 //! party provably arrived last, and no step depends on how fast anything runs.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,17 +47,8 @@ impl Node {
     /// Requests parked on all shards, as the metrics report them (refreshed by each
     /// shard within its housekeeping period).
     fn parked(&self) -> u64 {
-        let mut stream = TcpStream::connect_timeout(&self.metrics, STEP_TIMEOUT).expect("connect to the metrics port");
-        stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: engram\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("read the metrics");
-        answer
-            .lines()
+        let (_, _, body) = engram_tests::http_get(self.metrics, "/metrics", STEP_TIMEOUT);
+        body.lines()
             .filter(|line| line.starts_with("engram_parked_requests{"))
             .map(|line| {
                 let value = line.rsplit(' ').next().unwrap_or_default();

@@ -430,28 +430,6 @@ enum Reclaim {
     WireThenCliRanges,
 }
 
-/// `slots` (sorted) as `a-b,c,...`, the CLI's slot list.
-fn slot_ranges(slots: &[u32]) -> String {
-    let mut ranges: Vec<(u32, u32)> = Vec::new();
-    for &slot in slots {
-        match ranges.last_mut() {
-            Some((_, end)) if *end + 1 == slot => *end = slot,
-            _ => ranges.push((slot, slot)),
-        }
-    }
-    ranges
-        .iter()
-        .map(|(start, end)| {
-            if start == end {
-                start.to_string()
-            } else {
-                format!("{start}-{end}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// The lock on the victim's slots, acquired `when`, gets a fence above every fence it
 /// handed out before the node was lost.
 async fn check_fence_above(client: &Client, seeded: &Seeded, when: &str) {
@@ -517,7 +495,7 @@ async fn reclaim_and_check(cluster: &Cluster, client: &Client, seeded: &Seeded, 
             );
             let (_, node) = cluster.victim_status().await;
             assert_eq!(node.slots_lost as usize, cli.len(), "{node:?}");
-            let output = cluster_cli(&cluster.control, &["reclaim", &slot_ranges(cli)]).await;
+            let output = cluster_cli(&cluster.control, &["reclaim", &engram_proto::format_slot_ranges(cli)]).await;
             eprintln!("engram cluster reclaim RANGES: {output}");
         }
     }

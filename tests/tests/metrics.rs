@@ -2,7 +2,7 @@
 //! and the operation counters move by exactly the operations a client did.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -32,18 +32,7 @@ fn free_port(bind: Ipv4Addr) -> u16 {
 
 /// `GET path` over plain TCP: (status line, head, body).
 fn http_get(address: SocketAddr, path: &str) -> (String, String, String) {
-    let mut stream = TcpStream::connect_timeout(&address, STEP_TIMEOUT).expect("connect to the metrics port");
-    stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: engram\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read the whole answer");
-    let (head, body) = answer.split_once("\r\n\r\n").expect("a blank line ends the head");
-    let status = head.lines().next().unwrap_or_default().to_string();
-    (status, head.to_string(), body.to_string())
+    engram_tests::http_get(address, path, STEP_TIMEOUT)
 }
 
 /// One sample line: its family's metric name, labels and value.

@@ -1,6 +1,7 @@
 //! Slot lists on the command line (`0-5460,9000`), as `engram cluster reclaim` takes them
 //! and `engram cluster status` prints them.
 
+use engram_proto::format_slot_ranges;
 use engram_proto::limits::SLOT_COUNT;
 
 /// Slots named on the command line: sorted, without repeats, each below `SLOT_COUNT`.
@@ -58,19 +59,11 @@ pub fn merge_ranges(ranges: impl IntoIterator<Item = (u32, u32)>) -> Vec<(u32, u
     merged
 }
 
-/// Sorted inclusive ranges as the shortest list, in the syntax [`parse_slots`] reads.
+/// Sorted inclusive ranges as the shortest list, in the syntax [`parse_slots`] reads
+/// (the protocol crate's [`format_slot_ranges`], which the control plane logs with).
 pub fn format_slots(ranges: impl IntoIterator<Item = (u32, u32)>) -> String {
-    let items: Vec<String> = merge_ranges(ranges)
-        .into_iter()
-        .map(|(start, end)| {
-            if start == end {
-                start.to_string()
-            } else {
-                format!("{start}-{end}")
-            }
-        })
-        .collect();
-    items.join(",")
+    let slots: Vec<u32> = ranges.into_iter().flat_map(|(start, end)| start..=end).collect();
+    format_slot_ranges(&slots)
 }
 
 #[cfg(test)]
