@@ -384,10 +384,7 @@ impl Membership {
     /// the slots it lost; the caller persists the change when any.
     pub fn declare_dead(&mut self, now_ms: u64) -> Vec<(u64, Vec<u32>)> {
         let silent: Vec<(u64, u64)> = self
-            .state
-            .members
-            .iter()
-            .filter(|member| self.silence_ms(member.node_id, now_ms) > self.liveness_timeout_ms)
+            .silent_members(now_ms)
             .map(|member| (member.node_id, member.incarnation))
             .collect();
         let mut dead = Vec::new();
@@ -401,6 +398,26 @@ impl Membership {
             self.rebuild_map();
         }
         dead
+    }
+
+    /// Whether [`Membership::declare_dead`] would lose any slot now: a cheap look that
+    /// spares the caller a copy of the state when nothing changes, as almost always.
+    pub fn has_dead_to_declare(&self, now_ms: u64) -> bool {
+        self.silent_members(now_ms).any(|member| {
+            (0..SLOT_COUNT).any(|slot| {
+                self.owners
+                    .get(slot as usize)
+                    .is_some_and(|owner| owner.node_id == member.node_id)
+                    && !self.lost.contains_key(&slot)
+            })
+        })
+    }
+
+    fn silent_members(&self, now_ms: u64) -> impl Iterator<Item = &Member> {
+        self.state
+            .members
+            .iter()
+            .filter(move |member| self.silence_ms(member.node_id, now_ms) > self.liveness_timeout_ms)
     }
 
     /// Returns an operator's lost slots to service, empty: each goes back to its last
@@ -1093,10 +1110,13 @@ mod tests {
             membership.declare_dead(3_000).is_empty(),
             "silent for exactly the timeout: not yet"
         );
+        assert!(!membership.has_dead_to_declare(3_000));
+        assert!(membership.has_dead_to_declare(3_001));
         let dead = membership.declare_dead(3_001);
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].0, first);
         assert_eq!(dead[0].1.len(), SLOT_COUNT as usize - slots.len());
+        assert!(!membership.has_dead_to_declare(3_002));
         assert!(membership.declare_dead(3_002).is_empty(), "slots are lost once");
         let lost_map = membership.map().clone();
         assert_eq!(lost_map.lost_slots(), dead[0].1);

@@ -715,7 +715,7 @@ impl Controller {
                 inner.membership.hear_from_everyone(now_ms);
                 return;
             }
-            if inner.membership.clone().declare_dead(now_ms).is_empty() {
+            if !inner.membership.has_dead_to_declare(now_ms) {
                 return;
             }
             match self.change(&mut inner, |membership| Ok(membership.declare_dead(now_ms))) {
