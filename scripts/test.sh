@@ -30,6 +30,11 @@ install_prerequisites() {
 
 install_prerequisites
 
+# Before anything is built from it: the vendored glommio must be the published crate plus
+# the patch that describes our changes (vendor/README.md).
+say "vendor/glommio is glommio 0.9.0 plus vendor/glommio-engram.patch"
+scripts/check-vendor.sh
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
