@@ -39,3 +39,30 @@ parse_report_arguments() {
         esac
     done
 }
+
+# The raw facts a script leaves for `engram-bench report`: KEY=VALUE lines, each value
+# the rest of its line verbatim (a /proc line, a tool's output line); every number is
+# taken out of them, and every figure computed, by the report.
+
+# fact FILE KEY VALUE: appends KEY=VALUE to FILE.
+fact() {
+    printf '%s=%s\n' "$2" "$3" >>"$1"
+}
+
+# machine_facts FILE: appends the machine the run was on and its load average now.
+machine_facts() {
+    fact "$1" uname "$(uname -srm)"
+    fact "$1" cpus "$(nproc)"
+    fact "$1" cpu_model_line "$(grep -m1 '^model name' /proc/cpuinfo || true)"
+    fact "$1" loadavg "$(</proc/loadavg)"
+}
+
+# stat_line PID: the /proc/PID/stat line of a process (its CPU ticks, for the report).
+stat_line() {
+    cat "/proc/$1/stat"
+}
+
+# utc_now: the time in UTC, 2026-11-28T00:18:00Z.
+utc_now() {
+    date -u +%Y-%m-%dT%H:%M:%SZ
+}

@@ -18,21 +18,24 @@
 # in every shape for DURATION seconds, in an order that alternates between rounds. A shared machine's speed drifts over minutes,
 # so a ratio is taken within each round, where its two sides ran seconds apart, and
 # the table shows the median over the rounds with the range; the absolute figures are
-# medians too.
+# medians too. This script only starts the processes and records raw facts (results,
+# /proc lines, clock readings) in its work directory; `engram-bench report compare`
+# computes every figure from them and prints the table.
 #
-# Usage: tools/compare.sh [--json FILE | FILE]   (release binaries from target/release;
-#        built with cargo if missing). Tunables as environment variables:
+# Usage: tools/compare.sh [--json FILE | FILE]   (release binaries from target/release,
+#        built with cargo if missing; ENGRAM_BIN_DIR=DIR takes them from DIR instead).
+#        Tunables as environment variables:
 #   ROUNDS=6 DURATION=3 WARMUP=1 KEYS=10000 VALUE_BYTES=32 MEMORY_KEYS=1000000 SPIN_US=50
 #   SERVER_CORE=0 LOAD_CORE=1 RUN_TIMEOUT=120 (seconds, per bench run)
 set -euo pipefail
-# awk's printf feeds jq's --argjson: a decimal comma would not be JSON.
+# A decimal comma in a clock reading would not parse as a number.
 export LC_ALL=C
 
 repository_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin="$repository_root/target/release"
+bin=${ENGRAM_BIN_DIR:-$repository_root/target/release}
 # shellcheck source=tools/common.sh
 source "$repository_root/tools/common.sh"
-parse_report_arguments compare 2,26 "$@"
+parse_report_arguments compare 2,29 "$@"
 rounds=${ROUNDS:-6}
 duration=${DURATION:-3}
 warmup=${WARMUP:-1}
@@ -44,7 +47,8 @@ server_core=${SERVER_CORE:-0}
 load_core=${LOAD_CORE:-1}
 run_timeout=${RUN_TIMEOUT:-120}
 work=$(mktemp -d /tmp/engram-compare.XXXXXX)
-started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+facts=$work/facts
+fact "$facts" started_at "$(utc_now)"
 
 pids=()
 cleanup() {
@@ -60,6 +64,7 @@ die() { note "$*"; exit 1; }
 ((rounds % 2 == 0)) || note "ROUNDS=$rounds is odd: one target order runs once more than the other"
 
 if [[ ! -x "$bin/engramd" || ! -x "$bin/engram-bench" || ! -x "$bin/engram" ]]; then
+    [[ -z ${ENGRAM_BIN_DIR:-} ]] || die "engramd, engram-bench or engram missing in ENGRAM_BIN_DIR=$ENGRAM_BIN_DIR"
     note "building release binaries"
     (cd "$repository_root" && cargo build --release -p engram-server -p engram-tools --bins) >&2
 fi
@@ -68,12 +73,12 @@ if ! command -v redis-server >/dev/null; then
     apt-get install -y redis-server >/dev/null 2>&1 || die "redis-server missing and apt-get install failed"
 fi
 [[ $(nproc) -ge 2 ]] || note "only $(nproc) CPU: servers and load share a core"
+for setting in rounds duration warmup keys value_bytes memory_keys spin_us server_core load_core; do
+    fact "$facts" "$setting" "${!setting}"
+done
+fact "$facts" ticks_per_second "$(getconf CLK_TCK)"
 
-
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-# utime + stime of a process, in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-ticks_per_second=$(getconf CLK_TCK)
+rss_line() { grep '^VmRSS:' "/proc/$1/status"; }
 
 # Servers by name: echo, echo-spin, redis, engram, engram-spin (the -spin ones poll
 # SPIN_US before parking), and fresh ones for the memory measurement.
@@ -161,11 +166,9 @@ for name in redis engram engram-spin; do
         --requests 1 --connections 1 --warmup 0 --prefill
 done
 
-# Server CPU (utime+stime ticks) and wall time per target and shape, summed over the
-# rounds; for the spin pair also the load's CPU (the children this script waited for:
-# engram-bench, and the few helpers it runs in between, which take no measurable CPU).
-declare -A cpu wall load_cpu
-children_ticks() { awk '{ print $16 + $17 }' /proc/$$/stat; }
+# Around each run, the server's /proc stat line (its CPU), this script's (whose waited-for
+# children are the load: engram-bench, and the few helpers run in between, which take
+# no measurable CPU) and the clock.
 for round in $(seq 1 "$rounds"); do
     for shape in "${shapes[@]}"; do
         read -r -a targets <<<"${shape_targets[$shape]}"
@@ -177,158 +180,47 @@ for round in $(seq 1 "$rounds"); do
         for name in "${targets[@]}"; do
             note "round $round/$rounds: $name $shape"
             pid=${server_pids[$name]}
-            before_server=$(cpu_ticks "$pid")
-            before_load=$(children_ticks)
-            started=$(date +%s.%N)
+            run=$work/$name-$shape-$round
+            fact "$run.facts" server_stat_before "$(stat_line "$pid")"
+            fact "$run.facts" load_stat_before "$(stat_line $$)"
+            fact "$run.facts" started "$(date +%s.%N)"
             # shellcheck disable=SC2046
-            bench "$work/$name-$shape-$round.json" "$name" $(shape_flags "$shape")
-            cpu[$name-$shape]=$((${cpu[$name-$shape]:-0} + $(cpu_ticks "$pid") - before_server))
-            load_cpu[$name-$shape]=$((${load_cpu[$name-$shape]:-0} + $(children_ticks) - before_load))
-            wall[$name-$shape]=$(echo "${wall[$name-$shape]:-0} + $(date +%s.%N) - $started" | bc -l)
+            bench "$run.json" "$name" $(shape_flags "$shape")
+            fact "$run.facts" ended "$(date +%s.%N)"
+            fact "$run.facts" server_stat_after "$(stat_line "$pid")"
+            fact "$run.facts" load_stat_after "$(stat_line $$)"
         done
     done
 done
 for name in echo echo-spin redis engram engram-spin; do stop_server "$name"; done
 
 # Memory: a fresh server, RSS before and after SETting MEMORY_KEYS distinct keys
-# (sequential walkers that partition the key space exactly).
-declare -A memory
+# (sequential walkers that partition the key space exactly), and the keys it says it
+# holds (redis-cli dbsize prints a number, engram info --json a document; both JSON).
 load_keys() { # kind
     local kind=$1
     start_server "$kind-memory" "$kind"
     sleep 0.5
-    local pid=${server_pids[$kind-memory]} before after stored
-    before=$(rss_kib "$pid")
+    local pid=${server_pids[$kind-memory]} memory=$work/memory-$kind
+    fact "$memory.facts" rss_before "$(rss_line "$pid")"
     note "$kind: loading $memory_keys keys"
     bench "$work/$kind-load.json" "$kind-memory" --workload set --keys "$memory_keys" --key-pattern sequential \
         --value-bytes 32 --requests "$memory_keys" --connections 50 --pipeline 16
     sleep 0.5
-    after=$(rss_kib "$pid")
+    fact "$memory.facts" rss_after "$(rss_line "$pid")"
     case "$kind" in
-        redis) stored=$(redis-cli -p "${server_addresses[$kind-memory]##*:}" dbsize) ;;
-        engram) stored=$("$bin/engram" --addr "${server_addresses[$kind-memory]}" info --json | jq '[.shards[].keys] | add') ;;
+        redis) redis-cli -p "${server_addresses[$kind-memory]##*:}" dbsize >"$memory-keys.json" ;;
+        engram) "$bin/engram" --addr "${server_addresses[$kind-memory]}" info --json >"$memory-keys.json" ;;
     esac
-    memory[$kind]="$before $after $stored"
     stop_server "$kind-memory"
 }
 load_keys redis
 load_keys engram
 
-# ---- summary: every round's runs into one JSON document, medians and ratios by jq ----
-read -r redis_before redis_after redis_keys <<<"${memory[redis]}"
-read -r engram_before engram_after engram_keys <<<"${memory[engram]}"
-per_key() { awk -v b="$1" -v a="$2" -v k="$3" 'BEGIN { printf "%.1f", (a - b) * 1024 / k }'; }
-cores() { awk -v t="$1" -v hz="$ticks_per_second" -v w="$2" 'BEGIN { printf "%.2f", t / hz / w }'; }
-
-runs_args=()
-run_names=()
-for shape in "${shapes[@]}"; do
-    for name in ${shape_targets[$shape]}; do
-        run_names+=("$name-$shape")
-        files=()
-        for round in $(seq 1 "$rounds"); do files+=("$work/$name-$shape-$round.json"); done
-        jq -s . "${files[@]}" >"$work/$name-$shape.rounds.json"
-        runs_args+=(--slurpfile "$name-$shape" "$work/$name-$shape.rounds.json")
-    done
-done
-summary=$work/summary.json
-jq -n "${runs_args[@]}" \
-    --arg machine "$(uname -srm), $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
-    --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" --arg started_at "$started_at" \
-    --argjson run_names "$(printf '%s\n' "${run_names[@]}" | jq -R . | jq -s .)" \
-    --argjson rounds "$rounds" --argjson duration "$duration" --argjson warmup "$warmup" \
-    --argjson redis_rss "[$redis_before, $redis_after, $redis_keys]" \
-    --argjson engram_rss "[$engram_before, $engram_after, $engram_keys]" \
-    --argjson redis_per_key "$(per_key "$redis_before" "$redis_after" "$redis_keys")" \
-    --argjson engram_per_key "$(per_key "$engram_before" "$engram_after" "$engram_keys")" \
-    --argjson spin_us "$spin_us" \
-    --argjson spin_server_cores "$(cores "${cpu[engram-spin-spin-c1]}" "${wall[engram-spin-spin-c1]}")" \
-    --argjson spin_load_cores "$(cores "${load_cpu[engram-spin-spin-c1]}" "${wall[engram-spin-spin-c1]}")" \
-    --argjson plain_server_cores "$(cores "${cpu[engram-c1]}" "${wall[engram-c1]}")" \
-    --argjson redis_c50p16_cpu_ticks "${cpu[redis-c50p16]}" --argjson engram_c50p16_cpu_ticks "${cpu[engram-c50p16]}" \
-    --argjson ticks_per_second "$ticks_per_second" '
-    def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
-        else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-    def round2: if . == null then null else . * 100 | round / 100 end;
-    def run($name): $ARGS.named[$name][0];
-    def summary($name): run($name) | { p50_us: (map(.latency_us.p50) | median), p99_us: (map(.latency_us.p99) | median),
-        ops_per_sec: (map(.ops_per_sec) | median) };
-    # Per-round ratios of one metric (null for a round where either side has none),
-    # then the median and range of those there are.
-    def ratio($a; $b; metric): [range(0; $rounds) as $i
-            | (run($a)[$i] | metric) as $x | (run($b)[$i] | metric) as $y
-            | if $x == null or $y == null or $y == 0 then null else $x / $y end]
-        | map(round2) as $rounds_ratios | map(select(. != null)) as $present
-        | { median: ($present | median | round2), min: ($present | min | round2),
-            max: ($present | max | round2), rounds: $rounds_ratios };
-    # Server CPU per request over all rounds (warm-up requests estimated at the measured rate).
-    def cpu_us($name; $ticks): ($ticks / $ticks_per_second * 1e6)
-        / (run($name) | map(.requests + .warmup_secs * .ops_per_sec) | add);
-    {
-      machine: $machine, load_average_at_end: $loadavg, started_at: $started_at, ended_at: (now | todate),
-      rounds: $rounds, duration_secs: $duration, warmup_secs: $warmup,
-      medians: (reduce $run_names[] as $name ({}; .[$name] = summary($name))),
-      runs: (reduce $run_names[] as $name ({}; .[$name] = run($name))),
-      memory: { redis: { rss_before_kib: $redis_rss[0], rss_after_kib: $redis_rss[1], keys: $redis_rss[2], bytes_per_key: $redis_per_key },
-                engram: { rss_before_kib: $engram_rss[0], rss_after_kib: $engram_rss[1], keys: $engram_rss[2], bytes_per_key: $engram_per_key } },
-      spin: { spin_us: $spin_us, server_cores: $spin_server_cores, load_cores: $spin_load_cores,
-              server_cores_without_spin: $plain_server_cores },
-      server_cpu_us_per_request_c50p16: { redis: (cpu_us("redis-c50p16"; $redis_c50p16_cpu_ticks) | round2),
-                                          engram: (cpu_us("engram-c50p16"; $engram_c50p16_cpu_ticks) | round2) },
-      ratios: {
-        c1_p50_engram_over_floor: ratio("engram-c1"; "echo-c1"; .latency_us.p50),
-        c1_p50_engram_over_redis: ratio("engram-c1"; "redis-c1"; .latency_us.p50),
-        c1_p99_engram_over_redis: ratio("engram-c1"; "redis-c1"; .latency_us.p99),
-        spin_c1_p50_engram_over_floor: ratio("engram-spin-spin-c1"; "echo-spin-spin-c1"; .latency_us.p50),
-        c50p1_ops_engram_over_redis: ratio("engram-c50p1"; "redis-c50p1"; .ops_per_sec),
-        c50p1_p99_engram_over_redis: ratio("engram-c50p1"; "redis-c50p1"; .latency_us.p99),
-        c50p16_ops_engram_over_redis: ratio("engram-c50p16"; "redis-c50p16"; .ops_per_sec),
-        c50p16_p99_engram_over_redis: ratio("engram-c50p16"; "redis-c50p16"; .latency_us.p99),
-        memory_per_key_engram_over_redis: ($engram_per_key / $redis_per_key | round2
-            | { median: ., min: ., max: ., rounds: [.] }) }
-    }' >"$summary"
-
-# ---- report ----
-get() { jq -r "$1" "$summary"; }
-us() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
-kops() { awk -v x="$1" 'BEGIN { printf "%.1fk/s", x / 1000 }'; }
-ratio_cell() { get ".ratios.$1 | \"\(.median) (\(.min)-\(.max))\""; }
-row() { printf '%-34s %12s %12s %12s %18s %18s\n' "$@"; }
-m() { get ".medians[\"$1\"].$2"; }
-{
-    echo
-    echo "$started_at to $(date -u +%H:%M:%SZ) $(uname -srm), $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
-    echo "servers on core $server_core, load on core $load_core; GET of $value_bytes-byte values over $keys keys;"
-    echo "$rounds interleaved rounds of ${duration}s per target and shape after ${warmup}s warm-up: medians, and ratios"
-    echo "as the median (min-max) of the per-round ratios (not the ratio of the medians)"
-    echo
-    row shape "tcp-echo" "redis" "engram" "engram/floor" "engram/redis"
-    row "1 connection p50 (us)" "$(us "$(m echo-c1 p50_us)")" "$(us "$(m redis-c1 p50_us)")" "$(us "$(m engram-c1 p50_us)")" \
-        "$(ratio_cell c1_p50_engram_over_floor)" "$(ratio_cell c1_p50_engram_over_redis)"
-    row "1 connection p99 (us)" "$(us "$(m echo-c1 p99_us)")" "$(us "$(m redis-c1 p99_us)")" "$(us "$(m engram-c1 p99_us)")" \
-        "-" "$(ratio_cell c1_p99_engram_over_redis)"
-    row "50 conn, pipeline 1 throughput" "$(kops "$(m echo-c50p1 ops_per_sec)")" "$(kops "$(m redis-c50p1 ops_per_sec)")" \
-        "$(kops "$(m engram-c50p1 ops_per_sec)")" "-" "$(ratio_cell c50p1_ops_engram_over_redis)"
-    row "50 conn, pipeline 1 p99 (us)" "$(us "$(m echo-c50p1 p99_us)")" "$(us "$(m redis-c50p1 p99_us)")" \
-        "$(us "$(m engram-c50p1 p99_us)")" "-" "$(ratio_cell c50p1_p99_engram_over_redis)"
-    row "50 conn, pipeline 16 throughput" "-" "$(kops "$(m redis-c50p16 ops_per_sec)")" \
-        "$(kops "$(m engram-c50p16 ops_per_sec)")" "-" "$(ratio_cell c50p16_ops_engram_over_redis)"
-    row "50 conn, pipeline 16 p99 (us)" "-" "$(us "$(m redis-c50p16 p99_us)")" "$(us "$(m engram-c50p16 p99_us)")" \
-        "-" "$(ratio_cell c50p16_p99_engram_over_redis)"
-    row "spin $spin_us us, 1 connection p50 (us)" "$(us "$(m echo-spin-spin-c1 p50_us)")" "-" \
-        "$(us "$(m engram-spin-spin-c1 p50_us)")" "$(ratio_cell spin_c1_p50_engram_over_floor)" "-"
-    row "spin $spin_us us, 1 connection p99 (us)" "$(us "$(m echo-spin-spin-c1 p99_us)")" "-" \
-        "$(us "$(m engram-spin-spin-c1 p99_us)")" "-" "-"
-    row "RSS per key ($memory_keys keys, bytes)" "-" "$(get .memory.redis.bytes_per_key)" \
-        "$(get .memory.engram.bytes_per_key)" "-" "$(get .ratios.memory_per_key_engram_over_redis.median)"
-    echo
-    echo "server CPU per request, 50 conn pipeline 16: redis $(get .server_cpu_us_per_request_c50p16.redis) us, engram $(get .server_cpu_us_per_request_c50p16.engram) us (warm-up requests estimated at the measured rate)"
-    echo "spin CPU while measuring (server --spin-us $spin_us, client --client-spin-us $spin_us): engramd $(get .spin.server_cores) cores, engram-bench $(get .spin.load_cores) cores; without spin, 1 connection: engramd $(get .spin.server_cores_without_spin) cores"
-    echo "memory: redis $redis_keys keys, RSS $redis_before -> $redis_after KiB; engram $engram_keys keys, RSS $engram_before -> $engram_after KiB"
-} | tee "$work/report.txt"
-
-if [[ -n "$json_out" ]]; then
-    cp "$summary" "$json_out"
-    note "JSON written to $json_out"
-fi
+fact "$facts" ended_at "$(utc_now)"
+machine_facts "$facts"
+report_flags=()
+[[ -z $json_out ]] || report_flags=(--json "$json_out")
+"$bin/engram-bench" report compare "$work" "${report_flags[@]}" | tee "$work/report.txt"
+[[ -z $json_out ]] || note "JSON written to $json_out"
 note "raw results in $work"

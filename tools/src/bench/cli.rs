@@ -1,4 +1,5 @@
-//! The `engram-bench` command line: every flag is also an `ENGRAM_BENCH_*` variable.
+//! The `engram-bench` command line: every flag of the load and of the echo server is also
+//! an `ENGRAM_BENCH_*` variable; `report`'s, which the scripts in `tools/` pass, are not.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -54,6 +55,36 @@ pub enum BenchCommand {
         /// reads) before waiting for readiness: the floor of a spinning server.
         #[arg(long, env = "ENGRAM_BENCH_SPIN_US", default_value_t = 0, value_name = "US")]
         spin_us: u64,
+    },
+    /// The statistics of a run of a script in tools/ (medians over its rounds, per-round
+    /// ratios, CPU and memory figures), from the raw results it left in its work directory.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+/// Which script's work directory to report on.
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// tools/compare.sh: prints the table of Engram against Redis and the loopback floor.
+    Compare {
+        /// The script's work directory.
+        dir: PathBuf,
+        /// Also write the report as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// tools/calibrate.sh: prints the table of engram-bench against redis-benchmark.
+    Calibrate {
+        /// The script's work directory.
+        dir: PathBuf,
+        /// Also write the report as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// tools/cluster-bench.sh: prints the rebalance's speed and the latency around it.
+    Rebalance {
+        /// The script's output directory.
+        dir: PathBuf,
     },
 }
 
@@ -206,6 +237,7 @@ impl FromStr for Target {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::path::Path;
 
     fn parse(arguments: &[&str]) -> Result<BenchCli, clap::Error> {
         BenchCli::try_parse_from(std::iter::once("engram-bench").chain(arguments.iter().copied()))
@@ -308,6 +340,23 @@ mod tests {
         assert_eq!((lock.load.workload, lock.load.keys), (Workload::Lock, 1));
         let barrier = parse(&["--target", "engram://h:1", "--workload", "barrier"]).unwrap();
         assert_eq!(barrier.load.workload, Workload::Barrier);
+    }
+
+    #[test]
+    fn report_needs_no_target() {
+        let cli = parse(&["report", "compare", "/tmp/w", "--json", "out.json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(BenchCommand::Report(ReportCommand::Compare { dir, json: Some(json) }))
+                if dir == Path::new("/tmp/w") && json == Path::new("out.json")
+        ));
+        let cli = parse(&["report", "rebalance", "/tmp/w"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(BenchCommand::Report(ReportCommand::Rebalance { .. }))
+        ));
+        assert!(parse(&["report", "calibrate"]).is_err(), "the directory is required");
+        assert!(parse(&["report", "histogram", "/tmp/w"]).is_err());
     }
 
     #[test]

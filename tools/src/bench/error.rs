@@ -37,4 +37,6 @@ pub enum BenchError {
     EchoServer(io::Error),
     #[error("a load task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Report(#[from] crate::bench::report::error::ReportError),
 }

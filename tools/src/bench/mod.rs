@@ -1,6 +1,6 @@
 //! `engram-bench`: one load shape driven against Engram, Redis or a raw TCP echo, with
 //! latency from HDR histograms (open loop without coordinated omission on `--rate`), plus
-//! Engram's locks and barriers.
+//! Engram's locks and barriers; and the reports of the benchmark scripts.
 //!
 //! Layout:
 //! - [`cli`]: flags (each also `ENGRAM_BENCH_*`), targets, limits.
@@ -17,6 +17,8 @@
 //! - [`resp`]: RESP2 command encoding and the incremental reply parser.
 //! - [`echo`]: the TCP ping-pong floor: client driver and echo server.
 //! - [`progress`]: the terminal progress bar.
+//! - [`report`]: `engram-bench report`, the statistics of the scripts in `tools/` from
+//!   the raw results they leave.
 //! - [`error`]: the error enum.
 
 pub mod cli;
@@ -27,6 +29,7 @@ pub mod keys;
 pub mod lane;
 pub mod progress;
 pub mod redis_driver;
+pub mod report;
 pub mod resp;
 pub mod runner;
 pub mod stats;

@@ -1,5 +1,6 @@
 //! `engram-bench`: parses the flags, builds the runtime the load runs on (`--threads`),
-//! runs the load or the echo server, prints the summary (and writes `--json`).
+//! runs the load or the echo server, prints the summary (and writes `--json`); or prints
+//! the report of a benchmark script's work directory.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use clap::Parser;
 use engram_tools::bench::cli::{BenchCli, BenchCommand};
 use engram_tools::bench::echo;
 use engram_tools::bench::error::BenchError;
+use engram_tools::bench::report;
 use engram_tools::bench::runner::{self, Settings};
 use engram_tools::bench::timer::minimize_timer_slack;
 
@@ -37,18 +39,22 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: BenchCli) -> Result<(), BenchError> {
-    if let Some(BenchCommand::EchoServer { listen, spin_us }) = cli.command {
-        let runtime = runtime(1)?;
-        return runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .map_err(BenchError::EchoServer)?;
-            let address = listener.local_addr().map_err(BenchError::EchoServer)?;
-            // Scripts that bind port 0 read the address from this line.
-            println!("echo-server listening on {address}");
-            let _ = std::io::stdout().flush();
-            echo::serve_spinning(listener, std::time::Duration::from_micros(spin_us)).await
-        });
+    match cli.command {
+        Some(BenchCommand::EchoServer { listen, spin_us }) => {
+            let runtime = runtime(1)?;
+            return runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .map_err(BenchError::EchoServer)?;
+                let address = listener.local_addr().map_err(BenchError::EchoServer)?;
+                // Scripts that bind port 0 read the address from this line.
+                println!("echo-server listening on {address}");
+                let _ = std::io::stdout().flush();
+                echo::serve_spinning(listener, std::time::Duration::from_micros(spin_us)).await
+            });
+        }
+        Some(BenchCommand::Report(command)) => return Ok(report::run(&command)?),
+        None => {}
     }
     let settings = Settings::new(cli.load)?;
     let runtime = runtime(settings.load.threads)?;
