@@ -1,5 +1,8 @@
 //! Engram wire protocol. Pure data and functions: no I/O, no runtime.
 //!
+//! The `serde` feature derives `Serialize`/`Deserialize` on the types tools show as JSON:
+//! [`NodeInfo`], [`ShardInfo`], [`ClusterStatus`] and what they contain, and [`SlotMap`].
+//!
 //! Layout:
 //! - [`limits`]: every size and count limit of the protocol, as named constants.
 //! - [`frame`]: the fixed 32-byte little-endian frame header, its encoder and its validating decoder.
