@@ -264,7 +264,7 @@ impl SentBatch {
     }
 }
 
-enum HandshakeFailure {
+pub(crate) enum HandshakeFailure {
     /// The server answered with an error (bad credentials, version...): final.
     Refused(Error),
     Connection(ConnectionError),
@@ -282,7 +282,7 @@ impl From<std::io::Error> for HandshakeFailure {
     }
 }
 
-async fn exchange_hello(
+pub(crate) async fn exchange_hello(
     stream: &mut TcpStream,
     reader: &mut FrameReader,
     handshake: &Handshake,

@@ -13,6 +13,8 @@
 //! - [`future`]: the write-once value handle (complete, get with wait, try-get).
 //! - [`map`]: the map handle (get, set, del, get-all, incr of fields).
 //! - [`queue`]: the double-ended queue handle (push, blocking pop at either end, len).
+//! - [`admin`]: cluster administration calls to engram-control (status, rebalance, drain,
+//!   reclaim), one exchange each, with their own error enum.
 //! - [`blocking`]: synchronous facade over the same client and handles, on a runtime it owns,
 //!   usable from plain threads and from inside a tokio runtime (one submodule per
 //!   coordination object, mirroring the async ones).
@@ -48,6 +50,7 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod barrier;
 pub mod blocking;
 pub mod builder;

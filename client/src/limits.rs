@@ -4,6 +4,11 @@
 /// migration's cut-over, short enough that a dead cluster is reported promptly.
 pub const CALL_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
+/// Timeout of a cluster administration call ([`crate::admin::Admin`]) when none is
+/// given: longer than a data call's, because a rebalance, drain or reclaim answers only
+/// once the control plane has planned and written its state file.
+pub const ADMIN_CALL_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
 /// First retry delay. Small because the first retry usually follows a map refresh or a
 /// reconnect, which already took a round trip.
 pub const RETRY_BACKOFF_MS_MIN: u64 = 1;

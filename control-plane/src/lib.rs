@@ -6,8 +6,6 @@
 //! - [`service`]: the `engram-control` process: control protocol server and the migration orchestrator.
 //! - [`link`]: framed request/answer over tokio TCP (server side and links to nodes).
 //! - [`metrics`]: the control plane's Prometheus families.
-//! - [`metrics_http`]: the `GET /metrics` responder that engramd and engram-control serve Prometheus from.
-//! - [`slot_map`]: building and querying slot maps (the embedded single-node map, owner lookup).
 //! - [`planner`]: the rebalancing planner, pure functions from shards, load and owners to slot moves.
 //!
 //! The control plane is the coordinator of each migration's two-phase hand-over; its
@@ -16,9 +14,5 @@
 pub mod link;
 pub mod membership;
 pub mod metrics;
-pub mod metrics_http;
 pub mod planner;
 pub mod service;
-pub mod slot_map;
-
-pub use slot_map::{embedded_map, EMBEDDED_MAP_EPOCH};

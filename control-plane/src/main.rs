@@ -106,10 +106,10 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
     let address = listener.local_addr()?;
     let metrics_address = if arguments.metrics_port != 0 {
         let metrics_address = SocketAddr::new(address.ip(), arguments.metrics_port);
-        let metrics_listener = engram_control::metrics_http::bind(metrics_address)?;
+        let metrics_listener = engram_metrics_http::bind(metrics_address)?;
         let bound = metrics_listener.local_addr()?;
         let reader = controller.clone();
-        engram_control::metrics_http::spawn(metrics_listener, move || {
+        engram_metrics_http::spawn(metrics_listener, move || {
             engram_control::metrics::render(reader.gauges())
         })?;
         Some(bound)

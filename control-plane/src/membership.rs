@@ -15,7 +15,7 @@
 //!   incarnation's floor up, and a reclaim raises every shard to a floor above every
 //!   earlier incarnation, so nothing handed out for an object is ever handed out again.
 //! - The map's epoch strictly increases with every change of ownership or membership,
-//!   and is never lower than [`crate::EMBEDDED_MAP_EPOCH`] + 1, so a cluster map always
+//!   and is never lower than [`engram_proto::EMBEDDED_MAP_EPOCH`] + 1, so a cluster map always
 //!   supersedes the map a node served with alone.
 
 use std::collections::BTreeMap;
@@ -167,7 +167,7 @@ impl Membership {
             state: PersistedState {
                 members: Vec::new(),
                 map: SlotMap {
-                    epoch: crate::EMBEDDED_MAP_EPOCH,
+                    epoch: engram_proto::EMBEDDED_MAP_EPOCH,
                     shards: Vec::new(),
                     ranges: Vec::new(),
                     version_floor: 0,
@@ -853,7 +853,7 @@ impl Membership {
             }
         }
         self.state.map = SlotMap {
-            epoch: self.state.map.epoch.max(crate::EMBEDDED_MAP_EPOCH) + 1,
+            epoch: self.state.map.epoch.max(engram_proto::EMBEDDED_MAP_EPOCH) + 1,
             shards,
             ranges,
             version_floor: self.state.map.version_floor,
@@ -912,7 +912,7 @@ mod tests {
         assert_ne!(first, second);
         let map = membership.map();
         assert_eq!(map.validate(), Ok(()));
-        assert!(map.epoch > crate::EMBEDDED_MAP_EPOCH);
+        assert!(map.epoch > engram_proto::EMBEDDED_MAP_EPOCH);
         assert_eq!(map.shards.len(), 3);
         assert!(membership.owners().iter().all(|owner| owner.node_id == first));
         let status = membership.status(0);

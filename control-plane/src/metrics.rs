@@ -98,5 +98,5 @@ pub fn render(gauges: Gauges) -> Vec<u8> {
     families.members.set(gauges.members as i64);
     families.map_epoch.set(gauges.map_epoch as i64);
     families.slots_lost.set(gauges.slots_lost as i64);
-    crate::metrics_http::render_registry(&families.registry)
+    engram_metrics_http::render_registry(&families.registry)
 }

@@ -79,6 +79,7 @@ pub struct MigrateIn {
 
 /// The cluster as the control plane sees it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClusterStatus {
     pub map: SlotMap,
     pub nodes: Vec<NodeStatus>,
@@ -94,8 +95,11 @@ pub struct ClusterStatus {
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct NodeStatus {
     pub node_id: u64,
+    /// `address` in JSON, the name `engram cluster status --json` has always shown.
+    #[cfg_attr(feature = "serde", serde(rename = "address"))]
     pub front_address: String,
     /// Heartbeats arrive; false when the last one is older than the control plane's
     /// liveness timeout.
@@ -110,6 +114,7 @@ pub struct NodeStatus {
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ShardStatus {
     pub shard_id: u16,
     pub address: String,
@@ -122,6 +127,7 @@ pub struct ShardStatus {
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MigrationStatus {
     pub migration_id: u64,
     pub source: String,

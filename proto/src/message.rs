@@ -579,6 +579,7 @@ pub struct ErrorReply {
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct NodeInfo {
     pub node_id: u64,
     pub server_version: String,
@@ -589,6 +590,7 @@ pub struct NodeInfo {
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ShardInfo {
     pub shard_id: u16,
     pub address: String,
@@ -602,6 +604,7 @@ pub struct ShardInfo {
 
 /// Which shard owns each slot, at one epoch.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SlotMap {
     /// Strictly increases with every change of ownership.
     pub epoch: u64,
@@ -619,6 +622,7 @@ pub struct SlotMap {
 pub const LOST_SHARD_INDEX: u32 = u32::MAX;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ShardAddress {
     pub node_id: u64,
     pub shard_id: u16,
@@ -629,6 +633,7 @@ pub struct ShardAddress {
 /// Slots `start..=end` are owned by `shards[shard_index]`, or lost when `shard_index` is
 /// [`LOST_SHARD_INDEX`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SlotRange {
     pub start: u32,
     pub end: u32,

@@ -1,5 +1,5 @@
 //! Prometheus metrics of engramd, served on `--metrics-port` by
-//! [`engram_control::metrics_http`].
+//! [`engram_metrics_http`].
 //!
 //! Counting sits on the request path of a microsecond server, so each shard resolves its
 //! label children once ([`ShardMetrics`]) and counts through a table indexed by object
@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use engram_control::metrics_http;
 use engram_proto::{Command, ErrorCode, Response};
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -321,7 +320,7 @@ impl NodeMetrics {
             gauge(&self.slots_owned, stats.slots_owned.load(Relaxed));
             gauge(&self.parked_requests, stats.parked_requests.load(Relaxed));
         }
-        metrics_http::render_registry(&self.registry)
+        engram_metrics_http::render_registry(&self.registry)
     }
 }
 
@@ -403,9 +402,9 @@ pub fn start_http(bind: IpAddr, port: u16, node: Arc<NodeStats>) -> Result<Optio
     }
     let address = SocketAddr::new(bind, port);
     let bind_error = |source| ServerError::Bind { address, source };
-    let listener = metrics_http::bind(address).map_err(bind_error)?;
+    let listener = engram_metrics_http::bind(address).map_err(bind_error)?;
     let address = listener.local_addr().map_err(bind_error)?;
-    metrics_http::spawn(listener, move || node.metrics.render(&node)).map_err(bind_error)?;
+    engram_metrics_http::spawn(listener, move || node.metrics.render(&node)).map_err(bind_error)?;
     Ok(Some(address))
 }
 
@@ -484,7 +483,7 @@ mod tests {
 
     impl NodeMetrics {
         fn registry_text(&self) -> Vec<u8> {
-            metrics_http::render_registry(&self.registry)
+            engram_metrics_http::render_registry(&self.registry)
         }
     }
 }

@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use engram_control::embedded_map;
 use engram_proto::limits::incarnation_version_floor;
-use engram_proto::{Command, Heartbeat, JoinRequest, Response, ShardAddress, ShardLoad, SlotMap};
+use engram_proto::{embedded_map, Command, Heartbeat, JoinRequest, Response, ShardAddress, ShardLoad, SlotMap};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 

@@ -7,13 +7,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use engram_proto::{ClusterStatus, Response};
+use engram_client::admin::{Admin, ClusterStatus};
 
 use crate::binaries;
 use crate::server::{capture, poll_exit, run_bounded, scrub_environment, signal, text_of, READY_TIMEOUT, STOP_GRACE};
 
 /// Longest a `engram cluster` command may run (a rebalance waits for its moves).
 const CLI_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest one administration call of a test may take.
+const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ControlPlane {
     child: Option<Child>,
@@ -128,21 +130,20 @@ impl ControlPlane {
         }
     }
 
+    /// An administration handle on this control plane (no credentials).
+    pub fn admin(&self) -> Admin {
+        Admin::new(&self.address).timeout(ADMIN_CALL_TIMEOUT)
+    }
+
     /// The cluster as the control plane reports it.
     pub async fn status(&self) -> ClusterStatus {
         let deadline = Instant::now() + crate::STEP_TIMEOUT;
+        let admin = self.admin();
         loop {
-            let answer = engram_control::link::call_once(
-                &self.address,
-                b"",
-                engram_proto::Command::ClusterStatus,
-                Duration::from_secs(5),
-            )
-            .await;
-            match answer {
-                Ok(Response::ClusterStatus(status)) => return *status,
-                other if Instant::now() >= deadline => panic!("cluster status failed: {other:?}"),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            match admin.status().await {
+                Ok(status) => return status,
+                Err(error) if Instant::now() >= deadline => panic!("cluster status failed: {error}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
     }

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use engram_client::{Client, Error, SetOutcome};
-use engram_proto::{ClusterStatus, Command, NodeStatus, ReclaimRequest, Response, SlotHasher};
+use engram_proto::{ClusterStatus, NodeStatus, ReclaimRequest, SlotHasher};
 use engram_tests::cluster::{cluster_cli, shard_of_node, start_node, wait_for_members};
 use engram_tests::control::ControlPlane;
 use engram_tests::processes::Scratch;
@@ -471,23 +471,24 @@ async fn reclaim_and_check(cluster: &Cluster, client: &Client, seeded: &Seeded, 
                 node_id: 0,
                 slots: wire.to_vec(),
             };
-            let answer = engram_control::link::call_once(
-                cluster.control.address(),
-                b"",
-                Command::ClusterReclaim(request),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("ClusterReclaim call");
+            let reclaimed = cluster
+                .control
+                .admin()
+                .reclaim(request)
+                .await
+                .expect("ClusterReclaim call");
             let status = cluster.control.status().await;
-            match answer {
-                Response::Reclaimed { slots, epoch } => {
-                    assert_eq!(slots, wire.len() as u64, "slots reclaimed by the wire command");
-                    assert!(epoch > epoch_before, "the reclaim's epoch {epoch} is not new");
-                    assert!(status.map.epoch >= epoch);
-                }
-                other => panic!("ClusterReclaim answered {other:?}"),
-            }
+            assert_eq!(
+                reclaimed.slots,
+                wire.len() as u64,
+                "slots reclaimed by the wire command"
+            );
+            assert!(
+                reclaimed.epoch > epoch_before,
+                "the reclaim's epoch {} is not new",
+                reclaimed.epoch
+            );
+            assert!(status.map.epoch >= reclaimed.epoch);
             let still_lost: Vec<u32> = status.map.lost_slots();
             assert_eq!(
                 still_lost, cli,

@@ -1,11 +1,11 @@
-//! `engram cluster …`: talks to engram-control, and shows the cluster as a table or JSON;
-//! returns lost slots to service (`reclaim`).
+//! `engram cluster …`: talks to engram-control through [`engram_client::admin`], and shows
+//! the cluster as a table or JSON; returns lost slots to service (`reclaim`).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use engram_control::link::call_once;
-use engram_proto::{ClusterStatus, Command, ReclaimRequest, Response, LOST_SHARD_INDEX};
+use engram_client::admin::{Admin, ClusterStatus, MigrationStatus, NodeStatus, ReclaimRequest};
+use engram_proto::LOST_SHARD_INDEX;
 use serde::Serialize;
 
 use crate::cli::{format_slots, merge_ranges, ClusterCommand, SlotList};
@@ -22,9 +22,10 @@ pub async fn run(
     timeout: Duration,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
+    let admin = |control: String| Admin::new(control).credentials(credentials).timeout(timeout);
     match command {
         ClusterCommand::Status { control, json } => {
-            let status = status(&control, credentials, timeout).await?;
+            let status = admin(control).status().await?;
             let view = ClusterView::from(&status);
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
@@ -33,24 +34,24 @@ pub async fn run(
             }
         }
         ClusterCommand::Rebalance { control, no_wait } => {
-            let before = status(&control, credentials, timeout).await?.slots_moved_total;
-            let started = call(&control, credentials, Command::ClusterRebalance, timeout).await?;
-            report_started(&control, credentials, timeout, (before, started), no_wait, out).await?;
+            let admin = admin(control);
+            let before = admin.status().await?.slots_moved_total;
+            let slots_to_move = admin.rebalance().await?;
+            report_started(&admin, (before, slots_to_move), no_wait, out).await?;
         }
         ClusterCommand::Drain { node, control, no_wait } => {
-            let before = status(&control, credentials, timeout).await?.slots_moved_total;
-            let started = call(&control, credentials, Command::ClusterDrain { node_id: node }, timeout).await?;
-            report_started(&control, credentials, timeout, (before, started), no_wait, out).await?;
+            let admin = admin(control);
+            let before = admin.status().await?.slots_moved_total;
+            let slots_to_move = admin.drain(node).await?;
+            report_started(&admin, (before, slots_to_move), no_wait, out).await?;
         }
         ClusterCommand::Reclaim { slots, node, control } => {
             let request = ReclaimRequest {
                 node_id: node.unwrap_or(0),
                 slots: slots.map_or_else(Vec::new, |SlotList(slots)| slots),
             };
-            match call(&control, credentials, Command::ClusterReclaim(request), timeout).await? {
-                Response::Reclaimed { slots, epoch } => writeln!(out, "{}", reclaimed_text(slots, epoch))?,
-                other => return Err(Failure::Usage(format!("engram-control answered {}", other.name()))),
-            }
+            let reclaimed = admin(control).reclaim(request).await?;
+            writeln!(out, "{}", reclaimed_text(reclaimed.slots, reclaimed.epoch))?;
         }
     }
     out.flush()?;
@@ -66,32 +67,14 @@ fn reclaimed_text(slots: u64, epoch: u64) -> String {
     }
 }
 
-async fn call(control: &str, credentials: &[u8], command: Command, timeout: Duration) -> Result<Response, Failure> {
-    match call_once(control, credentials, command, timeout).await {
-        Ok(Response::Error(reply)) => Err(Failure::Usage(format!("engram-control: {}", reply.message))),
-        Ok(response) => Ok(response),
-        Err(error) => Err(Failure::Usage(format!("cannot reach engram-control: {error}"))),
-    }
-}
-
-async fn status(control: &str, credentials: &[u8], timeout: Duration) -> Result<ClusterStatus, Failure> {
-    match call(control, credentials, Command::ClusterStatus, timeout).await? {
-        Response::ClusterStatus(status) => Ok(*status),
-        other => Err(Failure::Usage(format!("engram-control answered {}", other.name()))),
-    }
-}
-
+/// Reports the moves a rebalance or drain started and, unless told not to, waits until
+/// `slots_moved_total` has grown past `before` by all of them.
 async fn report_started(
-    control: &str,
-    credentials: &[u8],
-    timeout: Duration,
-    (before, started): (u64, Response),
+    admin: &Admin,
+    (before, slots_to_move): (u64, u64),
     no_wait: bool,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
-    let Response::RebalanceStarted { slots_to_move } = started else {
-        return Err(Failure::Usage(format!("engram-control answered {}", started.name())));
-    };
     writeln!(out, "moving {slots_to_move} slots")?;
     if no_wait || slots_to_move == 0 {
         return Ok(());
@@ -99,7 +82,7 @@ async fn report_started(
     let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
     loop {
         tokio::time::sleep(Duration::from_millis(WAIT_POLL_MS)).await;
-        let now = status(control, credentials, timeout).await?;
+        let now = admin.status().await?;
         let moved = now.slots_moved_total.saturating_sub(before);
         if now.migrations.is_empty() && !now.last_error.is_empty() {
             return Err(Failure::Usage(format!("rebalance stopped: {}", now.last_error)));
@@ -116,16 +99,19 @@ async fn report_started(
     }
 }
 
+/// What `engram cluster status` shows: the wire status less its map (thousands of ranges
+/// at worst, which nobody reads), plus the map's epoch and its lost slots as merged
+/// ranges, which the table and scripts read.
 #[derive(Serialize)]
-pub struct ClusterView {
+pub struct ClusterView<'a> {
     pub epoch: u64,
-    pub nodes: Vec<NodeView>,
-    pub migrations: Vec<MigrationView>,
+    pub nodes: &'a [NodeStatus],
+    pub migrations: &'a [MigrationStatus],
     pub migrations_completed: u64,
     pub slots_moved_total: u64,
     pub bytes_moved_total: u64,
     pub migration_milliseconds_total: u64,
-    pub last_error: String,
+    pub last_error: &'a str,
     /// Slots no shard serves because their data is gone, as merged ranges.
     pub lost_ranges: Vec<SlotRangeView>,
     /// How many slots `lost_ranges` covers.
@@ -139,86 +125,18 @@ pub struct SlotRangeView {
     pub end: u32,
 }
 
-#[derive(Serialize)]
-pub struct NodeView {
-    pub node_id: u64,
-    pub address: String,
-    pub alive: bool,
-    pub draining: bool,
-    pub map_epoch: u64,
-    /// Which process of the node the control plane knows: a new one at every join, so
-    /// a change means the node restarted (with empty memory).
-    pub incarnation: u64,
-    /// Slots this node owned that are lost.
-    pub slots_lost: u32,
-    pub shards: Vec<ShardView>,
-}
-
-#[derive(Serialize)]
-pub struct ShardView {
-    pub shard_id: u16,
-    pub address: String,
-    pub slots: u32,
-    pub keys: u64,
-    pub memory_used_bytes: u64,
-    pub operations_total: u64,
-    pub operations_per_second: u64,
-}
-
-#[derive(Serialize)]
-pub struct MigrationView {
-    pub migration_id: u64,
-    pub source: String,
-    pub target: String,
-    pub slots: u32,
-}
-
-impl From<&ClusterStatus> for ClusterView {
-    fn from(status: &ClusterStatus) -> Self {
+impl<'a> From<&'a ClusterStatus> for ClusterView<'a> {
+    fn from(status: &'a ClusterStatus) -> Self {
         let lost = lost_ranges(status);
         ClusterView {
             epoch: status.map.epoch,
-            nodes: status
-                .nodes
-                .iter()
-                .map(|node| NodeView {
-                    node_id: node.node_id,
-                    address: node.front_address.clone(),
-                    alive: node.alive,
-                    draining: node.draining,
-                    map_epoch: node.map_epoch,
-                    incarnation: node.incarnation,
-                    slots_lost: node.slots_lost,
-                    shards: node
-                        .shards
-                        .iter()
-                        .map(|shard| ShardView {
-                            shard_id: shard.shard_id,
-                            address: shard.address.clone(),
-                            slots: shard.slots,
-                            keys: shard.keys,
-                            memory_used_bytes: shard.memory_used_bytes,
-                            operations_total: shard.operations_total,
-                            operations_per_second: shard.operations_per_second,
-                        })
-                        .collect(),
-                })
-                .collect(),
-            migrations: status
-                .migrations
-                .iter()
-                .map(|migration| MigrationView {
-                    migration_id: migration.migration_id,
-                    source: migration.source.clone(),
-                    target: migration.target.clone(),
-                    slots: migration.slots,
-                })
-                .collect(),
+            nodes: &status.nodes,
+            migrations: &status.migrations,
             migrations_completed: status.migrations_completed,
             slots_moved_total: status.slots_moved_total,
             bytes_moved_total: status.bytes_moved_total,
             migration_milliseconds_total: status.migration_milliseconds_total,
-            last_error: status.last_error.clone(),
+            last_error: &status.last_error,
             slots_lost: lost.iter().map(|range| u64::from(range.end - range.start) + 1).sum(),
             lost_ranges: lost,
         }
@@ -238,7 +156,7 @@ fn lost_ranges(status: &ClusterStatus) -> Vec<SlotRangeView> {
         .collect()
 }
 
-impl ClusterView {
+impl ClusterView<'_> {
     pub fn to_table(&self) -> String {
         let mut text = format!(
             "map epoch {}   migrations completed {}   slots moved {}\n",
@@ -248,7 +166,7 @@ impl ClusterView {
             "{:>6} {:<22} {:<6} {:>5} {:>6} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
             "node", "address", "state", "inc", "lost", "shard", "shard address", "slots", "keys", "memory", "ops/s"
         ));
-        for node in &self.nodes {
+        for node in self.nodes {
             let state = match (node.alive, node.draining) {
                 (false, _) => "dead",
                 (true, true) => "drain",
@@ -258,7 +176,7 @@ impl ClusterView {
                 text.push_str(&format!(
                     "{:>6} {:<22} {:<6} {:>5} {:>6} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
                     node.node_id,
-                    node.address,
+                    node.front_address,
                     state,
                     node.incarnation,
                     node.slots_lost,
@@ -271,7 +189,7 @@ impl ClusterView {
                 ));
             }
         }
-        for migration in &self.migrations {
+        for migration in self.migrations {
             text.push_str(&format!(
                 "migrating: #{} {} slots {} -> {}\n",
                 migration.migration_id, migration.slots, migration.source, migration.target
@@ -299,7 +217,7 @@ impl ClusterView {
 
 #[cfg(test)]
 mod tests {
-    use engram_proto::{NodeStatus, ShardAddress, ShardStatus, SlotMap, SlotRange};
+    use engram_proto::{ShardAddress, ShardStatus, SlotMap, SlotRange};
 
     use super::*;
 
@@ -377,14 +295,80 @@ mod tests {
 
     #[test]
     fn the_json_view_has_the_same_fields() {
-        let json = serde_json::to_value(ClusterView::from(&sample())).unwrap();
+        let mut status = sample();
+        status.migrations.push(MigrationStatus {
+            migration_id: 5,
+            source: "10.0.0.1:7401".into(),
+            target: "10.0.0.3:7401".into(),
+            slots: 64,
+        });
+        let json = serde_json::to_value(ClusterView::from(&status)).unwrap();
         assert_eq!(json["slots_lost"], 8193);
         assert_eq!(
             json["lost_ranges"],
             serde_json::json!([{"start": 100, "end": 100}, {"start": 8192, "end": 16383}])
         );
+        assert_eq!(json["epoch"], 12);
+        assert_eq!(json["nodes"][0]["address"], "10.0.0.1:7400");
         assert_eq!(json["nodes"][0]["incarnation"], 4);
         assert_eq!(json["nodes"][1]["slots_lost"], 8193);
+        assert_eq!(json["migrations"][0]["slots"], 64);
+        // The names scripts and the docker test read, and nothing of the map beyond its epoch.
+        let names = [
+            (
+                &json,
+                &[
+                    "epoch",
+                    "nodes",
+                    "migrations",
+                    "migrations_completed",
+                    "slots_moved_total",
+                    "bytes_moved_total",
+                    "migration_milliseconds_total",
+                    "last_error",
+                    "lost_ranges",
+                    "slots_lost",
+                ][..],
+            ),
+            (
+                &json["nodes"][0],
+                &[
+                    "node_id",
+                    "address",
+                    "alive",
+                    "draining",
+                    "map_epoch",
+                    "incarnation",
+                    "slots_lost",
+                    "shards",
+                ],
+            ),
+            (
+                &json["nodes"][0]["shards"][0],
+                &[
+                    "shard_id",
+                    "address",
+                    "slots",
+                    "keys",
+                    "memory_used_bytes",
+                    "operations_total",
+                    "operations_per_second",
+                ],
+            ),
+            (&json["migrations"][0], &["migration_id", "source", "target", "slots"]),
+        ];
+        for (object, expected) in names {
+            let mut expected = expected.to_vec();
+            expected.sort_unstable();
+            let mut found: Vec<&str> = object
+                .as_object()
+                .expect("an object")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            found.sort_unstable();
+            assert_eq!(found, expected, "{object}");
+        }
     }
 
     #[test]

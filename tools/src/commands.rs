@@ -11,7 +11,7 @@ use engram_client::{Client, SetCondition, SetOptions, SetOutcome};
 use crate::cli::{Cli, Command, CounterCommand, TIMEOUT_MS_DEFAULT};
 use crate::cluster_view;
 use crate::failure::Failure;
-use crate::info_view::NodeView;
+use crate::info_view;
 use coordination::{write_value, Wait};
 
 /// Connects as `cli` says and runs its command, writing results to `out`.
@@ -105,11 +105,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
         Command::Map(command) => coordination::map(&client, command, out).await?,
         Command::Cluster(_) => unreachable!("cluster commands return above"),
         Command::Info { json } => {
-            let view = NodeView::from(&client.info().await?);
+            let info = client.info().await?;
             if json {
-                writeln!(out, "{}", view.to_json()?)?;
+                writeln!(out, "{}", info_view::to_json(&info)?)?;
             } else {
-                out.write_all(view.to_table().as_bytes())?;
+                out.write_all(info_view::to_table(&info).as_bytes())?;
             }
         }
     }

@@ -43,6 +43,9 @@ pub enum Failure {
     SlotLost(String),
     #[error(transparent)]
     Client(engram_client::Error),
+    /// A cluster administration call to engram-control failed.
+    #[error(transparent)]
+    Admin(#[from] engram_client::admin::AdminError),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
     #[error("cannot render JSON: {0}")]

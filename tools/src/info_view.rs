@@ -1,113 +1,62 @@
-//! Node info for people (an aligned table) and for programs (JSON). The wire type has no
-//! serde (the protocol crate stays free of it), so this mirrors it.
+//! Node info for people (an aligned table) and for programs (JSON: the wire type as
+//! serde renders it, with engram-proto's `serde` feature).
 
-use engram_client::{NodeInfo, ShardInfo};
-use serde::Serialize;
+use engram_client::NodeInfo;
 
-#[derive(Debug, Serialize)]
-pub struct NodeView {
-    pub node_id: u64,
-    pub server_version: String,
-    pub uptime_ms: u64,
-    pub map_epoch: u64,
-    pub connections: u64,
-    pub shards: Vec<ShardView>,
+pub fn to_json(info: &NodeInfo) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(info)
 }
 
-#[derive(Debug, Serialize)]
-pub struct ShardView {
-    pub shard_id: u16,
-    pub address: String,
-    pub keys: u64,
-    pub memory_used_bytes: u64,
-    pub memory_limit_bytes: u64,
-    pub connections: u64,
-    pub operations_total: u64,
-}
-
-impl From<&NodeInfo> for NodeView {
-    fn from(info: &NodeInfo) -> Self {
-        NodeView {
-            node_id: info.node_id,
-            server_version: info.server_version.clone(),
-            uptime_ms: info.uptime_ms,
-            map_epoch: info.map_epoch,
-            connections: info.connections,
-            shards: info.shards.iter().map(ShardView::from).collect(),
+pub fn to_table(info: &NodeInfo) -> String {
+    let mut out = format!(
+        "node         {}\nversion      {}\nuptime       {}\nmap epoch    {}\nconnections  {}\n",
+        info.node_id,
+        info.server_version,
+        duration_text(info.uptime_ms),
+        info.map_epoch,
+        info.connections
+    );
+    let header = [
+        "shard",
+        "address",
+        "keys",
+        "memory used/limit",
+        "connections",
+        "operations",
+    ];
+    let rows: Vec<[String; 6]> = info
+        .shards
+        .iter()
+        .map(|shard| {
+            [
+                shard.shard_id.to_string(),
+                shard.address.clone(),
+                shard.keys.to_string(),
+                format!(
+                    "{} / {}",
+                    bytes_text(shard.memory_used_bytes),
+                    match shard.memory_limit_bytes {
+                        0 => "unlimited".to_string(),
+                        limit => bytes_text(limit),
+                    }
+                ),
+                shard.connections.to_string(),
+                shard.operations_total.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
         }
     }
-}
-
-impl From<&ShardInfo> for ShardView {
-    fn from(shard: &ShardInfo) -> Self {
-        ShardView {
-            shard_id: shard.shard_id,
-            address: shard.address.clone(),
-            keys: shard.keys,
-            memory_used_bytes: shard.memory_used_bytes,
-            memory_limit_bytes: shard.memory_limit_bytes,
-            connections: shard.connections,
-            operations_total: shard.operations_total,
-        }
+    out.push('\n');
+    push_row(&mut out, &header.map(String::from), &widths);
+    for row in &rows {
+        push_row(&mut out, row, &widths);
     }
-}
-
-impl NodeView {
-    pub fn to_json(&self) -> Result<String, serde_json::Error> {
-        serde_json::to_string_pretty(self)
-    }
-
-    pub fn to_table(&self) -> String {
-        let mut out = format!(
-            "node         {}\nversion      {}\nuptime       {}\nmap epoch    {}\nconnections  {}\n",
-            self.node_id,
-            self.server_version,
-            duration_text(self.uptime_ms),
-            self.map_epoch,
-            self.connections
-        );
-        let header = [
-            "shard",
-            "address",
-            "keys",
-            "memory used/limit",
-            "connections",
-            "operations",
-        ];
-        let rows: Vec<[String; 6]> = self
-            .shards
-            .iter()
-            .map(|shard| {
-                [
-                    shard.shard_id.to_string(),
-                    shard.address.clone(),
-                    shard.keys.to_string(),
-                    format!(
-                        "{} / {}",
-                        bytes_text(shard.memory_used_bytes),
-                        match shard.memory_limit_bytes {
-                            0 => "unlimited".to_string(),
-                            limit => bytes_text(limit),
-                        }
-                    ),
-                    shard.connections.to_string(),
-                    shard.operations_total.to_string(),
-                ]
-            })
-            .collect();
-        let mut widths = header.map(str::len);
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        out.push('\n');
-        push_row(&mut out, &header.map(String::from), &widths);
-        for row in &rows {
-            push_row(&mut out, row, &widths);
-        }
-        out
-    }
+    out
 }
 
 fn push_row(out: &mut String, cells: &[String; 6], widths: &[usize; 6]) {
@@ -149,6 +98,8 @@ fn bytes_text(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use engram_client::ShardInfo;
+
     use super::*;
 
     fn sample() -> NodeInfo {
@@ -172,7 +123,7 @@ mod tests {
 
     #[test]
     fn table_shows_node_and_shard_lines() {
-        let table = NodeView::from(&sample()).to_table();
+        let table = to_table(&sample());
         assert!(table.contains("node         7\n"), "{table}");
         assert!(table.contains("uptime       1h 2m 3s\n"), "{table}");
         let shard_line = table.lines().last().unwrap();
@@ -182,11 +133,36 @@ mod tests {
     }
 
     #[test]
-    fn json_mirrors_the_wire_fields() {
-        let json: serde_json::Value = serde_json::from_str(&NodeView::from(&sample()).to_json().unwrap()).unwrap();
+    fn json_has_the_wire_fields_by_their_names() {
+        let json: serde_json::Value = serde_json::from_str(&to_json(&sample()).unwrap()).unwrap();
+        assert_eq!(
+            field_names(&json),
+            field_names(&serde_json::json!({
+                "node_id": 0, "server_version": 0, "uptime_ms": 0, "map_epoch": 0, "connections": 0, "shards": 0
+            }))
+        );
+        assert_eq!(
+            field_names(&json["shards"][0]),
+            field_names(&serde_json::json!({
+                "shard_id": 0, "address": 0, "keys": 0, "memory_used_bytes": 0, "memory_limit_bytes": 0,
+                "connections": 0, "operations_total": 0
+            }))
+        );
         assert_eq!(json["node_id"], 7);
+        assert_eq!(json["shards"][0]["keys"], 1_000);
         assert_eq!(json["shards"][0]["memory_limit_bytes"], 1u64 << 30);
         assert_eq!(json["shards"][0]["address"], "127.0.0.1:7401");
+    }
+
+    fn field_names(object: &serde_json::Value) -> Vec<&str> {
+        let mut names: Vec<&str> = object
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     #[test]

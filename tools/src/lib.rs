@@ -4,8 +4,8 @@
 //! Layout:
 //! - [`cli`]: the `engram` command line (clap derive; every flag also an `ENGRAM_*` variable).
 //! - [`commands`]: runs one parsed command against a client and writes its output.
-//! - [`cluster_view`]: `engram cluster` status, rebalance, drain and reclaim against engram-control.
-//! - [`info_view`]: node info as a human table or JSON (a serde mirror of the wire type).
+//! - [`cluster_view`]: `engram cluster` status, rebalance, drain and reclaim, through `engram_client::admin`.
+//! - [`info_view`]: node info as a human table or JSON (the wire type, with engram-proto's `serde` feature).
 //! - [`failure`]: the CLI error enum and its exit codes.
 //! - [`bench`]: the `engram-bench` load generator (Engram, Redis and TCP-echo drivers).
 //! - [`demo`]: demos, e.g. Monte Carlo π across worker processes with a shared counter and barrier.

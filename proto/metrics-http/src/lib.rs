@@ -5,6 +5,10 @@
 //! a core away from requests, and a slow or hostile scraper only ever stalls this one
 //! thread. Every read is bounded in bytes and in time, so no input can make it hold
 //! memory or hang; malformed input gets a 400 and the connection closes.
+//!
+//! A crate of its own, at the bottom of the dependency graph with nothing but
+//! `prometheus` under it, so that engramd (glommio) and engram-control (tokio) share it
+//! without either pulling in the other's runtime.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,8 +1,9 @@
-//! Slot maps as the control plane builds them. The wire type is
-//! [`engram_proto::SlotMap`]; this module holds the policy of who owns what.
+//! The slot map of a node running alone: it serves every slot itself until a control
+//! plane hands it a cluster map. Here, next to [`SlotMap`], because both the node (which
+//! starts with it) and the control plane (whose maps must supersede it) depend on it.
 
-use engram_proto::limits::SLOT_COUNT;
-use engram_proto::{ShardAddress, SlotMap, SlotRange};
+use crate::limits::SLOT_COUNT;
+use crate::message::{ShardAddress, SlotMap, SlotRange};
 
 /// Epoch of the map a node serves with when it runs alone: the first epoch, so any map
 /// a control plane later hands out supersedes it.

@@ -1,0 +1,362 @@
+//! Cluster administration: what an operator asks engram-control (the cluster's status,
+//! a rebalance, a drain, the reclaim of lost slots).
+//!
+//! Each call is one exchange on a connection of its own (connect, handshake, ask, close)
+//! and is never retried: these calls are rare, the control plane is off the data path, and
+//! a rebalance or drain sent twice would plan twice. The caller decides what to do after
+//! a failure.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), engram_client::admin::AdminError> {
+//! let admin = engram_client::admin::Admin::new("127.0.0.1:7300");
+//! let status = admin.status().await?;
+//! println!("map epoch {}, {} nodes", status.map.epoch, status.nodes.len());
+//! let moving = admin.rebalance().await?;
+//! # let _ = moving;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use engram_proto::{decode_payload, encode_message, Command, FrameKind, ProtocolError, Request, Response};
+pub use engram_proto::{ClusterStatus, MigrationStatus, NodeStatus, ReclaimRequest, ShardStatus};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::connection::{exchange_hello, Handshake, HandshakeFailure};
+use crate::error::{ConnectionError, Error, ServerCode};
+use crate::framing::FrameReader;
+use crate::limits::ADMIN_CALL_TIMEOUT_MS_DEFAULT;
+
+/// The request id of the one request of an admin connection (0 is the handshake's).
+const ADMIN_REQUEST_ID: u64 = 1;
+
+/// Why an administration call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The control plane could not be reached, or the connection broke mid-call.
+    #[error("cannot reach engram-control at {address}: {source}")]
+    Connection {
+        address: String,
+        #[source]
+        source: ConnectionError,
+    },
+    /// The whole call (connect, handshake, answer) took longer than the call timeout.
+    #[error("engram-control at {address} did not answer within {after:?} (the call timeout)")]
+    Timeout { address: String, after: Duration },
+    /// The handshake was refused (credentials, protocol version).
+    #[error("engram-control at {address} refused the connection: {source}")]
+    Refused {
+        address: String,
+        #[source]
+        source: Error,
+    },
+    /// The control plane answered the command with an error (an unknown node, no
+    /// control plane state to act on, a plan that could not be made).
+    #[error("engram-control: {code}: {message}")]
+    Server { code: ServerCode, message: String },
+    /// The control plane answered with a response that does not fit the command.
+    #[error("engram-control answered {response} to {command}")]
+    UnexpectedResponse {
+        command: &'static str,
+        response: &'static str,
+    },
+    /// The answer names a request this connection never sent.
+    #[error("engram-control at {address} answered request {request_id}, not request {ADMIN_REQUEST_ID}")]
+    OutOfStep { address: String, request_id: u64 },
+    /// The request could not be encoded, or the answer broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Lost slots returned to service by [`Admin::reclaim`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// How many slots serve again (empty); 0 when no lost slot matched.
+    pub slots: u64,
+    /// The epoch of the map that returned them.
+    pub epoch: u64,
+}
+
+/// Where engram-control is, and how to talk to it.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    address: String,
+    credentials: Vec<u8>,
+    timeout: Duration,
+}
+
+impl Admin {
+    /// engram-control at `address` (`host:port`), without credentials, with a call
+    /// timeout of [`ADMIN_CALL_TIMEOUT_MS_DEFAULT`].
+    pub fn new(address: impl Into<String>) -> Admin {
+        Admin {
+            address: address.into(),
+            credentials: Vec::new(),
+            timeout: Duration::from_millis(ADMIN_CALL_TIMEOUT_MS_DEFAULT),
+        }
+    }
+
+    /// The shared secret the control plane was started with.
+    pub fn credentials(mut self, credentials: impl Into<Vec<u8>>) -> Admin {
+        self.credentials = credentials.into();
+        self
+    }
+
+    /// Bounds each call as a whole: connect, handshake and answer.
+    pub fn timeout(mut self, timeout: Duration) -> Admin {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The map, the members, their load and the migrations under way.
+    pub async fn status(&self) -> Result<ClusterStatus, AdminError> {
+        match self.call(Command::ClusterStatus).await? {
+            Response::ClusterStatus(status) => Ok(*status),
+            other => Err(unexpected("cluster_status", &other)),
+        }
+    }
+
+    /// Plans and starts the moves that even out slots per shard; returns how many slots
+    /// will move (0: already balanced). The moves go on after the answer.
+    pub async fn rebalance(&self) -> Result<u64, AdminError> {
+        self.moves(Command::ClusterRebalance, "cluster_rebalance").await
+    }
+
+    /// Starts moving every slot off `node_id`, so it can be removed; returns how many
+    /// slots will move.
+    pub async fn drain(&self, node_id: u64) -> Result<u64, AdminError> {
+        self.moves(Command::ClusterDrain { node_id }, "cluster_drain").await
+    }
+
+    /// Returns lost slots to service, empty: those listed, and every lost slot that
+    /// `request.node_id` owned (0: none).
+    pub async fn reclaim(&self, request: ReclaimRequest) -> Result<Reclaimed, AdminError> {
+        match self.call(Command::ClusterReclaim(request)).await? {
+            Response::Reclaimed { slots, epoch } => Ok(Reclaimed { slots, epoch }),
+            other => Err(unexpected("cluster_reclaim", &other)),
+        }
+    }
+
+    async fn moves(&self, command: Command, name: &'static str) -> Result<u64, AdminError> {
+        match self.call(command).await? {
+            Response::RebalanceStarted { slots_to_move } => Ok(slots_to_move),
+            other => Err(unexpected(name, &other)),
+        }
+    }
+
+    /// One exchange on a fresh connection; an error answer becomes [`AdminError::Server`].
+    async fn call(&self, command: Command) -> Result<Response, AdminError> {
+        let exchange = tokio::time::timeout(self.timeout, self.exchange(command)).await;
+        match exchange {
+            Err(_) => Err(AdminError::Timeout {
+                address: self.address.clone(),
+                after: self.timeout,
+            }),
+            Ok(Ok(Response::Error(reply))) => Err(AdminError::Server {
+                code: ServerCode::from_u16(reply.code),
+                message: reply.message,
+            }),
+            Ok(answer) => answer,
+        }
+    }
+
+    async fn exchange(&self, command: Command) -> Result<Response, AdminError> {
+        let mut frame = Vec::new();
+        let request = Request {
+            op_id: 0,
+            completed_below_op_id: 0,
+            command,
+        };
+        encode_message(FrameKind::Request, ADMIN_REQUEST_ID, 0, &request, &mut frame)?;
+        let mut stream = TcpStream::connect(&self.address)
+            .await
+            .map_err(|error| self.broken(error.into()))?;
+        let mut reader = FrameReader::default();
+        self.handshake(&mut stream, &mut reader).await?;
+        stream
+            .write_all(&frame)
+            .await
+            .map_err(|error| self.broken(error.into()))?;
+        let Some((header, payload)) = reader
+            .next_frame(&mut stream)
+            .await
+            .map_err(|source| self.broken(source))?
+        else {
+            return Err(self.broken(ConnectionError::Closed));
+        };
+        if header.kind != FrameKind::Response {
+            return Err(ProtocolError::UnexpectedKind {
+                found: header.kind,
+                expected: FrameKind::Response,
+            }
+            .into());
+        }
+        if header.request_id != ADMIN_REQUEST_ID {
+            return Err(AdminError::OutOfStep {
+                address: self.address.clone(),
+                request_id: header.request_id,
+            });
+        }
+        Ok(decode_payload::<Response>(payload)?)
+    }
+
+    async fn handshake(&self, stream: &mut TcpStream, reader: &mut FrameReader) -> Result<(), AdminError> {
+        let handshake = Handshake {
+            client_id: 0,
+            namespace: Vec::new(),
+            credentials: self.credentials.clone(),
+            spin: Duration::ZERO,
+        };
+        match exchange_hello(stream, reader, &handshake).await {
+            Ok(_) => Ok(()),
+            Err(HandshakeFailure::Connection(source)) => Err(self.broken(source)),
+            Err(HandshakeFailure::Refused(source)) => Err(AdminError::Refused {
+                address: self.address.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn broken(&self, source: ConnectionError) -> AdminError {
+        AdminError::Connection {
+            address: self.address.clone(),
+            source,
+        }
+    }
+}
+
+fn unexpected(command: &'static str, response: &Response) -> AdminError {
+    AdminError::UnexpectedResponse {
+        command,
+        response: response.name(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use engram_proto::{ErrorCode, MigrationStatus};
+
+    use super::*;
+    use crate::fake_server::{error, single_shard_map, FakeServer};
+
+    fn status_sample() -> ClusterStatus {
+        ClusterStatus {
+            map: single_shard_map(7, "127.0.0.1:7401"),
+            nodes: Vec::new(),
+            migrations: vec![MigrationStatus {
+                migration_id: 3,
+                source: "a".into(),
+                target: "b".into(),
+                slots: 64,
+            }],
+            migrations_completed: 2,
+            slots_moved_total: 128,
+            bytes_moved_total: 0,
+            migration_milliseconds_total: 0,
+            last_error: String::new(),
+        }
+    }
+
+    /// A fake that answers every command without a key (all the admin commands) with
+    /// `answer`.
+    async fn answering(answer: Response) -> (FakeServer, Admin) {
+        let fake = FakeServer::front().await;
+        fake.lock().answers.insert(Vec::new(), answer);
+        let admin = Admin::new(&fake.address).credentials("secret");
+        (fake, admin)
+    }
+
+    fn last_command(fake: &FakeServer) -> Command {
+        fake.lock().seen.last().expect("a request arrived").command.clone()
+    }
+
+    #[tokio::test]
+    async fn each_call_sends_its_command_and_returns_the_typed_answer() {
+        let (fake, admin) = answering(Response::ClusterStatus(Box::new(status_sample()))).await;
+        assert_eq!(admin.status().await.unwrap(), status_sample());
+        assert_eq!(last_command(&fake), Command::ClusterStatus);
+
+        fake.lock()
+            .answers
+            .insert(Vec::new(), Response::RebalanceStarted { slots_to_move: 40 });
+        assert_eq!(admin.rebalance().await.unwrap(), 40);
+        assert_eq!(last_command(&fake), Command::ClusterRebalance);
+        assert_eq!(admin.drain(2).await.unwrap(), 40);
+        assert_eq!(last_command(&fake), Command::ClusterDrain { node_id: 2 });
+
+        fake.lock()
+            .answers
+            .insert(Vec::new(), Response::Reclaimed { slots: 5, epoch: 9 });
+        let request = ReclaimRequest {
+            node_id: 3,
+            slots: vec![1, 2],
+        };
+        let reclaimed = admin.reclaim(request.clone()).await.unwrap();
+        assert_eq!(reclaimed, Reclaimed { slots: 5, epoch: 9 });
+        assert_eq!(last_command(&fake), Command::ClusterReclaim(request));
+        // One connection per call, never a retry.
+        assert_eq!(fake.lock().hellos, 4);
+        assert_eq!(fake.lock().seen.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn error_and_mismatched_answers_are_typed_errors() {
+        let (fake, admin) = answering(error(ErrorCode::InvalidArgument)).await;
+        match admin.drain(99).await {
+            Err(AdminError::Server { code, message }) => {
+                assert_eq!(code, ServerCode::Known(ErrorCode::InvalidArgument));
+                assert_eq!(message, "fake InvalidArgument");
+            }
+            other => panic!("an error answer gave {other:?}"),
+        }
+        fake.lock().answers.insert(Vec::new(), Response::Accepted);
+        match admin.status().await {
+            Err(AdminError::UnexpectedResponse { command, response }) => {
+                assert_eq!((command, response), ("cluster_status", "accepted"));
+            }
+            other => panic!("an unfitting answer gave {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_handshake_is_not_a_connection_failure() {
+        let (fake, admin) = answering(Response::Accepted).await;
+        fake.lock().refuse_hello = true;
+        let failure = admin.status().await.unwrap_err();
+        match &failure {
+            AdminError::Refused { source, .. } => assert!(source.is_server(ErrorCode::Unauthorized), "{failure}"),
+            other => panic!("a refused handshake gave {other:?}"),
+        }
+        assert!(fake.lock().seen.is_empty(), "nothing is sent after a refusal");
+    }
+
+    #[tokio::test]
+    async fn an_absent_control_plane_is_a_connection_failure() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        match Admin::new(&address).status().await {
+            Err(AdminError::Connection { address: reported, .. }) => assert_eq!(reported, address),
+            other => panic!("a closed port gave {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_control_plane_ends_the_call_at_its_timeout() {
+        // Accepts (the kernel's backlog does) and never answers the handshake.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let timeout = Duration::from_millis(100);
+        match Admin::new(&address).timeout(timeout).status().await {
+            Err(AdminError::Timeout { after, .. }) => assert_eq!(after, timeout),
+            other => panic!("a silent peer gave {other:?}"),
+        }
+        drop(listener);
+    }
+}
