@@ -18,7 +18,8 @@
 //!
 //! Invariants:
 //! - The map giving a step's slots to the target is persisted only after the source
-//!   answered `MigrationPrepared` for that step.
+//!   answered `MigrationPrepared` for that step, and only while the target (and the
+//!   source) still run the processes the step started with.
 //! - At most one step runs at a time, and none before the reconcile finished.
 //! - A migration is listed as running (so heartbeats do not abort it) from before its
 //!   `MigrateOut` is sent until its outcome is decided.

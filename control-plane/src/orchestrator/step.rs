@@ -6,6 +6,7 @@
 use engram_proto::{MigrationStatus, SlotMap};
 
 use super::{Answer, Change, Changed, Context, Event, NodeCall, Report, Token};
+use crate::membership::Membership;
 use crate::planner::ShardRef;
 
 /// How a step ended.
@@ -50,6 +51,10 @@ enum State {
 pub(super) struct Step {
     from: ShardRef,
     to: ShardRef,
+    /// The incarnations of source and target when the step began: a node that joins
+    /// again meanwhile is a new process with empty memory, which holds neither the
+    /// source's slots nor the target's import.
+    incarnations: [u64; 2],
     slots: Vec<u32>,
     /// The shard ports of source and target.
     addresses: [String; 2],
@@ -74,9 +79,11 @@ impl Step {
         let (Some(source), Some(target)) = (membership.shard_address(from), membership.shard_address(to)) else {
             return Err(Outcome::Failed("a shard of the plan left the cluster".into()));
         };
+        let incarnation = |node_id| membership.member(node_id).map_or(0, |member| member.incarnation);
         let mut step = Step {
             from,
             to,
+            incarnations: [incarnation(from.node_id), incarnation(to.node_id)],
             slots: slots.to_vec(),
             addresses: [source.to_string(), target.to_string()],
             migration_id: 0,
@@ -178,6 +185,7 @@ impl Step {
         {
             return Err(format!("node {node_id} went silent during the copy"));
         }
+        self.check_same_processes(membership)?;
         if let State::Preparing { watch, .. } = &mut self.state {
             *watch = context.timer(context.config.watch_interval_ms);
         }
@@ -195,6 +203,9 @@ impl Step {
         if !context.membership.is_responsive(self.to.node_id, context.now_ms) {
             return Err(format!("target node {} went silent before the commit", self.to.node_id));
         }
+        // A target that restarted answers heartbeats, but its import died with its
+        // previous process: committing would serve the slots empty.
+        self.check_same_processes(context.membership)?;
         // The commit point: once the new map is on disk, the target owns the slots.
         let persist = context.persist(Change::CommitMove {
             slots: self.slots.clone(),
@@ -205,6 +216,20 @@ impl Step {
             entries,
             bytes,
         };
+        Ok(())
+    }
+
+    /// Fails if source or target runs another process than when the step began.
+    fn check_same_processes(&self, membership: &Membership) -> Result<(), String> {
+        let roles = [("source", self.from.node_id), ("target", self.to.node_id)];
+        for ((role, node_id), began) in roles.into_iter().zip(self.incarnations) {
+            let now = membership.member(node_id).map_or(0, |member| member.incarnation);
+            if now != began {
+                return Err(format!(
+                    "{role} node {node_id} restarted during the copy (incarnation {began}, now {now})"
+                ));
+            }
+        }
         Ok(())
     }
 

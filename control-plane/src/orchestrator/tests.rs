@@ -189,6 +189,35 @@ fn a_step_prepares_then_commits_installs_on_source_and_target_and_broadcasts() {
 }
 
 #[test]
+fn a_step_whose_target_restarted_during_the_copy_aborts_instead_of_committing() {
+    let mut harness = Harness::new();
+    let effects = harness.start(100..110);
+    let (prepare, _, _) = call_of(&effects);
+    // The target's process died after taking the copy; its next process joins (and so
+    // answers heartbeats) before the source's answer arrives.
+    harness.now_ms = 100;
+    harness.membership.join(&join_request(2, 77), 100).unwrap();
+    let epoch = harness.membership.epoch();
+    let effects = harness.feed(Event::Answered {
+        token: prepare,
+        result: Ok(Answer::Prepared { entries: 3, bytes: 300 }),
+    });
+    assert_eq!(harness.membership.epoch(), epoch, "no commit to the empty new process");
+    assert!(
+        matches!(&effects[0], Effect::Report(Report::StepAborted { reason, .. }) if reason.contains("target node") && reason.contains("restarted")),
+        "{effects:?}"
+    );
+    let (_, address, call) = call_of(&effects);
+    assert_eq!(address, "node-1-shard-0", "the source unfreezes first");
+    assert!(matches!(call, NodeCall::MigrateAbort { map_epoch, .. } if map_epoch == epoch));
+    let effects = harness.answer_all(effects, Ok(Answer::Accepted));
+    assert!(plan_failure(&effects)
+        .flatten()
+        .is_some_and(|failure| failure.contains("aborted")));
+    assert!(!harness.orchestrator.is_busy());
+}
+
+#[test]
 fn a_target_silent_during_the_copy_aborts_the_step_at_the_next_watch() {
     let mut harness = Harness::new();
     let effects = harness.start(100..110);
