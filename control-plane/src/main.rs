@@ -96,7 +96,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
         load_check_interval: std::time::Duration::from_millis(arguments.load_check_interval_ms.max(1)),
         liveness_timeout: std::time::Duration::from_millis(arguments.liveness_timeout_ms),
     };
-    let (controller, plans) = Controller::open(settings)?;
+    let (controller, events) = Controller::open(settings)?;
     let listener = tokio::net::TcpListener::bind(&arguments.listen)
         .await
         .map_err(|source| service::ControlError::Listen {
@@ -116,7 +116,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
-    tokio::spawn(controller.clone().orchestrate(plans));
+    tokio::spawn(controller.clone().orchestrate(events));
     tokio::spawn(controller.clone().reconcile());
     tokio::spawn(controller.clone().housekeeping());
     tracing::info!(%address, data = %arguments.data.display(), epoch = controller.epoch(), ?metrics_address, "engram-control serving");

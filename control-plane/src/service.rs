@@ -1,11 +1,14 @@
 //! The `engram-control` process: serves the control protocol (join, heartbeat, map,
-//! status, rebalance, drain) and runs migrations one at a time as the coordinator of
-//! their two-phase hand-over (see the server's `migration` module).
+//! status, rebalance, drain) and drives the migration orchestrator
+//! ([`crate::orchestrator`], sans-I/O) over real links: it performs the orchestrator's
+//! effects (calls to shard ports, state-file writes, timers, map broadcasts) and feeds
+//! their results back as events.
 //!
 //! The commit point of a migration is the write of the new map to the state file: a
 //! control plane that restarts finds either the old map (and aborts every migration the
 //! nodes still hold) or the new one (and installs it, which commits).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 use engram_proto::limits::PROTOCOL_VERSION;
 use engram_proto::{
     decode_payload, encode_message, format_slot_ranges, Command, ErrorCode, ErrorReply, FrameKind, Hello, HelloReply,
-    MigrateOut, MigrationStatus, Request, Response, FRONT_SHARD_ID,
+    MigrateOut, Request, Response, FRONT_SHARD_ID,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -21,19 +24,12 @@ use tokio::sync::mpsc;
 
 use crate::link::{call_once, read_frame};
 use crate::membership::Membership;
-use crate::planner::{group_moves, plan_balance, plan_load, LoadPolicy, Move, ShardRef};
+use crate::orchestrator::{balance_moves, Answer, Effect, Event, NodeCall, Orchestrator, Report};
+pub use crate::orchestrator::{
+    MIGRATE_OUT_TIMEOUT_MS, MIGRATION_IDS_RESERVED_PER_WRITE, MIGRATION_SLOTS_PER_STEP, NODE_CALL_TIMEOUT_MS,
+};
+use crate::planner::{plan_load, LoadPolicy};
 
-/// Slots one migration step moves: a step freezes its slots for the time it takes to
-/// copy them, so steps stay small enough that the freeze is short.
-pub const MIGRATION_SLOTS_PER_STEP: usize = 128;
-/// How long the source may take to copy one step to the target.
-pub const MIGRATE_OUT_TIMEOUT_MS: u64 = 120_000;
-/// Migration ids reserved with one write of the state file.
-pub const MIGRATION_IDS_RESERVED_PER_WRITE: u64 = 1024;
-/// Bound on every other call to a node.
-pub const NODE_CALL_TIMEOUT_MS: u64 = 5_000;
-/// Plans waiting to run at most.
-pub const PLANS_QUEUED_MAX: usize = 4;
 /// How often the control plane looks for departed members and hot shards.
 pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
 /// How often load-driven rebalancing is considered, by default.
@@ -62,9 +58,6 @@ pub struct Settings {
 /// plane itself stalled (housekeeping runs every `HOUSEKEEPING_INTERVAL_MS`).
 const CONTROL_STALL_MS_MAX: u64 = 3 * HOUSEKEEPING_INTERVAL_MS;
 
-/// How often a running migration checks that its source and target still heartbeat.
-const TARGET_WATCH_INTERVAL_MS: u64 = 250;
-
 /// Everything the control plane knows, behind one lock held only for in-memory work
 /// and the state-file write, never across a network call.
 pub struct Controller {
@@ -73,15 +66,17 @@ pub struct Controller {
     _data_lock: std::fs::File,
     settings: Settings,
     inner: Mutex<Inner>,
-    plans: mpsc::Sender<Vec<Move>>,
+    /// Answers and timers for the orchestrator, sent by the tasks that wait for them.
+    /// Unbounded but small: a step has at most one call and one timer outstanding.
+    events: mpsc::UnboundedSender<Event>,
 }
+
+/// The receiver [`Controller::orchestrate`] feeds the orchestrator from.
+pub type Events = mpsc::UnboundedReceiver<Event>;
 
 struct Inner {
     membership: Membership,
-    /// Reserved migration ids not handed out yet.
-    migration_ids: std::ops::Range<u64>,
-    migrations: Vec<MigrationStatus>,
-    plan_running: bool,
+    orchestrator: Orchestrator,
     bytes_moved_total: u64,
     migration_milliseconds_total: u64,
     last_error: String,
@@ -110,8 +105,8 @@ pub enum ControlError {
 
 impl Controller {
     /// Loads the persisted state (or starts empty) and returns the controller and the
-    /// receiver its orchestrator runs plans from.
-    pub fn open(settings: Settings) -> Result<(Arc<Controller>, mpsc::Receiver<Vec<Move>>), ControlError> {
+    /// receiver of its orchestrator's events (for [`Controller::orchestrate`]).
+    pub fn open(settings: Settings) -> Result<(Arc<Controller>, Events), ControlError> {
         std::fs::create_dir_all(&settings.data_dir).map_err(|source| ControlError::DataDir {
             path: settings.data_dir.clone(),
             source,
@@ -138,24 +133,22 @@ impl Controller {
             Err(source) => return Err(ControlError::DataDir { path, source }),
         };
         membership.set_liveness_timeout_ms(settings.liveness_timeout.as_millis() as u64);
-        let (plans, receiver) = mpsc::channel(PLANS_QUEUED_MAX);
+        let (events, receiver) = mpsc::unbounded_channel();
         let controller = Arc::new(Controller {
             started: Instant::now(),
             _data_lock: data_lock,
             settings,
             inner: Mutex::new(Inner {
                 membership,
-                migration_ids: 0..0,
-                migrations: Vec::new(),
                 // Until `reconcile` has settled what an earlier run left open, no plan
                 // may start: it would race the abort of everything uncommitted.
-                plan_running: true,
+                orchestrator: Orchestrator::new(crate::orchestrator::Config::default()),
                 bytes_moved_total: 0,
                 last_liveness_check_ms: 0,
                 migration_milliseconds_total: 0,
                 last_error: String::new(),
             }),
-            plans,
+            events,
         });
         Ok((controller, receiver))
     }
@@ -194,7 +187,7 @@ impl Controller {
     pub fn status(&self) -> engram_proto::ClusterStatus {
         let inner = self.lock();
         let mut status = inner.membership.status(self.now_ms());
-        status.migrations = inner.migrations.clone();
+        status.migrations = inner.orchestrator.migrations();
         status.bytes_moved_total = inner.bytes_moved_total;
         status.migration_milliseconds_total = inner.migration_milliseconds_total;
         status.last_error = inner.last_error.clone();
@@ -276,10 +269,10 @@ impl Controller {
     fn reclaim(self: &Arc<Self>, request: &engram_proto::ReclaimRequest, now_ms: u64) -> Response {
         let (slots, epoch) = {
             let mut inner = self.lock();
-            if inner.plan_running {
+            if inner.orchestrator.is_busy() {
                 return error_response(
                     ErrorCode::Busy,
-                    "a rebalance (or the start-up reconcile) is running; retry when it has finished",
+                    crate::orchestrator::OrchestratorError::Busy.to_string(),
                 );
             }
             match self.change(&mut inner, |membership| membership.reclaim(request, now_ms)) {
@@ -319,17 +312,7 @@ impl Controller {
         // A migration the node holds open that no step here is running was decided
         // already (its map says how) or belongs to an earlier run of the control plane:
         // either way the node may let go of it.
-        let running: Vec<u64> = inner
-            .migrations
-            .iter()
-            .map(|migration| migration.migration_id)
-            .collect();
-        let abort_migrations = heartbeat
-            .migrations
-            .iter()
-            .copied()
-            .filter(|id| !running.contains(id))
-            .collect();
+        let abort_migrations = inner.orchestrator.abort_migrations(&heartbeat.migrations);
         let answer = Response::HeartbeatAck {
             map_epoch: inner.membership.epoch(),
             abort_migrations,
@@ -367,248 +350,115 @@ impl Controller {
         }
     }
 
-    /// Plans an even spread of slots (after marking `drain` as draining) and queues it.
+    /// Plans an even spread of slots (after marking `drain` as draining) and starts it.
     fn start_plan(self: &Arc<Self>, drain: Option<u64>) -> Response {
         let now_ms = self.now_ms();
-        let moves = {
-            let mut inner = self.lock();
-            if inner.plan_running {
+        let (slots_to_move, io) = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            if inner.orchestrator.is_busy() {
                 return error_response(
                     ErrorCode::Busy,
-                    "a rebalance (or the start-up reconcile) is running; retry when it has finished",
+                    crate::orchestrator::OrchestratorError::Busy.to_string(),
                 );
             }
             if let Some(node_id) = drain {
-                if let Err(error) = self.change(&mut inner, |membership| membership.drain(node_id)) {
+                if let Err(error) = self.change(inner, |membership| membership.drain(node_id)) {
                     return error_response(ErrorCode::InvalidArgument, error);
                 }
             }
-            let shards = inner.membership.plan_shards(now_ms);
-            match plan_balance(&shards, inner.membership.owners()) {
-                Ok(moves) => {
-                    let moves = inner.membership.movable(moves);
-                    if !moves.is_empty() {
-                        inner.plan_running = true;
-                        inner.last_error.clear();
-                    }
-                    moves
-                }
+            let moves = match balance_moves(&inner.membership, now_ms) {
+                Ok(moves) => moves,
                 Err(error) => return error_response(ErrorCode::InvalidArgument, error.to_string()),
+            };
+            if moves.is_empty() {
+                return Response::RebalanceStarted { slots_to_move: 0 };
+            }
+            inner.last_error.clear();
+            let slots_to_move = moves.len() as u64;
+            match inner.orchestrator.start_plan(moves, &inner.membership, now_ms) {
+                Ok(effects) => (slots_to_move, self.settle_effects(inner, effects)),
+                Err(error) => return error_response(ErrorCode::Busy, error.to_string()),
             }
         };
-        let slots_to_move = moves.len() as u64;
-        if !moves.is_empty() && self.plans.try_send(moves).is_err() {
-            self.lock().plan_running = false;
-            return error_response(ErrorCode::Busy, "plans_queued_max plans are already queued");
-        }
+        self.perform(io);
         Response::RebalanceStarted { slots_to_move }
     }
 
-    /// Runs plans as they come, one migration step at a time.
-    pub async fn orchestrate(self: Arc<Self>, mut plans: mpsc::Receiver<Vec<Move>>) {
-        while let Some(moves) = plans.recv().await {
-            let started = Instant::now();
-            let total = moves.len();
-            let mut moved = 0usize;
-            let mut failure = None;
-            'plan: for (from, to, slots) in group_moves(&moves) {
-                for step in slots.chunks(MIGRATION_SLOTS_PER_STEP) {
-                    match self.migrate(from, to, step).await {
-                        Ok(()) => moved += step.len(),
-                        // Nothing can be copied off a dead node; the rest of the plan
-                        // does not depend on it.
-                        Err(StepError::SourceDead(reason)) => {
-                            tracing::warn!(%reason, "skipping moves off a dead node");
-                            failure = Some(reason);
-                            continue 'plan;
-                        }
-                        Err(StepError::Failed(reason)) => {
-                            failure = Some(reason);
-                            break 'plan;
-                        }
-                    }
-                }
-            }
-            let mut inner = self.lock();
-            inner.plan_running = false;
-            match failure {
-                Some(reason) => {
-                    tracing::warn!(moved, total, %reason, "plan stopped early");
-                    inner.last_error = reason;
-                }
-                None => {
-                    tracing::info!(
-                        moved,
-                        total,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "plan finished"
-                    );
-                    inner.last_error.clear();
-                }
-            }
-        }
-    }
-
-    /// One two-phase migration step of `slots` from `from` to `to`.
-    async fn migrate(self: &Arc<Self>, from: ShardRef, to: ShardRef, slots: &[u32]) -> Result<(), StepError> {
-        let now_ms = self.now_ms();
-        let (migration_id, source, target) = {
-            let mut inner = self.lock();
-            if !inner.membership.is_responsive(from.node_id, now_ms) {
-                return Err(StepError::SourceDead(format!(
-                    "node {} is silent: its slots cannot be copied off it",
-                    from.node_id
-                )));
-            }
-            if !inner.membership.is_responsive(to.node_id, now_ms) {
-                return Err(StepError::Failed(format!("node {} is silent", to.node_id)));
-            }
-            let (Some(source), Some(target)) = (
-                inner.membership.shard_address(from).map(str::to_string),
-                inner.membership.shard_address(to).map(str::to_string),
-            ) else {
-                return Err(StepError::Failed("a shard of the plan left the cluster".into()));
+    /// Feeds the orchestrator the answers and timers of the effects it asked for, for
+    /// the life of the process.
+    pub async fn orchestrate(self: Arc<Self>, mut events: Events) {
+        while let Some(event) = events.recv().await {
+            let io = {
+                let mut guard = self.lock();
+                let inner = &mut *guard;
+                let now_ms = self.now_ms();
+                let effects = inner.orchestrator.handle(event, &inner.membership, now_ms);
+                self.settle_effects(inner, effects)
             };
-            // Reserved (persisted) before use, so ids never repeat across restarts and a
-            // late batch of an old migration can never pass for one of a new migration.
-            if inner.migration_ids.is_empty() {
-                inner.migration_ids = self
-                    .change(&mut inner, |membership| {
-                        Ok(membership.reserve_migration_ids(MIGRATION_IDS_RESERVED_PER_WRITE))
-                    })
-                    .map_err(StepError::Failed)?;
-            }
-            let migration_id = inner
-                .migration_ids
-                .next()
-                .ok_or_else(|| StepError::Failed("no migration id".into()))?;
-            inner.migrations.push(MigrationStatus {
-                migration_id,
-                source: source.clone(),
-                target: target.clone(),
-                slots: slots.len() as u32,
-            });
-            (migration_id, source, target)
-        };
-        let started = Instant::now();
-        let outcome = self
-            .prepare_and_commit(migration_id, &source, &target, [from, to], slots)
-            .await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        {
-            let mut inner = self.lock();
-            inner
-                .migrations
-                .retain(|migration| migration.migration_id != migration_id);
-            if let Ok(bytes) = outcome {
-                inner.bytes_moved_total += bytes;
-                inner.migration_milliseconds_total += elapsed_ms;
-            }
+            self.perform(io);
         }
-        match outcome {
-            Ok(bytes) => {
-                crate::metrics::record_migration("committed", slots.len() as u64, bytes);
-                Ok(())
-            }
-            Err(reason) => {
-                crate::metrics::record_migration("aborted", 0, 0);
-                // Best effort: a node that misses the abort still learns it on the next
-                // control-plane start, which aborts every uncommitted migration.
-                let credentials = &self.settings.credentials;
-                let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
-                let map_epoch = self.epoch();
-                for address in [&source, &target] {
-                    let abort = Command::MigrateAbort {
-                        migration_id,
-                        map_epoch,
-                    };
-                    if let Err(error) = call_once(address, credentials, abort, timeout).await {
-                        tracing::warn!(migration_id, %address, %error, "abort not delivered");
+    }
+
+    /// Performs, under the lock, the effects that touch the state (persists, whose
+    /// results are fed back at once, so a check and the commit it guards happen under
+    /// one hold of the lock, and reports); returns the rest, to perform once the lock
+    /// is released.
+    fn settle_effects(&self, inner: &mut Inner, effects: Vec<Effect>) -> Vec<Effect> {
+        let mut pending = VecDeque::from(effects);
+        let mut io = Vec::new();
+        while let Some(effect) = pending.pop_front() {
+            match effect {
+                Effect::Persist { token, change } => {
+                    let result = self.change(inner, |membership| Ok(change.apply(membership)));
+                    let event = Event::Persisted { token, result };
+                    let now_ms = self.now_ms();
+                    let next = inner.orchestrator.handle(event, &inner.membership, now_ms);
+                    for effect in next.into_iter().rev() {
+                        pending.push_front(effect);
                     }
                 }
-                Err(StepError::Failed(format!(
-                    "migration {migration_id} of {} slots from {source} to {target} aborted: {reason}",
-                    slots.len()
-                )))
+                Effect::Report(report) => report_to(inner, report),
+                other => io.push(other),
             }
         }
+        io
     }
 
-    async fn prepare_and_commit(
-        self: &Arc<Self>,
-        migration_id: u64,
-        source: &str,
-        target: &str,
-        [from, to]: [ShardRef; 2],
-        slots: &[u32],
-    ) -> Result<u64, String> {
-        let credentials = &self.settings.credentials;
-        let order = Command::MigrateOut(MigrateOut {
-            migration_id,
-            slots: slots.to_vec(),
-            target_address: target.to_string(),
-        });
-        let started = Instant::now();
-        let prepare = call_once(
-            source,
-            credentials,
-            order,
-            Duration::from_millis(MIGRATE_OUT_TIMEOUT_MS),
-        );
-        let prepared = tokio::select! {
-            prepared = prepare => prepared.map_err(|error| error.to_string())?,
-            silent = self.until_silent([from.node_id, to.node_id]) => return Err(silent),
-        };
-        let (entries, bytes) = match prepared {
-            Response::MigrationPrepared { entries, bytes } => (entries, bytes),
-            Response::Error(reply) => return Err(reply.message),
-            other => return Err(format!("the source answered {}", other.name())),
-        };
-        // The commit point: once the new map is on disk, the target owns the slots.
-        let map = {
-            let mut inner = self.lock();
-            if !inner.membership.is_responsive(to.node_id, self.now_ms()) {
-                return Err(format!("target node {} went silent before the commit", to.node_id));
-            }
-            self.change(&mut inner, |membership| Ok(membership.commit_move(slots, to).clone()))?
-        };
-        let elapsed = started.elapsed();
-        tracing::info!(
-            migration_id,
-            slots = slots.len(),
-            entries,
-            bytes,
-            elapsed_ms = elapsed.as_millis() as u64,
-            epoch = map.epoch,
-            %source,
-            %target,
-            "migration committed"
-        );
-        let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
-        for address in [source, target] {
-            if let Err(error) = call_once(address, credentials, Command::InstallMap(map.clone()), timeout).await {
-                // The node fetches the map with its next heartbeat instead.
-                tracing::warn!(%address, %error, "map not installed; the node will fetch it");
-            }
-        }
-        self.broadcast_map();
-        Ok(bytes)
-    }
-
-    /// Returns (with the reason) once one of `nodes` has been silent for longer than
-    /// a migration's source or target may be: a migration towards a paused node is
-    /// aborted rather than left freezing its slots at the source until the copy times
-    /// out, and one from a paused node rather than waited for.
-    async fn until_silent(&self, nodes: [u64; 2]) -> String {
-        loop {
-            tokio::time::sleep(Duration::from_millis(TARGET_WATCH_INTERVAL_MS)).await;
-            let now_ms = self.now_ms();
-            let inner = self.lock();
-            if let Some(node_id) = nodes
-                .iter()
-                .find(|&&node_id| !inner.membership.is_responsive(node_id, now_ms))
-            {
-                return format!("node {node_id} went silent during the copy");
+    /// Calls, timers and broadcasts, each in a task of its own that feeds its result
+    /// back through `events`.
+    fn perform(self: &Arc<Self>, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Call {
+                    token,
+                    address,
+                    call,
+                    timeout_ms,
+                } => {
+                    let credentials = self.settings.credentials.clone();
+                    let events = self.events.clone();
+                    tokio::spawn(async move {
+                        let timeout = Duration::from_millis(timeout_ms);
+                        let result = call_once(&address, &credentials, command_of(call), timeout)
+                            .await
+                            .map(answer_of)
+                            .map_err(|error| error.to_string());
+                        let _ = events.send(Event::Answered { token, result });
+                    });
+                }
+                Effect::ArmTimer { token, at_ms } => {
+                    let events = self.events.clone();
+                    let at = self.started + Duration::from_millis(at_ms);
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(at.into()).await;
+                        let _ = events.send(Event::TimerFired { token });
+                    });
+                }
+                Effect::BroadcastMap => self.broadcast_map(),
+                Effect::Persist { .. } | Effect::Report(_) => {
+                    unreachable!("settle_effects performs persists and reports")
+                }
             }
         }
     }
@@ -637,35 +487,16 @@ impl Controller {
 
     /// After a start: installs the persisted map on every member, then aborts every
     /// migration it did not commit (a previous control plane may have died mid-way).
+    /// Returns once the first call is under way; plans wait until it has finished.
     pub async fn reconcile(self: Arc<Self>) {
-        let (map, members) = {
-            let inner = self.lock();
-            (inner.membership.map().clone(), inner.membership.members().to_vec())
+        let io = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let now_ms = self.now_ms();
+            let effects = inner.orchestrator.reconcile(&inner.membership, now_ms);
+            self.settle_effects(inner, effects)
         };
-        let credentials = &self.settings.credentials;
-        let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
-        for member in members {
-            for address in &member.shard_addresses {
-                // The abort only after the shard holds the persisted map: a shard behind
-                // it might otherwise unfreeze slots whose migration committed. (It would
-                // refuse anyway: the abort names the epoch it was decided under.)
-                let settled = match call_once(address, credentials, Command::InstallMap(map.clone()), timeout).await {
-                    Ok(_) => {
-                        let abort = Command::MigrateAbort {
-                            migration_id: 0,
-                            map_epoch: map.epoch,
-                        };
-                        call_once(address, credentials, abort, timeout).await.map(drop)
-                    }
-                    Err(error) => Err(error),
-                };
-                if let Err(error) = settled {
-                    // Its heartbeats settle it once it is back.
-                    tracing::info!(%address, %error, "could not reconcile a shard (down?)");
-                }
-            }
-        }
-        self.lock().plan_running = false;
+        self.perform(io);
     }
 
     /// Forgets drained members that left, and moves slots off shards far busier than
@@ -679,7 +510,7 @@ impl Controller {
             self.declare_dead();
             {
                 let mut inner = self.lock();
-                if !inner.plan_running && inner.membership.clone().forget_departed(now_ms) {
+                if !inner.orchestrator.is_busy() && inner.membership.clone().forget_departed(now_ms) {
                     match self.change(&mut inner, |membership| Ok(membership.forget_departed(now_ms))) {
                         Ok(_) => tracing::info!(epoch = inner.membership.epoch(), "forgot drained nodes that left"),
                         Err(error) => tracing::warn!(%error, "cannot forget departed nodes"),
@@ -737,12 +568,13 @@ impl Controller {
         self.broadcast_map();
     }
 
-    /// Queues a plan moving slots off a shard far busier than the rest; returns whether
+    /// Starts a plan moving slots off a shard far busier than the rest; returns whether
     /// it did.
     fn consider_load(self: &Arc<Self>, now_ms: u64) -> bool {
-        let moves = {
-            let mut inner = self.lock();
-            if inner.plan_running {
+        let io = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            if inner.orchestrator.is_busy() {
                 return false;
             }
             let shards = inner.membership.plan_shards(now_ms);
@@ -764,14 +596,13 @@ impl Controller {
             if moves.is_empty() {
                 return false;
             }
-            inner.plan_running = true;
-            moves
+            tracing::info!(slots = moves.len(), "moving slots off a hot shard");
+            match inner.orchestrator.start_plan(moves, &inner.membership, now_ms) {
+                Ok(effects) => self.settle_effects(inner, effects),
+                Err(_) => return false,
+            }
         };
-        tracing::info!(slots = moves.len(), "moving slots off a hot shard");
-        if self.plans.try_send(moves).is_err() {
-            self.lock().plan_running = false;
-            return false;
-        }
+        self.perform(io);
         true
     }
 }
@@ -796,12 +627,104 @@ fn persist_to(data_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Why a migration step did not happen.
-enum StepError {
-    /// The source is dead: its slots stay where they are; the plan goes on without them.
-    SourceDead(String),
-    /// The step was aborted; the plan stops here.
-    Failed(String),
+/// Logs and counts what the orchestrator reports, and keeps the figures and the last
+/// error `engram cluster status` shows.
+fn report_to(inner: &mut Inner, report: Report) {
+    match report {
+        Report::Committed {
+            migration_id,
+            slots,
+            entries,
+            bytes,
+            elapsed_ms,
+            epoch,
+            source,
+            target,
+        } => tracing::info!(
+            migration_id,
+            slots,
+            entries,
+            bytes,
+            elapsed_ms,
+            epoch,
+            %source,
+            %target,
+            "migration committed"
+        ),
+        Report::MapNotInstalled { address, error } => {
+            tracing::warn!(%address, %error, "map not installed; the node will fetch it");
+        }
+        Report::StepMoved {
+            slots,
+            bytes,
+            elapsed_ms,
+        } => {
+            inner.bytes_moved_total += bytes;
+            inner.migration_milliseconds_total += elapsed_ms;
+            crate::metrics::record_migration("committed", slots as u64, bytes);
+        }
+        Report::StepAborted { migration_id, reason } => {
+            tracing::debug!(migration_id, %reason, "migration aborting");
+            crate::metrics::record_migration("aborted", 0, 0);
+        }
+        Report::AbortNotDelivered {
+            migration_id,
+            address,
+            error,
+        } => tracing::warn!(migration_id, %address, %error, "abort not delivered"),
+        Report::SkippingDeadSource { reason } => tracing::warn!(%reason, "skipping moves off a dead node"),
+        Report::PlanEnded {
+            moved,
+            total,
+            elapsed_ms,
+            failure,
+        } => match failure {
+            Some(reason) => {
+                tracing::warn!(moved, total, %reason, "plan stopped early");
+                inner.last_error = reason;
+            }
+            None => {
+                tracing::info!(moved, total, elapsed_ms, "plan finished");
+                inner.last_error.clear();
+            }
+        },
+        Report::NotReconciled { address, error } => {
+            tracing::info!(%address, %error, "could not reconcile a shard (down?)");
+        }
+    }
+}
+
+/// The wire command of a call the orchestrator asked for.
+fn command_of(call: NodeCall) -> Command {
+    match call {
+        NodeCall::MigrateOut {
+            migration_id,
+            slots,
+            target_address,
+        } => Command::MigrateOut(MigrateOut {
+            migration_id,
+            slots,
+            target_address,
+        }),
+        NodeCall::InstallMap(map) => Command::InstallMap(map),
+        NodeCall::MigrateAbort {
+            migration_id,
+            map_epoch,
+        } => Command::MigrateAbort {
+            migration_id,
+            map_epoch,
+        },
+    }
+}
+
+/// A node's wire answer, as the orchestrator takes it.
+fn answer_of(response: Response) -> Answer {
+    match response {
+        Response::MigrationPrepared { entries, bytes } => Answer::Prepared { entries, bytes },
+        Response::Accepted => Answer::Accepted,
+        Response::Error(reply) => Answer::Refused { message: reply.message },
+        other => Answer::Unexpected { name: other.name() },
+    }
 }
 
 fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
