@@ -78,11 +78,7 @@ mod pool;
 mod route;
 
 #[cfg(test)]
-mod client_tests;
-#[cfg(test)]
-mod coordination_tests;
-#[cfg(test)]
-mod fake_server;
+mod tests;
 
 pub use barrier::{Barrier, BarrierPassage};
 pub use builder::{ClientBuilder, SPIN_MAX};

@@ -73,7 +73,7 @@ fn resolve_unspecified(address: &str, source_host: &str) -> Result<String, Error
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_server::{half_lost_map, two_shard_map};
+    use crate::tests::fake_server::{half_lost_map, two_shard_map};
     use engram_proto::SlotHasher;
 
     #[test]

@@ -15,6 +15,10 @@
 //! - [`routing`]: picking keys owned by a given shard, from a node's slot map.
 //! - [`cluster`]: one-core nodes joined to a control plane, waits for its membership,
 //!   `engram cluster` that must succeed, and where a node's slots are in a status.
+//! - [`elastic`]: what the elastic-cluster tests share: clients whose call timeout outlasts
+//!   a frozen slot, the wait for the membership, bulky keys that move in a rebalance.
+//! - [`victim`]: the cluster of the lost-slot tests, whose last node (the victim) dies,
+//!   restarts or pauses, with data seeded on its slots and checks that they are lost.
 //! - [`processes`]: scratch directories, child processes in their own process groups
 //!   (killed on drop) with a bounded wait for all, and the `engram-test-worker` binary
 //!   (`src/bin/engram-test-worker.rs`): blocking-client worker processes whose role is
@@ -28,11 +32,13 @@
 pub mod binaries;
 pub mod cluster;
 pub mod control;
+pub mod elastic;
 pub mod linearizability;
 pub mod processes;
 pub mod raw;
 pub mod routing;
 pub mod server;
+pub mod victim;
 
 pub use raw::{RawConnection, RawReply};
 pub use routing::{fetch_slot_map, key_on_shard, owner_address};

@@ -1,62 +1,32 @@
 //! The elastic cluster against real processes: an `engram-control` and `engramd` nodes on
 //! distinct loopback addresses, under continuous load from counter, lock and barrier
-//! users, while nodes join, slots rebalance, a node drains and leaves, a migration
-//! target dies, and the control plane restarts.
+//! users, while nodes join, slots rebalance, and a node drains and leaves.
 //!
 //! What must hold: every counter equals the increments acknowledged to its clients (none
 //! lost, none doubled), a sampled history of counters is linearizable, the lock never
 //! admits two holders (a read-modify-write under it loses nothing), and barrier parties
 //! agree on every generation.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use engram_client::Client;
-use engram_proto::limits::SLOT_COUNT;
-use engram_tests::cluster::{self, cluster_cli, node_slot_count, shard_of_node, start_node, MEMBERSHIP_LIMIT};
+use engram_tests::cluster::{cluster_cli, node_slot_count, shard_of_node, start_node};
 use engram_tests::control::ControlPlane;
+use engram_tests::elastic::{connect, wait_for_members};
 use engram_tests::linearizability::{check_per_key, first_failure, CounterInput, CounterModel, HistoryRecorder};
 use engram_tests::processes::Scratch;
 use engram_tests::server::next_loopback;
-use engram_tests::{run_async, total_keys, EngramServer};
+use engram_tests::{run_async, EngramServer};
 
 const COUNTERS: usize = 1_000;
 const INCREMENTERS: usize = 8;
 /// Counters whose every operation is recorded for the linearizability check.
 const SAMPLED_COUNTERS: usize = 16;
 const BARRIER_PARTIES: u32 = 3;
-/// Long enough that no call gives up while a slot is frozen or a map is catching up:
-/// every operation must succeed for the exact count to be checkable.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 type CounterHistory = HistoryRecorder<usize, CounterInput, i64>;
-
-async fn connect(node: &EngramServer) -> Client {
-    node.client_with_timeout(CALL_TIMEOUT).await
-}
-
-async fn wait_for_members(control: &ControlPlane, alive: usize) {
-    cluster::wait_for_members(control, alive, MEMBERSHIP_LIMIT).await
-}
-
-/// Waits until `node` holds at least one key (a migration's first batch has landed).
-async fn wait_for_first_batch(node: &EngramServer) {
-    let mut polls = 0;
-    while keys_held(node).await == 0 {
-        polls += 1;
-        assert!(polls < 20_000, "the target never received a batch");
-    }
-}
-
-/// How many of `keys` the map gives to `node_id`.
-fn keys_owned_by<'k>(map: &engram_proto::SlotMap, keys: impl Iterator<Item = &'k String>, node_id: u64) -> u64 {
-    let hasher = engram_proto::SlotHasher::new(b"default");
-    let owners = map.owner_table();
-    keys.filter(|key| map.shards[owners[hasher.slot(key.as_bytes()) as usize] as usize].node_id == node_id)
-        .count() as u64
-}
 
 /// Names of the single-key objects the load shares: chosen on one node, so that
 /// draining that node must move them while they are in use.
@@ -364,268 +334,4 @@ fn a_cluster_grows_rebalances_and_drains_under_load_without_losing_or_doubling_a
         assert!(status["migrations"].as_array().is_some_and(Vec::is_empty), "{status}");
     });
     drop(nodes);
-}
-
-/// Keys whose slots are the first step of a rebalance from one node onto a second:
-/// the planner keeps each giver's lowest slots and hands out the rest in slot order, in
-/// steps of `MIGRATION_SLOTS_PER_STEP`.
-fn keys_in_first_step(count: usize) -> Vec<String> {
-    let first_step = SLOT_COUNT / 2..SLOT_COUNT / 2 + engram_control::service::MIGRATION_SLOTS_PER_STEP as u32;
-    let hasher = engram_proto::SlotHasher::new(b"default");
-    (0..)
-        .map(|n| format!("bulky-{n}"))
-        .filter(|key| first_step.contains(&hasher.slot(key.as_bytes())))
-        .take(count)
-        .collect()
-}
-
-/// Writes `BULKY_KEYS` bulky values whose slots move in a rebalance's first step, so
-/// that step takes long enough to be interrupted; returns their keys.
-async fn seed_first_step(client: &Client) -> Vec<String> {
-    let keys = keys_in_first_step(BULKY_KEYS);
-    for key in &keys {
-        client.bytes(key.clone()).set(bulky_value(key)).await.expect("seed");
-    }
-    keys
-}
-
-fn bulky_value(key: &str) -> Vec<u8> {
-    let mut value = key.as_bytes().repeat(BULKY_VALUE_BYTES / key.len() + 1);
-    value.truncate(BULKY_VALUE_BYTES);
-    value
-}
-
-/// Large enough that the first migration step takes many batches, so the target can be
-/// stopped in the middle of it.
-const BULKY_VALUE_BYTES: usize = 256 * 1024;
-const BULKY_KEYS: usize = 160;
-
-async fn keys_held(node: &EngramServer) -> u64 {
-    total_keys(&node.front_only_client(Duration::from_secs(10)).await).await
-}
-
-#[test]
-fn a_migration_whose_target_dies_midway_is_aborted_and_loses_nothing() {
-    let scratch = Scratch::new("cluster-target-dies");
-    let control = ControlPlane::start(next_loopback(), scratch.path().join("control"));
-    let source = start_node(&control);
-    run_async(Duration::from_secs(150), async {
-        wait_for_members(&control, 1).await;
-        let client = connect(&source).await;
-        let keys = seed_first_step(&client).await;
-        let mut counters = BTreeMap::new();
-        for index in 0..300 {
-            let key = format!("kept-{index}");
-            client.counter(key.clone()).add(index).await.expect("seed counter");
-            counters.insert(key, index);
-        }
-        let mut target = start_node(&control);
-        wait_for_members(&control, 2).await;
-        let epoch_before = control.status().await.map.epoch;
-
-        let rebalance = tokio::spawn(control.cli(&["rebalance"]));
-        // Stop the target once it holds part of the first step: a stopped process still
-        // completes TCP handshakes (the kernel does) but answers nothing, so the source
-        // waits for its next batch to be accepted, gives up, and the step is aborted.
-        wait_for_first_batch(&target).await;
-        engram_tests::server::stop_process(target.pid());
-        let output = rebalance.await.expect("cli task");
-        assert!(
-            !output.status.success(),
-            "a rebalance onto a dead node reported success"
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("aborted"), "{stderr}");
-        let _ = target.kill_now();
-
-        let status = control.status().await;
-        assert!(status.migrations.is_empty());
-        assert_eq!(
-            status.map.epoch, epoch_before,
-            "the step was committed, so the stop came too late: {status:?}"
-        );
-        let owner = status
-            .nodes
-            .iter()
-            .find(|node| node.node_id == source.node_id())
-            .unwrap();
-        assert_eq!(owner.shards.iter().map(|shard| shard.slots).sum::<u32>(), SLOT_COUNT);
-        for key in &keys {
-            let stored = client.bytes(key.clone()).get().await.expect("read").expect("present");
-            assert!(stored.value == bulky_value(key), "{key} changed");
-        }
-        for (key, value) in &counters {
-            assert_eq!(client.counter(key.clone()).get().await.expect("read"), *value, "{key}");
-        }
-        // The frozen slots serve writes again, and a later move onto a live node carries
-        // exactly what is there now, deletions included.
-        for key in keys.iter().take(BULKY_KEYS / 2) {
-            assert!(client.bytes(key.clone()).del().await.expect("delete"));
-        }
-        let replacement = start_node(&control);
-        wait_for_members(&control, 2).await;
-        cluster_cli(&control, &["rebalance"]).await;
-        for (index, key) in keys.iter().enumerate() {
-            let stored = client.bytes(key.clone()).get().await.expect("read");
-            if index < BULKY_KEYS / 2 {
-                assert!(stored.is_none(), "deleted {key} came back");
-            } else {
-                assert!(
-                    stored.is_some_and(|stored| stored.value == bulky_value(key)),
-                    "{key} changed"
-                );
-            }
-        }
-        for (key, value) in &counters {
-            assert_eq!(
-                client.counter(key.clone()).add(1).await.expect("write"),
-                value + 1,
-                "{key}"
-            );
-        }
-        // Each node holds exactly the keys of the slots it owns: the source dropped what
-        // it gave away, and nothing is left over anywhere.
-        let map = control.status().await.map;
-        let live_keys = keys.iter().skip(BULKY_KEYS / 2).chain(counters.keys());
-        let on_replacement = keys_owned_by(&map, live_keys, replacement.node_id());
-        assert!(on_replacement > 0, "the rebalance moved none of the test's keys");
-        assert_eq!(keys_held(&replacement).await, on_replacement);
-        assert_eq!(
-            keys_held(&source).await,
-            (BULKY_KEYS / 2 + counters.len()) as u64 - on_replacement
-        );
-    });
-}
-
-#[test]
-fn the_control_plane_restarts_with_its_map_and_nodes_serve_while_it_is_down() {
-    let scratch = Scratch::new("cluster-control-restart");
-    let mut control = ControlPlane::start(next_loopback(), scratch.path().join("control"));
-    let nodes = [start_node(&control), start_node(&control)];
-    run_async(Duration::from_secs(120), async {
-        wait_for_members(&control, 2).await;
-        cluster_cli(&control, &["rebalance"]).await;
-        let before = control.status().await;
-        let client = connect(&nodes[0]).await;
-
-        control.kill();
-        for index in 0..300 {
-            let value = client
-                .counter(format!("while-down-{index}"))
-                .add(2)
-                .await
-                .expect("serve without control");
-            assert_eq!(value, 2);
-        }
-        control.restart();
-        let after = control.status().await;
-        assert_eq!(after.map, before.map, "the restarted control plane lost its map");
-        wait_for_members(&control, 2).await;
-        for index in 0..300 {
-            assert_eq!(client.counter(format!("while-down-{index}")).get().await.unwrap(), 2);
-        }
-        // And it can still move slots.
-        let drained = nodes[1].node_id();
-        cluster_cli(&control, &["drain", &drained.to_string()]).await;
-        for index in 0..300 {
-            assert_eq!(client.counter(format!("while-down-{index}")).get().await.unwrap(), 2);
-        }
-    });
-    drop(nodes);
-}
-
-#[test]
-fn a_shard_far_fuller_than_the_rest_gives_slots_away_by_itself() {
-    let scratch = Scratch::new("cluster-load");
-    let control = ControlPlane::start_with(
-        next_loopback(),
-        scratch.path().join("control"),
-        &["--load-check-interval-ms", "500"],
-    );
-    let nodes = [start_node(&control), start_node(&control)];
-    run_async(Duration::from_secs(120), async {
-        wait_for_members(&control, 2).await;
-        cluster_cli(&control, &["rebalance"]).await;
-        let map = control.status().await.map;
-        let heavy = nodes[0].node_id();
-        let heavy_shard = map.shards.iter().position(|shard| shard.node_id == heavy).unwrap();
-        let client = connect(&nodes[0]).await;
-        // Past engram-control's memory threshold, all of it on one node.
-        let value_bytes = 256 * 1024;
-        let count = (engram_control::service::LOAD_REBALANCE_MEMORY_BYTES_MIN as usize / value_bytes) * 5 / 4;
-        let keys: Vec<String> = (0..count)
-            .map(|index| engram_tests::routing::key_on_shard(&map, b"default", heavy_shard, &format!("heavy-{index}")))
-            .collect();
-        for key in &keys {
-            client
-                .bytes(key.clone())
-                .set(vec![b'h'; value_bytes])
-                .await
-                .expect("seed");
-        }
-        let mut shed = false;
-        for _ in 0..300 {
-            let status = control.status().await;
-            if node_slot_count(&status, heavy) < SLOT_COUNT / 2 && status.migrations.is_empty() {
-                shed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(
-            shed,
-            "the full node kept all its slots: {:?}",
-            control.status().await.nodes
-        );
-        for key in &keys {
-            let stored = client.bytes(key.clone()).get().await.expect("read").expect("present");
-            assert_eq!(stored.value.len(), value_bytes, "{key}");
-        }
-    });
-    drop(nodes);
-}
-
-#[test]
-fn a_control_plane_killed_mid_migration_restarts_into_a_consistent_cluster() {
-    let scratch = Scratch::new("cluster-control-dies");
-    let mut control = ControlPlane::start(next_loopback(), scratch.path().join("control"));
-    let source = start_node(&control);
-    run_async(Duration::from_secs(150), async {
-        wait_for_members(&control, 1).await;
-        let client = connect(&source).await;
-        let keys = seed_first_step(&client).await;
-        let target = start_node(&control);
-        wait_for_members(&control, 2).await;
-        let rebalance = tokio::spawn(control.cli(&["rebalance"]));
-        // The coordinator dies while the first step's batches travel: the source holds
-        // the slots frozen, the target holds part of a copy, and no decision was sent.
-        wait_for_first_batch(&target).await;
-        control.kill();
-        let _ = rebalance.await;
-        control.restart();
-        wait_for_members(&control, 2).await;
-        // Whatever the state file says decides: the persisted map is installed, then
-        // everything it did not commit is aborted, so the cluster serves every key.
-        for key in &keys {
-            let stored = client.bytes(key.clone()).get().await.expect("read after the restart");
-            assert!(
-                stored.is_some_and(|stored| stored.value == bulky_value(key)),
-                "{key} lost or changed"
-            );
-        }
-        for key in keys.iter().take(BULKY_KEYS / 2) {
-            assert!(client.bytes(key.clone()).del().await.expect("write after the restart"));
-        }
-        cluster_cli(&control, &["rebalance"]).await;
-        let status = control.status().await;
-        assert!(status.migrations.is_empty());
-        let on_target = keys_owned_by(&status.map, keys.iter().skip(BULKY_KEYS / 2), target.node_id());
-        // Exactly the live keys of the slots each node owns: no copy left behind.
-        assert_eq!(keys_held(&target).await, on_target);
-        assert_eq!(keys_held(&source).await, (BULKY_KEYS / 2) as u64 - on_target);
-        for (index, key) in keys.iter().enumerate() {
-            let stored = client.bytes(key.clone()).get().await.expect("read");
-            assert_eq!(stored.is_some(), index >= BULKY_KEYS / 2, "{key}");
-        }
-    });
 }

@@ -450,7 +450,3 @@ impl Batches {
         self.done
     }
 }
-
-#[cfg(test)]
-#[path = "migration_tests.rs"]
-mod tests;

@@ -1053,6 +1053,4 @@ fn is_recorded_answer(response: &Response) -> bool {
 }
 
 #[cfg(test)]
-mod coordination_tests;
-#[cfg(test)]
 mod tests;

@@ -5,17 +5,14 @@
 use std::time::Duration;
 
 use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, WAIT_MS_MAX};
-use engram_proto::{Command, ErrorCode, MapEntry, QueueEnd, Response};
+use engram_proto::{MapEntry, QueueEnd};
 
-use crate::fake_server::{error, FakeServer, Seen};
-use crate::{BarrierPassage, Client, Error, LockHolder};
+use super::fake_server::{error, FakeServer, Seen};
+use super::front_client;
+use crate::{BarrierPassage, Client, Command, Error, ErrorCode, LockHolder, Response};
 
 const LEASE: Duration = Duration::from_secs(10);
 const WAIT: Duration = Duration::from_millis(250);
-
-async fn front_client(fake: &FakeServer) -> Client {
-    Client::builder(&fake.address).direct(false).connect().await.unwrap()
-}
 
 fn answer(fake: &FakeServer, key: &str, response: Response) {
     fake.lock().answers.insert(key.as_bytes().to_vec(), response);

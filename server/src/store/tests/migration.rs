@@ -5,13 +5,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use engram_proto::{encode_batch, Command, ErrorCode, QueueEnd, Request, Response, SetCondition, SlotBatch};
+use engram_proto::{encode_batch, QueueEnd, SlotBatch, SlotHasher};
 use proptest::prelude::*;
 
-use super::super::*;
 use super::*;
 
-const UNLIMITED: u64 = u64::MAX / 2;
 const NAMESPACE: &[u8] = b"ns";
 const SEMAPHORE_CAPACITY: u32 = 3;
 
@@ -25,21 +23,6 @@ fn stored(client_key: &str) -> Vec<u8> {
 
 fn slot(client_key: &str) -> u32 {
     SlotHasher::new(NAMESPACE).slot(client_key.as_bytes())
-}
-
-fn request(op_id: u64, command: Command) -> Request {
-    Request {
-        op_id,
-        completed_below_op_id: 0,
-        command,
-    }
-}
-
-fn code(response: &Response) -> Option<ErrorCode> {
-    match response {
-        Response::Error(reply) => ErrorCode::from_u16(reply.code),
-        _ => None,
-    }
 }
 
 fn ready(outcome: Outcome) -> Response {

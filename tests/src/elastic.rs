@@ -1,0 +1,79 @@
+//! Helpers of the elastic-cluster tests (`tests/tests/cluster.rs`, `rebalance.rs`,
+//! `control_plane_restart.rs`): clients whose call timeout outlasts a frozen slot, the
+//! wait for the membership, and bulky keys whose slots move in a rebalance's first step.
+
+use std::time::Duration;
+
+use engram_client::Client;
+use engram_proto::limits::SLOT_COUNT;
+
+use crate::cluster::{self, MEMBERSHIP_LIMIT};
+use crate::control::ControlPlane;
+use crate::{total_keys, EngramServer};
+
+/// Long enough that no call gives up while a slot is frozen or a map is catching up:
+/// every operation must succeed for the exact count to be checkable.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn connect(node: &EngramServer) -> Client {
+    node.client_with_timeout(CALL_TIMEOUT).await
+}
+
+pub async fn wait_for_members(control: &ControlPlane, alive: usize) {
+    cluster::wait_for_members(control, alive, MEMBERSHIP_LIMIT).await
+}
+
+/// Waits until `node` holds at least one key (a migration's first batch has landed).
+pub async fn wait_for_first_batch(node: &EngramServer) {
+    let mut polls = 0;
+    while keys_held(node).await == 0 {
+        polls += 1;
+        assert!(polls < 20_000, "the target never received a batch");
+    }
+}
+
+/// How many of `keys` the map gives to `node_id`.
+pub fn keys_owned_by<'k>(map: &engram_proto::SlotMap, keys: impl Iterator<Item = &'k String>, node_id: u64) -> u64 {
+    let hasher = engram_proto::SlotHasher::new(b"default");
+    let owners = map.owner_table();
+    keys.filter(|key| map.shards[owners[hasher.slot(key.as_bytes()) as usize] as usize].node_id == node_id)
+        .count() as u64
+}
+
+/// Keys whose slots are the first step of a rebalance from one node onto a second:
+/// the planner keeps each giver's lowest slots and hands out the rest in slot order, in
+/// steps of `MIGRATION_SLOTS_PER_STEP`.
+pub fn keys_in_first_step(count: usize) -> Vec<String> {
+    let first_step = SLOT_COUNT / 2..SLOT_COUNT / 2 + engram_control::service::MIGRATION_SLOTS_PER_STEP as u32;
+    let hasher = engram_proto::SlotHasher::new(b"default");
+    (0..)
+        .map(|n| format!("bulky-{n}"))
+        .filter(|key| first_step.contains(&hasher.slot(key.as_bytes())))
+        .take(count)
+        .collect()
+}
+
+/// Writes `BULKY_KEYS` bulky values whose slots move in a rebalance's first step, so
+/// that step takes long enough to be interrupted; returns their keys.
+pub async fn seed_first_step(client: &Client) -> Vec<String> {
+    let keys = keys_in_first_step(BULKY_KEYS);
+    for key in &keys {
+        client.bytes(key.clone()).set(bulky_value(key)).await.expect("seed");
+    }
+    keys
+}
+
+pub fn bulky_value(key: &str) -> Vec<u8> {
+    let mut value = key.as_bytes().repeat(BULKY_VALUE_BYTES / key.len() + 1);
+    value.truncate(BULKY_VALUE_BYTES);
+    value
+}
+
+/// Large enough that the first migration step takes many batches, so the target can be
+/// stopped in the middle of it.
+pub const BULKY_VALUE_BYTES: usize = 256 * 1024;
+pub const BULKY_KEYS: usize = 160;
+
+pub async fn keys_held(node: &EngramServer) -> u64 {
+    total_keys(&node.front_only_client(Duration::from_secs(10)).await).await
+}

@@ -1,0 +1,160 @@
+//! Slot moves against real processes that go wrong or start on their own: a migration
+//! whose target dies midway is aborted and loses nothing, and a shard far fuller than the
+//! rest gives slots away without an operator.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use engram_proto::limits::SLOT_COUNT;
+use engram_tests::cluster::{cluster_cli, node_slot_count, start_node};
+use engram_tests::control::ControlPlane;
+use engram_tests::elastic::{
+    bulky_value, connect, keys_held, keys_owned_by, seed_first_step, wait_for_first_batch, wait_for_members, BULKY_KEYS,
+};
+use engram_tests::processes::Scratch;
+use engram_tests::run_async;
+use engram_tests::server::next_loopback;
+
+#[test]
+fn a_migration_whose_target_dies_midway_is_aborted_and_loses_nothing() {
+    let scratch = Scratch::new("cluster-target-dies");
+    let control = ControlPlane::start(next_loopback(), scratch.path().join("control"));
+    let source = start_node(&control);
+    run_async(Duration::from_secs(150), async {
+        wait_for_members(&control, 1).await;
+        let client = connect(&source).await;
+        let keys = seed_first_step(&client).await;
+        let mut counters = BTreeMap::new();
+        for index in 0..300 {
+            let key = format!("kept-{index}");
+            client.counter(key.clone()).add(index).await.expect("seed counter");
+            counters.insert(key, index);
+        }
+        let mut target = start_node(&control);
+        wait_for_members(&control, 2).await;
+        let epoch_before = control.status().await.map.epoch;
+
+        let rebalance = tokio::spawn(control.cli(&["rebalance"]));
+        // Stop the target once it holds part of the first step: a stopped process still
+        // completes TCP handshakes (the kernel does) but answers nothing, so the source
+        // waits for its next batch to be accepted, gives up, and the step is aborted.
+        wait_for_first_batch(&target).await;
+        engram_tests::server::stop_process(target.pid());
+        let output = rebalance.await.expect("cli task");
+        assert!(
+            !output.status.success(),
+            "a rebalance onto a dead node reported success"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("aborted"), "{stderr}");
+        let _ = target.kill_now();
+
+        let status = control.status().await;
+        assert!(status.migrations.is_empty());
+        assert_eq!(
+            status.map.epoch, epoch_before,
+            "the step was committed, so the stop came too late: {status:?}"
+        );
+        let owner = status
+            .nodes
+            .iter()
+            .find(|node| node.node_id == source.node_id())
+            .unwrap();
+        assert_eq!(owner.shards.iter().map(|shard| shard.slots).sum::<u32>(), SLOT_COUNT);
+        for key in &keys {
+            let stored = client.bytes(key.clone()).get().await.expect("read").expect("present");
+            assert!(stored.value == bulky_value(key), "{key} changed");
+        }
+        for (key, value) in &counters {
+            assert_eq!(client.counter(key.clone()).get().await.expect("read"), *value, "{key}");
+        }
+        // The frozen slots serve writes again, and a later move onto a live node carries
+        // exactly what is there now, deletions included.
+        for key in keys.iter().take(BULKY_KEYS / 2) {
+            assert!(client.bytes(key.clone()).del().await.expect("delete"));
+        }
+        let replacement = start_node(&control);
+        wait_for_members(&control, 2).await;
+        cluster_cli(&control, &["rebalance"]).await;
+        for (index, key) in keys.iter().enumerate() {
+            let stored = client.bytes(key.clone()).get().await.expect("read");
+            if index < BULKY_KEYS / 2 {
+                assert!(stored.is_none(), "deleted {key} came back");
+            } else {
+                assert!(
+                    stored.is_some_and(|stored| stored.value == bulky_value(key)),
+                    "{key} changed"
+                );
+            }
+        }
+        for (key, value) in &counters {
+            assert_eq!(
+                client.counter(key.clone()).add(1).await.expect("write"),
+                value + 1,
+                "{key}"
+            );
+        }
+        // Each node holds exactly the keys of the slots it owns: the source dropped what
+        // it gave away, and nothing is left over anywhere.
+        let map = control.status().await.map;
+        let live_keys = keys.iter().skip(BULKY_KEYS / 2).chain(counters.keys());
+        let on_replacement = keys_owned_by(&map, live_keys, replacement.node_id());
+        assert!(on_replacement > 0, "the rebalance moved none of the test's keys");
+        assert_eq!(keys_held(&replacement).await, on_replacement);
+        assert_eq!(
+            keys_held(&source).await,
+            (BULKY_KEYS / 2 + counters.len()) as u64 - on_replacement
+        );
+    });
+}
+
+#[test]
+fn a_shard_far_fuller_than_the_rest_gives_slots_away_by_itself() {
+    let scratch = Scratch::new("cluster-load");
+    let control = ControlPlane::start_with(
+        next_loopback(),
+        scratch.path().join("control"),
+        &["--load-check-interval-ms", "500"],
+    );
+    let nodes = [start_node(&control), start_node(&control)];
+    run_async(Duration::from_secs(120), async {
+        wait_for_members(&control, 2).await;
+        cluster_cli(&control, &["rebalance"]).await;
+        let map = control.status().await.map;
+        let heavy = nodes[0].node_id();
+        let heavy_shard = map.shards.iter().position(|shard| shard.node_id == heavy).unwrap();
+        let client = connect(&nodes[0]).await;
+        // Past engram-control's memory threshold, all of it on one node.
+        let value_bytes = 256 * 1024;
+        let count = (engram_control::service::LOAD_REBALANCE_MEMORY_BYTES_MIN as usize / value_bytes) * 5 / 4;
+        let keys: Vec<String> = (0..count)
+            .map(|index| engram_tests::routing::key_on_shard(&map, b"default", heavy_shard, &format!("heavy-{index}")))
+            .collect();
+        for key in &keys {
+            client
+                .bytes(key.clone())
+                .set(vec![b'h'; value_bytes])
+                .await
+                .expect("seed");
+        }
+        let mut shed = false;
+        for _ in 0..300 {
+            let status = control.status().await;
+            if node_slot_count(&status, heavy) < SLOT_COUNT / 2 && status.migrations.is_empty() {
+                shed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            shed,
+            "the full node kept all its slots: {:?}",
+            control.status().await.nodes
+        );
+        for key in &keys {
+            let stored = client.bytes(key.clone()).get().await.expect("read").expect("present");
+            assert_eq!(stored.value.len(), value_bytes, "{key}");
+        }
+    });
+    drop(nodes);
+}
