@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`config`]: flags and `ENGRAM_*` environment variables.
+//! - [`error`]: why a node could not start or keep running.
 //! - [`node`]: start-up checks, port binding, one pinned executor per shard, signals, ready line.
 //! - [`shard`]: a shard's runtime: store, accept loops, peer mesh, maintenance (expiry, figures).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
@@ -15,6 +16,7 @@
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod error;
 pub mod metrics;
 pub mod migration;
 pub mod node;

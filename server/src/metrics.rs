@@ -18,7 +18,7 @@ use engram_control::metrics_http;
 use engram_proto::{Command, ErrorCode, Response};
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::node::ServerError;
+use crate::error::ServerError;
 use crate::stats::NodeStats;
 use crate::store::WaiterId;
 

@@ -16,6 +16,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::cluster::{BlockingLink, NodeMap};
 use crate::config::Config;
+use crate::error::ServerError;
 use crate::metrics::NodeMetrics;
 use crate::shard::{self, ShardLaunch, FORWARD_QUEUE_DEPTH};
 use crate::stats::{NodeStats, ShardStats};
@@ -28,34 +29,6 @@ pub const SHARD_IO_MEMORY_BYTES: usize = 512 * 1024;
 pub const SHARDS_MAX: usize = 1024;
 /// Connections the kernel queues per listener before the shards accept them.
 pub const LISTEN_BACKLOG: i32 = 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("io_uring is unavailable ({source}): {hint}")]
-    IoUringUnavailable { source: std::io::Error, hint: String },
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("--cores {0} is out of range (1..={SHARDS_MAX})")]
-    Cores(usize),
-    #[error("ports {first}..={last} do not fit below 65536; choose a lower --port")]
-    Ports { first: u32, last: u32 },
-    #[error(
-        "shard {shard} could not start: {reason}. io_uring needs locked memory: raise the memlock limit \
-         (ulimit -l; in Docker --ulimit memlock=8388608, or -1 where the daemon's own limit allows it)"
-    )]
-    ShardStart { shard: usize, reason: String },
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
-    #[error("cannot start a thread: {0}")]
-    Thread(std::io::Error),
-    #[error("--bind {0} is unspecified: a cluster node needs --advertise with the host others reach it at")]
-    AdvertiseRequired(std::net::IpAddr),
-    #[error("could not join the cluster at {control} within {JOIN_TIMEOUT_MS} ms (join_timeout_ms): {reason}")]
-    Join { control: String, reason: String },
-}
 
 /// How long a starting node keeps trying to reach the control plane.
 pub const JOIN_TIMEOUT_MS: u64 = 30_000;
@@ -136,7 +109,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let cpus = allowed_cpus();
     let shard_count = config.cores.unwrap_or(cpus.len());
     if shard_count == 0 || shard_count > SHARDS_MAX {
-        return Err(ServerError::Cores(shard_count));
+        return Err(ServerError::Cores {
+            cores: shard_count,
+            shards_max: SHARDS_MAX,
+        });
     }
     if shard_count > cpus.len() {
         tracing::warn!(
@@ -460,6 +436,7 @@ fn join_cluster(control: &str, credentials: &[u8], request: &JoinRequest) -> Res
             return Err(ServerError::Join {
                 control: control.to_string(),
                 reason,
+                join_timeout_ms: JOIN_TIMEOUT_MS,
             });
         }
         tracing::debug!(%control, %reason, "join attempt failed; retrying");

@@ -388,7 +388,7 @@ pub struct ShardLaunch {
 
 /// The shard's main future: serves until `shutdown` is set, then returns, which drops
 /// its listeners and connections.
-pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<usize, crate::node::ServerError>>) {
+pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<usize, crate::error::ServerError>>) {
     let (peers, receivers) = match launch.mesh.join().await {
         Ok(mesh) => mesh,
         Err(error) => {
