@@ -11,12 +11,9 @@
 //! bounded number of answers per connection. A frame that cannot be decoded gets a
 //! `Malformed` answer and the connection closes.
 
-use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use engram_proto::limits::{
@@ -24,8 +21,8 @@ use engram_proto::limits::{
     NAMESPACE_BYTES_MAX, PROTOCOL_VERSION,
 };
 use engram_proto::{
-    access_payload, decode_payload, deserialize_payload, encode_message, split_frame, ArchivedCommand, Command,
-    ErrorCode, FrameKind, Hello, HelloReply, ProtocolError, Request, Response, SlotHasher, Split, FRONT_SHARD_ID,
+    access_payload, decode_payload, deserialize_payload, split_frame, ArchivedCommand, Command, ErrorCode, FrameKind,
+    Hello, HelloReply, ProtocolError, Request, Response, SlotHasher, Split, FRONT_SHARD_ID,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -33,88 +30,9 @@ use glommio::net::TcpStream;
 use futures::channel::oneshot;
 use futures::future::Either;
 
+use crate::outbox::{Destination, Outbox};
 use crate::proxy::Proxies;
-use crate::shard::{Destination, Forwarded, Shard, Target};
-
-/// Answers waiting to be written to one connection.
-pub struct Outbox {
-    frames: RefCell<Vec<u8>>,
-    /// Requests of this connection that were submitted and not answered yet.
-    pending: Cell<usize>,
-    writer: RefCell<Option<Waker>>,
-    map_epoch: u64,
-    /// Closed (never acquired) when the connection ends, which wakes every task
-    /// awaiting a forwarded answer for it, so they let go and the owner shard takes
-    /// back what it would have handed to nobody.
-    closed: glommio::sync::Semaphore,
-}
-
-impl Default for Outbox {
-    fn default() -> Outbox {
-        Outbox {
-            frames: RefCell::default(),
-            pending: Cell::default(),
-            writer: RefCell::default(),
-            map_epoch: 0,
-            closed: glommio::sync::Semaphore::new(0),
-        }
-    }
-}
-
-impl Outbox {
-    /// Queues the answer of a submitted request; `wake` when the connection's task is
-    /// not the caller (an answer arriving while it waits on the socket).
-    pub fn deliver(&self, request_id: u64, response: &Response, wake: bool) {
-        self.pending.set(self.pending.get().saturating_sub(1));
-        self.push(FrameKind::Response, request_id, response);
-        if wake {
-            if let Some(waker) = self.writer.borrow_mut().take() {
-                waker.wake();
-            }
-        }
-    }
-
-    fn push<T>(&self, kind: FrameKind, request_id: u64, message: &T)
-    where
-        T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
-        >,
-    {
-        let mut frames = self.frames.borrow_mut();
-        if let Err(error) = encode_message(kind, request_id, self.map_epoch, message, &mut frames) {
-            // Only an answer larger than a frame can fail here (a value near the limit
-            // plus framing); tell the client instead of sending a broken frame.
-            let fallback = Response::Error(engram_proto::ErrorReply {
-                code: ErrorCode::Internal.as_u16(),
-                message: format!("answer could not be encoded: {error}"),
-                map_epoch: self.map_epoch,
-            });
-            let _ = encode_message(FrameKind::Response, request_id, self.map_epoch, &fallback, &mut frames);
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn queued_bytes(&self) -> usize {
-        self.frames.borrow().len()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn take_frames(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.frames.borrow_mut())
-    }
-
-    /// Completes when there is something to write.
-    async fn ready(&self) {
-        poll_fn(|context| {
-            if !self.frames.borrow().is_empty() {
-                return Poll::Ready(());
-            }
-            *self.writer.borrow_mut() = Some(context.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-}
+use crate::shard::{Forwarded, Shard, Target};
 
 /// Bytes asked of the socket per read. Reads never grow the buffer by more than this,
 /// so memory follows the bytes that actually arrived, not the length a header claims.
@@ -155,10 +73,7 @@ enum Close {
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
     let connections = &shard.node.shards[shard.shard_id].connections;
     connections.fetch_add(1, Relaxed);
-    let outbox = Rc::new(Outbox {
-        map_epoch: shard.map_epoch(),
-        ..Outbox::default()
-    });
+    let outbox = Rc::new(Outbox::new(shard.map_epoch()));
     let mut connection = Connection {
         shard: shard.clone(),
         stream,
@@ -174,7 +89,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
         let _ = connection.flush().await;
     }
     let _ = connection.stream.close().await;
-    connection.outbox.closed.close();
+    connection.outbox.close();
     // Closing the proxy links makes their owners withdraw what they parked for us.
     drop(connection.proxies.take());
     shard.forget_connection(&connection.outbox);
@@ -203,7 +118,7 @@ impl Connection {
         let mut input = vec![0u8; READ_CHUNK_BYTES];
         let mut filled = 0;
         loop {
-            let can_take_more = self.outbox.pending.get() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+            let can_take_more = self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
             // Frames left in the buffer when the pending bound stopped decoding come
             // first, before anything more is read.
             let mut made_progress = false;
@@ -280,7 +195,7 @@ impl Connection {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
                 _ => return Err(Close::Gone),
             }
-            if !self.outbox.frames.borrow().is_empty() || started.elapsed() >= spin {
+            if self.outbox.queued_bytes() > 0 || started.elapsed() >= spin {
                 return Ok(None);
             }
             futures_lite::future::yield_now().await;
@@ -302,7 +217,7 @@ impl Connection {
         let mut consumed = 0;
         let mut answered = 0;
         let mut timed = 0;
-        while self.outbox.pending.get() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
+        while self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
             match split_frame(&input[consumed..]) {
                 Ok(Split::Incomplete { .. }) => break,
                 Ok(Split::Frame { header, payload }) => {
@@ -315,7 +230,7 @@ impl Connection {
                     }
                     consumed += payload.end;
                     answered += 1;
-                    if self.outbox.frames.borrow().len() >= ANSWER_BATCH_BYTES_MAX {
+                    if self.outbox.queued_bytes() >= ANSWER_BATCH_BYTES_MAX {
                         self.flush().await?;
                     }
                 }
@@ -330,9 +245,8 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> Result<(), Close> {
-        while !self.outbox.frames.borrow().is_empty() {
-            // Swap buffers so answers arriving during the write queue up behind it.
-            std::mem::swap(&mut *self.outbox.frames.borrow_mut(), &mut self.spare);
+        while self.outbox.queued_bytes() > 0 {
+            self.outbox.swap_frames(&mut self.spare);
             let written = self.stream.write_all(&self.spare).await;
             self.spare.clear();
             written.map_err(|_| Close::Gone)?;
@@ -416,7 +330,7 @@ impl Connection {
             command => match self.place(session, command) {
                 Err(refusal) => refusal,
                 Ok((slot, target)) => {
-                    self.outbox.pending.set(self.outbox.pending.get() + 1);
+                    self.outbox.expect_answer();
                     return Ok(self
                         .dispatch(slot, target, client_id, request_id, request, received)
                         .await);
@@ -534,7 +448,7 @@ impl Connection {
         let outbox = self.outbox.clone();
         let shard = self.shard.clone();
         glommio::spawn_local(async move {
-            let closed = std::pin::pin!(outbox.closed.acquire(1));
+            let closed = std::pin::pin!(outbox.closed());
             let response = match futures::future::select(answer, closed).await {
                 Either::Left((Ok(response), _)) if sent => response,
                 Either::Left(_) => shard.error(ErrorCode::ShuttingDown, format!("shard {owner} is not answering")),
@@ -641,7 +555,7 @@ fn constant_time_equal(expected: &[u8], offered: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use engram_proto::{FrameKind, SetCondition, FRAME_HEADER_BYTES};
+    use engram_proto::{encode_message, FrameKind, SetCondition, FRAME_HEADER_BYTES};
 
     use super::*;
 

@@ -7,6 +7,7 @@
 //! - [`node`]: start-up checks, port binding, one pinned executor per shard, signals, ready line.
 //! - [`shard`]: a shard's runtime: store, accept loops, peer mesh, maintenance (expiry, figures).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
+//! - [`outbox`]: where answers go: a connection's queue of answers, or a forwarding shard.
 //! - [`store`]: the sans-I/O keyspace state machine (bytes, counters, TTL, memory, exactly-once records).
 //! - [`cluster`]: the node's slot map and routing, the control-plane and peer links.
 //! - [`migration`]: the shard's side of live slot migration (freeze, copy, commit or abort).
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod migration;
 pub mod node;
 pub mod notify;
+pub mod outbox;
 pub mod proxy;
 pub mod shard;
 pub mod stats;

@@ -42,8 +42,8 @@ use futures_lite::FutureExt;
 use glommio::net::TcpStream;
 
 use crate::cluster::{LinkError, PeerLink};
-use crate::connection::Outbox;
 use crate::notify::LocalNotify;
+use crate::outbox::Outbox;
 
 /// Longest a link may take to connect, and then to shake hands. A node that is down
 /// refuses at once; this bounds the case where nothing answers at all (a stopped

@@ -12,18 +12,17 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::rc::Weak;
-
 use engram_proto::{ErrorCode, ErrorReply, Request, Response};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::net::TcpListener;
 
 use crate::cluster::{NodeMap, Owner, Routing};
-use crate::connection::{self, Outbox};
+use crate::connection;
 use crate::metrics::ShardMetrics;
 use crate::migration::{Incoming, Outgoing};
 use crate::notify::LocalNotify;
+use crate::outbox::{Destination, Outbox};
 use crate::stats::NodeStats;
 use crate::store::{Outcome, Store, WaiterId};
 
@@ -43,45 +42,6 @@ pub struct Forwarded {
     pub slot: u32,
     pub request: Request,
     pub reply: oneshot::Sender<Response>,
-}
-
-/// Where the answer of a request goes once the store has it.
-pub enum Destination {
-    /// A connection of this shard; gone connections simply drop the answer.
-    Connection { outbox: Weak<Outbox>, request_id: u64 },
-    /// A request another shard forwarded; the answer goes back over its oneshot.
-    Forwarded(oneshot::Sender<Response>),
-}
-
-impl Destination {
-    /// Hands the answer over; gives it back when the asker is gone.
-    fn deliver(self, response: Response, wake: bool) -> Result<(), Response> {
-        match self {
-            Destination::Connection { outbox, request_id } => match outbox.upgrade() {
-                Some(outbox) => {
-                    outbox.deliver(request_id, &response, wake);
-                    Ok(())
-                }
-                None => Err(response),
-            },
-            Destination::Forwarded(reply) => reply.send(response),
-        }
-    }
-
-    /// Hands over an answer given at once. Gives it back when it was only copied (into
-    /// a connection's outbox) or its asker is gone, so its buffers can serve the next
-    /// read.
-    fn deliver_immediate(self, response: Response) -> Option<Response> {
-        match self {
-            Destination::Connection { outbox, request_id } => {
-                if let Some(outbox) = outbox.upgrade() {
-                    outbox.deliver(request_id, &response, false);
-                }
-                Some(response)
-            }
-            Destination::Forwarded(reply) => reply.send(response).err(),
-        }
-    }
 }
 
 /// The shard a front-port request goes to.
@@ -326,10 +286,7 @@ impl Shard {
             .destinations
             .borrow()
             .iter()
-            .filter(|(_, destination)| {
-                matches!(destination, Destination::Connection { outbox: parked, .. }
-                    if std::ptr::eq(parked.as_ptr(), Rc::as_ptr(outbox)))
-            })
+            .filter(|(_, destination)| destination.is_for(outbox))
             .map(|(waiter, _)| *waiter)
             .collect();
         if waiters.is_empty() {
@@ -521,39 +478,6 @@ async fn keep_time(shard: &Rc<Shard>, shutdown: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn value() -> Response {
-        Response::Value {
-            value: b"v".to_vec(),
-            version: 1,
-        }
-    }
-
-    #[test]
-    fn an_immediate_answer_comes_back_unless_it_was_handed_over() {
-        // Copied into a live connection's outbox: queued there, and given back.
-        let outbox = Rc::new(Outbox::default());
-        let live = Destination::Connection {
-            outbox: Rc::downgrade(&outbox),
-            request_id: 1,
-        };
-        assert_eq!(live.deliver_immediate(value()), Some(value()));
-        assert!(outbox.queued_bytes() > 0, "the answer is queued for the connection");
-        // The connection is gone: given back.
-        let gone = Destination::Connection {
-            outbox: Rc::downgrade(&Rc::new(Outbox::default())),
-            request_id: 2,
-        };
-        assert_eq!(gone.deliver_immediate(value()), Some(value()));
-        // Moved to the forwarding shard: not given back, and received there.
-        let (reply, mut answer) = oneshot::channel();
-        assert_eq!(Destination::Forwarded(reply).deliver_immediate(value()), None);
-        assert_eq!(answer.try_recv().unwrap(), Some(value()));
-        // Its forwarding shard stopped waiting: given back.
-        let (reply, answer) = oneshot::channel();
-        drop(answer);
-        assert_eq!(Destination::Forwarded(reply).deliver_immediate(value()), Some(value()));
-    }
 
     #[test]
     fn the_store_clock_never_goes_back() {
