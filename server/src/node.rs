@@ -172,7 +172,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         shard_addresses: shard_addresses.clone(),
         metrics: NodeMetrics::new(),
     });
-    let metrics_address = crate::metrics::start_http(config.bind, config.metrics_port, node.clone())?;
+    let metrics_node = node.clone();
+    let metrics_address =
+        crate::metrics::start_http(config.bind, config.metrics_port, move || metrics_node.render_metrics())?;
     let memory_limit_bytes = config.memory_limit.map_or(u64::MAX, |limit| limit / shard_count as u64);
     let shutdown = Arc::new(AtomicBool::new(false));
     watch_signals(shutdown.clone())?;
