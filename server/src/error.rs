@@ -33,4 +33,8 @@ pub enum ServerError {
         reason: String,
         join_timeout_ms: u64,
     },
+    /// A second SIGINT or SIGTERM arrived while the shards were stopping: the process
+    /// exits at once, with the shell's code for an interrupt.
+    #[error("interrupted twice: exiting without waiting for the shards")]
+    Interrupted,
 }

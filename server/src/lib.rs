@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`]: flags and `ENGRAM_*` environment variables.
 //! - [`error`]: why a node could not start or keep running.
+//! - [`events`]: what the node's main thread hears: shards starting, stopping, failing.
 //! - [`node`]: start-up checks, port binding, one pinned executor per shard, signals, ready line.
 //! - [`shard`]: a shard's runtime: store, accept loops, peer mesh, maintenance (expiry, figures).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod migration;
 pub mod node;

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engram_control::embedded_map;
@@ -17,6 +17,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::cluster::{BlockingLink, NodeMap};
 use crate::config::Config;
 use crate::error::ServerError;
+use crate::events::{await_start, await_stop, NodeEvent, NodeEvents};
 use crate::metrics::NodeMetrics;
 use crate::shard::{self, ShardLaunch, FORWARD_QUEUE_DEPTH};
 use crate::stats::{NodeStats, ShardStats};
@@ -177,11 +178,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         crate::metrics::start_http(config.bind, config.metrics_port, move || metrics_node.render_metrics())?;
     let memory_limit_bytes = config.memory_limit.map_or(u64::MAX, |limit| limit / shard_count as u64);
     let shutdown = Arc::new(AtomicBool::new(false));
-    watch_signals(shutdown.clone())?;
+    let (events, event_receiver) = NodeEvents::channel(shard_count);
+    watch_signals(shutdown.clone(), events.clone())?;
 
     let mesh = MeshBuilder::full(shard_count, FORWARD_QUEUE_DEPTH);
     let hash_seed = random_u64();
-    let (events, event_receiver) = mpsc::sync_channel::<Result<usize, ServerError>>(shard_count * 2);
     for (shard_id, shard_listener) in shard_listeners.into_iter().enumerate() {
         let front_listener = front.try_clone().map_err(|source| ServerError::Bind {
             address: front_address,
@@ -201,46 +202,31 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             mesh: mesh.clone(),
             shutdown: shutdown.clone(),
         };
-        let ready = events.clone();
+        let shard_events = events.clone();
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
             .name(&format!("shard-{shard_id}"))
             .io_memory(SHARD_IO_MEMORY_BYTES)
             .spin_before_park(Duration::from_micros(config.spin_us));
         let handle = builder
-            .spawn(move || shard::run(launch, ready))
+            .spawn(move || shard::run(launch, shard_events))
             .map_err(|error| ServerError::ShardStart {
                 shard: shard_id,
                 reason: error.to_string(),
             })?;
         let finished = events.clone();
         std::thread::spawn(move || {
-            let outcome = match handle.join() {
-                Ok(()) => Ok(usize::MAX),
-                Err(error) => Err(ServerError::ShardStart {
+            finished.send(match handle.join() {
+                Ok(()) => NodeEvent::ShardStopped { shard: shard_id },
+                Err(error) => NodeEvent::ShardFailed(ServerError::ShardStart {
                     shard: shard_id,
                     reason: error.to_string(),
                 }),
-            };
-            let _ = finished.send(outcome);
+            });
         });
     }
     drop(front);
     drop(events);
-
-    let mut started = 0;
-    while started < shard_count {
-        match event_receiver.recv() {
-            Ok(Ok(usize::MAX)) => {}
-            Ok(Ok(_)) => started += 1,
-            Ok(Err(error)) => return Err(error),
-            Err(_) => {
-                return Err(ServerError::ShardStart {
-                    shard: 0,
-                    reason: "shards exited during start".into(),
-                })
-            }
-        }
-    }
+    await_start(&event_receiver, shard_count)?;
     if let Some(session) = session {
         let heartbeat = Heartbeater {
             control: session.control,
@@ -268,14 +254,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let _ = stdout.flush();
     drop(stdout);
 
-    let mut stopped = 0;
-    while stopped < shard_count {
-        match event_receiver.recv() {
-            Ok(Err(error)) => return Err(error),
-            Ok(Ok(_)) => stopped += 1,
-            Err(_) => break,
-        }
-    }
+    await_stop(&event_receiver, shard_count)?;
     tracing::info!("engramd stopped");
     Ok(())
 }
@@ -355,7 +334,9 @@ fn place_node(
     })
 }
 
-fn watch_signals(shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
+/// The first SIGINT or SIGTERM asks the shards to stop; a second one tells the main
+/// thread to stop without them.
+fn watch_signals(shutdown: Arc<AtomicBool>, events: NodeEvents) -> Result<(), ServerError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Signals)?;
     std::thread::Builder::new()
@@ -364,7 +345,8 @@ fn watch_signals(shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
             for signal in signals.forever() {
                 if shutdown.swap(true, Relaxed) {
                     tracing::warn!(signal, "second signal: exiting at once");
-                    std::process::exit(130);
+                    events.interrupt();
+                    continue;
                 }
                 tracing::info!(signal, "shutting down");
             }

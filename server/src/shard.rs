@@ -19,6 +19,7 @@ use glommio::net::TcpListener;
 
 use crate::cluster::{NodeMap, Owner, Routing};
 use crate::connection;
+use crate::events::{NodeEvent, NodeEvents};
 use crate::metrics::ShardMetrics;
 use crate::migration::{Incoming, Outgoing};
 use crate::notify::LocalNotify;
@@ -345,7 +346,7 @@ pub struct ShardLaunch {
 
 /// The shard's main future: serves until `shutdown` is set, then returns, which drops
 /// its listeners and connections.
-pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<usize, crate::error::ServerError>>) {
+pub async fn run(launch: ShardLaunch, events: NodeEvents) {
     let (peers, receivers) = match launch.mesh.join().await {
         Ok(mesh) => mesh,
         Err(error) => {
@@ -389,7 +390,7 @@ pub async fn run(launch: ShardLaunch, ready: std::sync::mpsc::SyncSender<Result<
     let front_listener = unsafe { TcpListener::from_raw_fd(launch.front_listener.into_raw_fd()) };
     glommio::spawn_local(accept_loop(shard.clone(), shard_listener, false)).detach();
     glommio::spawn_local(accept_loop(shard.clone(), front_listener, true)).detach();
-    let _ = ready.send(Ok(shard.shard_id));
+    events.send(NodeEvent::ShardStarted { shard: shard.shard_id });
     keep_time(&shard, &launch.shutdown).await;
     tracing::debug!(shard = shard.shard_id, "shard stopped");
 }
