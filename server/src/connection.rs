@@ -25,13 +25,13 @@ use engram_proto::{
     Hello, HelloReply, ProtocolError, Request, Response, SlotHasher, Split, FRONT_SHARD_ID,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use futures::channel::oneshot;
 use futures::future::Either;
 
 use crate::outbox::{Destination, Outbox};
 use crate::proxy::Proxies;
+use crate::runtime::{self, TcpStream};
 use crate::shard::{Forwarded, Shard, Target};
 
 /// Bytes asked of the socket per read. Reads never grow the buffer by more than this,
@@ -145,8 +145,8 @@ impl Connection {
                 } else {
                     let outbox = self.outbox.clone();
                     let answers = std::pin::pin!(outbox.ready());
-                    // Glommio reads are readiness-based, so dropping the losing read
-                    // future loses no bytes.
+                    // Reads are readiness-based (see `TcpStream`), so dropping the
+                    // losing read loses no bytes.
                     let receive = std::pin::pin!(self.stream.read(&mut input[filled..]));
                     let event = match futures::future::select(receive, answers).await {
                         Either::Left((received, _)) => Some(received.map_err(|_| Close::Gone)?),
@@ -438,16 +438,10 @@ impl Connection {
             request,
             reply,
         };
-        let sent = match self.shard.peers.try_send_to(owner, forwarded) {
-            Ok(()) => true,
-            Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(forwarded))) => {
-                self.shard.peers.send_to(owner, forwarded).await.is_ok()
-            }
-            Err(_) => false,
-        };
+        let sent = runtime::send_to_peer(&self.shard.peers, owner, forwarded).await;
         let outbox = self.outbox.clone();
         let shard = self.shard.clone();
-        glommio::spawn_local(async move {
+        runtime::spawn_detached(async move {
             let closed = std::pin::pin!(outbox.closed());
             let response = match futures::future::select(answer, closed).await {
                 Either::Left((Ok(response), _)) if sent => response,
@@ -456,8 +450,7 @@ impl Connection {
                 Either::Right(_) => return,
             };
             outbox.deliver(request_id, &response, true);
-        })
-        .detach();
+        });
     }
 
     fn accept_hello(&self, hello: Hello) -> Result<Session, Close> {

@@ -1,4 +1,4 @@
-//! engramd: Engram's data node. One glommio executor per core, each a shard that owns
+//! engramd: Engram's data node. One executor per core, each a shard that owns
 //! its slots' objects outright, so every object is linearizable without locks.
 //!
 //! Layout:
@@ -6,6 +6,7 @@
 //! - [`error`]: why a node could not start or keep running.
 //! - [`events`]: what the node's main thread hears: shards starting, stopping, failing.
 //! - [`node`]: start-up checks, port binding, one pinned executor per shard, signals, ready line.
+//! - [`runtime`]: the seam to the async runtime: executors, the shard mesh, sockets, timers.
 //! - [`shard`]: a shard's runtime: store, accept loops, peer mesh, maintenance (expiry, figures).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
 //! - [`outbox`]: where answers go: a connection's queue of answers, or a forwarding shard.
@@ -26,6 +27,7 @@ pub mod node;
 pub mod notify;
 pub mod outbox;
 pub mod proxy;
+pub mod runtime;
 pub mod shard;
 pub mod stats;
 pub mod store;

@@ -1,5 +1,5 @@
 //! Starting and stopping a node: checks the kernel can run it, binds every port before
-//! any shard starts (so a taken port fails fast and clearly), starts one pinned glommio
+//! any shard starts (so a taken port fails fast and clearly), starts one pinned
 //! executor per shard, announces readiness, and stops all shards on SIGINT/SIGTERM.
 
 use std::io::Write;
@@ -11,21 +11,16 @@ use std::time::{Duration, Instant};
 use engram_control::embedded_map;
 use engram_proto::limits::incarnation_version_floor;
 use engram_proto::{Command, Heartbeat, JoinRequest, Response, ShardAddress, ShardLoad, SlotMap};
-use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::cluster::{BlockingLink, NodeMap};
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::events::{await_start, await_stop, NodeEvent, NodeEvents};
 use crate::metrics::NodeMetrics;
+use crate::runtime::{self, Executor};
 use crate::shard::{self, ShardLaunch, FORWARD_QUEUE_DEPTH};
 use crate::stats::{NodeStats, ShardStats};
 
-/// Memory glommio registers with io_uring per shard for its DMA buffers. Engram does
-/// no file I/O, so this stays small, which keeps the locked-memory need within the
-/// common 8 MiB default even for several shards.
-pub const SHARD_IO_MEMORY_BYTES: usize = 512 * 1024;
 /// Most shards one node runs (ports and shard ids are 16-bit).
 pub const SHARDS_MAX: usize = 1024;
 /// Connections the kernel queues per listener before the shards accept them.
@@ -84,9 +79,8 @@ fn listen(address: SocketAddr) -> Result<StdListener, ServerError> {
     socket.set_reuse_address(true).map_err(bind_error)?;
     socket.bind(&address.into()).map_err(bind_error)?;
     socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
-    // Every shard accepts on a dup of the front listener (one open file description);
-    // glommio's accept sets O_NONBLOCK around a direct accept(2) and restores the old
-    // flags, so a blocking listener lets two shards race into a blocking accept(2).
+    // Every shard accepts on a dup of the front listener (one open file description),
+    // which must be non-blocking already (see `runtime::TcpListener`).
     socket.set_nonblocking(true).map_err(bind_error)?;
     Ok(socket.into())
 }
@@ -181,7 +175,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (events, event_receiver) = NodeEvents::channel(shard_count);
     watch_signals(shutdown.clone(), events.clone())?;
 
-    let mesh = MeshBuilder::full(shard_count, FORWARD_QUEUE_DEPTH);
+    let mesh = runtime::full_mesh(shard_count, FORWARD_QUEUE_DEPTH);
     let hash_seed = random_u64();
     for (shard_id, shard_listener) in shard_listeners.into_iter().enumerate() {
         let front_listener = front.try_clone().map_err(|source| ServerError::Bind {
@@ -203,16 +197,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             shutdown: shutdown.clone(),
         };
         let shard_events = events.clone();
-        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
-            .name(&format!("shard-{shard_id}"))
-            .io_memory(SHARD_IO_MEMORY_BYTES)
-            .spin_before_park(Duration::from_micros(config.spin_us));
-        let handle = builder
-            .spawn(move || shard::run(launch, shard_events))
-            .map_err(|error| ServerError::ShardStart {
+        let cpu = cpus[shard_id % cpus.len()];
+        let spin = Duration::from_micros(config.spin_us);
+        let name = format!("shard-{shard_id}");
+        let handle = Executor::spawn(&name, cpu, spin, move || shard::run(launch, shard_events)).map_err(|error| {
+            ServerError::ShardStart {
                 shard: shard_id,
                 reason: error.to_string(),
-            })?;
+            }
+        })?;
         let finished = events.clone();
         std::thread::spawn(move || {
             finished.send(match handle.join() {

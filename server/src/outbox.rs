@@ -10,6 +10,8 @@ use std::task::{Poll, Waker};
 use engram_proto::{encode_message, ErrorCode, FrameKind, Response};
 use futures::channel::oneshot;
 
+use crate::runtime::CloseSignal;
+
 /// Answers waiting to be written to one connection.
 pub struct Outbox {
     frames: RefCell<Vec<u8>>,
@@ -17,10 +19,10 @@ pub struct Outbox {
     pending: Cell<usize>,
     writer: RefCell<Option<Waker>>,
     map_epoch: u64,
-    /// Closed (never acquired) when the connection ends, which wakes every task
+    /// Closed when the connection ends, which wakes every task
     /// awaiting a forwarded answer for it, so they let go and the owner shard takes
     /// back what it would have handed to nobody.
-    closed: glommio::sync::Semaphore,
+    closed: CloseSignal,
 }
 
 impl Default for Outbox {
@@ -37,7 +39,7 @@ impl Outbox {
             pending: Cell::default(),
             writer: RefCell::default(),
             map_epoch,
-            closed: glommio::sync::Semaphore::new(0),
+            closed: CloseSignal::default(),
         }
     }
 
@@ -119,7 +121,7 @@ impl Outbox {
 
     /// Completes once the connection has ended.
     pub async fn closed(&self) {
-        let _ = self.closed.acquire(1).await;
+        self.closed.closed().await
     }
 }
 

@@ -1,4 +1,4 @@
-//! One shard: a glommio executor pinned to a core, owning a [`Store`] and serving its
+//! One shard: an executor pinned to a core, owning a [`Store`] and serving its
 //! own port, its share of front-port connections, and requests forwarded by peers.
 //!
 //! A shard's data is touched only by its own thread. Other shards reach it through the
@@ -6,7 +6,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::TcpListener as StdListener;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -14,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use engram_proto::{ErrorCode, ErrorReply, Request, Response};
 use futures::channel::oneshot;
-use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
-use glommio::net::TcpListener;
 
 use crate::cluster::{NodeMap, Owner, Routing};
 use crate::connection;
@@ -24,6 +21,7 @@ use crate::metrics::ShardMetrics;
 use crate::migration::{Incoming, Outgoing};
 use crate::notify::LocalNotify;
 use crate::outbox::{Destination, Outbox};
+use crate::runtime::{self, MeshBuilder, MeshReceivers, MeshSenders, TcpListener};
 use crate::stats::NodeStats;
 use crate::store::{Outcome, Store, WaiterId};
 
@@ -73,7 +71,7 @@ pub struct Shard {
     /// How long a connection polls its socket before waiting for readiness
     /// (`--spin-us`); zero: it waits at once.
     pub read_spin: Duration,
-    pub peers: Senders<Forwarded>,
+    pub peers: MeshSenders<Forwarded>,
     pub metrics: ShardMetrics,
     operations: Cell<u64>,
     /// Where each parked request's answer goes.
@@ -340,7 +338,7 @@ pub struct ShardLaunch {
     pub hash_seed: u64,
     /// Every version, fence and permit id this shard draws is above this.
     pub version_floor: u64,
-    pub mesh: MeshBuilder<Forwarded, glommio::channels::channel_mesh::Full>,
+    pub mesh: MeshBuilder<Forwarded>,
     pub shutdown: Arc<AtomicBool>,
 }
 
@@ -384,21 +382,19 @@ pub async fn run(launch: ShardLaunch, events: NodeEvents) {
     }
     shard.publish_stats();
     serve_peers(&shard, receivers);
-    // SAFETY: each fd comes from a listening socket this thread now owns alone
-    // (`into_raw_fd` gives up the std handle).
-    let shard_listener = unsafe { TcpListener::from_raw_fd(launch.shard_listener.into_raw_fd()) };
-    let front_listener = unsafe { TcpListener::from_raw_fd(launch.front_listener.into_raw_fd()) };
-    glommio::spawn_local(accept_loop(shard.clone(), shard_listener, false)).detach();
-    glommio::spawn_local(accept_loop(shard.clone(), front_listener, true)).detach();
+    let shard_listener = runtime::adopt_listener(launch.shard_listener);
+    let front_listener = runtime::adopt_listener(launch.front_listener);
+    runtime::spawn_detached(accept_loop(shard.clone(), shard_listener, false));
+    runtime::spawn_detached(accept_loop(shard.clone(), front_listener, true));
     events.send(NodeEvent::ShardStarted { shard: shard.shard_id });
     keep_time(&shard, &launch.shutdown).await;
     tracing::debug!(shard = shard.shard_id, "shard stopped");
 }
 
-fn serve_peers(shard: &Rc<Shard>, mut receivers: Receivers<Forwarded>) {
+fn serve_peers(shard: &Rc<Shard>, mut receivers: MeshReceivers<Forwarded>) {
     for (_, receiver) in receivers.streams() {
         let shard = shard.clone();
-        glommio::spawn_local(async move {
+        runtime::spawn_detached(async move {
             while let Some(forwarded) = receiver.recv().await {
                 // Advances the store's clock, which admit reads: this shard may have
                 // served no read of its own since a pause.
@@ -421,8 +417,7 @@ fn serve_peers(shard: &Rc<Shard>, mut receivers: Receivers<Forwarded>) {
                 }
                 shard.count_operations(1);
             }
-        })
-        .detach();
+        });
     }
 }
 
@@ -430,13 +425,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, front: bool) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(connection::serve(shard.clone(), stream, front)).detach();
+                runtime::spawn_detached(connection::serve(shard.clone(), stream, front));
             }
             Err(error) => {
                 // Out of file descriptors and the like: keep serving existing
                 // connections and try again shortly rather than spinning.
                 tracing::warn!(shard = shard.shard_id, %error, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                runtime::sleep(Duration::from_millis(10)).await;
             }
         }
     }
@@ -460,7 +455,7 @@ async fn keep_time(shard: &Rc<Shard>, shutdown: &AtomicBool) {
             .map_or(planned, |due| due.clamp(now_ms, planned));
         shard.timekeeper_deadline_ms.set(wake_ms);
         if wake_ms > now_ms {
-            let sleep = glommio::timer::sleep(Duration::from_millis(wake_ms - now_ms));
+            let sleep = runtime::sleep(Duration::from_millis(wake_ms - now_ms));
             futures::future::select(std::pin::pin!(sleep), std::pin::pin!(shard.timekeeper.notified())).await;
         }
         loop {
@@ -470,7 +465,7 @@ async fn keep_time(shard: &Rc<Shard>, shutdown: &AtomicBool) {
             if removed < EXPIRE_KEYS_PER_STEP_MAX {
                 break;
             }
-            glommio::yield_if_needed().await;
+            runtime::yield_if_needed().await;
         }
         shard.publish_stats();
     }
