@@ -7,12 +7,12 @@
 //! - [`events`]: what the node's main thread hears: shards starting, stopping, failing.
 //! - [`node`]: start-up checks, port binding, one pinned executor per shard, signals, ready line.
 //! - [`runtime`]: the seam to the async runtime: executors, the shard mesh, sockets, timers.
-//! - [`shard`]: a shard's runtime: store, accept loops, peer mesh, maintenance (expiry, figures).
+//! - [`shard`]: a shard's runtime: store, accept loops, peer mesh, maintenance (expiry, figures),
+//!   and its side of live slot migration (freeze, copy, commit or abort).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
 //! - [`outbox`]: where answers go: a connection's queue of answers, or a forwarding shard.
 //! - [`store`]: the sans-I/O keyspace state machine (bytes, counters, TTL, memory, exactly-once records).
 //! - [`cluster`]: the node's slot map and routing, the control-plane and peer links.
-//! - [`migration`]: the shard's side of live slot migration (freeze, copy, commit or abort).
 //! - [`proxy`]: front-port forwarding to other nodes' shards, over links that speak for the client.
 //! - [`stats`]: per-shard figures published for INFO and metrics.
 //! - [`metrics`]: Prometheus families, per-shard counting handles, the `/metrics` endpoint.
@@ -22,7 +22,6 @@ pub mod connection;
 pub mod error;
 pub mod events;
 pub mod metrics;
-pub mod migration;
 pub mod node;
 pub mod notify;
 pub mod outbox;

@@ -66,7 +66,7 @@ impl SemaphoreState {
     }
 
     /// The semaphore as it travels to another shard; waiters stay behind (answered
-    /// `Moved`). Permit ids need no counter of their own: they come from the shard's
+    /// `TryAgain`). Permit ids need no counter of their own: they come from the shard's
     /// version counter, which travels with the batch.
     pub fn export(&self, now_ms: u64) -> MigratedObject {
         MigratedObject::Semaphore {

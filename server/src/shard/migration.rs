@@ -2,8 +2,9 @@
 //!
 //! A migration is a two-phase hand-over with the control plane as coordinator:
 //! 1. `MigrateOut` to the source shard: it freezes the slots (requests for them get
-//!    `TryAgain`), redirects the requests parked on them (`Moved`, so clients re-send
-//!    them with the same operation id to the new owner), copies the slots' objects and
+//!    `TryAgain`), answers the requests parked on them `TryAgain` too (their clients
+//!    re-send them with the same operation id, and once the hand-over ends the map sends
+//!    them to the new owner), copies the slots' objects and
 //!    exactly-once records to the target with `MigrateIn`, and answers `MigrationPrepared`.
 //!    The target keeps what it received without serving it.
 //! 2. The control plane commits by persisting a map that gives the slots to the target
@@ -22,8 +23,8 @@ use engram_proto::limits::SLOT_COUNT;
 use engram_proto::migration::{decode_batch, encode_batch};
 use engram_proto::{Command, ErrorCode, MigrateIn, MigrateOut, Response, SlotMap};
 
+use super::Shard;
 use crate::cluster::{Owner, PeerLink, Routing};
-use crate::shard::Shard;
 use crate::store::slot_of_stored_key;
 
 /// Encoded size of one `MigrateIn` batch: well below the frame payload limit, and small
@@ -113,7 +114,7 @@ impl Shard {
                 .borrow_mut()
                 .remove_slots(|slot| frozen.get(slot as usize).copied().unwrap_or(false), now_ms);
             *self.outgoing.borrow_mut() = None;
-            // Anything still parked there was answered Moved by the removal.
+            // Anything still parked there was answered TryAgain by the removal.
             self.deliver_completions();
             crate::metrics::record_migration("out", "committed");
             tracing::info!(shard = self.shard_id, migration_id, "migration out committed");

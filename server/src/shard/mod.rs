@@ -18,12 +18,15 @@ use crate::cluster::{NodeMap, Owner, Routing};
 use crate::connection;
 use crate::events::{NodeEvent, NodeEvents};
 use crate::metrics::ShardMetrics;
-use crate::migration::{Incoming, Outgoing};
 use crate::notify::LocalNotify;
 use crate::outbox::{Destination, Outbox};
 use crate::runtime::{self, MeshBuilder, MeshReceivers, MeshSenders, TcpListener};
 use crate::stats::NodeStats;
 use crate::store::{Outcome, Store, WaiterId};
+
+mod migration;
+
+use migration::{Incoming, Outgoing};
 
 /// Depth of each shard-to-shard request queue.
 pub const FORWARD_QUEUE_DEPTH: usize = 1024;
