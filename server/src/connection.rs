@@ -13,7 +13,6 @@
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use engram_proto::limits::{
@@ -32,7 +31,7 @@ use futures::future::Either;
 use crate::outbox::{Destination, Outbox};
 use crate::proxy::Proxies;
 use crate::runtime::{self, TcpStream};
-use crate::shard::{Forwarded, Shard, Target};
+use crate::shard::{Forwarded, Shard, Submitted, Target};
 
 /// Bytes asked of the socket per read. Reads never grow the buffer by more than this,
 /// so memory follows the bytes that actually arrived, not the length a header claims.
@@ -62,6 +61,24 @@ impl Session {
     }
 }
 
+/// How a handled frame counts toward its read's duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    /// The store answered it at once: timed with the rest of the read.
+    AnsweredAtOnce,
+    /// Not timed: answered without the store (a handshake, a node command, a refusal),
+    /// or not yet (it waits at a shard, or went to another shard).
+    Untimed,
+}
+
+/// A keyed request's place: its slot, the shard that serves it, and whom it answers.
+struct Placed {
+    slot: u32,
+    target: Target,
+    client_id: u64,
+    request_id: u64,
+}
+
 /// Why a connection ends early.
 enum Close {
     /// The peer went away or the socket failed.
@@ -71,8 +88,7 @@ enum Close {
 }
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
-    let connections = &shard.node.shards[shard.shard_id].connections;
-    connections.fetch_add(1, Relaxed);
+    shard.connection_opened();
     let outbox = Rc::new(Outbox::new(shard.map_epoch()));
     let mut connection = Connection {
         shard: shard.clone(),
@@ -93,7 +109,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
     // Closing the proxy links makes their owners withdraw what they parked for us.
     drop(connection.proxies.take());
     shard.forget_connection(&connection.outbox);
-    connections.fetch_sub(1, Relaxed);
+    shard.connection_closed();
 }
 
 struct Connection {
@@ -178,7 +194,7 @@ impl Connection {
     /// ring's completion round trip. Stops early when answers are waiting to be written.
     /// `None`: nothing arrived (or no spin); the caller waits as usual.
     async fn spin_read(&mut self, buffer: &mut [u8]) -> Result<Option<usize>, Close> {
-        let spin = self.shard.read_spin;
+        let spin = self.shard.read_spin();
         if spin.is_zero() || buffer.is_empty() {
             return Ok(None);
         }
@@ -210,10 +226,7 @@ impl Connection {
         // One clock read for the whole read: the store's time for its requests, and
         // the start of their duration.
         let received = Instant::now();
-        // The shard's clock moves to this read before any of its requests is admitted,
-        // which checks the map is fresh at that time (a read after a pause must not be
-        // judged by the time of the last read before it).
-        self.shard.ms_at(received);
+        self.shard.advance_clock(received);
         let mut consumed = 0;
         let mut answered = 0;
         let mut timed = 0;
@@ -222,10 +235,10 @@ impl Connection {
                 Ok(Split::Incomplete { .. }) => break,
                 Ok(Split::Frame { header, payload }) => {
                     let payload_bytes = &input[consumed + payload.start..consumed + payload.end];
-                    if self
+                    let handled = self
                         .handle(header.kind, header.request_id, payload_bytes, received)
-                        .await?
-                    {
+                        .await?;
+                    if handled == Handled::AnsweredAtOnce {
                         timed += 1;
                     }
                     consumed += payload.end;
@@ -237,10 +250,7 @@ impl Connection {
                 Err(error) => return Err(refuse(&self.shard, error)),
             }
         }
-        if timed > 0 {
-            self.shard.metrics.answered_within(timed, received.elapsed());
-        }
-        self.shard.count_operations(answered as u64);
+        self.shard.read_handled(answered, timed, received);
         Ok(consumed)
     }
 
@@ -259,38 +269,17 @@ impl Connection {
         Ok(())
     }
 
-    /// Answers one frame, or submits it to its shard; `Ok(true)` when the shard
-    /// answered it at once (so the caller times it with the rest of the read).
+    /// Answers one frame, or submits it to its shard.
     async fn handle(
         &mut self,
         kind: FrameKind,
         request_id: u64,
         payload: &[u8],
         received: Instant,
-    ) -> Result<bool, Close> {
+    ) -> Result<Handled, Close> {
         let Some(session) = &self.session else {
-            if kind != FrameKind::Hello {
-                return Err(Close::Refused {
-                    answer: self
-                        .shard
-                        .error(ErrorCode::HandshakeRequired, "the first frame must be a Hello"),
-                });
-            }
-            let hello = decode_payload::<Hello>(payload).map_err(|error| refuse(&self.shard, error))?;
-            self.session = Some(self.accept_hello(hello)?);
-            let reply = HelloReply {
-                node_id: self.shard.node.node_id,
-                shard_id: if self.front {
-                    FRONT_SHARD_ID
-                } else {
-                    self.shard.shard_id as u16
-                },
-                shard_count: self.shard.node.shards.len() as u16,
-                map_epoch: self.shard.map_epoch(),
-                server_version: env!("CARGO_PKG_VERSION").to_string(),
-            };
-            self.outbox.push(FrameKind::HelloReply, request_id, &reply);
-            return Ok(false);
+            self.shake_hands(kind, request_id, payload)?;
+            return Ok(Handled::Untimed);
         };
         if kind != FrameKind::Request {
             let error = ProtocolError::UnexpectedKind {
@@ -299,12 +288,64 @@ impl Connection {
             };
             return Err(refuse(&self.shard, error));
         }
-        let request = decode_request(payload, &mut self.key_buffer).map_err(|error| refuse(&self.shard, error))?;
         let client_id = session.client_id;
-        let immediate = match &request.command {
+        let request = decode_request(payload, &mut self.key_buffer).map_err(|error| refuse(&self.shard, error))?;
+        let answer = match self.answer_here(&request.command).await {
+            Some(answer) => answer,
+            None => match self.place(session, &request.command) {
+                Err(refusal) => refusal,
+                Ok((slot, target)) => {
+                    self.outbox.expect_answer();
+                    let placed = Placed {
+                        slot,
+                        target,
+                        client_id,
+                        request_id,
+                    };
+                    return Ok(self.dispatch(placed, request, received).await);
+                }
+            },
+        };
+        self.shard.answered_here(&request.command, &answer);
+        self.outbox.push(FrameKind::Response, request_id, &answer);
+        self.recycle_key(request.command);
+        Ok(Handled::Untimed)
+    }
+
+    /// The first frame: a Hello, whose credentials and namespace establish the session.
+    fn shake_hands(&mut self, kind: FrameKind, request_id: u64, payload: &[u8]) -> Result<(), Close> {
+        if kind != FrameKind::Hello {
+            return Err(Close::Refused {
+                answer: self
+                    .shard
+                    .error(ErrorCode::HandshakeRequired, "the first frame must be a Hello"),
+            });
+        }
+        let hello = decode_payload::<Hello>(payload).map_err(|error| refuse(&self.shard, error))?;
+        self.session = Some(self.accept_hello(hello)?);
+        let reply = HelloReply {
+            node_id: self.shard.node_id(),
+            shard_id: if self.front {
+                FRONT_SHARD_ID
+            } else {
+                self.shard.id() as u16
+            },
+            shard_count: self.shard.shard_count() as u16,
+            map_epoch: self.shard.map_epoch(),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        self.outbox.push(FrameKind::HelloReply, request_id, &reply);
+        Ok(())
+    }
+
+    /// The answer to a command this connection's shard answers itself, whatever the
+    /// key (node, cluster and migration commands); `None` for a keyed command, which
+    /// goes to the shard that owns its key.
+    async fn answer_here(&self, command: &Command) -> Option<Response> {
+        Some(match command {
             Command::Ping => Response::Pong,
-            Command::Info => Response::Info(self.shard.node.info(self.shard.map_epoch())),
-            Command::GetSlotMap => Response::SlotMap((*self.shard.routing().map).clone()),
+            Command::Info => Response::Info(self.shard.node_info()),
+            Command::GetSlotMap => Response::SlotMap(self.shard.slot_map()),
             Command::InstallMap(map) => self.shard.install_map(map.clone()),
             Command::MigrateOut(_) | Command::MigrateIn(_) if self.front => self.shard.error(
                 ErrorCode::InvalidArgument,
@@ -324,23 +365,11 @@ impl Connection {
                 ErrorCode::InvalidArgument,
                 format!(
                     "{} is a control-plane command: send it to engram-control",
-                    request.command.name()
+                    command.name()
                 ),
             ),
-            command => match self.place(session, command) {
-                Err(refusal) => refusal,
-                Ok((slot, target)) => {
-                    self.outbox.expect_answer();
-                    return Ok(self
-                        .dispatch(slot, target, client_id, request_id, request, received)
-                        .await);
-                }
-            },
-        };
-        self.shard.metrics.answered(&request.command, &immediate);
-        self.outbox.push(FrameKind::Response, request_id, &immediate);
-        self.recycle_key(request.command);
-        Ok(false)
+            _ => return None,
+        })
     }
 
     /// Where a keyed command goes: its slot and the shard that serves it, or the answer
@@ -357,7 +386,7 @@ impl Connection {
             return self.shard.admit_front(slot).map(|target| (slot, target));
         }
         match self.shard.admit(slot)? {
-            owner if owner == self.shard.shard_id => Ok((slot, Target::Local(owner))),
+            owner if owner == self.shard.id() => Ok((slot, Target::Local(owner))),
             owner => {
                 let epoch = self.shard.map_epoch();
                 let message = format!("slot {slot} belongs to shard {owner} under map epoch {epoch}");
@@ -366,17 +395,14 @@ impl Connection {
         }
     }
 
-    /// Applies a placed request here, or hands it to its shard; `true` when it was
-    /// answered at once (so the caller times it with the rest of the read).
-    async fn dispatch(
-        &mut self,
-        slot: u32,
-        target: Target,
-        client_id: u64,
-        request_id: u64,
-        mut request: Request,
-        received: Instant,
-    ) -> bool {
+    /// Applies a placed request here, or hands it to its shard.
+    async fn dispatch(&mut self, placed: Placed, mut request: Request, received: Instant) -> Handled {
+        let Placed {
+            slot,
+            target,
+            client_id,
+            request_id,
+        } = placed;
         let owner = match target {
             Target::Local(owner) => owner,
             Target::Remote { routing, index } => {
@@ -387,21 +413,24 @@ impl Connection {
                     .forward(routing.address(index), request_id, epoch, &request)
                     .await;
                 self.recycle_key(request.command);
-                return false;
+                return Handled::Untimed;
             }
         };
         if let Some(session) = &self.session {
             prefix_key(&mut request.command, &session.key_prefix);
         }
-        if owner == self.shard.shard_id {
+        if owner == self.shard.id() {
             let outbox = Rc::downgrade(&self.outbox);
             let destination = Destination::Connection { outbox, request_id };
-            let answered = self.shard.submit(client_id, &request, destination, received);
+            let submitted = self.shard.submit(client_id, &request, destination, received);
             self.recycle_key(request.command);
-            return answered;
+            return match submitted {
+                Submitted::Answered => Handled::AnsweredAtOnce,
+                Submitted::Parked => Handled::Untimed,
+            };
         }
         self.forward(owner, slot, client_id, request_id, request).await;
-        false
+        Handled::Untimed
     }
 
     /// This connection's proxy links, speaking for its client: same client id and
@@ -412,7 +441,7 @@ impl Connection {
                 .session
                 .as_ref()
                 .map_or((0, &[][..]), |session| (session.client_id, session.namespace()));
-            let credentials = self.shard.auth_token.as_deref().unwrap_or_default();
+            let credentials = self.shard.auth_token().unwrap_or_default();
             Proxies::new(client_id, namespace, credentials, Rc::downgrade(&self.outbox))
         })
     }
@@ -438,7 +467,7 @@ impl Connection {
             request,
             reply,
         };
-        let sent = runtime::send_to_peer(&self.shard.peers, owner, forwarded).await;
+        let sent = self.shard.forward(owner, forwarded).await;
         let outbox = self.outbox.clone();
         let shard = self.shard.clone();
         runtime::spawn_detached(async move {
@@ -478,7 +507,7 @@ impl Connection {
                 format!("credentials exceed credentials_bytes_max ({CREDENTIALS_BYTES_MAX})"),
             ));
         }
-        if let Some(token) = &self.shard.auth_token {
+        if let Some(token) = self.shard.auth_token() {
             if !constant_time_equal(token, &hello.credentials) {
                 return Err(refuse_with(ErrorCode::Unauthorized, "credentials refused".into()));
             }

@@ -7,7 +7,8 @@
 //! - [`events`]: what the node's main thread hears: shards starting, stopping, failing.
 //! - [`node`]: start-up checks, port binding, one pinned executor per shard, signals, ready line.
 //! - [`runtime`]: the seam to the async runtime: executors, the shard mesh, sockets, timers.
-//! - [`shard`]: a shard's runtime: store, accept loops, peer mesh, maintenance (expiry, figures),
+//! - [`launch`]: a shard's thread from start to stop: mesh, accept loops, timekeeping.
+//! - [`shard`]: a shard's request path: store, routing, answer delivery, peers, maintenance,
 //!   and its side of live slot migration (freeze, copy, commit or abort).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
 //! - [`outbox`]: where answers go: a connection's queue of answers, or a forwarding shard.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod events;
+pub mod launch;
 pub mod metrics;
 pub mod node;
 pub mod notify;

@@ -16,9 +16,10 @@ use crate::cluster::{BlockingLink, NodeMap};
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::events::{await_start, await_stop, NodeEvent, NodeEvents};
+use crate::launch::{self, ShardLaunch};
 use crate::metrics::NodeMetrics;
 use crate::runtime::{self, Executor};
-use crate::shard::{self, ShardLaunch, FORWARD_QUEUE_DEPTH};
+use crate::shard::{ShardSetup, FORWARD_QUEUE_DEPTH};
 use crate::stats::{NodeStats, ShardStats};
 
 /// Most shards one node runs (ports and shard ids are 16-bit).
@@ -183,16 +184,18 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             source,
         })?;
         let launch = ShardLaunch {
-            shard_id,
+            setup: ShardSetup {
+                shard_id,
+                node_map: node_map.clone(),
+                node: node.clone(),
+                memory_limit_bytes,
+                hash_seed,
+                version_floor,
+                auth_token: config.auth_token.clone().map(String::into_bytes),
+                read_spin: Duration::from_micros(config.spin_us),
+            },
             shard_listener,
             front_listener,
-            node_map: node_map.clone(),
-            node: node.clone(),
-            memory_limit_bytes,
-            auth_token: config.auth_token.clone().map(String::into_bytes),
-            read_spin: Duration::from_micros(config.spin_us),
-            hash_seed,
-            version_floor,
             mesh: mesh.clone(),
             shutdown: shutdown.clone(),
         };
@@ -200,7 +203,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let cpu = cpus[shard_id % cpus.len()];
         let spin = Duration::from_micros(config.spin_us);
         let name = format!("shard-{shard_id}");
-        let handle = Executor::spawn(&name, cpu, spin, move || shard::run(launch, shard_events)).map_err(|error| {
+        let handle = Executor::spawn(&name, cpu, spin, move || launch::run(launch, shard_events)).map_err(|error| {
             ServerError::ShardStart {
                 shard: shard_id,
                 reason: error.to_string(),

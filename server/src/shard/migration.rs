@@ -96,7 +96,7 @@ impl Shard {
     }
 
     /// Called when this shard starts routing with a new map: commits what it decides.
-    pub(crate) fn on_new_map(&self, previous: &Routing, routing: &Routing) {
+    pub(super) fn on_new_map(&self, previous: &Routing, routing: &Routing) {
         self.store.borrow_mut().raise_version_floor(routing.map.version_floor);
         self.drop_slots_given_away(previous, routing);
         let mine = |slot: u32| routing.owner(slot) == Owner::Local(self.shard_id as u16);
@@ -127,7 +127,7 @@ impl Shard {
             }
             !served
         });
-        self.node.shards[self.shard_id].publish_slots_owned(routing.slots_of(self.shard_id as u16));
+        self.publish_slots_owned(routing);
         self.publish_migrations();
         self.publish_stats();
     }
@@ -181,7 +181,8 @@ impl Shard {
     fn publish_migrations(&self) {
         let mut open: Vec<u64> = self.incoming.borrow().open.keys().copied().collect();
         open.extend(self.outgoing.borrow().as_ref().map(|outgoing| outgoing.migration_id));
-        let mut published = self.node.shards[self.shard_id]
+        let mut published = self
+            .own_stats()
             .migrations
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -278,9 +279,9 @@ impl Shard {
         if batches.is_empty() {
             return Err("the export produced no batch".into());
         }
-        let credentials = self.auth_token.clone().unwrap_or_default();
+        let credentials = self.auth_token().unwrap_or_default();
         let timeout = Duration::from_millis(MIGRATION_PEER_TIMEOUT_MS);
-        let mut link = PeerLink::connect(&order.target_address, &credentials, timeout)
+        let mut link = PeerLink::connect(&order.target_address, credentials, timeout)
             .await
             .map_err(|error| error.to_string())?;
         let mut entries = 0u64;

@@ -5,27 +5,26 @@
 //! bounded channel mesh, so a full queue slows the sender down instead of growing.
 
 use std::cell::{Cell, RefCell};
-use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engram_proto::{ErrorCode, ErrorReply, Request, Response};
+use engram_proto::{Command, ErrorCode, ErrorReply, NodeInfo, Request, Response, SlotMap};
 use futures::channel::oneshot;
 
 use crate::cluster::{NodeMap, Owner, Routing};
-use crate::connection;
-use crate::events::{NodeEvent, NodeEvents};
 use crate::metrics::ShardMetrics;
 use crate::notify::LocalNotify;
 use crate::outbox::{Destination, Outbox};
-use crate::runtime::{self, MeshBuilder, MeshReceivers, MeshSenders, TcpListener};
-use crate::stats::NodeStats;
+use crate::runtime::{self, MeshReceivers, MeshSenders};
+use crate::stats::{NodeStats, ShardStats};
 use crate::store::{Outcome, Store, WaiterId};
 
+mod clock;
 mod migration;
 
+use clock::StoreClock;
 use migration::{Incoming, Outgoing};
 
 /// Depth of each shard-to-shard request queue.
@@ -57,25 +56,25 @@ pub enum Target {
 
 /// What every shard shares with its connections.
 pub struct Shard {
-    pub shard_id: usize,
-    pub store: RefCell<Store>,
-    pub node_map: Arc<NodeMap>,
+    shard_id: usize,
+    store: RefCell<Store>,
+    node_map: Arc<NodeMap>,
     /// Built from `node_map`; rebuilt when the node's epoch moves.
     routing: RefCell<Rc<Routing>>,
     /// The migration taking slots off this shard, whose slots are frozen meanwhile.
-    pub(crate) outgoing: RefCell<Option<Outgoing>>,
+    outgoing: RefCell<Option<Outgoing>>,
     /// Migrations bringing slots to this shard, held but not served until a map gives
     /// them their slots.
-    pub(crate) incoming: RefCell<Incoming>,
+    incoming: RefCell<Incoming>,
     /// Slots this shard served that a map marked lost, whose data it still holds.
-    pub(crate) stranded: RefCell<std::collections::BTreeSet<u32>>,
-    pub node: Arc<NodeStats>,
-    pub auth_token: Option<Vec<u8>>,
+    stranded: RefCell<std::collections::BTreeSet<u32>>,
+    node: Arc<NodeStats>,
+    auth_token: Option<Vec<u8>>,
     /// How long a connection polls its socket before waiting for readiness
     /// (`--spin-us`); zero: it waits at once.
-    pub read_spin: Duration,
-    pub peers: MeshSenders<Forwarded>,
-    pub metrics: ShardMetrics,
+    read_spin: Duration,
+    peers: MeshSenders<Forwarded>,
+    metrics: ShardMetrics,
     operations: Cell<u64>,
     /// Where each parked request's answer goes.
     destinations: RefCell<foldhash::HashMap<WaiterId, Destination>>,
@@ -85,44 +84,144 @@ pub struct Shard {
     store_clock: StoreClock,
 }
 
-/// The store's time: milliseconds since the node started, never earlier than a time
-/// it already gave. A read's requests all run at the time of that read, and a
-/// connection that paused mid-read (a full forward queue, a large answer being
-/// written) must not take the store back in time.
-struct StoreClock {
-    started: Instant,
-    latest_ms: Cell<u64>,
+/// What a shard is set up with, apart from its queues to the node's other shards.
+pub struct ShardSetup {
+    pub shard_id: usize,
+    pub node_map: Arc<NodeMap>,
+    pub node: Arc<NodeStats>,
+    pub memory_limit_bytes: u64,
+    pub hash_seed: u64,
+    /// Every version, fence and permit id this shard draws is above this.
+    pub version_floor: u64,
+    pub auth_token: Option<Vec<u8>>,
+    /// How long a connection polls its socket before waiting for readiness
+    /// (`--spin-us`); zero: it waits at once.
+    pub read_spin: Duration,
 }
 
-impl StoreClock {
-    fn new(started: Instant) -> StoreClock {
-        StoreClock {
-            started,
-            latest_ms: Cell::new(0),
-        }
-    }
-
-    /// The latest time given out.
-    fn latest(&self) -> u64 {
-        self.latest_ms.get()
-    }
-
-    fn ms_at(&self, instant: Instant) -> u64 {
-        let ms = instant.saturating_duration_since(self.started).as_millis() as u64;
-        let ms = ms.max(self.latest_ms.get());
-        self.latest_ms.set(ms);
-        ms
-    }
+/// What became of a request submitted to its shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Answered at once.
+    Answered,
+    /// Waiting at the shard; its answer goes to its destination when it stops waiting.
+    Parked,
 }
 
 impl Shard {
+    /// A shard that routes with the node's current map, its figures published.
+    pub fn new(setup: ShardSetup, peers: MeshSenders<Forwarded>) -> Shard {
+        let routing = Routing::new(setup.node_map.current(), setup.node.node_id);
+        let mut store = Store::new(setup.memory_limit_bytes, setup.hash_seed);
+        store.raise_version_floor(setup.version_floor.max(routing.map.version_floor));
+        let metrics = setup.node.metrics.shard(setup.shard_id);
+        let store_clock = StoreClock::new(setup.node.started);
+        let shard = Shard {
+            shard_id: setup.shard_id,
+            store: RefCell::new(store),
+            node_map: setup.node_map,
+            routing: RefCell::new(Rc::new(routing)),
+            outgoing: RefCell::new(None),
+            incoming: RefCell::default(),
+            stranded: RefCell::default(),
+            node: setup.node,
+            auth_token: setup.auth_token,
+            read_spin: setup.read_spin,
+            peers,
+            metrics,
+            operations: Cell::new(0),
+            destinations: RefCell::default(),
+            timekeeper_deadline_ms: Cell::new(0),
+            timekeeper: LocalNotify::default(),
+            store_clock,
+        };
+        shard.publish_slots_owned(&shard.routing());
+        shard.publish_stats();
+        shard
+    }
+
+    /// This shard's id within the node.
+    pub fn id(&self) -> usize {
+        self.shard_id
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node.node_id
+    }
+
+    /// Shards of this node.
+    pub fn shard_count(&self) -> usize {
+        self.node.shards.len()
+    }
+
+    /// The node's figures, for INFO.
+    pub fn node_info(&self) -> NodeInfo {
+        self.node.info(self.map_epoch())
+    }
+
+    /// The map this shard routes with.
+    pub fn slot_map(&self) -> SlotMap {
+        (*self.routing().map).clone()
+    }
+
+    /// The token clients must present, which this node's own links present too.
+    pub fn auth_token(&self) -> Option<&[u8]> {
+        self.auth_token.as_deref()
+    }
+
+    /// How long a connection polls its socket before waiting for readiness; zero: it
+    /// waits at once.
+    pub fn read_spin(&self) -> Duration {
+        self.read_spin
+    }
+
+    pub fn connection_opened(&self) {
+        self.own_stats().connections.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.own_stats().connections.fetch_sub(1, Relaxed);
+    }
+
+    fn own_stats(&self) -> &ShardStats {
+        &self.node.shards[self.shard_id]
+    }
+
+    /// Hands a request to the local shard `owner`, waiting while its queue is full;
+    /// `false` when that shard takes no more.
+    pub async fn forward(&self, owner: usize, forwarded: Forwarded) -> bool {
+        runtime::send_to_peer(&self.peers, owner, forwarded).await
+    }
+
+    /// Counts a request answered without the store (a node command, a refusal).
+    pub fn answered_here(&self, command: &Command, response: &Response) {
+        self.metrics.answered(command, response);
+    }
+
+    /// Counts the `requests` of one socket read (or one forwarded request) that was
+    /// received at `received`; `timed` of them were answered by the store at once.
+    pub fn read_handled(&self, requests: usize, timed: usize, received: Instant) {
+        if timed > 0 {
+            self.metrics.answered_within(timed, received.elapsed());
+        }
+        self.operations.set(self.operations.get() + requests as u64);
+    }
+
     pub fn now_ms(&self) -> u64 {
         self.ms_at(Instant::now())
     }
 
     /// The store's time at `instant`; see [`StoreClock`].
-    pub(crate) fn ms_at(&self, instant: Instant) -> u64 {
+    fn ms_at(&self, instant: Instant) -> u64 {
         self.store_clock.ms_at(instant)
+    }
+
+    /// Moves the store's clock to `received`, the time of a read about to be served,
+    /// before any of its requests is admitted: admission checks the map is fresh at
+    /// that time, and a read after a pause must not be judged by the time of the last
+    /// read before it.
+    pub fn advance_clock(&self, received: Instant) {
+        self.ms_at(received);
     }
 
     /// The epoch this shard routes with. Free of side effects (unlike [`Shard::routing`]),
@@ -207,13 +306,15 @@ impl Shard {
         }
     }
 
-    pub fn count_operations(&self, count: u64) {
-        self.operations.set(self.operations.get() + count);
+    /// Makes the slots `routing` gives this shard visible to metrics.
+    fn publish_slots_owned(&self, routing: &Routing) {
+        self.own_stats()
+            .publish_slots_owned(routing.slots_of(self.shard_id as u16));
     }
 
     /// Makes the shard's figures visible to INFO on any shard.
     pub fn publish_stats(&self) {
-        let own = &self.node.shards[self.shard_id];
+        let own = self.own_stats();
         let stats = self.store.borrow().stats();
         own.keys.store(stats.keys, Relaxed);
         own.memory_used_bytes.store(stats.memory_used_bytes, Relaxed);
@@ -225,12 +326,14 @@ impl Shard {
     /// Applies a request whose slot this shard owns; its answer goes to `destination`
     /// now, or when the request stops waiting. Answers of other requests that this one
     /// unblocked (a release granting a waiting acquire) are delivered too. `received`:
-    /// when the request reached the shard, which is the store's time for it. Returns
-    /// whether it was answered at once (a parked request is not timed).
-    pub fn submit(&self, client_id: u64, request: &Request, destination: Destination, received: Instant) -> bool {
+    /// when the request reached the shard, which is the store's time for it.
+    pub fn submit(&self, client_id: u64, request: &Request, destination: Destination, received: Instant) -> Submitted {
         let now_ms = self.ms_at(received);
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
-        let answered = matches!(outcome, Outcome::Ready(_));
+        let submitted = match outcome {
+            Outcome::Ready(_) => Submitted::Answered,
+            Outcome::Parked(_) => Submitted::Parked,
+        };
         match outcome {
             // An immediate answer needs no revert if its asker is gone (the client's
             // retry finds the operation record); its buffers go back to the store for
@@ -252,13 +355,13 @@ impl Shard {
         }
         self.deliver_completions();
         self.rearm_timekeeper();
-        answered
+        submitted
     }
 
     /// Delivers the answers of parked requests. One whose asker is gone is taken back
     /// by the store (a popped value returns to its queue, a grant is released), which
     /// can complete further requests, hence the loop.
-    pub(crate) fn deliver_completions(&self) {
+    fn deliver_completions(&self) {
         loop {
             let completions = self.store.borrow_mut().take_completions();
             if completions.is_empty() {
@@ -326,173 +429,81 @@ impl Shard {
             map_epoch: self.map_epoch(),
         })
     }
-}
 
-/// Everything a shard thread needs to start; all of it is `Send`.
-pub struct ShardLaunch {
-    pub shard_id: usize,
-    pub shard_listener: StdListener,
-    pub front_listener: StdListener,
-    pub node_map: Arc<NodeMap>,
-    pub node: Arc<NodeStats>,
-    pub memory_limit_bytes: u64,
-    pub auth_token: Option<Vec<u8>>,
-    pub read_spin: Duration,
-    pub hash_seed: u64,
-    /// Every version, fence and permit id this shard draws is above this.
-    pub version_floor: u64,
-    pub mesh: MeshBuilder<Forwarded>,
-    pub shutdown: Arc<AtomicBool>,
-}
-
-/// The shard's main future: serves until `shutdown` is set, then returns, which drops
-/// its listeners and connections.
-pub async fn run(launch: ShardLaunch, events: NodeEvents) {
-    let (peers, receivers) = match launch.mesh.join().await {
-        Ok(mesh) => mesh,
-        Err(error) => {
-            tracing::error!(shard = launch.shard_id, %error, "could not join the shard mesh");
-            return;
-        }
-    };
-    let routing = Routing::new(launch.node_map.current(), launch.node.node_id);
-    let mut store = Store::new(launch.memory_limit_bytes, launch.hash_seed);
-    store.raise_version_floor(launch.version_floor.max(routing.map.version_floor));
-    let metrics = launch.node.metrics.shard(launch.shard_id);
-    let store_clock = StoreClock::new(launch.node.started);
-    let shard = Rc::new(Shard {
-        shard_id: launch.shard_id,
-        store: RefCell::new(store),
-        node_map: launch.node_map,
-        routing: RefCell::new(Rc::new(routing)),
-        outgoing: RefCell::new(None),
-        incoming: RefCell::default(),
-        stranded: RefCell::default(),
-        node: launch.node,
-        auth_token: launch.auth_token,
-        read_spin: launch.read_spin,
-        peers,
-        metrics,
-        operations: Cell::new(0),
-        destinations: RefCell::default(),
-        timekeeper_deadline_ms: Cell::new(0),
-        timekeeper: LocalNotify::default(),
-        store_clock,
-    });
-    {
-        let routing = shard.routing();
-        shard.node.shards[shard.shard_id].publish_slots_owned(routing.slots_of(shard.shard_id as u16));
-    }
-    shard.publish_stats();
-    serve_peers(&shard, receivers);
-    let shard_listener = runtime::adopt_listener(launch.shard_listener);
-    let front_listener = runtime::adopt_listener(launch.front_listener);
-    runtime::spawn_detached(accept_loop(shard.clone(), shard_listener, false));
-    runtime::spawn_detached(accept_loop(shard.clone(), front_listener, true));
-    events.send(NodeEvent::ShardStarted { shard: shard.shard_id });
-    keep_time(&shard, &launch.shutdown).await;
-    tracing::debug!(shard = shard.shard_id, "shard stopped");
-}
-
-fn serve_peers(shard: &Rc<Shard>, mut receivers: MeshReceivers<Forwarded>) {
-    for (_, receiver) in receivers.streams() {
-        let shard = shard.clone();
-        runtime::spawn_detached(async move {
-            while let Some(forwarded) = receiver.recv().await {
-                // Advances the store's clock, which admit reads: this shard may have
-                // served no read of its own since a pause.
-                let received = Instant::now();
-                shard.ms_at(received);
-                match shard.admit(forwarded.slot) {
-                    Ok(owner) if owner == shard.shard_id => {
-                        let destination = Destination::Forwarded(forwarded.reply);
-                        if shard.submit(forwarded.client_id, &forwarded.request, destination, received) {
-                            shard.metrics.answered_within(1, received.elapsed());
-                        }
-                    }
-                    Ok(owner) => {
-                        let message = format!("slot {} moved to shard {owner} of this node", forwarded.slot);
-                        let _ = forwarded.reply.send(shard.error(ErrorCode::WrongShard, message));
-                    }
-                    Err(refusal) => {
-                        let _ = forwarded.reply.send(refusal);
-                    }
+    /// Serves the requests the node's other shards forward here, each queue by a task
+    /// of its own.
+    pub fn serve_peers(self: &Rc<Self>, mut receivers: MeshReceivers<Forwarded>) {
+        for (_, receiver) in receivers.streams() {
+            let shard = self.clone();
+            runtime::spawn_detached(async move {
+                while let Some(forwarded) = receiver.recv().await {
+                    shard.serve_forwarded(forwarded);
                 }
-                shard.count_operations(1);
-            }
-        });
-    }
-}
-
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, front: bool) {
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                runtime::spawn_detached(connection::serve(shard.clone(), stream, front));
-            }
-            Err(error) => {
-                // Out of file descriptors and the like: keep serving existing
-                // connections and try again shortly rather than spinning.
-                tracing::warn!(shard = shard.shard_id, %error, "accept failed");
-                runtime::sleep(Duration::from_millis(10)).await;
-            }
+            });
         }
     }
-}
 
-/// Sleeps until the store's next deadline (a wait's timeout, a lease's end, a key's
-/// expiry) or the maintenance interval, whichever is sooner, and is woken early when a
-/// sooner deadline appears. Nothing polls: an idle shard with no deadlines wakes ten
-/// times a second to expire keys and publish figures.
-async fn keep_time(shard: &Rc<Shard>, shutdown: &AtomicBool) {
-    while !shutdown.load(Relaxed) {
-        // Picks up a map installed elsewhere even when no request comes, so a committed
-        // migration releases its frozen copy promptly.
-        shard.routing();
-        let now_ms = shard.now_ms();
-        let planned = now_ms + MAINTENANCE_INTERVAL_MS;
-        let wake_ms = shard
-            .store
-            .borrow()
-            .next_deadline_ms()
-            .map_or(planned, |due| due.clamp(now_ms, planned));
-        shard.timekeeper_deadline_ms.set(wake_ms);
-        if wake_ms > now_ms {
-            let sleep = runtime::sleep(Duration::from_millis(wake_ms - now_ms));
-            futures::future::select(std::pin::pin!(sleep), std::pin::pin!(shard.timekeeper.notified())).await;
+    fn serve_forwarded(&self, forwarded: Forwarded) {
+        // Advances the store's clock, which admit reads: this shard may have served no
+        // read of its own since a pause.
+        let received = Instant::now();
+        self.advance_clock(received);
+        let mut timed = 0;
+        match self.admit(forwarded.slot) {
+            Ok(owner) if owner == self.shard_id => {
+                let destination = Destination::Forwarded(forwarded.reply);
+                let submitted = self.submit(forwarded.client_id, &forwarded.request, destination, received);
+                if submitted == Submitted::Answered {
+                    timed = 1;
+                }
+            }
+            Ok(owner) => {
+                let message = format!("slot {} moved to shard {owner} of this node", forwarded.slot);
+                let _ = forwarded.reply.send(self.error(ErrorCode::WrongShard, message));
+            }
+            Err(refusal) => {
+                let _ = forwarded.reply.send(refusal);
+            }
         }
+        self.read_handled(1, timed, received);
+    }
+
+    /// Sleeps until the store's next deadline (a wait's timeout, a lease's end, a key's
+    /// expiry) or the maintenance interval, whichever is sooner, and is woken early when
+    /// a sooner deadline appears; returns once `shutdown` is set. Nothing polls: an idle
+    /// shard with no deadlines wakes ten times a second to expire keys and publish figures.
+    pub async fn keep_time(&self, shutdown: &AtomicBool) {
+        while !shutdown.load(Relaxed) {
+            // Picks up a map installed elsewhere even when no request comes, so a
+            // committed migration releases its frozen copy promptly.
+            self.routing();
+            let now_ms = self.now_ms();
+            let planned = now_ms + MAINTENANCE_INTERVAL_MS;
+            let wake_ms = self
+                .store
+                .borrow()
+                .next_deadline_ms()
+                .map_or(planned, |due| due.clamp(now_ms, planned));
+            self.timekeeper_deadline_ms.set(wake_ms);
+            if wake_ms > now_ms {
+                let sleep = runtime::sleep(Duration::from_millis(wake_ms - now_ms));
+                futures::future::select(std::pin::pin!(sleep), std::pin::pin!(self.timekeeper.notified())).await;
+            }
+            self.expire_due().await;
+            self.publish_stats();
+        }
+    }
+
+    /// Expires what is due, in steps that yield to requests in between.
+    async fn expire_due(&self) {
         loop {
-            let now_ms = shard.now_ms();
-            let removed = shard.store.borrow_mut().expire_due(now_ms, EXPIRE_KEYS_PER_STEP_MAX);
-            shard.deliver_completions();
+            let now_ms = self.now_ms();
+            let removed = self.store.borrow_mut().expire_due(now_ms, EXPIRE_KEYS_PER_STEP_MAX);
+            self.deliver_completions();
             if removed < EXPIRE_KEYS_PER_STEP_MAX {
-                break;
+                return;
             }
             runtime::yield_if_needed().await;
         }
-        shard.publish_stats();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_store_clock_never_goes_back() {
-        let started = Instant::now();
-        let clock = StoreClock::new(started);
-        assert_eq!(clock.ms_at(started + Duration::from_millis(5)), 5);
-        // A read taken earlier but handled later (its connection paused) gets the
-        // store's latest time, not its own.
-        assert_eq!(clock.ms_at(started + Duration::from_millis(3)), 5);
-        assert_eq!(clock.ms_at(started + Duration::from_millis(9)), 9);
-        assert_eq!(clock.ms_at(started), 9);
-        let fresh = StoreClock::new(started + Duration::from_millis(1));
-        assert_eq!(
-            fresh.ms_at(started),
-            0,
-            "an instant before the start reads as the start"
-        );
     }
 }
