@@ -5,7 +5,9 @@
 //! - [`config`]: flags and `ENGRAM_*` environment variables.
 //! - [`error`]: why a node could not start or keep running.
 //! - [`events`]: what the node's main thread hears: shards starting, stopping, failing.
-//! - [`node`]: start-up checks, port binding, one pinned executor per shard, signals, ready line.
+//! - [`node`]: a node's start and stop: its place (alone or joined), shards, signals, ready line.
+//! - [`host`]: what the machine gives a node: io_uring, CPUs, listening ports.
+//! - [`heartbeat`]: a cluster node's reports to the control plane, and the maps it brings back.
 //! - [`runtime`]: the seam to the async runtime: executors, the shard mesh, sockets, timers.
 //! - [`launch`]: a shard's thread from start to stop: mesh, accept loops, timekeeping.
 //! - [`shard`]: a shard's request path: store, routing, answer delivery, peers, maintenance,
@@ -22,6 +24,8 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod events;
+pub mod heartbeat;
+pub mod host;
 pub mod launch;
 pub mod metrics;
 pub mod node;

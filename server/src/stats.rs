@@ -53,6 +53,17 @@ pub struct NodeStats {
 }
 
 impl NodeStats {
+    /// Figures of a node starting now, with a shard per address in `shard_addresses`.
+    pub fn new(node_id: u64, shard_addresses: Vec<String>) -> NodeStats {
+        NodeStats {
+            node_id,
+            started: Instant::now(),
+            shards: shard_addresses.iter().map(|_| ShardStats::default()).collect(),
+            shard_addresses,
+            metrics: NodeMetrics::new(),
+        }
+    }
+
     /// The metrics exposition, gauges as the shards last published them.
     pub fn render_metrics(&self) -> Vec<u8> {
         self.metrics.render(self.shards.iter().map(ShardStats::gauges))
