@@ -151,25 +151,7 @@ impl Connection {
                     let room = FRAME_BYTES_MAX.saturating_sub(input.len()).min(READ_CHUNK_BYTES);
                     input.resize(input.len() + room.max(1), 0);
                 }
-                let read = if !can_take_more {
-                    // Too many of this connection's requests are waiting: read nothing
-                    // more until some are answered.
-                    self.outbox.ready().await;
-                    None
-                } else if let Some(read) = self.spin_read(&mut input[filled..]).await? {
-                    Some(read)
-                } else {
-                    let outbox = self.outbox.clone();
-                    let answers = std::pin::pin!(outbox.ready());
-                    // Reads are readiness-based (see `TcpStream`), so dropping the
-                    // losing read loses no bytes.
-                    let receive = std::pin::pin!(self.stream.read(&mut input[filled..]));
-                    let event = match futures::future::select(receive, answers).await {
-                        Either::Left((received, _)) => Some(received.map_err(|_| Close::Gone)?),
-                        Either::Right(((), _)) => None,
-                    };
-                    event
-                };
+                let read = self.next_read(&mut input[filled..], can_take_more).await?;
                 if let Some(read) = read {
                     if read == 0 {
                         return Err(Close::Gone);
@@ -185,6 +167,29 @@ impl Connection {
                 input.shrink_to_fit();
             }
             self.flush().await?;
+        }
+    }
+
+    /// Reads more into `buffer`, or returns `None` once answers are waiting to be
+    /// written. Reads nothing while the connection may take no more requests.
+    async fn next_read(&mut self, buffer: &mut [u8], can_take_more: bool) -> Result<Option<usize>, Close> {
+        if !can_take_more {
+            // Too many of this connection's requests are waiting: read nothing more
+            // until some are answered.
+            self.outbox.ready().await;
+            return Ok(None);
+        }
+        if let Some(read) = self.spin_read(buffer).await? {
+            return Ok(Some(read));
+        }
+        let outbox = self.outbox.clone();
+        let answers = std::pin::pin!(outbox.ready());
+        // Reads are readiness-based (see `TcpStream`), so dropping the losing read loses
+        // no bytes.
+        let receive = std::pin::pin!(self.stream.read(buffer));
+        match futures::future::select(receive, answers).await {
+            Either::Left((received, _)) => Ok(Some(received.map_err(|_| Close::Gone)?)),
+            Either::Right(((), _)) => Ok(None),
         }
     }
 
