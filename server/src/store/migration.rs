@@ -15,13 +15,14 @@
 
 use std::collections::HashSet;
 
-use engram_proto::limits::{LEASE_MS_MAX, OWNER_BYTES_MAX, SLOT_COUNT, TTL_MS_MAX, VALUE_BYTES_MAX};
+use engram_proto::limits::{SLOT_COUNT, TTL_MS_MAX, VALUE_BYTES_MAX};
 use engram_proto::migration::BATCH_FIXED_BYTES;
 use engram_proto::{
     decode_batch, ErrorCode, MigratedEntry, MigratedObject, MigratedRecord, ProtocolError, SlotBatch, SlotHasher,
 };
 
 use super::operations::{done_record_bytes, OPERATION_RECORDS_MAX};
+use super::validation::check_minted;
 use super::{
     barrier, client_key, error, future, latch, lock, map, queue, semaphore, CompactEntry, CompactError, Contents,
     Effects, Entry, KeyEntry, Object, Store, STORED_KEY_BYTES_MAX,
@@ -363,34 +364,6 @@ fn import_object(object: MigratedObject, now_ms: u64, last_version: u64) -> Resu
         MigratedObject::Map { fields } => Object::Map(Box::new(map::MapState::import(fields)?)),
         MigratedObject::Queue { items } => Object::Queue(Box::new(queue::QueueState::import(items)?)),
     })
-}
-
-pub(super) fn check_owner(owner: &[u8]) -> Result<(), String> {
-    if owner.is_empty() || owner.len() > OWNER_BYTES_MAX {
-        return Err(format!(
-            "owner id of {} bytes is outside 1..={OWNER_BYTES_MAX} (owner_bytes_max)",
-            owner.len()
-        ));
-    }
-    Ok(())
-}
-
-pub(super) fn check_lease_ms(what: &str, lease_ms: u64) -> Result<(), String> {
-    if lease_ms > LEASE_MS_MAX {
-        return Err(format!("{what} of {lease_ms} ms exceeds lease_ms_max ({LEASE_MS_MAX})"));
-    }
-    Ok(())
-}
-
-/// Versions, fences and permit ids come from the source's version counter, so none may
-/// exceed the counter the batch carries; one that did could be handed out again here.
-pub(super) fn check_minted(what: &str, value: u64, last_version: u64) -> Result<(), String> {
-    if value > last_version {
-        return Err(format!(
-            "{what} {value} exceeds the batch's last_version {last_version}"
-        ));
-    }
-    Ok(())
 }
 
 /// Splits an export into batches by their encoded size.

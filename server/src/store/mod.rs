@@ -39,6 +39,7 @@ mod operations;
 mod queue;
 mod semaphore;
 mod table;
+mod validation;
 mod waiting;
 
 use std::collections::BTreeSet;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use engram_proto::limits::PARTIES_MAX;
 use engram_proto::{ErrorCode, MigratedObject, MigratedPermit, Response};
 
-use super::migration::{check_lease_ms, check_minted, check_owner};
+use super::validation::{check_lease_ms, check_minted, check_owner};
 use super::waiting::Revert;
 use super::{error, Effects, Object, Outcome, WaiterId};
 
