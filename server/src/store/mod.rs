@@ -31,6 +31,7 @@ mod barrier;
 mod bytes;
 mod counter;
 mod future;
+mod keys;
 mod latch;
 mod lock;
 mod map;
@@ -44,10 +45,12 @@ mod waiting;
 
 use std::collections::BTreeSet;
 
-use engram_proto::limits::{KEY_BYTES_MAX, NAMESPACE_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
+use engram_proto::limits::{KEY_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use engram_proto::{Command, ErrorCode, ErrorReply, Request, Response};
 
-pub use migration::{slot_of_stored_key, ImportError};
+use keys::client_key;
+pub use keys::{slot_of_stored_key, STORED_KEY_BYTES_MAX};
+pub use migration::ImportError;
 use operations::{Lookup, Record, RECORD_OVERHEAD_BYTES};
 pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
 use table::{CompactEntry, CompactError, Contents, KeyEntry, KeyTable, Position};
@@ -80,9 +83,6 @@ const _: () = assert!(
 );
 /// Charged per key in the expiry index on top of a copy of the key.
 pub const EXPIRY_OVERHEAD_BYTES: u64 = 48;
-/// Longest stored key: a client key with its namespace prefix (one length byte and the
-/// namespace), which the connection prepends after checking the client key itself.
-pub const STORED_KEY_BYTES_MAX: usize = KEY_BYTES_MAX + 1 + NAMESPACE_BYTES_MAX;
 
 /// Identifies one parked request (a blocking wait) within a store.
 pub type WaiterId = u64;
@@ -1028,16 +1028,6 @@ pub(crate) fn wrong_type(key: &[u8], expected: &str) -> Response {
         ErrorCode::WrongType,
         format!("key {shown:?} does not hold a {expected}"),
     )
-}
-
-/// The key as the client wrote it: stored keys start with the namespace prefix
-/// `[length][namespace]` the connection adds. A key too short for its own length byte
-/// (only unit tests store such bare keys) is shown whole.
-fn client_key(stored: &[u8]) -> &[u8] {
-    match stored.split_first() {
-        Some((&length, rest)) if rest.len() >= usize::from(length) => &rest[usize::from(length)..],
-        _ => stored,
-    }
 }
 
 /// Whether a recorded mutation's answer is kept for its retries. A retryable error

@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 
 use engram_proto::{QueueEnd, Response};
 
+use super::keys::slot_of_stored_key;
 use super::operations::{OperationLog, Record};
-use super::{out_of_memory, slot_of_stored_key, WaiterId};
+use super::{out_of_memory, WaiterId};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Timer {
