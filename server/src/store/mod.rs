@@ -51,6 +51,7 @@ use engram_proto::{Command, ErrorCode, ErrorReply, Request, Response};
 use keys::client_key;
 pub use keys::{slot_of_stored_key, STORED_KEY_BYTES_MAX};
 pub use migration::ImportError;
+pub use operations::Origin;
 use operations::{Lookup, Record, RECORD_OVERHEAD_BYTES};
 pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
 use table::{CompactEntry, CompactError, Contents, KeyEntry, KeyTable, Position};
@@ -330,11 +331,14 @@ impl Store {
                 Lookup::New => {}
             }
         }
-        let origin = recorded.then_some((client_id, request.op_id));
+        let origin = recorded.then_some(Origin {
+            client_id,
+            op_id: request.op_id,
+        });
         self.record_reserve_bytes = if recorded { RECORD_OVERHEAD_BYTES } else { 0 };
         let outcome = self.execute(&request.command, now_ms, origin);
         self.record_reserve_bytes = 0;
-        if let Some((client_id, op_id)) = origin {
+        if let Some(Origin { client_id, op_id }) = origin {
             // The record goes wherever its key's slot goes, so a retry after a
             // migration still finds it.
             let slot = request.command.key().and_then(slot_of_stored_key);
@@ -362,7 +366,7 @@ impl Store {
         let Some(key) = self.waiting.key_of(waiter).map(Box::<[u8]>::from) else {
             return;
         };
-        if let Some(Some((client_id, op_id))) = self.waiting.cancel(waiter) {
+        if let Some(Some(Origin { client_id, op_id })) = self.waiting.cancel(waiter) {
             self.operations.forget(client_id, op_id, Some(waiter));
         }
         self.with_existing(&key, now_ms, |object, effects| match object {
@@ -381,7 +385,7 @@ impl Store {
     /// waiter and a retry applies afresh.
     pub fn undeliverable(&mut self, completion: Completion, now_ms: u64) {
         let Some(revert) = completion.revert else { return };
-        if let Some((client_id, op_id)) = completion.origin {
+        if let Some(Origin { client_id, op_id }) = completion.origin {
             self.operations.forget(client_id, op_id, None);
         }
         let key = completion.key;
@@ -500,7 +504,7 @@ impl Store {
         }
     }
 
-    fn execute(&mut self, command: &Command, now_ms: u64, origin: Option<(u64, u64)>) -> Outcome {
+    fn execute(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
         if let Some(key) = command.key() {
             if key.len() > STORED_KEY_BYTES_MAX {
                 return Outcome::Ready(key_too_large(key.len()));
@@ -719,7 +723,7 @@ impl Store {
         &mut self,
         key: &[u8],
         now_ms: u64,
-        origin: Option<(u64, u64)>,
+        origin: Option<Origin>,
         create: Constructor,
         creates: bool,
         operation: impl FnOnce(&mut Object, &mut Effects<'_>, &[u8]) -> Outcome,
