@@ -56,6 +56,12 @@ pub struct Incoming {
     aborted: VecDeque<u64>,
 }
 
+/// What a migration out copied to its target.
+struct Shipped {
+    entries: u64,
+    bytes: u64,
+}
+
 struct IncomingMigration {
     slots: Vec<u32>,
     next_batch_index: u32,
@@ -191,28 +197,8 @@ impl Shard {
 
     /// Phase one at the source: freeze, redirect waiters, copy to the target.
     pub async fn migrate_out(self: Rc<Self>, order: MigrateOut) -> Response {
-        let routing = self.routing();
-        if order.slots.is_empty() {
-            return self.error(ErrorCode::InvalidArgument, "a migration moves at least one slot");
-        }
-        if let Some(&slot) = order
-            .slots
-            .iter()
-            .find(|&&slot| slot >= SLOT_COUNT || routing.owner(slot) != Owner::Local(self.shard_id as u16))
-        {
-            return self.error(
-                ErrorCode::WrongShard,
-                format!(
-                    "slot {slot} is not served by this shard under map epoch {}",
-                    routing.epoch()
-                ),
-            );
-        }
-        if let Some(outgoing) = self.outgoing.borrow().as_ref() {
-            return self.error(
-                ErrorCode::Busy,
-                format!("migration {} is still in progress on this shard", outgoing.migration_id),
-            );
+        if let Err(refusal) = self.check_migrate_out(&order) {
+            return refusal;
         }
         let frozen = slot_set(&order.slots);
         *self.outgoing.borrow_mut() = Some(Outgoing {
@@ -243,28 +229,65 @@ impl Shard {
             other => other,
         };
         match shipped {
-            Ok((entries, bytes)) => {
-                tracing::info!(
-                    shard = self.shard_id,
-                    migration_id = order.migration_id,
-                    slots = order.slots.len(),
-                    entries,
-                    bytes,
-                    target = %order.target_address,
-                    "migration out prepared"
-                );
-                Response::MigrationPrepared { entries, bytes }
-            }
-            Err(reason) => {
-                self.unfreeze(order.migration_id);
-                crate::metrics::record_migration("out", "failed");
-                tracing::warn!(shard = self.shard_id, migration_id = order.migration_id, %reason, "migration out failed");
-                self.error(
-                    ErrorCode::TryAgain,
-                    format!("migration {} failed: {reason}", order.migration_id),
-                )
-            }
+            Ok(shipped) => self.prepared(&order, shipped),
+            Err(reason) => self.failed_out(&order, &reason),
         }
+    }
+
+    /// Refuses a `MigrateOut` of no slots, of slots this shard does not serve, or while
+    /// another migration out runs.
+    fn check_migrate_out(&self, order: &MigrateOut) -> Result<(), Response> {
+        let routing = self.routing();
+        if order.slots.is_empty() {
+            return Err(self.error(ErrorCode::InvalidArgument, "a migration moves at least one slot"));
+        }
+        if let Some(&slot) = order
+            .slots
+            .iter()
+            .find(|&&slot| slot >= SLOT_COUNT || routing.owner(slot) != Owner::Local(self.shard_id as u16))
+        {
+            return Err(self.error(
+                ErrorCode::WrongShard,
+                format!(
+                    "slot {slot} is not served by this shard under map epoch {}",
+                    routing.epoch()
+                ),
+            ));
+        }
+        if let Some(outgoing) = self.outgoing.borrow().as_ref() {
+            return Err(self.error(
+                ErrorCode::Busy,
+                format!("migration {} is still in progress on this shard", outgoing.migration_id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Phase one ended: the target holds the copy; the slots stay frozen until the
+    /// control plane decides.
+    fn prepared(&self, order: &MigrateOut, shipped: Shipped) -> Response {
+        let Shipped { entries, bytes } = shipped;
+        tracing::info!(
+            shard = self.shard_id,
+            migration_id = order.migration_id,
+            slots = order.slots.len(),
+            entries,
+            bytes,
+            target = %order.target_address,
+            "migration out prepared"
+        );
+        Response::MigrationPrepared { entries, bytes }
+    }
+
+    /// Phase one failed: the slots unfreeze with their state untouched.
+    fn failed_out(&self, order: &MigrateOut, reason: &str) -> Response {
+        self.unfreeze(order.migration_id);
+        crate::metrics::record_migration("out", "failed");
+        tracing::warn!(shard = self.shard_id, migration_id = order.migration_id, %reason, "migration out failed");
+        self.error(
+            ErrorCode::TryAgain,
+            format!("migration {} failed: {reason}", order.migration_id),
+        )
     }
 
     async fn ship(
@@ -272,7 +295,7 @@ impl Shard {
         order: &MigrateOut,
         batches: Vec<engram_proto::migration::SlotBatch>,
         exported: Instant,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<Shipped, String> {
         // The export always yields a batch (it carries the version counter even for
         // empty slots), and the target must confirm it holds the migration before the
         // control plane may commit it.
@@ -303,7 +326,7 @@ impl Shard {
                 other => return Err(format!("target answered {} to a batch", other.name())),
             }
         }
-        Ok((entries, bytes))
+        Ok(Shipped { entries, bytes })
     }
 
     fn unfreeze(&self, migration_id: u64) {
