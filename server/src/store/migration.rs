@@ -161,10 +161,46 @@ impl Store {
             records,
             last_version,
         } = batch;
+        let built = self.build_entries(entries, now_ms, last_version)?;
+        let taken = self.records_to_take(records)?;
+        let entries_bytes = built.iter().map(KeyEntry::charged_bytes);
+        let records_bytes = taken.iter().map(|record| done_record_bytes(&record.response));
+        let needed_bytes = entries_bytes.chain(records_bytes).fold(0u64, u64::saturating_add);
+        let used_bytes = self.memory_used_bytes();
+        if used_bytes.saturating_add(needed_bytes) > self.memory_limit_bytes {
+            return Err(ImportError::OutOfMemory {
+                needed_bytes,
+                used_bytes,
+                limit_bytes: self.memory_limit_bytes,
+            });
+        }
+        for entry in built {
+            self.insert_imported(entry, now_ms);
+        }
+        for record in taken {
+            self.operations.import(
+                record.client_id,
+                record.op_id,
+                Some(record.slot),
+                record.response,
+                now_ms,
+            );
+        }
+        self.last_version = self.last_version.max(last_version);
+        Ok(())
+    }
+
+    /// The batch's entries rebuilt and checked, idle objects left out (a later use
+    /// re-creates them identically), in key order.
+    fn build_entries(
+        &self,
+        entries: Vec<MigratedEntry>,
+        now_ms: u64,
+        last_version: u64,
+    ) -> Result<Vec<KeyEntry>, ImportError> {
         let mut built: Vec<KeyEntry> = Vec::with_capacity(entries.len());
         for entry in entries {
             let entry = self.build_entry(entry, now_ms, last_version)?;
-            // Idle objects are never stored (a later use re-creates them identically).
             if !entry.is_idle() {
                 built.push(entry);
             }
@@ -175,6 +211,12 @@ impl Store {
                 key: shown(pair[0].key()),
             });
         }
+        Ok(built)
+    }
+
+    /// The batch's records this shard takes (not those of operations it answered
+    /// itself), each checked, and within `OPERATION_RECORDS_MAX` with those it holds.
+    fn records_to_take(&self, records: Vec<MigratedRecord>) -> Result<Vec<MigratedRecord>, ImportError> {
         let mut seen_operations = HashSet::with_capacity(records.len());
         let mut taken = Vec::with_capacity(records.len());
         for record in records {
@@ -202,43 +244,23 @@ impl Store {
                 held,
             });
         }
-        let entries_bytes = built.iter().map(KeyEntry::charged_bytes);
-        let records_bytes = taken.iter().map(|record| done_record_bytes(&record.response));
-        let needed_bytes = entries_bytes.chain(records_bytes).fold(0u64, u64::saturating_add);
-        let used_bytes = self.memory_used_bytes();
-        if used_bytes.saturating_add(needed_bytes) > self.memory_limit_bytes {
-            return Err(ImportError::OutOfMemory {
-                needed_bytes,
-                used_bytes,
-                limit_bytes: self.memory_limit_bytes,
-            });
-        }
+        Ok(taken)
+    }
 
-        for entry in built {
-            let key = entry.key();
-            self.data_bytes += entry.entry_bytes();
-            self.move_deadline(key, 0, entry.expires_at_ms());
-            if let KeyEntry::Object(object_entry) = &entry {
-                let mut effects = store_effects!(self, now_ms, None);
-                match &object_entry.entry.object {
-                    Object::Lock(lock) => lock.set_leases(key, &mut effects),
-                    Object::Semaphore(semaphore) => semaphore.set_leases(key, &mut effects),
-                    _ => {}
-                }
+    /// Stores an imported entry, charging it and arming its expiry and lease timers.
+    fn insert_imported(&mut self, entry: KeyEntry, now_ms: u64) {
+        let key = entry.key();
+        self.data_bytes += entry.entry_bytes();
+        self.move_deadline(key, 0, entry.expires_at_ms());
+        if let KeyEntry::Object(object_entry) = &entry {
+            let mut effects = store_effects!(self, now_ms, None);
+            match &object_entry.entry.object {
+                Object::Lock(lock) => lock.set_leases(key, &mut effects),
+                Object::Semaphore(semaphore) => semaphore.set_leases(key, &mut effects),
+                _ => {}
             }
-            self.entries.insert_new(entry);
         }
-        for record in taken {
-            self.operations.import(
-                record.client_id,
-                record.op_id,
-                Some(record.slot),
-                record.response,
-                now_ms,
-            );
-        }
-        self.last_version = self.last_version.max(last_version);
-        Ok(())
+        self.entries.insert_new(entry);
     }
 
     /// Checks one migrated entry and rebuilds it, without touching the store.
