@@ -243,7 +243,7 @@ mod tests {
     use engram_proto::{ErrorCode, MigrationStatus};
 
     use super::*;
-    use crate::fake_server::{error, single_shard_map, FakeServer};
+    use crate::tests::fake_server::{error, single_shard_map, FakeServer};
 
     fn status_sample() -> ClusterStatus {
         ClusterStatus {

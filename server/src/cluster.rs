@@ -22,6 +22,8 @@ use engram_proto::{
     Response, SlotMap, Split, FRAME_HEADER_BYTES, LOST_SHARD_INDEX,
 };
 
+use crate::runtime::{self, TcpStream};
+
 /// The node's current map. Written by whoever installs a newer one (the heartbeat
 /// thread, or a shard handling `InstallMap`); read by every shard.
 pub struct NodeMap {
@@ -362,7 +364,7 @@ impl BlockingLink {
 /// slot forever.
 pub struct PeerLink {
     address: String,
-    stream: glommio::net::TcpStream,
+    stream: TcpStream,
     buffer: Vec<u8>,
     next_request_id: u64,
     timeout: Duration,
@@ -381,7 +383,7 @@ impl PeerLink {
             source,
         };
         let socket_address = resolve(address)?;
-        let stream = glommio::net::TcpStream::connect_timeout(socket_address, timeout)
+        let stream = TcpStream::connect_timeout(socket_address, timeout)
             .await
             .map_err(|error| connect_error(std::io::Error::other(error.to_string())))?;
         let _ = stream.set_nodelay(true);
@@ -404,7 +406,7 @@ impl PeerLink {
 
     /// The socket and whatever arrived after the handshake, for a caller that keeps many
     /// requests in flight instead of asking one question at a time.
-    pub fn into_parts(self) -> (glommio::net::TcpStream, Vec<u8>) {
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
         (self.stream, self.buffer)
     }
 
@@ -451,7 +453,7 @@ impl PeerLink {
                 }
             }
         };
-        let sleep = glommio::timer::sleep(timeout);
+        let sleep = runtime::sleep(timeout);
         match futures::future::select(std::pin::pin!(exchange), std::pin::pin!(sleep)).await {
             futures::future::Either::Left((result, _)) => result,
             futures::future::Either::Right(_) => Err(LinkError::TimedOut {

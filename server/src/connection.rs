@@ -11,12 +11,8 @@
 //! bounded number of answers per connection. A frame that cannot be decoded gets a
 //! `Malformed` answer and the connection closes.
 
-use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use engram_proto::limits::{
@@ -24,97 +20,18 @@ use engram_proto::limits::{
     NAMESPACE_BYTES_MAX, PROTOCOL_VERSION,
 };
 use engram_proto::{
-    access_payload, decode_payload, deserialize_payload, encode_message, split_frame, ArchivedCommand, Command,
-    ErrorCode, FrameKind, Hello, HelloReply, ProtocolError, Request, Response, SlotHasher, Split, FRONT_SHARD_ID,
+    access_payload, decode_payload, deserialize_payload, split_frame, ArchivedCommand, Command, ErrorCode, FrameKind,
+    Hello, HelloReply, ProtocolError, Request, Response, SlotHasher, Split, FRONT_SHARD_ID,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use futures::channel::oneshot;
 use futures::future::Either;
 
+use crate::outbox::{Destination, Outbox};
 use crate::proxy::Proxies;
-use crate::shard::{Destination, Forwarded, Shard, Target};
-
-/// Answers waiting to be written to one connection.
-pub struct Outbox {
-    frames: RefCell<Vec<u8>>,
-    /// Requests of this connection that were submitted and not answered yet.
-    pending: Cell<usize>,
-    writer: RefCell<Option<Waker>>,
-    map_epoch: u64,
-    /// Closed (never acquired) when the connection ends, which wakes every task
-    /// awaiting a forwarded answer for it, so they let go and the owner shard takes
-    /// back what it would have handed to nobody.
-    closed: glommio::sync::Semaphore,
-}
-
-impl Default for Outbox {
-    fn default() -> Outbox {
-        Outbox {
-            frames: RefCell::default(),
-            pending: Cell::default(),
-            writer: RefCell::default(),
-            map_epoch: 0,
-            closed: glommio::sync::Semaphore::new(0),
-        }
-    }
-}
-
-impl Outbox {
-    /// Queues the answer of a submitted request; `wake` when the connection's task is
-    /// not the caller (an answer arriving while it waits on the socket).
-    pub fn deliver(&self, request_id: u64, response: &Response, wake: bool) {
-        self.pending.set(self.pending.get().saturating_sub(1));
-        self.push(FrameKind::Response, request_id, response);
-        if wake {
-            if let Some(waker) = self.writer.borrow_mut().take() {
-                waker.wake();
-            }
-        }
-    }
-
-    fn push<T>(&self, kind: FrameKind, request_id: u64, message: &T)
-    where
-        T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
-        >,
-    {
-        let mut frames = self.frames.borrow_mut();
-        if let Err(error) = encode_message(kind, request_id, self.map_epoch, message, &mut frames) {
-            // Only an answer larger than a frame can fail here (a value near the limit
-            // plus framing); tell the client instead of sending a broken frame.
-            let fallback = Response::Error(engram_proto::ErrorReply {
-                code: ErrorCode::Internal.as_u16(),
-                message: format!("answer could not be encoded: {error}"),
-                map_epoch: self.map_epoch,
-            });
-            let _ = encode_message(FrameKind::Response, request_id, self.map_epoch, &fallback, &mut frames);
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn queued_bytes(&self) -> usize {
-        self.frames.borrow().len()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn take_frames(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.frames.borrow_mut())
-    }
-
-    /// Completes when there is something to write.
-    async fn ready(&self) {
-        poll_fn(|context| {
-            if !self.frames.borrow().is_empty() {
-                return Poll::Ready(());
-            }
-            *self.writer.borrow_mut() = Some(context.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-}
+use crate::runtime::{self, TcpStream};
+use crate::shard::{Forwarded, Shard, Submitted, Target};
 
 /// Bytes asked of the socket per read. Reads never grow the buffer by more than this,
 /// so memory follows the bytes that actually arrived, not the length a header claims.
@@ -144,6 +61,24 @@ impl Session {
     }
 }
 
+/// How a handled frame counts toward its read's duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    /// The store answered it at once: timed with the rest of the read.
+    AnsweredAtOnce,
+    /// Not timed: answered without the store (a handshake, a node command, a refusal),
+    /// or not yet (it waits at a shard, or went to another shard).
+    Untimed,
+}
+
+/// A keyed request's place: its slot, the shard that serves it, and whom it answers.
+struct Placed {
+    slot: u32,
+    target: Target,
+    client_id: u64,
+    request_id: u64,
+}
+
 /// Why a connection ends early.
 enum Close {
     /// The peer went away or the socket failed.
@@ -153,12 +88,8 @@ enum Close {
 }
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
-    let connections = &shard.node.shards[shard.shard_id].connections;
-    connections.fetch_add(1, Relaxed);
-    let outbox = Rc::new(Outbox {
-        map_epoch: shard.map_epoch(),
-        ..Outbox::default()
-    });
+    shard.connection_opened();
+    let outbox = Rc::new(Outbox::new(shard.map_epoch()));
     let mut connection = Connection {
         shard: shard.clone(),
         stream,
@@ -174,11 +105,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
         let _ = connection.flush().await;
     }
     let _ = connection.stream.close().await;
-    connection.outbox.closed.close();
+    connection.outbox.close();
     // Closing the proxy links makes their owners withdraw what they parked for us.
     drop(connection.proxies.take());
     shard.forget_connection(&connection.outbox);
-    connections.fetch_sub(1, Relaxed);
+    shard.connection_closed();
 }
 
 struct Connection {
@@ -203,7 +134,7 @@ impl Connection {
         let mut input = vec![0u8; READ_CHUNK_BYTES];
         let mut filled = 0;
         loop {
-            let can_take_more = self.outbox.pending.get() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+            let can_take_more = self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
             // Frames left in the buffer when the pending bound stopped decoding come
             // first, before anything more is read.
             let mut made_progress = false;
@@ -220,25 +151,7 @@ impl Connection {
                     let room = FRAME_BYTES_MAX.saturating_sub(input.len()).min(READ_CHUNK_BYTES);
                     input.resize(input.len() + room.max(1), 0);
                 }
-                let read = if !can_take_more {
-                    // Too many of this connection's requests are waiting: read nothing
-                    // more until some are answered.
-                    self.outbox.ready().await;
-                    None
-                } else if let Some(read) = self.spin_read(&mut input[filled..]).await? {
-                    Some(read)
-                } else {
-                    let outbox = self.outbox.clone();
-                    let answers = std::pin::pin!(outbox.ready());
-                    // Glommio reads are readiness-based, so dropping the losing read
-                    // future loses no bytes.
-                    let receive = std::pin::pin!(self.stream.read(&mut input[filled..]));
-                    let event = match futures::future::select(receive, answers).await {
-                        Either::Left((received, _)) => Some(received.map_err(|_| Close::Gone)?),
-                        Either::Right(((), _)) => None,
-                    };
-                    event
-                };
+                let read = self.next_read(&mut input[filled..], can_take_more).await?;
                 if let Some(read) = read {
                     if read == 0 {
                         return Err(Close::Gone);
@@ -257,13 +170,36 @@ impl Connection {
         }
     }
 
+    /// Reads more into `buffer`, or returns `None` once answers are waiting to be
+    /// written. Reads nothing while the connection may take no more requests.
+    async fn next_read(&mut self, buffer: &mut [u8], can_take_more: bool) -> Result<Option<usize>, Close> {
+        if !can_take_more {
+            // Too many of this connection's requests are waiting: read nothing more
+            // until some are answered.
+            self.outbox.ready().await;
+            return Ok(None);
+        }
+        if let Some(read) = self.spin_read(buffer).await? {
+            return Ok(Some(read));
+        }
+        let outbox = self.outbox.clone();
+        let answers = std::pin::pin!(outbox.ready());
+        // Reads are readiness-based (see `TcpStream`), so dropping the losing read loses
+        // no bytes.
+        let receive = std::pin::pin!(self.stream.read(buffer));
+        match futures::future::select(receive, answers).await {
+            Either::Left((received, _)) => Ok(Some(received.map_err(|_| Close::Gone)?)),
+            Either::Right(((), _)) => Ok(None),
+        }
+    }
+
     /// With `--spin-us`, polls the socket with non-blocking reads for that long (yielding
     /// to the shard's other tasks in between) before the loop waits for readiness through
     /// the ring: a spinning core then sees a request as soon as it lands, without the
     /// ring's completion round trip. Stops early when answers are waiting to be written.
     /// `None`: nothing arrived (or no spin); the caller waits as usual.
     async fn spin_read(&mut self, buffer: &mut [u8]) -> Result<Option<usize>, Close> {
-        let spin = self.shard.read_spin;
+        let spin = self.shard.read_spin();
         if spin.is_zero() || buffer.is_empty() {
             return Ok(None);
         }
@@ -280,7 +216,7 @@ impl Connection {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
                 _ => return Err(Close::Gone),
             }
-            if !self.outbox.frames.borrow().is_empty() || started.elapsed() >= spin {
+            if self.outbox.queued_bytes() > 0 || started.elapsed() >= spin {
                 return Ok(None);
             }
             futures_lite::future::yield_now().await;
@@ -295,44 +231,37 @@ impl Connection {
         // One clock read for the whole read: the store's time for its requests, and
         // the start of their duration.
         let received = Instant::now();
-        // The shard's clock moves to this read before any of its requests is admitted,
-        // which checks the map is fresh at that time (a read after a pause must not be
-        // judged by the time of the last read before it).
-        self.shard.ms_at(received);
+        self.shard.advance_clock(received);
         let mut consumed = 0;
         let mut answered = 0;
         let mut timed = 0;
-        while self.outbox.pending.get() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
+        while self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
             match split_frame(&input[consumed..]) {
                 Ok(Split::Incomplete { .. }) => break,
                 Ok(Split::Frame { header, payload }) => {
                     let payload_bytes = &input[consumed + payload.start..consumed + payload.end];
-                    if self
+                    let handled = self
                         .handle(header.kind, header.request_id, payload_bytes, received)
-                        .await?
-                    {
+                        .await?;
+                    if handled == Handled::AnsweredAtOnce {
                         timed += 1;
                     }
                     consumed += payload.end;
                     answered += 1;
-                    if self.outbox.frames.borrow().len() >= ANSWER_BATCH_BYTES_MAX {
+                    if self.outbox.queued_bytes() >= ANSWER_BATCH_BYTES_MAX {
                         self.flush().await?;
                     }
                 }
                 Err(error) => return Err(refuse(&self.shard, error)),
             }
         }
-        if timed > 0 {
-            self.shard.metrics.answered_within(timed, received.elapsed());
-        }
-        self.shard.count_operations(answered as u64);
+        self.shard.read_handled(answered, timed, received);
         Ok(consumed)
     }
 
     async fn flush(&mut self) -> Result<(), Close> {
-        while !self.outbox.frames.borrow().is_empty() {
-            // Swap buffers so answers arriving during the write queue up behind it.
-            std::mem::swap(&mut *self.outbox.frames.borrow_mut(), &mut self.spare);
+        while self.outbox.queued_bytes() > 0 {
+            self.outbox.swap_frames(&mut self.spare);
             let written = self.stream.write_all(&self.spare).await;
             self.spare.clear();
             written.map_err(|_| Close::Gone)?;
@@ -345,38 +274,17 @@ impl Connection {
         Ok(())
     }
 
-    /// Answers one frame, or submits it to its shard; `Ok(true)` when the shard
-    /// answered it at once (so the caller times it with the rest of the read).
+    /// Answers one frame, or submits it to its shard.
     async fn handle(
         &mut self,
         kind: FrameKind,
         request_id: u64,
         payload: &[u8],
         received: Instant,
-    ) -> Result<bool, Close> {
+    ) -> Result<Handled, Close> {
         let Some(session) = &self.session else {
-            if kind != FrameKind::Hello {
-                return Err(Close::Refused {
-                    answer: self
-                        .shard
-                        .error(ErrorCode::HandshakeRequired, "the first frame must be a Hello"),
-                });
-            }
-            let hello = decode_payload::<Hello>(payload).map_err(|error| refuse(&self.shard, error))?;
-            self.session = Some(self.accept_hello(hello)?);
-            let reply = HelloReply {
-                node_id: self.shard.node.node_id,
-                shard_id: if self.front {
-                    FRONT_SHARD_ID
-                } else {
-                    self.shard.shard_id as u16
-                },
-                shard_count: self.shard.node.shards.len() as u16,
-                map_epoch: self.shard.map_epoch(),
-                server_version: env!("CARGO_PKG_VERSION").to_string(),
-            };
-            self.outbox.push(FrameKind::HelloReply, request_id, &reply);
-            return Ok(false);
+            self.shake_hands(kind, request_id, payload)?;
+            return Ok(Handled::Untimed);
         };
         if kind != FrameKind::Request {
             let error = ProtocolError::UnexpectedKind {
@@ -385,12 +293,64 @@ impl Connection {
             };
             return Err(refuse(&self.shard, error));
         }
-        let request = decode_request(payload, &mut self.key_buffer).map_err(|error| refuse(&self.shard, error))?;
         let client_id = session.client_id;
-        let immediate = match &request.command {
+        let request = decode_request(payload, &mut self.key_buffer).map_err(|error| refuse(&self.shard, error))?;
+        let answer = match self.answer_here(&request.command).await {
+            Some(answer) => answer,
+            None => match self.place(session, &request.command) {
+                Err(refusal) => refusal,
+                Ok((slot, target)) => {
+                    self.outbox.expect_answer();
+                    let placed = Placed {
+                        slot,
+                        target,
+                        client_id,
+                        request_id,
+                    };
+                    return Ok(self.dispatch(placed, request, received).await);
+                }
+            },
+        };
+        self.shard.answered_here(&request.command, &answer);
+        self.outbox.push(FrameKind::Response, request_id, &answer);
+        self.recycle_key(request.command);
+        Ok(Handled::Untimed)
+    }
+
+    /// The first frame: a Hello, whose credentials and namespace establish the session.
+    fn shake_hands(&mut self, kind: FrameKind, request_id: u64, payload: &[u8]) -> Result<(), Close> {
+        if kind != FrameKind::Hello {
+            return Err(Close::Refused {
+                answer: self
+                    .shard
+                    .error(ErrorCode::HandshakeRequired, "the first frame must be a Hello"),
+            });
+        }
+        let hello = decode_payload::<Hello>(payload).map_err(|error| refuse(&self.shard, error))?;
+        self.session = Some(self.accept_hello(hello)?);
+        let reply = HelloReply {
+            node_id: self.shard.node_id(),
+            shard_id: if self.front {
+                FRONT_SHARD_ID
+            } else {
+                self.shard.id() as u16
+            },
+            shard_count: self.shard.shard_count() as u16,
+            map_epoch: self.shard.map_epoch(),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        self.outbox.push(FrameKind::HelloReply, request_id, &reply);
+        Ok(())
+    }
+
+    /// The answer to a command this connection's shard answers itself, whatever the
+    /// key (node, cluster and migration commands); `None` for a keyed command, which
+    /// goes to the shard that owns its key.
+    async fn answer_here(&self, command: &Command) -> Option<Response> {
+        Some(match command {
             Command::Ping => Response::Pong,
-            Command::Info => Response::Info(self.shard.node.info(self.shard.map_epoch())),
-            Command::GetSlotMap => Response::SlotMap((*self.shard.routing().map).clone()),
+            Command::Info => Response::Info(self.shard.node_info()),
+            Command::GetSlotMap => Response::SlotMap(self.shard.slot_map()),
             Command::InstallMap(map) => self.shard.install_map(map.clone()),
             Command::MigrateOut(_) | Command::MigrateIn(_) if self.front => self.shard.error(
                 ErrorCode::InvalidArgument,
@@ -410,23 +370,11 @@ impl Connection {
                 ErrorCode::InvalidArgument,
                 format!(
                     "{} is a control-plane command: send it to engram-control",
-                    request.command.name()
+                    command.name()
                 ),
             ),
-            command => match self.place(session, command) {
-                Err(refusal) => refusal,
-                Ok((slot, target)) => {
-                    self.outbox.pending.set(self.outbox.pending.get() + 1);
-                    return Ok(self
-                        .dispatch(slot, target, client_id, request_id, request, received)
-                        .await);
-                }
-            },
-        };
-        self.shard.metrics.answered(&request.command, &immediate);
-        self.outbox.push(FrameKind::Response, request_id, &immediate);
-        self.recycle_key(request.command);
-        Ok(false)
+            _ => return None,
+        })
     }
 
     /// Where a keyed command goes: its slot and the shard that serves it, or the answer
@@ -443,7 +391,7 @@ impl Connection {
             return self.shard.admit_front(slot).map(|target| (slot, target));
         }
         match self.shard.admit(slot)? {
-            owner if owner == self.shard.shard_id => Ok((slot, Target::Local(owner))),
+            owner if owner == self.shard.id() => Ok((slot, Target::Local(owner))),
             owner => {
                 let epoch = self.shard.map_epoch();
                 let message = format!("slot {slot} belongs to shard {owner} under map epoch {epoch}");
@@ -452,17 +400,14 @@ impl Connection {
         }
     }
 
-    /// Applies a placed request here, or hands it to its shard; `true` when it was
-    /// answered at once (so the caller times it with the rest of the read).
-    async fn dispatch(
-        &mut self,
-        slot: u32,
-        target: Target,
-        client_id: u64,
-        request_id: u64,
-        mut request: Request,
-        received: Instant,
-    ) -> bool {
+    /// Applies a placed request here, or hands it to its shard.
+    async fn dispatch(&mut self, placed: Placed, mut request: Request, received: Instant) -> Handled {
+        let Placed {
+            slot,
+            target,
+            client_id,
+            request_id,
+        } = placed;
         let owner = match target {
             Target::Local(owner) => owner,
             Target::Remote { routing, index } => {
@@ -473,21 +418,24 @@ impl Connection {
                     .forward(routing.address(index), request_id, epoch, &request)
                     .await;
                 self.recycle_key(request.command);
-                return false;
+                return Handled::Untimed;
             }
         };
         if let Some(session) = &self.session {
             prefix_key(&mut request.command, &session.key_prefix);
         }
-        if owner == self.shard.shard_id {
+        if owner == self.shard.id() {
             let outbox = Rc::downgrade(&self.outbox);
             let destination = Destination::Connection { outbox, request_id };
-            let answered = self.shard.submit(client_id, &request, destination, received);
+            let submitted = self.shard.submit(client_id, &request, destination, received);
             self.recycle_key(request.command);
-            return answered;
+            return match submitted {
+                Submitted::Answered => Handled::AnsweredAtOnce,
+                Submitted::Parked => Handled::Untimed,
+            };
         }
         self.forward(owner, slot, client_id, request_id, request).await;
-        false
+        Handled::Untimed
     }
 
     /// This connection's proxy links, speaking for its client: same client id and
@@ -498,7 +446,7 @@ impl Connection {
                 .session
                 .as_ref()
                 .map_or((0, &[][..]), |session| (session.client_id, session.namespace()));
-            let credentials = self.shard.auth_token.as_deref().unwrap_or_default();
+            let credentials = self.shard.auth_token().unwrap_or_default();
             Proxies::new(client_id, namespace, credentials, Rc::downgrade(&self.outbox))
         })
     }
@@ -524,17 +472,11 @@ impl Connection {
             request,
             reply,
         };
-        let sent = match self.shard.peers.try_send_to(owner, forwarded) {
-            Ok(()) => true,
-            Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(forwarded))) => {
-                self.shard.peers.send_to(owner, forwarded).await.is_ok()
-            }
-            Err(_) => false,
-        };
+        let sent = self.shard.forward(owner, forwarded).await;
         let outbox = self.outbox.clone();
         let shard = self.shard.clone();
-        glommio::spawn_local(async move {
-            let closed = std::pin::pin!(outbox.closed.acquire(1));
+        runtime::spawn_detached(async move {
+            let closed = std::pin::pin!(outbox.closed());
             let response = match futures::future::select(answer, closed).await {
                 Either::Left((Ok(response), _)) if sent => response,
                 Either::Left(_) => shard.error(ErrorCode::ShuttingDown, format!("shard {owner} is not answering")),
@@ -542,8 +484,7 @@ impl Connection {
                 Either::Right(_) => return,
             };
             outbox.deliver(request_id, &response, true);
-        })
-        .detach();
+        });
     }
 
     fn accept_hello(&self, hello: Hello) -> Result<Session, Close> {
@@ -571,7 +512,7 @@ impl Connection {
                 format!("credentials exceed credentials_bytes_max ({CREDENTIALS_BYTES_MAX})"),
             ));
         }
-        if let Some(token) = &self.shard.auth_token {
+        if let Some(token) = self.shard.auth_token() {
             if !constant_time_equal(token, &hello.credentials) {
                 return Err(refuse_with(ErrorCode::Unauthorized, "credentials refused".into()));
             }
@@ -641,7 +582,7 @@ fn constant_time_equal(expected: &[u8], offered: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use engram_proto::{FrameKind, SetCondition, FRAME_HEADER_BYTES};
+    use engram_proto::{encode_message, FrameKind, SetCondition, FRAME_HEADER_BYTES};
 
     use super::*;
 

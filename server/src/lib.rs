@@ -1,25 +1,38 @@
-//! engramd: Engram's data node. One glommio executor per core, each a shard that owns
+//! engramd: Engram's data node. One executor per core, each a shard that owns
 //! its slots' objects outright, so every object is linearizable without locks.
 //!
 //! Layout:
 //! - [`config`]: flags and `ENGRAM_*` environment variables.
-//! - [`node`]: start-up checks, port binding, one pinned executor per shard, signals, ready line.
-//! - [`shard`]: a shard's runtime: store, accept loops, peer mesh, maintenance (expiry, figures).
+//! - [`error`]: why a node could not start or keep running.
+//! - [`events`]: what the node's main thread hears: shards starting, stopping, failing.
+//! - [`node`]: a node's start and stop: its place (alone or joined), shards, signals, ready line.
+//! - [`host`]: what the machine gives a node: io_uring, CPUs, listening ports.
+//! - [`heartbeat`]: a cluster node's reports to the control plane, and the maps it brings back.
+//! - [`runtime`]: the seam to the async runtime: executors, the shard mesh, sockets, timers.
+//! - [`launch`]: a shard's thread from start to stop: mesh, accept loops, timekeeping.
+//! - [`shard`]: a shard's request path: store, routing, answer delivery, peers, maintenance,
+//!   and its side of live slot migration (freeze, copy, commit or abort).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
+//! - [`outbox`]: where answers go: a connection's queue of answers, or a forwarding shard.
 //! - [`store`]: the sans-I/O keyspace state machine (bytes, counters, TTL, memory, exactly-once records).
 //! - [`cluster`]: the node's slot map and routing, the control-plane and peer links.
-//! - [`migration`]: the shard's side of live slot migration (freeze, copy, commit or abort).
 //! - [`proxy`]: front-port forwarding to other nodes' shards, over links that speak for the client.
 //! - [`stats`]: per-shard figures published for INFO and metrics.
 //! - [`metrics`]: Prometheus families, per-shard counting handles, the `/metrics` endpoint.
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod error;
+pub mod events;
+pub mod heartbeat;
+pub mod host;
+pub mod launch;
 pub mod metrics;
-pub mod migration;
 pub mod node;
 pub mod notify;
+pub mod outbox;
 pub mod proxy;
+pub mod runtime;
 pub mod shard;
 pub mod stats;
 pub mod store;

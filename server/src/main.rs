@@ -1,12 +1,21 @@
 use clap::Parser;
 use engram_server::config::{Config, LogFormat};
+use engram_server::error::ServerError;
+
+/// The shell's exit code for a process ended by an interrupt.
+const EXIT_INTERRUPTED: i32 = 130;
 
 fn main() {
     let config = Config::parse();
     init_logging(config.log_format);
-    if let Err(error) = engram_server::node::run(config) {
-        eprintln!("engramd: {error}");
-        std::process::exit(1);
+    match engram_server::node::run(config) {
+        Ok(()) => {}
+        // The signal thread has logged why; the shards are not waited for.
+        Err(ServerError::Interrupted) => std::process::exit(EXIT_INTERRUPTED),
+        Err(error) => {
+            eprintln!("engramd: {error}");
+            std::process::exit(1);
+        }
     }
 }
 

@@ -5,20 +5,18 @@
 //! label children once ([`ShardMetrics`]) and counts through a table indexed by object
 //! kind and result: no label string is formatted or hashed per request, and each child is
 //! written by one shard only, so its atomics are never contended. Gauges (memory, keys,
-//! connections, slots, parked requests) are copied from [`NodeStats`] when scraped, so
-//! they cost nothing between scrapes.
+//! connections, slots, parked requests) are copied from the figures the shards publish
+//! (`stats.rs`) when scraped, as [`ShardGauges`], so they cost nothing between scrapes.
 
 use std::cell::{OnceCell, RefCell};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use engram_proto::{Command, ErrorCode, Response};
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::node::ServerError;
-use crate::stats::NodeStats;
+use crate::error::ServerError;
 use crate::store::WaiterId;
 
 /// Upper bounds of the request duration buckets: an answer from memory takes a few
@@ -302,26 +300,39 @@ impl NodeMetrics {
         }
     }
 
-    /// The text exposition of every family, gauges refreshed from `node`'s figures.
-    pub fn render(&self, node: &NodeStats) -> Vec<u8> {
-        for (shard_id, stats) in node.shards.iter().enumerate() {
+    /// The text exposition of every family, gauges refreshed from each shard's figures
+    /// (in shard order).
+    pub fn render(&self, shards: impl IntoIterator<Item = ShardGauges>) -> Vec<u8> {
+        for (shard_id, figures) in shards.into_iter().enumerate() {
             let shard = [shard_id.to_string()];
             let gauge = |family: &IntGaugeVec, value: u64| {
                 family
                     .with_label_values(&shard)
                     .set(i64::try_from(value).unwrap_or(i64::MAX))
             };
-            gauge(&self.memory_used, stats.memory_used_bytes.load(Relaxed));
+            gauge(&self.memory_used, figures.memory_used_bytes);
             // u64::MAX is the store's "unlimited"; 0 says so, as INFO does.
-            let limit = stats.memory_limit_bytes.load(Relaxed);
+            let limit = figures.memory_limit_bytes;
             gauge(&self.memory_limit, if limit == u64::MAX { 0 } else { limit });
-            gauge(&self.keys, stats.keys.load(Relaxed));
-            gauge(&self.connections, stats.connections.load(Relaxed));
-            gauge(&self.slots_owned, stats.slots_owned.load(Relaxed));
-            gauge(&self.parked_requests, stats.parked_requests.load(Relaxed));
+            gauge(&self.keys, figures.keys);
+            gauge(&self.connections, figures.connections);
+            gauge(&self.slots_owned, figures.slots_owned);
+            gauge(&self.parked_requests, figures.parked_requests);
         }
         engram_metrics_http::render_registry(&self.registry)
     }
+}
+
+/// One shard's gauges, as a scrape reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardGauges {
+    pub memory_used_bytes: u64,
+    /// `u64::MAX`: unlimited.
+    pub memory_limit_bytes: u64,
+    pub keys: u64,
+    pub connections: u64,
+    pub slots_owned: u64,
+    pub parked_requests: u64,
 }
 
 impl Default for NodeMetrics {
@@ -394,9 +405,13 @@ impl ShardMetrics {
     }
 }
 
-/// Starts serving `/metrics` on `bind:port` when `port` is not 0; binds before
-/// returning, so a taken port fails the start.
-pub fn start_http(bind: IpAddr, port: u16, node: Arc<NodeStats>) -> Result<Option<SocketAddr>, ServerError> {
+/// Starts serving `/metrics` on `bind:port` when `port` is not 0, each scrape answered
+/// with what `render` gives; binds before returning, so a taken port fails the start.
+pub fn start_http(
+    bind: IpAddr,
+    port: u16,
+    render: impl Fn() -> Vec<u8> + Send + 'static,
+) -> Result<Option<SocketAddr>, ServerError> {
     if port == 0 {
         return Ok(None);
     }
@@ -404,7 +419,7 @@ pub fn start_http(bind: IpAddr, port: u16, node: Arc<NodeStats>) -> Result<Optio
     let bind_error = |source| ServerError::Bind { address, source };
     let listener = engram_metrics_http::bind(address).map_err(bind_error)?;
     let address = listener.local_addr().map_err(bind_error)?;
-    engram_metrics_http::spawn(listener, move || node.metrics.render(&node)).map_err(bind_error)?;
+    engram_metrics_http::spawn(listener, render).map_err(bind_error)?;
     Ok(Some(address))
 }
 
@@ -476,6 +491,35 @@ mod tests {
             "engram_request_duration_seconds_count{shard=\"3\"} 1\n",
             "engram_migrations_total{direction=\"in\",result=\"aborted\"} 0\n",
             "engram_build_info{version=\"",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn gauges_show_each_shards_figures_and_unlimited_as_zero() {
+        let metrics = NodeMetrics::new();
+        let first = ShardGauges {
+            memory_used_bytes: 10,
+            memory_limit_bytes: u64::MAX,
+            keys: 2,
+            connections: 1,
+            slots_owned: 300,
+            parked_requests: 4,
+        };
+        let second = ShardGauges {
+            memory_limit_bytes: 4_096,
+            ..ShardGauges::default()
+        };
+        let text = String::from_utf8(metrics.render([first, second])).unwrap();
+        for expected in [
+            "engram_memory_used_bytes{shard=\"0\"} 10\n",
+            "engram_memory_limit_bytes{shard=\"0\"} 0\n",
+            "engram_memory_limit_bytes{shard=\"1\"} 4096\n",
+            "engram_keys{shard=\"0\"} 2\n",
+            "engram_connections{shard=\"0\"} 1\n",
+            "engram_slots_owned{shard=\"0\"} 300\n",
+            "engram_parked_requests{shard=\"0\"} 4\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

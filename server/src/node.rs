@@ -1,285 +1,182 @@
-//! Starting and stopping a node: checks the kernel can run it, binds every port before
-//! any shard starts (so a taken port fails fast and clearly), starts one pinned glommio
-//! executor per shard, announces readiness, and stops all shards on SIGINT/SIGTERM.
+//! Starting and stopping a node: checks the machine can run it and binds every port
+//! before any shard starts (`host.rs`), takes its place (alone, or joined to a cluster,
+//! whose heartbeat then runs: `heartbeat.rs`), starts one pinned executor per shard,
+//! announces readiness, and stops all shards on SIGINT/SIGTERM.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engram_proto::limits::incarnation_version_floor;
-use engram_proto::{embedded_map, Command, Heartbeat, JoinRequest, Response, ShardAddress, ShardLoad, SlotMap};
-use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{LocalExecutorBuilder, Placement};
+use engram_proto::{embedded_map, Command, JoinRequest, Response, ShardAddress, SlotMap};
 
 use crate::cluster::{BlockingLink, NodeMap};
 use crate::config::Config;
-use crate::metrics::NodeMetrics;
-use crate::shard::{self, ShardLaunch, FORWARD_QUEUE_DEPTH};
-use crate::stats::{NodeStats, ShardStats};
+use crate::error::ServerError;
+use crate::events::{await_start, await_stop, NodeEvent, NodeEvents};
+use crate::heartbeat::{map_check_grace_ms, Heartbeater, Membership, CONTROL_CALL_TIMEOUT_MS};
+use crate::host::{allowed_cpus, bind_ports, check_io_uring, Ports};
+use crate::launch::{self, ShardLaunch};
+use crate::runtime::{self, Executor};
+use crate::shard::{ShardSetup, FORWARD_QUEUE_DEPTH};
+use crate::stats::NodeStats;
 
-/// Memory glommio registers with io_uring per shard for its DMA buffers. Engram does
-/// no file I/O, so this stays small, which keeps the locked-memory need within the
-/// common 8 MiB default even for several shards.
-pub const SHARD_IO_MEMORY_BYTES: usize = 512 * 1024;
 /// Most shards one node runs (ports and shard ids are 16-bit).
 pub const SHARDS_MAX: usize = 1024;
-/// Connections the kernel queues per listener before the shards accept them.
-pub const LISTEN_BACKLOG: i32 = 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("io_uring is unavailable ({source}): {hint}")]
-    IoUringUnavailable { source: std::io::Error, hint: String },
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("--cores {0} is out of range (1..={SHARDS_MAX})")]
-    Cores(usize),
-    #[error("ports {first}..={last} do not fit below 65536; choose a lower --port")]
-    Ports { first: u32, last: u32 },
-    #[error(
-        "shard {shard} could not start: {reason}. io_uring needs locked memory: raise the memlock limit \
-         (ulimit -l; in Docker --ulimit memlock=8388608, or -1 where the daemon's own limit allows it)"
-    )]
-    ShardStart { shard: usize, reason: String },
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
-    #[error("cannot start a thread: {0}")]
-    Thread(std::io::Error),
-    #[error("--bind {0} is unspecified: a cluster node needs --advertise with the host others reach it at")]
-    AdvertiseRequired(std::net::IpAddr),
-    #[error("could not join the cluster at {control} within {JOIN_TIMEOUT_MS} ms (join_timeout_ms): {reason}")]
-    Join { control: String, reason: String },
-}
-
 /// How long a starting node keeps trying to reach the control plane.
 pub const JOIN_TIMEOUT_MS: u64 = 30_000;
-/// How often a cluster node reports to the control plane.
-pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
-/// Bound on each control-plane exchange, so a stalled control plane cannot stall the
-/// heartbeat thread for long.
-pub const CONTROL_CALL_TIMEOUT_MS: u64 = 1_000;
-
-/// Fails fast, with the likely cause, when this process cannot use io_uring at all.
-pub fn check_io_uring() -> Result<(), ServerError> {
-    io_uring::IoUring::new(4).map(drop).map_err(|source| {
-        let hint = match source.raw_os_error() {
-            Some(libc::ENOSYS) => "the kernel has no io_uring; engramd needs Linux 5.8 or newer".to_string(),
-            Some(libc::EPERM) | Some(libc::EACCES) => "io_uring is forbidden here: in a container, run with a seccomp \
-                 profile that allows io_uring_setup, io_uring_enter and io_uring_register; on the host, check \
-                 sysctl kernel.io_uring_disabled"
-                .to_string(),
-            Some(libc::ENOMEM) => format!(
-                "the rings could not be allocated; the locked-memory limit is {} (raise it: ulimit -l; in \
-                 Docker --ulimit memlock=8388608, or -1 where the daemon's own limit allows it)",
-                memlock_limit_text()
-            ),
-            _ => "engramd needs Linux 5.8 or newer with io_uring enabled".to_string(),
-        };
-        ServerError::IoUringUnavailable { source, hint }
-    })
-}
-
-fn memlock_limit_text() -> String {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
-        return "unknown".into();
-    }
-    if limit.rlim_cur == libc::RLIM_INFINITY {
-        "unlimited".into()
-    } else {
-        format!("{} KiB", limit.rlim_cur / 1024)
-    }
-}
-
-fn listen(address: SocketAddr) -> Result<StdListener, ServerError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let bind_error = |source| ServerError::Bind { address, source };
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP)).map_err(bind_error)?;
-    // Reuse of TIME_WAIT addresses only, deliberately not SO_REUSEPORT: a second engramd
-    // on the same port must fail, not silently share the traffic.
-    socket.set_reuse_address(true).map_err(bind_error)?;
-    socket.bind(&address.into()).map_err(bind_error)?;
-    socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
-    // Every shard accepts on a dup of the front listener (one open file description);
-    // glommio's accept sets O_NONBLOCK around a direct accept(2) and restores the old
-    // flags, so a blocking listener lets two shards race into a blocking accept(2).
-    socket.set_nonblocking(true).map_err(bind_error)?;
-    Ok(socket.into())
-}
-
-/// CPUs this process may run on (respects taskset and container cpusets).
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into `set`.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .collect()
-    }
-}
+/// How long a starting node waits between tries to reach the control plane.
+pub const JOIN_RETRY_INTERVAL_MS: u64 = 200;
 
 pub fn run(config: Config) -> Result<(), ServerError> {
     check_io_uring()?;
     let cpus = allowed_cpus();
-    let shard_count = config.cores.unwrap_or(cpus.len());
-    if shard_count == 0 || shard_count > SHARDS_MAX {
-        return Err(ServerError::Cores(shard_count));
-    }
-    if shard_count > cpus.len() {
-        tracing::warn!(
-            shards = shard_count,
-            cpus = cpus.len(),
-            "more shards than CPUs: shards will share cores"
-        );
-    }
-    let last_port = u32::from(config.port) + shard_count as u32;
-    if config.port != 0 && last_port > u32::from(u16::MAX) {
-        return Err(ServerError::Ports {
-            first: u32::from(config.port),
-            last: last_port,
-        });
-    }
-
-    let front = listen(SocketAddr::new(config.bind, config.port))?;
-    let front_address = front.local_addr().map_err(|source| ServerError::Bind {
-        address: SocketAddr::new(config.bind, config.port),
-        source,
-    })?;
-    let mut shard_listeners = Vec::with_capacity(shard_count);
-    for shard_id in 0..shard_count {
-        let port = if config.port == 0 {
-            0
-        } else {
-            config.port + 1 + shard_id as u16
-        };
-        shard_listeners.push(listen(SocketAddr::new(config.bind, port))?);
-    }
-    let shard_addresses: Vec<String> = shard_listeners
-        .iter()
-        .map(|listener| {
-            listener
-                .local_addr()
-                .map(|address| address.to_string())
-                .unwrap_or_default()
-        })
-        .collect();
-
+    let shard_count = shard_count(config.cores, cpus.len())?;
+    let Ports {
+        front,
+        front_address,
+        shards: shard_listeners,
+        shard_addresses,
+    } = bind_ports(config.bind, config.port, shard_count)?;
     let credentials = config.auth_token.clone().unwrap_or_default().into_bytes();
     let NodePlace {
         node_id,
         map,
         shard_addresses,
         version_floor,
-        session,
+        membership,
     } = place_node(&config, front_address, shard_addresses, &credentials)?;
     let node_map = Arc::new(NodeMap::new(map));
-    if let Some(session) = &session {
-        node_map.mark_checked(map_check_grace_ms(session.liveness_timeout_ms));
+    if let Some(membership) = &membership {
+        node_map.mark_checked(map_check_grace_ms(membership.liveness_timeout_ms));
     }
-    let node = Arc::new(NodeStats {
-        node_id,
-        started: Instant::now(),
-        shards: (0..shard_count).map(|_| ShardStats::default()).collect(),
-        shard_addresses: shard_addresses.clone(),
-        metrics: NodeMetrics::new(),
-    });
-    let metrics_address = crate::metrics::start_http(config.bind, config.metrics_port, node.clone())?;
-    let memory_limit_bytes = config.memory_limit.map_or(u64::MAX, |limit| limit / shard_count as u64);
+    let node = Arc::new(NodeStats::new(node_id, shard_addresses.clone()));
+    let metrics_node = node.clone();
+    let metrics_address =
+        crate::metrics::start_http(config.bind, config.metrics_port, move || metrics_node.render_metrics())?;
     let shutdown = Arc::new(AtomicBool::new(false));
-    watch_signals(shutdown.clone())?;
+    let (events, event_receiver) = NodeEvents::channel(shard_count);
+    watch_signals(shutdown.clone(), events.clone())?;
 
-    let mesh = MeshBuilder::full(shard_count, FORWARD_QUEUE_DEPTH);
+    let memory_limit_bytes = config.memory_limit.map_or(u64::MAX, |limit| limit / shard_count as u64);
     let hash_seed = random_u64();
-    let (events, event_receiver) = mpsc::sync_channel::<Result<usize, ServerError>>(shard_count * 2);
-    for (shard_id, shard_listener) in shard_listeners.into_iter().enumerate() {
+    let setup = |shard_id| ShardSetup {
+        shard_id,
+        node_map: node_map.clone(),
+        node: node.clone(),
+        memory_limit_bytes,
+        hash_seed,
+        version_floor,
+        auth_token: config.auth_token.clone().map(String::into_bytes),
+        read_spin: Duration::from_micros(config.spin_us),
+    };
+    let listeners = Listeners {
+        front,
+        front_address,
+        shards: shard_listeners,
+    };
+    start_shards(
+        listeners,
+        setup,
+        &cpus,
+        Duration::from_micros(config.spin_us),
+        &shutdown,
+        &events,
+    )?;
+    drop(events);
+    await_start(&event_receiver, shard_count)?;
+    if let Some(membership) = membership {
+        Heartbeater::new(membership, node.clone(), node_map.clone(), shutdown.clone()).start()?;
+    }
+    tracing::info!(%front_address, shards = shard_count, node_id, ?metrics_address, "engramd serving");
+    announce_ready(front_address, &shard_addresses, node_id);
+    await_stop(&event_receiver, shard_count)?;
+    tracing::info!("engramd stopped");
+    Ok(())
+}
+
+/// The shards to run: `--cores`, or one per CPU this process may use.
+fn shard_count(cores: Option<usize>, cpus: usize) -> Result<usize, ServerError> {
+    let shard_count = cores.unwrap_or(cpus);
+    if shard_count == 0 || shard_count > SHARDS_MAX {
+        return Err(ServerError::Cores {
+            cores: shard_count,
+            shards_max: SHARDS_MAX,
+        });
+    }
+    if shard_count > cpus {
+        tracing::warn!(
+            shards = shard_count,
+            cpus,
+            "more shards than CPUs: shards will share cores"
+        );
+    }
+    Ok(shard_count)
+}
+
+/// The listeners the shards take over.
+struct Listeners {
+    front: StdListener,
+    front_address: SocketAddr,
+    shards: Vec<StdListener>,
+}
+
+/// Starts one executor per shard, pinned round-robin to `cpus`, each with a watcher
+/// thread that tells `events` when the shard's thread ends.
+fn start_shards(
+    listeners: Listeners,
+    setup: impl Fn(usize) -> ShardSetup,
+    cpus: &[usize],
+    spin: Duration,
+    shutdown: &Arc<AtomicBool>,
+    events: &NodeEvents,
+) -> Result<(), ServerError> {
+    let Listeners {
+        front,
+        front_address,
+        shards,
+    } = listeners;
+    let mesh = runtime::full_mesh(shards.len(), FORWARD_QUEUE_DEPTH);
+    for (shard_id, shard_listener) in shards.into_iter().enumerate() {
         let front_listener = front.try_clone().map_err(|source| ServerError::Bind {
             address: front_address,
             source,
         })?;
         let launch = ShardLaunch {
-            shard_id,
+            setup: setup(shard_id),
             shard_listener,
             front_listener,
-            node_map: node_map.clone(),
-            node: node.clone(),
-            memory_limit_bytes,
-            auth_token: config.auth_token.clone().map(String::into_bytes),
-            read_spin: Duration::from_micros(config.spin_us),
-            hash_seed,
-            version_floor,
             mesh: mesh.clone(),
             shutdown: shutdown.clone(),
         };
-        let ready = events.clone();
-        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard_id % cpus.len()]))
-            .name(&format!("shard-{shard_id}"))
-            .io_memory(SHARD_IO_MEMORY_BYTES)
-            .spin_before_park(Duration::from_micros(config.spin_us));
-        let handle = builder
-            .spawn(move || shard::run(launch, ready))
-            .map_err(|error| ServerError::ShardStart {
-                shard: shard_id,
-                reason: error.to_string(),
+        let shard_events = events.clone();
+        let cpu = cpus[shard_id % cpus.len()];
+        let name = format!("shard-{shard_id}");
+        let executor =
+            Executor::spawn(&name, cpu, spin, move || launch::run(launch, shard_events)).map_err(|error| {
+                ServerError::ShardStart {
+                    shard: shard_id,
+                    reason: error.to_string(),
+                }
             })?;
         let finished = events.clone();
         std::thread::spawn(move || {
-            let outcome = match handle.join() {
-                Ok(()) => Ok(usize::MAX),
-                Err(error) => Err(ServerError::ShardStart {
+            finished.send(match executor.join() {
+                Ok(()) => NodeEvent::ShardStopped { shard: shard_id },
+                Err(error) => NodeEvent::ShardFailed(ServerError::ShardStart {
                     shard: shard_id,
                     reason: error.to_string(),
                 }),
-            };
-            let _ = finished.send(outcome);
+            });
         });
     }
-    drop(front);
-    drop(events);
+    Ok(())
+}
 
-    let mut started = 0;
-    while started < shard_count {
-        match event_receiver.recv() {
-            Ok(Ok(usize::MAX)) => {}
-            Ok(Ok(_)) => started += 1,
-            Ok(Err(error)) => return Err(error),
-            Err(_) => {
-                return Err(ServerError::ShardStart {
-                    shard: 0,
-                    reason: "shards exited during start".into(),
-                })
-            }
-        }
-    }
-    if let Some(session) = session {
-        let heartbeat = Heartbeater {
-            control: session.control,
-            credentials: credentials.clone(),
-            node: node.clone(),
-            node_map: node_map.clone(),
-            shutdown: shutdown.clone(),
-            refusal_logged: std::cell::Cell::new(None),
-            incarnation: session.incarnation,
-            liveness_timeout_ms: std::cell::Cell::new(session.liveness_timeout_ms),
-        };
-        std::thread::Builder::new()
-            .name("heartbeat".into())
-            .spawn(move || heartbeat.run())
-            .map_err(ServerError::Thread)?;
-    }
-    tracing::info!(%front_address, shards = shard_count, node_id, ?metrics_address, "engramd serving");
-    // The ready line is the contract with scripts and tests: one line, key=value.
+/// Prints the ready line, the contract with scripts and tests: one line, key=value.
+fn announce_ready(front_address: SocketAddr, shard_addresses: &[String], node_id: u64) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
@@ -287,18 +184,6 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         shard_addresses.join(",")
     );
     let _ = stdout.flush();
-    drop(stdout);
-
-    let mut stopped = 0;
-    while stopped < shard_count {
-        match event_receiver.recv() {
-            Ok(Err(error)) => return Err(error),
-            Ok(Ok(_)) => stopped += 1,
-            Err(_) => break,
-        }
-    }
-    tracing::info!("engramd stopped");
-    Ok(())
 }
 
 /// Where a node stands: alone with its embedded map, or a member of a cluster.
@@ -308,15 +193,8 @@ struct NodePlace {
     /// As clients and other nodes reach them.
     shard_addresses: Vec<String>,
     version_floor: u64,
-    /// `None` for a node that runs alone.
-    session: Option<Session>,
-}
-
-/// What a cluster node's join gave it.
-struct Session {
-    control: String,
-    incarnation: u64,
-    liveness_timeout_ms: u64,
+    /// What the heartbeat needs; `None` for a node that runs alone.
+    membership: Option<Membership>,
 }
 
 /// Builds the embedded map of a node that runs alone, or joins the control plane.
@@ -326,25 +204,42 @@ fn place_node(
     shard_addresses: Vec<String>,
     credentials: &[u8],
 ) -> Result<NodePlace, ServerError> {
-    let Some(control) = &config.control else {
-        let node_id = config.node_id.unwrap_or_else(random_u64);
-        let shards = shard_addresses
-            .iter()
-            .enumerate()
-            .map(|(shard_id, address)| ShardAddress {
-                node_id,
-                shard_id: shard_id as u16,
-                address: address.clone(),
-            })
-            .collect();
-        return Ok(NodePlace {
+    match &config.control {
+        None => Ok(place_alone(config.node_id, shard_addresses)),
+        Some(control) => join(config, control, front_address, shard_addresses, credentials),
+    }
+}
+
+/// A node that runs alone serves every slot, under the embedded control plane's map.
+fn place_alone(node_id: Option<u64>, shard_addresses: Vec<String>) -> NodePlace {
+    let node_id = node_id.unwrap_or_else(random_u64);
+    let shards = shard_addresses
+        .iter()
+        .enumerate()
+        .map(|(shard_id, address)| ShardAddress {
             node_id,
-            map: embedded_map(shards),
-            shard_addresses,
-            version_floor: standalone_version_floor(),
-            session: None,
-        });
-    };
+            shard_id: shard_id as u16,
+            address: address.clone(),
+        })
+        .collect();
+    NodePlace {
+        node_id,
+        map: embedded_map(shards),
+        shard_addresses,
+        version_floor: standalone_version_floor(),
+        membership: None,
+    }
+}
+
+/// Joins the cluster whose control plane is at `control`, announcing the addresses
+/// clients and other nodes reach this node's ports at.
+fn join(
+    config: &Config,
+    control: &str,
+    front_address: SocketAddr,
+    shard_addresses: Vec<String>,
+    credentials: &[u8],
+) -> Result<NodePlace, ServerError> {
     let host = match &config.advertise {
         Some(host) => host.clone(),
         None if config.bind.is_unspecified() => return Err(ServerError::AdvertiseRequired(config.bind)),
@@ -368,15 +263,18 @@ fn place_node(
         map: joined.map,
         shard_addresses: request.shard_addresses,
         version_floor: incarnation_version_floor(joined.incarnation),
-        session: Some(Session {
-            control: control.clone(),
+        membership: Some(Membership {
+            control: control.to_string(),
+            credentials: credentials.to_vec(),
             incarnation: joined.incarnation,
             liveness_timeout_ms: joined.liveness_timeout_ms,
         }),
     })
 }
 
-fn watch_signals(shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
+/// The first SIGINT or SIGTERM asks the shards to stop; a second one tells the main
+/// thread to stop without them.
+fn watch_signals(shutdown: Arc<AtomicBool>, events: NodeEvents) -> Result<(), ServerError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Signals)?;
     std::thread::Builder::new()
@@ -385,7 +283,8 @@ fn watch_signals(shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
             for signal in signals.forever() {
                 if shutdown.swap(true, Relaxed) {
                     tracing::warn!(signal, "second signal: exiting at once");
-                    std::process::exit(130);
+                    events.interrupt();
+                    continue;
                 }
                 tracing::info!(signal, "shutting down");
             }
@@ -413,16 +312,6 @@ struct Joined {
     map: SlotMap,
     incarnation: u64,
     liveness_timeout_ms: u64,
-}
-
-/// How long shards may serve on a map after it was last checked with the control
-/// plane, given its liveness timeout. The control plane declares a node dead once it
-/// has heard nothing for the timeout, counted from the last heartbeat it received,
-/// which the node sent at most `CONTROL_CALL_TIMEOUT_MS` before the exchange ended;
-/// half of what is left keeps the node's own deadline well ahead of that, on clocks
-/// that only run at about the same rate.
-fn map_check_grace_ms(liveness_timeout_ms: u64) -> u64 {
-    liveness_timeout_ms.saturating_sub(CONTROL_CALL_TIMEOUT_MS) / 2
 }
 
 /// Registers with the control plane, retrying until `JOIN_TIMEOUT_MS`: a node may start
@@ -459,177 +348,11 @@ fn join_cluster(control: &str, credentials: &[u8], request: &JoinRequest) -> Res
             return Err(ServerError::Join {
                 control: control.to_string(),
                 reason,
+                join_timeout_ms: JOIN_TIMEOUT_MS,
             });
         }
         tracing::debug!(%control, %reason, "join attempt failed; retrying");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Reports liveness and load to the control plane and fetches the map when the control
-/// plane's is newer. The node keeps serving with the map it has while the control plane
-/// is unreachable.
-struct Heartbeater {
-    control: String,
-    credentials: Vec<u8>,
-    node: Arc<NodeStats>,
-    node_map: Arc<NodeMap>,
-    shutdown: Arc<AtomicBool>,
-    refusal_logged: std::cell::Cell<Option<Instant>>,
-    incarnation: u64,
-    /// The control plane's, from its last answer.
-    liveness_timeout_ms: std::cell::Cell<u64>,
-}
-
-/// How often a heartbeat refusal is logged while it lasts.
-const REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
-
-impl Heartbeater {
-    fn run(self) {
-        let mut link: Option<BlockingLink> = None;
-        let mut reachable = true;
-        while !self.shutdown.load(Relaxed) {
-            std::thread::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
-            let outcome = match link.take() {
-                // A link kept across a pause may have been closed at the other end: its
-                // failure says nothing about the control plane, so a new link tries.
-                Some(mut existing) => self
-                    .beat(&mut existing)
-                    .map(|()| existing)
-                    .or_else(|_| self.connect_and_beat()),
-                None => self.connect_and_beat(),
-            };
-            match outcome {
-                Ok(existing) => {
-                    if !reachable {
-                        tracing::info!(control = %self.control, "control plane reachable again");
-                    }
-                    reachable = true;
-                    link = Some(existing);
-                }
-                Err(error) => {
-                    if reachable {
-                        tracing::warn!(control = %self.control, %error, "control plane unreachable; serving with the current map");
-                    }
-                    reachable = false;
-                    // A control plane that is down moves nothing meanwhile: the map stays
-                    // good to serve on. (One that is up but cut off from this node may
-                    // declare it dead: ARCHITECTURE.md's departures say what that costs.)
-                    self.mark_checked();
-                }
-            }
-        }
-    }
-
-    fn connect_and_beat(&self) -> Result<BlockingLink, crate::cluster::LinkError> {
-        let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
-        let mut link = BlockingLink::connect(&self.control, &self.credentials, timeout)?;
-        self.beat(&mut link)?;
-        Ok(link)
-    }
-
-    /// Tells the shards the map was checked just now (see [`map_check_grace_ms`]).
-    fn mark_checked(&self) {
-        let now_ms = self.node.started.elapsed().as_millis() as u64;
-        self.node_map
-            .mark_checked(now_ms + map_check_grace_ms(self.liveness_timeout_ms.get()));
-    }
-
-    /// One exchange: report, and install the control plane's map if it is newer. The
-    /// map counts as checked only once it is installed; a refused beat (this process
-    /// was replaced by a restart, or the control plane lost its state) does not count,
-    /// so the shards stop serving on it.
-    fn beat(&self, link: &mut BlockingLink) -> Result<(), crate::cluster::LinkError> {
-        let shards = self
-            .node
-            .shards
-            .iter()
-            .map(|shard| ShardLoad {
-                keys: shard.keys.load(Relaxed),
-                memory_used_bytes: shard.memory_used_bytes.load(Relaxed),
-                operations_total: shard.operations_total.load(Relaxed),
-            })
-            .collect();
-        let mut migrations: Vec<u64> = Vec::new();
-        for shard in &self.node.shards {
-            migrations.extend(
-                shard
-                    .migrations
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .iter(),
-            );
-        }
-        let heartbeat = Heartbeat {
-            node_id: self.node.node_id,
-            map_epoch: self.node_map.epoch(),
-            shards,
-            migrations,
-            incarnation: self.incarnation,
-        };
-        let (control_epoch, abort_migrations) = match link.call(Command::ClusterHeartbeat(heartbeat))? {
-            Response::HeartbeatAck {
-                map_epoch,
-                abort_migrations,
-                liveness_timeout_ms,
-            } => {
-                self.liveness_timeout_ms.set(liveness_timeout_ms);
-                (map_epoch, abort_migrations)
-            }
-            Response::Error(reply) => {
-                // A control plane that lost its state refuses every beat; say so now and
-                // then, not twice a second.
-                let due = self
-                    .refusal_logged
-                    .get()
-                    .is_none_or(|logged| logged.elapsed() >= Duration::from_millis(REFUSAL_LOG_INTERVAL_MS));
-                if due {
-                    self.refusal_logged.set(Some(Instant::now()));
-                    tracing::warn!(control = %self.control, message = %reply.message, "heartbeat refused");
-                }
-                return Ok(());
-            }
-            _ => return Ok(()),
-        };
-        if control_epoch > self.node_map.epoch() {
-            if let Response::SlotMap(map) = link.call(Command::GetSlotMap)? {
-                let epoch = map.epoch;
-                match self.node_map.install(map) {
-                    Ok(true) => tracing::info!(epoch, "installed the control plane's map"),
-                    Ok(false) => {}
-                    Err(reason) => tracing::warn!(epoch, %reason, "the control plane sent an invalid map"),
-                }
-            }
-        }
-        if control_epoch <= self.node_map.epoch() {
-            self.mark_checked();
-        }
-        if !abort_migrations.is_empty() {
-            self.settle(&abort_migrations, control_epoch);
-        }
-        Ok(())
-    }
-
-    /// Aborts migrations the control plane no longer runs, on every shard (an id unknown
-    /// to a shard is a no-op there). The map was installed first, and each shard refuses
-    /// the abort until it routes with `map_epoch`, so a migration the map committed is
-    /// committed by the map, not undone by the abort.
-    fn settle(&self, migration_ids: &[u64], map_epoch: u64) {
-        let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
-        for address in &self.node.shard_addresses {
-            let link = BlockingLink::connect(address, &self.credentials, timeout);
-            let Ok(mut link) = link else { continue };
-            for &migration_id in migration_ids {
-                let abort = Command::MigrateAbort {
-                    migration_id,
-                    map_epoch,
-                };
-                if let Err(error) = link.call(abort) {
-                    tracing::debug!(%address, migration_id, %error, "could not settle a migration; the next heartbeat retries");
-                }
-            }
-        }
-        tracing::info!(?migration_ids, "settled migrations the control plane no longer runs");
+        std::thread::sleep(Duration::from_millis(JOIN_RETRY_INTERVAL_MS));
     }
 }
 

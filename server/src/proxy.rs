@@ -39,11 +39,11 @@ use engram_proto::{
 };
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures_lite::FutureExt;
-use glommio::net::TcpStream;
 
 use crate::cluster::{LinkError, PeerLink};
-use crate::connection::Outbox;
 use crate::notify::LocalNotify;
+use crate::outbox::Outbox;
+use crate::runtime::{self, TcpStream};
 
 /// Longest a link may take to connect, and then to shake hands. A node that is down
 /// refuses at once; this bounds the case where nothing answers at all (a stopped
@@ -270,7 +270,7 @@ impl Proxies {
             }
         }
         let link = Rc::new(Link::new(address, self.outbox.clone()));
-        glommio::spawn_local(link.clone().run(self.hello.clone())).detach();
+        runtime::spawn_detached(link.clone().run(self.hello.clone()));
         links.insert(address.to_string(), link.clone());
         Ok(link)
     }
@@ -504,7 +504,7 @@ impl Link {
             }
             let wake = next.unwrap_or(now + Duration::from_millis(PROXY_ANSWER_GRACE_MS));
             self.reaper_wake.set(wake);
-            glommio::timer::sleep(wake.saturating_duration_since(now))
+            runtime::sleep(wake.saturating_duration_since(now))
                 .or(self.reaper.notified())
                 .await;
         }
@@ -585,7 +585,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         while answers.len() < count {
             assert!(Instant::now() < deadline, "only {answers:?} arrived");
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+            runtime::sleep(Duration::from_millis(1)).await;
             frames.extend(outbox.take_frames());
             while let Ok(Split::Frame { header, payload }) = split_frame(&frames) {
                 answers.push((
@@ -596,14 +596,6 @@ mod tests {
             }
         }
         answers
-    }
-
-    fn on_executor(work: impl std::future::Future<Output = ()>) {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(crate::node::SHARD_IO_MEMORY_BYTES)
-            .make()
-            .expect("executor")
-            .run(work);
     }
 
     #[test]
@@ -620,7 +612,7 @@ mod tests {
             },
         };
         let sent = [add.clone(), counter_get()];
-        on_executor(async move {
+        runtime::run_unpinned(async move {
             let outbox = Rc::new(Outbox::default());
             let proxies = Proxies::new(42, b"tenant", b"token", Rc::downgrade(&outbox));
             proxies.forward(&address, 100, 3, &sent[0]).await;
@@ -655,7 +647,7 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             listener.local_addr().expect("address").to_string()
         };
-        on_executor(async move {
+        runtime::run_unpinned(async move {
             let outbox = Rc::new(Outbox::default());
             let proxies = Proxies::new(42, b"", b"", Rc::downgrade(&outbox));
             proxies.forward(&address, 5, 3, &counter_get()).await;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use engram_proto::{NodeInfo, ShardInfo};
 
-use crate::metrics::NodeMetrics;
+use crate::metrics::{NodeMetrics, ShardGauges};
 
 #[derive(Default)]
 pub struct ShardStats {
@@ -30,6 +30,18 @@ impl ShardStats {
     pub fn publish_slots_owned(&self, slots: usize) {
         self.slots_owned.store(slots as u64, Relaxed);
     }
+
+    /// The figures a metrics scrape shows as gauges.
+    pub fn gauges(&self) -> ShardGauges {
+        ShardGauges {
+            memory_used_bytes: self.memory_used_bytes.load(Relaxed),
+            memory_limit_bytes: self.memory_limit_bytes.load(Relaxed),
+            keys: self.keys.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+            slots_owned: self.slots_owned.load(Relaxed),
+            parked_requests: self.parked_requests.load(Relaxed),
+        }
+    }
 }
 
 pub struct NodeStats {
@@ -41,6 +53,22 @@ pub struct NodeStats {
 }
 
 impl NodeStats {
+    /// Figures of a node starting now, with a shard per address in `shard_addresses`.
+    pub fn new(node_id: u64, shard_addresses: Vec<String>) -> NodeStats {
+        NodeStats {
+            node_id,
+            started: Instant::now(),
+            shards: shard_addresses.iter().map(|_| ShardStats::default()).collect(),
+            shard_addresses,
+            metrics: NodeMetrics::new(),
+        }
+    }
+
+    /// The metrics exposition, gauges as the shards last published them.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        self.metrics.render(self.shards.iter().map(ShardStats::gauges))
+    }
+
     pub fn info(&self, map_epoch: u64) -> NodeInfo {
         let shards: Vec<ShardInfo> = self
             .shards

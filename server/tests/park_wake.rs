@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use engram_server::node::SHARD_IO_MEMORY_BYTES;
+use engram_server::runtime::SHARD_IO_MEMORY_BYTES;
 use futures::channel::oneshot;
 use futures::future::{select, Either};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};

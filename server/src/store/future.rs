@@ -4,7 +4,7 @@
 use engram_proto::limits::VALUE_BYTES_MAX;
 use engram_proto::{ErrorCode, MigratedCompletion, MigratedObject, Response};
 
-use super::migration::check_minted;
+use super::validation::check_minted;
 
 use super::{error, Effects, Object, Outcome, WaiterId};
 

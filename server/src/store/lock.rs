@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use engram_proto::{ErrorCode, LockHolder, MigratedLockHolder, MigratedObject, Response};
 
-use super::migration::{check_lease_ms, check_minted, check_owner};
+use super::validation::{check_lease_ms, check_minted, check_owner};
 use super::waiting::Revert;
 use super::{error, Effects, Object, Outcome, WaiterId};
 

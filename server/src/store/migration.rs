@@ -15,26 +15,17 @@
 
 use std::collections::HashSet;
 
-use engram_proto::limits::{LEASE_MS_MAX, OWNER_BYTES_MAX, SLOT_COUNT, TTL_MS_MAX, VALUE_BYTES_MAX};
+use engram_proto::limits::{SLOT_COUNT, TTL_MS_MAX, VALUE_BYTES_MAX};
 use engram_proto::migration::BATCH_FIXED_BYTES;
-use engram_proto::{
-    decode_batch, ErrorCode, MigratedEntry, MigratedObject, MigratedRecord, ProtocolError, SlotBatch, SlotHasher,
-};
+use engram_proto::{decode_batch, ErrorCode, MigratedEntry, MigratedObject, MigratedRecord, ProtocolError, SlotBatch};
 
+use super::keys::{client_key, slot_of_stored_key, STORED_KEY_BYTES_MAX};
 use super::operations::{done_record_bytes, OPERATION_RECORDS_MAX};
+use super::validation::check_minted;
 use super::{
-    barrier, client_key, error, future, latch, lock, map, queue, semaphore, CompactEntry, CompactError, Contents,
-    Effects, Entry, KeyEntry, Object, Store, STORED_KEY_BYTES_MAX,
+    barrier, error, future, latch, lock, map, queue, semaphore, CompactEntry, CompactError, Contents, Effects, Entry,
+    KeyEntry, Object, Store,
 };
-
-/// The slot of a stored key (`[namespace length][namespace][client key]`), as the
-/// client computed it; `None` when the key is too short for its own prefix.
-pub fn slot_of_stored_key(key: &[u8]) -> Option<u32> {
-    let (&namespace_length, rest) = key.split_first()?;
-    let namespace = rest.get(..usize::from(namespace_length))?;
-    let client_key = &rest[usize::from(namespace_length)..];
-    Some(SlotHasher::new(namespace).slot(client_key))
-}
 
 /// Why a batch was refused. A refused batch changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,10 +157,46 @@ impl Store {
             records,
             last_version,
         } = batch;
+        let built = self.build_entries(entries, now_ms, last_version)?;
+        let taken = self.records_to_take(records)?;
+        let entries_bytes = built.iter().map(KeyEntry::charged_bytes);
+        let records_bytes = taken.iter().map(|record| done_record_bytes(&record.response));
+        let needed_bytes = entries_bytes.chain(records_bytes).fold(0u64, u64::saturating_add);
+        let used_bytes = self.memory_used_bytes();
+        if used_bytes.saturating_add(needed_bytes) > self.memory_limit_bytes {
+            return Err(ImportError::OutOfMemory {
+                needed_bytes,
+                used_bytes,
+                limit_bytes: self.memory_limit_bytes,
+            });
+        }
+        for entry in built {
+            self.insert_imported(entry, now_ms);
+        }
+        for record in taken {
+            self.operations.import(
+                record.client_id,
+                record.op_id,
+                Some(record.slot),
+                record.response,
+                now_ms,
+            );
+        }
+        self.last_version = self.last_version.max(last_version);
+        Ok(())
+    }
+
+    /// The batch's entries rebuilt and checked, idle objects left out (a later use
+    /// re-creates them identically), in key order.
+    fn build_entries(
+        &self,
+        entries: Vec<MigratedEntry>,
+        now_ms: u64,
+        last_version: u64,
+    ) -> Result<Vec<KeyEntry>, ImportError> {
         let mut built: Vec<KeyEntry> = Vec::with_capacity(entries.len());
         for entry in entries {
             let entry = self.build_entry(entry, now_ms, last_version)?;
-            // Idle objects are never stored (a later use re-creates them identically).
             if !entry.is_idle() {
                 built.push(entry);
             }
@@ -180,6 +207,12 @@ impl Store {
                 key: shown(pair[0].key()),
             });
         }
+        Ok(built)
+    }
+
+    /// The batch's records this shard takes (not those of operations it answered
+    /// itself), each checked, and within `OPERATION_RECORDS_MAX` with those it holds.
+    fn records_to_take(&self, records: Vec<MigratedRecord>) -> Result<Vec<MigratedRecord>, ImportError> {
         let mut seen_operations = HashSet::with_capacity(records.len());
         let mut taken = Vec::with_capacity(records.len());
         for record in records {
@@ -207,43 +240,23 @@ impl Store {
                 held,
             });
         }
-        let entries_bytes = built.iter().map(KeyEntry::charged_bytes);
-        let records_bytes = taken.iter().map(|record| done_record_bytes(&record.response));
-        let needed_bytes = entries_bytes.chain(records_bytes).fold(0u64, u64::saturating_add);
-        let used_bytes = self.memory_used_bytes();
-        if used_bytes.saturating_add(needed_bytes) > self.memory_limit_bytes {
-            return Err(ImportError::OutOfMemory {
-                needed_bytes,
-                used_bytes,
-                limit_bytes: self.memory_limit_bytes,
-            });
-        }
+        Ok(taken)
+    }
 
-        for entry in built {
-            let key = entry.key();
-            self.data_bytes += entry.entry_bytes();
-            self.move_deadline(key, 0, entry.expires_at_ms());
-            if let KeyEntry::Object(object_entry) = &entry {
-                let mut effects = store_effects!(self, now_ms, None);
-                match &object_entry.entry.object {
-                    Object::Lock(lock) => lock.set_leases(key, &mut effects),
-                    Object::Semaphore(semaphore) => semaphore.set_leases(key, &mut effects),
-                    _ => {}
-                }
+    /// Stores an imported entry, charging it and arming its expiry and lease timers.
+    fn insert_imported(&mut self, entry: KeyEntry, now_ms: u64) {
+        let key = entry.key();
+        self.data_bytes += entry.entry_bytes();
+        self.move_deadline(key, 0, entry.expires_at_ms());
+        if let KeyEntry::Object(object_entry) = &entry {
+            let mut effects = store_effects!(self, now_ms, None);
+            match &object_entry.entry.object {
+                Object::Lock(lock) => lock.set_leases(key, &mut effects),
+                Object::Semaphore(semaphore) => semaphore.set_leases(key, &mut effects),
+                _ => {}
             }
-            self.entries.insert_new(entry);
         }
-        for record in taken {
-            self.operations.import(
-                record.client_id,
-                record.op_id,
-                Some(record.slot),
-                record.response,
-                now_ms,
-            );
-        }
-        self.last_version = self.last_version.max(last_version);
-        Ok(())
+        self.entries.insert_new(entry);
     }
 
     /// Checks one migrated entry and rebuilds it, without touching the store.
@@ -363,34 +376,6 @@ fn import_object(object: MigratedObject, now_ms: u64, last_version: u64) -> Resu
         MigratedObject::Map { fields } => Object::Map(Box::new(map::MapState::import(fields)?)),
         MigratedObject::Queue { items } => Object::Queue(Box::new(queue::QueueState::import(items)?)),
     })
-}
-
-pub(super) fn check_owner(owner: &[u8]) -> Result<(), String> {
-    if owner.is_empty() || owner.len() > OWNER_BYTES_MAX {
-        return Err(format!(
-            "owner id of {} bytes is outside 1..={OWNER_BYTES_MAX} (owner_bytes_max)",
-            owner.len()
-        ));
-    }
-    Ok(())
-}
-
-pub(super) fn check_lease_ms(what: &str, lease_ms: u64) -> Result<(), String> {
-    if lease_ms > LEASE_MS_MAX {
-        return Err(format!("{what} of {lease_ms} ms exceeds lease_ms_max ({LEASE_MS_MAX})"));
-    }
-    Ok(())
-}
-
-/// Versions, fences and permit ids come from the source's version counter, so none may
-/// exceed the counter the batch carries; one that did could be handed out again here.
-pub(super) fn check_minted(what: &str, value: u64, last_version: u64) -> Result<(), String> {
-    if value > last_version {
-        return Err(format!(
-            "{what} {value} exceeds the batch's last_version {last_version}"
-        ));
-    }
-    Ok(())
 }
 
 /// Splits an export into batches by their encoded size.

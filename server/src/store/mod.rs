@@ -30,7 +30,9 @@ macro_rules! store_effects {
 mod barrier;
 mod bytes;
 mod counter;
+mod execute;
 mod future;
+mod keys;
 mod latch;
 mod lock;
 mod map;
@@ -39,14 +41,18 @@ mod operations;
 mod queue;
 mod semaphore;
 mod table;
+mod validation;
 mod waiting;
 
 use std::collections::BTreeSet;
 
-use engram_proto::limits::{KEY_BYTES_MAX, NAMESPACE_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
-use engram_proto::{Command, ErrorCode, ErrorReply, Request, Response};
+use engram_proto::limits::VALUE_BYTES_MAX;
+use engram_proto::{ErrorCode, ErrorReply, Request, Response};
 
-pub use migration::{slot_of_stored_key, ImportError};
+use keys::client_key;
+pub use keys::{slot_of_stored_key, STORED_KEY_BYTES_MAX};
+pub use migration::ImportError;
+pub use operations::Origin;
 use operations::{Lookup, Record, RECORD_OVERHEAD_BYTES};
 pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
 use table::{CompactEntry, CompactError, Contents, KeyEntry, KeyTable, Position};
@@ -79,9 +85,6 @@ const _: () = assert!(
 );
 /// Charged per key in the expiry index on top of a copy of the key.
 pub const EXPIRY_OVERHEAD_BYTES: u64 = 48;
-/// Longest stored key: a client key with its namespace prefix (one length byte and the
-/// namespace), which the connection prepends after checking the client key itself.
-pub const STORED_KEY_BYTES_MAX: usize = KEY_BYTES_MAX + 1 + NAMESPACE_BYTES_MAX;
 
 /// Identifies one parked request (a blocking wait) within a store.
 pub type WaiterId = u64;
@@ -329,11 +332,14 @@ impl Store {
                 Lookup::New => {}
             }
         }
-        let origin = recorded.then_some((client_id, request.op_id));
+        let origin = recorded.then_some(Origin {
+            client_id,
+            op_id: request.op_id,
+        });
         self.record_reserve_bytes = if recorded { RECORD_OVERHEAD_BYTES } else { 0 };
         let outcome = self.execute(&request.command, now_ms, origin);
         self.record_reserve_bytes = 0;
-        if let Some((client_id, op_id)) = origin {
+        if let Some(Origin { client_id, op_id }) = origin {
             // The record goes wherever its key's slot goes, so a retry after a
             // migration still finds it.
             let slot = request.command.key().and_then(slot_of_stored_key);
@@ -361,7 +367,7 @@ impl Store {
         let Some(key) = self.waiting.key_of(waiter).map(Box::<[u8]>::from) else {
             return;
         };
-        if let Some(Some((client_id, op_id))) = self.waiting.cancel(waiter) {
+        if let Some(Some(Origin { client_id, op_id })) = self.waiting.cancel(waiter) {
             self.operations.forget(client_id, op_id, Some(waiter));
         }
         self.with_existing(&key, now_ms, |object, effects| match object {
@@ -380,7 +386,7 @@ impl Store {
     /// waiter and a retry applies afresh.
     pub fn undeliverable(&mut self, completion: Completion, now_ms: u64) {
         let Some(revert) = completion.revert else { return };
-        if let Some((client_id, op_id)) = completion.origin {
+        if let Some(Origin { client_id, op_id }) = completion.origin {
             self.operations.forget(client_id, op_id, None);
         }
         let key = completion.key;
@@ -499,218 +505,6 @@ impl Store {
         }
     }
 
-    fn execute(&mut self, command: &Command, now_ms: u64, origin: Option<(u64, u64)>) -> Outcome {
-        if let Some(key) = command.key() {
-            if key.len() > STORED_KEY_BYTES_MAX {
-                return Outcome::Ready(key_too_large(key.len()));
-            }
-        }
-        if let Err(refusal) = validate(command) {
-            return Outcome::Ready(refusal);
-        }
-        let ready = Outcome::Ready;
-        // Runs a coordination operation on the object of `$variant` at `$key` (created
-        // when absent if `$creates`), with the object already unwrapped to its state.
-        macro_rules! on {
-            ($key:expr, $variant:ident, $create:expr, $creates:expr, |$state:ident, $effects:ident| $body:expr) => {
-                self.coordinate($key, now_ms, origin, $create, $creates, |object, $effects, _| {
-                    let Object::$variant($state) = object else {
-                        unreachable!("coordinate checked the type")
-                    };
-                    // Call sites write long bodies as blocks.
-                    #[allow(unused_braces)]
-                    let outcome = $body;
-                    outcome
-                })
-            };
-        }
-        match command {
-            Command::Get { key } => ready(self.bytes_get(key, now_ms)),
-            Command::Set {
-                key,
-                value,
-                ttl_ms,
-                condition,
-            } => ready(self.bytes_set(key, value, *ttl_ms, *condition, now_ms)),
-            Command::Del { key } => ready(self.delete(key, now_ms)),
-            Command::Append { key, value } => ready(self.bytes_append(key, value, now_ms)),
-            Command::CounterGet { key } => ready(self.counter_get(key, now_ms)),
-            Command::CounterAdd { key, delta } => ready(self.counter_add(key, *delta, now_ms)),
-            Command::CounterSet { key, value } => ready(self.counter_set(key, *value, now_ms)),
-            Command::CounterCas { key, expected, new } => ready(self.counter_cas(key, *expected, *new, now_ms)),
-            Command::LockAcquire {
-                key,
-                owner,
-                lease_ms,
-                wait_ms,
-            } => {
-                on!(key, Lock, lock::LockState::create, true, |lock, effects| {
-                    lock.acquire(key, owner, *lease_ms, *wait_ms, effects)
-                })
-            }
-            Command::LockRelease { key, owner, fence } => {
-                on!(key, Lock, lock::LockState::create, false, |lock, effects| {
-                    ready(lock.release(key, owner, *fence, effects))
-                })
-            }
-            Command::LockRenew {
-                key,
-                owner,
-                fence,
-                lease_ms,
-            } => {
-                on!(key, Lock, lock::LockState::create, false, |lock, effects| {
-                    ready(lock.renew(key, owner, *fence, *lease_ms, effects))
-                })
-            }
-            Command::LockHolder { key } => {
-                on!(key, Lock, lock::LockState::create, false, |lock, effects| ready(
-                    lock.holder(key, effects)
-                ))
-            }
-            Command::SemaphoreAcquire {
-                key,
-                owner,
-                capacity,
-                permits,
-                lease_ms,
-                wait_ms,
-            } => {
-                on!(
-                    key,
-                    Semaphore,
-                    semaphore::SemaphoreState::create,
-                    true,
-                    |semaphore, effects| {
-                        semaphore.acquire(key, owner, *capacity, *permits, *lease_ms, *wait_ms, effects)
-                    }
-                )
-            }
-            Command::SemaphoreRelease { key, permit_id } => {
-                on!(
-                    key,
-                    Semaphore,
-                    semaphore::SemaphoreState::create,
-                    false,
-                    |semaphore, effects| ready(semaphore.release(key, *permit_id, effects))
-                )
-            }
-            Command::SemaphoreRenew {
-                key,
-                permit_id,
-                lease_ms,
-            } => {
-                on!(
-                    key,
-                    Semaphore,
-                    semaphore::SemaphoreState::create,
-                    false,
-                    |semaphore, effects| ready(semaphore.renew(key, *permit_id, *lease_ms, effects))
-                )
-            }
-            Command::SemaphoreAvailable { key, capacity } => {
-                on!(
-                    key,
-                    Semaphore,
-                    semaphore::SemaphoreState::create,
-                    false,
-                    |semaphore, effects| ready(semaphore.available(key, *capacity, effects))
-                )
-            }
-            Command::BarrierWait {
-                key,
-                parties,
-                timeout_ms,
-            } => {
-                on!(key, Barrier, barrier::BarrierState::create, true, |barrier, effects| {
-                    barrier.wait(key, *parties, *timeout_ms, effects)
-                })
-            }
-            Command::LatchTrySetCount { key, count } => {
-                on!(key, Latch, latch::LatchState::create, true, |latch, _effects| ready(
-                    latch.try_set_count(*count)
-                ))
-            }
-            Command::LatchCountDown { key } => {
-                on!(key, Latch, latch::LatchState::create, false, |latch, effects| ready(
-                    latch.count_down(effects)
-                ))
-            }
-            Command::LatchCount { key } => on!(key, Latch, latch::LatchState::create, false, |latch, _effects| {
-                ready(Response::LatchCount { count: latch.count() })
-            }),
-            Command::LatchWait { key, timeout_ms } => {
-                on!(key, Latch, latch::LatchState::create, false, |latch, effects| latch
-                    .wait(key, *timeout_ms, effects))
-            }
-            Command::FutureComplete { key, value } => {
-                on!(key, Future, future::FutureState::create, true, |future, effects| {
-                    ready(future.complete(value, effects))
-                })
-            }
-            Command::FutureGet { key, timeout_ms } => {
-                // Only a get that may wait needs the future to exist.
-                on!(
-                    key,
-                    Future,
-                    future::FutureState::create,
-                    *timeout_ms > 0,
-                    |future, effects| future.get(key, *timeout_ms, effects)
-                )
-            }
-            Command::MapGet { key, field } => {
-                on!(key, Map, map::MapState::create, false, |map, _effects| ready(
-                    map.get(field)
-                ))
-            }
-            Command::MapSet { key, field, value } => {
-                on!(key, Map, map::MapState::create, true, |map, effects| ready(
-                    map.set(field, value, effects)
-                ))
-            }
-            Command::MapDel { key, field } => {
-                on!(key, Map, map::MapState::create, false, |map, _effects| ready(
-                    map.delete(field)
-                ))
-            }
-            Command::MapGetAll { key } => {
-                on!(key, Map, map::MapState::create, false, |map, _effects| ready(
-                    map.get_all()
-                ))
-            }
-            Command::MapIncr { key, field, delta } => {
-                on!(key, Map, map::MapState::create, true, |map, effects| ready(
-                    map.increment(field, *delta, effects)
-                ))
-            }
-            Command::QueuePush { key, value, end } => {
-                on!(key, Queue, queue::QueueState::create, true, |queue, effects| ready(
-                    queue.push(value, *end, effects)
-                ))
-            }
-            Command::QueuePop { key, end, timeout_ms } => {
-                // Only a pop that may wait needs the queue to exist.
-                on!(
-                    key,
-                    Queue,
-                    queue::QueueState::create,
-                    *timeout_ms > 0,
-                    |queue, effects| queue.pop(key, *end, *timeout_ms, effects)
-                )
-            }
-            Command::QueueLen { key } => on!(key, Queue, queue::QueueState::create, false, |queue, _effects| {
-                ready(Response::QueueLength {
-                    length: queue.len() as u64,
-                })
-            }),
-            // Node, cluster and migration commands never reach the store.
-            _ => ready(error(
-                ErrorCode::Internal,
-                format!("{} is a node command, not a keyed one", command.name()),
-            )),
-        }
-    }
-
     /// Runs `operation` on the coordination object at `key`, creating it with `create`
     /// when absent. Keeps memory accounting exact (the object's payload before and
     /// after), refuses a wrong type, and drops the key when the object went idle.
@@ -718,7 +512,7 @@ impl Store {
         &mut self,
         key: &[u8],
         now_ms: u64,
-        origin: Option<(u64, u64)>,
+        origin: Option<Origin>,
         create: Constructor,
         creates: bool,
         operation: impl FnOnce(&mut Object, &mut Effects<'_>, &[u8]) -> Outcome,
@@ -901,91 +695,6 @@ impl Store {
     }
 }
 
-/// Argument checks shared by every object, before anything is touched.
-fn validate(command: &Command) -> Result<(), Response> {
-    use engram_proto::limits::{LEASE_MS_MAX, OWNER_BYTES_MAX, PARTIES_MAX, WAIT_MS_MAX};
-    let invalid = |message: String| Err(error(ErrorCode::InvalidArgument, message));
-    let wait_ms = command.wait_ms();
-    if wait_ms > WAIT_MS_MAX {
-        return invalid(format!("wait of {wait_ms} ms exceeds wait_ms_max ({WAIT_MS_MAX})"));
-    }
-    match command {
-        Command::LockAcquire { owner, lease_ms, .. }
-        | Command::LockRenew { owner, lease_ms, .. }
-        | Command::SemaphoreAcquire { owner, lease_ms, .. } => {
-            if owner.is_empty() || owner.len() > OWNER_BYTES_MAX {
-                return invalid(format!(
-                    "owner id must be 1..={OWNER_BYTES_MAX} bytes (owner_bytes_max)"
-                ));
-            }
-            if *lease_ms == 0 || *lease_ms > LEASE_MS_MAX {
-                return invalid(format!(
-                    "lease of {lease_ms} ms is outside 1..={LEASE_MS_MAX} (lease_ms_max)"
-                ));
-            }
-        }
-        Command::SemaphoreRenew { lease_ms, .. } if *lease_ms == 0 || *lease_ms > LEASE_MS_MAX => {
-            return invalid(format!(
-                "lease of {lease_ms} ms is outside 1..={LEASE_MS_MAX} (lease_ms_max)"
-            ));
-        }
-        _ => {}
-    }
-    match command {
-        Command::Set { value, ttl_ms, .. } => {
-            if value.len() > VALUE_BYTES_MAX {
-                return Err(value_too_large(value.len()));
-            }
-            if *ttl_ms > TTL_MS_MAX {
-                return invalid(format!("ttl of {ttl_ms} ms exceeds ttl_ms_max ({TTL_MS_MAX})"));
-            }
-        }
-        Command::SemaphoreAcquire { capacity, permits, .. }
-            if *capacity == 0 || *capacity > PARTIES_MAX || *permits == 0 || permits > capacity =>
-        {
-            return invalid(format!(
-                "semaphore needs 1 <= permits ({permits}) <= capacity ({capacity}) <= parties_max ({PARTIES_MAX})"
-            ));
-        }
-        Command::SemaphoreAvailable { capacity, .. } if *capacity == 0 || *capacity > PARTIES_MAX => {
-            return invalid(format!(
-                "semaphore capacity {capacity} is outside 1..={PARTIES_MAX} (parties_max)"
-            ));
-        }
-        Command::BarrierWait { parties, .. } if *parties == 0 || *parties > PARTIES_MAX => {
-            return invalid(format!(
-                "barrier parties {parties} is outside 1..={PARTIES_MAX} (parties_max)"
-            ));
-        }
-        // An append's suffix alone past the limit is refused here; one that would grow an
-        // existing value past it is refused by `bytes_append`.
-        Command::Append { value, .. }
-        | Command::FutureComplete { value, .. }
-        | Command::QueuePush { value, .. }
-        | Command::MapSet { value, .. }
-            if value.len() > VALUE_BYTES_MAX =>
-        {
-            return Err(value_too_large(value.len()));
-        }
-        Command::MapGet { field, .. }
-        | Command::MapSet { field, .. }
-        | Command::MapDel { field, .. }
-        | Command::MapIncr { field, .. }
-            if field.len() > KEY_BYTES_MAX =>
-        {
-            return Err(error(
-                ErrorCode::KeyTooLarge,
-                format!(
-                    "map field of {} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})",
-                    field.len()
-                ),
-            ));
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 pub(crate) fn out_of_memory(needed_bytes: u64, used_bytes: u64, limit_bytes: u64) -> Response {
     error(
         ErrorCode::OutOfMemory,
@@ -1027,16 +736,6 @@ pub(crate) fn wrong_type(key: &[u8], expected: &str) -> Response {
         ErrorCode::WrongType,
         format!("key {shown:?} does not hold a {expected}"),
     )
-}
-
-/// The key as the client wrote it: stored keys start with the namespace prefix
-/// `[length][namespace]` the connection adds. A key too short for its own length byte
-/// (only unit tests store such bare keys) is shown whole.
-fn client_key(stored: &[u8]) -> &[u8] {
-    match stored.split_first() {
-        Some((&length, rest)) if rest.len() >= usize::from(length) => &rest[usize::from(length)..],
-        _ => stored,
-    }
 }
 
 /// Whether a recorded mutation's answer is kept for its retries. A retryable error

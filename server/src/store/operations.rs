@@ -34,6 +34,15 @@ pub const OPERATION_RECORDS_MAX: usize = 1 << 20;
 /// response and slot).
 pub(super) const RECORD_OVERHEAD_BYTES: u64 = 72;
 
+/// The recorded mutation a request is: the client that sent it and its operation id.
+/// Only mutations that carry an operation id have one; their answers are kept for the
+/// client's retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub client_id: u64,
+    pub op_id: u64,
+}
+
 /// What is known of one operation.
 #[derive(Debug, Clone)]
 pub enum Record {

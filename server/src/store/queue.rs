@@ -41,7 +41,7 @@ impl QueueState {
     }
 
     /// The queue as it travels to another shard; blocked pops stay behind (answered
-    /// `Moved`), which is safe because a queue never holds items while pops wait.
+    /// `TryAgain`), which is safe because a queue never holds items while pops wait.
     pub fn export(&self) -> MigratedObject {
         MigratedObject::Queue {
             items: self.items.iter().cloned().collect(),

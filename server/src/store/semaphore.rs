@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use engram_proto::limits::PARTIES_MAX;
 use engram_proto::{ErrorCode, MigratedObject, MigratedPermit, Response};
 
-use super::migration::{check_lease_ms, check_minted, check_owner};
+use super::validation::{check_lease_ms, check_minted, check_owner};
 use super::waiting::Revert;
 use super::{error, Effects, Object, Outcome, WaiterId};
 
@@ -66,7 +66,7 @@ impl SemaphoreState {
     }
 
     /// The semaphore as it travels to another shard; waiters stay behind (answered
-    /// `Moved`). Permit ids need no counter of their own: they come from the shard's
+    /// `TryAgain`). Permit ids need no counter of their own: they come from the shard's
     /// version counter, which travels with the batch.
     pub fn export(&self, now_ms: u64) -> MigratedObject {
         MigratedObject::Semaphore {

@@ -136,7 +136,7 @@ const VALUE_LENGTH_BYTES: usize = 4;
 
 // The length fields must hold the longest key and value the store accepts, so the
 // store's own limit checks make the refusals below unreachable from requests.
-const _: () = assert!(super::STORED_KEY_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(super::keys::STORED_KEY_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(engram_proto::limits::VALUE_BYTES_MAX <= u32::MAX as usize);
 
 /// What a compact entry's payload is (its kind byte, decoded).

@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 
 use engram_proto::{QueueEnd, Response};
 
-use super::operations::{OperationLog, Record};
-use super::{out_of_memory, slot_of_stored_key, WaiterId};
+use super::keys::slot_of_stored_key;
+use super::operations::{OperationLog, Origin, Record};
+use super::{out_of_memory, WaiterId};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Timer {
@@ -36,16 +37,16 @@ pub struct Completion {
     pub waiter: WaiterId,
     pub response: Response,
     pub(super) key: Box<[u8]>,
-    pub(super) origin: Option<(u64, u64)>,
+    pub(super) origin: Option<Origin>,
     pub(super) revert: Option<Revert>,
 }
 
 struct Parked {
     key: Box<[u8]>,
     deadline_ms: u64,
-    /// (client id, op id) of a recorded mutation, whose record turns from parked to
-    /// done with the answer, so a retry after a lost answer still gets it.
-    origin: Option<(u64, u64)>,
+    /// A recorded mutation's, whose record turns from parked to done with the answer,
+    /// so a retry after a lost answer still gets it.
+    origin: Option<Origin>,
 }
 
 #[derive(Default)]
@@ -94,7 +95,7 @@ impl Waiting {
     }
 
     /// Forgets a parked request without answering it; returns its operation origin.
-    pub fn cancel(&mut self, waiter: WaiterId) -> Option<Option<(u64, u64)>> {
+    pub fn cancel(&mut self, waiter: WaiterId) -> Option<Option<Origin>> {
         let parked = self.parked.remove(&waiter)?;
         self.timers.remove(&(parked.deadline_ms, Timer::Waiter(waiter)));
         Some(parked.origin)
@@ -105,7 +106,7 @@ impl Waiting {
 /// version (fences), park the current request, answer parked ones, set lease timers.
 pub struct Effects<'a> {
     pub now_ms: u64,
-    origin: Option<(u64, u64)>,
+    origin: Option<Origin>,
     waiting: &'a mut Waiting,
     operations: &'a mut OperationLog,
     last_version: &'a mut u64,
@@ -116,7 +117,7 @@ pub struct Effects<'a> {
 impl<'a> Effects<'a> {
     pub fn new(
         now_ms: u64,
-        origin: Option<(u64, u64)>,
+        origin: Option<Origin>,
         waiting: &'a mut Waiting,
         operations: &'a mut OperationLog,
         last_version: &'a mut u64,
@@ -197,7 +198,7 @@ impl<'a> Effects<'a> {
             return;
         };
         self.waiting.timers.remove(&(parked.deadline_ms, Timer::Waiter(waiter)));
-        if let Some((client_id, op_id)) = parked.origin {
+        if let Some(Origin { client_id, op_id }) = parked.origin {
             let slot = slot_of_stored_key(&parked.key);
             self.operations
                 .record(client_id, op_id, slot, Record::Done(response.clone()));
@@ -220,7 +221,7 @@ impl<'a> Effects<'a> {
             return;
         };
         self.waiting.timers.remove(&(parked.deadline_ms, Timer::Waiter(waiter)));
-        if let Some((client_id, op_id)) = parked.origin {
+        if let Some(Origin { client_id, op_id }) = parked.origin {
             self.operations.forget(client_id, op_id, Some(waiter));
         }
         self.waiting.completions.push(Completion {

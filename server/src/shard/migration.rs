@@ -2,8 +2,9 @@
 //!
 //! A migration is a two-phase hand-over with the control plane as coordinator:
 //! 1. `MigrateOut` to the source shard: it freezes the slots (requests for them get
-//!    `TryAgain`), redirects the requests parked on them (`Moved`, so clients re-send
-//!    them with the same operation id to the new owner), copies the slots' objects and
+//!    `TryAgain`), answers the requests parked on them `TryAgain` too (their clients
+//!    re-send them with the same operation id, and once the hand-over ends the map sends
+//!    them to the new owner), copies the slots' objects and
 //!    exactly-once records to the target with `MigrateIn`, and answers `MigrationPrepared`.
 //!    The target keeps what it received without serving it.
 //! 2. The control plane commits by persisting a map that gives the slots to the target
@@ -22,8 +23,8 @@ use engram_proto::limits::SLOT_COUNT;
 use engram_proto::migration::{decode_batch, encode_batch};
 use engram_proto::{Command, ErrorCode, MigrateIn, MigrateOut, Response, SlotMap};
 
+use super::Shard;
 use crate::cluster::{Owner, PeerLink, Routing};
-use crate::shard::Shard;
 use crate::store::slot_of_stored_key;
 
 /// Encoded size of one `MigrateIn` batch: well below the frame payload limit, and small
@@ -53,6 +54,12 @@ pub struct Incoming {
     open: foldhash::HashMap<u64, IncomingMigration>,
     /// Recently aborted ids, oldest first.
     aborted: VecDeque<u64>,
+}
+
+/// What a migration out copied to its target.
+struct Shipped {
+    entries: u64,
+    bytes: u64,
 }
 
 struct IncomingMigration {
@@ -95,7 +102,7 @@ impl Shard {
     }
 
     /// Called when this shard starts routing with a new map: commits what it decides.
-    pub(crate) fn on_new_map(&self, previous: &Routing, routing: &Routing) {
+    pub(super) fn on_new_map(&self, previous: &Routing, routing: &Routing) {
         self.store.borrow_mut().raise_version_floor(routing.map.version_floor);
         self.drop_slots_given_away(previous, routing);
         let mine = |slot: u32| routing.owner(slot) == Owner::Local(self.shard_id as u16);
@@ -113,7 +120,7 @@ impl Shard {
                 .borrow_mut()
                 .remove_slots(|slot| frozen.get(slot as usize).copied().unwrap_or(false), now_ms);
             *self.outgoing.borrow_mut() = None;
-            // Anything still parked there was answered Moved by the removal.
+            // Anything still parked there was answered TryAgain by the removal.
             self.deliver_completions();
             crate::metrics::record_migration("out", "committed");
             tracing::info!(shard = self.shard_id, migration_id, "migration out committed");
@@ -126,7 +133,7 @@ impl Shard {
             }
             !served
         });
-        self.node.shards[self.shard_id].publish_slots_owned(routing.slots_of(self.shard_id as u16));
+        self.publish_slots_owned(routing);
         self.publish_migrations();
         self.publish_stats();
     }
@@ -180,7 +187,8 @@ impl Shard {
     fn publish_migrations(&self) {
         let mut open: Vec<u64> = self.incoming.borrow().open.keys().copied().collect();
         open.extend(self.outgoing.borrow().as_ref().map(|outgoing| outgoing.migration_id));
-        let mut published = self.node.shards[self.shard_id]
+        let mut published = self
+            .own_stats()
             .migrations
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -189,28 +197,8 @@ impl Shard {
 
     /// Phase one at the source: freeze, redirect waiters, copy to the target.
     pub async fn migrate_out(self: Rc<Self>, order: MigrateOut) -> Response {
-        let routing = self.routing();
-        if order.slots.is_empty() {
-            return self.error(ErrorCode::InvalidArgument, "a migration moves at least one slot");
-        }
-        if let Some(&slot) = order
-            .slots
-            .iter()
-            .find(|&&slot| slot >= SLOT_COUNT || routing.owner(slot) != Owner::Local(self.shard_id as u16))
-        {
-            return self.error(
-                ErrorCode::WrongShard,
-                format!(
-                    "slot {slot} is not served by this shard under map epoch {}",
-                    routing.epoch()
-                ),
-            );
-        }
-        if let Some(outgoing) = self.outgoing.borrow().as_ref() {
-            return self.error(
-                ErrorCode::Busy,
-                format!("migration {} is still in progress on this shard", outgoing.migration_id),
-            );
+        if let Err(refusal) = self.check_migrate_out(&order) {
+            return refusal;
         }
         let frozen = slot_set(&order.slots);
         *self.outgoing.borrow_mut() = Some(Outgoing {
@@ -241,28 +229,65 @@ impl Shard {
             other => other,
         };
         match shipped {
-            Ok((entries, bytes)) => {
-                tracing::info!(
-                    shard = self.shard_id,
-                    migration_id = order.migration_id,
-                    slots = order.slots.len(),
-                    entries,
-                    bytes,
-                    target = %order.target_address,
-                    "migration out prepared"
-                );
-                Response::MigrationPrepared { entries, bytes }
-            }
-            Err(reason) => {
-                self.unfreeze(order.migration_id);
-                crate::metrics::record_migration("out", "failed");
-                tracing::warn!(shard = self.shard_id, migration_id = order.migration_id, %reason, "migration out failed");
-                self.error(
-                    ErrorCode::TryAgain,
-                    format!("migration {} failed: {reason}", order.migration_id),
-                )
-            }
+            Ok(shipped) => self.prepared(&order, shipped),
+            Err(reason) => self.failed_out(&order, &reason),
         }
+    }
+
+    /// Refuses a `MigrateOut` of no slots, of slots this shard does not serve, or while
+    /// another migration out runs.
+    fn check_migrate_out(&self, order: &MigrateOut) -> Result<(), Response> {
+        let routing = self.routing();
+        if order.slots.is_empty() {
+            return Err(self.error(ErrorCode::InvalidArgument, "a migration moves at least one slot"));
+        }
+        if let Some(&slot) = order
+            .slots
+            .iter()
+            .find(|&&slot| slot >= SLOT_COUNT || routing.owner(slot) != Owner::Local(self.shard_id as u16))
+        {
+            return Err(self.error(
+                ErrorCode::WrongShard,
+                format!(
+                    "slot {slot} is not served by this shard under map epoch {}",
+                    routing.epoch()
+                ),
+            ));
+        }
+        if let Some(outgoing) = self.outgoing.borrow().as_ref() {
+            return Err(self.error(
+                ErrorCode::Busy,
+                format!("migration {} is still in progress on this shard", outgoing.migration_id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Phase one ended: the target holds the copy; the slots stay frozen until the
+    /// control plane decides.
+    fn prepared(&self, order: &MigrateOut, shipped: Shipped) -> Response {
+        let Shipped { entries, bytes } = shipped;
+        tracing::info!(
+            shard = self.shard_id,
+            migration_id = order.migration_id,
+            slots = order.slots.len(),
+            entries,
+            bytes,
+            target = %order.target_address,
+            "migration out prepared"
+        );
+        Response::MigrationPrepared { entries, bytes }
+    }
+
+    /// Phase one failed: the slots unfreeze with their state untouched.
+    fn failed_out(&self, order: &MigrateOut, reason: &str) -> Response {
+        self.unfreeze(order.migration_id);
+        crate::metrics::record_migration("out", "failed");
+        tracing::warn!(shard = self.shard_id, migration_id = order.migration_id, %reason, "migration out failed");
+        self.error(
+            ErrorCode::TryAgain,
+            format!("migration {} failed: {reason}", order.migration_id),
+        )
     }
 
     async fn ship(
@@ -270,16 +295,16 @@ impl Shard {
         order: &MigrateOut,
         batches: Vec<engram_proto::migration::SlotBatch>,
         exported: Instant,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<Shipped, String> {
         // The export always yields a batch (it carries the version counter even for
         // empty slots), and the target must confirm it holds the migration before the
         // control plane may commit it.
         if batches.is_empty() {
             return Err("the export produced no batch".into());
         }
-        let credentials = self.auth_token.clone().unwrap_or_default();
+        let credentials = self.auth_token().unwrap_or_default();
         let timeout = Duration::from_millis(MIGRATION_PEER_TIMEOUT_MS);
-        let mut link = PeerLink::connect(&order.target_address, &credentials, timeout)
+        let mut link = PeerLink::connect(&order.target_address, credentials, timeout)
             .await
             .map_err(|error| error.to_string())?;
         let mut entries = 0u64;
@@ -301,7 +326,7 @@ impl Shard {
                 other => return Err(format!("target answered {} to a batch", other.name())),
             }
         }
-        Ok((entries, bytes))
+        Ok(Shipped { entries, bytes })
     }
 
     fn unfreeze(&self, migration_id: u64) {

@@ -1,0 +1,40 @@
+//! Why a node could not start or keep running: the errors `engramd` reports before it
+//! exits. Each names the limit or the resource that was in the way.
+
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("io_uring is unavailable ({source}): {hint}")]
+    IoUringUnavailable { source: std::io::Error, hint: String },
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--cores {cores} is out of range (1..={shards_max})")]
+    Cores { cores: usize, shards_max: usize },
+    #[error("ports {first}..={last} do not fit below 65536; choose a lower --port")]
+    Ports { first: u32, last: u32 },
+    #[error(
+        "shard {shard} could not start: {reason}. io_uring needs locked memory: raise the memlock limit \
+         (ulimit -l; in Docker --ulimit memlock=8388608, or -1 where the daemon's own limit allows it)"
+    )]
+    ShardStart { shard: usize, reason: String },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+    #[error("--bind {0} is unspecified: a cluster node needs --advertise with the host others reach it at")]
+    AdvertiseRequired(IpAddr),
+    #[error("could not join the cluster at {control} within {join_timeout_ms} ms (join_timeout_ms): {reason}")]
+    Join {
+        control: String,
+        reason: String,
+        join_timeout_ms: u64,
+    },
+    /// A second SIGINT or SIGTERM arrived while the shards were stopping: the process
+    /// exits at once, with the shell's code for an interrupt.
+    #[error("interrupted twice: exiting without waiting for the shards")]
+    Interrupted,
+}

@@ -1,0 +1,250 @@
+//! A cluster node's heartbeat: a thread of its own that reports liveness and load to the
+//! control plane, installs the control plane's newer maps, tells the shards how long the
+//! map they hold is good to serve on, and settles migrations the control plane no
+//! longer runs.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engram_proto::{Command, Heartbeat, Response, ShardLoad};
+
+use crate::cluster::{BlockingLink, LinkError, NodeMap};
+use crate::error::ServerError;
+use crate::stats::NodeStats;
+
+/// How often a cluster node reports to the control plane.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
+/// Bound on each control-plane exchange, so a stalled control plane cannot stall the
+/// heartbeat thread (or a join) for long.
+pub const CONTROL_CALL_TIMEOUT_MS: u64 = 1_000;
+
+/// How long shards may serve on a map after it was last checked with the control
+/// plane, given its liveness timeout. The control plane declares a node dead once it
+/// has heard nothing for the timeout, counted from the last heartbeat it received,
+/// which the node sent at most `CONTROL_CALL_TIMEOUT_MS` before the exchange ended;
+/// half of what is left keeps the node's own deadline well ahead of that, on clocks
+/// that only run at about the same rate.
+pub fn map_check_grace_ms(liveness_timeout_ms: u64) -> u64 {
+    liveness_timeout_ms.saturating_sub(CONTROL_CALL_TIMEOUT_MS) / 2
+}
+
+/// Reports liveness and load to the control plane and fetches the map when the control
+/// plane's is newer. The node keeps serving with the map it has while the control plane
+/// is unreachable.
+pub struct Heartbeater {
+    control: String,
+    credentials: Vec<u8>,
+    node: Arc<NodeStats>,
+    node_map: Arc<NodeMap>,
+    shutdown: Arc<AtomicBool>,
+    refusal_logged: Cell<Option<Instant>>,
+    incarnation: u64,
+    /// The control plane's, from its last answer.
+    liveness_timeout_ms: Cell<u64>,
+}
+
+/// How often a heartbeat refusal is logged while it lasts.
+const REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
+
+/// Who a heartbeat speaks for and to.
+pub struct Membership {
+    /// The control plane's address.
+    pub control: String,
+    pub credentials: Vec<u8>,
+    /// This process's incarnation, as its join gave it.
+    pub incarnation: u64,
+    /// The control plane's, as its join gave it.
+    pub liveness_timeout_ms: u64,
+}
+
+impl Heartbeater {
+    pub fn new(
+        membership: Membership,
+        node: Arc<NodeStats>,
+        node_map: Arc<NodeMap>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Heartbeater {
+        Heartbeater {
+            control: membership.control,
+            credentials: membership.credentials,
+            node,
+            node_map,
+            shutdown,
+            refusal_logged: Cell::new(None),
+            incarnation: membership.incarnation,
+            liveness_timeout_ms: Cell::new(membership.liveness_timeout_ms),
+        }
+    }
+
+    /// Beats on a thread of its own until `shutdown` is set.
+    pub fn start(self) -> Result<(), ServerError> {
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || self.run())
+            .map_err(ServerError::Thread)?;
+        Ok(())
+    }
+
+    fn run(self) {
+        let mut link: Option<BlockingLink> = None;
+        let mut reachable = true;
+        while !self.shutdown.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+            let outcome = match link.take() {
+                // A link kept across a pause may have been closed at the other end: its
+                // failure says nothing about the control plane, so a new link tries.
+                Some(mut existing) => self
+                    .beat(&mut existing)
+                    .map(|()| existing)
+                    .or_else(|_| self.connect_and_beat()),
+                None => self.connect_and_beat(),
+            };
+            match outcome {
+                Ok(existing) => {
+                    if !reachable {
+                        tracing::info!(control = %self.control, "control plane reachable again");
+                    }
+                    reachable = true;
+                    link = Some(existing);
+                }
+                Err(error) => {
+                    if reachable {
+                        tracing::warn!(control = %self.control, %error, "control plane unreachable; serving with the current map");
+                    }
+                    reachable = false;
+                    // A control plane that is down moves nothing meanwhile: the map stays
+                    // good to serve on. (One that is up but cut off from this node may
+                    // declare it dead: ARCHITECTURE.md's departures say what that costs.)
+                    self.mark_checked();
+                }
+            }
+        }
+    }
+
+    fn connect_and_beat(&self) -> Result<BlockingLink, LinkError> {
+        let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
+        let mut link = BlockingLink::connect(&self.control, &self.credentials, timeout)?;
+        self.beat(&mut link)?;
+        Ok(link)
+    }
+
+    /// Tells the shards the map was checked just now (see [`map_check_grace_ms`]).
+    fn mark_checked(&self) {
+        let now_ms = self.node.started.elapsed().as_millis() as u64;
+        self.node_map
+            .mark_checked(now_ms + map_check_grace_ms(self.liveness_timeout_ms.get()));
+    }
+
+    /// One exchange: report, and install the control plane's map if it is newer. The
+    /// map counts as checked only once it is installed; a refused beat (this process
+    /// was replaced by a restart, or the control plane lost its state) does not count,
+    /// so the shards stop serving on it.
+    fn beat(&self, link: &mut BlockingLink) -> Result<(), LinkError> {
+        let (control_epoch, abort_migrations) = match link.call(Command::ClusterHeartbeat(self.report()))? {
+            Response::HeartbeatAck {
+                map_epoch,
+                abort_migrations,
+                liveness_timeout_ms,
+            } => {
+                self.liveness_timeout_ms.set(liveness_timeout_ms);
+                (map_epoch, abort_migrations)
+            }
+            Response::Error(reply) => {
+                self.refused(&reply.message);
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        if control_epoch > self.node_map.epoch() {
+            self.fetch_map(link)?;
+        }
+        if control_epoch <= self.node_map.epoch() {
+            self.mark_checked();
+        }
+        if !abort_migrations.is_empty() {
+            self.settle(&abort_migrations, control_epoch);
+        }
+        Ok(())
+    }
+
+    /// What a beat reports: each shard's load, and the migrations the shards hold open.
+    fn report(&self) -> Heartbeat {
+        let shards = self
+            .node
+            .shards
+            .iter()
+            .map(|shard| ShardLoad {
+                keys: shard.keys.load(Relaxed),
+                memory_used_bytes: shard.memory_used_bytes.load(Relaxed),
+                operations_total: shard.operations_total.load(Relaxed),
+            })
+            .collect();
+        let mut migrations: Vec<u64> = Vec::new();
+        for shard in &self.node.shards {
+            migrations.extend(
+                shard
+                    .migrations
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .iter(),
+            );
+        }
+        Heartbeat {
+            node_id: self.node.node_id,
+            map_epoch: self.node_map.epoch(),
+            shards,
+            migrations,
+            incarnation: self.incarnation,
+        }
+    }
+
+    /// A control plane that lost its state refuses every beat; says so now and then,
+    /// not twice a second.
+    fn refused(&self, message: &str) {
+        let due = self
+            .refusal_logged
+            .get()
+            .is_none_or(|logged| logged.elapsed() >= Duration::from_millis(REFUSAL_LOG_INTERVAL_MS));
+        if due {
+            self.refusal_logged.set(Some(Instant::now()));
+            tracing::warn!(control = %self.control, %message, "heartbeat refused");
+        }
+    }
+
+    /// Installs the control plane's map, which is newer than the node's.
+    fn fetch_map(&self, link: &mut BlockingLink) -> Result<(), LinkError> {
+        if let Response::SlotMap(map) = link.call(Command::GetSlotMap)? {
+            let epoch = map.epoch;
+            match self.node_map.install(map) {
+                Ok(true) => tracing::info!(epoch, "installed the control plane's map"),
+                Ok(false) => {}
+                Err(reason) => tracing::warn!(epoch, %reason, "the control plane sent an invalid map"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Aborts migrations the control plane no longer runs, on every shard (an id unknown
+    /// to a shard is a no-op there). The map was installed first, and each shard refuses
+    /// the abort until it routes with `map_epoch`, so a migration the map committed is
+    /// committed by the map, not undone by the abort.
+    fn settle(&self, migration_ids: &[u64], map_epoch: u64) {
+        let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
+        for address in &self.node.shard_addresses {
+            let link = BlockingLink::connect(address, &self.credentials, timeout);
+            let Ok(mut link) = link else { continue };
+            for &migration_id in migration_ids {
+                let abort = Command::MigrateAbort {
+                    migration_id,
+                    map_epoch,
+                };
+                if let Err(error) = link.call(abort) {
+                    tracing::debug!(%address, migration_id, %error, "could not settle a migration; the next heartbeat retries");
+                }
+            }
+        }
+        tracing::info!(?migration_ids, "settled migrations the control plane no longer runs");
+    }
+}

@@ -1,0 +1,222 @@
+//! Where answers go: a connection's [`Outbox`] of encoded answers waiting to be written,
+//! and the [`Destination`] of one request's answer (a connection of this shard, or the
+//! shard that forwarded the request here).
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
+
+use engram_proto::{encode_message, ErrorCode, FrameKind, Response};
+use futures::channel::oneshot;
+
+use crate::runtime::CloseSignal;
+
+/// Answers waiting to be written to one connection.
+pub struct Outbox {
+    frames: RefCell<Vec<u8>>,
+    /// Requests of this connection that were submitted and not answered yet.
+    pending: Cell<usize>,
+    writer: RefCell<Option<Waker>>,
+    map_epoch: u64,
+    /// Closed when the connection ends, which wakes every task
+    /// awaiting a forwarded answer for it, so they let go and the owner shard takes
+    /// back what it would have handed to nobody.
+    closed: CloseSignal,
+}
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        Outbox::new(0)
+    }
+}
+
+impl Outbox {
+    /// An empty outbox whose frames carry `map_epoch`.
+    pub fn new(map_epoch: u64) -> Outbox {
+        Outbox {
+            frames: RefCell::default(),
+            pending: Cell::default(),
+            writer: RefCell::default(),
+            map_epoch,
+            closed: CloseSignal::default(),
+        }
+    }
+
+    /// Queues the answer of a submitted request; `wake` when the connection's task is
+    /// not the caller (an answer arriving while it waits on the socket).
+    pub fn deliver(&self, request_id: u64, response: &Response, wake: bool) {
+        self.pending.set(self.pending.get().saturating_sub(1));
+        self.push(FrameKind::Response, request_id, response);
+        if wake {
+            if let Some(waker) = self.writer.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Queues a frame that answers no submitted request (a handshake reply, an answer
+    /// given at once).
+    pub fn push<T>(&self, kind: FrameKind, request_id: u64, message: &T)
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
+        >,
+    {
+        let mut frames = self.frames.borrow_mut();
+        if let Err(error) = encode_message(kind, request_id, self.map_epoch, message, &mut frames) {
+            // Only an answer larger than a frame can fail here (a value near the limit
+            // plus framing); tell the client instead of sending a broken frame.
+            let fallback = Response::Error(engram_proto::ErrorReply {
+                code: ErrorCode::Internal.as_u16(),
+                message: format!("answer could not be encoded: {error}"),
+                map_epoch: self.map_epoch,
+            });
+            let _ = encode_message(FrameKind::Response, request_id, self.map_epoch, &fallback, &mut frames);
+        }
+    }
+
+    /// Requests submitted and not answered yet.
+    pub fn pending(&self) -> usize {
+        self.pending.get()
+    }
+
+    /// Counts a request whose answer will come through [`Outbox::deliver`].
+    pub fn expect_answer(&self) {
+        self.pending.set(self.pending.get() + 1);
+    }
+
+    /// Bytes of answers waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.frames.borrow().len()
+    }
+
+    /// Hands the queued answers over in `spare`'s place (which must be empty), so
+    /// answers arriving while they are written queue up behind them.
+    pub fn swap_frames(&self, spare: &mut Vec<u8>) {
+        std::mem::swap(&mut *self.frames.borrow_mut(), spare);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn take_frames(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.frames.borrow_mut())
+    }
+
+    /// Completes when there is something to write.
+    pub async fn ready(&self) {
+        poll_fn(|context| {
+            if !self.frames.borrow().is_empty() {
+                return Poll::Ready(());
+            }
+            *self.writer.borrow_mut() = Some(context.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The connection ended: every task awaiting [`Outbox::closed`] wakes.
+    pub fn close(&self) {
+        self.closed.close();
+    }
+
+    /// Completes once the connection has ended.
+    pub async fn closed(&self) {
+        self.closed.closed().await
+    }
+}
+
+/// Where the answer of a request goes once the store has it.
+pub enum Destination {
+    /// A connection of this shard; gone connections simply drop the answer.
+    Connection { outbox: Weak<Outbox>, request_id: u64 },
+    /// A request another shard forwarded; the answer goes back over its oneshot.
+    Forwarded(oneshot::Sender<Response>),
+}
+
+impl Destination {
+    /// Hands the answer over; gives it back when the asker is gone.
+    pub fn deliver(self, response: Response, wake: bool) -> Result<(), Response> {
+        match self {
+            Destination::Connection { outbox, request_id } => match outbox.upgrade() {
+                Some(outbox) => {
+                    outbox.deliver(request_id, &response, wake);
+                    Ok(())
+                }
+                None => Err(response),
+            },
+            Destination::Forwarded(reply) => reply.send(response),
+        }
+    }
+
+    /// Hands over an answer given at once. Gives it back when it was only copied (into
+    /// a connection's outbox) or its asker is gone, so its buffers can serve the next
+    /// read.
+    pub fn deliver_immediate(self, response: Response) -> Option<Response> {
+        match self {
+            Destination::Connection { outbox, request_id } => {
+                if let Some(outbox) = outbox.upgrade() {
+                    outbox.deliver(request_id, &response, false);
+                }
+                Some(response)
+            }
+            Destination::Forwarded(reply) => reply.send(response).err(),
+        }
+    }
+
+    /// Whether the answer goes to `outbox`'s connection.
+    pub fn is_for(&self, outbox: &Rc<Outbox>) -> bool {
+        matches!(self, Destination::Connection { outbox: parked, .. } if std::ptr::eq(parked.as_ptr(), Rc::as_ptr(outbox)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value() -> Response {
+        Response::Value {
+            value: b"v".to_vec(),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn an_immediate_answer_comes_back_unless_it_was_handed_over() {
+        // Copied into a live connection's outbox: queued there, and given back.
+        let outbox = Rc::new(Outbox::default());
+        let live = Destination::Connection {
+            outbox: Rc::downgrade(&outbox),
+            request_id: 1,
+        };
+        assert_eq!(live.deliver_immediate(value()), Some(value()));
+        assert!(outbox.queued_bytes() > 0, "the answer is queued for the connection");
+        // The connection is gone: given back.
+        let gone = Destination::Connection {
+            outbox: Rc::downgrade(&Rc::new(Outbox::default())),
+            request_id: 2,
+        };
+        assert_eq!(gone.deliver_immediate(value()), Some(value()));
+        // Moved to the forwarding shard: not given back, and received there.
+        let (reply, mut answer) = oneshot::channel();
+        assert_eq!(Destination::Forwarded(reply).deliver_immediate(value()), None);
+        assert_eq!(answer.try_recv().unwrap(), Some(value()));
+        // Its forwarding shard stopped waiting: given back.
+        let (reply, answer) = oneshot::channel();
+        drop(answer);
+        assert_eq!(Destination::Forwarded(reply).deliver_immediate(value()), Some(value()));
+    }
+
+    #[test]
+    fn a_destination_knows_its_connection() {
+        let outbox = Rc::new(Outbox::default());
+        let other = Rc::new(Outbox::default());
+        let destination = Destination::Connection {
+            outbox: Rc::downgrade(&outbox),
+            request_id: 1,
+        };
+        assert!(destination.is_for(&outbox));
+        assert!(!destination.is_for(&other));
+        let (reply, _answer) = oneshot::channel();
+        assert!(!Destination::Forwarded(reply).is_for(&outbox));
+    }
+}

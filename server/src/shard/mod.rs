@@ -1,0 +1,509 @@
+//! One shard: an executor pinned to a core, owning a [`Store`] and serving its
+//! own port, its share of front-port connections, and requests forwarded by peers.
+//!
+//! A shard's data is touched only by its own thread. Other shards reach it through the
+//! bounded channel mesh, so a full queue slows the sender down instead of growing.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engram_proto::{Command, ErrorCode, ErrorReply, NodeInfo, Request, Response, SlotMap};
+use futures::channel::oneshot;
+
+use crate::cluster::{NodeMap, Owner, Routing};
+use crate::metrics::ShardMetrics;
+use crate::notify::LocalNotify;
+use crate::outbox::{Destination, Outbox};
+use crate::runtime::{self, MeshReceivers, MeshSenders};
+use crate::stats::{NodeStats, ShardStats};
+use crate::store::{Outcome, Store, WaiterId};
+
+mod clock;
+mod migration;
+
+use clock::StoreClock;
+use migration::{Incoming, Outgoing};
+
+/// Depth of each shard-to-shard request queue.
+pub const FORWARD_QUEUE_DEPTH: usize = 1024;
+/// Longest a shard's timekeeper sleeps: how often it expires keys, forgets idle client
+/// sessions and publishes figures when no wait or lease is due sooner.
+pub const MAINTENANCE_INTERVAL_MS: u64 = 100;
+/// Keys one maintenance step may expire before it yields to requests.
+pub const EXPIRE_KEYS_PER_STEP_MAX: usize = 2_000;
+
+/// A request handed to the shard that owns its slot.
+pub struct Forwarded {
+    pub client_id: u64,
+    /// Checked again by the owner: the map or a migration may have moved the slot
+    /// since the forwarding shard looked.
+    pub slot: u32,
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// The shard a front-port request goes to.
+pub enum Target {
+    /// A shard of this node (possibly this one).
+    Local(usize),
+    /// Another node's shard, at `routing.address(index)`, reached through the front
+    /// connection's proxy link.
+    Remote { routing: Rc<Routing>, index: u32 },
+}
+
+/// What every shard shares with its connections.
+pub struct Shard {
+    shard_id: usize,
+    store: RefCell<Store>,
+    node_map: Arc<NodeMap>,
+    /// Built from `node_map`; rebuilt when the node's epoch moves.
+    routing: RefCell<Rc<Routing>>,
+    /// The migration taking slots off this shard, whose slots are frozen meanwhile.
+    outgoing: RefCell<Option<Outgoing>>,
+    /// Migrations bringing slots to this shard, held but not served until a map gives
+    /// them their slots.
+    incoming: RefCell<Incoming>,
+    /// Slots this shard served that a map marked lost, whose data it still holds.
+    stranded: RefCell<std::collections::BTreeSet<u32>>,
+    node: Arc<NodeStats>,
+    auth_token: Option<Vec<u8>>,
+    /// How long a connection polls its socket before waiting for readiness
+    /// (`--spin-us`); zero: it waits at once.
+    read_spin: Duration,
+    peers: MeshSenders<Forwarded>,
+    metrics: ShardMetrics,
+    operations: Cell<u64>,
+    /// Where each parked request's answer goes.
+    destinations: RefCell<foldhash::HashMap<WaiterId, Destination>>,
+    /// The deadline the timekeeper sleeps until, and how to wake it for an earlier one.
+    timekeeper_deadline_ms: Cell<u64>,
+    timekeeper: LocalNotify,
+    store_clock: StoreClock,
+}
+
+/// What a shard is set up with, apart from its queues to the node's other shards.
+pub struct ShardSetup {
+    pub shard_id: usize,
+    pub node_map: Arc<NodeMap>,
+    pub node: Arc<NodeStats>,
+    pub memory_limit_bytes: u64,
+    pub hash_seed: u64,
+    /// Every version, fence and permit id this shard draws is above this.
+    pub version_floor: u64,
+    pub auth_token: Option<Vec<u8>>,
+    /// How long a connection polls its socket before waiting for readiness
+    /// (`--spin-us`); zero: it waits at once.
+    pub read_spin: Duration,
+}
+
+/// What became of a request submitted to its shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Answered at once.
+    Answered,
+    /// Waiting at the shard; its answer goes to its destination when it stops waiting.
+    Parked,
+}
+
+impl Shard {
+    /// A shard that routes with the node's current map, its figures published.
+    pub fn new(setup: ShardSetup, peers: MeshSenders<Forwarded>) -> Shard {
+        let routing = Routing::new(setup.node_map.current(), setup.node.node_id);
+        let mut store = Store::new(setup.memory_limit_bytes, setup.hash_seed);
+        store.raise_version_floor(setup.version_floor.max(routing.map.version_floor));
+        let metrics = setup.node.metrics.shard(setup.shard_id);
+        let store_clock = StoreClock::new(setup.node.started);
+        let shard = Shard {
+            shard_id: setup.shard_id,
+            store: RefCell::new(store),
+            node_map: setup.node_map,
+            routing: RefCell::new(Rc::new(routing)),
+            outgoing: RefCell::new(None),
+            incoming: RefCell::default(),
+            stranded: RefCell::default(),
+            node: setup.node,
+            auth_token: setup.auth_token,
+            read_spin: setup.read_spin,
+            peers,
+            metrics,
+            operations: Cell::new(0),
+            destinations: RefCell::default(),
+            timekeeper_deadline_ms: Cell::new(0),
+            timekeeper: LocalNotify::default(),
+            store_clock,
+        };
+        shard.publish_slots_owned(&shard.routing());
+        shard.publish_stats();
+        shard
+    }
+
+    /// This shard's id within the node.
+    pub fn id(&self) -> usize {
+        self.shard_id
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node.node_id
+    }
+
+    /// Shards of this node.
+    pub fn shard_count(&self) -> usize {
+        self.node.shards.len()
+    }
+
+    /// The node's figures, for INFO.
+    pub fn node_info(&self) -> NodeInfo {
+        self.node.info(self.map_epoch())
+    }
+
+    /// The map this shard routes with.
+    pub fn slot_map(&self) -> SlotMap {
+        (*self.routing().map).clone()
+    }
+
+    /// The token clients must present, which this node's own links present too.
+    pub fn auth_token(&self) -> Option<&[u8]> {
+        self.auth_token.as_deref()
+    }
+
+    /// How long a connection polls its socket before waiting for readiness; zero: it
+    /// waits at once.
+    pub fn read_spin(&self) -> Duration {
+        self.read_spin
+    }
+
+    pub fn connection_opened(&self) {
+        self.own_stats().connections.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.own_stats().connections.fetch_sub(1, Relaxed);
+    }
+
+    fn own_stats(&self) -> &ShardStats {
+        &self.node.shards[self.shard_id]
+    }
+
+    /// Hands a request to the local shard `owner`, waiting while its queue is full;
+    /// `false` when that shard takes no more.
+    pub async fn forward(&self, owner: usize, forwarded: Forwarded) -> bool {
+        runtime::send_to_peer(&self.peers, owner, forwarded).await
+    }
+
+    /// Counts a request answered without the store (a node command, a refusal).
+    pub fn answered_here(&self, command: &Command, response: &Response) {
+        self.metrics.answered(command, response);
+    }
+
+    /// Counts the `requests` of one socket read (or one forwarded request) that was
+    /// received at `received`; `timed` of them were answered by the store at once.
+    pub fn read_handled(&self, requests: usize, timed: usize, received: Instant) {
+        if timed > 0 {
+            self.metrics.answered_within(timed, received.elapsed());
+        }
+        self.operations.set(self.operations.get() + requests as u64);
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.ms_at(Instant::now())
+    }
+
+    /// The store's time at `instant`; see [`StoreClock`].
+    fn ms_at(&self, instant: Instant) -> u64 {
+        self.store_clock.ms_at(instant)
+    }
+
+    /// Moves the store's clock to `received`, the time of a read about to be served,
+    /// before any of its requests is admitted: admission checks the map is fresh at
+    /// that time, and a read after a pause must not be judged by the time of the last
+    /// read before it.
+    pub fn advance_clock(&self, received: Instant) {
+        self.ms_at(received);
+    }
+
+    /// The epoch this shard routes with. Free of side effects (unlike [`Shard::routing`]),
+    /// so it is safe anywhere, even while the store is borrowed.
+    pub fn map_epoch(&self) -> u64 {
+        self.routing.borrow().epoch()
+    }
+
+    /// The routing for the node's current map, rebuilt first if the map changed.
+    pub fn routing(&self) -> Rc<Routing> {
+        let current = self.routing.borrow().clone();
+        if current.epoch() == self.node_map.epoch() {
+            return current;
+        }
+        let routing = Rc::new(Routing::new(self.node_map.current(), self.node.node_id));
+        *self.routing.borrow_mut() = routing.clone();
+        self.on_new_map(&current, &routing);
+        routing
+    }
+
+    /// Refuses (`TryAgain`) to serve on a map that was not checked with the control
+    /// plane lately: this node was paused (SIGSTOP, a frozen VM) long enough to be
+    /// declared dead, and its slots may have been reclaimed elsewhere while it slept.
+    /// The time compared is that of the read being served, taken after the pause; the
+    /// heartbeat thread installs any newer map before it marks the map checked.
+    fn check_map_fresh(&self) -> Result<(), Response> {
+        let checked_until_ms = self.node_map.checked_until_ms();
+        if self.store_clock.latest() <= checked_until_ms {
+            return Ok(());
+        }
+        Err(self.error(
+            ErrorCode::TryAgain,
+            format!(
+                "node {} has not checked its map with the control plane since {checked_until_ms} ms \
+                 after its start (it was paused?); retry shortly",
+                self.node.node_id
+            ),
+        ))
+    }
+
+    /// Whether this shard may apply a request for `slot` now: `Ok` with the local shard
+    /// that owns it, or the error that sends the client elsewhere (another node's
+    /// shard, or wait: the slot is frozen while it migrates).
+    pub fn admit(&self, slot: u32) -> Result<usize, Response> {
+        self.check_map_fresh()?;
+        let routing = self.routing();
+        match routing.owner(slot) {
+            Owner::Remote(index) => Err(self.error(
+                ErrorCode::Moved,
+                format!(
+                    "slot {slot} is served by {} under map epoch {}",
+                    routing.address(index),
+                    routing.epoch()
+                ),
+            )),
+            Owner::Lost => Err(self.error(
+                ErrorCode::SlotLost,
+                format!(
+                    "slot {slot} is lost: the node that owned it died or restarted with empty memory \
+                     (map epoch {}); `engram cluster reclaim` returns it to service, empty",
+                    routing.epoch()
+                ),
+            )),
+            Owner::Local(owner) if owner as usize == self.shard_id && self.is_frozen(slot) => {
+                Err(self.error(ErrorCode::TryAgain, format!("slot {slot} is migrating; retry shortly")))
+            }
+            Owner::Local(owner) => Ok(owner as usize),
+        }
+    }
+
+    /// [`Shard::admit`] for the front port, which forwards a slot of another node's shard
+    /// to it instead of sending the client there. Lost and frozen slots are refused as
+    /// everywhere.
+    pub fn admit_front(&self, slot: u32) -> Result<Target, Response> {
+        let routing = self.routing();
+        match routing.owner(slot) {
+            Owner::Remote(index) => {
+                self.check_map_fresh()?;
+                Ok(Target::Remote { routing, index })
+            }
+            _ => self.admit(slot).map(Target::Local),
+        }
+    }
+
+    /// Makes the slots `routing` gives this shard visible to metrics.
+    fn publish_slots_owned(&self, routing: &Routing) {
+        self.own_stats()
+            .publish_slots_owned(routing.slots_of(self.shard_id as u16));
+    }
+
+    /// Makes the shard's figures visible to INFO on any shard.
+    pub fn publish_stats(&self) {
+        let own = self.own_stats();
+        let stats = self.store.borrow().stats();
+        own.keys.store(stats.keys, Relaxed);
+        own.memory_used_bytes.store(stats.memory_used_bytes, Relaxed);
+        own.memory_limit_bytes.store(stats.memory_limit_bytes, Relaxed);
+        own.operations_total.store(self.operations.get(), Relaxed);
+        own.parked_requests.store(stats.parked_requests, Relaxed);
+    }
+
+    /// Applies a request whose slot this shard owns; its answer goes to `destination`
+    /// now, or when the request stops waiting. Answers of other requests that this one
+    /// unblocked (a release granting a waiting acquire) are delivered too. `received`:
+    /// when the request reached the shard, which is the store's time for it.
+    pub fn submit(&self, client_id: u64, request: &Request, destination: Destination, received: Instant) -> Submitted {
+        let now_ms = self.ms_at(received);
+        let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
+        let submitted = match outcome {
+            Outcome::Ready(_) => Submitted::Answered,
+            Outcome::Parked(_) => Submitted::Parked,
+        };
+        match outcome {
+            // An immediate answer needs no revert if its asker is gone (the client's
+            // retry finds the operation record); its buffers go back to the store for
+            // the next read.
+            Outcome::Ready(response) => {
+                self.metrics.answered(&request.command, &response);
+                if let Some(spent) = destination.deliver_immediate(self.stamp(response)) {
+                    self.store.borrow_mut().recycle(spent);
+                }
+            }
+            Outcome::Parked(waiter) => {
+                self.metrics.parked(waiter, &request.command);
+                // A retry re-attaches to its parked request; the earlier asker is told.
+                if let Some(earlier) = self.destinations.borrow_mut().insert(waiter, destination) {
+                    let superseded = "superseded by a retry of the same operation";
+                    let _ = earlier.deliver(self.error(ErrorCode::TryAgain, superseded), true);
+                }
+            }
+        }
+        self.deliver_completions();
+        self.rearm_timekeeper();
+        submitted
+    }
+
+    /// Delivers the answers of parked requests. One whose asker is gone is taken back
+    /// by the store (a popped value returns to its queue, a grant is released), which
+    /// can complete further requests, hence the loop.
+    fn deliver_completions(&self) {
+        loop {
+            let completions = self.store.borrow_mut().take_completions();
+            if completions.is_empty() {
+                return;
+            }
+            for mut completion in completions {
+                let destination = self.destinations.borrow_mut().remove(&completion.waiter);
+                self.metrics.completed(completion.waiter, &completion.response);
+                let response = self.stamp(std::mem::replace(&mut completion.response, Response::Pong));
+                let undelivered = match destination {
+                    Some(destination) => destination.deliver(response, true).err(),
+                    None => Some(response),
+                };
+                if let Some(response) = undelivered {
+                    completion.response = response;
+                    let now_ms = self.now_ms();
+                    self.store.borrow_mut().undeliverable(completion, now_ms);
+                }
+            }
+        }
+    }
+
+    /// A connection closed: its parked requests are withdrawn, so they are granted
+    /// nothing (no lock held by a dead asker, no queue item swallowed).
+    pub fn forget_connection(&self, outbox: &Rc<Outbox>) {
+        let waiters: Vec<WaiterId> = self
+            .destinations
+            .borrow()
+            .iter()
+            .filter(|(_, destination)| destination.is_for(outbox))
+            .map(|(waiter, _)| *waiter)
+            .collect();
+        if waiters.is_empty() {
+            return;
+        }
+        let now_ms = self.now_ms();
+        for waiter in waiters {
+            self.destinations.borrow_mut().remove(&waiter);
+            self.metrics.withdrawn(waiter);
+            self.store.borrow_mut().cancel(waiter, now_ms);
+        }
+        self.deliver_completions();
+        self.rearm_timekeeper();
+    }
+
+    /// Wakes the timekeeper when something became due sooner than it planned to wake.
+    fn rearm_timekeeper(&self) {
+        let next = self.store.borrow().next_deadline_ms();
+        if next.is_some_and(|next| next < self.timekeeper_deadline_ms.get()) {
+            self.timekeeper.notify();
+        }
+    }
+
+    fn stamp(&self, mut response: Response) -> Response {
+        if let Response::Error(reply) = &mut response {
+            reply.map_epoch = self.map_epoch();
+        }
+        response
+    }
+
+    pub fn error(&self, code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error(ErrorReply {
+            code: code.as_u16(),
+            message: message.into(),
+            map_epoch: self.map_epoch(),
+        })
+    }
+
+    /// Serves the requests the node's other shards forward here, each queue by a task
+    /// of its own.
+    pub fn serve_peers(self: &Rc<Self>, mut receivers: MeshReceivers<Forwarded>) {
+        for (_, receiver) in receivers.streams() {
+            let shard = self.clone();
+            runtime::spawn_detached(async move {
+                while let Some(forwarded) = receiver.recv().await {
+                    shard.serve_forwarded(forwarded);
+                }
+            });
+        }
+    }
+
+    fn serve_forwarded(&self, forwarded: Forwarded) {
+        // Advances the store's clock, which admit reads: this shard may have served no
+        // read of its own since a pause.
+        let received = Instant::now();
+        self.advance_clock(received);
+        let mut timed = 0;
+        match self.admit(forwarded.slot) {
+            Ok(owner) if owner == self.shard_id => {
+                let destination = Destination::Forwarded(forwarded.reply);
+                let submitted = self.submit(forwarded.client_id, &forwarded.request, destination, received);
+                if submitted == Submitted::Answered {
+                    timed = 1;
+                }
+            }
+            Ok(owner) => {
+                let message = format!("slot {} moved to shard {owner} of this node", forwarded.slot);
+                let _ = forwarded.reply.send(self.error(ErrorCode::WrongShard, message));
+            }
+            Err(refusal) => {
+                let _ = forwarded.reply.send(refusal);
+            }
+        }
+        self.read_handled(1, timed, received);
+    }
+
+    /// Sleeps until the store's next deadline (a wait's timeout, a lease's end, a key's
+    /// expiry) or the maintenance interval, whichever is sooner, and is woken early when
+    /// a sooner deadline appears; returns once `shutdown` is set. Nothing polls: an idle
+    /// shard with no deadlines wakes ten times a second to expire keys and publish figures.
+    pub async fn keep_time(&self, shutdown: &AtomicBool) {
+        while !shutdown.load(Relaxed) {
+            // Picks up a map installed elsewhere even when no request comes, so a
+            // committed migration releases its frozen copy promptly.
+            self.routing();
+            let now_ms = self.now_ms();
+            let planned = now_ms + MAINTENANCE_INTERVAL_MS;
+            let wake_ms = self
+                .store
+                .borrow()
+                .next_deadline_ms()
+                .map_or(planned, |due| due.clamp(now_ms, planned));
+            self.timekeeper_deadline_ms.set(wake_ms);
+            if wake_ms > now_ms {
+                let sleep = runtime::sleep(Duration::from_millis(wake_ms - now_ms));
+                futures::future::select(std::pin::pin!(sleep), std::pin::pin!(self.timekeeper.notified())).await;
+            }
+            self.expire_due().await;
+            self.publish_stats();
+        }
+    }
+
+    /// Expires what is due, in steps that yield to requests in between.
+    async fn expire_due(&self) {
+        loop {
+            let now_ms = self.now_ms();
+            let removed = self.store.borrow_mut().expire_due(now_ms, EXPIRE_KEYS_PER_STEP_MAX);
+            self.deliver_completions();
+            if removed < EXPIRE_KEYS_PER_STEP_MAX {
+                return;
+            }
+            runtime::yield_if_needed().await;
+        }
+    }
+}

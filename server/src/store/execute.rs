@@ -1,0 +1,406 @@
+//! Executing one keyed command: argument checks first, then the command goes to its
+//! object family, one method per family (bytes values, counters, locks, semaphores,
+//! barriers, latches, futures, maps, queues), each of which runs it on its object.
+
+use engram_proto::limits::{
+    KEY_BYTES_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX, PARTIES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX, WAIT_MS_MAX,
+};
+use engram_proto::{Command, ErrorCode, Response};
+
+use super::keys::STORED_KEY_BYTES_MAX;
+use super::{
+    barrier, error, future, key_too_large, latch, lock, map, queue, semaphore, value_too_large, Constructor, Effects,
+    Object, Origin, Outcome, Store,
+};
+
+/// A coordination object's state as [`Object`] holds it: how a first use creates its
+/// object, and how to find it inside an object of its type.
+trait ObjectState: Sized {
+    const CREATE: Constructor;
+
+    fn within(object: &mut Object) -> Option<&mut Self>;
+}
+
+macro_rules! object_states {
+    ($($variant:ident($state:ty)),* $(,)?) => {$(
+        impl ObjectState for $state {
+            const CREATE: Constructor = <$state>::create;
+
+            fn within(object: &mut Object) -> Option<&mut $state> {
+                match object {
+                    Object::$variant(state) => Some(&mut **state),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+object_states!(
+    Lock(lock::LockState),
+    Semaphore(semaphore::SemaphoreState),
+    Barrier(barrier::BarrierState),
+    Latch(latch::LatchState),
+    Future(future::FutureState),
+    Map(map::MapState),
+    Queue(queue::QueueState),
+);
+
+type Lock = lock::LockState;
+type Semaphore = semaphore::SemaphoreState;
+type Barrier = barrier::BarrierState;
+type Latch = latch::LatchState;
+type Future = future::FutureState;
+type Map = map::MapState;
+type Queue = queue::QueueState;
+
+impl Store {
+    pub(super) fn execute(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
+        if let Some(key) = command.key() {
+            if key.len() > STORED_KEY_BYTES_MAX {
+                return Outcome::Ready(key_too_large(key.len()));
+            }
+        }
+        if let Err(refusal) = validate(command) {
+            return Outcome::Ready(refusal);
+        }
+        match command {
+            Command::Get { .. } | Command::Set { .. } | Command::Del { .. } | Command::Append { .. } => {
+                self.execute_bytes(command, now_ms)
+            }
+            Command::CounterGet { .. }
+            | Command::CounterAdd { .. }
+            | Command::CounterSet { .. }
+            | Command::CounterCas { .. } => self.execute_counter(command, now_ms),
+            Command::LockAcquire { .. }
+            | Command::LockRelease { .. }
+            | Command::LockRenew { .. }
+            | Command::LockHolder { .. } => self.execute_lock(command, now_ms, origin),
+            Command::SemaphoreAcquire { .. }
+            | Command::SemaphoreRelease { .. }
+            | Command::SemaphoreRenew { .. }
+            | Command::SemaphoreAvailable { .. } => self.execute_semaphore(command, now_ms, origin),
+            Command::BarrierWait { .. } => self.execute_barrier(command, now_ms, origin),
+            Command::LatchTrySetCount { .. }
+            | Command::LatchCountDown { .. }
+            | Command::LatchCount { .. }
+            | Command::LatchWait { .. } => self.execute_latch(command, now_ms, origin),
+            Command::FutureComplete { .. } | Command::FutureGet { .. } => self.execute_future(command, now_ms, origin),
+            Command::MapGet { .. }
+            | Command::MapSet { .. }
+            | Command::MapDel { .. }
+            | Command::MapGetAll { .. }
+            | Command::MapIncr { .. } => self.execute_map(command, now_ms, origin),
+            Command::QueuePush { .. } | Command::QueuePop { .. } | Command::QueueLen { .. } => {
+                self.execute_queue(command, now_ms, origin)
+            }
+            // Node, cluster and migration commands never reach the store.
+            _ => Outcome::Ready(error(
+                ErrorCode::Internal,
+                format!("{} is a node command, not a keyed one", command.name()),
+            )),
+        }
+    }
+
+    fn execute_bytes(&mut self, command: &Command, now_ms: u64) -> Outcome {
+        Outcome::Ready(match command {
+            Command::Get { key } => self.bytes_get(key, now_ms),
+            Command::Set {
+                key,
+                value,
+                ttl_ms,
+                condition,
+            } => self.bytes_set(key, value, *ttl_ms, *condition, now_ms),
+            Command::Del { key } => self.delete(key, now_ms),
+            Command::Append { key, value } => self.bytes_append(key, value, now_ms),
+            other => misrouted(other, "bytes"),
+        })
+    }
+
+    fn execute_counter(&mut self, command: &Command, now_ms: u64) -> Outcome {
+        Outcome::Ready(match command {
+            Command::CounterGet { key } => self.counter_get(key, now_ms),
+            Command::CounterAdd { key, delta } => self.counter_add(key, *delta, now_ms),
+            Command::CounterSet { key, value } => self.counter_set(key, *value, now_ms),
+            Command::CounterCas { key, expected, new } => self.counter_cas(key, *expected, *new, now_ms),
+            other => misrouted(other, "counter"),
+        })
+    }
+
+    fn execute_lock(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
+        match command {
+            Command::LockAcquire {
+                key,
+                owner,
+                lease_ms,
+                wait_ms,
+            } => self.on::<Lock>(key, now_ms, origin, true, |lock, effects| {
+                lock.acquire(key, owner, *lease_ms, *wait_ms, effects)
+            }),
+            Command::LockRelease { key, owner, fence } => {
+                self.on::<Lock>(key, now_ms, origin, false, |lock, effects| {
+                    Outcome::Ready(lock.release(key, owner, *fence, effects))
+                })
+            }
+            Command::LockRenew {
+                key,
+                owner,
+                fence,
+                lease_ms,
+            } => self.on::<Lock>(key, now_ms, origin, false, |lock, effects| {
+                Outcome::Ready(lock.renew(key, owner, *fence, *lease_ms, effects))
+            }),
+            Command::LockHolder { key } => self.on::<Lock>(key, now_ms, origin, false, |lock, effects| {
+                Outcome::Ready(lock.holder(key, effects))
+            }),
+            other => Outcome::Ready(misrouted(other, "lock")),
+        }
+    }
+
+    fn execute_semaphore(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
+        match command {
+            Command::SemaphoreAcquire {
+                key,
+                owner,
+                capacity,
+                permits,
+                lease_ms,
+                wait_ms,
+            } => self.on::<Semaphore>(key, now_ms, origin, true, |semaphore, effects| {
+                semaphore.acquire(key, owner, *capacity, *permits, *lease_ms, *wait_ms, effects)
+            }),
+            Command::SemaphoreRelease { key, permit_id } => {
+                self.on::<Semaphore>(key, now_ms, origin, false, |semaphore, effects| {
+                    Outcome::Ready(semaphore.release(key, *permit_id, effects))
+                })
+            }
+            Command::SemaphoreRenew {
+                key,
+                permit_id,
+                lease_ms,
+            } => self.on::<Semaphore>(key, now_ms, origin, false, |semaphore, effects| {
+                Outcome::Ready(semaphore.renew(key, *permit_id, *lease_ms, effects))
+            }),
+            Command::SemaphoreAvailable { key, capacity } => {
+                self.on::<Semaphore>(key, now_ms, origin, false, |semaphore, effects| {
+                    Outcome::Ready(semaphore.available(key, *capacity, effects))
+                })
+            }
+            other => Outcome::Ready(misrouted(other, "semaphore")),
+        }
+    }
+
+    fn execute_barrier(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
+        match command {
+            Command::BarrierWait {
+                key,
+                parties,
+                timeout_ms,
+            } => self.on::<Barrier>(key, now_ms, origin, true, |barrier, effects| {
+                barrier.wait(key, *parties, *timeout_ms, effects)
+            }),
+            other => Outcome::Ready(misrouted(other, "barrier")),
+        }
+    }
+
+    fn execute_latch(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
+        match command {
+            Command::LatchTrySetCount { key, count } => self.on::<Latch>(key, now_ms, origin, true, |latch, _| {
+                Outcome::Ready(latch.try_set_count(*count))
+            }),
+            Command::LatchCountDown { key } => self.on::<Latch>(key, now_ms, origin, false, |latch, effects| {
+                Outcome::Ready(latch.count_down(effects))
+            }),
+            Command::LatchCount { key } => self.on::<Latch>(key, now_ms, origin, false, |latch, _| {
+                Outcome::Ready(Response::LatchCount { count: latch.count() })
+            }),
+            Command::LatchWait { key, timeout_ms } => self.on::<Latch>(key, now_ms, origin, false, |latch, effects| {
+                latch.wait(key, *timeout_ms, effects)
+            }),
+            other => Outcome::Ready(misrouted(other, "latch")),
+        }
+    }
+
+    fn execute_future(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
+        match command {
+            Command::FutureComplete { key, value } => {
+                self.on::<Future>(key, now_ms, origin, true, |future, effects| {
+                    Outcome::Ready(future.complete(value, effects))
+                })
+            }
+            // Only a get that may wait needs the future to exist.
+            Command::FutureGet { key, timeout_ms } => {
+                self.on::<Future>(key, now_ms, origin, *timeout_ms > 0, |future, effects| {
+                    future.get(key, *timeout_ms, effects)
+                })
+            }
+            other => Outcome::Ready(misrouted(other, "future")),
+        }
+    }
+
+    fn execute_map(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
+        match command {
+            Command::MapGet { key, field } => {
+                self.on::<Map>(key, now_ms, origin, false, |map, _| Outcome::Ready(map.get(field)))
+            }
+            Command::MapSet { key, field, value } => self.on::<Map>(key, now_ms, origin, true, |map, effects| {
+                Outcome::Ready(map.set(field, value, effects))
+            }),
+            Command::MapDel { key, field } => {
+                self.on::<Map>(key, now_ms, origin, false, |map, _| Outcome::Ready(map.delete(field)))
+            }
+            Command::MapGetAll { key } => {
+                self.on::<Map>(key, now_ms, origin, false, |map, _| Outcome::Ready(map.get_all()))
+            }
+            Command::MapIncr { key, field, delta } => self.on::<Map>(key, now_ms, origin, true, |map, effects| {
+                Outcome::Ready(map.increment(field, *delta, effects))
+            }),
+            other => Outcome::Ready(misrouted(other, "map")),
+        }
+    }
+
+    fn execute_queue(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
+        match command {
+            Command::QueuePush { key, value, end } => self.on::<Queue>(key, now_ms, origin, true, |queue, effects| {
+                Outcome::Ready(queue.push(value, *end, effects))
+            }),
+            // Only a pop that may wait needs the queue to exist.
+            Command::QueuePop { key, end, timeout_ms } => {
+                self.on::<Queue>(key, now_ms, origin, *timeout_ms > 0, |queue, effects| {
+                    queue.pop(key, *end, *timeout_ms, effects)
+                })
+            }
+            Command::QueueLen { key } => self.on::<Queue>(key, now_ms, origin, false, |queue, _| {
+                Outcome::Ready(Response::QueueLength {
+                    length: queue.len() as u64,
+                })
+            }),
+            other => Outcome::Ready(misrouted(other, "queue")),
+        }
+    }
+
+    /// Runs `operation` on the `S` object at `key` (created when absent if `creates`),
+    /// through [`Store::coordinate`].
+    fn on<S: ObjectState>(
+        &mut self,
+        key: &[u8],
+        now_ms: u64,
+        origin: Option<Origin>,
+        creates: bool,
+        operation: impl FnOnce(&mut S, &mut Effects<'_>) -> Outcome,
+    ) -> Outcome {
+        self.coordinate(key, now_ms, origin, S::CREATE, creates, |object, effects, _| {
+            let Some(state) = S::within(object) else {
+                unreachable!("coordinate checked the type")
+            };
+            operation(state, effects)
+        })
+    }
+}
+
+/// The answer to a command that reached another family's method, which `execute`'s
+/// routing rules out.
+fn misrouted(command: &Command, family: &str) -> Response {
+    error(
+        ErrorCode::Internal,
+        format!("{} reached the {family} commands", command.name()),
+    )
+}
+
+/// Argument checks shared by every object, before anything is touched.
+fn validate(command: &Command) -> Result<(), Response> {
+    check_waits_and_leases(command)?;
+    check_sizes(command)
+}
+
+fn invalid(message: String) -> Result<(), Response> {
+    Err(error(ErrorCode::InvalidArgument, message))
+}
+
+/// A wait, a lease and an owner id within the protocol's limits.
+fn check_waits_and_leases(command: &Command) -> Result<(), Response> {
+    let wait_ms = command.wait_ms();
+    if wait_ms > WAIT_MS_MAX {
+        return invalid(format!("wait of {wait_ms} ms exceeds wait_ms_max ({WAIT_MS_MAX})"));
+    }
+    match command {
+        Command::LockAcquire { owner, lease_ms, .. }
+        | Command::LockRenew { owner, lease_ms, .. }
+        | Command::SemaphoreAcquire { owner, lease_ms, .. } => {
+            if owner.is_empty() || owner.len() > OWNER_BYTES_MAX {
+                return invalid(format!(
+                    "owner id must be 1..={OWNER_BYTES_MAX} bytes (owner_bytes_max)"
+                ));
+            }
+            if *lease_ms == 0 || *lease_ms > LEASE_MS_MAX {
+                return invalid(format!(
+                    "lease of {lease_ms} ms is outside 1..={LEASE_MS_MAX} (lease_ms_max)"
+                ));
+            }
+        }
+        Command::SemaphoreRenew { lease_ms, .. } if *lease_ms == 0 || *lease_ms > LEASE_MS_MAX => {
+            return invalid(format!(
+                "lease of {lease_ms} ms is outside 1..={LEASE_MS_MAX} (lease_ms_max)"
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Values, fields, TTLs and party counts within the protocol's limits.
+fn check_sizes(command: &Command) -> Result<(), Response> {
+    match command {
+        Command::Set { value, ttl_ms, .. } => {
+            if value.len() > VALUE_BYTES_MAX {
+                return Err(value_too_large(value.len()));
+            }
+            if *ttl_ms > TTL_MS_MAX {
+                return invalid(format!("ttl of {ttl_ms} ms exceeds ttl_ms_max ({TTL_MS_MAX})"));
+            }
+        }
+        Command::SemaphoreAcquire { capacity, permits, .. }
+            if *capacity == 0 || *capacity > PARTIES_MAX || *permits == 0 || permits > capacity =>
+        {
+            return invalid(format!(
+                "semaphore needs 1 <= permits ({permits}) <= capacity ({capacity}) <= parties_max ({PARTIES_MAX})"
+            ));
+        }
+        Command::SemaphoreAvailable { capacity, .. } if *capacity == 0 || *capacity > PARTIES_MAX => {
+            return invalid(format!(
+                "semaphore capacity {capacity} is outside 1..={PARTIES_MAX} (parties_max)"
+            ));
+        }
+        Command::BarrierWait { parties, .. } if *parties == 0 || *parties > PARTIES_MAX => {
+            return invalid(format!(
+                "barrier parties {parties} is outside 1..={PARTIES_MAX} (parties_max)"
+            ));
+        }
+        // An append's suffix alone past the limit is refused here; one that would grow an
+        // existing value past it is refused by `bytes_append`.
+        Command::Append { value, .. }
+        | Command::FutureComplete { value, .. }
+        | Command::QueuePush { value, .. }
+        | Command::MapSet { value, .. }
+            if value.len() > VALUE_BYTES_MAX =>
+        {
+            return Err(value_too_large(value.len()));
+        }
+        Command::MapGet { field, .. }
+        | Command::MapSet { field, .. }
+        | Command::MapDel { field, .. }
+        | Command::MapIncr { field, .. }
+            if field.len() > KEY_BYTES_MAX =>
+        {
+            return Err(error(
+                ErrorCode::KeyTooLarge,
+                format!(
+                    "map field of {} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})",
+                    field.len()
+                ),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
