@@ -18,6 +18,14 @@ install_prerequisites() {
     if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
         rustup component add clippy rustfmt
     fi
+    # The vendor check unpacks the published glommio crate and applies our patch.
+    local tool
+    for tool in patch curl; do
+        if ! command -v "$tool" >/dev/null; then
+            say "installing $tool (scripts/check-vendor.sh needs it)"
+            apt-get update -qq && apt-get install -y -qq "$tool"
+        fi
+    done
     local uring_ok=0
     if [ -r /proc/sys/kernel/io_uring_disabled ] && [ "$(cat /proc/sys/kernel/io_uring_disabled)" != "0" ]; then
         uring_ok=1
