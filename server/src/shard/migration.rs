@@ -56,6 +56,109 @@ pub struct Incoming {
     aborted: VecDeque<u64>,
 }
 
+impl Incoming {
+    /// Checks a batch's place in its migration. Batch 0 opens the migration and gives
+    /// back the slots (slot-indexed) whose leftovers of earlier, unfinished attempts the
+    /// shard must drop; later batches must follow in order and give back nothing.
+    pub fn admit(&mut self, order: &MigrateIn) -> Result<Option<Vec<bool>>, String> {
+        let id = order.migration_id;
+        if self.aborted.contains(&id) {
+            return Err(format!("migration {id} was aborted"));
+        }
+        if let Some(open) = self.open.get(&id) {
+            if open.slots != order.slots {
+                return Err(format!(
+                    "batch of migration {id} names other slots than its first batch"
+                ));
+            }
+            if open.next_batch_index != order.batch_index {
+                return Err(format!(
+                    "batch {} of migration {id} arrived, expected batch {}",
+                    order.batch_index, open.next_batch_index
+                ));
+            }
+            return Ok(None);
+        }
+        if order.batch_index != 0 {
+            return Err(format!(
+                "batch {} of migration {id}, which is not open here",
+                order.batch_index
+            ));
+        }
+        if self.open.len() >= INCOMING_MIGRATIONS_MAX {
+            return Err(format!(
+                "shard holds incoming_migrations_max ({INCOMING_MIGRATIONS_MAX}) uncommitted migrations"
+            ));
+        }
+        let mut stale = slot_set(&order.slots);
+        self.open.retain(|_, open| {
+            let overlaps = open.slots.iter().any(|&slot| stale[slot as usize]);
+            if overlaps {
+                for &slot in &open.slots {
+                    stale[slot as usize] = true;
+                }
+            }
+            !overlaps
+        });
+        self.open.insert(
+            id,
+            IncomingMigration {
+                slots: order.slots.clone(),
+                next_batch_index: 0,
+            },
+        );
+        Ok(Some(stale))
+    }
+
+    /// Records that an admitted batch was imported.
+    pub fn batch_applied(&mut self, migration_id: u64) {
+        if let Some(open) = self.open.get_mut(&migration_id) {
+            open.next_batch_index += 1;
+        }
+    }
+
+    /// Forgets `migration_id` (0: every open migration) and remembers a named one as
+    /// aborted, so a late batch of it is refused; gives back the slots they held.
+    pub fn abort(&mut self, migration_id: u64) -> Vec<u32> {
+        if migration_id != 0 {
+            if self.aborted.len() >= ABORTED_MIGRATIONS_REMEMBERED_MAX {
+                self.aborted.pop_front();
+            }
+            self.aborted.push_back(migration_id);
+        }
+        let ids: Vec<u64> = self
+            .open_ids()
+            .into_iter()
+            .filter(|id| migration_id == 0 || *id == migration_id)
+            .collect();
+        ids.iter()
+            .filter_map(|id| self.open.remove(id))
+            .flat_map(|open| open.slots)
+            .collect()
+    }
+
+    /// Forgets the migrations a map committed (every slot of theirs `served` here);
+    /// gives back their ids.
+    pub fn commit(&mut self, served: impl Fn(u32) -> bool) -> Vec<u64> {
+        let committed: Vec<u64> = self
+            .open_ids()
+            .into_iter()
+            .filter(|id| self.open[id].slots.iter().all(|&slot| served(slot)))
+            .collect();
+        for id in &committed {
+            self.open.remove(id);
+        }
+        committed
+    }
+
+    /// The open migrations' ids, in order (so that a simulation replays alike).
+    pub fn open_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.open.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
 /// What a migration out copied to its target.
 struct Shipped {
     entries: u64,
@@ -125,14 +228,11 @@ impl Shard {
             crate::metrics::record_migration("out", "committed");
             tracing::info!(shard = self.shard_id, migration_id, "migration out committed");
         }
-        self.incoming.borrow_mut().open.retain(|migration_id, incoming| {
-            let served = incoming.slots.iter().all(|&slot| mine(slot));
-            if served {
-                crate::metrics::record_migration("in", "committed");
-                tracing::info!(shard = self.shard_id, migration_id, "migration in committed");
-            }
-            !served
-        });
+        let committed = self.incoming.borrow_mut().commit(mine);
+        for migration_id in committed {
+            crate::metrics::record_migration("in", "committed");
+            tracing::info!(shard = self.shard_id, migration_id, "migration in committed");
+        }
         self.publish_slots_owned(routing);
         self.publish_migrations();
         self.publish_stats();
@@ -185,7 +285,7 @@ impl Shard {
 
     /// Makes the open migrations visible to the heartbeat.
     fn publish_migrations(&self) {
-        let mut open: Vec<u64> = self.incoming.borrow().open.keys().copied().collect();
+        let mut open = self.incoming.borrow().open_ids();
         open.extend(self.outgoing.borrow().as_ref().map(|outgoing| outgoing.migration_id));
         let mut published = self
             .own_stats()
@@ -386,9 +486,7 @@ impl Shard {
             };
             return self.error(code, error.to_string());
         }
-        if let Some(incoming) = self.incoming.borrow_mut().open.get_mut(&order.migration_id) {
-            incoming.next_batch_index += 1;
-        }
+        self.incoming.borrow_mut().batch_applied(order.migration_id);
         self.publish_stats();
         Response::Accepted
     }
@@ -397,54 +495,9 @@ impl Shard {
     /// whatever earlier, unfinished attempts left in its slots (this shard does not serve
     /// them, so nothing there is live); later batches must follow in order.
     fn admit_batch(&self, order: &MigrateIn, routing: &Routing) -> Result<(), String> {
-        let id = order.migration_id;
-        let mut incoming = self.incoming.borrow_mut();
-        if incoming.aborted.contains(&id) {
-            return Err(format!("migration {id} was aborted"));
-        }
-        if let Some(open) = incoming.open.get(&id) {
-            if open.slots != order.slots {
-                return Err(format!(
-                    "batch of migration {id} names other slots than its first batch"
-                ));
-            }
-            if open.next_batch_index != order.batch_index {
-                return Err(format!(
-                    "batch {} of migration {id} arrived, expected batch {}",
-                    order.batch_index, open.next_batch_index
-                ));
-            }
+        let Some(stale) = self.incoming.borrow_mut().admit(order)? else {
             return Ok(());
-        }
-        if order.batch_index != 0 {
-            return Err(format!(
-                "batch {} of migration {id}, which is not open here",
-                order.batch_index
-            ));
-        }
-        if incoming.open.len() >= INCOMING_MIGRATIONS_MAX {
-            return Err(format!(
-                "shard holds incoming_migrations_max ({INCOMING_MIGRATIONS_MAX}) uncommitted migrations"
-            ));
-        }
-        let mut stale = slot_set(&order.slots);
-        incoming.open.retain(|_, open| {
-            let overlaps = open.slots.iter().any(|&slot| stale[slot as usize]);
-            if overlaps {
-                for &slot in &open.slots {
-                    stale[slot as usize] = true;
-                }
-            }
-            !overlaps
-        });
-        incoming.open.insert(
-            id,
-            IncomingMigration {
-                slots: order.slots.clone(),
-                next_batch_index: 0,
-            },
-        );
-        drop(incoming);
+        };
         let mine = Owner::Local(self.shard_id as u16);
         let now_ms = self.now_ms();
         self.store.borrow_mut().remove_slots(
@@ -484,28 +537,10 @@ impl Shard {
         if aborted_out {
             crate::metrics::record_migration("out", "aborted");
         }
-        let aborted_in: Vec<Vec<u32>> = {
-            let mut incoming = self.incoming.borrow_mut();
-            let ids: Vec<u64> = incoming
-                .open
-                .keys()
-                .copied()
-                .filter(|id| migration_id == 0 || *id == migration_id)
-                .collect();
-            if migration_id != 0 {
-                if incoming.aborted.len() >= ABORTED_MIGRATIONS_REMEMBERED_MAX {
-                    incoming.aborted.pop_front();
-                }
-                incoming.aborted.push_back(migration_id);
-            }
-            ids.iter()
-                .filter_map(|id| incoming.open.remove(id))
-                .map(|open| open.slots)
-                .collect()
-        };
+        let aborted_in = self.incoming.borrow_mut().abort(migration_id);
         if !aborted_in.is_empty() {
             let mine = Owner::Local(self.shard_id as u16);
-            let slots = slot_set(&aborted_in.concat());
+            let slots = slot_set(&aborted_in);
             let now_ms = self.now_ms();
             self.store.borrow_mut().remove_slots(
                 |slot| slots.get(slot as usize).copied().unwrap_or(false) && routing.owner(slot) != mine,

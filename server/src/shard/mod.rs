@@ -25,7 +25,10 @@ mod clock;
 mod migration;
 
 use clock::StoreClock;
-use migration::{Incoming, Outgoing};
+use migration::Outgoing;
+/// The target's bookkeeping of migrations coming in, sans-I/O: the seeded simulation
+/// runs the same admission rules as the shard.
+pub use migration::{Incoming, MIGRATION_BATCH_BYTES_MAX, MIGRATION_PEER_TIMEOUT_MS};
 
 /// Depth of each shard-to-shard request queue.
 pub const FORWARD_QUEUE_DEPTH: usize = 1024;

@@ -4,21 +4,17 @@
 //! on a map that gives the frozen slots away, abort with the epoch check, and drop the
 //! copy of every slot a map gives to another shard.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use engram_proto::limits::SLOT_COUNT;
 use engram_proto::migration::{decode_batch, encode_batch};
 use engram_proto::{ErrorCode, ErrorReply, MigrateIn, Request, Response, SlotMap, LOST_SHARD_INDEX};
+use engram_server::shard::Incoming;
 use engram_server::store::{slot_of_stored_key, Outcome, Store};
 
 use crate::Bug;
 
-/// As `engram_server::migration`'s: the batch size, how long the source waits for the
-/// target per exchange, and how many aborted ids a target remembers.
-pub const MIGRATION_BATCH_BYTES_MAX: usize = 1024 * 1024;
-pub const MIGRATION_PEER_TIMEOUT_MS: u64 = 5_000;
-const INCOMING_MIGRATIONS_MAX: usize = 64;
-const ABORTED_MIGRATIONS_REMEMBERED_MAX: usize = 1024;
+pub use engram_server::shard::{MIGRATION_BATCH_BYTES_MAX, MIGRATION_PEER_TIMEOUT_MS};
 /// Slots compared at once when a shard looks for what a new map changed.
 const CHUNK_SLOTS: u32 = 256;
 /// Memory a model shard may use: far above what a run stores.
@@ -93,11 +89,6 @@ struct Outgoing {
     slots: Vec<u32>,
 }
 
-struct IncomingMigration {
-    slots: Vec<u32>,
-    next_batch_index: u32,
-}
-
 /// A copy the source is sending, batch by batch (it outlives an abort, as the real
 /// shard's shipping task does, and then fails at its end).
 pub struct Shipment {
@@ -115,8 +106,7 @@ pub struct Shard {
     pub id: u16,
     pub store: Store,
     outgoing: Option<Outgoing>,
-    incoming: BTreeMap<u64, IncomingMigration>,
-    aborted: VecDeque<u64>,
+    incoming: Incoming,
     /// Slot-indexed: whether this shard owned the slot before a map marked it lost
     /// (its copy is kept, since the same process may get the slot back).
     stranded: Vec<bool>,
@@ -129,8 +119,7 @@ impl Shard {
             id,
             store: Store::new(STORE_MEMORY_BYTES, hash_seed),
             outgoing: None,
-            incoming: BTreeMap::new(),
-            aborted: VecDeque::new(),
+            incoming: Incoming::default(),
             stranded: vec![false; SLOT_COUNT as usize],
             bug,
         }
@@ -150,7 +139,7 @@ impl Shard {
 
     /// The migrations this shard holds open, for the heartbeat.
     pub fn open_migrations(&self) -> Vec<u64> {
-        let mut open: Vec<u64> = self.incoming.keys().copied().collect();
+        let mut open = self.incoming.open_ids();
         open.extend(self.outgoing.as_ref().map(|outgoing| outgoing.migration_id));
         open
     }
@@ -294,59 +283,16 @@ impl Shard {
         if let Err(problem) = self.store.import_batch(batch, exported_at_ms) {
             return error(ErrorCode::InvalidArgument, problem.to_string());
         }
-        if let Some(incoming) = self.incoming.get_mut(&order.migration_id) {
-            incoming.next_batch_index += 1;
-        }
+        self.incoming.batch_applied(order.migration_id);
         Response::Accepted
     }
 
     /// Batch 0 opens the migration and drops what earlier unfinished attempts left in
     /// its slots; later batches must follow in order.
     fn admit_batch(&mut self, order: &MigrateIn, routing: &Routing, now_ms: u64) -> Result<(), String> {
-        let id = order.migration_id;
-        if self.aborted.contains(&id) {
-            return Err(format!("migration {id} was aborted"));
-        }
-        if let Some(open) = self.incoming.get(&id) {
-            if open.slots != order.slots {
-                return Err(format!(
-                    "batch of migration {id} names other slots than its first batch"
-                ));
-            }
-            if open.next_batch_index != order.batch_index {
-                return Err(format!(
-                    "batch {} of migration {id} arrived, expected batch {}",
-                    order.batch_index, open.next_batch_index
-                ));
-            }
+        let Some(stale) = self.incoming.admit(order)? else {
             return Ok(());
-        }
-        if order.batch_index != 0 {
-            return Err(format!(
-                "batch {} of migration {id}, which is not open here",
-                order.batch_index
-            ));
-        }
-        if self.incoming.len() >= INCOMING_MIGRATIONS_MAX {
-            return Err("shard holds incoming_migrations_max uncommitted migrations".into());
-        }
-        let mut stale = slot_set(&order.slots);
-        self.incoming.retain(|_, open| {
-            let overlaps = open.slots.iter().any(|&slot| stale[slot as usize]);
-            if overlaps {
-                for &slot in &open.slots {
-                    stale[slot as usize] = true;
-                }
-            }
-            !overlaps
-        });
-        self.incoming.insert(
-            id,
-            IncomingMigration {
-                slots: order.slots.clone(),
-                next_batch_index: 0,
-            },
-        );
+        };
         let mine = Owner::Local(self.id);
         self.store.remove_slots(
             |slot| stale.get(slot as usize).copied().unwrap_or(false) && routing.owner(slot) != mine,
@@ -374,23 +320,7 @@ impl Shard {
         {
             self.outgoing = None;
         }
-        let ids: Vec<u64> = self
-            .incoming
-            .keys()
-            .copied()
-            .filter(|id| migration_id == 0 || *id == migration_id)
-            .collect();
-        if migration_id != 0 {
-            if self.aborted.len() >= ABORTED_MIGRATIONS_REMEMBERED_MAX {
-                self.aborted.pop_front();
-            }
-            self.aborted.push_back(migration_id);
-        }
-        let aborted_in: Vec<u32> = ids
-            .iter()
-            .filter_map(|id| self.incoming.remove(id))
-            .flat_map(|open| open.slots)
-            .collect();
+        let aborted_in = self.incoming.abort(migration_id);
         if !aborted_in.is_empty() {
             let mine = Owner::Local(self.id);
             let slots = slot_set(&aborted_in);
@@ -419,8 +349,7 @@ impl Shard {
                     .remove_slots(|slot| frozen.get(slot as usize).copied().unwrap_or(false), now_ms);
             }
         }
-        self.incoming
-            .retain(|_, incoming| !incoming.slots.iter().all(|&slot| mine(slot)));
+        self.incoming.commit(mine);
     }
 
     /// Drops this shard's copy of every slot a map gives to another shard, keeps the
