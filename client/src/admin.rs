@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use engram_proto::{decode_payload, encode_message, Command, FrameKind, ProtocolError, Request, Response};
+use engram_proto::{decode_payload, encode_message, ControlRequest, ControlResponse, Family, FrameKind, ProtocolError};
 pub use engram_proto::{ClusterStatus, MigrationStatus, NodeStatus, ReclaimRequest, ShardStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -116,8 +116,8 @@ impl Admin {
 
     /// The map, the members, their load and the migrations under way.
     pub async fn status(&self) -> Result<ClusterStatus, AdminError> {
-        match self.call(Command::ClusterStatus).await? {
-            Response::ClusterStatus(status) => Ok(*status),
+        match self.call(ControlRequest::Status).await? {
+            ControlResponse::Status(status) => Ok(*status),
             other => Err(unexpected("cluster_status", &other)),
         }
     }
@@ -125,40 +125,40 @@ impl Admin {
     /// Plans and starts the moves that even out slots per shard; returns how many slots
     /// will move (0: already balanced). The moves go on after the answer.
     pub async fn rebalance(&self) -> Result<u64, AdminError> {
-        self.moves(Command::ClusterRebalance, "cluster_rebalance").await
+        self.moves(ControlRequest::Rebalance, "cluster_rebalance").await
     }
 
     /// Starts moving every slot off `node_id`, so it can be removed; returns how many
     /// slots will move.
     pub async fn drain(&self, node_id: u64) -> Result<u64, AdminError> {
-        self.moves(Command::ClusterDrain { node_id }, "cluster_drain").await
+        self.moves(ControlRequest::Drain { node_id }, "cluster_drain").await
     }
 
     /// Returns lost slots to service, empty: those listed, and every lost slot that
     /// `request.node_id` owned (0: none).
     pub async fn reclaim(&self, request: ReclaimRequest) -> Result<Reclaimed, AdminError> {
-        match self.call(Command::ClusterReclaim(request)).await? {
-            Response::Reclaimed { slots, epoch } => Ok(Reclaimed { slots, epoch }),
+        match self.call(ControlRequest::Reclaim(request)).await? {
+            ControlResponse::Reclaimed { slots, epoch } => Ok(Reclaimed { slots, epoch }),
             other => Err(unexpected("cluster_reclaim", &other)),
         }
     }
 
-    async fn moves(&self, command: Command, name: &'static str) -> Result<u64, AdminError> {
+    async fn moves(&self, command: ControlRequest, name: &'static str) -> Result<u64, AdminError> {
         match self.call(command).await? {
-            Response::RebalanceStarted { slots_to_move } => Ok(slots_to_move),
+            ControlResponse::RebalanceStarted { slots_to_move } => Ok(slots_to_move),
             other => Err(unexpected(name, &other)),
         }
     }
 
     /// One exchange on a fresh connection; an error answer becomes [`AdminError::Server`].
-    async fn call(&self, command: Command) -> Result<Response, AdminError> {
+    async fn call(&self, command: ControlRequest) -> Result<ControlResponse, AdminError> {
         let exchange = tokio::time::timeout(self.timeout, self.exchange(command)).await;
         match exchange {
             Err(_) => Err(AdminError::Timeout {
                 address: self.address.clone(),
                 after: self.timeout,
             }),
-            Ok(Ok(Response::Error(reply))) => Err(AdminError::Server {
+            Ok(Ok(ControlResponse::Error(reply))) => Err(AdminError::Server {
                 code: ServerCode::from_u16(reply.code),
                 message: reply.message,
             }),
@@ -166,14 +166,9 @@ impl Admin {
         }
     }
 
-    async fn exchange(&self, command: Command) -> Result<Response, AdminError> {
+    async fn exchange(&self, command: ControlRequest) -> Result<ControlResponse, AdminError> {
         let mut frame = Vec::new();
-        let request = Request {
-            op_id: 0,
-            completed_below_op_id: 0,
-            command,
-        };
-        encode_message(FrameKind::Request, ADMIN_REQUEST_ID, 0, &request, &mut frame)?;
+        encode_message(FrameKind::Request, ADMIN_REQUEST_ID, 0, &command, &mut frame)?;
         let mut stream = TcpStream::connect(&self.address)
             .await
             .map_err(|error| self.broken(error.into()))?;
@@ -203,7 +198,7 @@ impl Admin {
                 request_id: header.request_id,
             });
         }
-        Ok(decode_payload::<Response>(payload)?)
+        Ok(decode_payload::<ControlResponse>(payload)?)
     }
 
     async fn handshake(&self, stream: &mut TcpStream, reader: &mut FrameReader) -> Result<(), AdminError> {
@@ -212,6 +207,7 @@ impl Admin {
             namespace: Vec::new(),
             credentials: self.credentials.clone(),
             spin: Duration::ZERO,
+            family: Family::Control,
         };
         match exchange_hello(stream, reader, &handshake).await {
             Ok(_) => Ok(()),
@@ -231,7 +227,7 @@ impl Admin {
     }
 }
 
-fn unexpected(command: &'static str, response: &Response) -> AdminError {
+fn unexpected(command: &'static str, response: &ControlResponse) -> AdminError {
     AdminError::UnexpectedResponse {
         command,
         response: response.name(),
@@ -240,10 +236,12 @@ fn unexpected(command: &'static str, response: &Response) -> AdminError {
 
 #[cfg(test)]
 mod tests {
-    use engram_proto::{ErrorCode, MigrationStatus};
+    use std::sync::{Arc, Mutex};
+
+    use engram_proto::{ErrorCode, ErrorReply, Hello, HelloReply, MigrationStatus, Response};
 
     use super::*;
-    use crate::tests::fake_server::{error, single_shard_map, FakeServer};
+    use crate::tests::fake_server::single_shard_map;
 
     fn status_sample() -> ClusterStatus {
         ClusterStatus {
@@ -263,43 +261,133 @@ mod tests {
         }
     }
 
-    /// A fake that answers every command without a key (all the admin commands) with
-    /// `answer`.
-    async fn answering(answer: Response) -> (FakeServer, Admin) {
-        let fake = FakeServer::front().await;
-        fake.lock().answers.insert(Vec::new(), answer);
+    /// What the fake control plane saw and will answer.
+    #[derive(Default)]
+    struct Script {
+        answer: Option<ControlResponse>,
+        refuse_hello: bool,
+        hellos: usize,
+        seen: Vec<ControlRequest>,
+    }
+
+    /// A fake control plane: accepts connections, checks each Hello asks for the control
+    /// family, and answers every request with the scripted answer.
+    struct FakeControl {
+        address: String,
+        script: Arc<Mutex<Script>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl FakeControl {
+        async fn start() -> FakeControl {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            let script = Arc::new(Mutex::new(Script::default()));
+            let shared = script.clone();
+            let task = tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve_one(stream, shared.clone()));
+                }
+            });
+            FakeControl { address, script, task }
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
+            self.script.lock().unwrap()
+        }
+    }
+
+    impl Drop for FakeControl {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn serve_one(mut stream: TcpStream, script: Arc<Mutex<Script>>) {
+        let mut reader = FrameReader::default();
+        let Ok(Some((header, payload))) = reader.next_frame(&mut stream).await else {
+            return;
+        };
+        assert_eq!(header.kind, FrameKind::Hello);
+        let hello: Hello = decode_payload(payload).unwrap();
+        assert_eq!(hello.family, Family::Control, "admin calls speak the control family");
+        let refuse = {
+            let mut script = script.lock().unwrap();
+            script.hellos += 1;
+            script.refuse_hello
+        };
+        let mut out = Vec::new();
+        if refuse {
+            let refusal = Response::Error(ErrorReply {
+                code: ErrorCode::Unauthorized.as_u16(),
+                message: "fake refusal".into(),
+                map_epoch: 0,
+            });
+            encode_message(FrameKind::Response, 0, 0, &refusal, &mut out).unwrap();
+            let _ = stream.write_all(&out).await;
+            return;
+        }
+        let reply = HelloReply {
+            node_id: 0,
+            shard_id: 0,
+            shard_count: 0,
+            map_epoch: 0,
+            server_version: "fake".into(),
+        };
+        encode_message(FrameKind::HelloReply, 0, 0, &reply, &mut out).unwrap();
+        stream.write_all(&out).await.unwrap();
+        while let Ok(Some((header, payload))) = reader.next_frame(&mut stream).await {
+            let request: ControlRequest = decode_payload(payload).unwrap();
+            let answer = {
+                let mut script = script.lock().unwrap();
+                script.seen.push(request);
+                script.answer.clone().expect("an answer is scripted")
+            };
+            out.clear();
+            encode_message(FrameKind::Response, header.request_id, 0, &answer, &mut out).unwrap();
+            stream.write_all(&out).await.unwrap();
+        }
+    }
+
+    async fn answering(answer: ControlResponse) -> (FakeControl, Admin) {
+        let fake = FakeControl::start().await;
+        fake.lock().answer = Some(answer);
         let admin = Admin::new(&fake.address).credentials("secret");
         (fake, admin)
     }
 
-    fn last_command(fake: &FakeServer) -> Command {
-        fake.lock().seen.last().expect("a request arrived").command.clone()
+    fn last_command(fake: &FakeControl) -> ControlRequest {
+        fake.lock().seen.last().expect("a request arrived").clone()
+    }
+
+    fn error(code: ErrorCode) -> ControlResponse {
+        ControlResponse::Error(ErrorReply {
+            code: code.as_u16(),
+            message: format!("fake {}", code.name()),
+            map_epoch: 0,
+        })
     }
 
     #[tokio::test]
     async fn each_call_sends_its_command_and_returns_the_typed_answer() {
-        let (fake, admin) = answering(Response::ClusterStatus(Box::new(status_sample()))).await;
+        let (fake, admin) = answering(ControlResponse::Status(Box::new(status_sample()))).await;
         assert_eq!(admin.status().await.unwrap(), status_sample());
-        assert_eq!(last_command(&fake), Command::ClusterStatus);
+        assert_eq!(last_command(&fake), ControlRequest::Status);
 
-        fake.lock()
-            .answers
-            .insert(Vec::new(), Response::RebalanceStarted { slots_to_move: 40 });
+        fake.lock().answer = Some(ControlResponse::RebalanceStarted { slots_to_move: 40 });
         assert_eq!(admin.rebalance().await.unwrap(), 40);
-        assert_eq!(last_command(&fake), Command::ClusterRebalance);
+        assert_eq!(last_command(&fake), ControlRequest::Rebalance);
         assert_eq!(admin.drain(2).await.unwrap(), 40);
-        assert_eq!(last_command(&fake), Command::ClusterDrain { node_id: 2 });
+        assert_eq!(last_command(&fake), ControlRequest::Drain { node_id: 2 });
 
-        fake.lock()
-            .answers
-            .insert(Vec::new(), Response::Reclaimed { slots: 5, epoch: 9 });
+        fake.lock().answer = Some(ControlResponse::Reclaimed { slots: 5, epoch: 9 });
         let request = ReclaimRequest {
             node_id: 3,
             slots: vec![1, 2],
         };
         let reclaimed = admin.reclaim(request.clone()).await.unwrap();
         assert_eq!(reclaimed, Reclaimed { slots: 5, epoch: 9 });
-        assert_eq!(last_command(&fake), Command::ClusterReclaim(request));
+        assert_eq!(last_command(&fake), ControlRequest::Reclaim(request));
         // One connection per call, never a retry.
         assert_eq!(fake.lock().hellos, 4);
         assert_eq!(fake.lock().seen.len(), 4);
@@ -315,10 +403,10 @@ mod tests {
             }
             other => panic!("an error answer gave {other:?}"),
         }
-        fake.lock().answers.insert(Vec::new(), Response::Accepted);
+        fake.lock().answer = Some(ControlResponse::Pong);
         match admin.status().await {
             Err(AdminError::UnexpectedResponse { command, response }) => {
-                assert_eq!((command, response), ("cluster_status", "accepted"));
+                assert_eq!((command, response), ("cluster_status", "pong"));
             }
             other => panic!("an unfitting answer gave {other:?}"),
         }
@@ -326,7 +414,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_handshake_is_not_a_connection_failure() {
-        let (fake, admin) = answering(Response::Accepted).await;
+        let (fake, admin) = answering(ControlResponse::Pong).await;
         fake.lock().refuse_hello = true;
         let failure = admin.status().await.unwrap_err();
         match &failure {

@@ -12,6 +12,7 @@ use crate::arguments::wait_ms;
 use crate::client::{unexpected, Client};
 use crate::error::Error;
 use crate::object::Object;
+use engram_proto::BarrierCommand;
 
 /// A barrier, from [`Client::barrier`]. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -68,11 +69,11 @@ impl Barrier {
     /// generation waits for a different number of parties. A zero `timeout` passes only
     /// if this arrival completes the generation, and breaks it otherwise.
     pub async fn wait(&self, timeout: Duration) -> Result<BarrierPassage, Error> {
-        let command = Command::BarrierWait {
+        let command = Command::from(BarrierCommand::Wait {
             key: self.object.key_vec(),
             parties: self.parties,
             timeout_ms: wait_ms(timeout)?,
-        };
+        });
         match self.object.call(command).await? {
             Response::BarrierPassed {
                 generation,

@@ -7,6 +7,7 @@ use engram_proto::{Command, Response, SetCondition};
 
 use crate::client::{unexpected, Client};
 use crate::error::Error;
+use engram_proto::BytesCommand;
 
 /// A value and the version of the write that produced it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,7 +76,7 @@ impl Bytes {
     }
 
     pub async fn get(&self) -> Result<Option<Versioned>, Error> {
-        let command = Command::Get { key: self.key.clone() };
+        let command = Command::from(BytesCommand::Get { key: self.key.clone() });
         match self.call(command, false).await? {
             Response::Value { value, version } => Ok(Some(Versioned { value, version })),
             Response::Missing => Ok(None),
@@ -96,12 +97,12 @@ impl Bytes {
 
     pub async fn set_with(&self, value: impl Into<Vec<u8>>, options: SetOptions) -> Result<SetOutcome, Error> {
         let value = checked_value(value.into())?;
-        let command = Command::Set {
+        let command = Command::from(BytesCommand::Set {
             key: self.key.clone(),
             value,
             ttl_ms: ttl_ms(options.ttl)?,
             condition: options.condition,
-        };
+        });
         match self.call(command, true).await? {
             Response::Written { version } => Ok(SetOutcome::Written { version }),
             Response::Conflict { current_version } => Ok(SetOutcome::Conflict { current_version }),
@@ -120,7 +121,10 @@ impl Bytes {
 
     /// Deletes the key; returns whether it existed.
     pub async fn del(&self) -> Result<bool, Error> {
-        match self.call(Command::Del { key: self.key.clone() }, true).await? {
+        match self
+            .call(Command::from(BytesCommand::Del { key: self.key.clone() }), true)
+            .await?
+        {
             Response::Deleted { existed } => Ok(existed),
             other => Err(unexpected("del", &other)),
         }
@@ -129,10 +133,10 @@ impl Bytes {
     /// Appends to the value (creating it when absent); returns `(version, length)` after
     /// the append.
     pub async fn append(&self, value: impl Into<Vec<u8>>) -> Result<(u64, u64), Error> {
-        let command = Command::Append {
+        let command = Command::from(BytesCommand::Append {
             key: self.key.clone(),
             value: checked_value(value.into())?,
-        };
+        });
         match self.call(command, true).await? {
             Response::Appended { version, length } => Ok((version, length)),
             other => Err(unexpected("append", &other)),

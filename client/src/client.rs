@@ -27,6 +27,7 @@ use crate::pool::Pool;
 use crate::queue::Queue;
 use crate::route::Route;
 use crate::semaphore::Semaphore;
+use engram_proto::AdminCommand;
 
 /// A handle on an Engram cluster. Build it once and clone it freely: clones share the
 /// slot map, the connections and the operation-id sequence.
@@ -158,7 +159,7 @@ impl Client {
 
     /// Round trip to the seed node.
     pub async fn ping(&self) -> Result<(), Error> {
-        match self.call(None, Command::Ping, false).await? {
+        match self.call(None, Command::from(AdminCommand::Ping), false).await? {
             Response::Pong => Ok(()),
             other => Err(unexpected("ping", &other)),
         }
@@ -166,7 +167,7 @@ impl Client {
 
     /// Node and per-shard statistics of the seed node.
     pub async fn info(&self) -> Result<NodeInfo, Error> {
-        match self.call(None, Command::Info, false).await? {
+        match self.call(None, Command::from(AdminCommand::Info), false).await? {
             Response::Info(info) => Ok(info),
             other => Err(unexpected("info", &other)),
         }
@@ -175,7 +176,7 @@ impl Client {
     /// Fetches the seed node's slot map; when it is newer than the client's, the client
     /// routes with it from now on.
     pub async fn slot_map(&self) -> Result<SlotMap, Error> {
-        match self.call(None, Command::GetSlotMap, false).await? {
+        match self.call(None, Command::from(AdminCommand::GetSlotMap), false).await? {
             Response::SlotMap(map) => {
                 if self.inner.config.direct {
                     self.install(Route::new(map.clone(), &self.inner.config.seed_address)?);
@@ -370,7 +371,7 @@ impl Client {
                 let request = Request {
                     op_id: requests[index].op_id,
                     completed_below_op_id: 0,
-                    command: std::mem::replace(&mut requests[index].command, Command::Ping),
+                    command: std::mem::replace(&mut requests[index].command, Command::from(AdminCommand::Ping)),
                 };
                 retried.push((index, request, failed));
             }
@@ -669,7 +670,7 @@ impl Client {
         let request = Request {
             op_id: 0,
             completed_below_op_id: self.inner.operations.completed_below(),
-            command: Command::GetSlotMap,
+            command: Command::from(AdminCommand::GetSlotMap),
         };
         let connection = self.inner.pool.get(address).await?;
         // Callers bound the whole refresh; this only keeps a single call from

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, PROTOCOL_VERSION};
-use engram_proto::{decode_payload, encode_message, FrameKind, Hello, HelloReply, ProtocolError, Request, Response};
+use engram_proto::{
+    decode_payload, encode_message, Family, FrameKind, Hello, HelloReply, ProtocolError, Request, Response,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
@@ -35,6 +37,8 @@ pub struct Handshake {
     pub credentials: Vec<u8>,
     /// How long a call polls for its answer before parking (see `ClientBuilder::spin`).
     pub spin: Duration,
+    /// The protocol the connection speaks: a client's, or the control plane's for admin.
+    pub family: Family,
 }
 
 pub struct Connection {
@@ -292,6 +296,7 @@ pub(crate) async fn exchange_hello(
         client_id: handshake.client_id,
         namespace: handshake.namespace.clone(),
         credentials: handshake.credentials.clone(),
+        family: handshake.family,
     };
     let mut frame = Vec::new();
     encode_message(FrameKind::Hello, 0, 0, &hello, &mut frame)

@@ -6,6 +6,7 @@ use engram_proto::{Command, Response};
 
 use crate::client::{unexpected, Client};
 use crate::error::Error;
+use engram_proto::CounterCommand;
 
 /// Result of [`Counter::compare_and_set`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,16 +47,16 @@ impl Counter {
     }
 
     pub async fn get(&self) -> Result<i64, Error> {
-        let command = Command::CounterGet { key: self.key.clone() };
+        let command = Command::from(CounterCommand::Get { key: self.key.clone() });
         self.value_of("counter_get", command, false).await
     }
 
     /// Adds `delta` (which may be negative); returns the new value.
     pub async fn add(&self, delta: i64) -> Result<i64, Error> {
-        let command = Command::CounterAdd {
+        let command = Command::from(CounterCommand::Add {
             key: self.key.clone(),
             delta,
-        };
+        });
         self.value_of("counter_add", command, true).await
     }
 
@@ -65,10 +66,10 @@ impl Counter {
     }
 
     pub async fn set(&self, value: i64) -> Result<(), Error> {
-        let command = Command::CounterSet {
+        let command = Command::from(CounterCommand::Set {
             key: self.key.clone(),
             value,
-        };
+        });
         match self.call(command, true).await? {
             Response::Counter { .. } | Response::Written { .. } => Ok(()),
             other => Err(unexpected("counter_set", &other)),
@@ -77,11 +78,11 @@ impl Counter {
 
     /// Sets the counter to `new` only if it holds `expected`.
     pub async fn compare_and_set(&self, expected: i64, new: i64) -> Result<CasOutcome, Error> {
-        let command = Command::CounterCas {
+        let command = Command::from(CounterCommand::Cas {
             key: self.key.clone(),
             expected,
             new,
-        };
+        });
         match self.call(command, true).await? {
             Response::CounterCas { swapped, current } => Ok(CasOutcome { swapped, current }),
             other => Err(unexpected("counter_cas", &other)),

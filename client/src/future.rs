@@ -9,6 +9,7 @@ use crate::bytes::checked_value;
 use crate::client::{unexpected, Client};
 use crate::error::Error;
 use crate::object::Object;
+use engram_proto::FutureCommand;
 
 /// A write-once value, from [`Client::future`]: the first [`RemoteFuture::complete`]
 /// sets it, later ones fail with `AlreadyCompleted`. Named so it does not shadow
@@ -40,10 +41,10 @@ impl RemoteFuture {
     /// Sets the value and wakes every waiter. Fails with `AlreadyCompleted`
     /// ([`Error::is_server`]) when it was set before, even to the same value.
     pub async fn complete(&self, value: impl Into<Vec<u8>>) -> Result<(), Error> {
-        let command = Command::FutureComplete {
+        let command = Command::from(FutureCommand::Complete {
             key: self.object.key_vec(),
             value: checked_value(value.into())?,
-        };
+        });
         match self.object.call(command).await? {
             Response::FutureCompleted => Ok(()),
             other => Err(unexpected("future_complete", &other)),
@@ -54,10 +55,10 @@ impl RemoteFuture {
     /// with a server `Timeout` ([`Error::is_wait_timeout`]). A zero `timeout` waits 1 ms;
     /// use [`RemoteFuture::try_get`] not to wait.
     pub async fn get(&self, timeout: Duration) -> Result<Vec<u8>, Error> {
-        let command = Command::FutureGet {
+        let command = Command::from(FutureCommand::Get {
             key: self.object.key_vec(),
             timeout_ms: real_wait_ms(timeout)?,
-        };
+        });
         match self.object.call(command).await? {
             Response::Value { value, .. } => Ok(value),
             other => Err(unexpected("future_get", &other)),
@@ -66,10 +67,10 @@ impl RemoteFuture {
 
     /// The value if it is set; `None` otherwise, without waiting.
     pub async fn try_get(&self) -> Result<Option<Vec<u8>>, Error> {
-        let command = Command::FutureGet {
+        let command = Command::from(FutureCommand::Get {
             key: self.object.key_vec(),
             timeout_ms: 0,
-        };
+        });
         match self.object.call(command).await? {
             Response::Value { value, .. } => Ok(Some(value)),
             Response::Missing => Ok(None),

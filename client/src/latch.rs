@@ -9,6 +9,7 @@ use crate::arguments::wait_ms;
 use crate::client::{unexpected, Client};
 use crate::error::Error;
 use crate::object::Object;
+use engram_proto::LatchCommand;
 
 /// A latch, from [`Client::latch`]. A latch never set is open (count 0). Cheap to clone.
 #[derive(Clone, Debug)]
@@ -39,10 +40,10 @@ impl Latch {
     /// counting down, which leaves its count unchanged. Lets every worker call it and
     /// exactly the first one set the count.
     pub async fn try_set_count(&self, count: u64) -> Result<bool, Error> {
-        let command = Command::LatchTrySetCount {
+        let command = Command::from(LatchCommand::TrySetCount {
             key: self.object.key_vec(),
             count,
-        };
+        });
         match self.object.call(command).await? {
             Response::LatchSet { set, .. } => Ok(set),
             other => Err(unexpected("latch_try_set_count", &other)),
@@ -51,16 +52,16 @@ impl Latch {
 
     /// Counts down by one (an open latch stays at zero); returns the count after it.
     pub async fn count_down(&self) -> Result<u64, Error> {
-        let command = Command::LatchCountDown {
+        let command = Command::from(LatchCommand::CountDown {
             key: self.object.key_vec(),
-        };
+        });
         self.count_of("latch_count_down", command).await
     }
 
     pub async fn count(&self) -> Result<u64, Error> {
-        let command = Command::LatchCount {
+        let command = Command::from(LatchCommand::Count {
             key: self.object.key_vec(),
-        };
+        });
         self.count_of("latch_count", command).await
     }
 
@@ -68,10 +69,10 @@ impl Latch {
     /// a server `Timeout` ([`Error::is_wait_timeout`]). A zero `timeout` checks without
     /// waiting.
     pub async fn wait(&self, timeout: Duration) -> Result<(), Error> {
-        let command = Command::LatchWait {
+        let command = Command::from(LatchCommand::Wait {
             key: self.object.key_vec(),
             timeout_ms: wait_ms(timeout)?,
-        };
+        });
         match self.object.call(command).await? {
             Response::LatchOpen => Ok(()),
             other => Err(unexpected("latch_wait", &other)),

@@ -14,6 +14,7 @@ use crate::arguments::{lease_ms, owner as checked_owner, wait_ms};
 use crate::client::{unexpected, Client};
 use crate::error::Error;
 use crate::object::Object;
+use engram_proto::LockCommand;
 
 /// A lock, from [`Client::lock`]. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -73,12 +74,12 @@ impl Lock {
         wait: Duration,
     ) -> Result<LockGuard, Error> {
         let owner = checked_owner(owner.into())?;
-        let command = Command::LockAcquire {
+        let command = Command::from(LockCommand::Acquire {
             key: self.object.key_vec(),
             owner: owner.clone(),
             lease_ms: lease_ms(lease)?,
             wait_ms: wait_ms(wait)?,
-        };
+        });
         let (fence, lease) = granted("lock_acquire", self.object.call(command).await?)?;
         Ok(LockGuard {
             lock: self.clone(),
@@ -100,9 +101,9 @@ impl Lock {
 
     /// The current holder, or `None` when the lock is free.
     pub async fn holder(&self) -> Result<Option<LockHolder>, Error> {
-        let command = Command::LockHolder {
+        let command = Command::from(LockCommand::Holder {
             key: self.object.key_vec(),
-        };
+        });
         match self.object.call(command).await? {
             Response::LockHolder { holder } => Ok(holder.map(|holder| LockHolder {
                 owner: holder.owner,
@@ -117,11 +118,11 @@ impl Lock {
     /// kept only the token, such as a script). Fails with `NotHolder` when that grant is
     /// no longer the holder (its lease ended, or it was released).
     pub async fn release_with(&self, owner: impl AsRef<[u8]>, fence: u64) -> Result<(), Error> {
-        let command = Command::LockRelease {
+        let command = Command::from(LockCommand::Release {
             key: self.object.key_vec(),
             owner: owner.as_ref().to_vec(),
             fence,
-        };
+        });
         match self.object.call(command).await? {
             Response::Released => Ok(()),
             other => Err(unexpected("lock_release", &other)),
@@ -131,12 +132,12 @@ impl Lock {
     /// Extends the lease of the grant `owner`/`fence` to `lease` from now; returns the
     /// lease granted. Fails with `NotHolder` when that grant is no longer the holder.
     pub async fn renew_with(&self, owner: impl AsRef<[u8]>, fence: u64, lease: Duration) -> Result<Duration, Error> {
-        let command = Command::LockRenew {
+        let command = Command::from(LockCommand::Renew {
             key: self.object.key_vec(),
             owner: checked_owner(owner.as_ref().to_vec())?,
             fence,
             lease_ms: lease_ms(lease)?,
-        };
+        });
         let (_, lease) = granted("lock_renew", self.object.call(command).await?)?;
         Ok(lease)
     }

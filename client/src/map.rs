@@ -9,6 +9,7 @@ use crate::bytes::checked_value;
 use crate::client::{unexpected, Client};
 use crate::error::Error;
 use crate::object::Object;
+use engram_proto::MapCommand;
 
 /// Every `(field, value)` of a map, sorted by field.
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
@@ -39,10 +40,10 @@ impl Map {
 
     /// The field's value, or `None` when the field (or the map) does not exist.
     pub async fn get(&self, field: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>, Error> {
-        let command = Command::MapGet {
+        let command = Command::from(MapCommand::Get {
             key: self.object.key_vec(),
             field: field.into(),
-        };
+        });
         match self.object.call(command).await? {
             Response::Value { value, .. } => Ok(Some(value)),
             Response::Missing => Ok(None),
@@ -52,11 +53,11 @@ impl Map {
 
     /// Writes the field; returns the version of the write (shard-wide, increasing).
     pub async fn set(&self, field: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64, Error> {
-        let command = Command::MapSet {
+        let command = Command::from(MapCommand::Set {
             key: self.object.key_vec(),
             field: field.into(),
             value: checked_value(value.into())?,
-        };
+        });
         match self.object.call(command).await? {
             Response::Written { version } => Ok(version),
             other => Err(unexpected("map_set", &other)),
@@ -65,10 +66,10 @@ impl Map {
 
     /// Deletes the field; returns whether it existed.
     pub async fn del(&self, field: impl Into<Vec<u8>>) -> Result<bool, Error> {
-        let command = Command::MapDel {
+        let command = Command::from(MapCommand::Del {
             key: self.object.key_vec(),
             field: field.into(),
-        };
+        });
         match self.object.call(command).await? {
             Response::Deleted { existed } => Ok(existed),
             other => Err(unexpected("map_del", &other)),
@@ -77,9 +78,9 @@ impl Map {
 
     /// Every `(field, value)`, sorted by field.
     pub async fn get_all(&self) -> Result<Fields, Error> {
-        let command = Command::MapGetAll {
+        let command = Command::from(MapCommand::GetAll {
             key: self.object.key_vec(),
-        };
+        });
         match self.object.call(command).await? {
             Response::MapEntries(entries) => Ok(entries.into_iter().map(|entry| (entry.field, entry.value)).collect()),
             other => Err(unexpected("map_get_all", &other)),
@@ -90,11 +91,11 @@ impl Map {
     /// returns the new value. `WrongType` when the field holds something else, `Overflow`
     /// rather than wrapping.
     pub async fn incr(&self, field: impl Into<Vec<u8>>, delta: i64) -> Result<i64, Error> {
-        let command = Command::MapIncr {
+        let command = Command::from(MapCommand::Incr {
             key: self.object.key_vec(),
             field: field.into(),
             delta,
-        };
+        });
         match self.object.call(command).await? {
             Response::Counter { value } => Ok(value),
             other => Err(unexpected("map_incr", &other)),

@@ -10,6 +10,7 @@ use crate::bytes::checked_value;
 use crate::client::{unexpected, Client};
 use crate::error::Error;
 use crate::object::Object;
+use engram_proto::QueueCommand;
 
 /// A queue, from [`Client::queue`]. A missing queue reads as empty. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -60,9 +61,9 @@ impl Queue {
     }
 
     pub async fn len(&self) -> Result<u64, Error> {
-        let command = Command::QueueLen {
+        let command = Command::from(QueueCommand::Len {
             key: self.object.key_vec(),
-        };
+        });
         match self.object.call(command).await? {
             Response::QueueLength { length } => Ok(length),
             other => Err(unexpected("queue_len", &other)),
@@ -74,11 +75,11 @@ impl Queue {
     }
 
     async fn push(&self, value: Vec<u8>, end: QueueEnd) -> Result<u64, Error> {
-        let command = Command::QueuePush {
+        let command = Command::from(QueueCommand::Push {
             key: self.object.key_vec(),
             value: checked_value(value)?,
             end,
-        };
+        });
         match self.object.call(command).await? {
             Response::QueueLength { length } => Ok(length),
             other => Err(unexpected("queue_push", &other)),
@@ -86,11 +87,11 @@ impl Queue {
     }
 
     async fn pop(&self, end: QueueEnd, timeout: Option<Duration>) -> Result<Option<Vec<u8>>, Error> {
-        let command = Command::QueuePop {
+        let command = Command::from(QueueCommand::Pop {
             key: self.object.key_vec(),
             end,
             timeout_ms: timeout.map_or(Ok(0), wait_ms)?,
-        };
+        });
         match self.object.call(command).await {
             Ok(Response::Value { value, .. }) => Ok(Some(value)),
             Ok(Response::Missing) => Ok(None),

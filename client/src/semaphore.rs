@@ -12,6 +12,7 @@ use crate::arguments::{lease_ms, owner as checked_owner, wait_ms};
 use crate::client::{unexpected, Client};
 use crate::error::Error;
 use crate::object::Object;
+use engram_proto::SemaphoreCommand;
 
 /// A semaphore, from [`Client::semaphore`]. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -66,14 +67,14 @@ impl Semaphore {
         lease: Duration,
         wait: Duration,
     ) -> Result<Permit, Error> {
-        let command = Command::SemaphoreAcquire {
+        let command = Command::from(SemaphoreCommand::Acquire {
             key: self.object.key_vec(),
             owner: checked_owner(owner.into())?,
             capacity: self.capacity,
             permits,
             lease_ms: lease_ms(lease)?,
             wait_ms: wait_ms(wait)?,
-        };
+        });
         let (id, permits, lease) = granted("semaphore_acquire", self.object.call(command).await?)?;
         Ok(Permit {
             semaphore: self.clone(),
@@ -100,10 +101,10 @@ impl Semaphore {
 
     /// Permits free now.
     pub async fn available(&self) -> Result<u32, Error> {
-        let command = Command::SemaphoreAvailable {
+        let command = Command::from(SemaphoreCommand::Available {
             key: self.object.key_vec(),
             capacity: self.capacity,
-        };
+        });
         match self.object.call(command).await? {
             Response::SemaphoreAvailable { available, .. } => Ok(available),
             other => Err(unexpected("semaphore_available", &other)),
@@ -113,10 +114,10 @@ impl Semaphore {
     /// Returns the permits of `permit_id` without a [`Permit`] (for a caller that kept
     /// only the id). Fails with `NotHolder` when they were already returned.
     pub async fn release_with(&self, permit_id: u64) -> Result<(), Error> {
-        let command = Command::SemaphoreRelease {
+        let command = Command::from(SemaphoreCommand::Release {
             key: self.object.key_vec(),
             permit_id,
-        };
+        });
         match self.object.call(command).await? {
             Response::Released => Ok(()),
             other => Err(unexpected("semaphore_release", &other)),
@@ -125,11 +126,11 @@ impl Semaphore {
 
     /// Extends the lease of `permit_id` to `lease` from now; returns the lease granted.
     pub async fn renew_with(&self, permit_id: u64, lease: Duration) -> Result<Duration, Error> {
-        let command = Command::SemaphoreRenew {
+        let command = Command::from(SemaphoreCommand::Renew {
             key: self.object.key_vec(),
             permit_id,
             lease_ms: lease_ms(lease)?,
-        };
+        });
         let (_, _, lease) = granted("semaphore_renew", self.object.call(command).await?)?;
         Ok(lease)
     }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, PROTOCOL_VERSION};
 use engram_proto::{
-    decode_payload, encode_message, split_frame, Command, FrameHeader, FrameKind, Hello, HelloReply, ProtocolError,
-    Request, Response, Split, FRAME_HEADER_BYTES,
+    decode_payload, encode_message, split_frame, Family, FrameHeader, FrameKind, Hello, HelloReply, PeerRequest,
+    PeerResponse, ProtocolError, Response, Split, FRAME_HEADER_BYTES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -53,7 +53,7 @@ pub async fn read_frame(
     }
 }
 
-/// A connection from the control plane to one node port.
+/// A connection from the control plane to one shard port, speaking the peer family.
 pub struct NodeLink {
     address: String,
     stream: TcpStream,
@@ -86,6 +86,7 @@ impl NodeLink {
             client_id: 0,
             namespace: Vec::new(),
             credentials: credentials.to_vec(),
+            family: Family::Peer,
         };
         let mut out = Vec::new();
         encode_message(FrameKind::Hello, 0, 0, &hello, &mut out).map_err(|source| link.protocol(source))?;
@@ -102,14 +103,9 @@ impl NodeLink {
         Ok(link)
     }
 
-    pub async fn call(&mut self, command: Command, timeout: Duration) -> Result<Response, LinkError> {
+    pub async fn call(&mut self, request: PeerRequest, timeout: Duration) -> Result<PeerResponse, LinkError> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        let request = Request {
-            op_id: 0,
-            completed_below_op_id: 0,
-            command,
-        };
         let mut out = Vec::new();
         encode_message(FrameKind::Request, request_id, 0, &request, &mut out)
             .map_err(|source| self.protocol(source))?;
@@ -125,7 +121,7 @@ impl NodeLink {
                 ),
             });
         }
-        decode_payload::<Response>(&payload).map_err(|source| self.protocol(source))
+        decode_payload::<PeerResponse>(&payload).map_err(|source| self.protocol(source))
     }
 
     async fn exchange(&mut self, out: &[u8], timeout: Duration) -> Result<(FrameHeader, Vec<u8>), LinkError> {
@@ -167,9 +163,9 @@ impl NodeLink {
 pub async fn call_once(
     address: &str,
     credentials: &[u8],
-    command: Command,
+    command: PeerRequest,
     timeout: Duration,
-) -> Result<Response, LinkError> {
+) -> Result<PeerResponse, LinkError> {
     let mut link = NodeLink::connect(address, credentials, timeout).await?;
     link.call(command, timeout).await
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use engram_proto::limits::PROTOCOL_VERSION;
 use engram_proto::{
-    decode_payload, encode_message, format_slot_ranges, Command, ErrorCode, ErrorReply, FrameKind, Hello, HelloReply,
-    MigrateOut, Request, Response, FRONT_SHARD_ID,
+    decode_payload, encode_message, format_slot_ranges, ControlRequest, ControlResponse, ErrorCode, ErrorReply, Family,
+    FrameKind, Hello, HelloReply, MigrateOut, PeerRequest, PeerResponse, Response, FRONT_SHARD_ID,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -216,25 +216,21 @@ impl Controller {
         Ok(value)
     }
 
-    async fn handle(self: &Arc<Self>, command: Command) -> Response {
+    async fn handle(self: &Arc<Self>, command: ControlRequest) -> ControlResponse {
         let now_ms = self.now_ms();
         match command {
-            Command::Ping => Response::Pong,
-            Command::GetSlotMap => Response::SlotMap(self.lock().membership.map().clone()),
-            Command::ClusterJoin(request) => self.join(&request, now_ms),
-            Command::ClusterHeartbeat(heartbeat) => self.heartbeat(&heartbeat, now_ms),
-            Command::ClusterStatus => Response::ClusterStatus(Box::new(self.status())),
-            Command::ClusterRebalance => self.start_plan(None),
-            Command::ClusterDrain { node_id } => self.start_plan(Some(node_id)),
-            Command::ClusterReclaim(request) => self.reclaim(&request, now_ms),
-            other => error_response(
-                ErrorCode::InvalidArgument,
-                format!("{} is not a control-plane command", other.name()),
-            ),
+            ControlRequest::Ping => ControlResponse::Pong,
+            ControlRequest::GetSlotMap => ControlResponse::SlotMap(self.lock().membership.map().clone()),
+            ControlRequest::Join(request) => self.join(&request, now_ms),
+            ControlRequest::Heartbeat(heartbeat) => self.heartbeat(&heartbeat, now_ms),
+            ControlRequest::Status => ControlResponse::Status(Box::new(self.status())),
+            ControlRequest::Rebalance => self.start_plan(None),
+            ControlRequest::Drain { node_id } => self.start_plan(Some(node_id)),
+            ControlRequest::Reclaim(request) => self.reclaim(&request, now_ms),
         }
     }
 
-    fn join(self: &Arc<Self>, request: &engram_proto::JoinRequest, now_ms: u64) -> Response {
+    fn join(self: &Arc<Self>, request: &engram_proto::JoinRequest, now_ms: u64) -> ControlResponse {
         let (joined, map) = {
             let mut inner = self.lock();
             match self.change(&mut inner, |membership| membership.join(request, now_ms)) {
@@ -258,7 +254,7 @@ impl Controller {
             );
             self.broadcast_map();
         }
-        Response::Joined {
+        ControlResponse::Joined {
             node_id: joined.node_id,
             map,
             incarnation: joined.incarnation,
@@ -266,7 +262,7 @@ impl Controller {
         }
     }
 
-    fn reclaim(self: &Arc<Self>, request: &engram_proto::ReclaimRequest, now_ms: u64) -> Response {
+    fn reclaim(self: &Arc<Self>, request: &engram_proto::ReclaimRequest, now_ms: u64) -> ControlResponse {
         let (slots, epoch) = {
             let mut inner = self.lock();
             if inner.orchestrator.is_busy() {
@@ -282,13 +278,13 @@ impl Controller {
         };
         tracing::warn!(slots = %format_slot_ranges(&slots), count = slots.len(), epoch, "lost slots reclaimed, empty");
         self.broadcast_map();
-        Response::Reclaimed {
+        ControlResponse::Reclaimed {
             slots: slots.len() as u64,
             epoch,
         }
     }
 
-    fn heartbeat(self: &Arc<Self>, heartbeat: &engram_proto::Heartbeat, now_ms: u64) -> Response {
+    fn heartbeat(self: &Arc<Self>, heartbeat: &engram_proto::Heartbeat, now_ms: u64) -> ControlResponse {
         let mut inner = self.lock();
         if let Err(error) = inner.membership.heartbeat(heartbeat, now_ms) {
             return error_response(ErrorCode::InvalidArgument, error.to_string());
@@ -313,7 +309,7 @@ impl Controller {
         // already (its map says how) or belongs to an earlier run of the control plane:
         // either way the node may let go of it.
         let abort_migrations = inner.orchestrator.abort_migrations(&heartbeat.migrations);
-        let answer = Response::HeartbeatAck {
+        let answer = ControlResponse::HeartbeatAck {
             map_epoch: inner.membership.epoch(),
             abort_migrations,
             liveness_timeout_ms: self.liveness_timeout_ms(),
@@ -351,7 +347,7 @@ impl Controller {
     }
 
     /// Plans an even spread of slots (after marking `drain` as draining) and starts it.
-    fn start_plan(self: &Arc<Self>, drain: Option<u64>) -> Response {
+    fn start_plan(self: &Arc<Self>, drain: Option<u64>) -> ControlResponse {
         let now_ms = self.now_ms();
         let (slots_to_move, io) = {
             let mut guard = self.lock();
@@ -372,7 +368,7 @@ impl Controller {
                 Err(error) => return error_response(ErrorCode::InvalidArgument, error.to_string()),
             };
             if moves.is_empty() {
-                return Response::RebalanceStarted { slots_to_move: 0 };
+                return ControlResponse::RebalanceStarted { slots_to_move: 0 };
             }
             inner.last_error.clear();
             let slots_to_move = moves.len() as u64;
@@ -382,7 +378,7 @@ impl Controller {
             }
         };
         self.perform(io);
-        Response::RebalanceStarted { slots_to_move }
+        ControlResponse::RebalanceStarted { slots_to_move }
     }
 
     /// Feeds the orchestrator the answers and timers of the effects it asked for, for
@@ -463,7 +459,7 @@ impl Controller {
         }
     }
 
-    /// Sends the current map to every member's front port in the background; members
+    /// Sends the current map to every member's first shard port in the background; members
     /// that miss it catch up through their heartbeats.
     fn broadcast_map(self: &Arc<Self>) {
         let (map, addresses) = {
@@ -472,7 +468,9 @@ impl Controller {
                 .membership
                 .members()
                 .iter()
-                .map(|member| member.front_address.clone())
+                // Any shard port installs the node's map for all its shards; the front
+                // port serves clients only.
+                .filter_map(|member| member.shard_addresses.first().cloned())
                 .collect();
             (inner.membership.map().clone(), addresses)
         };
@@ -480,7 +478,7 @@ impl Controller {
         tokio::spawn(async move {
             let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
             for address in addresses {
-                let _ = call_once(&address, &credentials, Command::InstallMap(map.clone()), timeout).await;
+                let _ = call_once(&address, &credentials, PeerRequest::InstallMap(map.clone()), timeout).await;
             }
         });
     }
@@ -695,22 +693,22 @@ fn report_to(inner: &mut Inner, report: Report) {
 }
 
 /// The wire command of a call the orchestrator asked for.
-fn command_of(call: NodeCall) -> Command {
+fn command_of(call: NodeCall) -> PeerRequest {
     match call {
         NodeCall::MigrateOut {
             migration_id,
             slots,
             target_address,
-        } => Command::MigrateOut(MigrateOut {
+        } => PeerRequest::MigrateOut(MigrateOut {
             migration_id,
             slots,
             target_address,
         }),
-        NodeCall::InstallMap(map) => Command::InstallMap(map),
+        NodeCall::InstallMap(map) => PeerRequest::InstallMap(map),
         NodeCall::MigrateAbort {
             migration_id,
             map_epoch,
-        } => Command::MigrateAbort {
+        } => PeerRequest::MigrateAbort {
             migration_id,
             map_epoch,
         },
@@ -718,21 +716,31 @@ fn command_of(call: NodeCall) -> Command {
 }
 
 /// A node's wire answer, as the orchestrator takes it.
-fn answer_of(response: Response) -> Answer {
+fn answer_of(response: PeerResponse) -> Answer {
     match response {
-        Response::MigrationPrepared { entries, bytes } => Answer::Prepared { entries, bytes },
-        Response::Accepted => Answer::Accepted,
-        Response::Error(reply) => Answer::Refused { message: reply.message },
-        other => Answer::Unexpected { name: other.name() },
+        PeerResponse::MigrationPrepared { entries, bytes } => Answer::Prepared { entries, bytes },
+        PeerResponse::Accepted => Answer::Accepted,
+        PeerResponse::Error(reply) => Answer::Refused { message: reply.message },
     }
 }
 
-fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
-    Response::Error(ErrorReply {
+fn error_reply(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    ErrorReply {
         code: code.as_u16(),
         message: message.into(),
         map_epoch: 0,
-    })
+    }
+}
+
+/// An error answer to a request of the control family.
+fn error_response(code: ErrorCode, message: impl Into<String>) -> ControlResponse {
+    ControlResponse::Error(error_reply(code, message))
+}
+
+/// A refusal of the handshake: a client-family error, as every handshake refusal is,
+/// since the family is not agreed until the Hello is accepted.
+fn refusal(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error(error_reply(code, message))
 }
 
 /// Accepts connections forever, one task each.
@@ -760,8 +768,22 @@ async fn serve_connection(controller: Arc<Controller>, mut stream: TcpStream) {
             Ok(Some(frame)) => frame,
             Ok(None) => return,
             Err(error) => {
-                let answer = error_response(error.code(), error.to_string());
-                let _ = encode_message(FrameKind::Response, 0, 0, &answer, &mut out);
+                let _ = match greeted {
+                    true => encode_message(
+                        FrameKind::Response,
+                        0,
+                        0,
+                        &error_response(error.code(), error.to_string()),
+                        &mut out,
+                    ),
+                    false => encode_message(
+                        FrameKind::Response,
+                        0,
+                        0,
+                        &refusal(error.code(), error.to_string()),
+                        &mut out,
+                    ),
+                };
                 let _ = stream.write_all(&out).await;
                 return;
             }
@@ -783,8 +805,8 @@ async fn serve_connection(controller: Arc<Controller>, mut stream: TcpStream) {
         } else if header.kind != FrameKind::Request {
             Some(error_response(ErrorCode::Malformed, "expected a request frame"))
         } else {
-            match decode_payload::<Request>(&payload) {
-                Ok(request) => Some(controller.handle(request.command).await),
+            match decode_payload::<ControlRequest>(&payload) {
+                Ok(request) => Some(controller.handle(request).await),
                 Err(error) => Some(error_response(error.code(), error.to_string())),
             }
         };
@@ -802,16 +824,22 @@ async fn serve_connection(controller: Arc<Controller>, mut stream: TcpStream) {
 
 fn accept_hello(controller: &Controller, kind: FrameKind, payload: &[u8]) -> Result<HelloReply, Response> {
     if kind != FrameKind::Hello {
-        return Err(error_response(
-            ErrorCode::HandshakeRequired,
-            "the first frame must be a Hello",
-        ));
+        return Err(refusal(ErrorCode::HandshakeRequired, "the first frame must be a Hello"));
     }
-    let hello = decode_payload::<Hello>(payload).map_err(|error| error_response(error.code(), error.to_string()))?;
+    let hello = decode_payload::<Hello>(payload).map_err(|error| refusal(error.code(), error.to_string()))?;
     if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(error_response(
+        return Err(refusal(
             ErrorCode::UnsupportedVersion,
             format!("protocol version {} is not {PROTOCOL_VERSION}", hello.protocol_version),
+        ));
+    }
+    if hello.family != Family::Control {
+        return Err(refusal(
+            ErrorCode::FamilyNotServed,
+            format!(
+                "this is engram-control: it serves the control protocol, not the {} protocol of a node",
+                hello.family.name()
+            ),
         ));
     }
     let expected = &controller.settings.credentials;
@@ -822,7 +850,7 @@ fn accept_hello(controller: &Controller, kind: FrameKind, payload: &[u8]) -> Res
             .fold(0u8, |difference, (a, b)| difference | (a ^ b))
             == 0;
     if !expected.is_empty() && !matches {
-        return Err(error_response(ErrorCode::Unauthorized, "credentials refused"));
+        return Err(refusal(ErrorCode::Unauthorized, "credentials refused"));
     }
     Ok(HelloReply {
         node_id: 0,

@@ -1,10 +1,101 @@
-//! Cluster administration payloads: what nodes tell the control plane, what the control
-//! plane tells nodes, and what operators see. Same compatibility rule as [`crate::message`]:
-//! fields and variants are only ever appended.
+//! The control family: what nodes and operators ask the control plane, and what it
+//! answers (joins, heartbeats, status, rebalancing). Same compatibility rule as
+//! [`crate::message`]: fields and variants are only ever appended.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::message::SlotMap;
+use crate::message::{ErrorReply, SlotMap};
+
+/// What a node or an operator asks the control plane.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ControlRequest {
+    Ping,
+    /// The current slot map; answered with [`ControlResponse::SlotMap`].
+    GetSlotMap,
+    /// A node joins (or rejoins) the cluster; answered with [`ControlResponse::Joined`].
+    Join(JoinRequest),
+    /// A node's periodic liveness and load report; answered with
+    /// [`ControlResponse::HeartbeatAck`].
+    Heartbeat(Heartbeat),
+    /// Answered with [`ControlResponse::Status`].
+    Status,
+    /// Plans and starts the moves that even out slots per shard; answered with
+    /// [`ControlResponse::RebalanceStarted`].
+    Rebalance,
+    /// Moves every slot off `node_id` so it can be removed.
+    Drain {
+        node_id: u64,
+    },
+    /// Returns lost slots to service, empty; answered with [`ControlResponse::Reclaimed`].
+    Reclaim(ReclaimRequest),
+}
+
+impl ControlRequest {
+    /// Short name for logs and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ControlRequest::Ping => "ping",
+            ControlRequest::GetSlotMap => "get_slot_map",
+            ControlRequest::Join(_) => "join",
+            ControlRequest::Heartbeat(_) => "heartbeat",
+            ControlRequest::Status => "status",
+            ControlRequest::Rebalance => "rebalance",
+            ControlRequest::Drain { .. } => "drain",
+            ControlRequest::Reclaim(_) => "reclaim",
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ControlResponse {
+    Pong,
+    SlotMap(SlotMap),
+    Error(ErrorReply),
+    Joined {
+        node_id: u64,
+        map: SlotMap,
+        /// This process's incarnation: its shards draw versions, fences and permit ids
+        /// from [`crate::limits::incarnation_version_floor`] of it.
+        incarnation: u64,
+        /// The control plane's liveness timeout: a node silent for longer is declared
+        /// dead, so the node must not serve on an unchecked map for nearly that long.
+        liveness_timeout_ms: u64,
+    },
+    HeartbeatAck {
+        map_epoch: u64,
+        /// Migrations the node reported that the control plane is not running: abort
+        /// them (after catching up to `map_epoch`).
+        abort_migrations: Vec<u64>,
+        /// As in [`ControlResponse::Joined`].
+        liveness_timeout_ms: u64,
+    },
+    /// Boxed: the largest answer by far, and rare.
+    Status(Box<ClusterStatus>),
+    RebalanceStarted {
+        slots_to_move: u64,
+    },
+    /// Lost slots returned to service, empty, under map `epoch`.
+    Reclaimed {
+        slots: u64,
+        epoch: u64,
+    },
+}
+
+impl ControlResponse {
+    /// Short name for logs and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ControlResponse::Pong => "pong",
+            ControlResponse::SlotMap(_) => "slot_map",
+            ControlResponse::Error(_) => "error",
+            ControlResponse::Joined { .. } => "joined",
+            ControlResponse::HeartbeatAck { .. } => "heartbeat_ack",
+            ControlResponse::Status(_) => "status",
+            ControlResponse::RebalanceStarted { .. } => "rebalance_started",
+            ControlResponse::Reclaimed { .. } => "reclaimed",
+        }
+    }
+}
 
 /// A node asking to join, or to rejoin after a restart (recognised by its advertised
 /// front address).
@@ -48,33 +139,6 @@ pub struct ShardLoad {
     pub keys: u64,
     pub memory_used_bytes: u64,
     pub operations_total: u64,
-}
-
-/// Control plane to the source shard: hand `slots` over to `target_address`. The source
-/// freezes them, redirects their parked requests, copies their state to the target and
-/// answers [`crate::Response::MigrationPrepared`]; it keeps them frozen until a map that
-/// gives them away (commit) or a [`crate::Command::MigrateAbort`] arrives.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct MigrateOut {
-    pub migration_id: u64,
-    pub slots: Vec<u32>,
-    /// The target shard's own port.
-    pub target_address: String,
-}
-
-/// Source shard to target shard: one batch of a migration's state (an encoded
-/// `SlotBatch`), kept but not served until a map gives the target those slots.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct MigrateIn {
-    pub migration_id: u64,
-    pub slots: Vec<u32>,
-    pub batch: Vec<u8>,
-    /// 0, 1, 2, … in sending order: the target refuses a gap, and batch 0 starts the
-    /// migration afresh (dropping leftovers of an earlier attempt at those slots).
-    pub batch_index: u32,
-    /// How long ago the batch was exported: the remaining lease and TTL times in it were
-    /// taken then, so the target counts them from that moment, not from its import.
-    pub age_ms: u64,
 }
 
 /// The cluster as the control plane sees it.

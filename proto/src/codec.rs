@@ -120,6 +120,7 @@ where
 mod tests {
     use super::*;
     use crate::message::*;
+    use crate::{AdminCommand, BytesCommand, CounterCommand, DataCommand};
     use proptest::prelude::*;
 
     fn encode(request_id: u64, message: &Request) -> Vec<u8> {
@@ -133,12 +134,12 @@ mod tests {
         let request = Request {
             op_id: 42,
             completed_below_op_id: 40,
-            command: Command::Set {
+            command: Command::from(BytesCommand::Set {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
                 ttl_ms: 5,
                 condition: SetCondition::IfVersion(3),
-            },
+            }),
         };
         let bytes = encode(9, &request);
         let Split::Frame { header, payload } = split_frame(&bytes).unwrap() else {
@@ -157,7 +158,7 @@ mod tests {
             &Request {
                 op_id: 0,
                 completed_below_op_id: 0,
-                command: Command::Ping,
+                command: Command::from(AdminCommand::Ping),
             },
         );
         let second = encode(
@@ -165,7 +166,7 @@ mod tests {
             &Request {
                 op_id: 0,
                 completed_below_op_id: 0,
-                command: Command::Get { key: b"x".to_vec() },
+                command: Command::from(BytesCommand::Get { key: b"x".to_vec() }),
             },
         );
         let mut stream = first.clone();
@@ -195,7 +196,7 @@ mod tests {
             &Request {
                 op_id: 0,
                 completed_below_op_id: 0,
-                command: Command::Get { key: b"abc".to_vec() },
+                command: Command::from(BytesCommand::Get { key: b"abc".to_vec() }),
             },
         );
         let last = bytes.len() - 1;
@@ -227,28 +228,29 @@ mod tests {
             any::<u64>().prop_map(SetCondition::IfVersion)
         ];
         prop_oneof![
-            Just(Command::Ping),
-            Just(Command::Info),
-            Just(Command::GetSlotMap),
-            bytes_strategy(64).prop_map(|key| Command::Get { key }),
+            Just(Command::from(AdminCommand::Ping)),
+            Just(Command::from(AdminCommand::Info)),
+            Just(Command::from(AdminCommand::GetSlotMap)),
+            bytes_strategy(64).prop_map(|key| Command::Data(DataCommand::Bytes(BytesCommand::Get { key }))),
             (bytes_strategy(64), bytes_strategy(256), any::<u64>(), condition).prop_map(
-                |(key, value, ttl_ms, condition)| Command::Set {
+                |(key, value, ttl_ms, condition)| Command::Data(DataCommand::Bytes(BytesCommand::Set {
                     key,
                     value,
                     ttl_ms,
                     condition
-                }
+                }))
             ),
-            bytes_strategy(64).prop_map(|key| Command::Del { key }),
-            (bytes_strategy(64), bytes_strategy(64)).prop_map(|(key, value)| Command::Append { key, value }),
-            bytes_strategy(64).prop_map(|key| Command::CounterGet { key }),
-            (bytes_strategy(64), any::<i64>()).prop_map(|(key, delta)| Command::CounterAdd { key, delta }),
-            (bytes_strategy(64), any::<i64>()).prop_map(|(key, value)| Command::CounterSet { key, value }),
-            (bytes_strategy(64), any::<i64>(), any::<i64>()).prop_map(|(key, expected, new)| Command::CounterCas {
-                key,
-                expected,
-                new
-            }),
+            bytes_strategy(64).prop_map(|key| Command::Data(DataCommand::Bytes(BytesCommand::Del { key }))),
+            (bytes_strategy(64), bytes_strategy(64))
+                .prop_map(|(key, value)| Command::Data(DataCommand::Bytes(BytesCommand::Append { key, value }))),
+            bytes_strategy(64).prop_map(|key| Command::Data(DataCommand::Counter(CounterCommand::Get { key }))),
+            (bytes_strategy(64), any::<i64>())
+                .prop_map(|(key, delta)| Command::Data(DataCommand::Counter(CounterCommand::Add { key, delta }))),
+            (bytes_strategy(64), any::<i64>())
+                .prop_map(|(key, value)| Command::Data(DataCommand::Counter(CounterCommand::Set { key, value }))),
+            (bytes_strategy(64), any::<i64>(), any::<i64>()).prop_map(|(key, expected, new)| Command::Data(
+                DataCommand::Counter(CounterCommand::Cas { key, expected, new })
+            )),
         ]
     }
 
@@ -335,7 +337,7 @@ mod tests {
 
         #[test]
         fn hello_round_trips(client_id in any::<u64>(), namespace in bytes_strategy(32), credentials in bytes_strategy(32)) {
-            let hello = Hello { protocol_version: 1, client_id, namespace, credentials };
+            let hello = Hello { protocol_version: 1, client_id, namespace, credentials, family: Family::Client };
             let mut bytes = Vec::new();
             encode_message(FrameKind::Hello, 0, 0, &hello, &mut bytes).unwrap();
             let Ok(Split::Frame { payload, .. }) = split_frame(&bytes) else { panic!("not a frame") };

@@ -18,6 +18,9 @@ pub enum ErrorCode {
     Unauthorized = 3,
     /// The first frame of a connection was not a handshake, or a handshake came twice.
     HandshakeRequired = 4,
+    /// The handshake asked for a protocol family this port does not serve (a peer on a
+    /// node's front port, the control protocol on a node); the message says where to go.
+    FamilyNotServed = 5,
     /// The key's slot is not owned by this shard under the map epoch carried in the reply.
     /// Retryable: refresh the slot map and resend.
     WrongShard = 10,
@@ -65,11 +68,12 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::Unauthorized,
         ErrorCode::HandshakeRequired,
+        ErrorCode::FamilyNotServed,
         ErrorCode::WrongShard,
         ErrorCode::Moved,
         ErrorCode::TryAgain,
@@ -120,6 +124,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => "UnsupportedVersion",
             ErrorCode::Unauthorized => "Unauthorized",
             ErrorCode::HandshakeRequired => "HandshakeRequired",
+            ErrorCode::FamilyNotServed => "FamilyNotServed",
             ErrorCode::WrongShard => "WrongShard",
             ErrorCode::Moved => "Moved",
             ErrorCode::TryAgain => "TryAgain",

@@ -6,8 +6,12 @@
 //! Layout:
 //! - [`limits`]: every size and count limit of the protocol, as named constants.
 //! - [`frame`]: the fixed 32-byte little-endian frame header, its encoder and its validating decoder.
-//! - [`message`]: the rkyv payloads (handshake, requests, responses, slot map, node info).
-//! - [`cluster`]: cluster administration payloads (join, heartbeat, migration, status).
+//! - [`message`]: the handshake, the client family's requests and responses (admin
+//!   commands and [`data`] commands), slot map, node info.
+//! - [`data`]: the data family, one command enum per object.
+//! - [`cluster`]: the control family (join, heartbeat, status, rebalance).
+//! - [`peer`]: the peer family (maps, migration orders and batches).
+//! - [`protocol`]: the families as types ([`Protocol`]), which links are typed by.
 //! - [`codec`]: frame + payload together: encode a message into a buffer, decode a validated one.
 //! - [`error`]: stable numeric wire error codes and the protocol-layer error enum.
 //! - [`slot`]: key to slot hashing with `{hashtag}` support (xxh3).
@@ -16,16 +20,25 @@
 
 pub mod cluster;
 pub mod codec;
+pub mod data;
 pub mod embedded_map;
 pub mod error;
 pub mod frame;
 pub mod limits;
 pub mod message;
 pub mod migration;
+pub mod peer;
+pub mod protocol;
 pub mod slot;
 
 pub use cluster::*;
 pub use codec::{access_payload, decode_payload, deserialize_payload, encode_message, split_frame, Split};
+pub use data::{
+    ArchivedBarrierCommand, ArchivedBytesCommand, ArchivedCounterCommand, ArchivedDataCommand, ArchivedFutureCommand,
+    ArchivedLatchCommand, ArchivedLockCommand, ArchivedMapCommand, ArchivedQueueCommand, ArchivedSemaphoreCommand,
+    BarrierCommand, BytesCommand, CounterCommand, FutureCommand, LatchCommand, LockCommand, MapCommand, QueueCommand,
+    SemaphoreCommand,
+};
 pub use embedded_map::{embedded_map, EMBEDDED_MAP_EPOCH};
 pub use error::{ErrorCode, ProtocolError};
 pub use frame::{FrameHeader, FrameKind, FRAME_HEADER_BYTES};
@@ -34,4 +47,6 @@ pub use migration::{
     decode_batch, encode_batch, MigratedCompletion, MigratedEntry, MigratedLockHolder, MigratedObject, MigratedPermit,
     MigratedRecord, SlotBatch,
 };
+pub use peer::*;
+pub use protocol::{ClientProtocol, ControlProtocol, Decode, Encode, PeerProtocol, Protocol};
 pub use slot::{format_slot_ranges, hashtag, SlotHasher};

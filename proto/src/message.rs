@@ -5,7 +5,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::cluster::{ClusterStatus, Heartbeat, JoinRequest, MigrateIn, MigrateOut, ReclaimRequest};
+pub use crate::data::{ArchivedQueueEnd, ArchivedSetCondition, DataCommand, QueueEnd, SetCondition};
 
 /// First frame of every connection.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,33 @@ pub struct Hello {
     pub namespace: Vec<u8>,
     /// Empty when the server runs without authentication.
     pub credentials: Vec<u8>,
+    /// The protocol the connection speaks from now on; a listener refuses a family it
+    /// does not serve in the handshake, so no request of another family ever reaches it.
+    pub family: Family,
+}
+
+/// The protocol families. Each has its own request and response payloads, so a
+/// connection decodes only what its kind of caller may ask.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Clients: [`Request`] (data and admin commands) answered with [`Response`].
+    Client,
+    /// Node to node and control plane to node: [`crate::PeerRequest`] answered with
+    /// [`crate::PeerResponse`].
+    Peer,
+    /// Nodes and operators to the control plane: [`crate::ControlRequest`] answered with
+    /// [`crate::ControlResponse`].
+    Control,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Client => "client",
+            Family::Peer => "peer",
+            Family::Control => "control",
+        }
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -47,360 +74,80 @@ pub struct Request {
     pub command: Command,
 }
 
-/// Condition of a bytes `Set`.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetCondition {
-    Always,
-    /// Only if the key does not exist (Redis `SET NX`).
-    IfAbsent,
-    /// Only if the key exists with exactly this version (compare-and-set).
-    IfVersion(u64),
-}
-
+/// What a client connection asks: of the node itself, or of an object.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    Admin(AdminCommand),
+    Data(DataCommand),
+}
+
+/// Questions a client asks the node it is connected to, about no key.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminCommand {
     Ping,
     /// Node and per-shard statistics.
     Info,
     /// The slot map this node serves under.
     GetSlotMap,
-    // Bytes objects.
-    Get {
-        key: Vec<u8>,
-    },
-    Set {
-        key: Vec<u8>,
-        value: Vec<u8>,
-        /// 0: no expiry.
-        ttl_ms: u64,
-        condition: SetCondition,
-    },
-    Del {
-        key: Vec<u8>,
-    },
-    Append {
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
-    // Counters (i64; a missing counter reads as 0).
-    CounterGet {
-        key: Vec<u8>,
-    },
-    CounterAdd {
-        key: Vec<u8>,
-        delta: i64,
-    },
-    CounterSet {
-        key: Vec<u8>,
-        value: i64,
-    },
-    CounterCas {
-        key: Vec<u8>,
-        expected: i64,
-        new: i64,
-    },
-    // Locks: fenced, leased, FIFO. `owner` names the holder (e.g. one per function
-    // invocation); a lease that is not renewed releases the lock.
-    LockAcquire {
-        key: Vec<u8>,
-        owner: Vec<u8>,
-        lease_ms: u64,
-        /// 0: answer at once (try-acquire).
-        wait_ms: u64,
-    },
-    LockRelease {
-        key: Vec<u8>,
-        owner: Vec<u8>,
-        fence: u64,
-    },
-    LockRenew {
-        key: Vec<u8>,
-        owner: Vec<u8>,
-        fence: u64,
-        lease_ms: u64,
-    },
-    LockHolder {
-        key: Vec<u8>,
-    },
-    // Semaphores: `capacity` permits, fixed by the first use.
-    SemaphoreAcquire {
-        key: Vec<u8>,
-        owner: Vec<u8>,
-        capacity: u32,
-        permits: u32,
-        lease_ms: u64,
-        wait_ms: u64,
-    },
-    SemaphoreRelease {
-        key: Vec<u8>,
-        permit_id: u64,
-    },
-    SemaphoreRenew {
-        key: Vec<u8>,
-        permit_id: u64,
-        lease_ms: u64,
-    },
-    SemaphoreAvailable {
-        key: Vec<u8>,
-        capacity: u32,
-    },
-    // Cyclic barriers.
-    BarrierWait {
-        key: Vec<u8>,
-        parties: u32,
-        timeout_ms: u64,
-    },
-    // Count-down latches.
-    LatchTrySetCount {
-        key: Vec<u8>,
-        count: u64,
-    },
-    LatchCountDown {
-        key: Vec<u8>,
-    },
-    LatchCount {
-        key: Vec<u8>,
-    },
-    LatchWait {
-        key: Vec<u8>,
-        timeout_ms: u64,
-    },
-    // Write-once futures.
-    FutureComplete {
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
-    FutureGet {
-        key: Vec<u8>,
-        /// 0: answer at once.
-        timeout_ms: u64,
-    },
-    // Maps of fields to bytes.
-    MapGet {
-        key: Vec<u8>,
-        field: Vec<u8>,
-    },
-    MapSet {
-        key: Vec<u8>,
-        field: Vec<u8>,
-        value: Vec<u8>,
-    },
-    MapDel {
-        key: Vec<u8>,
-        field: Vec<u8>,
-    },
-    MapGetAll {
-        key: Vec<u8>,
-    },
-    /// Adds to a field holding a decimal i64 (a missing field counts as 0), as Redis HINCRBY.
-    MapIncr {
-        key: Vec<u8>,
-        field: Vec<u8>,
-        delta: i64,
-    },
-    // Double-ended queues.
-    QueuePush {
-        key: Vec<u8>,
-        value: Vec<u8>,
-        end: QueueEnd,
-    },
-    QueuePop {
-        key: Vec<u8>,
-        end: QueueEnd,
-        /// 0: answer at once (Missing when empty).
-        timeout_ms: u64,
-    },
-    QueueLen {
-        key: Vec<u8>,
-    },
-    // Cluster administration: nodes and operators to the control plane.
-    /// A node joins (or rejoins) the cluster; answered with [`Response::Joined`].
-    ClusterJoin(JoinRequest),
-    /// A node's periodic liveness and load report; answered with [`Response::HeartbeatAck`].
-    ClusterHeartbeat(Heartbeat),
-    /// Answered with [`Response::ClusterStatus`].
-    ClusterStatus,
-    /// Plans and starts the moves that even out slots per shard; answered with
-    /// [`Response::RebalanceStarted`].
-    ClusterRebalance,
-    /// Moves every slot off `node_id` so it can be removed.
-    ClusterDrain {
-        node_id: u64,
-    },
-    // Cluster administration: the control plane to nodes, and shard to shard.
-    /// Serve under this map from now on; ignored unless newer than the node's.
-    InstallMap(SlotMap),
-    MigrateOut(MigrateOut),
-    MigrateIn(MigrateIn),
-    /// Forget the migration (0: any migration not committed by the node's map). Refused
-    /// by a shard whose map is older than `map_epoch`: the abort was decided under that
-    /// map, and a shard behind it may not know the migration committed.
-    MigrateAbort {
-        migration_id: u64,
-        map_epoch: u64,
-    },
-    /// Returns lost slots to service, empty; answered with [`Response::Reclaimed`].
-    ClusterReclaim(ReclaimRequest),
 }
 
-/// Which end of a queue an operation works on.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueEnd {
-    Front,
-    Back,
-}
-
-/// Applies `$action` to the key of every keyed command variant (one list, so adding a
-/// variant cannot leave one of the accessors behind).
-macro_rules! keyed_commands {
-    ($command:expr, $key:ident => $action:expr, $otherwise:expr) => {
-        match $command {
-            Command::Ping
-            | Command::Info
-            | Command::GetSlotMap
-            | Command::ClusterJoin(_)
-            | Command::ClusterHeartbeat(_)
-            | Command::ClusterStatus
-            | Command::ClusterRebalance
-            | Command::ClusterDrain { .. }
-            | Command::InstallMap(_)
-            | Command::MigrateOut(_)
-            | Command::MigrateIn(_)
-            | Command::MigrateAbort { .. }
-            | Command::ClusterReclaim(_) => $otherwise,
-            Command::Get { key: $key }
-            | Command::Set { key: $key, .. }
-            | Command::Del { key: $key }
-            | Command::Append { key: $key, .. }
-            | Command::CounterGet { key: $key }
-            | Command::CounterAdd { key: $key, .. }
-            | Command::CounterSet { key: $key, .. }
-            | Command::CounterCas { key: $key, .. }
-            | Command::LockAcquire { key: $key, .. }
-            | Command::LockRelease { key: $key, .. }
-            | Command::LockRenew { key: $key, .. }
-            | Command::LockHolder { key: $key }
-            | Command::SemaphoreAcquire { key: $key, .. }
-            | Command::SemaphoreRelease { key: $key, .. }
-            | Command::SemaphoreRenew { key: $key, .. }
-            | Command::SemaphoreAvailable { key: $key, .. }
-            | Command::BarrierWait { key: $key, .. }
-            | Command::LatchTrySetCount { key: $key, .. }
-            | Command::LatchCountDown { key: $key }
-            | Command::LatchCount { key: $key }
-            | Command::LatchWait { key: $key, .. }
-            | Command::FutureComplete { key: $key, .. }
-            | Command::FutureGet { key: $key, .. }
-            | Command::MapGet { key: $key, .. }
-            | Command::MapSet { key: $key, .. }
-            | Command::MapDel { key: $key, .. }
-            | Command::MapGetAll { key: $key }
-            | Command::MapIncr { key: $key, .. }
-            | Command::QueuePush { key: $key, .. }
-            | Command::QueuePop { key: $key, .. }
-            | Command::QueueLen { key: $key } => $action,
+impl AdminCommand {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminCommand::Ping => "ping",
+            AdminCommand::Info => "info",
+            AdminCommand::GetSlotMap => "get_slot_map",
         }
-    };
+    }
+}
+
+impl From<AdminCommand> for Command {
+    fn from(command: AdminCommand) -> Command {
+        Command::Admin(command)
+    }
+}
+
+impl From<DataCommand> for Command {
+    fn from(command: DataCommand) -> Command {
+        Command::Data(command)
+    }
 }
 
 impl Command {
-    /// The key the command addresses, which selects its slot; `None` for node commands.
+    /// The key the command addresses, which selects its slot; `None` for admin commands.
     pub fn key(&self) -> Option<&[u8]> {
-        keyed_commands!(self, key => Some(key.as_slice()), None)
+        match self {
+            Command::Admin(_) => None,
+            Command::Data(data) => Some(data.key()),
+        }
     }
 
     pub fn key_mut(&mut self) -> Option<&mut Vec<u8>> {
-        keyed_commands!(self, key => Some(key), None)
+        match self {
+            Command::Admin(_) => None,
+            Command::Data(data) => Some(data.key_mut()),
+        }
     }
 
     /// Whether the command changes state (and so is deduplicated by operation id).
     pub fn is_mutation(&self) -> bool {
-        matches!(
-            self,
-            Command::Set { .. }
-                | Command::Del { .. }
-                | Command::Append { .. }
-                | Command::CounterAdd { .. }
-                | Command::CounterSet { .. }
-                | Command::CounterCas { .. }
-                | Command::LockAcquire { .. }
-                | Command::LockRelease { .. }
-                | Command::LockRenew { .. }
-                | Command::SemaphoreAcquire { .. }
-                | Command::SemaphoreRelease { .. }
-                | Command::SemaphoreRenew { .. }
-                | Command::BarrierWait { .. }
-                | Command::LatchTrySetCount { .. }
-                | Command::LatchCountDown { .. }
-                | Command::FutureComplete { .. }
-                | Command::MapSet { .. }
-                | Command::MapDel { .. }
-                | Command::MapIncr { .. }
-                | Command::QueuePush { .. }
-                | Command::QueuePop { .. }
-        )
+        matches!(self, Command::Data(data) if data.is_mutation())
     }
 
     /// How long the command may be parked at the shard before it is answered; a client
     /// adds this to its call timeout.
     pub fn wait_ms(&self) -> u64 {
         match self {
-            Command::LockAcquire { wait_ms, .. } | Command::SemaphoreAcquire { wait_ms, .. } => *wait_ms,
-            Command::BarrierWait { timeout_ms, .. }
-            | Command::LatchWait { timeout_ms, .. }
-            | Command::FutureGet { timeout_ms, .. }
-            | Command::QueuePop { timeout_ms, .. } => *timeout_ms,
-            _ => 0,
+            Command::Admin(_) => 0,
+            Command::Data(data) => data.wait_ms(),
         }
     }
 
     /// Short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
-            Command::Ping => "ping",
-            Command::Info => "info",
-            Command::GetSlotMap => "get_slot_map",
-            Command::Get { .. } => "get",
-            Command::Set { .. } => "set",
-            Command::Del { .. } => "del",
-            Command::Append { .. } => "append",
-            Command::CounterGet { .. } => "counter_get",
-            Command::CounterAdd { .. } => "counter_add",
-            Command::CounterSet { .. } => "counter_set",
-            Command::CounterCas { .. } => "counter_cas",
-            Command::LockAcquire { .. } => "lock_acquire",
-            Command::LockRelease { .. } => "lock_release",
-            Command::LockRenew { .. } => "lock_renew",
-            Command::LockHolder { .. } => "lock_holder",
-            Command::SemaphoreAcquire { .. } => "semaphore_acquire",
-            Command::SemaphoreRelease { .. } => "semaphore_release",
-            Command::SemaphoreRenew { .. } => "semaphore_renew",
-            Command::SemaphoreAvailable { .. } => "semaphore_available",
-            Command::BarrierWait { .. } => "barrier_wait",
-            Command::LatchTrySetCount { .. } => "latch_try_set_count",
-            Command::LatchCountDown { .. } => "latch_count_down",
-            Command::LatchCount { .. } => "latch_count",
-            Command::LatchWait { .. } => "latch_wait",
-            Command::FutureComplete { .. } => "future_complete",
-            Command::FutureGet { .. } => "future_get",
-            Command::MapGet { .. } => "map_get",
-            Command::MapSet { .. } => "map_set",
-            Command::MapDel { .. } => "map_del",
-            Command::MapGetAll { .. } => "map_get_all",
-            Command::MapIncr { .. } => "map_incr",
-            Command::QueuePush { .. } => "queue_push",
-            Command::QueuePop { .. } => "queue_pop",
-            Command::QueueLen { .. } => "queue_len",
-            Command::ClusterJoin(_) => "cluster_join",
-            Command::ClusterHeartbeat(_) => "cluster_heartbeat",
-            Command::ClusterStatus => "cluster_status",
-            Command::ClusterRebalance => "cluster_rebalance",
-            Command::ClusterDrain { .. } => "cluster_drain",
-            Command::InstallMap(_) => "install_map",
-            Command::MigrateOut(_) => "migrate_out",
-            Command::MigrateIn(_) => "migrate_in",
-            Command::MigrateAbort { .. } => "migrate_abort",
-            Command::ClusterReclaim(_) => "cluster_reclaim",
+            Command::Admin(admin) => admin.name(),
+            Command::Data(data) => data.name(),
         }
     }
 }
@@ -479,41 +226,6 @@ pub enum Response {
     QueueLength {
         length: u64,
     },
-    Joined {
-        node_id: u64,
-        map: SlotMap,
-        /// This process's incarnation: its shards draw versions, fences and permit ids
-        /// from [`crate::limits::incarnation_version_floor`] of it.
-        incarnation: u64,
-        /// The control plane's liveness timeout: a node silent for longer is declared
-        /// dead, so the node must not serve on an unchecked map for nearly that long.
-        liveness_timeout_ms: u64,
-    },
-    HeartbeatAck {
-        map_epoch: u64,
-        /// Migrations the node reported that the control plane is not running: abort
-        /// them (after catching up to `map_epoch`).
-        abort_migrations: Vec<u64>,
-        /// As in [`Response::Joined`].
-        liveness_timeout_ms: u64,
-    },
-    /// Boxed: the largest answer by far, and rare.
-    ClusterStatus(Box<ClusterStatus>),
-    RebalanceStarted {
-        slots_to_move: u64,
-    },
-    /// The source copied the slots to the target and holds them frozen.
-    MigrationPrepared {
-        entries: u64,
-        bytes: u64,
-    },
-    /// Done, with nothing to report.
-    Accepted,
-    /// Lost slots returned to service, empty, under map `epoch`.
-    Reclaimed {
-        slots: u64,
-        epoch: u64,
-    },
 }
 
 impl Response {
@@ -544,13 +256,6 @@ impl Response {
             Response::FutureCompleted => "future_completed",
             Response::MapEntries(_) => "map_entries",
             Response::QueueLength { .. } => "queue_length",
-            Response::Joined { .. } => "joined",
-            Response::HeartbeatAck { .. } => "heartbeat_ack",
-            Response::ClusterStatus(_) => "cluster_status",
-            Response::RebalanceStarted { .. } => "rebalance_started",
-            Response::MigrationPrepared { .. } => "migration_prepared",
-            Response::Accepted => "accepted",
-            Response::Reclaimed { .. } => "reclaimed",
         }
     }
 }

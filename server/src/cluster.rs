@@ -8,6 +8,7 @@
 //! request while nothing changes.
 
 use std::io::{Read, Write};
+use std::marker::PhantomData;
 use std::net::{TcpStream as StdStream, ToSocketAddrs};
 use std::sync::atomic::{
     AtomicU64,
@@ -18,8 +19,8 @@ use std::time::Duration;
 
 use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, PROTOCOL_VERSION};
 use engram_proto::{
-    decode_payload, encode_message, split_frame, Command, FrameKind, Hello, HelloReply, ProtocolError, Request,
-    Response, SlotMap, Split, FRAME_HEADER_BYTES, LOST_SHARD_INDEX,
+    decode_payload, encode_message, split_frame, Decode, Encode, Family, FrameKind, Hello, HelloReply, Protocol,
+    ProtocolError, Response, SlotMap, Split, FRAME_HEADER_BYTES, LOST_SHARD_INDEX,
 };
 
 use crate::runtime::{self, TcpStream};
@@ -164,12 +165,14 @@ pub enum LinkError {
     },
 }
 
-fn hello(credentials: &[u8], client_id: u64) -> Hello {
+/// The handshake of a link the node opens for itself, speaking `family`.
+pub fn node_hello(credentials: &[u8], family: Family) -> Hello {
     Hello {
         protocol_version: PROTOCOL_VERSION,
-        client_id,
+        client_id: 0,
         namespace: Vec::new(),
         credentials: credentials.to_vec(),
+        family,
     }
 }
 
@@ -192,13 +195,13 @@ fn take_frame(buffer: &mut Vec<u8>, address: &str) -> Result<Option<Frame>, Link
     }
 }
 
-fn decode_answer(kind: FrameKind, payload: &[u8], address: &str) -> Result<Response, LinkError> {
+fn decode_answer<A: Decode>(kind: FrameKind, payload: &[u8], address: &str) -> Result<A, LinkError> {
     let protocol = |source| LinkError::Protocol {
         address: address.to_string(),
         source,
     };
     match kind {
-        FrameKind::Response => decode_payload::<Response>(payload).map_err(protocol),
+        FrameKind::Response => A::decode(payload).map_err(protocol),
         found => Err(protocol(ProtocolError::UnexpectedKind {
             found,
             expected: FrameKind::Response,
@@ -223,7 +226,8 @@ fn check_answers(request_id: u64, answered: u64, address: &str) -> Result<(), Li
 /// unsupported version), reported with what the peer said.
 fn check_hello_reply(kind: FrameKind, payload: &[u8], address: &str) -> Result<(), LinkError> {
     if kind != FrameKind::HelloReply {
-        let answer = decode_answer(kind, payload, address)
+        // Handshake refusals are client-family errors whatever the family asked for.
+        let answer = decode_answer::<Response>(kind, payload, address)
             .map_or_else(|error| error.to_string(), |answer| format!("{answer:?}"));
         return Err(LinkError::Refused {
             address: address.to_string(),
@@ -237,16 +241,13 @@ fn check_hello_reply(kind: FrameKind, payload: &[u8], address: &str) -> Result<(
     Ok(())
 }
 
-fn encode_request(request_id: u64, command: Command, out: &mut Vec<u8>, address: &str) -> Result<(), LinkError> {
-    let request = Request {
-        op_id: 0,
-        completed_below_op_id: 0,
-        command,
-    };
-    encode_message(FrameKind::Request, request_id, 0, &request, out).map_err(|source| LinkError::Protocol {
-        address: address.to_string(),
-        source,
-    })
+fn encode_request(request_id: u64, request: &impl Encode, out: &mut Vec<u8>, address: &str) -> Result<(), LinkError> {
+    request
+        .encode_frame(FrameKind::Request, request_id, 0, out)
+        .map_err(|source| LinkError::Protocol {
+            address: address.to_string(),
+            source,
+        })
 }
 
 fn resolve(address: &str) -> Result<std::net::SocketAddr, LinkError> {
@@ -265,15 +266,16 @@ const READ_BYTES: usize = 64 * 1024;
 const FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX;
 
 /// A blocking request/answer link, for threads outside the shards (the heartbeat).
-pub struct BlockingLink {
+pub struct BlockingLink<P: Protocol> {
+    family: PhantomData<P>,
     address: String,
     stream: StdStream,
     buffer: Vec<u8>,
     next_request_id: u64,
 }
 
-impl BlockingLink {
-    pub fn connect(address: &str, credentials: &[u8], timeout: Duration) -> Result<BlockingLink, LinkError> {
+impl<P: Protocol> BlockingLink<P> {
+    pub fn connect(address: &str, credentials: &[u8], timeout: Duration) -> Result<BlockingLink<P>, LinkError> {
         let connect_error = |source| LinkError::Connect {
             address: address.to_string(),
             source,
@@ -284,13 +286,14 @@ impl BlockingLink {
         stream.set_read_timeout(Some(timeout)).map_err(connect_error)?;
         stream.set_write_timeout(Some(timeout)).map_err(connect_error)?;
         let mut link = BlockingLink {
+            family: PhantomData,
             address: address.to_string(),
             stream,
             buffer: Vec::new(),
             next_request_id: 1,
         };
         let mut out = Vec::new();
-        let hello = hello(credentials, 0);
+        let hello = node_hello(credentials, P::FAMILY);
         encode_message(FrameKind::Hello, 0, 0, &hello, &mut out).map_err(|source| LinkError::Protocol {
             address: address.to_string(),
             source,
@@ -301,11 +304,11 @@ impl BlockingLink {
         Ok(link)
     }
 
-    pub fn call(&mut self, command: Command) -> Result<Response, LinkError> {
+    pub fn call(&mut self, request: P::Request) -> Result<P::Response, LinkError> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let mut out = Vec::new();
-        encode_request(request_id, command, &mut out, &self.address)?;
+        encode_request(request_id, &request, &mut out, &self.address)?;
         self.write(&out)?;
         let (kind, answered, payload) = self.read_frame()?;
         check_answers(request_id, answered, &self.address)?;
@@ -362,7 +365,8 @@ impl BlockingLink {
 /// handshake of a front-port proxy link).
 /// Every step is bounded by `timeout`, so a stopped or dead peer cannot hold a frozen
 /// slot forever.
-pub struct PeerLink {
+pub struct PeerLink<P: Protocol> {
+    family: PhantomData<P>,
     address: String,
     stream: TcpStream,
     buffer: Vec<u8>,
@@ -370,14 +374,14 @@ pub struct PeerLink {
     timeout: Duration,
 }
 
-impl PeerLink {
-    pub async fn connect(address: &str, credentials: &[u8], timeout: Duration) -> Result<PeerLink, LinkError> {
-        PeerLink::connect_as(address, &hello(credentials, 0), timeout).await
+impl<P: Protocol> PeerLink<P> {
+    pub async fn connect(address: &str, credentials: &[u8], timeout: Duration) -> Result<PeerLink<P>, LinkError> {
+        PeerLink::connect_as(address, &node_hello(credentials, P::FAMILY), timeout).await
     }
 
     /// Connects and shakes hands with `hello`: a front connection's proxy link speaks for
     /// its client (the client's id and namespace), not for the node.
-    pub async fn connect_as(address: &str, hello: &Hello, timeout: Duration) -> Result<PeerLink, LinkError> {
+    pub async fn connect_as(address: &str, hello: &Hello, timeout: Duration) -> Result<PeerLink<P>, LinkError> {
         let connect_error = |source| LinkError::Connect {
             address: address.to_string(),
             source,
@@ -388,6 +392,7 @@ impl PeerLink {
             .map_err(|error| connect_error(std::io::Error::other(error.to_string())))?;
         let _ = stream.set_nodelay(true);
         let mut link = PeerLink {
+            family: PhantomData,
             address: address.to_string(),
             stream,
             buffer: Vec::new(),
@@ -410,11 +415,11 @@ impl PeerLink {
         (self.stream, self.buffer)
     }
 
-    pub async fn call(&mut self, command: Command) -> Result<Response, LinkError> {
+    pub async fn call(&mut self, request: P::Request) -> Result<P::Response, LinkError> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let mut out = Vec::new();
-        encode_request(request_id, command, &mut out, &self.address)?;
+        encode_request(request_id, &request, &mut out, &self.address)?;
         let (kind, answered, payload) = self.exchange(&out).await?;
         check_answers(request_id, answered, &self.address)?;
         decode_answer(kind, &payload, &self.address)

@@ -32,6 +32,10 @@ use crate::outbox::{Destination, Outbox};
 use crate::proxy::Proxies;
 use crate::runtime::{self, TcpStream};
 use crate::shard::{Forwarded, Shard, Submitted, Target};
+use engram_proto::{
+    AdminCommand, ArchivedBytesCommand, ArchivedCounterCommand, ArchivedDataCommand, BytesCommand, CounterCommand,
+    DataCommand, ErrorReply, Family, PeerRequest, PeerResponse,
+};
 
 /// Bytes asked of the socket per read. Reads never grow the buffer by more than this,
 /// so memory follows the bytes that actually arrived, not the length a header claims.
@@ -49,6 +53,7 @@ const _: () = assert!(NAMESPACE_BYTES_MAX <= u8::MAX as usize);
 
 /// The identity a handshake establishes.
 struct Session {
+    served: Served,
     client_id: u64,
     /// Prepended to every key so namespaces never share objects.
     key_prefix: Vec<u8>,
@@ -58,6 +63,32 @@ struct Session {
 impl Session {
     fn namespace(&self) -> &[u8] {
         self.key_prefix.get(1..).unwrap_or_default()
+    }
+}
+
+/// The family a connection speaks, among those its port serves: clients on every port,
+/// peers (the control plane, another shard) on a shard's own port only, where a
+/// migration order or batch names the shard it is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Client,
+    Peer,
+}
+
+/// What a client request needs of its session, copied out so the connection can be
+/// borrowed mutably while the request is handled.
+#[derive(Clone, Copy)]
+struct Caller {
+    client_id: u64,
+    hasher: SlotHasher,
+}
+
+impl Caller {
+    fn of(session: &Session) -> Caller {
+        Caller {
+            client_id: session.client_id,
+            hasher: session.hasher,
+        }
     }
 }
 
@@ -83,8 +114,9 @@ struct Placed {
 enum Close {
     /// The peer went away or the socket failed.
     Gone,
-    /// The peer broke the protocol; `answer` explains why and is sent before closing.
-    Refused { answer: Response },
+    /// The peer broke the protocol; `reply` explains why and is sent before closing, in
+    /// the family the connection speaks (a client's until the handshake is accepted).
+    Refused { reply: ErrorReply },
 }
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
@@ -100,8 +132,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
         key_buffer: Vec::new(),
         proxies: std::cell::OnceCell::new(),
     };
-    if let Err(Close::Refused { answer }) = connection.run().await {
-        connection.outbox.push(FrameKind::Response, 0, &answer);
+    if let Err(Close::Refused { reply }) = connection.run().await {
+        match connection.session.as_ref().map(|session| session.served) {
+            Some(Served::Peer) => connection
+                .outbox
+                .push(FrameKind::Response, 0, &PeerResponse::Error(reply)),
+            Some(Served::Client) | None => connection.outbox.push(FrameKind::Response, 0, &Response::Error(reply)),
+        }
         let _ = connection.flush().await;
     }
     let _ = connection.stream.close().await;
@@ -286,6 +323,7 @@ impl Connection {
             self.shake_hands(kind, request_id, payload)?;
             return Ok(Handled::Untimed);
         };
+        let (served, caller) = (session.served, Caller::of(session));
         if kind != FrameKind::Request {
             let error = ProtocolError::UnexpectedKind {
                 found: kind,
@@ -293,18 +331,35 @@ impl Connection {
             };
             return Err(refuse(&self.shard, error));
         }
-        let client_id = session.client_id;
+        match served {
+            Served::Client => self.handle_client(caller, request_id, payload, received).await,
+            Served::Peer => {
+                self.answer_peer(request_id, payload).await?;
+                Ok(Handled::Untimed)
+            }
+        }
+    }
+
+    /// A client's request: admin commands are answered here, data commands go to the
+    /// shard that owns their key.
+    async fn handle_client(
+        &mut self,
+        caller: Caller,
+        request_id: u64,
+        payload: &[u8],
+        received: Instant,
+    ) -> Result<Handled, Close> {
         let request = decode_request(payload, &mut self.key_buffer).map_err(|error| refuse(&self.shard, error))?;
-        let answer = match self.answer_here(&request.command).await {
-            Some(answer) => answer,
-            None => match self.place(session, &request.command) {
+        let answer = match &request.command {
+            Command::Admin(admin) => self.answer_admin(*admin),
+            Command::Data(data) => match self.place(caller.hasher, data) {
                 Err(refusal) => refusal,
                 Ok((slot, target)) => {
                     self.outbox.expect_answer();
                     let placed = Placed {
                         slot,
                         target,
-                        client_id,
+                        client_id: caller.client_id,
                         request_id,
                     };
                     return Ok(self.dispatch(placed, request, received).await);
@@ -317,13 +372,37 @@ impl Connection {
         Ok(Handled::Untimed)
     }
 
+    fn answer_admin(&self, command: AdminCommand) -> Response {
+        match command {
+            AdminCommand::Ping => Response::Pong,
+            AdminCommand::Info => Response::Info(self.shard.node_info()),
+            AdminCommand::GetSlotMap => Response::SlotMap(self.shard.slot_map()),
+        }
+    }
+
+    /// A peer's request: a map to serve under, or a step of a migration of this shard.
+    async fn answer_peer(&mut self, request_id: u64, payload: &[u8]) -> Result<(), Close> {
+        let request = decode_payload::<PeerRequest>(payload).map_err(|error| refuse(&self.shard, error))?;
+        let answer = match request {
+            PeerRequest::InstallMap(map) => self.shard.install_map(map),
+            PeerRequest::MigrateOut(order) => self.shard.clone().migrate_out(order).await,
+            PeerRequest::MigrateIn(order) => self.shard.migrate_in(&order),
+            PeerRequest::MigrateAbort {
+                migration_id,
+                map_epoch,
+            } => self.shard.migrate_abort(migration_id, map_epoch),
+        };
+        self.outbox.push(FrameKind::Response, request_id, &answer);
+        Ok(())
+    }
+
     /// The first frame: a Hello, whose credentials and namespace establish the session.
     fn shake_hands(&mut self, kind: FrameKind, request_id: u64, payload: &[u8]) -> Result<(), Close> {
         if kind != FrameKind::Hello {
             return Err(Close::Refused {
-                answer: self
+                reply: self
                     .shard
-                    .error(ErrorCode::HandshakeRequired, "the first frame must be a Hello"),
+                    .error_reply(ErrorCode::HandshakeRequired, "the first frame must be a Hello"),
             });
         }
         let hello = decode_payload::<Hello>(payload).map_err(|error| refuse(&self.shard, error))?;
@@ -343,50 +422,16 @@ impl Connection {
         Ok(())
     }
 
-    /// The answer to a command this connection's shard answers itself, whatever the
-    /// key (node, cluster and migration commands); `None` for a keyed command, which
-    /// goes to the shard that owns its key.
-    async fn answer_here(&self, command: &Command) -> Option<Response> {
-        Some(match command {
-            Command::Ping => Response::Pong,
-            Command::Info => Response::Info(self.shard.node_info()),
-            Command::GetSlotMap => Response::SlotMap(self.shard.slot_map()),
-            Command::InstallMap(map) => self.shard.install_map(map.clone()),
-            Command::MigrateOut(_) | Command::MigrateIn(_) if self.front => self.shard.error(
-                ErrorCode::InvalidArgument,
-                "migrations go to the shard's own port, not the front port",
-            ),
-            Command::MigrateOut(order) => self.shard.clone().migrate_out(order.clone()).await,
-            Command::MigrateIn(order) => self.shard.migrate_in(order),
-            Command::MigrateAbort {
-                migration_id,
-                map_epoch,
-            } => self.shard.migrate_abort(*migration_id, *map_epoch),
-            Command::ClusterJoin(_)
-            | Command::ClusterHeartbeat(_)
-            | Command::ClusterStatus
-            | Command::ClusterRebalance
-            | Command::ClusterDrain { .. } => self.shard.error(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "{} is a control-plane command: send it to engram-control",
-                    command.name()
-                ),
-            ),
-            _ => return None,
-        })
-    }
-
     /// Where a keyed command goes: its slot and the shard that serves it, or the answer
     /// that refuses it here. The front port forwards to any shard, of this node or
     /// another; a shard's own port sends the client to the owner instead.
-    fn place(&self, session: &Session, command: &Command) -> Result<(u32, Target), Response> {
-        let key = command.key().unwrap_or_default();
+    fn place(&self, hasher: SlotHasher, command: &DataCommand) -> Result<(u32, Target), Response> {
+        let key = command.key();
         if key.len() > KEY_BYTES_MAX {
             let message = format!("key of {} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})", key.len());
             return Err(self.shard.error(ErrorCode::KeyTooLarge, message));
         }
-        let slot = session.hasher.slot(key);
+        let slot = hasher.slot(key);
         if self.front {
             return self.shard.admit_front(slot).map(|target| (slot, target));
         }
@@ -489,7 +534,7 @@ impl Connection {
 
     fn accept_hello(&self, hello: Hello) -> Result<Session, Close> {
         let refuse_with = |code: ErrorCode, message: String| Close::Refused {
-            answer: self.shard.error(code, message),
+            reply: self.shard.error_reply(code, message),
         };
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(refuse_with(
@@ -517,11 +562,24 @@ impl Connection {
                 return Err(refuse_with(ErrorCode::Unauthorized, "credentials refused".into()));
             }
         }
+        let served = match (hello.family, self.front) {
+            (Family::Client, _) => Served::Client,
+            (Family::Peer, false) => Served::Peer,
+            (Family::Peer, true) => {
+                let message = "the front port serves clients only: peers speak to a shard's own port";
+                return Err(refuse_with(ErrorCode::FamilyNotServed, message.into()));
+            }
+            (Family::Control, _) => {
+                let message = "this is a node: the control protocol is served by engram-control";
+                return Err(refuse_with(ErrorCode::FamilyNotServed, message.into()));
+            }
+        };
         let mut key_prefix = Vec::with_capacity(1 + hello.namespace.len());
         // Fits: NAMESPACE_BYTES_MAX <= u8::MAX, checked above.
         key_prefix.push(u8::try_from(hello.namespace.len()).unwrap_or(u8::MAX));
         key_prefix.extend_from_slice(&hello.namespace);
         Ok(Session {
+            served,
             client_id: hello.client_id,
             hasher: SlotHasher::new(&hello.namespace),
             key_prefix,
@@ -531,7 +589,7 @@ impl Connection {
 
 fn refuse(shard: &Shard, error: ProtocolError) -> Close {
     Close::Refused {
-        answer: shard.error(error.code(), error.to_string()),
+        reply: shard.error_reply(error.code(), error.to_string()),
     }
 }
 
@@ -548,8 +606,12 @@ fn decode_request(payload: &[u8], key_buffer: &mut Vec<u8>) -> Result<Request, P
         buffer
     };
     let command = match &archived.command {
-        ArchivedCommand::Get { key } => Command::Get { key: reuse(key) },
-        ArchivedCommand::CounterGet { key } => Command::CounterGet { key: reuse(key) },
+        ArchivedCommand::Data(ArchivedDataCommand::Bytes(ArchivedBytesCommand::Get { key })) => {
+            Command::from(BytesCommand::Get { key: reuse(key) })
+        }
+        ArchivedCommand::Data(ArchivedDataCommand::Counter(ArchivedCounterCommand::Get { key })) => {
+            Command::from(CounterCommand::Get { key: reuse(key) })
+        }
         _ => return deserialize_payload::<Request>(archived),
     };
     Ok(Request {
@@ -600,22 +662,22 @@ mod tests {
     #[test]
     fn decoding_with_a_key_buffer_gives_what_plain_decoding_gives() {
         let commands = [
-            Command::Get {
+            Command::from(BytesCommand::Get {
                 key: b"a long key that the next, shorter ones must not show through".to_vec(),
-            },
-            Command::Get { key: b"k1".to_vec() },
-            Command::CounterGet {
+            }),
+            Command::from(BytesCommand::Get { key: b"k1".to_vec() }),
+            Command::from(CounterCommand::Get {
                 key: b"counter".to_vec(),
-            },
-            Command::Get { key: Vec::new() },
-            Command::Set {
+            }),
+            Command::from(BytesCommand::Get { key: Vec::new() }),
+            Command::from(BytesCommand::Set {
                 key: b"k2".to_vec(),
                 value: b"v".to_vec(),
                 ttl_ms: 3,
                 condition: SetCondition::IfAbsent,
-            },
-            Command::Ping,
-            Command::CounterGet { key: b"c".to_vec() },
+            }),
+            Command::from(AdminCommand::Ping),
+            Command::from(CounterCommand::Get { key: b"c".to_vec() }),
         ];
         // The buffer starts with a stale key and gets every decoded key back, as the
         // connection hands it back.
@@ -636,9 +698,13 @@ mod tests {
         let prefix = b"\x02ns";
         let mut key_buffer = Vec::with_capacity(64);
         let buffer = key_buffer.as_ptr();
-        let mut request = decode_request(&payload(Command::Get { key: b"key".to_vec() }), &mut key_buffer).unwrap();
+        let mut request = decode_request(
+            &payload(Command::from(BytesCommand::Get { key: b"key".to_vec() })),
+            &mut key_buffer,
+        )
+        .unwrap();
         prefix_key(&mut request.command, prefix);
-        let Command::Get { key } = request.command else {
+        let Command::Data(DataCommand::Bytes(BytesCommand::Get { key })) = request.command else {
             panic!("decoded as {:?}", request.command);
         };
         assert_eq!(key, b"\x02nskey");
@@ -648,12 +714,12 @@ mod tests {
     #[test]
     fn prefixing_puts_the_namespace_before_any_key() {
         for key in [&b""[..], b"k", b"some key longer than the prefix"] {
-            let mut command = Command::Del { key: key.to_vec() };
+            let mut command = Command::from(BytesCommand::Del { key: key.to_vec() });
             prefix_key(&mut command, b"\x02ns");
             assert_eq!(command.key(), Some(&[&b"\x02ns"[..], key].concat()[..]));
         }
-        let mut ping = Command::Ping;
+        let mut ping = Command::from(AdminCommand::Ping);
         prefix_key(&mut ping, b"\x01n");
-        assert_eq!(ping, Command::Ping);
+        assert_eq!(ping, Command::from(AdminCommand::Ping));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engram_proto::{Command, Heartbeat, Response, ShardLoad};
+use engram_proto::{ControlProtocol, ControlRequest, ControlResponse, Heartbeat, PeerProtocol, PeerRequest, ShardLoad};
 
 use crate::cluster::{BlockingLink, LinkError, NodeMap};
 use crate::error::ServerError;
@@ -88,7 +88,7 @@ impl Heartbeater {
     }
 
     fn run(self) {
-        let mut link: Option<BlockingLink> = None;
+        let mut link: Option<BlockingLink<ControlProtocol>> = None;
         let mut reachable = true;
         while !self.shutdown.load(Relaxed) {
             std::thread::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
@@ -123,7 +123,7 @@ impl Heartbeater {
         }
     }
 
-    fn connect_and_beat(&self) -> Result<BlockingLink, LinkError> {
+    fn connect_and_beat(&self) -> Result<BlockingLink<ControlProtocol>, LinkError> {
         let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
         let mut link = BlockingLink::connect(&self.control, &self.credentials, timeout)?;
         self.beat(&mut link)?;
@@ -141,9 +141,9 @@ impl Heartbeater {
     /// map counts as checked only once it is installed; a refused beat (this process
     /// was replaced by a restart, or the control plane lost its state) does not count,
     /// so the shards stop serving on it.
-    fn beat(&self, link: &mut BlockingLink) -> Result<(), LinkError> {
-        let (control_epoch, abort_migrations) = match link.call(Command::ClusterHeartbeat(self.report()))? {
-            Response::HeartbeatAck {
+    fn beat(&self, link: &mut BlockingLink<ControlProtocol>) -> Result<(), LinkError> {
+        let (control_epoch, abort_migrations) = match link.call(ControlRequest::Heartbeat(self.report()))? {
+            ControlResponse::HeartbeatAck {
                 map_epoch,
                 abort_migrations,
                 liveness_timeout_ms,
@@ -151,7 +151,7 @@ impl Heartbeater {
                 self.liveness_timeout_ms.set(liveness_timeout_ms);
                 (map_epoch, abort_migrations)
             }
-            Response::Error(reply) => {
+            ControlResponse::Error(reply) => {
                 self.refused(&reply.message);
                 return Ok(());
             }
@@ -214,8 +214,8 @@ impl Heartbeater {
     }
 
     /// Installs the control plane's map, which is newer than the node's.
-    fn fetch_map(&self, link: &mut BlockingLink) -> Result<(), LinkError> {
-        if let Response::SlotMap(map) = link.call(Command::GetSlotMap)? {
+    fn fetch_map(&self, link: &mut BlockingLink<ControlProtocol>) -> Result<(), LinkError> {
+        if let ControlResponse::SlotMap(map) = link.call(ControlRequest::GetSlotMap)? {
             let epoch = map.epoch;
             match self.node_map.install(map) {
                 Ok(true) => tracing::info!(epoch, "installed the control plane's map"),
@@ -233,10 +233,10 @@ impl Heartbeater {
     fn settle(&self, migration_ids: &[u64], map_epoch: u64) {
         let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
         for address in &self.node.shard_addresses {
-            let link = BlockingLink::connect(address, &self.credentials, timeout);
+            let link = BlockingLink::<PeerProtocol>::connect(address, &self.credentials, timeout);
             let Ok(mut link) = link else { continue };
             for &migration_id in migration_ids {
-                let abort = Command::MigrateAbort {
+                let abort = PeerRequest::MigrateAbort {
                     migration_id,
                     map_epoch,
                 };

@@ -18,6 +18,10 @@ use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterV
 
 use crate::error::ServerError;
 use crate::store::WaiterId;
+use engram_proto::{
+    BarrierCommand, BytesCommand, CounterCommand, DataCommand, FutureCommand, LatchCommand, LockCommand, MapCommand,
+    QueueCommand, SemaphoreCommand,
+};
 
 /// Upper bounds of the request duration buckets: an answer from memory takes a few
 /// microseconds, so the resolution is there, with a tail to catch stalls.
@@ -85,33 +89,37 @@ impl ObjectKind {
 
     pub fn of(command: &Command) -> ObjectKind {
         match command {
-            Command::Get { .. } | Command::Set { .. } | Command::Del { .. } | Command::Append { .. } => {
-                ObjectKind::Bytes
-            }
-            Command::CounterGet { .. }
-            | Command::CounterAdd { .. }
-            | Command::CounterSet { .. }
-            | Command::CounterCas { .. } => ObjectKind::Counter,
-            Command::LockAcquire { .. }
-            | Command::LockRelease { .. }
-            | Command::LockRenew { .. }
-            | Command::LockHolder { .. } => ObjectKind::Lock,
-            Command::SemaphoreAcquire { .. }
-            | Command::SemaphoreRelease { .. }
-            | Command::SemaphoreRenew { .. }
-            | Command::SemaphoreAvailable { .. } => ObjectKind::Semaphore,
-            Command::BarrierWait { .. } => ObjectKind::Barrier,
-            Command::LatchTrySetCount { .. }
-            | Command::LatchCountDown { .. }
-            | Command::LatchCount { .. }
-            | Command::LatchWait { .. } => ObjectKind::Latch,
-            Command::FutureComplete { .. } | Command::FutureGet { .. } => ObjectKind::Future,
-            Command::MapGet { .. }
-            | Command::MapSet { .. }
-            | Command::MapDel { .. }
-            | Command::MapGetAll { .. }
-            | Command::MapIncr { .. } => ObjectKind::Map,
-            Command::QueuePush { .. } | Command::QueuePop { .. } | Command::QueueLen { .. } => ObjectKind::Queue,
+            Command::Data(DataCommand::Bytes(BytesCommand::Get { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::Set { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::Del { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::Append { .. })) => ObjectKind::Bytes,
+            Command::Data(DataCommand::Counter(CounterCommand::Get { .. }))
+            | Command::Data(DataCommand::Counter(CounterCommand::Add { .. }))
+            | Command::Data(DataCommand::Counter(CounterCommand::Set { .. }))
+            | Command::Data(DataCommand::Counter(CounterCommand::Cas { .. })) => ObjectKind::Counter,
+            Command::Data(DataCommand::Lock(LockCommand::Acquire { .. }))
+            | Command::Data(DataCommand::Lock(LockCommand::Release { .. }))
+            | Command::Data(DataCommand::Lock(LockCommand::Renew { .. }))
+            | Command::Data(DataCommand::Lock(LockCommand::Holder { .. })) => ObjectKind::Lock,
+            Command::Data(DataCommand::Semaphore(SemaphoreCommand::Acquire { .. }))
+            | Command::Data(DataCommand::Semaphore(SemaphoreCommand::Release { .. }))
+            | Command::Data(DataCommand::Semaphore(SemaphoreCommand::Renew { .. }))
+            | Command::Data(DataCommand::Semaphore(SemaphoreCommand::Available { .. })) => ObjectKind::Semaphore,
+            Command::Data(DataCommand::Barrier(BarrierCommand::Wait { .. })) => ObjectKind::Barrier,
+            Command::Data(DataCommand::Latch(LatchCommand::TrySetCount { .. }))
+            | Command::Data(DataCommand::Latch(LatchCommand::CountDown { .. }))
+            | Command::Data(DataCommand::Latch(LatchCommand::Count { .. }))
+            | Command::Data(DataCommand::Latch(LatchCommand::Wait { .. })) => ObjectKind::Latch,
+            Command::Data(DataCommand::Future(FutureCommand::Complete { .. }))
+            | Command::Data(DataCommand::Future(FutureCommand::Get { .. })) => ObjectKind::Future,
+            Command::Data(DataCommand::Map(MapCommand::Get { .. }))
+            | Command::Data(DataCommand::Map(MapCommand::Set { .. }))
+            | Command::Data(DataCommand::Map(MapCommand::Del { .. }))
+            | Command::Data(DataCommand::Map(MapCommand::GetAll { .. }))
+            | Command::Data(DataCommand::Map(MapCommand::Incr { .. })) => ObjectKind::Map,
+            Command::Data(DataCommand::Queue(QueueCommand::Push { .. }))
+            | Command::Data(DataCommand::Queue(QueueCommand::Pop { .. }))
+            | Command::Data(DataCommand::Queue(QueueCommand::Len { .. })) => ObjectKind::Queue,
             // Commands added later (cluster administration) count as other until listed.
             #[allow(unreachable_patterns)]
             _ => ObjectKind::Other,
@@ -452,10 +460,10 @@ mod tests {
     fn counts_reach_the_exposition() {
         let metrics = NodeMetrics::new();
         let shard = metrics.shard(3);
-        let add = Command::CounterAdd {
+        let add = Command::from(CounterCommand::Add {
             key: b"jobs".to_vec(),
             delta: 1,
-        };
+        });
         shard.answered(&add, &Response::Counter { value: 1 });
         shard.answered_within(1, Duration::from_micros(3));
         shard.answered(
@@ -468,11 +476,11 @@ mod tests {
         );
         shard.parked(
             7,
-            &Command::BarrierWait {
+            &Command::from(BarrierCommand::Wait {
                 key: b"phase".to_vec(),
                 parties: 2,
                 timeout_ms: 10,
-            },
+            }),
         );
         shard.completed(
             7,

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engram_proto::limits::incarnation_version_floor;
-use engram_proto::{embedded_map, Command, JoinRequest, Response, ShardAddress, SlotMap};
+use engram_proto::{
+    embedded_map, ControlProtocol, ControlRequest, ControlResponse, JoinRequest, ShardAddress, SlotMap,
+};
 
 use crate::cluster::{BlockingLink, NodeMap};
 use crate::config::Config;
@@ -321,10 +323,10 @@ fn join_cluster(control: &str, credentials: &[u8], request: &JoinRequest) -> Res
     let deadline = Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
     let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
     loop {
-        let attempt = BlockingLink::connect(control, credentials, timeout)
-            .and_then(|mut link| link.call(Command::ClusterJoin(request.clone())));
+        let attempt = BlockingLink::<ControlProtocol>::connect(control, credentials, timeout)
+            .and_then(|mut link| link.call(ControlRequest::Join(request.clone())));
         let reason = match attempt {
-            Ok(Response::Joined {
+            Ok(ControlResponse::Joined {
                 node_id,
                 map,
                 incarnation,
@@ -340,7 +342,7 @@ fn join_cluster(control: &str, credentials: &[u8], request: &JoinRequest) -> Res
                 }
                 Err(reason) => format!("the control plane sent an invalid map: {reason}"),
             },
-            Ok(Response::Error(reply)) => format!("refused: {}", reply.message),
+            Ok(ControlResponse::Error(reply)) => format!("refused: {}", reply.message),
             Ok(other) => format!("unexpected answer {}", other.name()),
             Err(error) => error.to_string(),
         };

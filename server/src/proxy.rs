@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, PROTOCOL_VERSION, WAIT_MS_MAX};
 use engram_proto::{
-    decode_payload, encode_message, split_frame, Command, ErrorCode, ErrorReply, FrameKind, Hello, Request, Response,
-    Split, FRAME_HEADER_BYTES,
+    decode_payload, encode_message, split_frame, ClientProtocol, Command, ErrorCode, ErrorReply, Family, FrameKind,
+    Hello, Request, Response, Split, FRAME_HEADER_BYTES,
 };
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures_lite::FutureExt;
@@ -222,6 +222,7 @@ impl Proxies {
                 client_id,
                 namespace: namespace.to_vec(),
                 credentials: credentials.to_vec(),
+                family: Family::Client,
             },
             outbox,
             links: RefCell::default(),
@@ -337,7 +338,7 @@ impl Link {
 
     async fn serve(&self, hello: Hello) -> Option<ProxyError> {
         let timeout = Duration::from_millis(PROXY_CONNECT_TIMEOUT_MS);
-        let peer = match PeerLink::connect_as(&self.address, &hello, timeout).await {
+        let peer = match PeerLink::<ClientProtocol>::connect_as(&self.address, &hello, timeout).await {
             Ok(peer) => peer,
             Err(error) => return Some(error.into()),
         };
@@ -514,9 +515,10 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engram_proto::{BytesCommand, CounterCommand, LockCommand, QueueCommand};
 
     fn get() -> Command {
-        Command::Get { key: b"k".to_vec() }
+        Command::from(BytesCommand::Get { key: b"k".to_vec() })
     }
 
     use std::io::{Read, Write};
@@ -606,10 +608,10 @@ mod tests {
         let add = Request {
             op_id: 9,
             completed_below_op_id: 8,
-            command: Command::CounterAdd {
+            command: Command::from(CounterCommand::Add {
                 key: b"unprefixed".to_vec(),
                 delta: 1,
-            },
+            }),
         };
         let sent = [add.clone(), counter_get()];
         runtime::run_unpinned(async move {
@@ -637,7 +639,7 @@ mod tests {
         Request {
             op_id: 0,
             completed_below_op_id: 0,
-            command: Command::CounterGet { key: b"c".to_vec() },
+            command: Command::from(CounterCommand::Get { key: b"c".to_vec() }),
         }
     }
 
@@ -667,18 +669,18 @@ mod tests {
     #[test]
     fn a_blocking_command_may_wait_its_own_wait_plus_the_grace() {
         assert_eq!(answer_bound_ms(&get()), PROXY_ANSWER_GRACE_MS);
-        let acquire = Command::LockAcquire {
+        let acquire = Command::from(LockCommand::Acquire {
             key: b"k".to_vec(),
             owner: b"o".to_vec(),
             lease_ms: 1_000,
             wait_ms: 20_000,
-        };
+        });
         assert_eq!(answer_bound_ms(&acquire), 20_000 + PROXY_ANSWER_GRACE_MS);
-        let absurd = Command::QueuePop {
+        let absurd = Command::from(QueueCommand::Pop {
             key: b"q".to_vec(),
             end: engram_proto::QueueEnd::Front,
             timeout_ms: u64::MAX,
-        };
+        });
         assert_eq!(answer_bound_ms(&absurd), WAIT_MS_MAX + PROXY_ANSWER_GRACE_MS);
     }
 
@@ -686,11 +688,11 @@ mod tests {
     fn requests_in_flight_are_found_by_link_id_and_expire_in_deadline_order() {
         let start = Instant::now();
         let mut in_flight = InFlight::default();
-        let pop = Command::QueuePop {
+        let pop = Command::from(QueueCommand::Pop {
             key: b"q".to_vec(),
             end: engram_proto::QueueEnd::Front,
             timeout_ms: 10_000,
-        };
+        });
         let (blocking, _) = in_flight.register(7, 3, &pop, start);
         let (read, read_deadline) = in_flight.register(7, 3, &get(), start);
         assert_ne!(blocking, read, "the client's request ids may repeat; the link's do not");

@@ -82,13 +82,14 @@ pub fn request_frame(request_id: u64, request: &Request) -> Vec<u8> {
     out
 }
 
-/// A `Hello` for the current protocol version.
+/// A client's `Hello` for the current protocol version.
 pub fn hello(client_id: u64, namespace: &[u8], credentials: &[u8]) -> Hello {
     Hello {
         protocol_version: PROTOCOL_VERSION,
         client_id,
         namespace: namespace.to_vec(),
         credentials: credentials.to_vec(),
+        family: engram_proto::Family::Client,
     }
 }
 

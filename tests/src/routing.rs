@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use engram_proto::{Command, Response, SlotHasher, SlotMap};
 
 use crate::raw::RawConnection;
+use engram_proto::AdminCommand;
 
 /// The node's slot map, fetched over a raw connection to `address`.
 pub fn fetch_slot_map(address: SocketAddr) -> SlotMap {
     let mut connection = RawConnection::handshaken(address, 1);
-    match connection.command(Command::GetSlotMap) {
+    match connection.command(Command::from(AdminCommand::GetSlotMap)) {
         Response::SlotMap(map) => map,
         other => panic!("GetSlotMap answered {other:?}"),
     }

@@ -66,7 +66,10 @@ fn every_port_checks_the_token() {
 
         let mut accepted = RawConnection::connect(address);
         accepted.handshake(&hello(1, b"default", TOKEN.as_bytes()));
-        assert_eq!(accepted.command(engram_proto::Command::Ping), Response::Pong);
+        assert_eq!(
+            accepted.command(engram_proto::Command::Admin(engram_proto::AdminCommand::Ping)),
+            Response::Pong
+        );
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use engram_client::{Error, ServerCode};
 use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use engram_proto::{AdminCommand, BytesCommand, CounterCommand};
 use engram_proto::{Command, ErrorCode, FrameHeader, FrameKind, Request, Response, SetCondition, FRAME_HEADER_BYTES};
 use engram_tests::raw::{hello, hello_frame, request, request_frame, Closed, RawConnection};
 use engram_tests::{fetch_slot_map, key_on_shard, run_async, unique_key, EngramServer, ServerOptions};
@@ -68,7 +69,11 @@ fn assert_server_healthy(server: &EngramServer) {
     });
     for address in std::iter::once(server.front()).chain(server.shards().iter().copied()) {
         let mut connection = RawConnection::handshaken(address, 77);
-        assert_eq!(connection.command(Command::Ping), Response::Pong, "ping on {address}");
+        assert_eq!(
+            connection.command(Command::from(AdminCommand::Ping)),
+            Response::Pong,
+            "ping on {address}"
+        );
     }
 }
 
@@ -152,7 +157,7 @@ fn a_wrong_checksum_is_refused() {
         );
 
         let mut connection = RawConnection::handshaken(address, 3);
-        let mut frame = request_frame(1, &request(Command::Ping));
+        let mut frame = request_frame(1, &request(Command::from(AdminCommand::Ping)));
         frame[28] ^= 0x01;
         connection.send_raw(&frame);
         assert_refused_with(
@@ -163,7 +168,7 @@ fn a_wrong_checksum_is_refused() {
 
         // A payload byte flipped instead (header checksum left as it was).
         let mut connection = RawConnection::handshaken(address, 3);
-        let mut frame = request_frame(1, &request(Command::Get { key: b"abc".to_vec() }));
+        let mut frame = request_frame(1, &request(Command::from(BytesCommand::Get { key: b"abc".to_vec() })));
         let last = frame.len() - 1;
         frame[last] ^= 0x80;
         connection.send_raw(&frame);
@@ -181,7 +186,7 @@ fn a_request_before_hello_gets_handshake_required() {
     let server = EngramServer::start(ServerOptions::default().cores(2));
     for address in ports(&server) {
         let mut connection = RawConnection::connect(address);
-        connection.send_raw(&request_frame(1, &request(Command::Ping)));
+        connection.send_raw(&request_frame(1, &request(Command::from(AdminCommand::Ping))));
         assert_refused_with(
             &connection.read_until_closed(),
             ErrorCode::HandshakeRequired,
@@ -314,17 +319,17 @@ fn oversize_key_and_value_are_refused_and_the_connection_stays_usable() {
     for (address, shard) in [(server.front(), 0), (server.shards()[0], 0), (server.shards()[1], 1)] {
         let mut connection = RawConnection::handshaken(address, 11);
         for command in [
-            Command::Get { key: long_key.clone() },
-            Command::Set {
+            Command::from(BytesCommand::Get { key: long_key.clone() }),
+            Command::from(BytesCommand::Set {
                 key: long_key.clone(),
                 value: b"v".to_vec(),
                 ttl_ms: 0,
                 condition: SetCondition::Always,
-            },
-            Command::CounterAdd {
+            }),
+            Command::from(CounterCommand::Add {
                 key: long_key.clone(),
                 delta: 1,
-            },
+            }),
         ] {
             let name = command.name();
             let answer = connection.call(&Request {
@@ -338,7 +343,7 @@ fn oversize_key_and_value_are_refused_and_the_connection_stays_usable() {
                 "{name} with an oversize key on {address}: {answer:?}"
             );
             assert_eq!(
-                connection.command(Command::Ping),
+                connection.command(Command::from(AdminCommand::Ping)),
                 Response::Pong,
                 "connection usable after {name}"
             );
@@ -347,41 +352,44 @@ fn oversize_key_and_value_are_refused_and_the_connection_stays_usable() {
         // An oversize value under a key this port serves (a shard port answers
         // WrongShard for the others, before looking at the value).
         let key = key_on_shard(&map, b"default", shard, &unique_key("big-value")).into_bytes();
-        let set = Command::Set {
+        let set = Command::from(BytesCommand::Set {
             key: key.clone(),
             value: long_value.clone(),
             ttl_ms: 0,
             condition: SetCondition::Always,
-        };
+        });
         let answer = connection.command(set);
         assert_eq!(
             error_code_of(&answer),
             Some(ErrorCode::ValueTooLarge),
             "set of an oversize value on {address}: {answer:?}"
         );
-        assert_eq!(connection.command(Command::Ping), Response::Pong);
+        assert_eq!(connection.command(Command::from(AdminCommand::Ping)), Response::Pong);
         // Nothing was written.
-        assert_eq!(connection.command(Command::Get { key: key.clone() }), Response::Missing);
+        assert_eq!(
+            connection.command(Command::from(BytesCommand::Get { key: key.clone() })),
+            Response::Missing
+        );
 
         // An append that would grow a value past the limit.
-        let start = connection.command(Command::Set {
+        let start = connection.command(Command::from(BytesCommand::Set {
             key: key.clone(),
             value: vec![b'a'; VALUE_BYTES_MAX - 10],
             ttl_ms: 0,
             condition: SetCondition::Always,
-        });
+        }));
         assert!(matches!(start, Response::Written { .. }), "{start:?}");
-        let answer = connection.command(Command::Append {
+        let answer = connection.command(Command::from(BytesCommand::Append {
             key: key.clone(),
             value: vec![b'b'; 11],
-        });
+        }));
         assert_eq!(
             error_code_of(&answer),
             Some(ErrorCode::ValueTooLarge),
             "append past the limit: {answer:?}"
         );
         assert_eq!(
-            connection.command(Command::Del { key }),
+            connection.command(Command::from(BytesCommand::Del { key })),
             Response::Deleted { existed: true }
         );
     }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use engram_proto::{BytesCommand, CounterCommand};
 use engram_proto::{Command, ErrorCode, Request, Response};
 use engram_tests::raw::{hello, request_frame, RawConnection};
 use engram_tests::{fetch_slot_map, key_on_shard, unique_key, EngramServer, ServerOptions};
@@ -12,17 +13,17 @@ fn add(key: &str, delta: i64, op_id: u64, completed_below_op_id: u64) -> Request
     Request {
         op_id,
         completed_below_op_id,
-        command: Command::CounterAdd {
+        command: Command::from(CounterCommand::Add {
             key: key.as_bytes().to_vec(),
             delta,
-        },
+        }),
     }
 }
 
 fn counter_value(connection: &mut RawConnection, key: &str) -> i64 {
-    match connection.command(Command::CounterGet {
+    match connection.command(Command::from(CounterCommand::Get {
         key: key.as_bytes().to_vec(),
-    }) {
+    })) {
         Response::Counter { value } => value,
         other => panic!("CounterGet answered {other:?}"),
     }
@@ -115,12 +116,12 @@ fn duplicate_set_returns_the_first_version() {
     let set = |value: &str, op_id: u64| Request {
         op_id,
         completed_below_op_id: 1,
-        command: Command::Set {
+        command: Command::from(BytesCommand::Set {
             key: key.as_bytes().to_vec(),
             value: value.as_bytes().to_vec(),
             ttl_ms: 0,
             condition: engram_proto::SetCondition::IfAbsent,
-        },
+        }),
     };
     let first = connection.call(&set("one", 1));
     let Response::Written { version } = first else {
@@ -135,9 +136,9 @@ fn duplicate_set_returns_the_first_version() {
             current_version: version
         }
     );
-    match connection.command(Command::Get {
+    match connection.command(Command::from(BytesCommand::Get {
         key: key.as_bytes().to_vec(),
-    }) {
+    })) {
         Response::Value { value, version: read } => {
             assert_eq!((value.as_slice(), read), (&b"one"[..], version));
         }

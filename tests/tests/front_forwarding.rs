@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use engram_client::Client;
+use engram_proto::{BytesCommand, CounterCommand, DataCommand};
 use engram_proto::{Command, ErrorCode, Request, Response, SlotMap};
 use engram_tests::cluster::{cluster_cli, start_node, wait_for_members, MEMBERSHIP_LIMIT};
 use engram_tests::control::ControlPlane;
@@ -132,9 +133,9 @@ fn one_front_port_reaches_every_key_of_the_cluster() {
             raw_keys
                 .iter()
                 .map(|key| {
-                    raw.command(Command::Get {
+                    raw.command(Command::from(BytesCommand::Get {
                         key: key.clone().into_bytes(),
-                    })
+                    }))
                 })
                 .collect::<Vec<_>>()
         })
@@ -200,10 +201,10 @@ fn counter_add(op_id: u64, key: &str, delta: i64) -> Request {
     Request {
         op_id,
         completed_below_op_id: op_id,
-        command: Command::CounterAdd {
+        command: Command::from(CounterCommand::Add {
             key: key.as_bytes().to_vec(),
             delta,
-        },
+        }),
     }
 }
 
@@ -234,9 +235,9 @@ fn a_retried_operation_through_the_front_gets_its_first_answer() {
             let next = counter_value(RawConnection::handshaken(front, client_id).call(&counter_add(2, &key, 5)));
             let mut other_namespace = RawConnection::connect(front);
             other_namespace.handshake(&hello(client_id, b"other", b""));
-            let elsewhere = counter_value(other_namespace.command(Command::CounterGet {
+            let elsewhere = counter_value(other_namespace.command(Command::from(CounterCommand::Get {
                 key: key.as_bytes().to_vec(),
-            }));
+            })));
             (first, retried, direct, next, elsewhere)
         })
         .await;
@@ -282,8 +283,10 @@ fn a_dead_or_silent_owner_gets_the_request_a_try_again_naming_it() {
         );
         let address = |key: &str| owner_address(&map, b"default", key.as_bytes()).to_string();
         let (dead_address, silent_address) = (address(&dead_key), address(&silent_key));
-        let get = |key: &str| Command::CounterGet {
-            key: key.as_bytes().to_vec(),
+        let get = |key: &str| {
+            Command::Data(DataCommand::Counter(CounterCommand::Get {
+                key: key.as_bytes().to_vec(),
+            }))
         };
         let front = cluster.nodes[0].front();
         let raw = blocking(move || RawConnection::handshaken(front, 0x00F0_0003)).await;

@@ -4,6 +4,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
+use engram_proto::AdminCommand;
 use engram_proto::{Command, Response};
 use engram_tests::raw::RawConnection;
 use engram_tests::server::next_loopback;
@@ -31,7 +32,7 @@ fn sigterm_exits_zero_with_clients_connected() {
     // Open connections of every kind: a client with connections to each shard, a raw
     // front-port connection, and one stuck in the middle of a frame.
     let mut raw = RawConnection::handshaken(server.front(), 9);
-    assert_eq!(raw.command(Command::Ping), Response::Pong);
+    assert_eq!(raw.command(Command::from(AdminCommand::Ping)), Response::Pong);
     let mut half = RawConnection::handshaken(server.shards()[1], 10);
     half.send_raw(b"ENGR");
     let runtime = tokio::runtime::Builder::new_multi_thread()

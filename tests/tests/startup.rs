@@ -6,6 +6,7 @@
 //! leave one of them in a *blocking* accept(2), which froze that shard (no ready line, or
 //! later, no service on its port) until someone connected to the front port.
 
+use engram_proto::AdminCommand;
 use engram_proto::{Command, Response};
 use engram_tests::raw::RawConnection;
 use engram_tests::{EngramServer, ServerOptions};
@@ -25,7 +26,7 @@ fn repeated_starts_all_become_ready_and_serve_every_port() {
         for address in server.shards().iter().chain(std::iter::once(&server.front())) {
             let mut connection = RawConnection::handshaken(*address, 1);
             assert_eq!(
-                connection.command(Command::Ping),
+                connection.command(Command::from(AdminCommand::Ping)),
                 Response::Pong,
                 "start {start}: ping on {address}"
             );
@@ -46,7 +47,7 @@ fn front_port_accepts_never_freeze_a_shard() {
         for address in server.shards() {
             let mut connection = RawConnection::handshaken(*address, 3);
             assert_eq!(
-                connection.command(Command::Ping),
+                connection.command(Command::from(AdminCommand::Ping)),
                 Response::Pong,
                 "round {round}: ping on shard port {address}"
             );

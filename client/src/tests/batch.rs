@@ -9,6 +9,7 @@ use engram_proto::SlotHasher;
 use super::fake_server::{single_shard_map, two_shard_map, FakeServer, Shared};
 use super::{add, front_client, get, set, until};
 use crate::{Client, Command, Error, ErrorCode, Response, ServerCode};
+use engram_proto::{CounterCommand, DataCommand};
 
 fn value_of(result: &Result<Response, Error>) -> &[u8] {
     match result {
@@ -211,7 +212,13 @@ async fn a_batched_mutation_whose_answer_was_lost_with_the_connection_is_applied
     assert_eq!(client.counter("after").get().await.unwrap(), 1);
     let adds = |key: &[u8]| {
         seen.iter()
-            .filter(|seen| seen.key == key && matches!(seen.command, Command::CounterAdd { .. }))
+            .filter(|seen| {
+                seen.key == key
+                    && matches!(
+                        seen.command,
+                        Command::Data(DataCommand::Counter(CounterCommand::Add { .. }))
+                    )
+            })
             .count()
     };
     assert_eq!(adds(b"before"), 1, "answered, so not resent");

@@ -10,6 +10,7 @@ use engram_proto::{MapEntry, QueueEnd};
 use super::fake_server::{error, FakeServer, Seen};
 use super::front_client;
 use crate::{BarrierPassage, Client, Command, Error, ErrorCode, LockHolder, Response};
+use engram_proto::{BarrierCommand, FutureCommand, LatchCommand, LockCommand, QueueCommand, SemaphoreCommand};
 
 const LEASE: Duration = Duration::from_secs(10);
 const WAIT: Duration = Duration::from_millis(250);
@@ -41,12 +42,12 @@ async fn a_lock_acquire_carries_owner_lease_and_wait_and_its_guard_releases_by_f
     assert_eq!(guard.lease(), Duration::from_millis(2));
     assert_eq!(
         last_command(&fake, "db"),
-        Command::LockAcquire {
+        Command::from(LockCommand::Acquire {
             key: b"db".to_vec(),
             owner: b"worker-1".to_vec(),
             lease_ms: 2,
             wait_ms: 250,
-        }
+        })
     );
     answer(
         &fake,
@@ -62,11 +63,11 @@ async fn a_lock_acquire_carries_owner_lease_and_wait_and_its_guard_releases_by_f
     guard.release().await.unwrap();
     assert_eq!(
         last_command(&fake, "db"),
-        Command::LockRelease {
+        Command::from(LockCommand::Release {
             key: b"db".to_vec(),
             owner: b"worker-1".to_vec(),
             fence: 9,
-        }
+        })
     );
     let ids: Vec<_> = seen_for(&fake, "db").iter().map(|seen| seen.op_id).collect();
     assert!(ids.iter().all(|id| *id != 0), "lock operations are mutations: {ids:?}");
@@ -124,11 +125,11 @@ async fn the_longest_wait_is_sent_and_its_call_lasts_the_wait_plus_the_call_time
     );
     assert_eq!(
         last_command(&fake, "silent-jobs"),
-        Command::QueuePop {
+        Command::from(QueueCommand::Pop {
             key: b"silent-jobs".to_vec(),
             end: QueueEnd::Front,
             timeout_ms: WAIT_MS_MAX,
-        }
+        })
     );
 }
 
@@ -146,12 +147,12 @@ async fn a_wait_that_runs_out_is_a_distinct_final_error() {
     assert!(client.lock("taken").try_acquire("w", LEASE).await.unwrap().is_none());
     assert_eq!(
         seen_for(&fake, "taken").last().unwrap().command,
-        Command::LockAcquire {
+        Command::from(LockCommand::Acquire {
             key: b"taken".to_vec(),
             owner: b"w".to_vec(),
             lease_ms: 10_000,
             wait_ms: 0,
-        }
+        })
     );
     let semaphore = client.semaphore("taken", 2);
     assert!(semaphore.try_acquire("w", 1, LEASE).await.unwrap().is_none());
@@ -201,11 +202,11 @@ async fn a_retried_blocking_call_keeps_its_operation_id() {
     assert_eq!(attempts[0].command, attempts[1].command);
     assert_eq!(
         attempts[0].command,
-        Command::BarrierWait {
+        Command::from(BarrierCommand::Wait {
             key: b"close-once-barrier".to_vec(),
             parties: 3,
             timeout_ms: 250,
-        }
+        })
     );
 }
 
@@ -224,23 +225,23 @@ async fn semaphore_permits_carry_their_id_and_capacity() {
     assert_eq!((permit.id(), permit.permits(), permit.lease()), (77, 2, LEASE));
     assert_eq!(
         last_command(&fake, "pool"),
-        Command::SemaphoreAcquire {
+        Command::from(SemaphoreCommand::Acquire {
             key: b"pool".to_vec(),
             owner: b"w".to_vec(),
             capacity: 5,
             permits: 2,
             lease_ms: 10_000,
             wait_ms: 250,
-        }
+        })
     );
     answer(&fake, "pool", Response::Released);
     permit.release().await.unwrap();
     assert_eq!(
         last_command(&fake, "pool"),
-        Command::SemaphoreRelease {
+        Command::from(SemaphoreCommand::Release {
             key: b"pool".to_vec(),
             permit_id: 77
-        }
+        })
     );
     let available = Response::SemaphoreAvailable {
         available: 3,
@@ -276,10 +277,10 @@ async fn latches_futures_maps_and_queues_map_their_responses() {
     let last = seen_for(&fake, "result").pop().unwrap();
     assert_eq!(
         last.command,
-        Command::FutureGet {
+        Command::from(FutureCommand::Get {
             key: b"result".to_vec(),
             timeout_ms: 1
-        },
+        }),
         "a zero get still waits, try_get is the non-waiting form"
     );
     answer(&fake, "result", error(ErrorCode::AlreadyCompleted));
@@ -306,21 +307,21 @@ async fn latches_futures_maps_and_queues_map_their_responses() {
     assert_eq!(client.queue("q").push_front("x").await.unwrap(), 4);
     assert_eq!(
         last_command(&fake, "q"),
-        Command::QueuePush {
+        Command::from(QueueCommand::Push {
             key: b"q".to_vec(),
             value: b"x".to_vec(),
             end: QueueEnd::Front
-        }
+        })
     );
     answer(&fake, "q", Response::Missing);
     assert_eq!(client.queue("q").pop_back(None).await.unwrap(), None);
     assert_eq!(
         last_command(&fake, "q"),
-        Command::QueuePop {
+        Command::from(QueueCommand::Pop {
             key: b"q".to_vec(),
             end: QueueEnd::Back,
             timeout_ms: 0
-        }
+        })
     );
     let value = Response::Value {
         value: b"y".to_vec(),
@@ -355,10 +356,10 @@ async fn bad_owners_waits_and_leases_are_refused_before_sending() {
         client.queue("local").pop_front(Some(too_long)).await,
         Err(Error::WaitTooLong { .. })
     ));
-    let raw = Command::LatchWait {
+    let raw = Command::from(LatchCommand::Wait {
         key: b"local".to_vec(),
         timeout_ms: WAIT_MS_MAX + 1,
-    };
+    });
     assert!(matches!(
         client.call(Some(b"local"), raw, false).await,
         Err(Error::WaitTooLong { .. })

@@ -9,6 +9,7 @@ use engram_proto::SlotHasher;
 use super::fake_server::{error, half_lost_map, single_shard_map, two_shard_map, FakeServer, Shared};
 use super::{add, key_in_first_half, key_in_second_half, set};
 use crate::{Client, Command, Error, ErrorCode, Response, ServerCode};
+use engram_proto::AdminCommand;
 
 /// An address nothing listens on: connecting to it is refused.
 fn refusing_address() -> String {
@@ -22,7 +23,8 @@ fn refusing_address() -> String {
 fn map_requests(shared: &Mutex<Shared>) -> usize {
     let shared = shared.lock().unwrap();
     let seen = shared.seen.iter();
-    seen.filter(|seen| matches!(seen.command, Command::GetSlotMap)).count()
+    seen.filter(|seen| matches!(seen.command, Command::Admin(AdminCommand::GetSlotMap)))
+        .count()
 }
 
 /// A front fake and one shard fake owning the first half of the slots, with the map

@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::framing::FrameReader;
+use engram_proto::{AdminCommand, BytesCommand, CounterCommand, DataCommand};
 
 /// What the fake saw of one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -277,7 +278,8 @@ async fn serve(stream: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>, shard_
                 Some(error(ErrorCode::SlotLost))
             } else if !owned {
                 Some(error(ErrorCode::WrongShard))
-            } else if key.starts_with(b"silent") || (state.silent_map && matches!(request.command, Command::GetSlotMap))
+            } else if key.starts_with(b"silent")
+                || (state.silent_map && matches!(request.command, Command::Admin(AdminCommand::GetSlotMap)))
             {
                 None
             } else if key.starts_with(b"close-once") && first_time(&mut state, &key) {
@@ -330,8 +332,8 @@ fn first_time(state: &mut Shared, key: &[u8]) -> bool {
 
 fn apply(state: &mut Shared, command: Command) -> Response {
     match command {
-        Command::Ping => Response::Pong,
-        Command::Info => Response::Info(NodeInfo {
+        Command::Admin(AdminCommand::Ping) => Response::Pong,
+        Command::Admin(AdminCommand::Info) => Response::Info(NodeInfo {
             node_id: 1,
             server_version: "fake".into(),
             uptime_ms: 1,
@@ -339,31 +341,31 @@ fn apply(state: &mut Shared, command: Command) -> Response {
             connections: 1,
             shards: Vec::new(),
         }),
-        Command::GetSlotMap => match &state.map {
+        Command::Admin(AdminCommand::GetSlotMap) => match &state.map {
             Some(map) => Response::SlotMap(map.clone()),
             None => error(ErrorCode::Internal),
         },
-        Command::Get { key } => match state.values.get(&key) {
+        Command::Data(DataCommand::Bytes(BytesCommand::Get { key })) => match state.values.get(&key) {
             Some((value, version)) => Response::Value {
                 value: value.clone(),
                 version: *version,
             },
             None => Response::Missing,
         },
-        Command::Set { key, value, .. } => {
+        Command::Data(DataCommand::Bytes(BytesCommand::Set { key, value, .. })) => {
             let version = state.values.get(&key).map_or(0, |(_, version)| *version) + 1;
             state.values.insert(key, (value, version));
             Response::Written { version }
         }
-        Command::Del { key } => Response::Deleted {
+        Command::Data(DataCommand::Bytes(BytesCommand::Del { key })) => Response::Deleted {
             existed: state.values.remove(&key).is_some(),
         },
-        Command::CounterAdd { key, delta } => {
+        Command::Data(DataCommand::Counter(CounterCommand::Add { key, delta })) => {
             let value = state.counters.entry(key).or_default();
             *value += delta;
             Response::Counter { value: *value }
         }
-        Command::CounterGet { key } => Response::Counter {
+        Command::Data(DataCommand::Counter(CounterCommand::Get { key })) => Response::Counter {
             value: state.counters.get(&key).copied().unwrap_or(0),
         },
         _ => error(ErrorCode::Internal),

@@ -8,6 +8,7 @@ use engram_proto::SlotHasher;
 
 use self::fake_server::FakeServer;
 use crate::{Client, Command, SetCondition};
+use engram_proto::{BytesCommand, CounterCommand};
 
 mod batch;
 mod blocking;
@@ -50,30 +51,30 @@ fn key_in_half(second: bool) -> String {
 }
 
 fn set(key: &str, value: &str) -> (Command, bool) {
-    let command = Command::Set {
+    let command = Command::from(BytesCommand::Set {
         key: key.as_bytes().to_vec(),
         value: value.as_bytes().to_vec(),
         ttl_ms: 0,
         condition: SetCondition::Always,
-    };
+    });
     (command, true)
 }
 
 fn get(key: &str) -> (Command, bool) {
     (
-        Command::Get {
+        Command::from(BytesCommand::Get {
             key: key.as_bytes().to_vec(),
-        },
+        }),
         false,
     )
 }
 
 fn add(key: &str, delta: i64) -> (Command, bool) {
     (
-        Command::CounterAdd {
+        Command::from(CounterCommand::Add {
             key: key.as_bytes().to_vec(),
             delta,
-        },
+        }),
         true,
     )
 }

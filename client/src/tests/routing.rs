@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::fake_server::{single_shard_map, two_shard_map, FakeServer, Shared};
 use super::key_in_second_half;
 use crate::{Client, Command, Error};
+use engram_proto::AdminCommand;
 
 #[tokio::test]
 async fn wrong_shard_refreshes_the_map_and_resends_to_the_new_owner() {
@@ -54,7 +55,8 @@ async fn a_map_refresh_that_is_never_answered_ends_at_the_call_deadline() {
     let map_requests = || {
         let shared = shared.lock().unwrap();
         let seen = shared.seen.iter();
-        seen.filter(|seen| matches!(seen.command, Command::GetSlotMap)).count()
+        seen.filter(|seen| matches!(seen.command, Command::Admin(AdminCommand::GetSlotMap)))
+            .count()
     };
     let before = map_requests();
     {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use engram_proto::limits::SLOT_COUNT;
 use engram_proto::migration::{decode_batch, encode_batch};
-use engram_proto::{Command, ErrorCode, MigrateIn, MigrateOut, Response, SlotMap};
+use engram_proto::{ErrorCode, MigrateIn, MigrateOut, PeerProtocol, PeerRequest, PeerResponse, SlotMap};
 
 use super::Shard;
 use crate::cluster::{Owner, PeerLink, Routing};
@@ -190,14 +190,14 @@ impl Shard {
 
     /// Installs a map sent by the control plane (newer ones only) and applies it here at
     /// once; the node's other shards pick it up at their next request or tick.
-    pub fn install_map(&self, map: SlotMap) -> Response {
+    pub fn install_map(&self, map: SlotMap) -> PeerResponse {
         let epoch = map.epoch;
         match self.node_map.install(map) {
             Ok(_) => {
                 self.routing();
-                Response::Accepted
+                PeerResponse::Accepted
             }
-            Err(reason) => self.error(
+            Err(reason) => self.peer_error(
                 ErrorCode::InvalidArgument,
                 format!("map of epoch {epoch} is invalid: {reason}"),
             ),
@@ -296,7 +296,7 @@ impl Shard {
     }
 
     /// Phase one at the source: freeze, redirect waiters, copy to the target.
-    pub async fn migrate_out(self: Rc<Self>, order: MigrateOut) -> Response {
+    pub async fn migrate_out(self: Rc<Self>, order: MigrateOut) -> PeerResponse {
         if let Err(refusal) = self.check_migrate_out(&order) {
             return refusal;
         }
@@ -336,17 +336,17 @@ impl Shard {
 
     /// Refuses a `MigrateOut` of no slots, of slots this shard does not serve, or while
     /// another migration out runs.
-    fn check_migrate_out(&self, order: &MigrateOut) -> Result<(), Response> {
+    fn check_migrate_out(&self, order: &MigrateOut) -> Result<(), PeerResponse> {
         let routing = self.routing();
         if order.slots.is_empty() {
-            return Err(self.error(ErrorCode::InvalidArgument, "a migration moves at least one slot"));
+            return Err(self.peer_error(ErrorCode::InvalidArgument, "a migration moves at least one slot"));
         }
         if let Some(&slot) = order
             .slots
             .iter()
             .find(|&&slot| slot >= SLOT_COUNT || routing.owner(slot) != Owner::Local(self.shard_id as u16))
         {
-            return Err(self.error(
+            return Err(self.peer_error(
                 ErrorCode::WrongShard,
                 format!(
                     "slot {slot} is not served by this shard under map epoch {}",
@@ -355,7 +355,7 @@ impl Shard {
             ));
         }
         if let Some(outgoing) = self.outgoing.borrow().as_ref() {
-            return Err(self.error(
+            return Err(self.peer_error(
                 ErrorCode::Busy,
                 format!("migration {} is still in progress on this shard", outgoing.migration_id),
             ));
@@ -365,7 +365,7 @@ impl Shard {
 
     /// Phase one ended: the target holds the copy; the slots stay frozen until the
     /// control plane decides.
-    fn prepared(&self, order: &MigrateOut, shipped: Shipped) -> Response {
+    fn prepared(&self, order: &MigrateOut, shipped: Shipped) -> PeerResponse {
         let Shipped { entries, bytes } = shipped;
         tracing::info!(
             shard = self.shard_id,
@@ -376,15 +376,15 @@ impl Shard {
             target = %order.target_address,
             "migration out prepared"
         );
-        Response::MigrationPrepared { entries, bytes }
+        PeerResponse::MigrationPrepared { entries, bytes }
     }
 
     /// Phase one failed: the slots unfreeze with their state untouched.
-    fn failed_out(&self, order: &MigrateOut, reason: &str) -> Response {
+    fn failed_out(&self, order: &MigrateOut, reason: &str) -> PeerResponse {
         self.unfreeze(order.migration_id);
         crate::metrics::record_migration("out", "failed");
         tracing::warn!(shard = self.shard_id, migration_id = order.migration_id, %reason, "migration out failed");
-        self.error(
+        self.peer_error(
             ErrorCode::TryAgain,
             format!("migration {} failed: {reason}", order.migration_id),
         )
@@ -404,7 +404,7 @@ impl Shard {
         }
         let credentials = self.auth_token().unwrap_or_default();
         let timeout = Duration::from_millis(MIGRATION_PEER_TIMEOUT_MS);
-        let mut link = PeerLink::connect(&order.target_address, credentials, timeout)
+        let mut link = PeerLink::<PeerProtocol>::connect(&order.target_address, credentials, timeout)
             .await
             .map_err(|error| error.to_string())?;
         let mut entries = 0u64;
@@ -413,7 +413,7 @@ impl Shard {
             entries += batch.entries.len() as u64;
             let encoded = encode_batch(&batch).map_err(|error| error.to_string())?;
             bytes += encoded.len() as u64;
-            let command = Command::MigrateIn(MigrateIn {
+            let command = PeerRequest::MigrateIn(MigrateIn {
                 migration_id: order.migration_id,
                 slots: order.slots.clone(),
                 batch: encoded,
@@ -421,8 +421,8 @@ impl Shard {
                 age_ms: exported.elapsed().as_millis() as u64,
             });
             match link.call(command).await.map_err(|error| error.to_string())? {
-                Response::Accepted => {}
-                Response::Error(reply) => return Err(format!("target refused a batch: {}", reply.message)),
+                PeerResponse::Accepted => {}
+                PeerResponse::Error(reply) => return Err(format!("target refused a batch: {}", reply.message)),
                 other => return Err(format!("target answered {} to a batch", other.name())),
             }
         }
@@ -443,7 +443,7 @@ impl Shard {
     }
 
     /// At the target: keeps one batch of an incoming migration, unserved until committed.
-    pub fn migrate_in(&self, order: &MigrateIn) -> Response {
+    pub fn migrate_in(&self, order: &MigrateIn) -> PeerResponse {
         let routing = self.routing();
         let mine = Owner::Local(self.shard_id as u16);
         if let Some(&slot) = order
@@ -451,21 +451,21 @@ impl Shard {
             .iter()
             .find(|&&slot| slot >= SLOT_COUNT || routing.owner(slot) == mine)
         {
-            return self.error(
+            return self.peer_error(
                 ErrorCode::InvalidArgument,
                 format!("slot {slot} cannot migrate into a shard that already serves it"),
             );
         }
         let batch = match decode_batch(&order.batch) {
             Ok(batch) => batch,
-            Err(error) => return self.error(ErrorCode::Malformed, format!("migration batch: {error}")),
+            Err(error) => return self.peer_error(ErrorCode::Malformed, format!("migration batch: {error}")),
         };
         let slots = slot_set(&order.slots);
         let stray = batch.entries.iter().find(|entry| {
             slot_of_stored_key(&entry.key).is_none_or(|slot| !slots.get(slot as usize).copied().unwrap_or(false))
         });
         if let Some(entry) = stray {
-            return self.error(
+            return self.peer_error(
                 ErrorCode::InvalidArgument,
                 format!(
                     "migration batch holds a key of {} bytes outside its slots",
@@ -474,7 +474,7 @@ impl Shard {
             );
         }
         if let Err(refusal) = self.admit_batch(order, &routing) {
-            return self.error(ErrorCode::InvalidArgument, refusal);
+            return self.peer_error(ErrorCode::InvalidArgument, refusal);
         }
         // Leases and TTLs in the batch were measured when it was exported.
         let exported_at_ms = self.now_ms().saturating_sub(order.age_ms);
@@ -484,11 +484,11 @@ impl Shard {
                 crate::store::ImportError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
                 _ => ErrorCode::InvalidArgument,
             };
-            return self.error(code, error.to_string());
+            return self.peer_error(code, error.to_string());
         }
         self.incoming.borrow_mut().batch_applied(order.migration_id);
         self.publish_stats();
-        Response::Accepted
+        PeerResponse::Accepted
     }
 
     /// Checks a batch's place in its migration. Batch 0 opens the migration and drops
@@ -513,10 +513,10 @@ impl Shard {
     /// not commit). The source unfreezes; the target drops what it holds of slots it does
     /// not serve. Refused while this shard's map is older than the one the abort was
     /// decided under, since the migration may have committed in between.
-    pub fn migrate_abort(&self, migration_id: u64, map_epoch: u64) -> Response {
+    pub fn migrate_abort(&self, migration_id: u64, map_epoch: u64) -> PeerResponse {
         let routing = self.routing();
         if routing.epoch() < map_epoch {
-            return self.error(
+            return self.peer_error(
                 ErrorCode::TryAgain,
                 format!(
                     "abort decided under map epoch {map_epoch}, this shard routes with epoch {}; retry once it catches up",
@@ -552,6 +552,6 @@ impl Shard {
         }
         self.publish_migrations();
         tracing::info!(shard = self.shard_id, migration_id, aborted_out, "migration aborted");
-        Response::Accepted
+        PeerResponse::Accepted
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engram_proto::{Command, ErrorCode, ErrorReply, NodeInfo, Request, Response, SlotMap};
+use engram_proto::{Command, ErrorCode, ErrorReply, NodeInfo, PeerResponse, Request, Response, SlotMap};
 use futures::channel::oneshot;
 
 use crate::cluster::{NodeMap, Owner, Routing};
@@ -426,11 +426,20 @@ impl Shard {
     }
 
     pub fn error(&self, code: ErrorCode, message: impl Into<String>) -> Response {
-        Response::Error(ErrorReply {
+        Response::Error(self.error_reply(code, message))
+    }
+
+    /// A refusal of a peer's request (a map, a migration order or batch).
+    pub fn peer_error(&self, code: ErrorCode, message: impl Into<String>) -> PeerResponse {
+        PeerResponse::Error(self.error_reply(code, message))
+    }
+
+    pub fn error_reply(&self, code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+        ErrorReply {
             code: code.as_u16(),
             message: message.into(),
             map_epoch: self.map_epoch(),
-        })
+        }
     }
 
     /// Serves the requests the node's other shards forward here, each queue by a task

@@ -12,6 +12,10 @@ use super::{
     barrier, error, future, key_too_large, latch, lock, map, queue, semaphore, value_too_large, Constructor, Effects,
     Object, Origin, Outcome, Store,
 };
+use engram_proto::{
+    BarrierCommand, BytesCommand, CounterCommand, DataCommand, FutureCommand, LatchCommand, LockCommand, MapCommand,
+    QueueCommand, SemaphoreCommand,
+};
 
 /// A coordination object's state as [`Object`] holds it: how a first use creates its
 /// object, and how to find it inside an object of its type.
@@ -65,33 +69,47 @@ impl Store {
             return Outcome::Ready(refusal);
         }
         match command {
-            Command::Get { .. } | Command::Set { .. } | Command::Del { .. } | Command::Append { .. } => {
-                self.execute_bytes(command, now_ms)
+            Command::Data(DataCommand::Bytes(BytesCommand::Get { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::Set { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::Del { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::Append { .. })) => self.execute_bytes(command, now_ms),
+            Command::Data(DataCommand::Counter(CounterCommand::Get { .. }))
+            | Command::Data(DataCommand::Counter(CounterCommand::Add { .. }))
+            | Command::Data(DataCommand::Counter(CounterCommand::Set { .. }))
+            | Command::Data(DataCommand::Counter(CounterCommand::Cas { .. })) => self.execute_counter(command, now_ms),
+            Command::Data(DataCommand::Lock(LockCommand::Acquire { .. }))
+            | Command::Data(DataCommand::Lock(LockCommand::Release { .. }))
+            | Command::Data(DataCommand::Lock(LockCommand::Renew { .. }))
+            | Command::Data(DataCommand::Lock(LockCommand::Holder { .. })) => {
+                self.execute_lock(command, now_ms, origin)
             }
-            Command::CounterGet { .. }
-            | Command::CounterAdd { .. }
-            | Command::CounterSet { .. }
-            | Command::CounterCas { .. } => self.execute_counter(command, now_ms),
-            Command::LockAcquire { .. }
-            | Command::LockRelease { .. }
-            | Command::LockRenew { .. }
-            | Command::LockHolder { .. } => self.execute_lock(command, now_ms, origin),
-            Command::SemaphoreAcquire { .. }
-            | Command::SemaphoreRelease { .. }
-            | Command::SemaphoreRenew { .. }
-            | Command::SemaphoreAvailable { .. } => self.execute_semaphore(command, now_ms, origin),
-            Command::BarrierWait { .. } => self.execute_barrier(command, now_ms, origin),
-            Command::LatchTrySetCount { .. }
-            | Command::LatchCountDown { .. }
-            | Command::LatchCount { .. }
-            | Command::LatchWait { .. } => self.execute_latch(command, now_ms, origin),
-            Command::FutureComplete { .. } | Command::FutureGet { .. } => self.execute_future(command, now_ms, origin),
-            Command::MapGet { .. }
-            | Command::MapSet { .. }
-            | Command::MapDel { .. }
-            | Command::MapGetAll { .. }
-            | Command::MapIncr { .. } => self.execute_map(command, now_ms, origin),
-            Command::QueuePush { .. } | Command::QueuePop { .. } | Command::QueueLen { .. } => {
+            Command::Data(DataCommand::Semaphore(SemaphoreCommand::Acquire { .. }))
+            | Command::Data(DataCommand::Semaphore(SemaphoreCommand::Release { .. }))
+            | Command::Data(DataCommand::Semaphore(SemaphoreCommand::Renew { .. }))
+            | Command::Data(DataCommand::Semaphore(SemaphoreCommand::Available { .. })) => {
+                self.execute_semaphore(command, now_ms, origin)
+            }
+            Command::Data(DataCommand::Barrier(BarrierCommand::Wait { .. })) => {
+                self.execute_barrier(command, now_ms, origin)
+            }
+            Command::Data(DataCommand::Latch(LatchCommand::TrySetCount { .. }))
+            | Command::Data(DataCommand::Latch(LatchCommand::CountDown { .. }))
+            | Command::Data(DataCommand::Latch(LatchCommand::Count { .. }))
+            | Command::Data(DataCommand::Latch(LatchCommand::Wait { .. })) => {
+                self.execute_latch(command, now_ms, origin)
+            }
+            Command::Data(DataCommand::Future(FutureCommand::Complete { .. }))
+            | Command::Data(DataCommand::Future(FutureCommand::Get { .. })) => {
+                self.execute_future(command, now_ms, origin)
+            }
+            Command::Data(DataCommand::Map(MapCommand::Get { .. }))
+            | Command::Data(DataCommand::Map(MapCommand::Set { .. }))
+            | Command::Data(DataCommand::Map(MapCommand::Del { .. }))
+            | Command::Data(DataCommand::Map(MapCommand::GetAll { .. }))
+            | Command::Data(DataCommand::Map(MapCommand::Incr { .. })) => self.execute_map(command, now_ms, origin),
+            Command::Data(DataCommand::Queue(QueueCommand::Push { .. }))
+            | Command::Data(DataCommand::Queue(QueueCommand::Pop { .. }))
+            | Command::Data(DataCommand::Queue(QueueCommand::Len { .. })) => {
                 self.execute_queue(command, now_ms, origin)
             }
             // Node, cluster and migration commands never reach the store.
@@ -104,99 +122,107 @@ impl Store {
 
     fn execute_bytes(&mut self, command: &Command, now_ms: u64) -> Outcome {
         Outcome::Ready(match command {
-            Command::Get { key } => self.bytes_get(key, now_ms),
-            Command::Set {
+            Command::Data(DataCommand::Bytes(BytesCommand::Get { key })) => self.bytes_get(key, now_ms),
+            Command::Data(DataCommand::Bytes(BytesCommand::Set {
                 key,
                 value,
                 ttl_ms,
                 condition,
-            } => self.bytes_set(key, value, *ttl_ms, *condition, now_ms),
-            Command::Del { key } => self.delete(key, now_ms),
-            Command::Append { key, value } => self.bytes_append(key, value, now_ms),
+            })) => self.bytes_set(key, value, *ttl_ms, *condition, now_ms),
+            Command::Data(DataCommand::Bytes(BytesCommand::Del { key })) => self.delete(key, now_ms),
+            Command::Data(DataCommand::Bytes(BytesCommand::Append { key, value })) => {
+                self.bytes_append(key, value, now_ms)
+            }
             other => misrouted(other, "bytes"),
         })
     }
 
     fn execute_counter(&mut self, command: &Command, now_ms: u64) -> Outcome {
         Outcome::Ready(match command {
-            Command::CounterGet { key } => self.counter_get(key, now_ms),
-            Command::CounterAdd { key, delta } => self.counter_add(key, *delta, now_ms),
-            Command::CounterSet { key, value } => self.counter_set(key, *value, now_ms),
-            Command::CounterCas { key, expected, new } => self.counter_cas(key, *expected, *new, now_ms),
+            Command::Data(DataCommand::Counter(CounterCommand::Get { key })) => self.counter_get(key, now_ms),
+            Command::Data(DataCommand::Counter(CounterCommand::Add { key, delta })) => {
+                self.counter_add(key, *delta, now_ms)
+            }
+            Command::Data(DataCommand::Counter(CounterCommand::Set { key, value })) => {
+                self.counter_set(key, *value, now_ms)
+            }
+            Command::Data(DataCommand::Counter(CounterCommand::Cas { key, expected, new })) => {
+                self.counter_cas(key, *expected, *new, now_ms)
+            }
             other => misrouted(other, "counter"),
         })
     }
 
     fn execute_lock(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
         match command {
-            Command::LockAcquire {
+            Command::Data(DataCommand::Lock(LockCommand::Acquire {
                 key,
                 owner,
                 lease_ms,
                 wait_ms,
-            } => self.on::<Lock>(key, now_ms, origin, true, |lock, effects| {
+            })) => self.on::<Lock>(key, now_ms, origin, true, |lock, effects| {
                 lock.acquire(key, owner, *lease_ms, *wait_ms, effects)
             }),
-            Command::LockRelease { key, owner, fence } => {
+            Command::Data(DataCommand::Lock(LockCommand::Release { key, owner, fence })) => {
                 self.on::<Lock>(key, now_ms, origin, false, |lock, effects| {
                     Outcome::Ready(lock.release(key, owner, *fence, effects))
                 })
             }
-            Command::LockRenew {
+            Command::Data(DataCommand::Lock(LockCommand::Renew {
                 key,
                 owner,
                 fence,
                 lease_ms,
-            } => self.on::<Lock>(key, now_ms, origin, false, |lock, effects| {
+            })) => self.on::<Lock>(key, now_ms, origin, false, |lock, effects| {
                 Outcome::Ready(lock.renew(key, owner, *fence, *lease_ms, effects))
             }),
-            Command::LockHolder { key } => self.on::<Lock>(key, now_ms, origin, false, |lock, effects| {
-                Outcome::Ready(lock.holder(key, effects))
-            }),
+            Command::Data(DataCommand::Lock(LockCommand::Holder { key })) => {
+                self.on::<Lock>(key, now_ms, origin, false, |lock, effects| {
+                    Outcome::Ready(lock.holder(key, effects))
+                })
+            }
             other => Outcome::Ready(misrouted(other, "lock")),
         }
     }
 
     fn execute_semaphore(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
         match command {
-            Command::SemaphoreAcquire {
+            Command::Data(DataCommand::Semaphore(SemaphoreCommand::Acquire {
                 key,
                 owner,
                 capacity,
                 permits,
                 lease_ms,
                 wait_ms,
-            } => self.on::<Semaphore>(key, now_ms, origin, true, |semaphore, effects| {
+            })) => self.on::<Semaphore>(key, now_ms, origin, true, |semaphore, effects| {
                 semaphore.acquire(key, owner, *capacity, *permits, *lease_ms, *wait_ms, effects)
             }),
-            Command::SemaphoreRelease { key, permit_id } => {
-                self.on::<Semaphore>(key, now_ms, origin, false, |semaphore, effects| {
+            Command::Data(DataCommand::Semaphore(SemaphoreCommand::Release { key, permit_id })) => self
+                .on::<Semaphore>(key, now_ms, origin, false, |semaphore, effects| {
                     Outcome::Ready(semaphore.release(key, *permit_id, effects))
-                })
-            }
-            Command::SemaphoreRenew {
+                }),
+            Command::Data(DataCommand::Semaphore(SemaphoreCommand::Renew {
                 key,
                 permit_id,
                 lease_ms,
-            } => self.on::<Semaphore>(key, now_ms, origin, false, |semaphore, effects| {
+            })) => self.on::<Semaphore>(key, now_ms, origin, false, |semaphore, effects| {
                 Outcome::Ready(semaphore.renew(key, *permit_id, *lease_ms, effects))
             }),
-            Command::SemaphoreAvailable { key, capacity } => {
-                self.on::<Semaphore>(key, now_ms, origin, false, |semaphore, effects| {
+            Command::Data(DataCommand::Semaphore(SemaphoreCommand::Available { key, capacity })) => self
+                .on::<Semaphore>(key, now_ms, origin, false, |semaphore, effects| {
                     Outcome::Ready(semaphore.available(key, *capacity, effects))
-                })
-            }
+                }),
             other => Outcome::Ready(misrouted(other, "semaphore")),
         }
     }
 
     fn execute_barrier(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
         match command {
-            Command::BarrierWait {
+            Command::Data(DataCommand::Barrier(BarrierCommand::Wait {
                 key,
                 parties,
                 timeout_ms,
-            } => self.on::<Barrier>(key, now_ms, origin, true, |barrier, effects| {
+            })) => self.on::<Barrier>(key, now_ms, origin, true, |barrier, effects| {
                 barrier.wait(key, *parties, *timeout_ms, effects)
             }),
             other => Outcome::Ready(misrouted(other, "barrier")),
@@ -205,31 +231,39 @@ impl Store {
 
     fn execute_latch(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
         match command {
-            Command::LatchTrySetCount { key, count } => self.on::<Latch>(key, now_ms, origin, true, |latch, _| {
-                Outcome::Ready(latch.try_set_count(*count))
-            }),
-            Command::LatchCountDown { key } => self.on::<Latch>(key, now_ms, origin, false, |latch, effects| {
-                Outcome::Ready(latch.count_down(effects))
-            }),
-            Command::LatchCount { key } => self.on::<Latch>(key, now_ms, origin, false, |latch, _| {
-                Outcome::Ready(Response::LatchCount { count: latch.count() })
-            }),
-            Command::LatchWait { key, timeout_ms } => self.on::<Latch>(key, now_ms, origin, false, |latch, effects| {
-                latch.wait(key, *timeout_ms, effects)
-            }),
+            Command::Data(DataCommand::Latch(LatchCommand::TrySetCount { key, count })) => {
+                self.on::<Latch>(key, now_ms, origin, true, |latch, _| {
+                    Outcome::Ready(latch.try_set_count(*count))
+                })
+            }
+            Command::Data(DataCommand::Latch(LatchCommand::CountDown { key })) => {
+                self.on::<Latch>(key, now_ms, origin, false, |latch, effects| {
+                    Outcome::Ready(latch.count_down(effects))
+                })
+            }
+            Command::Data(DataCommand::Latch(LatchCommand::Count { key })) => {
+                self.on::<Latch>(key, now_ms, origin, false, |latch, _| {
+                    Outcome::Ready(Response::LatchCount { count: latch.count() })
+                })
+            }
+            Command::Data(DataCommand::Latch(LatchCommand::Wait { key, timeout_ms })) => {
+                self.on::<Latch>(key, now_ms, origin, false, |latch, effects| {
+                    latch.wait(key, *timeout_ms, effects)
+                })
+            }
             other => Outcome::Ready(misrouted(other, "latch")),
         }
     }
 
     fn execute_future(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
         match command {
-            Command::FutureComplete { key, value } => {
+            Command::Data(DataCommand::Future(FutureCommand::Complete { key, value })) => {
                 self.on::<Future>(key, now_ms, origin, true, |future, effects| {
                     Outcome::Ready(future.complete(value, effects))
                 })
             }
             // Only a get that may wait needs the future to exist.
-            Command::FutureGet { key, timeout_ms } => {
+            Command::Data(DataCommand::Future(FutureCommand::Get { key, timeout_ms })) => {
                 self.on::<Future>(key, now_ms, origin, *timeout_ms > 0, |future, effects| {
                     future.get(key, *timeout_ms, effects)
                 })
@@ -240,41 +274,49 @@ impl Store {
 
     fn execute_map(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
         match command {
-            Command::MapGet { key, field } => {
+            Command::Data(DataCommand::Map(MapCommand::Get { key, field })) => {
                 self.on::<Map>(key, now_ms, origin, false, |map, _| Outcome::Ready(map.get(field)))
             }
-            Command::MapSet { key, field, value } => self.on::<Map>(key, now_ms, origin, true, |map, effects| {
-                Outcome::Ready(map.set(field, value, effects))
-            }),
-            Command::MapDel { key, field } => {
+            Command::Data(DataCommand::Map(MapCommand::Set { key, field, value })) => {
+                self.on::<Map>(key, now_ms, origin, true, |map, effects| {
+                    Outcome::Ready(map.set(field, value, effects))
+                })
+            }
+            Command::Data(DataCommand::Map(MapCommand::Del { key, field })) => {
                 self.on::<Map>(key, now_ms, origin, false, |map, _| Outcome::Ready(map.delete(field)))
             }
-            Command::MapGetAll { key } => {
+            Command::Data(DataCommand::Map(MapCommand::GetAll { key })) => {
                 self.on::<Map>(key, now_ms, origin, false, |map, _| Outcome::Ready(map.get_all()))
             }
-            Command::MapIncr { key, field, delta } => self.on::<Map>(key, now_ms, origin, true, |map, effects| {
-                Outcome::Ready(map.increment(field, *delta, effects))
-            }),
+            Command::Data(DataCommand::Map(MapCommand::Incr { key, field, delta })) => {
+                self.on::<Map>(key, now_ms, origin, true, |map, effects| {
+                    Outcome::Ready(map.increment(field, *delta, effects))
+                })
+            }
             other => Outcome::Ready(misrouted(other, "map")),
         }
     }
 
     fn execute_queue(&mut self, command: &Command, now_ms: u64, origin: Option<Origin>) -> Outcome {
         match command {
-            Command::QueuePush { key, value, end } => self.on::<Queue>(key, now_ms, origin, true, |queue, effects| {
-                Outcome::Ready(queue.push(value, *end, effects))
-            }),
+            Command::Data(DataCommand::Queue(QueueCommand::Push { key, value, end })) => {
+                self.on::<Queue>(key, now_ms, origin, true, |queue, effects| {
+                    Outcome::Ready(queue.push(value, *end, effects))
+                })
+            }
             // Only a pop that may wait needs the queue to exist.
-            Command::QueuePop { key, end, timeout_ms } => {
+            Command::Data(DataCommand::Queue(QueueCommand::Pop { key, end, timeout_ms })) => {
                 self.on::<Queue>(key, now_ms, origin, *timeout_ms > 0, |queue, effects| {
                     queue.pop(key, *end, *timeout_ms, effects)
                 })
             }
-            Command::QueueLen { key } => self.on::<Queue>(key, now_ms, origin, false, |queue, _| {
-                Outcome::Ready(Response::QueueLength {
-                    length: queue.len() as u64,
+            Command::Data(DataCommand::Queue(QueueCommand::Len { key })) => {
+                self.on::<Queue>(key, now_ms, origin, false, |queue, _| {
+                    Outcome::Ready(Response::QueueLength {
+                        length: queue.len() as u64,
+                    })
                 })
-            }),
+            }
             other => Outcome::Ready(misrouted(other, "queue")),
         }
     }
@@ -324,9 +366,9 @@ fn check_waits_and_leases(command: &Command) -> Result<(), Response> {
         return invalid(format!("wait of {wait_ms} ms exceeds wait_ms_max ({WAIT_MS_MAX})"));
     }
     match command {
-        Command::LockAcquire { owner, lease_ms, .. }
-        | Command::LockRenew { owner, lease_ms, .. }
-        | Command::SemaphoreAcquire { owner, lease_ms, .. } => {
+        Command::Data(DataCommand::Lock(LockCommand::Acquire { owner, lease_ms, .. }))
+        | Command::Data(DataCommand::Lock(LockCommand::Renew { owner, lease_ms, .. }))
+        | Command::Data(DataCommand::Semaphore(SemaphoreCommand::Acquire { owner, lease_ms, .. })) => {
             if owner.is_empty() || owner.len() > OWNER_BYTES_MAX {
                 return invalid(format!(
                     "owner id must be 1..={OWNER_BYTES_MAX} bytes (owner_bytes_max)"
@@ -338,7 +380,9 @@ fn check_waits_and_leases(command: &Command) -> Result<(), Response> {
                 ));
             }
         }
-        Command::SemaphoreRenew { lease_ms, .. } if *lease_ms == 0 || *lease_ms > LEASE_MS_MAX => {
+        Command::Data(DataCommand::Semaphore(SemaphoreCommand::Renew { lease_ms, .. }))
+            if *lease_ms == 0 || *lease_ms > LEASE_MS_MAX =>
+        {
             return invalid(format!(
                 "lease of {lease_ms} ms is outside 1..={LEASE_MS_MAX} (lease_ms_max)"
             ));
@@ -351,7 +395,7 @@ fn check_waits_and_leases(command: &Command) -> Result<(), Response> {
 /// Values, fields, TTLs and party counts within the protocol's limits.
 fn check_sizes(command: &Command) -> Result<(), Response> {
     match command {
-        Command::Set { value, ttl_ms, .. } => {
+        Command::Data(DataCommand::Bytes(BytesCommand::Set { value, ttl_ms, .. })) => {
             if value.len() > VALUE_BYTES_MAX {
                 return Err(value_too_large(value.len()));
             }
@@ -359,37 +403,41 @@ fn check_sizes(command: &Command) -> Result<(), Response> {
                 return invalid(format!("ttl of {ttl_ms} ms exceeds ttl_ms_max ({TTL_MS_MAX})"));
             }
         }
-        Command::SemaphoreAcquire { capacity, permits, .. }
+        Command::Data(DataCommand::Semaphore(SemaphoreCommand::Acquire { capacity, permits, .. }))
             if *capacity == 0 || *capacity > PARTIES_MAX || *permits == 0 || permits > capacity =>
         {
             return invalid(format!(
                 "semaphore needs 1 <= permits ({permits}) <= capacity ({capacity}) <= parties_max ({PARTIES_MAX})"
             ));
         }
-        Command::SemaphoreAvailable { capacity, .. } if *capacity == 0 || *capacity > PARTIES_MAX => {
+        Command::Data(DataCommand::Semaphore(SemaphoreCommand::Available { capacity, .. }))
+            if *capacity == 0 || *capacity > PARTIES_MAX =>
+        {
             return invalid(format!(
                 "semaphore capacity {capacity} is outside 1..={PARTIES_MAX} (parties_max)"
             ));
         }
-        Command::BarrierWait { parties, .. } if *parties == 0 || *parties > PARTIES_MAX => {
+        Command::Data(DataCommand::Barrier(BarrierCommand::Wait { parties, .. }))
+            if *parties == 0 || *parties > PARTIES_MAX =>
+        {
             return invalid(format!(
                 "barrier parties {parties} is outside 1..={PARTIES_MAX} (parties_max)"
             ));
         }
         // An append's suffix alone past the limit is refused here; one that would grow an
         // existing value past it is refused by `bytes_append`.
-        Command::Append { value, .. }
-        | Command::FutureComplete { value, .. }
-        | Command::QueuePush { value, .. }
-        | Command::MapSet { value, .. }
+        Command::Data(DataCommand::Bytes(BytesCommand::Append { value, .. }))
+        | Command::Data(DataCommand::Future(FutureCommand::Complete { value, .. }))
+        | Command::Data(DataCommand::Queue(QueueCommand::Push { value, .. }))
+        | Command::Data(DataCommand::Map(MapCommand::Set { value, .. }))
             if value.len() > VALUE_BYTES_MAX =>
         {
             return Err(value_too_large(value.len()));
         }
-        Command::MapGet { field, .. }
-        | Command::MapSet { field, .. }
-        | Command::MapDel { field, .. }
-        | Command::MapIncr { field, .. }
+        Command::Data(DataCommand::Map(MapCommand::Get { field, .. }))
+        | Command::Data(DataCommand::Map(MapCommand::Set { field, .. }))
+        | Command::Data(DataCommand::Map(MapCommand::Del { field, .. }))
+        | Command::Data(DataCommand::Map(MapCommand::Incr { field, .. }))
             if field.len() > KEY_BYTES_MAX =>
         {
             return Err(error(

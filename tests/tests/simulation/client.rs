@@ -9,6 +9,7 @@ use engram_proto::{Command, ErrorCode, Request, Response, SlotMap, LOST_SHARD_IN
 
 use crate::net::{endpoint_of, Action, Endpoint, Reply, Request as Message, Timer};
 use crate::rng::Rng;
+use engram_proto::CounterCommand;
 
 /// How long a client waits for one attempt before it refreshes its map and retries.
 const ATTEMPT_TIMEOUT_MS: u64 = 1_000;
@@ -157,10 +158,10 @@ impl Client {
                 op_id: op.op_id,
                 // One operation at a time: every earlier one has been answered.
                 completed_below_op_id: op.op_id,
-                command: Command::CounterAdd {
+                command: Command::from(CounterCommand::Add {
                     key: key.clone(),
                     delta: 1,
-                },
+                }),
             },
         };
         let call = self.call(to, request, actions);

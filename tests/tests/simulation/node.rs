@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 
 use engram_control::orchestrator::{Answer, NodeCall};
 use engram_proto::limits::incarnation_version_floor;
-use engram_proto::{Command, ErrorCode, Heartbeat, JoinRequest, MigrateIn, Response, ShardLoad, SlotMap};
+use engram_proto::{Command, ErrorCode, Heartbeat, JoinRequest, MigrateIn, PeerResponse, Response, ShardLoad, SlotMap};
 
 use crate::net::{endpoint_of, front_address, shard_address, Action, Endpoint, Reply, Request, Timer};
 use crate::shard::{error, Routing, Shard, Shipment, MIGRATION_PEER_TIMEOUT_MS};
 use crate::Bug;
+use engram_proto::{CounterCommand, DataCommand};
 
 /// As `engram_server::node`'s.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
@@ -386,7 +387,7 @@ impl Node {
         let fresh = now_ms <= self.checked_until_ms;
         let routing = self.routing.as_ref()?;
         let target = self.shards.get_mut(shard as usize)?;
-        let answer = |response: Response| Some(Reply::Node(answer_of(response)));
+        let answer = |response: PeerResponse| Some(Reply::Node(answer_of(response)));
         match request {
             Request::Data { client_id, request } if fresh => {
                 let request = with_namespace(request);
@@ -489,18 +490,19 @@ pub fn stored_key(key: &[u8]) -> Vec<u8> {
 }
 
 fn with_namespace(mut request: engram_proto::Request) -> engram_proto::Request {
-    if let Command::CounterAdd { key, .. } | Command::CounterGet { key } = &mut request.command {
+    if let Command::Data(DataCommand::Counter(CounterCommand::Add { key, .. }))
+    | Command::Data(DataCommand::Counter(CounterCommand::Get { key })) = &mut request.command
+    {
         *key = stored_key(key);
     }
     request
 }
 
 /// A shard's wire answer, as the control plane's driver turns it into the orchestrator's.
-pub fn answer_of(response: Response) -> Answer {
+pub fn answer_of(response: PeerResponse) -> Answer {
     match response {
-        Response::MigrationPrepared { entries, bytes } => Answer::Prepared { entries, bytes },
-        Response::Accepted => Answer::Accepted,
-        Response::Error(reply) => Answer::Refused { message: reply.message },
-        other => Answer::Unexpected { name: other.name() },
+        PeerResponse::MigrationPrepared { entries, bytes } => Answer::Prepared { entries, bytes },
+        PeerResponse::Accepted => Answer::Accepted,
+        PeerResponse::Error(reply) => Answer::Refused { message: reply.message },
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use engram_proto::limits::SLOT_COUNT;
 use engram_proto::migration::{decode_batch, encode_batch};
-use engram_proto::{ErrorCode, ErrorReply, MigrateIn, Request, Response, SlotMap, LOST_SHARD_INDEX};
+use engram_proto::{ErrorCode, ErrorReply, MigrateIn, PeerResponse, Request, Response, SlotMap, LOST_SHARD_INDEX};
 use engram_server::shard::Incoming;
 use engram_server::store::{slot_of_stored_key, Outcome, Store};
 
@@ -63,6 +63,15 @@ impl Routing {
             },
         }
     }
+}
+
+/// A refusal of a peer's request, as a shard sends it.
+pub fn peer_error(code: ErrorCode, message: impl Into<String>) -> PeerResponse {
+    PeerResponse::Error(ErrorReply {
+        code: code.as_u16(),
+        message: message.into(),
+        map_epoch: 0,
+    })
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -172,15 +181,18 @@ impl Shard {
         target_address: &str,
         routing: &Routing,
         now_ms: u64,
-    ) -> Result<Shipment, Response> {
+    ) -> Result<Shipment, PeerResponse> {
         if slots.is_empty() {
-            return Err(error(ErrorCode::InvalidArgument, "a migration moves at least one slot"));
+            return Err(peer_error(
+                ErrorCode::InvalidArgument,
+                "a migration moves at least one slot",
+            ));
         }
         if let Some(&slot) = slots
             .iter()
             .find(|&&slot| slot >= SLOT_COUNT || routing.owner(slot) != Owner::Local(self.id))
         {
-            return Err(error(
+            return Err(peer_error(
                 ErrorCode::WrongShard,
                 format!(
                     "slot {slot} is not served by this shard under map epoch {}",
@@ -189,7 +201,7 @@ impl Shard {
             ));
         }
         if let Some(outgoing) = &self.outgoing {
-            return Err(error(
+            return Err(peer_error(
                 ErrorCode::Busy,
                 format!("migration {} is still in progress on this shard", outgoing.migration_id),
             ));
@@ -210,7 +222,8 @@ impl Shard {
         };
         for batch in batches {
             shipment.entries += batch.entries.len() as u64;
-            let encoded = encode_batch(&batch).map_err(|error| self::error(ErrorCode::Internal, error.to_string()))?;
+            let encoded =
+                encode_batch(&batch).map_err(|error| self::peer_error(ErrorCode::Internal, error.to_string()))?;
             shipment.bytes += encoded.len() as u64;
             shipment.batches.push_back(encoded);
         }
@@ -223,7 +236,7 @@ impl Shard {
     }
 
     /// The end of a shipment: prepared only if no abort reached this shard meanwhile.
-    pub fn shipped(&mut self, shipment: &Shipment, failure: Option<String>) -> Response {
+    pub fn shipped(&mut self, shipment: &Shipment, failure: Option<String>) -> PeerResponse {
         let still_ours = self
             .outgoing
             .as_ref()
@@ -233,7 +246,7 @@ impl Shard {
             other => other,
         };
         match failure {
-            None => Response::MigrationPrepared {
+            None => PeerResponse::MigrationPrepared {
                 entries: shipment.entries,
                 bytes: shipment.bytes,
             },
@@ -241,7 +254,7 @@ impl Shard {
                 if still_ours {
                     self.outgoing = None;
                 }
-                error(
+                peer_error(
                     ErrorCode::TryAgain,
                     format!("migration {} failed: {reason}", shipment.migration_id),
                 )
@@ -250,41 +263,41 @@ impl Shard {
     }
 
     /// At the target: keeps one batch of an incoming migration, unserved until committed.
-    pub fn migrate_in(&mut self, order: &MigrateIn, routing: &Routing, now_ms: u64) -> Response {
+    pub fn migrate_in(&mut self, order: &MigrateIn, routing: &Routing, now_ms: u64) -> PeerResponse {
         let mine = Owner::Local(self.id);
         if let Some(&slot) = order
             .slots
             .iter()
             .find(|&&slot| slot >= SLOT_COUNT || routing.owner(slot) == mine)
         {
-            return error(
+            return peer_error(
                 ErrorCode::InvalidArgument,
                 format!("slot {slot} cannot migrate into a shard that already serves it"),
             );
         }
         let batch = match decode_batch(&order.batch) {
             Ok(batch) => batch,
-            Err(problem) => return error(ErrorCode::Malformed, format!("migration batch: {problem}")),
+            Err(problem) => return peer_error(ErrorCode::Malformed, format!("migration batch: {problem}")),
         };
         let slots = slot_set(&order.slots);
         let stray = batch.entries.iter().any(|entry| {
             slot_of_stored_key(&entry.key).is_none_or(|slot| !slots.get(slot as usize).copied().unwrap_or(false))
         });
         if stray {
-            return error(
+            return peer_error(
                 ErrorCode::InvalidArgument,
                 "migration batch holds a key outside its slots",
             );
         }
         if let Err(refusal) = self.admit_batch(order, routing, now_ms) {
-            return error(ErrorCode::InvalidArgument, refusal);
+            return peer_error(ErrorCode::InvalidArgument, refusal);
         }
         let exported_at_ms = now_ms.saturating_sub(order.age_ms);
         if let Err(problem) = self.store.import_batch(batch, exported_at_ms) {
-            return error(ErrorCode::InvalidArgument, problem.to_string());
+            return peer_error(ErrorCode::InvalidArgument, problem.to_string());
         }
         self.incoming.batch_applied(order.migration_id);
-        Response::Accepted
+        PeerResponse::Accepted
     }
 
     /// Batch 0 opens the migration and drops what earlier unfinished attempts left in
@@ -303,9 +316,9 @@ impl Shard {
 
     /// Forgets a migration that will not commit (0: every one the map did not commit),
     /// refused while this shard's map is older than the one the abort was decided under.
-    pub fn migrate_abort(&mut self, migration_id: u64, map_epoch: u64, routing: &Routing, now_ms: u64) -> Response {
+    pub fn migrate_abort(&mut self, migration_id: u64, map_epoch: u64, routing: &Routing, now_ms: u64) -> PeerResponse {
         if routing.epoch() < map_epoch {
-            return error(
+            return peer_error(
                 ErrorCode::TryAgain,
                 format!(
                     "abort decided under map epoch {map_epoch}, this shard routes with epoch {}",
@@ -329,7 +342,7 @@ impl Shard {
                 now_ms,
             );
         }
-        Response::Accepted
+        PeerResponse::Accepted
     }
 
     /// This shard starts routing with a new map: commits what it decides.

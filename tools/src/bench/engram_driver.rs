@@ -13,6 +13,7 @@ use crate::bench::keys::{write_key, COUNTER_KEY_PREFIX, KEY_PREFIX, LOCK_KEY_PRE
 use crate::bench::lane::LanePlan;
 use crate::bench::stats::LaneStats;
 use crate::bench::workload::{BarrierStop, Coordination, Operation, Workload, BARRIER_TIMEOUT, LOCK_LEASE, LOCK_WAIT};
+use engram_proto::{BarrierCommand, BytesCommand, CounterCommand, LockCommand};
 
 /// Opens one benchmark connection: a client of its own, so connections share nothing;
 /// each call polls `spin` for its answer before parking. `front_only` sends every
@@ -44,25 +45,25 @@ fn key_value_command(operation: Operation, index: u64, key: &mut Vec<u8>, value:
     match operation {
         Operation::Get => {
             write_key(key, KEY_PREFIX, index);
-            (Command::Get { key: key.clone() }, false)
+            (Command::from(BytesCommand::Get { key: key.clone() }), false)
         }
         Operation::Set => {
             write_key(key, KEY_PREFIX, index);
-            let command = Command::Set {
+            let command = Command::from(BytesCommand::Set {
                 key: key.clone(),
                 value: value.to_vec(),
                 ttl_ms: 0,
                 condition: SetCondition::Always,
-            };
+            });
             (command, true)
         }
         Operation::Incr => {
             write_key(key, COUNTER_KEY_PREFIX, index);
             (
-                Command::CounterAdd {
+                Command::from(CounterCommand::Add {
                     key: key.clone(),
                     delta: 1,
-                },
+                }),
                 true,
             )
         }
@@ -175,12 +176,12 @@ async fn run_lock_lane(client: Client, mut plan: LanePlan, owner: Vec<u8>) -> La
         let (intended, result) = match operation {
             Operation::LockAcquire => {
                 let intended = plan.send_time(now).await;
-                let command = Command::LockAcquire {
+                let command = Command::from(LockCommand::Acquire {
                     key: key.clone(),
                     owner: owner.clone(),
                     lease_ms: milliseconds(LOCK_LEASE),
                     wait_ms: milliseconds(LOCK_WAIT),
-                };
+                });
                 let result = client.call(Some(&key), command, true).await;
                 match &result {
                     Ok(Response::LockGranted { fence, .. }) => held = Some(*fence),
@@ -219,11 +220,11 @@ async fn run_lock_lane(client: Client, mut plan: LanePlan, owner: Vec<u8>) -> La
 }
 
 async fn release(client: &Client, key: &[u8], owner: &[u8], fence: u64) -> Result<Response, engram_client::Error> {
-    let command = Command::LockRelease {
+    let command = Command::from(LockCommand::Release {
         key: key.to_vec(),
         owner: owner.to_vec(),
         fence,
-    };
+    });
     client.call(Some(key), command, true).await
 }
 
@@ -249,11 +250,11 @@ async fn run_barrier_lane(
             stop.stop_after_next(passed);
         }
         let _ = plan.source.next_request();
-        let command = Command::BarrierWait {
+        let command = Command::from(BarrierCommand::Wait {
             key: key.clone(),
             parties,
             timeout_ms: milliseconds(BARRIER_TIMEOUT),
-        };
+        });
         let result = client.call(Some(&key), command, true).await;
         let measured = !done && plan.measures(now);
         match result {

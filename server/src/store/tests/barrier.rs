@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use engram_proto::{BarrierCommand, DataCommand};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
@@ -36,7 +37,7 @@ proptest! {
                 record(response, &mut passed, &mut failed);
                 answered += 1;
             }
-            let command = Command::BarrierWait { key: KEY.into(), parties, timeout_ms: *timeout_ms };
+            let command = Command::from(BarrierCommand::Wait { key: KEY.into(), parties, timeout_ms: *timeout_ms });
             if let Outcome::Ready(response) = store.apply(1, &request(index as u64 + 1, command), now) {
                 record(response, &mut passed, &mut failed);
                 answered += 1;
@@ -64,10 +65,12 @@ proptest! {
 #[test]
 fn barrier_timeout_breaks_the_generation_for_everyone() {
     let mut store = Store::new(u64::MAX / 2, 3);
-    let wait = |timeout_ms| Command::BarrierWait {
-        key: KEY.into(),
-        parties: 3,
-        timeout_ms,
+    let wait = |timeout_ms| {
+        Command::Data(DataCommand::Barrier(BarrierCommand::Wait {
+            key: KEY.into(),
+            parties: 3,
+            timeout_ms,
+        }))
     };
     let Outcome::Parked(first) = store.apply(1, &request(1, wait(10)), 0) else {
         panic!()

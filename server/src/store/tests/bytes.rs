@@ -2,6 +2,7 @@
 //! buffers.
 
 use super::*;
+use engram_proto::BytesCommand;
 
 #[test]
 fn set_get_del() {
@@ -10,22 +11,22 @@ fn set_get_del() {
         panic!("not written")
     };
     assert_eq!(
-        store.run(1, &request(0, Command::Get { key: "k".into() }), 0),
+        store.run(1, &request(0, Command::from(BytesCommand::Get { key: "k".into() })), 0),
         Response::Value {
             value: b"v".to_vec(),
             version
         }
     );
     assert_eq!(
-        store.run(1, &request(2, Command::Del { key: "k".into() }), 0),
+        store.run(1, &request(2, Command::from(BytesCommand::Del { key: "k".into() })), 0),
         Response::Deleted { existed: true }
     );
     assert_eq!(
-        store.run(1, &request(3, Command::Del { key: "k".into() }), 0),
+        store.run(1, &request(3, Command::from(BytesCommand::Del { key: "k".into() })), 0),
         Response::Deleted { existed: false }
     );
     assert_eq!(
-        store.run(1, &request(0, Command::Get { key: "k".into() }), 0),
+        store.run(1, &request(0, Command::from(BytesCommand::Get { key: "k".into() })), 0),
         Response::Missing
     );
     assert_eq!(store.stats().memory_used_bytes, store.operations.bytes());
@@ -73,10 +74,10 @@ fn append_creates_and_extends() {
             1,
             &request(
                 1,
-                Command::Append {
+                Command::from(BytesCommand::Append {
                     key: "k".into(),
                     value: b"ab".to_vec()
-                }
+                })
             ),
             0
         ),
@@ -86,10 +87,10 @@ fn append_creates_and_extends() {
         1,
         &request(
             2,
-            Command::Append {
+            Command::from(BytesCommand::Append {
                 key: "k".into(),
                 value: b"cd".to_vec(),
-            },
+            }),
         ),
         0,
     ) else {
@@ -97,7 +98,7 @@ fn append_creates_and_extends() {
     };
     assert_eq!(length, 4);
     assert_eq!(
-        store.run(1, &request(0, Command::Get { key: "k".into() }), 0),
+        store.run(1, &request(0, Command::from(BytesCommand::Get { key: "k".into() })), 0),
         Response::Value {
             value: b"abcd".to_vec(),
             version
@@ -113,7 +114,7 @@ fn a_read_answers_in_the_buffer_of_the_previous_read() {
     let mut store = Store::new(UNLIMITED, 1);
     store.run(1, &request(1, set("a", "first value", 0, SetCondition::Always)), 0);
     store.run(1, &request(2, set("b", "second", 0, SetCondition::Always)), 0);
-    let get = |key: &str| request(0, Command::Get { key: key.into() });
+    let get = |key: &str| request(0, Command::from(BytesCommand::Get { key: key.into() }));
 
     let mut marked = Vec::with_capacity(MARKED_CAPACITY);
     marked.extend_from_slice(b"a stale value, longer than the next one");

@@ -1,12 +1,17 @@
 //! Counters: no wrapping, and their type enforced.
 
 use super::*;
+use engram_proto::{BytesCommand, CounterCommand};
 
 #[test]
 fn counters_never_wrap_and_type_is_enforced() {
     let mut store = Store::new(UNLIMITED, 1);
     assert_eq!(
-        store.run(1, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        store.run(
+            1,
+            &request(0, Command::from(CounterCommand::Get { key: "c".into() })),
+            0
+        ),
         Response::Counter { value: 0 }
     );
     assert_eq!(
@@ -14,10 +19,10 @@ fn counters_never_wrap_and_type_is_enforced() {
             1,
             &request(
                 1,
-                Command::CounterSet {
+                Command::from(CounterCommand::Set {
                     key: "c".into(),
                     value: i64::MAX - 1
-                }
+                })
             ),
             0
         ),
@@ -27,20 +32,24 @@ fn counters_never_wrap_and_type_is_enforced() {
         1,
         &request(
             2,
-            Command::CounterAdd {
+            Command::from(CounterCommand::Add {
                 key: "c".into(),
                 delta: 2,
-            },
+            }),
         ),
         0,
     );
     assert_eq!(code(&overflow), Some(ErrorCode::Overflow));
     assert_eq!(
-        store.run(1, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        store.run(
+            1,
+            &request(0, Command::from(CounterCommand::Get { key: "c".into() })),
+            0
+        ),
         Response::Counter { value: i64::MAX - 1 }
     );
     assert_eq!(
-        code(&store.run(1, &request(0, Command::Get { key: "c".into() }), 0)),
+        code(&store.run(1, &request(0, Command::from(BytesCommand::Get { key: "c".into() })), 0)),
         Some(ErrorCode::WrongType)
     );
     assert_eq!(
@@ -52,10 +61,10 @@ fn counters_never_wrap_and_type_is_enforced() {
         1,
         &request(
             5,
-            Command::CounterAdd {
+            Command::from(CounterCommand::Add {
                 key: "b".into(),
                 delta: 1,
-            },
+            }),
         ),
         0,
     );
@@ -65,11 +74,11 @@ fn counters_never_wrap_and_type_is_enforced() {
             1,
             &request(
                 6,
-                Command::CounterCas {
+                Command::from(CounterCommand::Cas {
                     key: "n".into(),
                     expected: 1,
                     new: 5
-                }
+                })
             ),
             0
         ),
@@ -83,11 +92,11 @@ fn counters_never_wrap_and_type_is_enforced() {
             1,
             &request(
                 7,
-                Command::CounterCas {
+                Command::from(CounterCommand::Cas {
                     key: "n".into(),
                     expected: 0,
                     new: 5
-                }
+                })
             ),
             0
         ),

@@ -2,16 +2,17 @@
 //! acknowledged or idle, and kept as long as the longest wait.
 
 use super::*;
+use engram_proto::{CounterCommand, QueueCommand};
 
 #[test]
 fn retried_mutation_is_applied_once() {
     let mut store = Store::new(UNLIMITED, 1);
     let add = request(
         77,
-        Command::CounterAdd {
+        Command::from(CounterCommand::Add {
             key: "c".into(),
             delta: 5,
-        },
+        }),
     );
     assert_eq!(store.run(9, &add, 0), Response::Counter { value: 5 });
     assert_eq!(
@@ -20,7 +21,11 @@ fn retried_mutation_is_applied_once() {
         "retry must get the first answer"
     );
     assert_eq!(
-        store.run(0, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        store.run(
+            0,
+            &request(0, Command::from(CounterCommand::Get { key: "c".into() })),
+            0
+        ),
         Response::Counter { value: 5 }
     );
     // The same op id from another client is another operation.
@@ -35,10 +40,10 @@ fn acknowledged_records_are_dropped_and_stale_retries_refused() {
             3,
             &request(
                 op_id,
-                Command::CounterAdd {
+                Command::from(CounterCommand::Add {
                     key: "c".into(),
                     delta: 1,
-                },
+                }),
             ),
             0,
         );
@@ -47,10 +52,10 @@ fn acknowledged_records_are_dropped_and_stale_retries_refused() {
     let acknowledging = Request {
         op_id: 11,
         completed_below_op_id: 8,
-        command: Command::CounterAdd {
+        command: Command::from(CounterCommand::Add {
             key: "c".into(),
             delta: 1,
-        },
+        }),
     };
     store.run(3, &acknowledging, 0);
     assert_eq!(store.stats().operation_records, 4, "ops 8..=11 remain");
@@ -58,16 +63,20 @@ fn acknowledged_records_are_dropped_and_stale_retries_refused() {
         3,
         &request(
             2,
-            Command::CounterAdd {
+            Command::from(CounterCommand::Add {
                 key: "c".into(),
                 delta: 1,
-            },
+            }),
         ),
         0,
     );
     assert_eq!(code(&stale), Some(ErrorCode::InvalidArgument));
     assert_eq!(
-        store.run(3, &request(0, Command::CounterGet { key: "c".into() }), 0),
+        store.run(
+            3,
+            &request(0, Command::from(CounterCommand::Get { key: "c".into() })),
+            0
+        ),
         Response::Counter { value: 11 }
     );
 }
@@ -79,10 +88,10 @@ fn idle_sessions_are_forgotten_after_the_retry_horizon() {
         3,
         &request(
             1,
-            Command::CounterAdd {
+            Command::from(CounterCommand::Add {
                 key: "c".into(),
                 delta: 1,
-            },
+            }),
         ),
         0,
     );
@@ -107,20 +116,20 @@ fn the_record_of_a_long_wait_outlives_the_wait() {
     let mut store = Store::new(UNLIMITED, 1);
     let pop = request(
         1,
-        Command::QueuePop {
+        Command::from(QueueCommand::Pop {
             key: "q".into(),
             end: QueueEnd::Front,
             timeout_ms: WAIT_MS_MAX,
-        },
+        }),
     );
     let push = |value: &str| {
         request(
             0,
-            Command::QueuePush {
+            Command::from(QueueCommand::Push {
                 key: "q".into(),
                 value: value.into(),
                 end: QueueEnd::Back,
-            },
+            }),
         )
     };
     let Outcome::Parked(waiter) = store.apply(3, &pop, 0) else {
@@ -145,7 +154,11 @@ fn the_record_of_a_long_wait_outlives_the_wait() {
         "the retry gets the recorded first answer"
     );
     assert_eq!(
-        store.run(4, &request(0, Command::QueueLen { key: "q".into() }), last_retry),
+        store.run(
+            4,
+            &request(0, Command::from(QueueCommand::Len { key: "q".into() })),
+            last_retry
+        ),
         Response::QueueLength { length: 1 },
         "nothing was popped twice"
     );

@@ -3,13 +3,16 @@
 use proptest::prelude::*;
 
 use super::*;
+use engram_proto::{DataCommand, FutureCommand};
 
 #[test]
 fn future_is_write_once_and_wakes_every_waiter() {
     let mut store = Store::new(u64::MAX / 2, 3);
-    let get = |timeout_ms| Command::FutureGet {
-        key: KEY.into(),
-        timeout_ms,
+    let get = |timeout_ms| {
+        Command::Data(DataCommand::Future(FutureCommand::Get {
+            key: KEY.into(),
+            timeout_ms,
+        }))
     };
     assert_eq!(
         store.apply(1, &request(0, get(0)), 0),
@@ -21,9 +24,11 @@ fn future_is_write_once_and_wakes_every_waiter() {
     let Outcome::Parked(second) = store.apply(2, &request(0, get(100)), 0) else {
         panic!()
     };
-    let complete = |value: &str| Command::FutureComplete {
-        key: KEY.into(),
-        value: value.into(),
+    let complete = |value: &str| {
+        Command::Data(DataCommand::Future(FutureCommand::Complete {
+            key: KEY.into(),
+            value: value.into(),
+        }))
     };
     assert_eq!(
         store.apply(1, &request(1, complete("42")), 5),
@@ -62,7 +67,7 @@ proptest! {
             let op_id = index as u64 + 1;
             match kind {
                 0 => {
-                    let outcome = store.apply(1, &request(op_id, Command::FutureComplete { key: KEY.into(), value: vec![argument as u8] }), now);
+                    let outcome = store.apply(1, &request(op_id, Command::from(FutureCommand::Complete { key: KEY.into(), value: vec![argument as u8] })), now);
                     let Outcome::Ready(response) = outcome else { panic!("complete parked") };
                     if value.is_some() {
                         prop_assert_eq!(code(&response), Some(ErrorCode::AlreadyCompleted));
@@ -76,7 +81,7 @@ proptest! {
                         waiting.clear();
                     }
                 }
-                1 => match (value, store.apply(1, &request(0, Command::FutureGet { key: KEY.into(), timeout_ms: argument }), now)) {
+                1 => match (value, store.apply(1, &request(0, Command::from(FutureCommand::Get { key: KEY.into(), timeout_ms: argument })), now)) {
                     (Some(expected), Outcome::Ready(Response::Value { value: got, .. })) => prop_assert_eq!(got, vec![expected]),
                     (None, Outcome::Ready(Response::Missing)) => prop_assert_eq!(argument, 0),
                     (None, Outcome::Parked(waiter)) => waiting.push((waiter, now + argument)),

@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use engram_proto::LatchCommand;
 
 #[test]
 fn latch_opens_its_waiters_at_zero() {
@@ -12,10 +13,10 @@ fn latch_opens_its_waiters_at_zero() {
         run(
             &mut store,
             1,
-            Command::LatchTrySetCount {
+            Command::from(LatchCommand::TrySetCount {
                 key: KEY.into(),
                 count: 2
-            }
+            })
         ),
         Outcome::Ready(Response::LatchSet { set: true, count: 2 })
     );
@@ -23,30 +24,38 @@ fn latch_opens_its_waiters_at_zero() {
         run(
             &mut store,
             2,
-            Command::LatchTrySetCount {
+            Command::from(LatchCommand::TrySetCount {
                 key: KEY.into(),
                 count: 5
-            }
+            })
         ),
         Outcome::Ready(Response::LatchSet { set: false, count: 2 })
     );
     let Outcome::Parked(waiter) = run(
         &mut store,
         3,
-        Command::LatchWait {
+        Command::from(LatchCommand::Wait {
             key: KEY.into(),
             timeout_ms: 100,
-        },
+        }),
     ) else {
         panic!()
     };
     assert_eq!(
-        run(&mut store, 4, Command::LatchCountDown { key: KEY.into() }),
+        run(
+            &mut store,
+            4,
+            Command::from(LatchCommand::CountDown { key: KEY.into() })
+        ),
         Outcome::Ready(Response::LatchCount { count: 1 })
     );
     assert!(store.drain_completions().is_empty());
     assert_eq!(
-        run(&mut store, 5, Command::LatchCountDown { key: KEY.into() }),
+        run(
+            &mut store,
+            5,
+            Command::from(LatchCommand::CountDown { key: KEY.into() })
+        ),
         Outcome::Ready(Response::LatchCount { count: 0 })
     );
     assert_eq!(store.drain_completions(), vec![(waiter, Response::LatchOpen)]);
@@ -54,10 +63,10 @@ fn latch_opens_its_waiters_at_zero() {
         run(
             &mut store,
             0,
-            Command::LatchWait {
+            Command::from(LatchCommand::Wait {
                 key: KEY.into(),
                 timeout_ms: 100
-            }
+            })
         ),
         Outcome::Ready(Response::LatchOpen)
     );
@@ -87,7 +96,7 @@ proptest! {
             let op_id = index as u64 + 1;
             match kind {
                 0 => {
-                    let outcome = store.apply(1, &request(op_id, Command::LatchTrySetCount { key: KEY.into(), count: argument }), now);
+                    let outcome = store.apply(1, &request(op_id, Command::from(LatchCommand::TrySetCount { key: KEY.into(), count: argument })), now);
                     let set = count == 0;
                     if set {
                         count = argument;
@@ -95,7 +104,7 @@ proptest! {
                     prop_assert_eq!(outcome, Outcome::Ready(Response::LatchSet { set, count }));
                 }
                 1 => {
-                    let outcome = store.apply(1, &request(op_id, Command::LatchCountDown { key: KEY.into() }), now);
+                    let outcome = store.apply(1, &request(op_id, Command::from(LatchCommand::CountDown { key: KEY.into() })), now);
                     let opens = count == 1;
                     count = count.saturating_sub(1);
                     prop_assert_eq!(outcome, Outcome::Ready(Response::LatchCount { count }));
@@ -108,7 +117,7 @@ proptest! {
                         prop_assert!(delivered.is_empty());
                     }
                 }
-                2 => match store.apply(1, &request(op_id, Command::LatchWait { key: KEY.into(), timeout_ms: argument }), now) {
+                2 => match store.apply(1, &request(op_id, Command::from(LatchCommand::Wait { key: KEY.into(), timeout_ms: argument })), now) {
                     Outcome::Ready(response) => {
                         prop_assert_eq!(count, 0);
                         prop_assert_eq!(response, Response::LatchOpen);
@@ -123,7 +132,7 @@ proptest! {
                     expire_waits(&mut store, now, &mut waiting)?;
                 }
             }
-            let counted = store.apply(0, &request(0, Command::LatchCount { key: KEY.into() }), now);
+            let counted = store.apply(0, &request(0, Command::from(LatchCommand::Count { key: KEY.into() })), now);
             prop_assert_eq!(counted, Outcome::Ready(Response::LatchCount { count }));
         }
     }

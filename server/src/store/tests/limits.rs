@@ -2,24 +2,25 @@
 //! `WAIT_MS_MAX`, refused with the limit named.
 
 use super::*;
+use engram_proto::{BytesCommand, DataCommand, LatchCommand};
 
 #[test]
 fn oversize_key_and_value_are_refused() {
     let mut store = Store::new(UNLIMITED, 1);
     let key = vec![b'k'; STORED_KEY_BYTES_MAX + 1];
-    let response = store.run(1, &request(0, Command::Get { key }), 0);
+    let response = store.run(1, &request(0, Command::from(BytesCommand::Get { key })), 0);
     assert_eq!(code(&response), Some(ErrorCode::KeyTooLarge));
     let value = vec![b'v'; VALUE_BYTES_MAX + 1];
     let response = store.run(
         1,
         &request(
             0,
-            Command::Set {
+            Command::from(BytesCommand::Set {
                 key: "k".into(),
                 value,
                 ttl_ms: 0,
                 condition: SetCondition::Always,
-            },
+            }),
         ),
         0,
     );
@@ -29,10 +30,10 @@ fn oversize_key_and_value_are_refused() {
         1,
         &request(
             0,
-            Command::Append {
+            Command::from(BytesCommand::Append {
                 key: "k".into(),
                 value: vec![0; VALUE_BYTES_MAX],
-            },
+            }),
         ),
         0,
     );
@@ -55,11 +56,13 @@ fn assert_value_too_large(response: &Response, length: usize) {
 fn appends_past_value_bytes_max_are_refused() {
     let mut store = Store::new(UNLIMITED, 1);
     // Stored-form keys (empty namespace), so the slots can be exported below.
-    let append = |key: &[u8], length: usize| Command::Append {
-        key: key.to_vec(),
-        value: vec![b'x'; length],
+    let append = |key: &[u8], length: usize| {
+        Command::Data(DataCommand::Bytes(BytesCommand::Append {
+            key: key.to_vec(),
+            value: vec![b'x'; length],
+        }))
     };
-    let get = |key: &[u8]| Command::Get { key: key.to_vec() };
+    let get = |key: &[u8]| Command::Data(DataCommand::Bytes(BytesCommand::Get { key: key.to_vec() }));
 
     // A suffix over the limit to a missing key would create the value: refused as a SET.
     let response = store.run(1, &request(1, append(b"\0new", VALUE_BYTES_MAX + 1)), 0);
@@ -69,12 +72,12 @@ fn appends_past_value_bytes_max_are_refused() {
     assert!(matches!(response, Response::Written { .. }), "{response:?}");
 
     // Growing an existing value past the limit is refused and changes nothing.
-    let set = Command::Set {
+    let set = Command::from(BytesCommand::Set {
         key: b"\0k".to_vec(),
         value: vec![b'v'; VALUE_BYTES_MAX - 2],
         ttl_ms: 0,
         condition: SetCondition::Always,
-    };
+    });
     let Response::Written { version } = store.run(1, &request(3, set), 0) else {
         panic!("not written")
     };
@@ -121,10 +124,10 @@ fn waits_are_bounded_by_wait_ms_max() {
     let wait = |timeout_ms| {
         request(
             0,
-            Command::LatchWait {
+            Command::from(LatchCommand::Wait {
                 key: "latch".into(),
                 timeout_ms,
-            },
+            }),
         )
     };
     // A latch at zero answers at once, whatever the wait.

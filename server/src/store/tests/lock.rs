@@ -7,6 +7,7 @@ use engram_proto::LockHolder;
 use proptest::prelude::*;
 
 use super::*;
+use engram_proto::{DataCommand, LockCommand, SemaphoreCommand};
 
 #[derive(Debug, Clone)]
 enum LockStep {
@@ -137,7 +138,7 @@ proptest! {
             op_id += 1;
             match step {
                 LockStep::Acquire { owner, lease_ms, wait_ms } => {
-                    let command = Command::LockAcquire { key: KEY.into(), owner: owner_name(owner), lease_ms, wait_ms };
+                    let command = Command::from(LockCommand::Acquire { key: KEY.into(), owner: owner_name(owner), lease_ms, wait_ms });
                     let outcome = store.apply(7, &request(op_id, command), now);
                     match model.holder.clone() {
                         None => {
@@ -170,7 +171,7 @@ proptest! {
                         Some(fence) => fence - 1,
                         None => model.last_fence,
                     };
-                    let command = Command::LockRelease { key: KEY.into(), owner: owner_name(owner), fence };
+                    let command = Command::from(LockCommand::Release { key: KEY.into(), owner: owner_name(owner), fence });
                     let outcome = store.apply(7, &request(op_id, command), now);
                     if holds.is_some() && !stale {
                         prop_assert_eq!(outcome, Outcome::Ready(Response::Released));
@@ -184,7 +185,7 @@ proptest! {
                 LockStep::Renew { owner, lease_ms } => {
                     let holds = model.holder.as_ref().filter(|holder| holder.owner == owner).map(|holder| holder.fence);
                     let fence = holds.unwrap_or(model.last_fence);
-                    let command = Command::LockRenew { key: KEY.into(), owner: owner_name(owner), fence, lease_ms };
+                    let command = Command::from(LockCommand::Renew { key: KEY.into(), owner: owner_name(owner), fence, lease_ms });
                     let outcome = store.apply(7, &request(op_id, command), now);
                     if holds.is_some() {
                         prop_assert_eq!(outcome, Outcome::Ready(Response::LockGranted { fence, lease_ms }));
@@ -195,7 +196,7 @@ proptest! {
                     }
                 }
                 LockStep::Holder => {
-                    let outcome = store.apply(7, &request(0, Command::LockHolder { key: KEY.into() }), now);
+                    let outcome = store.apply(7, &request(0, Command::from(LockCommand::Holder { key: KEY.into() })), now);
                     let expected = model.holder.as_ref().map(|holder| LockHolder {
                         owner: owner_name(holder.owner),
                         fence: holder.fence,
@@ -227,11 +228,13 @@ proptest! {
 #[test]
 fn retried_parked_acquire_reattaches_and_a_lost_grant_is_replayed() {
     let mut store = Store::new(u64::MAX / 2, 3);
-    let acquire = |owner: &str| Command::LockAcquire {
-        key: KEY.into(),
-        owner: owner.into(),
-        lease_ms: 1_000,
-        wait_ms: 500,
+    let acquire = |owner: &str| {
+        Command::Data(DataCommand::Lock(LockCommand::Acquire {
+            key: KEY.into(),
+            owner: owner.into(),
+            lease_ms: 1_000,
+            wait_ms: 500,
+        }))
     };
     let Outcome::Ready(Response::LockGranted { fence, .. }) = store.apply(1, &request(1, acquire("a")), 0) else {
         panic!()
@@ -247,11 +250,11 @@ fn retried_parked_acquire_reattaches_and_a_lost_grant_is_replayed() {
         1,
         &request(
             3,
-            Command::LockRelease {
+            Command::from(LockCommand::Release {
                 key: KEY.into(),
                 owner: b"a".to_vec(),
                 fence,
-            },
+            }),
         ),
         2,
     );
@@ -265,11 +268,13 @@ fn retried_parked_acquire_reattaches_and_a_lost_grant_is_replayed() {
 #[test]
 fn an_undelivered_grant_passes_the_lock_on_and_a_cancelled_waiter_gets_nothing() {
     let mut store = Store::new(u64::MAX / 2, 3);
-    let acquire = |owner: &str| Command::LockAcquire {
-        key: KEY.into(),
-        owner: owner.into(),
-        lease_ms: 10_000,
-        wait_ms: 5_000,
+    let acquire = |owner: &str| {
+        Command::Data(DataCommand::Lock(LockCommand::Acquire {
+            key: KEY.into(),
+            owner: owner.into(),
+            lease_ms: 10_000,
+            wait_ms: 5_000,
+        }))
     };
     let Outcome::Ready(Response::LockGranted { fence, .. }) = store.apply(1, &request(1, acquire("a")), 0) else {
         panic!()
@@ -288,11 +293,11 @@ fn an_undelivered_grant_passes_the_lock_on_and_a_cancelled_waiter_gets_nothing()
         1,
         &request(
             2,
-            Command::LockRelease {
+            Command::from(LockCommand::Release {
                 key: KEY.into(),
                 owner: b"a".to_vec(),
                 fence,
-            },
+            }),
         ),
         2,
     );
@@ -306,7 +311,11 @@ fn an_undelivered_grant_passes_the_lock_on_and_a_cancelled_waiter_gets_nothing()
     let Response::LockGranted { fence: alive_fence, .. } = granted[0].1 else {
         panic!()
     };
-    let holder = store.apply(0, &request(0, Command::LockHolder { key: KEY.into() }), 3);
+    let holder = store.apply(
+        0,
+        &request(0, Command::from(LockCommand::Holder { key: KEY.into() })),
+        3,
+    );
     let Outcome::Ready(Response::LockHolder { holder: Some(holder) }) = holder else {
         panic!()
     };
@@ -317,11 +326,13 @@ fn an_undelivered_grant_passes_the_lock_on_and_a_cancelled_waiter_gets_nothing()
 #[test]
 fn renewing_after_the_lease_ran_out_does_not_revive_it() {
     let mut store = Store::new(u64::MAX / 2, 3);
-    let acquire = |owner: &str| Command::LockAcquire {
-        key: KEY.into(),
-        owner: owner.into(),
-        lease_ms: 10,
-        wait_ms: 1_000,
+    let acquire = |owner: &str| {
+        Command::Data(DataCommand::Lock(LockCommand::Acquire {
+            key: KEY.into(),
+            owner: owner.into(),
+            lease_ms: 10,
+            wait_ms: 1_000,
+        }))
     };
     let Outcome::Ready(Response::LockGranted { fence, .. }) = store.apply(1, &request(1, acquire("a")), 0) else {
         panic!()
@@ -330,12 +341,12 @@ fn renewing_after_the_lease_ran_out_does_not_revive_it() {
         panic!()
     };
     // The renew arrives after the deadline but before any timer fired.
-    let renew = Command::LockRenew {
+    let renew = Command::from(LockCommand::Renew {
         key: KEY.into(),
         owner: b"a".to_vec(),
         fence,
         lease_ms: 10,
-    };
+    });
     let Outcome::Ready(refused) = store.apply(1, &request(3, renew), 10) else {
         panic!()
     };
@@ -366,22 +377,28 @@ fn not_holder_says_what_did_not_match() {
         op_id += 1;
         store.apply(1, &request(op_id, command), now)
     };
-    let acquire = |owner: &str, wait_ms| Command::LockAcquire {
-        key: KEY.into(),
-        owner: owner.into(),
-        lease_ms: 10,
-        wait_ms,
+    let acquire = |owner: &str, wait_ms| {
+        Command::Data(DataCommand::Lock(LockCommand::Acquire {
+            key: KEY.into(),
+            owner: owner.into(),
+            lease_ms: 10,
+            wait_ms,
+        }))
     };
-    let release = |owner: &str, fence| Command::LockRelease {
-        key: KEY.into(),
-        owner: owner.into(),
-        fence,
+    let release = |owner: &str, fence| {
+        Command::Data(DataCommand::Lock(LockCommand::Release {
+            key: KEY.into(),
+            owner: owner.into(),
+            fence,
+        }))
     };
-    let renew = |owner: &str, fence| Command::LockRenew {
-        key: KEY.into(),
-        owner: owner.into(),
-        fence,
-        lease_ms: 10,
+    let renew = |owner: &str, fence| {
+        Command::Data(DataCommand::Lock(LockCommand::Renew {
+            key: KEY.into(),
+            owner: owner.into(),
+            fence,
+            lease_ms: 10,
+        }))
     };
     let Outcome::Ready(Response::LockGranted { fence, .. }) = apply(&mut store, acquire("a", 0), 0) else {
         panic!("a free lock is granted")
@@ -432,21 +449,23 @@ fn not_holder_says_what_did_not_match() {
     let pool = b"pool".to_vec();
     let Outcome::Ready(Response::SemaphoreGranted { permit_id, .. }) = apply(
         &mut store,
-        Command::SemaphoreAcquire {
+        Command::from(SemaphoreCommand::Acquire {
             key: pool.clone(),
             owner: b"a".to_vec(),
             capacity: 2,
             permits: 1,
             lease_ms: 10,
             wait_ms: 0,
-        },
+        }),
         100,
     ) else {
         panic!("a free permit is granted")
     };
-    let permit_release = || Command::SemaphoreRelease {
-        key: pool.clone(),
-        permit_id,
+    let permit_release = || {
+        Command::Data(DataCommand::Semaphore(SemaphoreCommand::Release {
+            key: pool.clone(),
+            permit_id,
+        }))
     };
     let lapsed = refusal(apply(&mut store, permit_release(), 110), ErrorCode::NotHolder);
     assert_eq!(lapsed, format!("permit {permit_id} is not held: its lease ended"));

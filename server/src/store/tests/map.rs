@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use engram_proto::MapCommand;
 
 #[test]
 fn map_fields_and_increments() {
@@ -17,11 +18,11 @@ fn map_fields_and_increments() {
         run(
             &mut store,
             1,
-            Command::MapSet {
+            Command::from(MapCommand::Set {
                 key: KEY.into(),
                 field: b"f".to_vec(),
                 value: b"v".to_vec()
-            }
+            })
         ),
         Response::Written { .. }
     ));
@@ -29,11 +30,11 @@ fn map_fields_and_increments() {
         run(
             &mut store,
             2,
-            Command::MapIncr {
+            Command::from(MapCommand::Incr {
                 key: KEY.into(),
                 field: b"n".to_vec(),
                 delta: 5
-            }
+            })
         ),
         Response::Counter { value: 5 }
     );
@@ -41,11 +42,11 @@ fn map_fields_and_increments() {
         run(
             &mut store,
             3,
-            Command::MapIncr {
+            Command::from(MapCommand::Incr {
                 key: KEY.into(),
                 field: b"n".to_vec(),
                 delta: -7
-            }
+            })
         ),
         Response::Counter { value: -2 }
     );
@@ -53,16 +54,16 @@ fn map_fields_and_increments() {
         code(&run(
             &mut store,
             4,
-            Command::MapIncr {
+            Command::from(MapCommand::Incr {
                 key: KEY.into(),
                 field: b"f".to_vec(),
                 delta: 1
-            }
+            })
         )),
         Some(ErrorCode::WrongType)
     );
     assert_eq!(
-        run(&mut store, 0, Command::MapGetAll { key: KEY.into() }),
+        run(&mut store, 0, Command::from(MapCommand::GetAll { key: KEY.into() })),
         Response::MapEntries(vec![
             engram_proto::MapEntry {
                 field: b"f".to_vec(),
@@ -78,10 +79,10 @@ fn map_fields_and_increments() {
         run(
             &mut store,
             5,
-            Command::MapDel {
+            Command::from(MapCommand::Del {
                 key: KEY.into(),
                 field: b"f".to_vec()
-            }
+            })
         ),
         Response::Deleted { existed: true }
     );
@@ -89,10 +90,10 @@ fn map_fields_and_increments() {
         run(
             &mut store,
             6,
-            Command::MapDel {
+            Command::from(MapCommand::Del {
                 key: KEY.into(),
                 field: b"n".to_vec()
-            }
+            })
         ),
         Response::Deleted { existed: true }
     );
@@ -130,17 +131,17 @@ proptest! {
             };
             match step {
                 MapStep::Set { field, value } => {
-                    let response = ready(store.apply(1, &request(op_id, Command::MapSet { key: KEY.into(), field: vec![field], value: vec![value] }), 0));
+                    let response = ready(store.apply(1, &request(op_id, Command::from(MapCommand::Set { key: KEY.into(), field: vec![field], value: vec![value] })), 0));
                     let written = matches!(response, Response::Written { .. });
                     prop_assert!(written, "{:?}", response);
                     model.insert(vec![field], vec![value]);
                 }
                 MapStep::Del { field } => {
-                    let response = ready(store.apply(1, &request(op_id, Command::MapDel { key: KEY.into(), field: vec![field] }), 0));
+                    let response = ready(store.apply(1, &request(op_id, Command::from(MapCommand::Del { key: KEY.into(), field: vec![field] })), 0));
                     prop_assert_eq!(response, Response::Deleted { existed: model.remove(&vec![field]).is_some() });
                 }
                 MapStep::Get { field } => {
-                    let response = ready(store.apply(1, &request(0, Command::MapGet { key: KEY.into(), field: vec![field] }), 0));
+                    let response = ready(store.apply(1, &request(0, Command::from(MapCommand::Get { key: KEY.into(), field: vec![field] })), 0));
                     match model.get(&vec![field]) {
                         Some(value) => {
                             let same = matches!(&response, Response::Value { value: got, .. } if got == value);
@@ -150,7 +151,7 @@ proptest! {
                     }
                 }
                 MapStep::Incr { field, delta } => {
-                    let response = ready(store.apply(1, &request(op_id, Command::MapIncr { key: KEY.into(), field: vec![field], delta }), 0));
+                    let response = ready(store.apply(1, &request(op_id, Command::from(MapCommand::Incr { key: KEY.into(), field: vec![field], delta })), 0));
                     let current = match model.get(&vec![field]) {
                         None => Some(0),
                         Some(text) => std::str::from_utf8(text).ok().and_then(|text| text.parse::<i64>().ok()),
@@ -164,7 +165,7 @@ proptest! {
                     }
                 }
                 MapStep::All => {
-                    let response = ready(store.apply(1, &request(0, Command::MapGetAll { key: KEY.into() }), 0));
+                    let response = ready(store.apply(1, &request(0, Command::from(MapCommand::GetAll { key: KEY.into() })), 0));
                     let expected: Vec<engram_proto::MapEntry> = model
                         .iter()
                         .map(|(field, value)| engram_proto::MapEntry { field: field.clone(), value: value.clone() })
@@ -175,7 +176,7 @@ proptest! {
         }
         // Memory accounting returns to nothing once the map is empty.
         for field in 0u8..4 {
-            store.apply(1, &request(0, Command::MapDel { key: KEY.into(), field: vec![field] }), 0);
+            store.apply(1, &request(0, Command::from(MapCommand::Del { key: KEY.into(), field: vec![field] })), 0);
         }
         prop_assert_eq!(store.stats().keys, 0);
         prop_assert_eq!(store.stats().memory_used_bytes, store.operations.bytes());

@@ -2,6 +2,7 @@
 //! always allowed.
 
 use super::*;
+use engram_proto::{BytesCommand, CounterCommand};
 
 /// A recorded write's operation record is added after the write; the limit check
 /// counts it in, so a write that grows the data never leaves the shard past its limit.
@@ -34,10 +35,10 @@ fn memory_limit_counts_the_record_of_a_recorded_write() {
     let add = |op_id: u64| {
         request(
             op_id,
-            Command::CounterAdd {
+            Command::from(CounterCommand::Add {
                 key: "c".into(),
                 delta: 1,
-            },
+            }),
         )
     };
     let mut probe = Store::new(UNLIMITED, 1);
@@ -79,7 +80,7 @@ fn memory_limit_refuses_growth_but_not_reads_deletes_or_shrinking() {
     assert_eq!(code(&refused), Some(ErrorCode::OutOfMemory));
     assert!(store.stats().memory_used_bytes <= limit);
     assert!(matches!(
-        store.run(1, &request(0, Command::Get { key: "k0".into() }), 0),
+        store.run(1, &request(0, Command::from(BytesCommand::Get { key: "k0".into() })), 0),
         Response::Value { .. }
     ));
     assert!(matches!(
@@ -87,7 +88,7 @@ fn memory_limit_refuses_growth_but_not_reads_deletes_or_shrinking() {
         Response::Written { .. }
     ));
     assert_eq!(
-        store.run(1, &request(0, Command::Del { key: "k1".into() }), 0),
+        store.run(1, &request(0, Command::from(BytesCommand::Del { key: "k1".into() })), 0),
         Response::Deleted { existed: true }
     );
     assert!(matches!(
@@ -107,10 +108,10 @@ fn appends_are_charged_for_their_real_growth_and_never_pass_the_limit() {
             1,
             &request(
                 0,
-                Command::Append {
+                Command::from(BytesCommand::Append {
                     key: "k".into(),
                     value: b"+".to_vec(),
-                },
+                }),
             ),
             0,
         ) {

@@ -9,6 +9,10 @@ use engram_proto::{encode_batch, QueueEnd, SlotBatch, SlotHasher};
 use proptest::prelude::*;
 
 use super::*;
+use engram_proto::{
+    BarrierCommand, BytesCommand, CounterCommand, DataCommand, FutureCommand, LatchCommand, LockCommand, MapCommand,
+    QueueCommand, SemaphoreCommand,
+};
 
 const NAMESPACE: &[u8] = b"ns";
 const SEMAPHORE_CAPACITY: u32 = 3;
@@ -76,48 +80,48 @@ fn command_strategy() -> impl Strategy<Value = Command> {
     let any_key = prop::sample::select(KEYS.iter().map(|key| stored(key)).collect::<Vec<_>>());
     let field = prop::sample::select(vec![b"f0".to_vec(), b"f1".to_vec()]);
     prop_oneof![
-        1 => (key_of('b'), small_value(), prop_oneof![Just(0u64), 1u64..60]).prop_map(|(key, value, ttl_ms)| Command::Set {
+        1 => (key_of('b'), small_value(), prop_oneof![Just(0u64), 1u64..60]).prop_map(|(key, value, ttl_ms)| Command::Data(DataCommand::Bytes(BytesCommand::Set {
             key,
             value,
             ttl_ms,
             condition: SetCondition::Always
-        }),
-        1 => (key_of('b'), small_value()).prop_map(|(key, value)| Command::Append { key, value }),
-        1 => any_key.prop_map(|key| Command::Del { key }),
-        1 => (key_of('c'), -5i64..5).prop_map(|(key, delta)| Command::CounterAdd { key, delta }),
-        3 => (key_of('l'), owner(), 1u64..40, 0u64..30).prop_map(|(key, owner, lease_ms, wait_ms)| Command::LockAcquire {
+        }))),
+        1 => (key_of('b'), small_value()).prop_map(|(key, value)| Command::Data(DataCommand::Bytes(BytesCommand::Append { key, value }))),
+        1 => any_key.prop_map(|key| Command::Data(DataCommand::Bytes(BytesCommand::Del { key }))),
+        1 => (key_of('c'), -5i64..5).prop_map(|(key, delta)| Command::Data(DataCommand::Counter(CounterCommand::Add { key, delta }))),
+        3 => (key_of('l'), owner(), 1u64..40, 0u64..30).prop_map(|(key, owner, lease_ms, wait_ms)| Command::Data(DataCommand::Lock(LockCommand::Acquire {
             key,
             owner,
             lease_ms,
             wait_ms
-        }),
-        1 => (key_of('l'), owner(), 0u64..12).prop_map(|(key, owner, fence)| Command::LockRelease { key, owner, fence }),
+        }))),
+        1 => (key_of('l'), owner(), 0u64..12).prop_map(|(key, owner, fence)| Command::Data(DataCommand::Lock(LockCommand::Release { key, owner, fence }))),
         3 => (key_of('s'), owner(), 1u32..=SEMAPHORE_CAPACITY, 1u64..40, 0u64..30).prop_map(
-            |(key, owner, permits, lease_ms, wait_ms)| Command::SemaphoreAcquire {
+            |(key, owner, permits, lease_ms, wait_ms)| Command::Data(DataCommand::Semaphore(SemaphoreCommand::Acquire {
                 key,
                 owner,
                 capacity: SEMAPHORE_CAPACITY,
                 permits,
                 lease_ms,
                 wait_ms
-            }
+            }))
         ),
-        1 => (key_of('s'), 0u64..12).prop_map(|(key, permit_id)| Command::SemaphoreRelease { key, permit_id }),
-        2 => (key_of('r'), 0u64..30).prop_map(|(key, timeout_ms)| Command::BarrierWait {
+        1 => (key_of('s'), 0u64..12).prop_map(|(key, permit_id)| Command::Data(DataCommand::Semaphore(SemaphoreCommand::Release { key, permit_id }))),
+        2 => (key_of('r'), 0u64..30).prop_map(|(key, timeout_ms)| Command::Data(DataCommand::Barrier(BarrierCommand::Wait {
             key,
             parties: 3,
             timeout_ms
-        }),
-        1 => (key_of('t'), 0u64..4).prop_map(|(key, count)| Command::LatchTrySetCount { key, count }),
-        1 => key_of('t').prop_map(|key| Command::LatchCountDown { key }),
-        1 => (key_of('t'), 1u64..30).prop_map(|(key, timeout_ms)| Command::LatchWait { key, timeout_ms }),
-        1 => (key_of('f'), small_value()).prop_map(|(key, value)| Command::FutureComplete { key, value }),
-        1 => (key_of('f'), 0u64..30).prop_map(|(key, timeout_ms)| Command::FutureGet { key, timeout_ms }),
-        1 => (key_of('m'), field.clone(), small_value()).prop_map(|(key, field, value)| Command::MapSet { key, field, value }),
-        1 => (key_of('m'), field.clone()).prop_map(|(key, field)| Command::MapDel { key, field }),
-        1 => (key_of('m'), field, -3i64..3).prop_map(|(key, field, delta)| Command::MapIncr { key, field, delta }),
-        2 => (key_of('q'), small_value(), end()).prop_map(|(key, value, end)| Command::QueuePush { key, value, end }),
-        2 => (key_of('q'), end(), 0u64..30).prop_map(|(key, end, timeout_ms)| Command::QueuePop { key, end, timeout_ms }),
+        }))),
+        1 => (key_of('t'), 0u64..4).prop_map(|(key, count)| Command::Data(DataCommand::Latch(LatchCommand::TrySetCount { key, count }))),
+        1 => key_of('t').prop_map(|key| Command::Data(DataCommand::Latch(LatchCommand::CountDown { key }))),
+        1 => (key_of('t'), 1u64..30).prop_map(|(key, timeout_ms)| Command::Data(DataCommand::Latch(LatchCommand::Wait { key, timeout_ms }))),
+        1 => (key_of('f'), small_value()).prop_map(|(key, value)| Command::Data(DataCommand::Future(FutureCommand::Complete { key, value }))),
+        1 => (key_of('f'), 0u64..30).prop_map(|(key, timeout_ms)| Command::Data(DataCommand::Future(FutureCommand::Get { key, timeout_ms }))),
+        1 => (key_of('m'), field.clone(), small_value()).prop_map(|(key, field, value)| Command::Data(DataCommand::Map(MapCommand::Set { key, field, value }))),
+        1 => (key_of('m'), field.clone()).prop_map(|(key, field)| Command::Data(DataCommand::Map(MapCommand::Del { key, field }))),
+        1 => (key_of('m'), field, -3i64..3).prop_map(|(key, field, delta)| Command::Data(DataCommand::Map(MapCommand::Incr { key, field, delta }))),
+        2 => (key_of('q'), small_value(), end()).prop_map(|(key, value, end)| Command::Data(DataCommand::Queue(QueueCommand::Push { key, value, end }))),
+        2 => (key_of('q'), end(), 0u64..30).prop_map(|(key, end, timeout_ms)| Command::Data(DataCommand::Queue(QueueCommand::Pop { key, end, timeout_ms }))),
     ]
 }
 
@@ -213,20 +217,20 @@ fn reads() -> Vec<Command> {
     for client_key in KEYS {
         let key = stored(client_key);
         reads.extend([
-            Command::Get { key: key.clone() },
-            Command::CounterGet { key: key.clone() },
-            Command::LockHolder { key: key.clone() },
-            Command::SemaphoreAvailable {
+            Command::from(BytesCommand::Get { key: key.clone() }),
+            Command::from(CounterCommand::Get { key: key.clone() }),
+            Command::from(LockCommand::Holder { key: key.clone() }),
+            Command::from(SemaphoreCommand::Available {
                 key: key.clone(),
                 capacity: SEMAPHORE_CAPACITY,
-            },
-            Command::LatchCount { key: key.clone() },
-            Command::FutureGet {
+            }),
+            Command::from(LatchCommand::Count { key: key.clone() }),
+            Command::from(FutureCommand::Get {
                 key: key.clone(),
                 timeout_ms: 0,
-            },
-            Command::MapGetAll { key: key.clone() },
-            Command::QueueLen { key },
+            }),
+            Command::from(MapCommand::GetAll { key: key.clone() }),
+            Command::from(QueueCommand::Len { key }),
         ]);
     }
     reads
@@ -335,7 +339,7 @@ proptest! {
 
         // Barrier generations moved: a one-party wait reports the current generation.
         for client_key in KEYS.iter().filter(|key| key.starts_with('r') && in_slot(slot(key))) {
-            let wait = Command::BarrierWait { key: stored(client_key), parties: 1, timeout_ms: 0 };
+            let wait = Command::from(BarrierCommand::Wait { key: stored(client_key), parties: 1, timeout_ms: 0 });
             prop_assert_eq!(
                 target.apply(9, &request(0, wait.clone()), at),
                 reference.apply(9, &request(0, wait), at)
@@ -352,12 +356,12 @@ fn moves(key: &str) -> impl Fn(u32) -> bool {
 }
 
 fn lock_acquire(key: &str, owner: &str, wait_ms: u64) -> Command {
-    Command::LockAcquire {
+    Command::from(LockCommand::Acquire {
         key: stored(key),
         owner: owner.into(),
         lease_ms: 1_000,
         wait_ms,
-    }
+    })
 }
 
 #[test]
@@ -382,11 +386,11 @@ fn bounced_lock_waiter_is_granted_nothing_and_retries_afresh() {
     assert_eq!(store.waiting.key_of(elsewhere), Some(stored("other").as_slice()));
 
     // The release grants nobody: the bounced waiter left the queue.
-    let release = Command::LockRelease {
+    let release = Command::from(LockCommand::Release {
         key: stored("lock"),
         owner: b"a".to_vec(),
         fence,
-    };
+    });
     assert_eq!(ready(store.apply(1, &request(5, release), 20)), Response::Released);
     assert!(store.take_completions().is_empty());
     // Its record was forgotten: the same op id applies afresh (here, on an unfrozen store).
@@ -402,11 +406,11 @@ fn bounced_barrier_arrivals_no_longer_count() {
     let wait = |op_id| {
         request(
             op_id,
-            Command::BarrierWait {
+            Command::from(BarrierCommand::Wait {
                 key: stored("barrier"),
                 parties: 3,
                 timeout_ms: 1_000,
-            },
+            }),
         )
     };
     parked(store.apply(1, &wait(1), 0));
@@ -446,11 +450,11 @@ fn bounced_pop_takes_no_item() {
     let mut store = Store::new(UNLIMITED, 1);
     let pop = request(
         1,
-        Command::QueuePop {
+        Command::from(QueueCommand::Pop {
             key: stored("queue"),
             end: QueueEnd::Front,
             timeout_ms: 1_000,
-        },
+        }),
     );
     parked(store.apply(1, &pop, 0));
     let bytes_while_waiting = store.memory_used_bytes();
@@ -464,11 +468,11 @@ fn bounced_pop_takes_no_item() {
     );
     assert_eq!(store.stats().keys, 0, "the idle queue went");
 
-    let push = Command::QueuePush {
+    let push = Command::from(QueueCommand::Push {
         key: stored("queue"),
         value: b"item".to_vec(),
         end: QueueEnd::Back,
-    };
+    });
     assert_eq!(
         ready(store.apply(2, &request(1, push), 2)),
         Response::QueueLength { length: 1 }
@@ -490,12 +494,12 @@ fn batch_of(store: &Store, key: &str, now_ms: u64) -> SlotBatch {
 }
 
 fn set_command(key: &str, value: &[u8]) -> Command {
-    Command::Set {
+    Command::from(BytesCommand::Set {
         key: stored(key),
         value: value.to_vec(),
         ttl_ms: 0,
         condition: SetCondition::Always,
-    }
+    })
 }
 
 #[test]
@@ -557,14 +561,14 @@ fn malformed_batches_are_refused() {
     assert!(matches!(target.import_encoded(&[], 0), Err(ImportError::Malformed(_))));
 
     let mut source = Store::new(UNLIMITED, 1);
-    let acquire = Command::SemaphoreAcquire {
+    let acquire = Command::from(SemaphoreCommand::Acquire {
         key: stored("sem"),
         owner: b"a".to_vec(),
         capacity: 2,
         permits: 2,
         lease_ms: 1_000,
         wait_ms: 0,
-    };
+    });
     ready(source.apply(1, &request(1, acquire), 0));
     let batch = batch_of(&source, "sem", 0);
     let mut encoded = encode_batch(&batch).unwrap();

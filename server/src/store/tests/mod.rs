@@ -8,6 +8,7 @@ use engram_proto::{Command, ErrorCode, Request, Response, SetCondition};
 use proptest::prelude::*;
 
 use super::*;
+use engram_proto::BytesCommand;
 
 mod barrier;
 mod bytes;
@@ -63,12 +64,12 @@ fn code(response: &Response) -> Option<ErrorCode> {
 }
 
 fn set(key: &str, value: &str, ttl_ms: u64, condition: SetCondition) -> Command {
-    Command::Set {
+    Command::from(BytesCommand::Set {
         key: key.into(),
         value: value.into(),
         ttl_ms,
         condition,
-    }
+    })
 }
 
 fn owner_name(owner: u8) -> Vec<u8> {

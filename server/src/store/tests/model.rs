@@ -7,6 +7,7 @@ use engram_proto::{MigratedEntry, MigratedObject, SlotBatch};
 use proptest::prelude::*;
 
 use super::*;
+use engram_proto::{BytesCommand, CounterCommand, DataCommand};
 
 #[derive(Debug, Clone, PartialEq)]
 enum ModelObject {
@@ -63,26 +64,26 @@ fn step_strategy() -> impl Strategy<Value = Step> {
     prop_oneof![
         (1u64..50).prop_map(Step::Advance),
         Just(Step::Expire),
-        key.clone().prop_map(|key| Step::Run(Command::Get { key })),
+        key.clone()
+            .prop_map(|key| Step::Run(Command::from(BytesCommand::Get { key }))),
         (key.clone(), value.clone(), prop_oneof![Just(0u64), 1u64..60], condition).prop_map(
-            |(key, value, ttl_ms, condition)| Step::Run(Command::Set {
+            |(key, value, ttl_ms, condition)| Step::Run(Command::from(BytesCommand::Set {
                 key,
                 value,
                 ttl_ms,
                 condition
-            })
+            }))
         ),
-        key.clone().prop_map(|key| Step::Run(Command::Del { key })),
-        (key.clone(), value).prop_map(|(key, value)| Step::Run(Command::Append { key, value })),
-        key.clone().prop_map(|key| Step::Run(Command::CounterGet { key })),
+        key.clone()
+            .prop_map(|key| Step::Run(Command::from(BytesCommand::Del { key }))),
+        (key.clone(), value).prop_map(|(key, value)| Step::Run(Command::from(BytesCommand::Append { key, value }))),
+        key.clone()
+            .prop_map(|key| Step::Run(Command::from(CounterCommand::Get { key }))),
         (key.clone(), prop_oneof![-3i64..3, Just(i64::MAX), Just(i64::MIN)])
-            .prop_map(|(key, delta)| Step::Run(Command::CounterAdd { key, delta })),
-        (key.clone(), -3i64..3).prop_map(|(key, value)| Step::Run(Command::CounterSet { key, value })),
-        (key.clone(), -2i64..2, -2i64..2).prop_map(|(key, expected, new)| Step::Run(Command::CounterCas {
-            key,
-            expected,
-            new
-        })),
+            .prop_map(|(key, delta)| Step::Run(Command::from(CounterCommand::Add { key, delta }))),
+        (key.clone(), -3i64..3).prop_map(|(key, value)| Step::Run(Command::from(CounterCommand::Set { key, value }))),
+        (key.clone(), -2i64..2, -2i64..2)
+            .prop_map(|(key, expected, new)| Step::Run(Command::from(CounterCommand::Cas { key, expected, new }))),
         (
             key,
             prop_oneof![
@@ -103,7 +104,7 @@ fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &
         _ => 0,
     };
     match command {
-        Command::Get { key } => match model.live(key, now) {
+        Command::Data(DataCommand::Bytes(BytesCommand::Get { key })) => match model.live(key, now) {
             None => Response::Missing,
             Some((ModelObject::Bytes(value), version, _)) => Response::Value {
                 value: value.clone(),
@@ -111,12 +112,12 @@ fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &
             },
             Some(_) => store_response.clone(),
         },
-        Command::Set {
+        Command::Data(DataCommand::Bytes(BytesCommand::Set {
             key,
             value,
             ttl_ms,
             condition,
-        } => {
+        })) => {
             let current = model
                 .live(key, now)
                 .map(|(object, version, _)| (object.clone(), *version));
@@ -140,10 +141,10 @@ fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &
                 .insert(key.clone(), (ModelObject::Bytes(value.clone()), new_version, deadline));
             Response::Written { version: new_version }
         }
-        Command::Del { key } => Response::Deleted {
+        Command::Data(DataCommand::Bytes(BytesCommand::Del { key })) => Response::Deleted {
             existed: model.live(key, now).is_some() && model.entries.remove(key).is_some(),
         },
-        Command::Append { key, value } => match model.live(key, now) {
+        Command::Data(DataCommand::Bytes(BytesCommand::Append { key, value })) => match model.live(key, now) {
             None => {
                 model
                     .entries
@@ -160,12 +161,12 @@ fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &
             }
             Some(_) => store_response.clone(),
         },
-        Command::CounterGet { key } => match model.live(key, now) {
+        Command::Data(DataCommand::Counter(CounterCommand::Get { key })) => match model.live(key, now) {
             None => Response::Counter { value: 0 },
             Some((ModelObject::Counter(value), _, _)) => Response::Counter { value: *value },
             Some(_) => store_response.clone(),
         },
-        Command::CounterAdd { key, delta } => {
+        Command::Data(DataCommand::Counter(CounterCommand::Add { key, delta })) => {
             let current = match model.live(key, now) {
                 None => 0,
                 Some((ModelObject::Counter(value), _, _)) => *value,
@@ -182,7 +183,7 @@ fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &
                 }
             }
         }
-        Command::CounterSet { key, value } => {
+        Command::Data(DataCommand::Counter(CounterCommand::Set { key, value })) => {
             if let Some((ModelObject::Bytes(_), _, _)) = model.live(key, now) {
                 return store_response.clone();
             }
@@ -192,7 +193,7 @@ fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &
                 .insert(key.clone(), (ModelObject::Counter(*value), 0, deadline));
             Response::Counter { value: *value }
         }
-        Command::CounterCas { key, expected, new } => {
+        Command::Data(DataCommand::Counter(CounterCommand::Cas { key, expected, new })) => {
             let current = match model.live(key, now) {
                 None => 0,
                 Some((ModelObject::Counter(value), _, _)) => *value,
@@ -278,7 +279,7 @@ proptest! {
         // Accounting is exact: deleting everything returns to records-only memory.
         store.expire_due(u64::MAX / 4, usize::MAX);
         for key in [b"a", b"b", b"c"] {
-            store.run(1, &request(0, Command::Del { key: key.to_vec() }), u64::MAX / 4);
+            store.run(1, &request(0, Command::from(BytesCommand::Del { key: key.to_vec() })), u64::MAX / 4);
         }
         prop_assert_eq!(store.stats().keys, 0);
         prop_assert_eq!(store.stats().memory_used_bytes, store.operations.bytes());

@@ -2,6 +2,7 @@
 //! or leases.
 
 use super::*;
+use engram_proto::{BytesCommand, CounterCommand, DataCommand, LockCommand, MapCommand};
 
 #[test]
 fn wrong_type_between_objects() {
@@ -10,10 +11,10 @@ fn wrong_type_between_objects() {
         1,
         &request(
             1,
-            Command::CounterAdd {
+            Command::from(CounterCommand::Add {
                 key: KEY.into(),
                 delta: 1,
-            },
+            }),
         ),
         0,
     );
@@ -21,12 +22,12 @@ fn wrong_type_between_objects() {
         1,
         &request(
             2,
-            Command::LockAcquire {
+            Command::from(LockCommand::Acquire {
                 key: KEY.into(),
                 owner: b"a".to_vec(),
                 lease_ms: 10,
                 wait_ms: 0,
-            },
+            }),
         ),
         0,
     );
@@ -35,12 +36,12 @@ fn wrong_type_between_objects() {
         1,
         &request(
             3,
-            Command::Set {
+            Command::from(BytesCommand::Set {
                 key: KEY.into(),
                 value: b"x".to_vec(),
                 ttl_ms: 0,
                 condition: engram_proto::SetCondition::Always,
-            },
+            }),
         ),
         0,
     );
@@ -55,14 +56,15 @@ fn wrong_type_names_the_client_key_not_the_stored_one() {
         1,
         &request(
             1,
-            Command::CounterAdd {
+            Command::from(CounterCommand::Add {
                 key: stored_key.clone(),
                 delta: 1,
-            },
+            }),
         ),
         0,
     );
-    let Outcome::Ready(Response::Error(reply)) = store.apply(1, &request(0, Command::MapGetAll { key: stored_key }), 0)
+    let Outcome::Ready(Response::Error(reply)) =
+        store.apply(1, &request(0, Command::from(MapCommand::GetAll { key: stored_key })), 0)
     else {
         panic!()
     };
@@ -76,12 +78,12 @@ fn deleting_an_object_answers_its_waiters() {
         1,
         &request(
             1,
-            Command::LockAcquire {
+            Command::from(LockCommand::Acquire {
                 key: KEY.into(),
                 owner: b"a".to_vec(),
                 lease_ms: 1_000,
                 wait_ms: 0,
-            },
+            }),
         ),
         0,
     );
@@ -89,18 +91,18 @@ fn deleting_an_object_answers_its_waiters() {
         1,
         &request(
             2,
-            Command::LockAcquire {
+            Command::from(LockCommand::Acquire {
                 key: KEY.into(),
                 owner: b"b".to_vec(),
                 lease_ms: 1_000,
                 wait_ms: 500,
-            },
+            }),
         ),
         0,
     ) else {
         panic!()
     };
-    store.apply(1, &request(3, Command::Del { key: KEY.into() }), 1);
+    store.apply(1, &request(3, Command::from(BytesCommand::Del { key: KEY.into() })), 1);
     let completions = store.drain_completions();
     assert_eq!(completions.len(), 1);
     assert_eq!(completions[0].0, waiter);
@@ -111,28 +113,28 @@ fn deleting_an_object_answers_its_waiters() {
         1,
         &request(
             4,
-            Command::LockAcquire {
+            Command::from(LockCommand::Acquire {
                 key: KEY.into(),
                 owner: b"c".to_vec(),
                 lease_ms: 10,
                 wait_ms: 0,
-            },
+            }),
         ),
         2,
     ) else {
         panic!()
     };
-    store.apply(1, &request(5, Command::Del { key: KEY.into() }), 3);
+    store.apply(1, &request(5, Command::from(BytesCommand::Del { key: KEY.into() })), 3);
     let Outcome::Ready(Response::LockGranted { fence: second, .. }) = store.apply(
         1,
         &request(
             6,
-            Command::LockAcquire {
+            Command::from(LockCommand::Acquire {
                 key: KEY.into(),
                 owner: b"c".to_vec(),
                 lease_ms: 10,
                 wait_ms: 0,
-            },
+            }),
         ),
         4,
     ) else {
@@ -144,17 +146,19 @@ fn deleting_an_object_answers_its_waiters() {
 #[test]
 fn deleting_objects_with_waiters_and_leases_leaves_no_memory_or_timers_behind() {
     let mut store = Store::new(u64::MAX / 2, 3);
-    let acquire = |owner: &str, wait_ms| Command::LockAcquire {
-        key: KEY.into(),
-        owner: owner.into(),
-        lease_ms: 3_600_000,
-        wait_ms,
+    let acquire = |owner: &str, wait_ms| {
+        Command::Data(DataCommand::Lock(LockCommand::Acquire {
+            key: KEY.into(),
+            owner: owner.into(),
+            lease_ms: 3_600_000,
+            wait_ms,
+        }))
     };
     store.apply(1, &request(1, acquire("holder", 0)), 0);
     let Outcome::Parked(_) = store.apply(1, &request(2, acquire("a-rather-long-waiting-owner-name", 5_000)), 0) else {
         panic!()
     };
-    store.apply(1, &request(3, Command::Del { key: KEY.into() }), 1);
+    store.apply(1, &request(3, Command::from(BytesCommand::Del { key: KEY.into() })), 1);
     store.take_completions();
     assert_eq!(store.stats().keys, 0);
     assert_eq!(

@@ -7,19 +7,24 @@ use engram_proto::QueueEnd;
 use proptest::prelude::*;
 
 use super::*;
+use engram_proto::{DataCommand, QueueCommand};
 
 #[test]
 fn queue_hands_a_push_to_the_longest_waiting_pop() {
     let mut store = Store::new(u64::MAX / 2, 3);
-    let pop = |timeout_ms| Command::QueuePop {
-        key: KEY.into(),
-        end: QueueEnd::Front,
-        timeout_ms,
+    let pop = |timeout_ms| {
+        Command::Data(DataCommand::Queue(QueueCommand::Pop {
+            key: KEY.into(),
+            end: QueueEnd::Front,
+            timeout_ms,
+        }))
     };
-    let push = |value: &str, end| Command::QueuePush {
-        key: KEY.into(),
-        value: value.into(),
-        end,
+    let push = |value: &str, end| {
+        Command::Data(DataCommand::Queue(QueueCommand::Push {
+            key: KEY.into(),
+            value: value.into(),
+            end,
+        }))
     };
     assert_eq!(
         store.apply(1, &request(1, pop(0)), 0),
@@ -44,18 +49,22 @@ fn queue_hands_a_push_to_the_longest_waiting_pop() {
     store.apply(1, &request(6, push("b", QueueEnd::Back)), 101);
     store.apply(1, &request(7, push("z", QueueEnd::Front)), 101);
     assert_eq!(
-        store.apply(1, &request(0, Command::QueueLen { key: KEY.into() }), 101),
+        store.apply(
+            1,
+            &request(0, Command::from(QueueCommand::Len { key: KEY.into() })),
+            101
+        ),
         Outcome::Ready(Response::QueueLength { length: 3 })
     );
     let take = |store: &mut Store, op_id, end| match store.apply(
         1,
         &request(
             op_id,
-            Command::QueuePop {
+            Command::from(QueueCommand::Pop {
                 key: KEY.into(),
                 end,
                 timeout_ms: 0,
-            },
+            }),
         ),
         101,
     ) {
@@ -72,17 +81,20 @@ fn queue_hands_a_push_to_the_longest_waiting_pop() {
 #[test]
 fn a_cancelled_pop_takes_nothing_and_an_undelivered_one_gives_its_value_back() {
     let mut store = Store::new(u64::MAX / 2, 3);
-    let pop = Command::QueuePop {
+    let pop = Command::from(QueueCommand::Pop {
         key: KEY.into(),
         end: QueueEnd::Front,
         timeout_ms: 1_000,
+    });
+    let push = |value: &str| {
+        Command::Data(DataCommand::Queue(QueueCommand::Push {
+            key: KEY.into(),
+            value: value.into(),
+            end: QueueEnd::Back,
+        }))
     };
-    let push = |value: &str| Command::QueuePush {
-        key: KEY.into(),
-        value: value.into(),
-        end: QueueEnd::Back,
-    };
-    let length = |store: &mut Store| store.apply(1, &request(0, Command::QueueLen { key: KEY.into() }), 0);
+    let length =
+        |store: &mut Store| store.apply(1, &request(0, Command::from(QueueCommand::Len { key: KEY.into() })), 0);
 
     // Cancelled (its connection closed) before anything arrived: the push stays queued.
     let Outcome::Parked(waiter) = store.apply(1, &request(1, pop.clone()), 0) else {
@@ -101,11 +113,11 @@ fn a_cancelled_pop_takes_nothing_and_an_undelivered_one_gives_its_value_back() {
         1,
         &request(
             3,
-            Command::QueuePop {
+            Command::from(QueueCommand::Pop {
                 key: KEY.into(),
                 end: QueueEnd::Front,
                 timeout_ms: 0,
-            },
+            }),
         ),
         3,
     );
@@ -126,16 +138,16 @@ fn a_cancelled_pop_takes_nothing_and_an_undelivered_one_gives_its_value_back() {
 
 #[test]
 fn an_undelivered_pop_gives_its_value_back_even_on_a_full_shard() {
-    let pop = Command::QueuePop {
+    let pop = Command::from(QueueCommand::Pop {
         key: KEY.into(),
         end: QueueEnd::Front,
         timeout_ms: 1_000,
-    };
-    let push = Command::QueuePush {
+    });
+    let push = Command::from(QueueCommand::Push {
         key: KEY.into(),
         value: vec![7; 100],
         end: QueueEnd::Back,
-    };
+    });
     // A limit the pop and the push fit under exactly, with nothing to spare for
     // re-creating the key once the popped value comes back.
     let mut probe = Store::new(u64::MAX / 2, 3);
@@ -153,7 +165,7 @@ fn an_undelivered_pop_gives_its_value_back_even_on_a_full_shard() {
     );
     let mut completions = store.take_completions();
     store.undeliverable(completions.remove(0), 1);
-    let length = store.apply(1, &request(0, Command::QueueLen { key: KEY.into() }), 1);
+    let length = store.apply(1, &request(0, Command::from(QueueCommand::Len { key: KEY.into() })), 1);
     assert_eq!(
         length,
         Outcome::Ready(Response::QueueLength { length: 1 }),
@@ -200,7 +212,7 @@ proptest! {
             let op_id = index as u64 + 1;
             match step {
                 QueueStep::Push { value, front } => {
-                    let command = Command::QueuePush { key: KEY.into(), value: vec![value], end: end(front) };
+                    let command = Command::from(QueueCommand::Push { key: KEY.into(), value: vec![value], end: end(front) });
                     let outcome = store.apply(1, &request(op_id, command), now);
                     if let Some((waiter, _)) = (!waiting.is_empty()).then(|| waiting.remove(0)) {
                         prop_assert_eq!(outcome, Outcome::Ready(Response::QueueLength { length: items.len() as u64 }));
@@ -215,7 +227,7 @@ proptest! {
                     }
                 }
                 QueueStep::Pop { front, timeout_ms } => {
-                    let command = Command::QueuePop { key: KEY.into(), end: end(front), timeout_ms };
+                    let command = Command::from(QueueCommand::Pop { key: KEY.into(), end: end(front), timeout_ms });
                     let outcome = store.apply(1, &request(op_id, command), now);
                     let expected = if front { items.pop_front() } else { items.pop_back() };
                     match (expected, outcome) {
@@ -231,7 +243,7 @@ proptest! {
                     }
                 }
                 QueueStep::Len => {
-                    let outcome = store.apply(1, &request(0, Command::QueueLen { key: KEY.into() }), now);
+                    let outcome = store.apply(1, &request(0, Command::from(QueueCommand::Len { key: KEY.into() })), now);
                     prop_assert_eq!(outcome, Outcome::Ready(Response::QueueLength { length: items.len() as u64 }));
                 }
                 QueueStep::Advance(ms) => {

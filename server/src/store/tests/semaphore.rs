@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use proptest::prelude::*;
 
 use super::*;
+use engram_proto::SemaphoreCommand;
 
 #[derive(Debug, Clone)]
 enum SemaphoreStep {
@@ -108,7 +109,7 @@ proptest! {
             prop_assert!(expected_timeouts.is_empty(), "timeouts not delivered: {:?}", expected_timeouts);
             let in_use: u32 = held.values().map(|(permits, _)| permits).sum();
             prop_assert!(in_use <= SEMAPHORE_CAPACITY, "{in_use} permits issued of {SEMAPHORE_CAPACITY}");
-            let available = store.apply(0, &request(0, Command::SemaphoreAvailable { key: KEY.into(), capacity: SEMAPHORE_CAPACITY }), now);
+            let available = store.apply(0, &request(0, Command::from(SemaphoreCommand::Available { key: KEY.into(), capacity: SEMAPHORE_CAPACITY })), now);
             prop_assert_eq!(available, Outcome::Ready(Response::SemaphoreAvailable {
                 available: SEMAPHORE_CAPACITY - in_use,
                 capacity: SEMAPHORE_CAPACITY,
@@ -120,9 +121,9 @@ proptest! {
             op_id += 1;
             match step {
                 SemaphoreStep::Acquire { owner, permits, lease_ms, wait_ms } => {
-                    let command = Command::SemaphoreAcquire {
+                    let command = Command::from(SemaphoreCommand::Acquire {
                         key: KEY.into(), owner: owner_name(owner), capacity: SEMAPHORE_CAPACITY, permits, lease_ms, wait_ms,
-                    };
+                    });
                     let outcome = store.apply(7, &request(op_id, command), now);
                     let in_use: u32 = held.values().map(|(permits, _)| permits).sum();
                     if waiters.is_empty() && permits <= SEMAPHORE_CAPACITY - in_use {
@@ -144,7 +145,7 @@ proptest! {
                 }
                 SemaphoreStep::Release { nth } => {
                     let permit_id = held.keys().nth(nth).copied().unwrap_or(last_permit_id + 1_000);
-                    let outcome = store.apply(7, &request(op_id, Command::SemaphoreRelease { key: KEY.into(), permit_id }), now);
+                    let outcome = store.apply(7, &request(op_id, Command::from(SemaphoreCommand::Release { key: KEY.into(), permit_id })), now);
                     if held.remove(&permit_id).is_some() {
                         prop_assert_eq!(outcome, Outcome::Ready(Response::Released));
                     } else {

@@ -1,6 +1,7 @@
 //! Time to live: lazy and active expiry, and writes that clear a deadline.
 
 use super::*;
+use engram_proto::BytesCommand;
 
 #[test]
 fn ttl_expires_lazily_and_actively() {
@@ -8,11 +9,19 @@ fn ttl_expires_lazily_and_actively() {
     store.run(1, &request(1, set("a", "1", 100, SetCondition::Always)), 1_000);
     store.run(1, &request(2, set("b", "2", 200, SetCondition::Always)), 1_000);
     assert!(matches!(
-        store.run(1, &request(0, Command::Get { key: "a".into() }), 1_099),
+        store.run(
+            1,
+            &request(0, Command::from(BytesCommand::Get { key: "a".into() })),
+            1_099
+        ),
         Response::Value { .. }
     ));
     assert_eq!(
-        store.run(1, &request(0, Command::Get { key: "a".into() }), 1_100),
+        store.run(
+            1,
+            &request(0, Command::from(BytesCommand::Get { key: "a".into() })),
+            1_100
+        ),
         Response::Missing
     );
     assert_eq!(store.stats().keys, 1);
@@ -28,7 +37,11 @@ fn set_without_ttl_clears_the_deadline() {
     store.run(1, &request(1, set("a", "1", 100, SetCondition::Always)), 0);
     store.run(1, &request(2, set("a", "2", 0, SetCondition::Always)), 50);
     assert!(matches!(
-        store.run(1, &request(0, Command::Get { key: "a".into() }), 500),
+        store.run(
+            1,
+            &request(0, Command::from(BytesCommand::Get { key: "a".into() })),
+            500
+        ),
         Response::Value { .. }
     ));
     assert_eq!(store.expire_due(1_000, 10), 0);

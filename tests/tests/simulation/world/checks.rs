@@ -11,6 +11,7 @@ use engram_proto::{Command, Response};
 use super::*;
 use crate::client::Learned;
 use crate::node::stored_key;
+use engram_proto::CounterCommand;
 
 /// What the clients learned about one key.
 #[derive(Default)]
@@ -158,7 +159,7 @@ impl World {
         let request = engram_proto::Request {
             op_id: 0,
             completed_below_op_id: 0,
-            command: Command::CounterGet { key: stored_key(key) },
+            command: Command::from(CounterCommand::Get { key: stored_key(key) }),
         };
         match process.read(shard, &request, now) {
             Response::Counter { value } => value,

@@ -1,0 +1,142 @@
+//! The data family: what a client asks of the objects it shares. One enum per kind of
+//! object, each owning, in one place, which key it addresses, whether it mutates (and
+//! so is deduplicated by operation id), how long it may wait at the shard, and its name
+//! in logs and metrics.
+//!
+//! Compatibility rule, as for every payload: variants and fields are only ever
+//! appended, because rkyv encodes variants by position.
+//!
+//! - [`bytes`], [`counter`], [`lock`], [`semaphore`], [`barrier`], [`latch`],
+//!   [`future`], [`map`], [`queue`]: one object each.
+
+pub mod barrier;
+pub mod bytes;
+pub mod counter;
+pub mod future;
+pub mod latch;
+pub mod lock;
+pub mod map;
+pub mod queue;
+pub mod semaphore;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+pub use barrier::{ArchivedBarrierCommand, BarrierCommand};
+pub use bytes::{ArchivedBytesCommand, ArchivedSetCondition, BytesCommand, SetCondition};
+pub use counter::{ArchivedCounterCommand, CounterCommand};
+pub use future::{ArchivedFutureCommand, FutureCommand};
+pub use latch::{ArchivedLatchCommand, LatchCommand};
+pub use lock::{ArchivedLockCommand, LockCommand};
+pub use map::{ArchivedMapCommand, MapCommand};
+pub use queue::{ArchivedQueueCommand, ArchivedQueueEnd, QueueCommand, QueueEnd};
+pub use semaphore::{ArchivedSemaphoreCommand, SemaphoreCommand};
+
+/// Gives an object's command enum its key accessors. Every variant carries a `key`
+/// field, so the list of variants here is the only one to keep in step.
+macro_rules! keyed_variants {
+    ($command:ident { $($variant:ident),+ $(,)? }) => {
+        impl $command {
+            /// The key the command addresses, which selects its slot.
+            pub fn key(&self) -> &[u8] {
+                match self {
+                    $($command::$variant { key, .. } => key,)+
+                }
+            }
+
+            pub fn key_mut(&mut self) -> &mut Vec<u8> {
+                match self {
+                    $($command::$variant { key, .. } => key,)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use keyed_variants;
+
+/// One operation on one object.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum DataCommand {
+    Bytes(BytesCommand),
+    Counter(CounterCommand),
+    Lock(LockCommand),
+    Semaphore(SemaphoreCommand),
+    Barrier(BarrierCommand),
+    Latch(LatchCommand),
+    Future(FutureCommand),
+    Map(MapCommand),
+    Queue(QueueCommand),
+}
+
+/// Applies `$action` to the object command inside a [`DataCommand`] (one list, so a new
+/// object cannot be left out of an accessor).
+macro_rules! on_object {
+    ($data:expr, $object:ident => $action:expr) => {
+        match $data {
+            DataCommand::Bytes($object) => $action,
+            DataCommand::Counter($object) => $action,
+            DataCommand::Lock($object) => $action,
+            DataCommand::Semaphore($object) => $action,
+            DataCommand::Barrier($object) => $action,
+            DataCommand::Latch($object) => $action,
+            DataCommand::Future($object) => $action,
+            DataCommand::Map($object) => $action,
+            DataCommand::Queue($object) => $action,
+        }
+    };
+}
+
+impl DataCommand {
+    pub fn key(&self) -> &[u8] {
+        on_object!(self, object => object.key())
+    }
+
+    pub fn key_mut(&mut self) -> &mut Vec<u8> {
+        on_object!(self, object => object.key_mut())
+    }
+
+    /// Whether the command changes state (and so is deduplicated by operation id).
+    pub fn is_mutation(&self) -> bool {
+        on_object!(self, object => object.is_mutation())
+    }
+
+    /// How long the command may be parked at the shard before it is answered; a client
+    /// adds this to its call timeout.
+    pub fn wait_ms(&self) -> u64 {
+        on_object!(self, object => object.wait_ms())
+    }
+
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        on_object!(self, object => object.name())
+    }
+}
+
+macro_rules! into_data_command {
+    ($($command:ident => $variant:ident),+ $(,)?) => {
+        $(
+            impl From<$command> for DataCommand {
+                fn from(command: $command) -> DataCommand {
+                    DataCommand::$variant(command)
+                }
+            }
+
+            impl From<$command> for crate::message::Command {
+                fn from(command: $command) -> crate::message::Command {
+                    crate::message::Command::Data(DataCommand::$variant(command))
+                }
+            }
+        )+
+    };
+}
+
+into_data_command!(
+    BytesCommand => Bytes,
+    CounterCommand => Counter,
+    LockCommand => Lock,
+    SemaphoreCommand => Semaphore,
+    BarrierCommand => Barrier,
+    LatchCommand => Latch,
+    FutureCommand => Future,
+    MapCommand => Map,
+    QueueCommand => Queue,
+);

@@ -1,0 +1,85 @@
+//! The peer family: what the control plane tells a node's shards (serve this map, move
+//! these slots, forget that migration) and what one shard ships to another (migration
+//! batches; replication next). Same compatibility rule as [`crate::message`]: fields and
+//! variants are only ever appended.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::message::{ErrorReply, SlotMap};
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum PeerRequest {
+    /// Serve under this map from now on; ignored unless newer than the node's.
+    InstallMap(SlotMap),
+    MigrateOut(MigrateOut),
+    MigrateIn(MigrateIn),
+    /// Forget the migration (0: any migration not committed by the node's map). Refused
+    /// by a shard whose map is older than `map_epoch`: the abort was decided under that
+    /// map, and a shard behind it may not know the migration committed.
+    MigrateAbort {
+        migration_id: u64,
+        map_epoch: u64,
+    },
+}
+
+impl PeerRequest {
+    /// Short name for logs and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerRequest::InstallMap(_) => "install_map",
+            PeerRequest::MigrateOut(_) => "migrate_out",
+            PeerRequest::MigrateIn(_) => "migrate_in",
+            PeerRequest::MigrateAbort { .. } => "migrate_abort",
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum PeerResponse {
+    /// Done, with nothing to report.
+    Accepted,
+    /// The source copied the slots to the target and holds them frozen.
+    MigrationPrepared {
+        entries: u64,
+        bytes: u64,
+    },
+    Error(ErrorReply),
+}
+
+impl PeerResponse {
+    /// Short name for logs and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerResponse::Accepted => "accepted",
+            PeerResponse::MigrationPrepared { .. } => "migration_prepared",
+            PeerResponse::Error(_) => "error",
+        }
+    }
+}
+
+/// Control plane to the source shard: hand `slots` over to `target_address`. The source
+/// freezes them, redirects their parked requests, copies their state to the target and
+/// answers [`PeerResponse::MigrationPrepared`]; it keeps them frozen until a map that
+/// gives them away (commit) or a [`PeerRequest::MigrateAbort`] arrives.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MigrateOut {
+    pub migration_id: u64,
+    pub slots: Vec<u32>,
+    /// The target shard's own port.
+    pub target_address: String,
+}
+
+/// Source shard to target shard: one batch of a migration's state (an encoded
+/// `SlotBatch`), kept but not served until a map gives the target those slots.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MigrateIn {
+    pub migration_id: u64,
+    pub slots: Vec<u32>,
+    pub batch: Vec<u8>,
+    /// 0, 1, 2, … in sending order: the target refuses a gap, and batch 0 starts the
+    /// migration afresh (dropping leftovers of an earlier attempt at those slots).
+    pub batch_index: u32,
+    /// How long ago the batch was exported: the remaining lease and TTL times in it were
+    /// taken then, so the target counts them from that moment, not from its import.
+    pub age_ms: u64,
+}
