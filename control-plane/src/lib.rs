@@ -6,6 +6,7 @@
 //! - [`service`]: the `engram-control` process: control protocol server, and the driver of the orchestrator over real links.
 //! - [`link`]: framed request/answer over tokio TCP (server side and links to nodes).
 //! - [`metrics`]: the control plane's Prometheus families.
+//! - [`state`]: the state file between runs: locked, written atomically, and what a failed write means.
 //! - [`planner`]: the rebalancing planner, pure functions from shards, load and owners to slot moves.
 //! - [`orchestrator`]: the migration orchestrator (plans, two-phase steps, the start-up reconcile), sans-I/O.
 //!
@@ -18,3 +19,4 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod planner;
 pub mod service;
+pub mod state;

@@ -121,11 +121,12 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(controller.clone().housekeeping());
     tracing::info!(%address, data = %arguments.data.display(), epoch = controller.epoch(), ?metrics_address, "engram-control serving");
     println!("engram-control ready listen={address} epoch={}", controller.epoch());
-    let serving = tokio::spawn(service::serve(controller, listener));
+    let serving = tokio::spawn(service::serve(controller.clone(), listener));
     tokio::select! {
         _ = serving => {}
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate() => {}
+        halted = controller.halted() => return Err(halted.into()),
     }
     tracing::info!("engram-control stopped");
     Ok(())

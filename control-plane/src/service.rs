@@ -9,7 +9,7 @@
 //! nodes still hold) or the new one (and installs it, which commits).
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ pub use crate::orchestrator::{
     MIGRATE_OUT_TIMEOUT_MS, MIGRATION_IDS_RESERVED_PER_WRITE, MIGRATION_SLOTS_PER_STEP, NODE_CALL_TIMEOUT_MS,
 };
 use crate::planner::{plan_load, LoadPolicy};
+use crate::state::{SaveError, StateError, StateFile};
 
 /// How often the control plane looks for departed members and hot shards.
 pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
@@ -62,9 +63,11 @@ const CONTROL_STALL_MS_MAX: u64 = 3 * HOUSEKEEPING_INTERVAL_MS;
 /// and the state-file write, never across a network call.
 pub struct Controller {
     started: Instant,
-    /// Held (locked) for the life of the process.
-    _data_lock: std::fs::File,
+    state_file: StateFile,
     settings: Settings,
+    /// Set when a save may or may not have taken effect: from then on nothing changes,
+    /// and the process is told to stop (see [`Controller::halted`]).
+    halt: tokio::sync::watch::Sender<Option<String>>,
     inner: Mutex<Inner>,
     /// Answers and timers for the orchestrator, sent by the tasks that wait for them.
     /// Unbounded but small: a step has at most one call and one timer outstanding.
@@ -85,13 +88,10 @@ struct Inner {
     last_liveness_check_ms: u64,
 }
 
-const STATE_FILE: &str = "state.bin";
-const LOCK_FILE: &str = "lock";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("cannot use data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    StateFile(#[from] StateError),
     #[error("state file {path}: {source}")]
     State {
         path: PathBuf,
@@ -99,45 +99,29 @@ pub enum ControlError {
     },
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
-    #[error("another engram-control is using {path} (its lock file is held)")]
-    DataDirInUse { path: PathBuf },
+    #[error("stopped: {reason}")]
+    Halted { reason: String },
 }
 
 impl Controller {
     /// Loads the persisted state (or starts empty) and returns the controller and the
     /// receiver of its orchestrator's events (for [`Controller::orchestrate`]).
     pub fn open(settings: Settings) -> Result<(Arc<Controller>, Events), ControlError> {
-        std::fs::create_dir_all(&settings.data_dir).map_err(|source| ControlError::DataDir {
-            path: settings.data_dir.clone(),
-            source,
-        })?;
-        // Two control planes on one state file would each commit migrations the other
-        // does not know of; the lock makes the second one refuse to start.
-        let lock_path = settings.data_dir.join(LOCK_FILE);
-        let data_lock = std::fs::File::create(&lock_path).map_err(|source| ControlError::DataDir {
-            path: lock_path.clone(),
-            source,
-        })?;
-        if data_lock.try_lock().is_err() {
-            return Err(ControlError::DataDirInUse {
-                path: settings.data_dir.clone(),
-            });
-        }
-        let path = settings.data_dir.join(STATE_FILE);
-        let mut membership = match std::fs::read(&path) {
-            Ok(bytes) => Membership::decode(&bytes).map_err(|source| ControlError::State {
-                path: path.clone(),
+        let (state_file, saved) = StateFile::open(&settings.data_dir)?;
+        let mut membership = match saved {
+            Some(bytes) => Membership::decode(&bytes).map_err(|source| ControlError::State {
+                path: state_file.path(),
                 source,
             })?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Membership::new(),
-            Err(source) => return Err(ControlError::DataDir { path, source }),
+            None => Membership::new(),
         };
         membership.set_liveness_timeout_ms(settings.liveness_timeout.as_millis() as u64);
         let (events, receiver) = mpsc::unbounded_channel();
         let controller = Arc::new(Controller {
             started: Instant::now(),
-            _data_lock: data_lock,
+            state_file,
             settings,
+            halt: tokio::sync::watch::Sender::new(None),
             inner: Mutex::new(Inner {
                 membership,
                 // Until `reconcile` has settled what an earlier run left open, no plan
@@ -194,24 +178,42 @@ impl Controller {
         status
     }
 
-    /// Writes the state file atomically (temporary file, fsync, rename, fsync of the
-    /// directory), so a crash leaves the old state or the new one, never a torn one.
-    fn persist(&self, membership: &Membership) -> std::io::Result<()> {
-        let bytes = membership.encode().map_err(std::io::Error::other)?;
-        persist_to(&self.settings.data_dir, &bytes)
+    /// Resolves once a save's outcome became unknown; the process must then stop, and
+    /// its next start settles whichever state it finds.
+    pub async fn halted(&self) -> ControlError {
+        let mut halt = self.halt.subscribe();
+        // The sender lives as long as `self`, so the wait ends only with a reason.
+        let reason = match halt.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => unreachable!("the controller holds its halt sender"),
+        };
+        ControlError::Halted { reason }
     }
 
-    /// Applies `change` to a copy of the membership, persists the copy, and only then
+    /// Applies `change` to a copy of the membership, saves the copy, and only then
     /// makes it current: a failed write leaves memory as it was on disk.
     fn change<T>(
         &self,
         inner: &mut Inner,
         change: impl FnOnce(&mut Membership) -> Result<T, crate::membership::MembershipError>,
     ) -> Result<T, String> {
+        if let Some(reason) = self.halt.borrow().as_ref() {
+            return Err(format!("the control plane is stopping: {reason}"));
+        }
         let mut next = inner.membership.clone();
         let value = change(&mut next).map_err(|error| error.to_string())?;
-        self.persist(&next)
-            .map_err(|error| format!("cannot persist the state: {error}"))?;
+        let bytes = next
+            .encode()
+            .map_err(|error| format!("cannot encode the state: {error}"))?;
+        match self.state_file.save(&bytes) {
+            Ok(()) => {}
+            Err(error @ SaveError::NotWritten { .. }) => return Err(error.to_string()),
+            Err(error @ SaveError::Unsynced { .. }) => {
+                tracing::error!(%error, "stopping so that the next start settles the state");
+                self.halt.send_replace(Some(error.to_string()));
+                return Err(error.to_string());
+            }
+        }
         inner.membership = next;
         Ok(value)
     }
@@ -605,26 +607,6 @@ impl Controller {
     }
 }
 
-/// A failure before the rename leaves the old state in force, and is an ordinary error.
-/// Once the rename happened, the new state may or may not survive a crash: the process
-/// cannot tell which state will be read at the next start, so it stops, and that start
-/// (`reconcile`) settles whichever it finds.
-fn persist_to(data_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = data_dir.join(STATE_FILE);
-    let temporary = data_dir.join(format!("{STATE_FILE}.tmp"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    let synced = std::fs::File::open(data_dir).and_then(|directory| directory.sync_all());
-    if let Err(error) = synced {
-        tracing::error!(%error, path = %path.display(), "state file renamed but not synced; stopping so the next start settles it");
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
 /// Logs and counts what the orchestrator reports, and keeps the figures and the last
 /// error `engram cluster status` shows.
 fn report_to(inner: &mut Inner, report: Report) {
@@ -859,33 +841,4 @@ fn accept_hello(controller: &Controller, kind: FrameKind, payload: &[u8]) -> Res
         map_epoch: controller.epoch(),
         server_version: env!("CARGO_PKG_VERSION").to_string(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(data_dir: PathBuf) -> Settings {
-        Settings {
-            data_dir,
-            credentials: Vec::new(),
-            load_rebalance: false,
-            load_check_interval: Duration::from_millis(LOAD_CHECK_INTERVAL_MS_DEFAULT),
-            liveness_timeout: Duration::from_millis(crate::membership::LIVENESS_TIMEOUT_MS),
-        }
-    }
-
-    #[test]
-    fn a_second_control_plane_on_the_same_data_dir_refuses_to_start() {
-        let data_dir = std::env::temp_dir().join(format!("engram-control-lock-{}", std::process::id()));
-        let (first, _plans) = Controller::open(settings(data_dir.clone())).expect("first opens");
-        assert!(matches!(
-            Controller::open(settings(data_dir.clone())),
-            Err(ControlError::DataDirInUse { .. })
-        ));
-        drop(first);
-        drop(_plans);
-        Controller::open(settings(data_dir.clone())).expect("opens once the first is gone");
-        let _ = std::fs::remove_dir_all(data_dir);
-    }
 }
