@@ -10,23 +10,14 @@ use tokio::runtime::Handle;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::backoff::retry_delay_after;
-use crate::barrier::Barrier;
-use crate::builder::{cap_timeout, ClientBuilder, Config};
-use crate::bytes::Bytes;
+use crate::config::{cap_timeout, Config};
 use crate::connection::{Connection, Handshake, SentBatch};
-use crate::counter::Counter;
 use crate::error::{ConnectionError, Error};
-use crate::future::RemoteFuture;
-use crate::latch::Latch;
 use crate::limits::UNREACHABLE_ATTEMPTS_MAX;
-use crate::lock::Lock;
-use crate::map::Map;
 use crate::operations::{Operation, OperationIds};
 use crate::pending::Reply;
 use crate::pool::Pool;
-use crate::queue::Queue;
 use crate::route::Route;
-use crate::semaphore::Semaphore;
 use engram_proto::AdminCommand;
 
 /// A handle on an Engram cluster. Build it once and clone it freely: clones share the
@@ -64,11 +55,6 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Starts configuring a client that first contacts `address` (`host:port`).
-    pub fn builder(address: impl Into<String>) -> ClientBuilder {
-        ClientBuilder::new(address)
-    }
-
     pub(crate) async fn start(config: Config, handshake: Handshake, runtime: Handle) -> Result<Client, Error> {
         let client = Client {
             inner: Arc::new(Inner {
@@ -110,51 +96,6 @@ impl Client {
     /// Epoch of the slot map the client routes with; 0 when it has none.
     pub fn map_epoch(&self) -> u64 {
         self.route().map_or(0, |route| route.epoch())
-    }
-
-    /// A bytes object handle.
-    pub fn bytes(&self, key: impl Into<Vec<u8>>) -> Bytes {
-        Bytes::new(self.clone(), key.into())
-    }
-
-    /// A counter (i64) handle.
-    pub fn counter(&self, key: impl Into<Vec<u8>>) -> Counter {
-        Counter::new(self.clone(), key.into())
-    }
-
-    /// A lock handle: fenced, leased, FIFO.
-    pub fn lock(&self, key: impl Into<Vec<u8>>) -> Lock {
-        Lock::new(self.clone(), key.into())
-    }
-
-    /// A semaphore handle of `capacity` permits (fixed by the semaphore's first use).
-    pub fn semaphore(&self, key: impl Into<Vec<u8>>, capacity: u32) -> Semaphore {
-        Semaphore::new(self.clone(), key.into(), capacity)
-    }
-
-    /// A cyclic barrier handle for `parties` callers.
-    pub fn barrier(&self, key: impl Into<Vec<u8>>, parties: u32) -> Barrier {
-        Barrier::new(self.clone(), key.into(), parties)
-    }
-
-    /// A count-down latch handle.
-    pub fn latch(&self, key: impl Into<Vec<u8>>) -> Latch {
-        Latch::new(self.clone(), key.into())
-    }
-
-    /// A write-once value handle.
-    pub fn future(&self, key: impl Into<Vec<u8>>) -> RemoteFuture {
-        RemoteFuture::new(self.clone(), key.into())
-    }
-
-    /// A map (field to bytes) handle.
-    pub fn map(&self, key: impl Into<Vec<u8>>) -> Map {
-        Map::new(self.clone(), key.into())
-    }
-
-    /// A double-ended queue handle.
-    pub fn queue(&self, key: impl Into<Vec<u8>>) -> Queue {
-        Queue::new(self.clone(), key.into())
     }
 
     /// Round trip to the seed node.
