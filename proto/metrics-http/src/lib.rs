@@ -11,8 +11,8 @@
 //! free again.
 //!
 //! A crate of its own, at the bottom of the dependency graph with nothing but
-//! `prometheus` (and `libc`, to stop it) under it, so that engramd (glommio) and engram-control (tokio) share it
-//! without either pulling in the other's runtime.
+//! `prometheus` (and `libc`, to stop it) under it, so that engramd (glommio) and
+//! engram-control (tokio) share it without either pulling in the other's runtime.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
