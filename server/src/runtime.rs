@@ -71,6 +71,45 @@ pub fn spawn_detached(future: impl Future<Output = ()> + 'static) {
     glommio::spawn_local(future).detach();
 }
 
+/// The tasks of one shard, so that the shard's end can outwait them. A task still
+/// waiting when its executor ends is never dropped (it and the pending operation of the
+/// socket it waits on hold each other), so it would keep its sockets open, and the shard
+/// it holds, for the life of the process. Clones share the tasks.
+#[derive(Clone)]
+pub struct Tasks(glommio::sync::Gate);
+
+impl Default for Tasks {
+    fn default() -> Tasks {
+        Tasks(glommio::sync::Gate::new())
+    }
+}
+
+/// One of a shard's [`Tasks`], which its shard may cancel.
+pub struct TaskHandle(glommio::task::JoinHandle<()>);
+
+impl Tasks {
+    /// Runs `future` on the calling thread's executor as one of these tasks; `None`, and
+    /// `future` dropped unrun, once [`Tasks::ended`] was called.
+    pub fn spawn(&self, future: impl Future<Output = ()> + 'static) -> Option<TaskHandle> {
+        self.0.spawn(future).ok().map(|task| TaskHandle(task.detach()))
+    }
+
+    /// Completes once every task ended (ran to its end, or was cancelled); no task
+    /// starts afterwards.
+    pub async fn ended(&self) {
+        // Only a second call fails, finding the tasks ended already.
+        let _ = self.0.close().await;
+    }
+}
+
+impl TaskHandle {
+    /// Drops the task's future where it waits, the next time the executor runs it; a
+    /// task that ended already stays as it is.
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+}
+
 /// Completes after `duration`.
 pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await
