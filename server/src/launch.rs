@@ -7,6 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::TcpListener as StdListener;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -40,12 +41,18 @@ pub async fn run(launch: ShardLaunch, events: NodeEvents) {
         return;
     };
     let shard = Rc::new(Shard::new(launch.setup, peers));
-    let mut services = shard.serve_peers(receivers);
+    let mut services = Services {
+        tasks: shard.serve_peers(receivers),
+        listeners: Vec::new(),
+    };
     let connections = Rc::new(OpenConnections::default());
-    let listeners = [(launch.shard_listener, false), (launch.front_listener, true)];
-    for (listener, front) in listeners {
+    for (listener, front) in [(launch.shard_listener, false), (launch.front_listener, true)] {
+        // The accept loop owns the listener until the shard's stop cancels it, after
+        // shutting it down.
+        services.listeners.push(listener.as_raw_fd());
         let listener = runtime::adopt_listener(listener);
-        services.extend(shard.spawn(accept_loop(shard.clone(), listener, front, connections.clone())));
+        let accepting = shard.spawn(accept_loop(shard.clone(), listener, front, connections.clone()));
+        services.tasks.extend(accepting);
     }
     events.send(NodeEvent::ShardStarted { shard: shard_id });
     shard.keep_time(&launch.shutdown).await;
@@ -53,14 +60,24 @@ pub async fn run(launch: ShardLaunch, events: NodeEvents) {
     tracing::debug!(shard = shard_id, "shard stopped");
 }
 
-/// Ends everything the shard runs: its accept loops and peer queues are cancelled (which
-/// closes its listeners), then its connections (which closes their sockets and proxy
-/// links, and ends the tasks awaiting answers for them), and it waits until every task
-/// of the shard ended. Nothing waits for a client: a connection is dropped wherever it
-/// waits, in a read, a write or for an answer.
-async fn stop(shard: &Shard, services: Vec<TaskHandle>, connections: &OpenConnections) {
-    for service in services {
-        service.cancel();
+/// What a shard runs besides its connections: its accept loops and peer queues.
+struct Services {
+    tasks: Vec<TaskHandle>,
+    /// The descriptors of the listeners the accept loops own.
+    listeners: Vec<RawFd>,
+}
+
+/// Ends everything the shard runs: its listeners refuse connections and its accept loops
+/// and peer queues are cancelled, then its connections are ended (their sockets shut
+/// down, their proxy links closed, the tasks awaiting answers for them woken), and it
+/// waits until every task of the shard ended. Nothing waits for a client: a connection is
+/// dropped wherever it waits, in a read, a write or for an answer.
+async fn stop(shard: &Shard, services: Services, connections: &OpenConnections) {
+    for listener in services.listeners {
+        runtime::shut_down_socket(listener);
+    }
+    for task in services.tasks {
+        task.cancel();
     }
     connections.end_all();
     shard.tasks().ended().await;
@@ -76,6 +93,9 @@ struct OpenConnections {
 struct OpenConnection {
     task: TaskHandle,
     outbox: Weak<Outbox>,
+    /// The socket's descriptor, open as long as the connection is listed: its task
+    /// closes the socket only as it ends, in the same step as it takes itself off the list.
+    socket: RawFd,
 }
 
 impl OpenConnections {
@@ -83,6 +103,7 @@ impl OpenConnections {
     fn serve(self: &Rc<Self>, shard: &Rc<Shard>, stream: TcpStream, front: bool) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
+        let socket = stream.as_raw_fd();
         let outbox = Rc::new(Outbox::new(shard.map_epoch()));
         let open = Rc::downgrade(self);
         let connection = Rc::downgrade(&outbox);
@@ -97,14 +118,20 @@ impl OpenConnections {
         });
         // The task runs only once this one yields, so it is listed before it can end.
         if let Some(task) = served {
-            self.open.borrow_mut().insert(id, OpenConnection { task, outbox: connection });
+            let connection = OpenConnection {
+                task,
+                outbox: connection,
+                socket,
+            };
+            self.open.borrow_mut().insert(id, connection);
         }
     }
 
-    /// Ends every connection: its task is dropped where it waits, and its outbox closed,
-    /// which wakes the tasks awaiting answers for it.
+    /// Ends every connection: its socket is shut down, its task dropped where it waits,
+    /// and its outbox closed, which wakes the tasks awaiting answers for it.
     fn end_all(&self) {
         for (_, connection) in self.open.borrow_mut().drain() {
+            runtime::shut_down_socket(connection.socket);
             connection.task.cancel();
             if let Some(outbox) = connection.outbox.upgrade() {
                 outbox.close();

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::net::TcpListener as StdListener;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::{self, Full};
@@ -31,6 +31,21 @@ pub fn adopt_listener(listener: StdListener) -> TcpListener {
     // SAFETY: the fd comes from a listening socket this thread now owns alone
     // (`into_raw_fd` gives up the std handle).
     unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) }
+}
+
+/// Ends every exchange on the socket behind `fd` at once: a listener refuses further
+/// connections, a connection's reads see its end and its writes fail. The ring keeps a
+/// socket it has an operation pending on open past the close of its descriptor (until
+/// the operation is cancelled, at the latest when the executor's ring is torn down, which
+/// the kernel finishes on its own time), so a shard that stops shuts its sockets down
+/// first: their peers and their ports know at once. The descriptor stays open; its owner
+/// closes it. `fd` must be open: held by something that has not closed it yet.
+pub fn shut_down_socket(fd: RawFd) {
+    // SAFETY: shutdown(2) on an open descriptor touches no memory; on one that is not a
+    // socket it fails, harmlessly.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
 }
 
 /// Why an executor could not start, or ended abnormally.
