@@ -107,7 +107,11 @@ mod tests {
             ShardStarted { shard: 1 },
             ShardStarted { shard: 0 },
         ]);
-        assert_eq!(await_start(&started, 2).unwrap(), 1, "shard 0 stopped while shard 1 started");
+        assert_eq!(
+            await_start(&started, 2).unwrap(),
+            1,
+            "shard 0 stopped while shard 1 started"
+        );
         let (_open, all_stopped) = heard(vec![ShardStopped { shard: 0 }, ShardStopped { shard: 1 }]);
         let error = await_start(&all_stopped, 2).unwrap_err();
         assert!(error.to_string().contains("shards exited during start"), "{error}");

@@ -25,7 +25,12 @@ pub struct NodeListeners {
 
 /// Binds the front port `port` and, for each of `shard_count` shards, port+1+N (all
 /// free ports when `port` is 0), and the metrics port unless `metrics_port` is 0.
-pub fn bind_ports(bind: IpAddr, port: u16, shard_count: usize, metrics_port: u16) -> Result<NodeListeners, ServerError> {
+pub fn bind_ports(
+    bind: IpAddr,
+    port: u16,
+    shard_count: usize,
+    metrics_port: u16,
+) -> Result<NodeListeners, ServerError> {
     let last_port = u32::from(port) + shard_count as u32;
     if port != 0 && last_port > u32::from(u16::MAX) {
         return Err(ServerError::Ports {

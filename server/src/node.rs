@@ -98,7 +98,12 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
         Ok(stopped) => stopped,
         Err(error) => return Err(abandon_start(error, &stop, metrics)),
     };
-    let Starting { node, node_map, membership, .. } = starting;
+    let Starting {
+        node,
+        node_map,
+        membership,
+        ..
+    } = starting;
     if let Some(membership) = membership {
         Heartbeater::new(membership, node.clone(), node_map, stop.clone()).start()?;
     }

@@ -149,6 +149,9 @@ mod tests {
         assert!(matches!(hearing.try_recv(), Ok(NodeEvent::Interrupted)));
         parent.trigger();
         assert!(second.is_triggered());
-        assert!(parent.child().is_triggered(), "a child of a triggered signal starts triggered");
+        assert!(
+            parent.child().is_triggered(),
+            "a child of a triggered signal starts triggered"
+        );
     }
 }

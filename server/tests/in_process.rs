@@ -47,8 +47,14 @@ fn ports(node: &RunningNode) -> Vec<SocketAddr> {
 
 /// Nothing listens at `address` any more: a connection is refused and the port binds.
 fn assert_released(address: SocketAddr) {
-    let refused = TcpStream::connect(address).map(drop).expect_err(&format!("a stopped node's port {address} refuses"));
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{address}: {refused}");
+    let refused = TcpStream::connect(address)
+        .map(drop)
+        .expect_err(&format!("a stopped node's port {address} refuses"));
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{address}: {refused}"
+    );
     TcpListener::bind(address).unwrap_or_else(|error| panic!("{address} is not free after the node stopped: {error}"));
 }
 
@@ -73,7 +79,10 @@ fn use_the_node(client: &blocking::Client, label: &str) {
         .expect("try a held lock");
     assert!(taken.is_none(), "a held lock is not granted to another owner");
     let holder = lock.holder().expect("holder").expect("the lock is held");
-    assert_eq!((holder.owner.as_slice(), holder.fence), (&b"worker-1"[..], guard.fence()));
+    assert_eq!(
+        (holder.owner.as_slice(), holder.fence),
+        (&b"worker-1"[..], guard.fence())
+    );
     guard.release().expect("release");
     assert_eq!(lock.holder().expect("holder after release"), None);
 }
@@ -106,7 +115,11 @@ fn a_node_in_process_serves_the_client_and_stops_with_its_ports_freed() {
     let front = listeners.front.local_addr().unwrap();
     let shutdown = Shutdown::new();
     let node = node::start(NodeSettings::default(), listeners, shutdown.clone()).expect("the node starts");
-    assert_eq!(node.front_address(), front, "the node serves on the listener it was given");
+    assert_eq!(
+        node.front_address(),
+        front,
+        "the node serves on the listener it was given"
+    );
     assert_eq!(node.shard_addresses().len(), 2, "one shard per shard listener");
     let ports = ports(&node);
 
@@ -116,7 +129,10 @@ fn a_node_in_process_serves_the_client_and_stops_with_its_ports_freed() {
     let info = client.info().expect("info");
     assert_eq!(info.node_id, node.node_id());
     assert_eq!(
-        info.shards.iter().map(|shard| shard.address.as_str()).collect::<Vec<_>>(),
+        info.shards
+            .iter()
+            .map(|shard| shard.address.as_str())
+            .collect::<Vec<_>>(),
         node.shard_addresses(),
     );
 
@@ -154,8 +170,14 @@ fn two_nodes_share_a_process_but_not_their_data_metrics_or_stop() {
 
     let (first_client, second_client) = (client(&first), client(&second));
     use_the_node(&first_client, "first");
-    first_client.bytes("shared-name").set("first").expect("set on the first node");
-    second_client.bytes("shared-name").set("second").expect("set on the second node");
+    first_client
+        .bytes("shared-name")
+        .set("first")
+        .expect("set on the first node");
+    second_client
+        .bytes("shared-name")
+        .set("second")
+        .expect("set on the second node");
     let read = |client: &blocking::Client| client.bytes("shared-name").get().expect("get").map(|read| read.value);
     assert_eq!(read(&first_client), Some(b"first".to_vec()));
     assert_eq!(read(&second_client), Some(b"second".to_vec()));
@@ -178,7 +200,11 @@ fn two_nodes_share_a_process_but_not_their_data_metrics_or_stop() {
     for address in first_ports {
         assert_released(address);
     }
-    assert_eq!(read(&second_client), Some(b"second".to_vec()), "the second node still serves");
+    assert_eq!(
+        read(&second_client),
+        Some(b"second".to_vec()),
+        "the second node still serves"
+    );
 
     // The signal both were started with stops the other.
     let second_ports = ports(&second);
@@ -232,7 +258,10 @@ fn a_node_stops_without_waiting_for_the_requests_waiting_at_it() {
         .collect();
     let deadline = Instant::now() + RELEASE_WAIT;
     while parked_requests(metrics) < keys.len() as f64 {
-        assert!(Instant::now() < deadline, "the askers did not park within {RELEASE_WAIT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the askers did not park within {RELEASE_WAIT:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -240,7 +269,10 @@ fn a_node_stops_without_waiting_for_the_requests_waiting_at_it() {
     node.wait().expect("the node stops with requests still waiting");
     for asker in askers {
         let granted = asker.join().expect("the asker did not panic");
-        assert!(granted.is_err(), "a lock held at a stopped node was granted: {granted:?}");
+        assert!(
+            granted.is_err(),
+            "a lock held at a stopped node was granted: {granted:?}"
+        );
     }
     drop(guards);
 }
@@ -267,7 +299,10 @@ fn dropping_the_handle_stops_the_node() {
     for address in ports {
         let deadline = Instant::now() + RELEASE_WAIT;
         while TcpStream::connect(address).is_ok() {
-            assert!(Instant::now() < deadline, "{address} still accepts {RELEASE_WAIT:?} after the drop");
+            assert!(
+                Instant::now() < deadline,
+                "{address} still accepts {RELEASE_WAIT:?} after the drop"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -277,5 +312,8 @@ fn dropping_the_handle_stops_the_node() {
 fn a_node_needs_at_least_one_shard_listener() {
     let error = node::start(NodeSettings::default(), loopback_listeners(0, false), Shutdown::new())
         .expect_err("a node without shards");
-    assert!(matches!(error, ServerError::ShardListeners { listeners: 0, .. }), "{error}");
+    assert!(
+        matches!(error, ServerError::ShardListeners { listeners: 0, .. }),
+        "{error}"
+    );
 }
