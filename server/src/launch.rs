@@ -34,7 +34,7 @@ pub struct ShardLaunch {
 }
 
 /// The shard's main future: serves until `shutdown` is triggered, then stops (see
-/// [`stop`]) and returns once nothing of the shard is left running.
+/// `stop`) and returns once nothing of the shard is left running.
 pub async fn run(launch: ShardLaunch, events: NodeEvents) {
     let shard_id = launch.setup.shard_id;
     let Some((peers, receivers)) = join_mesh(launch.mesh, &launch.shutdown, shard_id).await else {
