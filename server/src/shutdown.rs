@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::events::NodeEvents;
 
-/// Tells one or more nodes to stop. Clones share the signal.
+/// Tells one or more nodes to stop. Clones share the signal. Each node started with it
+/// leaves a few words here (its own signal and its event channel's sender) for as long as
+/// the signal lives.
 #[derive(Clone, Default)]
 pub struct Shutdown(Arc<State>);
 
