@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`membership`]: the control plane's sans-I/O state: members, owners, map epochs, liveness, persistence.
 //! - [`service`]: the `engram-control` process: control protocol server, and the driver of the orchestrator over real links.
+//! - [`leadership`]: which of several control-plane processes leads (etcd lease and leader key), sans-I/O.
 //! - [`link`]: framed request/answer over tokio TCP (server side and links to nodes).
 //! - [`metrics`]: the control plane's Prometheus families.
 //! - [`state`]: the state file between runs: locked, written atomically, and what a failed write means.
@@ -13,6 +14,7 @@
 //! The control plane is the coordinator of each migration's two-phase hand-over; its
 //! commit point is the write of the new map to its state file.
 
+pub mod leadership;
 pub mod link;
 pub mod membership;
 pub mod metrics;
