@@ -120,7 +120,7 @@ fn write_all(endpoints: &[String], queue: &mpsc::Receiver<Write>, started: &mpsc
         // Bounded, so a write to an unreachable etcd does not hold up the next one for
         // ever; the saver gave up after SAVE_TIMEOUT_MS already.
         let limit = Duration::from_millis(2 * SAVE_TIMEOUT_MS);
-        let result = match runtime.block_on(tokio::time::timeout(limit, client.txn(write.txn))) {
+        let result = match runtime.block_on(async { tokio::time::timeout(limit, client.txn(write.txn)).await }) {
             Ok(answer) => answer.map_err(|error| error.to_string()),
             Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
         };
