@@ -2,7 +2,8 @@
 //! several `engram-control --etcd` processes, one leads and the others answer
 //! `NotLeader` naming it; a killed leader is replaced by a standby with the same map and
 //! members; a leader paused past its lease is replaced, and what it tries once it runs
-//! again does not reach etcd. And etcd's own refusal of a deposed leader's write, and of
+//! again does not reach etcd; with etcd down nobody leads, and once it is back one does,
+//! with the same state. And etcd's own refusal of a deposed leader's write, and of
 //! a write from a stale copy, at the level of the state store.
 
 use std::time::{Duration, Instant};
@@ -250,4 +251,50 @@ fn etcd_refuses_the_write_of_a_deposed_leader_and_of_a_stale_copy() {
     );
     let read = runtime.block_on(client.get(keys.state.as_str(), None)).expect("read");
     assert_eq!(read.kvs()[0].value(), b"from b");
+}
+
+#[test]
+fn while_etcd_is_down_nobody_leads_and_once_it_is_back_one_leads_with_the_same_state() {
+    let mut etcd = Etcd::start();
+    let prefix = format!("/engram/{}", unique_key("outage"));
+    let controls = start_controls(&etcd, &prefix, 2);
+    let all: Vec<&ControlPlane> = controls.iter().collect();
+    let (leader, node) = run_async(Duration::from_secs(60), async {
+        let (leader, _) = settled(&all).await;
+        let node = start_node(&controls[leader]);
+        engram_tests::cluster::wait_for_members(&controls[leader], 1, Duration::from_secs(20)).await;
+        (leader, node)
+    });
+    let before = run_async(Duration::from_secs(20), controls[leader].status());
+
+    etcd.stop();
+    let stopped = Instant::now();
+    run_async(Duration::from_secs(60), async {
+        // The leader cannot renew its lease: it steps down by itself, and nobody leads.
+        let deadline = Instant::now() + ELECTION_LIMIT;
+        loop {
+            let mut leading = 0;
+            for control in &all {
+                if let Answer::Leads(_) = ask(control).await {
+                    leading += 1;
+                }
+            }
+            if leading == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a process still leads with etcd down");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    println!(
+        "the leader stood by {:.1} s after etcd went down (lease {} ms)",
+        stopped.elapsed().as_secs_f64(),
+        LEASE_TTL_MS
+    );
+
+    etcd.restart();
+    let (_, after) = run_async(Duration::from_secs(60), settled(&all));
+    assert_eq!(after.map, before.map, "the leader after the outage has another map");
+    assert_eq!(members_of(&after), members_of(&before));
+    drop(node);
 }
