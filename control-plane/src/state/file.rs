@@ -1,5 +1,5 @@
-//! Where the control plane's state lives between runs: one file in a data directory that
-//! one process holds at a time.
+//! The state in a file of a data directory that one process holds at a time (`--data`,
+//! for development and single-process deployments).
 //!
 //! A write is atomic (temporary file, fsync, rename, fsync of the directory), so a crash
 //! leaves the old state or the new one, never a torn one. A write that fails before the
@@ -11,28 +11,10 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::{SaveError, StateError};
+
 const STATE_FILE: &str = "state.bin";
 const LOCK_FILE: &str = "lock";
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("cannot use data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
-    #[error("another engram-control is using {path} (its lock file is held)")]
-    DataDirInUse { path: PathBuf },
-}
-
-/// Why a save did not take effect for certain.
-#[derive(Debug, thiserror::Error)]
-pub enum SaveError {
-    #[error("state not written to {path}: {source}; the previous state stays in force")]
-    NotWritten { path: PathBuf, source: std::io::Error },
-    #[error(
-        "state file {path} renamed but its directory not synced: {source}; \
-         which state the next start reads is unknown, so this process stops"
-    )]
-    Unsynced { path: PathBuf, source: std::io::Error },
-}
 
 /// The data directory's state file, locked against a second process for as long as this
 /// value lives: two control planes on one file would each commit migrations the other
