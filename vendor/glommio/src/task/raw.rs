@@ -300,17 +300,35 @@ where
 
             if Self::thread_id() != Some(raw.my_id()) {
                 dbg_context!(ptr, "foreign", {
-                    // In case the task complete before the last foreign waker
-                    // is dropped, schedule it once more to ensure the task
-                    // will be destroyed
-                    if Self::decrement_references(&*(raw.header as *mut Header)) == 0 {
-                        let notifier = raw.notifier();
-                        notifier.queue_waker(
-                            Waker::from_raw(Self::clone_waker(ptr)),
-                            (*raw.header).latency_matters,
-                        );
+                    // Only the task's own thread may take the count to zero: it
+                    // decides, from state only it writes, whether the task is
+                    // destroyed. Decrementing to zero here and cloning back up (as
+                    // upstream did) let the owner see the transient zero and drop
+                    // the count below it, or destroy the task under this thread.
+                    // The last reference is handed over instead: the owner wakes
+                    // the task once (a spurious wake-up, which futures allow) and
+                    // drops the reference itself.
+                    let header = &*(raw.header as *const Header);
+                    let mut refs = header.references.load(Ordering::Acquire);
+                    loop {
+                        assert_ne!(refs, 0, "Waker invariant broken: {header:?}");
+                        if refs == 1 {
+                            raw.notifier().queue_waker(
+                                Waker::from_raw(RawWaker::new(ptr, &Self::RAW_WAKER_VTABLE)),
+                                header.latency_matters,
+                            );
+                            return;
+                        }
+                        match header.references.compare_exchange_weak(
+                            refs,
+                            refs - 1,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => return,
+                            Err(now) => refs = now,
+                        }
                     }
-                    return;
                 });
             }
 
