@@ -4,7 +4,6 @@
 //! Layout:
 //! - [`membership`]: the control plane's sans-I/O state: members, owners, map epochs, liveness, persistence.
 //! - [`service`]: the `engram-control` process: control protocol server, and the driver of the orchestrator over real links.
-//! - [`link`]: framed request/answer over tokio TCP (server side and links to nodes).
 //! - [`metrics`]: the control plane's Prometheus families.
 //! - [`planner`]: the rebalancing planner, pure functions from shards, load and owners to slot moves.
 //! - [`orchestrator`]: the migration orchestrator (plans, two-phase steps, the start-up reconcile), sans-I/O.
@@ -12,7 +11,6 @@
 //! The control plane is the coordinator of each migration's two-phase hand-over; its
 //! commit point is the write of the new map to its state file.
 
-pub mod link;
 pub mod membership;
 pub mod metrics;
 pub mod orchestrator;

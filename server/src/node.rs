@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engram_proto::limits::incarnation_version_floor;
+use engram_proto::link::blocking::BlockingLink;
 use engram_proto::{
-    embedded_map, ControlProtocol, ControlRequest, ControlResponse, JoinRequest, ShardAddress, SlotMap,
+    embedded_map, ControlProtocol, ControlRequest, ControlResponse, Identity, JoinRequest, ShardAddress, SlotMap,
 };
 
-use crate::cluster::{BlockingLink, NodeMap};
+use crate::cluster::NodeMap;
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::events::{await_start, await_stop, NodeEvent, NodeEvents};
@@ -323,7 +324,7 @@ fn join_cluster(control: &str, credentials: &[u8], request: &JoinRequest) -> Res
     let deadline = Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
     let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
     loop {
-        let attempt = BlockingLink::<ControlProtocol>::connect(control, credentials, timeout)
+        let attempt = BlockingLink::<ControlProtocol>::connect(control, Identity::node(credentials), timeout)
             .and_then(|mut link| link.call(ControlRequest::Join(request.clone())));
         let reason = match attempt {
             Ok(ControlResponse::Joined {

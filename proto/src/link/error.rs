@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::error::{ErrorCode, ProtocolError};
+use crate::error::ProtocolError;
 use crate::limits::IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
 use crate::message::ErrorReply;
 
@@ -14,7 +14,7 @@ use crate::message::ErrorReply;
 pub enum LinkError {
     #[error("the peer broke the protocol: {0}")]
     Protocol(#[from] ProtocolError),
-    #[error("the peer refused the handshake: {}", describe(.0))]
+    #[error("the peer refused the handshake: {0}")]
     Refused(ErrorReply),
     #[error("the peer answered request {request_id} before it answered the handshake")]
     AnsweredBeforeHelloReply { request_id: u64 },
@@ -29,20 +29,12 @@ pub enum LinkError {
     TooManyOutstanding,
     /// The peer answered a frame it could not take with an error under the handshake's
     /// request id, and closes the connection.
-    #[error("the peer ended the link: {}", describe(.0))]
+    #[error("the peer ended the link: {0}")]
     Ended(ErrorReply),
     #[error("the peer closed the connection")]
     Closed,
     #[error("the peer closed the connection {buffered_bytes} bytes into a frame")]
     Truncated { buffered_bytes: usize },
-}
-
-/// An error reply as people read it: its code's name and its message.
-fn describe(reply: &ErrorReply) -> String {
-    match ErrorCode::from_u16(reply.code) {
-        Some(code) => format!("{code}: {}", reply.message),
-        None => format!("error code {}: {}", reply.code, reply.message),
-    }
 }
 
 /// What an exchange over a stream ran into: the socket, or the link.
