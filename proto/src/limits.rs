@@ -37,6 +37,12 @@ pub const FRAME_PAYLOAD_BYTES_MAX: usize = KEY_BYTES_MAX + VALUE_BYTES_MAX + PAY
 /// a client's in-flight requests per connection.
 pub const IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 
+/// Requests a link still expects answers to after their callers stopped waiting (a
+/// client's call timed out, or was dropped), so each late answer is recognised and
+/// dropped. Past it the link is given up: a peer that leaves that many unanswered is
+/// stuck.
+pub const ABANDONED_REQUESTS_PER_CONNECTION_MAX: usize = IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+
 /// First size of a link's read buffer. It grows to fit a larger frame once that frame's
 /// header has been validated (`crate::link::FrameBuffer`).
 pub const LINK_READ_BUFFER_BYTES_INITIAL: usize = 16 * 1024;

@@ -63,7 +63,8 @@ pub async fn next_event<R: AsyncRead + Unpin, P: Protocol, W>(
     }
 }
 
-/// Sends the link's Hello (and whatever is queued behind it) and waits for the reply.
+/// Sends the link's Hello and waits for the reply; requests sent meanwhile are in the
+/// link's output once it returns.
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin, P: Protocol, W>(
     stream: &mut S,
     link: &RefCell<Link<P, W>>,

@@ -316,7 +316,7 @@ impl ProxyLink {
 
     /// Waits while the link's queue is full.
     async fn room(&self) {
-        while !self.closed.get() && self.link.borrow().output().len() >= PROXY_QUEUED_BYTES_MAX {
+        while !self.closed.get() && self.link.borrow().queued_bytes() >= PROXY_QUEUED_BYTES_MAX {
             self.room.notified().await;
         }
     }
@@ -377,7 +377,7 @@ impl ProxyLink {
     /// Drops what is queued and takes the requests in flight.
     fn forget_all(&self) -> Vec<Waiting> {
         let mut link = self.link.borrow_mut();
-        link.take_output(&mut Vec::new());
+        link.clear_queued();
         self.deadlines.borrow_mut().clear();
         link.outstanding_mut().drain().map(|(_, waiting)| waiting).collect()
     }

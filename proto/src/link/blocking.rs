@@ -39,7 +39,8 @@ pub fn next_event<P: Protocol, W>(
     }
 }
 
-/// Sends the link's Hello (and whatever is queued behind it) and waits for the reply.
+/// Sends the link's Hello and waits for the reply; requests sent meanwhile are in the
+/// link's output once it returns.
 pub fn handshake<P: Protocol, W>(
     stream: &mut (impl Read + Write),
     link: &mut Link<P, W>,

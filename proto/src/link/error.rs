@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::error::ProtocolError;
-use crate::limits::IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+use crate::limits::{ABANDONED_REQUESTS_PER_CONNECTION_MAX, IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX};
 use crate::message::ErrorReply;
 
 /// Why a link cannot go on. Every variant is final for the link: once the stream is out
@@ -27,6 +27,11 @@ pub enum LinkError {
          (in_flight_requests_per_connection_max)"
     )]
     TooManyOutstanding,
+    #[error(
+        "{ABANDONED_REQUESTS_PER_CONNECTION_MAX} abandoned requests are unanswered on this link \
+         (abandoned_requests_per_connection_max): the peer is stuck"
+    )]
+    TooManyAbandoned,
     /// The peer answered a frame it could not take with an error under the handshake's
     /// request id, and closes the connection.
     #[error("the peer ended the link: {0}")]

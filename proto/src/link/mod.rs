@@ -5,7 +5,9 @@
 //! one in `engram-link-tokio`, the glommio one in the server.
 //!
 //! A link owns the handshake (its Hello is queued when it is made; the HelloReply is
-//! checked, and an answer before it is refused), numbers requests, matches answers to the
+//! checked, and an answer before it is refused; requests sent meanwhile wait until the
+//! peer accepted, so a refusal is never lost to a reset of unread input), numbers
+//! requests, matches answers to the
 //! requests outstanding ([`Outstanding`], pipelined and bounded) and reads frames into a
 //! [`FrameBuffer`], which allocates no more than a validated header asks for.
 //!
@@ -77,6 +79,8 @@ pub struct Link<P: Protocol, W = ()> {
     ready: bool,
     input: FrameBuffer,
     output: Vec<u8>,
+    /// Requests sent before the peer accepted the handshake.
+    held: Vec<u8>,
     outstanding: Outstanding<W>,
     family: PhantomData<fn() -> P>,
 }
@@ -97,17 +101,19 @@ impl<P: Protocol, W> Link<P, W> {
             ready: false,
             input: FrameBuffer::new(sizes),
             output,
+            held: Vec::new(),
             outstanding: Outstanding::default(),
             family: PhantomData,
         })
     }
 
-    /// Queues `request` (behind the Hello, if the handshake is not done: the peer reads
-    /// them in order) and returns its request id. Fails, sending nothing, when the
-    /// request cannot be encoded or too many are outstanding.
+    /// Queues `request` (held until the peer accepts the handshake) and returns its
+    /// request id. Fails, sending nothing, when the request cannot be encoded or too
+    /// many are outstanding.
     pub fn send(&mut self, request: &P::Request, map_epoch: u64, waiter: W) -> Result<u64, LinkError> {
         let request_id = self.outstanding.issue(waiter)?;
-        if let Err(error) = request.encode_frame(FrameKind::Request, request_id, map_epoch, &mut self.output) {
+        let queue = if self.ready { &mut self.output } else { &mut self.held };
+        if let Err(error) = request.encode_frame(FrameKind::Request, request_id, map_epoch, queue) {
             self.outstanding.withdraw(request_id);
             return Err(error.into());
         }
@@ -117,6 +123,17 @@ impl<P: Protocol, W> Link<P, W> {
     /// Bytes to write, oldest first.
     pub fn output(&self) -> &[u8] {
         &self.output
+    }
+
+    /// Bytes queued: to write, and held until the handshake is accepted.
+    pub fn queued_bytes(&self) -> usize {
+        self.output.len() + self.held.len()
+    }
+
+    /// Drops everything queued, freeing its memory (the link is given up).
+    pub fn clear_queued(&mut self) {
+        self.output = Vec::new();
+        self.held = Vec::new();
     }
 
     /// Drops the first `bytes` of [`Link::output`], which were written.
@@ -140,24 +157,31 @@ impl<P: Protocol, W> Link<P, W> {
         &mut self.input
     }
 
-    /// The next event in what was read, or `None` until more bytes arrive.
+    /// The next event in what was read, or `None` until more bytes arrive. Answers to
+    /// abandoned requests are dropped on the way.
     pub fn next_event(&mut self) -> Result<Option<LinkEvent<P::Response, W>>, LinkError> {
-        let Some((header, payload)) = self.input.next_frame()? else {
-            return Ok(None);
-        };
-        if !self.ready {
-            let reply = accept_hello_reply(&header, payload)?;
-            self.ready = true;
-            return Ok(Some(LinkEvent::Ready(reply)));
+        while let Some((header, payload)) = self.input.next_frame()? {
+            if !self.ready {
+                let reply = accept_hello_reply(&header, payload)?;
+                self.ready = true;
+                if self.output.is_empty() {
+                    std::mem::swap(&mut self.output, &mut self.held);
+                } else {
+                    self.output.append(&mut self.held);
+                }
+                return Ok(Some(LinkEvent::Ready(reply)));
+            }
+            let response = decode_answer::<P>(&header, payload)?;
+            if let Some(waiter) = self.outstanding.answer(header.request_id)? {
+                return Ok(Some(LinkEvent::Answer {
+                    request_id: header.request_id,
+                    map_epoch: header.map_epoch,
+                    response,
+                    waiter,
+                }));
+            }
         }
-        let response = decode_answer::<P>(&header, payload)?;
-        let waiter = self.outstanding.answer(header.request_id)?;
-        Ok(Some(LinkEvent::Answer {
-            request_id: header.request_id,
-            map_epoch: header.map_epoch,
-            response,
-            waiter,
-        }))
+        Ok(None)
     }
 
     /// Why the stream's end ends the link.

@@ -3,20 +3,25 @@
 //!
 //! An answer is taken once; an answer to an id that is not outstanding (never sent, or
 //! answered already) is a protocol error, since the stream is then out of step. A caller
-//! that stops waiting keeps its id outstanding until the answer comes (its waiter says
-//! nobody listens), so a late answer is recognised rather than refused. The table is
-//! bounded by `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`, what a server holds per connection.
+//! that stops waiting abandons its id, which stays expected until its answer comes and
+//! is then dropped, so a late answer is recognised rather than refused. Both are
+//! bounded: `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX` waiting (what a server holds per
+//! connection) and `ABANDONED_REQUESTS_PER_CONNECTION_MAX` abandoned.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use crate::limits::IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+use crate::limits::{ABANDONED_REQUESTS_PER_CONNECTION_MAX, IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX};
 use crate::link::{LinkError, HANDSHAKE_REQUEST_ID};
+
+/// Keyed by ids this side picks, so a fast hash is safe here.
+type Hasher = foldhash::fast::RandomState;
 
 /// Request ids to what waits for their answers.
 pub struct Outstanding<W> {
-    /// Keyed by ids this side picks, so a fast hash is safe here.
-    waiting: HashMap<u64, W, foldhash::fast::RandomState>,
+    waiting: HashMap<u64, W, Hasher>,
+    /// Ids whose callers stopped waiting; their answers are dropped when they come.
+    abandoned: HashSet<u64, Hasher>,
     /// The last id [`Outstanding::issue`] gave.
     last_id: u64,
 }
@@ -25,6 +30,7 @@ impl<W> Default for Outstanding<W> {
     fn default() -> Self {
         Outstanding {
             waiting: HashMap::default(),
+            abandoned: HashSet::default(),
             last_id: HANDSHAKE_REQUEST_ID,
         }
     }
@@ -57,11 +63,28 @@ impl<W> Outstanding<W> {
         self.waiting.reserve(additional);
     }
 
-    /// Takes the waiter of an answered request.
-    pub fn answer(&mut self, request_id: u64) -> Result<W, LinkError> {
-        self.waiting
-            .remove(&request_id)
-            .ok_or(LinkError::NotOutstanding { request_id })
+    /// Takes the waiter of an answered request; `None` for an abandoned one.
+    pub fn answer(&mut self, request_id: u64) -> Result<Option<W>, LinkError> {
+        if let Some(waiter) = self.waiting.remove(&request_id) {
+            return Ok(Some(waiter));
+        }
+        if self.abandoned.remove(&request_id) {
+            return Ok(None);
+        }
+        Err(LinkError::NotOutstanding { request_id })
+    }
+
+    /// Stops waiting for `request_id`'s answer, still expected; gives back its waiter
+    /// (`None` if it was answered meanwhile). Fails when too many are abandoned.
+    pub fn abandon(&mut self, request_id: u64) -> Result<Option<W>, LinkError> {
+        let Some(waiter) = self.waiting.remove(&request_id) else {
+            return Ok(None);
+        };
+        if self.abandoned.len() >= ABANDONED_REQUESTS_PER_CONNECTION_MAX {
+            return Err(LinkError::TooManyAbandoned);
+        }
+        self.abandoned.insert(request_id);
+        Ok(Some(waiter))
     }
 
     /// Takes back a request that was never sent (its frame could not be encoded).
@@ -73,29 +96,29 @@ impl<W> Outstanding<W> {
         self.waiting.get(&request_id)
     }
 
-    pub fn get_mut(&mut self, request_id: u64) -> Option<&mut W> {
-        self.waiting.get_mut(&request_id)
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &W> {
-        self.waiting.values()
-    }
-
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut W> {
-        self.waiting.values_mut()
+    /// The requests waited for, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &W)> {
+        self.waiting.iter().map(|(&request_id, waiter)| (request_id, waiter))
     }
 
     /// Takes every outstanding request (the link failed: none will be answered).
     pub fn drain(&mut self) -> impl Iterator<Item = (u64, W)> + '_ {
+        self.abandoned.clear();
         self.waiting.drain()
     }
 
+    /// Requests waited for (abandoned ones not counted).
     pub fn len(&self) -> usize {
         self.waiting.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.waiting.is_empty()
+    }
+
+    /// Requests abandoned and not answered yet.
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.len()
     }
 
     fn check_room(&self) -> Result<(), LinkError> {

@@ -95,7 +95,7 @@ fn frames(mut bytes: &[u8]) -> Vec<(FrameHeader, Vec<u8>)> {
 }
 
 #[test]
-fn a_new_link_sends_its_hello_first_with_its_family_and_requests_behind_it() {
+fn a_new_link_sends_its_hello_first_and_holds_requests_until_the_reply() {
     let mut link = Link::<PeerProtocol>::new(Identity::node(b"secret"), FrameBufferSizes::LINK).unwrap();
     let abort = PeerRequest::MigrateAbort {
         migration_id: 3,
@@ -103,7 +103,7 @@ fn a_new_link_sends_its_hello_first_with_its_family_and_requests_behind_it() {
     };
     assert_eq!(link.send(&abort, 4, ()), Ok(1), "requests count from 1");
     let sent = frames(link.output());
-    assert_eq!(sent.len(), 2);
+    assert_eq!(sent.len(), 1, "only the Hello goes before the reply");
     assert_eq!(sent[0].0.kind, FrameKind::Hello);
     let hello = Hello::decode(&sent[0].1).unwrap();
     assert_eq!(
@@ -115,13 +115,23 @@ fn a_new_link_sends_its_hello_first_with_its_family_and_requests_behind_it() {
         ),
         (PROTOCOL_VERSION, Family::Peer, 0, &b"secret"[..])
     );
-    assert_eq!((sent[1].0.kind, sent[1].0.request_id), (FrameKind::Request, 1));
-    let total = link.output().len();
-    link.written(total - 1);
+    let hello_bytes = link.output().len();
+    assert!(link.queued_bytes() > hello_bytes);
+    link.written(hello_bytes - 1);
     assert_eq!(link.output().len(), 1, "only what was written is dropped");
+    link.written(1);
+    assert!(matches!(
+        feed(&mut link, &hello_reply(), usize::MAX).unwrap()[..],
+        [LinkEvent::Ready(_)]
+    ));
+    let sent = frames(link.output());
+    assert_eq!(
+        (sent.len(), sent[0].0.kind, sent[0].0.request_id),
+        (1, FrameKind::Request, 1)
+    );
     let mut taken = Vec::new();
     link.take_output(&mut taken);
-    assert_eq!((taken.len(), link.output().len()), (1, 0));
+    assert_eq!((frames(&taken).len(), link.output().len()), (1, 0));
 }
 
 #[test]
@@ -427,4 +437,28 @@ fn the_blocking_adapter_shakes_hands_and_calls() {
     assert_eq!((hello.client_id, &hello.namespace[..]), (4, &b"ns"[..]));
     let refused = blocking::BlockingLink::<ClientProtocol>::connect(&address, identity, timeout);
     assert!(matches!(refused, Err(CallError::Connect { .. })), "the peer is gone");
+}
+
+#[test]
+fn an_abandoned_request_s_late_answer_is_dropped_and_abandoned_requests_are_bounded() {
+    let mut link = ready_link();
+    let gone = link.send(&ping(), 0, "gone").unwrap();
+    let kept = link.send(&ping(), 0, "kept").unwrap();
+    assert_eq!(link.outstanding_mut().abandon(gone), Ok(Some("gone")));
+    let mut stream = frame(FrameKind::Response, gone, &Response::Pong);
+    stream.extend(frame(FrameKind::Response, kept, &Response::Missing));
+    let events = feed(&mut link, &stream, usize::MAX).unwrap();
+    assert!(matches!(
+        &events[..],
+        [LinkEvent::Answer { request_id, waiter: "kept", .. }] if *request_id == kept
+    ));
+    assert_eq!(link.outstanding().abandoned(), 0, "answered, it is no longer expected");
+    let mut outstanding = Outstanding::default();
+    for request_id in 1..=crate::limits::ABANDONED_REQUESTS_PER_CONNECTION_MAX as u64 {
+        outstanding.insert(request_id, ()).unwrap();
+        assert_eq!(outstanding.abandon(request_id), Ok(Some(())));
+    }
+    outstanding.insert(0xffff_ffff, ()).unwrap();
+    assert_eq!(outstanding.abandon(0xffff_ffff), Err(LinkError::TooManyAbandoned));
+    assert_eq!(outstanding.abandon(12), Ok(None), "an id not waited for is left alone");
 }
