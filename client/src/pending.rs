@@ -285,12 +285,10 @@ impl PendingTable {
 
     /// Stops waiting for the answers of `request_ids` (those still unanswered); fails
     /// the connection once it has too many abandoned ids unanswered.
-    fn abandon(&self, request_ids: std::ops::Range<u64>) {
+    fn abandon(&self, mut request_ids: std::ops::Range<u64>) {
         let abandoned = {
             let mut state = self.lock();
-            request_ids
-                .map(|request_id| state.waiting.abandon(request_id).map(drop))
-                .collect::<Result<(), LinkError>>()
+            request_ids.try_for_each(|request_id| state.waiting.abandon(request_id).map(drop))
         };
         if let Err(error) = abandoned {
             self.fail_all(error.into());
