@@ -512,6 +512,17 @@ mod tests {
         stream.write_all(&out).expect("write");
     }
 
+    /// What the owners in these tests answer a Hello with.
+    fn hello_reply() -> engram_proto::HelloReply {
+        engram_proto::HelloReply {
+            node_id: 2,
+            shard_id: 0,
+            shard_count: 1,
+            map_epoch: 1,
+            server_version: "test".into(),
+        }
+    }
+
     /// An owner that takes the handshake and two requests, then answers them in reverse
     /// order; gives back what it received.
     fn fake_owner(listener: std::net::TcpListener) -> std::thread::JoinHandle<(Hello, Vec<Request>)> {
@@ -521,13 +532,7 @@ mod tests {
             let mut buffer = FrameBuffer::new(FrameBufferSizes::LINK);
             let (_, _, payload) = read_frame(&mut stream, &mut buffer);
             let hello = decode_payload::<Hello>(&payload).expect("a Hello");
-            let reply = engram_proto::HelloReply {
-                node_id: 2,
-                shard_id: 0,
-                shard_count: 1,
-                map_epoch: 1,
-                server_version: "test".into(),
-            };
+            let reply = hello_reply();
             write_frame(&mut stream, FrameKind::HelloReply, 0, &reply);
             let mut requests = Vec::new();
             let mut ids = Vec::new();
@@ -689,13 +694,7 @@ mod tests {
         assert_eq!(link.overdue(read_deadline - Duration::from_millis(1)), None);
         let overdue = link.overdue(read_deadline).expect("the read is overdue");
         assert_eq!((overdue.request_id, overdue.bound_ms), (7, PROXY_ANSWER_GRACE_MS));
-        let reply = engram_proto::HelloReply {
-            node_id: 2,
-            shard_id: 0,
-            shard_count: 1,
-            map_epoch: 1,
-            server_version: "test".into(),
-        };
+        let reply = hello_reply();
         let mut answers = Vec::new();
         encode_message(FrameKind::HelloReply, 0, 1, &reply, &mut answers).unwrap();
         encode_message(FrameKind::Response, read_id, 1, &Response::Missing, &mut answers).unwrap();
