@@ -40,6 +40,8 @@ package_of() {
 }
 
 if [[ -z "${ENGRAM_SKIP_CARGO:-}" ]]; then
+    # engram-control's etcd client needs protoc to build.
+    [[ " $binaries " == *" engram-control "* ]] && ensure_protoc
     cargo_arguments=()
     for binary in $binaries; do
         cargo_arguments+=(-p "$(package_of "$binary")" --bin "$binary")

@@ -7,3 +7,24 @@ cargo_target_dir() {
     metadata=$(cargo metadata --format-version 1 --no-deps --offline 2>/dev/null || cargo metadata --format-version 1 --no-deps)
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p' <<<"$metadata"
 }
+
+# Installs a Debian package when the command it provides is missing (the machines run
+# as root; apt's lists are refreshed once first, since a fresh image has none).
+# Usage: ensure_command COMMAND PACKAGE WHY
+ensure_command() {
+    local command=$1 package=$2 why=$3
+    command -v "$command" >/dev/null && return 0
+    printf '\n==> installing %s (%s)\n' "$package" "$why"
+    if [ -z "${ENSURE_COMMAND_UPDATED:-}" ]; then
+        apt-get update -qq
+        ENSURE_COMMAND_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package"
+    command -v "$command" >/dev/null || { echo "$package installed, but $command is still missing" >&2; exit 1; }
+}
+
+# engram-control's etcd client (the etcd-client crate) compiles etcd's protocol files
+# in its build script, which needs protoc.
+ensure_protoc() {
+    ensure_command protoc protobuf-compiler "building engram-control: the etcd-client crate's build script runs protoc"
+}

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
+# --bins builds engram-control too, whose etcd client needs protoc to build.
+ensure_protoc
 cargo build --release --locked --bins
 bin=$(cargo_target_dir)/release
 [ -x "$bin/engramd" ] || { echo "scripts/start.sh: $bin/engramd is missing after the build" >&2; exit 1; }

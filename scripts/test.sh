@@ -3,6 +3,7 @@
 # Usage: scripts/test.sh            (CI runs exactly this through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 say() { printf '\n==> %s\n' "$*"; }
 
@@ -21,11 +22,11 @@ install_prerequisites() {
     # The vendor check unpacks the published glommio crate and applies our patch.
     local tool
     for tool in patch curl; do
-        if ! command -v "$tool" >/dev/null; then
-            say "installing $tool (scripts/check-vendor.sh needs it)"
-            apt-get update -qq && apt-get install -y -qq "$tool"
-        fi
+        ensure_command "$tool" "$tool" "scripts/check-vendor.sh needs it"
     done
+    ensure_protoc
+    # The control plane's etcd tests run the real etcd (tests/src/etcd.rs).
+    ensure_command etcd etcd-server "the etcd tests of the control plane run the real etcd"
     local uring_ok=0
     if [ -r /proc/sys/kernel/io_uring_disabled ] && [ "$(cat /proc/sys/kernel/io_uring_disabled)" != "0" ]; then
         uring_ok=1

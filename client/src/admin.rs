@@ -56,6 +56,10 @@ pub enum AdminError {
     /// control plane state to act on, a plan that could not be made).
     #[error("engram-control: {code}: {message}")]
     Server { code: ServerCode, message: String },
+    /// The process asked is a standby of an etcd-backed control plane: the leader (at
+    /// `leader`, when the standby knows it) answers cluster commands.
+    #[error("engram-control at {address} is a standby, not the leader{}", leader_hint(.leader))]
+    NotLeader { address: String, leader: Option<String> },
     /// The control plane answered with a response that does not fit the command.
     #[error("engram-control answered {response} to {command}")]
     UnexpectedResponse {
@@ -68,6 +72,13 @@ pub enum AdminError {
     /// The request could not be encoded, or the answer broke the protocol.
     #[error("protocol: {0}")]
     Protocol(#[from] ProtocolError),
+}
+
+fn leader_hint(leader: &Option<String>) -> String {
+    match leader {
+        Some(leader) => format!(": the leader is at {leader}"),
+        None => ": no leader is known yet (an election is under way)".to_string(),
+    }
 }
 
 /// Lost slots returned to service by [`Admin::reclaim`].
@@ -161,6 +172,10 @@ impl Admin {
             Ok(Ok(ControlResponse::Error(reply))) => Err(AdminError::Server {
                 code: ServerCode::from_u16(reply.code),
                 message: reply.message,
+            }),
+            Ok(Ok(ControlResponse::NotLeader { leader })) => Err(AdminError::NotLeader {
+                address: self.address.clone(),
+                leader,
             }),
             Ok(answer) => answer,
         }
@@ -407,6 +422,19 @@ mod tests {
                 assert_eq!(message, "fake InvalidArgument");
             }
             other => panic!("an error answer gave {other:?}"),
+        }
+        fake.lock().answer = Some(ControlResponse::NotLeader {
+            leader: Some("10.0.0.7:7300".into()),
+        });
+        match admin.status().await {
+            Err(error @ AdminError::NotLeader { .. }) => {
+                let AdminError::NotLeader { leader, .. } = &error else {
+                    unreachable!()
+                };
+                assert_eq!(leader.as_deref(), Some("10.0.0.7:7300"));
+                assert!(error.to_string().ends_with("the leader is at 10.0.0.7:7300"), "{error}");
+            }
+            other => panic!("a standby's answer gave {other:?}"),
         }
         fake.lock().answer = Some(ControlResponse::Pong);
         match admin.status().await {

@@ -38,6 +38,13 @@ impl BarrierPassage {
     }
 }
 
+impl Client {
+    /// A cyclic barrier handle for `parties` callers.
+    pub fn barrier(&self, key: impl Into<Vec<u8>>, parties: u32) -> Barrier {
+        Barrier::new(self.clone(), key.into(), parties)
+    }
+}
+
 impl Barrier {
     pub(crate) fn new(client: Client, key: Vec<u8>, parties: u32) -> Barrier {
         Barrier {

@@ -1,11 +1,12 @@
-//! Client configuration and the builder that validates it and connects.
+//! The builder that validates a client's settings and connects.
 
 use std::time::Duration;
 
-use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, CREDENTIALS_BYTES_MAX, NAMESPACE_BYTES_MAX};
+use engram_proto::limits::{CREDENTIALS_BYTES_MAX, NAMESPACE_BYTES_MAX};
 use tokio::runtime::Handle;
 
 use crate::client::Client;
+use crate::config::{cap_timeout, Config};
 use crate::connection::Handshake;
 use crate::error::Error;
 use crate::limits::CALL_TIMEOUT_MS_DEFAULT;
@@ -22,18 +23,16 @@ pub struct ClientBuilder {
     spin: Duration,
 }
 
-/// The validated settings a client runs with.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub seed_address: String,
-    pub namespace: Vec<u8>,
-    pub timeout: Duration,
-    pub direct: bool,
-}
-
 /// Longest client-side spin a builder accepts: past this, parking costs less than the
 /// CPU burnt, whatever the latency.
 pub const SPIN_MAX: Duration = Duration::from_millis(10);
+
+impl Client {
+    /// Starts configuring a client that first contacts `address` (`host:port`).
+    pub fn builder(address: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(address)
+    }
+}
 
 impl ClientBuilder {
     pub(crate) fn new(address: impl Into<String>) -> ClientBuilder {
@@ -133,16 +132,10 @@ impl ClientBuilder {
     }
 }
 
-/// Clamps a timeout to `CALL_TIMEOUT_MS_MAX`, the longest a client may retry one
-/// operation (plus its wait, if it waits): the server's exactly-once guarantee for a
-/// retried operation id is only promised within that window.
-pub(crate) fn cap_timeout(timeout: Duration) -> Duration {
-    timeout.min(Duration::from_millis(CALL_TIMEOUT_MS_MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engram_proto::limits::CALL_TIMEOUT_MS_MAX;
 
     #[test]
     fn settings_are_checked_against_the_limits() {

@@ -54,6 +54,13 @@ pub struct Bytes {
     timeout: Option<Duration>,
 }
 
+impl Client {
+    /// A bytes object handle.
+    pub fn bytes(&self, key: impl Into<Vec<u8>>) -> Bytes {
+        Bytes::new(self.clone(), key.into())
+    }
+}
+
 impl Bytes {
     pub(crate) fn new(client: Client, key: Vec<u8>) -> Bytes {
         Bytes {

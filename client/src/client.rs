@@ -10,23 +10,14 @@ use tokio::runtime::Handle;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::backoff::retry_delay_after;
-use crate::barrier::Barrier;
-use crate::builder::{cap_timeout, ClientBuilder, Config};
-use crate::bytes::Bytes;
+use crate::config::{cap_timeout, Config};
 use crate::connection::{Connection, Handshake, SentBatch};
-use crate::counter::Counter;
 use crate::error::{ConnectionError, Error};
-use crate::future::RemoteFuture;
-use crate::latch::Latch;
 use crate::limits::UNREACHABLE_ATTEMPTS_MAX;
-use crate::lock::Lock;
-use crate::map::Map;
 use crate::operations::{Operation, OperationIds};
 use crate::pending::Reply;
 use crate::pool::Pool;
-use crate::queue::Queue;
 use crate::route::Route;
-use crate::semaphore::Semaphore;
 use engram_proto::AdminCommand;
 
 /// A handle on an Engram cluster. Build it once and clone it freely: clones share the
@@ -64,11 +55,6 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Starts configuring a client that first contacts `address` (`host:port`).
-    pub fn builder(address: impl Into<String>) -> ClientBuilder {
-        ClientBuilder::new(address)
-    }
-
     pub(crate) async fn start(config: Config, handshake: Handshake, runtime: Handle) -> Result<Client, Error> {
         let client = Client {
             inner: Arc::new(Inner {
@@ -110,51 +96,6 @@ impl Client {
     /// Epoch of the slot map the client routes with; 0 when it has none.
     pub fn map_epoch(&self) -> u64 {
         self.route().map_or(0, |route| route.epoch())
-    }
-
-    /// A bytes object handle.
-    pub fn bytes(&self, key: impl Into<Vec<u8>>) -> Bytes {
-        Bytes::new(self.clone(), key.into())
-    }
-
-    /// A counter (i64) handle.
-    pub fn counter(&self, key: impl Into<Vec<u8>>) -> Counter {
-        Counter::new(self.clone(), key.into())
-    }
-
-    /// A lock handle: fenced, leased, FIFO.
-    pub fn lock(&self, key: impl Into<Vec<u8>>) -> Lock {
-        Lock::new(self.clone(), key.into())
-    }
-
-    /// A semaphore handle of `capacity` permits (fixed by the semaphore's first use).
-    pub fn semaphore(&self, key: impl Into<Vec<u8>>, capacity: u32) -> Semaphore {
-        Semaphore::new(self.clone(), key.into(), capacity)
-    }
-
-    /// A cyclic barrier handle for `parties` callers.
-    pub fn barrier(&self, key: impl Into<Vec<u8>>, parties: u32) -> Barrier {
-        Barrier::new(self.clone(), key.into(), parties)
-    }
-
-    /// A count-down latch handle.
-    pub fn latch(&self, key: impl Into<Vec<u8>>) -> Latch {
-        Latch::new(self.clone(), key.into())
-    }
-
-    /// A write-once value handle.
-    pub fn future(&self, key: impl Into<Vec<u8>>) -> RemoteFuture {
-        RemoteFuture::new(self.clone(), key.into())
-    }
-
-    /// A map (field to bytes) handle.
-    pub fn map(&self, key: impl Into<Vec<u8>>) -> Map {
-        Map::new(self.clone(), key.into())
-    }
-
-    /// A double-ended queue handle.
-    pub fn queue(&self, key: impl Into<Vec<u8>>) -> Queue {
-        Queue::new(self.clone(), key.into())
     }
 
     /// Round trip to the seed node.
@@ -306,18 +247,43 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Vec<Result<Response, Error>> {
         let base = timeout.map_or(self.inner.config.timeout, cap_timeout);
-        let mut results: Vec<Option<Result<Response, Error>>> = Vec::with_capacity(commands.len());
-        let mut timeout = base;
-        for (command, _) in &commands {
-            match checked_call_timeout(command.key(), base, command) {
-                Ok(needed) => {
-                    timeout = timeout.max(needed);
-                    results.push(None);
-                }
-                Err(error) => results.push(Some(Err(error))),
-            }
-        }
+        let (timeout, mut results) = batch_timeout(&commands, base);
         let deadline = Instant::now() + timeout;
+        // The operations stay in flight (and their ids unacknowledged) until every entry,
+        // retried ones included, has its answer.
+        let (mut requests, operations) = self.batch_requests(commands);
+        // Entries that still need the single-call path, with the error that sent them there
+        // (`None`: the batch could not be sent, so they start afresh).
+        let mut retries: Vec<(usize, Option<Error>)> = Vec::new();
+        let pending: Vec<usize> = (0..requests.len()).filter(|&index| results[index].is_none()).collect();
+        let mut in_flight = Vec::new();
+        let sent = timeout_at(
+            deadline,
+            self.send_batch(&requests, &pending, &mut in_flight, &mut results, &mut retries),
+        )
+        .await;
+        if sent.is_err() {
+            self.settle_after_deadline(timeout, &pending, in_flight, &mut results, &mut retries);
+        }
+        if !retries.is_empty() {
+            self.retry_singly(&mut requests, retries, deadline, timeout, &mut results)
+                .await;
+        }
+        drop(operations);
+        results
+            .into_iter()
+            .zip(&requests)
+            .map(|(result, request)| match result {
+                // Retried entries (their command taken) got their slot on that path.
+                Some(Err(error)) => Err(self.with_slot_of(error, request.command.key())),
+                Some(result) => result,
+                None => Err(self.timed_out(timeout, None)),
+            })
+            .collect()
+    }
+
+    /// Each command as a request; mutations get an operation id.
+    fn batch_requests(&self, commands: Vec<(Command, bool)>) -> (Vec<Request>, Vec<Option<Operation>>) {
         let mut operations: Vec<Option<Operation>> = Vec::with_capacity(commands.len());
         let mut requests: Vec<Request> = Vec::with_capacity(commands.len());
         for (command, mutation) in commands {
@@ -333,72 +299,67 @@ impl Client {
         for request in &mut requests {
             request.completed_below_op_id = completed_below;
         }
-        // Entries that still need the single-call path, with the error that sent them there
-        // (`None`: the batch could not be sent, so they start afresh).
-        let mut retries: Vec<(usize, Option<Error>)> = Vec::new();
-        let pending: Vec<usize> = (0..requests.len()).filter(|&index| results[index].is_none()).collect();
-        let mut in_flight = Vec::new();
-        let sent = timeout_at(
-            deadline,
-            self.send_batch(&requests, &pending, &mut in_flight, &mut results, &mut retries),
-        )
-        .await;
-        if sent.is_err() {
-            // The deadline passed with answers missing: the answers already in count,
-            // the other entries time out.
-            for (chunk, connection, mut sent) in in_flight.drain(..) {
-                for (index, reply) in chunk.into_iter().zip(sent.answered()) {
-                    if let Some(reply) = reply {
-                        sort_reply(index, reply, &connection, &mut results, &mut retries);
-                    }
-                }
-            }
-            let mut retrying = vec![false; requests.len()];
-            for (index, _) in &retries {
-                retrying[*index] = true;
-            }
-            for index in pending {
-                if results[index].is_none() && !retrying[index] {
-                    results[index] = Some(Err(self.timed_out(timeout, None)));
+        (requests, operations)
+    }
+
+    /// The deadline passed with answers missing: the answers already in count, entries
+    /// bound for the single-call path stay there, the others time out.
+    fn settle_after_deadline(
+        &self,
+        timeout: Duration,
+        pending: &[usize],
+        mut in_flight: Vec<InFlight>,
+        results: &mut [Option<Result<Response, Error>>],
+        retries: &mut Vec<(usize, Option<Error>)>,
+    ) {
+        for (chunk, connection, mut sent) in in_flight.drain(..) {
+            for (index, reply) in chunk.into_iter().zip(sent.answered()) {
+                if let Some(reply) = reply {
+                    sort_reply(index, reply, &connection, results, retries);
                 }
             }
         }
-        if !retries.is_empty() {
-            // Each retried entry takes the single-call path on its own, concurrently
-            // with the others; the operations stay in flight until they are done.
-            let mut retried: Vec<(usize, Request, Option<Error>)> = Vec::with_capacity(retries.len());
-            for (index, failed) in retries {
-                let request = Request {
-                    op_id: requests[index].op_id,
-                    completed_below_op_id: 0,
-                    command: std::mem::replace(&mut requests[index].command, Command::from(AdminCommand::Ping)),
-                };
-                retried.push((index, request, failed));
+        let mut retrying = vec![false; results.len()];
+        for (index, _) in retries.iter() {
+            retrying[*index] = true;
+        }
+        for &index in pending {
+            if results[index].is_none() && !retrying[index] {
+                results[index] = Some(Err(self.timed_out(timeout, None)));
             }
-            let outcomes =
-                futures::future::join_all(retried.into_iter().map(|(index, mut request, failed)| async move {
-                    let key = request.command.key().map(<[u8]>::to_vec);
-                    let result = self
-                        .retry(key.as_deref(), &mut request, deadline, timeout, failed)
-                        .await;
-                    (index, result)
-                }))
+        }
+    }
+
+    /// Each retried entry takes the single-call path on its own, concurrently with the
+    /// others, under the batch's deadline.
+    async fn retry_singly(
+        &self,
+        requests: &mut [Request],
+        retries: Vec<(usize, Option<Error>)>,
+        deadline: Instant,
+        timeout: Duration,
+        results: &mut [Option<Result<Response, Error>>],
+    ) {
+        let mut retried: Vec<(usize, Request, Option<Error>)> = Vec::with_capacity(retries.len());
+        for (index, failed) in retries {
+            let request = Request {
+                op_id: requests[index].op_id,
+                completed_below_op_id: 0,
+                command: std::mem::replace(&mut requests[index].command, Command::from(AdminCommand::Ping)),
+            };
+            retried.push((index, request, failed));
+        }
+        let outcomes = futures::future::join_all(retried.into_iter().map(|(index, mut request, failed)| async move {
+            let key = request.command.key().map(<[u8]>::to_vec);
+            let result = self
+                .retry(key.as_deref(), &mut request, deadline, timeout, failed)
                 .await;
-            for (index, result) in outcomes {
-                results[index] = Some(result);
-            }
+            (index, result)
+        }))
+        .await;
+        for (index, result) in outcomes {
+            results[index] = Some(result);
         }
-        drop(operations);
-        results
-            .into_iter()
-            .zip(&requests)
-            .map(|(result, request)| match result {
-                // Retried entries (their command taken) got their slot on that path.
-                Some(Err(error)) => Err(self.with_slot_of(error, request.command.key())),
-                Some(result) => result,
-                None => Err(self.timed_out(timeout, None)),
-            })
-            .collect()
     }
 
     /// The batched pass: groups the `pending` entries by the connection their key routes
@@ -753,6 +714,23 @@ fn sort_reply(
         Err(error) if error.is_retryable() => retries.push((index, Some(error))),
         result => results[index] = Some(result),
     }
+}
+
+/// The batch's timeout: the longest any of its commands needs (a wait may need more than
+/// `base`), and the results so far: commands whose key or wait is refused at once.
+fn batch_timeout(commands: &[(Command, bool)], base: Duration) -> (Duration, Vec<Option<Result<Response, Error>>>) {
+    let mut results = Vec::with_capacity(commands.len());
+    let mut timeout = base;
+    for (command, _) in commands {
+        match checked_call_timeout(command.key(), base, command) {
+            Ok(needed) => {
+                timeout = timeout.max(needed);
+                results.push(None);
+            }
+            Err(error) => results.push(Some(Err(error))),
+        }
+    }
+    (timeout, results)
 }
 
 /// The timeout a call of `command` on `key` gets from `base`, or why it cannot be sent:

@@ -25,6 +25,13 @@ pub struct Counter {
     timeout: Option<Duration>,
 }
 
+impl Client {
+    /// A counter (i64) handle.
+    pub fn counter(&self, key: impl Into<Vec<u8>>) -> Counter {
+        Counter::new(self.clone(), key.into())
+    }
+}
+
 impl Counter {
     pub(crate) fn new(client: Client, key: Vec<u8>) -> Counter {
         Counter {

@@ -19,6 +19,13 @@ pub struct RemoteFuture {
     object: Object,
 }
 
+impl Client {
+    /// A write-once value handle.
+    pub fn future(&self, key: impl Into<Vec<u8>>) -> RemoteFuture {
+        RemoteFuture::new(self.clone(), key.into())
+    }
+}
+
 impl RemoteFuture {
     pub(crate) fn new(client: Client, key: Vec<u8>) -> RemoteFuture {
         RemoteFuture {

@@ -17,6 +17,13 @@ pub struct Latch {
     object: Object,
 }
 
+impl Client {
+    /// A count-down latch handle.
+    pub fn latch(&self, key: impl Into<Vec<u8>>) -> Latch {
+        Latch::new(self.clone(), key.into())
+    }
+}
+
 impl Latch {
     pub(crate) fn new(client: Client, key: Vec<u8>) -> Latch {
         Latch {

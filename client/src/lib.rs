@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`client`]: `Client`: slot routing, the retrying call path, node commands (ping, info, slot map).
 //! - [`builder`]: `ClientBuilder`: address, namespace, credentials, timeout, direct routing; validation.
+//! - `config`: the validated settings a client runs with, and the cap on call timeouts.
 //! - [`bytes`]: the bytes object handle (get, set with ttl/conditions, del, append).
 //! - [`counter`]: the counter handle (get, add, incr, set, compare-and-set).
 //! - [`lock`]: the lock handle (acquire with lease and wait, try, holder) and its guard
@@ -68,6 +69,7 @@ pub mod semaphore;
 
 mod arguments;
 mod backoff;
+mod config;
 mod connection;
 mod object;
 mod operations;

@@ -43,6 +43,13 @@ pub struct LockGuard {
     lease: Duration,
 }
 
+impl Client {
+    /// A lock handle: fenced, leased, FIFO.
+    pub fn lock(&self, key: impl Into<Vec<u8>>) -> Lock {
+        Lock::new(self.clone(), key.into())
+    }
+}
+
 impl Lock {
     pub(crate) fn new(client: Client, key: Vec<u8>) -> Lock {
         Lock {

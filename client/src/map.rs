@@ -20,6 +20,13 @@ pub struct Map {
     object: Object,
 }
 
+impl Client {
+    /// A map (field to bytes) handle.
+    pub fn map(&self, key: impl Into<Vec<u8>>) -> Map {
+        Map::new(self.clone(), key.into())
+    }
+}
+
 impl Map {
     pub(crate) fn new(client: Client, key: Vec<u8>) -> Map {
         Map {

@@ -18,6 +18,13 @@ pub struct Queue {
     object: Object,
 }
 
+impl Client {
+    /// A double-ended queue handle.
+    pub fn queue(&self, key: impl Into<Vec<u8>>) -> Queue {
+        Queue::new(self.clone(), key.into())
+    }
+}
+
 impl Queue {
     pub(crate) fn new(client: Client, key: Vec<u8>) -> Queue {
         Queue {

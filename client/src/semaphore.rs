@@ -32,6 +32,13 @@ pub struct Permit {
     lease: Duration,
 }
 
+impl Client {
+    /// A semaphore handle of `capacity` permits (fixed by the semaphore's first use).
+    pub fn semaphore(&self, key: impl Into<Vec<u8>>, capacity: u32) -> Semaphore {
+        Semaphore::new(self.clone(), key.into(), capacity)
+    }
+}
+
 impl Semaphore {
     pub(crate) fn new(client: Client, key: Vec<u8>, capacity: u32) -> Semaphore {
         Semaphore {

@@ -4,15 +4,21 @@
 //! Layout:
 //! - [`membership`]: the control plane's sans-I/O state: members, owners, map epochs, liveness, persistence.
 //! - [`service`]: the `engram-control` process: control protocol server, and the driver of the orchestrator over real links.
+//! - [`election`]: the election's driver over etcd: performs the leadership state machine's outputs, and tells the controller when it leads.
+//! - [`leadership`]: which of several control-plane processes leads (etcd lease and leader key), sans-I/O.
 //! - [`metrics`]: the control plane's Prometheus families.
+//! - [`state`]: where the state lives between runs (a locked file, or etcd under the leader's conditions), and what a failed write means.
 //! - [`planner`]: the rebalancing planner, pure functions from shards, load and owners to slot moves.
 //! - [`orchestrator`]: the migration orchestrator (plans, two-phase steps, the start-up reconcile), sans-I/O.
 //!
 //! The control plane is the coordinator of each migration's two-phase hand-over; its
-//! commit point is the write of the new map to its state file.
+//! commit point is the write of the new map to its state store.
 
+pub mod election;
+pub mod leadership;
 pub mod membership;
 pub mod metrics;
 pub mod orchestrator;
 pub mod planner;
 pub mod service;
+pub mod state;

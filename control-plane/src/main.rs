@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use engram_control::election::{self, ElectionSettings};
+use engram_control::leadership::Candidate;
 use engram_control::service::{self, Controller, Settings};
+use engram_control::state::{EtcdWriter, Keys};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
@@ -23,9 +26,26 @@ struct Arguments {
     /// Address nodes, clients and the CLI reach the control plane at.
     #[arg(long, env = "ENGRAM_LISTEN", default_value = "127.0.0.1:7300")]
     listen: String,
-    /// Directory of the state file (members and the slot map), kept across restarts.
-    #[arg(long, env = "ENGRAM_DATA", default_value = "engram-control-data")]
+    /// Directory of the state file (members and the slot map), kept across restarts:
+    /// one process, for development. Exclusive with --etcd.
+    #[arg(
+        long,
+        env = "ENGRAM_DATA",
+        default_value = "engram-control-data",
+        conflicts_with = "etcd"
+    )]
     data: PathBuf,
+    /// Keep the state in etcd at these endpoints (`http://HOST:PORT`, comma-separated)
+    /// instead of a file: several engram-control processes run, one leads, any can die.
+    #[arg(long, env = "ENGRAM_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The etcd key prefix of this cluster's control plane (its state and leader keys).
+    #[arg(long, env = "ENGRAM_ETCD_PREFIX", default_value = engram_control::state::etcd::ETCD_PREFIX_DEFAULT, requires = "etcd")]
+    etcd_prefix: String,
+    /// The address other processes reach this one's --listen at, as standbys name the
+    /// leader (default: the address --listen bound).
+    #[arg(long, env = "ENGRAM_ADVERTISE")]
+    advertise: Option<String>,
     /// Token for the handshake, both from nodes and the CLI and towards nodes.
     #[arg(long, env = "ENGRAM_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
@@ -90,13 +110,15 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     let settings = Settings {
-        data_dir: arguments.data.clone(),
         credentials: arguments.auth_token.unwrap_or_default().into_bytes(),
         load_rebalance: !arguments.no_load_rebalance,
         load_check_interval: std::time::Duration::from_millis(arguments.load_check_interval_ms.max(1)),
         liveness_timeout: std::time::Duration::from_millis(arguments.liveness_timeout_ms),
     };
-    let (controller, events) = Controller::open(settings)?;
+    let (controller, events) = match arguments.etcd.is_empty() {
+        true => Controller::open(settings, &arguments.data)?,
+        false => Controller::standby(settings),
+    };
     let listener = tokio::net::TcpListener::bind(&arguments.listen)
         .await
         .map_err(|source| service::ControlError::Listen {
@@ -117,18 +139,63 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
         None
     };
     tokio::spawn(controller.clone().orchestrate(events));
-    tokio::spawn(controller.clone().reconcile());
     tokio::spawn(controller.clone().housekeeping());
-    tracing::info!(%address, data = %arguments.data.display(), epoch = controller.epoch(), ?metrics_address, "engram-control serving");
-    println!("engram-control ready listen={address} epoch={}", controller.epoch());
-    let serving = tokio::spawn(service::serve(controller, listener));
+    let election = match arguments.etcd.is_empty() {
+        true => {
+            tokio::spawn(controller.clone().reconcile());
+            tracing::info!(%address, data = %arguments.data.display(), epoch = controller.epoch(), ?metrics_address, "engram-control serving");
+            println!("engram-control ready listen={address} epoch={}", controller.epoch());
+            None
+        }
+        false => {
+            let me = Candidate {
+                id: process_id(),
+                address: arguments.advertise.clone().unwrap_or_else(|| address.to_string()),
+            };
+            let writer = EtcdWriter::start(&arguments.etcd)?;
+            let settings = ElectionSettings {
+                endpoints: arguments.etcd.clone(),
+                keys: Keys::under(&arguments.etcd_prefix),
+                me: me.clone(),
+            };
+            tracing::info!(%address, etcd = %arguments.etcd.join(","), prefix = %arguments.etcd_prefix, id = %me.id, ?metrics_address, "engram-control serving as a standby until elected");
+            println!(
+                "engram-control ready listen={address} id={} etcd_prefix={}",
+                me.id, arguments.etcd_prefix
+            );
+            Some(tokio::spawn(election::run(controller.clone(), settings, writer)))
+        }
+    };
+    let serving = tokio::spawn(service::serve(controller.clone(), listener));
+    let election = async move {
+        match election {
+            Some(election) => election.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = serving => {}
+        ended = election => {
+            return Err(match ended {
+                Ok(Err(error)) => error.into(),
+                _ => "the election ended".into(),
+            });
+        }
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate() => {}
+        halted = controller.halted() => return Err(halted.into()),
     }
     tracing::info!("engram-control stopped");
     Ok(())
+}
+
+/// An id for this process that no other process of the cluster shares: its pid and its
+/// start time in nanoseconds.
+fn process_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    format!("{:x}-{:x}", std::process::id(), nanos)
 }
 
 async fn terminate() {

@@ -209,128 +209,212 @@ pub fn plan_load(
     if eligible.len() < 2 || policy.moves_max == 0 {
         return Vec::new();
     }
-    let count = eligible.len() as f64;
-    let mean_operations = eligible.values().map(|shard| shard.operations_per_second).sum::<f64>() / count;
-    let mean_memory = eligible.values().map(|shard| shard.memory_bytes as f64).sum::<f64>() / count;
-    let pressure = |operations: f64, memory: f64| {
-        let relative = |value: f64, mean: f64| if mean > 0.0 { value / mean } else { 0.0 };
-        relative(operations, mean_operations).max(relative(memory, mean_memory))
-    };
-
-    let weights: Vec<f64> = (0..owners.len())
-        .map(|slot| {
-            let weight = slot_load(slot as u32);
-            if weight.is_finite() && weight > 0.0 {
-                weight
-            } else {
-                0.0
-            }
-        })
-        .collect();
-
-    struct ShardLoad {
-        operations: f64,
-        memory: f64,
-        movable_slots: Vec<u32>,
-    }
-    let mut loads: BTreeMap<ShardRef, ShardLoad> = eligible
-        .iter()
-        .map(|(shard, plan)| {
-            let load = ShardLoad {
-                operations: plan.operations_per_second,
-                memory: plan.memory_bytes as f64,
-                movable_slots: Vec::new(),
-            };
-            (*shard, load)
-        })
-        .collect();
-    for (slot, owner) in owners.iter().enumerate() {
-        if let Some(load) = loads.get_mut(owner) {
-            load.movable_slots.push(slot as u32);
-        }
-    }
-    // Each slot's share of its owner's load, fixed at planning time: what the owner
-    // measured is all we know, and it does not change because we plan to move slots.
-    let mut shares = vec![0.0; owners.len()];
-    for load in loads.values() {
-        let total: f64 = load.movable_slots.iter().map(|slot| weights[*slot as usize]).sum();
-        for slot in &load.movable_slots {
-            shares[*slot as usize] = if total > 0.0 {
-                weights[*slot as usize] / total
-            } else {
-                1.0 / load.movable_slots.len() as f64
-            };
-        }
-    }
-    let slot_transfer = |slot: u32| {
-        let owner = &eligible[&owners[slot as usize]];
-        let share = shares[slot as usize];
-        (owner.operations_per_second * share, owner.memory_bytes as f64 * share)
-    };
-
+    let mut balance = LoadBalance::new(&eligible, owners, slot_load);
     let mut moves = Vec::new();
     let mut exhausted: BTreeSet<ShardRef> = BTreeSet::new();
     while moves.len() < policy.moves_max {
-        let pressure_of = |shard: &ShardRef| {
-            let load = &loads[shard];
-            pressure(load.operations, load.memory)
+        let Some(giver) = balance.hottest(policy.hot_ratio, &exhausted) else {
+            break;
         };
-        // Strict comparisons keep the first (lowest ShardRef) of equals: deterministic.
-        let mut giver: Option<(ShardRef, f64)> = None;
-        for shard in loads.keys().filter(|shard| !exhausted.contains(shard)) {
-            let shard_pressure = pressure_of(shard);
-            if shard_pressure > policy.hot_ratio && giver.is_none_or(|(_, hottest)| shard_pressure > hottest) {
-                giver = Some((*shard, shard_pressure));
+        let Some(receiver) = balance.coolest_except(giver) else {
+            break;
+        };
+        match balance.heaviest_fitting_slot(giver, receiver) {
+            Some(index) => moves.push(balance.transfer(giver, index, receiver)),
+            None => {
+                exhausted.insert(giver);
             }
         }
-        let Some((giver, _)) = giver else { break };
-        let mut receiver: Option<(ShardRef, f64)> = None;
-        for shard in loads.keys().filter(|shard| **shard != giver) {
-            let shard_pressure = pressure_of(shard);
-            if receiver.is_none_or(|(_, coolest)| shard_pressure < coolest) {
-                receiver = Some((*shard, shard_pressure));
-            }
-        }
-        let Some((receiver, _)) = receiver else { break };
+    }
+    moves
+}
 
-        let giver_load = &loads[&giver];
-        let receiver_load = &loads[&receiver];
+/// The load-planning state: each eligible shard's load as planned so far, and each slot's
+/// fixed share of its owner's measured load.
+struct LoadBalance {
+    pressure: Pressure,
+    loads: BTreeMap<ShardRef, ShardLoad>,
+    /// What moving each slot moves: its share of its owner's operations and memory.
+    transfers: Vec<Load>,
+}
+
+/// Operations per second and memory bytes, as planned.
+#[derive(Clone, Copy, Default)]
+struct Load {
+    operations: f64,
+    memory: f64,
+}
+
+struct ShardLoad {
+    load: Load,
+    /// Slots this shard owned before planning and has not given away in this plan.
+    movable_slots: Vec<u32>,
+}
+
+/// Load relative to the eligible shards' means: the larger of the two ratios.
+struct Pressure {
+    mean: Load,
+}
+
+impl Pressure {
+    fn of(&self, load: Load) -> f64 {
+        let relative = |value: f64, mean: f64| if mean > 0.0 { value / mean } else { 0.0 };
+        relative(load.operations, self.mean.operations).max(relative(load.memory, self.mean.memory))
+    }
+}
+
+impl LoadBalance {
+    fn new(eligible: &BTreeMap<ShardRef, PlanShard>, owners: &[ShardRef], slot_load: &dyn Fn(u32) -> f64) -> Self {
+        let measured = |plan: &PlanShard| Load {
+            operations: plan.operations_per_second,
+            memory: plan.memory_bytes as f64,
+        };
+        let count = eligible.len() as f64;
+        let mean = Load {
+            operations: eligible.values().map(|plan| measured(plan).operations).sum::<f64>() / count,
+            memory: eligible.values().map(|plan| measured(plan).memory).sum::<f64>() / count,
+        };
+        let mut loads: BTreeMap<ShardRef, ShardLoad> = eligible
+            .iter()
+            .map(|(shard, plan)| {
+                let load = measured(plan);
+                (
+                    *shard,
+                    ShardLoad {
+                        load,
+                        movable_slots: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        for (slot, owner) in owners.iter().enumerate() {
+            if let Some(shard) = loads.get_mut(owner) {
+                shard.movable_slots.push(slot as u32);
+            }
+        }
+        let transfers = slot_transfers(&loads, owners.len(), slot_load);
+        LoadBalance {
+            pressure: Pressure { mean },
+            loads,
+            transfers,
+        }
+    }
+
+    fn pressure_of(&self, shard: ShardRef) -> f64 {
+        self.pressure.of(self.loads[&shard].load)
+    }
+
+    /// The hottest shard above `hot_ratio` that may still give. Strict comparisons keep
+    /// the first (lowest `ShardRef`) of equals: deterministic.
+    fn hottest(&self, hot_ratio: f64, exhausted: &BTreeSet<ShardRef>) -> Option<ShardRef> {
+        let mut hottest: Option<(ShardRef, f64)> = None;
+        for shard in self.loads.keys().filter(|shard| !exhausted.contains(shard)) {
+            let pressure = self.pressure_of(*shard);
+            if pressure > hot_ratio && hottest.is_none_or(|(_, highest)| pressure > highest) {
+                hottest = Some((*shard, pressure));
+            }
+        }
+        hottest.map(|(shard, _)| shard)
+    }
+
+    fn coolest_except(&self, giver: ShardRef) -> Option<ShardRef> {
+        let mut coolest: Option<(ShardRef, f64)> = None;
+        for shard in self.loads.keys().filter(|shard| **shard != giver) {
+            let pressure = self.pressure_of(*shard);
+            if coolest.is_none_or(|(_, lowest)| pressure < lowest) {
+                coolest = Some((*shard, pressure));
+            }
+        }
+        coolest.map(|(shard, _)| shard)
+    }
+
+    /// The index in the giver's movable slots of its heaviest slot whose move leaves the
+    /// receiver no hotter than the giver after it.
+    fn heaviest_fitting_slot(&self, giver: ShardRef, receiver: ShardRef) -> Option<usize> {
+        let giver_load = &self.loads[&giver];
+        let receiver_load = self.loads[&receiver].load;
         let mut best: Option<(usize, f64)> = None;
         for (index, slot) in giver_load.movable_slots.iter().enumerate() {
-            let (operations, memory) = slot_transfer(*slot);
-            let moved = pressure(operations, memory);
+            let moved = self.transfers[*slot as usize];
+            let moved_pressure = self.pressure.of(moved);
             // A slot carrying no load would be moved for nothing.
-            if moved <= 0.0 || best.is_some_and(|(_, heaviest)| moved <= heaviest) {
+            if moved_pressure <= 0.0 || best.is_some_and(|(_, heaviest)| moved_pressure <= heaviest) {
                 continue;
             }
-            let giver_after = pressure(giver_load.operations - operations, giver_load.memory - memory);
-            let receiver_after = pressure(receiver_load.operations + operations, receiver_load.memory + memory);
+            let giver_after = self.pressure.of(giver_load.load.minus(moved));
+            let receiver_after = self.pressure.of(receiver_load.plus(moved));
             if receiver_after <= giver_after {
-                best = Some((index, moved));
+                best = Some((index, moved_pressure));
             }
         }
-        let Some((index, _)) = best else {
-            exhausted.insert(giver);
-            continue;
-        };
+        best.map(|(index, _)| index)
+    }
 
-        let giver_load = loads.get_mut(&giver).expect("giver is eligible");
+    fn transfer(&mut self, giver: ShardRef, index: usize, receiver: ShardRef) -> Move {
+        let giver_load = self.loads.get_mut(&giver).expect("giver is eligible");
         let slot = giver_load.movable_slots.remove(index);
-        let (operations, memory) = slot_transfer(slot);
-        giver_load.operations -= operations;
-        giver_load.memory -= memory;
+        let moved = self.transfers[slot as usize];
+        giver_load.load = giver_load.load.minus(moved);
         // The slot lands with the receiver but not among its movable slots: moving it
         // again in the same plan would make this move's `from` stale.
-        let receiver_load = loads.get_mut(&receiver).expect("receiver is eligible");
-        receiver_load.operations += operations;
-        receiver_load.memory += memory;
-        moves.push(Move {
+        let receiver_load = self.loads.get_mut(&receiver).expect("receiver is eligible");
+        receiver_load.load = receiver_load.load.plus(moved);
+        Move {
             slot,
             from: giver,
             to: receiver,
-        });
+        }
     }
-    moves
+}
+
+impl Load {
+    fn plus(self, other: Load) -> Load {
+        Load {
+            operations: self.operations + other.operations,
+            memory: self.memory + other.memory,
+        }
+    }
+
+    fn minus(self, other: Load) -> Load {
+        Load {
+            operations: self.operations - other.operations,
+            memory: self.memory - other.memory,
+        }
+    }
+
+    fn scaled(self, share: f64) -> Load {
+        Load {
+            operations: self.operations * share,
+            memory: self.memory * share,
+        }
+    }
+}
+
+/// Each slot's share of its owner's load, fixed at planning time: what the owner measured
+/// is all we know, and it does not change because we plan to move slots. Slots of
+/// ineligible owners carry nothing.
+fn slot_transfers(loads: &BTreeMap<ShardRef, ShardLoad>, slots: usize, slot_load: &dyn Fn(u32) -> f64) -> Vec<Load> {
+    let weight = |slot: u32| {
+        let weight = slot_load(slot);
+        if weight.is_finite() && weight > 0.0 {
+            weight
+        } else {
+            0.0
+        }
+    };
+    let mut transfers = vec![Load::default(); slots];
+    for shard in loads.values() {
+        let total: f64 = shard.movable_slots.iter().map(|slot| weight(*slot)).sum();
+        for slot in &shard.movable_slots {
+            let share = if total > 0.0 {
+                weight(*slot) / total
+            } else {
+                1.0 / shard.movable_slots.len() as f64
+            };
+            transfers[*slot as usize] = shard.load.scaled(share);
+        }
+    }
+    transfers
 }
 
 /// Applies `moves` in order: each slot's owner becomes the move's `to`.

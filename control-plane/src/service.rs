@@ -4,21 +4,22 @@
 //! effects (calls to shard ports, state-file writes, timers, map broadcasts) and feeds
 //! their results back as events.
 //!
-//! The commit point of a migration is the write of the new map to the state file: a
-//! control plane that restarts finds either the old map (and aborts every migration the
-//! nodes still hold) or the new one (and installs it, which commits).
+//! The commit point of a migration is the write of the new map to the state store (a
+//! file, or etcd): a control plane that restarts or takes over finds either the old map
+//! (and aborts every migration the nodes still hold) or the new one (and installs it,
+//! which commits).
+//!
+//! With etcd, several processes run and one leads (`crate::election`): the others are
+//! standbys that answer every control request but `Ping` with `NotLeader`, naming the
+//! leader they know of. A standby that becomes leader reads the state, hears from every
+//! member afresh (a whole liveness timeout before it declares anyone dead) and runs the
+//! reconcile; a leader whose write etcd refuses stands by at once.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::membership::Membership;
-use crate::orchestrator::{balance_moves, Answer, Effect, Event, NodeCall, Orchestrator, Report};
-pub use crate::orchestrator::{
-    MIGRATE_OUT_TIMEOUT_MS, MIGRATION_IDS_RESERVED_PER_WRITE, MIGRATION_SLOTS_PER_STEP, NODE_CALL_TIMEOUT_MS,
-};
-use crate::planner::{plan_load, LoadPolicy};
 use engram_link_tokio::{call_once, fill};
 use engram_proto::{
     admit, decode_payload, encode_message, format_slot_ranges, ControlRequest, ControlResponse, ErrorCode, ErrorReply,
@@ -28,6 +29,14 @@ use engram_proto::{
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+use crate::membership::Membership;
+use crate::orchestrator::{balance_moves, Answer, Effect, Event, NodeCall, Orchestrator, Report};
+pub use crate::orchestrator::{
+    MIGRATE_OUT_TIMEOUT_MS, MIGRATION_IDS_RESERVED_PER_WRITE, MIGRATION_SLOTS_PER_STEP, NODE_CALL_TIMEOUT_MS,
+};
+use crate::planner::{plan_load, LoadPolicy};
+use crate::state::{EtcdTerm, SaveError, StateError, StateFile, StateStore};
 
 /// How often the control plane looks for departed members and hot shards.
 pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
@@ -45,7 +54,6 @@ pub const LOAD_REBALANCE_OPERATIONS_PER_SECOND_MIN: f64 = 20_000.0;
 pub const LOAD_REBALANCE_MEMORY_BYTES_MIN: u64 = 64 << 20;
 
 pub struct Settings {
-    pub data_dir: PathBuf,
     pub credentials: Vec<u8>,
     pub load_rebalance: bool,
     pub load_check_interval: Duration,
@@ -61,19 +69,43 @@ const CONTROL_STALL_MS_MAX: u64 = 3 * HOUSEKEEPING_INTERVAL_MS;
 /// and the state-file write, never across a network call.
 pub struct Controller {
     started: Instant,
-    /// Held (locked) for the life of the process.
-    _data_lock: std::fs::File,
     settings: Settings,
+    /// Set when a save may or may not have taken effect: from then on nothing changes,
+    /// and the process is told to stop (see [`Controller::halted`]).
+    halt: tokio::sync::watch::Sender<Option<String>>,
     inner: Mutex<Inner>,
-    /// Answers and timers for the orchestrator, sent by the tasks that wait for them.
-    /// Unbounded but small: a step has at most one call and one timer outstanding.
-    events: mpsc::UnboundedSender<Event>,
+    /// Answers and timers for the orchestrator, sent by the tasks that wait for them,
+    /// with the term they belong to. Unbounded but small: a step has at most one call
+    /// and one timer outstanding.
+    events: mpsc::UnboundedSender<(u64, Event)>,
+    /// Told when a save deposed this process (etcd refused it, or its outcome is
+    /// unknown), for the election to step down and campaign again.
+    deposed: tokio::sync::Notify,
 }
 
 /// The receiver [`Controller::orchestrate`] feeds the orchestrator from.
-pub type Events = mpsc::UnboundedReceiver<Event>;
+pub type Events = mpsc::UnboundedReceiver<(u64, Event)>;
+
+/// Whether this process acts on the state.
+enum Role {
+    /// It owns the state store: the file, or an etcd term of its leadership.
+    Leading(StateStore),
+    /// Another process leads (at this address, when known); the membership here is
+    /// whatever was current when this process last led, and nothing acts on it.
+    Standby { leader: Option<String> },
+}
+
+/// Effects to perform once the lock is released, with the term they belong to.
+struct Pending {
+    term: u64,
+    effects: Vec<Effect>,
+}
 
 struct Inner {
+    role: Role,
+    /// Bumped whenever leadership is taken or lost, so answers and timers of an earlier
+    /// term are not fed to this term's orchestrator.
+    term: u64,
     membership: Membership,
     orchestrator: Orchestrator,
     bytes_moved_total: u64,
@@ -84,13 +116,10 @@ struct Inner {
     last_liveness_check_ms: u64,
 }
 
-const STATE_FILE: &str = "state.bin";
-const LOCK_FILE: &str = "lock";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("cannot use data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    StateFile(#[from] StateError),
     #[error("state file {path}: {source}")]
     State {
         path: PathBuf,
@@ -98,46 +127,46 @@ pub enum ControlError {
     },
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
-    #[error("another engram-control is using {path} (its lock file is held)")]
-    DataDirInUse { path: PathBuf },
+    #[error("stopped: {reason}")]
+    Halted { reason: String },
 }
 
 impl Controller {
-    /// Loads the persisted state (or starts empty) and returns the controller and the
-    /// receiver of its orchestrator's events (for [`Controller::orchestrate`]).
-    pub fn open(settings: Settings) -> Result<(Arc<Controller>, Events), ControlError> {
-        std::fs::create_dir_all(&settings.data_dir).map_err(|source| ControlError::DataDir {
-            path: settings.data_dir.clone(),
-            source,
-        })?;
-        // Two control planes on one state file would each commit migrations the other
-        // does not know of; the lock makes the second one refuse to start.
-        let lock_path = settings.data_dir.join(LOCK_FILE);
-        let data_lock = std::fs::File::create(&lock_path).map_err(|source| ControlError::DataDir {
-            path: lock_path.clone(),
-            source,
-        })?;
-        if data_lock.try_lock().is_err() {
-            return Err(ControlError::DataDirInUse {
-                path: settings.data_dir.clone(),
-            });
-        }
-        let path = settings.data_dir.join(STATE_FILE);
-        let mut membership = match std::fs::read(&path) {
-            Ok(bytes) => Membership::decode(&bytes).map_err(|source| ControlError::State {
-                path: path.clone(),
+    /// Locks the data directory, loads the state file (or starts empty), and returns the
+    /// controller, leading, and the receiver of its orchestrator's events (for
+    /// [`Controller::orchestrate`]).
+    pub fn open(settings: Settings, data_dir: &Path) -> Result<(Arc<Controller>, Events), ControlError> {
+        let (state_file, saved) = StateFile::open(data_dir)?;
+        let mut membership = match saved {
+            Some(bytes) => Membership::decode(&bytes).map_err(|source| ControlError::State {
+                path: state_file.path(),
                 source,
             })?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Membership::new(),
-            Err(source) => return Err(ControlError::DataDir { path, source }),
+            None => Membership::new(),
         };
         membership.set_liveness_timeout_ms(settings.liveness_timeout.as_millis() as u64);
+        Ok(Controller::new(
+            settings,
+            Role::Leading(StateStore::File(state_file)),
+            membership,
+        ))
+    }
+
+    /// A controller that stands by until the election makes it lead
+    /// ([`Controller::take_over`]).
+    pub fn standby(settings: Settings) -> (Arc<Controller>, Events) {
+        Controller::new(settings, Role::Standby { leader: None }, Membership::new())
+    }
+
+    fn new(settings: Settings, role: Role, membership: Membership) -> (Arc<Controller>, Events) {
         let (events, receiver) = mpsc::unbounded_channel();
         let controller = Arc::new(Controller {
             started: Instant::now(),
-            _data_lock: data_lock,
             settings,
+            halt: tokio::sync::watch::Sender::new(None),
             inner: Mutex::new(Inner {
+                role,
+                term: 1,
                 membership,
                 // Until `reconcile` has settled what an earlier run left open, no plan
                 // may start: it would race the abort of everything uncommitted.
@@ -148,8 +177,72 @@ impl Controller {
                 last_error: String::new(),
             }),
             events,
+            deposed: tokio::sync::Notify::new(),
         });
-        Ok((controller, receiver))
+        (controller, receiver)
+    }
+
+    /// Makes this process the leader of `term`, with the state it read right after it
+    /// took the leader key: every member counts as just heard from (a whole liveness
+    /// timeout before anyone is declared dead), and the reconcile settles whatever the
+    /// previous leader left open before any plan runs.
+    pub fn take_over(self: &Arc<Self>, term: EtcdTerm, saved: Option<Vec<u8>>) -> Result<(), ControlError> {
+        let mut membership = match saved {
+            Some(bytes) => Membership::decode(&bytes).map_err(|source| ControlError::State {
+                path: PathBuf::from(&term.keys().state),
+                source,
+            })?,
+            None => Membership::new(),
+        };
+        membership.set_liveness_timeout_ms(self.liveness_timeout_ms());
+        {
+            let mut inner = self.lock();
+            let now_ms = self.now_ms();
+            membership.hear_from_everyone(now_ms);
+            inner.membership = membership;
+            inner.orchestrator = Orchestrator::new(crate::orchestrator::Config::default());
+            inner.role = Role::Leading(StateStore::Etcd(term));
+            inner.term += 1;
+            inner.last_liveness_check_ms = now_ms;
+            tracing::info!(
+                epoch = inner.membership.epoch(),
+                members = inner.membership.members().len(),
+                "leading: took over the state; reconciling what the previous leader left open"
+            );
+        }
+        tokio::spawn(self.clone().reconcile());
+        Ok(())
+    }
+
+    /// Stops acting as leader (the election lost the lease, or etcd refused a write);
+    /// requests are answered `NotLeader` from now on.
+    pub fn step_down(&self, reason: &str) {
+        let mut inner = self.lock();
+        if matches!(inner.role, Role::Leading(_)) {
+            tracing::warn!(
+                reason,
+                epoch = inner.membership.epoch(),
+                "stepped down: no longer leading"
+            );
+        }
+        stand_by(&mut inner);
+    }
+
+    /// Who leads, as the election knows it: what a standby answers.
+    pub fn follow(&self, leader: Option<String>) {
+        if let Role::Standby { leader: known } = &mut self.lock().role {
+            *known = leader;
+        }
+    }
+
+    /// Whether this process leads now.
+    pub fn is_leading(&self) -> bool {
+        matches!(self.lock().role, Role::Leading(_))
+    }
+
+    /// Resolves when a save deposed this process (see [`SaveError::deposes`]).
+    pub async fn deposed(&self) {
+        self.deposed.notified().await;
     }
 
     fn liveness_timeout_ms(&self) -> u64 {
@@ -193,30 +286,62 @@ impl Controller {
         status
     }
 
-    /// Writes the state file atomically (temporary file, fsync, rename, fsync of the
-    /// directory), so a crash leaves the old state or the new one, never a torn one.
-    fn persist(&self, membership: &Membership) -> std::io::Result<()> {
-        let bytes = membership.encode().map_err(std::io::Error::other)?;
-        persist_to(&self.settings.data_dir, &bytes)
+    /// Resolves once a save's outcome became unknown; the process must then stop, and
+    /// its next start settles whichever state it finds.
+    pub async fn halted(&self) -> ControlError {
+        let mut halt = self.halt.subscribe();
+        // The sender lives as long as `self`, so the wait ends only with a reason.
+        let reason = match halt.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => unreachable!("the controller holds its halt sender"),
+        };
+        ControlError::Halted { reason }
     }
 
-    /// Applies `change` to a copy of the membership, persists the copy, and only then
+    /// Applies `change` to a copy of the membership, saves the copy, and only then
     /// makes it current: a failed write leaves memory as it was on disk.
     fn change<T>(
         &self,
         inner: &mut Inner,
         change: impl FnOnce(&mut Membership) -> Result<T, crate::membership::MembershipError>,
     ) -> Result<T, String> {
+        if let Some(reason) = self.halt.borrow().as_ref() {
+            return Err(format!("the control plane is stopping: {reason}"));
+        }
+        let Role::Leading(store) = &mut inner.role else {
+            return Err("this control plane no longer leads".to_string());
+        };
         let mut next = inner.membership.clone();
         let value = change(&mut next).map_err(|error| error.to_string())?;
-        self.persist(&next)
-            .map_err(|error| format!("cannot persist the state: {error}"))?;
+        let bytes = next
+            .encode()
+            .map_err(|error| format!("cannot encode the state: {error}"))?;
+        match store.save(&bytes) {
+            Ok(()) => {}
+            Err(error @ SaveError::Unsynced { .. }) => {
+                tracing::error!(%error, "stopping so that the next start settles the state");
+                self.halt.send_replace(Some(error.to_string()));
+                return Err(error.to_string());
+            }
+            Err(error) if error.deposes() => {
+                tracing::warn!(%error, "stepped down: a state write was refused");
+                stand_by(inner);
+                self.deposed.notify_one();
+                return Err(error.to_string());
+            }
+            Err(error) => return Err(error.to_string()),
+        }
         inner.membership = next;
         Ok(value)
     }
 
     async fn handle(self: &Arc<Self>, command: ControlRequest) -> ControlResponse {
         let now_ms = self.now_ms();
+        if !matches!(command, ControlRequest::Ping) {
+            if let Role::Standby { leader } = &self.lock().role {
+                return ControlResponse::NotLeader { leader: leader.clone() };
+            }
+        }
         match command {
             ControlRequest::Ping => ControlResponse::Pong,
             ControlRequest::GetSlotMap => ControlResponse::SlotMap(self.lock().membership.map().clone()),
@@ -348,7 +473,7 @@ impl Controller {
     /// Plans an even spread of slots (after marking `drain` as draining) and starts it.
     fn start_plan(self: &Arc<Self>, drain: Option<u64>) -> ControlResponse {
         let now_ms = self.now_ms();
-        let (slots_to_move, io) = {
+        let (slots_to_move, pending) = {
             let mut guard = self.lock();
             let inner = &mut *guard;
             if inner.orchestrator.is_busy() {
@@ -376,22 +501,27 @@ impl Controller {
                 Err(error) => return error_response(ErrorCode::Busy, error.to_string()),
             }
         };
-        self.perform(io);
+        self.perform(pending);
         ControlResponse::RebalanceStarted { slots_to_move }
     }
 
     /// Feeds the orchestrator the answers and timers of the effects it asked for, for
     /// the life of the process.
     pub async fn orchestrate(self: Arc<Self>, mut events: Events) {
-        while let Some(event) = events.recv().await {
-            let io = {
+        while let Some((term, event)) = events.recv().await {
+            let pending = {
                 let mut guard = self.lock();
                 let inner = &mut *guard;
+                if term != inner.term {
+                    // An answer or timer of an earlier term (this process led, stood
+                    // by, and leads again): that orchestrator is gone.
+                    continue;
+                }
                 let now_ms = self.now_ms();
                 let effects = inner.orchestrator.handle(event, &inner.membership, now_ms);
                 self.settle_effects(inner, effects)
             };
-            self.perform(io);
+            self.perform(pending);
         }
     }
 
@@ -399,7 +529,7 @@ impl Controller {
     /// results are fed back at once, so a check and the commit it guards happen under
     /// one hold of the lock, and reports); returns the rest, to perform once the lock
     /// is released.
-    fn settle_effects(&self, inner: &mut Inner, effects: Vec<Effect>) -> Vec<Effect> {
+    fn settle_effects(&self, inner: &mut Inner, effects: Vec<Effect>) -> Pending {
         let mut pending = VecDeque::from(effects);
         let mut io = Vec::new();
         while let Some(effect) = pending.pop_front() {
@@ -417,13 +547,22 @@ impl Controller {
                 other => io.push(other),
             }
         }
-        io
+        if !matches!(inner.role, Role::Leading(_)) {
+            // A save deposed this process meanwhile: what its orchestrator asked for
+            // is the next leader's to decide.
+            io.clear();
+        }
+        Pending {
+            term: inner.term,
+            effects: io,
+        }
     }
 
     /// Calls, timers and broadcasts, each in a task of its own that feeds its result
     /// back through `events`.
-    fn perform(self: &Arc<Self>, effects: Vec<Effect>) {
-        for effect in effects {
+    fn perform(self: &Arc<Self>, pending: Pending) {
+        let term = pending.term;
+        for effect in pending.effects {
             match effect {
                 Effect::Call {
                     token,
@@ -440,7 +579,7 @@ impl Controller {
                             .await
                             .map(answer_of)
                             .map_err(|error| error.to_string());
-                        let _ = events.send(Event::Answered { token, result });
+                        let _ = events.send((term, Event::Answered { token, result }));
                     });
                 }
                 Effect::ArmTimer { token, at_ms } => {
@@ -448,7 +587,7 @@ impl Controller {
                     let at = self.started + Duration::from_millis(at_ms);
                     tokio::spawn(async move {
                         tokio::time::sleep_until(at.into()).await;
-                        let _ = events.send(Event::TimerFired { token });
+                        let _ = events.send((term, Event::TimerFired { token }));
                     });
                 }
                 Effect::BroadcastMap => self.broadcast_map(),
@@ -488,14 +627,14 @@ impl Controller {
     /// migration it did not commit (a previous control plane may have died mid-way).
     /// Returns once the first call is under way; plans wait until it has finished.
     pub async fn reconcile(self: Arc<Self>) {
-        let io = {
+        let pending = {
             let mut guard = self.lock();
             let inner = &mut *guard;
             let now_ms = self.now_ms();
             let effects = inner.orchestrator.reconcile(&inner.membership, now_ms);
             self.settle_effects(inner, effects)
         };
-        self.perform(io);
+        self.perform(pending);
     }
 
     /// Forgets drained members that left, and moves slots off shards far busier than
@@ -509,7 +648,8 @@ impl Controller {
             self.declare_dead();
             {
                 let mut inner = self.lock();
-                if !inner.orchestrator.is_busy() && inner.membership.clone().forget_departed(now_ms) {
+                let leading = matches!(inner.role, Role::Leading(_));
+                if leading && !inner.orchestrator.is_busy() && inner.membership.clone().forget_departed(now_ms) {
                     match self.change(&mut inner, |membership| Ok(membership.forget_departed(now_ms))) {
                         Ok(_) => tracing::info!(epoch = inner.membership.epoch(), "forgot drained nodes that left"),
                         Err(error) => tracing::warn!(%error, "cannot forget departed nodes"),
@@ -531,6 +671,9 @@ impl Controller {
     fn declare_dead(self: &Arc<Self>) {
         let dead = {
             let mut inner = self.lock();
+            if !matches!(inner.role, Role::Leading(_)) {
+                return;
+            }
             // Read after the lock: heartbeats may have queued behind whoever held it.
             let now_ms = self.now_ms();
             let since_last_check_ms = now_ms.saturating_sub(inner.last_liveness_check_ms);
@@ -570,10 +713,10 @@ impl Controller {
     /// Starts a plan moving slots off a shard far busier than the rest; returns whether
     /// it did.
     fn consider_load(self: &Arc<Self>, now_ms: u64) -> bool {
-        let io = {
+        let pending = {
             let mut guard = self.lock();
             let inner = &mut *guard;
-            if inner.orchestrator.is_busy() {
+            if inner.orchestrator.is_busy() || !matches!(inner.role, Role::Leading(_)) {
                 return false;
             }
             let shards = inner.membership.plan_shards(now_ms);
@@ -601,29 +744,19 @@ impl Controller {
                 Err(_) => return false,
             }
         };
-        self.perform(io);
+        self.perform(pending);
         true
     }
 }
 
-/// A failure before the rename leaves the old state in force, and is an ordinary error.
-/// Once the rename happened, the new state may or may not survive a crash: the process
-/// cannot tell which state will be read at the next start, so it stops, and that start
-/// (`reconcile`) settles whichever it finds.
-fn persist_to(data_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = data_dir.join(STATE_FILE);
-    let temporary = data_dir.join(format!("{STATE_FILE}.tmp"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    let synced = std::fs::File::open(data_dir).and_then(|directory| directory.sync_all());
-    if let Err(error) = synced {
-        tracing::error!(%error, path = %path.display(), "state file renamed but not synced; stopping so the next start settles it");
-        std::process::exit(1);
+/// Stands by: nothing acts on the state any more, and whatever the orchestrator was
+/// running is left to the next leader's reconcile.
+fn stand_by(inner: &mut Inner) {
+    if matches!(inner.role, Role::Leading(_)) {
+        inner.role = Role::Standby { leader: None };
     }
-    Ok(())
+    inner.term += 1;
+    inner.orchestrator = Orchestrator::new(crate::orchestrator::Config::default());
 }
 
 /// Logs and counts what the orchestrator reports, and keeps the figures and the last
@@ -846,34 +979,5 @@ fn encode_refusal(
     match greeted {
         true => encode_message(FrameKind::Response, request_id, 0, &ControlResponse::Error(reply), out),
         false => encode_message(FrameKind::Response, request_id, 0, &Response::Error(reply), out),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(data_dir: PathBuf) -> Settings {
-        Settings {
-            data_dir,
-            credentials: Vec::new(),
-            load_rebalance: false,
-            load_check_interval: Duration::from_millis(LOAD_CHECK_INTERVAL_MS_DEFAULT),
-            liveness_timeout: Duration::from_millis(crate::membership::LIVENESS_TIMEOUT_MS),
-        }
-    }
-
-    #[test]
-    fn a_second_control_plane_on_the_same_data_dir_refuses_to_start() {
-        let data_dir = std::env::temp_dir().join(format!("engram-control-lock-{}", std::process::id()));
-        let (first, _plans) = Controller::open(settings(data_dir.clone())).expect("first opens");
-        assert!(matches!(
-            Controller::open(settings(data_dir.clone())),
-            Err(ControlError::DataDirInUse { .. })
-        ));
-        drop(first);
-        drop(_plans);
-        Controller::open(settings(data_dir.clone())).expect("opens once the first is gone");
-        let _ = std::fs::remove_dir_all(data_dir);
     }
 }

@@ -79,6 +79,11 @@ pub enum ControlResponse {
         slots: u64,
         epoch: u64,
     },
+    /// This control-plane process is a standby: ask the leader, at `leader` when it
+    /// knows who leads. (Appended last: rkyv encodes variants by position.)
+    NotLeader {
+        leader: Option<String>,
+    },
 }
 
 impl ControlResponse {
@@ -93,6 +98,7 @@ impl ControlResponse {
             ControlResponse::Status(_) => "status",
             ControlResponse::RebalanceStarted { .. } => "rebalance_started",
             ControlResponse::Reclaimed { .. } => "reclaimed",
+            ControlResponse::NotLeader { .. } => "not_leader",
         }
     }
 }
@@ -197,4 +203,31 @@ pub struct MigrationStatus {
     pub source: String,
     pub target: String,
     pub slots: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode_payload, encode_message, split_frame, FrameKind, Split};
+
+    fn round_trip(response: &ControlResponse) -> ControlResponse {
+        let mut frame = Vec::new();
+        encode_message(FrameKind::Response, 1, 0, response, &mut frame).expect("encodes");
+        let Ok(Split::Frame { payload, .. }) = split_frame(&frame) else {
+            panic!("one whole frame");
+        };
+        decode_payload::<ControlResponse>(&frame[payload]).expect("decodes")
+    }
+
+    /// The standby's answer round-trips with and without a leader, beside earlier variants.
+    #[test]
+    fn not_leader_round_trips_with_and_without_a_leader() {
+        for leader in [Some("127.0.0.1:7300".to_string()), None] {
+            let answer = ControlResponse::NotLeader { leader };
+            assert_eq!(round_trip(&answer), answer);
+        }
+        let reclaimed = ControlResponse::Reclaimed { slots: 3, epoch: 9 };
+        assert_eq!(round_trip(&reclaimed), reclaimed);
+        assert_eq!(round_trip(&ControlResponse::Pong), ControlResponse::Pong);
+    }
 }

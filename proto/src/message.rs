@@ -113,6 +113,31 @@ impl From<DataCommand> for Command {
     }
 }
 
+/// Each object's command is a client command: `Command::from(CounterCommand::Add { .. })`.
+macro_rules! object_commands_are_commands {
+    ($($command:ident),+ $(,)?) => {
+        $(
+            impl From<crate::data::$command> for Command {
+                fn from(command: crate::data::$command) -> Command {
+                    Command::Data(command.into())
+                }
+            }
+        )+
+    };
+}
+
+object_commands_are_commands!(
+    BytesCommand,
+    CounterCommand,
+    LockCommand,
+    SemaphoreCommand,
+    BarrierCommand,
+    LatchCommand,
+    FutureCommand,
+    MapCommand,
+    QueueCommand,
+);
+
 impl Command {
     /// The key the command addresses, which selects its slot; `None` for admin commands.
     pub fn key(&self) -> Option<&[u8]> {

@@ -1,9 +1,10 @@
 //! Command-line and environment configuration of `engramd`. Every flag is also settable
-//! through an `ENGRAM_*` environment variable.
+//! through an `ENGRAM_*` environment variable. [`NodeSettings`] is the part an
+//! in-process node takes: the rest says which sockets to open and how to log.
 
 use std::net::IpAddr;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -11,6 +12,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// Everything `engramd` is told. The flags that say which sockets to open and how to log
+/// are the binary's; what the node does once it has its sockets is [`NodeSettings`], which
+/// an in-process node (`node::start`) takes alone.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "engramd",
@@ -31,6 +35,22 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_PORT", default_value_t = 7400)]
     pub port: u16,
 
+    #[command(flatten)]
+    pub node: NodeSettings,
+
+    /// Port serving Prometheus metrics at GET /metrics, on the --bind address (0: off).
+    #[arg(long, env = "ENGRAM_METRICS_PORT", default_value_t = 0)]
+    pub metrics_port: u16,
+
+    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How a node runs, whatever sockets it was given. The default is a node alone, with
+/// no memory limit and no authentication, that parks idle cores at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct NodeSettings {
     /// Memory the whole node may use for data (e.g. 512MiB, 4GiB, or bytes), split
     /// evenly across shards. Over it, writes get OutOfMemory; reads and deletes work.
     #[arg(long, env = "ENGRAM_MEMORY_LIMIT", value_parser = parse_bytes)]
@@ -50,10 +70,6 @@ pub struct Config {
     #[arg(long, env = "ENGRAM_SPIN_US", default_value_t = 0)]
     pub spin_us: u64,
 
-    /// Port serving Prometheus metrics at GET /metrics, on the --bind address (0: off).
-    #[arg(long, env = "ENGRAM_METRICS_PORT", default_value_t = 0)]
-    pub metrics_port: u16,
-
     /// Join the cluster run by the engram-control at this address (default: run alone,
     /// serving every slot, with the embedded control plane).
     #[arg(long, env = "ENGRAM_CONTROL")]
@@ -62,9 +78,6 @@ pub struct Config {
     /// (required in a cluster when --bind is 0.0.0.0 or ::).
     #[arg(long, env = "ENGRAM_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Log format on stderr; the level comes from RUST_LOG (default info).
-    #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
 }
 
 /// Parses `123`, `64KiB`, `512MiB`, `4GiB`, `1TiB` (also KB/MB/GB as powers of 1000).
@@ -95,6 +108,39 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_settings_come_from_their_flags_and_default_to_no_flags() {
+        let config = Config::try_parse_from(["engramd"]).expect("no flags");
+        assert_eq!(config.node, NodeSettings::default());
+        let config = Config::try_parse_from([
+            "engramd",
+            "--memory-limit",
+            "1MiB",
+            "--auth-token",
+            "secret",
+            "--node-id",
+            "7",
+            "--spin-us",
+            "20",
+            "--control",
+            "10.0.0.1:7300",
+            "--advertise",
+            "node-a",
+        ])
+        .expect("every node flag");
+        assert_eq!(
+            config.node,
+            NodeSettings {
+                memory_limit: Some(1 << 20),
+                auth_token: Some("secret".into()),
+                node_id: Some(7),
+                spin_us: 20,
+                control: Some("10.0.0.1:7300".into()),
+                advertise: Some("node-a".into()),
+            }
+        );
+    }
 
     #[test]
     fn sizes() {

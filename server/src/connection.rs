@@ -27,7 +27,7 @@ use futures::future::Either;
 
 use crate::outbox::{Destination, Outbox};
 use crate::proxy::Proxies;
-use crate::runtime::{self, TcpStream};
+use crate::runtime::TcpStream;
 use crate::shard::{Forwarded, Shard, Submitted, Target};
 use engram_proto::{
     AdminCommand, ArchivedBytesCommand, ArchivedCounterCommand, ArchivedDataCommand, BytesCommand, CounterCommand,
@@ -127,9 +127,11 @@ enum Close {
     Refused { reply: ErrorReply },
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool) {
+/// Serves one connection until it ends. Its answers wait in `outbox`, which the caller
+/// makes so that it can close it (and end the tasks awaiting answers for it) should it
+/// have to end the connection from outside.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool, outbox: Rc<Outbox>) {
     shard.connection_opened();
-    let outbox = Rc::new(Outbox::new(shard.map_epoch()));
     let mut connection = Connection {
         shard: shard.clone(),
         stream,
@@ -478,7 +480,13 @@ impl Connection {
                 .as_ref()
                 .map_or((0, &[][..]), |session| (session.client_id, session.namespace()));
             let credentials = self.shard.auth_token().unwrap_or_default();
-            Proxies::new(client_id, namespace, credentials, Rc::downgrade(&self.outbox))
+            Proxies::new(
+                client_id,
+                namespace,
+                credentials,
+                Rc::downgrade(&self.outbox),
+                self.shard.tasks().clone(),
+            )
         })
     }
 
@@ -506,7 +514,9 @@ impl Connection {
         let sent = self.shard.forward(owner, forwarded).await;
         let outbox = self.outbox.clone();
         let shard = self.shard.clone();
-        runtime::spawn_detached(async move {
+        // A shard that is stopping starts nothing: the answer is dropped, with the
+        // connection it was for.
+        let _ = self.shard.spawn(async move {
             let closed = std::pin::pin!(outbox.closed());
             let response = match futures::future::select(answer, closed).await {
                 Either::Left((Ok(response), _)) if sent => response,

@@ -1,5 +1,6 @@
 //! Why a node could not start or keep running: the errors `engramd` reports before it
-//! exits. Each names the limit or the resource that was in the way.
+//! exits, and an in-process node's start or wait returns. Each names the limit or the
+//! resource that was in the way.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -14,6 +15,8 @@ pub enum ServerError {
     },
     #[error("--cores {cores} is out of range (1..={shards_max})")]
     Cores { cores: usize, shards_max: usize },
+    #[error("a node given {listeners} shard listeners cannot run: it runs 1..={shards_max} shards, one per listener")]
+    ShardListeners { listeners: usize, shards_max: usize },
     #[error("ports {first}..={last} do not fit below 65536; choose a lower --port")]
     Ports { first: u32, last: u32 },
     #[error(
@@ -37,4 +40,8 @@ pub enum ServerError {
     /// exits at once, with the shell's code for an interrupt.
     #[error("interrupted twice: exiting without waiting for the shards")]
     Interrupted,
+    /// The node was told to stop while it started (joining its cluster, or before every
+    /// shard served): it stopped instead of serving.
+    #[error("told to stop before the node served")]
+    StoppedBeforeServing,
 }

@@ -1,5 +1,6 @@
-//! What the node's main thread hears while it runs: shards starting and stopping, and a
-//! second stop signal. One channel carries them all, as [`NodeEvent`]s.
+//! What the thread that waits for a node hears while it runs: shards starting and
+//! stopping, and an interruption (engramd's second stop signal). One channel carries them
+//! all, as [`NodeEvent`]s.
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
@@ -14,12 +15,13 @@ pub enum NodeEvent {
     ShardStopped { shard: usize },
     /// A shard's thread could not start, or panicked.
     ShardFailed(ServerError),
-    /// A second SIGINT or SIGTERM: the node stops without waiting for its shards.
+    /// An interruption (engramd's second SIGINT or SIGTERM): the wait ends without the
+    /// shards.
     Interrupted,
 }
 
 /// The sending side of the node's events; every shard, every shard's watcher and the
-/// signal thread hold a clone.
+/// node's [`Shutdown`](crate::shutdown::Shutdown) hold a clone.
 #[derive(Clone)]
 pub struct NodeEvents(SyncSender<NodeEvent>);
 
@@ -43,9 +45,10 @@ impl NodeEvents {
     }
 }
 
-/// Waits until every shard serves. The signal thread keeps the channel open, so a start
-/// that every shard left is told by counting the stops, not by the channel closing.
-pub fn await_start(events: &Receiver<NodeEvent>, shard_count: usize) -> Result<(), ServerError> {
+/// Waits until every shard served, and says how many of them stopped already (a node
+/// told to stop while it started). The node's `Shutdown` keeps the channel open, so a
+/// start that every shard left is told by counting the stops, not by the channel closing.
+pub fn await_start(events: &Receiver<NodeEvent>, shard_count: usize) -> Result<usize, ServerError> {
     let (mut started, mut stopped) = (0, 0);
     while started < shard_count {
         match events.recv() {
@@ -61,10 +64,10 @@ pub fn await_start(events: &Receiver<NodeEvent>, shard_count: usize) -> Result<(
             }
         }
     }
-    Ok(())
+    Ok(stopped)
 }
 
-/// Waits until every shard stopped (after a shutdown signal).
+/// Waits until `shard_count` more shards stopped (after a shutdown).
 pub fn await_stop(events: &Receiver<NodeEvent>, shard_count: usize) -> Result<(), ServerError> {
     let mut stopped = 0;
     while stopped < shard_count {
@@ -82,8 +85,8 @@ pub fn await_stop(events: &Receiver<NodeEvent>, shard_count: usize) -> Result<()
 mod tests {
     use super::*;
 
-    /// A channel holding `events`, and the sender that keeps it open, as the signal
-    /// thread's does in a running node.
+    /// A channel holding `events`, and the sender that keeps it open, as the node's
+    /// `Shutdown` does in a running node.
     fn heard(events: Vec<NodeEvent>) -> (NodeEvents, Receiver<NodeEvent>) {
         let (sender, receiver) = NodeEvents::channel(events.len());
         for event in events {
@@ -104,7 +107,11 @@ mod tests {
             ShardStarted { shard: 1 },
             ShardStarted { shard: 0 },
         ]);
-        assert!(await_start(&started, 2).is_ok());
+        assert_eq!(
+            await_start(&started, 2).unwrap(),
+            1,
+            "shard 0 stopped while shard 1 started"
+        );
         let (_open, all_stopped) = heard(vec![ShardStopped { shard: 0 }, ShardStopped { shard: 1 }]);
         let error = await_start(&all_stopped, 2).unwrap_err();
         assert!(error.to_string().contains("shards exited during start"), "{error}");

@@ -4,7 +4,7 @@
 //! longer runs.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use engram_proto::{
 
 use crate::cluster::NodeMap;
 use crate::error::ServerError;
+use crate::shutdown::Shutdown;
 use crate::stats::NodeStats;
 
 /// How often a cluster node reports to the control plane.
@@ -42,7 +43,7 @@ pub struct Heartbeater {
     credentials: Vec<u8>,
     node: Arc<NodeStats>,
     node_map: Arc<NodeMap>,
-    shutdown: Arc<AtomicBool>,
+    shutdown: Shutdown,
     refusal_logged: Cell<Option<Instant>>,
     incarnation: u64,
     /// The control plane's, from its last answer.
@@ -68,7 +69,7 @@ impl Heartbeater {
         membership: Membership,
         node: Arc<NodeStats>,
         node_map: Arc<NodeMap>,
-        shutdown: Arc<AtomicBool>,
+        shutdown: Shutdown,
     ) -> Heartbeater {
         Heartbeater {
             control: membership.control,
@@ -82,7 +83,7 @@ impl Heartbeater {
         }
     }
 
-    /// Beats on a thread of its own until `shutdown` is set.
+    /// Beats on a thread of its own until `shutdown` is triggered.
     pub fn start(self) -> Result<(), ServerError> {
         std::thread::Builder::new()
             .name("heartbeat".into())
@@ -94,7 +95,7 @@ impl Heartbeater {
     fn run(self) {
         let mut link: Option<BlockingLink<ControlProtocol>> = None;
         let mut reachable = true;
-        while !self.shutdown.load(Relaxed) {
+        while !self.shutdown.is_triggered() {
             std::thread::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
             let outcome = match link.take() {
                 // A link kept across a pause may have been closed at the other end: its

@@ -1,6 +1,6 @@
 //! What the machine gives a node: io_uring, the CPUs this process may run on, and the
-//! listening sockets, all checked or bound before any shard starts, so a node that
-//! cannot run fails fast and says why.
+//! listening sockets ([`NodeListeners`]), all checked or bound before any shard starts,
+//! so a node that cannot run fails fast and says why.
 
 use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
 
@@ -12,20 +12,25 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 /// can be made at all.
 const PROBE_RING_ENTRIES: u32 = 4;
 
-/// The node's listening sockets, bound.
-pub struct Ports {
+/// The sockets a node serves on, bound before it starts: by engramd from its flags
+/// ([`bind_ports`]), or by whoever runs a node in-process (a test binds 127.0.0.1:0).
+pub struct NodeListeners {
     /// The front port, which every shard accepts on.
     pub front: StdListener,
-    pub front_address: SocketAddr,
-    /// Each shard's own port, by shard id.
+    /// Each shard's own port, by shard id: as many as the node runs shards.
     pub shards: Vec<StdListener>,
-    /// The addresses the shards' ports are bound at, by shard id.
-    pub shard_addresses: Vec<String>,
+    /// Where `GET /metrics` is served; none when `None`.
+    pub metrics: Option<StdListener>,
 }
 
 /// Binds the front port `port` and, for each of `shard_count` shards, port+1+N (all
-/// free ports when `port` is 0).
-pub fn bind_ports(bind: IpAddr, port: u16, shard_count: usize) -> Result<Ports, ServerError> {
+/// free ports when `port` is 0), and the metrics port unless `metrics_port` is 0.
+pub fn bind_ports(
+    bind: IpAddr,
+    port: u16,
+    shard_count: usize,
+    metrics_port: u16,
+) -> Result<NodeListeners, ServerError> {
     let last_port = u32::from(port) + shard_count as u32;
     if port != 0 && last_port > u32::from(u16::MAX) {
         return Err(ServerError::Ports {
@@ -34,30 +39,19 @@ pub fn bind_ports(bind: IpAddr, port: u16, shard_count: usize) -> Result<Ports, 
         });
     }
     let front = listen(SocketAddr::new(bind, port))?;
-    let front_address = front.local_addr().map_err(|source| ServerError::Bind {
-        address: SocketAddr::new(bind, port),
-        source,
-    })?;
     let mut shards = Vec::with_capacity(shard_count);
     for shard_id in 0..shard_count {
         let shard_port = if port == 0 { 0 } else { port + 1 + shard_id as u16 };
         shards.push(listen(SocketAddr::new(bind, shard_port))?);
     }
-    let shard_addresses = shards
-        .iter()
-        .map(|listener| {
-            listener
-                .local_addr()
-                .map(|address| address.to_string())
-                .unwrap_or_default()
-        })
-        .collect();
-    Ok(Ports {
-        front,
-        front_address,
-        shards,
-        shard_addresses,
-    })
+    let metrics = match metrics_port {
+        0 => None,
+        port => {
+            let address = SocketAddr::new(bind, port);
+            Some(engram_metrics_http::bind(address).map_err(|source| ServerError::Bind { address, source })?)
+        }
+    };
+    Ok(NodeListeners { front, shards, metrics })
 }
 
 /// Fails fast, with the likely cause, when this process cannot use io_uring at all.

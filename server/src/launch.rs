@@ -1,21 +1,28 @@
 //! A shard's thread from start to stop: joins the node's shard mesh, builds the
 //! [`Shard`], serves its peers, accepts connections on the shard's own port and on the
-//! front port, and keeps the shard's time until the node shuts down. It starts the
-//! connections, so it sits above both `shard` and `connection`.
+//! front port, and keeps the shard's time until the node shuts down; then ends all of it
+//! and outwaits its tasks, so that the thread leaves no socket open and no memory held
+//! (several nodes may run, and stop, in one process). It starts the connections, so it
+//! sits above both `shard` and `connection`.
 
+use std::cell::{Cell, RefCell};
 use std::net::TcpListener as StdListener;
-use std::rc::Rc;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use crate::connection;
 use crate::events::{NodeEvent, NodeEvents};
-use crate::runtime::{self, MeshBuilder, TcpListener};
+use crate::outbox::Outbox;
+use crate::runtime::{self, MeshBuilder, MeshReceivers, MeshSenders, TaskHandle, TcpListener, TcpStream};
 use crate::shard::{Forwarded, Shard, ShardSetup};
+use crate::shutdown::Shutdown;
 
 /// How long a shard waits before accepting again after an accept failed.
 pub const ACCEPT_RETRY_MS: u64 = 10;
+/// How often a shard waiting for its peers to join the mesh looks whether the node was
+/// told to stop: a peer that failed to start never joins, and the node stops the rest.
+pub const MESH_JOIN_SHUTDOWN_CHECK_MS: u64 = 100;
 
 /// Everything a shard thread needs to start; all of it is `Send`.
 pub struct ShardLaunch {
@@ -23,37 +30,146 @@ pub struct ShardLaunch {
     pub shard_listener: StdListener,
     pub front_listener: StdListener,
     pub mesh: MeshBuilder<Forwarded>,
-    pub shutdown: Arc<AtomicBool>,
+    pub shutdown: Shutdown,
 }
 
-/// The shard's main future: serves until `shutdown` is set, then returns, which drops
-/// its listeners and connections.
+/// The shard's main future: serves until `shutdown` is triggered, then stops (see
+/// `stop`) and returns once nothing of the shard is left running.
 pub async fn run(launch: ShardLaunch, events: NodeEvents) {
     let shard_id = launch.setup.shard_id;
-    let (peers, receivers) = match launch.mesh.join().await {
-        Ok(mesh) => mesh,
-        Err(error) => {
-            tracing::error!(shard = shard_id, %error, "could not join the shard mesh");
-            return;
-        }
+    let Some((peers, receivers)) = join_mesh(launch.mesh, &launch.shutdown, shard_id).await else {
+        return;
     };
     let shard = Rc::new(Shard::new(launch.setup, peers));
-    shard.serve_peers(receivers);
-    let shard_listener = runtime::adopt_listener(launch.shard_listener);
-    let front_listener = runtime::adopt_listener(launch.front_listener);
-    runtime::spawn_detached(accept_loop(shard.clone(), shard_listener, false));
-    runtime::spawn_detached(accept_loop(shard.clone(), front_listener, true));
+    let mut services = Services {
+        tasks: shard.serve_peers(receivers),
+        listeners: Vec::new(),
+    };
+    let connections = Rc::new(OpenConnections::default());
+    for (listener, front) in [(launch.shard_listener, false), (launch.front_listener, true)] {
+        // The accept loop owns the listener until the shard's stop cancels it, after
+        // shutting it down.
+        services.listeners.push(listener.as_raw_fd());
+        let listener = runtime::adopt_listener(listener);
+        let accepting = shard.spawn(accept_loop(shard.clone(), listener, front, connections.clone()));
+        services.tasks.extend(accepting);
+    }
     events.send(NodeEvent::ShardStarted { shard: shard_id });
     shard.keep_time(&launch.shutdown).await;
+    stop(&shard, services, &connections).await;
     tracing::debug!(shard = shard_id, "shard stopped");
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, front: bool) {
+/// What a shard runs besides its connections: its accept loops and peer queues.
+struct Services {
+    tasks: Vec<TaskHandle>,
+    /// The descriptors of the listeners the accept loops own.
+    listeners: Vec<RawFd>,
+}
+
+/// Ends everything the shard runs: its listeners refuse connections and its accept loops
+/// and peer queues are cancelled, then its connections are ended (their sockets shut
+/// down, their proxy links closed, the tasks awaiting answers for them woken), and it
+/// waits until every task of the shard ended. Nothing waits for a client: a connection is
+/// dropped wherever it waits, in a read, a write or for an answer.
+async fn stop(shard: &Shard, services: Services, connections: &OpenConnections) {
+    for listener in services.listeners {
+        runtime::shut_down_socket(listener);
+    }
+    for task in services.tasks {
+        task.cancel();
+    }
+    connections.end_all();
+    shard.tasks().ended().await;
+}
+
+/// The connections a shard serves, so that its stop can end them.
+#[derive(Default)]
+struct OpenConnections {
+    next_id: Cell<u64>,
+    open: RefCell<foldhash::HashMap<u64, OpenConnection>>,
+}
+
+struct OpenConnection {
+    task: TaskHandle,
+    outbox: Weak<Outbox>,
+    /// The socket's descriptor, open as long as the connection is listed: its task
+    /// closes the socket only as it ends, in the same step as it takes itself off the list.
+    socket: RawFd,
+}
+
+impl OpenConnections {
+    /// Serves `stream` as one of the shard's tasks until it ends or the shard stops.
+    fn serve(self: &Rc<Self>, shard: &Rc<Shard>, stream: TcpStream, front: bool) {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let socket = stream.as_raw_fd();
+        let outbox = Rc::new(Outbox::new(shard.map_epoch()));
+        let open = Rc::downgrade(self);
+        let connection = Rc::downgrade(&outbox);
+        let served = shard.spawn({
+            let shard = shard.clone();
+            async move {
+                connection::serve(shard, stream, front, outbox).await;
+                if let Some(open) = open.upgrade() {
+                    open.open.borrow_mut().remove(&id);
+                }
+            }
+        });
+        // The task runs only once this one yields, so it is listed before it can end.
+        if let Some(task) = served {
+            let connection = OpenConnection {
+                task,
+                outbox: connection,
+                socket,
+            };
+            self.open.borrow_mut().insert(id, connection);
+        }
+    }
+
+    /// Ends every connection: its socket is shut down, its task dropped where it waits,
+    /// and its outbox closed, which wakes the tasks awaiting answers for it.
+    fn end_all(&self) {
+        for (_, connection) in self.open.borrow_mut().drain() {
+            runtime::shut_down_socket(connection.socket);
+            connection.task.cancel();
+            if let Some(outbox) = connection.outbox.upgrade() {
+                outbox.close();
+            }
+        }
+    }
+}
+
+/// The shard's queues to and from its peers, once every shard joined; `None` when the
+/// join failed, or the node was told to stop before every peer came.
+async fn join_mesh(
+    mesh: MeshBuilder<Forwarded>,
+    shutdown: &Shutdown,
+    shard_id: usize,
+) -> Option<(MeshSenders<Forwarded>, MeshReceivers<Forwarded>)> {
+    let joined = async {
+        match mesh.join().await {
+            Ok(mesh) => Some(mesh),
+            Err(error) => {
+                tracing::error!(shard = shard_id, %error, "could not join the shard mesh");
+                None
+            }
+        }
+    };
+    let stopped = async {
+        while !shutdown.is_triggered() {
+            runtime::sleep(Duration::from_millis(MESH_JOIN_SHUTDOWN_CHECK_MS)).await;
+        }
+        tracing::debug!(shard = shard_id, "told to stop before every shard joined the mesh");
+        None
+    };
+    futures_lite::future::or(joined, stopped).await
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, front: bool, connections: Rc<OpenConnections>) {
     loop {
         match listener.accept().await {
-            Ok(stream) => {
-                runtime::spawn_detached(connection::serve(shard.clone(), stream, front));
-            }
+            Ok(stream) => connections.serve(&shard, stream, front),
             Err(error) => {
                 // Out of file descriptors and the like: keep serving existing
                 // connections and try again shortly rather than spinning.

@@ -1,11 +1,16 @@
 //! engramd: Engram's data node. One executor per core, each a shard that owns
-//! its slots' objects outright, so every object is linearizable without locks.
+//! its slots' objects outright, so every object is linearizable without locks. The
+//! binary is [`node::run`]; [`node::start`] runs the same node inside the calling process
+//! (as tests do), from listeners it is given, until a [`shutdown::Shutdown`] stops it.
 //!
 //! Layout:
 //! - [`config`]: flags and `ENGRAM_*` environment variables.
 //! - [`error`]: why a node could not start or keep running.
 //! - [`events`]: what the node's main thread hears: shards starting, stopping, failing.
-//! - [`node`]: a node's start and stop: its place (alone or joined), shards, signals, ready line.
+//! - [`node`]: a node's start and stop: in-process from given listeners and a shutdown
+//!   signal ([`node::start`]), or as engramd with its ports, signals and ready line ([`node::run`]).
+//! - [`shutdown`]: the signal that stops a node, triggered by its owner from any thread.
+//! - [`place`]: where a node stands before it serves: alone, or joined to a cluster.
 //! - [`host`]: what the machine gives a node: io_uring, CPUs, listening ports.
 //! - [`heartbeat`]: a cluster node's reports to the control plane, and the maps it brings back.
 //! - [`runtime`]: the seam to the async runtime: executors, the shard mesh, sockets, timers.
@@ -33,8 +38,10 @@ pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod outbox;
+pub mod place;
 pub mod proxy;
 pub mod runtime;
 pub mod shard;
+pub mod shutdown;
 pub mod stats;
 pub mod store;

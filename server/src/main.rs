@@ -9,7 +9,8 @@ fn main() {
     let config = Config::parse();
     init_logging(config.log_format);
     match engram_server::node::run(config) {
-        Ok(()) => {}
+        // Told to stop while it started, it stopped: what a signal asks for.
+        Ok(()) | Err(ServerError::StoppedBeforeServing) => {}
         // The signal thread has logged why; the shards are not waited for.
         Err(ServerError::Interrupted) => std::process::exit(EXIT_INTERRUPTED),
         Err(error) => {

@@ -9,10 +9,10 @@
 //! (`stats.rs`) when scraped, as [`ShardGauges`], so they cost nothing between scrapes.
 
 use std::cell::{OnceCell, RefCell};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::LazyLock;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::time::Duration;
 
+use engram_metrics_http::Responder;
 use engram_proto::{Command, ErrorCode, Response};
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -173,9 +173,8 @@ fn result_of(response: &Response) -> usize {
 pub const MIGRATION_DIRECTIONS: [&str; 2] = ["in", "out"];
 pub const MIGRATION_RESULTS: [&str; 3] = ["committed", "failed", "aborted"];
 
-/// Process-wide, so the migration code counts without a handle to the node; every
-/// registry of the process (one per node) exposes it.
-static MIGRATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+/// The migrations family, every direction and result a series from the start.
+fn migration_family() -> IntCounterVec {
     let family = IntCounterVec::new(
         Opts::new(
             "engram_migrations_total",
@@ -190,24 +189,15 @@ static MIGRATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         }
     }
     family
-});
-
-/// Counts a finished slot migration: `direction` one of [`MIGRATION_DIRECTIONS`],
-/// `result` one of [`MIGRATION_RESULTS`]. Migrations are rare, so resolving the labels
-/// here costs nothing that matters.
-pub fn record_migration(direction: &str, result: &str) {
-    debug_assert!(
-        MIGRATION_DIRECTIONS.contains(&direction),
-        "unknown direction {direction}"
-    );
-    debug_assert!(MIGRATION_RESULTS.contains(&result), "unknown result {result}");
-    MIGRATIONS.with_label_values(&[direction, result]).inc();
 }
 
 /// The node's registry and metric families; shared by all shards and the scrape thread.
+/// Each node has its own, and nothing is registered process-wide, so nodes that share a
+/// process (in-process tests) count apart.
 pub struct NodeMetrics {
     registry: Registry,
     operations: IntCounterVec,
+    migrations: IntCounterVec,
     request_duration: HistogramVec,
     memory_used: IntGaugeVec,
     memory_limit: IntGaugeVec,
@@ -260,8 +250,9 @@ impl NodeMetrics {
         registry
             .register(Box::new(request_duration.clone()))
             .expect("unique metric name");
+        let migrations = migration_family();
         registry
-            .register(Box::new(MIGRATIONS.clone()))
+            .register(Box::new(migrations.clone()))
             .expect("unique metric name");
         let build_info = IntGaugeVec::new(
             Opts::new("engram_build_info", "Always 1; the labels tell the engramd build."),
@@ -275,6 +266,7 @@ impl NodeMetrics {
         NodeMetrics {
             registry,
             operations,
+            migrations,
             request_duration,
             memory_used,
             memory_limit,
@@ -283,6 +275,18 @@ impl NodeMetrics {
             slots_owned,
             parked_requests,
         }
+    }
+
+    /// Counts a finished slot migration: `direction` one of [`MIGRATION_DIRECTIONS`],
+    /// `result` one of [`MIGRATION_RESULTS`]. Migrations are rare, so resolving the labels
+    /// here costs nothing that matters.
+    pub fn record_migration(&self, direction: &str, result: &str) {
+        debug_assert!(
+            MIGRATION_DIRECTIONS.contains(&direction),
+            "unknown direction {direction}"
+        );
+        debug_assert!(MIGRATION_RESULTS.contains(&result), "unknown result {result}");
+        self.migrations.with_label_values(&[direction, result]).inc();
     }
 
     /// The counting handles of one shard; called once, on the shard's thread.
@@ -413,28 +417,29 @@ impl ShardMetrics {
     }
 }
 
-/// Starts serving `/metrics` on `bind:port` when `port` is not 0, each scrape answered
-/// with what `render` gives; binds before returning, so a taken port fails the start.
-pub fn start_http(
-    bind: IpAddr,
-    port: u16,
+/// Serves `/metrics` on `listener` from a thread of its own, each scrape answered with
+/// what `render` gives, until the returned responder is stopped; with the address served.
+pub fn serve_http(
+    listener: StdListener,
     render: impl Fn() -> Vec<u8> + Send + 'static,
-) -> Result<Option<SocketAddr>, ServerError> {
-    if port == 0 {
-        return Ok(None);
-    }
-    let address = SocketAddr::new(bind, port);
+) -> Result<(SocketAddr, Responder), ServerError> {
+    let unknown_address = SocketAddr::from(([0, 0, 0, 0], 0));
+    let address = listener.local_addr().map_err(|source| ServerError::Bind {
+        address: unknown_address,
+        source,
+    })?;
     let bind_error = |source| ServerError::Bind { address, source };
-    let listener = engram_metrics_http::bind(address).map_err(bind_error)?;
-    let address = listener.local_addr().map_err(bind_error)?;
-    engram_metrics_http::spawn(listener, render).map_err(bind_error)?;
-    Ok(Some(address))
+    // The responder's thread blocks in accept; a listener bound non-blocking would make
+    // it retry on a timer instead.
+    listener.set_nonblocking(false).map_err(bind_error)?;
+    let responder = engram_metrics_http::spawn(listener, render).map_err(bind_error)?;
+    Ok((address, responder))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use engram_proto::ErrorReply;
+    use engram_proto::{AdminCommand, ErrorReply};
 
     #[test]
     fn every_error_code_has_its_own_result() {
@@ -489,7 +494,7 @@ mod tests {
                 arrival_index: 0,
             },
         );
-        record_migration("out", "committed");
+        metrics.record_migration("out", "committed");
         let text = String::from_utf8(metrics.registry_text()).unwrap();
         for expected in [
             "engram_operations_total{object=\"counter\",result=\"ok\",shard=\"3\"} 1\n",
@@ -502,6 +507,24 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn nodes_in_one_process_count_apart() {
+        let (first, second) = (NodeMetrics::new(), NodeMetrics::new());
+        first.record_migration("in", "committed");
+        first
+            .shard(0)
+            .answered(&Command::from(AdminCommand::Ping), &Response::Pong);
+        let first_text = String::from_utf8(first.registry_text()).unwrap();
+        let second_text = String::from_utf8(second.registry_text()).unwrap();
+        for (text, count) in [(&first_text, 1), (&second_text, 0)] {
+            let migrations = format!("engram_migrations_total{{direction=\"in\",result=\"committed\"}} {count}\n");
+            assert!(text.contains(&migrations), "missing {migrations:?} in\n{text}");
+        }
+        let pinged = "engram_operations_total{object=\"other\",result=\"ok\",shard=\"0\"} 1\n";
+        assert!(first_text.contains(pinged), "{first_text}");
+        assert!(!second_text.contains(pinged), "{second_text}");
     }
 
     #[test]

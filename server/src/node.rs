@@ -1,103 +1,275 @@
-//! Starting and stopping a node: checks the machine can run it and binds every port
-//! before any shard starts (`host.rs`), takes its place (alone, or joined to a cluster,
-//! whose heartbeat then runs: `heartbeat.rs`), starts one pinned executor per shard,
-//! announces readiness, and stops all shards on SIGINT/SIGTERM.
+//! Starting and stopping a node. [`start`] runs one inside the calling process, from
+//! sockets already bound ([`NodeListeners`]) and a [`Shutdown`] its caller triggers: it
+//! checks the machine can run it (`host.rs`), takes its place (alone, or joined to a
+//! cluster, whose heartbeat then runs: `place.rs`, `heartbeat.rs`), serves metrics when
+//! given a socket for them, starts one pinned executor per shard, and returns a
+//! [`RunningNode`] once every shard serves. [`run`], engramd's whole life, binds the ports
+//! its flags name, turns SIGINT/SIGTERM into that shutdown, starts the node the same way
+//! and prints the ready line. Only `run` touches what a process has once (signal
+//! handlers, stdout), so several nodes started with [`start`] share a process.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use engram_proto::limits::incarnation_version_floor;
-use engram_proto::link::blocking::BlockingLink;
-use engram_proto::{
-    embedded_map, ControlProtocol, ControlRequest, ControlResponse, Identity, JoinRequest, ShardAddress, SlotMap,
-};
+use engram_metrics_http::Responder;
 
 use crate::cluster::NodeMap;
-use crate::config::Config;
+use crate::config::{Config, NodeSettings};
 use crate::error::ServerError;
 use crate::events::{await_start, await_stop, NodeEvent, NodeEvents};
-use crate::heartbeat::{map_check_grace_ms, Heartbeater, Membership, CONTROL_CALL_TIMEOUT_MS};
-use crate::host::{allowed_cpus, bind_ports, check_io_uring, Ports};
+use crate::heartbeat::{map_check_grace_ms, Heartbeater};
+use crate::host::{allowed_cpus, bind_ports, check_io_uring};
 use crate::launch::{self, ShardLaunch};
+use crate::place::{place_node, random_u64, NodePlace};
 use crate::runtime::{self, Executor};
 use crate::shard::{ShardSetup, FORWARD_QUEUE_DEPTH};
 use crate::stats::NodeStats;
 
+pub use crate::host::NodeListeners;
+pub use crate::shutdown::Shutdown;
+
 /// Most shards one node runs (ports and shard ids are 16-bit).
 pub const SHARDS_MAX: usize = 1024;
-/// How long a starting node keeps trying to reach the control plane.
-pub const JOIN_TIMEOUT_MS: u64 = 30_000;
-/// How long a starting node waits between tries to reach the control plane.
-pub const JOIN_RETRY_INTERVAL_MS: u64 = 200;
 
+/// engramd: binds the ports of `config`, installs the signal handling, runs the node until
+/// a SIGINT or SIGTERM stops it, and prints the ready line once it serves.
 pub fn run(config: Config) -> Result<(), ServerError> {
-    check_io_uring()?;
-    let cpus = allowed_cpus();
-    let shard_count = shard_count(config.cores, cpus.len())?;
-    let Ports {
-        front,
-        front_address,
-        shards: shard_listeners,
-        shard_addresses,
-    } = bind_ports(config.bind, config.port, shard_count)?;
-    let credentials = config.auth_token.clone().unwrap_or_default().into_bytes();
-    let NodePlace {
-        node_id,
-        map,
-        shard_addresses,
-        version_floor,
-        membership,
-    } = place_node(&config, front_address, shard_addresses, &credentials)?;
-    let node_map = Arc::new(NodeMap::new(map));
-    if let Some(membership) = &membership {
-        node_map.mark_checked(map_check_grace_ms(membership.liveness_timeout_ms));
-    }
-    let node = Arc::new(NodeStats::new(node_id, shard_addresses.clone()));
-    let metrics_node = node.clone();
-    let metrics_address =
-        crate::metrics::start_http(config.bind, config.metrics_port, move || metrics_node.render_metrics())?;
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let (events, event_receiver) = NodeEvents::channel(shard_count);
-    watch_signals(shutdown.clone(), events.clone())?;
+    let shard_count = shard_count(config.cores, allowed_cpus().len())?;
+    let listeners = bind_ports(config.bind, config.port, shard_count, config.metrics_port)?;
+    let shutdown = Shutdown::new();
+    watch_signals(shutdown.clone())?;
+    let node = start(config.node, listeners, shutdown)?;
+    announce_ready(&node);
+    node.wait()?;
+    tracing::info!("engramd stopped");
+    Ok(())
+}
 
-    let memory_limit_bytes = config.memory_limit.map_or(u64::MAX, |limit| limit / shard_count as u64);
-    let hash_seed = random_u64();
-    let setup = |shard_id| ShardSetup {
-        shard_id,
-        node_map: node_map.clone(),
-        node: node.clone(),
-        memory_limit_bytes,
-        hash_seed,
-        version_floor,
-        auth_token: config.auth_token.clone().map(String::into_bytes),
-        read_spin: Duration::from_micros(config.spin_us),
+/// Starts a node in the calling process on `listeners`, one shard per shard listener,
+/// each pinned to one of the CPUs this process may use (round-robin). Returns once every
+/// shard serves; the node stops when `shutdown` is triggered, or when its handle is
+/// dropped. Installs no signal handler and writes nothing to stdout.
+///
+/// Several nodes may run in one process: each has its own metrics registry, slot map
+/// and shards. A start that fails stops whatever it started.
+pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdown) -> Result<RunningNode, ServerError> {
+    check_io_uring()?;
+    let NodeListeners { front, shards, metrics } = listeners;
+    let shard_count = shards.len();
+    if shard_count == 0 || shard_count > SHARDS_MAX {
+        return Err(ServerError::ShardListeners {
+            listeners: shard_count,
+            shards_max: SHARDS_MAX,
+        });
+    }
+    let front_address = prepare_listener(&front)?;
+    let shard_addresses = shards
+        .iter()
+        .map(|listener| prepare_listener(listener).map(|address| address.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The node's own signal: a failed start or a dropped handle stops this node only.
+    let stop = shutdown.child();
+    let credentials = settings.auth_token.clone().unwrap_or_default().into_bytes();
+    let place = place_node(&settings, front_address, shard_addresses, &credentials, &stop)?;
+    let starting = Starting::new(&settings, place, shard_count);
+    let metrics = match metrics {
+        Some(listener) => {
+            let node = starting.node.clone();
+            Some(crate::metrics::serve_http(listener, move || node.render_metrics())?)
+        }
+        None => None,
     };
+    let (metrics_address, metrics) = metrics.unzip();
+    let (events, event_receiver) = NodeEvents::channel(shard_count);
+    stop.listen(events.clone());
     let listeners = Listeners {
         front,
         front_address,
-        shards: shard_listeners,
+        shards,
     };
-    start_shards(
-        listeners,
-        setup,
-        &cpus,
-        Duration::from_micros(config.spin_us),
-        &shutdown,
-        &events,
-    )?;
-    drop(events);
-    await_start(&event_receiver, shard_count)?;
+    let started = start_shards(listeners, &starting, &settings, &stop, &events).and_then(|()| {
+        drop(events);
+        await_start(&event_receiver, shard_count)
+    });
+    let stopped_during_start = match started {
+        Ok(stopped) => stopped,
+        Err(error) => return Err(abandon_start(error, &stop, metrics)),
+    };
+    let Starting {
+        node,
+        node_map,
+        membership,
+        ..
+    } = starting;
     if let Some(membership) = membership {
-        Heartbeater::new(membership, node.clone(), node_map.clone(), shutdown.clone()).start()?;
+        Heartbeater::new(membership, node.clone(), node_map, stop.clone()).start()?;
     }
-    tracing::info!(%front_address, shards = shard_count, node_id, ?metrics_address, "engramd serving");
-    announce_ready(front_address, &shard_addresses, node_id);
-    await_stop(&event_receiver, shard_count)?;
-    tracing::info!("engramd stopped");
-    Ok(())
+    tracing::info!(%front_address, shards = shard_count, node_id = node.node_id, ?metrics_address, "engramd serving");
+    Ok(RunningNode {
+        front_address,
+        node,
+        metrics_address,
+        metrics,
+        stop,
+        events: event_receiver,
+        shards_running: shard_count - stopped_during_start,
+    })
+}
+
+/// A node started with [`start`]: where it serves, and its end. Dropping it stops the
+/// node without waiting for it.
+pub struct RunningNode {
+    front_address: SocketAddr,
+    node: Arc<NodeStats>,
+    metrics_address: Option<SocketAddr>,
+    metrics: Option<Responder>,
+    /// The node's own signal, a child of the one it was started with.
+    stop: Shutdown,
+    events: Receiver<NodeEvent>,
+    /// Shards whose stop is still to come.
+    shards_running: usize,
+}
+
+impl RunningNode {
+    /// The front port's address, which reaches every key.
+    pub fn front_address(&self) -> SocketAddr {
+        self.front_address
+    }
+
+    /// Each shard's own port, by shard id, as clients and other nodes reach it (in a
+    /// cluster, on the advertised host).
+    pub fn shard_addresses(&self) -> &[String] {
+        &self.node.shard_addresses
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node.node_id
+    }
+
+    /// Where `GET /metrics` is served, when the node was given a socket for it.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_address
+    }
+
+    /// Stops this node alone (not the others its `Shutdown` was given to) and waits for it.
+    pub fn stop(self) -> Result<(), ServerError> {
+        self.stop.trigger();
+        self.wait()
+    }
+
+    /// Waits until the node stopped: every shard's thread ended, its listeners and
+    /// connections closed, and its metrics responder stopped, so its ports are free. An
+    /// error is the first failure of a shard, or an interruption (engramd's second
+    /// signal), which ends the wait without the shards.
+    pub fn wait(mut self) -> Result<(), ServerError> {
+        await_stop(&self.events, self.shards_running)?;
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        self.stop.trigger();
+        if let Some(metrics) = self.metrics.take() {
+            metrics.close();
+        }
+    }
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RunningNode")
+            .field("node_id", &self.node.node_id)
+            .field("front_address", &self.front_address)
+            .field("shard_addresses", &self.node.shard_addresses)
+            .field("metrics_address", &self.metrics_address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the shards of a starting node share.
+struct Starting {
+    node: Arc<NodeStats>,
+    node_map: Arc<NodeMap>,
+    version_floor: u64,
+    membership: Option<crate::heartbeat::Membership>,
+    memory_limit_bytes: u64,
+    hash_seed: u64,
+}
+
+impl Starting {
+    fn new(settings: &NodeSettings, place: NodePlace, shard_count: usize) -> Starting {
+        let NodePlace {
+            node_id,
+            map,
+            shard_addresses,
+            version_floor,
+            membership,
+        } = place;
+        let node_map = Arc::new(NodeMap::new(map));
+        if let Some(membership) = &membership {
+            node_map.mark_checked(map_check_grace_ms(membership.liveness_timeout_ms));
+        }
+        Starting {
+            node: Arc::new(NodeStats::new(node_id, shard_addresses)),
+            node_map,
+            version_floor,
+            membership,
+            memory_limit_bytes: settings
+                .memory_limit
+                .map_or(u64::MAX, |limit| limit / shard_count as u64),
+            hash_seed: random_u64(),
+        }
+    }
+
+    fn setup(&self, settings: &NodeSettings, shard_id: usize) -> ShardSetup {
+        ShardSetup {
+            shard_id,
+            node_map: self.node_map.clone(),
+            node: self.node.clone(),
+            memory_limit_bytes: self.memory_limit_bytes,
+            hash_seed: self.hash_seed,
+            version_floor: self.version_floor,
+            auth_token: settings.auth_token.clone().map(String::into_bytes),
+            read_spin: Duration::from_micros(settings.spin_us),
+        }
+    }
+}
+
+/// Makes a listener ready for the shards' rings and says where it listens. The shards
+/// share the front listener's open file description, so it must be non-blocking (see
+/// `runtime::TcpListener`); a caller's `TcpListener::bind` gives a blocking one.
+fn prepare_listener(listener: &StdListener) -> Result<SocketAddr, ServerError> {
+    let unknown_address = SocketAddr::from(([0, 0, 0, 0], 0));
+    let address = listener.local_addr().map_err(|source| ServerError::Bind {
+        address: unknown_address,
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServerError::Bind { address, source })?;
+    Ok(address)
+}
+
+/// Stops what a failed start started, and says why it failed: a node told to stop while
+/// its shards started failed because of that.
+fn abandon_start(error: ServerError, stop: &Shutdown, metrics: Option<Responder>) -> ServerError {
+    let told_to_stop = stop.is_triggered();
+    stop.trigger();
+    if let Some(metrics) = metrics {
+        metrics.close();
+    }
+    match error {
+        ServerError::ShardStart { .. } if told_to_stop => ServerError::StoppedBeforeServing,
+        error => error,
+    }
 }
 
 /// The shards to run: `--cores`, or one per CPU this process may use.
@@ -126,14 +298,13 @@ struct Listeners {
     shards: Vec<StdListener>,
 }
 
-/// Starts one executor per shard, pinned round-robin to `cpus`, each with a watcher
-/// thread that tells `events` when the shard's thread ends.
+/// Starts one executor per shard, pinned round-robin to the CPUs this process may use,
+/// each with a watcher thread that tells `events` when the shard's thread ends.
 fn start_shards(
     listeners: Listeners,
-    setup: impl Fn(usize) -> ShardSetup,
-    cpus: &[usize],
-    spin: Duration,
-    shutdown: &Arc<AtomicBool>,
+    starting: &Starting,
+    settings: &NodeSettings,
+    stop: &Shutdown,
     events: &NodeEvents,
 ) -> Result<(), ServerError> {
     let Listeners {
@@ -141,6 +312,8 @@ fn start_shards(
         front_address,
         shards,
     } = listeners;
+    let cpus = allowed_cpus();
+    let spin = Duration::from_micros(settings.spin_us);
     let mesh = runtime::full_mesh(shards.len(), FORWARD_QUEUE_DEPTH);
     for (shard_id, shard_listener) in shards.into_iter().enumerate() {
         let front_listener = front.try_clone().map_err(|source| ServerError::Bind {
@@ -148,11 +321,11 @@ fn start_shards(
             source,
         })?;
         let launch = ShardLaunch {
-            setup: setup(shard_id),
+            setup: starting.setup(settings, shard_id),
             shard_listener,
             front_listener,
             mesh: mesh.clone(),
-            shutdown: shutdown.clone(),
+            shutdown: stop.clone(),
         };
         let shard_events = events.clone();
         let cpu = cpus[shard_id % cpus.len()];
@@ -179,191 +352,70 @@ fn start_shards(
 }
 
 /// Prints the ready line, the contract with scripts and tests: one line, key=value.
-fn announce_ready(front_address: SocketAddr, shard_addresses: &[String], node_id: u64) {
+fn announce_ready(node: &RunningNode) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "engramd ready front={front_address} shards={} node={node_id}",
-        shard_addresses.join(",")
+        "engramd ready front={} shards={} node={}",
+        node.front_address(),
+        node.shard_addresses().join(","),
+        node.node_id()
     );
     let _ = stdout.flush();
 }
 
-/// Where a node stands: alone with its embedded map, or a member of a cluster.
-struct NodePlace {
-    node_id: u64,
-    map: SlotMap,
-    /// As clients and other nodes reach them.
-    shard_addresses: Vec<String>,
-    version_floor: u64,
-    /// What the heartbeat needs; `None` for a node that runs alone.
-    membership: Option<Membership>,
-}
-
-/// Builds the embedded map of a node that runs alone, or joins the control plane.
-fn place_node(
-    config: &Config,
-    front_address: SocketAddr,
-    shard_addresses: Vec<String>,
-    credentials: &[u8],
-) -> Result<NodePlace, ServerError> {
-    match &config.control {
-        None => Ok(place_alone(config.node_id, shard_addresses)),
-        Some(control) => join(config, control, front_address, shard_addresses, credentials),
-    }
-}
-
-/// A node that runs alone serves every slot, under the embedded control plane's map.
-fn place_alone(node_id: Option<u64>, shard_addresses: Vec<String>) -> NodePlace {
-    let node_id = node_id.unwrap_or_else(random_u64);
-    let shards = shard_addresses
-        .iter()
-        .enumerate()
-        .map(|(shard_id, address)| ShardAddress {
-            node_id,
-            shard_id: shard_id as u16,
-            address: address.clone(),
-        })
-        .collect();
-    NodePlace {
-        node_id,
-        map: embedded_map(shards),
-        shard_addresses,
-        version_floor: standalone_version_floor(),
-        membership: None,
-    }
-}
-
-/// Joins the cluster whose control plane is at `control`, announcing the addresses
-/// clients and other nodes reach this node's ports at.
-fn join(
-    config: &Config,
-    control: &str,
-    front_address: SocketAddr,
-    shard_addresses: Vec<String>,
-    credentials: &[u8],
-) -> Result<NodePlace, ServerError> {
-    let host = match &config.advertise {
-        Some(host) => host.clone(),
-        None if config.bind.is_unspecified() => return Err(ServerError::AdvertiseRequired(config.bind)),
-        None => config.bind.to_string(),
-    };
-    let advertised = |address: &str| {
-        let port = address.rsplit_once(':').map_or("0", |(_, port)| port);
-        format!("{host}:{port}")
-    };
-    let shard_count = shard_addresses.len() as u64;
-    let request = JoinRequest {
-        front_address: advertised(&front_address.to_string()),
-        shard_addresses: shard_addresses.iter().map(|address| advertised(address)).collect(),
-        memory_limit_bytes: config.memory_limit.map_or(0, |limit| limit / shard_count),
-        boot_id: random_u64(),
-    };
-    let joined = join_cluster(control, credentials, &request)?;
-    tracing::info!(%control, node_id = joined.node_id, incarnation = joined.incarnation, epoch = joined.map.epoch, "joined the cluster");
-    Ok(NodePlace {
-        node_id: joined.node_id,
-        map: joined.map,
-        shard_addresses: request.shard_addresses,
-        version_floor: incarnation_version_floor(joined.incarnation),
-        membership: Some(Membership {
-            control: control.to_string(),
-            credentials: credentials.to_vec(),
-            incarnation: joined.incarnation,
-            liveness_timeout_ms: joined.liveness_timeout_ms,
-        }),
-    })
-}
-
-/// The first SIGINT or SIGTERM asks the shards to stop; a second one tells the main
-/// thread to stop without them.
-fn watch_signals(shutdown: Arc<AtomicBool>, events: NodeEvents) -> Result<(), ServerError> {
+/// The first SIGINT or SIGTERM triggers `shutdown`; a second one interrupts the wait for
+/// the shards. The handlers are the process's: only engramd's path installs them.
+fn watch_signals(shutdown: Shutdown) -> Result<(), ServerError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Signals)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                if shutdown.swap(true, Relaxed) {
+                if shutdown.is_triggered() {
                     tracing::warn!(signal, "second signal: exiting at once");
-                    events.interrupt();
+                    shutdown.interrupt();
                     continue;
                 }
                 tracing::info!(signal, "shutting down");
+                shutdown.trigger();
             }
         })
         .map_err(ServerError::Signals)?;
     Ok(())
 }
 
-/// The floor of a node that runs alone: nanoseconds since the Unix epoch at start. A
-/// shard draws far fewer than one version per nanosecond (each costs a request, which
-/// takes well over a hundred), so its counter stays below the wall clock, and a later
-/// start begins above everything an earlier one drew, as long as the wall clock is not
-/// set back across a restart by more than the earlier process ran ahead of it
-/// (ARCHITECTURE.md argues it).
-fn standalone_version_floor() -> u64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX >> 1)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What the control plane answered a join.
-struct Joined {
-    node_id: u64,
-    map: SlotMap,
-    incarnation: u64,
-    liveness_timeout_ms: u64,
-}
-
-/// Registers with the control plane, retrying until `JOIN_TIMEOUT_MS`: a node may start
-/// before its control plane (as containers do). Retries carry the same boot id, so a
-/// join whose answer was lost is not taken for a restart.
-fn join_cluster(control: &str, credentials: &[u8], request: &JoinRequest) -> Result<Joined, ServerError> {
-    let deadline = Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
-    let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
-    loop {
-        let attempt = BlockingLink::<ControlProtocol>::connect(control, Identity::node(credentials), timeout)
-            .and_then(|mut link| link.call(ControlRequest::Join(request.clone())));
-        let reason = match attempt {
-            Ok(ControlResponse::Joined {
-                node_id,
-                map,
-                incarnation,
-                liveness_timeout_ms,
-            }) => match map.validate() {
-                Ok(()) => {
-                    return Ok(Joined {
-                        node_id,
-                        map,
-                        incarnation,
-                        liveness_timeout_ms,
-                    })
-                }
-                Err(reason) => format!("the control plane sent an invalid map: {reason}"),
-            },
-            Ok(ControlResponse::Error(reply)) => format!("refused: {}", reply.message),
-            Ok(other) => format!("unexpected answer {}", other.name()),
-            Err(error) => error.to_string(),
-        };
-        if Instant::now() >= deadline {
-            return Err(ServerError::Join {
-                control: control.to_string(),
-                reason,
-                join_timeout_ms: JOIN_TIMEOUT_MS,
-            });
+    fn loopback_listeners(shards: usize) -> NodeListeners {
+        let bind = || StdListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+        NodeListeners {
+            front: bind(),
+            shards: (0..shards).map(|_| bind()).collect(),
+            metrics: Some(bind()),
         }
-        tracing::debug!(%control, %reason, "join attempt failed; retrying");
-        std::thread::sleep(Duration::from_millis(JOIN_RETRY_INTERVAL_MS));
     }
-}
 
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded from the OS's randomness; hashing the time through it
-    // yields an unpredictable value without another dependency.
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
-    hasher.finish()
+    #[test]
+    fn a_stopped_node_lets_go_of_its_shards_and_their_data() {
+        let node = start(NodeSettings::default(), loopback_listeners(2), Shutdown::new()).expect("starts");
+        // Connections hold the shards, to the front port and to each shard's port; the
+        // metrics responder holds the node's figures.
+        assert!(node.metrics_address().is_some());
+        let addresses = std::iter::once(node.front_address())
+            .chain(node.shard_addresses().iter().map(|address| address.parse().unwrap()));
+        let held: Vec<_> = addresses
+            .map(|address| std::net::TcpStream::connect(address).expect("connect"))
+            .collect();
+        let figures = Arc::downgrade(&node.node);
+        node.stop().expect("stops");
+        assert!(
+            figures.upgrade().is_none(),
+            "a shard, a task of one or the metrics responder outlived the node"
+        );
+        drop(held);
+    }
 }

@@ -44,7 +44,7 @@ use futures_lite::FutureExt;
 use crate::link;
 use crate::notify::LocalNotify;
 use crate::outbox::Outbox;
-use crate::runtime::{self, TcpStream};
+use crate::runtime::{self, Tasks, TcpStream};
 
 /// Longest a link may take to connect, and then to shake hands. A node that is down
 /// refuses at once; this bounds the case where nothing answers at all (a stopped
@@ -162,11 +162,14 @@ pub struct Proxies {
     credentials: Vec<u8>,
     outbox: Weak<Outbox>,
     links: RefCell<foldhash::HashMap<String, Rc<ProxyLink>>>,
+    /// The shard's tasks, which the links' tasks join.
+    tasks: Tasks,
 }
 
 impl Proxies {
-    pub fn new(client_id: u64, namespace: &[u8], credentials: &[u8], outbox: Weak<Outbox>) -> Proxies {
+    pub fn new(client_id: u64, namespace: &[u8], credentials: &[u8], outbox: Weak<Outbox>, tasks: Tasks) -> Proxies {
         Proxies {
+            tasks,
             client_id,
             namespace: namespace.to_vec(),
             credentials: credentials.to_vec(),
@@ -222,7 +225,10 @@ impl Proxies {
             credentials: &self.credentials,
         };
         let link = Rc::new(ProxyLink::new(address, identity, self.outbox.clone())?);
-        runtime::spawn_detached(link.clone().run());
+        if self.tasks.spawn(link.clone().run()).is_none() {
+            // The shard is stopping: the link never runs, and the request fails with it.
+            link.close();
+        }
         links.insert(address.to_string(), link.clone());
         Ok(link)
     }
@@ -584,7 +590,7 @@ mod tests {
         let sent = [add.clone(), counter_get()];
         runtime::run_unpinned(async move {
             let outbox = Rc::new(Outbox::default());
-            let proxies = Proxies::new(42, b"tenant", b"token", Rc::downgrade(&outbox));
+            let proxies = Proxies::new(42, b"tenant", b"token", Rc::downgrade(&outbox), Tasks::default());
             proxies.forward(&address, 100, 3, &sent[0]).await;
             proxies.forward(&address, 101, 3, &sent[1]).await;
             let mut got = answers(&outbox, 2).await;
@@ -619,7 +625,7 @@ mod tests {
         };
         runtime::run_unpinned(async move {
             let outbox = Rc::new(Outbox::default());
-            let proxies = Proxies::new(42, b"", b"", Rc::downgrade(&outbox));
+            let proxies = Proxies::new(42, b"", b"", Rc::downgrade(&outbox), Tasks::default());
             proxies.forward(&address, 5, 3, &counter_get()).await;
             let got = answers(&outbox, 1).await;
             let [(5, Response::Error(reply))] = &got[..] else {

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::net::TcpListener as StdListener;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::{self, Full};
@@ -31,6 +31,21 @@ pub fn adopt_listener(listener: StdListener) -> TcpListener {
     // SAFETY: the fd comes from a listening socket this thread now owns alone
     // (`into_raw_fd` gives up the std handle).
     unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) }
+}
+
+/// Ends every exchange on the socket behind `fd` at once: a listener refuses further
+/// connections, a connection's reads see its end and its writes fail. The ring keeps a
+/// socket it has an operation pending on open past the close of its descriptor (until
+/// the operation is cancelled, at the latest when the executor's ring is torn down, which
+/// the kernel finishes on its own time), so a shard that stops shuts its sockets down
+/// first: their peers and their ports know at once. The descriptor stays open; its owner
+/// closes it. `fd` must be open: held by something that has not closed it yet.
+pub fn shut_down_socket(fd: RawFd) {
+    // SAFETY: shutdown(2) on an open descriptor touches no memory; on one that is not a
+    // socket it fails, harmlessly.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
 }
 
 /// Why an executor could not start, or ended abnormally.
@@ -69,6 +84,45 @@ impl Executor {
 /// awaits it, and it ends with the executor at the latest.
 pub fn spawn_detached(future: impl Future<Output = ()> + 'static) {
     glommio::spawn_local(future).detach();
+}
+
+/// The tasks of one shard, so that the shard's end can outwait them. A task still
+/// waiting when its executor ends is never dropped (it and the pending operation of the
+/// socket it waits on hold each other), so it would keep its sockets open, and the shard
+/// it holds, for the life of the process. Clones share the tasks.
+#[derive(Clone)]
+pub struct Tasks(glommio::sync::Gate);
+
+impl Default for Tasks {
+    fn default() -> Tasks {
+        Tasks(glommio::sync::Gate::new())
+    }
+}
+
+/// One of a shard's [`Tasks`], which its shard may cancel.
+pub struct TaskHandle(glommio::task::JoinHandle<()>);
+
+impl Tasks {
+    /// Runs `future` on the calling thread's executor as one of these tasks; `None`, and
+    /// `future` dropped unrun, once [`Tasks::ended`] was called.
+    pub fn spawn(&self, future: impl Future<Output = ()> + 'static) -> Option<TaskHandle> {
+        self.0.spawn(future).ok().map(|task| TaskHandle(task.detach()))
+    }
+
+    /// Completes once every task ended (ran to its end, or was cancelled); no task
+    /// starts afterwards.
+    pub async fn ended(&self) {
+        // Only a second call fails, finding the tasks ended already.
+        let _ = self.0.close().await;
+    }
+}
+
+impl TaskHandle {
+    /// Drops the task's future where it waits, the next time the executor runs it; a
+    /// task that ended already stays as it is.
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
 }
 
 /// Completes after `duration`.

@@ -1,5 +1,6 @@
 //! [`ControlPlane`]: an `engram-control` process on loopback with a scratch data
-//! directory, restartable on the same address, plus the `engram cluster` CLI against it.
+//! directory (or its state in etcd: [`ControlPlane::start_etcd`]), restartable on the
+//! same address, pausable, plus the `engram cluster` CLI against it.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -19,12 +20,18 @@ const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ControlPlane {
     child: Option<Child>,
-    /// Flags beyond --listen and --data, kept for restarts.
+    /// Flags beyond --listen and where the state is, kept for restarts.
     extra_arguments: Vec<String>,
     /// `host:port` it listens on; kept across restarts.
     address: String,
-    data_dir: PathBuf,
+    state: State,
     stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Where a control plane keeps its state.
+enum State {
+    DataDir(PathBuf),
+    Etcd { endpoint: String, prefix: String },
 }
 
 impl ControlPlane {
@@ -39,7 +46,30 @@ impl ControlPlane {
             child: None,
             extra_arguments: extra_arguments.iter().map(|argument| argument.to_string()).collect(),
             address: format!("{host}:0"),
-            data_dir,
+            state: State::DataDir(data_dir),
+            stderr: Arc::default(),
+        };
+        control.launch();
+        control
+    }
+
+    /// Starts `engram-control --etcd endpoint --etcd-prefix prefix` on `host` (a free
+    /// port), with extra flags (kept across restarts). It is ready once it listens,
+    /// as a standby until it wins the election.
+    pub fn start_etcd(
+        host: std::net::Ipv4Addr,
+        endpoint: &str,
+        prefix: &str,
+        extra_arguments: &[&str],
+    ) -> ControlPlane {
+        let mut control = ControlPlane {
+            child: None,
+            extra_arguments: extra_arguments.iter().map(|argument| argument.to_string()).collect(),
+            address: format!("{host}:0"),
+            state: State::Etcd {
+                endpoint: endpoint.to_string(),
+                prefix: prefix.to_string(),
+            },
             stderr: Arc::default(),
         };
         control.launch();
@@ -49,9 +79,12 @@ impl ControlPlane {
     fn launch(&mut self) {
         let mut command = Command::new(binaries::engram_control());
         scrub_environment(&mut command);
+        command.args(["--listen", &self.address]);
+        match &self.state {
+            State::DataDir(data_dir) => command.arg("--data").arg(data_dir),
+            State::Etcd { endpoint, prefix } => command.args(["--etcd", endpoint, "--etcd-prefix", prefix]),
+        };
         command
-            .args(["--listen", &self.address, "--data"])
-            .arg(&self.data_dir)
             .args(&self.extra_arguments)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -88,6 +121,22 @@ impl ControlPlane {
 
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP, returning once every thread of it stopped (see
+    /// [`crate::server::stop_process`]); [`ControlPlane::resume`] undoes it.
+    pub fn pause(&self) {
+        crate::server::stop_process(self.pid().expect("a running control plane"));
+    }
+
+    /// SIGCONT after [`ControlPlane::pause`].
+    pub fn resume(&self) {
+        crate::server::resume_process(self.pid().expect("a running control plane"));
     }
 
     /// SIGKILL, as a crash: no chance to write anything.
@@ -152,6 +201,8 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused one would not see the SIGTERM until it runs again.
+            signal(&child, libc::SIGCONT);
             signal(&child, libc::SIGTERM);
             if poll_exit(&mut child, STOP_GRACE).is_none() {
                 let _ = child.kill();

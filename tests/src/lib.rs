@@ -25,6 +25,9 @@
 //!   given by their arguments (lock rounds, barrier generations, a lease holder).
 //! - [`linearizability`]: a Wing–Gong/Lowe linearizability checker for recorded per-key
 //!   histories (counter and register models) and a thread-safe history recorder.
+//! - [`etcd`]: [`etcd::Etcd`]: a real single-member etcd on free loopback ports with a scratch
+//!   data directory, stoppable and restartable for outages (needs `etcd` installed:
+//!   `scripts/test.sh` installs it).
 //! - [`binaries`]: where `engramd`, `engram` and `engram-test-worker` are.
 //!
 //! Every wait in the harness is bounded, so a hung server fails a test instead of hanging it.
@@ -33,6 +36,7 @@ pub mod binaries;
 pub mod cluster;
 pub mod control;
 pub mod elastic;
+pub mod etcd;
 pub mod linearizability;
 pub mod processes;
 pub mod raw;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use engram_client::{Error, ServerCode};
 use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use engram_proto::{AdminCommand, BytesCommand, CounterCommand};
-use engram_proto::{Command, ErrorCode, FrameHeader, FrameKind, Request, Response, SetCondition, FRAME_HEADER_BYTES};
+use engram_proto::{
+    Command, ErrorCode, ErrorReply, FrameHeader, FrameKind, Request, Response, SetCondition, FRAME_HEADER_BYTES,
+};
 use engram_tests::raw::{hello, hello_frame, request, request_frame, Closed, RawConnection};
 use engram_tests::{fetch_slot_map, key_on_shard, run_async, unique_key, EngramServer, ServerOptions};
 use rand::{Rng, SeedableRng};
@@ -215,6 +217,23 @@ fn handshake_violations_are_refused() {
             ErrorCode::UnsupportedVersion,
             "hello with version 99",
         );
+
+        // A peer from before the protocol families: its frame header says version 2.
+        let mut connection = RawConnection::connect(address);
+        let mut old_frame = hello_frame(0, &hello(4, b"default", b""));
+        old_frame[4] = 2;
+        connection.send_raw(&old_frame);
+        let closed = connection.read_until_closed();
+        assert_refused_with(&closed, ErrorCode::UnsupportedVersion, "frame of protocol version 2");
+        if let Some(frame) = closed.frames.first() {
+            let Response::Error(ErrorReply { message, .. }) = frame.response() else {
+                panic!("version 2 refused without an error: {:?}", frame.response())
+            };
+            assert!(
+                message.contains("version 2") && message.contains("speaks 3"),
+                "the refusal names both versions: {message}"
+            );
+        }
 
         // A namespace over the limit.
         let mut connection = RawConnection::connect(address);

@@ -6,12 +6,18 @@
 //! thread. Every read is bounded in bytes and in time, so no input can make it hold
 //! memory or hang; malformed input gets a 400 and the connection closes.
 //!
+//! A responder serves for the life of the process, unless its owner stops it
+//! ([`Responder::stop`]): engramd's in-process nodes do when they stop, so their port is
+//! free again.
+//!
 //! A crate of its own, at the bottom of the dependency graph with nothing but
-//! `prometheus` under it, so that engramd (glommio) and engram-control (tokio) share it
-//! without either pulling in the other's runtime.
+//! `prometheus` (and `libc`, to stop it) under it, so that engramd (glommio) and
+//! engram-control (tokio) share it without either pulling in the other's runtime.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,23 +45,77 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(address)
 }
 
-/// Serves `GET /metrics` on `listener` from a thread of its own for the life of the
-/// process. `render` produces the body of each scrape.
-pub fn spawn<Render>(listener: TcpListener, render: Render) -> io::Result<JoinHandle<()>>
+/// Serves `GET /metrics` on `listener` from a thread of its own, until the returned
+/// [`Responder`] is stopped (for the life of the process when it never is). `render`
+/// produces the body of each scrape.
+pub fn spawn<Render>(listener: TcpListener, render: Render) -> io::Result<Responder>
 where
     Render: Fn() -> Vec<u8> + Send + 'static,
 {
-    std::thread::Builder::new()
+    // The responder keeps a handle to the socket so that it can wake the thread's
+    // blocking accept when it stops.
+    let waker = listener.try_clone()?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    let thread_stopping = stopping.clone();
+    let thread = std::thread::Builder::new()
         .name("metrics-http".into())
-        .spawn(move || serve(&listener, &render))
+        .spawn(move || serve(&listener, &render, &thread_stopping))?;
+    Ok(Responder {
+        waker,
+        stopping,
+        thread,
+    })
 }
 
-/// Accepts and answers connections one after another, forever.
-pub fn serve(listener: &TcpListener, render: &dyn Fn() -> Vec<u8>) {
-    loop {
+/// A running responder. Dropping it leaves the thread serving for the life of the
+/// process; [`Responder::close`] or [`Responder::stop`] end it.
+pub struct Responder {
+    /// A duplicate of the served socket, shut down to wake the thread's accept.
+    waker: TcpListener,
+    stopping: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Responder {
+    /// Stops accepting scrapes; the thread ends once the scrape it may be answering is
+    /// done (bounded by [`REQUEST_TIMEOUT_MS`] and [`WRITE_TIMEOUT_MS`]). Never waits.
+    pub fn close(self) {
+        self.signal();
+    }
+
+    /// Stops accepting scrapes and waits for the thread to end, after which the port is
+    /// free.
+    pub fn stop(self) {
+        self.signal();
+        // The thread only returns; a panic there has nothing more to tell.
+        let _ = self.thread.join();
+    }
+
+    fn signal(&self) {
+        self.stopping.store(true, Relaxed);
+        // On Linux, shutting a listening socket down makes an accept blocked on it
+        // return at once (EINVAL), and every later one too, so the thread sees the flag.
+        let _ = shutdown_listener(&self.waker);
+    }
+}
+
+fn shutdown_listener(listener: &TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown(2) on a descriptor this listener owns; it touches no memory.
+    if unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Accepts and answers connections one after another, until `stopping` is set.
+fn serve(listener: &TcpListener, render: &dyn Fn() -> Vec<u8>, stopping: &AtomicBool) {
+    while !stopping.load(Relaxed) {
         match listener.accept() {
             // A failed exchange concerns only that client.
             Ok((stream, _)) => drop(answer(stream, render)),
+            Err(_) if stopping.load(Relaxed) => return,
             Err(_) => std::thread::sleep(Duration::from_millis(ACCEPT_RETRY_MS)),
         }
     }
@@ -174,7 +234,8 @@ mod tests {
     fn start() -> SocketAddr {
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let address = listener.local_addr().unwrap();
-        spawn(listener, || b"engram_up 1\n".to_vec()).unwrap();
+        // Left serving, as engram-control's responder is.
+        let _serving = spawn(listener, || b"engram_up 1\n".to_vec()).unwrap();
         address
     }
 
@@ -231,6 +292,18 @@ mod tests {
         let answer = exchange(address, b"GET /metrics HTTP/1.1\r\n\r\n");
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
         drop(silent);
+    }
+
+    #[test]
+    fn a_stopped_responder_frees_its_port() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let responder = spawn(listener, || b"engram_up 1\n".to_vec()).unwrap();
+        assert!(exchange(address, b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 "));
+        responder.stop();
+        let refused = TcpStream::connect(address).map(drop).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused, "{refused}");
+        bind(address).expect("the port is free again");
     }
 
     #[test]

@@ -119,12 +119,6 @@ macro_rules! into_data_command {
                     DataCommand::$variant(command)
                 }
             }
-
-            impl From<$command> for crate::message::Command {
-                fn from(command: $command) -> crate::message::Command {
-                    crate::message::Command::Data(DataCommand::$variant(command))
-                }
-            }
         )+
     };
 }

@@ -226,12 +226,12 @@ impl Shard {
             *self.outgoing.borrow_mut() = None;
             // Anything still parked there was answered TryAgain by the removal.
             self.deliver_completions();
-            crate::metrics::record_migration("out", "committed");
+            self.node.metrics.record_migration("out", "committed");
             tracing::info!(shard = self.shard_id, migration_id, "migration out committed");
         }
         let committed = self.incoming.borrow_mut().commit(mine);
         for migration_id in committed {
-            crate::metrics::record_migration("in", "committed");
+            self.node.metrics.record_migration("in", "committed");
             tracing::info!(shard = self.shard_id, migration_id, "migration in committed");
         }
         self.publish_slots_owned(routing);
@@ -383,7 +383,7 @@ impl Shard {
     /// Phase one failed: the slots unfreeze with their state untouched.
     fn failed_out(&self, order: &MigrateOut, reason: &str) -> PeerResponse {
         self.unfreeze(order.migration_id);
-        crate::metrics::record_migration("out", "failed");
+        self.node.metrics.record_migration("out", "failed");
         tracing::warn!(shard = self.shard_id, migration_id = order.migration_id, %reason, "migration out failed");
         self.peer_error(
             ErrorCode::TryAgain,
@@ -536,7 +536,7 @@ impl Shard {
             matches
         };
         if aborted_out {
-            crate::metrics::record_migration("out", "aborted");
+            self.node.metrics.record_migration("out", "aborted");
         }
         let aborted_in = self.incoming.borrow_mut().abort(migration_id);
         if !aborted_in.is_empty() {
@@ -548,7 +548,7 @@ impl Shard {
                 now_ms,
             );
             self.deliver_completions();
-            crate::metrics::record_migration("in", "aborted");
+            self.node.metrics.record_migration("in", "aborted");
             self.publish_stats();
         }
         self.publish_migrations();

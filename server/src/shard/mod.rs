@@ -5,8 +5,9 @@
 //! bounded channel mesh, so a full queue slows the sender down instead of growing.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,8 @@ use crate::cluster::{NodeMap, Owner, Routing};
 use crate::metrics::ShardMetrics;
 use crate::notify::LocalNotify;
 use crate::outbox::{Destination, Outbox};
-use crate::runtime::{self, MeshReceivers, MeshSenders};
+use crate::runtime::{self, MeshReceivers, MeshSenders, TaskHandle, Tasks};
+use crate::shutdown::Shutdown;
 use crate::stats::{NodeStats, ShardStats};
 use crate::store::{Outcome, Store, WaiterId};
 
@@ -85,6 +87,8 @@ pub struct Shard {
     timekeeper_deadline_ms: Cell<u64>,
     timekeeper: LocalNotify,
     store_clock: StoreClock,
+    /// Every task the shard and its connections start, which its stop outwaits.
+    tasks: Tasks,
 }
 
 /// What a shard is set up with, apart from its queues to the node's other shards.
@@ -137,10 +141,23 @@ impl Shard {
             timekeeper_deadline_ms: Cell::new(0),
             timekeeper: LocalNotify::default(),
             store_clock,
+            tasks: Tasks::default(),
         };
         shard.publish_slots_owned(&shard.routing());
         shard.publish_stats();
         shard
+    }
+
+    /// Runs `future` on this shard's executor as one of its tasks, which its stop
+    /// outwaits; `None`, and `future` dropped unrun, once the shard is stopping.
+    pub fn spawn(&self, future: impl Future<Output = ()> + 'static) -> Option<TaskHandle> {
+        self.tasks.spawn(future)
+    }
+
+    /// The shard's tasks, for what starts tasks on its behalf (a connection's proxy
+    /// links) and for the shard's stop.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     /// This shard's id within the node.
@@ -443,16 +460,18 @@ impl Shard {
     }
 
     /// Serves the requests the node's other shards forward here, each queue by a task
-    /// of its own.
-    pub fn serve_peers(self: &Rc<Self>, mut receivers: MeshReceivers<Forwarded>) {
+    /// of its own, which the shard's stop cancels.
+    pub fn serve_peers(self: &Rc<Self>, mut receivers: MeshReceivers<Forwarded>) -> Vec<TaskHandle> {
+        let mut tasks = Vec::new();
         for (_, receiver) in receivers.streams() {
             let shard = self.clone();
-            runtime::spawn_detached(async move {
+            tasks.extend(self.spawn(async move {
                 while let Some(forwarded) = receiver.recv().await {
                     shard.serve_forwarded(forwarded);
                 }
-            });
+            }));
         }
+        tasks
     }
 
     fn serve_forwarded(&self, forwarded: Forwarded) {
@@ -482,10 +501,11 @@ impl Shard {
 
     /// Sleeps until the store's next deadline (a wait's timeout, a lease's end, a key's
     /// expiry) or the maintenance interval, whichever is sooner, and is woken early when
-    /// a sooner deadline appears; returns once `shutdown` is set. Nothing polls: an idle
-    /// shard with no deadlines wakes ten times a second to expire keys and publish figures.
-    pub async fn keep_time(&self, shutdown: &AtomicBool) {
-        while !shutdown.load(Relaxed) {
+    /// a sooner deadline appears; returns once `shutdown` is triggered. Nothing polls: an
+    /// idle shard with no deadlines wakes ten times a second to expire keys and publish
+    /// figures.
+    pub async fn keep_time(&self, shutdown: &Shutdown) {
+        while !shutdown.is_triggered() {
             // Picks up a map installed elsewhere even when no request comes, so a
             // committed migration releases its frozen copy promptly.
             self.routing();

@@ -4,7 +4,8 @@
 //!
 //! Layout:
 //! - [`cli`]: flags (each also `ENGRAM_BENCH_*`), targets, limits.
-//! - [`runner`]: validation, connections, prefill, the measured phase, merging results.
+//! - [`settings`]: the flags of a run, checked and resolved.
+//! - [`runner`]: connections, prefill, the measured phase, merging results.
 //! - [`lane`]: a load task's plan: stop condition, warmup cut, open-loop pacer, progress slot.
 //! - [`timer`]: a timerfd sleep with microsecond resolution for the open-loop pacer.
 //! - [`workload`]: workloads, the SET:GET ratio and the request sequence of a task; the
@@ -32,6 +33,7 @@ pub mod redis_driver;
 pub mod report;
 pub mod resp;
 pub mod runner;
+pub mod settings;
 pub mod stats;
 pub mod timer;
 pub mod workload;

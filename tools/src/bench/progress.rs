@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::bench::lane::ProgressCounters;
-use crate::bench::runner::Settings;
+use crate::bench::settings::Settings;
 
 /// How often the bar is redrawn.
 const REDRAW_INTERVAL: Duration = Duration::from_millis(200);

@@ -10,7 +10,8 @@ use engram_tools::bench::cli::{BenchCli, BenchCommand};
 use engram_tools::bench::echo;
 use engram_tools::bench::error::BenchError;
 use engram_tools::bench::report;
-use engram_tools::bench::runner::{self, Settings};
+use engram_tools::bench::runner;
+use engram_tools::bench::settings::Settings;
 use engram_tools::bench::timer::minimize_timer_slack;
 
 /// Exit code of a failed run (bad flags included).

@@ -1,0 +1,195 @@
+//! Where a node stands before it serves: alone, owning every slot under the embedded
+//! control plane's map, or a member of a cluster, joined through its control plane (whose
+//! heartbeat then runs: `heartbeat.rs`). Also the floor its shards draw versions from.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use engram_proto::limits::incarnation_version_floor;
+use engram_proto::link::blocking::BlockingLink;
+use engram_proto::{
+    embedded_map, ControlProtocol, ControlRequest, ControlResponse, Identity, JoinRequest, ShardAddress, SlotMap,
+};
+
+use crate::config::NodeSettings;
+use crate::error::ServerError;
+use crate::heartbeat::{Membership, CONTROL_CALL_TIMEOUT_MS};
+use crate::shutdown::Shutdown;
+
+/// How long a starting node keeps trying to reach the control plane.
+pub const JOIN_TIMEOUT_MS: u64 = 30_000;
+/// How long a starting node waits between tries to reach the control plane.
+pub const JOIN_RETRY_INTERVAL_MS: u64 = 200;
+
+/// Where a node stands: alone with its embedded map, or a member of a cluster.
+pub struct NodePlace {
+    pub node_id: u64,
+    pub map: SlotMap,
+    /// As clients and other nodes reach them.
+    pub shard_addresses: Vec<String>,
+    pub version_floor: u64,
+    /// What the heartbeat needs; `None` for a node that runs alone.
+    pub membership: Option<Membership>,
+}
+
+/// Builds the embedded map of a node that runs alone, or joins the control plane; a
+/// join gives up once `shutdown` is triggered.
+pub fn place_node(
+    settings: &NodeSettings,
+    front_address: SocketAddr,
+    shard_addresses: Vec<String>,
+    credentials: &[u8],
+    shutdown: &Shutdown,
+) -> Result<NodePlace, ServerError> {
+    match &settings.control {
+        None => Ok(place_alone(settings.node_id, shard_addresses)),
+        Some(control) => join(settings, control, front_address, shard_addresses, credentials, shutdown),
+    }
+}
+
+/// A node that runs alone serves every slot, under the embedded control plane's map.
+fn place_alone(node_id: Option<u64>, shard_addresses: Vec<String>) -> NodePlace {
+    let node_id = node_id.unwrap_or_else(random_u64);
+    let shards = shard_addresses
+        .iter()
+        .enumerate()
+        .map(|(shard_id, address)| ShardAddress {
+            node_id,
+            shard_id: shard_id as u16,
+            address: address.clone(),
+        })
+        .collect();
+    NodePlace {
+        node_id,
+        map: embedded_map(shards),
+        shard_addresses,
+        version_floor: standalone_version_floor(),
+        membership: None,
+    }
+}
+
+/// Joins the cluster whose control plane is at `control`, announcing the addresses
+/// clients and other nodes reach this node's ports at: the front port's host, or
+/// `--advertise`.
+fn join(
+    settings: &NodeSettings,
+    control: &str,
+    front_address: SocketAddr,
+    shard_addresses: Vec<String>,
+    credentials: &[u8],
+    shutdown: &Shutdown,
+) -> Result<NodePlace, ServerError> {
+    let bind = front_address.ip();
+    let host = match &settings.advertise {
+        Some(host) => host.clone(),
+        None if bind.is_unspecified() => return Err(ServerError::AdvertiseRequired(bind)),
+        None => bind.to_string(),
+    };
+    let advertised = |address: &str| {
+        let port = address.rsplit_once(':').map_or("0", |(_, port)| port);
+        format!("{host}:{port}")
+    };
+    let shard_count = shard_addresses.len() as u64;
+    let request = JoinRequest {
+        front_address: advertised(&front_address.to_string()),
+        shard_addresses: shard_addresses.iter().map(|address| advertised(address)).collect(),
+        memory_limit_bytes: settings.memory_limit.map_or(0, |limit| limit / shard_count),
+        boot_id: random_u64(),
+    };
+    let joined = join_cluster(control, credentials, &request, shutdown)?;
+    tracing::info!(%control, node_id = joined.node_id, incarnation = joined.incarnation, epoch = joined.map.epoch, "joined the cluster");
+    Ok(NodePlace {
+        node_id: joined.node_id,
+        map: joined.map,
+        shard_addresses: request.shard_addresses,
+        version_floor: incarnation_version_floor(joined.incarnation),
+        membership: Some(Membership {
+            control: control.to_string(),
+            credentials: credentials.to_vec(),
+            incarnation: joined.incarnation,
+            liveness_timeout_ms: joined.liveness_timeout_ms,
+        }),
+    })
+}
+
+/// The floor of a node that runs alone: nanoseconds since the Unix epoch at start. A
+/// shard draws far fewer than one version per nanosecond (each costs a request, which
+/// takes well over a hundred), so its counter stays below the wall clock, and a later
+/// start begins above everything an earlier one drew, as long as the wall clock is not
+/// set back across a restart by more than the earlier process ran ahead of it
+/// (ARCHITECTURE.md argues it).
+fn standalone_version_floor() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX >> 1)
+}
+
+/// What the control plane answered a join.
+struct Joined {
+    node_id: u64,
+    map: SlotMap,
+    incarnation: u64,
+    liveness_timeout_ms: u64,
+}
+
+/// Registers with the control plane, retrying until `JOIN_TIMEOUT_MS`: a node may start
+/// before its control plane (as containers do). Retries carry the same boot id, so a
+/// join whose answer was lost is not taken for a restart. A node told to stop meanwhile
+/// stops trying.
+fn join_cluster(
+    control: &str,
+    credentials: &[u8],
+    request: &JoinRequest,
+    shutdown: &Shutdown,
+) -> Result<Joined, ServerError> {
+    let deadline = Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
+    let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
+    loop {
+        if shutdown.is_triggered() {
+            return Err(ServerError::StoppedBeforeServing);
+        }
+        let attempt = BlockingLink::<ControlProtocol>::connect(control, Identity::node(credentials), timeout)
+            .and_then(|mut link| link.call(ControlRequest::Join(request.clone())));
+        let reason = match attempt {
+            Ok(ControlResponse::Joined {
+                node_id,
+                map,
+                incarnation,
+                liveness_timeout_ms,
+            }) => match map.validate() {
+                Ok(()) => {
+                    return Ok(Joined {
+                        node_id,
+                        map,
+                        incarnation,
+                        liveness_timeout_ms,
+                    })
+                }
+                Err(reason) => format!("the control plane sent an invalid map: {reason}"),
+            },
+            Ok(ControlResponse::Error(reply)) => format!("refused: {}", reply.message),
+            Ok(other) => format!("unexpected answer {}", other.name()),
+            Err(error) => error.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(ServerError::Join {
+                control: control.to_string(),
+                reason,
+                join_timeout_ms: JOIN_TIMEOUT_MS,
+            });
+        }
+        tracing::debug!(%control, %reason, "join attempt failed; retrying");
+        std::thread::sleep(Duration::from_millis(JOIN_RETRY_INTERVAL_MS));
+    }
+}
+
+/// A value nobody can predict, for ids and seeds.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness; hashing the time through it
+    // yields an unpredictable value without another dependency.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
+    hasher.finish()
+}

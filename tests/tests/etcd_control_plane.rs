@@ -1,0 +1,300 @@
+//! The control plane with its state and leadership in a real etcd (`tests/src/etcd.rs`):
+//! several `engram-control --etcd` processes, one leads and the others answer
+//! `NotLeader` naming it; a killed leader is replaced by a standby with the same map and
+//! members; a leader paused past its lease is replaced, and what it tries once it runs
+//! again does not reach etcd; with etcd down nobody leads, and once it is back one does,
+//! with the same state. And etcd's own refusal of a deposed leader's write, and of
+//! a write from a stale copy, at the level of the state store.
+
+use std::time::{Duration, Instant};
+
+use engram_client::admin::{AdminError, ClusterStatus};
+use engram_control::leadership::LEASE_TTL_MS;
+use engram_control::membership::Membership;
+use engram_control::state::{EtcdTerm, EtcdWriter, Keys, SaveError};
+use engram_tests::cluster::start_node;
+use engram_tests::control::ControlPlane;
+use engram_tests::etcd::Etcd;
+use engram_tests::server::next_loopback;
+use engram_tests::{run_async, unique_key};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+
+/// Longest an election may take: a lapsed lease (5 s) and a campaign, with room for a
+/// loaded machine.
+const ELECTION_LIMIT: Duration = Duration::from_secs(30);
+
+/// What one control-plane process says when asked for the cluster's status.
+enum Answer {
+    Leads(Box<ClusterStatus>),
+    Standby(Option<String>),
+    Unreachable,
+}
+
+async fn ask(control: &ControlPlane) -> Answer {
+    match control.admin().status().await {
+        Ok(status) => Answer::Leads(Box::new(status)),
+        Err(AdminError::NotLeader { leader, .. }) => Answer::Standby(leader),
+        Err(_) => Answer::Unreachable,
+    }
+}
+
+/// Waits until exactly one of `controls` leads and every other one names it as the
+/// leader; returns the leader's index and status.
+async fn settled(controls: &[&ControlPlane]) -> (usize, ClusterStatus) {
+    let deadline = Instant::now() + ELECTION_LIMIT;
+    loop {
+        let mut leaders = Vec::new();
+        let mut named = Vec::new();
+        for (index, control) in controls.iter().enumerate() {
+            match ask(control).await {
+                Answer::Leads(status) => leaders.push((index, *status)),
+                Answer::Standby(leader) => named.push(leader),
+                Answer::Unreachable => {}
+            }
+        }
+        if leaders.len() == 1 && named.len() == controls.len() - 1 {
+            let (index, status) = leaders.pop().expect("one leader");
+            let address = controls[index].address();
+            if named.iter().all(|leader| leader.as_deref() == Some(address)) {
+                return (index, status);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single leader named by every standby within {ELECTION_LIMIT:?} ({} lead)",
+            leaders.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn members_of(status: &ClusterStatus) -> Vec<(u64, String, u64)> {
+    status
+        .nodes
+        .iter()
+        .map(|node| (node.node_id, node.front_address.clone(), node.incarnation))
+        .collect()
+}
+
+fn start_controls(etcd: &Etcd, prefix: &str, count: usize) -> Vec<ControlPlane> {
+    (0..count)
+        .map(|_| ControlPlane::start_etcd(next_loopback(), &etcd.endpoint(), prefix, &[]))
+        .collect()
+}
+
+/// The state etcd holds under `prefix`, decoded.
+async fn state_in_etcd(etcd: &Etcd, prefix: &str) -> Membership {
+    let mut client = Client::connect([etcd.endpoint()], None).await.expect("connect to etcd");
+    let read = client
+        .get(Keys::under(prefix).state, None)
+        .await
+        .expect("read the state");
+    let kv = read.kvs().first().expect("a state is stored");
+    Membership::decode(kv.value()).expect("the stored state decodes")
+}
+
+#[test]
+fn standbys_name_the_leader_and_one_takes_over_with_its_map_when_it_is_killed() {
+    let etcd = Etcd::start();
+    let prefix = format!("/engram/{}", unique_key("takeover"));
+    let mut controls = start_controls(&etcd, &prefix, 3);
+    let (leader, node) = run_async(Duration::from_secs(60), async {
+        let (leader, _) = settled(&controls.iter().collect::<Vec<_>>()).await;
+        let node = start_node(&controls[leader]);
+        engram_tests::cluster::wait_for_members(&controls[leader], 1, Duration::from_secs(20)).await;
+        (leader, node)
+    });
+    let before = run_async(Duration::from_secs(20), controls[leader].status());
+
+    controls[leader].kill();
+    let killed = Instant::now();
+    let rest: Vec<&ControlPlane> = controls
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != leader)
+        .map(|(_, control)| control)
+        .collect();
+    let (_, after) = run_async(Duration::from_secs(60), settled(&rest));
+    println!(
+        "takeover after kill -9: {:.1} s (lease {} ms)",
+        killed.elapsed().as_secs_f64(),
+        LEASE_TTL_MS
+    );
+    assert_eq!(after.map, before.map, "the new leader has another map");
+    assert_eq!(
+        members_of(&after),
+        members_of(&before),
+        "the new leader has other members"
+    );
+    assert_eq!(members_of(&after).len(), 1);
+    drop(node);
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_is_replaced_and_cannot_write_once_it_runs_again() {
+    let etcd = Etcd::start();
+    let prefix = format!("/engram/{}", unique_key("paused"));
+    let controls = start_controls(&etcd, &prefix, 2);
+    let all: Vec<&ControlPlane> = controls.iter().collect();
+    run_async(Duration::from_secs(120), async {
+        let (old, _) = settled(&all).await;
+        let new = 1 - old;
+        let first = start_node(&controls[old]);
+        engram_tests::cluster::wait_for_members(&controls[old], 1, Duration::from_secs(20)).await;
+
+        controls[old].pause();
+        let paused = Instant::now();
+        // The standby takes over once the paused leader's lease lapsed.
+        let deadline = Instant::now() + ELECTION_LIMIT;
+        let taken = loop {
+            if let Answer::Leads(status) = ask(&controls[new]).await {
+                break *status;
+            }
+            assert!(Instant::now() < deadline, "the standby never took over");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!("takeover from a paused leader: {:.1} s", paused.elapsed().as_secs_f64());
+        assert!(
+            paused.elapsed() >= Duration::from_millis(LEASE_TTL_MS / 2),
+            "taken over before the paused leader's lease could lapse"
+        );
+        assert_eq!(members_of(&taken).len(), 1, "the new leader read the old one's state");
+        // The new leader changes the state: a second node joins it.
+        let second = start_node(&controls[new]);
+        engram_tests::cluster::wait_for_members(&controls[new], 2, Duration::from_secs(20)).await;
+        let changed = controls[new].status().await;
+
+        // A write asked of the old leader while it is stopped, handled once it runs:
+        // draining the first node (a state change).
+        let (admin, node_id) = (controls[old].admin(), first.node_id());
+        let drain = tokio::spawn(async move { admin.drain(node_id).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        controls[old].resume();
+        let drained = drain.await.expect("the drain call does not panic");
+        assert!(drained.is_err(), "the deposed leader accepted a drain: {drained:?}");
+
+        // It stands by, naming the new leader; etcd holds the new leader's state.
+        let (leader, status) = settled(&all).await;
+        assert_eq!(leader, new, "the old leader leads again");
+        assert_eq!(members_of(&status), members_of(&changed));
+        let stored = state_in_etcd(&etcd, &prefix).await;
+        assert_eq!(stored.members().len(), 2, "etcd lost the new leader's join");
+        assert!(
+            stored.members().iter().all(|member| !member.draining),
+            "the deposed leader's drain reached etcd"
+        );
+        assert_eq!(stored.epoch(), status.map.epoch);
+        let log = controls[old].stderr_text();
+        assert!(
+            log.contains("stepped down"),
+            "the old leader never said it stepped down:\n{log}"
+        );
+        println!(
+            "the old leader stepped down {}",
+            if log.contains("a state write was refused") {
+                "when etcd refused its write"
+            } else {
+                "on its lease bound, before writing"
+            }
+        );
+        drop((first, second));
+    });
+}
+
+/// Puts the leader key under a new lease; returns the lease and the key's create revision.
+async fn take_leader_key(client: &mut Client, keys: &Keys, value: &str) -> (i64, i64) {
+    let lease = client.lease_grant(60, None).await.expect("grant").id();
+    let txn = Txn::new()
+        .when([Compare::create_revision(keys.leader.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            keys.leader.as_str(),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    let answer = client.txn(txn).await.expect("campaign");
+    assert!(answer.succeeded(), "the leader key was free");
+    (lease, answer.header().expect("a header").revision())
+}
+
+#[test]
+fn etcd_refuses_the_write_of_a_deposed_leader_and_of_a_stale_copy() {
+    let etcd = Etcd::start();
+    let keys = Keys::under(&format!("/engram/{}", unique_key("refusal")));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut client = runtime
+        .block_on(Client::connect([etcd.endpoint()], None))
+        .expect("connect");
+    let writer = EtcdWriter::start(&[etcd.endpoint()]).expect("writer");
+
+    let (lease_a, key_a) = runtime.block_on(take_leader_key(&mut client, &keys, "a"));
+    let mut term_a = EtcdTerm::new(writer.clone(), keys.clone(), key_a, 0);
+    term_a.save(b"from a").expect("the leader writes");
+    // A's lease ends (as if it lapsed); B takes the key and reads the state.
+    runtime.block_on(client.lease_revoke(lease_a)).expect("revoke");
+    let (_, key_b) = runtime.block_on(take_leader_key(&mut client, &keys, "b"));
+    let read = runtime.block_on(client.get(keys.state.as_str(), None)).expect("read");
+    let state_revision = read.kvs()[0].mod_revision();
+    let mut term_b = EtcdTerm::new(writer.clone(), keys.clone(), key_b, state_revision);
+    let mut stale_b = EtcdTerm::new(writer, keys.clone(), key_b, state_revision);
+
+    assert!(
+        matches!(term_a.save(b"deposed"), Err(SaveError::Refused { .. })),
+        "the deposed leader's write was not refused"
+    );
+    term_b.save(b"from b").expect("the new leader writes");
+    assert!(
+        matches!(stale_b.save(b"stale"), Err(SaveError::Refused { .. })),
+        "a write from a stale copy was not refused"
+    );
+    let read = runtime.block_on(client.get(keys.state.as_str(), None)).expect("read");
+    assert_eq!(read.kvs()[0].value(), b"from b");
+}
+
+#[test]
+fn while_etcd_is_down_nobody_leads_and_once_it_is_back_one_leads_with_the_same_state() {
+    let mut etcd = Etcd::start();
+    let prefix = format!("/engram/{}", unique_key("outage"));
+    let controls = start_controls(&etcd, &prefix, 2);
+    let all: Vec<&ControlPlane> = controls.iter().collect();
+    let (leader, node) = run_async(Duration::from_secs(60), async {
+        let (leader, _) = settled(&all).await;
+        let node = start_node(&controls[leader]);
+        engram_tests::cluster::wait_for_members(&controls[leader], 1, Duration::from_secs(20)).await;
+        (leader, node)
+    });
+    let before = run_async(Duration::from_secs(20), controls[leader].status());
+
+    etcd.stop();
+    let stopped = Instant::now();
+    run_async(Duration::from_secs(60), async {
+        // The leader cannot renew its lease: it steps down by itself, and nobody leads.
+        let deadline = Instant::now() + ELECTION_LIMIT;
+        loop {
+            let mut leading = 0;
+            for control in &all {
+                if let Answer::Leads(_) = ask(control).await {
+                    leading += 1;
+                }
+            }
+            if leading == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a process still leads with etcd down");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    println!(
+        "the leader stood by {:.1} s after etcd went down (lease {} ms)",
+        stopped.elapsed().as_secs_f64(),
+        LEASE_TTL_MS
+    );
+
+    etcd.restart();
+    let (_, after) = run_async(Duration::from_secs(60), settled(&all));
+    assert_eq!(after.map, before.map, "the leader after the outage has another map");
+    assert_eq!(members_of(&after), members_of(&before));
+    drop(node);
+}
