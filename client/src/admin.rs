@@ -19,18 +19,18 @@
 
 use std::time::Duration;
 
-use engram_proto::{decode_payload, encode_message, ControlRequest, ControlResponse, Family, FrameKind, ProtocolError};
+use engram_link_tokio::{flush, next_event};
+use engram_proto::link::StreamError;
 pub use engram_proto::{ClusterStatus, MigrationStatus, NodeStatus, ReclaimRequest, ShardStatus};
-use tokio::io::AsyncWriteExt;
+use engram_proto::{
+    ControlProtocol, ControlRequest, ControlResponse, FrameBufferSizes, Identity, Link, LinkError, LinkEvent,
+    ProtocolError,
+};
 use tokio::net::TcpStream;
 
-use crate::connection::{exchange_hello, Handshake, HandshakeFailure};
+use crate::connection::{exchange_hello, HandshakeFailure};
 use crate::error::{ConnectionError, Error, ServerCode};
-use crate::framing::FrameReader;
 use crate::limits::ADMIN_CALL_TIMEOUT_MS_DEFAULT;
-
-/// The request id of the one request of an admin connection (0 is the handshake's).
-const ADMIN_REQUEST_ID: u64 = 1;
 
 /// Why an administration call failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,7 @@ pub enum AdminError {
         response: &'static str,
     },
     /// The answer names a request this connection never sent.
-    #[error("engram-control at {address} answered request {request_id}, not request {ADMIN_REQUEST_ID}")]
+    #[error("engram-control at {address} answered request {request_id}, which was not asked")]
     OutOfStep { address: String, request_id: u64 },
     /// The request could not be encoded, or the answer broke the protocol.
     #[error("protocol: {0}")]
@@ -181,56 +181,49 @@ impl Admin {
         }
     }
 
+    /// Connects, shakes hands, and only then sends `command`: a refused handshake sends
+    /// nothing.
     async fn exchange(&self, command: ControlRequest) -> Result<ControlResponse, AdminError> {
-        let mut frame = Vec::new();
-        encode_message(FrameKind::Request, ADMIN_REQUEST_ID, 0, &command, &mut frame)?;
+        let mut link = Link::<ControlProtocol>::new(Identity::node(&self.credentials), FrameBufferSizes::LINK)
+            .map_err(|error| self.link_failed(error))?;
         let mut stream = TcpStream::connect(&self.address)
             .await
             .map_err(|error| self.broken(error.into()))?;
-        let mut reader = FrameReader::default();
-        self.handshake(&mut stream, &mut reader).await?;
-        stream
-            .write_all(&frame)
+        match exchange_hello(&mut stream, &mut link).await {
+            Ok(_) => {}
+            Err(HandshakeFailure::Connection(source)) => return Err(self.broken(source)),
+            Err(HandshakeFailure::Refused(source)) => {
+                return Err(AdminError::Refused {
+                    address: self.address.clone(),
+                    source,
+                })
+            }
+        }
+        link.send(&command, 0, ()).map_err(|error| self.link_failed(error))?;
+        flush(&mut stream, &mut link)
             .await
             .map_err(|error| self.broken(error.into()))?;
-        let Some((header, payload)) = reader
-            .next_frame(&mut stream)
-            .await
-            .map_err(|source| self.broken(source))?
-        else {
-            return Err(self.broken(ConnectionError::Closed));
-        };
-        if header.kind != FrameKind::Response {
-            return Err(ProtocolError::UnexpectedKind {
-                found: header.kind,
-                expected: FrameKind::Response,
+        loop {
+            match next_event(&mut stream, &mut link).await {
+                Ok(LinkEvent::Answer { response, .. }) => return Ok(response),
+                // A link is ready once, and the handshake took that.
+                Ok(LinkEvent::Ready(_)) => {}
+                Err(StreamError::Link(error)) => return Err(self.link_failed(error)),
+                Err(StreamError::Io(error)) => return Err(self.broken(error.into())),
             }
-            .into());
         }
-        if header.request_id != ADMIN_REQUEST_ID {
-            return Err(AdminError::OutOfStep {
-                address: self.address.clone(),
-                request_id: header.request_id,
-            });
-        }
-        Ok(decode_payload::<ControlResponse>(payload)?)
     }
 
-    async fn handshake(&self, stream: &mut TcpStream, reader: &mut FrameReader) -> Result<(), AdminError> {
-        let handshake = Handshake {
-            client_id: 0,
-            namespace: Vec::new(),
-            credentials: self.credentials.clone(),
-            spin: Duration::ZERO,
-            family: Family::Control,
-        };
-        match exchange_hello(stream, reader, &handshake).await {
-            Ok(_) => Ok(()),
-            Err(HandshakeFailure::Connection(source)) => Err(self.broken(source)),
-            Err(HandshakeFailure::Refused(source)) => Err(AdminError::Refused {
+    /// A request that cannot be encoded, an answer that breaks the protocol, or one to a
+    /// request never asked.
+    fn link_failed(&self, error: LinkError) -> AdminError {
+        match error {
+            LinkError::Protocol(error) => AdminError::Protocol(error),
+            LinkError::NotOutstanding { request_id } => AdminError::OutOfStep {
                 address: self.address.clone(),
-                source,
-            }),
+                request_id,
+            },
+            error => self.broken(error.into()),
         }
     }
 
@@ -253,7 +246,12 @@ fn unexpected(command: &'static str, response: &ControlResponse) -> AdminError {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use engram_proto::{ErrorCode, ErrorReply, Hello, HelloReply, MigrationStatus, Response};
+    use engram_link_tokio::fill;
+    use engram_proto::{
+        decode_payload, encode_message, ErrorCode, ErrorReply, Family, FrameBuffer, FrameKind, Hello, HelloReply,
+        MigrationStatus, Response,
+    };
+    use tokio::io::AsyncWriteExt;
 
     use super::*;
     use crate::tests::fake_server::single_shard_map;
@@ -319,48 +317,55 @@ mod tests {
     }
 
     async fn serve_one(mut stream: TcpStream, script: Arc<Mutex<Script>>) {
-        let mut reader = FrameReader::default();
-        let Ok(Some((header, payload))) = reader.next_frame(&mut stream).await else {
-            return;
-        };
-        assert_eq!(header.kind, FrameKind::Hello);
-        let hello: Hello = decode_payload(payload).unwrap();
-        assert_eq!(hello.family, Family::Control, "admin calls speak the control family");
-        let refuse = {
-            let mut script = script.lock().unwrap();
-            script.hellos += 1;
-            script.refuse_hello
-        };
+        let mut input = FrameBuffer::new(FrameBufferSizes::LINK);
+        let mut greeted = false;
         let mut out = Vec::new();
-        if refuse {
-            let refusal = Response::Error(ErrorReply {
-                code: ErrorCode::Unauthorized.as_u16(),
-                message: "fake refusal".into(),
-                map_epoch: 0,
-            });
-            encode_message(FrameKind::Response, 0, 0, &refusal, &mut out).unwrap();
-            let _ = stream.write_all(&out).await;
-            return;
-        }
-        let reply = HelloReply {
-            node_id: 0,
-            shard_id: 0,
-            shard_count: 0,
-            map_epoch: 0,
-            server_version: "fake".into(),
-        };
-        encode_message(FrameKind::HelloReply, 0, 0, &reply, &mut out).unwrap();
-        stream.write_all(&out).await.unwrap();
-        while let Ok(Some((header, payload))) = reader.next_frame(&mut stream).await {
-            let request: ControlRequest = decode_payload(payload).unwrap();
-            let answer = {
-                let mut script = script.lock().unwrap();
-                script.seen.push(request);
-                script.answer.clone().expect("an answer is scripted")
-            };
-            out.clear();
-            encode_message(FrameKind::Response, header.request_id, 0, &answer, &mut out).unwrap();
-            stream.write_all(&out).await.unwrap();
+        loop {
+            while let Some((header, payload)) = input.next_frame().unwrap() {
+                out.clear();
+                if greeted {
+                    let request: ControlRequest = decode_payload(payload).unwrap();
+                    let answer = {
+                        let mut script = script.lock().unwrap();
+                        script.seen.push(request);
+                        script.answer.clone().expect("an answer is scripted")
+                    };
+                    encode_message(FrameKind::Response, header.request_id, 0, &answer, &mut out).unwrap();
+                    stream.write_all(&out).await.unwrap();
+                    continue;
+                }
+                assert_eq!(header.kind, FrameKind::Hello);
+                let hello: Hello = decode_payload(payload).unwrap();
+                assert_eq!(hello.family, Family::Control, "admin calls speak the control family");
+                let refuse = {
+                    let mut script = script.lock().unwrap();
+                    script.hellos += 1;
+                    script.refuse_hello
+                };
+                if refuse {
+                    let refusal = Response::Error(ErrorReply {
+                        code: ErrorCode::Unauthorized.as_u16(),
+                        message: "fake refusal".into(),
+                        map_epoch: 0,
+                    });
+                    encode_message(FrameKind::Response, 0, 0, &refusal, &mut out).unwrap();
+                    let _ = stream.write_all(&out).await;
+                    return;
+                }
+                let reply = HelloReply {
+                    node_id: 0,
+                    shard_id: 0,
+                    shard_count: 0,
+                    map_epoch: 0,
+                    server_version: "fake".into(),
+                };
+                encode_message(FrameKind::HelloReply, 0, 0, &reply, &mut out).unwrap();
+                stream.write_all(&out).await.unwrap();
+                greeted = true;
+            }
+            if !matches!(fill(&mut stream, &mut input).await, Ok(read) if read > 0) {
+                return;
+            }
         }
     }
 

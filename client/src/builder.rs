@@ -121,7 +121,6 @@ impl ClientBuilder {
             namespace: self.namespace.clone(),
             credentials: self.credentials,
             spin: self.spin,
-            family: engram_proto::Family::Client,
         };
         let config = Config {
             seed_address: self.address,

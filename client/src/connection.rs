@@ -1,17 +1,20 @@
-//! One multiplexed connection to one server port: handshake, outgoing frames written by
-//! their callers or, when the socket is busy, by a writer task that coalesces them
-//! ([`crate::outbound`]), and a reader task that hands each response to the call waiting
-//! for it.
+//! One multiplexed connection to one server port: handshake (proto's [`Link`], over
+//! the tokio adapter), outgoing frames written by their callers or, when the socket is
+//! busy, by a writer task that coalesces them ([`crate::outbound`]), and a reader task
+//! that cuts the stream into frames ([`FrameBuffer`]) and hands each response to the
+//! call waiting for it ([`crate::pending`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, PROTOCOL_VERSION};
+use engram_link_tokio::{fill, handshake};
+use engram_proto::limits::IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+use engram_proto::link::{decode_answer, StreamError};
 use engram_proto::{
-    decode_payload, encode_message, Family, FrameKind, Hello, HelloReply, ProtocolError, Request, Response,
+    encode_message, ClientProtocol, FrameBuffer, FrameBufferSizes, FrameKind, HelloReply, Identity, Link, LinkError,
+    Protocol, Request, Response,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -20,7 +23,6 @@ use tokio::task::AbortHandle;
 use tokio::time::{timeout_at, Instant};
 
 use crate::error::{ConnectionError, Error};
-use crate::framing::FrameReader;
 use crate::limits::WRITE_BATCH_BYTES_MAX;
 use crate::outbound::{write_queued, Outbound};
 use crate::pending::{BatchRegistration, PendingTable, Reply, Settled};
@@ -37,8 +39,16 @@ pub struct Handshake {
     pub credentials: Vec<u8>,
     /// How long a call polls for its answer before parking (see `ClientBuilder::spin`).
     pub spin: Duration,
-    /// The protocol the connection speaks: a client's, or the control plane's for admin.
-    pub family: Family,
+}
+
+impl Handshake {
+    pub fn identity(&self) -> Identity<'_> {
+        Identity {
+            client_id: self.client_id,
+            namespace: &self.namespace,
+            credentials: &self.credentials,
+        }
+    }
 }
 
 pub struct Connection {
@@ -76,8 +86,9 @@ impl Connection {
             .await
             .map_err(|error| failed(error.into()))?;
         stream.set_nodelay(true).map_err(|error| failed(error.into()))?;
-        let mut reader = FrameReader::default();
-        exchange_hello(&mut stream, &mut reader, handshake)
+        let mut link = Link::<ClientProtocol>::new(handshake.identity(), FrameBufferSizes::LINK)
+            .map_err(|error| failed(error.into()))?;
+        exchange_hello(&mut stream, &mut link)
             .await
             .map_err(|failure| match failure {
                 HandshakeFailure::Refused(error) => error,
@@ -87,7 +98,7 @@ impl Connection {
         let pending = Arc::new(PendingTable::default());
         let outbound = Arc::new(Outbound::new(write_half));
         let writer = runtime.spawn(write_queued(Arc::clone(&outbound), Arc::clone(&pending)));
-        let reader = runtime.spawn(read_responses(read_half, reader, Arc::clone(&pending)));
+        let reader = runtime.spawn(read_responses(read_half, link.into_input(), Arc::clone(&pending)));
         let reaper = runtime.spawn(Arc::clone(&pending).reap_overdue());
         Ok(Arc::new(Connection {
             address: address.to_string(),
@@ -274,79 +285,42 @@ pub(crate) enum HandshakeFailure {
     Connection(ConnectionError),
 }
 
-impl From<ConnectionError> for HandshakeFailure {
-    fn from(error: ConnectionError) -> Self {
-        HandshakeFailure::Connection(error)
-    }
-}
-
-impl From<std::io::Error> for HandshakeFailure {
-    fn from(error: std::io::Error) -> Self {
-        HandshakeFailure::Connection(error.into())
-    }
-}
-
-pub(crate) async fn exchange_hello(
+/// Sends `link`'s Hello and waits for the reply. A refusal is the server's final word
+/// (credentials, version); anything else is the connection failing.
+pub(crate) async fn exchange_hello<P: Protocol>(
     stream: &mut TcpStream,
-    reader: &mut FrameReader,
-    handshake: &Handshake,
+    link: &mut Link<P>,
 ) -> Result<HelloReply, HandshakeFailure> {
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        client_id: handshake.client_id,
-        namespace: handshake.namespace.clone(),
-        credentials: handshake.credentials.clone(),
-        family: handshake.family,
-    };
-    let mut frame = Vec::new();
-    encode_message(FrameKind::Hello, 0, 0, &hello, &mut frame)
-        .map_err(|error| HandshakeFailure::Refused(error.into()))?;
-    stream.write_all(&frame).await?;
-    let Some((header, payload)) = reader.next_frame(stream).await? else {
-        return Err(ConnectionError::Closed.into());
-    };
-    let protocol = |error: ProtocolError| HandshakeFailure::Connection(ConnectionError::Protocol(error));
-    match header.kind {
-        FrameKind::HelloReply => decode_payload::<HelloReply>(payload).map_err(protocol),
-        FrameKind::Response => match decode_payload::<Response>(payload).map_err(protocol)? {
-            Response::Error(reply) => Err(HandshakeFailure::Refused(Error::from_reply(reply))),
-            _ => Err(protocol(ProtocolError::UnexpectedKind {
-                found: FrameKind::Response,
-                expected: FrameKind::HelloReply,
-            })),
-        },
-        found => Err(protocol(ProtocolError::UnexpectedKind {
-            found,
-            expected: FrameKind::HelloReply,
-        })),
-    }
+    handshake(stream, link).await.map_err(|error| match error {
+        StreamError::Link(LinkError::Refused(reply)) => HandshakeFailure::Refused(Error::from_reply(reply)),
+        error => HandshakeFailure::Connection(error.into()),
+    })
 }
 
 /// Hands each response to its caller until the stream ends or breaks, then fails every
 /// call still waiting (they retry on a new connection).
-async fn read_responses(mut stream: OwnedReadHalf, mut reader: FrameReader, pending: Arc<PendingTable>) {
+async fn read_responses(mut stream: OwnedReadHalf, mut input: FrameBuffer, pending: Arc<PendingTable>) {
     let failure = loop {
-        match reader.next_frame(&mut stream).await {
-            Ok(Some((header, payload))) => {
-                if header.kind != FrameKind::Response {
-                    break ConnectionError::Protocol(ProtocolError::UnexpectedKind {
-                        found: header.kind,
-                        expected: FrameKind::Response,
-                    });
-                }
-                // A payload that fails validation means the peer cannot be trusted any
-                // more, so the whole connection goes, not only this call.
-                match decode_payload::<Response>(payload) {
-                    Ok(response) => {
-                        // No taker means the caller gave up; the answer is dropped.
-                        pending.answer(header.request_id, response);
-                    }
-                    Err(error) => break ConnectionError::Protocol(error),
-                }
-            }
-            Ok(None) => break ConnectionError::Closed,
-            Err(error) => break error,
+        if let Err(error) = answer_frames(&mut input, &pending) {
+            break error;
+        }
+        match fill(&mut stream, &mut input).await {
+            Ok(0) => break input.end_of_stream().into(),
+            Ok(_) => {}
+            Err(error) => break error.into(),
         }
     };
     pending.fail_all(failure);
+}
+
+/// Hands every whole response in `input` to the call waiting for it; no taker means the
+/// caller gave up, and the answer is dropped. A frame or payload that fails validation,
+/// or an answer to no outstanding request, means the peer cannot be trusted any more, so
+/// the whole connection goes, not only one call.
+fn answer_frames(input: &mut FrameBuffer, pending: &PendingTable) -> Result<(), ConnectionError> {
+    while let Some((header, payload)) = input.next_frame().map_err(ConnectionError::Protocol)? {
+        let response = decode_answer::<ClientProtocol>(&header, payload)?;
+        pending.answer(header.request_id, response)?;
+    }
+    Ok(())
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engram_proto::limits::{KEY_BYTES_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX, WAIT_MS_MAX};
-use engram_proto::{ErrorCode, ErrorReply, ProtocolError};
+use engram_proto::link::StreamError;
+use engram_proto::{ErrorCode, ErrorReply, LinkError, ProtocolError};
 
 /// A server error code: one this build knows, or the raw number from a newer server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +49,11 @@ pub enum ConnectionError {
     Truncated,
     #[error("peer broke the protocol: {0}")]
     Protocol(ProtocolError),
+    /// The peer's answers went out of step with the requests (an answer to a request
+    /// not outstanding, one before the handshake's reply), or it ended the connection
+    /// with an error.
+    #[error("{0}")]
+    Link(LinkError),
     #[error("address {0:?} is not host:port")]
     BadAddress(String),
 }
@@ -55,6 +61,26 @@ pub enum ConnectionError {
 impl From<std::io::Error> for ConnectionError {
     fn from(error: std::io::Error) -> Self {
         ConnectionError::Io(Arc::new(error))
+    }
+}
+
+impl From<LinkError> for ConnectionError {
+    fn from(error: LinkError) -> Self {
+        match error {
+            LinkError::Closed => ConnectionError::Closed,
+            LinkError::Truncated { .. } => ConnectionError::Truncated,
+            LinkError::Protocol(error) => ConnectionError::Protocol(error),
+            error => ConnectionError::Link(error),
+        }
+    }
+}
+
+impl From<StreamError> for ConnectionError {
+    fn from(error: StreamError) -> Self {
+        match error {
+            StreamError::Io(error) => error.into(),
+            StreamError::Link(error) => error.into(),
+        }
     }
 }
 

@@ -26,8 +26,8 @@
 //! - `connection`: one multiplexed connection: handshake, in-flight places, dispatching reader.
 //! - `outbound`: a connection's outgoing frames: written inline by callers when the socket
 //!   is free, else queued for the coalescing writer task.
-//! - `pending`: request id to waiting call table of one connection.
-//! - `framing`: reads whole validated frames from a stream into one reusable buffer.
+//! - `pending`: request id to waiting call table of one connection, matched with proto's
+//!   `Outstanding`, and the in-flight places each outstanding request holds.
 //! - `pool`: one lazily opened, reopened-on-failure connection per server address.
 //! - `route`: slot map to routing table (owner per slot, resolved shard addresses).
 //! - `object`: what every coordination handle holds, and how it sends a command.
@@ -71,7 +71,6 @@ mod arguments;
 mod backoff;
 mod config;
 mod connection;
-mod framing;
 mod object;
 mod operations;
 mod outbound;

@@ -26,13 +26,6 @@ pub const RETRY_TRY_AGAIN_MS_MAX: u64 = 4;
 /// one syscall for many small requests, without holding a huge buffer.
 pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
 
-/// First size of a connection's read buffer; it grows to fit the largest frame seen.
-pub const READ_BUFFER_BYTES_INITIAL: usize = 16 * 1024;
-
-/// A read buffer grown past this for one large frame is shrunk back once drained, so an
-/// idle connection does not keep megabytes.
-pub const READ_BUFFER_BYTES_RETAINED_MAX: usize = 256 * 1024;
-
 /// Connection attempts in a row that may fail (refused, reset during the handshake)
 /// before a call gives up on the address with `Error::Unreachable`, well before its
 /// timeout. A node that refuses connections is down or restarting, and a restarted node

@@ -1,18 +1,23 @@
 //! The table of calls waiting for a response on one connection, keyed by request id,
 //! and the connection's reaper, which ends the single calls whose deadline passed.
 //!
+//! Answers are matched with proto's [`Outstanding`]: an answer to a request id that is
+//! not outstanding breaks the connection. A call that stops waiting (its deadline
+//! passed, or it was dropped) abandons its id, whose late answer is then recognised and
+//! dropped; a connection with too many abandoned ids unanswered is failed.
+//!
 //! A call's deadline is kept in its table entry rather than in a timer of its own: the
 //! reaper sleeps until the earliest deadline it knows of, and a registration only
 //! wakes it when it brings an earlier one. Calls of one client mostly share a timeout,
 //! so deadlines arrive in order and the reaper wakes about once per timeout period,
 //! where a timer per call would be registered and cancelled on every call.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use engram_proto::Response;
+use engram_proto::link::Outstanding;
+use engram_proto::{LinkError, Response};
 use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -29,8 +34,8 @@ pub enum Settled {
 }
 
 /// Shared between the callers (who register) and the connection's reader (who answers).
-/// Entries are removed by whichever comes first: the answer, the caller giving up (its
-/// [`Registration`] drops), or the connection failing.
+/// Entries leave by whichever comes first: the answer, the caller giving up (its
+/// [`Registration`] drops, abandoning the id), or the connection failing.
 #[derive(Default)]
 pub struct PendingTable {
     state: Mutex<State>,
@@ -42,8 +47,7 @@ pub struct PendingTable {
 
 #[derive(Default)]
 struct State {
-    /// Keyed by request ids the client itself picks, so a fast hash is safe here.
-    waiting: HashMap<u64, Waiter, foldhash::fast::RandomState>,
+    waiting: Outstanding<Waiter>,
     /// Set once the connection failed; later registrations fail with it at once.
     failure: Option<ConnectionError>,
     /// When the reaper looks next: no later than the earliest deadline in `waiting`
@@ -145,16 +149,13 @@ impl Drop for BatchRegistration {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .len() as u64;
-            let mut state = self.table.lock();
-            for request_id in self.first_request_id..self.first_request_id + count {
-                state.waiting.remove(&request_id);
-            }
+            self.table.abandon(self.first_request_id..self.first_request_id + count);
         }
     }
 }
 
-/// A caller's claim on one request id; dropping it forgets the entry, so an answer that
-/// arrives after the caller left is discarded instead of kept forever.
+/// A caller's claim on one request id; dropping it abandons the id, so an answer that
+/// arrives after the caller left is discarded.
 pub struct Registration {
     table: Arc<PendingTable>,
     request_id: u64,
@@ -200,7 +201,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if !self.settled {
-            self.table.lock().waiting.remove(&self.request_id);
+            self.table.abandon(self.request_id..self.request_id + 1);
         }
     }
 }
@@ -220,7 +221,7 @@ impl PendingTable {
         if let Some(failure) = &state.failure {
             return Err(failure.clone());
         }
-        state.waiting.insert(request_id, Waiter::Single { sender, deadline });
+        state.waiting.insert(request_id, Waiter::Single { sender, deadline })?;
         let sooner = state.reaper_wake.is_none_or(|wake| deadline < wake);
         if sooner {
             state.reaper_wake = Some(deadline);
@@ -258,9 +259,14 @@ impl PendingTable {
         state.waiting.reserve(count);
         for index in 0..count {
             let batch = Arc::clone(&slots);
-            state
-                .waiting
-                .insert(first_request_id + index as u64, Waiter::Batch { batch, index });
+            let request_id = first_request_id + index as u64;
+            if let Err(error) = state.waiting.insert(request_id, Waiter::Batch { batch, index }) {
+                // The batch goes whole or not at all.
+                for registered in first_request_id..request_id {
+                    state.waiting.withdraw(registered);
+                }
+                return Err(error.into());
+            }
         }
         drop(state);
         Ok(BatchRegistration {
@@ -270,24 +276,34 @@ impl PendingTable {
         })
     }
 
-    /// Delivers a response; returns whether a caller was still waiting for it.
-    pub fn answer(&self, request_id: u64, response: Response) -> bool {
-        let waiter = self.lock().waiting.remove(&request_id);
-        match waiter {
-            Some(waiter) => waiter.deliver(Ok(response)),
-            None => false,
+    /// Delivers a response; returns whether a caller was still waiting for it. An
+    /// answer to a request id not outstanding is the peer out of step.
+    pub fn answer(&self, request_id: u64, response: Response) -> Result<bool, LinkError> {
+        let waiter = self.lock().waiting.answer(request_id)?;
+        Ok(waiter.is_some_and(|waiter| waiter.deliver(Ok(response))))
+    }
+
+    /// Stops waiting for the answers of `request_ids` (those still unanswered); fails
+    /// the connection once it has too many abandoned ids unanswered.
+    fn abandon(&self, mut request_ids: std::ops::Range<u64>) {
+        let abandoned = {
+            let mut state = self.lock();
+            request_ids.try_for_each(|request_id| state.waiting.abandon(request_id).map(drop))
+        };
+        if let Err(error) = abandoned {
+            self.fail_all(error.into());
         }
     }
 
     /// Fails every waiting call and every later registration with `failure`.
     pub fn fail_all(&self, failure: ConnectionError) {
-        let waiting = {
+        let mut waiting = {
             let mut state = self.lock();
             state.failure.get_or_insert(failure.clone());
             self.failed.store(true, Ordering::Release);
             std::mem::take(&mut state.waiting)
         };
-        for waiter in waiting.into_values() {
+        for (_, waiter) in waiting.drain() {
             let _ = waiter.deliver(Err(failure.clone()));
         }
     }
@@ -313,27 +329,39 @@ impl PendingTable {
     /// Ends the single calls whose deadline is `now` or earlier, and plans the reaper's
     /// next look for the earliest deadline left.
     fn end_overdue(&self, now: Instant) {
-        let overdue: Vec<Waiter> = {
+        let (overdue, abandoned) = {
             let mut state = self.lock();
-            let overdue = state
+            let due: Vec<u64> = state
                 .waiting
-                .extract_if(|_, waiter| matches!(waiter, Waiter::Single { deadline, .. } if *deadline <= now))
-                .map(|(_, waiter)| waiter)
+                .iter()
+                .filter(|(_, waiter)| matches!(waiter, Waiter::Single { deadline, .. } if *deadline <= now))
+                .map(|(request_id, _)| request_id)
                 .collect();
+            let mut overdue = Vec::with_capacity(due.len());
+            let mut abandoned = Ok(());
+            for request_id in due {
+                match state.waiting.abandon(request_id) {
+                    Ok(waiter) => overdue.extend(waiter),
+                    Err(error) => abandoned = Err(error),
+                }
+            }
             state.reaper_wake = state
                 .waiting
-                .values()
-                .filter_map(|waiter| match waiter {
+                .iter()
+                .filter_map(|(_, waiter)| match waiter {
                     Waiter::Single { deadline, .. } => Some(*deadline),
                     Waiter::Batch { .. } => None,
                 })
                 .min();
-            overdue
+            (overdue, abandoned)
         };
         for waiter in overdue {
             if let Waiter::Single { sender, .. } = waiter {
                 let _ = sender.send(Settled::Overdue);
             }
+        }
+        if let Err(error) = abandoned {
+            self.fail_all(error.into());
         }
     }
 
@@ -351,11 +379,17 @@ impl PendingTable {
     pub fn waiting(&self) -> usize {
         self.lock().waiting.len()
     }
+
+    #[cfg(test)]
+    pub fn abandoned(&self) -> usize {
+        self.lock().waiting.abandoned()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engram_proto::limits::ABANDONED_REQUESTS_PER_CONNECTION_MAX;
 
     /// A deadline no test reaches.
     fn far() -> Instant {
@@ -368,15 +402,46 @@ mod tests {
         let first = table.register(1, far()).unwrap();
         let mut second = table.register(2, far()).unwrap();
         assert_eq!(table.waiting(), 2);
-        assert!(table.answer(2, Response::Pong));
+        assert_eq!(table.answer(2, Response::Pong), Ok(true));
         assert!(matches!(
             second.reply(Duration::ZERO).await,
             Settled::Reply(Ok(Response::Pong))
         ));
         drop(first);
         assert_eq!(table.waiting(), 0);
-        assert!(!table.answer(1, Response::Missing), "a caller that left gets nothing");
-        assert!(!table.answer(77, Response::Missing), "an unknown id is ignored");
+        assert_eq!(table.abandoned(), 1);
+        assert_eq!(
+            table.answer(1, Response::Missing),
+            Ok(false),
+            "a caller that left gets nothing"
+        );
+        assert_eq!(table.abandoned(), 0);
+        assert_eq!(
+            table.answer(77, Response::Missing),
+            Err(LinkError::NotOutstanding { request_id: 77 }),
+            "an id never sent is the peer out of step"
+        );
+        assert_eq!(
+            table.answer(2, Response::Missing),
+            Err(LinkError::NotOutstanding { request_id: 2 }),
+            "an id is answered once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_too_many_abandoned_requests_unanswered_fails() {
+        let table = Arc::new(PendingTable::default());
+        for request_id in 1..=ABANDONED_REQUESTS_PER_CONNECTION_MAX as u64 {
+            drop(table.register(request_id, far()).unwrap());
+        }
+        assert!(!table.has_failed(), "up to the limit, late answers are still expected");
+        let mut waiting = table.register(9_999, far()).unwrap();
+        drop(table.register(10_000, far()).unwrap());
+        assert!(matches!(
+            waiting.reply(Duration::ZERO).await,
+            Settled::Reply(Err(ConnectionError::Link(LinkError::TooManyAbandoned)))
+        ));
+        assert!(table.has_failed());
     }
 
     #[tokio::test]
@@ -398,7 +463,7 @@ mod tests {
         let mut spinning = table.register(1, far()).unwrap();
         let answerer = {
             let table = Arc::clone(&table);
-            tokio::spawn(async move { assert!(table.answer(1, Response::Pong)) })
+            tokio::spawn(async move { assert_eq!(table.answer(1, Response::Pong), Ok(true)) })
         };
         let reply = spinning.reply(Duration::from_secs(5)).await;
         assert!(matches!(reply, Settled::Reply(Ok(Response::Pong))));
@@ -418,7 +483,7 @@ mod tests {
             parked.reply(Duration::from_micros(50)).await,
             Settled::Reply(Ok(Response::Missing))
         ));
-        assert!(answerer.await.unwrap());
+        assert_eq!(answerer.await.unwrap(), Ok(true));
     }
 
     #[tokio::test]
@@ -426,9 +491,9 @@ mod tests {
         let table = Arc::new(PendingTable::default());
         let mut batch = table.register_batch(10, 3).unwrap();
         assert_eq!(table.waiting(), 3);
-        assert!(table.answer(12, Response::Missing));
-        assert!(table.answer(10, Response::Pong));
-        assert!(table.answer(11, Response::Deleted { existed: true }));
+        assert_eq!(table.answer(12, Response::Missing), Ok(true));
+        assert_eq!(table.answer(10, Response::Pong), Ok(true));
+        assert_eq!(table.answer(11, Response::Deleted { existed: true }), Ok(true));
         batch.complete(Duration::ZERO).await;
         assert!(matches!(
             batch.answered().as_slice(),
@@ -440,16 +505,20 @@ mod tests {
         ));
         assert_eq!(table.waiting(), 0);
         let mut dropped = table.register_batch(20, 2).unwrap();
-        assert!(table.answer(21, Response::Pong));
+        assert_eq!(table.answer(21, Response::Pong), Ok(true));
         assert!(matches!(
             dropped.answered().as_slice(),
             [None, Some(Ok(Response::Pong))]
         ));
         drop(dropped);
         assert_eq!(table.waiting(), 0);
-        assert!(!table.answer(20, Response::Pong), "a batch that left gets nothing");
+        assert_eq!(
+            table.answer(20, Response::Pong),
+            Ok(false),
+            "a batch that left gets nothing"
+        );
         let mut failing = table.register_batch(30, 2).unwrap();
-        assert!(table.answer(30, Response::Pong));
+        assert_eq!(table.answer(30, Response::Pong), Ok(true));
         table.fail_all(ConnectionError::Closed);
         failing.complete(Duration::from_micros(10)).await;
         assert!(matches!(
@@ -471,7 +540,7 @@ mod tests {
         let mut batch = table.register_batch(4, 1).unwrap();
         // A registration with an earlier deadline than the reaper sleeps until wakes it.
         let mut soon = table.register(5, start + Duration::from_secs(1)).unwrap();
-        assert!(table.answer(2, Response::Pong));
+        assert_eq!(table.answer(2, Response::Pong), Ok(true));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(matches!(soon.reply(Duration::ZERO).await, Settled::Overdue));
         assert_eq!(table.waiting(), 3, "only the call due at 1 s ended");
@@ -482,11 +551,12 @@ mod tests {
             Settled::Reply(Ok(Response::Pong))
         ));
         assert_eq!(table.waiting(), 2, "the call due at 30 s and the batch wait on");
-        assert!(
-            !table.answer(1, Response::Pong),
+        assert_eq!(
+            table.answer(1, Response::Pong),
+            Ok(false),
             "an overdue call's late answer is dropped"
         );
-        assert!(table.answer(3, Response::Missing));
+        assert_eq!(table.answer(3, Response::Missing), Ok(true));
         assert!(matches!(
             later.reply(Duration::ZERO).await,
             Settled::Reply(Ok(Response::Missing))
@@ -494,7 +564,7 @@ mod tests {
         // Batches bound their own wait: the reaper leaves them alone.
         tokio::time::sleep_until(start + Duration::from_secs(60)).await;
         assert_eq!(table.waiting(), 1);
-        assert!(table.answer(4, Response::Pong));
+        assert_eq!(table.answer(4, Response::Pong), Ok(true));
         batch.complete(Duration::ZERO).await;
         // An empty table parks the reaper until the next registration.
         let mut next = table.register(6, Instant::now() + Duration::from_secs(2)).unwrap();

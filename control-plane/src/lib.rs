@@ -6,7 +6,6 @@
 //! - [`service`]: the `engram-control` process: control protocol server, and the driver of the orchestrator over real links.
 //! - [`election`]: the election's driver over etcd: performs the leadership state machine's outputs, and tells the controller when it leads.
 //! - [`leadership`]: which of several control-plane processes leads (etcd lease and leader key), sans-I/O.
-//! - [`link`]: framed request/answer over tokio TCP (server side and links to nodes).
 //! - [`metrics`]: the control plane's Prometheus families.
 //! - [`state`]: where the state lives between runs (a locked file, or etcd under the leader's conditions), and what a failed write means.
 //! - [`planner`]: the rebalancing planner, pure functions from shards, load and owners to slot moves.
@@ -17,7 +16,6 @@
 
 pub mod election;
 pub mod leadership;
-pub mod link;
 pub mod membership;
 pub mod metrics;
 pub mod orchestrator;

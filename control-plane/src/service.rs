@@ -20,16 +20,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use engram_proto::limits::PROTOCOL_VERSION;
+use engram_link_tokio::{call_once, fill};
 use engram_proto::{
-    decode_payload, encode_message, format_slot_ranges, ControlRequest, ControlResponse, ErrorCode, ErrorReply, Family,
-    FrameKind, Hello, HelloReply, MigrateOut, PeerRequest, PeerResponse, Response, FRONT_SHARD_ID,
+    admit, decode_payload, encode_message, format_slot_ranges, ControlRequest, ControlResponse, ErrorCode, ErrorReply,
+    Family, FrameBuffer, FrameBufferSizes, FrameHeader, FrameKind, HelloReply, Identity, MigrateOut, PeerProtocol,
+    PeerRequest, PeerResponse, Port, Refusal, Response, FRONT_SHARD_ID,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::link::{call_once, read_frame};
 use crate::membership::Membership;
 use crate::orchestrator::{balance_moves, Answer, Effect, Event, NodeCall, Orchestrator, Report};
 pub use crate::orchestrator::{
@@ -574,7 +574,8 @@ impl Controller {
                     let events = self.events.clone();
                     tokio::spawn(async move {
                         let timeout = Duration::from_millis(timeout_ms);
-                        let result = call_once(&address, &credentials, command_of(call), timeout)
+                        let identity = Identity::node(&credentials);
+                        let result = call_once::<PeerProtocol>(&address, identity, &command_of(call), timeout)
                             .await
                             .map(answer_of)
                             .map_err(|error| error.to_string());
@@ -615,8 +616,9 @@ impl Controller {
         let credentials = self.settings.credentials.clone();
         tokio::spawn(async move {
             let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
+            let install = PeerRequest::InstallMap(map);
             for address in addresses {
-                let _ = call_once(&address, &credentials, PeerRequest::InstallMap(map.clone()), timeout).await;
+                let _ = call_once::<PeerProtocol>(&address, Identity::node(&credentials), &install, timeout).await;
             }
         });
     }
@@ -869,11 +871,11 @@ fn error_response(code: ErrorCode, message: impl Into<String>) -> ControlRespons
     ControlResponse::Error(error_reply(code, message))
 }
 
-/// A refusal of the handshake: a client-family error, as every handshake refusal is,
-/// since the family is not agreed until the Hello is accepted.
-fn refusal(code: ErrorCode, message: impl Into<String>) -> Response {
-    Response::Error(error_reply(code, message))
-}
+/// What engram-control is to a Hello.
+const PORT: Port<'static> = Port {
+    name: "engram-control",
+    families: &[Family::Control],
+};
 
 /// Accepts connections forever, one task each.
 pub async fn serve(controller: Arc<Controller>, listener: TcpListener) {
@@ -890,105 +892,92 @@ pub async fn serve(controller: Arc<Controller>, listener: TcpListener) {
     }
 }
 
+/// Answers a connection's frames in order, one at a time, until it closes or breaks
+/// the protocol (which is answered with an error under request id 0 before closing).
 async fn serve_connection(controller: Arc<Controller>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut buffer = Vec::new();
+    let mut input = FrameBuffer::new(FrameBufferSizes::LINK);
     let mut out = Vec::new();
     let mut greeted = false;
     loop {
-        let (header, payload) = match read_frame(&mut stream, &mut buffer).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return,
-            Err(error) => {
-                let _ = match greeted {
-                    true => encode_message(
-                        FrameKind::Response,
-                        0,
-                        0,
-                        &error_response(error.code(), error.to_string()),
-                        &mut out,
-                    ),
-                    false => encode_message(
-                        FrameKind::Response,
-                        0,
-                        0,
-                        &refusal(error.code(), error.to_string()),
-                        &mut out,
-                    ),
-                };
-                let _ = stream.write_all(&out).await;
-                return;
-            }
-        };
-        out.clear();
-        let answer = if !greeted {
-            match accept_hello(&controller, header.kind, &payload) {
-                Ok(reply) => {
-                    greeted = true;
-                    let _ = encode_message(FrameKind::HelloReply, header.request_id, 0, &reply, &mut out);
-                    None
-                }
-                Err(refusal) => {
-                    let _ = encode_message(FrameKind::Response, header.request_id, 0, &refusal, &mut out);
+        loop {
+            let (header, payload) = match input.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    let refusal = Refusal {
+                        code: error.code(),
+                        message: error.to_string(),
+                    };
+                    let _ = encode_refusal(greeted, 0, refusal, &mut out);
                     let _ = stream.write_all(&out).await;
                     return;
                 }
-            }
-        } else if header.kind != FrameKind::Request {
-            Some(error_response(ErrorCode::Malformed, "expected a request frame"))
-        } else {
-            match decode_payload::<ControlRequest>(&payload) {
-                Ok(request) => Some(controller.handle(request).await),
-                Err(error) => Some(error_response(error.code(), error.to_string())),
-            }
-        };
-        if let Some(answer) = answer {
-            let epoch = controller.epoch();
-            if encode_message(FrameKind::Response, header.request_id, epoch, &answer, &mut out).is_err() {
+            };
+            out.clear();
+            let answered = match greeted {
+                false => greet(&controller, &header, payload, &mut out),
+                true => answer(&controller, &header, payload, &mut out).await,
+            };
+            greeted = true;
+            if stream.write_all(&out).await.is_err() || !answered {
                 return;
             }
         }
-        if stream.write_all(&out).await.is_err() {
+        if !matches!(fill(&mut stream, &mut input).await, Ok(read) if read > 0) {
             return;
         }
     }
 }
 
-fn accept_hello(controller: &Controller, kind: FrameKind, payload: &[u8]) -> Result<HelloReply, Response> {
-    if kind != FrameKind::Hello {
-        return Err(refusal(ErrorCode::HandshakeRequired, "the first frame must be a Hello"));
+/// Encodes the answer to the first frame: a HelloReply, or the refusal; `false` when the
+/// connection ends with it.
+fn greet(controller: &Controller, header: &FrameHeader, payload: &[u8], out: &mut Vec<u8>) -> bool {
+    let credentials = &controller.settings.credentials;
+    let expected = (!credentials.is_empty()).then_some(&credentials[..]);
+    match admit(header.kind, payload, &PORT, expected) {
+        Ok(_) => {
+            let reply = HelloReply {
+                node_id: 0,
+                shard_id: FRONT_SHARD_ID,
+                shard_count: 0,
+                map_epoch: controller.epoch(),
+                server_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            encode_message(FrameKind::HelloReply, header.request_id, 0, &reply, out).is_ok()
+        }
+        Err(refusal) => {
+            let _ = encode_refusal(false, header.request_id, refusal, out);
+            false
+        }
     }
-    let hello = decode_payload::<Hello>(payload).map_err(|error| refusal(error.code(), error.to_string()))?;
-    if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(refusal(
-            ErrorCode::UnsupportedVersion,
-            format!("protocol version {} is not {PROTOCOL_VERSION}", hello.protocol_version),
-        ));
+}
+
+/// Encodes the answer to a request of an admitted connection.
+async fn answer(controller: &Arc<Controller>, header: &FrameHeader, payload: &[u8], out: &mut Vec<u8>) -> bool {
+    let answer = if header.kind != FrameKind::Request {
+        error_response(ErrorCode::Malformed, "expected a request frame")
+    } else {
+        match decode_payload::<ControlRequest>(payload) {
+            Ok(request) => controller.handle(request).await,
+            Err(error) => error_response(error.code(), error.to_string()),
+        }
+    };
+    let epoch = controller.epoch();
+    encode_message(FrameKind::Response, header.request_id, epoch, &answer, out).is_ok()
+}
+
+/// A refusal in the family the connection speaks: a client-family error until the Hello
+/// is accepted, since no family is agreed before that.
+fn encode_refusal(
+    greeted: bool,
+    request_id: u64,
+    refusal: Refusal,
+    out: &mut Vec<u8>,
+) -> Result<(), engram_proto::ProtocolError> {
+    let reply = error_reply(refusal.code, refusal.message);
+    match greeted {
+        true => encode_message(FrameKind::Response, request_id, 0, &ControlResponse::Error(reply), out),
+        false => encode_message(FrameKind::Response, request_id, 0, &Response::Error(reply), out),
     }
-    if hello.family != Family::Control {
-        return Err(refusal(
-            ErrorCode::FamilyNotServed,
-            format!(
-                "this is engram-control: it serves the control protocol, not the {} protocol of a node",
-                hello.family.name()
-            ),
-        ));
-    }
-    let expected = &controller.settings.credentials;
-    let matches = expected.len() == hello.credentials.len()
-        && expected
-            .iter()
-            .zip(&hello.credentials)
-            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-            == 0;
-    if !expected.is_empty() && !matches {
-        return Err(refusal(ErrorCode::Unauthorized, "credentials refused"));
-    }
-    Ok(HelloReply {
-        node_id: 0,
-        shard_id: FRONT_SHARD_ID,
-        shard_count: 0,
-        map_epoch: controller.epoch(),
-        server_version: env!("CARGO_PKG_VERSION").to_string(),
-    })
 }

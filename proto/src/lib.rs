@@ -1,4 +1,5 @@
-//! Engram wire protocol. Pure data and functions: no I/O, no runtime.
+//! Engram wire protocol. Pure data and functions, no runtime: the only I/O is the
+//! blocking adapter of [`link`], over `std::net`, for plain threads.
 //!
 //! The `serde` feature derives `Serialize`/`Deserialize` on the types tools show as JSON:
 //! [`NodeInfo`], [`ShardInfo`], [`ClusterStatus`] and what they contain, and [`SlotMap`].
@@ -13,6 +14,9 @@
 //! - [`peer`]: the peer family (maps, migration orders and batches).
 //! - [`protocol`]: the families as types ([`Protocol`]), which links are typed by.
 //! - [`codec`]: frame + payload together: encode a message into a buffer, decode a validated one.
+//! - [`link`]: one link to a server, sans I/O (handshake, request ids, answers matched to
+//!   requests, the frame read buffer servers share), and its blocking adapter.
+//! - [`handshake`]: the server side of the handshake: whether a Hello is admitted.
 //! - [`error`]: stable numeric wire error codes and the protocol-layer error enum.
 //! - [`slot`]: key to slot hashing with `{hashtag}` support (xxh3).
 //! - [`embedded_map`]: the map of a node serving every slot alone, before (or without) a control plane.
@@ -24,7 +28,9 @@ pub mod data;
 pub mod embedded_map;
 pub mod error;
 pub mod frame;
+pub mod handshake;
 pub mod limits;
+pub mod link;
 pub mod message;
 pub mod migration;
 pub mod peer;
@@ -42,6 +48,8 @@ pub use data::{
 pub use embedded_map::{embedded_map, EMBEDDED_MAP_EPOCH};
 pub use error::{ErrorCode, ProtocolError};
 pub use frame::{FrameHeader, FrameKind, FRAME_HEADER_BYTES};
+pub use handshake::{admit, Port, Refusal};
+pub use link::{FrameBuffer, FrameBufferSizes, Identity, Link, LinkError, LinkEvent};
 pub use message::*;
 pub use migration::{
     decode_batch, encode_batch, MigratedCompletion, MigratedEntry, MigratedLockHolder, MigratedObject, MigratedPermit,

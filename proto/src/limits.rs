@@ -33,8 +33,23 @@ pub const PAYLOAD_OVERHEAD_BYTES_MAX: usize = 4 * 1024;
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = KEY_BYTES_MAX + VALUE_BYTES_MAX + PAYLOAD_OVERHEAD_BYTES_MAX;
 
 /// Requests a server will hold unanswered for one connection before it stops reading
-/// from it (backpressure), and the client's cap on requests in flight per connection.
+/// from it (backpressure), and what one link (`crate::link`) keeps outstanding at most:
+/// a client's in-flight requests per connection.
 pub const IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+
+/// Requests a link still expects answers to after their callers stopped waiting (a
+/// client's call timed out, or was dropped), so each late answer is recognised and
+/// dropped. Past it the link is given up: a peer that leaves that many unanswered is
+/// stuck.
+pub const ABANDONED_REQUESTS_PER_CONNECTION_MAX: usize = IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+
+/// First size of a link's read buffer. It grows to fit a larger frame once that frame's
+/// header has been validated (`crate::link::FrameBuffer`).
+pub const LINK_READ_BUFFER_BYTES_INITIAL: usize = 16 * 1024;
+
+/// A link's read buffer grown past this for one large frame is shrunk back once drained,
+/// so an idle link does not keep megabytes.
+pub const LINK_READ_BUFFER_BYTES_RETAINED_MAX: usize = 256 * 1024;
 
 /// Longest call timeout: how long a client keeps retrying one call, on top of any wait
 /// the call asks the server for ([`WAIT_MS_MAX`]). Operation-id records are retained

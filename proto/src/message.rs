@@ -308,6 +308,16 @@ pub struct ErrorReply {
     pub map_epoch: u64,
 }
 
+/// As people read it: the code's name (or number, from a newer build) and the message.
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match crate::ErrorCode::from_u16(self.code) {
+            Some(code) => write!(formatter, "{code}: {}", self.message),
+            None => write!(formatter, "error code {}: {}", self.code, self.message),
+        }
+    }
+}
+
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct NodeInfo {

@@ -10,7 +10,7 @@ use crate::cluster::{ControlRequest, ControlResponse};
 use crate::codec::{decode_payload, encode_message};
 use crate::error::ProtocolError;
 use crate::frame::FrameKind;
-use crate::message::{Family, Request, Response};
+use crate::message::{ErrorReply, Family, Request, Response};
 use crate::peer::{PeerRequest, PeerResponse};
 
 /// A payload that can be framed.
@@ -60,6 +60,9 @@ pub trait Protocol {
     const FAMILY: Family;
     type Request: Encode;
     type Response: Decode + std::fmt::Debug;
+
+    /// The error a response carries, if it is one (every family answers errors alike).
+    fn error_reply(response: &Self::Response) -> Option<&ErrorReply>;
 }
 
 /// Clients (and a node's front port forwarding for them) to a node.
@@ -69,6 +72,13 @@ impl Protocol for ClientProtocol {
     const FAMILY: Family = Family::Client;
     type Request = Request;
     type Response = Response;
+
+    fn error_reply(response: &Response) -> Option<&ErrorReply> {
+        match response {
+            Response::Error(reply) => Some(reply),
+            _ => None,
+        }
+    }
 }
 
 /// The control plane to a node's shards, and shard to shard.
@@ -78,6 +88,13 @@ impl Protocol for PeerProtocol {
     const FAMILY: Family = Family::Peer;
     type Request = PeerRequest;
     type Response = PeerResponse;
+
+    fn error_reply(response: &PeerResponse) -> Option<&ErrorReply> {
+        match response {
+            PeerResponse::Error(reply) => Some(reply),
+            _ => None,
+        }
+    }
 }
 
 /// Nodes and operators to the control plane.
@@ -87,4 +104,11 @@ impl Protocol for ControlProtocol {
     const FAMILY: Family = Family::Control;
     type Request = ControlRequest;
     type Response = ControlResponse;
+
+    fn error_reply(response: &ControlResponse) -> Option<&ErrorReply> {
+        match response {
+            ControlResponse::Error(reply) => Some(reply),
+            _ => None,
+        }
+    }
 }

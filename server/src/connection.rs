@@ -15,13 +15,10 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
-use engram_proto::limits::{
-    CREDENTIALS_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX, IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX,
-    NAMESPACE_BYTES_MAX, PROTOCOL_VERSION,
-};
+use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX, NAMESPACE_BYTES_MAX};
 use engram_proto::{
-    access_payload, decode_payload, deserialize_payload, split_frame, ArchivedCommand, Command, ErrorCode, FrameKind,
-    Hello, HelloReply, ProtocolError, Request, Response, SlotHasher, Split, FRONT_SHARD_ID,
+    access_payload, admit, decode_payload, deserialize_payload, ArchivedCommand, Command, ErrorCode, FrameBuffer,
+    FrameBufferSizes, FrameKind, Hello, HelloReply, Port, ProtocolError, Request, Response, SlotHasher, FRONT_SHARD_ID,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
@@ -41,7 +38,18 @@ use engram_proto::{
 /// so memory follows the bytes that actually arrived, not the length a header claims.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-const FRAME_BYTES_MAX: usize = engram_proto::FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX;
+/// What a front port is to a Hello: clients only, since it forwards their requests.
+const FRONT_PORT: Port<'static> = Port {
+    name: "a node's front port",
+    families: &[Family::Client],
+};
+
+/// What a shard's own port is to a Hello: clients, and peers, whose migration orders
+/// and batches name the shard they are for.
+const SHARD_PORT: Port<'static> = Port {
+    name: "a node's shard port",
+    families: &[Family::Client, Family::Peer],
+};
 
 /// Answers held for one connection before they are written out mid-batch: bounds a
 /// connection's answer memory (1,024 pipelined reads of 4 MiB values would otherwise be
@@ -170,66 +178,54 @@ struct Connection {
 impl Connection {
     async fn run(&mut self) -> Result<(), Close> {
         let _ = self.stream.set_nodelay(true);
-        let mut input = vec![0u8; READ_CHUNK_BYTES];
-        let mut filled = 0;
+        // Grown a chunk at a time for a frame whose validated header says it is larger,
+        // so memory follows the bytes that actually arrive.
+        let mut input = FrameBuffer::new(FrameBufferSizes::chunked(READ_CHUNK_BYTES));
         loop {
             let can_take_more = self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
             // Frames left in the buffer when the pending bound stopped decoding come
             // first, before anything more is read.
             let mut made_progress = false;
-            if can_take_more && filled > 0 {
-                let consumed = self.answer_frames(&input[..filled]).await?;
-                made_progress = consumed > 0;
-                input.copy_within(consumed..filled, 0);
-                filled -= consumed;
+            if can_take_more && input.buffered_bytes() > 0 {
+                made_progress = self.answer_frames(&mut input).await? > 0;
             }
-            if !made_progress {
-                if filled == input.len() {
-                    // A validated header announced a frame larger than the buffer: grow
-                    // one chunk at a time, so memory follows the bytes that actually arrive.
-                    let room = FRAME_BYTES_MAX.saturating_sub(input.len()).min(READ_CHUNK_BYTES);
-                    input.resize(input.len() + room.max(1), 0);
-                }
-                let read = self.next_read(&mut input[filled..], can_take_more).await?;
-                if let Some(read) = read {
-                    if read == 0 {
-                        return Err(Close::Gone);
-                    }
-                    filled += read;
-                    let consumed = self.answer_frames(&input[..filled]).await?;
-                    input.copy_within(consumed..filled, 0);
-                    filled -= consumed;
-                }
-            }
-            if filled == 0 && input.len() > READ_CHUNK_BYTES {
-                input.truncate(READ_CHUNK_BYTES);
-                input.shrink_to_fit();
+            if !made_progress && self.next_read(&mut input, can_take_more).await? {
+                self.answer_frames(&mut input).await?;
             }
             self.flush().await?;
         }
     }
 
-    /// Reads more into `buffer`, or returns `None` once answers are waiting to be
-    /// written. Reads nothing while the connection may take no more requests.
-    async fn next_read(&mut self, buffer: &mut [u8], can_take_more: bool) -> Result<Option<usize>, Close> {
+    /// Reads more into `input`; `false` when nothing was read because answers are
+    /// waiting to be written. Reads nothing while the connection may take no more
+    /// requests.
+    async fn next_read(&mut self, input: &mut FrameBuffer, can_take_more: bool) -> Result<bool, Close> {
         if !can_take_more {
             // Too many of this connection's requests are waiting: read nothing more
             // until some are answered.
             self.outbox.ready().await;
-            return Ok(None);
+            return Ok(false);
         }
-        if let Some(read) = self.spin_read(buffer).await? {
-            return Ok(Some(read));
+        let buffer = input.read_buffer();
+        let read = match self.spin_read(buffer).await? {
+            Some(read) => read,
+            None => {
+                let outbox = self.outbox.clone();
+                let answers = std::pin::pin!(outbox.ready());
+                // Reads are readiness-based (see `TcpStream`), so dropping the losing read
+                // loses no bytes.
+                let receive = std::pin::pin!(self.stream.read(buffer));
+                match futures::future::select(receive, answers).await {
+                    Either::Left((received, _)) => received.map_err(|_| Close::Gone)?,
+                    Either::Right(((), _)) => return Ok(false),
+                }
+            }
+        };
+        if read == 0 {
+            return Err(Close::Gone);
         }
-        let outbox = self.outbox.clone();
-        let answers = std::pin::pin!(outbox.ready());
-        // Reads are readiness-based (see `TcpStream`), so dropping the losing read loses
-        // no bytes.
-        let receive = std::pin::pin!(self.stream.read(buffer));
-        match futures::future::select(receive, answers).await {
-            Either::Left((received, _)) => Ok(Some(received.map_err(|_| Close::Gone)?)),
-            Either::Right(((), _)) => Ok(None),
-        }
+        input.filled(read);
+        Ok(true)
     }
 
     /// With `--spin-us`, polls the socket with non-blocking reads for that long (yielding
@@ -262,40 +258,34 @@ impl Connection {
         }
     }
 
-    /// Handles whole frames at the start of `input` while the connection may have more
-    /// requests pending; returns the bytes consumed. Answers are written out whenever
-    /// they reach `ANSWER_BATCH_BYTES_MAX`, so a burst of reads of large values cannot
-    /// pile up in memory before the first write.
-    async fn answer_frames(&mut self, input: &[u8]) -> Result<usize, Close> {
+    /// Handles the whole frames in `input` while the connection may have more requests
+    /// pending; returns how many it handled. Answers are written out whenever they reach
+    /// `ANSWER_BATCH_BYTES_MAX`, so a burst of reads of large values cannot pile up in
+    /// memory before the first write.
+    async fn answer_frames(&mut self, input: &mut FrameBuffer) -> Result<usize, Close> {
         // One clock read for the whole read: the store's time for its requests, and
         // the start of their duration.
         let received = Instant::now();
         self.shard.advance_clock(received);
-        let mut consumed = 0;
         let mut answered = 0;
         let mut timed = 0;
         while self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
-            match split_frame(&input[consumed..]) {
-                Ok(Split::Incomplete { .. }) => break,
-                Ok(Split::Frame { header, payload }) => {
-                    let payload_bytes = &input[consumed + payload.start..consumed + payload.end];
-                    let handled = self
-                        .handle(header.kind, header.request_id, payload_bytes, received)
-                        .await?;
-                    if handled == Handled::AnsweredAtOnce {
-                        timed += 1;
-                    }
-                    consumed += payload.end;
-                    answered += 1;
-                    if self.outbox.queued_bytes() >= ANSWER_BATCH_BYTES_MAX {
-                        self.flush().await?;
-                    }
-                }
+            let (header, payload) = match input.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
                 Err(error) => return Err(refuse(&self.shard, error)),
+            };
+            let handled = self.handle(header.kind, header.request_id, payload, received).await?;
+            if handled == Handled::AnsweredAtOnce {
+                timed += 1;
+            }
+            answered += 1;
+            if self.outbox.queued_bytes() >= ANSWER_BATCH_BYTES_MAX {
+                self.flush().await?;
             }
         }
         self.shard.read_handled(answered, timed, received);
-        Ok(consumed)
+        Ok(answered)
     }
 
     async fn flush(&mut self) -> Result<(), Close> {
@@ -400,15 +390,11 @@ impl Connection {
 
     /// The first frame: a Hello, whose credentials and namespace establish the session.
     fn shake_hands(&mut self, kind: FrameKind, request_id: u64, payload: &[u8]) -> Result<(), Close> {
-        if kind != FrameKind::Hello {
-            return Err(Close::Refused {
-                reply: self
-                    .shard
-                    .error_reply(ErrorCode::HandshakeRequired, "the first frame must be a Hello"),
-            });
-        }
-        let hello = decode_payload::<Hello>(payload).map_err(|error| refuse(&self.shard, error))?;
-        self.session = Some(self.accept_hello(hello)?);
+        let port = if self.front { &FRONT_PORT } else { &SHARD_PORT };
+        let hello = admit(kind, payload, port, self.shard.auth_token()).map_err(|refusal| Close::Refused {
+            reply: self.shard.error_reply(refusal.code, refusal.message),
+        })?;
+        self.session = Some(self.open_session(hello)?);
         let reply = HelloReply {
             node_id: self.shard.node_id(),
             shard_id: if self.front {
@@ -542,50 +528,22 @@ impl Connection {
         });
     }
 
-    fn accept_hello(&self, hello: Hello) -> Result<Session, Close> {
-        let refuse_with = |code: ErrorCode, message: String| Close::Refused {
-            reply: self.shard.error_reply(code, message),
-        };
-        if hello.protocol_version != PROTOCOL_VERSION {
-            return Err(refuse_with(
-                ErrorCode::UnsupportedVersion,
-                format!("protocol version {} is not {PROTOCOL_VERSION}", hello.protocol_version),
-            ));
-        }
-        if hello.namespace.len() > NAMESPACE_BYTES_MAX {
-            return Err(refuse_with(
-                ErrorCode::NamespaceTooLarge,
-                format!(
-                    "namespace of {} bytes exceeds namespace_bytes_max ({NAMESPACE_BYTES_MAX})",
-                    hello.namespace.len()
-                ),
-            ));
-        }
-        if hello.credentials.len() > CREDENTIALS_BYTES_MAX {
-            return Err(refuse_with(
-                ErrorCode::Unauthorized,
-                format!("credentials exceed credentials_bytes_max ({CREDENTIALS_BYTES_MAX})"),
-            ));
-        }
-        if let Some(token) = self.shard.auth_token() {
-            if !constant_time_equal(token, &hello.credentials) {
-                return Err(refuse_with(ErrorCode::Unauthorized, "credentials refused".into()));
-            }
-        }
-        let served = match (hello.family, self.front) {
-            (Family::Client, _) => Served::Client,
-            (Family::Peer, false) => Served::Peer,
-            (Family::Peer, true) => {
-                let message = "the front port serves clients only: peers speak to a shard's own port";
-                return Err(refuse_with(ErrorCode::FamilyNotServed, message.into()));
-            }
-            (Family::Control, _) => {
-                let message = "this is a node: the control protocol is served by engram-control";
-                return Err(refuse_with(ErrorCode::FamilyNotServed, message.into()));
+    /// The session of an admitted Hello.
+    fn open_session(&self, hello: Hello) -> Result<Session, Close> {
+        let served = match hello.family {
+            Family::Client => Served::Client,
+            Family::Peer => Served::Peer,
+            // Neither port serves it, so `admit` refused it already.
+            Family::Control => {
+                return Err(Close::Refused {
+                    reply: self
+                        .shard
+                        .error_reply(ErrorCode::FamilyNotServed, "a node serves no control protocol"),
+                })
             }
         };
         let mut key_prefix = Vec::with_capacity(1 + hello.namespace.len());
-        // Fits: NAMESPACE_BYTES_MAX <= u8::MAX, checked above.
+        // Fits: NAMESPACE_BYTES_MAX <= u8::MAX, and `admit` checked the length.
         key_prefix.push(u8::try_from(hello.namespace.len()).unwrap_or(u8::MAX));
         key_prefix.extend_from_slice(&hello.namespace);
         Ok(Session {
@@ -646,10 +604,6 @@ fn prefix_key(command: &mut Command, prefix: &[u8]) {
         key.copy_within(..key_bytes, prefix.len());
         key[..prefix.len()].copy_from_slice(prefix);
     }
-}
-
-fn constant_time_equal(expected: &[u8], offered: &[u8]) -> bool {
-    expected.len() == offered.len() && expected.iter().zip(offered).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
 #[cfg(test)]

@@ -8,9 +8,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engram_proto::{ControlProtocol, ControlRequest, ControlResponse, Heartbeat, PeerProtocol, PeerRequest, ShardLoad};
+use engram_proto::link::blocking::BlockingLink;
+use engram_proto::link::CallError;
+use engram_proto::{
+    ControlProtocol, ControlRequest, ControlResponse, Heartbeat, Identity, PeerProtocol, PeerRequest, ShardLoad,
+};
 
-use crate::cluster::{BlockingLink, LinkError, NodeMap};
+use crate::cluster::NodeMap;
 use crate::error::ServerError;
 use crate::shutdown::Shutdown;
 use crate::stats::NodeStats;
@@ -124,9 +128,9 @@ impl Heartbeater {
         }
     }
 
-    fn connect_and_beat(&self) -> Result<BlockingLink<ControlProtocol>, LinkError> {
+    fn connect_and_beat(&self) -> Result<BlockingLink<ControlProtocol>, CallError> {
         let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
-        let mut link = BlockingLink::connect(&self.control, &self.credentials, timeout)?;
+        let mut link = BlockingLink::connect(&self.control, Identity::node(&self.credentials), timeout)?;
         self.beat(&mut link)?;
         Ok(link)
     }
@@ -142,7 +146,7 @@ impl Heartbeater {
     /// map counts as checked only once it is installed; a refused beat (this process
     /// was replaced by a restart, or the control plane lost its state) does not count,
     /// so the shards stop serving on it.
-    fn beat(&self, link: &mut BlockingLink<ControlProtocol>) -> Result<(), LinkError> {
+    fn beat(&self, link: &mut BlockingLink<ControlProtocol>) -> Result<(), CallError> {
         let (control_epoch, abort_migrations) = match link.call(ControlRequest::Heartbeat(self.report()))? {
             ControlResponse::HeartbeatAck {
                 map_epoch,
@@ -215,7 +219,7 @@ impl Heartbeater {
     }
 
     /// Installs the control plane's map, which is newer than the node's.
-    fn fetch_map(&self, link: &mut BlockingLink<ControlProtocol>) -> Result<(), LinkError> {
+    fn fetch_map(&self, link: &mut BlockingLink<ControlProtocol>) -> Result<(), CallError> {
         if let ControlResponse::SlotMap(map) = link.call(ControlRequest::GetSlotMap)? {
             let epoch = map.epoch;
             match self.node_map.install(map) {
@@ -234,7 +238,7 @@ impl Heartbeater {
     fn settle(&self, migration_ids: &[u64], map_epoch: u64) {
         let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
         for address in &self.node.shard_addresses {
-            let link = BlockingLink::<PeerProtocol>::connect(address, &self.credentials, timeout);
+            let link = BlockingLink::<PeerProtocol>::connect(address, Identity::node(&self.credentials), timeout);
             let Ok(mut link) = link else { continue };
             for &migration_id in migration_ids {
                 let abort = PeerRequest::MigrateAbort {

@@ -20,7 +20,8 @@
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
 //! - [`outbox`]: where answers go: a connection's queue of answers, or a forwarding shard.
 //! - [`store`]: the sans-I/O keyspace state machine (bytes, counters, TTL, memory, exactly-once records).
-//! - [`cluster`]: the node's slot map and routing, the control-plane and peer links.
+//! - [`cluster`]: the node's slot map and routing.
+//! - [`link`]: the shards' adapter of proto's sans-I/O link, and the one-question peer link.
 //! - [`proxy`]: front-port forwarding to other nodes' shards, over links that speak for the client.
 //! - [`stats`]: per-shard figures published for INFO and metrics.
 //! - [`metrics`]: Prometheus families, per-shard counting handles, the `/metrics` endpoint.
@@ -32,6 +33,7 @@ pub mod events;
 pub mod heartbeat;
 pub mod host;
 pub mod launch;
+pub mod link;
 pub mod metrics;
 pub mod node;
 pub mod notify;

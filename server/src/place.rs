@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use engram_proto::limits::incarnation_version_floor;
+use engram_proto::link::blocking::BlockingLink;
 use engram_proto::{
-    embedded_map, ControlProtocol, ControlRequest, ControlResponse, JoinRequest, ShardAddress, SlotMap,
+    embedded_map, ControlProtocol, ControlRequest, ControlResponse, Identity, JoinRequest, ShardAddress, SlotMap,
 };
 
-use crate::cluster::BlockingLink;
 use crate::config::NodeSettings;
 use crate::error::ServerError;
 use crate::heartbeat::{Membership, CONTROL_CALL_TIMEOUT_MS};
@@ -149,7 +149,7 @@ fn join_cluster(
         if shutdown.is_triggered() {
             return Err(ServerError::StoppedBeforeServing);
         }
-        let attempt = BlockingLink::<ControlProtocol>::connect(control, credentials, timeout)
+        let attempt = BlockingLink::<ControlProtocol>::connect(control, Identity::node(credentials), timeout)
             .and_then(|mut link| link.call(ControlRequest::Join(request.clone())));
         let reason = match attempt {
             Ok(ControlResponse::Joined {

@@ -32,15 +32,16 @@ use std::fmt::Display;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, PROTOCOL_VERSION, WAIT_MS_MAX};
+use engram_proto::limits::WAIT_MS_MAX;
+use engram_proto::link::CallError;
 use engram_proto::{
-    decode_payload, encode_message, split_frame, ClientProtocol, Command, ErrorCode, ErrorReply, Family, FrameKind,
-    Hello, Request, Response, Split, FRAME_HEADER_BYTES,
+    ClientProtocol, Command, ErrorCode, ErrorReply, FrameBufferSizes, Identity, Link, LinkError, LinkEvent, Request,
+    Response,
 };
-use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use futures_lite::FutureExt;
 
-use crate::cluster::{LinkError, PeerLink};
+use crate::link;
 use crate::notify::LocalNotify;
 use crate::outbox::Outbox;
 use crate::runtime::{self, Tasks, TcpStream};
@@ -66,8 +67,6 @@ pub const PROXY_READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Links one front connection holds at most (one per remote shard it used), each a
 /// socket. Past it, idle links are closed to make room.
 pub const PROXY_LINKS_PER_CONNECTION_MAX: usize = 256;
-
-const FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX;
 
 /// Why a forwarded request got no answer from its owner.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,29 +106,31 @@ impl ProxyError {
     }
 }
 
-impl From<LinkError> for ProxyError {
-    fn from(error: LinkError) -> ProxyError {
+impl From<CallError> for ProxyError {
+    fn from(error: CallError) -> ProxyError {
         match error {
-            LinkError::Connect { address, source } => ProxyError::Unreachable {
+            CallError::Connect { address, source } => ProxyError::Unreachable {
                 address,
                 reason: source.to_string(),
             },
-            LinkError::Refused { address, answer } => ProxyError::Refused { address, answer },
-            LinkError::TimedOut { address, after } => ProxyError::Silent {
+            CallError::Link {
+                address,
+                source: LinkError::Refused(reply),
+            } => ProxyError::Refused {
+                address,
+                answer: reply.to_string(),
+            },
+            CallError::TimedOut { address, after } => ProxyError::Silent {
                 address,
                 after_ms: after.as_millis() as u64,
             },
-            LinkError::Io { address, source } => ProxyError::Broken {
+            CallError::Io { address, source } => ProxyError::Broken {
                 address,
                 reason: source.to_string(),
             },
-            LinkError::Protocol { address, source } => ProxyError::Broken {
+            CallError::Link { address, source } => ProxyError::Broken {
                 address,
                 reason: source.to_string(),
-            },
-            LinkError::OutOfStep { address, .. } => ProxyError::Broken {
-                address,
-                reason: "the handshake was answered out of step".into(),
             },
         }
     }
@@ -141,7 +142,8 @@ fn answer_bound_ms(command: &Command) -> u64 {
     command.wait_ms().min(WAIT_MS_MAX) + PROXY_ANSWER_GRACE_MS
 }
 
-/// A forwarded request waiting for its answer.
+/// A forwarded request waiting for its answer: the waiter of its request id on the link
+/// (the client's ids may repeat across its connections' links; the link's do not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Waiting {
     /// The client's request id, which the answer goes back under.
@@ -152,66 +154,14 @@ struct Waiting {
     bound_ms: u64,
 }
 
-/// The requests in flight on one link, by the link's own request ids (the client's
-/// may repeat across its connections' links), with their deadlines in order.
-#[derive(Default)]
-struct InFlight {
-    last_id: u64,
-    waiting: foldhash::HashMap<u64, Waiting>,
-    deadlines: BTreeSet<(Instant, u64)>,
-}
-
-impl InFlight {
-    /// Registers a request sent at `now`; returns its id on the link and its deadline.
-    fn register(&mut self, request_id: u64, map_epoch: u64, command: &Command, now: Instant) -> (u64, Instant) {
-        // Ids start at 1: 0 is the handshake's.
-        self.last_id += 1;
-        let id = self.last_id;
-        let bound_ms = answer_bound_ms(command);
-        let deadline = now + Duration::from_millis(bound_ms);
-        let waiting = Waiting {
-            request_id,
-            map_epoch,
-            deadline,
-            bound_ms,
-        };
-        self.waiting.insert(id, waiting);
-        self.deadlines.insert((deadline, id));
-        (id, deadline)
-    }
-
-    fn answered(&mut self, id: u64) -> Option<Waiting> {
-        let waiting = self.waiting.remove(&id)?;
-        self.deadlines.remove(&(waiting.deadline, id));
-        Some(waiting)
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|&(deadline, _)| deadline)
-    }
-
-    /// The request whose deadline passed first, if any did by `now`.
-    fn overdue(&self, now: Instant) -> Option<Waiting> {
-        let &(deadline, id) = self.deadlines.first()?;
-        (deadline <= now).then(|| self.waiting.get(&id).copied()).flatten()
-    }
-
-    fn drain(&mut self) -> Vec<Waiting> {
-        self.deadlines.clear();
-        self.waiting.drain().map(|(_, waiting)| waiting).collect()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-}
-
 /// One front connection's links to other nodes' shards, by shard address.
 pub struct Proxies {
     /// The client's identity, with this node's credentials.
-    hello: Hello,
+    client_id: u64,
+    namespace: Vec<u8>,
+    credentials: Vec<u8>,
     outbox: Weak<Outbox>,
-    links: RefCell<foldhash::HashMap<String, Rc<Link>>>,
+    links: RefCell<foldhash::HashMap<String, Rc<ProxyLink>>>,
     /// The shard's tasks, which the links' tasks join.
     tasks: Tasks,
 }
@@ -220,13 +170,9 @@ impl Proxies {
     pub fn new(client_id: u64, namespace: &[u8], credentials: &[u8], outbox: Weak<Outbox>, tasks: Tasks) -> Proxies {
         Proxies {
             tasks,
-            hello: Hello {
-                protocol_version: PROTOCOL_VERSION,
-                client_id,
-                namespace: namespace.to_vec(),
-                credentials: credentials.to_vec(),
-                family: Family::Client,
-            },
+            client_id,
+            namespace: namespace.to_vec(),
+            credentials: credentials.to_vec(),
             outbox,
             links: RefCell::default(),
         }
@@ -257,7 +203,7 @@ impl Proxies {
 
     /// The open link to `address`, opened now if there is none (a failed one is
     /// replaced, so every request after a failure tries afresh).
-    fn link(&self, address: &str) -> Result<Rc<Link>, ProxyError> {
+    fn link(&self, address: &str) -> Result<Rc<ProxyLink>, ProxyError> {
         let mut links = self.links.borrow_mut();
         if let Some(link) = links.get(address).filter(|link| !link.closed.get()) {
             return Ok(link.clone());
@@ -266,15 +212,20 @@ impl Proxies {
         if links.len() >= PROXY_LINKS_PER_CONNECTION_MAX {
             let idle = links
                 .iter()
-                .find(|(_, link)| link.in_flight.borrow().is_empty())
+                .find(|(_, link)| link.link.borrow().outstanding().is_empty())
                 .map(|(address, _)| address.clone())
                 .ok_or(ProxyError::TooManyLinks)?;
             if let Some(link) = links.remove(&idle) {
                 link.close();
             }
         }
-        let link = Rc::new(Link::new(address, self.outbox.clone()));
-        if self.tasks.spawn(link.clone().run(self.hello.clone())).is_none() {
+        let identity = Identity {
+            client_id: self.client_id,
+            namespace: &self.namespace,
+            credentials: &self.credentials,
+        };
+        let link = Rc::new(ProxyLink::new(address, identity, self.outbox.clone())?);
+        if self.tasks.spawn(link.clone().run()).is_none() {
             // The shard is stopping: the link never runs, and the request fails with it.
             link.close();
         }
@@ -294,12 +245,14 @@ impl Drop for Proxies {
 /// A link from one front connection to one remote shard. Its task connects, then reads
 /// answers, writes queued requests and watches deadlines until the link fails or the
 /// connection closes it.
-struct Link {
+struct ProxyLink {
     address: String,
     outbox: Weak<Outbox>,
-    in_flight: RefCell<InFlight>,
-    /// Encoded requests not written yet; they wait here while the link connects.
-    queued: RefCell<Vec<u8>>,
+    /// The Hello and the requests not written yet (they wait there while the link
+    /// connects), and the requests in flight with what waits for their answers.
+    link: RefCell<Link<ClientProtocol, Waiting>>,
+    /// The requests in flight by deadline, then request id on the link.
+    deadlines: RefCell<BTreeSet<(Instant, u64)>>,
     /// Set once the link takes no more requests (it failed, or its connection closed).
     closed: Cell<bool>,
     failure: RefCell<Option<ProxyError>>,
@@ -311,13 +264,19 @@ struct Link {
     stop: LocalNotify,
 }
 
-impl Link {
-    fn new(address: &str, outbox: Weak<Outbox>) -> Link {
-        Link {
+impl ProxyLink {
+    fn new(address: &str, identity: Identity<'_>, outbox: Weak<Outbox>) -> Result<ProxyLink, ProxyError> {
+        // A front connection may hold a link per remote shard, so its buffer is small.
+        let sizes = FrameBufferSizes::chunked(PROXY_READ_CHUNK_BYTES);
+        let link = Link::new(identity, sizes).map_err(|error| ProxyError::Broken {
+            address: address.to_string(),
+            reason: error.to_string(),
+        })?;
+        Ok(ProxyLink {
             address: address.to_string(),
             outbox,
-            in_flight: RefCell::default(),
-            queued: RefCell::default(),
+            link: RefCell::new(link),
+            deadlines: RefCell::default(),
             closed: Cell::new(false),
             failure: RefCell::default(),
             writer: LocalNotify::default(),
@@ -325,10 +284,10 @@ impl Link {
             reaper: LocalNotify::default(),
             reaper_wake: Cell::new(Instant::now()),
             stop: LocalNotify::default(),
-        }
+        })
     }
 
-    async fn run(self: Rc<Link>, hello: Hello) {
+    async fn run(self: Rc<ProxyLink>) {
         if self.closed.get() {
             return;
         }
@@ -336,22 +295,25 @@ impl Link {
             self.stop.notified().await;
             None
         };
-        if let Some(error) = self.serve(hello).or(stopped).await {
+        if let Some(error) = self.serve().or(stopped).await {
             self.fail(error);
         }
         // Dropping the socket here tells the owner to withdraw what it parked for us.
     }
 
-    async fn serve(&self, hello: Hello) -> Option<ProxyError> {
+    async fn serve(&self) -> Option<ProxyError> {
         let timeout = Duration::from_millis(PROXY_CONNECT_TIMEOUT_MS);
-        let peer = match PeerLink::<ClientProtocol>::connect_as(&self.address, &hello, timeout).await {
-            Ok(peer) => peer,
+        let mut stream = match link::connect(&self.address, timeout).await {
+            Ok(stream) => stream,
             Err(error) => return Some(error.into()),
         };
-        let (stream, received) = peer.into_parts();
+        let shaken = link::within(&self.address, timeout, link::handshake(&mut stream, &self.link)).await;
+        if let Err(error) = shaken {
+            return Some(error.into());
+        }
         let (reader, writer) = stream.split();
         let failure = self
-            .read_answers(reader, received)
+            .read_answers(reader)
             .or(self.write_requests(writer))
             .or(self.reap())
             .await;
@@ -360,32 +322,39 @@ impl Link {
 
     /// Waits while the link's queue is full.
     async fn room(&self) {
-        while !self.closed.get() && self.queued.borrow().len() >= PROXY_QUEUED_BYTES_MAX {
+        while !self.closed.get() && self.link.borrow().queued_bytes() >= PROXY_QUEUED_BYTES_MAX {
             self.room.notified().await;
         }
     }
 
     fn send(&self, request_id: u64, map_epoch: u64, request: &Request) {
-        let registered = self
-            .in_flight
-            .borrow_mut()
-            .register(request_id, map_epoch, &request.command, Instant::now());
-        let (id, deadline) = registered;
-        let encoded = encode_message(
-            FrameKind::Request,
-            id,
+        let bound_ms = answer_bound_ms(&request.command);
+        let deadline = Instant::now() + Duration::from_millis(bound_ms);
+        let waiting = Waiting {
+            request_id,
             map_epoch,
-            request,
-            &mut self.queued.borrow_mut(),
-        );
-        if let Err(error) = encoded {
-            // The queue may have lost frames with it: nothing on this link is reliable.
-            return self.fail(self.broken(error));
-        }
+            deadline,
+            bound_ms,
+        };
+        let sent = self.link.borrow_mut().send(request, map_epoch, waiting);
+        match sent {
+            Ok(id) => self.deadlines.borrow_mut().insert((deadline, id)),
+            // Not sent, and what failed it may fail the next: the link starts afresh.
+            Err(error) => {
+                self.answer_now(request_id, &self.broken(&error).answer(map_epoch));
+                return self.fail(self.broken(error));
+            }
+        };
         if deadline < self.reaper_wake.get() {
             self.reaper.notify();
         }
         self.writer.notify();
+    }
+
+    fn answer_now(&self, request_id: u64, answer: &Response) {
+        if let Some(outbox) = self.outbox.upgrade() {
+            outbox.deliver(request_id, answer, true);
+        }
     }
 
     /// Answers every request in flight with `error` and stops the link.
@@ -394,12 +363,8 @@ impl Link {
             return;
         }
         tracing::debug!(address = %self.address, %error, "front-port link failed");
-        let waiting = self.in_flight.borrow_mut().drain();
-        *self.queued.borrow_mut() = Vec::new();
-        if let Some(outbox) = self.outbox.upgrade() {
-            for waiting in waiting {
-                outbox.deliver(waiting.request_id, &error.answer(waiting.map_epoch), true);
-            }
+        for waiting in self.forget_all() {
+            self.answer_now(waiting.request_id, &error.answer(waiting.map_epoch));
         }
         *self.failure.borrow_mut() = Some(error);
         self.room.notify();
@@ -409,11 +374,18 @@ impl Link {
     /// Stops the link without answering anything: its connection is gone.
     fn close(&self) {
         if !self.closed.replace(true) {
-            self.in_flight.borrow_mut().drain();
-            *self.queued.borrow_mut() = Vec::new();
+            self.forget_all();
         }
         self.room.notify();
         self.stop.notify();
+    }
+
+    /// Drops what is queued and takes the requests in flight.
+    fn forget_all(&self) -> Vec<Waiting> {
+        let mut link = self.link.borrow_mut();
+        link.clear_queued();
+        self.deadlines.borrow_mut().clear();
+        link.outstanding_mut().drain().map(|(_, waiting)| waiting).collect()
     }
 
     fn broken(&self, reason: impl Display) -> ProxyError {
@@ -424,53 +396,43 @@ impl Link {
     }
 
     /// Reads answers until the link breaks; returns why it did.
-    async fn read_answers(&self, mut reader: ReadHalf<TcpStream>, mut buffer: Vec<u8>) -> ProxyError {
-        let mut filled = buffer.len();
-        buffer.resize(filled.max(PROXY_READ_CHUNK_BYTES), 0);
+    async fn read_answers(&self, mut reader: ReadHalf<TcpStream>) -> ProxyError {
         loop {
-            let consumed = match self.deliver_answers(&buffer[..filled]) {
-                Ok(consumed) => consumed,
-                Err(error) => return error,
-            };
-            buffer.copy_within(consumed..filled, 0);
-            filled -= consumed;
-            if filled == 0 && buffer.len() > PROXY_READ_CHUNK_BYTES {
-                buffer.truncate(PROXY_READ_CHUNK_BYTES);
-                buffer.shrink_to_fit();
+            if let Err(error) = self.deliver_answers() {
+                return error;
             }
-            if filled == buffer.len() {
-                // A validated header announced a larger frame: grow a chunk at a time.
-                let room = FRAME_BYTES_MAX.saturating_sub(buffer.len()).min(PROXY_READ_CHUNK_BYTES);
-                buffer.resize(buffer.len() + room.max(1), 0);
-            }
-            match reader.read(&mut buffer[filled..]).await {
+            match link::receive(&mut reader, &self.link).await {
                 Ok(0) => return self.broken("the owner closed the connection"),
-                Ok(read) => filled += read,
+                Ok(_) => {}
                 Err(error) => return self.broken(error),
             }
         }
     }
 
-    /// Hands every whole answer at the start of `input` to the connection; returns the
-    /// bytes consumed.
-    fn deliver_answers(&self, input: &[u8]) -> Result<usize, ProxyError> {
-        let mut consumed = 0;
+    /// Hands every whole answer read to the connection, under the client's request id.
+    fn deliver_answers(&self) -> Result<(), ProxyError> {
         loop {
-            let (header, payload) = match split_frame(&input[consumed..]) {
-                Ok(Split::Incomplete { .. }) => return Ok(consumed),
-                Ok(Split::Frame { header, payload }) => (header, payload),
-                Err(error) => return Err(self.broken(error)),
-            };
-            if header.kind != FrameKind::Response {
-                return Err(self.broken(format!("the owner sent a {:?} frame", header.kind)));
+            let event = self
+                .link
+                .borrow_mut()
+                .next_event()
+                .map_err(|error| self.broken(error))?;
+            match event {
+                None => return Ok(()),
+                Some(LinkEvent::Answer {
+                    request_id,
+                    response,
+                    waiter,
+                    ..
+                }) => {
+                    self.deadlines.borrow_mut().remove(&(waiter.deadline, request_id));
+                    if let Some(outbox) = self.outbox.upgrade() {
+                        outbox.deliver(waiter.request_id, &response, true);
+                    }
+                }
+                // The handshake was done before answers were read.
+                Some(LinkEvent::Ready(_)) => {}
             }
-            let bytes = &input[consumed + payload.start..consumed + payload.end];
-            let response = decode_payload::<Response>(bytes).map_err(|error| self.broken(error))?;
-            let answered = self.in_flight.borrow_mut().answered(header.request_id);
-            if let (Some(waiting), Some(outbox)) = (answered, self.outbox.upgrade()) {
-                outbox.deliver(waiting.request_id, &response, true);
-            }
-            consumed += payload.end;
         }
     }
 
@@ -478,37 +440,39 @@ impl Link {
     async fn write_requests(&self, mut writer: WriteHalf<TcpStream>) -> ProxyError {
         let mut spare = Vec::new();
         loop {
-            while self.queued.borrow().is_empty() {
+            while self.link.borrow().output().is_empty() {
                 self.writer.notified().await;
             }
             // Requests arriving during the write queue up behind it.
-            std::mem::swap(&mut *self.queued.borrow_mut(), &mut spare);
-            let written = writer.write_all(&spare).await;
-            spare.clear();
+            if let Err(error) = link::send_output(&mut writer, &self.link, &mut spare).await {
+                return self.broken(error);
+            }
             if spare.capacity() > PROXY_QUEUED_BYTES_MAX {
                 spare = Vec::new();
             }
-            if let Err(error) = written {
-                return self.broken(error);
-            }
             self.room.notify();
         }
+    }
+
+    /// The request whose deadline passed first, if any did by `now`.
+    fn overdue(&self, now: Instant) -> Option<Waiting> {
+        let &(deadline, id) = self.deadlines.borrow().first()?;
+        (deadline <= now)
+            .then(|| self.link.borrow().outstanding().get(id).copied())
+            .flatten()
     }
 
     /// Sleeps until the earliest deadline in flight; returns when one passed unanswered.
     async fn reap(&self) -> ProxyError {
         loop {
             let now = Instant::now();
-            let (overdue, next) = {
-                let in_flight = self.in_flight.borrow();
-                (in_flight.overdue(now), in_flight.next_deadline())
-            };
-            if let Some(waiting) = overdue {
+            if let Some(waiting) = self.overdue(now) {
                 return ProxyError::Silent {
                     address: self.address.clone(),
                     after_ms: waiting.bound_ms,
                 };
             }
+            let next = self.deadlines.borrow().first().map(|&(deadline, _)| deadline);
             let wake = next.unwrap_or(now + Duration::from_millis(PROXY_ANSWER_GRACE_MS));
             self.reaper_wake.set(wake);
             runtime::sleep(wake.saturating_duration_since(now))
@@ -521,26 +485,25 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use engram_proto::{BytesCommand, CounterCommand, LockCommand, QueueCommand};
+    use engram_proto::link::blocking::fill;
+    use engram_proto::{
+        decode_payload, encode_message, split_frame, BytesCommand, CounterCommand, FrameBuffer, FrameKind, Hello,
+        LockCommand, QueueCommand, Split,
+    };
 
     fn get() -> Command {
         Command::from(BytesCommand::Get { key: b"k".to_vec() })
     }
 
-    use std::io::{Read, Write};
+    use std::io::Write;
 
     /// Reads one whole frame off a blocking socket: its kind, request id and payload.
-    fn read_frame(stream: &mut std::net::TcpStream, buffer: &mut Vec<u8>) -> (FrameKind, u64, Vec<u8>) {
+    fn read_frame(stream: &mut std::net::TcpStream, input: &mut FrameBuffer) -> (FrameKind, u64, Vec<u8>) {
         loop {
-            if let Split::Frame { header, payload } = split_frame(buffer).expect("a valid frame") {
-                let bytes = buffer[payload.clone()].to_vec();
-                buffer.drain(..payload.end);
-                return (header.kind, header.request_id, bytes);
+            if let Some((header, payload)) = input.next_frame().expect("a valid frame") {
+                return (header.kind, header.request_id, payload.to_vec());
             }
-            let mut chunk = [0u8; 4096];
-            let read = stream.read(&mut chunk).expect("read");
-            assert!(read > 0, "the link closed mid-frame");
-            buffer.extend_from_slice(&chunk[..read]);
+            assert!(fill(stream, input).expect("read") > 0, "the link closed mid-frame");
         }
     }
 
@@ -555,22 +518,27 @@ mod tests {
         stream.write_all(&out).expect("write");
     }
 
+    /// What the owners in these tests answer a Hello with.
+    fn hello_reply() -> engram_proto::HelloReply {
+        engram_proto::HelloReply {
+            node_id: 2,
+            shard_id: 0,
+            shard_count: 1,
+            map_epoch: 1,
+            server_version: "test".into(),
+        }
+    }
+
     /// An owner that takes the handshake and two requests, then answers them in reverse
     /// order; gives back what it received.
     fn fake_owner(listener: std::net::TcpListener) -> std::thread::JoinHandle<(Hello, Vec<Request>)> {
         std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().expect("accept");
             stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-            let mut buffer = Vec::new();
+            let mut buffer = FrameBuffer::new(FrameBufferSizes::LINK);
             let (_, _, payload) = read_frame(&mut stream, &mut buffer);
             let hello = decode_payload::<Hello>(&payload).expect("a Hello");
-            let reply = engram_proto::HelloReply {
-                node_id: 2,
-                shard_id: 0,
-                shard_count: 1,
-                map_epoch: 1,
-                server_version: "test".into(),
-            };
+            let reply = hello_reply();
             write_frame(&mut stream, FrameKind::HelloReply, 0, &reply);
             let mut requests = Vec::new();
             let mut ids = Vec::new();
@@ -690,35 +658,77 @@ mod tests {
         assert_eq!(answer_bound_ms(&absurd), WAIT_MS_MAX + PROXY_ANSWER_GRACE_MS);
     }
 
+    /// Gives `bytes` to the link as if read from its socket.
+    fn feed(link: &ProxyLink, mut bytes: &[u8]) {
+        let mut link = link.link.borrow_mut();
+        while !bytes.is_empty() {
+            let room = link.input().read_buffer();
+            let read = room.len().min(bytes.len());
+            room[..read].copy_from_slice(&bytes[..read]);
+            link.input().filled(read);
+            bytes = &bytes[read..];
+        }
+    }
+
     #[test]
     fn requests_in_flight_are_found_by_link_id_and_expire_in_deadline_order() {
-        let start = Instant::now();
-        let mut in_flight = InFlight::default();
-        let pop = Command::from(QueueCommand::Pop {
-            key: b"q".to_vec(),
-            end: engram_proto::QueueEnd::Front,
-            timeout_ms: 10_000,
-        });
-        let (blocking, _) = in_flight.register(7, 3, &pop, start);
-        let (read, read_deadline) = in_flight.register(7, 3, &get(), start);
-        assert_ne!(blocking, read, "the client's request ids may repeat; the link's do not");
-        assert_ne!(read, 0, "0 is the handshake's id");
-        assert_eq!(in_flight.next_deadline(), Some(read_deadline));
-        assert_eq!(in_flight.overdue(start), None);
-        let overdue = in_flight.overdue(read_deadline).expect("the read is overdue");
+        let outbox = Rc::new(Outbox::default());
+        let link = ProxyLink::new("10.0.0.2:7401", Identity::default(), Rc::downgrade(&outbox)).unwrap();
+        let pop = Request {
+            command: Command::from(QueueCommand::Pop {
+                key: b"q".to_vec(),
+                end: engram_proto::QueueEnd::Front,
+                timeout_ms: 10_000,
+            }),
+            ..counter_get()
+        };
+        let read = Request {
+            command: get(),
+            ..counter_get()
+        };
+        link.send(7, 3, &pop);
+        link.send(7, 3, &read);
+        let in_flight: Vec<(Instant, u64)> = link.deadlines.borrow().iter().copied().collect();
+        let [(read_deadline, read_id), (_, pop_id)] = in_flight[..] else {
+            panic!("two requests in flight, not {in_flight:?}");
+        };
+        assert_ne!(
+            pop_id, read_id,
+            "the client's request ids may repeat; the link's do not"
+        );
+        assert_ne!(read_id, 0, "0 is the handshake's id");
+        assert_eq!(link.overdue(read_deadline - Duration::from_millis(1)), None);
+        let overdue = link.overdue(read_deadline).expect("the read is overdue");
         assert_eq!((overdue.request_id, overdue.bound_ms), (7, PROXY_ANSWER_GRACE_MS));
-        assert_eq!(in_flight.answered(read).map(|waiting| waiting.request_id), Some(7));
-        assert_eq!(in_flight.answered(read), None, "an answer is taken once");
-        assert_eq!(in_flight.overdue(read_deadline), None, "the blocking pop waits longer");
-        assert_eq!(in_flight.drain().len(), 1);
-        assert!(in_flight.is_empty());
-        assert_eq!(in_flight.next_deadline(), None);
+        let reply = hello_reply();
+        let mut answers = Vec::new();
+        encode_message(FrameKind::HelloReply, 0, 1, &reply, &mut answers).unwrap();
+        encode_message(FrameKind::Response, read_id, 1, &Response::Missing, &mut answers).unwrap();
+        feed(&link, &answers);
+        link.deliver_answers().unwrap();
+        let delivered = outbox.take_frames();
+        let Ok(Split::Frame { header, payload }) = split_frame(&delivered) else {
+            panic!("no answer delivered");
+        };
+        assert_eq!(header.request_id, 7, "under the client's request id");
+        assert_eq!(
+            decode_payload::<Response>(&delivered[payload]).unwrap(),
+            Response::Missing
+        );
+        assert_eq!(link.overdue(read_deadline), None, "the blocking pop waits longer");
+        // An answer is taken once: a second one is the owner out of step.
+        let mut again = Vec::new();
+        encode_message(FrameKind::Response, read_id, 1, &Response::Missing, &mut again).unwrap();
+        feed(&link, &again);
+        assert!(matches!(link.deliver_answers(), Err(ProxyError::Broken { .. })));
+        assert_eq!(link.forget_all().len(), 1);
+        assert!(link.deadlines.borrow().is_empty());
     }
 
     #[test]
     fn only_a_refused_handshake_and_a_full_link_table_are_not_try_again() {
         let address = "10.0.0.2:7401".to_string();
-        let refused = ProxyError::from(LinkError::Connect {
+        let refused = ProxyError::from(CallError::Connect {
             address: address.clone(),
             source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         });
@@ -728,16 +738,24 @@ mod tests {
         };
         assert!(reply.message.contains(&address), "{}", reply.message);
         assert_eq!(reply.map_epoch, 9);
-        let silent = ProxyError::from(LinkError::TimedOut {
+        let silent = ProxyError::from(CallError::TimedOut {
             address: address.clone(),
             after: Duration::from_millis(PROXY_CONNECT_TIMEOUT_MS),
         });
         assert_eq!(silent.code(), ErrorCode::TryAgain);
         assert!(silent.to_string().contains(&address));
-        let handshake = ProxyError::from(LinkError::Refused {
+        let handshake = ProxyError::from(CallError::Link {
             address,
-            answer: "Unauthorized".into(),
+            source: LinkError::Refused(ErrorReply {
+                code: ErrorCode::Unauthorized.as_u16(),
+                message: "credentials refused".into(),
+                map_epoch: 0,
+            }),
         });
+        assert!(
+            handshake.to_string().contains("Unauthorized: credentials refused"),
+            "{handshake}"
+        );
         assert_eq!(handshake.code(), ErrorCode::Internal);
         assert_eq!(ProxyError::TooManyLinks.code(), ErrorCode::Busy);
     }

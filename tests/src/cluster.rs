@@ -7,16 +7,23 @@ use std::time::{Duration, Instant};
 use engram_proto::{ClusterStatus, SlotMap};
 
 use crate::control::ControlPlane;
-use crate::server::{EngramServer, ServerOptions};
+use crate::server::{free_port, next_loopback, EngramServer, ServerOptions};
 
 /// How long a cluster may take to show the members a test started: 200 polls 100 ms
 /// apart, the bound the cluster tests always had.
 pub const MEMBERSHIP_LIMIT: Duration = Duration::from_secs(20);
 
 /// A one-core node joined to `control` (one core each keeps a few nodes within the
-/// test machine's cores).
+/// test machine's cores), serving metrics: their responder is a thread of its own, so a
+/// test sees the node's figures even while its shard is busy.
 pub fn start_node(control: &ControlPlane) -> EngramServer {
-    EngramServer::start(ServerOptions::default().cores(1).control(control.address()))
+    let bind = next_loopback();
+    let options = ServerOptions::default()
+        .cores(1)
+        .bind(bind)
+        .metrics_port(free_port(bind))
+        .control(control.address());
+    EngramServer::start(options)
 }
 
 /// Waits until the control plane counts `alive` live members; fails the test, with the

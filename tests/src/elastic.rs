@@ -24,12 +24,28 @@ pub async fn wait_for_members(control: &ControlPlane, alive: usize) {
 }
 
 /// Waits until `node` holds at least one key (a migration's first batch has landed).
+/// It asks the node's metrics, not its shard: the tests' one-core nodes pin their shards
+/// to the same core, so a target's shard importing from its source may not take a new
+/// connection before the whole step is in, and the test could not stop it midway.
 pub async fn wait_for_first_batch(node: &EngramServer) {
+    let metrics = node.metrics_address().expect("cluster nodes serve metrics");
     let mut polls = 0;
-    while keys_held(node).await == 0 {
+    while metrics_keys(metrics).await == 0 {
         polls += 1;
         assert!(polls < 20_000, "the target never received a batch");
     }
+}
+
+/// Keys held by all of a node's shards, as its metrics at `address` report them (each
+/// shard publishes its figures after every batch of requests it answers).
+async fn metrics_keys(address: std::net::SocketAddr) -> u64 {
+    let (_, _, body) = tokio::task::spawn_blocking(move || crate::http_get(address, "/metrics", crate::STEP_TIMEOUT))
+        .await
+        .expect("metrics request");
+    body.lines()
+        .filter(|line| line.starts_with("engram_keys{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// How many of `keys` the map gives to `node_id`.

@@ -1,14 +1,18 @@
 //! The wire protocol by hand, over a blocking `std::net::TcpStream` with read and write
-//! timeouts (so a silent server fails the test instead of hanging it).
+//! timeouts (so a silent server fails the test instead of hanging it). Frames are sent as
+//! they are, malformed ones included; what comes back is cut into frames by proto's
+//! `FrameBuffer`, and the handshake's reply checked as a link checks it.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use engram_proto::limits::PROTOCOL_VERSION;
+use engram_proto::link::accept_hello_reply;
+use engram_proto::link::blocking::fill;
 use engram_proto::{
-    decode_payload, encode_message, split_frame, Command, ErrorCode, FrameHeader, FrameKind, Hello, HelloReply,
-    Request, Response, Split,
+    decode_payload, encode_message, Command, ErrorCode, FrameBuffer, FrameBufferSizes, FrameHeader, FrameKind, Hello,
+    HelloReply, Request, Response,
 };
 
 use crate::STEP_TIMEOUT;
@@ -55,7 +59,7 @@ pub struct Closed {
 /// A hand-driven connection.
 pub struct RawConnection {
     stream: TcpStream,
-    input: Vec<u8>,
+    input: FrameBuffer,
     next_request_id: u64,
 }
 
@@ -102,7 +106,7 @@ impl RawConnection {
         stream.set_nodelay(true).expect("nodelay");
         RawConnection {
             stream,
-            input: Vec::new(),
+            input: FrameBuffer::new(FrameBufferSizes::LINK),
             next_request_id: 1,
         }
     }
@@ -130,10 +134,8 @@ impl RawConnection {
             Ok(None) => panic!("{peer} closed the connection instead of answering the Hello"),
             Err(error) => panic!("no HelloReply from {peer} within {STEP_TIMEOUT:?}: {error}"),
         };
-        match reply.header.kind {
-            FrameKind::HelloReply => decode_payload::<HelloReply>(&reply.payload).expect("valid HelloReply"),
-            _ => panic!("expected HelloReply, got {:?}", reply.response()),
-        }
+        accept_hello_reply(&reply.header, &reply.payload)
+            .unwrap_or_else(|error| panic!("expected a HelloReply from {peer}: {error}"))
     }
 
     /// Writes bytes as they are.
@@ -182,29 +184,18 @@ impl RawConnection {
     /// malformed frame from the server or a truncated one.
     pub fn read_frame(&mut self) -> std::io::Result<Option<RawReply>> {
         loop {
-            match split_frame(&self.input) {
-                Ok(Split::Frame { header, payload }) => {
-                    let reply = RawReply {
-                        header,
-                        payload: self.input[payload.clone()].to_vec(),
-                    };
-                    self.input.drain(..payload.end);
-                    return Ok(Some(reply));
+            match self.input.next_frame() {
+                Ok(Some((header, payload))) => {
+                    let payload = payload.to_vec();
+                    return Ok(Some(RawReply { header, payload }));
                 }
-                Ok(Split::Incomplete { .. }) => {}
+                Ok(None) => {}
                 Err(error) => panic!("server sent a malformed frame: {error}"),
             }
-            let mut chunk = [0u8; 64 * 1024];
-            let read = self.stream.read(&mut chunk)?;
-            if read == 0 {
-                assert!(
-                    self.input.is_empty(),
-                    "server closed in the middle of a frame ({} bytes pending)",
-                    self.input.len()
-                );
+            if fill(&mut self.stream, &mut self.input)? == 0 {
+                assert_eq!(self.input.buffered_bytes(), 0, "server closed in the middle of a frame");
                 return Ok(None);
             }
-            self.input.extend_from_slice(&chunk[..read]);
         }
     }
 
@@ -212,28 +203,24 @@ impl RawConnection {
     /// the read timeout ([`STEP_TIMEOUT`]).
     pub fn read_until_closed(mut self) -> Closed {
         let mut frames = Vec::new();
-        let mut chunk = [0u8; 64 * 1024];
         let reset = loop {
-            match self.stream.read(&mut chunk) {
+            match fill(&mut self.stream, &mut self.input) {
                 Ok(0) => break false,
-                Ok(read) => self.input.extend_from_slice(&chunk[..read]),
+                Ok(_) => {}
                 Err(error) if matches!(error.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => break true,
                 Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     panic!("server did not close the connection within {STEP_TIMEOUT:?}")
                 }
                 Err(error) => panic!("read failed: {error}"),
             }
-            while let Ok(Split::Frame { header, payload }) = split_frame(&self.input) {
-                frames.push(RawReply {
-                    header,
-                    payload: self.input[payload.clone()].to_vec(),
-                });
-                self.input.drain(..payload.end);
+            while let Ok(Some((header, payload))) = self.input.next_frame() {
+                let payload = payload.to_vec();
+                frames.push(RawReply { header, payload });
             }
         };
         Closed {
             frames,
-            trailing_bytes: self.input.len(),
+            trailing_bytes: self.input.buffered_bytes(),
             reset,
         }
     }

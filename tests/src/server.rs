@@ -135,6 +135,13 @@ pub fn next_loopback() -> Ipv4Addr {
     Ipv4Addr::new(127, a as u8, b as u8, c as u8)
 }
 
+/// A port free on `bind` now; `bind` being a loopback address of its own
+/// ([`next_loopback`]), nothing else takes it before the server does.
+pub fn free_port(bind: Ipv4Addr) -> u16 {
+    let probe = std::net::TcpListener::bind((bind, 0)).expect("bind a probe listener");
+    probe.local_addr().expect("probe address").port()
+}
+
 /// Why a server did not start.
 #[derive(Debug)]
 pub struct StartError {
@@ -332,6 +339,13 @@ impl EngramServer {
 
     pub fn options(&self) -> &ServerOptions {
         &self.options
+    }
+
+    /// Where `--metrics-port` serves, when it was given.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.options
+            .metrics_port
+            .map(|port| SocketAddr::from((self.bind, port)))
     }
 
     pub fn pid(&self) -> u32 {

@@ -8,7 +8,7 @@
 //! provably found the pop waiting (it answers length 0, the value handed over), the last
 //! party provably arrived last, and no step depends on how fast anything runs.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +33,7 @@ struct Node {
 impl Node {
     fn start() -> Node {
         let bind = next_loopback();
-        let port = {
-            let probe = TcpListener::bind((bind, 0)).expect("bind a probe listener");
-            probe.local_addr().expect("probe address").port()
-        };
+        let port = engram_tests::server::free_port(bind);
         let server = EngramServer::start(ServerOptions::default().cores(2).bind(bind).metrics_port(port));
         Node {
             server,

@@ -27,16 +27,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use engram_link_tokio::fill;
 use engram_proto::limits::SLOT_COUNT;
 use engram_proto::{
-    decode_payload, encode_message, Command, ErrorCode, ErrorReply, FrameKind, Hello, HelloReply, NodeInfo, Request,
-    Response, ShardAddress, SlotHasher, SlotMap, SlotRange, FRONT_SHARD_ID, LOST_SHARD_INDEX,
+    decode_payload, encode_message, Command, ErrorCode, ErrorReply, FrameBuffer, FrameBufferSizes, FrameHeader,
+    FrameKind, Hello, HelloReply, NodeInfo, Request, Response, ShardAddress, SlotHasher, SlotMap, SlotRange,
+    FRONT_SHARD_ID, LOST_SHARD_INDEX,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::framing::FrameReader;
 use engram_proto::{AdminCommand, BytesCommand, CounterCommand, DataCommand};
 
 /// What the fake saw of one request.
@@ -213,6 +214,21 @@ pub fn error(code: ErrorCode) -> Response {
     })
 }
 
+/// The next whole frame, copied out; `None` once the client closed or broke the stream.
+async fn read_frame(
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    input: &mut FrameBuffer,
+) -> Option<(FrameHeader, Vec<u8>)> {
+    loop {
+        if let Some((header, payload)) = input.next_frame().ok()? {
+            return Some((header, payload.to_vec()));
+        }
+        if fill(reader, input).await.ok()? == 0 {
+            return None;
+        }
+    }
+}
+
 async fn serve(stream: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>, shard_index: Option<u32>) {
     let (mut read_half, mut write_half) = stream.into_split();
     let (outbound, mut queue) = mpsc::channel::<Vec<u8>>(64);
@@ -223,12 +239,12 @@ async fn serve(stream: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>, shard_
             }
         }
     });
-    let mut reader = FrameReader::default();
-    let Ok(Some((header, payload))) = reader.next_frame(&mut read_half).await else {
+    let mut input = FrameBuffer::new(FrameBufferSizes::LINK);
+    let Some((header, payload)) = read_frame(&mut read_half, &mut input).await else {
         return;
     };
     assert_eq!(header.kind, FrameKind::Hello);
-    let hello: Hello = decode_payload(payload).unwrap();
+    let hello: Hello = decode_payload(&payload).unwrap();
     let refuse = {
         let mut shared = shared.lock().unwrap();
         shared.hellos += 1;
@@ -253,8 +269,8 @@ async fn serve(stream: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>, shard_
     encode_message(FrameKind::HelloReply, 0, 0, &reply, &mut hello_frame).unwrap();
     outbound.send(hello_frame).await.unwrap();
     let hasher = SlotHasher::new(&hello.namespace);
-    while let Ok(Some((header, payload))) = reader.next_frame(&mut read_half).await {
-        let request: Request = decode_payload(payload).unwrap();
+    while let Some((header, payload)) = read_frame(&mut read_half, &mut input).await {
+        let request: Request = decode_payload(&payload).unwrap();
         let key = request.command.key().map(<[u8]>::to_vec).unwrap_or_default();
         let answer = {
             let mut state = shared.lock().unwrap();

@@ -24,7 +24,8 @@ use engram_proto::migration::{decode_batch, encode_batch};
 use engram_proto::{ErrorCode, MigrateIn, MigrateOut, PeerProtocol, PeerRequest, PeerResponse, SlotMap};
 
 use super::Shard;
-use crate::cluster::{Owner, PeerLink, Routing};
+use crate::cluster::{Owner, Routing};
+use crate::link::PeerLink;
 use crate::store::slot_of_stored_key;
 
 /// Encoded size of one `MigrateIn` batch: well below the frame payload limit, and small
@@ -420,7 +421,7 @@ impl Shard {
                 batch_index: u32::try_from(batch_index).unwrap_or(u32::MAX),
                 age_ms: exported.elapsed().as_millis() as u64,
             });
-            match link.call(command).await.map_err(|error| error.to_string())? {
+            match link.call(&command).await.map_err(|error| error.to_string())? {
                 PeerResponse::Accepted => {}
                 PeerResponse::Error(reply) => return Err(format!("target refused a batch: {}", reply.message)),
                 other => return Err(format!("target answered {} to a batch", other.name())),

@@ -1,0 +1,195 @@
+//! The server side of the handshake: whether a connection's first frame admits it. Every
+//! port that accepts connections (a node's front and shard ports, engram-control) admits
+//! with [`admit`], so the checks and their refusals are the same everywhere.
+
+use crate::error::ErrorCode;
+use crate::frame::FrameKind;
+use crate::limits::{CREDENTIALS_BYTES_MAX, NAMESPACE_BYTES_MAX, PROTOCOL_VERSION};
+use crate::message::{Family, Hello};
+use crate::protocol::Decode;
+
+/// What a listening port is, for admission and for the words of a refusal.
+#[derive(Clone, Copy, Debug)]
+pub struct Port<'a> {
+    /// How a refusal names it: "a node's front port", "engram-control".
+    pub name: &'a str,
+    /// The families it serves.
+    pub families: &'a [Family],
+}
+
+/// Why a Hello was refused; sent back as an error before the connection closes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Admits a connection whose first frame is `kind` with `payload`: a Hello of this
+/// protocol version, within the namespace and credential limits, with `credentials`
+/// when the port requires them (compared in constant time), asking for a family `port`
+/// serves. Returns the Hello, whose family the connection speaks from now on.
+pub fn admit(kind: FrameKind, payload: &[u8], port: &Port<'_>, credentials: Option<&[u8]>) -> Result<Hello, Refusal> {
+    if kind != FrameKind::Hello {
+        return Err(Refusal::new(
+            ErrorCode::HandshakeRequired,
+            "the first frame must be a Hello",
+        ));
+    }
+    let hello = Hello::decode(payload).map_err(|error| Refusal::new(error.code(), error.to_string()))?;
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(Refusal::new(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol version {} is not {PROTOCOL_VERSION}, the one this build speaks",
+                hello.protocol_version
+            ),
+        ));
+    }
+    if hello.namespace.len() > NAMESPACE_BYTES_MAX {
+        return Err(Refusal::new(
+            ErrorCode::NamespaceTooLarge,
+            format!(
+                "namespace of {} bytes exceeds namespace_bytes_max ({NAMESPACE_BYTES_MAX})",
+                hello.namespace.len()
+            ),
+        ));
+    }
+    if hello.credentials.len() > CREDENTIALS_BYTES_MAX {
+        return Err(Refusal::new(
+            ErrorCode::Unauthorized,
+            format!("credentials exceed credentials_bytes_max ({CREDENTIALS_BYTES_MAX})"),
+        ));
+    }
+    if let Some(expected) = credentials {
+        if !constant_time_equal(expected, &hello.credentials) {
+            return Err(Refusal::new(ErrorCode::Unauthorized, "credentials refused"));
+        }
+    }
+    if !port.families.contains(&hello.family) {
+        return Err(Refusal::new(ErrorCode::FamilyNotServed, not_served(port, hello.family)));
+    }
+    Ok(hello)
+}
+
+/// Says where the family asked for is served instead.
+fn not_served(port: &Port<'_>, asked: Family) -> String {
+    let names: Vec<&str> = port.families.iter().map(|family| family.name()).collect();
+    let served = match names.len() {
+        1 => format!("the {} protocol", names[0]),
+        _ => format!("the {} protocols", names.join(" and ")),
+    };
+    let elsewhere = match asked {
+        Family::Client => "a node's ports",
+        Family::Peer => "a node's shard ports",
+        Family::Control => "engram-control",
+    };
+    format!(
+        "{} serves {served}, not the {} protocol: that is served by {elsewhere}",
+        port.name,
+        asked.name()
+    )
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell
+/// how much of a guess was right.
+fn constant_time_equal(expected: &[u8], offered: &[u8]) -> bool {
+    expected.len() == offered.len()
+        && expected
+            .iter()
+            .zip(offered)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode_message;
+    use crate::FRAME_HEADER_BYTES;
+
+    const NODE_SHARD: Port<'static> = Port {
+        name: "a node's shard port",
+        families: &[Family::Client, Family::Peer],
+    };
+
+    fn hello(family: Family, credentials: &[u8]) -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_id: 7,
+            namespace: b"tenant".to_vec(),
+            credentials: credentials.to_vec(),
+            family,
+        }
+    }
+
+    fn admit_hello(hello: &Hello, port: &Port<'_>, credentials: Option<&[u8]>) -> Result<Hello, Refusal> {
+        let mut frame = Vec::new();
+        encode_message(FrameKind::Hello, 0, 0, hello, &mut frame).unwrap();
+        admit(FrameKind::Hello, &frame[FRAME_HEADER_BYTES..], port, credentials)
+    }
+
+    fn code(result: Result<Hello, Refusal>) -> ErrorCode {
+        result.expect_err("refused").code
+    }
+
+    #[test]
+    fn a_hello_of_a_served_family_with_the_right_credentials_is_admitted() {
+        let admitted = admit_hello(&hello(Family::Peer, b"token"), &NODE_SHARD, Some(b"token")).unwrap();
+        assert_eq!(admitted, hello(Family::Peer, b"token"));
+        // Without configured credentials, any are taken.
+        assert!(admit_hello(&hello(Family::Client, b"anything"), &NODE_SHARD, None).is_ok());
+    }
+
+    #[test]
+    fn each_check_refuses_with_its_own_code() {
+        assert_eq!(
+            code(admit(FrameKind::Request, &[], &NODE_SHARD, None)),
+            ErrorCode::HandshakeRequired
+        );
+        assert_eq!(
+            code(admit(FrameKind::Hello, &[0xff; 40], &NODE_SHARD, None)),
+            ErrorCode::Malformed
+        );
+        let mut old = hello(Family::Client, b"");
+        old.protocol_version = PROTOCOL_VERSION - 1;
+        let refusal = admit_hello(&old, &NODE_SHARD, None).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::UnsupportedVersion);
+        assert!(
+            refusal.message.contains(&format!("is not {PROTOCOL_VERSION}")),
+            "{}",
+            refusal.message
+        );
+        let mut wide = hello(Family::Client, b"");
+        wide.namespace = vec![b'n'; NAMESPACE_BYTES_MAX + 1];
+        assert_eq!(
+            code(admit_hello(&wide, &NODE_SHARD, None)),
+            ErrorCode::NamespaceTooLarge
+        );
+        let long = hello(Family::Client, &[0; CREDENTIALS_BYTES_MAX + 1]);
+        assert_eq!(code(admit_hello(&long, &NODE_SHARD, None)), ErrorCode::Unauthorized);
+        for wrong in [&b"tokem"[..], b"toke", b"token!", b""] {
+            let refusal = admit_hello(&hello(Family::Client, wrong), &NODE_SHARD, Some(b"token")).unwrap_err();
+            assert_eq!(refusal, Refusal::new(ErrorCode::Unauthorized, "credentials refused"));
+        }
+    }
+
+    #[test]
+    fn a_family_the_port_does_not_serve_is_refused_saying_where_it_is_served() {
+        let refusal = admit_hello(&hello(Family::Control, b""), &NODE_SHARD, None).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::FamilyNotServed);
+        assert_eq!(
+            refusal.message,
+            "a node's shard port serves the client and peer protocols, not the control protocol: \
+             that is served by engram-control"
+        );
+    }
+}
