@@ -12,12 +12,14 @@ wait_for_line() {
     return 1
 }
 
-# free_port: prints a loopback TCP port nothing listens on; fails after 100 tries.
+# free_port: prints a loopback TCP port no socket uses; fails after 100 tries. Ports are
+# drawn below Linux's ephemeral range (32768 up by default): a port in it may be taken
+# by a client connection's local end at any moment, as the benchmarks open hundreds.
 free_port() {
     local port
     for _ in $(seq 1 100); do
-        port=$((20000 + RANDOM % 20000))
-        ss -Htln "sport = :$port" 2>/dev/null | grep -q . || { echo "$port"; return 0; }
+        port=$((12000 + RANDOM % 20000))
+        ss -Htan "sport = :$port" 2>/dev/null | grep -q . || { echo "$port"; return 0; }
     done
     echo "$(basename "$0"): no free port found" >&2
     return 1

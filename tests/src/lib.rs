@@ -29,6 +29,7 @@
 //!   data directory, stoppable and restartable for outages (needs `etcd` installed:
 //!   `scripts/test.sh` installs it).
 //! - [`binaries`]: where `engramd`, `engram` and `engram-test-worker` are.
+//! - [`seeds`]: many seeds of a simulation run on every core, outcomes in seed order.
 //!
 //! Every wait in the harness is bounded, so a hung server fails a test instead of hanging it.
 
@@ -41,6 +42,7 @@ pub mod linearizability;
 pub mod processes;
 pub mod raw;
 pub mod routing;
+pub mod seeds;
 pub mod server;
 pub mod victim;
 

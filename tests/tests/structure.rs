@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The crates whose modules are checked for cycles, by their folder.
-const CRATES: [&str; 6] = [
+const CRATES: [&str; 7] = [
     "proto",
     "proto/metrics-http",
+    "proto/link-tokio",
     "server",
     "client",
     "control-plane",

@@ -57,8 +57,6 @@ impl Bug {
 
 /// Seeds the CI run covers.
 const SEEDS_DEFAULT: u64 = 1_000;
-/// Threads the seeds run on at most.
-const THREADS_MAX: usize = 8;
 /// Seeds searched for one that an injected bug makes fail.
 const BUG_SEARCH_SEEDS_MAX: u64 = 300;
 
@@ -149,30 +147,9 @@ fn sim_migration_keeps_its_invariants_across_seeds() {
     );
 }
 
-/// Runs seeds `0..seeds` on every core (each seed alone decides its run, so the order
-/// they run in changes nothing); their outcomes in seed order.
+/// Runs seeds `0..seeds` on every core; their outcomes in seed order.
 fn run_all(seeds: u64, bug: Option<Bug>) -> Vec<(u64, Result<Summary, Failure>)> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(THREADS_MAX) as u64;
-    let mut outcomes: Vec<(u64, Result<Summary, Failure>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|worker| {
-                scope.spawn(move || {
-                    (worker..seeds)
-                        .step_by(threads as usize)
-                        .map(|seed| (seed, run(seed, bug, false).0))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|worker| worker.join().expect("a simulation thread panicked"))
-            .collect()
-    });
-    outcomes.sort_by_key(|(seed, _)| *seed);
-    outcomes
+    engram_tests::seeds::run_seeds(seeds, |seed| run(seed, bug, false).0)
 }
 
 fn add(total: &mut Summary, summary: &Summary) {
