@@ -28,6 +28,9 @@ pub enum ControlRequest {
     },
     /// Returns lost slots to service, empty; answered with [`ControlResponse::Reclaimed`].
     Reclaim(ReclaimRequest),
+    /// Where the control plane keeps its state and, in etcd, how each endpoint is;
+    /// answered by the leader with [`ControlResponse::ControlPlane`]. (Appended last.)
+    ControlPlane,
 }
 
 impl ControlRequest {
@@ -42,6 +45,7 @@ impl ControlRequest {
             ControlRequest::Rebalance => "rebalance",
             ControlRequest::Drain { .. } => "drain",
             ControlRequest::Reclaim(_) => "reclaim",
+            ControlRequest::ControlPlane => "control_plane",
         }
     }
 }
@@ -84,6 +88,8 @@ pub enum ControlResponse {
     NotLeader {
         leader: Option<String>,
     },
+    /// The leader's answer to [`ControlRequest::ControlPlane`]. (Appended last.)
+    ControlPlane(Box<ControlPlaneStatus>),
 }
 
 impl ControlResponse {
@@ -99,6 +105,7 @@ impl ControlResponse {
             ControlResponse::RebalanceStarted { .. } => "rebalance_started",
             ControlResponse::Reclaimed { .. } => "reclaimed",
             ControlResponse::NotLeader { .. } => "not_leader",
+            ControlResponse::ControlPlane(_) => "control_plane",
         }
     }
 }
@@ -205,6 +212,48 @@ pub struct MigrationStatus {
     pub slots: u32,
 }
 
+/// The control plane as its leader sees it: where the state lives and, with etcd, how
+/// each endpoint answers. Which processes stand by is not known to the leader (they
+/// register nowhere): an operator asks each address (`engram cluster status`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ControlPlaneStatus {
+    pub store: StateStoreStatus,
+}
+
+/// Where the control plane keeps its state.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+pub enum StateStoreStatus {
+    /// A local file (`--data`): one process, no standby.
+    File { path: String },
+    /// etcd (`--etcd`) under `prefix`, with each endpoint's answer to the leader's status
+    /// call, in the order given.
+    Etcd {
+        prefix: String,
+        endpoints: Vec<EtcdEndpointStatus>,
+    },
+}
+
+/// One etcd endpoint, as its maintenance status answered the leader.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct EtcdEndpointStatus {
+    pub endpoint: String,
+    /// It answered in time, knows a raft leader and reports no error.
+    pub healthy: bool,
+    /// Why it is not healthy (no answer in time, an error, what etcd reported); empty
+    /// when healthy.
+    pub error: String,
+    /// etcd's version; empty when it did not answer.
+    pub version: String,
+    pub db_size_bytes: u64,
+    /// This member leads etcd's raft group.
+    pub raft_leader: bool,
+    pub raft_term: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +278,31 @@ mod tests {
         let reclaimed = ControlResponse::Reclaimed { slots: 3, epoch: 9 };
         assert_eq!(round_trip(&reclaimed), reclaimed);
         assert_eq!(round_trip(&ControlResponse::Pong), ControlResponse::Pong);
+    }
+
+    #[test]
+    fn the_control_plane_status_round_trips_for_both_stores() {
+        let endpoint = EtcdEndpointStatus {
+            endpoint: "http://127.0.0.1:2379".into(),
+            healthy: true,
+            error: String::new(),
+            version: "3.5.16".into(),
+            db_size_bytes: 20_480,
+            raft_leader: true,
+            raft_term: 2,
+        };
+        let stores = [
+            StateStoreStatus::File {
+                path: "/var/lib/engram/state".into(),
+            },
+            StateStoreStatus::Etcd {
+                prefix: "/engram/default".into(),
+                endpoints: vec![endpoint],
+            },
+        ];
+        for store in stores {
+            let answer = ControlResponse::ControlPlane(Box::new(ControlPlaneStatus { store }));
+            assert_eq!(round_trip(&answer), answer);
+        }
     }
 }

@@ -10,7 +10,9 @@
 //! - [`message`]: the handshake, the client family's requests and responses (admin
 //!   commands and [`data`] commands), slot map, node info.
 //! - [`data`]: the data family, one command enum per object.
-//! - [`cluster`]: the control family (join, heartbeat, status, rebalance).
+//! - [`cluster`]: the control family (join, heartbeat, status, rebalance, where the state lives).
+//! - [`control_addresses`]: which of several control-plane addresses to ask next (the leader
+//!   learned, standbys' `NotLeader`), sans I/O, for nodes and operators alike.
 //! - [`peer`]: the peer family (maps, migration orders and batches).
 //! - [`protocol`]: the families as types ([`Protocol`]), which links are typed by.
 //! - [`codec`]: frame + payload together: encode a message into a buffer, decode a validated one.
@@ -24,6 +26,7 @@
 
 pub mod cluster;
 pub mod codec;
+pub mod control_addresses;
 pub mod data;
 pub mod embedded_map;
 pub mod error;
@@ -39,6 +42,7 @@ pub mod slot;
 
 pub use cluster::*;
 pub use codec::{access_payload, decode_payload, deserialize_payload, encode_message, split_frame, Split};
+pub use control_addresses::{ControlAddresses, ControlAddressesError};
 pub use data::{
     ArchivedBarrierCommand, ArchivedBytesCommand, ArchivedCounterCommand, ArchivedDataCommand, ArchivedFutureCommand,
     ArchivedLatchCommand, ArchivedLockCommand, ArchivedMapCommand, ArchivedQueueCommand, ArchivedSemaphoreCommand,
