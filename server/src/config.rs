@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use clap::{Args, Parser, ValueEnum};
+use engram_proto::ControlAddresses;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -70,10 +71,12 @@ pub struct NodeSettings {
     #[arg(long, env = "ENGRAM_SPIN_US", default_value_t = 0)]
     pub spin_us: u64,
 
-    /// Join the cluster run by the engram-control at this address (default: run alone,
-    /// serving every slot, with the embedded control plane).
-    #[arg(long, env = "ENGRAM_CONTROL")]
-    pub control: Option<String>,
+    /// Join the cluster run by engram-control at these addresses (`HOST:PORT`,
+    /// comma-separated: every process of an etcd-backed control plane; the join and the
+    /// heartbeats go to whichever leads). Default: run alone, serving every slot, with the
+    /// embedded control plane.
+    #[arg(long, env = "ENGRAM_CONTROL", value_name = "ADDRESSES", value_parser = ControlAddresses::parse)]
+    pub control: Option<ControlAddresses>,
     /// Host clients and other nodes reach this node at, when it differs from --bind
     /// (required in a cluster when --bind is 0.0.0.0 or ::).
     #[arg(long, env = "ENGRAM_ADVERTISE")]
@@ -124,7 +127,7 @@ mod tests {
             "--spin-us",
             "20",
             "--control",
-            "10.0.0.1:7300",
+            "10.0.0.1:7300,10.0.0.2:7300",
             "--advertise",
             "node-a",
         ])
@@ -136,10 +139,16 @@ mod tests {
                 auth_token: Some("secret".into()),
                 node_id: Some(7),
                 spin_us: 20,
-                control: Some("10.0.0.1:7300".into()),
+                control: Some(ControlAddresses::parse("10.0.0.1:7300,10.0.0.2:7300").unwrap()),
                 advertise: Some("node-a".into()),
             }
         );
+    }
+
+    #[test]
+    fn a_bad_control_list_is_refused_when_parsed() {
+        let error = Config::try_parse_from(["engramd", "--control", "10.0.0.1:7300,"]).unwrap_err();
+        assert!(error.to_string().contains("blank"), "{error}");
     }
 
     #[test]

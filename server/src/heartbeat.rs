@@ -1,17 +1,23 @@
 //! A cluster node's heartbeat: a thread of its own that reports liveness and load to the
-//! control plane, installs the control plane's newer maps, tells the shards how long the
-//! map they hold is good to serve on, and settles migrations the control plane no
-//! longer runs.
+//! control plane's leader, installs the control plane's newer maps, tells the shards how
+//! long the map they hold is good to serve on, and settles migrations the control plane
+//! no longer runs.
+//!
+//! Each beat is a round over the control addresses ([`ControlAddresses`]): it goes to the
+//! leader last learned, follows a standby's `NotLeader` to the leader it names, and moves
+//! down the list past standbys that know no leader and addresses that do not answer.
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use engram_proto::control_addresses::Outcome;
 use engram_proto::link::blocking::BlockingLink;
 use engram_proto::link::CallError;
 use engram_proto::{
-    ControlProtocol, ControlRequest, ControlResponse, Heartbeat, Identity, PeerProtocol, PeerRequest, ShardLoad,
+    ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, Heartbeat, Identity, PeerProtocol, PeerRequest,
+    ShardLoad,
 };
 
 use crate::cluster::NodeMap;
@@ -36,10 +42,10 @@ pub fn map_check_grace_ms(liveness_timeout_ms: u64) -> u64 {
 }
 
 /// Reports liveness and load to the control plane and fetches the map when the control
-/// plane's is newer. The node keeps serving with the map it has while the control plane
-/// is unreachable.
+/// plane's is newer. The node keeps serving with the map it has while no control-plane
+/// leader is reachable.
 pub struct Heartbeater {
-    control: String,
+    control: ControlAddresses,
     credentials: Vec<u8>,
     node: Arc<NodeStats>,
     node_map: Arc<NodeMap>,
@@ -50,13 +56,28 @@ pub struct Heartbeater {
     liveness_timeout_ms: Cell<u64>,
 }
 
+/// The link to the leader, kept from one beat to the next.
+struct KeptLink {
+    address: String,
+    link: BlockingLink<ControlProtocol>,
+}
+
+/// What a beat's control-plane process turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+enum Beat {
+    /// The leader: it acknowledged (or refused) the beat.
+    Answered,
+    /// A standby, naming the leader it knows of.
+    NotLeader(Option<String>),
+}
+
 /// How often a heartbeat refusal is logged while it lasts.
 const REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
 
 /// Who a heartbeat speaks for and to.
 pub struct Membership {
-    /// The control plane's address.
-    pub control: String,
+    /// The control plane's addresses, with the leader the join reached.
+    pub control: ControlAddresses,
     pub credentials: Vec<u8>,
     /// This process's incarnation, as its join gave it.
     pub incarnation: u64,
@@ -92,47 +113,92 @@ impl Heartbeater {
         Ok(())
     }
 
-    fn run(self) {
-        let mut link: Option<BlockingLink<ControlProtocol>> = None;
+    fn run(mut self) {
+        let mut link: Option<KeptLink> = None;
         let mut reachable = true;
+        let mut leader: Option<String> = self.control.leader().map(str::to_owned);
         while !self.shutdown.is_triggered() {
             std::thread::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
-            let outcome = match link.take() {
-                // A link kept across a pause may have been closed at the other end: its
-                // failure says nothing about the control plane, so a new link tries.
-                Some(mut existing) => self
-                    .beat(&mut existing)
-                    .map(|()| existing)
-                    .or_else(|_| self.connect_and_beat()),
-                None => self.connect_and_beat(),
-            };
-            match outcome {
-                Ok(existing) => {
+            match self.beat_round(&mut link) {
+                Ok(answered) => {
                     if !reachable {
-                        tracing::info!(control = %self.control, "control plane reachable again");
+                        tracing::info!(control = %answered, "control plane reachable again");
+                    }
+                    if leader.as_deref() != Some(answered.as_str()) {
+                        tracing::info!(control = %answered, "following the control-plane leader");
+                        leader = Some(answered);
                     }
                     reachable = true;
-                    link = Some(existing);
                 }
-                Err(error) => {
+                Err(reasons) => {
                     if reachable {
-                        tracing::warn!(control = %self.control, %error, "control plane unreachable; serving with the current map");
+                        tracing::warn!(control = %self.control.describe(), reasons = %reasons, "no control-plane leader reachable; serving with the current map");
                     }
                     reachable = false;
-                    // A control plane that is down moves nothing meanwhile: the map stays
-                    // good to serve on. (One that is up but cut off from this node may
-                    // declare it dead: ARCHITECTURE.md's departures say what that costs.)
+                    // A control plane that is down, or electing a leader, moves nothing
+                    // meanwhile: the map stays good to serve on. (One that is up but cut
+                    // off from this node may declare it dead: ARCHITECTURE.md's departures
+                    // say what that costs.)
                     self.mark_checked();
                 }
             }
         }
     }
 
-    fn connect_and_beat(&self) -> Result<BlockingLink<ControlProtocol>, CallError> {
+    /// One beat: a round over the control addresses until the leader answers. Returns
+    /// the leader's address, or what each address tried did.
+    fn beat_round(&mut self, link: &mut Option<KeptLink>) -> Result<String, String> {
+        let mut round = self.control.clone().round();
+        let mut reasons = Vec::new();
+        let mut answered = None;
+        while let Some(address) = round.address().map(str::to_owned) {
+            let outcome = match self.beat_at(&address, link) {
+                Ok(Beat::NotLeader(leader)) => {
+                    reasons.push(format!("{address}: a standby (leader {leader:?})"));
+                    Outcome::NotLeader { leader }
+                }
+                Ok(Beat::Answered) => {
+                    answered = Some(address.clone());
+                    Outcome::Leader
+                }
+                Err(error) => {
+                    reasons.push(format!("{address}: {error}"));
+                    Outcome::Unreachable
+                }
+            };
+            round.record(outcome);
+        }
+        self.control = round.finish();
+        answered.ok_or_else(|| reasons.join("; "))
+    }
+
+    /// One beat at `address`, on the link kept from the previous beat when it goes
+    /// there. A link is kept only to the leader.
+    fn beat_at(&self, address: &str, link: &mut Option<KeptLink>) -> Result<Beat, CallError> {
+        let kept = link.take().filter(|kept| kept.address == address);
+        let (beat, used) = match kept {
+            // A link kept across a pause may have been closed at the other end: its
+            // failure says nothing about the control plane, so a new link tries.
+            Some(mut kept) => match self.beat(address, &mut kept.link) {
+                Ok(beat) => (beat, kept.link),
+                Err(_) => self.connect_and_beat(address)?,
+            },
+            None => self.connect_and_beat(address)?,
+        };
+        if beat == Beat::Answered {
+            *link = Some(KeptLink {
+                address: address.to_string(),
+                link: used,
+            });
+        }
+        Ok(beat)
+    }
+
+    fn connect_and_beat(&self, address: &str) -> Result<(Beat, BlockingLink<ControlProtocol>), CallError> {
         let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
-        let mut link = BlockingLink::connect(&self.control, Identity::node(&self.credentials), timeout)?;
-        self.beat(&mut link)?;
-        Ok(link)
+        let mut link = BlockingLink::connect(address, Identity::node(&self.credentials), timeout)?;
+        let beat = self.beat(address, &mut link)?;
+        Ok((beat, link))
     }
 
     /// Tells the shards the map was checked just now (see [`map_check_grace_ms`]).
@@ -145,8 +211,8 @@ impl Heartbeater {
     /// One exchange: report, and install the control plane's map if it is newer. The
     /// map counts as checked only once it is installed; a refused beat (this process
     /// was replaced by a restart, or the control plane lost its state) does not count,
-    /// so the shards stop serving on it.
-    fn beat(&self, link: &mut BlockingLink<ControlProtocol>) -> Result<(), CallError> {
+    /// so the shards stop serving on it, and neither does a standby's answer.
+    fn beat(&self, address: &str, link: &mut BlockingLink<ControlProtocol>) -> Result<Beat, CallError> {
         let (control_epoch, abort_migrations) = match link.call(ControlRequest::Heartbeat(self.report()))? {
             ControlResponse::HeartbeatAck {
                 map_epoch,
@@ -157,10 +223,11 @@ impl Heartbeater {
                 (map_epoch, abort_migrations)
             }
             ControlResponse::Error(reply) => {
-                self.refused(&reply.message);
-                return Ok(());
+                self.refused(address, &reply.message);
+                return Ok(Beat::Answered);
             }
-            _ => return Ok(()),
+            ControlResponse::NotLeader { leader } => return Ok(Beat::NotLeader(leader)),
+            _ => return Ok(Beat::Answered),
         };
         if control_epoch > self.node_map.epoch() {
             self.fetch_map(link)?;
@@ -171,7 +238,7 @@ impl Heartbeater {
         if !abort_migrations.is_empty() {
             self.settle(&abort_migrations, control_epoch);
         }
-        Ok(())
+        Ok(Beat::Answered)
     }
 
     /// What a beat reports: each shard's load, and the migrations the shards hold open.
@@ -207,14 +274,14 @@ impl Heartbeater {
 
     /// A control plane that lost its state refuses every beat; says so now and then,
     /// not twice a second.
-    fn refused(&self, message: &str) {
+    fn refused(&self, control: &str, message: &str) {
         let due = self
             .refusal_logged
             .get()
             .is_none_or(|logged| logged.elapsed() >= Duration::from_millis(REFUSAL_LOG_INTERVAL_MS));
         if due {
             self.refusal_logged.set(Some(Instant::now()));
-            tracing::warn!(control = %self.control, %message, "heartbeat refused");
+            tracing::warn!(%control, %message, "heartbeat refused");
         }
     }
 

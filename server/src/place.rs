@@ -5,10 +5,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use engram_proto::control_addresses::Outcome;
 use engram_proto::limits::incarnation_version_floor;
 use engram_proto::link::blocking::BlockingLink;
 use engram_proto::{
-    embedded_map, ControlProtocol, ControlRequest, ControlResponse, Identity, JoinRequest, ShardAddress, SlotMap,
+    embedded_map, ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, Identity, JoinRequest,
+    ShardAddress, SlotMap,
 };
 
 use crate::config::NodeSettings;
@@ -68,12 +70,12 @@ fn place_alone(node_id: Option<u64>, shard_addresses: Vec<String>) -> NodePlace 
     }
 }
 
-/// Joins the cluster whose control plane is at `control`, announcing the addresses
-/// clients and other nodes reach this node's ports at: the front port's host, or
-/// `--advertise`.
+/// Joins the cluster whose control plane is at `control` (through whichever of its
+/// processes leads), announcing the addresses clients and other nodes reach this node's
+/// ports at: the front port's host, or `--advertise`.
 fn join(
     settings: &NodeSettings,
-    control: &str,
+    control: &ControlAddresses,
     front_address: SocketAddr,
     shard_addresses: Vec<String>,
     credentials: &[u8],
@@ -96,15 +98,15 @@ fn join(
         memory_limit_bytes: settings.memory_limit.map_or(0, |limit| limit / shard_count),
         boot_id: random_u64(),
     };
-    let joined = join_cluster(control, credentials, &request, shutdown)?;
-    tracing::info!(%control, node_id = joined.node_id, incarnation = joined.incarnation, epoch = joined.map.epoch, "joined the cluster");
+    let (joined, control) = join_cluster(control.clone(), credentials, &request, shutdown)?;
+    tracing::info!(control = %control.first(), node_id = joined.node_id, incarnation = joined.incarnation, epoch = joined.map.epoch, "joined the cluster");
     Ok(NodePlace {
         node_id: joined.node_id,
         map: joined.map,
         shard_addresses: request.shard_addresses,
         version_floor: incarnation_version_floor(joined.incarnation),
         membership: Some(Membership {
-            control: control.to_string(),
+            control,
             credentials: credentials.to_vec(),
             incarnation: joined.incarnation,
             liveness_timeout_ms: joined.liveness_timeout_ms,
@@ -133,55 +135,84 @@ struct Joined {
     liveness_timeout_ms: u64,
 }
 
-/// Registers with the control plane, retrying until `JOIN_TIMEOUT_MS`: a node may start
-/// before its control plane (as containers do). Retries carry the same boot id, so a
-/// join whose answer was lost is not taken for a restart. A node told to stop meanwhile
-/// stops trying.
+/// Registers with the control plane's leader, retrying until `JOIN_TIMEOUT_MS`: a node
+/// may start before its control plane (as containers do), or during an election. Each
+/// try is a round over the control addresses that follows standbys to the leader they
+/// name. Retries carry the same boot id, so a join whose answer was lost is not taken
+/// for a restart, whichever process answers the retry. A node told to stop meanwhile
+/// stops trying. Returns the addresses with the leader that answered.
 fn join_cluster(
-    control: &str,
+    mut addresses: ControlAddresses,
     credentials: &[u8],
     request: &JoinRequest,
     shutdown: &Shutdown,
-) -> Result<Joined, ServerError> {
+) -> Result<(Joined, ControlAddresses), ServerError> {
     let deadline = Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
-    let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
     loop {
         if shutdown.is_triggered() {
             return Err(ServerError::StoppedBeforeServing);
         }
-        let attempt = BlockingLink::<ControlProtocol>::connect(control, Identity::node(credentials), timeout)
-            .and_then(|mut link| link.call(ControlRequest::Join(request.clone())));
-        let reason = match attempt {
-            Ok(ControlResponse::Joined {
-                node_id,
-                map,
-                incarnation,
-                liveness_timeout_ms,
-            }) => match map.validate() {
-                Ok(()) => {
-                    return Ok(Joined {
-                        node_id,
-                        map,
-                        incarnation,
-                        liveness_timeout_ms,
-                    })
-                }
-                Err(reason) => format!("the control plane sent an invalid map: {reason}"),
-            },
-            Ok(ControlResponse::Error(reply)) => format!("refused: {}", reply.message),
-            Ok(other) => format!("unexpected answer {}", other.name()),
-            Err(error) => error.to_string(),
-        };
+        let mut round = addresses.round();
+        let mut reasons = Vec::new();
+        let mut joined = None;
+        while let Some(address) = round.address().map(str::to_owned) {
+            let (outcome, answer) = join_once(&address, credentials, request);
+            match answer {
+                Ok(answer) => joined = Some(answer),
+                Err(reason) => reasons.push(format!("{address}: {reason}")),
+            }
+            round.record(outcome);
+        }
+        addresses = round.finish();
+        if let Some(joined) = joined {
+            return Ok((joined, addresses));
+        }
+        let reason = reasons.join("; ");
         if Instant::now() >= deadline {
             return Err(ServerError::Join {
-                control: control.to_string(),
+                control: addresses.describe(),
                 reason,
                 join_timeout_ms: JOIN_TIMEOUT_MS,
             });
         }
-        tracing::debug!(%control, %reason, "join attempt failed; retrying");
+        tracing::debug!(control = %addresses.describe(), %reason, "join attempt failed; retrying");
         std::thread::sleep(Duration::from_millis(JOIN_RETRY_INTERVAL_MS));
     }
+}
+
+/// One join sent to `address`: what the address turned out to be, and the answer or why
+/// there is none.
+fn join_once(address: &str, credentials: &[u8], request: &JoinRequest) -> (Outcome, Result<Joined, String>) {
+    let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
+    let attempt = BlockingLink::<ControlProtocol>::connect(address, Identity::node(credentials), timeout)
+        .and_then(|mut link| link.call(ControlRequest::Join(request.clone())));
+    let answer = match attempt {
+        Ok(ControlResponse::Joined {
+            node_id,
+            map,
+            incarnation,
+            liveness_timeout_ms,
+        }) => match map.validate() {
+            Ok(()) => Ok(Joined {
+                node_id,
+                map,
+                incarnation,
+                liveness_timeout_ms,
+            }),
+            Err(reason) => Err(format!("the control plane sent an invalid map: {reason}")),
+        },
+        Ok(ControlResponse::NotLeader { leader }) => {
+            let reason = match &leader {
+                Some(leader) => format!("a standby; the leader is at {leader}"),
+                None => "a standby; no leader is known yet".to_string(),
+            };
+            return (Outcome::NotLeader { leader }, Err(reason));
+        }
+        Ok(ControlResponse::Error(reply)) => Err(format!("refused: {}", reply.message)),
+        Ok(other) => Err(format!("unexpected answer {}", other.name())),
+        Err(error) => return (Outcome::Unreachable, Err(error.to_string())),
+    };
+    (Outcome::Leader, answer)
 }
 
 /// A value nobody can predict, for ids and seeds.
