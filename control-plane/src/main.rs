@@ -8,7 +8,7 @@ use clap::Parser;
 use engram_control::election::{self, ElectionSettings};
 use engram_control::leadership::Candidate;
 use engram_control::service::{self, Controller, Settings};
-use engram_control::state::{EtcdWriter, Keys};
+use engram_control::state::{EtcdHealth, EtcdWriter, Keys};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
@@ -117,7 +117,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
     };
     let (controller, events) = match arguments.etcd.is_empty() {
         true => Controller::open(settings, &arguments.data)?,
-        false => Controller::standby(settings),
+        false => Controller::standby(settings, EtcdHealth::new(&arguments.etcd_prefix, &arguments.etcd)),
     };
     let listener = tokio::net::TcpListener::bind(&arguments.listen)
         .await

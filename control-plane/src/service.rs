@@ -13,7 +13,8 @@
 //! standbys that answer every control request but `Ping` with `NotLeader`, naming the
 //! leader they know of. A standby that becomes leader reads the state, hears from every
 //! member afresh (a whole liveness timeout before it declares anyone dead) and runs the
-//! reconcile; a leader whose write etcd refuses stands by at once.
+//! reconcile; a leader whose write etcd refuses stands by at once. The leader also says
+//! where the state lives, and with etcd how each endpoint answers (`ControlPlane`).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -22,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use engram_link_tokio::{call_once, fill};
 use engram_proto::{
-    admit, decode_payload, encode_message, format_slot_ranges, ControlRequest, ControlResponse, ErrorCode, ErrorReply,
-    Family, FrameBuffer, FrameBufferSizes, FrameHeader, FrameKind, HelloReply, Identity, MigrateOut, PeerProtocol,
-    PeerRequest, PeerResponse, Port, Refusal, Response, FRONT_SHARD_ID,
+    admit, decode_payload, encode_message, format_slot_ranges, ControlPlaneStatus, ControlRequest, ControlResponse,
+    ErrorCode, ErrorReply, Family, FrameBuffer, FrameBufferSizes, FrameHeader, FrameKind, HelloReply, Identity,
+    MigrateOut, PeerProtocol, PeerRequest, PeerResponse, Port, Refusal, Response, StateStoreStatus, FRONT_SHARD_ID,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -36,7 +37,7 @@ pub use crate::orchestrator::{
     MIGRATE_OUT_TIMEOUT_MS, MIGRATION_IDS_RESERVED_PER_WRITE, MIGRATION_SLOTS_PER_STEP, NODE_CALL_TIMEOUT_MS,
 };
 use crate::planner::{plan_load, LoadPolicy};
-use crate::state::{EtcdTerm, SaveError, StateError, StateFile, StateStore};
+use crate::state::{EtcdHealth, EtcdTerm, SaveError, StateError, StateFile, StateStore};
 
 /// How often the control plane looks for departed members and hot shards.
 pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
@@ -70,6 +71,8 @@ const CONTROL_STALL_MS_MAX: u64 = 3 * HOUSEKEEPING_INTERVAL_MS;
 pub struct Controller {
     started: Instant,
     settings: Settings,
+    /// Where the state lives, for `engram cluster status`.
+    store: StoreView,
     /// Set when a save may or may not have taken effect: from then on nothing changes,
     /// and the process is told to stop (see [`Controller::halted`]).
     halt: tokio::sync::watch::Sender<Option<String>>,
@@ -85,6 +88,14 @@ pub struct Controller {
 
 /// The receiver [`Controller::orchestrate`] feeds the orchestrator from.
 pub type Events = mpsc::UnboundedReceiver<(u64, Event)>;
+
+/// Where the state lives, as the leader reports it.
+enum StoreView {
+    /// The state file (`--data`).
+    File(PathBuf),
+    /// etcd (`--etcd`), whose endpoints are probed when asked.
+    Etcd(EtcdHealth),
+}
 
 /// Whether this process acts on the state.
 enum Role {
@@ -145,24 +156,32 @@ impl Controller {
             None => Membership::new(),
         };
         membership.set_liveness_timeout_ms(settings.liveness_timeout.as_millis() as u64);
+        let store = StoreView::File(state_file.path());
         Ok(Controller::new(
             settings,
+            store,
             Role::Leading(StateStore::File(state_file)),
             membership,
         ))
     }
 
-    /// A controller that stands by until the election makes it lead
-    /// ([`Controller::take_over`]).
-    pub fn standby(settings: Settings) -> (Arc<Controller>, Events) {
-        Controller::new(settings, Role::Standby { leader: None }, Membership::new())
+    /// A controller with its state in etcd, which stands by until the election makes it
+    /// lead ([`Controller::take_over`]); `etcd` probes the endpoints for status answers.
+    pub fn standby(settings: Settings, etcd: EtcdHealth) -> (Arc<Controller>, Events) {
+        Controller::new(
+            settings,
+            StoreView::Etcd(etcd),
+            Role::Standby { leader: None },
+            Membership::new(),
+        )
     }
 
-    fn new(settings: Settings, role: Role, membership: Membership) -> (Arc<Controller>, Events) {
+    fn new(settings: Settings, store: StoreView, role: Role, membership: Membership) -> (Arc<Controller>, Events) {
         let (events, receiver) = mpsc::unbounded_channel();
         let controller = Arc::new(Controller {
             started: Instant::now(),
             settings,
+            store,
             halt: tokio::sync::watch::Sender::new(None),
             inner: Mutex::new(Inner {
                 role,
@@ -286,6 +305,18 @@ impl Controller {
         status
     }
 
+    /// Where the state lives; with etcd, how each endpoint answers now (asked outside
+    /// the lock, each within `ETCD_HEALTH_TIMEOUT_MS`).
+    pub async fn control_plane_status(&self) -> ControlPlaneStatus {
+        let store = match &self.store {
+            StoreView::File(path) => StateStoreStatus::File {
+                path: path.display().to_string(),
+            },
+            StoreView::Etcd(etcd) => etcd.probe().await,
+        };
+        ControlPlaneStatus { store }
+    }
+
     /// Resolves once a save's outcome became unknown; the process must then stop, and
     /// its next start settles whichever state it finds.
     pub async fn halted(&self) -> ControlError {
@@ -351,6 +382,7 @@ impl Controller {
             ControlRequest::Rebalance => self.start_plan(None),
             ControlRequest::Drain { node_id } => self.start_plan(Some(node_id)),
             ControlRequest::Reclaim(request) => self.reclaim(&request, now_ms),
+            ControlRequest::ControlPlane => ControlResponse::ControlPlane(Box::new(self.control_plane_status().await)),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Where the control plane's state (the encoded `Membership`) lives between runs, and
 //! what a failed write means: a file in a data directory ([`file`], one process) or a key
-//! in etcd ([`etcd`], several processes of which the elected leader writes).
+//! in etcd ([`etcd`], several processes of which the elected leader writes); and how each
+//! etcd endpoint answers ([`etcd_health`]).
 //!
 //! Whatever the store, the controller applies a change to a copy of its state, saves the
 //! copy, and only then makes it current; a save that did not take leaves memory as the
@@ -8,11 +9,13 @@
 //! file backend halts, the etcd backend steps down and re-reads as the next leader).
 
 pub mod etcd;
+pub mod etcd_health;
 pub mod file;
 
 use std::path::PathBuf;
 
 pub use etcd::{EtcdTerm, EtcdWriter, Keys};
+pub use etcd_health::EtcdHealth;
 pub use file::StateFile;
 
 #[derive(Debug, thiserror::Error)]
