@@ -1,14 +1,24 @@
 //! Cluster administration: what an operator asks engram-control (the cluster's status,
-//! a rebalance, a drain, the reclaim of lost slots).
+//! a rebalance, a drain, the reclaim of lost slots, where the control plane keeps its
+//! state), and which control-plane processes lead or stand by.
 //!
-//! Each call is one exchange on a connection of its own (connect, handshake, ask, close)
-//! and is never retried: these calls are rare, the control plane is off the data path, and
-//! a rebalance or drain sent twice would plan twice. The caller decides what to do after
-//! a failure.
+//! An [`Admin`] is given one control address or several (every process of an etcd-backed
+//! control plane). Each call goes to the leader: to the leader last learned first, to the
+//! leader a standby names (`NotLeader`), and down the list past standbys that know no
+//! leader and addresses that do not answer, each address at most once per call
+//! ([`engram_proto::ControlAddresses`], shared with the nodes' heartbeats).
+//!
+//! Each exchange is one request on a connection of its own (connect, handshake, ask,
+//! close), bounded by the call timeout. A command is never sent twice: these calls are
+//! rare, the control plane is off the data path, and a rebalance or drain sent twice
+//! would plan twice; so once a command that changes the cluster was sent, a failure ends
+//! the call, and the caller decides what to do.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), engram_client::admin::AdminError> {
-//! let admin = engram_client::admin::Admin::new("127.0.0.1:7300");
+//! use engram_proto::ControlAddresses;
+//! let addresses = ControlAddresses::parse("10.0.0.1:7300,10.0.0.2:7300,10.0.0.3:7300").unwrap();
+//! let admin = engram_client::admin::Admin::with_addresses(addresses);
 //! let status = admin.status().await?;
 //! println!("map epoch {}, {} nodes", status.map.epoch, status.nodes.len());
 //! let moving = admin.rebalance().await?;
@@ -17,14 +27,19 @@
 //! # }
 //! ```
 
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use engram_link_tokio::{flush, next_event};
+use engram_proto::control_addresses::Outcome;
 use engram_proto::link::StreamError;
-pub use engram_proto::{ClusterStatus, MigrationStatus, NodeStatus, ReclaimRequest, ShardStatus};
+pub use engram_proto::{
+    ClusterStatus, ControlPlaneStatus, EtcdEndpointStatus, MigrationStatus, NodeStatus, ReclaimRequest, ShardStatus,
+    StateStoreStatus,
+};
 use engram_proto::{
-    ControlProtocol, ControlRequest, ControlResponse, FrameBufferSizes, Identity, Link, LinkError, LinkEvent,
-    ProtocolError,
+    ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, FrameBufferSizes, Identity, Link, LinkError,
+    LinkEvent, ProtocolError,
 };
 use tokio::net::TcpStream;
 
@@ -42,7 +57,7 @@ pub enum AdminError {
         #[source]
         source: ConnectionError,
     },
-    /// The whole call (connect, handshake, answer) took longer than the call timeout.
+    /// One exchange (connect, handshake, answer) took longer than the call timeout.
     #[error("engram-control at {address} did not answer within {after:?} (the call timeout)")]
     Timeout { address: String, after: Duration },
     /// The handshake was refused (credentials, protocol version).
@@ -60,6 +75,11 @@ pub enum AdminError {
     /// `leader`, when the standby knows it) answers cluster commands.
     #[error("engram-control at {address} is a standby, not the leader{}", leader_hint(.leader))]
     NotLeader { address: String, leader: Option<String> },
+    /// No address tried answered as the leader (each failure, in the order tried): the
+    /// leader died and no standby took over yet, an election is under way, or none can
+    /// be reached.
+    #[error("no engram-control process answered as the leader: {}", .attempts.join("; "))]
+    NoLeader { attempts: Vec<String> },
     /// The control plane answered with a response that does not fit the command.
     #[error("engram-control answered {response} to {command}")]
     UnexpectedResponse {
@@ -72,6 +92,13 @@ pub enum AdminError {
     /// The request could not be encoded, or the answer broke the protocol.
     #[error("protocol: {0}")]
     Protocol(#[from] ProtocolError),
+}
+
+impl AdminError {
+    /// No answer came: the next address may lead.
+    fn is_unreachable(&self) -> bool {
+        matches!(self, AdminError::Connection { .. } | AdminError::Timeout { .. })
+    }
 }
 
 fn leader_hint(leader: &Option<String>) -> String {
@@ -90,20 +117,52 @@ pub struct Reclaimed {
     pub epoch: u64,
 }
 
-/// Where engram-control is, and how to talk to it.
+/// One control-plane process, as it answered [`Admin::processes`].
+#[derive(Debug)]
+pub struct ControlProcess {
+    pub address: String,
+    /// Given to the [`Admin`]; false for a leader only a standby named.
+    pub listed: bool,
+    pub role: ProcessRole,
+}
+
+/// What a control-plane process is.
+#[derive(Debug)]
+pub enum ProcessRole {
+    /// It leads, and says where the state lives.
+    Leader(ControlPlaneStatus),
+    /// It stands by, naming the leader it knows of.
+    Standby { leader: Option<String> },
+    /// It did not answer (or refused the connection): why.
+    Unreachable(AdminError),
+}
+
+impl ControlProcess {
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, ProcessRole::Leader(_))
+    }
+}
+
+/// Where engram-control is, and how to talk to it. Clones share the leader learned.
 #[derive(Clone, Debug)]
 pub struct Admin {
-    address: String,
+    addresses: Arc<Mutex<ControlAddresses>>,
     credentials: Vec<u8>,
     timeout: Duration,
 }
 
 impl Admin {
     /// engram-control at `address` (`host:port`), without credentials, with a call
-    /// timeout of [`ADMIN_CALL_TIMEOUT_MS_DEFAULT`].
+    /// timeout of [`ADMIN_CALL_TIMEOUT_MS_DEFAULT`]. A standby there is followed to the
+    /// leader it names.
     pub fn new(address: impl Into<String>) -> Admin {
+        Admin::with_addresses(ControlAddresses::one(address))
+    }
+
+    /// The processes of a control plane at `addresses`; calls go to whichever leads.
+    pub fn with_addresses(addresses: ControlAddresses) -> Admin {
         Admin {
-            address: address.into(),
+            addresses: Arc::new(Mutex::new(addresses)),
             credentials: Vec::new(),
             timeout: Duration::from_millis(ADMIN_CALL_TIMEOUT_MS_DEFAULT),
         }
@@ -115,14 +174,20 @@ impl Admin {
         self
     }
 
-    /// Bounds each call as a whole: connect, handshake and answer.
+    /// Bounds each exchange with one process: connect, handshake and answer.
     pub fn timeout(mut self, timeout: Duration) -> Admin {
         self.timeout = timeout;
         self
     }
 
-    pub fn address(&self) -> &str {
-        &self.address
+    /// The address the next call tries first: the leader last learned, else a listed one.
+    pub fn address(&self) -> String {
+        self.addresses().first().to_string()
+    }
+
+    /// The addresses given, in order.
+    pub fn addresses_listed(&self) -> Vec<String> {
+        self.addresses().listed().to_vec()
     }
 
     /// The map, the members, their load and the migrations under way.
@@ -130,6 +195,15 @@ impl Admin {
         match self.call(ControlRequest::Status).await? {
             ControlResponse::Status(status) => Ok(*status),
             other => Err(unexpected("cluster_status", &other)),
+        }
+    }
+
+    /// Where the control plane keeps its state, and with etcd how each endpoint answers
+    /// its leader.
+    pub async fn control_plane(&self) -> Result<ControlPlaneStatus, AdminError> {
+        match self.call(ControlRequest::ControlPlane).await? {
+            ControlResponse::ControlPlane(status) => Ok(*status),
+            other => Err(unexpected("control_plane", &other)),
         }
     }
 
@@ -154,6 +228,46 @@ impl Admin {
         }
     }
 
+    /// Asks every listed address what it is, all at once and without following anyone:
+    /// the leader (and where it keeps the state), a standby (and whom it names), or
+    /// unreachable. When no listed address leads but a standby names a leader outside the
+    /// list, that one is asked too and comes last. The leader found is the one the next
+    /// call tries first.
+    pub async fn processes(&self) -> Vec<ControlProcess> {
+        let listed = self.addresses_listed();
+        let probes = listed.iter().map(|address| self.probe(address));
+        let mut processes = futures::future::join_all(probes).await;
+        if !processes.iter().any(ControlProcess::is_leader) {
+            let named = processes.iter().find_map(|process| match &process.role {
+                ProcessRole::Standby { leader: Some(leader) } if !listed.contains(leader) => Some(leader.clone()),
+                _ => None,
+            });
+            if let Some(named) = named {
+                let mut process = self.probe(&named).await;
+                process.listed = false;
+                processes.push(process);
+            }
+        }
+        if let Some(leader) = processes.iter().find(|process| process.is_leader()) {
+            self.addresses().learn_leader(&leader.address);
+        }
+        processes
+    }
+
+    async fn probe(&self, address: &str) -> ControlProcess {
+        let role = match self.call_at(address, ControlRequest::ControlPlane, &mut false).await {
+            Ok(ControlResponse::ControlPlane(status)) => ProcessRole::Leader(*status),
+            Ok(other) => ProcessRole::Unreachable(unexpected("control_plane", &other)),
+            Err(AdminError::NotLeader { leader, .. }) => ProcessRole::Standby { leader },
+            Err(error) => ProcessRole::Unreachable(error),
+        };
+        ControlProcess {
+            address: address.to_string(),
+            listed: true,
+            role,
+        }
+    }
+
     async fn moves(&self, command: ControlRequest, name: &'static str) -> Result<u64, AdminError> {
         match self.call(command).await? {
             ControlResponse::RebalanceStarted { slots_to_move } => Ok(slots_to_move),
@@ -161,12 +275,58 @@ impl Admin {
         }
     }
 
-    /// One exchange on a fresh connection; an error answer becomes [`AdminError::Server`].
+    fn addresses(&self) -> MutexGuard<'_, ControlAddresses> {
+        // Only ever replaced whole, so a poisoned lock still holds a consistent list.
+        self.addresses.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `command` to the leader: a round over the addresses (see the module
+    /// documentation). A command that changes the cluster goes no further once it was
+    /// sent; a status asks on.
     async fn call(&self, command: ControlRequest) -> Result<ControlResponse, AdminError> {
-        let exchange = tokio::time::timeout(self.timeout, self.exchange(command)).await;
+        let asks_only = matches!(
+            command,
+            ControlRequest::Status | ControlRequest::ControlPlane | ControlRequest::GetSlotMap | ControlRequest::Ping
+        );
+        let mut round = self.addresses().clone().round();
+        let mut failures = Vec::new();
+        let mut result = None;
+        while let Some(address) = round.address().map(str::to_owned) {
+            let mut sent = false;
+            match self.call_at(&address, command.clone(), &mut sent).await {
+                Err(AdminError::NotLeader { address, leader }) => {
+                    round.record(Outcome::NotLeader { leader: leader.clone() });
+                    failures.push(AdminError::NotLeader { address, leader });
+                }
+                Err(error) if error.is_unreachable() && (asks_only || !sent) => {
+                    round.record(Outcome::Unreachable);
+                    failures.push(error);
+                }
+                answer => {
+                    let reached = matches!(answer, Ok(_) | Err(AdminError::Server { .. }));
+                    round.record(if reached { Outcome::Leader } else { Outcome::Unreachable });
+                    result = Some(answer);
+                    break;
+                }
+            }
+        }
+        *self.addresses() = round.finish();
+        result.unwrap_or_else(|| Err(no_leader(failures)))
+    }
+
+    /// One exchange with `address`, bounded by the call timeout; an error answer becomes
+    /// [`AdminError::Server`], a standby's [`AdminError::NotLeader`]. `sent` tells whether
+    /// the command left (a timeout may come after).
+    async fn call_at(
+        &self,
+        address: &str,
+        command: ControlRequest,
+        sent: &mut bool,
+    ) -> Result<ControlResponse, AdminError> {
+        let exchange = tokio::time::timeout(self.timeout, self.exchange(address, command, sent)).await;
         match exchange {
             Err(_) => Err(AdminError::Timeout {
-                address: self.address.clone(),
+                address: address.to_string(),
                 after: self.timeout,
             }),
             Ok(Ok(ControlResponse::Error(reply))) => Err(AdminError::Server {
@@ -174,7 +334,7 @@ impl Admin {
                 message: reply.message,
             }),
             Ok(Ok(ControlResponse::NotLeader { leader })) => Err(AdminError::NotLeader {
-                address: self.address.clone(),
+                address: address.to_string(),
                 leader,
             }),
             Ok(answer) => answer,
@@ -183,55 +343,72 @@ impl Admin {
 
     /// Connects, shakes hands, and only then sends `command`: a refused handshake sends
     /// nothing.
-    async fn exchange(&self, command: ControlRequest) -> Result<ControlResponse, AdminError> {
+    async fn exchange(
+        &self,
+        address: &str,
+        command: ControlRequest,
+        sent: &mut bool,
+    ) -> Result<ControlResponse, AdminError> {
         let mut link = Link::<ControlProtocol>::new(Identity::node(&self.credentials), FrameBufferSizes::LINK)
-            .map_err(|error| self.link_failed(error))?;
-        let mut stream = TcpStream::connect(&self.address)
+            .map_err(|error| link_failed(address, error))?;
+        let mut stream = TcpStream::connect(address)
             .await
-            .map_err(|error| self.broken(error.into()))?;
+            .map_err(|error| broken(address, error.into()))?;
         match exchange_hello(&mut stream, &mut link).await {
             Ok(_) => {}
-            Err(HandshakeFailure::Connection(source)) => return Err(self.broken(source)),
+            Err(HandshakeFailure::Connection(source)) => return Err(broken(address, source)),
             Err(HandshakeFailure::Refused(source)) => {
                 return Err(AdminError::Refused {
-                    address: self.address.clone(),
+                    address: address.to_string(),
                     source,
                 })
             }
         }
-        link.send(&command, 0, ()).map_err(|error| self.link_failed(error))?;
+        link.send(&command, 0, ())
+            .map_err(|error| link_failed(address, error))?;
+        *sent = true;
         flush(&mut stream, &mut link)
             .await
-            .map_err(|error| self.broken(error.into()))?;
+            .map_err(|error| broken(address, error.into()))?;
         loop {
             match next_event(&mut stream, &mut link).await {
                 Ok(LinkEvent::Answer { response, .. }) => return Ok(response),
                 // A link is ready once, and the handshake took that.
                 Ok(LinkEvent::Ready(_)) => {}
-                Err(StreamError::Link(error)) => return Err(self.link_failed(error)),
-                Err(StreamError::Io(error)) => return Err(self.broken(error.into())),
+                Err(StreamError::Link(error)) => return Err(link_failed(address, error)),
+                Err(StreamError::Io(error)) => return Err(broken(address, error.into())),
             }
         }
     }
+}
 
-    /// A request that cannot be encoded, an answer that breaks the protocol, or one to a
-    /// request never asked.
-    fn link_failed(&self, error: LinkError) -> AdminError {
-        match error {
-            LinkError::Protocol(error) => AdminError::Protocol(error),
-            LinkError::NotOutstanding { request_id } => AdminError::OutOfStep {
-                address: self.address.clone(),
-                request_id,
-            },
-            error => self.broken(error.into()),
-        }
+/// What a call that reached no leader reports: the one failure as it was, or each.
+fn no_leader(mut failures: Vec<AdminError>) -> AdminError {
+    match failures.len() {
+        1 => failures.remove(0),
+        _ => AdminError::NoLeader {
+            attempts: failures.iter().map(ToString::to_string).collect(),
+        },
     }
+}
 
-    fn broken(&self, source: ConnectionError) -> AdminError {
-        AdminError::Connection {
-            address: self.address.clone(),
-            source,
-        }
+/// A request that cannot be encoded, an answer that breaks the protocol, or one to a
+/// request never asked.
+fn link_failed(address: &str, error: LinkError) -> AdminError {
+    match error {
+        LinkError::Protocol(error) => AdminError::Protocol(error),
+        LinkError::NotOutstanding { request_id } => AdminError::OutOfStep {
+            address: address.to_string(),
+            request_id,
+        },
+        error => broken(address, error.into()),
+    }
+}
+
+fn broken(address: &str, source: ConnectionError) -> AdminError {
+    AdminError::Connection {
+        address: address.to_string(),
+        source,
     }
 }
 
@@ -274,7 +451,7 @@ mod tests {
         }
     }
 
-    /// What the fake control plane saw and will answer.
+    /// What the fake control plane saw and will answer (nothing, when `answer` is None).
     #[derive(Default)]
     struct Script {
         answer: Option<ControlResponse>,
@@ -328,8 +505,10 @@ mod tests {
                     let answer = {
                         let mut script = script.lock().unwrap();
                         script.seen.push(request);
-                        script.answer.clone().expect("an answer is scripted")
+                        script.answer.clone()
                     };
+                    // No answer scripted: silent after the handshake.
+                    let Some(answer) = answer else { continue };
                     encode_message(FrameKind::Response, header.request_id, 0, &answer, &mut out).unwrap();
                     stream.write_all(&out).await.unwrap();
                     continue;
@@ -423,16 +602,14 @@ mod tests {
             }
             other => panic!("an error answer gave {other:?}"),
         }
-        fake.lock().answer = Some(ControlResponse::NotLeader {
-            leader: Some("10.0.0.7:7300".into()),
-        });
+        fake.lock().answer = Some(ControlResponse::NotLeader { leader: None });
         match admin.status().await {
             Err(error @ AdminError::NotLeader { .. }) => {
                 let AdminError::NotLeader { leader, .. } = &error else {
                     unreachable!()
                 };
-                assert_eq!(leader.as_deref(), Some("10.0.0.7:7300"));
-                assert!(error.to_string().ends_with("the leader is at 10.0.0.7:7300"), "{error}");
+                assert_eq!(*leader, None);
+                assert!(error.to_string().contains("no leader is known yet"), "{error}");
             }
             other => panic!("a standby's answer gave {other:?}"),
         }
@@ -443,6 +620,110 @@ mod tests {
             }
             other => panic!("an unfitting answer gave {other:?}"),
         }
+    }
+
+    fn closed_address() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_standby_is_followed_to_the_leader_it_names_and_the_leader_is_remembered() {
+        let (leader, _) = answering(ControlResponse::Status(Box::new(status_sample()))).await;
+        let (standby, _) = answering(ControlResponse::NotLeader {
+            leader: Some(leader.address.clone()),
+        })
+        .await;
+        let addresses = ControlAddresses::new(&[closed_address(), standby.address.clone()]).unwrap();
+        let admin = Admin::with_addresses(addresses);
+        assert_eq!(admin.status().await.unwrap(), status_sample());
+        assert_eq!(standby.lock().seen, [ControlRequest::Status]);
+        assert_eq!(admin.address(), leader.address, "the leader is tried first from now on");
+        leader.lock().answer = Some(ControlResponse::RebalanceStarted { slots_to_move: 8 });
+        assert_eq!(admin.clone().rebalance().await.unwrap(), 8);
+        assert_eq!(standby.lock().seen.len(), 1, "the standby is not asked again");
+        assert_eq!(last_command(&leader), ControlRequest::Rebalance);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_reaches_no_leader_says_what_each_address_did() {
+        let dead = closed_address();
+        let (standby, _) = answering(ControlResponse::NotLeader {
+            leader: Some(dead.clone()),
+        })
+        .await;
+        let admin = Admin::new(&standby.address);
+        match admin.status().await {
+            Err(error @ AdminError::NoLeader { .. }) => {
+                let text = error.to_string();
+                assert!(text.contains(&format!("the leader is at {dead}")), "{text}");
+                assert!(
+                    text.contains(&format!("cannot reach engram-control at {dead}")),
+                    "{text}"
+                );
+            }
+            other => panic!("a standby naming a dead leader gave {other:?}"),
+        }
+        assert_eq!(standby.lock().seen.len(), 1, "each address once per call");
+    }
+
+    /// A rebalance sent to a leader that then says nothing is not sent on to another
+    /// process (it may have started); a status asks on.
+    #[tokio::test]
+    async fn a_command_that_changes_the_cluster_is_sent_once_and_a_status_asks_on() {
+        let silent = FakeControl::start().await;
+        let (other, _) = answering(ControlResponse::Status(Box::new(status_sample()))).await;
+        let addresses = ControlAddresses::new(&[silent.address.clone(), other.address.clone()]).unwrap();
+        let admin = Admin::with_addresses(addresses).timeout(Duration::from_millis(200));
+        match admin.rebalance().await {
+            Err(AdminError::Timeout { address, .. }) => assert_eq!(address, silent.address),
+            other => panic!("a silent leader gave {other:?}"),
+        }
+        assert!(other.lock().seen.is_empty(), "the rebalance went on to another process");
+        assert_eq!(admin.status().await.unwrap(), status_sample());
+        assert_eq!(other.lock().seen, [ControlRequest::Status]);
+    }
+
+    #[tokio::test]
+    async fn processes_says_what_each_address_is_without_following() {
+        let store = ControlPlaneStatus {
+            store: StateStoreStatus::File {
+                path: "/data/state".into(),
+            },
+        };
+        let (leader, _) = answering(ControlResponse::ControlPlane(Box::new(store.clone()))).await;
+        let (standby, _) = answering(ControlResponse::NotLeader {
+            leader: Some(leader.address.clone()),
+        })
+        .await;
+        let dead = closed_address();
+        let addresses = ControlAddresses::new(&[dead.clone(), standby.address.clone()]).unwrap();
+        let admin = Admin::with_addresses(addresses);
+        let processes = admin.processes().await;
+        let roles: Vec<(&str, bool, String)> = processes
+            .iter()
+            .map(|process| {
+                let role = match &process.role {
+                    ProcessRole::Leader(status) => format!("leader {status:?}"),
+                    ProcessRole::Standby { leader } => format!("standby {leader:?}"),
+                    ProcessRole::Unreachable(_) => "unreachable".to_string(),
+                };
+                (process.address.as_str(), process.listed, role)
+            })
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                (dead.as_str(), true, "unreachable".to_string()),
+                (
+                    standby.address.as_str(),
+                    true,
+                    format!("standby {:?}", Some(&leader.address))
+                ),
+                (leader.address.as_str(), false, format!("leader {store:?}")),
+            ]
+        );
+        assert_eq!(admin.address(), leader.address, "the leader found is tried first");
     }
 
     #[tokio::test]

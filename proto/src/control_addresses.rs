@@ -89,6 +89,15 @@ impl ControlAddresses {
         })
     }
 
+    /// One address, unchecked: a blank one fails when it is dialled, as any bad address.
+    pub fn one(address: impl Into<String>) -> ControlAddresses {
+        ControlAddresses {
+            listed: vec![address.into()],
+            leader: None,
+            cursor: 0,
+        }
+    }
+
     /// `A,B,C`, as `--control` takes it.
     pub fn parse(list: &str) -> Result<ControlAddresses, ControlAddressesError> {
         ControlAddresses::new(&list.split(',').collect::<Vec<_>>())
@@ -102,6 +111,11 @@ impl ControlAddresses {
     /// The leader last learned, if any.
     pub fn leader(&self) -> Option<&str> {
         self.leader.as_deref()
+    }
+
+    /// `address` answered as the leader outside a round (a survey of every address).
+    pub fn learn_leader(&mut self, address: &str) {
+        self.leader = Some(address.to_string());
     }
 
     /// The address a round tries first.
