@@ -11,7 +11,12 @@ pub use coordination::{
 };
 pub use slots::{format_slots, merge_ranges, parse_slots, SlotList};
 
+use engram_proto::ControlAddresses;
+
 use crate::failure::EXIT_CODES_HELP;
+
+/// Where `engram cluster` looks for engram-control when --control is not given.
+pub const CONTROL_DEFAULT: &str = "127.0.0.1:7300";
 
 /// Call timeout when --timeout-ms is not given.
 pub const TIMEOUT_MS_DEFAULT: u64 = 5_000;
@@ -125,20 +130,24 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Nodes (with their incarnation and lost slots), shards, slots per shard, map epoch,
-    /// load, migrations in progress and the slots that are lost.
+    /// The control-plane processes (leader, standby, unreachable) and where the state lives
+    /// (with etcd, each endpoint's health); nodes (with their incarnation and lost slots),
+    /// shards, slots per shard, map epoch, load, migrations in progress and the slots that
+    /// are lost.
     Status {
-        /// Address of engram-control.
-        #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
-        control: String,
+        /// Addresses of engram-control, comma-separated: every process of an etcd-backed
+        /// control plane (each one's role is shown; the status comes from the leader).
+        #[arg(long, env = "ENGRAM_CONTROL", default_value = CONTROL_DEFAULT, value_name = "ADDRESSES", value_parser = ControlAddresses::parse)]
+        control: ControlAddresses,
         /// Print JSON instead of a table.
         #[arg(long, env = "ENGRAM_JSON")]
         json: bool,
     },
     /// Spread slots evenly over the live shards, moving as few as possible.
     Rebalance {
-        #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
-        control: String,
+        /// Addresses of engram-control, comma-separated; the command goes to the leader.
+        #[arg(long, env = "ENGRAM_CONTROL", default_value = CONTROL_DEFAULT, value_name = "ADDRESSES", value_parser = ControlAddresses::parse)]
+        control: ControlAddresses,
         /// Return at once instead of waiting for the moves to finish.
         #[arg(long, env = "ENGRAM_NO_WAIT")]
         no_wait: bool,
@@ -146,8 +155,9 @@ pub enum ClusterCommand {
     /// Move every slot off NODE (a node id from `cluster status`) so it can be removed.
     Drain {
         node: u64,
-        #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
-        control: String,
+        /// Addresses of engram-control, comma-separated; the command goes to the leader.
+        #[arg(long, env = "ENGRAM_CONTROL", default_value = CONTROL_DEFAULT, value_name = "ADDRESSES", value_parser = ControlAddresses::parse)]
+        control: ControlAddresses,
         /// Return at once instead of waiting for the moves to finish.
         #[arg(long, env = "ENGRAM_NO_WAIT")]
         no_wait: bool,
@@ -167,9 +177,9 @@ pub enum ClusterCommand {
         /// Every lost slot this node (an id from `cluster status`) owned.
         #[arg(long, value_name = "NODE", value_parser = clap::value_parser!(u64).range(1..))]
         node: Option<u64>,
-        /// Address of engram-control.
-        #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
-        control: String,
+        /// Addresses of engram-control, comma-separated; the command goes to the leader.
+        #[arg(long, env = "ENGRAM_CONTROL", default_value = CONTROL_DEFAULT, value_name = "ADDRESSES", value_parser = ControlAddresses::parse)]
+        control: ControlAddresses,
     },
 }
 
@@ -212,7 +222,7 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Cluster(ClusterCommand::Reclaim { slots: None, node: Some(3), ref control })
-                if control == "10.0.0.1:7300"
+                if control.listed() == ["10.0.0.1:7300"]
         ));
         let cli = parse(&["cluster", "reclaim", "7", "--node", "3"]).unwrap();
         assert!(matches!(
@@ -230,6 +240,30 @@ mod tests {
         );
         let error = parse(&["cluster", "reclaim", "16384"]).unwrap_err();
         assert!(error.to_string().contains("out of range"), "{error}");
+    }
+
+    #[test]
+    fn cluster_commands_take_several_control_addresses() {
+        let cli = parse(&[
+            "cluster",
+            "status",
+            "--control",
+            "10.0.0.1:7300,10.0.0.2:7300",
+            "--json",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Status { ref control, json: true })
+                if control.listed() == ["10.0.0.1:7300", "10.0.0.2:7300"]
+        ));
+        let cli = parse(&["cluster", "rebalance"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Rebalance { ref control, .. }) if control.listed() == [CONTROL_DEFAULT]
+        ));
+        let error = parse(&["cluster", "drain", "2", "--control", "10.0.0.1:7300,"]).unwrap_err();
+        assert!(error.to_string().contains("blank"), "{error}");
     }
 
     #[test]

@@ -1,14 +1,16 @@
-//! `engram cluster …`: talks to engram-control through [`engram_client::admin`], and shows
-//! the cluster as a table or JSON; returns lost slots to service (`reclaim`).
+//! `engram cluster …`: talks to engram-control's leader through [`engram_client::admin`],
+//! and shows the cluster (with its control plane: [`crate::control_plane_view`]) as a
+//! table or JSON; returns lost slots to service (`reclaim`).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use engram_client::admin::{Admin, ClusterStatus, MigrationStatus, NodeStatus, ReclaimRequest};
+use engram_client::admin::{Admin, AdminError, ClusterStatus, MigrationStatus, NodeStatus, ReclaimRequest};
 use engram_proto::LOST_SHARD_INDEX;
 use serde::Serialize;
 
 use crate::cli::{format_slots, merge_ranges, ClusterCommand, SlotList};
+use crate::control_plane_view::ControlPlaneView;
 use crate::failure::Failure;
 
 /// How often `rebalance`/`drain` look at the control plane while they wait.
@@ -22,17 +24,9 @@ pub async fn run(
     timeout: Duration,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
-    let admin = |control: String| Admin::new(control).credentials(credentials).timeout(timeout);
+    let admin = |control| Admin::with_addresses(control).credentials(credentials).timeout(timeout);
     match command {
-        ClusterCommand::Status { control, json } => {
-            let status = admin(control).status().await?;
-            let view = ClusterView::from(&status);
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
-            } else {
-                out.write_all(view.to_table().as_bytes())?;
-            }
-        }
+        ClusterCommand::Status { control, json } => show_status(&admin(control), json, out).await?,
         ClusterCommand::Rebalance { control, no_wait } => {
             let admin = admin(control);
             let before = admin.status().await?.slots_moved_total;
@@ -55,6 +49,31 @@ pub async fn run(
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Asks every control address what it is, then the leader for the cluster's status.
+/// Without a leader, shows the control plane alone and fails.
+async fn show_status(admin: &Admin, json: bool, out: &mut impl Write) -> Result<(), Failure> {
+    let control_plane = ControlPlaneView::new(&admin.processes().await);
+    if control_plane.leader.is_none() {
+        match json {
+            true => {
+                let alone = serde_json::json!({ "control_plane": &control_plane });
+                writeln!(out, "{}", serde_json::to_string_pretty(&alone)?)?;
+            }
+            false => out.write_all(control_plane.to_table().as_bytes())?,
+        }
+        out.flush()?;
+        let attempts = control_plane.each_role();
+        return Err(Failure::Admin(AdminError::NoLeader { attempts }));
+    }
+    let status = admin.status().await?;
+    let view = ClusterView::new(&status, control_plane);
+    match json {
+        true => writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?,
+        false => out.write_all(view.to_table().as_bytes())?,
+    }
     Ok(())
 }
 
@@ -99,11 +118,12 @@ async fn report_started(
     }
 }
 
-/// What `engram cluster status` shows: the wire status less its map (thousands of ranges
-/// at worst, which nobody reads), plus the map's epoch and its lost slots as merged
-/// ranges, which the table and scripts read.
+/// What `engram cluster status` shows: the control plane's processes and store, the wire
+/// status less its map (thousands of ranges at worst, which nobody reads), plus the map's
+/// epoch and its lost slots as merged ranges, which the table and scripts read.
 #[derive(Serialize)]
 pub struct ClusterView<'a> {
+    pub control_plane: ControlPlaneView,
     pub epoch: u64,
     pub nodes: &'a [NodeStatus],
     pub migrations: &'a [MigrationStatus],
@@ -125,10 +145,11 @@ pub struct SlotRangeView {
     pub end: u32,
 }
 
-impl<'a> From<&'a ClusterStatus> for ClusterView<'a> {
-    fn from(status: &'a ClusterStatus) -> Self {
+impl<'a> ClusterView<'a> {
+    pub fn new(status: &'a ClusterStatus, control_plane: ControlPlaneView) -> Self {
         let lost = lost_ranges(status);
         ClusterView {
+            control_plane,
             epoch: status.map.epoch,
             nodes: &status.nodes,
             migrations: &status.migrations,
@@ -158,10 +179,11 @@ fn lost_ranges(status: &ClusterStatus) -> Vec<SlotRangeView> {
 
 impl ClusterView<'_> {
     pub fn to_table(&self) -> String {
-        let mut text = format!(
+        let mut text = self.control_plane.to_table();
+        text.push_str(&format!(
             "map epoch {}   migrations completed {}   slots moved {}\n",
             self.epoch, self.migrations_completed, self.slots_moved_total
-        );
+        ));
         text.push_str(&format!(
             "{:>6} {:<22} {:<6} {:>5} {:>6} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
             "node", "address", "state", "inc", "lost", "shard", "shard address", "slots", "keys", "memory", "ops/s"
@@ -276,8 +298,9 @@ mod tests {
 
     #[test]
     fn the_table_shows_incarnations_lost_counts_and_the_lost_ranges() {
-        let table = ClusterView::from(&sample()).to_table();
-        let header = table.lines().nth(1).unwrap();
+        let table = ClusterView::new(&sample(), crate::control_plane_view::tests::sample()).to_table();
+        assert!(table.starts_with("control plane: leader 10.0.0.1:7300;"), "{table}");
+        let header = table.lines().find(|line| line.contains("shard address")).unwrap();
         assert!(header.contains("inc") && header.contains("lost"), "{table}");
         let dead = table.lines().find(|line| line.contains("10.0.0.2:7400")).unwrap();
         let columns: Vec<&str> = dead.split_whitespace().collect();
@@ -290,7 +313,9 @@ mod tests {
             end: 16383,
             shard_index: 0,
         }];
-        assert!(!ClusterView::from(&healthy).to_table().contains("lost slots"));
+        assert!(!ClusterView::new(&healthy, crate::control_plane_view::tests::sample())
+            .to_table()
+            .contains("lost slots"));
     }
 
     #[test]
@@ -302,7 +327,7 @@ mod tests {
             target: "10.0.0.3:7401".into(),
             slots: 64,
         });
-        let json = serde_json::to_value(ClusterView::from(&status)).unwrap();
+        let json = serde_json::to_value(ClusterView::new(&status, crate::control_plane_view::tests::sample())).unwrap();
         assert_eq!(json["slots_lost"], 8193);
         assert_eq!(
             json["lost_ranges"],
@@ -318,6 +343,7 @@ mod tests {
             (
                 &json,
                 &[
+                    "control_plane",
                     "epoch",
                     "nodes",
                     "migrations",

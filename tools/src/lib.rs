@@ -5,6 +5,7 @@
 //! - [`cli`]: the `engram` command line (clap derive; every flag also an `ENGRAM_*` variable).
 //! - [`commands`]: runs one parsed command against a client and writes its output.
 //! - [`cluster_view`]: `engram cluster` status, rebalance, drain and reclaim, through `engram_client::admin`.
+//! - [`control_plane_view`]: the control-plane processes (leader, standby, unreachable) and the state store, as status shows them.
 //! - [`info_view`]: node info as a human table or JSON (the wire type, with engram-proto's `serde` feature).
 //! - [`failure`]: the CLI error enum and its exit codes.
 //! - [`bench`]: the `engram-bench` load generator (Engram, Redis and TCP-echo drivers).
@@ -17,6 +18,7 @@ pub mod bench;
 pub mod cli;
 pub mod cluster_view;
 pub mod commands;
+pub mod control_plane_view;
 pub mod demo;
 pub mod failure;
 pub mod info_view;
