@@ -149,6 +149,7 @@ pub struct Admin {
     addresses: Arc<Mutex<ControlAddresses>>,
     credentials: Vec<u8>,
     timeout: Duration,
+    follow: bool,
 }
 
 impl Admin {
@@ -165,7 +166,16 @@ impl Admin {
             addresses: Arc::new(Mutex::new(addresses)),
             credentials: Vec::new(),
             timeout: Duration::from_millis(ADMIN_CALL_TIMEOUT_MS_DEFAULT),
+            follow: true,
         }
+    }
+
+    /// Whether a standby's `NotLeader` sends the call on to the leader it names (the
+    /// default) or ends it with [`AdminError::NotLeader`]: off, a call is answered by the
+    /// first process that answers at all, which tools use to ask one process what it is.
+    pub fn follow_leader(mut self, follow: bool) -> Admin {
+        self.follow = follow;
+        self
     }
 
     /// The shared secret the control plane was started with.
@@ -294,7 +304,7 @@ impl Admin {
         while let Some(address) = round.address().map(str::to_owned) {
             let mut sent = false;
             match self.call_at(&address, command.clone(), &mut sent).await {
-                Err(AdminError::NotLeader { address, leader }) => {
+                Err(AdminError::NotLeader { address, leader }) if self.follow => {
                     round.record(Outcome::NotLeader { leader: leader.clone() });
                     failures.push(AdminError::NotLeader { address, leader });
                 }
@@ -665,6 +675,26 @@ mod tests {
             other => panic!("a standby naming a dead leader gave {other:?}"),
         }
         assert_eq!(standby.lock().seen.len(), 1, "each address once per call");
+    }
+
+    #[tokio::test]
+    async fn without_following_a_standby_answer_ends_the_call() {
+        let (leader, _) = answering(ControlResponse::Status(Box::new(status_sample()))).await;
+        let (standby, _) = answering(ControlResponse::NotLeader {
+            leader: Some(leader.address.clone()),
+        })
+        .await;
+        let admin = Admin::new(&standby.address).follow_leader(false);
+        match admin.status().await {
+            Err(AdminError::NotLeader { address, leader: named }) => {
+                assert_eq!(
+                    (address, named),
+                    (standby.address.clone(), Some(leader.address.clone()))
+                );
+            }
+            other => panic!("a standby's answer gave {other:?}"),
+        }
+        assert!(leader.lock().seen.is_empty(), "the leader was asked");
     }
 
     /// A rebalance sent to a leader that then says nothing is not sent on to another
