@@ -17,12 +17,17 @@ pub const MEMBERSHIP_LIMIT: Duration = Duration::from_secs(20);
 /// test machine's cores), serving metrics: their responder is a thread of its own, so a
 /// test sees the node's figures even while its shard is busy.
 pub fn start_node(control: &ControlPlane) -> EngramServer {
+    start_node_at(control.address())
+}
+
+/// As [`start_node`], given `--control` as it is: one address or several, comma-separated.
+pub fn start_node_at(control: &str) -> EngramServer {
     let bind = next_loopback();
     let options = ServerOptions::default()
         .cores(1)
         .bind(bind)
         .metrics_port(free_port(bind))
-        .control(control.address());
+        .control(control);
     EngramServer::start(options)
 }
 

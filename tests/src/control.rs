@@ -161,27 +161,15 @@ impl ControlPlane {
     /// blocks while a rebalance runs), output captured. The future owns what it needs, so
     /// it can be spawned and awaited while the test does something else.
     pub fn cli(&self, arguments: &[&str]) -> impl std::future::Future<Output = Output> + Send + 'static {
-        let address = self.address.clone();
-        let arguments: Vec<String> = arguments.iter().map(|argument| argument.to_string()).collect();
-        async move {
-            let run = tokio::task::spawn_blocking(move || {
-                let mut command = Command::new(binaries::engram_cli());
-                scrub_environment(&mut command);
-                command
-                    .arg("cluster")
-                    .args(&arguments)
-                    .args(["--control", &address])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
-                run_bounded(command, CLI_TIMEOUT)
-            });
-            run.await.expect("the CLI task does not panic")
-        }
+        cli_at(&self.address, arguments)
     }
 
-    /// An administration handle on this control plane (no credentials).
+    /// An administration handle on this process alone (no credentials): a standby's
+    /// `NotLeader` is an answer, not followed to the leader.
     pub fn admin(&self) -> Admin {
-        Admin::new(&self.address).timeout(ADMIN_CALL_TIMEOUT)
+        Admin::new(&self.address)
+            .timeout(ADMIN_CALL_TIMEOUT)
+            .follow_leader(false)
     }
 
     /// The cluster as the control plane reports it.
@@ -195,6 +183,27 @@ impl ControlPlane {
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+}
+
+/// Runs `engram cluster <arguments> --control <control>` (one address or several,
+/// comma-separated) off the async threads, output captured; see [`ControlPlane::cli`].
+pub fn cli_at(control: &str, arguments: &[&str]) -> impl std::future::Future<Output = Output> + Send + 'static {
+    let control = control.to_string();
+    let arguments: Vec<String> = arguments.iter().map(|argument| argument.to_string()).collect();
+    async move {
+        let run = tokio::task::spawn_blocking(move || {
+            let mut command = Command::new(binaries::engram_cli());
+            scrub_environment(&mut command);
+            command
+                .arg("cluster")
+                .args(&arguments)
+                .args(["--control", &control])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            run_bounded(command, CLI_TIMEOUT)
+        });
+        run.await.expect("the CLI task does not panic")
     }
 }
 

@@ -4,7 +4,10 @@
 //! members; a leader paused past its lease is replaced, and what it tries once it runs
 //! again does not reach etcd; with etcd down nobody leads, and once it is back one does,
 //! with the same state. And etcd's own refusal of a deposed leader's write, and of
-//! a write from a stale copy, at the level of the state store.
+//! a write from a stale copy, at the level of the state store. Nodes and the CLI given
+//! every control address (`--control A,B,C`) join, beat and act through whichever leads,
+//! before and after a `kill -9` of the leader, and `engram cluster status` names each
+//! process's role and etcd's health.
 
 use std::time::{Duration, Instant};
 
@@ -12,8 +15,8 @@ use engram_client::admin::{AdminError, ClusterStatus};
 use engram_control::leadership::LEASE_TTL_MS;
 use engram_control::membership::Membership;
 use engram_control::state::{EtcdTerm, EtcdWriter, Keys, SaveError};
-use engram_tests::cluster::start_node;
-use engram_tests::control::ControlPlane;
+use engram_tests::cluster::{node_slot_count, start_node, start_node_at};
+use engram_tests::control::{cli_at, ControlPlane};
 use engram_tests::etcd::Etcd;
 use engram_tests::server::next_loopback;
 use engram_tests::{run_async, unique_key};
@@ -297,4 +300,131 @@ fn while_etcd_is_down_nobody_leads_and_once_it_is_back_one_leads_with_the_same_s
     assert_eq!(after.map, before.map, "the leader after the outage has another map");
     assert_eq!(members_of(&after), members_of(&before));
     drop(node);
+}
+
+/// Waits until `control` reports every node of `nodes` alive and holding the control
+/// plane's map (the epoch a node reports comes from its heartbeats only, so this shows
+/// they reach `control`); returns that status.
+async fn beating_to(control: &ControlPlane, nodes: &[u64]) -> ClusterStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = control.status().await;
+        let current = |node_id: &u64| {
+            status
+                .nodes
+                .iter()
+                .any(|node| node.node_id == *node_id && node.alive && node.map_epoch == status.map.epoch)
+        };
+        if nodes.iter().all(current) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes {nodes:?} never all beat to {} with epoch {}: {:?}",
+            control.address(),
+            status.map.epoch,
+            status.nodes
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `engram cluster <arguments> --control <control>`, insisting it succeeds.
+async fn cli_ok(control: &str, arguments: &[&str]) -> String {
+    let output = cli_at(control, arguments).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "engram cluster {arguments:?} --control {control} exited {:?}: {stdout}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn nodes_and_the_cli_given_every_control_address_follow_the_leader_through_a_takeover() {
+    let etcd = Etcd::start();
+    let prefix = format!("/engram/{}", unique_key("follow"));
+    let mut controls = start_controls(&etcd, &prefix, 3);
+    let (leader, nodes) = run_async(Duration::from_secs(60), async {
+        let (leader, _) = settled(&controls.iter().collect::<Vec<_>>()).await;
+        // The leader last, so a join that reaches it followed a standby there.
+        let mut order: Vec<&str> = controls.iter().map(ControlPlane::address).collect();
+        order.rotate_left(leader + 1);
+        let nodes = [start_node_at(&order.join(",")), start_node_at(&order.join(","))];
+        let ids = nodes.each_ref().map(|node| node.node_id());
+        beating_to(&controls[leader], &ids).await;
+        (leader, nodes)
+    });
+    let node_ids = nodes.each_ref().map(|node| node.node_id());
+    let every_address = controls.iter().map(ControlPlane::address).collect::<Vec<_>>().join(",");
+
+    controls[leader].kill();
+    let rest: Vec<&ControlPlane> = controls
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != leader)
+        .map(|(_, control)| control)
+        .collect();
+    run_async(Duration::from_secs(120), async {
+        let (new, _) = settled(&rest).await;
+        let new = rest[new];
+        // Both nodes' heartbeats found the new leader.
+        let before = beating_to(new, &node_ids).await;
+        assert_eq!(members_of(&before).len(), 2);
+
+        // A third node given every address (the dead one among them) joins through the
+        // new leader, and a rebalance through the CLI, given every address, reaches it.
+        let third = start_node_at(&every_address);
+        beating_to(new, &[third.node_id()]).await;
+        cli_ok(&every_address, &["rebalance"]).await;
+        let all = [node_ids[0], node_ids[1], third.node_id()];
+        let after = beating_to(new, &all).await;
+        assert!(after.map.epoch > before.map.epoch, "the rebalance changed no map");
+        assert!(
+            node_slot_count(&after, third.node_id()) > 0,
+            "the third node got no slots: {:?}",
+            after.nodes
+        );
+
+        // The CLI names each process's role, the leader, and etcd's health.
+        let json: serde_json::Value =
+            serde_json::from_str(&cli_ok(&every_address, &["status", "--json"]).await).expect("status is JSON");
+        let plane = &json["control_plane"];
+        assert_eq!(plane["leader"], new.address(), "{json:#}");
+        for (index, control) in controls.iter().enumerate() {
+            let process = plane["processes"]
+                .as_array()
+                .expect("processes")
+                .iter()
+                .find(|process| process["address"] == control.address())
+                .unwrap_or_else(|| panic!("{} is not listed: {json:#}", control.address()));
+            let expected = match index {
+                _ if index == leader => "unreachable",
+                _ if control.address() == new.address() => "leader",
+                _ => "standby",
+            };
+            assert_eq!(process["role"], expected, "{process:#}");
+            if expected == "standby" {
+                assert_eq!(process["names_leader"], new.address(), "{process:#}");
+            }
+        }
+        assert_eq!(plane["store"]["kind"], "etcd", "{json:#}");
+        assert_eq!(plane["store"]["prefix"], prefix.as_str(), "{json:#}");
+        let endpoints = plane["store"]["endpoints"].as_array().expect("endpoints");
+        assert_eq!(endpoints.len(), 1, "{json:#}");
+        assert_eq!(endpoints[0]["endpoint"], etcd.endpoint().as_str());
+        assert_eq!(endpoints[0]["healthy"], true, "{json:#}");
+        assert_eq!(endpoints[0]["raft_leader"], true, "{json:#}");
+        assert_eq!(json["nodes"].as_array().expect("nodes").len(), 3);
+        let table = cli_ok(&every_address, &["status"]).await;
+        println!("{table}");
+        assert!(
+            table.starts_with(&format!("control plane: leader {};", new.address())),
+            "{table}"
+        );
+        drop(third);
+    });
+    drop(nodes);
 }
