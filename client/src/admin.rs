@@ -129,8 +129,8 @@ pub struct ControlProcess {
 /// What a control-plane process is.
 #[derive(Debug)]
 pub enum ProcessRole {
-    /// It leads, and says where the state lives.
-    Leader(ControlPlaneStatus),
+    /// It leads: the cluster's status, as it answered.
+    Leader(Box<ClusterStatus>),
     /// It stands by, naming the leader it knows of.
     Standby { leader: Option<String> },
     /// It did not answer (or refused the connection): why.
@@ -238,9 +238,10 @@ impl Admin {
         }
     }
 
-    /// Asks every listed address what it is, all at once and without following anyone:
-    /// the leader (and where it keeps the state), a standby (and whom it names), or
-    /// unreachable. When no listed address leads but a standby names a leader outside the
+    /// Asks every listed address for the cluster's status, all at once and without
+    /// following anyone, which tells what each is: the leader (with the status), a
+    /// standby (and whom it names), or unreachable. (`Status` is as old as the control
+    /// protocol, so any version's leader answers it.) When no listed address leads but a standby names a leader outside the
     /// list, that one is asked too and comes last. The leader found is the one the next
     /// call tries first.
     pub async fn processes(&self) -> Vec<ControlProcess> {
@@ -265,9 +266,9 @@ impl Admin {
     }
 
     async fn probe(&self, address: &str) -> ControlProcess {
-        let role = match self.call_at(address, ControlRequest::ControlPlane, &mut false).await {
-            Ok(ControlResponse::ControlPlane(status)) => ProcessRole::Leader(*status),
-            Ok(other) => ProcessRole::Unreachable(unexpected("control_plane", &other)),
+        let role = match self.call_at(address, ControlRequest::Status, &mut false).await {
+            Ok(ControlResponse::Status(status)) => ProcessRole::Leader(status),
+            Ok(other) => ProcessRole::Unreachable(unexpected("cluster_status", &other)),
             Err(AdminError::NotLeader { leader, .. }) => ProcessRole::Standby { leader },
             Err(error) => ProcessRole::Unreachable(error),
         };
@@ -716,12 +717,7 @@ mod tests {
 
     #[tokio::test]
     async fn processes_says_what_each_address_is_without_following() {
-        let store = ControlPlaneStatus {
-            store: StateStoreStatus::File {
-                path: "/data/state".into(),
-            },
-        };
-        let (leader, _) = answering(ControlResponse::ControlPlane(Box::new(store.clone()))).await;
+        let (leader, _) = answering(ControlResponse::Status(Box::new(status_sample()))).await;
         let (standby, _) = answering(ControlResponse::NotLeader {
             leader: Some(leader.address.clone()),
         })
@@ -734,7 +730,7 @@ mod tests {
             .iter()
             .map(|process| {
                 let role = match &process.role {
-                    ProcessRole::Leader(status) => format!("leader {status:?}"),
+                    ProcessRole::Leader(status) => format!("leader at epoch {}", status.map.epoch),
                     ProcessRole::Standby { leader } => format!("standby {leader:?}"),
                     ProcessRole::Unreachable(_) => "unreachable".to_string(),
                 };
@@ -750,10 +746,18 @@ mod tests {
                     true,
                     format!("standby {:?}", Some(&leader.address))
                 ),
-                (leader.address.as_str(), false, format!("leader {store:?}")),
+                (leader.address.as_str(), false, "leader at epoch 7".to_string()),
             ]
         );
         assert_eq!(admin.address(), leader.address, "the leader found is tried first");
+        let store = ControlPlaneStatus {
+            store: StateStoreStatus::File {
+                path: "/data/state".into(),
+            },
+        };
+        leader.lock().answer = Some(ControlResponse::ControlPlane(Box::new(store.clone())));
+        assert_eq!(admin.control_plane().await.unwrap(), store);
+        assert_eq!(last_command(&leader), ControlRequest::ControlPlane);
     }
 
     #[tokio::test]

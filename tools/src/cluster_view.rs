@@ -5,7 +5,9 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use engram_client::admin::{Admin, AdminError, ClusterStatus, MigrationStatus, NodeStatus, ReclaimRequest};
+use engram_client::admin::{
+    Admin, AdminError, ClusterStatus, MigrationStatus, NodeStatus, ProcessRole, ReclaimRequest,
+};
 use engram_proto::LOST_SHARD_INDEX;
 use serde::Serialize;
 
@@ -52,11 +54,17 @@ pub async fn run(
     Ok(())
 }
 
-/// Asks every control address what it is, then the leader for the cluster's status.
-/// Without a leader, shows the control plane alone and fails.
+/// Asks every control address for the status (which tells what each is), then the
+/// leader where it keeps the state. Without a leader, shows the control plane alone and
+/// fails.
 async fn show_status(admin: &Admin, json: bool, out: &mut impl Write) -> Result<(), Failure> {
-    let control_plane = ControlPlaneView::new(&admin.processes().await);
-    if control_plane.leader.is_none() {
+    let processes = admin.processes().await;
+    let leader_status = processes.iter().find_map(|process| match &process.role {
+        ProcessRole::Leader(status) => Some(status),
+        _ => None,
+    });
+    let Some(status) = leader_status else {
+        let control_plane = ControlPlaneView::new(&processes, None);
         match json {
             true => {
                 let alone = serde_json::json!({ "control_plane": &control_plane });
@@ -67,9 +75,14 @@ async fn show_status(admin: &Admin, json: bool, out: &mut impl Write) -> Result<
         out.flush()?;
         let attempts = control_plane.each_role();
         return Err(Failure::Admin(AdminError::NoLeader { attempts }));
-    }
-    let status = admin.status().await?;
-    let view = ClusterView::new(&status, control_plane);
+    };
+    let store = match admin.control_plane().await {
+        Ok(plane) => Some(plane.store),
+        // An engram-control older than the request answers it with an error.
+        Err(AdminError::Server { .. }) => None,
+        Err(error) => return Err(error.into()),
+    };
+    let view = ClusterView::new(status, ControlPlaneView::new(&processes, store));
     match json {
         true => writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?,
         false => out.write_all(view.to_table().as_bytes())?,

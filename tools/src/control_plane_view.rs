@@ -5,13 +5,15 @@
 use engram_client::admin::{ControlProcess, EtcdEndpointStatus, ProcessRole, StateStoreStatus};
 use serde::Serialize;
 
-/// The control plane, from [`engram_client::admin::Admin::processes`].
+/// The control plane, from [`engram_client::admin::Admin::processes`] and the leader's
+/// [`engram_client::admin::Admin::control_plane`].
 #[derive(Debug, Serialize)]
 pub struct ControlPlaneView {
     /// The address that answered as leader; `None` when none did.
     pub leader: Option<String>,
     pub processes: Vec<ProcessView>,
-    /// Where the leader keeps the state (`kind`: `file` or `etcd`); `None` without a leader.
+    /// Where the leader keeps the state (`kind`: `file` or `etcd`); `None` without a
+    /// leader, or from a leader older than the `ControlPlane` request.
     pub store: Option<StateStoreStatus>,
 }
 
@@ -30,7 +32,7 @@ pub struct ProcessView {
 }
 
 impl ControlPlaneView {
-    pub fn new(processes: &[ControlProcess]) -> ControlPlaneView {
+    pub fn new(processes: &[ControlProcess], store: Option<StateStoreStatus>) -> ControlPlaneView {
         let mut view = ControlPlaneView {
             leader: None,
             processes: Vec::with_capacity(processes.len()),
@@ -38,10 +40,9 @@ impl ControlPlaneView {
         };
         for process in processes {
             let (role, names_leader, error) = match &process.role {
-                ProcessRole::Leader(status) => {
+                ProcessRole::Leader(_) => {
                     if view.leader.is_none() {
                         view.leader = Some(process.address.clone());
-                        view.store = Some(status.store.clone());
                     }
                     ("leader", None, String::new())
                 }
@@ -55,6 +56,9 @@ impl ControlPlaneView {
                 names_leader,
                 error,
             });
+        }
+        if view.leader.is_some() {
+            view.store = store;
         }
         view
     }
@@ -70,7 +74,10 @@ impl ControlPlaneView {
     pub fn to_table(&self) -> String {
         let mut text = match (&self.leader, &self.store) {
             (Some(leader), Some(store)) => format!("control plane: leader {leader}; {}\n", store_text(store)),
-            _ => "control plane: no leader\n".to_string(),
+            (Some(leader), None) => format!(
+                "control plane: leader {leader}; where it keeps the state is not known (an older engram-control)\n"
+            ),
+            (None, _) => "control plane: no leader\n".to_string(),
         };
         for process in &self.processes {
             text.push_str(&format!("  {:<22} {}\n", process.address, process.role_text()));
@@ -130,7 +137,8 @@ fn endpoint_text(endpoint: &EtcdEndpointStatus) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use engram_client::admin::{AdminError, ControlPlaneStatus};
+    use engram_client::admin::{AdminError, ClusterStatus};
+    use engram_proto::SlotMap;
 
     use super::*;
 
@@ -168,8 +176,8 @@ pub(crate) mod tests {
                 endpoint("http://10.0.0.8:2379", false),
             ],
         };
-        ControlPlaneView::new(&[
-            process("10.0.0.1:7300", ProcessRole::Leader(ControlPlaneStatus { store })),
+        let processes = [
+            leader("10.0.0.1:7300"),
             process(
                 "10.0.0.2:7300",
                 ProcessRole::Standby {
@@ -182,7 +190,27 @@ pub(crate) mod tests {
                     attempts: vec!["refused".into()],
                 }),
             ),
-        ])
+        ];
+        ControlPlaneView::new(&processes, Some(store))
+    }
+
+    fn leader(address: &str) -> ControlProcess {
+        let status = ClusterStatus {
+            map: SlotMap {
+                epoch: 7,
+                shards: Vec::new(),
+                ranges: Vec::new(),
+                version_floor: 0,
+            },
+            nodes: Vec::new(),
+            migrations: Vec::new(),
+            migrations_completed: 0,
+            slots_moved_total: 0,
+            bytes_moved_total: 0,
+            migration_milliseconds_total: 0,
+            last_error: String::new(),
+        };
+        process(address, ProcessRole::Leader(Box::new(status)))
     }
 
     #[test]
@@ -216,14 +244,15 @@ pub(crate) mod tests {
         let store = StateStoreStatus::File {
             path: "/data/state".into(),
         };
-        let view = ControlPlaneView::new(&[process(
-            "127.0.0.1:7300",
-            ProcessRole::Leader(ControlPlaneStatus { store }),
-        )]);
+        let view = ControlPlaneView::new(&[leader("127.0.0.1:7300")], Some(store));
         assert!(view
             .to_table()
             .contains("state in the file /data/state (one process, no etcd)"));
-        let none = ControlPlaneView::new(&[process("10.0.0.2:7300", ProcessRole::Standby { leader: None })]);
+        let older = ControlPlaneView::new(&[leader("127.0.0.1:7300")], None);
+        assert!(older.to_table().contains("not known (an older engram-control)"));
+        let standby = process("10.0.0.2:7300", ProcessRole::Standby { leader: None });
+        let none = ControlPlaneView::new(&[standby], Some(StateStoreStatus::File { path: "x".into() }));
+        assert_eq!(none.store, None, "no store without a leader");
         assert_eq!(none.leader, None);
         assert!(none.to_table().starts_with("control plane: no leader"));
         assert_eq!(
