@@ -154,7 +154,8 @@ impl Heartbeater {
         while let Some(address) = round.address().map(str::to_owned) {
             let outcome = match self.beat_at(&address, link) {
                 Ok(Beat::NotLeader(leader)) => {
-                    reasons.push(format!("{address}: a standby (leader {leader:?})"));
+                    let named = leader.as_deref().unwrap_or("no leader known");
+                    reasons.push(format!("{address}: a standby ({named})"));
                     Outcome::NotLeader { leader }
                 }
                 Ok(Beat::Answered) => {
