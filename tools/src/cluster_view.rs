@@ -1,5 +1,6 @@
 //! `engram cluster …`: talks to engram-control through [`engram_client::admin`], and shows
-//! the cluster as a table or JSON; returns lost slots to service (`reclaim`).
+//! the cluster as a table or JSON; returns lost slots to service (`reclaim`); checks that
+//! one control-plane process answers (`ping`).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -32,6 +33,11 @@ pub async fn run(
             } else {
                 out.write_all(view.to_table().as_bytes())?;
             }
+        }
+        ClusterCommand::Ping { control } => {
+            let started = Instant::now();
+            admin(control).ping().await?;
+            writeln!(out, "PONG {:.3} ms", started.elapsed().as_secs_f64() * 1_000.0)?;
         }
         ClusterCommand::Rebalance { control, no_wait } => {
             let admin = admin(control);
