@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Builds the engram image FROM scratch: the binaries plus exactly the shared libraries
-# and dynamic loader they link against, at the paths ldd reports. No base image is
-# pulled, so the build needs no registry and the image holds nothing the binaries do
-# not use.
+# Builds the images FROM scratch: Engram's (the binaries) and etcd's (Debian's etcd and
+# etcdctl, for the compose cluster's control plane), each holding exactly the shared
+# libraries and dynamic loader its binaries link against, at the paths ldd reports. No
+# base image is pulled, so the build needs no registry and an image holds nothing its
+# binaries do not use.
 #
-# Usage: docker/build.sh [IMAGE_TAG]           (default engram:latest)
+# Usage: docker/build.sh [IMAGE_TAG]           (default engram:latest; etcd's image is
+#                                              named after it: engram-etcd:latest)
 #   ENGRAM_IMAGE_BINARIES="engramd engram"    binaries to ship (default: all four)
 #   ENGRAM_PROFILE=debug                       package target/debug instead of the
 #                                              release build (the test suite does, to
 #                                              skip a release build)
 #   ENGRAM_SKIP_CARGO=1                        use target/<profile> as it is
+#   ENGRAM_ETCD_IMAGE=TAG                      tag of the etcd image
+# etcd and etcdctl come from Debian's etcd-server and etcd-client packages, installed
+# when missing.
 # The binaries in the image are stripped of debug info; it is kept beside them, in
 # <target>/docker-debug/<binary>.debug, for a debugger or a profiler to load.
 # <target> is cargo's target directory (CARGO_TARGET_DIR is honoured).
@@ -20,6 +25,7 @@ source "$repository_root/scripts/lib.sh"
 target_dir=$(cd "$repository_root" && cargo_target_dir)
 [[ -n "$target_dir" ]] || { echo "docker/build.sh: cargo did not name its target directory" >&2; exit 1; }
 image_tag=${1:-engram:latest}
+etcd_image_tag=$(etcd_image_of "$image_tag")
 binaries=${ENGRAM_IMAGE_BINARIES:-"engramd engram-control engram engram-bench"}
 profile=${ENGRAM_PROFILE:-release}
 case "$profile" in
@@ -28,6 +34,7 @@ case "$profile" in
     *) echo "docker/build.sh: ENGRAM_PROFILE must be release or debug, not '$profile'" >&2; exit 2 ;;
 esac
 context="$target_dir/docker-context"
+etcd_context="$target_dir/docker-context-etcd"
 debug_dir="$target_dir/docker-debug"
 
 package_of() {
@@ -38,6 +45,33 @@ package_of() {
         *) echo "docker/build.sh: unknown binary $1" >&2; exit 2 ;;
     esac
 }
+
+# Copies the shared libraries and the loader BINARY links against into ROOT, at the
+# paths ldd reports; a static binary needs none. ldd lines are "name => /path
+# (address)" or "/path (address)" (the loader); vdso has no file and is skipped. -L
+# copies the file a symlink names, under the symlink's path, which is the path the
+# loader asks for.
+copy_libraries() {
+    local binary=$1 root=$2 libraries
+    libraries=$(ldd "$binary" 2>&1) || {
+        [[ "$libraries" == *"not a dynamic executable"* ]] && return 0
+        echo "docker/build.sh: ldd $binary: $libraries" >&2
+        exit 1
+    }
+    awk '/=> \// { print $3 } /^[[:space:]]*\// { print $1 }' <<<"$libraries" | while read -r library; do
+        cp -L --parents "$library" "$root/"
+    done
+}
+
+# Names for the numeric user, so tools inside and `docker top` show one.
+write_users() {
+    local root=$1 name=$2 home=$3
+    printf 'root:x:0:0:root:/:/sbin/nologin\n%s:x:10001:10001:%s:%s:/sbin/nologin\n' "$name" "$name" "$home" > "$root/etc/passwd"
+    printf 'root:x:0:\n%s:x:10001:\n' "$name" > "$root/etc/group"
+}
+
+ensure_command etcd etcd-server "the compose cluster's etcd image"
+ensure_command etcdctl etcd-client "the etcd image's health check"
 
 if [[ -z "${ENGRAM_SKIP_CARGO:-}" ]]; then
     # engram-control's etcd client needs protoc to build.
@@ -65,18 +99,27 @@ for binary in $binaries; do
     else
         echo "docker/build.sh: objcopy (binutils) not found; $binary ships with its debug info" >&2
     fi
-    # ldd lines are "name => /path (address)" or "/path (address)" (the loader);
-    # vdso has no file and is skipped. -L copies the file a symlink names, under
-    # the symlink's path, which is the path the loader asks for.
-    ldd "$source_path" | awk '/=> \// { print $3 } /^[[:space:]]*\// { print $1 }' | while read -r library; do
-        cp -L --parents "$library" "$context/rootfs/"
-    done
+    copy_libraries "$source_path" "$context/rootfs"
 done
-# Names for the numeric user, so tools inside and `docker top` show one.
-printf 'root:x:0:0:root:/:/sbin/nologin\nengram:x:10001:10001:engram:/data:/sbin/nologin\n' > "$context/rootfs/etc/passwd"
-printf 'root:x:0:\nengram:x:10001:\n' > "$context/rootfs/etc/group"
+write_users "$context/rootfs" engram /data
 cp "$repository_root/docker/Dockerfile" "$context/Dockerfile"
 
+# etcd's image: Debian's binaries as they are (already stripped), and their data
+# directory's parent, owned by the user etcd runs as.
+rm -rf "$etcd_context"
+mkdir -p "$etcd_context/rootfs/usr/local/bin" "$etcd_context/rootfs/etc" "$etcd_context/var/lib/etcd"
+for binary in etcd etcdctl; do
+    source_path=$(command -v "$binary")
+    cp "$source_path" "$etcd_context/rootfs/usr/local/bin/$binary"
+    copy_libraries "$source_path" "$etcd_context/rootfs"
+done
+write_users "$etcd_context/rootfs" etcd /var/lib/etcd
+cp "$repository_root/docker/etcd.Dockerfile" "$etcd_context/Dockerfile"
+
 docker build --tag "$image_tag" "$context"
+docker build --tag "$etcd_image_tag" "$etcd_context"
 size=$(docker image inspect --format '{{.Size}}' "$image_tag")
+etcd_size=$(docker image inspect --format '{{.Size}}' "$etcd_image_tag")
 echo "docker/build.sh: built $image_tag ($profile binaries: $binaries; $((size / 1024 / 1024)) MiB; debug info in $debug_dir)"
+etcd_version=$(etcd --version | awk 'NR == 1')
+echo "docker/build.sh: built $etcd_image_tag ($etcd_version; $((etcd_size / 1024 / 1024)) MiB)"

@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
-# End-to-end check of the container setup: builds the image, starts the compose cluster
-# (engram-control and three data nodes), and checks, each step bounded in time:
-#   1. every container is healthy (the control plane's health check is the CLI's
-#      `engram cluster status`, the nodes' is `engram ping`);
-#   2. `engram cluster status` lists 3 live nodes;
-#   3. `engram cluster rebalance` spreads the 16384 slots over the three shards (the
+# End-to-end check of the container setup: builds the images, starts the compose cluster
+# (etcd, two engram-control processes on it, three data nodes), and checks, each step
+# bounded in time:
+#   1. every container is healthy (etcd's health check is `etcdctl endpoint health`, the
+#      control processes' `engram cluster ping`, the nodes' `engram ping`);
+#   2. exactly one control process leads: its engram_control_is_leader is 1, the other's
+#      0 (it answers as a standby), and etcd's leader key names the leader;
+#   3. `engram cluster status` lists 3 live nodes;
+#   4. `engram cluster rebalance` spreads the 16384 slots over the three shards (the
 #      first node to join owns every slot until then);
-#   4. engram-bench, routing by the slot map to the nodes' advertised 172.28.0.x
+#   5. engram-bench, routing by the slot map to the nodes' advertised 172.28.0.x
 #      addresses, runs a mixed load for a few seconds with zero errors;
-#   5. the host's CLI, given only node1's published front port (--front-only), writes
+#   6. the host's CLI, given only node1's published front port (--front-only), writes
 #      and reads keys of all three nodes: the front port forwards to each key's owner;
-#   6. each metrics port serves Prometheus text: engram_build_info everywhere,
+#   7. each metrics port serves Prometheus text: engram_build_info everywhere,
 #      engram_operations_total on the nodes (and it moved during the bench on every
-#      node), engram_migrations_total on the control plane.
-# The CLI and the bench run inside the control plane's container, on the cluster's
-# network, so the check does not depend on the host reaching container addresses; the
-# metrics are read from the host through the ports compose publishes on 127.0.0.1.
-# Everything is torn down on exit, pass or fail; on failure the containers' logs are
-# printed first.
+#      node), engram_control_is_leader on both control processes and
+#      engram_migrations_total on the leader;
+#   8. `docker kill` (SIGKILL) of the leading control process: the standby takes over
+#      (it reports itself leader and etcd's leader key names it); `engram cluster status`
+#      through it lists 3 live nodes whose heartbeats reach it (each node's key count,
+#      which only heartbeats report, is back), every slot owned and none lost; and
+#      engram-bench again runs with zero errors.
+# The CLI and the bench run inside node1's container, on the cluster's network, so the
+# check does not depend on the host reaching container addresses; the metrics are read
+# from the host through the ports compose publishes on 127.0.0.1. Everything is torn
+# down on exit, pass or fail; on failure the containers' logs are printed first.
 #
 # Usage: docker/test.sh
-#   ENGRAM_SKIP_BUILD=1     reuse the image as it is
-#   ENGRAM_IMAGE=TAG        image to build and test (default engram:latest)
+#   ENGRAM_SKIP_BUILD=1     reuse the images as they are
+#   ENGRAM_IMAGE=TAG        image to build and test (default engram:latest; etcd's image
+#                           is named after it, engram-etcd:latest, or ENGRAM_ETCD_IMAGE)
 #   ENGRAM_PROFILE=debug    passed to build.sh: package target/debug (the test suite does)
 #   ENGRAM_MEMLOCK_BYTES=N  passed to compose.yaml (default 8 MiB)
 set -euo pipefail
@@ -33,16 +42,25 @@ node1_front_port=${ENGRAM_NODE1_HOST_PORT:-7500}
 front_keys=60
 project=engram-test-$$
 image=${ENGRAM_IMAGE:-engram:latest}
+etcd_image=$(etcd_image_of "$image")
 health_timeout_seconds=120
+# An election: a lapsed lease (5 s) and a campaign, with room for a loaded machine.
+election_timeout_seconds=30
+# The new leader hears from every node afresh; nodes find it within a few heartbeats.
 members_timeout_seconds=30
 rebalance_timeout_seconds=120
 step_timeout_seconds=60
 bench_seconds=3
-control_address=172.28.0.10:7300
-services=(control node1 node2 node3)
+controls=(control-1 control-2)
+# What the nodes are given, and the CLI too: it follows the leader from a standby.
+control_list=control-1:7300,control-2:7300
+# engram-control's default --etcd-prefix, which compose.yaml keeps.
+leader_key=/engram/default/leader
+services=(etcd control-1 control-2 node1 node2 node3)
 # Metrics ports compose publishes on the host's loopback, per service.
 declare -A metrics_port=(
-    [control]=${ENGRAM_CONTROL_METRICS_HOST_PORT:-9310}
+    [control-1]=${ENGRAM_CONTROL1_METRICS_HOST_PORT:-9310}
+    [control-2]=${ENGRAM_CONTROL2_METRICS_HOST_PORT:-9311}
     [node1]=${ENGRAM_NODE1_METRICS_HOST_PORT:-9500}
     [node2]=${ENGRAM_NODE2_METRICS_HOST_PORT:-9510}
     [node3]=${ENGRAM_NODE3_METRICS_HOST_PORT:-9520}
@@ -70,13 +88,15 @@ else
     fail "neither 'docker compose' (Compose v2) nor 'docker-compose' (v1) is installed"
 fi
 compose+=(--project-name "$project" --file "$docker_dir/compose.yaml")
-export ENGRAM_IMAGE=$image
+export ENGRAM_IMAGE=$image ENGRAM_ETCD_IMAGE=$etcd_image
 
 if [[ -z "${ENGRAM_SKIP_BUILD:-}" ]]; then
-    say "building $image"
+    say "building $image and $etcd_image"
     "$docker_dir/build.sh" "$image" || fail "docker/build.sh $image"
 fi
-docker image inspect "$image" >/dev/null 2>&1 || fail "image $image does not exist (run docker/build.sh)"
+for required in "$image" "$etcd_image"; do
+    docker image inspect "$required" >/dev/null 2>&1 || fail "image $required does not exist (run docker/build.sh)"
+done
 
 tear_down() {
     local status=$?
@@ -95,14 +115,18 @@ trap tear_down EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Runs the image's CLI (or bench) inside the control plane's container, bounded.
+# Runs the image's CLI (or bench) inside node1's container, bounded: a data node, so
+# it outlives the control process the test kills.
 in_cluster() {
     local seconds=$1
     shift
-    timeout "$seconds" "${compose[@]}" exec -T control "$@"
+    timeout "$seconds" "${compose[@]}" exec -T node1 "$@"
 }
+# cluster_status CONTROL [--json]
 cluster_status() {
-    in_cluster "$step_timeout_seconds" /usr/local/bin/engram --timeout-ms 5000 cluster status --control "$control_address" "$@"
+    local control=$1
+    shift
+    in_cluster "$step_timeout_seconds" /usr/local/bin/engram --timeout-ms 5000 cluster status --control "$control" "$@"
 }
 metrics_of() {
     curl --silent --show-error --fail --max-time 5 "http://127.0.0.1:${metrics_port[$1]}/metrics"
@@ -110,15 +134,95 @@ metrics_of() {
 operations_of() {
     metrics_of "$1" | awk '/^engram_operations_total[{ ]/ { total += $NF } END { printf "%.0f\n", total }'
 }
+# 1 or 0 as the control process reports, or nothing when it does not answer.
+is_leader() {
+    metrics_of "$1" 2>/dev/null | awk '/^engram_control_is_leader / { print $2 }' || true
+}
+# etcd's leader key: "ADDRESS ID" of the process that holds it, or nothing.
+leader_in_etcd() {
+    timeout "$step_timeout_seconds" "${compose[@]}" exec -T etcd /usr/local/bin/etcdctl \
+        --endpoints http://127.0.0.1:2379 get --print-value-only "$leader_key" 2>/dev/null || true
+}
+container_of() {
+    "${compose[@]}" ps --quiet "$1"
+}
 
-say "starting the cluster ($project, image $image)"
+# Waits up to SECONDS until exactly one of CONTROL... reports itself leader, every other
+# one standby, and etcd's leader key names the leader's advertised address; prints the
+# leader. Returns 1 (with what it saw on stderr) if that does not happen in time.
+single_leader() {
+    local seconds=$1
+    shift
+    local deadline=$((SECONDS + seconds)) control role leaders standbys seen key
+    while true; do
+        leaders=() standbys=() seen=()
+        for control in "$@"; do
+            role=$(is_leader "$control")
+            seen+=("$control=${role:-no answer}")
+            case "$role" in
+                1) leaders+=("$control") ;;
+                0) standbys+=("$control") ;;
+            esac
+        done
+        key=$(leader_in_etcd)
+        if ((${#leaders[@]} == 1 && ${#standbys[@]} == $# - 1)) && [[ "$key" == "${leaders[0]}:7300 "* ]]; then
+            echo "${leaders[0]}"
+            return 0
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "engram_control_is_leader: ${seen[*]}; etcd's $leader_key: '${key}'" >&2
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+# Waits up to SECONDS until the status through CONTROL shows 3 live nodes, each of whose
+# shards reports keys (only a heartbeat to CONTROL reports them), every slot owned, none
+# lost and no migration in flight; prints the status's JSON.
+settled_status() {
+    local control=$1 seconds=$2 deadline=$((SECONDS + $2)) status_json live keys lost sum
+    while true; do
+        status_json=$(cluster_status "$control" --json) || status_json=
+        live=$(grep -c '"alive": true' <<<"$status_json" || true)
+        keys=$(grep -o '"keys": [0-9]*' <<<"$status_json" | awk '$2 > 0' | wc -l)
+        lost=$(grep -o '"slots_lost": [0-9]*' <<<"$status_json" | awk '{ total += $2 } END { print total + 0 }')
+        sum=$(grep -o '"slots": [0-9]*' <<<"$status_json" | awk '{ total += $2 } END { print total + 0 }')
+        if [[ "$live" == 3 && "$keys" == 3 && "$lost" == 0 && "$sum" == "$slots_total" ]] &&
+            grep -q '"migrations": \[\]' <<<"$status_json"; then
+            echo "$status_json"
+            return 0
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "after ${seconds}s through $control: $live live nodes, $keys shards reporting keys, $lost slots lost, $sum slots owned: $status_json" >&2
+            return 1
+        fi
+        sleep 1
+    done
+}
+
+# engram-bench for $bench_seconds through the slot map; fails on any error.
+bench() {
+    local output summary
+    output=$(in_cluster $((bench_seconds + step_timeout_seconds)) /usr/local/bin/engram-bench \
+        --target "engram://172.28.0.11:7400" --workload mixed --duration "$bench_seconds" \
+        --connections 8 --keys 10000 --prefill 2>&1) ||
+        fail "engram-bench against the cluster: $output"
+    echo "$output"
+    summary=$(grep -E '^[0-9]+ requests in .* errors' <<<"$output") || fail "engram-bench printed no summary line"
+    [[ "$summary" =~ ^([0-9]+)\ requests.*\ ([0-9]+)\ errors ]] || fail "cannot read engram-bench's summary: $summary"
+    ((BASH_REMATCH[1] > 0)) || fail "engram-bench completed no request: $summary"
+    ((BASH_REMATCH[2] == 0)) || fail "engram-bench saw ${BASH_REMATCH[2]} errors: $summary"
+}
+
+say "starting the cluster ($project, images $image and $etcd_image)"
 timeout "$step_timeout_seconds" "${compose[@]}" up --detach ||
     fail "'${compose[*]} up' (its error is above; \"error setting rlimit type 8\": ENGRAM_MEMLOCK_BYTES is above what the daemon may grant; \"Pool overlaps\" or \"port is already allocated\": another cluster holds 172.28.0.0/24 or the ports, see docker ps)"
 
 say "waiting up to ${health_timeout_seconds}s for ${services[*]} to be healthy"
 deadline=$((SECONDS + health_timeout_seconds))
 for service in "${services[@]}"; do
-    container=$("${compose[@]}" ps --quiet "$service")
+    container=$(container_of "$service")
     [[ -n "$container" ]] || fail "$service has no container"
     while true; do
         state=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$container")
@@ -130,23 +234,33 @@ for service in "${services[@]}"; do
     echo "$service healthy"
 done
 
-say "waiting up to ${members_timeout_seconds}s for 3 live nodes in engram cluster status"
+say "exactly one control process leads (up to ${election_timeout_seconds}s)"
+leader=$(single_leader "$election_timeout_seconds" "${controls[@]}") ||
+    fail "not exactly one leader among ${controls[*]} named by etcd"
+for control in "${controls[@]}"; do
+    [[ "$control" == "$leader" ]] || standby=$control
+done
+echo "$leader leads (etcd's $leader_key: $(leader_in_etcd)); $standby stands by"
+in_cluster "$step_timeout_seconds" /usr/local/bin/engram --timeout-ms 5000 cluster ping --control "$standby:7300" ||
+    fail "the standby $standby does not answer a ping"
+
+say "waiting up to ${members_timeout_seconds}s for 3 live nodes in engram cluster status --control $control_list"
 deadline=$((SECONDS + members_timeout_seconds))
 while true; do
-    status_json=$(cluster_status --json) || fail "engram cluster status --control $control_address"
+    status_json=$(cluster_status "$control_list" --json) || fail "engram cluster status --control $control_list"
     live=$(grep -c '"alive": true' <<<"$status_json" || true)
     [[ "$live" == 3 ]] && break
     ((SECONDS < deadline)) || fail "cluster status shows $live live nodes, not 3, after ${members_timeout_seconds}s: $status_json"
     sleep 1
 done
-cluster_status
+cluster_status "$control_list"
 
 say "engram cluster rebalance (up to ${rebalance_timeout_seconds}s)"
 in_cluster "$rebalance_timeout_seconds" /usr/local/bin/engram --timeout-ms $((rebalance_timeout_seconds * 1000)) \
-    cluster rebalance --control "$control_address" ||
+    cluster rebalance --control "$control_list" ||
     fail "engram cluster rebalance"
-status_json=$(cluster_status --json) || fail "engram cluster status after the rebalance"
-cluster_status
+status_json=$(cluster_status "$control_list" --json) || fail "engram cluster status after the rebalance"
+cluster_status "$control_list"
 # With no migration in flight, the only "slots" fields are the shards'.
 grep -q '"migrations": \[\]' <<<"$status_json" || fail "migrations still in flight after the rebalance: $status_json"
 mapfile -t shard_slots < <(grep -o '"slots": [0-9]*' <<<"$status_json" | awk '{ print $2 }')
@@ -165,15 +279,7 @@ for node in "${data_nodes[@]}"; do
 done
 
 say "engram-bench: ${bench_seconds}s of mixed sets and gets, routed by the slot map"
-bench_output=$(in_cluster $((bench_seconds + step_timeout_seconds)) /usr/local/bin/engram-bench \
-    --target "engram://172.28.0.11:7400" --workload mixed --duration "$bench_seconds" \
-    --connections 8 --keys 10000 --prefill 2>&1) ||
-    fail "engram-bench against the cluster: $bench_output"
-echo "$bench_output"
-summary=$(grep -E '^[0-9]+ requests in .* errors' <<<"$bench_output") || fail "engram-bench printed no summary line"
-[[ "$summary" =~ ^([0-9]+)\ requests.*\ ([0-9]+)\ errors ]] || fail "cannot read engram-bench's summary: $summary"
-((BASH_REMATCH[1] > 0)) || fail "engram-bench completed no request: $summary"
-((BASH_REMATCH[2] == 0)) || fail "engram-bench saw ${BASH_REMATCH[2]} errors: $summary"
+bench
 
 say "the host's CLI through node1's published front port only (127.0.0.1:$node1_front_port)"
 [[ -x "$host_cli" ]] || fail "$host_cli is missing (build the binaries first)"
@@ -196,11 +302,14 @@ done
 echo "$front_keys keys written and read through 127.0.0.1:$node1_front_port; every fifth read back routed by the map"
 
 say "metrics"
-for service in "${services[@]}"; do
+for service in "${controls[@]}" "${data_nodes[@]}"; do
     text=$(metrics_of "$service") || fail "GET http://127.0.0.1:${metrics_port[$service]}/metrics ($service)"
     required=(engram_build_info)
-    if [[ "$service" == control ]]; then
-        required+=(engram_migrations_total)
+    if [[ "$service" == "$leader" ]]; then
+        # Only the leader ran migrations; a counter family with no sample is not shown.
+        required+=(engram_control_is_leader engram_migrations_total)
+    elif [[ "$service" == control-* ]]; then
+        required+=(engram_control_is_leader)
     else
         required+=(engram_operations_total)
     fi
@@ -215,5 +324,20 @@ for node in "${data_nodes[@]}"; do
         fail "engram_operations_total of $node did not move during the bench (${operations_before[$node]} -> $after)"
     echo "$node engram_operations_total: ${operations_before[$node]} -> $after"
 done
+
+say "docker kill (SIGKILL) of the leader, $leader; $standby takes over (up to ${election_timeout_seconds}s)"
+killed_at=$SECONDS
+docker kill --signal KILL "$(container_of "$leader")" >/dev/null || fail "docker kill $leader"
+new_leader=$(single_leader "$election_timeout_seconds" "$standby") ||
+    fail "$standby did not take over within ${election_timeout_seconds}s of the kill of $leader"
+echo "$new_leader leads about $((SECONDS - killed_at))s after the kill (etcd's $leader_key: $(leader_in_etcd))"
+
+say "engram cluster status through $new_leader: 3 live nodes heartbeating to it (up to ${members_timeout_seconds}s)"
+settled_status "$new_leader:7300" "$members_timeout_seconds" >/dev/null ||
+    fail "the nodes did not settle on $new_leader"
+cluster_status "$new_leader:7300"
+
+say "engram-bench after the failover"
+bench
 
 say "passed"

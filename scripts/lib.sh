@@ -28,3 +28,16 @@ ensure_command() {
 ensure_protoc() {
     ensure_command protoc protobuf-compiler "building engram-control: the etcd-client crate's build script runs protoc"
 }
+
+# The etcd image docker/build.sh builds beside an Engram image: engram:test gives
+# engram-etcd:test (ENGRAM_ETCD_IMAGE overrides it, in build.sh and test.sh alike).
+etcd_image_of() {
+    local image=$1
+    if [[ -n "${ENGRAM_ETCD_IMAGE:-}" ]]; then
+        echo "$ENGRAM_ETCD_IMAGE"
+    elif [[ "${image##*/}" == *:* ]]; then
+        echo "${image%:*}-etcd:${image##*:}"
+    else
+        echo "$image-etcd:latest"
+    fi
+}

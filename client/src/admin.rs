@@ -200,6 +200,15 @@ impl Admin {
         self.addresses().listed().to_vec()
     }
 
+    /// Whether the process answers at all: a standby answers too (it answers `Ping`
+    /// itself), so this checks one process's health, not who leads.
+    pub async fn ping(&self) -> Result<(), AdminError> {
+        match self.call(ControlRequest::Ping).await? {
+            ControlResponse::Pong => Ok(()),
+            other => Err(unexpected("cluster_ping", &other)),
+        }
+    }
+
     /// The map, the members, their load and the migrations under way.
     pub async fn status(&self) -> Result<ClusterStatus, AdminError> {
         match self.call(ControlRequest::Status).await? {
@@ -598,9 +607,13 @@ mod tests {
         let reclaimed = admin.reclaim(request.clone()).await.unwrap();
         assert_eq!(reclaimed, Reclaimed { slots: 5, epoch: 9 });
         assert_eq!(last_command(&fake), ControlRequest::Reclaim(request));
+
+        fake.lock().answer = Some(ControlResponse::Pong);
+        admin.ping().await.unwrap();
+        assert_eq!(last_command(&fake), ControlRequest::Ping);
         // One connection per call, never a retry.
-        assert_eq!(fake.lock().hellos, 4);
-        assert_eq!(fake.lock().seen.len(), 4);
+        assert_eq!(fake.lock().hellos, 5);
+        assert_eq!(fake.lock().seen.len(), 5);
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! The control plane's Prometheus families. Counters live in a process-wide registry;
-//! gauges (members, epoch) are read from the controller at scrape time.
+//! gauges (members, epoch, leadership) are read from the controller at scrape time.
 
 use std::sync::OnceLock;
 
@@ -13,6 +13,7 @@ struct Families {
     members: IntGauge,
     map_epoch: IntGauge,
     slots_lost: IntGauge,
+    is_leader: IntGauge,
 }
 
 fn families() -> &'static Families {
@@ -47,6 +48,13 @@ fn families() -> &'static Families {
             "Slots whose every copy is gone: they answer SlotLost until reclaimed.",
         )
         .expect("valid metric");
+        // Per process, so that summing it over the control plane counts its leaders:
+        // anything but 1 for longer than an election is worth an alert.
+        let is_leader = IntGauge::new(
+            "engram_control_is_leader",
+            "1 while this control-plane process leads, 0 while it stands by.",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("engram_build_info", "Build of this process; the value is always 1."),
             &["version", "process"],
@@ -62,6 +70,7 @@ fn families() -> &'static Families {
             Box::new(members.clone()),
             Box::new(map_epoch.clone()),
             Box::new(slots_lost.clone()),
+            Box::new(is_leader.clone()),
             Box::new(build_info),
         ] {
             registry.register(collector).expect("unique metric names");
@@ -74,6 +83,7 @@ fn families() -> &'static Families {
             members,
             map_epoch,
             slots_lost,
+            is_leader,
         }
     })
 }
@@ -90,6 +100,8 @@ pub struct Gauges {
     pub members: usize,
     pub map_epoch: u64,
     pub slots_lost: usize,
+    /// Always true for a process on a state file, the only one there is.
+    pub leading: bool,
 }
 
 /// The exposition text, with the gauges set first.
@@ -98,5 +110,30 @@ pub fn render(gauges: Gauges) -> Vec<u8> {
     families.members.set(gauges.members as i64);
     families.map_epoch.set(gauges.map_epoch as i64);
     families.slots_lost.set(gauges.slots_lost as i64);
+    families.is_leader.set(i64::from(gauges.leading));
     engram_metrics_http::render_registry(&families.registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(leading: bool) -> String {
+        let gauges = Gauges {
+            members: 3,
+            map_epoch: 7,
+            slots_lost: 0,
+            leading,
+        };
+        String::from_utf8(render(gauges)).expect("the exposition is text")
+    }
+
+    /// A standby and a leader tell themselves apart in their own metrics, which is what
+    /// the compose test and an alert on the sum over the control plane read.
+    #[test]
+    fn is_leader_follows_the_role_at_each_scrape() {
+        assert!(rendered(true).lines().any(|line| line == "engram_control_is_leader 1"));
+        assert!(rendered(false).lines().any(|line| line == "engram_control_is_leader 0"));
+        assert!(rendered(false).lines().any(|line| line == "engram_map_epoch 7"));
+    }
 }

@@ -292,6 +292,7 @@ impl Controller {
             members: inner.membership.members().len(),
             map_epoch: inner.membership.epoch(),
             slots_lost: inner.membership.lost_count(),
+            leading: matches!(inner.role, Role::Leading(_)),
         }
     }
 

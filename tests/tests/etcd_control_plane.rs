@@ -103,6 +103,14 @@ fn standbys_name_the_leader_and_one_takes_over_with_its_map_when_it_is_killed() 
     let mut controls = start_controls(&etcd, &prefix, 3);
     let (leader, node) = run_async(Duration::from_secs(60), async {
         let (leader, _) = settled(&controls.iter().collect::<Vec<_>>()).await;
+        // A health check pings each process: standbys answer it themselves.
+        for control in &controls {
+            control
+                .admin()
+                .ping()
+                .await
+                .expect("every process, standby or leader, answers a ping");
+        }
         let node = start_node(&controls[leader]);
         engram_tests::cluster::wait_for_members(&controls[leader], 1, Duration::from_secs(20)).await;
         (leader, node)

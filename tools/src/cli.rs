@@ -143,6 +143,13 @@ pub enum ClusterCommand {
         #[arg(long, env = "ENGRAM_JSON")]
         json: bool,
     },
+    /// Checks that the engram-control at --control answers, leader or standby; prints
+    /// PONG and the round-trip time (a health check of one process).
+    Ping {
+        /// Address of engram-control.
+        #[arg(long, env = "ENGRAM_CONTROL", default_value = "127.0.0.1:7300")]
+        control: String,
+    },
     /// Spread slots evenly over the live shards, moving as few as possible.
     Rebalance {
         /// Addresses of engram-control, comma-separated; the command goes to the leader.

@@ -1,6 +1,7 @@
 //! `engram cluster …`: talks to engram-control's leader through [`engram_client::admin`],
 //! and shows the cluster (with its control plane: [`crate::control_plane_view`]) as a
-//! table or JSON; returns lost slots to service (`reclaim`).
+//! table or JSON; returns lost slots to service (`reclaim`); checks that one
+//! control-plane process answers (`ping`).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -29,6 +30,15 @@ pub async fn run(
     let admin = |control| Admin::with_addresses(control).credentials(credentials).timeout(timeout);
     match command {
         ClusterCommand::Status { control, json } => show_status(&admin(control), json, out).await?,
+        ClusterCommand::Ping { control } => {
+            let started = Instant::now();
+            Admin::new(control)
+                .credentials(credentials)
+                .timeout(timeout)
+                .ping()
+                .await?;
+            writeln!(out, "PONG {:.3} ms", started.elapsed().as_secs_f64() * 1_000.0)?;
+        }
         ClusterCommand::Rebalance { control, no_wait } => {
             let admin = admin(control);
             let before = admin.status().await?.slots_moved_total;
