@@ -191,6 +191,33 @@ fn etcd_refuses_the_write_of_a_deposed_leader_and_of_a_stale_copy() {
 }
 
 #[test]
+fn a_leader_writes_its_first_state_after_an_etcd_restart() {
+    let mut etcd = Etcd::start();
+    let keys = Keys::under(&format!("/engram/{}", unique_key("restart-write")));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut client = runtime
+        .block_on(Client::connect([etcd.endpoint()], None))
+        .expect("connect");
+    let writer = EtcdWriter::start(&[etcd.endpoint()]).expect("writer");
+    let (_, key_revision) = runtime.block_on(take_leader_key(&mut client, &keys, "a"));
+    let mut term = EtcdTerm::new(writer, keys.clone(), key_revision, 0);
+    term.save(b"before").expect("the leader writes");
+
+    // The writer's connection broke with etcd; its lease and key survive the restart.
+    etcd.restart();
+    term.save(b"after")
+        .expect("the first write after the restart is not lost to the broken connection");
+    let mut client = runtime
+        .block_on(Client::connect([etcd.endpoint()], None))
+        .expect("connect again");
+    let read = runtime.block_on(client.get(keys.state.as_str(), None)).expect("read");
+    assert_eq!(read.kvs()[0].value(), b"after");
+}
+
+#[test]
 fn while_etcd_is_down_nobody_leads_and_once_it_is_back_one_leads_with_the_same_state() {
     let mut etcd = Etcd::start();
     let prefix = format!("/engram/{}", unique_key("outage"));
