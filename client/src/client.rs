@@ -363,9 +363,10 @@ impl Client {
     }
 
     /// The batched pass: groups the `pending` entries by the connection their key routes
-    /// to and sends them in rounds, each round at most the in-flight limit per connection:
-    /// every group's share of a round is written before any answer is awaited, so the
-    /// shards work in parallel. Answers land in `results`; entries to retry in `retries`.
+    /// to and sends them in rounds, each round at most the in-flight places free on each
+    /// connection (never more than the in-flight limit): every group's share of a round is
+    /// written before any answer is awaited, so the shards work in parallel. Answers land
+    /// in `results`; entries to retry in `retries`.
     async fn send_batch(
         &self,
         requests: &[Request],
@@ -402,36 +403,42 @@ impl Client {
             }
         }
         let mut batch: Vec<&Request> = Vec::new();
-        let rounds = groups
+        // How many of each group's entries went out so far.
+        let mut sent_of: Vec<usize> = vec![0; groups.len()];
+        while groups
             .iter()
-            .map(|(_, members)| members.len().div_ceil(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX))
-            .max()
-            .unwrap_or(0);
-        for round in 0..rounds {
-            for ((_, members), connection) in groups.iter().zip(&connections) {
+            .zip(&connections)
+            .zip(&sent_of)
+            .any(|(((_, members), connection), &sent)| connection.is_some() && sent < members.len())
+        {
+            for (((_, members), connection), sent) in groups.iter().zip(&connections).zip(&mut sent_of) {
                 let Some(connection) = connection else { continue };
-                let Some(chunk) = members.chunks(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX).nth(round) else {
+                let wanted = (members.len() - *sent).min(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX);
+                if wanted == 0 {
                     continue;
-                };
+                }
                 // Waiting for places while holding some on another connection could
                 // deadlock with a batch doing the opposite, so collect first.
-                let reservation = match connection.try_reserve(chunk.len()) {
+                let reservation = match connection.try_reserve(wanted) {
                     Some(reservation) => reservation,
                     None => {
                         collect(in_flight, results, retries).await;
-                        match connection.reserve(chunk.len()).await {
+                        match connection.reserve(wanted).await {
                             Ok(reservation) => reservation,
                             Err(_) => {
-                                retries.extend(chunk.iter().map(|&index| (index, None)));
+                                retries.extend(members[*sent..].iter().map(|&index| (index, None)));
+                                *sent = members.len();
                                 continue;
                             }
                         }
                     }
                 };
+                let chunk = &members[*sent..*sent + reservation.count()];
+                *sent += chunk.len();
                 batch.clear();
                 batch.extend(chunk.iter().map(|&index| &requests[index]));
                 match connection.send_batch(reservation, &batch, map_epoch).await {
-                    Ok(sent) => in_flight.push((chunk.to_vec(), Arc::clone(connection), sent)),
+                    Ok(going) => in_flight.push((chunk.to_vec(), Arc::clone(connection), going)),
                     // Nothing of this chunk was sent (the connection failed, or a frame
                     // could not be encoded): each entry takes the single-call path.
                     Err(_) => retries.extend(chunk.iter().map(|&index| (index, None))),

@@ -149,31 +149,45 @@ impl Connection {
         }
     }
 
-    /// Reserves `count` (at most `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`) in-flight
-    /// places for a batch if they are free now.
+    /// Reserves as many of `count` (at most `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`)
+    /// in-flight places for a batch as are free now; `None` when none is. A batch takes
+    /// what is free rather than waiting for all it wants: requests parked at the server (a
+    /// lock or barrier wait) hold their places for as long as they wait, and may wait for
+    /// a request that would queue behind the batch.
     pub fn try_reserve(self: &Arc<Self>, count: usize) -> Option<Reservation> {
-        let permits = self.in_flight.try_acquire_many(batch_permits(count)).ok()?;
+        let free = self.in_flight.available_permits().min(count);
+        if free == 0 {
+            return None;
+        }
+        let permits = self.in_flight.try_acquire_many(batch_permits(free)).ok()?;
         permits.forget();
         Some(Reservation {
             connection: Arc::clone(self),
-            count,
+            count: free,
         })
     }
 
-    /// Reserves `count` (at most `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`) in-flight
-    /// places for a batch, waiting for them. A caller must not wait here while it holds
-    /// another reservation, or two batches could each hold what the other waits for.
+    /// Waits for one free in-flight place, then reserves as many more of `count` (at
+    /// most `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`) as are free. A caller must not wait
+    /// here while it holds another reservation, or two batches could each hold what the
+    /// other waits for.
     pub async fn reserve(self: &Arc<Self>, count: usize) -> Result<Reservation, Error> {
-        let permits = self
+        let first = self
             .in_flight
-            .acquire_many(batch_permits(count))
+            .acquire()
             .await
             .map_err(|_| self.failed(ConnectionError::Closed))?;
-        permits.forget();
-        Ok(Reservation {
+        first.forget();
+        let mut reservation = Reservation {
             connection: Arc::clone(self),
-            count,
-        })
+            count: 1,
+        };
+        let more = self.in_flight.available_permits().min(count.saturating_sub(1));
+        if let Ok(permits) = self.in_flight.try_acquire_many(batch_permits(more)) {
+            permits.forget();
+            reservation.count += more;
+        }
+        Ok(reservation)
     }
 
     /// Sends `requests` (as many as `reservation` holds places for) as one batch: their
@@ -250,6 +264,13 @@ fn batch_permits(count: usize) -> u32 {
 pub struct Reservation {
     connection: Arc<Connection>,
     count: usize,
+}
+
+impl Reservation {
+    /// How many places it holds: how many requests may go out with it.
+    pub fn count(&self) -> usize {
+        self.count
+    }
 }
 
 impl Drop for Reservation {

@@ -73,7 +73,14 @@ pub async fn run(
         };
         loop {
             let mut next = None;
-            for output in machine.handle(input, now_ms()) {
+            let outputs = machine.handle(input, now_ms());
+            // Before the outputs are performed: a leader's requests are answered within
+            // its bound only (a standby's bound is already past).
+            let bound = machine
+                .lease_bound()
+                .map_or_else(Instant::now, |bound| started + Duration::from_millis(bound));
+            driver.controller.bound_lease(bound);
+            for output in outputs {
                 if let Some(follow_up) = driver.perform(output).await {
                     next = Some(follow_up);
                 }

@@ -114,6 +114,10 @@ struct Pending {
 
 struct Inner {
     role: Role,
+    /// With etcd, the instant past which this process may no longer lead (its lease may
+    /// have lapsed), as the election last computed it; `None` with a state file. Requests
+    /// are not answered as the leader past it, even before the election has stepped down.
+    lease_bound: Option<Instant>,
     /// Bumped whenever leadership is taken or lost, so answers and timers of an earlier
     /// term are not fed to this term's orchestrator.
     term: u64,
@@ -185,6 +189,7 @@ impl Controller {
             halt: tokio::sync::watch::Sender::new(None),
             inner: Mutex::new(Inner {
                 role,
+                lease_bound: None,
                 term: 1,
                 membership,
                 // Until `reconcile` has settled what an earlier run left open, no plan
@@ -256,7 +261,14 @@ impl Controller {
 
     /// Whether this process leads now.
     pub fn is_leading(&self) -> bool {
-        matches!(self.lock().role, Role::Leading(_))
+        self.lock().leads(Instant::now())
+    }
+
+    /// The election's lease bound (see [`Inner::lease_bound`]): set before every change
+    /// of role the election makes, so a process that was paused past it (its election
+    /// has not run yet) answers no request as the leader.
+    pub fn bound_lease(&self, bound: Instant) {
+        self.lock().lease_bound = Some(bound);
     }
 
     /// Resolves when a save deposed this process (see [`SaveError::deposes`]).
@@ -292,7 +304,7 @@ impl Controller {
             members: inner.membership.members().len(),
             map_epoch: inner.membership.epoch(),
             slots_lost: inner.membership.lost_count(),
-            leading: matches!(inner.role, Role::Leading(_)),
+            leading: inner.leads(Instant::now()),
         }
     }
 
@@ -370,8 +382,18 @@ impl Controller {
     async fn handle(self: &Arc<Self>, command: ControlRequest) -> ControlResponse {
         let now_ms = self.now_ms();
         if !matches!(command, ControlRequest::Ping) {
-            if let Role::Standby { leader } = &self.lock().role {
-                return ControlResponse::NotLeader { leader: leader.clone() };
+            let inner = self.lock();
+            match &inner.role {
+                Role::Standby { leader } => return ControlResponse::NotLeader { leader: leader.clone() },
+                // Past its lease bound (it was paused, say) another process may lead, and
+                // not everything a leader answers goes through etcd: a heartbeat's answer
+                // tells the node which migrations to abort. The election steps down at
+                // its next input; until then, this process leads nothing.
+                Role::Leading(_) if !inner.leads(Instant::now()) => {
+                    tracing::info!("past the lease bound: answering as a standby until the election steps down");
+                    return ControlResponse::NotLeader { leader: None };
+                }
+                Role::Leading(_) => {}
             }
         }
         match command {
@@ -782,6 +804,14 @@ impl Controller {
     }
 }
 
+impl Inner {
+    /// Whether this process leads at `now`: it holds the state store, within its lease
+    /// bound when it has one.
+    fn leads(&self, now: Instant) -> bool {
+        matches!(self.role, Role::Leading(_)) && self.lease_bound.is_none_or(|bound| now < bound)
+    }
+}
+
 /// Stands by: nothing acts on the state any more, and whatever the orchestrator was
 /// running is left to the next leader's reconcile.
 fn stand_by(inner: &mut Inner) {
@@ -1012,5 +1042,56 @@ fn encode_refusal(
     match greeted {
         true => encode_message(FrameKind::Response, request_id, 0, &ControlResponse::Error(reply), out),
         false => encode_message(FrameKind::Response, request_id, 0, &Response::Error(reply), out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leading_on_a_file(test: &str) -> (Arc<Controller>, PathBuf) {
+        let data_dir = std::env::temp_dir().join(format!("engram-control-{test}-{}", std::process::id()));
+        let settings = Settings {
+            credentials: Vec::new(),
+            load_rebalance: false,
+            load_check_interval: Duration::from_millis(LOAD_CHECK_INTERVAL_MS_DEFAULT),
+            liveness_timeout: Duration::from_millis(crate::membership::LIVENESS_TIMEOUT_MS),
+        };
+        let (controller, _events) = Controller::open(settings, &data_dir).expect("a fresh data directory");
+        (controller, data_dir)
+    }
+
+    /// A process paused past its lease bound may be served a request before its election
+    /// runs again and steps down; it answers as a standby, since a heartbeat's answer
+    /// (migrations to abort) never passes etcd's conditions.
+    #[tokio::test]
+    async fn past_its_lease_bound_a_leader_answers_as_a_standby_before_the_election_steps_down() {
+        let (controller, data_dir) = leading_on_a_file("lease-bound");
+        let heartbeat = |migrations| {
+            ControlRequest::Heartbeat(engram_proto::Heartbeat {
+                node_id: 1,
+                map_epoch: 0,
+                shards: Vec::new(),
+                migrations,
+                incarnation: 0,
+            })
+        };
+        controller.bound_lease(Instant::now() + Duration::from_secs(60));
+        assert!(controller.is_leading());
+        assert!(matches!(
+            controller.handle(ControlRequest::Status).await,
+            ControlResponse::Status(_)
+        ));
+
+        controller.bound_lease(Instant::now());
+        assert!(!controller.is_leading());
+        assert!(!controller.gauges().leading, "engram_control_is_leader says it leads");
+        for request in [ControlRequest::Status, heartbeat(vec![7]), ControlRequest::Rebalance] {
+            let answer = controller.handle(request).await;
+            assert_eq!(answer, ControlResponse::NotLeader { leader: None });
+        }
+        assert_eq!(controller.handle(ControlRequest::Ping).await, ControlResponse::Pong);
+        drop(controller);
+        let _ = std::fs::remove_dir_all(data_dir);
     }
 }

@@ -410,6 +410,15 @@ impl SlotMap {
         Ok(())
     }
 
+    /// A fingerprint of the whole map (xxh3 of its wire encoding): two maps of one epoch
+    /// with different digests differ. Nodes log it with every map they install, so that
+    /// what each installed can be compared across a cluster.
+    pub fn digest(&self) -> u64 {
+        // Encoding a map of owned strings and integers only fails on allocation.
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(self).map_or_else(|_| Vec::new(), |bytes| bytes.to_vec());
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+
     /// Slots no shard serves, in order.
     pub fn lost_slots(&self) -> Vec<u32> {
         self.ranges
@@ -429,5 +438,47 @@ impl SlotMap {
             }
         }
         table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_shard_map() -> SlotMap {
+        let shard = |node_id| ShardAddress {
+            node_id,
+            shard_id: 0,
+            address: format!("10.0.0.{node_id}:7401"),
+        };
+        let mut map = crate::embedded_map(vec![shard(1)]);
+        map.shards.push(shard(2));
+        map
+    }
+
+    #[test]
+    fn a_digest_is_the_same_for_equal_maps_and_differs_with_any_field() {
+        let map = two_shard_map();
+        assert_eq!(map.digest(), two_shard_map().digest());
+        let mut moved = map.clone();
+        moved.ranges = vec![
+            SlotRange {
+                start: 0,
+                end: 99,
+                shard_index: 1,
+            },
+            SlotRange {
+                start: 100,
+                end: crate::limits::SLOT_COUNT - 1,
+                shard_index: 0,
+            },
+        ];
+        let mut renumbered = map.clone();
+        renumbered.epoch += 1;
+        let mut floored = map.clone();
+        floored.version_floor = 7;
+        for other in [moved, renumbered, floored] {
+            assert_ne!(map.digest(), other.digest(), "{other:?}");
+        }
     }
 }

@@ -63,10 +63,21 @@ impl NodeMap {
         if map.epoch <= current.epoch {
             return Ok(false);
         }
+        log_installed(&map);
         self.epoch.store(map.epoch, Relaxed);
         *current = Arc::new(map);
         Ok(true)
     }
+}
+
+/// Says which map a node routes with from now on: its epoch and digest, one line per map,
+/// so the maps the nodes of a cluster installed can be compared (one map per epoch).
+pub fn log_installed(map: &SlotMap) {
+    tracing::info!(
+        epoch = map.epoch,
+        digest = %format_args!("{:016x}", map.digest()),
+        "installed map"
+    );
 }
 
 /// Who owns a slot, from one shard's point of view.

@@ -291,8 +291,8 @@ impl Heartbeater {
         if let ControlResponse::SlotMap(map) = link.call(ControlRequest::GetSlotMap)? {
             let epoch = map.epoch;
             match self.node_map.install(map) {
-                Ok(true) => tracing::info!(epoch, "installed the control plane's map"),
-                Ok(false) => {}
+                // The install logs the map it installed.
+                Ok(_) => {}
                 Err(reason) => tracing::warn!(epoch, %reason, "the control plane sent an invalid map"),
             }
         }

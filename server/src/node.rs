@@ -213,6 +213,9 @@ impl Starting {
             version_floor,
             membership,
         } = place;
+        if membership.is_some() {
+            crate::cluster::log_installed(&map);
+        }
         let node_map = Arc::new(NodeMap::new(map));
         if let Some(membership) = &membership {
             node_map.mark_checked(map_check_grace_ms(membership.liveness_timeout_ms));

@@ -83,3 +83,49 @@ pub fn shard_of_node(map: &SlotMap, node_id: u64) -> usize {
         .position(|shard| shard.node_id == node_id)
         .unwrap_or_else(|| panic!("node {node_id} is not in the map"))
 }
+
+/// The maps `node` installed, in order, as (epoch, digest), from its log: a node logs
+/// `installed map epoch=E digest=D` for its first map and every newer one.
+pub fn installed_maps(node: &EngramServer) -> Vec<(u64, String)> {
+    node.stderr_text()
+        .lines()
+        .filter_map(|line| {
+            let (_, fields) = line.split_once("installed map ")?;
+            let field = |name: &str| {
+                fields
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))
+            };
+            Some((field("epoch")?.parse().ok()?, field("digest")?.to_string()))
+        })
+        .collect()
+}
+
+/// Checks that each of `nodes` installed at most one map per epoch, epochs only growing,
+/// and that every node that installed an epoch installed the same map (one digest per
+/// epoch across the cluster); returns the digest of each epoch any node installed.
+pub fn one_map_per_epoch(nodes: &[&EngramServer]) -> std::collections::BTreeMap<u64, String> {
+    let mut digests = std::collections::BTreeMap::<u64, String>::new();
+    for node in nodes {
+        let installed = installed_maps(node);
+        assert!(!installed.is_empty(), "node {} logged no installed map", node.node_id());
+        if let Some(pair) = installed.windows(2).find(|pair| pair[1].0 <= pair[0].0) {
+            panic!(
+                "node {} installed epoch {} after epoch {}: {installed:?}",
+                node.node_id(),
+                pair[1].0,
+                pair[0].0
+            );
+        }
+        for (epoch, digest) in installed {
+            let first = digests.entry(epoch).or_insert_with(|| digest.clone());
+            assert_eq!(
+                *first,
+                digest,
+                "two maps of epoch {epoch} were installed (node {} has {digest})",
+                node.node_id()
+            );
+        }
+    }
+    digests
+}

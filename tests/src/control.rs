@@ -123,6 +123,18 @@ impl ControlPlane {
         &self.address
     }
 
+    /// Where it serves metrics, when started with `--metrics-port` (on its --listen host).
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        let port = self
+            .extra_arguments
+            .windows(2)
+            .find(|pair| pair[0] == "--metrics-port")?[1]
+            .parse()
+            .ok()?;
+        let host: std::net::IpAddr = self.address.rsplit_once(':')?.0.parse().ok()?;
+        Some(std::net::SocketAddr::new(host, port))
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -93,3 +93,50 @@ pub const BULKY_KEYS: usize = 160;
 pub async fn keys_held(node: &EngramServer) -> u64 {
     total_keys(&node.front_only_client(Duration::from_secs(10)).await).await
 }
+
+/// One key per slot, in slot order (namespace "default").
+pub fn key_per_slot() -> Vec<String> {
+    let hasher = engram_proto::SlotHasher::new(b"default");
+    let mut keys: Vec<Option<String>> = vec![None; SLOT_COUNT as usize];
+    let mut missing = SLOT_COUNT as usize;
+    for n in 0.. {
+        let key = format!("slot-probe-{n}");
+        let slot = &mut keys[hasher.slot(key.as_bytes()) as usize];
+        if slot.is_none() {
+            *slot = Some(key);
+            missing -= 1;
+            if missing == 0 {
+                break;
+            }
+        }
+    }
+    keys.into_iter().flatten().collect()
+}
+
+/// Reads a counter at each of `keys` at once, each read bounded by `timeout`; returns
+/// the indexes of the keys that did not answer (frozen by a migration nobody settled,
+/// lost, unreachable), with the first error.
+pub async fn slots_not_answering(client: &Client, keys: &[String], timeout: Duration) -> (Vec<u32>, Option<String>) {
+    let commands = keys
+        .iter()
+        .map(|key| {
+            let get = engram_proto::CounterCommand::Get {
+                key: key.as_bytes().to_vec(),
+            };
+            (engram_proto::Command::from(get), false)
+        })
+        .collect();
+    let mut first = None;
+    let silent = client
+        .batch_with(commands, Some(timeout))
+        .await
+        .iter()
+        .enumerate()
+        .filter_map(|(index, result)| {
+            let error = result.as_ref().err()?;
+            first.get_or_insert_with(|| error.to_string());
+            Some(index as u32)
+        })
+        .collect();
+    (silent, first)
+}

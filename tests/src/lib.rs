@@ -28,6 +28,11 @@
 //! - [`etcd`]: [`etcd::Etcd`]: a real single-member etcd on free loopback ports with a scratch
 //!   data directory, stoppable and restartable for outages (needs `etcd` installed:
 //!   `scripts/test.sh` installs it).
+//! - [`etcd_control`]: several `engram-control --etcd` processes on one etcd: who leads,
+//!   the wait for one leader named by every standby, nodes beating to it, and the states
+//!   etcd holds and ever accepted.
+//! - [`load`]: the elastic-cluster load (counters with their acknowledgements, a lock
+//!   with fences and an outside witness, a barrier) and its checks.
 //! - [`binaries`]: where `engramd`, `engram` and `engram-test-worker` are.
 //! - [`seeds`]: many seeds of a simulation run on every core, outcomes in seed order.
 //!
@@ -38,7 +43,9 @@ pub mod cluster;
 pub mod control;
 pub mod elastic;
 pub mod etcd;
+pub mod etcd_control;
 pub mod linearizability;
+pub mod load;
 pub mod processes;
 pub mod raw;
 pub mod routing;

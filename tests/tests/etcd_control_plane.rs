@@ -11,90 +11,16 @@
 
 use std::time::{Duration, Instant};
 
-use engram_client::admin::{AdminError, ClusterStatus};
 use engram_control::leadership::LEASE_TTL_MS;
-use engram_control::membership::Membership;
 use engram_control::state::{EtcdTerm, EtcdWriter, Keys, SaveError};
 use engram_tests::cluster::{node_slot_count, start_node, start_node_at};
-use engram_tests::control::{cli_at, ControlPlane};
+use engram_tests::control::ControlPlane;
 use engram_tests::etcd::Etcd;
-use engram_tests::server::next_loopback;
+use engram_tests::etcd_control::{
+    ask, beating_to, cli_ok, members_of, settled, start_controls, state_in_etcd, Answer, ELECTION_LIMIT,
+};
 use engram_tests::{run_async, unique_key};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
-
-/// Longest an election may take: a lapsed lease (5 s) and a campaign, with room for a
-/// loaded machine.
-const ELECTION_LIMIT: Duration = Duration::from_secs(30);
-
-/// What one control-plane process says when asked for the cluster's status.
-enum Answer {
-    Leads(Box<ClusterStatus>),
-    Standby(Option<String>),
-    Unreachable,
-}
-
-async fn ask(control: &ControlPlane) -> Answer {
-    match control.admin().status().await {
-        Ok(status) => Answer::Leads(Box::new(status)),
-        Err(AdminError::NotLeader { leader, .. }) => Answer::Standby(leader),
-        Err(_) => Answer::Unreachable,
-    }
-}
-
-/// Waits until exactly one of `controls` leads and every other one names it as the
-/// leader; returns the leader's index and status.
-async fn settled(controls: &[&ControlPlane]) -> (usize, ClusterStatus) {
-    let deadline = Instant::now() + ELECTION_LIMIT;
-    loop {
-        let mut leaders = Vec::new();
-        let mut named = Vec::new();
-        for (index, control) in controls.iter().enumerate() {
-            match ask(control).await {
-                Answer::Leads(status) => leaders.push((index, *status)),
-                Answer::Standby(leader) => named.push(leader),
-                Answer::Unreachable => {}
-            }
-        }
-        if leaders.len() == 1 && named.len() == controls.len() - 1 {
-            let (index, status) = leaders.pop().expect("one leader");
-            let address = controls[index].address();
-            if named.iter().all(|leader| leader.as_deref() == Some(address)) {
-                return (index, status);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no single leader named by every standby within {ELECTION_LIMIT:?} ({} lead)",
-            leaders.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn members_of(status: &ClusterStatus) -> Vec<(u64, String, u64)> {
-    status
-        .nodes
-        .iter()
-        .map(|node| (node.node_id, node.front_address.clone(), node.incarnation))
-        .collect()
-}
-
-fn start_controls(etcd: &Etcd, prefix: &str, count: usize) -> Vec<ControlPlane> {
-    (0..count)
-        .map(|_| ControlPlane::start_etcd(next_loopback(), &etcd.endpoint(), prefix, &[]))
-        .collect()
-}
-
-/// The state etcd holds under `prefix`, decoded.
-async fn state_in_etcd(etcd: &Etcd, prefix: &str) -> Membership {
-    let mut client = Client::connect([etcd.endpoint()], None).await.expect("connect to etcd");
-    let read = client
-        .get(Keys::under(prefix).state, None)
-        .await
-        .expect("read the state");
-    let kv = read.kvs().first().expect("a state is stored");
-    Membership::decode(kv.value()).expect("the stored state decodes")
-}
 
 #[test]
 fn standbys_name_the_leader_and_one_takes_over_with_its_map_when_it_is_killed() {
@@ -265,6 +191,33 @@ fn etcd_refuses_the_write_of_a_deposed_leader_and_of_a_stale_copy() {
 }
 
 #[test]
+fn a_leader_writes_its_first_state_after_an_etcd_restart() {
+    let mut etcd = Etcd::start();
+    let keys = Keys::under(&format!("/engram/{}", unique_key("restart-write")));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut client = runtime
+        .block_on(Client::connect([etcd.endpoint()], None))
+        .expect("connect");
+    let writer = EtcdWriter::start(&[etcd.endpoint()]).expect("writer");
+    let (_, key_revision) = runtime.block_on(take_leader_key(&mut client, &keys, "a"));
+    let mut term = EtcdTerm::new(writer, keys.clone(), key_revision, 0);
+    term.save(b"before").expect("the leader writes");
+
+    // The writer's connection broke with etcd; its lease and key survive the restart.
+    etcd.restart();
+    term.save(b"after")
+        .expect("the first write after the restart is not lost to the broken connection");
+    let mut client = runtime
+        .block_on(Client::connect([etcd.endpoint()], None))
+        .expect("connect again");
+    let read = runtime.block_on(client.get(keys.state.as_str(), None)).expect("read");
+    assert_eq!(read.kvs()[0].value(), b"after");
+}
+
+#[test]
 fn while_etcd_is_down_nobody_leads_and_once_it_is_back_one_leads_with_the_same_state() {
     let mut etcd = Etcd::start();
     let prefix = format!("/engram/{}", unique_key("outage"));
@@ -308,46 +261,6 @@ fn while_etcd_is_down_nobody_leads_and_once_it_is_back_one_leads_with_the_same_s
     assert_eq!(after.map, before.map, "the leader after the outage has another map");
     assert_eq!(members_of(&after), members_of(&before));
     drop(node);
-}
-
-/// Waits until `control` reports every node of `nodes` alive and holding the control
-/// plane's map (the epoch a node reports comes from its heartbeats only, so this shows
-/// they reach `control`); returns that status.
-async fn beating_to(control: &ControlPlane, nodes: &[u64]) -> ClusterStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = control.status().await;
-        let current = |node_id: &u64| {
-            status
-                .nodes
-                .iter()
-                .any(|node| node.node_id == *node_id && node.alive && node.map_epoch == status.map.epoch)
-        };
-        if nodes.iter().all(current) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nodes {nodes:?} never all beat to {} with epoch {}: {:?}",
-            control.address(),
-            status.map.epoch,
-            status.nodes
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Runs `engram cluster <arguments> --control <control>`, insisting it succeeds.
-async fn cli_ok(control: &str, arguments: &[&str]) -> String {
-    let output = cli_at(control, arguments).await;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "engram cluster {arguments:?} --control {control} exited {:?}: {stdout}{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 #[test]

@@ -245,3 +245,34 @@ async fn an_unanswered_batch_times_out_as_a_whole_and_frees_its_places() {
     let results = client.batch(keys.iter().map(|key| get(key)).collect()).await;
     assert!(results.iter().all(|result| matches!(result, Ok(Response::Missing))));
 }
+
+/// A request parked at the server (a lock wait, a barrier) holds its in-flight place for
+/// as long as it waits: a batch larger than the places left goes out in what is free
+/// instead of waiting for every place, which would also hold back, behind the batch,
+/// the very request (a release, the last party) that ends the wait.
+#[tokio::test]
+async fn a_batch_goes_out_in_the_places_a_parked_request_leaves_free() {
+    let fake = FakeServer::front().await;
+    let client = front_client(&fake).await;
+    let parked = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let (command, mutation) = get("hold-parked");
+            client.call(Some(b"hold-parked"), command, mutation).await
+        })
+    };
+    until(|| fake.held() == 1).await;
+    let keys: Vec<_> = (0..IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX + 10)
+        .map(|index| format!("k{index}"))
+        .collect();
+    let results = client
+        .batch_with(keys.iter().map(|key| get(key)).collect(), Some(Duration::from_secs(2)))
+        .await;
+    assert!(
+        results.iter().all(|result| matches!(result, Ok(Response::Missing))),
+        "{:?}",
+        results.iter().find(|result| !matches!(result, Ok(Response::Missing)))
+    );
+    fake.release().await;
+    assert!(parked.await.unwrap().is_ok());
+}

@@ -15,7 +15,7 @@
 //! save never waits for a tokio worker that is itself waiting for the lock.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnResponse};
 
@@ -169,6 +169,10 @@ impl EtcdTerm {
             .and_then([TxnOp::put(self.keys.state.as_str(), bytes, None)])
     }
 
+    /// The conditional write of `bytes`. An error answer (a connection etcd's restart
+    /// broke, say) is followed by one more try of the same transaction within the save's
+    /// time: should the first have been applied, the state's revision moved and the
+    /// second is refused, so a second try that takes proves the first did not.
     pub fn save(&mut self, bytes: &[u8]) -> Result<(), SaveError> {
         if bytes.len() > STATE_BYTES_MAX {
             return Err(SaveError::TooLarge {
@@ -177,9 +181,21 @@ impl EtcdTerm {
             });
         }
         let key = self.keys.state.clone();
-        let answer = self
+        let deadline = Instant::now() + Duration::from_millis(SAVE_TIMEOUT_MS);
+        let first = self
             .writer
             .run(self.transaction(bytes), Duration::from_millis(SAVE_TIMEOUT_MS));
+        let answer = match first {
+            Ok(Err(reason)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.writer.run(self.transaction(bytes), left) {
+                    Ok(Ok(response)) if response.succeeded() => Ok(Ok(response)),
+                    // Refused or failed again: whether the first try took is unknown.
+                    _ => Err(reason),
+                }
+            }
+            answer => answer,
+        };
         match answer {
             Ok(Ok(response)) if response.succeeded() => {
                 let revision = response.header().map_or(0, |header| header.revision());
@@ -187,8 +203,7 @@ impl EtcdTerm {
                 Ok(())
             }
             Ok(Ok(_)) => Err(SaveError::Refused { key }),
-            Ok(Err(reason)) => Err(SaveError::Unknown { key, reason }),
-            Err(reason) => Err(SaveError::Unknown { key, reason }),
+            Ok(Err(reason)) | Err(reason) => Err(SaveError::Unknown { key, reason }),
         }
     }
 }
