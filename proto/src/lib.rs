@@ -23,6 +23,8 @@
 //! - [`slot`]: key to slot hashing with `{hashtag}` support (xxh3).
 //! - [`embedded_map`]: the map of a node serving every slot alone, before (or without) a control plane.
 //! - [`migration`]: the state of migrating slots, as shipped between shards, and its codec.
+//! - [`replication`]: what a primary shard ships to its backups (streams of key images) and
+//!   what they answer.
 
 pub mod cluster;
 pub mod codec;
@@ -38,6 +40,7 @@ pub mod message;
 pub mod migration;
 pub mod peer;
 pub mod protocol;
+pub mod replication;
 pub mod slot;
 
 pub use cluster::*;
@@ -61,4 +64,5 @@ pub use migration::{
 };
 pub use peer::*;
 pub use protocol::{ClientProtocol, ControlProtocol, Decode, Encode, PeerProtocol, Protocol};
+pub use replication::{ReplicaAnswer, ReplicaBatch, ReplicaRefusal, ReplicaStreamId};
 pub use slot::{format_slot_ranges, hashtag, SlotHasher};

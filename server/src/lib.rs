@@ -19,6 +19,8 @@
 //!   and its side of live slot migration (freeze, copy, commit or abort).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
 //! - [`outbox`]: where answers go: a connection's queue of answers, or a forwarding shard.
+//! - [`replication`]: sans-I/O synchronous replication: a primary's streams to its
+//!   backups, held answers, and a backup's checks before it applies a batch.
 //! - [`store`]: the sans-I/O keyspace state machine (bytes, counters, TTL, memory, exactly-once records).
 //! - [`cluster`]: the node's slot map and routing.
 //! - [`link`]: the shards' adapter of proto's sans-I/O link, and the one-question peer link.
@@ -40,6 +42,7 @@ pub mod notify;
 pub mod outbox;
 pub mod place;
 pub mod proxy;
+pub mod replication;
 pub mod runtime;
 pub mod shard;
 pub mod shutdown;

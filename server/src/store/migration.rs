@@ -107,13 +107,7 @@ impl Store {
         live.sort_unstable_by(|left, right| left.key().cmp(right.key()));
         let mut batches = Batches::new(batch_bytes_max, self.last_version);
         for entry in live {
-            let expires_at_ms = entry.expires_at_ms();
-            batches.add_entry(MigratedEntry {
-                key: entry.key().to_vec(),
-                version: entry.version(),
-                ttl_remaining_ms: if expires_at_ms == 0 { 0 } else { expires_at_ms - now_ms },
-                object: export_object(entry, now_ms),
-            });
+            batches.add_entry(export_entry(entry, now_ms));
         }
         for record in self.operations.export_slots(&in_slot) {
             batches.add_record(record);
@@ -157,7 +151,7 @@ impl Store {
             records,
             last_version,
         } = batch;
-        let built = self.build_entries(entries, now_ms, last_version)?;
+        let built = self.build_entries(entries, now_ms, last_version, Existing::Refuse)?;
         let taken = self.records_to_take(records)?;
         let entries_bytes = built.iter().map(KeyEntry::charged_bytes);
         let records_bytes = taken.iter().map(|record| done_record_bytes(&record.response));
@@ -188,15 +182,16 @@ impl Store {
 
     /// The batch's entries rebuilt and checked, idle objects left out (a later use
     /// re-creates them identically), in key order.
-    fn build_entries(
+    pub(super) fn build_entries(
         &self,
         entries: Vec<MigratedEntry>,
         now_ms: u64,
         last_version: u64,
+        existing: Existing,
     ) -> Result<Vec<KeyEntry>, ImportError> {
         let mut built: Vec<KeyEntry> = Vec::with_capacity(entries.len());
         for entry in entries {
-            let entry = self.build_entry(entry, now_ms, last_version)?;
+            let entry = self.build_entry(entry, now_ms, last_version, existing)?;
             if !entry.is_idle() {
                 built.push(entry);
             }
@@ -212,7 +207,7 @@ impl Store {
 
     /// The batch's records this shard takes (not those of operations it answered
     /// itself), each checked, and within `OPERATION_RECORDS_MAX` with those it holds.
-    fn records_to_take(&self, records: Vec<MigratedRecord>) -> Result<Vec<MigratedRecord>, ImportError> {
+    pub(super) fn records_to_take(&self, records: Vec<MigratedRecord>) -> Result<Vec<MigratedRecord>, ImportError> {
         let mut seen_operations = HashSet::with_capacity(records.len());
         let mut taken = Vec::with_capacity(records.len());
         for record in records {
@@ -244,7 +239,7 @@ impl Store {
     }
 
     /// Stores an imported entry, charging it and arming its expiry and lease timers.
-    fn insert_imported(&mut self, entry: KeyEntry, now_ms: u64) {
+    pub(super) fn insert_imported(&mut self, entry: KeyEntry, now_ms: u64) {
         let key = entry.key();
         self.data_bytes += entry.entry_bytes();
         self.move_deadline(key, 0, entry.expires_at_ms());
@@ -260,7 +255,13 @@ impl Store {
     }
 
     /// Checks one migrated entry and rebuilds it, without touching the store.
-    fn build_entry(&self, migrated: MigratedEntry, now_ms: u64, last_version: u64) -> Result<KeyEntry, ImportError> {
+    fn build_entry(
+        &self,
+        migrated: MigratedEntry,
+        now_ms: u64,
+        last_version: u64,
+        existing: Existing,
+    ) -> Result<KeyEntry, ImportError> {
         let MigratedEntry {
             key,
             version,
@@ -270,7 +271,7 @@ impl Store {
         if key.len() > STORED_KEY_BYTES_MAX {
             return Err(ImportError::KeyTooLarge { length: key.len() });
         }
-        if self.entries.get(&key).is_some() {
+        if existing == Existing::Refuse && self.entries.get(&key).is_some() {
             // The target owned nothing in these slots: an existing key means the slot
             // was imported twice or is owned twice, and either would lose a write.
             return Err(ImportError::DuplicateKey { key: shown(&key) });
@@ -325,8 +326,28 @@ impl Store {
     }
 }
 
+/// What an imported entry does to an entry already at its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Existing {
+    /// A migration's target owned nothing in the slots: an existing key is an error.
+    Refuse,
+    /// A backup's copy is replaced by the primary's newer image.
+    Replace,
+}
+
 fn shown(key: &[u8]) -> String {
     String::from_utf8_lossy(client_key(key)).into_owned()
+}
+
+/// A live entry as it travels: times as what is left of them.
+pub(super) fn export_entry(entry: &KeyEntry, now_ms: u64) -> MigratedEntry {
+    let expires_at_ms = entry.expires_at_ms();
+    MigratedEntry {
+        key: entry.key().to_vec(),
+        version: entry.version(),
+        ttl_remaining_ms: if expires_at_ms == 0 { 0 } else { expires_at_ms - now_ms },
+        object: export_object(entry, now_ms),
+    }
 }
 
 fn export_object(entry: &KeyEntry, now_ms: u64) -> MigratedObject {

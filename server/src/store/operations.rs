@@ -126,13 +126,8 @@ impl OperationLog {
     ) -> Lookup {
         let session = self.sessions.entry(client_id).or_default();
         session.quiet_from_ms = session.quiet_from_ms.max(now_ms.saturating_add(wait_ms));
-        if completed_below_op_id > session.completed_below_op_id {
-            session.completed_below_op_id = completed_below_op_id;
-            let kept = session.records.split_off(&completed_below_op_id);
-            let dropped = std::mem::replace(&mut session.records, kept);
-            self.records -= dropped.len();
-            self.bytes -= dropped.values().map(|kept| record_bytes(&kept.record)).sum::<u64>();
-        }
+        self.acknowledge(client_id, completed_below_op_id);
+        let session = self.sessions.entry(client_id).or_default();
         if let Some(kept) = session.records.get(&op_id) {
             return Lookup::Seen(kept.record.clone());
         }
@@ -151,6 +146,41 @@ impl OperationLog {
             ));
         }
         Lookup::New
+    }
+
+    /// Drops the records of `client_id`'s operations below `completed_below_op_id`: the
+    /// client has their answers and will never ask again.
+    pub fn acknowledge(&mut self, client_id: u64, completed_below_op_id: u64) {
+        let session = self.sessions.entry(client_id).or_default();
+        if completed_below_op_id <= session.completed_below_op_id {
+            return;
+        }
+        session.completed_below_op_id = completed_below_op_id;
+        let kept = session.records.split_off(&completed_below_op_id);
+        let dropped = std::mem::replace(&mut session.records, kept);
+        self.records -= dropped.len();
+        self.bytes -= dropped.values().map(|kept| record_bytes(&kept.record)).sum::<u64>();
+    }
+
+    /// The client's acknowledgement mark: every operation below it was answered and seen.
+    pub fn completed_below(&self, client_id: u64) -> u64 {
+        self.sessions
+            .get(&client_id)
+            .map_or(0, |session| session.completed_below_op_id)
+    }
+
+    /// Copies of the answered operation's record, if it has one (a parked one has not).
+    pub fn export_record(&self, client_id: u64, op_id: u64) -> Option<MigratedRecord> {
+        let kept = self.sessions.get(&client_id)?.records.get(&op_id)?;
+        match (&kept.record, kept.slot) {
+            (Record::Done(response), Some(slot)) => Some(MigratedRecord {
+                client_id,
+                op_id,
+                slot,
+                response: response.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// Records what is known of an operation on a key of `slot`.

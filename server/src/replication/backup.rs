@@ -1,0 +1,180 @@
+//! The backup's side: which stream it follows from each primary shard, and whether a
+//! batch may be applied.
+//!
+//! A batch is applied only if the backup's own map names its sender primary of every
+//! slot the stream covers, the stream is the newest opening from that primary shard,
+//! and the batch is the next in sequence. The first rule is what keeps a deposed
+//! primary out: once the backup has installed the map that promoted it (or another
+//! backup), a batch from the old primary is refused, so no write reaches it from both
+//! sides. Until it has installed that map it is not serving, and what it applies is
+//! what the old primary did before its lease ended.
+
+use std::collections::{HashMap, HashSet};
+
+use engram_proto::{ReplicaAnswer, ReplicaBatch, ReplicaRefusal, ReplicaStreamId};
+
+use super::slots::SlotSet;
+use crate::store::{slot_of_stored_key, ReplicaChanges, Store};
+
+/// What a backup needs to know of its map.
+pub trait PrimaryView {
+    fn epoch(&self) -> u64;
+    /// The `(node, shard)` that serves `slot` as primary, if any.
+    fn primary_of(&self, slot: u32) -> Option<(u64, u16)>;
+}
+
+#[derive(Debug)]
+struct Following {
+    id: ReplicaStreamId,
+    slots: SlotSet,
+    applied: u64,
+    /// The map epoch at which the sender was last checked to be the slots' primary.
+    checked_epoch: u64,
+    /// Keys the snapshot named so far, until it ends.
+    named: Option<HashSet<Box<[u8]>>>,
+}
+
+/// Every stream a backup shard follows, by primary shard.
+#[derive(Debug, Default)]
+pub struct Backup {
+    following: HashMap<(u64, u16), Following>,
+}
+
+impl Backup {
+    /// Checks and applies one batch; the answer goes back to the primary.
+    pub fn receive(
+        &mut self,
+        batch: ReplicaBatch,
+        map: &impl PrimaryView,
+        store: &mut Store,
+        now_ms: u64,
+    ) -> ReplicaAnswer {
+        let stream = batch.stream;
+        let seq = batch.seq;
+        match self.admit(&batch, map) {
+            Ok(Some(applied)) => ReplicaAnswer::Applied { stream, seq: applied },
+            Ok(None) => match self.apply(batch, store, now_ms) {
+                Ok(()) => ReplicaAnswer::Applied { stream, seq },
+                Err(reason) => ReplicaAnswer::Refused {
+                    stream,
+                    seq,
+                    refusal: ReplicaRefusal::Invalid { reason },
+                },
+            },
+            Err(refusal) => ReplicaAnswer::Refused { stream, seq, refusal },
+        }
+    }
+
+    /// Whether the stream's slots are (still) this backup's to hold for its sender.
+    /// `Ok(Some(seq))`: a duplicate, already applied up to `seq`.
+    fn admit(&mut self, batch: &ReplicaBatch, map: &impl PrimaryView) -> Result<Option<u64>, ReplicaRefusal> {
+        let id = batch.stream;
+        let sender = (id.primary_node, id.primary_shard);
+        let backup_epoch = map.epoch();
+        if backup_epoch < id.opened_epoch {
+            return Err(ReplicaRefusal::MapBehind { backup_epoch });
+        }
+        let current = self.following.get(&sender);
+        let newer = current.is_none_or(|following| id.rank() > following.id.rank());
+        if current.is_some_and(|following| id.rank() < following.id.rank()) {
+            return Err(ReplicaRefusal::Superseded);
+        }
+        if newer {
+            if batch.seq != 1 {
+                return Err(ReplicaRefusal::OutOfOrder { expected: 1 });
+            }
+            let slots = SlotSet::from_ranges(&batch.covered).ok_or_else(|| ReplicaRefusal::Invalid {
+                reason: "a covered slot range is reversed or outside the slots".into(),
+            })?;
+            check_primary(&slots, sender, map)?;
+            self.following.insert(
+                sender,
+                Following {
+                    id,
+                    slots,
+                    applied: 0,
+                    checked_epoch: backup_epoch,
+                    named: Some(HashSet::new()),
+                },
+            );
+            return Ok(None);
+        }
+        let Some(following) = self.following.get_mut(&sender) else {
+            return Err(ReplicaRefusal::OutOfOrder { expected: 1 });
+        };
+        if batch.seq <= following.applied {
+            return Ok(Some(following.applied));
+        }
+        if batch.seq != following.applied + 1 {
+            return Err(ReplicaRefusal::OutOfOrder {
+                expected: following.applied + 1,
+            });
+        }
+        if following.checked_epoch != backup_epoch {
+            check_primary(&following.slots, sender, map)?;
+            following.checked_epoch = backup_epoch;
+        }
+        Ok(None)
+    }
+
+    fn apply(&mut self, batch: ReplicaBatch, store: &mut Store, now_ms: u64) -> Result<(), String> {
+        let sender = (batch.stream.primary_node, batch.stream.primary_shard);
+        let Some(following) = self.following.get_mut(&sender) else {
+            return Err("no stream followed from this primary".into());
+        };
+        let slots = &following.slots;
+        let outside = batch
+            .entries
+            .iter()
+            .map(|entry| &entry.key)
+            .chain(&batch.removed_keys)
+            .find(|key| !slot_of_stored_key(key).is_some_and(|slot| slots.contains(slot)));
+        if let Some(key) = outside {
+            return Err(format!(
+                "key {:?} is outside the stream's slots",
+                String::from_utf8_lossy(key)
+            ));
+        }
+        if let Some(record) = batch.records.iter().find(|record| !slots.contains(record.slot)) {
+            return Err(format!(
+                "record of operation {} of client {} names slot {}, outside the stream's slots",
+                record.op_id, record.client_id, record.slot
+            ));
+        }
+        let named_now: Vec<Box<[u8]>> = batch.entries.iter().map(|entry| entry.key.as_slice().into()).collect();
+        let removed: Vec<Box<[u8]>> = batch.removed_keys.iter().map(|key| key.as_slice().into()).collect();
+        let changes = ReplicaChanges {
+            entries: batch.entries,
+            removed_keys: batch.removed_keys,
+            records: batch.records,
+            acknowledged: batch.acknowledged,
+            last_version: batch.last_version,
+        };
+        store
+            .apply_replica(changes, now_ms)
+            .map_err(|error| error.to_string())?;
+        following.applied = batch.seq;
+        if let Some(named) = &mut following.named {
+            named.extend(named_now);
+            for key in &removed {
+                named.remove(key);
+            }
+            if batch.snapshot_done {
+                let slots = following.slots.clone();
+                store.remove_keys_except(|slot| slots.contains(slot), named, now_ms);
+                following.named = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_primary(slots: &SlotSet, sender: (u64, u16), map: &impl PrimaryView) -> Result<(), ReplicaRefusal> {
+    if slots.iter().all(|slot| map.primary_of(slot) == Some(sender)) {
+        Ok(())
+    } else {
+        Err(ReplicaRefusal::NotPrimary {
+            backup_epoch: map.epoch(),
+        })
+    }
+}

@@ -1,0 +1,31 @@
+//! Synchronous replication of a shard's slots to backup shards on other nodes, sans
+//! I/O: the shard's shell moves the batches and answers over its links and feeds the
+//! results back.
+//!
+//! - [`primary`]: one stream per backup, the changed keys each still has to ship,
+//!   and the answers held until every required backup applied what decided them.
+//! - [`backup`]: which stream a backup follows from each primary, and the checks
+//!   (its own map, stream order, sequence) before a batch is applied to its store.
+//! - [`slots`]: a set of slots as a bitmap.
+//!
+//! The unit of replication is the current image of a changed key (see
+//! `engram_proto::replication`), batched per pair of shards: one batch carries every
+//! key changed since the previous one, so a burst of writes costs one round trip.
+
+pub mod backup;
+pub mod primary;
+pub mod slots;
+
+#[cfg(test)]
+mod tests;
+
+pub use backup::{Backup, PrimaryView};
+pub use primary::{Primary, PrimaryEvent, Ticket, Wanted};
+pub use slots::SlotSet;
+
+/// A shard that backs up some of a primary shard's slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackupShard {
+    pub node_id: u64,
+    pub shard_id: u16,
+}

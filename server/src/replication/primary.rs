@@ -1,0 +1,383 @@
+//! The primary's side: one stream per backup shard, the keys each still has to ship,
+//! and the answers waiting for backups to apply what they decided.
+//!
+//! The shell tells it which keys and operations a request (or a woken waiter) changed,
+//! asks whether an answer may leave now or must wait (a *ticket* names a held answer),
+//! forms batches when it can send, and feeds back the backups' answers, which release
+//! tickets. Nothing here does I/O or reads a clock.
+//!
+//! Why an answer that reads also waits: a value the primary holds but a backup has not
+//! applied yet may vanish in a failover, and a client that read it would then see time
+//! go backwards. A read waits only if its key has such a change in flight.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use engram_proto::{ReplicaAnswer, ReplicaBatch, ReplicaRefusal, ReplicaStreamId};
+
+use super::slots::SlotSet;
+use super::BackupShard;
+use crate::store::{slot_of_stored_key, Store};
+
+/// Batches a stream has sent and not yet seen applied. Past it the stream waits: a
+/// backup that falls behind slows the primary's writes rather than its memory growing.
+pub const UNACKED_BATCHES_MAX: usize = 64;
+
+/// Keys of a snapshot shipped per batch, so a large snapshot goes out in parts between
+/// the batches of ongoing writes instead of stalling them.
+pub const SNAPSHOT_KEYS_PER_BATCH_MAX: usize = 256;
+
+/// A held answer, named by the shell.
+pub type Ticket = u64;
+
+/// What one backup's stream must carry, under the current map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub slots: SlotSet,
+    /// In the map's configuration of the slots: answers wait for this backup. A backup
+    /// being filled is not, until its snapshot is applied ([`PrimaryEvent::InSync`]).
+    pub required: bool,
+}
+
+/// What a backup's answer means for the shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrimaryEvent {
+    /// These answers may leave now.
+    Released(Vec<Ticket>),
+    /// The backup holds everything of these slots: the control plane may add it to the
+    /// slots' configuration.
+    InSync(BackupShard, SlotSet),
+    /// The backup's map names another primary: this shard must stop serving the
+    /// stream's slots until its own map says otherwise.
+    Deposed(BackupShard),
+    /// Resend the stream's unsent batches later ([`Primary::unacked`]): the backup's map is
+    /// behind, or a batch went missing.
+    Resend(BackupShard),
+    /// The backup refuses the stream's content; it stays stalled until the map changes.
+    Broken(BackupShard, String),
+}
+
+#[derive(Debug)]
+struct Snapshot {
+    keys: Vec<Box<[u8]>>,
+    next: usize,
+}
+
+#[derive(Debug)]
+struct Stream {
+    id: ReplicaStreamId,
+    slots: SlotSet,
+    required: bool,
+    /// `Some` until every key the snapshot covers has been put in a batch.
+    snapshot: Option<Snapshot>,
+    /// The batch that ended the snapshot, once formed.
+    snapshot_done_seq: Option<u64>,
+    in_sync_reported: bool,
+    next_seq: u64,
+    acked: u64,
+    dirty_keys: BTreeSet<Box<[u8]>>,
+    dirty_operations: BTreeSet<(u64, u64)>,
+    /// Key → the last unacknowledged batch that carries its image.
+    shipped: HashMap<Box<[u8]>, u64>,
+    unacked: VecDeque<ReplicaBatch>,
+    /// Tickets by the batch they wait for.
+    waiting: BTreeMap<u64, Vec<Ticket>>,
+    /// Tickets of a stream this one replaced: they wait for the end of the snapshot,
+    /// which carries every key again.
+    after_snapshot: Vec<Ticket>,
+}
+
+impl Stream {
+    fn open(id: ReplicaStreamId, wanted: Wanted, store: &Store) -> Stream {
+        let slots = wanted.slots;
+        let keys = store.keys_in_slots(|slot| slots.contains(slot));
+        Stream {
+            id,
+            slots,
+            required: wanted.required,
+            snapshot: Some(Snapshot { keys, next: 0 }),
+            snapshot_done_seq: None,
+            in_sync_reported: false,
+            next_seq: 1,
+            acked: 0,
+            dirty_keys: BTreeSet::new(),
+            dirty_operations: BTreeSet::new(),
+            shipped: HashMap::new(),
+            unacked: VecDeque::new(),
+            waiting: BTreeMap::new(),
+            after_snapshot: Vec::new(),
+        }
+    }
+
+    /// The batch an answer touching `key` must see applied, if any.
+    fn needed_for(&self, key: &[u8]) -> Option<u64> {
+        if self.dirty_keys.contains(key) {
+            // Every change not yet formed goes out in the next batch.
+            return Some(self.next_seq);
+        }
+        self.shipped.get(key).copied().filter(|seq| *seq > self.acked)
+    }
+
+    fn has_work(&self) -> bool {
+        self.snapshot.is_some() || !self.dirty_keys.is_empty() || !self.dirty_operations.is_empty()
+    }
+
+    fn caught_up(&self) -> bool {
+        self.snapshot_done_seq.is_some_and(|done| self.acked >= done)
+            && !self.has_work()
+            && self.acked + 1 == self.next_seq
+    }
+
+    fn form(&mut self, store: &Store, now_ms: u64) -> ReplicaBatch {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut keys: Vec<Box<[u8]>> = std::mem::take(&mut self.dirty_keys).into_iter().collect();
+        let mut snapshot_done = false;
+        let mut records = Vec::new();
+        if let Some(snapshot) = &mut self.snapshot {
+            let end = (snapshot.next + SNAPSHOT_KEYS_PER_BATCH_MAX).min(snapshot.keys.len());
+            keys.extend(snapshot.keys[snapshot.next..end].iter().cloned());
+            if snapshot.next == 0 {
+                let slots = &self.slots;
+                records = store.records_in_slots(|slot| slots.contains(slot));
+            }
+            snapshot.next = end;
+            if end == snapshot.keys.len() {
+                snapshot_done = true;
+                self.snapshot = None;
+                self.snapshot_done_seq = Some(seq);
+                let carried = std::mem::take(&mut self.after_snapshot);
+                if !carried.is_empty() {
+                    self.waiting.entry(seq).or_default().extend(carried);
+                }
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let changes = store.export_keys(keys.iter().map(|key| &**key), now_ms);
+        let mut acknowledged = Vec::new();
+        for (client_id, op_id) in std::mem::take(&mut self.dirty_operations) {
+            let (record, mark) = store.export_operation(client_id, op_id);
+            records.extend(record);
+            acknowledged.push((client_id, mark));
+        }
+        acknowledged.sort_unstable();
+        acknowledged.dedup_by_key(|(client_id, _)| *client_id);
+        // A snapshot's records may include one that is also dirty.
+        records.sort_unstable_by_key(|record| (record.client_id, record.op_id));
+        records.dedup_by_key(|record| (record.client_id, record.op_id));
+        for key in keys {
+            self.shipped.insert(key, seq);
+        }
+        let batch = ReplicaBatch {
+            stream: self.id,
+            seq,
+            covered: if seq == 1 { self.slots.ranges() } else { Vec::new() },
+            entries: changes.entries,
+            removed_keys: changes.removed_keys,
+            records,
+            acknowledged,
+            last_version: changes.last_version,
+            snapshot_done,
+        };
+        self.unacked.push_back(batch.clone());
+        batch
+    }
+
+    /// Everything up to `seq` is applied: returns the tickets that waited for it.
+    fn applied(&mut self, seq: u64) -> Vec<Ticket> {
+        if seq <= self.acked || seq >= self.next_seq {
+            return Vec::new();
+        }
+        self.acked = seq;
+        while self.unacked.front().is_some_and(|batch| batch.seq <= seq) {
+            self.unacked.pop_front();
+        }
+        self.shipped.retain(|_, shipped_in| *shipped_in > seq);
+        let still_waiting = self.waiting.split_off(&(seq + 1));
+        let done = std::mem::replace(&mut self.waiting, still_waiting);
+        done.into_values().flatten().collect()
+    }
+
+    /// Every ticket the stream holds, for a stream that goes away.
+    fn drain_tickets(&mut self) -> Vec<Ticket> {
+        let mut tickets: Vec<Ticket> = std::mem::take(&mut self.waiting).into_values().flatten().collect();
+        tickets.append(&mut self.after_snapshot);
+        tickets
+    }
+}
+
+/// A primary shard's replication: its streams and held answers.
+#[derive(Debug)]
+pub struct Primary {
+    node_id: u64,
+    shard_id: u16,
+    incarnation: u64,
+    streams: BTreeMap<BackupShard, Stream>,
+    /// Ticket → how many streams it still waits for.
+    held: HashMap<Ticket, usize>,
+}
+
+impl Primary {
+    pub fn new(node_id: u64, shard_id: u16, incarnation: u64) -> Primary {
+        Primary {
+            node_id,
+            shard_id,
+            incarnation,
+            streams: BTreeMap::new(),
+            held: HashMap::new(),
+        }
+    }
+
+    /// Runs the streams a new map (at `epoch`) asks for. A stream whose slots changed is
+    /// opened afresh with a snapshot; one no longer wanted closes, and the answers that
+    /// waited only for it are released (the map no longer counts that backup).
+    pub fn configure(&mut self, epoch: u64, wanted: BTreeMap<BackupShard, Wanted>, store: &Store) -> Vec<Ticket> {
+        let mut freed = Vec::new();
+        let gone: Vec<BackupShard> = self
+            .streams
+            .keys()
+            .filter(|backup| !wanted.contains_key(backup))
+            .copied()
+            .collect();
+        for backup in gone {
+            if let Some(mut stream) = self.streams.remove(&backup) {
+                freed.extend(stream.drain_tickets());
+            }
+        }
+        for (backup, wanted) in wanted {
+            match self.streams.get_mut(&backup) {
+                Some(stream) if stream.slots == wanted.slots => stream.required |= wanted.required,
+                existing => {
+                    let carried = existing.map(Stream::drain_tickets).unwrap_or_default();
+                    let id = ReplicaStreamId {
+                        primary_node: self.node_id,
+                        primary_shard: self.shard_id,
+                        incarnation: self.incarnation,
+                        opened_epoch: epoch,
+                    };
+                    let mut stream = Stream::open(id, wanted, store);
+                    stream.after_snapshot = carried;
+                    self.streams.insert(backup, stream);
+                }
+            }
+        }
+        self.release(freed)
+    }
+
+    /// A request or a timer changed `key` (or removed it).
+    pub fn changed_key(&mut self, key: &[u8]) {
+        let Some(slot) = slot_of_stored_key(key) else { return };
+        for stream in self.streams.values_mut() {
+            if stream.slots.contains(slot) {
+                stream.dirty_keys.insert(key.into());
+            }
+        }
+    }
+
+    /// A recorded operation on a key of `slot` was answered: its record must reach the
+    /// backups with the key's image.
+    pub fn changed_operation(&mut self, slot: u32, client_id: u64, op_id: u64) {
+        for stream in self.streams.values_mut() {
+            if stream.slots.contains(slot) {
+                stream.dirty_operations.insert((client_id, op_id));
+            }
+        }
+    }
+
+    /// Whether an answer touching `key` must wait for backups (`true`: it is held under
+    /// `ticket` until [`PrimaryEvent::Released`] names it).
+    pub fn hold(&mut self, ticket: Ticket, key: &[u8]) -> bool {
+        let mut waits = 0;
+        for stream in self.streams.values_mut().filter(|stream| stream.required) {
+            if let Some(seq) = stream.needed_for(key) {
+                stream.waiting.entry(seq).or_default().push(ticket);
+                waits += 1;
+            }
+        }
+        if waits > 0 {
+            self.held.insert(ticket, waits);
+        }
+        waits > 0
+    }
+
+    /// Batches ready to send, at most one per stream whose window has room.
+    pub fn poll_batches(&mut self, store: &Store, now_ms: u64) -> Vec<(BackupShard, ReplicaBatch)> {
+        let mut batches = Vec::new();
+        for (backup, stream) in &mut self.streams {
+            if stream.has_work() && stream.unacked.len() < UNACKED_BATCHES_MAX {
+                batches.push((*backup, stream.form(store, now_ms)));
+            }
+        }
+        batches
+    }
+
+    /// The batches a stream sent that its backup has not applied, oldest first: what to
+    /// send again after a lost link or a refusal to be retried.
+    pub fn unacked(&self, backup: BackupShard) -> Vec<ReplicaBatch> {
+        self.streams
+            .get(&backup)
+            .map(|stream| stream.unacked.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A backup answered a batch.
+    pub fn on_answer(&mut self, backup: BackupShard, answer: ReplicaAnswer) -> Vec<PrimaryEvent> {
+        let Some(stream) = self.streams.get_mut(&backup) else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        match answer {
+            ReplicaAnswer::Applied { stream: id, seq } if id == stream.id => {
+                let tickets = stream.applied(seq);
+                if !stream.required && !stream.in_sync_reported && stream.caught_up() {
+                    // From now on every answer waits for it: what it holds stays whole.
+                    stream.required = true;
+                    stream.in_sync_reported = true;
+                    events.push(PrimaryEvent::InSync(backup, stream.slots.clone()));
+                }
+                let released = self.release(tickets);
+                if !released.is_empty() {
+                    events.push(PrimaryEvent::Released(released));
+                }
+            }
+            ReplicaAnswer::Refused {
+                stream: id, refusal, ..
+            } if id == stream.id => events.push(match refusal {
+                ReplicaRefusal::MapBehind { .. } | ReplicaRefusal::OutOfOrder { .. } => PrimaryEvent::Resend(backup),
+                ReplicaRefusal::NotPrimary { .. } | ReplicaRefusal::Superseded => PrimaryEvent::Deposed(backup),
+                ReplicaRefusal::Invalid { reason } => PrimaryEvent::Broken(backup, reason),
+            }),
+            // An answer to an earlier opening of the stream: nothing waits on it.
+            _ => {}
+        }
+        events
+    }
+
+    /// Answers held right now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Per backup: batches sent and not applied (replication lag, in batches).
+    pub fn lag(&self) -> impl Iterator<Item = (BackupShard, u64)> + '_ {
+        self.streams
+            .iter()
+            .map(|(backup, stream)| (*backup, stream.next_seq - 1 - stream.acked))
+    }
+
+    /// Counts down each ticket's streams; returns those no stream holds any more.
+    fn release(&mut self, tickets: Vec<Ticket>) -> Vec<Ticket> {
+        let mut released = Vec::new();
+        for ticket in tickets {
+            let Some(remaining) = self.held.get_mut(&ticket) else {
+                continue;
+            };
+            *remaining -= 1;
+            if *remaining == 0 {
+                self.held.remove(&ticket);
+                released.push(ticket);
+            }
+        }
+        released
+    }
+}

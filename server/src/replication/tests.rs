@@ -1,0 +1,294 @@
+//! A primary and its backup with real stores, the batches handed over by hand.
+
+use std::collections::BTreeMap;
+
+use engram_proto::{Command, CounterCommand, ReplicaAnswer, ReplicaRefusal, Request, Response};
+
+use super::*;
+use crate::store::{slot_of_stored_key, Outcome, Store};
+
+const PRIMARY: (u64, u16) = (1, 0);
+const BACKUP: BackupShard = BackupShard {
+    node_id: 2,
+    shard_id: 0,
+};
+const CLIENT: u64 = 77;
+const UNLIMITED_BYTES: u64 = u64::MAX / 2;
+
+struct Map {
+    epoch: u64,
+    primary: Option<(u64, u16)>,
+}
+
+impl PrimaryView for Map {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    fn primary_of(&self, _slot: u32) -> Option<(u64, u16)> {
+        self.primary
+    }
+}
+
+fn stored(key: &str) -> Vec<u8> {
+    let mut stored = vec![0u8];
+    stored.extend_from_slice(key.as_bytes());
+    stored
+}
+
+fn add(key: &str, op_id: u64) -> Request {
+    Request {
+        op_id,
+        completed_below_op_id: 0,
+        command: Command::from(CounterCommand::Add {
+            key: stored(key),
+            delta: 1,
+        }),
+    }
+}
+
+fn counter(store: &mut Store, key: &str, now_ms: u64) -> Response {
+    let read = Request {
+        op_id: 0,
+        completed_below_op_id: 0,
+        command: Command::from(CounterCommand::Get { key: stored(key) }),
+    };
+    match store.apply(0, &read, now_ms) {
+        Outcome::Ready(response) => response,
+        Outcome::Parked(_) => panic!("a counter read parked"),
+    }
+}
+
+fn every_slot() -> SlotSet {
+    (0..engram_proto::limits::SLOT_COUNT).collect()
+}
+
+struct Pair {
+    primary_store: Store,
+    primary: Primary,
+    backup_store: Store,
+    backup: Backup,
+    map: Map,
+}
+
+impl Pair {
+    /// A primary already holding `keys` (one increment each), and an empty backup that
+    /// is required from the start.
+    fn new(keys: &[&str], required: bool) -> Pair {
+        let mut primary_store = Store::new(UNLIMITED_BYTES, 1);
+        for (op_id, key) in keys.iter().enumerate() {
+            primary_store.apply(CLIENT, &add(key, op_id as u64 + 1), 0);
+        }
+        let mut primary = Primary::new(PRIMARY.0, PRIMARY.1, 5);
+        let wanted = BTreeMap::from([(
+            BACKUP,
+            Wanted {
+                slots: every_slot(),
+                required,
+            },
+        )]);
+        assert!(primary.configure(3, wanted, &primary_store).is_empty());
+        Pair {
+            primary_store,
+            primary,
+            backup_store: Store::new(UNLIMITED_BYTES, 2),
+            backup: Backup::default(),
+            map: Map {
+                epoch: 3,
+                primary: Some(PRIMARY),
+            },
+        }
+    }
+
+    /// Applies a mutation at the primary the way a shard does, holding its answer.
+    fn write(&mut self, key: &str, op_id: u64, ticket: Ticket) -> bool {
+        let request = add(key, op_id);
+        self.primary_store.apply(CLIENT, &request, 10);
+        let stored_key = stored(key);
+        self.primary.changed_key(&stored_key);
+        let slot = slot_of_stored_key(&stored_key).unwrap();
+        self.primary.changed_operation(slot, CLIENT, op_id);
+        self.primary.hold(ticket, &stored_key)
+    }
+
+    /// Ships every ready batch and feeds back the answers; returns the events.
+    fn exchange(&mut self) -> Vec<PrimaryEvent> {
+        let mut events = Vec::new();
+        for (backup, batch) in self.primary.poll_batches(&self.primary_store, 10) {
+            let answer = self.backup.receive(batch, &self.map, &mut self.backup_store, 10);
+            events.extend(self.primary.on_answer(backup, answer));
+        }
+        events
+    }
+}
+
+fn released(events: &[PrimaryEvent]) -> Vec<Ticket> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            PrimaryEvent::Released(tickets) => Some(tickets.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn an_answer_is_held_until_the_backup_applied_its_write_and_a_retry_there_gets_the_first_answer() {
+    let mut pair = Pair::new(&[], true);
+    assert!(
+        pair.exchange().is_empty(),
+        "the empty snapshot needs no answer to leave"
+    );
+    assert!(
+        pair.write("hits", 1, 100),
+        "a write to a required backup's slot is held"
+    );
+    assert!(pair.write("hits", 2, 101));
+    assert_eq!(pair.primary.held(), 2);
+    let events = pair.exchange();
+    let mut tickets = released(&events);
+    tickets.sort_unstable();
+    assert_eq!(tickets, vec![100, 101], "one batch carried both writes");
+    assert_eq!(pair.primary.held(), 0);
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        counter(&mut pair.primary_store, "hits", 20)
+    );
+    // The backup, promoted, answers a retry of operation 2 from its record.
+    let retry = pair.backup_store.apply(CLIENT, &add("hits", 2), 30);
+    assert_eq!(retry, Outcome::Ready(Response::Counter { value: 2 }));
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 30),
+        Response::Counter { value: 2 }
+    );
+}
+
+#[test]
+fn a_read_waits_only_while_its_key_has_a_change_in_flight() {
+    let mut pair = Pair::new(&[], true);
+    pair.exchange();
+    assert!(pair.write("hot", 1, 1));
+    assert!(
+        pair.primary.hold(2, &stored("hot")),
+        "a read of an unreplicated value waits"
+    );
+    assert!(
+        !pair.primary.hold(3, &stored("cold")),
+        "a read of an untouched key does not"
+    );
+    let mut tickets = released(&pair.exchange());
+    tickets.sort_unstable();
+    assert_eq!(tickets, vec![1, 2]);
+    assert!(!pair.primary.hold(4, &stored("hot")), "once applied, reads go at once");
+}
+
+#[test]
+fn a_snapshot_fills_a_new_backup_which_reports_in_sync_and_is_then_waited_for() {
+    let keys: Vec<String> = (0..600).map(|index| format!("key-{index}")).collect();
+    let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut pair = Pair::new(&names, false);
+    assert!(
+        !pair.write("key-1", 1_000, 9),
+        "a backup being filled is not waited for"
+    );
+    let mut in_sync = false;
+    for _ in 0..10 {
+        in_sync |= pair.exchange().contains(&PrimaryEvent::InSync(BACKUP, every_slot()));
+    }
+    assert!(in_sync);
+    assert_eq!(pair.backup_store.stats().keys, 600);
+    assert_eq!(
+        counter(&mut pair.backup_store, "key-1", 20),
+        Response::Counter { value: 2 }
+    );
+    assert!(pair.write("key-2", 1_001, 10), "an in-sync backup is waited for");
+}
+
+#[test]
+fn a_snapshot_drops_what_the_backup_held_that_the_primary_does_not() {
+    let mut pair = Pair::new(&["kept"], true);
+    pair.backup_store.apply(CLIENT, &add("stale", 500), 0);
+    pair.backup_store.apply(CLIENT, &add("kept", 501), 0);
+    pair.exchange();
+    assert_eq!(
+        counter(&mut pair.backup_store, "stale", 20),
+        Response::Counter { value: 0 }
+    );
+    assert_eq!(
+        counter(&mut pair.backup_store, "kept", 20),
+        Response::Counter { value: 1 }
+    );
+}
+
+#[test]
+fn a_backup_whose_map_names_another_primary_refuses_and_the_sender_learns_it_is_deposed() {
+    let mut pair = Pair::new(&[], true);
+    pair.exchange();
+    pair.map = Map {
+        epoch: 4,
+        primary: Some((BACKUP.node_id, BACKUP.shard_id)),
+    };
+    assert!(pair.write("hits", 1, 1));
+    let events = pair.exchange();
+    assert_eq!(events, vec![PrimaryEvent::Deposed(BACKUP)]);
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 0 }
+    );
+    assert_eq!(pair.primary.held(), 1, "an answer nobody applied is never released");
+}
+
+#[test]
+fn duplicates_are_acknowledged_without_applying_and_gaps_are_refused() {
+    let mut pair = Pair::new(&[], true);
+    let first = pair.primary.poll_batches(&pair.primary_store, 0).remove(0).1;
+    pair.write("hits", 1, 1);
+    let second = pair.primary.poll_batches(&pair.primary_store, 0).remove(0).1;
+    let gap = pair
+        .backup
+        .receive(second.clone(), &pair.map, &mut pair.backup_store, 0);
+    assert!(matches!(
+        gap,
+        ReplicaAnswer::Refused {
+            refusal: ReplicaRefusal::OutOfOrder { expected: 1 },
+            ..
+        }
+    ));
+    for batch in [first.clone(), second.clone(), second, first] {
+        pair.backup.receive(batch, &pair.map, &mut pair.backup_store, 0);
+    }
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 0),
+        Response::Counter { value: 1 }
+    );
+}
+
+#[test]
+fn a_newer_opening_supersedes_an_older_one_and_a_backup_dropped_from_the_map_releases_its_answers() {
+    let mut pair = Pair::new(&[], true);
+    let old = pair.primary.poll_batches(&pair.primary_store, 0).remove(0).1;
+    assert!(pair.write("hits", 1, 1));
+    // The map moves on and the stream reopens (its slots changed).
+    pair.map.epoch = 5;
+    let fewer: SlotSet = (0..100).collect();
+    let wanted = BTreeMap::from([(
+        BACKUP,
+        Wanted {
+            slots: fewer,
+            required: true,
+        },
+    )]);
+    assert!(pair.primary.configure(5, wanted, &pair.primary_store).is_empty());
+    pair.exchange();
+    let stale = pair.backup.receive(old, &pair.map, &mut pair.backup_store, 0);
+    assert!(matches!(
+        stale,
+        ReplicaAnswer::Refused {
+            refusal: ReplicaRefusal::Superseded,
+            ..
+        }
+    ));
+    assert!(pair.write("hits", 2, 2) || slot_of_stored_key(&stored("hits")).unwrap() >= 100);
+    let released = pair.primary.configure(6, BTreeMap::new(), &pair.primary_store);
+    assert_eq!(pair.primary.held(), 0, "released: {released:?}");
+}
