@@ -31,6 +31,9 @@ pub struct ReplicaStreamId {
     pub incarnation: u64,
     /// The epoch of the map the primary opened the stream under.
     pub opened_epoch: u64,
+    /// The incarnation of the backup's process the stream is for: a backup that
+    /// restarted (empty) refuses what was meant for its predecessor.
+    pub backup_incarnation: u64,
 }
 
 impl ReplicaStreamId {
@@ -93,4 +96,7 @@ pub enum ReplicaRefusal {
     OutOfOrder { expected: u64 },
     /// The batch is malformed or does not fit (memory, records): named in `reason`.
     Invalid { reason: String },
+    /// The stream is for another process at this address (`incarnation` is this one's):
+    /// the backup restarted, empty, and the control plane will replace it.
+    NotThisProcess { incarnation: u64 },
 }

@@ -14,13 +14,14 @@ use std::collections::{HashMap, HashSet};
 use engram_proto::{ReplicaAnswer, ReplicaBatch, ReplicaRefusal, ReplicaStreamId};
 
 use super::slots::SlotSet;
+use super::ShardProcess;
 use crate::store::{slot_of_stored_key, ReplicaChanges, Store};
 
 /// What a backup needs to know of its map.
 pub trait PrimaryView {
     fn epoch(&self) -> u64;
-    /// The `(node, shard)` that serves `slot` as primary, if any.
-    fn primary_of(&self, slot: u32) -> Option<(u64, u16)>;
+    /// The shard process that serves `slot` as primary, if any.
+    fn primary_of(&self, slot: u32) -> Option<ShardProcess>;
 }
 
 #[derive(Debug)]
@@ -35,12 +36,21 @@ struct Following {
 }
 
 /// Every stream a backup shard follows, by primary shard.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Backup {
+    incarnation: u64,
     following: HashMap<(u64, u16), Following>,
 }
 
 impl Backup {
+    /// The backup side of a shard of the process of this incarnation.
+    pub fn new(incarnation: u64) -> Backup {
+        Backup {
+            incarnation,
+            following: HashMap::new(),
+        }
+    }
+
     /// Checks and applies one batch; the answer goes back to the primary.
     pub fn receive(
         &mut self,
@@ -69,6 +79,11 @@ impl Backup {
     /// `Ok(Some(seq))`: a duplicate, already applied up to `seq`.
     fn admit(&mut self, batch: &ReplicaBatch, map: &impl PrimaryView) -> Result<Option<u64>, ReplicaRefusal> {
         let id = batch.stream;
+        if id.backup_incarnation != self.incarnation {
+            return Err(ReplicaRefusal::NotThisProcess {
+                incarnation: self.incarnation,
+            });
+        }
         let sender = (id.primary_node, id.primary_shard);
         let backup_epoch = map.epoch();
         if backup_epoch < id.opened_epoch {
@@ -86,7 +101,7 @@ impl Backup {
             let slots = SlotSet::from_ranges(&batch.covered).ok_or_else(|| ReplicaRefusal::Invalid {
                 reason: "a covered slot range is reversed or outside the slots".into(),
             })?;
-            check_primary(&slots, sender, map)?;
+            check_primary(&slots, &id, map)?;
             self.following.insert(
                 sender,
                 Following {
@@ -111,7 +126,7 @@ impl Backup {
             });
         }
         if following.checked_epoch != backup_epoch {
-            check_primary(&following.slots, sender, map)?;
+            check_primary(&following.slots, &id, map)?;
             following.checked_epoch = backup_epoch;
         }
         Ok(None)
@@ -169,7 +184,12 @@ impl Backup {
     }
 }
 
-fn check_primary(slots: &SlotSet, sender: (u64, u16), map: &impl PrimaryView) -> Result<(), ReplicaRefusal> {
+fn check_primary(slots: &SlotSet, id: &ReplicaStreamId, map: &impl PrimaryView) -> Result<(), ReplicaRefusal> {
+    let sender = ShardProcess {
+        node_id: id.primary_node,
+        shard_id: id.primary_shard,
+        incarnation: id.incarnation,
+    };
     if slots.iter().all(|slot| map.primary_of(slot) == Some(sender)) {
         Ok(())
     } else {

@@ -23,9 +23,11 @@ pub use backup::{Backup, PrimaryView};
 pub use primary::{Primary, PrimaryEvent, Ticket, Wanted};
 pub use slots::SlotSet;
 
-/// A shard that backs up some of a primary shard's slots.
+/// One process's shard: a map names the incarnation of each copy it counts on, so a
+/// process that restarted empty at the same address is never taken for its predecessor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackupShard {
+pub struct ShardProcess {
     pub node_id: u64,
     pub shard_id: u16,
+    pub incarnation: u64,
 }

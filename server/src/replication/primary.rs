@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use engram_proto::{ReplicaAnswer, ReplicaBatch, ReplicaRefusal, ReplicaStreamId};
 
 use super::slots::SlotSet;
-use super::BackupShard;
+use super::ShardProcess;
 use crate::store::{slot_of_stored_key, Store};
 
 /// Batches a stream has sent and not yet seen applied. Past it the stream waits: a
@@ -45,15 +45,15 @@ pub enum PrimaryEvent {
     Released(Vec<Ticket>),
     /// The backup holds everything of these slots: the control plane may add it to the
     /// slots' configuration.
-    InSync(BackupShard, SlotSet),
+    InSync(ShardProcess, SlotSet),
     /// The backup's map names another primary: this shard must stop serving the
     /// stream's slots until its own map says otherwise.
-    Deposed(BackupShard),
+    Deposed(ShardProcess),
     /// Resend the stream's unsent batches later ([`Primary::unacked`]): the backup's map is
     /// behind, or a batch went missing.
-    Resend(BackupShard),
+    Resend(ShardProcess),
     /// The backup refuses the stream's content; it stays stalled until the map changes.
-    Broken(BackupShard, String),
+    Broken(ShardProcess, String),
 }
 
 #[derive(Debug)]
@@ -209,20 +209,16 @@ impl Stream {
 /// A primary shard's replication: its streams and held answers.
 #[derive(Debug)]
 pub struct Primary {
-    node_id: u64,
-    shard_id: u16,
-    incarnation: u64,
-    streams: BTreeMap<BackupShard, Stream>,
+    me: ShardProcess,
+    streams: BTreeMap<ShardProcess, Stream>,
     /// Ticket → how many streams it still waits for.
     held: HashMap<Ticket, usize>,
 }
 
 impl Primary {
-    pub fn new(node_id: u64, shard_id: u16, incarnation: u64) -> Primary {
+    pub fn new(me: ShardProcess) -> Primary {
         Primary {
-            node_id,
-            shard_id,
-            incarnation,
+            me,
             streams: BTreeMap::new(),
             held: HashMap::new(),
         }
@@ -231,9 +227,9 @@ impl Primary {
     /// Runs the streams a new map (at `epoch`) asks for. A stream whose slots changed is
     /// opened afresh with a snapshot; one no longer wanted closes, and the answers that
     /// waited only for it are released (the map no longer counts that backup).
-    pub fn configure(&mut self, epoch: u64, wanted: BTreeMap<BackupShard, Wanted>, store: &Store) -> Vec<Ticket> {
+    pub fn configure(&mut self, epoch: u64, wanted: BTreeMap<ShardProcess, Wanted>, store: &Store) -> Vec<Ticket> {
         let mut freed = Vec::new();
-        let gone: Vec<BackupShard> = self
+        let gone: Vec<ShardProcess> = self
             .streams
             .keys()
             .filter(|backup| !wanted.contains_key(backup))
@@ -250,10 +246,11 @@ impl Primary {
                 existing => {
                     let carried = existing.map(Stream::drain_tickets).unwrap_or_default();
                     let id = ReplicaStreamId {
-                        primary_node: self.node_id,
-                        primary_shard: self.shard_id,
-                        incarnation: self.incarnation,
+                        primary_node: self.me.node_id,
+                        primary_shard: self.me.shard_id,
+                        incarnation: self.me.incarnation,
                         opened_epoch: epoch,
+                        backup_incarnation: backup.incarnation,
                     };
                     let mut stream = Stream::open(id, wanted, store);
                     stream.after_snapshot = carried;
@@ -301,7 +298,7 @@ impl Primary {
     }
 
     /// Batches ready to send, at most one per stream whose window has room.
-    pub fn poll_batches(&mut self, store: &Store, now_ms: u64) -> Vec<(BackupShard, ReplicaBatch)> {
+    pub fn poll_batches(&mut self, store: &Store, now_ms: u64) -> Vec<(ShardProcess, ReplicaBatch)> {
         let mut batches = Vec::new();
         for (backup, stream) in &mut self.streams {
             if stream.has_work() && stream.unacked.len() < UNACKED_BATCHES_MAX {
@@ -313,7 +310,7 @@ impl Primary {
 
     /// The batches a stream sent that its backup has not applied, oldest first: what to
     /// send again after a lost link or a refusal to be retried.
-    pub fn unacked(&self, backup: BackupShard) -> Vec<ReplicaBatch> {
+    pub fn unacked(&self, backup: ShardProcess) -> Vec<ReplicaBatch> {
         self.streams
             .get(&backup)
             .map(|stream| stream.unacked.iter().cloned().collect())
@@ -321,7 +318,7 @@ impl Primary {
     }
 
     /// A backup answered a batch.
-    pub fn on_answer(&mut self, backup: BackupShard, answer: ReplicaAnswer) -> Vec<PrimaryEvent> {
+    pub fn on_answer(&mut self, backup: ShardProcess, answer: ReplicaAnswer) -> Vec<PrimaryEvent> {
         let Some(stream) = self.streams.get_mut(&backup) else {
             return Vec::new();
         };
@@ -346,6 +343,9 @@ impl Primary {
                 ReplicaRefusal::MapBehind { .. } | ReplicaRefusal::OutOfOrder { .. } => PrimaryEvent::Resend(backup),
                 ReplicaRefusal::NotPrimary { .. } | ReplicaRefusal::Superseded => PrimaryEvent::Deposed(backup),
                 ReplicaRefusal::Invalid { reason } => PrimaryEvent::Broken(backup, reason),
+                ReplicaRefusal::NotThisProcess { incarnation } => {
+                    PrimaryEvent::Broken(backup, format!("the backup restarted (now incarnation {incarnation})"))
+                }
             }),
             // An answer to an earlier opening of the stream: nothing waits on it.
             _ => {}
@@ -359,7 +359,7 @@ impl Primary {
     }
 
     /// Per backup: batches sent and not applied (replication lag, in batches).
-    pub fn lag(&self) -> impl Iterator<Item = (BackupShard, u64)> + '_ {
+    pub fn lag(&self) -> impl Iterator<Item = (ShardProcess, u64)> + '_ {
         self.streams
             .iter()
             .map(|(backup, stream)| (*backup, stream.next_seq - 1 - stream.acked))

@@ -7,24 +7,29 @@ use engram_proto::{Command, CounterCommand, ReplicaAnswer, ReplicaRefusal, Reque
 use super::*;
 use crate::store::{slot_of_stored_key, Outcome, Store};
 
-const PRIMARY: (u64, u16) = (1, 0);
-const BACKUP: BackupShard = BackupShard {
+const PRIMARY: ShardProcess = ShardProcess {
+    node_id: 1,
+    shard_id: 0,
+    incarnation: 5,
+};
+const BACKUP: ShardProcess = ShardProcess {
     node_id: 2,
     shard_id: 0,
+    incarnation: 8,
 };
 const CLIENT: u64 = 77;
 const UNLIMITED_BYTES: u64 = u64::MAX / 2;
 
 struct Map {
     epoch: u64,
-    primary: Option<(u64, u16)>,
+    primary: Option<ShardProcess>,
 }
 
 impl PrimaryView for Map {
     fn epoch(&self) -> u64 {
         self.epoch
     }
-    fn primary_of(&self, _slot: u32) -> Option<(u64, u16)> {
+    fn primary_of(&self, _slot: u32) -> Option<ShardProcess> {
         self.primary
     }
 }
@@ -78,7 +83,7 @@ impl Pair {
         for (op_id, key) in keys.iter().enumerate() {
             primary_store.apply(CLIENT, &add(key, op_id as u64 + 1), 0);
         }
-        let mut primary = Primary::new(PRIMARY.0, PRIMARY.1, 5);
+        let mut primary = Primary::new(PRIMARY);
         let wanted = BTreeMap::from([(
             BACKUP,
             Wanted {
@@ -91,7 +96,7 @@ impl Pair {
             primary_store,
             primary,
             backup_store: Store::new(UNLIMITED_BYTES, 2),
-            backup: Backup::default(),
+            backup: Backup::new(BACKUP.incarnation),
             map: Map {
                 epoch: 3,
                 primary: Some(PRIMARY),
@@ -226,7 +231,7 @@ fn a_backup_whose_map_names_another_primary_refuses_and_the_sender_learns_it_is_
     pair.exchange();
     pair.map = Map {
         epoch: 4,
-        primary: Some((BACKUP.node_id, BACKUP.shard_id)),
+        primary: Some(BACKUP),
     };
     assert!(pair.write("hits", 1, 1));
     let events = pair.exchange();

@@ -1,0 +1,162 @@
+//! Deterministic simulation of replication and failover: the real store and the real
+//! replication state machines (`engram_server::replication`) in four model nodes, a
+//! control plane that promotes backups and restores the replica count, and clients
+//! counting, over a seeded network with loss, delay, reordering and duplicates, while
+//! nodes crash, pause and are cut off. Any failing seed replays to the same failure.
+//!
+//! - `cargo nextest run -p engram-tests -E 'test(sim_replication)'` runs
+//!   `ENGRAM_SIM_REPLICATION_SEEDS` seeds (1,000 by default).
+//! - `ENGRAM_SIM_REPLICATION_SEED=N` runs seed N alone and prints its trace (add
+//!   `--no-capture`); `ENGRAM_SIM_REPLICATION_BUG=no-lease` (or `answer-before-backup`,
+//!   `early-promotion`) injects that bug.
+//!
+//! Layout: [`world`] (events, faults, clients, invariants), [`control`] (promotion and
+//! repair), [`node`] (a shard's shell around the state machines), [`model`] (map and
+//! messages), `rng` (shared with the migration simulation).
+
+mod control;
+mod model;
+mod node;
+#[path = "../simulation/rng.rs"]
+mod rng;
+mod world;
+
+use std::time::Instant;
+
+use world::{Failure, Options, Summary, World};
+
+/// A known bug to inject, to show the invariants catch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// A node serves as primary whatever its lease: a paused or cut-off primary goes on
+    /// while its backup is promoted.
+    NoLease,
+    /// A primary answers before its backups applied the write.
+    AnswerBeforeBackup,
+    /// The control plane declares a node dead after less silence than the node's lease,
+    /// so it promotes a backup while the old primary may still serve.
+    EarlyPromotion,
+}
+
+impl Bug {
+    fn parse(name: &str) -> Option<Bug> {
+        match name {
+            "no-lease" => Some(Bug::NoLease),
+            "answer-before-backup" => Some(Bug::AnswerBeforeBackup),
+            "early-promotion" => Some(Bug::EarlyPromotion),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Bug::NoLease => "no-lease",
+            Bug::AnswerBeforeBackup => "answer-before-backup",
+            Bug::EarlyPromotion => "early-promotion",
+        }
+    }
+}
+
+const SEEDS_DEFAULT: u64 = 1_000;
+/// Seeds searched for one that an injected bug makes fail.
+const BUG_SEARCH_SEEDS_MAX: u64 = 200;
+
+fn run(seed: u64, bug: Option<Bug>) -> (Result<Summary, Failure>, Vec<String>) {
+    World::new(&Options { seed, bug }).run()
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
+    )
+}
+
+fn env_bug() -> Option<Bug> {
+    std::env::var("ENGRAM_SIM_REPLICATION_BUG")
+        .ok()
+        .map(|name| Bug::parse(&name).unwrap_or_else(|| panic!("ENGRAM_SIM_REPLICATION_BUG={name} names no known bug")))
+}
+
+fn replay_command(seed: u64, bug: Option<Bug>) -> String {
+    let bug = bug.map_or(String::new(), |bug| {
+        format!("ENGRAM_SIM_REPLICATION_BUG={} ", bug.name())
+    });
+    format!(
+        "{bug}ENGRAM_SIM_REPLICATION_SEED={seed} cargo nextest run -p engram-tests -E 'test(sim_replication)' --no-capture"
+    )
+}
+
+fn add(total: &mut Summary, run: &Summary) {
+    total.increments += run.increments;
+    total.reads += run.reads;
+    total.failovers += run.failovers;
+    total.repairs += run.repairs;
+    total.crashes += run.crashes;
+    total.pauses += run.pauses;
+    total.partitions += run.partitions;
+}
+
+#[test]
+fn sim_replication_keeps_acknowledged_writes_and_one_primary_across_seeds() {
+    if let Some(seed) = env_u64("ENGRAM_SIM_REPLICATION_SEED") {
+        let (outcome, trace) = run(seed, env_bug());
+        for line in &trace {
+            println!("{line}");
+        }
+        match outcome {
+            Ok(summary) => println!("seed {seed}: ok {summary:?}"),
+            Err(failure) => panic!("seed {seed} failed: {failure:?}"),
+        }
+        return;
+    }
+    let seeds = env_u64("ENGRAM_SIM_REPLICATION_SEEDS").unwrap_or(SEEDS_DEFAULT);
+    let bug = env_bug();
+    let started = Instant::now();
+    let mut total = Summary::default();
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        match run(seed, bug).0 {
+            Ok(summary) => add(&mut total, &summary),
+            Err(failure) => {
+                println!(
+                    "seed {seed} failed: {failure:?}\n  replay: {}",
+                    replay_command(seed, bug)
+                );
+                failures.push((seed, failure));
+            }
+        }
+    }
+    println!(
+        "{seeds} seeds in {:.1} s: {} increments and {} reads acknowledged; {} failovers, {} repairs; \
+         {} crashes, {} pauses, {} partitions",
+        started.elapsed().as_secs_f64(),
+        total.increments,
+        total.reads,
+        total.failovers,
+        total.repairs,
+        total.crashes,
+        total.pauses,
+        total.partitions
+    );
+    assert!(failures.is_empty(), "{} of {seeds} seeds failed", failures.len());
+    assert!(
+        total.failovers > seeds && total.repairs > seeds && total.pauses > 0 && total.partitions > 0,
+        "the seeds exercise too little: {total:?}"
+    );
+}
+
+/// Each injected bug makes some seed fail, and that seed fails the same way again.
+#[test]
+fn sim_replication_catches_injected_bugs_and_their_seeds_replay() {
+    for bug in [Bug::NoLease, Bug::AnswerBeforeBackup, Bug::EarlyPromotion] {
+        let failing = (0..BUG_SEARCH_SEEDS_MAX)
+            .find_map(|seed| run(seed, Some(bug)).0.err().map(|failure| (seed, failure)))
+            .unwrap_or_else(|| panic!("no seed below {BUG_SEARCH_SEEDS_MAX} catches {bug:?}"));
+        let (seed, failure) = failing;
+        println!("{bug:?}: seed {seed}: {failure:?}");
+        assert_eq!(run(seed, Some(bug)).0.err(), Some(failure), "seed {seed} replays");
+    }
+}
