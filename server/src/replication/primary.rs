@@ -26,6 +26,10 @@ pub const UNACKED_BATCHES_MAX: usize = 64;
 /// the batches of ongoing writes instead of stalling them.
 pub const SNAPSHOT_KEYS_PER_BATCH_MAX: usize = 256;
 
+/// Bytes of key images one batch carries (one larger image travels alone), so a batch
+/// stays well inside a frame and a burst of large values does not stall the stream.
+pub const REPLICA_BATCH_BYTES_MAX: usize = 4 << 20;
+
 /// A held answer, named by the shell.
 pub type Ticket = u64;
 
@@ -81,6 +85,8 @@ struct Stream {
     unacked: VecDeque<ReplicaBatch>,
     /// Tickets by the batch they wait for.
     waiting: BTreeMap<u64, Vec<Ticket>>,
+    /// Tickets by the changed key they wait for, until a batch carries it.
+    waiting_on_key: HashMap<Box<[u8]>, Vec<Ticket>>,
     /// Tickets of a stream this one replaced: they wait for the end of the snapshot,
     /// which carries every key again.
     after_snapshot: Vec<Ticket>,
@@ -104,17 +110,25 @@ impl Stream {
             shipped: HashMap::new(),
             unacked: VecDeque::new(),
             waiting: BTreeMap::new(),
+            waiting_on_key: HashMap::new(),
             after_snapshot: Vec::new(),
         }
     }
 
-    /// The batch an answer touching `key` must see applied, if any.
-    fn needed_for(&self, key: &[u8]) -> Option<u64> {
+    /// Makes `ticket` wait for the batch that carries `key`'s latest change, if that
+    /// batch is not applied yet; whether it waits.
+    fn hold(&mut self, ticket: Ticket, key: &[u8]) -> bool {
         if self.dirty_keys.contains(key) {
-            // Every change not yet formed goes out in the next batch.
-            return Some(self.next_seq);
+            self.waiting_on_key.entry(key.into()).or_default().push(ticket);
+            return true;
         }
-        self.shipped.get(key).copied().filter(|seq| *seq > self.acked)
+        match self.shipped.get(key).copied().filter(|seq| *seq > self.acked) {
+            Some(seq) => {
+                self.waiting.entry(seq).or_default().push(ticket);
+                true
+            }
+            None => false,
+        }
     }
 
     fn has_work(&self) -> bool {
@@ -130,7 +144,7 @@ impl Stream {
     fn form(&mut self, store: &Store, now_ms: u64) -> ReplicaBatch {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut keys: Vec<Box<[u8]>> = std::mem::take(&mut self.dirty_keys).into_iter().collect();
+        let mut keys = self.take_dirty_keys(store, now_ms);
         let mut snapshot_done = false;
         let mut records = Vec::new();
         if let Some(snapshot) = &mut self.snapshot {
@@ -166,6 +180,9 @@ impl Stream {
         records.sort_unstable_by_key(|record| (record.client_id, record.op_id));
         records.dedup_by_key(|record| (record.client_id, record.op_id));
         for key in keys {
+            if let Some(tickets) = self.waiting_on_key.remove(&key) {
+                self.waiting.entry(seq).or_default().extend(tickets);
+            }
             self.shipped.insert(key, seq);
         }
         let batch = ReplicaBatch {
@@ -181,6 +198,22 @@ impl Stream {
         };
         self.unacked.push_back(batch.clone());
         batch
+    }
+
+    /// Changed keys for the next batch, in key order, as many as fit
+    /// `REPLICA_BATCH_BYTES_MAX` (always at least one); the rest wait for the next.
+    fn take_dirty_keys(&mut self, store: &Store, now_ms: u64) -> Vec<Box<[u8]>> {
+        let mut taken = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(key) = self.dirty_keys.first() {
+            let key_bytes = store.image_bytes(key, now_ms);
+            if !taken.is_empty() && bytes.saturating_add(key_bytes) > REPLICA_BATCH_BYTES_MAX {
+                break;
+            }
+            bytes = bytes.saturating_add(key_bytes);
+            taken.extend(self.dirty_keys.pop_first());
+        }
+        taken
     }
 
     /// Everything up to `seq` is applied: returns the tickets that waited for it.
@@ -201,6 +234,7 @@ impl Stream {
     /// Every ticket the stream holds, for a stream that goes away.
     fn drain_tickets(&mut self) -> Vec<Ticket> {
         let mut tickets: Vec<Ticket> = std::mem::take(&mut self.waiting).into_values().flatten().collect();
+        tickets.extend(std::mem::take(&mut self.waiting_on_key).into_values().flatten());
         tickets.append(&mut self.after_snapshot);
         tickets
     }
@@ -286,8 +320,7 @@ impl Primary {
     pub fn hold(&mut self, ticket: Ticket, key: &[u8]) -> bool {
         let mut waits = 0;
         for stream in self.streams.values_mut().filter(|stream| stream.required) {
-            if let Some(seq) = stream.needed_for(key) {
-                stream.waiting.entry(seq).or_default().push(ticket);
+            if stream.hold(ticket, key) {
                 waits += 1;
             }
         }
@@ -306,6 +339,22 @@ impl Primary {
             }
         }
         batches
+    }
+
+    /// What to send a backup next over a link that asks one batch at a time: the oldest
+    /// batch it has not applied (sent again after a lost link or a refusal to retry),
+    /// else a new one if anything changed; `None` when it is up to date.
+    pub fn next_batch(&mut self, backup: ShardProcess, store: &Store, now_ms: u64) -> Option<ReplicaBatch> {
+        let stream = self.streams.get_mut(&backup)?;
+        if let Some(batch) = stream.unacked.front() {
+            return Some(batch.clone());
+        }
+        stream.has_work().then(|| stream.form(store, now_ms))
+    }
+
+    /// The backups this shard streams to.
+    pub fn backups(&self) -> impl Iterator<Item = ShardProcess> + '_ {
+        self.streams.keys().copied()
     }
 
     /// The batches a stream sent that its backup has not applied, oldest first: what to

@@ -297,3 +297,38 @@ fn a_newer_opening_supersedes_an_older_one_and_a_backup_dropped_from_the_map_rel
     let released = pair.primary.configure(6, BTreeMap::new(), &pair.primary_store);
     assert_eq!(pair.primary.held(), 0, "released: {released:?}");
 }
+
+#[test]
+fn a_change_left_for_a_later_batch_keeps_its_answer_until_that_batch_is_applied() {
+    let mut pair = Pair::new(&[], true);
+    pair.exchange();
+    let value = vec![7u8; 512 * 1024];
+    let keys = 12;
+    for index in 0..keys {
+        let request = Request {
+            op_id: 100 + index,
+            completed_below_op_id: 0,
+            command: Command::from(engram_proto::BytesCommand::Set {
+                key: stored(&format!("big-{index:02}")),
+                value: value.clone(),
+                ttl_ms: 0,
+                condition: engram_proto::SetCondition::Always,
+            }),
+        };
+        pair.primary_store.apply(CLIENT, &request, 10);
+        let key = stored(&format!("big-{index:02}"));
+        pair.primary.changed_key(&key);
+        assert!(pair.primary.hold(index, &key));
+    }
+    let first = pair.exchange();
+    let released_first = released(&first);
+    assert!(
+        !released_first.is_empty() && released_first.len() < keys as usize,
+        "{released_first:?}"
+    );
+    assert_eq!(pair.primary.held(), keys as usize - released_first.len());
+    pair.exchange();
+    pair.exchange();
+    assert_eq!(pair.primary.held(), 0);
+    assert_eq!(pair.backup_store.stats().keys, keys);
+}

@@ -43,6 +43,15 @@ impl Store {
         changes
     }
 
+    /// About what `key`'s image takes in a batch (0 for a key that is gone), so a batch
+    /// can be cut before it grows past its bound.
+    pub fn image_bytes(&self, key: &[u8], now_ms: u64) -> usize {
+        match self.entries.get(key).filter(|entry| !entry.is_expired(now_ms)) {
+            Some(entry) => key.len() + entry.charged_bytes() as usize,
+            None => key.len(),
+        }
+    }
+
     /// The recorded first answer of an operation, if it was answered (a parked
     /// operation has none yet), and its client's acknowledgement mark.
     pub fn export_operation(&self, client_id: u64, op_id: u64) -> (Option<MigratedRecord>, u64) {
