@@ -171,6 +171,7 @@ impl Membership {
                     shards: Vec::new(),
                     ranges: Vec::new(),
                     version_floor: 0,
+                    backups: Vec::new(),
                 },
                 next_node_id: 1,
                 next_migration_id: 1,
@@ -831,6 +832,7 @@ impl Membership {
                     node_id: member.node_id,
                     shard_id: shard_id as u16,
                     address: address.clone(),
+                    incarnation: member.incarnation,
                 });
             }
         }
@@ -857,6 +859,7 @@ impl Membership {
             shards,
             ranges,
             version_floor: self.state.map.version_floor,
+            backups: Vec::new(),
         };
         self.state.lost = self.lost_ranges();
     }

@@ -918,6 +918,10 @@ fn answer_of(response: PeerResponse) -> Answer {
         PeerResponse::MigrationPrepared { entries, bytes } => Answer::Prepared { entries, bytes },
         PeerResponse::Accepted => Answer::Accepted,
         PeerResponse::Error(reply) => Answer::Refused { message: reply.message },
+        // The control plane sends no batches, so no shard answers it with this.
+        PeerResponse::Replicated(_) => Answer::Refused {
+            message: "a shard answered with a replication answer".into(),
+        },
     }
 }
 

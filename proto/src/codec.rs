@@ -277,7 +277,8 @@ mod tests {
                 shards: vec![ShardAddress {
                     node_id: 1,
                     shard_id: 0,
-                    address: "127.0.0.1:7401".into()
+                    address: "127.0.0.1:7401".into(),
+                    incarnation: 0
                 }],
                 ranges: vec![SlotRange {
                     start: 0,
@@ -285,6 +286,7 @@ mod tests {
                     shard_index: 0
                 }],
                 version_floor: 0,
+                backups: Vec::new(),
             })),
         ]
     }

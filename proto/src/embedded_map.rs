@@ -32,6 +32,7 @@ pub fn embedded_map(shards: Vec<ShardAddress>) -> SlotMap {
         shards,
         ranges,
         version_floor: 0,
+        backups: Vec::new(),
     }
 }
 
@@ -46,6 +47,7 @@ mod tests {
                 node_id: 1,
                 shard_id,
                 address: format!("127.0.0.1:{}", 7401 + shard_id),
+                incarnation: 0,
             })
             .collect()
     }

@@ -1,11 +1,12 @@
 //! The peer family: what the control plane tells a node's shards (serve this map, move
 //! these slots, forget that migration) and what one shard ships to another (migration
-//! batches; replication next). Same compatibility rule as [`crate::message`]: fields and
+//! batches; replication streams). Same compatibility rule as [`crate::message`]: fields and
 //! variants are only ever appended.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::message::{ErrorReply, SlotMap};
+use crate::replication::{ReplicaAnswer, ReplicaBatch};
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum PeerRequest {
@@ -20,6 +21,9 @@ pub enum PeerRequest {
         migration_id: u64,
         map_epoch: u64,
     },
+    /// Primary shard to backup shard: the next batch of a replication stream.
+    /// (Appended last.)
+    Replicate(ReplicaBatch),
 }
 
 impl PeerRequest {
@@ -30,6 +34,7 @@ impl PeerRequest {
             PeerRequest::MigrateOut(_) => "migrate_out",
             PeerRequest::MigrateIn(_) => "migrate_in",
             PeerRequest::MigrateAbort { .. } => "migrate_abort",
+            PeerRequest::Replicate(_) => "replicate",
         }
     }
 }
@@ -44,6 +49,8 @@ pub enum PeerResponse {
         bytes: u64,
     },
     Error(ErrorReply),
+    /// A backup's answer to [`PeerRequest::Replicate`]. (Appended last.)
+    Replicated(ReplicaAnswer),
 }
 
 impl PeerResponse {
@@ -53,6 +60,7 @@ impl PeerResponse {
             PeerResponse::Accepted => "accepted",
             PeerResponse::MigrationPrepared { .. } => "migration_prepared",
             PeerResponse::Error(_) => "error",
+            PeerResponse::Replicated(_) => "replicated",
         }
     }
 }

@@ -16,6 +16,8 @@ use std::sync::{Arc, RwLock};
 
 use engram_proto::{SlotMap, LOST_SHARD_INDEX};
 
+use crate::replication::{PrimaryView, ShardProcess};
+
 /// The node's current map. Written by whoever installs a newer one (the heartbeat
 /// thread, or a shard handling `InstallMap`); read by every shard.
 pub struct NodeMap {
@@ -137,12 +139,37 @@ impl Routing {
         }
     }
 
+    /// The process of the shard at `index` in the map, as replication names it.
+    pub fn shard_process(&self, index: u32) -> Option<ShardProcess> {
+        let shard = self.map.shards.get(index as usize)?;
+        Some(ShardProcess {
+            node_id: shard.node_id,
+            shard_id: shard.shard_id,
+            incarnation: shard.incarnation,
+        })
+    }
+
     /// The address of the shard at `index` in the map, for error messages.
     pub fn address(&self, index: u32) -> &str {
         self.map
             .shards
             .get(index as usize)
             .map_or("unknown", |shard| shard.address.as_str())
+    }
+}
+
+/// A backup checks a batch's sender against the primary its own map names.
+impl PrimaryView for Routing {
+    fn epoch(&self) -> u64 {
+        self.map.epoch
+    }
+
+    fn primary_of(&self, slot: u32) -> Option<ShardProcess> {
+        let index = self.owner_index.get(slot as usize).copied()?;
+        if index == LOST_SHARD_INDEX {
+            return None;
+        }
+        self.shard_process(index)
     }
 }
 
@@ -157,6 +184,7 @@ mod tests {
             node_id,
             shard_id,
             address: format!("10.0.0.{node_id}:{}", 7401 + shard_id),
+            incarnation: 0,
         };
         SlotMap {
             epoch,
@@ -179,6 +207,7 @@ mod tests {
                 },
             ],
             version_floor: 0,
+            backups: Vec::new(),
         }
     }
 

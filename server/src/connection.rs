@@ -383,6 +383,7 @@ impl Connection {
                 migration_id,
                 map_epoch,
             } => self.shard.migrate_abort(migration_id, map_epoch),
+            PeerRequest::Replicate(batch) => self.shard.replicate_in(batch),
         };
         self.outbox.push(FrameKind::Response, request_id, &answer);
         Ok(())

@@ -138,8 +138,11 @@ impl Heartbeater {
                     // A control plane that is down, or electing a leader, moves nothing
                     // meanwhile: the map stays good to serve on. (One that is up but cut
                     // off from this node may declare it dead: ARCHITECTURE.md's departures
-                    // say what that costs.)
-                    self.mark_checked();
+                    // say what that costs.) Not with replicas: a leader this node cannot
+                    // reach may be promoting its backups, so its lease must run out.
+                    if self.node_map.current().backups.is_empty() {
+                        self.mark_checked();
+                    }
                 }
             }
         }

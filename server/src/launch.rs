@@ -45,6 +45,7 @@ pub async fn run(launch: ShardLaunch, events: NodeEvents) {
         tasks: shard.serve_peers(receivers),
         listeners: Vec::new(),
     };
+    services.tasks.extend(shard.spawn(shard.clone().drive_replication()));
     let connections = Rc::new(OpenConnections::default());
     for (listener, front) in [(launch.shard_listener, false), (launch.front_listener, true)] {
         // The accept loop owns the listener until the shard's stop cancels it, after
@@ -80,6 +81,7 @@ async fn stop(shard: &Shard, services: Services, connections: &OpenConnections) 
         task.cancel();
     }
     connections.end_all();
+    shard.stop_replication();
     shard.tasks().ended().await;
 }
 

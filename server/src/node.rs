@@ -199,6 +199,7 @@ struct Starting {
     node: Arc<NodeStats>,
     node_map: Arc<NodeMap>,
     version_floor: u64,
+    incarnation: u64,
     membership: Option<crate::heartbeat::Membership>,
     memory_limit_bytes: u64,
     hash_seed: u64,
@@ -216,6 +217,7 @@ impl Starting {
         if membership.is_some() {
             crate::cluster::log_installed(&map);
         }
+        let incarnation = membership.as_ref().map_or(0, |membership| membership.incarnation);
         let node_map = Arc::new(NodeMap::new(map));
         if let Some(membership) = &membership {
             node_map.mark_checked(map_check_grace_ms(membership.liveness_timeout_ms));
@@ -224,6 +226,7 @@ impl Starting {
             node: Arc::new(NodeStats::new(node_id, shard_addresses)),
             node_map,
             version_floor,
+            incarnation,
             membership,
             memory_limit_bytes: settings
                 .memory_limit
@@ -240,6 +243,7 @@ impl Starting {
             memory_limit_bytes: self.memory_limit_bytes,
             hash_seed: self.hash_seed,
             version_floor: self.version_floor,
+            incarnation: self.incarnation,
             auth_token: settings.auth_token.clone().map(String::into_bytes),
             read_spin: Duration::from_micros(settings.spin_us),
         }

@@ -59,6 +59,7 @@ fn place_alone(node_id: Option<u64>, shard_addresses: Vec<String>) -> NodePlace 
             node_id,
             shard_id: shard_id as u16,
             address: address.clone(),
+            incarnation: 0,
         })
         .collect();
     NodePlace {

@@ -299,6 +299,7 @@ mod tests {
                     node_id: 1,
                     shard_id: 0,
                     address: "10.0.0.1:7401".into(),
+                    incarnation: 0,
                 }],
                 ranges: vec![
                     range(0, 99, 0),
@@ -308,6 +309,7 @@ mod tests {
                     range(10000, 16383, LOST_SHARD_INDEX),
                 ],
                 version_floor: 0,
+                backups: Vec::new(),
             },
             nodes: vec![node(1, true, 4, 0), node(2, false, 2, 8193)],
             migrations: Vec::new(),

@@ -141,11 +141,13 @@ pub fn two_shard_map(epoch: u64, first: &str, second: &str) -> SlotMap {
                 node_id: 1,
                 shard_id: 0,
                 address: first.into(),
+                incarnation: 0,
             },
             ShardAddress {
                 node_id: 1,
                 shard_id: 1,
                 address: second.into(),
+                incarnation: 0,
             },
         ],
         ranges: vec![
@@ -161,6 +163,7 @@ pub fn two_shard_map(epoch: u64, first: &str, second: &str) -> SlotMap {
             },
         ],
         version_floor: 0,
+        backups: Vec::new(),
     }
 }
 
@@ -190,6 +193,7 @@ pub fn single_shard_map(epoch: u64, address: &str) -> SlotMap {
             node_id: 1,
             shard_id: 0,
             address: address.into(),
+            incarnation: 0,
         }],
         ranges: vec![SlotRange {
             start: 0,
@@ -197,6 +201,7 @@ pub fn single_shard_map(epoch: u64, address: &str) -> SlotMap {
             shard_index: 0,
         }],
         version_floor: 0,
+        backups: Vec::new(),
     }
 }
 

@@ -295,6 +295,11 @@ impl Primary {
         self.release(freed)
     }
 
+    /// Whether any stream runs: a shard with no backups skips the rest.
+    pub fn is_streaming(&self) -> bool {
+        !self.streams.is_empty()
+    }
+
     /// A request or a timer changed `key` (or removed it).
     pub fn changed_key(&mut self, key: &[u8]) {
         let Some(slot) = slot_of_stored_key(key) else { return };

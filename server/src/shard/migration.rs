@@ -234,6 +234,7 @@ impl Shard {
             self.node.metrics.record_migration("in", "committed");
             tracing::info!(shard = self.shard_id, migration_id, "migration in committed");
         }
+        self.configure_replication(routing);
         self.publish_slots_owned(routing);
         self.publish_migrations();
         self.publish_stats();

@@ -21,16 +21,19 @@ use crate::outbox::{Destination, Outbox};
 use crate::runtime::{self, MeshReceivers, MeshSenders, TaskHandle, Tasks};
 use crate::shutdown::Shutdown;
 use crate::stats::{NodeStats, ShardStats};
-use crate::store::{Outcome, Store, WaiterId};
+use crate::store::{Completion, Outcome, Store, WaiterId};
 
 mod clock;
 mod migration;
+mod replication;
 
 use clock::StoreClock;
 use migration::Outgoing;
 /// The target's bookkeeping of migrations coming in, sans-I/O: the seeded simulation
 /// runs the same admission rules as the shard.
 pub use migration::{Incoming, MIGRATION_BATCH_BYTES_MAX, MIGRATION_PEER_TIMEOUT_MS};
+use replication::Replication;
+pub use replication::{REPLICATION_PEER_TIMEOUT_MS, REPLICATION_RETRY_MS};
 
 /// Depth of each shard-to-shard request queue.
 pub const FORWARD_QUEUE_DEPTH: usize = 1024;
@@ -87,6 +90,8 @@ pub struct Shard {
     timekeeper_deadline_ms: Cell<u64>,
     timekeeper: LocalNotify,
     store_clock: StoreClock,
+    /// Its streams to backups, the answers they hold back, and what it backs up.
+    replication: RefCell<Replication>,
     /// Every task the shard and its connections start, which its stop outwaits.
     tasks: Tasks,
 }
@@ -100,6 +105,8 @@ pub struct ShardSetup {
     pub hash_seed: u64,
     /// Every version, fence and permit id this shard draws is above this.
     pub version_floor: u64,
+    /// The node process's incarnation (0 for a node alone), which maps name copies by.
+    pub incarnation: u64,
     pub auth_token: Option<Vec<u8>>,
     /// How long a connection polls its socket before waiting for readiness
     /// (`--spin-us`); zero: it waits at once.
@@ -122,6 +129,7 @@ impl Shard {
         let mut store = Store::new(setup.memory_limit_bytes, setup.hash_seed);
         store.raise_version_floor(setup.version_floor.max(routing.map.version_floor));
         let metrics = setup.node.metrics.shard(setup.shard_id);
+        let node_id = setup.node.node_id;
         let store_clock = StoreClock::new(setup.node.started);
         let shard = Shard {
             shard_id: setup.shard_id,
@@ -141,6 +149,11 @@ impl Shard {
             timekeeper_deadline_ms: Cell::new(0),
             timekeeper: LocalNotify::default(),
             store_clock,
+            replication: RefCell::new(Replication::new(crate::replication::ShardProcess {
+                node_id,
+                shard_id: setup.shard_id as u16,
+                incarnation: setup.incarnation,
+            })),
             tasks: Tasks::default(),
         };
         shard.publish_slots_owned(&shard.routing());
@@ -288,6 +301,7 @@ impl Shard {
     pub fn admit(&self, slot: u32) -> Result<usize, Response> {
         self.check_map_fresh()?;
         let routing = self.routing();
+        self.check_not_deposed(routing.epoch())?;
         match routing.owner(slot) {
             Owner::Remote(index) => Err(self.error(
                 ErrorCode::Moved,
@@ -350,18 +364,31 @@ impl Shard {
     pub fn submit(&self, client_id: u64, request: &Request, destination: Destination, received: Instant) -> Submitted {
         let now_ms = self.ms_at(received);
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
-        let submitted = match outcome {
+        let key = request.command.key();
+        if request.command.is_mutation() {
+            if let Some(key) = key {
+                let origin = (request.op_id != 0).then_some((client_id, request.op_id));
+                self.note_change(key, origin);
+            }
+        }
+        let mut submitted = match outcome {
             Outcome::Ready(_) => Submitted::Answered,
             Outcome::Parked(_) => Submitted::Parked,
         };
         match outcome {
             // An immediate answer needs no revert if its asker is gone (the client's
             // retry finds the operation record); its buffers go back to the store for
-            // the next read.
+            // the next read. One whose key has a change in flight to the backups waits
+            // for it.
             Outcome::Ready(response) => {
                 self.metrics.answered(&request.command, &response);
-                if let Some(spent) = destination.deliver_immediate(self.stamp(response)) {
-                    self.store.borrow_mut().recycle(spent);
+                match self.hold_answer(key, destination, self.stamp(response)) {
+                    Some((destination, response)) => {
+                        if let Some(spent) = destination.deliver_immediate(response) {
+                            self.store.borrow_mut().recycle(spent);
+                        }
+                    }
+                    None => submitted = Submitted::Parked,
                 }
             }
             Outcome::Parked(waiter) => {
@@ -381,27 +408,43 @@ impl Shard {
     /// Delivers the answers of parked requests. One whose asker is gone is taken back
     /// by the store (a popped value returns to its queue, a grant is released), which
     /// can complete further requests, hence the loop.
+    /// Ends by waking the replication links, which ship what the requests and the
+    /// completions changed.
     fn deliver_completions(&self) {
         loop {
             let completions = self.store.borrow_mut().take_completions();
             if completions.is_empty() {
+                self.kick_replication();
                 return;
             }
             for mut completion in completions {
                 let destination = self.destinations.borrow_mut().remove(&completion.waiter);
                 self.metrics.completed(completion.waiter, &completion.response);
-                let response = self.stamp(std::mem::replace(&mut completion.response, Response::Pong));
-                let undelivered = match destination {
-                    Some(destination) => destination.deliver(response, true).err(),
-                    None => Some(response),
+                self.note_change(completion.key(), completion.operation());
+                completion.response = self.stamp(std::mem::replace(&mut completion.response, Response::Pong));
+                let Some(destination) = destination else {
+                    self.take_back(completion);
+                    continue;
                 };
-                if let Some(response) = undelivered {
+                let Some((destination, mut completion)) = self.hold_completion(destination, completion) else {
+                    continue;
+                };
+                let response = std::mem::replace(&mut completion.response, Response::Pong);
+                if let Err(response) = destination.deliver(response, true) {
                     completion.response = response;
-                    let now_ms = self.now_ms();
-                    self.store.borrow_mut().undeliverable(completion, now_ms);
+                    self.take_back(completion);
                 }
             }
         }
+    }
+
+    /// An answer whose asker is gone: the store gives back what it took (a popped
+    /// value, a grant), which changes the key again.
+    fn take_back(&self, completion: Completion) {
+        let key: Box<[u8]> = completion.key().into();
+        let now_ms = self.now_ms();
+        self.store.borrow_mut().undeliverable(completion, now_ms);
+        self.note_change(&key, None);
     }
 
     /// A connection closed: its parked requests are withdrawn, so they are granted

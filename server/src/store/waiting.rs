@@ -41,6 +41,18 @@ pub struct Completion {
     pub(super) revert: Option<Revert>,
 }
 
+impl Completion {
+    /// The key of the object the request waited on.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// The recorded operation it answers, as `(client_id, op_id)`.
+    pub fn operation(&self) -> Option<(u64, u64)> {
+        self.origin.map(|origin| (origin.client_id, origin.op_id))
+    }
+}
+
 struct Parked {
     key: Box<[u8]>,
     deadline_ms: u64,

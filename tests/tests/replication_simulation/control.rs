@@ -213,6 +213,13 @@ impl Control {
         }
     }
 
+    /// Whether the control plane knows `process` as its node's current process: until a
+    /// restarted node's first heartbeat arrives, it still counts on the copies the
+    /// previous process held.
+    pub fn knows(&self, process: Process) -> bool {
+        self.members[process.node].incarnation == process.incarnation
+    }
+
     /// Every group has a primary and its full count of backups.
     pub fn healthy(&self) -> bool {
         (0..GROUPS).all(|group| self.map.primary[group].is_some() && self.map.backups[group].len() >= REPLICAS)

@@ -236,6 +236,9 @@ impl World {
             }
             self.handle(scheduled.event);
             self.check_one_primary()?;
+            if !self.control.lost_groups.is_empty() {
+                return Err(self.failure("no group lost", format!("{:?}", self.control.lost_groups)));
+            }
             if self.done() {
                 return self.check_end();
             }
@@ -486,11 +489,11 @@ impl World {
         }
         let next = self.rng.between(300, 1_500);
         self.schedule(next, Event::Fault);
+        // One fault at a time: the last one is over, as the control plane sees it too.
         let quiet = self.cut == Cut::None
-            && self
-                .machines
-                .iter()
-                .all(|machine| machine.process.is_some() && machine.paused.is_none());
+            && self.machines.iter().all(|machine| {
+                machine.paused.is_none() && machine.process.as_ref().is_some_and(|node| self.control.knows(node.me))
+            });
         if !quiet || !self.control.healthy() {
             return;
         }

@@ -504,5 +504,8 @@ pub fn answer_of(response: PeerResponse) -> Answer {
         PeerResponse::MigrationPrepared { entries, bytes } => Answer::Prepared { entries, bytes },
         PeerResponse::Accepted => Answer::Accepted,
         PeerResponse::Error(reply) => Answer::Refused { message: reply.message },
+        PeerResponse::Replicated(_) => Answer::Refused {
+            message: "a model shard answered with a replication answer".into(),
+        },
     }
 }

@@ -1,0 +1,373 @@
+//! The shard's side of replication: as a primary it notes what each request changed,
+//! holds answers until the slot's backups applied the change, and runs one link task
+//! per backup that ships batches one at a time; as a backup it applies the batches its
+//! map allows. The decisions are `crate::replication`'s; this file moves them.
+//!
+//! A shard with no backups (a node alone, a cluster without replicas) pays one check
+//! per request: `Primary::is_streaming`.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use engram_proto::{ErrorCode, PeerProtocol, PeerRequest, PeerResponse, ReplicaAnswer, ReplicaBatch, Response};
+
+use super::Shard;
+use crate::cluster::{Owner, Routing};
+use crate::link::PeerLink;
+use crate::notify::LocalNotify;
+use crate::outbox::Destination;
+use crate::replication::{Backup, Primary, PrimaryEvent, ShardProcess, Ticket, Wanted};
+use crate::runtime::{self, TaskHandle};
+use crate::store::{slot_of_stored_key, Completion};
+
+/// How long one step of a replication link (connect, hand-shake, one batch) may take
+/// before the link is dropped and made again.
+pub const REPLICATION_PEER_TIMEOUT_MS: u64 = 2_000;
+/// Pause before a replication link is made again after a failure or a refusal.
+pub const REPLICATION_RETRY_MS: u64 = 50;
+
+/// An answer waiting for backups.
+enum Held {
+    Immediate(Destination, Response),
+    /// A parked request's answer, kept whole so it can be taken back if its asker is
+    /// gone by the time it may leave.
+    Completion(Destination, Completion),
+}
+
+/// One backup's link task and its wake-up.
+struct ReplicaLink {
+    wake: Rc<LocalNotify>,
+    stopped: Rc<Cell<bool>>,
+    task: Option<TaskHandle>,
+}
+
+impl Drop for ReplicaLink {
+    fn drop(&mut self) {
+        self.stopped.set(true);
+        self.wake.notify();
+        if let Some(task) = &self.task {
+            task.cancel();
+        }
+    }
+}
+
+pub(super) struct Replication {
+    primary: Primary,
+    backup: Backup,
+    held: HashMap<Ticket, Held>,
+    next_ticket: Ticket,
+    links: BTreeMap<ShardProcess, ReplicaLink>,
+    /// The backups the current map asks for, at their shard ports; the driver task
+    /// makes `links` follow it (a map arrives where no `Rc` of the shard is at hand).
+    wanted_links: BTreeMap<ShardProcess, String>,
+    links_changed: Rc<LocalNotify>,
+    /// A backup named another primary for this shard's slots while its map was at this
+    /// epoch: serve nothing until a newer map.
+    deposed_at_epoch: Option<u64>,
+}
+
+impl Replication {
+    pub(super) fn new(me: ShardProcess) -> Replication {
+        Replication {
+            primary: Primary::new(me),
+            backup: Backup::new(me.incarnation),
+            held: HashMap::new(),
+            next_ticket: 1,
+            links: BTreeMap::new(),
+            wanted_links: BTreeMap::new(),
+            links_changed: Rc::new(LocalNotify::default()),
+            deposed_at_epoch: None,
+        }
+    }
+}
+
+impl Shard {
+    /// A request or a woken waiter changed `key` (an operation `origin` was recorded):
+    /// the change must reach the backups of its slot.
+    pub(super) fn note_change(&self, key: &[u8], origin: Option<(u64, u64)>) {
+        let mut replication = self.replication.borrow_mut();
+        if !replication.primary.is_streaming() {
+            return;
+        }
+        replication.primary.changed_key(key);
+        if let (Some((client_id, op_id)), Some(slot)) = (origin, slot_of_stored_key(key)) {
+            replication.primary.changed_operation(slot, client_id, op_id);
+        }
+    }
+
+    /// Holds an answer given at once if its key has a change the backups have not
+    /// applied; gives it back to deliver now otherwise.
+    pub(super) fn hold_answer(
+        &self,
+        key: Option<&[u8]>,
+        destination: Destination,
+        response: Response,
+    ) -> Option<(Destination, Response)> {
+        let Some(ticket) = self.ticket_for(key) else {
+            return Some((destination, response));
+        };
+        let mut replication = self.replication.borrow_mut();
+        replication.held.insert(ticket, Held::Immediate(destination, response));
+        None
+    }
+
+    /// [`Shard::hold_answer`] for a parked request's answer.
+    pub(super) fn hold_completion(
+        &self,
+        destination: Destination,
+        completion: Completion,
+    ) -> Option<(Destination, Completion)> {
+        let Some(ticket) = self.ticket_for(Some(completion.key())) else {
+            return Some((destination, completion));
+        };
+        let mut replication = self.replication.borrow_mut();
+        replication
+            .held
+            .insert(ticket, Held::Completion(destination, completion));
+        None
+    }
+
+    fn ticket_for(&self, key: Option<&[u8]>) -> Option<Ticket> {
+        let key = key?;
+        let mut replication = self.replication.borrow_mut();
+        if !replication.primary.is_streaming() {
+            return None;
+        }
+        let ticket = replication.next_ticket;
+        if !replication.primary.hold(ticket, key) {
+            return None;
+        }
+        replication.next_ticket += 1;
+        Some(ticket)
+    }
+
+    /// Wakes the link tasks: something changed that a backup may need.
+    pub(super) fn kick_replication(&self) {
+        for link in self.replication.borrow().links.values() {
+            link.wake.notify();
+        }
+    }
+
+    /// Refuses to serve after a backup said this shard is no longer the primary of its
+    /// slots, until a newer map says what it is.
+    pub(super) fn check_not_deposed(&self, epoch: u64) -> Result<(), Response> {
+        match self.replication.borrow().deposed_at_epoch {
+            Some(deposed) if epoch <= deposed => Err(self.error(
+                ErrorCode::TryAgain,
+                format!("a backup's map names another primary after map epoch {deposed}; retry shortly"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs the streams a new map asks for: one per backup of the slots this shard now
+    /// leads, each in sync already or filled by a snapshot.
+    pub(super) fn configure_replication(&self, routing: &Routing) {
+        let wanted = wanted_streams(routing, self.shard_id as u16);
+        let released = {
+            let store = self.store.borrow();
+            let mut replication = self.replication.borrow_mut();
+            replication.primary.configure(routing.epoch(), wanted.clone(), &store)
+        };
+        self.release(released);
+        let addresses = backup_addresses(routing);
+        let mut replication = self.replication.borrow_mut();
+        replication.wanted_links = wanted
+            .keys()
+            .filter_map(|backup| Some((*backup, addresses.get(backup)?.clone())))
+            .collect();
+        replication.links_changed.notify();
+    }
+
+    /// Keeps one link task per backup the map asks for, until the shard stops.
+    pub async fn drive_replication(self: Rc<Self>) {
+        let changed = self.replication.borrow().links_changed.clone();
+        loop {
+            changed.notified().await;
+            let mut replication = self.replication.borrow_mut();
+            let wanted = replication.wanted_links.clone();
+            replication.links.retain(|backup, _| wanted.contains_key(backup));
+            for (backup, address) in wanted {
+                if replication.links.contains_key(&backup) {
+                    continue;
+                }
+                let wake = Rc::new(LocalNotify::default());
+                let stopped = Rc::new(Cell::new(false));
+                let task = self.spawn(run_link(self.clone(), backup, address, wake.clone(), stopped.clone()));
+                wake.notify();
+                replication.links.insert(backup, ReplicaLink { wake, stopped, task });
+            }
+        }
+    }
+
+    /// Ends every link task, for the shard's stop.
+    pub fn stop_replication(&self) {
+        let mut replication = self.replication.borrow_mut();
+        replication.wanted_links.clear();
+        replication.links.clear();
+    }
+
+    /// A batch from the primary of slots this shard backs up.
+    pub fn replicate_in(&self, batch: ReplicaBatch) -> PeerResponse {
+        let routing = self.routing();
+        let now_ms = self.now_ms();
+        let mut store = self.store.borrow_mut();
+        let answer = self
+            .replication
+            .borrow_mut()
+            .backup
+            .receive(batch, &*routing, &mut store, now_ms);
+        if let ReplicaAnswer::Refused { refusal, .. } = &answer {
+            tracing::debug!(shard = self.shard_id, ?refusal, "replica batch refused");
+        }
+        PeerResponse::Replicated(answer)
+    }
+
+    fn next_replica_batch(&self, backup: ShardProcess) -> Option<ReplicaBatch> {
+        let now_ms = self.now_ms();
+        let store = self.store.borrow();
+        self.replication.borrow_mut().primary.next_batch(backup, &store, now_ms)
+    }
+
+    /// A backup answered; `false` when the link should pause before it goes on.
+    fn on_replica_answer(&self, backup: ShardProcess, answer: ReplicaAnswer) -> bool {
+        let events = self.replication.borrow_mut().primary.on_answer(backup, answer);
+        let mut go_on = true;
+        for event in events {
+            match event {
+                PrimaryEvent::Released(tickets) => self.release(tickets),
+                PrimaryEvent::InSync(backup, slots) => {
+                    tracing::info!(shard = self.shard_id, ?backup, slots = ?slots, "backup in sync");
+                }
+                PrimaryEvent::Deposed(backup) => {
+                    let epoch = self.map_epoch();
+                    tracing::warn!(
+                        shard = self.shard_id,
+                        ?backup,
+                        epoch,
+                        "a backup names another primary: deposed"
+                    );
+                    self.replication.borrow_mut().deposed_at_epoch = Some(epoch);
+                    go_on = false;
+                }
+                PrimaryEvent::Resend(_) => go_on = false,
+                PrimaryEvent::Broken(backup, reason) => {
+                    tracing::warn!(shard = self.shard_id, ?backup, %reason, "replication to a backup stalls");
+                    go_on = false;
+                }
+            }
+        }
+        go_on
+    }
+
+    /// Delivers the answers no backup holds back any more.
+    fn release(&self, tickets: Vec<Ticket>) {
+        if tickets.is_empty() {
+            return;
+        }
+        for ticket in tickets {
+            let held = self.replication.borrow_mut().held.remove(&ticket);
+            match held {
+                Some(Held::Immediate(destination, response)) => {
+                    let _ = destination.deliver(response, true);
+                }
+                Some(Held::Completion(destination, mut completion)) => {
+                    let response = std::mem::replace(&mut completion.response, Response::Pong);
+                    if let Err(response) = destination.deliver(response, true) {
+                        completion.response = response;
+                        self.take_back(completion);
+                    }
+                }
+                None => {}
+            }
+        }
+        self.deliver_completions();
+    }
+}
+
+/// Per backup shard, the slots this shard leads that it backs up.
+fn wanted_streams(routing: &Routing, shard_id: u16) -> BTreeMap<ShardProcess, Wanted> {
+    let mut wanted: BTreeMap<ShardProcess, Wanted> = BTreeMap::new();
+    if routing.map.backups.is_empty() {
+        return wanted;
+    }
+    for slot in 0..engram_proto::limits::SLOT_COUNT {
+        if routing.owner(slot) != Owner::Local(shard_id) {
+            continue;
+        }
+        for &index in routing.map.backups_of(slot) {
+            let Some(backup) = routing.shard_process(index) else {
+                continue;
+            };
+            let entry = wanted.entry(backup).or_insert_with(|| Wanted {
+                slots: Default::default(),
+                required: true,
+            });
+            entry.slots.insert(slot);
+        }
+    }
+    wanted
+}
+
+fn backup_addresses(routing: &Routing) -> HashMap<ShardProcess, String> {
+    (0..routing.map.shards.len() as u32)
+        .filter_map(|index| {
+            let process = routing.shard_process(index)?;
+            Some((process, routing.address(index).to_string()))
+        })
+        .collect()
+}
+
+/// Ships `backup`'s batches one at a time over a link of its own, made again after a
+/// failure, until the stream is dropped.
+async fn run_link(
+    shard: Rc<Shard>,
+    backup: ShardProcess,
+    address: String,
+    wake: Rc<LocalNotify>,
+    stopped: Rc<Cell<bool>>,
+) {
+    let timeout = Duration::from_millis(REPLICATION_PEER_TIMEOUT_MS);
+    let retry = Duration::from_millis(REPLICATION_RETRY_MS);
+    let mut link: Option<PeerLink<PeerProtocol>> = None;
+    while !stopped.get() {
+        let Some(batch) = shard.next_replica_batch(backup) else {
+            wake.notified().await;
+            continue;
+        };
+        if link.is_none() {
+            let credentials = shard.auth_token().unwrap_or_default().to_vec();
+            match PeerLink::connect(&address, &credentials, timeout).await {
+                Ok(connected) => link = Some(connected),
+                Err(error) => {
+                    tracing::debug!(%address, %error, "replication link failed to connect");
+                    runtime::sleep(retry).await;
+                    continue;
+                }
+            }
+        }
+        let Some(connected) = link.as_mut() else { continue };
+        let answer = connected.call(&PeerRequest::Replicate(batch)).await;
+        if stopped.get() {
+            return;
+        }
+        let go_on = match answer {
+            Ok(PeerResponse::Replicated(answer)) => shard.on_replica_answer(backup, answer),
+            Ok(other) => {
+                tracing::warn!(%address, answer = other.name(), "a backup answered a batch with something else");
+                link = None;
+                false
+            }
+            Err(error) => {
+                tracing::debug!(%address, %error, "replication link failed");
+                link = None;
+                false
+            }
+        };
+        if !go_on {
+            runtime::sleep(retry).await;
+        }
+    }
+}
