@@ -205,6 +205,9 @@ pub struct NodeMetrics {
     connections: IntGaugeVec,
     slots_owned: IntGaugeVec,
     parked_requests: IntGaugeVec,
+    held_answers: IntGaugeVec,
+    replica_streams: IntGaugeVec,
+    replication_lag: IntGaugeVec,
 }
 
 impl NodeMetrics {
@@ -226,6 +229,18 @@ impl NodeMetrics {
         let parked_requests = shard_gauge(
             "engram_parked_requests",
             "Requests waiting at a shard (lock and semaphore acquires, barrier and latch waits, pops).",
+        );
+        let held_answers = shard_gauge(
+            "engram_replication_held_answers",
+            "Answers a primary shard holds until its backups applied what decided them.",
+        );
+        let replica_streams = shard_gauge(
+            "engram_replication_streams",
+            "Backup shards a primary shard streams its slots' changes to.",
+        );
+        let replication_lag = shard_gauge(
+            "engram_replication_lag_batches",
+            "Batches a primary shard sent to its slowest backup that are not applied there yet.",
         );
         let operations = IntCounterVec::new(
             Opts::new(
@@ -274,6 +289,9 @@ impl NodeMetrics {
             connections,
             slots_owned,
             parked_requests,
+            held_answers,
+            replica_streams,
+            replication_lag,
         }
     }
 
@@ -330,6 +348,9 @@ impl NodeMetrics {
             gauge(&self.connections, figures.connections);
             gauge(&self.slots_owned, figures.slots_owned);
             gauge(&self.parked_requests, figures.parked_requests);
+            gauge(&self.held_answers, figures.held_answers);
+            gauge(&self.replica_streams, figures.replica_streams);
+            gauge(&self.replication_lag, figures.replication_lag_batches);
         }
         engram_metrics_http::render_registry(&self.registry)
     }
@@ -345,6 +366,9 @@ pub struct ShardGauges {
     pub connections: u64,
     pub slots_owned: u64,
     pub parked_requests: u64,
+    pub held_answers: u64,
+    pub replica_streams: u64,
+    pub replication_lag_batches: u64,
 }
 
 impl Default for NodeMetrics {
@@ -537,6 +561,9 @@ mod tests {
             connections: 1,
             slots_owned: 300,
             parked_requests: 4,
+            held_answers: 5,
+            replica_streams: 2,
+            replication_lag_batches: 3,
         };
         let second = ShardGauges {
             memory_limit_bytes: 4_096,
@@ -551,6 +578,9 @@ mod tests {
             "engram_connections{shard=\"0\"} 1\n",
             "engram_slots_owned{shard=\"0\"} 300\n",
             "engram_parked_requests{shard=\"0\"} 4\n",
+            "engram_replication_held_answers{shard=\"0\"} 5\n",
+            "engram_replication_streams{shard=\"0\"} 2\n",
+            "engram_replication_lag_batches{shard=\"0\"} 3\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

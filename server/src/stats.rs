@@ -17,6 +17,12 @@ pub struct ShardStats {
     pub connections: AtomicU64,
     pub operations_total: AtomicU64,
     pub parked_requests: AtomicU64,
+    /// Answers held until backups apply what decided them.
+    pub held_answers: AtomicU64,
+    /// Backup shards this shard streams to.
+    pub replica_streams: AtomicU64,
+    /// Batches sent to its slowest backup and not yet applied there.
+    pub replication_lag_batches: AtomicU64,
     /// Set when the shard takes on a slot map, not per publish (counting owners is a
     /// pass over every slot); see [`ShardStats::publish_slots_owned`].
     pub slots_owned: AtomicU64,
@@ -40,6 +46,9 @@ impl ShardStats {
             connections: self.connections.load(Relaxed),
             slots_owned: self.slots_owned.load(Relaxed),
             parked_requests: self.parked_requests.load(Relaxed),
+            held_answers: self.held_answers.load(Relaxed),
+            replica_streams: self.replica_streams.load(Relaxed),
+            replication_lag_batches: self.replication_lag_batches.load(Relaxed),
         }
     }
 }

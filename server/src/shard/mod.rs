@@ -355,6 +355,7 @@ impl Shard {
         own.memory_limit_bytes.store(stats.memory_limit_bytes, Relaxed);
         own.operations_total.store(self.operations.get(), Relaxed);
         own.parked_requests.store(stats.parked_requests, Relaxed);
+        self.publish_replication(own);
     }
 
     /// Applies a request whose slot this shard owns; its answer goes to `destination`

@@ -143,6 +143,17 @@ impl Shard {
         Some(ticket)
     }
 
+    /// Makes the replication figures visible to metrics.
+    pub(super) fn publish_replication(&self, own: &crate::stats::ShardStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let replication = self.replication.borrow();
+        own.held_answers.store(replication.held.len() as u64, Relaxed);
+        own.replica_streams
+            .store(replication.primary.backups().count() as u64, Relaxed);
+        let lag = replication.primary.lag().map(|(_, lag)| lag).max().unwrap_or(0);
+        own.replication_lag_batches.store(lag, Relaxed);
+    }
+
     /// Wakes the link tasks: something changed that a backup may need.
     pub(super) fn kick_replication(&self) {
         for link in self.replication.borrow().links.values() {
