@@ -78,6 +78,17 @@ fn install(node: &RunningNode, map: &SlotMap) {
     }
 }
 
+/// A primary and its backup, both serving under a map that says so.
+fn replicated_pair(shutdown: &Shutdown) -> (RunningNode, RunningNode, Vec<ShardAddress>) {
+    let primary = start(1, shutdown);
+    let backup = start(2, shutdown);
+    let shards = vec![shard_address(&primary), shard_address(&backup)];
+    let replicated = map(FIRST_EPOCH, shards.clone(), 0, Some(1));
+    install(&backup, &replicated);
+    install(&primary, &replicated);
+    (primary, backup, shards)
+}
+
 fn client(node: &RunningNode, timeout: Duration) -> blocking::Client {
     let builder = engram_client::Client::builder(node.front_address().to_string()).timeout(timeout);
     blocking::Client::connect(builder).expect("client connects")
@@ -86,12 +97,7 @@ fn client(node: &RunningNode, timeout: Duration) -> blocking::Client {
 #[test]
 fn every_answered_write_is_at_the_backup_that_the_next_map_promotes() {
     let shutdown = Shutdown::new();
-    let primary = start(1, &shutdown);
-    let backup = start(2, &shutdown);
-    let shards = vec![shard_address(&primary), shard_address(&backup)];
-    let replicated = map(FIRST_EPOCH, shards.clone(), 0, Some(1));
-    install(&backup, &replicated);
-    install(&primary, &replicated);
+    let (primary, backup, shards) = replicated_pair(&shutdown);
 
     let writer = client(&primary, CALL_TIMEOUT);
     let hits = writer.counter("hits");
@@ -134,12 +140,7 @@ fn every_answered_write_is_at_the_backup_that_the_next_map_promotes() {
 #[test]
 fn with_its_backup_gone_a_write_waits_until_a_map_drops_the_backup() {
     let shutdown = Shutdown::new();
-    let primary = start(1, &shutdown);
-    let backup = start(2, &shutdown);
-    let shards = vec![shard_address(&primary), shard_address(&backup)];
-    let replicated = map(FIRST_EPOCH, shards.clone(), 0, Some(1));
-    install(&backup, &replicated);
-    install(&primary, &replicated);
+    let (primary, backup, shards) = replicated_pair(&shutdown);
     let writer = client(&primary, CALL_TIMEOUT);
     assert_eq!(writer.counter("hits").incr().expect("incr"), 1);
 

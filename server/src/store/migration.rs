@@ -120,14 +120,7 @@ impl Store {
     /// parked there is answered `TryAgain` rather than left without an answer.
     pub fn remove_slots(&mut self, in_slot: impl Fn(u32) -> bool, now_ms: u64) {
         self.bounce_waiters(&in_slot, now_ms);
-        let keys: Vec<Box<[u8]>> = self
-            .entries
-            .iter()
-            .map(KeyEntry::key)
-            .filter(|key| slot_of_stored_key(key).is_some_and(&in_slot))
-            .map(Box::from)
-            .collect();
-        for key in keys {
+        for key in self.keys_in_slots(&in_slot) {
             self.remove(&key, now_ms);
         }
         self.operations.remove_slots(&in_slot);

@@ -21,6 +21,7 @@ mod world;
 
 use std::time::Instant;
 
+use engram_tests::seeds::env_u64;
 use world::{Failure, Options, Summary, World};
 
 /// A known bug to inject, to show that the checks catch it.
@@ -61,15 +62,6 @@ fn replay_command(seed: u64, bug: Option<Bug>) -> String {
     });
     format!(
         "{bug}ENGRAM_SIM_LEADERSHIP_SEED={seed} cargo nextest run -p engram-tests -E 'test(sim_leadership)' --no-capture"
-    )
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
     )
 }
 

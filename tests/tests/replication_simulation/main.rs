@@ -23,6 +23,7 @@ mod world;
 
 use std::time::Instant;
 
+use engram_tests::seeds::{env_u64, run_seeds};
 use world::{Failure, Options, Summary, World};
 
 /// A known bug to inject, to show the invariants catch it.
@@ -63,15 +64,6 @@ const BUG_SEARCH_SEEDS_MAX: u64 = 200;
 
 fn run(seed: u64, bug: Option<Bug>) -> (Result<Summary, Failure>, Vec<String>) {
     World::new(&Options { seed, bug }).run()
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
-    )
 }
 
 fn env_bug() -> Option<Bug> {
@@ -117,8 +109,8 @@ fn sim_replication_keeps_acknowledged_writes_and_one_primary_across_seeds() {
     let started = Instant::now();
     let mut total = Summary::default();
     let mut failures = Vec::new();
-    for seed in 0..seeds {
-        match run(seed, bug).0 {
+    for (seed, outcome) in run_seeds(seeds, |seed| run(seed, bug).0) {
+        match outcome {
             Ok(summary) => add(&mut total, &summary),
             Err(failure) => {
                 println!(

@@ -10,11 +10,9 @@
 //! read saw at least what was acknowledged before it began and at most what was invoked
 //! before it ended, and no group ever lost all its copies.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use engram_proto::{Command, CounterCommand, Request, Response};
 use engram_server::store::{slot_of_stored_key, Outcome};
+use engram_tests::seeds::EventQueue;
 
 use crate::control::Control;
 use crate::model::{group_of_slot, Body, Endpoint, Message, Process, SimMap, GROUPS, NODES};
@@ -75,29 +73,6 @@ enum Event {
     Heal,
 }
 
-struct Scheduled {
-    at: u64,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 /// A node's machine: its running process, or none while it is down.
 struct Machine {
     process: Option<Node>,
@@ -142,8 +117,7 @@ pub struct World {
     rng: Rng,
     bug: Option<Bug>,
     now: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: EventQueue<Event>,
     control: Control,
     machines: Vec<Machine>,
     clients: Vec<Client>,
@@ -190,8 +164,7 @@ impl World {
             rng: Rng::new(options.seed),
             bug: options.bug,
             now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             control: Control::new(map, options.bug),
             machines,
             clients,
@@ -215,12 +188,7 @@ impl World {
     }
 
     fn schedule(&mut self, after_ms: u64, event: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at: self.now + after_ms,
-            seq: self.seq,
-            event,
-        }));
+        self.queue.schedule(after_ms, event);
     }
 
     pub fn run(mut self) -> (Result<Summary, Failure>, Vec<String>) {
@@ -229,12 +197,12 @@ impl World {
     }
 
     fn run_events(&mut self) -> Result<Summary, Failure> {
-        while let Some(Reverse(scheduled)) = self.queue.pop() {
-            self.now = scheduled.at;
+        while let Some(event) = self.queue.pop() {
+            self.now = self.queue.now_ms();
             if self.now > RUN_MS_MAX {
                 return Err(self.failure("settles", "the run did not settle".into()));
             }
-            self.handle(scheduled.event);
+            self.handle(event);
             self.check_one_primary()?;
             if !self.control.lost_groups.is_empty() {
                 return Err(self.failure("no group lost", format!("{:?}", self.control.lost_groups)));

@@ -25,6 +25,7 @@ mod world;
 
 use std::time::Instant;
 
+use engram_tests::seeds::env_u64;
 use world::{Failure, Options, Summary, World};
 
 /// A known bug to inject, to show that the invariants catch it and that its failing
@@ -67,15 +68,6 @@ fn run(seed: u64, bug: Option<Bug>, trace: bool) -> (Result<Summary, Failure>, V
 fn replay_command(seed: u64, bug: Option<Bug>) -> String {
     let bug = bug.map_or(String::new(), |bug| format!("ENGRAM_SIM_BUG={} ", bug.name()));
     format!("{bug}ENGRAM_SIM_SEED={seed} cargo nextest run -p engram-tests -E 'test(sim_migration)' --no-capture")
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
-    )
 }
 
 /// The bug `ENGRAM_SIM_BUG` names, if any.
