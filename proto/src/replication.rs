@@ -21,7 +21,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::migration::{MigratedEntry, MigratedRecord};
 
 /// Who sends a stream, and which opening of it. A backup follows one stream per primary
-/// shard, the newest by `(opened_epoch, incarnation)`: a batch of an older one comes from
+/// shard, the newest by `(opened_epoch, incarnation, opening)`: a batch of an older one comes from
 /// a process or a configuration that no longer leads the slots, and is refused.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReplicaStreamId {
@@ -34,12 +34,14 @@ pub struct ReplicaStreamId {
     /// The incarnation of the backup's process the stream is for: a backup that
     /// restarted (empty) refuses what was meant for its predecessor.
     pub backup_incarnation: u64,
+    /// Counts the primary's openings, so two under one epoch differ too.
+    pub opening: u64,
 }
 
 impl ReplicaStreamId {
     /// The order in which openings of one primary shard's streams supersede each other.
-    pub fn rank(&self) -> (u64, u64) {
-        (self.opened_epoch, self.incarnation)
+    pub fn rank(&self) -> (u64, u64, u64) {
+        (self.opened_epoch, self.incarnation, self.opening)
     }
 }
 

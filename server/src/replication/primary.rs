@@ -27,8 +27,8 @@ pub const UNACKED_BATCHES_MAX: usize = 64;
 pub const SNAPSHOT_KEYS_PER_BATCH_MAX: usize = 256;
 
 /// Bytes of key images one batch carries (one larger image travels alone), so a batch
-/// stays well inside a frame and a burst of large values does not stall the stream.
-pub const REPLICA_BATCH_BYTES_MAX: usize = 4 << 20;
+/// with its records stays well inside a frame and a burst of large values does not stall the stream.
+pub const REPLICA_BATCH_BYTES_MAX: usize = 1 << 20;
 
 /// A held answer, named by the shell.
 pub type Ticket = u64;
@@ -79,7 +79,8 @@ struct Stream {
     next_seq: u64,
     acked: u64,
     dirty_keys: BTreeSet<Box<[u8]>>,
-    dirty_operations: BTreeSet<(u64, u64)>,
+    /// Operations answered on each changed key: their records travel with its image.
+    dirty_operations: HashMap<Box<[u8]>, Vec<(u64, u64)>>,
     /// Key → the last unacknowledged batch that carries its image.
     shipped: HashMap<Box<[u8]>, u64>,
     unacked: VecDeque<ReplicaBatch>,
@@ -106,7 +107,7 @@ impl Stream {
             next_seq: 1,
             acked: 0,
             dirty_keys: BTreeSet::new(),
-            dirty_operations: BTreeSet::new(),
+            dirty_operations: HashMap::new(),
             shipped: HashMap::new(),
             unacked: VecDeque::new(),
             waiting: BTreeMap::new(),
@@ -132,7 +133,7 @@ impl Stream {
     }
 
     fn has_work(&self) -> bool {
-        self.snapshot.is_some() || !self.dirty_keys.is_empty() || !self.dirty_operations.is_empty()
+        self.snapshot.is_some() || !self.dirty_keys.is_empty()
     }
 
     fn caught_up(&self) -> bool {
@@ -148,14 +149,14 @@ impl Stream {
         let mut snapshot_done = false;
         let mut records = Vec::new();
         if let Some(snapshot) = &mut self.snapshot {
-            let end = (snapshot.next + SNAPSHOT_KEYS_PER_BATCH_MAX).min(snapshot.keys.len());
+            let end = snapshot_part_end(snapshot, store, now_ms);
             keys.extend(snapshot.keys[snapshot.next..end].iter().cloned());
-            if snapshot.next == 0 {
-                let slots = &self.slots;
-                records = store.records_in_slots(|slot| slots.contains(slot));
-            }
             snapshot.next = end;
             if end == snapshot.keys.len() {
+                // The records go with the last part, after every image they answer for:
+                // a record must never reach a backup before its key's change.
+                let slots = &self.slots;
+                records = store.records_in_slots(|slot| slots.contains(slot));
                 snapshot_done = true;
                 self.snapshot = None;
                 self.snapshot_done_seq = Some(seq);
@@ -169,10 +170,14 @@ impl Stream {
         keys.dedup();
         let changes = store.export_keys(keys.iter().map(|key| &**key), now_ms);
         let mut acknowledged = Vec::new();
-        for (client_id, op_id) in std::mem::take(&mut self.dirty_operations) {
-            let (record, mark) = store.export_operation(client_id, op_id);
-            records.extend(record);
-            acknowledged.push((client_id, mark));
+        for key in &keys {
+            for (client_id, op_id) in self.dirty_operations.remove(key).unwrap_or_default() {
+                let (record, mark) = store.export_operation(client_id, op_id);
+                // A client that reused an operation id on another slot's key gets its
+                // first answer there; that record is not this stream's to carry.
+                records.extend(record.filter(|record| self.slots.contains(record.slot)));
+                acknowledged.push((client_id, mark));
+            }
         }
         acknowledged.sort_unstable();
         acknowledged.dedup_by_key(|(client_id, _)| *client_id);
@@ -240,10 +245,28 @@ impl Stream {
     }
 }
 
+/// Where a snapshot's next part ends: at most `SNAPSHOT_KEYS_PER_BATCH_MAX` keys and
+/// about `REPLICA_BATCH_BYTES_MAX` of images (always at least one key).
+fn snapshot_part_end(snapshot: &Snapshot, store: &Store, now_ms: u64) -> usize {
+    let mut end = snapshot.next;
+    let mut bytes = 0usize;
+    while end < snapshot.keys.len() && end - snapshot.next < SNAPSHOT_KEYS_PER_BATCH_MAX {
+        let key_bytes = store.image_bytes(&snapshot.keys[end], now_ms);
+        if end > snapshot.next && bytes.saturating_add(key_bytes) > REPLICA_BATCH_BYTES_MAX {
+            break;
+        }
+        bytes = bytes.saturating_add(key_bytes);
+        end += 1;
+    }
+    end
+}
+
 /// A primary shard's replication: its streams and held answers.
 #[derive(Debug)]
 pub struct Primary {
     me: ShardProcess,
+    /// Streams opened so far: two openings under one map epoch still differ.
+    openings: u64,
     streams: BTreeMap<ShardProcess, Stream>,
     /// Ticket → how many streams it still waits for.
     held: HashMap<Ticket, usize>,
@@ -253,6 +276,7 @@ impl Primary {
     pub fn new(me: ShardProcess) -> Primary {
         Primary {
             me,
+            openings: 0,
             streams: BTreeMap::new(),
             held: HashMap::new(),
         }
@@ -285,7 +309,9 @@ impl Primary {
                         incarnation: self.me.incarnation,
                         opened_epoch: epoch,
                         backup_incarnation: backup.incarnation,
+                        opening: self.openings,
                     };
+                    self.openings += 1;
                     let mut stream = Stream::open(id, wanted, store);
                     stream.after_snapshot = carried;
                     self.streams.insert(backup, stream);
@@ -310,12 +336,17 @@ impl Primary {
         }
     }
 
-    /// A recorded operation on a key of `slot` was answered: its record must reach the
-    /// backups with the key's image.
-    pub fn changed_operation(&mut self, slot: u32, client_id: u64, op_id: u64) {
+    /// A recorded operation on `key` was answered: its record must reach the backups
+    /// in the batch that carries the key's change (call after [`Primary::changed_key`]).
+    pub fn changed_operation(&mut self, key: &[u8], client_id: u64, op_id: u64) {
+        let Some(slot) = slot_of_stored_key(key) else { return };
         for stream in self.streams.values_mut() {
             if stream.slots.contains(slot) {
-                stream.dirty_operations.insert((client_id, op_id));
+                stream
+                    .dirty_operations
+                    .entry(key.into())
+                    .or_default()
+                    .push((client_id, op_id));
             }
         }
     }

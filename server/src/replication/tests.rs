@@ -110,8 +110,7 @@ impl Pair {
         self.primary_store.apply(CLIENT, &request, 10);
         let stored_key = stored(key);
         self.primary.changed_key(&stored_key);
-        let slot = slot_of_stored_key(&stored_key).unwrap();
-        self.primary.changed_operation(slot, CLIENT, op_id);
+        self.primary.changed_operation(&stored_key, CLIENT, op_id);
         self.primary.hold(ticket, &stored_key)
     }
 
@@ -327,8 +326,44 @@ fn a_change_left_for_a_later_batch_keeps_its_answer_until_that_batch_is_applied(
         "{released_first:?}"
     );
     assert_eq!(pair.primary.held(), keys as usize - released_first.len());
-    pair.exchange();
-    pair.exchange();
+    for _ in 0..keys {
+        pair.exchange();
+    }
     assert_eq!(pair.primary.held(), 0);
     assert_eq!(pair.backup_store.stats().keys, keys);
+}
+
+#[test]
+fn a_record_travels_in_the_batch_of_its_keys_change_never_before_it() {
+    let mut pair = Pair::new(&[], true);
+    pair.exchange();
+    let value = vec![7u8; 512 * 1024];
+    for index in 0..6u64 {
+        let key = stored(&format!("big-{index:02}"));
+        let request = Request {
+            op_id: 100 + index,
+            completed_below_op_id: 0,
+            command: Command::from(engram_proto::BytesCommand::Set {
+                key: key.clone(),
+                value: value.clone(),
+                ttl_ms: 0,
+                condition: engram_proto::SetCondition::Always,
+            }),
+        };
+        pair.primary_store.apply(CLIENT, &request, 10);
+        pair.primary.changed_key(&key);
+        pair.primary.changed_operation(&key, CLIENT, 100 + index);
+    }
+    let batch = pair.primary.poll_batches(&pair.primary_store, 10).remove(0).1;
+    let carried: Vec<&[u8]> = batch.entries.iter().map(|entry| entry.key.as_slice()).collect();
+    assert!(carried.len() < 6, "the batch was cut: {}", carried.len());
+    for record in &batch.records {
+        let key = stored(&format!("big-{:02}", record.op_id - 100));
+        assert!(
+            carried.contains(&key.as_slice()),
+            "record of op {} without its image",
+            record.op_id
+        );
+    }
+    assert_eq!(batch.records.len(), carried.len());
 }

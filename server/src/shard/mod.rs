@@ -156,6 +156,8 @@ impl Shard {
             })),
             tasks: Tasks::default(),
         };
+        // A join retried with the same boot id may already lead slots with backups.
+        shard.configure_replication(&shard.routing());
         shard.publish_slots_owned(&shard.routing());
         shard.publish_stats();
         shard

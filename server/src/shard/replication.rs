@@ -28,12 +28,12 @@ pub const REPLICATION_PEER_TIMEOUT_MS: u64 = 2_000;
 /// Pause before a replication link is made again after a failure or a refusal.
 pub const REPLICATION_RETRY_MS: u64 = 50;
 
-/// An answer waiting for backups.
+/// An answer waiting for backups, with its key's slot.
 enum Held {
-    Immediate(Destination, Response),
+    Immediate(u32, Destination, Response),
     /// A parked request's answer, kept whole so it can be taken back if its asker is
     /// gone by the time it may leave.
-    Completion(Destination, Completion),
+    Completion(u32, Destination, Completion),
 }
 
 /// One backup's link task and its wake-up.
@@ -92,8 +92,8 @@ impl Shard {
             return;
         }
         replication.primary.changed_key(key);
-        if let (Some((client_id, op_id)), Some(slot)) = (origin, slot_of_stored_key(key)) {
-            replication.primary.changed_operation(slot, client_id, op_id);
+        if let Some((client_id, op_id)) = origin {
+            replication.primary.changed_operation(key, client_id, op_id);
         }
     }
 
@@ -105,11 +105,13 @@ impl Shard {
         destination: Destination,
         response: Response,
     ) -> Option<(Destination, Response)> {
-        let Some(ticket) = self.ticket_for(key) else {
+        let Some((ticket, slot)) = self.ticket_for(key) else {
             return Some((destination, response));
         };
         let mut replication = self.replication.borrow_mut();
-        replication.held.insert(ticket, Held::Immediate(destination, response));
+        replication
+            .held
+            .insert(ticket, Held::Immediate(slot, destination, response));
         None
     }
 
@@ -119,28 +121,29 @@ impl Shard {
         destination: Destination,
         completion: Completion,
     ) -> Option<(Destination, Completion)> {
-        let Some(ticket) = self.ticket_for(Some(completion.key())) else {
+        let Some((ticket, slot)) = self.ticket_for(Some(completion.key())) else {
             return Some((destination, completion));
         };
         let mut replication = self.replication.borrow_mut();
         replication
             .held
-            .insert(ticket, Held::Completion(destination, completion));
+            .insert(ticket, Held::Completion(slot, destination, completion));
         None
     }
 
-    fn ticket_for(&self, key: Option<&[u8]>) -> Option<Ticket> {
+    fn ticket_for(&self, key: Option<&[u8]>) -> Option<(Ticket, u32)> {
         let key = key?;
         let mut replication = self.replication.borrow_mut();
         if !replication.primary.is_streaming() {
             return None;
         }
+        let slot = slot_of_stored_key(key)?;
         let ticket = replication.next_ticket;
         if !replication.primary.hold(ticket, key) {
             return None;
         }
         replication.next_ticket += 1;
-        Some(ticket)
+        Some((ticket, slot))
     }
 
     /// Makes the replication figures visible to metrics.
@@ -182,7 +185,12 @@ impl Shard {
             let mut replication = self.replication.borrow_mut();
             replication.primary.configure(routing.epoch(), wanted.clone(), &store)
         };
-        self.release(released);
+        // A stream closes for one of two reasons: the map dropped the backup while this
+        // shard still leads the slot (its answers may leave), or the slot went to
+        // another shard (a promoted backup may not hold what they answer for: the
+        // client retries there with the same operation id and gets what it holds).
+        let me = Owner::Local(self.shard_id as u16);
+        self.release_where(released, |slot| routing.owner(slot) == me);
         let addresses = backup_addresses(routing);
         let mut replication = self.replication.borrow_mut();
         replication.wanted_links = wanted
@@ -248,7 +256,11 @@ impl Shard {
         let mut go_on = true;
         for event in events {
             match event {
-                PrimaryEvent::Released(tickets) => self.release(tickets),
+                PrimaryEvent::Released(tickets) => {
+                    let routing = self.routing();
+                    let me = Owner::Local(self.shard_id as u16);
+                    self.release_where(tickets, |slot| routing.owner(slot) == me);
+                }
                 PrimaryEvent::InSync(backup, slots) => {
                     tracing::info!(shard = self.shard_id, ?backup, slots = ?slots, "backup in sync");
                 }
@@ -273,18 +285,25 @@ impl Shard {
         go_on
     }
 
-    /// Delivers the answers no backup holds back any more.
-    fn release(&self, tickets: Vec<Ticket>) {
+    /// Delivers the answers no backup holds back any more whose slot `may_answer`
+    /// accepts; the others get `TryAgain`, so their clients ask the slot's new owner.
+    fn release_where(&self, tickets: Vec<Ticket>, may_answer: impl Fn(u32) -> bool) {
         if tickets.is_empty() {
             return;
         }
         for ticket in tickets {
             let held = self.replication.borrow_mut().held.remove(&ticket);
             match held {
-                Some(Held::Immediate(destination, response)) => {
+                Some(Held::Immediate(slot, destination, _) | Held::Completion(slot, destination, _))
+                    if !may_answer(slot) =>
+                {
+                    let moved = format!("slot {slot} moved to another shard before its backups confirmed; retry");
+                    let _ = destination.deliver(self.error(ErrorCode::TryAgain, moved), true);
+                }
+                Some(Held::Immediate(_, destination, response)) => {
                     let _ = destination.deliver(response, true);
                 }
-                Some(Held::Completion(destination, mut completion)) => {
+                Some(Held::Completion(_, destination, mut completion)) => {
                     let response = std::mem::replace(&mut completion.response, Response::Pong);
                     if let Err(response) = destination.deliver(response, true) {
                         completion.response = response;

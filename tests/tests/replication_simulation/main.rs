@@ -8,7 +8,7 @@
 //!   `ENGRAM_SIM_REPLICATION_SEEDS` seeds (1,000 by default).
 //! - `ENGRAM_SIM_REPLICATION_SEED=N` runs seed N alone and prints its trace (add
 //!   `--no-capture`); `ENGRAM_SIM_REPLICATION_BUG=no-lease` (or `answer-before-backup`,
-//!   `early-promotion`) injects that bug.
+//!   `early-promotion`, `release-after-deposed`) injects that bug.
 //!
 //! Layout: [`world`] (events, faults, clients, invariants), [`control`] (promotion and
 //! repair), [`node`] (a shard's shell around the state machines), [`model`] (map and
@@ -37,6 +37,9 @@ pub enum Bug {
     /// The control plane declares a node dead after less silence than the node's lease,
     /// so it promotes a backup while the old primary may still serve.
     EarlyPromotion,
+    /// A primary that lost its group (its backup promoted) answers the writes it held
+    /// as done once the new map closes their streams.
+    ReleaseAfterDeposed,
 }
 
 impl Bug {
@@ -45,6 +48,7 @@ impl Bug {
             "no-lease" => Some(Bug::NoLease),
             "answer-before-backup" => Some(Bug::AnswerBeforeBackup),
             "early-promotion" => Some(Bug::EarlyPromotion),
+            "release-after-deposed" => Some(Bug::ReleaseAfterDeposed),
             _ => None,
         }
     }
@@ -54,6 +58,7 @@ impl Bug {
             Bug::NoLease => "no-lease",
             Bug::AnswerBeforeBackup => "answer-before-backup",
             Bug::EarlyPromotion => "early-promotion",
+            Bug::ReleaseAfterDeposed => "release-after-deposed",
         }
     }
 }
@@ -143,7 +148,12 @@ fn sim_replication_keeps_acknowledged_writes_and_one_primary_across_seeds() {
 /// Each injected bug makes some seed fail, and that seed fails the same way again.
 #[test]
 fn sim_replication_catches_injected_bugs_and_their_seeds_replay() {
-    for bug in [Bug::NoLease, Bug::AnswerBeforeBackup, Bug::EarlyPromotion] {
+    for bug in [
+        Bug::NoLease,
+        Bug::AnswerBeforeBackup,
+        Bug::EarlyPromotion,
+        Bug::ReleaseAfterDeposed,
+    ] {
         let failing = (0..BUG_SEARCH_SEEDS_MAX)
             .find_map(|seed| run(seed, Some(bug)).0.err().map(|failure| (seed, failure)))
             .unwrap_or_else(|| panic!("no seed below {BUG_SEARCH_SEEDS_MAX} catches {bug:?}"));

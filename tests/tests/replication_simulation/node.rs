@@ -37,8 +37,8 @@ pub struct Node {
     /// nothing until it installs a newer one.
     deposed_at_epoch: Option<u64>,
     repairs: Vec<(usize, Process)>,
-    /// Held answers: ticket → (client, request id, answer).
-    held: HashMap<Ticket, (usize, u64, Response)>,
+    /// Held answers: ticket → (group, client, request id, answer).
+    held: HashMap<Ticket, (usize, usize, u64, Response)>,
     next_ticket: Ticket,
     bug: Option<Bug>,
 }
@@ -143,12 +143,13 @@ impl Node {
         };
         if request.command.is_mutation() {
             self.primary.changed_key(&key);
-            self.primary.changed_operation(slot, client_id, request.op_id);
+            self.primary.changed_operation(&key, client_id, request.op_id);
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         if self.bug != Some(Bug::AnswerBeforeBackup) && self.primary.hold(ticket, &key) {
-            self.held.insert(ticket, (client, req_id, response));
+            self.held
+                .insert(ticket, (group_of_slot(slot), client, req_id, response));
         } else {
             out.push(reply(self.me.node, client, req_id, Some(response)));
         }
@@ -183,10 +184,14 @@ impl Node {
         }
     }
 
+    /// Answers what no backup holds back any more: as it is while this process still
+    /// leads the group, else "ask elsewhere" (the promoted backup may not hold it), as the
+    /// shard does.
     fn release(&mut self, tickets: Vec<Ticket>, out: &mut Vec<Message>) {
         for ticket in tickets {
-            if let Some((client, req_id, response)) = self.held.remove(&ticket) {
-                out.push(reply(self.me.node, client, req_id, Some(response)));
+            if let Some((group, client, req_id, response)) = self.held.remove(&ticket) {
+                let leads = self.map.primary[group] == Some(self.me) || self.bug == Some(Bug::ReleaseAfterDeposed);
+                out.push(reply(self.me.node, client, req_id, leads.then_some(response)));
             }
         }
     }

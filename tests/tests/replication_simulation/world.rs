@@ -94,6 +94,9 @@ struct Op {
     read: bool,
     invoked_at: u64,
     req_id: u64,
+    /// Every attempt's request id: an answer to an earlier attempt that arrives late
+    /// still acknowledges the operation, as a real client waiting long enough takes it.
+    attempts: Vec<u64>,
 }
 
 struct Client {
@@ -353,6 +356,7 @@ impl World {
             read,
             invoked_at: self.now,
             req_id: 0,
+            attempts: Vec::new(),
         });
         self.attempt(client, out);
     }
@@ -363,6 +367,7 @@ impl World {
         let state = &mut self.clients[client];
         let Some(op) = &mut state.op else { return };
         op.req_id = state.next_req_id;
+        op.attempts.push(op.req_id);
         state.next_req_id += 1;
         let key = key_bytes(op.key);
         let slot = slot_of_stored_key(&key).expect("a stored key");
@@ -414,13 +419,14 @@ impl World {
         match body {
             Body::Map(map) if map.epoch > self.clients[client].map.epoch => self.clients[client].map = map,
             Body::Reply { req_id, response } => {
-                let current = self.clients[client].op.as_ref().map(|op| op.req_id);
-                if current != Some(req_id) {
+                let Some(op) = self.clients[client].op.as_ref() else {
                     return;
-                }
+                };
+                let current = op.req_id == req_id;
                 match response {
-                    None => self.refresh_and_retry(client, req_id, out),
-                    Some(response) => self.complete(client, response),
+                    None if current => self.refresh_and_retry(client, req_id, out),
+                    Some(response) if op.attempts.contains(&req_id) => self.complete(client, response),
+                    _ => {}
                 }
             }
             _ => {}
