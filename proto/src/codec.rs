@@ -285,6 +285,7 @@ mod tests {
                     shard_index: 0
                 }],
                 version_floor: 0,
+                backups: Vec::new(),
             })),
         ]
     }

@@ -32,6 +32,7 @@ pub fn embedded_map(shards: Vec<ShardAddress>) -> SlotMap {
         shards,
         ranges,
         version_floor: 0,
+        backups: Vec::new(),
     }
 }
 

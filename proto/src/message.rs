@@ -355,6 +355,13 @@ pub struct SlotMap {
     /// this (a reclaimed slot's new objects must outnumber what its lost owner handed
     /// out). 0: no floor beyond the shard's own.
     pub version_floor: u64,
+    /// Which shards hold, in sync, a backup of which slots (besides their owner in
+    /// `ranges`): sorted, non-overlapping, consecutive slots with the same backups in one
+    /// range. Slots no range covers have no backup (a node alone, a cluster without
+    /// replicas). A slot's first backup on a live node is the one promoted when its owner
+    /// dies.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub backups: Vec<BackupRange>,
 }
 
 /// `SlotRange::shard_index` of slots that are lost: no shard serves them, and they
@@ -380,10 +387,49 @@ pub struct SlotRange {
     pub shard_index: u32,
 }
 
+/// Slots `start..=end` are backed up, in sync, by `shards[i]` for each `i` of
+/// `shard_indices`, in the order they are promoted in.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct BackupRange {
+    pub start: u32,
+    pub end: u32,
+    pub shard_indices: Vec<u32>,
+}
+
+/// A slot-indexed backup table as ranges: consecutive slots with equal backups (in the
+/// same order) make one range, and slots without backups none, so a map of few, long
+/// runs stays short.
+pub fn backup_ranges(table: &[Vec<u32>]) -> Vec<BackupRange> {
+    let mut ranges: Vec<BackupRange> = Vec::new();
+    for (slot, backups) in table.iter().enumerate() {
+        let slot = slot as u32;
+        if backups.is_empty() {
+            continue;
+        }
+        match ranges.last_mut() {
+            Some(range) if range.end + 1 == slot && range.shard_indices == *backups => range.end = slot,
+            _ => ranges.push(BackupRange {
+                start: slot,
+                end: slot,
+                shard_indices: backups.clone(),
+            }),
+        }
+    }
+    ranges
+}
+
 impl SlotMap {
     /// Checks the invariants a map must hold before anyone routes with it: ranges sorted,
-    /// contiguous from 0 to `SLOT_COUNT - 1`, each naming an existing shard or lost.
+    /// contiguous from 0 to `SLOT_COUNT - 1`, each naming an existing shard or lost;
+    /// backup ranges sorted, within the slots, naming existing shards, none for a lost
+    /// slot, and never two copies of a slot (owner and backups) on one node.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_owners()?;
+        self.validate_backups()
+    }
+
+    fn validate_owners(&self) -> Result<(), String> {
         let mut next = 0u32;
         for range in &self.ranges {
             if range.start != next || range.end < range.start {
@@ -408,6 +454,86 @@ impl SlotMap {
             ));
         }
         Ok(())
+    }
+
+    /// Backup ranges are sorted, non-overlapping and within the slots; each names at
+    /// least one existing shard; and no slot has a backup while lost, nor two copies
+    /// (owner and backups) on one node, since one node's death would take both.
+    /// Expects valid owner ranges.
+    fn validate_backups(&self) -> Result<(), String> {
+        let mut next = 0u32;
+        let mut owners = self.ranges.iter().peekable();
+        for backup in &self.backups {
+            if backup.start < next || backup.end < backup.start || backup.end >= crate::limits::SLOT_COUNT {
+                return Err(format!(
+                    "backup range {}..={} is out of order, overlaps or leaves the {} slots",
+                    backup.start,
+                    backup.end,
+                    crate::limits::SLOT_COUNT
+                ));
+            }
+            if backup.shard_indices.is_empty() {
+                return Err(format!("backup range {}..={} names no shard", backup.start, backup.end));
+            }
+            let mut nodes = Vec::with_capacity(backup.shard_indices.len());
+            for &index in &backup.shard_indices {
+                let shard = self
+                    .shards
+                    .get(index as usize)
+                    .ok_or_else(|| format!("backup range names shard index {index} of {}", self.shards.len()))?;
+                if nodes.contains(&shard.node_id) {
+                    return Err(format!(
+                        "backup range {}..={} puts two copies on node {}",
+                        backup.start, backup.end, shard.node_id
+                    ));
+                }
+                nodes.push(shard.node_id);
+            }
+            // The owner ranges overlapping this backup range: owner ranges are sorted and
+            // backup ranges too, so one pass over both suffices.
+            while owners.next_if(|owner| owner.end < backup.start).is_some() {}
+            for owner in owners.clone().take_while(|owner| owner.start <= backup.end) {
+                if owner.shard_index == LOST_SHARD_INDEX {
+                    return Err(format!(
+                        "lost slots {}..={} have backups",
+                        owner.start.max(backup.start),
+                        owner.end.min(backup.end)
+                    ));
+                }
+                let owner_node = self.shards[owner.shard_index as usize].node_id;
+                if nodes.contains(&owner_node) {
+                    return Err(format!(
+                        "slots {}..={} have a backup on their owner's node {owner_node}",
+                        owner.start.max(backup.start),
+                        owner.end.min(backup.end)
+                    ));
+                }
+            }
+            next = backup.end + 1;
+        }
+        Ok(())
+    }
+
+    /// The shard indices backing `slot` up, in promotion order; empty when it has none.
+    /// A binary search of the backup ranges, which a valid map keeps sorted.
+    pub fn backups_of(&self, slot: u32) -> &[u32] {
+        let after = self.backups.partition_point(|range| range.start <= slot);
+        match after.checked_sub(1).map(|index| &self.backups[index]) {
+            Some(range) if range.end >= slot => &range.shard_indices,
+            _ => &[],
+        }
+    }
+
+    /// Expands the backup ranges into a slot-indexed table (the inverse of
+    /// [`backup_ranges`]).
+    pub fn backup_table(&self) -> Vec<Vec<u32>> {
+        let mut table = vec![Vec::new(); crate::limits::SLOT_COUNT as usize];
+        for range in &self.backups {
+            for slot in range.start..=range.end.min(crate::limits::SLOT_COUNT - 1) {
+                table[slot as usize].clone_from(&range.shard_indices);
+            }
+        }
+        table
     }
 
     /// A fingerprint of the whole map (xxh3 of its wire encoding): two maps of one epoch
@@ -477,8 +603,130 @@ mod tests {
         renumbered.epoch += 1;
         let mut floored = map.clone();
         floored.version_floor = 7;
-        for other in [moved, renumbered, floored] {
+        let mut backed_up = map.clone();
+        backed_up.backups = vec![backup(0, 9, vec![1])];
+        let mut backed_up_further = backed_up.clone();
+        backed_up_further.backups[0].end = 10;
+        assert_ne!(
+            backed_up.digest(),
+            backed_up_further.digest(),
+            "a change of backups alone changes the digest"
+        );
+        for other in [moved, renumbered, floored, backed_up] {
             assert_ne!(map.digest(), other.digest(), "{other:?}");
+        }
+    }
+
+    fn backup(start: u32, end: u32, shard_indices: Vec<u32>) -> BackupRange {
+        BackupRange {
+            start,
+            end,
+            shard_indices,
+        }
+    }
+
+    /// Nodes 1 and 2 own half the slots each, on shards 0 and 1; node 3's shard 2 owns
+    /// nothing; slots 100..=199 of node 1's half are lost.
+    fn three_node_map() -> SlotMap {
+        let mut map = two_shard_map();
+        map.shards.push(ShardAddress {
+            node_id: 3,
+            shard_id: 0,
+            address: "10.0.0.3:7401".into(),
+        });
+        let half = crate::limits::SLOT_COUNT / 2;
+        let range = |start, end, shard_index| SlotRange {
+            start,
+            end,
+            shard_index,
+        };
+        map.ranges = vec![
+            range(0, 99, 0),
+            range(100, 199, LOST_SHARD_INDEX),
+            range(200, half - 1, 0),
+            range(half, crate::limits::SLOT_COUNT - 1, 1),
+        ];
+        map
+    }
+
+    #[test]
+    fn backups_on_other_nodes_of_served_slots_are_valid() {
+        let last = crate::limits::SLOT_COUNT - 1;
+        let half = crate::limits::SLOT_COUNT / 2;
+        let mut map = three_node_map();
+        map.backups = vec![
+            backup(0, 99, vec![1, 2]),
+            backup(200, half - 1, vec![2]),
+            backup(half, last, vec![2, 0]),
+        ];
+        assert_eq!(map.validate(), Ok(()));
+        assert_eq!(map.backups_of(0), &[1, 2]);
+        assert_eq!(map.backups_of(99), &[1, 2]);
+        assert_eq!(map.backups_of(150), &[] as &[u32]);
+        assert_eq!(map.backups_of(half), &[2, 0]);
+        assert_eq!(map.backups_of(last), &[2, 0]);
+        assert_eq!(map.backups_of(last + 1), &[] as &[u32]);
+        let table = map.backup_table();
+        assert_eq!(table.len(), crate::limits::SLOT_COUNT as usize);
+        assert_eq!(backup_ranges(&table), map.backups);
+        map.backups.clear();
+        assert_eq!(map.validate(), Ok(()), "no backups at all");
+    }
+
+    #[test]
+    fn invalid_backups_are_refused_with_what_is_wrong() {
+        let last = crate::limits::SLOT_COUNT - 1;
+        let cases = [
+            (vec![backup(10, 5, vec![1])], "out of order"),
+            (vec![backup(0, 9, vec![1]), backup(9, 20, vec![1])], "overlaps"),
+            (vec![backup(20, 29, vec![1]), backup(0, 9, vec![1])], "out of order"),
+            (vec![backup(last, last + 1, vec![0])], "leaves the"),
+            (vec![backup(0, 9, vec![])], "names no shard"),
+            (vec![backup(0, 9, vec![7])], "shard index 7 of 3"),
+            (vec![backup(0, 9, vec![0])], "owner's node 1"),
+            (vec![backup(last - 5, last, vec![2, 1])], "owner's node 2"),
+            (vec![backup(0, 9, vec![2, 2])], "two copies on node 3"),
+            (vec![backup(90, 120, vec![1])], "lost slots 100..=120"),
+        ];
+        for (backups, expected) in cases {
+            let mut map = three_node_map();
+            map.backups = backups;
+            let error = map.validate().expect_err(expected);
+            assert!(error.contains(expected), "{error} should say {expected}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any table of backups survives ranges and back, and the ranges are as few as
+        /// the table allows: adjacent ranges differ in their backups.
+        #[test]
+        fn backup_ranges_round_trip_and_are_merged(
+            runs in proptest::collection::vec((1usize..3000, proptest::collection::vec(0u32..4, 0..3)), 1..30)
+        ) {
+            let slots = crate::limits::SLOT_COUNT as usize;
+            let mut table: Vec<Vec<u32>> = Vec::with_capacity(slots);
+            for (length, backups) in runs.iter().cycle() {
+                let length = (*length).min(slots - table.len());
+                table.extend(std::iter::repeat_n(backups.clone(), length));
+                if table.len() == slots {
+                    break;
+                }
+            }
+            let ranges = backup_ranges(&table);
+            for pair in ranges.windows(2) {
+                proptest::prop_assert!(
+                    pair[0].end + 1 < pair[1].start || pair[0].shard_indices != pair[1].shard_indices,
+                    "{pair:?} could be one range"
+                );
+            }
+            let map = SlotMap {
+                backups: ranges,
+                ..two_shard_map()
+            };
+            proptest::prop_assert_eq!(&map.backup_table(), &table);
+            for (slot, backups) in table.iter().enumerate() {
+                proptest::prop_assert_eq!(map.backups_of(slot as u32), backups.as_slice());
+            }
         }
     }
 }

@@ -179,6 +179,7 @@ mod tests {
                 },
             ],
             version_floor: 0,
+            backups: Vec::new(),
         }
     }
 

@@ -201,6 +201,7 @@ pub(crate) mod tests {
                 shards: Vec::new(),
                 ranges: Vec::new(),
                 version_floor: 0,
+                backups: Vec::new(),
             },
             nodes: Vec::new(),
             migrations: Vec::new(),

@@ -161,6 +161,7 @@ pub fn two_shard_map(epoch: u64, first: &str, second: &str) -> SlotMap {
             },
         ],
         version_floor: 0,
+        backups: Vec::new(),
     }
 }
 
@@ -197,6 +198,7 @@ pub fn single_shard_map(epoch: u64, address: &str) -> SlotMap {
             shard_index: 0,
         }],
         version_floor: 0,
+        backups: Vec::new(),
     }
 }
 
