@@ -9,6 +9,7 @@
 //! - [`metrics`]: the control plane's Prometheus families.
 //! - [`state`]: where the state lives between runs (a locked file, or etcd under the leader's conditions), and what a failed write means.
 //! - [`planner`]: the rebalancing planner, pure functions from shards, load and owners to slot moves.
+//! - [`replicas`]: replica groups, pure functions: where each slot's backups go (nodes and zones apart, balanced, kept where they are), and which backup takes over a dead owner's slots.
 //! - [`orchestrator`]: the migration orchestrator (plans, two-phase steps, the start-up reconcile), sans-I/O.
 //!
 //! The control plane is the coordinator of each migration's two-phase hand-over; its
@@ -20,5 +21,6 @@ pub mod membership;
 pub mod metrics;
 pub mod orchestrator;
 pub mod planner;
+pub mod replicas;
 pub mod service;
 pub mod state;

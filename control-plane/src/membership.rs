@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use engram_proto::limits::{incarnation_version_floor, INCARNATIONS_MAX, SLOT_COUNT};
+use engram_proto::limits::{incarnation_version_floor, INCARNATIONS_MAX, SLOT_COUNT, ZONE_BYTES_MAX};
 use engram_proto::{
     ClusterStatus, Heartbeat, JoinRequest, NodeStatus, ReclaimRequest, ShardAddress, ShardStatus, SlotMap, SlotRange,
     LOST_SHARD_INDEX,
@@ -57,6 +57,8 @@ pub struct Member {
     pub incarnation: u64,
     /// The boot id that process joined with: a join with another one is a restart.
     pub boot_id: u64,
+    /// The zone its latest join named; empty: none.
+    pub zone: String,
 }
 
 /// Slots `start..=end`, last owned by `owner` in incarnation `incarnation`, are lost.
@@ -106,6 +108,8 @@ pub enum MembershipError {
     TooManyMembers,
     #[error("a node has 1..=member_shards_max ({MEMBER_SHARDS_MAX}) shards, not {0}")]
     ShardCount(usize),
+    #[error("a zone is at most zone_bytes_max ({ZONE_BYTES_MAX}) bytes, not {0}")]
+    ZoneTooLong(usize),
     #[error(
         "node {node_id} rejoined with {offered} shards but owns slots on {known}; restart it with --cores {known}"
     )]
@@ -276,6 +280,9 @@ impl Membership {
         if shard_count == 0 || shard_count > MEMBER_SHARDS_MAX {
             return Err(MembershipError::ShardCount(shard_count));
         }
+        if request.zone.len() > ZONE_BYTES_MAX {
+            return Err(MembershipError::ZoneTooLong(request.zone.len()));
+        }
         let existing = self
             .state
             .members
@@ -319,6 +326,7 @@ impl Membership {
         member.memory_limit_bytes = request.memory_limit_bytes;
         member.incarnation = incarnation;
         member.boot_id = request.boot_id;
+        member.zone.clone_from(&request.zone);
         Ok(Joined {
             node_id,
             incarnation,
@@ -341,6 +349,7 @@ impl Membership {
             draining: false,
             incarnation,
             boot_id: request.boot_id,
+            zone: request.zone.clone(),
         });
         if self.owners.is_empty() {
             let shard_count = request.shard_addresses.len() as u64;
@@ -762,6 +771,7 @@ impl Membership {
                         .collect(),
                     incarnation: member.incarnation,
                     slots_lost: lost_per_node.get(&member.node_id).copied().unwrap_or(0),
+                    zone: member.zone.clone(),
                 }
             })
             .collect();
@@ -859,6 +869,8 @@ impl Membership {
             shards,
             ranges,
             version_floor: self.state.map.version_floor,
+            // None until the control plane fills backups and commits them in sync;
+            // `replicas::plan_backups` places them then.
             backups: Vec::new(),
         };
         self.state.lost = self.lost_ranges();
@@ -904,7 +916,34 @@ mod tests {
                 .collect(),
             memory_limit_bytes: 0,
             boot_id: u64::from(host),
+            zone: String::new(),
         }
+    }
+
+    #[test]
+    fn a_zone_is_kept_shown_persisted_and_bounded() {
+        let mut membership = Membership::new();
+        let zoned = |host, zone: &str| JoinRequest {
+            zone: zone.into(),
+            ..join_request(host, 1)
+        };
+        let first = membership.join(&zoned(2, "rack-a"), 0).unwrap().node_id;
+        membership.join(&join_request(3, 1), 0).unwrap();
+        let zones = |membership: &Membership| -> Vec<String> {
+            membership.status(0).nodes.into_iter().map(|node| node.zone).collect()
+        };
+        assert_eq!(zones(&membership), ["rack-a", ""]);
+        let restored = Membership::decode(&membership.encode().unwrap()).unwrap();
+        assert_eq!(restored.member(first).unwrap().zone, "rack-a");
+        // A restart may move the node: its latest join's zone is the one that counts.
+        membership.join(&restarted(zoned(2, "rack-b")), 10).unwrap();
+        assert_eq!(zones(&membership), ["rack-b", ""]);
+        let too_long = "z".repeat(ZONE_BYTES_MAX + 1);
+        assert_eq!(
+            membership.join(&zoned(4, &too_long), 10),
+            Err(MembershipError::ZoneTooLong(ZONE_BYTES_MAX + 1))
+        );
+        assert_eq!(membership.members().len(), 2);
     }
 
     #[test]

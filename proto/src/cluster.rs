@@ -124,6 +124,10 @@ pub struct JoinRequest {
     /// same process (its answer was lost) and gets the same incarnation; a new boot id at
     /// a known address is a restart with empty memory.
     pub boot_id: u64,
+    /// The failure domain the node runs in (a rack, an availability zone), at most
+    /// [`crate::limits::ZONE_BYTES_MAX`] bytes; empty: none given. Backups of a slot go
+    /// to zones other than its owner's when there are any.
+    pub zone: String,
 }
 
 /// An operator returning lost slots to service, empty: the listed slots, and every lost
@@ -188,6 +192,8 @@ pub struct NodeStatus {
     pub incarnation: u64,
     /// Slots this node owned that are lost (it died or restarted with empty memory).
     pub slots_lost: u32,
+    /// The zone the node joined with; empty: none.
+    pub zone: String,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -80,6 +80,10 @@ pub const PARTIES_MAX: u32 = 1 << 20;
 /// Most fields one map returns at once (`MapGetAll`), so an answer always fits a frame.
 pub const MAP_FIELDS_MAX: usize = 65_536;
 
+/// Longest zone label a node joins with (`engramd --zone`): a name like a rack or an
+/// availability zone, which every status answer carries per node.
+pub const ZONE_BYTES_MAX: usize = 64;
+
 /// Low bits of a version, fence or permit id that count within one incarnation; the
 /// bits above them hold the incarnation. A shard draws every version of an incarnation
 /// from `incarnation << VERSION_COUNTER_BITS` up, so anything a later incarnation draws

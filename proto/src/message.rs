@@ -613,14 +613,14 @@ mod tests {
         backed_up.backups = vec![backup(0, 9, vec![1])];
         let mut backed_up_further = backed_up.clone();
         backed_up_further.backups[0].end = 10;
-        for other in [moved, renumbered, floored, backed_up.clone(), backed_up_further] {
-            assert_ne!(map.digest(), other.digest(), "{other:?}");
-        }
         assert_ne!(
             backed_up.digest(),
-            map.digest(),
+            backed_up_further.digest(),
             "a change of backups alone changes the digest"
         );
+        for other in [moved, renumbered, floored, backed_up] {
+            assert_ne!(map.digest(), other.digest(), "{other:?}");
+        }
     }
 
     fn backup(start: u32, end: u32, shard_indices: Vec<u32>) -> BackupRange {

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use clap::{Args, Parser, ValueEnum};
+use engram_proto::limits::ZONE_BYTES_MAX;
 use engram_proto::ControlAddresses;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +82,23 @@ pub struct NodeSettings {
     /// (required in a cluster when --bind is 0.0.0.0 or ::).
     #[arg(long, env = "ENGRAM_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Failure domain this node runs in (a rack, an availability zone), told to the
+    /// control plane when joining, which keeps a slot's backups in zones other than its
+    /// owner's where it can. Default: none.
+    #[arg(long, env = "ENGRAM_ZONE", value_name = "LABEL", value_parser = parse_zone)]
+    pub zone: Option<String>,
+}
+
+/// A zone label: at most `ZONE_BYTES_MAX` bytes, refused at start rather than by the
+/// control plane's join.
+pub fn parse_zone(text: &str) -> Result<String, String> {
+    if text.len() > ZONE_BYTES_MAX {
+        return Err(format!(
+            "a zone is at most zone_bytes_max ({ZONE_BYTES_MAX}) bytes, not {}",
+            text.len()
+        ));
+    }
+    Ok(text.to_string())
 }
 
 /// Parses `123`, `64KiB`, `512MiB`, `4GiB`, `1TiB` (also KB/MB/GB as powers of 1000).
@@ -130,6 +148,8 @@ mod tests {
             "10.0.0.1:7300,10.0.0.2:7300",
             "--advertise",
             "node-a",
+            "--zone",
+            "rack-7",
         ])
         .expect("every node flag");
         assert_eq!(
@@ -141,6 +161,7 @@ mod tests {
                 spin_us: 20,
                 control: Some(ControlAddresses::parse("10.0.0.1:7300,10.0.0.2:7300").unwrap()),
                 advertise: Some("node-a".into()),
+                zone: Some("rack-7".into()),
             }
         );
     }
@@ -149,6 +170,16 @@ mod tests {
     fn a_bad_control_list_is_refused_when_parsed() {
         let error = Config::try_parse_from(["engramd", "--control", "10.0.0.1:7300,"]).unwrap_err();
         assert!(error.to_string().contains("blank"), "{error}");
+    }
+
+    #[test]
+    fn a_zone_longer_than_its_limit_is_refused_when_parsed() {
+        let long = "z".repeat(ZONE_BYTES_MAX + 1);
+        let error = Config::try_parse_from(["engramd", "--zone", long.as_str()]).unwrap_err();
+        assert!(error.to_string().contains("zone_bytes_max"), "{error}");
+        let longest = "z".repeat(ZONE_BYTES_MAX);
+        let config = Config::try_parse_from(["engramd", "--zone", longest.as_str()]).unwrap();
+        assert_eq!(config.node.zone, Some(longest));
     }
 
     #[test]

@@ -98,9 +98,10 @@ fn join(
         shard_addresses: shard_addresses.iter().map(|address| advertised(address)).collect(),
         memory_limit_bytes: settings.memory_limit.map_or(0, |limit| limit / shard_count),
         boot_id: random_u64(),
+        zone: settings.zone.clone().unwrap_or_default(),
     };
     let (joined, control) = join_cluster(control.clone(), credentials, &request, shutdown)?;
-    tracing::info!(control = %control.first(), node_id = joined.node_id, incarnation = joined.incarnation, epoch = joined.map.epoch, "joined the cluster");
+    tracing::info!(control = %control.first(), node_id = joined.node_id, incarnation = joined.incarnation, epoch = joined.map.epoch, zone = %request.zone, "joined the cluster");
     Ok(NodePlace {
         node_id: joined.node_id,
         map: joined.map,

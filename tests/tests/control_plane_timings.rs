@@ -85,6 +85,7 @@ fn spread_state(nodes: u8, shards: u16) -> Membership {
                 .collect(),
             memory_limit_bytes: 0,
             boot_id: u64::from(host),
+            zone: String::new(),
         };
         membership.join(&request, 0).expect("join");
     }

@@ -208,8 +208,19 @@ impl ClusterView<'_> {
             self.epoch, self.migrations_completed, self.slots_moved_total
         ));
         text.push_str(&format!(
-            "{:>6} {:<22} {:<6} {:>5} {:>6} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
-            "node", "address", "state", "inc", "lost", "shard", "shard address", "slots", "keys", "memory", "ops/s"
+            "{:>6} {:<22} {:<6} {:>5} {:>6} {:<10} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
+            "node",
+            "address",
+            "state",
+            "inc",
+            "lost",
+            "zone",
+            "shard",
+            "shard address",
+            "slots",
+            "keys",
+            "memory",
+            "ops/s"
         ));
         for node in self.nodes {
             let state = match (node.alive, node.draining) {
@@ -217,14 +228,17 @@ impl ClusterView<'_> {
                 (true, true) => "drain",
                 (true, false) => "up",
             };
+            // A dash, so that the columns of a node without a zone still split on spaces.
+            let zone = if node.zone.is_empty() { "-" } else { &node.zone };
             for shard in &node.shards {
                 text.push_str(&format!(
-                    "{:>6} {:<22} {:<6} {:>5} {:>6} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
+                    "{:>6} {:<22} {:<6} {:>5} {:>6} {:<10} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
                     node.node_id,
                     node.front_address,
                     state,
                     node.incarnation,
                     node.slots_lost,
+                    zone,
                     shard.shard_id,
                     shard.address,
                     shard.slots,
@@ -274,7 +288,7 @@ mod tests {
             end,
             shard_index,
         };
-        let node = |node_id, alive, incarnation, slots_lost| NodeStatus {
+        let node = |node_id, alive, incarnation, slots_lost, zone: &str| NodeStatus {
             node_id,
             front_address: format!("10.0.0.{node_id}:7400"),
             alive,
@@ -291,6 +305,7 @@ mod tests {
             }],
             incarnation,
             slots_lost,
+            zone: zone.into(),
         };
         ClusterStatus {
             map: SlotMap {
@@ -311,7 +326,7 @@ mod tests {
                 version_floor: 0,
                 backups: Vec::new(),
             },
-            nodes: vec![node(1, true, 4, 0), node(2, false, 2, 8193)],
+            nodes: vec![node(1, true, 4, 0, "rack-a"), node(2, false, 2, 8193, "")],
             migrations: Vec::new(),
             migrations_completed: 0,
             slots_moved_total: 0,
@@ -322,14 +337,28 @@ mod tests {
     }
 
     #[test]
-    fn the_table_shows_incarnations_lost_counts_and_the_lost_ranges() {
+    fn the_table_shows_incarnations_lost_counts_zones_and_the_lost_ranges() {
         let table = ClusterView::new(&sample(), crate::control_plane_view::tests::sample()).to_table();
         assert!(table.starts_with("control plane: leader 10.0.0.1:7300;"), "{table}");
         let header = table.lines().find(|line| line.contains("shard address")).unwrap();
-        assert!(header.contains("inc") && header.contains("lost"), "{table}");
+        assert!(
+            header.contains("inc") && header.contains("lost") && header.contains("zone"),
+            "{table}"
+        );
         let dead = table.lines().find(|line| line.contains("10.0.0.2:7400")).unwrap();
         let columns: Vec<&str> = dead.split_whitespace().collect();
-        assert_eq!(&columns[..5], ["2", "10.0.0.2:7400", "dead", "2", "8193"], "{table}");
+        assert_eq!(
+            &columns[..7],
+            ["2", "10.0.0.2:7400", "dead", "2", "8193", "-", "0"],
+            "{table}"
+        );
+        let live = table.lines().find(|line| line.contains("10.0.0.1:7400")).unwrap();
+        let columns: Vec<&str> = live.split_whitespace().collect();
+        assert_eq!(
+            &columns[..7],
+            ["1", "10.0.0.1:7400", "up", "4", "0", "rack-a", "0"],
+            "{table}"
+        );
         assert!(table.contains("lost slots: 100,8192-16383 (8193 slots)"), "{table}");
         assert!(table.contains("engram cluster reclaim"), "{table}");
         let mut healthy = sample();
@@ -362,6 +391,8 @@ mod tests {
         assert_eq!(json["nodes"][0]["address"], "10.0.0.1:7400");
         assert_eq!(json["nodes"][0]["incarnation"], 4);
         assert_eq!(json["nodes"][1]["slots_lost"], 8193);
+        assert_eq!(json["nodes"][0]["zone"], "rack-a");
+        assert_eq!(json["nodes"][1]["zone"], "");
         assert_eq!(json["migrations"][0]["slots"], 64);
         // The names scripts and the docker test read, and nothing of the map beyond its epoch.
         let names = [
@@ -391,6 +422,7 @@ mod tests {
                     "map_epoch",
                     "incarnation",
                     "slots_lost",
+                    "zone",
                     "shards",
                 ],
             ),

@@ -9,6 +9,7 @@ fn join_request(node: u64, boot_id: u64) -> JoinRequest {
         shard_addresses: vec![format!("node-{node}-shard-0")],
         memory_limit_bytes: 0,
         boot_id,
+        zone: String::new(),
     }
 }
 

@@ -126,6 +126,7 @@ impl Node {
                 .collect(),
             memory_limit_bytes: 0,
             boot_id: self.boot_id,
+            zone: String::new(),
         };
         let join = Request::Join(request);
         self.call(Endpoint::Control, join, CONTROL_CALL_TIMEOUT_MS, Pending::Join, actions);
