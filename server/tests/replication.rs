@@ -9,7 +9,10 @@ use std::time::Duration;
 use engram_client::blocking;
 use engram_proto::limits::SLOT_COUNT;
 use engram_proto::link::blocking::BlockingLink;
-use engram_proto::{BackupRange, Identity, PeerProtocol, PeerRequest, PeerResponse, ShardAddress, SlotMap, SlotRange};
+use engram_proto::{
+    BackupRange, ErrorCode, Identity, MigrateIn, PeerProtocol, PeerRequest, PeerResponse, ShardAddress, SlotMap,
+    SlotRange,
+};
 use engram_server::config::NodeSettings;
 use engram_server::node::{self, NodeListeners, RunningNode, Shutdown};
 
@@ -156,4 +159,29 @@ fn with_its_backup_gone_a_write_waits_until_a_map_drops_the_backup() {
     // The unanswered increment was applied at the primary: it is there, and counted once.
     assert_eq!(writer.counter("hits").incr().expect("incr"), 3);
     primary.stop().expect("the primary stops");
+}
+
+#[test]
+fn a_backup_refuses_to_take_its_slots_in_a_migration_which_would_drop_its_copy() {
+    let shutdown = Shutdown::new();
+    let (primary, backup, _) = replicated_pair(&shutdown);
+    let mut link =
+        BlockingLink::<PeerProtocol>::connect(&backup.shard_addresses()[0], Identity::node(&[]), CALL_TIMEOUT)
+            .expect("a peer link to the backup");
+    let order = MigrateIn {
+        migration_id: 1,
+        slots: vec![7],
+        batch: Vec::new(),
+        batch_index: 0,
+        age_ms: 0,
+    };
+    match link.call(PeerRequest::MigrateIn(order)).expect("the backup answers") {
+        PeerResponse::Error(reply) => {
+            assert_eq!(reply.code, ErrorCode::InvalidArgument.as_u16(), "{reply}");
+            assert!(reply.message.contains("backs it up"), "{reply}");
+        }
+        other => panic!("a backup took its own slots in a migration: {other:?}"),
+    }
+    primary.stop().expect("the primary stops");
+    backup.stop().expect("the backup stops");
 }

@@ -9,9 +9,16 @@ use crate::link::{resolve, CallError, FrameBuffer, FrameBufferSizes, Identity, L
 use crate::message::HelloReply;
 use crate::protocol::Protocol;
 
-/// Reads once from `reader` into `buffer`; 0 at the end of the stream.
+/// Reads once from `reader` into `buffer`; 0 at the end of the stream. A read that a
+/// signal interrupted before any byte came is made again (a process that runs nodes
+/// in-process gets signals its runtime's threads send), as `write_all` does for writes.
 pub fn fill(reader: &mut impl Read, buffer: &mut FrameBuffer) -> std::io::Result<usize> {
-    let read = reader.read(buffer.read_buffer())?;
+    let read = loop {
+        match reader.read(buffer.read_buffer()) {
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            result => break result?,
+        }
+    };
     buffer.filled(read);
     Ok(read)
 }

@@ -458,6 +458,14 @@ impl Shard {
                 format!("slot {slot} cannot migrate into a shard that already serves it"),
             );
         }
+        // Batch 0 drops what the target holds in the slots: a backup's copy, which its
+        // primary counts on, must not go that way.
+        if let Some(&slot) = order.slots.iter().find(|&&slot| self.backs_up(&routing, slot)) {
+            return self.peer_error(
+                ErrorCode::InvalidArgument,
+                format!("slot {slot} cannot migrate into a shard that backs it up"),
+            );
+        }
         let batch = match decode_batch(&order.batch) {
             Ok(batch) => batch,
             Err(error) => return self.peer_error(ErrorCode::Malformed, format!("migration batch: {error}")),

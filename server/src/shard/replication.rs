@@ -157,6 +157,15 @@ impl Shard {
         own.replication_lag_batches.store(lag, Relaxed);
     }
 
+    /// Whether `routing`'s map names this shard a backup of `slot`.
+    pub(super) fn backs_up(&self, routing: &Routing, slot: u32) -> bool {
+        routing.map.backups_of(slot).iter().any(|&index| {
+            routing
+                .shard_process(index)
+                .is_some_and(|backup| backup.node_id == self.node_id() && backup.shard_id == self.shard_id as u16)
+        })
+    }
+
     /// Wakes the link tasks: something changed that a backup may need.
     pub(super) fn kick_replication(&self) {
         for link in self.replication.borrow().links.values() {
