@@ -220,9 +220,14 @@ impl Control {
         self.members[process.node].incarnation == process.incarnation
     }
 
-    /// Every group has a primary and its full count of backups.
-    pub fn healthy(&self) -> bool {
+    /// Every group has a primary and its full count of backups, and every node was heard
+    /// from lately: one that a healed cut left near its liveness timeout may still be
+    /// declared dead, and a fault then would be a second one at once.
+    pub fn healthy(&self, now: u64) -> bool {
         (0..GROUPS).all(|group| self.map.primary[group].is_some() && self.map.backups[group].len() >= REPLICAS)
-            && self.members.iter().all(|member| !member.dead)
+            && self
+                .members
+                .iter()
+                .all(|member| !member.dead && member.last_heard + self.liveness_ms / 2 >= now)
     }
 }

@@ -468,7 +468,7 @@ impl World {
             && self.machines.iter().all(|machine| {
                 machine.paused.is_none() && machine.process.as_ref().is_some_and(|node| self.control.knows(node.me))
             });
-        if !quiet || !self.control.healthy() {
+        if !quiet || !self.control.healthy(self.now) {
             return;
         }
         let node = self.rng.below(NODES as u64) as usize;
