@@ -36,6 +36,42 @@ pub fn run_seeds<T: Send>(seeds: u64, run: impl Fn(u64) -> T + Sync) -> Vec<(u64
     outcomes
 }
 
+/// Runs seeds `0..seeds` on every core (as [`run_seeds`]) and prints each failure with
+/// the command that replays it; returns the outcomes of the seeds that passed and the
+/// failures, each in seed order.
+pub fn run_reporting<S: Send, F: Send + std::fmt::Debug>(
+    seeds: u64,
+    run: impl Fn(u64) -> Result<S, F> + Sync,
+    replay_command: impl Fn(u64) -> String,
+) -> (Vec<S>, Vec<(u64, F)>) {
+    let mut passed = Vec::new();
+    let mut failures = Vec::new();
+    for (seed, outcome) in run_seeds(seeds, run) {
+        match outcome {
+            Ok(summary) => passed.push(summary),
+            Err(failure) => {
+                println!("seed {seed} failed: {failure:?}\n  replay: {}", replay_command(seed));
+                failures.push((seed, failure));
+            }
+        }
+    }
+    (passed, failures)
+}
+
+/// Prints a replayed seed's trace and how it ended.
+///
+/// # Panics
+/// With the seed's failure, so the test that replays it fails.
+pub fn print_replay<S: std::fmt::Debug, F: std::fmt::Debug>(seed: u64, outcome: Result<S, F>, trace: &[String]) {
+    for line in trace {
+        println!("{line}");
+    }
+    match outcome {
+        Ok(summary) => println!("seed {seed}: ok {summary:?}"),
+        Err(failure) => panic!("seed {seed} failed: {failure:?}"),
+    }
+}
+
 /// A number from the environment (a seed, a count of seeds); `None` when unset.
 ///
 /// # Panics

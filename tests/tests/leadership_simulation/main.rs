@@ -21,7 +21,7 @@ mod world;
 
 use std::time::Instant;
 
-use engram_tests::seeds::env_u64;
+use engram_tests::seeds::{env_u64, print_replay, run_reporting};
 use world::{Failure, Options, Summary, World};
 
 /// A known bug to inject, to show that the checks catch it.
@@ -75,31 +75,16 @@ fn env_bug() -> Option<Bug> {
 fn sim_leadership_keeps_its_invariants_across_seeds() {
     if let Some(seed) = env_u64("ENGRAM_SIM_LEADERSHIP_SEED") {
         let (outcome, trace) = run(seed, env_bug(), true);
-        for line in &trace {
-            println!("{line}");
-        }
-        match outcome {
-            Ok(summary) => println!("seed {seed}: ok {summary:?}"),
-            Err(failure) => panic!("seed {seed} failed: {failure:?}"),
-        }
+        print_replay(seed, outcome, &trace);
         return;
     }
     let seeds = env_u64("ENGRAM_SIM_LEADERSHIP_SEEDS").unwrap_or(SEEDS_DEFAULT);
     let bug = env_bug();
     let started = Instant::now();
     let mut total = Summary::default();
-    let mut failures = Vec::new();
-    for (seed, outcome) in run_all(seeds, bug) {
-        match outcome {
-            Ok(summary) => add(&mut total, &summary),
-            Err(failure) => {
-                println!(
-                    "seed {seed} failed: {failure:?}\n  replay: {}",
-                    replay_command(seed, bug)
-                );
-                failures.push(failure);
-            }
-        }
+    let (passed, failures) = run_reporting(seeds, |seed| run(seed, bug, false).0, |seed| replay_command(seed, bug));
+    for summary in &passed {
+        add(&mut total, summary);
     }
     println!(
         "{seeds} seeds in {:.1} s: {} terms, {} writes accepted, {} refused, {} writes right after a pause; \
@@ -123,11 +108,6 @@ fn sim_leadership_keeps_its_invariants_across_seeds() {
         total.terms > 2 * seeds && total.refused > 0 && total.writes_after_pause > 0,
         "the seeds exercise too little: {total:?}"
     );
-}
-
-/// Runs seeds `0..seeds` on every core; their outcomes in seed order.
-fn run_all(seeds: u64, bug: Option<Bug>) -> Vec<(u64, Result<Summary, Failure>)> {
-    engram_tests::seeds::run_seeds(seeds, |seed| run(seed, bug, false).0)
 }
 
 fn add(total: &mut Summary, summary: &Summary) {

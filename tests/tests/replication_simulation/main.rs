@@ -23,7 +23,7 @@ mod world;
 
 use std::time::Instant;
 
-use engram_tests::seeds::{env_u64, run_seeds};
+use engram_tests::seeds::{env_u64, print_replay, run_reporting};
 use world::{Failure, Options, Summary, World};
 
 /// A known bug to inject, to show the invariants catch it.
@@ -100,31 +100,16 @@ fn add(total: &mut Summary, run: &Summary) {
 fn sim_replication_keeps_acknowledged_writes_and_one_primary_across_seeds() {
     if let Some(seed) = env_u64("ENGRAM_SIM_REPLICATION_SEED") {
         let (outcome, trace) = run(seed, env_bug());
-        for line in &trace {
-            println!("{line}");
-        }
-        match outcome {
-            Ok(summary) => println!("seed {seed}: ok {summary:?}"),
-            Err(failure) => panic!("seed {seed} failed: {failure:?}"),
-        }
+        print_replay(seed, outcome, &trace);
         return;
     }
     let seeds = env_u64("ENGRAM_SIM_REPLICATION_SEEDS").unwrap_or(SEEDS_DEFAULT);
     let bug = env_bug();
     let started = Instant::now();
     let mut total = Summary::default();
-    let mut failures = Vec::new();
-    for (seed, outcome) in run_seeds(seeds, |seed| run(seed, bug).0) {
-        match outcome {
-            Ok(summary) => add(&mut total, &summary),
-            Err(failure) => {
-                println!(
-                    "seed {seed} failed: {failure:?}\n  replay: {}",
-                    replay_command(seed, bug)
-                );
-                failures.push((seed, failure));
-            }
-        }
+    let (passed, failures) = run_reporting(seeds, |seed| run(seed, bug).0, |seed| replay_command(seed, bug));
+    for summary in &passed {
+        add(&mut total, summary);
     }
     println!(
         "{seeds} seeds in {:.1} s: {} increments and {} reads acknowledged; {} failovers, {} repairs; \
