@@ -157,8 +157,9 @@ impl Shard {
             tasks: Tasks::default(),
         };
         // A join retried with the same boot id may already lead slots with backups.
-        shard.configure_replication(&shard.routing());
-        shard.publish_slots_owned(&shard.routing());
+        let routing = shard.routing();
+        shard.configure_replication(&routing);
+        shard.publish_slots_owned(&routing);
         shard.publish_stats();
         shard
     }
