@@ -468,6 +468,10 @@ mod tests {
             bytes_moved_total: 0,
             migration_milliseconds_total: 0,
             last_error: String::new(),
+            replicas: 1,
+            under_replicated_slots: 0,
+            slots_filling: 0,
+            failovers_total: 0,
         }
     }
 

@@ -144,7 +144,8 @@ impl Client {
     /// slot is lost (the server says so, or the client's map does even after a refresh)
     /// fails at once with [`Error::SlotLost`], and an address that refuses
     /// `UNREACHABLE_ATTEMPTS_MAX` connections in a row (with a map refresh between them)
-    /// fails with [`Error::Unreachable`].
+    /// fails with [`Error::Unreachable`], unless the map names a backup for the key's
+    /// slot: then the call waits, within its timeout, for the backup to take over.
     ///
     /// A blocking command may be parked at the server for [`Command::wait_ms`], so its
     /// call gets that long on top of `timeout`: the server answers `Timeout` for the wait
@@ -202,9 +203,11 @@ impl Client {
                 Err(error) => return Err(error),
             };
             unreachable = error.extend_unreachable_run(unreachable);
-            if unreachable >= UNREACHABLE_ATTEMPTS_MAX {
+            if unreachable >= UNREACHABLE_ATTEMPTS_MAX && !self.has_backup(key) {
                 // Final, like a timeout: a mutation sent before the address went away
-                // may or may not have been applied.
+                // may or may not have been applied. With a backup named for the slot,
+                // the control plane promotes it once the node is declared dead: that is
+                // worth waiting for, up to the deadline.
                 return Err(error);
             }
             self.back_off(&error, attempt, deadline).await;
@@ -569,6 +572,14 @@ impl Client {
                 route.map_or(epoch, |route| route.epoch()),
             )),
         }
+    }
+
+    /// Whether the map names a backup for `key`'s slot.
+    fn has_backup(&self, key: Option<&[u8]>) -> bool {
+        let (Some(key), Some(route)) = (key, self.route()) else {
+            return false;
+        };
+        !route.map.backups_of(self.inner.hasher.slot(key)).is_empty()
     }
 
     fn route(&self) -> Option<Arc<Route>> {

@@ -58,10 +58,21 @@ struct Arguments {
     /// How often to look for shards far busier or fuller than the rest, in milliseconds.
     #[arg(long, env = "ENGRAM_LOAD_CHECK_INTERVAL_MS", default_value_t = service::LOAD_CHECK_INTERVAL_MS_DEFAULT)]
     load_check_interval_ms: u64,
-    /// Silence after which a node is declared dead and the slots it owned are lost
-    /// (until it comes back as the same process, or `engram cluster reclaim`), in ms.
+    /// Silence after which a node is declared dead, in ms: its backups take over the
+    /// slots it owned; slots without one are lost (until it comes back as the same
+    /// process, or `engram cluster reclaim`).
     #[arg(long, env = "ENGRAM_LIVENESS_TIMEOUT_MS", default_value_t = engram_control::membership::LIVENESS_TIMEOUT_MS)]
     liveness_timeout_ms: u64,
+    /// Backups of every slot, each on another node (in another zone where there is
+    /// one): a write is acknowledged once every backup applied it, and a node's death
+    /// costs a pause, not data. 0 keeps none.
+    #[arg(
+        long,
+        env = "ENGRAM_REPLICAS",
+        default_value_t = engram_control::replicas::REPLICAS_DEFAULT,
+        value_parser = clap::value_parser!(u8).range(0..=engram_control::replicas::REPLICAS_MAX as i64)
+    )]
+    replicas: u8,
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -114,6 +125,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
         load_rebalance: !arguments.no_load_rebalance,
         load_check_interval: std::time::Duration::from_millis(arguments.load_check_interval_ms.max(1)),
         liveness_timeout: std::time::Duration::from_millis(arguments.liveness_timeout_ms),
+        replicas: usize::from(arguments.replicas),
     };
     let (controller, events) = match arguments.etcd.is_empty() {
         true => Controller::open(settings, &arguments.data)?,

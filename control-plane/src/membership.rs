@@ -29,6 +29,10 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::planner::{Move, PlanShard, ShardRef};
 
+mod replica_groups;
+use replica_groups::Fills;
+pub use replica_groups::NodeFailure;
+
 /// A member silent for longer than this is declared dead (by default; `engram-control
 /// --liveness-timeout-ms`), and the slots it owned are lost.
 pub const LIVENESS_TIMEOUT_MS: u64 = 10_000;
@@ -83,6 +87,8 @@ pub struct PersistedState {
     pub next_incarnation: u64,
     /// The lost slots, with their last owner (the map only says they are lost).
     pub lost: Vec<LostRange>,
+    /// Slots whose backup was promoted when their owner died.
+    pub failovers_total: u64,
 }
 
 /// Liveness and load of one member, from its heartbeats (not persisted: a restarted
@@ -148,6 +154,12 @@ pub struct Membership {
     observed: BTreeMap<u64, Observed>,
     /// Silence after which a member is declared dead.
     liveness_timeout_ms: u64,
+    /// Per slot, its backups in promotion order, kept in step with `state.map.backups`.
+    backups: Vec<Vec<ShardRef>>,
+    /// Backups each slot gets (a setting, not state).
+    replicas: usize,
+    /// Fills ordered now: recomputed every housekeeping round, never persisted.
+    fills: Fills,
 }
 
 /// What a join decided.
@@ -155,8 +167,8 @@ pub struct Membership {
 pub struct Joined {
     pub node_id: u64,
     pub incarnation: u64,
-    /// Slots the node's previous process owned, lost with it.
-    pub lost: Vec<u32>,
+    /// What the end of the node's previous process did to its slots.
+    pub failure: NodeFailure,
 }
 
 impl Default for Membership {
@@ -183,11 +195,15 @@ impl Membership {
                 slots_moved_total: 0,
                 next_incarnation: 1,
                 lost: Vec::new(),
+                failovers_total: 0,
             },
             owners: Vec::new(),
             lost: BTreeMap::new(),
             observed: BTreeMap::new(),
             liveness_timeout_ms: LIVENESS_TIMEOUT_MS,
+            backups: vec![Vec::new(); SLOT_COUNT as usize],
+            replicas: 0,
+            fills: Fills::default(),
         }
     }
 
@@ -215,8 +231,14 @@ impl Membership {
             lost: BTreeMap::new(),
             observed: BTreeMap::new(),
             liveness_timeout_ms: LIVENESS_TIMEOUT_MS,
+            backups: vec![Vec::new(); SLOT_COUNT as usize],
+            replicas: 0,
+            fills: Fills::default(),
         };
         membership.owners = membership.owners_from_map();
+        if !membership.owners.is_empty() {
+            membership.backups = crate::replicas::slot_tables(&membership.state.map).1;
+        }
         for range in &membership.state.lost {
             for slot in range.start..=range.end.min(SLOT_COUNT - 1) {
                 membership.lost.insert(slot, range.incarnation);
@@ -316,10 +338,10 @@ impl Membership {
         let restarted = member.boot_id != request.boot_id;
         let previous = member.incarnation;
         let incarnation = if restarted { self.draw_incarnation()? } else { previous };
-        let lost = if restarted {
-            self.lose_slots_of(node_id, previous)
+        let failure = if restarted {
+            self.fail_over_node(node_id, previous)
         } else {
-            Vec::new()
+            NodeFailure::default()
         };
         let member = &mut self.state.members[index];
         member.shard_addresses = request.shard_addresses.clone();
@@ -330,7 +352,7 @@ impl Membership {
         Ok(Joined {
             node_id,
             incarnation,
-            lost,
+            failure,
         })
     }
 
@@ -363,7 +385,7 @@ impl Membership {
         Ok(Joined {
             node_id,
             incarnation,
-            lost: Vec::new(),
+            failure: NodeFailure::default(),
         })
     }
 
@@ -377,31 +399,21 @@ impl Membership {
         Ok(incarnation)
     }
 
-    /// Marks every slot `node_id` serves as lost by `incarnation`; returns them.
-    fn lose_slots_of(&mut self, node_id: u64, incarnation: u64) -> Vec<u32> {
-        let lost: Vec<u32> = (0..SLOT_COUNT)
-            .filter(|&slot| self.owners[slot as usize].node_id == node_id && !self.lost.contains_key(&slot))
-            .collect();
-        for &slot in &lost {
-            self.lost.insert(slot, incarnation);
-        }
-        lost
-    }
-
     /// Declares dead every member silent for longer than the liveness timeout (a
     /// member never heard from since this control plane started counts from its
-    /// start), and loses the slots it serves. Returns each newly dead member with
-    /// the slots it lost; the caller persists the change when any.
-    pub fn declare_dead(&mut self, now_ms: u64) -> Vec<(u64, Vec<u32>)> {
+    /// start): its slots go to their backups or are lost, and it backs up nothing any
+    /// more. Returns each newly dead member with what that did; the caller persists the
+    /// change when any.
+    pub fn declare_dead(&mut self, now_ms: u64) -> Vec<(u64, NodeFailure)> {
         let silent: Vec<(u64, u64)> = self
             .silent_members(now_ms)
             .map(|member| (member.node_id, member.incarnation))
             .collect();
         let mut dead = Vec::new();
         for (node_id, incarnation) in silent {
-            let lost = self.lose_slots_of(node_id, incarnation);
-            if !lost.is_empty() {
-                dead.push((node_id, lost));
+            let failure = self.fail_over_node(node_id, incarnation);
+            if !failure.is_empty() {
+                dead.push((node_id, failure));
             }
         }
         if !dead.is_empty() {
@@ -413,14 +425,8 @@ impl Membership {
     /// Whether [`Membership::declare_dead`] would lose any slot now: a cheap look that
     /// spares the caller a copy of the state when nothing changes, as almost always.
     pub fn has_dead_to_declare(&self, now_ms: u64) -> bool {
-        self.silent_members(now_ms).any(|member| {
-            (0..SLOT_COUNT).any(|slot| {
-                self.owners
-                    .get(slot as usize)
-                    .is_some_and(|owner| owner.node_id == member.node_id)
-                    && !self.lost.contains_key(&slot)
-            })
-        })
+        self.silent_members(now_ms)
+            .any(|member| self.holds_a_role(member.node_id))
     }
 
     fn silent_members(&self, now_ms: u64) -> impl Iterator<Item = &Member> {
@@ -723,6 +729,10 @@ impl Membership {
             if let Some(owner) = self.owners.get_mut(slot as usize) {
                 *owner = to;
             }
+            // The new owner's node may have backed the slot up: it holds the slot now.
+            if let Some(backups) = self.backups.get_mut(slot as usize) {
+                backups.retain(|backup| backup.node_id != to.node_id);
+            }
         }
         self.state.migrations_completed += 1;
         self.state.slots_moved_total += slots.len() as u64;
@@ -732,6 +742,7 @@ impl Membership {
 
     pub fn status(&self, now_ms: u64) -> ClusterStatus {
         let mut slots_per_shard: BTreeMap<ShardRef, u32> = BTreeMap::new();
+        let backup_slots = self.backup_slots_per_shard();
         let mut lost_per_node: BTreeMap<u64, u32> = BTreeMap::new();
         for (slot, owner) in self.owners.iter().enumerate() {
             if self.lost.contains_key(&(slot as u32)) {
@@ -762,6 +773,7 @@ impl Membership {
                                 shard_id: shard_id as u16,
                                 address: address.clone(),
                                 slots: slots_per_shard.get(&shard).copied().unwrap_or(0),
+                                backup_slots: backup_slots.get(&shard).copied().unwrap_or(0),
                                 keys: load.keys,
                                 memory_used_bytes: load.memory_used_bytes,
                                 operations_total: load.operations_total,
@@ -784,6 +796,10 @@ impl Membership {
             bytes_moved_total: 0,
             migration_milliseconds_total: 0,
             last_error: String::new(),
+            replicas: self.replicas as u32,
+            under_replicated_slots: self.under_replicated(),
+            failovers_total: self.state.failovers_total,
+            slots_filling: self.slots_filling(),
         }
     }
 
@@ -846,6 +862,7 @@ impl Membership {
                 });
             }
         }
+        self.drop_invalid_backups();
         let mut ranges: Vec<SlotRange> = Vec::new();
         for (slot, owner) in self.owners.iter().enumerate() {
             // Every owner is a member's shard: members are only forgotten once they own
@@ -864,14 +881,14 @@ impl Membership {
                 }),
             }
         }
+        // Every backup names a member's shard: `drop_invalid_backups` just made sure.
+        let backups = crate::replicas::backup_ranges_of(&self.backups, &shards).unwrap_or_default();
         self.state.map = SlotMap {
             epoch: self.state.map.epoch.max(engram_proto::EMBEDDED_MAP_EPOCH) + 1,
             shards,
             ranges,
             version_floor: self.state.map.version_floor,
-            // None until the control plane fills backups and commits them in sync;
-            // `replicas::plan_backups` places them then.
-            backups: Vec::new(),
+            backups,
         };
         self.state.lost = self.lost_ranges();
     }
@@ -1025,6 +1042,7 @@ mod tests {
             shards: Vec::new(),
             migrations: Vec::new(),
             incarnation: membership.member(second).unwrap().incarnation,
+            in_sync: Vec::new(),
         };
         membership.heartbeat(&heartbeat, 3 * LIVENESS_TIMEOUT_MS).unwrap();
         assert!(membership.forget_departed(3 * LIVENESS_TIMEOUT_MS));
@@ -1058,6 +1076,7 @@ mod tests {
             }],
             migrations: Vec::new(),
             incarnation: 1,
+            in_sync: Vec::new(),
         };
         membership.heartbeat(&beat(1_000), 1_000).unwrap();
         membership.heartbeat(&beat(3_000), 1_500).unwrap();
@@ -1073,6 +1092,7 @@ mod tests {
                     shards: vec![],
                     migrations: vec![],
                     incarnation: 1,
+                    in_sync: Vec::new(),
                 },
                 0
             ),
@@ -1108,6 +1128,7 @@ mod tests {
             shards: Vec::new(),
             migrations: Vec::new(),
             incarnation: membership.member(node_id).unwrap().incarnation,
+            in_sync: Vec::new(),
         }
     }
 
@@ -1120,7 +1141,7 @@ mod tests {
     fn a_restart_loses_the_slots_of_the_previous_process_and_a_retried_join_does_not() {
         let mut membership = Membership::new();
         let first = membership.join(&join_request(2, 2), 0).unwrap();
-        assert!(first.lost.is_empty());
+        assert!(first.failure.lost.is_empty());
         let retried = membership.join(&join_request(2, 2), 5).unwrap();
         assert_eq!(retried, first, "the same boot id is the same process");
         assert!(membership.map().lost_slots().is_empty());
@@ -1128,8 +1149,8 @@ mod tests {
         let second = membership.join(&restarted(join_request(2, 2)), 10).unwrap();
         assert_eq!(second.node_id, first.node_id);
         assert!(second.incarnation > first.incarnation);
-        assert_eq!(second.lost.len(), SLOT_COUNT as usize);
-        assert_eq!(membership.map().lost_slots(), second.lost);
+        assert_eq!(second.failure.lost.len(), SLOT_COUNT as usize);
+        assert_eq!(membership.map().lost_slots(), second.failure.lost);
         assert_eq!(membership.map().validate(), Ok(()));
         assert_eq!(membership.status(10).nodes[0].slots_lost, SLOT_COUNT);
         assert_eq!(membership.status(10).nodes[0].incarnation, second.incarnation);
@@ -1157,17 +1178,17 @@ mod tests {
         let dead = membership.declare_dead(3_001);
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].0, first);
-        assert_eq!(dead[0].1.len(), SLOT_COUNT as usize - slots.len());
+        assert_eq!(dead[0].1.lost.len(), SLOT_COUNT as usize - slots.len());
         assert!(!membership.has_dead_to_declare(3_002));
         assert!(membership.declare_dead(3_002).is_empty(), "slots are lost once");
         let lost_map = membership.map().clone();
-        assert_eq!(lost_map.lost_slots(), dead[0].1);
+        assert_eq!(lost_map.lost_slots(), dead[0].1.lost);
 
         // The same process beats again: nobody served its slots, it still holds them.
         let beat = heartbeat_of(&membership, first);
         membership.heartbeat(&beat, 4_000).unwrap();
         assert!(membership.restorable(first, beat.incarnation));
-        assert_eq!(membership.restore(first, beat.incarnation), dead[0].1);
+        assert_eq!(membership.restore(first, beat.incarnation), dead[0].1.lost);
         assert!(membership.map().lost_slots().is_empty());
         assert!(membership.epoch() > lost_map.epoch);
         assert!(!membership.restorable(first, beat.incarnation));
@@ -1193,7 +1214,7 @@ mod tests {
         let mut membership = Membership::new();
         let (first, second, moved) = two_joins_sharing_the_slots(&mut membership);
         let again = membership.join(&restarted(join_request(3, 1)), 100).unwrap();
-        assert_eq!(again.lost, moved);
+        assert_eq!(again.failure.lost, moved);
 
         let not_lost = membership
             .owners()

@@ -13,6 +13,9 @@ struct Families {
     members: IntGauge,
     map_epoch: IntGauge,
     slots_lost: IntGauge,
+    under_replicated: IntGauge,
+    slots_filling: IntGauge,
+    failovers: IntGauge,
     is_leader: IntGauge,
 }
 
@@ -48,6 +51,20 @@ fn families() -> &'static Families {
             "Slots whose every copy is gone: they answer SlotLost until reclaimed.",
         )
         .expect("valid metric");
+        let under_replicated = IntGauge::new(
+            "engram_slots_under_replicated",
+            "Served slots with fewer backups in the map than the replicas setting.",
+        )
+        .expect("valid metric");
+        let slots_filling = IntGauge::new("engram_slots_filling", "Slots being copied to a new backup right now.")
+            .expect("valid metric");
+        // A gauge read from the persisted state, so it survives a change of leader; it
+        // only ever grows, like a counter.
+        let failovers = IntGauge::new(
+            "engram_failovers_total",
+            "Slots whose backup was promoted because their owner died, since the cluster began.",
+        )
+        .expect("valid metric");
         // Per process, so that summing it over the control plane counts its leaders:
         // anything but 1 for longer than an election is worth an alert.
         let is_leader = IntGauge::new(
@@ -70,6 +87,9 @@ fn families() -> &'static Families {
             Box::new(members.clone()),
             Box::new(map_epoch.clone()),
             Box::new(slots_lost.clone()),
+            Box::new(under_replicated.clone()),
+            Box::new(slots_filling.clone()),
+            Box::new(failovers.clone()),
             Box::new(is_leader.clone()),
             Box::new(build_info),
         ] {
@@ -83,6 +103,9 @@ fn families() -> &'static Families {
             members,
             map_epoch,
             slots_lost,
+            under_replicated,
+            slots_filling,
+            failovers,
             is_leader,
         }
     })
@@ -100,6 +123,9 @@ pub struct Gauges {
     pub members: usize,
     pub map_epoch: u64,
     pub slots_lost: usize,
+    pub under_replicated_slots: u32,
+    pub slots_filling: u32,
+    pub failovers_total: u64,
     /// Always true for a process on a state file, the only one there is.
     pub leading: bool,
 }
@@ -110,6 +136,9 @@ pub fn render(gauges: Gauges) -> Vec<u8> {
     families.members.set(gauges.members as i64);
     families.map_epoch.set(gauges.map_epoch as i64);
     families.slots_lost.set(gauges.slots_lost as i64);
+    families.under_replicated.set(i64::from(gauges.under_replicated_slots));
+    families.slots_filling.set(i64::from(gauges.slots_filling));
+    families.failovers.set(gauges.failovers_total as i64);
     families.is_leader.set(i64::from(gauges.leading));
     engram_metrics_http::render_registry(&families.registry)
 }
@@ -123,6 +152,9 @@ mod tests {
             members: 3,
             map_epoch: 7,
             slots_lost: 0,
+            under_replicated_slots: 0,
+            slots_filling: 0,
+            failovers_total: 0,
             leading,
         };
         String::from_utf8(render(gauges)).expect("the exposition is text")

@@ -23,6 +23,10 @@ use crate::planner::ShardRef;
 /// pays much for little.
 pub const REPLICAS_MAX: usize = 4;
 
+/// Backups per slot in a cluster unless told otherwise: one node's death costs a
+/// pause, not data, for one extra copy of everything.
+pub const REPLICAS_DEFAULT: u8 = 1;
+
 /// Where the rules force more backups onto some shards than the fair share (zones of
 /// unequal size, nodes of unequal shard counts), how many more than the emptiest
 /// candidate a shard may take while it continues a run of slots. Evening out to one

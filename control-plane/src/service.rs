@@ -58,8 +58,10 @@ pub struct Settings {
     pub credentials: Vec<u8>,
     pub load_rebalance: bool,
     pub load_check_interval: Duration,
-    /// Silence after which a node is declared dead and its slots lost.
+    /// Silence after which a node is declared dead and its slots go to their backups.
     pub liveness_timeout: Duration,
+    /// Backups each slot gets (`--replicas`).
+    pub replicas: usize,
 }
 
 /// A look for dead nodes later than this after the previous one means the control
@@ -159,7 +161,7 @@ impl Controller {
             })?,
             None => Membership::new(),
         };
-        membership.set_liveness_timeout_ms(settings.liveness_timeout.as_millis() as u64);
+        apply_settings(&settings, &mut membership);
         let store = StoreView::File(state_file.path());
         Ok(Controller::new(
             settings,
@@ -218,7 +220,7 @@ impl Controller {
             })?,
             None => Membership::new(),
         };
-        membership.set_liveness_timeout_ms(self.liveness_timeout_ms());
+        apply_settings(&self.settings, &mut membership);
         {
             let mut inner = self.lock();
             let now_ms = self.now_ms();
@@ -304,6 +306,9 @@ impl Controller {
             members: inner.membership.members().len(),
             map_epoch: inner.membership.epoch(),
             slots_lost: inner.membership.lost_count(),
+            under_replicated_slots: inner.membership.under_replicated(),
+            slots_filling: inner.membership.slots_filling(),
+            failovers_total: inner.membership.failovers_total(),
             leading: inner.leads(Instant::now()),
         }
     }
@@ -424,13 +429,8 @@ impl Controller {
             epoch = map.epoch,
             "node joined"
         );
-        if !joined.lost.is_empty() {
-            tracing::warn!(
-                node_id = joined.node_id,
-                slots = %format_slot_ranges(&joined.lost),
-                count = joined.lost.len(),
-                "node restarted with empty memory: the slots it owned are lost until `engram cluster reclaim`"
-            );
+        if !joined.failure.is_empty() {
+            log_failure(joined.node_id, "node restarted with empty memory", &joined.failure);
             self.broadcast_map();
         }
         ControlResponse::Joined {
@@ -469,6 +469,7 @@ impl Controller {
             return error_response(ErrorCode::InvalidArgument, error.to_string());
         }
         let restored = self.restore_if_back(&mut inner, heartbeat);
+        let backups_named = self.name_backups_in_sync(&mut inner, heartbeat);
         if heartbeat.map_epoch > inner.membership.epoch() {
             let reported = heartbeat.map_epoch;
             if let Err(error) = self.change(&mut inner, |membership| {
@@ -492,13 +493,37 @@ impl Controller {
             map_epoch: inner.membership.epoch(),
             abort_migrations,
             liveness_timeout_ms: self.liveness_timeout_ms(),
+            fills: inner.membership.fills_for(heartbeat.node_id),
         };
         // The broadcast takes the lock itself.
         drop(inner);
-        if restored {
+        if restored || backups_named {
             self.broadcast_map();
         }
         answer
+    }
+
+    /// Names in the map the backups a heartbeat reports in sync; returns whether any.
+    fn name_backups_in_sync(&self, inner: &mut Inner, heartbeat: &engram_proto::Heartbeat) -> bool {
+        let ready = inner.membership.in_sync_backups(heartbeat);
+        if ready.is_empty() {
+            return false;
+        }
+        match self.change(inner, |membership| Ok(membership.commit_backups(&ready))) {
+            Ok(named) => {
+                tracing::info!(
+                    primary = heartbeat.node_id,
+                    slots = named,
+                    epoch = inner.membership.epoch(),
+                    "backups in sync named in the map"
+                );
+                named > 0
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot name backups in sync");
+                false
+            }
+        }
     }
 
     /// Gives a node declared dead its lost slots back when it beats again as the same
@@ -701,6 +726,7 @@ impl Controller {
             tokio::time::sleep(Duration::from_millis(HOUSEKEEPING_INTERVAL_MS)).await;
             let now_ms = self.now_ms();
             self.declare_dead();
+            self.plan_replicas();
             {
                 let mut inner = self.lock();
                 let leading = matches!(inner.role, Role::Leading(_));
@@ -719,6 +745,36 @@ impl Controller {
                     last_load_plan = Some(Instant::now());
                 }
             }
+        }
+    }
+
+    /// Plans the fills that restore each slot's backups (none while a plan moves slots:
+    /// a fill towards a move's target would be void at its commit), and trims backups
+    /// beyond the setting.
+    fn plan_replicas(self: &Arc<Self>) {
+        let mut inner = self.lock();
+        if !matches!(inner.role, Role::Leading(_)) {
+            return;
+        }
+        let now_ms = self.now_ms();
+        if inner.membership.has_excess_backups() {
+            match self.change(&mut inner, |membership| {
+                membership.trim_backups();
+                Ok(())
+            }) {
+                Ok(()) => tracing::info!(epoch = inner.membership.epoch(), "backups beyond the setting dropped"),
+                Err(error) => tracing::warn!(%error, "cannot drop backups beyond the setting"),
+            }
+        }
+        let busy = inner.orchestrator.is_busy();
+        let planned = if busy {
+            inner.membership.plan_fills_none();
+            Ok(())
+        } else {
+            inner.membership.plan_fills(now_ms)
+        };
+        if let Err(error) = planned {
+            tracing::warn!(%error, "cannot place backups");
         }
     }
 
@@ -754,13 +810,8 @@ impl Controller {
                 }
             }
         };
-        for (node_id, lost) in &dead {
-            tracing::warn!(
-                node_id,
-                slots = %format_slot_ranges(lost),
-                count = lost.len(),
-                "node declared dead: the slots it owned are lost until it comes back or `engram cluster reclaim`"
-            );
+        for (node_id, failure) in &dead {
+            log_failure(*node_id, "node declared dead", failure);
         }
         self.broadcast_map();
     }
@@ -814,6 +865,43 @@ impl Inner {
 
 /// Stands by: nothing acts on the state any more, and whatever the orchestrator was
 /// running is left to the next leader's reconcile.
+/// What the membership takes from the settings, whether it was read from a file or
+/// from etcd.
+fn apply_settings(settings: &Settings, membership: &mut Membership) {
+    membership.set_liveness_timeout_ms(settings.liveness_timeout.as_millis() as u64);
+    // `main` bounds the flag to what the placement takes.
+    if let Err(error) = membership.set_replicas(settings.replicas) {
+        tracing::error!(%error, "keeping no backups");
+    }
+}
+
+/// Says what a node's end did to its slots: promoted backups, lost slots, copies gone.
+fn log_failure(node_id: u64, what: &str, failure: &crate::membership::NodeFailure) {
+    if !failure.promoted.is_empty() {
+        tracing::warn!(
+            node_id,
+            slots = %format_slot_ranges(&failure.promoted),
+            count = failure.promoted.len(),
+            "{what}: its backups took over the slots it owned"
+        );
+    }
+    if !failure.lost.is_empty() {
+        tracing::warn!(
+            node_id,
+            slots = %format_slot_ranges(&failure.lost),
+            count = failure.lost.len(),
+            "{what}: slots with no other copy are lost until it comes back or `engram cluster reclaim`"
+        );
+    }
+    if failure.backups_dropped > 0 {
+        tracing::warn!(
+            node_id,
+            slots = failure.backups_dropped,
+            "{what}: the slots it backed up have one copy fewer until new backups are filled"
+        );
+    }
+}
+
 fn stand_by(inner: &mut Inner) {
     if matches!(inner.role, Role::Leading(_)) {
         inner.role = Role::Standby { leader: None };
@@ -1059,6 +1147,7 @@ mod tests {
             credentials: Vec::new(),
             load_rebalance: false,
             load_check_interval: Duration::from_millis(LOAD_CHECK_INTERVAL_MS_DEFAULT),
+            replicas: 0,
             liveness_timeout: Duration::from_millis(crate::membership::LIVENESS_TIMEOUT_MS),
         };
         let (controller, _events) = Controller::open(settings, &data_dir).expect("a fresh data directory");
@@ -1078,6 +1167,7 @@ mod tests {
                 shards: Vec::new(),
                 migrations,
                 incarnation: 0,
+                in_sync: Vec::new(),
             })
         };
         controller.bound_lease(Instant::now() + Duration::from_secs(60));

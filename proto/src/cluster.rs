@@ -72,6 +72,9 @@ pub enum ControlResponse {
         abort_migrations: Vec<u64>,
         /// As in [`ControlResponse::Joined`].
         liveness_timeout_ms: u64,
+        /// Every fill the node's primary shards are to run now; one missing from the
+        /// list is withdrawn.
+        fills: Vec<FillOrder>,
     },
     /// Boxed: the largest answer by far, and rare.
     Status(Box<ClusterStatus>),
@@ -149,6 +152,43 @@ pub struct Heartbeat {
     pub migrations: Vec<u64>,
     /// The incarnation the node's join was given: a beat of a replaced process is refused.
     pub incarnation: u64,
+    /// Streams of this node's primary shards whose backup holds everything of their
+    /// slots: the control plane may name those backups in the map.
+    pub in_sync: Vec<InSyncReport>,
+}
+
+/// A shard process named across the cluster: the incarnation tells a restarted process
+/// (empty memory) from the one that was given a role.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardProcessRef {
+    pub node_id: u64,
+    pub shard_id: u16,
+    pub incarnation: u64,
+}
+
+/// Primary shard `shard_id` of the reporting node streams `slots` to `backup`, whose
+/// snapshot of them was applied and which applied every change since: it holds every
+/// acknowledged write of those slots, and from now on every answer waits for it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct InSyncReport {
+    pub shard_id: u16,
+    /// The map the shard configured its streams from: a report under an older map may
+    /// describe a stream that was replaced since.
+    pub map_epoch: u64,
+    pub backup: ShardProcessRef,
+    pub slots: Vec<(u32, u32)>,
+}
+
+/// The control plane orders primary shard `shard_id` of the node it answers to stream
+/// `slots` to `backup` (a snapshot, then every change), until the map names it their
+/// backup or the order is withdrawn.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FillOrder {
+    pub shard_id: u16,
+    pub backup: ShardProcessRef,
+    /// `host:port` of the backup shard's own port.
+    pub backup_address: String,
+    pub slots: Vec<(u32, u32)>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +213,14 @@ pub struct ClusterStatus {
     pub migration_milliseconds_total: u64,
     /// Why the last plan stopped early, if it did.
     pub last_error: String,
+    /// Backups the control plane keeps per slot (`engram-control --replicas`).
+    pub replicas: u32,
+    /// Served slots with fewer backups in the map than `replicas`.
+    pub under_replicated_slots: u32,
+    /// Slots whose backup was promoted because their owner died, since the cluster began.
+    pub failovers_total: u64,
+    /// Slots a new backup is being filled with right now.
+    pub slots_filling: u32,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -202,6 +250,8 @@ pub struct ShardStatus {
     pub shard_id: u16,
     pub address: String,
     pub slots: u32,
+    /// Slots this shard keeps a backup of.
+    pub backup_slots: u32,
     pub keys: u64,
     pub memory_used_bytes: u64,
     pub operations_total: u64,

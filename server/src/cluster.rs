@@ -14,7 +14,7 @@ use std::sync::atomic::{
 };
 use std::sync::{Arc, RwLock};
 
-use engram_proto::{SlotMap, LOST_SHARD_INDEX};
+use engram_proto::{FillOrder, SlotMap, LOST_SHARD_INDEX};
 
 use crate::replication::{PrimaryView, ShardProcess};
 
@@ -26,6 +26,10 @@ pub struct NodeMap {
     /// Until when (ms since the node started) shards may serve without the map being
     /// checked with the control plane again; `u64::MAX` for a node that runs alone.
     checked_until_ms: AtomicU64,
+    /// The fills the control plane ordered this node's primary shards to run, from its
+    /// last heartbeat answer; `fills_generation` moves when they change.
+    fills: RwLock<Arc<Vec<FillOrder>>>,
+    fills_generation: AtomicU64,
 }
 
 impl NodeMap {
@@ -34,7 +38,30 @@ impl NodeMap {
             epoch: AtomicU64::new(map.epoch),
             map: RwLock::new(Arc::new(map)),
             checked_until_ms: AtomicU64::new(u64::MAX),
+            fills: RwLock::new(Arc::new(Vec::new())),
+            fills_generation: AtomicU64::new(0),
         }
+    }
+
+    /// Replaces the fill orders when they differ from the current ones.
+    pub fn set_fills(&self, fills: Vec<FillOrder>) {
+        let mut current = self.fills.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if **current != fills {
+            *current = Arc::new(fills);
+            self.fills_generation.fetch_add(1, Release);
+        }
+    }
+
+    pub fn fills(&self) -> Arc<Vec<FillOrder>> {
+        self.fills
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Moves whenever the fill orders change, so shards notice with one load.
+    pub fn fills_generation(&self) -> u64 {
+        self.fills_generation.load(Acquire)
     }
 
     /// Lets shards serve until `until_ms` on the map they hold. Called after every

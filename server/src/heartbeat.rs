@@ -222,8 +222,10 @@ impl Heartbeater {
                 map_epoch,
                 abort_migrations,
                 liveness_timeout_ms,
+                fills,
             } => {
                 self.liveness_timeout_ms.set(liveness_timeout_ms);
+                self.node_map.set_fills(fills);
                 (map_epoch, abort_migrations)
             }
             ControlResponse::Error(reply) => {
@@ -258,6 +260,7 @@ impl Heartbeater {
             })
             .collect();
         let mut migrations: Vec<u64> = Vec::new();
+        let mut in_sync = Vec::new();
         for shard in &self.node.shards {
             migrations.extend(
                 shard
@@ -266,6 +269,14 @@ impl Heartbeater {
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .iter(),
             );
+            in_sync.extend(
+                shard
+                    .in_sync
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .iter()
+                    .cloned(),
+            );
         }
         Heartbeat {
             node_id: self.node.node_id,
@@ -273,6 +284,7 @@ impl Heartbeater {
             shards,
             migrations,
             incarnation: self.incarnation,
+            in_sync,
         }
     }
 

@@ -29,6 +29,10 @@ pub struct ShardStats {
     /// Migrations the shard holds open, for the heartbeat (which lets the control plane
     /// settle those it no longer runs). Written only when a migration opens or closes.
     pub migrations: std::sync::Mutex<Vec<u64>>,
+    /// The streams to backups that hold everything of their slots, for the heartbeat
+    /// (which lets the control plane name those backups in the map). Written when a
+    /// stream gets in sync or the shard's streams change.
+    pub in_sync: std::sync::Mutex<Vec<engram_proto::InSyncReport>>,
 }
 
 impl ShardStats {

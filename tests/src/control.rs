@@ -84,6 +84,11 @@ impl ControlPlane {
             State::DataDir(data_dir) => command.arg("--data").arg(data_dir),
             State::Etcd { endpoint, prefix } => command.args(["--etcd", endpoint, "--etcd-prefix", prefix]),
         };
+        // The tests written before replication study a cluster that keeps no backups
+        // (slots lost with their node, migrations alone); the failover tests ask for them.
+        if !self.extra_arguments.iter().any(|argument| argument == "--replicas") {
+            command.args(["--replicas", "0"]);
+        }
         command
             .args(&self.extra_arguments)
             .stdin(Stdio::null())

@@ -261,6 +261,7 @@ fn heartbeat_of(status: &ClusterStatus, node_id: u64, migration_id: u64) -> Cont
         ],
         migrations: vec![migration_id],
         incarnation: member.incarnation,
+        in_sync: Vec::new(),
     })
 }
 

@@ -159,6 +159,11 @@ pub struct ClusterView<'a> {
     pub lost_ranges: Vec<SlotRangeView>,
     /// How many slots `lost_ranges` covers.
     pub slots_lost: u64,
+    /// Backups each slot gets.
+    pub replicas: u32,
+    pub under_replicated_slots: u32,
+    pub slots_filling: u32,
+    pub failovers_total: u64,
 }
 
 /// Slots `start..=end`.
@@ -183,6 +188,10 @@ impl<'a> ClusterView<'a> {
             last_error: &status.last_error,
             slots_lost: lost.iter().map(|range| u64::from(range.end - range.start) + 1).sum(),
             lost_ranges: lost,
+            replicas: status.replicas,
+            under_replicated_slots: status.under_replicated_slots,
+            slots_filling: status.slots_filling,
+            failovers_total: status.failovers_total,
         }
     }
 }
@@ -208,7 +217,11 @@ impl ClusterView<'_> {
             self.epoch, self.migrations_completed, self.slots_moved_total
         ));
         text.push_str(&format!(
-            "{:>6} {:<22} {:<6} {:>5} {:>6} {:<10} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
+            "replicas {}   under-replicated slots {}   slots filling {}   failovers {}\n",
+            self.replicas, self.under_replicated_slots, self.slots_filling, self.failovers_total
+        ));
+        text.push_str(&format!(
+            "{:>6} {:<22} {:<6} {:>5} {:>6} {:<10} {:>5} {:<22} {:>6} {:>7} {:>10} {:>12} {:>10}\n",
             "node",
             "address",
             "state",
@@ -218,6 +231,7 @@ impl ClusterView<'_> {
             "shard",
             "shard address",
             "slots",
+            "backups",
             "keys",
             "memory",
             "ops/s"
@@ -232,7 +246,7 @@ impl ClusterView<'_> {
             let zone = if node.zone.is_empty() { "-" } else { &node.zone };
             for shard in &node.shards {
                 text.push_str(&format!(
-                    "{:>6} {:<22} {:<6} {:>5} {:>6} {:<10} {:>5} {:<22} {:>6} {:>10} {:>12} {:>10}\n",
+                    "{:>6} {:<22} {:<6} {:>5} {:>6} {:<10} {:>5} {:<22} {:>6} {:>7} {:>10} {:>12} {:>10}\n",
                     node.node_id,
                     node.front_address,
                     state,
@@ -242,6 +256,7 @@ impl ClusterView<'_> {
                     shard.shard_id,
                     shard.address,
                     shard.slots,
+                    shard.backup_slots,
                     shard.keys,
                     shard.memory_used_bytes,
                     shard.operations_per_second
@@ -298,6 +313,7 @@ mod tests {
                 shard_id: 0,
                 address: format!("10.0.0.{node_id}:7401"),
                 slots: 0,
+                backup_slots: 0,
                 keys: 0,
                 memory_used_bytes: 0,
                 operations_total: 0,
@@ -333,6 +349,10 @@ mod tests {
             bytes_moved_total: 0,
             migration_milliseconds_total: 0,
             last_error: String::new(),
+            replicas: 1,
+            under_replicated_slots: 8193,
+            slots_filling: 0,
+            failovers_total: 3,
         }
     }
 
@@ -360,6 +380,10 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("lost slots: 100,8192-16383 (8193 slots)"), "{table}");
+        assert!(
+            table.contains("replicas 1   under-replicated slots 8193   slots filling 0   failovers 3"),
+            "{table}"
+        );
         assert!(table.contains("engram cluster reclaim"), "{table}");
         let mut healthy = sample();
         healthy.map.ranges = vec![SlotRange {
@@ -410,6 +434,10 @@ mod tests {
                     "last_error",
                     "lost_ranges",
                     "slots_lost",
+                    "replicas",
+                    "under_replicated_slots",
+                    "slots_filling",
+                    "failovers_total",
                 ][..],
             ),
             (
@@ -432,6 +460,7 @@ mod tests {
                     "shard_id",
                     "address",
                     "slots",
+                    "backup_slots",
                     "keys",
                     "memory_used_bytes",
                     "operations_total",

@@ -95,6 +95,7 @@ impl Harness {
             shards: Vec::new(),
             migrations: Vec::new(),
             incarnation: self.membership.member(node_id).unwrap().incarnation,
+            in_sync: Vec::new(),
         };
         self.membership.heartbeat(&heartbeat, self.now_ms).unwrap();
     }

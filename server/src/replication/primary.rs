@@ -75,7 +75,12 @@ struct Stream {
     snapshot: Option<Snapshot>,
     /// The batch that ended the snapshot, once formed.
     snapshot_done_seq: Option<u64>,
-    in_sync_reported: bool,
+    /// Set when a fill's stream turned required: the keys changed before then, whose
+    /// answers did not wait for it, and the last batch that carries one of them.
+    unheld: Option<(BTreeSet<Box<[u8]>>, u64)>,
+    /// The backup holds every acknowledged change of the slots, and every answer waits
+    /// for it from now on.
+    in_sync: bool,
     next_seq: u64,
     acked: u64,
     dirty_keys: BTreeSet<Box<[u8]>>,
@@ -103,7 +108,8 @@ impl Stream {
             required: wanted.required,
             snapshot: Some(Snapshot { keys, next: 0 }),
             snapshot_done_seq: None,
-            in_sync_reported: false,
+            unheld: None,
+            in_sync: false,
             next_seq: 1,
             acked: 0,
             dirty_keys: BTreeSet::new(),
@@ -136,10 +142,32 @@ impl Stream {
         self.snapshot.is_some() || !self.dirty_keys.is_empty()
     }
 
-    fn caught_up(&self) -> bool {
+    fn snapshot_applied(&self) -> bool {
         self.snapshot_done_seq.is_some_and(|done| self.acked >= done)
-            && !self.has_work()
-            && self.acked + 1 == self.next_seq
+    }
+
+    /// Whether the stream just became in sync. A fill's stream (not required) turns
+    /// required once its snapshot is applied; the changes answered before then without
+    /// waiting must reach the backup too, so it is in sync only once the batches formed
+    /// until then, and those carrying the keys dirty then, are applied. Waiting for a
+    /// moment with nothing in flight instead would never come under steady writes.
+    fn check_in_sync(&mut self) -> bool {
+        if self.in_sync || !self.snapshot_applied() {
+            return false;
+        }
+        if !self.required {
+            self.required = true;
+            self.unheld = Some((self.dirty_keys.clone(), self.next_seq - 1));
+        }
+        let done = match &self.unheld {
+            Some((keys, last_seq)) => keys.is_empty() && self.acked >= *last_seq,
+            None => true,
+        };
+        if done {
+            self.unheld = None;
+            self.in_sync = true;
+        }
+        done
     }
 
     fn form(&mut self, store: &Store, now_ms: u64) -> ReplicaBatch {
@@ -184,6 +212,15 @@ impl Stream {
         // A snapshot's records may include one that is also dirty.
         records.sort_unstable_by_key(|record| (record.client_id, record.op_id));
         records.dedup_by_key(|record| (record.client_id, record.op_id));
+        if let Some((unheld, last_seq)) = &mut self.unheld {
+            let before = unheld.len();
+            for key in &keys {
+                unheld.remove(key);
+            }
+            if unheld.len() != before {
+                *last_seq = seq;
+            }
+        }
         for key in keys {
             if let Some(tickets) = self.waiting_on_key.remove(&key) {
                 self.waiting.entry(seq).or_default().extend(tickets);
@@ -267,6 +304,7 @@ pub struct Primary {
     me: ShardProcess,
     /// Streams opened so far: two openings under one map epoch still differ.
     openings: u64,
+    configured_epoch: u64,
     streams: BTreeMap<ShardProcess, Stream>,
     /// Ticket → how many streams it still waits for.
     held: HashMap<Ticket, usize>,
@@ -277,6 +315,7 @@ impl Primary {
         Primary {
             me,
             openings: 0,
+            configured_epoch: 0,
             streams: BTreeMap::new(),
             held: HashMap::new(),
         }
@@ -286,6 +325,7 @@ impl Primary {
     /// opened afresh with a snapshot; one no longer wanted closes, and the answers that
     /// waited only for it are released (the map no longer counts that backup).
     pub fn configure(&mut self, epoch: u64, wanted: BTreeMap<ShardProcess, Wanted>, store: &Store) -> Vec<Ticket> {
+        self.configured_epoch = epoch;
         let mut freed = Vec::new();
         let gone: Vec<ShardProcess> = self
             .streams
@@ -319,6 +359,19 @@ impl Primary {
             }
         }
         self.release(freed)
+    }
+
+    /// The streams whose backup is in sync, with their slots.
+    pub fn in_sync(&self) -> impl Iterator<Item = (ShardProcess, &SlotSet)> + '_ {
+        self.streams
+            .iter()
+            .filter(|(_, stream)| stream.in_sync)
+            .map(|(backup, stream)| (*backup, &stream.slots))
+    }
+
+    /// The map epoch of the last [`Primary::configure`].
+    pub fn configured_epoch(&self) -> u64 {
+        self.configured_epoch
     }
 
     /// Whether any stream runs: a shard with no backups skips the rest.
@@ -411,10 +464,7 @@ impl Primary {
         match answer {
             ReplicaAnswer::Applied { stream: id, seq } if id == stream.id => {
                 let tickets = stream.applied(seq);
-                if !stream.required && !stream.in_sync_reported && stream.caught_up() {
-                    // From now on every answer waits for it: what it holds stays whole.
-                    stream.required = true;
-                    stream.in_sync_reported = true;
+                if stream.check_in_sync() {
                     events.push(PrimaryEvent::InSync(backup, stream.slots.clone()));
                 }
                 let released = self.release(tickets);

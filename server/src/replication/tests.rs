@@ -139,9 +139,10 @@ fn released(events: &[PrimaryEvent]) -> Vec<Ticket> {
 #[test]
 fn an_answer_is_held_until_the_backup_applied_its_write_and_a_retry_there_gets_the_first_answer() {
     let mut pair = Pair::new(&[], true);
-    assert!(
-        pair.exchange().is_empty(),
-        "the empty snapshot needs no answer to leave"
+    assert_eq!(
+        pair.exchange(),
+        [PrimaryEvent::InSync(BACKUP, every_slot())],
+        "the empty snapshot releases nothing and makes the backup whole"
     );
     assert!(
         pair.write("hits", 1, 100),
@@ -366,4 +367,39 @@ fn a_record_travels_in_the_batch_of_its_keys_change_never_before_it() {
         );
     }
     assert_eq!(batch.records.len(), carried.len());
+}
+
+/// Under writes that never pause, a fill still ends: once its snapshot is applied the
+/// stream waits for the keys changed before without a hold, and then reports in sync;
+/// by then every write answered without waiting is at the backup.
+#[test]
+fn a_fill_under_steady_writes_gets_in_sync_with_every_unheld_write_applied() {
+    let keys: Vec<String> = (0..700).map(|index| format!("key-{index}")).collect();
+    let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut pair = Pair::new(&names, false);
+    let mut op_id = 1_000;
+    let mut unheld_writes: Vec<&str> = Vec::new();
+    let mut in_sync_at = None;
+    for round in 0..20 {
+        // A write between every exchange: never a moment with nothing in flight.
+        op_id += 1;
+        let key = names[round * 31 % names.len()];
+        if !pair.write(key, op_id, op_id) {
+            unheld_writes.push(key);
+        }
+        if pair.exchange().contains(&PrimaryEvent::InSync(BACKUP, every_slot())) {
+            in_sync_at = Some(round);
+            break;
+        }
+    }
+    assert!(in_sync_at.is_some(), "the fill never got in sync under steady writes");
+    assert!(!unheld_writes.is_empty(), "the test must write while the fill runs");
+    for key in unheld_writes {
+        assert_eq!(
+            counter(&mut pair.backup_store, key, 20),
+            counter(&mut pair.primary_store, key, 20),
+            "{key} was answered without waiting and must be at the backup once in sync"
+        );
+    }
+    assert_eq!(pair.primary.in_sync().count(), 1);
 }

@@ -556,6 +556,7 @@ impl Shard {
             // Picks up a map installed elsewhere even when no request comes, so a
             // committed migration releases its frozen copy promptly.
             self.routing();
+            self.follow_fill_orders();
             let now_ms = self.now_ms();
             let planned = now_ms + MAINTENANCE_INTERVAL_MS;
             let wake_ms = self

@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
-use engram_proto::{ErrorCode, PeerProtocol, PeerRequest, PeerResponse, ReplicaAnswer, ReplicaBatch, Response};
+use engram_proto::{
+    ErrorCode, FillOrder, InSyncReport, PeerProtocol, PeerRequest, PeerResponse, ReplicaAnswer, ReplicaBatch, Response,
+    ShardProcessRef,
+};
 
 use super::Shard;
 use crate::cluster::{Owner, Routing};
@@ -66,6 +69,8 @@ pub(super) struct Replication {
     /// A backup named another primary for this shard's slots while its map was at this
     /// epoch: serve nothing until a newer map.
     deposed_at_epoch: Option<u64>,
+    /// The generation of the node's fill orders the streams follow.
+    fills_seen: u64,
 }
 
 impl Replication {
@@ -79,6 +84,7 @@ impl Replication {
             wanted_links: BTreeMap::new(),
             links_changed: Rc::new(LocalNotify::default()),
             deposed_at_epoch: None,
+            fills_seen: 0,
         }
     }
 }
@@ -185,10 +191,16 @@ impl Shard {
         }
     }
 
-    /// Runs the streams a new map asks for: one per backup of the slots this shard now
-    /// leads, each in sync already or filled by a snapshot.
+    /// Runs the streams the map and the control plane's fill orders ask for: one per
+    /// backup of the slots this shard now leads, each in sync already or filled by a
+    /// snapshot.
     pub(super) fn configure_replication(&self, routing: &Routing) {
-        let wanted = wanted_streams(routing, self.shard_id as u16);
+        // Read before the orders: a change meanwhile is seen again at the next look.
+        let generation = self.node_map.fills_generation();
+        let fills = self.node_map.fills();
+        let mut wanted = wanted_streams(routing, self.shard_id as u16);
+        let mut addresses = backup_addresses(routing);
+        add_fills(&mut wanted, &mut addresses, &fills, routing, self.shard_id as u16);
         let released = {
             let store = self.store.borrow();
             let mut replication = self.replication.borrow_mut();
@@ -200,13 +212,52 @@ impl Shard {
         // client retries there with the same operation id and gets what it holds).
         let me = Owner::Local(self.shard_id as u16);
         self.release_where(released, |slot| routing.owner(slot) == me);
-        let addresses = backup_addresses(routing);
-        let mut replication = self.replication.borrow_mut();
-        replication.wanted_links = wanted
-            .keys()
-            .filter_map(|backup| Some((*backup, addresses.get(backup)?.clone())))
-            .collect();
-        replication.links_changed.notify();
+        {
+            let mut replication = self.replication.borrow_mut();
+            replication.fills_seen = generation;
+            replication.wanted_links = wanted
+                .keys()
+                .filter_map(|backup| Some((*backup, addresses.get(backup)?.clone())))
+                .collect();
+            replication.links_changed.notify();
+        }
+        self.publish_in_sync();
+    }
+
+    /// Follows fill orders that changed since the streams were last configured.
+    pub(super) fn follow_fill_orders(&self) {
+        let seen = self.replication.borrow().fills_seen;
+        if self.node_map.fills_generation() != seen {
+            let routing = self.routing();
+            self.configure_replication(&routing);
+        }
+    }
+
+    /// Tells the heartbeat which backups hold everything of their slots.
+    fn publish_in_sync(&self) {
+        let reports: Vec<InSyncReport> = {
+            let replication = self.replication.borrow();
+            let map_epoch = replication.primary.configured_epoch();
+            replication
+                .primary
+                .in_sync()
+                .map(|(backup, slots)| InSyncReport {
+                    shard_id: self.shard_id as u16,
+                    map_epoch,
+                    backup: ShardProcessRef {
+                        node_id: backup.node_id,
+                        shard_id: backup.shard_id,
+                        incarnation: backup.incarnation,
+                    },
+                    slots: slots.ranges(),
+                })
+                .collect()
+        };
+        *self
+            .own_stats()
+            .in_sync
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = reports;
     }
 
     /// Keeps one link task per backup the map asks for, until the shard stops.
@@ -271,7 +322,13 @@ impl Shard {
                     self.release_where(tickets, |slot| routing.owner(slot) == me);
                 }
                 PrimaryEvent::InSync(backup, slots) => {
-                    tracing::info!(shard = self.shard_id, ?backup, slots = ?slots, "backup in sync");
+                    tracing::info!(
+                        shard = self.shard_id,
+                        ?backup,
+                        slots = slots.iter().count(),
+                        "backup in sync"
+                    );
+                    self.publish_in_sync();
                 }
                 PrimaryEvent::Deposed(backup) => {
                     let epoch = self.map_epoch();
@@ -348,6 +405,43 @@ fn wanted_streams(routing: &Routing, shard_id: u16) -> BTreeMap<ShardProcess, Wa
         }
     }
     wanted
+}
+
+/// Adds the fills the control plane ordered this shard to run: slots it leads, to a
+/// backup the map does not name for them yet. A fill joins the stream the map already
+/// runs to that backup, if any (whose snapshot then covers both).
+fn add_fills(
+    wanted: &mut BTreeMap<ShardProcess, Wanted>,
+    addresses: &mut HashMap<ShardProcess, String>,
+    fills: &[FillOrder],
+    routing: &Routing,
+    shard_id: u16,
+) {
+    for fill in fills.iter().filter(|fill| fill.shard_id == shard_id) {
+        let backup = ShardProcess {
+            node_id: fill.backup.node_id,
+            shard_id: fill.backup.shard_id,
+            incarnation: fill.backup.incarnation,
+        };
+        // An order made under another map may name slots this shard no longer leads.
+        let slots: Vec<u32> = fill
+            .slots
+            .iter()
+            .flat_map(|&(start, end)| start..=end.min(engram_proto::limits::SLOT_COUNT - 1))
+            .filter(|&slot| routing.owner(slot) == Owner::Local(shard_id))
+            .collect();
+        if slots.is_empty() {
+            continue;
+        }
+        let entry = wanted.entry(backup).or_insert_with(|| Wanted {
+            slots: Default::default(),
+            required: false,
+        });
+        for slot in slots {
+            entry.slots.insert(slot);
+        }
+        addresses.entry(backup).or_insert_with(|| fill.backup_address.clone());
+    }
 }
 
 fn backup_addresses(routing: &Routing) -> HashMap<ShardProcess, String> {

@@ -283,11 +283,11 @@ impl Control {
         let now_ms = self.clock(io.now);
         match self.change(io, |membership| membership.join(request, now_ms)) {
             Ok(joined) => {
-                if !joined.lost.is_empty() {
+                if !joined.failure.lost.is_empty() {
                     io.actions.push(Action::Trace(format!(
                         "cp node {} restarted: {} slots lost",
                         joined.node_id,
-                        joined.lost.len()
+                        joined.failure.lost.len()
                     )));
                     self.broadcast(io);
                 }
@@ -358,10 +358,10 @@ impl Control {
             return;
         }
         if let Ok(dead) = self.change(io, |membership| Ok(membership.declare_dead(now_ms))) {
-            for (node_id, lost) in &dead {
+            for (node_id, failure) in &dead {
                 io.actions.push(Action::Trace(format!(
                     "cp node {node_id} declared dead: {} slots lost",
-                    lost.len()
+                    failure.lost.len()
                 )));
             }
             self.broadcast(io);

@@ -203,6 +203,7 @@ impl Node {
                 .collect(),
             migrations,
             incarnation: self.incarnation,
+            in_sync: Vec::new(),
         };
         let request = Request::Heartbeat(heartbeat);
         self.call(
