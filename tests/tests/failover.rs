@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use engram_client::ErrorCode;
 use engram_proto::{Command, CounterCommand, LockCommand, Response};
-use engram_tests::cluster::shard_of_node;
+use engram_tests::cluster::{shard_of_node, wait_for_node_epoch};
 use engram_tests::elastic::key_per_slot;
 use engram_tests::failover::{
     owned_slots, redundancy_gap, wait_for_redundancy, wait_for_status, FailoverCluster, QueueLoad, StatusWatch,
@@ -312,6 +312,12 @@ fn a_paused_primary_of_a_lock_slot_is_replaced_and_redirects_after_resuming() {
             "slot {slot} went to {new_owner:?}, not to its backup {backups:?}"
         );
 
+        // The client that took the lock still routes to the paused node, which would
+        // hold its calls unanswered; one that starts from a live node's new map is sent
+        // to the promoted backup.
+        wait_for_node_epoch(cluster.nodes[0].server(), promoted.map.epoch, SETTLE_LIMIT).await;
+        let client = cluster.client().await;
+        let lock = client.lock(lock_key.clone());
         // The lock came along: its holder, its fence and a lease still running.
         let holder = lock.holder().await.expect("holder at the promoted backup");
         if asked.elapsed() < LEASE {
