@@ -49,6 +49,28 @@ pub async fn wait_for_members(control: &ControlPlane, alive: usize, limit: Durat
     }
 }
 
+/// Waits until `node` routes with a map of at least `epoch`, so that a client connecting
+/// to it starts from that map (and never sends to a paused node an older one names);
+/// fails the test after `limit`.
+pub async fn wait_for_node_epoch(node: &EngramServer, epoch: u64, limit: Duration) {
+    let front = node.front();
+    let deadline = Instant::now() + limit;
+    loop {
+        let map = tokio::task::spawn_blocking(move || crate::fetch_slot_map(front))
+            .await
+            .expect("fetch the node's map");
+        if map.epoch >= epoch {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{front} still routes with map epoch {}, not {epoch}",
+            map.epoch
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs `engram cluster <arguments>` off the async threads and insists it succeeds;
 /// returns its stdout.
 pub async fn cluster_cli(control: &ControlPlane, arguments: &[&str]) -> String {

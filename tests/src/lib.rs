@@ -19,6 +19,9 @@
 //!   a frozen slot, the wait for the membership, bulky keys that move in a rebalance.
 //! - [`victim`]: the cluster of the lost-slot tests, whose last node (the victim) dies,
 //!   restarts or pauses, with data seeded on its slots and checks that they are lost.
+//! - [`failover`]: the cluster of the failover tests: a control plane keeping backups of
+//!   every slot and nodes on fixed addresses (killed, paused, restarted), whether every
+//!   slot is backed up by live processes, a watch for lost slots, and a queue load.
 //! - [`processes`]: scratch directories, child processes in their own process groups
 //!   (killed on drop) with a bounded wait for all, and the `engram-test-worker` binary
 //!   (`src/bin/engram-test-worker.rs`): blocking-client worker processes whose role is
@@ -44,6 +47,7 @@ pub mod control;
 pub mod elastic;
 pub mod etcd;
 pub mod etcd_control;
+pub mod failover;
 pub mod linearizability;
 pub mod load;
 pub mod processes;

@@ -97,7 +97,7 @@ impl Cluster {
 }
 
 /// The last `lines` lines of `text`, without the routine ones of every migration step.
-fn tail(text: &str, lines: usize) -> String {
+pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text
         .lines()
         .filter(|line| !line.contains("migration committed") && !line.contains("migration in committed"))

@@ -12,13 +12,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use engram_proto::{ClusterStatus, NodeStatus};
-use engram_tests::cluster::cluster_cli;
+use engram_tests::cluster::{cluster_cli, wait_for_node_epoch};
 use engram_tests::server::{resume_process, stop_process, Resume};
 use engram_tests::victim::{
     check_elsewhere, check_fence_above, check_lost, seed, slots_of, until_served, Cluster, CALL_TIMEOUT,
     HEARTBEATS_SETTLE, SETTLE_LIMIT,
 };
-use engram_tests::{run_async, total_keys, EngramServer};
+use engram_tests::{run_async, total_keys};
 
 /// Liveness timeout of the tests that pause the victim: short, but above the few seconds
 /// the control plane itself may stall on this busy 2-core machine (a stall longer than
@@ -45,27 +45,6 @@ async fn wait_for_victim(
     }
 }
 
-/// Waits until `node` routes with a map of at least `epoch`, so that a client connecting
-/// to it starts from that map (and never sends to a paused node an older one names).
-async fn wait_for_node_epoch(node: &EngramServer, epoch: u64) {
-    let front = node.front();
-    let deadline = Instant::now() + SETTLE_LIMIT;
-    loop {
-        let map = tokio::task::spawn_blocking(move || engram_tests::fetch_slot_map(front))
-            .await
-            .expect("fetch the node's map");
-        if map.epoch >= epoch {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{front} still routes with map epoch {}, not {epoch}",
-            map.epoch
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[test]
 fn a_paused_node_declared_dead_gets_its_slots_back_with_its_data_when_it_resumes() {
     let cluster = Cluster::start("lost-slots-paused", PAUSED_LIVENESS_TIMEOUT_MS);
@@ -87,7 +66,7 @@ fn a_paused_node_declared_dead_gets_its_slots_back_with_its_data_when_it_resumes
         assert_eq!(lost_slots, victim_slots, "the lost slots are exactly the paused node's");
         // A client that starts now learns the map with the lost slots, so it fails at
         // once instead of waiting for the paused node.
-        wait_for_node_epoch(&cluster.others[0], lost.map.epoch).await;
+        wait_for_node_epoch(&cluster.others[0], lost.map.epoch, SETTLE_LIMIT).await;
         let fresh = cluster.client().await;
         check_lost(&fresh, &seeded, "while the node is paused").await;
 
@@ -190,7 +169,7 @@ fn a_paused_node_whose_slots_were_reclaimed_meanwhile_never_serves_its_stranded_
             slots_of(&reclaimed.map, cluster.victim_id).is_empty(),
             "the reclaim gave slots to the paused node"
         );
-        wait_for_node_epoch(&cluster.others[0], reclaimed.map.epoch).await;
+        wait_for_node_epoch(&cluster.others[0], reclaimed.map.epoch, SETTLE_LIMIT).await;
         let fresh = cluster.client().await;
         let old_top = seeded.highest_victim_version();
         let mut expected: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();

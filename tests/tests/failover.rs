@@ -1,0 +1,532 @@
+//! Failover with real processes: an `engram-control --replicas 1` keeps a backup of every
+//! slot on another node, and promotes the backups of a node that dies (silent past the
+//! liveness timeout, or back as a new process at its address) instead of losing its
+//! slots.
+//!
+//! - `kill -9` of a node every 10 s, in rotation, each restarted on its address, under
+//!   the elastic-cluster load (`tests/src/load.rs`: counters with their acknowledgements
+//!   and a linearizable sample, a lock with fences and an outside witness, a barrier) and
+//!   queue producers and consumers (`tests/src/failover.rs`): nothing acknowledged is
+//!   lost or doubled, and the control plane never reports a lost slot.
+//! - A paused (SIGSTOP) primary of a lock's slot: its backup takes over with the lock's
+//!   holder and lease, a new holder gets the lock only once that lease ended and with a
+//!   higher fence, and the old primary, running again, serves the slot to nobody.
+//! - Measurements (ignored): how long writes to a killed node's slots stall, and what
+//!   a backup costs the latency of writes.
+
+use std::time::{Duration, Instant};
+
+use engram_client::ErrorCode;
+use engram_proto::{Command, CounterCommand, LockCommand, Response};
+use engram_tests::cluster::{shard_of_node, wait_for_node_epoch};
+use engram_tests::elastic::key_per_slot;
+use engram_tests::failover::{
+    owned_slots, redundancy_gap, wait_for_redundancy, wait_for_status, FailoverCluster, QueueLoad, StatusWatch,
+    REDUNDANCY_LIMIT,
+};
+use engram_tests::load::{Load, SharedKeys};
+use engram_tests::raw::{request, RawConnection, RawReply};
+use engram_tests::server::{resume_process, stop_process, Resume};
+use engram_tests::victim::slot_of;
+use engram_tests::{key_on_shard, run_async};
+
+/// Backups per slot.
+const REPLICAS: usize = 1;
+/// Liveness timeout of these tests: short, but above the few seconds the control plane
+/// itself may stall on a busy 2-core machine, as in the paused-node tests (a stall
+/// longer than the timeout would get live nodes declared dead too).
+const LIVENESS_TIMEOUT_MS: u64 = 5_000;
+/// Time between two kills, at least: each also waits for every slot to be backed up
+/// again, so no kill takes both copies of a slot.
+const KILL_INTERVAL: Duration = Duration::from_secs(10);
+/// How long the kills go on (one every [`KILL_INTERVAL`] up to this, from the first
+/// interval's end). 40 s keeps the test short enough for every run; the issue's full
+/// run, 120 s with at least 10 kills, is `ENGRAM_FAILOVER_SECONDS=130`.
+const FAILOVER_SECONDS_ENV: &str = "ENGRAM_FAILOVER_SECONDS";
+const FAILOVER_SECONDS_DEFAULT: u64 = 40;
+/// How long a killed node stays down, alternating: shorter than the liveness timeout
+/// (the control plane learns of the death from the new process's join) and longer (it
+/// learns from the silence).
+const DOWN_TIMES: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(7)];
+/// What the load must achieve after each failover: it serves on.
+const WRITES_AFTER_EACH_KILL: u64 = 200;
+const POPS_AFTER_EACH_KILL: usize = 10;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
+
+/// The next node to kill, in rotation from `round`: the first that owns slots (killing
+/// one that only holds backups would fail nothing over).
+fn next_victim(cluster: &FailoverCluster, map: &engram_proto::SlotMap, round: usize) -> usize {
+    let count = cluster.nodes.len();
+    (0..count)
+        .map(|step| (round + step) % count)
+        .find(|index| !owned_slots(map, cluster.nodes[*index].node_id).is_empty())
+        .expect("some node owns slots")
+}
+
+/// One queue per shard of `map`, so the queues fail over with different nodes.
+fn queue_per_shard(map: &engram_proto::SlotMap) -> Vec<String> {
+    (0..map.shards.len())
+        .map(|shard| key_on_shard(map, b"default", shard, &format!("failover-queue-{shard}")))
+        .collect()
+}
+
+#[test]
+fn kill_nine_every_ten_seconds_loses_nothing_with_one_replica() {
+    const NODES: usize = 4;
+    let run = Duration::from_secs(env_or(FAILOVER_SECONDS_ENV, FAILOVER_SECONDS_DEFAULT));
+    let mut cluster = FailoverCluster::start("failover-kill-nine", NODES, REPLICAS, LIVENESS_TIMEOUT_MS);
+    run_async(run + Duration::from_secs(300), async {
+        let spread = cluster.spread().await;
+        let client = cluster.client().await;
+        // The lock, its guarded value and the barrier live on the first node killed, so
+        // the first failover happens under them.
+        let keys = SharedKeys::on_shard(&spread.map, shard_of_node(&spread.map, cluster.nodes[1].node_id));
+        let watch = StatusWatch::start(&cluster.control);
+        let load = Load::start(&client, &keys);
+        let queues = QueueLoad::start(&client, queue_per_shard(&spread.map));
+        load.wait_for_writes(1_000).await;
+        queues.wait_for_pops(50).await;
+
+        let started = Instant::now();
+        let mut round = 0;
+        loop {
+            let due = started + KILL_INTERVAL * (round as u32 + 1);
+            if due > started + run {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+            let before = cluster.control.status().await;
+            let victim = next_victim(&cluster, &before.map, round + 1);
+            let node_id = cluster.nodes[victim].node_id;
+            let incarnation = before
+                .nodes
+                .iter()
+                .find(|node| node.node_id == node_id)
+                .map(|node| node.incarnation);
+            let owned = owned_slots(&before.map, node_id);
+            let down = DOWN_TIMES[round % DOWN_TIMES.len()];
+            println!(
+                "kill {}: node {node_id} ({} slots, map epoch {}), down for {down:?}",
+                round + 1,
+                owned.len(),
+                before.map.epoch
+            );
+            cluster.kill(victim);
+            let killed = Instant::now();
+            tokio::time::sleep(down).await;
+            cluster.restart(victim);
+            wait_for_status(
+                &cluster.control,
+                "the restarted node is a live new incarnation",
+                REDUNDANCY_LIMIT,
+                |status| {
+                    status
+                        .nodes
+                        .iter()
+                        .any(|node| node.node_id == node_id && node.alive && Some(node.incarnation) != incarnation)
+                },
+            )
+            .await;
+            let after = wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
+            // Its slots went to the backups the map named for them, not lost and not
+            // served empty.
+            let owners = after.map.owner_table();
+            for &slot in &owned {
+                let owner = &after.map.shards[owners[slot as usize] as usize];
+                let promoted = before
+                    .map
+                    .backups_of(slot)
+                    .iter()
+                    .any(|&index| before.map.shards[index as usize].node_id == owner.node_id);
+                assert!(
+                    promoted,
+                    "slot {slot} of the killed node {node_id} went to node {} (shard {}), not to its backup {:?}",
+                    owner.node_id,
+                    owner.shard_id,
+                    before.map.backups_of(slot)
+                );
+            }
+            println!(
+                "kill {}: backed up again {:.1} s after the kill (map epoch {})",
+                round + 1,
+                killed.elapsed().as_secs_f64(),
+                after.map.epoch
+            );
+            load.wait_for_writes(WRITES_AFTER_EACH_KILL).await;
+            queues.wait_for_pops(POPS_AFTER_EACH_KILL).await;
+            round += 1;
+        }
+        assert!(round > 0, "the run of {run:?} left no time for a kill");
+
+        load.stop_and_check(&client, &keys).await;
+        queues.stop_and_check(&client).await;
+        let report = watch.stop().await;
+        println!("{round} kills; status watch: {report:?}");
+        assert!(
+            report.lost.is_empty(),
+            "the control plane reported lost slots in {} of {} polls:\n{}",
+            report.lost_polls,
+            report.polls,
+            report.lost.join("\n")
+        );
+        assert!(
+            report.polls > report.unanswered,
+            "the control plane never answered the status watch"
+        );
+    });
+}
+
+/// What a node's shard port answered a request sent to it directly.
+#[derive(Debug)]
+enum Direct {
+    Refused {
+        code: ErrorCode,
+        message: String,
+    },
+    Served(Response),
+    /// The connection closed (or reset) instead of answering: not served either.
+    Closed,
+}
+
+/// Sends `command` on `connection` and reads its answer, taking a closed connection as
+/// an answer.
+fn ask_directly(connection: &mut RawConnection, request_id: u64, command: Command) -> Direct {
+    let frame = engram_tests::raw::request_frame(request_id, &request(command));
+    if connection.send_raw_lenient(&frame).is_err() {
+        return Direct::Closed;
+    }
+    let reply: RawReply = match connection.read_frame() {
+        Ok(Some(reply)) => reply,
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!("the shard port neither answered nor closed within its read timeout: {error}")
+        }
+        Ok(None) | Err(_) => return Direct::Closed,
+    };
+    match reply.response() {
+        Response::Error(error) => Direct::Refused {
+            code: ErrorCode::from_u16(error.code).unwrap_or_else(|| panic!("unknown error code in {error:?}")),
+            message: error.message,
+        },
+        served => Direct::Served(served),
+    }
+}
+
+/// Asks the old primary's shard port, over `connection`, who holds `lock` and to grant
+/// it to a third owner at once: both must be refused (`TryAgain` while it has not
+/// checked its map since the pause, then `Moved` to the slot's new owner, or
+/// `WrongShard`), never served. Returns the holder query's answer.
+fn refused_by_old_primary(connection: &mut RawConnection, round: u64, lock: &str) -> Direct {
+    let holder = ask_directly(
+        connection,
+        2 * round + 1,
+        Command::from(LockCommand::Holder { key: lock.into() }),
+    );
+    let grant = ask_directly(
+        connection,
+        2 * round + 2,
+        Command::from(LockCommand::Acquire {
+            key: lock.into(),
+            owner: b"stale-holder".to_vec(),
+            lease_ms: 10_000,
+            wait_ms: 0,
+        }),
+    );
+    for (what, answer) in [("holder", &holder), ("try-acquire", &grant)] {
+        match answer {
+            Direct::Served(response) => panic!(
+                "the replaced primary served a {what} of {lock} sent to its shard port after it resumed: {response:?}"
+            ),
+            Direct::Refused { code, message } => assert!(
+                matches!(code, ErrorCode::TryAgain | ErrorCode::Moved | ErrorCode::WrongShard),
+                "the replaced primary refused a {what} of {lock} with {code:?} ({message}), \
+                 neither TryAgain nor a redirect"
+            ),
+            Direct::Closed => {}
+        }
+    }
+    holder
+}
+
+#[test]
+fn a_paused_primary_of_a_lock_slot_is_replaced_and_redirects_after_resuming() {
+    /// Longer than it takes to declare the paused node dead and promote its backup, so
+    /// the backup takes over a lease that still runs.
+    const LEASE: Duration = Duration::from_secs(25);
+    /// Bound on each wait for the cluster to get somewhere (not a requirement on speed).
+    const SETTLE_LIMIT: Duration = Duration::from_secs(45);
+    let cluster = FailoverCluster::start("failover-paused-primary", 3, REPLICAS, LIVENESS_TIMEOUT_MS);
+    let victim = cluster.nodes[1].server();
+    let (victim_id, pid) = (victim.node_id(), victim.pid());
+    let shard_address = victim.shards()[0];
+    let resume = Resume(pid);
+    run_async(Duration::from_secs(180), async {
+        let spread = cluster.spread().await;
+        let client = cluster.client().await;
+        let victim_shard = shard_of_node(&spread.map, victim_id);
+        let lock_key = key_on_shard(&spread.map, b"default", victim_shard, "failover-lock");
+        let slot = slot_of(&lock_key);
+        let backups = spread.map.backups_of(slot).to_vec();
+        assert!(!backups.is_empty(), "slot {slot} of {lock_key} has no backup");
+
+        let lock = client.lock(lock_key.clone());
+        let asked = Instant::now();
+        let old = lock
+            .acquire("old-holder", LEASE, Duration::ZERO)
+            .await
+            .expect("acquire the lock on the primary");
+        // A connection of a client that routed here before the pause.
+        let mut stale = tokio::task::block_in_place(|| RawConnection::handshaken(shard_address, 7));
+
+        stop_process(pid);
+        let promoted = wait_for_status(
+            &cluster.control,
+            "the paused primary's backup is promoted",
+            SETTLE_LIMIT,
+            |status| {
+                let owner = status.map.owner_table()[slot as usize];
+                owner != engram_proto::LOST_SHARD_INDEX && status.map.shards[owner as usize].node_id != victim_id
+            },
+        )
+        .await;
+        assert!(
+            engram_tests::failover::lost_in(&promoted).is_none(),
+            "slots were lost instead of promoted: {:?}",
+            engram_tests::failover::lost_in(&promoted)
+        );
+        let owner = promoted.map.owner_table()[slot as usize] as usize;
+        let new_owner = promoted.map.shards[owner].clone();
+        assert!(
+            backups
+                .iter()
+                .any(|&index| spread.map.shards[index as usize].node_id == new_owner.node_id),
+            "slot {slot} went to {new_owner:?}, not to its backup {backups:?}"
+        );
+
+        // The client that took the lock still routes to the paused node, which would
+        // hold its calls unanswered; one that starts from a live node's new map is sent
+        // to the promoted backup.
+        wait_for_node_epoch(cluster.nodes[0].server(), promoted.map.epoch, SETTLE_LIMIT).await;
+        let client = cluster.client().await;
+        let lock = client.lock(lock_key.clone());
+        // The lock came along: its holder, its fence and a lease still running.
+        let holder = lock.holder().await.expect("holder at the promoted backup");
+        if asked.elapsed() < LEASE {
+            let holder = holder.expect("the old holder's lease still runs at the promoted backup");
+            assert_eq!(
+                (holder.owner.as_slice(), holder.fence),
+                (b"old-holder".as_slice(), old.fence()),
+                "the promoted backup names another holder"
+            );
+        }
+        let new = lock
+            .acquire("new-holder", LEASE, LEASE + SETTLE_LIMIT)
+            .await
+            .expect("a new holder acquires once the old lease ended");
+        assert!(
+            asked.elapsed() >= LEASE,
+            "the new holder got the lock {:?} after the old one asked for its {LEASE:?} lease",
+            asked.elapsed()
+        );
+        assert!(
+            new.fence() > old.fence(),
+            "fence {} after failover is not above the old holder's {}",
+            new.fence(),
+            old.fence()
+        );
+        let stale_release = lock.release_with("old-holder", old.fence()).await;
+        assert!(
+            matches!(&stale_release, Err(error) if error.is_server(ErrorCode::NotHolder)),
+            "releasing with the old holder's fence answered {stale_release:?}, not NotHolder"
+        );
+
+        resume_process(pid);
+        // Every answer of the old primary refuses; once it has the new map, it names the
+        // slot's new owner.
+        tokio::task::block_in_place(|| refused_by_old_primary(&mut stale, 0, &lock_key));
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        let mut round = 1;
+        let moved = loop {
+            let mut fresh = tokio::task::block_in_place(|| RawConnection::handshaken(shard_address, 8 + round));
+            match tokio::task::block_in_place(|| refused_by_old_primary(&mut fresh, round, &lock_key)) {
+                Direct::Refused {
+                    code: ErrorCode::Moved | ErrorCode::WrongShard,
+                    message,
+                } => break message,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "the resumed old primary still answers {other:?} {SETTLE_LIMIT:?} after it resumed"
+                ),
+            }
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            moved.contains(&new_owner.address),
+            "the old primary's redirect does not name the new owner {}: {moved}",
+            new_owner.address
+        );
+        let status = cluster.control.status().await;
+        let owner = status.map.owner_table()[slot as usize];
+        assert_ne!(
+            status.map.shards[owner as usize].node_id, victim_id,
+            "the resumed node got the slot back from its promoted backup"
+        );
+        let holder = lock.holder().await.expect("holder after the resume");
+        assert_eq!(
+            holder.map(|holder| (holder.owner, holder.fence)),
+            Some((b"new-holder".to_vec(), new.fence())),
+            "the lock's holder after the old primary resumed"
+        );
+        new.release().await.expect("release");
+    });
+    drop(resume);
+}
+
+/// Kills of the failover measurement (half with the node restarted at once).
+const FAILOVER_KILLS_ENV: &str = "ENGRAM_FAILOVER_KILLS";
+const FAILOVER_KILLS_DEFAULT: u64 = 6;
+
+fn median_and_max(times: &mut [Duration]) -> (Duration, Duration) {
+    times.sort();
+    (times[times.len() / 2], times[times.len() - 1])
+}
+
+/// How long writes to a killed node's slots stall: from the `kill -9` until a write to
+/// every one of its slots (one key each, sent at once) was acknowledged, for a node
+/// that stays down (the control plane learns of the death from the liveness timeout)
+/// and one restarted at once (it learns from the new process's join). Prints the
+/// median and the largest of each; asserts only that every write succeeds.
+#[test]
+#[ignore = "a measurement: prints failover times (cargo nextest run --run-ignored only)"]
+fn failover_time() {
+    const WRITE_LIMIT: Duration = Duration::from_secs(60);
+    let kills = env_or(FAILOVER_KILLS_ENV, FAILOVER_KILLS_DEFAULT) as usize;
+    let mut cluster = FailoverCluster::start("failover-time", 3, REPLICAS, LIVENESS_TIMEOUT_MS);
+    run_async(Duration::from_secs(60 + 120 * kills as u64), async {
+        cluster.spread().await;
+        let client = cluster.client().await;
+        let probes = key_per_slot();
+        let mut stayed_down = Vec::new();
+        let mut restarted_at_once = Vec::new();
+        for round in 0..kills {
+            let status = wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
+            assert!(redundancy_gap(&status, REPLICAS).is_none());
+            let victim = next_victim(&cluster, &status.map, round);
+            let slots = owned_slots(&status.map, cluster.nodes[victim].node_id);
+            let writes = slots
+                .iter()
+                .map(|&slot| {
+                    let add = CounterCommand::Add {
+                        key: probes[slot as usize].clone().into_bytes(),
+                        delta: 1,
+                    };
+                    (Command::from(add), true)
+                })
+                .collect();
+            let at_once = round % 2 == 1;
+            cluster.kill(victim);
+            let killed = Instant::now();
+            if at_once {
+                cluster.restart(victim);
+            }
+            let results = client.batch_with(writes, Some(WRITE_LIMIT)).await;
+            let stall = killed.elapsed();
+            if let Some(error) = results.iter().find_map(|result| result.as_ref().err()) {
+                panic!("a write to the killed node's slots failed {stall:?} after the kill: {error}");
+            }
+            if !at_once {
+                cluster.restart(victim);
+            }
+            println!(
+                "kill {}: writes to {} slots stalled {:.2} s (node {})",
+                round + 1,
+                slots.len(),
+                stall.as_secs_f64(),
+                if at_once {
+                    "restarted at once"
+                } else {
+                    "down until then"
+                }
+            );
+            match at_once {
+                true => restarted_at_once.push(stall),
+                false => stayed_down.push(stall),
+            }
+        }
+        for (what, times) in [
+            ("down until the writes went through", &mut stayed_down),
+            ("restarted at once", &mut restarted_at_once),
+        ] {
+            if times.is_empty() {
+                continue;
+            }
+            let (median, max) = median_and_max(times);
+            println!(
+                "failover with the node {what}: median {:.2} s, max {:.2} s over {} kills \
+                 (liveness timeout {LIVENESS_TIMEOUT_MS} ms)",
+                median.as_secs_f64(),
+                max.as_secs_f64(),
+                times.len()
+            );
+        }
+    });
+}
+
+/// Latency of writes with and without a backup: `engram-bench --workload set` against a
+/// three-node cluster with `--replicas 0` and `--replicas 1`, at 1 and 50 connections.
+/// Prints the tool's percentile lines; asserts nothing about them (a debug build on a
+/// shared machine measures little but the ratio).
+#[test]
+#[ignore = "a measurement: prints write latencies (cargo nextest run --run-ignored only)"]
+fn write_latency_with_and_without_a_backup() {
+    const BENCH_SECONDS: &str = "5";
+    const BENCH_LIMIT: Duration = Duration::from_secs(60);
+    for replicas in [0, 1] {
+        let cluster = FailoverCluster::start("failover-latency", 3, replicas, LIVENESS_TIMEOUT_MS);
+        run_async(Duration::from_secs(240), async {
+            cluster.spread().await;
+        });
+        let target = format!("engram://{}", cluster.nodes[0].server().front());
+        for connections in ["1", "50"] {
+            let mut command = engram_tests::processes::scrubbed(engram_tests::binaries::binary("engram-bench"));
+            command
+                .args(["--target", &target, "--workload", "set", "--keys", "10000"])
+                .args([
+                    "--connections",
+                    connections,
+                    "--duration",
+                    BENCH_SECONDS,
+                    "--warmup",
+                    "1",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let output = engram_tests::server::run_bounded(command, BENCH_LIMIT);
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "engram-bench failed: {}",
+                engram_tests::server::describe(&output)
+            );
+            for line in stdout
+                .lines()
+                .filter(|line| line.contains("p50") || line.contains("ops/s"))
+            {
+                println!("replicas {replicas}, {connections} connections: {}", line.trim());
+            }
+        }
+    }
+}
