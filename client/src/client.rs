@@ -203,11 +203,13 @@ impl Client {
                 Err(error) => return Err(error),
             };
             unreachable = error.extend_unreachable_run(unreachable);
-            if unreachable >= UNREACHABLE_ATTEMPTS_MAX && !self.has_backup(key) {
-                // Final, like a timeout: a mutation sent before the address went away
-                // may or may not have been applied. With a backup named for the slot,
-                // the control plane promotes it once the node is declared dead: that is
-                // worth waiting for, up to the deadline.
+            // Final, like a timeout: a mutation sent before the address went away may or
+            // may not have been applied. Not while the map names a backup for the slot
+            // (the control plane promotes it once the node is declared dead: worth
+            // waiting for, up to the deadline), nor once the map moved on since the
+            // attempt was routed (a promoted slot has no backup until one is filled).
+            let map_moved = self.map_epoch() != routed_epoch;
+            if unreachable >= UNREACHABLE_ATTEMPTS_MAX && !map_moved && !self.has_backup(key) {
                 return Err(error);
             }
             self.back_off(&error, attempt, deadline).await;
