@@ -530,3 +530,68 @@ fn write_latency_with_and_without_a_backup() {
         }
     }
 }
+
+/// How long a new backup takes to get a gigabyte: two nodes with `--replicas 1` hold
+/// `ENGRAM_RESTORE_KEYS` (default 1,000,000) values of 1,000 bytes, written through
+/// `engram-bench --prefill`; one node is killed and restarted at once, its slots go to
+/// the other node, and the restarted process is filled with a copy of everything. Prints
+/// the time from the kill until the map names a backup for every slot again; asserts
+/// nothing about it.
+#[test]
+#[ignore = "a measurement: run with --run-ignored only --no-capture"]
+fn restoring_redundancy_for_a_gigabyte() {
+    const VALUE_BYTES: &str = "1000";
+    const LOAD_LIMIT: Duration = Duration::from_secs(900);
+    const RESTORE_LIMIT: Duration = Duration::from_secs(900);
+    let keys = env_or("ENGRAM_RESTORE_KEYS", 1_000_000);
+    let mut cluster = FailoverCluster::start("failover-restore", 2, REPLICAS, LIVENESS_TIMEOUT_MS);
+    run_async(Duration::from_secs(240), async {
+        cluster.spread().await;
+        wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
+    });
+    let target = format!("engram://{}", cluster.nodes[0].server().front());
+    let mut command = engram_tests::processes::scrubbed(engram_tests::binaries::binary("engram-bench"));
+    command
+        .args(["--target", &target, "--workload", "set", "--prefill", "--duration", "1"])
+        .args([
+            "--keys",
+            &keys.to_string(),
+            "--value-bytes",
+            VALUE_BYTES,
+            "--connections",
+            "32",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let loaded = Instant::now();
+    let output = engram_tests::server::run_bounded(command, LOAD_LIMIT);
+    assert!(
+        output.status.success(),
+        "engram-bench failed: {}",
+        engram_tests::server::describe(&output)
+    );
+    println!(
+        "loaded {keys} keys of {VALUE_BYTES} bytes in {:.1} s",
+        loaded.elapsed().as_secs_f64()
+    );
+    run_async(RESTORE_LIMIT + Duration::from_secs(60), async {
+        let status = cluster.control.status().await;
+        let held: u64 = status
+            .nodes
+            .iter()
+            .flat_map(|node| &node.shards)
+            .map(|shard| shard.keys)
+            .sum();
+        println!("keys held by the two nodes before the kill (primaries and backups): {held}");
+        cluster.kill(1);
+        let killed = Instant::now();
+        cluster.restart(1);
+        // The restarted process first becomes a member again; only then can it be filled.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        wait_for_redundancy(&cluster.control, REPLICAS, RESTORE_LIMIT).await;
+        println!(
+            "redundancy restored {:.1} s after the kill ({keys} keys of {VALUE_BYTES} bytes)",
+            killed.elapsed().as_secs_f64()
+        );
+    });
+}
