@@ -533,7 +533,7 @@ fn write_latency_with_and_without_a_backup() {
 
 /// How long a new backup takes to get a gigabyte: two nodes with `--replicas 1` hold
 /// `ENGRAM_RESTORE_KEYS` (default 1,000,000) values of 1,000 bytes, written through
-/// `engram-bench --prefill`; one node is killed and restarted at once, its slots go to
+/// `engram-bench --workload get --prefill` (which writes every key once); one node is killed and restarted at once, its slots go to
 /// the other node, and the restarted process is filled with a copy of everything. Prints
 /// the time from the kill until the map names a backup for every slot again; asserts
 /// nothing about it.
@@ -552,7 +552,7 @@ fn restoring_redundancy_for_a_gigabyte() {
     let target = format!("engram://{}", cluster.nodes[0].server().front());
     let mut command = engram_tests::processes::scrubbed(engram_tests::binaries::binary("engram-bench"));
     command
-        .args(["--target", &target, "--workload", "set", "--prefill", "--duration", "1"])
+        .args(["--target", &target, "--workload", "get", "--prefill", "--duration", "1"])
         .args([
             "--keys",
             &keys.to_string(),
