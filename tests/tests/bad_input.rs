@@ -230,7 +230,8 @@ fn handshake_violations_are_refused() {
                 panic!("version 2 refused without an error: {:?}", frame.response())
             };
             assert!(
-                message.contains("version 2") && message.contains("speaks 3"),
+                message.contains("version 2")
+                    && message.contains(&format!("speaks {}", engram_proto::limits::PROTOCOL_VERSION)),
                 "the refusal names both versions: {message}"
             );
         }
