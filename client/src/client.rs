@@ -488,6 +488,11 @@ impl Client {
     fn refresh_for(&self, error: &Error) -> Refresh {
         if !self.inner.config.direct {
             Refresh::No
+        } else if matches!(error, Error::Server { map_epoch, .. } if (1..self.map_epoch()).contains(map_epoch)) {
+            // The server routes with an older map than ours (it has not installed the
+            // one that moved the slot to it yet): ours is the better account, and
+            // fetching one would ask every node, a paused one included. Retry shortly.
+            Refresh::No
         } else if error.needs_map_refresh() {
             Refresh::Stale
         } else if matches!(error, Error::Connection { .. } | Error::Unreachable { .. }) {
