@@ -27,6 +27,8 @@ install_prerequisites() {
     ensure_protoc
     # The control plane's etcd tests run the real etcd (tests/src/etcd.rs).
     ensure_command etcd etcd-server "the etcd tests of the control plane run the real etcd"
+    # A failover test cuts a node off from the control plane (tests/src/firewall.rs).
+    ensure_command iptables iptables "a failover test cuts a node off from the control plane with iptables"
     local uring_ok=0
     if [ -r /proc/sys/kernel/io_uring_disabled ] && [ "$(cat /proc/sys/kernel/io_uring_disabled)" != "0" ]; then
         uring_ok=1

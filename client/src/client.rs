@@ -484,7 +484,9 @@ impl Client {
     /// Whether a failure calls for a map refresh before the retry (routing directly): the
     /// server said the map is stale, or a shard stopped answering or refused a
     /// connection, which is how a dead node looks from here (a newer map may have moved
-    /// its slots or marked them lost).
+    /// its slots or marked them lost), or a shard answered `TryAgain`, which is also how
+    /// a node cut off from the control plane answers once its lease ran out: only a
+    /// newer map, from another node, names the backup promoted in its place.
     fn refresh_for(&self, error: &Error) -> Refresh {
         if !self.inner.config.direct {
             Refresh::No
@@ -495,7 +497,9 @@ impl Client {
             Refresh::No
         } else if error.needs_map_refresh() {
             Refresh::Stale
-        } else if matches!(error, Error::Connection { .. } | Error::Unreachable { .. }) {
+        } else if matches!(error, Error::Connection { .. } | Error::Unreachable { .. })
+            || error.is_server(engram_proto::ErrorCode::TryAgain)
+        {
             Refresh::Check
         } else {
             Refresh::No

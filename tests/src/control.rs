@@ -26,6 +26,8 @@ pub struct ControlPlane {
     address: String,
     state: State,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// The group (gid) it runs under, kept for restarts (see [`crate::ServerOptions::group`]).
+    group: Option<u32>,
 }
 
 /// Where a control plane keeps its state.
@@ -42,12 +44,24 @@ impl ControlPlane {
 
     /// Starts engram-control with extra flags (kept across restarts).
     pub fn start_with(host: std::net::Ipv4Addr, data_dir: PathBuf, extra_arguments: &[&str]) -> ControlPlane {
+        Self::start_in_group(host, data_dir, extra_arguments, None)
+    }
+
+    /// [`ControlPlane::start_with`], the process running under `group` when there is one,
+    /// so firewall rules can pick out its sockets.
+    pub fn start_in_group(
+        host: std::net::Ipv4Addr,
+        data_dir: PathBuf,
+        extra_arguments: &[&str],
+        group: Option<u32>,
+    ) -> ControlPlane {
         let mut control = ControlPlane {
             child: None,
             extra_arguments: extra_arguments.iter().map(|argument| argument.to_string()).collect(),
             address: format!("{host}:0"),
             state: State::DataDir(data_dir),
             stderr: Arc::default(),
+            group,
         };
         control.launch();
         control
@@ -71,6 +85,7 @@ impl ControlPlane {
                 prefix: prefix.to_string(),
             },
             stderr: Arc::default(),
+            group: None,
         };
         control.launch();
         control
@@ -94,6 +109,9 @@ impl ControlPlane {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(group) = self.group {
+            std::os::unix::process::CommandExt::gid(&mut command, group);
+        }
         let mut child = command.spawn().expect("spawn engram-control");
         self.stderr = capture(child.stderr.take().expect("piped stderr"));
         let stdout = child.stdout.take().expect("piped stdout");

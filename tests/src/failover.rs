@@ -18,7 +18,7 @@ use crate::cluster::{cluster_cli, wait_for_members, MEMBERSHIP_LIMIT};
 use crate::control::ControlPlane;
 use crate::processes::Scratch;
 use crate::server::next_loopback;
-use crate::victim::{start_at_fixed_address, tail};
+use crate::victim::{start_at_fixed_address_in_group, tail};
 use crate::{EngramServer, ServerOptions};
 
 /// Long enough that no call gives up while its slot fails over (a liveness timeout, the
@@ -49,6 +49,14 @@ impl Node {
     }
 }
 
+/// The groups (gids) a [`FailoverCluster`]'s processes run under, where not the test's
+/// own: firewall rules tell their connections apart by them.
+pub struct ProcessGroups {
+    pub control: Option<u32>,
+    /// One entry per node.
+    pub nodes: Vec<Option<u32>>,
+}
+
 /// A control plane with `--replicas` and one-core nodes on fixed addresses.
 pub struct FailoverCluster {
     pub control: ControlPlane,
@@ -62,8 +70,23 @@ impl FailoverCluster {
     /// nodes. Load rebalancing is off: the failures under test are deaths, and a move
     /// the test did not ask for would only blur which one caused what.
     pub fn start(name: &str, nodes: usize, replicas: usize, liveness_timeout_ms: u64) -> FailoverCluster {
+        let groups = ProcessGroups {
+            control: None,
+            nodes: vec![None; nodes],
+        };
+        Self::start_in_groups(name, &groups, replicas, liveness_timeout_ms)
+    }
+
+    /// [`FailoverCluster::start`] with a node per entry of `groups.nodes`, each process
+    /// running under its group when it has one (see [`ServerOptions::group`]).
+    pub fn start_in_groups(
+        name: &str,
+        groups: &ProcessGroups,
+        replicas: usize,
+        liveness_timeout_ms: u64,
+    ) -> FailoverCluster {
         let scratch = Scratch::new(name);
-        let control = ControlPlane::start_with(
+        let control = ControlPlane::start_in_group(
             next_loopback(),
             scratch.path().join("control"),
             &[
@@ -73,10 +96,13 @@ impl FailoverCluster {
                 &liveness_timeout_ms.to_string(),
                 "--no-load-rebalance",
             ],
+            groups.control,
         );
-        let nodes = (0..nodes)
-            .map(|_| {
-                let (server, options) = start_at_fixed_address(&control);
+        let nodes = groups
+            .nodes
+            .iter()
+            .map(|&group| {
+                let (server, options) = start_at_fixed_address_in_group(&control, group);
                 Node {
                     node_id: server.node_id(),
                     options,

@@ -22,6 +22,9 @@
 //! - [`failover`]: the cluster of the failover tests: a control plane keeping backups of
 //!   every slot and nodes on fixed addresses (killed, paused, restarted), whether every
 //!   slot is backed up by live processes, a watch for lost slots, and a queue load.
+//! - [`firewall`]: [`firewall::Cut`]: iptables rules on loopback that cut one node's
+//!   connections to the control plane, both ways, until dropped (needs root and
+//!   `iptables`: `scripts/test.sh` installs it).
 //! - [`processes`]: scratch directories, child processes in their own process groups
 //!   (killed on drop) with a bounded wait for all, and the `engram-test-worker` binary
 //!   (`src/bin/engram-test-worker.rs`): blocking-client worker processes whose role is
@@ -48,6 +51,7 @@ pub mod elastic;
 pub mod etcd;
 pub mod etcd_control;
 pub mod failover;
+pub mod firewall;
 pub mod linearizability;
 pub mod load;
 pub mod processes;

@@ -34,6 +34,10 @@ pub struct ServerOptions {
     pub control: Option<String>,
     /// `--spin-us` (0: off).
     pub spin_us: u64,
+    /// The group (gid) the process runs under, so firewall rules can pick out its
+    /// sockets (`iptables -m owner --gid-owner`): every node connects out from
+    /// 127.0.0.1, whatever address it binds.
+    pub group: Option<u32>,
 }
 
 impl Default for ServerOptions {
@@ -47,6 +51,7 @@ impl Default for ServerOptions {
             metrics_port: None,
             control: None,
             spin_us: 0,
+            group: None,
         }
     }
 }
@@ -85,6 +90,11 @@ impl ServerOptions {
 
     pub fn spin_us(mut self, spin_us: u64) -> Self {
         self.spin_us = spin_us;
+        self
+    }
+
+    pub fn group(mut self, group: Option<u32>) -> Self {
+        self.group = group;
         self
     }
 
@@ -247,6 +257,9 @@ impl EngramServer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(group) = options.group {
+            std::os::unix::process::CommandExt::gid(&mut command, group);
+        }
         let mut child = command.spawn().map_err(|error| StartError {
             reason: format!("cannot spawn engramd: {error}"),
             status: None,

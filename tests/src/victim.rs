@@ -133,6 +133,12 @@ impl Drop for Cluster {
 /// A node with `--bind` and `--port` of its own choosing (a free run of ports), retried
 /// with other ports when another process took them first.
 pub fn start_at_fixed_address(control: &ControlPlane) -> (EngramServer, ServerOptions) {
+    start_at_fixed_address_in_group(control, None)
+}
+
+/// [`start_at_fixed_address`], the process running under `group` (see
+/// [`ServerOptions::group`]).
+pub fn start_at_fixed_address_in_group(control: &ControlPlane, group: Option<u32>) -> (EngramServer, ServerOptions) {
     let mut attempt = 0;
     loop {
         let bind = next_loopback();
@@ -140,7 +146,8 @@ pub fn start_at_fixed_address(control: &ControlPlane) -> (EngramServer, ServerOp
             .cores(1)
             .control(control.address())
             .bind(bind)
-            .port(free_port_run(bind, 2));
+            .port(free_port_run(bind, 2))
+            .group(group);
         match EngramServer::try_start(options.clone()) {
             Ok(server) => return (server, options),
             Err(error) if attempt < 5 => {
