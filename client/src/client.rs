@@ -492,9 +492,9 @@ impl Client {
             Refresh::No
         } else if matches!(error, Error::Server { map_epoch, .. } if (1..self.map_epoch()).contains(map_epoch)) {
             // The server routes with an older map than ours (it has not installed the
-            // one that moved the slot to it yet): ours is the better account, and
-            // fetching one would ask every node, a paused one included. Retry shortly.
-            Refresh::No
+            // one that moved the slot to it yet, or it is cut off): a light check with
+            // the seed, never a hunt through every node, a paused one included.
+            Refresh::Check
         } else if error.needs_map_refresh() {
             Refresh::Stale
         } else if matches!(error, Error::Connection { .. } | Error::Unreachable { .. })
