@@ -65,4 +65,4 @@ pub use migration::{
 pub use peer::*;
 pub use protocol::{ClientProtocol, ControlProtocol, Decode, Encode, PeerProtocol, Protocol};
 pub use replication::{ReplicaAnswer, ReplicaBatch, ReplicaRefusal, ReplicaStreamId};
-pub use slot::{format_slot_ranges, hashtag, SlotHasher};
+pub use slot::{format_slot_ranges, hashtag, slot_ranges, SlotHasher};

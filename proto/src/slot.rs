@@ -77,28 +77,28 @@ mod tests {
     }
 }
 
+/// Sorted slots as inclusive ranges of consecutive slots.
+pub fn slot_ranges(slots: &[u32]) -> Vec<(u32, u32)> {
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for &slot in slots {
+        match ranges.last_mut() {
+            Some((_, end)) if end.checked_add(1) == Some(slot) => *end = slot,
+            _ => ranges.push((slot, slot)),
+        }
+    }
+    ranges
+}
+
 /// Slots as ranges for people: `0-5460,9000`. `slots` must be sorted.
 pub fn format_slot_ranges(slots: &[u32]) -> String {
-    let mut text = String::new();
-    let mut index = 0;
-    while index < slots.len() {
-        let start = slots[index];
-        let mut end = start;
-        while index + 1 < slots.len() && slots[index + 1] == end + 1 {
-            index += 1;
-            end = slots[index];
-        }
-        if !text.is_empty() {
-            text.push(',');
-        }
-        if start == end {
-            text.push_str(&start.to_string());
-        } else {
-            text.push_str(&format!("{start}-{end}"));
-        }
-        index += 1;
-    }
-    text
+    let parts: Vec<String> = slot_ranges(slots)
+        .into_iter()
+        .map(|(start, end)| match start == end {
+            true => start.to_string(),
+            false => format!("{start}-{end}"),
+        })
+        .collect();
+    parts.join(",")
 }
 
 #[cfg(test)]

@@ -943,25 +943,22 @@ fn write_latency_with_and_without_a_backup() {
         });
         let target = format!("engram://{}", cluster.nodes[0].server().front());
         for connections in ["1", "50"] {
-            let mut command = engram_tests::processes::scrubbed(engram_tests::binaries::binary("engram-bench"));
-            command
-                .args(["--target", &target, "--workload", "set", "--keys", "10000"])
-                .args([
+            let stdout = run_bench(
+                &[
+                    "--target",
+                    &target,
+                    "--workload",
+                    "set",
+                    "--keys",
+                    "10000",
                     "--connections",
                     connections,
                     "--duration",
                     BENCH_SECONDS,
                     "--warmup",
                     "1",
-                ])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            let output = engram_tests::server::run_bounded(command, BENCH_LIMIT);
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            assert!(
-                output.status.success(),
-                "engram-bench failed: {}",
-                engram_tests::server::describe(&output)
+                ],
+                BENCH_LIMIT,
             );
             for line in stdout
                 .lines()
@@ -975,10 +972,10 @@ fn write_latency_with_and_without_a_backup() {
 
 /// How long a new backup takes to get a gigabyte: two nodes with `--replicas 1` hold
 /// `ENGRAM_RESTORE_KEYS` (default 1,000,000) values of 1,000 bytes, written through
-/// `engram-bench --workload get --prefill` (which writes every key once); one node is killed and restarted at once, its slots go to
-/// the other node, and the restarted process is filled with a copy of everything. Prints
-/// the time from the kill until the map names a backup for every slot again; asserts
-/// nothing about it.
+/// `engram-bench --workload get --prefill` (which writes every key once); one node is
+/// killed and restarted at once, its slots go to the other node, and the restarted
+/// process is filled with a copy of everything. Prints the time from the kill until the
+/// map names a backup for every slot again; asserts nothing about it.
 #[test]
 #[ignore = "a measurement: run with --run-ignored only --no-capture"]
 fn restoring_redundancy_for_a_gigabyte() {
@@ -992,25 +989,25 @@ fn restoring_redundancy_for_a_gigabyte() {
         wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
     });
     let target = format!("engram://{}", cluster.nodes[0].server().front());
-    let mut command = engram_tests::processes::scrubbed(engram_tests::binaries::binary("engram-bench"));
-    command
-        .args(["--target", &target, "--workload", "get", "--prefill", "--duration", "1"])
-        .args([
+    let loaded = Instant::now();
+    let keys_argument = keys.to_string();
+    run_bench(
+        &[
+            "--target",
+            &target,
+            "--workload",
+            "get",
+            "--prefill",
+            "--duration",
+            "1",
             "--keys",
-            &keys.to_string(),
+            &keys_argument,
             "--value-bytes",
             VALUE_BYTES,
             "--connections",
             "32",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let loaded = Instant::now();
-    let output = engram_tests::server::run_bounded(command, LOAD_LIMIT);
-    assert!(
-        output.status.success(),
-        "engram-bench failed: {}",
-        engram_tests::server::describe(&output)
+        ],
+        LOAD_LIMIT,
     );
     println!(
         "loaded {keys} keys of {VALUE_BYTES} bytes in {:.1} s",
@@ -1036,4 +1033,20 @@ fn restoring_redundancy_for_a_gigabyte() {
             killed.elapsed().as_secs_f64()
         );
     });
+}
+
+/// Runs `engram-bench` with `arguments` within `limit`; its standard output.
+fn run_bench(arguments: &[&str], limit: Duration) -> String {
+    let mut command = engram_tests::processes::scrubbed(engram_tests::binaries::binary("engram-bench"));
+    command
+        .args(arguments)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let output = engram_tests::server::run_bounded(command, limit);
+    assert!(
+        output.status.success(),
+        "engram-bench failed: {}",
+        engram_tests::server::describe(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use engram_proto::limits::SLOT_COUNT;
-use engram_proto::{FillOrder, Heartbeat, ShardProcessRef};
+use engram_proto::{slot_ranges, FillOrder, Heartbeat, ShardProcessRef};
 
 use super::Membership;
 use crate::planner::ShardRef;
@@ -351,18 +351,6 @@ fn fill_range_of(node_id: u64) -> std::ops::RangeInclusive<(ShardRef, ShardRef)>
         shard_id: u16::MAX,
     };
     (low, lowest)..=(high, highest)
-}
-
-/// Sorted slots as inclusive ranges.
-fn slot_ranges(slots: &[u32]) -> Vec<(u32, u32)> {
-    let mut ranges: Vec<(u32, u32)> = Vec::new();
-    for &slot in slots {
-        match ranges.last_mut() {
-            Some((_, end)) if *end + 1 == slot => *end = slot,
-            _ => ranges.push((slot, slot)),
-        }
-    }
-    ranges
 }
 
 #[cfg(test)]
