@@ -8,7 +8,8 @@
 #      0 (it answers as a standby), and etcd's leader key names the leader;
 #   3. `engram cluster status` lists 3 live nodes;
 #   4. `engram cluster rebalance` spreads the 16384 slots over the three shards (the
-#      first node to join owns every slot until then);
+#      first node to join owns every slot until then), and then every slot has its
+#      backup on another node (one replica is the default);
 #   5. engram-bench, routing by the slot map to the nodes' advertised 172.28.0.x
 #      addresses, runs a mixed load for a few seconds with zero errors;
 #   6. the host's CLI, given only node1's published front port (--front-only), writes
@@ -48,6 +49,8 @@ health_timeout_seconds=120
 election_timeout_seconds=30
 # The new leader hears from every node afresh; nodes find it within a few heartbeats.
 members_timeout_seconds=30
+# Fills copy each slot a rebalance moved to a new backup once the plan ended.
+redundancy_timeout_seconds=60
 rebalance_timeout_seconds=120
 step_timeout_seconds=60
 bench_seconds=3
@@ -272,6 +275,16 @@ for slots in "${shard_slots[@]}"; do
 done
 ((sum == slots_total)) || fail "the shards own $sum slots, not $slots_total (slots per shard: ${shard_slots[*]})"
 echo "slots per shard: ${shard_slots[*]}"
+
+say "waiting up to ${redundancy_timeout_seconds}s for every slot's backup (the default of one replica)"
+deadline=$((SECONDS + redundancy_timeout_seconds))
+while true; do
+    status_json=$(cluster_status "$control_list" --json) || fail "engram cluster status while waiting for backups"
+    grep -q '"replicas": 1,' <<<"$status_json" || fail "the control plane does not keep one replica by default: $status_json"
+    grep -q '"under_replicated_slots": 0,' <<<"$status_json" && break
+    ((SECONDS < deadline)) || fail "slots still lack a backup after ${redundancy_timeout_seconds}s: $status_json"
+    sleep 1
+done
 
 declare -A operations_before
 for node in "${data_nodes[@]}"; do

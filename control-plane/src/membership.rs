@@ -740,6 +740,29 @@ impl Membership {
         &self.state.map
     }
 
+    /// Whether `shard` backs up any of `slots` in the map.
+    pub fn backs_up_any(&self, shard: ShardRef, slots: &[u32]) -> bool {
+        slots.iter().any(|&slot| {
+            self.backups
+                .get(slot as usize)
+                .is_some_and(|backups| backups.contains(&shard))
+        })
+    }
+
+    /// Takes `shard` out of the backups of `slots`: a shard refuses to import slots it
+    /// backs up (its copy is what a failover would promote), so a migration onto it
+    /// first drops that role, and the slots have one copy fewer until the move commits
+    /// and a fill restores the count.
+    pub fn drop_backups(&mut self, slots: &[u32], shard: ShardRef) -> &SlotMap {
+        for &slot in slots {
+            if let Some(backups) = self.backups.get_mut(slot as usize) {
+                backups.retain(|backup| *backup != shard);
+            }
+        }
+        self.rebuild_map();
+        &self.state.map
+    }
+
     pub fn status(&self, now_ms: u64) -> ClusterStatus {
         let mut slots_per_shard: BTreeMap<ShardRef, u32> = BTreeMap::new();
         let backup_slots = self.backup_slots_per_shard();

@@ -23,11 +23,10 @@ use crate::planner::ShardRef;
 /// pays much for little.
 pub const REPLICAS_MAX: usize = 4;
 
-/// Backups per slot in a cluster unless told otherwise. None yet: the balance planner
-/// does not know backups, and a move onto a node that backs the slot up is refused, so
-/// with backups `engram cluster rebalance` fails. `--replicas 1` makes one node's death
-/// cost a pause, not data, for one extra copy of everything.
-pub const REPLICAS_DEFAULT: u8 = 0;
+/// Backups per slot in a cluster unless told otherwise: one node's death then costs a
+/// pause, not data, for one extra copy of everything and a round trip per write. A
+/// node alone has no other node to hold one (its slots count as under-replicated).
+pub const REPLICAS_DEFAULT: u8 = 1;
 
 /// Where the rules force more backups onto some shards than the fair share (zones of
 /// unequal size, nodes of unequal shard counts), how many more than the emptiest

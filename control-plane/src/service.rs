@@ -576,6 +576,9 @@ impl Controller {
             }
             inner.last_error.clear();
             let slots_to_move = moves.len() as u64;
+            // Withdrawn before the first step: a fill towards a move's target would
+            // stream into slots that target is importing.
+            inner.membership.plan_fills_none();
             match inner.orchestrator.start_plan(moves, &inner.membership, now_ms) {
                 Ok(effects) => (slots_to_move, self.settle_effects(inner, effects)),
                 Err(error) => return error_response(ErrorCode::Busy, error.to_string()),
@@ -845,6 +848,7 @@ impl Controller {
                 return false;
             }
             tracing::info!(slots = moves.len(), "moving slots off a hot shard");
+            inner.membership.plan_fills_none();
             match inner.orchestrator.start_plan(moves, &inner.membership, now_ms) {
                 Ok(effects) => self.settle_effects(inner, effects),
                 Err(_) => return false,

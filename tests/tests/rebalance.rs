@@ -1,16 +1,22 @@
 //! Slot moves against real processes that go wrong or start on their own: a migration
-//! whose target dies midway is aborted and loses nothing, and a shard far fuller than the
-//! rest gives slots away without an operator.
+//! whose target dies midway is aborted and loses nothing, a shard far fuller than the
+//! rest gives slots away without an operator, and a rebalance onto the node that holds
+//! the slots' backups (`--replicas 1`) succeeds under load, loses nothing, and leaves
+//! every slot backed up again, so that node's death afterwards loses nothing either.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use engram_proto::limits::SLOT_COUNT;
-use engram_tests::cluster::{cluster_cli, node_slot_count, start_node};
+use engram_tests::cluster::{cluster_cli, node_slot_count, shard_of_node, start_node};
 use engram_tests::control::ControlPlane;
 use engram_tests::elastic::{
     bulky_value, connect, keys_held, keys_owned_by, seed_first_step, wait_for_first_batch, wait_for_members, BULKY_KEYS,
 };
+use engram_tests::failover::{
+    owned_slots, wait_for_redundancy, wait_for_status, FailoverCluster, StatusWatch, REDUNDANCY_LIMIT,
+};
+use engram_tests::load::{Load, SharedKeys};
 use engram_tests::processes::Scratch;
 use engram_tests::run_async;
 use engram_tests::server::next_loopback;
@@ -157,4 +163,72 @@ fn a_shard_far_fuller_than_the_rest_gives_slots_away_by_itself() {
         }
     });
     drop(nodes);
+}
+
+#[test]
+fn a_rebalance_onto_the_backups_node_loses_nothing_and_leaves_every_slot_backed_up() {
+    const REPLICAS: usize = 1;
+    const LIVENESS_TIMEOUT_MS: u64 = 5_000;
+    let mut cluster = FailoverCluster::start("rebalance-onto-backups", 2, REPLICAS, LIVENESS_TIMEOUT_MS);
+    run_async(Duration::from_secs(170), async {
+        // The first node took every slot; the second holds the backup of each, so every
+        // move of the rebalance lands on a slot's backup.
+        wait_for_members(&cluster.control, 2).await;
+        let before = wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
+        let [first, second] = [0, 1].map(|index| cluster.nodes[index].node_id);
+        assert_eq!(owned_slots(&before.map, first).len(), SLOT_COUNT as usize);
+        let client = cluster.client().await;
+        let keys = SharedKeys::on_shard(&before.map, shard_of_node(&before.map, first));
+        let watch = StatusWatch::start(&cluster.control);
+        let load = Load::start(&client, &keys);
+        load.wait_for_writes(500).await;
+
+        cluster_cli(&cluster.control, &["rebalance"]).await;
+        let spread = wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
+        let moved = owned_slots(&spread.map, second);
+        assert!(
+            moved.len() >= SLOT_COUNT as usize / 2 - 1,
+            "the rebalance gave the second node {} slots",
+            moved.len()
+        );
+        load.wait_for_writes(500).await;
+
+        // The moved slots' new backups are in sync: the second node's death promotes
+        // them on the first node with every acknowledged write.
+        let incarnation = spread
+            .nodes
+            .iter()
+            .find(|node| node.node_id == second)
+            .map(|node| node.incarnation);
+        cluster.kill(1);
+        cluster.restart(1);
+        wait_for_status(
+            &cluster.control,
+            "the second node is back as a new process",
+            REDUNDANCY_LIMIT,
+            |status| {
+                status
+                    .nodes
+                    .iter()
+                    .any(|node| node.node_id == second && node.alive && Some(node.incarnation) != incarnation)
+            },
+        )
+        .await;
+        let after = wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
+        assert_eq!(
+            owned_slots(&after.map, first).len(),
+            SLOT_COUNT as usize,
+            "the first node serves the moved slots again, from their backups"
+        );
+        load.wait_for_writes(500).await;
+        load.stop_and_check(&client, &keys).await;
+        let report = watch.stop().await;
+        assert!(
+            report.lost.is_empty(),
+            "the control plane reported lost slots in {} of {} polls:\n{}",
+            report.lost_polls,
+            report.polls,
+            report.lost.join("\n")
+        );
+    });
 }

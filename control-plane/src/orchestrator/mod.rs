@@ -120,14 +120,25 @@ pub enum Answer {
 /// copy of the membership, persists the copy, and only then makes it current.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    ReserveMigrationIds { count: u64 },
-    CommitMove { slots: Vec<u32>, to: ShardRef },
+    ReserveMigrationIds {
+        count: u64,
+    },
+    /// Drops `shard` from the backups of `slots`, so it may take them in by migration.
+    DropBackups {
+        slots: Vec<u32>,
+        shard: ShardRef,
+    },
+    CommitMove {
+        slots: Vec<u32>,
+        to: ShardRef,
+    },
 }
 
 /// What a persisted [`Change`] gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changed {
     MigrationIds(Range<u64>),
+    /// The map the change wrote.
     Committed(SlotMap),
 }
 
@@ -136,6 +147,7 @@ impl Change {
     pub fn apply(&self, membership: &mut Membership) -> Changed {
         match self {
             Change::ReserveMigrationIds { count } => Changed::MigrationIds(membership.reserve_migration_ids(*count)),
+            Change::DropBackups { slots, shard } => Changed::Committed(membership.drop_backups(slots, *shard).clone()),
             Change::CommitMove { slots, to } => Changed::Committed(membership.commit_move(slots, *to).clone()),
         }
     }

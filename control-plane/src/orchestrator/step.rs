@@ -1,7 +1,11 @@
 //! One two-phase migration step of a few slots from one shard to another, as a state
-//! machine: reserve ids → prepare (`MigrateOut`, watched) → commit (persist) → install
-//! on source and target → broadcast; or, on any failure before the commit, abort at
-//! source and target.
+//! machine: [demote] → reserve ids → prepare (`MigrateOut`, watched) → commit (persist)
+//! → install on source and target → broadcast; or, on any failure before the commit,
+//! abort at source and target.
+//!
+//! Demote: a target that backs up some of the step's slots first leaves their backups
+//! (a map written and installed on source and target), since a shard's import replaces
+//! what it holds in the slots and a failover must never promote a copy half replaced.
 
 use engram_proto::{MigrationStatus, SlotMap};
 
@@ -20,6 +24,17 @@ pub(super) enum Outcome {
 }
 
 enum State {
+    /// Writing the map that takes the target out of the slots' backups.
+    Demoting {
+        persist: Token,
+    },
+    /// Installing that map on `[source, target][next]`: the source stops counting on
+    /// the target's copy, and the target stops guarding it.
+    InstallingDemotion {
+        call: Token,
+        next: usize,
+        map: SlotMap,
+    },
     ReservingIds {
         persist: Token,
     },
@@ -90,16 +105,29 @@ impl Step {
             started_ms: context.now_ms,
             state: State::ReservingIds { persist: Token(0) },
         };
+        if membership.backs_up_any(to, slots) {
+            let persist = context.persist(Change::DropBackups {
+                slots: slots.to_vec(),
+                shard: to,
+            });
+            step.state = State::Demoting { persist };
+            return Ok(step);
+        }
+        step.begin(context)?;
+        Ok(step)
+    }
+
+    /// Reserves ids if none are left, then prepares.
+    fn begin(&mut self, context: &mut Context) -> Result<(), Outcome> {
         // Reserved (persisted) before use, so ids never repeat across restarts and a
         // late batch of an old migration can never pass for one of a new migration.
         if context.migration_ids.is_empty() {
             let count = context.config.migration_ids_per_write;
             let persist = context.persist(Change::ReserveMigrationIds { count });
-            step.state = State::ReservingIds { persist };
-            return Ok(step);
+            self.state = State::ReservingIds { persist };
+            return Ok(());
         }
-        step.prepare(context)?;
-        Ok(step)
+        self.prepare(context)
     }
 
     pub(super) fn slots(&self) -> usize {
@@ -108,7 +136,13 @@ impl Step {
 
     /// The migration as `engram cluster status` lists it, once it has an id.
     pub(super) fn status(&self) -> Option<MigrationStatus> {
-        if matches!(self.state, State::ReservingIds { .. } | State::Aborting { .. }) {
+        if matches!(
+            self.state,
+            State::Demoting { .. }
+                | State::InstallingDemotion { .. }
+                | State::ReservingIds { .. }
+                | State::Aborting { .. }
+        ) {
             return None;
         }
         Some(MigrationStatus {
@@ -139,6 +173,12 @@ impl Step {
     /// Feeds one event; `Some` once the step is over.
     pub(super) fn handle(&mut self, event: &Event, context: &mut Context) -> Option<Outcome> {
         let result = match (&self.state, event) {
+            (State::Demoting { persist }, Event::Persisted { token, result }) if token == persist => {
+                return self.on_demoted(result, context);
+            }
+            (State::InstallingDemotion { call, .. }, Event::Answered { token, result }) if token == call => {
+                return self.on_demotion_installed(result, context);
+            }
             (State::ReservingIds { persist }, Event::Persisted { token, result }) if token == persist => {
                 return self.on_ids(result, context);
             }
@@ -160,6 +200,42 @@ impl Step {
         match result {
             Ok(()) => None,
             Err(reason) => self.abort(reason, context),
+        }
+    }
+
+    fn on_demoted(&mut self, result: &Result<Changed, String>, context: &mut Context) -> Option<Outcome> {
+        let map = match result {
+            Ok(Changed::Committed(map)) => map.clone(),
+            Ok(other) => return Some(Outcome::Failed(format!("dropping the target's backups gave {other:?}"))),
+            Err(error) => return Some(Outcome::Failed(error.clone())),
+        };
+        let call = self.install(0, &map, context);
+        self.state = State::InstallingDemotion { call, next: 0, map };
+        None
+    }
+
+    /// A node that misses the map learns it from its next heartbeat; until then a
+    /// target that still guards its copy refuses the import and the step aborts.
+    fn on_demotion_installed(&mut self, result: &Result<Answer, String>, context: &mut Context) -> Option<Outcome> {
+        let State::InstallingDemotion { next, map, .. } = &self.state else {
+            return None;
+        };
+        self.report_install_failure(*next, result, context);
+        if *next == 0 {
+            let map = map.clone();
+            let call = self.install(1, &map, context);
+            self.state = State::InstallingDemotion { call, next: 1, map };
+            return None;
+        }
+        self.begin(context).err()
+    }
+
+    fn report_install_failure(&self, next: usize, result: &Result<Answer, String>, context: &mut Context) {
+        if let Err(error) = result {
+            context.report(Report::MapNotInstalled {
+                address: self.addresses[next].clone(),
+                error: error.clone(),
+            });
         }
     }
 
@@ -271,13 +347,8 @@ impl Step {
         let State::Installing { next, map, bytes, .. } = &self.state else {
             return None;
         };
-        if let Err(error) = result {
-            // The node fetches the map with its next heartbeat instead.
-            context.report(Report::MapNotInstalled {
-                address: self.addresses[*next].clone(),
-                error: error.clone(),
-            });
-        }
+        // The node fetches the map with its next heartbeat instead.
+        self.report_install_failure(*next, result, context);
         if *next == 0 {
             let (map, bytes) = (map.clone(), *bytes);
             let call = self.install(1, &map, context);

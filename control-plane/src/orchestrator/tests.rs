@@ -191,6 +191,41 @@ fn a_step_prepares_then_commits_installs_on_source_and_target_and_broadcasts() {
 }
 
 #[test]
+fn a_target_that_backs_up_the_slots_leaves_their_backups_on_source_and_target_before_the_copy() {
+    let mut harness = Harness::new();
+    let target = ShardRef {
+        node_id: harness.nodes[1],
+        shard_id: 0,
+    };
+    harness.membership.set_replicas(1).unwrap();
+    let backed_up: Vec<(u32, ShardRef)> = (100..105).map(|slot| (slot, target)).collect();
+    assert_eq!(harness.membership.commit_backups(&backed_up), 5);
+    let epoch = harness.membership.epoch();
+
+    let effects = harness.start(100..110);
+    assert!(
+        harness.membership.backups()[102].is_empty(),
+        "the target left the backups"
+    );
+    assert_eq!(harness.membership.epoch(), epoch + 1, "in a map written first");
+    let mut installed_on = Vec::new();
+    let mut effects = effects;
+    while let (token, address, NodeCall::InstallMap(map)) = call_of(&effects) {
+        assert_eq!(map.epoch, epoch + 1);
+        assert!(map.backups.is_empty());
+        installed_on.push(address);
+        effects = harness.feed(Event::Answered {
+            token,
+            result: Ok(Answer::Accepted),
+        });
+    }
+    assert_eq!(installed_on, ["node-1-shard-0", "node-2-shard-0"]);
+    let (_, source, call) = call_of(&effects);
+    assert_eq!(source, "node-1-shard-0");
+    assert!(matches!(call, NodeCall::MigrateOut { slots, .. } if slots.len() == 10));
+}
+
+#[test]
 fn a_step_whose_target_restarted_during_the_copy_aborts_instead_of_committing() {
     let mut harness = Harness::new();
     let effects = harness.start(100..110);

@@ -40,6 +40,8 @@ struct Following {
 pub struct Backup {
     incarnation: u64,
     following: HashMap<(u64, u16), Following>,
+    /// Slots set aside for a migration's import ([`Backup::set_aside`]).
+    importing: SlotSet,
 }
 
 impl Backup {
@@ -48,6 +50,18 @@ impl Backup {
         Backup {
             incarnation,
             following: HashMap::new(),
+            importing: SlotSet::default(),
+        }
+    }
+
+    /// Sets aside the slots `importing` marks: this shard takes them in by migration,
+    /// and a late batch of a stream that still covers them must not lay an older image
+    /// over the import, so batches are applied without them from now on. A stream
+    /// opened afresh (checked against the map, and starting with a snapshot) takes its
+    /// slots back.
+    pub fn set_aside(&mut self, importing: &[bool]) {
+        for (slot, _) in importing.iter().enumerate().filter(|(_, &marked)| marked) {
+            self.importing.insert(slot as u32);
         }
     }
 
@@ -102,6 +116,9 @@ impl Backup {
                 reason: "a covered slot range is reversed or outside the slots".into(),
             })?;
             check_primary(&slots, &id, map)?;
+            for slot in slots.iter() {
+                self.importing.remove(slot);
+            }
             self.following.insert(
                 sender,
                 Following {
@@ -132,7 +149,7 @@ impl Backup {
         Ok(None)
     }
 
-    fn apply(&mut self, batch: ReplicaBatch, store: &mut Store, now_ms: u64) -> Result<(), String> {
+    fn apply(&mut self, mut batch: ReplicaBatch, store: &mut Store, now_ms: u64) -> Result<(), String> {
         let sender = (batch.stream.primary_node, batch.stream.primary_shard);
         let Some(following) = self.following.get_mut(&sender) else {
             return Err("no stream followed from this primary".into());
@@ -156,6 +173,11 @@ impl Backup {
                 record.op_id, record.client_id, record.slot
             ));
         }
+        let importing = &self.importing;
+        let kept = |key: &[u8]| !slot_of_stored_key(key).is_some_and(|slot| importing.contains(slot));
+        batch.entries.retain(|entry| kept(&entry.key));
+        batch.removed_keys.retain(|key| kept(key));
+        batch.records.retain(|record| !importing.contains(record.slot));
         let named_now: Vec<Box<[u8]>> = batch.entries.iter().map(|entry| entry.key.as_slice().into()).collect();
         let removed: Vec<Box<[u8]>> = batch.removed_keys.iter().map(|key| key.as_slice().into()).collect();
         let changes = ReplicaChanges {
@@ -176,7 +198,7 @@ impl Backup {
             }
             if batch.snapshot_done {
                 let slots = following.slots.clone();
-                store.remove_keys_except(|slot| slots.contains(slot), named, now_ms);
+                store.remove_keys_except(|slot| slots.contains(slot) && !importing.contains(slot), named, now_ms);
                 following.named = None;
             }
         }

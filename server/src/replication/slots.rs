@@ -31,6 +31,12 @@ impl SlotSet {
         }
     }
 
+    pub fn remove(&mut self, slot: u32) {
+        if slot < SLOT_COUNT {
+            self.words[slot as usize / 64] &= !(1 << (slot % 64));
+        }
+    }
+
     pub fn contains(&self, slot: u32) -> bool {
         slot < SLOT_COUNT && self.words[slot as usize / 64] & (1 << (slot % 64)) != 0
     }

@@ -403,3 +403,51 @@ fn a_fill_under_steady_writes_gets_in_sync_with_every_unheld_write_applied() {
     }
     assert_eq!(pair.primary.in_sync().count(), 1);
 }
+
+#[test]
+fn a_late_batch_leaves_the_slots_a_migration_imports_alone_until_a_stream_opens_afresh() {
+    let mut pair = Pair::new(&[], true);
+    pair.exchange();
+    let imported = slot_of_stored_key(&stored("hits")).unwrap();
+    assert!(
+        imported < engram_proto::limits::SLOT_COUNT - 1,
+        "the reopening below leaves the last slot out"
+    );
+    assert_ne!(slot_of_stored_key(&stored("other")).unwrap(), imported);
+    pair.write("hits", 1, 1);
+    pair.write("other", 2, 2);
+    let late = pair.primary.poll_batches(&pair.primary_store, 10).remove(0).1;
+    // The import brought a newer image of `hits` than the late batch's.
+    let mut importing = vec![false; engram_proto::limits::SLOT_COUNT as usize];
+    importing[imported as usize] = true;
+    pair.backup.set_aside(&importing);
+    for op_id in 900..903 {
+        pair.backup_store.apply(CLIENT, &add("hits", op_id), 10);
+    }
+    let answer = pair.backup.receive(late, &pair.map, &mut pair.backup_store, 10);
+    assert!(matches!(answer, ReplicaAnswer::Applied { seq: 2, .. }), "{answer:?}");
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 3 }
+    );
+    assert_eq!(
+        counter(&mut pair.backup_store, "other", 20),
+        Response::Counter { value: 1 }
+    );
+
+    // A new opening covering the slot is the primary's word on it again.
+    pair.map.epoch = 5;
+    let wanted = BTreeMap::from([(
+        BACKUP,
+        Wanted {
+            slots: (0..engram_proto::limits::SLOT_COUNT - 1).collect(),
+            required: true,
+        },
+    )]);
+    pair.primary.configure(5, wanted, &pair.primary_store);
+    pair.exchange();
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 1 }
+    );
+}

@@ -508,6 +508,7 @@ impl Shard {
         let Some(stale) = self.incoming.borrow_mut().admit(order)? else {
             return Ok(());
         };
+        self.set_aside_for_import(&stale);
         let mine = Owner::Local(self.shard_id as u16);
         let now_ms = self.now_ms();
         self.store.borrow_mut().remove_slots(

@@ -172,6 +172,11 @@ impl Shard {
         })
     }
 
+    /// Keeps late replica batches off slots this shard starts importing by migration.
+    pub(super) fn set_aside_for_import(&self, importing: &[bool]) {
+        self.replication.borrow_mut().backup.set_aside(importing);
+    }
+
     /// Wakes the link tasks: something changed that a backup may need.
     pub(super) fn kick_replication(&self) {
         for link in self.replication.borrow().links.values() {
