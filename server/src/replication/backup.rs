@@ -40,8 +40,8 @@ struct Following {
 pub struct Backup {
     incarnation: u64,
     following: HashMap<(u64, u16), Following>,
-    /// Slots set aside for a migration's import ([`Backup::set_aside`]).
-    importing: SlotSet,
+    /// Slots late batches leave alone ([`Backup::set_aside`]).
+    set_aside: SlotSet,
 }
 
 impl Backup {
@@ -50,19 +50,28 @@ impl Backup {
         Backup {
             incarnation,
             following: HashMap::new(),
-            importing: SlotSet::default(),
+            set_aside: SlotSet::default(),
         }
     }
 
-    /// Sets aside the slots `importing` marks: this shard takes them in by migration,
-    /// and a late batch of a stream that still covers them must not lay an older image
-    /// over the import, so batches are applied without them from now on. A stream
-    /// opened afresh (checked against the map, and starting with a snapshot) takes its
-    /// slots back.
-    pub fn set_aside(&mut self, importing: &[bool]) {
-        for (slot, _) in importing.iter().enumerate().filter(|(_, &marked)| marked) {
-            self.importing.insert(slot as u32);
+    /// Sets aside the slots `marked` (slot-indexed): this shard takes them in by
+    /// migration, or dropped its copy since its map stopped naming it their backup, and
+    /// a late batch of a stream that still covers them must neither lay an older image
+    /// over the import nor bring the dropped copy back, so batches are applied without
+    /// them from now on. A stream opened afresh (checked against the map, and starting
+    /// with a snapshot) takes its slots back.
+    pub fn set_aside(&mut self, marked: &[bool]) {
+        for (slot, _) in marked.iter().enumerate().filter(|(_, &marked)| marked) {
+            self.set_aside.insert(slot as u32);
         }
+    }
+
+    /// Whether a stream opened under a map of `epoch` or newer covers `slot`: its
+    /// primary knew that map, so what it sends of the slot is current.
+    pub fn follows_since(&self, slot: u32, epoch: u64) -> bool {
+        self.following
+            .values()
+            .any(|following| following.id.opened_epoch >= epoch && following.slots.contains(slot))
     }
 
     /// Checks and applies one batch; the answer goes back to the primary.
@@ -117,7 +126,7 @@ impl Backup {
             })?;
             check_primary(&slots, &id, map)?;
             for slot in slots.iter() {
-                self.importing.remove(slot);
+                self.set_aside.remove(slot);
             }
             self.following.insert(
                 sender,
@@ -173,11 +182,11 @@ impl Backup {
                 record.op_id, record.client_id, record.slot
             ));
         }
-        let importing = &self.importing;
-        let kept = |key: &[u8]| !slot_of_stored_key(key).is_some_and(|slot| importing.contains(slot));
+        let set_aside = &self.set_aside;
+        let kept = |key: &[u8]| !slot_of_stored_key(key).is_some_and(|slot| set_aside.contains(slot));
         batch.entries.retain(|entry| kept(&entry.key));
         batch.removed_keys.retain(|key| kept(key));
-        batch.records.retain(|record| !importing.contains(record.slot));
+        batch.records.retain(|record| !set_aside.contains(record.slot));
         let named_now: Vec<Box<[u8]>> = batch.entries.iter().map(|entry| entry.key.as_slice().into()).collect();
         let removed: Vec<Box<[u8]>> = batch.removed_keys.iter().map(|key| key.as_slice().into()).collect();
         let changes = ReplicaChanges {
@@ -198,7 +207,7 @@ impl Backup {
             }
             if batch.snapshot_done {
                 let slots = following.slots.clone();
-                store.remove_keys_except(|slot| slots.contains(slot) && !importing.contains(slot), named, now_ms);
+                store.remove_keys_except(|slot| slots.contains(slot) && !set_aside.contains(slot), named, now_ms);
                 following.named = None;
             }
         }

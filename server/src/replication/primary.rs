@@ -71,6 +71,8 @@ struct Stream {
     id: ReplicaStreamId,
     slots: SlotSet,
     required: bool,
+    /// The map names this backup for the slots (a fill's is not, until in sync).
+    named: bool,
     /// `Some` until every key the snapshot covers has been put in a batch.
     snapshot: Option<Snapshot>,
     /// The batch that ended the snapshot, once formed.
@@ -106,6 +108,7 @@ impl Stream {
             id,
             slots,
             required: wanted.required,
+            named: wanted.required,
             snapshot: Some(Snapshot { keys, next: 0 }),
             snapshot_done_seq: None,
             unheld: None,
@@ -322,8 +325,10 @@ impl Primary {
     }
 
     /// Runs the streams a new map (at `epoch`) asks for. A stream whose slots changed is
-    /// opened afresh with a snapshot; one no longer wanted closes, and the answers that
-    /// waited only for it are released (the map no longer counts that backup).
+    /// opened afresh with a snapshot, and so is one the map stopped naming that goes on
+    /// as a fill (the backup drops its copy of slots its map stops naming it for); one no
+    /// longer wanted closes, and the answers that waited only for it are released (the
+    /// map no longer counts that backup).
     pub fn configure(&mut self, epoch: u64, wanted: BTreeMap<ShardProcess, Wanted>, store: &Store) -> Vec<Ticket> {
         self.configured_epoch = epoch;
         let mut freed = Vec::new();
@@ -340,7 +345,10 @@ impl Primary {
         }
         for (backup, wanted) in wanted {
             match self.streams.get_mut(&backup) {
-                Some(stream) if stream.slots == wanted.slots => stream.required |= wanted.required,
+                Some(stream) if stream.slots == wanted.slots && (wanted.required || !stream.named) => {
+                    stream.required |= wanted.required;
+                    stream.named = wanted.required;
+                }
                 existing => {
                     let carried = existing.map(Stream::drain_tickets).unwrap_or_default();
                     let id = ReplicaStreamId {

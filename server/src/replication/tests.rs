@@ -451,3 +451,40 @@ fn a_late_batch_leaves_the_slots_a_migration_imports_alone_until_a_stream_opens_
         Response::Counter { value: 1 }
     );
 }
+
+#[test]
+fn a_backup_the_map_stops_naming_gets_a_fresh_snapshot_if_a_fill_of_its_slots_goes_on() {
+    let mut pair = Pair::new(&["hits"], true);
+    pair.exchange();
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 1 }
+    );
+    // The map stops naming the backup, which drops its copy at that map; the control
+    // plane orders a fill of the same slots to it.
+    pair.map.epoch = 4;
+    let fill = BTreeMap::from([(
+        BACKUP,
+        Wanted {
+            slots: every_slot(),
+            required: false,
+        },
+    )]);
+    assert!(pair.primary.configure(4, fill, &pair.primary_store).is_empty());
+    pair.backup
+        .set_aside(&vec![true; engram_proto::limits::SLOT_COUNT as usize]);
+    pair.backup_store.remove_slots(|_| true, 20);
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 0 }
+    );
+    let events = pair.exchange();
+    assert!(
+        events.iter().any(|event| matches!(event, PrimaryEvent::InSync(..))),
+        "{events:?}"
+    );
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 1 }
+    );
+}

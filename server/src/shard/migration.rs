@@ -111,6 +111,11 @@ impl Incoming {
         Ok(Some(stale))
     }
 
+    /// Whether an open migration brings `slot` here.
+    pub fn imports(&self, slot: u32) -> bool {
+        self.open.values().any(|open| open.slots.contains(&slot))
+    }
+
     /// Records that an admitted batch was imported.
     pub fn batch_applied(&mut self, migration_id: u64) {
         if let Some(open) = self.open.get_mut(&migration_id) {
@@ -234,6 +239,7 @@ impl Shard {
             self.node.metrics.record_migration("in", "committed");
             tracing::info!(shard = self.shard_id, migration_id, "migration in committed");
         }
+        self.drop_copies_no_longer_backed_up(previous, routing);
         self.configure_replication(routing);
         self.publish_slots_owned(routing);
         self.publish_migrations();

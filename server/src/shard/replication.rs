@@ -172,6 +172,49 @@ impl Shard {
         })
     }
 
+    /// Drops this shard's copy of the slots `previous` named it a backup of and
+    /// `routing` does not (a demotion before a move onto it, a backup moved to another
+    /// shard or trimmed): no failover promotes that copy any more, and kept it would
+    /// hold memory for nothing. Late batches of a stream still covering them are
+    /// applied without them. Slots it owns now, lost slots and imports keep theirs.
+    pub(super) fn drop_copies_no_longer_backed_up(&self, previous: &Routing, routing: &Routing) {
+        if previous.map.backups.is_empty() {
+            return;
+        }
+        let me = Owner::Local(self.shard_id as u16);
+        let epoch = routing.epoch();
+        let released: Vec<bool> = {
+            let replication = self.replication.borrow();
+            let incoming = self.incoming.borrow();
+            (0..engram_proto::limits::SLOT_COUNT)
+                .map(|slot| {
+                    let owner = routing.owner(slot);
+                    self.backs_up(previous, slot)
+                        && !self.backs_up(routing, slot)
+                        && owner != me
+                        && owner != Owner::Lost
+                        && !incoming.imports(slot)
+                        && !replication.backup.follows_since(slot, epoch)
+                })
+                .collect()
+        };
+        let count = released.iter().filter(|&&slot| slot).count();
+        if count == 0 {
+            return;
+        }
+        self.replication.borrow_mut().backup.set_aside(&released);
+        let now_ms = self.now_ms();
+        self.store
+            .borrow_mut()
+            .remove_slots(|slot| released.get(slot as usize).copied().unwrap_or(false), now_ms);
+        self.deliver_completions();
+        tracing::info!(
+            shard = self.shard_id,
+            slots = count,
+            "dropped this shard's copy of slots it no longer backs up"
+        );
+    }
+
     /// Keeps late replica batches off slots this shard starts importing by migration.
     pub(super) fn set_aside_for_import(&self, importing: &[bool]) {
         self.replication.borrow_mut().backup.set_aside(importing);
