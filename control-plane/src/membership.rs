@@ -545,6 +545,11 @@ impl Membership {
         restored
     }
 
+    /// Whether `shard` serves `slot` (the slot is not lost and the map gives it to `shard`).
+    pub fn serves(&self, shard: ShardRef, slot: u32) -> bool {
+        self.owners.get(slot as usize) == Some(&shard) && !self.lost.contains_key(&slot)
+    }
+
     /// How many slots are lost.
     pub fn lost_count(&self) -> usize {
         self.lost.len()

@@ -286,6 +286,32 @@ pub async fn wait_for_status(
     }
 }
 
+/// The incarnation `status` shows for `node_id`, if it lists the node.
+pub fn incarnation_of(status: &ClusterStatus, node_id: u64) -> Option<u64> {
+    status
+        .nodes
+        .iter()
+        .find(|node| node.node_id == node_id)
+        .map(|node| node.incarnation)
+}
+
+/// Waits until `node_id` is alive as another process than `incarnation` (a restart the
+/// control plane has seen).
+pub async fn wait_for_new_incarnation(control: &ControlPlane, node_id: u64, incarnation: Option<u64>) {
+    wait_for_status(
+        control,
+        "the restarted node is a live new incarnation",
+        REDUNDANCY_LIMIT,
+        |status| {
+            status
+                .nodes
+                .iter()
+                .any(|node| node.node_id == node_id && node.alive && Some(node.incarnation) != incarnation)
+        },
+    )
+    .await;
+}
+
 /// Slots the map gives to `node_id`'s shards.
 pub fn owned_slots(map: &SlotMap, node_id: u64) -> Vec<u32> {
     crate::victim::slots_of(map, node_id).into_iter().collect()

@@ -30,8 +30,8 @@ use engram_proto::{Command, CounterCommand, LockCommand, Response};
 use engram_tests::cluster::{shard_of_node, wait_for_node_epoch};
 use engram_tests::elastic::key_per_slot;
 use engram_tests::failover::{
-    owned_slots, redundancy_gap, wait_for_redundancy, wait_for_status, FailoverCluster, ProcessGroups, QueueLoad,
-    StatusWatch, REDUNDANCY_LIMIT,
+    incarnation_of, owned_slots, redundancy_gap, wait_for_new_incarnation, wait_for_redundancy, wait_for_status,
+    FailoverCluster, ProcessGroups, QueueLoad, StatusWatch, REDUNDANCY_LIMIT,
 };
 use engram_tests::firewall::{test_group, Cut, Side};
 use engram_tests::load::{Load, SharedKeys};
@@ -116,11 +116,7 @@ fn kill_nine_every_ten_seconds_loses_nothing_with_one_replica() {
             let before = cluster.control.status().await;
             let victim = next_victim(&cluster, &before.map, round + 1);
             let node_id = cluster.nodes[victim].node_id;
-            let incarnation = before
-                .nodes
-                .iter()
-                .find(|node| node.node_id == node_id)
-                .map(|node| node.incarnation);
+            let incarnation = incarnation_of(&before, node_id);
             let owned = owned_slots(&before.map, node_id);
             let down = DOWN_TIMES[round % DOWN_TIMES.len()];
             println!(
@@ -133,18 +129,7 @@ fn kill_nine_every_ten_seconds_loses_nothing_with_one_replica() {
             let killed = Instant::now();
             tokio::time::sleep(down).await;
             cluster.restart(victim);
-            wait_for_status(
-                &cluster.control,
-                "the restarted node is a live new incarnation",
-                REDUNDANCY_LIMIT,
-                |status| {
-                    status
-                        .nodes
-                        .iter()
-                        .any(|node| node.node_id == node_id && node.alive && Some(node.incarnation) != incarnation)
-                },
-            )
-            .await;
+            wait_for_new_incarnation(&cluster.control, node_id, incarnation).await;
             let after = wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
             // Its slots went to the backups the map named for them, not lost and not
             // served empty.

@@ -14,7 +14,8 @@ use engram_tests::elastic::{
     bulky_value, connect, keys_held, keys_owned_by, seed_first_step, wait_for_first_batch, wait_for_members, BULKY_KEYS,
 };
 use engram_tests::failover::{
-    owned_slots, wait_for_redundancy, wait_for_status, FailoverCluster, StatusWatch, REDUNDANCY_LIMIT,
+    incarnation_of, owned_slots, wait_for_new_incarnation, wait_for_redundancy, FailoverCluster, StatusWatch,
+    REDUNDANCY_LIMIT,
 };
 use engram_tests::load::{Load, SharedKeys};
 use engram_tests::processes::Scratch;
@@ -195,25 +196,10 @@ fn a_rebalance_onto_the_backups_node_loses_nothing_and_leaves_every_slot_backed_
 
         // The moved slots' new backups are in sync: the second node's death promotes
         // them on the first node with every acknowledged write.
-        let incarnation = spread
-            .nodes
-            .iter()
-            .find(|node| node.node_id == second)
-            .map(|node| node.incarnation);
+        let incarnation = incarnation_of(&spread, second);
         cluster.kill(1);
         cluster.restart(1);
-        wait_for_status(
-            &cluster.control,
-            "the second node is back as a new process",
-            REDUNDANCY_LIMIT,
-            |status| {
-                status
-                    .nodes
-                    .iter()
-                    .any(|node| node.node_id == second && node.alive && Some(node.incarnation) != incarnation)
-            },
-        )
-        .await;
+        wait_for_new_incarnation(&cluster.control, second, incarnation).await;
         let after = wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
         assert_eq!(
             owned_slots(&after.map, first).len(),

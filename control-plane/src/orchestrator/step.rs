@@ -227,6 +227,17 @@ impl Step {
             self.state = State::InstallingDemotion { call, next: 1, map };
             return None;
         }
+        // The installs may have taken seconds: what `start` checked may no longer hold.
+        let membership = context.membership;
+        if let Some(node_id) = [self.from.node_id, self.to.node_id]
+            .into_iter()
+            .find(|&node_id| !membership.is_responsive(node_id, context.now_ms))
+        {
+            return Some(Outcome::Failed(format!("node {node_id} went silent before the copy")));
+        }
+        if let Err(reason) = self.check_same_processes(membership) {
+            return Some(Outcome::Failed(reason));
+        }
         self.begin(context).err()
     }
 
@@ -282,6 +293,18 @@ impl Step {
         // A target that restarted answers heartbeats, but its import died with its
         // previous process: committing would serve the slots empty.
         self.check_same_processes(context.membership)?;
+        // A source declared dead meanwhile had its slots promoted to a backup, which
+        // served writes its copy lacks.
+        if let Some(slot) = self
+            .slots
+            .iter()
+            .find(|&&slot| !context.membership.serves(self.from, slot))
+        {
+            return Err(format!(
+                "slot {slot} left node {} during the copy (failed over?)",
+                self.from.node_id
+            ));
+        }
         // The commit point: once the new map is on disk, the target owns the slots.
         let persist = context.persist(Change::CommitMove {
             slots: self.slots.clone(),

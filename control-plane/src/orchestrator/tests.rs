@@ -226,6 +226,37 @@ fn a_target_that_backs_up_the_slots_leaves_their_backups_on_source_and_target_be
 }
 
 #[test]
+fn a_step_whose_source_failed_over_during_the_copy_aborts_instead_of_committing() {
+    let mut harness = Harness::new();
+    let third = harness.membership.join(&join_request(3, 3), 0).unwrap().node_id;
+    harness.membership.set_replicas(1).unwrap();
+    let backup = ShardRef {
+        node_id: third,
+        shard_id: 0,
+    };
+    let backed_up: Vec<(u32, ShardRef)> = (100..110).map(|slot| (slot, backup)).collect();
+    assert_eq!(harness.membership.commit_backups(&backed_up), 10);
+    let effects = harness.start(100..110);
+    let (prepare, _, _) = call_of(&effects);
+    // The source falls silent past the liveness timeout: its slots go to their backup,
+    // which serves writes the source's copy will never have.
+    harness.now_ms = crate::membership::LIVENESS_TIMEOUT_MS + 1;
+    harness.beat(harness.nodes[1]);
+    harness.beat(third);
+    assert!(!harness.membership.declare_dead(harness.now_ms).is_empty());
+    assert_eq!(harness.membership.owners()[105], backup);
+    let effects = harness.feed(Event::Answered {
+        token: prepare,
+        result: Ok(Answer::Prepared { entries: 3, bytes: 300 }),
+    });
+    assert_eq!(harness.membership.owners()[105], backup, "no commit over the promotion");
+    assert!(
+        matches!(&effects[0], Effect::Report(Report::StepAborted { reason, .. }) if reason.contains("left node")),
+        "{effects:?}"
+    );
+}
+
+#[test]
 fn a_step_whose_target_restarted_during_the_copy_aborts_instead_of_committing() {
     let mut harness = Harness::new();
     let effects = harness.start(100..110);

@@ -66,14 +66,6 @@ impl Backup {
         }
     }
 
-    /// Whether a stream opened under a map of `epoch` or newer covers `slot`: its
-    /// primary knew that map, so what it sends of the slot is current.
-    pub fn follows_since(&self, slot: u32, epoch: u64) -> bool {
-        self.following
-            .values()
-            .any(|following| following.id.opened_epoch >= epoch && following.slots.contains(slot))
-    }
-
     /// Checks and applies one batch; the answer goes back to the primary.
     pub fn receive(
         &mut self,

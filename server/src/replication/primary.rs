@@ -34,12 +34,19 @@ pub const REPLICA_BATCH_BYTES_MAX: usize = 1 << 20;
 pub type Ticket = u64;
 
 /// What one backup's stream must carry, under the current map.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Wanted {
     pub slots: SlotSet,
-    /// In the map's configuration of the slots: answers wait for this backup. A backup
-    /// being filled is not, until its snapshot is applied ([`PrimaryEvent::InSync`]).
-    pub required: bool,
+    /// The slots the map names this backup for (the others are being filled).
+    pub named: SlotSet,
+}
+
+impl Wanted {
+    /// In the map's configuration of some of its slots: answers wait for this backup. A
+    /// backup being filled is not, until its snapshot is applied ([`PrimaryEvent::InSync`]).
+    pub fn required(&self) -> bool {
+        !self.named.is_empty()
+    }
 }
 
 /// What a backup's answer means for the shell.
@@ -71,8 +78,8 @@ struct Stream {
     id: ReplicaStreamId,
     slots: SlotSet,
     required: bool,
-    /// The map names this backup for the slots (a fill's is not, until in sync).
-    named: bool,
+    /// The slots the map names this backup for (a fill's are not, until in sync).
+    named: SlotSet,
     /// `Some` until every key the snapshot covers has been put in a batch.
     snapshot: Option<Snapshot>,
     /// The batch that ended the snapshot, once formed.
@@ -102,13 +109,14 @@ struct Stream {
 
 impl Stream {
     fn open(id: ReplicaStreamId, wanted: Wanted, store: &Store) -> Stream {
-        let slots = wanted.slots;
+        let required = wanted.required();
+        let Wanted { slots, named } = wanted;
         let keys = store.keys_in_slots(|slot| slots.contains(slot));
         Stream {
             id,
             slots,
-            required: wanted.required,
-            named: wanted.required,
+            required,
+            named,
             snapshot: Some(Snapshot { keys, next: 0 }),
             snapshot_done_seq: None,
             unheld: None,
@@ -325,10 +333,11 @@ impl Primary {
     }
 
     /// Runs the streams a new map (at `epoch`) asks for. A stream whose slots changed is
-    /// opened afresh with a snapshot, and so is one the map stopped naming that goes on
-    /// as a fill (the backup drops its copy of slots its map stops naming it for); one no
-    /// longer wanted closes, and the answers that waited only for it are released (the
-    /// map no longer counts that backup).
+    /// opened afresh with a snapshot, and so is one with a slot the map stopped naming
+    /// its backup for that goes on as a fill (the backup drops its copy of slots its map
+    /// stops naming it for, and only a new opening brings them back); one no longer
+    /// wanted closes, and the answers that waited only for it are released (the map no
+    /// longer counts that backup).
     pub fn configure(&mut self, epoch: u64, wanted: BTreeMap<ShardProcess, Wanted>, store: &Store) -> Vec<Ticket> {
         self.configured_epoch = epoch;
         let mut freed = Vec::new();
@@ -345,9 +354,9 @@ impl Primary {
         }
         for (backup, wanted) in wanted {
             match self.streams.get_mut(&backup) {
-                Some(stream) if stream.slots == wanted.slots && (wanted.required || !stream.named) => {
-                    stream.required |= wanted.required;
-                    stream.named = wanted.required;
+                Some(stream) if stream.slots == wanted.slots && stream.named.is_subset_of(&wanted.named) => {
+                    stream.required |= wanted.required();
+                    stream.named = wanted.named;
                 }
                 existing => {
                     let carried = existing.map(Stream::drain_tickets).unwrap_or_default();

@@ -45,6 +45,14 @@ impl SlotSet {
         self.words.iter().all(|word| *word == 0)
     }
 
+    /// Whether every slot of `self` is in `other`.
+    pub fn is_subset_of(&self, other: &SlotSet) -> bool {
+        self.words
+            .iter()
+            .zip(other.words.iter())
+            .all(|(mine, theirs)| mine & !theirs == 0)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         (0..SLOT_COUNT).filter(|slot| self.contains(*slot))
     }

@@ -67,6 +67,12 @@ fn every_slot() -> SlotSet {
     (0..engram_proto::limits::SLOT_COUNT).collect()
 }
 
+/// The streams a primary runs: one to [`BACKUP`] over `slots`.
+fn to_backup(slots: SlotSet, required: bool) -> BTreeMap<ShardProcess, Wanted> {
+    let named = if required { slots.clone() } else { SlotSet::default() };
+    BTreeMap::from([(BACKUP, Wanted { slots, named })])
+}
+
 struct Pair {
     primary_store: Store,
     primary: Primary,
@@ -84,13 +90,7 @@ impl Pair {
             primary_store.apply(CLIENT, &add(key, op_id as u64 + 1), 0);
         }
         let mut primary = Primary::new(PRIMARY);
-        let wanted = BTreeMap::from([(
-            BACKUP,
-            Wanted {
-                slots: every_slot(),
-                required,
-            },
-        )]);
+        let wanted = to_backup(every_slot(), required);
         assert!(primary.configure(3, wanted, &primary_store).is_empty());
         Pair {
             primary_store,
@@ -276,13 +276,7 @@ fn a_newer_opening_supersedes_an_older_one_and_a_backup_dropped_from_the_map_rel
     // The map moves on and the stream reopens (its slots changed).
     pair.map.epoch = 5;
     let fewer: SlotSet = (0..100).collect();
-    let wanted = BTreeMap::from([(
-        BACKUP,
-        Wanted {
-            slots: fewer,
-            required: true,
-        },
-    )]);
+    let wanted = to_backup(fewer, true);
     assert!(pair.primary.configure(5, wanted, &pair.primary_store).is_empty());
     pair.exchange();
     let stale = pair.backup.receive(old, &pair.map, &mut pair.backup_store, 0);
@@ -437,13 +431,7 @@ fn a_late_batch_leaves_the_slots_a_migration_imports_alone_until_a_stream_opens_
 
     // A new opening covering the slot is the primary's word on it again.
     pair.map.epoch = 5;
-    let wanted = BTreeMap::from([(
-        BACKUP,
-        Wanted {
-            slots: (0..engram_proto::limits::SLOT_COUNT - 1).collect(),
-            required: true,
-        },
-    )]);
+    let wanted = to_backup((0..engram_proto::limits::SLOT_COUNT - 1).collect(), true);
     pair.primary.configure(5, wanted, &pair.primary_store);
     pair.exchange();
     assert_eq!(
@@ -463,13 +451,7 @@ fn a_backup_the_map_stops_naming_gets_a_fresh_snapshot_if_a_fill_of_its_slots_go
     // The map stops naming the backup, which drops its copy at that map; the control
     // plane orders a fill of the same slots to it.
     pair.map.epoch = 4;
-    let fill = BTreeMap::from([(
-        BACKUP,
-        Wanted {
-            slots: every_slot(),
-            required: false,
-        },
-    )]);
+    let fill = to_backup(every_slot(), false);
     assert!(pair.primary.configure(4, fill, &pair.primary_store).is_empty());
     pair.backup
         .set_aside(&vec![true; engram_proto::limits::SLOT_COUNT as usize]);
@@ -478,6 +460,39 @@ fn a_backup_the_map_stops_naming_gets_a_fresh_snapshot_if_a_fill_of_its_slots_go
         counter(&mut pair.backup_store, "hits", 20),
         Response::Counter { value: 0 }
     );
+    let events = pair.exchange();
+    assert!(
+        events.iter().any(|event| matches!(event, PrimaryEvent::InSync(..))),
+        "{events:?}"
+    );
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 1 }
+    );
+}
+
+#[test]
+fn a_stream_that_loses_a_named_slot_but_goes_on_filling_it_reopens() {
+    let mut pair = Pair::new(&["hits"], true);
+    pair.exchange();
+    let dropped = slot_of_stored_key(&stored("hits")).unwrap();
+    // The map stops naming the backup for one slot while naming it for the others, and
+    // a fill of that slot to it goes on: the stream covers the same slots as before.
+    pair.map.epoch = 4;
+    let mut named = every_slot();
+    named.remove(dropped);
+    let wanted = BTreeMap::from([(
+        BACKUP,
+        Wanted {
+            slots: every_slot(),
+            named,
+        },
+    )]);
+    assert!(pair.primary.configure(4, wanted, &pair.primary_store).is_empty());
+    let mut marked = vec![false; engram_proto::limits::SLOT_COUNT as usize];
+    marked[dropped as usize] = true;
+    pair.backup.set_aside(&marked);
+    pair.backup_store.remove_slots(|slot| slot == dropped, 20);
     let events = pair.exchange();
     assert!(
         events.iter().any(|event| matches!(event, PrimaryEvent::InSync(..))),

@@ -176,15 +176,15 @@ impl Shard {
     /// `routing` does not (a demotion before a move onto it, a backup moved to another
     /// shard or trimmed): no failover promotes that copy any more, and kept it would
     /// hold memory for nothing. Late batches of a stream still covering them are
-    /// applied without them. Slots it owns now, lost slots and imports keep theirs.
+    /// applied without them. Slots it owns now, lost slots and imports keep theirs. A
+    /// stream opened under this map cannot be followed yet (a backup refuses a stream
+    /// opened under a newer map than its own), so nothing current is dropped.
     pub(super) fn drop_copies_no_longer_backed_up(&self, previous: &Routing, routing: &Routing) {
         if previous.map.backups.is_empty() {
             return;
         }
         let me = Owner::Local(self.shard_id as u16);
-        let epoch = routing.epoch();
         let released: Vec<bool> = {
-            let replication = self.replication.borrow();
             let incoming = self.incoming.borrow();
             (0..engram_proto::limits::SLOT_COUNT)
                 .map(|slot| {
@@ -194,7 +194,6 @@ impl Shard {
                         && owner != me
                         && owner != Owner::Lost
                         && !incoming.imports(slot)
-                        && !replication.backup.follows_since(slot, epoch)
                 })
                 .collect()
         };
@@ -445,11 +444,9 @@ fn wanted_streams(routing: &Routing, shard_id: u16) -> BTreeMap<ShardProcess, Wa
             let Some(backup) = routing.shard_process(index) else {
                 continue;
             };
-            let entry = wanted.entry(backup).or_insert_with(|| Wanted {
-                slots: Default::default(),
-                required: true,
-            });
+            let entry = wanted.entry(backup).or_default();
             entry.slots.insert(slot);
+            entry.named.insert(slot);
         }
     }
     wanted
@@ -481,10 +478,7 @@ fn add_fills(
         if slots.is_empty() {
             continue;
         }
-        let entry = wanted.entry(backup).or_insert_with(|| Wanted {
-            slots: Default::default(),
-            required: false,
-        });
+        let entry = wanted.entry(backup).or_default();
         for slot in slots {
             entry.slots.insert(slot);
         }

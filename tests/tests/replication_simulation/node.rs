@@ -213,14 +213,13 @@ impl Node {
                 .filter(|(repaired, _)| *repaired == group)
                 .map(|(_, backup)| (*backup, false));
             for (backup, required) in in_sync.chain(filling) {
-                let entry = wanted.entry(backup.shard()).or_insert_with(|| Wanted {
-                    slots: Default::default(),
-                    required: false,
-                });
+                let entry = wanted.entry(backup.shard()).or_default();
                 for slot in group_slots(group).iter() {
                     entry.slots.insert(slot);
+                    if required {
+                        entry.named.insert(slot);
+                    }
                 }
-                entry.required |= required;
             }
         }
         let released = self.primary.configure(self.map.epoch, wanted, &self.store);
