@@ -160,6 +160,10 @@ pub struct Membership {
     replicas: usize,
     /// Fills ordered now: recomputed every housekeeping round, never persisted.
     fills: Fills,
+    /// When fills were last withdrawn: a primary gets new orders only once a heartbeat
+    /// answer told it of the withdrawal, so an order like one it still runs starts a new
+    /// stream rather than continuing the old one.
+    fills_withdrawn_at_ms: Option<u64>,
 }
 
 /// What a join decided.
@@ -204,6 +208,7 @@ impl Membership {
             backups: vec![Vec::new(); SLOT_COUNT as usize],
             replicas: 0,
             fills: Fills::default(),
+            fills_withdrawn_at_ms: None,
         }
     }
 
@@ -234,6 +239,7 @@ impl Membership {
             backups: vec![Vec::new(); SLOT_COUNT as usize],
             replicas: 0,
             fills: Fills::default(),
+            fills_withdrawn_at_ms: None,
         };
         membership.owners = membership.owners_from_map();
         if !membership.owners.is_empty() {

@@ -578,7 +578,7 @@ impl Controller {
             let slots_to_move = moves.len() as u64;
             // Withdrawn before the first step: a fill towards a move's target would
             // stream into slots that target is importing.
-            inner.membership.plan_fills_none();
+            inner.membership.plan_fills_none(now_ms);
             match inner.orchestrator.start_plan(moves, &inner.membership, now_ms) {
                 Ok(effects) => (slots_to_move, self.settle_effects(inner, effects)),
                 Err(error) => return error_response(ErrorCode::Busy, error.to_string()),
@@ -771,7 +771,7 @@ impl Controller {
         }
         let busy = inner.orchestrator.is_busy();
         let planned = if busy {
-            inner.membership.plan_fills_none();
+            inner.membership.plan_fills_none(now_ms);
             Ok(())
         } else {
             inner.membership.plan_fills(now_ms)
@@ -848,7 +848,7 @@ impl Controller {
                 return false;
             }
             tracing::info!(slots = moves.len(), "moving slots off a hot shard");
-            inner.membership.plan_fills_none();
+            inner.membership.plan_fills_none(now_ms);
             match inner.orchestrator.start_plan(moves, &inner.membership, now_ms) {
                 Ok(effects) => self.settle_effects(inner, effects),
                 Err(_) => return false,

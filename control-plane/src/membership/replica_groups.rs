@@ -136,7 +136,10 @@ impl Membership {
         let mut orders: BTreeMap<(ShardRef, ShardRef), Vec<u32>> = BTreeMap::new();
         for (slot, wanted) in plan.backups.iter().enumerate() {
             let owner = self.owners[slot];
-            if self.lost.contains_key(&(slot as u32)) || !self.is_responsive(owner.node_id, now_ms) {
+            if self.lost.contains_key(&(slot as u32))
+                || !self.is_responsive(owner.node_id, now_ms)
+                || !self.heard_since_fills_withdrawn(owner.node_id)
+            {
                 continue;
             }
             for backup in wanted.iter().filter(|backup| !self.backups[slot].contains(backup)) {
@@ -170,9 +173,21 @@ impl Membership {
         shards
     }
 
-    /// Withdraws every fill order.
-    pub fn plan_fills_none(&mut self) {
+    /// Withdraws every fill order (a plan moves slots: a fill towards a move's target
+    /// would stream into slots it imports).
+    pub fn plan_fills_none(&mut self, now_ms: u64) {
         self.fills = Fills::default();
+        self.fills_withdrawn_at_ms = Some(now_ms);
+    }
+
+    /// Whether `node_id` heartbeated after the last withdrawal, so the answer told its
+    /// shards to drop the fills they ran. Until then a new order equal to an old one
+    /// would let a stream go on whose target dropped what it had (an aborted import).
+    fn heard_since_fills_withdrawn(&self, node_id: u64) -> bool {
+        match self.fills_withdrawn_at_ms {
+            None => true,
+            Some(withdrawn) => self.last_heard_ms(node_id).is_some_and(|heard| heard > withdrawn),
+        }
     }
 
     /// The fills `node_id`'s primary shards are to run, for its heartbeat's answer.

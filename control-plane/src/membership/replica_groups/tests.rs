@@ -227,3 +227,24 @@ fn a_slot_moved_onto_its_backup_s_node_drops_that_backup_and_lowering_replicas_t
     assert!(membership.backups().iter().all(|backups| backups.len() <= 1));
     assert_eq!(membership.map().validate(), Ok(()));
 }
+
+#[test]
+fn after_a_withdrawal_a_primary_gets_fills_again_only_once_it_heard_of_it() {
+    let (mut membership, ids) = three_nodes(1);
+    hear_all(&mut membership, &ids, 100);
+    membership.plan_fills(100).unwrap();
+    assert!(!membership.fills_for(ids[0]).is_empty());
+    membership.plan_fills_none(150);
+    assert!(membership.fills_for(ids[0]).is_empty());
+    // Nobody heartbeated since: an order now could equal one a primary still runs.
+    membership.plan_fills(200).unwrap();
+    assert_eq!(membership.slots_filling(), 0);
+    let heartbeat = beat(&membership, ids[0], Vec::new());
+    membership.heartbeat(&heartbeat, 250).unwrap();
+    membership.plan_fills(300).unwrap();
+    assert!(!membership.fills_for(ids[0]).is_empty(), "heard since the withdrawal");
+    assert!(
+        membership.fills_for(ids[1]).is_empty(),
+        "not heard since the withdrawal"
+    );
+}
