@@ -160,10 +160,11 @@ pub struct Membership {
     replicas: usize,
     /// Fills ordered now: recomputed every housekeeping round, never persisted.
     fills: Fills,
-    /// When fills were last withdrawn: a primary gets new orders only once a heartbeat
-    /// answer told it of the withdrawal, so an order like one it still runs starts a new
-    /// stream rather than continuing the old one.
-    fills_withdrawn_at_ms: Option<u64>,
+    /// The generation fill orders carry ([`FillOrder::generation`]): a new one at each
+    /// withdrawal, starting from a base each leader picks afresh.
+    ///
+    /// [`FillOrder::generation`]: engram_proto::FillOrder::generation
+    fills_generation: u64,
 }
 
 /// What a join decided.
@@ -208,7 +209,7 @@ impl Membership {
             backups: vec![Vec::new(); SLOT_COUNT as usize],
             replicas: 0,
             fills: Fills::default(),
-            fills_withdrawn_at_ms: None,
+            fills_generation: 0,
         }
     }
 
@@ -239,7 +240,7 @@ impl Membership {
             backups: vec![Vec::new(); SLOT_COUNT as usize],
             replicas: 0,
             fills: Fills::default(),
-            fills_withdrawn_at_ms: None,
+            fills_generation: 0,
         };
         membership.owners = membership.owners_from_map();
         if !membership.owners.is_empty() {

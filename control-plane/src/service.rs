@@ -578,7 +578,7 @@ impl Controller {
             let slots_to_move = moves.len() as u64;
             // Withdrawn before the first step: a fill towards a move's target would
             // stream into slots that target is importing.
-            inner.membership.plan_fills_none(now_ms);
+            inner.membership.plan_fills_none();
             match inner.orchestrator.start_plan(moves, &inner.membership, now_ms) {
                 Ok(effects) => (slots_to_move, self.settle_effects(inner, effects)),
                 Err(error) => return error_response(ErrorCode::Busy, error.to_string()),
@@ -771,7 +771,7 @@ impl Controller {
         }
         let busy = inner.orchestrator.is_busy();
         let planned = if busy {
-            inner.membership.plan_fills_none(now_ms);
+            inner.membership.plan_fills_none();
             Ok(())
         } else {
             inner.membership.plan_fills(now_ms)
@@ -848,7 +848,7 @@ impl Controller {
                 return false;
             }
             tracing::info!(slots = moves.len(), "moving slots off a hot shard");
-            inner.membership.plan_fills_none(now_ms);
+            inner.membership.plan_fills_none();
             match inner.orchestrator.start_plan(moves, &inner.membership, now_ms) {
                 Ok(effects) => self.settle_effects(inner, effects),
                 Err(_) => return false,
@@ -873,6 +873,11 @@ impl Inner {
 /// from etcd.
 fn apply_settings(settings: &Settings, membership: &mut Membership) {
     membership.set_liveness_timeout_ms(settings.liveness_timeout.as_millis() as u64);
+    // Any value an earlier leader cannot have used; the wall clock's nanoseconds are.
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    membership.start_fill_generations(base);
     // `main` bounds the flag to what the placement takes.
     if let Err(error) = membership.set_replicas(settings.replicas) {
         tracing::error!(%error, "keeping no backups");

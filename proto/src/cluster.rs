@@ -189,6 +189,11 @@ pub struct FillOrder {
     /// `host:port` of the backup shard's own port.
     pub backup_address: String,
     pub slots: Vec<(u32, u32)>,
+    /// Changes each time the control plane withdraws its fills, and with each leader:
+    /// the primary starts a fresh stream (a snapshot) for an order of another
+    /// generation than the one it runs, since the backup may have dropped meanwhile
+    /// what the earlier stream gave it (an aborted import onto it).
+    pub generation: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -136,10 +136,7 @@ impl Membership {
         let mut orders: BTreeMap<(ShardRef, ShardRef), Vec<u32>> = BTreeMap::new();
         for (slot, wanted) in plan.backups.iter().enumerate() {
             let owner = self.owners[slot];
-            if self.lost.contains_key(&(slot as u32))
-                || !self.is_responsive(owner.node_id, now_ms)
-                || !self.heard_since_fills_withdrawn(owner.node_id)
-            {
+            if self.lost.contains_key(&(slot as u32)) || !self.is_responsive(owner.node_id, now_ms) {
                 continue;
             }
             for backup in wanted.iter().filter(|backup| !self.backups[slot].contains(backup)) {
@@ -174,20 +171,19 @@ impl Membership {
     }
 
     /// Withdraws every fill order (a plan moves slots: a fill towards a move's target
-    /// would stream into slots it imports).
-    pub fn plan_fills_none(&mut self, now_ms: u64) {
+    /// would stream into slots it imports). Orders made afterwards carry a new
+    /// generation, so a primary that never heard of the withdrawal still starts them
+    /// afresh.
+    pub fn plan_fills_none(&mut self) {
         self.fills = Fills::default();
-        self.fills_withdrawn_at_ms = Some(now_ms);
+        self.fills_generation = self.fills_generation.wrapping_add(1);
     }
 
-    /// Whether `node_id` heartbeated after the last withdrawal, so the answer told its
-    /// shards to drop the fills they ran. Until then a new order equal to an old one
-    /// would let a stream go on whose target dropped what it had (an aborted import).
-    fn heard_since_fills_withdrawn(&self, node_id: u64) -> bool {
-        match self.fills_withdrawn_at_ms {
-            None => true,
-            Some(withdrawn) => self.last_heard_ms(node_id).is_some_and(|heard| heard > withdrawn),
-        }
+    /// Starts the generations of this leader's fill orders at `base` (a value no earlier
+    /// leader used, such as the time in nanoseconds): orders of a previous leader that a
+    /// primary still runs never pass for this one's.
+    pub fn start_fill_generations(&mut self, base: u64) {
+        self.fills_generation = base;
     }
 
     /// The fills `node_id`'s primary shards are to run, for its heartbeat's answer.
@@ -206,6 +202,7 @@ impl Membership {
                     },
                     backup_address: member.shard_addresses.get(backup.shard_id as usize)?.clone(),
                     slots: slot_ranges(slots),
+                    generation: self.fills_generation,
                 })
             })
             .collect()

@@ -39,6 +39,9 @@ pub struct Wanted {
     pub slots: SlotSet,
     /// The slots the map names this backup for (the others are being filled).
     pub named: SlotSet,
+    /// The generation of the control plane's fill order, when the stream fills slots:
+    /// an order of another generation starts a fresh stream.
+    pub fill_generation: Option<u64>,
 }
 
 impl Wanted {
@@ -80,6 +83,8 @@ struct Stream {
     required: bool,
     /// The slots the map names this backup for (a fill's are not, until in sync).
     named: SlotSet,
+    /// The generation of the fill order it runs, if any.
+    fill_generation: Option<u64>,
     /// `Some` until every key the snapshot covers has been put in a batch.
     snapshot: Option<Snapshot>,
     /// The batch that ended the snapshot, once formed.
@@ -110,13 +115,18 @@ struct Stream {
 impl Stream {
     fn open(id: ReplicaStreamId, wanted: Wanted, store: &Store) -> Stream {
         let required = wanted.required();
-        let Wanted { slots, named } = wanted;
+        let Wanted {
+            slots,
+            named,
+            fill_generation,
+        } = wanted;
         let keys = store.keys_in_slots(|slot| slots.contains(slot));
         Stream {
             id,
             slots,
             required,
             named,
+            fill_generation,
             snapshot: Some(Snapshot { keys, next: 0 }),
             snapshot_done_seq: None,
             unheld: None,
@@ -131,6 +141,18 @@ impl Stream {
             waiting_on_key: HashMap::new(),
             after_snapshot: Vec::new(),
         }
+    }
+
+    /// Whether this stream can go on as `wanted`: the same slots, no slot the map named
+    /// that it no longer names, and no fill order of another generation (in both cases
+    /// the backup may have dropped what the stream gave it, and only a new opening,
+    /// with its snapshot, brings that back).
+    fn keeps(&self, wanted: &Wanted) -> bool {
+        self.slots == wanted.slots
+            && self.named.is_subset_of(&wanted.named)
+            && wanted
+                .fill_generation
+                .is_none_or(|generation| self.fill_generation == Some(generation))
     }
 
     /// Makes `ticket` wait for the batch that carries `key`'s latest change, if that
@@ -332,12 +354,12 @@ impl Primary {
         }
     }
 
-    /// Runs the streams a new map (at `epoch`) asks for. A stream whose slots changed is
-    /// opened afresh with a snapshot, and so is one with a slot the map stopped naming
-    /// its backup for that goes on as a fill (the backup drops its copy of slots its map
-    /// stops naming it for, and only a new opening brings them back); one no longer
-    /// wanted closes, and the answers that waited only for it are released (the map no
-    /// longer counts that backup).
+    /// Runs the streams a new map (at `epoch`) and the fill orders ask for. A stream is
+    /// opened afresh with a snapshot when its slots changed, when a slot the map named
+    /// its backup for is no longer named but still filled, or when its fill order is of
+    /// another generation (see [`Stream::keeps`]); one no longer wanted closes, and the
+    /// answers that waited only for it are released (the map no longer counts that
+    /// backup).
     pub fn configure(&mut self, epoch: u64, wanted: BTreeMap<ShardProcess, Wanted>, store: &Store) -> Vec<Ticket> {
         self.configured_epoch = epoch;
         let mut freed = Vec::new();
@@ -354,9 +376,10 @@ impl Primary {
         }
         for (backup, wanted) in wanted {
             match self.streams.get_mut(&backup) {
-                Some(stream) if stream.slots == wanted.slots && stream.named.is_subset_of(&wanted.named) => {
+                Some(stream) if stream.keeps(&wanted) => {
                     stream.required |= wanted.required();
                     stream.named = wanted.named;
+                    stream.fill_generation = wanted.fill_generation.or(stream.fill_generation);
                 }
                 existing => {
                     let carried = existing.map(Stream::drain_tickets).unwrap_or_default();

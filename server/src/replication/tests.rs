@@ -70,7 +70,15 @@ fn every_slot() -> SlotSet {
 /// The streams a primary runs: one to [`BACKUP`] over `slots`.
 fn to_backup(slots: SlotSet, required: bool) -> BTreeMap<ShardProcess, Wanted> {
     let named = if required { slots.clone() } else { SlotSet::default() };
-    BTreeMap::from([(BACKUP, Wanted { slots, named })])
+    let fill_generation = (!required).then_some(1);
+    BTreeMap::from([(
+        BACKUP,
+        Wanted {
+            slots,
+            named,
+            fill_generation,
+        },
+    )])
 }
 
 struct Pair {
@@ -486,6 +494,8 @@ fn a_stream_that_loses_a_named_slot_but_goes_on_filling_it_reopens() {
         Wanted {
             slots: every_slot(),
             named,
+            // No generation to compare: the un-naming alone must reopen the stream.
+            fill_generation: None,
         },
     )]);
     assert!(pair.primary.configure(4, wanted, &pair.primary_store).is_empty());
@@ -498,6 +508,36 @@ fn a_stream_that_loses_a_named_slot_but_goes_on_filling_it_reopens() {
         events.iter().any(|event| matches!(event, PrimaryEvent::InSync(..))),
         "{events:?}"
     );
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 1 }
+    );
+}
+
+#[test]
+fn a_fill_order_of_another_generation_starts_a_fresh_stream() {
+    let mut pair = Pair::new(&["hits"], false);
+    pair.exchange();
+    pair.exchange();
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 1 }
+    );
+    // The backup dropped what the fill gave it (an aborted import onto it); the
+    // control plane withdrew the fill and orders it again, in a new generation.
+    pair.backup
+        .set_aside(&vec![true; engram_proto::limits::SLOT_COUNT as usize]);
+    pair.backup_store.remove_slots(|_| true, 20);
+    let again = to_backup(every_slot(), false);
+    assert!(pair.primary.configure(3, again, &pair.primary_store).is_empty());
+    assert!(
+        pair.exchange().is_empty(),
+        "the same generation goes on: nothing to send"
+    );
+    let mut next = to_backup(every_slot(), false);
+    next.get_mut(&BACKUP).unwrap().fill_generation = Some(2);
+    assert!(pair.primary.configure(3, next, &pair.primary_store).is_empty());
+    pair.exchange();
     assert_eq!(
         counter(&mut pair.backup_store, "hits", 20),
         Response::Counter { value: 1 }

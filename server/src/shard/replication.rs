@@ -479,6 +479,7 @@ fn add_fills(
             continue;
         }
         let entry = wanted.entry(backup).or_default();
+        entry.fill_generation = Some(fill.generation);
         for slot in slots {
             entry.slots.insert(slot);
         }

@@ -229,22 +229,20 @@ fn a_slot_moved_onto_its_backup_s_node_drops_that_backup_and_lowering_replicas_t
 }
 
 #[test]
-fn after_a_withdrawal_a_primary_gets_fills_again_only_once_it_heard_of_it() {
+fn fills_ordered_after_a_withdrawal_carry_another_generation() {
     let (mut membership, ids) = three_nodes(1);
+    membership.start_fill_generations(7);
     hear_all(&mut membership, &ids, 100);
     membership.plan_fills(100).unwrap();
-    assert!(!membership.fills_for(ids[0]).is_empty());
-    membership.plan_fills_none(150);
+    let before = membership.fills_for(ids[0]);
+    assert!(!before.is_empty() && before.iter().all(|fill| fill.generation == 7));
+    membership.plan_fills_none();
     assert!(membership.fills_for(ids[0]).is_empty());
-    // Nobody heartbeated since: an order now could equal one a primary still runs.
     membership.plan_fills(200).unwrap();
-    assert_eq!(membership.slots_filling(), 0);
-    let heartbeat = beat(&membership, ids[0], Vec::new());
-    membership.heartbeat(&heartbeat, 250).unwrap();
-    membership.plan_fills(300).unwrap();
-    assert!(!membership.fills_for(ids[0]).is_empty(), "heard since the withdrawal");
-    assert!(
-        membership.fills_for(ids[1]).is_empty(),
-        "not heard since the withdrawal"
-    );
+    let after = membership.fills_for(ids[0]);
+    assert_eq!(after.len(), before.len());
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!((&old.backup, &old.slots), (&new.backup, &new.slots), "the same fill");
+        assert_ne!(old.generation, new.generation, "of another generation");
+    }
 }
