@@ -227,13 +227,20 @@ impl Step {
             self.state = State::InstallingDemotion { call, next: 1, map };
             return None;
         }
-        // The installs may have taken seconds: what `start` checked may no longer hold.
+        // The installs may have taken seconds: what `start` checked may no longer hold,
+        // and is answered as `start` answers it.
         let membership = context.membership;
-        if let Some(node_id) = [self.from.node_id, self.to.node_id]
-            .into_iter()
-            .find(|&node_id| !membership.is_responsive(node_id, context.now_ms))
-        {
-            return Some(Outcome::Failed(format!("node {node_id} went silent before the copy")));
+        if !membership.is_responsive(self.from.node_id, context.now_ms) {
+            return Some(Outcome::SourceDead(format!(
+                "node {} went silent before the copy: its slots cannot be copied off it",
+                self.from.node_id
+            )));
+        }
+        if !membership.is_responsive(self.to.node_id, context.now_ms) {
+            return Some(Outcome::Failed(format!(
+                "node {} went silent before the copy",
+                self.to.node_id
+            )));
         }
         if let Err(reason) = self.check_same_processes(membership) {
             return Some(Outcome::Failed(reason));

@@ -226,6 +226,44 @@ fn a_target_that_backs_up_the_slots_leaves_their_backups_on_source_and_target_be
 }
 
 #[test]
+fn a_source_silent_after_the_demotion_is_skipped_as_at_the_start() {
+    let mut harness = Harness::new();
+    let target = ShardRef {
+        node_id: harness.nodes[1],
+        shard_id: 0,
+    };
+    harness.membership.set_replicas(1).unwrap();
+    let backed_up: Vec<(u32, ShardRef)> = (100..110).map(|slot| (slot, target)).collect();
+    harness.membership.commit_backups(&backed_up);
+    let effects = harness.start(100..110);
+    let (on_source, _, _) = call_of(&effects);
+    let effects = harness.feed(Event::Answered {
+        token: on_source,
+        result: Ok(Answer::Accepted),
+    });
+    let (on_target, _, _) = call_of(&effects);
+    harness.now_ms = TARGET_SILENCE_MS_MAX + 1;
+    harness.beat(harness.nodes[1]);
+    let effects = harness.feed(Event::Answered {
+        token: on_target,
+        result: Ok(Answer::Accepted),
+    });
+    assert!(
+        effects
+            .iter()
+            .any(|effect| matches!(effect, Effect::Report(Report::SkippingDeadSource { .. }))),
+        "{effects:?}"
+    );
+    assert!(effects.iter().all(|effect| !matches!(
+        effect,
+        Effect::Call {
+            call: NodeCall::MigrateOut { .. },
+            ..
+        }
+    )));
+}
+
+#[test]
 fn a_step_whose_source_failed_over_during_the_copy_aborts_instead_of_committing() {
     let mut harness = Harness::new();
     let third = harness.membership.join(&join_request(3, 3), 0).unwrap().node_id;
