@@ -348,6 +348,19 @@ pub struct WatchReport {
     pub lost: Vec<String>,
 }
 
+impl WatchReport {
+    /// Fails the test if any poll reported a lost slot.
+    pub fn assert_nothing_lost(&self) {
+        assert!(
+            self.lost.is_empty(),
+            "the control plane reported lost slots in {} of {} polls:\n{}",
+            self.lost_polls,
+            self.polls,
+            self.lost.join("\n")
+        );
+    }
+}
+
 /// Asks the control plane for its status every [`WATCH_INTERVAL`] until stopped, and
 /// records every report of a lost slot: with a backup for every slot and one death at
 /// a time, none may ever be lost.

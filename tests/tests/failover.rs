@@ -165,13 +165,7 @@ fn kill_nine_every_ten_seconds_loses_nothing_with_one_replica() {
         queues.stop_and_check(&client).await;
         let report = watch.stop().await;
         println!("{round} kills; status watch: {report:?}");
-        assert!(
-            report.lost.is_empty(),
-            "the control plane reported lost slots in {} of {} polls:\n{}",
-            report.lost_polls,
-            report.polls,
-            report.lost.join("\n")
-        );
+        report.assert_nothing_lost();
         assert!(
             report.polls > report.unanswered,
             "the control plane never answered the status watch"

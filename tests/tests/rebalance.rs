@@ -209,12 +209,6 @@ fn a_rebalance_onto_the_backups_node_loses_nothing_and_leaves_every_slot_backed_
         load.wait_for_writes(500).await;
         load.stop_and_check(&client, &keys).await;
         let report = watch.stop().await;
-        assert!(
-            report.lost.is_empty(),
-            "the control plane reported lost slots in {} of {} polls:\n{}",
-            report.lost_polls,
-            report.polls,
-            report.lost.join("\n")
-        );
+        report.assert_nothing_lost();
     });
 }

@@ -133,6 +133,27 @@ impl Pair {
     }
 }
 
+/// The backup drops its copy of the `marked` slots, as a shard does when its map stops
+/// naming it for them or an import onto it is aborted.
+fn drop_at_backup(pair: &mut Pair, marked: &[bool]) {
+    pair.backup.set_aside(marked);
+    pair.backup_store
+        .remove_slots(|slot| marked.get(slot as usize).copied().unwrap_or(false), 20);
+}
+
+/// Ships what is due and checks that the backup holds `hits` again, in sync.
+fn assert_refilled(pair: &mut Pair) {
+    let events = pair.exchange();
+    assert!(
+        events.iter().any(|event| matches!(event, PrimaryEvent::InSync(..))),
+        "{events:?}"
+    );
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 1 }
+    );
+}
+
 fn released(events: &[PrimaryEvent]) -> Vec<Ticket> {
     events
         .iter()
@@ -461,22 +482,12 @@ fn a_backup_the_map_stops_naming_gets_a_fresh_snapshot_if_a_fill_of_its_slots_go
     pair.map.epoch = 4;
     let fill = to_backup(every_slot(), false);
     assert!(pair.primary.configure(4, fill, &pair.primary_store).is_empty());
-    pair.backup
-        .set_aside(&vec![true; engram_proto::limits::SLOT_COUNT as usize]);
-    pair.backup_store.remove_slots(|_| true, 20);
+    drop_at_backup(&mut pair, &[true; engram_proto::limits::SLOT_COUNT as usize]);
     assert_eq!(
         counter(&mut pair.backup_store, "hits", 20),
         Response::Counter { value: 0 }
     );
-    let events = pair.exchange();
-    assert!(
-        events.iter().any(|event| matches!(event, PrimaryEvent::InSync(..))),
-        "{events:?}"
-    );
-    assert_eq!(
-        counter(&mut pair.backup_store, "hits", 20),
-        Response::Counter { value: 1 }
-    );
+    assert_refilled(&mut pair);
 }
 
 #[test]
@@ -501,17 +512,8 @@ fn a_stream_that_loses_a_named_slot_but_goes_on_filling_it_reopens() {
     assert!(pair.primary.configure(4, wanted, &pair.primary_store).is_empty());
     let mut marked = vec![false; engram_proto::limits::SLOT_COUNT as usize];
     marked[dropped as usize] = true;
-    pair.backup.set_aside(&marked);
-    pair.backup_store.remove_slots(|slot| slot == dropped, 20);
-    let events = pair.exchange();
-    assert!(
-        events.iter().any(|event| matches!(event, PrimaryEvent::InSync(..))),
-        "{events:?}"
-    );
-    assert_eq!(
-        counter(&mut pair.backup_store, "hits", 20),
-        Response::Counter { value: 1 }
-    );
+    drop_at_backup(&mut pair, &marked);
+    assert_refilled(&mut pair);
 }
 
 #[test]
@@ -525,9 +527,7 @@ fn a_fill_order_of_another_generation_starts_a_fresh_stream() {
     );
     // The backup dropped what the fill gave it (an aborted import onto it); the
     // control plane withdrew the fill and orders it again, in a new generation.
-    pair.backup
-        .set_aside(&vec![true; engram_proto::limits::SLOT_COUNT as usize]);
-    pair.backup_store.remove_slots(|_| true, 20);
+    drop_at_backup(&mut pair, &[true; engram_proto::limits::SLOT_COUNT as usize]);
     let again = to_backup(every_slot(), false);
     assert!(pair.primary.configure(3, again, &pair.primary_store).is_empty());
     assert!(
