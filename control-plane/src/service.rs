@@ -162,6 +162,7 @@ impl Controller {
             None => Membership::new(),
         };
         apply_settings(&settings, &mut membership);
+        start_fill_generations(&mut membership);
         let store = StoreView::File(state_file.path());
         Ok(Controller::new(
             settings,
@@ -221,6 +222,7 @@ impl Controller {
             None => Membership::new(),
         };
         apply_settings(&self.settings, &mut membership);
+        start_fill_generations(&mut membership);
         {
             let mut inner = self.lock();
             let now_ms = self.now_ms();
@@ -873,15 +875,19 @@ impl Inner {
 /// from etcd.
 fn apply_settings(settings: &Settings, membership: &mut Membership) {
     membership.set_liveness_timeout_ms(settings.liveness_timeout.as_millis() as u64);
-    // Any value an earlier leader cannot have used; the wall clock's nanoseconds are.
-    let base = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos() as u64);
-    membership.start_fill_generations(base);
     // `main` bounds the flag to what the placement takes.
     if let Err(error) = membership.set_replicas(settings.replicas) {
         tracing::error!(%error, "keeping no backups");
     }
+}
+
+/// Starts this leader's fill generations at a value no earlier leader can have used:
+/// the wall clock's nanoseconds.
+fn start_fill_generations(membership: &mut Membership) {
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    membership.start_fill_generations(base);
 }
 
 /// Says what a node's end did to its slots: promoted backups, lost slots, copies gone.

@@ -304,7 +304,8 @@ enum Work {
     Starting,
     Reconciling(Reconcile),
     Idle,
-    Planning(PlanRun),
+    /// Boxed: a running step holds a whole map while it installs it.
+    Planning(Box<PlanRun>),
 }
 
 /// See the module documentation.
@@ -375,7 +376,7 @@ impl Orchestrator {
         *work = if plan.advance(&mut context) {
             Work::Idle
         } else {
-            Work::Planning(plan)
+            Work::Planning(Box::new(plan))
         };
         Ok(context.effects)
     }

@@ -28,13 +28,6 @@ enum State {
     Demoting {
         persist: Token,
     },
-    /// Installing that map on `[source, target][next]`: the source stops counting on
-    /// the target's copy, and the target stops guarding it.
-    InstallingDemotion {
-        call: Token,
-        next: usize,
-        map: SlotMap,
-    },
     ReservingIds {
         persist: Token,
     },
@@ -47,12 +40,12 @@ enum State {
         entries: u64,
         bytes: u64,
     },
-    /// Installing the committed map on `[source, target][next]`.
+    /// Installing a map on `[source, target][next]`, then going on as `then` says.
     Installing {
         call: Token,
         next: usize,
         map: SlotMap,
-        bytes: u64,
+        then: AfterInstall,
     },
     /// Sending the abort to `[source, target][next]`.
     Aborting {
@@ -61,6 +54,16 @@ enum State {
         map_epoch: u64,
         reason: String,
     },
+}
+
+/// What a map's install on source and target leads to.
+#[derive(Clone, Copy)]
+enum AfterInstall {
+    /// The demotion's map: the source stops counting on the target's copy and the
+    /// target stops guarding it, so the copy may begin.
+    Copy,
+    /// The committed map: the step is over once it is broadcast.
+    Finish { bytes: u64 },
 }
 
 pub(super) struct Step {
@@ -82,15 +85,7 @@ impl Step {
     /// Starts moving `slots` from `from` to `to`: the step, or how it ended at once.
     pub(super) fn start(from: ShardRef, to: ShardRef, slots: &[u32], context: &mut Context) -> Result<Step, Outcome> {
         let membership = context.membership;
-        if !membership.is_responsive(from.node_id, context.now_ms) {
-            return Err(Outcome::SourceDead(format!(
-                "node {} is silent: its slots cannot be copied off it",
-                from.node_id
-            )));
-        }
-        if !membership.is_responsive(to.node_id, context.now_ms) {
-            return Err(Outcome::Failed(format!("node {} is silent", to.node_id)));
-        }
+        check_heard_from(from, to, membership, context.now_ms)?;
         let (Some(source), Some(target)) = (membership.shard_address(from), membership.shard_address(to)) else {
             return Err(Outcome::Failed("a shard of the plan left the cluster".into()));
         };
@@ -139,7 +134,10 @@ impl Step {
         if matches!(
             self.state,
             State::Demoting { .. }
-                | State::InstallingDemotion { .. }
+                | State::Installing {
+                    then: AfterInstall::Copy,
+                    ..
+                }
                 | State::ReservingIds { .. }
                 | State::Aborting { .. }
         ) {
@@ -176,9 +174,6 @@ impl Step {
             (State::Demoting { persist }, Event::Persisted { token, result }) if token == persist => {
                 return self.on_demoted(result, context);
             }
-            (State::InstallingDemotion { call, .. }, Event::Answered { token, result }) if token == call => {
-                return self.on_demotion_installed(result, context);
-            }
             (State::ReservingIds { persist }, Event::Persisted { token, result }) if token == persist => {
                 return self.on_ids(result, context);
             }
@@ -210,37 +205,23 @@ impl Step {
             Err(error) => return Some(Outcome::Failed(error.clone())),
         };
         let call = self.install(0, &map, context);
-        self.state = State::InstallingDemotion { call, next: 0, map };
+        self.state = State::Installing {
+            call,
+            next: 0,
+            map,
+            then: AfterInstall::Copy,
+        };
         None
     }
 
-    /// A node that misses the map learns it from its next heartbeat; until then a
-    /// target that still guards its copy refuses the import and the step aborts.
-    fn on_demotion_installed(&mut self, result: &Result<Answer, String>, context: &mut Context) -> Option<Outcome> {
-        let State::InstallingDemotion { next, map, .. } = &self.state else {
-            return None;
-        };
-        self.report_install_failure(*next, result, context);
-        if *next == 0 {
-            let map = map.clone();
-            let call = self.install(1, &map, context);
-            self.state = State::InstallingDemotion { call, next: 1, map };
-            return None;
-        }
-        // The installs may have taken seconds: what `start` checked may no longer hold,
-        // and is answered as `start` answers it.
+    /// After the demotion's installs, which may have taken seconds: what `start` checked
+    /// is checked again, and answered as `start` answers it. A node that missed the map
+    /// learns it from its next heartbeat; until then a target that still guards its
+    /// copy refuses the import and the step aborts.
+    fn after_demotion(&mut self, context: &mut Context) -> Option<Outcome> {
         let membership = context.membership;
-        if !membership.is_responsive(self.from.node_id, context.now_ms) {
-            return Some(Outcome::SourceDead(format!(
-                "node {} went silent before the copy: its slots cannot be copied off it",
-                self.from.node_id
-            )));
-        }
-        if !membership.is_responsive(self.to.node_id, context.now_ms) {
-            return Some(Outcome::Failed(format!(
-                "node {} went silent before the copy",
-                self.to.node_id
-            )));
+        if let Err(outcome) = check_heard_from(self.from, self.to, membership, context.now_ms) {
+            return Some(outcome);
         }
         if let Err(reason) = self.check_same_processes(membership) {
             return Some(Outcome::Failed(reason));
@@ -363,7 +344,7 @@ impl Step {
             call,
             next: 0,
             map,
-            bytes,
+            then: AfterInstall::Finish { bytes },
         };
         Ok(())
     }
@@ -374,29 +355,34 @@ impl Step {
     }
 
     fn on_installed(&mut self, result: &Result<Answer, String>, context: &mut Context) -> Option<Outcome> {
-        let State::Installing { next, map, bytes, .. } = &self.state else {
+        let State::Installing { next, map, then, .. } = &self.state else {
             return None;
         };
         // The node fetches the map with its next heartbeat instead.
         self.report_install_failure(*next, result, context);
         if *next == 0 {
-            let (map, bytes) = (map.clone(), *bytes);
+            let (map, then) = (map.clone(), *then);
             let call = self.install(1, &map, context);
             self.state = State::Installing {
                 call,
                 next: 1,
                 map,
-                bytes,
+                then,
             };
             return None;
         }
-        context.effects.push(super::Effect::BroadcastMap);
-        context.report(Report::StepMoved {
-            slots: self.slots.len(),
-            bytes: *bytes,
-            elapsed_ms: context.now_ms.saturating_sub(self.started_ms),
-        });
-        Some(Outcome::Committed)
+        match *then {
+            AfterInstall::Copy => self.after_demotion(context),
+            AfterInstall::Finish { bytes } => {
+                context.effects.push(super::Effect::BroadcastMap);
+                context.report(Report::StepMoved {
+                    slots: self.slots.len(),
+                    bytes,
+                    elapsed_ms: context.now_ms.saturating_sub(self.started_ms),
+                });
+                Some(Outcome::Committed)
+            }
+        }
     }
 
     /// Best effort: a node that misses the abort still learns it from its heartbeats
@@ -462,4 +448,19 @@ impl Step {
             self.addresses[1]
         )))
     }
+}
+
+/// Whether source and target were heard from lately: nothing can be copied off a silent
+/// source (the plan goes on without its slots), and nothing onto a silent target.
+fn check_heard_from(from: ShardRef, to: ShardRef, membership: &Membership, now_ms: u64) -> Result<(), Outcome> {
+    if !membership.is_responsive(from.node_id, now_ms) {
+        return Err(Outcome::SourceDead(format!(
+            "node {} is silent: its slots cannot be copied off it",
+            from.node_id
+        )));
+    }
+    if !membership.is_responsive(to.node_id, now_ms) {
+        return Err(Outcome::Failed(format!("node {} is silent", to.node_id)));
+    }
+    Ok(())
 }
