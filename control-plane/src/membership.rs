@@ -752,25 +752,28 @@ impl Membership {
         &self.state.map
     }
 
-    /// Whether `shard` backs up any of `slots` in the map.
-    pub fn backs_up_any(&self, shard: ShardRef, slots: &[u32]) -> bool {
-        slots.iter().any(|&slot| {
-            self.backups
-                .get(slot as usize)
-                .is_some_and(|backups| backups.contains(&shard))
-        })
+    /// Whether the map names `shard` a backup of `slot`.
+    pub fn backs_up(&self, shard: ShardRef, slot: u32) -> bool {
+        self.backups
+            .get(slot as usize)
+            .is_some_and(|backups| backups.contains(&shard))
     }
 
-    /// Takes `shard` out of the backups of `slots`: a shard refuses to import slots it
-    /// backs up (its copy is what a failover would promote), so a migration onto it
-    /// first drops that role, and the slots have one copy fewer until the move commits
-    /// and a fill restores the count.
-    pub fn drop_backups(&mut self, slots: &[u32], shard: ShardRef) -> &SlotMap {
+    /// Commits a hand-over: `to`, an in-sync backup of each of `slots`, leads them, and
+    /// `from`, whose frozen copy is their final state, backs them up in its place (so
+    /// the slots keep their count of copies).
+    pub fn commit_hand_over(&mut self, slots: &[u32], from: ShardRef, to: ShardRef) -> &SlotMap {
         for &slot in slots {
-            if let Some(backups) = self.backups.get_mut(slot as usize) {
-                backups.retain(|backup| *backup != shard);
+            let index = slot as usize;
+            if let (Some(owner), Some(backups)) = (self.owners.get_mut(index), self.backups.get_mut(index)) {
+                *owner = to;
+                for backup in backups.iter_mut().filter(|backup| **backup == to) {
+                    *backup = from;
+                }
             }
         }
+        self.state.migrations_completed += 1;
+        self.state.slots_moved_total += slots.len() as u64;
         self.rebuild_map();
         &self.state.map
     }

@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use engram_link_tokio::{call_once, fill};
 use engram_proto::{
     admit, decode_payload, encode_message, format_slot_ranges, ControlPlaneStatus, ControlRequest, ControlResponse,
-    ErrorCode, ErrorReply, Family, FrameBuffer, FrameBufferSizes, FrameHeader, FrameKind, HelloReply, Identity,
-    MigrateOut, PeerProtocol, PeerRequest, PeerResponse, Port, Refusal, Response, StateStoreStatus, FRONT_SHARD_ID,
+    ErrorCode, ErrorReply, Family, FrameBuffer, FrameBufferSizes, FrameHeader, FrameKind, HandOver, HelloReply,
+    Identity, MigrateOut, PeerProtocol, PeerRequest, PeerResponse, Port, Refusal, Response, StateStoreStatus,
+    FRONT_SHARD_ID,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -1003,6 +1004,15 @@ fn command_of(call: NodeCall) -> PeerRequest {
             migration_id,
             slots,
             target_address,
+        }),
+        NodeCall::HandOver {
+            migration_id,
+            slots,
+            target,
+        } => PeerRequest::HandOver(HandOver {
+            migration_id,
+            slots,
+            target,
         }),
         NodeCall::InstallMap(map) => PeerRequest::InstallMap(map),
         NodeCall::MigrateAbort {

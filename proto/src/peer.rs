@@ -5,6 +5,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::cluster::ShardProcessRef;
 use crate::message::{ErrorReply, SlotMap};
 use crate::replication::{ReplicaAnswer, ReplicaBatch};
 
@@ -24,6 +25,9 @@ pub enum PeerRequest {
     /// Primary shard to backup shard: the next batch of a replication stream.
     /// (Appended last.)
     Replicate(ReplicaBatch),
+    /// A migration onto an in-sync backup of the slots: no copy, only a hand-over.
+    /// (Appended last.)
+    HandOver(HandOver),
 }
 
 impl PeerRequest {
@@ -35,6 +39,7 @@ impl PeerRequest {
             PeerRequest::MigrateIn(_) => "migrate_in",
             PeerRequest::MigrateAbort { .. } => "migrate_abort",
             PeerRequest::Replicate(_) => "replicate",
+            PeerRequest::HandOver(_) => "hand_over",
         }
     }
 }
@@ -75,6 +80,19 @@ pub struct MigrateOut {
     pub slots: Vec<u32>,
     /// The target shard's own port.
     pub target_address: String,
+}
+
+/// Control plane to the source shard: hand `slots` to `target`, which the source's map
+/// names an in-sync backup of each of them, so it holds them already. The source
+/// freezes them, redirects their parked requests, waits until its stream to the target
+/// has applied every change of theirs, and answers [`PeerResponse::MigrationPrepared`];
+/// from there on as [`MigrateOut`]. The committed map names the source a backup of the
+/// slots in the target's place: its frozen copy is the slots' final state.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HandOver {
+    pub migration_id: u64,
+    pub slots: Vec<u32>,
+    pub target: ShardProcessRef,
 }
 
 /// Source shard to target shard: one batch of a migration's state (an encoded

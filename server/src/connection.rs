@@ -384,6 +384,7 @@ impl Connection {
                 map_epoch,
             } => self.shard.migrate_abort(migration_id, map_epoch),
             PeerRequest::Replicate(batch) => self.shard.replicate_in(batch),
+            PeerRequest::HandOver(order) => self.shard.clone().hand_over(order).await,
         };
         self.outbox.push(FrameKind::Response, request_id, &answer);
         Ok(())

@@ -167,7 +167,7 @@ fn a_shard_far_fuller_than_the_rest_gives_slots_away_by_itself() {
 }
 
 #[test]
-fn a_rebalance_onto_the_backups_node_loses_nothing_and_leaves_every_slot_backed_up() {
+fn a_rebalance_onto_the_backups_node_hands_slots_over_keeping_every_copy_and_loses_nothing() {
     const REPLICAS: usize = 1;
     const LIVENESS_TIMEOUT_MS: u64 = 5_000;
     let mut cluster = FailoverCluster::start("rebalance-onto-backups", 2, REPLICAS, LIVENESS_TIMEOUT_MS);
@@ -185,6 +185,15 @@ fn a_rebalance_onto_the_backups_node_loses_nothing_and_leaves_every_slot_backed_
         load.wait_for_writes(500).await;
 
         cluster_cli(&cluster.control, &["rebalance"]).await;
+        // Every move was a hand-over: the source backs up what it handed over from the
+        // commit on, so no slot ever had fewer copies (a copy would have left the moved
+        // slots without a backup until a fill after the plan).
+        let handed_over = cluster.control.status().await;
+        assert_eq!(
+            handed_over.under_replicated_slots, 0,
+            "right after the rebalance; status: {:?}",
+            handed_over.nodes
+        );
         let spread = wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
         let moved = owned_slots(&spread.map, second);
         assert!(

@@ -11,10 +11,11 @@
 //! for (a call it gave up on, a timer of a finished step) is ignored.
 //!
 //! A step (see [`step`]): reserve migration ids if none are left (persisted before use,
-//! so ids never repeat), `MigrateOut` to the source while watching that source and target
-//! keep heartbeating, then on `MigrationPrepared` persist the new owners (the commit
-//! point), install the map on source and target and broadcast it. Any failure before the
-//! commit sends `MigrateAbort` (naming the epoch it was decided under) to both.
+//! so ids never repeat), `MigrateOut` (a copy) or `HandOver` (onto an in-sync backup) to
+//! the source while watching that source and target keep heartbeating, then on
+//! `MigrationPrepared` persist the new owners (the commit point), install the map on
+//! source and target and broadcast it. Any failure before the commit sends
+//! `MigrateAbort` (naming the epoch it was decided under) to both.
 //!
 //! Invariants:
 //! - The map giving a step's slots to the target is persisted only after the source
@@ -32,7 +33,7 @@ mod tests;
 
 use std::ops::Range;
 
-use engram_proto::{MigrationStatus, SlotMap};
+use engram_proto::{MigrationStatus, ShardProcessRef, SlotMap};
 
 use crate::membership::Membership;
 use crate::planner::{plan_balance, Move, PlanError, ShardRef};
@@ -91,6 +92,13 @@ pub enum NodeCall {
         slots: Vec<u32>,
         target_address: String,
     },
+    /// A migration onto an in-sync backup of every slot: the source freezes them until
+    /// the target holds every change, then answers as for `MigrateOut`.
+    HandOver {
+        migration_id: u64,
+        slots: Vec<u32>,
+        target: ShardProcessRef,
+    },
     InstallMap(SlotMap),
     MigrateAbort {
         migration_id: u64,
@@ -123,13 +131,14 @@ pub enum Change {
     ReserveMigrationIds {
         count: u64,
     },
-    /// Drops `shard` from the backups of `slots`, so it may take them in by migration.
-    DropBackups {
-        slots: Vec<u32>,
-        shard: ShardRef,
-    },
     CommitMove {
         slots: Vec<u32>,
+        to: ShardRef,
+    },
+    /// A hand-over's commit: `to` leads `slots`, and `from` backs them up in its place.
+    CommitHandOver {
+        slots: Vec<u32>,
+        from: ShardRef,
         to: ShardRef,
     },
 }
@@ -147,8 +156,10 @@ impl Change {
     pub fn apply(&self, membership: &mut Membership) -> Changed {
         match self {
             Change::ReserveMigrationIds { count } => Changed::MigrationIds(membership.reserve_migration_ids(*count)),
-            Change::DropBackups { slots, shard } => Changed::Committed(membership.drop_backups(slots, *shard).clone()),
             Change::CommitMove { slots, to } => Changed::Committed(membership.commit_move(slots, *to).clone()),
+            Change::CommitHandOver { slots, from, to } => {
+                Changed::Committed(membership.commit_hand_over(slots, *from, *to).clone())
+            }
         }
     }
 }

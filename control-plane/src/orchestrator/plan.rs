@@ -1,5 +1,6 @@
 //! A plan's run: its moves grouped by (source, target), cut into steps of at most
-//! `slots_per_step` slots, run one after the other.
+//! `slots_per_step` slots that the target backs up all (a hand-over) or none (a copy),
+//! run one after the other.
 
 use engram_proto::MigrationStatus;
 
@@ -64,7 +65,7 @@ impl PlanRun {
                 self.offset = 0;
                 continue;
             }
-            let end = slots.len().min(self.offset + context.config.slots_per_step);
+            let end = self.step_end(slots, *to, context);
             let (from, to, chunk) = (*from, *to, slots[self.offset..end].to_vec());
             self.offset = end;
             match Step::start(from, to, &chunk, context) {
@@ -75,6 +76,17 @@ impl PlanRun {
                 Err(outcome) => self.settle(outcome, chunk.len(), context),
             }
         }
+    }
+
+    /// Where the step starting at `offset` ends: at most `slots_per_step` slots, all
+    /// backed up by the target (a hand-over) or none (a copy).
+    fn step_end(&self, slots: &[u32], to: ShardRef, context: &Context) -> usize {
+        let limit = slots.len().min(self.offset + context.config.slots_per_step);
+        let backed_up = |slot: u32| context.membership.backs_up(to, slot);
+        let first = backed_up(slots[self.offset]);
+        (self.offset + 1..limit)
+            .find(|&index| backed_up(slots[index]) != first)
+            .unwrap_or(limit)
     }
 
     fn settle(&mut self, outcome: Outcome, slots: usize, context: &mut Context) {

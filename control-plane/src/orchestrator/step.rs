@@ -1,13 +1,15 @@
 //! One two-phase migration step of a few slots from one shard to another, as a state
-//! machine: [demote] → reserve ids → prepare (`MigrateOut`, watched) → commit (persist)
-//! → install on source and target → broadcast; or, on any failure before the commit,
-//! abort at source and target.
+//! machine: reserve ids → prepare (watched) → commit (persist) → install on source and
+//! target → broadcast; or, on any failure before the commit, abort at source and target.
 //!
-//! Demote: a target that backs up some of the step's slots first leaves their backups
-//! (a map written and installed on source and target), since a shard's import replaces
-//! what it holds in the slots and a failover must never promote a copy half replaced.
+//! How the source prepares depends on the target. A target that the map names an
+//! in-sync backup of every slot of the step already holds them: the source only freezes
+//! them until its stream to the target has applied every change (`HandOver`), and the
+//! commit swaps the two (the source becomes the backup, its frozen copy being the final
+//! state). Any other target gets a copy of the frozen slots (`MigrateOut`). The plan
+//! cuts its steps so that each is one or the other.
 
-use engram_proto::{MigrationStatus, SlotMap};
+use engram_proto::{MigrationStatus, ShardProcessRef, SlotMap};
 
 use super::{Answer, Change, Changed, Context, Event, NodeCall, Report, Token};
 use crate::membership::Membership;
@@ -23,11 +25,30 @@ pub(super) enum Outcome {
     Failed(String),
 }
 
+/// How the target comes to hold the step's slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Transfer {
+    /// The source copies them while they are frozen.
+    Copy,
+    /// The target backs them all up, in sync: the source waits until it holds every
+    /// change, and the two swap roles.
+    HandOver,
+}
+
+impl Transfer {
+    /// How `to` takes `slots` in: a hand-over when it backs up each of them, a copy when
+    /// it backs up none; `None` for a mix, which the plan never makes.
+    pub(super) fn of(membership: &Membership, to: ShardRef, slots: &[u32]) -> Option<Transfer> {
+        let backed_up = slots.iter().filter(|&&slot| membership.backs_up(to, slot)).count();
+        match backed_up {
+            0 => Some(Transfer::Copy),
+            all if all == slots.len() => Some(Transfer::HandOver),
+            _ => None,
+        }
+    }
+}
+
 enum State {
-    /// Writing the map that takes the target out of the slots' backups.
-    Demoting {
-        persist: Token,
-    },
     ReservingIds {
         persist: Token,
     },
@@ -40,12 +61,12 @@ enum State {
         entries: u64,
         bytes: u64,
     },
-    /// Installing a map on `[source, target][next]`, then going on as `then` says.
+    /// Installing the committed map on `[source, target][next]`.
     Installing {
         call: Token,
         next: usize,
         map: SlotMap,
-        then: AfterInstall,
+        bytes: u64,
     },
     /// Sending the abort to `[source, target][next]`.
     Aborting {
@@ -56,16 +77,6 @@ enum State {
     },
 }
 
-/// What a map's install on source and target leads to.
-#[derive(Clone, Copy)]
-enum AfterInstall {
-    /// The demotion's map: the source stops counting on the target's copy and the
-    /// target stops guarding it, so the copy may begin.
-    Copy,
-    /// The committed map: the step is over once it is broadcast.
-    Finish { bytes: u64 },
-}
-
 pub(super) struct Step {
     from: ShardRef,
     to: ShardRef,
@@ -74,6 +85,7 @@ pub(super) struct Step {
     /// source's slots nor the target's import.
     incarnations: [u64; 2],
     slots: Vec<u32>,
+    transfer: Transfer,
     /// The shard ports of source and target.
     addresses: [String; 2],
     migration_id: u64,
@@ -89,25 +101,20 @@ impl Step {
         let (Some(source), Some(target)) = (membership.shard_address(from), membership.shard_address(to)) else {
             return Err(Outcome::Failed("a shard of the plan left the cluster".into()));
         };
+        let transfer = Transfer::of(membership, to, slots)
+            .ok_or_else(|| Outcome::Failed("a step's target backs up some of its slots and not the others".into()))?;
         let incarnation = |node_id| membership.member(node_id).map_or(0, |member| member.incarnation);
         let mut step = Step {
             from,
             to,
             incarnations: [incarnation(from.node_id), incarnation(to.node_id)],
             slots: slots.to_vec(),
+            transfer,
             addresses: [source.to_string(), target.to_string()],
             migration_id: 0,
             started_ms: context.now_ms,
             state: State::ReservingIds { persist: Token(0) },
         };
-        if membership.backs_up_any(to, slots) {
-            let persist = context.persist(Change::DropBackups {
-                slots: slots.to_vec(),
-                shard: to,
-            });
-            step.state = State::Demoting { persist };
-            return Ok(step);
-        }
         step.begin(context)?;
         Ok(step)
     }
@@ -131,16 +138,7 @@ impl Step {
 
     /// The migration as `engram cluster status` lists it, once it has an id.
     pub(super) fn status(&self) -> Option<MigrationStatus> {
-        if matches!(
-            self.state,
-            State::Demoting { .. }
-                | State::Installing {
-                    then: AfterInstall::Copy,
-                    ..
-                }
-                | State::ReservingIds { .. }
-                | State::Aborting { .. }
-        ) {
+        if matches!(self.state, State::ReservingIds { .. } | State::Aborting { .. }) {
             return None;
         }
         Some(MigrationStatus {
@@ -157,10 +155,21 @@ impl Step {
             .next()
             .ok_or_else(|| Outcome::Failed("no migration id".into()))?;
         self.started_ms = context.now_ms;
-        let order = NodeCall::MigrateOut {
-            migration_id: self.migration_id,
-            slots: self.slots.clone(),
-            target_address: self.addresses[1].clone(),
+        let order = match self.transfer {
+            Transfer::Copy => NodeCall::MigrateOut {
+                migration_id: self.migration_id,
+                slots: self.slots.clone(),
+                target_address: self.addresses[1].clone(),
+            },
+            Transfer::HandOver => NodeCall::HandOver {
+                migration_id: self.migration_id,
+                slots: self.slots.clone(),
+                target: ShardProcessRef {
+                    node_id: self.to.node_id,
+                    shard_id: self.to.shard_id,
+                    incarnation: self.incarnations[1],
+                },
+            },
         };
         let call = context.call(&self.addresses[0], order, context.config.migrate_out_timeout_ms);
         let watch = context.timer(context.config.watch_interval_ms);
@@ -171,9 +180,6 @@ impl Step {
     /// Feeds one event; `Some` once the step is over.
     pub(super) fn handle(&mut self, event: &Event, context: &mut Context) -> Option<Outcome> {
         let result = match (&self.state, event) {
-            (State::Demoting { persist }, Event::Persisted { token, result }) if token == persist => {
-                return self.on_demoted(result, context);
-            }
             (State::ReservingIds { persist }, Event::Persisted { token, result }) if token == persist => {
                 return self.on_ids(result, context);
             }
@@ -196,37 +202,6 @@ impl Step {
             Ok(()) => None,
             Err(reason) => self.abort(reason, context),
         }
-    }
-
-    fn on_demoted(&mut self, result: &Result<Changed, String>, context: &mut Context) -> Option<Outcome> {
-        let map = match result {
-            Ok(Changed::Committed(map)) => map.clone(),
-            Ok(other) => return Some(Outcome::Failed(format!("dropping the target's backups gave {other:?}"))),
-            Err(error) => return Some(Outcome::Failed(error.clone())),
-        };
-        let call = self.install(0, &map, context);
-        self.state = State::Installing {
-            call,
-            next: 0,
-            map,
-            then: AfterInstall::Copy,
-        };
-        None
-    }
-
-    /// After the demotion's installs, which may have taken seconds: what `start` checked
-    /// is checked again, and answered as `start` answers it. A node that missed the map
-    /// learns it from its next heartbeat; until then a target that still guards its
-    /// copy refuses the import and the step aborts.
-    fn after_demotion(&mut self, context: &mut Context) -> Option<Outcome> {
-        let membership = context.membership;
-        if let Err(outcome) = check_heard_from(self.from, self.to, membership, context.now_ms) {
-            return Some(outcome);
-        }
-        if let Err(reason) = self.check_same_processes(membership) {
-            return Some(Outcome::Failed(reason));
-        }
-        self.begin(context).err()
     }
 
     fn report_install_failure(&self, next: usize, result: &Result<Answer, String>, context: &mut Context) {
@@ -294,10 +269,29 @@ impl Step {
             ));
         }
         // The commit point: once the new map is on disk, the target owns the slots.
-        let persist = context.persist(Change::CommitMove {
-            slots: self.slots.clone(),
-            to: self.to,
-        });
+        let change = match self.transfer {
+            Transfer::Copy => Change::CommitMove {
+                slots: self.slots.clone(),
+                to: self.to,
+            },
+            Transfer::HandOver => {
+                // A target the map stopped naming a backup (and which may have dropped
+                // its copy) must not lead the slots.
+                if let Some(slot) = self
+                    .slots
+                    .iter()
+                    .find(|&&slot| !context.membership.backs_up(self.to, slot))
+                {
+                    return Err(format!("the target no longer backs up slot {slot}"));
+                }
+                Change::CommitHandOver {
+                    slots: self.slots.clone(),
+                    from: self.from,
+                    to: self.to,
+                }
+            }
+        };
+        let persist = context.persist(change);
         self.state = State::Committing {
             persist,
             entries,
@@ -344,7 +338,7 @@ impl Step {
             call,
             next: 0,
             map,
-            then: AfterInstall::Finish { bytes },
+            bytes,
         };
         Ok(())
     }
@@ -355,34 +349,30 @@ impl Step {
     }
 
     fn on_installed(&mut self, result: &Result<Answer, String>, context: &mut Context) -> Option<Outcome> {
-        let State::Installing { next, map, then, .. } = &self.state else {
+        let State::Installing { next, map, bytes, .. } = &self.state else {
             return None;
         };
         // The node fetches the map with its next heartbeat instead.
         self.report_install_failure(*next, result, context);
         if *next == 0 {
-            let (map, then) = (map.clone(), *then);
+            let (map, bytes) = (map.clone(), *bytes);
             let call = self.install(1, &map, context);
             self.state = State::Installing {
                 call,
                 next: 1,
                 map,
-                then,
+                bytes,
             };
             return None;
         }
-        match *then {
-            AfterInstall::Copy => self.after_demotion(context),
-            AfterInstall::Finish { bytes } => {
-                context.effects.push(super::Effect::BroadcastMap);
-                context.report(Report::StepMoved {
-                    slots: self.slots.len(),
-                    bytes,
-                    elapsed_ms: context.now_ms.saturating_sub(self.started_ms),
-                });
-                Some(Outcome::Committed)
-            }
-        }
+        let bytes = *bytes;
+        context.effects.push(super::Effect::BroadcastMap);
+        context.report(Report::StepMoved {
+            slots: self.slots.len(),
+            bytes,
+            elapsed_ms: context.now_ms.saturating_sub(self.started_ms),
+        });
+        Some(Outcome::Committed)
     }
 
     /// Best effort: a node that misses the abort still learns it from its heartbeats

@@ -71,14 +71,16 @@ impl Harness {
         self.settle(effects)
     }
 
-    /// Answers with `answer` every call among `effects` but a `MigrateOut` (a next
-    /// step's), and the calls those answers lead to; returns every other effect.
+    /// Answers with `answer` every call among `effects` but a `MigrateOut` or a
+    /// `HandOver` (a next step's), and the calls those answers lead to; returns every other effect.
     fn answer_all(&mut self, effects: Vec<Effect>, answer: Result<Answer, String>) -> Vec<Effect> {
         let mut pending: std::collections::VecDeque<Effect> = effects.into();
         let mut rest = Vec::new();
         while let Some(effect) = pending.pop_front() {
             match effect {
-                Effect::Call { token, call, .. } if !matches!(call, NodeCall::MigrateOut { .. }) => {
+                Effect::Call { token, call, .. }
+                    if !matches!(call, NodeCall::MigrateOut { .. } | NodeCall::HandOver { .. }) =>
+                {
                     let result = answer.clone();
                     pending.extend(self.feed(Event::Answered { token, result }));
                 }
@@ -190,77 +192,96 @@ fn a_step_prepares_then_commits_installs_on_source_and_target_and_broadcasts() {
     assert!(harness.orchestrator.migrations().is_empty());
 }
 
-#[test]
-fn a_target_that_backs_up_the_slots_leaves_their_backups_on_source_and_target_before_the_copy() {
+/// The harness with one backup per slot, the second node's shard backing up `slots`.
+fn backed_up_by_target(slots: std::ops::Range<u32>) -> (Harness, ShardRef, ShardRef) {
     let mut harness = Harness::new();
-    let target = ShardRef {
-        node_id: harness.nodes[1],
-        shard_id: 0,
-    };
+    let [source, target] = harness.nodes.map(|node_id| ShardRef { node_id, shard_id: 0 });
     harness.membership.set_replicas(1).unwrap();
-    let backed_up: Vec<(u32, ShardRef)> = (100..105).map(|slot| (slot, target)).collect();
-    assert_eq!(harness.membership.commit_backups(&backed_up), 5);
-    let epoch = harness.membership.epoch();
-
-    let effects = harness.start(100..110);
-    assert!(
-        harness.membership.backups()[102].is_empty(),
-        "the target left the backups"
-    );
-    assert_eq!(harness.membership.epoch(), epoch + 1, "in a map written first");
-    let mut installed_on = Vec::new();
-    let mut effects = effects;
-    while let (token, address, NodeCall::InstallMap(map)) = call_of(&effects) {
-        assert_eq!(map.epoch, epoch + 1);
-        assert!(map.backups.is_empty());
-        installed_on.push(address);
-        effects = harness.feed(Event::Answered {
-            token,
-            result: Ok(Answer::Accepted),
-        });
-    }
-    assert_eq!(installed_on, ["node-1-shard-0", "node-2-shard-0"]);
-    let (_, source, call) = call_of(&effects);
-    assert_eq!(source, "node-1-shard-0");
-    assert!(matches!(call, NodeCall::MigrateOut { slots, .. } if slots.len() == 10));
+    let backed_up: Vec<(u32, ShardRef)> = slots.map(|slot| (slot, target)).collect();
+    assert_eq!(harness.membership.commit_backups(&backed_up), backed_up.len());
+    (harness, source, target)
 }
 
 #[test]
-fn a_source_silent_after_the_demotion_is_skipped_as_at_the_start() {
-    let mut harness = Harness::new();
-    let target = ShardRef {
-        node_id: harness.nodes[1],
-        shard_id: 0,
-    };
-    harness.membership.set_replicas(1).unwrap();
-    let backed_up: Vec<(u32, ShardRef)> = (100..110).map(|slot| (slot, target)).collect();
-    harness.membership.commit_backups(&backed_up);
+fn a_target_that_backs_up_every_slot_gets_them_by_hand_over_and_the_source_backs_them_up_instead() {
+    let (mut harness, source, target) = backed_up_by_target(100..110);
+    let epoch = harness.membership.epoch();
     let effects = harness.start(100..110);
-    let (on_source, _, _) = call_of(&effects);
+    let (prepare, address, call) = call_of(&effects);
+    assert_eq!(address, "node-1-shard-0");
+    let NodeCall::HandOver {
+        migration_id,
+        slots,
+        target: process,
+    } = call
+    else {
+        panic!("{call:?}")
+    };
+    assert_eq!(slots.len(), 10);
+    assert_eq!(
+        (process.node_id, process.shard_id, process.incarnation),
+        (
+            target.node_id,
+            0,
+            harness.membership.member(target.node_id).unwrap().incarnation
+        )
+    );
+    assert_eq!(harness.orchestrator.migrations()[0].migration_id, migration_id);
+    assert_eq!(harness.membership.epoch(), epoch, "no map before the source prepared");
     let effects = harness.feed(Event::Answered {
-        token: on_source,
-        result: Ok(Answer::Accepted),
+        token: prepare,
+        result: Ok(Answer::Prepared { entries: 4, bytes: 0 }),
     });
-    let (on_target, _, _) = call_of(&effects);
-    harness.now_ms = TARGET_SILENCE_MS_MAX + 1;
-    harness.beat(harness.nodes[1]);
-    let effects = harness.feed(Event::Answered {
-        token: on_target,
-        result: Ok(Answer::Accepted),
-    });
+    assert_eq!(harness.membership.owners()[105], target);
+    assert_eq!(
+        harness.membership.backups()[105],
+        [source],
+        "the source's frozen copy backs the slots up"
+    );
+    let effects = harness.answer_all(effects, Ok(Answer::Accepted));
+    assert!(effects.contains(&Effect::BroadcastMap));
+    assert_eq!(plan_failure(&effects), Some(None));
+}
+
+#[test]
+fn a_plan_cuts_its_steps_into_hand_overs_and_copies() {
+    let (mut harness, _, target) = backed_up_by_target(100..105);
+    let effects = harness.start(100..110);
+    let (prepare, _, call) = call_of(&effects);
     assert!(
-        effects
-            .iter()
-            .any(|effect| matches!(effect, Effect::Report(Report::SkippingDeadSource { .. }))),
+        matches!(&call, NodeCall::HandOver { slots, .. } if *slots == [100, 101, 102, 103, 104]),
+        "{call:?}"
+    );
+    let effects = harness.feed(Event::Answered {
+        token: prepare,
+        result: Ok(Answer::Prepared { entries: 0, bytes: 0 }),
+    });
+    let effects = harness.answer_all(effects, Ok(Answer::Accepted));
+    let (_, _, call) = call_of(&effects);
+    assert!(
+        matches!(&call, NodeCall::MigrateOut { slots, .. } if *slots == [105, 106, 107, 108, 109]),
+        "{call:?}"
+    );
+    assert_eq!(harness.membership.owners()[102], target);
+}
+
+#[test]
+fn a_hand_over_onto_a_target_that_stopped_backing_up_the_slots_aborts() {
+    let (mut harness, _, target) = backed_up_by_target(100..110);
+    let effects = harness.start(100..110);
+    let (prepare, _, _) = call_of(&effects);
+    // The replica setting lowered meanwhile: the target may have dropped its copy.
+    harness.membership.set_replicas(0).unwrap();
+    harness.membership.trim_backups();
+    let effects = harness.feed(Event::Answered {
+        token: prepare,
+        result: Ok(Answer::Prepared { entries: 0, bytes: 0 }),
+    });
+    assert_ne!(harness.membership.owners()[105], target, "no commit");
+    assert!(
+        matches!(&effects[0], Effect::Report(Report::StepAborted { reason, .. }) if reason.contains("no longer backs up")),
         "{effects:?}"
     );
-    assert!(effects.iter().all(|effect| !matches!(
-        effect,
-        Effect::Call {
-            call: NodeCall::MigrateOut { .. },
-            ..
-        }
-    )));
 }
 
 #[test]

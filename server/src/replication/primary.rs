@@ -528,6 +528,21 @@ impl Primary {
         events
     }
 
+    /// Whether `backup` holds everything of `slots` this shard has changed: its stream
+    /// is in sync and has applied every change of a key of theirs. A hand-over waits
+    /// for this with the slots frozen (no change can follow) before the backup may lead
+    /// them.
+    pub fn holds_everything(&self, backup: ShardProcess, slots: &SlotSet) -> bool {
+        let Some(stream) = self.streams.get(&backup) else {
+            return false;
+        };
+        let of_slots = |key: &[u8]| slot_of_stored_key(key).is_some_and(|slot| slots.contains(slot));
+        slots.is_subset_of(&stream.slots)
+            && stream.in_sync
+            && !stream.dirty_keys.iter().any(|key| of_slots(key))
+            && !stream.shipped.keys().any(|key| of_slots(key))
+    }
+
     /// Answers held right now.
     pub fn held(&self) -> usize {
         self.held.len()

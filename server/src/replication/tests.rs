@@ -543,3 +543,47 @@ fn a_fill_order_of_another_generation_starts_a_fresh_stream() {
         Response::Counter { value: 1 }
     );
 }
+
+#[test]
+fn a_hand_over_waits_until_the_backup_holds_every_change_of_the_frozen_slots() {
+    let keys: Vec<String> = (0..600).map(|index| format!("key-{index}")).collect();
+    let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut pair = Pair::new(&names, true);
+    let slot = slot_of_stored_key(&stored("key-1")).expect("a stored key has a slot");
+    let frozen: SlotSet = [slot].into_iter().collect();
+    assert!(
+        !pair.primary.holds_everything(BACKUP, &frozen),
+        "a snapshot still to send"
+    );
+    for _ in 0..10 {
+        pair.exchange();
+    }
+    assert!(pair.primary.holds_everything(BACKUP, &frozen));
+    pair.write("key-1", 1_000, 7);
+    assert!(
+        !pair.primary.holds_everything(BACKUP, &frozen),
+        "a change not shipped yet"
+    );
+    let batches = pair.primary.poll_batches(&pair.primary_store, 10);
+    assert!(
+        !pair.primary.holds_everything(BACKUP, &frozen),
+        "a change shipped and not applied yet"
+    );
+    for (backup, batch) in batches {
+        let answer = pair.backup.receive(batch, &pair.map, &mut pair.backup_store, 10);
+        pair.primary.on_answer(backup, answer);
+    }
+    assert!(pair.primary.holds_everything(BACKUP, &frozen));
+    assert_eq!(
+        counter(&mut pair.backup_store, "key-1", 20),
+        counter(&mut pair.primary_store, "key-1", 20)
+    );
+    let other_backup = ShardProcess {
+        incarnation: BACKUP.incarnation + 1,
+        ..BACKUP
+    };
+    assert!(
+        !pair.primary.holds_everything(other_backup, &frozen),
+        "a process that is not streamed to holds nothing"
+    );
+}

@@ -166,9 +166,9 @@ impl Incoming {
 }
 
 /// What a migration out copied to its target.
-struct Shipped {
-    entries: u64,
-    bytes: u64,
+pub(super) struct Shipped {
+    pub(super) entries: u64,
+    pub(super) bytes: u64,
 }
 
 struct IncomingMigration {
@@ -225,9 +225,12 @@ impl Shard {
             .map(|outgoing| (outgoing.migration_id, outgoing.frozen.clone()));
         if let Some((migration_id, frozen)) = committed {
             let now_ms = self.now_ms();
-            self.store
-                .borrow_mut()
-                .remove_slots(|slot| frozen.get(slot as usize).copied().unwrap_or(false), now_ms);
+            // A hand-over's map names this shard a backup of the slots it handed over:
+            // its frozen copy is their final state, which the new primary's stream
+            // brings up to date.
+            let dropped =
+                |slot: u32| frozen.get(slot as usize).copied().unwrap_or(false) && !self.backs_up(routing, slot);
+            self.store.borrow_mut().remove_slots(dropped, now_ms);
             *self.outgoing.borrow_mut() = None;
             // Anything still parked there was answered TryAgain by the removal.
             self.deliver_completions();
@@ -305,52 +308,72 @@ impl Shard {
 
     /// Phase one at the source: freeze, redirect waiters, copy to the target.
     pub async fn migrate_out(self: Rc<Self>, order: MigrateOut) -> PeerResponse {
-        if let Err(refusal) = self.check_migrate_out(&order) {
+        if let Err(refusal) = self.check_migrate_out(&order.slots) {
             return refusal;
         }
-        let frozen = slot_set(&order.slots);
-        *self.outgoing.borrow_mut() = Some(Outgoing {
-            migration_id: order.migration_id,
-            frozen: frozen.clone(),
-            slots: order.slots.clone(),
-        });
-        self.publish_migrations();
+        let frozen = self.freeze(order.migration_id, &order.slots);
         let in_slot = |slot: u32| frozen.get(slot as usize).copied().unwrap_or(false);
         let now_ms = self.now_ms();
-        self.store.borrow_mut().bounce_waiters(in_slot, now_ms);
-        self.deliver_completions();
         let exported = Instant::now();
         let batches = self
             .store
             .borrow()
             .export_slots(in_slot, now_ms, MIGRATION_BATCH_BYTES_MAX);
         let shipped = self.ship(&order, batches, exported).await;
-        // An abort may have arrived while the batches travelled: the slots are unfrozen
-        // and may have taken writes since, so this copy must not be committed.
+        self.settle_out(order.migration_id, &order.slots, &order.target_address, shipped)
+    }
+
+    /// Freezes `slots` for migration `migration_id` and answers their parked requests
+    /// `TryAgain`; gives back the frozen set (slot-indexed).
+    pub(super) fn freeze(&self, migration_id: u64, slots: &[u32]) -> Vec<bool> {
+        let frozen = slot_set(slots);
+        *self.outgoing.borrow_mut() = Some(Outgoing {
+            migration_id,
+            frozen: frozen.clone(),
+            slots: slots.to_vec(),
+        });
+        self.publish_migrations();
+        let now_ms = self.now_ms();
+        self.store
+            .borrow_mut()
+            .bounce_waiters(|slot| frozen.get(slot as usize).copied().unwrap_or(false), now_ms);
+        self.deliver_completions();
+        frozen
+    }
+
+    /// Ends phase one: prepared if the target holds the slots and no abort came
+    /// meanwhile (the slots would be unfrozen and may have taken writes since, so this
+    /// copy must not be committed), else unfrozen.
+    pub(super) fn settle_out(
+        &self,
+        migration_id: u64,
+        slots: &[u32],
+        target: &str,
+        shipped: Result<Shipped, String>,
+    ) -> PeerResponse {
         let still_ours = self
             .outgoing
             .borrow()
             .as_ref()
-            .is_some_and(|outgoing| outgoing.migration_id == order.migration_id);
+            .is_some_and(|outgoing| outgoing.migration_id == migration_id);
         let shipped = match shipped {
-            Ok(_) if !still_ours => Err("the migration was aborted while its batches travelled".to_string()),
+            Ok(_) if !still_ours => Err("the migration was aborted meanwhile".to_string()),
             other => other,
         };
         match shipped {
-            Ok(shipped) => self.prepared(&order, shipped),
-            Err(reason) => self.failed_out(&order, &reason),
+            Ok(shipped) => self.prepared(migration_id, slots, target, shipped),
+            Err(reason) => self.failed_out(migration_id, &reason),
         }
     }
 
-    /// Refuses a `MigrateOut` of no slots, of slots this shard does not serve, or while
+    /// Refuses a migration out of no slots, of slots this shard does not serve, or while
     /// another migration out runs.
-    fn check_migrate_out(&self, order: &MigrateOut) -> Result<(), PeerResponse> {
+    pub(super) fn check_migrate_out(&self, slots: &[u32]) -> Result<(), PeerResponse> {
         let routing = self.routing();
-        if order.slots.is_empty() {
+        if slots.is_empty() {
             return Err(self.peer_error(ErrorCode::InvalidArgument, "a migration moves at least one slot"));
         }
-        if let Some(&slot) = order
-            .slots
+        if let Some(&slot) = slots
             .iter()
             .find(|&&slot| slot >= SLOT_COUNT || routing.owner(slot) != Owner::Local(self.shard_id as u16))
         {
@@ -373,28 +396,28 @@ impl Shard {
 
     /// Phase one ended: the target holds the copy; the slots stay frozen until the
     /// control plane decides.
-    fn prepared(&self, order: &MigrateOut, shipped: Shipped) -> PeerResponse {
+    fn prepared(&self, migration_id: u64, slots: &[u32], target: &str, shipped: Shipped) -> PeerResponse {
         let Shipped { entries, bytes } = shipped;
         tracing::info!(
             shard = self.shard_id,
-            migration_id = order.migration_id,
-            slots = order.slots.len(),
+            migration_id,
+            slots = slots.len(),
             entries,
             bytes,
-            target = %order.target_address,
+            %target,
             "migration out prepared"
         );
         PeerResponse::MigrationPrepared { entries, bytes }
     }
 
     /// Phase one failed: the slots unfreeze with their state untouched.
-    fn failed_out(&self, order: &MigrateOut, reason: &str) -> PeerResponse {
-        self.unfreeze(order.migration_id);
+    fn failed_out(&self, migration_id: u64, reason: &str) -> PeerResponse {
+        self.unfreeze(migration_id);
         self.node.metrics.record_migration("out", "failed");
-        tracing::warn!(shard = self.shard_id, migration_id = order.migration_id, %reason, "migration out failed");
+        tracing::warn!(shard = self.shard_id, migration_id, %reason, "migration out failed");
         self.peer_error(
             ErrorCode::TryAgain,
-            format!("migration {} failed: {reason}", order.migration_id),
+            format!("migration {migration_id} failed: {reason}"),
         )
     }
 

@@ -24,10 +24,12 @@ use crate::stats::{NodeStats, ShardStats};
 use crate::store::{Completion, Outcome, Store, WaiterId};
 
 mod clock;
+mod hand_over;
 mod migration;
 mod replication;
 
 use clock::StoreClock;
+pub use hand_over::HAND_OVER_POLL_MS;
 use migration::Outgoing;
 /// The target's bookkeeping of migrations coming in, sans-I/O: the seeded simulation
 /// runs the same admission rules as the shard.

@@ -214,6 +214,11 @@ impl Shard {
         );
     }
 
+    /// Whether `backup` has applied every change of `slots` this shard made.
+    pub(super) fn backup_holds_everything(&self, backup: ShardProcess, slots: &crate::replication::SlotSet) -> bool {
+        self.replication.borrow().primary.holds_everything(backup, slots)
+    }
+
     /// Keeps late replica batches off slots this shard starts importing by migration.
     pub(super) fn set_aside_for_import(&self, importing: &[bool]) {
         self.replication.borrow_mut().backup.set_aside(importing);

@@ -3,12 +3,25 @@
 //! node's lease has ended), promotes a backup for each group the dead node led, drops
 //! it from every group it backed up, and restores the replica count by ordering a
 //! primary to fill a new backup, which joins the group once its primary reports it in
-//! sync. Its own state is one reliable store here: the leadership simulation covers
-//! losing it.
+//! sync. It also moves groups by hand-over: the primary freezes a group until its
+//! in-sync backup applied every change, then a new map swaps the two. Its own state is
+//! one reliable store here: the leadership simulation covers losing it.
 
 use crate::model::{Body, Endpoint, Message, Process, SimMap, GROUPS, NODES, REPLICAS};
 use crate::node::{LEASE_MS, LIVENESS_MS};
 use crate::Bug;
+
+/// How long a hand-over may wait for its primary to prepare before it is given up.
+const HAND_OVER_TIMEOUT_MS: u64 = 1_000;
+
+#[derive(Debug, Clone, Copy)]
+struct HandOverRun {
+    id: u64,
+    group: usize,
+    from: Process,
+    to: Process,
+    started_at: u64,
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Member {
@@ -26,6 +39,9 @@ pub struct Control {
     repairs: [Option<Process>; GROUPS],
     pub failovers: u64,
     pub repairs_done: u64,
+    hand_over: Option<HandOverRun>,
+    next_hand_over_id: u64,
+    pub hand_overs_done: u64,
     /// A group left without any copy.
     pub lost_groups: Vec<usize>,
 }
@@ -49,13 +65,23 @@ impl Control {
             repairs: [None; GROUPS],
             failovers: 0,
             repairs_done: 0,
+            hand_over: None,
+            next_hand_over_id: 1,
+            hand_overs_done: 0,
             lost_groups: Vec::new(),
         }
     }
 
     pub fn receive(&mut self, now: u64, from: Endpoint, body: Body, out: &mut Vec<Message>, trace: &mut Vec<String>) {
         match (from, body) {
-            (Endpoint::Node(node), Body::Heartbeat { incarnation, sent_at }) => {
+            (
+                Endpoint::Node(node),
+                Body::Heartbeat {
+                    incarnation,
+                    sent_at,
+                    hand_over,
+                },
+            ) => {
                 let member = self.members[node];
                 if incarnation < member.incarnation {
                     return; // A process already replaced.
@@ -70,6 +96,11 @@ impl Control {
                     dead: false,
                 };
                 let process = Process { node, incarnation };
+                if let Some((id, true)) = hand_over {
+                    self.commit_hand_over(id, process, trace);
+                }
+                let running = self.hand_over.map(|run| run.id);
+                let abort_hand_over = hand_over.is_some_and(|(id, _)| running != Some(id));
                 let repairs = (0..GROUPS)
                     .filter(|group| self.map.primary[*group] == Some(process))
                     .filter_map(|group| self.repairs[group].map(|backup| (group, backup)))
@@ -82,6 +113,7 @@ impl Control {
                         sent_at,
                         map: self.map.clone(),
                         repairs,
+                        abort_hand_over,
                     },
                 });
             }
@@ -113,6 +145,68 @@ impl Control {
             }
         }
         self.plan_repairs(now, trace);
+        if self
+            .hand_over
+            .is_some_and(|run| run.started_at + HAND_OVER_TIMEOUT_MS < now)
+        {
+            trace.push(format!("control: hand-over {:?} given up", self.hand_over));
+            self.hand_over = None;
+        }
+    }
+
+    /// Starts handing `group` over to its first backup, when the cluster is whole and no
+    /// other hand-over runs: the order for its primary.
+    pub fn start_hand_over(&mut self, group: usize, now: u64, trace: &mut Vec<String>) -> Option<Message> {
+        if self.hand_over.is_some() || !self.healthy(now) {
+            return None;
+        }
+        let from = self.map.primary[group]?;
+        let to = *self.map.backups[group].first()?;
+        let id = self.next_hand_over_id;
+        self.next_hand_over_id += 1;
+        trace.push(format!(
+            "control: hand-over {id} of group {group} from {from:?} to {to:?}"
+        ));
+        self.hand_over = Some(HandOverRun {
+            id,
+            group,
+            from,
+            to,
+            started_at: now,
+        });
+        Some(Message {
+            from: Endpoint::Control,
+            to: Endpoint::Node(from.node),
+            body: Body::HandOver { id, group, to },
+        })
+    }
+
+    /// The primary prepared hand-over `id`: commit it if source and target still hold
+    /// their roles, in the processes it began with (else it is given up).
+    fn commit_hand_over(&mut self, id: u64, from: Process, trace: &mut Vec<String>) {
+        let Some(run) = self.hand_over.filter(|run| run.id == id && run.from == from) else {
+            return;
+        };
+        self.hand_over = None;
+        let group = run.group;
+        let roles_held = self.map.primary[group] == Some(run.from)
+            && self.map.backups[group].contains(&run.to)
+            && self.live(run.from)
+            && self.live(run.to);
+        if !roles_held {
+            trace.push(format!("control: hand-over {id} given up: roles changed"));
+            return;
+        }
+        self.map.primary[group] = Some(run.to);
+        for backup in self.map.backups[group].iter_mut().filter(|backup| **backup == run.to) {
+            *backup = run.from;
+        }
+        self.map.epoch += 1;
+        self.hand_overs_done += 1;
+        trace.push(format!(
+            "control: group {group} handed over to {:?} (epoch {})",
+            run.to, self.map.epoch
+        ));
     }
 
     fn live(&self, process: Process) -> bool {
@@ -123,6 +217,12 @@ impl Control {
     /// The node's current process is gone (dead or replaced): promote a live backup for
     /// every group it led, and drop it from every group it backed up.
     fn remove_roles(&mut self, node: usize, trace: &mut Vec<String>) {
+        if self
+            .hand_over
+            .is_some_and(|run| run.from.node == node || run.to.node == node)
+        {
+            self.hand_over = None;
+        }
         let mut changed = false;
         for group in 0..GROUPS {
             let backups_before = self.map.backups[group].len();

@@ -2,13 +2,14 @@
 //! replication state machines (`engram_server::replication`) in four model nodes, a
 //! control plane that promotes backups and restores the replica count, and clients
 //! counting, over a seeded network with loss, delay, reordering and duplicates, while
-//! nodes crash, pause and are cut off. Any failing seed replays to the same failure.
+//! nodes crash, pause and are cut off, and groups are handed over from primary to
+//! backup. Any failing seed replays to the same failure.
 //!
 //! - `cargo nextest run -p engram-tests -E 'test(sim_replication)'` runs
 //!   `ENGRAM_SIM_REPLICATION_SEEDS` seeds (1,000 by default).
 //! - `ENGRAM_SIM_REPLICATION_SEED=N` runs seed N alone and prints its trace (add
 //!   `--no-capture`); `ENGRAM_SIM_REPLICATION_BUG=no-lease` (or `answer-before-backup`,
-//!   `early-promotion`, `release-after-deposed`) injects that bug.
+//!   `early-promotion`, `release-after-deposed`, `serve-frozen`) injects that bug.
 //!
 //! Layout: [`world`] (events, faults, clients, invariants), [`control`] (promotion and
 //! repair), [`node`] (a shard's shell around the state machines), [`model`] (map and
@@ -40,6 +41,9 @@ pub enum Bug {
     /// A primary that lost its group (its backup promoted) answers the writes it held
     /// as done once the new map closes their streams.
     ReleaseAfterDeposed,
+    /// A primary handing a group over goes on serving it: once the backup's map names
+    /// it primary, both serve.
+    ServeFrozen,
 }
 
 impl Bug {
@@ -49,6 +53,7 @@ impl Bug {
             "answer-before-backup" => Some(Bug::AnswerBeforeBackup),
             "early-promotion" => Some(Bug::EarlyPromotion),
             "release-after-deposed" => Some(Bug::ReleaseAfterDeposed),
+            "serve-frozen" => Some(Bug::ServeFrozen),
             _ => None,
         }
     }
@@ -59,6 +64,7 @@ impl Bug {
             Bug::AnswerBeforeBackup => "answer-before-backup",
             Bug::EarlyPromotion => "early-promotion",
             Bug::ReleaseAfterDeposed => "release-after-deposed",
+            Bug::ServeFrozen => "serve-frozen",
         }
     }
 }
@@ -91,6 +97,7 @@ fn add(total: &mut Summary, run: &Summary) {
     total.reads += run.reads;
     total.failovers += run.failovers;
     total.repairs += run.repairs;
+    total.hand_overs += run.hand_overs;
     total.crashes += run.crashes;
     total.pauses += run.pauses;
     total.partitions += run.partitions;
@@ -112,20 +119,25 @@ fn sim_replication_keeps_acknowledged_writes_and_one_primary_across_seeds() {
         add(&mut total, summary);
     }
     println!(
-        "{seeds} seeds in {:.1} s: {} increments and {} reads acknowledged; {} failovers, {} repairs; \
-         {} crashes, {} pauses, {} partitions",
+        "{seeds} seeds in {:.1} s: {} increments and {} reads acknowledged; {} failovers, {} repairs, \
+         {} hand-overs; {} crashes, {} pauses, {} partitions",
         started.elapsed().as_secs_f64(),
         total.increments,
         total.reads,
         total.failovers,
         total.repairs,
+        total.hand_overs,
         total.crashes,
         total.pauses,
         total.partitions
     );
     assert!(failures.is_empty(), "{} of {seeds} seeds failed", failures.len());
     assert!(
-        total.failovers > seeds && total.repairs > seeds && total.pauses > 0 && total.partitions > 0,
+        total.failovers > seeds
+            && total.repairs > seeds
+            && total.hand_overs > seeds
+            && total.pauses > 0
+            && total.partitions > 0,
         "the seeds exercise too little: {total:?}"
     );
 }
@@ -138,6 +150,7 @@ fn sim_replication_catches_injected_bugs_and_their_seeds_replay() {
         Bug::AnswerBeforeBackup,
         Bug::EarlyPromotion,
         Bug::ReleaseAfterDeposed,
+        Bug::ServeFrozen,
     ] {
         let failing = (0..BUG_SEARCH_SEEDS_MAX)
             .find_map(|seed| run(seed, Some(bug)).0.err().map(|failure| (seed, failure)))

@@ -74,6 +74,9 @@ pub enum Body {
     Heartbeat {
         incarnation: u64,
         sent_at: u64,
+        /// The hand-over this node holds a group frozen for, and whether its backup has
+        /// applied every change of the group (prepared).
+        hand_over: Option<(u64, bool)>,
     },
     /// Answers a heartbeat of `incarnation`: the current map and the repairs this node
     /// runs as primary: (group, backup being filled).
@@ -82,6 +85,16 @@ pub enum Body {
         sent_at: u64,
         map: SimMap,
         repairs: Vec<(usize, Process)>,
+        /// The hand-over the heartbeat named is not running (committed, as the map
+        /// says, or given up): unfreeze.
+        abort_hand_over: bool,
+    },
+    /// Control plane to a group's primary: hand the group over to `to`, its in-sync
+    /// backup: freeze it until `to` has applied every change of it.
+    HandOver {
+        id: u64,
+        group: usize,
+        to: Process,
     },
     /// A primary's backup holds every slot of these groups.
     InSync {

@@ -1,7 +1,8 @@
 //! A data node (one shard) around the real store and the real replication state
 //! machines, doing what the shard's shell does: serve a slot only as its primary under
 //! a lease from the control plane, hold answers until the backups applied what decided
-//! them, ship batches, resend what was not applied.
+//! them, ship batches, resend what was not applied, and hand a group over to its backup
+//! (frozen until the backup holds every change, as `shard/hand_over.rs` does).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -37,6 +38,8 @@ pub struct Node {
     /// nothing until it installs a newer one.
     deposed_at_epoch: Option<u64>,
     repairs: Vec<(usize, Process)>,
+    /// The hand-over this node holds a group frozen for: (id, group, target).
+    frozen: Option<(u64, usize, Process)>,
     /// Held answers: ticket → (group, client, request id, answer).
     held: HashMap<Ticket, (usize, usize, u64, Response)>,
     next_ticket: Ticket,
@@ -56,6 +59,7 @@ impl Node {
             lease_until: 0,
             deposed_at_epoch: None,
             repairs: Vec::new(),
+            frozen: None,
             held: HashMap::new(),
             next_ticket: 1,
             bug,
@@ -63,20 +67,27 @@ impl Node {
     }
 
     /// Whether this process serves `group` at `now`: its map names it primary, its
-    /// lease holds, and no backup has told it that it was deposed.
+    /// lease holds, no backup has told it that it was deposed, and it is not handing
+    /// the group over.
     pub fn serving(&self, group: usize, now: u64) -> bool {
         let leased = now < self.lease_until || self.bug == Some(Bug::NoLease);
         let deposed = self.deposed_at_epoch.is_some_and(|epoch| self.map.epoch <= epoch);
-        leased && !deposed && self.map.primary[group] == Some(self.me)
+        let frozen = self.frozen.is_some_and(|(_, frozen, _)| frozen == group) && self.bug != Some(Bug::ServeFrozen);
+        leased && !deposed && !frozen && self.map.primary[group] == Some(self.me)
     }
 
     pub fn heartbeat(&self, now: u64) -> Message {
+        let hand_over = self.frozen.map(|(id, group, to)| {
+            let prepared = self.primary.holds_everything(to.shard(), &group_slots(group));
+            (id, prepared)
+        });
         Message {
             from: Endpoint::Node(self.me.node),
             to: Endpoint::Control,
             body: Body::Heartbeat {
                 incarnation: self.me.incarnation,
                 sent_at: now,
+                hand_over,
             },
         }
     }
@@ -97,15 +108,27 @@ impl Node {
                 sent_at,
                 map,
                 repairs,
+                abort_hand_over,
             } if incarnation == self.me.incarnation => {
                 if map.epoch >= self.map.epoch {
                     self.install(map, repairs, out);
+                }
+                if abort_hand_over {
+                    self.frozen = None;
                 }
                 if now.saturating_sub(sent_at) <= CALL_TIMEOUT_MS {
                     self.lease_until = self.lease_until.max(sent_at + LEASE_MS);
                 }
             }
             Body::Request { req_id, request } => self.serve(now, from, req_id, request, out),
+            // As the shard checks: it leads the group, and its map names the target an
+            // in-sync backup of it.
+            Body::HandOver { id, group, to }
+                if self.frozen.is_none() && self.serving(group, now) && self.map.backups[group].contains(&to) =>
+            {
+                trace.push(format!("{:?} freezes group {group} for hand-over {id}", self.me));
+                self.frozen = Some((id, group, to));
+            }
             Body::Replica { from: primary, batch } => {
                 let answer = self.backup.receive(batch, &self.map, &mut self.store, now);
                 out.push(Message {
@@ -201,6 +224,14 @@ impl Node {
     fn install(&mut self, map: SimMap, repairs: Vec<(usize, Process)>, out: &mut Vec<Message>) {
         self.map = map;
         self.repairs = repairs;
+        // A map that no longer names it primary of the frozen group committed the
+        // hand-over (or a failover overtook it): the group is not its to unfreeze.
+        if self
+            .frozen
+            .is_some_and(|(_, group, _)| self.map.primary[group] != Some(self.me))
+        {
+            self.frozen = None;
+        }
         let mut wanted: BTreeMap<ShardProcess, Wanted> = BTreeMap::new();
         for group in 0..GROUPS {
             if self.map.primary[group] != Some(self.me) {

@@ -2,7 +2,8 @@
 //! replica groups and three clients, over a network that drops, delays (so reorders)
 //! and duplicates messages, while nodes crash (restarting empty, as new processes), are
 //! paused, or are cut off from the control plane or from each other, one fault at a
-//! time, all drawn from one seed. Virtual time only.
+//! time, and the control plane hands groups over from primary to backup, all drawn from
+//! one seed. Virtual time only.
 //!
 //! After every event: at most one process serves each group (as primary, under its
 //! lease). At the end: every counter holds every acknowledged increment and at most the
@@ -54,6 +55,7 @@ pub struct Summary {
     pub reads: u64,
     pub failovers: u64,
     pub repairs: u64,
+    pub hand_overs: u64,
     pub crashes: u64,
     pub pauses: u64,
     pub partitions: u64,
@@ -68,6 +70,7 @@ enum Event {
     ClientNext(usize),
     ClientTimeout(usize, u64),
     Fault,
+    HandOver,
     Restart(usize),
     Resume(usize),
     Heal,
@@ -187,6 +190,8 @@ impl World {
         }
         let first_fault = world.rng.between(1_000, 2_000);
         world.schedule(first_fault, Event::Fault);
+        let first_hand_over = world.rng.between(500, 1_500);
+        world.schedule(first_hand_over, Event::HandOver);
         world
     }
 
@@ -267,6 +272,7 @@ impl World {
             Event::ClientNext(client) => self.start_operation(client, &mut out),
             Event::ClientTimeout(client, req_id) => self.client_timeout(client, req_id, &mut out),
             Event::Fault => self.fault(),
+            Event::HandOver => self.hand_over(&mut out),
             Event::Restart(node) => self.restart(node),
             Event::Resume(node) => self.resume(node),
             Event::Heal => {
@@ -511,6 +517,17 @@ impl World {
         }
     }
 
+    /// Asks the control plane to hand a group over, now and then while faults run.
+    fn hand_over(&mut self, out: &mut Vec<Message>) {
+        if self.now >= FAULTS_END_MS {
+            return;
+        }
+        let next = self.rng.between(200, 1_000);
+        self.schedule(next, Event::HandOver);
+        let group = self.rng.below(GROUPS as u64) as usize;
+        out.extend(self.control.start_hand_over(group, self.now, &mut self.trace));
+    }
+
     fn restart(&mut self, node: usize) {
         let machine = &mut self.machines[node];
         machine.incarnation += 1;
@@ -568,6 +585,7 @@ impl World {
         }
         self.summary.failovers = self.control.failovers;
         self.summary.repairs = self.control.repairs_done;
+        self.summary.hand_overs = self.control.hand_overs_done;
         Ok(self.summary.clone())
     }
 

@@ -158,6 +158,11 @@ fn describe_request(request: &Request) -> String {
             slots,
             target_address,
         }) => format!("migrate_out {migration_id}: {} slots to {target_address}", slots.len()),
+        Request::Node(NodeCall::HandOver {
+            migration_id,
+            slots,
+            target,
+        }) => format!("hand_over {migration_id}: {} slots to {target:?}", slots.len()),
         Request::Node(NodeCall::InstallMap(map)) => format!("install_map epoch {}", map.epoch),
         Request::Node(NodeCall::MigrateAbort {
             migration_id,
