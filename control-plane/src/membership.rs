@@ -626,6 +626,11 @@ impl Membership {
     }
 
     /// Heard from within [`TARGET_SILENCE_MS_MAX`]: may be given slots.
+    /// The map epoch `node_id` reported in its last heartbeat (0: none yet).
+    pub fn reported_epoch(&self, node_id: u64) -> u64 {
+        self.observed.get(&node_id).map_or(0, |observed| observed.map_epoch)
+    }
+
     pub fn is_responsive(&self, node_id: u64, now_ms: u64) -> bool {
         self.last_heard_ms(node_id)
             .is_some_and(|last| now_ms.saturating_sub(last) <= TARGET_SILENCE_MS_MAX)

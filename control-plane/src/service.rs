@@ -630,6 +630,7 @@ impl Controller {
                     }
                 }
                 Effect::Report(report) => report_to(inner, report),
+                Effect::OrderFill { from, to, slots } => inner.membership.order_step_fill(from, to, &slots),
                 other => io.push(other),
             }
         }
@@ -677,8 +678,8 @@ impl Controller {
                     });
                 }
                 Effect::BroadcastMap => self.broadcast_map(),
-                Effect::Persist { .. } | Effect::Report(_) => {
-                    unreachable!("settle_effects performs persists and reports")
+                Effect::Persist { .. } | Effect::Report(_) | Effect::OrderFill { .. } => {
+                    unreachable!("settle_effects performs persists, reports and fill orders")
                 }
             }
         }
@@ -754,12 +755,13 @@ impl Controller {
         }
     }
 
-    /// Plans the fills that restore each slot's backups (none while a plan moves slots:
-    /// a fill towards a move's target would be void at its commit), and trims backups
-    /// beyond the setting.
+    /// Trims backups beyond the setting and plans the fills that restore each slot's
+    /// backups. Neither while a plan moves slots: its steps order the only fills (those
+    /// of the housekeeping were withdrawn at its start), and a step's fill and
+    /// hand-over leave a slot one backup beyond the setting until the plan ends.
     fn plan_replicas(self: &Arc<Self>) {
         let mut inner = self.lock();
-        if !matches!(inner.role, Role::Leading(_)) {
+        if !matches!(inner.role, Role::Leading(_)) || inner.orchestrator.is_busy() {
             return;
         }
         let now_ms = self.now_ms();
@@ -772,13 +774,7 @@ impl Controller {
                 Err(error) => tracing::warn!(%error, "cannot drop backups beyond the setting"),
             }
         }
-        let busy = inner.orchestrator.is_busy();
-        let planned = if busy {
-            inner.membership.plan_fills_none();
-            Ok(())
-        } else {
-            inner.membership.plan_fills(now_ms)
-        };
+        let planned = inner.membership.plan_fills(now_ms);
         if let Err(error) = planned {
             tracing::warn!(%error, "cannot place backups");
         }

@@ -1,8 +1,10 @@
 //! Slot moves against real processes that go wrong or start on their own: a migration
 //! whose target dies midway is aborted and loses nothing, a shard far fuller than the
 //! rest gives slots away without an operator, and a rebalance onto the node that holds
-//! the slots' backups (`--replicas 1`) succeeds under load, loses nothing, and leaves
-//! every slot backed up again, so that node's death afterwards loses nothing either.
+//! the slots' backups (`--replicas 1`) hands them over under load, loses nothing, and
+//! leaves every slot backed up again, so that node's death afterwards loses nothing
+//! either; a rebalance onto a node with no copies fills it while serving, then hands
+//! over, never copying frozen slots.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,13 +16,14 @@ use engram_tests::elastic::{
     bulky_value, connect, keys_held, keys_owned_by, seed_first_step, wait_for_first_batch, wait_for_members, BULKY_KEYS,
 };
 use engram_tests::failover::{
-    incarnation_of, owned_slots, wait_for_new_incarnation, wait_for_redundancy, FailoverCluster, StatusWatch,
+    incarnation_of, owned_slots, wait_for_new_incarnation, wait_for_redundancy, FailoverCluster, Node, StatusWatch,
     REDUNDANCY_LIMIT,
 };
 use engram_tests::load::{Load, SharedKeys};
 use engram_tests::processes::Scratch;
 use engram_tests::run_async;
 use engram_tests::server::next_loopback;
+use engram_tests::victim::start_at_fixed_address_in_group;
 
 #[test]
 fn a_migration_whose_target_dies_midway_is_aborted_and_loses_nothing() {
@@ -219,5 +222,52 @@ fn a_rebalance_onto_the_backups_node_hands_slots_over_keeping_every_copy_and_los
         load.stop_and_check(&client, &keys).await;
         let report = watch.stop().await;
         report.assert_nothing_lost();
+    });
+}
+
+#[test]
+fn a_rebalance_onto_a_node_without_copies_fills_it_while_serving_and_never_copies_frozen() {
+    const REPLICAS: usize = 1;
+    const LIVENESS_TIMEOUT_MS: u64 = 5_000;
+    let mut cluster = FailoverCluster::start("rebalance-fills", 2, REPLICAS, LIVENESS_TIMEOUT_MS);
+    run_async(Duration::from_secs(170), async {
+        wait_for_members(&cluster.control, 2).await;
+        let before = wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
+        let first = cluster.nodes[0].node_id;
+        let client = cluster.client().await;
+        let keys = SharedKeys::on_shard(&before.map, shard_of_node(&before.map, first));
+        let watch = StatusWatch::start(&cluster.control);
+        let load = Load::start(&client, &keys);
+        load.wait_for_writes(500).await;
+
+        // A third node, empty: whatever backups the placement moves onto it before the
+        // plan starts, every slot it then takes is either one it backs up (a hand-over)
+        // or one it holds no copy of (a fill, then a hand-over).
+        let (server, options) = start_at_fixed_address_in_group(&cluster.control, None);
+        let third = server.node_id();
+        cluster.nodes.push(Node {
+            node_id: third,
+            options,
+            running: Some(server),
+            killed: Vec::new(),
+        });
+        wait_for_members(&cluster.control, 3).await;
+        cluster_cli(&cluster.control, &["rebalance"]).await;
+        let moved = cluster.control.status().await;
+        assert!(
+            owned_slots(&moved.map, third).len() >= SLOT_COUNT as usize / 3 - 1,
+            "the third node owns {} slots",
+            owned_slots(&moved.map, third).len()
+        );
+        assert_eq!(
+            moved.bytes_moved_total, 0,
+            "no step copied frozen slots ({} slots moved)",
+            moved.slots_moved_total
+        );
+        assert_eq!(moved.under_replicated_slots, 0, "no slot had one copy fewer");
+        load.wait_for_writes(500).await;
+        wait_for_redundancy(&cluster.control, REPLICAS, REDUNDANCY_LIMIT).await;
+        load.stop_and_check(&client, &keys).await;
+        watch.stop().await.assert_nothing_lost();
     });
 }

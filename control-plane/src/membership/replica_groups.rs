@@ -179,6 +179,32 @@ impl Membership {
         self.fills_generation = self.fills_generation.wrapping_add(1);
     }
 
+    /// Orders the fill that a migration step runs before it hands `slots` over: `to`
+    /// becomes one more backup of them (beyond the setting, and wanted, so naming it
+    /// trims no other), in a new generation. Replaces every other order: none run while
+    /// a plan moves slots.
+    pub fn order_step_fill(&mut self, from: ShardRef, to: ShardRef, slots: &[u32]) {
+        let mut desired = self.backups.clone();
+        desired.resize(SLOT_COUNT as usize, Vec::new());
+        for &slot in slots {
+            if let Some(wanted) = desired.get_mut(slot as usize) {
+                wanted.push(to);
+            }
+        }
+        self.fills = Fills {
+            orders: BTreeMap::from([((from, to), slots.to_vec())]),
+            desired,
+        };
+        self.fills_generation = self.fills_generation.wrapping_add(1);
+    }
+
+    /// Whether a shard of `node_id` backs up `slot` in the map.
+    pub fn backed_up_on_node(&self, node_id: u64, slot: u32) -> bool {
+        self.backups
+            .get(slot as usize)
+            .is_some_and(|backups| backups.iter().any(|backup| backup.node_id == node_id))
+    }
+
     /// Starts the generations of this leader's fill orders at `base` (a value no earlier
     /// leader used, such as the time in nanoseconds): orders of a previous leader that a
     /// primary still runs never pass for this one's.

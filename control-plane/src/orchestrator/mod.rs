@@ -43,7 +43,12 @@ use reconcile::Reconcile;
 /// Slots one migration step moves: a step freezes its slots for the time it takes to
 /// copy them, so steps stay small enough that the freeze is short.
 pub const MIGRATION_SLOTS_PER_STEP: usize = 128;
-/// How long the source may take to copy one step to the target.
+/// Slots one step hands over (after a fill, or onto their backup): such a step freezes
+/// its slots only until the target applied the stream's last changes, whatever their
+/// size, and each costs a few heartbeats of waiting, so steps are large.
+pub const HAND_OVER_SLOTS_PER_STEP: usize = 2048;
+/// How long the source may take to copy one step to the target (or to fill it as a
+/// backup, before a hand-over).
 pub const MIGRATE_OUT_TIMEOUT_MS: u64 = 120_000;
 /// Migration ids reserved with one write of the state file.
 pub const MIGRATION_IDS_RESERVED_PER_WRITE: u64 = 1024;
@@ -55,21 +60,30 @@ pub const TARGET_WATCH_INTERVAL_MS: u64 = 250;
 /// The orchestrator's tunables; [`Config::default`] is what `engram-control` runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// Slots of a step that copies them frozen.
     pub slots_per_step: usize,
+    /// Slots of a step that fills its target or hands over to it.
+    pub slots_per_hand_over: usize,
     pub migration_ids_per_write: u64,
     pub migrate_out_timeout_ms: u64,
     pub node_call_timeout_ms: u64,
     pub watch_interval_ms: u64,
+    /// Whether a step onto a shard that holds no copy of its slots fills it as a backup
+    /// while serving, then hands the slots over (with replicas only; see [`step`]),
+    /// instead of copying them frozen.
+    pub fill_before_move: bool,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             slots_per_step: MIGRATION_SLOTS_PER_STEP,
+            slots_per_hand_over: HAND_OVER_SLOTS_PER_STEP,
             migration_ids_per_write: MIGRATION_IDS_RESERVED_PER_WRITE,
             migrate_out_timeout_ms: MIGRATE_OUT_TIMEOUT_MS,
             node_call_timeout_ms: NODE_CALL_TIMEOUT_MS,
             watch_interval_ms: TARGET_WATCH_INTERVAL_MS,
+            fill_before_move: true,
         }
     }
 }
@@ -204,6 +218,13 @@ pub enum Effect {
     },
     /// Send the current map to every member's front port, answers not awaited.
     BroadcastMap,
+    /// Order `from` to fill `to` with `slots` as a backup, in place of any other fill
+    /// order ([`Membership::order_step_fill`]): not persisted, like every fill order.
+    OrderFill {
+        from: ShardRef,
+        to: ShardRef,
+        slots: Vec<u32>,
+    },
     Report(Report),
 }
 

@@ -1,10 +1,10 @@
 //! A plan's run: its moves grouped by (source, target), cut into steps of at most
-//! `slots_per_step` slots that the target backs up all (a hand-over) or none (a copy),
-//! run one after the other.
+//! `slots_per_step` slots that the target takes in the same way (a hand-over, a fill
+//! then a hand-over, or a copy), run one after the other.
 
 use engram_proto::MigrationStatus;
 
-use super::step::{Outcome, Step};
+use super::step::{Outcome, Step, Transfer};
 use super::{Context, Event, Report};
 use crate::planner::{group_moves, Move, ShardRef};
 
@@ -78,14 +78,17 @@ impl PlanRun {
         }
     }
 
-    /// Where the step starting at `offset` ends: at most `slots_per_step` slots, all
-    /// backed up by the target (a hand-over) or none (a copy).
+    /// Where the step starting at `offset` ends: slots that the target takes in the
+    /// same way ([`Transfer::of_slot`]), at most as many as a step of that way moves.
     fn step_end(&self, slots: &[u32], to: ShardRef, context: &Context) -> usize {
-        let limit = slots.len().min(self.offset + context.config.slots_per_step);
-        let backed_up = |slot: u32| context.membership.backs_up(to, slot);
-        let first = backed_up(slots[self.offset]);
+        let first = Transfer::of_slot(context, to, slots[self.offset]);
+        let per_step = match first {
+            Transfer::Copy => context.config.slots_per_step,
+            Transfer::Fill | Transfer::HandOver => context.config.slots_per_hand_over,
+        };
+        let limit = slots.len().min(self.offset + per_step);
         (self.offset + 1..limit)
-            .find(|&index| backed_up(slots[index]) != first)
+            .find(|&index| Transfer::of_slot(context, to, slots[index]) != first)
             .unwrap_or(limit)
     }
 

@@ -6,8 +6,13 @@
 //! in-sync backup of every slot of the step already holds them: the source only freezes
 //! them until its stream to the target has applied every change (`HandOver`), and the
 //! commit swaps the two (the source becomes the backup, its frozen copy being the final
-//! state). Any other target gets a copy of the frozen slots (`MigrateOut`). The plan
-//! cuts its steps so that each is one or the other.
+//! state). With replicas, a target that holds no copy is first *filled* as one more
+//! backup while the slots are served (a fill order, as for restoring the replica
+//! count), and once the map names it, the step goes on as a hand-over: the slots are
+//! frozen for a round trip of the stream, not for a copy. Without replicas (no streams
+//! run), or onto a node that already backs the slots up on another shard, the source
+//! copies the frozen slots (`MigrateOut`). The plan cuts its steps so that each takes
+//! one way.
 
 use engram_proto::{MigrationStatus, ShardProcessRef, SlotMap};
 
@@ -30,25 +35,48 @@ pub(super) enum Outcome {
 pub(super) enum Transfer {
     /// The source copies them while they are frozen.
     Copy,
+    /// The source fills the target as one more backup of them while serving them, then
+    /// hands them over.
+    Fill,
     /// The target backs them all up, in sync: the source waits until it holds every
     /// change, and the two swap roles.
     HandOver,
 }
 
 impl Transfer {
-    /// How `to` takes `slots` in: a hand-over when it backs up each of them, a copy when
-    /// it backs up none; `None` for a mix, which the plan never makes.
-    pub(super) fn of(membership: &Membership, to: ShardRef, slots: &[u32]) -> Option<Transfer> {
-        let backed_up = slots.iter().filter(|&&slot| membership.backs_up(to, slot)).count();
-        match backed_up {
-            0 => Some(Transfer::Copy),
-            all if all == slots.len() => Some(Transfer::HandOver),
-            _ => None,
+    /// How `to` takes `slot` in: a hand-over when it backs the slot up; else a fill
+    /// (when fills run: replicas set, `fill_before_move` on, and no other shard of its
+    /// node backs the slot up, which the map allows only once per node); else a copy.
+    pub(super) fn of_slot(context: &Context, to: ShardRef, slot: u32) -> Transfer {
+        let membership = context.membership;
+        if membership.backs_up(to, slot) {
+            Transfer::HandOver
+        } else if context.config.fill_before_move
+            && membership.replicas() > 0
+            && !membership.backed_up_on_node(to.node_id, slot)
+        {
+            Transfer::Fill
+        } else {
+            Transfer::Copy
         }
+    }
+
+    /// How `to` takes every one of `slots` in; `None` for a mix, which the plan never makes.
+    fn of(context: &Context, to: ShardRef, slots: &[u32]) -> Option<Transfer> {
+        let first = Transfer::of_slot(context, to, *slots.first()?);
+        slots
+            .iter()
+            .all(|&slot| Transfer::of_slot(context, to, slot) == first)
+            .then_some(first)
     }
 }
 
 enum State {
+    /// Waiting for the map to name the target a backup of every slot (the fill's
+    /// primary reports it in sync), then for the source to have that map.
+    Filling {
+        watch: Token,
+    },
     ReservingIds {
         persist: Token,
     },
@@ -101,8 +129,8 @@ impl Step {
         let (Some(source), Some(target)) = (membership.shard_address(from), membership.shard_address(to)) else {
             return Err(Outcome::Failed("a shard of the plan left the cluster".into()));
         };
-        let transfer = Transfer::of(membership, to, slots)
-            .ok_or_else(|| Outcome::Failed("a step's target backs up some of its slots and not the others".into()))?;
+        let transfer = Transfer::of(context, to, slots)
+            .ok_or_else(|| Outcome::Failed("a step mixes slots its target backs up and slots it does not".into()))?;
         let incarnation = |node_id| membership.member(node_id).map_or(0, |member| member.incarnation);
         let mut step = Step {
             from,
@@ -115,8 +143,56 @@ impl Step {
             started_ms: context.now_ms,
             state: State::ReservingIds { persist: Token(0) },
         };
-        step.begin(context)?;
+        if transfer == Transfer::Fill {
+            step.fill(context);
+        } else {
+            step.begin(context)?;
+        }
         Ok(step)
+    }
+
+    /// Orders the fill of the target and watches it: the slots are served meanwhile.
+    fn fill(&mut self, context: &mut Context) {
+        context.effects.push(super::Effect::OrderFill {
+            from: self.from,
+            to: self.to,
+            slots: self.slots.clone(),
+        });
+        let watch = context.timer(context.config.watch_interval_ms);
+        self.state = State::Filling { watch };
+    }
+
+    /// A look at the fill: once the map names the target a backup of every slot and the
+    /// source reports having that map (it checks the map before it hands over), the
+    /// step goes on as a hand-over. Source or target silent or restarted, or the fill
+    /// too slow: the step ends here, nothing frozen and nothing to abort (the fill
+    /// order goes with the next step's or the plan's end).
+    fn on_fill_watch(&mut self, context: &mut Context) -> Option<Outcome> {
+        let membership = context.membership;
+        if let Err(outcome) = check_heard_from(self.from, self.to, membership, context.now_ms) {
+            return Some(outcome);
+        }
+        if let Err(reason) = self.check_same_processes(membership) {
+            return Some(Outcome::Failed(reason));
+        }
+        let named = self.slots.iter().all(|&slot| membership.backs_up(self.to, slot));
+        if named && membership.reported_epoch(self.from.node_id) >= membership.epoch() {
+            self.transfer = Transfer::HandOver;
+            return self.begin(context).err();
+        }
+        let waited_ms = context.now_ms.saturating_sub(self.started_ms);
+        if waited_ms > context.config.migrate_out_timeout_ms {
+            return Some(Outcome::Failed(format!(
+                "the fill of {} slots onto node {} was not in sync within {} ms",
+                self.slots.len(),
+                self.to.node_id,
+                context.config.migrate_out_timeout_ms
+            )));
+        }
+        self.state = State::Filling {
+            watch: context.timer(context.config.watch_interval_ms),
+        };
+        None
     }
 
     /// Reserves ids if none are left, then prepares.
@@ -138,7 +214,10 @@ impl Step {
 
     /// The migration as `engram cluster status` lists it, once it has an id.
     pub(super) fn status(&self) -> Option<MigrationStatus> {
-        if matches!(self.state, State::ReservingIds { .. } | State::Aborting { .. }) {
+        if matches!(
+            self.state,
+            State::Filling { .. } | State::ReservingIds { .. } | State::Aborting { .. }
+        ) {
             return None;
         }
         Some(MigrationStatus {
@@ -161,7 +240,8 @@ impl Step {
                 slots: self.slots.clone(),
                 target_address: self.addresses[1].clone(),
             },
-            Transfer::HandOver => NodeCall::HandOver {
+            // A fill is prepared once it landed, as a hand-over.
+            Transfer::Fill | Transfer::HandOver => NodeCall::HandOver {
                 migration_id: self.migration_id,
                 slots: self.slots.clone(),
                 target: ShardProcessRef {
@@ -180,6 +260,9 @@ impl Step {
     /// Feeds one event; `Some` once the step is over.
     pub(super) fn handle(&mut self, event: &Event, context: &mut Context) -> Option<Outcome> {
         let result = match (&self.state, event) {
+            (State::Filling { watch }, Event::TimerFired { token }) if token == watch => {
+                return self.on_fill_watch(context);
+            }
             (State::ReservingIds { persist }, Event::Persisted { token, result }) if token == persist => {
                 return self.on_ids(result, context);
             }
@@ -274,7 +357,7 @@ impl Step {
                 slots: self.slots.clone(),
                 to: self.to,
             },
-            Transfer::HandOver => {
+            Transfer::Fill | Transfer::HandOver => {
                 // A target the map stopped naming a backup (and which may have dropped
                 // its copy) must not lead the slots.
                 if let Some(slot) = self

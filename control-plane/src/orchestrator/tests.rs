@@ -45,6 +45,9 @@ impl Harness {
         let mut pending: std::collections::VecDeque<Effect> = effects.into();
         let mut rest = Vec::new();
         while let Some(effect) = pending.pop_front() {
+            if let Effect::OrderFill { from, to, slots } = &effect {
+                self.membership.order_step_fill(*from, *to, slots);
+            }
             if let Effect::Persist { token, change } = effect {
                 let changed = change.apply(&mut self.membership);
                 let event = Event::Persisted {
@@ -244,7 +247,7 @@ fn a_target_that_backs_up_every_slot_gets_them_by_hand_over_and_the_source_backs
 }
 
 #[test]
-fn a_plan_cuts_its_steps_into_hand_overs_and_copies() {
+fn a_plan_cuts_its_steps_into_hand_overs_fills_and_copies() {
     let (mut harness, _, target) = backed_up_by_target(100..105);
     let effects = harness.start(100..110);
     let (prepare, _, call) = call_of(&effects);
@@ -257,12 +260,124 @@ fn a_plan_cuts_its_steps_into_hand_overs_and_copies() {
         result: Ok(Answer::Prepared { entries: 0, bytes: 0 }),
     });
     let effects = harness.answer_all(effects, Ok(Answer::Accepted));
-    let (_, _, call) = call_of(&effects);
+    assert_eq!(harness.membership.owners()[102], target);
     assert!(
-        matches!(&call, NodeCall::MigrateOut { slots, .. } if *slots == [105, 106, 107, 108, 109]),
+        effects.iter().any(|effect| matches!(
+            effect,
+            Effect::OrderFill { slots, .. } if *slots == [105, 106, 107, 108, 109]
+        )),
+        "the slots the target does not back up are filled first: {effects:?}"
+    );
+    assert!(effects.iter().all(|effect| !matches!(effect, Effect::Call { .. })));
+
+    let mut copying = Harness::new();
+    copying.orchestrator.config.fill_before_move = false;
+    copying.membership.set_replicas(1).unwrap();
+    let (_, _, call) = call_of(&copying.start(105..110));
+    assert!(
+        matches!(&call, NodeCall::MigrateOut { slots, .. } if slots.len() == 5),
+        "without fills, a copy: {call:?}"
+    );
+}
+
+/// The source's heartbeat reporting `to` in sync for `slots` (at the current map), as
+/// its shard does once the fill's snapshot and the writes since are applied.
+fn report_in_sync(harness: &mut Harness, from: ShardRef, to: ShardRef, slots: (u32, u32)) {
+    let heartbeat = Heartbeat {
+        node_id: from.node_id,
+        map_epoch: harness.membership.epoch(),
+        shards: Vec::new(),
+        migrations: Vec::new(),
+        incarnation: harness.membership.member(from.node_id).unwrap().incarnation,
+        in_sync: vec![engram_proto::InSyncReport {
+            shard_id: from.shard_id,
+            map_epoch: harness.membership.epoch(),
+            backup: engram_proto::ShardProcessRef {
+                node_id: to.node_id,
+                shard_id: to.shard_id,
+                incarnation: harness.membership.member(to.node_id).unwrap().incarnation,
+            },
+            slots: vec![slots],
+        }],
+    };
+    let ready = harness.membership.in_sync_backups(&heartbeat);
+    harness.membership.commit_backups(&ready);
+}
+
+#[test]
+fn a_target_without_a_copy_is_filled_while_the_slots_are_served_then_handed_over() {
+    let mut harness = Harness::new();
+    harness.membership.set_replicas(1).unwrap();
+    let [source, target] = harness.nodes.map(|node_id| ShardRef { node_id, shard_id: 0 });
+    let effects = harness.start(100..110);
+    assert!(effects.contains(&Effect::OrderFill {
+        from: source,
+        to: target,
+        slots: (100..110).collect(),
+    }));
+    assert!(
+        effects.iter().all(|effect| !matches!(effect, Effect::Call { .. })),
+        "nothing frozen while the fill runs: {effects:?}"
+    );
+    assert_eq!(harness.membership.fills_for(source.node_id).len(), 1);
+    harness.now_ms += 300;
+    harness.beat(source.node_id);
+    harness.beat(target.node_id);
+    let effects = harness.feed(Event::TimerFired {
+        token: timer_of(&effects),
+    });
+    assert!(effects.iter().all(|effect| !matches!(effect, Effect::Call { .. })));
+
+    report_in_sync(&mut harness, source, target, (100, 109));
+    assert!(harness.membership.backs_up(target, 105), "named once in sync");
+    let effects = harness.feed(Event::TimerFired {
+        token: timer_of(&effects),
+    });
+    assert!(
+        effects.iter().all(|effect| !matches!(effect, Effect::Call { .. })),
+        "not before the source has the map naming the target: {effects:?}"
+    );
+    harness.beat(source.node_id);
+    let effects = harness.feed(Event::TimerFired {
+        token: timer_of(&effects),
+    });
+    let (prepare, address, call) = call_of(&effects);
+    assert_eq!(address, "node-1-shard-0");
+    assert!(
+        matches!(&call, NodeCall::HandOver { slots, .. } if slots.len() == 10),
         "{call:?}"
     );
-    assert_eq!(harness.membership.owners()[102], target);
+    let effects = harness.feed(Event::Answered {
+        token: prepare,
+        result: Ok(Answer::Prepared { entries: 0, bytes: 0 }),
+    });
+    assert_eq!(harness.membership.owners()[105], target);
+    assert_eq!(harness.membership.backups()[105], [source]);
+    let effects = harness.answer_all(effects, Ok(Answer::Accepted));
+    assert_eq!(plan_failure(&effects), Some(None));
+}
+
+#[test]
+fn a_fill_that_never_gets_in_sync_ends_the_plan_with_nothing_frozen() {
+    let mut harness = Harness::new();
+    harness.membership.set_replicas(1).unwrap();
+    let mut effects = harness.start(100..110);
+    let mut waited = 0;
+    while plan_failure(&effects).is_none() {
+        assert!(effects.iter().all(|effect| !matches!(effect, Effect::Call { .. })));
+        harness.now_ms += 1_000;
+        for node_id in harness.nodes {
+            harness.beat(node_id);
+        }
+        effects = harness.feed(Event::TimerFired {
+            token: timer_of(&effects),
+        });
+        waited += 1;
+        assert!(waited < 1_000, "the fill is waited for forever");
+    }
+    let failure = plan_failure(&effects).flatten().unwrap_or_default();
+    assert!(failure.contains("was not in sync within"), "{failure}");
+    assert_eq!(harness.membership.owners()[105].node_id, harness.nodes[0]);
 }
 
 #[test]
@@ -287,6 +402,7 @@ fn a_hand_over_onto_a_target_that_stopped_backing_up_the_slots_aborts() {
 #[test]
 fn a_step_whose_source_failed_over_during_the_copy_aborts_instead_of_committing() {
     let mut harness = Harness::new();
+    harness.orchestrator.config.fill_before_move = false;
     let third = harness.membership.join(&join_request(3, 3), 0).unwrap().node_id;
     harness.membership.set_replicas(1).unwrap();
     let backup = ShardRef {

@@ -170,6 +170,12 @@ impl Control {
                     self.broadcast(io);
                     Vec::new()
                 }
+                // The model nodes run no replicas (the replication simulation covers
+                // fills and hand-overs), so no step fills; kept as the service keeps it.
+                Effect::OrderFill { from, to, slots } => {
+                    self.membership.order_step_fill(from, to, &slots);
+                    Vec::new()
+                }
                 Effect::Report(report) => {
                     io.committed += u64::from(matches!(report, Report::Committed { .. }));
                     io.aborted += u64::from(matches!(report, Report::StepAborted { .. }));
