@@ -42,6 +42,17 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node joining `control`, at an address it keeps across restarts.
+    fn start(control: &ControlPlane, group: Option<u32>) -> Node {
+        let (server, options) = start_at_fixed_address_in_group(control, group);
+        Node {
+            node_id: server.node_id(),
+            options,
+            running: Some(server),
+            killed: Vec::new(),
+        }
+    }
+
     pub fn server(&self) -> &EngramServer {
         self.running
             .as_ref()
@@ -98,25 +109,21 @@ impl FailoverCluster {
             ],
             groups.control,
         );
-        let nodes = groups
-            .nodes
-            .iter()
-            .map(|&group| {
-                let (server, options) = start_at_fixed_address_in_group(&control, group);
-                Node {
-                    node_id: server.node_id(),
-                    options,
-                    running: Some(server),
-                    killed: Vec::new(),
-                }
-            })
-            .collect();
+        let nodes = groups.nodes.iter().map(|&group| Node::start(&control, group)).collect();
         FailoverCluster {
             control,
             nodes,
             replicas,
             _scratch: scratch,
         }
+    }
+
+    /// Starts one more node, which joins empty; returns its id.
+    pub fn add_node(&mut self) -> u64 {
+        let node = Node::start(&self.control, None);
+        let node_id = node.node_id;
+        self.nodes.push(node);
+        node_id
     }
 
     /// Waits for every node, spreads the slots (the first node took them all) and waits

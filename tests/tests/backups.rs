@@ -9,10 +9,9 @@ use engram_proto::{SlotHasher, SlotMap};
 use engram_tests::cluster::wait_for_members;
 use engram_tests::elastic::keys_held;
 use engram_tests::failover::{
-    owned_slots, redundancy_gap, wait_for_redundancy, wait_for_status, FailoverCluster, Node, REDUNDANCY_LIMIT,
+    owned_slots, redundancy_gap, wait_for_redundancy, wait_for_status, FailoverCluster, REDUNDANCY_LIMIT,
 };
 use engram_tests::run_async;
-use engram_tests::victim::start_at_fixed_address_in_group;
 
 const REPLICAS: usize = 1;
 const LIVENESS_TIMEOUT_MS: u64 = 5_000;
@@ -54,14 +53,7 @@ fn a_backup_moved_to_a_joining_node_leaves_no_copy_behind() {
             "the backup holds a copy of every key"
         );
 
-        let (server, options) = start_at_fixed_address_in_group(&cluster.control, None);
-        let third = server.node_id();
-        cluster.nodes.push(Node {
-            node_id: third,
-            options,
-            running: Some(server),
-            killed: Vec::new(),
-        });
+        let third = cluster.add_node();
         wait_for_members(&cluster.control, 3, engram_tests::cluster::MEMBERSHIP_LIMIT).await;
         wait_for_status(
             &cluster.control,

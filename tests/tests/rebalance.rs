@@ -16,14 +16,13 @@ use engram_tests::elastic::{
     bulky_value, connect, keys_held, keys_owned_by, seed_first_step, wait_for_first_batch, wait_for_members, BULKY_KEYS,
 };
 use engram_tests::failover::{
-    incarnation_of, owned_slots, wait_for_new_incarnation, wait_for_redundancy, FailoverCluster, Node, StatusWatch,
+    incarnation_of, owned_slots, wait_for_new_incarnation, wait_for_redundancy, FailoverCluster, StatusWatch,
     REDUNDANCY_LIMIT,
 };
 use engram_tests::load::{Load, SharedKeys};
 use engram_tests::processes::Scratch;
 use engram_tests::run_async;
 use engram_tests::server::next_loopback;
-use engram_tests::victim::start_at_fixed_address_in_group;
 
 #[test]
 fn a_migration_whose_target_dies_midway_is_aborted_and_loses_nothing() {
@@ -243,14 +242,7 @@ fn a_rebalance_onto_a_node_without_copies_fills_it_while_serving_and_never_copie
         // A third node, empty: whatever backups the placement moves onto it before the
         // plan starts, every slot it then takes is either one it backs up (a hand-over)
         // or one it holds no copy of (a fill, then a hand-over).
-        let (server, options) = start_at_fixed_address_in_group(&cluster.control, None);
-        let third = server.node_id();
-        cluster.nodes.push(Node {
-            node_id: third,
-            options,
-            running: Some(server),
-            killed: Vec::new(),
-        });
+        let third = cluster.add_node();
         wait_for_members(&cluster.control, 3).await;
         cluster_cli(&cluster.control, &["rebalance"]).await;
         let moved = cluster.control.status().await;
