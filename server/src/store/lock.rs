@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use engram_proto::{ErrorCode, LockHolder, MigratedLockHolder, MigratedObject, Response};
 
 use super::validation::{check_lease_ms, check_minted, check_owner};
-use super::waiting::Revert;
+use super::waiting::{copied_deadline_ms, lease_deadline_ms, Revert};
 use super::{error, Effects, Object, Outcome, WaiterId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +91,7 @@ impl LockState {
                     owner: holder.owner,
                     fence: holder.fence,
                     lease_ms: holder.lease_ms,
-                    lease_deadline_ms: now_ms.saturating_add(holder.lease_remaining_ms),
+                    lease_deadline_ms: copied_deadline_ms(now_ms, holder.lease_remaining_ms),
                 })
             }
         };
@@ -110,7 +110,7 @@ impl LockState {
 
     fn grant(&mut self, key: &[u8], owner: Vec<u8>, lease_ms: u64, effects: &mut Effects<'_>) -> Response {
         let fence = effects.next_version();
-        let lease_deadline_ms = effects.now_ms.saturating_add(lease_ms);
+        let lease_deadline_ms = lease_deadline_ms(effects.now_ms, lease_ms);
         effects.set_lease(key, fence, lease_deadline_ms);
         self.holder = Some(Holder {
             owner,
@@ -228,7 +228,7 @@ impl LockState {
             Some(holder) if holder.owner == owner && holder.fence == fence => {
                 effects.clear_lease(key, fence, holder.lease_deadline_ms);
                 holder.lease_ms = lease_ms;
-                holder.lease_deadline_ms = effects.now_ms.saturating_add(lease_ms);
+                holder.lease_deadline_ms = lease_deadline_ms(effects.now_ms, lease_ms);
                 effects.set_lease(key, fence, holder.lease_deadline_ms);
                 Response::LockGranted { fence, lease_ms }
             }

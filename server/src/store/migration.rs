@@ -22,6 +22,7 @@ use engram_proto::{decode_batch, ErrorCode, MigratedEntry, MigratedObject, Migra
 use super::keys::{client_key, slot_of_stored_key, STORED_KEY_BYTES_MAX};
 use super::operations::{done_record_bytes, OPERATION_RECORDS_MAX};
 use super::validation::check_minted;
+use super::waiting::copied_deadline_ms;
 use super::{
     barrier, error, future, latch, lock, map, queue, semaphore, CompactEntry, CompactError, Contents, Effects, Entry,
     KeyEntry, Object, Store,
@@ -291,7 +292,7 @@ impl Store {
         let expires_at_ms = if ttl_remaining_ms == 0 {
             0
         } else {
-            now_ms.saturating_add(ttl_remaining_ms)
+            copied_deadline_ms(now_ms, ttl_remaining_ms)
         };
         Ok(match object {
             MigratedObject::Bytes { value } => {

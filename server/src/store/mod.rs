@@ -58,7 +58,7 @@ use operations::{Lookup, Record, RECORD_OVERHEAD_BYTES};
 pub use operations::{OperationLog, OPERATION_RECORDS_MAX, SESSION_IDLE_MS_MAX};
 pub use replica::ReplicaChanges;
 use table::{CompactEntry, CompactError, Contents, KeyEntry, KeyTable, Position};
-pub use waiting::Completion;
+pub use waiting::{Completion, STORE_CLOCK_STEP_MS};
 pub(crate) use waiting::{Effects, Revert, Waiting};
 
 /// Bookkeeping charged per bytes value or counter on top of its key and value bytes. An

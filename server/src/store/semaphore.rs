@@ -9,7 +9,7 @@ use engram_proto::limits::PARTIES_MAX;
 use engram_proto::{ErrorCode, MigratedObject, MigratedPermit, Response};
 
 use super::validation::{check_lease_ms, check_minted, check_owner};
-use super::waiting::Revert;
+use super::waiting::{copied_deadline_ms, lease_deadline_ms, Revert};
 use super::{error, Effects, Object, Outcome, WaiterId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +111,7 @@ impl SemaphoreState {
             let restored = Permit {
                 owner: permit.owner,
                 permits: permit.permits,
-                lease_deadline_ms: now_ms.saturating_add(permit.lease_remaining_ms),
+                lease_deadline_ms: copied_deadline_ms(now_ms, permit.lease_remaining_ms),
             };
             if held.insert(permit.permit_id, restored).is_some() {
                 return Err(format!("permit {} appears twice", permit.permit_id));
@@ -178,7 +178,7 @@ impl SemaphoreState {
         effects: &mut Effects<'_>,
     ) -> Response {
         let permit_id = effects.next_version();
-        let lease_deadline_ms = effects.now_ms.saturating_add(lease_ms);
+        let lease_deadline_ms = lease_deadline_ms(effects.now_ms, lease_ms);
         effects.set_lease(key, permit_id, lease_deadline_ms);
         self.in_use += permits;
         self.held.insert(
@@ -248,7 +248,7 @@ impl SemaphoreState {
             return not_held(permit_id, &lapsed);
         };
         effects.clear_lease(key, permit_id, permit.lease_deadline_ms);
-        permit.lease_deadline_ms = effects.now_ms.saturating_add(lease_ms);
+        permit.lease_deadline_ms = lease_deadline_ms(effects.now_ms, lease_ms);
         effects.set_lease(key, permit_id, permit.lease_deadline_ms);
         Response::SemaphoreGranted {
             permit_id,

@@ -114,6 +114,25 @@ impl Waiting {
     }
 }
 
+/// The store's clock counts whole milliseconds, rounded down: when it reads `now_ms`
+/// up to a millisecond more may really have passed, and another process's clock is
+/// rounded at another phase. A lease deadline adds that step, so a lease never ends
+/// before the holder's own reckoning (from when it sent the request); a copied deadline
+/// (a lease or an expiry installed on another shard) adds it too, so a copy never ends
+/// before its original.
+pub const STORE_CLOCK_STEP_MS: u64 = 1;
+
+/// When a lease of `lease_ms` taken at `now_ms` ends; see [`STORE_CLOCK_STEP_MS`].
+pub fn lease_deadline_ms(now_ms: u64, lease_ms: u64) -> u64 {
+    now_ms.saturating_add(lease_ms).saturating_add(STORE_CLOCK_STEP_MS)
+}
+
+/// When a copied lease or expiry with `remaining_ms` left, installed at `now_ms`, ends;
+/// see [`STORE_CLOCK_STEP_MS`].
+pub fn copied_deadline_ms(now_ms: u64, remaining_ms: u64) -> u64 {
+    now_ms.saturating_add(remaining_ms).saturating_add(STORE_CLOCK_STEP_MS)
+}
+
 /// What an object operation may do beyond its own state: read the clock, draw a
 /// version (fences), park the current request, answer parked ones, set lease timers.
 pub struct Effects<'a> {

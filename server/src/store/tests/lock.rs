@@ -65,7 +65,7 @@ impl LockModel {
         self.holder = Some(ModelHolder {
             owner,
             fence,
-            deadline_ms: now + lease_ms,
+            deadline_ms: now + lease_ms + STORE_CLOCK_STEP_MS,
         });
         Ok(())
     }
@@ -150,7 +150,7 @@ proptest! {
                         }
                         Some(holder) if holder.owner == owner => {
                             prop_assert_eq!(outcome, Outcome::Ready(Response::LockGranted { fence: holder.fence, lease_ms }));
-                            model.holder.as_mut().unwrap().deadline_ms = now + lease_ms;
+                            model.holder.as_mut().unwrap().deadline_ms = now + lease_ms + STORE_CLOCK_STEP_MS;
                         }
                         Some(_) if wait_ms == 0 => {
                             let Outcome::Ready(response) = outcome else { panic!("try-acquire parked") };
@@ -189,7 +189,7 @@ proptest! {
                     let outcome = store.apply(7, &request(op_id, command), now);
                     if holds.is_some() {
                         prop_assert_eq!(outcome, Outcome::Ready(Response::LockGranted { fence, lease_ms }));
-                        model.holder.as_mut().unwrap().deadline_ms = now + lease_ms;
+                        model.holder.as_mut().unwrap().deadline_ms = now + lease_ms + STORE_CLOCK_STEP_MS;
                     } else {
                         let Outcome::Ready(response) = outcome else { panic!("renew parked") };
                         prop_assert_eq!(code(&response), Some(ErrorCode::NotHolder));
@@ -340,14 +340,15 @@ fn renewing_after_the_lease_ran_out_does_not_revive_it() {
     let Outcome::Parked(waiter) = store.apply(1, &request(2, acquire("b")), 0) else {
         panic!()
     };
-    // The renew arrives after the deadline but before any timer fired.
+    // The renew arrives after the deadline (the lease plus the clock's step) but before any
+    // timer fired.
     let renew = Command::from(LockCommand::Renew {
         key: KEY.into(),
         owner: b"a".to_vec(),
         fence,
         lease_ms: 10,
     });
-    let Outcome::Ready(refused) = store.apply(1, &request(3, renew), 10) else {
+    let Outcome::Ready(refused) = store.apply(1, &request(3, renew), 10 + STORE_CLOCK_STEP_MS) else {
         panic!()
     };
     assert_eq!(code(&refused), Some(ErrorCode::NotHolder));
@@ -419,12 +420,12 @@ fn not_holder_says_what_did_not_match() {
     let both = refusal(apply(&mut store, release("b", fence + 7), 1), ErrorCode::NotHolder);
     assert!(both.starts_with("neither owner \"b\" nor fence"), "{both}");
     // Past the lease, before any timer fired: the answer says the lease ended.
-    let ended = refusal(apply(&mut store, renew("a", fence), 10), ErrorCode::NotHolder);
+    let ended = refusal(apply(&mut store, renew("a", fence), 11), ErrorCode::NotHolder);
     assert_eq!(
         ended,
         format!("fence {fence} no longer holds the lock: its lease ended; it is free")
     );
-    let free = refusal(apply(&mut store, release("a", fence), 11), ErrorCode::NotHolder);
+    let free = refusal(apply(&mut store, release("a", fence), 12), ErrorCode::NotHolder);
     assert!(
         free.starts_with(&format!("the lock is free: fence {fence} does not hold it")),
         "{free}"
@@ -437,7 +438,7 @@ fn not_holder_says_what_did_not_match() {
     let Outcome::Parked(_) = apply(&mut store, acquire("b", 1_000), 20) else {
         panic!("a held lock parks a waiting acquire")
     };
-    let passed_on = refusal(apply(&mut store, release("a", second), 30), ErrorCode::NotHolder);
+    let passed_on = refusal(apply(&mut store, release("a", second), 31), ErrorCode::NotHolder);
     assert!(
         passed_on.starts_with(&format!(
             "fence {second} no longer holds the lock: its lease ended; owner \"b\" holds it now, under fence"
@@ -467,9 +468,9 @@ fn not_holder_says_what_did_not_match() {
             permit_id,
         }))
     };
-    let lapsed = refusal(apply(&mut store, permit_release(), 110), ErrorCode::NotHolder);
+    let lapsed = refusal(apply(&mut store, permit_release(), 111), ErrorCode::NotHolder);
     assert_eq!(lapsed, format!("permit {permit_id} is not held: its lease ended"));
-    let gone = refusal(apply(&mut store, permit_release(), 111), ErrorCode::NotHolder);
+    let gone = refusal(apply(&mut store, permit_release(), 112), ErrorCode::NotHolder);
     assert_eq!(
         gone,
         format!("permit {permit_id} is not held (released, lease ended, or never granted)")

@@ -298,7 +298,8 @@ proptest! {
         );
         prop_assert!(target.last_version >= last_version_before);
 
-        // Leases and expiries end at the same virtual moments on both.
+        // Every lease and expiry ends on the target one clock step after the source's
+        // (never before it).
         let moving_reads: Vec<Command> = reads()
             .into_iter()
             .filter(|command| command.key().and_then(slot_of_stored_key).is_some_and(in_slot))
@@ -307,12 +308,12 @@ proptest! {
         for _ in 0..=70 {
             for read in &moving_reads {
                 let expected = ready(reference.apply(9, &request(0, read.clone()), at));
-                let actual = ready(target.apply(9, &request(0, read.clone()), at));
+                let actual = ready(target.apply(9, &request(0, read.clone()), at + STORE_CLOCK_STEP_MS));
                 prop_assert_eq!(actual, expected, "{:?} at {}", read, at);
             }
             at += 1;
             reference.expire_due(at, usize::MAX);
-            target.expire_due(at, usize::MAX);
+            target.expire_due(at + STORE_CLOCK_STEP_MS, usize::MAX);
             prop_assert!(target.take_completions().is_empty());
         }
 
@@ -621,4 +622,45 @@ fn empty_slots_still_carry_the_version_counter() {
     let mut target = Store::new(UNLIMITED, 2);
     target.import_batch(batches[0].clone(), 0).unwrap();
     assert_eq!(target.last_version, source.last_version);
+}
+
+/// The store's clock reads whole milliseconds rounded down, each process at its own
+/// phase. A lease of 1,000 ms taken at 0 is held through 1,000 (the clock may read 1,000
+/// when 1,000.9 ms have passed), and a copy installed on a store whose clock reads 500
+/// at the moment the source's reads 400 ends no earlier than the original.
+#[test]
+fn a_lease_runs_its_whole_length_and_a_copy_never_ends_before_the_original() {
+    let holder_of = |store: &mut Store, now_ms| match ready(store.apply(
+        9,
+        &request(0, Command::from(LockCommand::Holder { key: stored("lock") })),
+        now_ms,
+    )) {
+        Response::LockHolder { holder } => holder.map(|holder| holder.owner),
+        other => panic!("holder answered {other:?}"),
+    };
+    let mut source = Store::new(UNLIMITED, 1);
+    let Response::LockGranted { .. } = ready(source.apply(1, &request(1, lock_acquire("lock", "a", 0)), 0)) else {
+        panic!("a free lock is granted")
+    };
+    let mut target = Store::new(UNLIMITED, 2);
+    for batch in source.export_slots(moves("lock"), 400, usize::MAX) {
+        target.import_batch(batch, 500).unwrap();
+    }
+    assert_eq!(
+        holder_of(&mut source, 1_000),
+        Some(b"a".to_vec()),
+        "the lease ended early"
+    );
+    assert_eq!(holder_of(&mut source, 1_001), None, "the lease outlived its clock step");
+    // The original ends at the source's 1,001, which is the target's 1,101 or later.
+    assert_eq!(
+        holder_of(&mut target, 1_101),
+        Some(b"a".to_vec()),
+        "the copy ended first"
+    );
+    assert_eq!(
+        holder_of(&mut target, 1_102),
+        None,
+        "the copy gains one clock step, no more"
+    );
 }

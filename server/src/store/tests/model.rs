@@ -250,7 +250,8 @@ proptest! {
                         prop_assert_eq!(imported, Ok(()));
                         prop_assert!(model.live(&key, now).is_none(), "the store lost live key {:?}", key);
                         let model_version = if matches!(object, ModelObject::Bytes(_)) { version } else { 0 };
-                        let deadline = (ttl_ms != 0).then(|| now + ttl_ms);
+                        // A copied expiry ends a clock step late, never early.
+                        let deadline = (ttl_ms != 0).then(|| now + ttl_ms + STORE_CLOCK_STEP_MS);
                         model.entries.insert(key, (object, model_version, deadline));
                         last_version = version;
                     }

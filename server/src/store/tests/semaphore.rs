@@ -70,7 +70,7 @@ proptest! {
                     let (waiter, permits, lease_ms, _) = waiters.pop_front().unwrap();
                     grants.push((waiter, permits, lease_ms));
                     // Reserved under a placeholder id until the store reports the real one.
-                    held.insert(u64::MAX - waiter, (permits, now + lease_ms));
+                    held.insert(u64::MAX - waiter, (permits, now + lease_ms + STORE_CLOCK_STEP_MS));
                 }
             }
             let mut expected_timeouts = Vec::new();
@@ -132,7 +132,7 @@ proptest! {
                         };
                         prop_assert!(permit_id > last_permit_id);
                         last_permit_id = permit_id;
-                        held.insert(permit_id, (permits, now + lease_ms));
+                        held.insert(permit_id, (permits, now + lease_ms + STORE_CLOCK_STEP_MS));
                     } else if wait_ms == 0 {
                         let Outcome::Ready(response) = outcome else { panic!("try-acquire parked") };
                         prop_assert_eq!(code(&response), Some(ErrorCode::Timeout));
