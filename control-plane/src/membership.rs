@@ -766,7 +766,9 @@ impl Membership {
 
     /// Commits a hand-over: `to`, an in-sync backup of each of `slots`, leads them, and
     /// `from`, whose frozen copy is their final state, backs them up in its place (so
-    /// the slots keep their count of copies).
+    /// the slots keep their count of copies). The step commits only after checking
+    /// that the map still names `to` a backup of every slot: one that is not would
+    /// lead a slot it may hold no copy of.
     pub fn commit_hand_over(&mut self, slots: &[u32], from: ShardRef, to: ShardRef) -> &SlotMap {
         for &slot in slots {
             let index = slot as usize;

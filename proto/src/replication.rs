@@ -52,9 +52,11 @@ pub struct ReplicaBatch {
     pub stream: ReplicaStreamId,
     /// 1, 2, 3, … without gaps.
     pub seq: u64,
-    /// Batch 1 only: the slots the stream covers, as inclusive ranges. The backup keeps
+    /// Batch 1: the slots the stream covers, as inclusive ranges. The backup keeps
     /// what it already holds of them until the snapshot ends (it may be the only other
-    /// copy), then drops the keys the snapshot did not name.
+    /// copy), then drops the keys the snapshot did not name. A later batch carries them
+    /// only when the stream narrowed (its primary gave slots away): from that batch on,
+    /// the backup follows only these. Empty otherwise.
     pub covered: Vec<(u32, u32)>,
     /// The current image of each key that changed (or, during the snapshot, of each key
     /// in the snapshot's next part).

@@ -316,7 +316,7 @@ impl Step {
             .into_iter()
             .find(|&node_id| !membership.is_responsive(node_id, context.now_ms))
         {
-            return Err(format!("node {node_id} went silent during the copy"));
+            return Err(format!("node {node_id} went silent during the step"));
         }
         self.check_same_processes(membership)?;
         if let State::Preparing { watch, .. } = &mut self.state {
@@ -347,7 +347,7 @@ impl Step {
             .find(|&&slot| !context.membership.serves(self.from, slot))
         {
             return Err(format!(
-                "slot {slot} left node {} during the copy (failed over?)",
+                "slot {slot} left node {} during the step (failed over?)",
                 self.from.node_id
             ));
         }
@@ -390,7 +390,7 @@ impl Step {
             let now = membership.member(node_id).map_or(0, |member| member.incarnation);
             if now != began {
                 return Err(format!(
-                    "{role} node {node_id} restarted during the copy (incarnation {began}, now {now})"
+                    "{role} node {node_id} restarted during the step (incarnation {began}, now {now})"
                 ));
             }
         }

@@ -2,12 +2,16 @@
 //! batch may be applied.
 //!
 //! A batch is applied only if the backup's own map names its sender primary of every
-//! slot the stream covers, the stream is the newest opening from that primary shard,
-//! and the batch is the next in sequence. The first rule is what keeps a deposed
-//! primary out: once the backup has installed the map that promoted it (or another
-//! backup), a batch from the old primary is refused, so no write reaches it from both
-//! sides. Until it has installed that map it is not serving, and what it applies is
-//! what the old primary did before its lease ended.
+//! slot the stream covers (checked when the stream opens) and of every slot the batch
+//! changes, the stream is the newest opening from that primary shard, and the batch is
+//! the next in sequence. At each new map a stream leaves the slots the map gives to
+//! another primary, and a primary that gives slots away says so in its next batch, so
+//! a stream narrows without a new opening (and without a new snapshot). The first rule
+//! is what keeps a deposed primary out: once the backup has installed the map that
+//! promoted it (or another backup), a change the old primary sends of those slots is
+//! refused, so no write reaches it from both sides. Until it has installed that map it
+//! is not serving, and what it applies is what the old primary did before its lease
+//! ended.
 
 use std::collections::{HashMap, HashSet};
 
@@ -78,13 +82,9 @@ impl Backup {
         let seq = batch.seq;
         match self.admit(&batch, map) {
             Ok(Some(applied)) => ReplicaAnswer::Applied { stream, seq: applied },
-            Ok(None) => match self.apply(batch, store, now_ms) {
+            Ok(None) => match self.apply(batch, map, store, now_ms) {
                 Ok(()) => ReplicaAnswer::Applied { stream, seq },
-                Err(reason) => ReplicaAnswer::Refused {
-                    stream,
-                    seq,
-                    refusal: ReplicaRefusal::Invalid { reason },
-                },
+                Err(refusal) => ReplicaAnswer::Refused { stream, seq, refusal },
             },
             Err(refusal) => ReplicaAnswer::Refused { stream, seq, refusal },
         }
@@ -143,37 +143,31 @@ impl Backup {
                 expected: following.applied + 1,
             });
         }
+        if !batch.covered.is_empty() {
+            let covered = SlotSet::from_ranges(&batch.covered).ok_or_else(|| ReplicaRefusal::Invalid {
+                reason: "a covered slot range is reversed or outside the slots".into(),
+            })?;
+            // Intersected, not replaced: a stream only ever narrows without a new opening.
+            following.slots = following.slots.intersection(&covered);
+        }
         if following.checked_epoch != backup_epoch {
-            check_primary(&following.slots, &id, map)?;
+            following.leave_slots_led_by_others(&id, map);
             following.checked_epoch = backup_epoch;
         }
         Ok(None)
     }
 
-    fn apply(&mut self, mut batch: ReplicaBatch, store: &mut Store, now_ms: u64) -> Result<(), String> {
-        let sender = (batch.stream.primary_node, batch.stream.primary_shard);
-        let Some(following) = self.following.get_mut(&sender) else {
-            return Err("no stream followed from this primary".into());
+    fn apply(
+        &mut self,
+        mut batch: ReplicaBatch,
+        map: &impl PrimaryView,
+        store: &mut Store,
+        now_ms: u64,
+    ) -> Result<(), ReplicaRefusal> {
+        let id = batch.stream;
+        let Some(following) = self.following.get_mut(&(id.primary_node, id.primary_shard)) else {
+            return Err(invalid("no stream followed from this primary".into()));
         };
-        let slots = &following.slots;
-        let outside = batch
-            .entries
-            .iter()
-            .map(|entry| &entry.key)
-            .chain(&batch.removed_keys)
-            .find(|key| !slot_of_stored_key(key).is_some_and(|slot| slots.contains(slot)));
-        if let Some(key) = outside {
-            return Err(format!(
-                "key {:?} is outside the stream's slots",
-                String::from_utf8_lossy(key)
-            ));
-        }
-        if let Some(record) = batch.records.iter().find(|record| !slots.contains(record.slot)) {
-            return Err(format!(
-                "record of operation {} of client {} names slot {}, outside the stream's slots",
-                record.op_id, record.client_id, record.slot
-            ));
-        }
         let set_aside = &self.set_aside;
         // Nearly always empty: then no key is hashed a second time.
         if !set_aside.is_empty() {
@@ -181,6 +175,21 @@ impl Backup {
             batch.entries.retain(|entry| kept(&entry.key));
             batch.removed_keys.retain(|key| kept(key));
             batch.records.retain(|record| !set_aside.contains(record.slot));
+        }
+        let slots = &following.slots;
+        let key_slots = batch
+            .entries
+            .iter()
+            .map(|entry| &entry.key)
+            .chain(&batch.removed_keys)
+            .map(|key| slot_of_stored_key(key).ok_or(key.as_slice()));
+        let record_slots = batch.records.iter().map(|record| Ok(record.slot));
+        for slot in key_slots.chain(record_slots) {
+            match slot {
+                Ok(slot) if slots.contains(slot) => {}
+                Ok(slot) => return Err(outside_the_stream(slot, &id, map)),
+                Err(key) => return Err(invalid(format!("key {:?} names no slot", String::from_utf8_lossy(key)))),
+            }
         }
         let named_now: Vec<Box<[u8]>> = batch.entries.iter().map(|entry| entry.key.as_slice().into()).collect();
         let removed: Vec<Box<[u8]>> = batch.removed_keys.iter().map(|key| key.as_slice().into()).collect();
@@ -193,7 +202,7 @@ impl Backup {
         };
         store
             .apply_replica(changes, now_ms)
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| invalid(error.to_string()))?;
         following.applied = batch.seq;
         if let Some(named) = &mut following.named {
             named.extend(named_now);
@@ -210,12 +219,50 @@ impl Backup {
     }
 }
 
-fn check_primary(slots: &SlotSet, id: &ReplicaStreamId, map: &impl PrimaryView) -> Result<(), ReplicaRefusal> {
-    let sender = ShardProcess {
+impl Following {
+    /// Stops following the slots `map` names another primary of: the sender handed
+    /// them over (its batches of them all arrived before) or was deposed. The stream
+    /// goes on for the rest, so a late batch of the sender does not depose it for
+    /// slots it gave away, and a change of a slot it left is refused, never dropped.
+    fn leave_slots_led_by_others(&mut self, id: &ReplicaStreamId, map: &impl PrimaryView) {
+        let sender = sender_of(id);
+        let led_by_others: SlotSet = self
+            .slots
+            .iter()
+            .filter(|&slot| map.primary_of(slot) != Some(sender))
+            .collect();
+        if !led_by_others.is_empty() {
+            self.slots = self.slots.difference(&led_by_others);
+        }
+    }
+}
+
+/// The refusal of a change of `slot`, which the stream does not cover (any more): the
+/// sender is deposed if the map names another primary of it, else the batch is wrong.
+fn outside_the_stream(slot: u32, id: &ReplicaStreamId, map: &impl PrimaryView) -> ReplicaRefusal {
+    if map.primary_of(slot) == Some(sender_of(id)) {
+        invalid(format!("a change of slot {slot} is outside the stream's slots"))
+    } else {
+        ReplicaRefusal::NotPrimary {
+            backup_epoch: map.epoch(),
+        }
+    }
+}
+
+fn invalid(reason: String) -> ReplicaRefusal {
+    ReplicaRefusal::Invalid { reason }
+}
+
+fn sender_of(id: &ReplicaStreamId) -> ShardProcess {
+    ShardProcess {
         node_id: id.primary_node,
         shard_id: id.primary_shard,
         incarnation: id.incarnation,
-    };
+    }
+}
+
+fn check_primary(slots: &SlotSet, id: &ReplicaStreamId, map: &impl PrimaryView) -> Result<(), ReplicaRefusal> {
+    let sender = sender_of(id);
     if slots.iter().all(|slot| map.primary_of(slot) == Some(sender)) {
         Ok(())
     } else {

@@ -89,6 +89,8 @@ struct Stream {
     snapshot: Option<Snapshot>,
     /// The batch that ended the snapshot, once formed.
     snapshot_done_seq: Option<u64>,
+    /// The stream narrowed since its last batch: the next one re-declares its slots.
+    redeclare: bool,
     /// Set when a fill's stream turned required: the keys changed before then, whose
     /// answers did not wait for it, and the last batch that carries one of them.
     unheld: Option<(BTreeSet<Box<[u8]>>, u64)>,
@@ -129,6 +131,7 @@ impl Stream {
             fill_generation,
             snapshot: Some(Snapshot { keys, next: 0 }),
             snapshot_done_seq: None,
+            redeclare: false,
             unheld: None,
             in_sync: false,
             next_seq: 1,
@@ -143,16 +146,60 @@ impl Stream {
         }
     }
 
-    /// Whether this stream can go on as `wanted`: the same slots, no slot the map named
-    /// that it no longer names, and no fill order of another generation (in both cases
-    /// the backup may have dropped what the stream gave it, and only a new opening,
-    /// with its snapshot, brings that back).
+    /// Whether this stream can go on as `wanted`: the same slots or fewer (slots given
+    /// away simply leave it: see [`Stream::narrow`]), no slot it keeps that the map named
+    /// and no longer names, and no fill order of another generation (in both cases the
+    /// backup may have dropped what the stream gave it, and only a new opening, with its
+    /// snapshot, brings that back). New slots need a snapshot: a new opening.
     fn keeps(&self, wanted: &Wanted) -> bool {
-        self.slots == wanted.slots
-            && self.named.is_subset_of(&wanted.named)
+        wanted.slots.is_subset_of(&self.slots)
+            && self.named.intersection(&wanted.slots).is_subset_of(&wanted.named)
             && wanted
                 .fill_generation
                 .is_none_or(|generation| self.fill_generation == Some(generation))
+    }
+
+    /// Stops streaming the slots not in `slots`, without a new opening (whose snapshot
+    /// of every slot left would hold the next hand-over off this stream for its whole
+    /// length): their pending changes are dropped, and the next batch re-declares the
+    /// slots, so the backup stops following the others. Gives back the tickets that
+    /// waited for a dropped change.
+    fn narrow(&mut self, slots: &SlotSet) -> Vec<Ticket> {
+        let gone = self.slots.difference(slots);
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        let of_gone = |key: &[u8]| slot_of_stored_key(key).is_some_and(|slot| gone.contains(slot));
+        self.slots = slots.clone();
+        self.named = self.named.intersection(slots);
+        self.redeclare = true;
+        self.dirty_keys.retain(|key| !of_gone(key));
+        self.dirty_operations.retain(|key, _| !of_gone(key));
+        if let Some(snapshot) = &mut self.snapshot {
+            let (sent, rest) = snapshot.keys.split_at(snapshot.next);
+            let rest: Vec<Box<[u8]>> = rest.iter().filter(|key| !of_gone(key)).cloned().collect();
+            let mut keys = sent.to_vec();
+            keys.extend(rest);
+            snapshot.keys = keys;
+        }
+        if let Some((unheld, _)) = &mut self.unheld {
+            unheld.retain(|key| !of_gone(key));
+        }
+        let mut freed = Vec::new();
+        self.waiting_on_key.retain(|key, tickets| {
+            let keep = !of_gone(key);
+            if !keep {
+                freed.append(tickets);
+            }
+            keep
+        });
+        freed
+    }
+
+    /// Whether a change of a key of `slots` waits to be sent or applied.
+    fn has_in_flight(&self, slots: &SlotSet) -> bool {
+        let of_slots = |key: &[u8]| slot_of_stored_key(key).is_some_and(|slot| slots.contains(slot));
+        self.dirty_keys.iter().any(|key| of_slots(key)) || self.shipped.keys().any(|key| of_slots(key))
     }
 
     /// Makes `ticket` wait for the batch that carries `key`'s latest change, if that
@@ -172,7 +219,7 @@ impl Stream {
     }
 
     fn has_work(&self) -> bool {
-        self.snapshot.is_some() || !self.dirty_keys.is_empty()
+        self.snapshot.is_some() || !self.dirty_keys.is_empty() || self.redeclare
     }
 
     fn snapshot_applied(&self) -> bool {
@@ -263,7 +310,11 @@ impl Stream {
         let batch = ReplicaBatch {
             stream: self.id,
             seq,
-            covered: if seq == 1 { self.slots.ranges() } else { Vec::new() },
+            covered: if seq == 1 || std::mem::take(&mut self.redeclare) {
+                self.slots.ranges()
+            } else {
+                Vec::new()
+            },
             entries: changes.entries,
             removed_keys: changes.removed_keys,
             records,
@@ -355,7 +406,7 @@ impl Primary {
     }
 
     /// Runs the streams a new map (at `epoch`) and the fill orders ask for. A stream is
-    /// opened afresh with a snapshot when its slots changed, when a slot the map named
+    /// opened afresh with a snapshot when it gains slots, when a slot the map named
     /// its backup for is no longer named but still filled, or when its fill order is of
     /// another generation (see [`Stream::keeps`]); one no longer wanted closes, and the
     /// answers that waited only for it are released (the map no longer counts that
@@ -377,6 +428,7 @@ impl Primary {
         for (backup, wanted) in wanted {
             match self.streams.get_mut(&backup) {
                 Some(stream) if stream.keeps(&wanted) => {
+                    freed.extend(stream.narrow(&wanted.slots));
                     stream.required |= wanted.required();
                     stream.named = wanted.named;
                     stream.fill_generation = wanted.fill_generation.or(stream.fill_generation);
@@ -528,19 +580,19 @@ impl Primary {
         events
     }
 
-    /// Whether `backup` holds everything of `slots` this shard has changed: its stream
-    /// is in sync and has applied every change of a key of theirs. A hand-over waits
-    /// for this with the slots frozen (no change can follow) before the backup may lead
-    /// them.
-    pub fn holds_everything(&self, backup: ShardProcess, slots: &SlotSet) -> bool {
-        let Some(stream) = self.streams.get(&backup) else {
+    /// Whether `slots` may be handed over to `target`: its stream is in sync and every
+    /// stream (the target's and every other backup's) has applied every change of a key
+    /// of theirs. A hand-over waits for this with the slots frozen (no change can
+    /// follow): the target then holds everything it will lead, and no change of the
+    /// slots reaches another backup from this shard after the map names the target
+    /// their primary (it would be refused, and would depose this shard for a while).
+    pub fn may_hand_over(&self, target: ShardProcess, slots: &SlotSet) -> bool {
+        let Some(stream) = self.streams.get(&target) else {
             return false;
         };
-        let of_slots = |key: &[u8]| slot_of_stored_key(key).is_some_and(|slot| slots.contains(slot));
         slots.is_subset_of(&stream.slots)
             && stream.in_sync
-            && !stream.dirty_keys.iter().any(|key| of_slots(key))
-            && !stream.shipped.keys().any(|key| of_slots(key))
+            && self.streams.values().all(|stream| !stream.has_in_flight(slots))
     }
 
     /// Answers held right now.

@@ -53,6 +53,24 @@ impl SlotSet {
             .all(|(mine, theirs)| mine & !theirs == 0)
     }
 
+    /// The slots of `self` that are not in `other`.
+    pub fn difference(&self, other: &SlotSet) -> SlotSet {
+        let mut difference = self.clone();
+        for (mine, theirs) in difference.words.iter_mut().zip(other.words.iter()) {
+            *mine &= !theirs;
+        }
+        difference
+    }
+
+    /// The slots in both.
+    pub fn intersection(&self, other: &SlotSet) -> SlotSet {
+        let mut both = self.clone();
+        for (mine, theirs) in both.words.iter_mut().zip(other.words.iter()) {
+            *mine &= theirs;
+        }
+        both
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         (0..SLOT_COUNT).filter(|slot| self.contains(*slot))
     }
@@ -106,5 +124,13 @@ mod tests {
         assert_eq!(SlotSet::from_ranges(&ranges), Some(set));
         assert_eq!(SlotSet::from_ranges(&[(5, 4)]), None);
         assert_eq!(SlotSet::from_ranges(&[(0, SLOT_COUNT)]), None);
+    }
+
+    #[test]
+    fn difference_and_intersection_split_a_set() {
+        let all: SlotSet = (0..200).collect();
+        let some: SlotSet = (60..70).chain(150..300).collect();
+        assert_eq!(all.difference(&some), (0..60).chain(70..150).collect());
+        assert_eq!(all.intersection(&some), (60..70).chain(150..200).collect());
     }
 }

@@ -23,14 +23,20 @@ const UNLIMITED_BYTES: u64 = u64::MAX / 2;
 struct Map {
     epoch: u64,
     primary: Option<ShardProcess>,
+    /// Slots handed over: the map names [`BACKUP`] their primary.
+    handed_over: SlotSet,
 }
 
 impl PrimaryView for Map {
     fn epoch(&self) -> u64 {
         self.epoch
     }
-    fn primary_of(&self, _slot: u32) -> Option<ShardProcess> {
-        self.primary
+    fn primary_of(&self, slot: u32) -> Option<ShardProcess> {
+        if self.handed_over.contains(slot) {
+            Some(BACKUP)
+        } else {
+            self.primary
+        }
     }
 }
 
@@ -108,6 +114,7 @@ impl Pair {
             map: Map {
                 epoch: 3,
                 primary: Some(PRIMARY),
+                handed_over: SlotSet::default(),
             },
         }
     }
@@ -261,6 +268,7 @@ fn a_backup_whose_map_names_another_primary_refuses_and_the_sender_learns_it_is_
     pair.map = Map {
         epoch: 4,
         primary: Some(BACKUP),
+        handed_over: SlotSet::default(),
     };
     assert!(pair.write("hits", 1, 1));
     let events = pair.exchange();
@@ -300,23 +308,33 @@ fn duplicates_are_acknowledged_without_applying_and_gaps_are_refused() {
 #[test]
 fn a_newer_opening_supersedes_an_older_one_and_a_backup_dropped_from_the_map_releases_its_answers() {
     let mut pair = Pair::new(&[], true);
-    let old = pair.primary.poll_batches(&pair.primary_store, 0).remove(0).1;
-    assert!(pair.write("hits", 1, 1));
-    // The map moves on and the stream reopens (its slots changed).
-    pair.map.epoch = 5;
+    // The stream narrows to a hundred slots (no new opening) and sends its first batch.
     let fewer: SlotSet = (0..100).collect();
-    let wanted = to_backup(fewer, true);
+    assert!(pair
+        .primary
+        .configure(4, to_backup(fewer, true), &pair.primary_store)
+        .is_empty());
+    pair.map.epoch = 4;
+    let old = pair.primary.poll_batches(&pair.primary_store, 0).remove(0).1;
+    pair.write("hits", 1, 1);
+    // The map moves on and gives the stream every slot: new slots need a snapshot, so
+    // the stream reopens.
+    pair.map.epoch = 5;
+    let wanted = to_backup(every_slot(), true);
     assert!(pair.primary.configure(5, wanted, &pair.primary_store).is_empty());
     pair.exchange();
     let stale = pair.backup.receive(old, &pair.map, &mut pair.backup_store, 0);
-    assert!(matches!(
-        stale,
-        ReplicaAnswer::Refused {
-            refusal: ReplicaRefusal::Superseded,
-            ..
-        }
-    ));
-    assert!(pair.write("hits", 2, 2) || slot_of_stored_key(&stored("hits")).unwrap() >= 100);
+    assert!(
+        matches!(
+            stale,
+            ReplicaAnswer::Refused {
+                refusal: ReplicaRefusal::Superseded,
+                ..
+            }
+        ),
+        "{stale:?}"
+    );
+    assert!(pair.write("hits", 2, 2));
     let released = pair.primary.configure(6, BTreeMap::new(), &pair.primary_store);
     assert_eq!(pair.primary.held(), 0, "released: {released:?}");
 }
@@ -458,10 +476,20 @@ fn a_late_batch_leaves_the_slots_a_migration_imports_alone_until_a_stream_opens_
         Response::Counter { value: 1 }
     );
 
-    // A new opening covering the slot is the primary's word on it again.
+    // A stream that narrows goes on without a snapshot: the slot stays set aside.
     pair.map.epoch = 5;
     let wanted = to_backup((0..engram_proto::limits::SLOT_COUNT - 1).collect(), true);
     pair.primary.configure(5, wanted, &pair.primary_store);
+    pair.exchange();
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 3 }
+    );
+    // A new opening covering the slot (the stream gains the last one back) is the
+    // primary's word on it again.
+    pair.map.epoch = 6;
+    pair.primary
+        .configure(6, to_backup(every_slot(), true), &pair.primary_store);
     pair.exchange();
     assert_eq!(
         counter(&mut pair.backup_store, "hits", 20),
@@ -551,29 +579,23 @@ fn a_hand_over_waits_until_the_backup_holds_every_change_of_the_frozen_slots() {
     let mut pair = Pair::new(&names, true);
     let slot = slot_of_stored_key(&stored("key-1")).expect("a stored key has a slot");
     let frozen: SlotSet = [slot].into_iter().collect();
-    assert!(
-        !pair.primary.holds_everything(BACKUP, &frozen),
-        "a snapshot still to send"
-    );
+    assert!(!pair.primary.may_hand_over(BACKUP, &frozen), "a snapshot still to send");
     for _ in 0..10 {
         pair.exchange();
     }
-    assert!(pair.primary.holds_everything(BACKUP, &frozen));
+    assert!(pair.primary.may_hand_over(BACKUP, &frozen));
     pair.write("key-1", 1_000, 7);
-    assert!(
-        !pair.primary.holds_everything(BACKUP, &frozen),
-        "a change not shipped yet"
-    );
+    assert!(!pair.primary.may_hand_over(BACKUP, &frozen), "a change not shipped yet");
     let batches = pair.primary.poll_batches(&pair.primary_store, 10);
     assert!(
-        !pair.primary.holds_everything(BACKUP, &frozen),
+        !pair.primary.may_hand_over(BACKUP, &frozen),
         "a change shipped and not applied yet"
     );
     for (backup, batch) in batches {
         let answer = pair.backup.receive(batch, &pair.map, &mut pair.backup_store, 10);
         pair.primary.on_answer(backup, answer);
     }
-    assert!(pair.primary.holds_everything(BACKUP, &frozen));
+    assert!(pair.primary.may_hand_over(BACKUP, &frozen));
     assert_eq!(
         counter(&mut pair.backup_store, "key-1", 20),
         counter(&mut pair.primary_store, "key-1", 20)
@@ -583,7 +605,119 @@ fn a_hand_over_waits_until_the_backup_holds_every_change_of_the_frozen_slots() {
         ..BACKUP
     };
     assert!(
-        !pair.primary.holds_everything(other_backup, &frozen),
+        !pair.primary.may_hand_over(other_backup, &frozen),
         "a process that is not streamed to holds nothing"
     );
+}
+
+/// The primary hands the slot of `hits` over to its backup: the stream narrows to the
+/// other slots without a new opening or a snapshot, a batch formed before the hand-over
+/// and applied after the backup installed the new map does not depose the primary, and
+/// a change of the handed-over slot is refused.
+#[test]
+fn a_stream_that_hands_slots_over_narrows_without_a_snapshot_and_late_batches_do_not_depose() {
+    let mut pair = Pair::new(&["hits", "other"], true);
+    for _ in 0..4 {
+        pair.exchange();
+    }
+    let handed = slot_of_stored_key(&stored("hits")).unwrap();
+    let other = slot_of_stored_key(&stored("other")).unwrap();
+    assert_ne!(handed, other, "the test needs keys in two slots");
+    assert!(pair.write("other", 10, 1));
+    let late = pair.primary.poll_batches(&pair.primary_store, 10).remove(0).1;
+
+    let kept = every_slot().difference(&[handed].into_iter().collect());
+    pair.map.epoch = 4;
+    pair.map.handed_over = [handed].into_iter().collect();
+    let answer = pair.backup.receive(late, &pair.map, &mut pair.backup_store, 10);
+    assert!(matches!(answer, ReplicaAnswer::Applied { .. }), "{answer:?}");
+    assert_eq!(
+        pair.primary.on_answer(BACKUP, answer),
+        vec![PrimaryEvent::Released(vec![1])]
+    );
+
+    assert!(pair
+        .primary
+        .configure(4, to_backup(kept, true), &pair.primary_store)
+        .is_empty());
+    let redeclared = pair.primary.poll_batches(&pair.primary_store, 10);
+    assert_eq!(redeclared.len(), 1, "the narrowed stream says so");
+    let (_, batch) = &redeclared[0];
+    assert!(batch.seq > 1 && !batch.covered.is_empty(), "no new opening: {batch:?}");
+    assert!(batch.entries.is_empty(), "no snapshot: {} entries", batch.entries.len());
+    for (backup, batch) in redeclared {
+        let answer = pair.backup.receive(batch, &pair.map, &mut pair.backup_store, 10);
+        assert!(pair.primary.on_answer(backup, answer).is_empty());
+    }
+
+    // A change of the handed-over slot would come from a deposed primary.
+    pair.primary_store.apply(CLIENT, &add("hits", 11), 10);
+    pair.primary.changed_key(&stored("hits"));
+    let mut forged = pair.primary.poll_batches(&pair.primary_store, 10);
+    assert!(forged.is_empty(), "the stream no longer carries the slot");
+    assert!(pair.write("other", 12, 2));
+    forged = pair.primary.poll_batches(&pair.primary_store, 10);
+    let (_, mut batch) = forged.remove(0);
+    let hits = stored("hits");
+    batch
+        .entries
+        .extend(pair.primary_store.export_keys([hits.as_slice()], 10).entries);
+    let answer = pair.backup.receive(batch, &pair.map, &mut pair.backup_store, 10);
+    assert!(
+        matches!(
+            answer,
+            ReplicaAnswer::Refused {
+                refusal: ReplicaRefusal::NotPrimary { backup_epoch: 4 },
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(
+        counter(&mut pair.backup_store, "hits", 20),
+        Response::Counter { value: 1 },
+        "the backup leads the slot now; a refused batch changes nothing"
+    );
+}
+
+/// With two backups, a hand-over to one waits until the other has applied every change
+/// of the frozen slots too.
+#[test]
+fn a_hand_over_waits_for_every_backup_of_the_slots() {
+    let mut pair = Pair::new(&["hits"], true);
+    let second = ShardProcess { node_id: 3, ..BACKUP };
+    let mut both = to_backup(every_slot(), true);
+    both.insert(second, both[&BACKUP].clone());
+    pair.primary.configure(3, both, &pair.primary_store);
+    let mut second_backup = Backup::new(second.incarnation);
+    let mut second_store = Store::new(UNLIMITED_BYTES, 3);
+    let frozen: SlotSet = [slot_of_stored_key(&stored("hits")).unwrap()].into_iter().collect();
+    for _ in 0..4 {
+        for (backup, batch) in pair.primary.poll_batches(&pair.primary_store, 10) {
+            let (receiver, store) = if backup == second {
+                (&mut second_backup, &mut second_store)
+            } else {
+                (&mut pair.backup, &mut pair.backup_store)
+            };
+            let answer = receiver.receive(batch, &pair.map, store, 10);
+            pair.primary.on_answer(backup, answer);
+        }
+    }
+    assert!(pair.primary.may_hand_over(BACKUP, &frozen));
+    pair.write("hits", 10, 1);
+    for (backup, batch) in pair.primary.poll_batches(&pair.primary_store, 10) {
+        if backup == BACKUP {
+            let answer = pair.backup.receive(batch, &pair.map, &mut pair.backup_store, 10);
+            pair.primary.on_answer(backup, answer);
+        }
+    }
+    assert!(
+        !pair.primary.may_hand_over(BACKUP, &frozen),
+        "the second backup has not applied the change yet"
+    );
+    for (backup, batch) in pair.primary.unacked(second).into_iter().map(|batch| (second, batch)) {
+        let answer = second_backup.receive(batch, &pair.map, &mut second_store, 10);
+        pair.primary.on_answer(backup, answer);
+    }
+    assert!(pair.primary.may_hand_over(BACKUP, &frozen));
 }

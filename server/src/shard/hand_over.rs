@@ -2,8 +2,8 @@
 //! in-sync backup of every slot moved, so nothing is copied while the slots are frozen.
 //!
 //! The source freezes the slots as for a copy, then waits until its replication stream
-//! to the target has applied every change of theirs (the freeze means no change can
-//! follow), and answers `MigrationPrepared`. From there the two-phase hand-over goes on
+//! to the target (and to every other backup) has applied every change of theirs (the
+//! freeze means no change can follow), and answers `MigrationPrepared`. From there the two-phase hand-over goes on
 //! as for a copy; the committed map names the source a backup of the slots in the
 //! target's place, and the source keeps its frozen copy as that backup's (see
 //! `on_new_map`). So a move onto a backup costs a round trip of the stream, not a copy,
@@ -40,7 +40,9 @@ impl Shard {
         }
         self.freeze(order.migration_id, &order.slots);
         let slots: SlotSet = order.slots.iter().copied().collect();
-        let held = self.wait_until_held_by(target, &slots).await;
+        let held = self
+            .wait_until_ready_to_hand_over(order.migration_id, target, &slots)
+            .await;
         let shipped = held.map(|entries| Shipped { entries, bytes: 0 });
         let described = format!("{target:?}");
         self.settle_out(order.migration_id, &order.slots, &described, shipped)
@@ -69,13 +71,22 @@ impl Shard {
         }
     }
 
-    /// Waits until `target` has applied every change of `slots`, at most
-    /// `MIGRATION_PEER_TIMEOUT_MS`; gives back how many keys the slots hold.
-    async fn wait_until_held_by(&self, target: ShardProcess, slots: &SlotSet) -> Result<u64, String> {
+    /// Waits until `target` (and every other backup) has applied every change of
+    /// `slots`, at most `MIGRATION_PEER_TIMEOUT_MS`, or until the migration is aborted;
+    /// gives back how many keys the slots hold.
+    async fn wait_until_ready_to_hand_over(
+        &self,
+        migration_id: u64,
+        target: ShardProcess,
+        slots: &SlotSet,
+    ) -> Result<u64, String> {
         let started = Instant::now();
         let timeout = Duration::from_millis(super::MIGRATION_PEER_TIMEOUT_MS);
         loop {
-            if self.backup_holds_everything(target, slots) {
+            if !self.migrating_out(migration_id) {
+                return Err("the migration was aborted meanwhile".to_string());
+            }
+            if self.may_hand_over(target, slots) {
                 let keys = self.store.borrow().keys_in_slots(|slot| slots.contains(slot)).len();
                 return Ok(keys as u64);
             }

@@ -341,6 +341,15 @@ impl Shard {
         frozen
     }
 
+    /// Whether migration `migration_id` is still this shard's migration out (not
+    /// aborted, not ended).
+    pub(super) fn migrating_out(&self, migration_id: u64) -> bool {
+        self.outgoing
+            .borrow()
+            .as_ref()
+            .is_some_and(|outgoing| outgoing.migration_id == migration_id)
+    }
+
     /// Ends phase one: prepared if the target holds the slots and no abort came
     /// meanwhile (the slots would be unfrozen and may have taken writes since, so this
     /// copy must not be committed), else unfrozen.
@@ -351,13 +360,8 @@ impl Shard {
         target: &str,
         shipped: Result<Shipped, String>,
     ) -> PeerResponse {
-        let still_ours = self
-            .outgoing
-            .borrow()
-            .as_ref()
-            .is_some_and(|outgoing| outgoing.migration_id == migration_id);
         let shipped = match shipped {
-            Ok(_) if !still_ours => Err("the migration was aborted meanwhile".to_string()),
+            Ok(_) if !self.migrating_out(migration_id) => Err("the migration was aborted meanwhile".to_string()),
             other => other,
         };
         match shipped {

@@ -29,7 +29,6 @@ mod migration;
 mod replication;
 
 use clock::StoreClock;
-pub use hand_over::HAND_OVER_POLL_MS;
 use migration::Outgoing;
 /// The target's bookkeeping of migrations coming in, sans-I/O: the seeded simulation
 /// runs the same admission rules as the shard.

@@ -173,8 +173,7 @@ impl Shard {
     }
 
     /// Drops this shard's copy of the slots `previous` named it a backup of and
-    /// `routing` does not (a demotion before a move onto it, a backup moved to another
-    /// shard or trimmed): no failover promotes that copy any more, and kept it would
+    /// `routing` does not (a backup moved to another shard or trimmed): no failover promotes that copy any more, and kept it would
     /// hold memory for nothing. Late batches of a stream still covering them are
     /// applied without them. Slots it owns now, lost slots and imports keep theirs. A
     /// stream opened under this map cannot be followed yet (a backup refuses a stream
@@ -214,9 +213,9 @@ impl Shard {
         );
     }
 
-    /// Whether `backup` has applied every change of `slots` this shard made.
-    pub(super) fn backup_holds_everything(&self, backup: ShardProcess, slots: &crate::replication::SlotSet) -> bool {
-        self.replication.borrow().primary.holds_everything(backup, slots)
+    /// Whether `slots` may be handed over to `target`: see [`Primary::may_hand_over`].
+    pub(super) fn may_hand_over(&self, target: ShardProcess, slots: &crate::replication::SlotSet) -> bool {
+        self.replication.borrow().primary.may_hand_over(target, slots)
     }
 
     /// Keeps late replica batches off slots this shard starts importing by migration.

@@ -100,7 +100,7 @@ impl Control {
                     self.commit_hand_over(id, process, trace);
                 }
                 let running = self.hand_over.map(|run| run.id);
-                let abort_hand_over = hand_over.is_some_and(|(id, _)| running != Some(id));
+                let abort_hand_over = hand_over.map(|(id, _)| id).filter(|&id| running != Some(id));
                 let repairs = (0..GROUPS)
                     .filter(|group| self.map.primary[*group] == Some(process))
                     .filter_map(|group| self.repairs[group].map(|backup| (group, backup)))

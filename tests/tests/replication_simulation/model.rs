@@ -85,9 +85,10 @@ pub enum Body {
         sent_at: u64,
         map: SimMap,
         repairs: Vec<(usize, Process)>,
-        /// The hand-over the heartbeat named is not running (committed, as the map
-        /// says, or given up): unfreeze.
-        abort_hand_over: bool,
+        /// The hand-over the heartbeat named, which is not running (committed, as the
+        /// map says, or given up): the node unfreezes if it is still frozen for that
+        /// one (a late answer must not unfreeze a newer hand-over).
+        abort_hand_over: Option<u64>,
     },
     /// Control plane to a group's primary: hand the group over to `to`, its in-sync
     /// backup: freeze it until `to` has applied every change of it.

@@ -78,7 +78,7 @@ impl Node {
 
     pub fn heartbeat(&self, now: u64) -> Message {
         let hand_over = self.frozen.map(|(id, group, to)| {
-            let prepared = self.primary.holds_everything(to.shard(), &group_slots(group));
+            let prepared = self.primary.may_hand_over(to.shard(), &group_slots(group));
             (id, prepared)
         });
         Message {
@@ -113,7 +113,7 @@ impl Node {
                 if map.epoch >= self.map.epoch {
                     self.install(map, repairs, out);
                 }
-                if abort_hand_over {
+                if abort_hand_over.is_some() && abort_hand_over == self.frozen.map(|(id, _, _)| id) {
                     self.frozen = None;
                 }
                 if now.saturating_sub(sent_at) <= CALL_TIMEOUT_MS {
