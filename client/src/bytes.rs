@@ -1,4 +1,5 @@
-//! The bytes object handle: get, set (ttl, if-absent, if-version), del, append.
+//! The bytes object handle: get, set (ttl, if-absent, if-version), del, append, and
+//! reads and writes of a range.
 
 use std::time::Duration;
 
@@ -147,6 +148,58 @@ impl Bytes {
         match self.call(command, true).await? {
             Response::Appended { version, length } => Ok((version, length)),
             other => Err(unexpected("append", &other)),
+        }
+    }
+
+    /// The bytes from `start` through `end`, both included, each counted from the end
+    /// when negative (-1 is the last byte), cut to the value (Redis's `GETRANGE`); `None`
+    /// when the key is absent.
+    pub async fn get_range(&self, start: i64, end: i64) -> Result<Option<Versioned>, Error> {
+        let command = Command::from(BytesCommand::GetRange {
+            key: self.key.clone(),
+            start,
+            end,
+        });
+        match self.call(command, false).await? {
+            Response::Value { value, version } => Ok(Some(Versioned { value, version })),
+            Response::Missing => Ok(None),
+            other => Err(unexpected("get_range", &other)),
+        }
+    }
+
+    /// Overwrites the value from `offset` on, padding with zero bytes past its end and
+    /// creating it when absent (Redis's `SETRANGE`); keeps its expiry. Returns `(version,
+    /// length)` after the write; `None` when `value` is empty and the key absent (nothing
+    /// is written).
+    pub async fn set_range(&self, offset: u64, value: impl Into<Vec<u8>>) -> Result<Option<(u64, u64)>, Error> {
+        let value = checked_value(value.into())?;
+        let end = offset.saturating_add(value.len() as u64);
+        if end > VALUE_BYTES_MAX as u64 {
+            return Err(Error::ValueTooLarge {
+                length: usize::try_from(end).unwrap_or(usize::MAX),
+            });
+        }
+        let command = Command::from(BytesCommand::SetRange {
+            key: self.key.clone(),
+            offset,
+            value,
+        });
+        match self.call(command, true).await? {
+            Response::RangeWritten { version, length } => Ok(Some((version, length))),
+            Response::Missing => Ok(None),
+            other => Err(unexpected("set_range", &other)),
+        }
+    }
+
+    /// The value's length in bytes; `None` when the key is absent.
+    pub async fn len(&self) -> Result<Option<u64>, Error> {
+        match self
+            .call(Command::from(BytesCommand::Len { key: self.key.clone() }), false)
+            .await?
+        {
+            Response::ValueLength { length } => Ok(Some(length)),
+            Response::Missing => Ok(None),
+            other => Err(unexpected("len", &other)),
         }
     }
 

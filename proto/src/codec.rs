@@ -243,6 +243,13 @@ mod tests {
             bytes_strategy(64).prop_map(|key| Command::Data(DataCommand::Bytes(BytesCommand::Del { key }))),
             (bytes_strategy(64), bytes_strategy(64))
                 .prop_map(|(key, value)| Command::Data(DataCommand::Bytes(BytesCommand::Append { key, value }))),
+            (bytes_strategy(64), any::<i64>(), any::<i64>()).prop_map(|(key, start, end)| Command::Data(
+                DataCommand::Bytes(BytesCommand::GetRange { key, start, end })
+            )),
+            (bytes_strategy(64), any::<u64>(), bytes_strategy(64)).prop_map(|(key, offset, value)| Command::Data(
+                DataCommand::Bytes(BytesCommand::SetRange { key, offset, value })
+            )),
+            bytes_strategy(64).prop_map(|key| Command::Data(DataCommand::Bytes(BytesCommand::Len { key }))),
             bytes_strategy(64).prop_map(|key| Command::Data(DataCommand::Counter(CounterCommand::Get { key }))),
             (bytes_strategy(64), any::<i64>())
                 .prop_map(|(key, delta)| Command::Data(DataCommand::Counter(CounterCommand::Add { key, delta }))),
@@ -261,6 +268,8 @@ mod tests {
             (bytes_strategy(256), any::<u64>()).prop_map(|(value, version)| Response::Value { value, version }),
             any::<u64>().prop_map(|version| Response::Written { version }),
             (any::<u64>(), any::<u64>()).prop_map(|(version, length)| Response::Appended { version, length }),
+            (any::<u64>(), any::<u64>()).prop_map(|(version, length)| Response::RangeWritten { version, length }),
+            any::<u64>().prop_map(|length| Response::ValueLength { length }),
             any::<u64>().prop_map(|current_version| Response::Conflict { current_version }),
             any::<bool>().prop_map(|existed| Response::Deleted { existed }),
             any::<i64>().prop_map(|value| Response::Counter { value }),

@@ -251,6 +251,15 @@ pub enum Response {
     QueueLength {
         length: u64,
     },
+    /// A range write was applied: the value's new version and length.
+    RangeWritten {
+        version: u64,
+        length: u64,
+    },
+    /// A bytes value's length.
+    ValueLength {
+        length: u64,
+    },
 }
 
 impl Response {
@@ -281,6 +290,8 @@ impl Response {
             Response::FutureCompleted => "future_completed",
             Response::MapEntries(_) => "map_entries",
             Response::QueueLength { .. } => "queue_length",
+            Response::RangeWritten { .. } => "range_written",
+            Response::ValueLength { .. } => "value_length",
         }
     }
 }

@@ -92,7 +92,10 @@ impl ObjectKind {
             Command::Data(DataCommand::Bytes(BytesCommand::Get { .. }))
             | Command::Data(DataCommand::Bytes(BytesCommand::Set { .. }))
             | Command::Data(DataCommand::Bytes(BytesCommand::Del { .. }))
-            | Command::Data(DataCommand::Bytes(BytesCommand::Append { .. })) => ObjectKind::Bytes,
+            | Command::Data(DataCommand::Bytes(BytesCommand::Append { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::GetRange { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::SetRange { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::Len { .. })) => ObjectKind::Bytes,
             Command::Data(DataCommand::Counter(CounterCommand::Get { .. }))
             | Command::Data(DataCommand::Counter(CounterCommand::Add { .. }))
             | Command::Data(DataCommand::Counter(CounterCommand::Set { .. }))

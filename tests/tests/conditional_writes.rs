@@ -76,6 +76,20 @@ fn conditional_writes_and_versions() {
         let (v5, length) = bytes.append("!").await.expect("append");
         assert!(v5 > v4);
         assert_eq!(length, b"reborn!".len() as u64);
+
+        // Range writes keep the type, bump the version and pad; range reads cut.
+        let (v6, length) = bytes.set_range(9, "x").await.expect("set_range").expect("written");
+        assert!(v6 > v5);
+        assert_eq!(length, 10);
+        let whole = bytes.get_range(0, -1).await.expect("get_range").expect("present");
+        assert_eq!((whole.value.as_slice(), whole.version), (&b"reborn!\0\0x"[..], v6));
+        let tail = bytes.get_range(-3, 100).await.expect("get_range").expect("present");
+        assert_eq!(tail.value, b"\0\0x");
+        assert_eq!(bytes.len().await.expect("len"), Some(10));
+        let absent = client.bytes(unique_key("absent"));
+        assert_eq!(absent.get_range(0, -1).await.expect("get_range"), None);
+        assert_eq!(absent.set_range(3, "").await.expect("set_range"), None);
+        assert_eq!(absent.len().await.expect("len"), None);
     });
 }
 

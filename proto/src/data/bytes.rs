@@ -1,4 +1,5 @@
-//! Byte strings with a version per write, optional expiry and compare-and-set.
+//! Byte strings with a version per write, optional expiry and compare-and-set, read and
+//! written whole or by range.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -23,6 +24,26 @@ pub enum BytesCommand {
         key: Vec<u8>,
         value: Vec<u8>,
     },
+    /// The bytes from `start` through `end`, both included and each counted from the end
+    /// when negative (-1 is the last byte), as Redis's `GETRANGE`: a range reaching past
+    /// either end is cut to the value.
+    GetRange {
+        key: Vec<u8>,
+        start: i64,
+        end: i64,
+    },
+    /// Overwrites the value from `offset` with `value`, padding with zero bytes when
+    /// `offset` is past its end, as Redis's `SETRANGE`: creates the key when absent
+    /// (unless `value` is empty) and keeps its expiry.
+    SetRange {
+        key: Vec<u8>,
+        offset: u64,
+        value: Vec<u8>,
+    },
+    /// The value's length in bytes.
+    Len {
+        key: Vec<u8>,
+    },
 }
 
 /// Condition of a bytes `Set`.
@@ -35,11 +56,22 @@ pub enum SetCondition {
     IfVersion(u64),
 }
 
-keyed_variants!(BytesCommand { Get, Set, Del, Append });
+keyed_variants!(BytesCommand {
+    Get,
+    Set,
+    Del,
+    Append,
+    GetRange,
+    SetRange,
+    Len
+});
 
 impl BytesCommand {
     pub fn is_mutation(&self) -> bool {
-        !matches!(self, BytesCommand::Get { .. })
+        !matches!(
+            self,
+            BytesCommand::Get { .. } | BytesCommand::GetRange { .. } | BytesCommand::Len { .. }
+        )
     }
 
     pub fn wait_ms(&self) -> u64 {
@@ -52,6 +84,9 @@ impl BytesCommand {
             BytesCommand::Set { .. } => "set",
             BytesCommand::Del { .. } => "del",
             BytesCommand::Append { .. } => "append",
+            BytesCommand::GetRange { .. } => "getrange",
+            BytesCommand::SetRange { .. } => "setrange",
+            BytesCommand::Len { .. } => "strlen",
         }
     }
 }

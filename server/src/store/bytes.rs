@@ -1,4 +1,7 @@
-//! Bytes objects: get, set (ttl, if-absent, if-version), append.
+//! Bytes objects: get, set (ttl, if-absent, if-version), append, and reads and writes
+//! of a range.
+
+use std::ops::Range;
 
 use engram_proto::limits::VALUE_BYTES_MAX;
 use engram_proto::{Response, SetCondition};
@@ -38,22 +41,33 @@ impl Store {
         condition: SetCondition,
         now_ms: u64,
     ) -> Response {
+        self.write_bytes(key, value, Expiry::AfterMs(ttl_ms), condition, now_ms)
+    }
+
+    fn write_bytes(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        expiry: Expiry,
+        condition: SetCondition,
+        now_ms: u64,
+    ) -> Response {
         // Also the only check for an append that creates its value (`validate` checks
         // requests; this keeps the store from ever holding more, whoever calls).
         if value.len() > VALUE_BYTES_MAX {
             return value_too_large(value.len());
         }
         let position = self.live_position(key, now_ms);
-        // (version, memory charged) of the current value.
+        // (version, memory charged, expiry) of the current value.
         let current = match position.and_then(|position| self.entries.at(position)) {
             None => None,
             Some(entry @ KeyEntry::Compact(compact)) if matches!(compact.contents(), Contents::Bytes(_)) => {
-                Some((compact.version(), entry.charged_bytes()))
+                Some((compact.version(), entry.charged_bytes(), compact.expires_at_ms()))
             }
             // Coordination objects are never clobbered by a plain write.
             Some(_) => return wrong_type(key, "bytes value"),
         };
-        let current_version = current.map(|(version, _)| version);
+        let current_version = current.map(|(version, _, _)| version);
         let condition_holds = match condition {
             SetCondition::Always => true,
             SetCondition::IfAbsent => current_version.is_none(),
@@ -64,12 +78,16 @@ impl Store {
                 current_version: current_version.unwrap_or(0),
             };
         }
-        let old_bytes = current.map_or(0, |(_, charged)| charged);
-        let new_bytes = entry_bytes(key, value.len() as u64) + if ttl_ms != 0 { expiry_bytes(key) } else { 0 };
+        let old_bytes = current.map_or(0, |(_, charged, _)| charged);
+        let expires_at_ms = match expiry {
+            Expiry::AfterMs(0) => 0,
+            Expiry::AfterMs(ttl_ms) => now_ms.saturating_add(ttl_ms),
+            Expiry::Keep => current.map_or(0, |(_, _, expires_at_ms)| expires_at_ms),
+        };
+        let new_bytes = entry_bytes(key, value.len() as u64) + if expires_at_ms != 0 { expiry_bytes(key) } else { 0 };
         if let Err(refusal) = self.admit_growth(old_bytes, new_bytes) {
             return refusal;
         }
-        let expires_at_ms = if ttl_ms == 0 { 0 } else { now_ms.saturating_add(ttl_ms) };
         let version = self.next_version();
         let old_deadline = match position {
             Some(position) => {
@@ -144,4 +162,106 @@ impl Store {
             length: new_length as u64,
         }
     }
+
+    pub(crate) fn bytes_get_range(&mut self, key: &[u8], start: i64, end: i64, now_ms: u64) -> Response {
+        match self.live_entry(key, now_ms) {
+            None => Response::Missing,
+            Some(KeyEntry::Compact(compact)) => match compact.contents() {
+                Contents::Bytes(value) => Response::Value {
+                    value: value[redis_range(value.len(), start, end)].to_vec(),
+                    version: compact.version(),
+                },
+                Contents::Counter(_) => wrong_type(key, "bytes value"),
+            },
+            Some(KeyEntry::Object(_)) => wrong_type(key, "bytes value"),
+        }
+    }
+
+    /// Writes `patch` at `offset`. The value is rebuilt and written whole (a range write
+    /// is rare next to sets and appends, and so it is charged exactly like a set).
+    pub(crate) fn bytes_set_range(&mut self, key: &[u8], offset: u64, patch: &[u8], now_ms: u64) -> Response {
+        let end = match usize::try_from(offset)
+            .ok()
+            .and_then(|offset| offset.checked_add(patch.len()))
+        {
+            Some(end) if end <= VALUE_BYTES_MAX => end,
+            _ => {
+                return value_too_large(
+                    usize::try_from(offset)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(patch.len()),
+                )
+            }
+        };
+        let mut value = match self.live_entry(key, now_ms) {
+            // Nothing to write creates nothing, as in Redis.
+            None if patch.is_empty() => return Response::Missing,
+            None => Vec::with_capacity(end),
+            Some(KeyEntry::Compact(compact)) => match compact.contents() {
+                Contents::Bytes(value) if patch.is_empty() => {
+                    return Response::RangeWritten {
+                        version: compact.version(),
+                        length: value.len() as u64,
+                    }
+                }
+                Contents::Bytes(value) => value.to_vec(),
+                Contents::Counter(_) => return wrong_type(key, "bytes value"),
+            },
+            Some(KeyEntry::Object(_)) => return wrong_type(key, "bytes value"),
+        };
+        if value.len() < end {
+            value.resize(end, 0);
+        }
+        value[end - patch.len()..end].copy_from_slice(patch);
+        match self.write_bytes(key, &value, Expiry::Keep, SetCondition::Always, now_ms) {
+            Response::Written { version } => Response::RangeWritten {
+                version,
+                length: value.len() as u64,
+            },
+            refusal => refusal,
+        }
+    }
+
+    pub(crate) fn bytes_len(&mut self, key: &[u8], now_ms: u64) -> Response {
+        match self.live_entry(key, now_ms) {
+            None => Response::Missing,
+            Some(KeyEntry::Compact(compact)) => match compact.contents() {
+                Contents::Bytes(value) => Response::ValueLength {
+                    length: value.len() as u64,
+                },
+                Contents::Counter(_) => wrong_type(key, "bytes value"),
+            },
+            Some(KeyEntry::Object(_)) => wrong_type(key, "bytes value"),
+        }
+    }
+}
+
+/// When a written value expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// After this many milliseconds; 0: never.
+    AfterMs(u64),
+    /// When the value it replaces would have (never, if there was none).
+    Keep,
+}
+
+/// The bytes of a value of `length` that Redis's `GETRANGE start end` returns: both ends
+/// included, negative ones counted from the end, cut to the value.
+pub(crate) fn redis_range(length: usize, start: i64, end: i64) -> Range<usize> {
+    let length = length as i64;
+    if length == 0 || (start < 0 && end < 0 && start > end) {
+        return 0..0;
+    }
+    let from_end = |index: i64| {
+        if index < 0 {
+            length.saturating_add(index).max(0)
+        } else {
+            index
+        }
+    };
+    let (start, end) = (from_end(start), from_end(end).min(length - 1));
+    if start > end {
+        return 0..0;
+    }
+    start as usize..end as usize + 1
 }

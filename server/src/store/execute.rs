@@ -72,7 +72,10 @@ impl Store {
             Command::Data(DataCommand::Bytes(BytesCommand::Get { .. }))
             | Command::Data(DataCommand::Bytes(BytesCommand::Set { .. }))
             | Command::Data(DataCommand::Bytes(BytesCommand::Del { .. }))
-            | Command::Data(DataCommand::Bytes(BytesCommand::Append { .. })) => self.execute_bytes(command, now_ms),
+            | Command::Data(DataCommand::Bytes(BytesCommand::Append { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::GetRange { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::SetRange { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::Len { .. })) => self.execute_bytes(command, now_ms),
             Command::Data(DataCommand::Counter(CounterCommand::Get { .. }))
             | Command::Data(DataCommand::Counter(CounterCommand::Add { .. }))
             | Command::Data(DataCommand::Counter(CounterCommand::Set { .. }))
@@ -133,6 +136,13 @@ impl Store {
             Command::Data(DataCommand::Bytes(BytesCommand::Append { key, value })) => {
                 self.bytes_append(key, value, now_ms)
             }
+            Command::Data(DataCommand::Bytes(BytesCommand::GetRange { key, start, end })) => {
+                self.bytes_get_range(key, *start, *end, now_ms)
+            }
+            Command::Data(DataCommand::Bytes(BytesCommand::SetRange { key, offset, value })) => {
+                self.bytes_set_range(key, *offset, value, now_ms)
+            }
+            Command::Data(DataCommand::Bytes(BytesCommand::Len { key })) => self.bytes_len(key, now_ms),
             other => misrouted(other, "bytes"),
         })
     }
@@ -423,6 +433,14 @@ fn check_sizes(command: &Command) -> Result<(), Response> {
             return invalid(format!(
                 "barrier parties {parties} is outside 1..={PARTIES_MAX} (parties_max)"
             ));
+        }
+        Command::Data(DataCommand::Bytes(BytesCommand::SetRange { offset, value, .. }))
+            if offset.saturating_add(value.len() as u64) > VALUE_BYTES_MAX as u64 =>
+        {
+            let end = usize::try_from(*offset)
+                .unwrap_or(usize::MAX)
+                .saturating_add(value.len());
+            return Err(value_too_large(end));
         }
         // An append's suffix alone past the limit is refused here; one that would grow an
         // existing value past it is refused by `bytes_append`.

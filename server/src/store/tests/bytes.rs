@@ -2,7 +2,8 @@
 //! buffers.
 
 use super::*;
-use engram_proto::BytesCommand;
+use engram_proto::limits::VALUE_BYTES_MAX;
+use engram_proto::{BytesCommand, CounterCommand};
 
 #[test]
 fn set_get_del() {
@@ -141,4 +142,139 @@ fn a_read_answers_in_the_buffer_of_the_previous_read() {
     };
     assert_eq!(value, b"first value");
     assert_eq!(value.capacity(), MARKED_CAPACITY);
+}
+
+fn get_range(key: &str, start: i64, end: i64) -> Command {
+    Command::from(BytesCommand::GetRange {
+        key: key.into(),
+        start,
+        end,
+    })
+}
+
+fn set_range(key: &str, offset: u64, value: &[u8]) -> Command {
+    Command::from(BytesCommand::SetRange {
+        key: key.into(),
+        offset,
+        value: value.to_vec(),
+    })
+}
+
+fn value_of(response: Response) -> Vec<u8> {
+    match response {
+        Response::Value { value, .. } => value,
+        other => panic!("expected a value, got {other:?}"),
+    }
+}
+
+/// The examples of Redis's `GETRANGE` documentation, and the edges its code handles.
+#[test]
+fn get_range_reads_as_redis_does() {
+    let mut store = Store::new(UNLIMITED, 1);
+    store.run(1, &request(1, set("k", "This is a string", 0, SetCondition::Always)), 0);
+    let cases: [(i64, i64, &str); 11] = [
+        (0, 3, "This"),
+        (-3, -1, "ing"),
+        (0, -1, "This is a string"),
+        (10, 100, "string"),
+        (5, 3, ""),
+        (-100, 3, "This"),
+        (-1, -3, ""),
+        (15, 15, "g"),
+        (16, 20, ""),
+        (i64::MIN, i64::MAX, "This is a string"),
+        (i64::MAX, i64::MIN, ""),
+    ];
+    for (start, end, expected) in cases {
+        let value = value_of(store.run(1, &request(0, get_range("k", start, end)), 0));
+        assert_eq!(value, expected.as_bytes(), "GETRANGE k {start} {end}");
+    }
+    assert_eq!(
+        store.run(1, &request(0, get_range("absent", 0, -1)), 0),
+        Response::Missing
+    );
+    store.run(1, &request(2, set("empty", "", 0, SetCondition::Always)), 0);
+    assert!(value_of(store.run(1, &request(0, get_range("empty", 0, -1)), 0)).is_empty());
+}
+
+#[test]
+fn set_range_overwrites_pads_and_keeps_the_expiry() {
+    let mut store = Store::new(UNLIMITED, 1);
+    store.run(1, &request(1, set("k", "Hello World", 1_000, SetCondition::Always)), 0);
+    let Response::RangeWritten { version, length: 11 } = store.run(1, &request(2, set_range("k", 6, b"Redis")), 10)
+    else {
+        panic!("not written")
+    };
+    assert_eq!(
+        store.run(1, &request(0, Command::from(BytesCommand::Get { key: "k".into() })), 10),
+        Response::Value {
+            value: b"Hello Redis".to_vec(),
+            version
+        }
+    );
+    // Past the end: zero bytes in between, as on a key that was absent.
+    let Response::RangeWritten { length: 11, .. } = store.run(1, &request(3, set_range("new", 6, b"Redis")), 10) else {
+        panic!("not created")
+    };
+    assert_eq!(
+        value_of(store.run(1, &request(0, get_range("new", 0, -1)), 10)),
+        b"\0\0\0\0\0\0Redis"
+    );
+    // The expiry of the value it changed still holds.
+    assert_eq!(
+        store.run(1, &request(0, get_range("k", 0, -1)), 1_000),
+        Response::Missing
+    );
+    // An empty patch changes nothing and creates nothing.
+    assert_eq!(
+        store.run(1, &request(4, set_range("none", 5, b"")), 10),
+        Response::Missing
+    );
+    assert_eq!(
+        store.run(1, &request(5, set_range("new", 100, b"")), 10),
+        Response::RangeWritten {
+            version: store.last_version,
+            length: 11
+        }
+    );
+    assert_eq!(store.stats().keys, 1);
+    assert_eq!(store.data_bytes, store.recomputed_data_bytes());
+}
+
+#[test]
+fn set_range_past_the_value_limit_is_refused_before_it_allocates() {
+    let mut store = Store::new(UNLIMITED, 1);
+    for offset in [VALUE_BYTES_MAX as u64, u64::MAX] {
+        let refused = store.run(1, &request(offset % 1_000 + 1, set_range("k", offset, b"x")), 0);
+        assert_eq!(code(&refused), Some(ErrorCode::ValueTooLarge), "{refused:?}");
+    }
+    let at_the_limit = store.run(1, &request(7, set_range("k", VALUE_BYTES_MAX as u64 - 1, b"x")), 0);
+    assert!(matches!(at_the_limit, Response::RangeWritten { length, .. } if length == VALUE_BYTES_MAX as u64));
+}
+
+#[test]
+fn range_commands_refuse_other_types_and_len_counts_bytes() {
+    let mut store = Store::new(UNLIMITED, 1);
+    let add = Command::from(CounterCommand::Add {
+        key: "c".into(),
+        delta: 1,
+    });
+    store.run(1, &request(1, add), 0);
+    for command in [
+        get_range("c", 0, -1),
+        set_range("c", 0, b"x"),
+        Command::from(BytesCommand::Len { key: "c".into() }),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let answer = store.run(1, &request(10 + command.0 as u64, command.1), 0);
+        assert_eq!(code(&answer), Some(ErrorCode::WrongType));
+    }
+    store.run(1, &request(3, set("k", "four", 0, SetCondition::Always)), 0);
+    let len = |store: &mut Store, key: &str| {
+        store.run(1, &request(0, Command::from(BytesCommand::Len { key: key.into() })), 0)
+    };
+    assert_eq!(len(&mut store, "k"), Response::ValueLength { length: 4 });
+    assert_eq!(len(&mut store, "absent"), Response::Missing);
 }
