@@ -18,6 +18,7 @@
 //! - [`codec`]: frame + payload together: encode a message into a buffer, decode a validated one.
 //! - [`link`]: one link to a server, sans I/O (handshake, request ids, answers matched to
 //!   requests, the frame read buffer servers share), and its blocking adapter.
+//! - [`resp`]: the Redis protocol (RESP2, RESP3), sans I/O: requests parsed in place within limits, replies.
 //! - [`handshake`]: the server side of the handshake: whether a Hello is admitted.
 //! - [`error`]: stable numeric wire error codes and the protocol-layer error enum.
 //! - [`slot`]: key to slot hashing with `{hashtag}` support (xxh3).
@@ -41,6 +42,7 @@ pub mod migration;
 pub mod peer;
 pub mod protocol;
 pub mod replication;
+pub mod resp;
 pub mod slot;
 
 pub use cluster::*;

@@ -65,6 +65,47 @@ pub const CALL_TIMEOUT_MS_MAX: u64 = 60_000;
 /// top of its call timeout.
 pub const WAIT_MS_MAX: u64 = 15 * 60_000;
 
+/// Most arguments of one Redis-protocol command, its name included: Redis's multibulk
+/// limit (before 7.0 made it `INT_MAX`), so any command clients and tools build for Redis
+/// (an `MSET` or `DEL` of many keys) fits. The parser keeps one range (24 bytes) per
+/// argument, at most four times what the argument's own header and terminator cost on
+/// the wire, so the ranges stay within a small multiple of [`RESP_COMMAND_BYTES_MAX`].
+pub const RESP_ARRAY_LEN_MAX: usize = 1 << 20;
+
+/// Largest argument of a Redis-protocol command: exactly the largest value
+/// ([`VALUE_BYTES_MAX`]), the largest thing any command takes. A larger argument could
+/// only be read to be refused; refused at its length line, it costs the client its
+/// connection (with an error naming this limit) and the server nothing.
+pub const RESP_BULK_BYTES_MAX: usize = VALUE_BYTES_MAX;
+
+/// Largest Redis-protocol array command, its length lines included. A connection parses
+/// a command where it was read, so its read buffer must hold all of it: this bounds what
+/// one connection can make a server buffer, which the count and argument limits alone do
+/// not (a million arguments of 4 MiB). 16 MiB holds an `MSET` of three values of the
+/// largest size with their keys; a larger batch is one the client can split.
+pub const RESP_COMMAND_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Longest inline command (a line not starting with `*`: what people type at a telnet
+/// prompt, and `redis-benchmark`'s inline `PING`), its line end excluded: Redis's
+/// `PROTO_INLINE_MAX_SIZE`. Inline commands are for people; values travel in arrays. A
+/// longer line is refused before its newline arrives.
+pub const RESP_INLINE_BYTES_MAX: usize = 64 * 1024;
+
+/// Longest length line of a Redis-protocol request (`*<count>` or `$<length>`), its
+/// `\r\n` included. The longest meaningful one is 23 bytes (the type byte, a sign, 19
+/// digits, `\r\n`), so a longer one is refused before its end arrives instead of being
+/// waited for.
+pub const RESP_HEADER_LINE_BYTES_MAX: usize = 32;
+
+/// Most arguments of a Redis-protocol command before the connection authenticated:
+/// Redis's. Enough for any `AUTH` or `HELLO` (7 arguments at most), little enough that a
+/// client nobody knows cannot make the server parse much.
+pub const RESP_UNAUTHENTICATED_ARRAY_LEN_MAX: usize = 10;
+
+/// Largest argument of a Redis-protocol command before the connection authenticated:
+/// Redis's, far above any credential ([`CREDENTIALS_BYTES_MAX`]).
+pub const RESP_UNAUTHENTICATED_BULK_BYTES_MAX: usize = 16 * 1024;
+
 /// Longest time-to-live a key may be given (about 10 years), so deadlines never overflow.
 pub const TTL_MS_MAX: u64 = 10 * 365 * 24 * 3600 * 1000;
 
