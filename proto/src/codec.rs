@@ -250,6 +250,8 @@ mod tests {
                 DataCommand::Bytes(BytesCommand::SetRange { key, offset, value })
             )),
             bytes_strategy(64).prop_map(|key| Command::Data(DataCommand::Bytes(BytesCommand::Len { key }))),
+            (bytes_strategy(64), any::<i64>())
+                .prop_map(|(key, delta)| Command::Data(DataCommand::Bytes(BytesCommand::AddInteger { key, delta }))),
             bytes_strategy(64).prop_map(|key| Command::Data(DataCommand::Counter(CounterCommand::Get { key }))),
             (bytes_strategy(64), any::<i64>())
                 .prop_map(|(key, delta)| Command::Data(DataCommand::Counter(CounterCommand::Add { key, delta }))),

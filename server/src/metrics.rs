@@ -95,7 +95,8 @@ impl ObjectKind {
             | Command::Data(DataCommand::Bytes(BytesCommand::Append { .. }))
             | Command::Data(DataCommand::Bytes(BytesCommand::GetRange { .. }))
             | Command::Data(DataCommand::Bytes(BytesCommand::SetRange { .. }))
-            | Command::Data(DataCommand::Bytes(BytesCommand::Len { .. })) => ObjectKind::Bytes,
+            | Command::Data(DataCommand::Bytes(BytesCommand::Len { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::AddInteger { .. })) => ObjectKind::Bytes,
             Command::Data(DataCommand::Counter(CounterCommand::Get { .. }))
             | Command::Data(DataCommand::Counter(CounterCommand::Add { .. }))
             | Command::Data(DataCommand::Counter(CounterCommand::Set { .. }))

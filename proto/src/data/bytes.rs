@@ -44,6 +44,14 @@ pub enum BytesCommand {
     Len {
         key: Vec<u8>,
     },
+    /// Adds `delta` to a value that holds a decimal integer (an absent key counts as 0),
+    /// as Redis's `INCRBY`: the value stays bytes (`"41"` becomes `"42"`) and keeps its
+    /// expiry. A value that is not an integer in canonical form, or a sum that does not
+    /// fit in an i64, is refused. Counters are the typed alternative.
+    AddInteger {
+        key: Vec<u8>,
+        delta: i64,
+    },
 }
 
 /// Condition of a bytes `Set`.
@@ -63,7 +71,8 @@ keyed_variants!(BytesCommand {
     Append,
     GetRange,
     SetRange,
-    Len
+    Len,
+    AddInteger
 });
 
 impl BytesCommand {
@@ -87,6 +96,7 @@ impl BytesCommand {
             BytesCommand::GetRange { .. } => "getrange",
             BytesCommand::SetRange { .. } => "setrange",
             BytesCommand::Len { .. } => "strlen",
+            BytesCommand::AddInteger { .. } => "incrby",
         }
     }
 }

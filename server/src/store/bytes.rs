@@ -4,10 +4,11 @@
 use std::ops::Range;
 
 use engram_proto::limits::VALUE_BYTES_MAX;
-use engram_proto::{Response, SetCondition};
+use engram_proto::{ErrorCode, Response, SetCondition};
 
 use super::{
-    compact_refusal, entry_bytes, expiry_bytes, value_too_large, wrong_type, CompactEntry, Contents, KeyEntry, Store,
+    compact_refusal, entry_bytes, error, expiry_bytes, value_too_large, wrong_type, CompactEntry, Contents, KeyEntry,
+    Store,
 };
 
 impl Store {
@@ -222,6 +223,33 @@ impl Store {
         }
     }
 
+    pub(crate) fn bytes_add_integer(&mut self, key: &[u8], delta: i64, now_ms: u64) -> Response {
+        let current = match self.live_entry(key, now_ms) {
+            None => 0,
+            Some(KeyEntry::Compact(compact)) => match compact.contents() {
+                Contents::Bytes(value) => match decimal_integer(value) {
+                    Some(current) => current,
+                    None => return error(ErrorCode::InvalidArgument, NOT_AN_INTEGER),
+                },
+                Contents::Counter(_) => return wrong_type(key, "bytes value"),
+            },
+            Some(KeyEntry::Object(_)) => return wrong_type(key, "bytes value"),
+        };
+        let Some(value) = current.checked_add(delta) else {
+            return error(ErrorCode::Overflow, "increment or decrement would overflow");
+        };
+        match self.write_bytes(
+            key,
+            value.to_string().as_bytes(),
+            Expiry::Keep,
+            SetCondition::Always,
+            now_ms,
+        ) {
+            Response::Written { .. } => Response::Counter { value },
+            refusal => refusal,
+        }
+    }
+
     pub(crate) fn bytes_len(&mut self, key: &[u8], now_ms: u64) -> Response {
         match self.live_entry(key, now_ms) {
             None => Response::Missing,
@@ -234,6 +262,16 @@ impl Store {
             Some(KeyEntry::Object(_)) => wrong_type(key, "bytes value"),
         }
     }
+}
+
+/// Redis's words for a value `INCR` cannot read, which Redis clients show as they are.
+pub const NOT_AN_INTEGER: &str = "value is not an integer or out of range";
+
+/// The integer a value holds in canonical decimal form (what Redis's `INCR` accepts:
+/// no sign but a leading `-`, no leading zeros, no spaces, within i64).
+fn decimal_integer(value: &[u8]) -> Option<i64> {
+    let parsed: i64 = std::str::from_utf8(value).ok()?.parse().ok()?;
+    (parsed.to_string().as_bytes() == value).then_some(parsed)
 }
 
 /// When a written value expires.

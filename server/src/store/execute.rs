@@ -75,7 +75,8 @@ impl Store {
             | Command::Data(DataCommand::Bytes(BytesCommand::Append { .. }))
             | Command::Data(DataCommand::Bytes(BytesCommand::GetRange { .. }))
             | Command::Data(DataCommand::Bytes(BytesCommand::SetRange { .. }))
-            | Command::Data(DataCommand::Bytes(BytesCommand::Len { .. })) => self.execute_bytes(command, now_ms),
+            | Command::Data(DataCommand::Bytes(BytesCommand::Len { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::AddInteger { .. })) => self.execute_bytes(command, now_ms),
             Command::Data(DataCommand::Counter(CounterCommand::Get { .. }))
             | Command::Data(DataCommand::Counter(CounterCommand::Add { .. }))
             | Command::Data(DataCommand::Counter(CounterCommand::Set { .. }))
@@ -143,6 +144,9 @@ impl Store {
                 self.bytes_set_range(key, *offset, value, now_ms)
             }
             Command::Data(DataCommand::Bytes(BytesCommand::Len { key })) => self.bytes_len(key, now_ms),
+            Command::Data(DataCommand::Bytes(BytesCommand::AddInteger { key, delta })) => {
+                self.bytes_add_integer(key, *delta, now_ms)
+            }
             other => misrouted(other, "bytes"),
         })
     }

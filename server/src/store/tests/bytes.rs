@@ -278,3 +278,72 @@ fn range_commands_refuse_other_types_and_len_counts_bytes() {
     assert_eq!(len(&mut store, "k"), Response::ValueLength { length: 4 });
     assert_eq!(len(&mut store, "absent"), Response::Missing);
 }
+
+fn add_integer(key: &str, delta: i64) -> Command {
+    Command::from(BytesCommand::AddInteger { key: key.into(), delta })
+}
+
+/// Redis's `INCRBY` on strings: canonical decimal integers only, the value stays bytes
+/// and keeps its expiry, and overflow is refused.
+#[test]
+fn add_integer_reads_and_writes_decimal_strings() {
+    let mut store = Store::new(UNLIMITED, 1);
+    assert_eq!(
+        store.run(1, &request(1, add_integer("n", 5)), 0),
+        Response::Counter { value: 5 }
+    );
+    store.run(1, &request(2, set("t", "41", 1_000, SetCondition::Always)), 0);
+    assert_eq!(
+        store.run(1, &request(3, add_integer("t", 1)), 0),
+        Response::Counter { value: 42 }
+    );
+    assert_eq!(value_of(store.run(1, &request(0, get_range("t", 0, -1)), 0)), b"42");
+    assert_eq!(
+        store.run(1, &request(0, get_range("t", 0, -1)), 1_000),
+        Response::Missing,
+        "the expiry held"
+    );
+    for (op_id, text) in ["+1", "01", "-0", " 1", "1 ", "1.5", "", "x", "9223372036854775808"]
+        .into_iter()
+        .enumerate()
+    {
+        store.run(
+            1,
+            &request(100 + op_id as u64, set("s", text, 0, SetCondition::Always)),
+            0,
+        );
+        let refused = store.run(1, &request(200 + op_id as u64, add_integer("s", 1)), 0);
+        assert_eq!(
+            code(&refused),
+            Some(ErrorCode::InvalidArgument),
+            "{text:?}: {refused:?}"
+        );
+    }
+    store.run(
+        1,
+        &request(4, set("max", &i64::MAX.to_string(), 0, SetCondition::Always)),
+        0,
+    );
+    assert_eq!(
+        code(&store.run(1, &request(5, add_integer("max", 1)), 0)),
+        Some(ErrorCode::Overflow)
+    );
+    store.run(
+        1,
+        &request(6, set("min", &i64::MIN.to_string(), 0, SetCondition::Always)),
+        0,
+    );
+    assert_eq!(
+        store.run(1, &request(7, add_integer("min", 0)), 0),
+        Response::Counter { value: i64::MIN }
+    );
+    let counter = Command::from(CounterCommand::Add {
+        key: "c".into(),
+        delta: 1,
+    });
+    store.run(1, &request(8, counter), 0);
+    assert_eq!(
+        code(&store.run(1, &request(9, add_integer("c", 1)), 0)),
+        Some(ErrorCode::WrongType)
+    );
+}
