@@ -1,0 +1,742 @@
+//! Redis commands as Engram requests, sans I/O: a command's arguments become either
+//! something the door answers itself ([`DoorCommand`]) or native data requests, each
+//! with the [`Shape`] of its answer, whose answers written in order make the reply.
+//!
+//! Keys are the client's keys here; the connection adds its namespace, as for a native
+//! client. Commands of several keys become one request per key (each routed to its own
+//! slot), so they are not atomic across slots: Redis Cluster refuses them across slots,
+//! Engram answers them part by part (see the README's Redis section).
+
+use engram_proto::limits::{LEASE_MS_MAX, PARTIES_MAX, TTL_MS_MAX, WAIT_MS_MAX};
+use engram_proto::{
+    BarrierCommand, BytesCommand, DataCommand, FutureCommand, LatchCommand, LockCommand, MapCommand, QueueCommand,
+    QueueEnd, SemaphoreCommand, SetCondition,
+};
+
+use super::reply::{FieldsShape, Fold, Shape};
+
+/// One native request of a translated command, and how its answer is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub command: DataCommand,
+    pub shape: Shape,
+}
+
+/// A Redis command, translated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Translated {
+    /// Answered by the door, without a shard.
+    Door(DoorCommand),
+    /// Native requests whose answers make the reply: an array header of `array` elements
+    /// first when set, then each part's answer, then the fold of the parts when set.
+    Requests {
+        array: Option<usize>,
+        parts: Vec<Part>,
+        fold: Option<Fold>,
+    },
+}
+
+/// What the door answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DoorCommand {
+    Ping(Option<Vec<u8>>),
+    Echo(Vec<u8>),
+    /// `HELLO [protover [AUTH username password] [SETNAME name]]`.
+    Hello {
+        version: Option<i64>,
+        auth: Option<(Vec<u8>, Vec<u8>)>,
+        name: Option<Vec<u8>>,
+    },
+    /// `AUTH [username] password`: the username names the namespace.
+    Auth {
+        username: Option<Vec<u8>>,
+        password: Vec<u8>,
+    },
+    Select(i64),
+    ClientSetName(Vec<u8>),
+    ClientGetName,
+    ClientId,
+    ClientInfo,
+    /// `CLIENT SETINFO` and the like: accepted, nothing kept.
+    ClientNoted,
+    Quit,
+    Reset,
+    Time,
+    /// `COMMAND`, `COMMAND COUNT|DOCS|INFO ...`: the subcommand, lowercased.
+    Command(Option<Vec<u8>>),
+    ConfigGet(Vec<u8>),
+    Info(Option<Vec<u8>>),
+}
+
+/// Why a command is refused before anything is sent, as Redis words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+impl Refusal {
+    fn arity(name: &str) -> Refusal {
+        Refusal(format!("ERR wrong number of arguments for '{name}' command"))
+    }
+
+    fn syntax() -> Refusal {
+        Refusal("ERR syntax error".into())
+    }
+
+    fn not_an_integer() -> Refusal {
+        Refusal("ERR value is not an integer or out of range".into())
+    }
+
+    fn invalid_expire(name: &str) -> Refusal {
+        Refusal(format!("ERR invalid expire time in '{name}' command"))
+    }
+}
+
+/// Translates a command (`args[0]` its name, any case) at wall-clock time `now_unix_ms`
+/// (for `EXAT`/`PXAT`).
+pub fn translate(args: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal> {
+    let Some(name) = args.first() else {
+        return Err(Refusal("ERR empty command".into()));
+    };
+    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+    let rest = &args[1..];
+    if let Some(door) = door_command(&name, rest)? {
+        return Ok(Translated::Door(door));
+    }
+    let single = |command: DataCommand, shape: Shape| {
+        Ok(Translated::Requests {
+            array: None,
+            parts: vec![Part { command, shape }],
+            fold: None,
+        })
+    };
+    let key = || rest[0].to_vec();
+    match (name.as_str(), rest.len()) {
+        ("get", 1) => single(BytesCommand::Get { key: key() }.into(), Shape::ValueOrNil),
+        ("set", n) if n >= 2 => set(rest, now_unix_ms),
+        ("setnx", 2) => single(set_command(rest, 0, SetCondition::IfAbsent), Shape::WrittenFlag),
+        ("setex", 3) => single(set_expiring(rest, seconds(rest[1], "setex")?), Shape::OkOrNil),
+        ("psetex", 3) => single(set_expiring(rest, milliseconds(rest[1], "psetex")?), Shape::OkOrNil),
+        ("mget", n) if n >= 1 => Ok(Translated::Requests {
+            array: Some(n),
+            parts: rest
+                .iter()
+                .map(|key| Part {
+                    command: BytesCommand::Get { key: key.to_vec() }.into(),
+                    shape: Shape::ValueOrNil,
+                })
+                .collect(),
+            fold: None,
+        }),
+        ("mset", n) if n >= 2 && n % 2 == 0 => folded(
+            rest.chunks(2).map(|pair| set_command(pair, 0, SetCondition::Always)),
+            Fold::AllWritten,
+        ),
+        ("del" | "unlink", n) if n >= 1 => folded(
+            rest.iter().map(|key| BytesCommand::Del { key: key.to_vec() }.into()),
+            Fold::CountExisting,
+        ),
+        ("incr", 1) => single(add_integer(rest[0], 1), Shape::Integer),
+        ("decr", 1) => single(add_integer(rest[0], -1), Shape::Integer),
+        ("incrby", 2) => single(add_integer(rest[0], integer(rest[1])?), Shape::Integer),
+        ("decrby", 2) => {
+            let delta = integer(rest[1])?.checked_neg().ok_or_else(Refusal::not_an_integer)?;
+            single(add_integer(rest[0], delta), Shape::Integer)
+        }
+        ("append", 2) => single(
+            BytesCommand::Append {
+                key: key(),
+                value: rest[1].to_vec(),
+            }
+            .into(),
+            Shape::Length,
+        ),
+        ("strlen", 1) => single(BytesCommand::Len { key: key() }.into(), Shape::Length),
+        ("getrange" | "substr", 3) => single(
+            BytesCommand::GetRange {
+                key: key(),
+                start: integer(rest[1])?,
+                end: integer(rest[2])?,
+            }
+            .into(),
+            Shape::ValueOrEmpty,
+        ),
+        ("setrange", 3) => {
+            let offset = u64::try_from(integer(rest[1])?).map_err(|_| Refusal("ERR offset is out of range".into()))?;
+            let command = BytesCommand::SetRange {
+                key: key(),
+                offset,
+                value: rest[2].to_vec(),
+            };
+            single(command.into(), Shape::Length)
+        }
+        _ => object_command(&name, rest),
+    }
+}
+
+/// Hashes, lists and Engram's coordination objects.
+fn object_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
+    let single = |command: DataCommand, shape: Shape| {
+        Ok(Translated::Requests {
+            array: None,
+            parts: vec![Part { command, shape }],
+            fold: None,
+        })
+    };
+    let key = || rest[0].to_vec();
+    match (name, rest.len()) {
+        ("hget", 2) => single(map_get(rest), Shape::ValueOrNil),
+        ("hexists", 2) => single(map_get(rest), Shape::PresentFlag),
+        ("hmget", n) if n >= 2 => Ok(Translated::Requests {
+            array: Some(n - 1),
+            parts: rest[1..]
+                .iter()
+                .map(|field| Part {
+                    command: map_get(&[rest[0], field]),
+                    shape: Shape::ValueOrNil,
+                })
+                .collect(),
+            fold: None,
+        }),
+        ("hdel", n) if n >= 2 => folded(
+            rest[1..].iter().map(|field| {
+                MapCommand::Del {
+                    key: key(),
+                    field: field.to_vec(),
+                }
+                .into()
+            }),
+            Fold::CountExisting,
+        ),
+        ("hgetall", 1) => single(map_all(rest), Shape::Fields(FieldsShape::All)),
+        ("hkeys", 1) => single(map_all(rest), Shape::Fields(FieldsShape::Names)),
+        ("hvals", 1) => single(map_all(rest), Shape::Fields(FieldsShape::Values)),
+        ("hlen", 1) => single(map_all(rest), Shape::Fields(FieldsShape::Count)),
+        ("hincrby", 3) => {
+            let command = MapCommand::Incr {
+                key: key(),
+                field: rest[1].to_vec(),
+                delta: integer(rest[2])?,
+            };
+            single(command.into(), Shape::Integer)
+        }
+        ("lpush" | "rpush", n) if n >= 2 => {
+            let end = if name == "lpush" {
+                QueueEnd::Front
+            } else {
+                QueueEnd::Back
+            };
+            folded(
+                rest[1..].iter().map(|value| {
+                    QueueCommand::Push {
+                        key: key(),
+                        value: value.to_vec(),
+                        end,
+                    }
+                    .into()
+                }),
+                Fold::LastLength,
+            )
+        }
+        ("lpop" | "rpop", 1) => single(pop(name, rest[0], 0), Shape::ValueOrNil),
+        ("lpop" | "rpop", 2) => {
+            let count = usize::try_from(integer(rest[1])?).map_err(|_| Refusal::not_an_integer())?;
+            Ok(Translated::Requests {
+                array: Some(count),
+                parts: (0..count)
+                    .map(|_| Part {
+                        command: pop(name, rest[0], 0),
+                        shape: Shape::ValueOrNil,
+                    })
+                    .collect(),
+                fold: None,
+            })
+        }
+        ("llen", 1) => single(QueueCommand::Len { key: key() }.into(), Shape::Length),
+        ("blpop" | "brpop", 2) => {
+            let timeout_ms = blocking_timeout_ms(rest[1])?;
+            let end_name = if name == "blpop" { "lpop" } else { "rpop" };
+            single(pop(end_name, rest[0], timeout_ms), Shape::KeyAndValueOrNil(key()))
+        }
+        _ => coordination_command(name, rest),
+    }
+}
+
+/// Engram's objects under names of their own (`LOCK.ACQUIRE`, `SEM.ACQUIRE`, …).
+fn coordination_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
+    let single = |command: DataCommand, shape: Shape| {
+        Ok(Translated::Requests {
+            array: None,
+            parts: vec![Part { command, shape }],
+            fold: None,
+        })
+    };
+    let key = || rest[0].to_vec();
+    match (name, rest.len()) {
+        ("lock.acquire", 3 | 5) => {
+            let command = LockCommand::Acquire {
+                key: key(),
+                owner: rest[1].to_vec(),
+                lease_ms: lease_ms(rest[2])?,
+                wait_ms: wait_option(&rest[3..])?,
+            };
+            single(command.into(), Shape::GrantOrNil)
+        }
+        ("lock.release", 3) => {
+            let command = LockCommand::Release {
+                key: key(),
+                owner: rest[1].to_vec(),
+                fence: unsigned(rest[2])?,
+            };
+            single(command.into(), Shape::Ok)
+        }
+        ("lock.renew", 4) => {
+            let command = LockCommand::Renew {
+                key: key(),
+                owner: rest[1].to_vec(),
+                fence: unsigned(rest[2])?,
+                lease_ms: lease_ms(rest[3])?,
+            };
+            single(command.into(), Shape::GrantOrNil)
+        }
+        ("lock.holder", 1) => single(LockCommand::Holder { key: key() }.into(), Shape::LockHolder),
+        ("sem.acquire", n) if n >= 4 => {
+            let (permits, wait_ms) = semaphore_options(&rest[4..])?;
+            let command = SemaphoreCommand::Acquire {
+                key: key(),
+                capacity: parties(rest[1])?,
+                owner: rest[2].to_vec(),
+                lease_ms: lease_ms(rest[3])?,
+                permits,
+                wait_ms,
+            };
+            single(command.into(), Shape::GrantOrNil)
+        }
+        ("sem.release", 2) => {
+            let command = SemaphoreCommand::Release {
+                key: key(),
+                permit_id: unsigned(rest[1])?,
+            };
+            single(command.into(), Shape::Ok)
+        }
+        ("sem.renew", 3) => {
+            let command = SemaphoreCommand::Renew {
+                key: key(),
+                permit_id: unsigned(rest[1])?,
+                lease_ms: lease_ms(rest[2])?,
+            };
+            single(command.into(), Shape::Ok)
+        }
+        ("sem.available", 2) => {
+            let command = SemaphoreCommand::Available {
+                key: key(),
+                capacity: parties(rest[1])?,
+            };
+            single(command.into(), Shape::Available)
+        }
+        ("barrier.wait", 3) => {
+            let command = BarrierCommand::Wait {
+                key: key(),
+                parties: parties(rest[1])?,
+                timeout_ms: wait_ms(rest[2])?,
+            };
+            single(command.into(), Shape::BarrierPassed)
+        }
+        ("latch.set", 2) => {
+            let command = LatchCommand::TrySetCount {
+                key: key(),
+                count: unsigned(rest[1])?,
+            };
+            single(command.into(), Shape::LatchSet)
+        }
+        ("latch.countdown", 1) => single(LatchCommand::CountDown { key: key() }.into(), Shape::LatchCount),
+        ("latch.count", 1) => single(LatchCommand::Count { key: key() }.into(), Shape::LatchCount),
+        ("latch.wait", 2) => {
+            let command = LatchCommand::Wait {
+                key: key(),
+                timeout_ms: wait_ms(rest[1])?,
+            };
+            single(command.into(), Shape::LatchOpenOrNil)
+        }
+        ("future.set", 2) => {
+            let command = FutureCommand::Complete {
+                key: key(),
+                value: rest[1].to_vec(),
+            };
+            single(command.into(), Shape::Ok)
+        }
+        ("future.get", 1 | 3) => {
+            let command = FutureCommand::Get {
+                key: key(),
+                timeout_ms: wait_option(&rest[1..])?,
+            };
+            single(command.into(), Shape::ValueOrNil)
+        }
+        _ => Err(unknown_or_arity(name, rest)),
+    }
+}
+
+/// Commands the door answers itself; `None` for the rest.
+fn door_command(name: &str, rest: &[&[u8]]) -> Result<Option<DoorCommand>, Refusal> {
+    let owned = |index: usize| rest[index].to_vec();
+    Ok(Some(match (name, rest.len()) {
+        ("ping", 0) => DoorCommand::Ping(None),
+        ("ping", 1) => DoorCommand::Ping(Some(owned(0))),
+        ("echo", 1) => DoorCommand::Echo(owned(0)),
+        ("hello", _) => hello(rest)?,
+        ("auth", 1) => DoorCommand::Auth {
+            username: None,
+            password: owned(0),
+        },
+        ("auth", 2) => DoorCommand::Auth {
+            username: Some(owned(0)),
+            password: owned(1),
+        },
+        ("select", 1) => DoorCommand::Select(integer(rest[0])?),
+        ("client", n) if n >= 1 => client(rest)?,
+        ("quit", 0) => DoorCommand::Quit,
+        ("reset", 0) => DoorCommand::Reset,
+        ("time", 0) => DoorCommand::Time,
+        ("command", 0) => DoorCommand::Command(None),
+        ("command", _) => DoorCommand::Command(Some(rest[0].to_ascii_lowercase())),
+        ("config", 2) if rest[0].eq_ignore_ascii_case(b"get") => DoorCommand::ConfigGet(owned(1)),
+        ("info", 0) => DoorCommand::Info(None),
+        ("info", _) => DoorCommand::Info(Some(rest[0].to_ascii_lowercase())),
+        ("ping" | "echo" | "auth" | "select" | "client" | "quit" | "reset" | "time" | "config", _) => {
+            return Err(Refusal::arity(name))
+        }
+        _ => return Ok(None),
+    }))
+}
+
+fn hello(rest: &[&[u8]]) -> Result<DoorCommand, Refusal> {
+    let Some((version, mut options)) = rest.split_first() else {
+        return Ok(DoorCommand::Hello {
+            version: None,
+            auth: None,
+            name: None,
+        });
+    };
+    let version = integer(version).map_err(|_| Refusal("NOPROTO unsupported protocol version".into()))?;
+    let (mut auth, mut name) = (None, None);
+    while let Some((option, after)) = options.split_first() {
+        match (option.to_ascii_lowercase().as_slice(), after) {
+            (b"auth", [username, password, more @ ..]) => {
+                auth = Some((username.to_vec(), password.to_vec()));
+                options = more;
+            }
+            (b"setname", [client_name, more @ ..]) => {
+                name = Some(client_name.to_vec());
+                options = more;
+            }
+            _ => return Err(Refusal("ERR Syntax error in HELLO option".into())),
+        }
+    }
+    Ok(DoorCommand::Hello {
+        version: Some(version),
+        auth,
+        name,
+    })
+}
+
+fn client(rest: &[&[u8]]) -> Result<DoorCommand, Refusal> {
+    let subcommand = rest[0].to_ascii_lowercase();
+    Ok(match (subcommand.as_slice(), rest.len()) {
+        (b"setname", 2) => DoorCommand::ClientSetName(rest[1].to_vec()),
+        (b"getname", 1) => DoorCommand::ClientGetName,
+        (b"id", 1) => DoorCommand::ClientId,
+        (b"info", 1) => DoorCommand::ClientInfo,
+        (b"setinfo", 3) | (b"no-evict" | b"no-touch", 2) => DoorCommand::ClientNoted,
+        _ => {
+            return Err(Refusal(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}' command",
+                String::from_utf8_lossy(&subcommand)
+            )))
+        }
+    })
+}
+
+/// `SET key value [NX] [EX s|PX ms|EXAT s|PXAT ms]`. `XX`, `GET` and `KEEPTTL` need
+/// what the native protocol does not offer yet, and are refused by name.
+fn set(rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal> {
+    let mut condition = SetCondition::Always;
+    let mut ttl_ms = None;
+    let mut options = &rest[2..];
+    while let Some((option, after)) = options.split_first() {
+        let option = option.to_ascii_lowercase();
+        let mut timed = |ttl: u64| match ttl_ms.replace(ttl) {
+            None => Ok(()),
+            Some(_) => Err(Refusal::syntax()),
+        };
+        options = match (option.as_slice(), after) {
+            (b"nx", more) if condition == SetCondition::Always => {
+                condition = SetCondition::IfAbsent;
+                more
+            }
+            (b"ex", [seconds_arg, more @ ..]) => {
+                timed(seconds(seconds_arg, "set")?)?;
+                more
+            }
+            (b"px", [ms, more @ ..]) => {
+                timed(milliseconds(ms, "set")?)?;
+                more
+            }
+            (b"exat", [at, more @ ..]) => {
+                timed(until(at, 1000, now_unix_ms)?)?;
+                more
+            }
+            (b"pxat", [at, more @ ..]) => {
+                timed(until(at, 1, now_unix_ms)?)?;
+                more
+            }
+            (b"xx" | b"get" | b"keepttl", _) => {
+                return Err(Refusal(format!(
+                    "ERR SET {} is not supported by Engram yet",
+                    String::from_utf8_lossy(&option).to_uppercase()
+                )))
+            }
+            _ => return Err(Refusal::syntax()),
+        };
+    }
+    Ok(Translated::Requests {
+        array: None,
+        parts: vec![Part {
+            command: set_command(rest, ttl_ms.unwrap_or(0), condition),
+            shape: Shape::OkOrNil,
+        }],
+        fold: None,
+    })
+}
+
+/// Milliseconds from `now_unix_ms` until the Unix time `at` (in units of `unit_ms`), as
+/// a TTL; a moment passed (Redis refuses an expiry in the past for `SET`) or too far off
+/// is refused.
+fn until(at: &[u8], unit_ms: u64, now_unix_ms: u64) -> Result<u64, Refusal> {
+    u64::try_from(integer(at)?)
+        .ok()
+        .and_then(|at| at.checked_mul(unit_ms))
+        .and_then(|at_ms| at_ms.checked_sub(now_unix_ms))
+        .filter(|ttl_ms| (1..=TTL_MS_MAX).contains(ttl_ms))
+        .ok_or_else(|| Refusal::invalid_expire("set"))
+}
+
+fn set_command(key_and_value: &[&[u8]], ttl_ms: u64, condition: SetCondition) -> DataCommand {
+    BytesCommand::Set {
+        key: key_and_value[0].to_vec(),
+        value: key_and_value[1].to_vec(),
+        ttl_ms,
+        condition,
+    }
+    .into()
+}
+
+/// `SETEX key seconds value` and `PSETEX`: the value is the last argument.
+fn set_expiring(rest: &[&[u8]], ttl_ms: u64) -> DataCommand {
+    set_command(&[rest[0], rest[2]], ttl_ms, SetCondition::Always)
+}
+
+fn add_integer(key: &[u8], delta: i64) -> DataCommand {
+    BytesCommand::AddInteger {
+        key: key.to_vec(),
+        delta,
+    }
+    .into()
+}
+
+fn map_get(key_and_field: &[&[u8]]) -> DataCommand {
+    MapCommand::Get {
+        key: key_and_field[0].to_vec(),
+        field: key_and_field[1].to_vec(),
+    }
+    .into()
+}
+
+fn map_all(rest: &[&[u8]]) -> DataCommand {
+    MapCommand::GetAll { key: rest[0].to_vec() }.into()
+}
+
+fn pop(name: &str, key: &[u8], timeout_ms: u64) -> DataCommand {
+    let end = if name == "lpop" {
+        QueueEnd::Front
+    } else {
+        QueueEnd::Back
+    };
+    QueueCommand::Pop {
+        key: key.to_vec(),
+        end,
+        timeout_ms,
+    }
+    .into()
+}
+
+fn folded(commands: impl Iterator<Item = DataCommand>, fold: Fold) -> Result<Translated, Refusal> {
+    Ok(Translated::Requests {
+        array: None,
+        parts: commands
+            .map(|command| Part {
+                command,
+                shape: Shape::Part(fold),
+            })
+            .collect(),
+        fold: Some(fold),
+    })
+}
+
+fn unknown_or_arity(name: &str, rest: &[&[u8]]) -> Refusal {
+    if KNOWN.contains(&name) {
+        return Refusal::arity(name);
+    }
+    let shown: Vec<String> = rest
+        .iter()
+        .take(8)
+        .map(|arg| format!("'{}'", String::from_utf8_lossy(arg)))
+        .collect();
+    Refusal(format!(
+        "ERR unknown command '{name}', with args beginning with: {}",
+        shown.join(" ")
+    ))
+}
+
+/// Every data command the door translates, so a wrong argument count is told apart from
+/// an unknown name.
+pub const KNOWN: &[&str] = &[
+    "get",
+    "set",
+    "setnx",
+    "setex",
+    "psetex",
+    "mget",
+    "mset",
+    "del",
+    "unlink",
+    "incr",
+    "decr",
+    "incrby",
+    "decrby",
+    "append",
+    "strlen",
+    "getrange",
+    "substr",
+    "setrange",
+    "hget",
+    "hexists",
+    "hmget",
+    "hdel",
+    "hgetall",
+    "hkeys",
+    "hvals",
+    "hlen",
+    "hincrby",
+    "lpush",
+    "rpush",
+    "lpop",
+    "rpop",
+    "llen",
+    "blpop",
+    "brpop",
+    "lock.acquire",
+    "lock.release",
+    "lock.renew",
+    "lock.holder",
+    "sem.acquire",
+    "sem.release",
+    "sem.renew",
+    "sem.available",
+    "barrier.wait",
+    "latch.set",
+    "latch.countdown",
+    "latch.count",
+    "latch.wait",
+    "future.set",
+    "future.get",
+];
+
+/// A decimal i64, as Redis reads one.
+fn integer(arg: &[u8]) -> Result<i64, Refusal> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(Refusal::not_an_integer)
+}
+
+fn unsigned(arg: &[u8]) -> Result<u64, Refusal> {
+    u64::try_from(integer(arg)?).map_err(|_| Refusal::not_an_integer())
+}
+
+/// An expiry in seconds as milliseconds: positive, within `TTL_MS_MAX`.
+fn seconds(arg: &[u8], name: &str) -> Result<u64, Refusal> {
+    let seconds = integer(arg)?;
+    u64::try_from(seconds)
+        .ok()
+        .and_then(|seconds| seconds.checked_mul(1000))
+        .filter(|ms| (1..=TTL_MS_MAX).contains(ms))
+        .ok_or_else(|| Refusal::invalid_expire(name))
+}
+
+/// An expiry in milliseconds: positive, within `TTL_MS_MAX`.
+fn milliseconds(arg: &[u8], name: &str) -> Result<u64, Refusal> {
+    u64::try_from(integer(arg)?)
+        .ok()
+        .filter(|ms| (1..=TTL_MS_MAX).contains(ms))
+        .ok_or_else(|| Refusal::invalid_expire(name))
+}
+
+fn lease_ms(arg: &[u8]) -> Result<u64, Refusal> {
+    u64::try_from(integer(arg)?)
+        .ok()
+        .filter(|ms| (1..=LEASE_MS_MAX).contains(ms))
+        .ok_or_else(|| Refusal(format!("ERR lease-ms must be 1..={LEASE_MS_MAX} (lease_ms_max)")))
+}
+
+fn wait_ms(arg: &[u8]) -> Result<u64, Refusal> {
+    u64::try_from(integer(arg)?)
+        .ok()
+        .filter(|ms| *ms <= WAIT_MS_MAX)
+        .ok_or_else(|| Refusal(format!("ERR wait must be 0..={WAIT_MS_MAX} ms (wait_ms_max)")))
+}
+
+/// `[WAIT ms]` after a command's fixed arguments; 0 without.
+fn wait_option(options: &[&[u8]]) -> Result<u64, Refusal> {
+    match options {
+        [] => Ok(0),
+        [option, ms] if option.eq_ignore_ascii_case(b"wait") => wait_ms(ms),
+        _ => Err(Refusal::syntax()),
+    }
+}
+
+/// `[PERMITS n] [WAIT ms]` of `SEM.ACQUIRE`, in either order.
+fn semaphore_options(mut options: &[&[u8]]) -> Result<(u32, u64), Refusal> {
+    let (mut permits, mut wait) = (1, 0);
+    while let [option, value, more @ ..] = options {
+        match option.to_ascii_lowercase().as_slice() {
+            b"permits" => permits = parties(value)?,
+            b"wait" => wait = wait_ms(value)?,
+            _ => return Err(Refusal::syntax()),
+        }
+        options = more;
+    }
+    if !options.is_empty() {
+        return Err(Refusal::syntax());
+    }
+    Ok((permits, wait))
+}
+
+/// A count of parties, permits or capacity: 1..=`PARTIES_MAX`.
+fn parties(arg: &[u8]) -> Result<u32, Refusal> {
+    u32::try_from(integer(arg)?)
+        .ok()
+        .filter(|count| (1..=PARTIES_MAX).contains(count))
+        .ok_or_else(|| Refusal(format!("ERR count must be 1..={PARTIES_MAX} (parties_max)")))
+}
+
+/// A blocking pop's timeout: seconds, possibly fractional, 0 for as long as a wait may
+/// last (`WAIT_MS_MAX`: Engram parks nothing forever).
+fn blocking_timeout_ms(arg: &[u8]) -> Result<u64, Refusal> {
+    let seconds: f64 = std::str::from_utf8(arg)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .filter(|seconds: &f64| seconds.is_finite() && *seconds >= 0.0)
+        .ok_or_else(|| Refusal("ERR timeout is not a float or out of range".into()))?;
+    if seconds == 0.0 {
+        return Ok(WAIT_MS_MAX);
+    }
+    Ok(((seconds * 1000.0).ceil() as u64).clamp(1, WAIT_MS_MAX))
+}

@@ -1,0 +1,239 @@
+//! Native answers as Redis replies: each request of a translated command carries the
+//! [`Shape`] its answer takes, and a multi-key command folds its parts' answers into one
+//! reply ([`Fold`]) as they are written, in order.
+
+use engram_proto::resp::ReplyWriter;
+use engram_proto::{ErrorCode, ErrorReply, Response};
+
+/// How one native answer is written as (part of) a Redis reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// `+OK` once written; nil when a condition held the write back (`SET NX`).
+    OkOrNil,
+    /// 1 once written, 0 when a condition held it back (`SETNX`).
+    WrittenFlag,
+    /// The value; nil when absent (`GET`, `HGET`, `LPOP`, `FUTURE.GET`).
+    ValueOrNil,
+    /// The value; empty when absent (`GETRANGE`).
+    ValueOrEmpty,
+    /// An integer result (`INCR`, `HINCRBY`).
+    Integer,
+    /// A length, 0 when absent (`APPEND`, `SETRANGE`, `STRLEN`, `LPUSH`, `LLEN`).
+    Length,
+    /// 1 when the key or field existed, else 0 (`HDEL` of one field).
+    ExistedFlag,
+    /// 1 when the field is there, else 0 (`HEXISTS`).
+    PresentFlag,
+    /// A map's fields and values (`HGETALL`), its fields (`HKEYS`), its values (`HVALS`)
+    /// or their count (`HLEN`).
+    Fields(FieldsShape),
+    /// A popped value with the key it came from; a nil array when the wait ran out
+    /// (`BLPOP`).
+    KeyAndValueOrNil(Vec<u8>),
+    /// A fence or permit id; nil when it was not granted in time (`LOCK.ACQUIRE`,
+    /// `SEM.ACQUIRE`).
+    GrantOrNil,
+    /// `+OK` once released, renewed, set or opened (`LOCK.RELEASE`, `FUTURE.SET`).
+    Ok,
+    /// The lock's holder as `[owner, fence, lease-remaining-ms]`; nil when free.
+    LockHolder,
+    /// Free permits (`SEM.AVAILABLE`).
+    Available,
+    /// `[generation, arrival-index]` (`BARRIER.WAIT`).
+    BarrierPassed,
+    /// 1 when the latch was set, 0 when it was still counting (`LATCH.SET`).
+    LatchSet,
+    /// The latch's count (`LATCH.COUNT`, `LATCH.COUNTDOWN`: 0 once open).
+    LatchCount,
+    /// `+OK` when the latch opened; nil when the wait ran out (`LATCH.WAIT`).
+    LatchOpenOrNil,
+    /// One part of a multi-key command: folded, nothing written.
+    Part(Fold),
+}
+
+/// Which view of a map's entries a reply gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldsShape {
+    All,
+    Names,
+    Values,
+    Count,
+}
+
+/// How the parts of a multi-key command add up to its reply, written after the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    /// The number of parts whose key existed (`DEL`, `UNLINK`, `EXISTS`).
+    CountExisting,
+    /// `+OK` when every part was written, else the first error (`MSET`).
+    AllWritten,
+    /// The last part's length (`RPUSH` of several values).
+    LastLength,
+}
+
+/// What the parts of a multi-key command folded so far.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Folded {
+    count: i64,
+    last_length: i64,
+    error: Option<String>,
+}
+
+impl Folded {
+    /// Folds one part's answer in.
+    pub fn add(&mut self, fold: Fold, response: &Response) {
+        if let Response::Error(reply) = response {
+            self.error.get_or_insert_with(|| error_line(reply));
+            return;
+        }
+        match (fold, response) {
+            (Fold::CountExisting, Response::Deleted { existed: true } | Response::Value { .. }) => self.count += 1,
+            (Fold::CountExisting, Response::ValueLength { .. }) => self.count += 1,
+            (Fold::LastLength, Response::QueueLength { length }) => {
+                self.last_length = i64::try_from(*length).unwrap_or(i64::MAX)
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes the folded reply.
+    pub fn finish(self, fold: Fold, out: &mut ReplyWriter<'_>) {
+        if let Some(line) = self.error {
+            out.error(line);
+            return;
+        }
+        match fold {
+            Fold::CountExisting => out.integer(self.count),
+            Fold::AllWritten => out.ok(),
+            Fold::LastLength => out.integer(self.last_length),
+        }
+    }
+}
+
+/// Writes `response` as `shape` says. An error answer is written as Redis's error line
+/// whatever the shape (see [`error_line`]).
+pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
+    if let Response::Error(reply) = response {
+        if !matches!(
+            shape,
+            Shape::GrantOrNil | Shape::LatchOpenOrNil | Shape::KeyAndValueOrNil(_)
+        ) || ErrorCode::from_u16(reply.code) != Some(ErrorCode::Timeout)
+        {
+            out.error(error_line(reply));
+            return;
+        }
+    }
+    match (shape, response) {
+        (Shape::OkOrNil, Response::Written { .. }) | (Shape::Ok, _) => out.ok(),
+        (Shape::OkOrNil, Response::Conflict { .. }) => out.null(),
+        (Shape::WrittenFlag, Response::Written { .. }) => out.integer(1),
+        (Shape::WrittenFlag, Response::Conflict { .. }) => out.integer(0),
+        (Shape::ValueOrNil, Response::Value { value, .. }) => out.bulk(value),
+        (Shape::ValueOrNil, Response::Missing) => out.null(),
+        (Shape::ValueOrEmpty, Response::Value { value, .. }) => out.bulk(value),
+        (Shape::ValueOrEmpty, Response::Missing) => out.bulk(b""),
+        (Shape::Integer, Response::Counter { value }) => out.integer(*value),
+        (Shape::Length, response) => out.integer(length_of(response)),
+        (Shape::ExistedFlag, Response::Deleted { existed }) => out.integer(i64::from(*existed)),
+        (Shape::PresentFlag, response) => out.integer(i64::from(matches!(response, Response::Value { .. }))),
+        (Shape::Fields(view), Response::MapEntries(entries)) => write_fields(*view, entries, out),
+        (Shape::Fields(view), Response::Missing) => write_fields(*view, &[], out),
+        (Shape::KeyAndValueOrNil(key), Response::Value { value, .. }) => {
+            out.array(2);
+            out.bulk(key);
+            out.bulk(value);
+        }
+        (Shape::KeyAndValueOrNil(_), _) => out.null_array(),
+        (Shape::GrantOrNil, Response::LockGranted { fence, .. }) => out.integer(clamp(*fence)),
+        (Shape::GrantOrNil, Response::SemaphoreGranted { permit_id, .. }) => out.integer(clamp(*permit_id)),
+        (Shape::GrantOrNil, _) => out.null(),
+        (Shape::LockHolder, Response::LockHolder { holder: Some(holder) }) => {
+            out.array(3);
+            out.bulk(&holder.owner);
+            out.integer(clamp(holder.fence));
+            out.integer(clamp(holder.lease_remaining_ms));
+        }
+        (Shape::LockHolder, Response::LockHolder { holder: None }) => out.null(),
+        (Shape::Available, Response::SemaphoreAvailable { available, .. }) => out.integer(i64::from(*available)),
+        (
+            Shape::BarrierPassed,
+            Response::BarrierPassed {
+                generation,
+                arrival_index,
+            },
+        ) => {
+            out.array(2);
+            out.integer(clamp(*generation));
+            out.integer(i64::from(*arrival_index));
+        }
+        (Shape::LatchSet, Response::LatchSet { set, .. }) => out.integer(i64::from(*set)),
+        (Shape::LatchCount, Response::LatchCount { count }) => out.integer(clamp(*count)),
+        (Shape::LatchCount, Response::LatchOpen) => out.integer(0),
+        (Shape::LatchOpenOrNil, Response::LatchOpen) => out.ok(),
+        (Shape::LatchOpenOrNil, _) => out.null(),
+        (shape, response) => out.error(format!(
+            "ERR internal: a {} answer cannot be written as {shape:?}",
+            response.name()
+        )),
+    }
+}
+
+fn write_fields(view: FieldsShape, entries: &[engram_proto::MapEntry], out: &mut ReplyWriter<'_>) {
+    match view {
+        FieldsShape::All => {
+            out.map(entries.len());
+            for entry in entries {
+                out.bulk(&entry.field);
+                out.bulk(&entry.value);
+            }
+        }
+        FieldsShape::Names | FieldsShape::Values => {
+            out.array(entries.len());
+            for entry in entries {
+                out.bulk(if view == FieldsShape::Names {
+                    &entry.field
+                } else {
+                    &entry.value
+                });
+            }
+        }
+        FieldsShape::Count => out.integer(entries.len() as i64),
+    }
+}
+
+fn length_of(response: &Response) -> i64 {
+    let length = match response {
+        Response::Appended { length, .. }
+        | Response::RangeWritten { length, .. }
+        | Response::ValueLength { length }
+        | Response::QueueLength { length } => *length,
+        _ => 0,
+    };
+    clamp(length)
+}
+
+/// Redis integers are signed; Engram's counts, fences and ids stay far below 2^63.
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Redis's error line for a native error: the prefix clients sort errors by (`WRONGTYPE`,
+/// `OOM`, Redis Cluster's `TRYAGAIN`, and Engram's own for what Redis has no word for),
+/// then the server's message.
+pub fn error_line(reply: &ErrorReply) -> String {
+    let prefix = match ErrorCode::from_u16(reply.code) {
+        Some(ErrorCode::WrongType) => "WRONGTYPE",
+        Some(ErrorCode::OutOfMemory) => "OOM",
+        Some(ErrorCode::TryAgain | ErrorCode::Moved | ErrorCode::WrongShard | ErrorCode::Busy) => "TRYAGAIN",
+        Some(ErrorCode::Unauthorized) => "NOAUTH",
+        Some(ErrorCode::NotHolder) => "NOTHOLDER",
+        Some(ErrorCode::Timeout) => "TIMEOUT",
+        Some(ErrorCode::BarrierBroken) => "BROKEN",
+        Some(ErrorCode::AlreadyCompleted) => "COMPLETED",
+        Some(ErrorCode::ObjectDeleted) => "DELETED",
+        Some(ErrorCode::SlotLost) => "SLOTLOST",
+        Some(ErrorCode::ShuttingDown) => "SHUTDOWN",
+        _ => "ERR",
+    };
+    format!("{prefix} {}", reply.message)
+}
