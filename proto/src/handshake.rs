@@ -101,7 +101,7 @@ fn not_served(port: &Port<'_>, asked: Family) -> String {
 
 /// Compares without stopping at the first difference, so the time taken does not tell
 /// how much of a guess was right.
-fn constant_time_equal(expected: &[u8], offered: &[u8]) -> bool {
+pub fn constant_time_equal(expected: &[u8], offered: &[u8]) -> bool {
     expected.len() == offered.len()
         && expected
             .iter()

@@ -57,7 +57,7 @@ pub use data::{
 pub use embedded_map::{embedded_map, EMBEDDED_MAP_EPOCH};
 pub use error::{ErrorCode, ProtocolError};
 pub use frame::{FrameHeader, FrameKind, FRAME_HEADER_BYTES};
-pub use handshake::{admit, Port, Refusal};
+pub use handshake::{admit, constant_time_equal, Port, Refusal};
 pub use link::{FrameBuffer, FrameBufferSizes, Identity, Link, LinkError, LinkEvent};
 pub use message::*;
 pub use migration::{

@@ -40,6 +40,12 @@ pub struct Config {
     #[command(flatten)]
     pub node: NodeSettings,
 
+    /// Port of the Redis-protocol door (RESP2/RESP3, for redis-py, node-redis, redis-cli),
+    /// on the --bind address; 0 picks a free one (printed on the ready line). Off unless
+    /// given: it is a second way in, whose clients get no exactly-once retries.
+    #[arg(long, env = "ENGRAM_RESP_PORT")]
+    pub resp_port: Option<u16>,
+
     /// Port serving Prometheus metrics at GET /metrics, on the --bind address (0: off).
     #[arg(long, env = "ENGRAM_METRICS_PORT", default_value_t = 0)]
     pub metrics_port: u16,

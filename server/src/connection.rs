@@ -22,13 +22,13 @@ use engram_proto::{
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use futures::channel::oneshot;
 use futures::future::Either;
 
-use crate::outbox::{Destination, Outbox};
+use crate::dispatch::{Door, Handled, Placed};
+use crate::outbox::Outbox;
 use crate::proxy::Proxies;
 use crate::runtime::TcpStream;
-use crate::shard::{Forwarded, Shard, Submitted, Target};
+use crate::shard::{Shard, Target};
 use engram_proto::{
     AdminCommand, ArchivedBytesCommand, ArchivedCounterCommand, ArchivedDataCommand, BytesCommand, CounterCommand,
     DataCommand, ErrorReply, Family, PeerRequest, PeerResponse,
@@ -98,24 +98,6 @@ impl Caller {
             hasher: session.hasher,
         }
     }
-}
-
-/// How a handled frame counts toward its read's duration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Handled {
-    /// The store answered it at once: timed with the rest of the read.
-    AnsweredAtOnce,
-    /// Not timed: answered without the store (a handshake, a node command, a refusal),
-    /// or not yet (it waits at a shard, or went to another shard).
-    Untimed,
-}
-
-/// A keyed request's place: its slot, the shard that serves it, and whom it answers.
-struct Placed {
-    slot: u32,
-    target: Target,
-    client_id: u64,
-    request_id: u64,
 }
 
 /// Why a connection ends early.
@@ -436,60 +418,24 @@ impl Connection {
     }
 
     /// Applies a placed request here, or hands it to its shard.
-    async fn dispatch(&mut self, placed: Placed, mut request: Request, received: Instant) -> Handled {
-        let Placed {
-            slot,
-            target,
+    async fn dispatch(&mut self, placed: Placed, request: Request, received: Instant) -> Handled {
+        let (client_id, namespace) = self
+            .session
+            .as_ref()
+            .map_or((0, &[][..]), |session| (session.client_id, session.namespace()));
+        let door = Door {
+            shard: &self.shard,
+            outbox: &self.outbox,
+            key_prefix: self.session.as_ref().map_or(&[][..], |session| &session.key_prefix[..]),
+            proxies: &self.proxies,
             client_id,
-            request_id,
-        } = placed;
-        let owner = match target {
-            Target::Local(owner) => owner,
-            Target::Remote { routing, index } => {
-                // The owner prefixes the key with the namespace the link's Hello names.
-                let epoch = routing.epoch();
-                let proxies = self.proxies();
-                proxies
-                    .forward(routing.address(index), request_id, epoch, &request)
-                    .await;
-                self.recycle_key(request.command);
-                return Handled::Untimed;
-            }
+            namespace,
         };
-        if let Some(session) = &self.session {
-            prefix_key(&mut request.command, &session.key_prefix);
+        let (handled, spent) = door.dispatch(placed, request, received).await;
+        if let Some(command) = spent {
+            self.recycle_key(command);
         }
-        if owner == self.shard.id() {
-            let outbox = Rc::downgrade(&self.outbox);
-            let destination = Destination::Connection { outbox, request_id };
-            let submitted = self.shard.submit(client_id, &request, destination, received);
-            self.recycle_key(request.command);
-            return match submitted {
-                Submitted::Answered => Handled::AnsweredAtOnce,
-                Submitted::Parked => Handled::Untimed,
-            };
-        }
-        self.forward(owner, slot, client_id, request_id, request).await;
-        Handled::Untimed
-    }
-
-    /// This connection's proxy links, speaking for its client: same client id and
-    /// namespace, this node's credentials.
-    fn proxies(&self) -> &Proxies {
-        self.proxies.get_or_init(|| {
-            let (client_id, namespace) = self
-                .session
-                .as_ref()
-                .map_or((0, &[][..]), |session| (session.client_id, session.namespace()));
-            let credentials = self.shard.auth_token().unwrap_or_default();
-            Proxies::new(
-                client_id,
-                namespace,
-                credentials,
-                Rc::downgrade(&self.outbox),
-                self.shard.tasks().clone(),
-            )
-        })
+        handled
     }
 
     /// Keeps a handled request's key buffer for the next read's key.
@@ -499,35 +445,6 @@ impl Connection {
                 self.key_buffer = std::mem::take(key);
             }
         }
-    }
-
-    /// Hands a request to the shard that owns its slot. Sending happens here, in
-    /// arrival order (waiting here if that shard's queue is full, which pushes back on
-    /// this connection); the answer is awaited by a task of its own, so the connection
-    /// keeps serving meanwhile.
-    async fn forward(&self, owner: usize, slot: u32, client_id: u64, request_id: u64, request: Request) {
-        let (reply, answer) = oneshot::channel();
-        let forwarded = Forwarded {
-            client_id,
-            slot,
-            request,
-            reply,
-        };
-        let sent = self.shard.forward(owner, forwarded).await;
-        let outbox = self.outbox.clone();
-        let shard = self.shard.clone();
-        // A shard that is stopping starts nothing: the answer is dropped, with the
-        // connection it was for.
-        let _ = self.shard.spawn(async move {
-            let closed = std::pin::pin!(outbox.closed());
-            let response = match futures::future::select(answer, closed).await {
-                Either::Left((Ok(response), _)) if sent => response,
-                Either::Left(_) => shard.error(ErrorCode::ShuttingDown, format!("shard {owner} is not answering")),
-                // The connection is gone: dropping `answer` tells the owner shard.
-                Either::Right(_) => return,
-            };
-            outbox.deliver(request_id, &response, true);
-        });
     }
 
     /// The session of an admitted Hello.
@@ -595,24 +512,12 @@ fn decode_request(payload: &[u8], key_buffer: &mut Vec<u8>) -> Result<Request, P
 /// namespace prefix, both at their limits.
 const KEY_BUFFER_BYTES_MAX: usize = KEY_BYTES_MAX + 1 + NAMESPACE_BYTES_MAX;
 
-/// Namespaces become part of the stored key: `[namespace length][namespace][key]`.
-/// The prefix goes in front in place: a key built in a recycled buffer usually has the
-/// room already.
-fn prefix_key(command: &mut Command, prefix: &[u8]) {
-    if let Some(key) = command.key_mut() {
-        let key_bytes = key.len();
-        key.reserve_exact(prefix.len());
-        key.resize(key_bytes + prefix.len(), 0);
-        key.copy_within(..key_bytes, prefix.len());
-        key[..prefix.len()].copy_from_slice(prefix);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use engram_proto::{encode_message, FrameKind, SetCondition, FRAME_HEADER_BYTES};
 
     use super::*;
+    use crate::dispatch::prefix_key;
 
     fn payload(command: Command) -> Vec<u8> {
         let request = Request {

@@ -21,15 +21,19 @@ pub struct NodeListeners {
     pub shards: Vec<StdListener>,
     /// Where `GET /metrics` is served; none when `None`.
     pub metrics: Option<StdListener>,
+    /// The Redis-protocol door, which every shard accepts on; none when `None`.
+    pub resp: Option<StdListener>,
 }
 
 /// Binds the front port `port` and, for each of `shard_count` shards, port+1+N (all
-/// free ports when `port` is 0), and the metrics port unless `metrics_port` is 0.
+/// free ports when `port` is 0), the metrics port unless `metrics_port` is 0, and the
+/// Redis-protocol port when one is given.
 pub fn bind_ports(
     bind: IpAddr,
     port: u16,
     shard_count: usize,
     metrics_port: u16,
+    resp_port: Option<u16>,
 ) -> Result<NodeListeners, ServerError> {
     let last_port = u32::from(port) + shard_count as u32;
     if port != 0 && last_port > u32::from(u16::MAX) {
@@ -51,7 +55,13 @@ pub fn bind_ports(
             Some(engram_metrics_http::bind(address).map_err(|source| ServerError::Bind { address, source })?)
         }
     };
-    Ok(NodeListeners { front, shards, metrics })
+    let resp = resp_port.map(|port| listen(SocketAddr::new(bind, port))).transpose()?;
+    Ok(NodeListeners {
+        front,
+        shards,
+        metrics,
+        resp,
+    })
 }
 
 /// Fails fast, with the likely cause, when this process cannot use io_uring at all.

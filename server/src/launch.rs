@@ -1,6 +1,6 @@
 //! A shard's thread from start to stop: joins the node's shard mesh, builds the
 //! [`Shard`], serves its peers, accepts connections on the shard's own port and on the
-//! front port, and keeps the shard's time until the node shuts down; then ends all of it
+//! front port (and the Redis-protocol door), and keeps the shard's time until the node shuts down; then ends all of it
 //! and outwaits its tasks, so that the thread leaves no socket open and no memory held
 //! (several nodes may run, and stop, in one process). It starts the connections, so it
 //! sits above both `shard` and `connection`.
@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::connection;
 use crate::events::{NodeEvent, NodeEvents};
 use crate::outbox::Outbox;
+use crate::resp;
 use crate::runtime::{self, MeshBuilder, MeshReceivers, MeshSenders, TaskHandle, TcpListener, TcpStream};
 use crate::shard::{Forwarded, Shard, ShardSetup};
 use crate::shutdown::Shutdown;
@@ -29,6 +30,8 @@ pub struct ShardLaunch {
     pub setup: ShardSetup,
     pub shard_listener: StdListener,
     pub front_listener: StdListener,
+    /// The Redis-protocol door, when the node has one.
+    pub resp_listener: Option<StdListener>,
     pub mesh: MeshBuilder<Forwarded>,
     pub shutdown: Shutdown,
 }
@@ -47,18 +50,35 @@ pub async fn run(launch: ShardLaunch, events: NodeEvents) {
     };
     services.tasks.extend(shard.spawn(shard.clone().drive_replication()));
     let connections = Rc::new(OpenConnections::default());
-    for (listener, front) in [(launch.shard_listener, false), (launch.front_listener, true)] {
+    let doors = [
+        (Some(launch.shard_listener), Port::Shard),
+        (Some(launch.front_listener), Port::Front),
+        (launch.resp_listener, Port::Resp),
+    ];
+    for (listener, port) in doors {
+        let Some(listener) = listener else { continue };
         // The accept loop owns the listener until the shard's stop cancels it, after
         // shutting it down.
         services.listeners.push(listener.as_raw_fd());
         let listener = runtime::adopt_listener(listener);
-        let accepting = shard.spawn(accept_loop(shard.clone(), listener, front, connections.clone()));
+        let accepting = shard.spawn(accept_loop(shard.clone(), listener, port, connections.clone()));
         services.tasks.extend(accepting);
     }
     events.send(NodeEvent::ShardStarted { shard: shard_id });
     shard.keep_time(&launch.shutdown).await;
     stop(&shard, services, &connections).await;
     tracing::debug!(shard = shard_id, "shard stopped");
+}
+
+/// Which door a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// The shard's own port: clients of its slots, and peers.
+    Shard,
+    /// The node's front port: clients of any key.
+    Front,
+    /// The Redis-protocol door: Redis clients of any key.
+    Resp,
 }
 
 /// What a shard runs besides its connections: its accept loops and peer queues.
@@ -102,17 +122,23 @@ struct OpenConnection {
 
 impl OpenConnections {
     /// Serves `stream` as one of the shard's tasks until it ends or the shard stops.
-    fn serve(self: &Rc<Self>, shard: &Rc<Shard>, stream: TcpStream, front: bool) {
+    fn serve(self: &Rc<Self>, shard: &Rc<Shard>, stream: TcpStream, port: Port) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let socket = stream.as_raw_fd();
-        let outbox = Rc::new(Outbox::new(shard.map_epoch()));
+        let outbox = Rc::new(match port {
+            Port::Resp => Outbox::for_replies(),
+            Port::Shard | Port::Front => Outbox::new(shard.map_epoch()),
+        });
         let open = Rc::downgrade(self);
         let connection = Rc::downgrade(&outbox);
         let served = shard.spawn({
             let shard = shard.clone();
             async move {
-                connection::serve(shard, stream, front, outbox).await;
+                match port {
+                    Port::Resp => resp::connection::serve(shard, stream, outbox).await,
+                    Port::Shard | Port::Front => connection::serve(shard, stream, port == Port::Front, outbox).await,
+                }
                 if let Some(open) = open.upgrade() {
                     open.open.borrow_mut().remove(&id);
                 }
@@ -168,10 +194,10 @@ async fn join_mesh(
     futures_lite::future::or(joined, stopped).await
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, front: bool, connections: Rc<OpenConnections>) {
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: Port, connections: Rc<OpenConnections>) {
     loop {
         match listener.accept().await {
-            Ok(stream) => connections.serve(&shard, stream, front),
+            Ok(stream) => connections.serve(&shard, stream, port),
             Err(error) => {
                 // Out of file descriptors and the like: keep serving existing
                 // connections and try again shortly rather than spinning.

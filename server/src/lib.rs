@@ -18,6 +18,8 @@
 //! - [`shard`]: a shard's request path: store, routing, answer delivery, peers, maintenance,
 //!   and its side of live slot migration (freeze, copy, commit or abort).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
+//! - [`dispatch`]: where a connection's keyed request goes: this shard, another over the
+//!   mesh, or another node through the connection's proxy links.
 //! - [`outbox`]: where answers go: a connection's queue of answers, or a forwarding shard.
 //! - [`replication`]: sans-I/O synchronous replication: a primary's streams to its
 //!   backups, held answers, and a backup's checks before it applies a batch.
@@ -32,6 +34,7 @@
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod heartbeat;

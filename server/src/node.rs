@@ -38,7 +38,13 @@ pub const SHARDS_MAX: usize = 1024;
 /// a SIGINT or SIGTERM stops it, and prints the ready line once it serves.
 pub fn run(config: Config) -> Result<(), ServerError> {
     let shard_count = shard_count(config.cores, allowed_cpus().len())?;
-    let listeners = bind_ports(config.bind, config.port, shard_count, config.metrics_port)?;
+    let listeners = bind_ports(
+        config.bind,
+        config.port,
+        shard_count,
+        config.metrics_port,
+        config.resp_port,
+    )?;
     let shutdown = Shutdown::new();
     watch_signals(shutdown.clone())?;
     let node = start(config.node, listeners, shutdown)?;
@@ -57,7 +63,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 /// and shards. A start that fails stops whatever it started.
 pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdown) -> Result<RunningNode, ServerError> {
     check_io_uring()?;
-    let NodeListeners { front, shards, metrics } = listeners;
+    let NodeListeners {
+        front,
+        shards,
+        metrics,
+        resp,
+    } = listeners;
     let shard_count = shards.len();
     if shard_count == 0 || shard_count > SHARDS_MAX {
         return Err(ServerError::ShardListeners {
@@ -66,6 +77,7 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
         });
     }
     let front_address = prepare_listener(&front)?;
+    let resp_address = resp.as_ref().map(prepare_listener).transpose()?;
     let shard_addresses = shards
         .iter()
         .map(|listener| prepare_listener(listener).map(|address| address.to_string()))
@@ -89,6 +101,7 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
         front,
         front_address,
         shards,
+        resp,
     };
     let started = start_shards(listeners, &starting, &settings, &stop, &events).and_then(|()| {
         drop(events);
@@ -110,6 +123,7 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
     tracing::info!(%front_address, shards = shard_count, node_id = node.node_id, ?metrics_address, "engramd serving");
     Ok(RunningNode {
         front_address,
+        resp_address,
         node,
         metrics_address,
         metrics,
@@ -123,6 +137,7 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
 /// node without waiting for it.
 pub struct RunningNode {
     front_address: SocketAddr,
+    resp_address: Option<SocketAddr>,
     node: Arc<NodeStats>,
     metrics_address: Option<SocketAddr>,
     metrics: Option<Responder>,
@@ -137,6 +152,11 @@ impl RunningNode {
     /// The front port's address, which reaches every key.
     pub fn front_address(&self) -> SocketAddr {
         self.front_address
+    }
+
+    /// The Redis-protocol door's address, when the node has one.
+    pub fn resp_address(&self) -> Option<SocketAddr> {
+        self.resp_address
     }
 
     /// Each shard's own port, by shard id, as clients and other nodes reach it (in a
@@ -188,6 +208,7 @@ impl std::fmt::Debug for RunningNode {
             .debug_struct("RunningNode")
             .field("node_id", &self.node.node_id)
             .field("front_address", &self.front_address)
+            .field("resp_address", &self.resp_address)
             .field("shard_addresses", &self.node.shard_addresses)
             .field("metrics_address", &self.metrics_address)
             .finish_non_exhaustive()
@@ -303,6 +324,7 @@ struct Listeners {
     front: StdListener,
     front_address: SocketAddr,
     shards: Vec<StdListener>,
+    resp: Option<StdListener>,
 }
 
 /// Starts one executor per shard, pinned round-robin to the CPUs this process may use,
@@ -318,6 +340,7 @@ fn start_shards(
         front,
         front_address,
         shards,
+        resp,
     } = listeners;
     let cpus = allowed_cpus();
     let spin = Duration::from_micros(settings.spin_us);
@@ -327,10 +350,20 @@ fn start_shards(
             address: front_address,
             source,
         })?;
+        // Every shard accepts on the Redis-protocol door too, as on the front port.
+        let resp_listener = resp
+            .as_ref()
+            .map(StdListener::try_clone)
+            .transpose()
+            .map_err(|source| ServerError::Bind {
+                address: front_address,
+                source,
+            })?;
         let launch = ShardLaunch {
             setup: starting.setup(settings, shard_id),
             shard_listener,
             front_listener,
+            resp_listener,
             mesh: mesh.clone(),
             shutdown: stop.clone(),
         };
@@ -363,10 +396,13 @@ fn announce_ready(node: &RunningNode) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "engramd ready front={} shards={} node={}",
+        "engramd ready front={} shards={} node={}{}",
         node.front_address(),
         node.shard_addresses().join(","),
-        node.node_id()
+        node.node_id(),
+        node.resp_address()
+            .map(|address| format!(" resp={address}"))
+            .unwrap_or_default()
     );
     let _ = stdout.flush();
 }
@@ -403,6 +439,7 @@ mod tests {
             front: bind(),
             shards: (0..shards).map(|_| bind()).collect(),
             metrics: Some(bind()),
+            resp: Some(bind()),
         }
     }
 
@@ -413,6 +450,7 @@ mod tests {
         // metrics responder holds the node's figures.
         assert!(node.metrics_address().is_some());
         let addresses = std::iter::once(node.front_address())
+            .chain(node.resp_address())
             .chain(node.shard_addresses().iter().map(|address| address.parse().unwrap()));
         let held: Vec<_> = addresses
             .map(|address| std::net::TcpStream::connect(address).expect("connect"))

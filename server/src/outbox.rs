@@ -1,6 +1,7 @@
-//! Where answers go: a connection's [`Outbox`] of encoded answers waiting to be written,
-//! and the [`Destination`] of one request's answer (a connection of this shard, or the
-//! shard that forwarded the request here).
+//! Where answers go: a connection's [`Outbox`] of encoded answers waiting to be written
+//! (native frames, or Redis replies in the order their commands came), and the
+//! [`Destination`] of one request's answer (a connection of this shard, or the shard that
+//! forwarded the request here).
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -10,6 +11,7 @@ use std::task::{Poll, Waker};
 use engram_proto::{encode_message, ErrorCode, FrameKind, Response};
 use futures::channel::oneshot;
 
+use crate::resp::order::ReplyOrder;
 use crate::runtime::CloseSignal;
 
 /// Answers waiting to be written to one connection.
@@ -23,6 +25,9 @@ pub struct Outbox {
     /// awaiting a forwarded answer for it, so they let go and the owner shard takes
     /// back what it would have handed to nobody.
     closed: CloseSignal,
+    /// A Redis-protocol connection's places in line: its answers become replies, in
+    /// the order of their commands (request ids are place numbers).
+    replies: Option<RefCell<ReplyOrder>>,
 }
 
 impl Default for Outbox {
@@ -40,14 +45,39 @@ impl Outbox {
             writer: RefCell::default(),
             map_epoch,
             closed: CloseSignal::default(),
+            replies: None,
         }
+    }
+
+    /// An empty outbox of a Redis-protocol connection.
+    pub fn for_replies() -> Outbox {
+        Outbox {
+            replies: Some(RefCell::default()),
+            ..Outbox::new(0)
+        }
+    }
+
+    /// The reply order of a Redis-protocol connection's outbox.
+    pub fn replies(&self) -> Option<std::cell::RefMut<'_, ReplyOrder>> {
+        self.replies.as_ref().map(RefCell::borrow_mut)
+    }
+
+    /// Runs `write` on the queued bytes (a Redis-protocol connection writes its replies
+    /// there directly).
+    pub fn with_bytes<T>(&self, write: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+        write(&mut self.frames.borrow_mut())
     }
 
     /// Queues the answer of a submitted request; `wake` when the connection's task is
     /// not the caller (an answer arriving while it waits on the socket).
     pub fn deliver(&self, request_id: u64, response: &Response, wake: bool) {
         self.pending.set(self.pending.get().saturating_sub(1));
-        self.push(FrameKind::Response, request_id, response);
+        match &self.replies {
+            Some(replies) => replies
+                .borrow_mut()
+                .answer(request_id, response, &mut self.frames.borrow_mut()),
+            None => self.push(FrameKind::Response, request_id, response),
+        }
         if wake {
             if let Some(waker) = self.writer.borrow_mut().take() {
                 waker.wake();

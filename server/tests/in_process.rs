@@ -25,6 +25,7 @@ fn loopback_listeners(shards: usize, metrics: bool) -> NodeListeners {
         front: bind(),
         shards: (0..shards).map(|_| bind()).collect(),
         metrics: metrics.then(bind),
+        resp: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn start(node_id: u64, shutdown: &Shutdown) -> RunningNode {
         front: bind(),
         shards: vec![bind()],
         metrics: None,
+        resp: None,
     };
     let settings = NodeSettings {
         node_id: Some(node_id),

@@ -12,6 +12,8 @@
 //!   directory, restartable on the same address, and `engram cluster` against it.
 //! - [`raw`]: [`RawConnection`]: the wire protocol spoken by hand over a blocking
 //!   `TcpStream`, for tests that must bypass the client (duplicates, malformed frames).
+//! - [`resp`]: [`resp::RespConnection`]: the Redis protocol spoken by hand, for the tests
+//!   of the Redis door.
 //! - [`routing`]: picking keys owned by a given shard, from a node's slot map.
 //! - [`cluster`]: one-core nodes joined to a control plane, waits for its membership,
 //!   `engram cluster` that must succeed, and where a node's slots are in a status.
@@ -56,6 +58,7 @@ pub mod linearizability;
 pub mod load;
 pub mod processes;
 pub mod raw;
+pub mod resp;
 pub mod routing;
 pub mod seeds;
 pub mod server;

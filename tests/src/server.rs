@@ -34,6 +34,8 @@ pub struct ServerOptions {
     pub control: Option<String>,
     /// `--spin-us` (0: off).
     pub spin_us: u64,
+    /// `--resp-port 0`: a Redis-protocol door on a free port.
+    pub resp: bool,
     /// The group (gid) the process runs under, so firewall rules can pick out its
     /// sockets (`iptables -m owner --gid-owner`): every node connects out from
     /// 127.0.0.1, whatever address it binds.
@@ -51,6 +53,7 @@ impl Default for ServerOptions {
             metrics_port: None,
             control: None,
             spin_us: 0,
+            resp: false,
             group: None,
         }
     }
@@ -98,6 +101,12 @@ impl ServerOptions {
         self
     }
 
+    /// Opens the Redis-protocol door on a free port ([`EngramServer::resp`]).
+    pub fn resp(mut self) -> Self {
+        self.resp = true;
+        self
+    }
+
     pub fn control(mut self, address: &str) -> Self {
         self.control = Some(address.to_string());
         self
@@ -126,6 +135,9 @@ impl ServerOptions {
         }
         if self.spin_us > 0 {
             arguments.extend(["--spin-us".to_string(), self.spin_us.to_string()]);
+        }
+        if self.resp {
+            arguments.extend(["--resp-port".to_string(), "0".to_string()]);
         }
         arguments
     }
@@ -176,6 +188,7 @@ pub struct EngramServer {
     child: Option<Child>,
     bind: Ipv4Addr,
     front: SocketAddr,
+    resp: Option<SocketAddr>,
     shards: Vec<SocketAddr>,
     node_id: u64,
     options: ServerOptions,
@@ -214,7 +227,14 @@ pub(crate) fn text_of(buffer: &Mutex<Vec<u8>>) -> String {
     String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
 }
 
-/// `engramd ready front=IP:PORT shards=IP:PORT,IP:PORT node=ID`
+/// The `resp=IP:PORT` of a ready line, when the node opened the Redis-protocol door.
+fn parse_resp_address(line: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("resp="))
+        .and_then(|address| address.parse().ok())
+}
+
+/// `engramd ready front=IP:PORT shards=IP:PORT,IP:PORT node=ID [resp=IP:PORT]`
 fn parse_ready_line(line: &str) -> Option<(SocketAddr, Vec<SocketAddr>, u64)> {
     let rest = line.trim().strip_prefix("engramd ready ")?;
     let (mut front, mut shards, mut node) = (None, None, None);
@@ -308,6 +328,7 @@ impl EngramServer {
                     return Ok(EngramServer {
                         child: Some(child),
                         bind,
+                        resp: parse_resp_address(&line),
                         front,
                         shards,
                         node_id,
@@ -340,6 +361,11 @@ impl EngramServer {
 
     pub fn front(&self) -> SocketAddr {
         self.front
+    }
+
+    /// The Redis-protocol door, when [`ServerOptions::resp`] asked for one.
+    pub fn resp(&self) -> Option<SocketAddr> {
+        self.resp
     }
 
     pub fn shards(&self) -> &[SocketAddr] {

@@ -1,10 +1,14 @@
-//! The Redis-protocol door, sans I/O so far: Redis commands translated into Engram's
-//! native requests, and native answers written as Redis replies.
+//! The Redis-protocol door: Redis commands translated into Engram's native requests,
+//! sent where their keys live, and native answers written as Redis replies.
 //!
 //! - [`command`]: a command's arguments into requests (or what the door answers itself).
 //! - [`reply`]: each request's answer as (part of) the Redis reply.
+//! - [`connection`]: one client connection: parse, answer or send, reply in order.
+//! - [`order`]: replies in the order their commands came, whatever order answers come in.
 
 pub mod command;
+pub mod connection;
+pub mod order;
 pub mod reply;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,147 @@
+//! Where a client's keyed request goes from the connection that read it: this shard's
+//! store, another shard of this node over the mesh, or another node's shard through the
+//! connection's proxy links. Its answer reaches the connection's [`Outbox`] in every
+//! case. The native and the Redis-protocol connections both send their requests here.
+
+use std::cell::OnceCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use engram_proto::{Command, ErrorCode, Request};
+use futures::channel::oneshot;
+use futures::future::Either;
+
+use crate::outbox::{Destination, Outbox};
+use crate::proxy::Proxies;
+use crate::shard::{Forwarded, Shard, Submitted, Target};
+
+/// How a handled request counts toward its read's duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// The store answered it at once: timed with the rest of the read.
+    AnsweredAtOnce,
+    /// Not timed: answered without the store (a handshake, a node command, a refusal),
+    /// or not yet (it waits at a shard, or went to another shard).
+    Untimed,
+}
+
+/// A keyed request's place: its slot, the shard that serves it, and whom it answers.
+pub struct Placed {
+    pub slot: u32,
+    pub target: Target,
+    pub client_id: u64,
+    pub request_id: u64,
+}
+
+/// What a connection lends the dispatch of one request.
+pub struct Door<'a> {
+    pub shard: &'a Rc<Shard>,
+    pub outbox: &'a Rc<Outbox>,
+    /// The session's `[namespace length][namespace]`, put in front of keys stored here.
+    pub key_prefix: &'a [u8],
+    /// The connection's links to other nodes, made on first need.
+    pub proxies: &'a OnceCell<Proxies>,
+    pub client_id: u64,
+    pub namespace: &'a [u8],
+}
+
+impl Door<'_> {
+    /// Applies a placed request here, or hands it to its shard. Gives the command back
+    /// when it was only read (its key buffer can serve the next request).
+    pub async fn dispatch(
+        &self,
+        placed: Placed,
+        mut request: Request,
+        received: Instant,
+    ) -> (Handled, Option<Command>) {
+        let Placed {
+            slot,
+            target,
+            client_id,
+            request_id,
+        } = placed;
+        let owner = match target {
+            Target::Local(owner) => owner,
+            Target::Remote { routing, index } => {
+                // The owner prefixes the key with the namespace the link's Hello names.
+                let epoch = routing.epoch();
+                self.proxies()
+                    .forward(routing.address(index), request_id, epoch, &request)
+                    .await;
+                return (Handled::Untimed, Some(request.command));
+            }
+        };
+        prefix_key(&mut request.command, self.key_prefix);
+        if owner == self.shard.id() {
+            let outbox = Rc::downgrade(self.outbox);
+            let destination = Destination::Connection { outbox, request_id };
+            let handled = match self.shard.submit(client_id, &request, destination, received) {
+                Submitted::Answered => Handled::AnsweredAtOnce,
+                Submitted::Parked => Handled::Untimed,
+            };
+            return (handled, Some(request.command));
+        }
+        self.forward(owner, slot, client_id, request_id, request).await;
+        (Handled::Untimed, None)
+    }
+
+    /// This connection's proxy links, speaking for its client: same client id and
+    /// namespace, this node's credentials.
+    fn proxies(&self) -> &Proxies {
+        self.proxies.get_or_init(|| {
+            let credentials = self.shard.auth_token().unwrap_or_default();
+            Proxies::new(
+                self.client_id,
+                self.namespace,
+                credentials,
+                Rc::downgrade(self.outbox),
+                self.shard.tasks().clone(),
+            )
+        })
+    }
+
+    /// Hands a request to the shard that owns its slot. Sending happens here, in
+    /// arrival order (waiting here if that shard's queue is full, which pushes back on
+    /// the connection); the answer is awaited by a task of its own, so the connection
+    /// keeps serving meanwhile.
+    async fn forward(&self, owner: usize, slot: u32, client_id: u64, request_id: u64, request: Request) {
+        let (reply, answer) = oneshot::channel();
+        let forwarded = Forwarded {
+            client_id,
+            slot,
+            request,
+            reply,
+        };
+        let sent = self.shard.forward(owner, forwarded).await;
+        let outbox = self.outbox.clone();
+        let shard = self.shard.clone();
+        // A shard that is stopping starts nothing: the answer is dropped, with the
+        // connection it was for.
+        let _ = self.shard.spawn(async move {
+            let closed = std::pin::pin!(outbox.closed());
+            let response = match futures::future::select(answer, closed).await {
+                Either::Left((Ok(response), _)) if sent => response,
+                Either::Left(_) => shard.error(ErrorCode::ShuttingDown, format!("shard {owner} is not answering")),
+                // The connection is gone: dropping `answer` tells the owner shard.
+                Either::Right(_) => return,
+            };
+            outbox.deliver(request_id, &response, true);
+        });
+    }
+}
+
+/// Namespaces become part of the stored key: `[namespace length][namespace][key]`.
+/// The prefix goes in front in place: a key built in a recycled buffer usually has the
+/// room already.
+pub fn prefix_key(command: &mut Command, prefix: &[u8]) {
+    if prefix.is_empty() {
+        return;
+    }
+    if let Some(key) = command.key_mut() {
+        let key_bytes = key.len();
+        key.reserve_exact(prefix.len());
+        key.resize(key_bytes + prefix.len(), 0);
+        key.copy_within(..key_bytes, prefix.len());
+        key[..prefix.len()].copy_from_slice(prefix);
+    }
+}

@@ -1,0 +1,538 @@
+//! One Redis-protocol connection: read, parse every whole command of what arrived,
+//! answer connection commands here and send data commands where their keys live (as the
+//! front port does, see [`crate::dispatch`]), write the replies in command order.
+//!
+//! Backpressure as for native connections: nothing more is parsed while
+//! `IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX` requests wait for answers, and nothing more is
+//! read until the replies so far are written. A protocol error gets Redis's error reply
+//! and the connection closes. Until the client authenticates (when the node has a
+//! token), only small commands are parsed ([`RequestLimits::UNAUTHENTICATED`]) and
+//! every data command is refused with `NOAUTH`.
+//!
+//! Each request carries the number of its place in line as its operation id, under a
+//! client id drawn for the connection, so the shard deduplicates nothing across
+//! connections: a Redis client that retries on a new connection may apply a write twice,
+//! which the README says.
+
+use std::cell::OnceCell;
+use std::rc::Rc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX};
+use engram_proto::resp::{Arg, Parsed, ReplyWriter, RequestLimits, RequestParser, RespVersion};
+use engram_proto::{constant_time_equal, Command, ErrorCode, Request, SlotHasher};
+use futures::future::Either;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+use super::command::{translate, DoorCommand, Part, Translated, KNOWN};
+use super::reply::Fold;
+use crate::dispatch::{Door, Placed};
+use crate::outbox::Outbox;
+use crate::place::random_u64;
+use crate::proxy::Proxies;
+use crate::runtime::TcpStream;
+use crate::shard::Shard;
+
+/// Bytes asked of the socket per read; the buffer grows past it only for a command the
+/// parser says is longer (within its limits).
+pub const RESP_READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Replies queued before they are written mid-batch: bounds a connection's reply memory
+/// as `ANSWER_BATCH_BYTES_MAX` does for native connections.
+pub const RESP_REPLY_BATCH_BYTES_MAX: usize = 1024 * 1024;
+
+/// Why the connection ends.
+enum Close {
+    /// The peer went away or the socket failed.
+    Gone,
+    /// `QUIT`, or a protocol error: the replies so far are written first.
+    AfterReplies,
+}
+
+/// Who the connection speaks for.
+struct Session {
+    authenticated: bool,
+    client_id: u64,
+    name: Option<Vec<u8>>,
+    namespace: Vec<u8>,
+    /// `[namespace length][namespace]`, put in front of every key.
+    key_prefix: Vec<u8>,
+    hasher: SlotHasher,
+}
+
+impl Session {
+    fn new(authenticated: bool) -> Session {
+        let mut session = Session {
+            authenticated,
+            client_id: random_u64(),
+            name: None,
+            namespace: Vec::new(),
+            key_prefix: Vec::new(),
+            hasher: SlotHasher::new(b""),
+        };
+        session.use_namespace(Vec::new());
+        session
+    }
+
+    fn use_namespace(&mut self, namespace: Vec<u8>) {
+        self.key_prefix = vec![namespace.len() as u8];
+        self.key_prefix.extend_from_slice(&namespace);
+        self.hasher = SlotHasher::new(&namespace);
+        self.namespace = namespace;
+    }
+}
+
+/// Serves one Redis-protocol connection until it ends.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, outbox: Rc<Outbox>) {
+    shard.connection_opened();
+    let authenticated = shard.auth_token().is_none();
+    let limits = if authenticated {
+        RequestLimits::AUTHENTICATED
+    } else {
+        RequestLimits::UNAUTHENTICATED
+    };
+    let mut connection = Connection {
+        shard: shard.clone(),
+        stream,
+        outbox,
+        parser: RequestParser::new(limits),
+        args: Vec::new(),
+        input: Vec::new(),
+        wanted: 0,
+        spare: Vec::new(),
+        session: Session::new(authenticated),
+        proxies: OnceCell::new(),
+    };
+    if let Err(Close::AfterReplies) = connection.run().await {
+        let _ = connection.flush().await;
+    }
+    let _ = connection.stream.close().await;
+    connection.outbox.close();
+    // Closing the proxy links makes their owners withdraw what they parked for us.
+    drop(connection.proxies.take());
+    shard.forget_connection(&connection.outbox);
+    shard.connection_closed();
+}
+
+struct Connection {
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    outbox: Rc<Outbox>,
+    parser: RequestParser,
+    args: Vec<Arg>,
+    /// Bytes read and not parsed yet.
+    input: Vec<u8>,
+    /// Bytes the command at the front needs in all, as the parser last said.
+    wanted: usize,
+    spare: Vec<u8>,
+    session: Session,
+    proxies: OnceCell<Proxies>,
+}
+
+impl Connection {
+    async fn run(&mut self) -> Result<(), Close> {
+        let _ = self.stream.set_nodelay(true);
+        loop {
+            let can_take_more = self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+            let mut made_progress = false;
+            if can_take_more && !self.input.is_empty() {
+                made_progress = self.answer_commands().await? > 0;
+            }
+            if !made_progress && self.next_read(can_take_more).await? {
+                self.answer_commands().await?;
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// Reads more; `false` when nothing was read because replies are waiting to be
+    /// written. Reads nothing while the connection may take no more requests.
+    async fn next_read(&mut self, can_take_more: bool) -> Result<bool, Close> {
+        if !can_take_more {
+            self.outbox.ready().await;
+            return Ok(false);
+        }
+        let start = self.input.len();
+        let chunk = self.wanted.saturating_sub(start).max(RESP_READ_CHUNK_BYTES);
+        self.input.resize(start + chunk, 0);
+        let outbox = self.outbox.clone();
+        let replies = std::pin::pin!(outbox.ready());
+        // Reads are readiness-based (see `TcpStream`), so dropping the losing read
+        // loses no bytes.
+        let receive = std::pin::pin!(self.stream.read(&mut self.input[start..]));
+        let read = match futures::future::select(receive, replies).await {
+            Either::Left((Ok(read), _)) => read,
+            Either::Left((Err(_), _)) => 0,
+            Either::Right(((), _)) => {
+                self.input.truncate(start);
+                return Ok(false);
+            }
+        };
+        self.input.truncate(start + read);
+        if read == 0 {
+            return Err(Close::Gone);
+        }
+        Ok(true)
+    }
+
+    /// Answers the whole commands read so far while the connection may have more
+    /// requests pending; how many it answered.
+    async fn answer_commands(&mut self) -> Result<usize, Close> {
+        let received = Instant::now();
+        self.shard.advance_clock(received);
+        let mut input = std::mem::take(&mut self.input);
+        let mut offset = 0;
+        let mut answered = 0;
+        let result = loop {
+            if self.outbox.pending() >= IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
+                break Ok(());
+            }
+            let translated = match self.parser.parse(&input[offset..], &mut self.args) {
+                Ok(Parsed::Incomplete { wanted }) => {
+                    self.wanted = wanted;
+                    break Ok(());
+                }
+                Ok(Parsed::Skipped { consumed }) => {
+                    offset += consumed;
+                    continue;
+                }
+                Ok(Parsed::Command { consumed }) => {
+                    let args: Vec<&[u8]> = self.parser.args(&input[offset..], &self.args).collect();
+                    let translated = translate(&args, unix_ms());
+                    offset += consumed;
+                    translated
+                }
+                Err(error) => {
+                    self.ready_error(format!("ERR {error}"));
+                    break Err(Close::AfterReplies);
+                }
+            };
+            answered += 1;
+            match translated {
+                Ok(Translated::Door(command)) => {
+                    if self.answer_door(command) == Continue::Close {
+                        break Err(Close::AfterReplies);
+                    }
+                }
+                Ok(Translated::Requests { array, parts, fold }) => {
+                    self.send_parts(array, parts, fold, received).await;
+                }
+                Err(refusal) => self.ready_error(refusal.0),
+            }
+            if self.outbox.queued_bytes() >= RESP_REPLY_BATCH_BYTES_MAX {
+                if let Err(close) = self.flush().await {
+                    break Err(close);
+                }
+            }
+        };
+        input.drain(..offset);
+        self.input = input;
+        self.shard.read_handled(answered, 0, received);
+        result.map(|()| answered)
+    }
+
+    /// Sends a data command's requests, each taking its place in line.
+    async fn send_parts(&mut self, array: Option<usize>, parts: Vec<Part>, fold: Option<Fold>, received: Instant) {
+        if !self.session.authenticated {
+            return self.ready_error("NOAUTH Authentication required.".into());
+        }
+        if let Some(len) = array {
+            let mut header = Vec::new();
+            ReplyWriter::new(&mut header, self.version()).array(len);
+            self.ready(header);
+        }
+        for part in parts {
+            self.send(part, received).await;
+        }
+        if let Some(fold) = fold {
+            self.outbox.with_bytes(|out| {
+                if let Some(mut replies) = self.outbox.replies() {
+                    replies.fold_end(fold, out);
+                }
+            });
+        }
+    }
+
+    async fn send(&mut self, part: Part, received: Instant) {
+        let Some((number, front)) = self.outbox.replies().map(|mut replies| {
+            let number = replies.wait_for(part.shape);
+            (number, replies.front())
+        }) else {
+            return;
+        };
+        self.outbox.expect_answer();
+        let key = part.command.key();
+        let placed = if key.len() > KEY_BYTES_MAX {
+            let message = format!("key of {} bytes exceeds key_bytes_max ({KEY_BYTES_MAX})", key.len());
+            Err(self.shard.error(ErrorCode::KeyTooLarge, message))
+        } else {
+            let slot = self.session.hasher.slot(key);
+            self.shard.admit_front(slot).map(|target| (slot, target))
+        };
+        let (slot, target) = match placed {
+            Ok(placed) => placed,
+            Err(refusal) => return self.outbox.deliver(number, &refusal, false),
+        };
+        // Operation ids start at 1; every place before the front is answered.
+        let request = Request {
+            op_id: number + 1,
+            completed_below_op_id: front + 1,
+            command: Command::Data(part.command),
+        };
+        let placed = Placed {
+            slot,
+            target,
+            client_id: self.session.client_id,
+            request_id: number,
+        };
+        let door = Door {
+            shard: &self.shard,
+            outbox: &self.outbox,
+            key_prefix: &self.session.key_prefix,
+            proxies: &self.proxies,
+            client_id: self.session.client_id,
+            namespace: &self.session.namespace,
+        };
+        door.dispatch(placed, request, received).await;
+    }
+
+    async fn flush(&mut self) -> Result<(), Close> {
+        while self.outbox.queued_bytes() > 0 {
+            self.outbox.swap_frames(&mut self.spare);
+            let written = self.stream.write_all(&self.spare).await;
+            self.spare.clear();
+            written.map_err(|_| Close::Gone)?;
+        }
+        if self.spare.capacity() > 4 * RESP_READ_CHUNK_BYTES {
+            self.spare = Vec::new();
+        }
+        if self.input.capacity() > 4 * RESP_READ_CHUNK_BYTES && self.input.len() < RESP_READ_CHUNK_BYTES {
+            self.input.shrink_to(RESP_READ_CHUNK_BYTES);
+        }
+        self.shard.publish_stats();
+        Ok(())
+    }
+
+    fn version(&self) -> RespVersion {
+        self.outbox
+            .replies()
+            .map_or(RespVersion::Resp2, |replies| replies.version())
+    }
+
+    /// Queues a reply the door made, behind every reply before it.
+    fn ready(&self, reply: Vec<u8>) {
+        self.outbox.with_bytes(|out| {
+            if let Some(mut replies) = self.outbox.replies() {
+                replies.ready(reply, out);
+            }
+        });
+    }
+
+    fn ready_error(&self, line: String) {
+        let mut reply = Vec::new();
+        ReplyWriter::new(&mut reply, self.version()).error(line);
+        self.ready(reply);
+    }
+
+    /// Answers a connection command; whether the connection goes on.
+    fn answer_door(&mut self, command: DoorCommand) -> Continue {
+        let version = self.version();
+        let mut reply = Vec::new();
+        let mut out = ReplyWriter::new(&mut reply, version);
+        let mut next = Continue::Serve;
+        match command {
+            DoorCommand::Ping(None) => out.simple("PONG"),
+            DoorCommand::Ping(Some(message)) | DoorCommand::Echo(message) => out.bulk(message),
+            DoorCommand::Hello { version, auth, name } => return self.hello(version, auth, name),
+            DoorCommand::Auth { username, password } => match self.authenticate(username, &password) {
+                Ok(()) => out.ok(),
+                Err(line) => out.error(line),
+            },
+            DoorCommand::Select(0) => out.ok(),
+            DoorCommand::Select(_) => out.error("ERR DB index is out of range"),
+            DoorCommand::ClientSetName(name) => {
+                self.session.name = Some(name);
+                out.ok();
+            }
+            DoorCommand::ClientGetName => match &self.session.name {
+                Some(name) => out.bulk(name),
+                None => out.null(),
+            },
+            DoorCommand::ClientId => out.integer(self.session.client_id as i64 & i64::MAX),
+            DoorCommand::ClientInfo => out.bulk(self.client_info()),
+            DoorCommand::ClientNoted => out.ok(),
+            DoorCommand::Quit => {
+                out.ok();
+                next = Continue::Close;
+            }
+            DoorCommand::Reset => {
+                self.session = Session::new(self.shard.auth_token().is_none());
+                if let Some(mut replies) = self.outbox.replies() {
+                    replies.set_version(RespVersion::Resp2);
+                }
+                out.simple("RESET");
+            }
+            DoorCommand::Time => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                out.array(2);
+                out.bulk(now.as_secs().to_string());
+                out.bulk(now.subsec_micros().to_string());
+            }
+            DoorCommand::Command(None) => out.array(0),
+            DoorCommand::Command(Some(subcommand)) => match subcommand.as_slice() {
+                b"count" => out.integer(KNOWN.len() as i64),
+                b"docs" => out.map(0),
+                _ => out.array(0),
+            },
+            DoorCommand::ConfigGet(parameter) => config_get(&parameter, &mut out),
+            DoorCommand::Info(_) => out.verbatim(b"txt", self.info()),
+        }
+        self.ready(reply);
+        next
+    }
+
+    fn hello(&mut self, version: Option<i64>, auth: Option<(Vec<u8>, Vec<u8>)>, name: Option<Vec<u8>>) -> Continue {
+        let mut reply = Vec::new();
+        let protocol = match version {
+            None => self.version(),
+            Some(2) => RespVersion::Resp2,
+            Some(3) => RespVersion::Resp3,
+            Some(_) => {
+                ReplyWriter::new(&mut reply, self.version()).error("NOPROTO unsupported protocol version");
+                self.ready(reply);
+                return Continue::Serve;
+            }
+        };
+        if let Some((username, password)) = auth {
+            if let Err(line) = self.authenticate(Some(username), &password) {
+                ReplyWriter::new(&mut reply, self.version()).error(line);
+                self.ready(reply);
+                return Continue::Serve;
+            }
+        }
+        if !self.session.authenticated {
+            let line = "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+                        HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+                        select the RESP protocol version at the same time";
+            ReplyWriter::new(&mut reply, self.version()).error(line);
+            self.ready(reply);
+            return Continue::Serve;
+        }
+        if let Some(name) = name {
+            self.session.name = Some(name);
+        }
+        if let Some(mut replies) = self.outbox.replies() {
+            replies.set_version(protocol);
+        }
+        let mut out = ReplyWriter::new(&mut reply, protocol);
+        out.map(7);
+        out.bulk("server");
+        out.bulk("engram");
+        out.bulk("version");
+        out.bulk(env!("CARGO_PKG_VERSION"));
+        out.bulk("proto");
+        out.integer(if protocol == RespVersion::Resp3 { 3 } else { 2 });
+        out.bulk("id");
+        out.integer(self.session.client_id as i64 & i64::MAX);
+        out.bulk("mode");
+        out.bulk("standalone");
+        out.bulk("role");
+        out.bulk("master");
+        out.bulk("modules");
+        out.array(0);
+        self.ready(reply);
+        Continue::Serve
+    }
+
+    /// `AUTH [username] password`: the password is the node's token, the username (when
+    /// given and not `default`) the namespace the connection works in.
+    fn authenticate(&mut self, username: Option<Vec<u8>>, password: &[u8]) -> Result<(), String> {
+        match self.shard.auth_token() {
+            Some(token) if !constant_time_equal(token, password) => {
+                return Err("WRONGPASS invalid username-password pair or user is disabled.".into())
+            }
+            None if username.is_none() => {
+                return Err(
+                    "ERR AUTH <password> called without any password configured for the default user. \
+                            Are you sure your configuration is correct?"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        let namespace = username.filter(|name| name != b"default").unwrap_or_default();
+        if namespace.len() > engram_proto::limits::NAMESPACE_BYTES_MAX {
+            return Err(format!(
+                "ERR namespace of {} bytes exceeds namespace_bytes_max ({})",
+                namespace.len(),
+                engram_proto::limits::NAMESPACE_BYTES_MAX
+            ));
+        }
+        self.session.authenticated = true;
+        self.session.use_namespace(namespace);
+        self.parser.set_limits(RequestLimits::AUTHENTICATED);
+        Ok(())
+    }
+
+    fn client_info(&self) -> String {
+        let address = self
+            .stream
+            .peer_addr()
+            .map(|address| address.to_string())
+            .unwrap_or_default();
+        let name = self
+            .session
+            .name
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let resp = if self.version() == RespVersion::Resp3 { 3 } else { 2 };
+        format!(
+            "id={} addr={address} name={name} db=0 resp={resp}\n",
+            self.session.client_id as i64 & i64::MAX
+        )
+    }
+
+    /// The sections of `INFO` that clients read: the server's name and version, and
+    /// Redis's version field, which some clients check.
+    fn info(&self) -> String {
+        let info = self.shard.node_info();
+        format!(
+            "# Server\r\nredis_version:7.2.0\r\nengram_version:{}\r\nredis_mode:standalone\r\nnode_id:{}\r\n\
+             process_id:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Keyspace\r\n",
+            env!("CARGO_PKG_VERSION"),
+            info.node_id,
+            std::process::id(),
+            info.shards.iter().map(|shard| shard.connections).sum::<u64>(),
+        )
+    }
+}
+
+/// Whether the connection goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Continue {
+    Serve,
+    Close,
+}
+
+/// `CONFIG GET`: the parameters tools read (redis-benchmark asks for `save` and
+/// `appendonly`), as a Redis with no persistence answers them; nothing else.
+fn config_get(parameter: &[u8], out: &mut ReplyWriter<'_>) {
+    let known: &[(&str, &str)] = &[("save", ""), ("appendonly", "no"), ("databases", "1")];
+    let asked = String::from_utf8_lossy(parameter).to_ascii_lowercase();
+    let matching: Vec<&(&str, &str)> = known
+        .iter()
+        .filter(|(name, _)| asked == "*" || asked == *name)
+        .collect();
+    out.map(matching.len());
+    for (name, value) in matching {
+        out.bulk(name);
+        out.bulk(value);
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
