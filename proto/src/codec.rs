@@ -252,6 +252,14 @@ mod tests {
             bytes_strategy(64).prop_map(|key| Command::Data(DataCommand::Bytes(BytesCommand::Len { key }))),
             (bytes_strategy(64), any::<i64>())
                 .prop_map(|(key, delta)| Command::Data(DataCommand::Bytes(BytesCommand::AddInteger { key, delta }))),
+            bytes_strategy(64).prop_map(|key| Command::from(crate::KeyCommand::Kind { key })),
+            (bytes_strategy(64), any::<u64>()).prop_map(|(key, ttl_ms)| Command::from(crate::KeyCommand::Expire {
+                key,
+                ttl_ms,
+                condition: crate::ExpireCondition::IfLater
+            })),
+            (bytes_strategy(64), bytes_strategy(16), bytes_strategy(64))
+                .prop_map(|(key, field, value)| { Command::from(crate::MapCommand::Put { key, field, value }) }),
             bytes_strategy(64).prop_map(|key| Command::Data(DataCommand::Counter(CounterCommand::Get { key }))),
             (bytes_strategy(64), any::<i64>())
                 .prop_map(|(key, delta)| Command::Data(DataCommand::Counter(CounterCommand::Add { key, delta }))),
@@ -272,6 +280,11 @@ mod tests {
             (any::<u64>(), any::<u64>()).prop_map(|(version, length)| Response::Appended { version, length }),
             (any::<u64>(), any::<u64>()).prop_map(|(version, length)| Response::RangeWritten { version, length }),
             any::<u64>().prop_map(|length| Response::ValueLength { length }),
+            proptest::option::of(any::<u64>()).prop_map(|ttl_ms| Response::Ttl { ttl_ms }),
+            any::<bool>().prop_map(|created| Response::FieldStored { created }),
+            Just(Response::KeyKind {
+                kind: crate::ObjectKind::Queue
+            }),
             any::<u64>().prop_map(|current_version| Response::Conflict { current_version }),
             any::<bool>().prop_map(|existed| Response::Deleted { existed }),
             any::<i64>().prop_map(|value| Response::Counter { value }),

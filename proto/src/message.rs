@@ -5,7 +5,10 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-pub use crate::data::{ArchivedQueueEnd, ArchivedSetCondition, DataCommand, QueueEnd, SetCondition};
+pub use crate::data::{
+    ArchivedQueueEnd, ArchivedSetCondition, DataCommand, ExpireCondition, KeyCommand, ObjectKind, QueueEnd,
+    SetCondition,
+};
 
 /// First frame of every connection.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -136,6 +139,7 @@ object_commands_are_commands!(
     FutureCommand,
     MapCommand,
     QueueCommand,
+    KeyCommand,
 );
 
 impl Command {
@@ -260,6 +264,22 @@ pub enum Response {
     ValueLength {
         length: u64,
     },
+    /// The kind of object a key holds.
+    KeyKind {
+        kind: ObjectKind,
+    },
+    /// What is left of a key's time to live; `None` when it does not expire.
+    Ttl {
+        ttl_ms: Option<u64>,
+    },
+    /// Whether an expiry was set or taken away.
+    ExpiryChanged {
+        changed: bool,
+    },
+    /// A map field was written; `created` when it was not there before.
+    FieldStored {
+        created: bool,
+    },
 }
 
 impl Response {
@@ -292,6 +312,10 @@ impl Response {
             Response::QueueLength { .. } => "queue_length",
             Response::RangeWritten { .. } => "range_written",
             Response::ValueLength { .. } => "value_length",
+            Response::KeyKind { .. } => "key_kind",
+            Response::Ttl { .. } => "ttl",
+            Response::ExpiryChanged { .. } => "expiry_changed",
+            Response::FieldStored { .. } => "field_stored",
         }
     }
 }

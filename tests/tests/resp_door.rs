@@ -84,6 +84,23 @@ fn strings_hashes_and_lists_answer_as_redis_does() {
     assert!(
         matches!(redis.command(&["GET"]), Reply::Error(line) if line == "ERR wrong number of arguments for 'get' command")
     );
+    assert_eq!(redis.command(&["HSET", "h2", "a", "1", "b", "2"]), Reply::Integer(2));
+    assert_eq!(redis.command(&["HSET", "h2", "a", "3", "c", "4"]), Reply::Integer(1));
+    assert_eq!(redis.command(&["HLEN", "h2"]), Reply::Integer(3));
+    assert_eq!(redis.command(&["EXISTS", "s", "h2", "nope", "s"]), Reply::Integer(3));
+    for (key, type_name) in [("s", "string"), ("h2", "hash"), ("q", "list"), ("nope", "none")] {
+        assert_eq!(redis.command(&["TYPE", key]), Reply::Simple(type_name.into()));
+    }
+    assert_eq!(redis.command(&["TTL", "s"]), Reply::Integer(-1));
+    assert_eq!(redis.command(&["TTL", "nope"]), Reply::Integer(-2));
+    assert_eq!(redis.command(&["EXPIRE", "s", "100", "XX"]), Reply::Integer(0));
+    assert_eq!(redis.command(&["EXPIRE", "s", "100"]), Reply::Integer(1));
+    assert!(matches!(redis.command(&["PTTL", "s"]), Reply::Integer(ms) if (99_000..=100_000).contains(&ms)));
+    assert_eq!(redis.command(&["PERSIST", "s"]), Reply::Integer(1));
+    assert_eq!(redis.command(&["TTL", "s"]), Reply::Integer(-1));
+    assert!(matches!(redis.command(&["EXPIRE", "h2", "10"]), Reply::Error(line) if line.starts_with("WRONGTYPE")));
+    assert_eq!(redis.command(&["PEXPIRE", "s", "-1"]), Reply::Integer(1), "a past expiry deletes");
+    assert_eq!(redis.command(&["EXISTS", "s"]), Reply::Integer(0));
     // redis-benchmark's inline PING.
     redis.send_raw(b"PING\r\n");
     assert_eq!(redis.reply(), Reply::Simple("PONG".into()));

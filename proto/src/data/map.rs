@@ -28,6 +28,12 @@ pub enum MapCommand {
         field: Vec<u8>,
         delta: i64,
     },
+    /// `Set`, answering whether the field is new (`FieldStored`), as Redis's `HSET`.
+    Put {
+        key: Vec<u8>,
+        field: Vec<u8>,
+        value: Vec<u8>,
+    },
 }
 
 keyed_variants!(MapCommand {
@@ -35,14 +41,15 @@ keyed_variants!(MapCommand {
     Set,
     Del,
     GetAll,
-    Incr
+    Incr,
+    Put
 });
 
 impl MapCommand {
     pub fn is_mutation(&self) -> bool {
         matches!(
             self,
-            MapCommand::Set { .. } | MapCommand::Del { .. } | MapCommand::Incr { .. }
+            MapCommand::Set { .. } | MapCommand::Del { .. } | MapCommand::Incr { .. } | MapCommand::Put { .. }
         )
     }
 
@@ -57,6 +64,7 @@ impl MapCommand {
             MapCommand::Del { .. } => "map_del",
             MapCommand::GetAll { .. } => "map_get_all",
             MapCommand::Incr { .. } => "map_incr",
+            MapCommand::Put { .. } => "map_put",
         }
     }
 }

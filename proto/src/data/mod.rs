@@ -8,11 +8,13 @@
 //!
 //! - [`bytes`], [`counter`], [`lock`], [`semaphore`], [`barrier`], [`latch`],
 //!   [`future`], [`map`], [`queue`]: one object each.
+//! - [`key`]: what any key answers, whatever it holds (its kind, its expiry).
 
 pub mod barrier;
 pub mod bytes;
 pub mod counter;
 pub mod future;
+pub mod key;
 pub mod latch;
 pub mod lock;
 pub mod map;
@@ -25,6 +27,7 @@ pub use barrier::{ArchivedBarrierCommand, BarrierCommand};
 pub use bytes::{ArchivedBytesCommand, ArchivedSetCondition, BytesCommand, SetCondition};
 pub use counter::{ArchivedCounterCommand, CounterCommand};
 pub use future::{ArchivedFutureCommand, FutureCommand};
+pub use key::{ArchivedKeyCommand, ExpireCondition, KeyCommand, ObjectKind};
 pub use latch::{ArchivedLatchCommand, LatchCommand};
 pub use lock::{ArchivedLockCommand, LockCommand};
 pub use map::{ArchivedMapCommand, MapCommand};
@@ -65,6 +68,7 @@ pub enum DataCommand {
     Future(FutureCommand),
     Map(MapCommand),
     Queue(QueueCommand),
+    Key(KeyCommand),
 }
 
 /// Applies `$action` to the object command inside a [`DataCommand`] (one list, so a new
@@ -81,6 +85,7 @@ macro_rules! on_object {
             DataCommand::Future($object) => $action,
             DataCommand::Map($object) => $action,
             DataCommand::Queue($object) => $action,
+            DataCommand::Key($object) => $action,
         }
     };
 }
@@ -133,4 +138,5 @@ into_data_command!(
     FutureCommand => Future,
     MapCommand => Map,
     QueueCommand => Queue,
+    KeyCommand => Key,
 );

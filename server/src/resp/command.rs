@@ -9,8 +9,8 @@
 
 use engram_proto::limits::{LEASE_MS_MAX, PARTIES_MAX, TTL_MS_MAX, WAIT_MS_MAX};
 use engram_proto::{
-    BarrierCommand, BytesCommand, DataCommand, FutureCommand, LatchCommand, LockCommand, MapCommand, QueueCommand,
-    QueueEnd, SemaphoreCommand, SetCondition,
+    BarrierCommand, BytesCommand, DataCommand, ExpireCondition, FutureCommand, KeyCommand, LatchCommand, LockCommand,
+    MapCommand, QueueCommand, QueueEnd, SemaphoreCommand, SetCondition,
 };
 
 use super::reply::{FieldsShape, Fold, Shape};
@@ -168,8 +168,78 @@ pub fn translate(args: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal
             };
             single(command.into(), Shape::Length)
         }
-        _ => object_command(&name, rest),
+        _ => key_command(&name, rest, now_unix_ms),
     }
+}
+
+/// What any key answers: `EXISTS`, `TYPE`, and the expiry commands.
+fn key_command(name: &str, rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal> {
+    let single = |command: DataCommand, shape: Shape| {
+        Ok(Translated::Requests {
+            array: None,
+            parts: vec![Part { command, shape }],
+            fold: None,
+        })
+    };
+    let key = || rest[0].to_vec();
+    match (name, rest.len()) {
+        ("exists", n) if n >= 1 => folded(
+            rest.iter().map(|key| KeyCommand::Kind { key: key.to_vec() }.into()),
+            Fold::CountExisting,
+        ),
+        ("type", 1) => single(KeyCommand::Kind { key: key() }.into(), Shape::TypeName),
+        ("ttl", 1) => single(KeyCommand::Ttl { key: key() }.into(), Shape::Ttl { in_seconds: true }),
+        ("pttl", 1) => single(KeyCommand::Ttl { key: key() }.into(), Shape::Ttl { in_seconds: false }),
+        ("persist", 1) => single(KeyCommand::Persist { key: key() }.into(), Shape::ChangedFlag),
+        ("expire" | "pexpire" | "expireat" | "pexpireat", n) if (2..=3).contains(&n) => expire(name, rest, now_unix_ms),
+        _ => object_command(name, rest),
+    }
+}
+
+/// `EXPIRE key seconds [NX|XX|GT|LT]` and its milliseconds and absolute forms. A time
+/// already past deletes the key, as in Redis.
+fn expire(name: &str, rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal> {
+    let amount = integer(rest[1])?;
+    let unit_ms: i64 = if name.starts_with('p') { 1 } else { 1000 };
+    let amount_ms = amount
+        .checked_mul(unit_ms)
+        .ok_or_else(|| Refusal::invalid_expire(name))?;
+    let ttl_ms = if name.ends_with("at") {
+        i128::from(amount_ms) - i128::from(now_unix_ms)
+    } else {
+        i128::from(amount_ms)
+    };
+    let condition = match rest.get(2).map(|option| option.to_ascii_lowercase()) {
+        None => ExpireCondition::Always,
+        Some(option) => match option.as_slice() {
+            b"nx" => ExpireCondition::IfNone,
+            b"xx" => ExpireCondition::IfSome,
+            b"gt" => ExpireCondition::IfLater,
+            b"lt" => ExpireCondition::IfSooner,
+            _ => {
+                return Err(Refusal(format!(
+                    "ERR Unsupported option {}",
+                    String::from_utf8_lossy(&option)
+                )))
+            }
+        },
+    };
+    let key = rest[0].to_vec();
+    let (command, shape) = if ttl_ms <= 0 {
+        (BytesCommand::Del { key }.into(), Shape::ExistedFlag)
+    } else {
+        let ttl_ms = u64::try_from(ttl_ms)
+            .ok()
+            .filter(|ttl_ms| *ttl_ms <= TTL_MS_MAX)
+            .ok_or_else(|| Refusal::invalid_expire(name))?;
+        let command = KeyCommand::Expire { key, ttl_ms, condition };
+        (command.into(), Shape::ChangedFlag)
+    };
+    Ok(Translated::Requests {
+        array: None,
+        parts: vec![Part { command, shape }],
+        fold: None,
+    })
 }
 
 /// Hashes, lists and Engram's coordination objects.
@@ -184,6 +254,25 @@ fn object_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
     let key = || rest[0].to_vec();
     match (name, rest.len()) {
         ("hget", 2) => single(map_get(rest), Shape::ValueOrNil),
+        ("hset" | "hmset", n) if n >= 3 && n % 2 == 1 => {
+            let puts = rest[1..].chunks(2).map(|pair| {
+                MapCommand::Put {
+                    key: key(),
+                    field: pair[0].to_vec(),
+                    value: pair[1].to_vec(),
+                }
+                .into()
+            });
+            // `HMSET` is `HSET` answering `OK`.
+            folded(
+                puts,
+                if name == "hset" {
+                    Fold::CountCreated
+                } else {
+                    Fold::AllWritten
+                },
+            )
+        }
         ("hexists", 2) => single(map_get(rest), Shape::PresentFlag),
         ("hmget", n) if n >= 2 => Ok(Translated::Requests {
             array: Some(n - 1),
@@ -616,6 +705,17 @@ pub const KNOWN: &[&str] = &[
     "getrange",
     "substr",
     "setrange",
+    "exists",
+    "type",
+    "ttl",
+    "pttl",
+    "persist",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+    "hset",
+    "hmset",
     "hget",
     "hexists",
     "hmget",

@@ -47,6 +47,13 @@ pub enum Shape {
     LatchCount,
     /// `+OK` when the latch opened; nil when the wait ran out (`LATCH.WAIT`).
     LatchOpenOrNil,
+    /// The key's type name, `none` when absent (`TYPE`).
+    TypeName,
+    /// What is left of a key's time to live, in seconds (rounded) or milliseconds: -2
+    /// when the key is absent, -1 when it does not expire (`TTL`, `PTTL`).
+    Ttl { in_seconds: bool },
+    /// 1 when the expiry changed, else 0 (`EXPIRE`, `PERSIST`).
+    ChangedFlag,
     /// One part of a multi-key command: folded, nothing written.
     Part(Fold),
 }
@@ -65,6 +72,8 @@ pub enum FieldsShape {
 pub enum Fold {
     /// The number of parts whose key existed (`DEL`, `UNLINK`, `EXISTS`).
     CountExisting,
+    /// The number of parts that created a field (`HSET`).
+    CountCreated,
     /// `+OK` when every part was written, else the first error (`MSET`).
     AllWritten,
     /// The last part's length (`RPUSH` of several values).
@@ -88,7 +97,8 @@ impl Folded {
         }
         match (fold, response) {
             (Fold::CountExisting, Response::Deleted { existed: true } | Response::Value { .. }) => self.count += 1,
-            (Fold::CountExisting, Response::ValueLength { .. }) => self.count += 1,
+            (Fold::CountExisting, Response::KeyKind { .. }) => self.count += 1,
+            (Fold::CountCreated, Response::FieldStored { created: true }) => self.count += 1,
             (Fold::LastLength, Response::QueueLength { length }) => {
                 self.last_length = i64::try_from(*length).unwrap_or(i64::MAX)
             }
@@ -103,7 +113,7 @@ impl Folded {
             return;
         }
         match fold {
-            Fold::CountExisting => out.integer(self.count),
+            Fold::CountExisting | Fold::CountCreated => out.integer(self.count),
             Fold::AllWritten => out.ok(),
             Fold::LastLength => out.integer(self.last_length),
         }
@@ -169,6 +179,17 @@ pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
         (Shape::LatchSet, Response::LatchSet { set, .. }) => out.integer(i64::from(*set)),
         (Shape::LatchCount, Response::LatchCount { count }) => out.integer(clamp(*count)),
         (Shape::LatchCount, Response::LatchOpen) => out.integer(0),
+        (Shape::TypeName, Response::KeyKind { kind }) => out.simple(kind.type_name()),
+        (Shape::TypeName, Response::Missing) => out.simple("none"),
+        (Shape::Ttl { .. }, Response::Missing) => out.integer(-2),
+        (Shape::Ttl { .. }, Response::Ttl { ttl_ms: None }) => out.integer(-1),
+        (Shape::Ttl { in_seconds }, Response::Ttl { ttl_ms: Some(ttl_ms) }) => {
+            // Redis rounds a TTL in seconds to the nearest second.
+            let shown = if *in_seconds { (ttl_ms + 500) / 1000 } else { *ttl_ms };
+            out.integer(clamp(shown))
+        }
+        (Shape::ChangedFlag, Response::ExpiryChanged { changed }) => out.integer(i64::from(*changed)),
+        (Shape::ChangedFlag, Response::Missing) => out.integer(0),
         (Shape::LatchOpenOrNil, Response::LatchOpen) => out.ok(),
         (Shape::LatchOpenOrNil, _) => out.null(),
         (shape, response) => out.error(format!(

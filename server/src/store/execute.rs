@@ -13,8 +13,8 @@ use super::{
     Object, Origin, Outcome, Store,
 };
 use engram_proto::{
-    BarrierCommand, BytesCommand, CounterCommand, DataCommand, FutureCommand, LatchCommand, LockCommand, MapCommand,
-    QueueCommand, SemaphoreCommand,
+    BarrierCommand, BytesCommand, CounterCommand, DataCommand, FutureCommand, KeyCommand, LatchCommand, LockCommand,
+    MapCommand, QueueCommand, SemaphoreCommand,
 };
 
 /// A coordination object's state as [`Object`] holds it: how a first use creates its
@@ -110,7 +110,16 @@ impl Store {
             | Command::Data(DataCommand::Map(MapCommand::Set { .. }))
             | Command::Data(DataCommand::Map(MapCommand::Del { .. }))
             | Command::Data(DataCommand::Map(MapCommand::GetAll { .. }))
-            | Command::Data(DataCommand::Map(MapCommand::Incr { .. })) => self.execute_map(command, now_ms, origin),
+            | Command::Data(DataCommand::Map(MapCommand::Incr { .. }))
+            | Command::Data(DataCommand::Map(MapCommand::Put { .. })) => self.execute_map(command, now_ms, origin),
+            Command::Data(DataCommand::Key(KeyCommand::Kind { key })) => Outcome::Ready(self.key_kind(key, now_ms)),
+            Command::Data(DataCommand::Key(KeyCommand::Ttl { key })) => Outcome::Ready(self.key_ttl(key, now_ms)),
+            Command::Data(DataCommand::Key(KeyCommand::Expire { key, ttl_ms, condition })) => {
+                Outcome::Ready(self.key_expire(key, *ttl_ms, *condition, now_ms))
+            }
+            Command::Data(DataCommand::Key(KeyCommand::Persist { key })) => {
+                Outcome::Ready(self.key_persist(key, now_ms))
+            }
             Command::Data(DataCommand::Queue(QueueCommand::Push { .. }))
             | Command::Data(DataCommand::Queue(QueueCommand::Pop { .. }))
             | Command::Data(DataCommand::Queue(QueueCommand::Len { .. })) => {
@@ -307,6 +316,15 @@ impl Store {
                     Outcome::Ready(map.increment(field, *delta, effects))
                 })
             }
+            Command::Data(DataCommand::Map(MapCommand::Put { key, field, value })) => {
+                self.on::<Map>(key, now_ms, origin, true, |map, effects| {
+                    let created = map.get(field) == Response::Missing;
+                    Outcome::Ready(match map.set(field, value, effects) {
+                        Response::Written { .. } => Response::FieldStored { created },
+                        refusal => refusal,
+                    })
+                })
+            }
             other => Outcome::Ready(misrouted(other, "map")),
         }
     }
@@ -438,6 +456,9 @@ fn check_sizes(command: &Command) -> Result<(), Response> {
                 "barrier parties {parties} is outside 1..={PARTIES_MAX} (parties_max)"
             ));
         }
+        Command::Data(DataCommand::Key(KeyCommand::Expire { ttl_ms, .. })) if *ttl_ms == 0 || *ttl_ms > TTL_MS_MAX => {
+            return invalid(format!("ttl of {ttl_ms} ms is outside 1..={TTL_MS_MAX} (ttl_ms_max)"));
+        }
         Command::Data(DataCommand::Bytes(BytesCommand::SetRange { offset, value, .. }))
             if offset.saturating_add(value.len() as u64) > VALUE_BYTES_MAX as u64 =>
         {
@@ -452,11 +473,13 @@ fn check_sizes(command: &Command) -> Result<(), Response> {
         | Command::Data(DataCommand::Future(FutureCommand::Complete { value, .. }))
         | Command::Data(DataCommand::Queue(QueueCommand::Push { value, .. }))
         | Command::Data(DataCommand::Map(MapCommand::Set { value, .. }))
+        | Command::Data(DataCommand::Map(MapCommand::Put { value, .. }))
             if value.len() > VALUE_BYTES_MAX =>
         {
             return Err(value_too_large(value.len()));
         }
         Command::Data(DataCommand::Map(MapCommand::Get { field, .. }))
+        | Command::Data(DataCommand::Map(MapCommand::Put { field, .. }))
         | Command::Data(DataCommand::Map(MapCommand::Set { field, .. }))
         | Command::Data(DataCommand::Map(MapCommand::Del { field, .. }))
         | Command::Data(DataCommand::Map(MapCommand::Incr { field, .. }))

@@ -32,6 +32,7 @@ mod bytes;
 mod counter;
 mod execute;
 mod future;
+mod key;
 mod keys;
 mod latch;
 mod lock;

@@ -342,6 +342,10 @@ impl CompactEntry {
         self.read_u64(EXPIRES_AT_MS_AT)
     }
 
+    pub(crate) fn set_expires_at_ms(&mut self, expires_at_ms: u64) {
+        self.write_u64(EXPIRES_AT_MS_AT, expires_at_ms);
+    }
+
     pub(crate) fn contents(&self) -> Contents<'_> {
         let at = self.payload_at();
         match self.kind() {

@@ -15,6 +15,7 @@ mod bytes;
 mod counter;
 mod exactly_once;
 mod future;
+mod key;
 mod latch;
 mod limits;
 mod lock;
