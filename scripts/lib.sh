@@ -41,3 +41,18 @@ etcd_image_of() {
         echo "$image-etcd:latest"
     fi
 }
+
+# The Python environment of the Redis-door tests (tests/python): a virtualenv under the
+# target directory with redis-py, made once. Prints the path of its python.
+# Usage: ensure_python_env
+ENGRAM_REDIS_PY_VERSION=5.2.1
+ensure_python_env() {
+    local venv
+    venv="$(cargo_target_dir)/python-venv"
+    if ! "$venv/bin/python" -c "import redis" 2>/dev/null; then
+        printf '\n==> making %s with redis-py %s (the Redis-door tests)\n' "$venv" "$ENGRAM_REDIS_PY_VERSION" >&2
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "redis==$ENGRAM_REDIS_PY_VERSION" >&2
+    fi
+    echo "$venv/bin/python"
+}

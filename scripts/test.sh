@@ -29,6 +29,10 @@ install_prerequisites() {
     ensure_command etcd etcd-server "the etcd tests of the control plane run the real etcd"
     # A failover test cuts a node off from the control plane (tests/src/firewall.rs).
     ensure_command iptables iptables "a failover test cuts a node off from the control plane with iptables"
+    # The Redis-door tests speak to engramd with redis-cli, redis-benchmark and redis-py.
+    ensure_command redis-cli redis-tools "the Redis-door tests run redis-cli and redis-benchmark"
+    ENGRAM_PYTHON=$(ensure_python_env)
+    export ENGRAM_PYTHON
     local uring_ok=0
     if [ -r /proc/sys/kernel/io_uring_disabled ] && [ "$(cat /proc/sys/kernel/io_uring_disabled)" != "0" ]; then
         uring_ok=1

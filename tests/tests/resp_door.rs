@@ -99,7 +99,11 @@ fn strings_hashes_and_lists_answer_as_redis_does() {
     assert_eq!(redis.command(&["PERSIST", "s"]), Reply::Integer(1));
     assert_eq!(redis.command(&["TTL", "s"]), Reply::Integer(-1));
     assert!(matches!(redis.command(&["EXPIRE", "h2", "10"]), Reply::Error(line) if line.starts_with("WRONGTYPE")));
-    assert_eq!(redis.command(&["PEXPIRE", "s", "-1"]), Reply::Integer(1), "a past expiry deletes");
+    assert_eq!(
+        redis.command(&["PEXPIRE", "s", "-1"]),
+        Reply::Integer(1),
+        "a past expiry deletes"
+    );
     assert_eq!(redis.command(&["EXISTS", "s"]), Reply::Integer(0));
     // redis-benchmark's inline PING.
     redis.send_raw(b"PING\r\n");

@@ -457,7 +457,7 @@ fn coordination_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusa
                 key: key(),
                 timeout_ms: wait_option(&rest[1..])?,
             };
-            single(command.into(), Shape::ValueOrNil)
+            single(command.into(), Shape::AwaitedValueOrNil)
         }
         _ => Err(unknown_or_arity(name, rest)),
     }

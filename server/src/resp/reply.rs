@@ -12,8 +12,10 @@ pub enum Shape {
     OkOrNil,
     /// 1 once written, 0 when a condition held it back (`SETNX`).
     WrittenFlag,
-    /// The value; nil when absent (`GET`, `HGET`, `LPOP`, `FUTURE.GET`).
+    /// The value; nil when absent (`GET`, `HGET`, `LPOP`).
     ValueOrNil,
+    /// A value waited for; nil when it is not there in time (`FUTURE.GET`).
+    AwaitedValueOrNil,
     /// The value; empty when absent (`GETRANGE`).
     ValueOrEmpty,
     /// An integer result (`INCR`, `HINCRBY`).
@@ -124,11 +126,11 @@ impl Folded {
 /// whatever the shape (see [`error_line`]).
 pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
     if let Response::Error(reply) = response {
-        if !matches!(
+        let waited = matches!(
             shape,
-            Shape::GrantOrNil | Shape::LatchOpenOrNil | Shape::KeyAndValueOrNil(_)
-        ) || ErrorCode::from_u16(reply.code) != Some(ErrorCode::Timeout)
-        {
+            Shape::GrantOrNil | Shape::LatchOpenOrNil | Shape::KeyAndValueOrNil(_) | Shape::AwaitedValueOrNil
+        );
+        if !waited || ErrorCode::from_u16(reply.code) != Some(ErrorCode::Timeout) {
             out.error(error_line(reply));
             return;
         }
@@ -140,6 +142,8 @@ pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
         (Shape::WrittenFlag, Response::Conflict { .. }) => out.integer(0),
         (Shape::ValueOrNil, Response::Value { value, .. }) => out.bulk(value),
         (Shape::ValueOrNil, Response::Missing) => out.null(),
+        (Shape::AwaitedValueOrNil, Response::Value { value, .. }) => out.bulk(value),
+        (Shape::AwaitedValueOrNil, _) => out.null(),
         (Shape::ValueOrEmpty, Response::Value { value, .. }) => out.bulk(value),
         (Shape::ValueOrEmpty, Response::Missing) => out.bulk(b""),
         (Shape::Integer, Response::Counter { value }) => out.integer(*value),

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use engram_proto::{ErrorCode, LockHolder, MigratedLockHolder, MigratedObject, Response};
 
 use super::validation::{check_lease_ms, check_minted, check_owner};
-use super::waiting::{copied_deadline_ms, lease_deadline_ms, Revert};
+use super::waiting::{copied_deadline_ms, lease_deadline_ms, Revert, STORE_CLOCK_STEP_MS};
 use super::{error, Effects, Object, Outcome, WaiterId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,7 +243,11 @@ impl LockState {
             holder: self.holder.as_ref().map(|holder| LockHolder {
                 owner: holder.owner.clone(),
                 fence: holder.fence,
-                lease_remaining_ms: holder.lease_deadline_ms.saturating_sub(now_ms),
+                // How much longer it is held: through the deadline's clock step.
+                lease_remaining_ms: holder
+                    .lease_deadline_ms
+                    .saturating_sub(now_ms)
+                    .saturating_sub(STORE_CLOCK_STEP_MS),
             }),
         }
     }

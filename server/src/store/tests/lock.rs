@@ -200,7 +200,7 @@ proptest! {
                     let expected = model.holder.as_ref().map(|holder| LockHolder {
                         owner: owner_name(holder.owner),
                         fence: holder.fence,
-                        lease_remaining_ms: holder.deadline_ms - now,
+                        lease_remaining_ms: holder.deadline_ms - now - STORE_CLOCK_STEP_MS,
                     });
                     prop_assert_eq!(outcome, Outcome::Ready(Response::LockHolder { holder: expected }));
                 }
