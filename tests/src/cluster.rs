@@ -22,13 +22,21 @@ pub fn start_node(control: &ControlPlane) -> EngramServer {
 
 /// As [`start_node`], given `--control` as it is: one address or several, comma-separated.
 pub fn start_node_at(control: &str) -> EngramServer {
+    EngramServer::start(node_options(control))
+}
+
+/// As [`start_node`], with the Redis-protocol door open ([`EngramServer::resp`]).
+pub fn start_node_with_resp(control: &ControlPlane) -> EngramServer {
+    EngramServer::start(node_options(control.address()).resp())
+}
+
+fn node_options(control: &str) -> ServerOptions {
     let bind = next_loopback();
-    let options = ServerOptions::default()
+    ServerOptions::default()
         .cores(1)
         .bind(bind)
         .metrics_port(free_port(bind))
-        .control(control);
-    EngramServer::start(options)
+        .control(control)
 }
 
 /// Waits until the control plane counts `alive` live members; fails the test, with the

@@ -12,8 +12,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use engram_tests::binaries::profile_dir;
+use engram_tests::cluster::{
+    cluster_cli, start_node_with_resp, wait_for_members, wait_for_node_epoch, MEMBERSHIP_LIMIT,
+};
+use engram_tests::control::ControlPlane;
 use engram_tests::processes::Scratch;
-use engram_tests::server::{describe, run_bounded, EngramServer, ServerOptions};
+use engram_tests::routing::owner_address;
+use engram_tests::run_async;
+use engram_tests::server::{describe, next_loopback, run_bounded, EngramServer, ServerOptions};
 
 const PYTHON_ENV: &str = "ENGRAM_PYTHON";
 const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
@@ -80,4 +86,39 @@ fn redis_benchmark_finishes_without_errors_at_pipeline_1_and_16() {
         assert_eq!(tests.len(), 8, "PING_INLINE, PING_MBULK and six commands: {text}");
         assert!(!text.to_lowercase().contains("error"), "{text}");
     }
+}
+
+/// Three nodes, slots spread over them: a plain redis-py client given the first node's
+/// door writes and reads keys of every node (the door forwards them to their owners).
+#[test]
+fn one_door_reaches_the_keys_of_every_node_of_a_cluster() {
+    const NODES: usize = 3;
+    const KEYS: usize = 60;
+    let scratch = Scratch::new("redis-door-cluster");
+    let control = ControlPlane::start(next_loopback(), scratch.path().join("control"));
+    let nodes: Vec<EngramServer> = (0..NODES).map(|_| start_node_with_resp(&control)).collect();
+    let map = run_async(Duration::from_secs(120), async {
+        wait_for_members(&control, NODES, MEMBERSHIP_LIMIT).await;
+        cluster_cli(&control, &["rebalance"]).await;
+        let map = control.status().await.map;
+        wait_for_node_epoch(&nodes[0], map.epoch, MEMBERSHIP_LIMIT).await;
+        map
+    });
+    let keys: Vec<String> = (0..KEYS).map(|index| format!("door-key-{index}")).collect();
+    let owners: std::collections::BTreeSet<_> = keys
+        .iter()
+        .map(|key| owner_address(&map, b"", key.as_bytes()).ip())
+        .collect();
+    assert_eq!(owners.len(), NODES, "the keys live on every node");
+    let door = nodes[0].resp().expect("the door's address");
+    let mut command = Command::new(python());
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/redis_cluster_door.py"))
+        .arg(door.ip().to_string())
+        .arg(door.port().to_string())
+        .args(&keys)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = run_bounded(command, SCRIPT_LIMIT);
+    assert!(output.status.success(), "{}", describe(&output));
 }
