@@ -24,7 +24,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use futures::future::Either;
 
-use crate::dispatch::{Door, Handled, Placed};
+use crate::dispatch::{end_connection, Door, Handled, Placed};
 use crate::outbox::Outbox;
 use crate::proxy::Proxies;
 use crate::runtime::TcpStream;
@@ -133,12 +133,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool, outbox: Rc<
         }
         let _ = connection.flush().await;
     }
-    let _ = connection.stream.close().await;
-    connection.outbox.close();
-    // Closing the proxy links makes their owners withdraw what they parked for us.
-    drop(connection.proxies.take());
-    shard.forget_connection(&connection.outbox);
-    shard.connection_closed();
+    end_connection(
+        &shard,
+        &mut connection.stream,
+        &connection.outbox,
+        &mut connection.proxies,
+    )
+    .await;
 }
 
 struct Connection {

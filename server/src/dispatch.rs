@@ -10,9 +10,11 @@ use std::time::Instant;
 use engram_proto::{Command, ErrorCode, Request};
 use futures::channel::oneshot;
 use futures::future::Either;
+use futures_lite::AsyncWriteExt;
 
 use crate::outbox::{Destination, Outbox};
 use crate::proxy::Proxies;
+use crate::runtime::TcpStream;
 use crate::shard::{Forwarded, Shard, Submitted, Target};
 
 /// How a handled request counts toward its read's duration.
@@ -128,6 +130,22 @@ impl Door<'_> {
             outbox.deliver(request_id, &response, true);
         });
     }
+}
+
+/// What every connection does as it ends, after its last reply: closes its socket and
+/// outbox (ending the tasks awaiting answers for it), closes its proxy links (so their
+/// owners withdraw what they parked for it), and leaves the shard's books.
+pub async fn end_connection(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    outbox: &Rc<Outbox>,
+    proxies: &mut OnceCell<Proxies>,
+) {
+    let _ = stream.close().await;
+    outbox.close();
+    drop(proxies.take());
+    shard.forget_connection(outbox);
+    shard.connection_closed();
 }
 
 /// Namespaces become part of the stored key: `[namespace length][namespace][key]`.

@@ -101,13 +101,6 @@ pub fn translate(args: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal
     if let Some(door) = door_command(&name, rest)? {
         return Ok(Translated::Door(door));
     }
-    let single = |command: DataCommand, shape: Shape| {
-        Ok(Translated::Requests {
-            array: None,
-            parts: vec![Part { command, shape }],
-            fold: None,
-        })
-    };
     let key = || rest[0].to_vec();
     match (name.as_str(), rest.len()) {
         ("get", 1) => single(BytesCommand::Get { key: key() }.into(), Shape::ValueOrNil),
@@ -174,13 +167,6 @@ pub fn translate(args: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal
 
 /// What any key answers: `EXISTS`, `TYPE`, and the expiry commands.
 fn key_command(name: &str, rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal> {
-    let single = |command: DataCommand, shape: Shape| {
-        Ok(Translated::Requests {
-            array: None,
-            parts: vec![Part { command, shape }],
-            fold: None,
-        })
-    };
     let key = || rest[0].to_vec();
     match (name, rest.len()) {
         ("exists", n) if n >= 1 => folded(
@@ -235,22 +221,11 @@ fn expire(name: &str, rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Re
         let command = KeyCommand::Expire { key, ttl_ms, condition };
         (command.into(), Shape::ChangedFlag)
     };
-    Ok(Translated::Requests {
-        array: None,
-        parts: vec![Part { command, shape }],
-        fold: None,
-    })
+    single(command, shape)
 }
 
 /// Hashes, lists and Engram's coordination objects.
 fn object_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
-    let single = |command: DataCommand, shape: Shape| {
-        Ok(Translated::Requests {
-            array: None,
-            parts: vec![Part { command, shape }],
-            fold: None,
-        })
-    };
     let key = || rest[0].to_vec();
     match (name, rest.len()) {
         ("hget", 2) => single(map_get(rest), Shape::ValueOrNil),
@@ -351,13 +326,6 @@ fn object_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
 
 /// Engram's objects under names of their own (`LOCK.ACQUIRE`, `SEM.ACQUIRE`, …).
 fn coordination_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
-    let single = |command: DataCommand, shape: Shape| {
-        Ok(Translated::Requests {
-            array: None,
-            parts: vec![Part { command, shape }],
-            fold: None,
-        })
-    };
     let key = || rest[0].to_vec();
     match (name, rest.len()) {
         ("lock.acquire", 3 | 5) => {
@@ -585,14 +553,7 @@ fn set(rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal> {
             _ => return Err(Refusal::syntax()),
         };
     }
-    Ok(Translated::Requests {
-        array: None,
-        parts: vec![Part {
-            command: set_command(rest, ttl_ms.unwrap_or(0), condition),
-            shape: Shape::OkOrNil,
-        }],
-        fold: None,
-    })
+    single(set_command(rest, ttl_ms.unwrap_or(0), condition), Shape::OkOrNil)
 }
 
 /// Milliseconds from `now_unix_ms` until the Unix time `at` (in units of `unit_ms`), as
@@ -654,6 +615,15 @@ fn pop(name: &str, key: &[u8], timeout_ms: u64) -> DataCommand {
         timeout_ms,
     }
     .into()
+}
+
+/// One request, whose answer is the reply.
+fn single(command: DataCommand, shape: Shape) -> Result<Translated, Refusal> {
+    Ok(Translated::Requests {
+        array: None,
+        parts: vec![Part { command, shape }],
+        fold: None,
+    })
 }
 
 fn folded(commands: impl Iterator<Item = DataCommand>, fold: Fold) -> Result<Translated, Refusal> {

@@ -26,7 +26,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::command::{translate, DoorCommand, Part, Translated, KNOWN};
 use super::reply::Fold;
-use crate::dispatch::{Door, Placed};
+use crate::dispatch::{end_connection, Door, Placed};
 use crate::outbox::Outbox;
 use crate::place::random_u64;
 use crate::proxy::Proxies;
@@ -106,12 +106,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, outbox: Rc<Outbox>) {
     if let Err(Close::AfterReplies) = connection.run().await {
         let _ = connection.flush().await;
     }
-    let _ = connection.stream.close().await;
-    connection.outbox.close();
-    // Closing the proxy links makes their owners withdraw what they parked for us.
-    drop(connection.proxies.take());
-    shard.forget_connection(&connection.outbox);
-    shard.connection_closed();
+    end_connection(
+        &shard,
+        &mut connection.stream,
+        &connection.outbox,
+        &mut connection.proxies,
+    )
+    .await;
 }
 
 struct Connection {
