@@ -225,6 +225,7 @@ mod tests {
         let condition = prop_oneof![
             Just(SetCondition::Always),
             Just(SetCondition::IfAbsent),
+            Just(SetCondition::IfPresent),
             any::<u64>().prop_map(SetCondition::IfVersion)
         ];
         prop_oneof![

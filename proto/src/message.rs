@@ -280,6 +280,12 @@ pub enum Response {
     FieldStored {
         created: bool,
     },
+    /// A `Replace` ran: the value it replaced (`None`: the key was absent), and whether
+    /// it wrote (its condition held).
+    Replaced {
+        old: Option<Vec<u8>>,
+        written: bool,
+    },
 }
 
 impl Response {
@@ -316,6 +322,7 @@ impl Response {
             Response::Ttl { .. } => "ttl",
             Response::ExpiryChanged { .. } => "expiry_changed",
             Response::FieldStored { .. } => "field_stored",
+            Response::Replaced { .. } => "replaced",
         }
     }
 }

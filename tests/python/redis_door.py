@@ -51,6 +51,13 @@ def strings(r):
         raise AssertionError("INCR of a non-integer must fail")
     except redis.ResponseError as error:
         assert "not an integer" in str(error)
+    assert r.set("x", "1", xx=True) is None
+    assert r.set("x", "1") is True and r.set("x", "2", xx=True) is True
+    assert r.set("x", "3", get=True) == b"2"
+    assert r.getset("x", "4") == b"3"
+    assert r.expire("x", 100) is True
+    assert r.set("x", "5", keepttl=True) is True and 90 <= r.ttl("x") <= 100
+    assert r.getdel("x") == b"5" and r.getdel("x") is None
     assert r.mset({"m1": "a", "m2": "b"}) is True
     assert r.mget("m1", "m2", "absent") == [b"a", b"b", None]
 

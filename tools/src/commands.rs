@@ -124,6 +124,7 @@ fn conflict_text(condition: SetCondition, current_version: u64) -> String {
         (SetCondition::IfVersion(expected), _) => {
             format!("not written: key is at version {current_version}, not {expected}")
         }
+        (SetCondition::IfPresent, _) => "not written: key is absent".to_string(),
         (SetCondition::Always, _) => format!("not written (version {current_version})"),
     }
 }

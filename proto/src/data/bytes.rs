@@ -52,6 +52,17 @@ pub enum BytesCommand {
         key: Vec<u8>,
         delta: i64,
     },
+    /// Writes `value` (or, when `None`, deletes the key) if `condition` holds, and
+    /// answers the value it replaced (`Replaced`), as Redis's `SET … GET`, `GETSET` and
+    /// `GETDEL`. The expiry is `ttl_ms` from now (0: none), or the replaced value's
+    /// when `keep_ttl` (Redis's `KEEPTTL`).
+    Replace {
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        ttl_ms: u64,
+        keep_ttl: bool,
+        condition: SetCondition,
+    },
 }
 
 /// Condition of a bytes `Set`.
@@ -62,6 +73,8 @@ pub enum SetCondition {
     IfAbsent,
     /// Only if the key exists with exactly this version (compare-and-set).
     IfVersion(u64),
+    /// Only if the key exists (Redis `SET XX`).
+    IfPresent,
 }
 
 keyed_variants!(BytesCommand {
@@ -72,7 +85,8 @@ keyed_variants!(BytesCommand {
     GetRange,
     SetRange,
     Len,
-    AddInteger
+    AddInteger,
+    Replace
 });
 
 impl BytesCommand {
@@ -97,6 +111,7 @@ impl BytesCommand {
             BytesCommand::SetRange { .. } => "setrange",
             BytesCommand::Len { .. } => "strlen",
             BytesCommand::AddInteger { .. } => "incrby",
+            BytesCommand::Replace { .. } => "replace",
         }
     }
 }

@@ -105,6 +105,8 @@ pub fn translate(args: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal
     match (name.as_str(), rest.len()) {
         ("get", 1) => single(BytesCommand::Get { key: key() }.into(), Shape::ValueOrNil),
         ("set", n) if n >= 2 => set(rest, now_unix_ms),
+        ("getset", 2) => replace(rest[0], Some(rest[1])),
+        ("getdel", 1) => replace(rest[0], None),
         ("setnx", 2) => single(set_command(rest, 0, SetCondition::IfAbsent), Shape::WrittenFlag),
         ("setex", 3) => single(set_expiring(rest, seconds(rest[1], "setex")?), Shape::OkOrNil),
         ("psetex", 3) => single(set_expiring(rest, milliseconds(rest[1], "psetex")?), Shape::OkOrNil),
@@ -511,49 +513,80 @@ fn client(rest: &[&[u8]]) -> Result<DoorCommand, Refusal> {
     })
 }
 
-/// `SET key value [NX] [EX s|PX ms|EXAT s|PXAT ms]`. `XX`, `GET` and `KEEPTTL` need
-/// what the native protocol does not offer yet, and are refused by name.
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`: a plain `Set`, or a
+/// `Replace` when it must answer the old value or keep the old expiry.
 fn set(rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal> {
     let mut condition = SetCondition::Always;
     let mut ttl_ms = None;
+    let mut keep_ttl = false;
+    let mut get = false;
     let mut options = &rest[2..];
     while let Some((option, after)) = options.split_first() {
         let option = option.to_ascii_lowercase();
-        let mut timed = |ttl: u64| match ttl_ms.replace(ttl) {
-            None => Ok(()),
-            Some(_) => Err(Refusal::syntax()),
-        };
+        let timed = ttl_ms.is_some() || keep_ttl;
         options = match (option.as_slice(), after) {
-            (b"nx", more) if condition == SetCondition::Always => {
-                condition = SetCondition::IfAbsent;
+            (b"nx" | b"xx", more) if condition == SetCondition::Always => {
+                condition = if option == b"nx" {
+                    SetCondition::IfAbsent
+                } else {
+                    SetCondition::IfPresent
+                };
                 more
             }
-            (b"ex", [seconds_arg, more @ ..]) => {
-                timed(seconds(seconds_arg, "set")?)?;
+            (b"get", more) if !get => {
+                get = true;
                 more
             }
-            (b"px", [ms, more @ ..]) => {
-                timed(milliseconds(ms, "set")?)?;
+            (b"keepttl", more) if !timed => {
+                keep_ttl = true;
                 more
             }
-            (b"exat", [at, more @ ..]) => {
-                timed(until(at, 1000, now_unix_ms)?)?;
+            (b"ex", [at, more @ ..]) if !timed => {
+                ttl_ms = Some(seconds(at, "set")?);
                 more
             }
-            (b"pxat", [at, more @ ..]) => {
-                timed(until(at, 1, now_unix_ms)?)?;
+            (b"px", [at, more @ ..]) if !timed => {
+                ttl_ms = Some(milliseconds(at, "set")?);
                 more
             }
-            (b"xx" | b"get" | b"keepttl", _) => {
-                return Err(Refusal(format!(
-                    "ERR SET {} is not supported by Engram yet",
-                    String::from_utf8_lossy(&option).to_uppercase()
-                )))
+            (b"exat", [at, more @ ..]) if !timed => {
+                ttl_ms = Some(until(at, 1000, now_unix_ms)?);
+                more
+            }
+            (b"pxat", [at, more @ ..]) if !timed => {
+                ttl_ms = Some(until(at, 1, now_unix_ms)?);
+                more
             }
             _ => return Err(Refusal::syntax()),
         };
     }
-    single(set_command(rest, ttl_ms.unwrap_or(0), condition), Shape::OkOrNil)
+    let ttl_ms = ttl_ms.unwrap_or(0);
+    if !get && !keep_ttl {
+        return single(set_command(rest, ttl_ms, condition), Shape::OkOrNil);
+    }
+    let command = BytesCommand::Replace {
+        key: rest[0].to_vec(),
+        value: Some(rest[1].to_vec()),
+        ttl_ms,
+        keep_ttl,
+        condition,
+    };
+    single(
+        command.into(),
+        if get { Shape::OldValue } else { Shape::ReplacedOkOrNil },
+    )
+}
+
+/// `GETSET key value` (`value` set, no expiry) and `GETDEL key` (`None`).
+fn replace(key: &[u8], value: Option<&[u8]>) -> Result<Translated, Refusal> {
+    let command = BytesCommand::Replace {
+        key: key.to_vec(),
+        value: value.map(<[u8]>::to_vec),
+        ttl_ms: 0,
+        keep_ttl: false,
+        condition: SetCondition::Always,
+    };
+    single(command.into(), Shape::OldValue)
 }
 
 /// Milliseconds from `now_unix_ms` until the Unix time `at` (in units of `unit_ms`), as
@@ -660,6 +693,8 @@ pub const KNOWN: &[&str] = &[
     "get",
     "set",
     "setnx",
+    "getset",
+    "getdel",
     "setex",
     "psetex",
     "mget",

@@ -49,6 +49,11 @@ pub enum Shape {
     LatchCount,
     /// `+OK` when the latch opened; nil when the wait ran out (`LATCH.WAIT`).
     LatchOpenOrNil,
+    /// The value a `Replace` replaced; nil when there was none (`SET … GET`, `GETSET`,
+    /// `GETDEL`).
+    OldValue,
+    /// `+OK` when a `Replace` wrote; nil when its condition held it back (`SET … KEEPTTL`).
+    ReplacedOkOrNil,
     /// The key's type name, `none` when absent (`TYPE`).
     TypeName,
     /// What is left of a key's time to live, in seconds (rounded) or milliseconds: -2
@@ -183,6 +188,10 @@ pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
         (Shape::LatchSet, Response::LatchSet { set, .. }) => out.integer(i64::from(*set)),
         (Shape::LatchCount, Response::LatchCount { count }) => out.integer(clamp(*count)),
         (Shape::LatchCount, Response::LatchOpen) => out.integer(0),
+        (Shape::OldValue, Response::Replaced { old: Some(old), .. }) => out.bulk(old),
+        (Shape::OldValue, Response::Replaced { old: None, .. }) => out.null(),
+        (Shape::ReplacedOkOrNil, Response::Replaced { written: true, .. }) => out.ok(),
+        (Shape::ReplacedOkOrNil, Response::Replaced { written: false, .. }) => out.null(),
         (Shape::TypeName, Response::KeyKind { kind }) => out.simple(kind.type_name()),
         (Shape::TypeName, Response::Missing) => out.simple("none"),
         (Shape::Ttl { .. }, Response::Missing) => out.integer(-2),

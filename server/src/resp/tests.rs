@@ -77,7 +77,28 @@ fn names_are_case_blind_and_set_takes_its_options() {
     assert_eq!(refusal("set k v ex -1"), "ERR invalid expire time in 'set' command");
     assert_eq!(refusal("set k v pxat 1"), "ERR invalid expire time in 'set' command");
     assert_eq!(refusal("set k v ex ten"), "ERR value is not an integer or out of range");
-    assert!(refusal("set k v keepttl").contains("KEEPTTL is not supported"));
+    assert_eq!(only("set k v xx").0, set("k", "v", 0, SetCondition::IfPresent));
+    let replace = |ttl_ms, keep_ttl, condition| -> DataCommand {
+        BytesCommand::Replace {
+            key: b"k".to_vec(),
+            value: Some(b"v".to_vec()),
+            ttl_ms,
+            keep_ttl,
+            condition,
+        }
+        .into()
+    };
+    assert_eq!(
+        only("set k v keepttl xx"),
+        (replace(0, true, SetCondition::IfPresent), Shape::ReplacedOkOrNil)
+    );
+    assert_eq!(
+        only("set k v get px 7"),
+        (replace(7, false, SetCondition::Always), Shape::OldValue)
+    );
+    assert_eq!(refusal("set k v keepttl ex 1"), "ERR syntax error");
+    assert_eq!(refusal("set k v nx xx"), "ERR syntax error");
+    assert_eq!(only("getdel k").1, Shape::OldValue);
     assert_eq!(only("setex k 2 v").0, set("k", "v", 2_000, SetCondition::Always));
     assert_eq!(
         only("setnx k v"),

@@ -73,6 +73,7 @@ impl Store {
             SetCondition::Always => true,
             SetCondition::IfAbsent => current_version.is_none(),
             SetCondition::IfVersion(expected) => current_version == Some(expected),
+            SetCondition::IfPresent => current_version.is_some(),
         };
         if !condition_holds {
             return Response::Conflict {
@@ -250,6 +251,37 @@ impl Store {
         }
     }
 
+    pub(crate) fn bytes_replace(&mut self, key: &[u8], replace: Replace<'_>, now_ms: u64) -> Response {
+        let old = match self.live_entry(key, now_ms) {
+            None => None,
+            Some(KeyEntry::Compact(compact)) => match compact.contents() {
+                Contents::Bytes(value) => Some(value.to_vec()),
+                Contents::Counter(_) => return wrong_type(key, "bytes value"),
+            },
+            Some(KeyEntry::Object(_)) => return wrong_type(key, "bytes value"),
+        };
+        let answer = |written| Response::Replaced {
+            old: old.clone(),
+            written,
+        };
+        let Some(value) = replace.value else {
+            if old.is_some() {
+                self.delete(key, now_ms);
+            }
+            return answer(old.is_some());
+        };
+        let expiry = if replace.keep_ttl {
+            Expiry::Keep
+        } else {
+            Expiry::AfterMs(replace.ttl_ms)
+        };
+        match self.write_bytes(key, value, expiry, replace.condition, now_ms) {
+            Response::Written { .. } => answer(true),
+            Response::Conflict { .. } => answer(false),
+            refusal => refusal,
+        }
+    }
+
     pub(crate) fn bytes_len(&mut self, key: &[u8], now_ms: u64) -> Response {
         match self.live_entry(key, now_ms) {
             None => Response::Missing,
@@ -272,6 +304,14 @@ pub const NOT_AN_INTEGER: &str = "value is not an integer or out of range";
 fn decimal_integer(value: &[u8]) -> Option<i64> {
     let parsed: i64 = std::str::from_utf8(value).ok()?.parse().ok()?;
     (parsed.to_string().as_bytes() == value).then_some(parsed)
+}
+
+/// What a `Replace` writes.
+pub(crate) struct Replace<'a> {
+    pub value: Option<&'a [u8]>,
+    pub ttl_ms: u64,
+    pub keep_ttl: bool,
+    pub condition: SetCondition,
 }
 
 /// When a written value expires.

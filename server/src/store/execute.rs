@@ -7,6 +7,7 @@ use engram_proto::limits::{
 };
 use engram_proto::{Command, ErrorCode, Response};
 
+use super::bytes::Replace;
 use super::keys::STORED_KEY_BYTES_MAX;
 use super::{
     barrier, error, future, key_too_large, latch, lock, map, queue, semaphore, value_too_large, Constructor, Effects,
@@ -76,7 +77,8 @@ impl Store {
             | Command::Data(DataCommand::Bytes(BytesCommand::GetRange { .. }))
             | Command::Data(DataCommand::Bytes(BytesCommand::SetRange { .. }))
             | Command::Data(DataCommand::Bytes(BytesCommand::Len { .. }))
-            | Command::Data(DataCommand::Bytes(BytesCommand::AddInteger { .. })) => self.execute_bytes(command, now_ms),
+            | Command::Data(DataCommand::Bytes(BytesCommand::AddInteger { .. }))
+            | Command::Data(DataCommand::Bytes(BytesCommand::Replace { .. })) => self.execute_bytes(command, now_ms),
             Command::Data(DataCommand::Counter(CounterCommand::Get { .. }))
             | Command::Data(DataCommand::Counter(CounterCommand::Add { .. }))
             | Command::Data(DataCommand::Counter(CounterCommand::Set { .. }))
@@ -155,6 +157,21 @@ impl Store {
             Command::Data(DataCommand::Bytes(BytesCommand::Len { key })) => self.bytes_len(key, now_ms),
             Command::Data(DataCommand::Bytes(BytesCommand::AddInteger { key, delta })) => {
                 self.bytes_add_integer(key, *delta, now_ms)
+            }
+            Command::Data(DataCommand::Bytes(BytesCommand::Replace {
+                key,
+                value,
+                ttl_ms,
+                keep_ttl,
+                condition,
+            })) => {
+                let replace = Replace {
+                    value: value.as_deref(),
+                    ttl_ms: *ttl_ms,
+                    keep_ttl: *keep_ttl,
+                    condition: *condition,
+                };
+                self.bytes_replace(key, replace, now_ms)
             }
             other => misrouted(other, "bytes"),
         })
@@ -427,7 +444,12 @@ fn check_waits_and_leases(command: &Command) -> Result<(), Response> {
 /// Values, fields, TTLs and party counts within the protocol's limits.
 fn check_sizes(command: &Command) -> Result<(), Response> {
     match command {
-        Command::Data(DataCommand::Bytes(BytesCommand::Set { value, ttl_ms, .. })) => {
+        Command::Data(DataCommand::Bytes(BytesCommand::Replace {
+            value: Some(value),
+            ttl_ms,
+            ..
+        }))
+        | Command::Data(DataCommand::Bytes(BytesCommand::Set { value, ttl_ms, .. })) => {
             if value.len() > VALUE_BYTES_MAX {
                 return Err(value_too_large(value.len()));
             }

@@ -347,3 +347,61 @@ fn add_integer_reads_and_writes_decimal_strings() {
         Some(ErrorCode::WrongType)
     );
 }
+
+fn replace(key: &str, value: Option<&str>, keep_ttl: bool, condition: SetCondition) -> Command {
+    Command::from(BytesCommand::Replace {
+        key: key.into(),
+        value: value.map(Into::into),
+        ttl_ms: 0,
+        keep_ttl,
+        condition,
+    })
+}
+
+/// Redis's `SET … GET`, `GETSET`, `GETDEL` and `KEEPTTL`: the old value comes back
+/// whether or not the condition let the write happen.
+#[test]
+fn replace_answers_the_old_value_and_keeps_the_expiry_when_asked() {
+    let mut store = Store::new(UNLIMITED, 1);
+    let replaced = |old: Option<&str>, written| Response::Replaced {
+        old: old.map(|old| old.as_bytes().to_vec()),
+        written,
+    };
+    let absent_then = store.run(
+        1,
+        &request(1, replace("k", Some("a"), false, SetCondition::IfPresent)),
+        0,
+    );
+    assert_eq!(absent_then, replaced(None, false));
+    assert_eq!(
+        store.run(1, &request(2, replace("k", Some("a"), false, SetCondition::Always)), 0),
+        replaced(None, true)
+    );
+    store.run(1, &request(3, set("k", "b", 1_000, SetCondition::IfPresent)), 0);
+    assert_eq!(
+        store.run(1, &request(4, replace("k", Some("c"), true, SetCondition::Always)), 0),
+        replaced(Some("b"), true)
+    );
+    assert_eq!(
+        store.run(1, &request(5, get_range("k", 0, -1)), 1_000),
+        Response::Missing,
+        "KEEPTTL kept it"
+    );
+    store.run(1, &request(6, set("d", "v", 0, SetCondition::Always)), 0);
+    assert_eq!(
+        store.run(1, &request(7, replace("d", None, false, SetCondition::Always)), 0),
+        replaced(Some("v"), true)
+    );
+    assert_eq!(
+        store.run(1, &request(8, replace("d", None, false, SetCondition::Always)), 0),
+        replaced(None, false)
+    );
+    let add = Command::from(CounterCommand::Add {
+        key: "c".into(),
+        delta: 1,
+    });
+    store.run(1, &request(9, add), 0);
+    let refused = store.run(1, &request(10, replace("c", None, false, SetCondition::Always)), 0);
+    assert_eq!(code(&refused), Some(ErrorCode::WrongType));
+    assert_eq!(store.data_bytes, store.recomputed_data_bytes());
+}

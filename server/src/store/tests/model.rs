@@ -59,6 +59,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
     let condition = prop_oneof![
         Just(SetCondition::Always),
         Just(SetCondition::IfAbsent),
+        Just(SetCondition::IfPresent),
         (0u64..12).prop_map(SetCondition::IfVersion)
     ];
     prop_oneof![
@@ -129,6 +130,7 @@ fn model_apply(model: &mut Model, command: &Command, now: u64, store_response: &
                 SetCondition::Always => true,
                 SetCondition::IfAbsent => current_version.is_none(),
                 SetCondition::IfVersion(expected) => current_version == Some(*expected),
+                SetCondition::IfPresent => current_version.is_some(),
             };
             if !holds {
                 return Response::Conflict {
