@@ -181,6 +181,21 @@ fn a_token_is_asked_for_and_the_username_picks_the_namespace() {
     assert!(stranger.is_closed());
 }
 
+/// A value of the largest size arrives over many reads (the parser says how much the
+/// command needs); the commands after it are served as before.
+#[test]
+fn the_largest_value_goes_in_and_out_and_small_commands_follow() {
+    let (_server, mut redis) = door(ServerOptions::default().cores(1));
+    let large = "v".repeat(engram_proto::limits::VALUE_BYTES_MAX);
+    assert_eq!(redis.command(&["SET", "large", &large]), Reply::ok());
+    for index in 0..50 {
+        redis.send(&["INCR", "after"]);
+        assert_eq!(redis.reply(), Reply::Integer(index + 1));
+    }
+    assert_eq!(redis.command(&["GET", "large"]), Reply::bulk(&large));
+    assert_eq!(redis.command(&["STRLEN", "large"]), Reply::Integer(large.len() as i64));
+}
+
 #[test]
 fn a_protocol_error_is_answered_and_closes_the_connection() {
     let (_server, mut redis) = door(ServerOptions::default().cores(1));

@@ -41,6 +41,49 @@ pub const RESP_READ_CHUNK_BYTES: usize = 64 * 1024;
 /// as `ANSWER_BATCH_BYTES_MAX` does for native connections.
 pub const RESP_REPLY_BATCH_BYTES_MAX: usize = 1024 * 1024;
 
+/// Bytes read and not parsed yet, in a buffer kept initialized between reads, so a read
+/// zeroes nothing: `bytes[..filled]` is what arrived.
+#[derive(Default)]
+struct ReadBuffer {
+    bytes: Vec<u8>,
+    filled: usize,
+}
+
+impl ReadBuffer {
+    fn unparsed(&self) -> &[u8] {
+        &self.bytes[..self.filled]
+    }
+
+    /// Room for the next read: a chunk, or what the command at the front still needs
+    /// (`wanted` bytes in all, which the parser checked against its limits).
+    fn room(&mut self, wanted: usize) -> &mut [u8] {
+        let needed = self.filled + RESP_READ_CHUNK_BYTES.max(wanted.saturating_sub(self.filled));
+        if self.bytes.len() < needed {
+            self.bytes.resize(needed, 0);
+        }
+        &mut self.bytes[self.filled..]
+    }
+
+    fn filled(&mut self, read: usize) {
+        self.filled += read;
+    }
+
+    /// Forgets the first `consumed` bytes (parsed commands); what is left of a command
+    /// moves to the front.
+    fn consume(&mut self, consumed: usize) {
+        self.bytes.copy_within(consumed..self.filled, 0);
+        self.filled -= consumed;
+    }
+
+    /// Lets go of a buffer a large command grew, once it is parsed.
+    fn shrink(&mut self) {
+        if self.bytes.len() > 4 * RESP_READ_CHUNK_BYTES && self.filled < RESP_READ_CHUNK_BYTES {
+            self.bytes.truncate(RESP_READ_CHUNK_BYTES);
+            self.bytes.shrink_to_fit();
+        }
+    }
+}
+
 /// Why the connection ends.
 enum Close {
     /// The peer went away or the socket failed.
@@ -97,7 +140,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, outbox: Rc<Outbox>) {
         outbox,
         parser: RequestParser::new(limits),
         args: Vec::new(),
-        input: Vec::new(),
+        input: ReadBuffer::default(),
         wanted: 0,
         spare: Vec::new(),
         session: Session::new(authenticated),
@@ -122,7 +165,7 @@ struct Connection {
     parser: RequestParser,
     args: Vec<Arg>,
     /// Bytes read and not parsed yet.
-    input: Vec<u8>,
+    input: ReadBuffer,
     /// Bytes the command at the front needs in all, as the parser last said.
     wanted: usize,
     spare: Vec<u8>,
@@ -136,7 +179,7 @@ impl Connection {
         loop {
             let can_take_more = self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
             let mut made_progress = false;
-            if can_take_more && !self.input.is_empty() {
+            if can_take_more && !self.input.unparsed().is_empty() {
                 made_progress = self.answer_commands().await? > 0;
             }
             if !made_progress && self.next_read(can_take_more).await? {
@@ -153,26 +196,20 @@ impl Connection {
             self.outbox.ready().await;
             return Ok(false);
         }
-        let start = self.input.len();
-        let chunk = self.wanted.saturating_sub(start).max(RESP_READ_CHUNK_BYTES);
-        self.input.resize(start + chunk, 0);
         let outbox = self.outbox.clone();
         let replies = std::pin::pin!(outbox.ready());
         // Reads are readiness-based (see `TcpStream`), so dropping the losing read
         // loses no bytes.
-        let receive = std::pin::pin!(self.stream.read(&mut self.input[start..]));
+        let receive = std::pin::pin!(self.stream.read(self.input.room(self.wanted)));
         let read = match futures::future::select(receive, replies).await {
             Either::Left((Ok(read), _)) => read,
             Either::Left((Err(_), _)) => 0,
-            Either::Right(((), _)) => {
-                self.input.truncate(start);
-                return Ok(false);
-            }
+            Either::Right(((), _)) => return Ok(false),
         };
-        self.input.truncate(start + read);
         if read == 0 {
             return Err(Close::Gone);
         }
+        self.input.filled(read);
         Ok(true)
     }
 
@@ -183,22 +220,26 @@ impl Connection {
         self.shard.advance_clock(received);
         let mut input = std::mem::take(&mut self.input);
         let mut offset = 0;
+        let unparsed_bytes = input.unparsed().len();
         let mut answered = 0;
         let result = loop {
             if self.outbox.pending() >= IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
                 break Ok(());
             }
-            let translated = match self.parser.parse(&input[offset..], &mut self.args) {
+            let unparsed = &input.unparsed()[offset..unparsed_bytes];
+            let translated = match self.parser.parse(unparsed, &mut self.args) {
                 Ok(Parsed::Incomplete { wanted }) => {
                     self.wanted = wanted;
                     break Ok(());
                 }
                 Ok(Parsed::Skipped { consumed }) => {
+                    self.wanted = 0;
                     offset += consumed;
                     continue;
                 }
                 Ok(Parsed::Command { consumed }) => {
-                    let args: Vec<&[u8]> = self.parser.args(&input[offset..], &self.args).collect();
+                    self.wanted = 0;
+                    let args: Vec<&[u8]> = self.parser.args(unparsed, &self.args).collect();
                     let translated = translate(&args, unix_ms());
                     offset += consumed;
                     translated
@@ -226,7 +267,7 @@ impl Connection {
                 }
             }
         };
-        input.drain(..offset);
+        input.consume(offset);
         self.input = input;
         self.shard.read_handled(answered, 0, received);
         result.map(|()| answered)
@@ -307,9 +348,7 @@ impl Connection {
         if self.spare.capacity() > 4 * RESP_READ_CHUNK_BYTES {
             self.spare = Vec::new();
         }
-        if self.input.capacity() > 4 * RESP_READ_CHUNK_BYTES && self.input.len() < RESP_READ_CHUNK_BYTES {
-            self.input.shrink_to(RESP_READ_CHUNK_BYTES);
-        }
+        self.input.shrink();
         self.shard.publish_stats();
         Ok(())
     }
@@ -536,4 +575,28 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_buffer_keeps_a_partial_command_and_zeroes_nothing_it_has() {
+        let mut buffer = ReadBuffer::default();
+        let room = buffer.room(0);
+        assert_eq!(room.len(), RESP_READ_CHUNK_BYTES);
+        room[..10].copy_from_slice(b"*1\r\n$4\r\nPI");
+        buffer.filled(10);
+        buffer.consume(4);
+        assert_eq!(buffer.unparsed(), b"$4\r\nPI");
+        // A command the parser says is large gets room for all of it in one read.
+        let wanted = 3 * RESP_READ_CHUNK_BYTES;
+        assert!(buffer.room(wanted).len() >= wanted - buffer.unparsed().len());
+        assert_eq!(buffer.unparsed(), b"$4\r\nPI", "making room keeps what arrived");
+        buffer.room(5 * RESP_READ_CHUNK_BYTES);
+        buffer.shrink();
+        assert_eq!(buffer.bytes.len(), RESP_READ_CHUNK_BYTES);
+        assert_eq!(buffer.unparsed(), b"$4\r\nPI");
+    }
 }
