@@ -7,7 +7,7 @@
 //! slot), so they are not atomic across slots: Redis Cluster refuses them across slots,
 //! Engram answers them part by part (see the README's Redis section).
 
-use engram_proto::limits::{LEASE_MS_MAX, PARTIES_MAX, TTL_MS_MAX, WAIT_MS_MAX};
+use engram_proto::limits::{LEASE_MS_MAX, NAMESPACE_BYTES_MAX, PARTIES_MAX, TTL_MS_MAX, WAIT_MS_MAX};
 use engram_proto::{
     BarrierCommand, BytesCommand, DataCommand, ExpireCondition, FutureCommand, KeyCommand, LatchCommand, LockCommand,
     MapCommand, QueueCommand, QueueEnd, SemaphoreCommand, SetCondition,
@@ -96,13 +96,19 @@ pub fn translate(args: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal
     let Some(name) = args.first() else {
         return Err(Refusal("ERR empty command".into()));
     };
-    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+    let mut lowered = [0u8; COMMAND_NAME_BYTES_MAX];
     let rest = &args[1..];
-    if let Some(door) = door_command(&name, rest)? {
+    let Some(name) = lowercase(name, &mut lowered) else {
+        return Err(unknown_or_arity(
+            &String::from_utf8_lossy(name).to_ascii_lowercase(),
+            rest,
+        ));
+    };
+    if let Some(door) = door_command(name, rest)? {
         return Ok(Translated::Door(door));
     }
-    let key = || rest[0].to_vec();
-    match (name.as_str(), rest.len()) {
+    let key = || owned_key(rest[0]);
+    match (name, rest.len()) {
         ("get", 1) => single(BytesCommand::Get { key: key() }.into(), Shape::ValueOrNil),
         ("set", n) if n >= 2 => set(rest, now_unix_ms),
         ("getset", 2) => replace(rest[0], Some(rest[1])),
@@ -115,7 +121,7 @@ pub fn translate(args: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal
             parts: rest
                 .iter()
                 .map(|key| Part {
-                    command: BytesCommand::Get { key: key.to_vec() }.into(),
+                    command: BytesCommand::Get { key: owned_key(key) }.into(),
                     shape: Shape::ValueOrNil,
                 })
                 .collect(),
@@ -126,7 +132,7 @@ pub fn translate(args: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal
             Fold::AllWritten,
         ),
         ("del" | "unlink", n) if n >= 1 => folded(
-            rest.iter().map(|key| BytesCommand::Del { key: key.to_vec() }.into()),
+            rest.iter().map(|key| BytesCommand::Del { key: owned_key(key) }.into()),
             Fold::CountExisting,
         ),
         ("incr", 1) => single(add_integer(rest[0], 1), Shape::Integer),
@@ -163,16 +169,16 @@ pub fn translate(args: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal
             };
             single(command.into(), Shape::Length)
         }
-        _ => key_command(&name, rest, now_unix_ms),
+        _ => key_command(name, rest, now_unix_ms),
     }
 }
 
 /// What any key answers: `EXISTS`, `TYPE`, and the expiry commands.
 fn key_command(name: &str, rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal> {
-    let key = || rest[0].to_vec();
+    let key = || owned_key(rest[0]);
     match (name, rest.len()) {
         ("exists", n) if n >= 1 => folded(
-            rest.iter().map(|key| KeyCommand::Kind { key: key.to_vec() }.into()),
+            rest.iter().map(|key| KeyCommand::Kind { key: owned_key(key) }.into()),
             Fold::CountExisting,
         ),
         ("type", 1) => single(KeyCommand::Kind { key: key() }.into(), Shape::TypeName),
@@ -228,7 +234,7 @@ fn expire(name: &str, rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Re
 
 /// Hashes, lists and Engram's coordination objects.
 fn object_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
-    let key = || rest[0].to_vec();
+    let key = || owned_key(rest[0]);
     match (name, rest.len()) {
         ("hget", 2) => single(map_get(rest), Shape::ValueOrNil),
         ("hset" | "hmset", n) if n >= 3 && n % 2 == 1 => {
@@ -328,7 +334,7 @@ fn object_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
 
 /// Engram's objects under names of their own (`LOCK.ACQUIRE`, `SEM.ACQUIRE`, …).
 fn coordination_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
-    let key = || rest[0].to_vec();
+    let key = || owned_key(rest[0]);
     match (name, rest.len()) {
         ("lock.acquire", 3 | 5) => {
             let command = LockCommand::Acquire {
@@ -565,7 +571,7 @@ fn set(rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal> {
         return single(set_command(rest, ttl_ms, condition), Shape::OkOrNil);
     }
     let command = BytesCommand::Replace {
-        key: rest[0].to_vec(),
+        key: owned_key(rest[0]),
         value: Some(rest[1].to_vec()),
         ttl_ms,
         keep_ttl,
@@ -580,7 +586,7 @@ fn set(rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Refusal> {
 /// `GETSET key value` (`value` set, no expiry) and `GETDEL key` (`None`).
 fn replace(key: &[u8], value: Option<&[u8]>) -> Result<Translated, Refusal> {
     let command = BytesCommand::Replace {
-        key: key.to_vec(),
+        key: owned_key(key),
         value: value.map(<[u8]>::to_vec),
         ttl_ms: 0,
         keep_ttl: false,
@@ -603,7 +609,7 @@ fn until(at: &[u8], unit_ms: u64, now_unix_ms: u64) -> Result<u64, Refusal> {
 
 fn set_command(key_and_value: &[&[u8]], ttl_ms: u64, condition: SetCondition) -> DataCommand {
     BytesCommand::Set {
-        key: key_and_value[0].to_vec(),
+        key: owned_key(key_and_value[0]),
         value: key_and_value[1].to_vec(),
         ttl_ms,
         condition,
@@ -618,7 +624,7 @@ fn set_expiring(rest: &[&[u8]], ttl_ms: u64) -> DataCommand {
 
 fn add_integer(key: &[u8], delta: i64) -> DataCommand {
     BytesCommand::AddInteger {
-        key: key.to_vec(),
+        key: owned_key(key),
         delta,
     }
     .into()
@@ -626,14 +632,17 @@ fn add_integer(key: &[u8], delta: i64) -> DataCommand {
 
 fn map_get(key_and_field: &[&[u8]]) -> DataCommand {
     MapCommand::Get {
-        key: key_and_field[0].to_vec(),
+        key: owned_key(key_and_field[0]),
         field: key_and_field[1].to_vec(),
     }
     .into()
 }
 
 fn map_all(rest: &[&[u8]]) -> DataCommand {
-    MapCommand::GetAll { key: rest[0].to_vec() }.into()
+    MapCommand::GetAll {
+        key: owned_key(rest[0]),
+    }
+    .into()
 }
 
 fn pop(name: &str, key: &[u8], timeout_ms: u64) -> DataCommand {
@@ -643,11 +652,32 @@ fn pop(name: &str, key: &[u8], timeout_ms: u64) -> DataCommand {
         QueueEnd::Back
     };
     QueueCommand::Pop {
-        key: key.to_vec(),
+        key: owned_key(key),
         end,
         timeout_ms,
     }
     .into()
+}
+
+/// Longest command name the door knows (`latch.countdown`), with room to spare: a longer
+/// name is unknown, whatever its case.
+const COMMAND_NAME_BYTES_MAX: usize = 32;
+
+/// `name` in lowercase, in `buffer` (no allocation per command); `None` when it is too
+/// long or not UTF-8, so no command of the door's.
+fn lowercase<'a>(name: &[u8], buffer: &'a mut [u8; COMMAND_NAME_BYTES_MAX]) -> Option<&'a str> {
+    let lowered = buffer.get_mut(..name.len())?;
+    lowered.copy_from_slice(name);
+    lowered.make_ascii_lowercase();
+    std::str::from_utf8(lowered).ok()
+}
+
+/// A key as a request carries it, with room for the namespace prefix the connection puts
+/// in front of it (so prefixing moves it within its buffer instead of growing it).
+fn owned_key(key: &[u8]) -> Vec<u8> {
+    let mut owned = Vec::with_capacity(key.len() + 1 + NAMESPACE_BYTES_MAX);
+    owned.extend_from_slice(key);
+    owned
 }
 
 /// One request, whose answer is the reply.

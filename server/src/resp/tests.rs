@@ -116,6 +116,8 @@ fn wrong_arity_and_unknown_names_get_redis_words() {
         refusal("flushall now please"),
         "ERR unknown command 'flushall', with args beginning with: 'now' 'please'"
     );
+    let long_name = "x".repeat(40);
+    assert!(refusal(&long_name).starts_with(&format!("ERR unknown command '{long_name}'")));
     // Every known name is refused for arity, not as unknown, with no arguments at all
     // (none of them takes none).
     for name in KNOWN {
