@@ -9,10 +9,9 @@
 //! token), only small commands are parsed ([`RequestLimits::UNAUTHENTICATED`]) and
 //! every data command is refused with `NOAUTH`.
 //!
-//! Each request carries the number of its place in line as its operation id, under a
-//! client id drawn for the connection, so the shard deduplicates nothing across
-//! connections: a Redis client that retries on a new connection may apply a write twice,
-//! which the README says.
+//! Requests carry no operation id (a Redis client has none to resend), so the shard keeps
+//! no record of their answers: a Redis client that retries a write after a lost
+//! connection may apply it twice, which the README says.
 
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -296,10 +295,7 @@ impl Connection {
     }
 
     async fn send(&mut self, part: Part, received: Instant) {
-        let Some((number, front)) = self.outbox.replies().map(|mut replies| {
-            let number = replies.wait_for(part.shape);
-            (number, replies.front())
-        }) else {
+        let Some(number) = self.outbox.replies().map(|mut replies| replies.wait_for(part.shape)) else {
             return;
         };
         self.outbox.expect_answer();
@@ -315,10 +311,12 @@ impl Connection {
             Ok(placed) => placed,
             Err(refusal) => return self.outbox.deliver(number, &refusal, false),
         };
-        // Operation ids start at 1; every place before the front is answered.
+        // No operation id: a Redis client cannot resend one, so a record of the answer
+        // could never serve a retry; it would only cost the shard (and its backups)
+        // memory and time.
         let request = Request {
-            op_id: number + 1,
-            completed_below_op_id: front + 1,
+            op_id: 0,
+            completed_below_op_id: 0,
             command: Command::Data(part.command),
         };
         let placed = Placed {

@@ -48,8 +48,7 @@ impl ReplyOrder {
         self.version = version;
     }
 
-    /// The number the next place will take: a request's operation id, so that every
-    /// number below [`ReplyOrder::front`] is answered.
+    /// The number the next place will take (a request's id in the outbox).
     pub fn next_number(&self) -> u64 {
         self.front + self.places.len() as u64
     }
