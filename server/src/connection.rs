@@ -20,11 +20,11 @@ use engram_proto::{
     access_payload, admit, decode_payload, deserialize_payload, ArchivedCommand, Command, ErrorCode, FrameBuffer,
     FrameBufferSizes, FrameKind, Hello, HelloReply, Port, ProtocolError, Request, Response, SlotHasher, FRONT_SHARD_ID,
 };
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 
 use futures::future::Either;
 
-use crate::dispatch::{end_connection, Door, Handled, Placed};
+use crate::dispatch::{end_connection, write_out, Door, Handled, Placed};
 use crate::outbox::Outbox;
 use crate::proxy::Proxies;
 use crate::runtime::TcpStream;
@@ -272,16 +272,9 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> Result<(), Close> {
-        while self.outbox.queued_bytes() > 0 {
-            self.outbox.swap_frames(&mut self.spare);
-            let written = self.stream.write_all(&self.spare).await;
-            self.spare.clear();
-            written.map_err(|_| Close::Gone)?;
-        }
-        // Keep a burst's buffer from pinning memory for the life of an idle connection.
-        if self.spare.capacity() > 4 * READ_CHUNK_BYTES {
-            self.spare = Vec::new();
-        }
+        write_out(&self.outbox, &mut self.stream, &mut self.spare, 4 * READ_CHUNK_BYTES)
+            .await
+            .map_err(|_| Close::Gone)?;
         self.shard.publish_stats();
         Ok(())
     }

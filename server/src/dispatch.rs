@@ -132,6 +132,28 @@ impl Door<'_> {
     }
 }
 
+/// Writes everything queued in `outbox` to `stream`, through `spare` (the outbox's
+/// previous buffer, swapped in so answers arriving meanwhile queue up behind), and lets
+/// go of a spare a burst grew past `spare_bytes_max`, so it does not pin memory for the
+/// life of an idle connection.
+pub async fn write_out(
+    outbox: &Outbox,
+    stream: &mut TcpStream,
+    spare: &mut Vec<u8>,
+    spare_bytes_max: usize,
+) -> std::io::Result<()> {
+    while outbox.queued_bytes() > 0 {
+        outbox.swap_frames(spare);
+        let written = stream.write_all(spare).await;
+        spare.clear();
+        written?;
+    }
+    if spare.capacity() > spare_bytes_max {
+        *spare = Vec::new();
+    }
+    Ok(())
+}
+
 /// What every connection does as it ends, after its last reply: closes its socket and
 /// outbox (ending the tasks awaiting answers for it), closes its proxy links (so their
 /// owners withdraw what they parked for it), and leaves the shard's books.

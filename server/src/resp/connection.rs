@@ -21,11 +21,11 @@ use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX}
 use engram_proto::resp::{Arg, Parsed, ReplyWriter, RequestLimits, RequestParser, RespVersion};
 use engram_proto::{constant_time_equal, Command, ErrorCode, Request, SlotHasher};
 use futures::future::Either;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 
 use super::command::{translate, DoorCommand, Part, Translated, KNOWN};
 use super::reply::Fold;
-use crate::dispatch::{end_connection, Door, Placed};
+use crate::dispatch::{end_connection, write_out, Door, Handled, Placed};
 use crate::outbox::Outbox;
 use crate::place::random_u64;
 use crate::proxy::Proxies;
@@ -221,6 +221,7 @@ impl Connection {
         let mut offset = 0;
         let unparsed_bytes = input.unparsed().len();
         let mut answered = 0;
+        let mut timed = 0;
         let result = loop {
             if self.outbox.pending() >= IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {
                 break Ok(());
@@ -256,7 +257,7 @@ impl Connection {
                     }
                 }
                 Ok(Translated::Requests { array, parts, fold }) => {
-                    self.send_parts(array, parts, fold, received).await;
+                    timed += self.send_parts(array, parts, fold, received).await;
                 }
                 Err(refusal) => self.ready_error(refusal.0),
             }
@@ -268,22 +269,33 @@ impl Connection {
         };
         input.consume(offset);
         self.input = input;
-        self.shard.read_handled(answered, 0, received);
+        self.shard.read_handled(answered, timed, received);
         result.map(|()| answered)
     }
 
-    /// Sends a data command's requests, each taking its place in line.
-    async fn send_parts(&mut self, array: Option<usize>, parts: Vec<Part>, fold: Option<Fold>, received: Instant) {
+    /// Sends a data command's requests, each taking its place in line; how many the
+    /// store answered at once (timed with the read, as on native connections).
+    async fn send_parts(
+        &mut self,
+        array: Option<usize>,
+        parts: Vec<Part>,
+        fold: Option<Fold>,
+        received: Instant,
+    ) -> usize {
         if !self.session.authenticated {
-            return self.ready_error("NOAUTH Authentication required.".into());
+            self.ready_error("NOAUTH Authentication required.".into());
+            return 0;
         }
         if let Some(len) = array {
             let mut header = Vec::new();
             ReplyWriter::new(&mut header, self.version()).array(len);
             self.ready(header);
         }
+        let mut timed = 0;
         for part in parts {
-            self.send(part, received).await;
+            if self.send(part, received).await == Handled::AnsweredAtOnce {
+                timed += 1;
+            }
         }
         if let Some(fold) = fold {
             self.outbox.with_bytes(|out| {
@@ -292,11 +304,12 @@ impl Connection {
                 }
             });
         }
+        timed
     }
 
-    async fn send(&mut self, part: Part, received: Instant) {
+    async fn send(&mut self, part: Part, received: Instant) -> Handled {
         let Some(number) = self.outbox.replies().map(|mut replies| replies.wait_for(part.shape)) else {
-            return;
+            return Handled::Untimed;
         };
         self.outbox.expect_answer();
         let key = part.command.key();
@@ -309,7 +322,10 @@ impl Connection {
         };
         let (slot, target) = match placed {
             Ok(placed) => placed,
-            Err(refusal) => return self.outbox.deliver(number, &refusal, false),
+            Err(refusal) => {
+                self.outbox.deliver(number, &refusal, false);
+                return Handled::Untimed;
+            }
         };
         // No operation id: a Redis client cannot resend one, so a record of the answer
         // could never serve a retry; it would only cost the shard (and its backups)
@@ -333,19 +349,18 @@ impl Connection {
             client_id: self.session.client_id,
             namespace: &self.session.namespace,
         };
-        door.dispatch(placed, request, received).await;
+        door.dispatch(placed, request, received).await.0
     }
 
     async fn flush(&mut self) -> Result<(), Close> {
-        while self.outbox.queued_bytes() > 0 {
-            self.outbox.swap_frames(&mut self.spare);
-            let written = self.stream.write_all(&self.spare).await;
-            self.spare.clear();
-            written.map_err(|_| Close::Gone)?;
-        }
-        if self.spare.capacity() > 4 * RESP_READ_CHUNK_BYTES {
-            self.spare = Vec::new();
-        }
+        write_out(
+            &self.outbox,
+            &mut self.stream,
+            &mut self.spare,
+            4 * RESP_READ_CHUNK_BYTES,
+        )
+        .await
+        .map_err(|_| Close::Gone)?;
         self.input.shrink();
         self.shard.publish_stats();
         Ok(())

@@ -55,6 +55,7 @@ impl ReplyOrder {
 
     /// The first place whose reply is not written yet; every request numbered below it
     /// was answered.
+    #[cfg(test)]
     pub fn front(&self) -> u64 {
         self.front
     }
