@@ -49,10 +49,10 @@ pub use cluster::*;
 pub use codec::{access_payload, decode_payload, deserialize_payload, encode_message, split_frame, Split};
 pub use control_addresses::{ControlAddresses, ControlAddressesError};
 pub use data::{
-    ArchivedBarrierCommand, ArchivedBytesCommand, ArchivedCounterCommand, ArchivedDataCommand, ArchivedFutureCommand,
-    ArchivedLatchCommand, ArchivedLockCommand, ArchivedMapCommand, ArchivedQueueCommand, ArchivedSemaphoreCommand,
-    BarrierCommand, BytesCommand, CounterCommand, FutureCommand, LatchCommand, LockCommand, MapCommand, QueueCommand,
-    SemaphoreCommand,
+    glob_matches, ArchivedBarrierCommand, ArchivedBytesCommand, ArchivedCounterCommand, ArchivedDataCommand,
+    ArchivedFutureCommand, ArchivedLatchCommand, ArchivedLockCommand, ArchivedMapCommand, ArchivedQueueCommand,
+    ArchivedSemaphoreCommand, BarrierCommand, BytesCommand, CounterCommand, FutureCommand, LatchCommand, LockCommand,
+    MapCommand, QueueCommand, SemaphoreCommand,
 };
 pub use embedded_map::{embedded_map, EMBEDDED_MAP_EPOCH};
 pub use error::{ErrorCode, ProtocolError};

@@ -3,7 +3,7 @@
 //! by claiming a large size.
 
 /// Version spoken by this build; a handshake with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Number of hash slots. A power of two (so the modulo is cheap) and the same as Redis
 /// Cluster, which keeps hashtag intuition portable.
@@ -121,6 +121,18 @@ pub const PARTIES_MAX: u32 = 1 << 20;
 /// Most fields one map returns at once (`MapGetAll`), so an answer always fits a frame.
 pub const MAP_FIELDS_MAX: usize = 65_536;
 
+/// Most steps one scan page takes at a shard (a step looks at one place of the shard's
+/// key table, empty or not), whatever the client's count asks: a page holds its shard
+/// for about a millisecond at most, as its keys are read from memory one by one.
+pub const SCAN_COUNT_MAX: u32 = 10_000;
+
+/// Most bytes of keys one scan page carries: the page ends at the first key past it, so
+/// a page of the longest keys still fits a frame.
+pub const SCAN_PAGE_BYTES_MAX: usize = 1 << 20;
+
+/// Longest scan pattern (a glob over key names, as long as the longest key).
+pub const SCAN_PATTERN_BYTES_MAX: usize = KEY_BYTES_MAX;
+
 /// Longest zone label a node joins with (`engramd --zone`): a name like a rack or an
 /// availability zone, which every status answer carries per node.
 pub const ZONE_BYTES_MAX: usize = 64;
@@ -143,6 +155,12 @@ pub const fn incarnation_version_floor(incarnation: u64) -> u64 {
 
 // The waits' limit, checked when this crate compiles.
 const _: () = {
+    // A full scan page (its last key past the byte limit, and rkyv's 8-byte entry per
+    // key, rounded up) fits a frame.
+    assert!(
+        SCAN_PAGE_BYTES_MAX + KEY_BYTES_MAX + 16 * SCAN_COUNT_MAX as usize + PAYLOAD_OVERHEAD_BYTES_MAX
+            <= FRAME_PAYLOAD_BYTES_MAX
+    );
     // An AWS Lambda function runs at most 15 minutes; a wait may last as long.
     assert!(WAIT_MS_MAX >= 15 * 60 * 1000);
     // Waits are not bounded by the call timeout: a call gets its wait on top.

@@ -6,8 +6,8 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 pub use crate::data::{
-    ArchivedQueueEnd, ArchivedSetCondition, DataCommand, ExpireCondition, KeyCommand, ObjectKind, QueueEnd,
-    SetCondition,
+    cluster_scan_cursor, split_cluster_scan_cursor, ArchivedQueueEnd, ArchivedSetCondition, DataCommand,
+    ExpireCondition, KeyCommand, ObjectKind, QueueEnd, SetCondition, SHARD_SCAN_CURSOR_BITS,
 };
 
 /// First frame of every connection.
@@ -286,6 +286,16 @@ pub enum Response {
         old: Option<Vec<u8>>,
         written: bool,
     },
+    /// A page of a scan: keys as the client named them, and the cursor to go on from
+    /// (0: the shard's keys are all listed).
+    Keys {
+        keys: Vec<Vec<u8>>,
+        cursor: u64,
+    },
+    /// How many keys of a namespace a shard holds.
+    KeyCount {
+        count: u64,
+    },
 }
 
 impl Response {
@@ -323,6 +333,8 @@ impl Response {
             Response::ExpiryChanged { .. } => "expiry_changed",
             Response::FieldStored { .. } => "field_stored",
             Response::Replaced { .. } => "replaced",
+            Response::Keys { .. } => "keys",
+            Response::KeyCount { .. } => "key_count",
         }
     }
 }

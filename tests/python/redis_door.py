@@ -125,6 +125,48 @@ def lists(r):
     assert r.brpop(["q"], timeout=0.1) is None
 
 
+def listing(_):
+    # A namespace of its own (AUTH's username names it), so that no other check's keys
+    # are counted.
+    r = client(username="listing", password="unused")
+    neighbour = client(username="listing-next-door", password="unused")
+    assert r.dbsize() == 0
+    names = {f"user:{i}".encode() for i in range(300)} | {f"order:{i}".encode() for i in range(200)}
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.set(name, "v")
+    pipe.execute()
+    assert r.hset("user:h", "f", "v") == 1 and r.rpush("user:q", "a") == 1
+    neighbour.set("user:neighbour", "v")
+    everything = names | {b"user:h", b"user:q"}
+    assert r.dbsize() == len(everything), r.dbsize()
+    assert neighbour.dbsize() == 1
+    listed = list(r.scan_iter(count=7))
+    assert set(listed) == everything, everything ^ set(listed)
+    users = {name for name in everything if name.startswith(b"user:")}
+    assert set(r.scan_iter(match="user:*", count=50)) == users
+    assert set(r.scan_iter(match="user:[12]?", count=1000)) == {f"user:{i}".encode() for i in range(10, 30)}
+    assert list(r.scan_iter(_type="hash")) == [b"user:h"]
+    assert list(r.scan_iter(_type="list")) == [b"user:q"]
+    assert list(neighbour.scan_iter()) == [b"user:neighbour"]
+    cursor, page = r.scan(0, count=5)
+    assert cursor != 0 and len(page) < len(everything), (cursor, len(page))
+    for bad, expected in [
+        (("SCAN", "x"), "invalid cursor"),
+        (("SCAN", 0, "COUNT", 0), "syntax error"),
+        (("SCAN", 0, "TYPE", "nothing"), "unknown type name"),
+        (("SCAN", 0, "MATCH"), "syntax error"),
+        (("DBSIZE", "extra"), "wrong number of arguments"),
+    ]:
+        try:
+            r.execute_command(*bad)
+            raise AssertionError(f"{bad} must fail")
+        except redis.ResponseError as error:
+            assert expected in str(error), (bad, str(error))
+    r.delete(*everything)
+    assert r.dbsize() == 0 and list(r.scan_iter()) == []
+
+
 def engram_objects(r):
     fence = r.execute_command("LOCK.ACQUIRE", "lock", "fn-1", 60_000)
     assert isinstance(fence, int) and fence > 0
@@ -247,7 +289,7 @@ def redis_cli_interactive():
 
 def main():
     r = client()
-    for check in (strings, keys, hashes, lists, engram_objects, connection):
+    for check in (strings, keys, hashes, lists, listing, engram_objects, connection):
         check(r)
         print(f"ok {check.__name__}", flush=True)
     many_lockers()

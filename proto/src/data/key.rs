@@ -6,6 +6,27 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use super::keyed_variants;
 
+/// Bits of a shard's scan cursor: a `Scan` answers cursors below `1 << 50`, so a door
+/// can put a slot (14 bits) above one and hand the client a single 64-bit cursor.
+pub const SHARD_SCAN_CURSOR_BITS: u32 = 50;
+
+// Every 64-bit cluster cursor names a slot, and every slot fits one.
+const _: () = assert!(crate::limits::SLOT_COUNT as u64 == 1 << (64 - SHARD_SCAN_CURSOR_BITS));
+
+/// A scan cursor over a whole cluster: shard cursor `shard_cursor` at the shard whose
+/// first slot is `slot`. 0 only at the start, as a shard's cursor is never 0 midway.
+pub fn cluster_scan_cursor(slot: u32, shard_cursor: u64) -> u64 {
+    u64::from(slot) << SHARD_SCAN_CURSOR_BITS | shard_cursor
+}
+
+/// A cluster cursor's slot and shard cursor.
+pub fn split_cluster_scan_cursor(cursor: u64) -> (u32, u64) {
+    (
+        (cursor >> SHARD_SCAN_CURSOR_BITS) as u32,
+        cursor & ((1 << SHARD_SCAN_CURSOR_BITS) - 1),
+    )
+}
+
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum KeyCommand {
     /// The kind of object the key holds.
@@ -21,6 +42,21 @@ pub enum KeyCommand {
     Ttl { key: Vec<u8> },
     /// Takes the key's expiry away.
     Persist { key: Vec<u8> },
+    /// A page of the keys of `key`'s namespace held by the shard that serves `key`'s
+    /// slot (`key` only routes: any key of a slot of that shard will do), resuming at
+    /// `cursor` (0: from the start). The shard takes at most `count` steps (clamped to
+    /// [`crate::limits::SCAN_COUNT_MAX`]), and lists only keys whose name matches the
+    /// glob `pattern` and whose object is of `kind`, when given.
+    Scan {
+        key: Vec<u8>,
+        cursor: u64,
+        count: u32,
+        pattern: Option<Vec<u8>>,
+        kind: Option<ObjectKind>,
+    },
+    /// How many keys of `key`'s namespace the shard serving `key`'s slot holds (`key`
+    /// only routes, as for `Scan`).
+    Count { key: Vec<u8> },
 }
 
 /// When an `Expire` applies, as Redis's options say (a key without an expiry counts as
@@ -68,13 +104,34 @@ impl ObjectKind {
             ObjectKind::Queue => "list",
         }
     }
+
+    /// The kind `TYPE` names `name` (lowercase), as `SCAN ... TYPE` reads it.
+    pub fn from_type_name(name: &[u8]) -> Option<ObjectKind> {
+        ObjectKind::ALL
+            .into_iter()
+            .find(|kind| kind.type_name().as_bytes() == name)
+    }
+
+    pub const ALL: [ObjectKind; 9] = [
+        ObjectKind::Bytes,
+        ObjectKind::Counter,
+        ObjectKind::Lock,
+        ObjectKind::Semaphore,
+        ObjectKind::Barrier,
+        ObjectKind::Latch,
+        ObjectKind::Future,
+        ObjectKind::Map,
+        ObjectKind::Queue,
+    ];
 }
 
 keyed_variants!(KeyCommand {
     Kind,
     Expire,
     Ttl,
-    Persist
+    Persist,
+    Scan,
+    Count
 });
 
 impl KeyCommand {
@@ -92,6 +149,8 @@ impl KeyCommand {
             KeyCommand::Expire { .. } => "expire",
             KeyCommand::Ttl { .. } => "ttl",
             KeyCommand::Persist { .. } => "persist",
+            KeyCommand::Scan { .. } => "scan",
+            KeyCommand::Count { .. } => "count",
         }
     }
 }

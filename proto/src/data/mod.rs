@@ -8,12 +8,15 @@
 //!
 //! - [`bytes`], [`counter`], [`lock`], [`semaphore`], [`barrier`], [`latch`],
 //!   [`future`], [`map`], [`queue`]: one object each.
-//! - [`key`]: what any key answers, whatever it holds (its kind, its expiry).
+//! - [`key`]: what any key answers, whatever it holds (its kind, its expiry), and the
+//!   listing and counting of keys.
+//! - [`glob`]: the glob patterns a key listing filters names with.
 
 pub mod barrier;
 pub mod bytes;
 pub mod counter;
 pub mod future;
+pub mod glob;
 pub mod key;
 pub mod latch;
 pub mod lock;
@@ -27,7 +30,11 @@ pub use barrier::{ArchivedBarrierCommand, BarrierCommand};
 pub use bytes::{ArchivedBytesCommand, ArchivedSetCondition, BytesCommand, SetCondition};
 pub use counter::{ArchivedCounterCommand, CounterCommand};
 pub use future::{ArchivedFutureCommand, FutureCommand};
-pub use key::{ArchivedKeyCommand, ExpireCondition, KeyCommand, ObjectKind};
+pub use glob::glob_matches;
+pub use key::{
+    cluster_scan_cursor, split_cluster_scan_cursor, ArchivedKeyCommand, ExpireCondition, KeyCommand, ObjectKind,
+    SHARD_SCAN_CURSOR_BITS,
+};
 pub use latch::{ArchivedLatchCommand, LatchCommand};
 pub use lock::{ArchivedLockCommand, LockCommand};
 pub use map::{ArchivedMapCommand, MapCommand};

@@ -7,10 +7,12 @@
 //! slot), so they are not atomic across slots: Redis Cluster refuses them across slots,
 //! Engram answers them part by part (see the README's Redis section).
 
-use engram_proto::limits::{LEASE_MS_MAX, NAMESPACE_BYTES_MAX, PARTIES_MAX, TTL_MS_MAX, WAIT_MS_MAX};
+use engram_proto::limits::{
+    LEASE_MS_MAX, NAMESPACE_BYTES_MAX, PARTIES_MAX, SCAN_PATTERN_BYTES_MAX, TTL_MS_MAX, WAIT_MS_MAX,
+};
 use engram_proto::{
     BarrierCommand, BytesCommand, DataCommand, ExpireCondition, FutureCommand, KeyCommand, LatchCommand, LockCommand,
-    MapCommand, QueueCommand, QueueEnd, SemaphoreCommand, SetCondition,
+    MapCommand, ObjectKind, QueueCommand, QueueEnd, SemaphoreCommand, SetCondition,
 };
 
 use super::reply::{FieldsShape, Fold, Shape};
@@ -34,6 +36,22 @@ pub enum Translated {
         parts: Vec<Part>,
         fold: Option<Fold>,
     },
+    /// A question about every shard's keys, whose requests depend on the slot map.
+    Listing(Listing),
+}
+
+/// `SCAN` and `DBSIZE`: their requests go to shards, not to keys' slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listing {
+    /// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`.
+    Scan {
+        cursor: u64,
+        count: u32,
+        pattern: Option<Vec<u8>>,
+        kind: Option<ObjectKind>,
+    },
+    /// `DBSIZE`: the keys of every shard.
+    Count,
 }
 
 /// What the door answers itself.
@@ -186,6 +204,8 @@ fn key_command(name: &str, rest: &[&[u8]], now_unix_ms: u64) -> Result<Translate
         ("pttl", 1) => single(KeyCommand::Ttl { key: key() }.into(), Shape::Ttl { in_seconds: false }),
         ("persist", 1) => single(KeyCommand::Persist { key: key() }.into(), Shape::ChangedFlag),
         ("expire" | "pexpire" | "expireat" | "pexpireat", n) if (2..=3).contains(&n) => expire(name, rest, now_unix_ms),
+        ("scan", n) if n >= 1 => scan(rest),
+        ("dbsize", 0) => Ok(Translated::Listing(Listing::Count)),
         _ => object_command(name, rest),
     }
 }
@@ -230,6 +250,57 @@ fn expire(name: &str, rest: &[&[u8]], now_unix_ms: u64) -> Result<Translated, Re
         (command.into(), Shape::ChangedFlag)
     };
     single(command, shape)
+}
+
+/// Redis's default page size, for a `SCAN` without `COUNT`.
+const SCAN_COUNT_DEFAULT: u32 = 10;
+
+/// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`, options in any order.
+fn scan(rest: &[&[u8]]) -> Result<Translated, Refusal> {
+    let cursor = std::str::from_utf8(rest[0])
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| Refusal("ERR invalid cursor".into()))?;
+    let (mut count, mut pattern, mut kind) = (SCAN_COUNT_DEFAULT, None, None);
+    let mut options = &rest[1..];
+    while let [option, value, more @ ..] = options {
+        match option.to_ascii_lowercase().as_slice() {
+            b"match" if value.len() > SCAN_PATTERN_BYTES_MAX => {
+                return Err(Refusal(format!(
+                    "ERR pattern of {} bytes exceeds scan_pattern_bytes_max ({SCAN_PATTERN_BYTES_MAX})",
+                    value.len()
+                )))
+            }
+            // `*` lists everything: no need to match each name.
+            b"match" => pattern = (*value != b"*").then(|| value.to_vec()),
+            b"count" => {
+                // Redis refuses a count below 1; a larger one than a shard takes per page
+                // is only a hint.
+                count = u32::try_from(integer(value)?.clamp(0, i64::from(u32::MAX)))
+                    .ok()
+                    .filter(|count| *count >= 1)
+                    .ok_or_else(Refusal::syntax)?;
+            }
+            b"type" => {
+                let named = ObjectKind::from_type_name(&value.to_ascii_lowercase());
+                kind =
+                    Some(named.ok_or_else(|| {
+                        Refusal(format!("ERR unknown type name '{}'", String::from_utf8_lossy(value)))
+                    })?);
+            }
+            _ => return Err(Refusal::syntax()),
+        }
+        options = more;
+    }
+    if !options.is_empty() {
+        return Err(Refusal::syntax());
+    }
+    Ok(Translated::Listing(Listing::Scan {
+        cursor,
+        count,
+        pattern,
+        kind,
+    }))
 }
 
 /// Hashes, lists and Engram's coordination objects.
@@ -749,6 +820,8 @@ pub const KNOWN: &[&str] = &[
     "pexpire",
     "expireat",
     "pexpireat",
+    "scan",
+    "dbsize",
     "hset",
     "hmset",
     "hget",

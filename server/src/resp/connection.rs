@@ -23,8 +23,9 @@ use engram_proto::{constant_time_equal, Command, ErrorCode, Request, SlotHasher}
 use futures::future::Either;
 use futures_lite::AsyncReadExt;
 
-use super::command::{translate, DoorCommand, Part, Translated, KNOWN};
+use super::command::{translate, DoorCommand, Listing, Part, Translated, KNOWN};
 use super::reply::Fold;
+use super::scan;
 use crate::dispatch::{end_connection, write_out, Door, Handled, Placed};
 use crate::outbox::Outbox;
 use crate::place::random_u64;
@@ -259,6 +260,7 @@ impl Connection {
                 Ok(Translated::Requests { array, parts, fold }) => {
                     timed += self.send_parts(array, parts, fold, received).await;
                 }
+                Ok(Translated::Listing(listing)) => timed += self.send_listing(listing, received).await,
                 Err(refusal) => self.ready_error(refusal.0),
             }
             if self.outbox.queued_bytes() >= RESP_REPLY_BATCH_BYTES_MAX {
@@ -305,6 +307,30 @@ impl Connection {
             });
         }
         timed
+    }
+
+    /// Sends a `SCAN` page's or `DBSIZE`'s requests to the shards they ask.
+    async fn send_listing(&mut self, listing: Listing, received: Instant) -> usize {
+        if !self.session.authenticated {
+            self.ready_error("NOAUTH Authentication required.".into());
+            return 0;
+        }
+        match scan::plan(listing, &self.shard.slot_map(), &self.session.hasher) {
+            Ok(Some(planned)) => self.send_parts(None, planned.parts, planned.fold, received).await,
+            Ok(None) => {
+                let mut reply = Vec::new();
+                let mut out = ReplyWriter::new(&mut reply, self.version());
+                out.array(2);
+                out.bulk(b"0");
+                out.array(0);
+                self.ready(reply);
+                0
+            }
+            Err(refusal) => {
+                self.ready_error(refusal.0);
+                0
+            }
+        }
     }
 
     async fn send(&mut self, part: Part, received: Instant) -> Handled {

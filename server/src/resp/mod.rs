@@ -5,10 +5,12 @@
 //! - [`reply`]: each request's answer as (part of) the Redis reply.
 //! - [`connection`]: one client connection: parse, answer or send, reply in order.
 //! - [`order`]: replies in the order their commands came, whatever order answers come in.
+//! - [`scan`]: `SCAN` and `DBSIZE` across the shards of a cluster.
 
 pub mod command;
 pub mod connection;
 pub mod order;
 pub mod reply;
+pub mod scan;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 //! reply ([`Fold`]) as they are written, in order.
 
 use engram_proto::resp::ReplyWriter;
-use engram_proto::{ErrorCode, ErrorReply, Response};
+use engram_proto::{cluster_scan_cursor, ErrorCode, ErrorReply, Response};
 
 /// How one native answer is written as (part of) a Redis reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,10 @@ pub enum Shape {
     Ttl { in_seconds: bool },
     /// 1 when the expiry changed, else 0 (`EXPIRE`, `PERSIST`).
     ChangedFlag,
+    /// A scan page as `[cursor, [key, ...]]`: the client's cursor is made of the shard's
+    /// (see `resp/scan.rs`), at `slot`, or the start of the shard at `next_slot` once
+    /// this one is done (0: the scan is over).
+    KeysPage { slot: u32, next_slot: Option<u32> },
     /// One part of a multi-key command: folded, nothing written.
     Part(Fold),
 }
@@ -85,6 +89,8 @@ pub enum Fold {
     AllWritten,
     /// The last part's length (`RPUSH` of several values).
     LastLength,
+    /// The sum of the parts' key counts (`DBSIZE`).
+    SumOfCounts,
 }
 
 /// What the parts of a multi-key command folded so far.
@@ -106,6 +112,7 @@ impl Folded {
             (Fold::CountExisting, Response::Deleted { existed: true } | Response::Value { .. }) => self.count += 1,
             (Fold::CountExisting, Response::KeyKind { .. }) => self.count += 1,
             (Fold::CountCreated, Response::FieldStored { created: true }) => self.count += 1,
+            (Fold::SumOfCounts, Response::KeyCount { count }) => self.count = self.count.saturating_add(clamp(*count)),
             (Fold::LastLength, Response::QueueLength { length }) => {
                 self.last_length = i64::try_from(*length).unwrap_or(i64::MAX)
             }
@@ -120,7 +127,7 @@ impl Folded {
             return;
         }
         match fold {
-            Fold::CountExisting | Fold::CountCreated => out.integer(self.count),
+            Fold::CountExisting | Fold::CountCreated | Fold::SumOfCounts => out.integer(self.count),
             Fold::AllWritten => out.ok(),
             Fold::LastLength => out.integer(self.last_length),
         }
@@ -203,6 +210,19 @@ pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
         }
         (Shape::ChangedFlag, Response::ExpiryChanged { changed }) => out.integer(i64::from(*changed)),
         (Shape::ChangedFlag, Response::Missing) => out.integer(0),
+        (Shape::KeysPage { slot, next_slot }, Response::Keys { keys, cursor }) => {
+            let next = match (cursor, next_slot) {
+                (0, Some(next_slot)) => cluster_scan_cursor(*next_slot, 0),
+                (0, None) => 0,
+                (cursor, _) => cluster_scan_cursor(*slot, *cursor),
+            };
+            out.array(2);
+            out.bulk(next.to_string().as_bytes());
+            out.array(keys.len());
+            for key in keys {
+                out.bulk(key);
+            }
+        }
         (Shape::LatchOpenOrNil, Response::LatchOpen) => out.ok(),
         (Shape::LatchOpenOrNil, _) => out.null(),
         (shape, response) => out.error(format!(

@@ -3,12 +3,14 @@
 //! barriers, latches, futures, maps, queues), each of which runs it on its object.
 
 use engram_proto::limits::{
-    KEY_BYTES_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX, PARTIES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX, WAIT_MS_MAX,
+    KEY_BYTES_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX, PARTIES_MAX, SCAN_PATTERN_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX,
+    WAIT_MS_MAX,
 };
 use engram_proto::{Command, ErrorCode, Response};
 
 use super::bytes::Replace;
 use super::keys::STORED_KEY_BYTES_MAX;
+use super::scan::ScanFilter;
 use super::{
     barrier, error, future, key_too_large, latch, lock, map, queue, semaphore, value_too_large, Constructor, Effects,
     Object, Origin, Outcome, Store,
@@ -122,6 +124,20 @@ impl Store {
             Command::Data(DataCommand::Key(KeyCommand::Persist { key })) => {
                 Outcome::Ready(self.key_persist(key, now_ms))
             }
+            Command::Data(DataCommand::Key(KeyCommand::Scan {
+                key,
+                cursor,
+                count,
+                pattern,
+                kind,
+            })) => {
+                let filter = ScanFilter {
+                    pattern: pattern.as_deref(),
+                    kind: *kind,
+                };
+                Outcome::Ready(self.scan_keys(key, *cursor, *count, filter, now_ms))
+            }
+            Command::Data(DataCommand::Key(KeyCommand::Count { key })) => Outcome::Ready(self.count_keys(key)),
             Command::Data(DataCommand::Queue(QueueCommand::Push { .. }))
             | Command::Data(DataCommand::Queue(QueueCommand::Pop { .. }))
             | Command::Data(DataCommand::Queue(QueueCommand::Len { .. })) => {
@@ -480,6 +496,14 @@ fn check_sizes(command: &Command) -> Result<(), Response> {
         }
         Command::Data(DataCommand::Key(KeyCommand::Expire { ttl_ms, .. })) if *ttl_ms == 0 || *ttl_ms > TTL_MS_MAX => {
             return invalid(format!("ttl of {ttl_ms} ms is outside 1..={TTL_MS_MAX} (ttl_ms_max)"));
+        }
+        Command::Data(DataCommand::Key(KeyCommand::Scan {
+            pattern: Some(pattern), ..
+        })) if pattern.len() > SCAN_PATTERN_BYTES_MAX => {
+            return invalid(format!(
+                "scan pattern of {} bytes exceeds scan_pattern_bytes_max ({SCAN_PATTERN_BYTES_MAX})",
+                pattern.len()
+            ));
         }
         Command::Data(DataCommand::Bytes(BytesCommand::SetRange { offset, value, .. }))
             if offset.saturating_add(value.len() as u64) > VALUE_BYTES_MAX as u64 =>

@@ -6,27 +6,33 @@ use engram_proto::{ErrorCode, ExpireCondition, ObjectKind, Response};
 
 use super::{error, expiry_bytes, Contents, KeyEntry, Object, Store};
 
+/// The kind of object an entry holds.
+pub(super) fn object_kind(entry: &KeyEntry) -> ObjectKind {
+    match entry {
+        KeyEntry::Compact(compact) => match compact.contents() {
+            Contents::Bytes(_) => ObjectKind::Bytes,
+            Contents::Counter(_) => ObjectKind::Counter,
+        },
+        KeyEntry::Object(object) => match &object.entry.object {
+            Object::Lock(_) => ObjectKind::Lock,
+            Object::Semaphore(_) => ObjectKind::Semaphore,
+            Object::Barrier(_) => ObjectKind::Barrier,
+            Object::Latch(_) => ObjectKind::Latch,
+            Object::Future(_) => ObjectKind::Future,
+            Object::Map(_) => ObjectKind::Map,
+            Object::Queue(_) => ObjectKind::Queue,
+        },
+    }
+}
+
 impl Store {
     pub(crate) fn key_kind(&mut self, key: &[u8], now_ms: u64) -> Response {
-        let Some(entry) = self.live_entry(key, now_ms) else {
-            return Response::Missing;
-        };
-        let kind = match entry {
-            KeyEntry::Compact(compact) => match compact.contents() {
-                Contents::Bytes(_) => ObjectKind::Bytes,
-                Contents::Counter(_) => ObjectKind::Counter,
+        match self.live_entry(key, now_ms) {
+            Some(entry) => Response::KeyKind {
+                kind: object_kind(entry),
             },
-            KeyEntry::Object(object) => match &object.entry.object {
-                Object::Lock(_) => ObjectKind::Lock,
-                Object::Semaphore(_) => ObjectKind::Semaphore,
-                Object::Barrier(_) => ObjectKind::Barrier,
-                Object::Latch(_) => ObjectKind::Latch,
-                Object::Future(_) => ObjectKind::Future,
-                Object::Map(_) => ObjectKind::Map,
-                Object::Queue(_) => ObjectKind::Queue,
-            },
-        };
-        Response::KeyKind { kind }
+            None => Response::Missing,
+        }
     }
 
     pub(crate) fn key_ttl(&mut self, key: &[u8], now_ms: u64) -> Response {

@@ -41,6 +41,7 @@ mod migration;
 mod operations;
 mod queue;
 mod replica;
+mod scan;
 mod semaphore;
 mod table;
 mod validation;

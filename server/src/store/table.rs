@@ -439,7 +439,64 @@ impl CompactEntry {
 pub(crate) struct KeyTable {
     entries: HashTable<KeyEntry>,
     hasher: foldhash::fast::FixedState,
+    /// Tells this table from any other in the process, so a scan cursor made by another
+    /// shard's table is not taken for one of this table's.
+    identity: u64,
+    /// Grows whenever an insert may move entries (a full table grows or is rebuilt in
+    /// place): a scan cursor, a place in the table, is only good within one layout.
+    layout_epoch: u64,
+    namespace_keys: NamespaceKeys,
 }
+
+/// How many keys each namespace has here (`DBSIZE`), kept as keys come and go rather
+/// than counted on demand, which would hold the shard for a pass over every key.
+#[derive(Default)]
+struct NamespaceKeys {
+    /// The default (empty) namespace's, kept apart so most inserts touch no map.
+    default: u64,
+    /// By the namespace's stored prefix; a namespace leaves when its last key does.
+    named: foldhash::HashMap<Box<[u8]>, u64>,
+}
+
+impl NamespaceKeys {
+    fn added(&mut self, key: &[u8]) {
+        match namespace_prefix(key) {
+            [0] | [] => self.default += 1,
+            prefix => *self.named.entry(prefix.into()).or_default() += 1,
+        }
+    }
+
+    fn removed(&mut self, key: &[u8]) {
+        match namespace_prefix(key) {
+            [0] | [] => self.default -= 1,
+            prefix => {
+                if let Some(count) = self.named.get_mut(prefix) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.named.remove(prefix);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count(&self, prefix: &[u8]) -> u64 {
+        match prefix {
+            [0] | [] => self.default,
+            prefix => self.named.get(prefix).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// A stored key's namespace prefix, `[length][namespace]` (the whole key when it is too
+/// short for its own length byte).
+pub(crate) fn namespace_prefix(stored_key: &[u8]) -> &[u8] {
+    let prefix_bytes = stored_key.first().map_or(0, |&length| 1 + usize::from(length));
+    &stored_key[..prefix_bytes.min(stored_key.len())]
+}
+
+/// Tables made so far in this process: each table's identity counts from it.
+static TABLES_MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Where a key's entry sits in the table: valid until the next insert or removal, so
 /// a caller can look a key up once and come back to it after other bookkeeping.
@@ -448,10 +505,37 @@ pub(crate) struct Position(usize);
 
 impl KeyTable {
     pub(crate) fn new(hash_seed: u64) -> KeyTable {
+        let hasher = foldhash::fast::FixedState::with_seed(hash_seed);
+        let made = TABLES_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         KeyTable {
             entries: HashTable::new(),
-            hasher: foldhash::fast::FixedState::with_seed(hash_seed),
+            identity: hasher.hash_one(made),
+            hasher,
+            layout_epoch: 0,
+            namespace_keys: NamespaceKeys::default(),
         }
+    }
+
+    /// How many keys the namespace of stored prefix `[length][namespace]` has here,
+    /// expired ones not yet removed included (as Redis's `DBSIZE` counts them).
+    pub(crate) fn namespace_len(&self, prefix: &[u8]) -> u64 {
+        self.namespace_keys.count(prefix)
+    }
+
+    /// Places in the table, empty or not: a scan visits `0..buckets()`.
+    pub(crate) fn buckets(&self) -> usize {
+        self.entries.num_buckets()
+    }
+
+    /// The entry at a place, if one is there.
+    pub(crate) fn bucket(&self, index: usize) -> Option<&KeyEntry> {
+        self.entries.get_bucket(index)
+    }
+
+    /// Which table, in which layout: equal between two moments only if no entry has
+    /// moved between them.
+    pub(crate) fn layout(&self) -> u64 {
+        self.hasher.hash_one((self.identity, self.layout_epoch))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -489,6 +573,12 @@ impl KeyTable {
     pub(crate) fn insert_new(&mut self, entry: KeyEntry) -> Position {
         debug_assert!(self.find(entry.key()).is_none(), "the key is already present");
         let hash = self.hasher.hash_one(entry.key());
+        // hashbrown moves entries (growing, or rebuilding in place) only in an insert
+        // that finds no room left, so a layout change needs a full table first.
+        if self.entries.len() == self.entries.capacity() {
+            self.layout_epoch += 1;
+        }
+        self.namespace_keys.added(entry.key());
         let hasher = &self.hasher;
         let inserted = self
             .entries
@@ -498,7 +588,9 @@ impl KeyTable {
 
     pub(crate) fn remove_at(&mut self, position: Position) -> Option<KeyEntry> {
         let occupied = self.entries.get_bucket_entry(position.0).ok()?;
-        Some(occupied.remove().0)
+        let removed = occupied.remove().0;
+        self.namespace_keys.removed(removed.key());
+        Some(removed)
     }
 }
 

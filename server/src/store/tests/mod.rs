@@ -25,6 +25,7 @@ mod migration;
 mod model;
 mod objects;
 mod queue;
+mod scan;
 mod semaphore;
 mod ttl;
 
