@@ -46,6 +46,8 @@ pub enum ErrorCode {
     InvalidArgument = 26,
     /// The namespace is longer than `NAMESPACE_BYTES_MAX`.
     NamespaceTooLarge = 27,
+    /// The keys of one request do not share a slot (give them one `{hash tag}`).
+    CrossSlot = 28,
     /// The owner and fence (or permit id) do not name the current holder: the lease
     /// ended, or the caller never held it.
     NotHolder = 40,
@@ -68,7 +70,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::Unauthorized,
@@ -86,6 +88,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::InvalidArgument,
         ErrorCode::NamespaceTooLarge,
+        ErrorCode::CrossSlot,
         ErrorCode::NotHolder,
         ErrorCode::BarrierBroken,
         ErrorCode::AlreadyCompleted,
@@ -137,6 +140,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "Timeout",
             ErrorCode::InvalidArgument => "InvalidArgument",
             ErrorCode::NamespaceTooLarge => "NamespaceTooLarge",
+            ErrorCode::CrossSlot => "CrossSlot",
             ErrorCode::NotHolder => "NotHolder",
             ErrorCode::BarrierBroken => "BarrierBroken",
             ErrorCode::AlreadyCompleted => "AlreadyCompleted",

@@ -130,6 +130,10 @@ pub const SCAN_COUNT_MAX: u32 = 10_000;
 /// a page of the longest keys still fits a frame.
 pub const SCAN_PAGE_BYTES_MAX: usize = 1 << 20;
 
+/// Most keys one pop may wait on (`BLPOP` of several keys): a waiter sits in each
+/// key's queue, so the keys bound what one request holds.
+pub const POP_KEYS_MAX: usize = 256;
+
 /// Longest scan pattern (a glob over key names, as long as the longest key).
 pub const SCAN_PATTERN_BYTES_MAX: usize = KEY_BYTES_MAX;
 

@@ -296,6 +296,13 @@ pub enum Response {
     KeyCount {
         count: u64,
     },
+    /// A `PopAny`'s value, from its `key_index`th key (0: `key`, 1: the first of
+    /// `more_keys`, …).
+    Popped {
+        key_index: u32,
+        value: Vec<u8>,
+        version: u64,
+    },
 }
 
 impl Response {
@@ -335,6 +342,7 @@ impl Response {
             Response::Replaced { .. } => "replaced",
             Response::Keys { .. } => "keys",
             Response::KeyCount { .. } => "key_count",
+            Response::Popped { .. } => "popped",
         }
     }
 }

@@ -7,7 +7,7 @@ use std::cell::OnceCell;
 use std::rc::Rc;
 use std::time::Instant;
 
-use engram_proto::{Command, ErrorCode, Request};
+use engram_proto::{Command, DataCommand, ErrorCode, QueueCommand, Request};
 use futures::channel::oneshot;
 use futures::future::Either;
 use futures_lite::AsyncWriteExt;
@@ -178,10 +178,19 @@ pub fn prefix_key(command: &mut Command, prefix: &[u8]) {
         return;
     }
     if let Some(key) = command.key_mut() {
-        let key_bytes = key.len();
-        key.reserve_exact(prefix.len());
-        key.resize(key_bytes + prefix.len(), 0);
-        key.copy_within(..key_bytes, prefix.len());
-        key[..prefix.len()].copy_from_slice(prefix);
+        prefix_one(key, prefix);
     }
+    if let Command::Data(DataCommand::Queue(QueueCommand::PopAny { more_keys, .. })) = command {
+        for key in more_keys {
+            prefix_one(key, prefix);
+        }
+    }
+}
+
+fn prefix_one(key: &mut Vec<u8>, prefix: &[u8]) {
+    let key_bytes = key.len();
+    key.reserve_exact(prefix.len());
+    key.resize(key_bytes + prefix.len(), 0);
+    key.copy_within(..key_bytes, prefix.len());
+    key[..prefix.len()].copy_from_slice(prefix);
 }

@@ -123,6 +123,34 @@ def lists(r):
     thread.join(timeout=15)
     assert popped == [(b"jobs", b"job-1")], popped
     assert r.brpop(["q"], timeout=0.1) is None
+    several_keys(r)
+
+
+def several_keys(r):
+    # Keys of one slot (one {hash tag}): the first holding an item answers.
+    assert r.blpop(["{j}a", "{j}b"], timeout=0.1) is None
+    r.rpush("{j}b", "b1", "b2")
+    assert r.blpop(["{j}a", "{j}b"], timeout=1) == (b"{j}b", b"b1")
+    assert r.brpop(["{j}a", "{j}b"], timeout=1) == (b"{j}b", b"b2")
+    popped = []
+
+    def waiter():
+        popped.append(client().blpop(["{j}a", "{j}b", "{j}c"], timeout=10))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)
+    client().rpush("{j}c", "c1")
+    thread.join(timeout=15)
+    assert popped == [(b"{j}c", b"c1")], popped
+    # The answered pop waits nowhere else: a push to another of its keys stays queued.
+    assert r.rpush("{j}a", "a1") == 1
+    assert r.lpop("{j}a") == b"a1"
+    try:
+        r.blpop(["apart-1", "apart-2"], timeout=0.1)
+        raise AssertionError("BLPOP of keys of two slots must fail")
+    except redis.ResponseError as error:
+        assert str(error).startswith("CROSSSLOT"), str(error)
 
 
 def listing(_):

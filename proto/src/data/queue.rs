@@ -20,6 +20,16 @@ pub enum QueueCommand {
     Len {
         key: Vec<u8>,
     },
+    /// Pops from the first of `key` and `more_keys` (in that order) that holds an item,
+    /// or waits up to `timeout_ms` for a push to any of them (Redis's `BLPOP` of several
+    /// keys). Every key must share `key`'s slot; answered `Popped`, with which key.
+    PopAny {
+        key: Vec<u8>,
+        more_keys: Vec<Vec<u8>>,
+        end: QueueEnd,
+        /// 0: answer at once (Missing when all are empty).
+        timeout_ms: u64,
+    },
 }
 
 /// Which end of a queue an operation works on.
@@ -29,16 +39,25 @@ pub enum QueueEnd {
     Back,
 }
 
-keyed_variants!(QueueCommand { Push, Pop, Len });
+keyed_variants!(QueueCommand { Push, Pop, Len, PopAny });
 
 impl QueueCommand {
+    /// Every key the command names: `key`, then a `PopAny`'s others.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        let more: &[Vec<u8>] = match self {
+            QueueCommand::PopAny { more_keys, .. } => more_keys,
+            _ => &[],
+        };
+        std::iter::once(self.key()).chain(more.iter().map(Vec::as_slice))
+    }
+
     pub fn is_mutation(&self) -> bool {
         !matches!(self, QueueCommand::Len { .. })
     }
 
     pub fn wait_ms(&self) -> u64 {
         match self {
-            QueueCommand::Pop { timeout_ms, .. } => *timeout_ms,
+            QueueCommand::Pop { timeout_ms, .. } | QueueCommand::PopAny { timeout_ms, .. } => *timeout_ms,
             _ => 0,
         }
     }
@@ -48,6 +67,7 @@ impl QueueCommand {
             QueueCommand::Push { .. } => "queue_push",
             QueueCommand::Pop { .. } => "queue_pop",
             QueueCommand::Len { .. } => "queue_len",
+            QueueCommand::PopAny { .. } => "queue_pop_any",
         }
     }
 }

@@ -399,6 +399,21 @@ fn object_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
             let end_name = if name == "blpop" { "lpop" } else { "rpop" };
             single(pop(end_name, rest[0], timeout_ms), Shape::KeyAndValueOrNil(key()))
         }
+        ("blpop" | "brpop", n) if n >= 3 => {
+            let (timeout, keys) = rest.split_last().expect("three arguments or more");
+            let command = QueueCommand::PopAny {
+                key: key(),
+                more_keys: keys[1..].iter().map(|key| owned_key(key)).collect(),
+                end: if name == "blpop" {
+                    QueueEnd::Front
+                } else {
+                    QueueEnd::Back
+                },
+                timeout_ms: blocking_timeout_ms(timeout)?,
+            };
+            let keys = keys.iter().map(|key| key.to_vec()).collect();
+            single(command.into(), Shape::PoppedOrNil(keys))
+        }
         _ => coordination_command(name, rest),
     }
 }

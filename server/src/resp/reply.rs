@@ -32,6 +32,9 @@ pub enum Shape {
     /// A popped value with the key it came from; a nil array when the wait ran out
     /// (`BLPOP`).
     KeyAndValueOrNil(Vec<u8>),
+    /// The same for a pop of several keys, which answers the index of the key it popped
+    /// from (`BLPOP` of several keys).
+    PoppedOrNil(Vec<Vec<u8>>),
     /// A fence or permit id; nil when it was not granted in time (`LOCK.ACQUIRE`,
     /// `SEM.ACQUIRE`).
     GrantOrNil,
@@ -140,7 +143,11 @@ pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
     if let Response::Error(reply) = response {
         let waited = matches!(
             shape,
-            Shape::GrantOrNil | Shape::LatchOpenOrNil | Shape::KeyAndValueOrNil(_) | Shape::AwaitedValueOrNil
+            Shape::GrantOrNil
+                | Shape::LatchOpenOrNil
+                | Shape::KeyAndValueOrNil(_)
+                | Shape::PoppedOrNil(_)
+                | Shape::AwaitedValueOrNil
         );
         if !waited || ErrorCode::from_u16(reply.code) != Some(ErrorCode::Timeout) {
             out.error(error_line(reply));
@@ -170,6 +177,12 @@ pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
             out.bulk(value);
         }
         (Shape::KeyAndValueOrNil(_), _) => out.null_array(),
+        (Shape::PoppedOrNil(keys), Response::Popped { key_index, value, .. }) => {
+            out.array(2);
+            out.bulk(keys.get(*key_index as usize).map_or(&[][..], Vec::as_slice));
+            out.bulk(value);
+        }
+        (Shape::PoppedOrNil(_), _) => out.null_array(),
         (Shape::GrantOrNil, Response::LockGranted { fence, .. }) => out.integer(clamp(*fence)),
         (Shape::GrantOrNil, Response::SemaphoreGranted { permit_id, .. }) => out.integer(clamp(*permit_id)),
         (Shape::GrantOrNil, _) => out.null(),
@@ -277,6 +290,7 @@ fn clamp(value: u64) -> i64 {
 pub fn error_line(reply: &ErrorReply) -> String {
     let prefix = match ErrorCode::from_u16(reply.code) {
         Some(ErrorCode::WrongType) => "WRONGTYPE",
+        Some(ErrorCode::CrossSlot) => "CROSSSLOT",
         Some(ErrorCode::OutOfMemory) => "OOM",
         Some(ErrorCode::TryAgain | ErrorCode::Moved | ErrorCode::WrongShard | ErrorCode::Busy) => "TRYAGAIN",
         Some(ErrorCode::Unauthorized) => "NOAUTH",

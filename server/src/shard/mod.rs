@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engram_proto::{Command, ErrorCode, ErrorReply, NodeInfo, PeerResponse, Request, Response, SlotMap};
+use engram_proto::{
+    Command, DataCommand, ErrorCode, ErrorReply, NodeInfo, PeerResponse, QueueCommand, Request, Response, SlotMap,
+};
 use futures::channel::oneshot;
 
 use crate::cluster::{NodeMap, Owner, Routing};
@@ -369,12 +371,18 @@ impl Shard {
     pub fn submit(&self, client_id: u64, request: &Request, destination: Destination, received: Instant) -> Submitted {
         let now_ms = self.ms_at(received);
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
-        let key = request.command.key();
+        let mut key = request.command.key();
         if request.command.is_mutation() {
-            if let Some(key) = key {
-                let origin = (request.op_id != 0).then_some((client_id, request.op_id));
-                self.note_change(key, origin);
+            let origin = (request.op_id != 0).then_some((client_id, request.op_id));
+            for changed in keys_of(&request.command) {
+                self.note_change(changed, origin);
             }
+        }
+        // A pop of several keys changed the key it popped from: its answer waits for
+        // that key's change to reach the backups.
+        if let (Some(keys), Outcome::Ready(Response::Popped { key_index, .. })) = (pop_keys(&request.command), &outcome)
+        {
+            key = keys.into_iter().nth(*key_index as usize);
         }
         let mut submitted = match outcome {
             Outcome::Ready(_) => Submitted::Answered,
@@ -586,5 +594,20 @@ impl Shard {
             }
             runtime::yield_if_needed().await;
         }
+    }
+}
+
+/// The keys a command names: its key, and a pop's other keys.
+fn keys_of(command: &Command) -> impl Iterator<Item = &[u8]> {
+    let popped = pop_keys(command);
+    let single = if popped.is_none() { command.key() } else { None };
+    single.into_iter().chain(popped.into_iter().flatten())
+}
+
+/// A pop of several keys' keys, in order.
+fn pop_keys(command: &Command) -> Option<Vec<&[u8]>> {
+    match command {
+        Command::Data(DataCommand::Queue(pop @ QueueCommand::PopAny { .. })) => Some(pop.keys().collect()),
+        _ => None,
     }
 }

@@ -3,13 +3,13 @@
 //! barriers, latches, futures, maps, queues), each of which runs it on its object.
 
 use engram_proto::limits::{
-    KEY_BYTES_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX, PARTIES_MAX, SCAN_PATTERN_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX,
-    WAIT_MS_MAX,
+    KEY_BYTES_MAX, LEASE_MS_MAX, OWNER_BYTES_MAX, PARTIES_MAX, POP_KEYS_MAX, SCAN_PATTERN_BYTES_MAX, TTL_MS_MAX,
+    VALUE_BYTES_MAX, WAIT_MS_MAX,
 };
 use engram_proto::{Command, ErrorCode, Response};
 
 use super::bytes::Replace;
-use super::keys::STORED_KEY_BYTES_MAX;
+use super::keys::{slot_of_stored_key, STORED_KEY_BYTES_MAX};
 use super::scan::ScanFilter;
 use super::{
     barrier, error, future, key_too_large, latch, lock, map, queue, semaphore, value_too_large, Constructor, Effects,
@@ -22,7 +22,7 @@ use engram_proto::{
 
 /// A coordination object's state as [`Object`] holds it: how a first use creates its
 /// object, and how to find it inside an object of its type.
-trait ObjectState: Sized {
+pub(super) trait ObjectState: Sized {
     const CREATE: Constructor;
 
     fn within(object: &mut Object) -> Option<&mut Self>;
@@ -140,6 +140,7 @@ impl Store {
             Command::Data(DataCommand::Key(KeyCommand::Count { key })) => Outcome::Ready(self.count_keys(key)),
             Command::Data(DataCommand::Queue(QueueCommand::Push { .. }))
             | Command::Data(DataCommand::Queue(QueueCommand::Pop { .. }))
+            | Command::Data(DataCommand::Queue(QueueCommand::PopAny { .. }))
             | Command::Data(DataCommand::Queue(QueueCommand::Len { .. })) => {
                 self.execute_queue(command, now_ms, origin)
             }
@@ -366,7 +367,7 @@ impl Store {
         match command {
             Command::Data(DataCommand::Queue(QueueCommand::Push { key, value, end })) => {
                 self.on::<Queue>(key, now_ms, origin, true, |queue, effects| {
-                    Outcome::Ready(queue.push(value, *end, effects))
+                    Outcome::Ready(queue.push(key, value, *end, effects))
                 })
             }
             // Only a pop that may wait needs the queue to exist.
@@ -374,6 +375,10 @@ impl Store {
                 self.on::<Queue>(key, now_ms, origin, *timeout_ms > 0, |queue, effects| {
                     queue.pop(key, *end, *timeout_ms, effects)
                 })
+            }
+            Command::Data(DataCommand::Queue(command @ QueueCommand::PopAny { end, timeout_ms, .. })) => {
+                let keys: Vec<&[u8]> = command.keys().collect();
+                self.pop_any(&keys, *end, *timeout_ms, now_ms, origin)
             }
             Command::Data(DataCommand::Queue(QueueCommand::Len { key })) => {
                 self.on::<Queue>(key, now_ms, origin, false, |queue, _| {
@@ -388,7 +393,7 @@ impl Store {
 
     /// Runs `operation` on the `S` object at `key` (created when absent if `creates`),
     /// through [`Store::coordinate`].
-    fn on<S: ObjectState>(
+    pub(super) fn on<S: ObjectState>(
         &mut self,
         key: &[u8],
         now_ms: u64,
@@ -497,6 +502,9 @@ fn check_sizes(command: &Command) -> Result<(), Response> {
         Command::Data(DataCommand::Key(KeyCommand::Expire { ttl_ms, .. })) if *ttl_ms == 0 || *ttl_ms > TTL_MS_MAX => {
             return invalid(format!("ttl of {ttl_ms} ms is outside 1..={TTL_MS_MAX} (ttl_ms_max)"));
         }
+        Command::Data(DataCommand::Queue(QueueCommand::PopAny { key, more_keys, .. })) => {
+            return check_pop_keys(key, more_keys);
+        }
         Command::Data(DataCommand::Key(KeyCommand::Scan {
             pattern: Some(pattern), ..
         })) if pattern.len() > SCAN_PATTERN_BYTES_MAX => {
@@ -540,6 +548,28 @@ fn check_sizes(command: &Command) -> Result<(), Response> {
             ));
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// A pop of several keys: few enough, each within the key limit, all of one slot (its
+/// waiter sits in every key's queue, which must all move with the slot).
+fn check_pop_keys(key: &[u8], more_keys: &[Vec<u8>]) -> Result<(), Response> {
+    if more_keys.len() + 1 > POP_KEYS_MAX {
+        return invalid(format!(
+            "a pop of {} keys exceeds pop_keys_max ({POP_KEYS_MAX})",
+            more_keys.len() + 1
+        ));
+    }
+    if let Some(long) = more_keys.iter().find(|more| more.len() > STORED_KEY_BYTES_MAX) {
+        return Err(key_too_large(long.len()));
+    }
+    let slot = slot_of_stored_key(key);
+    if more_keys.iter().any(|more| slot_of_stored_key(more) != slot) {
+        return Err(error(
+            ErrorCode::CrossSlot,
+            "the keys of one pop must share a slot (give them one {hash tag})",
+        ));
     }
     Ok(())
 }

@@ -343,6 +343,7 @@ impl Store {
         self.record_reserve_bytes = if recorded { RECORD_OVERHEAD_BYTES } else { 0 };
         let outcome = self.execute(&request.command, now_ms, origin);
         self.record_reserve_bytes = 0;
+        self.withdraw_ended_waits(now_ms);
         if let Some(Origin { client_id, op_id }) = origin {
             // The record goes wherever its key's slot goes, so a retry after a
             // migration still finds it.
@@ -383,6 +384,7 @@ impl Store {
             Object::Queue(queue) => queue.cancel(waiter),
             Object::Map(_) => {}
         });
+        self.withdraw_ended_waits(now_ms);
     }
 
     /// A completion could not be delivered: give back what it took (a popped value, a
@@ -395,7 +397,7 @@ impl Store {
         }
         let key = completion.key;
         match (revert, completion.response) {
-            (Revert::QueueValue { end }, Response::Value { value, .. }) => {
+            (Revert::QueueValue { end }, Response::Value { value, .. } | Response::Popped { value, .. }) => {
                 // Given back even on a full shard: the value was admitted once already,
                 // and the push that brought it was acknowledged.
                 if !matches!(
@@ -411,7 +413,7 @@ impl Store {
                 }
                 self.with_existing(&key, now_ms, |object, effects| {
                     if let Object::Queue(queue) = object {
-                        queue.give_back(&value, end, &mut effects.without_memory_limit());
+                        queue.give_back(&key, &value, end, &mut effects.without_memory_limit());
                     }
                 });
             }
@@ -439,6 +441,7 @@ impl Store {
             }
             (Revert::QueueValue { .. }, _) => {}
         }
+        self.withdraw_ended_waits(now_ms);
     }
 
     /// The earliest moment something is due (a wait's deadline, a lease's end, a key's
@@ -460,6 +463,7 @@ impl Store {
         while let Some(timer) = self.waiting.pop_due_timer(now_ms) {
             self.fire(timer, now_ms);
         }
+        self.withdraw_ended_waits(now_ms);
         let mut removed = 0;
         while removed < budget {
             let Some((deadline, key)) = self.expiries.first() else {

@@ -55,10 +55,21 @@ impl Completion {
 
 struct Parked {
     key: Box<[u8]>,
+    /// A pop of several keys waits in each one's queue; the first is `key`.
+    more_keys: Vec<Box<[u8]>>,
     deadline_ms: u64,
     /// A recorded mutation's, whose record turns from parked to done with the answer,
     /// so a retry after a lost answer still gets it.
     origin: Option<Origin>,
+}
+
+/// Which of the keys a parked request waits on a key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitedKey {
+    /// The request waits on that key alone.
+    Only,
+    /// The request waits on several keys; this one is at that index.
+    Among(u32),
 }
 
 #[derive(Default)]
@@ -67,6 +78,10 @@ pub struct Waiting {
     parked: foldhash::HashMap<WaiterId, Parked>,
     timers: BTreeSet<(u64, Timer)>,
     completions: Vec<Completion>,
+    /// Requests that waited on several keys and no longer do, with those keys: the
+    /// store takes them out of every key's queue (the one that answered them, or timed
+    /// them out, took them out of its own only).
+    ended_multi_waits: Vec<(WaiterId, Vec<Box<[u8]>>)>,
 }
 
 impl Waiting {
@@ -108,9 +123,25 @@ impl Waiting {
 
     /// Forgets a parked request without answering it; returns its operation origin.
     pub fn cancel(&mut self, waiter: WaiterId) -> Option<Option<Origin>> {
-        let parked = self.parked.remove(&waiter)?;
-        self.timers.remove(&(parked.deadline_ms, Timer::Waiter(waiter)));
+        let parked = self.remove(waiter)?;
         Some(parked.origin)
+    }
+
+    /// Multi-key waits that ended since the last call, with their keys.
+    pub fn take_ended_multi_waits(&mut self) -> Vec<(WaiterId, Vec<Box<[u8]>>)> {
+        std::mem::take(&mut self.ended_multi_waits)
+    }
+
+    /// Takes a parked request out, with its timer; a multi-key wait is noted as ended.
+    fn remove(&mut self, waiter: WaiterId) -> Option<Parked> {
+        let mut parked = self.parked.remove(&waiter)?;
+        self.timers.remove(&(parked.deadline_ms, Timer::Waiter(waiter)));
+        if !parked.more_keys.is_empty() {
+            let mut keys = std::mem::take(&mut parked.more_keys);
+            keys.push(parked.key.clone());
+            self.ended_multi_waits.push((waiter, keys));
+        }
+        Some(parked)
     }
 }
 
@@ -202,6 +233,12 @@ impl<'a> Effects<'a> {
 
     /// Parks the current request until `timeout_ms` from now.
     pub fn park(&mut self, key: &[u8], timeout_ms: u64) -> WaiterId {
+        self.park_on_many(key, &[], timeout_ms)
+    }
+
+    /// Parks the current request, waiting on `key` and `more_keys`, until `timeout_ms`
+    /// from now.
+    pub fn park_on_many(&mut self, key: &[u8], more_keys: &[&[u8]], timeout_ms: u64) -> WaiterId {
         self.waiting.last_waiter += 1;
         let waiter = self.waiting.last_waiter;
         let deadline_ms = self.now_ms.saturating_add(timeout_ms);
@@ -209,12 +246,26 @@ impl<'a> Effects<'a> {
             waiter,
             Parked {
                 key: key.into(),
+                more_keys: more_keys.iter().map(|&key| key.into()).collect(),
                 deadline_ms,
                 origin: self.origin,
             },
         );
         self.waiting.timers.insert((deadline_ms, Timer::Waiter(waiter)));
         waiter
+    }
+
+    /// Which of a parked request's keys `key` is; `None` when it no longer waits (a
+    /// multi-key wait answered through another of its keys).
+    pub fn waited_key(&self, waiter: WaiterId, key: &[u8]) -> Option<WaitedKey> {
+        let parked = self.waiting.parked.get(&waiter)?;
+        if parked.more_keys.is_empty() {
+            return Some(WaitedKey::Only);
+        }
+        let index = std::iter::once(&parked.key)
+            .chain(&parked.more_keys)
+            .position(|waited| **waited == *key)?;
+        Some(WaitedKey::Among(index as u32))
     }
 
     /// Answers a parked request (once: a second answer for the same waiter is dropped).
@@ -225,10 +276,22 @@ impl<'a> Effects<'a> {
     /// Answers a parked request with something that must be given back if the answer
     /// cannot be delivered.
     pub fn complete_revertible(&mut self, waiter: WaiterId, response: Response, revert: Option<Revert>) {
-        let Some(parked) = self.waiting.parked.remove(&waiter) else {
+        self.complete_through(waiter, None, response, revert);
+    }
+
+    /// Answers a parked request through `through`, one of the keys it waits on (its
+    /// first when `None`): the key whose change the answer reports, and where a revert
+    /// gives back.
+    pub fn complete_through(
+        &mut self,
+        waiter: WaiterId,
+        through: Option<&[u8]>,
+        response: Response,
+        revert: Option<Revert>,
+    ) {
+        let Some(parked) = self.waiting.remove(waiter) else {
             return;
         };
-        self.waiting.timers.remove(&(parked.deadline_ms, Timer::Waiter(waiter)));
         if let Some(Origin { client_id, op_id }) = parked.origin {
             let slot = slot_of_stored_key(&parked.key);
             self.operations
@@ -237,7 +300,7 @@ impl<'a> Effects<'a> {
         self.waiting.completions.push(Completion {
             waiter,
             response,
-            key: parked.key,
+            key: through.map_or(parked.key, Box::from),
             origin: parked.origin,
             revert,
         });
@@ -248,10 +311,9 @@ impl<'a> Effects<'a> {
     /// operation id to the new owner, where it must apply afresh, not replay this.
     /// The caller has taken the waiter out of its object, so it was granted nothing.
     pub fn bounce(&mut self, waiter: WaiterId, response: Response) {
-        let Some(parked) = self.waiting.parked.remove(&waiter) else {
+        let Some(parked) = self.waiting.remove(waiter) else {
             return;
         };
-        self.waiting.timers.remove(&(parked.deadline_ms, Timer::Waiter(waiter)));
         if let Some(Origin { client_id, op_id }) = parked.origin {
             self.operations.forget(client_id, op_id, Some(waiter));
         }

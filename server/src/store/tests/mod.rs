@@ -24,6 +24,7 @@ mod memory;
 mod migration;
 mod model;
 mod objects;
+mod pop_any;
 mod queue;
 mod scan;
 mod semaphore;
