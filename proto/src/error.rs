@@ -4,7 +4,7 @@
 //! released; new codes take new numbers. Clients sort them into retryable and final with
 //! [`ErrorCode::is_retryable`]. The table is mirrored in `ARCHITECTURE.md`.
 
-use crate::limits::{FRAME_PAYLOAD_BYTES_MAX, PROTOCOL_VERSION};
+use crate::limits::{FRAME_PAYLOAD_BYTES_MAX, HELLO_PAYLOAD_BYTES_MAX, PROTOCOL_VERSION};
 
 /// Stable numeric error codes carried in [`crate::ErrorReply`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -173,6 +173,8 @@ pub enum ProtocolError {
     ReservedFlags { found: u16 },
     #[error("frame payload of {length} bytes exceeds frame_payload_bytes_max ({FRAME_PAYLOAD_BYTES_MAX})")]
     FrameTooLarge { length: u64 },
+    #[error("frame payload of {length} bytes before the handshake exceeds hello_payload_bytes_max ({HELLO_PAYLOAD_BYTES_MAX})")]
+    HelloTooLarge { length: u64 },
     #[error("payload checksum mismatch: header says {expected:#010x}, payload has {actual:#010x}")]
     ChecksumMismatch { expected: u32, actual: u32 },
     #[error("invalid payload: {reason}")]

@@ -21,6 +21,12 @@ pub const VALUE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// wrap and collide with another tenant's keys.
 pub const NAMESPACE_BYTES_MAX: usize = 255;
 
+/// Largest frame payload a connection may send before its Hello is accepted: a Hello
+/// with the longest namespace and credentials fits, and a stranger who never
+/// authenticates makes the node hold no more than this (and its read buffer) per
+/// connection.
+pub const HELLO_PAYLOAD_BYTES_MAX: usize = 4 * 1024;
+
 /// Largest credential blob accepted in a handshake.
 pub const CREDENTIALS_BYTES_MAX: usize = 1024;
 
@@ -159,6 +165,9 @@ pub const fn incarnation_version_floor(incarnation: u64) -> u64 {
 
 // The waits' limit, checked when this crate compiles.
 const _: () = {
+    // A Hello of the longest namespace and credentials, with room for rkyv's layout and
+    // the other fields, fits the limit before the handshake.
+    assert!(NAMESPACE_BYTES_MAX + CREDENTIALS_BYTES_MAX + 256 <= HELLO_PAYLOAD_BYTES_MAX);
     // A full scan page (its last key past the byte limit, and rkyv's 8-byte entry per
     // key, rounded up) fits a frame.
     assert!(

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use clap::{Args, Parser, ValueEnum};
-use engram_proto::limits::ZONE_BYTES_MAX;
+use engram_proto::limits::{CREDENTIALS_BYTES_MAX, ZONE_BYTES_MAX};
 use engram_proto::ControlAddresses;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,8 +65,20 @@ pub struct NodeSettings {
     pub memory_limit: Option<u64>,
 
     /// Token clients must present in the handshake (default: no authentication).
-    #[arg(long, env = "ENGRAM_AUTH_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "ENGRAM_AUTH_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub auth_token: Option<String>,
+
+    /// Most connections the node serves at once, on all its ports; past it a new one is
+    /// refused with an error and closed (default: the descriptor limit, less
+    /// DESCRIPTORS_RESERVED for listeners, links to other nodes and files).
+    #[arg(long, env = "ENGRAM_MAX_CONNECTIONS")]
+    pub max_connections: Option<u64>,
+
+    /// How long a new connection has to complete its handshake (a native Hello, or a
+    /// Redis AUTH when a token is set) before it is closed (default:
+    /// HANDSHAKE_TIMEOUT_MS_DEFAULT, 10 s).
+    #[arg(long, env = "ENGRAM_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
 
     /// Node id reported to clients (default: random).
     #[arg(long, env = "ENGRAM_NODE_ID")]
@@ -93,6 +105,45 @@ pub struct NodeSettings {
     /// owner's where it can. Default: none.
     #[arg(long, env = "ENGRAM_ZONE", value_name = "LABEL", value_parser = parse_zone)]
     pub zone: Option<String>,
+}
+
+/// Default of `--handshake-timeout-ms`: a client on a slow network completes a Hello
+/// in far less, and a stranger holds its connection no longer.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Descriptors kept out of `--max-connections`'s default: listeners, links to other
+/// nodes and the control plane, and files.
+pub const DESCRIPTORS_RESERVED: u64 = 256;
+
+/// Fewest connections the default allows, whatever the descriptor limit says.
+pub const MAX_CONNECTIONS_DEFAULT_MIN: u64 = 64;
+
+/// The default connection limit: the process's descriptor limit less the reserve.
+pub fn default_max_connections() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, and nothing else.
+    let descriptors = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    };
+    descriptors
+        .saturating_sub(DESCRIPTORS_RESERVED)
+        .max(MAX_CONNECTIONS_DEFAULT_MIN)
+}
+
+/// An auth token: at most `CREDENTIALS_BYTES_MAX` bytes, as a Hello may carry.
+pub fn parse_token(text: &str) -> Result<String, String> {
+    if text.len() > CREDENTIALS_BYTES_MAX {
+        return Err(format!(
+            "a token is at most credentials_bytes_max ({CREDENTIALS_BYTES_MAX}) bytes, not {}",
+            text.len()
+        ));
+    }
+    Ok(text.to_string())
 }
 
 /// A zone label: at most `ZONE_BYTES_MAX` bytes, refused at start rather than by the
@@ -156,6 +207,10 @@ mod tests {
             "node-a",
             "--zone",
             "rack-7",
+            "--max-connections",
+            "500",
+            "--handshake-timeout-ms",
+            "3000",
         ])
         .expect("every node flag");
         assert_eq!(
@@ -168,8 +223,17 @@ mod tests {
                 control: Some(ControlAddresses::parse("10.0.0.1:7300,10.0.0.2:7300").unwrap()),
                 advertise: Some("node-a".into()),
                 zone: Some("rack-7".into()),
+                max_connections: Some(500),
+                handshake_timeout_ms: Some(3000),
             }
         );
+    }
+
+    #[test]
+    fn a_token_longer_than_a_hello_carries_is_refused_at_start() {
+        let long = "t".repeat(engram_proto::limits::CREDENTIALS_BYTES_MAX + 1);
+        let error = Config::try_parse_from(["engramd", "--auth-token", &long]).unwrap_err();
+        assert!(error.to_string().contains("credentials_bytes_max"), "{error}");
     }
 
     #[test]

@@ -20,14 +20,15 @@ use engram_proto::{
     access_payload, admit, decode_payload, deserialize_payload, ArchivedCommand, Command, ErrorCode, FrameBuffer,
     FrameBufferSizes, FrameKind, Hello, HelloReply, Port, ProtocolError, Request, Response, SlotHasher, FRONT_SHARD_ID,
 };
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use futures::future::Either;
 
 use crate::dispatch::{end_connection, write_out, Door, Handled, Placed};
 use crate::outbox::Outbox;
 use crate::proxy::Proxies;
-use crate::runtime::TcpStream;
+use crate::refusal::Refused;
+use crate::runtime::{self, TcpStream};
 use crate::shard::{Shard, Target};
 use engram_proto::{
     AdminCommand, ArchivedBytesCommand, ArchivedCounterCommand, ArchivedDataCommand, BytesCommand, CounterCommand,
@@ -104,6 +105,8 @@ impl Caller {
 enum Close {
     /// The peer went away or the socket failed.
     Gone,
+    /// The handshake did not complete in time.
+    TimedOut,
     /// The peer broke the protocol; `reply` explains why and is sent before closing, in
     /// the family the connection speaks (a client's until the handshake is accepted).
     Refused { reply: ErrorReply },
@@ -124,7 +127,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool, outbox: Rc<
         key_buffer: Vec::new(),
         proxies: std::cell::OnceCell::new(),
     };
-    if let Err(Close::Refused { reply }) = connection.run().await {
+    let ended = connection.run().await;
+    if let Err(Close::TimedOut) = ended {
+        let detail = format!("no Hello within {:?}", shard.admission().handshake_timeout);
+        shard.refused(Refused::HandshakeTimeout, connection.peer(), &detail);
+    }
+    if let Err(Close::Refused { reply }) = ended {
         match connection.session.as_ref().map(|session| session.served) {
             Some(Served::Peer) => connection
                 .outbox
@@ -140,6 +148,19 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool, outbox: Rc<
         &mut connection.proxies,
     )
     .await;
+}
+
+/// Turns a connection away because the node serves `--max-connections` already: one
+/// error frame (`Busy`, which clients retry with backoff), then the socket closes.
+pub async fn refuse_busy(shard: Rc<Shard>, mut stream: TcpStream) {
+    let max_connections = shard.admission().max_connections;
+    let detail = format!("the node serves max_connections ({max_connections}) connections");
+    shard.refused(Refused::MaxConnections, stream.peer_addr().ok(), &detail);
+    let outbox = Outbox::new(shard.map_epoch());
+    let reply = shard.error_reply(ErrorCode::Busy, detail);
+    outbox.push(FrameKind::Response, 0, &Response::Error(reply));
+    let _ = write_out(&outbox, &mut stream, &mut Vec::new(), READ_CHUNK_BYTES).await;
+    let _ = stream.close().await;
 }
 
 struct Connection {
@@ -161,9 +182,10 @@ struct Connection {
 impl Connection {
     async fn run(&mut self) -> Result<(), Close> {
         let _ = self.stream.set_nodelay(true);
+        let mut input = self.shake_hands_in_time().await?;
         // Grown a chunk at a time for a frame whose validated header says it is larger,
         // so memory follows the bytes that actually arrive.
-        let mut input = FrameBuffer::new(FrameBufferSizes::chunked(READ_CHUNK_BYTES));
+        input.open(FrameBufferSizes::chunked(READ_CHUNK_BYTES));
         loop {
             let can_take_more = self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
             // Frames left in the buffer when the pending bound stopped decoding come
@@ -177,6 +199,45 @@ impl Connection {
             }
             self.flush().await?;
         }
+    }
+
+    /// Reads until the Hello is answered, within the handshake timeout, holding no more
+    /// than one Hello's bytes meanwhile; gives back the buffer, which may hold requests
+    /// sent right behind the Hello.
+    async fn shake_hands_in_time(&mut self) -> Result<FrameBuffer, Close> {
+        let mut input = FrameBuffer::for_handshake();
+        let timeout = self.shard.admission().handshake_timeout;
+        let handshake = async {
+            while self.session.is_none() {
+                if self.next_read(&mut input, true).await? {
+                    self.answer_hello(&mut input)?;
+                }
+            }
+            Ok(())
+        };
+        let timed_out = async {
+            runtime::sleep(timeout).await;
+            Err(Close::TimedOut)
+        };
+        futures_lite::future::or(handshake, timed_out).await?;
+        self.flush().await?;
+        Ok(input)
+    }
+
+    /// Answers the Hello, if it arrived whole.
+    fn answer_hello(&mut self, input: &mut FrameBuffer) -> Result<(), Close> {
+        let frame = input.next_frame().map_err(|error| {
+            self.shard.refused(Refused::BadHello, self.peer(), &error.to_string());
+            refuse(&self.shard, error)
+        })?;
+        if let Some((header, payload)) = frame {
+            self.shake_hands(header.kind, header.request_id, payload)?;
+        }
+        Ok(())
+    }
+
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr().ok()
     }
 
     /// Reads more into `input`; `false` when nothing was read because answers are
@@ -369,8 +430,16 @@ impl Connection {
     /// The first frame: a Hello, whose credentials and namespace establish the session.
     fn shake_hands(&mut self, kind: FrameKind, request_id: u64, payload: &[u8]) -> Result<(), Close> {
         let port = if self.front { &FRONT_PORT } else { &SHARD_PORT };
-        let hello = admit(kind, payload, port, self.shard.auth_token()).map_err(|refusal| Close::Refused {
-            reply: self.shard.error_reply(refusal.code, refusal.message),
+        let hello = admit(kind, payload, port, self.shard.auth_token()).map_err(|refusal| {
+            let reason = if refusal.code == ErrorCode::Unauthorized {
+                Refused::Unauthorized
+            } else {
+                Refused::BadHello
+            };
+            self.shard.refused(reason, self.peer(), &refusal.message);
+            Close::Refused {
+                reply: self.shard.error_reply(refusal.code, refusal.message),
+            }
         })?;
         self.session = Some(self.open_session(hello)?);
         let reply = HelloReply {

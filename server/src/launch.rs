@@ -11,6 +11,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+use futures::future::Either;
+
 use crate::connection;
 use crate::events::{NodeEvent, NodeEvents};
 use crate::outbox::Outbox;
@@ -19,8 +21,10 @@ use crate::runtime::{self, MeshBuilder, MeshReceivers, MeshSenders, TaskHandle, 
 use crate::shard::{Forwarded, Shard, ShardSetup};
 use crate::shutdown::Shutdown;
 
-/// How long a shard waits before accepting again after an accept failed.
+/// How long a shard waits before accepting again after an accept failed; the pause
+/// doubles with each failure in a row, up to `ACCEPT_RETRY_DOUBLINGS_MAX` times (1.28 s).
 pub const ACCEPT_RETRY_MS: u64 = 10;
+pub const ACCEPT_RETRY_DOUBLINGS_MAX: u32 = 7;
 /// How often a shard waiting for its peers to join the mesh looks whether the node was
 /// told to stop: a peer that failed to start never joins, and the node stops the rest.
 pub const MESH_JOIN_SHUTDOWN_CHECK_MS: u64 = 100;
@@ -195,14 +199,33 @@ async fn join_mesh(
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: Port, connections: Rc<OpenConnections>) {
+    let mut failures: u32 = 0;
     loop {
         match listener.accept().await {
-            Ok(stream) => connections.serve(&shard, stream, port),
+            Ok(stream) if shard.has_room_for_a_connection() => {
+                failures = 0;
+                connections.serve(&shard, stream, port);
+            }
+            Ok(stream) => {
+                failures = 0;
+                // Told why, in its own protocol, by a task of its own: a slow reader
+                // holds up no one.
+                let refusal = match port {
+                    Port::Resp => Either::Left(resp::connection::refuse_busy(shard.clone(), stream)),
+                    Port::Shard | Port::Front => Either::Right(connection::refuse_busy(shard.clone(), stream)),
+                };
+                let _ = shard.spawn(refusal);
+            }
             Err(error) => {
                 // Out of file descriptors and the like: keep serving existing
-                // connections and try again shortly rather than spinning.
-                tracing::warn!(shard = shard.id(), %error, "accept failed");
-                runtime::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                // connections and try again after a pause that doubles while the
+                // failures last, with one warning per run of them, rather than spinning.
+                if failures == 0 {
+                    tracing::warn!(shard = shard.id(), %error, "accept failed; retrying with backoff");
+                }
+                let pause_ms = ACCEPT_RETRY_MS << failures.min(ACCEPT_RETRY_DOUBLINGS_MAX);
+                failures = failures.saturating_add(1);
+                runtime::sleep(Duration::from_millis(pause_ms)).await;
             }
         }
     }

@@ -18,6 +18,8 @@
 //! - [`shard`]: a shard's request path: store, routing, answer delivery, peers, maintenance,
 //!   and its side of live slot migration (freeze, copy, commit or abort).
 //! - [`connection`]: one client connection: handshake, batched read/answer/write loop, backpressure.
+//! - [`refusal`]: connections turned away before they are served (too many, too slow to
+//!   authenticate, a bad Hello), counted and logged without flooding the log.
 //! - [`dispatch`]: where a connection's keyed request goes: this shard, another over the
 //!   mesh, or another node through the connection's proxy links.
 //! - [`outbox`]: where answers go: a connection's queue of answers, or a forwarding shard.
@@ -47,6 +49,7 @@ pub mod notify;
 pub mod outbox;
 pub mod place;
 pub mod proxy;
+pub mod refusal;
 pub mod replication;
 pub mod resp;
 pub mod runtime;

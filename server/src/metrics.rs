@@ -12,6 +12,7 @@ use std::cell::{OnceCell, RefCell};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::time::Duration;
 
+use crate::refusal::Refused;
 use engram_metrics_http::Responder;
 use engram_proto::{Command, ErrorCode, Response};
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -186,6 +187,7 @@ pub struct NodeMetrics {
     held_answers: IntGaugeVec,
     replica_streams: IntGaugeVec,
     replication_lag: IntGaugeVec,
+    connections_refused: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -256,6 +258,18 @@ impl NodeMetrics {
             .register(Box::new(build_info.clone()))
             .expect("unique metric name");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "engram_connections_refused_total",
+                "Connections turned away before they were served, by shard and reason \
+                 (max_connections, handshake_timeout, bad_hello, unauthorized).",
+            ),
+            &["shard", "reason"],
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(connections_refused.clone()))
+            .expect("unique metric name");
         NodeMetrics {
             registry,
             operations,
@@ -270,6 +284,7 @@ impl NodeMetrics {
             held_answers,
             replica_streams,
             replication_lag,
+            connections_refused,
         }
     }
 
@@ -299,8 +314,14 @@ impl NodeMetrics {
                 .with_label_values(&[shard.as_str(), object.label(), result_label(RESULT_OK)]);
             let _ = operations[operation_index(object, RESULT_OK)].set(counter);
         }
+        // Zero from the start, so a dashboard sees no refusals rather than nothing.
+        for reason in Refused::ALL {
+            self.connections_refused
+                .with_label_values(&[shard.as_str(), reason.label()]);
+        }
         ShardMetrics {
             shard,
+            connections_refused: self.connections_refused.clone(),
             operations_family: self.operations.clone(),
             operations,
             request_duration: self.request_duration.with_label_values(&[shard_id.to_string()]),
@@ -362,6 +383,7 @@ fn operation_index(object: ObjectKind, result: usize) -> usize {
 /// One shard's counting handles. Not `Sync`: only its shard's thread counts through it.
 pub struct ShardMetrics {
     shard: String,
+    connections_refused: IntCounterVec,
     operations_family: IntCounterVec,
     /// `[object][result]`, flattened; a child is resolved on its first use.
     operations: Box<[OnceCell<IntCounter>]>,
@@ -411,6 +433,13 @@ impl ShardMetrics {
     pub fn completed(&self, waiter: WaiterId, response: &Response) {
         let object = self.parked.borrow_mut().remove(&waiter).unwrap_or(ObjectKind::Other);
         self.count(object, response);
+    }
+
+    /// A connection turned away; rare, so its labels are resolved here.
+    pub fn refused(&self, reason: Refused) {
+        self.connections_refused
+            .with_label_values(&[self.shard.as_str(), reason.label()])
+            .inc();
     }
 
     /// A parked request withdrawn unanswered (its connection closed).

@@ -25,7 +25,7 @@ use crate::host::{allowed_cpus, bind_ports, check_io_uring};
 use crate::launch::{self, ShardLaunch};
 use crate::place::{place_node, random_u64, NodePlace};
 use crate::runtime::{self, Executor};
-use crate::shard::{ShardSetup, FORWARD_QUEUE_DEPTH};
+use crate::shard::{Admission, ShardSetup, FORWARD_QUEUE_DEPTH};
 use crate::stats::NodeStats;
 
 pub use crate::host::NodeListeners;
@@ -267,6 +267,16 @@ impl Starting {
             incarnation: self.incarnation,
             auth_token: settings.auth_token.clone().map(String::into_bytes),
             read_spin: Duration::from_micros(settings.spin_us),
+            admission: Admission {
+                max_connections: settings
+                    .max_connections
+                    .unwrap_or_else(crate::config::default_max_connections),
+                handshake_timeout: Duration::from_millis(
+                    settings
+                        .handshake_timeout_ms
+                        .unwrap_or(crate::config::HANDSHAKE_TIMEOUT_MS_DEFAULT),
+                ),
+            },
         }
     }
 }

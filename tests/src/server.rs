@@ -40,6 +40,10 @@ pub struct ServerOptions {
     /// sockets (`iptables -m owner --gid-owner`): every node connects out from
     /// 127.0.0.1, whatever address it binds.
     pub group: Option<u32>,
+    /// `--max-connections` (default: the server's own).
+    pub max_connections: Option<u64>,
+    /// `--handshake-timeout-ms` (default: the server's own).
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -55,6 +59,8 @@ impl Default for ServerOptions {
             spin_us: 0,
             resp: false,
             group: None,
+            max_connections: None,
+            handshake_timeout_ms: None,
         }
     }
 }
@@ -102,6 +108,16 @@ impl ServerOptions {
     }
 
     /// Opens the Redis-protocol door on a free port ([`EngramServer::resp`]).
+    pub fn max_connections(mut self, connections: u64) -> Self {
+        self.max_connections = Some(connections);
+        self
+    }
+
+    pub fn handshake_timeout_ms(mut self, timeout_ms: u64) -> Self {
+        self.handshake_timeout_ms = Some(timeout_ms);
+        self
+    }
+
     pub fn resp(mut self) -> Self {
         self.resp = true;
         self
@@ -138,6 +154,12 @@ impl ServerOptions {
         }
         if self.resp {
             arguments.extend(["--resp-port".to_string(), "0".to_string()]);
+        }
+        if let Some(connections) = self.max_connections {
+            arguments.extend(["--max-connections".to_string(), connections.to_string()]);
+        }
+        if let Some(timeout_ms) = self.handshake_timeout_ms {
+            arguments.extend(["--handshake-timeout-ms".to_string(), timeout_ms.to_string()]);
         }
         arguments
     }

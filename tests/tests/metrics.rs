@@ -9,7 +9,7 @@ use std::time::Duration;
 use engram_tests::server::next_loopback;
 use engram_tests::{run_async, unique_key, EngramServer, ServerOptions, STEP_TIMEOUT};
 
-const FAMILIES: [(&str, &str); 10] = [
+const FAMILIES: [(&str, &str); 11] = [
     ("engram_operations_total", "counter"),
     ("engram_request_duration_seconds", "histogram"),
     ("engram_memory_used_bytes", "gauge"),
@@ -20,6 +20,7 @@ const FAMILIES: [(&str, &str); 10] = [
     ("engram_migrations_total", "counter"),
     ("engram_parked_requests", "gauge"),
     ("engram_build_info", "gauge"),
+    ("engram_connections_refused_total", "counter"),
 ];
 const COUNTER_ADDS: usize = 37;
 

@@ -9,7 +9,7 @@
 use crate::codec::{split_frame, Split};
 use crate::error::ProtocolError;
 use crate::frame::{FrameHeader, FRAME_HEADER_BYTES};
-use crate::limits::{LINK_READ_BUFFER_BYTES_INITIAL, LINK_READ_BUFFER_BYTES_RETAINED_MAX};
+use crate::limits::{HELLO_PAYLOAD_BYTES_MAX, LINK_READ_BUFFER_BYTES_INITIAL, LINK_READ_BUFFER_BYTES_RETAINED_MAX};
 use crate::link::LinkError;
 
 /// How a [`FrameBuffer`] sizes itself.
@@ -53,6 +53,9 @@ pub struct FrameBuffer {
     /// (just the header's until one is whole).
     wanted: usize,
     sizes: FrameBufferSizes,
+    /// Refuses a frame claiming more before its bytes are waited for: a handshake's
+    /// Hello is small, whatever the frame limit.
+    hello_only: bool,
 }
 
 impl FrameBuffer {
@@ -63,14 +66,40 @@ impl FrameBuffer {
             end: 0,
             wanted: FRAME_HEADER_BYTES,
             sizes,
+            hello_only: false,
         }
+    }
+
+    /// A buffer for a connection whose Hello is not accepted yet: it holds one frame of
+    /// at most `HELLO_PAYLOAD_BYTES_MAX` (a longer claim is refused as soon as its header
+    /// arrives), until [`FrameBuffer::open`] lifts the limit.
+    pub fn for_handshake() -> FrameBuffer {
+        let mut buffer = FrameBuffer::new(FrameBufferSizes::chunked(FRAME_HEADER_BYTES + HELLO_PAYLOAD_BYTES_MAX));
+        buffer.hello_only = true;
+        buffer
+    }
+
+    /// The handshake is done: frames up to the protocol's limit, read with `sizes`.
+    pub fn open(&mut self, sizes: FrameBufferSizes) {
+        self.hello_only = false;
+        self.sizes = sizes;
     }
 
     /// The next whole frame's header and payload (checksum verified), or `None` until
     /// more bytes arrive. The payload borrows the buffer until the next call. An error
     /// means framing is lost: nothing later on the stream can be trusted.
     pub fn next_frame(&mut self) -> Result<Option<(FrameHeader, &[u8])>, ProtocolError> {
-        match split_frame(&self.buffer[self.start..self.end])? {
+        let split = split_frame(&self.buffer[self.start..self.end])?;
+        let frame_bytes = match &split {
+            Split::Incomplete { frame_bytes } => *frame_bytes,
+            Split::Frame { payload, .. } => payload.end,
+        };
+        if self.hello_only && frame_bytes > FRAME_HEADER_BYTES + HELLO_PAYLOAD_BYTES_MAX {
+            return Err(ProtocolError::HelloTooLarge {
+                length: (frame_bytes - FRAME_HEADER_BYTES) as u64,
+            });
+        }
+        match split {
             Split::Incomplete { frame_bytes } => {
                 self.wanted = frame_bytes;
                 Ok(None)

@@ -462,3 +462,75 @@ fn an_abandoned_request_s_late_answer_is_dropped_and_abandoned_requests_are_boun
     assert_eq!(outstanding.abandon(0xffff_ffff), Err(LinkError::TooManyAbandoned));
     assert_eq!(outstanding.abandon(12), Ok(None), "an id not waited for is left alone");
 }
+
+mod handshake_buffer {
+    use crate::frame::FRAME_HEADER_BYTES;
+    use crate::limits::HELLO_PAYLOAD_BYTES_MAX;
+    use crate::link::{FrameBuffer, FrameBufferSizes};
+    use crate::{encode_message, FrameKind, Hello, ProtocolError};
+    use proptest::prelude::*;
+
+    fn frame_of(payload_bytes: usize) -> Vec<u8> {
+        let hello = Hello {
+            protocol_version: crate::limits::PROTOCOL_VERSION,
+            client_id: 7,
+            namespace: Vec::new(),
+            credentials: vec![b'x'; payload_bytes],
+            family: crate::Family::Client,
+        };
+        let mut out = Vec::new();
+        encode_message(FrameKind::Hello, 1, 0, &hello, &mut out).unwrap();
+        out
+    }
+
+    /// Feeds `bytes` as reads of up to `read_bytes`; the frames' sizes, or the error.
+    fn feed(buffer: &mut FrameBuffer, bytes: &[u8], read_bytes: usize) -> Result<Vec<usize>, ProtocolError> {
+        let mut frames = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let room = buffer.read_buffer();
+            let taken = room.len().min(read_bytes).min(rest.len());
+            room[..taken].copy_from_slice(&rest[..taken]);
+            buffer.filled(taken);
+            rest = &rest[taken..];
+            while let Some((_, payload)) = buffer.next_frame()? {
+                frames.push(payload.len());
+            }
+        }
+        Ok(frames)
+    }
+
+    #[test]
+    fn a_hello_fits_and_a_larger_first_frame_is_refused_at_its_header() {
+        let small = frame_of(1024);
+        let mut buffer = FrameBuffer::for_handshake();
+        assert_eq!(feed(&mut buffer, &small, 100).unwrap().len(), 1);
+        let large = frame_of(HELLO_PAYLOAD_BYTES_MAX);
+        let mut buffer = FrameBuffer::for_handshake();
+        // Refused from the header alone: nothing past it is waited for or held.
+        let refused = feed(&mut buffer, &large[..FRAME_HEADER_BYTES], FRAME_HEADER_BYTES);
+        assert!(
+            matches!(refused, Err(ProtocolError::HelloTooLarge { .. })),
+            "{refused:?}"
+        );
+        assert!(buffer.read_buffer().len() <= FRAME_HEADER_BYTES + HELLO_PAYLOAD_BYTES_MAX);
+        // Once open, the same frame passes.
+        let mut buffer = FrameBuffer::for_handshake();
+        buffer.open(FrameBufferSizes::chunked(64 * 1024));
+        assert_eq!(feed(&mut buffer, &large, 1000).unwrap().len(), 1);
+    }
+
+    proptest! {
+        /// Arbitrary bytes before a handshake: never a panic, and never a buffer larger
+        /// than one Hello frame.
+        #[test]
+        fn arbitrary_bytes_never_grow_a_handshake_buffer(
+            bytes in proptest::collection::vec(any::<u8>(), 0..20_000),
+            read_bytes in 1usize..5_000,
+        ) {
+            let mut buffer = FrameBuffer::for_handshake();
+            let _ = feed(&mut buffer, &bytes, read_bytes);
+            prop_assert!(buffer.read_buffer().len() <= FRAME_HEADER_BYTES + HELLO_PAYLOAD_BYTES_MAX + 1);
+        }
+    }
+}

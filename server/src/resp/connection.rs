@@ -21,7 +21,7 @@ use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX}
 use engram_proto::resp::{Arg, Parsed, ReplyWriter, RequestLimits, RequestParser, RespVersion};
 use engram_proto::{constant_time_equal, Command, ErrorCode, Request, SlotHasher};
 use futures::future::Either;
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::command::{translate, DoorCommand, Listing, Part, Translated, KNOWN};
 use super::reply::Fold;
@@ -30,6 +30,7 @@ use crate::dispatch::{end_connection, write_out, Door, Handled, Placed};
 use crate::outbox::Outbox;
 use crate::place::random_u64;
 use crate::proxy::Proxies;
+use crate::refusal::Refused;
 use crate::runtime::TcpStream;
 use crate::shard::Shard;
 
@@ -90,6 +91,8 @@ enum Close {
     Gone,
     /// `QUIT`, or a protocol error: the replies so far are written first.
     AfterReplies,
+    /// No `AUTH` within the handshake timeout.
+    TimedOut,
 }
 
 /// Who the connection speaks for.
@@ -125,6 +128,16 @@ impl Session {
     }
 }
 
+/// Turns a connection away because the node serves `--max-connections` already, in
+/// Redis's words, then closes it.
+pub async fn refuse_busy(shard: Rc<Shard>, mut stream: TcpStream) {
+    let max_connections = shard.admission().max_connections;
+    let detail = format!("the node serves max_connections ({max_connections}) connections");
+    shard.refused(Refused::MaxConnections, stream.peer_addr().ok(), &detail);
+    let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+    let _ = stream.close().await;
+}
+
 /// Serves one Redis-protocol connection until it ends.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, outbox: Rc<Outbox>) {
     shard.connection_opened();
@@ -146,8 +159,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, outbox: Rc<Outbox>) {
         session: Session::new(authenticated),
         proxies: OnceCell::new(),
     };
-    if let Err(Close::AfterReplies) = connection.run().await {
-        let _ = connection.flush().await;
+    match connection.run().await {
+        Err(Close::AfterReplies) => {
+            let _ = connection.flush().await;
+        }
+        Err(Close::TimedOut) => {
+            let detail = format!("no AUTH within {:?}", shard.admission().handshake_timeout);
+            shard.refused(Refused::HandshakeTimeout, connection.stream.peer_addr().ok(), &detail);
+        }
+        Ok(()) | Err(Close::Gone) => {}
     }
     end_connection(
         &shard,
@@ -176,17 +196,37 @@ struct Connection {
 impl Connection {
     async fn run(&mut self) -> Result<(), Close> {
         let _ = self.stream.set_nodelay(true);
-        loop {
-            let can_take_more = self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
-            let mut made_progress = false;
-            if can_take_more && !self.input.unparsed().is_empty() {
-                made_progress = self.answer_commands().await? > 0;
-            }
-            if !made_progress && self.next_read(can_take_more).await? {
-                self.answer_commands().await?;
-            }
-            self.flush().await?;
+        if !self.session.authenticated {
+            // With a token set, a connection has the handshake timeout to AUTH.
+            let timeout = self.shard.admission().handshake_timeout;
+            let authenticated = async {
+                while !self.session.authenticated {
+                    self.step().await?;
+                }
+                Ok(())
+            };
+            let timed_out = async {
+                crate::runtime::sleep(timeout).await;
+                Err(Close::TimedOut)
+            };
+            futures_lite::future::or(authenticated, timed_out).await?;
         }
+        loop {
+            self.step().await?;
+        }
+    }
+
+    /// Answers what was read, reads more, writes the replies.
+    async fn step(&mut self) -> Result<(), Close> {
+        let can_take_more = self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+        let mut made_progress = false;
+        if can_take_more && !self.input.unparsed().is_empty() {
+            made_progress = self.answer_commands().await? > 0;
+        }
+        if !made_progress && self.next_read(can_take_more).await? {
+            self.answer_commands().await?;
+        }
+        self.flush().await
     }
 
     /// Reads more; `false` when nothing was read because replies are waiting to be
@@ -528,7 +568,10 @@ impl Connection {
     fn authenticate(&mut self, username: Option<Vec<u8>>, password: &[u8]) -> Result<(), String> {
         match self.shard.auth_token() {
             Some(token) if !constant_time_equal(token, password) => {
-                return Err("WRONGPASS invalid username-password pair or user is disabled.".into())
+                let peer = self.stream.peer_addr().ok();
+                self.shard
+                    .refused(Refused::Unauthorized, peer, "AUTH with a wrong token");
+                return Err("WRONGPASS invalid username-password pair or user is disabled.".into());
             }
             None if username.is_none() => {
                 return Err(

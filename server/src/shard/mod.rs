@@ -20,6 +20,7 @@ use crate::cluster::{NodeMap, Owner, Routing};
 use crate::metrics::ShardMetrics;
 use crate::notify::LocalNotify;
 use crate::outbox::{Destination, Outbox};
+use crate::refusal::{RefusalLog, Refused};
 use crate::runtime::{self, MeshReceivers, MeshSenders, TaskHandle, Tasks};
 use crate::shutdown::Shutdown;
 use crate::stats::{NodeStats, ShardStats};
@@ -84,6 +85,8 @@ pub struct Shard {
     /// How long a connection polls its socket before waiting for readiness
     /// (`--spin-us`); zero: it waits at once.
     read_spin: Duration,
+    admission: Admission,
+    refusals: RefusalLog,
     peers: MeshSenders<Forwarded>,
     metrics: ShardMetrics,
     operations: Cell<u64>,
@@ -114,6 +117,16 @@ pub struct ShardSetup {
     /// How long a connection polls its socket before waiting for readiness
     /// (`--spin-us`); zero: it waits at once.
     pub read_spin: Duration,
+    pub admission: Admission,
+}
+
+/// What the node lets strangers hold: connections at once, and time to authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Connections the whole node serves at once (`--max-connections`).
+    pub max_connections: u64,
+    /// How long a connection may take to complete its handshake.
+    pub handshake_timeout: Duration,
 }
 
 /// What became of a request submitted to its shard.
@@ -145,6 +158,8 @@ impl Shard {
             node: setup.node,
             auth_token: setup.auth_token,
             read_spin: setup.read_spin,
+            admission: setup.admission,
+            refusals: RefusalLog::default(),
             peers,
             metrics,
             operations: Cell::new(0),
@@ -212,6 +227,30 @@ impl Shard {
     /// waits at once.
     pub fn read_spin(&self) -> Duration {
         self.read_spin
+    }
+
+    /// What the node lets strangers hold.
+    pub fn admission(&self) -> Admission {
+        self.admission
+    }
+
+    /// Whether the node may take one more connection: it serves fewer than
+    /// `--max-connections` on all its shards (read without a lock, so shards accepting at
+    /// the same moment may each take one past it).
+    pub fn has_room_for_a_connection(&self) -> bool {
+        let open: u64 = self
+            .node
+            .shards
+            .iter()
+            .map(|shard| shard.connections.load(Relaxed))
+            .sum();
+        open < self.admission.max_connections
+    }
+
+    /// Counts and logs (rate-limited) a connection turned away.
+    pub fn refused(&self, reason: Refused, peer: Option<std::net::SocketAddr>, detail: &str) {
+        self.metrics.refused(reason);
+        self.refusals.note(self.shard_id, reason, peer, detail);
     }
 
     pub fn connection_opened(&self) {

@@ -1,0 +1,225 @@
+//! What a stranger can make a node hold: before its handshake a connection holds at
+//! most one small Hello, for at most the handshake timeout, and past
+//! `--max-connections` a new connection is refused; meanwhile clients are served.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use engram_client::blocking;
+use engram_proto::frame::FrameHeader;
+use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, HELLO_PAYLOAD_BYTES_MAX};
+use engram_proto::{ErrorCode, FrameKind, Response};
+use engram_tests::raw::RawConnection;
+use engram_tests::server::{free_port, next_loopback};
+use engram_tests::{EngramServer, ServerOptions};
+
+const STRANGERS: usize = 1_000;
+/// Short, so the test sees the strangers closed soon; the default is 10 s.
+const HANDSHAKE_TIMEOUT_MS: u64 = 4_000;
+const RSS_GROWTH_BYTES_MAX: u64 = 50 << 20;
+/// How long a closed stranger may take to notice, past the timeout (a slow machine).
+const CLOSE_SLACK: Duration = Duration::from_secs(20);
+
+/// A frame header claiming a payload of `payload_bytes`, with whatever checksum: the
+/// server must decide from the header alone.
+fn header_claiming(payload_bytes: usize) -> Vec<u8> {
+    let header = FrameHeader {
+        kind: FrameKind::Hello,
+        request_id: 1,
+        map_epoch: 0,
+        payload_bytes: payload_bytes as u32,
+        payload_crc32: 0,
+    };
+    header.encode().to_vec()
+}
+
+fn connect(address: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&address, Duration::from_secs(10)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(HANDSHAKE_TIMEOUT_MS) + CLOSE_SLACK))
+        .expect("read timeout");
+    stream
+}
+
+/// Whether the server closed `stream` (after any error frame it sent first).
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn refused_total(metrics: SocketAddr, reason: &str) -> u64 {
+    let mut stream = TcpStream::connect(metrics).expect("connect to metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: engram\r\nConnection: close\r\n\r\n")
+        .expect("ask for metrics");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read metrics");
+    text.lines()
+        .filter(|line| line.starts_with("engram_connections_refused_total{"))
+        .filter(|line| line.contains(&format!("reason=\"{reason}\"")))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_thousand_silent_strangers_hold_little_and_are_closed_by_the_handshake_timeout() {
+    let bind = next_loopback();
+    let metrics = SocketAddr::from((bind, free_port(bind)));
+    let server = EngramServer::start(
+        ServerOptions::default()
+            .cores(2)
+            .bind(bind)
+            .metrics_port(metrics.port())
+            .handshake_timeout_ms(HANDSHAKE_TIMEOUT_MS),
+    );
+    let client = blocking::Client::connect(server.client_builder()).expect("a client connects");
+    client.bytes("before").set(b"v".to_vec()).expect("served before");
+    let rss_before = server.rss_bytes();
+    let started = Instant::now();
+    // The largest Hello allowed before authentication, announced and half sent: the
+    // server waits for the rest, holding what arrived.
+    let mut strangers: Vec<TcpStream> = (0..STRANGERS)
+        .map(|_| {
+            let mut stream = connect(server.front());
+            stream
+                .write_all(&header_claiming(HELLO_PAYLOAD_BYTES_MAX))
+                .expect("send a header");
+            stream
+                .write_all(&vec![7u8; HELLO_PAYLOAD_BYTES_MAX / 2])
+                .expect("send half a Hello");
+            stream
+        })
+        .collect();
+    let rss_with_strangers = server.rss_bytes();
+    assert!(
+        started.elapsed() < Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        "the strangers took longer to connect than the timeout; the measure is void"
+    );
+    let growth = rss_with_strangers.saturating_sub(rss_before);
+    assert!(
+        growth < RSS_GROWTH_BYTES_MAX,
+        "{STRANGERS} strangers grew the server by {growth} bytes (from {rss_before})"
+    );
+    client
+        .bytes("during")
+        .set(b"v".to_vec())
+        .expect("served while strangers wait");
+    assert_eq!(
+        client.bytes("before").get().expect("read").map(|read| read.value),
+        Some(b"v".to_vec())
+    );
+    for (index, stranger) in strangers.iter_mut().enumerate() {
+        assert!(closed_by_server(stranger), "stranger {index} was not closed");
+    }
+    assert!(
+        refused_total(metrics, "handshake_timeout") >= STRANGERS as u64,
+        "every stranger is counted"
+    );
+    client.bytes("after").set(b"v".to_vec()).expect("served after");
+    eprintln!("{STRANGERS} strangers: RSS {rss_before} -> {rss_with_strangers} bytes (+{growth}), all closed");
+}
+
+#[test]
+fn a_first_frame_larger_than_a_hello_is_refused_from_its_header() {
+    let server = EngramServer::start(ServerOptions::default().cores(1));
+    let mut raw = RawConnection::connect(server.front());
+    raw.send_raw(&header_claiming(FRAME_PAYLOAD_BYTES_MAX));
+    let reply = raw
+        .read_frame()
+        .expect("an answer")
+        .expect("an error frame before the close");
+    let Response::Error(error) = reply.response() else {
+        panic!("expected an error, got {:?}", reply.response())
+    };
+    assert_eq!(ErrorCode::from_u16(error.code), Some(ErrorCode::Malformed));
+    assert!(error.message.contains("hello_payload_bytes_max"), "{}", error.message);
+    assert!(
+        raw.read_frame().expect("the close").is_none(),
+        "the connection is closed"
+    );
+    let client = blocking::Client::connect(server.client_builder()).expect("others still connect");
+    client.bytes("k").set(b"v".to_vec()).expect("served");
+}
+
+#[test]
+fn past_max_connections_new_connections_are_refused_and_clients_are_served() {
+    const MAX_CONNECTIONS: u64 = 6;
+    let server = EngramServer::start(
+        ServerOptions::default()
+            .cores(1)
+            .resp()
+            .max_connections(MAX_CONNECTIONS),
+    );
+    let client = blocking::Client::connect(server.client_builder()).expect("a client connects");
+    client.bytes("k").set(b"v".to_vec()).expect("served");
+    // Handshaken connections fill the node up (the client holds some already).
+    let mut held = Vec::new();
+    let refused = loop {
+        let mut raw = RawConnection::connect(server.front());
+        raw.send_raw(&engram_tests::raw::hello_frame(
+            0,
+            &engram_tests::raw::hello(9, b"", b""),
+        ));
+        match raw.read_frame().expect("an answer") {
+            Some(reply) if reply.header.kind == FrameKind::HelloReply => held.push(raw),
+            Some(reply) => break (reply, raw),
+            None => panic!("closed without a word"),
+        }
+        assert!(
+            held.len() as u64 <= MAX_CONNECTIONS,
+            "more than max_connections were served"
+        );
+    };
+    let (reply, mut raw) = refused;
+    let Response::Error(error) = reply.response() else {
+        panic!("expected a refusal, got {:?}", reply.response())
+    };
+    assert_eq!(
+        ErrorCode::from_u16(error.code),
+        Some(ErrorCode::Busy),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("max_connections"), "{}", error.message);
+    assert!(raw.read_frame().expect("the close").is_none());
+    // The Redis door refuses in Redis's words.
+    let mut redis = connect(server.resp().expect("the door"));
+    let mut words = String::new();
+    let _ = redis.read_to_string(&mut words);
+    assert_eq!(words, "-ERR max number of clients reached\r\n");
+    // Those served already still are.
+    client
+        .bytes("k")
+        .set(b"w".to_vec())
+        .expect("the client is still served");
+    assert_eq!(
+        client.bytes("k").get().expect("read").map(|read| read.value),
+        Some(b"w".to_vec())
+    );
+    // Room again once connections close.
+    drop(held);
+    let mut served = None;
+    for _ in 0..100 {
+        let mut raw = RawConnection::connect(server.front());
+        raw.send_raw(&engram_tests::raw::hello_frame(
+            0,
+            &engram_tests::raw::hello(9, b"", b""),
+        ));
+        if let Some(reply) = raw.read_frame().expect("an answer") {
+            if reply.header.kind == FrameKind::HelloReply {
+                served = Some(raw);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(served.is_some(), "a connection is served again once others closed");
+}
