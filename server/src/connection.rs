@@ -349,8 +349,7 @@ impl Connection {
         received: Instant,
     ) -> Result<Handled, Close> {
         let Some(session) = &self.session else {
-            self.shake_hands(kind, request_id, payload)?;
-            return Ok(Handled::Untimed);
+            unreachable!("frames are answered only once the handshake is done (shake_hands_in_time)")
         };
         let (served, caller) = (session.served, Caller::of(session));
         if kind != FrameKind::Request {
