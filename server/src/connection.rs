@@ -153,9 +153,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool, outbox: Rc<
 /// Turns a connection away because the node serves `--max-connections` already: one
 /// error frame (`Busy`, which clients retry with backoff), then the socket closes.
 pub async fn refuse_busy(shard: Rc<Shard>, mut stream: TcpStream) {
-    let max_connections = shard.admission().max_connections;
-    let detail = format!("the node serves max_connections ({max_connections}) connections");
-    shard.refused(Refused::MaxConnections, stream.peer_addr().ok(), &detail);
+    let detail = shard.refused_for_room(stream.peer_addr().ok());
     let outbox = Outbox::new(shard.map_epoch());
     let reply = shard.error_reply(ErrorCode::Busy, detail);
     outbox.push(FrameKind::Response, 0, &Response::Error(reply));

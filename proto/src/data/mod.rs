@@ -102,6 +102,16 @@ impl DataCommand {
         on_object!(self, object => object.key())
     }
 
+    /// Every key the command names: its key, then a pop's other keys (a pop of several
+    /// keys is the only command that names more than one).
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        let more: &[Vec<u8>] = match self {
+            DataCommand::Queue(QueueCommand::PopAny { more_keys, .. }) => more_keys,
+            _ => &[],
+        };
+        std::iter::once(self.key()).chain(more.iter().map(Vec::as_slice))
+    }
+
     pub fn key_mut(&mut self) -> &mut Vec<u8> {
         on_object!(self, object => object.key_mut())
     }

@@ -42,15 +42,6 @@ pub enum QueueEnd {
 keyed_variants!(QueueCommand { Push, Pop, Len, PopAny });
 
 impl QueueCommand {
-    /// Every key the command names: `key`, then a `PopAny`'s others.
-    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        let more: &[Vec<u8>] = match self {
-            QueueCommand::PopAny { more_keys, .. } => more_keys,
-            _ => &[],
-        };
-        std::iter::once(self.key()).chain(more.iter().map(Vec::as_slice))
-    }
-
     pub fn is_mutation(&self) -> bool {
         !matches!(self, QueueCommand::Len { .. })
     }

@@ -131,9 +131,7 @@ impl Session {
 /// Turns a connection away because the node serves `--max-connections` already, in
 /// Redis's words, then closes it.
 pub async fn refuse_busy(shard: Rc<Shard>, mut stream: TcpStream) {
-    let max_connections = shard.admission().max_connections;
-    let detail = format!("the node serves max_connections ({max_connections}) connections");
-    shard.refused(Refused::MaxConnections, stream.peer_addr().ok(), &detail);
+    shard.refused_for_room(stream.peer_addr().ok());
     let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
     let _ = stream.close().await;
 }

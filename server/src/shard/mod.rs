@@ -11,9 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engram_proto::{
-    Command, DataCommand, ErrorCode, ErrorReply, NodeInfo, PeerResponse, QueueCommand, Request, Response, SlotMap,
-};
+use engram_proto::{Command, DataCommand, ErrorCode, ErrorReply, NodeInfo, PeerResponse, Request, Response, SlotMap};
 use futures::channel::oneshot;
 
 use crate::cluster::{NodeMap, Owner, Routing};
@@ -247,6 +245,15 @@ impl Shard {
         open < self.admission.max_connections
     }
 
+    /// Counts and logs a connection turned away because the node is full; the words
+    /// its refusal says it in.
+    pub fn refused_for_room(&self, peer: Option<std::net::SocketAddr>) -> String {
+        let max_connections = self.admission.max_connections;
+        let detail = format!("the node serves max_connections ({max_connections}) connections");
+        self.refused(Refused::MaxConnections, peer, &detail);
+        detail
+    }
+
     /// Counts and logs (rate-limited) a connection turned away.
     pub fn refused(&self, reason: Refused, peer: Option<std::net::SocketAddr>, detail: &str) {
         self.metrics.refused(reason);
@@ -410,19 +417,22 @@ impl Shard {
     pub fn submit(&self, client_id: u64, request: &Request, destination: Destination, received: Instant) -> Submitted {
         let now_ms = self.ms_at(received);
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
-        let mut key = request.command.key();
+        let data = match &request.command {
+            Command::Data(data) => Some(data),
+            _ => None,
+        };
         if request.command.is_mutation() {
             let origin = (request.op_id != 0).then_some((client_id, request.op_id));
-            for changed in keys_of(&request.command) {
+            for changed in data.into_iter().flat_map(DataCommand::keys) {
                 self.note_change(changed, origin);
             }
         }
         // A pop of several keys changed the key it popped from: its answer waits for
         // that key's change to reach the backups.
-        if let (Some(keys), Outcome::Ready(Response::Popped { key_index, .. })) = (pop_keys(&request.command), &outcome)
-        {
-            key = keys.into_iter().nth(*key_index as usize);
-        }
+        let key = match (data, &outcome) {
+            (Some(data), Outcome::Ready(Response::Popped { key_index, .. })) => data.keys().nth(*key_index as usize),
+            _ => request.command.key(),
+        };
         let mut submitted = match outcome {
             Outcome::Ready(_) => Submitted::Answered,
             Outcome::Parked(_) => Submitted::Parked,
@@ -633,20 +643,5 @@ impl Shard {
             }
             runtime::yield_if_needed().await;
         }
-    }
-}
-
-/// The keys a command names: its key, and a pop's other keys.
-fn keys_of(command: &Command) -> impl Iterator<Item = &[u8]> {
-    let popped = pop_keys(command);
-    let single = if popped.is_none() { command.key() } else { None };
-    single.into_iter().chain(popped.into_iter().flatten())
-}
-
-/// A pop of several keys' keys, in order.
-fn pop_keys(command: &Command) -> Option<Vec<&[u8]>> {
-    match command {
-        Command::Data(DataCommand::Queue(pop @ QueueCommand::PopAny { .. })) => Some(pop.keys().collect()),
-        _ => None,
     }
 }

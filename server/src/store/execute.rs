@@ -376,8 +376,8 @@ impl Store {
                     queue.pop(key, *end, *timeout_ms, effects)
                 })
             }
-            Command::Data(DataCommand::Queue(command @ QueueCommand::PopAny { end, timeout_ms, .. })) => {
-                let keys: Vec<&[u8]> = command.keys().collect();
+            Command::Data(data @ DataCommand::Queue(QueueCommand::PopAny { end, timeout_ms, .. })) => {
+                let keys: Vec<&[u8]> = data.keys().collect();
                 self.pop_any(&keys, *end, *timeout_ms, now_ms, origin)
             }
             Command::Data(DataCommand::Queue(QueueCommand::Len { key })) => {

@@ -28,3 +28,10 @@ pub(super) fn client_key(stored: &[u8]) -> &[u8] {
         _ => stored,
     }
 }
+
+/// A stored key's namespace prefix, `[length][namespace]` (the whole key when it is too
+/// short for its own length byte).
+pub(super) fn namespace_prefix(stored: &[u8]) -> &[u8] {
+    let prefix_bytes = stored.first().map_or(0, |&length| 1 + usize::from(length));
+    &stored[..prefix_bytes.min(stored.len())]
+}

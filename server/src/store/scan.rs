@@ -17,8 +17,7 @@ use engram_proto::limits::{SCAN_COUNT_MAX, SCAN_PAGE_BYTES_MAX};
 use engram_proto::{glob_matches, ObjectKind, Response, SHARD_SCAN_CURSOR_BITS};
 
 use super::key::object_kind;
-use super::keys::client_key;
-use super::table::namespace_prefix;
+use super::keys::{client_key, namespace_prefix};
 use super::Store;
 
 /// Most pages a walk over a shard's table takes, whatever the count asks (while pages

@@ -14,6 +14,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
+use super::keys::namespace_prefix;
 use super::{entry_bytes, expiry_bytes, object_entry_bytes, Entry, Object};
 
 /// What the table holds for one key.
@@ -486,13 +487,6 @@ impl NamespaceKeys {
             prefix => self.named.get(prefix).copied().unwrap_or(0),
         }
     }
-}
-
-/// A stored key's namespace prefix, `[length][namespace]` (the whole key when it is too
-/// short for its own length byte).
-pub(crate) fn namespace_prefix(stored_key: &[u8]) -> &[u8] {
-    let prefix_bytes = stored_key.first().map_or(0, |&length| 1 + usize::from(length));
-    &stored_key[..prefix_bytes.min(stored_key.len())]
 }
 
 /// Tables made so far in this process: each table's identity counts from it.
