@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use engram_proto::limits::{CREDENTIALS_BYTES_MAX, NAMESPACE_BYTES_MAX};
+use engram_tls::{ClientTls, Endpoint};
 use tokio::runtime::Handle;
 
 use crate::client::Client;
@@ -21,6 +22,7 @@ pub struct ClientBuilder {
     timeout: Duration,
     direct: bool,
     spin: Duration,
+    tls: Option<ClientTls>,
 }
 
 /// Longest client-side spin a builder accepts: past this, parking costs less than the
@@ -43,6 +45,7 @@ impl ClientBuilder {
             timeout: Duration::from_millis(CALL_TIMEOUT_MS_DEFAULT),
             direct: true,
             spin: Duration::ZERO,
+            tls: None,
         }
     }
 
@@ -82,6 +85,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Speak TLS on every connection, checking servers' certificates against `tls`'s
+    /// CAs (and showing its certificate, if it has one, to servers that ask). An address
+    /// written `tls://host:port` asks for TLS too, and needs this.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Validates the settings, connects to the address and, when direct, fetches the slot
     /// map. A map that cannot be fetched is not fatal: calls then go to the given address
     /// until a later refresh succeeds. Must run inside a tokio runtime; the client's
@@ -94,9 +105,17 @@ impl ClientBuilder {
     }
 
     fn validate(self) -> Result<(Config, Handshake), Error> {
-        if host_of(&self.address).is_none_or(str::is_empty) {
+        let endpoint = Endpoint::parse(&self.address);
+        if host_of(endpoint.address).is_none_or(str::is_empty) {
             return Err(Error::Config(format!("address {:?} is not host:port", self.address)));
         }
+        if endpoint.tls && self.tls.is_none() {
+            return Err(Error::Config(format!(
+                "{:?} asks for TLS: give the CA that signed the server's certificate (ClientBuilder::tls)",
+                self.address
+            )));
+        }
+        let seed_address = endpoint.address.to_string();
         if self.namespace.len() > NAMESPACE_BYTES_MAX {
             return Err(Error::Config(format!(
                 "namespace of {} bytes exceeds namespace_bytes_max ({NAMESPACE_BYTES_MAX})",
@@ -121,9 +140,10 @@ impl ClientBuilder {
             namespace: self.namespace.clone(),
             credentials: self.credentials,
             spin: self.spin,
+            tls: self.tls,
         };
         let config = Config {
-            seed_address: self.address,
+            seed_address,
             namespace: self.namespace,
             timeout: cap_timeout(self.timeout),
             direct: self.direct,
@@ -154,6 +174,8 @@ mod tests {
         let defaults = config(ClientBuilder::new("h:1")).unwrap();
         assert_eq!(defaults.namespace, b"default");
         assert!(defaults.direct);
+        let no_ca = config(ClientBuilder::new("tls://h:1")).unwrap_err();
+        assert!(no_ca.to_string().contains("CA"), "{no_ca}");
         assert_eq!(defaults.timeout, Duration::from_millis(CALL_TIMEOUT_MS_DEFAULT));
     }
 }

@@ -15,7 +15,8 @@ use engram_proto::{
     encode_message, ClientProtocol, FrameBuffer, FrameBufferSizes, FrameKind, HelloReply, Identity, Link, LinkError,
     Protocol, Request, Response,
 };
-use tokio::net::tcp::OwnedReadHalf;
+use engram_tls::ClientTls;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, TryAcquireError};
@@ -24,7 +25,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::error::{ConnectionError, Error};
 use crate::limits::WRITE_BATCH_BYTES_MAX;
-use crate::outbound::{write_queued, Outbound};
+use crate::outbound::{write_queued, Outbound, WriteSide};
 use crate::pending::{BatchRegistration, PendingTable, Reply, Settled};
 
 /// First capacity of a request's frame, on top of its key: header, request fields and a
@@ -39,6 +40,8 @@ pub struct Handshake {
     pub credentials: Vec<u8>,
     /// How long a call polls for its answer before parking (see `ClientBuilder::spin`).
     pub spin: Duration,
+    /// Every connection speaks TLS, checking servers against these roots.
+    pub tls: Option<ClientTls>,
 }
 
 impl Handshake {
@@ -82,23 +85,36 @@ impl Connection {
             address: address.to_string(),
             source,
         };
-        let mut stream = TcpStream::connect(address)
+        let stream = TcpStream::connect(address)
             .await
             .map_err(|error| failed(error.into()))?;
         stream.set_nodelay(true).map_err(|error| failed(error.into()))?;
         let mut link = Link::<ClientProtocol>::new(handshake.identity(), FrameBufferSizes::LINK)
             .map_err(|error| failed(error.into()))?;
-        exchange_hello(&mut stream, &mut link)
-            .await
-            .map_err(|failure| match failure {
-                HandshakeFailure::Refused(error) => error,
-                HandshakeFailure::Connection(source) => failed(source),
-            })?;
-        let (read_half, write_half) = stream.into_split();
+        let refused = |failure| match failure {
+            HandshakeFailure::Refused(error) => error,
+            HandshakeFailure::Connection(source) => failed(source),
+        };
         let pending = Arc::new(PendingTable::default());
-        let outbound = Arc::new(Outbound::new(write_half));
+        let (outbound, reader) = match &handshake.tls {
+            None => {
+                let mut stream = stream;
+                exchange_hello(&mut stream, &mut link).await.map_err(refused)?;
+                let (read_half, write_half) = stream.into_split();
+                let reader = read_responses(read_half, link.into_input(), Arc::clone(&pending));
+                (Outbound::new(WriteSide::Plain(write_half)), runtime.spawn(reader))
+            }
+            Some(tls) => {
+                let mut stream = crate::tls::connect(address, stream, tls).await?;
+                exchange_hello(&mut stream, &mut link).await.map_err(refused)?;
+                let (read_half, write_half) = tokio::io::split(stream);
+                let reader = read_responses(read_half, link.into_input(), Arc::clone(&pending));
+                let write_side = WriteSide::Tls(tokio::sync::Mutex::new(write_half));
+                (Outbound::new(write_side), runtime.spawn(reader))
+            }
+        };
+        let outbound = Arc::new(outbound);
         let writer = runtime.spawn(write_queued(Arc::clone(&outbound), Arc::clone(&pending)));
-        let reader = runtime.spawn(read_responses(read_half, link.into_input(), Arc::clone(&pending)));
         let reaper = runtime.spawn(Arc::clone(&pending).reap_overdue());
         Ok(Arc::new(Connection {
             address: address.to_string(),
@@ -308,8 +324,8 @@ pub(crate) enum HandshakeFailure {
 
 /// Sends `link`'s Hello and waits for the reply. A refusal is the server's final word
 /// (credentials, version); anything else is the connection failing.
-pub(crate) async fn exchange_hello<P: Protocol>(
-    stream: &mut TcpStream,
+pub(crate) async fn exchange_hello<P: Protocol, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     link: &mut Link<P>,
 ) -> Result<HelloReply, HandshakeFailure> {
     handshake(stream, link).await.map_err(|error| match error {
@@ -320,7 +336,11 @@ pub(crate) async fn exchange_hello<P: Protocol>(
 
 /// Hands each response to its caller until the stream ends or breaks, then fails every
 /// call still waiting (they retry on a new connection).
-async fn read_responses(mut stream: OwnedReadHalf, mut input: FrameBuffer, pending: Arc<PendingTable>) {
+async fn read_responses(
+    mut stream: impl AsyncRead + Unpin + Send + 'static,
+    mut input: FrameBuffer,
+    pending: Arc<PendingTable>,
+) {
     let failure = loop {
         if let Err(error) = answer_frames(&mut input, &pending) {
             break error;

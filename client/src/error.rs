@@ -104,6 +104,11 @@ pub enum Error {
         /// The retryable failure that was being retried when time ran out, if any.
         last_error: Option<Box<Error>>,
     },
+    /// TLS could not be set up with `address`: its certificate is not signed by a
+    /// trusted CA or not for its name, the port does not speak TLS, or the address has
+    /// no name to check. Final: retrying does not change certificates.
+    #[error("TLS with {address}: {detail}")]
+    Tls { address: String, detail: String },
     /// A connection could not be opened, or died with the call in flight.
     #[error("connection to {address}: {source}")]
     Connection {

@@ -30,6 +30,7 @@
 //!   `Outstanding`, and the in-flight places each outstanding request holds.
 //! - `pool`: one lazily opened, reopened-on-failure connection per server address.
 //! - `route`: slot map to routing table (owner per slot, resolved shard addresses).
+//! - `tls`: the TLS handshake of a connection, and its failures in words.
 //! - `object`: what every coordination handle holds, and how it sends a command.
 //! - `arguments`: waits, leases and owner ids in wire form, checked against the limits.
 //! - `operations`: operation-id allocation and the completed-below mark.
@@ -77,6 +78,7 @@ mod outbound;
 mod pending;
 mod pool;
 mod route;
+mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -87,6 +89,7 @@ pub use bytes::{Bytes, SetOptions, SetOutcome, Versioned};
 pub use client::Client;
 pub use counter::{CasOutcome, Counter};
 pub use engram_proto::{Command, ErrorCode, NodeInfo, Response, SetCondition, ShardInfo, SlotMap};
+pub use engram_tls::ClientTls;
 pub use error::{ConnectionError, Error, ServerCode};
 pub use future::RemoteFuture;
 pub use latch::Latch;

@@ -5,19 +5,25 @@
 //!
 //! The queue holds only frames whose requests hold an in-flight place on the
 //! connection (`IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`), so it is bounded by that.
+//!
+//! Under TLS every frame goes through the writer task: encryption needs the stream
+//! itself, not a shared socket, and what rustls holds back must be flushed.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_rustls::client::TlsStream;
 
 use crate::error::ConnectionError;
 use crate::limits::WRITE_BATCH_BYTES_MAX;
 use crate::pending::PendingTable;
 
 pub struct Outbound {
-    stream: OwnedWriteHalf,
+    stream: WriteSide,
     state: Mutex<State>,
     writer_wanted: Notify,
 }
@@ -34,8 +40,16 @@ struct State {
     failed: bool,
 }
 
+/// The connection's write side.
+pub enum WriteSide {
+    /// A socket any task may write to without waiting.
+    Plain(OwnedWriteHalf),
+    /// TLS, written by the writer task alone (the lock is never contended).
+    Tls(tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>),
+}
+
 impl Outbound {
-    pub fn new(stream: OwnedWriteHalf) -> Outbound {
+    pub fn new(stream: WriteSide) -> Outbound {
         Outbound {
             stream,
             state: Mutex::default(),
@@ -53,18 +67,27 @@ impl Outbound {
     /// writer task otherwise. Synchronous, so a cancelled caller leaves either nothing
     /// or the whole frame on its way. Fails once the socket has failed.
     pub fn send(&self, frame: Vec<u8>, pending: &PendingTable) -> Result<(), ConnectionError> {
-        {
+        let socket = {
             let mut state = self.state();
             if state.failed {
                 return Err(pending.failure().unwrap_or(ConnectionError::Closed));
             }
+            let WriteSide::Plain(socket) = &self.stream else {
+                state.queue.push_back(frame);
+                if !std::mem::replace(&mut state.writing, true) {
+                    drop(state);
+                    self.writer_wanted.notify_one();
+                }
+                return Ok(());
+            };
             if state.writing {
                 state.queue.push_back(frame);
                 return Ok(());
             }
             state.writing = true;
-        }
-        let written = match self.stream.try_write(&frame) {
+            socket
+        };
+        let written = match socket.try_write(&frame) {
             Ok(written) => written,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => 0,
             Err(error) => {
@@ -119,9 +142,17 @@ impl Outbound {
     }
 
     async fn write_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        let socket = match &self.stream {
+            WriteSide::Plain(socket) => socket,
+            WriteSide::Tls(stream) => {
+                let mut stream = stream.lock().await;
+                stream.write_all(bytes).await?;
+                return stream.flush().await;
+            }
+        };
         while !bytes.is_empty() {
-            self.stream.writable().await?;
-            match self.stream.try_write(bytes) {
+            socket.writable().await?;
+            match socket.try_write(bytes) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(written) => bytes = &bytes[written..],
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -171,7 +202,7 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let (_read_half, write_half) = client.into_split();
         // The read half may go: the write half alone keeps the socket open for writing.
-        (Arc::new(Outbound::new(write_half)), server)
+        (Arc::new(Outbound::new(WriteSide::Plain(write_half))), server)
     }
 
     /// Frames sent by several tasks while the peer is not reading (so writes are cut

@@ -21,6 +21,10 @@ pub enum ErrorCode {
     /// The handshake asked for a protocol family this port does not serve (a peer on a
     /// node's front port, the control protocol on a node); the message says where to go.
     FamilyNotServed = 5,
+    /// The port speaks TLS and the connection opened in plain TCP: connect with a
+    /// `tls://` address and the CA of the server's certificate. Sent in plain text, the
+    /// only frame such a connection gets.
+    TlsRequired = 6,
     /// The key's slot is not owned by this shard under the map epoch carried in the reply.
     /// Retryable: refresh the slot map and resend.
     WrongShard = 10,
@@ -70,12 +74,13 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::Unauthorized,
         ErrorCode::HandshakeRequired,
         ErrorCode::FamilyNotServed,
+        ErrorCode::TlsRequired,
         ErrorCode::WrongShard,
         ErrorCode::Moved,
         ErrorCode::TryAgain,
@@ -128,6 +133,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "Unauthorized",
             ErrorCode::HandshakeRequired => "HandshakeRequired",
             ErrorCode::FamilyNotServed => "FamilyNotServed",
+            ErrorCode::TlsRequired => "TlsRequired",
             ErrorCode::WrongShard => "WrongShard",
             ErrorCode::Moved => "Moved",
             ErrorCode::TryAgain => "TryAgain",

@@ -28,8 +28,9 @@ use crate::dispatch::{end_connection, write_out, Door, Handled, Placed};
 use crate::outbox::Outbox;
 use crate::proxy::Proxies;
 use crate::refusal::Refused;
-use crate::runtime::{self, TcpStream};
+use crate::runtime;
 use crate::shard::{Shard, Target};
+use crate::stream::Stream;
 use engram_proto::{
     AdminCommand, ArchivedBytesCommand, ArchivedCounterCommand, ArchivedDataCommand, BytesCommand, CounterCommand,
     DataCommand, ErrorReply, Family, PeerRequest, PeerResponse,
@@ -115,8 +116,7 @@ enum Close {
 /// Serves one connection until it ends. Its answers wait in `outbox`, which the caller
 /// makes so that it can close it (and end the tasks awaiting answers for it) should it
 /// have to end the connection from outside.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool, outbox: Rc<Outbox>) {
-    shard.connection_opened();
+pub async fn serve(shard: Rc<Shard>, stream: Stream, front: bool, outbox: Rc<Outbox>) {
     let mut connection = Connection {
         shard: shard.clone(),
         stream,
@@ -150,12 +150,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, front: bool, outbox: Rc<
     .await;
 }
 
-/// Turns a connection away because the node serves `--max-connections` already: one
-/// error frame (`Busy`, which clients retry with backoff), then the socket closes.
-pub async fn refuse_busy(shard: Rc<Shard>, mut stream: TcpStream) {
-    let detail = shard.refused_for_room(stream.peer_addr().ok());
+/// Turns a connection away with one error frame saying why (`Busy` when the node
+/// serves `--max-connections` already, which clients retry with backoff; `TlsRequired`
+/// at a TLS port), then closes the socket.
+pub async fn turn_away(shard: Rc<Shard>, mut stream: Stream, code: ErrorCode, detail: String) {
     let outbox = Outbox::new(shard.map_epoch());
-    let reply = shard.error_reply(ErrorCode::Busy, detail);
+    let reply = shard.error_reply(code, detail);
     outbox.push(FrameKind::Response, 0, &Response::Error(reply));
     let _ = write_out(&outbox, &mut stream, &mut Vec::new(), READ_CHUNK_BYTES).await;
     let _ = stream.close().await;
@@ -163,7 +163,7 @@ pub async fn refuse_busy(shard: Rc<Shard>, mut stream: TcpStream) {
 
 struct Connection {
     shard: Rc<Shard>,
-    stream: TcpStream,
+    stream: Stream,
     front: bool,
     session: Option<Session>,
     outbox: Rc<Outbox>,
@@ -179,7 +179,7 @@ struct Connection {
 
 impl Connection {
     async fn run(&mut self) -> Result<(), Close> {
-        let _ = self.stream.set_nodelay(true);
+        self.stream.set_nodelay();
         let mut input = self.shake_hands_in_time().await?;
         // Grown a chunk at a time for a frame whose validated header says it is larger,
         // so memory follows the bytes that actually arrive.
@@ -235,7 +235,7 @@ impl Connection {
     }
 
     fn peer(&self) -> Option<std::net::SocketAddr> {
-        self.stream.peer_addr().ok()
+        self.stream.peer_addr()
     }
 
     /// Reads more into `input`; `false` when nothing was read because answers are
@@ -254,7 +254,7 @@ impl Connection {
             None => {
                 let outbox = self.outbox.clone();
                 let answers = std::pin::pin!(outbox.ready());
-                // Reads are readiness-based (see `TcpStream`), so dropping the losing read
+                // Reads are readiness-based (see `Stream`), so dropping the losing read
                 // loses no bytes.
                 let receive = std::pin::pin!(self.stream.read(buffer));
                 match futures::future::select(receive, answers).await {
@@ -277,7 +277,8 @@ impl Connection {
     /// `None`: nothing arrived (or no spin); the caller waits as usual.
     async fn spin_read(&mut self, buffer: &mut [u8]) -> Result<Option<usize>, Close> {
         let spin = self.shard.read_spin();
-        if spin.is_zero() || buffer.is_empty() {
+        // Under TLS the socket's bytes are records for rustls, not requests.
+        if spin.is_zero() || buffer.is_empty() || !self.stream.is_plain() {
             return Ok(None);
         }
         let fd = self.stream.as_raw_fd();

@@ -14,8 +14,8 @@ use futures_lite::AsyncWriteExt;
 
 use crate::outbox::{Destination, Outbox};
 use crate::proxy::Proxies;
-use crate::runtime::TcpStream;
 use crate::shard::{Forwarded, Shard, Submitted, Target};
+use crate::stream::Stream;
 
 /// How a handled request counts toward its read's duration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +138,7 @@ impl Door<'_> {
 /// life of an idle connection.
 pub async fn write_out(
     outbox: &Outbox,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     spare: &mut Vec<u8>,
     spare_bytes_max: usize,
 ) -> std::io::Result<()> {
@@ -148,6 +148,8 @@ pub async fn write_out(
         spare.clear();
         written?;
     }
+    // TLS keeps what the socket did not take yet; plain TCP has nothing to flush.
+    stream.flush().await?;
     if spare.capacity() > spare_bytes_max {
         *spare = Vec::new();
     }
@@ -157,17 +159,11 @@ pub async fn write_out(
 /// What every connection does as it ends, after its last reply: closes its socket and
 /// outbox (ending the tasks awaiting answers for it), closes its proxy links (so their
 /// owners withdraw what they parked for it), and leaves the shard's books.
-pub async fn end_connection(
-    shard: &Shard,
-    stream: &mut TcpStream,
-    outbox: &Rc<Outbox>,
-    proxies: &mut OnceCell<Proxies>,
-) {
+pub async fn end_connection(shard: &Shard, stream: &mut Stream, outbox: &Rc<Outbox>, proxies: &mut OnceCell<Proxies>) {
     let _ = stream.close().await;
     outbox.close();
     drop(proxies.take());
     shard.forget_connection(outbox);
-    shard.connection_closed();
 }
 
 /// Namespaces become part of the stored key: `[namespace length][namespace][key]`.

@@ -24,6 +24,10 @@ pub enum ServerError {
          (ulimit -l; in Docker --ulimit memlock=8388608, or -1 where the daemon's own limit allows it)"
     )]
     ShardStart { shard: usize, reason: String },
+    #[error("TLS: {0}")]
+    Tls(#[from] engram_tls::TlsError),
+    #[error("--tls-cert with --control: TLS between nodes and with the control plane is not built yet; a TLS node runs alone")]
+    TlsInCluster,
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start a thread: {0}")]

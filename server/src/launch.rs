@@ -11,15 +11,18 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use futures::future::Either;
+use engram_proto::ErrorCode;
 
 use crate::connection;
 use crate::events::{NodeEvent, NodeEvents};
 use crate::outbox::Outbox;
+use crate::refusal::Refused;
 use crate::resp;
 use crate::runtime::{self, MeshBuilder, MeshReceivers, MeshSenders, TaskHandle, TcpListener, TcpStream};
 use crate::shard::{Forwarded, Shard, ShardSetup};
 use crate::shutdown::Shutdown;
+use crate::stream::Stream;
+use crate::tls::{self, Accepted};
 
 /// How long a shard waits before accepting again after an accept failed; the pause
 /// doubles with each failure in a row, up to `ACCEPT_RETRY_DOUBLINGS_MAX` times (1.28 s).
@@ -125,7 +128,8 @@ struct OpenConnection {
 }
 
 impl OpenConnections {
-    /// Serves `stream` as one of the shard's tasks until it ends or the shard stops.
+    /// Serves `stream` as one of the shard's tasks until it ends or the shard stops; on
+    /// a TLS node, once its TLS handshake completed.
     fn serve(self: &Rc<Self>, shard: &Rc<Shard>, stream: TcpStream, port: Port) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
@@ -139,10 +143,17 @@ impl OpenConnections {
         let served = shard.spawn({
             let shard = shard.clone();
             async move {
-                match port {
-                    Port::Resp => resp::connection::serve(shard, stream, outbox).await,
-                    Port::Shard | Port::Front => connection::serve(shard, stream, port == Port::Front, outbox).await,
+                // Counted from the first byte: a TLS handshake holds a connection too.
+                shard.connection_opened();
+                if let Some(stream) = secure(&shard, stream, port).await {
+                    match port {
+                        Port::Resp => resp::connection::serve(shard.clone(), stream, outbox).await,
+                        Port::Shard | Port::Front => {
+                            connection::serve(shard.clone(), stream, port == Port::Front, outbox).await
+                        }
+                    }
                 }
+                shard.connection_closed();
                 if let Some(open) = open.upgrade() {
                     open.open.borrow_mut().remove(&id);
                 }
@@ -198,6 +209,47 @@ async fn join_mesh(
     futures_lite::future::or(joined, stopped).await
 }
 
+/// The connection's stream: the socket itself on a plain node; on a TLS node, TLS once
+/// its handshake completed, or `None` when it did not (a plain client is told why).
+async fn secure(shard: &Rc<Shard>, socket: TcpStream, port: Port) -> Option<Stream> {
+    let Some(server_tls) = shard.server_tls() else {
+        return Some(Stream::Plain(socket));
+    };
+    match tls::accept(shard, socket, server_tls).await {
+        Accepted::Tls(stream) => Some(stream),
+        Accepted::Plain(socket) => {
+            let peer = socket.peer_addr().ok();
+            shard.refused(Refused::PlainAtTlsPort, peer, tls::PLAIN_AT_TLS_PORT);
+            let detail = tls::PLAIN_AT_TLS_PORT.to_string();
+            turn_away(
+                shard.clone(),
+                Stream::Plain(socket),
+                port,
+                ErrorCode::TlsRequired,
+                detail,
+            )
+            .await;
+            None
+        }
+        Accepted::Failed => None,
+    }
+}
+
+/// Turns a connection away with `code` and `detail`, in its door's protocol (Redis's
+/// own words for a full node), then closes it.
+async fn turn_away(shard: Rc<Shard>, stream: Stream, port: Port, code: ErrorCode, detail: String) {
+    match port {
+        Port::Resp => {
+            let line = match code {
+                ErrorCode::Busy => "-ERR max number of clients reached".to_string(),
+                _ => format!("-{}", resp::reply::error_line(&shard.error_reply(code, detail))),
+            };
+            resp::connection::turn_away(stream, &line).await;
+        }
+        Port::Shard | Port::Front => connection::turn_away(shard, stream, code, detail).await,
+    }
+}
+
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: Port, connections: Rc<OpenConnections>) {
     let mut failures: u32 = 0;
     loop {
@@ -208,13 +260,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: Port, connec
             }
             Ok(stream) => {
                 failures = 0;
-                // Told why, in its own protocol, by a task of its own: a slow reader
-                // holds up no one.
-                let refusal = match port {
-                    Port::Resp => Either::Left(resp::connection::refuse_busy(shard.clone(), stream)),
-                    Port::Shard | Port::Front => Either::Right(connection::refuse_busy(shard.clone(), stream)),
-                };
-                let _ = shard.spawn(refusal);
+                let detail = shard.refused_for_room(stream.peer_addr().ok());
+                // A TLS client would read a plain answer as a broken handshake, and a
+                // handshake is work a full node should not take on: it sees the close.
+                if shard.server_tls().is_none() {
+                    // Told by a task of its own: a slow reader holds up no one.
+                    let told = turn_away(shard.clone(), Stream::Plain(stream), port, ErrorCode::Busy, detail);
+                    let _ = shard.spawn(told);
+                }
             }
             Err(error) => {
                 // Out of file descriptors and the like: keep serving existing

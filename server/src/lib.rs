@@ -31,6 +31,9 @@
 //! - [`cluster`]: the node's slot map and routing.
 //! - [`link`]: the shards' adapter of proto's sans-I/O link, and the one-question peer link.
 //! - [`proxy`]: front-port forwarding to other nodes' shards, over links that speak for the client.
+//! - [`stream`]: a connection's byte stream, plain TCP or TLS over it.
+//! - [`tls`]: TLS on the node's ports: a plain client told so, a handshake within the
+//!   handshake timeout.
 //! - [`stats`]: per-shard figures published for INFO and metrics.
 //! - [`metrics`]: Prometheus families, per-shard counting handles, the `/metrics` endpoint.
 pub mod cluster;
@@ -57,3 +60,5 @@ pub mod shard;
 pub mod shutdown;
 pub mod stats;
 pub mod store;
+pub mod stream;
+pub mod tls;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engram_metrics_http::Responder;
+use engram_tls::ServerTls;
 
 use crate::cluster::NodeMap;
 use crate::config::{Config, NodeSettings};
@@ -48,6 +49,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let shutdown = Shutdown::new();
     watch_signals(shutdown.clone())?;
     let node = start(config.node, listeners, shutdown)?;
+    watch_reloads(node.tls.clone())?;
     announce_ready(&node);
     node.wait()?;
     tracing::info!("engramd stopped");
@@ -84,9 +86,13 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
         .collect::<Result<Vec<_>, _>>()?;
     // The node's own signal: a failed start or a dropped handle stops this node only.
     let stop = shutdown.child();
+    let tls = settings.tls.server()?;
+    if tls.is_some() && settings.control.is_some() {
+        return Err(ServerError::TlsInCluster);
+    }
     let credentials = settings.auth_token.clone().unwrap_or_default().into_bytes();
     let place = place_node(&settings, front_address, shard_addresses, &credentials, &stop)?;
-    let starting = Starting::new(&settings, place, shard_count);
+    let starting = Starting::new(&settings, place, shard_count, tls);
     let metrics = match metrics {
         Some(listener) => {
             let node = starting.node.clone();
@@ -115,6 +121,7 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
         node,
         node_map,
         membership,
+        tls,
         ..
     } = starting;
     if let Some(membership) = membership {
@@ -130,6 +137,7 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
         stop,
         events: event_receiver,
         shards_running: shard_count - stopped_during_start,
+        tls,
     })
 }
 
@@ -146,9 +154,20 @@ pub struct RunningNode {
     events: Receiver<NodeEvent>,
     /// Shards whose stop is still to come.
     shards_running: usize,
+    tls: Option<ServerTls>,
 }
 
 impl RunningNode {
+    /// Reads the node's TLS certificate and key again: connections accepted from now on
+    /// are served with them, those open keep theirs. A failed reload changes nothing.
+    /// `false`: the node serves no TLS.
+    pub fn reload_tls(&self) -> Result<bool, engram_tls::TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// The front port's address, which reaches every key.
     pub fn front_address(&self) -> SocketAddr {
         self.front_address
@@ -224,10 +243,11 @@ struct Starting {
     membership: Option<crate::heartbeat::Membership>,
     memory_limit_bytes: u64,
     hash_seed: u64,
+    tls: Option<ServerTls>,
 }
 
 impl Starting {
-    fn new(settings: &NodeSettings, place: NodePlace, shard_count: usize) -> Starting {
+    fn new(settings: &NodeSettings, place: NodePlace, shard_count: usize, tls: Option<ServerTls>) -> Starting {
         let NodePlace {
             node_id,
             map,
@@ -253,6 +273,7 @@ impl Starting {
                 .memory_limit
                 .map_or(u64::MAX, |limit| limit / shard_count as u64),
             hash_seed: random_u64(),
+            tls,
         }
     }
 
@@ -277,6 +298,7 @@ impl Starting {
                         .unwrap_or(crate::config::HANDSHAKE_TIMEOUT_MS_DEFAULT),
                 ),
             },
+            tls: self.tls.clone(),
         }
     }
 }
@@ -419,6 +441,30 @@ fn announce_ready(node: &RunningNode) {
 
 /// The first SIGINT or SIGTERM triggers `shutdown`; a second one interrupts the wait for
 /// the shards. The handlers are the process's: only engramd's path installs them.
+/// SIGHUP reloads the TLS certificate and key; without TLS it is logged and ignored
+/// (rather than ending the process, as it would by default).
+fn watch_reloads(tls: Option<ServerTls>) -> Result<(), ServerError> {
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).map_err(ServerError::Signals)?;
+    std::thread::Builder::new()
+        .name("reloads".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match &tls {
+                    None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+                    Some(tls) => match tls.reload() {
+                        Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "TLS certificate reloaded"),
+                        Err(error) => {
+                            tracing::error!(%error, "TLS reload failed; the previous certificate still serves")
+                        }
+                    },
+                }
+            }
+        })
+        .map_err(ServerError::Signals)?;
+    Ok(())
+}
+
 fn watch_signals(shutdown: Shutdown) -> Result<(), ServerError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Signals)?;

@@ -22,14 +22,21 @@ pub enum Refused {
     BadHello,
     /// The credentials were wrong.
     Unauthorized,
+    /// A plain client at a TLS port.
+    PlainAtTlsPort,
+    /// The TLS handshake failed (an unknown CA, no client certificate where one is
+    /// required, bytes that are not TLS).
+    TlsHandshake,
 }
 
 impl Refused {
-    pub const ALL: [Refused; 4] = [
+    pub const ALL: [Refused; 6] = [
         Refused::MaxConnections,
         Refused::HandshakeTimeout,
         Refused::BadHello,
         Refused::Unauthorized,
+        Refused::PlainAtTlsPort,
+        Refused::TlsHandshake,
     ];
 
     /// The metrics label.
@@ -39,6 +46,8 @@ impl Refused {
             Refused::HandshakeTimeout => "handshake_timeout",
             Refused::BadHello => "bad_hello",
             Refused::Unauthorized => "unauthorized",
+            Refused::PlainAtTlsPort => "plain_at_tls_port",
+            Refused::TlsHandshake => "tls_handshake",
         }
     }
 }

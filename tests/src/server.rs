@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use engram_tls::ServerTlsFiles;
+
 use crate::binaries;
 use crate::STEP_TIMEOUT;
 
@@ -44,6 +46,8 @@ pub struct ServerOptions {
     pub max_connections: Option<u64>,
     /// `--handshake-timeout-ms` (default: the server's own).
     pub handshake_timeout_ms: Option<u64>,
+    /// `--tls-cert`, `--tls-key` and `--tls-client-ca`: every port speaks TLS.
+    pub tls: Option<ServerTlsFiles>,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +65,7 @@ impl Default for ServerOptions {
             group: None,
             max_connections: None,
             handshake_timeout_ms: None,
+            tls: None,
         }
     }
 }
@@ -123,6 +128,11 @@ impl ServerOptions {
         self
     }
 
+    pub fn tls(mut self, files: ServerTlsFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
     pub fn control(mut self, address: &str) -> Self {
         self.control = Some(address.to_string());
         self
@@ -161,8 +171,34 @@ impl ServerOptions {
         if let Some(timeout_ms) = self.handshake_timeout_ms {
             arguments.extend(["--handshake-timeout-ms".to_string(), timeout_ms.to_string()]);
         }
+        if let Some(tls) = &self.tls {
+            let path = |path: &std::path::Path| path.display().to_string();
+            arguments.extend(["--tls-cert".to_string(), path(&tls.cert)]);
+            arguments.extend(["--tls-key".to_string(), path(&tls.key)]);
+            if let Some(client_ca) = &tls.client_ca {
+                arguments.extend(["--tls-client-ca".to_string(), path(client_ca)]);
+            }
+        }
         arguments
     }
+}
+
+/// How many connections the node whose metrics are at `metrics` turned away for
+/// `reason` (the `reason` label of `engram_connections_refused_total`), summed over its
+/// shards.
+pub fn refused_total(metrics: SocketAddr, reason: &str) -> u64 {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(metrics).expect("connect to metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: engram\r\nConnection: close\r\n\r\n")
+        .expect("ask for metrics");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read metrics");
+    text.lines()
+        .filter(|line| line.starts_with("engram_connections_refused_total{"))
+        .filter(|line| line.contains(&format!("reason=\"{reason}\"")))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// A loopback address no other server of this process (and, with high probability, of

@@ -11,7 +11,7 @@ use engram_proto::frame::FrameHeader;
 use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, HELLO_PAYLOAD_BYTES_MAX};
 use engram_proto::{ErrorCode, FrameKind, Response};
 use engram_tests::raw::RawConnection;
-use engram_tests::server::{free_port, next_loopback};
+use engram_tests::server::{free_port, next_loopback, refused_total};
 use engram_tests::{EngramServer, ServerOptions};
 
 const STRANGERS: usize = 1_000;
@@ -53,20 +53,6 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
             Err(_) => return false,
         }
     }
-}
-
-fn refused_total(metrics: SocketAddr, reason: &str) -> u64 {
-    let mut stream = TcpStream::connect(metrics).expect("connect to metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: engram\r\nConnection: close\r\n\r\n")
-        .expect("ask for metrics");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read metrics");
-    text.lines()
-        .filter(|line| line.starts_with("engram_connections_refused_total{"))
-        .filter(|line| line.contains(&format!("reason=\"{reason}\"")))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 #[test]

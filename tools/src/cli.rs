@@ -14,6 +14,7 @@ pub use slots::{format_slots, merge_ranges, parse_slots, SlotList};
 use engram_proto::ControlAddresses;
 
 use crate::failure::EXIT_CODES_HELP;
+use crate::tls_args::TlsArgs;
 
 /// Where `engram cluster` looks for engram-control when --control is not given.
 pub const CONTROL_DEFAULT: &str = "127.0.0.1:7300";
@@ -25,7 +26,8 @@ pub const TIMEOUT_MS_DEFAULT: u64 = 5_000;
 #[derive(Debug, Parser)]
 #[command(name = "engram", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Node to contact (its front port, or any shard port).
+    /// Node to contact (its front port, or any shard port); tls://HOST:PORT over TLS
+    /// (with --tls-ca).
     #[arg(
         long,
         global = true,
@@ -59,6 +61,9 @@ pub struct Cli {
     /// Send every request to --addr instead of routing keys to their shard's port.
     #[arg(long, global = true, env = "ENGRAM_FRONT_ONLY")]
     pub front_only: bool,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     #[command(subcommand)]
     pub command: Command,

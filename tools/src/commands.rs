@@ -31,13 +31,15 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
     }
     // Direct routing degrades by itself to sending everything to --addr when the node
     // cannot serve a slot map, so the CLI needs no fallback of its own.
-    let client = Client::builder(cli.addr)
+    let mut builder = Client::builder(cli.addr)
         .namespace(cli.namespace)
         .credentials(cli.credentials)
         .timeout(timeout)
-        .direct(!cli.front_only)
-        .connect()
-        .await?;
+        .direct(!cli.front_only);
+    if let Some(tls) = cli.tls.client_tls().map_err(Failure::Usage)? {
+        builder = builder.tls(tls);
+    }
+    let client = builder.connect().await?;
     match cli.command {
         Command::Ping => {
             let started = Instant::now();

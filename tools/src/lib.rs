@@ -8,6 +8,7 @@
 //! - [`control_plane_view`]: the control-plane processes (leader, standby, unreachable) and the state store, as status shows them.
 //! - [`info_view`]: node info as a human table or JSON (the wire type, with engram-proto's `serde` feature).
 //! - [`failure`]: the CLI error enum and its exit codes.
+//! - [`tls_args`]: the TLS flags of the CLI and the bench (CA, client certificate).
 //! - [`bench`]: the `engram-bench` load generator (Engram, Redis and TCP-echo drivers).
 //! - [`demo`]: demos, e.g. Monte Carlo π across worker processes with a shared counter and barrier.
 //! - `bin/engram`: the `engram` binary: parse, run on a current-thread runtime, exit.
@@ -22,3 +23,4 @@ pub mod control_plane_view;
 pub mod demo;
 pub mod failure;
 pub mod info_view;
+pub mod tls_args;

@@ -26,6 +26,8 @@ pub async fn flush<S: AsyncWrite + Unpin, P: Protocol, W>(
     link: &mut Link<P, W>,
 ) -> std::io::Result<()> {
     writer.write_all(link.output()).await?;
+    // TLS holds back what the socket did not take; a plain socket has nothing to flush.
+    writer.flush().await?;
     let written = link.output().len();
     link.written(written);
     Ok(())

@@ -31,8 +31,8 @@ use crate::outbox::Outbox;
 use crate::place::random_u64;
 use crate::proxy::Proxies;
 use crate::refusal::Refused;
-use crate::runtime::TcpStream;
 use crate::shard::Shard;
+use crate::stream::Stream;
 
 /// Bytes asked of the socket per read; the buffer grows past it only for a command the
 /// parser says is longer (within its limits).
@@ -128,17 +128,16 @@ impl Session {
     }
 }
 
-/// Turns a connection away because the node serves `--max-connections` already, in
-/// Redis's words, then closes it.
-pub async fn refuse_busy(shard: Rc<Shard>, mut stream: TcpStream) {
-    shard.refused_for_room(stream.peer_addr().ok());
-    let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+/// Turns a connection away with one error line (`line`, in Redis's words where Redis
+/// has them), then closes it.
+pub async fn turn_away(mut stream: Stream, line: &str) {
+    let _ = stream.write_all(format!("{line}\r\n").as_bytes()).await;
+    let _ = stream.flush().await;
     let _ = stream.close().await;
 }
 
 /// Serves one Redis-protocol connection until it ends.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, outbox: Rc<Outbox>) {
-    shard.connection_opened();
+pub async fn serve(shard: Rc<Shard>, stream: Stream, outbox: Rc<Outbox>) {
     let authenticated = shard.auth_token().is_none();
     let limits = if authenticated {
         RequestLimits::AUTHENTICATED
@@ -163,7 +162,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, outbox: Rc<Outbox>) {
         }
         Err(Close::TimedOut) => {
             let detail = format!("no AUTH within {:?}", shard.admission().handshake_timeout);
-            shard.refused(Refused::HandshakeTimeout, connection.stream.peer_addr().ok(), &detail);
+            shard.refused(Refused::HandshakeTimeout, connection.stream.peer_addr(), &detail);
         }
         Ok(()) | Err(Close::Gone) => {}
     }
@@ -178,7 +177,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, outbox: Rc<Outbox>) {
 
 struct Connection {
     shard: Rc<Shard>,
-    stream: TcpStream,
+    stream: Stream,
     outbox: Rc<Outbox>,
     parser: RequestParser,
     args: Vec<Arg>,
@@ -193,7 +192,7 @@ struct Connection {
 
 impl Connection {
     async fn run(&mut self) -> Result<(), Close> {
-        let _ = self.stream.set_nodelay(true);
+        self.stream.set_nodelay();
         if !self.session.authenticated {
             // With a token set, a connection has the handshake timeout to AUTH.
             let timeout = self.shard.admission().handshake_timeout;
@@ -236,7 +235,7 @@ impl Connection {
         }
         let outbox = self.outbox.clone();
         let replies = std::pin::pin!(outbox.ready());
-        // Reads are readiness-based (see `TcpStream`), so dropping the losing read
+        // Reads are readiness-based (see `Stream`), so dropping the losing read
         // loses no bytes.
         let receive = std::pin::pin!(self.stream.read(self.input.room(self.wanted)));
         let read = match futures::future::select(receive, replies).await {
@@ -566,7 +565,7 @@ impl Connection {
     fn authenticate(&mut self, username: Option<Vec<u8>>, password: &[u8]) -> Result<(), String> {
         match self.shard.auth_token() {
             Some(token) if !constant_time_equal(token, password) => {
-                let peer = self.stream.peer_addr().ok();
+                let peer = self.stream.peer_addr();
                 self.shard
                     .refused(Refused::Unauthorized, peer, "AUTH with a wrong token");
                 return Err("WRONGPASS invalid username-password pair or user is disabled.".into());

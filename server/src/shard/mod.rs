@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engram_proto::{Command, DataCommand, ErrorCode, ErrorReply, NodeInfo, PeerResponse, Request, Response, SlotMap};
+use engram_tls::ServerTls;
 use futures::channel::oneshot;
 
 use crate::cluster::{NodeMap, Owner, Routing};
@@ -84,6 +85,7 @@ pub struct Shard {
     /// (`--spin-us`); zero: it waits at once.
     read_spin: Duration,
     admission: Admission,
+    tls: Option<ServerTls>,
     refusals: RefusalLog,
     peers: MeshSenders<Forwarded>,
     metrics: ShardMetrics,
@@ -116,6 +118,8 @@ pub struct ShardSetup {
     /// (`--spin-us`); zero: it waits at once.
     pub read_spin: Duration,
     pub admission: Admission,
+    /// The node's TLS certificate, when its ports speak TLS.
+    pub tls: Option<ServerTls>,
 }
 
 /// What the node lets strangers hold: connections at once, and time to authenticate.
@@ -157,6 +161,7 @@ impl Shard {
             auth_token: setup.auth_token,
             read_spin: setup.read_spin,
             admission: setup.admission,
+            tls: setup.tls,
             refusals: RefusalLog::default(),
             peers,
             metrics,
@@ -230,6 +235,11 @@ impl Shard {
     /// What the node lets strangers hold.
     pub fn admission(&self) -> Admission {
         self.admission
+    }
+
+    /// What the shard's ports accept TLS with, when they speak it.
+    pub fn server_tls(&self) -> Option<&ServerTls> {
+        self.tls.as_ref()
     }
 
     /// Whether the node may take one more connection: it serves fewer than

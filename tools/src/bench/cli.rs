@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bench::keys::KeyPattern;
 use crate::bench::workload::{Ratio, Workload};
+use crate::tls_args::TlsArgs;
 
 /// Most connections one run opens; past this the tool, not the server, is measured.
 pub const CONNECTIONS_MAX: usize = 10_000;
@@ -171,6 +172,9 @@ pub struct LoadArgs {
     #[arg(long, env = "ENGRAM_BENCH_FRONT_ONLY")]
     pub front_only: bool,
 
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
     /// Also write the results as JSON to this file.
     #[arg(long, env = "ENGRAM_BENCH_JSON", value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -183,21 +187,30 @@ pub struct LoadArgs {
 /// The system under load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Engram { address: String },
-    Redis { address: String },
-    TcpEcho { address: String },
+    /// `engram://`, or `engrams://` over TLS (with --tls-ca).
+    Engram {
+        address: String,
+        tls: bool,
+    },
+    Redis {
+        address: String,
+    },
+    TcpEcho {
+        address: String,
+    },
 }
 
 impl Target {
     pub fn address(&self) -> &str {
         match self {
-            Target::Engram { address } | Target::Redis { address } | Target::TcpEcho { address } => address,
+            Target::Engram { address, .. } | Target::Redis { address } | Target::TcpEcho { address } => address,
         }
     }
 
     pub fn scheme(&self) -> &'static str {
         match self {
-            Target::Engram { .. } => "engram",
+            Target::Engram { tls: false, .. } => "engram",
+            Target::Engram { tls: true, .. } => "engrams",
             Target::Redis { .. } => "redis",
             Target::TcpEcho { .. } => "tcp-echo",
         }
@@ -225,10 +238,13 @@ impl FromStr for Target {
         }
         let address = address.to_owned();
         match scheme {
-            "engram" => Ok(Target::Engram { address }),
+            "engram" => Ok(Target::Engram { address, tls: false }),
+            "engrams" => Ok(Target::Engram { address, tls: true }),
             "redis" => Ok(Target::Redis { address }),
             "tcp-echo" => Ok(Target::TcpEcho { address }),
-            other => Err(format!("unknown scheme {other:?}: use engram, redis or tcp-echo")),
+            other => Err(format!(
+                "unknown scheme {other:?}: use engram, engrams (TLS), redis or tcp-echo"
+            )),
         }
     }
 }
@@ -308,6 +324,9 @@ mod tests {
         .unwrap();
         let load = cli.load;
         assert_eq!(load.target.unwrap().to_string(), "engram://10.0.0.1:7400");
+        let tls = parse(&["--target", "engrams://10.0.0.1:7400", "--tls-ca", "ca.pem"]).unwrap();
+        assert_eq!(tls.load.target.unwrap().to_string(), "engrams://10.0.0.1:7400");
+        assert_eq!(tls.load.tls.tls_ca, Some(PathBuf::from("ca.pem")));
         assert_eq!(load.workload, Workload::Mixed);
         assert_eq!(load.ratio, Ratio { sets: 2, gets: 5 });
         assert_eq!(load.key_pattern, KeyPattern::Gaussian);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use engram_client::{Client, Command, Response, SetCondition};
+use engram_client::{Client, ClientTls, Command, Response, SetCondition};
 use tokio::time::Instant;
 
 use crate::bench::error::BenchError;
@@ -17,13 +17,19 @@ use engram_proto::{BarrierCommand, BytesCommand, CounterCommand, LockCommand};
 
 /// Opens one benchmark connection: a client of its own, so connections share nothing;
 /// each call polls `spin` for its answer before parking. `front_only` sends every
-/// request to `address` (a node's front port forwards it) instead of to its shard.
-pub async fn connect(address: &str, spin: Duration, front_only: bool) -> Result<Client, BenchError> {
-    Ok(Client::builder(address)
-        .direct(!front_only)
-        .spin(spin)
-        .connect()
-        .await?)
+/// request to `address` (a node's front port forwards it) instead of to its shard;
+/// with `tls`, every connection speaks TLS.
+pub async fn connect(
+    address: &str,
+    spin: Duration,
+    front_only: bool,
+    tls: Option<ClientTls>,
+) -> Result<Client, BenchError> {
+    let mut builder = Client::builder(address).direct(!front_only).spin(spin);
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
+    Ok(builder.connect().await?)
 }
 
 /// Runs one load task: a closed (or paced) loop of single requests, or with a pipeline

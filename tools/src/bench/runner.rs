@@ -30,11 +30,12 @@ impl Connection {
     async fn open(settings: &Settings) -> Result<Connection, BenchError> {
         let value_bytes = settings.load.value_bytes;
         Ok(match &settings.target {
-            Target::Engram { address } => Connection::Engram(
+            Target::Engram { address, .. } => Connection::Engram(
                 engram_driver::connect(
                     address,
                     Duration::from_micros(settings.load.client_spin_us),
                     settings.load.front_only,
+                    settings.tls.clone(),
                 )
                 .await?,
             ),

@@ -8,6 +8,7 @@ use crate::bench::cli::{
 };
 use crate::bench::error::BenchError;
 use crate::bench::workload::Workload;
+use engram_client::ClientTls;
 
 /// Most load tasks of one run. An Engram connection running the lock or barrier workload
 /// runs one task per request in flight, so this bounds connections x pipeline.
@@ -18,6 +19,8 @@ pub const LANES_MAX: usize = 65_536;
 pub struct Settings {
     pub load: LoadArgs,
     pub target: Target,
+    /// How an `engrams://` target's certificate is checked.
+    pub tls: Option<ClientTls>,
     pub seed: u64,
     /// Names this run's barrier (`barrier:{run_id}`), so runs never share a generation.
     pub run_id: u64,
@@ -73,6 +76,16 @@ impl Settings {
         if load.client_spin_us > 0 && matches!(target, Target::Redis { .. }) {
             return usage("--client-spin-us applies to engram:// and tcp-echo:// only".into());
         }
+        let tls = load.tls.client_tls().map_err(BenchError::Usage)?;
+        match (&target, &tls) {
+            (Target::Engram { tls: true, .. }, None) => {
+                return usage("an engrams:// target needs --tls-ca, the CA of the node's certificate".into())
+            }
+            (Target::Engram { tls: false, .. } | Target::Redis { .. } | Target::TcpEcho { .. }, Some(_)) => {
+                return usage("--tls-ca goes with an engrams:// target".into())
+            }
+            _ => {}
+        }
         if load.front_only && !matches!(target, Target::Engram { .. }) {
             return usage("--front-only applies to engram:// only".into());
         }
@@ -112,6 +125,7 @@ impl Settings {
             seed: load.seed.unwrap_or_else(rand::random),
             run_id: rand::random(),
             target,
+            tls,
             warmup,
             duration,
             load,

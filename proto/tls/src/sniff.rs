@@ -1,0 +1,12 @@
+//! A TLS connection opens with a handshake record, whose first byte is its content
+//! type, 22. Neither of Engram's plain protocols starts that way (a frame opens with its
+//! magic, a RESP command with `*` or a letter), so one peeked byte tells a TLS port that
+//! a plain client knocked, and it can say so in that client's protocol before closing.
+
+/// The content type of a TLS handshake record (RFC 8446, section 5.1).
+pub const TLS_HANDSHAKE_RECORD_TYPE: u8 = 22;
+
+/// Whether a connection whose first byte is `first_byte` is opening a TLS handshake.
+pub fn opens_tls_handshake(first_byte: u8) -> bool {
+    first_byte == TLS_HANDSHAKE_RECORD_TYPE
+}
