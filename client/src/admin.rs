@@ -41,6 +41,8 @@ use engram_proto::{
     ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, FrameBufferSizes, Identity, Link, LinkError,
     LinkEvent, ProtocolError,
 };
+use engram_tls::ClientTls;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::connection::{exchange_hello, HandshakeFailure};
@@ -150,6 +152,7 @@ pub struct Admin {
     credentials: Vec<u8>,
     timeout: Duration,
     follow: bool,
+    tls: Option<ClientTls>,
 }
 
 impl Admin {
@@ -167,6 +170,7 @@ impl Admin {
             credentials: Vec::new(),
             timeout: Duration::from_millis(ADMIN_CALL_TIMEOUT_MS_DEFAULT),
             follow: true,
+            tls: None,
         }
     }
 
@@ -181,6 +185,13 @@ impl Admin {
     /// The shared secret the control plane was started with.
     pub fn credentials(mut self, credentials: impl Into<Vec<u8>>) -> Admin {
         self.credentials = credentials.into();
+        self
+    }
+
+    /// Connects over TLS, checking the control plane's certificate against `tls`'s CAs
+    /// (and showing `tls`'s certificate, if it has one, where the control plane asks).
+    pub fn tls(mut self, tls: ClientTls) -> Admin {
+        self.tls = Some(tls);
         self
     }
 
@@ -369,35 +380,59 @@ impl Admin {
         command: ControlRequest,
         sent: &mut bool,
     ) -> Result<ControlResponse, AdminError> {
-        let mut link = Link::<ControlProtocol>::new(Identity::node(&self.credentials), FrameBufferSizes::LINK)
+        let link = Link::<ControlProtocol>::new(Identity::node(&self.credentials), FrameBufferSizes::LINK)
             .map_err(|error| link_failed(address, error))?;
-        let mut stream = TcpStream::connect(address)
+        let stream = TcpStream::connect(address)
             .await
             .map_err(|error| broken(address, error.into()))?;
-        match exchange_hello(&mut stream, &mut link).await {
-            Ok(_) => {}
-            Err(HandshakeFailure::Connection(source)) => return Err(broken(address, source)),
-            Err(HandshakeFailure::Refused(source)) => {
-                return Err(AdminError::Refused {
-                    address: address.to_string(),
-                    source,
-                })
+        match &self.tls {
+            None => exchange_over(address, stream, link, command, sent).await,
+            Some(tls) => {
+                let secured =
+                    crate::tls::connect(address, stream, tls)
+                        .await
+                        .map_err(|source| AdminError::Refused {
+                            address: address.to_string(),
+                            source,
+                        })?;
+                exchange_over(address, secured, link, command, sent).await
             }
         }
-        link.send(&command, 0, ())
-            .map_err(|error| link_failed(address, error))?;
-        *sent = true;
-        flush(&mut stream, &mut link)
-            .await
-            .map_err(|error| broken(address, error.into()))?;
-        loop {
-            match next_event(&mut stream, &mut link).await {
-                Ok(LinkEvent::Answer { response, .. }) => return Ok(response),
-                // A link is ready once, and the handshake took that.
-                Ok(LinkEvent::Ready(_)) => {}
-                Err(StreamError::Link(error)) => return Err(link_failed(address, error)),
-                Err(StreamError::Io(error)) => return Err(broken(address, error.into())),
-            }
+    }
+}
+
+/// Shakes hands over `stream`, and only then sends `command`: a refused handshake sends
+/// nothing.
+async fn exchange_over(
+    address: &str,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    mut link: Link<ControlProtocol>,
+    command: ControlRequest,
+    sent: &mut bool,
+) -> Result<ControlResponse, AdminError> {
+    match exchange_hello(&mut stream, &mut link).await {
+        Ok(_) => {}
+        Err(HandshakeFailure::Connection(source)) => return Err(broken(address, source)),
+        Err(HandshakeFailure::Refused(source)) => {
+            return Err(AdminError::Refused {
+                address: address.to_string(),
+                source,
+            })
+        }
+    }
+    link.send(&command, 0, ())
+        .map_err(|error| link_failed(address, error))?;
+    *sent = true;
+    flush(&mut stream, &mut link)
+        .await
+        .map_err(|error| broken(address, error.into()))?;
+    loop {
+        match next_event(&mut stream, &mut link).await {
+            Ok(LinkEvent::Answer { response, .. }) => return Ok(response),
+            // A link is ready once, and the handshake took that.
+            Ok(LinkEvent::Ready(_)) => {}
+            Err(StreamError::Link(error)) => return Err(link_failed(address, error)),
+            Err(StreamError::Io(error)) => return Err(broken(address, error.into())),
         }
     }
 }

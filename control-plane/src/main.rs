@@ -9,6 +9,7 @@ use engram_control::election::{self, ElectionSettings};
 use engram_control::leadership::Candidate;
 use engram_control::service::{self, Controller, Settings};
 use engram_control::state::{EtcdHealth, EtcdWriter, Keys};
+use engram_tls::{ServerTls, TlsFlags};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
@@ -76,6 +77,10 @@ struct Arguments {
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// TLS on the listening port and on the calls to nodes (off unless a certificate is
+    /// given; then --tls-ca is needed, for the nodes' certificates).
+    #[command(flatten)]
+    tls: TlsFlags,
 }
 
 fn main() -> ExitCode {
@@ -120,8 +125,17 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
+    let tls = arguments.tls.server()?;
+    let peer_tls = arguments.tls.peers()?;
+    if tls.is_some() && peer_tls.is_none() {
+        return Err(
+            "--tls-cert needs --tls-ca: the CA of the nodes' certificates, which the control plane calls over TLS"
+                .into(),
+        );
+    }
     let settings = Settings {
         credentials: arguments.auth_token.unwrap_or_default().into_bytes(),
+        peer_tls,
         load_rebalance: !arguments.no_load_rebalance,
         load_check_interval: std::time::Duration::from_millis(arguments.load_check_interval_ms.max(1)),
         liveness_timeout: std::time::Duration::from_millis(arguments.liveness_timeout_ms),
@@ -178,7 +192,10 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
             Some(tokio::spawn(election::run(controller.clone(), settings, writer)))
         }
     };
-    let serving = tokio::spawn(service::serve(controller.clone(), listener));
+    if let Some(tls) = tls.clone() {
+        tokio::spawn(reload_on_hangup(tls));
+    }
+    let serving = tokio::spawn(service::serve(controller.clone(), listener, tls));
     let election = async move {
         match election {
             Some(election) => election.await,
@@ -208,6 +225,19 @@ fn process_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos());
     format!("{:x}-{:x}", std::process::id(), nanos)
+}
+
+/// SIGHUP reads the TLS certificate and key again, for connections accepted afterwards.
+async fn reload_on_hangup(tls: ServerTls) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "TLS certificate reloaded"),
+            Err(error) => tracing::error!(%error, "TLS reload failed; the previous certificate still serves"),
+        }
+    }
 }
 
 async fn terminate() {

@@ -17,17 +17,19 @@
 //! where the state lives, and with etcd how each endpoint answers (`ControlPlane`).
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use engram_link_tokio::{call_once, fill};
+use engram_link_tokio::{call_once, fill, Transport};
 use engram_proto::{
     admit, decode_payload, encode_message, format_slot_ranges, ControlPlaneStatus, ControlRequest, ControlResponse,
     ErrorCode, ErrorReply, Family, FrameBuffer, FrameBufferSizes, FrameHeader, FrameKind, HandOver, HelloReply,
     Identity, MigrateOut, PeerProtocol, PeerRequest, PeerResponse, Port, Refusal, Response, StateStoreStatus,
     FRONT_SHARD_ID,
 };
+use engram_tls::{opens_tls_handshake, ClientTls, ServerTls, PLAIN_AT_TLS_PORT};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -42,6 +44,9 @@ use crate::state::{EtcdHealth, EtcdTerm, SaveError, StateError, StateFile, State
 
 /// How often the control plane looks for departed members and hot shards.
 pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
+/// How long a new connection has for its TLS handshake (a node's ports give the same by
+/// default).
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// How often load-driven rebalancing is considered, by default.
 pub const LOAD_CHECK_INTERVAL_MS_DEFAULT: u64 = 10_000;
 /// Quiet time after a load-driven plan. Slot weights are not known (load is spread
@@ -57,6 +62,8 @@ pub const LOAD_REBALANCE_MEMORY_BYTES_MIN: u64 = 64 << 20;
 
 pub struct Settings {
     pub credentials: Vec<u8>,
+    /// What calls to nodes connect with, when the cluster speaks TLS.
+    pub peer_tls: Option<ClientTls>,
     pub load_rebalance: bool,
     pub load_check_interval: Duration,
     /// Silence after which a node is declared dead and its slots go to their backups.
@@ -658,11 +665,13 @@ impl Controller {
                     timeout_ms,
                 } => {
                     let credentials = self.settings.credentials.clone();
+                    let tls = self.settings.peer_tls.clone();
                     let events = self.events.clone();
                     tokio::spawn(async move {
                         let timeout = Duration::from_millis(timeout_ms);
                         let identity = Identity::node(&credentials);
-                        let result = call_once::<PeerProtocol>(&address, identity, &command_of(call), timeout)
+                        let command = command_of(call);
+                        let result = call_once::<PeerProtocol>(&address, identity, &command, timeout, tls.as_ref())
                             .await
                             .map(answer_of)
                             .map_err(|error| error.to_string());
@@ -701,11 +710,13 @@ impl Controller {
             (inner.membership.map().clone(), addresses)
         };
         let credentials = self.settings.credentials.clone();
+        let tls = self.settings.peer_tls.clone();
         tokio::spawn(async move {
             let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
             let install = PeerRequest::InstallMap(map);
+            let identity = Identity::node(&credentials);
             for address in addresses {
-                let _ = call_once::<PeerProtocol>(&address, Identity::node(&credentials), &install, timeout).await;
+                let _ = call_once::<PeerProtocol>(&address, identity, &install, timeout, tls.as_ref()).await;
             }
         });
     }
@@ -1053,12 +1064,20 @@ const PORT: Port<'static> = Port {
     families: &[Family::Control],
 };
 
-/// Accepts connections forever, one task each.
-pub async fn serve(controller: Arc<Controller>, listener: TcpListener) {
+/// Accepts connections forever, one task each; with `tls`, each goes through a TLS
+/// handshake first.
+pub async fn serve(controller: Arc<Controller>, listener: TcpListener, tls: Option<ServerTls>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_connection(controller.clone(), stream));
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let controller = controller.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    if let Some(stream) = secure(stream, peer, tls.as_ref()).await {
+                        serve_connection(controller, stream).await;
+                    }
+                });
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -1068,10 +1087,47 @@ pub async fn serve(controller: Arc<Controller>, listener: TcpListener) {
     }
 }
 
+/// The connection's stream: the socket itself without TLS; with it, TLS once the
+/// handshake completed within `HANDSHAKE_TIMEOUT_MS`, or `None` (a plain client is
+/// told `TlsRequired` first, as a node's port tells it).
+async fn secure(mut stream: TcpStream, peer: SocketAddr, tls: Option<&ServerTls>) -> Option<Box<dyn Transport>> {
+    let Some(tls) = tls else {
+        return Some(Box::new(stream));
+    };
+    let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if opens_tls_handshake(first[0]) => {}
+        Ok(Ok(1)) => {
+            let refusal = Refusal {
+                code: ErrorCode::TlsRequired,
+                message: PLAIN_AT_TLS_PORT.to_string(),
+            };
+            let mut out = Vec::new();
+            let _ = encode_refusal(false, 0, refusal, &mut out);
+            let _ = stream.write_all(&out).await;
+            tracing::warn!(%peer, "connection refused: a plain client at the TLS port");
+            return None;
+        }
+        _ => return None,
+    }
+    let accept = tokio_rustls::TlsAcceptor::from(tls.config()).accept(stream);
+    match tokio::time::timeout(timeout, accept).await {
+        Ok(Ok(secured)) => Some(Box::new(secured)),
+        Ok(Err(error)) => {
+            tracing::warn!(%peer, %error, "connection refused: TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "connection refused: no TLS handshake within {timeout:?}");
+            None
+        }
+    }
+}
+
 /// Answers a connection's frames in order, one at a time, until it closes or breaks
 /// the protocol (which is answered with an error under request id 0 before closing).
-async fn serve_connection(controller: Arc<Controller>, mut stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+async fn serve_connection(controller: Arc<Controller>, mut stream: Box<dyn Transport>) {
     let mut input = FrameBuffer::new(FrameBufferSizes::LINK);
     let mut out = Vec::new();
     let mut greeted = false;
@@ -1086,7 +1142,7 @@ async fn serve_connection(controller: Arc<Controller>, mut stream: TcpStream) {
                         message: error.to_string(),
                     };
                     let _ = encode_refusal(greeted, 0, refusal, &mut out);
-                    let _ = stream.write_all(&out).await;
+                    let _ = write_flushed(&mut stream, &out).await;
                     return;
                 }
             };
@@ -1096,7 +1152,7 @@ async fn serve_connection(controller: Arc<Controller>, mut stream: TcpStream) {
                 true => answer(&controller, &header, payload, &mut out).await,
             };
             greeted = true;
-            if stream.write_all(&out).await.is_err() || !answered {
+            if write_flushed(&mut stream, &out).await.is_err() || !answered {
                 return;
             }
         }
@@ -1104,6 +1160,12 @@ async fn serve_connection(controller: Arc<Controller>, mut stream: TcpStream) {
             return;
         }
     }
+}
+
+/// Writes `bytes` and flushes what TLS may hold back.
+async fn write_flushed(stream: &mut Box<dyn Transport>, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// Encodes the answer to the first frame: a HelloReply, or the refusal; `false` when the
@@ -1166,6 +1228,7 @@ mod tests {
         let data_dir = std::env::temp_dir().join(format!("engram-control-{test}-{}", std::process::id()));
         let settings = Settings {
             credentials: Vec::new(),
+            peer_tls: None,
             load_rebalance: false,
             load_check_interval: Duration::from_millis(LOAD_CHECK_INTERVAL_MS_DEFAULT),
             replicas: 0,

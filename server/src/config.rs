@@ -3,12 +3,11 @@
 //! in-process node takes: the rest says which sockets to open and how to log.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use clap::{Args, Parser, ValueEnum};
 use engram_proto::limits::{CREDENTIALS_BYTES_MAX, ZONE_BYTES_MAX};
 use engram_proto::ControlAddresses;
-use engram_tls::{ServerTls, ServerTlsFiles, TlsError};
+use engram_tls::TlsFlags;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -108,40 +107,9 @@ pub struct NodeSettings {
     #[arg(long, env = "ENGRAM_ZONE", value_name = "LABEL", value_parser = parse_zone)]
     pub zone: Option<String>,
 
+    /// TLS on every port and link (off unless a certificate is given).
     #[command(flatten)]
-    pub tls: TlsSettings,
-}
-
-/// TLS on the node's ports. Off unless a certificate is given.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
-pub struct TlsSettings {
-    /// Serve TLS on every port (front, shard and Redis-protocol ports) with this
-    /// certificate chain (PEM, leaf first); read again on SIGHUP, for connections
-    /// accepted afterwards.
-    #[arg(long, env = "ENGRAM_TLS_CERT", value_name = "PEM", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM); read again on SIGHUP.
-    #[arg(long, env = "ENGRAM_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Require every client to show a certificate signed by one of these CAs (PEM):
-    /// mutual TLS.
-    #[arg(long, env = "ENGRAM_TLS_CLIENT_CA", value_name = "PEM", requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
-}
-
-impl TlsSettings {
-    /// The server configuration the flags ask for; `None` without a certificate.
-    pub fn server(&self) -> Result<Option<ServerTls>, TlsError> {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(None);
-        };
-        let files = ServerTlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: self.tls_client_ca.clone(),
-        };
-        ServerTls::load(files).map(Some)
-    }
+    pub tls: TlsFlags,
 }
 
 /// Default of `--handshake-timeout-ms`: a client on a slow network completes a Hello
@@ -254,6 +222,8 @@ mod tests {
             "node-key.pem",
             "--tls-client-ca",
             "clients-ca.pem",
+            "--tls-ca",
+            "peers-ca.pem",
         ])
         .expect("every node flag");
         assert_eq!(
@@ -268,21 +238,23 @@ mod tests {
                 zone: Some("rack-7".into()),
                 max_connections: Some(500),
                 handshake_timeout_ms: Some(3000),
-                tls: TlsSettings {
+                tls: TlsFlags {
                     tls_cert: Some("node.pem".into()),
                     tls_key: Some("node-key.pem".into()),
                     tls_client_ca: Some("clients-ca.pem".into()),
+                    tls_ca: Some("peers-ca.pem".into()),
                 },
             }
         );
     }
 
     #[test]
-    fn a_certificate_needs_its_key_and_a_client_ca_needs_a_certificate() {
+    fn a_certificate_needs_its_key_and_cas_need_a_certificate() {
         for flags in [
             &["engramd", "--tls-cert", "node.pem"][..],
             &["engramd", "--tls-key", "node-key.pem"],
             &["engramd", "--tls-client-ca", "clients-ca.pem"],
+            &["engramd", "--tls-ca", "peers-ca.pem"],
         ] {
             let error = Config::try_parse_from(flags).unwrap_err();
             assert!(error.to_string().contains("required"), "{error}");

@@ -98,6 +98,7 @@ impl Door<'_> {
                 credentials,
                 Rc::downgrade(self.outbox),
                 self.shard.tasks().clone(),
+                self.shard.peer_tls().cloned(),
             )
         })
     }

@@ -26,8 +26,8 @@ pub enum ServerError {
     ShardStart { shard: usize, reason: String },
     #[error("TLS: {0}")]
     Tls(#[from] engram_tls::TlsError),
-    #[error("--tls-cert with --control: TLS between nodes and with the control plane is not built yet; a TLS node runs alone")]
-    TlsInCluster,
+    #[error("--tls-cert with --control needs --tls-ca: the CA of the control plane's and the other nodes' certificates, which this node connects to over TLS")]
+    TlsCaRequired,
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start a thread: {0}")]

@@ -16,12 +16,12 @@ use engram_proto::control_addresses::Outcome;
 use engram_proto::link::blocking::BlockingLink;
 use engram_proto::link::CallError;
 use engram_proto::{
-    ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, Heartbeat, Identity, PeerProtocol, PeerRequest,
-    ShardLoad,
+    ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, Heartbeat, PeerProtocol, PeerRequest, ShardLoad,
 };
 
 use crate::cluster::NodeMap;
 use crate::error::ServerError;
+use crate::peering::{BlockingStream, Peering};
 use crate::shutdown::Shutdown;
 use crate::stats::NodeStats;
 
@@ -46,7 +46,7 @@ pub fn map_check_grace_ms(liveness_timeout_ms: u64) -> u64 {
 /// leader is reachable.
 pub struct Heartbeater {
     control: ControlAddresses,
-    credentials: Vec<u8>,
+    peering: Peering,
     node: Arc<NodeStats>,
     node_map: Arc<NodeMap>,
     shutdown: Shutdown,
@@ -59,8 +59,11 @@ pub struct Heartbeater {
 /// The link to the leader, kept from one beat to the next.
 struct KeptLink {
     address: String,
-    link: BlockingLink<ControlProtocol>,
+    link: ControlLink,
 }
+
+/// A link to a control-plane process.
+type ControlLink = BlockingLink<ControlProtocol, BlockingStream>;
 
 /// What a beat's control-plane process turned out to be.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,7 +81,8 @@ const REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
 pub struct Membership {
     /// The control plane's addresses, with the leader the join reached.
     pub control: ControlAddresses,
-    pub credentials: Vec<u8>,
+    /// How the node reaches the control plane and its own shards.
+    pub peering: Peering,
     /// This process's incarnation, as its join gave it.
     pub incarnation: u64,
     /// The control plane's, as its join gave it.
@@ -94,7 +98,7 @@ impl Heartbeater {
     ) -> Heartbeater {
         Heartbeater {
             control: membership.control,
-            credentials: membership.credentials,
+            peering: membership.peering,
             node,
             node_map,
             shutdown,
@@ -198,9 +202,9 @@ impl Heartbeater {
         Ok(beat)
     }
 
-    fn connect_and_beat(&self, address: &str) -> Result<(Beat, BlockingLink<ControlProtocol>), CallError> {
+    fn connect_and_beat(&self, address: &str) -> Result<(Beat, ControlLink), CallError> {
         let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
-        let mut link = BlockingLink::connect(address, Identity::node(&self.credentials), timeout)?;
+        let mut link = self.peering.connect(address, timeout)?;
         let beat = self.beat(address, &mut link)?;
         Ok((beat, link))
     }
@@ -216,7 +220,7 @@ impl Heartbeater {
     /// map counts as checked only once it is installed; a refused beat (this process
     /// was replaced by a restart, or the control plane lost its state) does not count,
     /// so the shards stop serving on it, and neither does a standby's answer.
-    fn beat(&self, address: &str, link: &mut BlockingLink<ControlProtocol>) -> Result<Beat, CallError> {
+    fn beat(&self, address: &str, link: &mut ControlLink) -> Result<Beat, CallError> {
         let (control_epoch, abort_migrations) = match link.call(ControlRequest::Heartbeat(self.report()))? {
             ControlResponse::HeartbeatAck {
                 map_epoch,
@@ -302,7 +306,7 @@ impl Heartbeater {
     }
 
     /// Installs the control plane's map, which is newer than the node's.
-    fn fetch_map(&self, link: &mut BlockingLink<ControlProtocol>) -> Result<(), CallError> {
+    fn fetch_map(&self, link: &mut ControlLink) -> Result<(), CallError> {
         if let ControlResponse::SlotMap(map) = link.call(ControlRequest::GetSlotMap)? {
             let epoch = map.epoch;
             match self.node_map.install(map) {
@@ -321,7 +325,7 @@ impl Heartbeater {
     fn settle(&self, migration_ids: &[u64], map_epoch: u64) {
         let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
         for address in &self.node.shard_addresses {
-            let link = BlockingLink::<PeerProtocol>::connect(address, Identity::node(&self.credentials), timeout);
+            let link = self.peering.connect::<PeerProtocol>(address, timeout);
             let Ok(mut link) = link else { continue };
             for &migration_id in migration_ids {
                 let abort = PeerRequest::MigrateAbort {

@@ -12,6 +12,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use engram_proto::ErrorCode;
+use engram_tls::PLAIN_AT_TLS_PORT;
 
 use crate::connection;
 use crate::events::{NodeEvent, NodeEvents};
@@ -219,8 +220,8 @@ async fn secure(shard: &Rc<Shard>, socket: TcpStream, port: Port) -> Option<Stre
         Accepted::Tls(stream) => Some(stream),
         Accepted::Plain(socket) => {
             let peer = socket.peer_addr().ok();
-            shard.refused(Refused::PlainAtTlsPort, peer, tls::PLAIN_AT_TLS_PORT);
-            let detail = tls::PLAIN_AT_TLS_PORT.to_string();
+            shard.refused(Refused::PlainAtTlsPort, peer, PLAIN_AT_TLS_PORT);
+            let detail = PLAIN_AT_TLS_PORT.to_string();
             turn_away(
                 shard.clone(),
                 Stream::Plain(socket),

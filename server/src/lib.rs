@@ -13,6 +13,7 @@
 //! - [`place`]: where a node stands before it serves: alone, or joined to a cluster.
 //! - [`host`]: what the machine gives a node: io_uring, CPUs, listening ports.
 //! - [`heartbeat`]: a cluster node's reports to the control plane, and the maps it brings back.
+//! - [`peering`]: the credentials and TLS of the node's blocking links (join, heartbeats).
 //! - [`runtime`]: the seam to the async runtime: executors, the shard mesh, sockets, timers.
 //! - [`launch`]: a shard's thread from start to stop: mesh, accept loops, timekeeping.
 //! - [`shard`]: a shard's request path: store, routing, answer delivery, peers, maintenance,
@@ -50,6 +51,7 @@ pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod outbox;
+pub mod peering;
 pub mod place;
 pub mod proxy;
 pub mod refusal;

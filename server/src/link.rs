@@ -14,10 +14,12 @@ use std::time::Duration;
 
 use engram_proto::link::{resolve, CallError, StreamError};
 use engram_proto::{FrameBufferSizes, HelloReply, Identity, Link, LinkError, LinkEvent, Protocol};
+use engram_tls::ClientTls;
 use futures::future::Either;
 use futures::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::runtime::{self, TcpStream};
+use crate::stream::Stream;
 
 /// Reads once from `reader` into the link's buffer; 0 at the end of the stream.
 pub async fn receive<R: AsyncRead + Unpin, P: Protocol, W>(
@@ -45,7 +47,9 @@ pub async fn send_output<S: AsyncWrite + Unpin, P: Protocol, W>(
     link.borrow_mut().take_output(spare);
     let written = writer.write_all(spare).await;
     spare.clear();
-    written
+    written?;
+    // TLS may hold back what the socket did not take; a plain socket has nothing to flush.
+    writer.flush().await
 }
 
 /// Reads until the link has an event.
@@ -77,16 +81,27 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin, P: Protocol, W>(
     }
 }
 
-/// Connects to `address` within `timeout`.
-pub async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, CallError> {
-    let stream = TcpStream::connect_timeout(resolve(address)?, timeout)
+/// Connects to `address` within `timeout`, then, with `tls`, takes the connection
+/// through a TLS handshake within `timeout` more.
+pub async fn connect(address: &str, timeout: Duration, tls: Option<&ClientTls>) -> Result<Stream, CallError> {
+    let failed = |source: std::io::Error| CallError::Connect {
+        address: address.to_string(),
+        source,
+    };
+    let socket = TcpStream::connect_timeout(resolve(address)?, timeout)
         .await
-        .map_err(|error| CallError::Connect {
-            address: address.to_string(),
-            source: std::io::Error::other(error.to_string()),
-        })?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+        .map_err(|error| failed(std::io::Error::other(error.to_string())))?;
+    let _ = socket.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(Stream::Plain(socket));
+    };
+    let name = engram_tls::server_name(address).map_err(|error| failed(std::io::Error::other(error)))?;
+    let handshake = async {
+        let connector = futures_rustls::TlsConnector::from(tls.config());
+        let secured = connector.connect(name, socket).await.map_err(StreamError::Io)?;
+        Ok(Stream::Tls(Box::new(secured.into())))
+    };
+    within(address, timeout, handshake).await
 }
 
 /// Runs `step`, failing it with `TimedOut` once `timeout` passes.
@@ -110,19 +125,25 @@ pub async fn within<T>(
 /// slot forever.
 pub struct PeerLink<P: Protocol> {
     address: String,
-    stream: TcpStream,
+    stream: Stream,
     link: RefCell<Link<P>>,
     timeout: Duration,
 }
 
 impl<P: Protocol> PeerLink<P> {
-    /// Connects and shakes hands as this node (`credentials`), each within `timeout`.
-    pub async fn connect(address: &str, credentials: &[u8], timeout: Duration) -> Result<PeerLink<P>, CallError> {
+    /// Connects (over TLS with `tls`) and shakes hands as this node (`credentials`),
+    /// each within `timeout`.
+    pub async fn connect(
+        address: &str,
+        credentials: &[u8],
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<PeerLink<P>, CallError> {
         let link = Link::new(Identity::node(credentials), FrameBufferSizes::LINK)
             .map_err(|error| StreamError::from(error).at(address))?;
         let mut peer = PeerLink {
             address: address.to_string(),
-            stream: connect(address, timeout).await?,
+            stream: connect(address, timeout, tls).await?,
             link: RefCell::new(link),
             timeout,
         };

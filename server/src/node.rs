@@ -24,6 +24,7 @@ use crate::events::{await_start, await_stop, NodeEvent, NodeEvents};
 use crate::heartbeat::{map_check_grace_ms, Heartbeater};
 use crate::host::{allowed_cpus, bind_ports, check_io_uring};
 use crate::launch::{self, ShardLaunch};
+use crate::peering::Peering;
 use crate::place::{place_node, random_u64, NodePlace};
 use crate::runtime::{self, Executor};
 use crate::shard::{Admission, ShardSetup, FORWARD_QUEUE_DEPTH};
@@ -87,12 +88,14 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
     // The node's own signal: a failed start or a dropped handle stops this node only.
     let stop = shutdown.child();
     let tls = settings.tls.server()?;
-    if tls.is_some() && settings.control.is_some() {
-        return Err(ServerError::TlsInCluster);
+    let peer_tls = settings.tls.peers()?;
+    if tls.is_some() && settings.control.is_some() && peer_tls.is_none() {
+        return Err(ServerError::TlsCaRequired);
     }
     let credentials = settings.auth_token.clone().unwrap_or_default().into_bytes();
-    let place = place_node(&settings, front_address, shard_addresses, &credentials, &stop)?;
-    let starting = Starting::new(&settings, place, shard_count, tls);
+    let peering = Peering::new(credentials, peer_tls);
+    let place = place_node(&settings, front_address, shard_addresses, &peering, &stop)?;
+    let starting = Starting::new(&settings, place, shard_count, tls, peering);
     let metrics = match metrics {
         Some(listener) => {
             let node = starting.node.clone();
@@ -244,10 +247,17 @@ struct Starting {
     memory_limit_bytes: u64,
     hash_seed: u64,
     tls: Option<ServerTls>,
+    peering: Peering,
 }
 
 impl Starting {
-    fn new(settings: &NodeSettings, place: NodePlace, shard_count: usize, tls: Option<ServerTls>) -> Starting {
+    fn new(
+        settings: &NodeSettings,
+        place: NodePlace,
+        shard_count: usize,
+        tls: Option<ServerTls>,
+        peering: Peering,
+    ) -> Starting {
         let NodePlace {
             node_id,
             map,
@@ -274,6 +284,7 @@ impl Starting {
                 .map_or(u64::MAX, |limit| limit / shard_count as u64),
             hash_seed: random_u64(),
             tls,
+            peering,
         }
     }
 
@@ -299,6 +310,7 @@ impl Starting {
                 ),
             },
             tls: self.tls.clone(),
+            peer_tls: self.peering.tls().cloned(),
         }
     }
 }

@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use engram_proto::control_addresses::Outcome;
 use engram_proto::limits::incarnation_version_floor;
-use engram_proto::link::blocking::BlockingLink;
 use engram_proto::{
-    embedded_map, ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, Identity, JoinRequest,
-    ShardAddress, SlotMap,
+    embedded_map, ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, JoinRequest, ShardAddress,
+    SlotMap,
 };
 
 use crate::config::NodeSettings;
 use crate::error::ServerError;
 use crate::heartbeat::{Membership, CONTROL_CALL_TIMEOUT_MS};
+use crate::peering::Peering;
 use crate::shutdown::Shutdown;
 
 /// How long a starting node keeps trying to reach the control plane.
@@ -40,12 +40,12 @@ pub fn place_node(
     settings: &NodeSettings,
     front_address: SocketAddr,
     shard_addresses: Vec<String>,
-    credentials: &[u8],
+    peering: &Peering,
     shutdown: &Shutdown,
 ) -> Result<NodePlace, ServerError> {
     match &settings.control {
         None => Ok(place_alone(settings.node_id, shard_addresses)),
-        Some(control) => join(settings, control, front_address, shard_addresses, credentials, shutdown),
+        Some(control) => join(settings, control, front_address, shard_addresses, peering, shutdown),
     }
 }
 
@@ -79,7 +79,7 @@ fn join(
     control: &ControlAddresses,
     front_address: SocketAddr,
     shard_addresses: Vec<String>,
-    credentials: &[u8],
+    peering: &Peering,
     shutdown: &Shutdown,
 ) -> Result<NodePlace, ServerError> {
     let bind = front_address.ip();
@@ -100,7 +100,7 @@ fn join(
         boot_id: random_u64(),
         zone: settings.zone.clone().unwrap_or_default(),
     };
-    let (joined, control) = join_cluster(control.clone(), credentials, &request, shutdown)?;
+    let (joined, control) = join_cluster(control.clone(), peering, &request, shutdown)?;
     tracing::info!(control = %control.first(), node_id = joined.node_id, incarnation = joined.incarnation, epoch = joined.map.epoch, zone = %request.zone, "joined the cluster");
     Ok(NodePlace {
         node_id: joined.node_id,
@@ -109,7 +109,7 @@ fn join(
         version_floor: incarnation_version_floor(joined.incarnation),
         membership: Some(Membership {
             control,
-            credentials: credentials.to_vec(),
+            peering: peering.clone(),
             incarnation: joined.incarnation,
             liveness_timeout_ms: joined.liveness_timeout_ms,
         }),
@@ -145,7 +145,7 @@ struct Joined {
 /// stops trying. Returns the addresses with the leader that answered.
 fn join_cluster(
     mut addresses: ControlAddresses,
-    credentials: &[u8],
+    peering: &Peering,
     request: &JoinRequest,
     shutdown: &Shutdown,
 ) -> Result<(Joined, ControlAddresses), ServerError> {
@@ -158,7 +158,7 @@ fn join_cluster(
         let mut reasons = Vec::new();
         let mut joined = None;
         while let Some(address) = round.address().map(str::to_owned) {
-            let (outcome, answer) = join_once(&address, credentials, request);
+            let (outcome, answer) = join_once(&address, peering, request);
             match answer {
                 Ok(answer) => joined = Some(answer),
                 Err(reason) => reasons.push(format!("{address}: {reason}")),
@@ -184,9 +184,10 @@ fn join_cluster(
 
 /// One join sent to `address`: what the address turned out to be, and the answer or why
 /// there is none.
-fn join_once(address: &str, credentials: &[u8], request: &JoinRequest) -> (Outcome, Result<Joined, String>) {
+fn join_once(address: &str, peering: &Peering, request: &JoinRequest) -> (Outcome, Result<Joined, String>) {
     let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
-    let attempt = BlockingLink::<ControlProtocol>::connect(address, Identity::node(credentials), timeout)
+    let attempt = peering
+        .connect::<ControlProtocol>(address, timeout)
         .and_then(|mut link| link.call(ControlRequest::Join(request.clone())));
     let answer = match attempt {
         Ok(ControlResponse::Joined {

@@ -44,7 +44,9 @@ use futures_lite::FutureExt;
 use crate::link;
 use crate::notify::LocalNotify;
 use crate::outbox::Outbox;
-use crate::runtime::{self, Tasks, TcpStream};
+use crate::runtime::{self, Tasks};
+use crate::stream::Stream;
+use engram_tls::ClientTls;
 
 /// Longest a link may take to connect, and then to shake hands. A node that is down
 /// refuses at once; this bounds the case where nothing answers at all (a stopped
@@ -164,12 +166,22 @@ pub struct Proxies {
     links: RefCell<foldhash::HashMap<String, Rc<ProxyLink>>>,
     /// The shard's tasks, which the links' tasks join.
     tasks: Tasks,
+    /// What the links connect with, when the cluster speaks TLS.
+    tls: Option<ClientTls>,
 }
 
 impl Proxies {
-    pub fn new(client_id: u64, namespace: &[u8], credentials: &[u8], outbox: Weak<Outbox>, tasks: Tasks) -> Proxies {
+    pub fn new(
+        client_id: u64,
+        namespace: &[u8],
+        credentials: &[u8],
+        outbox: Weak<Outbox>,
+        tasks: Tasks,
+        tls: Option<ClientTls>,
+    ) -> Proxies {
         Proxies {
             tasks,
+            tls,
             client_id,
             namespace: namespace.to_vec(),
             credentials: credentials.to_vec(),
@@ -224,7 +236,12 @@ impl Proxies {
             namespace: &self.namespace,
             credentials: &self.credentials,
         };
-        let link = Rc::new(ProxyLink::new(address, identity, self.outbox.clone())?);
+        let link = Rc::new(ProxyLink::new(
+            address,
+            identity,
+            self.outbox.clone(),
+            self.tls.clone(),
+        )?);
         if self.tasks.spawn(link.clone().run()).is_none() {
             // The shard is stopping: the link never runs, and the request fails with it.
             link.close();
@@ -262,10 +279,16 @@ struct ProxyLink {
     /// When the reaper plans to wake; only a request due before that wakes it early.
     reaper_wake: Cell<Instant>,
     stop: LocalNotify,
+    tls: Option<ClientTls>,
 }
 
 impl ProxyLink {
-    fn new(address: &str, identity: Identity<'_>, outbox: Weak<Outbox>) -> Result<ProxyLink, ProxyError> {
+    fn new(
+        address: &str,
+        identity: Identity<'_>,
+        outbox: Weak<Outbox>,
+        tls: Option<ClientTls>,
+    ) -> Result<ProxyLink, ProxyError> {
         // A front connection may hold a link per remote shard, so its buffer is small.
         let sizes = FrameBufferSizes::chunked(PROXY_READ_CHUNK_BYTES);
         let link = Link::new(identity, sizes).map_err(|error| ProxyError::Broken {
@@ -284,6 +307,7 @@ impl ProxyLink {
             reaper: LocalNotify::default(),
             reaper_wake: Cell::new(Instant::now()),
             stop: LocalNotify::default(),
+            tls,
         })
     }
 
@@ -303,7 +327,7 @@ impl ProxyLink {
 
     async fn serve(&self) -> Option<ProxyError> {
         let timeout = Duration::from_millis(PROXY_CONNECT_TIMEOUT_MS);
-        let mut stream = match link::connect(&self.address, timeout).await {
+        let mut stream = match link::connect(&self.address, timeout, self.tls.as_ref()).await {
             Ok(stream) => stream,
             Err(error) => return Some(error.into()),
         };
@@ -396,7 +420,7 @@ impl ProxyLink {
     }
 
     /// Reads answers until the link breaks; returns why it did.
-    async fn read_answers(&self, mut reader: ReadHalf<TcpStream>) -> ProxyError {
+    async fn read_answers(&self, mut reader: ReadHalf<Stream>) -> ProxyError {
         loop {
             if let Err(error) = self.deliver_answers() {
                 return error;
@@ -437,7 +461,7 @@ impl ProxyLink {
     }
 
     /// Writes queued requests until the link breaks; returns why it did.
-    async fn write_requests(&self, mut writer: WriteHalf<TcpStream>) -> ProxyError {
+    async fn write_requests(&self, mut writer: WriteHalf<Stream>) -> ProxyError {
         let mut spare = Vec::new();
         loop {
             while self.link.borrow().output().is_empty() {
@@ -590,7 +614,7 @@ mod tests {
         let sent = [add.clone(), counter_get()];
         runtime::run_unpinned(async move {
             let outbox = Rc::new(Outbox::default());
-            let proxies = Proxies::new(42, b"tenant", b"token", Rc::downgrade(&outbox), Tasks::default());
+            let proxies = Proxies::new(42, b"tenant", b"token", Rc::downgrade(&outbox), Tasks::default(), None);
             proxies.forward(&address, 100, 3, &sent[0]).await;
             proxies.forward(&address, 101, 3, &sent[1]).await;
             let mut got = answers(&outbox, 2).await;
@@ -625,7 +649,7 @@ mod tests {
         };
         runtime::run_unpinned(async move {
             let outbox = Rc::new(Outbox::default());
-            let proxies = Proxies::new(42, b"", b"", Rc::downgrade(&outbox), Tasks::default());
+            let proxies = Proxies::new(42, b"", b"", Rc::downgrade(&outbox), Tasks::default(), None);
             proxies.forward(&address, 5, 3, &counter_get()).await;
             let got = answers(&outbox, 1).await;
             let [(5, Response::Error(reply))] = &got[..] else {
@@ -673,7 +697,7 @@ mod tests {
     #[test]
     fn requests_in_flight_are_found_by_link_id_and_expire_in_deadline_order() {
         let outbox = Rc::new(Outbox::default());
-        let link = ProxyLink::new("10.0.0.2:7401", Identity::default(), Rc::downgrade(&outbox)).unwrap();
+        let link = ProxyLink::new("10.0.0.2:7401", Identity::default(), Rc::downgrade(&outbox), None).unwrap();
         let pop = Request {
             command: Command::from(QueueCommand::Pop {
                 key: b"q".to_vec(),

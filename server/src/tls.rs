@@ -57,7 +57,3 @@ pub async fn accept(shard: &Shard, socket: TcpStream, tls: &ServerTls) -> Accept
         }
     }
 }
-
-/// What a plain client at a TLS port is told.
-pub const PLAIN_AT_TLS_PORT: &str =
-    "this port speaks TLS: connect with a tls:// address and the CA of the server's certificate";

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
@@ -48,6 +49,8 @@ pub struct ServerOptions {
     pub handshake_timeout_ms: Option<u64>,
     /// `--tls-cert`, `--tls-key` and `--tls-client-ca`: every port speaks TLS.
     pub tls: Option<ServerTlsFiles>,
+    /// `--tls-ca`: the CA of the control plane's and other nodes' certificates.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +69,7 @@ impl Default for ServerOptions {
             max_connections: None,
             handshake_timeout_ms: None,
             tls: None,
+            tls_ca: None,
         }
     }
 }
@@ -133,6 +137,12 @@ impl ServerOptions {
         self
     }
 
+    /// Connects to the control plane and other nodes over TLS, trusting `ca`.
+    pub fn tls_ca(mut self, ca: PathBuf) -> Self {
+        self.tls_ca = Some(ca);
+        self
+    }
+
     pub fn control(mut self, address: &str) -> Self {
         self.control = Some(address.to_string());
         self
@@ -178,6 +188,9 @@ impl ServerOptions {
             if let Some(client_ca) = &tls.client_ca {
                 arguments.extend(["--tls-client-ca".to_string(), path(client_ca)]);
             }
+        }
+        if let Some(ca) = &self.tls_ca {
+            arguments.extend(["--tls-ca".to_string(), ca.display().to_string()]);
         }
         arguments
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use engram_client::admin::{
     Admin, AdminError, ClusterStatus, MigrationStatus, NodeStatus, ProcessRole, ReclaimRequest,
 };
+use engram_client::ClientTls;
 use engram_proto::LOST_SHARD_INDEX;
 use serde::Serialize;
 
@@ -25,16 +26,19 @@ pub async fn run(
     command: ClusterCommand,
     credentials: &[u8],
     timeout: Duration,
+    tls: Option<ClientTls>,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
-    let admin = |control| Admin::with_addresses(control).credentials(credentials).timeout(timeout);
+    let secured = |admin: Admin| match &tls {
+        Some(tls) => admin.tls(tls.clone()),
+        None => admin,
+    };
+    let admin = |control| secured(Admin::with_addresses(control).credentials(credentials).timeout(timeout));
     match command {
         ClusterCommand::Status { control, json } => show_status(&admin(control), json, out).await?,
         ClusterCommand::Ping { control } => {
             let started = Instant::now();
-            Admin::new(control)
-                .credentials(credentials)
-                .timeout(timeout)
+            secured(Admin::new(control).credentials(credentials).timeout(timeout))
                 .ping()
                 .await?;
             writeln!(out, "PONG {:.3} ms", started.elapsed().as_secs_f64() * 1_000.0)?;

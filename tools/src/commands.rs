@@ -25,9 +25,10 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
         given: cli.timeout_ms.map(Duration::from_millis),
         default: timeout,
     };
+    let tls = cli.tls.client_tls().map_err(Failure::Usage)?;
     if let Command::Cluster(command) = cli.command {
         let credentials = cli.credentials.into_bytes();
-        return cluster_view::run(command, &credentials, timeout, out).await;
+        return cluster_view::run(command, &credentials, timeout, tls, out).await;
     }
     // Direct routing degrades by itself to sending everything to --addr when the node
     // cannot serve a slot map, so the CLI needs no fallback of its own.
@@ -36,7 +37,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
         .credentials(cli.credentials)
         .timeout(timeout)
         .direct(!cli.front_only);
-    if let Some(tls) = cli.tls.client_tls().map_err(Failure::Usage)? {
+    if let Some(tls) = tls {
         builder = builder.tls(tls);
     }
     let client = builder.connect().await?;

@@ -5,13 +5,51 @@
 //! [`TokioLink`] asks one question at a time, each exchange bounded by a timeout: the
 //! control plane's calls to shard ports. A caller with many requests in flight (the
 //! client) drives the link's parts itself with [`fill`] and [`handshake`].
+//!
+//! [`connect`] opens the stream a link runs over: plain TCP, or TLS (tokio-rustls) when
+//! given a [`ClientTls`], checking the peer's certificate under the address's host.
 
 use std::time::Duration;
 
 use engram_proto::link::{resolve, CallError, StreamError};
 use engram_proto::{FrameBuffer, FrameBufferSizes, HelloReply, Identity, Link, LinkError, LinkEvent, Protocol};
+use engram_tls::ClientTls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A byte stream a link runs over: a TCP socket, or TLS over one.
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Transport for T {}
+
+/// Connects to `address` within `timeout`, through a TLS handshake when `tls` is given
+/// (in the same time).
+pub async fn connect(
+    address: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<Box<dyn Transport>, CallError> {
+    let socket_address = resolve(address)?;
+    let connecting = async {
+        let stream = TcpStream::connect(socket_address).await?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = tls else {
+            return Ok(Box::new(stream) as Box<dyn Transport>);
+        };
+        let name = engram_tls::server_name(address).map_err(std::io::Error::other)?;
+        let secured = tokio_rustls::TlsConnector::from(tls.config())
+            .connect(name, stream)
+            .await?;
+        Ok(Box::new(secured) as Box<dyn Transport>)
+    };
+    tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| timed_out(address, timeout))?
+        .map_err(|source| CallError::Connect {
+            address: address.to_string(),
+            source,
+        })
+}
 
 /// Reads once from `reader` into `buffer`; 0 at the end of the stream.
 pub async fn fill<R: AsyncRead + Unpin>(reader: &mut R, buffer: &mut FrameBuffer) -> std::io::Result<usize> {
@@ -65,22 +103,20 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin, P: Protocol, W>(
 /// One question at a time to one address.
 pub struct TokioLink<P: Protocol> {
     address: String,
-    stream: TcpStream,
+    stream: Box<dyn Transport>,
     link: Link<P>,
 }
 
 impl<P: Protocol> TokioLink<P> {
-    /// Connects and shakes hands as `identity`, within `timeout`.
-    pub async fn connect(address: &str, identity: Identity<'_>, timeout: Duration) -> Result<TokioLink<P>, CallError> {
-        let socket_address = resolve(address)?;
-        let connect = tokio::time::timeout(timeout, TcpStream::connect(socket_address)).await;
-        let stream = connect
-            .map_err(|_| timed_out(address, timeout))?
-            .map_err(|source| CallError::Connect {
-                address: address.to_string(),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
+    /// Connects (over TLS with `tls`) and shakes hands as `identity`, each within
+    /// `timeout`.
+    pub async fn connect(
+        address: &str,
+        identity: Identity<'_>,
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<TokioLink<P>, CallError> {
+        let stream = connect(address, timeout, tls).await?;
         let link = Link::new(identity, FrameBufferSizes::LINK).map_err(|error| StreamError::from(error).at(address))?;
         let mut link = TokioLink {
             address: address.to_string(),
@@ -125,8 +161,9 @@ pub async fn call_once<P: Protocol>(
     identity: Identity<'_>,
     request: &P::Request,
     timeout: Duration,
+    tls: Option<&ClientTls>,
 ) -> Result<P::Response, CallError> {
-    TokioLink::<P>::connect(address, identity, timeout)
+    TokioLink::<P>::connect(address, identity, timeout, tls)
         .await?
         .call(request, timeout)
         .await
@@ -196,7 +233,7 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         let peer = tokio::spawn(control_plane(listener));
         let timeout = Duration::from_secs(10);
-        let mut link = TokioLink::<ControlProtocol>::connect(&address, Identity::node(b""), timeout)
+        let mut link = TokioLink::<ControlProtocol>::connect(&address, Identity::node(b""), timeout, None)
             .await
             .unwrap();
         let answer = link.call(&ControlRequest::Rebalance, timeout).await.unwrap();
@@ -224,7 +261,8 @@ mod tests {
                 .unwrap();
         });
         let refused =
-            TokioLink::<ControlProtocol>::connect(&address, Identity::node(b"wrong"), Duration::from_secs(10)).await;
+            TokioLink::<ControlProtocol>::connect(&address, Identity::node(b"wrong"), Duration::from_secs(10), None)
+                .await;
         let Err(CallError::Link {
             address: named,
             source: LinkError::Refused(reply),

@@ -1,5 +1,6 @@
 //! The blocking adapter: a [`Link`] over a `std::net::TcpStream` with read and write
-//! timeouts, for plain threads (a node's heartbeat and join). It only moves bytes.
+//! timeouts, for plain threads (a node's heartbeat and join), or over a stream its
+//! caller wraps that socket in (TLS). It only moves bytes.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -26,6 +27,8 @@ pub fn fill(reader: &mut impl Read, buffer: &mut FrameBuffer) -> std::io::Result
 /// Writes everything the link has to send.
 pub fn flush<P: Protocol, W>(writer: &mut impl Write, link: &mut Link<P, W>) -> std::io::Result<()> {
     writer.write_all(link.output())?;
+    // TLS may hold back what the socket did not take; a plain socket has nothing to flush.
+    writer.flush()?;
     let written = link.output().len();
     link.written(written);
     Ok(())
@@ -64,9 +67,9 @@ pub fn handshake<P: Protocol, W>(
 
 /// One question at a time to one address, each exchange bounded by the timeout given
 /// at connection.
-pub struct BlockingLink<P: Protocol> {
+pub struct BlockingLink<P: Protocol, S: Read + Write = TcpStream> {
     address: String,
-    stream: TcpStream,
+    stream: S,
     timeout: Duration,
     link: Link<P>,
 }
@@ -74,6 +77,19 @@ pub struct BlockingLink<P: Protocol> {
 impl<P: Protocol> BlockingLink<P> {
     /// Connects and shakes hands as `identity`, each step within `timeout`.
     pub fn connect(address: &str, identity: Identity<'_>, timeout: Duration) -> Result<BlockingLink<P>, CallError> {
+        BlockingLink::connect_over(address, identity, timeout, Ok)
+    }
+}
+
+impl<P: Protocol, S: Read + Write> BlockingLink<P, S> {
+    /// Connects, wraps the socket (its read and write timeouts set) with `wrap`, and
+    /// shakes hands as `identity` over what it made, each step within `timeout`.
+    pub fn connect_over(
+        address: &str,
+        identity: Identity<'_>,
+        timeout: Duration,
+        wrap: impl FnOnce(TcpStream) -> std::io::Result<S>,
+    ) -> Result<BlockingLink<P, S>, CallError> {
         let connect_error = |source| CallError::Connect {
             address: address.to_string(),
             source,
@@ -82,6 +98,7 @@ impl<P: Protocol> BlockingLink<P> {
         let _ = stream.set_nodelay(true);
         stream.set_read_timeout(Some(timeout)).map_err(connect_error)?;
         stream.set_write_timeout(Some(timeout)).map_err(connect_error)?;
+        let stream = wrap(stream).map_err(connect_error)?;
         let link = Link::new(identity, FrameBufferSizes::LINK).map_err(|source| CallError::Link {
             address: address.to_string(),
             source,

@@ -15,6 +15,7 @@
 //! - `endpoint`: the `tls://host:port` address form.
 //! - `sniff`: whether the first byte a port received opens a TLS handshake, so a TLS
 //!   port can tell a plain client, in its own protocol, why it is turned away.
+//! - `flags` (feature `clap`): [`TlsFlags`], the TLS flags of engramd and engram-control.
 //! - `test_ca` (feature `test-ca`): a certificate authority and node certificates made
 //!   on the spot, for tests.
 //!
@@ -25,6 +26,8 @@ mod client;
 mod endpoint;
 mod error;
 mod files;
+#[cfg(feature = "clap")]
+mod flags;
 mod server;
 mod sniff;
 #[cfg(any(test, feature = "test-ca"))]
@@ -35,8 +38,10 @@ mod tests;
 pub use client::{server_name, ClientTls};
 pub use endpoint::{Endpoint, TLS_SCHEME};
 pub use error::TlsError;
+#[cfg(feature = "clap")]
+pub use flags::TlsFlags;
 pub use server::{ServerTls, ServerTlsFiles};
-pub use sniff::{opens_tls_handshake, TLS_HANDSHAKE_RECORD_TYPE};
+pub use sniff::{opens_tls_handshake, PLAIN_AT_TLS_PORT, TLS_HANDSHAKE_RECORD_TYPE};
 
 /// rustls itself, so the runtime adapters use the very version these configurations are.
 pub use rustls;

@@ -10,3 +10,7 @@ pub const TLS_HANDSHAKE_RECORD_TYPE: u8 = 22;
 pub fn opens_tls_handshake(first_byte: u8) -> bool {
     first_byte == TLS_HANDSHAKE_RECORD_TYPE
 }
+
+/// What a plain client at a TLS port is told, by a node's ports and engram-control's.
+pub const PLAIN_AT_TLS_PORT: &str =
+    "this port speaks TLS: connect with a tls:// address and the CA of the server's certificate";

@@ -439,7 +439,7 @@ impl Shard {
         }
         let credentials = self.auth_token().unwrap_or_default();
         let timeout = Duration::from_millis(MIGRATION_PEER_TIMEOUT_MS);
-        let mut link = PeerLink::<PeerProtocol>::connect(&order.target_address, credentials, timeout)
+        let mut link = PeerLink::<PeerProtocol>::connect(&order.target_address, credentials, timeout, self.peer_tls())
             .await
             .map_err(|error| error.to_string())?;
         let mut entries = 0u64;

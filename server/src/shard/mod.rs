@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engram_proto::{Command, DataCommand, ErrorCode, ErrorReply, NodeInfo, PeerResponse, Request, Response, SlotMap};
-use engram_tls::ServerTls;
+use engram_tls::{ClientTls, ServerTls};
 use futures::channel::oneshot;
 
 use crate::cluster::{NodeMap, Owner, Routing};
@@ -86,6 +86,7 @@ pub struct Shard {
     read_spin: Duration,
     admission: Admission,
     tls: Option<ServerTls>,
+    peer_tls: Option<ClientTls>,
     refusals: RefusalLog,
     peers: MeshSenders<Forwarded>,
     metrics: ShardMetrics,
@@ -120,6 +121,8 @@ pub struct ShardSetup {
     pub admission: Admission,
     /// The node's TLS certificate, when its ports speak TLS.
     pub tls: Option<ServerTls>,
+    /// What the shard's links to other nodes connect with, when the cluster speaks TLS.
+    pub peer_tls: Option<ClientTls>,
 }
 
 /// What the node lets strangers hold: connections at once, and time to authenticate.
@@ -162,6 +165,7 @@ impl Shard {
             read_spin: setup.read_spin,
             admission: setup.admission,
             tls: setup.tls,
+            peer_tls: setup.peer_tls,
             refusals: RefusalLog::default(),
             peers,
             metrics,
@@ -240,6 +244,11 @@ impl Shard {
     /// What the shard's ports accept TLS with, when they speak it.
     pub fn server_tls(&self) -> Option<&ServerTls> {
         self.tls.as_ref()
+    }
+
+    /// What the shard's links to other nodes connect with, when the cluster speaks TLS.
+    pub fn peer_tls(&self) -> Option<&ClientTls> {
+        self.peer_tls.as_ref()
     }
 
     /// Whether the node may take one more connection: it serves fewer than

@@ -519,7 +519,7 @@ async fn run_link(
         };
         if link.is_none() {
             let credentials = shard.auth_token().unwrap_or_default().to_vec();
-            match PeerLink::connect(&address, &credentials, timeout).await {
+            match PeerLink::connect(&address, &credentials, timeout, shard.peer_tls()).await {
                 Ok(connected) => link = Some(connected),
                 Err(error) => {
                     tracing::debug!(%address, %error, "replication link failed to connect");
