@@ -50,9 +50,13 @@ struct Arguments {
     /// Token for the handshake, both from nodes and the CLI and towards nodes.
     #[arg(long, env = "ENGRAM_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
-    /// Serve Prometheus metrics on this port of the --listen host (0: off).
+    /// Serve Prometheus metrics on this port of the --listen host (0: off), over TLS
+    /// when the control plane serves it.
     #[arg(long, env = "ENGRAM_METRICS_PORT", default_value_t = 0)]
     metrics_port: u16,
+    /// Token a scrape must carry (`Authorization: Bearer TOKEN`); default: none needed.
+    #[arg(long, env = "ENGRAM_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// Do not move slots off shards that are far busier or fuller than the rest.
     #[arg(long, env = "ENGRAM_NO_LOAD_REBALANCE")]
     no_load_rebalance: bool,
@@ -157,9 +161,15 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
         let metrics_listener = engram_metrics_http::bind(metrics_address)?;
         let bound = metrics_listener.local_addr()?;
         let reader = controller.clone();
-        engram_metrics_http::spawn(metrics_listener, move || {
-            engram_control::metrics::render(reader.gauges())
-        })?;
+        let access = engram_metrics_http::Access {
+            tls: tls.clone(),
+            token: arguments.metrics_token.clone().map(String::into_bytes),
+        };
+        engram_metrics_http::spawn(
+            metrics_listener,
+            move || engram_control::metrics::render(reader.gauges()),
+            access,
+        )?;
         Some(bound)
     } else {
         None

@@ -69,6 +69,11 @@ pub struct NodeSettings {
     #[arg(long, env = "ENGRAM_AUTH_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub auth_token: Option<String>,
 
+    /// Token a scrape of --metrics-port must carry (`Authorization: Bearer TOKEN`);
+    /// default: metrics answer anyone who reaches the port.
+    #[arg(long, env = "ENGRAM_METRICS_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub metrics_token: Option<String>,
+
     /// Most connections the node serves at once, on all its ports; past it a new one is
     /// refused with an error and closed (default: the descriptor limit, less
     /// DESCRIPTORS_RESERVED for listeners, links to other nodes and files).
@@ -216,6 +221,8 @@ mod tests {
             "500",
             "--handshake-timeout-ms",
             "3000",
+            "--metrics-token",
+            "scrape",
             "--tls-cert",
             "node.pem",
             "--tls-key",
@@ -238,6 +245,7 @@ mod tests {
                 zone: Some("rack-7".into()),
                 max_connections: Some(500),
                 handshake_timeout_ms: Some(3000),
+                metrics_token: Some("scrape".into()),
                 tls: TlsFlags {
                     tls_cert: Some("node.pem".into()),
                     tls_key: Some("node-key.pem".into()),

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::time::Duration;
 
 use crate::refusal::Refused;
-use engram_metrics_http::Responder;
+use engram_metrics_http::{Access, Responder};
 use engram_proto::{Command, ErrorCode, Response};
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -453,6 +453,7 @@ impl ShardMetrics {
 pub fn serve_http(
     listener: StdListener,
     render: impl Fn() -> Vec<u8> + Send + 'static,
+    access: Access,
 ) -> Result<(SocketAddr, Responder), ServerError> {
     let unknown_address = SocketAddr::from(([0, 0, 0, 0], 0));
     let address = listener.local_addr().map_err(|source| ServerError::Bind {
@@ -463,7 +464,7 @@ pub fn serve_http(
     // The responder's thread blocks in accept; a listener bound non-blocking would make
     // it retry on a timer instead.
     listener.set_nonblocking(false).map_err(bind_error)?;
-    let responder = engram_metrics_http::spawn(listener, render).map_err(bind_error)?;
+    let responder = engram_metrics_http::spawn(listener, render, access).map_err(bind_error)?;
     Ok((address, responder))
 }
 

@@ -14,7 +14,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engram_metrics_http::Responder;
+use engram_metrics_http::{Access, Responder};
 use engram_tls::ServerTls;
 
 use crate::cluster::NodeMap;
@@ -99,7 +99,15 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
     let metrics = match metrics {
         Some(listener) => {
             let node = starting.node.clone();
-            Some(crate::metrics::serve_http(listener, move || node.render_metrics())?)
+            let access = Access {
+                tls: starting.tls.clone(),
+                token: settings.metrics_token.clone().map(String::into_bytes),
+            };
+            Some(crate::metrics::serve_http(
+                listener,
+                move || node.render_metrics(),
+                access,
+            )?)
         }
         None => None,
     };

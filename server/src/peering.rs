@@ -4,15 +4,15 @@
 //! the node's own certificate for peers that ask for one). The shards' own links to
 //! other nodes are `link.rs`'s.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use engram_proto::link::blocking::BlockingLink;
 use engram_proto::link::CallError;
 use engram_proto::{Identity, Protocol};
-use engram_tls::rustls::{ClientConnection, StreamOwned};
-use engram_tls::ClientTls;
+use engram_tls::rustls::ClientConnection;
+use engram_tls::{ClientTls, SyncStream};
 
 /// The credentials and TLS of this node's links.
 #[derive(Clone, Default)]
@@ -22,10 +22,7 @@ pub struct Peering {
 }
 
 /// A blocking link's stream: the socket, or TLS over it.
-pub enum BlockingStream {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
+pub type BlockingStream = SyncStream<ClientConnection>;
 
 impl Peering {
     pub fn new(credentials: Vec<u8>, tls: Option<ClientTls>) -> Peering {
@@ -54,35 +51,10 @@ impl Peering {
     /// first bytes written, under the socket's timeouts.
     fn secure(&self, address: &str, socket: TcpStream) -> io::Result<BlockingStream> {
         let Some(tls) = &self.tls else {
-            return Ok(BlockingStream::Plain(socket));
+            return Ok(SyncStream::Plain(socket));
         };
         let name = engram_tls::server_name(address).map_err(io::Error::other)?;
         let connection = ClientConnection::new(tls.config(), name).map_err(io::Error::other)?;
-        Ok(BlockingStream::Tls(Box::new(StreamOwned::new(connection, socket))))
-    }
-}
-
-impl Read for BlockingStream {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        match self {
-            BlockingStream::Plain(socket) => socket.read(buffer),
-            BlockingStream::Tls(tls) => tls.read(buffer),
-        }
-    }
-}
-
-impl Write for BlockingStream {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        match self {
-            BlockingStream::Plain(socket) => socket.write(bytes),
-            BlockingStream::Tls(tls) => tls.write(bytes),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            BlockingStream::Plain(socket) => socket.flush(),
-            BlockingStream::Tls(tls) => tls.flush(),
-        }
+        Ok(SyncStream::tls(connection, socket))
     }
 }

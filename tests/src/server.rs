@@ -51,6 +51,8 @@ pub struct ServerOptions {
     pub tls: Option<ServerTlsFiles>,
     /// `--tls-ca`: the CA of the control plane's and other nodes' certificates.
     pub tls_ca: Option<PathBuf>,
+    /// `--metrics-token`.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -70,6 +72,7 @@ impl Default for ServerOptions {
             handshake_timeout_ms: None,
             tls: None,
             tls_ca: None,
+            metrics_token: None,
         }
     }
 }
@@ -137,6 +140,11 @@ impl ServerOptions {
         self
     }
 
+    pub fn metrics_token(mut self, token: &str) -> Self {
+        self.metrics_token = Some(token.to_string());
+        self
+    }
+
     /// Connects to the control plane and other nodes over TLS, trusting `ca`.
     pub fn tls_ca(mut self, ca: PathBuf) -> Self {
         self.tls_ca = Some(ca);
@@ -192,6 +200,9 @@ impl ServerOptions {
         if let Some(ca) = &self.tls_ca {
             arguments.extend(["--tls-ca".to_string(), ca.display().to_string()]);
         }
+        if let Some(token) = &self.metrics_token {
+            arguments.extend(["--metrics-token".to_string(), token.clone()]);
+        }
         arguments
     }
 }
@@ -200,18 +211,43 @@ impl ServerOptions {
 /// `reason` (the `reason` label of `engram_connections_refused_total`), summed over its
 /// shards.
 pub fn refused_total(metrics: SocketAddr, reason: &str) -> u64 {
-    use std::io::Write;
-    let mut stream = std::net::TcpStream::connect(metrics).expect("connect to metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: engram\r\nConnection: close\r\n\r\n")
-        .expect("ask for metrics");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read metrics");
-    text.lines()
+    refused_in(&scrape(metrics, None, None), reason)
+}
+
+/// `engram_connections_refused_total` for `reason` in a scrape's text, summed over shards.
+pub fn refused_in(scraped: &str, reason: &str) -> u64 {
+    scraped
+        .lines()
         .filter(|line| line.starts_with("engram_connections_refused_total{"))
         .filter(|line| line.contains(&format!("reason=\"{reason}\"")))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// The whole answer (head and body) to `GET /metrics` at `metrics`: over TLS when `tls`
+/// is given, with `Authorization: Bearer TOKEN` when `token` is.
+pub fn scrape(metrics: SocketAddr, tls: Option<&engram_tls::ClientTls>, token: Option<&str>) -> String {
+    use std::io::Write;
+    let authorization = token.map_or(String::new(), |token| format!("Authorization: Bearer {token}\r\n"));
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: engram\r\n{authorization}Connection: close\r\n\r\n");
+    let socket = std::net::TcpStream::connect(metrics).expect("connect to metrics");
+    socket.set_read_timeout(Some(STEP_TIMEOUT)).expect("read timeout");
+    let mut text = Vec::new();
+    match tls {
+        None => {
+            let mut socket = socket;
+            socket.write_all(request.as_bytes()).expect("ask for metrics");
+            let _ = socket.read_to_end(&mut text);
+        }
+        Some(tls) => {
+            let name = engram_tls::server_name(&metrics.to_string()).expect("a server name");
+            let connection = engram_tls::rustls::ClientConnection::new(tls.config(), name).expect("a TLS client");
+            let mut stream = engram_tls::rustls::StreamOwned::new(connection, socket);
+            stream.write_all(request.as_bytes()).expect("ask for metrics");
+            let _ = stream.read_to_end(&mut text);
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// A loopback address no other server of this process (and, with high probability, of

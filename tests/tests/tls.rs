@@ -1,8 +1,9 @@
 //! TLS on a node's ports, with a CA made by the test: clients that trust it are served
 //! on every port (shard ports, the front port, the CLI), a plain client at a TLS port
 //! and a TLS client at a plain port are told what went wrong, a client trusting another
-//! CA is refused, mutual TLS serves only clients with a certificate, and SIGHUP swaps
-//! the certificate for new connections while open ones keep going.
+//! CA is refused, mutual TLS serves only clients with a certificate, SIGHUP swaps the
+//! certificate for new connections while open ones keep going, and `/metrics` is served
+//! over TLS to scrapes carrying the metrics token.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use engram_client::{Client, ClientTls, Error, ErrorCode};
 use engram_tests::processes::Scratch;
-use engram_tests::server::{describe, free_port, next_loopback, refused_total, run_cli};
+use engram_tests::server::{describe, free_port, next_loopback, refused_in, run_cli, scrape};
 use engram_tests::{EngramServer, ServerOptions};
 use engram_tls::test_ca::TestCa;
 use engram_tls::ServerTlsFiles;
 
+/// The token the nodes with metrics require of a scrape.
+const METRICS_TOKEN: &str = "scrape-token";
 /// Bounds the wait for a SIGHUP to take effect: the signal thread reloads at once.
 const RELOAD_WAIT: Duration = Duration::from_secs(20);
 
@@ -36,7 +39,7 @@ fn tls_server(ca: &TestCa, client_ca: Option<&TestCa>, metrics: bool) -> EngramS
         .resp()
         .tls(node_files(ca, bind, client_ca));
     if metrics {
-        options = options.metrics_port(free_port(bind));
+        options = options.metrics_port(free_port(bind)).metrics_token(METRICS_TOKEN);
     }
     EngramServer::start(options)
 }
@@ -127,8 +130,14 @@ async fn a_plain_client_at_a_tls_port_is_told_to_use_tls() {
     redis.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("-ERR this port speaks TLS"), "{reply:?}");
 
+    // Metrics are served over TLS too, and only to a scrape that carries the token.
     let metrics = server.metrics_address().unwrap();
-    assert!(refused_total(metrics, "plain_at_tls_port") >= 2);
+    let trusting = ClientTls::trusting(&ca.ca_path()).unwrap();
+    let scraped = scrape(metrics, Some(&trusting), Some(METRICS_TOKEN));
+    assert!(refused_in(&scraped, "plain_at_tls_port") >= 2, "{scraped}");
+    let without_token = scrape(metrics, Some(&trusting), None);
+    assert!(without_token.starts_with("HTTP/1.1 401 "), "{without_token}");
+    assert!(!scrape(metrics, None, Some(METRICS_TOKEN)).contains("engram_"));
 }
 
 #[tokio::test]
@@ -145,15 +154,17 @@ async fn a_tls_client_at_a_plain_port_is_told_the_port_is_plain() {
 #[tokio::test]
 async fn a_client_trusting_another_ca_is_refused_and_counted() {
     let scratch = Scratch::new("tls-other-ca");
-    let server = tls_server(&TestCa::new(scratch.path(), "engram"), None, true);
+    let ca = TestCa::new(scratch.path(), "engram");
+    let server = tls_server(&ca, None, true);
     let stranger = ClientTls::trusting(&TestCa::new(scratch.path(), "other").ca_path()).unwrap();
     let error = round_trip(&server, stranger).await.unwrap_err();
     assert!(matches!(error, Error::Tls { .. }), "{error}");
     assert!(error.to_string().contains("UnknownIssuer"), "{error}");
     // The server hears of it as a failed handshake (the client's alert).
     let metrics = server.metrics_address().unwrap();
+    let trusting = ClientTls::trusting(&ca.ca_path()).unwrap();
     let deadline = Instant::now() + RELOAD_WAIT;
-    while refused_total(metrics, "tls_handshake") == 0 {
+    while refused_in(&scrape(metrics, Some(&trusting), Some(METRICS_TOKEN)), "tls_handshake") == 0 {
         assert!(Instant::now() < deadline, "the failed handshake was never counted");
         std::thread::sleep(Duration::from_millis(50));
     }

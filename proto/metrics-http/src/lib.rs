@@ -10,9 +10,14 @@
 //! ([`Responder::stop`]): engramd's in-process nodes do when they stop, so their port is
 //! free again.
 //!
+//! [`Access`] says who may scrape: over TLS when the process serves TLS (its own
+//! certificate, reloaded with it), and only with `Authorization: Bearer <token>` when it
+//! has a metrics token (others get 401).
+//!
 //! A crate of its own, at the bottom of the dependency graph with nothing but
-//! `prometheus` (and `libc`, to stop it) under it, so that engramd (glommio) and
-//! engram-control (tokio) share it without either pulling in the other's runtime.
+//! `prometheus` and `engram-tls` (and `libc`, to stop it) under it, so that engramd
+//! (glommio) and engram-control (tokio) share it without either pulling in the other's
+//! runtime.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,6 +26,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use engram_tls::rustls::ServerConnection;
+use engram_tls::{ServerTls, SyncStream};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// Path of the one resource served.
@@ -39,6 +46,17 @@ pub const WRITE_TIMEOUT_MS: u64 = 5_000;
 /// does not spin while the condition lasts.
 pub const ACCEPT_RETRY_MS: u64 = 50;
 
+/// Who may scrape, and how.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// Serve over TLS with this configuration (a reload of it reaches the next scrape).
+    pub tls: Option<ServerTls>,
+    /// Answer only requests that carry `Authorization: Bearer <token>`.
+    pub token: Option<Vec<u8>>,
+}
+
+type Connection = SyncStream<ServerConnection>;
+
 /// Binds the metrics listener; done before anything else starts, so a taken port fails
 /// fast with the address in the error.
 pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
@@ -47,8 +65,8 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
 
 /// Serves `GET /metrics` on `listener` from a thread of its own, until the returned
 /// [`Responder`] is stopped (for the life of the process when it never is). `render`
-/// produces the body of each scrape.
-pub fn spawn<Render>(listener: TcpListener, render: Render) -> io::Result<Responder>
+/// produces the body of each scrape; `access` says who may ask for it.
+pub fn spawn<Render>(listener: TcpListener, render: Render, access: Access) -> io::Result<Responder>
 where
     Render: Fn() -> Vec<u8> + Send + 'static,
 {
@@ -59,7 +77,7 @@ where
     let thread_stopping = stopping.clone();
     let thread = std::thread::Builder::new()
         .name("metrics-http".into())
-        .spawn(move || serve(&listener, &render, &thread_stopping))?;
+        .spawn(move || serve(&listener, &render, &access, &thread_stopping))?;
     Ok(Responder {
         waker,
         stopping,
@@ -110,11 +128,11 @@ fn shutdown_listener(listener: &TcpListener) -> io::Result<()> {
 }
 
 /// Accepts and answers connections one after another, until `stopping` is set.
-fn serve(listener: &TcpListener, render: &dyn Fn() -> Vec<u8>, stopping: &AtomicBool) {
+fn serve(listener: &TcpListener, render: &dyn Fn() -> Vec<u8>, access: &Access, stopping: &AtomicBool) {
     while !stopping.load(Relaxed) {
         match listener.accept() {
             // A failed exchange concerns only that client.
-            Ok((stream, _)) => drop(answer(stream, render)),
+            Ok((stream, _)) => drop(answer(stream, render, access)),
             Err(_) if stopping.load(Relaxed) => return,
             Err(_) => std::thread::sleep(Duration::from_millis(ACCEPT_RETRY_MS)),
         }
@@ -133,13 +151,20 @@ pub fn render_registry(registry: &Registry) -> Vec<u8> {
 /// What a request head asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Asked {
-    Metrics,
+    /// `GET /metrics`, with the bearer token it carries, if any.
+    Metrics {
+        token: Option<Vec<u8>>,
+    },
     SomethingElse,
     Malformed,
 }
 
-fn answer(mut stream: TcpStream, render: &dyn Fn() -> Vec<u8>) -> io::Result<()> {
-    stream.set_write_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)))?;
+fn answer(socket: TcpStream, render: &dyn Fn() -> Vec<u8>, access: &Access) -> io::Result<()> {
+    socket.set_write_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)))?;
+    let mut stream = match &access.tls {
+        None => SyncStream::Plain(socket),
+        Some(tls) => SyncStream::tls(ServerConnection::new(tls.config()).map_err(io::Error::other)?, socket),
+    };
     let asked = match read_head(&mut stream)? {
         Some(head) => parse_head(&head),
         None => {
@@ -152,7 +177,19 @@ fn answer(mut stream: TcpStream, render: &dyn Fn() -> Vec<u8>) -> io::Result<()>
         }
     };
     match asked {
-        Asked::Metrics => respond(&mut stream, "200 OK", CONTENT_TYPE, &render()),
+        Asked::Metrics { token } if !authorized(access.token.as_deref(), token.as_deref()) => {
+            let head = head(
+                "401 Unauthorized",
+                "text/plain",
+                b"\r\nWWW-Authenticate: Bearer realm=\"engram\"",
+            );
+            respond_with(
+                &mut stream,
+                &head,
+                b"a metrics token is required: Authorization: Bearer <token>\n",
+            )
+        }
+        Asked::Metrics { .. } => respond(&mut stream, "200 OK", CONTENT_TYPE, &render()),
         Asked::SomethingElse => respond(
             &mut stream,
             "404 Not Found",
@@ -166,7 +203,7 @@ fn answer(mut stream: TcpStream, render: &dyn Fn() -> Vec<u8>) -> io::Result<()>
 /// Reads up to the blank line ending the head; `None` when the head exceeds
 /// [`REQUEST_HEAD_BYTES_MAX`]. The deadline covers the whole head, not each read, so a
 /// client trickling a byte at a time cannot hold the thread.
-fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+fn read_head(stream: &mut Connection) -> io::Result<Option<Vec<u8>>> {
     let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
@@ -175,7 +212,7 @@ fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        stream.set_read_timeout(Some(left))?;
+        stream.socket().set_read_timeout(Some(left))?;
         let read = stream.read(&mut chunk)?;
         if read == 0 {
             // The client stopped sending: answer what arrived, which without its blank
@@ -211,18 +248,60 @@ fn parse_head(head: &[u8]) -> Asked {
     }
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     if method == "GET" && path == METRICS_PATH {
-        Asked::Metrics
+        Asked::Metrics {
+            token: bearer_token(&head[line_end..]),
+        }
     } else {
         Asked::SomethingElse
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
+/// The token of an `Authorization: Bearer <token>` header among `headers`.
+fn bearer_token(headers: &[u8]) -> Option<Vec<u8>> {
+    headers.split(|&byte| byte == b'\n').find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&byte| byte == b':')?;
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if !name.trim_ascii().eq_ignore_ascii_case(b"authorization") || value.len() < 7 {
+            return None;
+        }
+        let (scheme, token) = value.split_at(7);
+        scheme
+            .eq_ignore_ascii_case(b"bearer ")
+            .then(|| token.trim_ascii().to_vec())
+    })
+}
+
+/// Whether a request carrying `given` may scrape: always without a required token,
+/// else only with an equal one, compared in time independent of where they differ.
+fn authorized(required: Option<&[u8]>, given: Option<&[u8]>) -> bool {
+    let Some(required) = required else {
+        return true;
+    };
+    let given = given.unwrap_or_default();
+    let differences = required
+        .iter()
+        .zip(given)
+        .fold(0u8, |differences, (left, right)| differences | (left ^ right));
+    given.len() == required.len() && differences == 0
+}
+
+fn respond(stream: &mut Connection, status: &str, content_type: &str, body: &[u8]) -> io::Result<()> {
+    respond_with(stream, &head(status, content_type, b""), body)
+}
+
+/// A response head's status line and its headers but the length; `extra` holds further
+/// header lines, each after a CRLF.
+fn head(status: &str, content_type: &str, extra: &[u8]) -> Vec<u8> {
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}").into_bytes();
+    head.extend_from_slice(extra);
+    head
+}
+
+fn respond_with(stream: &mut Connection, head: &[u8], body: &[u8]) -> io::Result<()> {
+    stream.write_all(head)?;
+    let rest = format!("\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    stream.write_all(rest.as_bytes())?;
     stream.write_all(body)?;
     stream.flush()
 }
@@ -235,7 +314,7 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let address = listener.local_addr().unwrap();
         // Left serving, as engram-control's responder is.
-        let _serving = spawn(listener, || b"engram_up 1\n".to_vec()).unwrap();
+        let _serving = spawn(listener, || b"engram_up 1\n".to_vec(), Access::default()).unwrap();
         address
     }
 
@@ -298,12 +377,78 @@ mod tests {
     fn a_stopped_responder_frees_its_port() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let address = listener.local_addr().unwrap();
-        let responder = spawn(listener, || b"engram_up 1\n".to_vec()).unwrap();
+        let responder = spawn(listener, || b"engram_up 1\n".to_vec(), Access::default()).unwrap();
         assert!(exchange(address, b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 "));
         responder.stop();
         let refused = TcpStream::connect(address).map(drop).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused, "{refused}");
         bind(address).expect("the port is free again");
+    }
+
+    fn start_with(access: Access) -> SocketAddr {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let _serving = spawn(listener, || b"engram_up 1\n".to_vec(), access).unwrap();
+        address
+    }
+
+    #[test]
+    fn with_a_token_only_requests_carrying_it_are_answered() {
+        let address = start_with(Access {
+            tls: None,
+            token: Some(b"s3cret".to_vec()),
+        });
+        for request in [
+            &b"GET /metrics HTTP/1.1\r\n\r\n"[..],
+            b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer wrong!\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cre\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\nAuthorization: Basic s3cret\r\n\r\n",
+        ] {
+            let answer = exchange(address, request);
+            assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+            assert!(answer.contains("WWW-Authenticate: Bearer"), "{answer}");
+            assert!(!answer.contains("engram_up"), "{answer}");
+        }
+        let answer = exchange(
+            address,
+            b"GET /metrics HTTP/1.1\r\nauthorization:  bearer s3cret \r\n\r\n",
+        );
+        assert!(answer.ends_with("engram_up 1\n"), "{answer}");
+    }
+
+    #[test]
+    fn with_tls_a_scrape_is_served_under_the_certificate() {
+        use engram_tls::rustls::{ClientConnection, StreamOwned};
+        let dir = std::env::temp_dir().join(format!("engram-metrics-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = engram_tls::test_ca::TestCa::new(&dir, "metrics");
+        let issued = ca.issue("node", &["127.0.0.1"]);
+        let files = engram_tls::ServerTlsFiles {
+            cert: issued.cert,
+            key: issued.key,
+            client_ca: None,
+        };
+        let tls = engram_tls::ServerTls::load(files).unwrap();
+        let address = start_with(Access {
+            tls: Some(tls),
+            token: None,
+        });
+        let client = engram_tls::ClientTls::trusting(&ca.ca_path()).unwrap();
+        let name = engram_tls::server_name(&address.to_string()).unwrap();
+        let connection = ClientConnection::new(client.config(), name).unwrap();
+        let socket = TcpStream::connect(address).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut stream = StreamOwned::new(connection, socket);
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("engram_up 1\n"),
+            "{answer}"
+        );
+        // A plain scrape gets no metrics.
+        assert!(!exchange(address, b"GET /metrics HTTP/1.1\r\n\r\n").contains("engram_up"));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - `sniff`: whether the first byte a port received opens a TLS handshake, so a TLS
 //!   port can tell a plain client, in its own protocol, why it is turned away.
 //! - `flags` (feature `clap`): [`TlsFlags`], the TLS flags of engramd and engram-control.
+//! - `sync_stream`: [`SyncStream`], a blocking socket plain or under TLS, for std threads.
 //! - `test_ca` (feature `test-ca`): a certificate authority and node certificates made
 //!   on the spot, for tests.
 //!
@@ -30,6 +31,7 @@ mod files;
 mod flags;
 mod server;
 mod sniff;
+mod sync_stream;
 #[cfg(any(test, feature = "test-ca"))]
 pub mod test_ca;
 #[cfg(test)]
@@ -42,6 +44,7 @@ pub use error::TlsError;
 pub use flags::TlsFlags;
 pub use server::{ServerTls, ServerTlsFiles};
 pub use sniff::{opens_tls_handshake, PLAIN_AT_TLS_PORT, TLS_HANDSHAKE_RECORD_TYPE};
+pub use sync_stream::SyncStream;
 
 /// rustls itself, so the runtime adapters use the very version these configurations are.
 pub use rustls;
