@@ -23,19 +23,13 @@ duration=${DURATION:-20}
 control=127.0.0.1:7390
 mkdir -p "$out"
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
 for binary in engramd engram-control engram engram-bench; do
     [[ -x "$bin/$binary" ]] || { echo "cluster-bench: no $bin/$binary: build first (cargo build --release --bins)" >&2; exit 1; }
 done
 
 # shellcheck source=tools/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+stop_started_on_exit
 
 start_node() { # ip label
     "$bin/engramd" --control "$control" --bind "$1" --port 7400 --cores 1 >"$out/$2.out" 2>"$out/$2.err" &

@@ -12,6 +12,19 @@ wait_for_line() {
     return 1
 }
 
+# stop_started_on_exit: every process whose id the script appends to `pids` is killed,
+# and waited for, when the script exits, however it exits (Ctrl-C included).
+stop_started_on_exit() {
+    pids=()
+    trap stop_started EXIT
+    trap 'exit 130' INT TERM
+}
+
+stop_started() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+
 # free_port: prints a loopback TCP port no socket uses; fails after 100 tries. Ports are
 # drawn below Linux's ephemeral range (32768 up by default): a port in it may be taken
 # by a client connection's local end at any moment, as the benchmarks open hundreds.

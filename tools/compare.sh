@@ -50,13 +50,7 @@ work=$(mktemp -d /tmp/engram-compare.XXXXXX)
 facts=$work/facts
 fact "$facts" started_at "$(utc_now)"
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+stop_started_on_exit
 
 note() { echo "compare: $*" >&2; }
 die() { note "$*"; exit 1; }

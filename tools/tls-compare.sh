@@ -23,13 +23,7 @@ server_core=${SERVER_CORE:-0}
 load_core=${LOAD_CORE:-1}
 work=$(mktemp -d /tmp/engram-tls-compare.XXXXXX)
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+stop_started_on_exit
 
 if [[ ! -x "$bin/engramd" || ! -x "$bin/engram-bench" ]]; then
     [[ -z ${ENGRAM_BIN_DIR:-} ]] || { echo "engramd or engram-bench missing in $ENGRAM_BIN_DIR" >&2; exit 1; }

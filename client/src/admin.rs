@@ -388,13 +388,15 @@ impl Admin {
         match &self.tls {
             None => exchange_over(address, stream, link, command, sent).await,
             Some(tls) => {
-                let secured =
-                    crate::tls::connect(address, stream, tls)
-                        .await
-                        .map_err(|source| AdminError::Refused {
+                let secured = crate::tls::connect(address, stream, tls)
+                    .await
+                    .map_err(|error| match error {
+                        Error::Connection { source, .. } => broken(address, source),
+                        refused => AdminError::Refused {
                             address: address.to_string(),
-                            source,
-                        })?;
+                            source: refused,
+                        },
+                    })?;
                 exchange_over(address, secured, link, command, sent).await
             }
         }

@@ -106,7 +106,19 @@ impl Connection {
             }
             Some(tls) => {
                 let mut stream = crate::tls::connect(address, stream, tls).await?;
-                exchange_hello(&mut stream, &mut link).await.map_err(refused)?;
+                // Under TLS 1.3 a server refuses this client's certificate only after
+                // the handshake, with an alert the Hello's reply meets.
+                let refused_by_tls = |failure| match failure {
+                    HandshakeFailure::Connection(ConnectionError::Io(error)) => match crate::tls::refusal(&error) {
+                        Some(detail) => Error::Tls {
+                            address: address.to_string(),
+                            detail,
+                        },
+                        None => failed(ConnectionError::Io(error)),
+                    },
+                    failure => refused(failure),
+                };
+                exchange_hello(&mut stream, &mut link).await.map_err(refused_by_tls)?;
                 let (read_half, write_half) = tokio::io::split(stream);
                 let reader = read_responses(read_half, link.into_input(), Arc::clone(&pending));
                 let write_side = WriteSide::Tls(tokio::sync::Mutex::new(write_half));

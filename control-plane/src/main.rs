@@ -55,7 +55,7 @@ struct Arguments {
     #[arg(long, env = "ENGRAM_METRICS_PORT", default_value_t = 0)]
     metrics_port: u16,
     /// Token a scrape must carry (`Authorization: Bearer TOKEN`); default: none needed.
-    #[arg(long, env = "ENGRAM_METRICS_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "ENGRAM_METRICS_TOKEN", hide_env_values = true, value_parser = engram_metrics_http::parse_token)]
     metrics_token: Option<String>,
     /// Do not move slots off shards that are far busier or fuller than the rest.
     #[arg(long, env = "ENGRAM_NO_LOAD_REBALANCE")]

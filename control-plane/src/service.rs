@@ -29,8 +29,8 @@ use engram_proto::{
     Identity, MigrateOut, PeerProtocol, PeerRequest, PeerResponse, Port, Refusal, Response, StateStoreStatus,
     FRONT_SHARD_ID,
 };
-use engram_tls::{opens_tls_handshake, ClientTls, ServerTls, PLAIN_AT_TLS_PORT};
-use tokio::io::AsyncWriteExt;
+use engram_tls::{opens_tls_handshake, ClientTls, ServerTls, PLAIN_AT_TLS_PORT, PLAIN_REQUEST_BYTES_DRAINED};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -1095,10 +1095,14 @@ async fn secure(mut stream: TcpStream, peer: SocketAddr, tls: Option<&ServerTls>
         return Some(Box::new(stream));
     };
     let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    // One deadline for the first byte and the whole handshake.
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut first = [0u8; 1];
-    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) if opens_tls_handshake(first[0]) => {}
         Ok(Ok(1)) => {
+            // Read what it sent: closing with unread bytes resets, which can drop the answer.
+            let _ = stream.read(&mut vec![0; PLAIN_REQUEST_BYTES_DRAINED]).await;
             let refusal = Refusal {
                 code: ErrorCode::TlsRequired,
                 message: PLAIN_AT_TLS_PORT.to_string(),
@@ -1112,7 +1116,7 @@ async fn secure(mut stream: TcpStream, peer: SocketAddr, tls: Option<&ServerTls>
         _ => return None,
     }
     let accept = tokio_rustls::TlsAcceptor::from(tls.config()).accept(stream);
-    match tokio::time::timeout(timeout, accept).await {
+    match tokio::time::timeout_at(deadline, accept).await {
         Ok(Ok(secured)) => Some(Box::new(secured)),
         Ok(Err(error)) => {
             tracing::warn!(%peer, %error, "connection refused: TLS handshake failed");

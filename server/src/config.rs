@@ -71,7 +71,7 @@ pub struct NodeSettings {
 
     /// Token a scrape of --metrics-port must carry (`Authorization: Bearer TOKEN`);
     /// default: metrics answer anyone who reaches the port.
-    #[arg(long, env = "ENGRAM_METRICS_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    #[arg(long, env = "ENGRAM_METRICS_TOKEN", hide_env_values = true, value_parser = engram_metrics_http::parse_token)]
     pub metrics_token: Option<String>,
 
     /// Most connections the node serves at once, on all its ports; past it a new one is
@@ -85,6 +85,12 @@ pub struct NodeSettings {
     /// HANDSHAKE_TIMEOUT_MS_DEFAULT, 10 s).
     #[arg(long, env = "ENGRAM_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
+
+    /// Close a connection that sent nothing for this long while none of its requests
+    /// waits (a lock or barrier wait keeps it open); 0 or absent: never, as Redis's
+    /// `timeout 0`. A client reconnects on its next call.
+    #[arg(long, env = "ENGRAM_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
 
     /// Node id reported to clients (default: random).
     #[arg(long, env = "ENGRAM_NODE_ID")]
@@ -223,6 +229,8 @@ mod tests {
             "3000",
             "--metrics-token",
             "scrape",
+            "--idle-timeout-ms",
+            "60000",
             "--tls-cert",
             "node.pem",
             "--tls-key",
@@ -246,6 +254,7 @@ mod tests {
                 max_connections: Some(500),
                 handshake_timeout_ms: Some(3000),
                 metrics_token: Some("scrape".into()),
+                idle_timeout_ms: Some(60_000),
                 tls: TlsFlags {
                     tls_cert: Some("node.pem".into()),
                     tls_key: Some("node-key.pem".into()),

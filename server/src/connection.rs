@@ -310,6 +310,7 @@ impl Connection {
         // the start of their duration.
         let received = Instant::now();
         self.shard.advance_clock(received);
+        self.outbox.heard_from(received);
         let mut answered = 0;
         let mut timed = 0;
         while self.outbox.pending() < IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX {

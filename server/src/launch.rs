@@ -29,6 +29,9 @@ use crate::tls::{self, Accepted};
 /// doubles with each failure in a row, up to `ACCEPT_RETRY_DOUBLINGS_MAX` times (1.28 s).
 pub const ACCEPT_RETRY_MS: u64 = 10;
 pub const ACCEPT_RETRY_DOUBLINGS_MAX: u32 = 7;
+/// How often, per idle timeout, a shard looks for connections idle past it: a connection
+/// is closed between one and 1 + 1/IDLE_CHECKS_PER_TIMEOUT timeouts after it went idle.
+pub const IDLE_CHECKS_PER_TIMEOUT: u32 = 4;
 /// How often a shard waiting for its peers to join the mesh looks whether the node was
 /// told to stop: a peer that failed to start never joins, and the node stops the rest.
 pub const MESH_JOIN_SHUTDOWN_CHECK_MS: u64 = 100;
@@ -71,6 +74,10 @@ pub async fn run(launch: ShardLaunch, events: NodeEvents) {
         let listener = runtime::adopt_listener(listener);
         let accepting = shard.spawn(accept_loop(shard.clone(), listener, port, connections.clone()));
         services.tasks.extend(accepting);
+    }
+    if let Some(idle_timeout) = shard.admission().idle_timeout {
+        let closing = close_idle(connections.clone(), idle_timeout, shard.id());
+        services.tasks.extend(shard.spawn(closing));
     }
     events.send(NodeEvent::ShardStarted { shard: shard_id });
     shard.keep_time(&launch.shutdown).await;
@@ -171,6 +178,20 @@ impl OpenConnections {
         }
     }
 
+    /// Shuts down the sockets of connections idle for `timeout` or longer: their tasks
+    /// see the end of their stream and end as a closed connection does. Returns how
+    /// many.
+    fn close_idle(&self, timeout: Duration) -> usize {
+        let now = std::time::Instant::now();
+        let open = self.open.borrow();
+        let idle = open.values().filter(|connection| {
+            let outbox = connection.outbox.upgrade();
+            outbox.is_some_and(|outbox| outbox.idle_for(now) >= timeout)
+        });
+        idle.map(|connection| runtime::shut_down_socket(connection.socket))
+            .count()
+    }
+
     /// Ends every connection: its socket is shut down, its task dropped where it waits,
     /// and its outbox closed, which wakes the tasks awaiting answers for it.
     fn end_all(&self) {
@@ -180,6 +201,18 @@ impl OpenConnections {
             if let Some(outbox) = connection.outbox.upgrade() {
                 outbox.close();
             }
+        }
+    }
+}
+
+/// Closes the shard's connections idle past `timeout`, for the life of the shard.
+async fn close_idle(connections: Rc<OpenConnections>, timeout: Duration, shard: usize) {
+    let check_every = timeout / IDLE_CHECKS_PER_TIMEOUT;
+    loop {
+        runtime::sleep(check_every).await;
+        let closed = connections.close_idle(timeout);
+        if closed > 0 {
+            tracing::debug!(shard, closed, "closed connections idle for {timeout:?}");
         }
     }
 }

@@ -316,6 +316,10 @@ impl Starting {
                         .handshake_timeout_ms
                         .unwrap_or(crate::config::HANDSHAKE_TIMEOUT_MS_DEFAULT),
                 ),
+                idle_timeout: settings
+                    .idle_timeout_ms
+                    .filter(|&timeout_ms| timeout_ms > 0)
+                    .map(Duration::from_millis),
             },
             tls: self.tls.clone(),
             peer_tls: self.peering.tls().cloned(),

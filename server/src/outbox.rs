@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use engram_proto::{encode_message, ErrorCode, FrameKind, Response};
 use futures::channel::oneshot;
@@ -28,6 +29,9 @@ pub struct Outbox {
     /// A Redis-protocol connection's places in line: its answers become replies, in
     /// the order of their commands (request ids are place numbers).
     replies: Option<RefCell<ReplyOrder>>,
+    /// When the connection last read requests (at first, when it opened), for
+    /// `--idle-timeout-ms`.
+    last_heard: Cell<Instant>,
 }
 
 impl Default for Outbox {
@@ -46,6 +50,22 @@ impl Outbox {
             map_epoch,
             closed: CloseSignal::default(),
             replies: None,
+            last_heard: Cell::new(Instant::now()),
+        }
+    }
+
+    /// Notes that the connection read requests at `at`.
+    pub fn heard_from(&self, at: Instant) {
+        self.last_heard.set(at);
+    }
+
+    /// How long the connection has been idle at `now`: since it last read requests,
+    /// while none of them waits for an answer (a connection parked on a lock or a
+    /// barrier is busy, however long it waits).
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        match self.pending.get() {
+            0 => now.saturating_duration_since(self.last_heard.get()),
+            _ => Duration::ZERO,
         }
     }
 

@@ -6,8 +6,9 @@
 //! connection for at most twice that, and a stalled handshake is refused and logged like
 //! a stalled Hello.
 
-use engram_tls::{opens_tls_handshake, ServerTls};
+use engram_tls::{opens_tls_handshake, ServerTls, PLAIN_REQUEST_BYTES_DRAINED};
 use futures::future::Either;
+use futures_lite::AsyncReadExt;
 use futures_rustls::TlsAcceptor;
 
 use crate::refusal::Refused;
@@ -36,6 +37,8 @@ pub async fn accept(shard: &Shard, socket: TcpStream, tls: &ServerTls) -> Accept
             return Ok(None);
         }
         if !opens_tls_handshake(first[0]) {
+            let mut socket = socket;
+            let _ = socket.read(&mut vec![0; PLAIN_REQUEST_BYTES_DRAINED]).await;
             return Ok(Some(Accepted::Plain(socket)));
         }
         let accepted = TlsAcceptor::from(tls.config()).accept(socket).await?;

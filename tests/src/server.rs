@@ -53,6 +53,8 @@ pub struct ServerOptions {
     pub tls_ca: Option<PathBuf>,
     /// `--metrics-token`.
     pub metrics_token: Option<String>,
+    /// `--idle-timeout-ms` (default: never).
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -73,6 +75,7 @@ impl Default for ServerOptions {
             tls: None,
             tls_ca: None,
             metrics_token: None,
+            idle_timeout_ms: None,
         }
     }
 }
@@ -140,6 +143,11 @@ impl ServerOptions {
         self
     }
 
+    pub fn idle_timeout_ms(mut self, timeout_ms: u64) -> Self {
+        self.idle_timeout_ms = Some(timeout_ms);
+        self
+    }
+
     pub fn metrics_token(mut self, token: &str) -> Self {
         self.metrics_token = Some(token.to_string());
         self
@@ -202,6 +210,9 @@ impl ServerOptions {
         }
         if let Some(token) = &self.metrics_token {
             arguments.extend(["--metrics-token".to_string(), token.clone()]);
+        }
+        if let Some(timeout_ms) = self.idle_timeout_ms {
+            arguments.extend(["--idle-timeout-ms".to_string(), timeout_ms.to_string()]);
         }
         arguments
     }

@@ -1,6 +1,8 @@
 //! What a stranger can make a node hold: before its handshake a connection holds at
 //! most one small Hello, for at most the handshake timeout, and past
-//! `--max-connections` a new connection is refused; meanwhile clients are served.
+//! `--max-connections` a new connection is refused; meanwhile clients are served. With
+//! `--idle-timeout-ms`, a connection that went quiet is closed, one waiting for an
+//! answer is not.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -9,7 +11,7 @@ use std::time::Duration;
 use engram_client::blocking;
 use engram_proto::frame::FrameHeader;
 use engram_proto::limits::{FRAME_PAYLOAD_BYTES_MAX, HELLO_PAYLOAD_BYTES_MAX};
-use engram_proto::{ErrorCode, FrameKind, Response};
+use engram_proto::{Command, ErrorCode, FrameKind, LockCommand, Response};
 use engram_tests::raw::RawConnection;
 use engram_tests::server::{free_port, next_loopback, refused_total};
 use engram_tests::{EngramServer, ServerOptions};
@@ -209,4 +211,44 @@ fn past_max_connections_new_connections_are_refused_and_clients_are_served() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(served.is_some(), "a connection is served again once others closed");
+}
+
+#[test]
+fn an_idle_connection_is_closed_and_one_waiting_for_an_answer_is_not() {
+    const IDLE_TIMEOUT_MS: u64 = 300;
+    /// Several idle timeouts: the wait outlasts the time an idle connection is kept.
+    const WAIT_MS: u64 = 6 * IDLE_TIMEOUT_MS;
+    let server = EngramServer::start(ServerOptions::default().cores(1).idle_timeout_ms(IDLE_TIMEOUT_MS));
+    let acquire = |owner: &[u8], wait_ms| {
+        Command::from(LockCommand::Acquire {
+            key: b"idle-lock".to_vec(),
+            owner: owner.to_vec(),
+            lease_ms: 60_000,
+            wait_ms,
+        })
+    };
+    let mut holder = RawConnection::handshaken(server.front(), 1);
+    assert!(matches!(
+        holder.command(acquire(b"holder", 0)),
+        Response::LockGranted { .. }
+    ));
+
+    // Parked on the held lock for several idle timeouts: answered, not closed.
+    let mut waiter = RawConnection::handshaken(server.front(), 2);
+    let answer = waiter.command(acquire(b"waiter", WAIT_MS));
+    let Response::Error(error) = answer else {
+        panic!("expected the wait to run out, got {answer:?}")
+    };
+    assert_eq!(
+        ErrorCode::from_u16(error.code),
+        Some(ErrorCode::Timeout),
+        "{}",
+        error.message
+    );
+
+    // Quiet since: closed by the server, with no frame sent first.
+    let closed = RawConnection::handshaken(server.front(), 3).read_until_closed();
+    assert!(closed.frames.is_empty() && closed.trailing_bytes == 0);
+    let closed = waiter.read_until_closed();
+    assert!(closed.frames.is_empty());
 }

@@ -237,3 +237,29 @@ fn a_node_refuses_to_start_with_a_key_that_is_not_its_certificate_s() {
     let error = started.err().expect("a node with a mismatched key does not start");
     assert!(error.stderr.contains("does not go with the key"), "{}", error.stderr);
 }
+
+#[test]
+fn a_stalled_tls_handshake_is_closed_at_the_handshake_timeout_and_counted() {
+    let scratch = Scratch::new("tls-stalled");
+    let ca = TestCa::new(scratch.path(), "engram");
+    let bind = next_loopback();
+    let metrics = std::net::SocketAddr::from((bind, free_port(bind)));
+    let server = EngramServer::start(
+        ServerOptions::default()
+            .cores(1)
+            .bind(bind)
+            .metrics_port(metrics.port())
+            .handshake_timeout_ms(500)
+            .tls(node_files(&ca, bind, None)),
+    );
+    // The first byte of a handshake record, and nothing more.
+    let mut stalled = TcpStream::connect(server.front()).unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stalled.write_all(&[engram_tls::TLS_HANDSHAKE_RECORD_TYPE]).unwrap();
+    let mut rest = Vec::new();
+    let closed = stalled.read_to_end(&mut rest);
+    assert!(closed.is_ok() || closed.is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionReset));
+    let trusting = ClientTls::trusting(&ca.ca_path()).unwrap();
+    let scraped = scrape(metrics, Some(&trusting), None);
+    assert!(refused_in(&scraped, "handshake_timeout") >= 1, "{scraped}");
+}

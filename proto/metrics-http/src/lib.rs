@@ -42,6 +42,8 @@ pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// Longest one write of the answer may block on a client that does not read.
 pub const WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Longest metrics token a flag may give.
+pub const METRICS_TOKEN_BYTES_MAX: usize = 1024;
 /// Pause after a failed accept (out of file descriptors and the like), so the thread
 /// does not spin while the condition lasts.
 pub const ACCEPT_RETRY_MS: u64 = 50;
@@ -56,6 +58,20 @@ pub struct Access {
 }
 
 type Connection = SyncStream<ServerConnection>;
+
+/// Checks a metrics token as a flag gives it: visible characters only (it travels in
+/// a header and is compared exactly), at most `METRICS_TOKEN_BYTES_MAX` bytes.
+pub fn parse_token(token: &str) -> Result<String, String> {
+    if token.is_empty() || token.len() > METRICS_TOKEN_BYTES_MAX {
+        return Err(format!(
+            "a metrics token is 1 to metrics_token_bytes_max ({METRICS_TOKEN_BYTES_MAX}) bytes"
+        ));
+    }
+    if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err("a metrics token is visible ASCII characters, without spaces".into());
+    }
+    Ok(token.to_string())
+}
 
 /// Binds the metrics listener; done before anything else starts, so a taken port fails
 /// fast with the address in the error.
@@ -208,12 +224,7 @@ fn read_head(stream: &mut Connection) -> io::Result<Option<Vec<u8>>> {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        stream.socket().set_read_timeout(Some(left))?;
-        let read = stream.read(&mut chunk)?;
+        let read = read_by(stream, &mut chunk, deadline)?;
         if read == 0 {
             // The client stopped sending: answer what arrived, which without its blank
             // line parses as whatever its request line says.
@@ -227,6 +238,43 @@ fn read_head(stream: &mut Connection) -> io::Result<Option<Vec<u8>>> {
             return Ok(None);
         }
     }
+}
+
+/// Reads what arrives before `deadline`. Under TLS the records are taken in by hand,
+/// the deadline checked before each read of the socket: rustls' own read goes on
+/// reading until a record is whole, each read with the socket's timeout afresh, so a
+/// client sending a byte now and then could hold the thread far past the deadline.
+fn read_by(stream: &mut Connection, buffer: &mut [u8], deadline: Instant) -> io::Result<usize> {
+    let tls = match stream {
+        SyncStream::Plain(socket) => {
+            socket.set_read_timeout(Some(time_left(deadline)?))?;
+            return socket.read(buffer);
+        }
+        SyncStream::Tls(tls) => tls,
+    };
+    loop {
+        match tls.conn.reader().read(buffer) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            read => return read,
+        }
+        while tls.conn.wants_write() {
+            tls.conn.write_tls(&mut tls.sock)?;
+        }
+        tls.sock.set_read_timeout(Some(time_left(deadline)?))?;
+        if tls.conn.read_tls(&mut tls.sock)? == 0 {
+            return Ok(0);
+        }
+        tls.conn.process_new_packets().map_err(io::Error::other)?;
+    }
+}
+
+/// The time until `deadline`, or `TimedOut` once it passed.
+fn time_left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    Ok(left)
 }
 
 fn head_ends(head: &[u8]) -> bool {
@@ -249,11 +297,20 @@ fn parse_head(head: &[u8]) -> Asked {
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     if method == "GET" && path == METRICS_PATH {
         Asked::Metrics {
-            token: bearer_token(&head[line_end..]),
+            token: bearer_token(headers_of(&head[line_end..])),
         }
     } else {
         Asked::SomethingElse
     }
+}
+
+/// The header lines of a head, up to the blank line that ends them.
+fn headers_of(after_request_line: &[u8]) -> &[u8] {
+    let blank_line = (0..after_request_line.len()).find(|&at| {
+        let rest = &after_request_line[at..];
+        rest.starts_with(b"\n\n") || rest.starts_with(b"\n\r\n")
+    });
+    &after_request_line[..blank_line.unwrap_or(after_request_line.len())]
 }
 
 /// The token of an `Authorization: Bearer <token>` header among `headers`.

@@ -8,9 +8,10 @@ use crate::{ClientTls, ServerTls, ServerTlsFiles, TlsError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct TlsFlags {
-    /// Serve TLS on every port with this certificate chain (PEM, leaf first), also shown
-    /// to the nodes and control plane this process connects to when they ask for one;
-    /// read again on SIGHUP, for connections accepted afterwards.
+    /// Serve TLS on every port with this certificate chain (PEM, leaf first); read again
+    /// on SIGHUP, for connections accepted afterwards. Also shown, as read at start, to
+    /// the nodes and control plane this process connects to when they ask for one (a
+    /// certificate for both server and client authentication, or none of either).
     #[arg(long, env = "ENGRAM_TLS_CERT", value_name = "PEM", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM); read again on SIGHUP.

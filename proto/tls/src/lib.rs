@@ -43,7 +43,7 @@ pub use error::TlsError;
 #[cfg(feature = "clap")]
 pub use flags::TlsFlags;
 pub use server::{ServerTls, ServerTlsFiles};
-pub use sniff::{opens_tls_handshake, PLAIN_AT_TLS_PORT, TLS_HANDSHAKE_RECORD_TYPE};
+pub use sniff::{opens_tls_handshake, PLAIN_AT_TLS_PORT, PLAIN_REQUEST_BYTES_DRAINED, TLS_HANDSHAKE_RECORD_TYPE};
 pub use sync_stream::SyncStream;
 
 /// rustls itself, so the runtime adapters use the very version these configurations are.

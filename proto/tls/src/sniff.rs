@@ -14,3 +14,8 @@ pub fn opens_tls_handshake(first_byte: u8) -> bool {
 /// What a plain client at a TLS port is told, by a node's ports and engram-control's.
 pub const PLAIN_AT_TLS_PORT: &str =
     "this port speaks TLS: connect with a tls:// address and the CA of the server's certificate";
+
+/// Bytes a port reads of a plain client's first request before it answers
+/// `TlsRequired` and closes: a socket closed with unread bytes is reset, and the reset
+/// can overtake the answer. A Hello or a Redis command fits.
+pub const PLAIN_REQUEST_BYTES_DRAINED: usize = 8 * 1024;

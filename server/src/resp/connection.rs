@@ -255,6 +255,7 @@ impl Connection {
     async fn answer_commands(&mut self) -> Result<usize, Close> {
         let received = Instant::now();
         self.shard.advance_clock(received);
+        self.outbox.heard_from(received);
         let mut input = std::mem::take(&mut self.input);
         let mut offset = 0;
         let unparsed_bytes = input.unparsed().len();

@@ -132,6 +132,9 @@ pub struct Admission {
     pub max_connections: u64,
     /// How long a connection may take to complete its handshake.
     pub handshake_timeout: Duration,
+    /// How long a connection may stay idle (nothing read, nothing waiting) before it is
+    /// closed (`--idle-timeout-ms`); `None`: forever.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// What became of a request submitted to its shard.
