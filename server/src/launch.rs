@@ -151,7 +151,7 @@ impl OpenConnections {
         let served = shard.spawn({
             let shard = shard.clone();
             async move {
-                // Counted from the first byte: a TLS handshake holds a connection too.
+                // Counted from the accept: a TLS handshake holds a connection too.
                 shard.connection_opened();
                 if let Some(stream) = secure(&shard, stream, port).await {
                     match port {

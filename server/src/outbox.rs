@@ -29,9 +29,9 @@ pub struct Outbox {
     /// A Redis-protocol connection's places in line: its answers become replies, in
     /// the order of their commands (request ids are place numbers).
     replies: Option<RefCell<ReplyOrder>>,
-    /// When the connection last read requests (at first, when it opened), for
-    /// `--idle-timeout-ms`.
-    last_heard: Cell<Instant>,
+    /// When the connection last read requests or had the last of its waiting requests
+    /// answered (at first, when it opened), for `--idle-timeout-ms`.
+    last_active: Cell<Instant>,
 }
 
 impl Default for Outbox {
@@ -50,21 +50,22 @@ impl Outbox {
             map_epoch,
             closed: CloseSignal::default(),
             replies: None,
-            last_heard: Cell::new(Instant::now()),
+            last_active: Cell::new(Instant::now()),
         }
     }
 
     /// Notes that the connection read requests at `at`.
     pub fn heard_from(&self, at: Instant) {
-        self.last_heard.set(at);
+        self.last_active.set(at);
     }
 
-    /// How long the connection has been idle at `now`: since it last read requests,
-    /// while none of them waits for an answer (a connection parked on a lock or a
-    /// barrier is busy, however long it waits).
+    /// How long the connection has been idle at `now`: since it last read requests or
+    /// had its last waiting request answered, while none waits (a connection parked on a
+    /// lock or a barrier is busy, however long it waits, and the answer that ends a long
+    /// wait is written before the connection can count as idle again).
     pub fn idle_for(&self, now: Instant) -> Duration {
         match self.pending.get() {
-            0 => now.saturating_duration_since(self.last_heard.get()),
+            0 => now.saturating_duration_since(self.last_active.get()),
             _ => Duration::ZERO,
         }
     }
@@ -91,7 +92,12 @@ impl Outbox {
     /// Queues the answer of a submitted request; `wake` when the connection's task is
     /// not the caller (an answer arriving while it waits on the socket).
     pub fn deliver(&self, request_id: u64, response: &Response, wake: bool) {
-        self.pending.set(self.pending.get().saturating_sub(1));
+        let pending = self.pending.get().saturating_sub(1);
+        self.pending.set(pending);
+        if pending == 0 {
+            // One clock read per connection going quiet, not per answer.
+            self.last_active.set(Instant::now());
+        }
         match &self.replies {
             Some(replies) => replies
                 .borrow_mut()
