@@ -32,6 +32,9 @@ pub struct Outbox {
     /// When the connection last read requests or had the last of its waiting requests
     /// answered (at first, when it opened), for `--idle-timeout-ms`.
     last_active: Cell<Instant>,
+    /// Set when the last waiting request was answered; the idle sweep takes it as
+    /// activity at its own time, so no answer reads the clock.
+    answered_since_sweep: Cell<bool>,
 }
 
 impl Default for Outbox {
@@ -51,6 +54,7 @@ impl Outbox {
             closed: CloseSignal::default(),
             replies: None,
             last_active: Cell::new(Instant::now()),
+            answered_since_sweep: Cell::new(false),
         }
     }
 
@@ -64,6 +68,10 @@ impl Outbox {
     /// lock or a barrier is busy, however long it waits, and the answer that ends a long
     /// wait is written before the connection can count as idle again).
     pub fn idle_for(&self, now: Instant) -> Duration {
+        if self.answered_since_sweep.replace(false) {
+            // Counted from this sweep rather than the answer: later, never earlier.
+            self.last_active.set(now);
+        }
         match self.pending.get() {
             0 => now.saturating_duration_since(self.last_active.get()),
             _ => Duration::ZERO,
@@ -95,8 +103,7 @@ impl Outbox {
         let pending = self.pending.get().saturating_sub(1);
         self.pending.set(pending);
         if pending == 0 {
-            // One clock read per connection going quiet, not per answer.
-            self.last_active.set(Instant::now());
+            self.answered_since_sweep.set(true);
         }
         match &self.replies {
             Some(replies) => replies
