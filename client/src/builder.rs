@@ -40,7 +40,7 @@ impl ClientBuilder {
     pub(crate) fn new(address: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             address: address.into(),
-            namespace: b"default".to_vec(),
+            namespace: engram_proto::message::DEFAULT_NAMESPACE.to_vec(),
             credentials: Vec::new(),
             timeout: Duration::from_millis(CALL_TIMEOUT_MS_DEFAULT),
             direct: true,

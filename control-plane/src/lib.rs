@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - [`membership`]: the control plane's sans-I/O state: members, owners, map epochs, liveness, persistence.
-//! - [`service`]: the `engram-control` process: control protocol server, and the driver of the orchestrator over real links.
+//! - [`service`]: the `engram-control` process: the controller answering the control protocol, and the driver of the orchestrator over real links.
+//! - [`port`]: the control plane's port: connection limit, TLS, the Hello within a deadline, requests checked against their credentials' grant.
 //! - [`election`]: the election's driver over etcd: performs the leadership state machine's outputs, and tells the controller when it leads.
 //! - [`leadership`]: which of several control-plane processes leads (etcd lease and leader key), sans-I/O.
 //! - [`metrics`]: the control plane's Prometheus families.
@@ -21,6 +22,7 @@ pub mod membership;
 pub mod metrics;
 pub mod orchestrator;
 pub mod planner;
+pub mod port;
 pub mod replicas;
 pub mod service;
 pub mod state;

@@ -3,12 +3,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use engram_control::election::{self, ElectionSettings};
 use engram_control::leadership::Candidate;
 use engram_control::service::{self, Controller, Settings};
 use engram_control::state::{EtcdHealth, EtcdWriter, Keys};
+use engram_proto::Gatekeeper;
 use engram_tls::{ServerTls, TlsFlags};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,9 +49,23 @@ struct Arguments {
     /// leader (default: the address --listen bound).
     #[arg(long, env = "ENGRAM_ADVERTISE")]
     advertise: Option<String>,
-    /// Token for the handshake, both from nodes and the CLI and towards nodes.
+    /// One token for the handshake, from nodes and the CLI and towards nodes, with every
+    /// right. For roles, --credentials-file and --node-token.
     #[arg(long, env = "ENGRAM_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
+    /// Credentials file (the nodes' format): nodes join with a credential of the node
+    /// right, operators (`engram cluster`) need admin. Read again on SIGHUP.
+    #[arg(
+        long,
+        env = "ENGRAM_CREDENTIALS_FILE",
+        value_name = "FILE",
+        conflicts_with = "auth_token"
+    )]
+    credentials_file: Option<PathBuf>,
+    /// Token this process presents to nodes (maps, migration orders), of a credential
+    /// with the node right (default: --auth-token); required with --credentials-file.
+    #[arg(long, env = "ENGRAM_NODE_TOKEN", hide_env_values = true)]
+    node_token: Option<String>,
     /// Serve Prometheus metrics on this port of the --listen host (0: off), over TLS
     /// when the control plane serves it.
     #[arg(long, env = "ENGRAM_METRICS_PORT", default_value_t = 0)]
@@ -137,8 +153,21 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
                 .into(),
         );
     }
+    if arguments.credentials_file.is_some() && arguments.node_token.is_none() {
+        return Err(
+            "--credentials-file needs --node-token: the token of a credential with the node right, \
+                    which this process presents to the nodes"
+                .into(),
+        );
+    }
+    let gatekeeper = Arc::new(Gatekeeper::new(
+        arguments.credentials_file.as_deref(),
+        arguments.auth_token.as_deref().map(str::as_bytes),
+    )?);
+    let link_credentials = arguments.node_token.as_ref().or(arguments.auth_token.as_ref());
     let settings = Settings {
-        credentials: arguments.auth_token.unwrap_or_default().into_bytes(),
+        gatekeeper: gatekeeper.clone(),
+        link_credentials: link_credentials.cloned().unwrap_or_default().into_bytes(),
         peer_tls,
         load_rebalance: !arguments.no_load_rebalance,
         load_check_interval: std::time::Duration::from_millis(arguments.load_check_interval_ms.max(1)),
@@ -202,10 +231,8 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
             Some(tokio::spawn(election::run(controller.clone(), settings, writer)))
         }
     };
-    if let Some(tls) = tls.clone() {
-        tokio::spawn(reload_on_hangup(tls));
-    }
-    let serving = tokio::spawn(service::serve(controller.clone(), listener, tls));
+    tokio::spawn(reload_on_hangup(tls.clone(), gatekeeper));
+    let serving = tokio::spawn(engram_control::port::serve(controller.clone(), listener, tls));
     let election = async move {
         match election {
             Some(election) => election.await,
@@ -237,15 +264,22 @@ fn process_id() -> String {
     format!("{:x}-{:x}", std::process::id(), nanos)
 }
 
-/// SIGHUP reads the TLS certificate and key again, for connections accepted afterwards.
-async fn reload_on_hangup(tls: ServerTls) {
+/// SIGHUP reads the TLS certificate and key and the credentials file again, for
+/// connections accepted afterwards.
+async fn reload_on_hangup(tls: Option<ServerTls>, gatekeeper: Arc<Gatekeeper>) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
     while hangups.recv().await.is_some() {
-        match tls.reload() {
-            Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "TLS certificate reloaded"),
-            Err(error) => tracing::error!(%error, "TLS reload failed; the previous certificate still serves"),
+        match tls.as_ref().map(ServerTls::reload) {
+            None => {}
+            Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
+            Some(Err(error)) => tracing::error!(%error, "TLS reload failed; the previous certificate still serves"),
+        }
+        match gatekeeper.reload() {
+            Ok(None) => {}
+            Ok(Some(listed)) => tracing::info!(listed, "credentials reloaded"),
+            Err(error) => tracing::error!(%error, "credentials reload failed; the previous credentials still admit"),
         }
     }
 }

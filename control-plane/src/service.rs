@@ -17,21 +17,16 @@
 //! where the state lives, and with etcd how each endpoint answers (`ControlPlane`).
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use engram_link_tokio::{call_once, fill, Transport};
+use engram_link_tokio::call_once;
 use engram_proto::{
-    admit, decode_payload, encode_message, format_slot_ranges, ControlPlaneStatus, ControlRequest, ControlResponse,
-    ErrorCode, ErrorReply, Family, FrameBuffer, FrameBufferSizes, FrameHeader, FrameKind, HandOver, HelloReply,
-    Identity, MigrateOut, PeerProtocol, PeerRequest, PeerResponse, Port, Refusal, Response, StateStoreStatus,
-    FRONT_SHARD_ID,
+    format_slot_ranges, ControlPlaneStatus, ControlRequest, ControlResponse, ErrorCode, ErrorReply, Gatekeeper,
+    HandOver, Identity, MigrateOut, PeerProtocol, PeerRequest, PeerResponse, StateStoreStatus,
 };
-use engram_tls::{opens_tls_handshake, ClientTls, ServerTls, PLAIN_AT_TLS_PORT, PLAIN_REQUEST_BYTES_DRAINED};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use engram_tls::ClientTls;
 use tokio::sync::mpsc;
 
 use crate::membership::Membership;
@@ -44,9 +39,6 @@ use crate::state::{EtcdHealth, EtcdTerm, SaveError, StateError, StateFile, State
 
 /// How often the control plane looks for departed members and hot shards.
 pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
-/// How long a new connection has for its TLS handshake (a node's ports give the same by
-/// default).
-pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// How often load-driven rebalancing is considered, by default.
 pub const LOAD_CHECK_INTERVAL_MS_DEFAULT: u64 = 10_000;
 /// Quiet time after a load-driven plan. Slot weights are not known (load is spread
@@ -61,7 +53,10 @@ pub const LOAD_REBALANCE_OPERATIONS_PER_SECOND_MIN: f64 = 20_000.0;
 pub const LOAD_REBALANCE_MEMORY_BYTES_MIN: u64 = 64 << 20;
 
 pub struct Settings {
-    pub credentials: Vec<u8>,
+    /// Who may connect: nodes with the node right, operators with admin.
+    pub gatekeeper: Arc<Gatekeeper>,
+    /// What this process's calls to nodes present (`--node-token`).
+    pub link_credentials: Vec<u8>,
     /// What calls to nodes connect with, when the cluster speaks TLS.
     pub peer_tls: Option<ClientTls>,
     pub load_rebalance: bool,
@@ -302,6 +297,11 @@ impl Controller {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Who may connect, as `--credentials-file` or `--auth-token` say.
+    pub fn gate(&self) -> Arc<engram_proto::Gate> {
+        self.settings.gatekeeper.gate()
+    }
+
     pub fn epoch(&self) -> u64 {
         self.lock().membership.epoch()
     }
@@ -394,7 +394,7 @@ impl Controller {
         Ok(value)
     }
 
-    async fn handle(self: &Arc<Self>, command: ControlRequest) -> ControlResponse {
+    pub(crate) async fn handle(self: &Arc<Self>, command: ControlRequest) -> ControlResponse {
         let now_ms = self.now_ms();
         if !matches!(command, ControlRequest::Ping) {
             let inner = self.lock();
@@ -664,7 +664,7 @@ impl Controller {
                     call,
                     timeout_ms,
                 } => {
-                    let credentials = self.settings.credentials.clone();
+                    let credentials = self.settings.link_credentials.clone();
                     let tls = self.settings.peer_tls.clone();
                     let events = self.events.clone();
                     tokio::spawn(async move {
@@ -709,7 +709,7 @@ impl Controller {
                 .collect();
             (inner.membership.map().clone(), addresses)
         };
-        let credentials = self.settings.credentials.clone();
+        let credentials = self.settings.link_credentials.clone();
         let tls = self.settings.peer_tls.clone();
         tokio::spawn(async move {
             let timeout = Duration::from_millis(NODE_CALL_TIMEOUT_MS);
@@ -1045,7 +1045,7 @@ fn answer_of(response: PeerResponse) -> Answer {
     }
 }
 
-fn error_reply(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+pub(crate) fn error_reply(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply {
         code: code.as_u16(),
         message: message.into(),
@@ -1054,176 +1054,11 @@ fn error_reply(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
 }
 
 /// An error answer to a request of the control family.
-fn error_response(code: ErrorCode, message: impl Into<String>) -> ControlResponse {
+pub(crate) fn error_response(code: ErrorCode, message: impl Into<String>) -> ControlResponse {
     ControlResponse::Error(error_reply(code, message))
 }
 
 /// What engram-control is to a Hello.
-const PORT: Port<'static> = Port {
-    name: "engram-control",
-    families: &[Family::Control],
-};
-
-/// Accepts connections forever, one task each; with `tls`, each goes through a TLS
-/// handshake first.
-pub async fn serve(controller: Arc<Controller>, listener: TcpListener, tls: Option<ServerTls>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let controller = controller.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    if let Some(stream) = secure(stream, peer, tls.as_ref()).await {
-                        serve_connection(controller, stream).await;
-                    }
-                });
-            }
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// The connection's stream: the socket itself without TLS; with it, TLS once the
-/// handshake completed within `HANDSHAKE_TIMEOUT_MS`, or `None` (a plain client is
-/// told `TlsRequired` first, as a node's port tells it).
-async fn secure(mut stream: TcpStream, peer: SocketAddr, tls: Option<&ServerTls>) -> Option<Box<dyn Transport>> {
-    let Some(tls) = tls else {
-        return Some(Box::new(stream));
-    };
-    let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-    // One deadline for the first byte and the whole handshake.
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut first = [0u8; 1];
-    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
-        Ok(Ok(1)) if opens_tls_handshake(first[0]) => {}
-        Ok(Ok(1)) => {
-            // Read what it sent: closing with unread bytes resets, which can drop the answer.
-            let _ = stream.read(&mut vec![0; PLAIN_REQUEST_BYTES_DRAINED]).await;
-            let refusal = Refusal {
-                code: ErrorCode::TlsRequired,
-                message: PLAIN_AT_TLS_PORT.to_string(),
-            };
-            let mut out = Vec::new();
-            let _ = encode_refusal(false, 0, refusal, &mut out);
-            let _ = stream.write_all(&out).await;
-            tracing::warn!(%peer, "connection refused: a plain client at the TLS port");
-            return None;
-        }
-        _ => return None,
-    }
-    let accept = tokio_rustls::TlsAcceptor::from(tls.config()).accept(stream);
-    match tokio::time::timeout_at(deadline, accept).await {
-        Ok(Ok(secured)) => Some(Box::new(secured)),
-        Ok(Err(error)) => {
-            tracing::warn!(%peer, %error, "connection refused: TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(%peer, "connection refused: no TLS handshake within {timeout:?}");
-            None
-        }
-    }
-}
-
-/// Answers a connection's frames in order, one at a time, until it closes or breaks
-/// the protocol (which is answered with an error under request id 0 before closing).
-async fn serve_connection(controller: Arc<Controller>, mut stream: Box<dyn Transport>) {
-    let mut input = FrameBuffer::new(FrameBufferSizes::LINK);
-    let mut out = Vec::new();
-    let mut greeted = false;
-    loop {
-        loop {
-            let (header, payload) = match input.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(error) => {
-                    let refusal = Refusal {
-                        code: error.code(),
-                        message: error.to_string(),
-                    };
-                    let _ = encode_refusal(greeted, 0, refusal, &mut out);
-                    let _ = write_flushed(&mut stream, &out).await;
-                    return;
-                }
-            };
-            out.clear();
-            let answered = match greeted {
-                false => greet(&controller, &header, payload, &mut out),
-                true => answer(&controller, &header, payload, &mut out).await,
-            };
-            greeted = true;
-            if write_flushed(&mut stream, &out).await.is_err() || !answered {
-                return;
-            }
-        }
-        if !matches!(fill(&mut stream, &mut input).await, Ok(read) if read > 0) {
-            return;
-        }
-    }
-}
-
-/// Writes `bytes` and flushes what TLS may hold back.
-async fn write_flushed(stream: &mut Box<dyn Transport>, bytes: &[u8]) -> std::io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
-}
-
-/// Encodes the answer to the first frame: a HelloReply, or the refusal; `false` when the
-/// connection ends with it.
-fn greet(controller: &Controller, header: &FrameHeader, payload: &[u8], out: &mut Vec<u8>) -> bool {
-    let credentials = &controller.settings.credentials;
-    let expected = (!credentials.is_empty()).then_some(&credentials[..]);
-    match admit(header.kind, payload, &PORT, expected) {
-        Ok(_) => {
-            let reply = HelloReply {
-                node_id: 0,
-                shard_id: FRONT_SHARD_ID,
-                shard_count: 0,
-                map_epoch: controller.epoch(),
-                server_version: env!("CARGO_PKG_VERSION").to_string(),
-            };
-            encode_message(FrameKind::HelloReply, header.request_id, 0, &reply, out).is_ok()
-        }
-        Err(refusal) => {
-            let _ = encode_refusal(false, header.request_id, refusal, out);
-            false
-        }
-    }
-}
-
-/// Encodes the answer to a request of an admitted connection.
-async fn answer(controller: &Arc<Controller>, header: &FrameHeader, payload: &[u8], out: &mut Vec<u8>) -> bool {
-    let answer = if header.kind != FrameKind::Request {
-        error_response(ErrorCode::Malformed, "expected a request frame")
-    } else {
-        match decode_payload::<ControlRequest>(payload) {
-            Ok(request) => controller.handle(request).await,
-            Err(error) => error_response(error.code(), error.to_string()),
-        }
-    };
-    let epoch = controller.epoch();
-    encode_message(FrameKind::Response, header.request_id, epoch, &answer, out).is_ok()
-}
-
-/// A refusal in the family the connection speaks: a client-family error until the Hello
-/// is accepted, since no family is agreed before that.
-fn encode_refusal(
-    greeted: bool,
-    request_id: u64,
-    refusal: Refusal,
-    out: &mut Vec<u8>,
-) -> Result<(), engram_proto::ProtocolError> {
-    let reply = error_reply(refusal.code, refusal.message);
-    match greeted {
-        true => encode_message(FrameKind::Response, request_id, 0, &ControlResponse::Error(reply), out),
-        false => encode_message(FrameKind::Response, request_id, 0, &Response::Error(reply), out),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1231,7 +1066,8 @@ mod tests {
     fn leading_on_a_file(test: &str) -> (Arc<Controller>, PathBuf) {
         let data_dir = std::env::temp_dir().join(format!("engram-control-{test}-{}", std::process::id()));
         let settings = Settings {
-            credentials: Vec::new(),
+            gatekeeper: Arc::new(Gatekeeper::open()),
+            link_credentials: Vec::new(),
             peer_tls: None,
             load_rebalance: false,
             load_check_interval: Duration::from_millis(LOAD_CHECK_INTERVAL_MS_DEFAULT),

@@ -34,6 +34,21 @@ pub enum ControlRequest {
 }
 
 impl ControlRequest {
+    /// The right a credential needs to ask it (`None`: any admitted one): a node's own
+    /// calls need `node`, an operator's `admin`.
+    pub fn right(&self) -> Option<crate::rights::Right> {
+        use crate::rights::Right;
+        match self {
+            ControlRequest::Ping | ControlRequest::GetSlotMap => None,
+            ControlRequest::Join(_) | ControlRequest::Heartbeat(_) => Some(Right::Node),
+            ControlRequest::Status
+            | ControlRequest::Rebalance
+            | ControlRequest::Drain { .. }
+            | ControlRequest::Reclaim(_)
+            | ControlRequest::ControlPlane => Some(Right::Admin),
+        }
+    }
+
     /// Short name for logs and error messages.
     pub fn name(&self) -> &'static str {
         match self {

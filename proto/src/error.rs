@@ -25,6 +25,10 @@ pub enum ErrorCode {
     /// `tls://` address and the CA of the server's certificate. Sent in plain text, the
     /// only frame such a connection gets.
     TlsRequired = 6,
+    /// The credentials were accepted but do not carry what was asked: the right a command
+    /// needs (read, write, coordinate, admin, node), or the namespace named. Final; on a
+    /// request the connection stays open, on a handshake it closes.
+    Forbidden = 7,
     /// The key's slot is not owned by this shard under the map epoch carried in the reply.
     /// Retryable: refresh the slot map and resend.
     WrongShard = 10,
@@ -74,13 +78,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::Unauthorized,
         ErrorCode::HandshakeRequired,
         ErrorCode::FamilyNotServed,
         ErrorCode::TlsRequired,
+        ErrorCode::Forbidden,
         ErrorCode::WrongShard,
         ErrorCode::Moved,
         ErrorCode::TryAgain,
@@ -134,6 +139,7 @@ impl ErrorCode {
             ErrorCode::HandshakeRequired => "HandshakeRequired",
             ErrorCode::FamilyNotServed => "FamilyNotServed",
             ErrorCode::TlsRequired => "TlsRequired",
+            ErrorCode::Forbidden => "Forbidden",
             ErrorCode::WrongShard => "WrongShard",
             ErrorCode::Moved => "Moved",
             ErrorCode::TryAgain => "TryAgain",

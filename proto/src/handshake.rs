@@ -2,6 +2,7 @@
 //! port that accepts connections (a node's front and shard ports, engram-control) admits
 //! with [`admit`], so the checks and their refusals are the same everywhere.
 
+use crate::credentials::{Gate, Grant};
 use crate::error::ErrorCode;
 use crate::frame::FrameKind;
 use crate::limits::{CREDENTIALS_BYTES_MAX, NAMESPACE_BYTES_MAX, PROTOCOL_VERSION};
@@ -33,11 +34,19 @@ impl Refusal {
     }
 }
 
+/// A connection admitted: its Hello, whose family it speaks from now on, and what its
+/// credentials were granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    pub hello: Hello,
+    pub grant: Grant,
+}
+
 /// Admits a connection whose first frame is `kind` with `payload`: a Hello of this
-/// protocol version, within the namespace and credential limits, with `credentials`
-/// when the port requires them (compared in constant time), asking for a family `port`
-/// serves. Returns the Hello, whose family the connection speaks from now on.
-pub fn admit(kind: FrameKind, payload: &[u8], port: &Port<'_>, credentials: Option<&[u8]>) -> Result<Hello, Refusal> {
+/// protocol version, within the namespace and credential limits, asking for a family
+/// `port` serves, with credentials `gate` lets in for that family (and, for a client,
+/// its namespace).
+pub fn admit(kind: FrameKind, payload: &[u8], port: &Port<'_>, gate: &Gate) -> Result<Admitted, Refusal> {
     if kind != FrameKind::Hello {
         return Err(Refusal::new(
             ErrorCode::HandshakeRequired,
@@ -69,15 +78,13 @@ pub fn admit(kind: FrameKind, payload: &[u8], port: &Port<'_>, credentials: Opti
             format!("credentials exceed credentials_bytes_max ({CREDENTIALS_BYTES_MAX})"),
         ));
     }
-    if let Some(expected) = credentials {
-        if !constant_time_equal(expected, &hello.credentials) {
-            return Err(Refusal::new(ErrorCode::Unauthorized, "credentials refused"));
-        }
-    }
     if !port.families.contains(&hello.family) {
         return Err(Refusal::new(ErrorCode::FamilyNotServed, not_served(port, hello.family)));
     }
-    Ok(hello)
+    let grant = gate
+        .admit(&hello.credentials, hello.family, &hello.namespace)
+        .map_err(|denial| Refusal::new(denial.code(), denial.to_string()))?;
+    Ok(Admitted { hello, grant })
 }
 
 /// Says where the family asked for is served instead.
@@ -97,17 +104,6 @@ fn not_served(port: &Port<'_>, asked: Family) -> String {
         port.name,
         asked.name()
     )
-}
-
-/// Compares without stopping at the first difference, so the time taken does not tell
-/// how much of a guess was right.
-pub fn constant_time_equal(expected: &[u8], offered: &[u8]) -> bool {
-    expected.len() == offered.len()
-        && expected
-            .iter()
-            .zip(offered)
-            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-            == 0
 }
 
 #[cfg(test)]
@@ -131,13 +127,17 @@ mod tests {
         }
     }
 
+    fn gate(credentials: Option<&[u8]>) -> Gate {
+        credentials.map_or(Gate::Open, |token| Gate::Token(token.to_vec()))
+    }
+
     fn admit_hello(hello: &Hello, port: &Port<'_>, credentials: Option<&[u8]>) -> Result<Hello, Refusal> {
         let mut frame = Vec::new();
         encode_message(FrameKind::Hello, 0, 0, hello, &mut frame).unwrap();
-        admit(FrameKind::Hello, &frame[FRAME_HEADER_BYTES..], port, credentials)
+        admit(FrameKind::Hello, &frame[FRAME_HEADER_BYTES..], port, &gate(credentials)).map(|admitted| admitted.hello)
     }
 
-    fn code(result: Result<Hello, Refusal>) -> ErrorCode {
+    fn code<T: std::fmt::Debug>(result: Result<T, Refusal>) -> ErrorCode {
         result.expect_err("refused").code
     }
 
@@ -152,11 +152,11 @@ mod tests {
     #[test]
     fn each_check_refuses_with_its_own_code() {
         assert_eq!(
-            code(admit(FrameKind::Request, &[], &NODE_SHARD, None)),
+            code(admit(FrameKind::Request, &[], &NODE_SHARD, &Gate::Open)),
             ErrorCode::HandshakeRequired
         );
         assert_eq!(
-            code(admit(FrameKind::Hello, &[0xff; 40], &NODE_SHARD, None)),
+            code(admit(FrameKind::Hello, &[0xff; 40], &NODE_SHARD, &Gate::Open)),
             ErrorCode::Malformed
         );
         let mut old = hello(Family::Client, b"");

@@ -20,6 +20,9 @@
 //!   requests, the frame read buffer servers share), and its blocking adapter.
 //! - [`resp`]: the Redis protocol (RESP2, RESP3), sans I/O: requests parsed in place within limits, replies.
 //! - [`handshake`]: the server side of the handshake: whether a Hello is admitted.
+//! - [`rights`]: the rights a credential may hold (read, write, coordinate, admin, node), which commands name.
+//! - [`credentials`]: credentials per tenant and role (a file of hashed tokens, rights,
+//!   namespaces), the gate a handshake passes and the grant its requests are checked against.
 //! - [`error`]: stable numeric wire error codes and the protocol-layer error enum.
 //! - [`slot`]: key to slot hashing with `{hashtag}` support (xxh3).
 //! - [`embedded_map`]: the map of a node serving every slot alone, before (or without) a control plane.
@@ -30,6 +33,7 @@
 pub mod cluster;
 pub mod codec;
 pub mod control_addresses;
+pub mod credentials;
 pub mod data;
 pub mod embedded_map;
 pub mod error;
@@ -43,11 +47,13 @@ pub mod peer;
 pub mod protocol;
 pub mod replication;
 pub mod resp;
+pub mod rights;
 pub mod slot;
 
 pub use cluster::*;
 pub use codec::{access_payload, decode_payload, deserialize_payload, encode_message, split_frame, Split};
 pub use control_addresses::{ControlAddresses, ControlAddressesError};
+pub use credentials::{constant_time_equal, Denial, Gate, Gatekeeper, Grant};
 pub use data::{
     glob_matches, ArchivedBarrierCommand, ArchivedBytesCommand, ArchivedCounterCommand, ArchivedDataCommand,
     ArchivedFutureCommand, ArchivedLatchCommand, ArchivedLockCommand, ArchivedMapCommand, ArchivedQueueCommand,
@@ -57,7 +63,7 @@ pub use data::{
 pub use embedded_map::{embedded_map, EMBEDDED_MAP_EPOCH};
 pub use error::{ErrorCode, ProtocolError};
 pub use frame::{FrameHeader, FrameKind, FRAME_HEADER_BYTES};
-pub use handshake::{admit, constant_time_equal, Port, Refusal};
+pub use handshake::{admit, Admitted, Port, Refusal};
 pub use link::{FrameBuffer, FrameBufferSizes, Identity, Link, LinkError, LinkEvent};
 pub use message::*;
 pub use migration::{
@@ -67,4 +73,5 @@ pub use migration::{
 pub use peer::*;
 pub use protocol::{ClientProtocol, ControlProtocol, Decode, Encode, PeerProtocol, Protocol};
 pub use replication::{ReplicaAnswer, ReplicaBatch, ReplicaRefusal, ReplicaStreamId};
+pub use rights::{Right, Rights};
 pub use slot::{format_slot_ranges, hashtag, slot_ranges, SlotHasher};

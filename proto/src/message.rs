@@ -5,6 +5,8 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::rights::Right;
+
 pub use crate::data::{
     cluster_scan_cursor, split_cluster_scan_cursor, ArchivedQueueEnd, ArchivedSetCondition, DataCommand,
     ExpireCondition, KeyCommand, ObjectKind, QueueEnd, SetCondition, SHARD_SCAN_CURSOR_BITS,
@@ -60,6 +62,10 @@ pub struct HelloReply {
     pub server_version: String,
 }
 
+/// The namespace of a client that names none: the native client's default, and the
+/// Redis door's until an `AUTH` names another, so both reach the same keys.
+pub const DEFAULT_NAMESPACE: &[u8] = b"default";
+
 /// `HelloReply::shard_id` of a front-port connection, which forwards to every shard.
 pub const FRONT_SHARD_ID: u16 = u16::MAX;
 
@@ -95,6 +101,16 @@ pub enum AdminCommand {
 }
 
 impl AdminCommand {
+    /// The right a credential needs to ask it, beyond being admitted: a ping and the
+    /// slot map (which clients route by) need none; node statistics show every tenant's
+    /// load and need `admin`.
+    pub fn right(self) -> Option<Right> {
+        match self {
+            AdminCommand::Ping | AdminCommand::GetSlotMap => None,
+            AdminCommand::Info => Some(Right::Admin),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             AdminCommand::Ping => "ping",
@@ -169,6 +185,14 @@ impl Command {
         match self {
             Command::Admin(_) => 0,
             Command::Data(data) => data.wait_ms(),
+        }
+    }
+
+    /// The right a credential needs to send the command (`None`: any admitted one).
+    pub fn right(&self) -> Option<Right> {
+        match self {
+            Command::Admin(admin) => admin.right(),
+            Command::Data(data) => Some(data.right()),
         }
     }
 

@@ -3,6 +3,7 @@
 //! in-process node takes: the rest says which sockets to open and how to log.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, ValueEnum};
 use engram_proto::limits::{CREDENTIALS_BYTES_MAX, ZONE_BYTES_MAX};
@@ -65,9 +66,27 @@ pub struct NodeSettings {
     #[arg(long, env = "ENGRAM_MEMORY_LIMIT", value_parser = parse_bytes)]
     pub memory_limit: Option<u64>,
 
-    /// Token clients must present in the handshake (default: no authentication).
+    /// One token every client must present in the handshake, with every right in every
+    /// namespace (default: no authentication). For tenants and roles, --credentials-file.
     #[arg(long, env = "ENGRAM_AUTH_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub auth_token: Option<String>,
+
+    /// Credentials file: per line a name, the SHA-256 of its token, its rights (read,
+    /// write, coordinate, admin, node) and namespaces (`engram token` prints such a
+    /// line). Read again on SIGHUP, for connections opened after it.
+    #[arg(
+        long,
+        env = "ENGRAM_CREDENTIALS_FILE",
+        value_name = "FILE",
+        conflicts_with = "auth_token"
+    )]
+    pub credentials_file: Option<PathBuf>,
+
+    /// Token this node presents on its own links (its join and heartbeats, forwarding,
+    /// migration, replication), of a credential with the node right (default:
+    /// --auth-token). Needed in a cluster whose processes read --credentials-file.
+    #[arg(long, env = "ENGRAM_NODE_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub node_token: Option<String>,
 
     /// Token a scrape of --metrics-port must carry (`Authorization: Bearer TOKEN`);
     /// default: metrics answer anyone who reaches the port.
@@ -121,6 +140,18 @@ pub struct NodeSettings {
     /// TLS on every port and link (off unless a certificate is given).
     #[command(flatten)]
     pub tls: TlsFlags,
+}
+
+impl NodeSettings {
+    /// What this node's own Hellos carry: --node-token, else the shared --auth-token.
+    pub fn link_credentials(&self) -> Vec<u8> {
+        self.node_token
+            .as_ref()
+            .or(self.auth_token.as_ref())
+            .cloned()
+            .unwrap_or_default()
+            .into_bytes()
+    }
 }
 
 /// Default of `--handshake-timeout-ms`: a client on a slow network completes a Hello
@@ -213,6 +244,8 @@ mod tests {
             "1MiB",
             "--auth-token",
             "secret",
+            "--node-token",
+            "node-secret",
             "--node-id",
             "7",
             "--spin-us",
@@ -246,6 +279,8 @@ mod tests {
             NodeSettings {
                 memory_limit: Some(1 << 20),
                 auth_token: Some("secret".into()),
+                credentials_file: None,
+                node_token: Some("node-secret".into()),
                 node_id: Some(7),
                 spin_us: 20,
                 control: Some(ControlAddresses::parse("10.0.0.1:7300,10.0.0.2:7300").unwrap()),
@@ -263,6 +298,20 @@ mod tests {
                 },
             }
         );
+    }
+
+    #[test]
+    fn a_credentials_file_replaces_the_shared_token() {
+        let config = Config::try_parse_from(["engramd", "--credentials-file", "creds", "--node-token", "n"]).unwrap();
+        assert_eq!(config.node.credentials_file, Some(PathBuf::from("creds")));
+        assert_eq!(config.node.link_credentials(), b"n");
+        let both = ["engramd", "--credentials-file", "creds", "--auth-token", "t"];
+        assert!(
+            Config::try_parse_from(both).is_err(),
+            "a file and a shared token at once"
+        );
+        let shared = Config::try_parse_from(["engramd", "--auth-token", "t"]).unwrap();
+        assert_eq!(shared.node.link_credentials(), b"t", "links present the shared token");
     }
 
     #[test]

@@ -17,8 +17,9 @@ use std::time::Instant;
 
 use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX, NAMESPACE_BYTES_MAX};
 use engram_proto::{
-    access_payload, admit, decode_payload, deserialize_payload, ArchivedCommand, Command, ErrorCode, FrameBuffer,
-    FrameBufferSizes, FrameKind, Hello, HelloReply, Port, ProtocolError, Request, Response, SlotHasher, FRONT_SHARD_ID,
+    access_payload, admit, decode_payload, deserialize_payload, Admitted, ArchivedCommand, Command, Denial, ErrorCode,
+    FrameBuffer, FrameBufferSizes, FrameKind, Grant, HelloReply, Port, ProtocolError, Request, Response, Right, Rights,
+    SlotHasher, FRONT_SHARD_ID,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
@@ -65,6 +66,8 @@ const _: () = assert!(NAMESPACE_BYTES_MAX <= u8::MAX as usize);
 struct Session {
     served: Served,
     client_id: u64,
+    /// What the credentials may do, for the life of the connection.
+    grant: Grant,
     /// Prepended to every key so namespaces never share objects.
     key_prefix: Vec<u8>,
     hasher: SlotHasher,
@@ -91,6 +94,7 @@ enum Served {
 struct Caller {
     client_id: u64,
     hasher: SlotHasher,
+    rights: Rights,
 }
 
 impl Caller {
@@ -98,6 +102,7 @@ impl Caller {
         Caller {
             client_id: session.client_id,
             hasher: session.hasher,
+            rights: session.grant.rights(),
         }
     }
 }
@@ -378,9 +383,11 @@ impl Connection {
         received: Instant,
     ) -> Result<Handled, Close> {
         let request = decode_request(payload, &mut self.key_buffer).map_err(|error| refuse(&self.shard, error))?;
-        let answer = match &request.command {
-            Command::Admin(admin) => self.answer_admin(*admin),
-            Command::Data(data) => match self.place(caller.hasher, data) {
+        let denied = request.command.right().filter(|right| !caller.rights.contains(*right));
+        let answer = match (&request.command, denied) {
+            (command, Some(right)) => self.forbidden(right, command),
+            (Command::Admin(admin), None) => self.answer_admin(*admin),
+            (Command::Data(data), None) => match self.place(caller.hasher, data) {
                 Err(refusal) => refusal,
                 Ok((slot, target)) => {
                     self.outbox.expect_answer();
@@ -398,6 +405,20 @@ impl Connection {
         self.outbox.push(FrameKind::Response, request_id, &answer);
         self.recycle_key(request.command);
         Ok(Handled::Untimed)
+    }
+
+    /// The answer to a command whose `right` the session's credentials lack.
+    fn forbidden(&self, right: Right, command: &Command) -> Response {
+        let denial = Denial::Right {
+            name: self
+                .session
+                .as_ref()
+                .map_or("", |session| session.grant.name())
+                .to_string(),
+            right,
+            what: command.name().to_string(),
+        };
+        self.shard.error(ErrorCode::Forbidden, denial.to_string())
     }
 
     fn answer_admin(&self, command: AdminCommand) -> Response {
@@ -429,18 +450,18 @@ impl Connection {
     /// The first frame: a Hello, whose credentials and namespace establish the session.
     fn shake_hands(&mut self, kind: FrameKind, request_id: u64, payload: &[u8]) -> Result<(), Close> {
         let port = if self.front { &FRONT_PORT } else { &SHARD_PORT };
-        let hello = admit(kind, payload, port, self.shard.auth_token()).map_err(|refusal| {
-            let reason = if refusal.code == ErrorCode::Unauthorized {
-                Refused::Unauthorized
-            } else {
-                Refused::BadHello
+        let admitted = admit(kind, payload, port, &self.shard.gate()).map_err(|refusal| {
+            let reason = match refusal.code {
+                ErrorCode::Unauthorized => Refused::Unauthorized,
+                ErrorCode::Forbidden => Refused::Forbidden,
+                _ => Refused::BadHello,
             };
             self.shard.refused(reason, self.peer(), &refusal.message);
             Close::Refused {
                 reply: self.shard.error_reply(refusal.code, refusal.message),
             }
         })?;
-        self.session = Some(self.open_session(hello)?);
+        self.session = Some(self.open_session(admitted)?);
         let reply = HelloReply {
             node_id: self.shard.node_id(),
             shard_id: if self.front {
@@ -510,7 +531,7 @@ impl Connection {
     }
 
     /// The session of an admitted Hello.
-    fn open_session(&self, hello: Hello) -> Result<Session, Close> {
+    fn open_session(&self, Admitted { hello, grant }: Admitted) -> Result<Session, Close> {
         let served = match hello.family {
             Family::Client => Served::Client,
             Family::Peer => Served::Peer,
@@ -530,6 +551,7 @@ impl Connection {
         Ok(Session {
             served,
             client_id: hello.client_id,
+            grant,
             hasher: SlotHasher::new(&hello.namespace),
             key_prefix,
         })

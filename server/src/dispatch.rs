@@ -91,7 +91,7 @@ impl Door<'_> {
     /// namespace, this node's credentials.
     fn proxies(&self) -> &Proxies {
         self.proxies.get_or_init(|| {
-            let credentials = self.shard.auth_token().unwrap_or_default();
+            let credentials = self.shard.link_credentials();
             Proxies::new(
                 self.client_id,
                 self.namespace,

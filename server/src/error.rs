@@ -28,6 +28,10 @@ pub enum ServerError {
     Tls(#[from] engram_tls::TlsError),
     #[error("--tls-cert with --control needs --tls-ca: the CA of the control plane's and the other nodes' certificates, which this node connects to over TLS")]
     TlsCaRequired,
+    #[error("credentials: {0}")]
+    Credentials(#[from] engram_proto::credentials::CredentialsError),
+    #[error("--credentials-file with --control needs --node-token: the token of a credential with the node right, which this node presents to the control plane and the other nodes")]
+    NodeTokenRequired,
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start a thread: {0}")]
@@ -40,6 +44,10 @@ pub enum ServerError {
         reason: String,
         join_timeout_ms: u64,
     },
+    #[error(
+        "the control plane at {address} refused this node's credentials (--node-token, else --auth-token): {reason}"
+    )]
+    JoinRefused { address: String, reason: String },
     /// A second SIGINT or SIGTERM arrived while the shards were stopping: the process
     /// exits at once, with the shell's code for an interrupt.
     #[error("interrupted twice: exiting without waiting for the shards")]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engram_metrics_http::{Access, Responder};
+use engram_proto::Gatekeeper;
 use engram_tls::ServerTls;
 
 use crate::cluster::NodeMap;
@@ -50,7 +51,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let shutdown = Shutdown::new();
     watch_signals(shutdown.clone())?;
     let node = start(config.node, listeners, shutdown)?;
-    watch_reloads(node.tls.clone())?;
+    watch_reloads(node.tls.clone(), node.gatekeeper.clone())?;
     announce_ready(&node);
     node.wait()?;
     tracing::info!("engramd stopped");
@@ -92,10 +93,10 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
     if tls.is_some() && settings.control.is_some() && peer_tls.is_none() {
         return Err(ServerError::TlsCaRequired);
     }
-    let credentials = settings.auth_token.clone().unwrap_or_default().into_bytes();
-    let peering = Peering::new(credentials, peer_tls);
+    let gatekeeper = gatekeeper(&settings)?;
+    let peering = Peering::new(settings.link_credentials(), peer_tls);
     let place = place_node(&settings, front_address, shard_addresses, &peering, &stop)?;
-    let starting = Starting::new(&settings, place, shard_count, tls, peering);
+    let starting = Starting::new(&settings, place, shard_count, tls, peering, gatekeeper);
     let metrics = match metrics {
         Some(listener) => {
             let node = starting.node.clone();
@@ -133,6 +134,7 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
         node_map,
         membership,
         tls,
+        gatekeeper,
         ..
     } = starting;
     if let Some(membership) = membership {
@@ -149,7 +151,18 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
         events: event_receiver,
         shards_running: shard_count - stopped_during_start,
         tls,
+        gatekeeper,
     })
+}
+
+/// Who may connect: the credentials file, else the shared token, else anyone. A node
+/// of a cluster whose processes read credentials must have a token of its own to show.
+fn gatekeeper(settings: &NodeSettings) -> Result<Arc<Gatekeeper>, ServerError> {
+    if settings.credentials_file.is_some() && settings.control.is_some() && settings.node_token.is_none() {
+        return Err(ServerError::NodeTokenRequired);
+    }
+    let token = settings.auth_token.as_deref().map(str::as_bytes);
+    Ok(Arc::new(Gatekeeper::new(settings.credentials_file.as_deref(), token)?))
 }
 
 /// A node started with [`start`]: where it serves, and its end. Dropping it stops the
@@ -166,6 +179,7 @@ pub struct RunningNode {
     /// Shards whose stop is still to come.
     shards_running: usize,
     tls: Option<ServerTls>,
+    gatekeeper: Arc<Gatekeeper>,
 }
 
 impl RunningNode {
@@ -177,6 +191,13 @@ impl RunningNode {
             Some(tls) => tls.reload().map(|()| true),
             None => Ok(false),
         }
+    }
+
+    /// Reads the credentials file again: connections that shake hands from now on are
+    /// admitted by it, those open keep what they were granted. A failed reload changes
+    /// nothing. `None`: the node reads no credentials file.
+    pub fn reload_credentials(&self) -> Result<Option<usize>, engram_proto::credentials::CredentialsError> {
+        self.gatekeeper.reload()
     }
 
     /// The front port's address, which reaches every key.
@@ -256,6 +277,7 @@ struct Starting {
     hash_seed: u64,
     tls: Option<ServerTls>,
     peering: Peering,
+    gatekeeper: Arc<Gatekeeper>,
 }
 
 impl Starting {
@@ -265,6 +287,7 @@ impl Starting {
         shard_count: usize,
         tls: Option<ServerTls>,
         peering: Peering,
+        gatekeeper: Arc<Gatekeeper>,
     ) -> Starting {
         let NodePlace {
             node_id,
@@ -293,6 +316,7 @@ impl Starting {
             hash_seed: random_u64(),
             tls,
             peering,
+            gatekeeper,
         }
     }
 
@@ -305,7 +329,8 @@ impl Starting {
             hash_seed: self.hash_seed,
             version_floor: self.version_floor,
             incarnation: self.incarnation,
-            auth_token: settings.auth_token.clone().map(String::into_bytes),
+            gatekeeper: self.gatekeeper.clone(),
+            link_credentials: self.peering.credentials().to_vec(),
             read_spin: Duration::from_micros(settings.spin_us),
             admission: Admission {
                 max_connections: settings
@@ -465,28 +490,43 @@ fn announce_ready(node: &RunningNode) {
 
 /// The first SIGINT or SIGTERM triggers `shutdown`; a second one interrupts the wait for
 /// the shards. The handlers are the process's: only engramd's path installs them.
-/// SIGHUP reloads the TLS certificate and key; without TLS it is logged and ignored
-/// (rather than ending the process, as it would by default).
-fn watch_reloads(tls: Option<ServerTls>) -> Result<(), ServerError> {
+/// SIGHUP reloads the TLS certificate and key and the credentials file; without either
+/// it is logged and ignored (rather than ending the process, as it would by default).
+fn watch_reloads(tls: Option<ServerTls>, gatekeeper: Arc<Gatekeeper>) -> Result<(), ServerError> {
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).map_err(ServerError::Signals)?;
     std::thread::Builder::new()
         .name("reloads".into())
         .spawn(move || {
             for _ in signals.forever() {
-                match &tls {
-                    None => tracing::info!("SIGHUP: no TLS certificate to reload"),
-                    Some(tls) => match tls.reload() {
-                        Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "TLS certificate reloaded"),
-                        Err(error) => {
-                            tracing::error!(%error, "TLS reload failed; the previous certificate still serves")
-                        }
-                    },
-                }
+                reload_tls(tls.as_ref());
+                reload_credentials(&gatekeeper);
             }
         })
         .map_err(ServerError::Signals)?;
     Ok(())
+}
+
+fn reload_tls(tls: Option<&ServerTls>) {
+    match tls {
+        None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+        Some(tls) => match tls.reload() {
+            Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "TLS certificate reloaded"),
+            Err(error) => tracing::error!(%error, "TLS reload failed; the previous certificate still serves"),
+        },
+    }
+}
+
+fn reload_credentials(gatekeeper: &Gatekeeper) {
+    match gatekeeper.reload() {
+        Ok(None) => tracing::info!("SIGHUP: no credentials file to reload"),
+        Ok(Some(listed)) => tracing::info!(
+            file = %gatekeeper.file().unwrap_or(std::path::Path::new("")).display(),
+            listed,
+            "credentials reloaded"
+        ),
+        Err(error) => tracing::error!(%error, "credentials reload failed; the previous credentials still admit"),
+    }
 }
 
 fn watch_signals(shutdown: Shutdown) -> Result<(), ServerError> {

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use engram_proto::control_addresses::Outcome;
 use engram_proto::limits::incarnation_version_floor;
+use engram_proto::link::{CallError, LinkError};
 use engram_proto::{
-    embedded_map, ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, JoinRequest, ShardAddress,
-    SlotMap,
+    embedded_map, ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, ErrorCode, JoinRequest,
+    ShardAddress, SlotMap,
 };
 
 use crate::config::NodeSettings;
@@ -161,7 +162,8 @@ fn join_cluster(
             let (outcome, answer) = join_once(&address, peering, request);
             match answer {
                 Ok(answer) => joined = Some(answer),
-                Err(reason) => reasons.push(format!("{address}: {reason}")),
+                Err(JoinFailure::Refused(reason)) => return Err(ServerError::JoinRefused { address, reason }),
+                Err(JoinFailure::Retry(reason)) => reasons.push(format!("{address}: {reason}")),
             }
             round.record(outcome);
         }
@@ -182,13 +184,39 @@ fn join_cluster(
     }
 }
 
+/// Why a join got no answer.
+enum JoinFailure {
+    /// The control plane refused the node's credentials: no retry can change that.
+    Refused(String),
+    /// Anything else, which a later attempt may not meet.
+    Retry(String),
+}
+
+impl From<String> for JoinFailure {
+    fn from(reason: String) -> JoinFailure {
+        JoinFailure::Retry(reason)
+    }
+}
+
 /// One join sent to `address`: what the address turned out to be, and the answer or why
 /// there is none.
-fn join_once(address: &str, peering: &Peering, request: &JoinRequest) -> (Outcome, Result<Joined, String>) {
+fn join_once(address: &str, peering: &Peering, request: &JoinRequest) -> (Outcome, Result<Joined, JoinFailure>) {
     let timeout = Duration::from_millis(CONTROL_CALL_TIMEOUT_MS);
     let attempt = peering
         .connect::<ControlProtocol>(address, timeout)
         .and_then(|mut link| link.call(ControlRequest::Join(request.clone())));
+    if let Err(CallError::Link {
+        source: LinkError::Refused(reply),
+        ..
+    }) = &attempt
+    {
+        if matches!(
+            ErrorCode::from_u16(reply.code),
+            Some(ErrorCode::Unauthorized | ErrorCode::Forbidden)
+        ) {
+            return (Outcome::Leader, Err(JoinFailure::Refused(reply.message.clone())));
+        }
+    }
     let answer = match attempt {
         Ok(ControlResponse::Joined {
             node_id,
@@ -202,18 +230,21 @@ fn join_once(address: &str, peering: &Peering, request: &JoinRequest) -> (Outcom
                 incarnation,
                 liveness_timeout_ms,
             }),
-            Err(reason) => Err(format!("the control plane sent an invalid map: {reason}")),
+            Err(reason) => Err(format!("the control plane sent an invalid map: {reason}").into()),
         },
         Ok(ControlResponse::NotLeader { leader }) => {
             let reason = match &leader {
                 Some(leader) => format!("a standby; the leader is at {leader}"),
                 None => "a standby; no leader is known yet".to_string(),
             };
-            return (Outcome::NotLeader { leader }, Err(reason));
+            return (Outcome::NotLeader { leader }, Err(reason.into()));
         }
-        Ok(ControlResponse::Error(reply)) => Err(format!("refused: {}", reply.message)),
-        Ok(other) => Err(format!("unexpected answer {}", other.name())),
-        Err(error) => return (Outcome::Unreachable, Err(error.to_string())),
+        Ok(ControlResponse::Error(reply)) if reply.code == ErrorCode::Forbidden.as_u16() => {
+            Err(JoinFailure::Refused(reply.message))
+        }
+        Ok(ControlResponse::Error(reply)) => Err(format!("refused: {}", reply.message).into()),
+        Ok(other) => Err(format!("unexpected answer {}", other.name()).into()),
+        Err(error) => return (Outcome::Unreachable, Err(error.to_string().into())),
     };
     (Outcome::Leader, answer)
 }

@@ -22,6 +22,9 @@ pub enum Refused {
     BadHello,
     /// The credentials were wrong.
     Unauthorized,
+    /// The credentials were known but asked beyond their grant at the handshake: a
+    /// namespace they may not use, the peer or control protocol without the right.
+    Forbidden,
     /// A plain client at a TLS port.
     PlainAtTlsPort,
     /// The TLS handshake failed (an unknown CA, no client certificate where one is
@@ -30,11 +33,12 @@ pub enum Refused {
 }
 
 impl Refused {
-    pub const ALL: [Refused; 6] = [
+    pub const ALL: [Refused; 7] = [
         Refused::MaxConnections,
         Refused::HandshakeTimeout,
         Refused::BadHello,
         Refused::Unauthorized,
+        Refused::Forbidden,
         Refused::PlainAtTlsPort,
         Refused::TlsHandshake,
     ];
@@ -46,6 +50,7 @@ impl Refused {
             Refused::HandshakeTimeout => "handshake_timeout",
             Refused::BadHello => "bad_hello",
             Refused::Unauthorized => "unauthorized",
+            Refused::Forbidden => "forbidden",
             Refused::PlainAtTlsPort => "plain_at_tls_port",
             Refused::TlsHandshake => "tls_handshake",
         }

@@ -55,6 +55,10 @@ pub struct ServerOptions {
     pub metrics_token: Option<String>,
     /// `--idle-timeout-ms` (default: never).
     pub idle_timeout_ms: Option<u64>,
+    /// `--credentials-file`.
+    pub credentials_file: Option<PathBuf>,
+    /// `--node-token`.
+    pub node_token: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -76,6 +80,8 @@ impl Default for ServerOptions {
             tls_ca: None,
             metrics_token: None,
             idle_timeout_ms: None,
+            credentials_file: None,
+            node_token: None,
         }
     }
 }
@@ -148,6 +154,14 @@ impl ServerOptions {
         self
     }
 
+    /// Admits by the credentials file at `path`, and presents `node_token` on the
+    /// node's own links.
+    pub fn credentials_file(mut self, path: PathBuf, node_token: &str) -> Self {
+        self.credentials_file = Some(path);
+        self.node_token = Some(node_token.to_string());
+        self
+    }
+
     pub fn metrics_token(mut self, token: &str) -> Self {
         self.metrics_token = Some(token.to_string());
         self
@@ -210,6 +224,12 @@ impl ServerOptions {
         }
         if let Some(token) = &self.metrics_token {
             arguments.extend(["--metrics-token".to_string(), token.clone()]);
+        }
+        if let Some(path) = &self.credentials_file {
+            arguments.extend(["--credentials-file".to_string(), path.display().to_string()]);
+        }
+        if let Some(token) = &self.node_token {
+            arguments.extend(["--node-token".to_string(), token.clone()]);
         }
         if let Some(timeout_ms) = self.idle_timeout_ms {
             arguments.extend(["--idle-timeout-ms".to_string(), timeout_ms.to_string()]);

@@ -252,3 +252,43 @@ fn an_idle_connection_is_closed_and_one_waiting_for_an_answer_is_not() {
     let closed = waiter.read_until_closed();
     assert!(closed.frames.is_empty());
 }
+
+/// engram-control holds a stranger no longer nor more than a node does: a header
+/// claiming more than a Hello is refused from the header, and a silent connection is
+/// closed at the control plane's handshake timeout, while operators are served.
+#[test]
+fn engram_control_refuses_a_large_first_frame_and_closes_a_silent_stranger() {
+    let scratch = engram_tests::processes::Scratch::new("control-strangers");
+    let control = engram_tests::control::ControlPlane::start(next_loopback(), scratch.path().join("control"));
+    let address: SocketAddr = control.address().parse().unwrap();
+    let mut large = RawConnection::connect(address);
+    large.send_raw(&header_claiming(FRAME_PAYLOAD_BYTES_MAX));
+    let reply = large
+        .read_frame()
+        .expect("an answer")
+        .expect("an error frame before the close");
+    let Response::Error(error) = reply.response() else {
+        panic!("expected an error, got {:?}", reply.response())
+    };
+    assert!(error.message.contains("hello_payload_bytes_max"), "{}", error.message);
+    assert!(
+        large.read_frame().expect("the close").is_none(),
+        "the connection is closed"
+    );
+
+    let mut silent = TcpStream::connect_timeout(&address, Duration::from_secs(10)).expect("connect");
+    let limit = Duration::from_millis(engram_control::port::HANDSHAKE_TIMEOUT_MS) + CLOSE_SLACK;
+    silent.set_read_timeout(Some(limit)).unwrap();
+    // Half a Hello's header: the control plane waits for the rest until its deadline.
+    silent
+        .write_all(&header_claiming(HELLO_PAYLOAD_BYTES_MAX)[..8])
+        .unwrap();
+    assert!(
+        closed_by_server(&mut silent),
+        "a silent stranger is kept past the handshake timeout"
+    );
+    let admin = engram_client::admin::Admin::new(control.address()).timeout(Duration::from_secs(10));
+    engram_tests::run_async(Duration::from_secs(30), async {
+        admin.ping().await.expect("an operator is served");
+    });
+}

@@ -11,7 +11,8 @@ pub use coordination::{
 };
 pub use slots::{format_slots, merge_ranges, parse_slots, SlotList};
 
-use engram_proto::ControlAddresses;
+use engram_proto::credentials::Namespaces;
+use engram_proto::{ControlAddresses, Rights};
 
 use crate::failure::EXIT_CODES_HELP;
 use crate::tls_args::TlsArgs;
@@ -131,6 +132,24 @@ pub enum Command {
     /// The cluster, through its control plane: status, rebalance, drain, reclaim.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Makes a random token for a credentials file (--credentials-file of engramd and
+    /// engram-control): prints the file's line for it, which holds only its SHA-256, on
+    /// stdout, and the token, for its holder, on stderr. Contacts nothing.
+    Token {
+        /// The credential's name, shown in logs and refusals.
+        name: String,
+        /// Its rights, comma-separated: read, write, coordinate, admin, node, or all.
+        #[arg(long, default_value = "read,write,coordinate", value_parser = Rights::parse)]
+        rights: Rights,
+        /// The namespaces it may use, comma-separated, or * for every one.
+        #[arg(long, default_value = "default", value_parser = parse_namespaces)]
+        namespaces: String,
+    },
+}
+
+/// Checks a namespace list as a credentials file would, keeping its text.
+fn parse_namespaces(text: &str) -> Result<String, String> {
+    Namespaces::parse(text).map(|_| text.to_string())
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,12 +7,23 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use engram_client::{Client, SetCondition, SetOptions, SetOutcome};
+use engram_proto::credentials::credential_line;
 
 use crate::cli::{Cli, Command, CounterCommand, TIMEOUT_MS_DEFAULT};
 use crate::cluster_view;
 use crate::failure::Failure;
 use crate::info_view;
 use coordination::{write_value, Wait};
+
+/// Random bytes in a token: 256 bits, beyond any guessing, so its unsalted SHA-256 in a
+/// credentials file gives nothing away.
+pub const TOKEN_RANDOM_BYTES: usize = 32;
+
+/// A new token: random bytes as hex, printable in any shell or file.
+fn random_token() -> String {
+    let bytes: [u8; TOKEN_RANDOM_BYTES] = rand::random();
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
 
 /// Connects as `cli` says and runs its command, writing results to `out`.
 pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
@@ -25,6 +36,19 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
         given: cli.timeout_ms.map(Duration::from_millis),
         default: timeout,
     };
+    if let Command::Token {
+        name,
+        rights,
+        namespaces,
+    } = &cli.command
+    {
+        // The line goes where a file is appended to and the token elsewhere, so the
+        // token never lands in the file by accident.
+        let token = random_token();
+        writeln!(out, "{}", credential_line(name, token.as_bytes(), *rights, namespaces))?;
+        eprintln!("{token}");
+        return Ok(());
+    }
     let tls = cli.tls.client_tls().map_err(Failure::Usage)?;
     if let Command::Cluster(command) = cli.command {
         let credentials = cli.credentials.into_bytes();
@@ -106,7 +130,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
         Command::Future(command) => coordination::future(&client, command, wait, out).await?,
         Command::Queue(command) => coordination::queue(&client, command, wait, out).await?,
         Command::Map(command) => coordination::map(&client, command, out).await?,
-        Command::Cluster(_) => unreachable!("cluster commands return above"),
+        Command::Cluster(_) | Command::Token { .. } => unreachable!("answered above, without a connection"),
         Command::Info { json } => {
             let info = client.info().await?;
             if json {

@@ -203,7 +203,7 @@ mod tests {
         loop {
             while let Some((header, payload)) = input.next_frame().unwrap() {
                 if !greeted {
-                    admit(header.kind, payload, &port, None).unwrap();
+                    admit(header.kind, payload, &port, &engram_proto::Gate::Open).unwrap();
                     greeted = true;
                     let reply = HelloReply {
                         node_id: 0,

@@ -26,6 +26,8 @@ pub mod semaphore;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::rights::Right;
+
 pub use barrier::{ArchivedBarrierCommand, BarrierCommand};
 pub use bytes::{ArchivedBytesCommand, ArchivedSetCondition, BytesCommand, SetCondition};
 pub use counter::{ArchivedCounterCommand, CounterCommand};
@@ -130,6 +132,21 @@ impl DataCommand {
     /// Short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         on_object!(self, object => object.name())
+    }
+
+    /// The right a credential needs to send the command: every command of a
+    /// coordination object is `coordinate`, the others `write` when they mutate and
+    /// `read` when they do not.
+    pub fn right(&self) -> Right {
+        match self {
+            DataCommand::Lock(_)
+            | DataCommand::Semaphore(_)
+            | DataCommand::Barrier(_)
+            | DataCommand::Latch(_)
+            | DataCommand::Future(_) => Right::Coordinate,
+            _ if self.is_mutation() => Right::Write,
+            _ => Right::Read,
+        }
     }
 }
 

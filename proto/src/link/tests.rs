@@ -407,7 +407,11 @@ fn the_blocking_adapter_shakes_hands_and_calls() {
             while let Some((header, payload)) = input.next_frame().unwrap() {
                 let reply = match admitted {
                     None => {
-                        admitted = Some(crate::admit(header.kind, payload, &port, Some(b"token")).unwrap());
+                        admitted = Some(
+                            crate::admit(header.kind, payload, &port, &crate::Gate::Token(b"token".to_vec()))
+                                .unwrap()
+                                .hello,
+                        );
                         hello_reply()
                     }
                     Some(_) => {

@@ -18,8 +18,9 @@ use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX};
+use engram_proto::message::DEFAULT_NAMESPACE;
 use engram_proto::resp::{Arg, Parsed, ReplyWriter, RequestLimits, RequestParser, RespVersion};
-use engram_proto::{constant_time_equal, Command, ErrorCode, Request, SlotHasher};
+use engram_proto::{Command, Denial, ErrorCode, Family, Gate, Grant, Request, SlotHasher};
 use futures::future::Either;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
@@ -97,7 +98,8 @@ enum Close {
 
 /// Who the connection speaks for.
 struct Session {
-    authenticated: bool,
+    /// What the connection's credentials may do; `None` until it authenticates.
+    grant: Option<Grant>,
     client_id: u64,
     name: Option<Vec<u8>>,
     namespace: Vec<u8>,
@@ -107,17 +109,22 @@ struct Session {
 }
 
 impl Session {
-    fn new(authenticated: bool) -> Session {
+    /// A new connection's session: authenticated at once when `gate` asks for nothing.
+    fn new(gate: &Gate) -> Session {
         let mut session = Session {
-            authenticated,
+            grant: (!gate.requires_credentials()).then(Grant::everything),
             client_id: random_u64(),
             name: None,
             namespace: Vec::new(),
             key_prefix: Vec::new(),
             hasher: SlotHasher::new(b""),
         };
-        session.use_namespace(Vec::new());
+        session.use_namespace(DEFAULT_NAMESPACE.to_vec());
         session
+    }
+
+    fn authenticated(&self) -> bool {
+        self.grant.is_some()
     }
 
     fn use_namespace(&mut self, namespace: Vec<u8>) {
@@ -138,8 +145,8 @@ pub async fn turn_away(mut stream: Stream, line: &str) {
 
 /// Serves one Redis-protocol connection until it ends.
 pub async fn serve(shard: Rc<Shard>, stream: Stream, outbox: Rc<Outbox>) {
-    let authenticated = shard.auth_token().is_none();
-    let limits = if authenticated {
+    let session = Session::new(&shard.gate());
+    let limits = if session.authenticated() {
         RequestLimits::AUTHENTICATED
     } else {
         RequestLimits::UNAUTHENTICATED
@@ -153,7 +160,7 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream, outbox: Rc<Outbox>) {
         input: ReadBuffer::default(),
         wanted: 0,
         spare: Vec::new(),
-        session: Session::new(authenticated),
+        session,
         proxies: OnceCell::new(),
     };
     match connection.run().await {
@@ -193,11 +200,11 @@ struct Connection {
 impl Connection {
     async fn run(&mut self) -> Result<(), Close> {
         self.stream.set_nodelay();
-        if !self.session.authenticated {
+        if !self.session.authenticated() {
             // With a token set, a connection has the handshake timeout to AUTH.
             let timeout = self.shard.admission().handshake_timeout;
             let authenticated = async {
-                while !self.session.authenticated {
+                while !self.session.authenticated() {
                     self.step().await?;
                 }
                 Ok(())
@@ -322,8 +329,12 @@ impl Connection {
         fold: Option<Fold>,
         received: Instant,
     ) -> usize {
-        if !self.session.authenticated {
+        if !self.session.authenticated() {
             self.ready_error("NOAUTH Authentication required.".into());
+            return 0;
+        }
+        if let Some(line) = self.forbidden(&parts) {
+            self.ready_error(line);
             return 0;
         }
         if let Some(len) = array {
@@ -349,7 +360,7 @@ impl Connection {
 
     /// Sends a `SCAN` page's or `DBSIZE`'s requests to the shards they ask.
     async fn send_listing(&mut self, listing: Listing, received: Instant) -> usize {
-        if !self.session.authenticated {
+        if !self.session.authenticated() {
             self.ready_error("NOAUTH Authentication required.".into());
             return 0;
         }
@@ -414,6 +425,16 @@ impl Connection {
             namespace: &self.session.namespace,
         };
         door.dispatch(placed, request, received).await.0
+    }
+
+    /// Redis's `NOPERM` line for the first of a command's requests the credentials may
+    /// not send; `None` when they may send them all.
+    fn forbidden(&self, parts: &[Part]) -> Option<String> {
+        let grant = self.session.grant.as_ref()?;
+        parts.iter().find_map(|part| {
+            let denial = grant.require(part.command.right(), part.command.name()).err()?;
+            Some(format!("NOPERM {denial}"))
+        })
     }
 
     async fn flush(&mut self) -> Result<(), Close> {
@@ -483,7 +504,7 @@ impl Connection {
                 next = Continue::Close;
             }
             DoorCommand::Reset => {
-                self.session = Session::new(self.shard.auth_token().is_none());
+                self.session = Session::new(&self.shard.gate());
                 if let Some(mut replies) = self.outbox.replies() {
                     replies.set_version(RespVersion::Resp2);
                 }
@@ -527,7 +548,7 @@ impl Connection {
                 return Continue::Serve;
             }
         }
-        if !self.session.authenticated {
+        if !self.session.authenticated() {
             let line = "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
                         HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
                         select the RESP protocol version at the same time";
@@ -561,26 +582,19 @@ impl Connection {
         Continue::Serve
     }
 
-    /// `AUTH [username] password`: the password is the node's token, the username (when
-    /// given and not `default`) the namespace the connection works in.
+    /// `AUTH [username] password`: the password is a token (the node's, or one of its
+    /// credentials file), the username the namespace the connection works in (`default`
+    /// when not given, as for native clients), which the credential must allow.
     fn authenticate(&mut self, username: Option<Vec<u8>>, password: &[u8]) -> Result<(), String> {
-        match self.shard.auth_token() {
-            Some(token) if !constant_time_equal(token, password) => {
-                let peer = self.stream.peer_addr();
-                self.shard
-                    .refused(Refused::Unauthorized, peer, "AUTH with a wrong token");
-                return Err("WRONGPASS invalid username-password pair or user is disabled.".into());
-            }
-            None if username.is_none() => {
-                return Err(
-                    "ERR AUTH <password> called without any password configured for the default user. \
-                            Are you sure your configuration is correct?"
-                        .into(),
-                )
-            }
-            _ => {}
+        let gate = self.shard.gate();
+        if !gate.requires_credentials() && username.is_none() {
+            return Err(
+                "ERR AUTH <password> called without any password configured for the default user. \
+                        Are you sure your configuration is correct?"
+                    .into(),
+            );
         }
-        let namespace = username.filter(|name| name != b"default").unwrap_or_default();
+        let namespace = username.unwrap_or_else(|| DEFAULT_NAMESPACE.to_vec());
         if namespace.len() > engram_proto::limits::NAMESPACE_BYTES_MAX {
             return Err(format!(
                 "ERR namespace of {} bytes exceeds namespace_bytes_max ({})",
@@ -588,7 +602,20 @@ impl Connection {
                 engram_proto::limits::NAMESPACE_BYTES_MAX
             ));
         }
-        self.session.authenticated = true;
+        let peer = self.stream.peer_addr();
+        let grant = match gate.admit(password, Family::Client, &namespace) {
+            Ok(grant) => grant,
+            Err(Denial::UnknownToken) => {
+                self.shard
+                    .refused(Refused::Unauthorized, peer, "AUTH with a wrong token");
+                return Err("WRONGPASS invalid username-password pair or user is disabled.".into());
+            }
+            Err(denial) => {
+                self.shard.refused(Refused::Forbidden, peer, &format!("AUTH: {denial}"));
+                return Err(format!("NOPERM {denial}"));
+            }
+        };
+        self.session.grant = Some(grant);
         self.session.use_namespace(namespace);
         self.parser.set_limits(RequestLimits::AUTHENTICATED);
         Ok(())

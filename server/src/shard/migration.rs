@@ -437,7 +437,7 @@ impl Shard {
         if batches.is_empty() {
             return Err("the export produced no batch".into());
         }
-        let credentials = self.auth_token().unwrap_or_default();
+        let credentials = self.link_credentials();
         let timeout = Duration::from_millis(MIGRATION_PEER_TIMEOUT_MS);
         let mut link = PeerLink::<PeerProtocol>::connect(&order.target_address, credentials, timeout, self.peer_tls())
             .await

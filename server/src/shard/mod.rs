@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engram_proto::{Command, DataCommand, ErrorCode, ErrorReply, NodeInfo, PeerResponse, Request, Response, SlotMap};
+use engram_proto::{
+    Command, DataCommand, ErrorCode, ErrorReply, Gate, Gatekeeper, NodeInfo, PeerResponse, Request, Response, SlotMap,
+};
 use engram_tls::{ClientTls, ServerTls};
 use futures::channel::oneshot;
 
@@ -80,7 +82,8 @@ pub struct Shard {
     /// Slots this shard served that a map marked lost, whose data it still holds.
     stranded: RefCell<std::collections::BTreeSet<u32>>,
     node: Arc<NodeStats>,
-    auth_token: Option<Vec<u8>>,
+    gatekeeper: Arc<Gatekeeper>,
+    link_credentials: Vec<u8>,
     /// How long a connection polls its socket before waiting for readiness
     /// (`--spin-us`); zero: it waits at once.
     read_spin: Duration,
@@ -114,7 +117,10 @@ pub struct ShardSetup {
     pub version_floor: u64,
     /// The node process's incarnation (0 for a node alone), which maps name copies by.
     pub incarnation: u64,
-    pub auth_token: Option<Vec<u8>>,
+    /// Who may connect, shared by the node's shards and replaced whole on a reload.
+    pub gatekeeper: Arc<Gatekeeper>,
+    /// What this node's own links present (`--node-token`).
+    pub link_credentials: Vec<u8>,
     /// How long a connection polls its socket before waiting for readiness
     /// (`--spin-us`); zero: it waits at once.
     pub read_spin: Duration,
@@ -164,7 +170,8 @@ impl Shard {
             incoming: RefCell::default(),
             stranded: RefCell::default(),
             node: setup.node,
-            auth_token: setup.auth_token,
+            gatekeeper: setup.gatekeeper,
+            link_credentials: setup.link_credentials,
             read_spin: setup.read_spin,
             admission: setup.admission,
             tls: setup.tls,
@@ -228,9 +235,14 @@ impl Shard {
         (*self.routing().map).clone()
     }
 
-    /// The token clients must present, which this node's own links present too.
-    pub fn auth_token(&self) -> Option<&[u8]> {
-        self.auth_token.as_deref()
+    /// Who may connect now: a handshake takes it once.
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gatekeeper.gate()
+    }
+
+    /// What this node's links to other nodes present in their Hellos.
+    pub fn link_credentials(&self) -> &[u8] {
+        &self.link_credentials
     }
 
     /// How long a connection polls its socket before waiting for readiness; zero: it

@@ -518,7 +518,7 @@ async fn run_link(
             continue;
         };
         if link.is_none() {
-            let credentials = shard.auth_token().unwrap_or_default().to_vec();
+            let credentials = shard.link_credentials().to_vec();
             match PeerLink::connect(&address, &credentials, timeout, shard.peer_tls()).await {
                 Ok(connected) => link = Some(connected),
                 Err(error) => {

@@ -1,0 +1,287 @@
+//! The control plane's port: accepting connections within `CONNECTIONS_MAX`, TLS, the
+//! Hello (by the same gate and limits as a node's ports, within one deadline with the TLS
+//! handshake), and answering each admitted connection's requests in order, each checked
+//! against what its credentials were granted.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use engram_link_tokio::{fill, Transport};
+use engram_proto::{
+    admit, decode_payload, encode_message, Admitted, ControlRequest, ControlResponse, ErrorCode, Family, FrameBuffer,
+    FrameBufferSizes, FrameHeader, FrameKind, Grant, HelloReply, Port, Refusal, Response, FRONT_SHARD_ID,
+};
+use engram_tls::{opens_tls_handshake, ServerTls, PLAIN_AT_TLS_PORT, PLAIN_REQUEST_BYTES_DRAINED};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::service::{error_reply, error_response, Controller};
+
+/// How long a new connection has for its TLS handshake and its Hello, together (a node's
+/// ports give the same by default).
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Most connections served at once: a cluster's nodes hold two each (heartbeats, joins)
+/// and operators a few; past it a new one is closed at once, so strangers cannot make
+/// the process hold descriptors and buffers without bound.
+pub const CONNECTIONS_MAX: usize = 1_024;
+/// Shortest time between two warnings of connections refused, so a flood of strangers
+/// cannot flood the log.
+pub const REFUSAL_WARNING_INTERVAL_MS: u64 = 1_000;
+
+/// Refusal warnings, at most one per `REFUSAL_WARNING_INTERVAL_MS`, each saying how many
+/// went unlogged since the last.
+#[derive(Default)]
+struct RefusalLog {
+    last: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RefusalLog {
+    fn warn(&self, peer: SocketAddr, detail: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let interval = Duration::from_millis(REFUSAL_WARNING_INTERVAL_MS);
+        if last.0.is_some_and(|at| at.elapsed() < interval) {
+            last.1 += 1;
+            return;
+        }
+        let unlogged = std::mem::replace(&mut *last, (Some(Instant::now()), 0)).1;
+        tracing::warn!(%peer, unlogged, "connection refused: {detail}");
+    }
+}
+
+/// What a connection's task knows of it from its accept.
+struct Accepted {
+    peer: SocketAddr,
+    /// By when its TLS handshake and its Hello must be done.
+    deadline: tokio::time::Instant,
+    refusals: Arc<RefusalLog>,
+}
+
+impl Accepted {
+    fn refused(&self, detail: &str) {
+        self.refusals.warn(self.peer, detail);
+    }
+}
+
+const PORT: Port<'static> = Port {
+    name: "engram-control",
+    families: &[Family::Control],
+};
+
+/// Accepts connections forever, one task each; with `tls`, each goes through a TLS
+/// handshake first.
+pub async fn serve(controller: Arc<Controller>, listener: TcpListener, tls: Option<ServerTls>) {
+    let room = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let refusals = Arc::new(RefusalLog::default());
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let Ok(permit) = room.clone().try_acquire_owned() else {
+                    refusals.warn(
+                        peer,
+                        &format!("{CONNECTIONS_MAX} connections are open (connections_max)"),
+                    );
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let accepted = Accepted {
+                    peer,
+                    deadline: tokio::time::Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+                    refusals: refusals.clone(),
+                };
+                let controller = controller.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    if let Some(stream) = secure(stream, tls.as_ref(), &accepted).await {
+                        serve_connection(controller, stream, &accepted).await;
+                    }
+                    drop(permit);
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The connection's stream: the socket itself without TLS; with it, TLS once the
+/// handshake completed by `deadline`, or `None` (a plain client is told `TlsRequired`
+/// first, as a node's port tells it).
+async fn secure(mut stream: TcpStream, tls: Option<&ServerTls>, accepted: &Accepted) -> Option<Box<dyn Transport>> {
+    let deadline = accepted.deadline;
+    let Some(tls) = tls else {
+        return Some(Box::new(stream));
+    };
+    let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if opens_tls_handshake(first[0]) => {}
+        Ok(Ok(1)) => {
+            // Read what it sent: closing with unread bytes resets, which can drop the answer.
+            let _ = stream.read(&mut vec![0; PLAIN_REQUEST_BYTES_DRAINED]).await;
+            let refusal = Refusal {
+                code: ErrorCode::TlsRequired,
+                message: PLAIN_AT_TLS_PORT.to_string(),
+            };
+            let mut out = Vec::new();
+            let _ = encode_refusal(false, 0, refusal, &mut out);
+            let _ = stream.write_all(&out).await;
+            accepted.refused("a plain client at the TLS port");
+            return None;
+        }
+        _ => return None,
+    }
+    let accept = tokio_rustls::TlsAcceptor::from(tls.config()).accept(stream);
+    match tokio::time::timeout_at(deadline, accept).await {
+        Ok(Ok(secured)) => Some(Box::new(secured)),
+        Ok(Err(error)) => {
+            accepted.refused(&format!("TLS handshake failed: {error}"));
+            None
+        }
+        Err(_) => {
+            accepted.refused(&format!("no TLS handshake within {timeout:?}"));
+            None
+        }
+    }
+}
+
+/// Answers a connection's frames in order, one at a time, until it closes or breaks
+/// the protocol (which is answered with an error under request id 0 before closing).
+/// Until its Hello is admitted, by `deadline`, it is read into a buffer of one small
+/// frame, as a node's ports read theirs.
+async fn serve_connection(controller: Arc<Controller>, mut stream: Box<dyn Transport>, accepted: &Accepted) {
+    let mut input = FrameBuffer::for_handshake();
+    let mut out = Vec::new();
+    let mut grant: Option<Grant> = None;
+    loop {
+        let greeted_before = grant.is_some();
+        loop {
+            let (header, payload) = match input.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    let refusal = Refusal {
+                        code: error.code(),
+                        message: error.to_string(),
+                    };
+                    let _ = encode_refusal(grant.is_some(), 0, refusal, &mut out);
+                    let _ = write_flushed(&mut stream, &out).await;
+                    return;
+                }
+            };
+            out.clear();
+            let answered = match &grant {
+                None => {
+                    grant = greet(&controller, &header, payload, accepted, &mut out);
+                    grant.is_some()
+                }
+                Some(grant) => answer(&controller, grant, &header, payload, &mut out).await,
+            };
+            if write_flushed(&mut stream, &out).await.is_err() || !answered {
+                return;
+            }
+            if !greeted_before {
+                break;
+            }
+        }
+        if !greeted_before && grant.is_some() {
+            // Admitted: the buffer opens to the protocol's frames, and what was read
+            // after the Hello is answered before reading more.
+            input.open(FrameBufferSizes::LINK);
+            continue;
+        }
+        let read = match grant {
+            Some(_) => fill(&mut stream, &mut input).await,
+            None => match tokio::time::timeout_at(accepted.deadline, fill(&mut stream, &mut input)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    accepted.refused(&format!("no Hello within {HANDSHAKE_TIMEOUT_MS} ms"));
+                    return;
+                }
+            },
+        };
+        if !matches!(read, Ok(read) if read > 0) {
+            return;
+        }
+    }
+}
+
+/// Writes `bytes` and flushes what TLS may hold back.
+async fn write_flushed(stream: &mut Box<dyn Transport>, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+/// Encodes the answer to the first frame: a HelloReply, or the refusal; what the
+/// credentials were granted, `None` when the connection ends with the refusal.
+fn greet(
+    controller: &Controller,
+    header: &FrameHeader,
+    payload: &[u8],
+    accepted: &Accepted,
+    out: &mut Vec<u8>,
+) -> Option<Grant> {
+    match admit(header.kind, payload, &PORT, &controller.gate()) {
+        Ok(Admitted { grant, .. }) => {
+            let reply = HelloReply {
+                node_id: 0,
+                shard_id: FRONT_SHARD_ID,
+                shard_count: 0,
+                map_epoch: controller.epoch(),
+                server_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            encode_message(FrameKind::HelloReply, header.request_id, 0, &reply, out)
+                .is_ok()
+                .then_some(grant)
+        }
+        Err(refusal) => {
+            accepted.refused(&format!("{}: {}", refusal.code, refusal.message));
+            let _ = encode_refusal(false, header.request_id, refusal, out);
+            None
+        }
+    }
+}
+
+/// Encodes the answer to a request of an admitted connection, whose credentials were
+/// granted `grant`.
+async fn answer(
+    controller: &Arc<Controller>,
+    grant: &Grant,
+    header: &FrameHeader,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    let answer = if header.kind != FrameKind::Request {
+        error_response(ErrorCode::Malformed, "expected a request frame")
+    } else {
+        match decode_payload::<ControlRequest>(payload) {
+            Ok(request) => match request.right().map(|right| grant.require(right, request.name())) {
+                Some(Err(denial)) => {
+                    tracing::warn!(credential = grant.name(), "request refused: {denial}");
+                    error_response(denial.code(), denial.to_string())
+                }
+                Some(Ok(())) | None => controller.handle(request).await,
+            },
+            Err(error) => error_response(error.code(), error.to_string()),
+        }
+    };
+    let epoch = controller.epoch();
+    encode_message(FrameKind::Response, header.request_id, epoch, &answer, out).is_ok()
+}
+
+/// A refusal in the family the connection speaks: a client-family error until the Hello
+/// is accepted, since no family is agreed before that.
+fn encode_refusal(
+    greeted: bool,
+    request_id: u64,
+    refusal: Refusal,
+    out: &mut Vec<u8>,
+) -> Result<(), engram_proto::ProtocolError> {
+    let reply = error_reply(refusal.code, refusal.message);
+    match greeted {
+        true => encode_message(FrameKind::Response, request_id, 0, &ControlResponse::Error(reply), out),
+        false => encode_message(FrameKind::Response, request_id, 0, &Response::Error(reply), out),
+    }
+}

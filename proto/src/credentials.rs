@@ -1,0 +1,446 @@
+//! Credentials per tenant and role: who may connect, in which namespaces, with which
+//! rights. A process holds a [`Gate`]: open (no credentials, for development), one shared
+//! token with every right (`--auth-token`), or a credentials file ([`Credentials`]). A
+//! handshake is admitted by [`Gate::admit`], which returns the session's [`Grant`];
+//! each request is then checked against the grant's rights ([`Grant::require`]).
+//!
+//! A credentials file lists one credential per line, four fields separated by spaces;
+//! `#` starts a comment:
+//!
+//! ```text
+//! # name   digest of the token (sha256:hex)   rights                namespaces
+//! app-a    sha256:2c26b46b…                   read,write,coordinate app-a,shared
+//! ops      sha256:fcde2b2e…                   admin                 *
+//! nodes    sha256:baa5a094…                   node                  *
+//! ```
+//!
+//! Only the SHA-256 of each token is stored, so the file does not give the tokens away.
+//! Tokens are meant to be random (`engram token` makes one): a digest without salt is
+//! then as good as a slow password hash, and lets a Hello be matched in one lookup.
+//!
+//! Rights: `read` (commands that only read bytes, counters, maps, queues and keys, key
+//! listings included), `write` (commands that change them, expiries and deletion
+//! included), `coordinate` (every command of locks, semaphores, barriers, latches and
+//! futures, waits included), `admin` (node statistics and cluster administration), `node`
+//! (what nodes and the control plane say to one another: joins, heartbeats, maps,
+//! migration, replication); `all` is every one. Namespaces: `*` for any, else a comma
+//! list (`default` is the namespace of clients that name none, native or at the Redis
+//! door). The namespace is checked at the handshake of a client connection (and at each
+//! `AUTH` of the door); control-plane and peer connections name no tenant's keys.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::ErrorCode;
+use crate::limits::NAMESPACE_BYTES_MAX;
+use crate::message::Family;
+pub use crate::rights::{Right, Rights};
+
+/// Most credentials one file may list: each Hello is matched in one lookup, but the file
+/// is read whole and kept in every process that checks Hellos.
+pub const CREDENTIALS_MAX: usize = 10_000;
+
+/// Largest credentials file read (well above `CREDENTIALS_MAX` lines of listed namespaces).
+pub const CREDENTIALS_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// Longest credential name, which logs and refusals show.
+pub const CREDENTIAL_NAME_BYTES_MAX: usize = 64;
+
+/// How a token's digest is written in a credentials file: the hash named, then hex.
+pub const TOKEN_DIGEST_PREFIX: &str = "sha256:";
+
+const DIGEST_BYTES: usize = 32;
+
+/// The namespaces a credential may name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Namespaces {
+    Any,
+    Only(Vec<Vec<u8>>),
+}
+
+impl Namespaces {
+    pub fn allows(&self, namespace: &[u8]) -> bool {
+        match self {
+            Namespaces::Any => true,
+            Namespaces::Only(listed) => listed.iter().any(|allowed| allowed == namespace),
+        }
+    }
+
+    /// `*`, or a comma list of names.
+    pub fn parse(text: &str) -> Result<Namespaces, String> {
+        if text == "*" {
+            return Ok(Namespaces::Any);
+        }
+        let listed = text
+            .split(',')
+            .map(|name| match name {
+                "" => Err("an empty namespace name".to_string()),
+                "*" => Err("`*` stands alone: it already allows every namespace".to_string()),
+                _ if name.len() > NAMESPACE_BYTES_MAX => Err(format!(
+                    "namespace of {} bytes exceeds namespace_bytes_max ({NAMESPACE_BYTES_MAX})",
+                    name.len()
+                )),
+                _ => Ok(name.as_bytes().to_vec()),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Namespaces::Only(listed))
+    }
+}
+
+/// One line of a credentials file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub name: String,
+    pub rights: Rights,
+    pub namespaces: Namespaces,
+    digest: [u8; DIGEST_BYTES],
+}
+
+/// What a connection was granted at its handshake, kept for its life: a reload of the
+/// credentials applies to connections that shake hands after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    name: Arc<str>,
+    rights: Rights,
+}
+
+impl Grant {
+    /// Every right, as an open gate or the shared token grants.
+    pub fn everything() -> Grant {
+        Grant {
+            name: Arc::from("everyone"),
+            rights: Rights::ALL,
+        }
+    }
+
+    /// The credential's name, for logs and refusals.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn rights(&self) -> Rights {
+        self.rights
+    }
+
+    /// Whether the grant carries `right`, which `what` (a command's name) needs.
+    pub fn require(&self, right: Right, what: &str) -> Result<(), Denial> {
+        match self.rights.contains(right) {
+            true => Ok(()),
+            false => Err(Denial::Right {
+                name: self.name.to_string(),
+                right,
+                what: what.to_string(),
+            }),
+        }
+    }
+}
+
+/// Why a token, a namespace or a command was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("credentials refused")]
+    UnknownToken,
+    #[error("credential `{name}` may not use namespace `{namespace}`")]
+    Namespace { name: String, namespace: String },
+    #[error("credential `{name}` lacks the {right} right, which {what} needs")]
+    Right { name: String, right: Right, what: String },
+}
+
+impl Denial {
+    /// The wire code: a token nobody holds is `Unauthorized`, a known one asking beyond
+    /// its rights `Forbidden`.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Denial::UnknownToken => ErrorCode::Unauthorized,
+            Denial::Namespace { .. } | Denial::Right { .. } => ErrorCode::Forbidden,
+        }
+    }
+}
+
+/// Why a credentials file could not be used; each names the file, and the line where
+/// one is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read credentials file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("credentials file {} is larger than credentials_file_bytes_max ({CREDENTIALS_FILE_BYTES_MAX})", path.display())]
+    TooLarge { path: PathBuf },
+    #[error("credentials file {} lists more than credentials_max ({CREDENTIALS_MAX}) credentials", path.display())]
+    TooMany { path: PathBuf },
+    #[error("credentials file {} lists no credential, so nobody could connect", path.display())]
+    Empty { path: PathBuf },
+    #[error("{}:{line}: {reason}", path.display())]
+    Line { path: PathBuf, line: usize, reason: String },
+}
+
+/// The credentials of a file, matched by their tokens' digests.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    listed: Vec<Credential>,
+    by_digest: HashMap<[u8; DIGEST_BYTES], usize>,
+}
+
+impl Credentials {
+    /// Reads and parses a credentials file, refusing one above
+    /// [`CREDENTIALS_FILE_BYTES_MAX`] before reading it all.
+    pub fn load(path: &Path) -> Result<Credentials, CredentialsError> {
+        let read = |source| CredentialsError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read)?;
+        let mut text = String::new();
+        file.take(CREDENTIALS_FILE_BYTES_MAX + 1)
+            .read_to_string(&mut text)
+            .map_err(read)?;
+        if text.len() as u64 > CREDENTIALS_FILE_BYTES_MAX {
+            return Err(CredentialsError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        Credentials::parse(&text, path)
+    }
+
+    /// Parses a credentials file's text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Credentials, CredentialsError> {
+        let mut credentials = Credentials {
+            listed: Vec::new(),
+            by_digest: HashMap::new(),
+        };
+        for (index, line) in text.lines().enumerate() {
+            let at_fault = |reason: String| CredentialsError::Line {
+                path: path.to_path_buf(),
+                line: index + 1,
+                reason,
+            };
+            let content = line.split('#').next().unwrap_or_default().trim();
+            if content.is_empty() {
+                continue;
+            }
+            if credentials.listed.len() == CREDENTIALS_MAX {
+                return Err(CredentialsError::TooMany {
+                    path: path.to_path_buf(),
+                });
+            }
+            let credential = parse_line(content).map_err(at_fault)?;
+            credentials.add(credential).map_err(at_fault)?;
+        }
+        if credentials.listed.is_empty() {
+            return Err(CredentialsError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(credentials)
+    }
+
+    fn add(&mut self, credential: Credential) -> Result<(), String> {
+        if let Some(twin) = self.listed.iter().find(|listed| listed.name == credential.name) {
+            return Err(format!("credential `{}` is listed twice", twin.name));
+        }
+        if let Some(&index) = self.by_digest.get(&credential.digest) {
+            return Err(format!(
+                "credential `{}` has the token of `{}`: each token must name one credential",
+                credential.name, self.listed[index].name
+            ));
+        }
+        self.by_digest.insert(credential.digest, self.listed.len());
+        self.listed.push(credential);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.listed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listed.is_empty()
+    }
+
+    /// The credential whose token is `token`. The lookup is by the token's digest, so
+    /// its time tells nothing of the token; the digest found is compared again in
+    /// constant time, as a stored token would be.
+    pub fn find(&self, token: &[u8]) -> Option<&Credential> {
+        let digest = token_digest(token);
+        let credential = &self.listed[*self.by_digest.get(&digest)?];
+        constant_time_equal(&credential.digest, &digest).then_some(credential)
+    }
+}
+
+/// `name sha256:hex rights namespaces`.
+fn parse_line(content: &str) -> Result<Credential, String> {
+    let fields: Vec<&str> = content.split_whitespace().collect();
+    let [name, digest, rights, namespaces] = fields[..] else {
+        return Err(format!(
+            "{} fields where a credential has 4: name, sha256:<digest of the token>, rights, namespaces",
+            fields.len()
+        ));
+    };
+    if name.len() > CREDENTIAL_NAME_BYTES_MAX {
+        return Err(format!(
+            "credential name of {} bytes exceeds credential_name_bytes_max ({CREDENTIAL_NAME_BYTES_MAX})",
+            name.len()
+        ));
+    }
+    Ok(Credential {
+        name: name.to_string(),
+        digest: parse_digest(digest)?,
+        rights: Rights::parse(rights)?,
+        namespaces: Namespaces::parse(namespaces)?,
+    })
+}
+
+fn parse_digest(text: &str) -> Result<[u8; DIGEST_BYTES], String> {
+    let malformed = || {
+        format!(
+            "`{text}` is not {TOKEN_DIGEST_PREFIX} and {} hex digits (the SHA-256 of the token)",
+            DIGEST_BYTES * 2
+        )
+    };
+    let hex = text.strip_prefix(TOKEN_DIGEST_PREFIX).ok_or_else(malformed)?;
+    if hex.len() != DIGEST_BYTES * 2 || !hex.is_ascii() {
+        return Err(malformed());
+    }
+    let mut digest = [0; DIGEST_BYTES];
+    for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        let pair = std::str::from_utf8(pair).map_err(|_| malformed())?;
+        *byte = u8::from_str_radix(pair, 16).map_err(|_| malformed())?;
+    }
+    Ok(digest)
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell
+/// how much of a guess was right.
+pub fn constant_time_equal(expected: &[u8], offered: &[u8]) -> bool {
+    expected.len() == offered.len()
+        && expected
+            .iter()
+            .zip(offered)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
+}
+
+/// The SHA-256 of a token.
+pub fn token_digest(token: &[u8]) -> [u8; DIGEST_BYTES] {
+    Sha256::digest(token).into()
+}
+
+/// A credentials file's line for `token`: what `engram token` prints.
+pub fn credential_line(name: &str, token: &[u8], rights: Rights, namespaces: &str) -> String {
+    let hex: String = token_digest(token).iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("{name} {TOKEN_DIGEST_PREFIX}{hex} {rights} {namespaces}")
+}
+
+/// Who may connect to a process.
+#[derive(Clone, Debug)]
+pub enum Gate {
+    /// No credentials: every connection has every right (the single-node default, as
+    /// Redis without `requirepass`).
+    Open,
+    /// One token, every right in every namespace (`--auth-token`).
+    Token(Vec<u8>),
+    /// A credentials file.
+    Credentials(Credentials),
+}
+
+impl Gate {
+    pub fn requires_credentials(&self) -> bool {
+        !matches!(self, Gate::Open)
+    }
+
+    /// Admits whoever presents `token` to speak `family`, in `namespace` for a client:
+    /// the grant its requests are checked against. A peer must hold the `node` right; a
+    /// control-plane caller `node` (a node) or `admin` (an operator). On a client
+    /// connection the `node` right stands for every data right in every namespace.
+    pub fn admit(&self, token: &[u8], family: Family, namespace: &[u8]) -> Result<Grant, Denial> {
+        let credential = match self {
+            Gate::Open => return Ok(Grant::everything()),
+            Gate::Token(expected) if constant_time_equal(expected, token) => return Ok(Grant::everything()),
+            Gate::Token(_) => return Err(Denial::UnknownToken),
+            Gate::Credentials(credentials) => credentials.find(token).ok_or(Denial::UnknownToken)?,
+        };
+        let mut grant = Grant {
+            name: Arc::from(credential.name.as_str()),
+            rights: credential.rights,
+        };
+        match family {
+            // A node forwards its clients' requests to the shards that own their keys,
+            // in their namespaces; each was checked where it entered the cluster.
+            Family::Client if grant.rights.contains(Right::Node) => {
+                grant.rights = grant.rights.union(Rights::DATA);
+                Ok(grant)
+            }
+            Family::Client if !credential.namespaces.allows(namespace) => Err(Denial::Namespace {
+                name: credential.name.clone(),
+                namespace: String::from_utf8_lossy(namespace).into_owned(),
+            }),
+            Family::Client => Ok(grant),
+            Family::Peer => grant.require(Right::Node, "the peer protocol").map(|()| grant),
+            Family::Control if grant.rights.contains(Right::Admin) => Ok(grant),
+            Family::Control => grant
+                .require(Right::Node, "the control protocol (or admin)")
+                .map(|()| grant),
+        }
+    }
+}
+
+/// A process's gate, which `reload` replaces whole from its file (on SIGHUP): a file
+/// that fails to parse leaves the previous gate in place.
+#[derive(Debug)]
+pub struct Gatekeeper {
+    gate: RwLock<Arc<Gate>>,
+    file: Option<PathBuf>,
+}
+
+impl Gatekeeper {
+    /// A gate from the flags: a credentials file, else a shared token, else open.
+    pub fn new(file: Option<&Path>, token: Option<&[u8]>) -> Result<Gatekeeper, CredentialsError> {
+        let gate = match (file, token) {
+            (Some(path), _) => Gate::Credentials(Credentials::load(path)?),
+            (None, Some(token)) => Gate::Token(token.to_vec()),
+            (None, None) => Gate::Open,
+        };
+        Ok(Gatekeeper {
+            gate: RwLock::new(Arc::new(gate)),
+            file: file.map(Path::to_path_buf),
+        })
+    }
+
+    pub fn open() -> Gatekeeper {
+        Gatekeeper {
+            gate: RwLock::new(Arc::new(Gate::Open)),
+            file: None,
+        }
+    }
+
+    /// The gate now: a handshake takes it once.
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The credentials file, if the gate reads one.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Reads the credentials file again; `Ok(None)` without one, else how many
+    /// credentials it now lists.
+    pub fn reload(&self) -> Result<Option<usize>, CredentialsError> {
+        let Some(path) = &self.file else {
+            return Ok(None);
+        };
+        let credentials = Credentials::load(path)?;
+        let listed = credentials.len();
+        *self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Gate::Credentials(credentials));
+        Ok(Some(listed))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,228 @@
+use super::*;
+use proptest::prelude::*;
+
+const ALICE_TOKEN: &[u8] = b"alice-token-0123456789";
+const OPS_TOKEN: &[u8] = b"ops-token-0123456789";
+const NODE_TOKEN: &[u8] = b"node-token-0123456789";
+
+fn file_text() -> String {
+    format!(
+        "# tenants\n{}\n\n{}   # operators\n{}\n",
+        credential_line("alice", ALICE_TOKEN, Rights::DATA, "app-a,default"),
+        credential_line("ops", OPS_TOKEN, Rights::NONE.with(Right::Admin), "*"),
+        credential_line("nodes", NODE_TOKEN, Rights::NONE.with(Right::Node), "*"),
+    )
+}
+
+fn gate() -> Gate {
+    Gate::Credentials(Credentials::parse(&file_text(), Path::new("credentials")).unwrap())
+}
+
+fn line_error(text: &str) -> String {
+    match Credentials::parse(text, Path::new("creds")) {
+        Err(error) => error.to_string(),
+        Ok(_) => panic!("{text:?} parsed"),
+    }
+}
+
+#[test]
+fn a_file_is_matched_by_token_and_keeps_names_rights_and_namespaces() {
+    let credentials = Credentials::parse(&file_text(), Path::new("credentials")).unwrap();
+    assert_eq!(credentials.len(), 3);
+    let alice = credentials.find(ALICE_TOKEN).unwrap();
+    assert_eq!(alice.name, "alice");
+    assert_eq!(alice.rights, Rights::DATA);
+    assert_eq!(
+        alice.namespaces,
+        Namespaces::Only(vec![b"app-a".to_vec(), b"default".to_vec()])
+    );
+    assert_eq!(credentials.find(OPS_TOKEN).unwrap().namespaces, Namespaces::Any);
+    assert!(credentials.find(b"alice-token-012345678").is_none());
+    assert!(credentials.find(b"").is_none());
+}
+
+#[test]
+fn the_file_holds_digests_not_tokens() {
+    let text = file_text();
+    assert!(!text.contains(std::str::from_utf8(ALICE_TOKEN).unwrap()));
+    // The digest of "abc", from FIPS 180-2's examples.
+    let line = credential_line("x", b"abc", Rights::ALL, "*");
+    assert_eq!(
+        line,
+        "x sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad read,write,coordinate,admin,node *"
+    );
+}
+
+#[test]
+fn a_tenant_is_admitted_to_its_namespaces_only() {
+    let gate = gate();
+    let grant = gate.admit(ALICE_TOKEN, Family::Client, b"app-a").unwrap();
+    assert_eq!(grant.name(), "alice");
+    assert!(gate.admit(ALICE_TOKEN, Family::Client, b"default").is_ok());
+    assert!(
+        gate.admit(ALICE_TOKEN, Family::Client, b"").is_err(),
+        "the empty namespace is not `default`"
+    );
+    let denied = gate.admit(ALICE_TOKEN, Family::Client, b"app-b").unwrap_err();
+    assert_eq!(denied.code(), ErrorCode::Forbidden);
+    assert_eq!(denied.to_string(), "credential `alice` may not use namespace `app-b`");
+}
+
+#[test]
+fn an_unknown_token_is_unauthorized_and_a_known_one_beyond_its_rights_forbidden() {
+    let gate = gate();
+    let unknown = gate.admit(b"guess", Family::Client, b"app-a").unwrap_err();
+    assert_eq!(
+        (unknown.code(), unknown),
+        (ErrorCode::Unauthorized, Denial::UnknownToken)
+    );
+    let grant = gate.admit(ALICE_TOKEN, Family::Client, b"app-a").unwrap();
+    assert!(grant.require(Right::Coordinate, "lock.acquire").is_ok());
+    let denied = grant.require(Right::Admin, "info").unwrap_err();
+    assert_eq!(denied.code(), ErrorCode::Forbidden);
+    assert_eq!(
+        denied.to_string(),
+        "credential `alice` lacks the admin right, which info needs"
+    );
+}
+
+#[test]
+fn peers_need_the_node_right_and_the_control_plane_node_or_admin() {
+    let gate = gate();
+    assert!(gate.admit(NODE_TOKEN, Family::Peer, b"").is_ok());
+    for token in [ALICE_TOKEN, OPS_TOKEN] {
+        let denied = gate.admit(token, Family::Peer, b"").unwrap_err();
+        assert_eq!(denied.code(), ErrorCode::Forbidden, "{denied}");
+    }
+    assert!(gate.admit(NODE_TOKEN, Family::Control, b"").is_ok());
+    assert!(gate.admit(OPS_TOKEN, Family::Control, b"").is_ok());
+    let denied = gate.admit(ALICE_TOKEN, Family::Control, b"").unwrap_err();
+    assert!(denied.to_string().contains("lacks the node right"), "{denied}");
+}
+
+#[test]
+fn a_node_forwarding_for_clients_has_every_data_right_in_every_namespace() {
+    let grant = gate().admit(NODE_TOKEN, Family::Client, b"app-b").unwrap();
+    for right in [Right::Read, Right::Write, Right::Coordinate, Right::Node] {
+        assert!(grant.rights().contains(right), "{right}");
+    }
+    assert!(!grant.rights().contains(Right::Admin));
+}
+
+#[test]
+fn an_open_gate_and_a_shared_token_grant_everything() {
+    assert_eq!(Gate::Open.admit(b"", Family::Peer, b"x").unwrap(), Grant::everything());
+    assert!(!Gate::Open.requires_credentials());
+    let shared = Gate::Token(b"secret".to_vec());
+    assert!(shared.requires_credentials());
+    assert_eq!(
+        shared.admit(b"secret", Family::Control, b"").unwrap().rights(),
+        Rights::ALL
+    );
+    assert_eq!(
+        shared.admit(b"secreT", Family::Client, b"").unwrap_err(),
+        Denial::UnknownToken
+    );
+}
+
+#[test]
+fn each_fault_of_a_file_names_its_line() {
+    let good = credential_line("a", b"t", Rights::ALL, "*");
+    let cases = [
+        (
+            "a sha256:00 read *",
+            "creds:1: `sha256:00` is not sha256: and 64 hex digits",
+        ),
+        ("\n a read *", "creds:2: 3 fields where a credential has 4"),
+        (&good.replace(" *", " ns,*"), "creds:1: `*` stands alone"),
+        (&good.replace(" *", " a,,b"), "creds:1: an empty namespace name"),
+        (&good.replace("read,", "rread,"), "creds:1: unknown right `rread`"),
+        (&good.replace("sha256:", "md5:"), "is not sha256:"),
+        (
+            &format!("{good}\n{}", credential_line("a", b"u", Rights::ALL, "*")),
+            "creds:2: credential `a` is listed twice",
+        ),
+        (
+            &format!("{good}\n{}", credential_line("b", b"t", Rights::ALL, "*")),
+            "creds:2: credential `b` has the token of `a`",
+        ),
+        ("# nothing\n\n", "lists no credential"),
+    ];
+    for (text, expected) in cases {
+        let error = line_error(text);
+        assert!(error.contains(expected), "{text:?}: {error}");
+    }
+    let long_name = credential_line(&"n".repeat(CREDENTIAL_NAME_BYTES_MAX + 1), b"t", Rights::ALL, "*");
+    assert!(line_error(&long_name).contains("credential_name_bytes_max"));
+    let long_namespace = credential_line("a", b"t", Rights::ALL, &"n".repeat(NAMESPACE_BYTES_MAX + 1));
+    assert!(line_error(&long_namespace).contains("namespace_bytes_max"));
+}
+
+#[test]
+fn rights_read_as_they_are_written() {
+    assert_eq!(Rights::parse("all").unwrap(), Rights::ALL);
+    assert_eq!(Rights::parse("read,coordinate").unwrap().to_string(), "read,coordinate");
+    for right in Right::ALL {
+        assert_eq!(Rights::parse(right.name()).unwrap(), Rights::NONE.with(right));
+    }
+    assert!(Rights::parse("").is_err());
+}
+
+#[test]
+fn a_reload_takes_the_new_file_and_a_broken_one_keeps_the_old_gate() {
+    let dir = std::env::temp_dir().join(format!("engram-credentials-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("credentials");
+    std::fs::write(&path, credential_line("old", b"old", Rights::ALL, "*")).unwrap();
+    let keeper = Gatekeeper::new(Some(&path), Some(b"ignored")).unwrap();
+    assert!(keeper.gate().admit(b"old", Family::Client, b"").is_ok());
+    std::fs::write(&path, credential_line("new", b"new", Rights::ALL, "*")).unwrap();
+    assert_eq!(keeper.reload().unwrap(), Some(1));
+    assert!(keeper.gate().admit(b"new", Family::Client, b"").is_ok());
+    assert_eq!(
+        keeper.gate().admit(b"old", Family::Client, b"").unwrap_err(),
+        Denial::UnknownToken
+    );
+    std::fs::write(&path, "new sha256:12 all *").unwrap();
+    assert!(keeper.reload().is_err());
+    assert!(
+        keeper.gate().admit(b"new", Family::Client, b"").is_ok(),
+        "the broken file changed nothing"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(Gatekeeper::open().reload().unwrap(), None);
+}
+
+#[test]
+fn a_file_too_large_is_refused_before_it_is_read_whole() {
+    let dir = std::env::temp_dir().join(format!("engram-credentials-large-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("credentials");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(CREDENTIALS_FILE_BYTES_MAX + 1).unwrap();
+    let error = Credentials::load(&path).unwrap_err();
+    assert!(error.to_string().contains("credentials_file_bytes_max"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+proptest! {
+    #[test]
+    fn any_text_parses_or_names_a_fault(text in "[ -~\n]{0,400}") {
+        if let Err(error) = Credentials::parse(&text, Path::new("p")) {
+            prop_assert!(error.to_string().starts_with("credentials file p") || error.to_string().starts_with("p:"));
+        }
+    }
+
+    #[test]
+    fn every_token_finds_its_own_credential(tokens in proptest::collection::hash_set(proptest::collection::vec(any::<u8>(), 1..40), 1..20)) {
+        let text: Vec<String> = tokens
+            .iter()
+            .enumerate()
+            .map(|(index, token)| credential_line(&format!("c{index}"), token, Rights::ALL, "*"))
+            .collect();
+        let credentials = Credentials::parse(&text.join("\n"), Path::new("p")).unwrap();
+        for (index, token) in tokens.iter().enumerate() {
+            prop_assert_eq!(&credentials.find(token).unwrap().name, &format!("c{index}"));
+        }
+    }
+}
