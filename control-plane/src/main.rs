@@ -10,7 +10,7 @@ use engram_control::election::{self, ElectionSettings};
 use engram_control::leadership::Candidate;
 use engram_control::service::{self, Controller, Settings};
 use engram_control::state::{EtcdHealth, EtcdWriter, Keys};
-use engram_proto::Gatekeeper;
+use engram_proto::{Family, Gatekeeper};
 use engram_tls::{ServerTls, TlsFlags};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,9 +62,15 @@ struct Arguments {
         conflicts_with = "auth_token"
     )]
     credentials_file: Option<PathBuf>,
-    /// Token this process presents to nodes (maps, migration orders), of a credential
-    /// with the node right (default: --auth-token); required with --credentials-file.
-    #[arg(long, env = "ENGRAM_NODE_TOKEN", hide_env_values = true)]
+    /// Token this process presents to nodes (maps, migration orders), of a credential of
+    /// --credentials-file with the node right; required with it. (With --auth-token,
+    /// that token is presented.)
+    #[arg(
+        long,
+        env = "ENGRAM_NODE_TOKEN",
+        hide_env_values = true,
+        requires = "credentials_file"
+    )]
     node_token: Option<String>,
     /// Serve Prometheus metrics on this port of the --listen host (0: off), over TLS
     /// when the control plane serves it.
@@ -73,6 +79,10 @@ struct Arguments {
     /// Token a scrape must carry (`Authorization: Bearer TOKEN`); default: none needed.
     #[arg(long, env = "ENGRAM_METRICS_TOKEN", hide_env_values = true, value_parser = engram_metrics_http::parse_token)]
     metrics_token: Option<String>,
+    /// Most connections served at once (nodes hold one or two each, operators a few);
+    /// past it a new one is closed at once.
+    #[arg(long, env = "ENGRAM_MAX_CONNECTIONS", default_value_t = engram_control::port::CONNECTIONS_MAX_DEFAULT)]
+    max_connections: usize,
     /// Do not move slots off shards that are far busier or fuller than the rest.
     #[arg(long, env = "ENGRAM_NO_LOAD_REBALANCE")]
     no_load_rebalance: bool,
@@ -164,6 +174,10 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
         arguments.credentials_file.as_deref(),
         arguments.auth_token.as_deref().map(str::as_bytes),
     )?);
+    if let Some(node_token) = &arguments.node_token {
+        let admitted = gatekeeper.gate().admit(node_token.as_bytes(), Family::Peer, &[], true);
+        admitted.map_err(|denial| format!("--node-token is not admitted by --credentials-file as a node: {denial}"))?;
+    }
     let link_credentials = arguments.node_token.as_ref().or(arguments.auth_token.as_ref());
     let settings = Settings {
         gatekeeper: gatekeeper.clone(),
@@ -232,7 +246,12 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     tokio::spawn(reload_on_hangup(tls.clone(), gatekeeper));
-    let serving = tokio::spawn(engram_control::port::serve(controller.clone(), listener, tls));
+    let serving = tokio::spawn(engram_control::port::serve(
+        controller.clone(),
+        listener,
+        tls,
+        arguments.max_connections.max(1),
+    ));
     let election = async move {
         match election {
             Some(election) => election.await,

@@ -17,7 +17,20 @@ struct Families {
     slots_filling: IntGauge,
     failovers: IntGauge,
     is_leader: IntGauge,
+    connections_refused: IntCounterVec,
 }
+
+/// Why a connection to the control plane's port was turned away: the `reason` label of
+/// `engram_connections_refused_total`, as on a node (which adds a shard label).
+pub const REFUSAL_REASONS: [&str; 7] = [
+    "max_connections",
+    "handshake_timeout",
+    "bad_hello",
+    "unauthorized",
+    "forbidden",
+    "plain_at_tls_port",
+    "tls_handshake",
+];
 
 fn families() -> &'static Families {
     static FAMILIES: OnceLock<Families> = OnceLock::new();
@@ -72,6 +85,18 @@ fn families() -> &'static Families {
             "1 while this control-plane process leads, 0 while it stands by.",
         )
         .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "engram_connections_refused_total",
+                "Connections turned away before they were served, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        // Zero from the start, so a dashboard sees no refusals rather than nothing.
+        for reason in REFUSAL_REASONS {
+            connections_refused.with_label_values(&[reason]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("engram_build_info", "Build of this process; the value is always 1."),
             &["version", "process"],
@@ -91,6 +116,7 @@ fn families() -> &'static Families {
             Box::new(slots_filling.clone()),
             Box::new(failovers.clone()),
             Box::new(is_leader.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(build_info),
         ] {
             registry.register(collector).expect("unique metric names");
@@ -107,8 +133,15 @@ fn families() -> &'static Families {
             slots_filling,
             failovers,
             is_leader,
+            connections_refused,
         }
     })
+}
+
+/// Counts a connection turned away for `reason`, one of [`REFUSAL_REASONS`].
+pub fn record_refused(reason: &str) {
+    debug_assert!(REFUSAL_REASONS.contains(&reason), "unknown refusal reason {reason}");
+    families().connections_refused.with_label_values(&[reason]).inc();
 }
 
 pub fn record_migration(result: &str, slots: u64, bytes: u64) {

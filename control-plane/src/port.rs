@@ -21,23 +21,29 @@ use crate::service::{error_reply, error_response, Controller};
 /// How long a new connection has for its TLS handshake and its Hello, together (a node's
 /// ports give the same by default).
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
-/// Most connections served at once: a cluster's nodes hold two each (heartbeats, joins)
-/// and operators a few; past it a new one is closed at once, so strangers cannot make
-/// the process hold descriptors and buffers without bound.
-pub const CONNECTIONS_MAX: usize = 1_024;
+/// Default of `--max-connections`, the most connections served at once: a cluster's
+/// nodes hold one or two each (heartbeats, a join) and operators a few; past it a new
+/// one is closed at once, so strangers cannot make the process hold descriptors and
+/// buffers without bound.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1_024;
+/// Most connections whose Hello is not admitted yet, out of the whole: strangers holding
+/// their 10 s each cannot take the room the cluster's nodes need to reconnect.
+pub const UNADMITTED_CONNECTIONS_MAX: usize = 256;
 /// Shortest time between two warnings of connections refused, so a flood of strangers
 /// cannot flood the log.
 pub const REFUSAL_WARNING_INTERVAL_MS: u64 = 1_000;
 
-/// Refusal warnings, at most one per `REFUSAL_WARNING_INTERVAL_MS`, each saying how many
-/// went unlogged since the last.
+/// Refusals, each counted in metrics by reason, and warned of at most once per
+/// `REFUSAL_WARNING_INTERVAL_MS`, each warning saying how many went unlogged since the last.
 #[derive(Default)]
 struct RefusalLog {
     last: Mutex<(Option<Instant>, u64)>,
 }
 
 impl RefusalLog {
-    fn warn(&self, peer: SocketAddr, detail: &str) {
+    /// `reason` is one of [`crate::metrics::REFUSAL_REASONS`].
+    fn refused(&self, reason: &str, peer: SocketAddr, detail: &str) {
+        crate::metrics::record_refused(reason);
         let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let interval = Duration::from_millis(REFUSAL_WARNING_INTERVAL_MS);
         if last.0.is_some_and(|at| at.elapsed() < interval) {
@@ -45,7 +51,7 @@ impl RefusalLog {
             return;
         }
         let unlogged = std::mem::replace(&mut *last, (Some(Instant::now()), 0)).1;
-        tracing::warn!(%peer, unlogged, "connection refused: {detail}");
+        tracing::warn!(%peer, reason, unlogged, "connection refused: {detail}");
     }
 }
 
@@ -58,29 +64,35 @@ struct Accepted {
 }
 
 impl Accepted {
-    fn refused(&self, detail: &str) {
-        self.refusals.warn(self.peer, detail);
+    fn refused(&self, reason: &str, detail: &str) {
+        self.refusals.refused(reason, self.peer, detail);
     }
 }
 
 const PORT: Port<'static> = Port {
     name: "engram-control",
     families: &[Family::Control],
+    takes_forwarded: false,
 };
 
 /// Accepts connections forever, one task each; with `tls`, each goes through a TLS
 /// handshake first.
-pub async fn serve(controller: Arc<Controller>, listener: TcpListener, tls: Option<ServerTls>) {
-    let room = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+pub async fn serve(controller: Arc<Controller>, listener: TcpListener, tls: Option<ServerTls>, connections_max: usize) {
+    let room = Arc::new(tokio::sync::Semaphore::new(connections_max));
+    let unadmitted_max = UNADMITTED_CONNECTIONS_MAX.min(connections_max);
+    let unadmitted = Arc::new(tokio::sync::Semaphore::new(unadmitted_max));
     let refusals = Arc::new(RefusalLog::default());
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let Ok(permit) = room.clone().try_acquire_owned() else {
-                    refusals.warn(
-                        peer,
-                        &format!("{CONNECTIONS_MAX} connections are open (connections_max)"),
-                    );
+                    let detail = format!("{connections_max} connections are open (--max-connections)");
+                    refusals.refused("max_connections", peer, &detail);
+                    continue;
+                };
+                let Ok(stranger) = unadmitted.clone().try_acquire_owned() else {
+                    let detail = format!("{unadmitted_max} connections await their Hello (unadmitted_connections_max)");
+                    refusals.refused("max_connections", peer, &detail);
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -93,7 +105,7 @@ pub async fn serve(controller: Arc<Controller>, listener: TcpListener, tls: Opti
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     if let Some(stream) = secure(stream, tls.as_ref(), &accepted).await {
-                        serve_connection(controller, stream, &accepted).await;
+                        serve_connection(controller, stream, &accepted, stranger).await;
                     }
                     drop(permit);
                 });
@@ -128,7 +140,7 @@ async fn secure(mut stream: TcpStream, tls: Option<&ServerTls>, accepted: &Accep
             let mut out = Vec::new();
             let _ = encode_refusal(false, 0, refusal, &mut out);
             let _ = stream.write_all(&out).await;
-            accepted.refused("a plain client at the TLS port");
+            accepted.refused("plain_at_tls_port", "a plain client at the TLS port");
             return None;
         }
         _ => return None,
@@ -137,11 +149,11 @@ async fn secure(mut stream: TcpStream, tls: Option<&ServerTls>, accepted: &Accep
     match tokio::time::timeout_at(deadline, accept).await {
         Ok(Ok(secured)) => Some(Box::new(secured)),
         Ok(Err(error)) => {
-            accepted.refused(&format!("TLS handshake failed: {error}"));
+            accepted.refused("tls_handshake", &format!("TLS handshake failed: {error}"));
             None
         }
         Err(_) => {
-            accepted.refused(&format!("no TLS handshake within {timeout:?}"));
+            accepted.refused("tls_handshake", &format!("no TLS handshake within {timeout:?}"));
             None
         }
     }
@@ -151,7 +163,14 @@ async fn secure(mut stream: TcpStream, tls: Option<&ServerTls>, accepted: &Accep
 /// the protocol (which is answered with an error under request id 0 before closing).
 /// Until its Hello is admitted, by `deadline`, it is read into a buffer of one small
 /// frame, as a node's ports read theirs.
-async fn serve_connection(controller: Arc<Controller>, mut stream: Box<dyn Transport>, accepted: &Accepted) {
+/// `stranger` holds its place among the unadmitted connections until the Hello is admitted.
+async fn serve_connection(
+    controller: Arc<Controller>,
+    mut stream: Box<dyn Transport>,
+    accepted: &Accepted,
+    stranger: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut stranger = Some(stranger);
     let mut input = FrameBuffer::for_handshake();
     let mut out = Vec::new();
     let mut grant: Option<Grant> = None;
@@ -162,10 +181,14 @@ async fn serve_connection(controller: Arc<Controller>, mut stream: Box<dyn Trans
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
+                    if grant.is_none() {
+                        accepted.refused("bad_hello", &error.to_string());
+                    }
                     let refusal = Refusal {
                         code: error.code(),
                         message: error.to_string(),
                     };
+                    out.clear();
                     let _ = encode_refusal(grant.is_some(), 0, refusal, &mut out);
                     let _ = write_flushed(&mut stream, &out).await;
                     return;
@@ -189,6 +212,7 @@ async fn serve_connection(controller: Arc<Controller>, mut stream: Box<dyn Trans
         if !greeted_before && grant.is_some() {
             // Admitted: the buffer opens to the protocol's frames, and what was read
             // after the Hello is answered before reading more.
+            drop(stranger.take());
             input.open(FrameBufferSizes::LINK);
             continue;
         }
@@ -197,7 +221,10 @@ async fn serve_connection(controller: Arc<Controller>, mut stream: Box<dyn Trans
             None => match tokio::time::timeout_at(accepted.deadline, fill(&mut stream, &mut input)).await {
                 Ok(read) => read,
                 Err(_) => {
-                    accepted.refused(&format!("no Hello within {HANDSHAKE_TIMEOUT_MS} ms"));
+                    accepted.refused(
+                        "handshake_timeout",
+                        &format!("no Hello within {HANDSHAKE_TIMEOUT_MS} ms"),
+                    );
                     return;
                 }
             },
@@ -237,7 +264,12 @@ fn greet(
                 .then_some(grant)
         }
         Err(refusal) => {
-            accepted.refused(&format!("{}: {}", refusal.code, refusal.message));
+            let reason = match refusal.code {
+                ErrorCode::Unauthorized => "unauthorized",
+                ErrorCode::Forbidden => "forbidden",
+                _ => "bad_hello",
+            };
+            accepted.refused(reason, &format!("{}: {}", refusal.code, refusal.message));
             let _ = encode_refusal(false, header.request_id, refusal, out);
             None
         }

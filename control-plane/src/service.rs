@@ -1058,7 +1058,6 @@ pub(crate) fn error_response(code: ErrorCode, message: impl Into<String>) -> Con
     ControlResponse::Error(error_reply(code, message))
 }
 
-/// What engram-control is to a Hello.
 #[cfg(test)]
 mod tests {
     use super::*;

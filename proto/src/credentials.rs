@@ -285,12 +285,18 @@ fn parse_line(content: &str) -> Result<Credential, String> {
             name.len()
         ));
     }
-    Ok(Credential {
+    let credential = Credential {
         name: name.to_string(),
         digest: parse_digest(digest)?,
         rights: Rights::parse(rights)?,
         namespaces: Namespaces::parse(namespaces)?,
-    })
+    };
+    if credential.rights.contains(Right::Node) && credential.namespaces != Namespaces::Any {
+        return Err(format!(
+            "`{name}` has the node right, which forwards every tenant's requests: its namespaces must be `*`"
+        ));
+    }
+    Ok(credential)
 }
 
 fn parse_digest(text: &str) -> Result<[u8; DIGEST_BYTES], String> {
@@ -354,8 +360,17 @@ impl Gate {
     /// Admits whoever presents `token` to speak `family`, in `namespace` for a client:
     /// the grant its requests are checked against. A peer must hold the `node` right; a
     /// control-plane caller `node` (a node) or `admin` (an operator). On a client
-    /// connection the `node` right stands for every data right in every namespace.
-    pub fn admit(&self, token: &[u8], family: Family, namespace: &[u8]) -> Result<Grant, Denial> {
+    /// connection to a port that `takes_forwarded` requests (a shard's own port), the
+    /// `node` right stands for every data right in every namespace: it is a node
+    /// forwarding its clients' requests. Anywhere else a node's token has only the rights
+    /// it lists.
+    pub fn admit(
+        &self,
+        token: &[u8],
+        family: Family,
+        namespace: &[u8],
+        takes_forwarded: bool,
+    ) -> Result<Grant, Denial> {
         let credential = match self {
             Gate::Open => return Ok(Grant::everything()),
             Gate::Token(expected) if constant_time_equal(expected, token) => return Ok(Grant::everything()),
@@ -369,7 +384,7 @@ impl Gate {
         match family {
             // A node forwards its clients' requests to the shards that own their keys,
             // in their namespaces; each was checked where it entered the cluster.
-            Family::Client if grant.rights.contains(Right::Node) => {
+            Family::Client if grant.rights.contains(Right::Node) && takes_forwarded => {
                 grant.rights = grant.rights.union(Rights::DATA);
                 Ok(grant)
             }

@@ -16,6 +16,9 @@ pub struct Port<'a> {
     pub name: &'a str,
     /// The families it serves.
     pub families: &'a [Family],
+    /// Whether nodes forward their clients' requests to it (a shard's own port): only
+    /// there does a client connection with the node right speak for other tenants.
+    pub takes_forwarded: bool,
 }
 
 /// Why a Hello was refused; sent back as an error before the connection closes.
@@ -82,7 +85,7 @@ pub fn admit(kind: FrameKind, payload: &[u8], port: &Port<'_>, gate: &Gate) -> R
         return Err(Refusal::new(ErrorCode::FamilyNotServed, not_served(port, hello.family)));
     }
     let grant = gate
-        .admit(&hello.credentials, hello.family, &hello.namespace)
+        .admit(&hello.credentials, hello.family, &hello.namespace, port.takes_forwarded)
         .map_err(|denial| Refusal::new(denial.code(), denial.to_string()))?;
     Ok(Admitted { hello, grant })
 }
@@ -115,6 +118,7 @@ mod tests {
     const NODE_SHARD: Port<'static> = Port {
         name: "a node's shard port",
         families: &[Family::Client, Family::Peer],
+        takes_forwarded: true,
     };
 
     fn hello(family: Family, credentials: &[u8]) -> Hello {

@@ -112,6 +112,10 @@ pub const RESP_UNAUTHENTICATED_ARRAY_LEN_MAX: usize = 10;
 /// Redis's, far above any credential ([`CREDENTIALS_BYTES_MAX`]).
 pub const RESP_UNAUTHENTICATED_BULK_BYTES_MAX: usize = 16 * 1024;
 
+/// Refused `AUTH`s after which a Redis-protocol connection is closed: a client with the
+/// right token needs one, and each attempt more is a guess.
+pub const RESP_AUTH_FAILURES_PER_CONNECTION_MAX: u32 = 10;
+
 /// Longest time-to-live a key may be given (about 10 years), so deadlines never overflow.
 pub const TTL_MS_MAX: u64 = 10 * 365 * 24 * 3600 * 1000;
 

@@ -83,9 +83,9 @@ pub struct NodeSettings {
     pub credentials_file: Option<PathBuf>,
 
     /// Token this node presents on its own links (its join and heartbeats, forwarding,
-    /// migration, replication), of a credential with the node right (default:
-    /// --auth-token). Needed in a cluster whose processes read --credentials-file.
-    #[arg(long, env = "ENGRAM_NODE_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    /// migration, replication), of a credential of --credentials-file with the node
+    /// right; needed with --control. (With --auth-token, links present that token.)
+    #[arg(long, env = "ENGRAM_NODE_TOKEN", hide_env_values = true, value_parser = parse_token, requires = "credentials_file")]
     pub node_token: Option<String>,
 
     /// Token a scrape of --metrics-port must carry (`Authorization: Bearer TOKEN`);
@@ -244,8 +244,6 @@ mod tests {
             "1MiB",
             "--auth-token",
             "secret",
-            "--node-token",
-            "node-secret",
             "--node-id",
             "7",
             "--spin-us",
@@ -280,7 +278,7 @@ mod tests {
                 memory_limit: Some(1 << 20),
                 auth_token: Some("secret".into()),
                 credentials_file: None,
-                node_token: Some("node-secret".into()),
+                node_token: None,
                 node_id: Some(7),
                 spin_us: 20,
                 control: Some(ControlAddresses::parse("10.0.0.1:7300,10.0.0.2:7300").unwrap()),
@@ -310,6 +308,8 @@ mod tests {
             Config::try_parse_from(both).is_err(),
             "a file and a shared token at once"
         );
+        let alone = ["engramd", "--auth-token", "t", "--node-token", "n"];
+        assert!(Config::try_parse_from(alone).is_err(), "a node token without a file");
         let shared = Config::try_parse_from(["engramd", "--auth-token", "t"]).unwrap();
         assert_eq!(shared.node.link_credentials(), b"t", "links present the shared token");
     }

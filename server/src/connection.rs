@@ -45,6 +45,7 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 const FRONT_PORT: Port<'static> = Port {
     name: "a node's front port",
     families: &[Family::Client],
+    takes_forwarded: false,
 };
 
 /// What a shard's own port is to a Hello: clients, and peers, whose migration orders
@@ -52,6 +53,7 @@ const FRONT_PORT: Port<'static> = Port {
 const SHARD_PORT: Port<'static> = Port {
     name: "a node's shard port",
     families: &[Family::Client, Family::Peer],
+    takes_forwarded: true,
 };
 
 /// Answers held for one connection before they are written out mid-batch: bounds a

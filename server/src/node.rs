@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engram_metrics_http::{Access, Responder};
-use engram_proto::Gatekeeper;
+use engram_proto::{Family, Gatekeeper};
 use engram_tls::ServerTls;
 
 use crate::cluster::NodeMap;
@@ -162,7 +162,14 @@ fn gatekeeper(settings: &NodeSettings) -> Result<Arc<Gatekeeper>, ServerError> {
         return Err(ServerError::NodeTokenRequired);
     }
     let token = settings.auth_token.as_deref().map(str::as_bytes);
-    Ok(Arc::new(Gatekeeper::new(settings.credentials_file.as_deref(), token)?))
+    let gatekeeper = Gatekeeper::new(settings.credentials_file.as_deref(), token)?;
+    if let Some(node_token) = &settings.node_token {
+        // The other nodes read the same file: a token it does not admit as a peer would
+        // be refused by every one of them.
+        let admitted = gatekeeper.gate().admit(node_token.as_bytes(), Family::Peer, &[], true);
+        admitted.map_err(|denial| ServerError::NodeTokenRefused(denial.to_string()))?;
+    }
+    Ok(Arc::new(gatekeeper))
 }
 
 /// A node started with [`start`]: where it serves, and its end. Dropping it stops the

@@ -158,11 +158,19 @@ fn join_cluster(
         let mut round = addresses.round();
         let mut reasons = Vec::new();
         let mut joined = None;
+        // A refusal of the credentials is final only when every address refuses them: a
+        // standby still on an older credentials file must not stop the node.
+        let (mut asked, mut refusals) = (0, Vec::new());
         while let Some(address) = round.address().map(str::to_owned) {
             let (outcome, answer) = join_once(&address, peering, request);
+            asked += 1;
             match answer {
                 Ok(answer) => joined = Some(answer),
-                Err(JoinFailure::Refused(reason)) => return Err(ServerError::JoinRefused { address, reason }),
+                Err(JoinFailure::Refused(reason)) => {
+                    tracing::warn!(%address, %reason, "the control plane refused this node's credentials");
+                    reasons.push(format!("{address}: {reason}"));
+                    refusals.push((address, reason));
+                }
                 Err(JoinFailure::Retry(reason)) => reasons.push(format!("{address}: {reason}")),
             }
             round.record(outcome);
@@ -170,6 +178,11 @@ fn join_cluster(
         addresses = round.finish();
         if let Some(joined) = joined {
             return Ok((joined, addresses));
+        }
+        if refusals.len() == asked {
+            if let Some((address, reason)) = refusals.pop() {
+                return Err(ServerError::JoinRefused { address, reason });
+            }
         }
         let reason = reasons.join("; ");
         if Instant::now() >= deadline {

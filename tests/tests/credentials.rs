@@ -175,6 +175,7 @@ fn the_redis_door_admits_by_the_same_file() {
     let door = server.resp().unwrap();
     let mut stranger = RespConnection::connect(door);
     assert!(matches!(stranger.command(&["GET", "k"]), Reply::Error(line) if line.starts_with("NOAUTH")));
+    assert!(matches!(stranger.command(&["INFO"]), Reply::Error(line) if line.starts_with("NOAUTH")));
     assert!(
         matches!(stranger.command(&["AUTH", "app-a", "guess"]), Reply::Error(line) if line.starts_with("WRONGPASS"))
     );
@@ -215,6 +216,26 @@ fn the_redis_door_admits_by_the_same_file() {
         Reply::Integer(0),
         "a refused MSET wrote"
     );
+
+    // A node's token is no client's at the door: it reads no tenant's keys.
+    let mut node = RespConnection::connect(door);
+    assert_eq!(node.command(&["AUTH", "app-a", NODES]), Reply::ok());
+    let refused = node.command(&["GET", "alice-0"]);
+    assert!(
+        matches!(&refused, Reply::Error(line) if line.starts_with("NOPERM") && line.contains("read right")),
+        "{refused:?}"
+    );
+
+    // Guessing is cut short: the connection closes at the tenth refused AUTH.
+    let mut guesser = RespConnection::connect(door);
+    for guess in 0..engram_proto::limits::RESP_AUTH_FAILURES_PER_CONNECTION_MAX {
+        let refused = guesser.command(&["AUTH", "app-a", &format!("guess-{guess}")]);
+        assert!(
+            matches!(&refused, Reply::Error(line) if line.starts_with("WRONGPASS")),
+            "{refused:?}"
+        );
+    }
+    assert!(guesser.is_closed(), "the connection outlived its refused AUTHs");
 }
 
 /// Every key a SCAN of the connection's namespace lists, across pages.
@@ -269,19 +290,20 @@ fn sighup_reloads_the_file_for_new_connections_and_open_ones_keep_their_grant() 
 
         write_credentials(scratch.path(), "alice sha256:00 all *");
         assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) }, 0);
-        // The broken file is refused, so alice keeps app-c (checked after the reload
-        // thread had time to read it: the connect below would pass either way before).
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let deadline = Instant::now() + RELOAD_LIMIT;
+        while !server.stderr_text().contains("credentials reload failed") {
+            assert!(
+                Instant::now() < deadline,
+                "the broken file was not read: {}",
+                server.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(
             connect(&server, ALICE, "app-c").await.is_ok(),
             "a broken file replaced the credentials"
         );
     });
-    assert!(
-        server.stderr_text().contains("credentials reload failed"),
-        "{}",
-        server.stderr_text()
-    );
 }
 
 #[test]
@@ -297,6 +319,16 @@ fn a_node_will_not_start_on_a_file_it_cannot_use() {
         refused
             .stderr
             .contains("credentials:1: `sha256:xyz` is not sha256: and 64 hex digits"),
+        "{refused}"
+    );
+    // A node token the file does not admit as a node would be refused by every peer.
+    let path = write_credentials(scratch.path(), &credentials_text("app-a"));
+    let options = ServerOptions::default().cores(1).credentials_file(path, ALICE);
+    let Err(refused) = EngramServer::try_start(options) else {
+        panic!("engramd started with a tenant's token as its node token");
+    };
+    assert!(
+        refused.stderr.contains("--node-token is not admitted") && refused.stderr.contains("lacks the node right"),
         "{refused}"
     );
 }

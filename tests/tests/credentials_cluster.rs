@@ -13,10 +13,12 @@ use engram_proto::{Right, Rights};
 use engram_tests::cluster::node_slot_count;
 use engram_tests::control::ControlPlane;
 use engram_tests::processes::Scratch;
+use engram_tests::resp::{Reply, RespConnection};
 use engram_tests::server::next_loopback;
 use engram_tests::{EngramServer, ServerOptions};
 
 const TENANT: &str = "tenant-token-2d8f6a0c4e1b";
+const NEIGHBOUR: &str = "neighbour-token-8b3a1f9c2e7d";
 const OPS: &str = "ops-token-7a1e5c9b3d0f";
 const NODES: &str = "nodes-token-5e0b8d2f6a4c";
 const KEYS: usize = 100;
@@ -26,6 +28,7 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 fn write_credentials(dir: &Path) -> std::path::PathBuf {
     let lines = [
         credential_line("tenant", TENANT.as_bytes(), Rights::DATA, "app"),
+        credential_line("neighbour", NEIGHBOUR.as_bytes(), Rights::DATA, "next-door"),
         credential_line("ops", OPS.as_bytes(), Rights::NONE.with(Right::Admin), "*"),
         credential_line("nodes", NODES.as_bytes(), Rights::NONE.with(Right::Node), "*"),
     ];
@@ -77,7 +80,7 @@ async fn nodes_join_with_the_node_right_and_only_operators_administer() {
             .timeout(Duration::from_secs(10))
     };
     let first = EngramServer::start(node(control.address(), &credentials, NODES));
-    let second = EngramServer::start(node(control.address(), &credentials, NODES));
+    let second = EngramServer::start(node(control.address(), &credentials, NODES).resp());
     wait_until("two live members", async || {
         admin(OPS)
             .status()
@@ -104,6 +107,40 @@ async fn nodes_join_with_the_node_right_and_only_operators_administer() {
         Some(ServerCode::Known(ErrorCode::Unauthorized)),
         "{stranger}"
     );
+    let node_admin = admin(NODES).status().await.expect_err("a node token administers");
+    assert_eq!(
+        refusal_code(&node_admin),
+        Some(ServerCode::Known(ErrorCode::Forbidden)),
+        "{node_admin}"
+    );
+
+    // The second node's door forwards every key to the first, which owns every slot
+    // until the rebalance. A connection that AUTHs into another namespace after a
+    // forwarded command writes in the new one, not through links of the old one.
+    let status = admin(OPS).status().await.unwrap();
+    assert_eq!(
+        node_slot_count(&status, second.node_id()),
+        0,
+        "the second node owns slots before a rebalance"
+    );
+    let door = second.resp().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut redis = RespConnection::connect(door);
+        assert_eq!(redis.command(&["AUTH", "app", TENANT]), Reply::ok());
+        assert_eq!(redis.command(&["GET", "switch"]), Reply::Nil);
+        assert_eq!(redis.command(&["AUTH", "next-door", NEIGHBOUR]), Reply::ok());
+        assert_eq!(redis.command(&["SET", "switch", "neighbour's"]), Reply::ok());
+        assert_eq!(redis.command(&["AUTH", "app", TENANT]), Reply::ok());
+        assert_eq!(
+            redis.command(&["GET", "switch"]),
+            Reply::Nil,
+            "the neighbour wrote into app"
+        );
+        assert_eq!(redis.command(&["AUTH", "next-door", NEIGHBOUR]), Reply::ok());
+        assert_eq!(redis.command(&["GET", "switch"]), Reply::bulk("neighbour's"));
+    })
+    .await
+    .unwrap();
 
     // Front-only through the second node: each key the first node owns is forwarded
     // with the second node's token, in the tenant's namespace.
@@ -149,9 +186,15 @@ async fn nodes_join_with_the_node_right_and_only_operators_administer() {
         status.map.backups
     );
 
-    // A node that presents a tenant's token stops at once, naming the refusal (the
-    // error of a join retried until its timeout says "could not join" instead).
-    let Err(refused) = EngramServer::try_start(node(control.address(), &credentials, TENANT)) else {
+    // A node whose own file makes a tenant's token a node's (a file out of step with the
+    // control plane's) stops at once, naming the control plane's refusal (the error of
+    // a join retried until its timeout says "could not join" instead).
+    let out_of_step = scratch.path().join("out-of-step");
+    std::fs::create_dir_all(&out_of_step).unwrap();
+    let line = credential_line("tenant", TENANT.as_bytes(), Rights::NONE.with(Right::Node), "*");
+    std::fs::write(out_of_step.join("credentials"), line).unwrap();
+    let out_of_step = out_of_step.join("credentials");
+    let Err(refused) = EngramServer::try_start(node(control.address(), &out_of_step, TENANT)) else {
         panic!("a node joined with a data token");
     };
     assert!(

@@ -259,7 +259,18 @@ fn an_idle_connection_is_closed_and_one_waiting_for_an_answer_is_not() {
 #[test]
 fn engram_control_refuses_a_large_first_frame_and_closes_a_silent_stranger() {
     let scratch = engram_tests::processes::Scratch::new("control-strangers");
-    let control = engram_tests::control::ControlPlane::start(next_loopback(), scratch.path().join("control"));
+    let host = next_loopback();
+    let metrics = SocketAddr::from((host, free_port(host)));
+    let control = engram_tests::control::ControlPlane::start_with(
+        host,
+        scratch.path().join("control"),
+        &[
+            "--metrics-port",
+            &metrics.port().to_string(),
+            "--auth-token",
+            "operator",
+        ],
+    );
     let address: SocketAddr = control.address().parse().unwrap();
     let mut large = RawConnection::connect(address);
     large.send_raw(&header_claiming(FRAME_PAYLOAD_BYTES_MAX));
@@ -287,8 +298,16 @@ fn engram_control_refuses_a_large_first_frame_and_closes_a_silent_stranger() {
         closed_by_server(&mut silent),
         "a silent stranger is kept past the handshake timeout"
     );
-    let admin = engram_client::admin::Admin::new(control.address()).timeout(Duration::from_secs(10));
+    let admin = |token: &str| {
+        engram_client::admin::Admin::new(control.address())
+            .credentials(token.as_bytes().to_vec())
+            .timeout(Duration::from_secs(10))
+    };
     engram_tests::run_async(Duration::from_secs(30), async {
-        admin.ping().await.expect("an operator is served");
+        admin("guess").ping().await.expect_err("a wrong token is refused");
+        admin("operator").ping().await.expect("an operator is served");
     });
+    for reason in ["bad_hello", "handshake_timeout", "unauthorized"] {
+        assert_eq!(refused_total(metrics, reason), 1, "{reason}");
+    }
 }

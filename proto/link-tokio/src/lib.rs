@@ -198,6 +198,7 @@ mod tests {
         let port = Port {
             name: "engram-control",
             families: &[Family::Control],
+            takes_forwarded: false,
         };
         let mut greeted = false;
         loop {

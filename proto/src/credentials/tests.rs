@@ -56,14 +56,14 @@ fn the_file_holds_digests_not_tokens() {
 #[test]
 fn a_tenant_is_admitted_to_its_namespaces_only() {
     let gate = gate();
-    let grant = gate.admit(ALICE_TOKEN, Family::Client, b"app-a").unwrap();
+    let grant = gate.admit(ALICE_TOKEN, Family::Client, b"app-a", false).unwrap();
     assert_eq!(grant.name(), "alice");
-    assert!(gate.admit(ALICE_TOKEN, Family::Client, b"default").is_ok());
+    assert!(gate.admit(ALICE_TOKEN, Family::Client, b"default", false).is_ok());
     assert!(
-        gate.admit(ALICE_TOKEN, Family::Client, b"").is_err(),
+        gate.admit(ALICE_TOKEN, Family::Client, b"", false).is_err(),
         "the empty namespace is not `default`"
     );
-    let denied = gate.admit(ALICE_TOKEN, Family::Client, b"app-b").unwrap_err();
+    let denied = gate.admit(ALICE_TOKEN, Family::Client, b"app-b", false).unwrap_err();
     assert_eq!(denied.code(), ErrorCode::Forbidden);
     assert_eq!(denied.to_string(), "credential `alice` may not use namespace `app-b`");
 }
@@ -71,12 +71,12 @@ fn a_tenant_is_admitted_to_its_namespaces_only() {
 #[test]
 fn an_unknown_token_is_unauthorized_and_a_known_one_beyond_its_rights_forbidden() {
     let gate = gate();
-    let unknown = gate.admit(b"guess", Family::Client, b"app-a").unwrap_err();
+    let unknown = gate.admit(b"guess", Family::Client, b"app-a", false).unwrap_err();
     assert_eq!(
         (unknown.code(), unknown),
         (ErrorCode::Unauthorized, Denial::UnknownToken)
     );
-    let grant = gate.admit(ALICE_TOKEN, Family::Client, b"app-a").unwrap();
+    let grant = gate.admit(ALICE_TOKEN, Family::Client, b"app-a", false).unwrap();
     assert!(grant.require(Right::Coordinate, "lock.acquire").is_ok());
     let denied = grant.require(Right::Admin, "info").unwrap_err();
     assert_eq!(denied.code(), ErrorCode::Forbidden);
@@ -89,38 +89,55 @@ fn an_unknown_token_is_unauthorized_and_a_known_one_beyond_its_rights_forbidden(
 #[test]
 fn peers_need_the_node_right_and_the_control_plane_node_or_admin() {
     let gate = gate();
-    assert!(gate.admit(NODE_TOKEN, Family::Peer, b"").is_ok());
+    assert!(gate.admit(NODE_TOKEN, Family::Peer, b"", false).is_ok());
     for token in [ALICE_TOKEN, OPS_TOKEN] {
-        let denied = gate.admit(token, Family::Peer, b"").unwrap_err();
+        let denied = gate.admit(token, Family::Peer, b"", false).unwrap_err();
         assert_eq!(denied.code(), ErrorCode::Forbidden, "{denied}");
     }
-    assert!(gate.admit(NODE_TOKEN, Family::Control, b"").is_ok());
-    assert!(gate.admit(OPS_TOKEN, Family::Control, b"").is_ok());
-    let denied = gate.admit(ALICE_TOKEN, Family::Control, b"").unwrap_err();
+    assert!(gate.admit(NODE_TOKEN, Family::Control, b"", false).is_ok());
+    assert!(gate.admit(OPS_TOKEN, Family::Control, b"", false).is_ok());
+    let denied = gate.admit(ALICE_TOKEN, Family::Control, b"", false).unwrap_err();
     assert!(denied.to_string().contains("lacks the node right"), "{denied}");
 }
 
 #[test]
-fn a_node_forwarding_for_clients_has_every_data_right_in_every_namespace() {
-    let grant = gate().admit(NODE_TOKEN, Family::Client, b"app-b").unwrap();
+fn a_node_forwarding_for_clients_has_every_data_right_in_every_namespace_of_a_shard_port_only() {
+    let grant = gate().admit(NODE_TOKEN, Family::Client, b"app-b", true).unwrap();
     for right in [Right::Read, Right::Write, Right::Coordinate, Right::Node] {
         assert!(grant.rights().contains(right), "{right}");
     }
     assert!(!grant.rights().contains(Right::Admin));
+    // At a port no node forwards to (the front port, the Redis door) it has its own rights.
+    let elsewhere = gate().admit(NODE_TOKEN, Family::Client, b"app-b", false).unwrap();
+    assert_eq!(elsewhere.rights(), Rights::NONE.with(Right::Node));
+    assert!(elsewhere.require(Right::Read, "get").is_err());
+}
+
+#[test]
+fn a_node_credential_lists_every_namespace() {
+    let line = credential_line("nodes", b"t", Rights::NONE.with(Right::Node), "app-a");
+    assert!(
+        line_error(&line).contains("its namespaces must be `*`"),
+        "{}",
+        line_error(&line)
+    );
 }
 
 #[test]
 fn an_open_gate_and_a_shared_token_grant_everything() {
-    assert_eq!(Gate::Open.admit(b"", Family::Peer, b"x").unwrap(), Grant::everything());
+    assert_eq!(
+        Gate::Open.admit(b"", Family::Peer, b"x", false).unwrap(),
+        Grant::everything()
+    );
     assert!(!Gate::Open.requires_credentials());
     let shared = Gate::Token(b"secret".to_vec());
     assert!(shared.requires_credentials());
     assert_eq!(
-        shared.admit(b"secret", Family::Control, b"").unwrap().rights(),
+        shared.admit(b"secret", Family::Control, b"", false).unwrap().rights(),
         Rights::ALL
     );
     assert_eq!(
-        shared.admit(b"secreT", Family::Client, b"").unwrap_err(),
+        shared.admit(b"secreT", Family::Client, b"", false).unwrap_err(),
         Denial::UnknownToken
     );
 }
@@ -175,18 +192,18 @@ fn a_reload_takes_the_new_file_and_a_broken_one_keeps_the_old_gate() {
     let path = dir.join("credentials");
     std::fs::write(&path, credential_line("old", b"old", Rights::ALL, "*")).unwrap();
     let keeper = Gatekeeper::new(Some(&path), Some(b"ignored")).unwrap();
-    assert!(keeper.gate().admit(b"old", Family::Client, b"").is_ok());
+    assert!(keeper.gate().admit(b"old", Family::Client, b"", false).is_ok());
     std::fs::write(&path, credential_line("new", b"new", Rights::ALL, "*")).unwrap();
     assert_eq!(keeper.reload().unwrap(), Some(1));
-    assert!(keeper.gate().admit(b"new", Family::Client, b"").is_ok());
+    assert!(keeper.gate().admit(b"new", Family::Client, b"", false).is_ok());
     assert_eq!(
-        keeper.gate().admit(b"old", Family::Client, b"").unwrap_err(),
+        keeper.gate().admit(b"old", Family::Client, b"", false).unwrap_err(),
         Denial::UnknownToken
     );
     std::fs::write(&path, "new sha256:12 all *").unwrap();
     assert!(keeper.reload().is_err());
     assert!(
-        keeper.gate().admit(b"new", Family::Client, b"").is_ok(),
+        keeper.gate().admit(b"new", Family::Client, b"", false).is_ok(),
         "the broken file changed nothing"
     );
     std::fs::remove_dir_all(&dir).unwrap();

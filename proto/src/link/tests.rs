@@ -400,6 +400,7 @@ fn the_blocking_adapter_shakes_hands_and_calls() {
         let port = crate::Port {
             name: "a test port",
             families: &[Family::Client],
+            takes_forwarded: false,
         };
         let mut admitted = None;
         let mut answered = 0;

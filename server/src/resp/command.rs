@@ -86,6 +86,18 @@ pub enum DoorCommand {
     Info(Option<Vec<u8>>),
 }
 
+impl DoorCommand {
+    /// Whether it tells of the server (its clients, its settings, its statistics), so
+    /// that a connection must authenticate first where a token is asked for, as Redis
+    /// answers `NOAUTH`. The rest serve the handshake itself or tell nothing.
+    pub fn needs_authentication(&self) -> bool {
+        matches!(
+            self,
+            DoorCommand::Info(_) | DoorCommand::ClientInfo | DoorCommand::ClientId | DoorCommand::ConfigGet(_)
+        )
+    }
+}
+
 /// Why a command is refused before anything is sent, as Redis words it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal(pub String);

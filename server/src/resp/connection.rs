@@ -17,7 +17,9 @@ use std::cell::OnceCell;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX};
+use engram_proto::limits::{
+    IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX, RESP_AUTH_FAILURES_PER_CONNECTION_MAX,
+};
 use engram_proto::message::DEFAULT_NAMESPACE;
 use engram_proto::resp::{Arg, Parsed, ReplyWriter, RequestLimits, RequestParser, RespVersion};
 use engram_proto::{Command, Denial, ErrorCode, Family, Gate, Grant, Request, SlotHasher};
@@ -162,6 +164,7 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream, outbox: Rc<Outbox>) {
         spare: Vec::new(),
         session,
         proxies: OnceCell::new(),
+        auth_failures: 0,
     };
     match connection.run().await {
         Err(Close::AfterReplies) => {
@@ -195,6 +198,8 @@ struct Connection {
     spare: Vec<u8>,
     session: Session,
     proxies: OnceCell<Proxies>,
+    /// `AUTH`s refused on this connection, across `RESET`s.
+    auth_failures: u32,
 }
 
 impl Connection {
@@ -478,13 +483,20 @@ impl Connection {
         let mut reply = Vec::new();
         let mut out = ReplyWriter::new(&mut reply, version);
         let mut next = Continue::Serve;
+        if !self.session.authenticated() && command.needs_authentication() {
+            self.ready_error("NOAUTH Authentication required.".into());
+            return next;
+        }
         match command {
             DoorCommand::Ping(None) => out.simple("PONG"),
             DoorCommand::Ping(Some(message)) | DoorCommand::Echo(message) => out.bulk(message),
             DoorCommand::Hello { version, auth, name } => return self.hello(version, auth, name),
             DoorCommand::Auth { username, password } => match self.authenticate(username, &password) {
                 Ok(()) => out.ok(),
-                Err(line) => out.error(line),
+                Err(line) => {
+                    out.error(line);
+                    next = self.after_refused_auth();
+                }
             },
             DoorCommand::Select(0) => out.ok(),
             DoorCommand::Select(_) => out.error("ERR DB index is out of range"),
@@ -504,6 +516,11 @@ impl Connection {
                 next = Continue::Close;
             }
             DoorCommand::Reset => {
+                if let Err(line) = self.leave_session() {
+                    out.error(line);
+                    self.ready(reply);
+                    return next;
+                }
                 self.session = Session::new(&self.shard.gate());
                 if let Some(mut replies) = self.outbox.replies() {
                     replies.set_version(RespVersion::Resp2);
@@ -545,7 +562,7 @@ impl Connection {
             if let Err(line) = self.authenticate(Some(username), &password) {
                 ReplyWriter::new(&mut reply, self.version()).error(line);
                 self.ready(reply);
-                return Continue::Serve;
+                return self.after_refused_auth();
             }
         }
         if !self.session.authenticated() {
@@ -603,7 +620,7 @@ impl Connection {
             ));
         }
         let peer = self.stream.peer_addr();
-        let grant = match gate.admit(password, Family::Client, &namespace) {
+        let grant = match gate.admit(password, Family::Client, &namespace, false) {
             Ok(grant) => grant,
             Err(Denial::UnknownToken) => {
                 self.shard
@@ -615,9 +632,34 @@ impl Connection {
                 return Err(format!("NOPERM {denial}"));
             }
         };
+        if namespace != self.session.namespace {
+            self.leave_session()?;
+        }
         self.session.grant = Some(grant);
         self.session.use_namespace(namespace);
         self.parser.set_limits(RequestLimits::AUTHENTICATED);
+        Ok(())
+    }
+
+    /// Whether the connection goes on after a refused `AUTH`: not past
+    /// `RESP_AUTH_FAILURES_PER_CONNECTION_MAX` of them.
+    fn after_refused_auth(&mut self) -> Continue {
+        self.auth_failures += 1;
+        match self.auth_failures >= RESP_AUTH_FAILURES_PER_CONNECTION_MAX {
+            true => Continue::Close,
+            false => Continue::Serve,
+        }
+    }
+
+    /// Before the connection speaks for another namespace or client: its links to other
+    /// nodes' shards shook hands as the one it leaves, so they go (and are opened again
+    /// as the new one when needed). Refused while requests are in flight, whose answers
+    /// come back on those links.
+    fn leave_session(&mut self) -> Result<(), String> {
+        if self.outbox.pending() > 0 {
+            return Err("ERR the connection cannot change namespace while commands are in flight".into());
+        }
+        drop(self.proxies.take());
         Ok(())
     }
 
