@@ -65,12 +65,7 @@ struct Arguments {
     /// Token this process presents to nodes (maps, migration orders), of a credential of
     /// --credentials-file with the node right; required with it. (With --auth-token,
     /// that token is presented.)
-    #[arg(
-        long,
-        env = "ENGRAM_NODE_TOKEN",
-        hide_env_values = true,
-        requires = "credentials_file"
-    )]
+    #[arg(long, env = "ENGRAM_NODE_TOKEN", hide_env_values = true)]
     node_token: Option<String>,
     /// Serve Prometheus metrics on this port of the --listen host (0: off), over TLS
     /// when the control plane serves it.
@@ -162,6 +157,9 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
             "--tls-cert needs --tls-ca: the CA of the nodes' certificates, which the control plane calls over TLS"
                 .into(),
         );
+    }
+    if arguments.credentials_file.is_none() && arguments.node_token.is_some() {
+        return Err("--node-token needs --credentials-file: with --auth-token alone, that token is presented".into());
     }
     if arguments.credentials_file.is_some() && arguments.node_token.is_none() {
         return Err(

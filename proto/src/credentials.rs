@@ -279,12 +279,7 @@ fn parse_line(content: &str) -> Result<Credential, String> {
             fields.len()
         ));
     };
-    if name.len() > CREDENTIAL_NAME_BYTES_MAX {
-        return Err(format!(
-            "credential name of {} bytes exceeds credential_name_bytes_max ({CREDENTIAL_NAME_BYTES_MAX})",
-            name.len()
-        ));
-    }
+    check_name(name)?;
     let credential = Credential {
         name: name.to_string(),
         digest: parse_digest(digest)?,
@@ -297,6 +292,23 @@ fn parse_line(content: &str) -> Result<Credential, String> {
         ));
     }
     Ok(credential)
+}
+
+/// A credential's name as a file can hold it: one field of visible characters, no `#`,
+/// at most [`CREDENTIAL_NAME_BYTES_MAX`] bytes.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.len() > CREDENTIAL_NAME_BYTES_MAX {
+        return Err(format!(
+            "credential name of {} bytes exceeds credential_name_bytes_max ({CREDENTIAL_NAME_BYTES_MAX})",
+            name.len()
+        ));
+    }
+    if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_graphic() && byte != b'#') {
+        return Err(format!(
+            "credential name `{name}` is not one word of visible characters without `#`"
+        ));
+    }
+    Ok(())
 }
 
 fn parse_digest(text: &str) -> Result<[u8; DIGEST_BYTES], String> {

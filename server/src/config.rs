@@ -85,7 +85,7 @@ pub struct NodeSettings {
     /// Token this node presents on its own links (its join and heartbeats, forwarding,
     /// migration, replication), of a credential of --credentials-file with the node
     /// right; needed with --control. (With --auth-token, links present that token.)
-    #[arg(long, env = "ENGRAM_NODE_TOKEN", hide_env_values = true, value_parser = parse_token, requires = "credentials_file")]
+    #[arg(long, env = "ENGRAM_NODE_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub node_token: Option<String>,
 
     /// Token a scrape of --metrics-port must carry (`Authorization: Bearer TOKEN`);
@@ -308,8 +308,6 @@ mod tests {
             Config::try_parse_from(both).is_err(),
             "a file and a shared token at once"
         );
-        let alone = ["engramd", "--auth-token", "t", "--node-token", "n"];
-        assert!(Config::try_parse_from(alone).is_err(), "a node token without a file");
         let shared = Config::try_parse_from(["engramd", "--auth-token", "t"]).unwrap();
         assert_eq!(shared.node.link_credentials(), b"t", "links present the shared token");
     }

@@ -32,6 +32,8 @@ pub enum ServerError {
     Credentials(#[from] engram_proto::credentials::CredentialsError),
     #[error("--credentials-file with --control needs --node-token: the token of a credential with the node right, which this node presents to the control plane and the other nodes")]
     NodeTokenRequired,
+    #[error("--node-token needs --credentials-file: with --auth-token alone, every link presents that token")]
+    NodeTokenWithoutCredentials,
     #[error("--node-token is not admitted by --credentials-file as a node: {0}")]
     NodeTokenRefused(String),
     #[error("cannot install signal handlers: {0}")]

@@ -158,8 +158,10 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
 /// Who may connect: the credentials file, else the shared token, else anyone. A node
 /// of a cluster whose processes read credentials must have a token of its own to show.
 fn gatekeeper(settings: &NodeSettings) -> Result<Arc<Gatekeeper>, ServerError> {
-    if settings.credentials_file.is_some() && settings.control.is_some() && settings.node_token.is_none() {
-        return Err(ServerError::NodeTokenRequired);
+    match (&settings.credentials_file, &settings.node_token) {
+        (Some(_), None) if settings.control.is_some() => return Err(ServerError::NodeTokenRequired),
+        (None, Some(_)) => return Err(ServerError::NodeTokenWithoutCredentials),
+        _ => {}
     }
     let token = settings.auth_token.as_deref().map(str::as_bytes);
     let gatekeeper = Gatekeeper::new(settings.credentials_file.as_deref(), token)?;

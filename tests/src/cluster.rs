@@ -41,6 +41,16 @@ fn node_options(control: &str) -> ServerOptions {
 
 /// Waits until the control plane counts `alive` live members; fails the test, with the
 /// members it last saw, when that takes longer than `limit`.
+/// Polls `done` every 200 ms until it holds; fails the test naming `what` if it does
+/// not within `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn wait_for_members(control: &ControlPlane, alive: usize, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {

@@ -321,6 +321,15 @@ fn a_node_will_not_start_on_a_file_it_cannot_use() {
             .contains("credentials:1: `sha256:xyz` is not sha256: and 64 hex digits"),
         "{refused}"
     );
+    let mut shared = ServerOptions::default().cores(1).auth_token("shared");
+    shared.node_token = Some(NODES.to_string());
+    let Err(refused) = EngramServer::try_start(shared) else {
+        panic!("engramd started with a node token and no credentials file");
+    };
+    assert!(
+        refused.stderr.contains("--node-token needs --credentials-file"),
+        "{refused}"
+    );
     // A node token the file does not admit as a node would be refused by every peer.
     let path = write_credentials(scratch.path(), &credentials_text("app-a"));
     let options = ServerOptions::default().cores(1).credentials_file(path, ALICE);
@@ -368,5 +377,10 @@ fn engram_token_makes_a_line_for_the_file_and_a_token_for_its_holder() {
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("unknown right `fly`"),
         "{bad:?}"
+    );
+    let spaced = engram_tests::server::run_cli(&["token", "two words"]);
+    assert!(
+        String::from_utf8_lossy(&spaced.stderr).contains("not one word"),
+        "{spaced:?}"
     );
 }

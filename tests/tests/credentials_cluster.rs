@@ -4,13 +4,13 @@
 //! lacks the node right stops at once saying why, instead of retrying in silence.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use engram_client::admin::{Admin, AdminError};
 use engram_client::{Client, ErrorCode, ServerCode};
 use engram_proto::credentials::credential_line;
 use engram_proto::{Right, Rights};
-use engram_tests::cluster::node_slot_count;
+use engram_tests::cluster::{node_slot_count, wait_until};
 use engram_tests::control::ControlPlane;
 use engram_tests::processes::Scratch;
 use engram_tests::resp::{Reply, RespConnection};
@@ -45,17 +45,6 @@ fn node(control: &str, credentials: &Path, node_token: &str) -> ServerOptions {
         .credentials_file(credentials.to_path_buf(), node_token)
 }
 
-async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE_LIMIT;
-    while !done().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {SETTLE_LIMIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn refusal_code(error: &AdminError) -> Option<ServerCode> {
     match error {
         AdminError::Refused { source, .. } => source.code(),
@@ -81,7 +70,7 @@ async fn nodes_join_with_the_node_right_and_only_operators_administer() {
     };
     let first = EngramServer::start(node(control.address(), &credentials, NODES));
     let second = EngramServer::start(node(control.address(), &credentials, NODES).resp());
-    wait_until("two live members", async || {
+    wait_until("two live members", SETTLE_LIMIT, async || {
         admin(OPS)
             .status()
             .await
@@ -158,7 +147,7 @@ async fn nodes_join_with_the_node_right_and_only_operators_administer() {
     }
     let moved_before = admin(OPS).status().await.unwrap().slots_moved_total;
     admin(OPS).rebalance().await.unwrap();
-    wait_until("a rebalance onto both nodes", async || {
+    wait_until("a rebalance onto both nodes", SETTLE_LIMIT, async || {
         let Ok(status) = admin(OPS).status().await else {
             return false;
         };

@@ -6,11 +6,11 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use engram_client::admin::Admin;
 use engram_client::{Client, ClientTls};
-use engram_tests::cluster::node_slot_count;
+use engram_tests::cluster::{node_slot_count, wait_until};
 use engram_tests::control::{cli_at, ControlPlane};
 use engram_tests::processes::Scratch;
 use engram_tests::server::{describe, next_loopback};
@@ -42,17 +42,6 @@ fn node(ca: &TestCa, control: &str, bind: Ipv4Addr, name: &str) -> EngramServer 
 fn operator_tls(ca: &TestCa) -> ClientTls {
     let operator = ca.issue("operator", &["operator"]);
     ClientTls::with_identity(&ca.ca_path(), &operator.cert, &operator.key).unwrap()
-}
-
-async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE_LIMIT;
-    while !done().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {SETTLE_LIMIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn control_plane(ca: &TestCa, scratch: &Path) -> ControlPlane {
@@ -88,7 +77,7 @@ async fn a_cluster_joins_forwards_replicates_and_rebalances_over_mutual_tls() {
         .timeout(Duration::from_secs(10));
     let first = node(&ca, control.address(), next_loopback(), "node-a");
     let second = node(&ca, control.address(), next_loopback(), "node-b");
-    wait_until("two live members", async || {
+    wait_until("two live members", SETTLE_LIMIT, async || {
         admin
             .status()
             .await
@@ -117,7 +106,7 @@ async fn a_cluster_joins_forwards_replicates_and_rebalances_over_mutual_tls() {
 
     let moved_before = admin.status().await.unwrap().slots_moved_total;
     admin.rebalance().await.unwrap();
-    wait_until("a rebalance onto both nodes", async || {
+    wait_until("a rebalance onto both nodes", SETTLE_LIMIT, async || {
         let Ok(status) = admin.status().await else { return false };
         status.slots_moved_total > moved_before
             && status.migrations.is_empty()

@@ -137,6 +137,7 @@ pub enum Command {
     /// stdout, and the token, for its holder, on stderr. Contacts nothing.
     Token {
         /// The credential's name, shown in logs and refusals.
+        #[arg(value_parser = parse_credential_name)]
         name: String,
         /// Its rights, comma-separated: read, write, coordinate, admin, node, or all.
         #[arg(long, default_value = "read,write,coordinate", value_parser = Rights::parse)]
@@ -145,6 +146,11 @@ pub enum Command {
         #[arg(long, default_value = "default", value_parser = parse_namespaces)]
         namespaces: String,
     },
+}
+
+/// Checks a credential's name as a credentials file would.
+fn parse_credential_name(text: &str) -> Result<String, String> {
+    engram_proto::credentials::check_name(text).map(|()| text.to_string())
 }
 
 /// Checks a namespace list as a credentials file would, keeping its text.
