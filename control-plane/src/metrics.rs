@@ -22,12 +22,13 @@ struct Families {
 
 /// Why a connection to the control plane's port was turned away: the `reason` label of
 /// `engram_connections_refused_total`, as on a node (which adds a shard label).
-pub const REFUSAL_REASONS: [&str; 7] = [
+pub const REFUSAL_REASONS: [&str; 8] = [
     "max_connections",
     "handshake_timeout",
     "bad_hello",
     "unauthorized",
     "forbidden",
+    "revoked",
     "plain_at_tls_port",
     "tls_handshake",
 ];

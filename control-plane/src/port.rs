@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use engram_link_tokio::{fill, Transport};
 use engram_proto::{
-    admit, decode_payload, encode_message, Admitted, ControlRequest, ControlResponse, ErrorCode, Family, FrameBuffer,
-    FrameBufferSizes, FrameHeader, FrameKind, Grant, HelloReply, Port, Refusal, Response, FRONT_SHARD_ID,
+    admit, decode_payload, encode_message, Admitted, ControlRequest, ControlResponse, Denial, ErrorCode, Family,
+    FrameBuffer, FrameBufferSizes, FrameHeader, FrameKind, Grant, HelloReply, Port, Refusal, Response, FRONT_SHARD_ID,
 };
 use engram_tls::{opens_tls_handshake, ServerTls, PLAIN_AT_TLS_PORT, PLAIN_REQUEST_BYTES_DRAINED};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -174,6 +174,8 @@ async fn serve_connection(
     let mut input = FrameBuffer::for_handshake();
     let mut out = Vec::new();
     let mut grant: Option<Grant> = None;
+    // The credentials reloads the grant has seen.
+    let mut generation = 0;
     loop {
         let greeted_before = grant.is_some();
         loop {
@@ -195,12 +197,25 @@ async fn serve_connection(
                 }
             };
             out.clear();
-            let answered = match &grant {
+            let answered = match &mut grant {
                 None => {
+                    generation = controller.gate_generation();
                     grant = greet(&controller, &header, payload, accepted, &mut out);
                     grant.is_some()
                 }
-                Some(grant) => answer(&controller, grant, &header, payload, &mut out).await,
+                Some(granted) => match regrant(&controller, granted, &mut generation) {
+                    Ok(()) => answer(&controller, granted, &header, payload, &mut out).await,
+                    Err(denial) => {
+                        let message = format!("credentials revoked: {denial}");
+                        accepted.refused("revoked", &message);
+                        let refusal = Refusal {
+                            code: denial.code(),
+                            message,
+                        };
+                        let _ = encode_refusal(true, header.request_id, refusal, &mut out);
+                        false
+                    }
+                },
             };
             if write_flushed(&mut stream, &out).await.is_err() || !answered {
                 return;
@@ -239,6 +254,17 @@ async fn serve_connection(
 async fn write_flushed(stream: &mut Box<dyn Transport>, bytes: &[u8]) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
+}
+
+/// After a credentials reload, takes the connection's credential again from the new
+/// gate: an error when it was revoked. One atomic load while nothing was reloaded.
+fn regrant(controller: &Controller, grant: &mut Grant, generation: &mut u64) -> Result<(), Denial> {
+    let now = controller.gate_generation();
+    if now != *generation {
+        *grant = controller.gate().regrant(grant, Family::Control, &[], false)?;
+        *generation = now;
+    }
+    Ok(())
 }
 
 /// Encodes the answer to the first frame: a HelloReply, or the refusal; what the

@@ -302,6 +302,11 @@ impl Controller {
         self.settings.gatekeeper.gate()
     }
 
+    /// How many credentials reloads took effect (read before [`Controller::gate`]).
+    pub fn gate_generation(&self) -> u64 {
+        self.settings.gatekeeper.generation()
+    }
+
     pub fn epoch(&self) -> u64 {
         self.lock().membership.epoch()
     }

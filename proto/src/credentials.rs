@@ -31,6 +31,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
@@ -100,12 +101,14 @@ pub struct Credential {
     digest: [u8; DIGEST_BYTES],
 }
 
-/// What a connection was granted at its handshake, kept for its life: a reload of the
-/// credentials applies to connections that shake hands after it.
+/// What a connection was granted at its handshake; after a reload of the credentials
+/// the connection takes it again from the new gate ([`Gate::regrant`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     name: Arc<str>,
     rights: Rights,
+    /// The presented token's digest, by which a reload finds the credential again.
+    digest: [u8; DIGEST_BYTES],
 }
 
 impl Grant {
@@ -114,6 +117,7 @@ impl Grant {
         Grant {
             name: Arc::from("everyone"),
             rights: Rights::ALL,
+            digest: [0; DIGEST_BYTES],
         }
     }
 
@@ -264,9 +268,12 @@ impl Credentials {
     /// its time tells nothing of the token; the digest found is compared again in
     /// constant time, as a stored token would be.
     pub fn find(&self, token: &[u8]) -> Option<&Credential> {
-        let digest = token_digest(token);
-        let credential = &self.listed[*self.by_digest.get(&digest)?];
-        constant_time_equal(&credential.digest, &digest).then_some(credential)
+        self.find_digest(&token_digest(token))
+    }
+
+    fn find_digest(&self, digest: &[u8; DIGEST_BYTES]) -> Option<&Credential> {
+        let credential = &self.listed[*self.by_digest.get(digest)?];
+        constant_time_equal(&credential.digest, digest).then_some(credential)
     }
 }
 
@@ -383,15 +390,50 @@ impl Gate {
         namespace: &[u8],
         takes_forwarded: bool,
     ) -> Result<Grant, Denial> {
+        match self {
+            Gate::Open => Ok(Grant::everything()),
+            _ => self.admit_digest(&token_digest(token), family, namespace, takes_forwarded),
+        }
+    }
+
+    /// What a connection admitted with `grant` may do under this gate, as [`Gate::admit`]
+    /// would answer its Hello now: after a reload a revoked token is refused, and a
+    /// changed credential's rights apply from the connection's next request.
+    pub fn regrant(
+        &self,
+        grant: &Grant,
+        family: Family,
+        namespace: &[u8],
+        takes_forwarded: bool,
+    ) -> Result<Grant, Denial> {
+        match self {
+            Gate::Open => Ok(Grant::everything()),
+            _ => self.admit_digest(&grant.digest, family, namespace, takes_forwarded),
+        }
+    }
+
+    fn admit_digest(
+        &self,
+        digest: &[u8; DIGEST_BYTES],
+        family: Family,
+        namespace: &[u8],
+        takes_forwarded: bool,
+    ) -> Result<Grant, Denial> {
         let credential = match self {
             Gate::Open => return Ok(Grant::everything()),
-            Gate::Token(expected) if constant_time_equal(expected, token) => return Ok(Grant::everything()),
+            Gate::Token(expected) if constant_time_equal(&token_digest(expected), digest) => {
+                return Ok(Grant {
+                    digest: *digest,
+                    ..Grant::everything()
+                })
+            }
             Gate::Token(_) => return Err(Denial::UnknownToken),
-            Gate::Credentials(credentials) => credentials.find(token).ok_or(Denial::UnknownToken)?,
+            Gate::Credentials(credentials) => credentials.find_digest(digest).ok_or(Denial::UnknownToken)?,
         };
         let mut grant = Grant {
             name: Arc::from(credential.name.as_str()),
             rights: credential.rights,
+            digest: *digest,
         };
         match family {
             // A node forwards its clients' requests to the shards that own their keys,
@@ -420,6 +462,9 @@ impl Gate {
 pub struct Gatekeeper {
     gate: RwLock<Arc<Gate>>,
     file: Option<PathBuf>,
+    /// Counts the reloads, so a connection sees with one load that its grant may be
+    /// out of date.
+    generation: AtomicU64,
 }
 
 impl Gatekeeper {
@@ -433,6 +478,7 @@ impl Gatekeeper {
         Ok(Gatekeeper {
             gate: RwLock::new(Arc::new(gate)),
             file: file.map(Path::to_path_buf),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -440,6 +486,7 @@ impl Gatekeeper {
         Gatekeeper {
             gate: RwLock::new(Arc::new(Gate::Open)),
             file: None,
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -465,7 +512,15 @@ impl Gatekeeper {
         let credentials = Credentials::load(path)?;
         let listed = credentials.len();
         *self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Gate::Credentials(credentials));
+        // After the swap: whoever sees the new generation takes the new gate.
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(Some(listed))
+    }
+
+    /// How many reloads took effect: a connection whose grant is of an older generation
+    /// has its credential checked again ([`Gate::regrant`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 

@@ -73,7 +73,7 @@ pub struct NodeSettings {
 
     /// Credentials file: per line a name, the SHA-256 of its token, its rights (read,
     /// write, coordinate, admin, node) and namespaces (`engram token` prints such a
-    /// line). Read again on SIGHUP, for connections opened after it.
+    /// line). Read again on SIGHUP; open connections follow it at their next request.
     #[arg(
         long,
         env = "ENGRAM_CREDENTIALS_FILE",

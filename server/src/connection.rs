@@ -68,8 +68,9 @@ const _: () = assert!(NAMESPACE_BYTES_MAX <= u8::MAX as usize);
 struct Session {
     served: Served,
     client_id: u64,
-    /// What the credentials may do, for the life of the connection.
+    /// What the credentials may do, as of the gate's `generation`.
     grant: Grant,
+    generation: u64,
     /// Prepended to every key so namespaces never share objects.
     key_prefix: Vec<u8>,
     hasher: SlotHasher,
@@ -315,6 +316,7 @@ impl Connection {
     async fn answer_frames(&mut self, input: &mut FrameBuffer) -> Result<usize, Close> {
         // One clock read for the whole read: the store's time for its requests, and
         // the start of their duration.
+        self.check_grant()?;
         let received = Instant::now();
         self.shard.advance_clock(received);
         self.outbox.heard_from(received);
@@ -409,6 +411,41 @@ impl Connection {
         Ok(Handled::Untimed)
     }
 
+    /// After a credentials reload, takes the session's credential again from the new
+    /// gate: a revoked token, or one no longer allowed its namespace, ends the
+    /// connection; changed rights apply from now on. One atomic load while nothing was
+    /// reloaded.
+    fn check_grant(&mut self) -> Result<(), Close> {
+        let generation = self.shard.gate_generation();
+        let port_takes_forwarded = !self.front;
+        let Some(session) = self.session.as_mut().filter(|session| session.generation != generation) else {
+            return Ok(());
+        };
+        let family = match session.served {
+            Served::Client => Family::Client,
+            Served::Peer => Family::Peer,
+        };
+        let namespace = session.key_prefix.get(1..).unwrap_or_default();
+        match self
+            .shard
+            .gate()
+            .regrant(&session.grant, family, namespace, port_takes_forwarded)
+        {
+            Ok(grant) => {
+                session.grant = grant;
+                session.generation = generation;
+                Ok(())
+            }
+            Err(denial) => {
+                let message = format!("credentials revoked: {denial}");
+                self.shard.refused(Refused::Revoked, self.stream.peer_addr(), &message);
+                Err(Close::Refused {
+                    reply: self.shard.error_reply(denial.code(), message),
+                })
+            }
+        }
+    }
+
     /// The answer to a command whose `right` the session's credentials lack.
     fn forbidden(&self, right: Right, command: &Command) -> Response {
         let denial = Denial::Right {
@@ -452,6 +489,7 @@ impl Connection {
     /// The first frame: a Hello, whose credentials and namespace establish the session.
     fn shake_hands(&mut self, kind: FrameKind, request_id: u64, payload: &[u8]) -> Result<(), Close> {
         let port = if self.front { &FRONT_PORT } else { &SHARD_PORT };
+        let generation = self.shard.gate_generation();
         let admitted = admit(kind, payload, port, &self.shard.gate()).map_err(|refusal| {
             let reason = match refusal.code {
                 ErrorCode::Unauthorized => Refused::Unauthorized,
@@ -463,7 +501,7 @@ impl Connection {
                 reply: self.shard.error_reply(refusal.code, refusal.message),
             }
         })?;
-        self.session = Some(self.open_session(admitted)?);
+        self.session = Some(self.open_session(admitted, generation)?);
         let reply = HelloReply {
             node_id: self.shard.node_id(),
             shard_id: if self.front {
@@ -533,7 +571,7 @@ impl Connection {
     }
 
     /// The session of an admitted Hello.
-    fn open_session(&self, Admitted { hello, grant }: Admitted) -> Result<Session, Close> {
+    fn open_session(&self, Admitted { hello, grant }: Admitted, generation: u64) -> Result<Session, Close> {
         let served = match hello.family {
             Family::Client => Served::Client,
             Family::Peer => Served::Peer,
@@ -554,6 +592,7 @@ impl Connection {
             served,
             client_id: hello.client_id,
             grant,
+            generation,
             hasher: SlotHasher::new(&hello.namespace),
             key_prefix,
         })

@@ -262,7 +262,7 @@ impl NodeMetrics {
             Opts::new(
                 "engram_connections_refused_total",
                 "Connections turned away before they were served, by shard and reason \
-                 (max_connections, handshake_timeout, bad_hello, unauthorized, forbidden, \
+                 (max_connections, handshake_timeout, bad_hello, unauthorized, forbidden, revoked, \
                  plain_at_tls_port, tls_handshake).",
             ),
             &["shard", "reason"],

@@ -25,6 +25,8 @@ pub enum Refused {
     /// The credentials were known but asked beyond their grant at the handshake: a
     /// namespace they may not use, the peer or control protocol without the right.
     Forbidden,
+    /// An open connection's credential was revoked (or lost its namespace) by a reload.
+    Revoked,
     /// A plain client at a TLS port.
     PlainAtTlsPort,
     /// The TLS handshake failed (an unknown CA, no client certificate where one is
@@ -33,12 +35,13 @@ pub enum Refused {
 }
 
 impl Refused {
-    pub const ALL: [Refused; 7] = [
+    pub const ALL: [Refused; 8] = [
         Refused::MaxConnections,
         Refused::HandshakeTimeout,
         Refused::BadHello,
         Refused::Unauthorized,
         Refused::Forbidden,
+        Refused::Revoked,
         Refused::PlainAtTlsPort,
         Refused::TlsHandshake,
     ];
@@ -51,6 +54,7 @@ impl Refused {
             Refused::BadHello => "bad_hello",
             Refused::Unauthorized => "unauthorized",
             Refused::Forbidden => "forbidden",
+            Refused::Revoked => "revoked",
             Refused::PlainAtTlsPort => "plain_at_tls_port",
             Refused::TlsHandshake => "tls_handshake",
         }

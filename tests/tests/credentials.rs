@@ -261,16 +261,25 @@ fn listed_keys(connection: &mut RespConnection) -> Vec<Vec<u8>> {
 }
 
 #[test]
-fn sighup_reloads_the_file_for_new_connections_and_open_ones_keep_their_grant() {
+fn sighup_reloads_the_file_and_open_connections_follow_it() {
     let scratch = Scratch::new("credentials-reload");
     let server = server(&scratch);
+    let door = server.resp().unwrap();
     run_async(Duration::from_secs(60), async {
         let open = connect(&server, ALICE, "app-a").await.unwrap();
         open.counter("visits").add(1).await.unwrap();
+        let bobs = connect(&server, BOB, "app-b").await.unwrap();
+        bobs.counter("visits").add(1).await.unwrap();
+        let reader = connect(&server, READER, "app-a").await.unwrap();
+        assert!(reader.counter("visits").add(1).await.is_err(), "a reader wrote");
         assert!(connect(&server, ALICE, "app-c").await.is_err());
+        let mut alice_at_door = RespConnection::connect(door);
+        assert_eq!(alice_at_door.command(&["AUTH", "app-a", ALICE]), Reply::ok());
 
-        // Alice moves to app-c; a credential that did not parse would change nothing.
-        write_credentials(scratch.path(), &credentials_text("app-c"));
+        // Alice moves to app-c, the reader may write; a file that did not parse would
+        // change nothing.
+        let moved = credentials_text("app-c").replace(" read app-a", " read,write app-a");
+        write_credentials(scratch.path(), &moved);
         // SAFETY: kill(2) on the pid of the server this test started.
         assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) }, 0);
         let deadline = Instant::now() + RELOAD_LIMIT;
@@ -282,10 +291,29 @@ fn sighup_reloads_the_file_for_new_connections_and_open_ones_keep_their_grant() 
             .await
             .expect_err("app-a is no longer alice's");
         assert_eq!(code(&refused), is(ErrorCode::Forbidden), "{refused}");
+        // Open connections follow the file at their next request: alice's in app-a ends,
+        // at the door too; bob's goes on; the reader's now writes.
+        let revoked = open
+            .counter("visits")
+            .add(1)
+            .await
+            .expect_err("alice's app-a connection went on");
+        assert_eq!(code(&revoked), is(ErrorCode::Forbidden), "{revoked}");
+        let at_door = alice_at_door.command(&["GET", "k"]);
+        assert!(
+            matches!(&at_door, Reply::Error(line) if line.contains("credentials revoked")),
+            "{at_door:?}"
+        );
+        assert!(alice_at_door.is_closed(), "the door kept alice's connection");
         assert_eq!(
-            open.counter("visits").add(1).await.unwrap(),
+            bobs.counter("visits").add(1).await.unwrap(),
             2,
-            "the open connection was cut"
+            "bob's connection was cut"
+        );
+        assert_eq!(
+            reader.counter("visits").add(1).await.unwrap(),
+            2,
+            "the reader still may not write"
         );
 
         write_credentials(scratch.path(), "alice sha256:00 all *");

@@ -194,7 +194,9 @@ fn a_reload_takes_the_new_file_and_a_broken_one_keeps_the_old_gate() {
     let keeper = Gatekeeper::new(Some(&path), Some(b"ignored")).unwrap();
     assert!(keeper.gate().admit(b"old", Family::Client, b"", false).is_ok());
     std::fs::write(&path, credential_line("new", b"new", Rights::ALL, "*")).unwrap();
+    assert_eq!(keeper.generation(), 0);
     assert_eq!(keeper.reload().unwrap(), Some(1));
+    assert_eq!(keeper.generation(), 1, "a reload that took effect moves the generation");
     assert!(keeper.gate().admit(b"new", Family::Client, b"", false).is_ok());
     assert_eq!(
         keeper.gate().admit(b"old", Family::Client, b"", false).unwrap_err(),
@@ -202,6 +204,7 @@ fn a_reload_takes_the_new_file_and_a_broken_one_keeps_the_old_gate() {
     );
     std::fs::write(&path, "new sha256:12 all *").unwrap();
     assert!(keeper.reload().is_err());
+    assert_eq!(keeper.generation(), 1, "a failed reload changes nothing");
     assert!(
         keeper.gate().admit(b"new", Family::Client, b"", false).is_ok(),
         "the broken file changed nothing"
@@ -242,4 +245,33 @@ proptest! {
             prop_assert_eq!(&credentials.find(token).unwrap().name, &format!("c{index}"));
         }
     }
+}
+
+#[test]
+fn a_grant_taken_again_after_a_reload_follows_the_new_file() {
+    let grant = gate().admit(ALICE_TOKEN, Family::Client, b"app-a", false).unwrap();
+    let reparsed = |text: String| Gate::Credentials(Credentials::parse(&text, Path::new("c")).unwrap());
+    let same = reparsed(file_text());
+    assert_eq!(same.regrant(&grant, Family::Client, b"app-a", false).unwrap(), grant);
+    let moved = reparsed(credential_line("alice", ALICE_TOKEN, Rights::DATA, "app-b"));
+    let denied = moved.regrant(&grant, Family::Client, b"app-a", false).unwrap_err();
+    assert_eq!(denied.code(), ErrorCode::Forbidden, "{denied}");
+    let narrowed = reparsed(credential_line(
+        "alice",
+        ALICE_TOKEN,
+        Rights::NONE.with(Right::Read),
+        "app-a",
+    ));
+    let renewed = narrowed.regrant(&grant, Family::Client, b"app-a", false).unwrap();
+    assert_eq!(renewed.rights(), Rights::NONE.with(Right::Read));
+    let revoked = reparsed(credential_line("ops", OPS_TOKEN, Rights::ALL, "*"));
+    assert_eq!(
+        revoked.regrant(&grant, Family::Client, b"app-a", false).unwrap_err(),
+        Denial::UnknownToken
+    );
+    let shared = Gate::Token(b"secret".to_vec());
+    let admitted = shared.admit(b"secret", Family::Client, b"", false).unwrap();
+    assert!(shared.regrant(&admitted, Family::Client, b"", false).is_ok());
+    let other = Gate::Token(b"other".to_vec());
+    assert!(other.regrant(&admitted, Family::Client, b"", false).is_err());
 }

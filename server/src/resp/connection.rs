@@ -102,6 +102,8 @@ enum Close {
 struct Session {
     /// What the connection's credentials may do; `None` until it authenticates.
     grant: Option<Grant>,
+    /// The gate's generation the grant is of.
+    generation: u64,
     client_id: u64,
     name: Option<Vec<u8>>,
     namespace: Vec<u8>,
@@ -115,6 +117,7 @@ impl Session {
     fn new(gate: &Gate) -> Session {
         let mut session = Session {
             grant: (!gate.requires_credentials()).then(Grant::everything),
+            generation: 0,
             client_id: random_u64(),
             name: None,
             namespace: Vec::new(),
@@ -265,6 +268,10 @@ impl Connection {
     /// Answers the whole commands read so far while the connection may have more
     /// requests pending; how many it answered.
     async fn answer_commands(&mut self) -> Result<usize, Close> {
+        if let Err(line) = self.check_grant() {
+            self.ready_error(line);
+            return Err(Close::AfterReplies);
+        }
         let received = Instant::now();
         self.shard.advance_clock(received);
         self.outbox.heard_from(received);
@@ -603,6 +610,7 @@ impl Connection {
     /// credentials file), the username the namespace the connection works in (`default`
     /// when not given, as for native clients), which the credential must allow.
     fn authenticate(&mut self, username: Option<Vec<u8>>, password: &[u8]) -> Result<(), String> {
+        let generation = self.shard.gate_generation();
         let gate = self.shard.gate();
         if !gate.requires_credentials() && username.is_none() {
             return Err(
@@ -636,9 +644,39 @@ impl Connection {
             self.leave_session()?;
         }
         self.session.grant = Some(grant);
+        self.session.generation = generation;
         self.session.use_namespace(namespace);
         self.parser.set_limits(RequestLimits::AUTHENTICATED);
         Ok(())
+    }
+
+    /// After a credentials reload, takes the connection's credential again from the new
+    /// gate; the error line that ends the connection when it was revoked or lost its
+    /// namespace. One atomic load while nothing was reloaded.
+    fn check_grant(&mut self) -> Result<(), String> {
+        let generation = self.shard.gate_generation();
+        if self.session.generation == generation {
+            return Ok(());
+        }
+        let Some(grant) = &self.session.grant else {
+            return Ok(());
+        };
+        match self
+            .shard
+            .gate()
+            .regrant(grant, Family::Client, &self.session.namespace, false)
+        {
+            Ok(grant) => {
+                self.session.grant = Some(grant);
+                self.session.generation = generation;
+                Ok(())
+            }
+            Err(denial) => {
+                let detail = format!("credentials revoked: {denial}");
+                self.shard.refused(Refused::Revoked, self.stream.peer_addr(), &detail);
+                Err(format!("ERR {detail}"))
+            }
+        }
     }
 
     /// Whether the connection goes on after a refused `AUTH`: not past

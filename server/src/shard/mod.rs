@@ -240,6 +240,12 @@ impl Shard {
         self.gatekeeper.gate()
     }
 
+    /// How many credentials reloads took effect; read before [`Shard::gate`], a
+    /// connection's grant is current while this has not moved.
+    pub fn gate_generation(&self) -> u64 {
+        self.gatekeeper.generation()
+    }
+
     /// What this node's links to other nodes present in their Hellos.
     pub fn link_credentials(&self) -> &[u8] {
         &self.link_credentials
