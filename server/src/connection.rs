@@ -314,9 +314,9 @@ impl Connection {
     /// `ANSWER_BATCH_BYTES_MAX`, so a burst of reads of large values cannot pile up in
     /// memory before the first write.
     async fn answer_frames(&mut self, input: &mut FrameBuffer) -> Result<usize, Close> {
+        self.check_grant()?;
         // One clock read for the whole read: the store's time for its requests, and
         // the start of their duration.
-        self.check_grant()?;
         let received = Instant::now();
         self.shard.advance_clock(received);
         self.outbox.heard_from(received);
