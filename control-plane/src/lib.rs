@@ -5,6 +5,7 @@
 //! - [`membership`]: the control plane's sans-I/O state: members, owners, map epochs, liveness, persistence.
 //! - [`service`]: the `engram-control` process: the controller answering the control protocol, and the driver of the orchestrator over real links.
 //! - [`port`]: the control plane's port: connection limit, TLS, the Hello within a deadline, requests checked against their credentials' grant.
+//! - [`etcd_credentials`]: credentials kept in etcd (`--credentials-etcd`): read at start, followed with a watch, a broken put refused.
 //! - [`election`]: the election's driver over etcd: performs the leadership state machine's outputs, and tells the controller when it leads.
 //! - [`leadership`]: which of several control-plane processes leads (etcd lease and leader key), sans-I/O.
 //! - [`metrics`]: the control plane's Prometheus families.
@@ -17,6 +18,7 @@
 //! commit point is the write of the new map to its state store.
 
 pub mod election;
+pub mod etcd_credentials;
 pub mod leadership;
 pub mod membership;
 pub mod metrics;

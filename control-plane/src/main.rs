@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use clap::Parser;
 use engram_control::election::{self, ElectionSettings};
+use engram_control::etcd_credentials::{self, CredentialsKey};
 use engram_control::leadership::Candidate;
 use engram_control::service::{self, Controller, Settings};
 use engram_control::state::{EtcdHealth, EtcdWriter, Keys};
-use engram_proto::{Family, Gatekeeper};
+use engram_proto::Gatekeeper;
 use engram_tls::{ServerTls, TlsFlags};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,9 +63,20 @@ struct Arguments {
         conflicts_with = "auth_token"
     )]
     credentials_file: Option<PathBuf>,
-    /// Token this process presents to nodes (maps, migration orders), of a credential of
-    /// --credentials-file with the node right; required with it. (With --auth-token,
-    /// that token is presented.)
+    /// Take the credentials (the file's format) from the etcd key `PREFIX/credentials`
+    /// and follow its changes: `etcdctl put /engram/default/credentials "$(cat FILE)"`
+    /// changes them for every control-plane process and every node started with
+    /// --node-token alone. A put that does not parse is refused, the previous ones stay.
+    #[arg(
+        long,
+        env = "ENGRAM_CREDENTIALS_ETCD",
+        requires = "etcd",
+        conflicts_with_all = ["auth_token", "credentials_file"]
+    )]
+    credentials_etcd: bool,
+    /// Token this process presents to nodes (maps, migration orders), of a credential
+    /// with the node right; required with --credentials-file and --credentials-etcd.
+    /// (With --auth-token, that token is presented.)
     #[arg(long, env = "ENGRAM_NODE_TOKEN", hide_env_values = true)]
     node_token: Option<String>,
     /// Serve Prometheus metrics on this port of the --listen host (0: off), over TLS
@@ -158,24 +170,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
                 .into(),
         );
     }
-    if arguments.credentials_file.is_none() && arguments.node_token.is_some() {
-        return Err("--node-token needs --credentials-file: with --auth-token alone, that token is presented".into());
-    }
-    if arguments.credentials_file.is_some() && arguments.node_token.is_none() {
-        return Err(
-            "--credentials-file needs --node-token: the token of a credential with the node right, \
-                    which this process presents to the nodes"
-                .into(),
-        );
-    }
-    let gatekeeper = Arc::new(Gatekeeper::new(
-        arguments.credentials_file.as_deref(),
-        arguments.auth_token.as_deref().map(str::as_bytes),
-    )?);
-    if let Some(node_token) = &arguments.node_token {
-        let admitted = gatekeeper.gate().admit(node_token.as_bytes(), Family::Peer, &[], true);
-        admitted.map_err(|denial| format!("--node-token is not admitted by --credentials-file as a node: {denial}"))?;
-    }
+    let (gatekeeper, followed) = gatekeeper(&arguments).await?;
     let link_credentials = arguments.node_token.as_ref().or(arguments.auth_token.as_ref());
     let settings = Settings {
         gatekeeper: gatekeeper.clone(),
@@ -243,6 +238,9 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
             Some(tokio::spawn(election::run(controller.clone(), settings, writer)))
         }
     };
+    if let Some((source, revision)) = followed {
+        tokio::spawn(etcd_credentials::follow(source, gatekeeper.clone(), revision));
+    }
     tokio::spawn(reload_on_hangup(tls.clone(), gatekeeper));
     let serving = tokio::spawn(engram_control::port::serve(
         controller.clone(),
@@ -270,6 +268,49 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!("engram-control stopped");
     Ok(())
+}
+
+/// Who may connect: the credentials file's or etcd's credentials, else the shared token,
+/// else anyone. With credentials from etcd, also where to follow them from, and since
+/// which revision.
+async fn gatekeeper(
+    arguments: &Arguments,
+) -> Result<(Arc<Gatekeeper>, Option<(CredentialsKey, i64)>), Box<dyn std::error::Error>> {
+    let lists_credentials = arguments.credentials_file.is_some() || arguments.credentials_etcd;
+    let node_token = match (&arguments.node_token, lists_credentials) {
+        (Some(_), false) => {
+            return Err("--node-token needs --credentials-file or --credentials-etcd: \
+                        with --auth-token alone, that token is presented"
+                .into())
+        }
+        (None, true) => {
+            return Err(
+                "--credentials-file and --credentials-etcd need --node-token: the token of a \
+                        credential with the node right, which this process presents to the nodes"
+                    .into(),
+            )
+        }
+        (token, _) => token.as_deref().map(str::as_bytes),
+    };
+    if arguments.credentials_etcd {
+        let source = CredentialsKey {
+            endpoints: arguments.etcd.clone(),
+            key: Keys::under(&arguments.etcd_prefix).credentials,
+            node_token: node_token.unwrap_or_default().to_vec(),
+        };
+        let (gatekeeper, revision) = etcd_credentials::load(&source).await?;
+        tracing::info!(key = %source.key, revision, "credentials read from etcd; following their changes");
+        return Ok((Arc::new(gatekeeper), Some((source, revision))));
+    }
+    let gatekeeper = Gatekeeper::new(
+        arguments.credentials_file.as_deref(),
+        arguments.auth_token.as_deref().map(str::as_bytes),
+    )?;
+    if let Some(node_token) = node_token {
+        let admitted = gatekeeper.gate().admit_node(node_token);
+        admitted.map_err(|denial| format!("--node-token is not admitted by --credentials-file as a node: {denial}"))?;
+    }
+    Ok((Arc::new(gatekeeper), None))
 }
 
 /// An id for this process that no other process of the cluster shares: its pid and its

@@ -426,6 +426,7 @@ impl Controller {
             ControlRequest::Drain { node_id } => self.start_plan(Some(node_id)),
             ControlRequest::Reclaim(request) => self.reclaim(&request, now_ms),
             ControlRequest::ControlPlane => ControlResponse::ControlPlane(Box::new(self.control_plane_status().await)),
+            ControlRequest::GetCredentials => self.credentials(),
         }
     }
 
@@ -453,6 +454,19 @@ impl Controller {
             map,
             incarnation: joined.incarnation,
             liveness_timeout_ms: self.liveness_timeout_ms(),
+            credentials: self.settings.gatekeeper.shared(),
+        }
+    }
+
+    /// The credentials this process admits by, for a node that takes its own from it.
+    fn credentials(&self) -> ControlResponse {
+        match self.settings.gatekeeper.shared() {
+            Some(credentials) => ControlResponse::Credentials(credentials),
+            None => error_response(
+                ErrorCode::InvalidArgument,
+                "this control plane admits by no credentials (--credentials-file or --credentials-etcd) to share"
+                    .to_string(),
+            ),
         }
     }
 
@@ -509,6 +523,7 @@ impl Controller {
             abort_migrations,
             liveness_timeout_ms: self.liveness_timeout_ms(),
             fills: inner.membership.fills_for(heartbeat.node_id),
+            credentials_digest: self.settings.gatekeeper.shared_digest(),
         };
         // The broadcast takes the lock itself.
         drop(inner);

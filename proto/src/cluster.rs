@@ -31,6 +31,9 @@ pub enum ControlRequest {
     /// Where the control plane keeps its state and, in etcd, how each endpoint is;
     /// answered by the leader with [`ControlResponse::ControlPlane`]. (Appended last.)
     ControlPlane,
+    /// The credentials the control plane admits by, for a node that takes its own from
+    /// it; answered with [`ControlResponse::Credentials`]. (Appended last.)
+    GetCredentials,
 }
 
 impl ControlRequest {
@@ -40,7 +43,9 @@ impl ControlRequest {
         use crate::rights::Right;
         match self {
             ControlRequest::Ping | ControlRequest::GetSlotMap => None,
-            ControlRequest::Join(_) | ControlRequest::Heartbeat(_) => Some(Right::Node),
+            ControlRequest::Join(_) | ControlRequest::Heartbeat(_) | ControlRequest::GetCredentials => {
+                Some(Right::Node)
+            }
             ControlRequest::Status
             | ControlRequest::Rebalance
             | ControlRequest::Drain { .. }
@@ -61,6 +66,7 @@ impl ControlRequest {
             ControlRequest::Drain { .. } => "drain",
             ControlRequest::Reclaim(_) => "reclaim",
             ControlRequest::ControlPlane => "control_plane",
+            ControlRequest::GetCredentials => "get_credentials",
         }
     }
 }
@@ -79,6 +85,9 @@ pub enum ControlResponse {
         /// The control plane's liveness timeout: a node silent for longer is declared
         /// dead, so the node must not serve on an unchecked map for nearly that long.
         liveness_timeout_ms: u64,
+        /// The credentials the control plane admits by (a file's or etcd's), which a
+        /// node started with a node token alone admits by too; `None` when it has none.
+        credentials: Option<SharedCredentials>,
     },
     HeartbeatAck {
         map_epoch: u64,
@@ -90,6 +99,10 @@ pub enum ControlResponse {
         /// Every fill the node's primary shards are to run now; one missing from the
         /// list is withdrawn.
         fills: Vec<FillOrder>,
+        /// [`SharedCredentials::digest`] of the control plane's credentials (0: none): a
+        /// node that takes its credentials from the control plane asks for them again
+        /// when it differs from its own.
+        credentials_digest: u64,
     },
     /// Boxed: the largest answer by far, and rare.
     Status(Box<ClusterStatus>),
@@ -108,6 +121,8 @@ pub enum ControlResponse {
     },
     /// The leader's answer to [`ControlRequest::ControlPlane`]. (Appended last.)
     ControlPlane(Box<ControlPlaneStatus>),
+    /// The answer to [`ControlRequest::GetCredentials`]. (Appended last.)
+    Credentials(SharedCredentials),
 }
 
 impl ControlResponse {
@@ -124,8 +139,17 @@ impl ControlResponse {
             ControlResponse::Reclaimed { .. } => "reclaimed",
             ControlResponse::NotLeader { .. } => "not_leader",
             ControlResponse::ControlPlane(_) => "control_plane",
+            ControlResponse::Credentials(_) => "credentials",
         }
     }
+}
+
+/// Credentials in the credentials file's format, as a control plane hands them to nodes,
+/// with a digest of the text by which a node tells they changed (never 0).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SharedCredentials {
+    pub digest: u64,
+    pub text: String,
 }
 
 /// A node asking to join, or to rejoin after a restart (recognised by its advertised

@@ -36,6 +36,7 @@ use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 
+use crate::cluster::SharedCredentials;
 use crate::error::ErrorCode;
 use crate::limits::NAMESPACE_BYTES_MAX;
 use crate::message::Family;
@@ -45,8 +46,12 @@ pub use crate::rights::{Right, Rights};
 /// is read whole and kept in every process that checks Hellos.
 pub const CREDENTIALS_MAX: usize = 10_000;
 
-/// Largest credentials file read (well above `CREDENTIALS_MAX` lines of listed namespaces).
-pub const CREDENTIALS_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Largest credentials text read, from a file, etcd or the control plane (about 200
+/// bytes for each of `CREDENTIALS_MAX` lines): a control plane hands it to a joining
+/// node in one frame with the slot map, and etcd keeps values up to 1.5 MiB unless told.
+pub const CREDENTIALS_FILE_BYTES_MAX: u64 = 2 * 1024 * 1024;
+
+const _: () = assert!(CREDENTIALS_FILE_BYTES_MAX as usize <= crate::limits::FRAME_PAYLOAD_BYTES_MAX / 2);
 
 /// Longest credential name, which logs and refusals show.
 pub const CREDENTIAL_NAME_BYTES_MAX: usize = 64;
@@ -171,21 +176,33 @@ impl Denial {
 pub enum CredentialsError {
     #[error("cannot read credentials file {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("credentials file {} is larger than credentials_file_bytes_max ({CREDENTIALS_FILE_BYTES_MAX})", path.display())]
-    TooLarge { path: PathBuf },
-    #[error("credentials file {} lists more than credentials_max ({CREDENTIALS_MAX}) credentials", path.display())]
-    TooMany { path: PathBuf },
-    #[error("credentials file {} lists no credential, so nobody could connect", path.display())]
-    Empty { path: PathBuf },
-    #[error("{}:{line}: {reason}", path.display())]
-    Line { path: PathBuf, line: usize, reason: String },
+    #[error("{origin} is larger than credentials_file_bytes_max ({CREDENTIALS_FILE_BYTES_MAX})")]
+    TooLarge { origin: String },
+    #[error("{origin} lists more than credentials_max ({CREDENTIALS_MAX}) credentials")]
+    TooMany { origin: String },
+    #[error("{origin} lists no credential, so nobody could connect")]
+    Empty { origin: String },
+    #[error("{origin}:{line}: {reason}")]
+    Line {
+        origin: String,
+        line: usize,
+        reason: String,
+    },
 }
 
-/// The credentials of a file, matched by their tokens' digests.
+/// How errors name a credentials file.
+pub fn file_origin(path: &Path) -> String {
+    format!("credentials file {}", path.display())
+}
+
+/// The credentials of a file, matched by their tokens' digests. The text they were read
+/// from is kept, so a control plane can hand it to its nodes.
 #[derive(Clone, Debug)]
 pub struct Credentials {
     listed: Vec<Credential>,
     by_digest: HashMap<[u8; DIGEST_BYTES], usize>,
+    text: Arc<str>,
+    text_digest: u64,
 }
 
 impl Credentials {
@@ -201,23 +218,26 @@ impl Credentials {
         file.take(CREDENTIALS_FILE_BYTES_MAX + 1)
             .read_to_string(&mut text)
             .map_err(read)?;
-        if text.len() as u64 > CREDENTIALS_FILE_BYTES_MAX {
-            return Err(CredentialsError::TooLarge {
-                path: path.to_path_buf(),
-            });
-        }
-        Credentials::parse(&text, path)
+        Credentials::parse(&text, &file_origin(path))
     }
 
-    /// Parses a credentials file's text; `path` names it in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Credentials, CredentialsError> {
+    /// Parses text in the credentials file's format; `origin` names where it came from
+    /// in errors (a file, an etcd key, the control plane).
+    pub fn parse(text: &str, origin: &str) -> Result<Credentials, CredentialsError> {
+        if text.len() as u64 > CREDENTIALS_FILE_BYTES_MAX {
+            return Err(CredentialsError::TooLarge {
+                origin: origin.to_string(),
+            });
+        }
         let mut credentials = Credentials {
             listed: Vec::new(),
             by_digest: HashMap::new(),
+            text: Arc::from(text),
+            text_digest: shared_digest(text),
         };
         for (index, line) in text.lines().enumerate() {
             let at_fault = |reason: String| CredentialsError::Line {
-                path: path.to_path_buf(),
+                origin: origin.to_string(),
                 line: index + 1,
                 reason,
             };
@@ -227,7 +247,7 @@ impl Credentials {
             }
             if credentials.listed.len() == CREDENTIALS_MAX {
                 return Err(CredentialsError::TooMany {
-                    path: path.to_path_buf(),
+                    origin: origin.to_string(),
                 });
             }
             let credential = parse_line(content).map_err(at_fault)?;
@@ -235,7 +255,7 @@ impl Credentials {
         }
         if credentials.listed.is_empty() {
             return Err(CredentialsError::Empty {
-                path: path.to_path_buf(),
+                origin: origin.to_string(),
             });
         }
         Ok(credentials)
@@ -262,6 +282,15 @@ impl Credentials {
 
     pub fn is_empty(&self) -> bool {
         self.listed.is_empty()
+    }
+
+    /// The text these credentials were read from, with its digest, as a control plane
+    /// hands it to its nodes.
+    pub fn shared(&self) -> SharedCredentials {
+        SharedCredentials {
+            digest: self.text_digest,
+            text: self.text.to_string(),
+        }
     }
 
     /// The credential whose token is `token`. The lookup is by the token's digest, so
@@ -353,6 +382,12 @@ pub fn token_digest(token: &[u8]) -> [u8; DIGEST_BYTES] {
     Sha256::digest(token).into()
 }
 
+/// The digest by which a node tells that the control plane's credentials changed. Not a
+/// secret (the text lists digests of tokens, never tokens); never 0, which says "none".
+pub fn shared_digest(text: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes()).max(1)
+}
+
 /// A credentials file's line for `token`: what `engram token` prints.
 pub fn credential_line(name: &str, token: &[u8], rights: Rights, namespaces: &str) -> String {
     let hex: String = token_digest(token).iter().map(|byte| format!("{byte:02x}")).collect();
@@ -374,6 +409,12 @@ pub enum Gate {
 impl Gate {
     pub fn requires_credentials(&self) -> bool {
         !matches!(self, Gate::Open)
+    }
+
+    /// Whether a node presenting `token` to its peers and the control plane would be
+    /// admitted by every process that keeps this gate.
+    pub fn admit_node(&self, token: &[u8]) -> Result<(), Denial> {
+        self.admit(token, Family::Peer, &[], true).map(drop)
     }
 
     /// Admits whoever presents `token` to speak `family`, in `namespace` for a client:
@@ -454,8 +495,9 @@ impl Gate {
     }
 }
 
-/// A process's gate, which `reload` replaces whole from its file (on SIGHUP): a file
-/// that fails to parse leaves the previous gate in place.
+/// A process's gate, which is replaced whole: from its file by `reload` (on SIGHUP), or
+/// by `install` with credentials from elsewhere (etcd, the control plane). Credentials
+/// that fail to parse leave the previous gate in place.
 #[derive(Debug)]
 pub struct Gatekeeper {
     gate: RwLock<Arc<Gate>>,
@@ -473,18 +515,64 @@ impl Gatekeeper {
             (None, Some(token)) => Gate::Token(token.to_vec()),
             (None, None) => Gate::Open,
         };
-        Ok(Gatekeeper {
-            gate: RwLock::new(Arc::new(gate)),
-            file: file.map(Path::to_path_buf),
-            generation: AtomicU64::new(0),
-        })
+        Ok(Gatekeeper::holding(gate, file.map(Path::to_path_buf)))
     }
 
     pub fn open() -> Gatekeeper {
+        Gatekeeper::holding(Gate::Open, None)
+    }
+
+    /// Credentials read elsewhere than a file of this process (etcd, the control
+    /// plane), which [`Gatekeeper::install`] replaces.
+    pub fn given(credentials: Credentials) -> Gatekeeper {
+        Gatekeeper::holding(Gate::Credentials(credentials), None)
+    }
+
+    fn holding(gate: Gate, file: Option<PathBuf>) -> Gatekeeper {
         Gatekeeper {
-            gate: RwLock::new(Arc::new(Gate::Open)),
-            file: None,
+            gate: RwLock::new(Arc::new(gate)),
+            file,
             generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Replaces the gate with `credentials`: connections follow at their next request,
+    /// as after a reload.
+    pub fn install(&self, credentials: Credentials) {
+        self.swap(Gate::Credentials(credentials));
+    }
+
+    /// Installs `credentials` unless they refuse `node_token` as a node: this process
+    /// presents it to its peers, who would refuse it too, so such credentials are a
+    /// mistake that would cut the process off. Returns how many credentials they list.
+    pub fn install_admitting(&self, credentials: Credentials, node_token: &[u8]) -> Result<usize, Denial> {
+        let listed = credentials.len();
+        let gate = Gate::Credentials(credentials);
+        gate.admit_node(node_token)?;
+        self.swap(gate);
+        Ok(listed)
+    }
+
+    fn swap(&self, gate: Gate) {
+        *self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(gate);
+        // After the swap: whoever sees the new generation takes the new gate.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The credentials text the gate admits by, to hand to nodes; `None` for an open
+    /// gate or a shared token, which a node is given by its own flags.
+    pub fn shared(&self) -> Option<SharedCredentials> {
+        match &*self.gate() {
+            Gate::Credentials(credentials) => Some(credentials.shared()),
+            Gate::Open | Gate::Token(_) => None,
+        }
+    }
+
+    /// The digest of [`Gatekeeper::shared`]'s text; 0 when there is none.
+    pub fn shared_digest(&self) -> u64 {
+        match &*self.gate() {
+            Gate::Credentials(credentials) => credentials.text_digest,
+            Gate::Open | Gate::Token(_) => 0,
         }
     }
 
@@ -509,9 +597,7 @@ impl Gatekeeper {
         };
         let credentials = Credentials::load(path)?;
         let listed = credentials.len();
-        *self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Gate::Credentials(credentials));
-        // After the swap: whoever sees the new generation takes the new gate.
-        self.generation.fetch_add(1, Ordering::Release);
+        self.install(credentials);
         Ok(Some(listed))
     }
 

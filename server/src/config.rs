@@ -143,6 +143,15 @@ pub struct NodeSettings {
 }
 
 impl NodeSettings {
+    /// Whether the node admits by the control plane's credentials: it names a control
+    /// plane and its own token, and neither a credentials file nor a shared token.
+    pub fn takes_control_credentials(&self) -> bool {
+        self.control.is_some()
+            && self.node_token.is_some()
+            && self.credentials_file.is_none()
+            && self.auth_token.is_none()
+    }
+
     /// What this node's own Hellos carry: --node-token, else the shared --auth-token.
     pub fn link_credentials(&self) -> Vec<u8> {
         self.node_token

@@ -32,10 +32,18 @@ pub enum ServerError {
     Credentials(#[from] engram_proto::credentials::CredentialsError),
     #[error("--credentials-file with --control needs --node-token: the token of a credential with the node right, which this node presents to the control plane and the other nodes")]
     NodeTokenRequired,
-    #[error("--node-token needs --credentials-file: with --auth-token alone, every link presents that token")]
+    #[error(
+        "--node-token needs --credentials-file, or --control without --auth-token to take the control plane's \
+         credentials: with --auth-token alone, every link presents that token"
+    )]
     NodeTokenWithoutCredentials,
-    #[error("--node-token is not admitted by --credentials-file as a node: {0}")]
-    NodeTokenRefused(String),
+    #[error("--node-token is not admitted as a node by {by}: {reason}")]
+    NodeTokenRefused { by: String, reason: String },
+    #[error(
+        "the control plane shares no credentials (it has no --credentials-file or --credentials-etcd), \
+         so a node with --node-token alone has none to admit by"
+    )]
+    NoSharedCredentials,
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start a thread: {0}")]

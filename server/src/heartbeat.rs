@@ -1,7 +1,7 @@
 //! A cluster node's heartbeat: a thread of its own that reports liveness and load to the
 //! control plane's leader, installs the control plane's newer maps, tells the shards how
-//! long the map they hold is good to serve on, and settles migrations the control plane
-//! no longer runs.
+//! long the map they hold is good to serve on, settles migrations the control plane no
+//! longer runs, and keeps credentials taken from the control plane in step with its own.
 //!
 //! Each beat is a round over the control addresses ([`ControlAddresses`]): it goes to the
 //! leader last learned, follows a standby's `NotLeader` to the leader it names, and moves
@@ -13,15 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engram_proto::control_addresses::Outcome;
-use engram_proto::link::blocking::BlockingLink;
 use engram_proto::link::CallError;
 use engram_proto::{
-    ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, Heartbeat, PeerProtocol, PeerRequest, ShardLoad,
+    ControlAddresses, ControlRequest, ControlResponse, Heartbeat, PeerProtocol, PeerRequest, ShardLoad,
 };
 
 use crate::cluster::NodeMap;
 use crate::error::ServerError;
-use crate::peering::{BlockingStream, Peering};
+use crate::given_credentials::GivenCredentials;
+use crate::peering::{ControlLink, Peering};
 use crate::shutdown::Shutdown;
 use crate::stats::NodeStats;
 
@@ -54,6 +54,8 @@ pub struct Heartbeater {
     incarnation: u64,
     /// The control plane's, from its last answer.
     liveness_timeout_ms: Cell<u64>,
+    /// For a node that takes its credentials from the control plane.
+    credentials: Option<GivenCredentials>,
 }
 
 /// The link to the leader, kept from one beat to the next.
@@ -61,9 +63,6 @@ struct KeptLink {
     address: String,
     link: ControlLink,
 }
-
-/// A link to a control-plane process.
-type ControlLink = BlockingLink<ControlProtocol, BlockingStream>;
 
 /// What a beat's control-plane process turned out to be.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,6 +93,7 @@ impl Heartbeater {
         membership: Membership,
         node: Arc<NodeStats>,
         node_map: Arc<NodeMap>,
+        credentials: Option<GivenCredentials>,
         shutdown: Shutdown,
     ) -> Heartbeater {
         Heartbeater {
@@ -105,6 +105,7 @@ impl Heartbeater {
             refusal_logged: Cell::new(None),
             incarnation: membership.incarnation,
             liveness_timeout_ms: Cell::new(membership.liveness_timeout_ms),
+            credentials,
         }
     }
 
@@ -216,29 +217,32 @@ impl Heartbeater {
             .mark_checked(now_ms + map_check_grace_ms(self.liveness_timeout_ms.get()));
     }
 
-    /// One exchange: report, and install the control plane's map if it is newer. The
+    /// One exchange: report, and install the control plane's map if it is newer (and
+    /// its credentials, for a node that takes them from it, if they changed). The
     /// map counts as checked only once it is installed; a refused beat (this process
     /// was replaced by a restart, or the control plane lost its state) does not count,
     /// so the shards stop serving on it, and neither does a standby's answer.
     fn beat(&self, address: &str, link: &mut ControlLink) -> Result<Beat, CallError> {
-        let (control_epoch, abort_migrations) = match link.call(ControlRequest::Heartbeat(self.report()))? {
-            ControlResponse::HeartbeatAck {
-                map_epoch,
-                abort_migrations,
-                liveness_timeout_ms,
-                fills,
-            } => {
-                self.liveness_timeout_ms.set(liveness_timeout_ms);
-                self.node_map.set_fills(fills);
-                (map_epoch, abort_migrations)
-            }
-            ControlResponse::Error(reply) => {
-                self.refused(address, &reply.message);
-                return Ok(Beat::Answered);
-            }
-            ControlResponse::NotLeader { leader } => return Ok(Beat::NotLeader(leader)),
-            _ => return Ok(Beat::Answered),
-        };
+        let (control_epoch, abort_migrations, credentials_digest) =
+            match link.call(ControlRequest::Heartbeat(self.report()))? {
+                ControlResponse::HeartbeatAck {
+                    map_epoch,
+                    abort_migrations,
+                    liveness_timeout_ms,
+                    fills,
+                    credentials_digest,
+                } => {
+                    self.liveness_timeout_ms.set(liveness_timeout_ms);
+                    self.node_map.set_fills(fills);
+                    (map_epoch, abort_migrations, credentials_digest)
+                }
+                ControlResponse::Error(reply) => {
+                    self.refused(address, &reply.message);
+                    return Ok(Beat::Answered);
+                }
+                ControlResponse::NotLeader { leader } => return Ok(Beat::NotLeader(leader)),
+                _ => return Ok(Beat::Answered),
+            };
         if control_epoch > self.node_map.epoch() {
             self.fetch_map(link)?;
         }
@@ -247,6 +251,9 @@ impl Heartbeater {
         }
         if !abort_migrations.is_empty() {
             self.settle(&abort_migrations, control_epoch);
+        }
+        if let Some(credentials) = &self.credentials {
+            credentials.follow(credentials_digest, link)?;
         }
         Ok(Beat::Answered)
     }

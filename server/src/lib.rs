@@ -13,6 +13,7 @@
 //! - [`place`]: where a node stands before it serves: alone, or joined to a cluster.
 //! - [`host`]: what the machine gives a node: io_uring, CPUs, listening ports.
 //! - [`heartbeat`]: a cluster node's reports to the control plane, and the maps it brings back.
+//! - [`given_credentials`]: credentials a node takes from its control plane, kept in step by the heartbeat.
 //! - [`peering`]: the credentials and TLS of the node's blocking links (join, heartbeats).
 //! - [`runtime`]: the seam to the async runtime: executors, the shard mesh, sockets, timers.
 //! - [`launch`]: a shard's thread from start to stop: mesh, accept loops, timekeeping.
@@ -43,6 +44,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod error;
 pub mod events;
+pub mod given_credentials;
 pub mod heartbeat;
 pub mod host;
 pub mod launch;

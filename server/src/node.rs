@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engram_metrics_http::{Access, Responder};
-use engram_proto::{Family, Gatekeeper};
+use engram_proto::Gatekeeper;
 use engram_tls::ServerTls;
 
 use crate::cluster::NodeMap;
 use crate::config::{Config, NodeSettings};
 use crate::error::ServerError;
 use crate::events::{await_start, await_stop, NodeEvent, NodeEvents};
+use crate::given_credentials::GivenCredentials;
 use crate::heartbeat::{map_check_grace_ms, Heartbeater};
 use crate::host::{allowed_cpus, bind_ports, check_io_uring};
 use crate::launch::{self, ShardLaunch};
@@ -93,9 +94,17 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
     if tls.is_some() && settings.control.is_some() && peer_tls.is_none() {
         return Err(ServerError::TlsCaRequired);
     }
-    let gatekeeper = gatekeeper(&settings)?;
+    let own_gatekeeper = own_gatekeeper(&settings)?;
     let peering = Peering::new(settings.link_credentials(), peer_tls);
-    let place = place_node(&settings, front_address, shard_addresses, &peering, &stop)?;
+    let mut place = place_node(&settings, front_address, shard_addresses, &peering, &stop)?;
+    let (gatekeeper, given_credentials) = match (own_gatekeeper, &settings.node_token) {
+        (Some(gatekeeper), _) => (gatekeeper, None),
+        (None, node_token) => {
+            let given =
+                GivenCredentials::from_join(place.credentials.take(), node_token.as_deref().unwrap_or_default())?;
+            (given.gatekeeper().clone(), Some(given))
+        }
+    };
     let starting = Starting::new(&settings, place, shard_count, tls, peering, gatekeeper);
     let metrics = match metrics {
         Some(listener) => {
@@ -138,7 +147,7 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
         ..
     } = starting;
     if let Some(membership) = membership {
-        Heartbeater::new(membership, node.clone(), node_map, stop.clone()).start()?;
+        Heartbeater::new(membership, node.clone(), node_map, given_credentials, stop.clone()).start()?;
     }
     tracing::info!(%front_address, shards = shard_count, node_id = node.node_id, ?metrics_address, "engramd serving");
     Ok(RunningNode {
@@ -155,11 +164,14 @@ pub fn start(settings: NodeSettings, listeners: NodeListeners, shutdown: Shutdow
     })
 }
 
-/// Who may connect: the credentials file, else the shared token, else anyone. A node
-/// of a cluster whose processes read credentials must have a token of its own to show.
-fn gatekeeper(settings: &NodeSettings) -> Result<Arc<Gatekeeper>, ServerError> {
+/// Who may connect, as the node's own flags say: the credentials file, else the shared
+/// token, else anyone. A node of a cluster whose processes read credentials must have a
+/// token of its own to show. `None` for a node that takes its credentials from the
+/// control plane once joined (`GivenCredentials`).
+fn own_gatekeeper(settings: &NodeSettings) -> Result<Option<Arc<Gatekeeper>>, ServerError> {
     match (&settings.credentials_file, &settings.node_token) {
         (Some(_), None) if settings.control.is_some() => return Err(ServerError::NodeTokenRequired),
+        (None, Some(_)) if settings.takes_control_credentials() => return Ok(None),
         (None, Some(_)) => return Err(ServerError::NodeTokenWithoutCredentials),
         _ => {}
     }
@@ -168,10 +180,13 @@ fn gatekeeper(settings: &NodeSettings) -> Result<Arc<Gatekeeper>, ServerError> {
     if let Some(node_token) = &settings.node_token {
         // The other nodes read the same file: a token it does not admit as a peer would
         // be refused by every one of them.
-        let admitted = gatekeeper.gate().admit(node_token.as_bytes(), Family::Peer, &[], true);
-        admitted.map_err(|denial| ServerError::NodeTokenRefused(denial.to_string()))?;
+        let admitted = gatekeeper.gate().admit_node(node_token.as_bytes());
+        admitted.map_err(|denial| ServerError::NodeTokenRefused {
+            by: "--credentials-file".to_string(),
+            reason: denial.to_string(),
+        })?;
     }
-    Ok(Arc::new(gatekeeper))
+    Ok(Some(Arc::new(gatekeeper)))
 }
 
 /// A node started with [`start`]: where it serves, and its end. Dropping it stops the
@@ -304,6 +319,7 @@ impl Starting {
             shard_addresses,
             version_floor,
             membership,
+            ..
         } = place;
         if membership.is_some() {
             crate::cluster::log_installed(&map);

@@ -24,6 +24,9 @@ pub struct Peering {
 /// A blocking link's stream: the socket, or TLS over it.
 pub type BlockingStream = SyncStream<ClientConnection>;
 
+/// A link to a control-plane process.
+pub type ControlLink = BlockingLink<engram_proto::ControlProtocol, BlockingStream>;
+
 impl Peering {
     pub fn new(credentials: Vec<u8>, tls: Option<ClientTls>) -> Peering {
         Peering { credentials, tls }

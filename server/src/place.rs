@@ -10,7 +10,7 @@ use engram_proto::limits::incarnation_version_floor;
 use engram_proto::link::{CallError, LinkError};
 use engram_proto::{
     embedded_map, ControlAddresses, ControlProtocol, ControlRequest, ControlResponse, ErrorCode, JoinRequest,
-    ShardAddress, SlotMap,
+    ShardAddress, SharedCredentials, SlotMap,
 };
 
 use crate::config::NodeSettings;
@@ -33,6 +33,8 @@ pub struct NodePlace {
     pub version_floor: u64,
     /// What the heartbeat needs; `None` for a node that runs alone.
     pub membership: Option<Membership>,
+    /// The credentials the control plane handed over with the join, if it has any.
+    pub credentials: Option<SharedCredentials>,
 }
 
 /// Builds the embedded map of a node that runs alone, or joins the control plane; a
@@ -69,6 +71,7 @@ fn place_alone(node_id: Option<u64>, shard_addresses: Vec<String>) -> NodePlace 
         shard_addresses,
         version_floor: standalone_version_floor(),
         membership: None,
+        credentials: None,
     }
 }
 
@@ -114,6 +117,7 @@ fn join(
             incarnation: joined.incarnation,
             liveness_timeout_ms: joined.liveness_timeout_ms,
         }),
+        credentials: joined.credentials,
     })
 }
 
@@ -136,6 +140,7 @@ struct Joined {
     map: SlotMap,
     incarnation: u64,
     liveness_timeout_ms: u64,
+    credentials: Option<SharedCredentials>,
 }
 
 /// Registers with the control plane's leader, retrying until `JOIN_TIMEOUT_MS`: a node
@@ -236,12 +241,14 @@ fn join_once(address: &str, peering: &Peering, request: &JoinRequest) -> (Outcom
             map,
             incarnation,
             liveness_timeout_ms,
+            credentials,
         }) => match map.validate() {
             Ok(()) => Ok(Joined {
                 node_id,
                 map,
                 incarnation,
                 liveness_timeout_ms,
+                credentials,
             }),
             Err(reason) => Err(format!("the control plane sent an invalid map: {reason}").into()),
         },

@@ -162,6 +162,13 @@ impl ServerOptions {
         self
     }
 
+    /// Presents `node_token` on the node's own links; without a credentials file or a
+    /// shared token, a node of a cluster then admits by its control plane's credentials.
+    pub fn node_token(mut self, node_token: &str) -> Self {
+        self.node_token = Some(node_token.to_string());
+        self
+    }
+
     pub fn metrics_token(mut self, token: &str) -> Self {
         self.metrics_token = Some(token.to_string());
         self
@@ -335,7 +342,7 @@ pub struct EngramServer {
 
 /// Removes every `ENGRAM_*` variable, so the caller's environment cannot change a flag
 /// the test did not set (every engramd and engram flag has one).
-pub(crate) fn scrub_environment(command: &mut Command) {
+pub fn scrub_environment(command: &mut Command) {
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("ENGRAM_") {
             command.env_remove(name);

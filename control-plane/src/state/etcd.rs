@@ -39,6 +39,9 @@ pub struct Keys {
     pub state: String,
     /// The leader's `address id`, under its lease.
     pub leader: String,
+    /// The credentials file's text, with `--credentials-etcd` (written by operators,
+    /// never by the control plane).
+    pub credentials: String,
 }
 
 impl Keys {
@@ -47,6 +50,7 @@ impl Keys {
         Keys {
             state: format!("{prefix}/state"),
             leader: format!("{prefix}/leader"),
+            credentials: format!("{prefix}/credentials"),
         }
     }
 }

@@ -15,11 +15,11 @@ fn file_text() -> String {
 }
 
 fn gate() -> Gate {
-    Gate::Credentials(Credentials::parse(&file_text(), Path::new("credentials")).unwrap())
+    Gate::Credentials(Credentials::parse(&file_text(), "credentials").unwrap())
 }
 
 fn line_error(text: &str) -> String {
-    match Credentials::parse(text, Path::new("creds")) {
+    match Credentials::parse(text, "creds") {
         Err(error) => error.to_string(),
         Ok(_) => panic!("{text:?} parsed"),
     }
@@ -27,7 +27,7 @@ fn line_error(text: &str) -> String {
 
 #[test]
 fn a_file_is_matched_by_token_and_keeps_names_rights_and_namespaces() {
-    let credentials = Credentials::parse(&file_text(), Path::new("credentials")).unwrap();
+    let credentials = Credentials::parse(&file_text(), "credentials").unwrap();
     assert_eq!(credentials.len(), 3);
     let alice = credentials.find(ALICE_TOKEN).unwrap();
     assert_eq!(alice.name, "alice");
@@ -228,8 +228,8 @@ fn a_file_too_large_is_refused_before_it_is_read_whole() {
 proptest! {
     #[test]
     fn any_text_parses_or_names_a_fault(text in "[ -~\n]{0,400}") {
-        if let Err(error) = Credentials::parse(&text, Path::new("p")) {
-            prop_assert!(error.to_string().starts_with("credentials file p") || error.to_string().starts_with("p:"));
+        if let Err(error) = Credentials::parse(&text, "p") {
+            prop_assert!(error.to_string().starts_with("p ") || error.to_string().starts_with("p:"), "{}", error);
         }
     }
 
@@ -240,7 +240,7 @@ proptest! {
             .enumerate()
             .map(|(index, token)| credential_line(&format!("c{index}"), token, Rights::ALL, "*"))
             .collect();
-        let credentials = Credentials::parse(&text.join("\n"), Path::new("p")).unwrap();
+        let credentials = Credentials::parse(&text.join("\n"), "p").unwrap();
         for (index, token) in tokens.iter().enumerate() {
             prop_assert_eq!(&credentials.find(token).unwrap().name, &format!("c{index}"));
         }
@@ -250,7 +250,7 @@ proptest! {
 #[test]
 fn a_grant_taken_again_after_a_reload_follows_the_new_file() {
     let grant = gate().admit(ALICE_TOKEN, Family::Client, b"app-a", false).unwrap();
-    let reparsed = |text: String| Gate::Credentials(Credentials::parse(&text, Path::new("c")).unwrap());
+    let reparsed = |text: String| Gate::Credentials(Credentials::parse(&text, "c").unwrap());
     let same = reparsed(file_text());
     assert_eq!(same.regrant(&grant, Family::Client, b"app-a", false).unwrap(), grant);
     let moved = reparsed(credential_line("alice", ALICE_TOKEN, Rights::DATA, "app-b"));
@@ -274,4 +274,73 @@ fn a_grant_taken_again_after_a_reload_follows_the_new_file() {
     assert!(shared.regrant(&admitted, Family::Client, b"", false).is_ok());
     let other = Gate::Token(b"other".to_vec());
     assert!(other.regrant(&admitted, Family::Client, b"", false).is_err());
+}
+
+#[test]
+fn given_credentials_are_shared_with_a_digest_that_follows_their_text() {
+    let keeper = Gatekeeper::given(Credentials::parse(&file_text(), "etcd").unwrap());
+    let shared = keeper.shared().unwrap();
+    assert_eq!(shared.text, file_text());
+    assert_eq!(shared.digest, shared_digest(&file_text()));
+    assert_eq!(keeper.shared_digest(), shared.digest);
+    assert_ne!(shared.digest, 0);
+    assert_eq!(keeper.file(), None);
+    // A given gate has no file to read again: a SIGHUP changes nothing.
+    assert_eq!(keeper.reload().unwrap(), None);
+    assert_eq!(Gatekeeper::open().shared(), None);
+    assert_eq!(Gatekeeper::open().shared_digest(), 0);
+    assert_eq!(Gatekeeper::new(None, Some(b"t")).unwrap().shared_digest(), 0);
+}
+
+#[test]
+fn an_install_replaces_the_gate_and_moves_the_generation() {
+    let keeper = Gatekeeper::given(Credentials::parse(&file_text(), "etcd").unwrap());
+    let before = keeper.shared_digest();
+    let bob = credential_line("bob", b"bob-token-0123456789", Rights::DATA, "*");
+    let nodes = credential_line("nodes", NODE_TOKEN, Rights::NONE.with(Right::Node), "*");
+    let text = format!("{bob}\n{nodes}\n");
+    assert_eq!(
+        keeper.install_admitting(Credentials::parse(&text, "etcd").unwrap(), NODE_TOKEN),
+        Ok(2)
+    );
+    assert_eq!(keeper.generation(), 1);
+    assert_ne!(keeper.shared_digest(), before);
+    assert_eq!(keeper.shared().unwrap().text, text);
+    let gate = keeper.gate();
+    assert!(gate.admit(b"bob-token-0123456789", Family::Client, b"x", false).is_ok());
+    assert_eq!(
+        gate.admit(ALICE_TOKEN, Family::Client, b"app-a", false).unwrap_err(),
+        Denial::UnknownToken
+    );
+}
+
+#[test]
+fn credentials_that_refuse_the_process_own_node_token_are_not_installed() {
+    let keeper = Gatekeeper::given(Credentials::parse(&file_text(), "etcd").unwrap());
+    let before = keeper.shared_digest();
+    let without_nodes = credential_line("alice", ALICE_TOKEN, Rights::DATA, "*");
+    let refused = keeper.install_admitting(Credentials::parse(&without_nodes, "etcd").unwrap(), NODE_TOKEN);
+    assert_eq!(refused, Err(Denial::UnknownToken));
+    let data_only = credential_line("nodes", NODE_TOKEN, Rights::DATA, "*");
+    let refused = keeper.install_admitting(Credentials::parse(&data_only, "etcd").unwrap(), NODE_TOKEN);
+    assert!(
+        matches!(refused, Err(Denial::Right { right: Right::Node, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(keeper.generation(), 0);
+    assert_eq!(keeper.shared_digest(), before);
+}
+
+#[test]
+fn errors_name_where_the_text_came_from() {
+    let error = Credentials::parse("", "etcd key /engram/default/credentials").unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "etcd key /engram/default/credentials lists no credential, so nobody could connect"
+    );
+    let error = Credentials::parse("bad", "etcd key /k").unwrap_err();
+    assert!(error.to_string().starts_with("etcd key /k:1: "), "{error}");
+    let large = "#".repeat(CREDENTIALS_FILE_BYTES_MAX as usize + 1);
+    let error = Credentials::parse(&large, "the control plane's credentials").unwrap_err();
+    assert!(error.to_string().contains("credentials_file_bytes_max"), "{error}");
 }
