@@ -14,16 +14,24 @@ use std::time::{Duration, Instant};
 
 use engram_proto::credentials::{shared_digest, Credentials, CredentialsError, Denial};
 use engram_proto::Gatekeeper;
-use etcd_client::{Client, EventType, WatchOptions};
+use etcd_client::{Client, ConnectOptions, EventType, WatchOptions};
 
 use crate::leadership::ETCD_CALL_TIMEOUT_MS;
 
 /// How long a starting control plane waits for etcd to answer and the key to hold
 /// credentials, so control planes may start before the operator puts them.
 pub const CREDENTIALS_WAIT_MS: u64 = 30_000;
-/// Pause between reads of the key while waiting for it, and before a broken watch is
-/// made again.
+/// Pause between reads of the key while waiting for it, and the first before a broken
+/// watch is made again.
 pub const CREDENTIALS_RETRY_INTERVAL_MS: u64 = 500;
+/// Longest pause before a broken watch is made again: the pause doubles from
+/// `CREDENTIALS_RETRY_INTERVAL_MS` while etcd cannot be reached.
+pub const CREDENTIALS_BACKOFF_MS_MAX: u64 = 30_000;
+/// How often the key is read besides the watch, so a change reaches this process within
+/// this long even if its watch stalled without breaking.
+pub const CREDENTIALS_RESYNC_INTERVAL_MS: u64 = 30_000;
+/// How often an idle connection to etcd is pinged, so a dead one is noticed.
+const ETCD_KEEP_ALIVE_INTERVAL_MS: u64 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdCredentialsError {
@@ -87,80 +95,124 @@ pub async fn load(source: &CredentialsKey) -> Result<(Gatekeeper, i64), EtcdCred
     Ok((gatekeeper, revision))
 }
 
-/// Installs every change of the key after `revision` for the life of the process. A
-/// broken or compacted watch is made again after a fresh read, which catches up on what
-/// the watch missed.
-pub async fn follow(source: CredentialsKey, gatekeeper: Arc<Gatekeeper>, mut revision: i64) {
+/// Installs every change of the key after `revision` for the life of the process. The
+/// watch is the fast path; a read every [`CREDENTIALS_RESYNC_INTERVAL_MS`] catches what a
+/// watch that stalled without breaking would miss, and a broken or compacted watch is
+/// made again after a fresh read, backing off while etcd cannot be reached.
+pub async fn follow(source: CredentialsKey, gatekeeper: Arc<Gatekeeper>, revision: i64) {
+    let mut follower = Follower {
+        source,
+        gatekeeper,
+        revision,
+        refused_digest: 0,
+    };
+    let mut backoff_ms = CREDENTIALS_RETRY_INTERVAL_MS;
+    let mut outage_logged = false;
     loop {
-        if let Err(reason) = watch(&source, &gatekeeper, &mut revision).await {
-            tracing::warn!(key = %source.key, %reason, "the credentials watch broke; reading the key again");
+        let broken = follower.watch().await;
+        let read = follower.resync().await;
+        match (broken, read) {
+            (Err(reason), _) | (_, Err(reason)) => {
+                if !outage_logged {
+                    tracing::warn!(key = %follower.source.key, %reason, "cannot follow the credentials in etcd; retrying");
+                    outage_logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(CREDENTIALS_BACKOFF_MS_MAX);
+            }
+            (Ok(()), Ok(())) => {
+                if outage_logged {
+                    tracing::info!(key = %follower.source.key, "following the credentials in etcd again");
+                    outage_logged = false;
+                }
+                backoff_ms = CREDENTIALS_RETRY_INTERVAL_MS;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(CREDENTIALS_RETRY_INTERVAL_MS)).await;
-        match read(&source).await {
-            Ok((Some(value), read_at)) => {
-                revision = read_at;
-                let unchanged =
-                    std::str::from_utf8(&value).is_ok_and(|text| shared_digest(text) == gatekeeper.shared_digest());
-                if !unchanged {
-                    apply(&source, &gatekeeper, &value);
+    }
+}
+
+struct Follower {
+    source: CredentialsKey,
+    gatekeeper: Arc<Gatekeeper>,
+    /// The key's last revision seen: a new watch starts after it.
+    revision: i64,
+    /// The digest of the value last refused, so a resync does not log it again.
+    refused_digest: u64,
+}
+
+impl Follower {
+    /// Follows the key from `revision` until the watch breaks (`Err`) or a resync is due
+    /// (`Ok`); `revision` advances past each change seen.
+    async fn watch(&mut self) -> Result<(), String> {
+        let mut client = connect(&self.source).await?;
+        let options = WatchOptions::new().with_start_revision(self.revision + 1);
+        let mut stream = client
+            .watch(self.source.key.as_str(), Some(options))
+            .await
+            .map_err(|error| error.to_string())?;
+        let resync = tokio::time::sleep(Duration::from_millis(CREDENTIALS_RESYNC_INTERVAL_MS));
+        tokio::pin!(resync);
+        loop {
+            let response = tokio::select! {
+                () = &mut resync => return Ok(()),
+                message = stream.message() => message.map_err(|error| error.to_string())?,
+            };
+            let Some(response) = response else {
+                return Err("the watch stream ended".to_string());
+            };
+            if response.canceled() {
+                return Err(format!(
+                    "watch canceled: {} (compacted up to revision {})",
+                    response.cancel_reason(),
+                    response.compact_revision()
+                ));
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                self.revision = self.revision.max(kv.mod_revision());
+                match event.event_type() {
+                    EventType::Put => self.apply(kv.value()),
+                    EventType::Delete => tracing::error!(
+                        key = %self.source.key,
+                        "the credentials key was deleted; the previous credentials still admit"
+                    ),
                 }
             }
-            Ok((None, read_at)) => revision = read_at,
-            Err(reason) => tracing::warn!(key = %source.key, %reason, "cannot read the credentials key"),
         }
     }
-}
 
-/// Follows the key from `revision` until the watch ends; `revision` advances past each
-/// change seen.
-async fn watch(source: &CredentialsKey, gatekeeper: &Gatekeeper, revision: &mut i64) -> Result<(), String> {
-    let mut client = connect(source).await?;
-    let options = WatchOptions::new().with_start_revision(*revision + 1);
-    let mut stream = client
-        .watch(source.key.as_str(), Some(options))
-        .await
-        .map_err(|error| error.to_string())?;
-    while let Some(response) = stream.message().await.map_err(|error| error.to_string())? {
-        if response.canceled() {
-            return Err(format!("watch canceled: {}", response.cancel_reason()));
-        }
-        for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            *revision = (*revision).max(kv.mod_revision());
-            match event.event_type() {
-                EventType::Put => apply(source, gatekeeper, kv.value()),
-                EventType::Delete => tracing::error!(
-                    key = %source.key,
-                    "the credentials key was deleted; the previous credentials still admit"
-                ),
+    /// Reads the key and installs its value if it is neither the one installed nor one
+    /// refused already.
+    async fn resync(&mut self) -> Result<(), String> {
+        let (value, revision) = read(&self.source).await?;
+        self.revision = self.revision.max(revision);
+        if let Some(value) = value {
+            let digest = std::str::from_utf8(&value).map_or(0, shared_digest);
+            if digest != self.gatekeeper.shared_digest() && digest != self.refused_digest {
+                self.apply(&value);
             }
         }
+        Ok(())
     }
-    Err("the watch stream ended".to_string())
-}
 
-/// Parses and installs the key's `value`, or logs why the previous credentials stay.
-fn apply(source: &CredentialsKey, gatekeeper: &Gatekeeper, value: &[u8]) {
-    let installed = std::str::from_utf8(value)
-        .map_err(|_| {
-            EtcdCredentialsError::NotText {
-                key: source.key.clone(),
+    /// Parses and installs the key's `value`, or logs why the previous credentials stay.
+    fn apply(&mut self, value: &[u8]) {
+        let key = &self.source.key;
+        let installed = std::str::from_utf8(value)
+            .map_err(|_| EtcdCredentialsError::NotText { key: key.clone() }.to_string())
+            .and_then(|text| Credentials::parse(text, &origin(key)).map_err(|error| error.to_string()))
+            .and_then(|credentials| {
+                self.gatekeeper
+                    .install_admitting(credentials, &self.source.node_token)
+                    .map_err(|denial| format!("they do not admit --node-token as a node: {denial}"))
+            });
+        match installed {
+            Ok(listed) => tracing::info!(%key, listed, "credentials changed in etcd; installed"),
+            Err(reason) => {
+                self.refused_digest = std::str::from_utf8(value).map_or(0, shared_digest);
+                tracing::error!(%key, %reason, "credentials in etcd refused; the previous credentials still admit");
             }
-            .to_string()
-        })
-        .and_then(|text| Credentials::parse(text, &origin(&source.key)).map_err(|error| error.to_string()))
-        .and_then(|credentials| {
-            gatekeeper
-                .install_admitting(credentials, &source.node_token)
-                .map_err(|denial| format!("they do not admit --node-token as a node: {denial}"))
-        });
-    match installed {
-        Ok(listed) => tracing::info!(key = %source.key, listed, "credentials changed in etcd; installed"),
-        Err(reason) => tracing::error!(
-            key = %source.key,
-            %reason,
-            "credentials in etcd refused; the previous credentials still admit"
-        ),
+        }
     }
 }
 
@@ -174,18 +226,29 @@ async fn read(source: &CredentialsKey) -> Result<(Option<Vec<u8>>, i64), String>
     .await
     .map_err(|_| format!("etcd gave no answer within etcd_call_timeout_ms ({ETCD_CALL_TIMEOUT_MS} ms)"))?
     .map_err(|error| error.to_string())?;
-    let revision = response.header().map_or(0, |header| header.revision());
+    // Without the revision, a watch would start from the key's first and replay history.
+    let revision = response
+        .header()
+        .map(|header| header.revision())
+        .ok_or("etcd answered a read without its revision")?;
     Ok((response.kvs().first().map(|kv| kv.value().to_vec()), revision))
 }
 
+/// A client whose connection notices a dead peer (HTTP/2 pings) and whose watch is
+/// refused by an etcd member cut off from its leader, so a stale member cannot keep the
+/// watch quiet.
 async fn connect(source: &CredentialsKey) -> Result<Client, String> {
-    tokio::time::timeout(
-        Duration::from_millis(ETCD_CALL_TIMEOUT_MS),
-        Client::connect(&source.endpoints, None),
-    )
-    .await
-    .map_err(|_| format!("no etcd endpoint answered within etcd_call_timeout_ms ({ETCD_CALL_TIMEOUT_MS} ms)"))?
-    .map_err(|error| format!("cannot reach etcd at {}: {error}", source.endpoints.join(",")))
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_millis(ETCD_CALL_TIMEOUT_MS))
+        .with_keep_alive(
+            Duration::from_millis(ETCD_KEEP_ALIVE_INTERVAL_MS),
+            Duration::from_millis(ETCD_CALL_TIMEOUT_MS),
+        )
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    Client::connect(&source.endpoints, Some(options))
+        .await
+        .map_err(|error| format!("cannot reach etcd at {}: {error}", source.endpoints.join(",")))
 }
 
 /// How errors name the key.

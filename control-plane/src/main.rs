@@ -170,7 +170,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
                 .into(),
         );
     }
-    let (gatekeeper, followed) = gatekeeper(&arguments).await?;
+    let (gatekeeper, followed) = gatekeeper_from_flags(&arguments).await?;
     let link_credentials = arguments.node_token.as_ref().or(arguments.auth_token.as_ref());
     let settings = Settings {
         gatekeeper: gatekeeper.clone(),
@@ -238,7 +238,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
             Some(tokio::spawn(election::run(controller.clone(), settings, writer)))
         }
     };
-    if let Some((source, revision)) = followed {
+    if let Some(Followed { source, revision }) = followed {
         tokio::spawn(etcd_credentials::follow(source, gatekeeper.clone(), revision));
     }
     tokio::spawn(reload_on_hangup(tls.clone(), gatekeeper));
@@ -270,28 +270,33 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Who may connect: the credentials file's or etcd's credentials, else the shared token,
-/// else anyone. With credentials from etcd, also where to follow them from, and since
-/// which revision.
-async fn gatekeeper(
-    arguments: &Arguments,
-) -> Result<(Arc<Gatekeeper>, Option<(CredentialsKey, i64)>), Box<dyn std::error::Error>> {
+/// Credentials read from etcd, to follow from the revision they were read at.
+struct Followed {
+    source: CredentialsKey,
+    revision: i64,
+}
+
+/// Checks that the flags name a node token exactly when they name credentials, which
+/// this process presents to the nodes.
+fn checked_node_token(arguments: &Arguments) -> Result<Option<&[u8]>, &'static str> {
     let lists_credentials = arguments.credentials_file.is_some() || arguments.credentials_etcd;
-    let node_token = match (&arguments.node_token, lists_credentials) {
-        (Some(_), false) => {
-            return Err("--node-token needs --credentials-file or --credentials-etcd: \
-                        with --auth-token alone, that token is presented"
-                .into())
-        }
-        (None, true) => {
-            return Err(
-                "--credentials-file and --credentials-etcd need --node-token: the token of a \
-                        credential with the node right, which this process presents to the nodes"
-                    .into(),
-            )
-        }
-        (token, _) => token.as_deref().map(str::as_bytes),
-    };
+    match (&arguments.node_token, lists_credentials) {
+        (Some(_), false) => Err("--node-token needs --credentials-file or --credentials-etcd: \
+             with --auth-token alone, that token is presented"),
+        (None, true) => Err(
+            "--credentials-file and --credentials-etcd need --node-token: the token of a \
+             credential with the node right, which this process presents to the nodes",
+        ),
+        (token, _) => Ok(token.as_deref().map(str::as_bytes)),
+    }
+}
+
+/// Who may connect: the credentials file's or etcd's credentials, else the shared token,
+/// else anyone; with credentials from etcd, where to follow them from.
+async fn gatekeeper_from_flags(
+    arguments: &Arguments,
+) -> Result<(Arc<Gatekeeper>, Option<Followed>), Box<dyn std::error::Error>> {
+    let node_token = checked_node_token(arguments)?;
     if arguments.credentials_etcd {
         let source = CredentialsKey {
             endpoints: arguments.etcd.clone(),
@@ -300,7 +305,7 @@ async fn gatekeeper(
         };
         let (gatekeeper, revision) = etcd_credentials::load(&source).await?;
         tracing::info!(key = %source.key, revision, "credentials read from etcd; following their changes");
-        return Ok((Arc::new(gatekeeper), Some((source, revision))));
+        return Ok((Arc::new(gatekeeper), Some(Followed { source, revision })));
     }
     let gatekeeper = Gatekeeper::new(
         arguments.credentials_file.as_deref(),

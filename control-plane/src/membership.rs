@@ -979,6 +979,7 @@ mod tests {
             memory_limit_bytes: 0,
             boot_id: u64::from(host),
             zone: String::new(),
+            takes_credentials: false,
         }
     }
 

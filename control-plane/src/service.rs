@@ -431,6 +431,12 @@ impl Controller {
     }
 
     fn join(self: &Arc<Self>, request: &engram_proto::JoinRequest, now_ms: u64) -> ControlResponse {
+        // Refused before the node becomes a member: it could not serve.
+        let credentials = match (request.takes_credentials, self.settings.gatekeeper.shared()) {
+            (false, _) => None,
+            (true, None) => return error_response(ErrorCode::Forbidden, NO_SHARED_CREDENTIALS),
+            (true, shared) => shared,
+        };
         let (joined, map) = {
             let mut inner = self.lock();
             match self.change(&mut inner, |membership| membership.join(request, now_ms)) {
@@ -454,7 +460,7 @@ impl Controller {
             map,
             incarnation: joined.incarnation,
             liveness_timeout_ms: self.liveness_timeout_ms(),
-            credentials: self.settings.gatekeeper.shared(),
+            credentials,
         }
     }
 
@@ -462,11 +468,7 @@ impl Controller {
     fn credentials(&self) -> ControlResponse {
         match self.settings.gatekeeper.shared() {
             Some(credentials) => ControlResponse::Credentials(credentials),
-            None => error_response(
-                ErrorCode::InvalidArgument,
-                "this control plane admits by no credentials (--credentials-file or --credentials-etcd) to share"
-                    .to_string(),
-            ),
+            None => error_response(ErrorCode::InvalidArgument, NO_SHARED_CREDENTIALS),
         }
     }
 
@@ -1074,6 +1076,10 @@ pub(crate) fn error_reply(code: ErrorCode, message: impl Into<String>) -> ErrorR
 }
 
 /// An error answer to a request of the control family.
+/// Why a node that takes its credentials from the control plane cannot have them.
+const NO_SHARED_CREDENTIALS: &str = "this control plane shares no credentials (it has no --credentials-file or \
+     --credentials-etcd), so a node with --node-token alone has none to admit by";
+
 pub(crate) fn error_response(code: ErrorCode, message: impl Into<String>) -> ControlResponse {
     ControlResponse::Error(error_reply(code, message))
 }

@@ -85,8 +85,8 @@ pub enum ControlResponse {
         /// The control plane's liveness timeout: a node silent for longer is declared
         /// dead, so the node must not serve on an unchecked map for nearly that long.
         liveness_timeout_ms: u64,
-        /// The credentials the control plane admits by (a file's or etcd's), which a
-        /// node started with a node token alone admits by too; `None` when it has none.
+        /// The credentials the control plane admits by (a file's or etcd's), for a join
+        /// that [`JoinRequest::takes_credentials`]; `None` for any other.
         credentials: Option<SharedCredentials>,
     },
     HeartbeatAck {
@@ -99,9 +99,9 @@ pub enum ControlResponse {
         /// Every fill the node's primary shards are to run now; one missing from the
         /// list is withdrawn.
         fills: Vec<FillOrder>,
-        /// [`SharedCredentials::digest`] of the control plane's credentials (0: none): a
-        /// node that takes its credentials from the control plane asks for them again
-        /// when it differs from its own.
+        /// [`crate::credentials::shared_digest`] of the control plane's credentials (0:
+        /// none): a node that takes its credentials from the control plane asks for them
+        /// again when it differs from its own.
         credentials_digest: u64,
     },
     /// Boxed: the largest answer by far, and rare.
@@ -144,11 +144,11 @@ impl ControlResponse {
     }
 }
 
-/// Credentials in the credentials file's format, as a control plane hands them to nodes,
-/// with a digest of the text by which a node tells they changed (never 0).
+/// Credentials in the credentials file's format, as a control plane hands them to nodes.
+/// A node computes their digest itself ([`crate::credentials::shared_digest`]) rather
+/// than trust one sent along.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SharedCredentials {
-    pub digest: u64,
     pub text: String,
 }
 
@@ -170,6 +170,9 @@ pub struct JoinRequest {
     /// [`crate::limits::ZONE_BYTES_MAX`] bytes; empty: none given. Backups of a slot go
     /// to zones other than its owner's when there are any.
     pub zone: String,
+    /// The node admits by the control plane's credentials: the answer carries them, and
+    /// a control plane that has none refuses the join (before the node becomes a member).
+    pub takes_credentials: bool,
 }
 
 /// An operator returning lost slots to service, empty: the listed slots, and every lost

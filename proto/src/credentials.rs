@@ -47,11 +47,14 @@ pub use crate::rights::{Right, Rights};
 pub const CREDENTIALS_MAX: usize = 10_000;
 
 /// Largest credentials text read, from a file, etcd or the control plane (about 200
-/// bytes for each of `CREDENTIALS_MAX` lines): a control plane hands it to a joining
-/// node in one frame with the slot map, and etcd keeps values up to 1.5 MiB unless told.
-pub const CREDENTIALS_FILE_BYTES_MAX: u64 = 2 * 1024 * 1024;
+/// bytes for each of `CREDENTIALS_MAX` lines); etcd keeps values up to 1.5 MiB unless
+/// told otherwise.
+pub const CREDENTIALS_TEXT_BYTES_MAX: u64 = 2 * 1024 * 1024;
 
-const _: () = assert!(CREDENTIALS_FILE_BYTES_MAX as usize <= crate::limits::FRAME_PAYLOAD_BYTES_MAX / 2);
+// A control plane hands the text to a joining node in one frame with the slot map: half
+// a frame leaves the map the other half (a map of every slot in its own range, over a
+// thousand shards, takes well under 1 MiB).
+const _: () = assert!(CREDENTIALS_TEXT_BYTES_MAX as usize <= crate::limits::FRAME_PAYLOAD_BYTES_MAX / 2);
 
 /// Longest credential name, which logs and refusals show.
 pub const CREDENTIAL_NAME_BYTES_MAX: usize = 64;
@@ -176,7 +179,7 @@ impl Denial {
 pub enum CredentialsError {
     #[error("cannot read credentials file {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{origin} is larger than credentials_file_bytes_max ({CREDENTIALS_FILE_BYTES_MAX})")]
+    #[error("{origin} is larger than credentials_text_bytes_max ({CREDENTIALS_TEXT_BYTES_MAX})")]
     TooLarge { origin: String },
     #[error("{origin} lists more than credentials_max ({CREDENTIALS_MAX}) credentials")]
     TooMany { origin: String },
@@ -207,7 +210,7 @@ pub struct Credentials {
 
 impl Credentials {
     /// Reads and parses a credentials file, refusing one above
-    /// [`CREDENTIALS_FILE_BYTES_MAX`] before reading it all.
+    /// [`CREDENTIALS_TEXT_BYTES_MAX`] before reading it all.
     pub fn load(path: &Path) -> Result<Credentials, CredentialsError> {
         let read = |source| CredentialsError::Read {
             path: path.to_path_buf(),
@@ -215,7 +218,7 @@ impl Credentials {
         };
         let file = std::fs::File::open(path).map_err(read)?;
         let mut text = String::new();
-        file.take(CREDENTIALS_FILE_BYTES_MAX + 1)
+        file.take(CREDENTIALS_TEXT_BYTES_MAX + 1)
             .read_to_string(&mut text)
             .map_err(read)?;
         Credentials::parse(&text, &file_origin(path))
@@ -224,7 +227,7 @@ impl Credentials {
     /// Parses text in the credentials file's format; `origin` names where it came from
     /// in errors (a file, an etcd key, the control plane).
     pub fn parse(text: &str, origin: &str) -> Result<Credentials, CredentialsError> {
-        if text.len() as u64 > CREDENTIALS_FILE_BYTES_MAX {
+        if text.len() as u64 > CREDENTIALS_TEXT_BYTES_MAX {
             return Err(CredentialsError::TooLarge {
                 origin: origin.to_string(),
             });
@@ -284,11 +287,10 @@ impl Credentials {
         self.listed.is_empty()
     }
 
-    /// The text these credentials were read from, with its digest, as a control plane
-    /// hands it to its nodes.
+    /// The text these credentials were read from, as a control plane hands it to its
+    /// nodes.
     pub fn shared(&self) -> SharedCredentials {
         SharedCredentials {
-            digest: self.text_digest,
             text: self.text.to_string(),
         }
     }

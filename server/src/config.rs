@@ -83,8 +83,10 @@ pub struct NodeSettings {
     pub credentials_file: Option<PathBuf>,
 
     /// Token this node presents on its own links (its join and heartbeats, forwarding,
-    /// migration, replication), of a credential of --credentials-file with the node
-    /// right; needed with --control. (With --auth-token, links present that token.)
+    /// migration, replication), of a credential with the node right; needed with
+    /// --credentials-file and --control. With --control and neither --credentials-file
+    /// nor --auth-token, the node admits by the control plane's credentials and follows
+    /// their changes. (With --auth-token, links present that token.)
     #[arg(long, env = "ENGRAM_NODE_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub node_token: Option<String>,
 

@@ -9,9 +9,9 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use engram_proto::credentials::Credentials;
-use engram_proto::link::CallError;
+use engram_proto::credentials::{shared_digest, Credentials};
 use engram_proto::{ControlRequest, ControlResponse, Gatekeeper, SharedCredentials};
 
 use crate::error::ServerError;
@@ -19,6 +19,9 @@ use crate::peering::ControlLink;
 
 /// How errors name the credentials.
 const ORIGIN: &str = "the control plane's credentials";
+/// How often a failure to take the control plane's credentials is logged while it lasts
+/// (the heartbeat tries again twice a second).
+const PROBLEM_LOG_INTERVAL_MS: u64 = 60_000;
 
 /// The gate of a node whose credentials come from the control plane, and the token the
 /// node presents, which every credentials installed must keep admitting.
@@ -28,6 +31,7 @@ pub struct GivenCredentials {
     /// The digest of credentials last refused, not asked for again (nor logged again)
     /// until the control plane's change.
     refused_digest: Cell<u64>,
+    problem_logged: Cell<Option<Instant>>,
 }
 
 impl GivenCredentials {
@@ -50,6 +54,7 @@ impl GivenCredentials {
             gatekeeper: Arc::new(gatekeeper),
             node_token: node_token.as_bytes().to_vec(),
             refused_digest: Cell::new(0),
+            problem_logged: Cell::new(None),
         })
     }
 
@@ -58,20 +63,21 @@ impl GivenCredentials {
     }
 
     /// After a heartbeat answered with `digest`: fetches and installs the control
-    /// plane's credentials when they are not the ones the node holds.
-    pub fn follow(&self, digest: u64, link: &mut ControlLink) -> Result<(), CallError> {
-        if digest == 0 || digest == self.gatekeeper.shared_digest() || digest == self.refused_digest.get() {
-            return Ok(());
+    /// plane's credentials when they are not the ones the node holds. A failure keeps
+    /// the credentials the node has, and the next heartbeat tries again; it never fails
+    /// the heartbeat, which has done its work.
+    pub fn follow(&self, digest: u64, link: &mut ControlLink) {
+        if digest == 0 {
+            self.problem("the control plane shares no credentials any more");
+            return;
         }
-        let shared = match link.call(ControlRequest::GetCredentials)? {
-            ControlResponse::Credentials(shared) => shared,
-            other => {
-                tracing::warn!(
-                    answer = other.name(),
-                    "the control plane did not hand over its credentials"
-                );
-                return Ok(());
-            }
+        if digest == self.gatekeeper.shared_digest() || digest == self.refused_digest.get() {
+            return;
+        }
+        let shared = match link.call(ControlRequest::GetCredentials) {
+            Ok(ControlResponse::Credentials(shared)) => shared,
+            Ok(other) => return self.problem(&format!("the control plane answered {}", other.name())),
+            Err(error) => return self.problem(&error.to_string()),
         };
         let installed = Credentials::parse(&shared.text, ORIGIN)
             .map_err(|error| error.to_string())
@@ -83,10 +89,20 @@ impl GivenCredentials {
         match installed {
             Ok(listed) => tracing::info!(listed, "the control plane's credentials changed; installed"),
             Err(reason) => {
-                self.refused_digest.set(shared.digest);
+                self.refused_digest.set(shared_digest(&shared.text));
                 tracing::error!(%reason, "the control plane's credentials refused; the previous ones still admit");
             }
         }
-        Ok(())
+    }
+
+    fn problem(&self, reason: &str) {
+        let due = self
+            .problem_logged
+            .get()
+            .is_none_or(|logged| logged.elapsed() >= Duration::from_millis(PROBLEM_LOG_INTERVAL_MS));
+        if due {
+            self.problem_logged.set(Some(Instant::now()));
+            tracing::warn!(%reason, "cannot take the control plane's credentials; the previous ones still admit");
+        }
     }
 }

@@ -253,7 +253,7 @@ impl Heartbeater {
             self.settle(&abort_migrations, control_epoch);
         }
         if let Some(credentials) = &self.credentials {
-            credentials.follow(credentials_digest, link)?;
+            credentials.follow(credentials_digest, link);
         }
         Ok(Beat::Answered)
     }

@@ -103,6 +103,7 @@ fn join(
         memory_limit_bytes: settings.memory_limit.map_or(0, |limit| limit / shard_count),
         boot_id: random_u64(),
         zone: settings.zone.clone().unwrap_or_default(),
+        takes_credentials: settings.takes_control_credentials(),
     };
     let (joined, control) = join_cluster(control.clone(), peering, &request, shutdown)?;
     tracing::info!(control = %control.first(), node_id = joined.node_id, incarnation = joined.incarnation, epoch = joined.map.epoch, zone = %request.zone, "joined the cluster");

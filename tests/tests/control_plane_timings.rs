@@ -86,6 +86,7 @@ fn spread_state(nodes: u8, shards: u16) -> Membership {
             memory_limit_bytes: 0,
             boot_id: u64::from(host),
             zone: String::new(),
+            takes_credentials: false,
         };
         membership.join(&request, 0).expect("join");
     }

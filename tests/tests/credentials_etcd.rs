@@ -25,6 +25,7 @@ const TENANT: &str = "tenant-token-4c1e9a7f2b0d";
 const NEWCOMER: &str = "newcomer-token-6f2d0b8e4a1c";
 const OPS: &str = "ops-token-1b7e3d9f5c2a";
 const NEW_OPS: &str = "new-ops-token-8d4a2c6e0f3b";
+const THIRD: &str = "third-token-0e5b7d1f3a9c";
 const NODES: &str = "nodes-token-3a9c5e1b7d0f";
 const PREFIX: &str = "/engram/credentials-test";
 /// Bounds every wait for a change to reach the processes (a watch event, then a
@@ -121,7 +122,7 @@ async fn wait_for_log(what: &str, text: &str, stderr: impl Fn() -> String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_put_in_etcd_changes_who_may_connect_to_every_process() {
-    let etcd = Etcd::start();
+    let mut etcd = Etcd::start();
     put(&etcd, &first_credentials()).await;
     let controls = [control_plane(&etcd), control_plane(&etcd)];
     let addresses = format!("{},{}", controls[0].address(), controls[1].address());
@@ -233,8 +234,8 @@ async fn one_put_in_etcd_changes_who_may_connect_to_every_process() {
     for control in &controls {
         wait_for_log("a delete", "the credentials key was deleted", || control.stderr_text()).await;
     }
-    // A heartbeat or two later, the node still holds the second credentials.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The refused puts changed nothing anywhere, even on the node, which heartbeats
+    // meanwhile.
     assert_eq!(newcomer.counter("visits").add(1).await.unwrap(), 2);
     assert!(
         connect(&node, TENANT).await.is_err(),
@@ -244,16 +245,41 @@ async fn one_put_in_etcd_changes_who_may_connect_to_every_process() {
         operator(NEW_OPS).status().await.is_ok(),
         "a refused put revoked the operator"
     );
-    // The control planes never installed what they refused, so the node was never
-    // handed it: one change installed, the second put's.
+
+    // etcd goes down and comes back (every watch breaks, the leader steps down): a put
+    // afterwards still reaches every process.
+    tokio::task::block_in_place(|| etcd.restart());
+    let third = format!(
+        "{}\n{}",
+        second_credentials(),
+        credential_line("third", THIRD.as_bytes(), Rights::DATA, "app")
+    );
+    put(&etcd, &third).await;
+    wait_until("the third tenant admitted by the node", FOLLOW_LIMIT, async || {
+        connect(&node, THIRD).await.is_ok()
+    })
+    .await;
+    for control in &controls {
+        wait_until("each control plane follows again", FOLLOW_LIMIT, async || {
+            control
+                .stderr_text()
+                .matches("credentials changed in etcd; installed")
+                .count()
+                == 2
+        })
+        .await;
+    }
+    // The control planes never installed what they refused, so the node was never handed
+    // it: two changes installed, the second put's and the third's.
     let log = node.stderr_text();
     assert_eq!(
         log.matches("the control plane's credentials changed; installed")
             .count(),
-        1,
+        2,
         "{log}"
     );
     assert!(!log.contains("the control plane's credentials refused"), "{log}");
+    assert!(connect(&node, TENANT).await.is_err(), "the revoked tenant came back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,7 +338,8 @@ fn a_node_with_its_token_alone_needs_a_control_plane_that_lists_credentials() {
         panic!("a node started with a node token and nothing to admit by");
     };
     assert!(
-        refused.stderr.contains("the control plane shares no credentials"),
+        refused.stderr.contains("refused this node's credentials")
+            && refused.stderr.contains("this control plane shares no credentials"),
         "{refused}"
     );
     // Without --control there is no control plane to take them from.

@@ -10,6 +10,7 @@ fn join_request(node: u64, boot_id: u64) -> JoinRequest {
         memory_limit_bytes: 0,
         boot_id,
         zone: String::new(),
+        takes_credentials: false,
     }
 }
 

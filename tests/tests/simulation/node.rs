@@ -127,6 +127,7 @@ impl Node {
             memory_limit_bytes: 0,
             boot_id: self.boot_id,
             zone: String::new(),
+            takes_credentials: false,
         };
         let join = Request::Join(request);
         self.call(Endpoint::Control, join, CONTROL_CALL_TIMEOUT_MS, Pending::Join, actions);

@@ -11,6 +11,7 @@ fn join_request(host: u8, boot_id: u64) -> JoinRequest {
         memory_limit_bytes: 0,
         boot_id,
         zone: String::new(),
+        takes_credentials: false,
     }
 }
 
