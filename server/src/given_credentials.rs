@@ -9,13 +9,13 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use engram_proto::credentials::{shared_digest, Credentials};
 use engram_proto::{ControlRequest, ControlResponse, Gatekeeper, SharedCredentials};
 
 use crate::error::ServerError;
 use crate::peering::ControlLink;
+use crate::throttle::Throttle;
 
 /// How errors name the credentials.
 const ORIGIN: &str = "the control plane's credentials";
@@ -31,7 +31,7 @@ pub struct GivenCredentials {
     /// The digest of credentials last refused, not asked for again (nor logged again)
     /// until the control plane's change.
     refused_digest: Cell<u64>,
-    problem_logged: Cell<Option<Instant>>,
+    problem_logged: Throttle,
 }
 
 impl GivenCredentials {
@@ -54,7 +54,7 @@ impl GivenCredentials {
             gatekeeper: Arc::new(gatekeeper),
             node_token: node_token.as_bytes().to_vec(),
             refused_digest: Cell::new(0),
-            problem_logged: Cell::new(None),
+            problem_logged: Throttle::new(PROBLEM_LOG_INTERVAL_MS),
         })
     }
 
@@ -96,12 +96,7 @@ impl GivenCredentials {
     }
 
     fn problem(&self, reason: &str) {
-        let due = self
-            .problem_logged
-            .get()
-            .is_none_or(|logged| logged.elapsed() >= Duration::from_millis(PROBLEM_LOG_INTERVAL_MS));
-        if due {
-            self.problem_logged.set(Some(Instant::now()));
+        if self.problem_logged.allows() {
             tracing::warn!(%reason, "cannot take the control plane's credentials; the previous ones still admit");
         }
     }

@@ -10,7 +10,7 @@
 use std::cell::Cell;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use engram_proto::control_addresses::Outcome;
 use engram_proto::link::CallError;
@@ -24,6 +24,7 @@ use crate::given_credentials::GivenCredentials;
 use crate::peering::{ControlLink, Peering};
 use crate::shutdown::Shutdown;
 use crate::stats::NodeStats;
+use crate::throttle::Throttle;
 
 /// How often a cluster node reports to the control plane.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
@@ -50,7 +51,7 @@ pub struct Heartbeater {
     node: Arc<NodeStats>,
     node_map: Arc<NodeMap>,
     shutdown: Shutdown,
-    refusal_logged: Cell<Option<Instant>>,
+    refusal_logged: Throttle,
     incarnation: u64,
     /// The control plane's, from its last answer.
     liveness_timeout_ms: Cell<u64>,
@@ -102,7 +103,7 @@ impl Heartbeater {
             node,
             node_map,
             shutdown,
-            refusal_logged: Cell::new(None),
+            refusal_logged: Throttle::new(REFUSAL_LOG_INTERVAL_MS),
             incarnation: membership.incarnation,
             liveness_timeout_ms: Cell::new(membership.liveness_timeout_ms),
             credentials,
@@ -302,12 +303,7 @@ impl Heartbeater {
     /// A control plane that lost its state refuses every beat; says so now and then,
     /// not twice a second.
     fn refused(&self, control: &str, message: &str) {
-        let due = self
-            .refusal_logged
-            .get()
-            .is_none_or(|logged| logged.elapsed() >= Duration::from_millis(REFUSAL_LOG_INTERVAL_MS));
-        if due {
-            self.refusal_logged.set(Some(Instant::now()));
+        if self.refusal_logged.allows() {
             tracing::warn!(%control, %message, "heartbeat refused");
         }
     }

@@ -36,6 +36,7 @@
 //! - [`stream`]: a connection's byte stream, plain TCP or TLS over it.
 //! - [`tls`]: TLS on the node's ports: a plain client told so, a handshake within the
 //!   handshake timeout.
+//! - [`throttle`]: a warning that repeats while its cause lasts, logged once per interval.
 //! - [`stats`]: per-shard figures published for INFO and metrics.
 //! - [`metrics`]: Prometheus families, per-shard counting handles, the `/metrics` endpoint.
 pub mod cluster;
@@ -65,4 +66,5 @@ pub mod shutdown;
 pub mod stats;
 pub mod store;
 pub mod stream;
+pub mod throttle;
 pub mod tls;
