@@ -11,7 +11,9 @@
 # pair (engramd --spin-us with engram-bench --client-spin-us, 1 connection) with the CPU
 # both processes burn, against the echo floor spinning the same way; then resident
 # memory per key: RSS growth (VmRSS) of a fresh server after 1,000,000 SETs of 32-byte
-# values to distinct keys.
+# values to distinct keys. Around every run, the server's CPU (user and system, from
+# /proc) and, where perf can count the raw_syscalls:sys_enter tracepoint (as root), the
+# system calls its threads entered: per request, the server's own work.
 #
 # All servers run side by side (idle ones sleep) and the measurements are interleaved:
 # ROUNDS rounds (even, so that each order runs as often), each measuring every target
@@ -67,6 +69,16 @@ if ! command -v redis-server >/dev/null; then
     apt-get install -y redis-server >/dev/null 2>&1 || die "redis-server missing and apt-get install failed"
 fi
 [[ $(nproc) -ge 2 ]] || note "only $(nproc) CPU: servers and load share a core"
+if ! command -v perf >/dev/null; then
+    note "installing linux-perf (system calls per request)"
+    apt-get install -y linux-perf >/dev/null 2>&1 || note "linux-perf could not be installed"
+fi
+count_syscalls=false
+if perf stat -x, -e raw_syscalls:sys_enter -o /dev/null true 2>/dev/null; then
+    count_syscalls=true
+else
+    note "perf cannot count system calls here (needs root or perf_event_paranoid=-1): not measured"
+fi
 for setting in rounds duration warmup keys value_bytes memory_keys spin_us server_core load_core; do
     fact "$facts" "$setting" "${!setting}"
 done
@@ -116,6 +128,13 @@ start_server() { # name kind [extra flags...]
 stop_server() { # name
     kill "${server_pids[$1]}" 2>/dev/null || true
     wait "${server_pids[$1]}" 2>/dev/null || true
+}
+
+# The count of a `perf stat -x,` file: its raw_syscalls:sys_enter line's first field
+# (`<not counted>` when the server made none).
+syscall_count() { # perf-output
+    awk -F, '$3 == "raw_syscalls:sys_enter" { print ($1 ~ /^[0-9]+$/) ? $1 : 0; found = 1 }
+             END { if (!found) exit 1 }' "$1" || die "no system call count in $1"
 }
 
 scheme() { case "$1" in echo*) echo tcp-echo ;; redis*) echo redis ;; engram*) echo engram ;; esac; }
@@ -178,11 +197,22 @@ for round in $(seq 1 "$rounds"); do
             fact "$run.facts" server_stat_before "$(stat_line "$pid")"
             fact "$run.facts" load_stat_before "$(stat_line $$)"
             fact "$run.facts" started "$(date +%s.%N)"
+            if $count_syscalls; then
+                perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$run.perf" &
+                perf_pid=$!
+                pids+=("$perf_pid")
+            fi
             # shellcheck disable=SC2046
             bench "$run.json" "$name" $(shape_flags "$shape")
             fact "$run.facts" ended "$(date +%s.%N)"
             fact "$run.facts" server_stat_after "$(stat_line "$pid")"
             fact "$run.facts" load_stat_after "$(stat_line $$)"
+            if $count_syscalls; then
+                # perf prints its count when interrupted.
+                kill -INT "$perf_pid"
+                wait "$perf_pid" || true
+                fact "$run.facts" server_syscalls "$(syscall_count "$run.perf")"
+            fi
         done
     done
 done

@@ -183,6 +183,11 @@ pub fn process_cpu_ticks(stat: &str) -> Option<u64> {
     stat_sum(stat, 14)
 }
 
+/// CPU time of the process itself in the kernel (stime), in clock ticks.
+pub fn process_system_ticks(stat: &str) -> Option<u64> {
+    stat_fields(stat)?.get(15 - 3)?.parse().ok()
+}
+
 /// CPU time of the children the process has waited for (cutime + cstime), in clock ticks.
 pub fn children_cpu_ticks(stat: &str) -> Option<u64> {
     stat_sum(stat, 16)

@@ -5,7 +5,9 @@
 //! - per run, `TARGET-SHAPE-ROUND.json` (engram-bench's `--json`) and
 //!   `TARGET-SHAPE-ROUND.facts`: `started` and `ended` (clock readings around
 //!   engram-bench), `server_stat_before`/`_after` (the server's `/proc/PID/stat` line) and
-//!   `load_stat_before`/`_after` (the script's own, whose children's CPU is the load's);
+//!   `load_stat_before`/`_after` (the script's own, whose children's CPU is the load's),
+//!   and `server_syscalls` (the system calls the server's threads entered over the run,
+//!   as `perf stat` counted them; absent where perf could not count);
 //! - per memory server (`redis`, `engram`), `memory-SERVER.facts` (`rss_before`,
 //!   `rss_after`: the `VmRSS:` lines of `/proc/PID/status`) and `memory-SERVER-keys.json`:
 //!   the keys it holds, as `redis-cli dbsize` or `engram info --json` printed them.
@@ -18,7 +20,9 @@ use serde_json::Value;
 
 use crate::bench::report::compare::{run_names, Inputs, MemoryRun, PerServer, Run, RunFigures, Settings};
 use crate::bench::report::error::ReportError;
-use crate::bench::report::facts::{children_cpu_ticks, process_cpu_ticks, read_json, vm_rss_kib, Facts, Machine};
+use crate::bench::report::facts::{
+    children_cpu_ticks, process_cpu_ticks, process_system_ticks, read_json, vm_rss_kib, Facts, Machine,
+};
 
 const STAT_LINE: &str = "a /proc/PID/stat line";
 
@@ -85,6 +89,16 @@ fn read_run(dir: &Path, name: &str, round: usize, rounds: usize) -> Result<Run, 
         wall_secs: facts.seconds_between("started", "ended")?,
         server_ticks: facts.delta("server_stat_before", "server_stat_after", STAT_LINE, process_cpu_ticks)?,
         load_ticks: facts.delta("load_stat_before", "load_stat_after", STAT_LINE, children_cpu_ticks)?,
+        server_system_ticks: facts.delta(
+            "server_stat_before",
+            "server_stat_after",
+            STAT_LINE,
+            process_system_ticks,
+        )?,
+        server_syscalls: match facts.optional_text("server_syscalls") {
+            None => None,
+            Some(_) => Some(facts.number("server_syscalls", "a count of system calls")?),
+        },
     })
 }
 

@@ -71,7 +71,10 @@ const RATIOS: [(&str, &str, &str, Metric); 8] = [
 pub const MEMORY_RATIO: &str = "memory_per_key_engram_over_redis";
 const SPIN_RUN: &str = "engram-spin-spin-c1";
 const PLAIN_RUN: &str = "engram-c1";
-const CPU_RUNS: [&str; 2] = ["redis-c50p16", "engram-c50p16"];
+/// The shapes whose server work per request the report gives, by CPU and system calls:
+/// on loopback the load's kernel work bounds throughput, so the server's own work is the
+/// figure that carries to a real network.
+pub const WORK_SHAPES: [&str; 2] = ["c50p1", "c50p16"];
 /// Decimal places of ratios, cores and microseconds per request in the report.
 const DECIMALS: i32 = 2;
 const BYTES_PER_KEY_DECIMALS: i32 = 1;
@@ -111,6 +114,18 @@ pub struct Run {
     pub server_ticks: u64,
     /// CPU clock ticks of the load: the children the script waited for over the run.
     pub load_ticks: u64,
+    /// The part of `server_ticks` spent in the kernel.
+    pub server_system_ticks: u64,
+    /// System calls the server's threads entered over the run; `None`: not counted.
+    pub server_syscalls: Option<u64>,
+}
+
+impl Run {
+    /// Requests the server served over the run: the measured ones, and the warm-up's
+    /// (which it also served, uncounted) estimated at the measured rate.
+    fn requests_served(&self) -> f64 {
+        self.figures.requests as f64 + self.figures.warmup_secs * self.figures.ops_per_sec
+    }
 }
 
 /// The figures of an engram-bench result the report uses.
@@ -202,9 +217,10 @@ pub struct Report {
     pub runs: Named<Vec<Value>>,
     pub memory: PerServer<MemoryFigures>,
     pub spin: SpinFigures,
-    /// Server CPU per request at 50 connections, pipeline 16, over all rounds.
-    pub server_cpu_us_per_request_c50p16: PerServer<f64>,
-    /// Each ratio of [`RATIOS`], then [`MEMORY_RATIO`].
+    /// By shape of [`WORK_SHAPES`]: the server's work per request over all rounds.
+    pub server_work_per_request: Named<PerServer<ServerWork>>,
+    /// Each ratio of [`RATIOS`], then per shape of [`WORK_SHAPES`] engram's CPU and
+    /// system calls per request over Redis's, then [`MEMORY_RATIO`].
     pub ratios: Named<Spread>,
 }
 
@@ -230,6 +246,17 @@ impl Medians {
             ops_per_sec: over(Metric::Ops),
         }
     }
+}
+
+/// A server's work per request over the rounds of one shape.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ServerWork {
+    /// CPU, user and system, in microseconds.
+    pub cpu_us: f64,
+    pub user_us: f64,
+    pub system_us: f64,
+    /// System calls; `None` where they were not counted.
+    pub syscalls: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -268,6 +295,7 @@ pub fn report(inputs: &Inputs) -> Result<Report, ReportError> {
         );
         ratios.push(field, Spread::of(per_round).rounded(DECIMALS));
     }
+    let server_work = server_work(inputs, &mut ratios)?;
     let (redis, redis_per_key) = memory_figures("redis", inputs.memory.redis)?;
     let (engram, engram_per_key) = memory_figures("engram", inputs.memory.engram)?;
     let memory_ratio = Spread::of(vec![ratio(Some(engram_per_key), Some(redis_per_key))]);
@@ -286,10 +314,7 @@ pub fn report(inputs: &Inputs) -> Result<Report, ReportError> {
         runs,
         memory: PerServer { redis, engram },
         spin: spin_figures(inputs)?,
-        server_cpu_us_per_request_c50p16: PerServer {
-            redis: server_cpu_us_per_request(inputs, CPU_RUNS[0])?,
-            engram: server_cpu_us_per_request(inputs, CPU_RUNS[1])?,
-        },
+        server_work_per_request: server_work,
         ratios,
     })
 }
@@ -329,19 +354,56 @@ fn spin_figures(inputs: &Inputs) -> Result<SpinFigures, ReportError> {
     })
 }
 
-/// The server's CPU over every round of `name` per request it served, the warm-up's
-/// requests (which it also served, uncounted) estimated at the measured rate.
-fn server_cpu_us_per_request(inputs: &Inputs, name: &str) -> Result<f64, ReportError> {
-    let runs = inputs.runs_of(name)?;
-    let ticks = runs.iter().map(|run| run.server_ticks).sum();
-    let requests = runs
-        .iter()
-        .map(|run| run.figures.requests as f64 + run.figures.warmup_secs * run.figures.ops_per_sec)
-        .sum();
-    Ok(round_to(
-        cpu_us_per_request(ticks, inputs.settings.ticks_per_second, requests),
-        DECIMALS,
-    ))
+/// Each server's work per request in every shape of [`WORK_SHAPES`]; pushes engram's
+/// per-round ratios to Redis's onto `ratios`.
+fn server_work(inputs: &Inputs, ratios: &mut Named<Spread>) -> Result<Named<PerServer<ServerWork>>, ReportError> {
+    let ticks_per_second = inputs.settings.ticks_per_second;
+    let cpu = |run: &Run| {
+        Some(cpu_us_per_request(
+            run.server_ticks,
+            ticks_per_second,
+            run.requests_served(),
+        ))
+    };
+    let syscalls = |run: &Run| run.server_syscalls.map(|count| count as f64 / run.requests_served());
+    let mut server_work = Named::new();
+    for shape in WORK_SHAPES {
+        let redis = inputs.runs_of(&format!("redis-{shape}"))?;
+        let engram = inputs.runs_of(&format!("engram-{shape}"))?;
+        let pairs = || engram.iter().zip(redis);
+        let cpu_ratios = per_round_ratios(pairs().map(|(top, bottom)| (cpu(top), cpu(bottom))));
+        let syscall_ratios = per_round_ratios(pairs().map(|(top, bottom)| (syscalls(top), syscalls(bottom))));
+        ratios.push(
+            format!("{shape}_cpu_engram_over_redis"),
+            Spread::of(cpu_ratios).rounded(DECIMALS),
+        );
+        ratios.push(
+            format!("{shape}_syscalls_engram_over_redis"),
+            Spread::of(syscall_ratios).rounded(DECIMALS),
+        );
+        let work = PerServer {
+            redis: server_work_of(redis, ticks_per_second),
+            engram: server_work_of(engram, ticks_per_second),
+        };
+        server_work.push(shape, work);
+    }
+    Ok(server_work)
+}
+
+/// The server's CPU and system calls over every one of `runs` per request it served;
+/// system calls only when every run counted them.
+fn server_work_of(runs: &[Run], ticks_per_second: f64) -> ServerWork {
+    let requests: f64 = runs.iter().map(Run::requests_served).sum();
+    let per_request = |ticks: u64| round_to(cpu_us_per_request(ticks, ticks_per_second, requests), DECIMALS);
+    let ticks: u64 = runs.iter().map(|run| run.server_ticks).sum();
+    let system_ticks: u64 = runs.iter().map(|run| run.server_system_ticks).sum();
+    let syscalls: Option<u64> = runs.iter().map(|run| run.server_syscalls).sum();
+    ServerWork {
+        cpu_us: per_request(ticks),
+        user_us: per_request(ticks.saturating_sub(system_ticks)),
+        system_us: per_request(system_ticks),
+        syscalls: syscalls.map(|count| round_to(count as f64 / requests, DECIMALS)),
+    }
 }
 
 #[cfg(test)]

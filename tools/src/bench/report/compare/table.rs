@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use crate::bench::report::compare::{Medians, Report, Settings, MEMORY_RATIO};
+use crate::bench::report::compare::{Medians, Report, ServerWork, Settings, MEMORY_RATIO};
 use crate::bench::report::facts::Machine;
 use crate::bench::report::figures::Spread;
 
@@ -139,12 +139,18 @@ fn rows(report: &Report, settings: &Settings) -> Vec<[String; 6]> {
 }
 
 fn write_footer(out: &mut impl Write, report: &Report, settings: &Settings) -> io::Result<()> {
-    let cpu = &report.server_cpu_us_per_request_c50p16;
-    writeln!(
-        out,
-        "server CPU per request, 50 conn pipeline 16: redis {} us, engram {} us (warm-up requests estimated at the measured rate)",
-        cpu.redis, cpu.engram
-    )?;
+    for (shape, work) in report.server_work_per_request.iter() {
+        let ratio = |figure: &str| ratio_cell(report.ratios.get(&format!("{shape}_{figure}_engram_over_redis")));
+        writeln!(
+            out,
+            "server work per request, {}: redis {}; engram {}; engram over redis CPU {}, syscalls {}",
+            shape_name(shape),
+            work_cell(&work.redis),
+            work_cell(&work.engram),
+            ratio("cpu"),
+            ratio("syscalls")
+        )?;
+    }
     let spin = &report.spin;
     writeln!(
         out,
@@ -157,6 +163,26 @@ fn write_footer(out: &mut impl Write, report: &Report, settings: &Settings) -> i
         "memory: redis {} keys, RSS {} -> {} KiB; engram {} keys, RSS {} -> {} KiB",
         redis.keys, redis.rss_before_kib, redis.rss_after_kib, engram.keys, engram.rss_before_kib, engram.rss_after_kib
     )
+}
+
+/// `2.1 us CPU (1.2 user, 0.9 system), 3.4 syscalls`: warm-up requests estimated at the
+/// measured rate.
+fn work_cell(work: &ServerWork) -> String {
+    format!(
+        "{} us CPU ({} user, {} system), {} syscalls",
+        work.cpu_us,
+        work.user_us,
+        work.system_us,
+        number(work.syscalls)
+    )
+}
+
+/// `50 conn pipeline 16` for `c50p16`.
+fn shape_name(shape: &str) -> String {
+    match shape.strip_prefix("c50p") {
+        Some(pipeline) => format!("50 conn pipeline {pipeline}"),
+        None => shape.to_owned(),
+    }
 }
 
 /// `median (min-max)` of a ratio.

@@ -68,6 +68,9 @@ fn run((p50, p99, ops, server_ticks, load_ticks): Figures) -> Run {
         wall_secs: WALL_SECS,
         server_ticks,
         load_ticks,
+        // Half of the server's CPU in the kernel, a thousand system calls per tick.
+        server_system_ticks: server_ticks / 2,
+        server_syscalls: Some(server_ticks * 1_000),
     }
 }
 
@@ -173,6 +176,10 @@ fn ratios_are_medians_of_ratios_within_rounds() {
             "c50p1_p99_engram_over_redis",
             "c50p16_ops_engram_over_redis",
             "c50p16_p99_engram_over_redis",
+            "c50p1_cpu_engram_over_redis",
+            "c50p1_syscalls_engram_over_redis",
+            "c50p16_cpu_engram_over_redis",
+            "c50p16_syscalls_engram_over_redis",
             "memory_per_key_engram_over_redis",
         ]
     );
@@ -184,11 +191,41 @@ fn cpu_figures_sum_ticks_over_the_rounds() {
     // redis: 72 ticks (0.72 s) for 2 x 100,000 + 2 x 80,000 requests, warm-up included.
     // engram: 77 ticks for 2 x 90,000 + 2 x 64,000.
     assert_eq!(
-        report.server_cpu_us_per_request_c50p16,
-        PerServer {
-            redis: 2.0,
-            engram: 2.5
-        }
+        report.server_work_per_request.get("c50p16"),
+        Some(&PerServer {
+            redis: ServerWork {
+                cpu_us: 2.0,
+                user_us: 1.0,
+                system_us: 1.0,
+                // 72,000 system calls.
+                syscalls: Some(0.2),
+            },
+            engram: ServerWork {
+                cpu_us: 2.5,
+                // 39 user ticks and 38 system ones.
+                user_us: 1.27,
+                system_us: 1.23,
+                syscalls: Some(0.25),
+            },
+        })
+    );
+    // Round 1: 40 ticks for 180,000 requests over 30 for 200,000; round 2: 37 for
+    // 128,000 over 42 for 160,000. System calls follow the ticks here.
+    let per_round = (Some(1.29), Some(1.1), Some(1.48), vec![Some(1.48), Some(1.1)]);
+    assert_eq!(spread(&report, "c50p16_cpu_engram_over_redis"), per_round);
+    assert_eq!(spread(&report, "c50p16_syscalls_engram_over_redis"), per_round);
+    let c50p1 = report.server_work_per_request.get("c50p1").unwrap();
+    assert_eq!((c50p1.redis.cpu_us, c50p1.engram.cpu_us), (4.55, 4.5));
+    let mut uncounted = inputs();
+    uncounted.runs.get_mut("redis-c50p1").unwrap()[1].server_syscalls = None;
+    let partly = super::report(&uncounted).unwrap();
+    let c50p1 = partly.server_work_per_request.get("c50p1").unwrap();
+    assert_eq!((c50p1.redis.syscalls, c50p1.engram.syscalls), (None, Some(0.45)));
+    let ratios = spread(&partly, "c50p1_syscalls_engram_over_redis").3;
+    assert_eq!(
+        (ratios.len(), ratios[1]),
+        (2, None),
+        "a round without a count has no ratio"
     );
     // 380 server ticks and 320 load ticks over 4 s; engramd without spin 88 ticks.
     assert_eq!(
@@ -257,7 +294,7 @@ fn json_has_the_fields_of_the_report() {
         "runs",
         "memory",
         "spin",
-        "server_cpu_us_per_request_c50p16",
+        "server_work_per_request",
         "ratios",
     ];
     expected.sort_unstable();
@@ -322,14 +359,20 @@ fn table_shows_medians_ratios_and_footer() {
     assert_eq!(&lines[6..16], &expected_rows);
     assert_eq!(
         lines[17],
-        "server CPU per request, 50 conn pipeline 16: redis 2 us, engram 2.5 us (warm-up requests estimated at the measured rate)"
+        "server work per request, 50 conn pipeline 1: redis 4.55 us CPU (2.27 user, 2.27 system), 0.45 syscalls; \
+         engram 4.5 us CPU (2.25 user, 2.25 system), 0.45 syscalls; engram over redis CPU 1.01 (0.91-1.11), syscalls 1.01 (0.91-1.11)"
     );
     assert_eq!(
         lines[18],
-        "spin CPU while measuring (server --spin-us 50, client --client-spin-us 50): engramd 0.95 cores, engram-bench 0.8 cores; without spin, 1 connection: engramd 0.22 cores"
+        "server work per request, 50 conn pipeline 16: redis 2 us CPU (1 user, 1 system), 0.2 syscalls; \
+         engram 2.5 us CPU (1.27 user, 1.23 system), 0.25 syscalls; engram over redis CPU 1.29 (1.1-1.48), syscalls 1.29 (1.1-1.48)"
     );
     assert_eq!(
         lines[19],
+        "spin CPU while measuring (server --spin-us 50, client --client-spin-us 50): engramd 0.95 cores, engram-bench 0.8 cores; without spin, 1 connection: engramd 0.22 cores"
+    );
+    assert_eq!(
+        lines[20],
         "memory: redis 20000 keys, RSS 12000 -> 15000 KiB; engram 20000 keys, RSS 7600 -> 11000 KiB"
     );
 }
@@ -354,12 +397,14 @@ fn write_work_dir(dir: &WorkDir) {
             let round = index + 1;
             dir.write(&format!("{name}-{round}.json"), &run.document.to_string());
             // The server's ticks split between user and system; the load's likewise.
+            let user_ticks = run.server_ticks - run.server_system_ticks;
             let facts = format!(
-                "server_stat_before={}\nload_stat_before={}\nstarted=1000.5\nended=1002.5\nserver_stat_after={}\nload_stat_after={}\n",
+                "server_stat_before={}\nload_stat_before={}\nstarted=1000.5\nended=1002.5\nserver_stat_after={}\nload_stat_after={}\nserver_syscalls={}\n",
                 stat(100, 20, 0, 0),
                 stat(1, 1, 300, 30),
-                stat(100 + run.server_ticks - 1, 21, 0, 0),
+                stat(100 + user_ticks, 20 + run.server_system_ticks, 0, 0),
                 stat(1, 1, 300 + run.load_ticks - 2, 32),
+                run.server_syscalls.unwrap(),
             );
             dir.write(&format!("{name}-{round}.facts"), &facts);
         }
@@ -391,10 +436,14 @@ fn work_directory_reads_into_the_same_report() {
         inputs().memory,
         "engram's keys are the sum over its shards"
     );
-    let figures = |inputs: &Inputs| -> BTreeMap<String, Vec<(u64, u64, f64)>> {
+    type Counted = (u64, Option<u64>);
+    let figures = |inputs: &Inputs| -> BTreeMap<String, Vec<(u64, u64, f64, Counted)>> {
         let of_runs = |runs: &Vec<Run>| {
             runs.iter()
-                .map(|run| (run.server_ticks, run.load_ticks, run.wall_secs))
+                .map(|run| {
+                    let counted = (run.server_system_ticks, run.server_syscalls);
+                    (run.server_ticks, run.load_ticks, run.wall_secs, counted)
+                })
                 .collect()
         };
         inputs
