@@ -172,10 +172,13 @@ fn stat_fields(stat: &str) -> Option<Vec<&str>> {
     Some(rest.split_whitespace().collect())
 }
 
+/// Field `field` of proc(5) as a number.
+fn stat_field(stat: &str, field: usize) -> Option<u64> {
+    stat_fields(stat)?.get(field - 3)?.parse().ok()
+}
+
 fn stat_sum(stat: &str, first_field: usize) -> Option<u64> {
-    let fields = stat_fields(stat)?;
-    let at = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
-    Some(at(first_field)? + at(first_field + 1)?)
+    Some(stat_field(stat, first_field)? + stat_field(stat, first_field + 1)?)
 }
 
 /// CPU time of the process itself, user and system (utime + stime), in clock ticks.
@@ -185,7 +188,7 @@ pub fn process_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// CPU time of the process itself in the kernel (stime), in clock ticks.
 pub fn process_system_ticks(stat: &str) -> Option<u64> {
-    stat_fields(stat)?.get(15 - 3)?.parse().ok()
+    stat_field(stat, 15)
 }
 
 /// CPU time of the children the process has waited for (cutime + cstime), in clock ticks.
@@ -248,6 +251,7 @@ mod tests {
     fn cpu_ticks_come_from_the_fields_after_the_name() {
         assert_eq!(process_cpu_ticks(STAT), Some(200));
         assert_eq!(children_cpu_ticks(STAT), Some(10));
+        assert_eq!(process_system_ticks(STAT), Some(50));
         assert_eq!(process_cpu_ticks("4242 (short) S 1"), None);
         assert_eq!(process_cpu_ticks("no brackets"), None);
     }

@@ -1,7 +1,9 @@
 //! The report of `tools/compare.sh`: Engram against Redis and the loopback floor in
-//! interleaved rounds. Absolute figures are medians over the rounds; every ratio is the
-//! median of the per-round ratios, with their range; CPU comes from the servers' and the
-//! load's clock ticks, memory from the growth of a fresh server's resident set.
+//! interleaved rounds. Absolute figures are medians over the rounds, except the servers'
+//! work per request, pooled over them (ticks or system calls summed, over requests
+//! summed); every ratio is the median of the per-round ratios, with their range, so it
+//! is not the ratio of the absolute figures. CPU comes from the servers' and the load's
+//! clock ticks, memory from the growth of a fresh server's resident set.
 //!
 //! - [`input`]: reads the script's work directory into [`Inputs`].
 //! - [`table`]: the printed table.
@@ -248,12 +250,15 @@ impl Medians {
     }
 }
 
-/// A server's work per request over the rounds of one shape.
+/// A server's work per request over the rounds of one shape, in microseconds of CPU
+/// (each rounded on its own, so user and system may not add up to the whole).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ServerWork {
-    /// CPU, user and system, in microseconds.
+    /// User and system time.
     pub cpu_us: f64,
+    /// Time in user space.
     pub user_us: f64,
+    /// Time in the kernel.
     pub system_us: f64,
     /// System calls; `None` where they were not counted.
     pub syscalls: Option<f64>,

@@ -143,7 +143,7 @@ fn write_footer(out: &mut impl Write, report: &Report, settings: &Settings) -> i
         let ratio = |figure: &str| ratio_cell(report.ratios.get(&format!("{shape}_{figure}_engram_over_redis")));
         writeln!(
             out,
-            "server work per request, {}: redis {}; engram {}; engram over redis CPU {}, syscalls {}",
+            "server work per request (warm-up estimated at the measured rate), {}: redis {}; engram {}; engram over redis CPU {}, syscalls {}",
             shape_name(shape),
             work_cell(&work.redis),
             work_cell(&work.engram),
@@ -177,10 +177,10 @@ fn work_cell(work: &ServerWork) -> String {
     )
 }
 
-/// `50 conn pipeline 16` for `c50p16`.
+/// `50 conn, pipeline 16` for `c50p16`, as the rows name it.
 fn shape_name(shape: &str) -> String {
     match shape.strip_prefix("c50p") {
-        Some(pipeline) => format!("50 conn pipeline {pipeline}"),
+        Some(pipeline) => format!("50 conn, pipeline {pipeline}"),
         None => shape.to_owned(),
     }
 }

@@ -53,12 +53,12 @@ fn runs_by_name() -> Vec<(&'static str, [Figures; 2])> {
 }
 
 fn run((p50, p99, ops, server_ticks, load_ticks): Figures) -> Run {
-    // One second measured after one of warm-up, as `requests` says.
+    // Three seconds measured after one of warm-up, as `requests` says.
     let document = json!({
         "target": "engram://127.0.0.1:7400",
         "ops_per_sec": ops,
         "latency_us": {"p50": p50, "p90": p50, "p99": p99, "p999": p99, "p9999": p99, "max": p99},
-        "requests": ops as u64,
+        "requests": ops as u64 * 3,
         "warmup_secs": 1.0,
         "seed": u64::MAX,
     });
@@ -68,9 +68,10 @@ fn run((p50, p99, ops, server_ticks, load_ticks): Figures) -> Run {
         wall_secs: WALL_SECS,
         server_ticks,
         load_ticks,
-        // Half of the server's CPU in the kernel, a thousand system calls per tick.
-        server_system_ticks: server_ticks / 2,
-        server_syscalls: Some(server_ticks * 1_000),
+        // A quarter of the server's CPU in the kernel; system calls that follow neither
+        // its CPU nor its requests alone.
+        server_system_ticks: server_ticks / 4,
+        server_syscalls: Some(server_ticks * 1_000 + ops as u64),
     }
 }
 
@@ -188,39 +189,45 @@ fn ratios_are_medians_of_ratios_within_rounds() {
 #[test]
 fn cpu_figures_sum_ticks_over_the_rounds() {
     let report = report(&inputs()).unwrap();
-    // redis: 72 ticks (0.72 s) for 2 x 100,000 + 2 x 80,000 requests, warm-up included.
-    // engram: 77 ticks for 2 x 90,000 + 2 x 64,000.
+    // redis: 72 ticks (0.72 s) for 4 x 100,000 + 4 x 80,000 requests, warm-up included.
+    // engram: 77 ticks for 4 x 90,000 + 4 x 64,000.
     assert_eq!(
         report.server_work_per_request.get("c50p16"),
         Some(&PerServer {
+            // 72 ticks (55 user, 17 system) and 252,000 system calls for 720,000 requests.
             redis: ServerWork {
-                cpu_us: 2.0,
-                user_us: 1.0,
-                system_us: 1.0,
-                // 72,000 system calls.
-                syscalls: Some(0.2),
+                cpu_us: 1.0,
+                user_us: 0.76,
+                system_us: 0.24,
+                syscalls: Some(0.35),
             },
+            // 77 ticks (58 user, 19 system) and 231,000 system calls for 616,000.
             engram: ServerWork {
-                cpu_us: 2.5,
-                // 39 user ticks and 38 system ones.
-                user_us: 1.27,
-                system_us: 1.23,
-                syscalls: Some(0.25),
+                cpu_us: 1.25,
+                user_us: 0.94,
+                system_us: 0.31,
+                syscalls: Some(0.38),
             },
         })
     );
-    // Round 1: 40 ticks for 180,000 requests over 30 for 200,000; round 2: 37 for
-    // 128,000 over 42 for 160,000. System calls follow the ticks here.
-    let per_round = (Some(1.29), Some(1.1), Some(1.48), vec![Some(1.48), Some(1.1)]);
-    assert_eq!(spread(&report, "c50p16_cpu_engram_over_redis"), per_round);
-    assert_eq!(spread(&report, "c50p16_syscalls_engram_over_redis"), per_round);
+    // Round 1: 40 ticks for 360,000 requests over 30 for 400,000; round 2: 37 for
+    // 256,000 over 42 for 320,000. System calls: 130,000 over 130,000, then 101,000
+    // over 122,000, for the same requests.
+    assert_eq!(
+        spread(&report, "c50p16_cpu_engram_over_redis"),
+        (Some(1.29), Some(1.1), Some(1.48), vec![Some(1.48), Some(1.1)])
+    );
+    assert_eq!(
+        spread(&report, "c50p16_syscalls_engram_over_redis"),
+        (Some(1.07), Some(1.03), Some(1.11), vec![Some(1.11), Some(1.03)])
+    );
     let c50p1 = report.server_work_per_request.get("c50p1").unwrap();
-    assert_eq!((c50p1.redis.cpu_us, c50p1.engram.cpu_us), (4.55, 4.5));
+    assert_eq!((c50p1.redis.cpu_us, c50p1.engram.cpu_us), (2.27, 2.25));
     let mut uncounted = inputs();
     uncounted.runs.get_mut("redis-c50p1").unwrap()[1].server_syscalls = None;
     let partly = super::report(&uncounted).unwrap();
     let c50p1 = partly.server_work_per_request.get("c50p1").unwrap();
-    assert_eq!((c50p1.redis.syscalls, c50p1.engram.syscalls), (None, Some(0.45)));
+    assert_eq!((c50p1.redis.syscalls, c50p1.engram.syscalls), (None, Some(0.48)));
     let ratios = spread(&partly, "c50p1_syscalls_engram_over_redis").3;
     assert_eq!(
         (ratios.len(), ratios[1]),
@@ -359,13 +366,15 @@ fn table_shows_medians_ratios_and_footer() {
     assert_eq!(&lines[6..16], &expected_rows);
     assert_eq!(
         lines[17],
-        "server work per request, 50 conn pipeline 1: redis 4.55 us CPU (2.27 user, 2.27 system), 0.45 syscalls; \
-         engram 4.5 us CPU (2.25 user, 2.25 system), 0.45 syscalls; engram over redis CPU 1.01 (0.91-1.11), syscalls 1.01 (0.91-1.11)"
+        "server work per request (warm-up estimated at the measured rate), 50 conn, pipeline 1: \
+         redis 2.27 us CPU (1.82 user, 0.45 system), 0.48 syscalls; engram 2.25 us CPU (1.8 user, 0.45 system), \
+         0.48 syscalls; engram over redis CPU 1.01 (0.91-1.11), syscalls 1.01 (0.96-1.06)"
     );
     assert_eq!(
         lines[18],
-        "server work per request, 50 conn pipeline 16: redis 2 us CPU (1 user, 1 system), 0.2 syscalls; \
-         engram 2.5 us CPU (1.27 user, 1.23 system), 0.25 syscalls; engram over redis CPU 1.29 (1.1-1.48), syscalls 1.29 (1.1-1.48)"
+        "server work per request (warm-up estimated at the measured rate), 50 conn, pipeline 16: \
+         redis 1 us CPU (0.76 user, 0.24 system), 0.35 syscalls; engram 1.25 us CPU (0.94 user, 0.31 system), \
+         0.38 syscalls; engram over redis CPU 1.29 (1.1-1.48), syscalls 1.07 (1.03-1.11)"
     );
     assert_eq!(
         lines[19],
@@ -398,14 +407,16 @@ fn write_work_dir(dir: &WorkDir) {
             dir.write(&format!("{name}-{round}.json"), &run.document.to_string());
             // The server's ticks split between user and system; the load's likewise.
             let user_ticks = run.server_ticks - run.server_system_ticks;
-            let facts = format!(
-                "server_stat_before={}\nload_stat_before={}\nstarted=1000.5\nended=1002.5\nserver_stat_after={}\nload_stat_after={}\nserver_syscalls={}\n",
+            let mut facts = format!(
+                "server_stat_before={}\nload_stat_before={}\nstarted=1000.5\nended=1002.5\nserver_stat_after={}\nload_stat_after={}\n",
                 stat(100, 20, 0, 0),
                 stat(1, 1, 300, 30),
                 stat(100 + user_ticks, 20 + run.server_system_ticks, 0, 0),
                 stat(1, 1, 300 + run.load_ticks - 2, 32),
-                run.server_syscalls.unwrap(),
             );
+            if let Some(count) = run.server_syscalls {
+                facts.push_str(&format!("server_syscalls={count}\n"));
+            }
             dir.write(&format!("{name}-{round}.facts"), &facts);
         }
     }
@@ -456,6 +467,30 @@ fn work_directory_reads_into_the_same_report() {
     let from_dir = serde_json::to_value(report(&read).unwrap()).unwrap();
     let made = serde_json::to_value(report(&inputs()).unwrap()).unwrap();
     assert_eq!(from_dir, made);
+}
+
+#[test]
+fn a_run_whose_system_calls_were_not_counted_reads_as_such() {
+    let dir = WorkDir::new("compare-uncounted");
+    write_work_dir(&dir);
+    let counted = std::fs::read_to_string(dir.path().join("redis-c50p1-2.facts")).unwrap();
+    let uncounted: String = counted
+        .lines()
+        .filter(|line| !line.starts_with("server_syscalls="))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    dir.write("redis-c50p1-2.facts", &uncounted);
+    let read = input::read(dir.path()).unwrap();
+    assert_eq!(read.runs["redis-c50p1"][1].server_syscalls, None);
+    assert_eq!(read.runs["redis-c50p1"][0].server_syscalls, Some(22_000));
+    let report = report(&read).unwrap();
+    let mut text = Vec::new();
+    table::write(&mut text, &report, &read.settings, &read.machine).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("redis 2.27 us CPU (1.82 user, 0.45 system), - syscalls"),
+        "{text}"
+    );
 }
 
 #[test]
