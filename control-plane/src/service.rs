@@ -1075,11 +1075,11 @@ pub(crate) fn error_reply(code: ErrorCode, message: impl Into<String>) -> ErrorR
     }
 }
 
-/// An error answer to a request of the control family.
 /// Why a node that takes its credentials from the control plane cannot have them.
 const NO_SHARED_CREDENTIALS: &str = "this control plane shares no credentials (it has no --credentials-file or \
      --credentials-etcd), so a node with --node-token alone has none to admit by";
 
+/// An error answer to a request of the control family.
 pub(crate) fn error_response(code: ErrorCode, message: impl Into<String>) -> ControlResponse {
     ControlResponse::Error(error_reply(code, message))
 }
