@@ -187,8 +187,6 @@ pub enum ProtocolError {
     FrameTooLarge { length: u64 },
     #[error("frame payload of {length} bytes before the handshake exceeds hello_payload_bytes_max ({HELLO_PAYLOAD_BYTES_MAX})")]
     HelloTooLarge { length: u64 },
-    #[error("payload checksum mismatch: header says {expected:#010x}, payload has {actual:#010x}")]
-    ChecksumMismatch { expected: u32, actual: u32 },
     #[error("invalid payload: {reason}")]
     InvalidPayload { reason: String },
     #[error("unexpected frame kind {found:?} (expected {expected:?})")]

@@ -1,4 +1,4 @@
-//! The frame header: 32 bytes, little-endian, fixed layout.
+//! The frame header: 28 bytes, little-endian, fixed layout.
 //!
 //! ```text
 //! offset size field
@@ -9,13 +9,18 @@
 //!      8    8 request_id     chosen by the client, echoed in the response
 //!     16    8 map_epoch      slot-map epoch the sender routed with (0: unknown)
 //!     24    4 payload_bytes  length of the rkyv payload that follows
-//!     28    4 payload_crc32  crc32 (IEEE, crc32fast) of the payload
 //! ```
+//!
+//! No checksum: every link is TCP, whose segments are checksummed and whose frames
+//! are CRC-checked by the network below it, and an encrypted link is authenticated by
+//! TLS; a payload that is not a valid archive is still refused by validation. A CRC32
+//! of every payload, computed by the sender and checked by the receiver, cost about 3%
+//! of the server's CPU at pipeline 16 and caught nothing those do not.
 
 use crate::error::ProtocolError;
 use crate::limits::{FRAME_PAYLOAD_BYTES_MAX, PROTOCOL_VERSION};
 
-pub const FRAME_HEADER_BYTES: usize = 32;
+pub const FRAME_HEADER_BYTES: usize = 28;
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"ENGR");
 
 /// What a frame's payload holds.
@@ -50,7 +55,6 @@ pub struct FrameHeader {
     pub request_id: u64,
     pub map_epoch: u64,
     pub payload_bytes: u32,
-    pub payload_crc32: u32,
 }
 
 impl FrameHeader {
@@ -63,7 +67,6 @@ impl FrameHeader {
         out[8..16].copy_from_slice(&self.request_id.to_le_bytes());
         out[16..24].copy_from_slice(&self.map_epoch.to_le_bytes());
         out[24..28].copy_from_slice(&self.payload_bytes.to_le_bytes());
-        out[28..32].copy_from_slice(&self.payload_crc32.to_le_bytes());
         out
     }
 
@@ -99,19 +102,7 @@ impl FrameHeader {
             request_id: u64_at(8),
             map_epoch: u64_at(16),
             payload_bytes,
-            payload_crc32: u32_at(28),
         })
-    }
-
-    pub fn verify_payload(&self, payload: &[u8]) -> Result<(), ProtocolError> {
-        let actual = crc32fast::hash(payload);
-        if actual != self.payload_crc32 {
-            return Err(ProtocolError::ChecksumMismatch {
-                expected: self.payload_crc32,
-                actual,
-            });
-        }
-        Ok(())
     }
 }
 
@@ -125,7 +116,6 @@ mod tests {
             request_id: 7,
             map_epoch: 3,
             payload_bytes,
-            payload_crc32: 0xdead_beef,
         }
     }
 
@@ -167,18 +157,6 @@ mod tests {
         assert!(matches!(
             FrameHeader::decode(&b),
             Err(ProtocolError::ReservedFlags { .. })
-        ));
-    }
-
-    #[test]
-    fn checksum_is_checked() {
-        let payload = b"hello";
-        let mut h = header(payload.len() as u32);
-        h.payload_crc32 = crc32fast::hash(payload);
-        assert!(h.verify_payload(payload).is_ok());
-        assert!(matches!(
-            h.verify_payload(b"hellp"),
-            Err(ProtocolError::ChecksumMismatch { .. })
         ));
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! Layout:
 //! - [`limits`]: every size and count limit of the protocol, as named constants.
-//! - [`frame`]: the fixed 32-byte little-endian frame header, its encoder and its validating decoder.
+//! - [`frame`]: the fixed 28-byte little-endian frame header, its encoder and its validating decoder.
 //! - [`message`]: the handshake, the client family's requests and responses (admin
 //!   commands and [`data`] commands), slot map, node info.
 //! - [`data`]: the data family, one command enum per object.

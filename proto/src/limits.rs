@@ -3,7 +3,7 @@
 //! by claiming a large size.
 
 /// Version spoken by this build; a handshake with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 9;
+pub const PROTOCOL_VERSION: u16 = 10;
 
 /// Number of hash slots. A power of two (so the modulo is cheap) and the same as Redis
 /// Cluster, which keeps hashtag intuition portable.

@@ -31,7 +31,6 @@ fn header_claiming(payload_bytes: usize) -> Vec<u8> {
         request_id: 1,
         map_epoch: 0,
         payload_bytes: payload_bytes as u32,
-        payload_crc32: 0,
     };
     header.encode().to_vec()
 }

@@ -200,7 +200,6 @@ fn a_chunked_buffer_grows_one_step_per_read_whatever_the_header_claims() {
         request_id: 1,
         map_epoch: 0,
         payload_bytes: FRAME_PAYLOAD_BYTES_MAX as u32,
-        payload_crc32: 0,
     };
     let header = claimed.encode();
     buffer.read_buffer()[..FRAME_HEADER_BYTES].copy_from_slice(&header);
@@ -314,7 +313,6 @@ fn garbage_and_oversize_frames_are_refused_before_anything_is_allocated_for_them
         request_id: 0,
         map_epoch: 0,
         payload_bytes: 0,
-        payload_crc32: 0,
     }
     .encode();
     header[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
