@@ -393,6 +393,12 @@ impl Connection {
             (Command::Admin(admin), None) => self.answer_admin(*admin),
             (Command::Data(data), None) => match self.place(caller.hasher, data) {
                 Err(refusal) => refusal,
+                Ok((_, Target::Local(owner))) if owner == self.shard.id() => {
+                    self.outbox.expect_answer();
+                    let (handled, spent) = self.door().apply_here(caller.client_id, request_id, request, received);
+                    self.recycle_key(spent);
+                    return Ok(handled);
+                }
                 Ok((slot, target)) => {
                     self.outbox.expect_answer();
                     let placed = Placed {
@@ -540,25 +546,29 @@ impl Connection {
         }
     }
 
-    /// Applies a placed request here, or hands it to its shard.
+    /// Hands a placed request to its shard, of this node or another.
     async fn dispatch(&mut self, placed: Placed, request: Request, received: Instant) -> Handled {
+        let (handled, spent) = self.door().dispatch(placed, request, received).await;
+        if let Some(command) = spent {
+            self.recycle_key(command);
+        }
+        handled
+    }
+
+    /// What this connection lends a request's dispatch.
+    fn door(&self) -> Door<'_> {
         let (client_id, namespace) = self
             .session
             .as_ref()
             .map_or((0, &[][..]), |session| (session.client_id, session.namespace()));
-        let door = Door {
+        Door {
             shard: &self.shard,
             outbox: &self.outbox,
             key_prefix: self.session.as_ref().map_or(&[][..], |session| &session.key_prefix[..]),
             proxies: &self.proxies,
             client_id,
             namespace,
-        };
-        let (handled, spent) = door.dispatch(placed, request, received).await;
-        if let Some(command) = spent {
-            self.recycle_key(command);
         }
-        handled
     }
 
     /// Keeps a handled request's key buffer for the next read's key.

@@ -50,41 +50,58 @@ pub struct Door<'a> {
 impl Door<'_> {
     /// Applies a placed request here, or hands it to its shard. Gives the command back
     /// when it was only read (its key buffer can serve the next request).
-    pub async fn dispatch(
+    pub async fn dispatch(&self, placed: Placed, request: Request, received: Instant) -> (Handled, Option<Command>) {
+        match placed.target {
+            Target::Local(owner) if owner == self.shard.id() => {
+                let (handled, command) = self.apply_here(placed.client_id, placed.request_id, request, received);
+                (handled, Some(command))
+            }
+            _ => self.dispatch_elsewhere(placed, request).await,
+        }
+    }
+
+    /// Applies a request whose slot this shard serves, at once: most requests on a
+    /// well-routed client, so they take no future of their own.
+    pub fn apply_here(
         &self,
-        placed: Placed,
+        client_id: u64,
+        request_id: u64,
         mut request: Request,
         received: Instant,
-    ) -> (Handled, Option<Command>) {
+    ) -> (Handled, Command) {
+        prefix_key(&mut request.command, self.key_prefix);
+        let outbox = Rc::downgrade(self.outbox);
+        let destination = Destination::Connection { outbox, request_id };
+        let handled = match self.shard.submit(client_id, &request, destination, received) {
+            Submitted::Answered => Handled::AnsweredAtOnce,
+            Submitted::Parked => Handled::Untimed,
+        };
+        (handled, request.command)
+    }
+
+    /// Hands a request to another shard of this node, or to another node's shard.
+    async fn dispatch_elsewhere(&self, placed: Placed, mut request: Request) -> (Handled, Option<Command>) {
         let Placed {
             slot,
             target,
             client_id,
             request_id,
         } = placed;
-        let owner = match target {
-            Target::Local(owner) => owner,
+        match target {
+            Target::Local(owner) => {
+                prefix_key(&mut request.command, self.key_prefix);
+                self.forward(owner, slot, client_id, request_id, request).await;
+                (Handled::Untimed, None)
+            }
             Target::Remote { routing, index } => {
                 // The owner prefixes the key with the namespace the link's Hello names.
                 let epoch = routing.epoch();
                 self.proxies()
                     .forward(routing.address(index), request_id, epoch, &request)
                     .await;
-                return (Handled::Untimed, Some(request.command));
+                (Handled::Untimed, Some(request.command))
             }
-        };
-        prefix_key(&mut request.command, self.key_prefix);
-        if owner == self.shard.id() {
-            let outbox = Rc::downgrade(self.outbox);
-            let destination = Destination::Connection { outbox, request_id };
-            let handled = match self.shard.submit(client_id, &request, destination, received) {
-                Submitted::Answered => Handled::AnsweredAtOnce,
-                Submitted::Parked => Handled::Untimed,
-            };
-            return (handled, Some(request.command));
         }
-        self.forward(owner, slot, client_id, request_id, request).await;
-        (Handled::Untimed, None)
     }
 
     /// This connection's proxy links, speaking for its client: same client id and

@@ -10,6 +10,9 @@ use std::time::Instant;
 pub(super) struct StoreClock {
     started: Instant,
     latest_ms: Cell<u64>,
+    /// The instant `latest_ms` was last asked for: every request of a read asks for
+    /// the read's instant, so the conversion runs once per read, not once per request.
+    latest_asked: Cell<Option<Instant>>,
 }
 
 impl StoreClock {
@@ -17,6 +20,7 @@ impl StoreClock {
         StoreClock {
             started,
             latest_ms: Cell::new(0),
+            latest_asked: Cell::new(None),
         }
     }
 
@@ -26,9 +30,13 @@ impl StoreClock {
     }
 
     pub(super) fn ms_at(&self, instant: Instant) -> u64 {
+        if self.latest_asked.get() == Some(instant) {
+            return self.latest_ms.get();
+        }
         let ms = instant.saturating_duration_since(self.started).as_millis() as u64;
         let ms = ms.max(self.latest_ms.get());
         self.latest_ms.set(ms);
+        self.latest_asked.set(Some(instant));
         ms
     }
 }
@@ -47,7 +55,10 @@ mod tests {
         // A read taken earlier but handled later (its connection paused) gets the
         // store's latest time, not its own.
         assert_eq!(clock.ms_at(started + Duration::from_millis(3)), 5);
+        assert_eq!(clock.ms_at(started + Duration::from_millis(3)), 5);
         assert_eq!(clock.ms_at(started + Duration::from_millis(9)), 9);
+        assert_eq!(clock.ms_at(started + Duration::from_millis(9)), 9);
+        assert_eq!(clock.ms_at(started + Duration::from_millis(5)), 9);
         assert_eq!(clock.ms_at(started), 9);
         let fresh = StoreClock::new(started + Duration::from_millis(1));
         assert_eq!(
