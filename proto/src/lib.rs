@@ -51,7 +51,9 @@ pub mod rights;
 pub mod slot;
 
 pub use cluster::*;
-pub use codec::{access_payload, decode_payload, deserialize_payload, encode_message, split_frame, Split};
+pub use codec::{
+    access_payload, decode_payload, deserialize_payload, encode_message, encode_response, split_frame, Split,
+};
 pub use control_addresses::{ControlAddresses, ControlAddressesError};
 pub use credentials::{constant_time_equal, Denial, Gate, Gatekeeper, Grant};
 pub use data::{

@@ -412,7 +412,7 @@ impl Connection {
             },
         };
         self.shard.answered_here(&request.command, &answer);
-        self.outbox.push(FrameKind::Response, request_id, &answer);
+        self.outbox.push_response(request_id, &answer);
         self.recycle_key(request.command);
         Ok(Handled::Untimed)
     }

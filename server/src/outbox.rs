@@ -9,7 +9,7 @@ use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use engram_proto::{encode_message, ErrorCode, FrameKind, Response};
+use engram_proto::{encode_message, encode_response, ErrorCode, FrameKind, ProtocolError, Response};
 use futures::channel::oneshot;
 
 use crate::resp::order::ReplyOrder;
@@ -109,7 +109,7 @@ impl Outbox {
             Some(replies) => replies
                 .borrow_mut()
                 .answer(request_id, response, &mut self.frames.borrow_mut()),
-            None => self.push(FrameKind::Response, request_id, response),
+            None => self.push_response(request_id, response),
         }
         if wake {
             if let Some(waker) = self.writer.borrow_mut().take() {
@@ -128,15 +128,28 @@ impl Outbox {
     {
         let mut frames = self.frames.borrow_mut();
         if let Err(error) = encode_message(kind, request_id, self.map_epoch, message, &mut frames) {
-            // Only an answer larger than a frame can fail here (a value near the limit
-            // plus framing); tell the client instead of sending a broken frame.
-            let fallback = Response::Error(engram_proto::ErrorReply {
-                code: ErrorCode::Internal.as_u16(),
-                message: format!("answer could not be encoded: {error}"),
-                map_epoch: self.map_epoch,
-            });
-            let _ = encode_message(FrameKind::Response, request_id, self.map_epoch, &fallback, &mut frames);
+            self.push_unencodable(request_id, &error, &mut frames);
         }
+    }
+
+    /// [`Outbox::push`] for a client's answer, through the encoder that writes a read's
+    /// answer without rkyv's serializer.
+    pub fn push_response(&self, request_id: u64, response: &Response) {
+        let mut frames = self.frames.borrow_mut();
+        if let Err(error) = encode_response(request_id, self.map_epoch, response, &mut frames) {
+            self.push_unencodable(request_id, &error, &mut frames);
+        }
+    }
+
+    /// Only an answer larger than a frame fails to encode (a value near the limit plus
+    /// framing); the client is told instead of sent a broken frame.
+    fn push_unencodable(&self, request_id: u64, error: &ProtocolError, frames: &mut Vec<u8>) {
+        let fallback = Response::Error(engram_proto::ErrorReply {
+            code: ErrorCode::Internal.as_u16(),
+            message: format!("answer could not be encoded: {error}"),
+            map_epoch: self.map_epoch,
+        });
+        let _ = encode_message(FrameKind::Response, request_id, self.map_epoch, &fallback, frames);
     }
 
     /// Requests submitted and not answered yet.
