@@ -10,7 +10,6 @@ use rkyv::ser::allocator::ArenaHandle;
 use crate::error::ProtocolError;
 use crate::frame::{FrameHeader, FrameKind, FRAME_HEADER_BYTES};
 use crate::limits::FRAME_PAYLOAD_BYTES_MAX;
-use crate::message::{ArchivedResponse, Response};
 
 /// What [`split_frame`] found at the front of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,60 +81,6 @@ where
     out[header_at..payload_at].copy_from_slice(&header.encode());
     Ok(())
 }
-
-/// Appends one `Response` frame. The answers to reads, a value or a missing key, are
-/// written without rkyv's serializer: their archive is a handful of fixed fields, and
-/// they answer most requests, where the serializer cost about a tenth of the server's
-/// instructions per request. `archives_written_by_hand_are_rkyv_s_own` pins the bytes
-/// to rkyv's; every other answer goes through [`encode_message`].
-pub fn encode_response(
-    request_id: u64,
-    map_epoch: u64,
-    response: &Response,
-    out: &mut Vec<u8>,
-) -> Result<(), ProtocolError> {
-    let (tag, value, version) = match response {
-        Response::Value { value, version } => (VALUE_TAG, &value[..], *version),
-        Response::Missing => (MISSING_TAG, &[][..], 0),
-        _ => return encode_message(FrameKind::Response, request_id, map_epoch, response, out),
-    };
-    let payload_bytes = value.len() + ARCHIVED_RESPONSE_BYTES;
-    if payload_bytes > FRAME_PAYLOAD_BYTES_MAX {
-        return Err(ProtocolError::FrameTooLarge {
-            length: payload_bytes as u64,
-        });
-    }
-    let header = FrameHeader {
-        kind: FrameKind::Response,
-        request_id,
-        map_epoch,
-        payload_bytes: payload_bytes as u32,
-    };
-    out.reserve(FRAME_HEADER_BYTES + payload_bytes);
-    out.extend_from_slice(&header.encode());
-    // rkyv lays out children before their parent: the value's bytes, then the root.
-    out.extend_from_slice(value);
-    let root_at = out.len();
-    out.resize(root_at + ARCHIVED_RESPONSE_BYTES, 0);
-    let root = &mut out[root_at..];
-    root[0] = tag;
-    if tag == VALUE_TAG {
-        // A relative pointer from its own position (just after the tag) back to the
-        // bytes; fits, as the payload is bounded by FRAME_PAYLOAD_BYTES_MAX.
-        let offset = -((value.len() + 1) as i32);
-        root[1..5].copy_from_slice(&offset.to_le_bytes());
-        root[5..9].copy_from_slice(&(value.len() as u32).to_le_bytes());
-        root[9..17].copy_from_slice(&version.to_le_bytes());
-    }
-    Ok(())
-}
-
-/// The archived `Response`: its largest variant, so every variant pads to this size.
-const ARCHIVED_RESPONSE_BYTES: usize = std::mem::size_of::<ArchivedResponse>();
-/// Variant tags of the archived `Response`: its variants in declaration order.
-const VALUE_TAG: u8 = 1;
-const MISSING_TAG: u8 = 2;
-const _: () = assert!(FRAME_PAYLOAD_BYTES_MAX < i32::MAX as usize);
 
 /// Validates (bytecheck) and deserializes a payload. The archive format is the
 /// unaligned one, so payloads are read in place from any read buffer.
@@ -353,59 +298,14 @@ mod tests {
         ]
     }
 
-    fn rkyv_encoded(request_id: u64, map_epoch: u64, response: &Response) -> Vec<u8> {
-        let mut out = vec![0xaa; 3];
-        encode_message(FrameKind::Response, request_id, map_epoch, response, &mut out).unwrap();
-        out
-    }
-
-    fn hand_encoded(request_id: u64, map_epoch: u64, response: &Response) -> Vec<u8> {
-        let mut out = vec![0xaa; 3];
-        encode_response(request_id, map_epoch, response, &mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn a_value_too_large_for_a_frame_is_refused_as_rkyv_s_would_be() {
-        let value = vec![7u8; FRAME_PAYLOAD_BYTES_MAX];
-        let response = Response::Value { value, version: 1 };
-        let mut out = Vec::new();
-        let by_hand = encode_response(1, 1, &response, &mut out);
-        assert!(
-            matches!(by_hand, Err(ProtocolError::FrameTooLarge { .. })),
-            "{by_hand:?}"
-        );
-        assert!(matches!(
-            encode_message(FrameKind::Response, 1, 1, &response, &mut Vec::new()),
-            Err(ProtocolError::FrameTooLarge { .. })
-        ));
-    }
-
     proptest! {
         #[test]
-        fn archives_written_by_hand_are_rkyv_s_own(
-            value in proptest::option::of(bytes_strategy(300)),
-            version in any::<u64>(),
-            request_id in any::<u64>(),
-            map_epoch in any::<u64>(),
-        ) {
-            // After other bytes, as in an outbox holding earlier answers.
-            let response = match value {
-                Some(value) => Response::Value { value, version },
-                None => Response::Missing,
-            };
-            let by_hand = hand_encoded(request_id, map_epoch, &response);
-            prop_assert_eq!(&by_hand, &rkyv_encoded(request_id, map_epoch, &response));
-            let Ok(Split::Frame { header, payload }) = split_frame(&by_hand[3..]) else {
-                panic!("the frame splits")
-            };
-            prop_assert_eq!((header.request_id, header.map_epoch), (request_id, map_epoch));
-            prop_assert_eq!(decode_payload::<Response>(&by_hand[3..][payload]), Ok(response));
-        }
-
-        #[test]
         fn every_answer_is_encoded_as_rkyv_encodes_it(response in response_strategy()) {
-            prop_assert_eq!(hand_encoded(5, 6, &response), rkyv_encoded(5, 6, &response));
+            let mut by_hand = Vec::new();
+            crate::read_path::encode_response(5, 6, &response, &mut by_hand).unwrap();
+            let mut by_rkyv = Vec::new();
+            encode_message(FrameKind::Response, 5, 6, &response, &mut by_rkyv).unwrap();
+            prop_assert_eq!(by_hand, by_rkyv);
         }
 
         #[test]

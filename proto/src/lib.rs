@@ -16,6 +16,8 @@
 //! - [`peer`]: the peer family (maps, migration orders and batches).
 //! - [`protocol`]: the families as types ([`Protocol`]), which links are typed by.
 //! - [`codec`]: frame + payload together: encode a message into a buffer, decode a validated one.
+//! - [`read_path`]: a `Get` and its answer read and written by hand, pinned to rkyv's format
+//!   (reads are most requests, and rkyv's serializer and validator most of their cost).
 //! - [`link`]: one link to a server, sans I/O (handshake, request ids, answers matched to
 //!   requests, the frame read buffer servers share), and its blocking adapter.
 //! - [`resp`]: the Redis protocol (RESP2, RESP3), sans I/O: requests parsed in place within limits, replies.
@@ -45,15 +47,14 @@ pub mod message;
 pub mod migration;
 pub mod peer;
 pub mod protocol;
+pub mod read_path;
 pub mod replication;
 pub mod resp;
 pub mod rights;
 pub mod slot;
 
 pub use cluster::*;
-pub use codec::{
-    access_payload, decode_payload, deserialize_payload, encode_message, encode_response, split_frame, Split,
-};
+pub use codec::{access_payload, decode_payload, deserialize_payload, encode_message, split_frame, Split};
 pub use control_addresses::{ControlAddresses, ControlAddressesError};
 pub use credentials::{constant_time_equal, Denial, Gate, Gatekeeper, Grant};
 pub use data::{
@@ -74,6 +75,7 @@ pub use migration::{
 };
 pub use peer::*;
 pub use protocol::{ClientProtocol, ControlProtocol, Decode, Encode, PeerProtocol, Protocol};
+pub use read_path::{encode_response, ReadObject, ReadRequest};
 pub use replication::{ReplicaAnswer, ReplicaBatch, ReplicaRefusal, ReplicaStreamId};
 pub use rights::{Right, Rights};
 pub use slot::{format_slot_ranges, hashtag, slot_ranges, SlotHasher};

@@ -17,9 +17,8 @@ use std::time::Instant;
 
 use engram_proto::limits::{IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, KEY_BYTES_MAX, NAMESPACE_BYTES_MAX};
 use engram_proto::{
-    access_payload, admit, decode_payload, deserialize_payload, Admitted, ArchivedCommand, Command, Denial, ErrorCode,
-    FrameBuffer, FrameBufferSizes, FrameKind, Grant, HelloReply, Port, ProtocolError, Request, Response, Right, Rights,
-    SlotHasher, FRONT_SHARD_ID,
+    admit, decode_payload, Admitted, Command, Denial, ErrorCode, FrameBuffer, FrameBufferSizes, FrameKind, Grant,
+    HelloReply, Port, ProtocolError, ReadRequest, Request, Response, Right, Rights, SlotHasher, FRONT_SHARD_ID,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,10 +31,7 @@ use crate::refusal::Refused;
 use crate::runtime;
 use crate::shard::{Shard, Target};
 use crate::stream::Stream;
-use engram_proto::{
-    AdminCommand, ArchivedBytesCommand, ArchivedCounterCommand, ArchivedDataCommand, BytesCommand, CounterCommand,
-    DataCommand, ErrorReply, Family, PeerRequest, PeerResponse,
-};
+use engram_proto::{AdminCommand, DataCommand, ErrorReply, Family, PeerRequest, PeerResponse};
 
 /// Bytes asked of the socket per read. Reads never grow the buffer by more than this,
 /// so memory follows the bytes that actually arrived, not the length a header claims.
@@ -615,32 +611,15 @@ fn refuse(shard: &Shard, error: ProtocolError) -> Close {
     }
 }
 
-/// Decodes a request. The key of a single-key read (`Get`, `CounterGet`: the hot path)
-/// is built in `key_buffer`'s allocation, which the connection recycles from the
-/// previous request, so such a read allocates nothing; other commands are deserialized
-/// as they are.
+/// Decodes a request. A `Get` (of a bytes value or a counter: the hot path) is read in
+/// place without rkyv's validator, and its key built in `key_buffer`'s allocation, which
+/// the connection recycles from the previous request, so such a read allocates
+/// nothing; other commands are validated and deserialized by rkyv.
 fn decode_request(payload: &[u8], key_buffer: &mut Vec<u8>) -> Result<Request, ProtocolError> {
-    let archived = access_payload::<Request>(payload)?;
-    let mut reuse = |key: &[u8]| {
-        let mut buffer = std::mem::take(key_buffer);
-        buffer.clear();
-        buffer.extend_from_slice(key);
-        buffer
-    };
-    let command = match &archived.command {
-        ArchivedCommand::Data(ArchivedDataCommand::Bytes(ArchivedBytesCommand::Get { key })) => {
-            Command::from(BytesCommand::Get { key: reuse(key) })
-        }
-        ArchivedCommand::Data(ArchivedDataCommand::Counter(ArchivedCounterCommand::Get { key })) => {
-            Command::from(CounterCommand::Get { key: reuse(key) })
-        }
-        _ => return deserialize_payload::<Request>(archived),
-    };
-    Ok(Request {
-        op_id: archived.op_id.to_native(),
-        completed_below_op_id: archived.completed_below_op_id.to_native(),
-        command,
-    })
+    match ReadRequest::parse(payload) {
+        Some(read) => Ok(read.to_request(std::mem::take(key_buffer))),
+        None => decode_payload::<Request>(payload),
+    }
 }
 
 /// The largest key buffer a connection keeps for its next request: a key with its
@@ -649,7 +628,7 @@ const KEY_BUFFER_BYTES_MAX: usize = KEY_BYTES_MAX + 1 + NAMESPACE_BYTES_MAX;
 
 #[cfg(test)]
 mod tests {
-    use engram_proto::{encode_message, FrameKind, SetCondition, FRAME_HEADER_BYTES};
+    use engram_proto::{encode_message, BytesCommand, CounterCommand, FrameKind, SetCondition, FRAME_HEADER_BYTES};
 
     use super::*;
     use crate::dispatch::prefix_key;
