@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use engram_link_tokio::{fill, handshake};
 use engram_proto::limits::IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
-use engram_proto::link::{decode_answer, StreamError};
+use engram_proto::link::{decode_answer, StreamError, HANDSHAKE_REQUEST_ID};
 use engram_proto::{
-    encode_message, ClientProtocol, FrameBuffer, FrameBufferSizes, FrameKind, HelloReply, Identity, Link, LinkError,
-    Protocol, Request, Response,
+    encode_request, parse_read_answer, ClientProtocol, FrameBuffer, FrameBufferSizes, FrameKind, HelloReply, Identity,
+    Link, LinkError, Protocol, Request, Response,
 };
 use engram_tls::ClientTls;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -163,7 +163,7 @@ impl Connection {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         // Sized for the whole frame of a small request, so encoding allocates once.
         let mut frame = Vec::with_capacity(FRAME_BYTES_INITIAL + request.command.key().map_or(0, <[u8]>::len));
-        encode_message(FrameKind::Request, request_id, map_epoch, request, &mut frame)?;
+        encode_request(request_id, map_epoch, request, &mut frame)?;
         let mut registration = self
             .pending
             .register(request_id, deadline)
@@ -245,13 +245,7 @@ impl Connection {
                 buffers.push(std::mem::take(&mut buffer));
             }
             frame.clear();
-            encode_message(
-                FrameKind::Request,
-                first_request_id + index as u64,
-                map_epoch,
-                *request,
-                &mut frame,
-            )?;
+            encode_request(first_request_id + index as u64, map_epoch, request, &mut frame)?;
             buffer.extend_from_slice(&frame);
         }
         buffers.push(buffer);
@@ -372,7 +366,15 @@ async fn read_responses(
 /// the whole connection goes, not only one call.
 fn answer_frames(input: &mut FrameBuffer, pending: &PendingTable) -> Result<(), ConnectionError> {
     while let Some((header, payload)) = input.next_frame().map_err(ConnectionError::Protocol)? {
-        let response = decode_answer::<ClientProtocol>(&header, payload)?;
+        // A read's answer is read by hand; anything else, or an answer where none may
+        // come (to the handshake's id), goes through the checks of `decode_answer`.
+        let read = (header.kind == FrameKind::Response && header.request_id != HANDSHAKE_REQUEST_ID)
+            .then(|| parse_read_answer(payload))
+            .flatten();
+        let response = match read {
+            Some(response) => response,
+            None => decode_answer::<ClientProtocol>(&header, payload)?,
+        };
         pending.answer(header.request_id, response)?;
     }
     Ok(())

@@ -75,7 +75,7 @@ pub use migration::{
 };
 pub use peer::*;
 pub use protocol::{ClientProtocol, ControlProtocol, Decode, Encode, PeerProtocol, Protocol};
-pub use read_path::{encode_response, ReadObject, ReadRequest};
+pub use read_path::{encode_request, encode_response, parse_read_answer, ReadObject, ReadRequest};
 pub use replication::{ReplicaAnswer, ReplicaBatch, ReplicaRefusal, ReplicaStreamId};
 pub use rights::{Right, Rights};
 pub use slot::{format_slot_ranges, hashtag, slot_ranges, SlotHasher};
