@@ -196,8 +196,9 @@ fn points_back_over(root: &[u8], pointer_at: usize, length: usize) -> bool {
 
 /// The archived `Response`: its largest variant, so every variant pads to this size.
 const ARCHIVED_RESPONSE_BYTES: usize = std::mem::size_of::<ArchivedResponse>();
-/// Variant tags of the archived `Response` (its variants in declaration order), and
-/// where a value's fields lie after the tag.
+/// Variant tags of the archived `Response` (its variants in declaration order: they
+/// hold because variants are only ever appended), and where a value's fields lie after
+/// the tag.
 const VALUE_TAG: u8 = 1;
 const MISSING_TAG: u8 = 2;
 const VALUE_POINTER_AT: usize = 1;
@@ -215,6 +216,7 @@ const COMMAND_TAG_AT: usize = 16;
 const OBJECT_TAG_AT: usize = 17;
 const OBJECT_COMMAND_TAG_AT: usize = 18;
 const KEY_POINTER_AT: usize = 19;
+/// Tags in declaration order, as above.
 const DATA_TAG: u8 = 1;
 const BYTES_TAG: u8 = 0;
 const COUNTER_TAG: u8 = 1;
@@ -254,6 +256,68 @@ mod tests {
         let mut out = vec![0xaa; 3];
         encode_response(request_id, map_epoch, response, &mut out).unwrap();
         out
+    }
+
+    /// Every payload that differs from a valid one in one byte, or is one byte shorter
+    /// or longer: what is read by hand must be what rkyv reads. Covers the tags and the
+    /// pointer, which random changes rarely hit.
+    fn each_one_byte_change(payload: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+        let changed = (0..payload.len()).flat_map(move |at| {
+            (0..=u8::MAX).map(move |value| {
+                let mut changed = payload.to_vec();
+                changed[at] = value;
+                changed
+            })
+        });
+        let shorter = std::iter::once(payload[..payload.len() - 1].to_vec());
+        let longer = (0..=u8::MAX).map(move |value| [payload, &[value]].concat());
+        changed.chain(shorter).chain(longer)
+    }
+
+    fn reads_and_answers() -> (Vec<Request>, Vec<Response>) {
+        let mut reads = Vec::new();
+        let mut answers = vec![Response::Missing, Response::Pong, Response::Written { version: 7 }];
+        for bytes in [0, 1, 5, 40] {
+            let key = (0..bytes).map(|byte| byte as u8).collect::<Vec<u8>>();
+            reads.push(Request {
+                op_id: 3,
+                completed_below_op_id: 2,
+                command: Command::from(BytesCommand::Get { key: key.clone() }),
+            });
+            reads.push(Request {
+                op_id: 0,
+                completed_below_op_id: 0,
+                command: Command::from(CounterCommand::Get { key: key.clone() }),
+            });
+            answers.push(Response::Value { value: key, version: 9 });
+        }
+        (reads, answers)
+    }
+
+    #[test]
+    fn every_one_byte_change_is_read_by_hand_only_as_rkyv_reads_it() {
+        let (reads, answers) = reads_and_answers();
+        for request in &reads {
+            let payload = request_payload(request);
+            let read = ReadRequest::parse(&payload).expect("rkyv's own layout is read here");
+            assert_eq!(&read.to_request(Vec::new()), request, "an empty key included");
+            for changed in each_one_byte_change(&payload) {
+                if let Some(read) = ReadRequest::parse(&changed) {
+                    assert_eq!(decode_payload::<Request>(&changed), Ok(read.to_request(Vec::new())));
+                }
+            }
+        }
+        for response in &answers {
+            let frame = rkyv_encoded(1, 1, response);
+            let payload = &frame[3 + FRAME_HEADER_BYTES..];
+            let read_here = matches!(response, Response::Value { .. } | Response::Missing);
+            assert_eq!(parse_read_answer(payload), read_here.then(|| response.clone()));
+            for changed in each_one_byte_change(payload) {
+                if let Some(read) = parse_read_answer(&changed) {
+                    assert_eq!(decode_payload::<Response>(&changed), Ok(read));
+                }
+            }
+        }
     }
 
     #[test]

@@ -23,8 +23,8 @@ const RSS_GROWTH_BYTES_MAX: u64 = 50 << 20;
 /// How long a closed stranger may take to notice, past the timeout (a slow machine).
 const CLOSE_SLACK: Duration = Duration::from_secs(20);
 
-/// A frame header claiming a payload of `payload_bytes`, with whatever checksum: the
-/// server must decide from the header alone.
+/// A frame header claiming a payload of `payload_bytes`: the server must decide from
+/// the header alone.
 fn header_claiming(payload_bytes: usize) -> Vec<u8> {
     let header = FrameHeader {
         kind: FrameKind::Hello,

@@ -85,7 +85,7 @@ impl FrameBuffer {
         self.sizes = sizes;
     }
 
-    /// The next whole frame's header and payload (checksum verified), or `None` until
+    /// The next whole frame's header (validated) and payload, or `None` until
     /// more bytes arrive. The payload borrows the buffer until the next call. An error
     /// means framing is lost: nothing later on the stream can be trusted.
     pub fn next_frame(&mut self) -> Result<Option<(FrameHeader, &[u8])>, ProtocolError> {
