@@ -9,7 +9,6 @@ use rkyv::ser::allocator::ArenaHandle;
 
 use crate::error::ProtocolError;
 use crate::frame::{FrameHeader, FrameKind, FRAME_HEADER_BYTES};
-use crate::limits::FRAME_PAYLOAD_BYTES_MAX;
 
 /// What [`split_frame`] found at the front of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,21 +64,16 @@ where
         }
     };
     *out = buffer;
-    let payload_bytes = out.len() - payload_at;
-    if payload_bytes > FRAME_PAYLOAD_BYTES_MAX {
-        out.truncate(header_at);
-        return Err(ProtocolError::FrameTooLarge {
-            length: payload_bytes as u64,
-        });
+    match FrameHeader::for_payload(kind, request_id, map_epoch, out.len() - payload_at) {
+        Ok(header) => {
+            out[header_at..payload_at].copy_from_slice(&header.encode());
+            Ok(())
+        }
+        Err(error) => {
+            out.truncate(header_at);
+            Err(error)
+        }
     }
-    let header = FrameHeader {
-        kind,
-        request_id,
-        map_epoch,
-        payload_bytes: payload_bytes as u32,
-    };
-    out[header_at..payload_at].copy_from_slice(&header.encode());
-    Ok(())
 }
 
 /// Validates (bytecheck) and deserializes a payload. The archive format is the

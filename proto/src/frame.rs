@@ -62,6 +62,27 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
+    /// The header of a frame whose payload is `payload_bytes` long, refused past
+    /// `FRAME_PAYLOAD_BYTES_MAX` so no peer is sent a frame it must refuse.
+    pub fn for_payload(
+        kind: FrameKind,
+        request_id: u64,
+        map_epoch: u64,
+        payload_bytes: usize,
+    ) -> Result<FrameHeader, ProtocolError> {
+        if payload_bytes > FRAME_PAYLOAD_BYTES_MAX {
+            return Err(ProtocolError::FrameTooLarge {
+                length: payload_bytes as u64,
+            });
+        }
+        Ok(FrameHeader {
+            kind,
+            request_id,
+            map_epoch,
+            payload_bytes: payload_bytes as u32,
+        })
+    }
+
     pub fn encode(&self) -> [u8; FRAME_HEADER_BYTES] {
         let mut out = [0u8; FRAME_HEADER_BYTES];
         out[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
@@ -127,6 +148,18 @@ mod tests {
     fn round_trip() {
         let h = header(100);
         assert_eq!(FrameHeader::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
+    fn a_header_is_made_only_for_a_payload_within_the_limit() {
+        let largest = FrameHeader::for_payload(FrameKind::Response, 1, 2, FRAME_PAYLOAD_BYTES_MAX).unwrap();
+        assert_eq!(largest.payload_bytes as usize, FRAME_PAYLOAD_BYTES_MAX);
+        assert_eq!(
+            FrameHeader::for_payload(FrameKind::Response, 1, 2, FRAME_PAYLOAD_BYTES_MAX + 1),
+            Err(ProtocolError::FrameTooLarge {
+                length: FRAME_PAYLOAD_BYTES_MAX as u64 + 1
+            })
+        );
     }
 
     #[test]

@@ -159,17 +159,7 @@ fn begin_frame<'o>(
     out: &'o mut Vec<u8>,
 ) -> Result<&'o mut [u8], ProtocolError> {
     let payload_bytes = bytes.len() + root_bytes;
-    if payload_bytes > FRAME_PAYLOAD_BYTES_MAX {
-        return Err(ProtocolError::FrameTooLarge {
-            length: payload_bytes as u64,
-        });
-    }
-    let header = FrameHeader {
-        kind,
-        request_id,
-        map_epoch,
-        payload_bytes: payload_bytes as u32,
-    };
+    let header = FrameHeader::for_payload(kind, request_id, map_epoch, payload_bytes)?;
     out.reserve(FRAME_HEADER_BYTES + payload_bytes);
     out.extend_from_slice(&header.encode());
     out.extend_from_slice(bytes);
