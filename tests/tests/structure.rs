@@ -242,14 +242,15 @@ fn no_file_names_a_path_outside_the_repository() {
         .output()
         .expect("git ls-files runs");
     assert!(listed.status.success(), "git ls-files failed");
-    let outside = ["../shared/", "/work/", "DESIGN.md"];
+    // Built from parts, so this file is checked like every other.
+    let outside = [
+        ["..", "/shared/"].concat(),
+        ["/wo", "rk/"].concat(),
+        ["DESIGN", ".md"].concat(),
+    ];
     let mut offenders = Vec::new();
     for file in listed.stdout.split(|byte| *byte == 0).filter(|name| !name.is_empty()) {
         let name = String::from_utf8_lossy(file).into_owned();
-        // This file names the patterns it looks for.
-        if name == "tests/tests/structure.rs" {
-            continue;
-        }
         let Ok(text) = std::fs::read_to_string(repository.join(&name)) else {
             continue;
         };
