@@ -69,7 +69,7 @@ impl Accepted {
     }
 }
 
-const PORT: Port<'static> = Port {
+const PORT: Port<'static, Family> = Port {
     name: "engram-control",
     families: &[Family::Control],
     takes_forwarded: false,

@@ -9,13 +9,15 @@ use crate::limits::{CREDENTIALS_BYTES_MAX, NAMESPACE_BYTES_MAX, PROTOCOL_VERSION
 use crate::message::{Family, Hello};
 use crate::protocol::Decode;
 
-/// What a listening port is, for admission and for the words of a refusal.
+/// What a listening port is, for admission and for the words of a refusal. `S` is the
+/// port's own type for the families it serves, so what it admits names only those and
+/// its connections have no arm for a family they never speak.
 #[derive(Clone, Copy, Debug)]
-pub struct Port<'a> {
+pub struct Port<'a, S> {
     /// How a refusal names it: "a node's front port", "engram-control".
     pub name: &'a str,
     /// The families it serves.
-    pub families: &'a [Family],
+    pub families: &'a [S],
     /// Whether nodes forward their clients' requests to it (a shard's own port): only
     /// there does a client connection with the node right speak for other tenants.
     pub takes_forwarded: bool,
@@ -37,11 +39,12 @@ impl Refusal {
     }
 }
 
-/// A connection admitted: its Hello, whose family it speaks from now on, and what its
-/// credentials were granted.
+/// A connection admitted: its Hello, the family it speaks from now on (as the port
+/// names it), and what its credentials were granted.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Admitted {
+pub struct Admitted<S> {
     pub hello: Hello,
+    pub served: S,
     pub grant: Grant,
 }
 
@@ -49,7 +52,10 @@ pub struct Admitted {
 /// protocol version, within the namespace and credential limits, asking for a family
 /// `port` serves, with credentials `gate` lets in for that family (and, for a client,
 /// its namespace).
-pub fn admit(kind: FrameKind, payload: &[u8], port: &Port<'_>, gate: &Gate) -> Result<Admitted, Refusal> {
+pub fn admit<S>(kind: FrameKind, payload: &[u8], port: &Port<'_, S>, gate: &Gate) -> Result<Admitted<S>, Refusal>
+where
+    S: Copy + Into<Family>,
+{
     if kind != FrameKind::Hello {
         return Err(Refusal::new(
             ErrorCode::HandshakeRequired,
@@ -81,18 +87,18 @@ pub fn admit(kind: FrameKind, payload: &[u8], port: &Port<'_>, gate: &Gate) -> R
             format!("credentials exceed credentials_bytes_max ({CREDENTIALS_BYTES_MAX})"),
         ));
     }
-    if !port.families.contains(&hello.family) {
+    let Some(&served) = port.families.iter().find(|&&served| served.into() == hello.family) else {
         return Err(Refusal::new(ErrorCode::FamilyNotServed, not_served(port, hello.family)));
-    }
+    };
     let grant = gate
         .admit(&hello.credentials, hello.family, &hello.namespace, port.takes_forwarded)
         .map_err(|denial| Refusal::new(denial.code(), denial.to_string()))?;
-    Ok(Admitted { hello, grant })
+    Ok(Admitted { hello, served, grant })
 }
 
 /// Says where the family asked for is served instead.
-fn not_served(port: &Port<'_>, asked: Family) -> String {
-    let names: Vec<&str> = port.families.iter().map(|family| family.name()).collect();
+fn not_served<S: Copy + Into<Family>>(port: &Port<'_, S>, asked: Family) -> String {
+    let names: Vec<&str> = port.families.iter().map(|&family| family.into().name()).collect();
     let served = match names.len() {
         1 => format!("the {} protocol", names[0]),
         _ => format!("the {} protocols", names.join(" and ")),
@@ -115,7 +121,7 @@ mod tests {
     use crate::codec::encode_message;
     use crate::FRAME_HEADER_BYTES;
 
-    const NODE_SHARD: Port<'static> = Port {
+    const NODE_SHARD: Port<'static, Family> = Port {
         name: "a node's shard port",
         families: &[Family::Client, Family::Peer],
         takes_forwarded: true,
@@ -135,7 +141,7 @@ mod tests {
         credentials.map_or(Gate::Open, |token| Gate::Token(token.to_vec()))
     }
 
-    fn admit_hello(hello: &Hello, port: &Port<'_>, credentials: Option<&[u8]>) -> Result<Hello, Refusal> {
+    fn admit_hello(hello: &Hello, port: &Port<'_, Family>, credentials: Option<&[u8]>) -> Result<Hello, Refusal> {
         let mut frame = Vec::new();
         encode_message(FrameKind::Hello, 0, 0, hello, &mut frame).unwrap();
         admit(FrameKind::Hello, &frame[FRAME_HEADER_BYTES..], port, &gate(credentials)).map(|admitted| admitted.hello)
@@ -149,6 +155,14 @@ mod tests {
     fn a_hello_of_a_served_family_with_the_right_credentials_is_admitted() {
         let admitted = admit_hello(&hello(Family::Peer, b"token"), &NODE_SHARD, Some(b"token")).unwrap();
         assert_eq!(admitted, hello(Family::Peer, b"token"));
+        let mut frame = Vec::new();
+        encode_message(FrameKind::Hello, 0, 0, &hello(Family::Client, b""), &mut frame).unwrap();
+        let admitted = admit(FrameKind::Hello, &frame[FRAME_HEADER_BYTES..], &NODE_SHARD, &Gate::Open).unwrap();
+        assert_eq!(
+            admitted.served,
+            Family::Client,
+            "the port's own name for the family asked"
+        );
         // Without configured credentials, any are taken.
         assert!(admit_hello(&hello(Family::Client, b"anything"), &NODE_SHARD, None).is_ok());
     }

@@ -83,6 +83,47 @@ pub struct Request {
     pub command: Command,
 }
 
+/// A client's request for an object, split from its [`Request`] by the connection that
+/// read it, which answers admin commands itself: what a shard's store applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataRequest {
+    /// As [`Request::op_id`].
+    pub op_id: u64,
+    /// As [`Request::completed_below_op_id`].
+    pub completed_below_op_id: u64,
+    pub command: DataCommand,
+}
+
+/// A client's request by whom it asks: the node it reached, or an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    Admin(AdminCommand),
+    Data(DataRequest),
+}
+
+impl Request {
+    pub fn into_asked(self) -> Asked {
+        match self.command {
+            Command::Admin(admin) => Asked::Admin(admin),
+            Command::Data(command) => Asked::Data(DataRequest {
+                op_id: self.op_id,
+                completed_below_op_id: self.completed_below_op_id,
+                command,
+            }),
+        }
+    }
+}
+
+impl From<DataRequest> for Request {
+    fn from(request: DataRequest) -> Request {
+        Request {
+            op_id: request.op_id,
+            completed_below_op_id: request.completed_below_op_id,
+            command: Command::Data(request.command),
+        }
+    }
+}
+
 /// What a client connection asks: of the node itself, or of an object.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Command {

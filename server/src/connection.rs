@@ -25,30 +25,31 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use futures::future::Either;
 
 use crate::dispatch::{end_connection, write_out, Door, Handled, Placed};
+use crate::metrics::ObjectKind;
 use crate::outbox::Outbox;
 use crate::proxy::Proxies;
 use crate::refusal::Refused;
 use crate::runtime;
 use crate::shard::{Shard, Target};
 use crate::stream::Stream;
-use engram_proto::{AdminCommand, DataCommand, ErrorReply, Family, PeerRequest, PeerResponse};
+use engram_proto::{AdminCommand, Asked, DataCommand, DataRequest, ErrorReply, Family, PeerRequest, PeerResponse};
 
 /// Bytes asked of the socket per read. Reads never grow the buffer by more than this,
 /// so memory follows the bytes that actually arrived, not the length a header claims.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// What a front port is to a Hello: clients only, since it forwards their requests.
-const FRONT_PORT: Port<'static> = Port {
+const FRONT_PORT: Port<'static, Served> = Port {
     name: "a node's front port",
-    families: &[Family::Client],
+    families: &[Served::Client],
     takes_forwarded: false,
 };
 
 /// What a shard's own port is to a Hello: clients, and peers, whose migration orders
 /// and batches name the shard they are for.
-const SHARD_PORT: Port<'static> = Port {
+const SHARD_PORT: Port<'static, Served> = Port {
     name: "a node's shard port",
-    families: &[Family::Client, Family::Peer],
+    families: &[Served::Client, Served::Peer],
     takes_forwarded: true,
 };
 
@@ -85,6 +86,15 @@ impl Session {
 enum Served {
     Client,
     Peer,
+}
+
+impl From<Served> for Family {
+    fn from(served: Served) -> Family {
+        match served {
+            Served::Client => Family::Client,
+            Served::Peer => Family::Peer,
+        }
+    }
 }
 
 /// What a client request needs of its session, copied out so the connection can be
@@ -383,34 +393,46 @@ impl Connection {
         received: Instant,
     ) -> Result<Handled, Close> {
         let request = decode_request(payload, &mut self.key_buffer).map_err(|error| refuse(&self.shard, error))?;
-        let denied = request.command.right().filter(|right| !caller.rights.contains(*right));
-        let answer = match (&request.command, denied) {
-            (command, Some(right)) => self.forbidden(right, command),
-            (Command::Admin(admin), None) => self.answer_admin(*admin),
-            (Command::Data(data), None) => match self.place(caller.hasher, data) {
-                Err(refusal) => refusal,
-                Ok((_, Target::Local(owner))) if owner == self.shard.id() => {
-                    self.outbox.expect_answer();
-                    let (handled, spent) = self.door().apply_here(caller.client_id, request_id, request, received);
-                    self.recycle_key(spent);
-                    return Ok(handled);
-                }
-                Ok((slot, target)) => {
-                    self.outbox.expect_answer();
-                    let placed = Placed {
-                        slot,
-                        target,
-                        client_id: caller.client_id,
-                        request_id,
-                    };
-                    return Ok(self.dispatch(placed, request, received).await);
-                }
-            },
+        if let Some(right) = request.command.right().filter(|right| !caller.rights.contains(*right)) {
+            let answer = self.forbidden(right, &request.command);
+            self.answer_here(request_id, ObjectKind::of(&request.command), &answer);
+            return Ok(Handled::Untimed);
+        }
+        let request = match request.into_asked() {
+            Asked::Admin(admin) => {
+                let answer = self.answer_admin(admin);
+                self.answer_here(request_id, ObjectKind::Other, &answer);
+                return Ok(Handled::Untimed);
+            }
+            Asked::Data(request) => request,
         };
-        self.shard.answered_here(&request.command, &answer);
-        self.outbox.push_response(request_id, &answer);
-        self.recycle_key(request.command);
-        Ok(Handled::Untimed)
+        let (slot, target) = match self.place(caller.hasher, &request.command) {
+            Ok(placed) => placed,
+            Err(refusal) => {
+                self.answer_here(request_id, ObjectKind::of_data(&request.command), &refusal);
+                self.recycle_key(request.command);
+                return Ok(Handled::Untimed);
+            }
+        };
+        self.outbox.expect_answer();
+        if matches!(target, Target::Local(owner) if owner == self.shard.id()) {
+            let (handled, spent) = self.door().apply_here(caller.client_id, request_id, request, received);
+            self.recycle_key(spent);
+            return Ok(handled);
+        }
+        let placed = Placed {
+            slot,
+            target,
+            client_id: caller.client_id,
+            request_id,
+        };
+        Ok(self.dispatch(placed, request, received).await)
+    }
+
+    /// Answers a request without a shard's store: counted, and queued for the client.
+    fn answer_here(&self, request_id: u64, object: ObjectKind, answer: &Response) {
+        self.shard.answered_here(object, answer);
+        self.outbox.push_response(request_id, answer);
     }
 
     /// After a credentials reload, takes the session's credential again from the new
@@ -423,10 +445,7 @@ impl Connection {
         let Some(session) = self.session.as_mut().filter(|session| session.generation != generation) else {
             return Ok(());
         };
-        let family = match session.served {
-            Served::Client => Family::Client,
-            Served::Peer => Family::Peer,
-        };
+        let family = Family::from(session.served);
         let namespace = session.key_prefix.get(1..).unwrap_or_default();
         match self
             .shard
@@ -503,7 +522,7 @@ impl Connection {
                 reply: self.shard.error_reply(refusal.code, refusal.message),
             }
         })?;
-        self.session = Some(self.open_session(admitted, generation)?);
+        self.session = Some(self.open_session(admitted, generation));
         let reply = HelloReply {
             node_id: self.shard.node_id(),
             shard_id: if self.front {
@@ -543,7 +562,7 @@ impl Connection {
     }
 
     /// Hands a placed request to its shard, of this node or another.
-    async fn dispatch(&mut self, placed: Placed, request: Request, received: Instant) -> Handled {
+    async fn dispatch(&mut self, placed: Placed, request: DataRequest, received: Instant) -> Handled {
         let (handled, spent) = self.door().dispatch(placed, request, received).await;
         if let Some(command) = spent {
             self.recycle_key(command);
@@ -568,40 +587,27 @@ impl Connection {
     }
 
     /// Keeps a handled request's key buffer for the next read's key.
-    fn recycle_key(&mut self, mut command: Command) {
-        if let Some(key) = command.key_mut() {
-            if key.capacity() <= KEY_BUFFER_BYTES_MAX {
-                self.key_buffer = std::mem::take(key);
-            }
+    fn recycle_key(&mut self, mut command: DataCommand) {
+        let key = command.key_mut();
+        if key.capacity() <= KEY_BUFFER_BYTES_MAX {
+            self.key_buffer = std::mem::take(key);
         }
     }
 
     /// The session of an admitted Hello.
-    fn open_session(&self, Admitted { hello, grant }: Admitted, generation: u64) -> Result<Session, Close> {
-        let served = match hello.family {
-            Family::Client => Served::Client,
-            Family::Peer => Served::Peer,
-            // Neither port serves it, so `admit` refused it already.
-            Family::Control => {
-                return Err(Close::Refused {
-                    reply: self
-                        .shard
-                        .error_reply(ErrorCode::FamilyNotServed, "a node serves no control protocol"),
-                })
-            }
-        };
+    fn open_session(&self, Admitted { hello, served, grant }: Admitted<Served>, generation: u64) -> Session {
         let mut key_prefix = Vec::with_capacity(1 + hello.namespace.len());
         // Fits: NAMESPACE_BYTES_MAX <= u8::MAX, and `admit` checked the length.
         key_prefix.push(u8::try_from(hello.namespace.len()).unwrap_or(u8::MAX));
         key_prefix.extend_from_slice(&hello.namespace);
-        Ok(Session {
+        Session {
             served,
             client_id: hello.client_id,
             grant,
             generation,
             hasher: SlotHasher::new(&hello.namespace),
             key_prefix,
-        })
+        }
     }
 }
 
@@ -628,7 +634,10 @@ const KEY_BUFFER_BYTES_MAX: usize = KEY_BYTES_MAX + 1 + NAMESPACE_BYTES_MAX;
 
 #[cfg(test)]
 mod tests {
-    use engram_proto::{encode_message, BytesCommand, CounterCommand, FrameKind, SetCondition, FRAME_HEADER_BYTES};
+    use engram_proto::{
+        encode_message, BytesCommand, CounterCommand, FrameKind, QueueCommand, QueueEnd, SetCondition,
+        FRAME_HEADER_BYTES,
+    };
 
     use super::*;
     use crate::dispatch::prefix_key;
@@ -683,13 +692,16 @@ mod tests {
         let prefix = b"\x02ns";
         let mut key_buffer = Vec::with_capacity(64);
         let buffer = key_buffer.as_ptr();
-        let mut request = decode_request(
+        let request = decode_request(
             &payload(Command::from(BytesCommand::Get { key: b"key".to_vec() })),
             &mut key_buffer,
         )
         .unwrap();
+        let Asked::Data(mut request) = request.into_asked() else {
+            panic!("a get decoded as an admin command");
+        };
         prefix_key(&mut request.command, prefix);
-        let Command::Data(DataCommand::Bytes(BytesCommand::Get { key })) = request.command else {
+        let DataCommand::Bytes(BytesCommand::Get { key }) = request.command else {
             panic!("decoded as {:?}", request.command);
         };
         assert_eq!(key, b"\x02nskey");
@@ -699,12 +711,22 @@ mod tests {
     #[test]
     fn prefixing_puts_the_namespace_before_any_key() {
         for key in [&b""[..], b"k", b"some key longer than the prefix"] {
-            let mut command = Command::from(BytesCommand::Del { key: key.to_vec() });
+            let mut command = DataCommand::from(BytesCommand::Del { key: key.to_vec() });
             prefix_key(&mut command, b"\x02ns");
-            assert_eq!(command.key(), Some(&[&b"\x02ns"[..], key].concat()[..]));
+            assert_eq!(command.key(), &[&b"\x02ns"[..], key].concat()[..]);
         }
-        let mut ping = Command::from(AdminCommand::Ping);
-        prefix_key(&mut ping, b"\x01n");
-        assert_eq!(ping, Command::from(AdminCommand::Ping));
+        let mut pop = DataCommand::from(QueueCommand::PopAny {
+            key: b"a".to_vec(),
+            more_keys: vec![b"b".to_vec(), b"c".to_vec()],
+            end: QueueEnd::Front,
+            timeout_ms: 0,
+        });
+        prefix_key(&mut pop, b"\x01n");
+        let keys: Vec<&[u8]> = pop.keys().collect();
+        assert_eq!(
+            keys,
+            [&b"\x01na"[..], b"\x01nb", b"\x01nc"],
+            "every key of a pop of several"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::cell::OnceCell;
 use std::rc::Rc;
 use std::time::Instant;
 
-use engram_proto::{Command, DataCommand, ErrorCode, QueueCommand, Request};
+use engram_proto::{DataCommand, DataRequest, ErrorCode, QueueCommand, Request};
 use futures::channel::oneshot;
 use futures::future::Either;
 use futures_lite::AsyncWriteExt;
@@ -50,7 +50,12 @@ pub struct Door<'a> {
 impl Door<'_> {
     /// Applies a placed request here, or hands it to its shard. Gives the command back
     /// when it was only read (its key buffer can serve the next request).
-    pub async fn dispatch(&self, placed: Placed, request: Request, received: Instant) -> (Handled, Option<Command>) {
+    pub async fn dispatch(
+        &self,
+        placed: Placed,
+        request: DataRequest,
+        received: Instant,
+    ) -> (Handled, Option<DataCommand>) {
         match placed.target {
             Target::Local(owner) if owner == self.shard.id() => {
                 let (handled, command) = self.apply_here(placed.client_id, placed.request_id, request, received);
@@ -66,9 +71,9 @@ impl Door<'_> {
         &self,
         client_id: u64,
         request_id: u64,
-        mut request: Request,
+        mut request: DataRequest,
         received: Instant,
-    ) -> (Handled, Command) {
+    ) -> (Handled, DataCommand) {
         prefix_key(&mut request.command, self.key_prefix);
         let outbox = Rc::downgrade(self.outbox);
         let destination = Destination::Connection { outbox, request_id };
@@ -80,7 +85,7 @@ impl Door<'_> {
     }
 
     /// Hands a request to another shard of this node, or to another node's shard.
-    async fn dispatch_elsewhere(&self, placed: Placed, mut request: Request) -> (Handled, Option<Command>) {
+    async fn dispatch_elsewhere(&self, placed: Placed, mut request: DataRequest) -> (Handled, Option<DataCommand>) {
         let Placed {
             slot,
             target,
@@ -97,9 +102,9 @@ impl Door<'_> {
                 // The owner prefixes the key with the namespace the link's Hello names.
                 let epoch = routing.epoch();
                 self.proxies()
-                    .forward(routing.address(index), request_id, epoch, &request)
+                    .forward(routing.address(index), request_id, epoch, &Request::from(request))
                     .await;
-                (Handled::Untimed, Some(request.command))
+                (Handled::Untimed, None)
             }
         }
     }
@@ -124,7 +129,7 @@ impl Door<'_> {
     /// arrival order (waiting here if that shard's queue is full, which pushes back on
     /// the connection); the answer is awaited by a task of its own, so the connection
     /// keeps serving meanwhile.
-    async fn forward(&self, owner: usize, slot: u32, client_id: u64, request_id: u64, request: Request) {
+    async fn forward(&self, owner: usize, slot: u32, client_id: u64, request_id: u64, request: DataRequest) {
         let (reply, answer) = oneshot::channel();
         let forwarded = Forwarded {
             client_id,
@@ -187,14 +192,12 @@ pub async fn end_connection(shard: &Shard, stream: &mut Stream, outbox: &Rc<Outb
 /// Namespaces become part of the stored key: `[namespace length][namespace][key]`.
 /// The prefix goes in front in place: a key built in a recycled buffer usually has the
 /// room already.
-pub fn prefix_key(command: &mut Command, prefix: &[u8]) {
+pub fn prefix_key(command: &mut DataCommand, prefix: &[u8]) {
     if prefix.is_empty() {
         return;
     }
-    if let Some(key) = command.key_mut() {
-        prefix_one(key, prefix);
-    }
-    if let Command::Data(DataCommand::Queue(QueueCommand::PopAny { more_keys, .. })) = command {
+    prefix_one(command.key_mut(), prefix);
+    if let DataCommand::Queue(QueueCommand::PopAny { more_keys, .. }) = command {
         for key in more_keys {
             prefix_one(key, prefix);
         }

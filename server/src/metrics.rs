@@ -91,17 +91,23 @@ impl ObjectKind {
 
     pub fn of(command: &Command) -> ObjectKind {
         match command {
-            Command::Data(DataCommand::Bytes(_)) => ObjectKind::Bytes,
-            Command::Data(DataCommand::Counter(_)) => ObjectKind::Counter,
-            Command::Data(DataCommand::Lock(_)) => ObjectKind::Lock,
-            Command::Data(DataCommand::Semaphore(_)) => ObjectKind::Semaphore,
-            Command::Data(DataCommand::Barrier(_)) => ObjectKind::Barrier,
-            Command::Data(DataCommand::Latch(_)) => ObjectKind::Latch,
-            Command::Data(DataCommand::Future(_)) => ObjectKind::Future,
-            Command::Data(DataCommand::Map(_)) => ObjectKind::Map,
-            Command::Data(DataCommand::Queue(_)) => ObjectKind::Queue,
-            Command::Data(DataCommand::Key(_)) => ObjectKind::Key,
+            Command::Data(data) => ObjectKind::of_data(data),
             Command::Admin(_) => ObjectKind::Other,
+        }
+    }
+
+    pub fn of_data(command: &DataCommand) -> ObjectKind {
+        match command {
+            DataCommand::Bytes(_) => ObjectKind::Bytes,
+            DataCommand::Counter(_) => ObjectKind::Counter,
+            DataCommand::Lock(_) => ObjectKind::Lock,
+            DataCommand::Semaphore(_) => ObjectKind::Semaphore,
+            DataCommand::Barrier(_) => ObjectKind::Barrier,
+            DataCommand::Latch(_) => ObjectKind::Latch,
+            DataCommand::Future(_) => ObjectKind::Future,
+            DataCommand::Map(_) => ObjectKind::Map,
+            DataCommand::Queue(_) => ObjectKind::Queue,
+            DataCommand::Key(_) => ObjectKind::Key,
         }
     }
 }
@@ -407,8 +413,8 @@ impl ShardMetrics {
     /// A request answered without waiting at the shard. Its duration is recorded by
     /// [`ShardMetrics::answered_within`] for the whole read it arrived in.
     #[inline]
-    pub fn answered(&self, command: &Command, response: &Response) {
-        self.count(ObjectKind::of(command), response);
+    pub fn answered(&self, object: ObjectKind, response: &Response) {
+        self.count(object, response);
     }
 
     /// `count` keyed requests that arrived in one socket read were answered within
@@ -426,8 +432,8 @@ impl ShardMetrics {
 
     /// A request parked; its answer is counted by [`ShardMetrics::completed`]. Its wait
     /// is the client's choice, so it stays out of the duration histogram.
-    pub fn parked(&self, waiter: WaiterId, command: &Command) {
-        self.parked.borrow_mut().insert(waiter, ObjectKind::of(command));
+    pub fn parked(&self, waiter: WaiterId, object: ObjectKind) {
+        self.parked.borrow_mut().insert(waiter, object);
     }
 
     /// The answer of a parked request.
@@ -521,10 +527,10 @@ mod tests {
             key: b"jobs".to_vec(),
             delta: 1,
         });
-        shard.answered(&add, &Response::Counter { value: 1 });
+        shard.answered(ObjectKind::of(&add), &Response::Counter { value: 1 });
         shard.answered_within(1, Duration::from_micros(3));
         shard.answered(
-            &add,
+            ObjectKind::of(&add),
             &Response::Error(ErrorReply {
                 code: ErrorCode::Overflow.as_u16(),
                 message: String::new(),
@@ -533,11 +539,11 @@ mod tests {
         );
         shard.parked(
             7,
-            &Command::from(BarrierCommand::Wait {
+            ObjectKind::of(&Command::from(BarrierCommand::Wait {
                 key: b"phase".to_vec(),
                 parties: 2,
                 timeout_ms: 10,
-            }),
+            })),
         );
         shard.completed(
             7,
@@ -567,7 +573,7 @@ mod tests {
         first.record_migration("in", "committed");
         first
             .shard(0)
-            .answered(&Command::from(AdminCommand::Ping), &Response::Pong);
+            .answered(ObjectKind::of(&Command::from(AdminCommand::Ping)), &Response::Pong);
         let first_text = String::from_utf8(first.registry_text()).unwrap();
         let second_text = String::from_utf8(second.registry_text()).unwrap();
         for (text, count) in [(&first_text, 1), (&second_text, 0)] {

@@ -16,7 +16,7 @@ use engram_proto::{ReplicaAnswer, ReplicaBatch, ReplicaRefusal, ReplicaStreamId}
 
 use super::slots::SlotSet;
 use super::ShardProcess;
-use crate::store::{slot_of_stored_key, Store};
+use crate::store::{slot_of_stored_key, Origin, Store};
 
 /// Batches a stream has sent and not yet seen applied. Past it the stream waits: a
 /// backup that falls behind slows the primary's writes rather than its memory growing.
@@ -101,7 +101,7 @@ struct Stream {
     acked: u64,
     dirty_keys: BTreeSet<Box<[u8]>>,
     /// Operations answered on each changed key: their records travel with its image.
-    dirty_operations: HashMap<Box<[u8]>, Vec<(u64, u64)>>,
+    dirty_operations: HashMap<Box<[u8]>, Vec<Origin>>,
     /// Key → the last unacknowledged batch that carries its image.
     shipped: HashMap<Box<[u8]>, u64>,
     unacked: VecDeque<ReplicaBatch>,
@@ -279,7 +279,7 @@ impl Stream {
         let changes = store.export_keys(keys.iter().map(|key| &**key), now_ms);
         let mut acknowledged = Vec::new();
         for key in &keys {
-            for (client_id, op_id) in self.dirty_operations.remove(key).unwrap_or_default() {
+            for Origin { client_id, op_id } in self.dirty_operations.remove(key).unwrap_or_default() {
                 let (record, mark) = store.export_operation(client_id, op_id);
                 // A client that reused an operation id on another slot's key gets its
                 // first answer there; that record is not this stream's to carry.
@@ -483,15 +483,11 @@ impl Primary {
 
     /// A recorded operation on `key` was answered: its record must reach the backups
     /// in the batch that carries the key's change (call after [`Primary::changed_key`]).
-    pub fn changed_operation(&mut self, key: &[u8], client_id: u64, op_id: u64) {
+    pub fn changed_operation(&mut self, key: &[u8], origin: Origin) {
         let Some(slot) = slot_of_stored_key(key) else { return };
         for stream in self.streams.values_mut() {
             if stream.slots.contains(slot) {
-                stream
-                    .dirty_operations
-                    .entry(key.into())
-                    .or_default()
-                    .push((client_id, op_id));
+                stream.dirty_operations.entry(key.into()).or_default().push(origin);
             }
         }
     }

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use engram_proto::{Command, CounterCommand, ReplicaAnswer, ReplicaRefusal, Request, Response};
+use engram_proto::{CounterCommand, DataCommand, DataRequest, ReplicaAnswer, ReplicaRefusal, Response};
 
 use super::*;
-use crate::store::{slot_of_stored_key, Outcome, Store};
+use crate::store::{slot_of_stored_key, Origin, Outcome, Store};
 
 const PRIMARY: ShardProcess = ShardProcess {
     node_id: 1,
@@ -46,11 +46,11 @@ fn stored(key: &str) -> Vec<u8> {
     stored
 }
 
-fn add(key: &str, op_id: u64) -> Request {
-    Request {
+fn add(key: &str, op_id: u64) -> DataRequest {
+    DataRequest {
         op_id,
         completed_below_op_id: 0,
-        command: Command::from(CounterCommand::Add {
+        command: DataCommand::from(CounterCommand::Add {
             key: stored(key),
             delta: 1,
         }),
@@ -58,10 +58,10 @@ fn add(key: &str, op_id: u64) -> Request {
 }
 
 fn counter(store: &mut Store, key: &str, now_ms: u64) -> Response {
-    let read = Request {
+    let read = DataRequest {
         op_id: 0,
         completed_below_op_id: 0,
-        command: Command::from(CounterCommand::Get { key: stored(key) }),
+        command: DataCommand::from(CounterCommand::Get { key: stored(key) }),
     };
     match store.apply(0, &read, now_ms) {
         Outcome::Ready(response) => response,
@@ -125,7 +125,13 @@ impl Pair {
         self.primary_store.apply(CLIENT, &request, 10);
         let stored_key = stored(key);
         self.primary.changed_key(&stored_key);
-        self.primary.changed_operation(&stored_key, CLIENT, op_id);
+        self.primary.changed_operation(
+            &stored_key,
+            Origin {
+                client_id: CLIENT,
+                op_id,
+            },
+        );
         self.primary.hold(ticket, &stored_key)
     }
 
@@ -346,10 +352,10 @@ fn a_change_left_for_a_later_batch_keeps_its_answer_until_that_batch_is_applied(
     let value = vec![7u8; 512 * 1024];
     let keys = 12;
     for index in 0..keys {
-        let request = Request {
+        let request = DataRequest {
             op_id: 100 + index,
             completed_below_op_id: 0,
-            command: Command::from(engram_proto::BytesCommand::Set {
+            command: DataCommand::from(engram_proto::BytesCommand::Set {
                 key: stored(&format!("big-{index:02}")),
                 value: value.clone(),
                 ttl_ms: 0,
@@ -382,10 +388,10 @@ fn a_record_travels_in_the_batch_of_its_keys_change_never_before_it() {
     let value = vec![7u8; 512 * 1024];
     for index in 0..6u64 {
         let key = stored(&format!("big-{index:02}"));
-        let request = Request {
+        let request = DataRequest {
             op_id: 100 + index,
             completed_below_op_id: 0,
-            command: Command::from(engram_proto::BytesCommand::Set {
+            command: DataCommand::from(engram_proto::BytesCommand::Set {
                 key: key.clone(),
                 value: value.clone(),
                 ttl_ms: 0,
@@ -394,7 +400,13 @@ fn a_record_travels_in_the_batch_of_its_keys_change_never_before_it() {
         };
         pair.primary_store.apply(CLIENT, &request, 10);
         pair.primary.changed_key(&key);
-        pair.primary.changed_operation(&key, CLIENT, 100 + index);
+        pair.primary.changed_operation(
+            &key,
+            Origin {
+                client_id: CLIENT,
+                op_id: 100 + index,
+            },
+        );
     }
     let batch = pair.primary.poll_batches(&pair.primary_store, 10).remove(0).1;
     let carried: Vec<&[u8]> = batch.entries.iter().map(|entry| entry.key.as_slice()).collect();

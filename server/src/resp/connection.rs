@@ -22,7 +22,7 @@ use engram_proto::limits::{
 };
 use engram_proto::message::DEFAULT_NAMESPACE;
 use engram_proto::resp::{Arg, Parsed, ReplyWriter, RequestLimits, RequestParser, RespVersion};
-use engram_proto::{Command, Denial, ErrorCode, Family, Gate, Grant, Request, SlotHasher};
+use engram_proto::{DataRequest, Denial, ErrorCode, Family, Gate, Grant, SlotHasher};
 use futures::future::Either;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
@@ -417,10 +417,10 @@ impl Connection {
         // No operation id: a Redis client cannot resend one, so a record of the answer
         // could never serve a retry; it would only cost the shard (and its backups)
         // memory and time.
-        let request = Request {
+        let request = DataRequest {
             op_id: 0,
             completed_below_op_id: 0,
-            command: Command::Data(part.command),
+            command: part.command,
         };
         let placed = Placed {
             slot,

@@ -11,21 +11,19 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engram_proto::{
-    Command, DataCommand, ErrorCode, ErrorReply, Gate, Gatekeeper, NodeInfo, PeerResponse, Request, Response, SlotMap,
-};
+use engram_proto::{DataRequest, ErrorCode, ErrorReply, Gate, Gatekeeper, NodeInfo, PeerResponse, Response, SlotMap};
 use engram_tls::{ClientTls, ServerTls};
 use futures::channel::oneshot;
 
 use crate::cluster::{NodeMap, Owner, Routing};
-use crate::metrics::ShardMetrics;
+use crate::metrics::{ObjectKind, ShardMetrics};
 use crate::notify::LocalNotify;
 use crate::outbox::{Destination, Outbox};
 use crate::refusal::{RefusalLog, Refused};
 use crate::runtime::{self, MeshReceivers, MeshSenders, TaskHandle, Tasks};
 use crate::shutdown::Shutdown;
 use crate::stats::{NodeStats, ShardStats};
-use crate::store::{Completion, Outcome, Store, WaiterId};
+use crate::store::{Completion, Origin, Outcome, Store, WaiterId};
 
 mod clock;
 mod hand_over;
@@ -54,7 +52,7 @@ pub struct Forwarded {
     /// Checked again by the owner: the map or a migration may have moved the slot
     /// since the forwarding shard looked.
     pub slot: u32,
-    pub request: Request,
+    pub request: DataRequest,
     pub reply: oneshot::Sender<Response>,
 }
 
@@ -319,8 +317,8 @@ impl Shard {
     }
 
     /// Counts a request answered without the store (a node command, a refusal).
-    pub fn answered_here(&self, command: &Command, response: &Response) {
-        self.metrics.answered(command, response);
+    pub fn answered_here(&self, object: ObjectKind, response: &Response) {
+        self.metrics.answered(object, response);
     }
 
     /// Counts the `requests` of one socket read (or one forwarded request) that was
@@ -454,24 +452,30 @@ impl Shard {
     /// now, or when the request stops waiting. Answers of other requests that this one
     /// unblocked (a release granting a waiting acquire) are delivered too. `received`:
     /// when the request reached the shard, which is the store's time for it.
-    pub fn submit(&self, client_id: u64, request: &Request, destination: Destination, received: Instant) -> Submitted {
+    pub fn submit(
+        &self,
+        client_id: u64,
+        request: &DataRequest,
+        destination: Destination,
+        received: Instant,
+    ) -> Submitted {
         let now_ms = self.ms_at(received);
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
-        let data = match &request.command {
-            Command::Data(data) => Some(data),
-            _ => None,
-        };
-        if request.command.is_mutation() {
-            let origin = (request.op_id != 0).then_some((client_id, request.op_id));
-            for changed in data.into_iter().flat_map(DataCommand::keys) {
+        let command = &request.command;
+        if command.is_mutation() {
+            let origin = (request.op_id != 0).then_some(Origin {
+                client_id,
+                op_id: request.op_id,
+            });
+            for changed in command.keys() {
                 self.note_change(changed, origin);
             }
         }
         // A pop of several keys changed the key it popped from: its answer waits for
         // that key's change to reach the backups.
-        let key = match (data, &outcome) {
-            (Some(data), Outcome::Ready(Response::Popped { key_index, .. })) => data.keys().nth(*key_index as usize),
-            _ => request.command.key(),
+        let key = match &outcome {
+            Outcome::Ready(Response::Popped { key_index, .. }) => command.keys().nth(*key_index as usize),
+            _ => Some(command.key()),
         };
         let mut submitted = match outcome {
             Outcome::Ready(_) => Submitted::Answered,
@@ -483,7 +487,7 @@ impl Shard {
             // the next read. One whose key has a change in flight to the backups waits
             // for it.
             Outcome::Ready(response) => {
-                self.metrics.answered(&request.command, &response);
+                self.metrics.answered(ObjectKind::of_data(command), &response);
                 match self.hold_answer(key, destination, self.stamp(response)) {
                     Some((destination, response)) => {
                         if let Some(spent) = destination.deliver_immediate(response) {
@@ -494,7 +498,7 @@ impl Shard {
                 }
             }
             Outcome::Parked(waiter) => {
-                self.metrics.parked(waiter, &request.command);
+                self.metrics.parked(waiter, ObjectKind::of_data(command));
                 // A retry re-attaches to its parked request; the earlier asker is told.
                 if let Some(earlier) = self.destinations.borrow_mut().insert(waiter, destination) {
                     let superseded = "superseded by a retry of the same operation";
@@ -522,7 +526,7 @@ impl Shard {
             for mut completion in completions {
                 let destination = self.destinations.borrow_mut().remove(&completion.waiter);
                 self.metrics.completed(completion.waiter, &completion.response);
-                self.note_change(completion.key(), completion.operation());
+                self.note_change(completion.key(), completion.origin());
                 completion.response = self.stamp(std::mem::replace(&mut completion.response, Response::Pong));
                 let Some(destination) = destination else {
                     self.take_back(completion);

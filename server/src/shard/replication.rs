@@ -23,7 +23,7 @@ use crate::notify::LocalNotify;
 use crate::outbox::Destination;
 use crate::replication::{Backup, Primary, PrimaryEvent, ShardProcess, Ticket, Wanted};
 use crate::runtime::{self, TaskHandle};
-use crate::store::{slot_of_stored_key, Completion};
+use crate::store::{slot_of_stored_key, Completion, Origin};
 
 /// How long one step of a replication link (connect, hand-shake, one batch) may take
 /// before the link is dropped and made again.
@@ -92,14 +92,14 @@ impl Replication {
 impl Shard {
     /// A request or a woken waiter changed `key` (an operation `origin` was recorded):
     /// the change must reach the backups of its slot.
-    pub(super) fn note_change(&self, key: &[u8], origin: Option<(u64, u64)>) {
+    pub(super) fn note_change(&self, key: &[u8], origin: Option<Origin>) {
         let mut replication = self.replication.borrow_mut();
         if !replication.primary.is_streaming() {
             return;
         }
         replication.primary.changed_key(key);
-        if let Some((client_id, op_id)) = origin {
-            replication.primary.changed_operation(key, client_id, op_id);
+        if let Some(origin) = origin {
+            replication.primary.changed_operation(key, origin);
         }
     }
 

@@ -50,7 +50,7 @@ mod waiting;
 use std::collections::BTreeSet;
 
 use engram_proto::limits::VALUE_BYTES_MAX;
-use engram_proto::{ErrorCode, ErrorReply, Request, Response};
+use engram_proto::{DataRequest, ErrorCode, ErrorReply, Response};
 
 use keys::client_key;
 pub use keys::{slot_of_stored_key, STORED_KEY_BYTES_MAX};
@@ -320,7 +320,7 @@ impl Store {
     /// Applies one keyed request from `client_id` at time `now_ms`. A mutation with an
     /// operation id is applied at most once: a retry gets the recorded first answer, or
     /// re-attaches to the same parked wait.
-    pub fn apply(&mut self, client_id: u64, request: &Request, now_ms: u64) -> Outcome {
+    pub fn apply(&mut self, client_id: u64, request: &DataRequest, now_ms: u64) -> Outcome {
         let recorded = request.command.is_mutation() && request.op_id != 0;
         if recorded {
             match self.operations.lookup(
@@ -347,7 +347,7 @@ impl Store {
         if let Some(Origin { client_id, op_id }) = origin {
             // The record goes wherever its key's slot goes, so a retry after a
             // migration still finds it.
-            let slot = request.command.key().and_then(slot_of_stored_key);
+            let slot = slot_of_stored_key(request.command.key());
             match &outcome {
                 Outcome::Ready(response) if is_recorded_answer(response) => {
                     self.operations

@@ -47,9 +47,9 @@ impl Completion {
         &self.key
     }
 
-    /// The recorded operation it answers, as `(client_id, op_id)`.
-    pub fn operation(&self) -> Option<(u64, u64)> {
-        self.origin.map(|origin| (origin.client_id, origin.op_id))
+    /// The recorded operation it answers.
+    pub fn origin(&self) -> Option<Origin> {
+        self.origin
     }
 }
 

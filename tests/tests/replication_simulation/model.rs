@@ -2,7 +2,7 @@
 //! messages.
 
 use engram_proto::limits::SLOT_COUNT;
-use engram_proto::{ReplicaAnswer, ReplicaBatch, Request, Response};
+use engram_proto::{DataRequest, ReplicaAnswer, ReplicaBatch, Response};
 use engram_server::replication::{ShardProcess, SlotSet};
 
 pub const NODES: usize = 4;
@@ -105,7 +105,7 @@ pub enum Body {
     },
     Request {
         req_id: u64,
-        request: Request,
+        request: DataRequest,
     },
     /// `None`: not served here now; refresh the map and retry.
     Reply {

@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use engram_proto::limits::incarnation_version_floor;
-use engram_proto::{Request, Response};
+use engram_proto::{DataRequest, Response};
 use engram_server::replication::{Backup, Primary, PrimaryEvent, ShardProcess, Ticket, Wanted};
-use engram_server::store::{slot_of_stored_key, Outcome, Store};
+use engram_server::store::{slot_of_stored_key, Origin, Outcome, Store};
 
 use crate::model::{group_of_slot, group_slots, Body, Endpoint, Message, Process, SimMap, GROUPS};
 use crate::Bug;
@@ -151,9 +151,9 @@ impl Node {
         self.flush(now, out);
     }
 
-    fn serve(&mut self, now: u64, from: Endpoint, req_id: u64, request: Request, out: &mut Vec<Message>) {
+    fn serve(&mut self, now: u64, from: Endpoint, req_id: u64, request: DataRequest, out: &mut Vec<Message>) {
         let Endpoint::Client(client) = from else { return };
-        let key = request.command.key().map(<[u8]>::to_vec).unwrap_or_default();
+        let key = request.command.key().to_vec();
         let Some(slot) = slot_of_stored_key(&key) else { return };
         if !self.serving(group_of_slot(slot), now) {
             out.push(reply(self.me.node, client, req_id, None));
@@ -166,7 +166,11 @@ impl Node {
         };
         if request.command.is_mutation() {
             self.primary.changed_key(&key);
-            self.primary.changed_operation(&key, client_id, request.op_id);
+            let origin = Origin {
+                client_id,
+                op_id: request.op_id,
+            };
+            self.primary.changed_operation(&key, origin);
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;

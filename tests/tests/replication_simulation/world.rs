@@ -11,7 +11,7 @@
 //! read saw at least what was acknowledged before it began and at most what was invoked
 //! before it ended, and no group ever lost all its copies.
 
-use engram_proto::{Command, CounterCommand, Request, Response};
+use engram_proto::{CounterCommand, DataCommand, DataRequest, Response};
 use engram_server::store::{slot_of_stored_key, Outcome};
 use engram_tests::seeds::EventQueue;
 
@@ -378,11 +378,11 @@ impl World {
         let key = key_bytes(op.key);
         let slot = slot_of_stored_key(&key).expect("a stored key");
         let command = if op.read {
-            Command::from(CounterCommand::Get { key })
+            DataCommand::from(CounterCommand::Get { key })
         } else {
-            Command::from(CounterCommand::Add { key, delta: 1 })
+            DataCommand::from(CounterCommand::Add { key, delta: 1 })
         };
-        let request = Request {
+        let request = DataRequest {
             op_id: op.op_id,
             // Operations run one at a time, so every earlier one was answered.
             completed_below_op_id: if op.read { 0 } else { op.op_id },
@@ -604,10 +604,10 @@ impl World {
                     format!("primary {primary:?} of group {group} is not running"),
                 ));
             };
-            let read = Request {
+            let read = DataRequest {
                 op_id: 0,
                 completed_below_op_id: 0,
-                command: Command::from(CounterCommand::Get { key: stored }),
+                command: DataCommand::from(CounterCommand::Get { key: stored }),
             };
             match node.store.apply(0, &read, now) {
                 Outcome::Ready(Response::Counter { value }) => values.push(value),

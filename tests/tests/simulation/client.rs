@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use engram_proto::{Command, ErrorCode, Request, Response, SlotMap, LOST_SHARD_INDEX};
+use engram_proto::{DataCommand, DataRequest, ErrorCode, Response, SlotMap, LOST_SHARD_INDEX};
 
 use crate::net::{endpoint_of, Action, Endpoint, Reply, Request as Message, Timer};
 use crate::rng::Rng;
@@ -154,11 +154,11 @@ impl Client {
         };
         let request = Message::Data {
             client_id: self.client_id,
-            request: Request {
+            request: DataRequest {
                 op_id: op.op_id,
                 // One operation at a time: every earlier one has been answered.
                 completed_below_op_id: op.op_id,
-                command: Command::from(CounterCommand::Add {
+                command: DataCommand::from(CounterCommand::Add {
                     key: key.clone(),
                     delta: 1,
                 }),

@@ -64,7 +64,7 @@ pub enum Request {
     /// A client's keyed request to a shard's port.
     Data {
         client_id: u64,
-        request: engram_proto::Request,
+        request: engram_proto::DataRequest,
     },
 }
 
@@ -179,7 +179,7 @@ fn describe_request(request: &Request) -> String {
         Request::Data { client_id, request } => format!(
             "client {client_id} op {} {}",
             request.op_id,
-            String::from_utf8_lossy(request.command.key().unwrap_or_default())
+            String::from_utf8_lossy(request.command.key())
         ),
     }
 }

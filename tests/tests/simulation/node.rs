@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use engram_control::orchestrator::{Answer, NodeCall};
 use engram_proto::limits::incarnation_version_floor;
-use engram_proto::{Command, ErrorCode, Heartbeat, JoinRequest, MigrateIn, PeerResponse, Response, ShardLoad, SlotMap};
+use engram_proto::{ErrorCode, Heartbeat, JoinRequest, MigrateIn, PeerResponse, Response, ShardLoad, SlotMap};
 
 use crate::net::{endpoint_of, front_address, shard_address, Action, Endpoint, Reply, Request, Timer};
 use crate::shard::{error, Routing, Shard, Shipment, MIGRATION_PEER_TIMEOUT_MS};
@@ -141,7 +141,7 @@ impl Node {
 
     /// Applies a request at shard `shard` as it stands, bypassing routing (the end
     /// checks read counters this way).
-    pub fn read(&mut self, shard: u16, request: &engram_proto::Request, now: u64) -> Response {
+    pub fn read(&mut self, shard: u16, request: &engram_proto::DataRequest, now: u64) -> Response {
         let now_ms = self.clock(now);
         match self.shards[shard as usize].store.apply(0, request, now_ms) {
             engram_server::store::Outcome::Ready(response) => response,
@@ -492,9 +492,9 @@ pub fn stored_key(key: &[u8]) -> Vec<u8> {
     stored
 }
 
-fn with_namespace(mut request: engram_proto::Request) -> engram_proto::Request {
-    if let Command::Data(DataCommand::Counter(CounterCommand::Add { key, .. }))
-    | Command::Data(DataCommand::Counter(CounterCommand::Get { key })) = &mut request.command
+fn with_namespace(mut request: engram_proto::DataRequest) -> engram_proto::DataRequest {
+    if let DataCommand::Counter(CounterCommand::Add { key, .. }) | DataCommand::Counter(CounterCommand::Get { key }) =
+        &mut request.command
     {
         *key = stored_key(key);
     }

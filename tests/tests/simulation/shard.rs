@@ -1,5 +1,5 @@
 //! A model shard: the real sans-I/O store (`engram_server::store::Store`) for its data
-//! and exactly-once records, and the shard side of migration as `server/src/migration.rs`
+//! and exactly-once records, and the shard side of migration as `server/src/shard/migration.rs`
 //! does it: freeze and export on `MigrateOut`, keep `MigrateIn` batches unserved, commit
 //! on a map that gives the frozen slots away, abort with the epoch check, and drop the
 //! copy of every slot a map gives to another shard.
@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use engram_proto::limits::SLOT_COUNT;
 use engram_proto::migration::{decode_batch, encode_batch};
-use engram_proto::{ErrorCode, ErrorReply, MigrateIn, PeerResponse, Request, Response, SlotMap, LOST_SHARD_INDEX};
+use engram_proto::{DataRequest, ErrorCode, ErrorReply, MigrateIn, PeerResponse, Response, SlotMap, LOST_SHARD_INDEX};
 use engram_server::shard::Incoming;
 use engram_server::store::{slot_of_stored_key, Outcome, Store};
 
@@ -154,8 +154,8 @@ impl Shard {
     }
 
     /// A client's keyed request (the shard's `admit`, then the store).
-    pub fn serve(&mut self, client_id: u64, request: &Request, routing: &Routing, now_ms: u64) -> Response {
-        let Some(slot) = request.command.key().and_then(slot_of_stored_key) else {
+    pub fn serve(&mut self, client_id: u64, request: &DataRequest, routing: &Routing, now_ms: u64) -> Response {
+        let Some(slot) = slot_of_stored_key(request.command.key()) else {
             return error(ErrorCode::InvalidArgument, "no key");
         };
         match routing.owner(slot) {

@@ -2,7 +2,7 @@
 //! acknowledged or idle, and kept as long as the longest wait.
 
 use super::*;
-use engram_proto::{CounterCommand, QueueCommand};
+use engram_proto::{CounterCommand, DataCommand, QueueCommand};
 
 #[test]
 fn retried_mutation_is_applied_once() {
@@ -49,10 +49,10 @@ fn acknowledged_records_are_dropped_and_stale_retries_refused() {
         );
     }
     assert_eq!(store.stats().operation_records, 10);
-    let acknowledging = Request {
+    let acknowledging = DataRequest {
         op_id: 11,
         completed_below_op_id: 8,
-        command: Command::from(CounterCommand::Add {
+        command: DataCommand::from(CounterCommand::Add {
             key: "c".into(),
             delta: 1,
         }),

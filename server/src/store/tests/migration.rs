@@ -137,9 +137,9 @@ fn step_strategy() -> impl Strategy<Value = Step> {
 struct History {
     /// (client id, op id) → (request, first answer) of every operation that got a
     /// final answer (now or as a completion).
-    answered: HashMap<(u64, u64), (Request, Response)>,
+    answered: HashMap<(u64, u64), (DataRequest, Response)>,
     /// Parked operations answered `TryAgain` by the bounce.
-    bounced: Vec<(u64, Request)>,
+    bounced: Vec<(u64, DataRequest)>,
     /// Every answer in order, to check the two stores ran identically.
     transcript: Vec<Response>,
 }
@@ -148,8 +148,8 @@ struct History {
 fn run_history(store: &mut Store, steps: &[Step], in_slot: &impl Fn(u32) -> bool) -> (History, u64) {
     let mut history = History::default();
     let mut now = 0;
-    let mut waiters: HashMap<WaiterId, (u64, Request)> = HashMap::new();
-    let collect = |store: &mut Store, history: &mut History, waiters: &mut HashMap<WaiterId, (u64, Request)>| {
+    let mut waiters: HashMap<WaiterId, (u64, DataRequest)> = HashMap::new();
+    let collect = |store: &mut Store, history: &mut History, waiters: &mut HashMap<WaiterId, (u64, DataRequest)>| {
         for completion in store.take_completions() {
             let Some((client_id, request)) = waiters.remove(&completion.waiter) else {
                 continue;
@@ -319,7 +319,7 @@ proptest! {
 
         // Retries get their first answer; a bounced request applies afresh.
         for ((client_id, _), (request, first_answer)) in &history.answered {
-            let key_moved = request.command.key().and_then(slot_of_stored_key).is_some_and(in_slot);
+            let key_moved = slot_of_stored_key(request.command.key()).is_some_and(in_slot);
             if key_moved {
                 let retried = target.apply(*client_id, request, at);
                 prop_assert_eq!(retried, Outcome::Ready(first_answer.clone()), "retry of {:?}", request.command);

@@ -4,7 +4,7 @@
 //! one the model predicts. Time advances one millisecond at a time with the store's
 //! timers fired at each, as the shard's timekeeper does.
 
-use engram_proto::{Command, ErrorCode, Request, Response, SetCondition};
+use engram_proto::{Command, DataRequest, ErrorCode, Request, Response, SetCondition};
 use proptest::prelude::*;
 
 use super::*;
@@ -43,7 +43,7 @@ impl Store {
     }
 
     /// Applies a request that must be answered at once.
-    fn run(&mut self, client_id: u64, request: &Request, now_ms: u64) -> Response {
+    fn run(&mut self, client_id: u64, request: &DataRequest, now_ms: u64) -> Response {
         match self.apply(client_id, request, now_ms) {
             Outcome::Ready(response) => response,
             Outcome::Parked(waiter) => panic!("{:?} parked as waiter {waiter}", request.command),
@@ -51,11 +51,19 @@ impl Store {
     }
 }
 
-fn request(op_id: u64, command: Command) -> Request {
-    Request {
+/// A request for an object; the store applies nothing else.
+fn request(op_id: u64, command: Command) -> DataRequest {
+    data_request(Request {
         op_id,
         completed_below_op_id: 0,
         command,
+    })
+}
+
+fn data_request(request: Request) -> DataRequest {
+    match request.into_asked() {
+        engram_proto::Asked::Data(request) => request,
+        engram_proto::Asked::Admin(admin) => panic!("{admin:?} is no request for an object"),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use engram_proto::{Command, Response};
+use engram_proto::{DataCommand, Response};
 
 use super::*;
 use crate::client::Learned;
@@ -156,10 +156,10 @@ impl World {
         let Some(process) = self.nodes[node].process.as_mut() else {
             return -1;
         };
-        let request = engram_proto::Request {
+        let request = engram_proto::DataRequest {
             op_id: 0,
             completed_below_op_id: 0,
-            command: Command::from(CounterCommand::Get { key: stored_key(key) }),
+            command: DataCommand::from(CounterCommand::Get { key: stored_key(key) }),
         };
         match process.read(shard, &request, now) {
             Response::Counter { value } => value,
