@@ -9,10 +9,11 @@ use clap::Parser;
 use engram_control::election::{self, ElectionSettings};
 use engram_control::etcd_credentials::{self, CredentialsKey};
 use engram_control::leadership::Candidate;
-use engram_control::service::{self, Controller, Settings};
-use engram_control::state::{EtcdHealth, EtcdWriter, Keys};
+use engram_control::service::{self, Controller, Events, Settings};
+use engram_control::state::{EtcdHealth, EtcdWriter, Keys, StateError};
 use engram_proto::Gatekeeper;
 use engram_tls::{ServerTls, TlsFlags};
+use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
@@ -154,37 +155,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
-    if arguments.liveness_timeout_ms < engram_control::membership::LIVENESS_TIMEOUT_MS_MIN {
-        return Err(format!(
-            "--liveness-timeout-ms {} is below liveness_timeout_ms_min ({})",
-            arguments.liveness_timeout_ms,
-            engram_control::membership::LIVENESS_TIMEOUT_MS_MIN
-        )
-        .into());
-    }
+    check_flags(&arguments)?;
     let tls = arguments.tls.server()?;
-    let peer_tls = arguments.tls.peers()?;
-    if tls.is_some() && peer_tls.is_none() {
-        return Err(
-            "--tls-cert needs --tls-ca: the CA of the nodes' certificates, which the control plane calls over TLS"
-                .into(),
-        );
-    }
     let (gatekeeper, followed) = gatekeeper_from_flags(&arguments).await?;
-    let link_credentials = arguments.node_token.as_ref().or(arguments.auth_token.as_ref());
-    let settings = Settings {
-        gatekeeper: gatekeeper.clone(),
-        link_credentials: link_credentials.cloned().unwrap_or_default().into_bytes(),
-        peer_tls,
-        load_rebalance: !arguments.no_load_rebalance,
-        load_check_interval: std::time::Duration::from_millis(arguments.load_check_interval_ms.max(1)),
-        liveness_timeout: std::time::Duration::from_millis(arguments.liveness_timeout_ms),
-        replicas: usize::from(arguments.replicas),
-    };
-    let (controller, events) = match arguments.etcd.is_empty() {
-        true => Controller::open(settings, &arguments.data)?,
-        false => Controller::standby(settings, EtcdHealth::new(&arguments.etcd_prefix, &arguments.etcd)),
-    };
+    let (controller, events) = open_controller(&arguments, gatekeeper.clone())?;
     let listener = tokio::net::TcpListener::bind(&arguments.listen)
         .await
         .map_err(|source| service::ControlError::Listen {
@@ -192,24 +166,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
             source,
         })?;
     let address = listener.local_addr()?;
-    let metrics_address = if arguments.metrics_port != 0 {
-        let metrics_address = SocketAddr::new(address.ip(), arguments.metrics_port);
-        let metrics_listener = engram_metrics_http::bind(metrics_address)?;
-        let bound = metrics_listener.local_addr()?;
-        let reader = controller.clone();
-        let access = engram_metrics_http::Access {
-            tls: tls.clone(),
-            token: arguments.metrics_token.clone().map(String::into_bytes),
-        };
-        engram_metrics_http::spawn(
-            metrics_listener,
-            move || engram_control::metrics::render(reader.gauges()),
-            access,
-        )?;
-        Some(bound)
-    } else {
-        None
-    };
+    let metrics_address = serve_metrics(&arguments, address, &controller, tls.clone())?;
     tokio::spawn(controller.clone().orchestrate(events));
     tokio::spawn(controller.clone().housekeeping());
     let election = match arguments.etcd.is_empty() {
@@ -219,24 +176,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
             println!("engram-control ready listen={address} epoch={}", controller.epoch());
             None
         }
-        false => {
-            let me = Candidate {
-                id: process_id(),
-                address: arguments.advertise.clone().unwrap_or_else(|| address.to_string()),
-            };
-            let writer = EtcdWriter::start(&arguments.etcd)?;
-            let settings = ElectionSettings {
-                endpoints: arguments.etcd.clone(),
-                keys: Keys::under(&arguments.etcd_prefix),
-                me: me.clone(),
-            };
-            tracing::info!(%address, etcd = %arguments.etcd.join(","), prefix = %arguments.etcd_prefix, id = %me.id, ?metrics_address, "engram-control serving as a standby until elected");
-            println!(
-                "engram-control ready listen={address} id={} etcd_prefix={}",
-                me.id, arguments.etcd_prefix
-            );
-            Some(tokio::spawn(election::run(controller.clone(), settings, writer)))
-        }
+        false => Some(stand_for_election(&arguments, address, &controller, metrics_address)?),
     };
     if let Some(Followed { source, revision }) = followed {
         tokio::spawn(etcd_credentials::follow(source, gatekeeper.clone(), revision));
@@ -268,6 +208,98 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!("engram-control stopped");
     Ok(())
+}
+
+/// The checks of flags that clap cannot express.
+fn check_flags(arguments: &Arguments) -> Result<(), Box<dyn std::error::Error>> {
+    if arguments.liveness_timeout_ms < engram_control::membership::LIVENESS_TIMEOUT_MS_MIN {
+        return Err(format!(
+            "--liveness-timeout-ms {} is below liveness_timeout_ms_min ({})",
+            arguments.liveness_timeout_ms,
+            engram_control::membership::LIVENESS_TIMEOUT_MS_MIN
+        )
+        .into());
+    }
+    if arguments.tls.server()?.is_some() && arguments.tls.peers()?.is_none() {
+        return Err(
+            "--tls-cert needs --tls-ca: the CA of the nodes' certificates, which the control plane calls over TLS"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The controller: leading on its state file, or standing by for an etcd election.
+fn open_controller(
+    arguments: &Arguments,
+    gatekeeper: Arc<Gatekeeper>,
+) -> Result<(Arc<Controller>, Events), Box<dyn std::error::Error>> {
+    let link_credentials = arguments.node_token.as_ref().or(arguments.auth_token.as_ref());
+    let settings = Settings {
+        gatekeeper,
+        link_credentials: link_credentials.cloned().unwrap_or_default().into_bytes(),
+        peer_tls: arguments.tls.peers()?,
+        load_rebalance: !arguments.no_load_rebalance,
+        load_check_interval: std::time::Duration::from_millis(arguments.load_check_interval_ms.max(1)),
+        liveness_timeout: std::time::Duration::from_millis(arguments.liveness_timeout_ms),
+        replicas: usize::from(arguments.replicas),
+    };
+    Ok(match arguments.etcd.is_empty() {
+        true => Controller::open(settings, &arguments.data)?,
+        false => Controller::standby(settings, EtcdHealth::new(&arguments.etcd_prefix, &arguments.etcd)),
+    })
+}
+
+/// Serves `/metrics` on `--metrics-port` (none when 0), on the listening address's IP;
+/// the address it bound.
+fn serve_metrics(
+    arguments: &Arguments,
+    address: SocketAddr,
+    controller: &Arc<Controller>,
+    tls: Option<ServerTls>,
+) -> Result<Option<SocketAddr>, Box<dyn std::error::Error>> {
+    if arguments.metrics_port == 0 {
+        return Ok(None);
+    }
+    let metrics_listener = engram_metrics_http::bind(SocketAddr::new(address.ip(), arguments.metrics_port))?;
+    let bound = metrics_listener.local_addr()?;
+    let reader = controller.clone();
+    let access = engram_metrics_http::Access {
+        tls,
+        token: arguments.metrics_token.clone().map(String::into_bytes),
+    };
+    engram_metrics_http::spawn(
+        metrics_listener,
+        move || engram_control::metrics::render(reader.gauges()),
+        access,
+    )?;
+    Ok(Some(bound))
+}
+
+/// Starts this process's candidacy in the etcd election; the task ends only with an
+/// error.
+fn stand_for_election(
+    arguments: &Arguments,
+    address: SocketAddr,
+    controller: &Arc<Controller>,
+    metrics_address: Option<SocketAddr>,
+) -> Result<JoinHandle<Result<(), StateError>>, Box<dyn std::error::Error>> {
+    let me = Candidate {
+        id: process_id(),
+        address: arguments.advertise.clone().unwrap_or_else(|| address.to_string()),
+    };
+    let writer = EtcdWriter::start(&arguments.etcd)?;
+    let settings = ElectionSettings {
+        endpoints: arguments.etcd.clone(),
+        keys: Keys::under(&arguments.etcd_prefix),
+        me: me.clone(),
+    };
+    tracing::info!(%address, etcd = %arguments.etcd.join(","), prefix = %arguments.etcd_prefix, id = %me.id, ?metrics_address, "engram-control serving as a standby until elected");
+    println!(
+        "engram-control ready listen={address} id={} etcd_prefix={}",
+        me.id, arguments.etcd_prefix
+    );
+    Ok(tokio::spawn(election::run(controller.clone(), settings, writer)))
 }
 
 /// Credentials read from etcd, to follow from the revision they were read at.

@@ -37,106 +37,107 @@ fn families() -> &'static Families {
     static FAMILIES: OnceLock<Families> = OnceLock::new();
     FAMILIES.get_or_init(|| {
         let registry = Registry::new();
-        // Registration only fails on a duplicate or malformed name, fixed here.
-        let migrations = IntCounterVec::new(
-            Opts::new(
-                "engram_migrations_total",
-                "Migration steps the control plane ran, by result.",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let slots_moved = IntCounter::new(
-            "engram_slots_moved_total",
-            "Slots whose ownership moved between shards.",
-        )
-        .expect("valid metric");
-        let bytes_moved = IntCounter::new(
-            "engram_migrated_bytes_total",
-            "Encoded state shipped by committed migrations.",
-        )
-        .expect("valid metric");
-        let members =
-            IntGauge::new("engram_cluster_members", "Nodes that are members of the cluster.").expect("valid metric");
-        let map_epoch =
-            IntGauge::new("engram_map_epoch", "Epoch of the control plane's slot map.").expect("valid metric");
-        let slots_lost = IntGauge::new(
-            "engram_slots_lost",
-            "Slots whose every copy is gone: they answer SlotLost until reclaimed.",
-        )
-        .expect("valid metric");
-        let under_replicated = IntGauge::new(
-            "engram_slots_under_replicated",
-            "Served slots with fewer backups in the map than the replicas setting.",
-        )
-        .expect("valid metric");
-        let slots_filling = IntGauge::new("engram_slots_filling", "Slots being copied to a new backup right now.")
-            .expect("valid metric");
-        // A gauge read from the persisted state, so it survives a change of leader; it
-        // only ever grows, like a counter.
-        let failovers = IntGauge::new(
-            "engram_failovers_total",
-            "Slots whose backup was promoted because their owner died, since the cluster began.",
-        )
-        .expect("valid metric");
-        // Per process, so that summing it over the control plane counts its leaders:
-        // anything but 1 for longer than an election is worth an alert.
-        let is_leader = IntGauge::new(
-            "engram_control_is_leader",
-            "1 while this control-plane process leads, 0 while it stands by.",
-        )
-        .expect("valid metric");
-        let connections_refused = IntCounterVec::new(
-            Opts::new(
-                "engram_connections_refused_total",
-                "Connections turned away before they were served, by reason.",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
+        let connections_refused = counter_vec(
+            &registry,
+            "engram_connections_refused_total",
+            "Connections turned away before they were served, by reason.",
+            "reason",
+        );
         // Zero from the start, so a dashboard sees no refusals rather than nothing.
         for reason in REFUSAL_REASONS {
             connections_refused.with_label_values(&[reason]);
         }
-        let build_info = IntGaugeVec::new(
-            Opts::new("engram_build_info", "Build of this process; the value is always 1."),
-            &["version", "process"],
-        )
-        .expect("valid metric");
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("engram_build_info", "Build of this process; the value is always 1."),
+                &["version", "process"],
+            )
+            .expect("valid metric"),
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), "engram-control"])
             .set(1);
-        for collector in [
-            Box::new(migrations.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(slots_moved.clone()),
-            Box::new(bytes_moved.clone()),
-            Box::new(members.clone()),
-            Box::new(map_epoch.clone()),
-            Box::new(slots_lost.clone()),
-            Box::new(under_replicated.clone()),
-            Box::new(slots_filling.clone()),
-            Box::new(failovers.clone()),
-            Box::new(is_leader.clone()),
-            Box::new(connections_refused.clone()),
-            Box::new(build_info),
-        ] {
-            registry.register(collector).expect("unique metric names");
-        }
         Families {
-            registry,
-            migrations,
-            slots_moved,
-            bytes_moved,
-            members,
-            map_epoch,
-            slots_lost,
-            under_replicated,
-            slots_filling,
-            failovers,
-            is_leader,
+            migrations: counter_vec(
+                &registry,
+                "engram_migrations_total",
+                "Migration steps the control plane ran, by result.",
+                "result",
+            ),
+            slots_moved: counter(
+                &registry,
+                "engram_slots_moved_total",
+                "Slots whose ownership moved between shards.",
+            ),
+            bytes_moved: counter(
+                &registry,
+                "engram_migrated_bytes_total",
+                "Encoded state shipped by committed migrations.",
+            ),
+            members: gauge(
+                &registry,
+                "engram_cluster_members",
+                "Nodes that are members of the cluster.",
+            ),
+            map_epoch: gauge(&registry, "engram_map_epoch", "Epoch of the control plane's slot map."),
+            slots_lost: gauge(
+                &registry,
+                "engram_slots_lost",
+                "Slots whose every copy is gone: they answer SlotLost until reclaimed.",
+            ),
+            under_replicated: gauge(
+                &registry,
+                "engram_slots_under_replicated",
+                "Served slots with fewer backups in the map than the replicas setting.",
+            ),
+            slots_filling: gauge(
+                &registry,
+                "engram_slots_filling",
+                "Slots being copied to a new backup right now.",
+            ),
+            // A gauge read from the persisted state, so it survives a change of leader;
+            // it only ever grows, like a counter.
+            failovers: gauge(
+                &registry,
+                "engram_failovers_total",
+                "Slots whose backup was promoted because their owner died, since the cluster began.",
+            ),
+            // Per process, so that summing it over the control plane counts its leaders:
+            // anything but 1 for longer than an election is worth an alert.
+            is_leader: gauge(
+                &registry,
+                "engram_control_is_leader",
+                "1 while this control-plane process leads, 0 while it stands by.",
+            ),
             connections_refused,
+            registry,
         }
     })
+}
+
+/// Registers `collector` in `registry` and hands it back. Registration only fails on a
+/// duplicate or malformed name, which are fixed here.
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("unique metric names");
+    collector
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+    )
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help).expect("valid metric"))
 }
 
 /// Counts a connection turned away for `reason`, one of [`REFUSAL_REASONS`].

@@ -218,7 +218,7 @@ fn key_command(name: &str, rest: &[&[u8]], now_unix_ms: u64) -> Result<Translate
         ("expire" | "pexpire" | "expireat" | "pexpireat", n) if (2..=3).contains(&n) => expire(name, rest, now_unix_ms),
         ("scan", n) if n >= 1 => scan(rest),
         ("dbsize", 0) => Ok(Translated::Listing(Listing::Count)),
-        _ => object_command(name, rest),
+        _ => hash_command(name, rest),
     }
 }
 
@@ -315,8 +315,8 @@ fn scan(rest: &[&[u8]]) -> Result<Translated, Refusal> {
     }))
 }
 
-/// Hashes, lists and Engram's coordination objects.
-fn object_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
+/// Redis's hash commands, on a map; then lists and Engram's coordination objects.
+fn hash_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
     let key = || owned_key(rest[0]);
     match (name, rest.len()) {
         ("hget", 2) => single(map_get(rest), Shape::ValueOrNil),
@@ -373,6 +373,14 @@ fn object_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
             };
             single(command.into(), Shape::Integer)
         }
+        _ => list_command(name, rest),
+    }
+}
+
+/// Redis's list commands, on a queue.
+fn list_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
+    let key = || owned_key(rest[0]);
+    match (name, rest.len()) {
         ("lpush" | "rpush", n) if n >= 2 => {
             let end = if name == "lpush" {
                 QueueEnd::Front
@@ -426,12 +434,13 @@ fn object_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
             let keys = keys.iter().map(|key| key.to_vec()).collect();
             single(command.into(), Shape::PoppedOrNil(keys))
         }
-        _ => coordination_command(name, rest),
+        _ => lock_command(name, rest),
     }
 }
 
-/// Engram's objects under names of their own (`LOCK.ACQUIRE`, `SEM.ACQUIRE`, …).
-fn coordination_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
+/// Engram's objects under names of their own (`LOCK.ACQUIRE`, `SEM.ACQUIRE`, …), from
+/// locks on.
+fn lock_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
     let key = || owned_key(rest[0]);
     match (name, rest.len()) {
         ("lock.acquire", 3 | 5) => {
@@ -461,6 +470,13 @@ fn coordination_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusa
             single(command.into(), Shape::GrantOrNil)
         }
         ("lock.holder", 1) => single(LockCommand::Holder { key: key() }.into(), Shape::LockHolder),
+        _ => semaphore_command(name, rest),
+    }
+}
+
+fn semaphore_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
+    let key = || owned_key(rest[0]);
+    match (name, rest.len()) {
         ("sem.acquire", n) if n >= 4 => {
             let (permits, wait_ms) = semaphore_options(&rest[4..])?;
             let command = SemaphoreCommand::Acquire {
@@ -495,6 +511,14 @@ fn coordination_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusa
             };
             single(command.into(), Shape::Available)
         }
+        _ => waiting_command(name, rest),
+    }
+}
+
+/// Barriers, latches and futures: the objects one waits on.
+fn waiting_command(name: &str, rest: &[&[u8]]) -> Result<Translated, Refusal> {
+    let key = || owned_key(rest[0]);
+    match (name, rest.len()) {
         ("barrier.wait", 3) => {
             let command = BarrierCommand::Wait {
                 key: key(),

@@ -154,6 +154,11 @@ pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
             return;
         }
     }
+    write_value(shape, response, out);
+}
+
+/// Answers of values, hashes and lists; then [`write_coordination`].
+fn write_value(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
     match (shape, response) {
         (Shape::OkOrNil, Response::Written { .. }) | (Shape::Ok, _) => out.ok(),
         (Shape::OkOrNil, Response::Conflict { .. }) => out.null(),
@@ -183,6 +188,17 @@ pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
             out.bulk(value);
         }
         (Shape::PoppedOrNil(_), _) => out.null_array(),
+        (Shape::OldValue, Response::Replaced { old: Some(old), .. }) => out.bulk(old),
+        (Shape::OldValue, Response::Replaced { old: None, .. }) => out.null(),
+        (Shape::ReplacedOkOrNil, Response::Replaced { written: true, .. }) => out.ok(),
+        (Shape::ReplacedOkOrNil, Response::Replaced { written: false, .. }) => out.null(),
+        _ => write_coordination(shape, response, out),
+    }
+}
+
+/// Answers of locks, semaphores, barriers and latches; then [`write_key_answer`].
+fn write_coordination(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
+    match (shape, response) {
         (Shape::GrantOrNil, Response::LockGranted { fence, .. }) => out.integer(clamp(*fence)),
         (Shape::GrantOrNil, Response::SemaphoreGranted { permit_id, .. }) => out.integer(clamp(*permit_id)),
         (Shape::GrantOrNil, _) => out.null(),
@@ -208,10 +224,16 @@ pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
         (Shape::LatchSet, Response::LatchSet { set, .. }) => out.integer(i64::from(*set)),
         (Shape::LatchCount, Response::LatchCount { count }) => out.integer(clamp(*count)),
         (Shape::LatchCount, Response::LatchOpen) => out.integer(0),
-        (Shape::OldValue, Response::Replaced { old: Some(old), .. }) => out.bulk(old),
-        (Shape::OldValue, Response::Replaced { old: None, .. }) => out.null(),
-        (Shape::ReplacedOkOrNil, Response::Replaced { written: true, .. }) => out.ok(),
-        (Shape::ReplacedOkOrNil, Response::Replaced { written: false, .. }) => out.null(),
+        (Shape::LatchOpenOrNil, Response::LatchOpen) => out.ok(),
+        (Shape::LatchOpenOrNil, _) => out.null(),
+        _ => write_key_answer(shape, response, out),
+    }
+}
+
+/// Answers about keys (type, TTL, scan pages); an answer no shape takes is written as
+/// an internal error.
+fn write_key_answer(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
+    match (shape, response) {
         (Shape::TypeName, Response::KeyKind { kind }) => out.simple(kind.type_name()),
         (Shape::TypeName, Response::Missing) => out.simple("none"),
         (Shape::Ttl { .. }, Response::Missing) => out.integer(-2),
@@ -236,8 +258,6 @@ pub fn write(shape: &Shape, response: &Response, out: &mut ReplyWriter<'_>) {
                 out.bulk(key);
             }
         }
-        (Shape::LatchOpenOrNil, Response::LatchOpen) => out.ok(),
-        (Shape::LatchOpenOrNil, _) => out.null(),
         (shape, response) => out.error(format!(
             "ERR internal: a {} answer cannot be written as {shape:?}",
             response.name()
