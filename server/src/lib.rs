@@ -27,8 +27,8 @@
 //! - [`outbox`]: where answers go: a connection's queue of answers, or a forwarding shard.
 //! - [`replication`]: sans-I/O synchronous replication: a primary's streams to its
 //!   backups, held answers, and a backup's checks before it applies a batch.
-//! - [`resp`]: the Redis-protocol door, sans I/O so far: Redis commands as native requests,
-//!   native answers as Redis replies.
+//! - [`resp`]: the Redis-protocol door: its connections, Redis commands as native
+//!   requests (sans I/O) and native answers as Redis replies.
 //! - [`store`]: the sans-I/O keyspace state machine (bytes, counters, TTL, memory, exactly-once records).
 //! - [`cluster`]: the node's slot map and routing.
 //! - [`link`]: the shards' adapter of proto's sans-I/O link, and the one-question peer link.
