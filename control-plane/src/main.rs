@@ -12,7 +12,7 @@ use engram_control::leadership::Candidate;
 use engram_control::service::{self, Controller, Events, Settings};
 use engram_control::state::{EtcdHealth, EtcdWriter, Keys, StateError};
 use engram_proto::Gatekeeper;
-use engram_tls::{ServerTls, TlsFlags};
+use engram_tls::{ClientTls, ServerTls, TlsFlags};
 use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -155,10 +155,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
-    check_flags(&arguments)?;
+    check_liveness_timeout(&arguments)?;
     let tls = arguments.tls.server()?;
+    let peer_tls = arguments.tls.peers()?;
+    if tls.is_some() && peer_tls.is_none() {
+        return Err(
+            "--tls-cert needs --tls-ca: the CA of the nodes' certificates, which the control plane calls over TLS"
+                .into(),
+        );
+    }
     let (gatekeeper, followed) = gatekeeper_from_flags(&arguments).await?;
-    let (controller, events) = open_controller(&arguments, gatekeeper.clone())?;
+    let (controller, events) = open_controller(&arguments, gatekeeper.clone(), peer_tls)?;
     let listener = tokio::net::TcpListener::bind(&arguments.listen)
         .await
         .map_err(|source| service::ControlError::Listen {
@@ -210,8 +217,7 @@ async fn run(arguments: Arguments) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The checks of flags that clap cannot express.
-fn check_flags(arguments: &Arguments) -> Result<(), Box<dyn std::error::Error>> {
+fn check_liveness_timeout(arguments: &Arguments) -> Result<(), Box<dyn std::error::Error>> {
     if arguments.liveness_timeout_ms < engram_control::membership::LIVENESS_TIMEOUT_MS_MIN {
         return Err(format!(
             "--liveness-timeout-ms {} is below liveness_timeout_ms_min ({})",
@@ -220,12 +226,6 @@ fn check_flags(arguments: &Arguments) -> Result<(), Box<dyn std::error::Error>> 
         )
         .into());
     }
-    if arguments.tls.server()?.is_some() && arguments.tls.peers()?.is_none() {
-        return Err(
-            "--tls-cert needs --tls-ca: the CA of the nodes' certificates, which the control plane calls over TLS"
-                .into(),
-        );
-    }
     Ok(())
 }
 
@@ -233,12 +233,13 @@ fn check_flags(arguments: &Arguments) -> Result<(), Box<dyn std::error::Error>> 
 fn open_controller(
     arguments: &Arguments,
     gatekeeper: Arc<Gatekeeper>,
+    peer_tls: Option<ClientTls>,
 ) -> Result<(Arc<Controller>, Events), Box<dyn std::error::Error>> {
     let link_credentials = arguments.node_token.as_ref().or(arguments.auth_token.as_ref());
     let settings = Settings {
         gatekeeper,
         link_credentials: link_credentials.cloned().unwrap_or_default().into_bytes(),
-        peer_tls: arguments.tls.peers()?,
+        peer_tls,
         load_rebalance: !arguments.no_load_rebalance,
         load_check_interval: std::time::Duration::from_millis(arguments.load_check_interval_ms.max(1)),
         liveness_timeout: std::time::Duration::from_millis(arguments.liveness_timeout_ms),

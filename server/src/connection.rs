@@ -396,6 +396,9 @@ impl Connection {
         if let Some(right) = request.command.right().filter(|right| !caller.rights.contains(*right)) {
             let answer = self.forbidden(right, &request.command);
             self.answer_here(request_id, ObjectKind::of(&request.command), &answer);
+            if let Asked::Data(request) = request.into_asked() {
+                self.recycle_key(request.command);
+            }
             return Ok(Handled::Untimed);
         }
         let request = match request.into_asked() {

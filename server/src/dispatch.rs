@@ -7,7 +7,7 @@ use std::cell::OnceCell;
 use std::rc::Rc;
 use std::time::Instant;
 
-use engram_proto::{DataCommand, DataRequest, ErrorCode, QueueCommand, Request};
+use engram_proto::{Command, DataCommand, DataRequest, ErrorCode, QueueCommand, Request};
 use futures::channel::oneshot;
 use futures::future::Either;
 use futures_lite::AsyncWriteExt;
@@ -101,10 +101,16 @@ impl Door<'_> {
             Target::Remote { routing, index } => {
                 // The owner prefixes the key with the namespace the link's Hello names.
                 let epoch = routing.epoch();
+                let request = Request::from(request);
                 self.proxies()
-                    .forward(routing.address(index), request_id, epoch, &Request::from(request))
+                    .forward(routing.address(index), request_id, epoch, &request)
                     .await;
-                (Handled::Untimed, None)
+                // Only a data command has a key buffer to give back.
+                let spent = match request.command {
+                    Command::Data(command) => Some(command),
+                    Command::Admin(_) => None,
+                };
+                (Handled::Untimed, spent)
             }
         }
     }

@@ -25,14 +25,16 @@ impl TreeCopy {
         let scratch = std::env::temp_dir().join(format!("engram-vendor-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(&scratch).expect("scratch folder");
+        // Made first, so that a failed copy is cleaned up too.
+        let copy = TreeCopy { scratch };
         let copied = Command::new("cp")
             .arg("-a")
             .arg(repository().join("vendor/glommio"))
-            .arg(scratch.join("glommio"))
+            .arg(copy.tree())
             .status()
             .expect("cp runs");
         assert!(copied.success(), "copying vendor/glommio failed");
-        TreeCopy { scratch }
+        copy
     }
 
     fn tree(&self) -> PathBuf {
