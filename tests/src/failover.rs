@@ -1,4 +1,4 @@
-//! The cluster of the failover tests (`tests/tests/failover.rs`): an `engram-control`
+//! The cluster of the failover tests (`tests/tests/failover/`): an `engram-control`
 //! keeping `--replicas` backups of every slot and one-core `engramd` nodes on fixed
 //! addresses, each of which can be killed (`kill -9`), paused and started again on its
 //! address; whether every slot has its owner and backups on live processes; a watch of
