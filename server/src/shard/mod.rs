@@ -463,10 +463,7 @@ impl Shard {
         let outcome = self.store.borrow_mut().apply(client_id, request, now_ms);
         let command = &request.command;
         if command.is_mutation() {
-            let origin = (request.op_id != 0).then_some(Origin {
-                client_id,
-                op_id: request.op_id,
-            });
+            let origin = Origin::of(client_id, request);
             for changed in command.keys() {
                 self.note_change(changed, origin);
             }

@@ -321,7 +321,8 @@ impl Store {
     /// operation id is applied at most once: a retry gets the recorded first answer, or
     /// re-attaches to the same parked wait.
     pub fn apply(&mut self, client_id: u64, request: &DataRequest, now_ms: u64) -> Outcome {
-        let recorded = request.command.is_mutation() && request.op_id != 0;
+        let origin = Origin::of(client_id, request);
+        let recorded = origin.is_some();
         if recorded {
             match self.operations.lookup(
                 client_id,
@@ -336,10 +337,6 @@ impl Store {
                 Lookup::New => {}
             }
         }
-        let origin = recorded.then_some(Origin {
-            client_id,
-            op_id: request.op_id,
-        });
         self.record_reserve_bytes = if recorded { RECORD_OVERHEAD_BYTES } else { 0 };
         let outcome = self.execute(&request.command, now_ms, origin);
         self.record_reserve_bytes = 0;

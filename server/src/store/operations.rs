@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use engram_proto::limits::{CALL_TIMEOUT_MS_MAX, WAIT_MS_MAX};
-use engram_proto::{ErrorCode, MigratedRecord, Response};
+use engram_proto::{DataRequest, ErrorCode, MigratedRecord, Response};
 
 use super::{error, WaiterId};
 
@@ -41,6 +41,17 @@ pub(super) const RECORD_OVERHEAD_BYTES: u64 = 72;
 pub struct Origin {
     pub client_id: u64,
     pub op_id: u64,
+}
+
+impl Origin {
+    /// The recorded mutation `request` from `client_id` is; `None` for a read, or a
+    /// mutation sent without an operation id.
+    pub fn of(client_id: u64, request: &DataRequest) -> Option<Origin> {
+        (request.command.is_mutation() && request.op_id != 0).then_some(Origin {
+            client_id,
+            op_id: request.op_id,
+        })
+    }
 }
 
 /// What is known of one operation.
