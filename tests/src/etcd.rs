@@ -7,14 +7,14 @@
 //! is not, starting one panics saying so, so a missing prerequisite fails loudly instead
 //! of skipping the tests that need it.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::processes::Scratch;
-use crate::server::{capture, next_loopback, poll_exit, signal, text_of};
+use crate::server::{capture, free_port_run, next_loopback, poll_exit, signal, text_of};
 
 /// Longest an etcd may take to answer healthy after it was started.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,12 +41,6 @@ fn etcd_binary() -> PathBuf {
     })
 }
 
-/// A free TCP port on `host`, probed now.
-fn free_port(host: Ipv4Addr) -> u16 {
-    let listener = std::net::TcpListener::bind((host, 0)).expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
-
 pub struct Etcd {
     child: Option<Child>,
     client: SocketAddr,
@@ -59,10 +53,12 @@ impl Etcd {
     /// Starts etcd on a loopback address of its own and waits until it is healthy.
     pub fn start() -> Etcd {
         let host = next_loopback();
+        // The client port and the peer port after it.
+        let ports = free_port_run(host, 2);
         let mut etcd = Etcd {
             child: None,
-            client: SocketAddr::from((host, free_port(host))),
-            peer: SocketAddr::from((host, free_port(host))),
+            client: SocketAddr::from((host, ports)),
+            peer: SocketAddr::from((host, ports + 1)),
             data: Scratch::new("engram-etcd"),
             stderr: Arc::default(),
         };

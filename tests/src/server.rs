@@ -302,11 +302,27 @@ pub fn next_loopback() -> Ipv4Addr {
     Ipv4Addr::new(127, a as u8, b as u8, c as u8)
 }
 
-/// A port free on `bind` now; `bind` being a loopback address of its own
-/// ([`next_loopback`]), nothing else takes it before the server does.
+/// The ports tests choose for servers lie below Linux's ephemeral range (32768 up by
+/// default). A port in that range may be handed, between the probe and the server's
+/// bind, to any socket bound to port 0 on the same address, the server's own other
+/// listeners first: engramd binds its front and shard ports to 0 before its metrics
+/// port.
+const CHOSEN_PORTS: std::ops::Range<u32> = 12_000..32_000;
+
+/// The `attempt`th candidate port of a search on `bind`, spread at random over
+/// [`CHOSEN_PORTS`].
+fn candidate_port(bind: Ipv4Addr, attempt: u32) -> u16 {
+    use std::hash::BuildHasher;
+    let draw = std::collections::hash_map::RandomState::new().hash_one((bind, attempt));
+    let span = u64::from(CHOSEN_PORTS.end - CHOSEN_PORTS.start);
+    u16::try_from(u64::from(CHOSEN_PORTS.start) + draw % span).expect("chosen ports fit 16 bits")
+}
+
+/// A port free on `bind` now, below the ephemeral range (see [`CHOSEN_PORTS`]); `bind`
+/// being a loopback address of its own ([`next_loopback`]), nothing else takes it
+/// before the server does.
 pub fn free_port(bind: Ipv4Addr) -> u16 {
-    let probe = std::net::TcpListener::bind((bind, 0)).expect("bind a probe listener");
-    probe.local_addr().expect("probe address").port()
+    free_port_run(bind, 1)
 }
 
 /// Why a server did not start.
@@ -811,13 +827,12 @@ pub fn run_bounded(mut command: Command, limit: Duration) -> Output {
 /// still take them before engramd binds; callers that care retry with a new port.
 pub fn free_port_run(address: Ipv4Addr, count: u16) -> u16 {
     assert!(count >= 1);
-    for _ in 0..100 {
-        let first = std::net::TcpListener::bind((address, 0)).expect("bind an ephemeral port");
-        let port = first.local_addr().expect("local address").port();
+    for attempt in 0..100 {
+        let port = candidate_port(address, attempt);
         let Some(last) = port.checked_add(count - 1) else {
             continue;
         };
-        if (port + 1..=last).all(|next| std::net::TcpListener::bind((address, next)).is_ok()) {
+        if (port..=last).all(|next| std::net::TcpListener::bind((address, next)).is_ok()) {
             return port;
         }
     }
