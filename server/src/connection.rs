@@ -288,11 +288,13 @@ impl Connection {
     /// to the shard's other tasks in between) before the loop waits for readiness through
     /// the ring: a spinning core then sees a request as soon as it lands, without the
     /// ring's completion round trip. Stops early when answers are waiting to be written.
-    /// `None`: nothing arrived (or no spin); the caller waits as usual.
+    /// `None`: nothing arrived (or no spin); the caller waits as usual. Where the
+    /// runtime receives through the ring, the socket holds no bytes for a read of its
+    /// own (they would overtake those the ring holds); the executor spins before it
+    /// parks instead, watching the ring.
     async fn spin_read(&mut self, buffer: &mut [u8]) -> Result<Option<usize>, Close> {
         let spin = self.shard.read_spin();
-        // Under TLS the socket's bytes are records for rustls, not requests.
-        if spin.is_zero() || buffer.is_empty() || !self.stream.is_plain() {
+        if spin.is_zero() || buffer.is_empty() || !self.stream.reads_from_socket() {
             return Ok(None);
         }
         let fd = self.stream.as_raw_fd();

@@ -69,7 +69,12 @@ impl Executor {
             .name(name)
             .io_memory(SHARD_IO_MEMORY_BYTES)
             .spin_before_park(spin)
-            .spawn(start)
+            .spawn(move || {
+                // A spinning shard's connections poll their sockets with reads of their
+                // own (`--spin-us`), which a receive armed through the ring would race.
+                glommio::net::set_receive_through_ring(spin.is_zero());
+                start()
+            })
             .map(Executor)
             .map_err(|error| RuntimeError(error.to_string()))
     }

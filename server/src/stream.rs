@@ -1,7 +1,7 @@
 //! A connection's byte stream: plain TCP, or TLS over it. Connections, the Redis door,
 //! proxy links and peer links read and write through [`Stream`] and never ask which it
 //! is, except where plain TCP allows a shortcut (the connection's spinning reads, which
-//! go to the socket directly).
+//! go to the socket directly where the runtime does not receive through the ring).
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,7 +17,9 @@ use crate::runtime::TcpStream;
 pub type TlsStream = futures_rustls::TlsStream<TcpStream>;
 
 /// A socket, plain or under TLS. A read dropped before it completes loses no bytes
-/// either way: the socket's reads are readiness-based, and rustls keeps what it
+/// either way: what the socket's multishot receive delivered stays in its buffers
+/// until a read takes it (where the kernel has none, reads are readiness-based), and
+/// rustls keeps what it
 /// decrypted in the stream until a read takes it.
 pub enum Stream {
     Plain(TcpStream),
@@ -41,9 +43,11 @@ impl Stream {
         let _ = self.socket().set_nodelay(true);
     }
 
-    /// Whether the socket's bytes are the stream's: a read may then go to the socket.
-    pub fn is_plain(&self) -> bool {
-        matches!(self, Stream::Plain(_))
+    /// Whether the stream's next bytes are the socket's: a read may then go to the
+    /// socket. Not under TLS, where they are records for rustls, nor where the runtime
+    /// receives through the ring, which takes bytes off the socket as they arrive.
+    pub fn reads_from_socket(&self) -> bool {
+        matches!(self, Stream::Plain(socket) if !socket.receives_through_ring())
     }
 }
 

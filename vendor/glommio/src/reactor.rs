@@ -184,6 +184,9 @@ pub(crate) struct Reactor {
     main_completions_tail: *const AtomicU32,
     /// Completions waiting in the main ring that make running tasks yield.
     throughput_completions_max: u32,
+    /// Engram patch: whether new streams arm a multishot receive (see
+    /// `net::set_receive_through_ring`).
+    receive_through_ring: std::cell::Cell<bool>,
 }
 
 impl Reactor {
@@ -208,7 +211,13 @@ impl Reactor {
             main_completions_head: main_completions_head as _,
             main_completions_tail: main_completions_tail as _,
             throughput_completions_max: ring_depth as u32,
+            receive_through_ring: std::cell::Cell::new(true),
         })
+    }
+
+    /// Engram patch: see `net::set_receive_through_ring`.
+    pub(crate) fn set_receive_through_ring(&self, enabled: bool) {
+        self.receive_through_ring.set(enabled);
     }
 
     pub(crate) fn io_stats(&self) -> IoStats {
@@ -547,6 +556,20 @@ impl Reactor {
         self.sys.recv(&source, size, MsgFlags::empty());
         self.rush_dispatch(&source)?;
         Ok(source)
+    }
+
+    /// Engram patch: arms a multishot receive on socket `fd`, whose source collects
+    /// what it receives (`SourceType::MultishotRecv`); `None` where the kernel
+    /// cannot, and the caller polls the socket instead.
+    pub(crate) fn recv_multishot(&self, fd: RawFd) -> Option<Source> {
+        if !self.receive_through_ring.get() {
+            return None;
+        }
+        let buffers = self.sys.provided_buffers()?;
+        let received = sys::Received::new(buffers);
+        let source = self.new_source(fd, SourceType::MultishotRecv(received), None);
+        self.sys.recv_multishot(&source);
+        Some(source)
     }
 
     pub(crate) fn recv(&self, fd: RawFd, size: usize, flags: MsgFlags) -> Source {

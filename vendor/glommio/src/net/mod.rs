@@ -106,6 +106,16 @@ fn yolo_sendmsg(
     }
 }
 
+/// Engram patch: whether the TCP and Unix streams this executor makes from now on
+/// receive through the ring (a multishot receive into provided buffers, Linux 6.1
+/// and later; the default) or poll their socket and call `recv` as upstream does.
+/// An application that reads sockets itself, with its own non-blocking `recv` calls
+/// while it spins, turns it off: a receive armed on the socket takes bytes off it
+/// as they arrive, and the application's own reads would overtake them.
+pub fn set_receive_through_ring(enabled: bool) {
+    crate::executor().reactor().set_receive_through_ring(enabled);
+}
+
 mod datagram;
 mod stream;
 mod tcp_socket;

@@ -5,7 +5,7 @@
 //
 use crate::{
     reactor::Reactor,
-    sys::{self, Source, SourceType},
+    sys::{self, ReceiveEnd, Source, SourceType},
 };
 use futures_lite::ready;
 use nix::sys::socket::MsgFlags;
@@ -223,20 +223,67 @@ pub(crate) struct NonBufferedStream<S> {
     source_rx: Option<Source>,
     write_timeout: Timeout,
     read_timeout: Timeout,
+    /// Engram patch: the multishot receive armed on the socket, if one is.
+    received: Option<Source>,
+    /// Engram patch: false once the kernel refused a multishot receive.
+    receives_multishot: bool,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        // Engram patch: the multishot receive takes the early poll's place.
+        self.received = reactor.recv_multishot(stream_fd);
+        if self.received.is_none() {
+            self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        }
+    }
+
+    /// Engram patch: whether a multishot receive is armed on the socket.
+    pub(crate) fn receives_through_ring(&self) -> bool {
+        self.received.is_some()
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        // Engram patch: bytes a multishot receive took off the socket come first.
+        if let Some(source) = &self.received {
+            match source.peek_received(buf) {
+                (0, None) => return None,
+                (0, Some(end)) => return Self::peeked_at_end(end),
+                (peeked, _) => return Some(Ok(peeked)),
+            }
+        }
         super::yolo_peek(self.stream.as_raw_fd(), buf)
     }
 
+    /// Engram patch: what a peek returns once the armed receive ended with nothing
+    /// left to read; `None` where the socket itself has the next bytes.
+    fn peeked_at_end(end: ReceiveEnd) -> Option<io::Result<usize>> {
+        match end {
+            ReceiveEnd::Closed => Some(Ok(0)),
+            ReceiveEnd::Failed(errno) => Some(Err(io::Error::from_raw_os_error(errno))),
+            ReceiveEnd::Stopped | ReceiveEnd::OutOfBuffers => None,
+        }
+    }
+
     pub(crate) async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // Engram patch: while a multishot receive is armed, the next bytes arrive
+        // through it, not through a peek of the socket.
+        if let Some(source) = &self.received {
+            let waited = futures_lite::future::poll_fn(|cx| match source.peek_received(buf) {
+                (0, None) => {
+                    source.add_waiter_single(cx.waker());
+                    Poll::Pending
+                }
+                (0, Some(end)) => Poll::Ready(Self::peeked_at_end(end)),
+                (peeked, _) => Poll::Ready(Some(Ok(peeked))),
+            })
+            .await;
+            if let Some(peeked) = waited {
+                return peeked;
+            }
+        }
         let source = self.reactor.upgrade().unwrap().recv(
             self.stream.as_raw_fd(),
             buf.len(),
@@ -258,6 +305,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(received) = self.poll_received(cx, buf) {
+            return received;
+        }
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
 
@@ -296,6 +346,61 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         source.add_waiter_single(cx.waker());
         self.read_timeout.maybe_set_timer(reactor, cx.waker());
         Poll::Pending
+    }
+
+    /// Engram patch: reads what the socket's multishot receive delivered, arming one
+    /// when none is. Upstream polls the socket and then reads it with a system call,
+    /// each time a read finds nothing or leaves the caller's buffer unfilled: a
+    /// poll and a `recv` per read of a busy connection, where this takes neither.
+    ///
+    /// `None` sends this read down upstream's path: where the kernel cannot receive
+    /// multishot, and while the ring holds too few buffers to arm a receive, so
+    /// that a stream never waits for buffers that other streams hold.
+    fn poll_received(
+        &mut self,
+        cx: &Context<'_>,
+        buf: &mut [u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        if buf.is_empty() || !self.receives_multishot {
+            return None;
+        }
+        let reactor = self.reactor.upgrade().unwrap();
+        let reactor = reactor.as_ref();
+        if self.received.is_none() {
+            self.received = Some(reactor.recv_multishot(self.stream.as_raw_fd())?);
+        }
+        let received = self.received.as_ref().unwrap().read_received(buf);
+        let ready = match received {
+            (0, None) => None,
+            (0, Some(ReceiveEnd::Closed)) => Some(Ok(0)),
+            (0, Some(ReceiveEnd::Failed(errno)))
+                if errno == libc::EINVAL || errno == libc::EOPNOTSUPP =>
+            {
+                // A kernel that reports a recent release but rejects the request.
+                self.received = None;
+                self.receives_multishot = false;
+                return None;
+            }
+            (0, Some(ReceiveEnd::Failed(errno))) => {
+                self.received = None;
+                Some(Err(io::Error::from_raw_os_error(errno)))
+            }
+            (0, Some(ReceiveEnd::Stopped | ReceiveEnd::OutOfBuffers)) => {
+                self.received = None;
+                return self.poll_received(cx, buf);
+            }
+            (read, _) => Some(Ok(read)),
+        };
+        if let Some(ready) = ready {
+            self.read_timeout.cancel_timer(reactor);
+            return Some(Poll::Ready(ready));
+        }
+        if let Err(error) = self.read_timeout.check(reactor) {
+            return Some(Poll::Ready(Err(error)));
+        }
+        self.received.as_ref().unwrap().add_waiter_single(cx.waker());
+        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        Some(Poll::Pending)
     }
 
     pub(crate) fn poll_write(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -368,6 +473,8 @@ where
             source_rx: None,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
+            received: None,
+            receives_multishot: true,
         };
         stream.init();
         GlommioStream {
@@ -495,6 +602,11 @@ impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
 
     pub(crate) fn stream(&self) -> &S {
         &self.stream.stream
+    }
+
+    /// Engram patch: see `NonBufferedStream::receives_through_ring`.
+    pub(crate) fn receives_through_ring(&self) -> bool {
+        self.stream.receives_through_ring()
     }
 }
 

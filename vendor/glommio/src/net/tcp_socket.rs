@@ -584,6 +584,12 @@ impl<B: RxBuf> TcpStream<B> {
         self.stream.stream().set_nodelay(value).map_err(Into::into)
     }
 
+    /// Engram patch: whether reads are served by a multishot receive armed on the
+    /// socket (Linux 6.1 and later) rather than by polling it and calling `recv`.
+    pub fn receives_through_ring(&self) -> bool {
+        self.stream.receives_through_ring()
+    }
+
     /// Gets the `TCP_NODELAY` option on this socket.
     ///
     /// For more information about this option, see [`TcpStream::set_nodelay`].

@@ -173,12 +173,17 @@ pub(crate) fn sendmsg_syscall(
 
 mod dma_buffer;
 mod membarrier;
+mod provided_buffers;
 pub(crate) mod source;
 pub(crate) mod sysfs;
 mod uring;
 
 pub use self::dma_buffer::DmaBuffer;
-pub(crate) use self::{source::*, uring::*};
+pub(crate) use self::{
+    provided_buffers::{ReceiveEnd, Received},
+    source::*,
+    uring::*,
+};
 use crate::error::{ExecutorErrorKind, GlommioError};
 use smallvec::SmallVec;
 use std::{convert::TryFrom, ops::Deref, sync::atomic::AtomicBool};

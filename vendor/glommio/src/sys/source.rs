@@ -64,6 +64,8 @@ pub(crate) enum SourceType {
     BlockingFn,
     Invalid,
     CopyFileRange(RawFd, u64, usize),
+    /// Engram patch: a multishot receive and what it delivered.
+    MultishotRecv(crate::sys::Received),
     #[cfg(feature = "bench")]
     Noop,
 }
@@ -300,6 +302,23 @@ impl Source {
 
     pub(crate) fn stats_collection(&self) -> Option<StatsCollection> {
         self.inner.borrow().stats_collection
+    }
+
+    /// Engram patch: reads what this multishot receive delivered into `into`, and
+    /// tells why it ended once it has and all it delivered is read.
+    pub(crate) fn read_received(&self, into: &mut [u8]) -> (usize, Option<crate::sys::ReceiveEnd>) {
+        match &mut self.inner.borrow_mut().source_type {
+            SourceType::MultishotRecv(received) => (received.read(into), received.drained_end()),
+            other => unreachable!("not a multishot receive: {other:?}"),
+        }
+    }
+
+    /// Engram patch: as `read_received`, leaving the bytes to be read.
+    pub(crate) fn peek_received(&self, into: &mut [u8]) -> (usize, Option<crate::sys::ReceiveEnd>) {
+        match &self.inner.borrow().source_type {
+            SourceType::MultishotRecv(received) => (received.peek(into), received.drained_end()),
+            other => unreachable!("not a multishot receive: {other:?}"),
+        }
     }
 
     pub(crate) async fn collect_rw(&self) -> io::Result<usize> {

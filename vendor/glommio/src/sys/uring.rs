@@ -37,6 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
+        provided_buffers::{ProvidedBuffers, IORING_RECV_MULTISHOT, PROVIDED_BUFFER_GROUP},
         DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
@@ -77,6 +78,8 @@ enum UringOpDescriptor {
     SockSendMsg(*mut libc::msghdr, i32),
     SockRecv(usize, i32),
     SockRecvMsg(usize, i32),
+    /// Engram patch: a multishot receive into the ring's provided buffers.
+    RecvMultishot,
     Nop,
 }
 
@@ -270,6 +273,7 @@ fn fill_sqe<F>(
     F: FnOnce(usize) -> Option<DmaBuffer>,
 {
     let mut user_data = op.user_data;
+    let mut flags = op.flags;
     unsafe {
         match op.args {
             UringOpDescriptor::PollAdd(events) => {
@@ -429,10 +433,19 @@ fn fill_sqe<F>(
                     };
                 });
             }
+            UringOpDescriptor::RecvMultishot => {
+                sqe.prep_recv(op.fd, &mut [], MsgFlags::empty());
+                let raw = sqe.raw_mut();
+                raw.addr = 0;
+                raw.len = 0;
+                raw.ioprio = IORING_RECV_MULTISHOT;
+                raw.buf_index.buf_index.index_or_group = PROVIDED_BUFFER_GROUP;
+                flags |= SubmissionFlags::BUFFER_SELECT;
+            }
             UringOpDescriptor::Nop => sqe.prep_nop(),
         }
         sqe.set_user_data(user_data);
-        sqe.set_flags(op.flags);
+        sqe.set_flags(flags);
     }
 }
 
@@ -530,6 +543,38 @@ fn extract_one_chain(
             true
         })
         .collect()
+}
+
+/// Engram patch: hands a multishot receive's completion to its source. The source
+/// stays in the map, as the request stays in the kernel, until a completion without
+/// `MORE`. Returns `None` for every other kind of source.
+fn deliver_received(source_map: &RefCell<SourceMap>, cqe: &iou::CQE) -> Option<bool> {
+    if cqe.user_data() == 0 {
+        return None;
+    }
+    let id = from_user_data(cqe.user_data());
+    let source = {
+        let mut map = source_map.borrow_mut();
+        if !matches!(map[id].borrow().source_type, SourceType::MultishotRecv(_)) {
+            return None;
+        }
+        if cqe.flags().contains(iou::cqe::CompletionFlags::MORE) {
+            map[id].clone()
+        } else {
+            map.consume_source(id)
+        }
+    };
+    let mut inner = source.borrow_mut();
+    let cancel = match &mut inner.source_type {
+        SourceType::MultishotRecv(received) => received.complete(cqe.raw_result(), cqe.raw_flags()),
+        _ => unreachable!("checked above"),
+    };
+    if cancel {
+        if let Some(EnqueuedSource { id, queue, .. }) = &inner.enqueued {
+            queue.borrow_mut().cancel_request(*id);
+        }
+    }
+    Some(inner.wakers.wake_waiters())
 }
 
 fn process_one_event<F, R>(
@@ -897,9 +942,49 @@ struct SleepableRing {
     task_queue_stats: AHashMap<TaskQueueHandle, RingIoStats>,
     source_map: Rc<RefCell<SourceMap>>,
     in_kernel: usize,
+    /// Engram patch: the buffers multishot receives on this ring fill.
+    provided_buffers: ProvidedBuffersState,
+}
+
+/// Engram patch: whether a ring has registered its provided buffers.
+enum ProvidedBuffersState {
+    /// Registered at the first multishot receive, so that a ring that never receives
+    /// from a socket holds no buffers.
+    NotYet,
+    Registered(Rc<ProvidedBuffers>),
+    /// The kernel refused them; streams keep upstream's poll and `recv`.
+    Refused,
+}
+
+impl Drop for SleepableRing {
+    fn drop(&mut self) {
+        // Engram patch: take the buffers back from the kernel while the ring's
+        // descriptor is still ours; receives may hold them past the ring.
+        if let ProvidedBuffersState::Registered(buffers) = &self.provided_buffers {
+            ProvidedBuffers::unregister(buffers, self.ring_fd());
+        }
+    }
 }
 
 impl SleepableRing {
+    /// Engram patch: the ring's provided buffers, registered on first use; `None`
+    /// where the kernel cannot receive into them, or holds too few of them now.
+    fn provided_buffers(&mut self) -> Option<Rc<ProvidedBuffers>> {
+        if let ProvidedBuffersState::NotYet = self.provided_buffers {
+            self.provided_buffers = match ProvidedBuffers::register(self.ring_fd()) {
+                Ok(buffers) => ProvidedBuffersState::Registered(buffers),
+                Err(error) => {
+                    log::info!("no multishot receive on the {} ring ({error}): sockets are polled", self.name);
+                    ProvidedBuffersState::Refused
+                }
+            };
+        }
+        match &self.provided_buffers {
+            ProvidedBuffersState::Registered(buffers) if buffers.can_arm() => Some(buffers.clone()),
+            _ => None,
+        }
+    }
+
     fn new(
         size: usize,
         name: &'static str,
@@ -932,6 +1017,7 @@ impl SleepableRing {
             task_queue_stats: AHashMap::new(),
             source_map,
             in_kernel: 0,
+            provided_buffers: ProvidedBuffersState::NotYet,
         })
     }
 
@@ -1162,8 +1248,15 @@ impl UringCommon for SleepableRing {
 
     fn consume_one_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
+        let cqe = self.ring.peek_for_cqe()?;
+        if let Some(woke) = deliver_received(&source_map, &cqe) {
+            if !cqe.flags().contains(iou::cqe::CompletionFlags::MORE) {
+                self.in_kernel -= 1;
+            }
+            return Some(woke);
+        }
         process_one_event(
-            self.ring.peek_for_cqe(),
+            Some(cqe),
             |source| match source.source_type {
                 SourceType::LinkRings => Some(()),
                 _ => None,
@@ -1500,6 +1593,24 @@ impl Reactor {
             &mut *self.ring_for_source(source),
             source,
             op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// Engram patch: the main ring's provided buffers, for a multishot receive;
+    /// `None` where the kernel cannot receive into them, or holds too few of them
+    /// now (`ProvidedBuffers::can_arm`).
+    pub(crate) fn provided_buffers(&self) -> Option<Rc<ProvidedBuffers>> {
+        self.main_ring.borrow_mut().provided_buffers()
+    }
+
+    /// Engram patch: arms a multishot receive on the main ring, whose buffers
+    /// `source` holds (see `provided_buffers`).
+    pub(crate) fn recv_multishot(&self, source: &Source) {
+        queue_request_into_ring(
+            &mut *self.main_ring.borrow_mut(),
+            source,
+            UringOpDescriptor::RecvMultishot,
             &mut self.source_map.borrow_mut(),
         );
     }
