@@ -325,3 +325,38 @@ fn dropping_a_stream_with_unread_bytes_closes_the_connection() {
 fn an_executor_that_turns_ring_receives_off_reads_its_sockets_directly() {
     transfer_test("ring receives off", false);
 }
+
+/// Whether a stream accepted on an executor that engramd's runtime starts with `spin`
+/// receives through the ring.
+fn accepted_receives_through_ring(spin: Duration) -> bool {
+    let (answer, answered) = mpsc::channel();
+    let executor = engram_server::runtime::Executor::spawn("shard", 0, spin, move || async move {
+        let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let connecting = std::thread::spawn(move || std::net::TcpStream::connect(address).expect("connect"));
+        let stream = listener.accept().await.expect("accept");
+        answer.send(stream.receives_through_ring()).expect("test waits");
+        drop(connecting.join());
+    })
+    .expect("an executor (io_uring and a memlock limit are needed)");
+    let receives = answered
+        .recv_timeout(Duration::from_secs(WATCHDOG_SECONDS))
+        .expect("the executor accepts a local connection");
+    executor.join().expect("the executor ends");
+    receives
+}
+
+/// A shard that spins (`--spin-us`) reads its sockets itself, so engramd's runtime
+/// starts it with ring receives off; one that parks at once keeps them.
+#[test]
+fn engramd_turns_ring_receives_off_exactly_on_shards_that_spin() {
+    assert!(
+        !accepted_receives_through_ring(Duration::from_micros(50)),
+        "a spinning shard arms no receive"
+    );
+    assert_eq!(
+        accepted_receives_through_ring(Duration::ZERO),
+        kernel_receives_multishot(),
+        "a shard that parks at once receives through the ring where the kernel can"
+    );
+}

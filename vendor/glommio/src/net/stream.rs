@@ -262,8 +262,10 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     fn peeked_at_end(end: ReceiveEnd) -> Option<io::Result<usize>> {
         match end {
             ReceiveEnd::Closed => Some(Ok(0)),
-            ReceiveEnd::Failed(errno) => Some(Err(io::Error::from_raw_os_error(errno))),
-            ReceiveEnd::Stopped | ReceiveEnd::OutOfBuffers => None,
+            ReceiveEnd::Failed(errno) if !refused(errno) => {
+                Some(Err(io::Error::from_raw_os_error(errno)))
+            }
+            ReceiveEnd::Failed(_) | ReceiveEnd::Stopped | ReceiveEnd::OutOfBuffers => None,
         }
     }
 
@@ -373,12 +375,12 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         let ready = match received {
             (0, None) => None,
             (0, Some(ReceiveEnd::Closed)) => Some(Ok(0)),
-            (0, Some(ReceiveEnd::Failed(errno)))
-                if errno == libc::EINVAL || errno == libc::EOPNOTSUPP =>
-            {
-                // A kernel that reports a recent release but rejects the request.
+            (0, Some(ReceiveEnd::Failed(errno))) if refused(errno) => {
+                // A kernel that reports a recent release but rejects the request: it
+                // would reject every other stream's too.
                 self.received = None;
                 self.receives_multishot = false;
+                reactor.set_receive_through_ring(false);
                 return None;
             }
             (0, Some(ReceiveEnd::Failed(errno))) => {
@@ -621,4 +623,11 @@ impl<S: AsRawFd, B: Buffered> GlommioStream<S, B> {
     pub(crate) fn consume(&mut self, amt: usize) {
         self.rx_buf.consume(amt);
     }
+}
+
+/// Engram patch: whether a multishot receive failed because the kernel does not do it
+/// (a kernel that reports a recent release but rejects the request), rather than
+/// because of the socket.
+fn refused(errno: i32) -> bool {
+    errno == libc::EINVAL || errno == libc::EOPNOTSUPP
 }

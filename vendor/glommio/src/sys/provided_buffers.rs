@@ -33,6 +33,8 @@ pub(crate) const PROVIDED_BUFFER_GROUP: u16 = 0;
 /// Unread completions one receive may hold before it is cancelled, to be armed again
 /// once they are read: without this bound a socket whose reader lags would drain
 /// into the ring, which no TCP window limits, and take the buffers of all the others.
+/// The cancel is issued when the reactor reaps the completion that reaches the bound,
+/// so a burst that arrives before then can take more.
 pub(crate) const RECEIVED_CHUNKS_MAX: usize = 16;
 /// Buffers the kernel must hold for a stream to arm a receive; below this, reads go
 /// through upstream's poll and `recv` rather than fail at once with `ENOBUFS`.
@@ -93,7 +95,7 @@ impl ProvidedBuffers {
         if !kernel_at_least(MULTISHOT_RECV_KERNEL) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "multishot receive needs Linux 6.0",
+                "multishot receive needs Linux 6.1",
             ));
         }
         let buffers = Self::allocate()?;
@@ -265,8 +267,9 @@ pub(crate) enum ReceiveEnd {
     /// The kernel stopped it without an error (a full completion queue, say): arm
     /// another once the bytes received so far are read.
     Stopped,
-    /// Every buffer of the ring held unread bytes: read this once as upstream does,
-    /// rather than wait for buffers that other streams hold.
+    /// Every buffer of the ring held unread bytes: arm another once the bytes
+    /// received so far are read and the ring has buffers again, and until then read
+    /// as upstream does rather than wait for buffers that other streams hold.
     OutOfBuffers,
     /// The receive failed with this `errno`.
     Failed(i32),
