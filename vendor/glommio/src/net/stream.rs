@@ -225,8 +225,6 @@ pub(crate) struct NonBufferedStream<S> {
     read_timeout: Timeout,
     /// Engram patch: the multishot receive armed on the socket, if one is.
     received: Option<Source>,
-    /// Engram patch: false once the kernel refused a multishot receive.
-    receives_multishot: bool,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
@@ -363,7 +361,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Option<Poll<io::Result<usize>>> {
-        if buf.is_empty() || !self.receives_multishot {
+        if buf.is_empty() {
             return None;
         }
         let reactor = self.reactor.upgrade().unwrap();
@@ -379,7 +377,6 @@ impl<S: AsRawFd> NonBufferedStream<S> {
                 // A kernel that reports a recent release but rejects the request: it
                 // would reject every other stream's too.
                 self.received = None;
-                self.receives_multishot = false;
                 reactor.set_receive_through_ring(false);
                 return None;
             }
@@ -476,7 +473,6 @@ where
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
             received: None,
-            receives_multishot: true,
         };
         stream.init();
         GlommioStream {
