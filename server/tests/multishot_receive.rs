@@ -7,6 +7,9 @@
 //! Every test runs its sides on threads of their own and fails through a watchdog
 //! rather than hang when a read is never woken.
 
+mod common;
+
+use common::panic_text;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::panic::AssertUnwindSafe;
@@ -82,14 +85,6 @@ where
             Err(_) => panic!("{test}: not finished in {WATCHDOG_SECONDS} s: a read was never woken"),
         }
     }
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
-        .unwrap_or_else(|| "a panic".into())
 }
 
 /// Writes `bytes` of the pattern in writes of uneven sizes.

@@ -15,6 +15,9 @@
 //! executor that missed a wake-up, turning the loss into a stall that no bound could
 //! tell from a loaded machine.
 
+mod common;
+
+use common::panic_text;
 use std::cell::Cell;
 use std::future::Future;
 use std::io::{Read, Write};
@@ -133,14 +136,6 @@ fn run_bounded(test: &str, rounds: u64, completed: &AtomicU64, parts: Vec<(&'sta
     }
     assert_eq!(completed.load(Relaxed), rounds, "{test}: every round completes");
     eprintln!("{test}: {rounds} rounds in {:?}", started.elapsed());
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// The pause before answering round `round`: none for a quarter of the rounds (the
