@@ -31,12 +31,17 @@ use crate::proxy::Proxies;
 use crate::refusal::Refused;
 use crate::runtime;
 use crate::shard::{Shard, Target};
+use crate::store::PREFETCH_KEYS_MAX;
 use crate::stream::Stream;
 use engram_proto::{AdminCommand, Asked, DataCommand, DataRequest, ErrorReply, Family, PeerRequest, PeerResponse};
 
 /// Bytes asked of the socket per read. Reads never grow the buffer by more than this,
 /// so memory follows the bytes that actually arrived, not the length a header claims.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Stored keys (namespace prefix included) longer than this are not prefetched: their
+/// lookup's time goes to comparing them, and the buffer of prefetched keys stays small.
+const PREFETCH_KEY_BYTES_MAX: usize = 256;
 
 /// What a front port is to a Hello: clients only, since it forwards their requests.
 const FRONT_PORT: Port<'static, Served> = Port {
@@ -140,6 +145,7 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream, front: bool, outbox: Rc<Out
         spare: Vec::new(),
         key_buffer: Vec::new(),
         proxies: std::cell::OnceCell::new(),
+        read_keys_ahead: ReadKeysAhead::default(),
     };
     let ended = connection.run().await;
     if let Err(Close::TimedOut) = ended {
@@ -189,6 +195,8 @@ struct Connection {
     /// Links to other nodes' shards, opened by the first request a front connection
     /// sends their way.
     proxies: std::cell::OnceCell<Proxies>,
+    /// The keys of a read's reads, for [`Connection::prefetch_reads`].
+    read_keys_ahead: ReadKeysAhead,
 }
 
 impl Connection {
@@ -323,6 +331,7 @@ impl Connection {
     /// memory before the first write.
     async fn answer_frames(&mut self, input: &mut FrameBuffer) -> Result<usize, Close> {
         self.check_grant()?;
+        self.prefetch_reads(input);
         // One clock read for the whole read: the store's time for its requests, and
         // the start of their duration.
         let received = Instant::now();
@@ -347,6 +356,17 @@ impl Connection {
         }
         self.shard.read_handled(answered, timed, received);
         Ok(answered)
+    }
+
+    /// Before a read's frames are answered one by one, starts loading the table entries
+    /// of the reads among them into the cache (`Shard::prefetch_keys`), so that a
+    /// pipelined batch waits on memory once rather than once per request.
+    fn prefetch_reads(&mut self, input: &FrameBuffer) {
+        let Some(session) = self.session.as_ref().filter(|session| session.served == Served::Client) else {
+            return;
+        };
+        self.read_keys_ahead.gather(&session.key_prefix, input);
+        self.shard.prefetch_keys(self.read_keys_ahead.keys());
     }
 
     async fn flush(&mut self) -> Result<(), Close> {
@@ -633,6 +653,47 @@ fn decode_request(payload: &[u8], key_buffer: &mut Vec<u8>) -> Result<Request, P
     }
 }
 
+/// The stored keys (namespace prefix, then key) of the reads a read's frames hold,
+/// gathered before the frames are answered so that their lookups can be prefetched
+/// together. Reused from read to read: at most `PREFETCH_KEYS_MAX` keys of
+/// `PREFETCH_KEY_BYTES_MAX` bytes each.
+#[derive(Default)]
+struct ReadKeysAhead {
+    /// The keys, one after another.
+    bytes: Vec<u8>,
+    /// Where each key ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl ReadKeysAhead {
+    /// Gathers the keys of the reads among the first `PREFETCH_KEYS_MAX` whole frames
+    /// `input` holds, under `prefix`; none when it holds a single frame, as a lone
+    /// lookup has nothing to overlap with.
+    fn gather(&mut self, prefix: &[u8], input: &FrameBuffer) {
+        self.bytes.clear();
+        self.ends.clear();
+        let mut frames = input.whole_frames_ahead();
+        let (Some(first), Some(second)) = (frames.next(), frames.next()) else {
+            return;
+        };
+        for payload in [first, second].into_iter().chain(frames).take(PREFETCH_KEYS_MAX) {
+            match ReadRequest::parse(payload) {
+                Some(read) if prefix.len() + read.key.len() <= PREFETCH_KEY_BYTES_MAX => {
+                    self.bytes.extend_from_slice(prefix);
+                    self.bytes.extend_from_slice(read.key);
+                    self.ends.push(self.bytes.len());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(start, &end)| &self.bytes[start..end])
+    }
+}
+
 /// The largest key buffer a connection keeps for its next request: a key with its
 /// namespace prefix, both at their limits.
 const KEY_BUFFER_BYTES_MAX: usize = KEY_BYTES_MAX + 1 + NAMESPACE_BYTES_MAX;
@@ -711,6 +772,69 @@ mod tests {
         };
         assert_eq!(key, b"\x02nskey");
         assert_eq!(key.as_ptr(), buffer, "neither decoding nor prefixing allocated");
+    }
+
+    /// A buffer holding the request frames of `commands`, as a client sends them.
+    fn buffer_of(commands: &[Command]) -> FrameBuffer {
+        let mut bytes = Vec::new();
+        for (request_id, command) in (1..).zip(commands) {
+            let request = Request {
+                op_id: request_id,
+                completed_below_op_id: 0,
+                command: command.clone(),
+            };
+            encode_message(FrameKind::Request, request_id, 1, &request, &mut bytes).unwrap();
+        }
+        let mut buffer = FrameBuffer::new(FrameBufferSizes::chunked(READ_CHUNK_BYTES));
+        buffer.read_buffer()[..bytes.len()].copy_from_slice(&bytes);
+        buffer.filled(bytes.len());
+        buffer
+    }
+
+    #[test]
+    fn the_keys_gathered_ahead_are_the_stored_keys_the_reads_will_look_up() {
+        let get = |key: &[u8]| Command::from(BytesCommand::Get { key: key.to_vec() });
+        let prefix = b"\x02ns";
+        let long_key = vec![b'k'; PREFETCH_KEY_BYTES_MAX];
+        let mut commands = vec![
+            get(b"first"),
+            Command::from(BytesCommand::Del {
+                key: b"not a read".to_vec(),
+            }),
+            Command::from(CounterCommand::Get {
+                key: b"counter".to_vec(),
+            }),
+            get(&long_key),
+            Command::from(AdminCommand::Ping),
+        ];
+        commands.extend((0..PREFETCH_KEYS_MAX).map(|n| get(format!("key:{n}").as_bytes())));
+        let input = buffer_of(&commands);
+        let mut ahead = ReadKeysAhead::default();
+        ahead.gather(prefix, &input);
+        // What the connection will look up for each read among the first frames: the
+        // key as `prefix_key` stores it. A key too long with its prefix is left out.
+        let expected: Vec<Vec<u8>> = commands[..PREFETCH_KEYS_MAX]
+            .iter()
+            .filter(|command| command.right() == Some(Right::Read))
+            .filter_map(|command| {
+                let Asked::Data(request) = (Request {
+                    op_id: 0,
+                    completed_below_op_id: 0,
+                    command: (*command).clone(),
+                })
+                .into_asked() else {
+                    return None;
+                };
+                let mut data = request.command;
+                prefix_key(&mut data, prefix);
+                Some(data.key().to_vec()).filter(|key| key.len() <= PREFETCH_KEY_BYTES_MAX)
+            })
+            .collect();
+        assert_eq!(expected.len(), PREFETCH_KEYS_MAX - 3, "the test's own count");
+        assert_eq!(ahead.keys().map(<[u8]>::to_vec).collect::<Vec<_>>(), expected);
+        // A read holding one frame gathers nothing.
+        ahead.gather(prefix, &buffer_of(&commands[..1]));
+        assert_eq!(ahead.keys().count(), 0);
     }
 
     #[test]

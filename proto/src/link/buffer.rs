@@ -116,6 +116,23 @@ impl FrameBuffer {
         }
     }
 
+    /// The payloads of the whole frames buffered after the ones handed out, without
+    /// handing them out: a look ahead, for work that can start before each frame's turn
+    /// (loading what they will read into the cache). Stops at the first frame that is
+    /// not whole or whose header is refused; [`FrameBuffer::next_frame`] reports that
+    /// when its turn comes.
+    pub fn whole_frames_ahead(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest = &self.buffer[self.start..self.end];
+        std::iter::from_fn(move || match split_frame(rest) {
+            Ok(Split::Frame { payload, .. }) => {
+                let frame = &rest[payload.clone()];
+                rest = &rest[payload.end..];
+                Some(frame)
+            }
+            _ => None,
+        })
+    }
+
     /// Where the next read goes: never empty, so a read of 0 bytes always means the end
     /// of the stream. Call [`FrameBuffer::filled`] with what the read took.
     pub fn read_buffer(&mut self) -> &mut [u8] {

@@ -214,6 +214,38 @@ fn a_chunked_buffer_grows_one_step_per_read_whatever_the_header_claims() {
 }
 
 #[test]
+fn the_look_ahead_sees_the_whole_frames_not_handed_out_and_changes_nothing() {
+    let mut bytes = Vec::new();
+    for request_id in 1..=3 {
+        bytes.extend(frame(FrameKind::Request, request_id, &ping()));
+    }
+    let whole = bytes.len();
+    // Half of a fourth frame: not whole, so not seen.
+    let fourth = frame(FrameKind::Request, 4, &ping());
+    bytes.extend_from_slice(&fourth[..fourth.len() / 2]);
+    let mut buffer = FrameBuffer::new(FrameBufferSizes::chunked(4096));
+    buffer.read_buffer()[..bytes.len()].copy_from_slice(&bytes);
+    buffer.filled(bytes.len());
+    let payloads = |buffer: &FrameBuffer| buffer.whole_frames_ahead().map(<[u8]>::to_vec).collect::<Vec<_>>();
+    let expected: Vec<Vec<u8>> = frames(&bytes[..whole])
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect();
+    assert_eq!(expected.len(), 3);
+    assert_eq!(payloads(&buffer), expected);
+    assert_eq!(payloads(&buffer), expected, "looking ahead hands nothing out");
+    let (header, payload) = buffer.next_frame().unwrap().unwrap();
+    assert_eq!((header.request_id, payload), (1, &expected[0][..]));
+    assert_eq!(payloads(&buffer), expected[1..]);
+    // A refused header ends the look ahead; next_frame reports it in its turn.
+    let mut garbage = FrameBuffer::new(FrameBufferSizes::chunked(4096));
+    garbage.read_buffer()[..FRAME_HEADER_BYTES].fill(0xff);
+    garbage.filled(FRAME_HEADER_BYTES);
+    assert_eq!(garbage.whole_frames_ahead().count(), 0);
+    assert!(garbage.next_frame().is_err());
+}
+
+#[test]
 fn an_answer_to_a_request_not_outstanding_is_a_protocol_error() {
     let mut link = ready_link();
     let asked = link.send(&ping(), 0, "asked").unwrap();

@@ -436,6 +436,13 @@ impl Shard {
             .publish_slots_owned(routing.slots_of(self.shard_id as u16));
     }
 
+    /// Starts loading the table entries of `stored_keys` (namespace prefix included)
+    /// into the cache, ahead of the requests that will look them up; keys another shard
+    /// owns only cost a wasted prefetch.
+    pub fn prefetch_keys<'k>(&self, stored_keys: impl Iterator<Item = &'k [u8]>) {
+        self.store.borrow().prefetch(stored_keys);
+    }
+
     /// Makes the shard's figures visible to INFO on any shard.
     pub fn publish_stats(&self) {
         let own = self.own_stats();

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Where each server's CPU goes per request, at CONNECTIONS connections: the TCP send
+# (`tcp_sendmsg` with everything it calls: on loopback that includes the receiving
+# socket's side of TCP and the wake-up of its reader), the TCP receive (`tcp_recvmsg`
+# and what it calls), the rest of the kernel (system calls, io_uring or epoll, the
+# scheduler) and user space. The first two are what any server pays for one read and
+# one write of the same segments; the last two are what a server can still cut.
+#
+# The TCP echo floor (`engram-bench echo-server`, pipeline 1 only), redis-server and
+# engramd --cores 1 each run on SERVER_CORE, engram-bench on LOAD_CORE with the same
+# GET load for each. While the load runs, `perf record -e cpu-clock -g -p PID` samples
+# the server for DURATION seconds, and its /proc stat and the clock are read around
+# the sampling; the load's own rate gives the requests in that window. A sample's
+# share of the server's CPU is taken as its share of the CPU per request.
+#
+# Usage: tools/cpu-breakdown.sh [PIPELINE]   (default 1; release binaries from
+#        target/release, or ENGRAM_BIN_DIR=DIR). Tunables as environment variables:
+#   DURATION=4 KEYS=10000 VALUE_BYTES=32 CONNECTIONS=50 SERVER_CORE=0 LOAD_CORE=1
+set -euo pipefail
+export LC_ALL=C
+
+repository_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin=${ENGRAM_BIN_DIR:-$repository_root/target/release}
+# shellcheck source=tools/common.sh
+source "$repository_root/tools/common.sh"
+case ${1:-} in -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+pipeline=${1:-1}
+duration=${DURATION:-4}
+keys=${KEYS:-10000}
+value_bytes=${VALUE_BYTES:-32}
+connections=${CONNECTIONS:-50}
+server_core=${SERVER_CORE:-0}
+load_core=${LOAD_CORE:-1}
+
+die() { echo "cpu-breakdown: $*" >&2; exit 1; }
+[[ $pipeline =~ ^[1-9][0-9]*$ ]] || die "PIPELINE must be a positive integer, not '$pipeline'"
+[[ $duration =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive whole number of seconds"
+command -v perf >/dev/null || apt-get install -y linux-perf >/dev/null 2>&1 || die "perf missing and apt-get install failed"
+command -v redis-server >/dev/null || apt-get install -y redis-server >/dev/null 2>&1 ||
+    die "redis-server missing and apt-get install failed"
+if [[ ! -x "$bin/engramd" || ! -x "$bin/engram-bench" ]]; then
+    [[ -z ${ENGRAM_BIN_DIR:-} ]] || die "engramd or engram-bench missing in ENGRAM_BIN_DIR=$ENGRAM_BIN_DIR"
+    (cd "$repository_root" && cargo build --release -p engram-server -p engram-tools --bins) >&2
+fi
+
+work=$(mktemp -d /tmp/engram-cpu-breakdown.XXXXXX)
+stop_started_on_exit
+ticks_per_second=$(getconf CLK_TCK)
+
+start_server() { # name -> sets server_pid and server_target
+    local log=$work/$1
+    case "$1" in
+        echo)
+            taskset -c "$server_core" "$bin/engram-bench" echo-server --listen 127.0.0.1:0 >"$log.out" 2>"$log.err" &
+            server_pid=$!
+            wait_for_line "$log.out" "listening on" 10
+            server_target=tcp-echo://$(awk '{ print $NF }' "$log.out")
+            ;;
+        redis)
+            local port
+            port=$(free_port)
+            taskset -c "$server_core" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+                --daemonize no --protected-mode no --logfile "$log.err" >"$log.out" 2>&1 &
+            server_pid=$!
+            for _ in $(seq 1 100); do
+                redis-cli -p "$port" ping >/dev/null 2>&1 && break
+                sleep 0.1
+            done
+            server_target=redis://127.0.0.1:$port
+            ;;
+        engram)
+            taskset -c "$server_core" "$bin/engramd" --cores 1 --port 0 >"$log.out" 2>"$log.err" &
+            server_pid=$!
+            wait_for_line "$log.out" "engramd ready" 20
+            server_target=engram://$(sed -n 's/.*front=\([^ ]*\).*/\1/p' "$log.out")
+            ;;
+    esac
+    pids+=("$server_pid")
+}
+
+load() { # target out [flags...]
+    local target=$1 out=$2
+    shift 2
+    taskset -c "$load_core" "$bin/engram-bench" --target "$target" --workload get --keys "$keys" \
+        --value-bytes "$value_bytes" "$@" >"$out" 2>&1
+}
+
+# CPU ticks (user, system) of a process: fields 14 and 15 of /proc/PID/stat, counted
+# after the parenthesised command name, which may hold spaces.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'; }
+
+# The percentage of samples in a kernel function and everything it called.
+inclusive_share() { # report symbol
+    awk -v symbol="$2" '$3 == "[k]" && $4 == symbol { sub("%", "", $1); print $1; found = 1; exit }
+                         END { if (!found) print 0 }' "$1"
+}
+
+servers=(redis engram)
+((pipeline > 1)) || servers=(echo "${servers[@]}")
+printf '%-7s %10s %10s | %9s %9s %9s %9s   (µs per request, pipeline %s, %s connections)\n' \
+    server requests/s CPU "TCP send" "TCP recv" "kernel" user "$pipeline" "$connections"
+for name in "${servers[@]}"; do
+    start_server "$name"
+    [[ $name == echo ]] || load "$server_target" "$work/$name-prefill.txt" --requests 1 --connections 1 --warmup 0 --prefill
+    load "$server_target" "$work/$name-load.txt" --connections "$connections" --pipeline "$pipeline" \
+        --duration $((duration + 3)) --warmup 1 &
+    load_pid=$!
+    sleep 2
+    read -r user_before system_before < <(cpu_ticks "$server_pid")
+    started=$(date +%s.%N)
+    perf record -q -e cpu-clock -g -p "$server_pid" -o "$work/$name.perf" -- sleep "$duration" 2>/dev/null
+    ended=$(date +%s.%N)
+    read -r user_after system_after < <(cpu_ticks "$server_pid")
+    wait "$load_pid" || { cat "$work/$name-load.txt" >&2; die "engram-bench failed against $name"; }
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    perf report -i "$work/$name.perf" --children --sort sym -g none --stdio 2>/dev/null >"$work/$name.report"
+    rate=$(sed -n 's/.*: \([0-9]*\) ops\/s.*/\1/p' "$work/$name-load.txt")
+    [[ $rate =~ ^[0-9]+$ ]] || die "no ops/s in $work/$name-load.txt"
+    # Self shares: the kernel's is the sum over [k] symbols, the rest is user space.
+    kernel=$(awk '$3 == "[k]" { sub("%", "", $2); total += $2 } END { print total + 0 }' "$work/$name.report")
+    send=$(inclusive_share "$work/$name.report" tcp_sendmsg)
+    receive=$(inclusive_share "$work/$name.report" tcp_recvmsg)
+    awk -v name="$name" -v rate="$rate" -v ticks=$((user_after - user_before + system_after - system_before)) \
+        -v hz="$ticks_per_second" -v seconds="$(echo "$ended - $started" | bc)" \
+        -v send="$send" -v receive="$receive" -v kernel="$kernel" 'BEGIN {
+            cpu = ticks / hz / (rate * seconds) * 1e6
+            printf "%-7s %10d %10.2f | %9.2f %9.2f %9.2f %9.2f\n", name, rate, cpu, cpu * send / 100,
+                cpu * receive / 100, cpu * (kernel - send - receive) / 100, cpu * (100 - kernel) / 100 }'
+done
+echo "cpu-breakdown: samples and reports in $work" >&2
