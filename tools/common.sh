@@ -81,3 +81,37 @@ stat_line() {
 utc_now() {
     date -u +%Y-%m-%dT%H:%M:%SZ
 }
+
+# forget_pid PID: takes a process that has been waited for off `pids`, so the exit
+# trap never signals an id the system may have given to another process since.
+forget_pid() {
+    local kept=() pid
+    for pid in "${pids[@]}"; do [[ $pid == "$1" ]] || kept+=("$pid"); done
+    pids=("${kept[@]}")
+}
+
+# stop_pid PID: stops a process this script started and appended to `pids`, waits for
+# it, and forgets it.
+stop_pid() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    forget_pid "$1"
+}
+
+# start_redis CORE LOG: starts a redis-server pinned to CORE on a free loopback port,
+# persistence off, its log in LOG.err; appends it to `pids` and sets redis_pid and
+# redis_port once it answers a PING. Fails, printing its log, if it does not within 10 s.
+start_redis() {
+    redis_port=$(free_port)
+    taskset -c "$1" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize no --protected-mode no --logfile "$2.err" >"$2.out" 2>&1 &
+    redis_pid=$!
+    pids+=("$redis_pid")
+    for _ in $(seq 1 100); do
+        redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    cat "$2.err" >&2
+    echo "$(basename "$0"): redis-server did not start (see $2.err)" >&2
+    return 1
+}

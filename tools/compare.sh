@@ -105,18 +105,9 @@ start_server() { # name kind [extra flags...]
             server_addresses[$name]=$(awk '{ print $NF }' "$log.out")
             ;;
         redis)
-            local port
-            port=$(free_port)
-            taskset -c "$server_core" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-                --daemonize no --protected-mode no --logfile "$log.err" >"$log.out" 2>&1 &
-            server_pids[$name]=$!
-            pids+=("$!")
-            for _ in $(seq 1 100); do
-                redis-cli -p "$port" ping >/dev/null 2>&1 && break
-                sleep 0.1
-            done
-            redis-cli -p "$port" ping >/dev/null 2>&1 || die "redis-server did not start (see $log.err)"
-            server_addresses[$name]=127.0.0.1:$port
+            start_redis "$server_core" "$log"
+            server_pids[$name]=$redis_pid
+            server_addresses[$name]=127.0.0.1:$redis_port
             ;;
         engram)
             taskset -c "$server_core" "$bin/engramd" --cores 1 --port 0 "$@" >"$log.out" 2>"$log.err" &
@@ -129,8 +120,7 @@ start_server() { # name kind [extra flags...]
 }
 
 stop_server() { # name
-    kill "${server_pids[$1]}" 2>/dev/null || true
-    wait "${server_pids[$1]}" 2>/dev/null || true
+    stop_pid "${server_pids[$1]}"
 }
 
 # The count of a `perf stat -x,` file: its raw_syscalls:sys_enter line's first field,

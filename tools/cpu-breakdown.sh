@@ -10,8 +10,12 @@
 # engramd --cores 1 each run on SERVER_CORE, engram-bench on LOAD_CORE with the same
 # GET load for each. While the load runs, `perf record -e cpu-clock -g -p PID` samples
 # the server for DURATION seconds, and its /proc stat and the clock are read around
-# the sampling; the load's own rate gives the requests in that window. A sample's
-# share of the server's CPU is taken as its share of the CPU per request.
+# the sampling. The requests in that window are estimated from the load's average
+# rate over its whole run, and a sample's share of the server's CPU is taken as its
+# share of the CPU per request. The sampling's own interrupts are charged to the
+# server's system time, so "kernel" holds a little of perf too: compare servers
+# measured alike, not these figures with unprofiled ones. Needs perf with kernel
+# samples and symbols (root, or perf_event_paranoid < 2 and kptr_restrict 0).
 #
 # Usage: tools/cpu-breakdown.sh [PIPELINE]   (default 1; release binaries from
 #        target/release, or ENGRAM_BIN_DIR=DIR). Tunables as environment variables:
@@ -23,7 +27,7 @@ repository_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${ENGRAM_BIN_DIR:-$repository_root/target/release}
 # shellcheck source=tools/common.sh
 source "$repository_root/tools/common.sh"
-case ${1:-} in -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case ${1:-} in -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 pipeline=${1:-1}
 duration=${DURATION:-4}
 keys=${KEYS:-10000}
@@ -53,29 +57,23 @@ start_server() { # name -> sets server_pid and server_target
         echo)
             taskset -c "$server_core" "$bin/engram-bench" echo-server --listen 127.0.0.1:0 >"$log.out" 2>"$log.err" &
             server_pid=$!
+            pids+=("$server_pid")
             wait_for_line "$log.out" "listening on" 10
             server_target=tcp-echo://$(awk '{ print $NF }' "$log.out")
             ;;
         redis)
-            local port
-            port=$(free_port)
-            taskset -c "$server_core" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-                --daemonize no --protected-mode no --logfile "$log.err" >"$log.out" 2>&1 &
-            server_pid=$!
-            for _ in $(seq 1 100); do
-                redis-cli -p "$port" ping >/dev/null 2>&1 && break
-                sleep 0.1
-            done
-            server_target=redis://127.0.0.1:$port
+            start_redis "$server_core" "$log"
+            server_pid=$redis_pid
+            server_target=redis://127.0.0.1:$redis_port
             ;;
         engram)
             taskset -c "$server_core" "$bin/engramd" --cores 1 --port 0 >"$log.out" 2>"$log.err" &
             server_pid=$!
+            pids+=("$server_pid")
             wait_for_line "$log.out" "engramd ready" 20
             server_target=engram://$(sed -n 's/.*front=\([^ ]*\).*/\1/p' "$log.out")
             ;;
     esac
-    pids+=("$server_pid")
 }
 
 load() { # target out [flags...]
@@ -105,16 +103,23 @@ for name in "${servers[@]}"; do
     load "$server_target" "$work/$name-load.txt" --connections "$connections" --pipeline "$pipeline" \
         --duration $((duration + 3)) --warmup 1 &
     load_pid=$!
+    pids+=("$load_pid")
     sleep 2
     read -r user_before system_before < <(cpu_ticks "$server_pid")
     started=$(date +%s.%N)
-    perf record -q -e cpu-clock -g -p "$server_pid" -o "$work/$name.perf" -- sleep "$duration" 2>/dev/null
+    perf record -q -e cpu-clock -g -p "$server_pid" -o "$work/$name.perf" -- sleep "$duration" 2>"$work/$name.perf.err" ||
+        die "perf record failed (see $work/$name.perf.err)"
     ended=$(date +%s.%N)
     read -r user_after system_after < <(cpu_ticks "$server_pid")
-    wait "$load_pid" || { cat "$work/$name-load.txt" >&2; die "engram-bench failed against $name"; }
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    perf report -i "$work/$name.perf" --children --sort sym -g none --stdio 2>/dev/null >"$work/$name.report"
+    load_status=0
+    wait "$load_pid" || load_status=$?
+    forget_pid "$load_pid"
+    ((load_status == 0)) || { cat "$work/$name-load.txt" >&2; die "engram-bench failed against $name"; }
+    stop_pid "$server_pid"
+    perf report -i "$work/$name.perf" --children --sort sym -g none --stdio >"$work/$name.report" 2>"$work/$name.report.err" ||
+        die "perf report failed (see $work/$name.report.err)"
+    grep -q '\[k\] tcp_sendmsg$' "$work/$name.report" ||
+        die "no kernel samples of tcp_sendmsg in $work/$name.report: perf needs kernel samples and symbols here"
     rate=$(sed -n 's/.*: \([0-9]*\) ops\/s.*/\1/p' "$work/$name-load.txt")
     [[ $rate =~ ^[0-9]+$ ]] || die "no ops/s in $work/$name-load.txt"
     # Self shares: the kernel's is the sum over [k] symbols, the rest is user space.
@@ -122,9 +127,9 @@ for name in "${servers[@]}"; do
     send=$(inclusive_share "$work/$name.report" tcp_sendmsg)
     receive=$(inclusive_share "$work/$name.report" tcp_recvmsg)
     awk -v name="$name" -v rate="$rate" -v ticks=$((user_after - user_before + system_after - system_before)) \
-        -v hz="$ticks_per_second" -v seconds="$(echo "$ended - $started" | bc)" \
+        -v hz="$ticks_per_second" -v started="$started" -v ended="$ended" \
         -v send="$send" -v receive="$receive" -v kernel="$kernel" 'BEGIN {
-            cpu = ticks / hz / (rate * seconds) * 1e6
+            cpu = ticks / hz / (rate * (ended - started)) * 1e6
             printf "%-7s %10d %10.2f | %9.2f %9.2f %9.2f %9.2f\n", name, rate, cpu, cpu * send / 100,
                 cpu * receive / 100, cpu * (kernel - send - receive) / 100, cpu * (100 - kernel) / 100 }'
 done

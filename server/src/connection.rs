@@ -195,7 +195,8 @@ struct Connection {
     /// Links to other nodes' shards, opened by the first request a front connection
     /// sends their way.
     proxies: std::cell::OnceCell<Proxies>,
-    /// The keys of a read's reads, for [`Connection::prefetch_reads`].
+    /// The stored keys of the `Get`s in the frames of one socket read, for
+    /// [`Connection::prefetch_reads`].
     read_keys_ahead: ReadKeysAhead,
 }
 
@@ -362,6 +363,11 @@ impl Connection {
     /// of the reads among them into the cache (`Shard::prefetch_keys`), so that a
     /// pipelined batch waits on memory once rather than once per request.
     fn prefetch_reads(&mut self, input: &FrameBuffer) {
+        // Where the table's prefetch is a no-op, gathering the keys is pure cost.
+        if !cfg!(target_arch = "x86_64") {
+            return;
+        }
+        // A peer's frames are migration and replication traffic, not client reads.
         let Some(session) = self.session.as_ref().filter(|session| session.served == Served::Client) else {
             return;
         };
@@ -795,7 +801,9 @@ mod tests {
     fn the_keys_gathered_ahead_are_the_stored_keys_the_reads_will_look_up() {
         let get = |key: &[u8]| Command::from(BytesCommand::Get { key: key.to_vec() });
         let prefix = b"\x02ns";
-        let long_key = vec![b'k'; PREFETCH_KEY_BYTES_MAX];
+        // With the prefix, the longest key prefetched and the shortest left out.
+        let longest = vec![b'k'; PREFETCH_KEY_BYTES_MAX - prefix.len()];
+        let too_long = vec![b'k'; PREFETCH_KEY_BYTES_MAX - prefix.len() + 1];
         let mut commands = vec![
             get(b"first"),
             Command::from(BytesCommand::Del {
@@ -804,7 +812,8 @@ mod tests {
             Command::from(CounterCommand::Get {
                 key: b"counter".to_vec(),
             }),
-            get(&long_key),
+            get(&longest),
+            get(&too_long),
             Command::from(AdminCommand::Ping),
         ];
         commands.extend((0..PREFETCH_KEYS_MAX).map(|n| get(format!("key:{n}").as_bytes())));
@@ -831,6 +840,7 @@ mod tests {
             })
             .collect();
         assert_eq!(expected.len(), PREFETCH_KEYS_MAX - 3, "the test's own count");
+        assert!(expected.iter().any(|key| key.len() == PREFETCH_KEY_BYTES_MAX));
         assert_eq!(ahead.keys().map(<[u8]>::to_vec).collect::<Vec<_>>(), expected);
         // A read holding one frame gathers nothing.
         ahead.gather(prefix, &buffer_of(&commands[..1]));

@@ -44,10 +44,10 @@ mod replica;
 mod scan;
 mod semaphore;
 mod table;
-
-pub(crate) use table::PREFETCH_KEYS_MAX;
 mod validation;
 mod waiting;
+
+pub(crate) use table::PREFETCH_KEYS_MAX;
 
 use std::collections::BTreeSet;
 
@@ -598,14 +598,14 @@ impl Store {
         }
     }
 
-    /// Where `key`'s entry sits, unless it is absent or expired (an expired one is
-    /// removed). One hash lookup; the position stays valid until a key is added or removed.
     /// Starts loading the entries of `stored_keys` into the cache: see
     /// [`KeyTable::prefetch`].
     pub(crate) fn prefetch<'k>(&self, stored_keys: impl Iterator<Item = &'k [u8]>) {
         self.entries.prefetch(stored_keys);
     }
 
+    /// Where `key`'s entry sits, unless it is absent or expired (an expired one is
+    /// removed). One hash lookup; the position stays valid until a key is added or removed.
     pub(crate) fn live_position(&mut self, key: &[u8], now_ms: u64) -> Option<Position> {
         let position = self.entries.find(key)?;
         if self.entries.at(position)?.is_expired(now_ms) {

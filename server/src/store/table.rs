@@ -36,15 +36,17 @@ pub(crate) struct ObjectEntry {
 }
 
 impl KeyEntry {
-    /// Prefetches what a lookup and a read of this entry touch: a compact entry's
-    /// header, key and the start of its value (two cache lines when it is longer than
-    /// one), an object entry's box.
+    /// Prefetches what a lookup and a read of a compact entry touch: its header, key
+    /// and value, up to the second cache line it reaches (most bytes values and
+    /// counters fit). Of an object entry only the box: its key, which the lookup
+    /// compares, is an allocation of its own, and objects are rare on the read path.
     fn prefetch_allocation(&self) {
         match self {
             KeyEntry::Compact(compact) => {
-                prefetch(compact.0.as_ptr());
-                if compact.0.len() > CACHE_LINE_BYTES {
-                    prefetch(compact.0.as_ptr().wrapping_add(CACHE_LINE_BYTES));
+                let start = compact.0.as_ptr();
+                prefetch(start);
+                if start as usize % CACHE_LINE_BYTES + compact.0.len() > CACHE_LINE_BYTES {
+                    prefetch(start.wrapping_add(CACHE_LINE_BYTES));
                 }
             }
             KeyEntry::Object(object) => prefetch(std::ptr::from_ref(object.as_ref()).cast()),
@@ -592,7 +594,7 @@ impl KeyTable {
     /// byte per bucket, which stay cached) and prefetches the bucket; a second reads the
     /// buckets, on their way by then, and prefetches the entries. A hint only: nothing
     /// here changes what a lookup finds, and a wrong guess (an absent key, a tag shared
-    /// with another key) costs a wasted prefetch.
+    /// with another key) costs its hash, its probe and a wasted prefetch.
     pub(crate) fn prefetch<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
         let mut buckets = [0; PREFETCH_KEYS_MAX];
         let mut guessed = 0;
@@ -614,8 +616,8 @@ impl KeyTable {
     }
 
     /// The first bucket whose tag (seven bits of the hash) matches the key's: the key's
-    /// own but for a tag collision (one in 128 per full bucket of its group), found
-    /// from the control bytes without reading any bucket.
+    /// own but for a tag collision (one in 128 per full bucket probed before its own),
+    /// found from the control bytes without reading any bucket.
     fn likely_bucket(&self, key: &[u8]) -> Option<usize> {
         self.entries.find_bucket_index(self.hasher.hash_one(key), |_| true)
     }
@@ -765,7 +767,7 @@ mod tests {
     }
 
     #[test]
-    fn the_prefetch_guess_is_the_key_s_own_bucket_and_lookups_do_not_change() {
+    fn the_prefetch_guess_is_the_key_s_own_bucket_and_a_long_batch_stops_at_the_bound() {
         let mut table = KeyTable::new(7);
         let key = |n: u32| format!("\0key:{n}").into_bytes();
         table.prefetch([&key(1)[..]].into_iter());
@@ -790,13 +792,10 @@ mod tests {
             guessed_right >= 9_500,
             "only {guessed_right} of 10,000 guesses were the key's bucket"
         );
-        let found_before: Vec<_> = (0..10_050).map(|n| table.find(&key(n))).collect();
-        // More keys than one prefetch takes, absent ones and an object among them.
-        let keys: Vec<Vec<u8>> = (9_990..10_050).map(key).chain([b"lock".to_vec()]).collect();
+        // More present keys than one prefetch takes (it must stop at its bound rather
+        // than index past it), absent ones and an object among them.
+        let keys: Vec<Vec<u8>> = (9_970..10_050).map(key).chain([b"lock".to_vec()]).collect();
         table.prefetch(keys.iter().map(Vec::as_slice));
-        let found_after: Vec<_> = (0..10_050).map(|n| table.find(&key(n))).collect();
-        assert_eq!(found_before, found_after);
-        assert!(table.find(b"lock").is_some());
     }
 
     #[test]
