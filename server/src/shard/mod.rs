@@ -437,8 +437,8 @@ impl Shard {
     }
 
     /// Starts loading the table entries of `stored_keys` (namespace prefix included)
-    /// into the cache, ahead of the requests that will look them up; keys another shard
-    /// owns only cost a wasted prefetch.
+    /// into the cache, ahead of the requests that will look them up; a key another shard
+    /// owns costs its hash, a probe of this shard's table and a wasted prefetch.
     pub fn prefetch_keys<'k>(&self, stored_keys: impl Iterator<Item = &'k [u8]>) {
         self.store.borrow().prefetch(stored_keys);
     }
