@@ -115,3 +115,39 @@ start_redis() {
     echo "$(basename "$0"): redis-server did not start (see $2.err)" >&2
     return 1
 }
+
+# start_benchmarked_server KIND CORE LOG [flags...]: starts one of the servers the
+# comparisons measure, pinned to CORE, with its output in LOG.out and LOG.err: `echo`
+# (engram-bench's TCP echo server), `redis` (start_redis; it takes no flags) or
+# `engram` (engramd --cores 1). The binaries come from the caller's `bin`. Appends
+# the server to `pids` and sets started_pid, and started_address (HOST:PORT) once
+# it serves.
+start_benchmarked_server() {
+    local kind=$1 core=$2 log=$3
+    shift 3
+    case "$kind" in
+        echo)
+            taskset -c "$core" "$bin/engram-bench" echo-server --listen 127.0.0.1:0 "$@" >"$log.out" 2>"$log.err" &
+            started_pid=$!
+            pids+=("$started_pid")
+            wait_for_line "$log.out" "listening on" 10
+            started_address=$(awk '{ print $NF }' "$log.out")
+            ;;
+        redis)
+            start_redis "$core" "$log"
+            started_pid=$redis_pid
+            started_address=127.0.0.1:$redis_port
+            ;;
+        engram)
+            taskset -c "$core" "$bin/engramd" --cores 1 --port 0 "$@" >"$log.out" 2>"$log.err" &
+            started_pid=$!
+            pids+=("$started_pid")
+            wait_for_line "$log.out" "engramd ready" 20
+            started_address=$(sed -n 's/.*front=\([^ ]*\).*/\1/p' "$log.out")
+            ;;
+        *)
+            echo "$(basename "$0"): no server kind '$kind'" >&2
+            return 1
+            ;;
+    esac
+}

@@ -95,28 +95,9 @@ declare -A server_pids server_addresses
 start_server() { # name kind [extra flags...]
     local name=$1 kind=$2
     shift 2
-    local log="$work/server-$name"
-    case "$kind" in
-        echo)
-            taskset -c "$server_core" "$bin/engram-bench" echo-server --listen 127.0.0.1:0 "$@" >"$log.out" 2>"$log.err" &
-            server_pids[$name]=$!
-            pids+=("$!")
-            wait_for_line "$log.out" "listening on" 10
-            server_addresses[$name]=$(awk '{ print $NF }' "$log.out")
-            ;;
-        redis)
-            start_redis "$server_core" "$log"
-            server_pids[$name]=$redis_pid
-            server_addresses[$name]=127.0.0.1:$redis_port
-            ;;
-        engram)
-            taskset -c "$server_core" "$bin/engramd" --cores 1 --port 0 "$@" >"$log.out" 2>"$log.err" &
-            server_pids[$name]=$!
-            pids+=("$!")
-            wait_for_line "$log.out" "engramd ready" 20
-            server_addresses[$name]=$(sed -n 's/.*front=\([^ ]*\).*/\1/p' "$log.out")
-            ;;
-    esac
+    start_benchmarked_server "$kind" "$server_core" "$work/server-$name" "$@"
+    server_pids[$name]=$started_pid
+    server_addresses[$name]=$started_address
 }
 
 stop_server() { # name

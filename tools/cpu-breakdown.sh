@@ -52,27 +52,11 @@ stop_started_on_exit
 ticks_per_second=$(getconf CLK_TCK)
 
 start_server() { # name -> sets server_pid and server_target
-    local log=$work/$1
+    start_benchmarked_server "$1" "$server_core" "$work/$1"
+    server_pid=$started_pid
     case "$1" in
-        echo)
-            taskset -c "$server_core" "$bin/engram-bench" echo-server --listen 127.0.0.1:0 >"$log.out" 2>"$log.err" &
-            server_pid=$!
-            pids+=("$server_pid")
-            wait_for_line "$log.out" "listening on" 10
-            server_target=tcp-echo://$(awk '{ print $NF }' "$log.out")
-            ;;
-        redis)
-            start_redis "$server_core" "$log"
-            server_pid=$redis_pid
-            server_target=redis://127.0.0.1:$redis_port
-            ;;
-        engram)
-            taskset -c "$server_core" "$bin/engramd" --cores 1 --port 0 >"$log.out" 2>"$log.err" &
-            server_pid=$!
-            pids+=("$server_pid")
-            wait_for_line "$log.out" "engramd ready" 20
-            server_target=engram://$(sed -n 's/.*front=\([^ ]*\).*/\1/p' "$log.out")
-            ;;
+        echo) server_target=tcp-echo://$started_address ;;
+        *) server_target=$1://$started_address ;;
     esac
 }
 
