@@ -15,7 +15,8 @@ use std::time::Duration;
 use crate::refusal::Refused;
 use engram_metrics_http::{Access, Responder};
 use engram_proto::{Command, ErrorCode, Response};
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::local::LocalHistogram;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::error::ServerError;
 use crate::store::WaiterId;
@@ -331,7 +332,7 @@ impl NodeMetrics {
             connections_refused: self.connections_refused.clone(),
             operations_family: self.operations.clone(),
             operations,
-            request_duration: self.request_duration.with_label_values(&[shard_id.to_string()]),
+            request_duration: self.request_duration.with_label_values(&[shard_id.to_string()]).local(),
             parked: RefCell::default(),
         }
     }
@@ -394,7 +395,7 @@ pub struct ShardMetrics {
     operations_family: IntCounterVec,
     /// `[object][result]`, flattened; a child is resolved on its first use.
     operations: Box<[OnceCell<IntCounter>]>,
-    request_duration: Histogram,
+    request_duration: LocalHistogram,
     /// The object kind of each parked request, for counting its answer when it comes.
     parked: RefCell<foldhash::HashMap<WaiterId, ObjectKind>>,
 }
@@ -425,9 +426,12 @@ impl ShardMetrics {
     /// batch.
     pub fn answered_within(&self, count: usize, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
+        // Observed locally and flushed once: four atomic updates for the read instead
+        // of four per request, and the figures still current when the read is done.
         for _ in 0..count {
             self.request_duration.observe(seconds);
         }
+        self.request_duration.flush();
     }
 
     /// A request parked; its answer is counted by [`ShardMetrics::completed`]. Its wait
