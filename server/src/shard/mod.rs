@@ -392,6 +392,9 @@ impl Shard {
         self.check_map_fresh()?;
         let routing = self.routing();
         self.check_not_deposed(routing.epoch())?;
+        if routing.is_owned_by(slot, self.shard_id as u16) && !self.is_frozen(slot) {
+            return Ok(self.shard_id);
+        }
         match routing.owner(slot) {
             Owner::Remote(index) => Err(self.error(
                 ErrorCode::Moved,
@@ -421,6 +424,9 @@ impl Shard {
     /// everywhere.
     pub fn admit_front(&self, slot: u32) -> Result<Target, Response> {
         let routing = self.routing();
+        if routing.is_owned_by(slot, self.shard_id as u16) {
+            return self.admit(slot).map(Target::Local);
+        }
         match routing.owner(slot) {
             Owner::Remote(index) => {
                 self.check_map_fresh()?;
