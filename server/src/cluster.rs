@@ -127,10 +127,10 @@ pub struct Routing {
     owner_index: Vec<u32>,
     /// Per shard of the map: its local shard id when it is one of ours.
     local_ids: Vec<Option<u16>>,
-    /// Per local shard id: the slots it owns. Admission asks this first: a shard reads
-    /// only its own 2 KiB, which stays in the cache, where `owner_index` (64 KiB, read
-    /// at a random slot per request) cost a cache miss per request under load.
-    local_slots: Vec<SlotSet>,
+    /// With [`Routing::for_shard`], that shard's id and the slots it owns: 2 KiB, which
+    /// stays in the cache, where `owner_index` (64 KiB, read at a random slot per
+    /// request) cost a cache miss per request under load.
+    own_slots: Option<(u16, SlotSet)>,
 }
 
 /// One bit per slot.
@@ -142,13 +142,13 @@ impl SlotSet {
     }
 
     fn insert(&mut self, slot: u32) {
-        self.0[slot as usize / 64] |= 1 << (slot % 64);
+        self.0[slot as usize / 64] |= 1u64 << (slot % 64);
     }
 
     fn contains(&self, slot: u32) -> bool {
         self.0
             .get(slot as usize / 64)
-            .is_some_and(|word| word & (1 << (slot % 64)) != 0)
+            .is_some_and(|word| word & (1u64 << (slot % 64)) != 0)
     }
 }
 
@@ -160,33 +160,35 @@ impl Routing {
             .iter()
             .map(|shard| (shard.node_id == node_id).then_some(shard.shard_id))
             .collect();
-        let mut routing = Routing {
+        Routing {
             map,
             owner_index,
             local_ids,
-            local_slots: Vec::new(),
-        };
-        routing.local_slots = routing.sets_of_local_slots();
+            own_slots: None,
+        }
+    }
+
+    /// The routing local shard `shard_id` serves with: [`Routing::owner_seen_by`] finds
+    /// its own slots without the table.
+    pub fn for_shard(map: Arc<SlotMap>, node_id: u64, shard_id: u16) -> Routing {
+        let mut routing = Routing::new(map, node_id);
+        let mut owned = SlotSet::empty();
+        for slot in 0..SLOT_COUNT {
+            if routing.owner(slot) == Owner::Local(shard_id) {
+                owned.insert(slot);
+            }
+        }
+        routing.own_slots = Some((shard_id, owned));
         routing
     }
 
-    fn sets_of_local_slots(&self) -> Vec<SlotSet> {
-        let local_shards = self.local_ids.iter().flatten().map(|&id| usize::from(id) + 1).max();
-        let mut sets: Vec<SlotSet> = (0..local_shards.unwrap_or(0)).map(|_| SlotSet::empty()).collect();
-        for slot in 0..SLOT_COUNT {
-            if let Owner::Local(shard_id) = self.owner(slot) {
-                sets[usize::from(shard_id)].insert(slot);
-            }
+    /// [`Routing::owner`], asked by local shard `shard_id`: when this is that shard's
+    /// routing, its own slots are found in its set, and only other slots in the table.
+    pub fn owner_seen_by(&self, slot: u32, shard_id: u16) -> Owner {
+        match &self.own_slots {
+            Some((own, owned)) if *own == shard_id && owned.contains(slot) => Owner::Local(shard_id),
+            _ => self.owner(slot),
         }
-        sets
-    }
-
-    /// Whether local shard `shard_id` owns `slot`: `owner(slot) == Owner::Local(shard_id)`,
-    /// from a table small enough to stay in the cache.
-    pub fn is_owned_by(&self, slot: u32, shard_id: u16) -> bool {
-        self.local_slots
-            .get(usize::from(shard_id))
-            .is_some_and(|set| set.contains(slot))
     }
 
     pub fn epoch(&self) -> u64 {
@@ -299,26 +301,31 @@ mod tests {
     }
 
     #[test]
-    fn the_sets_of_local_slots_agree_with_the_owner_table() {
+    fn a_shard_sees_the_owners_the_table_gives() {
         let mut with_lost = map(3);
         with_lost.ranges[1].shard_index = LOST_SHARD_INDEX;
         for (map, node_id) in [(map(3), 1), (map(3), 2), (map(3), 9), (with_lost, 1)] {
-            let routing = Routing::new(Arc::new(map), node_id);
-            for slot in 0..SLOT_COUNT {
-                for shard_id in 0..3 {
-                    let owned = routing.owner(slot) == Owner::Local(shard_id);
-                    assert_eq!(
-                        routing.is_owned_by(slot, shard_id),
-                        owned,
-                        "slot {slot}, shard {shard_id}"
-                    );
+            let map = Arc::new(map);
+            let table = Routing::new(map.clone(), node_id);
+            for routed_for in 0..3 {
+                let routing = Routing::for_shard(map.clone(), node_id, routed_for);
+                for slot in 0..SLOT_COUNT + 2 {
+                    for asking in 0..3 {
+                        assert_eq!(
+                            routing.owner_seen_by(slot, asking),
+                            table.owner(slot),
+                            "node {node_id}, slot {slot}, shard {asking} asking the routing of shard {routed_for}"
+                        );
+                    }
                 }
             }
-            assert!(!routing.is_owned_by(SLOT_COUNT, 0), "past the last slot");
         }
-        let routing = Routing::new(Arc::new(map(3)), 1);
-        assert!(routing.is_owned_by(5_000, 0) && routing.is_owned_by(5_001, 1));
-        assert!(!routing.is_owned_by(10_001, 0) && !routing.is_owned_by(10_001, 1));
+        // The set holds exactly the shard's own slots.
+        let routing = Routing::for_shard(Arc::new(map(3)), 1, 1);
+        let (_, owned) = routing.own_slots.as_ref().expect("built for a shard");
+        assert!(!owned.contains(5_000) && owned.contains(5_001) && owned.contains(10_000));
+        assert!(!owned.contains(10_001) && !owned.contains(SLOT_COUNT));
+        assert_eq!((0..SLOT_COUNT).filter(|&slot| owned.contains(slot)).count(), 5_000);
     }
 
     #[test]

@@ -533,6 +533,8 @@ mod tests {
         });
         shard.answered(ObjectKind::of(&add), &Response::Counter { value: 1 });
         shard.answered_within(1, Duration::from_micros(3));
+        // A read of three requests: each is observed, and the read's flush publishes them.
+        shard.answered_within(3, Duration::from_micros(20));
         shard.answered(
             ObjectKind::of(&add),
             &Response::Error(ErrorReply {
@@ -563,7 +565,10 @@ mod tests {
             "engram_operations_total{object=\"counter\",result=\"Overflow\",shard=\"3\"} 1\n",
             "engram_operations_total{object=\"barrier\",result=\"ok\",shard=\"3\"} 1\n",
             "engram_operations_total{object=\"lock\",result=\"ok\",shard=\"3\"} 0\n",
-            "engram_request_duration_seconds_count{shard=\"3\"} 1\n",
+            "engram_request_duration_seconds_count{shard=\"3\"} 4\n",
+            "engram_request_duration_seconds_bucket{shard=\"3\",le=\"0.000005\"} 1\n",
+            "engram_request_duration_seconds_bucket{shard=\"3\",le=\"0.00001\"} 1\n",
+            "engram_request_duration_seconds_bucket{shard=\"3\",le=\"0.000025\"} 4\n",
             "engram_migrations_total{direction=\"in\",result=\"aborted\"} 0\n",
             "engram_build_info{version=\"",
         ] {

@@ -153,7 +153,7 @@ pub enum Submitted {
 impl Shard {
     /// A shard that routes with the node's current map, its figures published.
     pub fn new(setup: ShardSetup, peers: MeshSenders<Forwarded>) -> Shard {
-        let routing = Routing::new(setup.node_map.current(), setup.node.node_id);
+        let routing = Routing::for_shard(setup.node_map.current(), setup.node.node_id, setup.shard_id as u16);
         let mut store = Store::new(setup.memory_limit_bytes, setup.hash_seed);
         store.raise_version_floor(setup.version_floor.max(routing.map.version_floor));
         let metrics = setup.node.metrics.shard(setup.shard_id);
@@ -359,7 +359,11 @@ impl Shard {
         if current.epoch() == self.node_map.epoch() {
             return current;
         }
-        let routing = Rc::new(Routing::new(self.node_map.current(), self.node.node_id));
+        let routing = Rc::new(Routing::for_shard(
+            self.node_map.current(),
+            self.node.node_id,
+            self.shard_id as u16,
+        ));
         *self.routing.borrow_mut() = routing.clone();
         self.on_new_map(&current, &routing);
         routing
@@ -392,10 +396,7 @@ impl Shard {
         self.check_map_fresh()?;
         let routing = self.routing();
         self.check_not_deposed(routing.epoch())?;
-        if routing.is_owned_by(slot, self.shard_id as u16) && !self.is_frozen(slot) {
-            return Ok(self.shard_id);
-        }
-        match routing.owner(slot) {
+        match routing.owner_seen_by(slot, self.shard_id as u16) {
             Owner::Remote(index) => Err(self.error(
                 ErrorCode::Moved,
                 format!(
@@ -424,10 +425,7 @@ impl Shard {
     /// everywhere.
     pub fn admit_front(&self, slot: u32) -> Result<Target, Response> {
         let routing = self.routing();
-        if routing.is_owned_by(slot, self.shard_id as u16) {
-            return self.admit(slot).map(Target::Local);
-        }
-        match routing.owner(slot) {
+        match routing.owner_seen_by(slot, self.shard_id as u16) {
             Owner::Remote(index) => {
                 self.check_map_fresh()?;
                 Ok(Target::Remote { routing, index })
