@@ -56,22 +56,18 @@ for build in a b; do
         >"$work/$build-prefill.txt" 2>&1 || { cat "$work/$build-prefill.txt" >&2; die "prefill failed"; }
 done
 
-# CPU ticks (user + system) of a process: fields 14 and 15 of /proc/PID/stat, counted
-# after the parenthesised command name, which may hold spaces.
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
-
 run() { # build -> prints "requests/s cpu_us_per_request"
-    local build=$1 bin=$dir_a before after rate
+    local build=$1 bin=$dir_a user_before system_before user_after system_after rate
     [[ $build == a ]] || bin=$dir_b
-    before=$(cpu_ticks "${server_pid[$build]}")
+    read -r user_before system_before < <(cpu_ticks "${server_pid[$build]}")
     taskset -c "$load_core" "$bin/engram-bench" --target "engram://${address[$build]}" --workload get \
         --keys "$keys" --value-bytes "$value_bytes" --connections "$connections" --pipeline "$pipeline" \
         --duration "$duration" --warmup 0 >"$work/$build-load.txt" 2>&1 ||
         { cat "$work/$build-load.txt" >&2; die "engram-bench failed against build $build"; }
-    after=$(cpu_ticks "${server_pid[$build]}")
+    read -r user_after system_after < <(cpu_ticks "${server_pid[$build]}")
     rate=$(sed -n 's/.*: \([0-9]*\) ops\/s.*/\1/p' "$work/$build-load.txt" | head -1)
     [[ $rate =~ ^[1-9][0-9]*$ ]] || die "no ops/s in $work/$build-load.txt"
-    awk -v ticks=$((after - before)) -v hz="$ticks_per_second" -v rate="$rate" -v seconds="$duration" \
+    awk -v ticks=$((user_after - user_before + system_after - system_before)) -v hz="$ticks_per_second" -v rate="$rate" -v seconds="$duration" \
         'BEGIN { printf "%d %.3f\n", rate, ticks / hz / (rate * seconds) * 1e6 }'
 }
 

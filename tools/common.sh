@@ -77,6 +77,12 @@ stat_line() {
     cat "/proc/$1/stat"
 }
 
+# cpu_ticks PID: prints the user and system CPU ticks of a process, fields 14 and 15 of
+# /proc/PID/stat, counted after the parenthesised command name, which may hold spaces.
+cpu_ticks() {
+    sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'
+}
+
 # utc_now: the time in UTC, 2026-11-28T00:18:00Z.
 utc_now() {
     date -u +%Y-%m-%dT%H:%M:%SZ

@@ -67,10 +67,6 @@ load() { # target out [flags...]
         --value-bytes "$value_bytes" "$@" >"$out" 2>&1
 }
 
-# CPU ticks (user, system) of a process: fields 14 and 15 of /proc/PID/stat, counted
-# after the parenthesised command name, which may hold spaces.
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'; }
-
 # The percentage of samples in a kernel function and everything it called.
 inclusive_share() { # report symbol
     awk -v symbol="$2" '$3 == "[k]" && $4 == symbol { sub("%", "", $1); print $1; found = 1; exit }
