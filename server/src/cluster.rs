@@ -168,8 +168,8 @@ impl Routing {
         }
     }
 
-    /// The routing local shard `shard_id` serves with: [`Routing::owner_seen_by`] finds
-    /// its own slots without the table.
+    /// The routing local shard `shard_id` serves with: [`Routing::owner`] finds that
+    /// shard's own slots without the table.
     pub fn for_shard(map: Arc<SlotMap>, node_id: u64, shard_id: u16) -> Routing {
         let mut routing = Routing::new(map, node_id);
         let mut owned = SlotSet::empty();
@@ -180,15 +180,6 @@ impl Routing {
         }
         routing.own_slots = Some((shard_id, owned));
         routing
-    }
-
-    /// [`Routing::owner`], asked by local shard `shard_id`: when this is that shard's
-    /// routing, its own slots are found in its set, and only other slots in the table.
-    pub fn owner_seen_by(&self, slot: u32, shard_id: u16) -> Owner {
-        match &self.own_slots {
-            Some((own, owned)) if *own == shard_id && owned.contains(slot) => Owner::Local(shard_id),
-            _ => self.owner(slot),
-        }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -204,6 +195,11 @@ impl Routing {
     }
 
     pub fn owner(&self, slot: u32) -> Owner {
+        if let Some((own, owned)) = &self.own_slots {
+            if owned.contains(slot) {
+                return Owner::Local(*own);
+            }
+        }
         let index = self.owner_index.get(slot as usize).copied().unwrap_or(0);
         if index == LOST_SHARD_INDEX {
             return Owner::Lost;
@@ -307,16 +303,14 @@ mod tests {
         for (map, node_id) in [(map(3), 1), (map(3), 2), (map(3), 9), (with_lost, 1)] {
             let map = Arc::new(map);
             let table = Routing::new(map.clone(), node_id);
-            for routed_for in 0..3 {
-                let routing = Routing::for_shard(map.clone(), node_id, routed_for);
+            for shard_id in 0..3 {
+                let routing = Routing::for_shard(map.clone(), node_id, shard_id);
                 for slot in 0..SLOT_COUNT + 2 {
-                    for asking in 0..3 {
-                        assert_eq!(
-                            routing.owner_seen_by(slot, asking),
-                            table.owner(slot),
-                            "node {node_id}, slot {slot}, shard {asking} asking the routing of shard {routed_for}"
-                        );
-                    }
+                    assert_eq!(
+                        routing.owner(slot),
+                        table.owner(slot),
+                        "node {node_id}, slot {slot}, the routing of shard {shard_id}"
+                    );
                 }
             }
         }

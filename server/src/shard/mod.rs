@@ -396,7 +396,7 @@ impl Shard {
         self.check_map_fresh()?;
         let routing = self.routing();
         self.check_not_deposed(routing.epoch())?;
-        match routing.owner_seen_by(slot, self.shard_id as u16) {
+        match routing.owner(slot) {
             Owner::Remote(index) => Err(self.error(
                 ErrorCode::Moved,
                 format!(
@@ -425,7 +425,7 @@ impl Shard {
     /// everywhere.
     pub fn admit_front(&self, slot: u32) -> Result<Target, Response> {
         let routing = self.routing();
-        match routing.owner_seen_by(slot, self.shard_id as u16) {
+        match routing.owner(slot) {
             Owner::Remote(index) => {
                 self.check_map_fresh()?;
                 Ok(Target::Remote { routing, index })
