@@ -9,8 +9,8 @@
 # CONNECTIONS connections with the given pipeline for DURATION seconds. The order
 # alternates per pair, so drift within a pair is charged to each build alike. A run's
 # CPU per request is its server's user and system ticks (/proc) over the requests it
-# answered. Prints one line per pair and, last, the B/A ratios of CPU per request in
-# order, how many pairs had B lower, and each build's mean.
+# answered. Prints one line per pair and, last, the B/A ratios of CPU per request
+# sorted from lowest, how many pairs had B lower, and each build's mean.
 #
 # Usage: tools/ab-cpu.sh DIR_A DIR_B [PIPELINE]   (default 16; each DIR holds engramd
 #        and engram-bench). Tunables as environment variables:
@@ -85,7 +85,7 @@ for pair in $(seq 1 "$pairs"); do
     echo "$cpu_a $cpu_b" >>"$work/pairs.txt"
 done
 ratios=$(awk '{ printf "%.3f\n", $2 / $1 }' "$work/pairs.txt" | sort -n | tr '\n' ' ')
-echo "B/A CPU per request, in order: $ratios"
+echo "B/A CPU per request, sorted: $ratios"
 awk '{ a += $1; b += $2; lower += ($2 < $1) }
      END { printf "B lower in %d of %d pairs; mean CPU per request A %.3f µs, B %.3f µs\n", lower, NR, a / NR, b / NR }' \
     "$work/pairs.txt"
